@@ -1,0 +1,105 @@
+"""The model's own configuration: everything the shared layers need to build one family's decoder.
+
+Families differ in a handful of switches (norm convention, activation, attention schedule, MoE, MLA), so one
+config describes them all; ``families/<name>.py`` translates a Hugging Face config.json into this. Every
+field added for a family defaults to the behaviour of the plain decoder, so ``TransformerConfig(...)`` built
+by hand keeps meaning what it always meant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Routed feed-forward layers (Qwen3-MoE, Mixtral, DeepSeekMoE)."""
+
+    n_experts: int
+    top_k: int
+    ffn_dim: int  # per routed expert
+    n_shared: int = 0  # shared experts, run as one dense MLP of n_shared * ffn_dim (DeepSeek)
+    first_dense: int = 0  # leading layers with a dense MLP instead (DeepSeek first_k_dense_replace)
+    score: str = "softmax"  # softmax (Qwen3-MoE, Mixtral) | sigmoid (DeepSeek-V3)
+    norm_topk: bool = True  # renormalise the chosen experts' weights to sum to one
+    scaling: float = 1.0  # routed_scaling_factor
+    n_group: int = 1  # grouped top-k: pick topk_group groups first, then top_k experts inside them
+    topk_group: int = 1
+    score_bias: bool = False  # per-expert bias added for selection only (DeepSeek aux-loss-free balancing)
+    aux_loss_coef: float = 0.0  # weight of the Switch-style balancing loss; 0 where the family uses none
+    impl: str = "ragged"  # expert computation: ragged (grouped matmul) | dense (every expert, reference)
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank q and kv, decoupled rotary key."""
+
+    q_lora_rank: int  # 0: plain q projection
+    kv_lora_rank: int
+    qk_nope_dim: int
+    qk_rope_dim: int
+    v_dim: int
+    rope_interleave: bool = True  # rotary pairs are (x0, x1), (x2, x3), ... as in DeepSeek's weights
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # e.g. {"rope_type": "llama3", ...}
+    norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    max_seq_len: int = 2048
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: str = "none"  # none | full | dots
+    scan_layers: bool = True
+    family: str = "qwen2"
+    extra: dict = field(default_factory=dict)  # family-specific fields (kept for round trips)
+    # --- switches some families need (defaults: the plain decoder)
+    norm_offset: float = 0.0  # Gemma stores RMSNorm weights as w and scales by 1 + w
+    embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
+    activation: str = "silu"  # silu | gelu_tanh (gate activation of the gated MLP)
+    query_scale: float | None = None  # softmax scale; None: head_dim ** -0.5
+    sandwich_norm: bool = False  # Gemma: extra RMSNorm on the attention and MLP outputs
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int = 0  # keys strictly less than this many slots back; 0: no window
+    layer_types: tuple[str, ...] | None = None  # "full" | "sliding" per layer; None: all "sliding" if window
+    rope_local_theta: float | None = None  # Gemma: rope base of sliding layers (no scaling there)
+    moe: MoEConfig | None = None
+    mla: MLAConfig | None = None
+
+    @property
+    def jnp_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def jnp_param_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer: does it use the sliding window?"""
+        if self.layer_types is None:
+            return (self.sliding_window > 0,) * self.n_layers
+        return tuple(t == "sliding" for t in self.layer_types)
+
+    @property
+    def kv_shape(self) -> tuple[int, int, int, int]:
+        """Per-slot cache entry shapes (K_k, D_k, K_v, D_v). MLA caches its latent and its rotary key."""
+        if self.mla is not None:
+            return 1, self.mla.kv_lora_rank, 1, self.mla.qk_rope_dim
+        return self.n_kv_heads, self.head_dim, self.n_kv_heads, self.head_dim

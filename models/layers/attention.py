@@ -1,0 +1,130 @@
+"""Grouped-query attention over a fixed-shape KV cache.
+
+One code path serves training (no cache: keys are the sequence itself), prefill and decode (keys are the
+cache after this call's tokens were written). Masks are expressed over *cache slots*: with left-padded
+prompts every row writes token ``t`` of a call into slot ``index + t``, so causality and sliding windows are
+slot comparisons and padding is a per-slot validity bit.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reasoning_rl.sharding import constrain
+
+from .init import param, zeros
+from .norm import RMSNorm
+from .rope import apply_rope, rope_parameters
+
+NEG_INF = -1e30
+
+
+def _freeze(d: dict | None) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (d or {}).items()))
+
+
+@functools.lru_cache(maxsize=64)
+def rope_for(head_dim: int, theta: float, scaling: tuple):
+    """(inv_freq, cos/sin factor), cached per (dim, theta, frozen scaling dict)."""
+    return rope_parameters(head_dim, theta, dict(scaling) if scaling else None)
+
+
+def attention_mask(key_valid: jax.Array, q_slots: jax.Array, k_slots: jax.Array, window: jax.Array | int = 0):
+    """[B, T, S] boolean mask: key is valid, not in the future, and (if window > 0) within the window."""
+    causal = k_slots[None, :] <= q_slots[:, None]  # [T, S]
+    mask = key_valid[:, None, :] & causal[None]
+    if isinstance(window, int) and window == 0:
+        return mask
+    win = jnp.asarray(window)
+    in_win = (q_slots[:, None] - k_slots[None, :]) < jnp.where(win > 0, win, jnp.iinfo(jnp.int32).max)
+    return mask & in_win[None]
+
+
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                  softcap: float | None = None) -> jax.Array:
+    """q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D]; softmax in float32."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if softcap:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, v.shape[-1])
+
+
+def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype):
+    """Write this call's k/v ([B,T,...]) into slots ``index..`` of ``layer``; return what to attend over."""
+    if cache is None:
+        return k, v, None
+    k_all, v_all = cache
+    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+    return k_all[layer].astype(dtype), v_all[layer].astype(dtype), (k_all, v_all)
+
+
+class Attention(nnx.Module):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, rngs: nnx.Rngs,
+                 rope_theta: float = 10000.0, rope_scaling: dict | None = None, qkv_bias: bool = False,
+                 qk_norm: bool = False, norm_eps: float = 1e-6, norm_offset: float = 0.0,
+                 query_scale: float | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
+                 out_scale: float = 1.0, softcap: float | None = None):
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.dtype = dtype
+        self.scale = query_scale if query_scale is not None else head_dim**-0.5
+        self.softcap = softcap
+        # Kept as hashable static data (an array attribute would become NNX state).
+        self.rope = (head_dim, float(rope_theta), _freeze(rope_scaling))
+        self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
+        self.k = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
+        self.v = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
+        self.o = param(rngs, (n_heads, head_dim, d_model), ("heads", "head_dim", "embed"), n_heads * head_dim,
+                       param_dtype, scale=out_scale)
+        if qkv_bias:
+            self.q_bias = zeros((n_heads, head_dim), ("heads", "head_dim"), param_dtype)
+            self.k_bias = zeros((n_kv_heads, head_dim), ("kv_heads", "head_dim"), param_dtype)
+            self.v_bias = zeros((n_kv_heads, head_dim), ("kv_heads", "head_dim"), param_dtype)
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+        if qk_norm:
+            self.q_norm = RMSNorm(head_dim, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(head_dim, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def project_qkv(self, x: jax.Array, positions: jax.Array, rope=None):
+        """``rope``: optional (inv_freq, factor) overriding this layer's own, for per-layer-type rope."""
+        dt = self.dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+        k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+        v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+        if self.q_bias is not None:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq, factor = rope if rope is not None else rope_for(*self.rope)
+        q = apply_rope(q, positions, inv_freq, attn_scale=factor)
+        k = apply_rope(k, positions, inv_freq, attn_scale=factor)
+        q = constrain(q, ("batch", "seq", "act_heads", None))
+        k = constrain(k, ("batch", "seq", "act_kv_heads", None))
+        v = constrain(v, ("batch", "seq", "act_kv_heads", None))
+        return q, k, v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None, layer=None, index=None,
+                 rope=None):
+        """Without ``cache``: attend within ``x``. With ``cache=(k_all, v_all)`` ([L,B,S,K,D] each), write this
+        call's keys/values at slots ``index..index+T`` of layer ``layer`` and attend over that layer's cache.
+        Returns (out, cache)."""
+        q, k, v = self.project_qkv(x, positions, rope)
+        k, v, cache = write_cache(k, v, cache, layer, index, self.dtype)
+        out = dot_attention(q, k, v, mask, self.scale, self.softcap)
+        out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(self.dtype))
+        return out, cache

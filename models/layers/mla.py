@@ -1,0 +1,77 @@
+"""Multi-head latent attention (DeepSeek-V2/V3).
+
+Queries go through an optional low-rank bottleneck (q_a -> RMSNorm -> q_b). Keys and values are compressed
+into one latent per token (kv_a -> RMSNorm) plus a single rotary key shared by every head; kv_b expands the
+latent into per-head no-rope keys and values. The cache stores only the latent and the rotary key (KVCache k:
+[L, B, S, 1, kv_lora_rank], v: [L, B, S, 1, qk_rope_dim]), which is MLA's point. Training and sampling run the
+same expansion over whatever keys are present, so their log-probs agree by construction.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reasoning_rl.sharding import constrain
+
+from ..config import MLAConfig
+from .attention import _freeze, dot_attention, rope_for, write_cache
+from .init import param
+from .norm import RMSNorm
+from .rope import apply_rope, yarn_softmax_scale
+
+LATENT_NORM_EPS = 1e-6  # the reference builds both latent norms with the default eps, not rms_norm_eps
+
+
+class MLA(nnx.Module):
+    def __init__(self, d_model: int, n_heads: int, mc: MLAConfig, *, rngs: nnx.Rngs, rope_theta: float = 10000.0,
+                 rope_scaling: dict | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
+                 out_scale: float = 1.0):
+        self.n_heads, self.mc, self.dtype = n_heads, mc, dtype
+        qk_dim = mc.qk_nope_dim + mc.qk_rope_dim
+        self.scale = qk_dim**-0.5 * yarn_softmax_scale(rope_scaling)
+        self.rope = (mc.qk_rope_dim, float(rope_theta), _freeze(rope_scaling))
+        if mc.q_lora_rank:
+            self.q_a = param(rngs, (d_model, mc.q_lora_rank), ("embed", "q_lora"), d_model, param_dtype)
+            self.q_norm = RMSNorm(mc.q_lora_rank, eps=LATENT_NORM_EPS, param_dtype=param_dtype)
+            self.q_b = param(rngs, (mc.q_lora_rank, n_heads, qk_dim), ("q_lora", "heads", "head_dim"),
+                             mc.q_lora_rank, param_dtype)
+            self.q = None
+        else:
+            self.q_a = self.q_norm = self.q_b = None
+            self.q = param(rngs, (d_model, n_heads, qk_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
+        self.kv_a = param(rngs, (d_model, mc.kv_lora_rank + mc.qk_rope_dim), ("embed", "kv_lora"), d_model,
+                          param_dtype)
+        self.kv_norm = RMSNorm(mc.kv_lora_rank, eps=LATENT_NORM_EPS, param_dtype=param_dtype)
+        self.kv_b = param(rngs, (mc.kv_lora_rank, n_heads, mc.qk_nope_dim + mc.v_dim), ("kv_lora", "heads", "head_dim"),
+                          mc.kv_lora_rank, param_dtype)
+        self.o = param(rngs, (n_heads, mc.v_dim, d_model), ("heads", "head_dim", "embed"), n_heads * mc.v_dim,
+                       param_dtype, scale=out_scale)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None, layer=None, index=None,
+                 rope=None):
+        """Same contract as :class:`Attention`; ``cache`` holds (latents, rotary keys)."""
+        mc, dt = self.mc, self.dtype
+        if self.q is None:
+            q = jnp.einsum("btd,dr->btr", x, self.q_a[...].astype(dt))
+            q = jnp.einsum("btr,rhk->bthk", self.q_norm(q), self.q_b[...].astype(dt))
+        else:
+            q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+        q_nope, q_rot = q[..., :mc.qk_nope_dim], q[..., mc.qk_nope_dim:]
+        kv = jnp.einsum("btd,dr->btr", x, self.kv_a[...].astype(dt))
+        latent = self.kv_norm(kv[..., :mc.kv_lora_rank])[:, :, None, :]  # [B, T, 1, R]
+        k_rot = kv[..., mc.kv_lora_rank:][:, :, None, :]  # [B, T, 1, rope]
+        inv_freq, factor = rope if rope is not None else rope_for(*self.rope)
+        q_rot = apply_rope(q_rot, positions, inv_freq, attn_scale=factor, interleave=mc.rope_interleave)
+        k_rot = apply_rope(k_rot, positions, inv_freq, attn_scale=factor, interleave=mc.rope_interleave)
+        latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt)
+
+        kvh = jnp.einsum("bsr,rhk->bshk", latent[:, :, 0], self.kv_b[...].astype(dt))  # [B, S, H, nope + v]
+        k_nope, v = kvh[..., :mc.qk_nope_dim], kvh[..., mc.qk_nope_dim:]
+        k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rot, (*k_nope.shape[:3], mc.qk_rope_dim))], axis=-1)
+        q = constrain(jnp.concatenate([q_nope, q_rot], axis=-1), ("batch", "seq", "act_heads", None))
+        k = constrain(k, ("batch", "seq", "act_heads", None))
+        v = constrain(v, ("batch", "seq", "act_heads", None))
+        out = dot_attention(q, k, v, mask, self.scale)
+        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), cache

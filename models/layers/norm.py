@@ -1,0 +1,22 @@
+"""RMSNorm, computed in float32 whatever the compute dtype (the variance of bf16 activations is noisy)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, param_dtype=jnp.float32):
+        # ``offset``: Gemma stores ``w`` and scales by ``1 + w``; everybody else stores the scale itself.
+        self.eps = eps
+        self.offset = offset
+        init = jnp.zeros if offset else jnp.ones
+        self.scale = nnx.Param(init((dim,), param_dtype), axes=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (xf * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)

@@ -1,0 +1,109 @@
+"""Rotary position embeddings, with the frequency scalings that published checkpoints use.
+
+Frequencies are computed on the host once per (dim, theta, scaling) and baked into the program as constants.
+Two layouts exist on disk: rotate-half (Llama, Qwen, Gemma: pairs are (x_i, x_{i+D/2})) and interleaved
+(DeepSeek: pairs are (x_{2i}, x_{2i+1})). Both are supported so weights load unpermuted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SUPPORTED = ("default", "linear", "llama3", "yarn")
+
+
+def rope_kind(scaling: dict | None) -> str:
+    if not scaling:
+        return "default"
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_parameters(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, float]:
+    """(inverse frequencies [head_dim/2] float32, factor applied to cos/sin)."""
+    # float32 throughout, as the reference implementation computes them (keeps logits parity tight).
+    exps = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    pos_freqs = np.float32(theta) ** exps
+    inv = (np.float32(1.0) / pos_freqs).astype(np.float32)
+    kind = rope_kind(scaling)
+    if kind == "default":
+        return inv, 1.0
+    if kind == "linear":
+        return (inv / np.float32(scaling["factor"])).astype(np.float32), 1.0
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        low_wl, high_wl = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return np.where(is_mid, mid, scaled).astype(np.float32), 1.0
+    if kind == "yarn":
+        factor = float(scaling["factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        attn = scaling.get("attention_factor")
+        mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        if attn is None:
+            if mscale and mscale_all:
+                attn = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+            else:
+                attn = _yarn_mscale(factor)
+        beta_fast = scaling.get("beta_fast") or 32
+        beta_slow = scaling.get("beta_slow") or 1
+
+        def corr_dim(rot):
+            return (head_dim * math.log(old_ctx / (rot * 2 * math.pi))) / (2 * math.log(theta))
+
+        lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        if scaling.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, head_dim - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = np.clip((np.arange(head_dim // 2, dtype=np.float32) - lo) / (hi - lo), 0, 1).astype(np.float32)
+        extrap = 1 - ramp
+        interp = np.float32(1.0) / (np.float32(factor) * pos_freqs)
+        return (interp * (1 - extrap) + inv * extrap).astype(np.float32), float(attn)
+    raise ValueError(f"rope_scaling.rope_type: unsupported value {kind!r} (supported: {', '.join(SUPPORTED)})")
+
+
+def yarn_softmax_scale(scaling: dict | None) -> float:
+    """DeepSeek multiplies the softmax scale by mscale(factor, mscale_all_dim)**2 under yarn."""
+    if rope_kind(scaling) == "default" or not scaling.get("mscale_all_dim"):
+        return 1.0
+    m = _yarn_mscale(float(scaling["factor"]), float(scaling["mscale_all_dim"]))
+    return m * m
+
+
+def inv_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> np.ndarray:
+    """Inverse frequencies only (kept for callers that do not need the cos/sin factor)."""
+    return rope_parameters(head_dim, theta, scaling)[0]
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, *, attn_scale: float = 1.0,
+               interleave: bool = False) -> jax.Array:
+    """x: [B, T, H, D]; positions: [B, T] int32. Interleaved input comes out in rotate-half order (as the
+    reference does), which is harmless because q and k are permuted alike."""
+    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
+    cos, sin = jnp.cos(freqs), jnp.sin(freqs)
+    if attn_scale != 1.0:
+        cos, sin = cos * attn_scale, sin * attn_scale
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    if interleave:
+        x1, x2 = xf[..., 0::2], xf[..., 1::2]
+    else:
+        x1, x2 = jnp.split(xf, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)

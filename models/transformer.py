@@ -1,0 +1,327 @@
+"""Decoder-only transformer built from the shared layers; one forward for training and sampling.
+
+The same ``hidden`` method runs a full sequence (training, scoring) and cache-backed prefill/decode
+(sampling). Because both paths run identical layer code on identical positions and masks, the sampler's
+log-probs equal the trainer's by construction (up to float reassociation).
+
+Layers are stacked (every parameter of ``layers`` has a leading layer dimension) and run under
+``lax.scan``, so compile time does not grow with depth. Layer-type schedules stay scanned: sliding/global
+attention is a scanned per-layer flag, and dense-then-MoE (DeepSeek) is two stacks, each scanned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reasoning_rl.sharding import constrain
+
+from .config import TransformerConfig
+from .layers.attention import Attention, _freeze, attention_mask, rope_for
+from .layers.mla import MLA
+from .layers.mlp import MLP
+from .layers.moe import MoE, balance_loss
+from .layers.norm import RMSNorm
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class KVCache:
+    """Fixed-shape cache: k/v [L, B, S, K, D]; ``valid`` [B, S] marks slots holding real tokens.
+
+    For multi-head latent attention, k holds the normalised latent [L, B, S, 1, kv_lora_rank] and v the rotary
+    key [L, B, S, 1, qk_rope_dim] (see ``TransformerConfig.kv_shape``)."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> "KVCache":
+        dtype = dtype or cfg.jnp_dtype
+        kk, kd, vk, vd = cfg.kv_shape
+        k = jnp.zeros((cfg.n_layers, batch, size, kk, kd), dtype)
+        v = jnp.zeros((cfg.n_layers, batch, size, vk, vd), dtype)
+        return cls(k, v, jnp.zeros((batch, size), bool))
+
+    @property
+    def size(self) -> int:
+        return self.k.shape[2]
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False):
+        pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
+        out_scale = (2 * cfg.n_layers) ** -0.5
+        norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
+        self.attn_norm = norm()
+        if cfg.mla is not None:
+            self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
+                            rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale)
+        else:
+            self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rngs=rngs,
+                                  rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qkv_bias=cfg.qkv_bias,
+                                  qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
+                                  query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
+                                  softcap=cfg.attn_softcap)
+        self.post_attn_norm = norm() if cfg.sandwich_norm else None
+        self.mlp_norm = norm()
+        if moe:
+            self.mlp = MoE(cfg.d_model, cfg.moe, rngs=rngs, activation=cfg.activation, param_dtype=pd, dtype=dt,
+                           out_scale=out_scale)
+        else:
+            self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
+                           activation=cfg.activation)
+        self.post_mlp_norm = norm() if cfg.sandwich_norm else None
+
+    def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None):
+        """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP."""
+        h, cache = self.attn(self.attn_norm(x), positions, mask, cache, layer, index, rope)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm(h)
+        x = constrain(x + h, ("batch", "seq", "act_embed"))
+        stats = None
+        if isinstance(self.mlp, MoE):
+            h, stats = self.mlp(self.mlp_norm(x), valid)
+        else:
+            h = self.mlp(self.mlp_norm(x))
+        if self.post_mlp_norm is not None:
+            h = self.post_mlp_norm(h)
+        x = x + h
+        return constrain(x, ("batch", "seq", "act_embed")), cache, stats
+
+
+_REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
+    """Stacks of identical layers, each scanned: (attribute, first layer, count, is_moe).
+
+    A dense model is one stack, ``layers``. DeepSeek's dense-then-MoE schedule is two: ``dense_layers`` (the
+    first ``moe.first_dense``) then ``layers`` (the MoE ones)."""
+    if cfg.moe is None or cfg.moe.first_dense == 0:
+        return [("layers", 0, cfg.n_layers, cfg.moe is not None)]
+    k = cfg.moe.first_dense
+    if not 0 < k < cfg.n_layers:
+        raise ValueError(f"moe.first_dense: {k} must be below n_layers ({cfg.n_layers})")
+    return [("dense_layers", 0, k, False), ("layers", k, cfg.n_layers - k, True)]
+
+
+def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_layers(r: nnx.Rngs) -> Block:
+        return Block(cfg, rngs=r, moe=moe)
+
+    return make_layers(rngs)
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = cfg.jnp_param_dtype
+        emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32) * 0.02
+        self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
+        for name, _, n, moe in segments(cfg):
+            setattr(self, name, _stack(cfg, n, moe, rngs))
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
+        if cfg.tie_embeddings:
+            self.lm_head = None
+        else:
+            w = jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32) * cfg.d_model**-0.5
+            self.lm_head = nnx.Param(w.astype(pd), axes=("embed", "vocab"))
+
+    # ------------------------------------------------------------------ forward pieces
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.jnp_dtype)
+        if self.cfg.embed_scale:
+            # The reference rounds sqrt(d) to the parameter dtype before multiplying.
+            scale = jnp.asarray(self.cfg.d_model**0.5, self.cfg.jnp_param_dtype).astype(x.dtype)
+            x = x * scale
+        return constrain(x, ("batch", "seq", "act_embed"))
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
+               index: jax.Array | int = 0, *, return_aux: bool = False):
+        """Final-norm hidden states [B, T, D]: returns ``(h, cache)``, or ``(h, cache, aux)`` with
+        ``return_aux=True``.
+
+        tokens/positions/valid: [B, T]. Without a cache the call attends within the sequence (causal, pads
+        masked). With a cache the tokens are written at slots ``index..index+T`` and attend over the cache.
+
+        ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
+        routed to each expert, per MoE layer), ``router_prob`` [L_moe, E], ``balance_loss`` (the Switch-style
+        load-balancing loss the reference reports as ``aux_loss``) and ``aux_loss`` (``balance_loss`` times
+        the family's coefficient: add it to the training loss; zero for aux-loss-free DeepSeek-V3).
+        """
+        x = self.embed_tokens(tokens)
+        t = tokens.shape[1]
+        if cache is None:
+            key_valid = valid
+            q_slots = k_slots = jnp.arange(t)
+            kv = None
+        else:
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
+            q_slots, k_slots = index + jnp.arange(t), jnp.arange(cache.size)
+            kv = (cache.k, cache.v)
+        ctx = self._layer_context(key_valid, q_slots, k_slots)
+        stats = []
+        for name, first, n, _ in segments(self.cfg):
+            x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid)
+            if st is not None:
+                stats.append(st)
+        if cache is not None:
+            cache = KVCache(kv[0], kv[1], key_valid)
+        h = self.final_norm(x)
+        if not return_aux:
+            return h, cache
+        return h, cache, self._aux(stats)
+
+    def _layer_context(self, key_valid, q_slots, k_slots) -> dict:
+        """Masks (and per-layer-type rope) shared by every layer. Layers of two types (Gemma's sliding and
+        global) get both masks and pick theirs with a scanned per-layer flag, so the stack stays one scan."""
+        cfg = self.cfg
+        sliding = cfg.sliding_layers
+        if not any(sliding):
+            return {"mask": attention_mask(key_valid, q_slots, k_slots)}
+        window_mask = attention_mask(key_valid, q_slots, k_slots, cfg.sliding_window)
+        if all(sliding) and cfg.rope_local_theta is None:
+            return {"mask": window_mask}
+        ctx = {"mask": attention_mask(key_valid, q_slots, k_slots), "window_mask": window_mask,
+               "sliding": jnp.asarray(sliding)}
+        if cfg.rope_local_theta is not None:
+            dim = cfg.mla.qk_rope_dim if cfg.mla is not None else cfg.head_dim
+            ctx["rope_global"] = rope_for(dim, float(cfg.rope_theta), _freeze(cfg.rope_scaling))
+            ctx["rope_local"] = rope_for(dim, float(cfg.rope_local_theta), ())
+        return ctx
+
+    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid):
+        graphdef, state = nnx.split(stack)
+        policy = _REMAT[self.cfg.remat]
+        per_layer = "sliding" in ctx
+
+        def body(carry, xs):
+            x, kv = carry
+            layer, st = xs[0], xs[1]
+            mask, rope = ctx["mask"], None
+            if per_layer:
+                is_sliding = xs[2]
+                mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])
+                if "rope_local" in ctx:
+                    (inv_g, f_g), (inv_l, f_l) = ctx["rope_global"], ctx["rope_local"]
+                    rope = (jnp.where(is_sliding, inv_l, inv_g), f_g if f_g == f_l else jnp.where(is_sliding, f_l, f_g))
+            block = nnx.merge(graphdef, st)
+            x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid)
+            return (x, kv), stats
+
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
+        layers = jnp.arange(first, first + n, dtype=jnp.int32)
+        xs = (layers, state) + ((ctx["sliding"][first:first + n],) if per_layer else ())
+        if self.cfg.scan_layers:
+            (x, kv), stats = jax.lax.scan(body, (x, kv), xs)
+        else:
+            ys = []
+            for i in range(n):
+                (x, kv), st = body((x, kv), jax.tree.map(lambda a, i=i: a[i], xs))
+                ys.append(st)
+            stats = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
+        return x, kv, stats
+
+    def _aux(self, stats: list) -> dict:
+        if not stats:
+            return {}
+        load = jnp.concatenate([s["load"] for s in stats])
+        prob = jnp.concatenate([s["prob"] for s in stats])
+        bal = balance_loss(load, prob)
+        return {"expert_load": load, "router_prob": prob, "balance_loss": bal,
+                "aux_loss": bal * self.cfg.moe.aux_loss_coef}
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """float32 logits from hidden states (any leading shape)."""
+        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        out = jnp.einsum("...d,dv->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+        if self.cfg.final_softcap:
+            out = jnp.tanh(out / self.cfg.final_softcap) * self.cfg.final_softcap
+        return out
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, valid: jax.Array | None = None):
+        """Full-sequence logits [B, T, V]; positions default to 0..T-1 and every token valid."""
+        b, t = tokens.shape
+        if valid is None:
+            valid = jnp.ones((b, t), bool)
+        if positions is None:
+            positions = positions_from_valid(valid)
+        h, _ = self.hidden(tokens, positions, valid)
+        return self.logits(h)
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+    """Positions that skip left padding: the first valid token of each row is position 0."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+# ---------------------------------------------------------------------- functional handle
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelDef:
+    """A model as pure data: the NNX graph definition plus a template state.
+
+    ``params`` are plain nested dicts of arrays (``nnx.to_pure_dict``), which optax, Orbax and the sharding
+    rules all handle without knowing about NNX. ``bind(params)`` rebuilds the module inside a traced function.
+    """
+
+    cfg: TransformerConfig
+    graphdef: Any
+    template: Any  # nnx.State of abstract Params (carries the ``axes`` metadata)
+
+    def bind(self, params: dict) -> Transformer:
+        state = jax.tree.map(lambda x: x, self.template)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+    def param_axes(self) -> dict:
+        """Logical axes per parameter (a pure dict shaped like ``params``); stacked layers get 'layers'."""
+        def axes_of(v):
+            meta = v.get_metadata()
+            ax = tuple(meta.get("axes", ()))
+            nd = len(v.value.shape)
+            if len(ax) < nd:
+                ax = ("layers",) * (nd - len(ax)) + ax
+            return ax
+
+        state = self.template
+        flat = nnx.to_flat_state(state)
+        out: dict = {}
+        for path, var in flat:
+            node = out
+            for p in path[:-1]:
+                node = node.setdefault(p, {})
+            node[path[-1]] = axes_of(var)
+        return out
+
+    def abstract_params(self) -> dict:
+        return nnx.to_pure_dict(self.template)
+
+
+def create(cfg: TransformerConfig, seed: int = 0, *, abstract: bool = False) -> tuple[ModelDef, dict | None]:
+    """Build a model; returns (ModelDef, params). ``abstract=True`` allocates nothing (params=None)."""
+    abs_model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
+    graphdef, template = nnx.split(abs_model, nnx.Param)
+    mdef = ModelDef(cfg, graphdef, template)
+    if abstract:
+        return mdef, None
+    model = Transformer(cfg, rngs=nnx.Rngs(seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return mdef, params

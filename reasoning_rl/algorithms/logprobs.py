@@ -1,0 +1,40 @@
+"""Per-token log-probs of a sequence's targets, optionally in sequence chunks.
+
+The trainer scores ``[prompt | completion]`` rows laid out exactly as the sampler produced them
+(left-padded prompt, completion after it), so positions and masks match the sampler's and the log-probs
+agree by construction. With ``chunk > 0`` the unembedding and log-softmax run chunk by chunk under
+``jax.checkpoint``, so ``[B, T, V]`` logits are never materialised whole, forward or backward.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from reasoning_rl.models import Transformer, positions_from_valid
+from reasoning_rl.rollout.sampling import entropy, token_logprobs
+
+
+def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
+                    temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False):
+    """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies)."""
+    h, _ = model.hidden(tokens, positions_from_valid(valid), valid)
+    t = tokens.shape[1]
+    h = h[:, t - n_targets - 1 : t - 1]
+    targets = tokens[:, t - n_targets :]
+
+    def score(h_c, y_c):
+        logits = model.logits(h_c)
+        lp = token_logprobs(logits, y_c, temperature)
+        ent = entropy(logits, temperature) if with_entropy else jnp.zeros_like(lp)
+        return lp, jax.lax.stop_gradient(ent)
+
+    if chunk and n_targets > chunk and n_targets % chunk == 0:
+        b, n, d = h.shape
+        hc = h.reshape(b, n // chunk, chunk, d).swapaxes(0, 1)
+        yc = targets.reshape(b, n // chunk, chunk).swapaxes(0, 1)
+        lp, ent = jax.lax.map(lambda a: jax.checkpoint(score)(*a), (hc, yc))
+        lp, ent = lp.swapaxes(0, 1).reshape(b, n), ent.swapaxes(0, 1).reshape(b, n)
+    else:
+        lp, ent = score(h, targets)
+    return (lp, ent) if with_entropy else lp

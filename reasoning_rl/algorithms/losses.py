@@ -1,0 +1,120 @@
+"""Policy-gradient losses, registered by name, each returning a ``(sum, count)`` pair.
+
+Returning the unnormalised sum and its count (tokens or sequences, depending on the aggregation) lets the
+step divide once by the *global* count, so the gradient is identical however the batch is split into
+micro-batches or across devices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+LOSSES: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+class LossInputs(NamedTuple):
+    logp: jax.Array  # [B, T] current policy log-probs of the sampled tokens
+    old_logp: jax.Array  # [B, T] behaviour policy log-probs
+    ref_logp: jax.Array | None  # [B, T] reference log-probs (None when beta == 0)
+    adv: jax.Array  # [B] advantages
+    mask: jax.Array  # [B, T] completion mask
+
+
+def kl_estimate(logp, ref_logp, kind: str):
+    """Per-token estimates of KL(pi || ref) from samples of pi (Schulman's k1/k2/k3)."""
+    log_r = ref_logp - logp  # log(ref/pi)
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r**2
+    if kind == "k3":
+        return jnp.exp(log_r) - log_r - 1.0
+    raise KeyError(f"algorithm.kl_estimator: unknown estimator {kind!r}")
+
+
+def aggregate(per_token, mask, mode: str):
+    """Token losses [B, T] → (sum, count) for the aggregation ``mode``."""
+    m = mask.astype(jnp.float32)
+    if mode == "token-mean":
+        return jnp.sum(per_token * m), jnp.sum(m)
+    if mode == "seq-mean-token-mean":
+        per_seq = jnp.sum(per_token * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+        return jnp.sum(per_seq), jnp.asarray(per_token.shape[0], jnp.float32)
+    if mode == "seq-mean-token-sum-norm":  # Dr.GRPO: divide by the (constant) generation budget
+        per_seq = jnp.sum(per_token * m, axis=1) / per_token.shape[1]
+        return jnp.sum(per_seq), jnp.asarray(per_token.shape[0], jnp.float32)
+    raise KeyError(f"algorithm.aggregation: unknown mode {mode!r}")
+
+
+def _metrics(x: LossInputs, clipped, kl):
+    m = x.mask.astype(jnp.float32)
+    n = jnp.sum(m)
+    out = {"clip_frac": (jnp.sum(clipped * m), n)}
+    if kl is not None:
+        out["kl"] = (jnp.sum(kl * m), n)
+    return out
+
+
+@register("grpo")
+def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
+              aggregation: str):
+    """Token-level clipped surrogate (PPO/GRPO) with DAPO clip-higher and an optional KL penalty."""
+    ratio = jnp.exp(x.logp - x.old_logp)
+    a = x.adv[:, None]
+    unclipped = ratio * a
+    clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+    per_token = -jnp.minimum(unclipped, clipped_r)
+    clipped = (clipped_r < unclipped).astype(jnp.float32)
+    kl = None
+    if beta > 0:
+        kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
+        per_token = per_token + beta * kl
+    s, c = aggregate(per_token, x.mask, aggregation)
+    return s, c, _metrics(x, clipped, kl)
+
+
+@register("gspo")
+def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
+              aggregation: str):
+    """GSPO: one importance ratio per sequence, exp(mean_t log(pi/pi_old)), clipped at sequence level.
+
+    The loss is per sequence (mean over sequences); ``aggregation`` only applies to the KL term."""
+    m = x.mask.astype(jnp.float32)
+    n_tok = jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    log_s = jnp.sum((x.logp - x.old_logp) * m, axis=1) / n_tok
+    s = jnp.exp(log_s)
+    unclipped = s * x.adv
+    clipped_r = jnp.clip(s, 1.0 - eps_low, 1.0 + eps_high) * x.adv
+    per_seq = -jnp.minimum(unclipped, clipped_r)
+    clipped = jnp.broadcast_to(((clipped_r < unclipped).astype(jnp.float32))[:, None], m.shape)
+    total = jnp.sum(per_seq)
+    count = jnp.asarray(per_seq.shape[0], jnp.float32)
+    kl = None
+    if beta > 0:
+        kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
+        per_seq_kl = jnp.sum(kl * m, axis=1) / n_tok
+        total = total + beta * jnp.sum(per_seq_kl)
+    return total, count, _metrics(x, clipped, kl)
+
+
+def get_loss(name: str):
+    if name not in LOSSES:
+        raise KeyError(f"algorithm.loss: unknown loss {name!r} (known: {', '.join(LOSSES)})")
+    return LOSSES[name]
+
+
+def sft_loss(logp, mask):
+    """Next-token cross-entropy as (sum, count) over target tokens."""
+    m = mask.astype(jnp.float32)
+    return -jnp.sum(logp * m), jnp.sum(m)

@@ -1,0 +1,167 @@
+"""Pure training steps: ``sft_step(state, batch)`` and ``grpo_step(state, batch)`` → ``(state, metrics)``.
+
+Both are plain functions of pytrees, built by ``make_*_step`` with the static parts (model definition,
+algorithm settings, optimizer) closed over, then jitted with buffer donation by the caller. Gradients are
+accumulated over micro-batches with ``lax.scan`` as sums and divided once by the global count, so the update
+is the same for any micro-batch split. A step whose loss or gradient is not finite is not applied
+(parameters and optimizer state are kept, on device, without a host round-trip) and is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
+from reasoning_rl.models import ModelDef
+
+from .logprobs import target_logprobs
+from .losses import LossInputs, get_loss, sft_loss
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+    skipped: jax.Array  # consecutive non-finite steps that were not applied
+
+
+def make_optimizer(ocfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    if ocfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, ocfg.lr, max(ocfg.warmup_steps, 0), max(total_steps, 1))
+    elif ocfg.warmup_steps > 0:
+        lr = optax.linear_schedule(0.0, ocfg.lr, ocfg.warmup_steps)
+    else:
+        lr = ocfg.lr
+    if ocfg.name == "adamw":
+        opt = optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
+    elif ocfg.name == "adam":
+        opt = optax.adam(lr, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps)
+    else:
+        opt = optax.sgd(lr)
+    return opt
+
+
+def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(seed),
+                      jnp.zeros((), jnp.int32))
+
+
+def _split_micro(batch: dict, n: int) -> dict:
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+
+def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss) -> tuple[TrainState, dict]:
+    """Clip, update, and keep the old state if anything is non-finite."""
+    gnorm = optax.global_norm(grads)
+    if max_grad_norm > 0:
+        scale = jnp.minimum(1.0, max_grad_norm / (gnorm + 1e-12))
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    params = jax.tree.map(keep, new_params, state.params)
+    opt_state = jax.tree.map(keep, new_opt, state.opt_state)
+    new_state = TrainState(params, opt_state, state.step + 1, state.rng,
+                           jnp.where(ok, 0, state.skipped + 1).astype(jnp.int32))
+    return new_state, {"grad_norm": gnorm, "skipped": (~ok).astype(jnp.int32)}
+
+
+_MAX_KEYS = ("logprob_gap",)  # aux entries combined across micro-batches by max, not sum
+
+
+def _accumulate(loss_fn, params, batch: dict, n_micro: int):
+    """Sum gradients and (sum, count) metrics over micro-batches; returns grads of sum/global_count."""
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if n_micro == 1:
+        g, aux = grad_fn(params, batch)
+    else:
+        micro = _split_micro(batch, n_micro)
+        zero_g = jax.tree.map(jnp.zeros_like, params)
+        _, aux_shape = jax.eval_shape(lambda p, b: loss_fn(p, b), params, jax.tree.map(lambda x: x[0], micro))
+        zero_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
+
+        def body(carry, mb):
+            g_acc, a_acc = carry
+            g, a = grad_fn(params, mb)
+            a_new = {k: jax.tree.map(jnp.maximum if k in _MAX_KEYS else jnp.add, a_acc[k], a[k]) for k in a}
+            return (jax.tree.map(jnp.add, g_acc, g), a_new), None
+
+        (g, aux), _ = jax.lax.scan(body, (zero_g, zero_aux), micro)
+    count = jnp.maximum(aux["count"], 1.0)
+    grads = jax.tree.map(lambda x: x / count.astype(x.dtype), g)
+    return grads, aux
+
+
+def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTransformation, micro_batches: int = 1,
+                  logits_chunk: int = 0):
+    """batch: tokens [B, T] int32, valid [B, T] bool, loss_mask [B, T] bool (which targets to train on)."""
+
+    def loss_fn(params, b):
+        model = mdef.bind(params)
+        n = b["tokens"].shape[1] - 1
+        lp = target_logprobs(model, b["tokens"], b["valid"], n, 1.0, logits_chunk)
+        s, c = sft_loss(lp, b["loss_mask"][:, 1:])
+        return s, {"loss_sum": s, "count": c}
+
+    def sft_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
+        loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
+        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss)
+        return state, {"loss": loss, "tokens": aux["count"], **m}
+
+    return sft_step
+
+
+def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
+                   temperature: float, logits_chunk: int = 0):
+    """One optimizer update on one mini-batch.
+
+    batch: tokens [B, Tp+T] int32, valid [B, Tp+T] bool (prompt validity ++ completion mask), mask [B, T],
+    old_logp [B, T], sampler_logp [B, T], adv [B], and ref_logp [B, T] when ``acfg.beta > 0``.
+    """
+    loss = get_loss(acfg.loss)
+    kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=acfg.beta, kl_estimator=acfg.kl_estimator,
+              aggregation=acfg.aggregation)
+
+    def loss_fn(params, b):
+        model = mdef.bind(params)
+        n = b["mask"].shape[1]
+        lp, ent = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk, with_entropy=True)
+        x = LossInputs(lp, b["old_logp"], b.get("ref_logp"), b["adv"], b["mask"])
+        s, c, metrics = loss(x, **kw)
+        m = b["mask"].astype(jnp.float32)
+        gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
+        aux = {"loss_sum": s, "count": c, "entropy": (jnp.sum(ent * m), jnp.sum(m)), "logprob_gap": gap,
+               **metrics}
+        return s, aux
+
+    def grpo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        grads, aux = _accumulate(loss_fn, state.params, batch, acfg.micro_batches)
+        loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
+        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v)
+        out = {"loss": loss_v, **m}
+        for k, v in aux.items():
+            if isinstance(v, tuple):
+                out[k] = v[0] / jnp.maximum(v[1], 1.0)
+        out["logprob_gap"] = aux["logprob_gap"]
+        return state, out
+
+    return grpo_step
+
+
+def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int = 0):
+    """params, tokens, valid, n → log-probs [B, n] (reference model or behaviour recompute)."""
+
+    def fn(params, tokens, valid, mask):
+        return target_logprobs(mdef.bind(params), tokens, valid, mask.shape[1], temperature, logits_chunk)
+
+    return fn

@@ -1,0 +1,128 @@
+"""Built-in, procedurally generated, verifiable reasoning tasks.
+
+Every problem is a pure function of (task seed, split, index), so a data iterator's state is one integer
+and any run can be reproduced or resumed exactly. Held-out problems are drawn from their own stream and
+excluded from training.
+
+``arithmetic``: add ``terms`` numbers of ``digits`` digits. The worked solution goes column by column
+from the right, writing each column's sum and carry inside ``<think>``; the result goes inside
+``<answer>``. Difficulty grows with digits and terms (more columns, larger carries).
+
+``countdown``: reach a target from a few numbers with + - * (TinyZero-style); the solution shows the steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reasoning_rl.config import TaskConfig
+
+SPLIT_IDS = {"train": 0, "held_out": 1}
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+    solution: str  # worked reasoning + answer, in the trained format (for cold-start SFT)
+    difficulty: int
+    key: str  # identity of the problem (disjointness of splits)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "answer": self.answer, "solution": self.solution,
+                "difficulty": self.difficulty, "key": self.key}
+
+
+class ArithmeticTask:
+    name = "arithmetic"
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self._held_keys: set[str] | None = None
+
+    def _draw(self, rng: np.random.Generator) -> Example:
+        d, k = self.cfg.digits, self.cfg.terms
+        nums = [int(rng.integers(10 ** (d - 1), 10**d)) for _ in range(k)]
+        prompt = "+".join(str(x) for x in nums) + "="
+        total = sum(nums)
+        cols = [[(x // 10**i) % 10 for x in nums] for i in range(len(str(max(nums))))]
+        steps, carry = [], 0
+        for i, col in enumerate(cols):
+            s = sum(col) + carry
+            parts = [str(c) for c in col] + ([str(carry)] if carry else [])
+            steps.append("+".join(parts) + f"={s}")
+            carry = s // 10
+        if carry:
+            steps.append(f"c={carry}")
+        solution = f"<think>{','.join(steps)}</think><answer>{total}</answer>"
+        # difficulty: number of columns with a carry out (the hard part of the task)
+        carries, c = 0, 0
+        for col in cols:
+            c = (sum(col) + c) // 10
+            carries += c > 0
+        return Example(prompt, str(total), solution, carries, prompt)
+
+    def example(self, split: str, index: int) -> Example:
+        rng = _rng(self.cfg.seed, split, index)
+        ex = self._draw(rng)
+        if split == "train":
+            held = self.held_out_keys()
+            attempt = 0
+            while ex.key in held:  # keep the splits disjoint
+                attempt += 1
+                ex = self._draw(np.random.default_rng([self.cfg.seed, 7, index, attempt]))
+        return ex
+
+    def held_out_keys(self) -> set[str]:
+        if self._held_keys is None:
+            self._held_keys = {self.example("held_out", i).key for i in range(self.cfg.held_out_size)}
+        return self._held_keys
+
+    def held_out(self, n: int | None = None) -> list[Example]:
+        n = self.cfg.held_out_size if n is None else min(n, self.cfg.held_out_size)
+        return [self.example("held_out", i) for i in range(n)]
+
+    def corpus(self, n: int = 2000) -> list[str]:
+        """Text for training the tokenizer: prompts with worked solutions."""
+        return [(lambda e: e.prompt + e.solution)(self.example("train", i)) for i in range(n)]
+
+
+class CountdownTask(ArithmeticTask):
+    """Combine ``terms`` numbers with + - * to reach a target; the solution lists the steps."""
+
+    name = "countdown"
+
+    def _draw(self, rng: np.random.Generator) -> Example:
+        k = max(self.cfg.terms, 2)
+        hi = 10 ** max(self.cfg.digits - 2, 1) * 10
+        nums = [int(rng.integers(1, hi)) for _ in range(k)]
+        ops = [str(rng.choice(["+", "-", "*"])) for _ in range(k - 1)]
+        acc, steps = nums[0], []
+        for op, x in zip(ops, nums[1:]):
+            new = acc + x if op == "+" else acc - x if op == "-" else acc * x
+            steps.append(f"{acc}{op}{x}={new}")
+            acc = new
+        order = list(rng.permutation(k))
+        shown = ",".join(str(nums[i]) for i in order)
+        prompt = f"{shown}->{acc}:"
+        expr = str(nums[0])
+        for op, x in zip(ops, nums[1:]):
+            expr = f"({expr}{op}{x})" if op != "*" else f"{expr}*{x}"
+        solution = f"<think>{','.join(steps)}</think><answer>{expr}</answer>"
+        key = hashlib.sha1(prompt.encode()).hexdigest()[:16]
+        return Example(prompt, str(acc), solution, k, key)
+
+
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+
+
+def make_task(cfg: TaskConfig):
+    return TASKS[cfg.name](cfg)

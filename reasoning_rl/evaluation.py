@@ -1,0 +1,90 @@
+"""Held-out evaluation: pass@1, unbiased pass@k, maj@k, response length, format rate, greedy accuracy.
+
+pass@k uses the unbiased estimator of Chen et al. (2021): from n samples with c correct,
+``1 - C(n-c, k) / C(n, k)``, averaged over problems.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from reasoning_rl.rollout.sampler import SamplingParams, sample
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
+    """1 if the most common extracted answer among the first k samples is a correct one."""
+    votes = Counter(a for a in answers[:k] if a is not None)
+    if not votes:
+        return 0.0
+    top = votes.most_common(1)[0][0]
+    return float(any(c for a, c in zip(answers[:k], correct[:k]) if a == top))
+
+
+def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams, seed: int, batch_prompts: int,
+                 stop_ids: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths."""
+    from reasoning_rl.rollout.sampler import left_pad
+
+    texts: list[str] = []
+    lengths: list[int] = []
+    tp = max(len(p) for p in prompts)
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = prompts[start:start + batch_prompts]
+        real = len(chunk)
+        chunk = chunk + [chunk[0]] * (batch_prompts - real)  # fixed shape: no recompile on the last chunk
+        pt, pv = left_pad(chunk, tok.pad_id, bucket=8, min_len=tp)
+        out = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(seed + start), sp))
+        rows = real * sp.group_size
+        for r in range(rows):
+            n = int(out.lengths[r])
+            texts.append(tok.decode(out.tokens[r, :n]))
+            lengths.append(n)
+    return texts, np.asarray(lengths)
+
+
+def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Sequence[int], temperature: float,
+             max_new_tokens: int, stop_ids: Sequence[int], correct_fn: Callable[[str, dict], float],
+             format_fn: Callable[[str, dict], float] | None, extract_fn: Callable[[str], Any] | None,
+             batch_size: int = 512, greedy: bool = True, seed: int = 0) -> dict[str, Any]:
+    prompts = [tok.encode(e["prompt"]) for e in examples]
+    bp = max(1, min(len(prompts), batch_size // samples))
+    sp = SamplingParams(max_new_tokens, float(temperature), 0, 1.0, False, tuple(stop_ids), tok.pad_id, samples)
+    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stop_ids)
+    n = len(examples)
+    correct = np.array([correct_fn(t, examples[i // samples]) >= 1.0 for i, t in enumerate(texts)]).reshape(n, samples)
+    out: dict[str, Any] = {"num_problems": n, "samples_per_problem": samples, "temperature": temperature}
+    out["pass@1"] = float(correct.mean())
+    for k in ks:
+        out[f"pass@{k}"] = float(np.mean([pass_at_k(samples, int(c), k) for c in correct.sum(1)]))
+    if extract_fn is not None:
+        answers = [extract_fn(t) for t in texts]
+        for k in ks:
+            if k > 1:
+                out[f"maj@{k}"] = float(np.mean([maj_at_k(answers[i * samples:(i + 1) * samples],
+                                                           list(correct[i]), k) for i in range(n)]))
+    out["mean_response_tokens"] = float(lengths.mean())
+    if format_fn is not None:
+        out["format_rate"] = float(np.mean([format_fn(t, examples[i // samples]) >= 1.0 for i, t in enumerate(texts)]))
+    diffs = np.array([e.get("difficulty", 0) for e in examples])
+    per_len = lengths.reshape(n, samples).mean(1)
+    out["by_difficulty"] = {
+        str(int(d)): {"n": int((diffs == d).sum()), "pass@1": float(correct[diffs == d].mean()),
+                      "mean_response_tokens": float(per_len[diffs == d].mean())}
+        for d in sorted(set(diffs.tolist()))
+    }
+    if greedy:
+        gsp = SamplingParams(max_new_tokens, 1.0, 0, 1.0, True, tuple(stop_ids), tok.pad_id, 1)
+        gtexts, _ = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids)
+        out["greedy_accuracy"] = float(np.mean([correct_fn(t, examples[i]) >= 1.0 for i, t in enumerate(gtexts)]))
+    return out

@@ -1,0 +1,112 @@
+"""Run outputs: ``metrics.jsonl`` (one object per step), TensorBoard events, and a progress bar.
+
+On resume the JSONL file is cut back to the restored step, so the file always reads as one uninterrupted
+run, the same as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic,)):
+        v = v.item()
+    if hasattr(v, "shape") and getattr(v, "shape", None) == ():
+        v = float(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    return v
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), flush_secs=30)
+            except Exception:  # tensorboard is a convenience, never a reason to fail a run
+                self._tb = None
+        self._f = open(self.path, "a")
+        self._global = {}
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        """Drop this stage's records with step > after_step (and everything written after them)."""
+        self._f.close()
+        keep = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed process
+                if rec.get("stage") == stage and rec.get("step", 0) > after_step:
+                    break
+                keep.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
+        self._f = open(self.path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        rec = {k: _plain(v) for k, v in record.items()}
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            stage, step = rec.get("stage", ""), rec.get("step", 0)
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self._tb.add_scalar(f"{stage}/{k}", v, step)
+
+    def close(self) -> None:
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+class Progress:
+    """A tqdm bar per stage showing step, reward and accuracy (silent when not on a terminal)."""
+
+    def __init__(self, stage: str, total: int, initial: int = 0, enabled: bool = True):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc=stage, dynamic_ncols=True, leave=True,
+                                mininterval=1.0, disable=None)
+            except Exception:
+                self.bar = None
+
+    def update(self, **fields: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in fields.items()},
+                                 refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,770 @@
+"""Trusted test harness that runs INSIDE the code sandbox (stdlib only, run as a script).
+
+Why a separate script: the verdict on a candidate program must come from code the
+candidate cannot reach. This file is executed twice over:
+
+* as the *runner* (``python -I -S runner.py``), started by the trainer inside the
+  sandbox. It keeps root inside the sandbox (bubblewrap leaves it CAP_SETUID/SETGID
+  only), reads the job from stdin, and never executes candidate code itself;
+* as a *child* (``runner.py child MODE UID GID PREIMPORT``), exec'd fresh for every
+  candidate run. The child switches to an unprivileged throw-away uid before it reads
+  the candidate program, so the candidate can neither signal, trace nor read the
+  runner. Because children are exec'd (not merely forked) they inherit none of the
+  runner's memory.
+
+Two kinds of tests:
+
+* stdin/stdout: the child runs the program as ``__main__`` with the test input on
+  stdin; the runner only relays the captured stdout (capped). The expected output never
+  enters the sandbox: the trainer compares it.
+* assert: the test source is executed by the runner, never by the child. Names the test
+  uses that are not builtins are looked up in the child over a small RPC protocol
+  (``global``/``call``/``getattr``/...), with plain data (numbers, strings, containers)
+  copied back and everything else kept as an opaque remote handle. The child sees only
+  the calls and their arguments, never the expected values or the comparison, so
+  exiting early, printing markers or monkeypatching ``assert``/builtins in the child
+  cannot turn a failing test into a passing one.
+
+Protocol with the trainer: one JSON spec on stdin; one JSON object per line on stdout:
+``{"hello": {...}}``, then ``{"kind": "stdio", "k": i, "status": ..., "rc": ..., "out": ...}``
+or ``{"kind": "assert", "k": i, "pass": bool}`` per test, then ``{"done": true}``.
+"""
+
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import time
+
+_MAX_MSG = 64 << 20  # bytes in one RPC line
+_MAX_ITEMS = 1_000_000  # elements copied out of one container
+_MAX_DEPTH = 64
+_PREIMPORT = (
+    "abc array ast base64 bisect calendar cmath collections collections.abc copy csv dataclasses "
+    "datetime decimal enum fractions functools hashlib heapq io itertools json math numbers operator "
+    "queue random re select signal socket statistics string struct subprocess textwrap threading time "
+    "traceback types typing unicodedata"
+).split()
+_TRUSTED_MODULES = frozenset(
+    "math cmath collections itertools functools re string fractions decimal heapq bisect operator "
+    "statistics random copy json".split()
+)
+
+
+# --------------------------------------------------------------------------- wire format
+def _encode(v, store, depth=0):
+    """Plain data -> JSON-able tagged tree; anything else goes through ``store``."""
+    if v is None or v is True or v is False:
+        return v
+    t = type(v)
+    if depth > _MAX_DEPTH:
+        return store(v)
+    if t is str:
+        return v
+    if t is int:
+        return {"i": format(v, "x")}
+    if t is float:
+        return {"f": repr(v)}
+    if t is list:
+        return [_encode(x, store, depth + 1) for x in v[:_MAX_ITEMS]]
+    if t is tuple:
+        return {"t": [_encode(x, store, depth + 1) for x in v[:_MAX_ITEMS]]}
+    if t is dict:
+        return {"d": [[_encode(k, store, depth + 1), _encode(x, store, depth + 1)] for k, x in v.items()]}
+    if t in (set, frozenset):
+        return {"s" if t is set else "fs": [_encode(x, store, depth + 1) for x in v]}
+    if t in (bytes, bytearray):
+        return {"b": bytes(v).hex()}
+    if t is complex:
+        return {"c": [repr(v.real), repr(v.imag)]}
+    # Subclasses of plain types (IntEnum, Counter, namedtuple, str subclasses ...) are
+    # copied as their base type; everything else stays remote.
+    for base in (bool, int, float, str, list, tuple, dict, set, frozenset, bytes, complex):
+        if isinstance(v, base):
+            return _encode(base(v), store, depth)
+    return store(v)
+
+
+def _decode(o, load, depth=0):
+    if depth > _MAX_DEPTH + 2:
+        raise ValueError("too deep")
+    if o is None or isinstance(o, (bool, str)):
+        return o
+    if isinstance(o, list):
+        return [_decode(x, load, depth + 1) for x in o]
+    if not isinstance(o, dict) or len(o) != 1:
+        raise ValueError("bad value")
+    (tag, x), = o.items()
+    if tag == "i":
+        return int(x, 16)
+    if tag == "f":
+        return float(x)
+    if tag == "t":
+        return tuple(_decode(e, load, depth + 1) for e in x)
+    if tag == "s":
+        return {_decode(e, load, depth + 1) for e in x}
+    if tag == "fs":
+        return frozenset(_decode(e, load, depth + 1) for e in x)
+    if tag == "d":
+        return {_decode(k, load, depth + 1): _decode(e, load, depth + 1) for k, e in x}
+    if tag == "b":
+        return bytes.fromhex(x)
+    if tag == "c":
+        return complex(float(x[0]), float(x[1]))
+    if tag == "h":
+        return load(int(x))
+    raise ValueError("bad tag")
+
+
+class _Lines:
+    """Bounded, deadline-aware line reader over a raw fd (no unbounded buffering)."""
+
+    def __init__(self, fd):
+        self.fd, self.buf = fd, bytearray()
+
+    def read(self, deadline, limit=_MAX_MSG):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[: i + 1]
+                return line
+            if len(self.buf) > limit:
+                raise _Broken("message too large")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise _Timeout()
+            if not select.select([self.fd], [], [], left)[0]:
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                raise _Broken("eof")
+            self.buf += chunk
+
+
+def _write_all(fd, data, deadline):
+    view = memoryview(data)
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Timeout()
+        if select.select([], [fd], [], left)[1]:
+            view = view[os.write(fd, view[: 1 << 16]):]
+
+
+# --------------------------------------------------------------------------- child side
+def _child_main(argv):
+    mode, uid, gid, preimport = argv[0], int(argv[1]), int(argv[2]), argv[3] == "1"
+    if preimport:  # the stdlib may be unreadable once we are not root (fallback backend)
+        import importlib
+
+        for name in _PREIMPORT:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass
+    if uid >= 0:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            os._exit(126)
+    sys.argv = ["solution.py"]
+    if mode == "stdio":
+        src = _read_fd(3)
+        os.close(3)
+        _run_main(src)
+    else:
+        _serve_rpc()
+
+
+def _read_fd(fd):
+    chunks = []
+    while True:
+        c = os.read(fd, 1 << 20)
+        if not c:
+            return b"".join(chunks)
+        chunks.append(c)
+
+
+def _run_main(src):
+    import types
+
+    mod = types.ModuleType("__main__")
+    sys.modules["__main__"] = mod
+    try:
+        exec(compile(src, "solution.py", "exec"), mod.__dict__)
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def _serve_rpc():
+    import types
+
+    lines, out = _Lines(3), 4
+    table = {}
+
+    def store(v):
+        table[id(v)] = v
+        return {"h": id(v)}
+
+    def send(obj):
+        os.write(out, json.dumps(obj).encode() + b"\n")  # blocking is fine: runner reads
+
+    first = json.loads(lines.read(None))
+    mod = types.ModuleType("solution")
+    sys.modules["solution"] = mod
+    try:
+        exec(compile(first["program"], "solution.py", "exec"), mod.__dict__)
+    except BaseException as e:  # SystemExit included: an early exit defines nothing
+        send({"ready": False, "err": type(e).__name__})
+        return
+    send({"ready": True})
+    ns = mod.__dict__
+    while True:
+        try:
+            req = json.loads(lines.read(None))
+        except _Broken:
+            return
+        try:
+            load = table.__getitem__
+            op = req["op"]
+            if op == "global":
+                if req["name"] not in ns:
+                    raise NameError(req["name"])
+                val = ns[req["name"]]
+            else:
+                target = table[req["ref"]]
+                args = [_decode(a, load) for a in req.get("args", [])]
+                if op == "call":
+                    kw = {k: _decode(v, load) for k, v in req.get("kwargs", {}).items()}
+                    val = target(*args, **kw)
+                elif op == "getattr":
+                    val = getattr(target, req["name"])
+                elif op == "list":
+                    import itertools
+
+                    val = list(itertools.islice(target, _MAX_ITEMS))
+                elif op == "len":
+                    val = len(target)
+                elif op == "getitem":
+                    val = target[args[0]]
+                elif op == "contains":
+                    val = args[0] in target
+                elif op == "bool":
+                    val = bool(target)
+                elif op == "str":
+                    val = str(target)
+                else:
+                    raise ValueError(op)
+            res = {"ok": _encode(val, store)}
+        except BaseException as e:
+            res = {"err": type(e).__name__}
+        send(res)
+
+
+# --------------------------------------------------------------------------- runner side
+class _Timeout(BaseException):
+    """Raised in the runner when a test exceeds its wall-clock budget."""
+
+
+class _Broken(Exception):
+    """The child hung up or sent garbage."""
+
+
+class RemoteError(Exception):
+    """An exception raised inside the candidate whose type is not a builtin one."""
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout()
+
+
+class _Runner:
+    def __init__(self, spec):
+        self.spec = spec
+        self.lim = spec["limits"]
+        self.uid, self.gid = spec["uid"], spec["gid"]
+        self.exe = sys.executable
+        self.script = os.path.abspath(__file__)
+        self.env = {"PATH": "/usr/bin:/bin", "HOME": os.getcwd(), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+        self.preimport = "0"
+
+    # ---- process control
+    def spawn(self, mode, fds):
+        """fork + exec a fresh child interpreter with ``fds`` ({target: source}) wired up."""
+        import fcntl
+
+        pid = os.fork()
+        if pid:
+            return pid
+        try:
+            os.setsid()
+            high = {t: fcntl.fcntl(s, fcntl.F_DUPFD, 64) for t, s in fds.items()}
+            for t, s in high.items():
+                os.dup2(s, t)
+            top = max(fds)
+            os.closerange(top + 1, 1 << 16)
+            self._limits()
+            argv = [self.exe, "-I", "-S", "-B", self.script, "child", mode, str(self.uid), str(self.gid),
+                    self.preimport]
+            os.execve(self.exe, argv, self.env)
+        finally:
+            os._exit(127)
+
+    def _limits(self):
+        lim = self.lim
+        cpu = int(lim["cpu_s"]) + 1
+        pairs = [
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (lim["memory_mb"] << 20,) * 2),
+            (resource.RLIMIT_FSIZE, (lim["file_size_mb"] << 20,) * 2),
+            (resource.RLIMIT_NOFILE, (lim["open_files"],) * 2),
+            (resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_NPROC, (lim["nproc"],) * 2),
+        ]
+        for res, val in pairs:
+            resource.setrlimit(res, val)
+
+    def sweep(self, pgid):
+        """Kill every process the candidate may have left behind.
+
+        With a dedicated uid we fork a helper that becomes that uid and calls
+        ``kill(-1, SIGKILL)``: the kernel delivers it to every process of the uid in one
+        pass under the tasklist lock, so a fork bomb cannot outrun it. Without one
+        (unprivileged fallback) only the candidate's process group can be killed.
+        """
+        if self.uid < 0:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+            return
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setgroups([])
+                    os.setgid(self.gid)
+                    os.setuid(self.uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            if not _pids_of_uid(self.uid):
+                return
+
+    def reap(self, pid):
+        """Wait for ``pid`` (already killed or exited); return its exit code / -signal.
+
+        Also reaps orphans re-parented to us (the runner is a child subreaper), so no
+        zombie outlives the run.
+        """
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = -9
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        return code
+
+    # ---- stdin/stdout tests
+    def run_stdio(self, k, stdin_text):
+        src_fd = _memfd(self.spec["program"].encode("utf-8", "surrogatepass"))
+        in_fd = _memfd(stdin_text.encode("utf-8", "surrogatepass"))
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_WRONLY)
+        pid = self.spawn("stdio", {0: in_fd, 1: w, 2: null, 3: src_fd})
+        for fd in (src_fd, in_fd, w, null):
+            os.close(fd)
+        deadline = time.monotonic() + self.spec["timeout_s"]
+        out, status = self._collect(r, pid, deadline)
+        os.close(r)
+        rc = self.reap(pid)
+        if status == "ok" and rc != 0:
+            status = "error"
+        cap = self.lim["output_bytes"]
+        return {"kind": "stdio", "k": k, "status": status, "rc": rc, "out": out[:cap].decode("utf-8", "replace")}
+
+    def _collect(self, r, pid, deadline):
+        cap, buf = self.lim["output_bytes"], bytearray()
+        pidfd = os.pidfd_open(pid)
+        status, exited = "ok", False
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    status = "timeout"
+                    break
+                ready = select.select([r] if exited else [r, pidfd], [], [], left)[0]
+                if pidfd in ready:
+                    exited = True
+                    # the main process is gone: kill stragglers so the pipe reaches EOF
+                    self.sweep(pid)
+                    deadline = min(deadline, time.monotonic() + 1.0)
+                if r in ready:
+                    chunk = os.read(r, 1 << 16)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    if len(buf) > cap:
+                        status = "output_limit"
+                        break
+        finally:
+            os.close(pidfd)
+        if status != "ok" or not exited:
+            self.sweep(pid)
+        return bytes(buf), status
+
+    # ---- assert tests
+    def run_asserts(self, tests):
+        child, alive = None, True
+        t = self.spec["timeout_s"]
+        for k, src in enumerate(tests):
+            if child is None and alive:
+                child = _Child(self)
+                if not child.start(time.monotonic() + t):
+                    child.close()
+                    child, alive = None, False  # the module itself fails: nothing can pass
+            ok = False
+            if child is not None:
+                ok, healthy = self.judge(src, child, time.monotonic() + t)
+                if not healthy:
+                    child.close()
+                    child = None
+            yield {"kind": "assert", "k": k, "pass": ok}
+        if child is not None:
+            child.close()
+
+    def judge(self, src, child, deadline):
+        """Execute one test's source here, with candidate names bound to remote proxies."""
+        import ast
+        import builtins
+        import importlib
+
+        try:
+            tree = ast.parse(src, "<test>", "exec")
+        except SyntaxError:
+            return False, True
+        loads, stores = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                (loads if isinstance(node.ctx, ast.Load) else stores).add(node.id)
+            elif isinstance(node, ast.alias):
+                stores.add((node.asname or node.name).split(".")[0])
+        env = {"__builtins__": builtins, "__name__": "__test__"}
+        child.deadline = deadline
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
+        try:
+            for name in sorted(loads - stores):
+                if hasattr(builtins, name):
+                    continue
+                if name in _TRUSTED_MODULES:
+                    env[name] = importlib.import_module(name)
+                    continue
+                try:
+                    env[name] = child.rpc({"op": "global", "name": name})
+                except NameError:
+                    pass
+            exec(compile(tree, "<test>", "exec"), env)
+            return True, True
+        except _Timeout:
+            return False, False
+        except _Broken:
+            return False, False
+        except BaseException:
+            return False, child.alive
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class _Child:
+    """Runner-side handle on one RPC child process."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.alive = False
+        self.deadline = 0.0
+
+    def start(self, deadline):
+        req_r, self.req_w = os.pipe()
+        self.resp_r, resp_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        self.pid = self.runner.spawn("rpc", {0: null, 1: null, 2: null, 3: req_r, 4: resp_w})
+        for fd in (req_r, resp_w, null):
+            os.close(fd)
+        self.lines = _Lines(self.resp_r)
+        self.alive = True
+        self.deadline = deadline
+        try:
+            self._send({"program": self.runner.spec["program"]})
+            reply = json.loads(self.lines.read(deadline))
+            return reply.get("ready") is True
+        except (_Timeout, _Broken, ValueError, AttributeError):
+            self.alive = False
+            return False
+
+    def _send(self, obj):
+        _write_all(self.req_w, json.dumps(obj).encode() + b"\n", self.deadline)
+
+    def rpc(self, req):
+        if not self.alive:
+            raise _Broken("dead")
+        try:
+            self._send(req)
+            reply = json.loads(self.lines.read(self.deadline))
+        except (_Timeout, _Broken):
+            self.alive = False
+            raise
+        except ValueError:
+            self.alive = False
+            raise _Broken("garbage") from None
+        if not isinstance(reply, dict):
+            raise _Broken("garbage")
+        if "err" in reply:
+            import builtins
+
+            cls = getattr(builtins, str(reply["err"]), None)
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                raise cls("raised in candidate")
+            raise RemoteError(str(reply["err"]))
+        return _decode(reply.get("ok"), lambda ref: _Remote(self, ref))
+
+    def close(self):
+        for fd in (self.req_w, self.resp_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.runner.sweep(self.pid)
+        self.runner.reap(self.pid)
+        self.alive = False
+
+
+def _arg(v):
+    def store(x):
+        if isinstance(x, _Remote):
+            return {"h": x._ref}
+        raise TypeError("cannot pass %s to the candidate" % type(x).__name__)
+
+    return _encode(v, store)
+
+
+class _Remote:
+    """Opaque proxy for a non-plain object living in the candidate process."""
+
+    __slots__ = ("_child", "_ref")
+
+    def __init__(self, child, ref):
+        self._child, self._ref = child, ref
+
+    def _rpc(self, op, *args, **extra):
+        return self._child.rpc({"op": op, "ref": self._ref, "args": [_arg(a) for a in args], **extra})
+
+    def __call__(self, *args, **kwargs):
+        return self._rpc("call", *args, kwargs={k: _arg(v) for k, v in kwargs.items()})
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._rpc("getattr", name=name)
+
+    def __iter__(self):
+        return iter(self._rpc("list"))
+
+    def __len__(self):
+        return self._rpc("len")
+
+    def __getitem__(self, key):
+        return self._rpc("getitem", key)
+
+    def __contains__(self, item):
+        return self._rpc("contains", item)
+
+    def __bool__(self):
+        return self._rpc("bool")
+
+    def __str__(self):
+        text = self._rpc("str")
+        return text if isinstance(text, str) else "<remote object>"
+
+    def __eq__(self, other):
+        return isinstance(other, _Remote) and other._ref == self._ref
+
+    def __hash__(self):
+        return hash(self._ref)
+
+    def __repr__(self):
+        return "<remote object>"
+
+
+# --------------------------------------------------------------------------- helpers
+def _memfd(data):
+    fd = os.memfd_create("data", 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _pids_of_uid(uid):
+    """Live (non-zombie) pids whose real/effective/saved uid is ``uid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % name) as f:
+                text = f.read()
+        except OSError:
+            continue
+        state = uids = None
+        for line in text.splitlines():
+            if line.startswith("State:"):
+                state = line.split()[1]
+            elif line.startswith("Uid:"):
+                uids = line.split()[1:4]
+        if uids and str(uid) in uids and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def _fallback_isolate(spec):
+    """Best-effort isolation without bubblewrap (see sandbox.py for the threat model).
+
+    As root: private network namespace (no interfaces up) and a private mount namespace
+    where the working dir, /tmp, /var/tmp and /dev/shm are small fresh tmpfs mounts, so
+    the candidate can neither reach the network nor leave files on the host.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    info = {"netns": False, "mountns": False}
+    if os.geteuid() != 0:
+        return info
+    clone_newns, clone_newnet = 0x00020000, 0x40000000
+    info["netns"] = libc.unshare(clone_newnet) == 0
+    if libc.unshare(clone_newns) != 0:
+        return info
+    ms_rec, ms_private = 0x4000, 0x40000
+    if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+        return info
+    size = ("size=%dm,mode=" % spec["limits"]["tmpfs_mb"]).encode()
+    work = os.getcwd().encode()
+    ok = libc.mount(b"tmpfs", work, b"tmpfs", 0, size + b"0777") == 0
+    os.chdir(work)  # keep a handle on the new mount before /tmp is covered
+    for path in (b"/tmp", b"/var/tmp", b"/dev/shm"):
+        if os.path.isdir(path):
+            ok &= libc.mount(b"tmpfs", path, b"tmpfs", 0, size + b"1777") == 0
+    info["mountns"] = ok
+    return info
+
+
+_SECCOMP_NRS = {
+    # arch: (audit arch, clone, clone3, blocked syscalls)
+    "x86_64": (0xC000003E, 56, 435, [272, 308, 165, 166, 155, 101, 321, 323, 298, 250, 248, 249, 425,
+                                     428, 429, 430, 431, 432, 433, 442, 169, 175, 313, 246, 320]),
+    "aarch64": (0xC00000B7, 220, 435, [97, 268, 40, 39, 41, 117, 280, 282, 241, 219, 217, 218, 425,
+                                       428, 429, 430, 431, 432, 433, 442, 142, 105, 273, 104, 294]),
+}
+
+
+def _install_seccomp():
+    """Deny namespace creation, mounts, ptrace, bpf & co. to everything started from here.
+
+    Candidates have no capabilities, but an unprivileged user namespace would give them
+    mount rights (e.g. an unbounded tmpfs in RAM) and a larger kernel attack surface.
+    Returns False (and changes nothing) on unsupported architectures.
+    """
+    import ctypes
+    import platform
+    import struct
+
+    arch = _SECCOMP_NRS.get(platform.machine())
+    if arch is None:
+        return False
+    audit, nr_clone, nr_clone3, blocked = arch
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
+    allow = 0x7FFF0000
+    ld, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
+    ns_flags = 0x10000000 | 0x00020000 | 0x40000000 | 0x04000000 | 0x08000000 | 0x20000000 | 0x02000000
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
+    if audit == 0xC000003E:
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # x32 ABI
+    for nr in blocked:
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, nr_clone3), (ret, 0, 0, enosys)]
+    prog += [(jeq, 0, 3, nr_clone), (ld, 0, 0, 16), (jset, 0, 1, ns_flags), (ret, 0, 0, eperm)]
+    prog += [(ret, 0, 0, allow)]
+    raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(raw)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog), ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(pr_set_seccomp, mode_filter, ctypes.byref(fprog), 0, 0) == 0
+
+
+def _set_subreaper():
+    """Orphans of the candidate re-parent to the runner, which reaps them."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    return ctypes.CDLL(None).prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+
+
+def _emit(obj):
+    data = memoryview((json.dumps(obj) + "\n").encode())
+    while data:
+        data = data[os.write(1, data):]
+
+
+def _runner_main():
+    spec = json.loads(_read_fd(0))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    # the runner evaluates test expressions on candidate-supplied data: bound it too
+    mem = max(1024, spec["limits"]["memory_mb"] * 2) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    hello = {"uid": spec["uid"]}
+    if spec["backend"] == "fallback":
+        hello.update(_fallback_isolate(spec))
+    hello["subreaper"] = _set_subreaper()
+    hello["seccomp"] = _install_seccomp() if spec.get("seccomp", True) else False
+    runner = _Runner(spec)
+    runner.preimport = "1" if spec.get("preimport") else "0"
+    _emit({"hello": hello})
+    for k, stdin_text in enumerate(spec["stdio"]):
+        _emit(runner.run_stdio(k, stdin_text))
+    for res in runner.run_asserts(spec["asserts"]):
+        _emit(res)
+    _emit({"done": True})
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        _child_main(sys.argv[2:])
+    else:
+        _runner_main()

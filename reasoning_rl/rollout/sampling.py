@@ -1,0 +1,53 @@
+"""Token selection and the log-prob definition shared by the sampler and the trainer.
+
+Both sides score a token as ``log_softmax(logits / temperature)[token]`` over the *full* vocabulary, so the
+policy ratio compares like with like. Top-k / top-p only decide which token is drawn: the recorded log-prob
+is not renormalised over the truncated set (the trainer cannot reproduce a truncation that depends on the
+sampler's logits cheaply, and the untruncated distribution is the policy being optimised).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """log p(token) under softmax(logits / temperature); logits [..., V] float32, tokens [...] int."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Mask out tokens outside the top-k and outside the smallest set with cumulative prob >= top_p."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        cum = jnp.cumsum(probs, axis=-1)
+        # keep a token if the mass strictly before it is < top_p (always keeps the argmax)
+        keep_sorted = (cum - probs) < top_p
+        cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, NEG_INF, logits)
+    return logits
+
+
+def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
+           greedy: bool) -> tuple[jax.Array, jax.Array]:
+    """Draw the next token per row; returns (tokens [B] int32, logprobs [B] float32)."""
+    logits = logits.astype(jnp.float32)
+    if greedy:
+        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+        scaled = filter_logits(logits / temperature, top_k, top_p)
+        tok = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+    return tok, token_logprobs(logits, tok, temperature)

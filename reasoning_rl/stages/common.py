@@ -1,0 +1,193 @@
+"""What every stage shares: the runtime (tokenizer, task, model, mesh), jitting with shardings, and the
+checkpoint/resume/preemption plumbing around a stage's step loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from reasoning_rl import sharding as shd
+from reasoning_rl.algorithms.steps import TrainState, init_state, make_optimizer
+from reasoning_rl.checkpoint import StageCheckpointer
+from reasoning_rl.config import Config, StageConfig
+from reasoning_rl.data.tasks import make_task
+from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
+
+log = logging.getLogger("reasoning_rl")
+
+
+class Preempted(RuntimeError):
+    """Raised after a SIGTERM: the in-flight step finished and a checkpoint of it is complete."""
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag the step loop checks between steps (never mid-step)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.requested = True
+            log.warning("SIGTERM received: finishing the current step and writing a checkpoint")
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: no signal handling
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def model_config(cfg: Config, vocab_size: int) -> TransformerConfig:
+    m = cfg.model
+    return TransformerConfig(
+        vocab_size=m.vocab_size or vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+        n_kv_heads=m.n_kv_heads, head_dim=m.head_dim or m.d_model // m.n_heads, ffn_dim=m.ffn_dim,
+        rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
+        tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
+        remat=m.remat, scan_layers=m.scan_layers, family=m.family)
+
+
+class Runtime:
+    """Everything a stage needs that does not change between stages."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, devices: list | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.task = make_task(cfg.task)
+        self.tok = self._tokenizer()
+        self.hf_path = cfg.model.path
+        if self.hf_path:
+            from reasoning_rl.models.hf import config_from_hf
+
+            mcfg = config_from_hf(self.hf_path)
+            mcfg = dataclasses.replace(mcfg, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype,
+                                       remat=cfg.model.remat)
+        else:
+            mcfg = model_config(cfg, self.tok.vocab_size)
+        self.mdef, _ = create(mcfg, abstract=True)
+        self.mesh = shd.make_mesh(dataclasses.asdict(cfg.mesh), devices)
+        self.ctx = shd.context(self.mesh)
+        self.param_shardings = shd.param_shardings(self.ctx, self.mdef.param_axes(), self.mdef.abstract_params())
+
+    def _tokenizer(self):
+        tc = self.cfg.tokenizer
+        if self.cfg.model.path and tc.path is None:
+            return load_tokenizer("hf", self.cfg.model.path)
+        if tc.path is not None:
+            return load_tokenizer(tc.kind, tc.path)
+        path = self.run_dir / "tokenizer.model"
+        if path.is_file():
+            return SentencePieceTokenizer(path)
+        return train_sentencepiece(self.task.corpus(2000), path, tc.vocab_size)
+
+    # ------------------------------------------------------------------ params and state
+
+    def init_params(self) -> dict:
+        if self.hf_path:
+            from reasoning_rl.models.hf import load_params
+
+            return load_params(self.hf_path, self.mdef, dtype=self.cfg.model.param_dtype, mesh=self.mesh)
+        _, params = create(self.mdef.cfg, self.cfg.seed)
+        return jax.device_put(params, self.param_shardings)
+
+    def place(self, tree: Any) -> Any:
+        """Params-shaped trees onto their shardings."""
+        return jax.device_put(tree, self.param_shardings)
+
+    def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.device_put(v, shd.batch_sharding(self.ctx, v.shape)) for k, v in batch.items()}
+
+    def new_state(self, params: dict, tx, seed: int) -> TrainState:
+        params = self.place(params)
+        with shd.use(self.ctx):
+            opt_state = jax.jit(tx.init)(params)
+        rep = shd.replicated(self.mesh)
+        st = init_state(params, tx, seed)
+        return TrainState(params, opt_state, jax.device_put(st.step, rep), jax.device_put(st.rng, rep),
+                          jax.device_put(st.skipped, rep))
+
+    def jit_step(self, fn: Callable, state: TrainState):
+        """Jit a ``(state, batch) -> (state, metrics)`` step: state shardings pinned, state buffers donated."""
+        state_sh = jax.tree.map(lambda x: x.sharding, state)
+
+        def traced(s, b):
+            with shd.use(self.ctx):
+                return fn(s, b)
+
+        return jax.jit(traced, donate_argnums=(0,), out_shardings=(state_sh, shd.replicated(self.mesh)))
+
+    def jit_fn(self, fn: Callable, **kw):
+        def traced(*a):
+            with shd.use(self.ctx):
+                return fn(*a)
+
+        return jax.jit(traced, **kw)
+
+    # ------------------------------------------------------------------ tokens
+
+    def stop_ids(self, stop_at_answer: bool = True) -> tuple[int, ...]:
+        ids = [self.tok.eos_id]
+        if stop_at_answer:
+            a = self.tok.token_id("</answer>")
+            if a is not None:
+                ids.append(a)
+        return tuple(ids)
+
+
+class StageRun:
+    """Checkpointing, resume and preemption around one stage's loop."""
+
+    def __init__(self, rt: Runtime, stage: StageConfig, init_params: dict, total_updates: int):
+        self.rt, self.stage = rt, stage
+        self.dir = rt.run_dir / "checkpoints" / stage.name
+        self.tx = make_optimizer(stage.optimizer, total_updates)
+        self.state = rt.new_state(init_params, self.tx, rt.cfg.seed + 7919 * (1 + _stage_index(rt.cfg, stage.name)))
+        self.ckpt = StageCheckpointer(self.dir, rt.cfg.checkpoint.keep)
+        self.start_step = 0
+        self.host: dict[str, Any] = {"wall_seconds": 0.0}
+
+    def resume(self) -> dict | None:
+        got = self.ckpt.restore(self.state)
+        if got is None:
+            return None
+        step, state, host = got
+        self.state, self.start_step, self.host = state, step, host
+        log.info("stage %s: resumed from step %d", self.stage.name, step)
+        return host
+
+    def save(self, step: int, host: dict[str, Any], force: bool = False) -> None:
+        self.host = host
+        self.ckpt.save(step, self.state, host, force=force)
+
+    def should_save(self, step: int) -> bool:
+        return step % self.rt.cfg.checkpoint.every == 0 or step == self.stage.steps
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+def _stage_index(cfg: Config, name: str) -> int:
+    return [s.name for s in cfg.stages].index(name)
+
+
+def timer() -> float:
+    return time.perf_counter()

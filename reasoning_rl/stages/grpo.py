@@ -1,0 +1,172 @@
+"""GRPO-family stage: group rollouts → verifiable rewards → advantages → μ epochs of clipped updates.
+
+Covers GRPO, Dr.GRPO, DAPO (clip-higher, dynamic sampling, overlong shaping, token-level loss) and GSPO
+through the ``algorithm`` section. Sampling and updates use the same model code, and the behaviour
+log-probs are the sampler's own (equal to the trainer's by construction; the step logs the gap).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
+from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
+from reasoning_rl.config import StageConfig
+from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
+from reasoning_rl.data.loader import ExampleStream
+from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.rewards import RewardComputer, RewardSpec
+from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
+
+from .common import PreemptionGuard, Preempted, Runtime, StageFailed, StageRun, timer
+
+
+def prompt_len(rt: Runtime, n: int = 256) -> int:
+    return round_up(max(len(rt.tok.encode(rt.task.example("train", i).prompt)) for i in range(n)) + 2, 8)
+
+
+class Rollout:
+    """Samples groups, scores them, and (with dynamic sampling) refills until the batch is informative."""
+
+    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream):
+        r = stage.rollout
+        self.rt, self.stage, self.stream = rt, stage, stream
+        self.g = r.group_size
+        self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
+                                 rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size)
+        self.tp = prompt_len(rt)
+        self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
+        self.rewarder = RewardComputer([RewardSpec(x.name, x.weight, dict(x.kwargs)) for x in stage.rewards])
+
+    def _round(self, params, rng):
+        examples = next(self.stream)
+        pt, pv = prompt_batch(self.rt.tok, examples)
+        if pt.shape[1] < self.tp:
+            pad = self.tp - pt.shape[1]
+            pt = np.pad(pt, ((0, 0), (pad, 0)), constant_values=self.rt.tok.pad_id)
+            pv = np.pad(pv, ((0, 0), (pad, 0)))
+        t0 = timer()
+        out = jax.device_get(self.sample(params, pt, pv, rng))
+        t_sample = timer() - t0
+        texts = [self.rt.tok.decode(out.tokens[i, : out.lengths[i]]) for i in range(len(out.lengths))]
+        rows = [ex for ex in examples for _ in range(self.g)]
+        res = self.rewarder(texts, rows)
+        rewards = np.asarray(res.total, np.float32)
+        ol = self.stage.algorithm.overlong
+        if ol.enabled:
+            rewards = rewards + np.asarray(overlong_penalty(out.lengths, ol.max_len, ol.cache, ol.penalty))
+        return dict(pt=pt, pv=pv, out=out, rewards=rewards, res=res, t_sample=t_sample)
+
+    def collect(self, params, rng):
+        """Returns the batch arrays and rollout metrics for one step."""
+        a = self.stage.algorithm
+        p_needed = self.stage.rollout.prompts_per_step
+        rounds = []
+        kept_groups = []
+        t_sample = 0.0
+        n_rounds = a.max_sampling_rounds if a.dynamic_sampling else 1
+        for k in range(n_rounds):
+            rd = self._round(params, jax.random.fold_in(rng, k))
+            rounds.append(rd)
+            t_sample += rd["t_sample"]
+            keep = np.asarray(informative_groups(rd["rewards"], self.g)) if a.dynamic_sampling else \
+                np.ones(len(rd["rewards"]) // self.g, bool)
+            kept_groups += [(k, i) for i in np.nonzero(keep)[0]]
+            if len(kept_groups) >= p_needed:
+                break
+        first = rounds[0]
+        chosen = kept_groups[:p_needed]
+        n_real = len(chosen)
+        # Not enough informative groups after max rounds: fill with masked-out groups (no gradient, no count).
+        fill = [(0, i) for i in range(p_needed - n_real)]
+        groups = chosen + fill
+        pick = lambda key, per_group: np.concatenate(  # noqa: E731
+            [rounds[k][key][i * per_group:(i + 1) * per_group] for k, i in groups])
+        pt = np.stack([rounds[k]["pt"][i] for k, i in groups])
+        pv = np.stack([rounds[k]["pv"][i] for k, i in groups])
+        rew = pick("rewards", self.g)
+        outs = {f: np.concatenate([getattr(rounds[k]["out"], f)[i * self.g:(i + 1) * self.g] for k, i in groups])
+                for f in ("tokens", "mask", "logprobs", "lengths")}
+        adv = np.asarray(compute_advantages(a.advantage, rew, self.g))
+        mask = outs["mask"].copy()
+        if n_real < p_needed:
+            mask[n_real * self.g:] = False
+        batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g)
+        # metrics over everything sampled in the first round (what the policy actually does)
+        res = first["res"]
+        gen_tokens = sum(int(r["out"].lengths.sum()) for r in rounds)
+        metrics = {
+            "reward_mean": float(first["rewards"].mean()), "reward_std": float(first["rewards"].std()),
+            "response_len": float(first["out"].lengths.mean()),
+            "gen_tokens_per_s": gen_tokens / max(t_sample, 1e-9), "sample_s": t_sample,
+            "reward_errors": int(sum(res.errors.values())), "reward_non_finite": int(sum(res.non_finite.values())),
+        }
+        for name, vals in res.per_reward.items():
+            metrics[name] = float(np.mean(vals))
+        if a.dynamic_sampling:
+            metrics["groups_kept"] = n_real
+            metrics["sampling_rounds"] = len(rounds)
+        return batch, metrics
+
+
+def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
+    a, r = stage.algorithm, stage.rollout
+    updates = stage.steps * a.epochs * a.mini_batches
+    run = StageRun(rt, stage, init_params, updates)
+    stream = ExampleStream(lambda i: rt.task.example("train", i).as_dict(), r.prompts_per_step,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+    ref_params = rt.place(init_params) if a.beta > 0 else None
+    host = run.resume()
+    if host is not None:
+        stream.set_state(host["data"])
+    writer.truncate(stage.name, run.start_step)
+    rollout = Rollout(rt, stage, stream)
+    step_fn = rt.jit_step(make_grpo_step(rt.mdef, a, stage.optimizer, run.tx, r.temperature,
+                                         rt.cfg.model.logits_chunk), run.state)
+    ref_fn = rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.cfg.model.logits_chunk)) if a.beta > 0 else None
+    wall = float(run.host.get("wall_seconds", 0.0))
+    bar = Progress(stage.name, stage.steps, run.start_step, progress)
+    n_rows = r.prompts_per_step * r.group_size
+    mb = n_rows // a.mini_batches
+    with PreemptionGuard() as guard:
+        for step in range(run.start_step + 1, stage.steps + 1):
+            t0 = timer()
+            rng = jax.random.fold_in(run.state.rng, step)
+            batch, rm = rollout.collect(run.state.params, rng)
+            t_up = timer()
+            if ref_fn is not None:
+                batch["ref_logp"] = np.asarray(ref_fn(ref_params, batch["tokens"], batch["valid"], batch["mask"]))
+            ms = []
+            for _ in range(a.epochs):
+                for j in range(a.mini_batches):
+                    part = {k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}
+                    run.state, m = step_fn(run.state, rt.place_batch(part))
+                    ms.append(m)
+            ms = jax.device_get(ms)
+            dt = timer() - t0
+            wall += dt
+            rec = {"stage": stage.name, "step": step, **rm}
+            for k in ms[0]:
+                vals = [float(x[k]) for x in ms]
+                rec[k] = sum(vals) if k == "skipped" else float(np.mean(vals))
+            rec["logprob_gap"] = float(ms[0]["logprob_gap"])  # first update: params == rollout params
+            rec["update_s"] = timer() - t_up
+            rec["seconds"] = dt
+            writer.write(rec)
+            bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
+            if int(jax.device_get(run.state.skipped)) >= stage.optimizer.max_consecutive_skips:
+                run.ckpt.wait()
+                raise StageFailed(f"stage {stage.name}: {stage.optimizer.max_consecutive_skips} consecutive steps "
+                                  f"with non-finite loss or gradients (last at step {step}); the last good "
+                                  f"checkpoint is kept in {run.dir}")
+            if run.should_save(step) or guard.requested:
+                run.save(step, {"data": stream.get_state(), "wall_seconds": wall}, force=guard.requested)
+            if guard.requested:
+                run.ckpt.wait()
+                raise Preempted(f"stage {stage.name} preempted at step {step}; checkpoint written")
+    bar.close()
+    run.close()
+    return run.state.params, {"wall_seconds": wall}

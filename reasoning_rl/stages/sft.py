@@ -1,0 +1,60 @@
+"""Supervised fine-tuning stage (cold start): next-token loss on worked solutions."""
+
+from __future__ import annotations
+
+import jax
+from reasoning_rl.algorithms.steps import make_sft_step
+from reasoning_rl.config import StageConfig
+from reasoning_rl.data.batching import round_up, sft_batch
+from reasoning_rl.data.loader import ExampleStream
+from reasoning_rl.metrics import MetricsWriter, Progress
+
+from .common import PreemptionGuard, Preempted, Runtime, StageFailed, StageRun, timer
+
+
+def sft_seq_len(rt: Runtime, n: int = 256) -> int:
+    """One fixed sequence length per stage (one compiled step): the longest of a sample, rounded up."""
+    lens = [len(rt.tok.encode(e.prompt + e.solution)) + 1 for e in (rt.task.example("train", i) for i in range(n))]
+    return round_up(int(max(lens) * 1.1) + 1, 16)
+
+
+def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
+    run = StageRun(rt, stage, init_params, stage.steps)
+    stream = ExampleStream(lambda i: rt.task.example("train", i).as_dict(), stage.batch_size,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+    host = run.resume()
+    if host is not None:
+        stream.set_state(host["data"])
+    writer.truncate(stage.name, run.start_step)
+    step_fn = rt.jit_step(make_sft_step(rt.mdef, stage.optimizer, run.tx, stage.algorithm.micro_batches,
+                                        rt.cfg.model.logits_chunk), run.state)
+    seq_len = sft_seq_len(rt)
+    wall = float(run.host.get("wall_seconds", 0.0))
+    bar = Progress(stage.name, stage.steps, run.start_step, progress)
+    rec: dict = {}
+    with PreemptionGuard() as guard:
+        for step in range(run.start_step + 1, stage.steps + 1):
+            t0 = timer()
+            batch = sft_batch(rt.tok, next(stream), seq_len)
+            run.state, m = step_fn(run.state, rt.place_batch(batch))
+            m = jax.device_get(m)
+            dt = timer() - t0
+            wall += dt
+            rec = {"stage": stage.name, "step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                   "skipped": int(m["skipped"]), "tokens": int(m["tokens"]), "tokens_per_s": float(m["tokens"]) / dt,
+                   "seconds": dt}
+            writer.write(rec)
+            bar.update(loss=rec["loss"])
+            if int(jax.device_get(run.state.skipped)) >= stage.optimizer.max_consecutive_skips:
+                run.ckpt.wait()
+                raise StageFailed(f"stage {stage.name}: {stage.optimizer.max_consecutive_skips} consecutive steps "
+                                  f"with non-finite loss or gradients (last at step {step}); the last good "
+                                  f"checkpoint is kept in {run.dir}")
+            if run.should_save(step) or guard.requested:
+                run.save(step, {"data": stream.get_state(), "wall_seconds": wall}, force=guard.requested)
+            if guard.requested:
+                run.ckpt.wait()
+                raise Preempted(f"stage {stage.name} preempted at step {step}; checkpoint written")
+    bar.close()
+    run.close()
+    return run.state.params, {"wall_seconds": wall, "final_loss": rec.get("loss")}
