@@ -1,6 +1,32 @@
-"""Model code (installed as ``reasoning_rl.models``): shared layers, the decoder, family configs."""
+"""Model code (installed as ``reasoning_rl.models``): shared layers, the decoder, family configs, and
+Hugging Face checkpoint loading/saving."""
 
-from .config import TransformerConfig
+from .config import MLAConfig, MoEConfig, TransformerConfig
+from .hf import (
+                 CheckpointError,
+                 ConfigError,
+                 PretrainedModel,
+                 config_from_hf,
+                 load_params,
+                 load_pretrained,
+                 save_pretrained,
+)
 from .transformer import KVCache, ModelDef, Transformer, create, positions_from_valid
 
-__all__ = ["KVCache", "ModelDef", "Transformer", "TransformerConfig", "create", "positions_from_valid"]
+__all__ = [
+                 "CheckpointError",
+                 "ConfigError",
+                 "KVCache",
+                 "MLAConfig",
+                 "MoEConfig",
+                 "ModelDef",
+                 "PretrainedModel",
+                 "Transformer",
+                 "TransformerConfig",
+                 "config_from_hf",
+                 "create",
+                 "load_params",
+                 "load_pretrained",
+                 "positions_from_valid",
+                 "save_pretrained",
+]

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from reasoning_rl.sharding import constrain
 
 from .config import TransformerConfig
@@ -43,7 +42,7 @@ class KVCache:
     valid: jax.Array
 
     @classmethod
-    def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> "KVCache":
+    def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVCache:
         dtype = dtype or cfg.jnp_dtype
         kk, kd, vk, vd = cfg.kv_shape
         k = jnp.zeros((cfg.n_layers, batch, size, kk, kd), dtype)

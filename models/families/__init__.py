@@ -1,1 +1,31 @@
+"""Model families: each is a config translation (config.json <-> TransformerConfig) plus a weight-name map
+over the shared layers. A family module defines NAME, MODEL_TYPES, ARCHITECTURE, ``from_hf(hf) ->
+TransformerConfig``, ``to_hf(cfg) -> dict``, ``tensors(cfg) -> list[Tensor]`` and optionally
+``ignored(name, cfg) -> bool`` for checkpoint tensors that are deliberately not loaded."""
 
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import deepseek_v3, gemma3, llama, mixtral, qwen2, qwen3, qwen3_moe
+from .base import ConfigError, Tensor
+
+FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3)}
+FAMILIES["mistral"] = llama
+BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
+
+
+def for_model_type(model_type: str | None) -> ModuleType:
+    if model_type not in BY_MODEL_TYPE:
+        raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
+                          f"(supported: {', '.join(sorted(BY_MODEL_TYPE))})")
+    return BY_MODEL_TYPE[model_type]
+
+
+def for_family(name: str) -> ModuleType:
+    if name not in FAMILIES:
+        raise ConfigError(f"TransformerConfig.family {name!r} is not supported (supported: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+__all__ = ["BY_MODEL_TYPE", "FAMILIES", "ConfigError", "Tensor", "for_family", "for_model_type"]

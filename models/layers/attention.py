@@ -13,7 +13,6 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from reasoning_rl.sharding import constrain
 
 from .init import param, zeros

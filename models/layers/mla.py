@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from reasoning_rl.sharding import constrain
 
 from ..config import MLAConfig

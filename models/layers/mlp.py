@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from reasoning_rl.sharding import constrain
 
 from .init import param

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from reasoning_rl.sharding import constrain
 
 from ..config import MoEConfig
@@ -101,7 +100,7 @@ def experts_dense(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
 
 def experts_ragged(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
     """Dropless grouped matmul: the N*k token copies sorted by expert, one ``ragged_dot`` per projection."""
-    n, k = r.experts.shape
+    k = r.experts.shape[1]
     flat = r.experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     token = order // k

@@ -121,9 +121,9 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     return sft_step
 
 
-def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
-                   temperature: float, logits_chunk: int = 0):
-    """One optimizer update on one mini-batch.
+def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int = 0):
+    """``(params, batch) -> (grads, aux)``: the normalised gradient of one mini-batch, accumulated over
+    ``acfg.micro_batches`` micro-batches.
 
     batch: tokens [B, Tp+T] int32, valid [B, Tp+T] bool (prompt validity ++ completion mask), mask [B, T],
     old_logp [B, T], sampler_logp [B, T], adv [B], and ref_logp [B, T] when ``acfg.beta > 0``.
@@ -136,7 +136,7 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
         model = mdef.bind(params)
         n = b["mask"].shape[1]
         lp, ent = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk, with_entropy=True)
-        x = LossInputs(lp, b["old_logp"], b.get("ref_logp"), b["adv"], b["mask"])
+        x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"])
         s, c, metrics = loss(x, **kw)
         m = b["mask"].astype(jnp.float32)
         gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
@@ -144,8 +144,16 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
                **metrics}
         return s, aux
 
+    return lambda params, batch: _accumulate(loss_fn, params, batch, acfg.micro_batches)
+
+
+def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
+                   temperature: float, logits_chunk: int = 0):
+    """One optimizer update on one mini-batch (see ``make_grpo_grad`` for the batch layout)."""
+    grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk)
+
     def grpo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        grads, aux = _accumulate(loss_fn, state.params, batch, acfg.micro_batches)
+        grads, aux = grad_fn(state.params, batch)
         loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v)
         out = {"loss": loss_v, **m}

@@ -25,16 +25,20 @@ Two kinds of tests:
   exiting early, printing markers or monkeypatching ``assert``/builtins in the child
   cannot turn a failing test into a passing one.
 
-Protocol with the trainer: one JSON spec on stdin; one JSON object per line on stdout:
-``{"hello": {...}}``, then ``{"kind": "stdio", "k": i, "status": ..., "rc": ..., "out": ...}``
-or ``{"kind": "assert", "k": i, "pass": bool}`` per test, then ``{"done": true}``.
+Protocol with the trainer (both sides trusted, so ``marshal`` is fine and keeps the
+runner's start-up light): one marshalled spec on stdin; on stdout a sequence of frames
+(4-byte little-endian length + marshalled dict): ``{"hello": {...}}``, then
+``{"kind": "stdio", "k": i, "status": ..., "rc": ..., "out": bytes}`` or
+``{"kind": "assert", "k": i, "pass": bool}`` per test, then ``{"done": True}``.
+The RPC with candidate children is untrusted and uses JSON (imported only when needed).
 """
 
-import json
+import marshal
 import os
 import resource
 import select
 import signal
+import struct
 import sys
 import time
 
@@ -155,27 +159,40 @@ def _write_all(fd, data, deadline):
 
 
 # --------------------------------------------------------------------------- child side
-def _child_main(argv):
-    mode, uid, gid, preimport = argv[0], int(argv[1]), int(argv[2]), argv[3] == "1"
-    if preimport:  # the stdlib may be unreadable once we are not root (fallback backend)
-        import importlib
+STUB = "import sys;sys.path.insert(0,%r);import _runner;del sys.path[0];_runner.main(sys.argv[1:])"
+"""``python -c`` loader: imports this module from its cached .pyc instead of compiling it."""
 
-        for name in _PREIMPORT:
-            try:
-                importlib.import_module(name)
-            except Exception:
-                pass
+
+def _preimport():
+    """Import common stdlib modules while still root (fallback: stdlib unreadable later)."""
+    import importlib
+
+    for name in _PREIMPORT:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+
+
+def _drop_privileges(uid, gid):
     if uid >= 0:
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid:
             os._exit(126)
+
+
+def _child_main(argv):
+    mode, uid, gid, preimport = argv[0], int(argv[1]), int(argv[2]), argv[3] == "1"
+    if preimport:
+        _preimport()
+    _drop_privileges(uid, gid)
     sys.argv = ["solution.py"]
     if mode == "stdio":
         src = _read_fd(3)
         os.close(3)
-        _run_main(src)
+        os._exit(_run_main(src))
     else:
         _serve_rpc()
 
@@ -190,19 +207,32 @@ def _read_fd(fd):
 
 
 def _run_main(src):
+    """Run ``src`` as ``__main__``; flush stdio; return the process exit code."""
     import types
 
     mod = types.ModuleType("__main__")
     sys.modules["__main__"] = mod
+    code = 0
     try:
         exec(compile(src, "solution.py", "exec"), mod.__dict__)
-    except SystemExit:
-        raise
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code & 0xFF
+        else:
+            code = 1
     except BaseException:
         import traceback
 
         traceback.print_exc()
-        sys.exit(1)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            code = code or 1
+    return code
 
 
 def _serve_rpc():
@@ -215,8 +245,12 @@ def _serve_rpc():
         table[id(v)] = v
         return {"h": id(v)}
 
+    import json
+
     def send(obj):
-        os.write(out, json.dumps(obj).encode() + b"\n")  # blocking is fine: runner reads
+        data = memoryview(json.dumps(obj).encode() + b"\n")
+        while data:  # blocking is fine: the runner reads
+            data = data[os.write(out, data):]
 
     first = json.loads(lines.read(None))
     mod = types.ModuleType("solution")
@@ -293,13 +327,20 @@ class _Runner:
         self.lim = spec["limits"]
         self.uid, self.gid = spec["uid"], spec["gid"]
         self.exe = sys.executable
-        self.script = os.path.abspath(__file__)
+        self.dir = os.path.dirname(os.path.abspath(__file__))
+        self.fork_only = not spec["asserts"]
         self.env = {"PATH": "/usr/bin:/bin", "HOME": os.getcwd(), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
         self.preimport = "0"
 
     # ---- process control
-    def spawn(self, mode, fds):
-        """fork + exec a fresh child interpreter with ``fds`` ({target: source}) wired up."""
+    def spawn(self, mode, fds, fresh=True):
+        """Start a candidate process with ``fds`` ({target: source}) wired up.
+
+        ``fresh``: fork + exec a new interpreter, so nothing of the runner's memory is
+        inherited. Only when the runner holds nothing secret (a spec with stdin/stdout
+        tests alone: program and inputs) may it run the candidate in a plain fork, which
+        saves an interpreter start per test.
+        """
         import fcntl
 
         pid = os.fork()
@@ -310,12 +351,20 @@ class _Runner:
             high = {t: fcntl.fcntl(s, fcntl.F_DUPFD, 64) for t, s in fds.items()}
             for t, s in high.items():
                 os.dup2(s, t)
-            top = max(fds)
-            os.closerange(top + 1, 1 << 16)
+            os.closerange(max(fds) + 1, 1 << 16)
             self._limits()
-            argv = [self.exe, "-I", "-S", "-B", self.script, "child", mode, str(self.uid), str(self.gid),
-                    self.preimport]
-            os.execve(self.exe, argv, self.env)
+            if fresh:
+                argv = [self.exe, "-I", "-S", "-B", "-c", STUB % self.dir, "child", mode, str(self.uid),
+                        str(self.gid), self.preimport]
+                os.execve(self.exe, argv, self.env)
+            else:
+                os.environ.clear()
+                os.environ.update(self.env)
+                _drop_privileges(self.uid, self.gid)
+                sys.argv = ["solution.py"]
+                src = self.spec["program"]
+                self.spec = None
+                os._exit(_run_main(src))
         finally:
             os._exit(127)
 
@@ -386,7 +435,7 @@ class _Runner:
         in_fd = _memfd(stdin_text.encode("utf-8", "surrogatepass"))
         r, w = os.pipe()
         null = os.open(os.devnull, os.O_WRONLY)
-        pid = self.spawn("stdio", {0: in_fd, 1: w, 2: null, 3: src_fd})
+        pid = self.spawn("stdio", {0: in_fd, 1: w, 2: null, 3: src_fd}, fresh=not self.fork_only)
         for fd in (src_fd, in_fd, w, null):
             os.close(fd)
         deadline = time.monotonic() + self.spec["timeout_s"]
@@ -395,8 +444,7 @@ class _Runner:
         rc = self.reap(pid)
         if status == "ok" and rc != 0:
             status = "error"
-        cap = self.lim["output_bytes"]
-        return {"kind": "stdio", "k": k, "status": status, "rc": rc, "out": out[:cap].decode("utf-8", "replace")}
+        return {"kind": "stdio", "k": k, "status": status, "rc": rc, "out": out[: self.lim["output_bytes"]]}
 
     def _collect(self, r, pid, deadline):
         cap, buf = self.lim["output_bytes"], bytearray()
@@ -500,6 +548,8 @@ class _Child:
         self.deadline = 0.0
 
     def start(self, deadline):
+        import json
+
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
@@ -518,9 +568,13 @@ class _Child:
             return False
 
     def _send(self, obj):
+        import json
+
         _write_all(self.req_w, json.dumps(obj).encode() + b"\n", self.deadline)
 
     def rpc(self, req):
+        import json
+
         if not self.alive:
             raise _Broken("dead")
         try:
@@ -645,16 +699,13 @@ def _pids_of_uid(uid):
     return found
 
 
-def _fallback_isolate(spec):
+def _fallback_isolate(spec, libc):
     """Best-effort isolation without bubblewrap (see sandbox.py for the threat model).
 
     As root: private network namespace (no interfaces up) and a private mount namespace
     where the working dir, /tmp, /var/tmp and /dev/shm are small fresh tmpfs mounts, so
     the candidate can neither reach the network nor leave files on the host.
     """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     info = {"netns": False, "mountns": False}
     if os.geteuid() != 0:
         return info
@@ -685,20 +736,18 @@ _SECCOMP_NRS = {
 }
 
 
-def _install_seccomp():
-    """Deny namespace creation, mounts, ptrace, bpf & co. to everything started from here.
+def seccomp_program():
+    """Classic-BPF seccomp filter (bytes of ``struct sock_filter[]``) or None if unsupported.
 
-    Candidates have no capabilities, but an unprivileged user namespace would give them
-    mount rights (e.g. an unbounded tmpfs in RAM) and a larger kernel attack surface.
-    Returns False (and changes nothing) on unsupported architectures.
+    Denies namespace creation (unshare, setns, clone with CLONE_NEW*; clone3 answers
+    ENOSYS so libc falls back to clone), mounts, ptrace, bpf, perf, keyrings, io_uring
+    and module/kexec calls. Candidates have no capabilities, but an unprivileged user
+    namespace would give them mount rights (e.g. an unbounded tmpfs in RAM) and a larger
+    kernel attack surface. Foreign-ABI syscalls (x32, i386 via int 0x80) are denied too.
     """
-    import ctypes
-    import platform
-    import struct
-
-    arch = _SECCOMP_NRS.get(platform.machine())
+    arch = _SECCOMP_NRS.get(os.uname().machine)
     if arch is None:
-        return False
+        return None
     audit, nr_clone, nr_clone3, blocked = arch
     eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
     allow = 0x7FFF0000
@@ -712,36 +761,42 @@ def _install_seccomp():
     prog += [(jeq, 0, 1, nr_clone3), (ret, 0, 0, enosys)]
     prog += [(jeq, 0, 3, nr_clone), (ld, 0, 0, 16), (jset, 0, 1, ns_flags), (ret, 0, 0, eperm)]
     prog += [(ret, 0, 0, allow)]
-    raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+
+
+def _install_seccomp(libc):
+    """Install ``seccomp_program()`` on this process (fallback backend; bwrap does it itself)."""
+    import ctypes
+
+    raw = seccomp_program()
+    if raw is None:
+        return False
     buf = ctypes.create_string_buffer(raw)
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    fprog = SockFprog(len(prog), ctypes.addressof(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
+    fprog = SockFprog(len(raw) // 8, ctypes.addressof(buf))
     pr_set_no_new_privs, pr_set_seccomp, mode_filter = 38, 22, 2
     if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
         return False
     return libc.prctl(pr_set_seccomp, mode_filter, ctypes.byref(fprog), 0, 0) == 0
 
 
-def _set_subreaper():
-    """Orphans of the candidate re-parent to the runner, which reaps them."""
-    import ctypes
-
-    pr_set_child_subreaper = 36
-    return ctypes.CDLL(None).prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+def _seccomp_active():
+    with open("/proc/self/status") as f:
+        return any(line.startswith("Seccomp:") and line.split()[1] == "2" for line in f)
 
 
 def _emit(obj):
-    data = memoryview((json.dumps(obj) + "\n").encode())
+    data = marshal.dumps(obj)
+    data = memoryview(struct.pack("<I", len(data)) + data)
     while data:
         data = data[os.write(1, data):]
 
 
 def _runner_main():
-    spec = json.loads(_read_fd(0))
+    spec = marshal.loads(_read_fd(0))
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -750,11 +805,19 @@ def _runner_main():
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     hello = {"uid": spec["uid"]}
     if spec["backend"] == "fallback":
-        hello.update(_fallback_isolate(spec))
-    hello["subreaper"] = _set_subreaper()
-    hello["seccomp"] = _install_seccomp() if spec.get("seccomp", True) else False
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        hello.update(_fallback_isolate(spec, libc))
+        pr_set_child_subreaper = 36  # orphans re-parent to us and get reaped in reap()
+        hello["subreaper"] = libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+        if spec.get("seccomp", True):
+            _install_seccomp(libc)
+    hello["seccomp"] = _seccomp_active()
     runner = _Runner(spec)
     runner.preimport = "1" if spec.get("preimport") else "0"
+    if spec.get("preimport") and runner.fork_only:
+        _preimport()
     _emit({"hello": hello})
     for k, stdin_text in enumerate(spec["stdio"]):
         _emit(runner.run_stdio(k, stdin_text))
@@ -763,8 +826,13 @@ def _runner_main():
     _emit({"done": True})
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "child":
-        _child_main(sys.argv[2:])
+def main(argv):
+    """Entry point: ``[]`` -> runner, ``["child", ...]`` -> candidate child."""
+    if argv and argv[0] == "child":
+        _child_main(argv[1:])
     else:
         _runner_main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -27,13 +27,15 @@ compared here, asserts are evaluated by the runner (see ``_runner.py``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
-import json
 import logging
+import marshal
 import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -42,9 +44,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import _runner
+
 log = logging.getLogger("reasoning_rl.rewards")
 
-RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner.py")
+RUNNER = os.path.abspath(_runner.__file__)
+# The runner is loaded through ``_runner.STUB`` with its directory first on sys.path, so
+# no module next to it may share a name with a stdlib module it imports at start-up.
+_RUNNER_PYC = importlib.util.cache_from_source(RUNNER)
 UID_BASE = 1_000_000_000  # far above any real account; see candidate_uid_range()
 _UID_BLOCK = 1 << 14
 _counter = itertools.count()
@@ -100,8 +107,8 @@ def _python_binds() -> list[str]:
     return args
 
 
-def bwrap_argv(limits: Limits) -> list[str]:
-    """The bubblewrap command line that starts the runner (without the spec)."""
+def bwrap_argv(limits: Limits, seccomp_fd: int | None = None) -> list[str]:
+    """The bubblewrap command line that starts the runner (the spec goes to its stdin)."""
     size = str(limits.tmpfs_mb << 20)
     args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
@@ -117,11 +124,15 @@ def bwrap_argv(limits: Limits) -> list[str]:
     for f in ("/etc/ld.so.cache", "/etc/localtime"):
         args += ["--ro-bind-try", f, f]
     args += _python_binds()
-    args += ["--ro-bind", RUNNER, "/runner.py", "--proc", "/proc", "--dev", "/dev",
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    args += ["--ro-bind", RUNNER, "/rrl/_runner.py",
+             "--ro-bind-try", _RUNNER_PYC, "/rrl/__pycache__/" + os.path.basename(_RUNNER_PYC),
+             "--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
              "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
              "--perms", "0777", "--size", size, "--tmpfs", "/sandbox", "--chdir", "/sandbox",
-             os.path.realpath(sys.executable), "-I", "-S", "-B", "/runner.py"]
+             os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", _runner.STUB % "/rrl"]
     return args
 
 
@@ -205,46 +216,50 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
         "limits": {**dataclasses.asdict(limits), "cpu_s": timeout_s,
                    "nproc": limits.nproc if root else _user_nproc_budget(limits.nproc)},
     }
-    workdir = None
+    workdir, pass_fds = None, ()
     if backend == "bwrap":
-        argv, cwd = bwrap_argv(limits), "/"
+        program_bpf = _runner.seccomp_program()
+        if program_bpf is not None:
+            pass_fds = (_runner._memfd(program_bpf),)
+        argv, cwd = bwrap_argv(limits, pass_fds[0] if pass_fds else None), "/"
     else:
         workdir = tempfile.mkdtemp(prefix=f"rrl-sbx-{os.getpid()}-")
         os.chmod(workdir, 0o777)
-        argv, cwd = [os.path.realpath(sys.executable), "-I", "-S", "-B", RUNNER], workdir
+        argv = [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", _runner.STUB % os.path.dirname(RUNNER)]
+        cwd = workdir
         spec["preimport"] = not _stdlib_world_readable()
     n_jobs = len(stdio_idx) + len(assert_idx) + 1
     deadline = time.monotonic() + 5.0 + n_jobs * (timeout_s + 0.5)
     cap = (1 << 16) + (len(stdio_idx) + 1) * (8 * limits.output_bytes + 4096)
     try:
-        lines = _drive(argv, cwd, json.dumps(spec).encode(), deadline, cap, uid)
+        messages = _drive(argv, cwd, marshal.dumps(spec), deadline, cap, pass_fds)
     finally:
+        for fd in pass_fds:
+            os.close(fd)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    for line in lines:
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(msg, dict):
-            continue
+        # The PID namespace takes bwrap's candidates with it; otherwise sweep by uid.
+        if uid >= 0 and (backend != "bwrap" or not messages or "done" not in messages[-1]):
+            _kill_uid(uid)
+    for msg in messages:
         k = msg.get("k")
         if msg.get("kind") == "stdio" and isinstance(k, int) and 0 <= k < len(stdio_idx):
             i = stdio_idx[k]
+            out = msg.get("out", b"").decode("utf-8", "replace")
             verdicts[i] = (msg.get("status") == "ok" and msg.get("rc") == 0 and
-                           normalise_output(str(msg.get("out", ""))) ==
-                           normalise_output(str(tests[i].get("stdout", ""))))
+                           normalise_output(out) == normalise_output(str(tests[i].get("stdout", ""))))
         elif msg.get("kind") == "assert" and isinstance(k, int) and 0 <= k < len(assert_idx):
             verdicts[assert_idx[k]] = msg.get("pass") is True
     return verdicts
 
 
-def _drive(argv: list[str], cwd: str, spec: bytes, deadline: float, cap: int, uid: int) -> list[bytes]:
-    """Start the runner, feed it the spec, collect its output lines within the budget."""
+def _drive(argv: list[str], cwd: str, spec: bytes, deadline: float, cap: int,
+           pass_fds: Sequence[int]) -> list[dict]:
+    """Start the runner, feed it the spec, collect its result frames within the budget."""
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True,
-                            close_fds=True)
+                            close_fds=True, pass_fds=pass_fds)
     buf = bytearray()
     try:
         feeder = threading.Thread(target=_feed, args=(proc.stdin, spec), daemon=True)
@@ -264,9 +279,24 @@ def _drive(argv: list[str], cwd: str, spec: bytes, deadline: float, cap: int, ui
     finally:
         _kill_group(proc)
         proc.stdout.close()
-        if uid >= 0:
-            _kill_uid(uid)
-    return bytes(buf).splitlines()
+    return _frames(bytes(buf))
+
+
+def _frames(data: bytes) -> list[dict]:
+    """Split the runner's output into its (trusted, marshalled) frames; drop a torn tail."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        if pos + 4 + n > len(data):
+            break
+        try:
+            msg = marshal.loads(data[pos + 4: pos + 4 + n])
+        except (EOFError, ValueError, TypeError):
+            break
+        if isinstance(msg, dict):
+            out.append(msg)
+        pos += 4 + n
+    return out
 
 
 def _feed(pipe, data: bytes) -> None:

@@ -1,0 +1,240 @@
+"""What every family definition is made of: tensor specs (where each of our parameters lives in a Hugging
+Face checkpoint and how its layout differs), the shared name maps most families reuse, and config helpers.
+
+Layouts (``Tensor.layout``), per layer and per expert, ours <- checkpoint:
+  same   identical shape
+  flat   the checkpoint stores it flattened (attention biases [H*D] -> [H, D])
+  t1/t2  a torch ``nn.Linear`` weight [out, in]: ours is ``w.T`` reshaped, with the first 1 (t1) or 2 (t2) of
+         our dims forming ``in`` (q_proj [H*D, d] -> [d, H, D] is t1; o_proj [d, H*D] -> [H, D, d] is t2)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import TransformerConfig
+from ..layers.rope import SUPPORTED, rope_kind
+
+
+class ConfigError(ValueError):
+    """config.json asks for something these models cannot represent; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    path: tuple[str, ...]  # our parameter, e.g. ("layers", "attn", "q")
+    hf: str  # checkpoint name; "{i}" is the checkpoint's layer index, "{e}" the expert index
+    layout: str = "same"
+    fused: str | None = None  # fused-experts name ("{i}" only): [E, parts * rows, cols] in memory layout
+    part: tuple[int, int] = (0, 1)  # (which, of how many) rows of the fused tensor's expert slice
+    zeros: tuple[int, ...] | None = None  # not one of our params: saved as zeros of this per-layer shape
+
+    def stacked(self) -> tuple[bool, bool]:
+        """(has a leading layer dim, has an expert dim) in our parameter."""
+        return self.path[0] in ("layers", "dense_layers"), "{e}" in self.hf
+
+
+def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The checkpoint shape of one (layer, expert) slice whose shape in our params is ``shape``."""
+    if layout == "same":
+        return tuple(shape)
+    if layout == "flat":
+        return (math.prod(shape),)
+    k = int(layout[1:])
+    return math.prod(shape[k:]), math.prod(shape[:k])
+
+
+def to_ours(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    if layout == "same":
+        return a
+    if layout == "flat":
+        return a.reshape(shape)
+    return a.T.reshape(shape)
+
+
+def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    if layout == "same":
+        return a
+    if layout == "flat":
+        return a.reshape(-1)
+    k = int(layout[1:])
+    return a.reshape(math.prod(shape[:k]), math.prod(shape[k:])).T
+
+
+# ---------------------------------------------------------------------- shared name maps
+
+
+def gqa_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.self_attn",
+                bias_always: bool = False) -> list[Tensor]:
+    """q/k/v/o projections, biases and q/k norms. ``bias_always``: the format always has q/k/v biases (Qwen2),
+    so a config without them saves zeros there."""
+    out = [Tensor((seg, "attn", n), f"{prefix}.{n}_proj.weight", "t1") for n in ("q", "k", "v")]
+    out.append(Tensor((seg, "attn", "o"), f"{prefix}.o_proj.weight", "t2"))
+    if cfg.qkv_bias or bias_always:
+        heads = {"q": cfg.n_heads, "k": cfg.n_kv_heads, "v": cfg.n_kv_heads}
+        out += [Tensor((seg, "attn", f"{n}_bias"), f"{prefix}.{n}_proj.bias", "flat",
+                       zeros=None if cfg.qkv_bias else (heads[n], cfg.head_dim)) for n in ("q", "k", "v")]
+    if cfg.qk_norm:
+        out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{prefix}.{n}_norm.weight") for n in ("q", "k")]
+    return out
+
+
+def mlp_tensors(path: tuple[str, ...], prefix: str, names=("gate_proj", "up_proj", "down_proj")) -> list[Tensor]:
+    return [Tensor(path + (ours,), f"{prefix}.{theirs}.weight", "t1")
+            for ours, theirs in zip(("gate", "up", "down"), names)]
+
+
+def expert_tensors(seg: str, prefix: str, names=("gate_proj", "up_proj", "down_proj"),
+                   router: str = "gate") -> list[Tensor]:
+    """Routed experts stored one tensor per expert; the fused layout (``experts.gate_up_proj`` [E, 2I, d],
+    ``experts.down_proj`` [E, d, I]) is accepted on load as an alternative."""
+    fused_up = "model.layers.{i}.mlp.experts.gate_up_proj"
+    fused_down = "model.layers.{i}.mlp.experts.down_proj"
+    return [
+        Tensor((seg, "mlp", "router"), f"{prefix}.{router}.weight", "t1"),
+        Tensor((seg, "mlp", "gate"), f"{prefix}.experts.{{e}}.{names[0]}.weight", "t1", fused_up, (0, 2)),
+        Tensor((seg, "mlp", "up"), f"{prefix}.experts.{{e}}.{names[1]}.weight", "t1", fused_up, (1, 2)),
+        Tensor((seg, "mlp", "down"), f"{prefix}.experts.{{e}}.{names[2]}.weight", "t1", fused_down, (0, 1)),
+    ]
+
+
+def outer_tensors(cfg: TransformerConfig) -> list[Tensor]:
+    out = [Tensor(("embed",), "model.embed_tokens.weight"), Tensor(("final_norm", "scale"), "model.norm.weight")]
+    if not cfg.tie_embeddings:
+        out.append(Tensor(("lm_head",), "lm_head.weight", "t1"))
+    return out
+
+
+def llama_like(cfg: TransformerConfig, segs: list[tuple[str, int, int, bool]], *, attention: bool = True,
+               dense_mlp: bool = True, bias_always: bool = False) -> list[Tensor]:
+    """Llama/Qwen naming: input_layernorm before attention, post_attention_layernorm before the MLP, then
+    (optionally) GQA attention and, for segments without experts, the dense MLP."""
+    out = outer_tensors(cfg)
+    for seg, _, _, moe in segs:
+        out += [Tensor((seg, "attn_norm", "scale"), "model.layers.{i}.input_layernorm.weight"),
+                Tensor((seg, "mlp_norm", "scale"), "model.layers.{i}.post_attention_layernorm.weight")]
+        if attention:
+            out += gqa_tensors(seg, cfg, bias_always=bias_always)
+        if dense_mlp and not moe:
+            out += mlp_tensors((seg, "mlp"), "model.layers.{i}.mlp")
+    return out
+
+
+# ---------------------------------------------------------------------- config.json helpers
+
+
+def need(hf: dict, key: str):
+    if key not in hf or hf[key] is None:
+        raise ConfigError(f"config.json: required field {key!r} is missing")
+    return hf[key]
+
+
+def refuse(hf: dict, key: str, ok, why: str) -> None:
+    """Fail naming ``key`` when the checkpoint uses a feature these layers do not implement."""
+    if key in hf and hf[key] is not None and not ok(hf[key]):
+        raise ConfigError(f"config.json: {key}={hf[key]!r} is not supported ({why})")
+
+
+def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict | None]:
+    """(theta, scaling) from either layout: transformers 4 (``rope_theta`` + ``rope_scaling``) or 5
+    (``rope_parameters``, possibly nested per layer type)."""
+    params = hf.get("rope_parameters")
+    if params and layer_type is not None and layer_type in params:
+        params = params[layer_type]
+    field = "rope_parameters" if params else "rope_scaling"
+    scaling = dict(params) if params else (dict(hf["rope_scaling"]) if hf.get("rope_scaling") else None)
+    theta = float((scaling or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if scaling is not None:
+        scaling.pop("rope_theta", None)
+        kind = rope_kind(scaling)
+        if kind not in SUPPORTED:
+            raise ConfigError(f"config.json: {field}.rope_type={kind!r} is not supported "
+                              f"(supported: {', '.join(SUPPORTED)})")
+        scaling["rope_type"] = kind
+        scaling.pop("type", None)
+        if kind == "default":
+            return theta, None
+        if kind in ("llama3", "yarn"):
+            scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        if kind == "yarn" and scaling.get("factor") is None:
+            scaling["factor"] = hf["max_position_embeddings"] / scaling["original_max_position_embeddings"]
+        if "factor" not in scaling:
+            raise ConfigError(f"config.json: {field}.factor is required for rope_type {kind!r}")
+    return theta, scaling
+
+
+def rope_to_hf(theta: float, scaling: dict | None) -> dict:
+    return {"rope_theta": theta, "rope_scaling": dict(scaling) if scaling else None}
+
+
+def window_from_hf(hf: dict) -> dict:
+    """Sliding-window fields from ``layer_types`` (transformers 5) or the older switches."""
+    window = hf.get("sliding_window") or 0
+    types = hf.get("layer_types")
+    if types:
+        kinds = tuple("sliding" if t == "sliding_attention" else "full" for t in types)
+        for t in types:
+            if t not in ("sliding_attention", "full_attention"):
+                raise ConfigError(f"config.json: layer_types entry {t!r} is not supported")
+        if "sliding" not in kinds:
+            return {}
+        if not window:
+            raise ConfigError("config.json: sliding_window is required by sliding_attention layer_types")
+        return {"sliding_window": int(window), "layer_types": kinds}
+    if hf.get("use_sliding_window") is False or not window:
+        return {}
+    if "max_window_layers" in hf:  # Qwen2/Qwen3 convention: layers from max_window_layers on slide
+        n = hf["num_hidden_layers"]
+        kinds = tuple("sliding" if i >= hf["max_window_layers"] else "full" for i in range(n))
+        return {"sliding_window": int(window), "layer_types": kinds} if "sliding" in kinds else {}
+    return {"sliding_window": int(window)}
+
+
+def window_to_hf(cfg: TransformerConfig) -> dict:
+    if not any(cfg.sliding_layers):
+        return {}
+    types = ["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers]
+    return {"sliding_window": cfg.sliding_window, "use_sliding_window": True, "layer_types": types}
+
+
+def dtype_name(hf: dict) -> str:
+    return hf.get("dtype") or hf.get("torch_dtype") or "float32"
+
+
+def common_from_hf(hf: dict, family: str, **kw) -> dict:
+    """The TransformerConfig fields every family reads the same way."""
+    heads = need(hf, "num_attention_heads")
+    d = need(hf, "hidden_size")
+    theta, scaling = rope_from_hf(hf)
+    out = {
+        "vocab_size": need(hf, "vocab_size"), "d_model": d, "n_layers": need(hf, "num_hidden_layers"),
+        "n_heads": heads, "n_kv_heads": hf.get("num_key_value_heads") or heads,
+        "head_dim": hf.get("head_dim") or d // heads, "ffn_dim": need(hf, "intermediate_size"),
+        "rope_theta": theta, "rope_scaling": scaling, "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "max_seq_len": int(hf.get("max_position_embeddings", 2048)), "family": family,
+        "extra": {"hf_config": hf},
+    }
+    out.update(kw)
+    return out
+
+
+def common_to_hf(cfg: TransformerConfig, model_type: str, arch: str) -> dict:
+    return {
+        "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_dim, "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+        "max_position_embeddings": cfg.max_seq_len, **rope_to_hf(cfg.rope_theta, cfg.rope_scaling),
+    }
+
+
+def unsupported_cfg(cfg: TransformerConfig, family: str, **checks: bool) -> None:
+    """For saving a config the family's checkpoint format cannot express: name the first offending field."""
+    for name, bad in checks.items():
+        if bad:
+            raise ConfigError(f"TransformerConfig.{name}={getattr(cfg, name)!r} cannot be written as a "
+                              f"{family} checkpoint")

@@ -1,0 +1,96 @@
+"""DeepSeek-V3: multi-head latent attention, and DeepSeekMoE (sigmoid scores, grouped top-k with the
+per-expert selection bias, routed_scaling_factor, shared experts) after ``first_k_dense_replace`` dense layers.
+The routing is aux-loss-free: balance comes from updating ``score_bias`` with the reported expert load, so
+``aux_loss_coef`` is 0. Multi-token-prediction layers stored after the last layer are not used (ignored)."""
+
+from __future__ import annotations
+
+import re
+
+from ..config import MLAConfig, MoEConfig, TransformerConfig
+from ..transformer import segments
+from .base import (
+    ConfigError,
+    Tensor,
+    common_from_hf,
+    common_to_hf,
+    expert_tensors,
+    llama_like,
+    mlp_tensors,
+    need,
+    refuse,
+    unsupported_cfg,
+)
+
+NAME = "deepseek_v3"
+MODEL_TYPES = ("deepseek_v3",)
+ARCHITECTURE = "DeepseekV3ForCausalLM"
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    if hf.get("quantization_config"):
+        raise ConfigError("config.json: quantization_config is not supported (load a bf16 checkpoint)")
+    refuse(hf, "attention_bias", lambda v: not v, "MLA projection biases")
+    refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
+    refuse(hf, "scoring_func", lambda v: v == "sigmoid", "only sigmoid routing scores")
+    refuse(hf, "topk_method", lambda v: v == "noaux_tc", "only noaux_tc grouped top-k")
+    refuse(hf, "moe_layer_freq", lambda v: v == 1, "MoE only every n-th layer")
+    mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=need(hf, "kv_lora_rank"),
+                    qk_nope_dim=need(hf, "qk_nope_head_dim"), qk_rope_dim=need(hf, "qk_rope_head_dim"),
+                    v_dim=need(hf, "v_head_dim"), rope_interleave=bool(hf.get("rope_interleave", True)))
+    moe = MoEConfig(n_experts=need(hf, "n_routed_experts"), top_k=need(hf, "num_experts_per_tok"),
+                    ffn_dim=need(hf, "moe_intermediate_size"), n_shared=int(hf.get("n_shared_experts") or 0),
+                    first_dense=int(hf.get("first_k_dense_replace") or 0), score="sigmoid",
+                    norm_topk=bool(hf.get("norm_topk_prob", True)),
+                    scaling=float(hf.get("routed_scaling_factor", 1.0)), n_group=int(hf.get("n_group") or 1),
+                    topk_group=int(hf.get("topk_group") or 1), score_bias=True, aux_loss_coef=0.0)
+    heads = need(hf, "num_attention_heads")
+    return TransformerConfig(**common_from_hf(hf, NAME, n_kv_heads=heads, head_dim=mla.qk_nope_dim + mla.qk_rope_dim,
+                                              mla=mla, moe=moe))
+
+
+def to_hf(cfg: TransformerConfig) -> dict:
+    m, a = cfg.moe, cfg.mla
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, mla=a is None,
+                    moe=m is None or m.score != "sigmoid" or not m.score_bias)
+    out = common_to_hf(cfg, "deepseek_v3", ARCHITECTURE)
+    del out["head_dim"]
+    out.update(
+        q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank, qk_nope_head_dim=a.qk_nope_dim,
+        qk_rope_head_dim=a.qk_rope_dim, v_head_dim=a.v_dim, rope_interleave=a.rope_interleave,
+        n_routed_experts=m.n_experts, num_experts_per_tok=m.top_k, moe_intermediate_size=m.ffn_dim,
+        n_shared_experts=m.n_shared, first_k_dense_replace=m.first_dense, norm_topk_prob=m.norm_topk,
+        routed_scaling_factor=m.scaling, n_group=m.n_group, topk_group=m.topk_group, num_nextn_predict_layers=0)
+    return out
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    segs = segments(cfg)
+    out = llama_like(cfg, segs, attention=False)
+    pre = "model.layers.{i}"
+    for seg, _, _, moe in segs:
+        if cfg.mla.q_lora_rank:
+            out += [Tensor((seg, "attn", "q_a"), f"{pre}.self_attn.q_a_proj.weight", "t1"),
+                    Tensor((seg, "attn", "q_norm", "scale"), f"{pre}.self_attn.q_a_layernorm.weight"),
+                    Tensor((seg, "attn", "q_b"), f"{pre}.self_attn.q_b_proj.weight", "t1")]
+        else:
+            out.append(Tensor((seg, "attn", "q"), f"{pre}.self_attn.q_proj.weight", "t1"))
+        out += [Tensor((seg, "attn", "kv_a"), f"{pre}.self_attn.kv_a_proj_with_mqa.weight", "t1"),
+                Tensor((seg, "attn", "kv_norm", "scale"), f"{pre}.self_attn.kv_a_layernorm.weight"),
+                Tensor((seg, "attn", "kv_b"), f"{pre}.self_attn.kv_b_proj.weight", "t1"),
+                Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
+        if moe:
+            out += expert_tensors(seg, f"{pre}.mlp")
+            out.append(Tensor((seg, "mlp", "score_bias"), f"{pre}.mlp.gate.e_score_correction_bias"))
+            if cfg.moe.n_shared:
+                out += mlp_tensors((seg, "mlp", "shared"), f"{pre}.mlp.shared_experts")
+    return out
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def ignored(name: str, cfg: TransformerConfig) -> bool:
+    """Multi-token-prediction modules are stored as extra layers after the last one."""
+    m = _LAYER.match(name)
+    return m is not None and int(m.group(1)) >= cfg.n_layers

@@ -1,0 +1,86 @@
+"""Gemma 3 (text): sliding-window and global layers with their own rope bases, q/k RMSNorm, embeddings
+scaled by sqrt(d_model), GeGLU, "sandwich" norms around attention and MLP, and Gemma's norm convention (the
+checkpoint stores w and the scale is 1 + w, hence ``norm_offset=1``)."""
+
+from __future__ import annotations
+
+from ..config import TransformerConfig
+from ..transformer import segments
+from .base import (
+    ConfigError,
+    Tensor,
+    common_from_hf,
+    common_to_hf,
+    gqa_tensors,
+    mlp_tensors,
+    outer_tensors,
+    refuse,
+    rope_from_hf,
+    unsupported_cfg,
+)
+
+NAME = "gemma3"
+MODEL_TYPES = ("gemma3_text",)
+ARCHITECTURE = "Gemma3ForCausalLM"
+
+
+def _layer_types(hf: dict) -> tuple[str, ...]:
+    n = hf["num_hidden_layers"]
+    if hf.get("layer_types"):
+        return tuple("sliding" if t == "sliding_attention" else "full" for t in hf["layer_types"])
+    pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+    return tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(n))
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    refuse(hf, "use_bidirectional_attention", lambda v: not v, "bidirectional attention")
+    refuse(hf, "attention_bias", lambda v: not v, "attention biases")
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ConfigError(f"config.json: hidden_activation={act!r} is not supported (only gelu_pytorch_tanh)")
+    theta, scaling = rope_from_hf(hf, "full_attention")
+    nested = isinstance(hf.get("rope_parameters"), dict) and "sliding_attention" in hf["rope_parameters"]
+    if nested:
+        local_theta, local_scaling = rope_from_hf(hf, "sliding_attention")
+        if local_scaling:
+            raise ConfigError("config.json: rope_parameters.sliding_attention scaling is not supported")
+    else:
+        local_theta = float(hf.get("rope_local_base_freq", 10000.0))
+    head_dim = hf.get("head_dim") or 256
+    hf = {"tie_word_embeddings": True, "head_dim": head_dim, **hf}
+    types = _layer_types(hf)
+    return TransformerConfig(**common_from_hf(
+        hf, NAME, rope_theta=theta, rope_scaling=scaling, norm_offset=1.0, embed_scale=True,
+        activation="gelu_tanh", query_scale=float(hf.get("query_pre_attn_scalar", head_dim)) ** -0.5,
+        sandwich_norm=True, qk_norm=True, attn_softcap=hf.get("attn_logit_softcapping"),
+        final_softcap=hf.get("final_logit_softcapping"), sliding_window=int(hf.get("sliding_window") or 0),
+        layer_types=types, rope_local_theta=local_theta))
+
+
+def to_hf(cfg: TransformerConfig) -> dict:
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=not cfg.qk_norm, moe=cfg.moe is not None,
+                    mla=cfg.mla is not None, norm_offset=cfg.norm_offset != 1.0, embed_scale=not cfg.embed_scale,
+                    sandwich_norm=not cfg.sandwich_norm, activation=cfg.activation != "gelu_tanh")
+    out = common_to_hf(cfg, "gemma3_text", ARCHITECTURE)
+    del out["hidden_act"], out["rope_theta"], out["rope_scaling"]
+    full = {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+    out.update(
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=(cfg.query_scale or cfg.head_dim**-0.5) ** -2,
+        attn_logit_softcapping=cfg.attn_softcap, final_logit_softcapping=cfg.final_softcap,
+        sliding_window=cfg.sliding_window or None,
+        layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],
+        rope_parameters={"full_attention": full, "sliding_attention": local})
+    return out
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    out = outer_tensors(cfg)
+    pre = "model.layers.{i}"
+    for seg, *_ in segments(cfg):
+        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
+                Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
+                Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_feedforward_layernorm.weight"),
+                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight")]
+        out += gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), f"{pre}.mlp")
+    return out

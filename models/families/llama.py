@@ -1,0 +1,39 @@
+"""Llama 3 / 3.1 / 3.2 (and Mistral, which is Llama with an optional uniform sliding window)."""
+
+from __future__ import annotations
+
+from ..config import TransformerConfig
+from ..transformer import segments
+from .base import (
+    Tensor,
+    common_from_hf,
+    common_to_hf,
+    llama_like,
+    refuse,
+    unsupported_cfg,
+    window_from_hf,
+)
+
+NAME = "llama"
+MODEL_TYPES = ("llama", "mistral")
+ARCHITECTURE = "LlamaForCausalLM"
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    refuse(hf, "attention_bias", lambda v: not v, "Llama attention biases include o_proj")
+    refuse(hf, "mlp_bias", lambda v: not v, "MLP biases")
+    refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
+    name = "mistral" if hf.get("model_type") == "mistral" else NAME
+    return TransformerConfig(**common_from_hf(hf, name, **window_from_hf(hf)))
+
+
+def to_hf(cfg: TransformerConfig) -> dict:
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, moe=cfg.moe is not None,
+                    mla=cfg.mla is not None, layer_types=len(set(cfg.sliding_layers)) > 1)
+    if cfg.sliding_window:
+        return {**common_to_hf(cfg, "mistral", "MistralForCausalLM"), "sliding_window": cfg.sliding_window}
+    return {**common_to_hf(cfg, "llama", ARCHITECTURE), "attention_bias": False, "mlp_bias": False}
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    return llama_like(cfg, segments(cfg))
