@@ -52,13 +52,14 @@ def from_hf(hf: dict) -> TransformerConfig:
     return TransformerConfig(**common_from_hf(
         hf, NAME, rope_theta=theta, rope_scaling=scaling, norm_offset=1.0, embed_scale=True,
         activation="gelu_tanh", query_scale=float(hf.get("query_pre_attn_scalar", head_dim)) ** -0.5,
-        sandwich_norm=True, qk_norm=True, attn_softcap=hf.get("attn_logit_softcapping"),
-        final_softcap=hf.get("final_logit_softcapping"), sliding_window=int(hf.get("sliding_window") or 0),
+        # attn_logit_softcapping is stored in Gemma 3 configs but not applied by the reference (nor vLLM).
+        sandwich_norm=True, qk_norm=True, final_softcap=hf.get("final_logit_softcapping"), sliding_window=int(hf.get("sliding_window") or 0),
         layer_types=types, rope_local_theta=local_theta))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=not cfg.qk_norm, moe=cfg.moe is not None,
+                    attn_softcap=cfg.attn_softcap is not None,
                     mla=cfg.mla is not None, norm_offset=cfg.norm_offset != 1.0, embed_scale=not cfg.embed_scale,
                     sandwich_norm=not cfg.sandwich_norm, activation=cfg.activation != "gelu_tanh")
     out = common_to_hf(cfg, "gemma3_text", ARCHITECTURE)
@@ -67,7 +68,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
     out.update(
         hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=(cfg.query_scale or cfg.head_dim**-0.5) ** -2,
-        attn_logit_softcapping=cfg.attn_softcap, final_logit_softcapping=cfg.final_softcap,
+        final_logit_softcapping=cfg.final_softcap,
         sliding_window=cfg.sliding_window or None,
         layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],
         rope_parameters={"full_attention": full, "sliding_attention": local})

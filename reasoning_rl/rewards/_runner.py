@@ -699,12 +699,20 @@ def _pids_of_uid(uid):
     return found
 
 
+_KEEP_TOP = frozenset("usr bin sbin lib lib32 lib64 libx32 etc proc dev tmp".split())
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
+
+
 def _fallback_isolate(spec, libc):
     """Best-effort isolation without bubblewrap (see sandbox.py for the threat model).
 
-    As root: private network namespace (no interfaces up) and a private mount namespace
-    where the working dir, /tmp, /var/tmp and /dev/shm are small fresh tmpfs mounts, so
-    the candidate can neither reach the network nor leave files on the host.
+    As root: a private network namespace (no interface up) and a private mount
+    namespace in which the working dir, /tmp, /var/tmp and /dev/shm are small fresh
+    tmpfs mounts and every other top-level directory except the system ones (/usr,
+    /lib*, /bin, /etc, /proc, /dev) is covered by an empty read-only tmpfs - /root,
+    /home, /work, /run (unix sockets), /var ... - with only the interpreter's install and
+    this harness bound back read-only. So the candidate can neither reach the network,
+    nor leave files on the host, nor read the dataset, the repo or anyone's home.
     """
     info = {"netns": False, "mountns": False}
     if os.geteuid() != 0:
@@ -713,8 +721,7 @@ def _fallback_isolate(spec, libc):
     info["netns"] = libc.unshare(clone_newnet) == 0
     if libc.unshare(clone_newns) != 0:
         return info
-    ms_rec, ms_private = 0x4000, 0x40000
-    if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         return info
     size = ("size=%dm,mode=" % spec["limits"]["tmpfs_mb"]).encode()
     work = os.getcwd().encode()
@@ -723,8 +730,46 @@ def _fallback_isolate(spec, libc):
     for path in (b"/tmp", b"/var/tmp", b"/dev/shm"):
         if os.path.isdir(path):
             ok &= libc.mount(b"tmpfs", path, b"tmpfs", 0, size + b"1777") == 0
-    info["mountns"] = ok
+    info["mountns"] = ok and _hide_host_dirs(libc)
     return info
+
+
+def _hide_host_dirs(libc):
+    real = os.path.realpath
+    wanted = {real(sys.base_prefix), real(sys.base_exec_prefix), os.path.dirname(real(sys.executable)),
+              os.path.dirname(os.path.abspath(__file__))}
+    expose = sorted(p for p in wanted if not any(p.startswith(q + "/") for q in wanted))
+    handles = {p: os.open(p, os.O_PATH) for p in expose}  # reachable after the cover goes on
+    ok = True
+    for entry in sorted(os.listdir("/")):
+        top = "/" + entry
+        if entry in _KEEP_TOP or os.path.islink(top) or not os.path.isdir(top):
+            continue
+        if libc.mount(b"tmpfs", top.encode(), b"tmpfs", 0, b"size=1m,mode=0755") != 0:
+            ok = False
+            continue
+        for path in expose:
+            if path.startswith(top + "/"):
+                os.makedirs(path, 0o755, exist_ok=True)
+                src = ("/proc/self/fd/%d" % handles[path]).encode()
+                ok &= libc.mount(src, path.encode(), None, _MS_BIND | _MS_REC, None) == 0
+                ok &= libc.mount(None, path.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None) == 0
+        ok &= libc.mount(None, top.encode(), None, _MS_REMOUNT | _MS_RDONLY, None) == 0
+    for fd in handles.values():
+        os.close(fd)
+    return ok
+
+
+def _world_traversable(path):
+    """Can any uid reach ``path``? (decides whether children must pre-import the stdlib)"""
+    while path and path != "/":
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        path = os.path.dirname(path)
+    return True
 
 
 _SECCOMP_NRS = {
@@ -815,9 +860,11 @@ def _runner_main():
             _install_seccomp(libc)
     hello["seccomp"] = _seccomp_active()
     runner = _Runner(spec)
-    runner.preimport = "1" if spec.get("preimport") else "0"
-    if spec.get("preimport") and runner.fork_only:
+    preimport = spec["uid"] >= 0 and not _world_traversable(os.path.dirname(os.__file__))
+    runner.preimport = "1" if preimport else "0"
+    if preimport and runner.fork_only:
         _preimport()
+    hello["preimport"] = preimport
     _emit({"hello": hello})
     for k, stdin_text in enumerate(spec["stdio"]):
         _emit(runner.run_stdio(k, stdin_text))

@@ -227,10 +227,10 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
         os.chmod(workdir, 0o777)
         argv = [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", _runner.STUB % os.path.dirname(RUNNER)]
         cwd = workdir
-        spec["preimport"] = not _stdlib_world_readable()
     n_jobs = len(stdio_idx) + len(assert_idx) + 1
     deadline = time.monotonic() + 5.0 + n_jobs * (timeout_s + 0.5)
     cap = (1 << 16) + (len(stdio_idx) + 1) * (8 * limits.output_bytes + 4096)
+    messages: list[dict] = []
     try:
         messages = _drive(argv, cwd, marshal.dumps(spec), deadline, cap, pass_fds)
     finally:
@@ -352,16 +352,6 @@ def _kill_uid(uid: int) -> None:
                 pass
         time.sleep(0.01)
     log.error("processes of sandbox uid %d survived: %s", uid, host_pids_of_uid(uid))
-
-
-def _stdlib_world_readable() -> bool:
-    """Can an unprivileged uid import the stdlib? (not if it lives under a 0700 home)."""
-    path = os.path.dirname(os.__file__)
-    while path and path != "/":
-        if not os.stat(path).st_mode & 0o001:
-            return False
-        path = os.path.dirname(path)
-    return True
 
 
 def _user_nproc_budget(extra: int) -> int:

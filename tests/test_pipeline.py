@@ -1,0 +1,93 @@
+"""End-to-end runs of the CLI on a tiny config: outputs, lineage, resume after SIGKILL, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reasoning_rl.metrics import read_metrics
+
+TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
+TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
+
+
+def run_cli(*args, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", *args],
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref") / "run"
+    p = run_cli("--run-dir", str(d))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return d
+
+
+@pytest.mark.slow
+def test_run_writes_outputs_and_lineage(reference_run):
+    d = reference_run
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer.model"):
+        assert (d / name).is_file(), name
+    summary = json.loads((d / "summary.json").read_text())
+    for stage in ("sft", "grpo"):
+        for key in ("pass@1", "pass@2", "mean_response_tokens", "format_rate", "wall_seconds", "greedy_accuracy"):
+            assert key in summary[stage], (stage, key)
+    recs = read_metrics(d)
+    grpo = [r for r in recs if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo] == list(range(1, 7))
+    for key in ("loss", "reward_mean", "reward_std", "accuracy", "response_len", "entropy", "clip_frac",
+                "grad_norm", "logprob_gap", "gen_tokens_per_s", "seconds"):
+        assert key in grpo[0], key
+    assert max(r["logprob_gap"] for r in grpo) < 1e-4
+    man = json.loads((d / "checkpoints" / "grpo" / "manifest.json").read_text())
+    assert man["complete"] and man["parent"]["stage"] == "sft" and man["parent"]["step"] == 4
+    assert (d / "tensorboard").is_dir()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
+    d = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
+                             str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        recs = read_metrics(d) if (d / "metrics.jsonl").exists() else []
+        if any(r["stage"] == "grpo" and r["step"] >= 3 for r in recs):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed, "the run finished before it could be killed"
+    p = run_cli("--run-dir", str(d), "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert strip(read_metrics(d)) == strip(read_metrics(reference_run))
+    a = json.loads((d / "summary.json").read_text())
+    b = json.loads((reference_run / "summary.json").read_text())
+    for stage in ("sft", "grpo"):
+        assert a[stage]["pass@1"] == b[stage]["pass@1"]
+
+
+@pytest.mark.slow
+def test_rerun_of_finished_run_skips_stages(reference_run):
+    before = (reference_run / "metrics.jsonl").read_text()
+    p = run_cli("--run-dir", str(reference_run))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "already complete" in p.stderr
+    assert (reference_run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_of_missing_run_is_a_config_error(tmp_path):
+    p = run_cli("--run-dir", str(tmp_path / "nothing"), "--resume")
+    assert p.returncode == 2 and "--resume" in p.stderr
