@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import pathlib
-import signal
 import socket
 import tempfile
 import textwrap
@@ -19,8 +18,7 @@ import uuid
 
 import pytest
 
-from reasoning_rl.rewards import RewardComputer, RewardSpec, get, score_code
-from reasoning_rl.rewards import sandbox
+from reasoning_rl.rewards import RewardComputer, RewardSpec, get, sandbox, score_code
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOKEN = uuid.uuid4().hex[:12]
@@ -149,8 +147,7 @@ HOSTILE = {
     "infinite_loop_in_function": ("def double(n):\n    while True: pass\n", DOUBLE_ASSERT, 0.0),
     "sleep_past_timeout": ("import time\ntime.sleep(60)\nprint(6)\n", DOUBLE_IO[:1], 0.0),
     "ignore_signals_and_spin": ("""
-        import signal
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU, signal.SIGHUP):
+                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         while True: pass
     """, DOUBLE_IO[:1], 0.0),
@@ -309,23 +306,24 @@ HOSTILE = {
             return -1
     """, DOUBLE_ASSERT + [{"assert": "assert abs(double(1)) == 2"}], 0.0),
     "forge_rpc_replies": ("""
-        import os, sys
-        # Answer every request with the value 6 before the real server can: equivalent to a
-        # function that always returns 6, so only the test expecting 6 passes.
-        def serve():
-            buf = b""
-            os.write(4, b'{"ready": true}\\n')
-            while True:
-                chunk = os.read(3, 65536)
-                if not chunk:
-                    os._exit(0)
-                buf += chunk
-                while b"\\n" in buf:
-                    line, buf = buf.split(b"\\n", 1)
-                    reply = b'{"ok": {"h": 1}}' if b'"global"' in line else b'{"ok": {"i": "6"}}'
-                    os.write(4, reply + b"\\n")
+        import marshal, os, struct, sys
+        # A protocol-aware forger answering every request itself with the value 6: that is
+        # exactly a function that always returns 6, so only the test expecting 6 passes.
+        def frame():
+            head = os.read(3, 4)
+            if len(head) < 4:
+                os._exit(0)
+            (n,) = struct.unpack("<I", head)
+            data = b""
+            while len(data) < n:
+                data += os.read(3, n - len(data))
+            return marshal.loads(data)
         if sys.modules.get("__main__") is not None:
-            serve()
+            os.write(4, ascii({"ready": True}).encode() + b"\\n")
+            while True:
+                req = frame()
+                reply = {"ok": {"h": 1}} if req.get("op") == "global" else {"ok": {"i": "6"}}
+                os.write(4, ascii(reply).encode() + b"\\n")
     """, DOUBLE_ASSERT, 0.5),
     "constant_output": ("print(6)\n", DOUBLE_IO, 0.5),
     "scan_memory_for_expected": ("""
@@ -440,17 +438,19 @@ def _live_uids(uid_range):
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                for line in open(f"/proc/{name}/status"):
-                    if line.startswith("Uid:"):
-                        uids.update(int(u) for u in line.split()[1:4] if int(u) in uid_range)
+                with open(f"/proc/{name}/status") as f:
+                    lines = f.read().splitlines()
             except OSError:
-                pass
+                continue
+            for line in lines:
+                if line.startswith("Uid:"):
+                    uids.update(int(u) for u in line.split()[1:4] if int(u) in uid_range)
     return uids
 
 
 # --------------------------------------------------------------------------- concurrency & plumbing
 def test_concurrent_scoring_through_reward_computer():
-    comp = RewardComputer([RewardSpec("code", 1.0, {"timeout_s": 5.0})], max_workers=8)
+    comp = RewardComputer([RewardSpec("code", 1.0, {"timeout_s": 2.0})], max_workers=8)
     good = f"<answer>{GOOD_DOUBLE}</answer>"
     bad = "<answer>print(6)</answer>"
     hang = "<answer>while True: pass</answer>"
@@ -493,6 +493,17 @@ def test_candidate_uid_range_is_unprivileged():
     assert all(sandbox._next_uid() in r for _ in range(5))
 
 
-def test_signal_to_trainer_process_group_is_harmless():
-    # the candidate cannot reach us, but make sure we did not install odd handlers either
-    assert signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None)
+def test_overall_wall_clock_kills_everything(backend, monkeypatch):
+    """If the runner itself overruns, the trainer kills the whole sandbox (and its uid)."""
+    monkeypatch.setattr(sandbox, "OVERALL_SLACK_S", -3.7)  # budget: 3 jobs * 1.5s - 3.7s = 0.8s
+    swept = []
+    real_kill_uid = sandbox._kill_uid
+    monkeypatch.setattr(sandbox, "_kill_uid", lambda uid: (swept.append(uid), real_kill_uid(uid)))
+    program = "import os, time\nos.fork(); os.fork()\ntime.sleep(30)\n"
+    before = set(_live_uids(sandbox.candidate_uid_range()))
+    t0 = time.monotonic()
+    assert run(program, [{"stdin": "", "stdout": ""}] * 2, backend) == 0.0
+    assert time.monotonic() - t0 < 8
+    assert swept  # the run ended without the runner's "done": the emergency path ran
+    time.sleep(0.2)
+    assert not set(_live_uids(sandbox.candidate_uid_range())) - before

@@ -30,7 +30,8 @@ runner's start-up light): one marshalled spec on stdin; on stdout a sequence of 
 (4-byte little-endian length + marshalled dict): ``{"hello": {...}}``, then
 ``{"kind": "stdio", "k": i, "status": ..., "rc": ..., "out": bytes}`` or
 ``{"kind": "assert", "k": i, "pass": bool}`` per test, then ``{"done": True}``.
-The RPC with candidate children is untrusted and uses JSON (imported only when needed).
+The RPC with a candidate child: requests are marshal frames (runner -> child, trusted
+data), replies are ASCII Python literals parsed with ``ast.literal_eval`` (untrusted).
 """
 
 import marshal
@@ -46,14 +47,15 @@ _MAX_MSG = 64 << 20  # bytes in one RPC line
 _MAX_ITEMS = 1_000_000  # elements copied out of one container
 _MAX_DEPTH = 64
 _PREIMPORT = (
-    "abc array ast base64 bisect calendar cmath collections collections.abc copy csv dataclasses "
-    "datetime decimal enum fractions functools hashlib heapq io itertools json math numbers operator "
-    "queue random re select signal socket statistics string struct subprocess textwrap threading time "
-    "traceback types typing unicodedata"
-).split()
+    "abc", "array", "ast", "base64", "bisect", "calendar", "cmath", "collections",
+    "collections.abc", "copy", "csv", "dataclasses", "datetime", "decimal", "enum", "fractions",
+    "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers", "operator",
+    "queue", "random", "re", "select", "signal", "socket", "statistics", "string", "struct",
+    "subprocess", "textwrap", "threading", "time", "traceback", "types", "typing", "unicodedata",
+)
 _TRUSTED_MODULES = frozenset(
-    "math cmath collections itertools functools re string fractions decimal heapq bisect operator "
-    "statistics random copy json".split()
+    ("math", "cmath", "collections", "itertools", "functools", "re", "string", "fractions",
+     "decimal", "heapq", "bisect", "operator", "statistics", "random", "copy", "json")
 )
 
 
@@ -122,6 +124,35 @@ def _decode(o, load, depth=0):
     raise ValueError("bad tag")
 
 
+def _recv_frame(fd):
+    """Child side: one length-prefixed marshal frame from the (trusted) runner."""
+    (n,) = struct.unpack("<I", _read_exact(fd, 4))
+    return marshal.loads(_read_exact(fd, n))
+
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise _Broken("eof")
+        buf += chunk
+    return bytes(buf)
+
+
+def _parse_reply(line):
+    """Runner side: a reply from the (untrusted) child - Python literals only, never code."""
+    import ast
+
+    try:
+        reply = ast.literal_eval(line.decode("ascii"))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise _Broken("garbage") from None
+    if not isinstance(reply, dict):
+        raise _Broken("garbage")
+    return reply
+
+
 class _Lines:
     """Bounded, deadline-aware line reader over a raw fd (no unbounded buffering)."""
 
@@ -170,7 +201,7 @@ def _preimport():
     for name in _PREIMPORT:
         try:
             importlib.import_module(name)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - optional module; the candidate gets the ImportError
             pass
 
 
@@ -214,7 +245,7 @@ def _run_main(src):
     sys.modules["__main__"] = mod
     code = 0
     try:
-        exec(compile(src, "solution.py", "exec"), mod.__dict__)
+        exec(compile(src, "solution.py", "exec"), mod.__dict__)  # noqa: S102 - the candidate, sandboxed
     except SystemExit as e:
         if e.code is None:
             code = 0
@@ -222,7 +253,7 @@ def _run_main(src):
             code = e.code & 0xFF
         else:
             code = 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any candidate failure is exit code 1
         import traceback
 
         traceback.print_exc()
@@ -230,7 +261,7 @@ def _run_main(src):
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - e.g. the candidate closed stdout
             code = code or 1
     return code
 
@@ -238,34 +269,32 @@ def _run_main(src):
 def _serve_rpc():
     import types
 
-    lines, out = _Lines(3), 4
+    out = 4
     table = {}
 
     def store(v):
         table[id(v)] = v
         return {"h": id(v)}
 
-    import json
-
     def send(obj):
-        data = memoryview(json.dumps(obj).encode() + b"\n")
+        data = memoryview((ascii(obj) + "\n").encode())
         while data:  # blocking is fine: the runner reads
             data = data[os.write(out, data):]
 
-    first = json.loads(lines.read(None))
+    first = _recv_frame(3)
     mod = types.ModuleType("solution")
     sys.modules["solution"] = mod
     try:
-        exec(compile(first["program"], "solution.py", "exec"), mod.__dict__)
-    except BaseException as e:  # SystemExit included: an early exit defines nothing
+        exec(compile(first["program"], "solution.py", "exec"), mod.__dict__)  # noqa: S102 - sandboxed
+    except BaseException as e:  # noqa: BLE001 - SystemExit included: an early exit defines nothing
         send({"ready": False, "err": type(e).__name__})
         return
     send({"ready": True})
     ns = mod.__dict__
     while True:
         try:
-            req = json.loads(lines.read(None))
-        except _Broken:
+            req = _recv_frame(3)
+        except (_Broken, EOFError, ValueError, TypeError):
             return
         try:
             load = table.__getitem__
@@ -299,7 +328,7 @@ def _serve_rpc():
                 else:
                     raise ValueError(op)
             res = {"ok": _encode(val, store)}
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - reported to the runner, which fails the test
             res = {"err": type(e).__name__}
         send(res)
 
@@ -527,13 +556,13 @@ class _Runner:
                     env[name] = child.rpc({"op": "global", "name": name})
                 except NameError:
                     pass
-            exec(compile(tree, "<test>", "exec"), env)
+            exec(compile(tree, "<test>", "exec"), env)  # noqa: S102 - dataset test code, in the runner
             return True, True
         except _Timeout:
             return False, False
         except _Broken:
             return False, False
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any other failure fails this test only
             return False, child.alive
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -548,8 +577,6 @@ class _Child:
         self.deadline = 0.0
 
     def start(self, deadline):
-        import json
-
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
@@ -561,33 +588,25 @@ class _Child:
         self.deadline = deadline
         try:
             self._send({"program": self.runner.spec["program"]})
-            reply = json.loads(self.lines.read(deadline))
+            reply = _parse_reply(self.lines.read(deadline))
             return reply.get("ready") is True
-        except (_Timeout, _Broken, ValueError, AttributeError):
+        except (_Timeout, _Broken):
             self.alive = False
             return False
 
     def _send(self, obj):
-        import json
-
-        _write_all(self.req_w, json.dumps(obj).encode() + b"\n", self.deadline)
+        data = marshal.dumps(obj)
+        _write_all(self.req_w, struct.pack("<I", len(data)) + data, self.deadline)
 
     def rpc(self, req):
-        import json
-
         if not self.alive:
             raise _Broken("dead")
         try:
             self._send(req)
-            reply = json.loads(self.lines.read(self.deadline))
+            reply = _parse_reply(self.lines.read(self.deadline))
         except (_Timeout, _Broken):
             self.alive = False
             raise
-        except ValueError:
-            self.alive = False
-            raise _Broken("garbage") from None
-        if not isinstance(reply, dict):
-            raise _Broken("garbage")
         if "err" in reply:
             import builtins
 
@@ -616,7 +635,7 @@ def _arg(v):
     def store(x):
         if isinstance(x, _Remote):
             return {"h": x._ref}
-        raise TypeError("cannot pass %s to the candidate" % type(x).__name__)
+        raise TypeError(f"cannot pass {type(x).__name__} to the candidate")
 
     return _encode(v, store)
 
@@ -684,7 +703,7 @@ def _pids_of_uid(uid):
         if not name.isdigit():
             continue
         try:
-            with open("/proc/%s/status" % name) as f:
+            with open(f"/proc/{name}/status") as f:
                 text = f.read()
         except OSError:
             continue
@@ -699,7 +718,7 @@ def _pids_of_uid(uid):
     return found
 
 
-_KEEP_TOP = frozenset("usr bin sbin lib lib32 lib64 libx32 etc proc dev tmp".split())
+_KEEP_TOP = frozenset(["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp"])
 _MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
 
 
@@ -723,7 +742,7 @@ def _fallback_isolate(spec, libc):
         return info
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         return info
-    size = ("size=%dm,mode=" % spec["limits"]["tmpfs_mb"]).encode()
+    size = f"size={spec['limits']['tmpfs_mb']}m,mode=".encode()
     work = os.getcwd().encode()
     ok = libc.mount(b"tmpfs", work, b"tmpfs", 0, size + b"0777") == 0
     os.chdir(work)  # keep a handle on the new mount before /tmp is covered
@@ -751,7 +770,7 @@ def _hide_host_dirs(libc):
         for path in expose:
             if path.startswith(top + "/"):
                 os.makedirs(path, 0o755, exist_ok=True)
-                src = ("/proc/self/fd/%d" % handles[path]).encode()
+                src = f"/proc/self/fd/{handles[path]}".encode()
                 ok &= libc.mount(src, path.encode(), None, _MS_BIND | _MS_REC, None) == 0
                 ok &= libc.mount(None, path.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None) == 0
         ok &= libc.mount(None, top.encode(), None, _MS_REMOUNT | _MS_RDONLY, None) == 0

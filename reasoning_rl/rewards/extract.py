@@ -12,7 +12,7 @@ from typing import Any
 _NUMBER = re.compile(
     r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b|\s*/\s*\d+(?:\.\d+)?)?|[-+]?\.\d+"
 )
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)```", re.S | re.I)
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def as_text(value: Any) -> str | None:
@@ -108,5 +108,5 @@ def extract_program(text: str) -> str:
     inner = _FENCE.findall(body)
     if inner:
         return inner[-1]
-    bare = re.search(r"```[^\n]*\n(.*?)```", body, re.S)
+    bare = re.search(r"```[^\n]*\n(.*?)```", body, re.DOTALL)
     return bare.group(1) if bare else body

@@ -157,7 +157,7 @@ def _replace_pool(old: cf.ProcessPoolExecutor) -> None:
     for proc in list(getattr(old, "_processes", {}).values()):
         try:
             proc.kill()
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001, S110 - already gone
             pass
     old.shutdown(wait=False, cancel_futures=True)
 

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -202,7 +202,7 @@ class RewardComputer:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> RewardComputer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

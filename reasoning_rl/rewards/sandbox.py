@@ -9,11 +9,15 @@ Layers (outermost first):
    CAP_SETUID/SETGID, which the trusted runner (``_runner.py``) needs to start each
    candidate under a throw-away uid. Killing bwrap tears the whole PID namespace down.
 2. **fallback** (no bwrap, ``REASONING_RL_SANDBOX=fallback`` or ``backend="fallback"``):
-   the same runner started directly; as root it unshares network and mount namespaces
-   itself (tmpfs over the working dir, /tmp, /var/tmp, /dev/shm). Weaker: the host
-   file system stays readable where permissions allow, and without root there is no
-   uid switch (then RLIMIT_NPROC counts all the user's processes and the candidate runs
-   as the trainer's user - see ``Limits`` and the README of this package).
+   the same runner started directly. As root it unshares network and mount namespaces
+   itself: fresh size-capped tmpfs over the working dir, /tmp, /var/tmp and /dev/shm,
+   and an empty read-only tmpfs over every top-level directory but the system ones
+   (/root, /home, /work, /run, /var, ...), with only the interpreter install and the
+   harness bound back. Weaker than bwrap: no PID namespace (the host's /proc stays
+   visible, though other users' processes cannot be signalled or read), /etc and /usr
+   stay readable. Without root it can only apply rlimits and a new session: no uid
+   switch, so RLIMIT_NPROC counts all the user's processes and the candidate could
+   signal the trainer - use bwrap there.
 3. **always**: a dedicated uid per run (so RLIMIT_NPROC binds even when the trainer is
    root, and every leftover process can be killed by uid), rlimits on CPU, address
    space, processes, file size and open files, a seccomp filter against namespace
@@ -54,13 +58,18 @@ RUNNER = os.path.abspath(_runner.__file__)
 _RUNNER_PYC = importlib.util.cache_from_source(RUNNER)
 UID_BASE = 1_000_000_000  # far above any real account; see candidate_uid_range()
 _UID_BLOCK = 1 << 14
+OVERALL_SLACK_S = 5.0  # start-up allowance on top of the per-test budgets (whole-run wall clock)
 _counter = itertools.count()
 _uid_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Per-process resource limits for candidate code (runner limits derive from them)."""
+    """Per-process resource limits for candidate code (runner limits derive from them).
+
+    Worst-case memory of one run is about ``nproc * memory_mb`` plus three tmpfs of
+    ``tmpfs_mb``; at most ``max_concurrent()`` runs are in flight.
+    """
 
     memory_mb: int = 512  # RLIMIT_AS
     nproc: int = 8  # RLIMIT_NPROC for the candidate uid (threads count too)
@@ -228,7 +237,7 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
         argv = [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", _runner.STUB % os.path.dirname(RUNNER)]
         cwd = workdir
     n_jobs = len(stdio_idx) + len(assert_idx) + 1
-    deadline = time.monotonic() + 5.0 + n_jobs * (timeout_s + 0.5)
+    deadline = time.monotonic() + OVERALL_SLACK_S + n_jobs * (timeout_s + 0.5)
     cap = (1 << 16) + (len(stdio_idx) + 1) * (8 * limits.output_bytes + 4096)
     messages: list[dict] = []
     try:

@@ -1,0 +1,173 @@
+"""Shared layers and the decoder's layer schedules, without any reference implementation.
+
+The key property for RL: the cache-backed path (prefill + one-token decode steps, as the sampler runs it) gives
+the same logits as the full-sequence forward the trainer runs, for every attention/MLP variant and schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reasoning_rl.models import (KVCache, MLAConfig, MoEConfig, TransformerConfig, create,
+                                 positions_from_valid)
+from reasoning_rl.models.layers.moe import balance_loss, experts_dense, experts_ragged, route
+from reasoning_rl.sharding import DEFAULT_RULES
+
+BASE = dict(vocab_size=96, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=48)
+CONFIGS = {
+    "plain": TransformerConfig(**BASE),
+    "gemma_like": TransformerConfig(**BASE, norm_offset=1.0, embed_scale=True, activation="gelu_tanh",
+                                    sandwich_norm=True, qk_norm=True, query_scale=0.3, sliding_window=3,
+                                    layer_types=("sliding", "full", "sliding"), rope_local_theta=100.0,
+                                    rope_scaling={"rope_type": "linear", "factor": 2.0}, final_softcap=5.0),
+    "mixtral_like": TransformerConfig(**BASE, sliding_window=4, tie_embeddings=False,
+                                      moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.01)),
+    "deepseek_like": TransformerConfig(
+        **{**BASE, "n_kv_heads": 4, "head_dim": 12}, tie_embeddings=False,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+                      "mscale": 1.0, "mscale_all_dim": 1.0},
+        mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+        moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=2.5,
+                      n_group=4, topk_group=2, score_bias=True)),
+}
+
+
+def _batch(b=2, t=10, seed=0):
+    rng = np.random.RandomState(seed)
+    tokens = jnp.asarray(rng.randint(0, BASE["vocab_size"], (b, t)), jnp.int32)
+    valid = jnp.ones((b, t), bool).at[1, :3].set(False)  # left padding
+    return tokens, valid
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cached_decode_matches_full_forward(name):
+    cfg = CONFIGS[name]
+    mdef, params = create(cfg, seed=1)
+    tokens, valid = _batch()
+    pos = positions_from_valid(valid)
+    prefill = 6
+
+    @jax.jit
+    def run(params):
+        model = mdef.bind(params)
+        full = model(tokens, pos, valid)
+        cache = KVCache.empty(cfg, tokens.shape[0], tokens.shape[1])
+        h, cache = model.hidden(tokens[:, :prefill], pos[:, :prefill], valid[:, :prefill], cache, 0)
+        steps = [model.logits(h)]
+        for t in range(prefill, tokens.shape[1]):
+            h, cache = model.hidden(tokens[:, t:t + 1], pos[:, t:t + 1], valid[:, t:t + 1], cache, t)
+            steps.append(model.logits(h))
+        return full, jnp.concatenate(steps, axis=1)
+
+    full, cached = run(params)
+    np.testing.assert_allclose(np.asarray(cached)[np.asarray(valid)], np.asarray(full)[np.asarray(valid)],
+                               atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["gemma_like", "deepseek_like"])
+def test_unrolled_layers_match_scan_and_remat(name):
+    cfg = CONFIGS[name]
+    mdef, params = create(cfg, seed=2)
+    tokens, valid = _batch()
+    base = jax.jit(lambda p: mdef.bind(p)(tokens, valid=valid))(params)
+    for change in (dict(scan_layers=False), dict(remat="full")):
+        other, _ = create(dataclasses.replace(cfg, **change), abstract=True)
+        out = jax.jit(lambda p, other=other: other.bind(p)(tokens, valid=valid))(params)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(base), atol=1e-5, rtol=1e-5)
+
+
+def test_dense_model_has_no_aux_and_keeps_its_param_tree():
+    mdef, params = create(CONFIGS["plain"])
+    assert set(params) == {"embed", "layers", "final_norm"}
+    assert set(params["layers"]) == {"attn_norm", "attn", "mlp_norm", "mlp"}
+    tokens, valid = _batch()
+    h, cache, aux = mdef.bind(params).hidden(tokens, positions_from_valid(valid), valid, return_aux=True)
+    assert h.shape == (2, 10, 32) and cache is None and aux == {}
+
+
+def test_moe_aux_outputs_and_segments():
+    cfg = CONFIGS["deepseek_like"]
+    mdef, params = create(cfg)
+    assert params["dense_layers"]["mlp"]["gate"].shape == (1, 32, 48)
+    assert params["layers"]["mlp"]["gate"].shape == (2, 8, 32, 8)
+    assert params["layers"]["mlp"]["router"].dtype == jnp.float32
+    tokens, valid = _batch()
+    _, _, aux = mdef.bind(params).hidden(tokens, positions_from_valid(valid), valid, return_aux=True)
+    assert aux["expert_load"].shape == (2, 8)
+    np.testing.assert_allclose(np.asarray(aux["expert_load"]).sum(-1), 2.0, rtol=1e-6)
+    assert float(aux["aux_loss"]) == 0.0  # aux-loss-free family
+
+
+def test_mla_cache_holds_latents():
+    cfg = CONFIGS["deepseek_like"]
+    cache = KVCache.empty(cfg, 2, 16)
+    assert cache.k.shape == (3, 2, 16, 1, 8) and cache.v.shape == (3, 2, 16, 1, 4)
+    cache = KVCache.empty(CONFIGS["plain"], 2, 16)
+    assert cache.k.shape == cache.v.shape == (3, 2, 16, 2, 8)
+
+
+def test_every_param_has_known_logical_axes():
+    for cfg in CONFIGS.values():
+        mdef, _ = create(cfg, abstract=True)
+        shapes = jax.tree.leaves(mdef.abstract_params())
+        axes = jax.tree.leaves(mdef.param_axes(), is_leaf=lambda x: isinstance(x, tuple))
+        assert len(axes) == len(shapes)
+        for ax, s in zip(axes, shapes):
+            assert len(ax) == len(s.shape)
+            assert all(a is None or a in DEFAULT_RULES for a in ax), ax
+
+
+def _moe_inputs(mc, n=24, d=16, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 5)
+    x = jax.random.normal(ks[0], (n, d))
+    logits = jax.random.normal(ks[1], (n, mc.n_experts)) * 2
+    w = [jax.random.normal(k, s) * 0.2 for k, s in zip(ks[2:], [(mc.n_experts, d, 8), (mc.n_experts, d, 8),
+                                                                   (mc.n_experts, 8, d)])]
+    return x, logits, w
+
+
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_ragged_experts_equal_dense_reference_with_grads(score):
+    mc = MoEConfig(n_experts=8, top_k=3, ffn_dim=8, score=score, n_group=2 if score == "sigmoid" else 1,
+                   topk_group=1, scaling=2.0 if score == "sigmoid" else 1.0)
+    x, logits, w = _moe_inputs(mc)
+
+    def run(fn, x, w):
+        return fn(x, route(logits, mc), *w, jax.nn.silu)
+
+    np.testing.assert_allclose(run(experts_ragged, x, w), run(experts_dense, x, w), atol=1e-5, rtol=1e-5)
+    g1 = jax.grad(lambda x, w: jnp.sum(run(experts_ragged, x, w) ** 2), argnums=(0, 1))(x, w)
+    g2 = jax.grad(lambda x, w: jnp.sum(run(experts_dense, x, w) ** 2), argnums=(0, 1))(x, w)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g1, g2)
+
+
+def test_routing_rules():
+    mc = MoEConfig(n_experts=8, top_k=2, ffn_dim=4, score="sigmoid", n_group=4, topk_group=1, norm_topk=True,
+                   scaling=2.5, score_bias=True)
+    logits = jax.random.normal(jax.random.key(0), (32, 8))
+    bias = jnp.zeros(8).at[5].set(10.0)  # selection-only bias: expert 5 always chosen, weight unaffected
+    r = route(logits, mc, bias)
+    experts = np.asarray(r.experts)
+    assert (experts == 5).any(axis=1).all()
+    assert (experts // 2 == 2).all()  # both picks inside expert 5's group (topk_group=1)
+    np.testing.assert_allclose(np.asarray(r.weights).sum(-1), 2.5, rtol=1e-5)
+    scores = jax.nn.sigmoid(logits)
+    picked = np.take_along_axis(np.asarray(scores), experts, axis=1)
+    np.testing.assert_allclose(np.asarray(r.weights), 2.5 * picked / picked.sum(-1, keepdims=True), rtol=1e-5)
+
+    soft = MoEConfig(n_experts=8, top_k=2, ffn_dim=4, norm_topk=False)
+    valid = jnp.arange(32) < 20
+    r = route(logits, soft, valid=valid)
+    probs = np.asarray(jax.nn.softmax(logits))
+    np.testing.assert_allclose(np.asarray(r.weights), np.sort(probs, -1)[:, ::-1][:, :2], rtol=1e-6)
+    counts = np.zeros(8)
+    np.add.at(counts, np.asarray(r.experts)[:20].reshape(-1), 1)
+    np.testing.assert_allclose(np.asarray(r.load), counts / 20, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(r.prob), probs[:20].mean(0), rtol=1e-5)
+    lb = balance_loss(r.load[None], r.prob[None])
+    np.testing.assert_allclose(float(lb), 8 * np.sum(counts / 20 * probs[:20].mean(0)), rtol=1e-5)

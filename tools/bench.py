@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Workload W1 (the peers' workload in ../shared/peers): sampler tokens/s and GRPO seconds per step.
+
+Qwen2-shaped model, random init, float32: vocab 512, d_model 256, 4 layers, 4 heads (head_dim 64), 2 KV heads,
+ffn 704, QKV bias, untied embeddings, rope_theta 10000 (3,215,616 params).
+- Sampler: 64 prompts x 32 random tokens -> 128 new tokens each, T=1.0, no top-k/top-p, no early stop.
+- GRPO: 8 prompts x group 8 = 64 completions of 128 tokens, reward = fraction of even token ids, beta 0,
+  AdamW(lr 1e-5, wd 0), one update per batch.
+Prints progress on stderr and one JSON line on stdout, with the peers' keys (sampler.tokens_per_s,
+sampler.warmup_s, grpo.s_per_step, grpo.warmup_step_s, grpo.gen_s_per_step, grpo.update_s_per_step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from reasoning_rl.algorithms.advantages import compute_advantages
+from reasoning_rl.algorithms.steps import init_state, make_grpo_step, make_optimizer
+from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
+from reasoning_rl.data.batching import rollout_batch
+from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.rollout.sampler import SamplingParams, sample
+
+VOCAB, PROMPT, NEW = 512, 32, 128
+PEAK_GFLOPS = 157.0  # 2-core AVX2+FMA float32 peak of the reference machine
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def w1_config(**kw) -> TransformerConfig:
+    base = dict(vocab_size=VOCAB, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=64, ffn_dim=704,
+                rope_theta=10000.0, qkv_bias=True, tie_embeddings=False, norm_eps=1e-6, max_seq_len=1024)
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+def flops_per_token(cfg: TransformerConfig, ctx: int) -> float:
+    """Forward FLOPs per token: 2 x matmul params + attention scores/values over ``ctx`` keys."""
+    d, h, k, hd, f, L = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.n_layers
+    mat = L * (d * h * hd * 2 + d * k * hd * 2 + 3 * d * f) + d * cfg.vocab_size
+    return 2 * mat + L * 4 * h * hd * ctx
+
+
+def prompts(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, VOCAB, (n, PROMPT)).astype(np.int32), np.ones((n, PROMPT), bool)
+
+
+def bench_sampler(mdef, params, iters: int) -> dict:
+    sp = SamplingParams(NEW, 1.0, 0, 1.0, False, (), 0, 1)
+    pt, pv = prompts(64, 1)
+    times = []
+    for i in range(iters + 1):
+        t0 = time.perf_counter()
+        out = sample(mdef, params, pt, pv, jax.random.key(i), sp)
+        jax.block_until_ready(out)
+        dt = time.perf_counter() - t0
+        assert int(out.lengths.min()) == NEW
+        times.append(dt)
+        log(f"[sampler] call {i} ({'warm-up' if i == 0 else 'timed'}): {dt:.3f}s, {64 * NEW / dt:.0f} tok/s")
+    mean = float(np.mean(times[1:]))
+    fl = 64 * (PROMPT * flops_per_token(mdef.cfg, PROMPT) + NEW * flops_per_token(mdef.cfg, PROMPT + NEW // 2))
+    return {"batch": 64, "prompt_len": PROMPT, "new_tokens": NEW, "warmup_s": times[0], "timed_calls": iters,
+            "mean_s_per_call": mean, "tokens_per_s": 64 * NEW / mean,
+            "best_tokens_per_s": 64 * NEW / float(np.min(times[1:])),
+            "fraction_of_peak": fl / mean / 1e9 / PEAK_GFLOPS}
+
+
+def bench_grpo(mdef, params, steps: int, logits_chunk: int = 0) -> dict:
+    n_prompts, g = 8, 8
+    ocfg = OptimizerConfig(name="adamw", lr=1e-5, weight_decay=0.0, max_grad_norm=0.0)
+    acfg = AlgorithmConfig(beta=0.0)
+    tx = make_optimizer(ocfg, steps + 1)
+    state = init_state(params, tx, 0)
+    step = jax.jit(make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk), donate_argnums=(0,))
+    sp = SamplingParams(NEW, 1.0, 0, 1.0, False, (), 0, g)
+    step_t, gen_t, upd_t = [], [], []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        pt, pv = prompts(n_prompts, 100 + i)
+        out = jax.device_get(sample(mdef, state.params, pt, pv, jax.random.key(1000 + i), sp))
+        t1 = time.perf_counter()
+        rewards = (out.tokens % 2 == 0).mean(axis=1).astype(np.float32)
+        adv = np.asarray(compute_advantages("grpo", rewards, g))
+        batch = rollout_batch(pt, pv, out.tokens, out.mask, out.logprobs, adv, g)
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        t2 = time.perf_counter()
+        step_t.append(t2 - t0)
+        gen_t.append(t1 - t0)
+        upd_t.append(t2 - t1)
+        log(f"[grpo] step {i}: {t2 - t0:.3f}s (rollout {t1 - t0:.3f}s, update {t2 - t1:.3f}s)")
+    tokens = n_prompts * g * (PROMPT + NEW)
+    upd_flops = 3 * tokens * flops_per_token(mdef.cfg, (PROMPT + NEW) // 2)
+    gen_flops = n_prompts * PROMPT * flops_per_token(mdef.cfg, PROMPT) + n_prompts * g * NEW * flops_per_token(
+        mdef.cfg, PROMPT + NEW // 2)
+    s = float(np.mean(step_t[1:]))
+    return {"prompts_per_step": n_prompts, "group_size": g, "completions_per_step": n_prompts * g,
+            "max_completion_len": NEW, "warmup_step_s": step_t[0], "timed_steps": steps, "s_per_step": s,
+            "step_times_s": step_t, "gen_s_per_step": float(np.mean(gen_t[1:])),
+            "update_s_per_step": float(np.mean(upd_t[1:])),
+            "fraction_of_peak": (upd_flops + gen_flops) / s / 1e9 / PEAK_GFLOPS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sampler-iters", type=int, default=3)
+    ap.add_argument("--grpo-steps", type=int, default=4)
+    ap.add_argument("--skip-sampler", action="store_true")
+    ap.add_argument("--skip-grpo", action="store_true")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--logits-chunk", type=int, default=0)
+    args = ap.parse_args()
+    import importlib.metadata as md
+
+    cfg = w1_config(dtype=args.dtype)
+    mdef, params = create(cfg, 0)
+    n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    result = {"project": "reasoning_rl", "workload": "W1",
+              "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
+                           "reasoning_rl": md.version("reasoning-rl")},
+              "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+              "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0], "n_params": n_params,
+              "dtype": args.dtype}
+    if not args.skip_sampler:
+        result["sampler"] = bench_sampler(mdef, params, args.sampler_iters)
+    if not args.skip_grpo:
+        result["grpo"] = bench_grpo(mdef, params, args.grpo_steps, args.logits_chunk)
+    result["loadavg_end"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
