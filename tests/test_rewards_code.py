@@ -142,6 +142,30 @@ def test_score_code_never_raises(program, tests):
 
 
 # --------------------------------------------------------------------------- hostile programs
+# Looks through every readable page of its own process for the test source, e.g.
+# "double(10) == 20", and answers with the expected value it finds (-1 if none).
+# The _control variant proves the scanner works: it plants such a string itself.
+MEMORY_SCANNER = textwrap.dedent("""
+    import ctypes, re
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: make /proc/self/mem readable again
+    def scan(n):
+        pattern = re.compile(rb"double\\(%d\\) == (\\d+)" % n)
+        with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+            for line in maps:
+                addr, perms = line.split()[:2]
+                if not perms.startswith("r"):
+                    continue
+                lo, hi = (int(x, 16) for x in addr.split("-"))
+                try:
+                    mem.seek(lo)
+                    hit = pattern.search(mem.read(hi - lo))
+                except (OSError, ValueError, OverflowError, MemoryError):
+                    continue
+                if hit:
+                    return int(hit.group(1))
+        return -1
+""")
+
 HOSTILE = {
     "infinite_loop": ("while True:\n    pass\n", DOUBLE_ALL, 0.0),
     "infinite_loop_in_function": ("def double(n):\n    while True: pass\n", DOUBLE_ASSERT, 0.0),
@@ -338,6 +362,23 @@ HOSTILE = {
         if __name__ == "__main__":
             print(double(int(input())))
     """, DOUBLE_ALL, 0.0),
+    "scan_process_memory": (MEMORY_SCANNER + textwrap.dedent("""
+        def double(n):
+            return scan(n)
+    """), DOUBLE_ASSERT, 0.0),
+    "scan_process_memory_after_respawn": (MEMORY_SCANNER + textwrap.dedent("""
+        def double(n):
+            if n == 3:
+                while True:  # time out: the harness restarts the child in a fresh interpreter
+                    pass
+            return scan(n)
+    """), DOUBLE_ASSERT, 0.0),
+    # control: the scanner does find a value that really is in its memory
+    "scan_process_memory_control": (MEMORY_SCANNER + textwrap.dedent("""
+        HINT = "double(10) == 20"
+        def double(n):
+            return scan(n)
+    """), DOUBLE_ASSERT, 0.5),
     "read_harness_memory": ("""
         import os, glob
         got = 0
@@ -385,6 +426,8 @@ def listener():
     srv.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="hostile programs are only contained when run as root "
+                    "(dedicated uid per run); unprivileged, e.g. kill(-1) would hit the test runner")
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile(name, backend, listener, monkeypatch):
     assert len(HOSTILE) >= 25
@@ -434,6 +477,7 @@ def test_no_stray_processes_or_files(backend):
 
 
 def _live_uids(uid_range):
+    """Uids in ``uid_range`` that own a live process (zombies cannot run: ignored)."""
     uids = set()
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -441,6 +485,8 @@ def _live_uids(uid_range):
                 with open(f"/proc/{name}/status") as f:
                     lines = f.read().splitlines()
             except OSError:
+                continue
+            if any(line.startswith("State:") and line.split()[1] == "Z" for line in lines):
                 continue
             for line in lines:
                 if line.startswith("Uid:"):

@@ -1,16 +1,17 @@
-"""Trusted test harness that runs INSIDE the code sandbox (stdlib only, run as a script).
+"""Trusted test harness that runs INSIDE the code sandbox (stdlib only, one file).
 
-Why a separate script: the verdict on a candidate program must come from code the
-candidate cannot reach. This file is executed twice over:
+Why a separate, self-contained script: the verdict on a candidate program must come
+from code the candidate cannot reach, and this file is all the sandbox sees of the
+package (it is loaded by ``STUB`` from its cached .pyc). Roles:
 
-* as the *runner* (``python -I -S runner.py``), started by the trainer inside the
-  sandbox. It keeps root inside the sandbox (bubblewrap leaves it CAP_SETUID/SETGID
-  only), reads the job from stdin, and never executes candidate code itself;
-* as a *child* (``runner.py child MODE UID GID PREIMPORT``), exec'd fresh for every
-  candidate run. The child switches to an unprivileged throw-away uid before it reads
-  the candidate program, so the candidate can neither signal, trace nor read the
-  runner. Because children are exec'd (not merely forked) they inherit none of the
-  runner's memory.
+* the *runner* (started by the trainer inside the sandbox) keeps root there (bubblewrap
+  leaves it CAP_SETUID/SETGID only), reads the job from stdin and never executes
+  candidate code itself;
+* *candidate processes* are forked by the runner and switch to an unprivileged
+  throw-away uid before any candidate code runs, so the candidate can neither signal,
+  trace nor read the runner. While the runner holds nothing secret (before it has read
+  the assert sources) a plain fork is used; afterwards a fresh interpreter is exec'd
+  (``main(["child", ...])``) so that no runner memory is inherited.
 
 Two kinds of tests:
 
@@ -26,8 +27,10 @@ Two kinds of tests:
   cannot turn a failing test into a passing one.
 
 Protocol with the trainer (both sides trusted, so ``marshal`` is fine and keeps the
-runner's start-up light): one marshalled spec on stdin; on stdout a sequence of frames
-(4-byte little-endian length + marshalled dict): ``{"hello": {...}}``, then
+runner's start-up light): two frames (4-byte little-endian length + marshalled dict) on
+stdin - the spec without the assert sources, then ``{"asserts": [...]}``, read only
+after every candidate process that may be a plain fork of the runner has been started;
+on stdout a sequence of frames of the same kind: ``{"hello": {...}}``, then
 ``{"kind": "stdio", "k": i, "status": ..., "rc": ..., "out": bytes}`` or
 ``{"kind": "assert", "k": i, "pass": bool}`` per test, then ``{"done": True}``.
 The RPC with a candidate child: requests are marshal frames (runner -> child, trusted
@@ -61,7 +64,7 @@ _TRUSTED_MODULES = frozenset(
 
 # --------------------------------------------------------------------------- wire format
 def _encode(v, store, depth=0):
-    """Plain data -> JSON-able tagged tree; anything else goes through ``store``."""
+    """Plain data -> tagged tree of literals (str, bool, None, list, dict); the rest via ``store``."""
     if v is None or v is True or v is False:
         return v
     t = type(v)
@@ -357,7 +360,10 @@ class _Runner:
         self.uid, self.gid = spec["uid"], spec["gid"]
         self.exe = sys.executable
         self.dir = os.path.dirname(os.path.abspath(__file__))
-        self.fork_only = not spec["asserts"]
+        # Until the assert sources (the only secret the sandbox ever holds) are read,
+        # candidates may run in plain forks of the runner; afterwards only in fresh
+        # interpreters.
+        self.secrets_loaded = False
         self.env = {"PATH": "/usr/bin:/bin", "HOME": os.getcwd(), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
         self.preimport = "0"
 
@@ -366,9 +372,8 @@ class _Runner:
         """Start a candidate process with ``fds`` ({target: source}) wired up.
 
         ``fresh``: fork + exec a new interpreter, so nothing of the runner's memory is
-        inherited. Only when the runner holds nothing secret (a spec with stdin/stdout
-        tests alone: program and inputs) may it run the candidate in a plain fork, which
-        saves an interpreter start per test.
+        inherited - required once the runner holds secrets. Otherwise the candidate runs
+        in a plain fork, which saves an interpreter start per test.
         """
         import fcntl
 
@@ -391,9 +396,10 @@ class _Runner:
                 os.environ.update(self.env)
                 _drop_privileges(self.uid, self.gid)
                 sys.argv = ["solution.py"]
-                src = self.spec["program"]
-                self.spec = None
-                os._exit(_run_main(src))
+                if mode == "stdio":
+                    os._exit(_run_main(self.spec["program"]))
+                _serve_rpc()
+                os._exit(0)
         finally:
             os._exit(127)
 
@@ -411,13 +417,16 @@ class _Runner:
         for res, val in pairs:
             resource.setrlimit(res, val)
 
-    def sweep(self, pgid):
+    def sweep(self, pgid, verify=False):
         """Kill every process the candidate may have left behind.
 
         With a dedicated uid we fork a helper that becomes that uid and calls
-        ``kill(-1, SIGKILL)``: the kernel delivers it to every process of the uid in one
-        pass under the tasklist lock, so a fork bomb cannot outrun it. Without one
-        (unprivileged fallback) only the candidate's process group can be killed.
+        ``kill(-1, SIGKILL)``: the kernel signals every process of the uid in one pass
+        under the tasklist lock, and a fork racing with it is aborted because its parent
+        already has SIGKILL pending - so a fork bomb cannot outrun it. ``verify`` also
+        scans /proc afterwards and repeats if anything is left (used once per run).
+        Without a dedicated uid (unprivileged fallback) only the candidate's process
+        group can be killed.
         """
         if self.uid < 0:
             try:
@@ -425,7 +434,7 @@ class _Runner:
             except OSError:
                 pass
             return
-        for _ in range(3):
+        for _ in range(5):
             pid = os.fork()
             if pid == 0:
                 try:
@@ -436,7 +445,7 @@ class _Runner:
                 finally:
                     os._exit(0)
             os.waitpid(pid, 0)
-            if not _pids_of_uid(self.uid):
+            if not verify or not _pids_of_uid(self.uid):
                 return
 
     def reap(self, pid):
@@ -464,7 +473,7 @@ class _Runner:
         in_fd = _memfd(stdin_text.encode("utf-8", "surrogatepass"))
         r, w = os.pipe()
         null = os.open(os.devnull, os.O_WRONLY)
-        pid = self.spawn("stdio", {0: in_fd, 1: w, 2: null, 3: src_fd}, fresh=not self.fork_only)
+        pid = self.spawn("stdio", {0: in_fd, 1: w, 2: null, 3: src_fd}, fresh=self.secrets_loaded)
         for fd in (src_fd, in_fd, w, null):
             os.close(fd)
         deadline = time.monotonic() + self.spec["timeout_s"]
@@ -477,7 +486,10 @@ class _Runner:
 
     def _collect(self, r, pid, deadline):
         cap, buf = self.lim["output_bytes"], bytearray()
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)  # readable once the process exits (Linux >= 5.3)
+        except (AttributeError, OSError):
+            pidfd = None  # older kernels: poll without reaping
         status, exited = "ok", False
         try:
             while True:
@@ -485,8 +497,9 @@ class _Runner:
                 if left <= 0:
                     status = "timeout"
                     break
-                ready = select.select([r] if exited else [r, pidfd], [], [], left)[0]
-                if pidfd in ready:
+                watch = [r] if exited or pidfd is None else [r, pidfd]
+                ready = select.select(watch, [], [], left if pidfd is not None else min(left, 0.01))[0]
+                if not exited and (pidfd in ready if pidfd is not None else _has_exited(pid)):
                     exited = True
                     # the main process is gone: kill stragglers so the pipe reaches EOF
                     self.sweep(pid)
@@ -500,21 +513,29 @@ class _Runner:
                         status = "output_limit"
                         break
         finally:
-            os.close(pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
         if status != "ok" or not exited:
             self.sweep(pid)
         return bytes(buf), status
 
     # ---- assert tests
-    def run_asserts(self, tests):
-        child, alive = None, True
+    def start_child(self):
+        """An RPC child with the candidate module loaded, or None if loading fails."""
+        child = _Child(self)
+        if child.start(time.monotonic() + self.spec["timeout_s"]):
+            return child
+        child.close()
+        return None
+
+    def run_asserts(self, tests, child):
+        """Judge each assert test; ``child`` was started before the tests were read."""
+        alive = child is not None  # a module that fails to load cannot pass anything
         t = self.spec["timeout_s"]
         for k, src in enumerate(tests):
             if child is None and alive:
-                child = _Child(self)
-                if not child.start(time.monotonic() + t):
-                    child.close()
-                    child, alive = None, False  # the module itself fails: nothing can pass
+                child = self.start_child()  # after a crash/timeout: fresh interpreter
+                alive = child is not None
             ok = False
             if child is not None:
                 ok, healthy = self.judge(src, child, time.monotonic() + t)
@@ -580,7 +601,8 @@ class _Child:
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
-        self.pid = self.runner.spawn("rpc", {0: null, 1: null, 2: null, 3: req_r, 4: resp_w})
+        self.pid = self.runner.spawn("rpc", {0: null, 1: null, 2: null, 3: req_r, 4: resp_w},
+                                     fresh=self.runner.secrets_loaded)
         for fd in (req_r, resp_w, null):
             os.close(fd)
         self.lines = _Lines(self.resp_r)
@@ -588,7 +610,7 @@ class _Child:
         self.deadline = deadline
         try:
             self._send({"program": self.runner.spec["program"]})
-            reply = _parse_reply(self.lines.read(deadline))
+            reply = _parse_reply(self.lines.read(deadline, limit=4096))
             return reply.get("ready") is True
         except (_Timeout, _Broken):
             self.alive = False
@@ -689,8 +711,12 @@ class _Remote:
 
 
 # --------------------------------------------------------------------------- helpers
+def _has_exited(pid):
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def _memfd(data):
-    fd = os.memfd_create("data", 0)
+    fd = os.memfd_create("data", os.MFD_CLOEXEC)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
@@ -860,10 +886,7 @@ def _emit(obj):
 
 
 def _runner_main():
-    spec = marshal.loads(_read_fd(0))
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    spec = _recv_frame(0)  # part 1 only: program, stdin inputs, limits (no secrets)
     # the runner evaluates test expressions on candidate-supplied data: bound it too
     mem = max(1024, spec["limits"]["memory_mb"] * 2) << 20
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -875,20 +898,33 @@ def _runner_main():
         hello.update(_fallback_isolate(spec, libc))
         pr_set_child_subreaper = 36  # orphans re-parent to us and get reaped in reap()
         hello["subreaper"] = libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+        # Without a uid switch the candidate shares our uid: at least keep it out of our
+        # /proc entries (fds, memory), so it cannot write frames to our stdout.
+        pr_set_dumpable = 4
+        libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
         if spec.get("seccomp", True):
             _install_seccomp(libc)
     hello["seccomp"] = _seccomp_active()
     runner = _Runner(spec)
     preimport = spec["uid"] >= 0 and not _world_traversable(os.path.dirname(os.__file__))
     runner.preimport = "1" if preimport else "0"
-    if preimport and runner.fork_only:
+    if preimport:
         _preimport()
     hello["preimport"] = preimport
     _emit({"hello": hello})
     for k, stdin_text in enumerate(spec["stdio"]):
         _emit(runner.run_stdio(k, stdin_text))
-    for res in runner.run_asserts(spec["asserts"]):
-        _emit(res)
+    if spec["n_asserts"]:
+        child = runner.start_child()  # forked before any expected value is in memory
+        runner.secrets_loaded = True
+        tests = _recv_frame(0)["asserts"]
+        for res in runner.run_asserts(tests, child):
+            _emit(res)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    if runner.uid >= 0:
+        runner.sweep(0, verify=True)
     _emit({"done": True})
 
 

@@ -150,7 +150,11 @@ def bwrap_available() -> bool:
     with _probe_lock:
         if "bwrap" not in _probe_result:
             ok = False
-            if shutil.which("bwrap"):
+            if os.geteuid() != 0:
+                # The design needs root: bwrap keeps CAP_SETUID for the runner so each
+                # candidate gets its own uid. Unprivileged bwrap maps a single uid only.
+                log.warning("not root: the bubblewrap backend is unavailable; using the weaker fallback")
+            elif shutil.which("bwrap"):
                 try:
                     outcome = _execute("bwrap", "print(input())", [{"stdin": "ok\n", "stdout": "ok"}],
                                        5.0, Limits())
@@ -218,10 +222,12 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
     timeout_s = float(min(max(timeout_s, 0.05), 600.0))
     root = os.geteuid() == 0
     uid = _next_uid() if root else -1
+    if not root:
+        _warn_unprivileged()
     spec = {
         "program": program, "backend": backend, "uid": uid, "gid": uid, "timeout_s": timeout_s,
         "stdio": [str(tests[i]["stdin"]) for i in stdio_idx],
-        "asserts": [tests[i]["assert"] for i in assert_idx],
+        "n_asserts": len(assert_idx),
         "limits": {**dataclasses.asdict(limits), "cpu_s": timeout_s,
                    "nproc": limits.nproc if root else _user_nproc_budget(limits.nproc)},
     }
@@ -241,7 +247,8 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
     cap = (1 << 16) + (len(stdio_idx) + 1) * (8 * limits.output_bytes + 4096)
     messages: list[dict] = []
     try:
-        messages = _drive(argv, cwd, marshal.dumps(spec), deadline, cap, pass_fds)
+        secret = {"asserts": [tests[i]["assert"] for i in assert_idx]}
+        messages = _drive(argv, cwd, _frame(spec) + _frame(secret), deadline, cap, pass_fds)
     finally:
         for fd in pass_fds:
             os.close(fd)
@@ -269,10 +276,12 @@ def _drive(argv: list[str], cwd: str, spec: bytes, deadline: float, cap: int,
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True,
                             close_fds=True, pass_fds=pass_fds)
-    buf = bytearray()
+    buf, finished = bytearray(), False
     try:
-        feeder = threading.Thread(target=_feed, args=(proc.stdin, spec), daemon=True)
-        feeder.start()
+        if len(spec) <= 32768:  # fits the pipe buffer: no writer thread needed
+            _feed(proc.stdin, spec)
+        else:
+            threading.Thread(target=_feed, args=(proc.stdin, spec), daemon=True).start()
         fd = proc.stdout.fileno()
         while True:
             left = deadline - time.monotonic()
@@ -282,13 +291,21 @@ def _drive(argv: list[str], cwd: str, spec: bytes, deadline: float, cap: int,
             if not select.select([fd], [], [], left)[0]:
                 continue
             chunk = os.read(fd, 1 << 16)
-            if not chunk or len(buf) + len(chunk) > cap:
+            if not chunk:
+                finished = True
+                break
+            if len(buf) + len(chunk) > cap:
                 break
             buf += chunk
     finally:
-        _kill_group(proc)
+        _kill_group(proc, grace_s=1.0 if finished else 0.0)
         proc.stdout.close()
     return _frames(bytes(buf))
+
+
+def _frame(obj: dict) -> bytes:
+    data = marshal.dumps(obj)
+    return struct.pack("<I", len(data)) + data
 
 
 def _frames(data: bytes) -> list[dict]:
@@ -320,7 +337,17 @@ def _feed(pipe, data: bytes) -> None:
             pass
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
+    """Let a finished runner exit by itself (``grace_s``), else SIGKILL its process group.
+
+    Under bwrap, killing bwrap kills the sandbox's PID 1 (--die-with-parent), and with it
+    every process in the PID namespace.
+    """
+    if grace_s > 0:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -330,6 +357,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         log.error("sandbox process %d did not die", proc.pid)
+
+
+_warned: set[str] = set()
+
+
+def _warn_unprivileged() -> None:
+    if "unprivileged" not in _warned:
+        _warned.add("unprivileged")
+        log.warning("code sandbox running without root: candidates share the trainer's uid and can "
+                    "signal its processes; run as root (bwrap backend) for real isolation")
 
 
 def host_pids_of_uid(uid: int) -> list[int]:

@@ -110,8 +110,9 @@ class Runtime:
         return jax.device_put(params, self.param_shardings)
 
     def place(self, tree: Any) -> Any:
-        """Params-shaped trees onto their shardings."""
-        return jax.device_put(tree, self.param_shardings)
+        """A copy of a params-shaped tree on its shardings (never aliased: steps donate their state, and a
+        stage's init params may also feed a later stage or a frozen reference)."""
+        return jax.device_put(tree, self.param_shardings, may_alias=False)
 
     def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.device_put(v, shd.batch_sharding(self.ctx, v.shape)) for k, v in batch.items()}
