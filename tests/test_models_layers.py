@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from reasoning_rl.models import KVCache, MLAConfig, MoEConfig, TransformerConfig, create, positions_from_valid
 from reasoning_rl.models.layers.moe import balance_loss, experts_dense, experts_ragged, route
 from reasoning_rl.sharding import DEFAULT_RULES
@@ -157,11 +156,11 @@ def test_every_param_has_known_logical_axes():
 
 
 def _moe_inputs(mc, n=24, d=16, seed=0):
-    ks = jax.random.split(jax.random.key(seed), 5)
-    x = jax.random.normal(ks[0], (n, d))
-    logits = jax.random.normal(ks[1], (n, mc.n_experts)) * 2
-    w = [jax.random.normal(k, s) * 0.2 for k, s in zip(ks[2:], [(mc.n_experts, d, 8), (mc.n_experts, d, 8),
-                                                                   (mc.n_experts, 8, d)])]
+    rng = np.random.RandomState(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    logits = (rng.normal(size=(n, mc.n_experts)) * 2).astype(np.float32)
+    w = [(rng.normal(size=s) * 0.2).astype(np.float32)
+         for s in [(mc.n_experts, d, 8), (mc.n_experts, d, 8), (mc.n_experts, 8, d)]]
     return x, logits, w
 
 
@@ -171,37 +170,45 @@ def test_ragged_experts_equal_dense_reference_with_grads(score):
                    topk_group=1, scaling=2.0 if score == "sigmoid" else 1.0)
     x, logits, w = _moe_inputs(mc)
 
-    def run(fn, x, w):
-        return fn(x, route(logits, mc), *w, jax.nn.silu)
+    @jax.jit
+    def both(x, w):
+        out = {}
+        for name, fn in (("ragged", experts_ragged), ("dense", experts_dense)):
+            def loss(x, w, fn=fn):
+                y = fn(x, route(logits, mc), *w, jax.nn.silu)
+                return jnp.sum(y**2), y
 
-    np.testing.assert_allclose(run(experts_ragged, x, w), run(experts_dense, x, w), atol=1e-5, rtol=1e-5)
-    g1 = jax.grad(lambda x, w: jnp.sum(run(experts_ragged, x, w) ** 2), argnums=(0, 1))(x, w)
-    g2 = jax.grad(lambda x, w: jnp.sum(run(experts_dense, x, w) ** 2), argnums=(0, 1))(x, w)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g1, g2)
+            (_, y), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
+            out[name] = (y, g)
+        return out
+
+    out = both(x, w)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), out["ragged"], out["dense"])
 
 
 def test_routing_rules():
     mc = MoEConfig(n_experts=8, top_k=2, ffn_dim=4, score="sigmoid", n_group=4, topk_group=1, norm_topk=True,
                    scaling=2.5, score_bias=True)
-    logits = jax.random.normal(jax.random.key(0), (32, 8))
-    bias = jnp.zeros(8).at[5].set(10.0)  # selection-only bias: expert 5 always chosen, weight unaffected
-    r = route(logits, mc, bias)
+    logits = np.random.RandomState(0).normal(size=(32, 8)).astype(np.float32)
+    bias = np.zeros(8, np.float32)
+    bias[5] = 10.0  # selection-only bias: expert 5 always chosen, weight unaffected
+    r = jax.jit(route, static_argnums=1)(logits, mc, bias)
     experts = np.asarray(r.experts)
     assert (experts == 5).any(axis=1).all()
     assert (experts // 2 == 2).all()  # both picks inside expert 5's group (topk_group=1)
     np.testing.assert_allclose(np.asarray(r.weights).sum(-1), 2.5, rtol=1e-5)
-    scores = jax.nn.sigmoid(logits)
-    picked = np.take_along_axis(np.asarray(scores), experts, axis=1)
+    scores = 1 / (1 + np.exp(-logits))
+    picked = np.take_along_axis(scores, experts, axis=1)
     np.testing.assert_allclose(np.asarray(r.weights), 2.5 * picked / picked.sum(-1, keepdims=True), rtol=1e-5)
 
     soft = MoEConfig(n_experts=8, top_k=2, ffn_dim=4, norm_topk=False)
-    valid = jnp.arange(32) < 20
-    r = route(logits, soft, valid=valid)
-    probs = np.asarray(jax.nn.softmax(logits))
+    valid = np.arange(32) < 20
+    r = jax.jit(route, static_argnums=1)(logits, soft, None, valid)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     np.testing.assert_allclose(np.asarray(r.weights), np.sort(probs, -1)[:, ::-1][:, :2], rtol=1e-6)
     counts = np.zeros(8)
     np.add.at(counts, np.asarray(r.experts)[:20].reshape(-1), 1)
     np.testing.assert_allclose(np.asarray(r.load), counts / 20, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(r.prob), probs[:20].mean(0), rtol=1e-5)
-    lb = balance_loss(r.load[None], r.prob[None])
+    lb = jax.jit(balance_loss)(r.load[None], r.prob[None])
     np.testing.assert_allclose(float(lb), 8 * np.sum(counts / 20 * probs[:20].mean(0)), rtol=1e-5)
