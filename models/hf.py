@@ -4,9 +4,7 @@ Loading streams one tensor at a time from memory-mapped files, converts it to th
 mesh, builds each device's shard directly (only the layers/experts/rows that shard needs), so peak host memory
 is about one tensor (or one shard of one stacked parameter), never the model. Checkpoints that do not match
 their config fail before anything is allocated, with one error naming the offending tensors or field.
-
-Saving writes what transformers itself writes (per-expert MoE tensors, the original config.json when the
-model came from a checkpoint) so transformers and vLLM load the result unchanged.
+Saving lives in ``hf_save`` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -14,30 +12,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from reasoning_rl.sharding import DEFAULT_RULES, ShardingContext, use
 
 from .config import TransformerConfig
 from .families import ConfigError, Tensor, for_family, for_model_type
-from .families.base import hf_shape, to_hf, to_ours
-from .safetensors_io import FLOAT_DTYPES, NAMES, Checkpoint, write_file
+from .families.base import hf_shape, to_ours
+from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
+from .safetensors_io import FLOAT_DTYPES, Checkpoint
 from .transformer import ModelDef, create, positions_from_valid, segments
-
-NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-             "float16": np.dtype(np.float16)}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json")
 
 
 class CheckpointError(ValueError):
@@ -89,21 +78,11 @@ class _Slot:
         return [range(n) for n in self.shape[:self.n_stack]]
 
 
-def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
 def _slots(mdef: ModelDef) -> list[_Slot]:
     cfg = mdef.cfg
     fam = for_family(cfg.family)
     firsts = {name: first for name, first, _, _ in segments(cfg)}
-    shapes = _flat(mdef.abstract_params())
+    shapes = flatten(mdef.abstract_params())
     slots, seen = [], set()
     for t in fam.tensors(cfg):
         if t.path not in shapes:
@@ -238,8 +217,8 @@ def load_params(hf_dir: str | Path, mdef: ModelDef, dtype: str | None = None, me
     try:
         slots = _slots(mdef)
         _check(slots, ckpt, mdef.cfg, directory)
-        axes = _flat(mdef.param_axes())
-        templ = _flat(mdef.abstract_params())
+        axes = flatten(mdef.param_axes())
+        templ = flatten(mdef.abstract_params())
         ctx = ShardingContext(mesh, dict(rules or DEFAULT_RULES)) if mesh is not None else None
         params: dict = {}
         for slot in slots:
@@ -285,135 +264,6 @@ def load_pretrained(hf_dir: str | Path, dtype: str = "float32", mesh=None, *,
     cfg = dataclasses.replace(config_from_hf(hf_dir), param_dtype=dtype, dtype=dtype)
     mdef, _ = create(cfg, abstract=True)
     return PretrainedModel(mdef, load_params(hf_dir, mdef, dtype, mesh, rules=rules), mesh, rules)
-
-
-# ---------------------------------------------------------------------- saving
-
-
-def _runtime_neutral(cfg: TransformerConfig, like: TransformerConfig) -> TransformerConfig:
-    """``cfg`` with the fields that do not change the checkpoint format taken from ``like``."""
-    moe = cfg.moe if cfg.moe is None or like.moe is None else dataclasses.replace(cfg.moe, impl=like.moe.impl)
-    return dataclasses.replace(cfg, param_dtype=like.param_dtype, dtype=like.dtype, remat=like.remat,
-                               scan_layers=like.scan_layers, extra=like.extra, max_seq_len=like.max_seq_len, moe=moe)
-
-
-def hf_config(cfg: TransformerConfig) -> dict:
-    """The config.json to write: the checkpoint's own when ``cfg`` still describes it, else generated."""
-    fam = for_family(cfg.family)
-    stored = cfg.extra.get("hf_config")
-    if stored is not None:
-        try:
-            if _runtime_neutral(fam.from_hf(stored), cfg) == cfg:
-                return json.loads(json.dumps(stored))
-        except ConfigError:
-            pass
-    return fam.to_hf(cfg)
-
-
-def _resolve(model, out_dir, params) -> tuple[ModelDef, dict, Path]:
-    if isinstance(out_dir, Mapping):  # save_pretrained(mdef, params, out_dir)
-        out_dir, params = params, out_dir
-    if isinstance(model, PretrainedModel):
-        return model.mdef, model.params if params is None else params, Path(out_dir)
-    if isinstance(model, tuple):
-        return model[0], model[1], Path(out_dir)
-    if params is None:
-        raise TypeError("save_pretrained(mdef, ...) needs params")
-    return model, params, Path(out_dir)
-
-
-def _host(x) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
-def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | None = None,
-                    max_shard_bytes: int = 5 * 2**30, tokenizer_from: str | Path | None = None) -> Path:
-    """Write config.json + safetensors (sharded with an index above ``max_shard_bytes``) that transformers
-    loads unchanged. ``model``: a PretrainedModel, a ``(mdef, params)`` pair, or a ModelDef with ``params``
-    (``save_pretrained(mdef, params, out_dir)`` also works). ``dtype`` defaults to the model's param_dtype.
-    Tokenizer and generation files are copied from ``tokenizer_from`` (default: the checkpoint the config was
-    read from, if any). Multi-host: every process must call this; process 0 writes."""
-    mdef, params, out = _resolve(model, out_dir, params)
-    cfg = mdef.cfg
-    dtype = dtype or cfg.param_dtype
-    if dtype not in NP_DTYPES:
-        raise ValueError(f"dtype: unsupported value {dtype!r} (supported: {', '.join(NP_DTYPES)})")
-    st_dtype = NAMES[NP_DTYPES[dtype]]
-    flat = _flat(params)
-    firsts = {name: (first, n) for name, first, n, _ in segments(cfg)}
-
-    # Every checkpoint tensor: (name, checkpoint shape, spec, stack index).
-    plan: list[tuple[str, tuple[int, ...], Tensor, tuple[int, ...]]] = []
-    for t in for_family(cfg.family).tensors(cfg):
-        has_layer, has_expert = t.stacked()
-        first, n = firsts.get(t.path[0], (0, 0))
-        if t.path in flat:
-            shape = tuple(flat[t.path].shape)
-        else:
-            shape = ((n,) if has_layer else ()) + t.zeros
-        stack = shape[:has_layer + has_expert]
-        for idx in itertools.product(*(range(k) for k in stack)):
-            layer = first + idx[0] if has_layer else None
-            expert = idx[-1] if has_expert else None
-            plan.append((t.hf.format(i=layer, e=expert), hf_shape(t.layout, shape[len(stack):]), t, idx))
-
-    shards: list[list] = [[]]
-    size = 0
-    itemsize = NP_DTYPES[dtype].itemsize
-    for entry in plan:
-        nbytes = math.prod(entry[1]) * itemsize
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(entry)
-        size += nbytes
-
-    writer = jax.process_index() == 0
-    cache: dict[tuple, np.ndarray] = {}
-
-    def produce(entry) -> np.ndarray:
-        _, _, t, idx = entry
-        if t.path not in flat:
-            return np.zeros(entry[1], NP_DTYPES[dtype])
-        if t.path not in cache:
-            cache.clear()  # one parameter on the host at a time
-            cache[t.path] = _host(flat[t.path])
-        a = cache[t.path][idx]
-        return to_hf(a, t.layout, a.shape).astype(NP_DTYPES[dtype])
-
-    out.mkdir(parents=True, exist_ok=True)
-    n_files = len(shards)
-    weight_map, total = {}, 0
-    for k, entries in enumerate(shards):
-        fname = "model.safetensors" if n_files == 1 else f"model-{k + 1:05d}-of-{n_files:05d}.safetensors"
-        by_name = {e[0]: e for e in entries}
-        specs = [(e[0], st_dtype, e[1]) for e in entries]
-        if writer:
-            total += write_file(out / fname, specs, lambda name, by_name=by_name: produce(by_name[name]))
-        else:
-            for e in entries:
-                produce(e)  # take part in the gathers
-        weight_map.update({e[0]: fname for e in entries})
-    if not writer:
-        return out
-    if n_files > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    conf = hf_config(cfg)
-    conf["dtype"] = dtype
-    if "torch_dtype" in conf:
-        conf["torch_dtype"] = dtype
-    (out / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
-    src = tokenizer_from or cfg.extra.get("hf_dir")
-    if src and Path(src).resolve() != out.resolve():
-        for f in TOKENIZER_FILES:
-            if (Path(src) / f).is_file():
-                shutil.copyfile(Path(src) / f, out / f)
-    return out
 
 
 __all__ = ["CheckpointError", "ConfigError", "PretrainedModel", "config_from_hf", "hf_config", "load_params",

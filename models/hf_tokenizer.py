@@ -62,6 +62,8 @@ class HFTokenizer:
         if self.eos_id is None and self._sp is not None and self._sp.eos_id() >= 0:
             self.eos_id = int(self._sp.eos_id())
         pad = self._special_id("pad_token")
+        if pad is None and self._sp is not None and self._sp.pad_id() >= 0:
+            pad = int(self._sp.pad_id())
         self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
         gen = _read_json(self.path / "generation_config.json").get("eos_token_id")
         gen_ids = gen if isinstance(gen, list) else ([] if gen is None else [gen])
@@ -136,9 +138,12 @@ class HFTokenizer:
 
 
 def _compile(template: str):
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    try:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:  # a run-time dependency only for chat templates
+        raise ImportError("chat templates need jinja2>=3.1.6 (pip install jinja2)") from e
 
     class Generation(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}`` marks assistant text for masks; here it renders as is."""

@@ -22,7 +22,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from .config import TransformerConfig
-from .layers.attention import Attention, _freeze, attention_mask, rope_for
+from .layers.attention import Attention, attention_mask, freeze, rope_for
 from .layers.mla import MLA
 from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
@@ -55,6 +55,9 @@ class KVCache:
 
 
 class Block(nnx.Module):
+    """One pre-norm decoder layer: attention (GQA, or MLA when ``cfg.mla``), then a dense or MoE MLP, with
+    Gemma's extra output norms when ``cfg.sandwich_norm``."""
+
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
@@ -200,7 +203,7 @@ class Transformer(nnx.Module):
                "sliding": jnp.asarray(sliding)}
         if cfg.rope_local_theta is not None:
             dim = cfg.mla.qk_rope_dim if cfg.mla is not None else cfg.head_dim
-            ctx["rope_global"] = rope_for(dim, float(cfg.rope_theta), _freeze(cfg.rope_scaling))
+            ctx["rope_global"] = rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling))
             ctx["rope_local"] = rope_for(dim, float(cfg.rope_local_theta), ())
         return ctx
 

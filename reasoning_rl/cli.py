@@ -1,14 +1,24 @@
-"""Command line: ``reasoning-rl run CONFIG [--set k=v]... [--run-dir DIR] [--resume]``.
+"""Command line: ``reasoning-rl run | eval | plot``.
+
+``run CONFIG [--set k=v]... [--run-dir DIR] [--resume]``: run a config's stages.
+``eval CHECKPOINT_OR_RUN [--stage S] [--set k=v]... [--budgets 0,8,16] [--extend] [--out DIR]``: held-out
+pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking budget (JSON and PNG).
+``plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl``.
 
 Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key),
 75 preempted (SIGTERM: the step in flight finished and its checkpoint is complete; rerun with --resume).
+
+Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
+``~/.cache/reasoning_rl/xla``; ``off`` disables it), so a restarted or repeated run skips most compiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_PREEMPTED = 1, 2, 75
 
@@ -22,6 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None)
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     run.add_argument("--no-progress", action="store_true")
+    ev = sub.add_parser("eval", help="evaluate a run's stage checkpoint (or an HF model with --config)")
+    ev.add_argument("target", help="a run dir, a run's checkpoints/<stage> dir, or a Hugging Face model dir")
+    ev.add_argument("--stage", default=None, help="which stage of a run (default: the last finished one)")
+    ev.add_argument("--config", default=None, help="task and eval settings for a Hugging Face model dir")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="eval.*, rollout.*, task.* apply to the evaluated stage")
+    ev.add_argument("--budgets", default=None, help="thinking budgets, e.g. 0,8,16,32 (eval.budget.budgets)")
+    ev.add_argument("--extend", action="store_true", help="also hold thinking up to each budget")
+    ev.add_argument("--task", default=None, help="task to budget-force (default: the stage's first)")
+    ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
+    ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
+    pl = sub.add_parser("plot", help="PNG training curves of a run")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/plots/training_curves.png)")
     return ap
 
 
@@ -36,17 +60,56 @@ def _load_config(args):
     return config_lib.from_dict(raw)
 
 
+def enable_compile_cache() -> None:
+    """Persist compiled XLA programs across processes (a resumed run recompiles nothing it compiled before)."""
+    where = os.environ.get("REASONING_RL_COMPILE_CACHE", str(Path.home() / ".cache" / "reasoning_rl" / "xla"))
+    if where.lower() in ("", "0", "off", "none"):
+        return
+    try:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", where)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except Exception:  # a cache is an optimisation, never a reason to fail
+        pass
+
+
 def cmd_run(args) -> int:
     import json
 
     from reasoning_rl.pipeline import run_pipeline
 
     cfg = _load_config(args)
+    enable_compile_cache()
     summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress)
     brief = {name: {k: v for k, v in s.items() if k in ("pass@1", "greedy_accuracy", "format_rate",
                                                           "mean_response_tokens", "wall_seconds")}
              for name, s in summary.items()}
     print(json.dumps({"run_dir": cfg.run_dir, "summary": brief}, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from reasoning_rl.stages.checkpoint_eval import run_eval
+
+    enable_compile_cache()
+    result = run_eval(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from reasoning_rl.plot import plot_training
+
+    try:
+        out = plot_training(args.run_dir, args.out)
+    except FileNotFoundError as e:
+        from reasoning_rl.config import ConfigError
+
+        raise ConfigError(str(e)) from None
+    print(out)
     return 0
 
 
@@ -57,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from reasoning_rl.checkpoint import CheckpointError
     from reasoning_rl.config import ConfigError
+    from reasoning_rl.data.files import DataError
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
-        return {"run": cmd_run}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
+    except DataError as e:
+        print(f"input error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -66,14 +66,22 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The built-in procedurally generated reasoning task (or a JSONL file, see ``data``)."""
+    """A task: built-in and generated (``arithmetic``, ``countdown``, ``instruct``) or rows of a local JSONL /
+    Parquet file (``file``, see ``reasoning_rl.data.files``)."""
 
-    name: Literal["arithmetic", "countdown"] = "arithmetic"
+    name: Literal["arithmetic", "countdown", "instruct", "file"] = "arithmetic"
     digits: int = 4  # difficulty: operand digits
-    terms: int = 2  # difficulty: number of operands
+    terms: int = 2  # difficulty: number of operands (instruct: the most items a response may be asked for)
     held_out_size: int = 500
     train_size: int = 1_000_000
-    seed: int = 1234  # task seed: fixes which problems are held out
+    seed: int = 1234  # task seed: fixes which problems are held out (file tasks: the shuffle order)
+    # file tasks
+    path: str | None = None  # JSONL (.jsonl/.json) or Parquet (.parquet) file of rows
+    held_out_path: str | None = None  # None: held_out_size rows of ``path`` are held out instead
+    preset: Literal["fields", "gsm8k", "math", "code"] = "fields"  # how rows map onto examples
+    fields: dict = field(default_factory=dict)  # example field -> row column, over the preset's mapping
+    template: str = "{prompt}"  # prompt template over the row's fields, or "chat" (the tokenizer's template)
+    system: str | None = None  # system message for template "chat"
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,18 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """Test-time-compute scaling by budget forcing (``reasoning-rl eval``): thinking capped at each budget."""
+
+    budgets: tuple[int, ...] = ()  # thinking-token budgets; empty: no budget-forcing curve
+    extend: bool = False  # also suppress </think> before the budget (think exactly B tokens)
+    continuation: str = ","  # the piece that replaces a suppressed </think>
+    answer_tokens: int = 16  # room for the answer after the thinking budget
+    samples: int = 1  # samples per problem and budget
+    greedy: bool = True
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     num_problems: int = 500
     samples: int = 4  # n samples per problem for pass@k
@@ -151,6 +171,7 @@ class EvalConfig:
     greedy: bool = True
     batch_size: int = 512
     max_new_tokens: int | None = None  # None: the rollout's
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 @dataclass(frozen=True)
@@ -161,11 +182,55 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class TaskSourceConfig:
+    """One source of a stage's task mixture: its own task, sampling weight and rewards."""
+
+    name: str
+    weight: float = 1.0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rewards: tuple[RewardConfig, ...] = ()  # empty: the stage's rewards
+
+
+@dataclass(frozen=True)
+class RejectionConfig:
+    """Rejection sampling: ``samples`` completions for each of ``prompts`` training prompts; keep the verified,
+    well-formed, distinct ones, at most ``max_per_prompt`` per prompt."""
+
+    prompts: int = 256
+    samples: int = 8
+    max_per_prompt: int = 2
+    temperature: float = 1.0
+    max_new_tokens: int | None = None  # None: the rollout's
+    require_format: bool = True  # keep only completions the format reward accepts
+    verifier: str | None = None  # the reward a kept completion must score 1 on (None: the task's correctness)
+    batch_size: int = 512  # sampled rows per sampler call
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Teacher → student distillation. ``traces``: SFT on teacher completions; ``logits``: the same sequences,
+    trained to the teacher's token distributions (forward KL)."""
+
+    mode: Literal["traces", "logits"] = "traces"
+    prompts: int = 256
+    samples: int = 4
+    max_per_prompt: int = 1
+    verified_only: bool = True
+    temperature: float = 1.0
+    max_new_tokens: int | None = None  # None: the rollout's
+    batch_size: int = 512
+    compare_grpo: bool = False  # also train the student with GRPO alone for the same optimizer steps
+
+
+STAGE_KINDS = ("sft", "grpo", "rejection_sft", "distill")
+
+
+@dataclass(frozen=True)
 class StageConfig:
     name: str
-    kind: Literal["sft", "grpo"]
+    kind: Literal["sft", "grpo", "rejection_sft", "distill"]
     steps: int
-    init: str | None = None  # a previous stage's name, or a checkpoint path
+    init: str | None = None  # a previous stage's name, a stage checkpoint dir of any run, or an HF dir
     batch_size: int = 64  # SFT: sequences per step
     log_every: int = 1
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -174,6 +239,12 @@ class StageConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     rewards: tuple[RewardConfig, ...] = ()
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tasks: tuple[TaskSourceConfig, ...] = ()  # a weighted task mixture; empty: ``task`` with ``rewards``
+    sampler: str | None = None  # rejection_sft: whose samples (default: the init)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+    teacher: str | None = None  # distill: a stage name or checkpoint dir
+    student_model: ModelConfig | None = None  # distill: merged over the top-level model section
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass(frozen=True)
@@ -330,10 +401,124 @@ def from_dict(raw: dict) -> Config:
                 st[sec] = _deep_merge(base, st[sec])
             elif sec not in st:
                 st[sec] = copy.deepcopy(base)
+        if isinstance(st.get("student_model"), dict):
+            st["student_model"] = _deep_merge(top_plain["model"], st["student_model"])
+        if "tasks" in st:
+            st["tasks"] = _resolve_sources(st["tasks"], st, f"stages[{i}].tasks")
         resolved.append(build(StageConfig, st, f"stages[{i}]"))
     cfg = dataclasses.replace(top, stages=tuple(resolved))
     validate(cfg)
     return cfg
+
+
+def _resolve_sources(sources: Any, stage: dict, key: str) -> Any:
+    """Each mixture source's task is merged over the stage's task (``name`` defaults to the source's name);
+    its rewards default to the stage's, so every source is fully resolved in the written config."""
+    if not isinstance(sources, list):
+        raise ConfigError(f"{key}: expected a list of task sources")
+    base_task = stage["task"] if isinstance(stage.get("task"), dict) else {}
+    out = []
+    for j, src in enumerate(sources):
+        if not isinstance(src, dict):
+            raise ConfigError(f"{key}[{j}]: expected a mapping, got {src!r}")
+        src = dict(src)
+        over = src.get("task", {})
+        if not isinstance(over, dict):
+            raise ConfigError(f"{key}[{j}].task: expected a mapping, got {over!r}")
+        if "name" not in over:
+            over = {**over, "name": src.get("name")}
+        src["task"] = _deep_merge(base_task, over)
+        if not src.get("rewards"):
+            src["rewards"] = copy.deepcopy(stage.get("rewards", []))
+        out.append(src)
+    return out
+
+
+def _stage_refs(cfg: Config) -> None:
+    """Stage references (init, sampler, teacher) point backwards, and parameters only flow between stages
+    with the same model: a distill stage's student cannot initialise a policy stage, nor the reverse."""
+    names = [s.name for s in cfg.stages]
+    kinds = {s.name: s.kind for s in cfg.stages}
+    for i, st in enumerate(cfg.stages):
+        p = f"stages[{i}]"
+        for attr in ("init", "sampler", "teacher"):
+            ref = getattr(st, attr)
+            if ref is not None and ref in names and names.index(ref) >= i:
+                raise ConfigError(f"{p}.{attr}: stage {ref!r} does not come before {st.name!r}")
+        init = st.init if st.init is not None else (names[i - 1] if i and st.kind != "distill" else None)
+        if init in kinds:
+            if st.kind == "distill" and kinds[init] != "distill":
+                raise ConfigError(f"{p}.init: a distill stage starts its student from a student checkpoint, "
+                                  f"not from stage {init!r} (omit init for a fresh student)")
+            if st.kind != "distill" and kinds[init] == "distill":
+                raise ConfigError(f"{p}.init: stage {init!r} is a distill stage (a student model); set init "
+                                  "to a stage of this config's model")
+        for attr in ("sampler", "teacher"):
+            ref = getattr(st, attr)
+            if ref in kinds and kinds[ref] == "distill":
+                raise ConfigError(f"{p}.{attr}: stage {ref!r} holds a student model, not this config's model")
+
+
+def _validate_data(st: StageConfig, p: str) -> None:
+    need = _need
+    tasks = [(f"{p}.task", st.task)] + [(f"{p}.tasks[{j}].task", s.task) for j, s in enumerate(st.tasks)]
+    for key, t in tasks:
+        need(t.held_out_size >= 1, f"{key}.held_out_size", "must be positive")
+        if t.name == "file":
+            need(bool(t.path), f"{key}.path", "a file task needs the path of a JSONL or Parquet file")
+        if t.name in ("arithmetic", "countdown"):
+            need(t.digits >= 1, f"{key}.digits", "must be positive")
+            need(t.terms >= 2, f"{key}.terms", "must be at least 2")
+        if t.name == "instruct":
+            need(t.terms >= 2, f"{key}.terms", "instruct needs terms >= 2 (the most items asked for)")
+    seen: dict[str, Any] = {}
+    for j, src in enumerate(st.tasks):
+        k = f"{p}.tasks[{j}]"
+        need(bool(src.name), f"{k}.name", "must not be empty")
+        need(src.name not in seen, f"{k}.name", f"duplicate task source {src.name!r}")
+        seen[src.name] = src
+        need(src.weight > 0, f"{k}.weight", "must be positive")
+        need(len(src.rewards) > 0, f"{k}.rewards", "a task source needs at least one reward")
+
+
+def _validate_kind(st: StageConfig, p: str) -> None:
+    need = _need
+    if st.kind == "rejection_sft":
+        rj = st.rejection
+        need(rj.prompts >= 1, f"{p}.rejection.prompts", "must be positive")
+        need(rj.samples >= 1, f"{p}.rejection.samples", "must be positive")
+        need(rj.max_per_prompt >= 1, f"{p}.rejection.max_per_prompt", "must be positive")
+        need(rj.temperature > 0, f"{p}.rejection.temperature", "must be > 0")
+        need(rj.batch_size >= rj.samples, f"{p}.rejection.batch_size", "must hold at least one prompt's samples")
+    if st.kind == "distill":
+        d = st.distill
+        need(st.teacher is not None, f"{p}.teacher", "a distill stage needs a teacher (stage name or checkpoint)")
+        need(st.student_model is not None, f"{p}.student_model", "a distill stage needs a student model section")
+        need(d.prompts >= 1, f"{p}.distill.prompts", "must be positive")
+        need(d.samples >= 1, f"{p}.distill.samples", "must be positive")
+        need(d.max_per_prompt >= 1, f"{p}.distill.max_per_prompt", "must be positive")
+        need(d.temperature > 0, f"{p}.distill.temperature", "must be > 0")
+        need(d.batch_size >= d.samples, f"{p}.distill.batch_size", "must hold at least one prompt's samples")
+        sm = st.student_model
+        if sm is not None:
+            need(sm.n_heads % sm.n_kv_heads == 0, f"{p}.student_model.n_kv_heads",
+                 f"must divide student_model.n_heads ({sm.n_heads})")
+            need(sm.head_dim is not None or sm.d_model % sm.n_heads == 0, f"{p}.student_model.head_dim",
+                 "d_model is not divisible by n_heads; set head_dim")
+    else:
+        need(st.student_model is None, f"{p}.student_model", "only a distill stage has a student model")
+        need(st.teacher is None, f"{p}.teacher", "only a distill stage has a teacher")
+    if st.sampler is not None:
+        need(st.kind == "rejection_sft", f"{p}.sampler", "only a rejection_sft stage samples from another stage")
+    b = st.eval.budget
+    need(all(x >= 0 for x in b.budgets), f"{p}.eval.budget.budgets", "budgets must be >= 0")
+    need(b.answer_tokens >= 1, f"{p}.eval.budget.answer_tokens", "must be positive")
+    need(b.samples >= 1, f"{p}.eval.budget.samples", "must be positive")
+
+
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
 
 
 def validate(cfg: Config) -> None:
@@ -363,8 +548,6 @@ def validate(cfg: Config) -> None:
         p = f"stages[{i}]"
         need(st.name not in names[:i], f"{p}.name", f"duplicate stage name {st.name!r}")
         need(st.steps >= 0, f"{p}.steps", "must be >= 0")
-        if st.init is not None and st.init in names:
-            need(names.index(st.init) < i, f"{p}.init", f"stage {st.init!r} does not come before {st.name!r}")
         need(st.batch_size >= 1, f"{p}.batch_size", "must be positive")
         r, a, o = st.rollout, st.algorithm, st.optimizer
         need(r.group_size >= 1, f"{p}.rollout.group_size", "must be positive")
@@ -377,12 +560,17 @@ def validate(cfg: Config) -> None:
         need(a.epochs >= 1, f"{p}.algorithm.epochs", "must be >= 1")
         need(a.eps_low >= 0 and a.eps_high >= 0, f"{p}.algorithm.eps_low", "clip ranges must be >= 0")
         need(a.beta >= 0, f"{p}.algorithm.beta", "must be >= 0")
-        if st.kind == "grpo":
+        _validate_data(st, p)
+        _validate_kind(st, p)
+        if st.kind == "grpo" or (st.kind == "distill" and st.distill.compare_grpo):
             batch = r.prompts_per_step * r.group_size
             need(r.group_size >= 2, f"{p}.rollout.group_size", "GRPO needs at least 2 samples per prompt")
             need(a.mini_batches >= 1 and batch % a.mini_batches == 0, f"{p}.algorithm.mini_batches",
                  f"rollout batch of {batch} (prompts_per_step x group_size) is not divisible by {a.mini_batches}")
             mb = batch // max(a.mini_batches, 1)
+            need(mb % r.group_size == 0, f"{p}.algorithm.mini_batches",
+                 f"mini-batch of {mb} sequences (rollout batch {batch} / {a.mini_batches}) is not divisible "
+                 f"into whole groups of {r.group_size}")
             need(a.micro_batches >= 1 and mb % a.micro_batches == 0, f"{p}.algorithm.micro_batches",
                  f"mini-batch of {mb} sequences is not divisible by {a.micro_batches}")
             need(mb % a.micro_batches == 0 and (mb // a.micro_batches) % r.group_size == 0
@@ -397,6 +585,7 @@ def validate(cfg: Config) -> None:
             need(1 <= k <= ev.samples, f"{p}.eval.k", f"k={k} must be between 1 and eval.samples ({ev.samples})")
         for j, rw in enumerate(st.rewards):
             need(bool(rw.name), f"{p}.rewards[{j}].name", "must not be empty")
+    _stage_refs(cfg)
 
 
 # --------------------------------------------------------------------------- overrides and files

@@ -88,3 +88,53 @@ def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Seque
         gtexts, _ = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids)
         out["greedy_accuracy"] = float(np.mean([correct_fn(t, examples[i]) >= 1.0 for i, t in enumerate(gtexts)]))
     return out
+
+
+def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int], *,
+                 correct_fn: Callable[[str, dict], float], format_fn: Callable[[str, dict], float] | None = None,
+                 extend: bool = False, continuation: str = ",", answer_tokens: int = 16, samples: int = 1,
+                 greedy: bool = True, temperature: float = 1.0, stop_ids: Sequence[int] = (),
+                 batch_rows: int = 512, seed: int = 0) -> dict[str, Any]:
+    """Accuracy against thinking budget by budget forcing (``reasoning_rl.rollout.budget``).
+
+    Every problem is answered once per budget (``samples`` times, greedy by default) with its thinking
+    capped at the budget (and, with ``extend``, held up to it). Returns lists aligned with ``budgets``."""
+    from reasoning_rl.rollout.budget import BudgetParams, budget_sample
+    from reasoning_rl.rollout.sampler import left_pad
+
+    ids = {t: tok.token_id(t) for t in ("<think>", "</think>", "<answer>")}
+    cont = tok.encode(continuation)
+    if any(v is None for v in ids.values()) or len(cont) != 1:
+        raise ValueError("budget forcing needs <think>, </think>, <answer> and the continuation "
+                         f"{continuation!r} to be single tokens of the tokenizer")
+    budgets = [int(b) for b in budgets]
+    g = len(budgets) * samples
+    bp = BudgetParams(max(budgets) + answer_tokens + 2, ids["<think>"], ids["</think>"], ids["<answer>"], cont[0],
+                      tuple(stop_ids), tok.pad_id, float(temperature), bool(greedy), g)
+    prompts = [tok.encode(e["prompt"]) for e in examples]
+    tp = max(len(p) for p in prompts)
+    bpp = max(1, min(len(prompts), batch_rows // g))
+    row_budget = np.tile(np.repeat(np.asarray(budgets, np.int32), samples), bpp)
+    floor = row_budget if extend else np.zeros_like(row_budget)
+    correct, fmt, think, forced = [], [], [], []
+    for start in range(0, len(prompts), bpp):
+        chunk = prompts[start:start + bpp]
+        real = len(chunk)
+        pt, pv = left_pad(chunk + [chunk[0]] * (bpp - real), tok.pad_id, bucket=8, min_len=tp)
+        out = jax.device_get(budget_sample(mdef, params, pt, pv, row_budget, floor, jax.random.key(seed + start), bp))
+        for r in range(real * g):
+            ex = examples[start + r // g]
+            text = tok.decode(out.tokens[r, : int(out.lengths[r])])
+            correct.append(correct_fn(text, ex) >= 1.0)
+            fmt.append(format_fn(text, ex) >= 1.0 if format_fn is not None else False)
+            think.append(int(out.think_tokens[r]))
+            forced.append(bool(out.forced[r]))
+    # rows are (problem, budget, sample): average over problems and samples per budget
+    shape = (len(examples), len(budgets), samples)
+
+    def per_budget(x):
+        return np.asarray(x, np.float64).reshape(shape).mean(axis=(0, 2)).tolist()
+
+    return {"budgets": budgets, "accuracy": per_budget(correct), "mean_think_tokens": per_budget(think),
+            "forced_rate": per_budget(forced), "format_rate": per_budget(fmt), "num_problems": len(examples),
+            "samples": samples, "greedy": bool(greedy), "extend": bool(extend)}

@@ -14,7 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reasoning_rl.models import KVCache, MLAConfig, MoEConfig, TransformerConfig, create, positions_from_valid
-from reasoning_rl.models.layers.moe import balance_loss, experts_dense, experts_ragged, route
+from reasoning_rl.models.layers.moe import (
+    balance_loss,
+    experts_dense,
+    experts_ragged,
+    route,
+    score_bias_update,
+)
 from reasoning_rl.sharding import DEFAULT_RULES
 
 BASE = {"vocab_size": 96, "d_model": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "ffn_dim": 48}
@@ -212,3 +218,9 @@ def test_routing_rules():
     np.testing.assert_allclose(np.asarray(r.prob), probs[:20].mean(0), rtol=1e-5)
     lb = jax.jit(balance_loss)(r.load[None], r.prob[None])
     np.testing.assert_allclose(float(lb), 8 * np.sum(counts / 20 * probs[:20].mean(0)), rtol=1e-5)
+
+
+def test_score_bias_update_moves_toward_balance():
+    load = np.array([[0.5, 0.25, 0.25, 1.0]], np.float32)  # mean 0.5
+    out = np.asarray(score_bias_update(np.zeros((1, 4), np.float32), load, 0.1))
+    np.testing.assert_allclose(out, [[0.0, 0.1, 0.1, -0.1]])

@@ -62,12 +62,16 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     attn_softcap=cfg.attn_softcap is not None,
                     mla=cfg.mla is not None, norm_offset=cfg.norm_offset != 1.0, embed_scale=not cfg.embed_scale,
                     sandwich_norm=not cfg.sandwich_norm, activation=cfg.activation != "gelu_tanh")
+    scalar = (cfg.query_scale or cfg.head_dim**-0.5) ** -2
+    if abs(scalar - round(scalar)) > 1e-6:
+        raise ConfigError(f"TransformerConfig.query_scale={cfg.query_scale!r} is not 1/sqrt(an integer), which "
+                          "gemma3 checkpoints require (query_pre_attn_scalar)")
     out = common_to_hf(cfg, "gemma3_text", ARCHITECTURE)
     del out["hidden_act"], out["rope_theta"], out["rope_scaling"]
     full = {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta}
     local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
     out.update(
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=(cfg.query_scale or cfg.head_dim**-0.5) ** -2,
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=round(scalar),
         final_logit_softcapping=cfg.final_softcap,
         sliding_window=cfg.sliding_window or None,
         layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],

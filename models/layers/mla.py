@@ -15,7 +15,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from ..config import MLAConfig
-from .attention import _freeze, dot_attention, rope_for, write_cache
+from .attention import dot_attention, freeze, rope_for, write_cache
 from .init import param
 from .norm import RMSNorm
 from .rope import apply_rope, yarn_softmax_scale
@@ -30,7 +30,7 @@ class MLA(nnx.Module):
         self.n_heads, self.mc, self.dtype = n_heads, mc, dtype
         qk_dim = mc.qk_nope_dim + mc.qk_rope_dim
         self.scale = qk_dim**-0.5 * yarn_softmax_scale(rope_scaling)
-        self.rope = (mc.qk_rope_dim, float(rope_theta), _freeze(rope_scaling))
+        self.rope = (mc.qk_rope_dim, float(rope_theta), freeze(rope_scaling))
         if mc.q_lora_rank:
             self.q_a = param(rngs, (d_model, mc.q_lora_rank), ("embed", "q_lora"), d_model, param_dtype)
             self.q_norm = RMSNorm(mc.q_lora_rank, eps=LATENT_NORM_EPS, param_dtype=param_dtype)

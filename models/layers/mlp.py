@@ -33,7 +33,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        g = x @ self.gate[...].astype(dt)
-        u = x @ self.up[...].astype(dt)
-        h = constrain(activation_fn(self.activation)(g) * u, ("batch", "seq", "act_mlp"))
-        return h @ self.down[...].astype(dt)
+        # 2-D matmuls: XLA:CPU lays out the backward of [B*T, D] products far better than of [B, T, D] ones
+        # (about 2x less time in the MLP's gradient); on accelerators the reshape is free.
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        g = x2 @ self.gate[...].astype(dt)
+        u = x2 @ self.up[...].astype(dt)
+        h = activation_fn(self.activation)(g) * u
+        h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
+        return (h @ self.down[...].astype(dt)).reshape(*lead, -1)

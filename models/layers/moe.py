@@ -89,6 +89,14 @@ def balance_loss(load: jax.Array, prob: jax.Array) -> jax.Array:
     return e * jnp.sum(jnp.mean(load, axis=0) * jnp.mean(prob, axis=0))
 
 
+def score_bias_update(bias: jax.Array, load: jax.Array, rate: float = 1e-3) -> jax.Array:
+    """DeepSeek-V3's aux-loss-free balancing step: raise the selection bias of under-loaded experts and lower
+    it for over-loaded ones by ``rate`` (``bias``/``load``: [..., E], e.g. params["layers"]["mlp"]["score_bias"]
+    and ``aux["expert_load"]``). The bias only affects which experts are chosen, never their weights, and gets
+    no gradient; exclude it from weight decay."""
+    return bias + rate * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load).astype(bias.dtype)
+
+
 def experts_dense(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
     """Every expert on every token, combined with the routing weights (reference; E times the FLOPs)."""
     n = x.shape[0]

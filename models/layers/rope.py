@@ -96,10 +96,8 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, *, attn_scale: floa
     """x: [B, T, H, D]; positions: [B, T] int32. Interleaved input comes out in rotate-half order (as the
     reference does), which is harmless because q and k are permuted alike."""
     freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
-    cos, sin = jnp.cos(freqs), jnp.sin(freqs)
-    if attn_scale != 1.0:
-        cos, sin = cos * attn_scale, sin * attn_scale
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    cos = (jnp.cos(freqs) * attn_scale)[:, :, None, :]
+    sin = (jnp.sin(freqs) * attn_scale)[:, :, None, :]
     xf = x.astype(jnp.float32)
     if interleave:
         x1, x2 = xf[..., 0::2], xf[..., 1::2]

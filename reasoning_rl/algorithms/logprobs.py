@@ -29,12 +29,17 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
         ent = entropy(logits, temperature) if with_entropy else jnp.zeros_like(lp)
         return lp, jax.lax.stop_gradient(ent)
 
-    if chunk and n_targets > chunk and n_targets % chunk == 0:
+    if chunk and n_targets > chunk:
         b, n, d = h.shape
-        hc = h.reshape(b, n // chunk, chunk, d).swapaxes(0, 1)
-        yc = targets.reshape(b, n // chunk, chunk).swapaxes(0, 1)
+        pad = -n % chunk  # pad to whole chunks; the padded tail is sliced off
+        hp = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        yp = jnp.pad(targets, ((0, 0), (0, pad)))
+        nc = (n + pad) // chunk
+        hc = hp.reshape(b, nc, chunk, d).swapaxes(0, 1)
+        yc = yp.reshape(b, nc, chunk).swapaxes(0, 1)
         lp, ent = jax.lax.map(lambda a: jax.checkpoint(score)(*a), (hc, yc))
-        lp, ent = lp.swapaxes(0, 1).reshape(b, n), ent.swapaxes(0, 1).reshape(b, n)
+        lp = lp.swapaxes(0, 1).reshape(b, n + pad)[:, :n]
+        ent = ent.swapaxes(0, 1).reshape(b, n + pad)[:, :n]
     else:
         lp, ent = score(h, targets)
     return (lp, ent) if with_entropy else lp

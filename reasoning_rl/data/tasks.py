@@ -9,12 +9,19 @@ from the right, writing each column's sum and carry inside ``<think>``; the resu
 ``<answer>``. Difficulty grows with digits and terms (more columns, larger carries).
 
 ``countdown``: reach a target from a few numbers with + - * (TinyZero-style); the solution shows the steps.
+
+``instruct``: rule-checked instruction following, the non-reasoning side of a multi-task mixture. A prompt
+such as ``n3 kbe s-:`` asks for exactly 3 items (single letters a-h) (a length limit), among them the keywords ``b`` and ``e``,
+joined by ``-`` (an output format); the constraints travel with the example (``example["constraints"]``)
+and the ``instruct*`` rewards (``reasoning_rl.data.instruct_rewards``) check them.
+
+``file``: rows of a local JSONL / Parquet file (``reasoning_rl.data.files``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,14 +42,16 @@ class Example:
     solution: str  # worked reasoning + answer, in the trained format (for cold-start SFT)
     difficulty: int
     key: str  # identity of the problem (disjointness of splits)
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific fields rewards read (tests, constraints)
 
     def as_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "answer": self.answer, "solution": self.solution,
-                "difficulty": self.difficulty, "key": self.key}
+                "difficulty": self.difficulty, "key": self.key, **self.extra}
 
 
 class ArithmeticTask:
     name = "arithmetic"
+    correctness = "accuracy"  # the reward that says whether a completion solves the problem
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -121,8 +130,52 @@ class CountdownTask(ArithmeticTask):
         return Example(prompt, str(acc), solution, k, key)
 
 
-TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+class InstructTask(ArithmeticTask):
+    """Produce ``n`` single-letter items, including the keywords, joined by a separator.
+
+    The prompt space is small (a few thousand prompts), so keeping train and held-out prompts disjoint is
+    best-effort: after a bounded number of redraws a held-out prompt may also appear in training."""
+
+    name = "instruct"
+    correctness = "instruct"
+    LETTERS = "abcdefgh"
+    SEPARATORS = ("-", ";", "|")
+
+    def _draw(self, rng: np.random.Generator) -> Example:
+        most = max(self.cfg.terms, 2) + 2
+        n = int(rng.integers(2, most + 1))
+        n_kw = int(rng.integers(1, min(n, 3) + 1))
+        letters = list(self.LETTERS)
+        kws = sorted(str(x) for x in rng.choice(letters, n_kw, replace=False))
+        sep = str(rng.choice(self.SEPARATORS))
+        fill = [str(x) for x in rng.choice([c for c in letters if c not in kws], n - n_kw, replace=True)]
+        items = [kws[i] if i < n_kw else fill[i - n_kw] for i in rng.permutation(n)]
+        prompt = f"n{n} k{''.join(kws)} s{sep}:"
+        answer = sep.join(items)
+        solution = f"<think>{','.join(items)}</think><answer>{answer}</answer>"
+        constraints = {"items": n, "keywords": kws, "separator": sep}
+        return Example(prompt, answer, solution, n, prompt, {"constraints": constraints})
+
+    def example(self, split: str, index: int) -> Example:
+        ex = self._draw(_rng(self.cfg.seed, split, index))
+        if split == "train":
+            held = self.held_out_keys()
+            for attempt in range(1, 32):
+                if ex.key not in held:
+                    break
+                ex = self._draw(np.random.default_rng([self.cfg.seed, 7, index, attempt]))
+        return ex
+
+
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "instruct": InstructTask}
 
 
 def make_task(cfg: TaskConfig):
+    """The task a config describes (built-in generator or a local file)."""
+    if cfg.name == "file":
+        from .files import FileTask
+
+        return FileTask(cfg)
+    if cfg.name == "instruct":
+        from . import instruct_rewards  # noqa: F401 - registers the instruct rewards with the registry
     return TASKS[cfg.name](cfg)

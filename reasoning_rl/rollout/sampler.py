@@ -94,12 +94,10 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
         mask = mask.at[:, t].set(live)
         done = done | jnp.isin(tok, stop) | (t + 1 >= n)
 
-        def step(args):
-            cache, _ = args
-            h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t)
-            return cache, model.logits(h[:, 0])
-
-        cache, logits = jax.lax.cond(jnp.all(done), lambda a: a, step, (cache, logits))
+        # Always run the next forward (a lax.cond here makes XLA copy the whole cache every step); the
+        # iteration after the last stop computes one unused step.
+        h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t)
+        logits = model.logits(h[:, 0])
         return t + 1, cache, logits, toks, logps, mask, pos + 1, done, rng
 
     init = (jnp.int32(0), cache, logits, jnp.full((rows, n), sp.pad_id, jnp.int32),

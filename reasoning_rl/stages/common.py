@@ -3,7 +3,9 @@ checkpoint/resume/preemption plumbing around a stage's step loop."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 import signal
 import time
@@ -16,7 +18,7 @@ import numpy as np
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.steps import TrainState, init_state, make_optimizer
 from reasoning_rl.checkpoint import StageCheckpointer
-from reasoning_rl.config import Config, StageConfig
+from reasoning_rl.config import Config, ModelConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
 from reasoning_rl.models import TransformerConfig, create
 from reasoning_rl.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
@@ -57,7 +59,10 @@ class PreemptionGuard:
 
 
 def model_config(cfg: Config, vocab_size: int) -> TransformerConfig:
-    m = cfg.model
+    return model_config_from(cfg.model, vocab_size)
+
+
+def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
     return TransformerConfig(
         vocab_size=m.vocab_size or vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
         n_kv_heads=m.n_kv_heads, head_dim=m.head_dim or m.d_model // m.n_heads, ffn_dim=m.ffn_dim,
@@ -66,27 +71,66 @@ def model_config(cfg: Config, vocab_size: int) -> TransformerConfig:
         remat=m.remat, scan_layers=m.scan_layers, family=m.family)
 
 
+def _task_key(tcfg: TaskConfig) -> str:
+    return json.dumps(dataclasses.asdict(tcfg), sort_keys=True)
+
+
 class Runtime:
-    """Everything a stage needs that does not change between stages."""
+    """Everything a stage needs that does not change between stages.
+
+    One Runtime per model: a distill stage's student gets its own (``for_model``), sharing the tokenizer,
+    tasks and mesh with the policy's."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, devices: list | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.task = make_task(cfg.task)
+        self._tasks: dict[str, Any] = {}
+        self.task = self.task_for(cfg.task)
         self.tok = self._tokenizer()
-        self.hf_path = cfg.model.path
+        for t in self._tasks.values():
+            if hasattr(t, "bind_tokenizer"):
+                t.bind_tokenizer(self.tok)
+        self.mesh = shd.make_mesh(dataclasses.asdict(cfg.mesh), devices)
+        self.ctx = shd.context(self.mesh)
+        self._set_model(cfg.model)
+
+    def _set_model(self, m: ModelConfig) -> None:
+        self.model_cfg = m
+        self.hf_path = m.path
         if self.hf_path:
             from reasoning_rl.models.hf import config_from_hf
 
             mcfg = config_from_hf(self.hf_path)
-            mcfg = dataclasses.replace(mcfg, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype,
-                                       remat=cfg.model.remat)
+            mcfg = dataclasses.replace(mcfg, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
         else:
-            mcfg = model_config(cfg, self.tok.vocab_size)
+            mcfg = model_config_from(m, self.tok.vocab_size)
         self.mdef, _ = create(mcfg, abstract=True)
-        self.mesh = shd.make_mesh(dataclasses.asdict(cfg.mesh), devices)
-        self.ctx = shd.context(self.mesh)
         self.param_shardings = shd.param_shardings(self.ctx, self.mdef.param_axes(), self.mdef.abstract_params())
+
+    def for_model(self, m: ModelConfig) -> Runtime:
+        """The same runtime around another model (a distill stage's student); the tokenizer is shared."""
+        other = copy.copy(self)
+        other._set_model(m)
+        return other
+
+    def task_for(self, tcfg: TaskConfig) -> Any:
+        """The task a config describes, built once per distinct task config."""
+        key = _task_key(tcfg)
+        if key not in self._tasks:
+            task = make_task(tcfg)
+            if hasattr(task, "bind_tokenizer") and getattr(self, "tok", None) is not None:
+                task.bind_tokenizer(self.tok)
+            self._tasks[key] = task
+        return self._tasks[key]
+
+    def _corpus(self) -> list[str]:
+        """Tokenizer training text: the top-level task's, plus every other task a stage trains on."""
+        lines = self.task.corpus(2000)
+        for st in self.cfg.stages:
+            for tcfg in (st.task, *(s.task for s in st.tasks)):
+                if _task_key(tcfg) != _task_key(self.cfg.task) and _task_key(tcfg) not in self._tasks:
+                    lines += self.task_for(tcfg).corpus(2000)
+        return lines
 
     def _tokenizer(self):
         tc = self.cfg.tokenizer
@@ -97,16 +141,16 @@ class Runtime:
         path = self.run_dir / "tokenizer.model"
         if path.is_file():
             return SentencePieceTokenizer(path)
-        return train_sentencepiece(self.task.corpus(2000), path, tc.vocab_size)
+        return train_sentencepiece(self._corpus(), path, tc.vocab_size)
 
     # ------------------------------------------------------------------ params and state
 
-    def init_params(self) -> dict:
+    def init_params(self, seed: int | None = None) -> dict:
         if self.hf_path:
             from reasoning_rl.models.hf import load_params
 
-            return load_params(self.hf_path, self.mdef, dtype=self.cfg.model.param_dtype, mesh=self.mesh)
-        _, params = create(self.mdef.cfg, self.cfg.seed)
+            return load_params(self.hf_path, self.mdef, dtype=self.model_cfg.param_dtype, mesh=self.mesh)
+        _, params = create(self.mdef.cfg, self.cfg.seed if seed is None else seed)
         return jax.device_put(params, self.param_shardings)
 
     def place(self, tree: Any) -> Any:
@@ -187,7 +231,12 @@ class StageRun:
 
 
 def _stage_index(cfg: Config, name: str) -> int:
-    return [s.name for s in cfg.stages].index(name)
+    """A stage's position; a sub-run inside a stage (``distill/grpo_baseline``) counts as its stage."""
+    names = [s.name for s in cfg.stages]
+    if name in names:
+        return names.index(name)
+    base, _, sub = name.partition("/")
+    return names.index(base) + 1000 * (1 + len(sub))
 
 
 def timer() -> float:

@@ -1,17 +1,25 @@
-"""End-of-stage held-out evaluation with the stage's own sampler settings and verifiers."""
+"""End-of-stage held-out evaluation with the stage's own sampler settings and verifiers.
+
+A stage is evaluated on every task the config trains on (its own first), each with that task's
+correctness reward, so over-specialisation (a reasoning stage forgetting the instruction task, or the
+reverse) shows in ``summary.json``. With one task the figures are the top-level keys, as before; with
+several they sit under ``tasks`` and the top level holds the mean over the stage's own tasks.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from reasoning_rl.config import StageConfig
 from reasoning_rl.evaluation import evaluate
-from reasoning_rl.rewards import extract_answer
-from reasoning_rl.rewards import registry
+from reasoning_rl.rewards import extract_answer, registry
 
 from .common import Runtime
+from .sources import CORRECTNESS_REWARDS, Source, config_sources, stage_sources
 
-CORRECTNESS_REWARDS = ("accuracy", "math", "code")
+__all__ = ["CORRECTNESS_REWARDS", "correctness_reward", "eval_source", "stage_eval"]
 
 
 def correctness_reward(stage: StageConfig) -> str:
@@ -21,13 +29,27 @@ def correctness_reward(stage: StageConfig) -> str:
     return "accuracy"
 
 
-def stage_eval(rt: Runtime, stage: StageConfig, params: Any) -> dict[str, Any]:
+def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=None) -> dict[str, Any]:
+    """Held-out figures of one task (see ``reasoning_rl.evaluation.evaluate``)."""
     ev = stage.eval
-    examples = [e.as_dict() for e in rt.task.held_out(ev.num_problems)]
+    examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
     return evaluate(
-        rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k,
+        mdef or rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k,
         temperature=ev.temperature if ev.temperature is not None else stage.rollout.temperature,
         max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
-        stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(correctness_reward(stage)),
+        stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(src.correctness),
         format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size, greedy=ev.greedy,
         seed=rt.cfg.seed + 17)
+
+
+def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None) -> dict[str, Any]:
+    own = [Source(rt, s) for s in stage_sources(stage)]
+    names = {s.name for s in own}
+    others = [Source(rt, s) for s in config_sources(rt.cfg) if s.name not in names]
+    per_task = {s.name: eval_source(rt, stage, s, params, mdef) for s in own + others}
+    if len(per_task) == 1:
+        return next(iter(per_task.values()))
+    mine = [per_task[s.name] for s in own]
+    top = {k: float(np.mean([m[k] for m in mine])) for k, v in mine[0].items()
+           if isinstance(v, float) and all(isinstance(m.get(k), float) for m in mine)}
+    return {**top, "tasks": per_task}

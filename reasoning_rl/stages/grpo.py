@@ -18,28 +18,31 @@ from reasoning_rl.config import StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
-from reasoning_rl.rewards import RewardComputer, RewardSpec
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
 from .common import PreemptionGuard, Preempted, Runtime, StageFailed, StageRun, timer
+from .sources import StageData, rollout_metrics
 
 
-def prompt_len(rt: Runtime, n: int = 256) -> int:
-    return round_up(max(len(rt.tok.encode(rt.task.example("train", i).prompt)) for i in range(n)) + 2, 8)
+def prompt_len(rt: Runtime, n: int = 256, fetch=None) -> int:
+    """One prompt width per stage (left-padded): the longest of a sample, rounded up."""
+    if fetch is None:
+        fetch = lambda i: rt.task.example("train", i).as_dict()  # noqa: E731
+    return round_up(max(len(rt.tok.encode(fetch(i)["prompt"])) for i in range(n)) + 2, 8)
 
 
 class Rollout:
     """Samples groups, scores them, and (with dynamic sampling) refills until the batch is informative."""
 
-    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream):
+    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream, data: StageData):
         r = stage.rollout
-        self.rt, self.stage, self.stream = rt, stage, stream
+        self.rt, self.stage, self.stream, self.data = rt, stage, stream, data
         self.g = r.group_size
         self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
                                  rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size)
-        self.tp = prompt_len(rt)
+        self.tp = prompt_len(rt, fetch=data.fetch)
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
-        self.rewarder = RewardComputer([RewardSpec(x.name, x.weight, dict(x.kwargs)) for x in stage.rewards])
+        self.rewarder = data.rewarder()
 
     def _round(self, params, rng):
         examples = next(self.stream)
@@ -53,12 +56,12 @@ class Rollout:
         t_sample = timer() - t0
         texts = [self.rt.tok.decode(out.tokens[i, : out.lengths[i]]) for i in range(len(out.lengths))]
         rows = [ex for ex in examples for _ in range(self.g)]
-        res = self.rewarder(texts, rows)
-        rewards = np.asarray(res.total, np.float32)
+        scored = self.rewarder(texts, rows)
+        rewards = np.asarray(scored.result.total, np.float32)
         ol = self.stage.algorithm.overlong
         if ol.enabled:
             rewards = rewards + np.asarray(overlong_penalty(out.lengths, ol.max_len, ol.cache, ol.penalty))
-        return dict(pt=pt, pv=pv, out=out, rewards=rewards, res=res, t_sample=t_sample)
+        return dict(pt=pt, pv=pv, out=out, rewards=rewards, scored=scored, rows=rows, t_sample=t_sample)
 
     def collect(self, params, rng):
         """Returns the batch arrays and rollout metrics for one step."""
@@ -96,7 +99,7 @@ class Rollout:
             mask[n_real * self.g:] = False
         batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g)
         # metrics over everything sampled in the first round (what the policy actually does)
-        res = first["res"]
+        res = first["scored"].result
         gen_tokens = sum(int(r["out"].lengths.sum()) for r in rounds)
         metrics = {
             "reward_mean": float(first["rewards"].mean()), "reward_std": float(first["rewards"].std()),
@@ -104,8 +107,8 @@ class Rollout:
             "gen_tokens_per_s": gen_tokens / max(t_sample, 1e-9), "sample_s": t_sample,
             "reward_errors": int(sum(res.errors.values())), "reward_non_finite": int(sum(res.non_finite.values())),
         }
-        for name, vals in res.per_reward.items():
-            metrics[name] = float(np.mean(vals))
+        metrics.update(rollout_metrics(first["scored"], first["rows"], first["out"].lengths, first["rewards"],
+                                       self.data.mixed))
         if a.dynamic_sampling:
             metrics["groups_kept"] = n_real
             metrics["sampling_rounds"] = len(rounds)
@@ -116,17 +119,18 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     a, r = stage.algorithm, stage.rollout
     updates = stage.steps * a.epochs * a.mini_batches
     run = StageRun(rt, stage, init_params, updates)
-    stream = ExampleStream(lambda i: rt.task.example("train", i).as_dict(), r.prompts_per_step,
+    data = StageData(rt, stage)
+    stream = ExampleStream(data.fetch, r.prompts_per_step,
                            process_index=jax.process_index(), process_count=jax.process_count())
     ref_params = rt.place(init_params) if a.beta > 0 else None
     host = run.resume()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
-    rollout = Rollout(rt, stage, stream)
+    rollout = Rollout(rt, stage, stream, data)
     step_fn = rt.jit_step(make_grpo_step(rt.mdef, a, stage.optimizer, run.tx, r.temperature,
-                                         rt.cfg.model.logits_chunk), run.state)
-    ref_fn = rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.cfg.model.logits_chunk)) if a.beta > 0 else None
+                                         rt.model_cfg.logits_chunk), run.state)
+    ref_fn = rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.model_cfg.logits_chunk)) if a.beta > 0 else None
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     n_rows = r.prompts_per_step * r.group_size
@@ -169,4 +173,5 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                 raise Preempted(f"stage {stage.name} preempted at step {step}; checkpoint written")
     bar.close()
     run.close()
+    rollout.rewarder.close()
     return run.state.params, {"wall_seconds": wall}

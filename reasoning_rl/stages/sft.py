@@ -1,6 +1,13 @@
-"""Supervised fine-tuning stage (cold start): next-token loss on worked solutions."""
+"""Supervised fine-tuning stage: next-token loss on worked solutions.
+
+The loop takes any example source (``fetch(index) -> {"prompt", "solution", ...}``): the stage's task or
+task mixture for a cold start, a rejection-sampled set for ``rejection_sft``, teacher traces for ``distill``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import jax
 from reasoning_rl.algorithms.steps import make_sft_step
@@ -10,25 +17,47 @@ from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
 
 from .common import PreemptionGuard, Preempted, Runtime, StageFailed, StageRun, timer
+from .sources import StageData
 
 
-def sft_seq_len(rt: Runtime, n: int = 256) -> int:
+@dataclass
+class ExampleSource:
+    """Training examples by global index, and one sequence length that fits them (one compiled step)."""
+
+    fetch: Callable[[int], dict]
+    seq_len: int
+
+
+def sft_seq_len(rt: Runtime, n: int = 256, fetch: Callable[[int], dict] | None = None) -> int:
     """One fixed sequence length per stage (one compiled step): the longest of a sample, rounded up."""
-    lens = [len(rt.tok.encode(e.prompt + e.solution)) + 1 for e in (rt.task.example("train", i) for i in range(n))]
+    if fetch is None:
+        fetch = lambda i: rt.task.example("train", i).as_dict()  # noqa: E731
+    lens = [len(rt.tok.encode(e["prompt"] + e["solution"])) + 1 for e in (fetch(i) for i in range(n))]
     return round_up(int(max(lens) * 1.1) + 1, 16)
 
 
-def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
+def task_source(rt: Runtime, stage: StageConfig) -> ExampleSource:
+    data = StageData(rt, stage)
+    return ExampleSource(data.fetch, sft_seq_len(rt, fetch=data.fetch))
+
+
+def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True,
+            source: ExampleSource | None = None, make_step: Callable | None = None,
+            augment: Callable[[dict], dict] | None = None):
+    """The SFT loop over ``source`` (default: the stage's tasks). ``make_step(run) -> step`` swaps in another
+    loss over the same batches (logit distillation); ``augment(batch)`` adds inputs it needs."""
+    source = source or task_source(rt, stage)
     run = StageRun(rt, stage, init_params, stage.steps)
-    stream = ExampleStream(lambda i: rt.task.example("train", i).as_dict(), stage.batch_size,
+    stream = ExampleStream(source.fetch, stage.batch_size,
                            process_index=jax.process_index(), process_count=jax.process_count())
     host = run.resume()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
-    step_fn = rt.jit_step(make_sft_step(rt.mdef, stage.optimizer, run.tx, stage.algorithm.micro_batches,
-                                        rt.cfg.model.logits_chunk), run.state)
-    seq_len = sft_seq_len(rt)
+    step = make_step(run) if make_step is not None else make_sft_step(
+        rt.mdef, stage.optimizer, run.tx, stage.algorithm.micro_batches, rt.model_cfg.logits_chunk)
+    step_fn = rt.jit_step(step, run.state)
+    seq_len = source.seq_len
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     rec: dict = {}
@@ -36,6 +65,8 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
         for step in range(run.start_step + 1, stage.steps + 1):
             t0 = timer()
             batch = sft_batch(rt.tok, next(stream), seq_len)
+            if augment is not None:
+                batch = augment(batch)
             run.state, m = step_fn(run.state, rt.place_batch(batch))
             m = jax.device_get(m)
             dt = timer() - t0

@@ -1,0 +1,114 @@
+"""PNG plots: a run's training curves (``reasoning-rl plot RUN_DIR``) and budget-forcing curves.
+
+Matplotlib runs on the Agg backend, so plotting works on headless machines and never opens a window.
+Training curves put the stages one after another on a shared step axis (a stage boundary is a dotted
+line), one colour per stage; noisy RL series are drawn faintly with a moving average on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reasoning_rl.metrics import read_metrics
+
+PANELS = (("reward_mean", "reward"), ("accuracy", "accuracy"), ("response_len", "response length (tokens)"),
+          ("kl", "KL to reference"), ("entropy", "entropy"), ("loss", "loss"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    head = np.cumsum(y[: window - 1]) / np.arange(1, window)
+    return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
+
+
+def _by_stage(records: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("step", 0) >= 1:  # step 0 holds a stage's sampling figures, not a training step
+            out.setdefault(str(r.get("stage")), []).append(r)
+    return out
+
+
+def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: int = 10) -> Path:
+    """Write the run's training curves to ``out`` (default ``RUN_DIR/plots/training_curves.png``)."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl records to plot")
+    stages = _by_stage(records)
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    offset = 0
+    for si, (stage, recs) in enumerate(stages.items()):
+        colour = colours[si % len(colours)]
+        steps = np.asarray([r["step"] for r in recs]) + offset
+        for ax, (key, title) in zip(axes.flat, PANELS):
+            series = {key: key}
+            if key == "accuracy":  # per-task accuracies of a mixture stage, dashed
+                series.update({k: k for k in recs[0] if k.endswith("/accuracy")})
+            for name, k in series.items():
+                pts = [(s, r[k]) for s, r in zip(steps, recs) if isinstance(r.get(k), (int, float))]
+                if not pts:
+                    continue
+                x, y = map(np.asarray, zip(*pts))
+                style = "--" if "/" in name else "-"
+                label = stage if name == key else f"{stage}: {name.split('/')[0]}"
+                if len(y) > smooth > 1:
+                    ax.plot(x, y, style, color=colour, alpha=0.25, linewidth=0.8)
+                    ax.plot(x, _smooth(y, smooth), style, color=colour, label=label)
+                else:
+                    ax.plot(x, y, style, color=colour, label=label, marker="." if len(y) < 20 else None)
+            ax.set_title(title)
+        offset = int(steps.max()) if len(steps) else offset
+        for ax in axes.flat:
+            ax.axvline(offset, color="grey", linestyle=":", linewidth=0.8)
+    for ax in axes.flat:
+        ax.set_xlabel("step (stages in order)")
+        if ax.lines and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"training curves: {run_dir.name}")
+    fig.tight_layout()
+    out = Path(out) if out is not None else run_dir / "plots" / "training_curves.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_budget(result: dict[str, Any], out: str | Path, title: str = "budget forcing") -> Path:
+    """Accuracy against thinking budget (and the thinking actually used) from ``evaluation.budget_curve``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    b = result["budgets"]
+    ax.plot(b, result["accuracy"], "o-", label="accuracy")
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if "mean_think_tokens" in result:
+        ax2 = ax.twinx()
+        ax2.plot(b, result["mean_think_tokens"], "s--", color="grey", alpha=0.6, label="thinking used")
+        ax2.set_ylabel("mean thinking tokens")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,141 @@
+"""``reasoning-rl eval``: evaluate any stage checkpoint after the fact, with test-time-compute scaling.
+
+The target is a run dir (its last finished stage, or ``--stage``), one of its ``checkpoints/<stage>`` dirs
+(an interrupted stage is read at its latest step), or a Hugging Face model dir with ``--config`` for the
+task and eval settings. The run's own resolved config and tokenizer are used; ``--set eval.…`` (or
+``rollout.…``, ``task.…``) overrides apply to the evaluated stage. Results go to ``RUN_DIR/eval/<stage>/``:
+``eval.json`` (pass@1, pass@k, maj@k, length per difficulty, per task) and, with budgets,
+``budget_forcing.json`` (``{"budgets": [...], "accuracy": [...], ...}``) and ``budget_forcing.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from reasoning_rl import config as config_lib
+from reasoning_rl.checkpoint import read_manifest
+from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig
+from reasoning_rl.evaluation import budget_curve
+
+from .common import Runtime
+from .evaluate import stage_eval
+from .sources import Source, stage_sources
+
+
+def _locate(target: str, stage: str | None) -> tuple[Path, str | None, str]:
+    """(run dir, stage name or None for "the last finished", kind) of an eval target."""
+    p = Path(target)
+    if (p / "config.yaml").is_file():
+        return p, stage, "run"
+    if p.is_dir() and (p.parent.parent / "config.yaml").is_file() and p.parent.name == "checkpoints":
+        man = read_manifest(p / "manifest.json") or {}
+        return p.parent.parent, man.get("stage", p.name), "stage"
+    if (p / "config.json").is_file():
+        return p, stage, "hf"
+    raise ConfigError(f"eval: {target} is not a run dir (config.yaml), a stage checkpoint dir "
+                      "(RUN/checkpoints/<stage>) or a Hugging Face model dir (config.json)")
+
+
+def _last_finished(cfg: Config, run_dir: Path) -> str:
+    done = [s.name for s in cfg.stages
+            if (read_manifest(run_dir / "checkpoints" / s.name / "manifest.json") or {}).get("complete")]
+    if not done:
+        started = [s.name for s in cfg.stages if (run_dir / "checkpoints" / s.name).is_dir()]
+        if not started:
+            raise ConfigError(f"eval: {run_dir} has no stage checkpoints yet")
+        return started[-1]
+    return done[-1]
+
+
+def _config(raw: dict, stage: str | None, overrides: list[str]) -> Config:
+    """Apply overrides; section overrides (eval.*, rollout.*, …) reach the evaluated stage too."""
+    names = [s.get("name") for s in raw.get("stages", []) if isinstance(s, dict)]
+    for o in overrides:
+        config_lib.apply_override(raw, o)
+        key = o.split("=", 1)[0].strip()
+        if key.split(".")[0] in STAGE_SECTIONS and stage in names:
+            config_lib.apply_override(raw, f"stages.{stage}.{o}")
+    return config_lib.from_dict(raw)
+
+
+def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
+    """Runtime, stage config, params, output dir, and the runtime of the evaluated model."""
+    from reasoning_rl.pipeline import Stages, restore_params
+
+    run_dir, stage_name, kind = _locate(args.target, args.stage)
+    overrides = list(args.overrides)
+    if args.budgets:
+        try:
+            budgets = [int(x) for x in args.budgets.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--budgets: expected comma-separated integers, got {args.budgets!r}") from None
+        overrides.append(f"eval.budget.budgets={budgets}")
+    if args.extend:
+        overrides.append("eval.budget.extend=true")
+    if kind == "hf":
+        if not args.config:
+            raise ConfigError("eval: a Hugging Face model dir needs --config for the task and eval settings")
+        raw = config_lib.load_raw(args.config)
+        raw.setdefault("model", {})["path"] = str(run_dir)
+    else:
+        raw = config_lib.load_raw(run_dir / "config.yaml")
+    if stage_name is None:
+        base = config_lib.from_dict(copy.deepcopy(raw))
+        if not base.stages:
+            raise ConfigError("eval: the config has no stages (its eval settings live in a stage)")
+        stage_name = _last_finished(base, run_dir) if kind != "hf" else base.stages[-1].name
+    cfg = _config(raw, stage_name, overrides)
+    try:
+        stage = config_lib.stage(cfg, stage_name)
+    except KeyError:
+        raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
+    rt = Runtime(cfg, run_dir if kind != "hf" else out)
+    srt = Stages(rt).runtime(stage)
+    if kind == "hf":
+        params = srt.init_params()
+    else:
+        params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
+    return rt, stage, params, out, srt
+
+
+def budget_source(rt: Runtime, stage: StageConfig, task: str | None) -> Source:
+    sources = {s.name: s for s in stage_sources(stage)}
+    if task is None:
+        return Source(rt, next(iter(sources.values())))
+    if task not in sources:
+        raise ConfigError(f"--task: stage {stage.name} has no task {task!r} (has: {', '.join(sources)})")
+    return Source(rt, sources[task])
+
+
+def run_eval(args) -> dict[str, Any]:
+    from reasoning_rl.plot import plot_budget
+    from reasoning_rl.rewards import registry
+
+    rt, stage, params, out, srt = load_target(args)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
+    if not args.budget_only:
+        result["held_out"] = stage_eval(srt, stage, params)
+    b = stage.eval.budget
+    if b.budgets:
+        src = budget_source(rt, stage, args.task)
+        examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(stage.eval.num_problems)]
+        curve = budget_curve(
+            srt.mdef, params, rt.tok, examples, b.budgets, correct_fn=registry.get(src.correctness),
+            format_fn=registry.get("format"), extend=b.extend, continuation=b.continuation,
+            answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy,
+            temperature=stage.eval.temperature or stage.rollout.temperature,
+            stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), batch_rows=stage.eval.batch_size,
+            seed=rt.cfg.seed + 23)
+        curve = {**curve, "task": src.name, "stage": stage.name}
+        (out / "budget_forcing.json").write_text(json.dumps(curve, indent=2))
+        plot_budget(curve, out / "budget_forcing.png",
+                    title=f"{stage.name} on {src.name}: accuracy vs thinking budget")
+        result["budget_forcing"] = curve
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    result["out"] = str(out)
+    return result

@@ -1,0 +1,158 @@
+"""A stage's data: one task, or a weighted mixture of task sources, each scored by its own rewards.
+
+Examples are a pure function of their global index (the mixture picks a source for index ``i`` from a
+seeded draw and serves that source's example ``i``), so the grain iterator state stays one integer and a
+resumed stage sees the batches it would have seen. Rewards are computed per source and reported per task
+(``<task>/accuracy``, ``<task>/reward_mean``, …) so a policy that trades one task for another shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from reasoning_rl.config import Config, RewardConfig, StageConfig, TaskConfig
+from reasoning_rl.data import instruct_rewards  # noqa: F401 - registers the instruct rewards
+from reasoning_rl.rewards import RewardComputer, RewardResult, RewardSpec, registry
+
+CORRECTNESS_REWARDS = ("accuracy", "math", "code", "instruct")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a source is, before its task is built: name, weight, task config, rewards."""
+
+    name: str
+    weight: float
+    task: TaskConfig
+    rewards: tuple[RewardConfig, ...]
+
+
+def stage_sources(stage: StageConfig) -> list[SourceSpec]:
+    if stage.tasks:
+        return [SourceSpec(s.name, s.weight, s.task, s.rewards) for s in stage.tasks]
+    return [SourceSpec(stage.task.name, 1.0, stage.task, stage.rewards)]
+
+
+def config_sources(cfg: Config) -> list[SourceSpec]:
+    """Every task any stage trains on, first occurrence per name: each stage is evaluated on all of them."""
+    out: dict[str, SourceSpec] = {}
+    for st in cfg.stages:
+        for s in stage_sources(st):
+            out.setdefault(s.name, s)
+    return list(out.values())
+
+
+def correctness_of(rewards: Sequence[RewardConfig], task: Any) -> str:
+    """The reward that decides whether a completion solves the problem (pass@k, accuracy)."""
+    for r in rewards:
+        if r.name in CORRECTNESS_REWARDS:
+            return r.name
+    return getattr(task, "correctness", "accuracy")
+
+
+class Source:
+    def __init__(self, rt, spec: SourceSpec):
+        self.name, self.weight, self.rewards = spec.name, spec.weight, spec.rewards
+        self.task = rt.task_for(spec.task)
+        self.correctness = correctness_of(spec.rewards, self.task)
+
+    def example(self, split: str, index: int) -> dict:
+        return {**self.task.example(split, index).as_dict(), "task": self.name}
+
+
+class StageData:
+    """Training examples of a stage (one source or a mixture) and the rewards that score them."""
+
+    def __init__(self, rt, stage: StageConfig, seed: int | None = None):
+        self.sources = [Source(rt, s) for s in stage_sources(stage)]
+        self.mixed = bool(stage.tasks)
+        w = np.asarray([s.weight for s in self.sources], np.float64)
+        self._cum = np.cumsum(w / w.sum())
+        self._seed = rt.cfg.seed if seed is None else seed
+
+    def source_of(self, index: int) -> Source:
+        if len(self.sources) == 1:
+            return self.sources[0]
+        u = np.random.default_rng([self._seed, 97, index]).random()
+        return self.sources[min(int(np.searchsorted(self._cum, u, side="right")), len(self.sources) - 1)]
+
+    def fetch(self, index: int, split: str = "train") -> dict:
+        return self.source_of(index).example(split, index)
+
+    def rewarder(self) -> MixtureRewarder:
+        return MixtureRewarder(self.sources)
+
+
+@dataclass
+class Scored:
+    result: RewardResult  # weighted totals and per-reward values (``<task>/<reward>`` keys in a mixture)
+    correct: np.ndarray  # per row: the row's task's correctness reward
+
+
+class MixtureRewarder:
+    """One RewardComputer per source; rows go to their task's (``row["task"]``)."""
+
+    def __init__(self, sources: Sequence[Source]):
+        self.sources = {s.name: s for s in sources}
+        self.single = len(sources) == 1
+        self.computers = {s.name: RewardComputer([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in s.rewards])
+                          for s in sources}
+
+    def __call__(self, texts: Sequence[str], rows: Sequence[dict]) -> Scored:
+        n = len(texts)
+        if self.single:
+            (name,) = self.sources
+            res = self.computers[name](texts, rows)
+            return Scored(res, self._correct(self.sources[name], res, texts, rows))
+        total = np.zeros(n, np.float32)
+        correct = np.zeros(n, np.float32)
+        per_reward: dict[str, np.ndarray] = {}
+        errors: dict[str, int] = {}
+        non_finite: dict[str, int] = {}
+        for name, src in self.sources.items():
+            idx = [i for i, r in enumerate(rows) if r.get("task") == name]
+            if not idx:
+                continue
+            t, rw = [texts[i] for i in idx], [rows[i] for i in idx]
+            res = self.computers[name](t, rw)
+            total[idx] = res.total
+            correct[idx] = self._correct(src, res, t, rw)
+            for k, v in res.per_reward.items():
+                per_reward[f"{name}/{k}"] = v
+            for k, v in res.errors.items():
+                errors[f"{name}/{k}"] = v
+            for k, v in res.non_finite.items():
+                non_finite[f"{name}/{k}"] = v
+        return Scored(RewardResult(total, per_reward, errors, non_finite), correct)
+
+    @staticmethod
+    def _correct(src: Source, res: RewardResult, texts, rows) -> np.ndarray:
+        if src.correctness in res.per_reward:
+            return np.asarray(res.per_reward[src.correctness], np.float32)
+        fn = registry.get(src.correctness)
+        return np.asarray([float(fn(t, r)) for t, r in zip(texts, rows)], np.float32)
+
+    def close(self) -> None:
+        for c in self.computers.values():
+            c.close()
+
+
+def rollout_metrics(scored: Scored, rows: Sequence[dict], lengths: np.ndarray, totals: np.ndarray,
+                    mixed: bool) -> dict[str, float]:
+    """Per-reward means; in a mixture also overall ``accuracy`` and ``<task>/{accuracy,reward_mean,response_len}``."""
+    res = scored.result
+    out = {name: float(np.mean(vals)) for name, vals in res.per_reward.items()}
+    if not mixed:
+        return out
+    out["accuracy"] = float(np.mean(scored.correct))
+    tasks = np.asarray([r.get("task") for r in rows])
+    for name in dict.fromkeys(tasks.tolist()):
+        m = tasks == name
+        out[f"{name}/accuracy"] = float(scored.correct[m].mean())
+        out[f"{name}/reward_mean"] = float(totals[m].mean())
+        out[f"{name}/response_len"] = float(np.asarray(lengths)[m].mean())
+        out[f"{name}/fraction"] = float(m.mean())
+    return out

@@ -1,0 +1,64 @@
+"""Budget-forced sampling: thinking is cut at the budget (then </think><answer> is written), held up to a
+floor with ``extend``, and the reported counts match the tokens."""
+
+import jax
+import numpy as np
+import pytest
+from helpers import prompts, tiny_model
+
+from reasoning_rl.rollout.budget import BudgetParams, budget_sample
+from reasoning_rl.rollout.sampler import left_pad
+
+OPEN, CLOSE, ANSWER, STOP, CONT = 4, 5, 6, 7, 8
+BUDGETS = [0, 1, 3, 6, 12]
+
+
+def run(extend: bool, greedy: bool, seed: int = 0):
+    mdef, params = tiny_model(seed=seed)
+    pt, pv = left_pad(prompts(3, seed=seed), 0)
+    samples = 2
+    g = len(BUDGETS) * samples
+    bp = BudgetParams(max(BUDGETS) + 8, OPEN, CLOSE, ANSWER, CONT, (STOP,), 0, 1.0, greedy, g)
+    rows = np.tile(np.repeat(np.asarray(BUDGETS, np.int32), samples), len(pt))
+    floor = rows if extend else np.zeros_like(rows)
+    out = jax.device_get(budget_sample(mdef, params, pt, pv, rows, floor, jax.random.key(seed), bp))
+    return out, rows
+
+
+def thinking(row: np.ndarray, n: int) -> tuple[int, int | None]:
+    """(thinking tokens, index of the first </think>) of a completion."""
+    count = 0
+    for i in range(n):
+        if row[i] == CLOSE:
+            return count, i
+        if row[i] != OPEN:
+            count += 1
+    return count, None
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_thinking_never_exceeds_the_budget_and_forcing_writes_answer_tag(greedy):
+    out, budgets = run(extend=False, greedy=greedy, seed=1)
+    forced_any = False
+    for r, b in enumerate(budgets):
+        n = int(out.lengths[r])
+        count, close = thinking(out.tokens[r], n)
+        assert count == int(out.think_tokens[r])
+        assert count <= b
+        if out.forced[r]:
+            forced_any = True
+            assert count == b and close is not None
+            assert close + 1 < n and out.tokens[r, close + 1] == ANSWER
+    assert forced_any
+    zero = [r for r, b in enumerate(budgets) if b == 0]
+    assert all(int(out.think_tokens[r]) == 0 for r in zero)
+
+
+def test_extend_holds_thinking_up_to_the_budget():
+    out, budgets = run(extend=True, greedy=False, seed=2)
+    for r, b in enumerate(budgets):
+        n = int(out.lengths[r])
+        count, close = thinking(out.tokens[r], n)
+        if close is not None:  # thinking ended: exactly at the budget, never before it
+            assert count == b
+    assert (out.extended >= 0).all()

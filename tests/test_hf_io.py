@@ -1,0 +1,218 @@
+"""Checkpoint reading and writing without transformers: format round trips, sharded files, the fused-experts
+layout, bf16, and the errors a mismatched checkpoint must raise."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from reasoning_rl.models import (
+    CheckpointError,
+    ConfigError,
+    MLAConfig,
+    MoEConfig,
+    TransformerConfig,
+    config_from_hf,
+    create,
+    load_params,
+    load_pretrained,
+    save_pretrained,
+)
+from reasoning_rl.models.hf import hf_config
+from reasoning_rl.models.safetensors_io import Checkpoint, SafetensorsFile, write_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_models_layers import random_params
+
+BASE = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 12,
+        "ffn_dim": 40, "tie_embeddings": False}
+FAMILY_CONFIGS = {
+    "qwen2": TransformerConfig(**{**BASE, "tie_embeddings": True}, family="qwen2"),  # biases saved as zeros
+    "llama": TransformerConfig(**BASE, family="llama", rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}),
+    "qwen3": TransformerConfig(**BASE, family="qwen3", qk_norm=True),
+    "gemma3": TransformerConfig(**{**BASE, "tie_embeddings": True}, family="gemma3", norm_offset=1.0,
+                                embed_scale=True, activation="gelu_tanh", sandwich_norm=True, qk_norm=True,
+                                query_scale=0.25, sliding_window=4, layer_types=("sliding", "full"),
+                                rope_local_theta=10000.0, rope_theta=1e6),
+    "qwen3_moe": TransformerConfig(**BASE, family="qwen3_moe", qk_norm=True,
+                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001)),
+    "mixtral": TransformerConfig(**BASE, family="mixtral", moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=40)),
+    "deepseek_v3": TransformerConfig(
+        **{**BASE, "n_layers": 3, "n_kv_heads": 4, "head_dim": 12}, family="deepseek_v3",
+        mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+        moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=2.5,
+                      n_group=4, topk_group=2, score_bias=True)),
+}
+
+
+def _save_random(name: str, path: Path, **kw):
+    mdef, _ = create(FAMILY_CONFIGS[name], abstract=True)
+    params = random_params(mdef, 3)
+    save_pretrained(mdef, params, path, **kw)
+    return mdef, params
+
+
+def _assert_same(a: dict, b: dict):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+@pytest.mark.parametrize("name", list(FAMILY_CONFIGS))
+def test_generated_checkpoint_round_trips(tmp_path, name):
+    _, params = _save_random(name, tmp_path)
+    cfg = config_from_hf(tmp_path)
+    assert cfg.family == name
+    mine = dataclasses.replace(FAMILY_CONFIGS[name], extra=cfg.extra, max_seq_len=cfg.max_seq_len)
+    if name == "qwen2":  # the Qwen2 format always has q/k/v biases
+        mine = dataclasses.replace(mine, qkv_bias=True)
+    assert cfg == mine
+    back = load_params(tmp_path, create(cfg, abstract=True)[0])
+    if name == "qwen2":
+        for n in ("q_bias", "k_bias", "v_bias"):
+            assert not np.asarray(back["layers"]["attn"].pop(n)).any()
+    _assert_same(back, params)
+
+
+def test_sharded_files_with_index(tmp_path):
+    _, params = _save_random("deepseek_v3", tmp_path, max_shard_bytes=20_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and all((tmp_path / f).is_file() for f in files)
+    from safetensors import safe_open  # the reference reader accepts our files
+
+    n = 0
+    for f in files:
+        with safe_open(tmp_path / f, "numpy") as fh:
+            n += len(list(fh.keys()))
+    assert n == len(index["weight_map"])
+    assert "model.layers.2.mlp.experts.7.down_proj.weight" in index["weight_map"]
+    _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
+
+
+def test_fused_expert_layout_loads_the_same(tmp_path):
+    src, dst = tmp_path / "per_expert", tmp_path / "fused"
+    _, params = _save_random("qwen3_moe", src)
+    ck = Checkpoint(src)
+    tensors = {k: np.array(ck.get(k)) for k in ck.names()}
+    out = {}
+    for i in range(2):
+        pre = f"model.layers.{i}.mlp.experts"
+        g = [tensors.pop(f"{pre}.{e}.gate_proj.weight") for e in range(4)]
+        u = [tensors.pop(f"{pre}.{e}.up_proj.weight") for e in range(4)]
+        d = [tensors.pop(f"{pre}.{e}.down_proj.weight") for e in range(4)]
+        out[f"{pre}.gate_up_proj"] = np.stack([np.concatenate([a, b]) for a, b in zip(g, u)])
+        out[f"{pre}.down_proj"] = np.stack(d)
+    out.update(tensors)
+    dst.mkdir()
+    write_file(dst / "model.safetensors", [(k, "F32", v.shape) for k, v in out.items()], out.__getitem__)
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    _assert_same(load_params(dst, create(config_from_hf(dst), abstract=True)[0]), params)
+
+
+def test_bfloat16_load_and_save(tmp_path):
+    _save_random("qwen3_moe", tmp_path / "f32")
+    m32 = load_pretrained(tmp_path / "f32", "float32")
+    m16 = load_pretrained(tmp_path / "f32", "bfloat16")
+    assert m16.params["layers"]["attn"]["q"].dtype == jax.numpy.bfloat16
+    assert m16.params["layers"]["mlp"]["router"].dtype == jax.numpy.float32  # routing stays float32
+    ids = np.arange(24, dtype=np.int32).reshape(2, 12)
+    a, b = np.asarray(m32(ids)), np.asarray(m16(ids))
+    # bf16 may flip a near-tie routing decision somewhere, so compare on average, not at the worst token
+    assert np.isfinite(b).all() and np.abs(a - b).mean() < 0.05 * np.abs(a).mean()
+    m16.save_pretrained(tmp_path / "bf16")
+    f = SafetensorsFile(tmp_path / "bf16" / "model.safetensors")
+    assert f.info("model.layers.1.self_attn.q_proj.weight")[0] == "BF16"
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    again = load_pretrained(tmp_path / "bf16", "bfloat16")
+    _assert_same(again.params["layers"]["attn"], m16.params["layers"]["attn"])
+
+
+def test_loaded_config_is_written_back_verbatim(tmp_path):
+    _save_random("llama", tmp_path / "a")
+    conf = json.loads((tmp_path / "a" / "config.json").read_text())
+    conf["bos_token_id"], conf["custom_field"] = 7, "kept"
+    (tmp_path / "a" / "config.json").write_text(json.dumps(conf))
+    (tmp_path / "a" / "tokenizer_config.json").write_text("{}")
+    model = load_pretrained(tmp_path / "a")
+    model.save_pretrained(tmp_path / "b")
+    out = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert out["custom_field"] == "kept" and out["bos_token_id"] == 7
+    assert (tmp_path / "b" / "tokenizer_config.json").is_file()  # tokenizer files travel along
+    changed = dataclasses.replace(model.cfg, n_layers=1)
+    assert hf_config(changed)["num_hidden_layers"] == 1 and "custom_field" not in hf_config(changed)
+
+
+# ---------------------------------------------------------------------- mismatches fail clearly
+
+
+def _rewrite(path: Path, edit):
+    ck = Checkpoint(path)
+    tensors = {k: np.array(ck.get(k)) for k in ck.names()}
+    ck.close()
+    edit(tensors)
+    write_file(path / "model.safetensors", [(k, "F32", v.shape) for k, v in tensors.items()], tensors.__getitem__)
+
+
+def _load(path):
+    return load_params(path, create(config_from_hf(path), abstract=True)[0])
+
+
+def test_missing_tensor_is_named(tmp_path):
+    _save_random("qwen3", tmp_path)
+    _rewrite(tmp_path, lambda t: t.pop("model.layers.1.self_attn.k_norm.weight"))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.k_norm\.weight: missing"):
+        _load(tmp_path)
+
+
+def test_wrong_shape_and_unexpected_tensor_are_named(tmp_path):
+    _save_random("mixtral", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "intermediate_size": 48}))
+    with pytest.raises(CheckpointError, match=r"block_sparse_moe\.experts\.0\.w1\.weight: shape \[40, 32\]"):
+        _load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    _rewrite(tmp_path, lambda t: t.__setitem__("model.layers.0.self_attn.q_proj.bias", np.zeros(48, np.float32)))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.self_attn\.q_proj\.bias: unexpected"):
+        _load(tmp_path)
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"model_type": "gpt2"}, "model_type"),
+    ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope_type"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"num_attention_heads": None}, "num_attention_heads"),
+])
+def test_unsupported_config_fields_are_named(tmp_path, edit, field):
+    _save_random("llama", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.update(edit)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match=field):
+        config_from_hf(tmp_path)
+
+
+def test_quantized_checkpoint_is_refused(tmp_path):
+    _save_random("deepseek_v3", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "quantization_config": {"quant_method": "fp8"}}))
+    with pytest.raises(ConfigError, match="quantization_config"):
+        config_from_hf(tmp_path)
+
+
+def test_safetensors_bf16_round_trip(tmp_path):
+    a = (np.arange(12, dtype=np.float32).reshape(3, 4) / 7).astype(ml_dtypes.bfloat16)
+    b = np.arange(5, dtype=np.float32)
+    write_file(tmp_path / "x.safetensors", [("a", "BF16", a.shape), ("b", "F32", b.shape)],
+               {"a": a, "b": b}.__getitem__)
+    f = SafetensorsFile(tmp_path / "x.safetensors")
+    assert f.info("a") == ("BF16", (3, 4))
+    np.testing.assert_array_equal(f.get("a"), a)
+    np.testing.assert_array_equal(f.get("b"), b)

@@ -1,0 +1,59 @@
+"""Sharded loading on 8 CPU devices gives the unsharded model's logits, with every tensor placed straight into
+the sharding its logical axes ask for. Runs in a subprocess because the device count is fixed when jax starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_hf_io import _save_random
+
+CHILD = r"""
+import json, sys
+import jax, numpy as np
+from jax.sharding import AxisType
+from reasoning_rl.models import load_pretrained
+
+assert jax.device_count() == 8, jax.devices()
+out = {}
+for name, path in json.loads(sys.argv[1]).items():
+    if "moe" in name or "deepseek" in name:
+        mesh = jax.make_mesh((1, 2, 2, 2), ("data", "fsdp", "expert", "tensor"), axis_types=(AxisType.Auto,) * 4)
+    else:
+        mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    ids = np.random.RandomState(0).randint(0, 64, (4, 12)).astype(np.int32)
+    mask = np.ones((4, 12), bool)
+    mask[1, :4] = False
+    ref = np.asarray(load_pretrained(path)(ids, mask))
+    model = load_pretrained(path, mesh=mesh)
+    got = np.asarray(model(ids, mask))
+    specs = {"/".join(map(str, k)): list(v.sharding.spec) for k, v in
+             jax.tree_util.tree_flatten_with_path(model.params)[0]
+             for k in [[getattr(p, "key", p) for p in k]]}
+    out[name] = {"err": float(np.abs(got - ref)[mask].max()), "specs": specs}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_sharded_load_matches_unsharded(tmp_path):
+    paths = {}
+    for name in ("qwen3", "qwen3_moe", "deepseek_v3"):
+        _save_random(name, tmp_path / name)
+        paths[name] = str(tmp_path / name)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(paths)], capture_output=True, text=True,
+                       env=env, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.split("RESULT", 1)[1])
+    for name, r in res.items():
+        assert r["err"] <= 1e-5, (name, r["err"])
+    dense, moe, ds = res["qwen3"]["specs"], res["qwen3_moe"]["specs"], res["deepseek_v3"]["specs"]
+    assert dense["layers/attn/q"] == [None, "fsdp", "tensor", None]
+    assert dense["embed"] == ["tensor", "fsdp"]
+    assert moe["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"]
+    assert ds["layers/mlp/down"] == [None, "expert", "tensor", "fsdp"]
+    assert ds["dense_layers/attn/kv_b"] == [None, None, "tensor", None]

@@ -1,0 +1,114 @@
+"""Checkpoint tokenizers: tokenizer.json through ``tokenizers``, sentencepiece-only checkpoints, and chat
+templates rendered as transformers renders them (compared against transformers when it is installed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from reasoning_rl.models.hf_tokenizer import load_tokenizer
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('bad role') }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + "
+    "'<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+CORPUS = ["Solve 12 + 30 = 42.", "The answer is <answer>42</answer>.", "Think step by step about numbers.",
+          "What is 7 times 6? It is 42.", "Héllo wörld, ünïcode too."] * 20
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+           "<|end_header_id|>", "<|eot_id|>"]
+CHAT = [{"role": "user", "content": "What is 6 * 7?  "}, {"role": "assistant", "content": "42", "tool_calls": None},
+        {"role": "user", "content": "And 40 + 2?"}]
+
+
+def _byte_bpe(path, template, **config):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, **config}))
+    return path
+
+
+@pytest.fixture
+def chatml(tmp_path):
+    d = _byte_bpe(tmp_path / "chatml", CHATML, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
+                  tokenizer_class="PreTrainedTokenizerFast")
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
+    return d
+
+
+@pytest.fixture
+def llama3(tmp_path):
+    return _byte_bpe(tmp_path / "llama3", LLAMA3, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                     tokenizer_class="PreTrainedTokenizerFast")
+
+
+def test_tokenizer_json(chatml):
+    tok = load_tokenizer(chatml)
+    text = "The answer is <answer>42</answer>. Héllo"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert tok.eos_id == tok.token_id("<|im_end|>") == 2 and tok.pad_id == 0
+    assert tok.stop_ids == (2, 0)
+    assert tok.vocab_size >= 256 and tok.token_id("no such token") is None
+    assert tok.decode([1, *ids, 2]) == text  # special tokens skipped by default
+    prompt = tok.apply_chat_template(CHAT)
+    assert prompt.startswith("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhat is 6 * 7?<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert tok.encode(prompt)[:1] == [tok.token_id("<|im_start|>")]
+
+
+def test_template_raise_exception_and_bos(llama3):
+    tok = load_tokenizer(llama3)
+    assert tok.apply_chat_template(CHAT[:1], add_generation_prompt=False).startswith(
+        "<|begin_of_text|><|start_header_id|>user")
+    with pytest.raises(Exception, match="bad role"):
+        tok.apply_chat_template([{"role": "robot", "content": "x"}])
+
+
+def test_sentencepiece_only_checkpoint(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=60,
+                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3, minloglevel=2,
+                                   hard_vocab_limit=False)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    tok = load_tokenizer(tmp_path)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    text = "Think about 42 numbers"
+    assert tok.encode(text) == sp.encode(text)
+    assert tok.encode(text, add_special_tokens=True) == [2, *sp.encode(text)]
+    assert tok.decode([2, *tok.encode(text), 3]) == text
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (2, 3, 0)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("which", ["chatml", "llama3"])
+def test_matches_transformers(request, which):
+    transformers = pytest.importorskip("transformers")
+    path = request.getfixturevalue(which)
+    ours, ref = load_tokenizer(path), transformers.AutoTokenizer.from_pretrained(path)
+    for text in CORPUS[:5] + ["<|im_start|>user\n42<|im_end|>"]:
+        assert ours.encode(text) == ref.encode(text, add_special_tokens=False)
+        ids = ours.encode(text)
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+    for gen in (True, False):
+        assert ours.apply_chat_template(CHAT, add_generation_prompt=gen) == ref.apply_chat_template(
+            CHAT, tokenize=False, add_generation_prompt=gen)
+    assert ours.eos_id == ref.eos_token_id
