@@ -65,13 +65,13 @@ def enable_compile_cache() -> None:
     where = os.environ.get("REASONING_RL_COMPILE_CACHE", str(Path.home() / ".cache" / "reasoning_rl" / "xla"))
     if where.lower() in ("", "0", "off", "none"):
         return
-    try:
-        import jax
+    import jax
 
+    try:
         jax.config.update("jax_compilation_cache_dir", where)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    except Exception:  # a cache is an optimisation, never a reason to fail
-        pass
+    except (AttributeError, ValueError) as e:  # a cache is an optimisation, never a reason to fail
+        logging.getLogger("reasoning_rl").warning("compile cache not enabled: %s", e)
 
 
 def cmd_run(args) -> int:

@@ -411,9 +411,14 @@ def from_dict(raw: dict) -> Config:
     return cfg
 
 
+# Default rewards of a mixture source whose task is not scored by the stage's rewards.
+TASK_REWARDS = {"instruct": [{"name": "instruct", "weight": 1.0}, {"name": "format", "weight": 0.1}]}
+
+
 def _resolve_sources(sources: Any, stage: dict, key: str) -> Any:
     """Each mixture source's task is merged over the stage's task (``name`` defaults to the source's name);
-    its rewards default to the stage's, so every source is fully resolved in the written config."""
+    its rewards default to the task's (``TASK_REWARDS``) or else the stage's, so every source is fully
+    resolved in the written config."""
     if not isinstance(sources, list):
         raise ConfigError(f"{key}: expected a list of task sources")
     base_task = stage["task"] if isinstance(stage.get("task"), dict) else {}
@@ -429,7 +434,8 @@ def _resolve_sources(sources: Any, stage: dict, key: str) -> Any:
             over = {**over, "name": src.get("name")}
         src["task"] = _deep_merge(base_task, over)
         if not src.get("rewards"):
-            src["rewards"] = copy.deepcopy(stage.get("rewards", []))
+            default = TASK_REWARDS.get(src["task"].get("name"))
+            src["rewards"] = copy.deepcopy(default if default is not None else stage.get("rewards", []))
         out.append(src)
     return out
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -104,9 +105,10 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
 
     ids = {t: tok.token_id(t) for t in ("<think>", "</think>", "<answer>")}
     cont = tok.encode(continuation)
-    if any(v is None for v in ids.values()) or len(cont) != 1:
-        raise ValueError("budget forcing needs <think>, </think>, <answer> and the continuation "
+    if ids["<think>"] is None or ids["</think>"] is None or len(cont) != 1:
+        raise ValueError("budget forcing needs <think>, </think> and the continuation "
                          f"{continuation!r} to be single tokens of the tokenizer")
+    ids["<answer>"] = -1 if ids["<answer>"] is None else ids["<answer>"]
     budgets = [int(b) for b in budgets]
     g = len(budgets) * samples
     bp = BudgetParams(max(budgets) + answer_tokens + 2, ids["<think>"], ids["</think>"], ids["<answer>"], cont[0],

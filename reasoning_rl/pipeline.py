@@ -34,16 +34,16 @@ REF_ATTRS = ("init", "sampler", "teacher")
 
 
 def code_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         v = version("reasoning-rl")
-    except Exception:
+    except PackageNotFoundError:
         v = "unknown"
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except Exception:
+                             cwd=Path(__file__).parent, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         rev = ""
     return f"{v}+{rev}" if rev else v
 

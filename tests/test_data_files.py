@@ -89,7 +89,7 @@ def test_file_task_config_errors_name_the_key():
 
 def test_stream_state_resumes_exactly(tmp_path):
     t = make_task(TaskConfig(name="file", path=write(tmp_path / "g.jsonl", GSM), preset="gsm8k", held_out_size=2))
-    fetch = lambda i: t.example("train", i).as_dict()  # noqa: E731
+    fetch = lambda i: t.example("train", i).as_dict()
     a = ExampleStream(fetch, 3)
     for _ in range(4):
         next(a)

@@ -78,7 +78,7 @@ def test_every_stage_reports_held_out_and_per_task_metrics(reference):
     mt = [r for r in recs if r["stage"] == "multitask"]
     assert len(mt) == 2 and {"arithmetic/accuracy", "instruct/accuracy", "instruct/instruct", "accuracy"} <= mt[0].keys()
     assert [r["step"] for r in recs if r["stage"] == "distill/grpo_baseline"] == [1, 2, 3, 4]
-    assert [r for r in recs if r["stage"] == "rsft" and r["step"] == 0][0]["kept"] == 8
+    assert next(r for r in recs if r["stage"] == "rsft" and r["step"] == 0)["kept"] == 8
 
 
 @pytest.mark.slow
@@ -126,7 +126,7 @@ def test_kill_mid_stage_then_rerun_finishes_with_the_same_results(reference, tmp
     proc.wait(timeout=60)
     assert killed, "the run finished before it could be killed"
     assert not (d / "checkpoints" / "distill" / "manifest.json").exists()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     for name in STAGES[:-1]:
         assert f"stage {name} already complete" in p.stderr
@@ -180,7 +180,7 @@ def test_rejection_filter_keeps_verified_distinct_capped():
     spec = SampleSpec(2, 4, 2, 1.0, 8, 8)
     kept, stats = filter_samples(rows, texts, correct, fmt, 4, spec)
     assert [(k["key"], k["solution"]) for k in kept] == [("k0", "x"), ("k0", "y"), ("k1", "u")]
-    assert stats["accepted"] == 5 and stats["duplicates"] == 2 and stats["capped"] == 1 and stats["kept"] == 3
+    assert stats["accepted"] == 5 and stats["duplicates"] == 1 and stats["capped"] == 1 and stats["kept"] == 3
     assert stats["acceptance_rate"] == 5 / 8 and stats["per_task_acceptance"] == {"a": 1.0, "b": 0.25}
     lax = SampleSpec(2, 4, 4, 1.0, 8, 8, require_correct=False, require_format=False)
     assert len(filter_samples(rows, texts, correct, fmt, 4, lax)[0]) == 6  # 8 minus 2 duplicates

@@ -19,12 +19,12 @@ mapping (``{prompt: text, tests: test_list}`` reads MBPP):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -209,6 +209,7 @@ class FileTask:
             self._held = [rows[i] for i in order[: cfg.held_out_size]]
             self._train = [rows[i] for i in order[cfg.held_out_size:]]
         self._format: Callable[[str], str] = self._raw_template(cfg.template)
+        self._order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
 
     # templates ------------------------------------------------------------
     def _raw_template(self, template: str) -> Callable[[str], str]:
@@ -240,9 +241,10 @@ class FileTask:
         return Example(self._format(ex.prompt), ex.answer, ex.solution, ex.difficulty, ex.key, ex.extra)
 
     # the task interface ---------------------------------------------------
-    @functools.lru_cache(maxsize=4)
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.cfg.seed, 11, epoch]).permutation(len(self._train))
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.cfg.seed, 11, epoch]).permutation(len(self._train)))
+        return self._order[1]
 
     def example(self, split: str, index: int) -> Example:
         if split == "held_out":

@@ -33,7 +33,7 @@ def _items(text: str, sep: str) -> list[str]:
 def _constraints(example: Mapping[str, Any]) -> Mapping[str, Any]:
     c = example.get("constraints")
     if not isinstance(c, Mapping):
-        raise ValueError("example has no 'constraints' mapping (is this an instruct example?)")
+        raise TypeError("example has no 'constraints' mapping (is this an instruct example?)")
     return c
 
 

@@ -7,7 +7,8 @@ On multi-host runs each process reads its own shard of every global batch (``pro
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 

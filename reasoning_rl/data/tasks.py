@@ -101,7 +101,7 @@ class ArithmeticTask:
 
     def corpus(self, n: int = 2000) -> list[str]:
         """Text for training the tokenizer: prompts with worked solutions."""
-        return [(lambda e: e.prompt + e.solution)(self.example("train", i)) for i in range(n)]
+        return [e.prompt + e.solution for e in (self.example("train", i) for i in range(n))]
 
 
 class CountdownTask(ArithmeticTask):

@@ -30,7 +30,7 @@ class BudgetParams:
     max_new_tokens: int  # longest completion: the largest budget plus room for the answer
     think_open: int  # <think> (not counted as thinking)
     think_close: int  # </think>
-    answer_open: int  # <answer>, written after a forced </think>
+    answer_open: int  # <answer>, written after a forced </think> (-1: the tokenizer has no such token)
     continuation: int  # replaces a </think> sampled below the floor
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
@@ -98,7 +98,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
                 "mask": s["mask"].at[:, s["t"]].set(live), "pos": s["pos"] + 1, "done": done, "rng": rng,
                 "count": s["count"] + counted.astype(jnp.int32),
                 "closed": s["closed"] | (live & (tok == bp.think_close)),
-                "pending": live & force, "forced": s["forced"] | (live & force),
+                "pending": live & force & (bp.answer_open >= 0), "forced": s["forced"] | (live & force),
                 "extended": s["extended"] + (live & early).astype(jnp.int32)}
 
     init = {"t": jnp.int32(0), "cache": cache, "logits": logits,

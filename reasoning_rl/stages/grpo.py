@@ -20,14 +20,14 @@ from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
-from .common import PreemptionGuard, Preempted, Runtime, StageFailed, StageRun, timer
+from .common import Preempted, PreemptionGuard, Runtime, StageFailed, StageRun, timer
 from .sources import StageData, rollout_metrics
 
 
 def prompt_len(rt: Runtime, n: int = 256, fetch=None) -> int:
     """One prompt width per stage (left-padded): the longest of a sample, rounded up."""
     if fetch is None:
-        fetch = lambda i: rt.task.example("train", i).as_dict()  # noqa: E731
+        fetch = lambda i: rt.task.example("train", i).as_dict()
     return round_up(max(len(rt.tok.encode(fetch(i)["prompt"])) for i in range(n)) + 2, 8)
 
 
@@ -61,7 +61,8 @@ class Rollout:
         ol = self.stage.algorithm.overlong
         if ol.enabled:
             rewards = rewards + np.asarray(overlong_penalty(out.lengths, ol.max_len, ol.cache, ol.penalty))
-        return dict(pt=pt, pv=pv, out=out, rewards=rewards, scored=scored, rows=rows, t_sample=t_sample)
+        return {"pt": pt, "pv": pv, "out": out, "rewards": rewards, "scored": scored, "rows": rows,
+                "t_sample": t_sample}
 
     def collect(self, params, rng):
         """Returns the batch arrays and rollout metrics for one step."""
@@ -86,7 +87,7 @@ class Rollout:
         # Not enough informative groups after max rounds: fill with masked-out groups (no gradient, no count).
         fill = [(0, i) for i in range(p_needed - n_real)]
         groups = chosen + fill
-        pick = lambda key, per_group: np.concatenate(  # noqa: E731
+        pick = lambda key, per_group: np.concatenate(
             [rounds[k][key][i * per_group:(i + 1) * per_group] for k, i in groups])
         pt = np.stack([rounds[k]["pt"][i] for k, i in groups])
         pv = np.stack([rounds[k]["pv"][i] for k, i in groups])

@@ -6,17 +6,18 @@ task mixture for a cold start, a rejection-sampled set for ``rejection_sft``, te
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
+
 from reasoning_rl.algorithms.steps import make_sft_step
 from reasoning_rl.config import StageConfig
 from reasoning_rl.data.batching import round_up, sft_batch
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
 
-from .common import PreemptionGuard, Preempted, Runtime, StageFailed, StageRun, timer
+from .common import Preempted, PreemptionGuard, Runtime, StageFailed, StageRun, timer
 from .sources import StageData
 
 
@@ -31,7 +32,7 @@ class ExampleSource:
 def sft_seq_len(rt: Runtime, n: int = 256, fetch: Callable[[int], dict] | None = None) -> int:
     """One fixed sequence length per stage (one compiled step): the longest of a sample, rounded up."""
     if fetch is None:
-        fetch = lambda i: rt.task.example("train", i).as_dict()  # noqa: E731
+        fetch = lambda i: rt.task.example("train", i).as_dict()
     lens = [len(rt.tok.encode(e["prompt"] + e["solution"])) + 1 for e in (fetch(i) for i in range(n))]
     return round_up(int(max(lens) * 1.1) + 1, 16)
 

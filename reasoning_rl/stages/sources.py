@@ -8,8 +8,9 @@ resumed stage sees the batches it would have seen. Rewards are computed per sour
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,10 @@ def config_sources(cfg: Config) -> list[SourceSpec]:
 
 
 def correctness_of(rewards: Sequence[RewardConfig], task: Any) -> str:
-    """The reward that decides whether a completion solves the problem (pass@k, accuracy)."""
+    """The reward that decides whether a completion solves the problem (pass@k, accuracy): a built-in
+    task's own; for a file task the first correctness reward the source trains with, else its preset's."""
+    if getattr(task, "name", "file") != "file":
+        return getattr(task, "correctness", "accuracy")
     for r in rewards:
         if r.name in CORRECTNESS_REWARDS:
             return r.name
