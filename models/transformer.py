@@ -32,10 +32,11 @@ from .layers.norm import RMSNorm
 @jax.tree_util.register_dataclass
 @dataclass
 class KVCache:
-    """Fixed-shape cache: k/v [L, B, S, K, D]; ``valid`` [B, S] marks slots holding real tokens.
+    """Fixed-shape cache: k/v [L, B, K, S, D] (heads before slots: the layout decode reads without a
+    transpose); ``valid`` [B, S] marks slots holding real tokens.
 
-    For multi-head latent attention, k holds the normalised latent [L, B, S, 1, kv_lora_rank] and v the rotary
-    key [L, B, S, 1, qk_rope_dim] (see ``TransformerConfig.kv_shape``)."""
+    For multi-head latent attention, k holds the normalised latent [L, B, 1, S, kv_lora_rank] and v the rotary
+    key [L, B, 1, S, qk_rope_dim] (see ``TransformerConfig.kv_shape``)."""
 
     k: jax.Array
     v: jax.Array
@@ -45,13 +46,13 @@ class KVCache:
     def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVCache:
         dtype = dtype or cfg.jnp_dtype
         kk, kd, vk, vd = cfg.kv_shape
-        k = jnp.zeros((cfg.n_layers, batch, size, kk, kd), dtype)
-        v = jnp.zeros((cfg.n_layers, batch, size, vk, vd), dtype)
+        k = jnp.zeros((cfg.n_layers, batch, kk, size, kd), dtype)
+        v = jnp.zeros((cfg.n_layers, batch, vk, size, vd), dtype)
         return cls(k, v, jnp.zeros((batch, size), bool))
 
     @property
     def size(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
 
 class Block(nnx.Module):

@@ -145,9 +145,9 @@ def test_moe_aux_outputs_and_segments():
 def test_mla_cache_holds_latents():
     cfg = CONFIGS["deepseek_like"]
     cache = KVCache.empty(cfg, 2, 16)
-    assert cache.k.shape == (3, 2, 16, 1, 8) and cache.v.shape == (3, 2, 16, 1, 4)
+    assert cache.k.shape == (3, 2, 1, 16, 8) and cache.v.shape == (3, 2, 1, 16, 4)
     cache = KVCache.empty(CONFIGS["plain"], 2, 16)
-    assert cache.k.shape == cache.v.shape == (3, 2, 16, 2, 8)
+    assert cache.k.shape == cache.v.shape == (3, 2, 2, 16, 8)
 
 
 def test_every_param_has_known_logical_axes():

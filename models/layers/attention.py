@@ -44,17 +44,19 @@ def attention_mask(key_valid: jax.Array, q_slots: jax.Array, k_slots: jax.Array,
 
 
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
-                  softcap: float | None = None) -> jax.Array:
-    """q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D]; softmax in float32."""
+                  softcap: float | None = None, heads_first: bool = False) -> jax.Array:
+    """q [B,T,H,D], k/v [B,S,K,D] (or [B,K,S,D] with ``heads_first``), mask [B,T,S] -> [B,T,H,D]; softmax in
+    float32."""
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1 if heads_first else 2]
     qg = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    kspec = "bksd" if heads_first else "bskd"
+    scores = jnp.einsum(f"btkgd,{kspec}->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kspec}->btkgd", probs, v)
     return out.reshape(b, t, h, v.shape[-1])
 
 
@@ -70,14 +72,20 @@ def _proj_out(y: jax.Array, w: jax.Array) -> jax.Array:
     return (y.reshape(b * t, -1) @ w.reshape(-1, w.shape[-1])).reshape(b, t, -1)
 
 
-def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype):
-    """Write this call's k/v ([B,T,...]) into slots ``index..`` of ``layer``; return what to attend over."""
+def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_first: bool = False):
+    """Write this call's k/v ([B,T,K,D]) into slots ``index..`` of ``layer``; return what to attend over.
+
+    The cache is stored heads-first, [L, B, K, S, D], which is the layout the decode dots read without a
+    transpose; ``heads_first=False`` returns [B, S, K, D] views for callers that want the sequence layout."""
     if cache is None:
         return k, v, None
     k_all, v_all = cache
-    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
-    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
-    return k_all[layer].astype(dtype), v_all[layer].astype(dtype), (k_all, v_all)
+    k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k, 1, 2)[None].astype(k_all.dtype), (layer, 0, 0, index, 0))
+    v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype), (layer, 0, 0, index, 0))
+    kl, vl = k_all[layer].astype(dtype), v_all[layer].astype(dtype)
+    if not heads_first:
+        kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
+    return kl, vl, (k_all, v_all)
 
 
 class Attention(nnx.Module):
@@ -133,7 +141,8 @@ class Attention(nnx.Module):
         call's keys/values at slots ``index..index+T`` of layer ``layer`` and attend over that layer's cache.
         Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
-        k, v, cache = write_cache(k, v, cache, layer, index, self.dtype)
-        out = dot_attention(q, k, v, mask, self.scale, self.softcap)
+        heads_first = cache is not None
+        k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first)
+        out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first)
         out = _proj_out(out, self.o[...].astype(self.dtype))
         return out, cache
