@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
 
+from .sampler import _fan_out  # the cache layout is the sampler's: fan out the same way
 from .sampling import select
 
 
@@ -61,9 +62,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     cache = KVCache.empty(mdef.cfg, p, tp + n)
     h, cache = model.hidden(prompt_tokens, positions_from_valid(prompt_valid), prompt_valid, cache, 0)
     logits = jnp.repeat(model.logits(h[:, -1]), g, axis=0)
-    if g > 1:
-        cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1),
-                        jnp.repeat(cache.valid, g, axis=0))
+    cache = _fan_out(cache, g)
     pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(bp.stop_ids if bp.stop_ids else (-1,), jnp.int32)
     zeros_i = jnp.zeros((rows,), jnp.int32)
