@@ -60,7 +60,7 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: in
         for ax, (key, title) in zip(axes.flat, PANELS):
             series = {key: key}
             if key == "accuracy":  # per-task accuracies of a mixture stage, dashed
-                series.update({k: k for k in recs[0] if k.endswith("/accuracy")})
+                series.update({k: k for r in recs for k in r if k.endswith("/accuracy")})
             for name, k in series.items():
                 pts = [(s, r[k]) for s, r in zip(steps, recs) if isinstance(r.get(k), (int, float))]
                 if not pts:

@@ -124,3 +124,10 @@ def test_mixture_sources_resolve_and_validate():
     C.apply_override(raw, "stages.multitask.tasks.1.weight=0")
     with pytest.raises(ConfigError, match=r"stages\[3\].tasks\[1\].weight: must be positive"):
         C.from_dict(raw)
+
+
+@pytest.mark.parametrize("path", ["configs/r1_pipeline.yaml", "configs/examples/qwen2.5-math-1.5b_gsm8k.yaml",
+                                  "configs/examples/qwen2.5-math-1.5b_math_r1.yaml"])
+def test_shipped_configs_resolve(path):
+    cfg = C.load(path)
+    assert cfg.stages and all(s.kind in C.STAGE_KINDS for s in cfg.stages)
