@@ -134,6 +134,9 @@ class OptimizerConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = 1.0  # 0: no clipping
     max_consecutive_skips: int = 5  # non-finite steps in a row before the run stops
+    # Testing the non-finite guard: the gradients of these optimizer updates (1-based) are made NaN inside
+    # the jitted step, as a bad batch would. Empty in real runs.
+    inject_nan_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,9 @@ class MeshConfig:
 class CheckpointConfig:
     every: int = 50
     keep: int = 3
+    # After SIGTERM the in-flight step finishes and its checkpoint is written; if that takes longer than this,
+    # the process exits anyway (status 75) before the scheduler's hard kill. 0: no limit.
+    preemption_grace_s: float = 30.0
 
 
 @dataclass(frozen=True)

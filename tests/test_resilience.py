@@ -110,3 +110,65 @@ def test_failed_save_is_a_clear_error_and_earlier_steps_restore(tmp_path, monkey
     assert got is not None and got[0] == 1 and got[2]["data"] == {"next_index": 1}
     for a, b in zip(jax.tree.leaves(got[1].params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _restore_raw(step_dir: Path) -> dict:
+    import orbax.checkpoint as ocp
+    return ocp.StandardCheckpointer().restore(step_dir / "state")
+
+
+@pytest.mark.slow
+def test_injected_nan_step_is_skipped_and_the_run_finishes(tmp_path):
+    d = tmp_path / "run"
+    p = cli("--run-dir", str(d), "--set", "stages.grpo.optimizer.inject_nan_steps=[3]")
+    assert p.returncode == 0, p.stderr[-3000:]
+    grpo = {r["step"]: r for r in read_metrics(d) if r["stage"] == "grpo"}
+    assert sorted(grpo) == list(range(1, 7))
+    assert [grpo[s]["skipped"] for s in range(1, 7)] == [0, 0, 1, 0, 0, 0]
+    assert grpo[3]["grad_norm"] is None  # NaN is written as null
+    assert all(np.isfinite(grpo[s]["grad_norm"]) for s in (1, 2, 4, 5, 6))
+    assert json.loads((d / "summary.json").read_text())["grpo"]["pass@1"] >= 0.0
+
+
+@pytest.mark.slow
+def test_consecutive_nan_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    d = tmp_path / "run"
+    p = cli("--run-dir", str(d), "--set", "stages.grpo.optimizer.inject_nan_steps=[3,4,5]",
+            "--set", "stages.grpo.optimizer.max_consecutive_skips=3")
+    assert p.returncode == 1, p.stderr[-3000:]
+    err = [ln for ln in p.stderr.splitlines() if "consecutive" in ln]
+    assert err and "3 consecutive steps" in err[-1] and "step 5" in err[-1], p.stderr[-2000:]
+    gdir = d / "checkpoints" / "grpo"
+    steps = sorted(int(q.name) for q in gdir.iterdir() if q.name.isdigit())
+    assert steps == [2, 4]  # step 4's save happened mid-streak; nothing after the failure
+    good, mid = _restore_raw(gdir / "2"), _restore_raw(gdir / "4")
+    for a, b in zip(jax.tree.leaves(good["params"]), jax.tree.leaves(mid["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the skipped updates changed nothing
+        assert np.all(np.isfinite(np.asarray(a)))
+    assert not (d / "checkpoints" / "grpo" / "manifest.json").exists()  # the stage is not marked complete
+    assert "grpo" not in json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else True
+
+
+def test_retention_keeps_the_last_complete_step_until_a_newer_one_is_complete(tmp_path, monkeypatch):
+    mdef, params = tiny_model()
+    tx = make_optimizer(OptimizerConfig(), 1)
+    state = init_state(params, tx, 0)
+    ck = StageCheckpointer(tmp_path / "ck", keep=1)
+    ck.save(1, state, {"data": {"next_index": 1}})
+    ck.wait()
+
+    import orbax.checkpoint as ocp
+
+    def fail_commit(self, step):  # the background write of the newer step never completes
+        raise OSError(errno.EIO, "I/O error while committing")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "_finalize_checkpoint", fail_commit)
+    try:
+        ck.save(2, state, {"data": {"next_index": 2}})
+        ck.wait()
+    except CheckpointError:
+        pass
+    monkeypatch.undo()
+    assert (tmp_path / "ck" / "1").is_dir()  # keep=1, yet step 1 survives: step 2's save never finalized
+    got = StageCheckpointer(tmp_path / "ck", keep=1).restore(state, step=1)
+    assert got is not None and got[0] == 1 and got[2]["data"] == {"next_index": 1}

@@ -66,6 +66,25 @@ def test_non_finite_step_is_not_applied():
     assert int(m2["skipped"]) == 0 and int(new2.skipped) == 0
 
 
+def test_injected_nan_update_is_skipped_on_device():
+    mdef, params = tiny_model()
+    batch = rollout(mdef, params)
+    ocfg = OptimizerConfig(lr=1e-3, inject_nan_steps=(2,))
+    tx = make_optimizer(ocfg, 3)
+    step = jax.jit(make_grpo_step(mdef, AlgorithmConfig(), ocfg, tx, 1.0))
+    s1, m1 = step(init_state(params, tx, 0), batch)
+    s2, m2 = step(s1, batch)
+    s3, m3 = step(s2, batch)
+    assert [int(m["skipped"]) for m in (m1, m2, m3)] == [0, 1, 0]
+    assert [int(s.skipped) for s in (s1, s2, s3)] == [0, 1, 0]
+    assert not np.isfinite(float(m2["grad_norm"])) and np.isfinite(float(m3["grad_norm"]))
+    for a, b, c in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), jax.tree.leaves(s3.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(b), np.asarray(c))
+               for b, c in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s3.params)))
+    assert step._cache_size() == 1
+
+
 def test_first_update_logprob_gap_is_tiny():
     mdef, params = tiny_model()
     batch = rollout(mdef, params)

@@ -58,8 +58,12 @@ def _split_micro(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
-def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss) -> tuple[TrainState, dict]:
+def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss,
+           inject_nan_steps: tuple[int, ...] = ()) -> tuple[TrainState, dict]:
     """Clip, update, and keep the old state if anything is non-finite."""
+    if inject_nan_steps:  # test switch: poison this update's gradients on device, like a bad batch would
+        poison = jnp.isin(state.step + 1, jnp.asarray(inject_nan_steps, jnp.int32))
+        grads = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g).astype(g.dtype), grads)
     gnorm = optax.global_norm(grads)
     if max_grad_norm > 0:
         scale = jnp.minimum(1.0, max_grad_norm / (gnorm + 1e-12))
@@ -115,7 +119,7 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     def sft_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
         loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
-        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss)
+        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss, ocfg.inject_nan_steps)
         return state, {"loss": loss, "tokens": aux["count"], **m}
 
     return sft_step
@@ -155,7 +159,7 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
     def grpo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         grads, aux = grad_fn(state.params, batch)
         loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
-        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v)
+        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v, ocfg.inject_nan_steps)
         out = {"loss": loss_v, **m}
         for k, v in aux.items():
             if isinstance(v, tuple):

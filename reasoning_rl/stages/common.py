@@ -7,7 +7,9 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,16 +38,36 @@ class StageFailed(RuntimeError):
 
 
 class PreemptionGuard:
-    """Turns SIGTERM into a flag the step loop checks between steps (never mid-step)."""
+    """Turns SIGTERM into a stop the step loop takes between steps (never mid-step).
 
-    def __init__(self):
-        self.requested = False
+    ``should_stop(step)`` is the one question the loop asks after each step. On one host it is the local
+    flag. On several hosts a SIGTERM may reach one VM only, or reach them at different steps, so the hosts
+    combine their flags (a max over a tiny all-gather after every step): every host sees the stop at the
+    same step, saves that same step, and the collective checkpoint write cannot deadlock.
+
+    ``grace_seconds`` bounds how long the process keeps running after the signal: a stage that cannot finish
+    its step and write the checkpoint in time is ended (exit status 75) before the scheduler's SIGKILL, and
+    ``--resume`` then falls back to the last complete checkpoint (an unfinished write is never restored).
+    """
+
+    EXIT_STATUS = 75
+
+    def __init__(self, grace_seconds: float = 0.0):
+        self.requested = False  # this host got SIGTERM
+        self.grace_seconds = grace_seconds
         self._old = None
+        self._timer: threading.Timer | None = None
 
     def __enter__(self):
         def handler(signum, frame):
+            if self.requested:
+                return
             self.requested = True
             log.warning("SIGTERM received: finishing the current step and writing a checkpoint")
+            if self.grace_seconds > 0:
+                self._timer = threading.Timer(self.grace_seconds, self._out_of_time)
+                self._timer.daemon = True
+                self._timer.start()
 
         try:
             self._old = signal.signal(signal.SIGTERM, handler)
@@ -53,7 +75,34 @@ class PreemptionGuard:
             self._old = None
         return self
 
+    def _out_of_time(self) -> None:
+        log.error("preemption grace period of %.0f s ran out before the checkpoint was complete; exiting. "
+                  "--resume continues from the last complete checkpoint", self.grace_seconds)
+        logging.shutdown()
+        os._exit(self.EXIT_STATUS)
+
+    def should_stop(self, step: int) -> bool:
+        """True on every host at the same step once any host has been asked to stop."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray([int(self.requested), step], np.int32))
+        flags = np.asarray(flags).reshape(-1, 2)
+        if len(set(flags[:, 1].tolist())) != 1:
+            raise StageFailed(f"hosts disagree on the step number at preemption check: {flags[:, 1].tolist()}")
+        stop = bool(flags[:, 0].max())
+        if stop and not self.requested:
+            log.warning("another host was preempted: stopping after step %d with it", step)
+        return stop
+
+    def done(self) -> None:
+        """The checkpoint is complete: cancel the grace-period timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+
     def __exit__(self, *exc):
+        self.done()
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
         return False
@@ -226,6 +275,26 @@ class StageRun:
 
     def should_save(self, step: int) -> bool:
         return step % self.rt.cfg.checkpoint.every == 0 or step == self.stage.steps
+
+    def guard(self) -> PreemptionGuard:
+        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s)
+
+    def end_step(self, step: int, guard: PreemptionGuard, host: Callable[[], dict[str, Any]]) -> None:
+        """What follows every step: the non-finite streak check, the periodic save, and preemption.
+
+        ``host()`` gives the host-side state to save with the step (data iterator, wall clock)."""
+        max_skips = self.stage.optimizer.max_consecutive_skips
+        if int(jax.device_get(self.state.skipped)) >= max_skips:
+            self.ckpt.wait()
+            raise StageFailed(f"stage {self.stage.name}: {max_skips} consecutive steps with non-finite loss or "
+                              f"gradients (last at step {step}); the last good checkpoint is kept in {self.dir}")
+        stop = guard.should_stop(step)
+        if self.should_save(step) or stop:
+            self.save(step, host(), force=stop)
+        if stop:
+            self.ckpt.wait()
+            guard.done()
+            raise Preempted(f"stage {self.stage.name} preempted at step {step}; checkpoint written")
 
     def close(self) -> None:
         self.ckpt.close()

@@ -50,7 +50,7 @@ def make_logit_distill_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.Gra
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
         loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
-        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss)
+        state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss, ocfg.inject_nan_steps)
         return state, {"loss": loss, "tokens": aux["count"], **m}
 
     return step

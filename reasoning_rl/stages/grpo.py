@@ -20,7 +20,7 @@ from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
-from .common import Preempted, PreemptionGuard, Runtime, StageFailed, StageRun, timer
+from .common import Runtime, StageRun, timer
 from .sources import StageData, rollout_metrics
 
 
@@ -136,7 +136,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     n_rows = r.prompts_per_step * r.group_size
     mb = n_rows // a.mini_batches
-    with PreemptionGuard() as guard:
+    with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1):
             t0 = timer()
             rng = jax.random.fold_in(run.state.rng, step)
@@ -162,16 +162,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
             rec["seconds"] = dt
             writer.write(rec)
             bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
-            if int(jax.device_get(run.state.skipped)) >= stage.optimizer.max_consecutive_skips:
-                run.ckpt.wait()
-                raise StageFailed(f"stage {stage.name}: {stage.optimizer.max_consecutive_skips} consecutive steps "
-                                  f"with non-finite loss or gradients (last at step {step}); the last good "
-                                  f"checkpoint is kept in {run.dir}")
-            if run.should_save(step) or guard.requested:
-                run.save(step, {"data": stream.get_state(), "wall_seconds": wall}, force=guard.requested)
-            if guard.requested:
-                run.ckpt.wait()
-                raise Preempted(f"stage {stage.name} preempted at step {step}; checkpoint written")
+            run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
     bar.close()
     run.close()
     rollout.rewarder.close()

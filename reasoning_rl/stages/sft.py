@@ -17,7 +17,7 @@ from reasoning_rl.data.batching import round_up, sft_batch
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
 
-from .common import Preempted, PreemptionGuard, Runtime, StageFailed, StageRun, timer
+from .common import Runtime, StageRun, timer
 from .sources import StageData
 
 
@@ -62,7 +62,7 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     rec: dict = {}
-    with PreemptionGuard() as guard:
+    with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1):
             t0 = timer()
             batch = sft_batch(rt.tok, next(stream), seq_len)
@@ -77,16 +77,7 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
                    "seconds": dt}
             writer.write(rec)
             bar.update(loss=rec["loss"])
-            if int(jax.device_get(run.state.skipped)) >= stage.optimizer.max_consecutive_skips:
-                run.ckpt.wait()
-                raise StageFailed(f"stage {stage.name}: {stage.optimizer.max_consecutive_skips} consecutive steps "
-                                  f"with non-finite loss or gradients (last at step {step}); the last good "
-                                  f"checkpoint is kept in {run.dir}")
-            if run.should_save(step) or guard.requested:
-                run.save(step, {"data": stream.get_state(), "wall_seconds": wall}, force=guard.requested)
-            if guard.requested:
-                run.ckpt.wait()
-                raise Preempted(f"stage {stage.name} preempted at step {step}; checkpoint written")
+            run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
     bar.close()
     run.close()
     return run.state.params, {"wall_seconds": wall, "final_loss": rec.get("loss")}
