@@ -238,6 +238,10 @@ class StageConfig:
     steps: int
     init: str | None = None  # a previous stage's name, a stage checkpoint dir of any run, or an HF dir
     batch_size: int = 64  # SFT: sequences per step
+    # SFT loops: end the stage early once the mean training loss of the last stop_window steps is at most
+    # this (``steps`` stays the cap). A cold start then lands at the same quality whatever the seed.
+    stop_at_loss: float | None = None
+    stop_window: int = 20
     log_every: int = 1
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -561,6 +565,8 @@ def validate(cfg: Config) -> None:
         need(st.name not in names[:i], f"{p}.name", f"duplicate stage name {st.name!r}")
         need(st.steps >= 0, f"{p}.steps", "must be >= 0")
         need(st.batch_size >= 1, f"{p}.batch_size", "must be positive")
+        need(st.stop_window >= 1, f"{p}.stop_window", "must be positive")
+        need(st.stop_at_loss is None or st.kind != "grpo", f"{p}.stop_at_loss", "applies to SFT stages only")
         r, a, o = st.rollout, st.algorithm, st.optimizer
         need(r.group_size >= 1, f"{p}.rollout.group_size", "must be positive")
         need(r.prompts_per_step >= 1, f"{p}.rollout.prompts_per_step", "must be positive")

@@ -274,11 +274,12 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             params, info, refs = _run_stage(stages, stage, writer, progress)
             metrics = stage_eval(srt, stage, params)
             metrics["wall_seconds"] = info["wall_seconds"]
-            extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline") if k in info}
+            extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early") if k in info}
             summary[stage.name] = {"kind": stage.kind, **metrics, **extra}
             _write_json(summary_path, summary)
             write_manifest(sdir / "manifest.json", {
-                "stage": stage.name, "kind": stage.kind, "complete": True, "final_step": stage.steps,
+                "stage": stage.name, "kind": stage.kind, "complete": True,
+                "final_step": info.get("final_step", stage.steps),
                 **refs, "config_hash": cfg.hash(), "code_version": code_version(),
                 "model": srt.model_cfg.path or {k: v for k, v in config_lib._to_plain(srt.model_cfg).items()
                                                 if k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")},

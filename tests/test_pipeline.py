@@ -108,3 +108,27 @@ def test_grpo_variants_run_end_to_end(tmp_path):
     assert len(grpo) == 3
     for r in grpo:
         assert "kl" in r and r["kl"] >= 0 and "groups_kept" in r and 1 <= r["sampling_rounds"] <= 4
+
+
+@pytest.mark.slow
+def test_sft_stops_at_target_loss_and_the_next_stage_starts_there(tmp_path):
+    d = tmp_path / "run"
+    args = ["--run-dir", str(d), "--set", "stages.sft.steps=12", "--set", "stages.sft.stop_window=3",
+            "--set", "stages.sft.stop_at_loss=100", "--set", "stages.grpo.steps=2"]
+    p = run_cli(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sft = [r for r in read_metrics(d) if r["stage"] == "sft"]
+    assert [r["step"] for r in sft] == [1, 2, 3]  # the first full window already meets the target
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["sft"]["stopped_early"]["step"] == 3
+    assert json.loads((d / "checkpoints" / "sft" / "manifest.json").read_text())["final_step"] == 3
+    man = json.loads((d / "checkpoints" / "grpo" / "manifest.json").read_text())
+    assert man["parent"]["stage"] == "sft" and man["parent"]["step"] == 3
+    # a rerun keeps the finished stages; an unreachable target runs to the cap
+    p = run_cli(*args)
+    assert p.returncode == 0 and "already complete" in p.stderr
+    d2 = tmp_path / "run2"
+    p = run_cli("--run-dir", str(d2), "--set", "stages.sft.stop_at_loss=0.0", "--set", "stages.grpo.steps=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert max(r["step"] for r in read_metrics(d2) if r["stage"] == "sft") == 4
+    assert "stopped_early" not in json.loads((d2 / "summary.json").read_text())["sft"]

@@ -17,9 +17,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from reasoning_rl import sharding as shd
-from reasoning_rl.algorithms.steps import TrainState, init_state, make_optimizer
+from reasoning_rl.algorithms.steps import TrainState, make_optimizer
 from reasoning_rl.checkpoint import StageCheckpointer
 from reasoning_rl.config import Config, ModelConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
@@ -213,12 +214,17 @@ class Runtime:
 
     def new_state(self, params: dict, tx, seed: int) -> TrainState:
         params = self.place(params)
-        with shd.use(self.ctx):
-            opt_state = jax.jit(tx.init)(params)
         rep = shd.replicated(self.mesh)
-        st = init_state(params, tx, seed)
-        return TrainState(params, opt_state, jax.device_put(st.step, rep), jax.device_put(st.rng, rep),
-                          jax.device_put(st.skipped, rep))
+        # optimizer moments take their parameter's sharding (else they would come back replicated and cost
+        # 2x the params on every device); scalars such as step counts are replicated
+        abstract = jax.eval_shape(tx.init, params)
+        opt_sh = optax.tree_utils.tree_map_params(tx, lambda _, sh: sh, abstract, self.param_shardings,
+                                                  transform_non_params=lambda _: rep)
+        with shd.use(self.ctx):
+            opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        zero = jax.device_put(np.zeros((), np.int32), rep)
+        return TrainState(params, opt_state, zero, jax.device_put(jax.random.key(seed), rep),
+                          jax.device_put(np.zeros((), np.int32), rep))
 
     def jit_step(self, fn: Callable, state: TrainState):
         """Jit a ``(state, batch) -> (state, metrics)`` step: state shardings pinned, state buffers donated."""

@@ -6,10 +6,13 @@ task mixture for a cold start, a rejection-sampled set for ``rejection_sft``, te
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
+import numpy as np
 
 from reasoning_rl.algorithms.steps import make_sft_step
 from reasoning_rl.config import StageConfig
@@ -19,6 +22,8 @@ from reasoning_rl.metrics import MetricsWriter, Progress
 
 from .common import Runtime, StageRun, timer
 from .sources import StageData
+
+log = logging.getLogger("reasoning_rl")
 
 
 @dataclass
@@ -62,8 +67,12 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     rec: dict = {}
+    # stop_at_loss: the stage ends once the mean training loss of the last stop_window steps reaches it
+    recent = deque(run.host.get("recent_losses", []), maxlen=stage.stop_window)
+    stopped = run.host.get("stopped_early")
+    last = run.start_step if stopped is None else int(stopped["step"])
     with run.guard() as guard:
-        for step in range(run.start_step + 1, stage.steps + 1):
+        for step in range(run.start_step + 1, stage.steps + 1 if stopped is None else 0):
             t0 = timer()
             batch = sft_batch(rt.tok, next(stream), seq_len)
             if augment is not None:
@@ -77,7 +86,24 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
                    "seconds": dt}
             writer.write(rec)
             bar.update(loss=rec["loss"])
-            run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
+            last = step
+            recent.append(rec["loss"])
+
+            def host(w=wall, stop=None):
+                return {"data": stream.get_state(), "wall_seconds": w, "recent_losses": list(recent),
+                        **({"stopped_early": stop} if stop else {})}
+
+            if (stage.stop_at_loss is not None and len(recent) == recent.maxlen and step < stage.steps
+                    and float(np.mean(recent)) <= stage.stop_at_loss):
+                stopped = {"step": step, "mean_loss": float(np.mean(recent))}
+                log.info("stage %s: mean loss of the last %d steps %.4f <= %g: stopping at step %d", stage.name,
+                         len(recent), stopped["mean_loss"], stage.stop_at_loss, step)
+                run.save(step, host(stop=stopped), force=True)  # before end_step: no periodic save of it yet
+                break
+            run.end_step(step, guard, host)
     bar.close()
     run.close()
-    return run.state.params, {"wall_seconds": wall, "final_loss": rec.get("loss")}
+    info = {"wall_seconds": wall, "final_loss": rec.get("loss"), "final_step": last}
+    if stopped is not None:
+        info["stopped_early"] = stopped
+    return run.state.params, info
