@@ -69,7 +69,7 @@ class TaskConfig:
     """A task: built-in and generated (``arithmetic``, ``countdown``, ``instruct``) or rows of a local JSONL /
     Parquet file (``file``, see ``reasoning_rl.data.files``)."""
 
-    name: Literal["arithmetic", "countdown", "instruct", "file"] = "arithmetic"
+    name: Literal["arithmetic", "countdown", "instruct", "code", "file"] = "arithmetic"
     digits: int = 4  # difficulty: operand digits
     terms: int = 2  # difficulty: number of operands (instruct: the most items a response may be asked for)
     held_out_size: int = 500
@@ -482,7 +482,7 @@ def _validate_data(st: StageConfig, p: str) -> None:
         need(t.held_out_size >= 1, f"{key}.held_out_size", "must be positive")
         if t.name == "file":
             need(bool(t.path), f"{key}.path", "a file task needs the path of a JSONL or Parquet file")
-        if t.name in ("arithmetic", "countdown"):
+        if t.name in ("arithmetic", "countdown", "code"):
             need(t.digits >= 1, f"{key}.digits", "must be positive")
             need(t.terms >= 2, f"{key}.terms", "must be at least 2")
         if t.name == "instruct":

@@ -132,3 +132,35 @@ def test_sft_stops_at_target_loss_and_the_next_stage_starts_there(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert max(r["step"] for r in read_metrics(d2) if r["stage"] == "sft") == 4
     assert "stopped_early" not in json.loads((d2 / "summary.json").read_text())["sft"]
+
+
+@pytest.mark.slow
+def test_code_task_runs_grpo_with_the_sandboxed_code_reward(tmp_path):
+    d = tmp_path / "run"
+    cfg = str(Path(__file__).parent / "configs" / "code_tiny.yaml")
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", cfg, "--no-progress", "--run-dir", str(d)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    grpo = [r for r in read_metrics(d) if r["stage"] == "grpo"]
+    assert len(grpo) == 3
+    for r in grpo:
+        assert "code" in r and 0.0 <= r["code"] <= 1.0 and r["reward_errors"] == 0
+    summary = json.loads((d / "summary.json").read_text())
+    assert 0.0 <= summary["grpo"]["pass@1"] <= 1.0
+
+
+def test_code_task_solutions_pass_their_own_tests_and_wrong_programs_fail():
+    from reasoning_rl.config import TaskConfig
+    from reasoning_rl.data.tasks import make_task
+    from reasoning_rl.rewards import registry
+
+    code = registry.get("code")
+    for terms in (2, 3):
+        task = make_task(TaskConfig(name="code", digits=2, terms=terms, held_out_size=20))
+        held = {e.key for e in task.held_out(20)}
+        for i in range(3):
+            ex = task.example("train", i)
+            assert ex.key not in held
+            assert code(ex.solution, ex.as_dict()) == 1.0
+            wrong = ex.solution.replace("return ", "return 1+")
+            assert code(wrong, ex.as_dict()) == 0.0

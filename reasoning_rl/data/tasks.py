@@ -15,6 +15,9 @@ such as ``n3 kbe s-:`` asks for exactly 3 items (single letters a-h) (a length l
 joined by ``-`` (an output format); the constraints travel with the example (``example["constraints"]``)
 and the ``instruct*`` rewards (``reasoning_rl.data.instruct_rewards``) check them.
 
+``code``: write the Python function a few input/output examples show; scored by running the program against
+assert tests in the sandbox (the ``code`` reward).
+
 ``file``: rows of a local JSONL / Parquet file (``reasoning_rl.data.files``).
 """
 
@@ -167,7 +170,45 @@ class InstructTask(ArithmeticTask):
         return ex
 
 
-TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "instruct": InstructTask}
+class CodeTask(ArithmeticTask):
+    """Write the Python function that the examples show: ``f(1)=5 f(2)=8:`` → ``def f(x):return 3*x+2``.
+
+    ``terms`` 2: a line ``a*x+b``; ``terms`` 3 or more: a parabola ``a*x*x+b*x+c``; coefficients of up to
+    ``digits`` digits (1 digit allows only 90 lines: keep ``held_out_size`` well below the problem count). The completion is a program, scored by the ``code`` reward
+    against assert tests at inputs the prompt does not show, in the sandbox; reading off the coefficients from
+    differences is the reasoning the worked solution writes out."""
+
+    name = "code"
+    correctness = "code"
+
+    def _draw(self, rng: np.random.Generator) -> Example:
+        hi = 10 ** self.cfg.digits
+        quad = self.cfg.terms >= 3
+        a = int(rng.integers(1, hi))
+        b = int(rng.integers(0, hi))
+        c = int(rng.integers(0, hi)) if quad else 0
+        f = (lambda x: a * x * x + b * x + c) if quad else (lambda x: a * x + b)
+        xs = [1, 2, 3] if quad else [1, 2]
+        shown = " ".join(f"f({x})={f(x)}" for x in xs)
+        prompt = f"{shown}:"
+        if quad:
+            d1, d2 = f(2) - f(1), f(3) - f(2)
+            think = f"{f(2)}-{f(1)}={d1},{f(3)}-{f(2)}={d2},({d2}-{d1})/2={a},{d1}-3*{a}={b},{f(1)}-{a}-{b}={c}"
+            body = f"{a}*x*x+{b}*x+{c}"
+        else:
+            think = f"{f(2)}-{f(1)}={a},{f(1)}-{a}={b}"
+            body = f"{a}*x+{b}"
+        program = f"def f(x):return {body}"
+        probe = [0, 5, 7, -3]
+        tests = [{"assert": f"assert f({x})=={f(x)}"} for x in probe]
+        solution = f"<think>{think}</think><answer>{program}</answer>"
+        key = hashlib.sha1(prompt.encode()).hexdigest()[:16]
+        return Example(prompt, program, solution, self.cfg.digits + (2 if quad else 0), key, {"tests": tests})
+
+    example = InstructTask.example  # bounded redraws: small problem spaces must not loop forever
+
+
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "instruct": InstructTask, "code": CodeTask}
 
 
 def make_task(cfg: TaskConfig):
