@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None, help="task to budget-force (default: the stage's first)")
     ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
     ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
+    ex = sub.add_parser("export", help="write a stage checkpoint as a Hugging Face model dir")
+    ex.add_argument("target", help="a run dir or a run's checkpoints/<stage> dir")
+    ex.add_argument("out", help="output dir (config.json, safetensors, tokenizer files)")
+    ex.add_argument("--stage", default=None, help="which stage (default: the last finished one)")
+    ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the params' dtype")
     pl = sub.add_parser("plot", help="PNG training curves of a run")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/plots/training_curves.png)")
@@ -100,6 +105,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from reasoning_rl.stages.checkpoint_eval import run_export
+
+    print(run_export(args))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from reasoning_rl.plot import plot_training
 
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "plot": cmd_plot}[args.command](args)
     except DataError as e:
         print(f"input error: {e}", file=sys.stderr)
         return EXIT_CONFIG

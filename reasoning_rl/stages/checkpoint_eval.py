@@ -139,3 +139,31 @@ def run_eval(args) -> dict[str, Any]:
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     result["out"] = str(out)
     return result
+
+
+def run_export(args) -> Path:
+    """Write a run's stage checkpoint as a Hugging Face model dir (config.json + safetensors + tokenizer), for
+    transformers or vLLM to serve."""
+    import shutil
+
+    from reasoning_rl.models import save_pretrained
+    from reasoning_rl.pipeline import Stages, restore_params
+
+    run_dir, stage_name, kind = _locate(args.target, args.stage)
+    if kind == "hf":
+        raise ConfigError(f"export: {args.target} is a Hugging Face model dir already")
+    raw = config_lib.load_raw(run_dir / "config.yaml")
+    cfg = config_lib.from_dict(raw)
+    stage_name = stage_name or _last_finished(cfg, run_dir)
+    try:
+        stage = config_lib.stage(cfg, stage_name)
+    except KeyError:
+        raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    rt = Runtime(cfg, run_dir)
+    srt = Stages(rt).runtime(stage)
+    params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
+    source = srt.model_cfg.path
+    out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
+    if source is None and (run_dir / "tokenizer.model").is_file():  # the run's own sentencepiece model
+        shutil.copy2(run_dir / "tokenizer.model", Path(out) / "tokenizer.model")
+    return Path(out)
