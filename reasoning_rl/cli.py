@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None, help="task to budget-force (default: the stage's first)")
     ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
     ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
+    pn = sub.add_parser("plan", help="per-device memory of a config on its mesh, from abstract shapes")
+    pn.add_argument("config")
+    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pn.add_argument("--devices", type=int, default=None, help="device count (default: this machine's)")
+    pn.add_argument("--prompt-len", type=int, default=256, help="prompt tokens per rollout row")
+    pn.add_argument("--memory-gb", type=float, default=None, help="per-device memory to check the plan against")
+    pn.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ex = sub.add_parser("export", help="write a stage checkpoint as a Hugging Face model dir")
     ex.add_argument("target", help="a run dir or a run's checkpoints/<stage> dir")
     ex.add_argument("out", help="output dir (config.json, safetensors, tokenizer files)")
@@ -105,6 +112,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    import json
+
+    from reasoning_rl.plan import format_plan, plan
+
+    p = plan(_load_config(args), args.devices, args.prompt_len, args.memory_gb)
+    print(json.dumps(p, indent=2) if args.json else format_plan(p))
+    return 0 if p.get("fits", True) else 1
+
+
 def cmd_export(args) -> int:
     from reasoning_rl.stages.checkpoint_eval import run_export
 
@@ -136,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "plot": cmd_plot}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "plan": cmd_plan, "export": cmd_export,
+                "plot": cmd_plot}[args.command](args)
     except DataError as e:
         print(f"input error: {e}", file=sys.stderr)
         return EXIT_CONFIG

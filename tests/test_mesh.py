@@ -109,3 +109,56 @@ def test_compiled_fsdp_tensor_step_shards_params_and_uses_collectives(tmp_path):
     for name, (spec, shape, size) in largest:  # no accidental full replication of the biggest weights
         assert "fsdp" in spec or "tensor" in spec, (name, spec, shape)
     assert all(("fsdp" in s or "tensor" in s) for s in out["moments"][:3]), out["moments"]
+
+
+PLAN_PROBE = r"""
+import json, sys
+import jax
+from reasoning_rl import config as C, sharding as shd
+from reasoning_rl.plan import plan
+from reasoning_rl.stages.common import Runtime, StageRun
+from reasoning_rl.models import KVCache
+from reasoning_rl.rollout.sampler import shard_cache
+cfg = C.load(sys.argv[1], overrides=sys.argv[3:])
+p = plan(cfg, 8, prompt_len=32)
+rt = Runtime(cfg, sys.argv[2])
+stage = cfg.stages[1]
+run = StageRun(rt, stage, rt.init_params(), 10)
+dev0 = jax.devices()[0]
+def on_dev0(tree):
+    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev0)
+ref = rt.place(rt.init_params())
+r = stage.rollout
+with shd.use(rt.ctx):
+    cache = jax.jit(lambda: shard_cache(KVCache.empty(rt.mdef.cfg, r.prompts_per_step * r.group_size,
+                                                      32 + r.max_new_tokens)))()
+real = {"params": on_dev0(run.state.params), "optimizer": on_dev0(run.state.opt_state) - 4,  # minus the count
+        "reference": on_dev0(ref), "kv_cache": on_dev0((cache.k, cache.v))}
+print("RESULT" + json.dumps({"plan": p["per_device_bytes"], "real": real}))
+"""
+
+
+@pytest.mark.slow
+def test_plan_matches_the_real_per_device_allocation(tmp_path):
+    p = subprocess.run([sys.executable, "-c", PLAN_PROBE, QUICKSTART, str(tmp_path / "probe"), "mesh.data=2",
+                        "mesh.fsdp=2", "mesh.tensor=2", "algorithm.beta=0.1", "tokenizer.vocab_size=48"],
+                       capture_output=True, text=True, timeout=600, env=env(8))
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.split("RESULT", 1)[1])
+    for k, real in out["real"].items():
+        assert out["plan"][k] == pytest.approx(real, rel=0.10), (k, out)
+
+
+def test_plan_sizes_deepseek_v3_without_allocating():
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    cfg = C.load(str(ROOT / "configs" / "arch" / "deepseek_v3_grpo.yaml"))
+    p = plan(cfg, 256, memory_gb=95)
+    assert 660e9 < p["model"]["params"] < 690e9 and p["model"]["experts"] == 256
+    per = p["per_device_bytes"]
+    assert per["params"] < 2 * p["params_global_bytes"] / 256  # sharded, not replicated
+    assert p["fits"]
+    small = plan(C.load(str(ROOT / "configs" / "arch" / "deepseek_v3_grpo.yaml"), ["mesh.fsdp=1", "mesh.expert=1",
+                                                                                  "mesh.tensor=8"]), 8, memory_gb=95)
+    assert not small["fits"]

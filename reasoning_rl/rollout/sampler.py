@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
+from reasoning_rl.sharding import constrain
 
 from .sampling import select
 
@@ -52,10 +53,20 @@ class SamplingParams:
     group_size: int = 1
 
 
+CACHE_AXES = ("layers", "cache_batch", "act_kv_heads", "cache_seq", None)  # k/v [L, B, K, S, D]
+
+
+def shard_cache(cache: KVCache) -> KVCache:
+    """Lay the cache out by the logical rules: rows over the batch axes, KV heads over ``tensor``."""
+    return KVCache(constrain(cache.k, CACHE_AXES), constrain(cache.v, CACHE_AXES),
+                   constrain(cache.valid, ("cache_batch", "cache_seq")))
+
+
 def _fan_out(cache: KVCache, g: int) -> KVCache:
-    if g == 1:
-        return cache
-    return KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1), jnp.repeat(cache.valid, g, axis=0))
+    if g > 1:
+        cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1),
+                        jnp.repeat(cache.valid, g, axis=0))
+    return shard_cache(cache)
 
 
 def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens: jax.Array,

@@ -1,0 +1,180 @@
+"""``reasoning-rl plan``: per-device memory of a config on its mesh, computed from abstract shapes only.
+
+Nothing is allocated and no device is needed: the model is built abstractly (``nnx.eval_shape``), the mesh is
+an ``AbstractMesh`` of the configured sizes, and every parameter's per-device shard follows from the same
+logical-axis rules the trainer uses. So a DeepSeek-V3 GRPO step on 256 chips can be sized on a laptop.
+
+Exact (they are what the trainer allocates): parameters, optimizer moments (sharded like their parameter),
+the frozen reference model (GRPO with ``beta > 0``) and the sampler's KV cache. Estimated: the activations of
+one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``, plus the logits
+or one logits chunk), since XLA's scheduling decides the real peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from reasoning_rl import sharding as shd
+from reasoning_rl.config import Config, ConfigError, StageConfig
+from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.sharding.mesh import AXES, MeshError, mesh_shape
+
+GB = 1024**3
+
+
+def model_config(cfg: Config) -> TransformerConfig:
+    """The model a config trains, without loading weights or training a tokenizer."""
+    m = cfg.model
+    if m.path:
+        from reasoning_rl.models.hf import config_from_hf
+
+        if not (Path(m.path) / "config.json").is_file():
+            raise ConfigError(f"model.path: no config.json in {m.path}")
+        mc = config_from_hf(m.path)
+        return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+    from reasoning_rl.stages.common import model_config_from
+
+    return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)
+
+
+def abstract_mesh(cfg: Config, n_devices: int):
+    try:
+        shape = mesh_shape(dataclasses.asdict(cfg.mesh), n_devices)
+    except MeshError as e:
+        raise ConfigError(str(e)) from None
+    return jax.sharding.AbstractMesh(shape, AXES)
+
+
+def _shard_bytes(shape: tuple[int, ...], spec, sizes: dict[str, int], itemsize: int) -> int:
+    n = itemsize
+    for i, dim in enumerate(shape):
+        ax = spec[i] if i < len(spec) else None
+        axes = () if ax is None else (ax,) if isinstance(ax, str) else tuple(ax)
+        n *= math.ceil(dim / math.prod(sizes[a] for a in axes))
+    return n
+
+
+def _tree_bytes(ctx, axes: Any, shapes: Any, itemsize: int | None = None) -> tuple[int, int]:
+    """(per-device bytes, global bytes) of a params-shaped tree under the rules."""
+    sizes = dict(ctx.mesh.shape)
+    per, total = 0, 0
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)  # noqa: E731
+    for ax, s in zip(jax.tree.leaves(axes, is_leaf=is_axes), jax.tree.leaves(shapes)):
+        size = itemsize or np.dtype(s.dtype).itemsize
+        per += _shard_bytes(tuple(s.shape), ctx.spec(ax, s.shape), sizes, size)
+        total += math.prod(s.shape) * size
+    return per, total
+
+
+def _batch_div(ctx, rows: int) -> int:
+    """How many ways the rollout rows are split (the batch axes that divide them)."""
+    spec = ctx.spec(("batch",), (rows,))
+    ax = spec[0]
+    axes = () if ax is None else (ax,) if isinstance(ax, str) else tuple(ax)
+    return math.prod(dict(ctx.mesh.shape)[a] for a in axes)
+
+
+def _tensor(ctx, logical: str, dim: int) -> int:
+    """Per-device size of one dim sharded by a logical axis."""
+    spec = ctx.spec((logical,), (dim,))
+    ax = spec[0]
+    axes = () if ax is None else (ax,) if isinstance(ax, str) else tuple(ax)
+    return math.ceil(dim / math.prod(dict(ctx.mesh.shape)[a] for a in axes))
+
+
+def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, logits_chunk: int) -> int:
+    """Estimated per-device activation bytes of one training micro-batch (forward saved + backward peak)."""
+    b = math.ceil(rows / _batch_div(ctx, rows))
+    it = np.dtype(mc.jnp_dtype).itemsize
+    d = mc.d_model
+    heads = _tensor(ctx, "act_heads", mc.n_heads)
+    kv = _tensor(ctx, "act_kv_heads", mc.n_kv_heads)
+    ffn = mc.moe.ffn_dim * mc.moe.top_k + mc.moe.ffn_dim * mc.moe.n_shared if mc.moe else mc.ffn_dim
+    ffn = _tensor(ctx, "act_mlp", ffn)
+    hd = mc.head_dim
+    # one layer's intermediates: norms/residuals (~4 d), q/k/v/out, attention probabilities, gated MLP (3 ffn)
+    layer = b * seq * (4 * d + (2 * heads + 2 * kv) * hd + 3 * ffn) * it + b * heads * seq * seq * 4
+    if mc.remat == "full":
+        saved = mc.n_layers * b * seq * d * it + layer  # layer inputs, plus one layer recomputed at a time
+    elif mc.remat == "dots":
+        saved = mc.n_layers * b * seq * (2 * d + (2 * heads + 2 * kv) * hd + 2 * ffn) * it + layer
+    else:
+        saved = mc.n_layers * layer
+    vocab = _tensor(ctx, "act_vocab", mc.vocab_size)
+    logits = b * (min(logits_chunk, seq) if logits_chunk else seq) * vocab * 4 * 2  # float32 logits + grad
+    return saved + logits
+
+
+def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
+         memory_gb: float | None = None) -> dict[str, Any]:
+    """Per-device bytes of each part for the config's heaviest stage of each kind."""
+    n = n_devices or jax.device_count()
+    mesh = abstract_mesh(cfg, n)
+    ctx = shd.context(mesh)
+    mc = model_config(cfg)
+    mdef, _ = create(mc, abstract=True)
+    axes, shapes = mdef.param_axes(), mdef.abstract_params()
+    p_dev, p_all = _tree_bytes(ctx, axes, shapes)
+    grpo = [s for s in cfg.stages if s.kind == "grpo"]
+    sft = [s for s in cfg.stages if s.kind in ("sft", "rejection_sft")]
+
+    def opt_bytes(st: StageConfig) -> int:
+        return 0 if st.optimizer.name == "sgd" else 2 * p_dev  # Adam moments, in the params' dtype
+
+    parts: dict[str, int] = {"params": p_dev, "optimizer": max([opt_bytes(s) for s in cfg.stages] or [0])}
+    parts["gradients"] = p_dev
+    if any(s.algorithm.beta > 0 for s in grpo):
+        parts["reference"] = p_dev
+    kv = 0
+    act = 0
+    kk, kd, vk, vd = mc.kv_shape
+    it = np.dtype(mc.jnp_dtype).itemsize
+    for s in grpo:
+        r = s.rollout
+        rows = r.prompts_per_step * r.group_size
+        slots = prompt_len + r.max_new_tokens
+        cache_k = (mc.n_layers, rows, kk, slots, kd)
+        cache_v = (mc.n_layers, rows, vk, slots, vd)
+        spec = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_k)
+        spec_v = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_v)
+        sizes = dict(mesh.shape)
+        kv = max(kv, _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it))
+        a = s.algorithm
+        micro = rows // (a.mini_batches * a.micro_batches)
+        act = max(act, _activations(mc, ctx, micro, slots, cfg.model.logits_chunk))
+    for s in sft:
+        seq = min(mc.max_seq_len, prompt_len + max(r.max_new_tokens for r in [s.rollout]))
+        act = max(act, _activations(mc, ctx, s.batch_size // s.algorithm.micro_batches, seq,
+                                    cfg.model.logits_chunk))
+    if kv:
+        parts["kv_cache"] = kv
+    parts["activations_estimate"] = act
+    total = sum(parts.values())
+    out = {"devices": n, "mesh": dict(mesh.shape), "model": {"family": mc.family, "layers": mc.n_layers,
+           "d_model": mc.d_model, "params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
+           "param_dtype": mc.param_dtype, "dtype": mc.dtype, "remat": mc.remat,
+           "experts": mc.moe.n_experts if mc.moe else 0},
+           "params_global_bytes": p_all, "per_device_bytes": parts, "per_device_total_bytes": total,
+           "prompt_len": prompt_len}
+    if memory_gb is not None:
+        out["memory_gb"] = memory_gb
+        out["fits"] = total <= memory_gb * GB
+    return out
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    lines = [f"mesh {p['mesh']} on {p['devices']} devices; model {p['model']['family']} "
+             f"{p['model']['params'] / 1e9:.3g}B params ({p['model']['param_dtype']} params, "
+             f"{p['model']['dtype']} compute, remat {p['model']['remat']})", "per device:"]
+    for k, v in p["per_device_bytes"].items():
+        lines.append(f"  {k:22s} {v / GB:10.3f} GiB")
+    lines.append(f"  {'total':22s} {p['per_device_total_bytes'] / GB:10.3f} GiB")
+    if "fits" in p:
+        lines.append(f"fits {p['memory_gb']:g} GB per device: {'yes' if p['fits'] else 'no'}")
+    return "\n".join(lines)
