@@ -64,7 +64,7 @@ def _tree_bytes(ctx, axes: Any, shapes: Any, itemsize: int | None = None) -> tup
     """(per-device bytes, global bytes) of a params-shaped tree under the rules."""
     sizes = dict(ctx.mesh.shape)
     per, total = 0, 0
-    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)  # noqa: E731
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
     for ax, s in zip(jax.tree.leaves(axes, is_leaf=is_axes), jax.tree.leaves(shapes)):
         size = itemsize or np.dtype(s.dtype).itemsize
         per += _shard_bytes(tuple(s.shape), ctx.spec(ax, s.shape), sizes, size)
@@ -169,9 +169,10 @@ def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
 
 
 def format_plan(p: dict[str, Any]) -> str:
-    lines = [f"mesh {p['mesh']} on {p['devices']} devices; model {p['model']['family']} "
-             f"{p['model']['params'] / 1e9:.3g}B params ({p['model']['param_dtype']} params, "
-             f"{p['model']['dtype']} compute, remat {p['model']['remat']})", "per device:"]
+    m = p["model"]
+    head = (f"mesh {p['mesh']} on {p['devices']} devices; model {m['family']} {m['params'] / 1e9:.3g}B params "
+            f"({m['param_dtype']} params, {m['dtype']} compute, remat {m['remat']})")
+    lines = [head, "per device:"]
     for k, v in p["per_device_bytes"].items():
         lines.append(f"  {k:22s} {v / GB:10.3f} GiB")
     lines.append(f"  {'total':22s} {p['per_device_total_bytes'] / GB:10.3f} GiB")
