@@ -32,6 +32,9 @@ class MoEConfig:
     score_bias: bool = False  # per-expert bias added for selection only (DeepSeek aux-loss-free balancing)
     aux_loss_coef: float = 0.0  # weight of the Switch-style balancing loss; 0 where the family uses none
     impl: str = "ragged"  # expert computation: ragged (grouped matmul) | dense (every expert, reference)
+    # Expert parallelism (a mesh with expert > 1): 0 = dropless; else each device receives at most
+    # capacity_factor * (its tokens * top_k) / expert-axis-size copies per source, and the rest are dropped.
+    capacity_factor: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -247,8 +247,11 @@ class Transformer(nnx.Module):
         load = jnp.concatenate([s["load"] for s in stats])
         prob = jnp.concatenate([s["prob"] for s in stats])
         bal = balance_loss(load, prob)
-        return {"expert_load": load, "router_prob": prob, "balance_loss": bal,
-                "aux_loss": bal * self.cfg.moe.aux_loss_coef}
+        out = {"expert_load": load, "router_prob": prob, "balance_loss": bal,
+               "aux_loss": bal * self.cfg.moe.aux_loss_coef}
+        if "dropped" in stats[0]:  # expert-parallel layers with a capacity: token copies dropped, all layers
+            out["dropped_tokens"] = sum(jnp.sum(s["dropped"]) for s in stats)
+        return out
 
     def logits(self, h: jax.Array) -> jax.Array:
         """float32 logits from hidden states (any leading shape)."""

@@ -55,6 +55,9 @@ class ModelConfig:
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
     logits_chunk: int = 0  # >0: compute log-probs over sequence chunks of this many tokens
+    # Mixture of experts for a model built from this section (HF checkpoints bring their own): keys of
+    # reasoning_rl.models.MoEConfig, e.g. {n_experts: 8, top_k: 2, ffn_dim: 96, capacity_factor: 0}.
+    moe: dict | None = None
 
 
 @dataclass(frozen=True)

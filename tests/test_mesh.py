@@ -14,6 +14,7 @@ from reasoning_rl.metrics import read_metrics
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+QUICKSTART_MOE = str(ROOT / "configs" / "quickstart_moe.yaml")
 SHORT = ["--set", "stages.sft.steps=3", "--set", "stages.grpo.steps=2", "--set", "eval.num_problems=8",
          "--set", "eval.samples=2", "--set", "eval.k=[1,2]", "--set", "eval.greedy=false",
          "--set", "checkpoint.every=1"]
@@ -25,9 +26,9 @@ def env(n_devices: int) -> dict:
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}"}
 
 
-def run(run_dir: Path, n_devices: int, *mesh: str) -> Path:
+def run(run_dir: Path, n_devices: int, *mesh: str, config: str = QUICKSTART) -> Path:
     sets = [a for kv in mesh for a in ("--set", kv)]
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", QUICKSTART, "--no-progress", "--run-dir",
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", "--run-dir",
                         str(run_dir), *SHORT, *sets], capture_output=True, text=True, timeout=600,
                        env=env(n_devices))
     assert p.returncode == 0, p.stderr[-3000:]
@@ -55,20 +56,30 @@ def single(tmp_path_factory):
     return run(tmp_path_factory.mktemp("mesh") / "single", 1)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mesh", [("mesh.data=8",), ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
-                                  ("mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")], ids=["d8", "d2f2t2", "f4t2"])
-def test_first_steps_match_the_single_device_run(single, tmp_path, mesh):
-    d = run(tmp_path / "mesh", 8, *mesh)
-    a, b = read_metrics(single), read_metrics(d)
+def assert_same_run(a_dir: Path, b_dir: Path) -> None:
+    a, b = read_metrics(a_dir), read_metrics(b_dir)
     assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
     for ra, rb in zip(a, b):
         for k in COMPARED:
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"], k)
     for stage in ("sft", "grpo"):
-        for x, y in zip(final_params(single, stage), final_params(d, stage)):
+        for x, y in zip(final_params(a_dir, stage), final_params(b_dir, stage)):
             assert np.abs(x - y).max() <= 1e-5 * max(np.abs(x).max(), 1e-6), stage
+
+
+@pytest.mark.slow
+def test_moe_quickstart_with_expert_parallelism_matches_one_device(tmp_path):
+    single = run(tmp_path / "single", 1, config=QUICKSTART_MOE)
+    ep = run(tmp_path / "ep", 8, "mesh.data=2", "mesh.expert=4", config=QUICKSTART_MOE)
+    assert_same_run(single, ep)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [("mesh.data=8",), ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+                                  ("mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")], ids=["d8", "d2f2t2", "f4t2"])
+def test_first_steps_match_the_single_device_run(single, tmp_path, mesh):
+    assert_same_run(single, run(tmp_path / "mesh", 8, *mesh))
 
 
 HLO_PROBE = r"""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from reasoning_rl.sharding import constrain
+from reasoning_rl.sharding import constrain, current
 
 from ..config import MoEConfig
 from .init import param, zeros
@@ -123,6 +123,73 @@ def experts_ragged(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
 EXPERTS = {"dense": experts_dense, "ragged": experts_ragged}
 
 
+def _local_experts(xs: jax.Array, ids: jax.Array, n_local: int, gate, up, down, act) -> jax.Array:
+    """Grouped matmul over this shard's experts; rows with id == n_local (empty slots) come out as zeros."""
+    order = jnp.argsort(ids, stable=True)
+    sizes = jnp.bincount(ids, length=n_local + 1)[:n_local].astype(jnp.int32)
+    xo = jnp.take(xs, order, axis=0)
+    h = act(jax.lax.ragged_dot(xo, gate, sizes)) * jax.lax.ragged_dot(xo, up, sizes)
+    y = jax.lax.ragged_dot(h, down, sizes)
+    y = jnp.where((jnp.take(ids, order) < n_local)[:, None], y, 0)
+    return jnp.zeros_like(y).at[order].set(y)
+
+
+def experts_parallel(x: jax.Array, r: Routing, gate, up, down, act, ctx, capacity_factor: float = 0.0
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Expert parallelism: experts split over the mesh's ``expert`` axis, tokens sent to them with all_to_all.
+
+    Inside ``shard_map`` each device holds its tokens (the batch axes) and ``E / P`` experts (``P`` = the
+    expert axis size; the expert FFN dim may also be split over ``tensor``). Every token copy is packed into a
+    per-destination buffer [P, C, D], exchanged with ``all_to_all`` over ``expert``, run through the local
+    experts as one grouped matmul, sent back the same way and combined with its routing weight. ``C`` is
+    dropless (every copy fits) when ``capacity_factor`` is 0, else ``capacity_factor * n * k / P``; copies
+    over capacity are dropped (their token keeps the other experts' outputs) and counted.
+    Returns (y [N, D], dropped copies)."""
+    from jax.sharding import PartitionSpec as P
+
+    mesh = ctx.mesh
+    ep = mesh.shape["expert"]
+    n_exp = gate.shape[0]
+    if n_exp % ep:
+        raise ValueError(f"mesh.expert: {ep} does not divide the {n_exp} experts")
+    n_local = n_exp // ep
+    tok_spec = ctx.spec(("batch", None), x.shape)
+    w_spec = ctx.spec(("experts", None, "expert_mlp"), gate.shape)
+    d_spec = ctx.spec(("experts", "expert_mlp", None), down.shape)
+    tensor_axes = w_spec[2]
+    tensor_axes = () if tensor_axes is None else (tensor_axes,) if isinstance(tensor_axes, str) else tensor_axes
+    k = r.experts.shape[1]
+
+    def body(xl, experts, weights, g, u, dn):
+        n = xl.shape[0]
+        copies = n * k
+        cap = copies if capacity_factor <= 0 else max(1, int(-(-capacity_factor * copies // ep)))
+        flat = experts.reshape(-1)
+        dest = flat // n_local
+        onehot = jax.nn.one_hot(dest, ep, dtype=jnp.int32)  # [copies, P]
+        slot = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=1)  # position in its destination
+        keep = slot < cap
+        dropped = jnp.sum(~keep).astype(jnp.int32)
+        slot = jnp.where(keep, slot, cap)  # an overflow slot, cut off below
+        src = jnp.repeat(xl, k, axis=0)
+        buf = jnp.zeros((ep, cap + 1, xl.shape[1]), xl.dtype).at[dest, slot].set(src)[:, :cap]
+        ids = jnp.full((ep, cap + 1), n_local, jnp.int32).at[dest, slot].set(flat % n_local)[:, :cap]
+        buf = jax.lax.all_to_all(buf, "expert", 0, 0, tiled=True)
+        ids = jax.lax.all_to_all(ids, "expert", 0, 0, tiled=True)
+        y = _local_experts(buf.reshape(ep * cap, -1), ids.reshape(-1), n_local, g, u, dn, act)
+        if tensor_axes:
+            y = jax.lax.psum(y, tensor_axes)
+        y = jax.lax.all_to_all(y.reshape(ep, cap, -1), "expert", 0, 0, tiled=True)
+        y = jnp.concatenate([y, jnp.zeros((ep, 1, y.shape[-1]), y.dtype)], axis=1)[dest, slot]  # [copies, D]
+        y = y * (weights.reshape(-1) * keep).astype(y.dtype)[:, None]
+        out = jnp.sum(y.reshape(n, k, -1), axis=1)
+        return out, jax.lax.psum(dropped, tuple(mesh.axis_names))
+
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(tok_spec, tok_spec, tok_spec, w_spec, w_spec, d_spec),
+                       out_specs=(tok_spec, P()), check_vma=False)
+    return fn(x, r.experts, r.weights, gate, up, down)
+
+
 class MoE(nnx.Module):
     def __init__(self, d_model: int, mc: MoEConfig, *, rngs: nnx.Rngs, activation: str = "silu",
                  param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0):
@@ -148,9 +215,15 @@ class MoE(nnx.Module):
         bias = None if self.score_bias is None else jax.lax.stop_gradient(self.score_bias[...])
         r = route(logits, self.mc, bias, valid)
         dt = self.dtype
-        y = EXPERTS[self.mc.impl](flat, r, self.gate[...].astype(dt), self.up[...].astype(dt),
-                                  self.down[...].astype(dt), activation_fn(self.activation))
+        ws = (self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
+        ctx = current()
+        stats = {"load": r.load, "prob": r.prob}
+        if ctx is not None and ctx.mesh.shape.get("expert", 1) > 1:
+            y, stats["dropped"] = experts_parallel(flat, r, *ws, activation_fn(self.activation), ctx,
+                                                   self.mc.capacity_factor)
+        else:
+            y = EXPERTS[self.mc.impl](flat, r, *ws, activation_fn(self.activation))
         y = constrain(y.reshape(b, t, d), ("batch", "seq", "act_embed"))
         if self.shared is not None:
             y = y + self.shared(x)
-        return y, {"load": r.load, "prob": r.prob}
+        return y, stats

@@ -119,7 +119,23 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         n_kv_heads=m.n_kv_heads, head_dim=m.head_dim or m.d_model // m.n_heads, ffn_dim=m.ffn_dim,
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
-        remat=m.remat, scan_layers=m.scan_layers, family=m.family)
+        remat=m.remat, scan_layers=m.scan_layers, family=m.family, moe=_moe_config(m))
+
+
+def _moe_config(m: ModelConfig):
+    if not m.moe:
+        return None
+    from reasoning_rl.config import ConfigError
+    from reasoning_rl.models import MoEConfig
+
+    known = {f.name for f in dataclasses.fields(MoEConfig)}
+    unknown = sorted(set(m.moe) - known)
+    if unknown:
+        raise ConfigError(f"model.moe.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    try:
+        return MoEConfig(**m.moe)
+    except TypeError as e:
+        raise ConfigError(f"model.moe: {e}") from None
 
 
 def _task_key(tcfg: TaskConfig) -> str:
