@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -50,8 +51,17 @@ def abstract_like(state: TrainState) -> dict:
     rng = jax.eval_shape(jax.random.key_data, state.rng)
     tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
     out = jax.tree.map(spec, tree)
-    out["rng"] = jax.ShapeDtypeStruct(rng.shape, rng.dtype)
+    # the key's data lands where the step counter lives (replicated on this run's mesh), never on the
+    # sharding it was written with: that may name another host count
+    out["rng"] = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=out["step"].sharding)
     return out
+
+
+def _all_finite(params: Any) -> bool:
+    """On device (parameters may be sharded over hosts): only the one boolean comes back."""
+    leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves)) \
+        if leaves else True
 
 
 class StageCheckpointer:
@@ -87,8 +97,7 @@ class StageCheckpointer:
                 out = self.mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    host=ocp.args.JsonRestore()))
                 tree = out["state"]
-                if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree["params"])
-                           if np.issubdtype(np.asarray(x).dtype, np.floating)):
+                if not _all_finite(tree["params"]):
                     raise CheckpointError("non-finite parameters")
                 return s, _from_saveable(tree), dict(out["host"])
             except Exception as e:

@@ -92,6 +92,9 @@ def cmd_run(args) -> int:
     from reasoning_rl.pipeline import run_pipeline
 
     cfg = _load_config(args)
+    from reasoning_rl import distributed
+
+    distributed.initialize(cfg.distributed)  # before anything touches a device
     enable_compile_cache()
     summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress)
     brief = {name: {k: v for k, v in s.items() if k in ("pass@1", "greedy_accuracy", "format_rate",
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning_rl.checkpoint import CheckpointError
     from reasoning_rl.config import ConfigError
     from reasoning_rl.data.files import DataError
+    from reasoning_rl.distributed import DistributedError
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (StageFailed, CheckpointError) as e:
+    except (StageFailed, CheckpointError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
 

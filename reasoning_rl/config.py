@@ -151,6 +151,21 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Several JAX processes (hosts). Per-host values (``process_id``) usually come from the environment
+    (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) or ``--set``; this section is
+    left out of the config hash, so a run may be resumed on another number of hosts."""
+
+    # auto: when a coordinator address is set here or in the environment; true: always (JAX detects TPU
+    # pods, SLURM, Open MPI, Kubernetes); false: never
+    initialize: bool | Literal["auto"] = "auto"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    timeout_s: int = 300
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 50
     keep: int = 3
@@ -272,6 +287,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     rewards: tuple[RewardConfig, ...] = (RewardConfig("accuracy", 1.0), RewardConfig("format", 0.1))
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stages: tuple[StageConfig, ...] = ()
@@ -280,7 +296,10 @@ class Config:
         return _to_plain(self)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of what the run computes: how many hosts compute it (``distributed``) is not part of it."""
+        d = self.to_dict()
+        d.pop("distributed", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Sections a stage may override; merged onto the top-level section of the same name.

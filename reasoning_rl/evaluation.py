@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from reasoning_rl.distributed import gather
 from reasoning_rl.rollout.sampler import SamplingParams, sample
 
 
@@ -45,7 +46,7 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
         real = len(chunk)
         chunk = chunk + [chunk[0]] * (batch_prompts - real)  # fixed shape: no recompile on the last chunk
         pt, pv = left_pad(chunk, tok.pad_id, bucket=8, min_len=tp)
-        out = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(seed + start), sp))
+        out = gather(sample(mdef, params, pt, pv, jax.random.key(seed + start), sp))
         rows = real * sp.group_size
         for r in range(rows):
             n = int(out.lengths[r])
@@ -123,7 +124,7 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
         chunk = prompts[start:start + bpp]
         real = len(chunk)
         pt, pv = left_pad(chunk + [chunk[0]] * (bpp - real), tok.pad_id, bucket=8, min_len=tp)
-        out = jax.device_get(budget_sample(mdef, params, pt, pv, row_budget, floor, jax.random.key(seed + start), bp))
+        out = gather(budget_sample(mdef, params, pt, pv, row_budget, floor, jax.random.key(seed + start), bp))
         for r in range(real * g):
             ex = examples[start + r // g]
             text = tok.decode(out.tokens[r, : int(out.lengths[r])])

@@ -26,8 +26,14 @@ def _plain(v: Any) -> Any:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        """``enabled=False`` (hosts other than the primary) writes nothing."""
+        self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        self._f = None
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         if tensorboard:
@@ -42,6 +48,8 @@ class MetricsWriter:
 
     def truncate(self, stage: str, after_step: int) -> None:
         """Drop this stage's records with step > after_step (and everything written after them)."""
+        if not self.enabled:
+            return
         self._f.close()
         keep = []
         if self.path.exists():
@@ -61,6 +69,8 @@ class MetricsWriter:
         self._f = open(self.path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         rec = {k: _plain(v) for k, v in record.items()}
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
@@ -71,7 +81,8 @@ class MetricsWriter:
                     self._tb.add_scalar(f"{stage}/{k}", v, step)
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
         if self._tb is not None:
             self._tb.close()
 

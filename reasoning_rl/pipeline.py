@@ -21,6 +21,7 @@ from typing import Any
 import jax
 
 from reasoning_rl import config as config_lib
+from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.steps import TrainState
 from reasoning_rl.checkpoint import CheckpointError, StageCheckpointer, read_manifest, write_manifest
 from reasoning_rl.config import Config, ConfigError, StageConfig
@@ -125,9 +126,9 @@ def adopt_tokenizer(cfg: Config, run_dir: Path, outside: list[Path]) -> None:
 def _abstract_state(rt: Runtime, tx) -> TrainState:
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           rt.mdef.abstract_params(), rt.param_shardings)
-    opt = jax.eval_shape(tx.init, params)
     rep = jax.sharding.NamedSharding(rt.mesh, jax.sharding.PartitionSpec())
-    opt = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), opt)
+    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(tx.init, params), rt.opt_shardings(tx, params))
     scalar = jax.ShapeDtypeStruct((), jax.numpy.int32, sharding=rep)
     return TrainState(params, opt, scalar, jax.eval_shape(lambda: jax.random.key(0)), scalar)
 
@@ -255,11 +256,14 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                  devices: list | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     outside = check_refs(cfg)
-    prepare_run_dir(cfg, run_dir, resume)
-    adopt_tokenizer(cfg, run_dir, outside)
+    check_hosts(cfg)
+    if dist.is_primary():  # several hosts share the run dir; one writes its files
+        prepare_run_dir(cfg, run_dir, resume)
+        adopt_tokenizer(cfg, run_dir, outside)
+    dist.barrier("run_dir")
     rt = Runtime(cfg, run_dir, devices)
     stages = Stages(rt)
-    writer = MetricsWriter(run_dir)
+    writer = MetricsWriter(run_dir, enabled=dist.is_primary())
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     try:
@@ -276,8 +280,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             metrics["wall_seconds"] = info["wall_seconds"]
             extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early") if k in info}
             summary[stage.name] = {"kind": stage.kind, **metrics, **extra}
-            _write_json(summary_path, summary)
-            write_manifest(sdir / "manifest.json", {
+            if dist.is_primary():
+                _write_json(summary_path, summary)
+                _write_manifest(sdir, {
                 "stage": stage.name, "kind": stage.kind, "complete": True,
                 "final_step": info.get("final_step", stage.steps),
                 **refs, "config_hash": cfg.hash(), "code_version": code_version(),
@@ -285,11 +290,27 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                                                 if k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")},
                 "held_out": _held_out(metrics),
                 **({"data": {k: v for k, v in extra.items() if k != "grpo_baseline"}} if extra else {}),
-            })
+                })
+            dist.barrier(f"stage {stage.name} done")
             stages.params[stage.name] = params
     finally:
         writer.close()
     return summary
+
+
+def _write_manifest(sdir: Path, manifest: dict) -> None:
+    write_manifest(sdir / "manifest.json", manifest)
+
+
+def check_hosts(cfg: Config) -> None:
+    """Several hosts run the ``sft`` and ``grpo`` stage kinds; the others sample host-side data sets
+    (rejection sampling, teacher traces) that are not split over hosts yet."""
+    if not dist.multi():
+        return
+    for i, st in enumerate(cfg.stages):
+        if st.kind not in ("sft", "grpo"):
+            raise ConfigError(f"stages[{i}].kind: {st.kind!r} stages run on one host only for now "
+                              f"({jax.process_count()} processes are running); run this stage on one host")
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -17,17 +17,19 @@ class ExampleStream:
     """Batches of example dicts from ``fetch(index)``; deterministic, resumable, host-sharded."""
 
     def __init__(self, fetch: Callable[[int], dict], batch_size: int, size: int = 10**9, *, seed: int = 0,
-                 shuffle: bool = False, process_index: int = 0, process_count: int = 1):
+                 shuffle: bool = False, process_index: int = 0, process_count: int = 1, rows: slice | None = None):
         if batch_size % process_count:
             raise ValueError(f"batch size {batch_size} is not divisible by the process count {process_count}")
         per_host = batch_size // process_count
+        if rows is None:  # this host's rows of every global batch (the ones its devices hold)
+            rows = slice(process_index * per_host, (process_index + 1) * per_host)
         ds = grain.MapDataset.range(size)
         if shuffle:
             ds = ds.shuffle(seed=seed)
         ds = ds.repeat()
         # every global batch = batch_size consecutive indices; this host takes its slice of them
         ds = ds.batch(batch_size, batch_fn=list)
-        ds = ds.map(lambda idxs: [fetch(int(i)) for i in idxs[process_index * per_host:(process_index + 1) * per_host]])
+        ds = ds.map(lambda idxs: [fetch(int(i)) for i in idxs[rows]])
         self._iter = iter(ds.to_iter_dataset())
 
     def __next__(self) -> list[dict]:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import optax
 
+from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.steps import TrainState, make_optimizer
 from reasoning_rl.checkpoint import StageCheckpointer
@@ -206,9 +207,15 @@ class Runtime:
         if tc.path is not None:
             return load_tokenizer(tc.kind, tc.path)
         path = self.run_dir / "tokenizer.model"
-        if path.is_file():
-            return SentencePieceTokenizer(path)
-        return train_sentencepiece(self._corpus(), path, tc.vocab_size)
+        if not dist.multi():
+            return SentencePieceTokenizer(path) if path.is_file() else train_sentencepiece(self._corpus(), path,
+                                                                                          tc.vocab_size)
+        # several hosts: the primary trains it into the shared run dir, the others wait and read it
+        if dist.agree_max(int(not path.is_file())):
+            if dist.is_primary() and not path.is_file():
+                train_sentencepiece(self._corpus(), path, tc.vocab_size)
+            dist.barrier("tokenizer")
+        return SentencePieceTokenizer(path)
 
     # ------------------------------------------------------------------ params and state
 
@@ -226,21 +233,36 @@ class Runtime:
         return jax.device_put(tree, self.param_shardings, may_alias=False)
 
     def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.device_put(v, shd.batch_sharding(self.ctx, v.shape)) for k, v in batch.items()}
+        """A batch every host holds in full, laid out over the batch axes."""
+        return {k: dist.replicated_to_global(v, shd.batch_sharding(self.ctx, v.shape)) for k, v in batch.items()}
+
+    def host_rows(self, n: int) -> slice:
+        """The rows of an ``n``-row batch this host loads (the ones its devices hold)."""
+        return dist.host_rows(shd.batch_sharding(self.ctx, (n,)), n)
+
+    def place_local(self, batch: dict[str, np.ndarray], n: int) -> dict[str, jax.Array]:
+        """A global ``n``-row batch from this host's rows of it (``host_rows``)."""
+        return {k: dist.local_to_global(v, shd.batch_sharding(self.ctx, (n, *v.shape[1:])), n)
+                for k, v in batch.items()}
 
     def new_state(self, params: dict, tx, seed: int) -> TrainState:
         params = self.place(params)
         rep = shd.replicated(self.mesh)
-        # optimizer moments take their parameter's sharding (else they would come back replicated and cost
-        # 2x the params on every device); scalars such as step counts are replicated
-        abstract = jax.eval_shape(tx.init, params)
-        opt_sh = optax.tree_utils.tree_map_params(tx, lambda _, sh: sh, abstract, self.param_shardings,
-                                                  transform_non_params=lambda _: rep)
+        opt_sh = self.opt_shardings(tx, params)
         with shd.use(self.ctx):
             opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
         zero = jax.device_put(np.zeros((), np.int32), rep)
-        return TrainState(params, opt_state, zero, jax.device_put(jax.random.key(seed), rep),
+        key = jax.jit(lambda: jax.random.key(seed), out_shardings=rep)()  # made on the mesh: any host count
+        return TrainState(params, opt_state, zero, key,
                           jax.device_put(np.zeros((), np.int32), rep))
+
+    def opt_shardings(self, tx, params: Any) -> Any:
+        """Optimizer moments take their parameter's sharding (else they would come back replicated and cost
+        2x the params on every device); scalars such as step counts are replicated."""
+        rep = shd.replicated(self.mesh)
+        abstract = jax.eval_shape(tx.init, params)
+        return optax.tree_utils.tree_map_params(tx, lambda _, sh: sh, abstract, self.param_shardings,
+                                                transform_non_params=lambda _: rep)
 
     def jit_step(self, fn: Callable, state: TrainState):
         """Jit a ``(state, batch) -> (state, metrics)`` step: state shardings pinned, state buffers donated."""

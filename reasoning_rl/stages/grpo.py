@@ -12,6 +12,7 @@ import functools
 import jax
 import numpy as np
 
+from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import StageConfig
@@ -21,7 +22,7 @@ from reasoning_rl.metrics import MetricsWriter, Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
 from .common import Runtime, StageRun, timer
-from .sources import StageData, rollout_metrics
+from .sources import StageData, merge_scored, rollout_metrics
 
 
 def prompt_len(rt: Runtime, n: int = 256, fetch=None) -> int:
@@ -42,21 +43,33 @@ class Rollout:
                                  rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size)
         self.tp = prompt_len(rt, fetch=data.fetch)
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
+        self.rows = rt.host_rows(r.prompts_per_step)
         self.rewarder = data.rewarder()
 
     def _round(self, params, rng):
-        examples = next(self.stream)
+        """One round of sampling. Each host loads and scores its own prompts' rows; what comes back (tokens,
+        rewards, scores) is the whole batch, the same on every host."""
+        examples = next(self.stream)  # this host's rows of the round
         pt, pv = prompt_batch(self.rt.tok, examples)
-        if pt.shape[1] < self.tp:
-            pad = self.tp - pt.shape[1]
+        width = dist.agree_max(max(pt.shape[1], self.tp))  # one prompt width on every host
+        if pt.shape[1] < width:
+            pad = width - pt.shape[1]
             pt = np.pad(pt, ((0, 0), (pad, 0)), constant_values=self.rt.tok.pad_id)
             pv = np.pad(pv, ((0, 0), (pad, 0)))
+        n = self.stage.rollout.prompts_per_step
+        placed = self.rt.place_local({"pt": pt, "pv": pv}, n)
         t0 = timer()
-        out = jax.device_get(self.sample(params, pt, pv, rng))
+        out = dist.gather(self.sample(params, placed["pt"], placed["pv"], rng))
         t_sample = timer() - t0
-        texts = [self.rt.tok.decode(out.tokens[i, : out.lengths[i]]) for i in range(len(out.lengths))]
+        mine = self.rows
+        texts = [self.rt.tok.decode(out.tokens[i, : out.lengths[i]])
+                 for i in range(mine.start * self.g, mine.stop * self.g)]
         rows = [ex for ex in examples for _ in range(self.g)]
         scored = self.rewarder(texts, rows)
+        if dist.multi():
+            pt, pv = dist.allgather_rows(pt), dist.allgather_rows(pv)
+            parts = dist.allgather_objects((scored, rows))
+            scored, rows = merge_scored([s for s, _ in parts]), [r for _, rs in parts for r in rs]
         rewards = np.asarray(scored.result.total, np.float32)
         ol = self.stage.algorithm.overlong
         if ol.enabled:
@@ -121,8 +134,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     updates = stage.steps * a.epochs * a.mini_batches
     run = StageRun(rt, stage, init_params, updates)
     data = StageData(rt, stage)
-    stream = ExampleStream(data.fetch, r.prompts_per_step,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+    stream = ExampleStream(data.fetch, r.prompts_per_step, rows=rt.host_rows(r.prompts_per_step))
     ref_params = rt.place(init_params) if a.beta > 0 else None
     host = run.resume()
     if host is not None:
@@ -143,7 +155,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
             batch, rm = rollout.collect(run.state.params, rng)
             t_up = timer()
             if ref_fn is not None:
-                batch["ref_logp"] = np.asarray(ref_fn(ref_params, batch["tokens"], batch["valid"], batch["mask"]))
+                b = rt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
+                batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
             ms = []
             for _ in range(a.epochs):
                 for j in range(a.mini_batches):

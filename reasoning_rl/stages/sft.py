@@ -54,8 +54,7 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     loss over the same batches (logit distillation); ``augment(batch)`` adds inputs it needs."""
     source = source or task_source(rt, stage)
     run = StageRun(rt, stage, init_params, stage.steps)
-    stream = ExampleStream(source.fetch, stage.batch_size,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+    stream = ExampleStream(source.fetch, stage.batch_size, rows=rt.host_rows(stage.batch_size))
     host = run.resume()
     if host is not None:
         stream.set_state(host["data"])
@@ -77,7 +76,7 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
             batch = sft_batch(rt.tok, next(stream), seq_len)
             if augment is not None:
                 batch = augment(batch)
-            run.state, m = step_fn(run.state, rt.place_batch(batch))
+            run.state, m = step_fn(run.state, rt.place_local(batch, stage.batch_size))
             m = jax.device_get(m)
             dt = timer() - t0
             wall += dt

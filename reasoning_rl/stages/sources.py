@@ -144,6 +144,19 @@ class MixtureRewarder:
             c.close()
 
 
+def merge_scored(parts: Sequence[Scored]) -> Scored:
+    """Hosts' scores of their own rows, concatenated in host order (rows of a task keep their order)."""
+    if len(parts) == 1:
+        return parts[0]
+    keys = list(dict.fromkeys(k for p in parts for k in p.result.per_reward))
+    cat = lambda xs: np.concatenate([np.asarray(x, np.float32) for x in xs]) if xs else np.zeros(0, np.float32)
+    per = {k: cat([p.result.per_reward[k] for p in parts if k in p.result.per_reward]) for k in keys}
+    count = lambda attr: {k: sum(getattr(p.result, attr).get(k, 0) for p in parts)
+                          for k in dict.fromkeys(k for p in parts for k in getattr(p.result, attr))}
+    res = RewardResult(cat([p.result.total for p in parts]), per, count("errors"), count("non_finite"))
+    return Scored(res, cat([p.correct for p in parts]))
+
+
 def rollout_metrics(scored: Scored, rows: Sequence[dict], lengths: np.ndarray, totals: np.ndarray,
                     mixed: bool) -> dict[str, float]:
     """Per-reward means; in a mixture also overall ``accuracy`` and ``<task>/{accuracy,reward_mean,response_len}``."""

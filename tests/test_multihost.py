@@ -1,0 +1,140 @@
+"""Several hosts: two ``jax.distributed`` processes on localhost (2 CPU devices each) train the SFT and GRPO
+stages over one 4-device mesh, each loading only its own rows, and compute exactly what one process with 4
+devices computes. Preempted on one host, both stop at the same step; the checkpoint they wrote together is
+resumed by a single process, and the finished run equals the uninterrupted one."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reasoning_rl.data.loader import ExampleStream
+from reasoning_rl.metrics import read_metrics
+
+ROOT = Path(__file__).parent.parent
+TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
+# rewards that vary at random init (overlong shaping on short lengths), dynamic sampling (a decision taken
+# over the whole batch) and a KL reference: every host-side path of the GRPO stage runs across hosts
+SETS = ["--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "algorithm.overlong.enabled=true",
+        "--set", "algorithm.overlong.max_len=8", "--set", "algorithm.overlong.cache=6",
+        "--set", "algorithm.dynamic_sampling=true", "--set", "algorithm.beta=0.02",
+        "--set", "stages.grpo.steps=8", "--set", "checkpoint.preemption_grace_s=0"]
+COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "response_len", "tokens", "kl", "groups_kept",
+            "sampling_rounds")
+
+
+def _env(n_devices: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    return {**env, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}", **extra}
+
+
+def _cmd(run_dir: Path, *more: str) -> list[str]:
+    return [sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir", str(run_dir),
+            *SETS, *more]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_host(run_dir: Path, *more: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(run_dir, *more), capture_output=True, text=True, timeout=600, env=_env(4))
+
+
+def two_hosts(run_dir: Path, stop_after_grpo_step: int) -> list[tuple[int, str]]:
+    """Two processes of one run; SIGTERM reaches host 1 only, once GRPO step ``stop_after_grpo_step`` is
+    logged."""
+    port = _free_port()
+    procs = [subprocess.Popen(_cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if any(r["stage"] == "grpo" and r["step"] >= stop_after_grpo_step for r in read_metrics(run_dir)):
+                procs[1].send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        return [(p.wait(timeout=max(deadline - time.time(), 1)), p.stdout.read()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def _params(run_dir: Path, stage: str) -> list[np.ndarray]:
+    from test_mesh import final_params
+
+    return final_params(run_dir, stage)
+
+
+@pytest.mark.slow
+def test_two_hosts_train_like_one_and_one_host_resumes_their_checkpoint(tmp_path):
+    one = one_host(tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    two = tmp_path / "two"
+    (rc0, out0), (rc1, out1) = two_hosts(two, stop_after_grpo_step=2)
+    assert (rc0, rc1) == (75, 75), (out0[-3000:], out1[-3000:])  # host 0 was never signalled: it stops too
+    assert "another host was preempted" in out0
+    ckpts = sorted(int(p.name) for p in (two / "checkpoints" / "grpo").iterdir() if p.name.isdigit())
+    stopped = ckpts[-1]
+    assert stopped >= 2
+    logged = read_metrics(two)
+    assert [(r["stage"], r["step"]) for r in logged][-1] == ("grpo", stopped)
+    assert json.loads((two / "summary.json").read_text()).keys() == {"sft"}  # only the primary writes it
+
+    resumed = one_host(two, "--resume")  # one process, 4 devices, the two hosts' checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {stopped}" in resumed.stderr
+
+    a, b = read_metrics(tmp_path / "one"), read_metrics(two)
+    assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
+    assert any(r["stage"] == "grpo" and r["reward_std"] > 0 and abs(r["loss"]) > 0 for r in a)  # real updates
+    for ra, rb in zip(a, b):
+        for k in COMPARED:
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"], k)
+    for stage in ("sft", "grpo"):
+        for x, y in zip(_params(tmp_path / "one", stage), _params(two, stage)):
+            assert np.abs(x - y).max() <= 1e-5 * max(np.abs(x).max(), 1e-6), stage
+    sa = json.loads((tmp_path / "one" / "summary.json").read_text())
+    sb = json.loads((two / "summary.json").read_text())
+    assert sb["grpo"]["pass@1"] == sa["grpo"]["pass@1"]
+    assert sb["grpo"]["mean_response_tokens"] == pytest.approx(sa["grpo"]["mean_response_tokens"])
+
+
+def test_each_host_loads_its_own_rows_of_every_batch():
+    fetch = lambda i: {"i": i}
+    seen = [[e["i"] for e in next(ExampleStream(fetch, 8, rows=slice(4 * h, 4 * h + 4)))] for h in range(2)]
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    legacy = ExampleStream(fetch, 8, process_index=1, process_count=2)
+    next(legacy)
+    assert [e["i"] for e in next(legacy)] == [12, 13, 14, 15]
+
+
+def test_scores_of_hosts_merge_in_host_order():
+    from reasoning_rl.rewards import RewardResult
+    from reasoning_rl.stages.sources import Scored, merge_scored
+
+    a = Scored(RewardResult(np.array([1.0, 0.0]), {"arith/accuracy": np.array([1.0, 0.0])}, {"arith/accuracy": 1}, {}),
+               np.array([1.0, 0.0]))
+    b = Scored(RewardResult(np.array([0.5]), {"instruct/instruct": np.array([0.5])}, {"arith/accuracy": 2}, {}),
+               np.array([1.0]))
+    m = merge_scored([a, b])
+    assert m.result.total.tolist() == [1.0, 0.0, 0.5]
+    assert m.result.per_reward["arith/accuracy"].tolist() == [1.0, 0.0]
+    assert m.result.per_reward["instruct/instruct"].tolist() == [0.5]
+    assert m.result.errors == {"arith/accuracy": 3}
+    assert m.correct.tolist() == [1.0, 0.0, 1.0]
