@@ -83,7 +83,8 @@ class Block(nnx.Module):
                            activation=cfg.activation)
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
-    def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None):
+    def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
+                 routes=None):
         """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP."""
         h, cache = self.attn(self.attn_norm(x), positions, mask, cache, layer, index, rope)
         if self.post_attn_norm is not None:
@@ -91,7 +92,7 @@ class Block(nnx.Module):
         x = constrain(x + h, ("batch", "seq", "act_embed"))
         stats = None
         if isinstance(self.mlp, MoE):
-            h, stats = self.mlp(self.mlp_norm(x), valid)
+            h, stats = self.mlp(self.mlp_norm(x), valid, routes)
         else:
             h = self.mlp(self.mlp_norm(x))
         if self.post_mlp_norm is not None:
@@ -155,7 +156,7 @@ class Transformer(nnx.Module):
         return constrain(x, ("batch", "seq", "act_embed"))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
-               index: jax.Array | int = 0, *, return_aux: bool = False):
+               index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None):
         """Final-norm hidden states [B, T, D]: returns ``(h, cache)``, or ``(h, cache, aux)`` with
         ``return_aux=True``.
 
@@ -165,7 +166,10 @@ class Transformer(nnx.Module):
         ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
         routed to each expert, per MoE layer), ``router_prob`` [L_moe, E], ``balance_loss`` (the Switch-style
         load-balancing loss the reference reports as ``aux_loss``) and ``aux_loss`` (``balance_loss`` times
-        the family's coefficient: add it to the training loss; zero for aux-loss-free DeepSeek-V3).
+        the family's coefficient: add it to the training loss; zero for aux-loss-free DeepSeek-V3), ``routes``
+        [B, T, L_moe, k] (the experts each token went to: the sampler records them for routing replay),
+        ``dropped_tokens`` (expert-parallel with a capacity) and, when ``routes`` [B, T, L_moe, k] are given
+        to replay, ``route_diff``/``route_count`` (tokens x layers whose own top-k differs / all of them).
         """
         x = self.embed_tokens(tokens)
         t = tokens.shape[1]
@@ -179,8 +183,14 @@ class Transformer(nnx.Module):
             kv = (cache.k, cache.v)
         ctx = self._layer_context(key_valid, q_slots, k_slots)
         stats = []
-        for name, first, n, _ in segments(self.cfg):
-            x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid)
+        off = 0
+        for name, first, n, is_moe in segments(self.cfg):
+            seg_routes = None
+            if routes is not None and is_moe:
+                seg_routes = jnp.moveaxis(routes[:, :, off:off + n], 2, 0)  # [n, B, T, k]: scanned over layers
+                off += n
+            x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid,
+                                         seg_routes)
             if st is not None:
                 stats.append(st)
         if cache is not None:
@@ -208,29 +218,33 @@ class Transformer(nnx.Module):
             ctx["rope_local"] = rope_for(dim, float(cfg.rope_local_theta), ())
         return ctx
 
-    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid):
+    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None):
         graphdef, state = nnx.split(stack)
         policy = _REMAT[self.cfg.remat]
         per_layer = "sliding" in ctx
 
         def body(carry, xs):
             x, kv = carry
-            layer, st = xs[0], xs[1]
+            layer, st = xs["layer"], xs["state"]
             mask, rope = ctx["mask"], None
             if per_layer:
-                is_sliding = xs[2]
+                is_sliding = xs["sliding"]
                 mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])
                 if "rope_local" in ctx:
                     (inv_g, f_g), (inv_l, f_l) = ctx["rope_global"], ctx["rope_local"]
                     rope = (jnp.where(is_sliding, inv_l, inv_g), f_g if f_g == f_l else jnp.where(is_sliding, f_l, f_g))
             block = nnx.merge(graphdef, st)
-            x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid)
+            x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"))
             return (x, kv), stats
 
         if policy is not None:
             body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
         layers = jnp.arange(first, first + n, dtype=jnp.int32)
-        xs = (layers, state) + ((ctx["sliding"][first:first + n],) if per_layer else ())
+        xs = {"layer": layers, "state": state}
+        if per_layer:
+            xs["sliding"] = ctx["sliding"][first:first + n]
+        if routes is not None:
+            xs["routes"] = routes
         if self.cfg.scan_layers:
             (x, kv), stats = jax.lax.scan(body, (x, kv), xs)
         else:
@@ -249,8 +263,12 @@ class Transformer(nnx.Module):
         bal = balance_loss(load, prob)
         out = {"expert_load": load, "router_prob": prob, "balance_loss": bal,
                "aux_loss": bal * self.cfg.moe.aux_loss_coef}
+        out["routes"] = jnp.moveaxis(jnp.concatenate([s["experts"] for s in stats]), 0, 2)  # [B, T, L, k]
         if "dropped" in stats[0]:  # expert-parallel layers with a capacity: token copies dropped, all layers
             out["dropped_tokens"] = sum(jnp.sum(s["dropped"]) for s in stats)
+        if "route_diff" in stats[0]:
+            out["route_diff"] = sum(jnp.sum(s["route_diff"]) for s in stats)
+            out["route_count"] = sum(jnp.sum(s["route_count"]) for s in stats)
         return out
 
     def logits(self, h: jax.Array) -> jax.Array:

@@ -122,6 +122,9 @@ class AlgorithmConfig:
     micro_batches: int = 1  # gradient accumulation inside one update
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill
     max_sampling_rounds: int = 4
+    # MoE: the trainer computes each token with the experts the sampler routed it to, so the policy ratio
+    # compares the same experts (metrics: route_mismatch, the share of token-layers whose routes changed)
+    routing_replay: bool = False
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
 

@@ -38,13 +38,16 @@ class Routing:
 
 
 def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
-          valid: jax.Array | None = None) -> Routing:
+          valid: jax.Array | None = None, forced: jax.Array | None = None) -> Routing:
     """Top-k routing from router logits [N, E] (float32).
 
     softmax (Qwen3-MoE, Mixtral): weights are the softmax probabilities of the top-k experts, renormalised
     if ``norm_topk``. sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only
     ``bias``, first restricted to the ``topk_group`` best groups (a group scores the sum of its best two), and
     weighted by their unbiased scores; then ``scaling`` (routed_scaling_factor) applies.
+
+    ``forced`` [N, k] (routing replay): these experts instead of the top-k, weighted by the current scores,
+    so the router still gets the gradient of the weights it gives them.
     """
     logits = logits.astype(jnp.float32)
     n, e = logits.shape
@@ -65,7 +68,7 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
         keep = jnp.zeros((n, mc.n_group), bool).at[jnp.arange(n)[:, None], top_groups].set(True)
         keep = jnp.repeat(keep, e // mc.n_group, axis=1)
         choice = jnp.where(keep, choice, -jnp.inf)
-    _, experts = jax.lax.top_k(choice, mc.top_k)
+    experts = jax.lax.top_k(choice, mc.top_k)[1] if forced is None else forced.astype(jnp.int32)
     weights = jnp.take_along_axis(scores, experts, axis=-1)
     if mc.norm_topk:
         eps = 1e-20 if mc.score == "sigmoid" else 0.0
@@ -207,17 +210,29 @@ class MoE(nnx.Module):
         self.shared = (MLP(d_model, mc.n_shared * f, rngs=rngs, param_dtype=param_dtype, dtype=dtype,
                            out_scale=out_scale, activation=activation) if mc.n_shared else None)
 
-    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, dict]:
-        """x [B, T, D] -> (y [B, T, D], {"load": [E], "prob": [E]})."""
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None, routes: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict]:
+        """x [B, T, D] -> (y [B, T, D], stats): ``load``/``prob`` [E], the chosen ``experts`` [B, T, k].
+
+        ``routes`` [B, T, k] (routing replay): compute with these experts (the ones the sampler used) and
+        count in ``route_diff``/``route_count`` the valid tokens whose own top-k differs."""
         b, t, d = x.shape
+        k = self.mc.top_k
         flat = x.reshape(b * t, d)
         logits = flat.astype(jnp.float32) @ self.router[...]
         bias = None if self.score_bias is None else jax.lax.stop_gradient(self.score_bias[...])
         r = route(logits, self.mc, bias, valid)
+        stats = {"load": r.load, "prob": r.prob, "experts": r.experts.reshape(b, t, k)}
+        if routes is not None:
+            forced = routes.reshape(b * t, k)
+            w = jnp.ones((b * t,), bool) if valid is None else valid.reshape(-1)
+            differ = jnp.any(jnp.sort(r.experts, axis=-1) != jnp.sort(forced, axis=-1), axis=-1)
+            stats["route_diff"] = jnp.sum(differ & w).astype(jnp.float32)
+            stats["route_count"] = jnp.sum(w).astype(jnp.float32)
+            r = route(logits, self.mc, bias, valid, forced=forced)
         dt = self.dtype
         ws = (self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
         ctx = current()
-        stats = {"load": r.load, "prob": r.prob}
         if ctx is not None and ctx.mesh.shape.get("expert", 1) > 1:
             y, stats["dropped"] = experts_parallel(flat, r, *ws, activation_fn(self.activation), ctx,
                                                    self.mc.capacity_factor)

@@ -16,9 +16,11 @@ from reasoning_rl.rollout.sampling import entropy, token_logprobs
 
 
 def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
-                    temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False):
-    """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies)."""
-    h, _ = model.hidden(tokens, positions_from_valid(valid), valid)
+                    temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False,
+                    routes: jax.Array | None = None, with_aux: bool = False):
+    """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies, and the
+    model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``)."""
+    h, _, aux = model.hidden(tokens, positions_from_valid(valid), valid, return_aux=True, routes=routes)
     t = tokens.shape[1]
     h = h[:, t - n_targets - 1 : t - 1]
     targets = tokens[:, t - n_targets :]
@@ -42,4 +44,7 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
         ent = ent.swapaxes(0, 1).reshape(b, n + pad)[:, :n]
     else:
         lp, ent = score(h, targets)
-    return (lp, ent) if with_entropy else lp
+    out = (lp, ent) if with_entropy else (lp,)
+    if with_aux:
+        out = out + (aux,)
+    return out if len(out) > 1 else out[0]

@@ -105,6 +105,27 @@ def _accumulate(loss_fn, params, batch: dict, n_micro: int):
     return grads, aux
 
 
+def moe_terms(moe: dict, count: jax.Array, valid: jax.Array) -> tuple[jax.Array, dict]:
+    """The MoE load-balancing loss to add to a micro-batch's loss sum, and MoE metrics as (sum, count) pairs.
+
+    The balancing loss (the family's ``aux_loss_coef`` times the Switch loss; zero for aux-loss-free
+    DeepSeek-V3) enters as ``aux_loss * count``: divided by the global count like the main loss, it is the
+    count-weighted mean over micro-batches. Dense models: nothing."""
+    if not moe:
+        return jnp.zeros((), jnp.float32), {}
+    metrics = {"moe_balance_loss": (moe["balance_loss"] * count, count)}
+    copies = jnp.sum(valid).astype(jnp.float32) * moe["routes"].shape[2] * moe["routes"].shape[3]
+    if "dropped_tokens" in moe:
+        metrics["moe_dropped_frac"] = (moe["dropped_tokens"].astype(jnp.float32), copies)
+    if "route_diff" in moe:
+        metrics["route_mismatch"] = (moe["route_diff"], moe["route_count"])
+    return moe["aux_loss"] * count, metrics
+
+
+def _ratios(aux: dict) -> dict:
+    return {k: v[0] / jnp.maximum(v[1], 1.0) for k, v in aux.items() if isinstance(v, tuple)}
+
+
 def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTransformation, micro_batches: int = 1,
                   logits_chunk: int = 0):
     """batch: tokens [B, T] int32, valid [B, T] bool, loss_mask [B, T] bool (which targets to train on)."""
@@ -112,15 +133,16 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     def loss_fn(params, b):
         model = mdef.bind(params)
         n = b["tokens"].shape[1] - 1
-        lp = target_logprobs(model, b["tokens"], b["valid"], n, 1.0, logits_chunk)
+        lp, moe = target_logprobs(model, b["tokens"], b["valid"], n, 1.0, logits_chunk, with_aux=True)
         s, c = sft_loss(lp, b["loss_mask"][:, 1:])
-        return s, {"loss_sum": s, "count": c}
+        extra, metrics = moe_terms(moe, c, b["valid"])
+        return s + extra, {"loss_sum": s, "count": c, **metrics}
 
     def sft_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
         loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss, ocfg.inject_nan_steps)
-        return state, {"loss": loss, "tokens": aux["count"], **m}
+        return state, {"loss": loss, "tokens": aux["count"], **m, **_ratios(aux)}
 
     return sft_step
 
@@ -139,14 +161,16 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
     def loss_fn(params, b):
         model = mdef.bind(params)
         n = b["mask"].shape[1]
-        lp, ent = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk, with_entropy=True)
+        lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
+                                       with_entropy=True, routes=b.get("routes"), with_aux=True)
         x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"])
         s, c, metrics = loss(x, **kw)
         m = b["mask"].astype(jnp.float32)
         gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
+        extra, moe_metrics = moe_terms(moe, c, b["valid"])
         aux = {"loss_sum": s, "count": c, "entropy": (jnp.sum(ent * m), jnp.sum(m)), "logprob_gap": gap,
-               **metrics}
-        return s, aux
+               **metrics, **moe_metrics}
+        return s + extra, aux
 
     return lambda params, batch: _accumulate(loss_fn, params, batch, acfg.micro_batches)
 

@@ -39,11 +39,15 @@ def sft_batch(tok, examples: list[dict], seq_len: int | None = None, bucket: int
 
 
 def rollout_batch(prompt_tokens: np.ndarray, prompt_valid: np.ndarray, tokens: np.ndarray, mask: np.ndarray,
-                  logp: np.ndarray, adv: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
-    """[prompt | completion] rows exactly as the sampler laid them out (prompt left-padded)."""
+                  logp: np.ndarray, adv: np.ndarray, group_size: int,
+                  routes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """[prompt | completion] rows exactly as the sampler laid them out (prompt left-padded); ``routes``
+    [R, Tp + N, L_moe, k] (the sampler's MoE routes, for replay) ride along."""
     pt = np.repeat(prompt_tokens, group_size, axis=0)
     pv = np.repeat(prompt_valid, group_size, axis=0)
+    extra = {} if routes is None else {"routes": routes.astype(np.int32)}
     return {
+        **extra,
         "tokens": np.concatenate([pt, tokens], axis=1).astype(np.int32),
         "valid": np.concatenate([pv, mask], axis=1),
         "mask": mask,

@@ -32,13 +32,16 @@ class SampleOutput:
     """Row ``i`` is sample ``i % G`` of prompt ``i // G``.
 
     tokens [R, N] (pad after a row stops), mask [R, N] (True for generated tokens, the stop token included),
-    logprobs [R, N] (0 where mask is False), lengths [R].
+    logprobs [R, N] (0 where mask is False), lengths [R]; with ``record_routes`` (MoE models) ``routes``
+    [R, Tp + N, L_moe, k]: the experts each token of ``[prompt | completion]`` was computed with, for the
+    trainer to replay.
     """
 
     tokens: jax.Array
     mask: jax.Array
     logprobs: jax.Array
     lengths: jax.Array
+    routes: jax.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
     group_size: int = 1
+    record_routes: bool = False  # MoE routing replay: return the experts every token was routed to
 
 
 CACHE_AXES = ("layers", "cache_batch", "act_kv_heads", "cache_seq", None)  # k/v [L, B, K, S, D]
@@ -80,7 +84,14 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
     # Prefill once per prompt.
     cache = KVCache.empty(mdef.cfg, p, tp + n)
     positions = positions_from_valid(prompt_valid)
-    h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0)
+    record = sp.record_routes and mdef.cfg.moe is not None
+    if record:
+        h, cache, aux = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, return_aux=True)
+        prompt_routes = jnp.repeat(aux["routes"], g, axis=0)  # [R, Tp, L, k]
+        routes = jnp.zeros((rows, n) + prompt_routes.shape[2:], jnp.int32)
+    else:
+        h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0)
+        routes = jnp.zeros((), jnp.int32)
     logits = model.logits(h[:, -1])  # [P, V]: left padding puts every prompt's last token at Tp-1
 
     # Fan out to the group.
@@ -94,7 +105,7 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
         return (t < n) & ~jnp.all(done)
 
     def body(state):
-        t, cache, logits, toks, logps, mask, pos, done, rng = state
+        t, cache, logits, toks, logps, mask, pos, done, rng, routes = state
         rng, sub = jax.random.split(rng)
         tok, lp = select(sub, logits, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
                          greedy=sp.greedy)
@@ -107,15 +118,21 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
 
         # Always run the next forward (a lax.cond here makes XLA copy the whole cache every step); the
         # iteration after the last stop computes one unused step.
-        h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t)
+        if record:  # the forward of the token sampled at step t: sequence index Tp + t
+            h, cache, aux = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, return_aux=True)
+            routes = routes.at[:, t].set(aux["routes"][:, 0])
+        else:
+            h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t)
         logits = model.logits(h[:, 0])
-        return t + 1, cache, logits, toks, logps, mask, pos + 1, done, rng
+        return t + 1, cache, logits, toks, logps, mask, pos + 1, done, rng, routes
 
     init = (jnp.int32(0), cache, logits, jnp.full((rows, n), sp.pad_id, jnp.int32),
-            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows, n), bool), next_pos, jnp.zeros((rows,), bool), rng)
-    _, _, _, toks, logps, mask, _, _, _ = jax.lax.while_loop(cond, body, init)
+            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows, n), bool), next_pos, jnp.zeros((rows,), bool), rng,
+            routes)
+    _, _, _, toks, logps, mask, _, _, _, routes = jax.lax.while_loop(cond, body, init)
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-    return SampleOutput(toks, mask, logps, lengths)
+    return SampleOutput(toks, mask, logps, lengths,
+                        jnp.concatenate([prompt_routes, routes], axis=1) if record else None)
 
 
 @functools.lru_cache(maxsize=32)

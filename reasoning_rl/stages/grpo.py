@@ -15,7 +15,7 @@ import numpy as np
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
-from reasoning_rl.config import StageConfig
+from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
@@ -39,8 +39,11 @@ class Rollout:
         r = stage.rollout
         self.rt, self.stage, self.stream, self.data = rt, stage, stream, data
         self.g = r.group_size
+        replay = stage.algorithm.routing_replay
+        if replay and rt.mdef.cfg.moe is None:
+            raise ConfigError(f"stages.{stage.name}.algorithm.routing_replay: the model has no MoE layers")
         self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
-                                 rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size)
+                                 rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size, replay)
         self.tp = prompt_len(rt, fetch=data.fetch)
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
         self.rows = rt.host_rows(r.prompts_per_step)
@@ -105,13 +108,14 @@ class Rollout:
         pt = np.stack([rounds[k]["pt"][i] for k, i in groups])
         pv = np.stack([rounds[k]["pv"][i] for k, i in groups])
         rew = pick("rewards", self.g)
+        fields = ("tokens", "mask", "logprobs", "lengths") + (("routes",) if self.sp.record_routes else ())
         outs = {f: np.concatenate([getattr(rounds[k]["out"], f)[i * self.g:(i + 1) * self.g] for k, i in groups])
-                for f in ("tokens", "mask", "logprobs", "lengths")}
+                for f in fields}
         adv = np.asarray(compute_advantages(a.advantage, rew, self.g))
         mask = outs["mask"].copy()
         if n_real < p_needed:
             mask[n_real * self.g:] = False
-        batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g)
+        batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g, outs.get("routes"))
         # metrics over everything sampled in the first round (what the policy actually does)
         res = first["scored"].result
         gen_tokens = sum(int(r["out"].lengths.sum()) for r in rounds)

@@ -82,7 +82,7 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
             wall += dt
             rec = {"stage": stage.name, "step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
                    "skipped": int(m["skipped"]), "tokens": int(m["tokens"]), "tokens_per_s": float(m["tokens"]) / dt,
-                   "seconds": dt}
+                   "seconds": dt, **{k: float(v) for k, v in m.items() if k.startswith(("moe_", "route_"))}}
             writer.write(rec)
             bar.update(loss=rec["loss"])
             last = step
