@@ -43,10 +43,38 @@ def attention_mask(key_valid: jax.Array, q_slots: jax.Array, k_slots: jax.Array,
     return mask & in_win[None]
 
 
+Q_CHUNK = 512  # queries per block when a sequence is long (see ``dot_attention``)
+
+
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
                   softcap: float | None = None, heads_first: bool = False) -> jax.Array:
     """q [B,T,H,D], k/v [B,S,K,D] (or [B,K,S,D] with ``heads_first``), mask [B,T,S] -> [B,T,H,D]; softmax in
-    float32."""
+    float32.
+
+    Sequences of at least two ``Q_CHUNK`` blocks are computed block by block of queries under
+    ``jax.checkpoint``: the [B, H, T, S] scores never exist whole, forward or backward (at 8k tokens they
+    would be gigabytes per layer); each query row sees exactly the same keys and ops as unblocked."""
+    t = q.shape[1]
+    if t >= 2 * Q_CHUNK:
+        return _blocked_attention(q, k, v, mask, scale, softcap, heads_first)
+    return _dot_attention(q, k, v, mask, scale, softcap, heads_first)
+
+
+def _blocked_attention(q, k, v, mask, scale, softcap, heads_first):
+    b, t, h, d = q.shape
+    pad = -t % Q_CHUNK
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mp = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+    n = (t + pad) // Q_CHUNK
+    qb = qp.reshape(b, n, Q_CHUNK, h, d).swapaxes(0, 1)
+    mb = mp.reshape(b, n, Q_CHUNK, mp.shape[-1]).swapaxes(0, 1)
+    block = jax.checkpoint(lambda qc, mc: _dot_attention(qc, k, v, mc, scale, softcap, heads_first))
+    out = jax.lax.map(lambda a: block(*a), (qb, mb))  # [n, B, C, H, Dv]
+    return out.swapaxes(0, 1).reshape(b, t + pad, h, -1)[:, :t]
+
+
+def _dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                   softcap: float | None = None, heads_first: bool = False) -> jax.Array:
     b, t, h, d = q.shape
     kv = k.shape[1 if heads_first else 2]
     qg = q.reshape(b, t, kv, h // kv, d)
