@@ -77,6 +77,8 @@ def _dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sc
                    softcap: float | None = None, heads_first: bool = False) -> jax.Array:
     b, t, h, d = q.shape
     kv = k.shape[1 if heads_first else 2]
+    if t == 1 and heads_first:
+        return _decode_attention(q, k, v, mask, scale, softcap)
     qg = q.reshape(b, t, kv, h // kv, d)
     kspec = "bksd" if heads_first else "bskd"
     scores = jnp.einsum(f"btkgd,{kspec}->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
@@ -86,6 +88,24 @@ def _dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sc
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum(f"bkgts,{kspec}->btkgd", probs, v)
     return out.reshape(b, t, h, v.shape[-1])
+
+
+def _decode_attention(q, k, v, mask, scale, softcap):
+    """One query per row over a heads-first cache [B, K, S, D].
+
+    Both products are written with the cache as the left operand and the tiny per-row query/probabilities
+    as the right one: XLA:CPU's GEMMs then stream the cache once instead of repacking it for every
+    (row, KV head) pair, which made the decode step several times slower."""
+    b, _, h, d = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(b, kv, h // kv, d)
+    scores = jnp.einsum("bksd,bkgd->bksg", k, qg, preferred_element_type=jnp.float32) * scale  # [B, K, S, G]
+    if softcap:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, 0][:, None, :, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=2).astype(v.dtype)
+    out = jnp.einsum("bkgs,bksd->bkgd", jnp.swapaxes(probs, 2, 3), v)
+    return out.reshape(b, 1, h, v.shape[-1])
 
 
 def _proj_in(x: jax.Array, w: jax.Array) -> jax.Array:
