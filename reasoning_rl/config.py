@@ -299,9 +299,12 @@ class Config:
         return _to_plain(self)
 
     def hash(self) -> str:
-        """Identity of what the run computes: how many hosts compute it (``distributed``) is not part of it."""
+        """Identity of what the run computes. How it is laid out over devices and hosts (``mesh``,
+        ``distributed``) is not part of it: a run may resume on another mesh or number of hosts (the steps
+        give the same numbers on any mesh, up to float reassociation)."""
         d = self.to_dict()
         d.pop("distributed", None)
+        d.pop("mesh", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

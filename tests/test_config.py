@@ -71,3 +71,12 @@ def test_cli_reports_one_line_and_exit_2(tmp_path, override, needle):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("config error")]
     assert len(lines) == 1 and needle in lines[0], p.stderr
     assert not (tmp_path / "run").exists()  # nothing computed or written
+
+
+def test_hash_names_what_is_computed_not_where():
+    """Another mesh or host count resumes the same run; another learning rate is another run."""
+    cfg = C.from_dict(base())
+    laid_out = C.from_dict({**base(), "mesh": {"data": 2, "fsdp": 2}, "distributed": {"process_id": 1}})
+    assert laid_out.hash() == cfg.hash()
+    other = C.from_dict({**base(), "optimizer": {"lr": 0.5}})
+    assert other.hash() != cfg.hash()

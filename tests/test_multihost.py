@@ -1,7 +1,7 @@
 """Several hosts: two ``jax.distributed`` processes on localhost (2 CPU devices each) train the SFT and GRPO
 stages over one 4-device mesh, each loading only its own rows, and compute exactly what one process with 4
 devices computes. Preempted on one host, both stop at the same step; the checkpoint they wrote together is
-resumed by a single process, and the finished run equals the uninterrupted one."""
+resumed by a single process on another mesh shape, and the finished run equals the uninterrupted one."""
 
 import json
 import os
@@ -95,7 +95,8 @@ def test_two_hosts_train_like_one_and_one_host_resumes_their_checkpoint(tmp_path
     assert [(r["stage"], r["step"]) for r in logged][-1] == ("grpo", stopped)
     assert json.loads((two / "summary.json").read_text()).keys() == {"sft"}  # only the primary writes it
 
-    resumed = one_host(two, "--resume")  # one process, 4 devices, the two hosts' checkpoint
+    # one process, 4 devices, another mesh shape (pure FSDP): the two hosts' checkpoint is resharded on restore
+    resumed = one_host(two, "--resume", "--set", "mesh.data=1", "--set", "mesh.fsdp=4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {stopped}" in resumed.stderr
 
