@@ -154,6 +154,11 @@ def agree_max(value: int) -> int:
     return int(allgather_rows(np.asarray([value], np.int32)).max())
 
 
+def from_primary(obj: Any) -> Any:
+    """The primary host's ``obj`` on every host (e.g. its view of a file the others may not see yet)."""
+    return allgather_objects(obj)[0]
+
+
 def allgather_objects(obj: Any) -> list[Any]:
     """Every host's ``obj`` (any picklable value), in process order, on every host."""
     if not multi():

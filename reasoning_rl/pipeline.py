@@ -256,7 +256,6 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                  devices: list | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     outside = check_refs(cfg)
-    check_hosts(cfg)
     if dist.is_primary():  # several hosts share the run dir; one writes its files
         prepare_run_dir(cfg, run_dir, resume)
         adopt_tokenizer(cfg, run_dir, outside)
@@ -300,17 +299,6 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
 
 def _write_manifest(sdir: Path, manifest: dict) -> None:
     write_manifest(sdir / "manifest.json", manifest)
-
-
-def check_hosts(cfg: Config) -> None:
-    """Several hosts run the ``sft`` and ``grpo`` stage kinds; the others sample host-side data sets
-    (rejection sampling, teacher traces) that are not split over hosts yet."""
-    if not dist.multi():
-        return
-    for i, st in enumerate(cfg.stages):
-        if st.kind not in ("sft", "grpo"):
-            raise ConfigError(f"stages[{i}].kind: {st.kind!r} stages run on one host only for now "
-                              f"({jax.process_count()} processes are running); run this stage on one host")
 
 
 def _write_json(path: Path, obj: Any) -> None:

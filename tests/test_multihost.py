@@ -36,9 +36,9 @@ def _env(n_devices: int, **extra) -> dict:
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}", **extra}
 
 
-def _cmd(run_dir: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir", str(run_dir),
-            *SETS, *more]
+def _cmd(run_dir: Path, *more: str, config: str = TINY, sets: list[str] = SETS) -> list[str]:
+    return [sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", "--run-dir", str(run_dir),
+            *sets, *more]
 
 
 def _free_port() -> int:
@@ -47,21 +47,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_host(run_dir: Path, *more: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(run_dir, *more), capture_output=True, text=True, timeout=600, env=_env(4))
+def one_host(run_dir: Path, *more: str, **cmd) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(run_dir, *more, **cmd), capture_output=True, text=True, timeout=600,
+                          env=_env(4, PYTHONPATH=str(ROOT / "tests")))
 
 
-def two_hosts(run_dir: Path, stop_after_grpo_step: int) -> list[tuple[int, str]]:
+def two_hosts(run_dir: Path, stop_after_grpo_step: int | None, **cmd) -> list[tuple[int, str]]:
     """Two processes of one run; SIGTERM reaches host 1 only, once GRPO step ``stop_after_grpo_step`` is
-    logged."""
+    logged (None: never)."""
     port = _free_port()
-    procs = [subprocess.Popen(_cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    procs = [subprocess.Popen(_cmd(run_dir, **cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                       JAX_PROCESS_ID=str(i)))
+                                       JAX_PROCESS_ID=str(i), PYTHONPATH=str(ROOT / "tests")))
              for i in range(2)]
     deadline = time.time() + 600
     try:
-        while time.time() < deadline and all(p.poll() is None for p in procs):
+        while stop_after_grpo_step and time.time() < deadline and all(p.poll() is None for p in procs):
             if any(r["stage"] == "grpo" and r["step"] >= stop_after_grpo_step for r in read_metrics(run_dir)):
                 procs[1].send_signal(signal.SIGTERM)
                 break
@@ -114,6 +115,32 @@ def test_two_hosts_train_like_one_and_one_host_resumes_their_checkpoint(tmp_path
     sb = json.loads((two / "summary.json").read_text())
     assert sb["grpo"]["pass@1"] == sa["grpo"]["pass@1"]
     assert sb["grpo"]["mean_response_tokens"] == pytest.approx(sa["grpo"]["mean_response_tokens"])
+
+
+@pytest.mark.slow
+def test_two_hosts_run_every_stage_kind_like_one(tmp_path):
+    """The R1 pipeline's stage kinds on two hosts: rejection sampling and teacher traces are sampled and
+    verified on both, written once by the primary; logit distillation scores the student's global batch."""
+    r1 = str(ROOT / "tests" / "configs" / "r1_tiny.yaml")
+    sets = ["--set", "mesh.data=2", "--set", "mesh.tensor=2"]
+    one = one_host(tmp_path / "one", config=r1, sets=sets)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (rc0, out0), (rc1, out1) = two_hosts(tmp_path / "two", None, config=r1, sets=sets)
+    assert (rc0, rc1) == (0, 0), (out0[-3000:], out1[-3000:])
+    sa = json.loads((tmp_path / "one" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert list(sb) == ["sft", "grpo", "rsft", "multitask", "distill"]
+    for stage in sb:
+        for k in ("pass@1", "mean_response_tokens", "format_rate"):
+            assert sb[stage][k] == pytest.approx(sa[stage][k], abs=1e-6), (stage, k)
+    for name in ("rsft/kept.jsonl", "distill/traces.jsonl"):
+        a, b = (d / "checkpoints" / name for d in (tmp_path / "one", tmp_path / "two"))
+        assert b.read_text() == a.read_text()
+    a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
+    for ra, rb in zip(a, b):
+        if "loss" in ra:
+            assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"])
 
 
 def test_each_host_loads_its_own_rows_of_every_batch():

@@ -22,6 +22,7 @@ import numpy as np
 
 from reasoning_rl.config import StageConfig
 from reasoning_rl.data.batching import round_up
+from reasoning_rl import distributed as dist
 from reasoning_rl.evaluation import sample_texts
 from reasoning_rl.metrics import MetricsWriter, read_metrics
 from reasoning_rl.rewards import registry
@@ -93,7 +94,9 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     """The kept set for ``stage``: loaded from the stage dir if written before, else sampled and written."""
     sdir = rt.run_dir / "checkpoints" / stage.name
     path, stats_path = sdir / f"{name}.jsonl", sdir / f"{name}.json"
-    if path.is_file() and stats_path.is_file():
+    # several hosts: all sample the same prompts (the sampler's inputs are the same everywhere, its outputs
+    # gathered), all verify every sample, the primary writes the set; whether it exists is the primary's word
+    if dist.from_primary(path.is_file() and stats_path.is_file()):
         kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return kept, json.loads(stats_path.read_text())
     data = StageData(rt, stage)
@@ -117,9 +120,11 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     fmt = registry.get("format")
     well_formed = [fmt(t, r) for t, r in zip(texts, expanded)]
     kept, stats = filter_samples(rows, texts, correct, well_formed, spec.samples, spec)
-    sdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, "".join(json.dumps(k) + "\n" for k in kept))
-    _atomic_write(stats_path, json.dumps(stats, indent=2))
+    if dist.is_primary():
+        sdir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, "".join(json.dumps(k) + "\n" for k in kept))
+        _atomic_write(stats_path, json.dumps(stats, indent=2))
+    dist.barrier(f"{stage.name} {name} written")
     log.info("stage %s: kept %d of %d samples (acceptance %.3f)", stage.name, stats["kept"], stats["samples"],
              stats["acceptance_rate"])
     return kept, stats

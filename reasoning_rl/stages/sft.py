@@ -51,7 +51,8 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
             source: ExampleSource | None = None, make_step: Callable | None = None,
             augment: Callable[[dict], dict] | None = None):
     """The SFT loop over ``source`` (default: the stage's tasks). ``make_step(run) -> step`` swaps in another
-    loss over the same batches (logit distillation); ``augment(batch)`` adds inputs it needs."""
+    loss over the same batches (logit distillation); ``augment(batch)`` adds inputs it needs (it gets the
+    batch as placed global arrays)."""
     source = source or task_source(rt, stage)
     run = StageRun(rt, stage, init_params, stage.steps)
     stream = ExampleStream(source.fetch, stage.batch_size, rows=rt.host_rows(stage.batch_size))
@@ -73,10 +74,10 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1 if stopped is None else 0):
             t0 = timer()
-            batch = sft_batch(rt.tok, next(stream), seq_len)
-            if augment is not None:
+            batch = rt.place_local(sft_batch(rt.tok, next(stream), seq_len), stage.batch_size)
+            if augment is not None:  # on the placed (global) batch: e.g. the teacher's log-probs of it
                 batch = augment(batch)
-            run.state, m = step_fn(run.state, rt.place_local(batch, stage.batch_size))
+            run.state, m = step_fn(run.state, batch)
             m = jax.device_get(m)
             dt = timer() - t0
             wall += dt
