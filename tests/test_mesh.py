@@ -98,12 +98,13 @@ fn = rt.jit_step(make_sft_step(rt.mdef, stage.optimizer, run.tx), run.state)
 rows = [rt.task.example("train", i).as_dict() for i in range(64)]
 batch = rt.place_batch(sft_batch(rt.tok, rows, 96))
 hlo = fn.lower(run.state, batch).compile().as_text()
-state, _ = fn(run.state, batch)
+state, metrics = fn(run.state, batch)
 specs = {"/".join(str(getattr(k, "key", k)) for k in path): [str(x.sharding.spec), x.shape, x.size]
          for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
 mu = [str(x.sharding.spec) for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) >= 2]
 print("RESULT" + json.dumps({"collectives": {op: hlo.count(op) for op in
-      ("all-gather", "reduce-scatter", "all-reduce", "all-to-all")}, "params": specs, "moments": mu}))
+      ("all-gather", "reduce-scatter", "all-reduce", "all-to-all")}, "params": specs, "moments": mu,
+      "metrics": {k: float(v) for k, v in jax.device_get(metrics).items()}}))
 """
 
 
@@ -120,6 +121,21 @@ def test_compiled_fsdp_tensor_step_shards_params_and_uses_collectives(tmp_path):
     for name, (spec, shape, size) in largest:  # no accidental full replication of the biggest weights
         assert "fsdp" in spec or "tensor" in spec, (name, spec, shape)
     assert all(("fsdp" in s or "tensor" in s) for s in out["moments"][:3]), out["moments"]
+
+
+@pytest.mark.slow
+def test_compiled_expert_parallel_step_sends_tokens_with_all_to_all_and_counts_drops(tmp_path):
+    p = subprocess.run([sys.executable, "-c", HLO_PROBE, QUICKSTART_MOE, str(tmp_path / "probe"), "mesh.data=2",
+                        "mesh.expert=4", "model.moe.capacity_factor=0.5"],
+                       capture_output=True, text=True, timeout=600, env=env(8))
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.split("RESULT", 1)[1])
+    assert out["collectives"]["all-to-all"] >= 2, out["collectives"]  # dispatch and return, forward and back
+    experts = {k: v for k, v in out["params"].items() if k.endswith(("mlp/gate", "mlp/up", "mlp/down"))}
+    assert experts and all("expert" in spec for spec, _, _ in experts.values()), experts
+    m = out["metrics"]
+    assert 0.0 < m["moe_dropped_frac"] < 1.0, m  # half the slots: some token copies cannot be placed
+    assert m["moe_balance_loss"] >= 1.0 - 1e-5, m
 
 
 PLAN_PROBE = r"""

@@ -16,7 +16,7 @@ from reasoning_rl.rollout.sampler import SamplingParams, left_pad, sample
 
 
 def moe_model(seed=0):
-    cfg = TransformerConfig(vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+    cfg = TransformerConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
                             moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=16, first_dense=1, aux_loss_coef=0.01))
     return create(cfg, seed)
 
@@ -32,7 +32,7 @@ def test_sampler_records_the_routes_a_full_forward_takes():
     mdef, params = moe_model()
     pt, pv, out = rollout(mdef, params)
     tp = pt.shape[1]
-    assert out.routes.shape == (9, tp + 10, 2, 2)  # rows, Tp + N, MoE layers (first layer dense), top-k
+    assert out.routes.shape == (9, tp + 10, 1, 2)  # rows, Tp + N, MoE layers (the first is dense), top-k
     batch = rollout_batch(pt, pv, out.tokens, out.mask, out.logprobs, np.zeros(9), 3, out.routes)
     valid = batch["valid"]
     _, _, aux = mdef.bind(params).hidden(jnp.asarray(batch["tokens"]), positions_from_valid(jnp.asarray(valid)),

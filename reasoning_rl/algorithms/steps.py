@@ -114,7 +114,7 @@ def moe_terms(moe: dict, count: jax.Array, valid: jax.Array) -> tuple[jax.Array,
     if not moe:
         return jnp.zeros((), jnp.float32), {}
     metrics = {"moe_balance_loss": (moe["balance_loss"] * count, count)}
-    copies = jnp.sum(valid).astype(jnp.float32) * moe["routes"].shape[2] * moe["routes"].shape[3]
+    copies = jnp.float32(valid.size * moe["routes"].shape[2] * moe["routes"].shape[3])  # every position is routed
     if "dropped_tokens" in moe:
         metrics["moe_dropped_frac"] = (moe["dropped_tokens"].astype(jnp.float32), copies)
     if "route_diff" in moe:
