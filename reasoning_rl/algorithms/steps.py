@@ -123,6 +123,7 @@ def moe_terms(moe: dict, count: jax.Array, valid: jax.Array) -> tuple[jax.Array,
 
 
 def _ratios(aux: dict) -> dict:
+    """Metrics accumulated as (sum, count) pairs, as means."""
     return {k: v[0] / jnp.maximum(v[1], 1.0) for k, v in aux.items() if isinstance(v, tuple)}
 
 
@@ -184,10 +185,7 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
         grads, aux = grad_fn(state.params, batch)
         loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v, ocfg.inject_nan_steps)
-        out = {"loss": loss_v, **m}
-        for k, v in aux.items():
-            if isinstance(v, tuple):
-                out[k] = v[0] / jnp.maximum(v[1], 1.0)
+        out = {"loss": loss_v, **m, **_ratios(aux)}
         out["logprob_gap"] = aux["logprob_gap"]
         return state, out
 
