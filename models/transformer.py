@@ -161,7 +161,8 @@ class Transformer(nnx.Module):
         ``return_aux=True``.
 
         tokens/positions/valid: [B, T]. Without a cache the call attends within the sequence (causal, pads
-        masked). With a cache the tokens are written at slots ``index..index+T`` and attend over the cache.
+        masked). With a cache the tokens are written at slots ``index..index+T`` and attend over the cache;
+        ``index`` [B] (with T == 1) gives every row its own slot (the in-flight sampler's slots).
 
         ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
         routed to each expert, per MoE layer), ``router_prob`` [L_moe, E], ``balance_loss`` (the Switch-style
@@ -177,6 +178,12 @@ class Transformer(nnx.Module):
             key_valid = valid
             q_slots = k_slots = jnp.arange(t)
             kv = None
+        elif jnp.ndim(index) == 1:  # per-row cache slots: one token per row, row b at slot index[b]
+            if t != 1:
+                raise ValueError(f"per-row cache indices take one token per row, got {t}")
+            key_valid = cache.valid.at[jnp.arange(tokens.shape[0]), index].set(valid[:, 0])
+            q_slots, k_slots = index[:, None], jnp.arange(cache.size)
+            kv = (cache.k, cache.v)
         else:
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
             q_slots, k_slots = index + jnp.arange(t), jnp.arange(cache.size)

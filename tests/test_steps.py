@@ -43,7 +43,7 @@ def test_gradient_is_micro_batch_invariant(aggregation, loss):
     g4, m4 = grads_of(dataclasses.replace(cfg, micro_batches=4), batch)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
         scale = np.abs(a).max() + 1e-12
-        assert np.abs(a - b).max() / scale < 1e-6
+        assert np.abs(a - b).max() / scale < 5e-6  # float32 sums regrouped by micro-batch
     assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-6)
     assert float(m1["clip_frac"]) == pytest.approx(float(m4["clip_frac"]), rel=1e-6)
 

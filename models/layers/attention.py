@@ -33,14 +33,18 @@ def rope_for(head_dim: int, theta: float, scaling: tuple):
 
 
 def attention_mask(key_valid: jax.Array, q_slots: jax.Array, k_slots: jax.Array, window: jax.Array | int = 0):
-    """[B, T, S] boolean mask: key is valid, not in the future, and (if window > 0) within the window."""
-    causal = k_slots[None, :] <= q_slots[:, None]  # [T, S]
-    mask = key_valid[:, None, :] & causal[None]
+    """[B, T, S] boolean mask: key is valid, not in the future, and (if window > 0) within the window.
+
+    ``q_slots`` is [T] (every row's queries sit at the same slots) or [B, T] (per-row slots: the in-flight
+    sampler, where each batch slot decodes its own row at its own cache index)."""
+    q = q_slots if q_slots.ndim == 2 else q_slots[None]  # [B or 1, T]
+    causal = k_slots[None, None, :] <= q[:, :, None]  # [B or 1, T, S]
+    mask = key_valid[:, None, :] & causal
     if isinstance(window, int) and window == 0:
         return mask
     win = jnp.asarray(window)
-    in_win = (q_slots[:, None] - k_slots[None, :]) < jnp.where(win > 0, win, jnp.iinfo(jnp.int32).max)
-    return mask & in_win[None]
+    in_win = (q[:, :, None] - k_slots[None, None, :]) < jnp.where(win > 0, win, jnp.iinfo(jnp.int32).max)
+    return mask & in_win
 
 
 Q_CHUNK = 512  # queries per block when a sequence is long (see ``dot_attention``)
@@ -122,14 +126,23 @@ def _proj_out(y: jax.Array, w: jax.Array) -> jax.Array:
 
 def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_first: bool = False):
     """Write this call's k/v ([B,T,K,D]) into slots ``index..`` of ``layer``; return what to attend over.
+    ``index`` is a scalar (every row writes the same slots) or [B] with T == 1 (row ``b`` writes slot
+    ``index[b]``).
 
     The cache is stored heads-first, [L, B, K, S, D], which is the layout the decode dots read without a
     transpose; ``heads_first=False`` returns [B, S, K, D] views for callers that want the sequence layout."""
     if cache is None:
         return k, v, None
     k_all, v_all = cache
-    k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k, 1, 2)[None].astype(k_all.dtype), (layer, 0, 0, index, 0))
-    v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype), (layer, 0, 0, index, 0))
+    if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
+        rows = jnp.arange(k.shape[0])
+        k_all = k_all.at[layer, rows, :, index, :].set(k[:, 0].astype(k_all.dtype))
+        v_all = v_all.at[layer, rows, :, index, :].set(v[:, 0].astype(v_all.dtype))
+    else:
+        k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k, 1, 2)[None].astype(k_all.dtype),
+                                             (layer, 0, 0, index, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype),
+                                             (layer, 0, 0, index, 0))
     kl, vl = k_all[layer].astype(dtype), v_all[layer].astype(dtype)
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)

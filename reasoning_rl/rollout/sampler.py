@@ -6,6 +6,12 @@ preallocated fixed-shape cache and exits as soon as every row has stopped (EOS, 
 ``</answer>``, or the token budget). Prompts are left-padded, so every row writes decode step ``t`` into
 cache slot ``Tp + t`` and per-row positions continue from each prompt's true length.
 
+With ``slots`` (in-flight refill) the loop decodes on a fixed number of batch slots instead of one per row:
+when rows finish, waiting rows take their slots inside the same jitted program (prompt cache copied from
+the once-per-prompt prefill), so a few long responses no longer idle the whole batch. Every row is drawn
+with its own key, ``fold_in(fold_in(rng, row), step)``, and keeps the plain loop's slot layout, so both
+loops return the same completions for the same prompts and seed.
+
 Shapes are fixed per (prompts, prompt length, group, budget); callers bucket prompt lengths so a run
 compiles a handful of programs, not one per batch.
 """
@@ -23,7 +29,7 @@ import numpy as np
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
 from reasoning_rl.sharding import constrain
 
-from .sampling import select
+from .sampling import row_keys, select
 
 
 @jax.tree_util.register_dataclass
@@ -32,9 +38,10 @@ class SampleOutput:
     """Row ``i`` is sample ``i % G`` of prompt ``i // G``.
 
     tokens [R, N] (pad after a row stops), mask [R, N] (True for generated tokens, the stop token included),
-    logprobs [R, N] (0 where mask is False), lengths [R]; with ``record_routes`` (MoE models) ``routes``
-    [R, Tp + N, L_moe, k]: the experts each token of ``[prompt | completion]`` was computed with, for the
-    trainer to replay.
+    logprobs [R, N] (0 where mask is False), lengths [R]; ``slot_steps`` (scalar): batch slots times decode
+    iterations run, so ``sum(lengths) / slot_steps`` is the slot utilisation; with ``record_routes`` (MoE
+    models) ``routes`` [R, Tp + N, L_moe, k]: the experts each token of ``[prompt | completion]`` was computed
+    with, for the trainer to replay.
     """
 
     tokens: jax.Array
@@ -42,6 +49,7 @@ class SampleOutput:
     logprobs: jax.Array
     lengths: jax.Array
     routes: jax.Array | None = None
+    slot_steps: jax.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class SamplingParams:
     pad_id: int = 0
     group_size: int = 1
     record_routes: bool = False  # MoE routing replay: return the experts every token was routed to
+    slots: int = 0  # in-flight refill on this many batch slots; 0 (or >= rows): one slot per row, no refill
+    refill_min: int = 0  # refill once this many slots are free (0: an eighth of the slots, at least 1)
 
 
 CACHE_AXES = ("layers", "cache_batch", "act_kv_heads", "cache_seq", None)  # k/v [L, B, K, S, D]
@@ -73,42 +83,53 @@ def _fan_out(cache: KVCache, g: int) -> KVCache:
     return shard_cache(cache)
 
 
+def _prefill(model, sp: SamplingParams, prompt_tokens, prompt_valid, size: int):
+    """Prompts' cache ([P, size] slots, prompt in the first Tp), last-position logits [P, V], routes."""
+    cache = KVCache.empty(model.cfg, prompt_tokens.shape[0], size)
+    positions = positions_from_valid(prompt_valid)
+    routes = None
+    if sp.record_routes and model.cfg.moe is not None:
+        h, cache, aux = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, return_aux=True)
+        routes = aux["routes"]  # [P, Tp, L, k]
+    else:
+        h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0)
+    return cache, model.logits(h[:, -1]), routes  # left padding puts every prompt's last token at Tp-1
+
+
 def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens: jax.Array,
-                prompt_valid: jax.Array, rng: jax.Array) -> SampleOutput:
-    """The traced sampler (pure). prompt_tokens/valid: [P, Tp], left-padded."""
+                prompt_valid: jax.Array, rng: jax.Array, row0: jax.Array | int = 0) -> SampleOutput:
+    """The traced sampler (pure). prompt_tokens/valid: [P, Tp], left-padded. ``row0``: the index of this
+    call's first row in a larger batch (rows are keyed by global index, so a batch sampled in pieces equals
+    the batch sampled whole)."""
+    if 0 < sp.slots < prompt_tokens.shape[0] * sp.group_size:
+        return _refill_impl(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0)
     model = mdef.bind(params)
     p, tp = prompt_tokens.shape
     g, n = sp.group_size, sp.max_new_tokens
     rows = p * g
 
-    # Prefill once per prompt.
-    cache = KVCache.empty(mdef.cfg, p, tp + n)
-    positions = positions_from_valid(prompt_valid)
-    record = sp.record_routes and mdef.cfg.moe is not None
+    # Prefill once per prompt, then fan out to the group.
+    cache, logits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid, tp + n)
+    record = prompt_routes is not None
     if record:
-        h, cache, aux = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, return_aux=True)
-        prompt_routes = jnp.repeat(aux["routes"], g, axis=0)  # [R, Tp, L, k]
+        prompt_routes = jnp.repeat(prompt_routes, g, axis=0)  # [R, Tp, L, k]
         routes = jnp.zeros((rows, n) + prompt_routes.shape[2:], jnp.int32)
     else:
-        h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0)
         routes = jnp.zeros((), jnp.int32)
-    logits = model.logits(h[:, -1])  # [P, V]: left padding puts every prompt's last token at Tp-1
-
-    # Fan out to the group.
     cache = _fan_out(cache, g)
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+    row_ids = row0 + jnp.arange(rows, dtype=jnp.int32)
 
     def cond(state):
         t, done = state[0], state[7]
         return (t < n) & ~jnp.all(done)
 
     def body(state):
-        t, cache, logits, toks, logps, mask, pos, done, rng, routes = state
-        rng, sub = jax.random.split(rng)
-        tok, lp = select(sub, logits, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
-                         greedy=sp.greedy)
+        t, cache, logits, toks, logps, mask, pos, done, routes = state
+        tok, lp = select(row_keys(rng, row_ids, jnp.full((rows,), t)), logits, temperature=sp.temperature,
+                         top_k=sp.top_k, top_p=sp.top_p, greedy=sp.greedy)
         live = ~done
         tok = jnp.where(live, tok, sp.pad_id)
         toks = toks.at[:, t].set(tok)
@@ -124,15 +145,97 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
         else:
             h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t)
         logits = model.logits(h[:, 0])
-        return t + 1, cache, logits, toks, logps, mask, pos + 1, done, rng, routes
+        return t + 1, cache, logits, toks, logps, mask, pos + 1, done, routes
 
     init = (jnp.int32(0), cache, logits, jnp.full((rows, n), sp.pad_id, jnp.int32),
-            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows, n), bool), next_pos, jnp.zeros((rows,), bool), rng,
+            jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows, n), bool), next_pos, jnp.zeros((rows,), bool),
             routes)
-    _, _, _, toks, logps, mask, _, _, _, routes = jax.lax.while_loop(cond, body, init)
+    steps, _, _, toks, logps, mask, _, _, routes = jax.lax.while_loop(cond, body, init)
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     return SampleOutput(toks, mask, logps, lengths,
-                        jnp.concatenate([prompt_routes, routes], axis=1) if record else None)
+                        jnp.concatenate([prompt_routes, routes], axis=1) if record else None,
+                        steps * rows)
+
+
+def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens: jax.Array,
+                 prompt_valid: jax.Array, rng: jax.Array, row0) -> SampleOutput:
+    """In-flight refill: ``sp.slots`` batch slots decode the R = P * G rows in order.
+
+    An outer loop hands free slots to waiting rows (prompt K/V, validity, position and first logits copied
+    from the per-prompt prefill; one pass over the slots' prompt region), then an inner loop decodes until
+    ``refill_min`` slots are free again (or, with no row waiting, until all stop). A row in a slot keeps the
+    plain loop's layout: prompt in slots [0, Tp), its step ``t`` at slot Tp + t, each slot writing at its own
+    index; outputs are scattered to the row's place. Slots not holding a live row write nothing visible."""
+    model = mdef.bind(params)
+    p, tp = prompt_tokens.shape
+    g, n, b = sp.group_size, sp.max_new_tokens, sp.slots
+    rows = p * g
+    refill_at = sp.refill_min or max(1, b // 8)
+
+    pcache, plogits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid, tp)
+    record = prompt_routes is not None
+    plen = jnp.sum(prompt_valid, axis=1).astype(jnp.int32)
+    pvalid = jnp.concatenate([prompt_valid, jnp.zeros((p, n), bool)], axis=1)
+    stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+
+    def refill(s):
+        free = s["done"]
+        want = s["next"] + jnp.cumsum(free.astype(jnp.int32)) - 1  # the free slots, in order, take the next rows
+        take = free & (want < rows)
+        pi = jnp.minimum(want, rows - 1) // g
+        c = s["cache"]
+        sel = take[None, :, None, None, None]
+        k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
+        v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
+        valid = jnp.where(take[:, None], pvalid[pi], c.valid)
+        return {**s, "cache": shard_cache(KVCache(k, v, valid)),
+                "logits": jnp.where(take[:, None], plogits[pi], s["logits"]),
+                "row": jnp.where(take, want, s["row"]), "t": jnp.where(take, 0, s["t"]),
+                "pos": jnp.where(take, plen[pi], s["pos"]), "done": free & ~take,
+                "next": s["next"] + jnp.sum(take.astype(jnp.int32))}
+
+    def decoding(s):
+        waiting = s["next"] < rows
+        return ~jnp.all(s["done"]) & (~waiting | (jnp.sum(s["done"].astype(jnp.int32)) < refill_at))
+
+    def step(s):
+        live, t = ~s["done"], s["t"]
+        tok, lp = select(row_keys(rng, row0 + s["row"], t), s["logits"], temperature=sp.temperature,
+                         top_k=sp.top_k, top_p=sp.top_p, greedy=sp.greedy)
+        tok = jnp.where(live, tok, sp.pad_id)
+        at = jnp.where(live, s["row"], rows)  # out of range: dropped
+        out = {"toks": s["toks"].at[at, t].set(tok, mode="drop"),
+               "logps": s["logps"].at[at, t].set(lp, mode="drop"),
+               "mask": s["mask"].at[at, t].set(True, mode="drop")}
+        index = tp + jnp.minimum(t, n - 1)
+        if record:
+            h, cache, aux = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], index,
+                                         return_aux=True)
+            out["routes"] = s["routes"].at[at, t].set(aux["routes"][:, 0], mode="drop")
+        else:
+            h, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], index)
+        step_i = live.astype(jnp.int32)
+        return {**s, **out, "cache": cache, "logits": model.logits(h[:, 0]), "t": t + step_i,
+                "pos": s["pos"] + step_i, "done": s["done"] | jnp.isin(tok, stop) | (t + 1 >= n),
+                "steps": s["steps"] + 1}
+
+    def outer(s):
+        return jax.lax.while_loop(decoding, step, refill(s))
+
+    init = {"cache": shard_cache(KVCache.empty(mdef.cfg, b, tp + n)),
+            "logits": jnp.zeros((b, plogits.shape[-1]), plogits.dtype),
+            "row": jnp.full((b,), rows, jnp.int32), "t": jnp.zeros((b,), jnp.int32),
+            "pos": jnp.zeros((b,), jnp.int32), "done": jnp.ones((b,), bool), "next": jnp.int32(0),
+            "steps": jnp.int32(0), "toks": jnp.full((rows, n), sp.pad_id, jnp.int32),
+            "logps": jnp.zeros((rows, n), jnp.float32), "mask": jnp.zeros((rows, n), bool)}
+    if record:
+        init["routes"] = jnp.zeros((rows, n) + prompt_routes.shape[2:], jnp.int32)
+    s = jax.lax.while_loop(lambda s: (s["next"] < rows) | ~jnp.all(s["done"]), outer, init)
+    lengths = jnp.sum(s["mask"], axis=1).astype(jnp.int32)
+    routes = None
+    if record:
+        routes = jnp.concatenate([jnp.repeat(prompt_routes, g, axis=0), s["routes"]], axis=1)
+    return SampleOutput(s["toks"], s["mask"], s["logps"], lengths, routes, s["steps"] * b)
 
 
 @functools.lru_cache(maxsize=32)
@@ -140,9 +243,11 @@ def _compiled(mdef: ModelDef, sp: SamplingParams):
     return jax.jit(functools.partial(sample_impl, mdef, sp))
 
 
-def sample(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, rng: jax.Array, sp: SamplingParams) -> SampleOutput:
+def sample(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, rng: jax.Array, sp: SamplingParams,
+           row0: int = 0) -> SampleOutput:
     """Jitted sampling (one compiled program per ModelDef, SamplingParams and input shape)."""
-    return _compiled(mdef, sp)(params, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_valid, bool), rng)
+    return _compiled(mdef, sp)(params, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_valid, bool), rng,
+                               jnp.int32(row0))
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, bucket: int = 8, min_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -160,8 +265,10 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, bucket: int = 8, min_le
 
 def generate(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, *, max_new_tokens: int, rng_seed: int = 0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             stop_ids: Sequence[int] = (), pad_id: int = 0, group_size: int = 1) -> SampleOutput:
+             stop_ids: Sequence[int] = (), pad_id: int = 0, group_size: int = 1, slots: int = 0,
+             refill_min: int = 0) -> SampleOutput:
     """Convenience wrapper: numpy in, SampleOutput out."""
     sp = SamplingParams(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
-                        tuple(int(s) for s in stop_ids), int(pad_id), int(group_size))
+                        tuple(int(s) for s in stop_ids), int(pad_id), int(group_size), slots=int(slots),
+                        refill_min=int(refill_min))
     return sample(mdef, params, prompt_tokens, prompt_valid, jax.random.key(rng_seed), sp)

@@ -41,13 +41,25 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
     return logits
 
 
+def row_keys(rng: jax.Array, rows: jax.Array, steps: jax.Array) -> jax.Array:
+    """One key per (row, decode step): ``fold_in(fold_in(rng, row), step)``, [B] keys for rows/steps [B]."""
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(rng, r), t))(rows, steps)
+
+
 def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
            greedy: bool) -> tuple[jax.Array, jax.Array]:
-    """Draw the next token per row; returns (tokens [B] int32, logprobs [B] float32)."""
+    """Draw the next token per row; returns (tokens [B] int32, logprobs [B] float32).
+
+    ``rng`` is one key for the whole batch, or [B] keys, one per row: then a row's draw depends only on its
+    own key and logits, not on which other rows share the batch (what lets the in-flight sampler reproduce
+    the plain loop exactly)."""
     logits = logits.astype(jnp.float32)
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
         scaled = filter_logits(logits / temperature, top_k, top_p)
-        tok = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+        if rng.ndim == 1:
+            tok = jax.vmap(jax.random.categorical)(rng, scaled).astype(jnp.int32)
+        else:
+            tok = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
     return tok, token_logprobs(logits, tok, temperature)

@@ -43,7 +43,8 @@ class Rollout:
         if replay and rt.mdef.cfg.moe is None:
             raise ConfigError(f"stages.{stage.name}.algorithm.routing_replay: the model has no MoE layers")
         self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
-                                 rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size, replay)
+                                 rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size, replay,
+                                 slots=r.slots, refill_min=r.refill_min)
         self.tp = prompt_len(rt, fetch=data.fetch)
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
         self.rows = rt.host_rows(r.prompts_per_step)
@@ -123,6 +124,7 @@ class Rollout:
             "reward_mean": float(first["rewards"].mean()), "reward_std": float(first["rewards"].std()),
             "response_len": float(first["out"].lengths.mean()),
             "gen_tokens_per_s": gen_tokens / max(t_sample, 1e-9), "sample_s": t_sample,
+            "slot_utilisation": gen_tokens / max(sum(int(r["out"].slot_steps) for r in rounds), 1),
             "reward_errors": int(sum(res.errors.values())), "reward_non_finite": int(sum(res.non_finite.values())),
         }
         metrics.update(rollout_metrics(first["scored"], first["rows"], first["out"].lengths, first["rewards"],
