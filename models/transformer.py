@@ -156,13 +156,16 @@ class Transformer(nnx.Module):
         return constrain(x, ("batch", "seq", "act_embed"))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
-               index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None):
+               index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None,
+               attend: int | None = None):
         """Final-norm hidden states [B, T, D]: returns ``(h, cache)``, or ``(h, cache, aux)`` with
         ``return_aux=True``.
 
         tokens/positions/valid: [B, T]. Without a cache the call attends within the sequence (causal, pads
         masked). With a cache the tokens are written at slots ``index..index+T`` and attend over the cache;
         ``index`` [B] (with T == 1) gives every row its own slot (the in-flight sampler's slots).
+        ``attend`` (static): attend over the first ``attend`` cache slots only; the caller guarantees every
+        query's keys lie there (the sampler's bucketed decode window).
 
         ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
         routed to each expert, per MoE layer), ``router_prob`` [L_moe, E], ``balance_loss`` (the Switch-style
@@ -188,7 +191,10 @@ class Transformer(nnx.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
             q_slots, k_slots = index + jnp.arange(t), jnp.arange(cache.size)
             kv = (cache.k, cache.v)
-        ctx = self._layer_context(key_valid, q_slots, k_slots)
+        if attend is not None and cache is not None:
+            ctx = self._layer_context(key_valid[:, :attend], q_slots, k_slots[:attend])
+        else:
+            ctx = self._layer_context(key_valid, q_slots, k_slots)
         stats = []
         off = 0
         for name, first, n, is_moe in segments(self.cfg):

@@ -94,3 +94,17 @@ def test_no_recompile_for_same_shapes():
         pt, pv = S.left_pad(prompts(4, seed=seed), 0, bucket=16)
         S.sample(mdef, params, pt, pv, jax.random.key(seed), sp)
     assert S._compiled(mdef, sp)._cache_size() == 1
+
+
+def test_growing_attention_windows_change_nothing_but_the_work():
+    """The plain loop attends over growing prefixes of the cache (static window sizes); every window count
+    gives the same samples as attending the whole cache from the first step."""
+    mdef, params = tiny_model(seed=11)
+    pt, pv = S.left_pad(prompts(4, seed=11), 0)
+    outs = [jax.device_get(S.sample(mdef, params, pt, pv, jax.random.key(2),
+                                    S.SamplingParams(21, 1.0, 0, 1.0, False, (5,), 0, 2, windows=w)))
+            for w in (1, 3, 21)]
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o.tokens, outs[0].tokens)
+        np.testing.assert_allclose(o.logprobs, outs[0].logprobs, atol=2e-6)
+    assert S.window_ends(8, 21, 3) == [16, 24, 29] and S.window_ends(8, 21, 1) == [29]

@@ -124,10 +124,12 @@ def _proj_out(y: jax.Array, w: jax.Array) -> jax.Array:
     return (y.reshape(b * t, -1) @ w.reshape(-1, w.shape[-1])).reshape(b, t, -1)
 
 
-def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_first: bool = False):
+def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_first: bool = False,
+                size: int | None = None):
     """Write this call's k/v ([B,T,K,D]) into slots ``index..`` of ``layer``; return what to attend over.
     ``index`` is a scalar (every row writes the same slots) or [B] with T == 1 (row ``b`` writes slot
-    ``index[b]``).
+    ``index[b]``). ``size``: return only the first ``size`` slots (keys beyond are masked anyway), so a
+    decode step early in a long budget reads a short prefix of the cache, not all of it.
 
     The cache is stored heads-first, [L, B, K, S, D], which is the layout the decode dots read without a
     transpose; ``heads_first=False`` returns [B, S, K, D] views for callers that want the sequence layout."""
@@ -143,7 +145,10 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
                                              (layer, 0, 0, index, 0))
         v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype),
                                              (layer, 0, 0, index, 0))
-    kl, vl = k_all[layer].astype(dtype), v_all[layer].astype(dtype)
+    if size is None or size >= k_all.shape[3]:
+        kl, vl = k_all[layer].astype(dtype), v_all[layer].astype(dtype)
+    else:  # attend over the first ``size`` slots only (the sampler's bucketed window)
+        kl, vl = (jax.lax.dynamic_slice_in_dim(a[layer], 0, size, axis=2).astype(dtype) for a in (k_all, v_all))
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
     return kl, vl, (k_all, v_all)
@@ -203,7 +208,7 @@ class Attention(nnx.Module):
         Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
         heads_first = cache is not None
-        k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first)
+        k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
         out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first)
         out = _proj_out(out, self.o[...].astype(self.dtype))
         return out, cache

@@ -64,7 +64,7 @@ class MLA(nnx.Module):
         inv_freq, factor = rope if rope is not None else rope_for(*self.rope)
         q_rot = apply_rope(q_rot, positions, inv_freq, attn_scale=factor, interleave=mc.rope_interleave)
         k_rot = apply_rope(k_rot, positions, inv_freq, attn_scale=factor, interleave=mc.rope_interleave)
-        latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt)
+        latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt, size=mask.shape[-1])
 
         kvh = jnp.einsum("bsr,rhk->bshk", latent[:, :, 0], self.kv_b[...].astype(dt))  # [B, S, H, nope + v]
         k_nope, v = kvh[..., :mc.qk_nope_dim], kvh[..., mc.qk_nope_dim:]

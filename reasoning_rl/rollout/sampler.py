@@ -65,6 +65,18 @@ class SamplingParams:
     record_routes: bool = False  # MoE routing replay: return the experts every token was routed to
     slots: int = 0  # in-flight refill on this many batch slots; 0 (or >= rows): one slot per row, no refill
     refill_min: int = 0  # refill once this many slots are free (0: an eighth of the slots, at least 1)
+    windows: int = 4  # plain loop: decode in this many growing attention windows (1: always the whole cache)
+
+
+def window_ends(tp: int, n: int, windows: int) -> list[int]:
+    """Cache slots attended in each window of the plain loop: steps ``t < end - tp`` run with ``end`` slots.
+
+    Decode reads the whole attended cache every step, so attending ``Tp + n`` slots from the first step
+    wastes most of the early steps' reads; growing windows (each a static shape, so one compiled step per
+    window) cut the attention work by about ``(windows - 1) / (2 * windows)`` of the response part."""
+    w = -(-n // max(1, windows))
+    w = -(-w // 8) * 8
+    return sorted({tp + min(n, w * (j + 1)) for j in range(max(1, windows))})
 
 
 CACHE_AXES = ("layers", "cache_batch", "act_kv_heads", "cache_seq", None)  # k/v [L, B, K, S, D]
@@ -126,7 +138,7 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
         t, done = state[0], state[7]
         return (t < n) & ~jnp.all(done)
 
-    def body(state):
+    def body(state, attend):
         t, cache, logits, toks, logps, mask, pos, done, routes = state
         tok, lp = select(row_keys(rng, row_ids, jnp.full((rows,), t)), logits, temperature=sp.temperature,
                          top_k=sp.top_k, top_p=sp.top_p, greedy=sp.greedy)
@@ -140,17 +152,22 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
         # Always run the next forward (a lax.cond here makes XLA copy the whole cache every step); the
         # iteration after the last stop computes one unused step.
         if record:  # the forward of the token sampled at step t: sequence index Tp + t
-            h, cache, aux = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, return_aux=True)
+            h, cache, aux = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, return_aux=True,
+                                         attend=attend)
             routes = routes.at[:, t].set(aux["routes"][:, 0])
         else:
-            h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t)
+            h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, attend=attend)
         logits = model.logits(h[:, 0])
         return t + 1, cache, logits, toks, logps, mask, pos + 1, done, routes
 
     init = (jnp.int32(0), cache, logits, jnp.full((rows, n), sp.pad_id, jnp.int32),
             jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows, n), bool), next_pos, jnp.zeros((rows,), bool),
             routes)
-    steps, _, _, toks, logps, mask, _, _, routes = jax.lax.while_loop(cond, body, init)
+    state = init
+    for end in window_ends(tp, n, sp.windows):  # step t writes slot tp + t: within the first ``end`` slots
+        state = jax.lax.while_loop(lambda st, lim=end - tp: cond(st) & (st[0] < lim),
+                                   functools.partial(body, attend=end), state)
+    steps, _, _, toks, logps, mask, _, _, routes = state
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     return SampleOutput(toks, mask, logps, lengths,
                         jnp.concatenate([prompt_routes, routes], axis=1) if record else None,
