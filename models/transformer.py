@@ -35,12 +35,18 @@ class KVCache:
     """Fixed-shape cache: k/v [L, B, K, S, D] (heads before slots: the layout decode reads without a
     transpose); ``valid`` [B, S] marks slots holding real tokens.
 
+    Paged (``table`` set): k/v are page pools [L, pages, K, page_size, D] and ``table`` [B, S / page_size]
+    maps each row's logical pages to pool pages, so rows can share pages (a prompt's full pages are stored
+    once for its whole group); slot ``s`` of row ``b`` lives at page ``table[b, s // page_size]``, offset
+    ``s % page_size``. Masks and slot indices are the same as the contiguous layout's.
+
     For multi-head latent attention, k holds the normalised latent [L, B, 1, S, kv_lora_rank] and v the rotary
     key [L, B, 1, S, qk_rope_dim] (see ``TransformerConfig.kv_shape``)."""
 
     k: jax.Array
     v: jax.Array
     valid: jax.Array
+    table: jax.Array | None = None
 
     @classmethod
     def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVCache:
@@ -52,7 +58,11 @@ class KVCache:
 
     @property
     def size(self) -> int:
-        return self.k.shape[3]
+        return self.valid.shape[1]
+
+    def layer_kv(self) -> tuple:
+        """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table)."""
+        return (self.k, self.v) if self.table is None else (self.k, self.v, self.table)
 
 
 class Block(nnx.Module):
@@ -186,11 +196,11 @@ class Transformer(nnx.Module):
                 raise ValueError(f"per-row cache indices take one token per row, got {t}")
             key_valid = cache.valid.at[jnp.arange(tokens.shape[0]), index].set(valid[:, 0])
             q_slots, k_slots = index[:, None], jnp.arange(cache.size)
-            kv = (cache.k, cache.v)
+            kv = cache.layer_kv()
         else:
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
             q_slots, k_slots = index + jnp.arange(t), jnp.arange(cache.size)
-            kv = (cache.k, cache.v)
+            kv = cache.layer_kv()
         if attend is not None and cache is not None:
             ctx = self._layer_context(key_valid[:, :attend], q_slots, k_slots[:attend])
         else:
@@ -207,7 +217,7 @@ class Transformer(nnx.Module):
             if st is not None:
                 stats.append(st)
         if cache is not None:
-            cache = KVCache(kv[0], kv[1], key_valid)
+            cache = KVCache(kv[0], kv[1], key_valid, cache.table)
         h = self.final_norm(x)
         if not return_aux:
             return h, cache

@@ -98,6 +98,7 @@ class RolloutConfig:
     stop_at_answer: bool = True  # stop a row at </answer> as well as at EOS
     slots: int = 0  # in-flight refill: decode the prompts_per_step * group_size rows on this many batch slots
     refill_min: int = 0  # refill when this many slots are free (0: an eighth of the slots, at least 1)
+    page_size: int = 0  # paged KV cache, prompt pages shared by the group (copy-on-write); 0: contiguous
 
 
 @dataclass(frozen=True)
@@ -606,6 +607,7 @@ def validate(cfg: Config) -> None:
         need(r.top_k >= 0, f"{p}.rollout.top_k", "must be >= 0")
         need(r.slots >= 0, f"{p}.rollout.slots", "must be >= 0 (0: one batch slot per row, no refill)")
         need(0 <= r.refill_min <= max(r.slots, 1), f"{p}.rollout.refill_min", "must be in [0, rollout.slots]")
+        need(r.page_size >= 0, f"{p}.rollout.page_size", "must be >= 0 (0: contiguous cache)")
         need(o.lr > 0, f"{p}.optimizer.lr", "must be positive")
         need(a.epochs >= 1, f"{p}.algorithm.epochs", "must be >= 1")
         need(a.eps_low >= 0 and a.eps_high >= 0, f"{p}.algorithm.eps_low", "clip ranges must be >= 0")

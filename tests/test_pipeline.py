@@ -55,10 +55,10 @@ def test_run_writes_outputs_and_lineage(reference_run):
 
 
 @pytest.mark.slow
-def test_in_flight_refill_run_equals_the_plain_run(reference_run, tmp_path):
-    """rollout.slots: the 16 rows of each GRPO step decoded on 4 slots give the same run."""
+def test_in_flight_refill_and_paged_run_equals_the_plain_run(reference_run, tmp_path):
+    """rollout.slots: the 16 rows of each GRPO step decoded on 4 slots, on a paged cache, give the same run."""
     p = run_cli("--run-dir", str(tmp_path / "run"), "--set", "rollout.slots=4", "--set", "rollout.refill_min=1",
-                "--set", "stages.grpo.steps=3")
+                "--set", "rollout.page_size=8", "--set", "stages.grpo.steps=3")
     assert p.returncode == 0, p.stderr[-3000:]
     ours = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "grpo"]
     ref = [r for r in read_metrics(reference_run) if r["stage"] == "grpo"][:3]

@@ -135,6 +135,8 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     transpose; ``heads_first=False`` returns [B, S, K, D] views for callers that want the sequence layout."""
     if cache is None:
         return k, v, None
+    if len(cache) == 3:
+        return _write_paged(k, v, cache, layer, index, dtype, heads_first, size)
     k_all, v_all = cache
     if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
         rows = jnp.arange(k.shape[0])
@@ -152,6 +154,31 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
     return kl, vl, (k_all, v_all)
+
+
+def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
+    """Paged cache (page pools [L, pages, K, P, D], table [B, n]): scatter this call's tokens to their
+    rows' pages, then gather the pages of the first ``size`` slots back into a [B, K, S, D] view.
+
+    Rows sharing a page (a group's prompt) only ever read it: the sampler gives each row its own copy of the
+    page it writes into (copy-on-write at fork time), so shared pages are never scattered to."""
+    k_pool, v_pool, table = cache
+    b, t = k.shape[:2]
+    ps = k_pool.shape[3]
+    slots = (index[:, None] if jnp.ndim(index) == 1 else index + jnp.arange(t)[None]) + jnp.zeros((b, t), jnp.int32)
+    page = jnp.take_along_axis(table, slots // ps, axis=1)  # [B, T] pool pages
+    off = slots % ps
+    k_pool = k_pool.at[layer, page, :, off, :].set(k.astype(k_pool.dtype))
+    v_pool = v_pool.at[layer, page, :, off, :].set(v.astype(v_pool.dtype))
+    size = table.shape[1] * ps if size is None else size
+    n = -(-size // ps)
+
+    def view(pool):
+        pages = pool[layer, table[:, :n]]  # [B, n, K, P, D]: one gather, no copy of the layer's pool
+        out = jnp.moveaxis(pages, 1, 2).reshape(b, pages.shape[2], n * ps, -1)[:, :, :size].astype(dtype)
+        return out if heads_first else jnp.swapaxes(out, 1, 2)
+
+    return view(k_pool), view(v_pool), (k_pool, v_pool, table)
 
 
 class Attention(nnx.Module):

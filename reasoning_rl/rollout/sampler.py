@@ -66,6 +66,7 @@ class SamplingParams:
     slots: int = 0  # in-flight refill on this many batch slots; 0 (or >= rows): one slot per row, no refill
     refill_min: int = 0  # refill once this many slots are free (0: an eighth of the slots, at least 1)
     windows: int = 4  # plain loop: decode in this many growing attention windows (1: always the whole cache)
+    page_size: int = 0  # paged KV cache with shared prompt pages, this many slots a page; 0: contiguous
 
 
 def window_ends(tp: int, n: int, windows: int) -> list[int]:
@@ -82,10 +83,15 @@ def window_ends(tp: int, n: int, windows: int) -> list[int]:
 CACHE_AXES = ("layers", "cache_batch", "act_kv_heads", "cache_seq", None)  # k/v [L, B, K, S, D]
 
 
+POOL_AXES = ("layers", None, "act_kv_heads", None, None)  # paged k/v [L, pages, K, page, D]
+
+
 def shard_cache(cache: KVCache) -> KVCache:
-    """Lay the cache out by the logical rules: rows over the batch axes, KV heads over ``tensor``."""
-    return KVCache(constrain(cache.k, CACHE_AXES), constrain(cache.v, CACHE_AXES),
-                   constrain(cache.valid, ("cache_batch", "cache_seq")))
+    """Lay the cache out by the logical rules: rows over the batch axes, KV heads over ``tensor`` (a page
+    pool is shared by rows, so only its KV heads are split)."""
+    axes = CACHE_AXES if cache.table is None else POOL_AXES
+    return KVCache(constrain(cache.k, axes), constrain(cache.v, axes),
+                   constrain(cache.valid, ("cache_batch", "cache_seq")), cache.table)
 
 
 def _fan_out(cache: KVCache, g: int) -> KVCache:
@@ -93,6 +99,65 @@ def _fan_out(cache: KVCache, g: int) -> KVCache:
         cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1),
                         jnp.repeat(cache.valid, g, axis=0))
     return shard_cache(cache)
+
+
+@dataclass(frozen=True)
+class PageLayout:
+    """Page pool of a paged sampler cache: ``prompts * shared`` prompt pages (prompt ``p``'s full pages are
+    ``p * shared ...``, stored once for its whole group), then ``own`` pages per batch slot.
+
+    A slot's first own page holds the end of its prompt (the page decode writes into first: each slot gets
+    its copy when it forks from the prompt, copy-on-write) and the rest hold its response."""
+
+    page: int
+    prompts: int
+    slots: int
+    shared: int  # full prompt pages: Tp // page
+    own: int  # pages per slot: ceil((Tp + n) / page) - shared
+
+    @classmethod
+    def of(cls, page: int, prompts: int, slots: int, tp: int, n: int) -> PageLayout:
+        shared = tp // page
+        return cls(page, prompts, slots, shared, -(-(tp + n) // page) - shared)
+
+    @property
+    def pages(self) -> int:
+        return self.prompts * self.shared + self.slots * self.own
+
+    @property
+    def prefill_size(self) -> int:
+        return (self.shared + 1) * self.page  # the prompt's full pages plus the page a slot copies
+
+    def table(self, prompt: jax.Array) -> jax.Array:
+        """[slots, shared + own] page table for slots holding rows of ``prompt`` [slots]."""
+        shared = prompt[:, None] * self.shared + jnp.arange(self.shared)[None]
+        own = self.prompts * self.shared + jnp.arange(self.slots)[:, None] * self.own + jnp.arange(self.own)[None]
+        return jnp.concatenate([shared, own], axis=1).astype(jnp.int32)
+
+    def own_first(self) -> jax.Array:
+        return (self.prompts * self.shared + jnp.arange(self.slots) * self.own).astype(jnp.int32)
+
+
+def _pages(x: jax.Array, page: int) -> jax.Array:
+    """[L, B, K, m * page, D] -> [L, B * m, K, page, D]."""
+    l, b, k, s, d = x.shape
+    return jnp.moveaxis(x.reshape(l, b, k, s // page, page, d), 3, 2).reshape(l, b * (s // page), k, page, d)
+
+
+def paged_cache(prefill: KVCache, lay: PageLayout, prompt: jax.Array, valid: jax.Array) -> KVCache:
+    """A paged cache for ``lay.slots`` rows of prompts ``prompt`` [slots] from the prompts' prefill cache
+    (``lay.prefill_size`` slots each): shared prompt pages once per prompt, each slot's copy of its prompt's
+    last (partial) page, empty response pages. ``valid``: [slots, logical slots]."""
+    full = lay.shared * lay.page
+
+    def pool(x):
+        shared = _pages(x[:, :, :, :full], lay.page)
+        first = x[:, prompt, :, full:full + lay.page][:, :, None]  # [L, slots, 1, K, page, D]
+        rest = jnp.zeros(first.shape[:2] + (lay.own - 1,) + first.shape[3:], x.dtype)
+        own = jnp.concatenate([first, rest], axis=2).reshape(x.shape[0], -1, *first.shape[3:])
+        return jnp.concatenate([shared, own], axis=1)
+
+    return shard_cache(KVCache(pool(prefill.k), pool(prefill.v), valid, lay.table(prompt)))
 
 
 def _prefill(model, sp: SamplingParams, prompt_tokens, prompt_valid, size: int):
@@ -120,15 +185,22 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
     g, n = sp.group_size, sp.max_new_tokens
     rows = p * g
 
-    # Prefill once per prompt, then fan out to the group.
-    cache, logits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid, tp + n)
+    # Prefill once per prompt, then fan out to the group (paged: the group shares the prompt's pages).
+    lay = PageLayout.of(sp.page_size, p, rows, tp, n) if sp.page_size else None
+    cache, logits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid,
+                                            lay.prefill_size if lay else tp + n)
     record = prompt_routes is not None
     if record:
         prompt_routes = jnp.repeat(prompt_routes, g, axis=0)  # [R, Tp, L, k]
         routes = jnp.zeros((rows, n) + prompt_routes.shape[2:], jnp.int32)
     else:
         routes = jnp.zeros((), jnp.int32)
-    cache = _fan_out(cache, g)
+    if lay:
+        size = (lay.shared + lay.own) * lay.page
+        valid = jnp.pad(jnp.repeat(prompt_valid, g, axis=0), ((0, 0), (0, size - tp)))
+        cache = paged_cache(cache, lay, jnp.arange(rows) // g, valid)
+    else:
+        cache = _fan_out(cache, g)
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
@@ -189,23 +261,37 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     rows = p * g
     refill_at = sp.refill_min or max(1, b // 8)
 
-    pcache, plogits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid, tp)
+    lay = PageLayout.of(sp.page_size, p, b, tp, n) if sp.page_size else None
+    pcache, plogits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid,
+                                              lay.prefill_size if lay else tp)
     record = prompt_routes is not None
     plen = jnp.sum(prompt_valid, axis=1).astype(jnp.int32)
-    pvalid = jnp.concatenate([prompt_valid, jnp.zeros((p, n), bool)], axis=1)
+    size = (lay.shared + lay.own) * lay.page if lay else tp + n
+    pvalid = jnp.pad(prompt_valid, ((0, 0), (0, size - tp)))
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+
+    def assign(c: KVCache, take, pi) -> KVCache:
+        """Slots ``take`` start rows of prompts ``pi``: contiguous, copy the prompt's K/V into the slot;
+        paged, point the slot's table at the prompt's shared pages and copy only its last page."""
+        valid = jnp.where(take[:, None], pvalid[pi], c.valid)
+        if lay is None:
+            sel = take[None, :, None, None, None]
+            k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
+            v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
+            return shard_cache(KVCache(k, v, valid))
+        first, full = lay.own_first(), lay.shared * lay.page
+        sel = take[None, :, None, None, None]
+        k, v = (pool.at[:, first].set(jnp.where(sel, x[:, pi, :, full:full + lay.page], pool[:, first]))
+                for pool, x in ((c.k, pcache.k), (c.v, pcache.v)))
+        table = jnp.where(take[:, None], lay.table(pi), c.table)
+        return shard_cache(KVCache(k, v, valid, table))
 
     def refill(s):
         free = s["done"]
         want = s["next"] + jnp.cumsum(free.astype(jnp.int32)) - 1  # the free slots, in order, take the next rows
         take = free & (want < rows)
         pi = jnp.minimum(want, rows - 1) // g
-        c = s["cache"]
-        sel = take[None, :, None, None, None]
-        k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
-        v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
-        valid = jnp.where(take[:, None], pvalid[pi], c.valid)
-        return {**s, "cache": shard_cache(KVCache(k, v, valid)),
+        return {**s, "cache": assign(s["cache"], take, pi),
                 "logits": jnp.where(take[:, None], plogits[pi], s["logits"]),
                 "row": jnp.where(take, want, s["row"]), "t": jnp.where(take, 0, s["t"]),
                 "pos": jnp.where(take, plen[pi], s["pos"]), "done": free & ~take,
@@ -239,7 +325,11 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     def outer(s):
         return jax.lax.while_loop(decoding, step, refill(s))
 
-    init = {"cache": shard_cache(KVCache.empty(mdef.cfg, b, tp + n)),
+    if lay:  # every prompt's shared pages from the prefill; slots get theirs as rows arrive
+        init_cache = paged_cache(pcache, lay, jnp.zeros((b,), jnp.int32), jnp.zeros((b, size), bool))
+    else:
+        init_cache = shard_cache(KVCache.empty(mdef.cfg, b, tp + n))
+    init = {"cache": init_cache,
             "logits": jnp.zeros((b, plogits.shape[-1]), plogits.dtype),
             "row": jnp.full((b,), rows, jnp.int32), "t": jnp.zeros((b,), jnp.int32),
             "pos": jnp.zeros((b,), jnp.int32), "done": jnp.ones((b,), bool), "next": jnp.int32(0),
@@ -283,9 +373,9 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, bucket: int = 8, min_le
 def generate(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, *, max_new_tokens: int, rng_seed: int = 0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_ids: Sequence[int] = (), pad_id: int = 0, group_size: int = 1, slots: int = 0,
-             refill_min: int = 0) -> SampleOutput:
+             refill_min: int = 0, page_size: int = 0) -> SampleOutput:
     """Convenience wrapper: numpy in, SampleOutput out."""
     sp = SamplingParams(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
                         tuple(int(s) for s in stop_ids), int(pad_id), int(group_size), slots=int(slots),
-                        refill_min=int(refill_min))
+                        refill_min=int(refill_min), page_size=int(page_size))
     return sample(mdef, params, prompt_tokens, prompt_valid, jax.random.key(rng_seed), sp)

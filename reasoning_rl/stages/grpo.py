@@ -44,7 +44,7 @@ class Rollout:
             raise ConfigError(f"stages.{stage.name}.algorithm.routing_replay: the model has no MoE layers")
         self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
                                  rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size, replay,
-                                 slots=r.slots, refill_min=r.refill_min)
+                                 slots=r.slots, refill_min=r.refill_min, page_size=r.page_size)
         self.tp = prompt_len(rt, fetch=data.fetch)
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
         self.rows = rt.host_rows(r.prompts_per_step)
