@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import prompts, tiny_model
+from reasoning_rl.algorithms import logprobs
 from reasoning_rl.algorithms.steps import init_state, make_grpo_grad, make_grpo_step, make_optimizer, make_sft_step
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.data.batching import rollout_batch
@@ -109,3 +110,22 @@ def test_sft_step_reduces_loss_and_grad_clipping_reports_pre_clip_norm():
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] * 0.75
     assert float(m["grad_norm"]) > 0
+
+
+@pytest.mark.parametrize("micro,shares", [(1, True), (3, True), (4, False)])
+def test_shared_prompt_pass_gives_the_same_gradient(micro, shares, monkeypatch):
+    """group=G runs each prompt once and fans its keys/values out to the group: same loss and gradient as
+    running every row whole (micro-batches of whole groups share; a split that cuts groups falls back)."""
+    mdef, params = tiny_model()
+    batch = rollout(mdef, params, n_prompts=6, g=4)
+    cfg = AlgorithmConfig(beta=0.05, eps_high=0.28, micro_batches=micro)
+    whole = jax.jit(make_grpo_grad(mdef, cfg, 1.0))(params, batch)
+    calls = []
+    real = logprobs._shared_prompt_hidden
+    monkeypatch.setattr(logprobs, "_shared_prompt_hidden", lambda *a: calls.append(1) or real(*a))
+    shared = jax.jit(make_grpo_grad(mdef, cfg, 1.0, group=4))(params, batch)
+    assert bool(calls) == shares  # 24 rows in micro-batches of 24, 8 (whole groups) or 6 (cut groups)
+    for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(shared[0])):
+        assert np.abs(a - b).max() / (np.abs(a).max() + 1e-12) < 5e-6
+    assert float(whole[1]["loss_sum"]) == pytest.approx(float(shared[1]["loss_sum"]), rel=1e-5, abs=1e-7)
+    assert float(shared[1]["logprob_gap"]) < 1e-4

@@ -27,6 +27,7 @@ from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.data.batching import rollout_batch
 from reasoning_rl.models import TransformerConfig, create
 from reasoning_rl.rollout.sampler import SamplingParams, sample
+from reasoning_rl.stages.common import train_compiler_options
 
 VOCAB, PROMPT, NEW = 512, 32, 128
 PEAK_GFLOPS = 157.0  # 2-core AVX2+FMA float32 peak of the reference machine
@@ -81,7 +82,8 @@ def bench_grpo(mdef, params, steps: int, logits_chunk: int = 0) -> dict:
     acfg = AlgorithmConfig(beta=0.0)
     tx = make_optimizer(ocfg, steps + 1)
     state = init_state(params, tx, 0)
-    step = jax.jit(make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk), donate_argnums=(0,))
+    step = jax.jit(make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk, group=g), donate_argnums=(0,),
+                   compiler_options=train_compiler_options())  # what the trainer's steps use
     sp = SamplingParams(NEW, 1.0, 0, 1.0, False, (), 0, g)
     step_t, gen_t, upd_t = [], [], []
     for i in range(steps + 1):

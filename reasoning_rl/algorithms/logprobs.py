@@ -11,19 +11,28 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reasoning_rl.models import Transformer, positions_from_valid
+from reasoning_rl.models import KVCache, Transformer, positions_from_valid
 from reasoning_rl.rollout.sampling import entropy, token_logprobs
 
 
 def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
                     temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False,
-                    routes: jax.Array | None = None, with_aux: bool = False):
+                    routes: jax.Array | None = None, with_aux: bool = False, group: int = 1):
     """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies, and the
-    model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``)."""
-    h, _, aux = model.hidden(tokens, positions_from_valid(valid), valid, return_aux=True, routes=routes)
+    model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``).
+
+    ``group`` > 1: rows ``[i * group, (i + 1) * group)`` share their prompt (everything before the targets),
+    as GRPO rollouts do. The prompt is then run once per group and its keys/values fanned out to the
+    group's rows, as the sampler does; gradients through the shared prompt are summed over the group by
+    the fan-out's transpose, so this is the same function with ``(group - 1) / group`` of the prompt work
+    removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)"""
     t = tokens.shape[1]
-    h = h[:, t - n_targets - 1 : t - 1]
     targets = tokens[:, t - n_targets :]
+    if group > 1 and tokens.shape[0] % group == 0 and n_targets < t and model.cfg.moe is None:
+        h, aux = _shared_prompt_hidden(model, tokens, valid, n_targets, group)
+    else:
+        h, _, aux = model.hidden(tokens, positions_from_valid(valid), valid, return_aux=True, routes=routes)
+        h = h[:, t - n_targets - 1 : t - 1]
 
     def score(h_c, y_c):
         logits = model.logits(h_c)
@@ -48,3 +57,18 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     if with_aux:
         out = out + (aux,)
     return out if len(out) > 1 else out[0]
+
+
+def _shared_prompt_hidden(model: Transformer, tokens, valid, n: int, group: int):
+    """Hidden states predicting the last ``n`` tokens, the prompt computed once per group (see above)."""
+    b, t = tokens.shape
+    tp = t - n
+    pt, pv = tokens[::group, :tp], valid[::group, :tp]
+    positions = positions_from_valid(valid)
+    cache = KVCache.empty(model.cfg, b // group, t)
+    hp, cache = model.hidden(pt, positions[::group, :tp], pv, cache, 0)
+    rep = lambda x, axis: jnp.repeat(x, group, axis=axis)  # noqa: E731
+    cache = KVCache(rep(cache.k, 1), rep(cache.v, 1), rep(cache.valid, 0))
+    hc, _ = model.hidden(tokens[:, tp:], positions[:, tp:], valid[:, tp:], cache, tp)
+    return jnp.concatenate([rep(hp[:, -1:], 0), hc[:, : n - 1]], axis=1), {}
+

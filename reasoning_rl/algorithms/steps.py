@@ -148,9 +148,11 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     return sft_step
 
 
-def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int = 0):
+def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int = 0,
+                   group: int = 1):
     """``(params, batch) -> (grads, aux)``: the normalised gradient of one mini-batch, accumulated over
-    ``acfg.micro_batches`` micro-batches.
+    ``acfg.micro_batches`` micro-batches. ``group``: rows come in groups of this many sharing a prompt (a
+    rollout batch), so the prompt is run once per group (see ``target_logprobs``).
 
     batch: tokens [B, Tp+T] int32, valid [B, Tp+T] bool (prompt validity ++ completion mask), mask [B, T],
     old_logp [B, T], sampler_logp [B, T], adv [B], and ref_logp [B, T] when ``acfg.beta > 0``.
@@ -163,7 +165,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         model = mdef.bind(params)
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
-                                       with_entropy=True, routes=b.get("routes"), with_aux=True)
+                                       with_entropy=True, routes=b.get("routes"), with_aux=True, group=group)
         x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"])
         s, c, metrics = loss(x, **kw)
         m = b["mask"].astype(jnp.float32)
@@ -177,9 +179,9 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
 
 
 def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
-                   temperature: float, logits_chunk: int = 0):
+                   temperature: float, logits_chunk: int = 0, group: int = 1):
     """One optimizer update on one mini-batch (see ``make_grpo_grad`` for the batch layout)."""
-    grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk)
+    grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk, group)
 
     def grpo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         grads, aux = grad_fn(state.params, batch)
