@@ -60,6 +60,14 @@ class KVCache:
     def size(self) -> int:
         return self.valid.shape[1]
 
+    def fan_out(self, g: int) -> KVCache:
+        """Each row repeated ``g`` times (a prompt's cache shared by its group's samples); its transpose sums
+        the group's gradients back into the prompt's keys/values."""
+        if g == 1:
+            return self
+        return KVCache(jnp.repeat(self.k, g, axis=1), jnp.repeat(self.v, g, axis=1),
+                       jnp.repeat(self.valid, g, axis=0))
+
     def layer_kv(self) -> tuple:
         """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table)."""
         return (self.k, self.v) if self.table is None else (self.k, self.v, self.table)

@@ -44,6 +44,17 @@ def w1_config(**kw) -> TransformerConfig:
     return TransformerConfig(**base)
 
 
+def best_of(fn, reps: int):
+    """(last result, fastest wall seconds) of ``reps`` calls of ``fn``."""
+    best, res = None, None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        res = fn()
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return res, best
+
+
 def flops_per_token(cfg: TransformerConfig, ctx: int) -> float:
     """Forward FLOPs per token: 2 x matmul params + attention scores/values over ``ctx`` keys."""
     d, h, k, hd, f, L = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.n_layers

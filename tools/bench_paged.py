@@ -17,13 +17,12 @@ import functools
 import json
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import VOCAB, log, w1_config  # noqa: E402
+from bench import VOCAB, best_of, log, w1_config  # noqa: E402
 
 from reasoning_rl.models import create  # noqa: E402
 from reasoning_rl.rollout.sampler import PageLayout, SamplingParams, sample, sample_impl  # noqa: E402
@@ -69,12 +68,7 @@ def main() -> None:
             fn = jax.jit(functools.partial(sample_impl, mdef, sp))
             mem = fn.lower(params, pt, pv, jax.random.key(0)).compile().memory_analysis()
             jax.device_get(sample(mdef, params, pt, pv, jax.random.key(1), sp))  # compile
-            best = None
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                o = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(0), sp))
-                dt = time.perf_counter() - t0
-                best = dt if best is None else min(best, dt)
+            o, best = best_of(lambda: jax.device_get(sample(mdef, params, pt, pv, jax.random.key(0), sp)), args.reps)
             toks[layout] = o.tokens
             res[layout] = {"cache_mib": cache_bytes(cfg, sp, args.prompts, args.prompt_len) / 2**20,
                            "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20, "s": best,

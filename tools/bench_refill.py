@@ -23,13 +23,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import VOCAB, log, prompts, w1_config  # noqa: E402
+from bench import VOCAB, best_of, log, prompts, w1_config  # noqa: E402
 
 from reasoning_rl.models import create  # noqa: E402
 from reasoning_rl.rollout.sampler import SamplingParams, sample  # noqa: E402
@@ -44,16 +43,6 @@ def run_plain(mdef, params, pt, pv, sp, slots, seed):
         outs.append(o)
         steps += int(o.slot_steps)
     return np.concatenate([o.tokens for o in outs]), np.concatenate([o.lengths for o in outs]), steps
-
-
-def timed(fn, reps):
-    best = None
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        res = fn()
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    return res, best
 
 
 def main() -> None:
@@ -87,13 +76,13 @@ def main() -> None:
     jax.device_get(sample(mdef, params, pt, pv, jax.random.key(args.seed + 1), base))
 
     log("plain waves ...")
-    (p_toks, p_len, p_steps), p_s = timed(lambda: run_plain(mdef, params, pt, pv, base, args.slots, args.seed),
+    (p_toks, p_len, p_steps), p_s = best_of(lambda: run_plain(mdef, params, pt, pv, base, args.slots, args.seed),
                                           args.reps)
     log("refill ...")
-    r, r_s = timed(lambda: jax.device_get(sample(mdef, params, pt, pv, jax.random.key(args.seed), refill_sp)),
+    r, r_s = best_of(lambda: jax.device_get(sample(mdef, params, pt, pv, jax.random.key(args.seed), refill_sp)),
                    args.reps)
     log("plain, whole batch ...")
-    w, w_s = timed(lambda: jax.device_get(sample(mdef, params, pt, pv, jax.random.key(args.seed), base)),
+    w, w_s = best_of(lambda: jax.device_get(sample(mdef, params, pt, pv, jax.random.key(args.seed), base)),
                    args.reps)
 
     gen = int(p_len.sum())

@@ -66,9 +66,7 @@ def _shared_prompt_hidden(model: Transformer, tokens, valid, n: int, group: int)
     pt, pv = tokens[::group, :tp], valid[::group, :tp]
     positions = positions_from_valid(valid)
     cache = KVCache.empty(model.cfg, b // group, t)
-    hp, cache = model.hidden(pt, positions[::group, :tp], pv, cache, 0)
-    rep = lambda x, axis: jnp.repeat(x, group, axis=axis)  # noqa: E731
-    cache = KVCache(rep(cache.k, 1), rep(cache.v, 1), rep(cache.valid, 0))
-    hc, _ = model.hidden(tokens[:, tp:], positions[:, tp:], valid[:, tp:], cache, tp)
-    return jnp.concatenate([rep(hp[:, -1:], 0), hc[:, : n - 1]], axis=1), {}
+    hp, cache = model.hidden(pt, positions[::group, :tp], pv, cache, 0, attend=tp)  # prompts see prompts only
+    hc, _ = model.hidden(tokens[:, tp:], positions[:, tp:], valid[:, tp:], cache.fan_out(group), tp)
+    return jnp.concatenate([jnp.repeat(hp[:, -1:], group, axis=0), hc[:, : n - 1]], axis=1), {}
 

@@ -194,10 +194,12 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
     return grpo_step
 
 
-def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int = 0):
-    """params, tokens, valid, n → log-probs [B, n] (reference model or behaviour recompute)."""
+def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int = 0, group: int = 1):
+    """params, tokens, valid, n → log-probs [B, n] (reference model or behaviour recompute); ``group`` as in
+    ``make_grpo_grad``."""
 
     def fn(params, tokens, valid, mask):
-        return target_logprobs(mdef.bind(params), tokens, valid, mask.shape[1], temperature, logits_chunk)
+        return target_logprobs(mdef.bind(params), tokens, valid, mask.shape[1], temperature, logits_chunk,
+                               group=group)
 
     return fn

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
+from reasoning_rl.models import ModelDef
 
-from .sampler import _fan_out  # the cache layout is the sampler's: fan out the same way
-from .sampling import select
+from .sampler import _fan_out, _prefill  # the cache layout is the sampler's: prefill and fan out the same way
+from .sampling import row_keys, select
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     g, n = bp.group_size, bp.max_new_tokens
     rows = p * g
 
-    cache = KVCache.empty(mdef.cfg, p, tp + n)
-    h, cache = model.hidden(prompt_tokens, positions_from_valid(prompt_valid), prompt_valid, cache, 0)
-    logits = jnp.repeat(model.logits(h[:, -1]), g, axis=0)
+    cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, tp + n)
+    logits = jnp.repeat(logits, g, axis=0)
     cache = _fan_out(cache, g)
+    row_ids = jnp.arange(rows, dtype=jnp.int32)
     pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(bp.stop_ids if bp.stop_ids else (-1,), jnp.int32)
     zeros_i = jnp.zeros((rows,), jnp.int32)
@@ -72,8 +72,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
         return (s["t"] < n) & ~jnp.all(s["done"])
 
     def body(s):
-        rng, sub = jax.random.split(s["rng"])
-        tok, _ = select(sub, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy)
+        keys = row_keys(rng, row_ids, jnp.full((rows,), s["t"]))  # per-row keys, as in the sampler
+        tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy)
         thinking = ~s["closed"]
         # floor: an early </think> becomes the continuation token
         early = thinking & (tok == bp.think_close) & (s["count"] < min_think)
@@ -94,7 +94,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
 
         cache, logits = jax.lax.cond(jnp.all(done), lambda a: a, step, (s["cache"], s["logits"]))
         return {"t": s["t"] + 1, "cache": cache, "logits": logits, "toks": s["toks"].at[:, s["t"]].set(tok),
-                "mask": s["mask"].at[:, s["t"]].set(live), "pos": s["pos"] + 1, "done": done, "rng": rng,
+                "mask": s["mask"].at[:, s["t"]].set(live), "pos": s["pos"] + 1, "done": done,
                 "count": s["count"] + counted.astype(jnp.int32),
                 "closed": s["closed"] | (live & (tok == bp.think_close)),
                 "pending": live & force & (bp.answer_open >= 0), "forced": s["forced"] | (live & force),
@@ -102,7 +102,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
 
     init = {"t": jnp.int32(0), "cache": cache, "logits": logits,
             "toks": jnp.full((rows, n), bp.pad_id, jnp.int32), "mask": jnp.zeros((rows, n), bool), "pos": pos,
-            "done": zeros_b, "rng": rng, "count": zeros_i, "closed": zeros_b, "pending": zeros_b,
+            "done": zeros_b, "count": zeros_i, "closed": zeros_b, "pending": zeros_b,
             "forced": zeros_b, "extended": zeros_i}
     s = jax.lax.while_loop(cond, body, init)
     lengths = jnp.sum(s["mask"], axis=1).astype(jnp.int32)

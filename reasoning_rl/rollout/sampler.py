@@ -95,10 +95,7 @@ def shard_cache(cache: KVCache) -> KVCache:
 
 
 def _fan_out(cache: KVCache, g: int) -> KVCache:
-    if g > 1:
-        cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1),
-                        jnp.repeat(cache.valid, g, axis=0))
-    return shard_cache(cache)
+    return shard_cache(cache.fan_out(g))
 
 
 @dataclass(frozen=True)
@@ -123,6 +120,10 @@ class PageLayout:
     @property
     def pages(self) -> int:
         return self.prompts * self.shared + self.slots * self.own
+
+    @property
+    def size(self) -> int:
+        return (self.shared + self.own) * self.page  # logical slots a row addresses
 
     @property
     def prefill_size(self) -> int:
@@ -160,17 +161,27 @@ def paged_cache(prefill: KVCache, lay: PageLayout, prompt: jax.Array, valid: jax
     return shard_cache(KVCache(pool(prefill.k), pool(prefill.v), valid, lay.table(prompt)))
 
 
-def _prefill(model, sp: SamplingParams, prompt_tokens, prompt_valid, size: int):
-    """Prompts' cache ([P, size] slots, prompt in the first Tp), last-position logits [P, V], routes."""
+def _prefill(model, prompt_tokens, prompt_valid, size: int, record: bool = False):
+    """Prompts' cache ([P, size] slots, prompt in the first Tp), last-position logits [P, V] and, with
+    ``record`` on an MoE model, the prompt tokens' routes [P, Tp, L, k] (else None)."""
     cache = KVCache.empty(model.cfg, prompt_tokens.shape[0], size)
     positions = positions_from_valid(prompt_valid)
     routes = None
-    if sp.record_routes and model.cfg.moe is not None:
+    if record and model.cfg.moe is not None:
         h, cache, aux = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, return_aux=True)
         routes = aux["routes"]  # [P, Tp, L, k]
     else:
         h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0)
     return cache, model.logits(h[:, -1]), routes  # left padding puts every prompt's last token at Tp-1
+
+
+def _draw(sp: SamplingParams, rng, row_ids, t, logits, live, stop):
+    """One decode step's tokens for the rows in the batch (row ``row_ids[b]`` at its step ``t[b]``): token
+    (pad where not live), its log-prob, and whether the row stops here."""
+    tok, lp = select(row_keys(rng, row_ids, t), logits, temperature=sp.temperature, top_k=sp.top_k,
+                     top_p=sp.top_p, greedy=sp.greedy)
+    tok = jnp.where(live, tok, sp.pad_id)
+    return tok, jnp.where(live, lp, 0.0), jnp.isin(tok, stop) | (t + 1 >= sp.max_new_tokens)
 
 
 def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens: jax.Array,
@@ -187,8 +198,8 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
 
     # Prefill once per prompt, then fan out to the group (paged: the group shares the prompt's pages).
     lay = PageLayout.of(sp.page_size, p, rows, tp, n) if sp.page_size else None
-    cache, logits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid,
-                                            lay.prefill_size if lay else tp + n)
+    cache, logits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
+                                            lay.prefill_size if lay else tp + n, sp.record_routes)
     record = prompt_routes is not None
     if record:
         prompt_routes = jnp.repeat(prompt_routes, g, axis=0)  # [R, Tp, L, k]
@@ -196,8 +207,7 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
     else:
         routes = jnp.zeros((), jnp.int32)
     if lay:
-        size = (lay.shared + lay.own) * lay.page
-        valid = jnp.pad(jnp.repeat(prompt_valid, g, axis=0), ((0, 0), (0, size - tp)))
+        valid = jnp.pad(jnp.repeat(prompt_valid, g, axis=0), ((0, 0), (0, lay.size - tp)))
         cache = paged_cache(cache, lay, jnp.arange(rows) // g, valid)
     else:
         cache = _fan_out(cache, g)
@@ -212,14 +222,12 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
 
     def body(state, attend):
         t, cache, logits, toks, logps, mask, pos, done, routes = state
-        tok, lp = select(row_keys(rng, row_ids, jnp.full((rows,), t)), logits, temperature=sp.temperature,
-                         top_k=sp.top_k, top_p=sp.top_p, greedy=sp.greedy)
         live = ~done
-        tok = jnp.where(live, tok, sp.pad_id)
+        tok, lp, stops = _draw(sp, rng, row_ids, jnp.full((rows,), t), logits, live, stop)
         toks = toks.at[:, t].set(tok)
-        logps = logps.at[:, t].set(jnp.where(live, lp, 0.0))
+        logps = logps.at[:, t].set(lp)
         mask = mask.at[:, t].set(live)
-        done = done | jnp.isin(tok, stop) | (t + 1 >= n)
+        done = done | stops
 
         # Always run the next forward (a lax.cond here makes XLA copy the whole cache every step); the
         # iteration after the last stop computes one unused step.
@@ -262,11 +270,11 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     refill_at = sp.refill_min or max(1, b // 8)
 
     lay = PageLayout.of(sp.page_size, p, b, tp, n) if sp.page_size else None
-    pcache, plogits, prompt_routes = _prefill(model, sp, prompt_tokens, prompt_valid,
-                                              lay.prefill_size if lay else tp)
+    pcache, plogits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
+                                              lay.prefill_size if lay else tp, sp.record_routes)
     record = prompt_routes is not None
     plen = jnp.sum(prompt_valid, axis=1).astype(jnp.int32)
-    size = (lay.shared + lay.own) * lay.page if lay else tp + n
+    size = lay.size if lay else tp + n
     pvalid = jnp.pad(prompt_valid, ((0, 0), (0, size - tp)))
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
 
@@ -274,13 +282,12 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         """Slots ``take`` start rows of prompts ``pi``: contiguous, copy the prompt's K/V into the slot;
         paged, point the slot's table at the prompt's shared pages and copy only its last page."""
         valid = jnp.where(take[:, None], pvalid[pi], c.valid)
+        sel = take[None, :, None, None, None]
         if lay is None:
-            sel = take[None, :, None, None, None]
             k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
             v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
             return shard_cache(KVCache(k, v, valid))
         first, full = lay.own_first(), lay.shared * lay.page
-        sel = take[None, :, None, None, None]
         k, v = (pool.at[:, first].set(jnp.where(sel, x[:, pi, :, full:full + lay.page], pool[:, first]))
                 for pool, x in ((c.k, pcache.k), (c.v, pcache.v)))
         table = jnp.where(take[:, None], lay.table(pi), c.table)
@@ -303,9 +310,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
 
     def step(s):
         live, t = ~s["done"], s["t"]
-        tok, lp = select(row_keys(rng, row0 + s["row"], t), s["logits"], temperature=sp.temperature,
-                         top_k=sp.top_k, top_p=sp.top_p, greedy=sp.greedy)
-        tok = jnp.where(live, tok, sp.pad_id)
+        tok, lp, stops = _draw(sp, rng, row0 + s["row"], t, s["logits"], live, stop)
         at = jnp.where(live, s["row"], rows)  # out of range: dropped
         out = {"toks": s["toks"].at[at, t].set(tok, mode="drop"),
                "logps": s["logps"].at[at, t].set(lp, mode="drop"),
@@ -319,7 +324,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
             h, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], index)
         step_i = live.astype(jnp.int32)
         return {**s, **out, "cache": cache, "logits": model.logits(h[:, 0]), "t": t + step_i,
-                "pos": s["pos"] + step_i, "done": s["done"] | jnp.isin(tok, stop) | (t + 1 >= n),
+                "pos": s["pos"] + step_i, "done": s["done"] | stops,
                 "steps": s["steps"] + 1}
 
     def outer(s):

@@ -50,16 +50,13 @@ def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int,
            greedy: bool) -> tuple[jax.Array, jax.Array]:
     """Draw the next token per row; returns (tokens [B] int32, logprobs [B] float32).
 
-    ``rng`` is one key for the whole batch, or [B] keys, one per row: then a row's draw depends only on its
-    own key and logits, not on which other rows share the batch (what lets the in-flight sampler reproduce
-    the plain loop exactly)."""
+    ``rng``: [B] keys, one per row (see ``row_keys``), so a row's draw depends only on its own key and
+    logits, not on which other rows share the batch (what lets the in-flight sampler reproduce the plain
+    loop exactly, and a batch split over devices or hosts sample what it would sample whole)."""
     logits = logits.astype(jnp.float32)
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
         scaled = filter_logits(logits / temperature, top_k, top_p)
-        if rng.ndim == 1:
-            tok = jax.vmap(jax.random.categorical)(rng, scaled).astype(jnp.int32)
-        else:
-            tok = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+        tok = jax.vmap(jax.random.categorical)(rng, scaled).astype(jnp.int32)
     return tok, token_logprobs(logits, tok, temperature)

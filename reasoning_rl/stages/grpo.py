@@ -149,7 +149,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     rollout = Rollout(rt, stage, stream, data)
     step_fn = rt.jit_step(make_grpo_step(rt.mdef, a, stage.optimizer, run.tx, r.temperature,
                                          rt.model_cfg.logits_chunk, group=r.group_size), run.state)
-    ref_fn = rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.model_cfg.logits_chunk)) if a.beta > 0 else None
+    ref_fn = (rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.model_cfg.logits_chunk, r.group_size))
+              if a.beta > 0 else None)
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     n_rows = r.prompts_per_step * r.group_size
