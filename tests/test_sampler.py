@@ -6,7 +6,7 @@ import pytest
 from helpers import prompts, tiny_model
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.rollout import sampler as S
-from reasoning_rl.rollout.sampling import filter_logits
+from reasoning_rl.rollout.sampling import filter_logits, inverse_cdf, row_keys, select
 
 
 def trainer_logprobs(mdef, params, pt, pv, out, g, temperature):
@@ -85,6 +85,31 @@ def test_top_p_filter_keeps_the_nucleus():
     assert kept.tolist() == [[True, True, True, False]]
     kept = np.asarray(filter_logits(logits, top_k=3)) > -1e29
     assert kept.tolist() == [[True, True, True, False]]
+
+
+@pytest.mark.parametrize("vocab,top_k,top_p", [(37, 0, 1.0), (300, 0, 1.0), (300, 5, 1.0), (300, 0, 0.6)])
+def test_token_draw_follows_the_filtered_softmax(vocab, top_k, top_p):
+    """The inverse-CDF draw samples softmax(filtered logits): empirical frequencies over 40k draws match, and
+    tokens outside top-k / top-p are never drawn; the log-prob is the unfiltered one (what the trainer uses)."""
+    rng = np.random.default_rng(vocab + top_k)
+    logits = jnp.asarray(rng.standard_normal((1, vocab)) * 2.0, jnp.float32)
+    n = 40_000
+    keys = row_keys(jax.random.key(7), jnp.zeros((n,), jnp.int32), jnp.arange(n))
+    tok, lp = jax.jit(lambda k, l: select(k, l, temperature=0.8, top_k=top_k, top_p=top_p, greedy=False))(
+        keys, jnp.repeat(logits, n, 0))
+    want = np.asarray(jax.nn.softmax(filter_logits(logits / 0.8, top_k, top_p)))[0]
+    got = np.bincount(np.asarray(tok), minlength=vocab) / n
+    assert got[want == 0].sum() == 0
+    assert np.abs(got - want).max() < 5 * np.sqrt(want.max() / n), np.abs(got - want).max()
+    full = np.asarray(jax.nn.log_softmax(logits / 0.8))[0]
+    np.testing.assert_allclose(np.asarray(lp), full[np.asarray(tok)], atol=1e-6)
+
+
+def test_inverse_cdf_edges():
+    """u -> 0 gives the first positive-weight token, u -> 1 the last; zero weights are skipped."""
+    w = jnp.asarray([[0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0] + [0.0] * 20], jnp.float32)
+    toks = inverse_cdf(jnp.asarray([0.0, 0.33, 0.34, 1.0 - 2**-24]), jnp.repeat(w, 4, 0))
+    assert np.asarray(toks).tolist() == [2, 2, 4, 4]
 
 
 def test_no_recompile_for_same_shapes():
