@@ -97,18 +97,20 @@ def _dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sc
 def _decode_attention(q, k, v, mask, scale, softcap):
     """One query per row over a heads-first cache [B, K, S, D].
 
-    Both products are written with the cache as the left operand and the tiny per-row query/probabilities
-    as the right one: XLA:CPU's GEMMs then stream the cache once instead of repacking it for every
-    (row, KV head) pair, which made the decode step several times slower."""
+    The scores product is written with the cache as the left operand and the tiny per-row query as the right
+    one: XLA:CPU's GEMMs then stream the cache once instead of repacking it for every (row, KV head) pair,
+    which made the decode step several times slower. The [B, K, S, G] scores are then turned to [B, K, G, S]
+    (a small transpose) so the softmax reduces over the minor axis (~15% of a W1 decode step on CPU)."""
     b, _, h, d = q.shape
     kv = k.shape[1]
     qg = q.reshape(b, kv, h // kv, d)
-    scores = jnp.einsum("bksd,bkgd->bksg", k, qg, preferred_element_type=jnp.float32) * scale  # [B, K, S, G]
+    scores = jnp.einsum("bksd,bkgd->bksg", k, qg, preferred_element_type=jnp.float32) * scale
+    scores = jnp.swapaxes(scores, 2, 3)  # [B, K, G, S]
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
-    scores = jnp.where(mask[:, 0][:, None, :, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=2).astype(v.dtype)
-    out = jnp.einsum("bkgs,bksd->bkgd", jnp.swapaxes(probs, 2, 3), v)
+    scores = jnp.where(mask[:, 0][:, None, None, :], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs, v)
     return out.reshape(b, 1, h, v.shape[-1])
 
 
