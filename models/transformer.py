@@ -5,7 +5,9 @@ The same ``hidden`` method runs a full sequence (training, scoring) and cache-ba
 log-probs equal the trainer's by construction (up to float reassociation).
 
 Layers are stacked (every parameter of ``layers`` has a leading layer dimension) and run under
-``lax.scan``, so compile time does not grow with depth. Layer-type schedules stay scanned: sliding/global
+``lax.scan``, so compile time does not grow with depth; multi-token passes of shallow stacks (at most
+``cfg.unroll_max`` layers) run unrolled over the same stacked parameters, which is faster for a small
+compile-time cost. Layer-type schedules stay scanned: sliding/global
 attention is a scanned per-layer flag, and dense-then-MoE (DeepSeek) is two stacks, each scanned.
 """
 
@@ -268,15 +270,16 @@ class Transformer(nnx.Module):
             x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"))
             return (x, kv), stats
 
+        scan = self.cfg.scan_layers and (x.shape[1] == 1 or n > self.cfg.unroll_max)
         if policy is not None:
-            body = jax.checkpoint(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
+            body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
         layers = jnp.arange(first, first + n, dtype=jnp.int32)
         xs = {"layer": layers, "state": state}
         if per_layer:
             xs["sliding"] = ctx["sliding"][first:first + n]
         if routes is not None:
             xs["routes"] = routes
-        if self.cfg.scan_layers:
+        if scan:
             (x, kv), stats = jax.lax.scan(body, (x, kv), xs)
         else:
             ys = []

@@ -54,6 +54,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
+    unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)
     logits_chunk: int = 0  # >0: compute log-probs over sequence chunks of this many tokens
     # Mixture of experts for a model built from this section (HF checkpoints bring their own): keys of
     # reasoning_rl.models.MoEConfig, e.g. {n_experts: 8, top_k: 2, ffn_dim: 96, capacity_factor: 0}.
@@ -304,10 +305,12 @@ class Config:
     def hash(self) -> str:
         """Identity of what the run computes. How it is laid out over devices and hosts (``mesh``,
         ``distributed``) is not part of it: a run may resume on another mesh or number of hosts (the steps
-        give the same numbers on any mesh, up to float reassociation)."""
+        give the same numbers on any mesh, up to float reassociation). Nor is ``model.unroll_max`` (layers run
+        unrolled or scanned compute the same numbers)."""
         d = self.to_dict()
         d.pop("distributed", None)
         d.pop("mesh", None)
+        d["model"].pop("unroll_max", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -37,7 +37,8 @@ def model_config(cfg: Config) -> TransformerConfig:
         if not (Path(m.path) / "config.json").is_file():
             raise ConfigError(f"model.path: no config.json in {m.path}")
         mc = config_from_hf(m.path)
-        return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+        return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max)
     from reasoning_rl.stages.common import model_config_from
 
     return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)

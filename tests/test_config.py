@@ -78,5 +78,7 @@ def test_hash_names_what_is_computed_not_where():
     cfg = C.from_dict(base())
     laid_out = C.from_dict({**base(), "mesh": {"data": 2, "fsdp": 2}, "distributed": {"process_id": 1}})
     assert laid_out.hash() == cfg.hash()
+    unrolled = C.from_dict({**base(), "model": {**base().get("model", {}), "unroll_max": 0}})
+    assert unrolled.hash() == cfg.hash()
     other = C.from_dict({**base(), "optimizer": {"lr": 0.5}})
     assert other.hash() != cfg.hash()

@@ -104,20 +104,45 @@ def test_cached_decode_matches_full_forward(name):
 
 
 def test_unrolled_layers_match_scan():
+    """Scanned (unroll_max=0), unrolled for a shallow stack (the default) and never scanned
+    (scan_layers=False) compute the same hidden states, MoE statistics and gradients."""
     cfg = CONFIGS["deepseek_like"]
     mdef, params = _model("deepseek_like")
-    other, _ = create(dataclasses.replace(cfg, scan_layers=False), abstract=True)
+    variants = [create(dataclasses.replace(cfg, **kw), abstract=True)[0]
+                for kw in ({"unroll_max": 0}, {"unroll_max": cfg.n_layers}, {"scan_layers": False})]
     tokens, valid = _batch()
+    pos = positions_from_valid(valid)
 
     @jax.jit
     def run(p):
-        pos = positions_from_valid(valid)
-        a = mdef.bind(p).hidden(tokens, pos, valid, return_aux=True)
-        b = other.bind(p).hidden(tokens, pos, valid, return_aux=True)
-        return (a[0], a[2]), (b[0], b[2])
+        outs = []
+        for m in variants:
+            h, _, aux = m.bind(p).hidden(tokens, pos, valid, return_aux=True)
+            grad = jax.grad(lambda q, m=m: jnp.sum(m.bind(q).hidden(tokens, pos, valid)[0] ** 2))(p)
+            outs.append((h, aux, grad))
+        return outs
 
-    a, b = run(params)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5), a, b)
+    ref, *others = run(params)
+    for out in others:
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5), ref, out)
+
+
+def test_shallow_stacks_unroll_multi_token_passes_and_scan_decode():
+    """With ``unroll_max`` >= depth a training pass has no scan (no stacked residuals) while a one-token
+    decode step still scans the layers over the cache."""
+    mdef, params = _model("plain")
+    deep, _ = create(dataclasses.replace(CONFIGS["plain"], unroll_max=0), abstract=True)
+    tokens, valid = _batch()
+    pos = positions_from_valid(valid)
+
+    def has_scan(m, cache=None, t=None):
+        fn = (lambda p: m.bind(p).hidden(tokens, pos, valid)[0]) if cache is None else (
+            lambda p: m.bind(p).hidden(tokens[:, :1], pos[:, :1], valid[:, :1], cache, t)[0])
+        return "scan" in str(jax.make_jaxpr(fn)(params))
+
+    assert not has_scan(mdef) and has_scan(deep)
+    cache = KVCache.empty(mdef.cfg, tokens.shape[0], 16)
+    assert has_scan(mdef, cache, 3)
 
 
 def test_dense_model_has_no_aux_and_keeps_its_param_tree():

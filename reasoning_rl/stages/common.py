@@ -122,7 +122,7 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         n_kv_heads=m.n_kv_heads, head_dim=m.head_dim or m.d_model // m.n_heads, ffn_dim=m.ffn_dim,
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
-        remat=m.remat, scan_layers=m.scan_layers, family=m.family, moe=_moe_config(m))
+        remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max, family=m.family, moe=_moe_config(m))
 
 
 def _moe_config(m: ModelConfig):
@@ -171,7 +171,8 @@ class Runtime:
             from reasoning_rl.models.hf import config_from_hf
 
             mcfg = config_from_hf(self.hf_path)
-            mcfg = dataclasses.replace(mcfg, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+            mcfg = dataclasses.replace(mcfg, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                                       scan_layers=m.scan_layers, unroll_max=m.unroll_max)
         else:
             mcfg = model_config_from(m, self.tok.vocab_size)
         self.mdef, _ = create(mcfg, abstract=True)
