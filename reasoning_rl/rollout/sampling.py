@@ -47,7 +47,7 @@ def row_keys(rng: jax.Array, rows: jax.Array, steps: jax.Array) -> jax.Array:
 
 
 def _block(v: int) -> int:
-    """Block width for the two-level draw: the power of two nearest above sqrt(V)."""
+    """Block width for the two-level draw: the smallest power of two at least sqrt(V)."""
     b = 1
     while b * b < v:
         b *= 2
