@@ -48,7 +48,8 @@ def _runtime_neutral(cfg: TransformerConfig, like: TransformerConfig) -> Transfo
     """``cfg`` with the fields that do not change the checkpoint format taken from ``like``."""
     moe = cfg.moe if cfg.moe is None or like.moe is None else dataclasses.replace(cfg.moe, impl=like.moe.impl)
     return dataclasses.replace(cfg, param_dtype=like.param_dtype, dtype=like.dtype, remat=like.remat,
-                               scan_layers=like.scan_layers, unroll_max=like.unroll_max, extra=like.extra, max_seq_len=like.max_seq_len, moe=moe)
+                               scan_layers=like.scan_layers, unroll_max=like.unroll_max, extra=like.extra,
+                               max_seq_len=like.max_seq_len, moe=moe)
 
 
 def hf_config(cfg: TransformerConfig) -> dict:

@@ -93,9 +93,15 @@ def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int,
     logits = logits.astype(jnp.float32)
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-        scaled = filter_logits(logits / temperature, top_k, top_p)
-        weights = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))
-        u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
-        tok = inverse_cdf(u, weights)
-    return tok, token_logprobs(logits, tok, temperature)
+        return tok, token_logprobs(logits, tok, temperature)
+    # One exp pass serves the draw and the log-prob: log_softmax's own shift-exp-sum, written out.
+    scaled = logits / temperature
+    shifted = scaled - jnp.max(scaled, axis=-1, keepdims=True)
+    e = jnp.exp(shifted)
+    weights = e
+    if (top_k and top_k < logits.shape[-1]) or top_p < 1.0:
+        weights = jnp.where(filter_logits(scaled, top_k, top_p) > NEG_INF / 2, e, 0.0)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
+    tok = inverse_cdf(u, weights)
+    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - jnp.log(jnp.sum(e, axis=-1))
+    return tok, lp
