@@ -94,7 +94,8 @@ def cmd_run(args) -> int:
     cfg = _load_config(args)
     from reasoning_rl import distributed
 
-    distributed.initialize(cfg.distributed)  # before anything touches a device
+    distributed.split_cpu(cfg.mesh.cpu_devices)  # both before anything touches a device
+    distributed.initialize(cfg.distributed)
     enable_compile_cache()
     summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress)
     brief = {name: {k: v for k, v in s.items() if k in ("pass@1", "greedy_accuracy", "format_rate",

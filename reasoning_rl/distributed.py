@@ -37,6 +37,20 @@ class DistributedError(RuntimeError):
     pass
 
 
+def split_cpu(n: int) -> None:
+    """Expose the CPU host as ``n`` XLA devices (``mesh.cpu_devices``; 0: leave JAX's default). Must run
+    before JAX starts its backends; a later call asking for the count already in place is a no-op."""
+    if n <= 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except RuntimeError:  # backends already started: fine only if they have what is asked for
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise DistributedError(f"mesh.cpu_devices: {n} asked for, but JAX already started with {have} CPU "
+                                   "device(s); set it before any JAX computation (the CLI does)") from None
+
+
 def initialize(dc: Any) -> bool:
     """Start ``jax.distributed`` if the config or the environment asks for it; True if it is running.
 

@@ -285,6 +285,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                 "stage": stage.name, "kind": stage.kind, "complete": True,
                 "final_step": info.get("final_step", stage.steps),
                 **refs, "config_hash": cfg.hash(), "code_version": code_version(),
+                "mesh": {str(k): int(v) for k, v in rt.mesh.shape.items()},  # where it ran (not part of the hash)
                 "model": srt.model_cfg.path or {k: v for k, v in config_lib._to_plain(srt.model_cfg).items()
                                                 if k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")},
                 "held_out": _held_out(metrics),

@@ -20,7 +20,9 @@ class MeshError(ValueError):
 
 
 def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:
-    """Resolve -1 ("the rest") and check the sizes multiply to the device count."""
+    """Resolve -1 ("the rest") and check the sizes multiply to the device count (keys other than the mesh
+    axes, such as ``cpu_devices``, are not axes and are ignored)."""
+    sizes = {a: sizes.get(a, 1) for a in AXES}
     fixed = math.prod(v for v in sizes.values() if v != -1)
     shape = []
     for a in AXES:

@@ -51,6 +51,9 @@ class ShardingContext:
     mesh: Mesh
     rules: Mapping[str, MeshAxes]
 
+    def __hash__(self) -> int:  # hashable (rules are a dict), so compiled programs can be cached per context
+        return hash((self.mesh, tuple(sorted(self.rules.items()))))
+
     def spec(self, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
         """PartitionSpec for logical axes; a mesh axis is used at most once and only if it divides the dim."""
         used: set[str] = set()

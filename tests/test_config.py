@@ -37,6 +37,7 @@ def test_set_overrides_by_path_and_stage_name():
     ("algorithm.loss=ppo2", "algorithm.loss: expected one of"),
     ("algorithm.mini_batches=3", "algorithm.mini_batches: rollout batch of 128"),
     ("model.n_kv_heads=3", "model.n_kv_heads: must divide"),
+    ("mesh.cpu_devices=-2", "mesh.cpu_devices: must be 0"),
     ("stages.grpo.init=nope", None),
 ])
 def test_bad_values_name_the_key(override, needle):
@@ -82,3 +83,16 @@ def test_hash_names_what_is_computed_not_where():
     assert unrolled.hash() == cfg.hash()
     other = C.from_dict({**base(), "optimizer": {"lr": 0.5}})
     assert other.hash() != cfg.hash()
+
+
+def test_cpu_device_split_after_jax_started_names_the_key():
+    """Asking for another CPU device count once JAX runs is one clear error; the count in place is a no-op."""
+    import jax
+
+    from reasoning_rl import distributed as dist
+
+    have = len(jax.devices("cpu"))
+    dist.split_cpu(have)
+    dist.split_cpu(0)
+    with pytest.raises(dist.DistributedError, match="mesh.cpu_devices"):
+        dist.split_cpu(have + 1)

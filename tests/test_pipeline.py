@@ -179,3 +179,23 @@ def test_code_task_solutions_pass_their_own_tests_and_wrong_programs_fail():
             assert code(ex.solution, ex.as_dict()) == 1.0
             wrong = ex.solution.replace("return ", "return 1+")
             assert code(wrong, ex.as_dict()) == 0.0
+
+
+@pytest.mark.slow
+def test_cpu_host_split_into_two_data_parallel_devices_gives_the_same_run(reference_run, tmp_path):
+    """mesh.cpu_devices=2: the CLI exposes the host as two devices before JAX starts, the run is data-parallel
+    over them (each device samples its own prompts in its own decode loop) and trains the same model."""
+    env = {**os.environ, "XLA_FLAGS": ""}
+    p = run_cli("--run-dir", str(tmp_path / "run"), "--set", "mesh.cpu_devices=2", "--set", "stages.grpo.steps=3",
+                env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    man = json.loads((tmp_path / "run" / "checkpoints" / "grpo" / "manifest.json").read_text())
+    assert man["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 1}
+    ref_man = json.loads((reference_run / "checkpoints" / "grpo" / "manifest.json").read_text())
+    assert ref_man["mesh"]["data"] == 1
+    ours = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "grpo"]
+    ref = [r for r in read_metrics(reference_run) if r["stage"] == "grpo"][:3]
+    assert len(ours) == 3
+    for a, b in zip(ours, ref):
+        assert a["response_len"] == pytest.approx(b["response_len"]) and a["reward_mean"] == b["reward_mean"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-5)

@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,7 +124,7 @@ def test_no_recompile_for_same_shapes():
     for seed in range(3):
         pt, pv = S.left_pad(prompts(4, seed=seed), 0, bucket=16)
         S.sample(mdef, params, pt, pv, jax.random.key(seed), sp)
-    assert S._compiled(mdef, sp)._cache_size() == 1
+    assert S._compiled(mdef, sp, None)._cache_size() == 1
 
 
 def test_growing_attention_windows_change_nothing_but_the_work():
@@ -133,3 +139,82 @@ def test_growing_attention_windows_change_nothing_but_the_work():
         np.testing.assert_array_equal(o.tokens, outs[0].tokens)
         np.testing.assert_allclose(o.logprobs, outs[0].logprobs, atol=2e-6)
     assert S.window_ends(8, 21, 3) == [16, 24, 29] and S.window_ends(8, 21, 1) == [29]
+
+
+PER_DEVICE_PROBE = r"""
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from helpers import prompts, tiny_model
+from reasoning_rl import sharding as shd
+from reasoning_rl.models import MoEConfig
+from reasoning_rl.rollout.sampler import SamplingParams, left_pad, sample_impl
+
+dense = tiny_model(seed=1)
+moe = tiny_model(seed=2, moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=32))
+pt0, pv0 = left_pad(prompts(8, seed=5), 0)
+cases = {
+    "plain": (dense, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3)),
+    "refill": (dense, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3, slots=8)),
+    "paged": (dense, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3, page_size=4)),
+    "moe_routes": (moe, SamplingParams(12, 1.0, 0, 1.0, False, (5,), 0, 2, record_routes=True)),
+}
+res = {}
+for name, ((mdef, params0), sp) in cases.items():
+    outs, loops = {}, {}
+    # 6 prompts do not split over 4 devices, and a tensor axis needs collectives: one global program for both
+    for axes, prompts_n in [((("data", 1),), 8), ((("data", 4),), 8), ((("data", 4),), 6),
+                            ((("data", 2), ("tensor", 2)), 8)]:
+        n = 1 if axes[0][1] == 1 else 4
+        mesh = shd.make_mesh(dict(axes), jax.devices()[:n])
+        ctx = shd.context(mesh)
+        params = jax.device_put(params0, shd.replicated(mesh))
+        pt = jax.device_put(pt0[:prompts_n], shd.batch_sharding(ctx, pt0[:prompts_n].shape))
+        pv = jax.device_put(pv0[:prompts_n], shd.batch_sharding(ctx, pv0[:prompts_n].shape))
+
+        def fn(*a, sp=sp, mdef=mdef, ctx=ctx):
+            with shd.use(ctx):
+                return sample_impl(mdef, sp, *a)
+
+        f = jax.jit(fn)
+        hlo = f.lower(params, pt, pv, jax.random.key(7), 0).compile().as_text()
+        loops[(axes, prompts_n)] = "all-reduce" in hlo.split("ENTRY")[0]  # a collective inside a loop body
+        outs[(axes, prompts_n)] = jax.device_get(f(params, pt, pv, jax.random.key(7), 0))
+    one, four = outs[((("data", 1),), 8)], outs[((("data", 4),), 8)]
+    odd, tensor = outs[((("data", 4),), 6)], outs[((("data", 2), ("tensor", 2)), 8)]
+    rows6 = 6 * sp.group_size
+    res[name] = {
+        "same": bool(all((o.tokens == one.tokens).all() and (o.mask == one.mask).all()
+                         and (o.lengths == one.lengths).all() for o in (four, tensor))),
+        "same_odd": bool((one.tokens[:rows6] == odd.tokens).all() and (one.lengths[:rows6] == odd.lengths).all()),
+        "lp_diff": max(float(np.abs(one.logprobs - o.logprobs).max()) for o in (four, tensor)),
+        "routes": None if one.routes is None else bool((one.routes == four.routes).all()),
+        "slot_steps": [int(one.slot_steps), int(four.slot_steps)],
+        "collective_in_loop": [loops[((("data", 4),), 8)], loops[((("data", 2), ("tensor", 2)), 8)]],
+        "stopped_early": int((one.lengths < sp.max_new_tokens).sum()),
+    }
+print(json.dumps(res))
+"""
+
+
+def test_data_parallel_sampling_runs_a_loop_per_device_with_the_same_completions(tmp_path):
+    """On a data-only mesh each device decodes its prompts in its own loop (no collective inside the decode
+    loop); plain, refill, paged and MoE routing-replay sampling return what one device returns. A batch that
+    does not split over the devices, or a mesh with a tensor axis, falls back to one global program (whose
+    loop holds cross-device reductions) with the same completions."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "REASONING_RL_COMPILE_CACHE": "off"}
+    p = subprocess.run([sys.executable, "-c", PER_DEVICE_PROBE, str(Path(__file__).parent)], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    for name, r in res.items():
+        assert r["same"] and r["same_odd"], name
+        assert r["lp_diff"] < 1e-5, name
+        assert r["routes"] in (None, True), name
+        assert r["collective_in_loop"] == [False, True], name
+        assert r["stopped_early"] > 0, name  # the stop tokens end rows early, so per-device exits are exercised
+        # the per-device loops stop independently: never more slot steps than one global loop
+        assert 0 < r["slot_steps"][1] <= r["slot_steps"][0], name
+    assert res["moe_routes"]["routes"] is True

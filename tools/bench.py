@@ -21,10 +21,12 @@ import time
 import jax
 import numpy as np
 
+from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.advantages import compute_advantages
 from reasoning_rl.algorithms.steps import init_state, make_grpo_step, make_optimizer
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.data.batching import rollout_batch
+from reasoning_rl.distributed import split_cpu
 from reasoning_rl.models import TransformerConfig, create
 from reasoning_rl.rollout.sampler import SamplingParams, sample
 from reasoning_rl.stages.common import train_compiler_options
@@ -67,13 +69,14 @@ def prompts(n, seed):
     return rng.integers(3, VOCAB, (n, PROMPT)).astype(np.int32), np.ones((n, PROMPT), bool)
 
 
-def bench_sampler(mdef, params, iters: int) -> dict:
+def bench_sampler(mdef, params, iters: int, ctx) -> dict:
     sp = SamplingParams(NEW, 1.0, 0, 1.0, False, (), 0, 1)
-    pt, pv = prompts(64, 1)
+    pt, pv = (jax.device_put(a, shd.batch_sharding(ctx, a.shape)) for a in prompts(64, 1))
     times = []
     for i in range(iters + 1):
         t0 = time.perf_counter()
-        out = sample(mdef, params, pt, pv, jax.random.key(i), sp)
+        with shd.use(ctx):
+            out = sample(mdef, params, pt, pv, jax.random.key(i), sp)
         jax.block_until_ready(out)
         dt = time.perf_counter() - t0
         assert int(out.lengths.min()) == NEW
@@ -87,25 +90,35 @@ def bench_sampler(mdef, params, iters: int) -> dict:
             "fraction_of_peak": fl / mean / 1e9 / PEAK_GFLOPS}
 
 
-def bench_grpo(mdef, params, steps: int, logits_chunk: int = 0) -> dict:
+def bench_grpo(mdef, params, steps: int, ctx, logits_chunk: int = 0) -> dict:
     n_prompts, g = 8, 8
     ocfg = OptimizerConfig(name="adamw", lr=1e-5, weight_decay=0.0, max_grad_norm=0.0)
     acfg = AlgorithmConfig(beta=0.0)
     tx = make_optimizer(ocfg, steps + 1)
-    state = init_state(params, tx, 0)
-    step = jax.jit(make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk, group=g), donate_argnums=(0,),
-                   compiler_options=train_compiler_options())  # what the trainer's steps use
+    rep = shd.replicated(ctx.mesh)
+    state = jax.device_put(init_state(params, tx, 0), rep, may_alias=False)
+    grpo = make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk, group=g)
+
+    def traced(s, b):
+        with shd.use(ctx):
+            return grpo(s, b)
+
+    # what the trainer's steps use: state pinned to its sharding and donated, the train-step XLA options
+    step = jax.jit(traced, donate_argnums=(0,), out_shardings=(jax.tree.map(lambda x: x.sharding, state), rep),
+                   compiler_options=train_compiler_options())
     sp = SamplingParams(NEW, 1.0, 0, 1.0, False, (), 0, g)
     step_t, gen_t, upd_t = [], [], []
     for i in range(steps + 1):
         t0 = time.perf_counter()
         pt, pv = prompts(n_prompts, 100 + i)
-        out = jax.device_get(sample(mdef, state.params, pt, pv, jax.random.key(1000 + i), sp))
+        with shd.use(ctx):
+            out = jax.device_get(sample(mdef, state.params, *(jax.device_put(a, shd.batch_sharding(ctx, a.shape))
+                                                              for a in (pt, pv)), jax.random.key(1000 + i), sp))
         t1 = time.perf_counter()
         rewards = (out.tokens % 2 == 0).mean(axis=1).astype(np.float32)
         adv = np.asarray(compute_advantages("grpo", rewards, g))
         batch = rollout_batch(pt, pv, out.tokens, out.mask, out.logprobs, adv, g)
-        state, m = step(state, batch)
+        state, m = step(state, {k: jax.device_put(v, shd.batch_sharding(ctx, v.shape)) for k, v in batch.items()})
         jax.block_until_ready(m)
         t2 = time.perf_counter()
         step_t.append(t2 - t0)
@@ -132,22 +145,27 @@ def main() -> None:
     ap.add_argument("--skip-grpo", action="store_true")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--logits-chunk", type=int, default=0)
+    ap.add_argument("--cpu-devices", type=int, default=0,
+                    help="split the CPU host into this many devices, data-parallel (mesh.cpu_devices; 0: one)")
     args = ap.parse_args()
+    split_cpu(args.cpu_devices)
     import importlib.metadata as md
 
     cfg = w1_config(dtype=args.dtype)
     mdef, params = create(cfg, 0)
+    ctx = shd.context(shd.make_mesh({"data": -1}))
+    params = jax.device_put(params, shd.replicated(ctx.mesh))
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     result = {"project": "reasoning_rl", "workload": "W1",
               "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
                            "reasoning_rl": md.version("reasoning-rl")},
               "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
               "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0], "n_params": n_params,
-              "dtype": args.dtype}
+              "dtype": args.dtype, "cpu_devices": args.cpu_devices}
     if not args.skip_sampler:
-        result["sampler"] = bench_sampler(mdef, params, args.sampler_iters)
+        result["sampler"] = bench_sampler(mdef, params, args.sampler_iters, ctx)
     if not args.skip_grpo:
-        result["grpo"] = bench_grpo(mdef, params, args.grpo_steps, args.logits_chunk)
+        result["grpo"] = bench_grpo(mdef, params, args.grpo_steps, ctx, args.logits_chunk)
     result["loadavg_end"] = os.getloadavg()[0]
     print(json.dumps(result))
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """W1 side by side: ours, TRL/HF and Tunix, run alternately in one sitting; prints one JSON line with each
 run's figures, the medians, and our ratios (sampler tokens/s: ours / theirs; GRPO step: theirs / ours, so
-above 1 means we are faster).
+above 1 means we are faster). Ours runs once per ``--ours-cpu-devices`` value: on one device, and with the
+host split into two data-parallel devices (``mesh.cpu_devices: 2``).
 
 The peers run from their own virtual environments (see ``../shared/peers/README.md`` for how to create
 them); timings on a shared machine drift, so rounds alternate the three and the medians are compared.
@@ -50,9 +51,15 @@ def main() -> None:
     ap.add_argument("--peers-dir", default=str(ROOT.parent / "shared" / "peers"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for TRL (1 on a busy machine)")
+    ap.add_argument("--ours-cpu-devices", default="0,2",
+                    help="comma-separated mesh.cpu_devices values to run ours with (0: one device, as JAX starts; "
+                         "N: the host split into N data-parallel devices, reported as reasoning_rl_cpuN)")
     args = ap.parse_args()
     peers = Path(args.peers_dir)
-    cmds = {"reasoning_rl": [sys.executable, str(ROOT / "tools" / "bench.py")]}
+    cmds = {}
+    for n in (int(x) for x in args.ours_cpu_devices.split(",")):
+        cmds["reasoning_rl" if n == 0 else f"reasoning_rl_cpu{n}"] = [
+            sys.executable, str(ROOT / "tools" / "bench.py"), "--cpu-devices", str(n)]
     if args.trl_python:
         cmds["trl"] = [args.trl_python, str(peers / "trl_w1.py")] + (
             ["--threads", str(args.threads)] if args.threads else [])
@@ -65,18 +72,18 @@ def main() -> None:
             runs[name].append(figures(run_one(cmd)))
             print(f"  {runs[name][-1]}", file=sys.stderr, flush=True)
     med = {name: {k: median(rs, k) for k in rs[0]} for name, rs in runs.items()}
-    ours = med["reasoning_rl"]
-    ratios = {}
-    for name in cmds:
-        if name == "reasoning_rl":
-            continue
-        m = med[name]
-        ratios[name] = {
-            "sampler_tokens_per_s_ours_over_theirs": (ours["sampler_tokens_per_s"] / m["sampler_tokens_per_s"]
-                                                      if m["sampler_tokens_per_s"] else None),
-            "grpo_step_theirs_over_ours": (m["grpo_s_per_step"] / ours["grpo_s_per_step"]
-                                           if m["grpo_s_per_step"] else None),
-        }
+    ratios = {}  # ratios[ours variant][peer]
+    for mine in (n for n in cmds if n.startswith("reasoning_rl")):
+        ours = med[mine]
+        ratios[mine] = {}
+        for name in (n for n in cmds if not n.startswith("reasoning_rl")):
+            m = med[name]
+            ratios[mine][name] = {
+                "sampler_tokens_per_s_ours_over_theirs": (ours["sampler_tokens_per_s"] / m["sampler_tokens_per_s"]
+                                                          if m["sampler_tokens_per_s"] else None),
+                "grpo_step_theirs_over_ours": (m["grpo_s_per_step"] / ours["grpo_s_per_step"]
+                                               if m["grpo_s_per_step"] else None),
+            }
     print(json.dumps({"workload": "W1", "cpu_count": os.cpu_count(), "rounds": args.rounds, "runs": runs,
                       "median": med, "ratios": ratios}))
 

@@ -18,6 +18,7 @@ compiles a handful of programs, not one per batch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,9 +26,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
-from reasoning_rl.sharding import constrain
+from reasoning_rl.sharding import constrain, current, use
 
 from .sampling import row_keys, select
 
@@ -188,7 +190,54 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
                 prompt_valid: jax.Array, rng: jax.Array, row0: jax.Array | int = 0) -> SampleOutput:
     """The traced sampler (pure). prompt_tokens/valid: [P, Tp], left-padded. ``row0``: the index of this
     call's first row in a larger batch (rows are keyed by global index, so a batch sampled in pieces equals
-    the batch sampled whole)."""
+    the batch sampled whole).
+
+    On a purely data-parallel mesh (``data`` > 1, every other axis 1) each device samples its own prompts
+    in its own loop (``shard_map``): no cross-device reduction per decode step to decide whether to go on,
+    and a device whose rows have all stopped is done. Rows keep their global keys, so the completions are
+    those of the one-device sampler."""
+    ways = _data_ways(current(), prompt_tokens.shape[0], sp)
+    if ways > 1:
+        return _per_device(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0, ways)
+    return _sample_rows(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0)
+
+
+def _data_ways(ctx, prompts: int, sp: SamplingParams) -> int:
+    """Devices that can each sample their own share of the prompts (1: sample as one global program)."""
+    if ctx is None:
+        return 1
+    shape = dict(ctx.mesh.shape)
+    ways = shape.get("data", 1)
+    if ways == 1 or any(v != 1 for a, v in shape.items() if a != "data"):
+        return 1
+    refill = 0 < sp.slots < prompts * sp.group_size
+    if prompts % ways or (refill and sp.slots % ways):
+        return 1
+    return ways
+
+
+def _per_device(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens, prompt_valid, rng, row0,
+                ways: int) -> SampleOutput:
+    mesh = current().mesh
+    local_rows = prompt_tokens.shape[0] // ways * sp.group_size
+    if 0 < sp.slots < prompt_tokens.shape[0] * sp.group_size:  # each device refills its own share of slots
+        sp = dataclasses.replace(sp, slots=sp.slots // ways, refill_min=-(-sp.refill_min // ways))
+
+    def local(params, pt, pv, rng, row0):
+        with use(None):  # inside: plain single-device code, no sharding constraints
+            out = _sample_rows(mdef, sp, params, pt, pv, rng, row0 + jax.lax.axis_index("data") * local_rows)
+        return dataclasses.replace(out, slot_steps=jax.lax.psum(out.slot_steps, "data"))
+
+    rows, rep = P("data"), P()
+    out_specs = SampleOutput(rows, rows, rows, rows, rows if sp.record_routes and mdef.cfg.moe is not None else None, rep)
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(rep, rows, rows, rep, rep), out_specs=out_specs,
+                       check_vma=False)
+    return fn(params, prompt_tokens, prompt_valid, rng, jnp.asarray(row0, jnp.int32))
+
+
+def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens: jax.Array,
+                 prompt_valid: jax.Array, rng: jax.Array, row0: jax.Array | int = 0) -> SampleOutput:
+    """``sample_impl`` as one program over all the rows."""
     if 0 < sp.slots < prompt_tokens.shape[0] * sp.group_size:
         return _refill_impl(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0)
     model = mdef.bind(params)
@@ -351,15 +400,20 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(mdef: ModelDef, sp: SamplingParams):
-    return jax.jit(functools.partial(sample_impl, mdef, sp))
+def _compiled(mdef: ModelDef, sp: SamplingParams, ctx):
+    def traced(*a):
+        with use(ctx):
+            return sample_impl(mdef, sp, *a)
+
+    return jax.jit(traced)
 
 
 def sample(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, rng: jax.Array, sp: SamplingParams,
            row0: int = 0) -> SampleOutput:
-    """Jitted sampling (one compiled program per ModelDef, SamplingParams and input shape)."""
-    return _compiled(mdef, sp)(params, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_valid, bool), rng,
-                               jnp.int32(row0))
+    """Jitted sampling (one compiled program per ModelDef, SamplingParams, sharding context and input
+    shape); under an active sharding context (``sharding.use``) it samples on that mesh."""
+    return _compiled(mdef, sp, current())(params, jnp.asarray(prompt_tokens, jnp.int32),
+                                          jnp.asarray(prompt_valid, bool), rng, jnp.int32(row0))
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, bucket: int = 8, min_len: int = 0) -> tuple[np.ndarray, np.ndarray]:

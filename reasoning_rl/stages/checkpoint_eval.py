@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from reasoning_rl import config as config_lib
+from reasoning_rl import distributed as dist
 from reasoning_rl.checkpoint import read_manifest
 from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig
 from reasoning_rl.evaluation import budget_curve
@@ -23,6 +25,8 @@ from reasoning_rl.evaluation import budget_curve
 from .common import Runtime
 from .evaluate import stage_eval
 from .sources import Source, stage_sources
+
+log = logging.getLogger("reasoning_rl")
 
 
 def _locate(target: str, stage: str | None) -> tuple[Path, str | None, str]:
@@ -93,6 +97,10 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
+    try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
+        dist.split_cpu(cfg.mesh.cpu_devices)
+    except dist.DistributedError as e:
+        log.warning("%s", e)
     rt = Runtime(cfg, run_dir if kind != "hf" else out)
     srt = Stages(rt).runtime(stage)
     if kind == "hf":

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from reasoning_rl import sharding as shd
 from reasoning_rl.config import StageConfig
 from reasoning_rl.evaluation import evaluate
 from reasoning_rl.rewards import extract_answer, registry
@@ -33,13 +34,14 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
     """Held-out figures of one task (see ``reasoning_rl.evaluation.evaluate``)."""
     ev = stage.eval
     examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
-    return evaluate(
-        mdef or rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k,
-        temperature=ev.temperature if ev.temperature is not None else stage.rollout.temperature,
-        max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
-        stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(src.correctness),
-        format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size, greedy=ev.greedy,
-        seed=rt.cfg.seed + 17)
+    with shd.use(rt.ctx):  # sample on the run's mesh (data-parallel meshes: a decode loop per device)
+        return evaluate(
+            mdef or rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k,
+            temperature=ev.temperature if ev.temperature is not None else stage.rollout.temperature,
+            max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
+            stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(src.correctness),
+            format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size,
+            greedy=ev.greedy, seed=rt.cfg.seed + 17)
 
 
 def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None) -> dict[str, Any]:
