@@ -218,6 +218,7 @@ def _data_ways(ctx, prompts: int, sp: SamplingParams) -> int:
 
 def _per_device(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens, prompt_valid, rng, row0,
                 ways: int) -> SampleOutput:
+    """``_sample_rows`` on each device's ``1/ways`` of the prompts (global row keys), under ``shard_map``."""
     mesh = current().mesh
     local_rows = prompt_tokens.shape[0] // ways * sp.group_size
     if 0 < sp.slots < prompt_tokens.shape[0] * sp.group_size:  # each device refills its own share of slots
@@ -229,7 +230,8 @@ def _per_device(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens,
         return dataclasses.replace(out, slot_steps=jax.lax.psum(out.slot_steps, "data"))
 
     rows, rep = P("data"), P()
-    out_specs = SampleOutput(rows, rows, rows, rows, rows if sp.record_routes and mdef.cfg.moe is not None else None, rep)
+    routes = rows if sp.record_routes and mdef.cfg.moe is not None else None
+    out_specs = SampleOutput(rows, rows, rows, rows, routes, rep)
     fn = jax.shard_map(local, mesh=mesh, in_specs=(rep, rows, rows, rep, rep), out_specs=out_specs,
                        check_vma=False)
     return fn(params, prompt_tokens, prompt_valid, rng, jnp.asarray(row0, jnp.int32))
