@@ -158,7 +158,7 @@ class MeshConfig:
     # CPU hosts: split the host into this many XLA devices (0: JAX's default of one). With ``data: -1`` a
     # batch is then data-parallel over them, each device running its share of the sampler's decode loop and
     # of the train step on its own thread: the many small products of decoding use a multi-core host better
-    # that way than through one device's intra-op threads (W1 sampler ~1.3x on 2 cores). Set before JAX
+    # that way than through one device's intra-op threads (W1 sampler 1.2-1.6x on 2 cores). Set before JAX
     # starts (the CLI does); no effect on accelerator hosts.
     cpu_devices: int = 0
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -97,6 +98,18 @@ def use(ctx: ShardingContext | None) -> Iterator[ShardingContext | None]:
 
 def current() -> ShardingContext | None:
     return _CTX.get()
+
+
+def traced_under(ctx: ShardingContext | None, fn: Callable) -> Callable:
+    """``fn`` with ``ctx`` active while it runs: what to hand ``jax.jit`` so model code traced inside it
+    lays itself out on ``ctx``'s mesh (the context is a trace-time setting, not an argument)."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with use(ctx):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:

@@ -29,7 +29,7 @@ from reasoning_rl.data.batching import rollout_batch
 from reasoning_rl.distributed import split_cpu
 from reasoning_rl.models import TransformerConfig, create
 from reasoning_rl.rollout.sampler import SamplingParams, sample
-from reasoning_rl.stages.common import train_compiler_options
+from reasoning_rl.stages.common import jit_train_step
 
 VOCAB, PROMPT, NEW = 512, 32, 128
 PEAK_GFLOPS = 157.0  # 2-core AVX2+FMA float32 peak of the reference machine
@@ -95,17 +95,8 @@ def bench_grpo(mdef, params, steps: int, ctx, logits_chunk: int = 0) -> dict:
     ocfg = OptimizerConfig(name="adamw", lr=1e-5, weight_decay=0.0, max_grad_norm=0.0)
     acfg = AlgorithmConfig(beta=0.0)
     tx = make_optimizer(ocfg, steps + 1)
-    rep = shd.replicated(ctx.mesh)
-    state = jax.device_put(init_state(params, tx, 0), rep, may_alias=False)
-    grpo = make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk, group=g)
-
-    def traced(s, b):
-        with shd.use(ctx):
-            return grpo(s, b)
-
-    # what the trainer's steps use: state pinned to its sharding and donated, the train-step XLA options
-    step = jax.jit(traced, donate_argnums=(0,), out_shardings=(jax.tree.map(lambda x: x.sharding, state), rep),
-                   compiler_options=train_compiler_options())
+    state = jax.device_put(init_state(params, tx, 0), shd.replicated(ctx.mesh), may_alias=False)
+    step = jit_train_step(make_grpo_step(mdef, acfg, ocfg, tx, 1.0, logits_chunk, group=g), state, ctx)
     sp = SamplingParams(NEW, 1.0, 0, 1.0, False, (), 0, g)
     step_t, gen_t, upd_t = [], [], []
     for i in range(steps + 1):

@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
-from reasoning_rl.sharding import constrain, current, use
+from reasoning_rl.sharding import constrain, current, traced_under, use
 
 from .sampling import row_keys, select
 
@@ -69,6 +69,10 @@ class SamplingParams:
     refill_min: int = 0  # refill once this many slots are free (0: an eighth of the slots, at least 1)
     windows: int = 4  # plain loop: decode in this many growing attention windows (1: always the whole cache)
     page_size: int = 0  # paged KV cache with shared prompt pages, this many slots a page; 0: contiguous
+
+    def refills(self, prompts: int) -> bool:
+        """Whether ``prompts`` prompts (``prompts * group_size`` rows) decode on fewer slots than rows."""
+        return 0 < self.slots < prompts * self.group_size
 
 
 def window_ends(tp: int, n: int, windows: int) -> list[int]:
@@ -196,9 +200,10 @@ def sample_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens:
     in its own loop (``shard_map``): no cross-device reduction per decode step to decide whether to go on,
     and a device whose rows have all stopped is done. Rows keep their global keys, so the completions are
     those of the one-device sampler."""
-    ways = _data_ways(current(), prompt_tokens.shape[0], sp)
+    ctx = current()
+    ways = _data_ways(ctx, prompt_tokens.shape[0], sp)
     if ways > 1:
-        return _per_device(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0, ways)
+        return _per_device(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0, ctx.mesh, ways)
     return _sample_rows(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0)
 
 
@@ -210,18 +215,16 @@ def _data_ways(ctx, prompts: int, sp: SamplingParams) -> int:
     ways = shape.get("data", 1)
     if ways == 1 or any(v != 1 for a, v in shape.items() if a != "data"):
         return 1
-    refill = 0 < sp.slots < prompts * sp.group_size
-    if prompts % ways or (refill and sp.slots % ways):
+    if prompts % ways or (sp.refills(prompts) and sp.slots % ways):
         return 1
     return ways
 
 
 def _per_device(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens, prompt_valid, rng, row0,
-                ways: int) -> SampleOutput:
+                mesh, ways: int) -> SampleOutput:
     """``_sample_rows`` on each device's ``1/ways`` of the prompts (global row keys), under ``shard_map``."""
-    mesh = current().mesh
     local_rows = prompt_tokens.shape[0] // ways * sp.group_size
-    if 0 < sp.slots < prompt_tokens.shape[0] * sp.group_size:  # each device refills its own share of slots
+    if sp.refills(prompt_tokens.shape[0]):  # each device refills its own share of slots
         sp = dataclasses.replace(sp, slots=sp.slots // ways, refill_min=-(-sp.refill_min // ways))
 
     def local(params, pt, pv, rng, row0):
@@ -240,7 +243,7 @@ def _per_device(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens,
 def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens: jax.Array,
                  prompt_valid: jax.Array, rng: jax.Array, row0: jax.Array | int = 0) -> SampleOutput:
     """``sample_impl`` as one program over all the rows."""
-    if 0 < sp.slots < prompt_tokens.shape[0] * sp.group_size:
+    if sp.refills(prompt_tokens.shape[0]):
         return _refill_impl(mdef, sp, params, prompt_tokens, prompt_valid, rng, row0)
     model = mdef.bind(params)
     p, tp = prompt_tokens.shape
@@ -403,11 +406,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
 
 @functools.lru_cache(maxsize=32)
 def _compiled(mdef: ModelDef, sp: SamplingParams, ctx):
-    def traced(*a):
-        with use(ctx):
-            return sample_impl(mdef, sp, *a)
-
-    return jax.jit(traced)
+    return jax.jit(traced_under(ctx, functools.partial(sample_impl, mdef, sp)))
 
 
 def sample(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, rng: jax.Array, sp: SamplingParams,

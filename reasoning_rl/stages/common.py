@@ -268,22 +268,10 @@ class Runtime:
                                                 transform_non_params=lambda _: rep)
 
     def jit_step(self, fn: Callable, state: TrainState):
-        """Jit a ``(state, batch) -> (state, metrics)`` step: state shardings pinned, state buffers donated."""
-        state_sh = jax.tree.map(lambda x: x.sharding, state)
-
-        def traced(s, b):
-            with shd.use(self.ctx):
-                return fn(s, b)
-
-        return jax.jit(traced, donate_argnums=(0,), out_shardings=(state_sh, shd.replicated(self.mesh)),
-                       compiler_options=train_compiler_options())
+        return jit_train_step(fn, state, self.ctx)
 
     def jit_fn(self, fn: Callable, **kw):
-        def traced(*a):
-            with shd.use(self.ctx):
-                return fn(*a)
-
-        return jax.jit(traced, **kw)
+        return jax.jit(shd.traced_under(self.ctx, fn), **kw)
 
     # ------------------------------------------------------------------ tokens
 
@@ -346,6 +334,14 @@ class StageRun:
 
     def close(self) -> None:
         self.ckpt.close()
+
+
+def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext):
+    """Jit a ``(state, batch) -> (state, metrics)`` step traced on ``ctx``: state shardings pinned, state
+    buffers donated, the train-step XLA options (what every stage and the benchmarks run)."""
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(shd.traced_under(ctx, fn), donate_argnums=(0,),
+                   out_shardings=(state_sh, shd.replicated(ctx.mesh)), compiler_options=train_compiler_options())
 
 
 @functools.lru_cache(maxsize=1)
