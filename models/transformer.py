@@ -25,6 +25,7 @@ from reasoning_rl.sharding import constrain
 
 from .config import TransformerConfig
 from .layers.attention import Attention, attention_mask, freeze, rope_for
+from .layers.rope import rope_table
 from .layers.mla import MLA
 from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
@@ -104,9 +105,9 @@ class Block(nnx.Module):
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
-                 routes=None):
+                 routes=None, prefix=None):
         """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP."""
-        h, cache = self.attn(self.attn_norm(x), positions, mask, cache, layer, index, rope)
+        h, cache = self.attn(self.attn_norm(x), positions, mask, cache, layer, index, rope, prefix)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = constrain(x + h, ("batch", "seq", "act_embed"))
@@ -177,15 +178,20 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
                index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None,
-               attend: int | None = None):
+               attend: int | None = None, prefix: KVCache | None = None):
         """Final-norm hidden states [B, T, D]: returns ``(h, cache)``, or ``(h, cache, aux)`` with
         ``return_aux=True``.
 
         tokens/positions/valid: [B, T]. Without a cache the call attends within the sequence (causal, pads
         masked). With a cache the tokens are written at slots ``index..index+T`` and attend over the cache;
-        ``index`` [B] (with T == 1) gives every row its own slot (the in-flight sampler's slots).
+        ``index`` [B] (with T == 1) gives every row its own slot (the in-flight sampler's slots). A token's
+        position may not exceed its slot (positions count the valid tokens before a token, as
+        ``positions_from_valid`` gives them; rope is tabulated over the slots).
         ``attend`` (static): attend over the first ``attend`` cache slots only; the caller guarantees every
         query's keys lie there (the sampler's bucketed decode window).
+        ``prefix`` (no ``cache``): the filled cache of N prefixes, each shared by B / N consecutive rows; the
+        tokens continue their group's prefix (slots ``P..P+T``) and attend over it and themselves, without a
+        per-row copy of it (the trainer's GRPO groups: see ``prefix_attention``).
 
         ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
         routed to each expert, per MoE layer), ``router_prob`` [L_moe, E], ``balance_loss`` (the Switch-style
@@ -197,7 +203,15 @@ class Transformer(nnx.Module):
         """
         x = self.embed_tokens(tokens)
         t = tokens.shape[1]
-        if cache is None:
+        if prefix is not None:
+            if cache is not None or prefix.table is not None:
+                raise ValueError("prefix takes a contiguous cache and no cache of its own")
+            tp = prefix.size
+            key_valid = jnp.concatenate([jnp.repeat(prefix.valid, tokens.shape[0] // prefix.valid.shape[0], 0),
+                                         valid], axis=1)
+            q_slots, k_slots = tp + jnp.arange(t), jnp.arange(tp + t)
+            kv = None
+        elif cache is None:
             key_valid = valid
             q_slots = k_slots = jnp.arange(t)
             kv = None
@@ -212,9 +226,9 @@ class Transformer(nnx.Module):
             q_slots, k_slots = index + jnp.arange(t), jnp.arange(cache.size)
             kv = cache.layer_kv()
         if attend is not None and cache is not None:
-            ctx = self._layer_context(key_valid[:, :attend], q_slots, k_slots[:attend])
+            ctx = self._layer_context(key_valid[:, :attend], q_slots, k_slots[:attend], positions)
         else:
-            ctx = self._layer_context(key_valid, q_slots, k_slots)
+            ctx = self._layer_context(key_valid, q_slots, k_slots, positions)
         stats = []
         off = 0
         for name, first, n, is_moe in segments(self.cfg):
@@ -222,8 +236,9 @@ class Transformer(nnx.Module):
             if routes is not None and is_moe:
                 seg_routes = jnp.moveaxis(routes[:, :, off:off + n], 2, 0)  # [n, B, T, k]: scanned over layers
                 off += n
+            seg_prefix = None if prefix is None else (prefix.k[first:first + n], prefix.v[first:first + n])
             x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid,
-                                         seg_routes)
+                                         seg_routes, seg_prefix)
             if st is not None:
                 stats.append(st)
         if cache is not None:
@@ -233,25 +248,31 @@ class Transformer(nnx.Module):
             return h, cache
         return h, cache, self._aux(stats)
 
-    def _layer_context(self, key_valid, q_slots, k_slots) -> dict:
-        """Masks (and per-layer-type rope) shared by every layer. Layers of two types (Gemma's sliding and
-        global) get both masks and pick theirs with a scanned per-layer flag, so the stack stays one scan."""
+    def _layer_context(self, key_valid, q_slots, k_slots, positions) -> dict:
+        """Masks and rope tables shared by every layer, computed once per forward. Layers of two types
+        (Gemma's sliding and global) get both masks (and both ropes) and pick theirs with a scanned per-layer
+        flag, so the stack stays one scan."""
         cfg = self.cfg
         sliding = cfg.sliding_layers
+        dim = cfg.mla.qk_rope_dim if cfg.mla is not None else cfg.head_dim
+        size = k_slots.shape[0]  # a token's position (valid tokens before it) never exceeds its slot
+        rope = rope_table(positions, *rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
         if not any(sliding):
-            return {"mask": attention_mask(key_valid, q_slots, k_slots)}
+            return {"mask": attention_mask(key_valid, q_slots, k_slots), "rope": rope}
         window_mask = attention_mask(key_valid, q_slots, k_slots, cfg.sliding_window)
-        if all(sliding) and cfg.rope_local_theta is None:
-            return {"mask": window_mask}
-        ctx = {"mask": attention_mask(key_valid, q_slots, k_slots), "window_mask": window_mask,
-               "sliding": jnp.asarray(sliding)}
         if cfg.rope_local_theta is not None:
-            dim = cfg.mla.qk_rope_dim if cfg.mla is not None else cfg.head_dim
-            ctx["rope_global"] = rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling))
-            ctx["rope_local"] = rope_for(dim, float(cfg.rope_local_theta), ())
+            local = rope_table(positions, *rope_for(dim, float(cfg.rope_local_theta), ()), size)
+            if all(sliding):
+                return {"mask": window_mask, "rope": local}
+        elif all(sliding):
+            return {"mask": window_mask, "rope": rope}
+        ctx = {"mask": attention_mask(key_valid, q_slots, k_slots), "window_mask": window_mask,
+               "sliding": jnp.asarray(sliding), "rope": rope}
+        if cfg.rope_local_theta is not None:
+            ctx["rope_local"] = local
         return ctx
 
-    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None):
+    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None, prefix=None):
         graphdef, state = nnx.split(stack)
         policy = _REMAT[self.cfg.remat]
         per_layer = "sliding" in ctx
@@ -259,15 +280,15 @@ class Transformer(nnx.Module):
         def body(carry, xs):
             x, kv = carry
             layer, st = xs["layer"], xs["state"]
-            mask, rope = ctx["mask"], None
+            mask, rope = ctx["mask"], ctx["rope"]
             if per_layer:
                 is_sliding = xs["sliding"]
                 mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])
                 if "rope_local" in ctx:
-                    (inv_g, f_g), (inv_l, f_l) = ctx["rope_global"], ctx["rope_local"]
-                    rope = (jnp.where(is_sliding, inv_l, inv_g), f_g if f_g == f_l else jnp.where(is_sliding, f_l, f_g))
+                    rope = tuple(jnp.where(is_sliding, lo, gl) for lo, gl in zip(ctx["rope_local"], rope))
             block = nnx.merge(graphdef, st)
-            x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"))
+            x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"),
+                                 xs.get("prefix"))
             return (x, kv), stats
 
         scan = self.cfg.scan_layers and (x.shape[1] == 1 or n > self.cfg.unroll_max)
@@ -279,6 +300,8 @@ class Transformer(nnx.Module):
             xs["sliding"] = ctx["sliding"][first:first + n]
         if routes is not None:
             xs["routes"] = routes
+        if prefix is not None:
+            xs["prefix"] = prefix
         if scan:
             (x, kv), stats = jax.lax.scan(body, (x, kv), xs)
         else:

@@ -8,6 +8,8 @@ from helpers import prompts, tiny_model
 from reasoning_rl.algorithms import logprobs
 from reasoning_rl.algorithms.steps import init_state, make_grpo_grad, make_grpo_step, make_optimizer, make_sft_step
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
+from reasoning_rl.models import MLAConfig
+from reasoning_rl.models.layers import attention
 from reasoning_rl.data.batching import rollout_batch
 from reasoning_rl.rollout import sampler as S
 
@@ -129,3 +131,31 @@ def test_shared_prompt_pass_gives_the_same_gradient(micro, shares, monkeypatch):
         assert np.abs(a - b).max() / (np.abs(a).max() + 1e-12) < 5e-6
     assert float(whole[1]["loss_sum"]) == pytest.approx(float(shared[1]["loss_sum"]), rel=1e-5, abs=1e-7)
     assert float(shared[1]["logprob_gap"]) < 1e-4
+
+
+SHARED_PROMPT_MODELS = {
+    # sliding and global layers with their own ropes, q/k norms, soft-capped scores
+    "gemma_like": dict(sliding_window=3, layer_types=("sliding", "full"), rope_local_theta=100.0, qk_norm=True,
+                       rope_scaling={"rope_type": "linear", "factor": 2.0}, attn_softcap=3.0, query_scale=0.3),
+    # multi-head latent attention: the prefix holds latents and rotary keys
+    "mla": dict(n_kv_heads=4, mla=MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+                rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}),
+    "blocked": {},  # query blocks of 4 (Q_CHUNK patched): long continuations run block by block
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SHARED_PROMPT_MODELS))
+def test_shared_prompt_attention_matches_whole_rows_across_attention_kinds(kind, monkeypatch):
+    """The prompt as a shared prefix (``prefix_attention``) is the same function as whole rows for every
+    attention the models have: windows and per-layer-type rope, MLA latents, query blocks."""
+    if kind == "blocked":
+        monkeypatch.setattr(attention, "Q_CHUNK", 4)
+    mdef, params = tiny_model(seed=5, **SHARED_PROMPT_MODELS[kind])
+    batch = rollout(mdef, params, n_prompts=3, g=4, seed=2)
+    cfg = AlgorithmConfig(beta=0.05)
+    whole = jax.jit(make_grpo_grad(mdef, cfg, 1.0))(params, batch)
+    shared = jax.jit(make_grpo_grad(mdef, cfg, 1.0, group=4))(params, batch)
+    for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(shared[0])):
+        assert np.abs(a - b).max() / (np.abs(a).max() + 1e-12) < 5e-6
+    assert float(whole[1]["loss_sum"]) == pytest.approx(float(shared[1]["loss_sum"]), rel=1e-5, abs=1e-7)
+    assert float(shared[1]["logprob_gap"]) < 1e-4  # and both agree with the sampler

@@ -17,7 +17,7 @@ from reasoning_rl.sharding import constrain
 
 from .init import param, zeros
 from .norm import RMSNorm
-from .rope import apply_rope, rope_parameters
+from .rope import apply_rope, rope_parameters, rope_table
 
 NEG_INF = -1e30
 
@@ -65,6 +65,11 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
 
 
 def _blocked_attention(q, k, v, mask, scale, softcap, heads_first):
+    return _by_query_blocks(lambda qc, mc: _dot_attention(qc, k, v, mc, scale, softcap, heads_first), q, mask)
+
+
+def _by_query_blocks(fn, q: jax.Array, mask: jax.Array) -> jax.Array:
+    """``fn(q_block, mask_block)`` over blocks of ``Q_CHUNK`` queries, each under ``jax.checkpoint``."""
     b, t, h, d = q.shape
     pad = -t % Q_CHUNK
     qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
@@ -72,9 +77,55 @@ def _blocked_attention(q, k, v, mask, scale, softcap, heads_first):
     n = (t + pad) // Q_CHUNK
     qb = qp.reshape(b, n, Q_CHUNK, h, d).swapaxes(0, 1)
     mb = mp.reshape(b, n, Q_CHUNK, mp.shape[-1]).swapaxes(0, 1)
-    block = jax.checkpoint(lambda qc, mc: _dot_attention(qc, k, v, mc, scale, softcap, heads_first))
+    block = jax.checkpoint(fn)
     out = jax.lax.map(lambda a: block(*a), (qb, mb))  # [n, B, C, H, Dv]
     return out.swapaxes(0, 1).reshape(b, t + pad, h, -1)[:, :t]
+
+
+def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, kp: jax.Array, vp: jax.Array, mask: jax.Array,
+                     scale: float, softcap: float | None = None) -> jax.Array:
+    """Attention of continuations over a prefix shared by groups of rows plus their own keys.
+
+    q [B,T,H,D] and k/v [B,T,K,D] are the continuations' own; kp/vp [N,K,P,D] (heads-first, as a cache
+    holds them) the prefix of each of N groups of ``B / N`` consecutive rows; mask [B,T,P+T] over prefix slots
+    then own slots. One softmax runs over both key sets, so this is exactly attention over
+    ``[prefix | own]`` keys, but the prefix is read once per group instead of being copied to every row,
+    and the training step carries no cache: on CPU this removes the fanned-out cache writes and their
+    gradient (a third of a GRPO layer's attention time on the W1 model). Long continuations run in blocks of
+    queries (see ``dot_attention``)."""
+    if q.shape[1] >= 2 * Q_CHUNK:
+        return _by_query_blocks(lambda qc, mc: _prefix_attention(qc, k, v, kp, vp, mc, scale, softcap), q, mask)
+    return _prefix_attention(q, k, v, kp, vp, mask, scale, softcap)
+
+
+def _bmm(a: jax.Array, b: jax.Array, b_contract: int) -> jax.Array:
+    """[N, M, C] x [N, C, X] (``b_contract=1``) or [N, X, C] (2) -> [N, M, X] in float32."""
+    return jax.lax.dot_general(a, b, (((2,), (b_contract,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+
+
+def _prefix_attention(q, k, v, kp, vp, mask, scale, softcap):
+    b, t, h, d = q.shape
+    s = k.shape[1]  # own keys (T, or all of them when the queries are a block)
+    n, kh, p, _ = kp.shape
+    r, g, dv = b // n, h // kh, v.shape[-1]
+    # One layout, [N, K, r, T, G, .], for both score blocks: every product is a 3-D batched matmul without
+    # transposes of scores, and the two blocks share their softmax max and sum elementwise.
+    qh = q.reshape(n, r, t, kh, g, d).transpose(0, 3, 1, 2, 4, 5)
+    kc, vc = (a.reshape(n, r, s, kh, -1).transpose(0, 3, 1, 2, 4) for a in (k, v))  # [N, K, r, S, .]
+    sp = _bmm(qh.reshape(n * kh, r * t * g, d), kp.reshape(n * kh, p, d), 2).reshape(n, kh, r, t, g, p) * scale
+    sc = _bmm(qh.reshape(n * kh * r, t * g, d), kc.reshape(n * kh * r, s, d), 2).reshape(n, kh, r, t, g, s) * scale
+    if softcap:
+        sp, sc = (jnp.tanh(a / softcap) * softcap for a in (sp, sc))
+    m = mask.reshape(n, 1, r, t, 1, p + s)
+    sp = jnp.where(m[..., :p], sp, NEG_INF)
+    sc = jnp.where(m[..., p:], sc, NEG_INF)
+    top = jax.lax.stop_gradient(jnp.maximum(sp.max(-1, keepdims=True), sc.max(-1, keepdims=True)))
+    ep, ec = jnp.exp(sp - top), jnp.exp(sc - top)
+    den = ep.sum(-1, keepdims=True) + ec.sum(-1, keepdims=True)
+    op = _bmm(ep.astype(v.dtype).reshape(n * kh, r * t * g, p), vp.reshape(n * kh, p, dv), 1)
+    oc = _bmm(ec.astype(v.dtype).reshape(n * kh * r, t * g, s), vc.reshape(n * kh * r, s, dv), 1)
+    out = (op.reshape(n, kh, r, t, g, dv) + oc.reshape(n, kh, r, t, g, dv)) / den
+    return out.transpose(0, 2, 3, 1, 4, 5).reshape(b, t, h, dv).astype(v.dtype)
 
 
 def _dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
@@ -213,7 +264,8 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
 
     def project_qkv(self, x: jax.Array, positions: jax.Array, rope=None):
-        """``rope``: optional (inv_freq, factor) overriding this layer's own, for per-layer-type rope."""
+        """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
+        layer's own frequencies when not given."""
         dt = self.dtype
         q, k, v = (_proj_in(x, w[...].astype(dt)) for w in (self.q, self.k, self.v))
         if self.q_bias is not None:
@@ -222,20 +274,24 @@ class Attention(nnx.Module):
             v = v + self.v_bias[...].astype(dt)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq, factor = rope if rope is not None else rope_for(*self.rope)
-        q = apply_rope(q, positions, inv_freq, attn_scale=factor)
-        k = apply_rope(k, positions, inv_freq, attn_scale=factor)
+        table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
+        q, k = apply_rope(q, table), apply_rope(k, table)
         q = constrain(q, ("batch", "seq", "act_heads", None))
         k = constrain(k, ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
         return q, k, v
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None, layer=None, index=None,
-                 rope=None):
-        """Without ``cache``: attend within ``x``. With ``cache=(k_all, v_all)`` ([L,B,S,K,D] each), write this
+                 rope=None, prefix=None):
+        """Without ``cache``: attend within ``x``. With ``cache=(k_all, v_all)`` ([L,B,K,S,D] each), write this
         call's keys/values at slots ``index..index+T`` of layer ``layer`` and attend over that layer's cache.
-        Returns (out, cache)."""
+        With ``prefix=(k, v)`` ([N,K,P,D], this layer's cache of N shared prefixes): attend over the prefix
+        of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
+        if prefix is not None:
+            kp, vp = (a.astype(self.dtype) for a in prefix)
+            out = prefix_attention(q, k, v, kp, vp, mask, self.scale, self.softcap)
+            return _proj_out(out, self.o[...].astype(self.dtype)), cache
         heads_first = cache is not None
         k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
         out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first)

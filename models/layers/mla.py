@@ -15,10 +15,10 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from ..config import MLAConfig
-from .attention import dot_attention, freeze, rope_for, write_cache
+from .attention import dot_attention, freeze, prefix_attention, rope_for, write_cache
 from .init import param
 from .norm import RMSNorm
-from .rope import apply_rope, yarn_softmax_scale
+from .rope import apply_rope, rope_table, yarn_softmax_scale
 
 LATENT_NORM_EPS = 1e-6  # the reference builds both latent norms with the default eps, not rms_norm_eps
 
@@ -49,8 +49,8 @@ class MLA(nnx.Module):
                        param_dtype, scale=out_scale)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None, layer=None, index=None,
-                 rope=None):
-        """Same contract as :class:`Attention`; ``cache`` holds (latents, rotary keys)."""
+                 rope=None, prefix=None):
+        """Same contract as :class:`Attention`; ``cache`` and ``prefix`` hold (latents, rotary keys)."""
         mc, dt = self.mc, self.dtype
         if self.q is None:
             q = jnp.einsum("btd,dr->btr", x, self.q_a[...].astype(dt))
@@ -61,16 +61,24 @@ class MLA(nnx.Module):
         kv = jnp.einsum("btd,dr->btr", x, self.kv_a[...].astype(dt))
         latent = self.kv_norm(kv[..., :mc.kv_lora_rank])[:, :, None, :]  # [B, T, 1, R]
         k_rot = kv[..., mc.kv_lora_rank:][:, :, None, :]  # [B, T, 1, rope]
-        inv_freq, factor = rope if rope is not None else rope_for(*self.rope)
-        q_rot = apply_rope(q_rot, positions, inv_freq, attn_scale=factor, interleave=mc.rope_interleave)
-        k_rot = apply_rope(k_rot, positions, inv_freq, attn_scale=factor, interleave=mc.rope_interleave)
-        latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt, size=mask.shape[-1])
+        table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
+        q_rot = apply_rope(q_rot, table, interleave=mc.rope_interleave)
+        k_rot = apply_rope(k_rot, table, interleave=mc.rope_interleave)
+        q = constrain(jnp.concatenate([q_nope, q_rot], axis=-1), ("batch", "seq", "act_heads", None))
+        if prefix is not None:  # the groups' prefix latents, expanded once per group (heads-first)
+            kp, vp = self._expand(*(jnp.swapaxes(a, 1, 2).astype(dt) for a in prefix))
+            k, v = self._expand(latent, k_rot)
+            out = prefix_attention(q, k, v, jnp.swapaxes(kp, 1, 2), jnp.swapaxes(vp, 1, 2), mask, self.scale)
+        else:
+            latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt, size=mask.shape[-1])
+            k, v = self._expand(latent, k_rot)
+            out = dot_attention(q, k, v, mask, self.scale)
+        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), cache
 
-        kvh = jnp.einsum("bsr,rhk->bshk", latent[:, :, 0], self.kv_b[...].astype(dt))  # [B, S, H, nope + v]
+    def _expand(self, latent: jax.Array, k_rot: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-head keys and values [B, S, H, .] from latents [B, S, 1, R] and rotary keys [B, S, 1, rope]."""
+        mc = self.mc
+        kvh = jnp.einsum("bsr,rhk->bshk", latent[:, :, 0], self.kv_b[...].astype(self.dtype))
         k_nope, v = kvh[..., :mc.qk_nope_dim], kvh[..., mc.qk_nope_dim:]
         k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rot, (*k_nope.shape[:3], mc.qk_rope_dim))], axis=-1)
-        q = constrain(jnp.concatenate([q_nope, q_rot], axis=-1), ("batch", "seq", "act_heads", None))
-        k = constrain(k, ("batch", "seq", "act_heads", None))
-        v = constrain(v, ("batch", "seq", "act_heads", None))
-        out = dot_attention(q, k, v, mask, self.scale)
-        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), cache
+        return constrain(k, ("batch", "seq", "act_heads", None)), constrain(v, ("batch", "seq", "act_heads", None))

@@ -91,13 +91,25 @@ def inv_frequencies(head_dim: int, theta: float, scaling: dict | None = None) ->
     return rope_parameters(head_dim, theta, scaling)[0]
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, *, attn_scale: float = 1.0,
-               interleave: bool = False) -> jax.Array:
-    """x: [B, T, H, D]; positions: [B, T] int32. Interleaved input comes out in rotate-half order (as the
-    reference does), which is harmless because q and k are permuted alike."""
-    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
-    cos = (jnp.cos(freqs) * attn_scale)[:, :, None, :]
-    sin = (jnp.sin(freqs) * attn_scale)[:, :, None, :]
+def rope_table(positions: jax.Array, inv_freq, attn_scale: float = 1.0, size: int | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin) [B, T, 1, D/2] float32 for ``positions`` [B, T].
+
+    With ``size``, positions must lie in ``[0, size)``: cos/sin are computed for those ``size`` positions only
+    and gathered. A forward computes the table once that way and hands it to every layer; computed per
+    position, XLA fuses the sin/cos into every rotation and its gradient and evaluates them once per head
+    and layer, which made rope a tenth of a W1 train step on CPU (the gather it fuses instead is cheap)."""
+    if size is None:
+        freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
+        return (jnp.cos(freqs) * attn_scale)[:, :, None, :], (jnp.sin(freqs) * attn_scale)[:, :, None, :]
+    cos, sin = rope_table(jnp.arange(size)[None], inv_freq, attn_scale)
+    return cos[0, positions], sin[0, positions]
+
+
+def apply_rope(x: jax.Array, table: tuple[jax.Array, jax.Array], *, interleave: bool = False) -> jax.Array:
+    """x: [B, T, H, D] rotated by ``table`` (``rope_table``). Interleaved input comes out in rotate-half order
+    (as the reference does), which is harmless because q and k are permuted alike."""
+    cos, sin = table
     xf = x.astype(jnp.float32)
     if interleave:
         x1, x2 = xf[..., 0::2], xf[..., 1::2]

@@ -22,9 +22,9 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``).
 
     ``group`` > 1: rows ``[i * group, (i + 1) * group)`` share their prompt (everything before the targets),
-    as GRPO rollouts do. The prompt is then run once per group and its keys/values fanned out to the
-    group's rows, as the sampler does; gradients through the shared prompt are summed over the group by
-    the fan-out's transpose, so this is the same function with ``(group - 1) / group`` of the prompt work
+    as GRPO rollouts do. The prompt is then run once per group and the completions attend over its
+    keys/values as a shared prefix (``Transformer.hidden(prefix=...)``); gradients through the prompt are
+    summed over the group, so this is the same function with ``(group - 1) / group`` of the prompt work
     removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)"""
     t = tokens.shape[1]
     targets = tokens[:, t - n_targets :]
@@ -65,8 +65,7 @@ def _shared_prompt_hidden(model: Transformer, tokens, valid, n: int, group: int)
     tp = t - n
     pt, pv = tokens[::group, :tp], valid[::group, :tp]
     positions = positions_from_valid(valid)
-    cache = KVCache.empty(model.cfg, b // group, t)
-    hp, cache = model.hidden(pt, positions[::group, :tp], pv, cache, 0, attend=tp)  # prompts see prompts only
-    hc, _ = model.hidden(tokens[:, tp:], positions[:, tp:], valid[:, tp:], cache.fan_out(group), tp)
+    hp, prefix = model.hidden(pt, positions[::group, :tp], pv, KVCache.empty(model.cfg, b // group, tp), 0)
+    hc, _ = model.hidden(tokens[:, tp:], positions[:, tp:], valid[:, tp:], prefix=prefix)
     return jnp.concatenate([jnp.repeat(hp[:, -1:], group, axis=0), hc[:, : n - 1]], axis=1), {}
 
