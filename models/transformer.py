@@ -25,11 +25,11 @@ from reasoning_rl.sharding import constrain
 
 from .config import TransformerConfig
 from .layers.attention import Attention, attention_mask, freeze, rope_for
-from .layers.rope import rope_table
 from .layers.mla import MLA
 from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
 from .layers.norm import RMSNorm
+from .layers.rope import rope_table
 
 
 @jax.tree_util.register_dataclass

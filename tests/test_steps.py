@@ -135,11 +135,12 @@ def test_shared_prompt_pass_gives_the_same_gradient(micro, shares, monkeypatch):
 
 SHARED_PROMPT_MODELS = {
     # sliding and global layers with their own ropes, q/k norms, soft-capped scores
-    "gemma_like": dict(sliding_window=3, layer_types=("sliding", "full"), rope_local_theta=100.0, qk_norm=True,
-                       rope_scaling={"rope_type": "linear", "factor": 2.0}, attn_softcap=3.0, query_scale=0.3),
+    "gemma_like": {"sliding_window": 3, "layer_types": ("sliding", "full"), "rope_local_theta": 100.0,
+                   "qk_norm": True, "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "attn_softcap": 3.0,
+                   "query_scale": 0.3},
     # multi-head latent attention: the prefix holds latents and rotary keys
-    "mla": dict(n_kv_heads=4, mla=MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
-                rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}),
+    "mla": {"n_kv_heads": 4, "mla": MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}},
     "blocked": {},  # query blocks of 4 (Q_CHUNK patched): long continuations run block by block
 }
 
