@@ -64,8 +64,7 @@ class KVCache:
         return self.valid.shape[1]
 
     def fan_out(self, g: int) -> KVCache:
-        """Each row repeated ``g`` times (a prompt's cache shared by its group's samples); its transpose sums
-        the group's gradients back into the prompt's keys/values."""
+        """Each row repeated ``g`` times (the sampler's prompt cache shared by its group's samples)."""
         if g == 1:
             return self
         return KVCache(jnp.repeat(self.k, g, axis=1), jnp.repeat(self.v, g, axis=1),
@@ -257,18 +256,17 @@ class Transformer(nnx.Module):
         dim = cfg.mla.qk_rope_dim if cfg.mla is not None else cfg.head_dim
         size = k_slots.shape[0]  # a token's position (valid tokens before it) never exceeds its slot
         rope = rope_table(positions, *rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
+        local = rope
+        if cfg.rope_local_theta is not None and any(sliding):
+            local = rope_table(positions, *rope_for(dim, float(cfg.rope_local_theta), ()), size)
         if not any(sliding):
             return {"mask": attention_mask(key_valid, q_slots, k_slots), "rope": rope}
         window_mask = attention_mask(key_valid, q_slots, k_slots, cfg.sliding_window)
-        if cfg.rope_local_theta is not None:
-            local = rope_table(positions, *rope_for(dim, float(cfg.rope_local_theta), ()), size)
-            if all(sliding):
-                return {"mask": window_mask, "rope": local}
-        elif all(sliding):
-            return {"mask": window_mask, "rope": rope}
+        if all(sliding):
+            return {"mask": window_mask, "rope": local}
         ctx = {"mask": attention_mask(key_valid, q_slots, k_slots), "window_mask": window_mask,
                "sliding": jnp.asarray(sliding), "rope": rope}
-        if cfg.rope_local_theta is not None:
+        if local is not rope:
             ctx["rope_local"] = local
         return ctx
 

@@ -21,6 +21,7 @@ from reasoning_rl.models.layers.moe import (
     route,
     score_bias_update,
 )
+from reasoning_rl.models.layers.rope import rope_parameters, rope_table
 from reasoning_rl.sharding import DEFAULT_RULES
 
 BASE = {"vocab_size": 96, "d_model": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "ffn_dim": 48}
@@ -281,3 +282,17 @@ def test_long_sequences_attend_in_query_blocks_with_the_same_results(monkeypatch
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         a, b = np.asarray(a), np.asarray(b)  # the blocks' k/v gradients add up in another order
         assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-6)
+
+
+def test_rope_table_gathered_over_slots_equals_per_position():
+    """A forward's rope table gathered from the slots' cos/sin (many positions, few slots) is the per-position
+    table; with more slots than positions (a decode step) the positions are computed directly."""
+    inv, factor = rope_parameters(16, 10000.0, {"rope_type": "yarn", "factor": 4.0,
+                                                "original_max_position_embeddings": 8})
+    pos = jnp.asarray(np.random.default_rng(0).integers(0, 40, (6, 20)), jnp.int32)
+    want = rope_table(pos, inv, factor)
+    for size in (40, 64, 500):  # 500 > 120 positions: the direct path
+        got = jax.jit(lambda p, size=size: rope_table(p, inv, factor, size))(pos)
+        for a, b in zip(want, got):
+            assert a.shape == b.shape == (6, 20, 1, 8)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)

@@ -290,9 +290,9 @@ class Attention(nnx.Module):
         if prefix is not None:
             kp, vp = (a.astype(self.dtype) for a in prefix)
             out = prefix_attention(q, k, v, kp, vp, mask, self.scale, self.softcap)
-            return _proj_out(out, self.o[...].astype(self.dtype)), cache
-        heads_first = cache is not None
-        k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
-        out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first)
+        else:
+            heads_first = cache is not None
+            k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
+            out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first)
         out = _proj_out(out, self.o[...].astype(self.dtype))
         return out, cache

@@ -95,11 +95,13 @@ def rope_table(positions: jax.Array, inv_freq, attn_scale: float = 1.0, size: in
                ) -> tuple[jax.Array, jax.Array]:
     """(cos, sin) [B, T, 1, D/2] float32 for ``positions`` [B, T].
 
-    With ``size``, positions must lie in ``[0, size)``: cos/sin are computed for those ``size`` positions only
-    and gathered. A forward computes the table once that way and hands it to every layer; computed per
-    position, XLA fuses the sin/cos into every rotation and its gradient and evaluates them once per head
-    and layer, which made rope a tenth of a W1 train step on CPU (the gather it fuses instead is cheap)."""
-    if size is None:
+    With ``size`` (positions must then lie in ``[0, size)``) and more positions than ``size``, cos/sin are
+    computed for the ``size`` positions only and gathered. A forward computes the table once and hands it to
+    every layer; computed per position inside the layers, XLA fuses the sin/cos into every rotation and its
+    gradient and evaluates them once per head and layer, which made rope a tenth of a W1 train step on CPU
+    (the gather it fuses instead is cheap). A decode step (one position a row, a long cache) computes its
+    few positions directly rather than a table over the whole cache."""
+    if size is None or size >= positions.size:
         freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
         return (jnp.cos(freqs) * attn_scale)[:, :, None, :], (jnp.sin(freqs) * attn_scale)[:, :, None, :]
     cos, sin = rope_table(jnp.arange(size)[None], inv_freq, attn_scale)
