@@ -69,12 +69,12 @@ def flops_per_token(cfg: TransformerConfig, ctx: int) -> float:
 
 
 def gemm_gflops(reps: int = 10) -> float:
-    """Best rate of an ``GEMM_N``-cubed float32 matmul on one device (all the host's cores): the practical
+    """Best rate of a ``GEMM_N``-cubed float32 matmul on one device (all the host's cores): the practical
     peak that ``fraction_of_peak`` divides by."""
     rng = np.random.default_rng(0)
     a, b = (jax.device_put(rng.standard_normal((GEMM_N, GEMM_N), np.float32)) for _ in range(2))
     f = jax.jit(lambda x, y: x @ y)
-    out, best = best_of(lambda: f(a, b).block_until_ready(), reps + 1)
+    _, best = best_of(lambda: f(a, b).block_until_ready(), reps + 1)
     return 2 * GEMM_N**3 / best / 1e9
 
 
