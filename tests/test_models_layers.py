@@ -284,6 +284,41 @@ def test_long_sequences_attend_in_query_blocks_with_the_same_results(monkeypatch
         assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-6)
 
 
+@pytest.mark.parametrize("kind", ["gqa_windows", "mla"])
+def test_causal_blocks_match_unblocked_attention(kind, monkeypatch):
+    """Attention within a sequence run in causal blocks (each block of queries over the keys up to its last
+    query) gives the unblocked logits and gradients: sliding windows with soft-capped scores, and MLA;
+    left padding and a ragged last block included."""
+    from helpers import tiny_model
+    from reasoning_rl.models.layers import attention
+
+    kw = {"gqa_windows": {"sliding_window": 5, "layer_types": ("sliding", "full"), "attn_softcap": 3.0},
+          "mla": {"n_kv_heads": 4, "mla": MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4,
+                                                     v_dim=6)}}[kind]
+    mdef, params = tiny_model(seed=3, **kw)
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(1, 40, (2, 37)), jnp.int32)
+    valid = jnp.asarray(np.arange(37)[None, :] >= np.array([[0], [5]]))
+
+    def loss(p):
+        m = mdef.bind(p)
+        h, _ = m.hidden(tokens, positions_from_valid(valid), valid)
+        return jnp.sum(jnp.where(valid[..., None], m.logits(h), 0.0) ** 2), m.logits(h)
+
+    (_, out0), g0 = jax.value_and_grad(loss, has_aux=True)(params)  # 37 tokens < 2 blocks: unblocked
+    calls = []
+    blocks = attention.causal_blocks
+    monkeypatch.setattr(attention, "causal_blocks", lambda *a, **k: calls.append(1) or blocks(*a, **k))
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", 8)  # 37 tokens: 5 blocks, the last one of 5
+    (_, out1), g1 = jax.value_and_grad(loss, has_aux=True)(params)
+    assert calls  # the blocked path really ran
+    keep = np.asarray(valid)  # a pad query attends to nothing: its (unused) output is arbitrary either way
+    np.testing.assert_allclose(np.asarray(out1)[keep], np.asarray(out0)[keep], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-6)
+
+
 def test_rope_table_gathered_over_slots_equals_per_position():
     """A forward's rope table gathered from the slots' cos/sin (many positions, few slots) is the per-position
     table; with more slots than positions (a decode step) the positions are computed directly."""

@@ -70,9 +70,10 @@ class MLA(nnx.Module):
             k, v = self._expand(latent, k_rot)
             out = prefix_attention(q, k, v, jnp.swapaxes(kp, 1, 2), jnp.swapaxes(vp, 1, 2), mask, self.scale)
         else:
+            causal = cache is None  # within the sequence: causal blocks apply
             latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt, size=mask.shape[-1])
             k, v = self._expand(latent, k_rot)
-            out = dot_attention(q, k, v, mask, self.scale)
+            out = dot_attention(q, k, v, mask, self.scale, causal=causal)
         return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), cache
 
     def _expand(self, latent: jax.Array, k_rot: jax.Array) -> tuple[jax.Array, jax.Array]:
