@@ -141,8 +141,10 @@ SHARED_PROMPT_MODELS = {
     # multi-head latent attention: the prefix holds latents and rotary keys
     "mla": {"n_kv_heads": 4, "mla": MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
             "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}},
-    "blocked": {},  # query blocks of 4 (Q_CHUNK patched): long continuations run block by block
-    "causal": {},  # causal blocks of 3 (CAUSAL_BLOCK patched for the shared-prefix side only)
+    # the shared-prefix side only, against unblocked whole rows: 10 completion tokens in causal blocks of
+    # 3, 3, 3, 1 ("causal"), or as a long sequence in checkpointed query blocks of 4 ("blocked")
+    "causal": {},
+    "blocked": {},
 }
 
 
@@ -150,14 +152,14 @@ SHARED_PROMPT_MODELS = {
 def test_shared_prompt_attention_matches_whole_rows_across_attention_kinds(kind, monkeypatch):
     """The prompt as a shared prefix (``prefix_attention``) is the same function as whole rows for every
     attention the models have: windows and per-layer-type rope, MLA latents, query blocks."""
-    if kind == "blocked":
-        monkeypatch.setattr(attention, "Q_CHUNK", 4)
     mdef, params = tiny_model(seed=5, **SHARED_PROMPT_MODELS[kind])
     batch = rollout(mdef, params, n_prompts=3, g=4, seed=2)
     cfg = AlgorithmConfig(beta=0.05)
     whole = jax.jit(make_grpo_grad(mdef, cfg, 1.0))(params, batch)
-    if kind == "causal":  # 10 completion tokens: blocks of 3, 3, 3 and 1 against unblocked whole rows
+    if kind == "causal":
         monkeypatch.setattr(attention, "CAUSAL_BLOCK", 3)
+    if kind == "blocked":
+        monkeypatch.setattr(attention, "Q_CHUNK", 4)
     shared = jax.jit(make_grpo_grad(mdef, cfg, 1.0, group=4))(params, batch)
     for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(shared[0])):
         assert np.abs(a - b).max() / (np.abs(a).max() + 1e-12) < 5e-6
