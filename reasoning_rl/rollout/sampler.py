@@ -169,15 +169,17 @@ def paged_cache(prefill: KVCache, lay: PageLayout, prompt: jax.Array, valid: jax
 
 def _prefill(model, prompt_tokens, prompt_valid, size: int, record: bool = False):
     """Prompts' cache ([P, size] slots, prompt in the first Tp), last-position logits [P, V] and, with
-    ``record`` on an MoE model, the prompt tokens' routes [P, Tp, L, k] (else None)."""
+    ``record`` on an MoE model, the prompt tokens' routes [P, Tp, L, k] (else None). The prompt attends over
+    its own Tp slots only, not the empty rest of the cache."""
     cache = KVCache.empty(model.cfg, prompt_tokens.shape[0], size)
     positions = positions_from_valid(prompt_valid)
+    tp = prompt_tokens.shape[1]
     routes = None
     if record and model.cfg.moe is not None:
-        h, cache, aux = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, return_aux=True)
+        h, cache, aux = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, return_aux=True, attend=tp)
         routes = aux["routes"]  # [P, Tp, L, k]
     else:
-        h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0)
+        h, cache = model.hidden(prompt_tokens, positions, prompt_valid, cache, 0, attend=tp)
     return cache, model.logits(h[:, -1]), routes  # left padding puts every prompt's last token at Tp-1
 
 
