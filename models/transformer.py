@@ -70,6 +70,14 @@ class KVCache:
         return KVCache(jnp.repeat(self.k, g, axis=1), jnp.repeat(self.v, g, axis=1),
                        jnp.repeat(self.valid, g, axis=0))
 
+    def grow(self, size: int) -> KVCache:
+        """The contiguous cache with ``size`` slots, the new ones empty."""
+        pad = size - self.size
+        if self.table is not None or pad < 0:
+            raise ValueError(f"grow: a contiguous cache grows to at least its {self.size} slots, got {size}")
+        kv = [(0, 0)] * 3 + [(0, pad), (0, 0)]
+        return KVCache(jnp.pad(self.k, kv), jnp.pad(self.v, kv), jnp.pad(self.valid, ((0, 0), (0, pad))))
+
     def layer_kv(self) -> tuple:
         """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table)."""
         return (self.k, self.v) if self.table is None else (self.k, self.v, self.table)

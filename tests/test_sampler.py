@@ -141,6 +141,26 @@ def test_growing_attention_windows_change_nothing_but_the_work():
     assert S.window_ends(8, 21, 3) == [16, 24, 29] and S.window_ends(8, 21, 1) == [29]
 
 
+def test_cache_grows_to_each_window_keeping_its_slots():
+    """The plain loop's cache holds the current window's slots exactly: growing keeps every written slot and
+    adds empty ones; a paged cache or a smaller size is refused by name."""
+    from reasoning_rl.models import KVCache
+
+    mdef, _ = tiny_model()
+    c = KVCache.empty(mdef.cfg, 3, 5)
+    c = KVCache(c.k + 1.0, c.v + 2.0, c.valid.at[:, :4].set(True))
+    g = c.grow(9)
+    assert g.size == 9 and g.k.shape[3] == g.v.shape[3] == 9
+    np.testing.assert_array_equal(g.k[:, :, :, :5], c.k)
+    np.testing.assert_array_equal(g.v[:, :, :, :5], c.v)
+    assert not np.asarray(g.k[:, :, :, 5:]).any() and not np.asarray(g.valid[:, 5:]).any()
+    np.testing.assert_array_equal(g.valid[:, :5], c.valid)
+    with pytest.raises(ValueError, match="grow"):
+        c.grow(4)
+    with pytest.raises(ValueError, match="grow"):
+        KVCache(c.k, c.v, c.valid, jnp.zeros((3, 2), jnp.int32)).grow(9)
+
+
 PER_DEVICE_PROBE = r"""
 import json, sys
 import jax
