@@ -320,6 +320,7 @@ class Attention(nnx.Module):
         else:
             heads_first = cache is not None
             k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
-            out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=cache is None)
+            # without a cache the keys are the sequence itself, causal: causal blocks apply
+            out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first)
         out = _proj_out(out, self.o[...].astype(self.dtype))
         return out, cache
