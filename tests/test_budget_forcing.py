@@ -62,3 +62,22 @@ def test_extend_holds_thinking_up_to_the_budget():
         if close is not None:  # thinking ended: exactly at the budget, never before it
             assert count == b
     assert (out.extended >= 0).all()
+
+
+def test_an_unreached_budget_samples_what_the_sampler_samples():
+    """With budgets beyond the token limit and no floor nothing is forced, and the budget loop (its own
+    decode loop over the sampler's growing cache windows) draws the sampler's tokens for the same keys."""
+    from reasoning_rl.rollout.sampler import SamplingParams, sample
+
+    mdef, params = tiny_model(seed=4)
+    pt, pv = left_pad(prompts(3, seed=4), 0)
+    n, g = 30, 2
+    bp = BudgetParams(n, OPEN, CLOSE, ANSWER, CONT, (STOP,), 0, 1.0, False, g)
+    rows = len(pt) * g
+    out = jax.device_get(budget_sample(mdef, params, pt, pv, np.full(rows, n + 1, np.int32),
+                                       np.zeros(rows, np.int32), jax.random.key(3), bp))
+    ref = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(3),
+                                SamplingParams(n, 1.0, 0, 1.0, False, (STOP,), 0, g)))
+    assert not out.forced.any() and not out.extended.any()
+    np.testing.assert_array_equal(out.lengths, ref.lengths)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)

@@ -22,8 +22,12 @@ import jax.numpy as jnp
 
 from reasoning_rl.models import ModelDef
 
-from .sampler import _fan_out, _prefill  # the cache layout is the sampler's: prefill and fan out the same way
+# the cache layout and its growing windows are the sampler's: prefill, fan out and grow the same way
+from .sampler import _fan_out, _prefill, shard_cache, window_ends
 from .sampling import row_keys, select
+
+
+WINDOWS = 4  # growing attention windows of the decode loop (see ``sampler.window_ends``)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     g, n = bp.group_size, bp.max_new_tokens
     rows = p * g
 
-    cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, tp + n)
+    ends = window_ends(tp, n, WINDOWS)
+    cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, ends[0])
     logits = jnp.repeat(logits, g, axis=0)
     cache = _fan_out(cache, g)
     row_ids = jnp.arange(rows, dtype=jnp.int32)
@@ -68,10 +73,10 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     zeros_i = jnp.zeros((rows,), jnp.int32)
     zeros_b = jnp.zeros((rows,), bool)
 
-    def cond(s):
-        return (s["t"] < n) & ~jnp.all(s["done"])
+    def cond(s, limit):
+        return (s["t"] < limit) & ~jnp.all(s["done"])
 
-    def body(s):
+    def body(s, attend):
         keys = row_keys(rng, row_ids, jnp.full((rows,), s["t"]))  # per-row keys, as in the sampler
         tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy)
         thinking = ~s["closed"]
@@ -87,12 +92,10 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
         counted = live & thinking & (tok != bp.think_open) & (tok != bp.think_close)
         done = s["done"] | (live & jnp.isin(tok, stop)) | (s["t"] + 1 >= n)
 
-        def step(args):
-            cache, _ = args
-            hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], cache, tp + s["t"])
-            return cache, model.logits(hh[:, 0])
-
-        cache, logits = jax.lax.cond(jnp.all(done), lambda a: a, step, (s["cache"], s["logits"]))
+        # Always run the forward (as the sampler does: a lax.cond around it makes XLA copy the cache every step).
+        hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], tp + s["t"],
+                                 attend=attend)
+        logits = model.logits(hh[:, 0])
         return {"t": s["t"] + 1, "cache": cache, "logits": logits, "toks": s["toks"].at[:, s["t"]].set(tok),
                 "mask": s["mask"].at[:, s["t"]].set(live), "pos": s["pos"] + 1, "done": done,
                 "count": s["count"] + counted.astype(jnp.int32),
@@ -104,7 +107,11 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
             "toks": jnp.full((rows, n), bp.pad_id, jnp.int32), "mask": jnp.zeros((rows, n), bool), "pos": pos,
             "done": zeros_b, "count": zeros_i, "closed": zeros_b, "pending": zeros_b,
             "forced": zeros_b, "extended": zeros_i}
-    s = jax.lax.while_loop(cond, body, init)
+    s = init
+    for end in ends:  # the sampler's growing windows: the cache holds exactly the slots attended
+        if s["cache"].size < end:
+            s = {**s, "cache": shard_cache(s["cache"].grow(end))}
+        s = jax.lax.while_loop(functools.partial(cond, limit=end - tp), functools.partial(body, attend=end), s)
     lengths = jnp.sum(s["mask"], axis=1).astype(jnp.int32)
     return BudgetOutput(s["toks"], lengths, s["count"], s["forced"], s["extended"])
 
