@@ -23,11 +23,8 @@ import jax.numpy as jnp
 from reasoning_rl.models import ModelDef
 
 # the cache layout and its growing windows are the sampler's: prefill, fan out and grow the same way
-from .sampler import _fan_out, _prefill, shard_cache, window_ends
+from .sampler import _fan_out, _prefill, window_cache, window_ends
 from .sampling import row_keys, select
-
-
-WINDOWS = 4  # growing attention windows of the decode loop (see ``sampler.window_ends``)
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,7 @@ class BudgetParams:
     temperature: float = 1.0
     greedy: bool = True
     group_size: int = 1  # rows per prompt (budgets x samples)
+    windows: int = 4  # decode in this many growing cache windows (as ``SamplingParams.windows``)
 
 
 @jax.tree_util.register_dataclass
@@ -63,7 +61,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     g, n = bp.group_size, bp.max_new_tokens
     rows = p * g
 
-    ends = window_ends(tp, n, WINDOWS)
+    ends = window_ends(tp, n, bp.windows)
     cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, ends[0])
     logits = jnp.repeat(logits, g, axis=0)
     cache = _fan_out(cache, g)
@@ -76,7 +74,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     def cond(s, limit):
         return (s["t"] < limit) & ~jnp.all(s["done"])
 
-    def body(s, attend):
+    def body(s):
         keys = row_keys(rng, row_ids, jnp.full((rows,), s["t"]))  # per-row keys, as in the sampler
         tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy)
         thinking = ~s["closed"]
@@ -93,8 +91,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
         done = s["done"] | (live & jnp.isin(tok, stop)) | (s["t"] + 1 >= n)
 
         # Always run the forward (as the sampler does: a lax.cond around it makes XLA copy the cache every step).
-        hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], tp + s["t"],
-                                 attend=attend)
+        hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], tp + s["t"])
         logits = model.logits(hh[:, 0])
         return {"t": s["t"] + 1, "cache": cache, "logits": logits, "toks": s["toks"].at[:, s["t"]].set(tok),
                 "mask": s["mask"].at[:, s["t"]].set(live), "pos": s["pos"] + 1, "done": done,
@@ -109,9 +106,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
             "forced": zeros_b, "extended": zeros_i}
     s = init
     for end in ends:  # the sampler's growing windows: the cache holds exactly the slots attended
-        if s["cache"].size < end:
-            s = {**s, "cache": shard_cache(s["cache"].grow(end))}
-        s = jax.lax.while_loop(functools.partial(cond, limit=end - tp), functools.partial(body, attend=end), s)
+        s = jax.lax.while_loop(functools.partial(cond, limit=end - tp), body,
+                               {**s, "cache": window_cache(s["cache"], end)})
     lengths = jnp.sum(s["mask"], axis=1).astype(jnp.int32)
     return BudgetOutput(s["toks"], lengths, s["count"], s["forced"], s["extended"])
 

@@ -81,9 +81,8 @@ def window_ends(tp: int, n: int, windows: int) -> list[int]:
     Decode reads the whole attended cache every step, so attending ``Tp + n`` slots from the first step
     wastes most of the early steps' reads; growing windows (each a static shape, so one compiled step per
     window) cut the attention work by about ``(windows - 1) / (2 * windows)`` of the response part. The
-    contiguous cache is grown to each window's size as the loop reaches it, so a layer's attended keys are
-    its whole slice of the cache (copied out at memory-copy speed; a window cut from a longer cache is a
-    strided copy that cost as much per step as all the slots: W1 sampler 18.7k -> 22.3k tokens/s)."""
+    contiguous cache is grown to each window as the loop reaches it (``window_cache``: W1 sampler 18.7k ->
+    22.3k tokens/s against attending a window cut from the whole cache)."""
     w = -(-n // max(1, windows))
     w = -(-w // 8) * 8
     return sorted({tp + min(n, w * (j + 1)) for j in range(max(1, windows))})
@@ -105,6 +104,15 @@ def shard_cache(cache: KVCache) -> KVCache:
 
 def _fan_out(cache: KVCache, g: int) -> KVCache:
     return shard_cache(cache.fan_out(g))
+
+
+def window_cache(cache: KVCache, end: int) -> KVCache:
+    """The contiguous cache grown to a decode window's ``end`` slots (``window_ends``), laid out again.
+
+    A cache of exactly the window's slots makes each layer's keys one contiguous block of the stacked cache,
+    copied out for the attention products at memory-copy speed; a window cut from a longer cache is a
+    strided copy, as slow per step as copying all the slots."""
+    return cache if cache.size >= end else shard_cache(cache.grow(end))
 
 
 @dataclass(frozen=True)
@@ -306,11 +314,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
             routes)
     state = init
     for end in ends:  # step t writes slot tp + t: within the first ``end`` slots
-        if not lay and state[1].size < end:
-            # A cache of exactly the window's slots: each layer's keys are then one contiguous block of the
-            # stacked cache, copied out for the attention products at memory-copy speed, where a window cut
-            # from a longer cache is a strided copy (as slow per step as copying all the slots).
-            state = state[:1] + (shard_cache(state[1].grow(end)),) + state[2:]
+        if not lay:
+            state = state[:1] + (window_cache(state[1], end),) + state[2:]
         state = jax.lax.while_loop(lambda st, lim=end - tp: cond(st) & (st[0] < lim),
                                    functools.partial(body, attend=end), state)
     steps, _, _, toks, logps, mask, _, _, routes = state
