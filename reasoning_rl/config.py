@@ -130,6 +130,9 @@ class AlgorithmConfig:
     # compares the same experts (metrics: route_mismatch, the share of token-layers whose routes changed)
     routing_replay: bool = False
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    # The stage stops (exit 1, naming the reward and its first error) when a reward could not score more
+    # than this share of a step's samples (a raising reward, a sandbox that failed, a non-finite value).
+    max_reward_error_rate: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -622,6 +625,7 @@ def validate(cfg: Config) -> None:
         need(a.epochs >= 1, f"{p}.algorithm.epochs", "must be >= 1")
         need(a.eps_low >= 0 and a.eps_high >= 0, f"{p}.algorithm.eps_low", "clip ranges must be >= 0")
         need(a.beta >= 0, f"{p}.algorithm.beta", "must be >= 0")
+        need(0 <= a.max_reward_error_rate <= 1, f"{p}.algorithm.max_reward_error_rate", "must be in [0, 1]")
         _validate_data(st, p)
         _validate_kind(st, p)
         if st.kind == "grpo" or (st.kind == "distill" and st.distill.compare_grpo):

@@ -252,9 +252,30 @@ def _held_out(metrics: dict) -> dict:
     return out
 
 
+def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
+    """Every stage's rewards checked before any compute (e.g. a code reward needs a sandbox that isolates
+    here); ConfigError naming the reward otherwise. Returns the lines to log at each stage's start."""
+    from reasoning_rl.rewards import registry
+
+    lines: dict[str, list[str]] = {}
+    for i, st in enumerate(cfg.stages):
+        specs = [(f"stages[{i}].rewards[{j}]", r) for j, r in enumerate(st.rewards)]
+        specs += [(f"stages[{i}].tasks[{k}].rewards[{j}]", r)
+                  for k, src in enumerate(st.tasks) for j, r in enumerate(src.rewards)]
+        for key, r in specs:
+            try:
+                line = registry.preflight(r.name, r.kwargs)
+            except (RuntimeError, ValueError) as e:
+                raise ConfigError(f"{key} ({r.name}): {e}") from None
+            if line and line not in lines.setdefault(st.name, []):
+                lines[st.name].append(line)
+    return lines
+
+
 def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  devices: list | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    reward_lines = preflight_rewards(cfg)
     outside = check_refs(cfg)
     if dist.is_primary():  # several hosts share the run dir; one writes its files
         prepare_run_dir(cfg, run_dir, resume)
@@ -274,6 +295,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                 log.info("stage %s already complete: skipped", stage.name)
                 stages.params[stage.name] = load_stage_params(srt, stage)
                 continue
+            for line in reward_lines.get(stage.name, []):
+                (log.warning if "UNISOLATED" in line else log.info)("stage %s: %s", stage.name, line)
             params, info, refs = _run_stage(stages, stage, writer, progress)
             metrics = stage_eval(srt, stage, params)
             metrics["wall_seconds"] = info["wall_seconds"]

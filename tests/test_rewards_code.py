@@ -1,8 +1,10 @@
 """Code reward and its sandbox: honest programs score honestly, hostile ones score 0.
 
-Every hostile program runs under both backends (bubblewrap and the fallback) with a
-short per-test timeout, and the host is checked afterwards: no files written, no
-secrets read, no connections made, no processes left behind, trainer alive.
+Every hostile program runs under each backend that isolates for the current user
+(bubblewrap as root and as an ordinary user, the fallback as root) with a short per-test
+timeout, and the host is checked afterwards: no files written, no secrets read, no
+connections made, no processes left behind, trainer alive. As root (CI), the whole module
+also runs again as an unprivileged user (``test_unprivileged_suite``).
 """
 
 import hashlib
@@ -28,10 +30,12 @@ REPO_SENTINEL = str(REPO / f"rrl_pwned_{TOKEN}.txt")
 HOME_SECRET_NAME = f".rrl_home_secret_{TOKEN}"
 T = 1.0  # per-test timeout for hostile programs
 
+ROOT = os.geteuid() == 0
+NO_BWRAP = ("bubblewrap is not installed or cannot start a sandbox here: install it (apt-get install bubblewrap; "
+            "`make test` does as root) - these tests never run candidates unisolated instead")
 BACKENDS = [
-    pytest.param("bwrap", marks=pytest.mark.skipif(not sandbox.bwrap_available(),
-                                                   reason="bubblewrap (bwrap) is not installed or not usable here")),
-    "fallback",
+    pytest.param("bwrap", marks=pytest.mark.skipif(not sandbox.bwrap_available(), reason=NO_BWRAP)),
+    pytest.param("fallback", marks=pytest.mark.skipif(not ROOT, reason="the fallback sandbox isolates only as root")),
 ]
 
 DOUBLE_IO = [{"stdin": "3\n", "stdout": "6\n"}, {"stdin": "10\n", "stdout": "20"}]
@@ -426,8 +430,6 @@ def listener():
     srv.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="hostile programs are only contained when run as root "
-                    "(dedicated uid per run); unprivileged, e.g. kill(-1) would hit the test runner")
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile(name, backend, listener, monkeypatch):
     assert len(HOSTILE) >= 25
@@ -436,6 +438,7 @@ def test_hostile(name, backend, listener, monkeypatch):
     if name == "network_connect":
         tests = [{"stdin": str(listener.getsockname()[1]), "stdout": "connected"}]
     home_secret = None
+    before = _my_processes()
     if name == "read_host_home":
         home_secret = pathlib.Path(os.path.expanduser("~")) / HOME_SECRET_NAME
         home_secret.write_text(SECRET)
@@ -454,22 +457,58 @@ def test_hostile(name, backend, listener, monkeypatch):
     with pytest.raises(BlockingIOError):
         listener.accept()
     assert _protected_digest() == DIGEST
+    # no process of the call is left, whatever uid it ran under
+    assert not _new_processes(before), name
     # the trainer is healthy and the sandbox still works
     assert run(GOOD_DOUBLE, DOUBLE_IO[:1], backend, 5.0) == 1.0
 
 
+def _my_processes() -> set[int]:
+    """Live pids of this user other than this process's own (non-sandbox) children."""
+    me = str(os.getuid())
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            except OSError:
+                continue
+            if fields.get("Uid", "").split()[:1] == [me] and not fields.get("State", "").strip().startswith("Z"):
+                out.add(int(name))
+    return out
+
+
+def _new_processes(before: set[int], wait_s: float = 5.0) -> set[int]:
+    """Processes of this user that appeared during a call and are still alive (as root: any uid's
+    sandbox processes, found by candidate uid)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        new = {p for p in _my_processes() - before if _is_sandbox_process(p)}
+        if ROOT:
+            new |= {pid for uid in _live_uids(sandbox.candidate_uid_range()) for pid in sandbox.host_pids_of_uid(uid)}
+        if not new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.1)
+
+
+def _is_sandbox_process(pid: int) -> bool:
+    """bwrap, the runner or a candidate (not e.g. a math-verify worker or a pytest-xdist helper)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return b"bwrap" in cmd or b"_runner" in cmd or cmd.startswith(b"solution")
+
+
 def test_no_stray_processes_or_files(backend):
     """Runs last in this module (pytest keeps file order within a worker)."""
+    before = _my_processes()
     run(HOSTILE["background_process_outlives_run"][0], DOUBLE_IO[:1], backend)
     time.sleep(1.5 * T + 1.5)  # past the moment the escaped child would have written
     assert not os.path.exists(HOST_SENTINEL + "_late")
-    uids = sandbox.candidate_uid_range()
-    deadline = time.monotonic() + 5
-    while True:
-        stray = [pid for uid in _live_uids(uids) for pid in sandbox.host_pids_of_uid(uid)]
-        if not stray or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    stray = _new_processes(before)
     assert not stray, f"sandbox processes survived: {stray}"
     leftovers = [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"rrl-sbx-{os.getpid()}-")]
     assert not leftovers
@@ -524,13 +563,54 @@ def test_thread_safety_many_threads():
 
 
 def test_backend_selection(monkeypatch):
-    monkeypatch.setenv("REASONING_RL_SANDBOX", "fallback")
-    assert sandbox.resolve_backend() == "fallback"
-    assert sandbox.resolve_backend("bwrap") == "bwrap"
+    if ROOT:
+        monkeypatch.setenv("REASONING_RL_SANDBOX", "fallback")
+        assert sandbox.resolve_backend() == "fallback"
+    if sandbox.bwrap_available():
+        assert sandbox.resolve_backend("bwrap") == "bwrap"
+        assert sandbox.resolve_backend("auto") == "bwrap"
     monkeypatch.setenv("REASONING_RL_SANDBOX", "nonsense")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown sandbox backend 'nonsense'"):
         sandbox.resolve_backend()
-    assert score_code("print(1)", [{"stdin": "", "stdout": "1"}]) == 0.0  # logged, not raised
+    with pytest.raises(ValueError):  # a score that was not computed is an error, never a 0
+        score_code("print(1)", [{"stdin": "", "stdout": "1"}])
+
+
+def test_no_isolating_backend_refuses_with_cause_and_fix(monkeypatch):
+    """bwrap missing from PATH: asking for it names the cause and the fix; without root nothing isolates."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(sandbox.SandboxUnavailable) as e:
+        sandbox.resolve_backend("bwrap")
+    msg = str(e.value)
+    assert "bubblewrap (bwrap) is not installed" in msg and "apt-get install bubblewrap" in msg
+    assert "none-unsafe" in msg and "\n" not in msg
+    if not ROOT:
+        for choice in ("auto", "fallback"):
+            with pytest.raises(sandbox.SandboxUnavailable):
+                sandbox.resolve_backend(choice)
+        with pytest.raises(sandbox.SandboxUnavailable):
+            get("code")("<answer>print(1)</answer>", {"tests": [{"stdin": "", "stdout": "1"}]})
+
+
+def test_none_unsafe_runs_unisolated_only_by_name(caplog):
+    """The explicit unsafe setting runs candidates (and says so loudly)."""
+    assert "UNISOLATED" in sandbox.describe_backend("none-unsafe")
+    assert run(GOOD_DOUBLE, DOUBLE_ALL, "none-unsafe", 5.0) == 1.0
+    assert get("code")(f"<answer>{GOOD_DOUBLE}</answer>", {"tests": DOUBLE_IO}, sandbox="none-unsafe") == 1.0
+
+
+def test_a_sandbox_that_cannot_start_is_an_error_not_a_zero(monkeypatch):
+    """The runner never speaking (a broken install, say) raises SandboxError; RewardComputer counts it."""
+    monkeypatch.setattr(sandbox, "RUNNER", "/nonexistent/_runner.py")
+    monkeypatch.setattr(sandbox._runner, "STUB", "import sys; sys.exit(3)  # %r")
+    backend = "bwrap" if sandbox.bwrap_available() else "none-unsafe"
+    with pytest.raises(sandbox.SandboxError, match="did not start"):
+        run(GOOD_DOUBLE, DOUBLE_IO, backend)
+    comp = RewardComputer([RewardSpec("code", 1.0, {"sandbox": backend})], max_workers=2)
+    res = comp([f"<answer>{GOOD_DOUBLE}</answer>"] * 3, [{"tests": DOUBLE_IO}] * 3)
+    assert res.errors["code"] == 3 and res.error_metrics() == {"reward_errors/code": 3}
+    assert "did not start" in res.first_error["code"]
+    comp.close()
 
 
 def test_candidate_uid_range_is_unprivileged():
@@ -546,10 +626,55 @@ def test_overall_wall_clock_kills_everything(backend, monkeypatch):
     real_kill_uid = sandbox._kill_uid
     monkeypatch.setattr(sandbox, "_kill_uid", lambda uid: (swept.append(uid), real_kill_uid(uid)))
     program = "import os, time\nos.fork(); os.fork()\ntime.sleep(30)\n"
-    before = set(_live_uids(sandbox.candidate_uid_range()))
+    before = _my_processes()
     t0 = time.monotonic()
     assert run(program, [{"stdin": "", "stdout": ""}] * 2, backend) == 0.0
     assert time.monotonic() - t0 < 8
-    assert swept  # the run ended without the runner's "done": the emergency path ran
-    time.sleep(0.2)
-    assert not set(_live_uids(sandbox.candidate_uid_range())) - before
+    if ROOT:
+        assert swept  # the run ended without the runner's "done": the emergency path ran
+    assert not _new_processes(before)
+
+
+# --------------------------------------------------------------------------- as an ordinary user
+def _unprivileged():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unprivileged", REPO / "tools" / "unprivileged.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ROOT, reason="already running as an ordinary user: the module above is that run")
+def test_unprivileged_suite(tmp_path):
+    """This whole module again as ``nobody`` (CI runs as root): every hostile program under unprivileged
+    bubblewrap, with the same expectations and host checks as root's - 0 escapes either way."""
+    import xml.etree.ElementTree as ET
+
+    up = _unprivileged()
+    why = up.why_not()
+    if why:
+        pytest.skip(f"cannot drop to an unprivileged user here: {why}")
+    if not sandbox.bwrap_available():
+        pytest.skip(NO_BWRAP)
+    where = pathlib.Path(tempfile.mkdtemp(prefix="rrl unprivileged "))  # a space in the path, under /tmp
+    try:
+        env = up.stage(where, modules=("numpy", "pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py",
+                                       "pygments"), files=("tests/test_rewards_code.py", "tools/unprivileged.py"))
+        report = where / "home" / "report.xml"
+        p = up.run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                    str(where / "src" / "tests" / "test_rewards_code.py"), "--junitxml", str(report)],
+                   env, cwd=str(where / "home"), timeout=900)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-5000:]
+        cases = {c.get("name"): c for c in ET.parse(report).getroot().iter("testcase")}
+        hostile = [n for n in cases if n.startswith("test_hostile[") and "bwrap" in n[len("test_hostile["):].split("-")]
+        assert len(hostile) == len(HOSTILE) >= 25
+        for n in hostile + ["test_no_stray_processes_or_files[bwrap]", "test_honest_full_and_partial[bwrap]",
+                            "test_overall_wall_clock_kills_everything[bwrap]",
+                            "test_no_isolating_backend_refuses_with_cause_and_fix"]:
+            assert list(cases[n]) == [], f"{n} did not pass as an ordinary user: {ET.tostring(cases[n])[:500]}"
+    finally:
+        import shutil
+
+        shutil.rmtree(where, ignore_errors=True)

@@ -366,6 +366,9 @@ class _Runner:
         self.secrets_loaded = False
         self.env = {"PATH": "/usr/bin:/bin", "HOME": os.getcwd(), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
         self.preimport = "0"
+        # Without a private uid, RLIMIT_NPROC counts the processes this uid already has where
+        # it is counted (the sandbox's user namespace under unprivileged bubblewrap): add them.
+        self.nproc_base = 0 if self.uid >= 0 else _count_processes() if spec.get("pid1") else 0
 
     # ---- process control
     def spawn(self, mode, fds, fresh=True):
@@ -412,7 +415,7 @@ class _Runner:
             (resource.RLIMIT_FSIZE, (lim["file_size_mb"] << 20,) * 2),
             (resource.RLIMIT_NOFILE, (lim["open_files"],) * 2),
             (resource.RLIMIT_CORE, (0, 0)),
-            (resource.RLIMIT_NPROC, (lim["nproc"],) * 2),
+            (resource.RLIMIT_NPROC, (lim["nproc"] + self.nproc_base,) * 2),
         ]
         for res, val in pairs:
             resource.setrlimit(res, val)
@@ -429,6 +432,18 @@ class _Runner:
         group can be killed.
         """
         if self.uid < 0:
+            if self.spec.get("pid1"):
+                # Unprivileged bubblewrap: we are PID 1 of the sandbox's PID namespace, so a
+                # helper's kill(-1) reaches every other process in it (all candidates) but
+                # never us - the same one-pass, fork-bomb-proof sweep as with a private uid.
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.kill(-1, signal.SIGKILL)
+                    finally:
+                        os._exit(0)
+                os.waitpid(pid, 0)
+                return
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except OSError:
@@ -756,8 +771,9 @@ def _fallback_isolate(spec, libc):
     tmpfs mounts and every other top-level directory except the system ones (/usr,
     /lib*, /bin, /etc, /proc, /dev) is covered by an empty read-only tmpfs - /root,
     /home, /work, /run (unix sockets), /var ... - with only the interpreter's install and
-    this harness bound back read-only. So the candidate can neither reach the network,
-    nor leave files on the host, nor read the dataset, the repo or anyone's home.
+    this harness bound back read-only, wherever they live (a checkout or virtualenv
+    under /tmp included). So the candidate can neither reach the network, nor leave
+    files on the host, nor read the dataset, the repo or anyone's home.
     """
     info = {"netns": False, "mountns": False}
     if os.geteuid() != 0:
@@ -768,24 +784,57 @@ def _fallback_isolate(spec, libc):
         return info
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         return info
-    size = f"size={spec['limits']['tmpfs_mb']}m,mode=".encode()
-    work = os.getcwd().encode()
-    ok = libc.mount(b"tmpfs", work, b"tmpfs", 0, size + b"0777") == 0
-    os.chdir(work)  # keep a handle on the new mount before /tmp is covered
-    for path in (b"/tmp", b"/var/tmp", b"/dev/shm"):
-        if os.path.isdir(path):
-            ok &= libc.mount(b"tmpfs", path, b"tmpfs", 0, size + b"1777") == 0
-    info["mountns"] = ok and _hide_host_dirs(libc)
-    return info
-
-
-def _hide_host_dirs(libc):
     real = os.path.realpath
     wanted = {real(sys.base_prefix), real(sys.base_exec_prefix), os.path.dirname(real(sys.executable)),
               os.path.dirname(os.path.abspath(__file__))}
     expose = sorted(p for p in wanted if not any(p.startswith(q + "/") for q in wanted))
-    handles = {p: os.open(p, os.O_PATH) for p in expose}  # reachable after the cover goes on
+    handles = {p: os.open(p, os.O_PATH) for p in expose}  # reachable after the covers go on
+    try:
+        size = f"size={spec['limits']['tmpfs_mb']}m,mode=".encode()
+        work = os.getcwd().encode()
+        ok = libc.mount(b"tmpfs", work, b"tmpfs", 0, size + b"0777") == 0
+        os.chdir(work)  # keep a handle on the new mount before /tmp is covered
+        covered = []
+        for path in ("/tmp", "/var/tmp", "/dev/shm"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                ok &= libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, size + b"1777") == 0
+                covered.append(path)
+        ok &= _bind_back(libc, covered, expose, handles, readonly_top=False)
+        info["mountns"] = ok and _hide_host_dirs(libc, expose, handles)
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+    return info
+
+
+def _bind_back(libc, tops, expose, handles, readonly_top):
+    """Bind each exposed path lying under a freshly covered ``tops`` dir back in, read-only."""
     ok = True
+    for top in tops:
+        for path in expose:
+            if path.startswith(top + "/"):
+                os.makedirs(path, 0o755, exist_ok=True)
+                for d in _parents(path, top):  # traversable by the candidate uid
+                    os.chmod(d, 0o755)
+                src = f"/proc/self/fd/{handles[path]}".encode()
+                ok &= libc.mount(src, path.encode(), None, _MS_BIND | _MS_REC, None) == 0
+                ok &= libc.mount(None, path.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None) == 0
+        if readonly_top:
+            ok &= libc.mount(None, top.encode(), None, _MS_REMOUNT | _MS_RDONLY, None) == 0
+    return ok
+
+
+def _parents(path, top):
+    out, d = [], os.path.dirname(path)
+    while d.startswith(top + "/"):
+        out.append(d)
+        d = os.path.dirname(d)
+    return out
+
+
+def _hide_host_dirs(libc, expose, handles):
+    ok = True
+    tops = []
     for entry in sorted(os.listdir("/")):
         top = "/" + entry
         if entry in _KEEP_TOP or os.path.islink(top) or not os.path.isdir(top):
@@ -793,16 +842,22 @@ def _hide_host_dirs(libc):
         if libc.mount(b"tmpfs", top.encode(), b"tmpfs", 0, b"size=1m,mode=0755") != 0:
             ok = False
             continue
-        for path in expose:
-            if path.startswith(top + "/"):
-                os.makedirs(path, 0o755, exist_ok=True)
-                src = f"/proc/self/fd/{handles[path]}".encode()
-                ok &= libc.mount(src, path.encode(), None, _MS_BIND | _MS_REC, None) == 0
-                ok &= libc.mount(None, path.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None) == 0
-        ok &= libc.mount(None, top.encode(), None, _MS_REMOUNT | _MS_RDONLY, None) == 0
-    for fd in handles.values():
-        os.close(fd)
-    return ok
+        tops.append(top)
+    return _bind_back(libc, tops, expose, handles, readonly_top=True) and ok
+
+
+def _count_processes():
+    """Live processes visible in /proc (in the sandbox: all of them share our uid)."""
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        n += 1
+            except (OSError, IndexError):
+                pass
+    return n
 
 
 def _world_traversable(path):
@@ -820,9 +875,9 @@ def _world_traversable(path):
 _SECCOMP_NRS = {
     # arch: (audit arch, clone, clone3, blocked syscalls)
     "x86_64": (0xC000003E, 56, 435, [272, 308, 165, 166, 155, 101, 321, 323, 298, 250, 248, 249, 425,
-                                     428, 429, 430, 431, 432, 433, 442, 169, 175, 313, 246, 320]),
+                                     428, 429, 430, 431, 432, 433, 442, 169, 175, 313, 246, 320, 310, 311]),
     "aarch64": (0xC00000B7, 220, 435, [97, 268, 40, 39, 41, 117, 280, 282, 241, 219, 217, 218, 425,
-                                       428, 429, 430, 431, 432, 433, 442, 142, 105, 273, 104, 294]),
+                                       428, 429, 430, 431, 432, 433, 442, 142, 105, 273, 104, 294, 270, 271]),
 }
 
 
@@ -890,7 +945,15 @@ def _runner_main():
     # the runner evaluates test expressions on candidate-supplied data: bound it too
     mem = max(1024, spec["limits"]["memory_mb"] * 2) << 20
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    hello = {"uid": spec["uid"]}
+    hello = {"uid": spec["uid"], "pid": os.getpid()}
+    if spec.get("pid1"):
+        # PID 1 of the sandbox: the kernel drops any signal a candidate sends us unless we
+        # handle it, so drop Python's SIGINT handler; and keep our /proc entries (memory,
+        # fds, environment) unreadable to candidates, which share our uid here.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
     if spec["backend"] == "fallback":
         import ctypes
 
@@ -923,7 +986,7 @@ def _runner_main():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    if runner.uid >= 0:
+    if runner.uid >= 0 or spec.get("pid1"):
         runner.sweep(0, verify=True)
     _emit({"done": True})
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import sandbox
 from .extract import as_text, extract_program
-from .registry import register
+from .registry import register, register_preflight
 
 log = logging.getLogger("reasoning_rl.rewards")
 
@@ -39,31 +39,41 @@ def score_code(program: str, tests: list[dict], timeout_s: float = 5.0, *, backe
 
     ``tests``: ``{"stdin": str, "stdout": str}`` (program run as a script, stdout compared
     whitespace-insensitively) or ``{"assert": str}`` (test code evaluated against the
-    program's definitions). ``timeout_s`` is the wall-clock budget per test. Never raises
-    (bad input scores 0); thread-safe; at most ``sandbox.max_concurrent()`` sandboxes
-    run at once.
+    program's definitions). ``timeout_s`` is the wall-clock budget per test. A program that
+    is empty, too long or not text scores 0, and so do tests that are not a list of such
+    mappings (counted as failed tests). Raises ``sandbox.SandboxUnavailable`` when no backend
+    isolates here and ``sandbox.SandboxError`` when the sandbox fails for a reason of the
+    machine: a score that was not computed is never reported as 0. Thread-safe; at most
+    ``sandbox.max_concurrent()`` sandboxes run at once.
     """
-    try:
-        text = as_text(program)
-        cases = _tests(tests)
-        if not text or not text.strip() or not cases or len(text) > MAX_PROGRAM_CHARS:
-            return 0.0
-        verdicts = sandbox.run_tests(text, cases, float(timeout_s), limits=limits, backend=backend)
-        return sum(verdicts) / len(verdicts)
-    except Exception as e:  # noqa: BLE001 - a reward must never take training down
-        log.warning("score_code failed: %r", e)
+    text = as_text(program)
+    cases = _tests(tests)
+    if not text or not text.strip() or not cases or len(text) > MAX_PROGRAM_CHARS:
         return 0.0
+    verdicts = sandbox.run_tests(text, cases, float(timeout_s), limits=limits, backend=backend)
+    return sum(verdicts) / len(verdicts)
 
 
 @register("code")
 def code_reward(completion: str, example: Mapping[str, Any], all_or_nothing: bool = False,
-                timeout_s: float = 5.0, backend: str | None = None) -> float:
+                timeout_s: float = 5.0, sandbox: str | None = None, backend: str | None = None) -> float:
     """Runs the program in the completion against ``example["tests"]``.
 
     The program is the ``<answer>`` content if present, else the last ```python fence,
     else the whole completion. ``all_or_nothing``: 1.0 only if every test passes.
+    ``sandbox``: ``auto`` (default), ``bwrap``, ``fallback`` or ``none-unsafe`` (see
+    ``reasoning_rl.rewards.sandbox``); ``backend`` is its older name.
     """
-    score = score_code(extract_program(completion), example.get("tests"), timeout_s, backend=backend)
+    score = score_code(extract_program(completion), example.get("tests"), timeout_s, backend=sandbox or backend)
     if all_or_nothing:
         return 1.0 if score == 1.0 else 0.0
     return score
+
+
+@register_preflight("code")
+def preflight(kwargs: Mapping[str, Any]) -> str:
+    """Check before any compute that the configured sandbox isolates here; returns the line to log.
+
+    Raises ``sandbox.SandboxUnavailable`` (cause and fix in one line) or ValueError (unknown name).
+    """
+    return sandbox.describe_backend(kwargs.get("sandbox") or kwargs.get("backend"))

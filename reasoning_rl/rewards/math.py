@@ -2,21 +2,27 @@
 
 math-verify bounds its own time with ``signal.alarm``, which only works in the main
 thread; rewards run in worker threads. So its timeouts are switched off and every check
-runs in a lazily created, module-level, reused process pool ('spawn' context) instead:
-a check past its timeout scores 0 and the pool (with the stuck worker) is replaced.
+runs in one of a few lazily started, reused worker processes (``_mathworker.py``, plain
+subprocesses rather than multiprocessing, which would re-import the caller's main module):
+a check past its timeout scores 0 and its stuck worker is killed and replaced. Workers that
+cannot start, or keep dying, raise ``MathVerifyUnavailable`` at once: counted as reward
+errors, never scored 0.
 Plain numbers never reach sympy: they are compared exactly with ``fractions.Fraction``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import atexit
+import json
 import logging
-import multiprocessing
 import os
 import re
+import select
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Mapping
-from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
@@ -89,43 +95,131 @@ def accuracy(completion: str, example: Mapping[str, Any]) -> float:
     return 1.0 if answers_match_exact(extract_answer(completion), as_text(example.get("answer"))) else 0.0
 
 
-# --------------------------------------------------------------------------- math-verify pool
-_pool: cf.ProcessPoolExecutor | None = None
+# --------------------------------------------------------------------------- math-verify workers
+class MathVerifyUnavailable(RuntimeError):
+    """math-verify workers cannot start or keep dying: a reward that was not computed (never a 0)."""
+
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mathworker.py")
+_LOADER = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+START_TIMEOUT_S = 120.0  # importing sympy on a loaded machine
+_RETRY_AFTER_S = 30.0  # after a failed start, calls fail at once for this long
+
+
+class _Worker:
+    """One math-verify child process (see ``_mathworker.py``), used by one thread at a time."""
+
+    def __init__(self) -> None:
+        # -P: nothing of the caller's directory on sys.path (a user's math.py must not shadow the stdlib).
+        self.proc = subprocess.Popen([sys.executable, "-P", "-c", _LOADER, WORKER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
+        self.buf = b""
+        line = self._readline(time.monotonic() + START_TIMEOUT_S)
+        if line != b"ready":
+            err = self._stderr_tail()
+            self.kill()
+            why = "timed out" if line is None else "exited" if line == b"" else f"said {line[:80]!r}"
+            raise MathVerifyUnavailable(f"a math-verify worker could not start ({why}){': ' + err if err else ''}")
+
+    def _readline(self, deadline: float) -> bytes | None:
+        """One line (without newline); b"" at EOF; None past ``deadline``."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b""
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def _stderr_tail(self) -> str:
+        try:
+            if self.proc.poll() is None:
+                return ""
+            text = self.proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            return text[-1][:300] if text else ""
+        except (OSError, ValueError):
+            return ""
+
+    def check(self, reference: str, answer: str, timeout_s: float) -> bool | None:
+        """True/False; None on timeout (the worker is then killed). Raises OSError if the worker died."""
+        self.proc.stdin.write((json.dumps({"ref": reference, "ans": answer}) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self._readline(time.monotonic() + timeout_s)
+        if line is None:
+            self.kill()
+            return None
+        if line not in (b"0", b"1"):
+            raise OSError(f"math-verify worker died ({self._stderr_tail() or 'no message'})")
+        return line == b"1"
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class _Pool:
+    """At most ``pool_size()`` workers, started lazily, each lent to one check at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[_Worker] = []
+        self.slots = threading.BoundedSemaphore(pool_size())
+        self.failed_at = -1e9
+        self.failure = ""
+
+    def _take(self) -> _Worker:
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+            if time.monotonic() - self.failed_at < _RETRY_AFTER_S:
+                raise MathVerifyUnavailable(self.failure)
+        try:
+            return _Worker()
+        except (OSError, MathVerifyUnavailable) as e:
+            with self.lock:
+                self.failed_at, self.failure = time.monotonic(), str(e)
+            raise MathVerifyUnavailable(str(e)) from None
+
+    def check(self, reference: str, answer: str, timeout_s: float) -> bool:
+        with self.slots:
+            for attempt in range(2):  # a worker that died (e.g. killed by the OOM killer) is replaced once
+                worker = self._take()
+                try:
+                    ok = worker.check(reference, answer, timeout_s)
+                except (OSError, ValueError) as e:
+                    worker.kill()
+                    if attempt:
+                        raise MathVerifyUnavailable(f"math-verify workers keep dying: {e}") from None
+                    continue
+                if ok is None:  # past its timeout: the worker was killed, the answer scores 0
+                    log.debug("math-verify check timed out after %ss", timeout_s)
+                    return False
+                with self.lock:
+                    self.idle.append(worker)
+                return ok
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for w in idle:
+            w.kill()
+
+
+_pool: _Pool | None = None
 _pool_lock = threading.Lock()
-
-
-def _worker_init() -> None:
-    import resource
-
-    limit = 4 << 30  # a runaway sympy power must not eat the host
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    import math_verify  # noqa: F401 - import once per worker, not per check
-
-
-def _mv_parse(s: str) -> list:
-    from math_verify import parse
-
-    tries = [s] if ("$" in s or "\\boxed" in s) else [f"${s}$", s]
-    for t in tries:
-        parsed = parse(t, parsing_timeout=None)
-        if parsed:
-            return parsed
-    return []
-
-
-def _verify_job(reference: str, answer: str) -> bool:
-    """Runs in a pool worker."""
-    from math_verify import verify
-
-    gold, pred = _mv_parse(reference), _mv_parse(answer)
-    if not gold or not pred:
-        return False
-    return bool(verify(gold, pred, timeout_seconds=None))
-
-
-def _warm() -> bool:
-    return True
 
 
 def pool_size() -> int:
@@ -134,63 +228,33 @@ def pool_size() -> int:
     return max(1, int(env)) if env else max(1, min(4, os.cpu_count() or 1))
 
 
-def _get_pool() -> cf.ProcessPoolExecutor:
+def _get_pool() -> _Pool:
     global _pool
     with _pool_lock:
         if _pool is None:
-            pool = cf.ProcessPoolExecutor(pool_size(), mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=_worker_init)
-            # Start (and import sympy in) the workers now, so that start-up time is not
-            # charged to the first checks' timeouts.
-            for f in [pool.submit(_warm) for _ in range(pool_size())]:
-                f.result(timeout=300)
-            _pool = pool
+            _pool = _Pool()
         return _pool
 
 
-def _replace_pool(old: cf.ProcessPoolExecutor) -> None:
-    """Drop ``old`` (if still current) and kill its workers, stuck ones included."""
+def shutdown_pool() -> None:
+    """Stop the math-verify workers (a later check starts new ones)."""
     global _pool
     with _pool_lock:
-        if _pool is old:
-            _pool = None
-    for proc in list(getattr(old, "_processes", {}).values()):
-        try:
-            proc.kill()
-        except Exception:  # noqa: BLE001, S110 - already gone
-            pass
-    old.shutdown(wait=False, cancel_futures=True)
-
-
-def shutdown_pool() -> None:
-    """Stop the math-verify workers (a later check starts a new pool)."""
-    with _pool_lock:
-        pool = _pool
+        pool, _pool = _pool, None
     if pool is not None:
-        _replace_pool(pool)
+        pool.close()
+
+
+atexit.register(shutdown_pool)
 
 
 def verify_equivalent(reference: str, answer: str, timeout_s: float = 5.0) -> bool:
-    """math-verify equivalence of two answer strings, bounded by ``timeout_s`` (False on timeout)."""
-    for _ in range(2):  # one retry when another check's timeout replaced the pool under us
-        pool = _get_pool()
-        try:
-            future = pool.submit(_verify_job, reference, answer)
-        except (BrokenProcessPool, RuntimeError):
-            _replace_pool(pool)
-            continue
-        try:
-            return bool(future.result(timeout=timeout_s))
-        except cf.TimeoutError:
-            log.debug("math-verify check timed out after %ss; replacing the worker pool", timeout_s)
-            _replace_pool(pool)
-            return False
-        except (BrokenProcessPool, cf.CancelledError):
-            _replace_pool(pool)
-            continue
-        except Exception:  # noqa: BLE001 - sympy errors mean "not verified"
-            return False
-    return False
+    """math-verify equivalence of two answer strings, bounded by ``timeout_s`` (False on timeout).
+
+    Raises MathVerifyUnavailable when no worker can start or workers keep dying: that check
+    was not computed, and must not be mistaken for a wrong answer.
+    """
+    return _get_pool().check(reference, answer, timeout_s)
 
 
 def score_math(completion: str, reference: str, timeout_s: float = 5.0) -> float:
@@ -199,7 +263,9 @@ def score_math(completion: str, reference: str, timeout_s: float = 5.0) -> float
     The answer is taken from the last ``<answer>`` block, else the last ``\\boxed{}``,
     else the last number. Plain numbers are compared exactly here; anything else
     (LaTeX, intervals, sets, expressions) by math-verify in a worker process, bounded by
-    ``timeout_s``. Never raises; thread-safe.
+    ``timeout_s`` (an answer whose check runs past it scores 0). Bad input scores 0; raises
+    ``MathVerifyUnavailable`` only when the check could not be run at all (its workers cannot
+    start or keep dying). Thread-safe; callable from scripts without a main guard.
     """
     try:
         answer, ref = extract_answer(completion), as_text(reference)
@@ -216,7 +282,9 @@ def score_math(completion: str, reference: str, timeout_s: float = 5.0) -> float
         if r is not None:
             ref = _canonical(r)
         return 1.0 if verify_equivalent(ref, answer, timeout_s) else 0.0
-    except Exception as e:  # noqa: BLE001 - a reward must never take training down
+    except MathVerifyUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - garbage input is a wrong answer, not an error
         log.debug("score_math failed: %r", e)
         return 0.0
 

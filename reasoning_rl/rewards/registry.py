@@ -4,10 +4,16 @@ A reward is ``fn(completion: str, example: Mapping[str, Any], **kwargs) -> float
 Rewards are looked up by registered name or imported from a ``"package.module:function"``
 path, so experiments can plug in their own without touching this package.
 
-``RewardComputer`` is what the trainer calls once per batch. It must never take the run
-down: a reward that raises, hangs past ``timeout_s`` or returns garbage (NaN, inf, a
-string) scores 0 for that sample, is counted in ``RewardResult.errors`` /
-``non_finite`` and logged once per reward name.
+``RewardComputer`` is what the trainer calls once per batch. One bad sample must not take
+the run down, but a reward that cannot be computed is never a silent zero: a call that
+raises, hangs past ``timeout_s`` or returns garbage (NaN, inf, a string) is counted in
+``RewardResult.errors`` / ``non_finite`` (per reward name, logged as ``reward_errors/<name>``
+each step, the first message of each name logged) and ``check_error_rate`` stops the stage
+when more than ``max_error_rate`` of a step's samples could not be scored.
+
+A reward may register a *preflight* (``register_preflight``): a check run once at the start
+of a run, before any compute, that raises when the reward cannot work here (e.g. no
+sandbox isolates code) - the run then refuses to start with that one line.
 """
 
 from __future__ import annotations
@@ -42,6 +48,43 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
         return fn
 
     return deco
+
+
+Preflight = Callable[[Mapping[str, Any]], "str | None"]
+_PREFLIGHT: dict[str, Preflight] = {}
+
+
+def register_preflight(name: str) -> Callable[[Preflight], Preflight]:
+    """Decorator: ``fn(kwargs) -> line to log | None``, raising when reward ``name`` cannot run here."""
+
+    def deco(fn: Preflight) -> Preflight:
+        _PREFLIGHT[name] = fn
+        return fn
+
+    return deco
+
+
+def preflight(name: str, kwargs: Mapping[str, Any]) -> str | None:
+    """Run reward ``name``'s preflight check (if it has one): the line to log, or raises."""
+    fn = _PREFLIGHT.get(name)
+    return fn(kwargs) if fn is not None else None
+
+
+class RewardErrorRateExceeded(RuntimeError):
+    """More of a step's samples could not be scored than the configured maximum allows."""
+
+
+def check_error_rate(errors: Mapping[str, int], non_finite: Mapping[str, int], first: Mapping[str, str],
+                     n_samples: int, max_error_rate: float) -> None:
+    """Raise RewardErrorRateExceeded naming the reward and its first error when a reward failed on
+    more than ``max_error_rate`` of ``n_samples`` (errors and non-finite values both count)."""
+    for name in errors:
+        bad = errors.get(name, 0) + non_finite.get(name, 0)
+        if n_samples and bad / n_samples > max_error_rate:
+            msg = first.get(name) or "returned a non-finite value"
+            raise RewardErrorRateExceeded(
+                f"reward {name!r} could not score {bad} of {n_samples} samples (more than the allowed "
+                f"{max_error_rate:g}); first error: {msg}")
 
 
 def known() -> list[str]:
@@ -85,6 +128,12 @@ class RewardResult:
     per_reward: dict[str, np.ndarray]
     errors: dict[str, int]
     non_finite: dict[str, int]
+    first_error: dict[str, str] = dataclasses.field(default_factory=dict)  # per name, this batch's first
+
+    def error_metrics(self) -> dict[str, int]:
+        """``reward_errors/<name>`` (failed calls plus non-finite values) for every reward, zeros included."""
+        return {f"reward_errors/{k}": int(self.errors.get(k, 0) + self.non_finite.get(k, 0))
+                for k in dict.fromkeys([*self.errors, *self.non_finite])}
 
 
 def _as_score(value: Any) -> float | None:
@@ -134,22 +183,25 @@ class RewardComputer:
         errors = {s.name: 0 for s in self.specs}
         non_finite = {s.name: 0 for s in self.specs}
         jobs = [(j, i) for j in range(len(self.specs)) for i in range(n)]
+        first: dict[str, str] = {}
         raw = self._run(jobs, completions, examples)
         for (j, i), (ok, value) in zip(jobs, raw):
             name = self.specs[j].name
             if not ok:
                 errors[name] += 1
+                first.setdefault(name, value)
                 self._log_once(name, value)
                 continue
             score = _as_score(value)
             if score is None:
                 non_finite[name] += 1
+                first.setdefault(name, f"returned {value!r:.80}, not a finite number")
             else:
                 per_reward[name][i] = score
         total = np.zeros(n, np.float64)
         for s in self.specs:
             total += float(s.weight) * per_reward[s.name]
-        return RewardResult(total.astype(np.float32), per_reward, errors, non_finite)
+        return RewardResult(total.astype(np.float32), per_reward, errors, non_finite, first)
 
     def _call(self, j: int, completion: str, example: Mapping, started: list[float], slot: int):
         started[slot] = time.monotonic()
@@ -193,7 +245,8 @@ class RewardComputer:
             if name in self._logged:
                 return
             self._logged.add(name)
-        log.warning("reward %r failed (scored 0; further failures counted silently): %s", name, message)
+        log.warning("reward %r could not score a sample (counted in reward_errors/%s; further failures are "
+                    "counted there, not logged): %s", name, name, message)
 
     def close(self) -> None:
         """Release the worker threads (calls still running are not waited for)."""

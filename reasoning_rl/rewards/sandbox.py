@@ -1,31 +1,45 @@
 """Run untrusted candidate programs against unit tests, isolated from the trainer.
 
-Layers (outermost first):
+The same guarantees hold for every user, root or not (the adversarial suite in
+``tests/test_rewards_code.py`` runs both ways): no network (not even the host's
+loopback), nothing of the host visible but the read-only interpreter install (no
+``$HOME``, no checkout, no caller's working directory), nothing written outside the
+candidate's own tmpfs, none of the caller's environment, no process alive after the call,
+and a verdict the candidate cannot forge.
 
-1. **bubblewrap** (``backend="bwrap"``, default when ``bwrap`` works): new PID, network,
-   IPC, UTS and cgroup namespaces; a read-only view of ``/usr`` and the interpreter's
-   real install prefix; fresh size-capped tmpfs for the working dir, ``/tmp`` and
-   ``/dev/shm``; an empty environment; all capabilities dropped except
-   CAP_SETUID/SETGID, which the trusted runner (``_runner.py``) needs to start each
-   candidate under a throw-away uid. Killing bwrap tears the whole PID namespace down.
-2. **fallback** (no bwrap, ``REASONING_RL_SANDBOX=fallback`` or ``backend="fallback"``):
-   the same runner started directly. As root it unshares network and mount namespaces
-   itself: fresh size-capped tmpfs over the working dir, /tmp, /var/tmp and /dev/shm,
-   and an empty read-only tmpfs over every top-level directory but the system ones
-   (/root, /home, /work, /run, /var, ...), with only the interpreter install and the
-   harness bound back. Weaker than bwrap: no PID namespace (the host's /proc stays
-   visible, though other users' processes cannot be signalled or read), /etc and /usr
-   stay readable. Without root it can only apply rlimits and a new session: no uid
-   switch, so RLIMIT_NPROC counts all the user's processes and the candidate could
-   signal the trainer - use bwrap there.
-3. **always**: a dedicated uid per run (so RLIMIT_NPROC binds even when the trainer is
-   root, and every leftover process can be killed by uid), rlimits on CPU, address
-   space, processes, file size and open files, a seccomp filter against namespace
-   creation/mount/ptrace/bpf, a per-test wall clock enforced by the runner, an overall
-   wall clock enforced here that kills the process group, capped output everywhere.
+Backends (``resolve_backend``; never a silent downgrade):
 
-The verdict never depends on anything the candidate process can write: stdout is
-compared here, asserts are evaluated by the runner (see ``_runner.py``).
+1. **bwrap** (default wherever bubblewrap works): new PID, network, IPC, UTS and cgroup
+   namespaces; read-only ``/usr`` and the interpreter's real install prefix; fresh
+   size-capped tmpfs for the working dir, ``/tmp`` and ``/dev/shm``; an empty
+   environment; a seccomp filter. Killing bwrap tears the whole PID namespace down.
+
+   * as root, bwrap keeps CAP_SETUID/SETGID for the trusted runner (``_runner.py``),
+     which starts each candidate under a throw-away uid;
+   * as an ordinary user, bwrap also makes a user namespace, and the runner runs as the
+     namespace's PID 1 with no capabilities. Candidates share its uid but cannot signal it
+     (the kernel drops signals to a PID-namespace init that it does not handle), cannot
+     read its memory, fds or environment (it is not dumpable; ptrace and
+     process_vm_readv are filtered), and are swept with one ``kill(-1)`` that spares only
+     PID 1. Process limits count inside the namespace.
+2. **fallback** (root only, when bubblewrap is missing): the runner unshares network and
+   mount namespaces itself: fresh tmpfs over the working dir, /tmp, /var/tmp and
+   /dev/shm, an empty read-only tmpfs over every non-system top-level directory, with
+   only the interpreter install and the harness bound back (wherever they live, /tmp
+   included). Weaker than bwrap: no PID namespace (the host's /proc stays visible,
+   though other users' processes cannot be signalled or read), /etc and /usr readable.
+3. **none-unsafe** (only by that name): candidates run with rlimits and a new session
+   but no isolation at all; logged loudly.
+
+Where nothing isolating works, ``resolve_backend`` raises ``SandboxUnavailable`` naming
+the cause and the fix, and a run refuses to start (exit code 2). A sandbox that fails for
+a reason of the machine raises ``SandboxError``: the reward counts an error, never a 0.
+
+Always: rlimits on CPU, address space, processes, file size and open files, a per-test
+wall clock enforced by the runner, an overall wall clock enforced here that kills the
+process group, capped output everywhere. The verdict never depends on anything the
+candidate process can write: stdout is compared here, asserts are evaluated by the
+runner (see ``_runner.py``).
 """
 
 from __future__ import annotations
@@ -92,7 +106,7 @@ def _next_uid() -> int:
 
 # --------------------------------------------------------------------------- backends
 _probe_lock = threading.Lock()
-_probe_result: dict[str, bool] = {}
+_warned: set[str] = set()
 
 
 def _python_binds() -> list[str]:
@@ -116,15 +130,24 @@ def _python_binds() -> list[str]:
     return args
 
 
-def bwrap_argv(limits: Limits, seccomp_fd: int | None = None) -> list[str]:
-    """The bubblewrap command line that starts the runner (the spec goes to its stdin)."""
+def bwrap_argv(limits: Limits, seccomp_fd: int | None = None, privileged: bool | None = None) -> list[str]:
+    """The bubblewrap command line that starts the runner (the spec goes to its stdin).
+
+    ``privileged`` (default: running as root): keep CAP_SETUID/SETGID for the runner so each
+    candidate gets its own uid. Otherwise bubblewrap makes a user namespace and the runner
+    runs as the sandbox's PID 1 with no capabilities (see ``_runner.py``: ``pid1``).
+    """
+    privileged = os.geteuid() == 0 if privileged is None else privileged
     size = str(limits.tmpfs_mb << 20)
     args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
-            "--setenv", "LANG", "C.UTF-8",
-            "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-            "--ro-bind", "/usr", "/usr"]
+            "--setenv", "LANG", "C.UTF-8"]
+    if privileged:
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        args += ["--unshare-user", "--as-pid-1", "--cap-drop", "ALL"]
+    args += ["--ro-bind", "/usr", "/usr"]
     for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
@@ -145,34 +168,114 @@ def bwrap_argv(limits: Limits, seccomp_fd: int | None = None) -> list[str]:
     return args
 
 
-def bwrap_available() -> bool:
-    """True when bwrap is installed and can start the runner here (probed once)."""
+class SandboxUnavailable(RuntimeError):
+    """No backend that isolates candidates works here; the message names the cause and the fix."""
+
+
+class SandboxError(RuntimeError):
+    """A sandbox run failed for a reason of the machine, not of the candidate (counted as a reward error)."""
+
+
+BACKENDS = ("auto", "bwrap", "fallback", "none-unsafe")
+_probe_reason: dict[str, str] = {}
+
+
+def _probe(backend: str) -> str | None:
+    """Run a known-good program through ``backend`` once per process: None if it scores right, else why not.
+
+    The canary has a stdin/stdout test and an assert test, so both the runner start-up and the
+    candidate interpreters (a fresh one too, after a crash) are exercised from wherever the
+    interpreter and this package are installed.
+    """
+    canary = "def f(n):\n    return n + 1\n\nif __name__ == '__main__':\n    print(f(int(input())))\n"
+    tests = [{"stdin": "1\n", "stdout": "2"}, {"assert": "assert f(1) == 2"}]
+    with tempfile.TemporaryFile() as err:
+        try:
+            verdicts = _execute(backend, canary, tests, 10.0, Limits(), stderr=err)
+        except Exception as e:  # noqa: BLE001 - any failure means "not usable"; the reason is reported
+            verdicts = f"{type(e).__name__}: {e}"
+        if verdicts == [True, True]:
+            return None
+        err.seek(0)
+        lines = [ln for ln in err.read(1 << 16).decode("utf-8", "replace").splitlines() if ln.strip()]
+    why = verdicts if isinstance(verdicts, str) else f"a known-good program scored {verdicts}"
+    return why + (f"; it said: {lines[-1].strip()[:300]}" if lines else "")
+
+
+def _probed(backend: str) -> str | None:
     with _probe_lock:
-        if "bwrap" not in _probe_result:
-            ok = False
-            if os.geteuid() != 0:
-                # The design needs root: bwrap keeps CAP_SETUID for the runner so each
-                # candidate gets its own uid. Unprivileged bwrap maps a single uid only.
-                log.warning("not root: the bubblewrap backend is unavailable; using the weaker fallback")
-            elif shutil.which("bwrap"):
-                try:
-                    outcome = _execute("bwrap", "print(input())", [{"stdin": "ok\n", "stdout": "ok"}],
-                                       5.0, Limits())
-                    ok = outcome == [True]
-                except Exception as e:  # noqa: BLE001 - any failure means "not usable"
-                    log.warning("bubblewrap present but unusable (%s); using the fallback sandbox", e)
-            _probe_result["bwrap"] = ok
-        return _probe_result["bwrap"]
+        if backend not in _probe_reason:
+            _probe_reason[backend] = _probe(backend) or ""
+        return _probe_reason[backend] or None
+
+
+def bwrap_available() -> bool:
+    """True when bubblewrap is installed and can start the runner here, as root or not (probed once)."""
+    if not shutil.which("bwrap"):
+        return False
+    return _probed("bwrap") is None
+
+
+def _unavailable_message() -> str:
+    if not shutil.which("bwrap"):
+        cause = "bubblewrap (bwrap) is not installed"
+        fix = "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+    else:
+        cause = f"bubblewrap cannot start a sandbox here ({_probed('bwrap')})"
+        fix = ("allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
+               "kernel.apparmor_restrict_unprivileged_userns=0) or run as root")
+    return (f"code rewards need an isolating sandbox, but {cause}: {fix}; or set the code reward's "
+            "sandbox: none-unsafe to run candidate programs unisolated")
 
 
 def resolve_backend(backend: str | None = None) -> str:
-    """``backend`` or $REASONING_RL_SANDBOX ("auto" | "bwrap" | "fallback") -> concrete backend."""
+    """``backend`` or $REASONING_RL_SANDBOX (one of ``BACKENDS``) -> a backend that isolates here.
+
+    ``auto``: bubblewrap when it works (as root or as an ordinary user), else, as root, the
+    fallback (namespaces set up by the runner itself). Never a silent downgrade to running
+    candidates unisolated: that takes ``none-unsafe`` by name. Raises SandboxUnavailable
+    (naming the cause and the fix) when nothing isolating works.
+    """
     choice = (backend or os.environ.get("REASONING_RL_SANDBOX") or "auto").lower()
-    if choice not in ("auto", "bwrap", "fallback"):
-        raise ValueError(f"unknown sandbox backend {choice!r}")
-    if choice == "auto":
-        return "bwrap" if bwrap_available() else "fallback"
-    return choice
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown sandbox backend {choice!r}; expected one of {', '.join(BACKENDS)}")
+    if choice == "none-unsafe":
+        _warn_unsafe()
+        return choice
+    if choice in ("auto", "bwrap") and bwrap_available():
+        return "bwrap"
+    if choice == "bwrap":
+        raise SandboxUnavailable(_unavailable_message())
+    if os.geteuid() != 0:
+        if choice == "fallback":
+            raise SandboxUnavailable("the fallback sandbox isolates only as root; " + _unavailable_message())
+        raise SandboxUnavailable(_unavailable_message())
+    reason = _probed("fallback")
+    if reason is not None:
+        raise SandboxUnavailable(f"code rewards need an isolating sandbox: bubblewrap is unavailable and the "
+                                 f"root fallback sandbox failed its self-test ({reason}); install bubblewrap")
+    return "fallback"
+
+
+def describe_backend(backend: str | None = None) -> str:
+    """One line for logs: which backend runs candidates and how it isolates them."""
+    b = resolve_backend(backend)
+    if b == "bwrap":
+        how = "own uid per candidate" if os.geteuid() == 0 else "user namespace, runner as PID 1"
+        return f"code sandbox: bubblewrap ({how}; no network, private /tmp, host files hidden)"
+    if b == "fallback":
+        return "code sandbox: root fallback (own uid, network and mount namespaces; no PID namespace)"
+    return UNSAFE_WARNING
+
+
+UNSAFE_WARNING = ("code sandbox: none-unsafe - candidate programs run UNISOLATED with the trainer's uid "
+                  "(they can reach the network, read and write your files and signal your processes)")
+
+
+def _warn_unsafe() -> None:
+    if "unsafe" not in _warned:
+        _warned.add("unsafe")
+        log.warning(UNSAFE_WARNING)
 
 
 # --------------------------------------------------------------------------- running
@@ -212,7 +315,7 @@ def normalise_output(text: str) -> list[str]:
 
 
 def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], timeout_s: float,
-             limits: Limits) -> list[bool]:
+             limits: Limits, stderr: Any = subprocess.DEVNULL) -> list[bool]:
     stdio_idx = [i for i, t in enumerate(tests) if isinstance(t, Mapping) and "stdin" in t]
     assert_idx = [i for i, t in enumerate(tests)
                   if isinstance(t, Mapping) and "stdin" not in t and isinstance(t.get("assert"), str)]
@@ -221,15 +324,16 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
         return verdicts
     timeout_s = float(min(max(timeout_s, 0.05), 600.0))
     root = os.geteuid() == 0
-    uid = _next_uid() if root else -1
-    if not root:
-        _warn_unprivileged()
+    uid = _next_uid() if root and backend != "none-unsafe" else -1
+    pid1 = backend == "bwrap" and not root
+    # Unprivileged bubblewrap counts processes in its own user namespace (the runner adds its
+    # own count there); run unisolated, every process of the user counts.
+    nproc = limits.nproc if uid >= 0 or pid1 else _user_nproc_budget(limits.nproc)
     spec = {
         "program": program, "backend": backend, "uid": uid, "gid": uid, "timeout_s": timeout_s,
-        "stdio": [str(tests[i]["stdin"]) for i in stdio_idx],
+        "pid1": pid1, "stdio": [str(tests[i]["stdin"]) for i in stdio_idx],
         "n_asserts": len(assert_idx),
-        "limits": {**dataclasses.asdict(limits), "cpu_s": timeout_s,
-                   "nproc": limits.nproc if root else _user_nproc_budget(limits.nproc)},
+        "limits": {**dataclasses.asdict(limits), "cpu_s": timeout_s, "nproc": nproc},
     }
     workdir, pass_fds = None, ()
     if backend == "bwrap":
@@ -248,7 +352,7 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
     messages: list[dict] = []
     try:
         secret = {"asserts": [tests[i]["assert"] for i in assert_idx]}
-        messages = _drive(argv, cwd, _frame(spec) + _frame(secret), deadline, cap, pass_fds)
+        messages = _drive(argv, cwd, _frame(spec) + _frame(secret), deadline, cap, pass_fds, stderr)
     finally:
         for fd in pass_fds:
             os.close(fd)
@@ -257,6 +361,10 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
         # The PID namespace takes bwrap's candidates with it; otherwise sweep by uid.
         if uid >= 0 and (backend != "bwrap" or not messages or "done" not in messages[-1]):
             _kill_uid(uid)
+    if not messages or "hello" not in messages[0]:
+        # The runner never started (nothing a candidate does runs before its first frame):
+        # the machine is at fault, not the program. Never a silent zero.
+        raise SandboxError(f"the {backend} sandbox did not start (no word from the test runner)")
     for msg in messages:
         k = msg.get("k")
         if msg.get("kind") == "stdio" and isinstance(k, int) and 0 <= k < len(stdio_idx):
@@ -270,11 +378,11 @@ def _execute(backend: str, program: str, tests: Sequence[Mapping[str, Any]], tim
 
 
 def _drive(argv: list[str], cwd: str, spec: bytes, deadline: float, cap: int,
-           pass_fds: Sequence[int]) -> list[dict]:
+           pass_fds: Sequence[int], stderr: Any = subprocess.DEVNULL) -> list[dict]:
     """Start the runner, feed it the spec, collect its result frames within the budget."""
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True,
+                            stderr=stderr, cwd=cwd, env=env, start_new_session=True,
                             close_fds=True, pass_fds=pass_fds)
     buf, finished = bytearray(), False
     try:
@@ -357,16 +465,6 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         log.error("sandbox process %d did not die", proc.pid)
-
-
-_warned: set[str] = set()
-
-
-def _warn_unprivileged() -> None:
-    if "unprivileged" not in _warned:
-        _warned.add("unprivileged")
-        log.warning("code sandbox running without root: candidates share the trainer's uid and can "
-                    "signal its processes; run as root (bwrap backend) for real isolation")
 
 
 def host_pids_of_uid(uid: int) -> list[int]:

@@ -22,7 +22,7 @@ from reasoning_rl.metrics import MetricsWriter, Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
 from .common import Runtime, StageRun, timer
-from .sources import StageData, merge_scored, rollout_metrics
+from .sources import StageData, check_reward_errors, merge_scored, rollout_metrics
 
 
 def prompt_len(rt: Runtime, n: int = 256, fetch=None) -> int:
@@ -74,6 +74,7 @@ class Rollout:
             pt, pv = dist.allgather_rows(pt), dist.allgather_rows(pv)
             parts = dist.allgather_objects((scored, rows))
             scored, rows = merge_scored([s for s, _ in parts]), [r for _, rs in parts for r in rs]
+        check_reward_errors(scored, self.stage.name, self.stage.algorithm.max_reward_error_rate, rows)
         rewards = np.asarray(scored.result.total, np.float32)
         ol = self.stage.algorithm.overlong
         if ol.enabled:
@@ -126,6 +127,7 @@ class Rollout:
             "gen_tokens_per_s": gen_tokens / max(t_sample, 1e-9), "sample_s": t_sample,
             "slot_utilisation": gen_tokens / max(sum(int(r["out"].slot_steps) for r in rounds), 1),
             "reward_errors": int(sum(res.errors.values())), "reward_non_finite": int(sum(res.non_finite.values())),
+            **res.error_metrics(),
         }
         metrics.update(rollout_metrics(first["scored"], first["rows"], first["out"].lengths, first["rewards"],
                                        self.data.mixed))

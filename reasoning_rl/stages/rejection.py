@@ -30,7 +30,7 @@ from reasoning_rl.rollout.sampler import SamplingParams
 
 from .common import Runtime, StageFailed, _stage_index
 from .sft import ExampleSource, run_sft
-from .sources import StageData
+from .sources import StageData, check_reward_errors
 
 log = logging.getLogger("reasoning_rl")
 
@@ -114,7 +114,9 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     else:
         rewarder = data.rewarder()
         try:
-            correct = rewarder(texts, expanded).correct
+            scored = rewarder(texts, expanded)
+            check_reward_errors(scored, stage.name, stage.algorithm.max_reward_error_rate, expanded)
+            correct = scored.correct
         finally:
             rewarder.close()
     fmt = registry.get("format")

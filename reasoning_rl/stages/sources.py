@@ -116,6 +116,7 @@ class MixtureRewarder:
         per_reward: dict[str, np.ndarray] = {}
         errors: dict[str, int] = {}
         non_finite: dict[str, int] = {}
+        first: dict[str, str] = {}
         for name, src in self.sources.items():
             idx = [i for i, r in enumerate(rows) if r.get("task") == name]
             if not idx:
@@ -130,7 +131,8 @@ class MixtureRewarder:
                 errors[f"{name}/{k}"] = v
             for k, v in res.non_finite.items():
                 non_finite[f"{name}/{k}"] = v
-        return Scored(RewardResult(total, per_reward, errors, non_finite), correct)
+            first.update({f"{name}/{k}": v for k, v in res.first_error.items()})
+        return Scored(RewardResult(total, per_reward, errors, non_finite, first), correct)
 
     @staticmethod
     def _correct(src: Source, res: RewardResult, texts, rows) -> np.ndarray:
@@ -153,8 +155,31 @@ def merge_scored(parts: Sequence[Scored]) -> Scored:
     per = {k: cat([p.result.per_reward[k] for p in parts if k in p.result.per_reward]) for k in keys}
     count = lambda attr: {k: sum(getattr(p.result, attr).get(k, 0) for p in parts)
                           for k in dict.fromkeys(k for p in parts for k in getattr(p.result, attr))}
-    res = RewardResult(cat([p.result.total for p in parts]), per, count("errors"), count("non_finite"))
+    first: dict[str, str] = {}
+    for p in parts:
+        for k, v in p.result.first_error.items():
+            first.setdefault(k, v)
+    res = RewardResult(cat([p.result.total for p in parts]), per, count("errors"), count("non_finite"), first)
     return Scored(res, cat([p.correct for p in parts]))
+
+
+def check_reward_errors(scored: Scored, stage_name: str, max_error_rate: float, rows: Sequence[dict]) -> None:
+    """Stop the stage (StageFailed) when a reward could not score more than ``max_error_rate`` of the
+    samples it was asked to score (in a mixture: of its own task's rows)."""
+    from reasoning_rl.rewards.registry import RewardErrorRateExceeded, check_error_rate
+
+    from .common import StageFailed
+
+    res = scored.result
+    tasks = [r.get("task") for r in rows]
+    for name in dict.fromkeys([*res.errors, *res.non_finite]):
+        task = name.split("/", 1)[0] if "/" in name else None
+        n = sum(t == task for t in tasks) if task is not None and task in tasks else len(rows)
+        try:
+            check_error_rate({name: res.errors.get(name, 0)}, {name: res.non_finite.get(name, 0)},
+                             res.first_error, n, max_error_rate)
+        except RewardErrorRateExceeded as e:
+            raise StageFailed(f"stage {stage_name}: {e} (algorithm.max_reward_error_rate)") from None
 
 
 def rollout_metrics(scored: Scored, rows: Sequence[dict], lengths: np.ndarray, totals: np.ndarray,
