@@ -18,11 +18,18 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -q -e '.[dev,test]'
 	touch $@
 
-.PHONY: quickstart test bench
+.PHONY: quickstart test bench sandbox-deps
 quickstart: $(VENV)/.core
 	$(VENV)/bin/reasoning-rl run configs/quickstart.yaml $(ARGS)
 
-test: $(VENV)/.test
+# The code sandbox needs bubblewrap: installed here when missing and this is root with apt; otherwise the
+# isolation tests skip, naming the fix (they never run candidates unisolated instead).
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) ; } || \
+	  echo "note: bubblewrap is not installed (apt-get install bubblewrap): the code-sandbox tests will skip"
+
+test: $(VENV)/.test sandbox-deps
 	$(VENV)/bin/pytest -n 2 -q $(ARGS)
 
 bench: $(VENV)/.core

@@ -259,7 +259,8 @@ def resolve_backend(backend: str | None = None) -> str:
 
 def describe_backend(backend: str | None = None) -> str:
     """One line for logs: which backend runs candidates and how it isolates them."""
-    b = resolve_backend(backend)
+    choice = (backend or os.environ.get("REASONING_RL_SANDBOX") or "auto").lower()
+    b = "none-unsafe" if choice == "none-unsafe" else resolve_backend(backend)
     if b == "bwrap":
         how = "own uid per candidate" if os.geteuid() == 0 else "user namespace, runner as PID 1"
         return f"code sandbox: bubblewrap ({how}; no network, private /tmp, host files hidden)"
