@@ -100,6 +100,10 @@ class RolloutConfig:
     slots: int = 0  # in-flight refill: decode the prompts_per_step * group_size rows on this many batch slots
     refill_min: int = 0  # refill when this many slots are free (0: an eighth of the slots, at least 1)
     page_size: int = 0  # paged KV cache, prompt pages shared by the group (copy-on-write); 0: contiguous
+    # async: the sampler (on mesh.rollout_devices) decodes the next batches while the trainer updates. Step s
+    # trains on a batch sampled with the policy of step s-1-max_staleness (0: exactly the synchronous run).
+    mode: Literal["sync", "async"] = "sync"
+    max_staleness: int = 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,11 @@ class AlgorithmConfig:
     # The stage stops (exit 1, naming the reward and its first error) when a reward could not score more
     # than this share of a step's samples (a raising reward, a sandbox that failed, a non-finite value).
     max_reward_error_rate: float = 0.05
+    # Stale rollouts (rollout.mode async): the ratio is taken against the trainer's own log-probs of the batch
+    # (the proximal policy) and each token weighted by pi_prox / pi_behaviour, truncated at tis_cap (tis), or
+    # with tokens above tis_cap masked out (decoupled PPO); none: the behaviour log-probs as the old policy.
+    off_policy: Literal["tis", "decoupled", "none"] = "tis"
+    tis_cap: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,9 @@ class MeshConfig:
     # that way than through one device's intra-op threads (W1 sampler 1.2-1.6x on 2 cores). Set before JAX
     # starts (the CLI does); no effect on accelerator hosts.
     cpu_devices: int = 0
+    # RL stages: the first this many devices sample, the rest train, each group on its own mesh (the axes
+    # above apply to each); the policy's weights move device to device after every update. 0: one mesh for both.
+    rollout_devices: int = 0
 
 
 @dataclass(frozen=True)
@@ -601,6 +613,7 @@ def validate(cfg: Config) -> None:
     need(sum(getattr(cfg.mesh, s) == -1 for s in ("data", "fsdp", "tensor", "expert")) <= 1,
          "mesh", "at most one axis may be -1")
     need(cfg.mesh.cpu_devices >= 0, "mesh.cpu_devices", "must be 0 (JAX's default) or a device count")
+    need(cfg.mesh.rollout_devices >= 0, "mesh.rollout_devices", "must be >= 0 (0: sampler and trainer share the mesh)")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be at least 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")
     names = [s.name for s in cfg.stages]
@@ -626,6 +639,11 @@ def validate(cfg: Config) -> None:
         need(a.eps_low >= 0 and a.eps_high >= 0, f"{p}.algorithm.eps_low", "clip ranges must be >= 0")
         need(a.beta >= 0, f"{p}.algorithm.beta", "must be >= 0")
         need(0 <= a.max_reward_error_rate <= 1, f"{p}.algorithm.max_reward_error_rate", "must be in [0, 1]")
+        need(a.tis_cap >= 1, f"{p}.algorithm.tis_cap", "must be >= 1")
+        need(r.max_staleness >= 0, f"{p}.rollout.max_staleness", "must be >= 0")
+        if r.mode == "async" and st.kind == "grpo":  # other stage kinds sample synchronously
+            need(cfg.mesh.rollout_devices >= 1, "mesh.rollout_devices",
+                 "rollout.mode async needs at least one device for the sampler (and one for the trainer)")
         _validate_data(st, p)
         _validate_kind(st, p)
         if st.kind == "grpo" or (st.kind == "distill" and st.distill.compare_grpo):

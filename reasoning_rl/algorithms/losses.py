@@ -29,6 +29,9 @@ class LossInputs(NamedTuple):
     ref_logp: jax.Array | None  # [B, T] reference log-probs (None when beta == 0)
     adv: jax.Array  # [B] advantages
     mask: jax.Array  # [B, T] completion mask
+    # [B, T] off-policy correction of stale rollouts: pi_prox / pi_behaviour per token, already truncated or
+    # masked (see ``off_policy_weights``); None: on-policy
+    weight: jax.Array | None = None
 
 
 def kl_estimate(logp, ref_logp, kind: str):
@@ -75,6 +78,8 @@ def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     unclipped = ratio * a
     clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
     per_token = -jnp.minimum(unclipped, clipped_r)
+    if x.weight is not None:
+        per_token = per_token * x.weight
     clipped = (clipped_r < unclipped).astype(jnp.float32)
     kl = None
     if beta > 0:
@@ -97,6 +102,8 @@ def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     unclipped = s * x.adv
     clipped_r = jnp.clip(s, 1.0 - eps_low, 1.0 + eps_high) * x.adv
     per_seq = -jnp.minimum(unclipped, clipped_r)
+    if x.weight is not None:  # one weight per sequence: the mean of its tokens'
+        per_seq = per_seq * jnp.sum(x.weight * m, axis=1) / n_tok
     clipped = jnp.broadcast_to(((clipped_r < unclipped).astype(jnp.float32))[:, None], m.shape)
     total = jnp.sum(per_seq)
     count = jnp.asarray(per_seq.shape[0], jnp.float32)
@@ -106,6 +113,22 @@ def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
         per_seq_kl = jnp.sum(kl * m, axis=1) / n_tok
         total = total + beta * jnp.sum(per_seq_kl)
     return total, count, _metrics(x, clipped, kl)
+
+
+def off_policy_weights(prox_logp, behav_logp, mask, mode: str, cap: float):
+    """Per-token importance weights pi_prox / pi_behaviour for rollouts sampled by an older policy.
+
+    ``tis``: truncated at ``cap`` (truncated importance sampling); ``decoupled``: tokens above ``cap`` get
+    weight 0 (the decoupled PPO objective's behaviour-weight cap). Returns (weights, metrics) with the
+    untruncated ratio's mean and max and the share of tokens truncated or masked, over ``mask``."""
+    m = mask.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    ratio = jnp.exp(prox_logp - behav_logp)
+    over = (ratio > cap).astype(jnp.float32)
+    w = jnp.minimum(ratio, cap) if mode == "tis" else jnp.where(ratio > cap, 0.0, ratio)
+    metrics = {"is_ratio_mean": jnp.sum(ratio * m) / n, "is_ratio_max": jnp.max(jnp.where(mask, ratio, 0.0)),
+               "is_truncated_frac": jnp.sum(over * m) / n}
+    return w * m, metrics
 
 
 def get_loss(name: str):

@@ -155,7 +155,8 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
     rollout batch), so the prompt is run once per group (see ``target_logprobs``).
 
     batch: tokens [B, Tp+T] int32, valid [B, Tp+T] bool (prompt validity ++ completion mask), mask [B, T],
-    old_logp [B, T], sampler_logp [B, T], adv [B], and ref_logp [B, T] when ``acfg.beta > 0``.
+    old_logp [B, T], sampler_logp [B, T], adv [B], ref_logp [B, T] when ``acfg.beta > 0``, and is_weight [B, T]
+    for stale (asynchronous) rollouts.
     """
     loss = get_loss(acfg.loss)
     kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=acfg.beta, kl_estimator=acfg.kl_estimator,
@@ -166,7 +167,8 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
                                        with_entropy=True, routes=b.get("routes"), with_aux=True, group=group)
-        x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"])
+        x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"],
+                       b.get("is_weight"))
         s, c, metrics = loss(x, **kw)
         m = b["mask"].astype(jnp.float32)
         gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)

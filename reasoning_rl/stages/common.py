@@ -184,6 +184,30 @@ class Runtime:
         other._set_model(m)
         return other
 
+    def on_devices(self, devices: list) -> Runtime:
+        """The same runtime on a mesh over ``devices`` only (the mesh axes of the config apply to it): the
+        sampler's and the trainer's halves of a split RL stage (``mesh.rollout_devices``)."""
+        other = copy.copy(self)
+        other.mesh = shd.make_mesh(dataclasses.asdict(self.cfg.mesh), devices)
+        other.ctx = shd.context(other.mesh)
+        other._set_model(self.model_cfg)
+        return other
+
+    def split(self, n_rollout: int) -> tuple[Runtime, Runtime]:
+        """(trainer, sampler) runtimes: the first ``n_rollout`` devices of this mesh sample, the rest train."""
+        from reasoning_rl.config import ConfigError
+
+        devices = sorted(self.mesh.devices.flat, key=lambda d: d.id)
+        if dist.multi():
+            raise ConfigError("mesh.rollout_devices: a separate sampler mesh works on one host for now")
+        if not 0 < n_rollout < len(devices):
+            raise ConfigError(f"mesh.rollout_devices: {n_rollout} of {len(devices)} devices leaves none for the "
+                              f"{'trainer' if n_rollout else 'sampler'} (on a CPU host, raise mesh.cpu_devices)")
+        try:
+            return self.on_devices(devices[n_rollout:]), self.on_devices(devices[:n_rollout])
+        except Exception as e:  # a mesh shape that does not fit one of the halves
+            raise ConfigError(f"mesh.rollout_devices: {e}") from None
+
     def task_for(self, tcfg: TaskConfig) -> Any:
         """The task a config describes, built once per distinct task config."""
         key = _task_key(tcfg)

@@ -8,12 +8,14 @@ log-probs are the sampler's own (equal to the trainer's by construction; the ste
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import numpy as np
 
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
+from reasoning_rl.algorithms.losses import off_policy_weights
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
@@ -21,6 +23,9 @@ from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
+from reasoning_rl.sharding import replicated
+
+from .async_rollout import AsyncFeed, decode_item
 from .common import Runtime, StageRun, timer
 from .sources import StageData, check_reward_errors, merge_scored, rollout_metrics
 
@@ -140,52 +145,106 @@ class Rollout:
 def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
     a, r = stage.algorithm, stage.rollout
     updates = stage.steps * a.epochs * a.mini_batches
-    run = StageRun(rt, stage, init_params, updates)
-    data = StageData(rt, stage)
-    stream = ExampleStream(data.fetch, r.prompts_per_step, rows=rt.host_rows(r.prompts_per_step))
-    ref_params = rt.place(init_params) if a.beta > 0 else None
+    split = rt.cfg.mesh.rollout_devices
+    trt, srt = rt.split(split) if split else (rt, rt)  # trainer's and sampler's meshes
+    asynchronous = r.mode == "async"
+    run = StageRun(trt, stage, init_params, updates)
+    data = StageData(trt, stage)
+    stream = ExampleStream(data.fetch, r.prompts_per_step, rows=srt.host_rows(r.prompts_per_step))
+    ref_params = trt.place(init_params) if a.beta > 0 else None
     host = run.resume()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
-    rollout = Rollout(rt, stage, stream, data)
-    step_fn = rt.jit_step(make_grpo_step(rt.mdef, a, stage.optimizer, run.tx, r.temperature,
-                                         rt.model_cfg.logits_chunk, group=r.group_size), run.state)
-    ref_fn = (rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.model_cfg.logits_chunk, r.group_size))
+    rollout = Rollout(srt, stage, stream, data)
+    step_fn = trt.jit_step(make_grpo_step(trt.mdef, a, stage.optimizer, run.tx, r.temperature,
+                                          trt.model_cfg.logits_chunk, group=r.group_size), run.state)
+    ref_fn = (trt.jit_fn(make_logprob_fn(trt.mdef, r.temperature, trt.model_cfg.logits_chunk, r.group_size))
               if a.beta > 0 else None)
+    to_sampler = (lambda p: p) if srt is trt else srt.place
+    sampler_key = jax.device_put(run.state.rng, replicated(srt.mesh)) if srt is not trt else run.state.rng
+    feed = correct = None
+    if asynchronous:
+        pending = [decode_item(d) for d in (host or {}).get("pending", [])]
+        feed = AsyncFeed(rollout.collect, to_sampler, lambda t: jax.random.fold_in(sampler_key, t),
+                         lambda: json.loads(json.dumps(stream.get_state())), r.max_staleness, run.start_step,
+                         stage.steps, run.state.params, pending)
+        if a.off_policy != "none":
+            correct = trt.jit_fn(make_off_policy_fn(trt.mdef, r.temperature, trt.model_cfg.logits_chunk,
+                                                    r.group_size, a.off_policy, a.tis_cap))
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
     n_rows = r.prompts_per_step * r.group_size
     mb = n_rows // a.mini_batches
-    with run.guard() as guard:
-        for step in range(run.start_step + 1, stage.steps + 1):
-            t0 = timer()
-            rng = jax.random.fold_in(run.state.rng, step)
-            batch, rm = rollout.collect(run.state.params, rng)
-            t_up = timer()
-            if ref_fn is not None:
-                b = rt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
-                batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
-            ms = []
-            for _ in range(a.epochs):
-                for j in range(a.mini_batches):
-                    part = {k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}
-                    run.state, m = step_fn(run.state, rt.place_batch(part))
-                    ms.append(m)
-            ms = jax.device_get(ms)
-            dt = timer() - t0
-            wall += dt
-            rec = {"stage": stage.name, "step": step, **rm}
-            for k in ms[0]:
-                vals = [float(x[k]) for x in ms]
-                rec[k] = sum(vals) if k == "skipped" else float(np.mean(vals))
-            rec["logprob_gap"] = float(ms[0]["logprob_gap"])  # first update: params == rollout params
-            rec["update_s"] = timer() - t_up
-            rec["seconds"] = dt
-            writer.write(rec)
-            bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
-            run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
+    t_loop, t_train = timer(), 0.0
+    try:
+        with run.guard() as guard:
+            for step in range(run.start_step + 1, stage.steps + 1):
+                t0 = timer()
+                if feed is not None:
+                    batch, rm, version = feed.get(step)
+                    rm = {**rm, "staleness": step - 1 - version, "wait_s": timer() - t0}
+                else:
+                    rng = jax.random.fold_in(sampler_key, step)
+                    batch, rm = rollout.collect(to_sampler(run.state.params), rng)
+                t_up = timer()
+                if ref_fn is not None:
+                    b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
+                    batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
+                if feed is not None:
+                    batch = dict(batch, is_weight=batch["mask"].astype(np.float32))
+                    if correct is not None and rm["staleness"] > 0:  # stale: proximal policy + IS weights
+                        b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask", "sampler_logp")})
+                        prox, w, im = jax.device_get(correct(run.state.params, b["tokens"], b["valid"], b["mask"],
+                                                             b["sampler_logp"]))
+                        batch["old_logp"], batch["is_weight"] = np.asarray(prox), np.asarray(w)
+                        rm.update({k: float(v) for k, v in im.items()})
+                ms = []
+                for _ in range(a.epochs):
+                    for j in range(a.mini_batches):
+                        part = {k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}
+                        run.state, m = step_fn(run.state, trt.place_batch(part))
+                        ms.append(m)
+                ms = jax.device_get(ms)
+                dt = timer() - t0
+                t_train += timer() - t_up
+                wall += dt
+                rec = {"stage": stage.name, "step": step, **rm}
+                for k in ms[0]:
+                    vals = [float(x[k]) for x in ms]
+                    rec[k] = sum(vals) if k == "skipped" else float(np.mean(vals))
+                rec["logprob_gap"] = float(ms[0]["logprob_gap"])  # first update: params == rollout params
+                rec["update_s"] = timer() - t_up
+                rec["seconds"] = dt
+                if feed is not None:
+                    elapsed = max(timer() - t_loop, 1e-9)
+                    rec["sampler_busy_frac"] = min(feed.busy / elapsed, 1.0)
+                    rec["trainer_busy_frac"] = min(t_train / elapsed, 1.0)
+                writer.write(rec)
+                bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
+                run.end_step(step, guard, (lambda w=wall, s=step: {**feed.host_state(s), "wall_seconds": w})
+                             if feed is not None else
+                             (lambda w=wall: {"data": stream.get_state(), "wall_seconds": w}))
+                if feed is not None:
+                    feed.publish(step, run.state.params)
+    finally:
+        if feed is not None:
+            feed.close()
     bar.close()
     run.close()
     rollout.rewarder.close()
-    return run.state.params, {"wall_seconds": wall}
+    params = run.state.params if trt is rt else rt.place(run.state.params)
+    return params, {"wall_seconds": wall}
+
+
+def make_off_policy_fn(mdef, temperature: float, logits_chunk: int, group: int, mode: str, cap: float):
+    """(params, tokens, valid, mask, behaviour logp) -> (proximal logp, IS weights, metrics): the trainer's
+    own log-probs of a stale batch under the current policy, and the off-policy correction weights."""
+    logprobs = make_logprob_fn(mdef, temperature, logits_chunk, group)
+
+    def fn(params, tokens, valid, mask, behav):
+        prox = logprobs(params, tokens, valid, mask)
+        w, metrics = off_policy_weights(prox, behav, mask, mode, cap)
+        return prox, w, metrics
+
+    return fn
