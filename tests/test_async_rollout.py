@@ -74,7 +74,8 @@ def test_async_run_trains_on_stale_batches_with_correction(async_run):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_of_an_async_stage_matches_uninterrupted(async_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_kill_then_resume_of_an_async_stage_matches_uninterrupted(async_run, tmp_path, sig):
     d = tmp_path / "run"
     args = [a for s in [*SPLIT, *ASYNC] for a in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
@@ -83,12 +84,14 @@ def test_sigkill_then_resume_of_an_async_stage_matches_uninterrupted(async_run, 
     while time.time() < deadline and proc.poll() is None:
         recs = read_metrics(d) if (d / "metrics.jsonl").exists() else []
         if any(r["stage"] == "grpo" and r["step"] >= 3 for r in recs):  # a checkpoint at step 2 holds batch 3
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, sig)
             killed = True
             break
         time.sleep(0.05)
-    proc.wait(timeout=30)
+    rc = proc.wait(timeout=120)
     assert killed, "the run finished before it could be killed"
+    if sig == signal.SIGTERM:  # the step in flight finishes, its checkpoint (with the batch ahead) is written
+        assert rc == 75, proc.stderr.read()[-3000:]
     p = run_cli(d, *ASYNC, resume=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert grpo(d) == grpo(async_run)

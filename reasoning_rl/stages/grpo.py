@@ -162,11 +162,14 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     ref_fn = (trt.jit_fn(make_logprob_fn(trt.mdef, r.temperature, trt.model_cfg.logits_chunk, r.group_size))
               if a.beta > 0 else None)
     to_sampler = (lambda p: p) if srt is trt else srt.place
-    sampler_key = jax.device_put(run.state.rng, replicated(srt.mesh)) if srt is not trt else run.state.rng
+    # The stage's key never changes, but the state's buffers are donated each step: a split sampler keeps its
+    # own copy; on a shared mesh the key is read from the current state.
+    own_key = jax.device_put(run.state.rng, replicated(srt.mesh)) if srt is not trt else None
+    sampler_key = lambda: own_key if own_key is not None else run.state.rng  # noqa: E731
     feed = correct = None
     if asynchronous:
         pending = [decode_item(d) for d in (host or {}).get("pending", [])]
-        feed = AsyncFeed(rollout.collect, to_sampler, lambda t: jax.random.fold_in(sampler_key, t),
+        feed = AsyncFeed(rollout.collect, to_sampler, lambda t: jax.random.fold_in(own_key, t),
                          lambda: json.loads(json.dumps(stream.get_state())), r.max_staleness, run.start_step,
                          stage.steps, run.state.params, pending)
         if a.off_policy != "none":
@@ -185,7 +188,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     batch, rm, version = feed.get(step)
                     rm = {**rm, "staleness": step - 1 - version, "wait_s": timer() - t0}
                 else:
-                    rng = jax.random.fold_in(sampler_key, step)
+                    rng = jax.random.fold_in(sampler_key(), step)
                     batch, rm = rollout.collect(to_sampler(run.state.params), rng)
                 t_up = timer()
                 if ref_fn is not None:
