@@ -138,7 +138,7 @@ def run_eval(args) -> dict[str, Any]:
             answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy,
             temperature=stage.eval.temperature or stage.rollout.temperature,
             stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), batch_rows=stage.eval.batch_size,
-            seed=rt.cfg.seed + 23)
+            seed=rt.cfg.seed + 23, name=f"{stage.name}: budget forcing ({src.name})")
         curve = {**curve, "task": src.name, "stage": stage.name}
         (out / "budget_forcing.json").write_text(json.dumps(curve, indent=2))
         plot_budget(curve, out / "budget_forcing.png",

@@ -181,7 +181,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
             rec["update_s"] = timer() - t_up
             rec["seconds"] = dt
             writer.write(rec)
-            bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
+            bar.update(reward=rec["reward_mean"], **({"acc": rec["accuracy"]} if "accuracy" in rec else {}),
+                       len=rec["response_len"])
             run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
     bar.close()
     run.close()
