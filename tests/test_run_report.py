@@ -88,7 +88,7 @@ def _figures(p1, p4, maj, greedy, fmt=1.0, length=30.0, wall=143.2):
 
 def test_end_of_run_table_shows_each_stage_and_its_gain_from_summary_json(tmp_path):
     cfg = C.load("configs/quickstart.yaml")
-    sft, grpo = cfg.stages
+    grpo = cfg.stages[1]
     summary = {"sft": {"kind": "sft", "steps": 199, **_figures(0.405, 0.70, 0.55, 0.618, 0.99, 33.4, 58.04),
                        "stopped_early": {"step": 199, "mean_loss": 0.099}}}
     g = _figures(0.803, 0.95, 0.91, 0.934, 1.0, 30.2, 143.21689)
@@ -217,7 +217,7 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
     with open(tmp_path / "stderr.txt", "w") as err:
         p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
                             "--set", "log.every_s=0", "--set", "stages.grpo.steps=3"],
-                           stdout=subprocess.PIPE, stderr=err, text=True, timeout=600)
+                           stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, check=False)
     log = (tmp_path / "stderr.txt").read_text()
     assert p.returncode == 0, log[-3000:]
     for needle in ("devices: 1 x cpu", "mesh: data=1 fsdp=1", "parameters: policy ", f"run dir: {run_dir}",
@@ -241,7 +241,8 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
 
     # a rerun skips both stages and says where it resumes
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir), "--no-plots",
-                        "--set", "stages.grpo.steps=3", "--json"], capture_output=True, text=True, timeout=300)
+                        "--set", "stages.grpo.steps=3", "--json"], capture_output=True, text=True, timeout=300,
+                       check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resume: all stages complete (sft, grpo)" in p.stderr
     assert json.loads(p.stdout)["summary"] == summary

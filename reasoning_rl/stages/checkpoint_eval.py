@@ -120,10 +120,12 @@ def budget_source(rt: Runtime, stage: StageConfig, task: str | None) -> Source:
 
 
 def run_eval(args) -> dict[str, Any]:
+    from reasoning_rl import progress
     from reasoning_rl.plot import plot_budget
     from reasoning_rl.rewards import registry
 
     rt, stage, params, out, srt = load_target(args)
+    progress.configure(every_s=rt.cfg.log.every_s)  # off a terminal: a progress line this often
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
     if not args.budget_only:
