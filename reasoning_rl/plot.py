@@ -66,7 +66,7 @@ def empty_reason(key: str, title: str, run_dir: Path, stages: list[str]) -> str:
     rl = _rl_betas(run_dir, stages)
     if key == "kl":
         if rl and all(b == 0 for b in rl.values()):
-            return "KL not computed: beta = 0\n(no reference model; set algorithm.beta > 0)"
+            return "KL not computed: beta = 0\n(no reference model; algorithm.beta > 0 adds one)"
         if not rl:
             return "KL not computed: no GRPO stage"
     if key in ("reward_mean", "accuracy", "response_len", "entropy") and not rl:
