@@ -3,9 +3,10 @@ end-of-run table.
 
 The gain of a stage is the change in its held-out figures over those of the checkpoint it started from,
 taken from ``summary.json`` when that checkpoint is an earlier stage of the same run evaluated the same way
-(same problems, samples, temperature, token limit and tasks). It is stored in ``summary.json`` under
-``gain`` and printed in the table, so "what did RL add over the cold start" is answered without
-arithmetic. A start that cannot be compared (an outside checkpoint, other eval settings) says why instead.
+(same problems, samples, temperature, token limit; same tasks for the top-level figures, and per task in a
+config with several). It is stored in ``summary.json`` under ``gain`` and printed in the table, so "what did
+RL add over the cold start" is answered without arithmetic. A start that cannot be compared (an outside
+checkpoint, other eval settings) says why instead.
 """
 
 from __future__ import annotations
@@ -29,24 +30,39 @@ def _metric_order(key: str) -> tuple:
     return (2, key)
 
 
-def eval_signature(cfg: Config, stage: StageConfig) -> str:
-    """What a stage's held-out figures depend on besides its parameters: two stages with the same signature
-    were scored on the same problems in the same way, so their figures can be subtracted."""
-    from reasoning_rl.stages.sources import CORRECTNESS_REWARDS, stage_sources
-
+def _settings(stage: StageConfig) -> str:
+    """How a stage's held-out figures are sampled (besides the tasks): problems, samples, k, temperature,
+    token limit, stop rule."""
     ev = _to_plain(stage.eval)
     ev.pop("budget", None)
     r = stage.rollout
-    sig = {"eval": ev, "temperature": stage.eval.temperature if stage.eval.temperature is not None else r.temperature,
-           "max_new_tokens": stage.eval.max_new_tokens or r.max_new_tokens, "stop_at_answer": r.stop_at_answer,
-           "tasks": [(s.name, _to_plain(s.task), [x.name for x in s.rewards if x.name in CORRECTNESS_REWARDS])
-                     for s in stage_sources(stage)]}
-    return json.dumps(sig, sort_keys=True, default=str)
+    return json.dumps({"eval": ev, "temperature": stage.eval.temperature if stage.eval.temperature is not None
+                       else r.temperature, "max_new_tokens": stage.eval.max_new_tokens or r.max_new_tokens,
+                       "stop_at_answer": r.stop_at_answer}, sort_keys=True, default=str)
+
+
+def _task_specs(cfg: Config, stage: StageConfig) -> dict[str, str]:
+    """Each task a stage is evaluated on (its own first, then the config's others, as ``stage_eval`` does),
+    with what decides it: the task config and the correctness rewards it may be scored by."""
+    from reasoning_rl.stages.sources import CORRECTNESS_REWARDS, config_sources, stage_sources
+
+    out: dict[str, str] = {}
+    for s in stage_sources(stage) + config_sources(cfg):
+        if s.name not in out:
+            out[s.name] = json.dumps([_to_plain(s.task), [x.name for x in s.rewards if x.name in CORRECTNESS_REWARDS]],
+                                     sort_keys=True, default=str)
+    return out
 
 
 def stage_gain(cfg: Config, stage: StageConfig, figures: dict, parent: dict, summary: dict) -> dict | None:
     """The ``gain`` entry of ``stage``: its figures minus its starting checkpoint's, or why there are none.
-    None for a stage that starts from fresh weights (there is nothing to gain over)."""
+    None for a stage that starts from fresh weights (there is nothing to gain over).
+
+    The top-level figures are compared when both stages were scored the same way on the same own tasks; in a
+    config with several tasks, every task both were scored on the same way is compared under ``tasks``."""
+    from reasoning_rl.config import stage as stage_of
+    from reasoning_rl.stages.sources import stage_sources
+
     kind = parent.get("kind")
     if kind == "fresh":
         return None
@@ -56,17 +72,26 @@ def stage_gain(cfg: Config, stage: StageConfig, figures: dict, parent: dict, sum
                 "not_comparable": f"started from {what}, which this run did not evaluate"}
     name = parent["stage"]
     before = summary.get(name)
-    try:
-        from reasoning_rl.config import stage as stage_of
-
-        same = eval_signature(cfg, stage_of(cfg, name)) == eval_signature(cfg, stage)
-    except KeyError:
-        same = False
     if before is None:
         return {"over": name, "not_comparable": f"stage {name} has no figures in summary.json"}
-    if not same:
-        return {"over": name, "not_comparable": f"stage {name} was evaluated with other eval settings or tasks"}
-    return {"over": name, **deltas(figures, before)}
+    try:
+        prev = stage_of(cfg, name)
+    except KeyError:
+        return {"over": name, "not_comparable": f"stage {name} is not in this config"}
+    if _settings(prev) != _settings(stage):
+        return {"over": name, "not_comparable": f"stage {name} was evaluated with other eval settings"}
+    mine, theirs = _task_specs(cfg, stage), _task_specs(cfg, prev)
+    own = [s.name for s in stage_sources(stage)]
+    out: dict[str, Any] = {"over": name}
+    if own == [s.name for s in stage_sources(prev)] and all(mine[t] == theirs.get(t) for t in own):
+        out.update(deltas(figures, before))
+    a, b = figures.get("tasks") or {}, before.get("tasks") or {}
+    per = {t: deltas(a[t], b[t]) for t in a if t in b and mine.get(t) == theirs.get(t)}
+    if per:
+        out["tasks"] = per
+    if len(out) == 1:
+        out["not_comparable"] = f"stage {name} was evaluated on other tasks"
+    return out
 
 
 def deltas(after: dict, before: dict) -> dict[str, float]:
@@ -93,6 +118,16 @@ def _signed(v: Any) -> str:
     return f"{v:+.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def _gain_cell(g: dict) -> str:
+    if not g:
+        return "-"
+    if "not_comparable" in g:
+        return f"n/a: {g['not_comparable']}"
+    if "pass@1" not in g:
+        return f"per task below (over {g['over']})" if g.get("tasks") else "-"
+    return f"{_signed(g.get('pass@1'))} / {_signed(g.get('greedy_accuracy'))} over {g['over']}"
+
+
 def _columns(summary: dict) -> list[str]:
     keys: set[str] = set()
     for s in summary.values():
@@ -117,17 +152,13 @@ def format_table(summary: dict) -> str:
         steps = str(s.get("steps", "-"))
         if isinstance(s.get("stopped_early"), dict):
             steps = f"{s['stopped_early']['step']} (stopped early)"
-        g = s.get("gain")
-        if not g:
-            gain = "-"
-        elif "not_comparable" in g:
-            gain = f"n/a: {g['not_comparable']}"
-        else:
-            gain = f"{_signed(g.get('pass@1'))} / {_signed(g.get('greedy_accuracy'))} over {g['over']}"
+        g = s.get("gain") or {}
         wall = duration(s["wall_seconds"]) if isinstance(s.get("wall_seconds"), (int, float)) else "-"
-        rows.append(_row(name, s, cols, steps, wall, gain))
+        rows.append(_row(name, s, cols, steps, wall, _gain_cell(g)))
         for task, t in (s.get("tasks") or {}).items():
-            rows.append(_row(f"  {task}", {**t, "kind": ""}, cols, "", "", ""))
+            tg = (g.get("tasks") or {}).get(task)
+            rows.append(_row(f"  {task}", {**t, "kind": ""}, cols, "", "", _gain_cell({"over": g["over"], **tg})
+                             if tg else ""))
         b = s.get("grpo_baseline")
         if isinstance(b, dict):
             bw = duration(b["wall_seconds"]) if isinstance(b.get("wall_seconds"), (int, float)) else "-"

@@ -128,6 +128,28 @@ def test_gain_needs_the_same_evaluation(tmp_path):
     assert "n/a: started from a Hugging Face" in report.format_table({"grpo": {"kind": "grpo", "gain": hf}})
 
 
+def test_gain_of_a_multi_task_stage_is_per_task_where_its_own_tasks_differ():
+    """r1_tiny: 'multitask' (arithmetic + instruct) starts from 'rsft' (arithmetic): every stage is scored on
+    both tasks, so the per-task figures compare, the top-level means (over different own tasks) do not."""
+    cfg = C.load(Path(__file__).parent / "configs" / "r1_tiny.yaml")
+    mt = C.stage(cfg, "multitask")
+
+    def fig(a, i):
+        return {**_figures((a + i) / 2, 0.9, 0.8, 0.7), "tasks": {"arithmetic": _figures(a, 0.9, 0.8, 0.7),
+                                                                  "instruct": _figures(i, 0.5, 0.4, 0.3)}}
+
+    summary = {"rsft": {"kind": "rejection_sft", **fig(0.2, 0.1)}}
+    summary["rsft"]["pass@1"] = 0.2  # its own task only
+    g = report.stage_gain(cfg, mt, fig(0.5, 0.4), {"kind": "stage", "stage": "rsft"}, summary)
+    assert "pass@1" not in g and "not_comparable" not in g
+    assert g["tasks"]["arithmetic"]["pass@1"] == pytest.approx(0.3)
+    assert g["tasks"]["instruct"]["pass@1"] == pytest.approx(0.3)
+    summary["multitask"] = {"kind": "grpo", **fig(0.5, 0.4), "gain": g}
+    rows = report.format_table(summary).splitlines()
+    assert rows[5].endswith("per task below (over rsft)") and rows[6].split()[0] == "arithmetic"
+    assert rows[6].endswith("+0.300 / +0.000 over rsft")
+
+
 # --------------------------------------------------------------------------- plots
 
 
