@@ -41,23 +41,28 @@ SET_HELP = "override one config key, e.g. --set seed=1 or --set stages.grpo.step
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="reasoning-rl", description="Train language models to reason with RL from verifiable rewards:\n"
-                                 "cold-start SFT, GRPO, rejection sampling, distillation, evaluation.",
-                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="reasoning-rl", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train language models to reason with RL from verifiable rewards:\n"
+                    "cold-start SFT, GRPO, rejection sampling, distillation, evaluation.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{run,eval,plan,export,plot}",
                             help="one of these (SUBCOMMAND --help for its options):")
-    run = sub.add_parser("run", help="train: run a config's stages and evaluate each (resumes an interrupted run)",
+    run = sub.add_parser("run",
+                         help="train: run a config's stages and evaluate each (resumes an interrupted run)",
                          description="Run a config's stages in order, evaluating each on held-out problems; "
                          "finished stages of the same run dir are skipped, an interrupted one resumes.")
     run.add_argument("config", help="YAML config file (e.g. configs/quickstart.yaml)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help=SET_HELP)
     run.add_argument("--run-dir", default=None, help="where outputs go (default: the config's run_dir)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     run.add_argument("--no-progress", action="store_true",
                      help="no progress bar or periodic progress lines (stage ends are still logged)")
-    run.add_argument("--no-plots", action="store_true", help="do not write plots/training_curves.png after each stage")
+    run.add_argument("--no-plots", action="store_true",
+                     help="do not write plots/training_curves.png after each stage")
     run.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
-    ev = sub.add_parser("eval", help="pass@k, maj@k and thinking-budget curves of a stage checkpoint or HF model",
+    ev = sub.add_parser("eval",
+                        help="pass@k, maj@k and thinking-budget curves of a stage checkpoint or HF model",
                         description="Held-out pass@1, pass@k, maj@k and length per difficulty of a stage "
                         "checkpoint, optionally with thinking-budget (budget forcing) curves.")
     ev.add_argument("target", help="a run dir, a run's checkpoints/<stage> dir, or a Hugging Face model dir")
@@ -71,16 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
     ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
     pn = sub.add_parser("plan", help="per-device memory of a config on its mesh, before running it",
-                        description="Per-device memory of a config's params, optimizer state, activations and "
+                        description="Per-device memory of a config's params, optimizer state, activations "
+                        "and "
                         "caches on its mesh, computed from shapes (nothing is allocated).")
     pn.add_argument("config", help="YAML config file")
-    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help=SET_HELP)
     pn.add_argument("--devices", type=int, default=None, help="device count (default: this machine's)")
     pn.add_argument("--prompt-len", type=int, default=256, help="prompt tokens per rollout row")
     pn.add_argument("--memory-gb", type=float, default=None, help="per-device memory to check the plan against")
     pn.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ex = sub.add_parser("export", help="write a stage checkpoint as a Hugging Face model dir",
-                        description="Write a stage checkpoint as a Hugging Face model dir for transformers or "
+                        description="Write a stage checkpoint as a Hugging Face model dir for transformers "
+                        "or "
                         "vLLM (config.json, safetensors, tokenizer files).")
     ex.add_argument("target", help="a run dir or a run's checkpoints/<stage> dir")
     ex.add_argument("out", help="output dir (config.json, safetensors, tokenizer files)")
@@ -88,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help="dtype of the exported weights (default: the params' dtype)")
     pl = sub.add_parser("plot", help="PNG training curves of a run (run writes them after every stage)",
-                        description="PNG training curves (reward, accuracy, length, KL, entropy, loss) of a run "
+                        description="PNG training curves (reward, accuracy, length, KL, entropy, loss) of a "
+                        "run "
                         "from its metrics.jsonl; run writes the same after every stage.")
     pl.add_argument("run_dir", help="a run dir (holding metrics.jsonl)")
     pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/plots/training_curves.png)")

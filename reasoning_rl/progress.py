@@ -23,7 +23,8 @@ log = logging.getLogger("reasoning_rl.progress")
 _SETTINGS: dict[str, Any] = {"every_s": 30.0, "enabled": True, "terminal": None}
 
 
-def configure(every_s: float | None = None, enabled: bool | None = None, terminal: bool | None = None) -> None:
+def configure(every_s: float | None = None, enabled: bool | None = None,
+              terminal: bool | None = None) -> None:
     """``every_s``: seconds between plain lines (0: a line per update); ``enabled=False`` (``--no-progress``):
     no bar and no periodic lines, only the line at each phase's end; ``terminal``: force the bar (True) or the
     plain lines (False) instead of asking whether stderr is a TTY."""
@@ -114,7 +115,8 @@ class Progress:
 
     def line(self) -> str:
         """The plain progress line: name, count / total, fields, time per unit, ETA."""
-        parts = [f"{self.name}: {self.unit} {self.done}/{self.total}" + (f" ({self.note})" if self.note else "")]
+        head = f"{self.name}: {self.unit} {self.done}/{self.total}"
+        parts = [head + (f" ({self.note})" if self.note else "")]
         parts += [f"{k} {_value(v)}" for k, v in self.fields.items()]
         spu = self.seconds_per_unit()
         if math.isfinite(spu):

@@ -49,8 +49,8 @@ def _task_specs(cfg: Config, stage: StageConfig) -> dict[str, str]:
     out: dict[str, str] = {}
     for s in stage_sources(stage) + config_sources(cfg):
         if s.name not in out:
-            out[s.name] = json.dumps([_to_plain(s.task), [x.name for x in s.rewards if x.name in CORRECTNESS_REWARDS]],
-                                     sort_keys=True, default=str)
+            correctness = [x.name for x in s.rewards if x.name in CORRECTNESS_REWARDS]
+            out[s.name] = json.dumps([_to_plain(s.task), correctness], sort_keys=True, default=str)
     return out
 
 
@@ -94,13 +94,17 @@ def stage_gain(cfg: Config, stage: StageConfig, figures: dict, parent: dict, sum
     return out
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def deltas(after: dict, before: dict) -> dict[str, float]:
     """``after - before`` for every top-level held-out figure both have (pass@k, maj@k, greedy accuracy,
     format rate, mean response length)."""
     out = {}
     for k in sorted(after, key=_metric_order):
         a, b = after[k], before.get(k)
-        if k in GAIN_SKIP or isinstance(a, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        if k in GAIN_SKIP or not _is_num(a) or not _is_num(b):
             continue
         if math.isfinite(a) and math.isfinite(b):
             out[k] = float(a) - float(b)
@@ -137,8 +141,8 @@ def _columns(summary: dict) -> list[str]:
 
 def _row(name: str, s: dict, cols: list[str], steps: str, wall: str, gain: str) -> list[str]:
     return ([name, s.get("kind", ""), steps] + [_num(s.get(c)) for c in cols]
-            + [_num(s.get("greedy_accuracy")), _num(s.get("format_rate")), _num(s.get("mean_response_tokens"), 1),
-               wall, gain])
+            + [_num(s.get("greedy_accuracy")), _num(s.get("format_rate")),
+               _num(s.get("mean_response_tokens"), 1), wall, gain])
 
 
 def format_table(summary: dict) -> str:
@@ -157,12 +161,13 @@ def format_table(summary: dict) -> str:
         rows.append(_row(name, s, cols, steps, wall, _gain_cell(g)))
         for task, t in (s.get("tasks") or {}).items():
             tg = (g.get("tasks") or {}).get(task)
-            rows.append(_row(f"  {task}", {**t, "kind": ""}, cols, "", "", _gain_cell({"over": g["over"], **tg})
-                             if tg else ""))
+            cell = _gain_cell({"over": g["over"], **tg}) if tg else ""
+            rows.append(_row(f"  {task}", {**t, "kind": ""}, cols, "", "", cell))
         b = s.get("grpo_baseline")
         if isinstance(b, dict):
             bw = duration(b["wall_seconds"]) if isinstance(b.get("wall_seconds"), (int, float)) else "-"
-            rows.append(_row("  grpo baseline", {**b, "kind": "grpo"}, cols, str(b.get("steps", "-")), bw, ""))
+            rows.append(_row("  grpo baseline", {**b, "kind": "grpo"}, cols, str(b.get("steps", "-")), bw,
+                             ""))
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     numeric = set(range(3, len(head) - 1))
 
@@ -180,8 +185,8 @@ def format_report(summary: dict, run_dir: str | Path) -> str:
     plot = run_dir / "plots" / "training_curves.png"
     tb = run_dir / "tensorboard"
     lines.append(f"summary:     {run_dir / 'summary.json'}")
-    lines.append(f"plots:       {plot}" if plot.is_file() else "plots:       none written (--no-plots, or see the "
-                 "warning above); `reasoning-rl plot " + str(run_dir) + "` makes them")
+    lines.append(f"plots:       {plot}" if plot.is_file() else "plots:       none written (--no-plots, or "
+                 f"see the warning above); `reasoning-rl plot {run_dir}` writes them")
     lines.append(f"tensorboard: tensorboard --logdir {tb}" if tb.is_dir() else "tensorboard: no event files "
                  "(tensorboardX is not installed)")
     return "\n".join(lines)
@@ -214,7 +219,7 @@ def resume_point(cfg: Config, run_dir: Path) -> str:
             done.append(st.name)
             continue
         steps = sorted(int(p.name) for p in sdir.iterdir() if p.name.isdigit()) if sdir.is_dir() else []
-        where = f"stage {st.name} from its checkpoint at step {steps[-1]}" if steps else f"stage {st.name} from step 0"
+        where = f"stage {st.name} from " + (f"its checkpoint at step {steps[-1]}" if steps else "step 0")
         head = f"stages {', '.join(done)} complete (skipped); " if done else ""
         return head + where if (done or steps) else "a new run, from the first stage"
     return f"all stages complete ({', '.join(done)}): nothing to train" if done else "no stages"

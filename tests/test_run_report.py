@@ -38,7 +38,8 @@ def test_plain_progress_lines_carry_step_fields_rate_and_eta(plain_progress, cap
     bar.close()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("grpo: step 1/5 | reward 0.500 | acc 0.250 | len 30.0")
-    assert lines[2].startswith("grpo: step 3/5 | reward 0.700") and "s/step" in lines[2] and "| ETA " in lines[2]
+    assert lines[2].startswith("grpo: step 3/5 | reward 0.700")
+    assert "s/step" in lines[2] and "| ETA " in lines[2]
     assert lines[-1].startswith("grpo: 3/5 steps in ") and "(stopped early)" in lines[-1]
 
 
@@ -62,7 +63,8 @@ def test_periodic_lines_follow_every_s_and_no_progress_keeps_only_the_end(caplog
         for _ in range(9):
             bar.update(reward=1.0)
         bar.close()
-        assert [r.getMessage().split(" |")[0] for r in caplog.records] == ["grpo: 9/10 steps in 0 s (stopped early)"]
+        heads = [r.getMessage().split(" |")[0] for r in caplog.records]
+        assert heads == ["grpo: 9/10 steps in 0 s (stopped early)"]
         caplog.clear()
         progress.configure(every_s=0, enabled=False)
         bar = progress.Progress("eval", 4, unit="completion")
@@ -75,6 +77,17 @@ def test_periodic_lines_follow_every_s_and_no_progress_keeps_only_the_end(caplog
 
 def test_duration_is_rounded():
     assert [progress.duration(s) for s in (0.4, 59.6, 143.2, 3725.0)] == ["0 s", "1m 00s", "2m 23s", "1h 02m"]
+
+
+def test_resume_point_names_skipped_stages_and_the_step_resumed_from(tmp_path):
+    cfg = C.load(TINY)
+    assert report.resume_point(cfg, tmp_path) == "a new run, from the first stage"
+    (tmp_path / "checkpoints" / "sft").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "sft" / "manifest.json").write_text(
+        json.dumps({"complete": True, "config_hash": cfg.hash()}))
+    for step in ("2", "4", "6.orbax-checkpoint-tmp"):
+        (tmp_path / "checkpoints" / "grpo" / step).mkdir(parents=True)
+    assert report.resume_point(cfg, tmp_path) == "stages sft complete (skipped); stage grpo from its checkpoint at step 4"
 
 
 # --------------------------------------------------------------------------- the end-of-run table
@@ -107,8 +120,8 @@ def test_end_of_run_table_shows_each_stage_and_its_gain_from_summary_json(tmp_pa
                                 "length", "wall", "gain", "pass@1", "/", "greedy"]
     sft_row, grpo_row = table[2], table[3]
     assert sft_row.split()[:4] == ["sft", "sft", "199", "(stopped"] and "58 s" in sft_row
-    assert grpo_row.split()[:11] == ["grpo", "grpo", "150", "0.803", "0.950", "0.910", "0.934", "1.000", "30.2",
-                                     "2m", "23s"]
+    assert grpo_row.split()[:11] == ["grpo", "grpo", "150", "0.803", "0.950", "0.910", "0.934", "1.000",
+                                     "30.2", "2m", "23s"]
     assert grpo_row.endswith("+0.398 / +0.316 over sft")
     text = report.format_report(loaded, tmp_path)
     assert f"summary:     {tmp_path / 'summary.json'}" in text and "143.2" not in text
@@ -156,8 +169,9 @@ def test_gain_of_a_multi_task_stage_is_per_task_where_its_own_tasks_differ():
 def test_empty_panels_say_why(tmp_path):
     cfg = C.load(TINY)
     C.dump(cfg, tmp_path / "config.yaml")
-    recs = [{"stage": "sft", "step": 1, "loss": 3.0}, {"stage": "grpo", "step": 1, "loss": 0.1, "reward_mean": 0.2,
-             "accuracy": 0.1, "response_len": 12.0, "entropy": 2.0}]
+    recs = [{"stage": "sft", "step": 1, "loss": 3.0},
+            {"stage": "grpo", "step": 1, "loss": 0.1, "reward_mean": 0.2, "accuracy": 0.1,
+             "response_len": 12.0, "entropy": 2.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     from reasoning_rl.plot import panel_notes, plot_training
 
@@ -165,7 +179,8 @@ def test_empty_panels_say_why(tmp_path):
     assert list(notes) == ["kl"] and notes["kl"].startswith("KL not computed: beta = 0")
     sft_only = panel_notes(tmp_path, recs[:1])
     assert set(sft_only) == {"reward_mean", "accuracy", "response_len", "kl", "entropy"}
-    assert sft_only["kl"] == "KL not computed: no GRPO stage" and "GRPO stages only" in sft_only["reward_mean"]
+    assert sft_only["kl"] == "KL not computed: no GRPO stage"
+    assert "GRPO stages only" in sft_only["reward_mean"]
     assert plot_training(tmp_path).stat().st_size > 10_000
 
 
@@ -187,7 +202,8 @@ def test_every_subcommand_and_option_has_one_line_of_help():
         assert name in top
         assert f"reasoning-rl {name} " in top  # an example of each
         for action in choice._actions:
-            assert action.help and action.help != argparse.SUPPRESS and "\n" not in action.help, (name, action.dest)
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+            assert "\n" not in action.help, (name, action.dest)
     for opt in ("--no-plots", "--json", "--no-progress", "--set", "--run-dir"):
         assert opt in sub.choices["run"].format_help()
 
@@ -198,8 +214,8 @@ def test_every_subcommand_and_option_has_one_line_of_help():
 def test_rl_stage_from_random_weights_is_refused_unless_allowed(caplog):
     raw = C.load_raw(TINY)
     raw["stages"] = [{"name": "grpo", "kind": "grpo", "steps": 2}]
-    with pytest.raises(C.ConfigError, match=r"^stages\[0\]\.allow_random_init: grpo stage 'grpo' would start from "
-                       r"random weights \(no init, no earlier stage, no model.path\)"):
+    with pytest.raises(C.ConfigError, match=r"^stages\[0\]\.allow_random_init: grpo stage 'grpo' would start "
+                       r"from random weights \(no init, no earlier stage, no model.path\)"):
         check_random_init(C.from_dict(raw))
     raw["stages"][0]["allow_random_init"] = True
     caplog.set_level(logging.WARNING, logger="reasoning_rl")
@@ -211,7 +227,7 @@ def test_rl_stage_from_random_weights_is_refused_unless_allowed(caplog):
     # a cold start of 0 steps leaves the next stage at random weights too; a trained one does not
     raw = C.load_raw(TINY)
     C.apply_override(raw, "stages.sft.steps=0")
-    with pytest.raises(C.ConfigError, match=r"stages\[1\].allow_random_init: .*its init 'sft' trains 0 steps"):
+    with pytest.raises(C.ConfigError, match=r"stages\[1\].allow_random_init: .*init 'sft' trains 0 steps"):
         check_random_init(C.from_dict(raw))
     check_random_init(C.load(TINY))
     raw = C.load_raw(TINY)
@@ -256,15 +272,16 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     gain = summary["grpo"]["gain"]
-    assert gain["over"] == "sft" and gain["pass@1"] == pytest.approx(summary["grpo"]["pass@1"] - summary["sft"]["pass@1"])
+    assert gain["over"] == "sft"
+    assert gain["pass@1"] == pytest.approx(summary["grpo"]["pass@1"] - summary["sft"]["pass@1"])
     row = next(ln for ln in p.stdout.splitlines() if ln.startswith("grpo "))
     assert row.endswith(f"{gain['pass@1']:+.3f} / {gain['greedy_accuracy']:+.3f} over sft")
     assert f"summary:     {run_dir / 'summary.json'}" in p.stdout and "tensorboard --logdir" in p.stdout
 
     # a rerun skips both stages and says where it resumes
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir), "--no-plots",
-                        "--set", "stages.grpo.steps=3", "--json"], capture_output=True, text=True, timeout=300,
-                       check=False)
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
+                        "--no-plots", "--set", "stages.grpo.steps=3", "--json"],
+                       capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resume: all stages complete (sft, grpo)" in p.stderr
     assert json.loads(p.stdout)["summary"] == summary
