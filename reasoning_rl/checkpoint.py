@@ -93,12 +93,15 @@ class StageCheckpointer:
         candidates = [step] if step is not None else list(reversed(self.steps()))
         abstract = abstract_like(like)
         for s in candidates:
+            t0 = time.perf_counter()
+            log.info("restoring checkpoint step %s from %s", s, self.directory)
             try:
                 out = self.mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    host=ocp.args.JsonRestore()))
                 tree = out["state"]
                 if not _all_finite(tree["params"]):
                     raise CheckpointError("non-finite parameters")
+                log.info("restored checkpoint step %s in %.1f s", s, time.perf_counter() - t0)
                 return s, _from_saveable(tree), dict(out["host"])
             except Exception as e:
                 log.warning("checkpoint step %s in %s is damaged and was skipped: %s", s, self.directory,

@@ -1,9 +1,12 @@
-"""Command line: ``reasoning-rl run | eval | plot``.
+"""Command line: ``reasoning-rl run | eval | plan | export | plot``.
 
-``run CONFIG [--set k=v]... [--run-dir DIR] [--resume]``: run a config's stages.
+``run CONFIG [--set k=v]... [--run-dir DIR] [--resume] [--no-progress] [--no-plots] [--json]``: run a config's
+stages; ends with a table of held-out figures per stage and each stage's gain over where it started.
 ``eval CHECKPOINT_OR_RUN [--stage S] [--set k=v]... [--budgets 0,8,16] [--extend] [--out DIR]``: held-out
 pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking budget (JSON and PNG).
-``plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl``.
+``plan CONFIG [--devices N] [--memory-gb G]``: per-device memory of a config on its mesh.
+``export RUN_DIR OUT``: a stage checkpoint as a Hugging Face model dir.
+``plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl`` (``run`` writes them itself).
 
 Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key),
 75 preempted (SIGTERM: the step in flight finished and its checkpoint is complete; rerun with --resume).
@@ -23,16 +26,45 @@ from pathlib import Path
 EXIT_FAILED, EXIT_CONFIG, EXIT_PREEMPTED = 1, 2, 75
 
 
+EPILOG = """examples:
+  reasoning-rl run configs/quickstart.yaml --set seed=1 --run-dir runs/seed1
+  reasoning-rl eval runs/seed1 --stage grpo --budgets 0,16,32
+  reasoning-rl plan configs/r1_pipeline.yaml --devices 8 --memory-gb 16
+  reasoning-rl export runs/seed1 exported/grpo --stage grpo
+  reasoning-rl plot runs/seed1
+
+'reasoning-rl SUBCOMMAND --help' lists a subcommand's options. Exit codes: 0 done, 1 a stage failed,
+2 bad config or input, 75 preempted (rerun with --resume).
+"""
+
+SET_HELP = "override one config key, e.g. --set seed=1 or --set stages.grpo.steps=50 (repeatable)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="reasoning-rl", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a config's stages (resumes a run dir holding the same config)")
-    run.add_argument("config")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--run-dir", default=None)
+    ap = argparse.ArgumentParser(
+        prog="reasoning-rl", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train language models to reason with RL from verifiable rewards:\n"
+                    "cold-start SFT, GRPO, rejection sampling, distillation, evaluation.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{run,eval,plan,export,plot}",
+                            help="one of these (SUBCOMMAND --help for its options):")
+    run = sub.add_parser("run",
+                         help="train: run a config's stages and evaluate each (resumes an interrupted run)",
+                         description="Run a config's stages in order, evaluating each on held-out problems; "
+                         "finished stages of the same run dir are skipped, an interrupted one resumes.")
+    run.add_argument("config", help="YAML config file (e.g. configs/quickstart.yaml)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help=SET_HELP)
+    run.add_argument("--run-dir", default=None, help="where outputs go (default: the config's run_dir)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
-    run.add_argument("--no-progress", action="store_true")
-    ev = sub.add_parser("eval", help="evaluate a run's stage checkpoint (or an HF model with --config)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar or periodic progress lines (stage ends are still logged)")
+    run.add_argument("--no-plots", action="store_true",
+                     help="do not write plots/training_curves.png after each stage")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
+    ev = sub.add_parser("eval",
+                        help="pass@k, maj@k and thinking-budget curves of a stage checkpoint or HF model",
+                        description="Held-out pass@1, pass@k, maj@k and length per difficulty of a stage "
+                        "checkpoint, optionally with thinking-budget (budget forcing) curves.")
     ev.add_argument("target", help="a run dir, a run's checkpoints/<stage> dir, or a Hugging Face model dir")
     ev.add_argument("--stage", default=None, help="which stage of a run (default: the last finished one)")
     ev.add_argument("--config", default=None, help="task and eval settings for a Hugging Face model dir")
@@ -43,20 +75,31 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None, help="task to budget-force (default: the stage's first)")
     ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
     ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
-    pn = sub.add_parser("plan", help="per-device memory of a config on its mesh, from abstract shapes")
-    pn.add_argument("config")
-    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pn = sub.add_parser("plan", help="per-device memory of a config on its mesh, before running it",
+                        description="Per-device memory of a config's params, optimizer state, activations "
+                        "and "
+                        "caches on its mesh, computed from shapes (nothing is allocated).")
+    pn.add_argument("config", help="YAML config file")
+    pn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help=SET_HELP)
     pn.add_argument("--devices", type=int, default=None, help="device count (default: this machine's)")
     pn.add_argument("--prompt-len", type=int, default=256, help="prompt tokens per rollout row")
     pn.add_argument("--memory-gb", type=float, default=None, help="per-device memory to check the plan against")
     pn.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ex = sub.add_parser("export", help="write a stage checkpoint as a Hugging Face model dir")
+    ex = sub.add_parser("export", help="write a stage checkpoint as a Hugging Face model dir",
+                        description="Write a stage checkpoint as a Hugging Face model dir for transformers "
+                        "or "
+                        "vLLM (config.json, safetensors, tokenizer files).")
     ex.add_argument("target", help="a run dir or a run's checkpoints/<stage> dir")
     ex.add_argument("out", help="output dir (config.json, safetensors, tokenizer files)")
     ex.add_argument("--stage", default=None, help="which stage (default: the last finished one)")
-    ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the params' dtype")
-    pl = sub.add_parser("plot", help="PNG training curves of a run")
-    pl.add_argument("run_dir")
+    ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                    help="dtype of the exported weights (default: the params' dtype)")
+    pl = sub.add_parser("plot", help="PNG training curves of a run (run writes them after every stage)",
+                        description="PNG training curves (reward, accuracy, length, KL, entropy, loss) of a "
+                        "run "
+                        "from its metrics.jsonl; run writes the same after every stage.")
+    pl.add_argument("run_dir", help="a run dir (holding metrics.jsonl)")
     pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/plots/training_curves.png)")
     return ap
 
@@ -97,11 +140,14 @@ def cmd_run(args) -> int:
     distributed.split_cpu(cfg.mesh.cpu_devices)  # both before anything touches a device
     distributed.initialize(cfg.distributed)
     enable_compile_cache()
-    summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress)
-    brief = {name: {k: v for k, v in s.items() if k in ("pass@1", "greedy_accuracy", "format_rate",
-                                                          "mean_response_tokens", "wall_seconds")}
-             for name, s in summary.items()}
-    print(json.dumps({"run_dir": cfg.run_dir, "summary": brief}, indent=2))
+    summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress,
+                           plots=not args.no_plots)
+    if args.json:
+        print(json.dumps({"run_dir": cfg.run_dir, "summary": summary}, indent=2))
+    else:
+        from reasoning_rl.report import format_report
+
+        print(format_report(summary, cfg.run_dir))
     return 0
 
 
@@ -147,7 +193,10 @@ def cmd_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # a log file (a cluster job, nohup) gets timestamps; a terminal shows the bar and short lines
+    fmt = "%(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("absl", "jax", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = _parser().parse_args(argv)

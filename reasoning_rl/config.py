@@ -203,6 +203,13 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """How a run reports itself besides metrics.jsonl (not part of the config hash)."""
+
+    every_s: float = 30.0  # stderr not a terminal: a plain progress line every this many seconds (0: each step)
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
     """Test-time-compute scaling by budget forcing (``reasoning-rl eval``): thinking capped at each budget."""
 
@@ -301,6 +308,8 @@ class StageConfig:
     teacher: str | None = None  # distill: a stage name or checkpoint dir
     student_model: ModelConfig | None = None  # distill: merged over the top-level model section
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # an RL stage (grpo, rejection_sft) that would start from random weights is refused unless this is set
+    allow_random_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -318,6 +327,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     stages: tuple[StageConfig, ...] = ()
 
     def to_dict(self) -> dict:
@@ -327,10 +337,14 @@ class Config:
         """Identity of what the run computes. How it is laid out over devices and hosts (``mesh``,
         ``distributed``) is not part of it: a run may resume on another mesh or number of hosts (the steps
         give the same numbers on any mesh, up to float reassociation). Nor is ``model.unroll_max`` (layers run
-        unrolled or scanned compute the same numbers)."""
+        unrolled or scanned compute the same numbers). Nor are how it reports itself (``log``) and the
+        permissions it was given (``allow_random_init``)."""
         d = self.to_dict()
         d.pop("distributed", None)
         d.pop("mesh", None)
+        d.pop("log", None)
+        for st in d["stages"]:
+            st.pop("allow_random_init", None)
         d["model"].pop("unroll_max", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -616,6 +630,7 @@ def validate(cfg: Config) -> None:
     need(cfg.mesh.rollout_devices >= 0, "mesh.rollout_devices", "must be >= 0 (0: sampler and trainer share the mesh)")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be at least 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")
+    need(cfg.log.every_s >= 0, "log.every_s", "must be >= 0 (0: a progress line at every step)")
     names = [s.name for s in cfg.stages]
     for i, st in enumerate(cfg.stages):
         p = f"stages[{i}]"

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from reasoning_rl.distributed import gather
+from reasoning_rl.progress import Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample
 
 
@@ -34,8 +35,9 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
 
 
 def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams, seed: int, batch_prompts: int,
-                 stop_ids: Sequence[int]) -> tuple[list[str], np.ndarray]:
-    """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths."""
+                 stop_ids: Sequence[int], progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
+    """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths.
+    ``progress`` counts the completions as each chunk comes back."""
     from reasoning_rl.rollout.sampler import left_pad
 
     texts: list[str] = []
@@ -52,18 +54,22 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
             n = int(out.lengths[r])
             texts.append(tok.decode(out.tokens[r, :n]))
             lengths.append(n)
+        if progress is not None:
+            progress.advance(rows)
     return texts, np.asarray(lengths)
 
 
 def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Sequence[int], temperature: float,
              max_new_tokens: int, stop_ids: Sequence[int], correct_fn: Callable[[str, dict], float],
              format_fn: Callable[[str, dict], float] | None, extract_fn: Callable[[str], Any] | None,
-             batch_size: int = 512, greedy: bool = True, seed: int = 0) -> dict[str, Any]:
+             batch_size: int = 512, greedy: bool = True, seed: int = 0, name: str = "eval") -> dict[str, Any]:
+    """Held-out figures of ``examples``; its progress shows as phase ``name`` (completions sampled)."""
     prompts = [tok.encode(e["prompt"]) for e in examples]
     bp = max(1, min(len(prompts), batch_size // samples))
     sp = SamplingParams(max_new_tokens, float(temperature), 0, 1.0, False, tuple(stop_ids), tok.pad_id, samples)
-    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stop_ids)
     n = len(examples)
+    bar = Progress(name, n * samples + (n if greedy else 0), unit="completion")
+    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stop_ids, bar)
     correct = np.array([correct_fn(t, examples[i // samples]) >= 1.0 for i, t in enumerate(texts)]).reshape(n, samples)
     out: dict[str, Any] = {"num_problems": n, "samples_per_problem": samples, "temperature": temperature}
     out["pass@1"] = float(correct.mean())
@@ -87,8 +93,10 @@ def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Seque
     }
     if greedy:
         gsp = SamplingParams(max_new_tokens, 1.0, 0, 1.0, True, tuple(stop_ids), tok.pad_id, 1)
-        gtexts, _ = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids)
+        gtexts, _ = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids, bar)
         out["greedy_accuracy"] = float(np.mean([correct_fn(t, examples[i]) >= 1.0 for i, t in enumerate(gtexts)]))
+    bar.fields = {"pass@1": out["pass@1"], **({"greedy": out["greedy_accuracy"]} if greedy else {})}
+    bar.close()
     return out
 
 
@@ -96,7 +104,7 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
                  correct_fn: Callable[[str, dict], float], format_fn: Callable[[str, dict], float] | None = None,
                  extend: bool = False, continuation: str = ",", answer_tokens: int = 16, samples: int = 1,
                  greedy: bool = True, temperature: float = 1.0, stop_ids: Sequence[int] = (),
-                 batch_rows: int = 512, seed: int = 0) -> dict[str, Any]:
+                 batch_rows: int = 512, seed: int = 0, name: str = "budget forcing") -> dict[str, Any]:
     """Accuracy against thinking budget by budget forcing (``reasoning_rl.rollout.budget``).
 
     Every problem is answered once per budget (``samples`` times, greedy by default) with its thinking
@@ -120,6 +128,7 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
     row_budget = np.tile(np.repeat(np.asarray(budgets, np.int32), samples), bpp)
     floor = row_budget if extend else np.zeros_like(row_budget)
     correct, fmt, think, forced = [], [], [], []
+    bar = Progress(name, len(prompts) * g, unit="completion")
     for start in range(0, len(prompts), bpp):
         chunk = prompts[start:start + bpp]
         real = len(chunk)
@@ -132,6 +141,8 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
             fmt.append(format_fn(text, ex) >= 1.0 if format_fn is not None else False)
             think.append(int(out.think_tokens[r]))
             forced.append(bool(out.forced[r]))
+        bar.advance(real * g)
+    bar.close()
     # rows are (problem, budget, sample): average over problems and samples per budget
     shape = (len(examples), len(budgets), samples)
 

@@ -1,4 +1,4 @@
-"""Run outputs: ``metrics.jsonl`` (one object per step), TensorBoard events, and a progress bar.
+"""Run outputs: ``metrics.jsonl`` (one object per step) and TensorBoard events.
 
 On resume the JSONL file is cut back to the restored step, so the file always reads as one uninterrupted
 run, the same as if the run had never stopped.
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reasoning_rl.progress import Progress  # noqa: F401 - where the stages import it from
 
 
 def _plain(v: Any) -> Any:
@@ -96,28 +98,3 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if line.strip():
             out.append(json.loads(line))
     return out
-
-
-class Progress:
-    """A tqdm bar per stage showing step, reward and accuracy (silent when not on a terminal)."""
-
-    def __init__(self, stage: str, total: int, initial: int = 0, enabled: bool = True):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, desc=stage, dynamic_ncols=True, leave=True,
-                                mininterval=1.0, disable=None)
-            except Exception:
-                self.bar = None
-
-    def update(self, **fields: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in fields.items()},
-                                 refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -106,6 +106,50 @@ def check_refs(cfg: Config) -> list[Path]:
     return outside
 
 
+RL_KINDS = ("grpo", "rejection_sft")  # stages that learn from their own policy's samples
+
+
+def random_start(cfg: Config, i: int) -> str | None:
+    """Why stage ``i`` would start from random weights (None if it does not): no ``init``, no earlier stage
+    and no ``model.path``, or a chain of inits that ends at a fresh stage training no steps."""
+    if cfg.model.path:
+        return None
+    names = [s.name for s in cfg.stages]
+    st = cfg.stages[i]
+    ref = st.init if st.init is not None else (names[i - 1] if i > 0 and st.kind != "distill" else None)
+    if ref is None:
+        return "no init, no earlier stage, no model.path" if st.kind != "distill" else None
+    if ref not in names[:i]:
+        return None  # a checkpoint directory
+    j = names.index(ref)
+    if cfg.stages[j].steps > 0 or cfg.stages[j].kind == "distill":
+        return None
+    why = random_start(cfg, j)
+    return f"its init {ref!r} trains 0 steps from random weights" if why else None
+
+
+def check_random_init(cfg: Config) -> None:
+    """An RL stage starting from random weights is almost always a mistake (a cold start that was skipped or
+    forgotten: the policy samples noise, every reward is 0, and minutes later pass@1 is 0): refuse it before
+    any compute unless the stage says ``allow_random_init: true``; warn in one line when it does."""
+    names = [s.name for s in cfg.stages]
+    for i, st in enumerate(cfg.stages):
+        if st.kind not in RL_KINDS:
+            continue
+        why = random_start(cfg, i)
+        if why is None and st.kind == "rejection_sft" and st.sampler in names[:i]:
+            j = names.index(st.sampler)  # the policy it samples from
+            why = (f"its sampler {st.sampler!r} trains 0 steps from random weights"
+                   if cfg.stages[j].steps == 0 and random_start(cfg, j) else None)
+        if why is None:
+            continue
+        if not st.allow_random_init:
+            raise ConfigError(f"stages[{i}].allow_random_init: {st.kind} stage {st.name!r} would start from random "
+                              f"weights ({why}); set its init or model.path, or allow_random_init: true if that "
+                              "is the point")
+        log.warning("stage %s: starts from random weights (%s; allow_random_init: true)", st.name, why)
+
+
 def adopt_tokenizer(cfg: Config, run_dir: Path, outside: list[Path]) -> None:
     """A run initialised from another run's checkpoint must use that run's token ids: copy its trained
     tokenizer, or refuse if this run already trained a different one."""
@@ -273,16 +317,27 @@ def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 devices: list | None = None) -> dict[str, Any]:
+                 devices: list | None = None, plots: bool = True) -> dict[str, Any]:
+    """Run the config's stages; ``plots``: rewrite ``plots/training_curves.png`` after every stage."""
+    from reasoning_rl import progress as progress_lib
+    from reasoning_rl import report
+
     run_dir = Path(run_dir)
     reward_lines = preflight_rewards(cfg)
     outside = check_refs(cfg)
+    check_random_init(cfg)
+    progress_lib.configure(every_s=cfg.log.every_s, enabled=progress)
     if dist.is_primary():  # several hosts share the run dir; one writes its files
         prepare_run_dir(cfg, run_dir, resume)
         adopt_tokenizer(cfg, run_dir, outside)
     dist.barrier("run_dir")
     rt = Runtime(cfg, run_dir, devices)
     stages = Stages(rt)
+    if dist.is_primary():
+        models = {"policy": rt.mdef, **{f"{s.name} student": stages.runtime(s).mdef
+                                        for s in cfg.stages if s.kind == "distill"}}
+        for line in report.startup_lines(cfg, rt, run_dir, models):
+            log.info("%s", line)
     writer = MetricsWriter(run_dir, enabled=dist.is_primary())
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -301,7 +356,12 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             metrics = stage_eval(srt, stage, params)
             metrics["wall_seconds"] = info["wall_seconds"]
             extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early") if k in info}
-            summary[stage.name] = {"kind": stage.kind, **metrics, **extra}
+            summary[stage.name] = {"kind": stage.kind, "steps": info.get("final_step", stage.steps), **metrics,
+                                   **extra}
+            gain = report.stage_gain(cfg, stage, metrics, refs["parent"], summary)
+            if gain is not None:
+                summary[stage.name]["gain"] = gain
+            log.info("%s", stage_line(stage.name, summary[stage.name]))
             if dist.is_primary():
                 _write_json(summary_path, summary)
                 _write_manifest(sdir, {
@@ -314,11 +374,41 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                 "held_out": _held_out(metrics),
                 **({"data": {k: v for k, v in extra.items() if k != "grpo_baseline"}} if extra else {}),
                 })
+            if plots and dist.is_primary():
+                write_plot(run_dir, stage.name)
             dist.barrier(f"stage {stage.name} done")
             stages.params[stage.name] = params
     finally:
         writer.close()
     return summary
+
+
+def stage_line(name: str, s: dict) -> str:
+    """One log line at a stage's end: its held-out figures and its gain over where it started."""
+    from reasoning_rl.progress import duration
+
+    parts = [f"stage {name} evaluated: pass@1 {s.get('pass@1', float('nan')):.3f}"]
+    if "greedy_accuracy" in s:
+        parts.append(f"greedy {s['greedy_accuracy']:.3f}")
+    g = s.get("gain") or {}
+    if "pass@1" in g:
+        parts.append(f"gain over {g['over']}: pass@1 {g['pass@1']:+.3f}")
+    if "wall_seconds" in s:
+        parts.append(f"trained in {duration(s['wall_seconds'])}")
+    return " | ".join(parts)
+
+
+def write_plot(run_dir: Path, stage: str) -> Path | None:
+    """The training-curve plot of every stage so far; a plot that fails is a warning, never a failed run."""
+    from reasoning_rl.plot import plot_training
+
+    try:
+        out = plot_training(run_dir)
+    except Exception as e:  # noqa: BLE001 - shown, and the run's results stand without the plot
+        log.warning("stage %s: training-curve plot not written: %s: %s", stage, type(e).__name__, e)
+        return None
+    log.info("stage %s: training curves written to %s", stage, out)
+    return out
 
 
 def _write_manifest(sdir: Path, manifest: dict) -> None:

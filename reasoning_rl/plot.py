@@ -43,6 +43,51 @@ def _by_stage(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _rl_betas(run_dir: Path, stages: list[str]) -> dict[str, float]:
+    """KL weight of each GRPO run among ``stages`` (a distill stage's ``<name>/grpo_baseline`` included), from
+    the run's config; empty when the config cannot be read."""
+    from reasoning_rl import config as config_lib
+
+    try:
+        cfg = config_lib.from_dict(config_lib.load_raw(run_dir / "config.yaml"))
+    except (config_lib.ConfigError, OSError):
+        return {}
+    out = {}
+    for st in cfg.stages:
+        if st.kind == "grpo" and st.name in stages:
+            out[st.name] = st.algorithm.beta
+        if f"{st.name}/grpo_baseline" in stages:
+            out[f"{st.name}/grpo_baseline"] = st.algorithm.beta
+    return out
+
+
+def empty_reason(key: str, title: str, run_dir: Path, stages: list[str]) -> str:
+    """Why a panel has nothing to draw, written in the panel (an empty frame reads as a broken plot)."""
+    rl = _rl_betas(run_dir, stages)
+    if key == "kl":
+        if rl and all(b == 0 for b in rl.values()):
+            return "KL not computed: beta = 0\n(no reference model; algorithm.beta > 0 adds one)"
+        if not rl:
+            return "KL not computed: no GRPO stage"
+    if key in ("reward_mean", "accuracy", "response_len", "entropy") and not rl:
+        return f"{title}: logged by GRPO stages only;\nthis run has none yet"
+    return f"no {key!r} in metrics.jsonl"
+
+
+def panel_notes(run_dir: str | Path, records: list[dict] | None = None) -> dict[str, str]:
+    """For each training-curve panel with no data point: the sentence it shows instead."""
+    run_dir = Path(run_dir)
+    stages = _by_stage(read_metrics(run_dir) if records is None else records)
+    notes = {}
+    for key, title in PANELS:
+        has = any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                  for recs in stages.values() for r in recs for k in r
+                  if k == key or (key == "accuracy" and k.endswith("/accuracy")))
+        if not has:
+            notes[key] = empty_reason(key, title, run_dir, list(stages))
+    return notes
+
+
 def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: int = 10) -> Path:
     """Write the run's training curves to ``out`` (default ``RUN_DIR/plots/training_curves.png``)."""
     run_dir = Path(run_dir)
@@ -77,9 +122,16 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: in
         offset = int(steps.max()) if len(steps) else offset
         for ax in axes.flat:
             ax.axvline(offset, color="grey", linestyle=":", linewidth=0.8)
-    for ax in axes.flat:
+    notes = panel_notes(run_dir, records)
+    for ax, (key, title) in zip(axes.flat, PANELS):
         ax.set_xlabel("step (stages in order)")
-        if ax.lines and ax.get_legend_handles_labels()[0]:
+        if key in notes:
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, notes[key], transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                    color="dimgrey")
+        elif ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"training curves: {run_dir.name}")
     fig.tight_layout()

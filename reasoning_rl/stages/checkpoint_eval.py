@@ -120,10 +120,12 @@ def budget_source(rt: Runtime, stage: StageConfig, task: str | None) -> Source:
 
 
 def run_eval(args) -> dict[str, Any]:
+    from reasoning_rl import progress
     from reasoning_rl.plot import plot_budget
     from reasoning_rl.rewards import registry
 
     rt, stage, params, out, srt = load_target(args)
+    progress.configure(every_s=rt.cfg.log.every_s)  # off a terminal: a progress line this often
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
     if not args.budget_only:
@@ -138,7 +140,7 @@ def run_eval(args) -> dict[str, Any]:
             answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy,
             temperature=stage.eval.temperature or stage.rollout.temperature,
             stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), batch_rows=stage.eval.batch_size,
-            seed=rt.cfg.seed + 23)
+            seed=rt.cfg.seed + 23, name=f"{stage.name}: budget forcing ({src.name})")
         curve = {**curve, "task": src.name, "stage": stage.name}
         (out / "budget_forcing.json").write_text(json.dumps(curve, indent=2))
         plot_budget(curve, out / "budget_forcing.png",

@@ -103,6 +103,6 @@ def run_distill(rt: Runtime, srt: Runtime, stage: StageConfig, teacher_params: A
     if d.compare_grpo:
         base = baseline_stage(stage)
         bparams, binfo = run_grpo(srt, base, student_init, writer, progress)
-        metrics = stage_eval(srt, stage, bparams)
+        metrics = stage_eval(srt, base, bparams)  # the same evaluation, shown as the baseline's
         info["grpo_baseline"] = {"steps": base.steps, "wall_seconds": binfo["wall_seconds"], **metrics}
     return params, info

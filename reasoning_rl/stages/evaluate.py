@@ -41,7 +41,7 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
             max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
             stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(src.correctness),
             format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size,
-            greedy=ev.greedy, seed=rt.cfg.seed + 17)
+            greedy=ev.greedy, seed=rt.cfg.seed + 17, name=f"{stage.name}: held-out eval ({src.name})")
 
 
 def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None) -> dict[str, Any]:

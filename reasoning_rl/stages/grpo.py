@@ -224,7 +224,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     rec["sampler_busy_frac"] = min(feed.busy / elapsed, 1.0)
                     rec["trainer_busy_frac"] = min(t_train / elapsed, 1.0)
                 writer.write(rec)
-                bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
+                bar.update(reward=rec["reward_mean"], **({"acc": rec["accuracy"]} if "accuracy" in rec else {}),
+                           len=rec["response_len"])
                 run.end_step(step, guard, (lambda w=wall, s=step: {**feed.host_state(s), "wall_seconds": w})
                              if feed is not None else
                              (lambda w=wall: {"data": stream.get_state(), "wall_seconds": w}))

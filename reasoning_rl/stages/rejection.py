@@ -25,6 +25,7 @@ from reasoning_rl.data.batching import round_up
 from reasoning_rl import distributed as dist
 from reasoning_rl.evaluation import sample_texts
 from reasoning_rl.metrics import MetricsWriter, read_metrics
+from reasoning_rl.progress import Progress
 from reasoning_rl.rewards import registry
 from reasoning_rl.rollout.sampler import SamplingParams
 
@@ -106,7 +107,11 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     sp = SamplingParams(spec.max_new_tokens, float(spec.temperature), 0, 1.0, False,
                         rt.stop_ids(stage.rollout.stop_at_answer), rt.tok.pad_id, spec.samples)
     bp = max(1, min(len(prompts), spec.batch_size // spec.samples))
-    texts, _ = sample_texts(mdef or rt.mdef, params, rt.tok, prompts, sp, seed, bp, sp.stop_ids)
+    what = "rejection sampling" if name == "kept" else "teacher traces" if name == "traces" else name
+    bar = Progress(f"{stage.name}: {what}", len(prompts) * spec.samples, unit="sample")
+    texts, _ = sample_texts(mdef or rt.mdef, params, rt.tok, prompts, sp, seed, bp, sp.stop_ids, bar)
+    bar.close()
+    log.info("stage %s: verifying %d samples", stage.name, len(texts))
     expanded = [r for r in rows for _ in range(spec.samples)]
     if spec.verifier is not None:
         check = registry.get(spec.verifier)

@@ -65,7 +65,9 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     step_fn = rt.jit_step(step, run.state)
     seq_len = source.seq_len
     wall = float(run.host.get("wall_seconds", 0.0))
-    bar = Progress(stage.name, stage.steps, run.start_step, progress)
+    note = (f"up to {stage.steps} steps, stops at loss {stage.stop_at_loss:g}"
+            if stage.stop_at_loss is not None else "")
+    bar = Progress(stage.name, stage.steps, run.start_step, progress, note=note)
     rec: dict = {}
     # stop_at_loss: the stage ends once the mean training loss of the last stop_window steps reaches it
     recent = deque(run.host.get("recent_losses", []), maxlen=stage.stop_window)
@@ -101,7 +103,8 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
                 run.save(step, host(stop=stopped), force=True)  # before end_step: no periodic save of it yet
                 break
             run.end_step(step, guard, host)
-    bar.close()
+    bar.close(f"stopped early: mean loss {stopped['mean_loss']:.4f} <= {stage.stop_at_loss:g}"
+              if stopped is not None else None)
     run.close()
     info = {"wall_seconds": wall, "final_loss": rec.get("loss"), "final_step": last}
     if stopped is not None:

@@ -1,0 +1,287 @@
+"""What a run tells its user: progress lines off a terminal, the end-of-run table with each stage's gain,
+the plot after every stage (empty panels saying why), the CLI's help, and the random-init refusal."""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reasoning_rl import cli, progress, report
+from reasoning_rl import config as C
+from reasoning_rl.pipeline import check_random_init
+
+TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
+
+
+@pytest.fixture
+def plain_progress():
+    """Progress as it is off a terminal, a line per update; the defaults are put back afterwards."""
+    saved = dict(progress._SETTINGS)
+    progress.configure(every_s=0, enabled=True, terminal=False)
+    yield
+    progress._SETTINGS.update(saved)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_plain_progress_lines_carry_step_fields_rate_and_eta(plain_progress, caplog):
+    caplog.set_level(logging.INFO, logger="reasoning_rl.progress")
+    bar = progress.Progress("grpo", 5)
+    assert bar.bar is None  # no tqdm off a terminal
+    for i in range(3):
+        bar.update(reward=0.5 + i / 10, acc=0.25, len=30.0)
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("grpo: step 1/5 | reward 0.500 | acc 0.250 | len 30.0")
+    assert lines[2].startswith("grpo: step 3/5 | reward 0.700")
+    assert "s/step" in lines[2] and "| ETA " in lines[2]
+    assert lines[-1].startswith("grpo: 3/5 steps in ") and "(stopped early)" in lines[-1]
+
+
+def test_early_stopping_stage_says_so_and_its_eta_is_a_bound(plain_progress, caplog):
+    caplog.set_level(logging.INFO, logger="reasoning_rl.progress")
+    bar = progress.Progress("sft", 400, note="up to 400 steps, stops at loss 0.1")
+    bar.update(loss=0.5)
+    bar.update(loss=0.4)
+    bar.close("stopped early: mean loss 0.0990 <= 0.1")
+    lines = [r.getMessage() for r in caplog.records]
+    assert "step 2/400 (up to 400 steps, stops at loss 0.1)" in lines[1] and "ETA at most" in lines[1]
+    assert "2/400 steps in" in lines[-1] and "stopped early: mean loss 0.0990" in lines[-1]
+
+
+def test_periodic_lines_follow_every_s_and_no_progress_keeps_only_the_end(caplog):
+    saved = dict(progress._SETTINGS)
+    caplog.set_level(logging.INFO, logger="reasoning_rl.progress")
+    try:
+        progress.configure(every_s=3600, enabled=True, terminal=False)
+        bar = progress.Progress("grpo", 10)
+        for _ in range(9):
+            bar.update(reward=1.0)
+        bar.close()
+        heads = [r.getMessage().split(" |")[0] for r in caplog.records]
+        assert heads == ["grpo: 9/10 steps in 0 s (stopped early)"]
+        caplog.clear()
+        progress.configure(every_s=0, enabled=False)
+        bar = progress.Progress("eval", 4, unit="completion")
+        bar.advance(4)
+        bar.close()
+        assert [r.getMessage().split(" |")[0] for r in caplog.records] == ["eval: 4/4 completions in 0 s"]
+    finally:
+        progress._SETTINGS.update(saved)
+
+
+def test_duration_is_rounded():
+    assert [progress.duration(s) for s in (0.4, 59.6, 143.2, 3725.0)] == ["0 s", "1m 00s", "2m 23s", "1h 02m"]
+
+
+def test_resume_point_names_skipped_stages_and_the_step_resumed_from(tmp_path):
+    cfg = C.load(TINY)
+    assert report.resume_point(cfg, tmp_path) == "a new run, from the first stage"
+    (tmp_path / "checkpoints" / "sft").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "sft" / "manifest.json").write_text(
+        json.dumps({"complete": True, "config_hash": cfg.hash()}))
+    for step in ("2", "4", "6.orbax-checkpoint-tmp"):
+        (tmp_path / "checkpoints" / "grpo" / step).mkdir(parents=True)
+    assert report.resume_point(cfg, tmp_path) == "stages sft complete (skipped); stage grpo from its checkpoint at step 4"
+
+
+# --------------------------------------------------------------------------- the end-of-run table
+
+
+def _figures(p1, p4, maj, greedy, fmt=1.0, length=30.0, wall=143.2):
+    return {"num_problems": 500, "samples_per_problem": 4, "temperature": 0.7, "pass@1": p1, "pass@4": p4,
+            "maj@4": maj, "mean_response_tokens": length, "format_rate": fmt, "greedy_accuracy": greedy,
+            "by_difficulty": {}, "wall_seconds": wall}
+
+
+def test_end_of_run_table_shows_each_stage_and_its_gain_from_summary_json(tmp_path):
+    cfg = C.load("configs/quickstart.yaml")
+    grpo = cfg.stages[1]
+    summary = {"sft": {"kind": "sft", "steps": 199, **_figures(0.405, 0.70, 0.55, 0.618, 0.99, 33.4, 58.04),
+                       "stopped_early": {"step": 199, "mean_loss": 0.099}}}
+    g = _figures(0.803, 0.95, 0.91, 0.934, 1.0, 30.2, 143.21689)
+    summary["grpo"] = {"kind": "grpo", "steps": 150, **g,
+                       "gain": report.stage_gain(cfg, grpo, g, {"kind": "stage", "stage": "sft"}, summary)}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    loaded = json.loads((tmp_path / "summary.json").read_text())
+    gain = loaded["grpo"]["gain"]
+    assert gain["over"] == "sft"
+    for k in ("pass@1", "pass@4", "maj@4", "greedy_accuracy", "format_rate", "mean_response_tokens"):
+        assert gain[k] == pytest.approx(loaded["grpo"][k] - loaded["sft"][k]), k
+    assert not {"num_problems", "wall_seconds", "temperature"} & set(gain)
+
+    table = report.format_table(loaded).splitlines()
+    assert table[0].split() == ["stage", "kind", "steps", "pass@1", "pass@4", "maj@4", "greedy", "format",
+                                "length", "wall", "gain", "pass@1", "/", "greedy"]
+    sft_row, grpo_row = table[2], table[3]
+    assert sft_row.split()[:4] == ["sft", "sft", "199", "(stopped"] and "58 s" in sft_row
+    assert grpo_row.split()[:11] == ["grpo", "grpo", "150", "0.803", "0.950", "0.910", "0.934", "1.000",
+                                     "30.2", "2m", "23s"]
+    assert grpo_row.endswith("+0.398 / +0.316 over sft")
+    text = report.format_report(loaded, tmp_path)
+    assert f"summary:     {tmp_path / 'summary.json'}" in text and "143.2" not in text
+
+
+def test_gain_needs_the_same_evaluation(tmp_path):
+    raw = C.load_raw("configs/quickstart.yaml")
+    C.apply_override(raw, "stages.grpo.eval.num_problems=100")
+    cfg = C.from_dict(raw)
+    summary = {"sft": {"kind": "sft", **_figures(0.4, 0.7, 0.5, 0.6)}}
+    g = report.stage_gain(cfg, cfg.stages[1], _figures(0.8, 0.9, 0.9, 0.9), {"kind": "stage", "stage": "sft"},
+                          summary)
+    assert g["over"] == "sft" and "other eval settings" in g["not_comparable"] and "pass@1" not in g
+    assert report.stage_gain(cfg, cfg.stages[0], {}, {"kind": "fresh"}, {}) is None
+    hf = report.stage_gain(cfg, cfg.stages[1], {}, {"kind": "hf", "path": "/m"}, {})
+    assert hf["over"] == "/m" and "did not evaluate" in hf["not_comparable"]
+    assert "n/a: started from a Hugging Face" in report.format_table({"grpo": {"kind": "grpo", "gain": hf}})
+
+
+def test_gain_of_a_multi_task_stage_is_per_task_where_its_own_tasks_differ():
+    """r1_tiny: 'multitask' (arithmetic + instruct) starts from 'rsft' (arithmetic): every stage is scored on
+    both tasks, so the per-task figures compare, the top-level means (over different own tasks) do not."""
+    cfg = C.load(Path(__file__).parent / "configs" / "r1_tiny.yaml")
+    mt = C.stage(cfg, "multitask")
+
+    def fig(a, i):
+        return {**_figures((a + i) / 2, 0.9, 0.8, 0.7), "tasks": {"arithmetic": _figures(a, 0.9, 0.8, 0.7),
+                                                                  "instruct": _figures(i, 0.5, 0.4, 0.3)}}
+
+    summary = {"rsft": {"kind": "rejection_sft", **fig(0.2, 0.1)}}
+    summary["rsft"]["pass@1"] = 0.2  # its own task only
+    g = report.stage_gain(cfg, mt, fig(0.5, 0.4), {"kind": "stage", "stage": "rsft"}, summary)
+    assert "pass@1" not in g and "not_comparable" not in g
+    assert g["tasks"]["arithmetic"]["pass@1"] == pytest.approx(0.3)
+    assert g["tasks"]["instruct"]["pass@1"] == pytest.approx(0.3)
+    summary["multitask"] = {"kind": "grpo", **fig(0.5, 0.4), "gain": g}
+    rows = report.format_table(summary).splitlines()
+    assert rows[5].endswith("per task below (over rsft)") and rows[6].split()[0] == "arithmetic"
+    assert rows[6].endswith("+0.300 / +0.000 over rsft")
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_empty_panels_say_why(tmp_path):
+    cfg = C.load(TINY)
+    C.dump(cfg, tmp_path / "config.yaml")
+    recs = [{"stage": "sft", "step": 1, "loss": 3.0},
+            {"stage": "grpo", "step": 1, "loss": 0.1, "reward_mean": 0.2, "accuracy": 0.1,
+             "response_len": 12.0, "entropy": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    from reasoning_rl.plot import panel_notes, plot_training
+
+    notes = panel_notes(tmp_path)
+    assert list(notes) == ["kl"] and notes["kl"].startswith("KL not computed: beta = 0")
+    sft_only = panel_notes(tmp_path, recs[:1])
+    assert set(sft_only) == {"reward_mean", "accuracy", "response_len", "kl", "entropy"}
+    assert sft_only["kl"] == "KL not computed: no GRPO stage"
+    assert "GRPO stages only" in sft_only["reward_mean"]
+    assert plot_training(tmp_path).stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- help
+
+
+def _subparsers(ap):
+    return next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_every_subcommand_and_option_has_one_line_of_help():
+    ap = cli._parser()
+    sub = _subparsers(ap)
+    assert set(sub.choices) == {"run", "eval", "plan", "export", "plot"}
+    top = ap.format_help()
+    for name, choice in sub._name_parser_map.items():
+        helped = {a.dest: a.help for a in sub._choices_actions}
+        assert helped.get(name) and "\n" not in helped[name], name
+        assert name in top
+        assert f"reasoning-rl {name} " in top  # an example of each
+        for action in choice._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+            assert "\n" not in action.help, (name, action.dest)
+    for opt in ("--no-plots", "--json", "--no-progress", "--set", "--run-dir"):
+        assert opt in sub.choices["run"].format_help()
+
+
+# --------------------------------------------------------------------------- random init
+
+
+def test_rl_stage_from_random_weights_is_refused_unless_allowed(caplog):
+    raw = C.load_raw(TINY)
+    raw["stages"] = [{"name": "grpo", "kind": "grpo", "steps": 2}]
+    with pytest.raises(C.ConfigError, match=r"^stages\[0\]\.allow_random_init: grpo stage 'grpo' would start "
+                       r"from random weights \(no init, no earlier stage, no model.path\)"):
+        check_random_init(C.from_dict(raw))
+    raw["stages"][0]["allow_random_init"] = True
+    caplog.set_level(logging.WARNING, logger="reasoning_rl")
+    check_random_init(C.from_dict(raw))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "grpo: starts from random weights" in warned[0]
+    assert C.from_dict(raw).hash() == C.from_dict({**raw, "stages": [{**raw["stages"][0],
+                                                                      "allow_random_init": False}]}).hash()
+    # a cold start of 0 steps leaves the next stage at random weights too; a trained one does not
+    raw = C.load_raw(TINY)
+    C.apply_override(raw, "stages.sft.steps=0")
+    with pytest.raises(C.ConfigError, match=r"stages\[1\].allow_random_init: .*init 'sft' trains 0 steps"):
+        check_random_init(C.from_dict(raw))
+    check_random_init(C.load(TINY))
+    raw = C.load_raw(TINY)
+    raw["model"] = {"path": "/some/hf/model"}
+    raw["stages"] = [{"name": "grpo", "kind": "grpo", "steps": 2}]
+    check_random_init(C.from_dict(raw))  # weights from model.path
+
+
+def test_cli_refuses_random_init_with_one_line_and_exit_2(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", TINY, "--set", "stages.sft.steps=0", "--run-dir", str(run_dir)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("config error")]
+    assert len(err) == 1 and "allow_random_init" in err[0]
+    assert not run_dir.exists()  # before anything is written
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
+    """Off a terminal: start-up facts, plain step lines (reward, accuracy, length, s/step, ETA), evaluation
+    progress, a plot after each stage; on stdout the table, whose gain is summary.json's."""
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as err:
+        p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
+                            "--set", "log.every_s=0", "--set", "stages.grpo.steps=3"],
+                           stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, check=False)
+    log = (tmp_path / "stderr.txt").read_text()
+    assert p.returncode == 0, log[-3000:]
+    for needle in ("devices: 1 x cpu", "mesh: data=1 fsdp=1", "parameters: policy ", f"run dir: {run_dir}",
+                   "resume: a new run, from the first stage", "sft: step 2/4 | loss ", "sft: 4/4 steps in ",
+                   "sft: held-out eval (arithmetic): 24/24 completions in ", "grpo: 3/3 steps in "):
+        assert needle in log, needle
+    step = next(ln for ln in log.splitlines() if "grpo: step 2/3" in ln)
+    for field in ("| reward ", "| acc ", "| len ", "/step |", "| ETA "):
+        assert field in step, (field, step)
+    plotted = [i for i, ln in enumerate(log.splitlines()) if "training curves written to" in ln]
+    first_grpo = next(i for i, ln in enumerate(log.splitlines()) if "grpo: step 1/3" in ln)
+    assert len(plotted) == 2 and plotted[0] < first_grpo  # one plot per stage, the first before GRPO starts
+    assert (run_dir / "plots" / "training_curves.png").is_file()
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    gain = summary["grpo"]["gain"]
+    assert gain["over"] == "sft"
+    assert gain["pass@1"] == pytest.approx(summary["grpo"]["pass@1"] - summary["sft"]["pass@1"])
+    row = next(ln for ln in p.stdout.splitlines() if ln.startswith("grpo "))
+    assert row.endswith(f"{gain['pass@1']:+.3f} / {gain['greedy_accuracy']:+.3f} over sft")
+    assert f"summary:     {run_dir / 'summary.json'}" in p.stdout and "tensorboard --logdir" in p.stdout
+
+    # a rerun skips both stages and says where it resumes
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
+                        "--no-plots", "--set", "stages.grpo.steps=3", "--json"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resume: all stages complete (sft, grpo)" in p.stderr
+    assert json.loads(p.stdout)["summary"] == summary
