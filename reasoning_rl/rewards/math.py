@@ -96,6 +96,11 @@ _pool_lock = threading.Lock()
 
 def _worker_init() -> None:
     import resource
+    import signal
+
+    # Ctrl-C reaches the whole foreground process group: the trainer finishes its step (and needs these
+    # workers for it), so the workers leave SIGINT to it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     limit = 4 << 30  # a runaway sympy power must not eat the host
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
