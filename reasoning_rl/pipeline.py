@@ -101,11 +101,15 @@ def resume_point(cfg: Config, run_dir: Path, resume: bool) -> str | None:
             done += [st.name] if st.steps else []
             continue
         sdir = _stage_dir(run_dir, st.name)
-        if sdir.is_dir() and any(p.name.isdigit() or TMP_MARK in p.name for p in sdir.iterdir()):
+        names = sorted(p.name for p in sdir.iterdir()) if sdir.is_dir() else []
+        if any(n.isdigit() for n in names):
             return st.name
         if not done:
+            unfinished = [n for n in names if TMP_MARK in n]
             raise ConfigError(f"--resume: {run_dir} holds nothing to resume: no stage is complete and {sdir} holds "
-                              "no checkpoint (the run stopped before its first one); rerun without --resume")
+                              "no complete checkpoint (" + (f"only unfinished writes: {', '.join(unfinished)}"
+                                                             if unfinished else "the run stopped before its first")
+                              + "); rerun without --resume")
         log.info("--resume: stage(s) %s complete; stage %s starts from its init", ", ".join(done), st.name)
         return None
     log.info("--resume: every stage of %s is complete", run_dir)

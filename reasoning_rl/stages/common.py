@@ -66,8 +66,9 @@ class PreemptionGuard:
 
     EXIT_STATUS = 75
 
-    def __init__(self, grace_seconds: float = 0.0):
+    def __init__(self, grace_seconds: float = 0.0, stage: str = "", finish: Callable[[], None] | None = None):
         self.requested = False  # this host got SIGTERM or SIGINT
+        self.stage, self._finish = stage, finish  # finish(): wait for the last step's checkpoint
         self.signum: int | None = None
         self.grace_seconds = grace_seconds
         self._old: dict[int, Any] = {}
@@ -125,12 +126,19 @@ class PreemptionGuard:
         if self._timer is not None:
             self._timer.cancel()
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.done()
         for sig, old in self._old.items():
             if old is not None:
                 signal.signal(sig, old)
         self._old = {}
+        # a signal after the last step's check: the loop is over and its last step saved, so stop here rather
+        # than go on to evaluate (every host agrees, as in should_stop)
+        if exc_type is None and (dist.agree_max(int(self.requested)) if dist.multi() else self.requested):
+            if self._finish is not None:
+                self._finish()
+            raise Preempted(f"stage {self.stage} stopped after its last step, whose checkpoint is complete "
+                            "(continue with --resume)", self.signum)
         return False
 
 
@@ -372,7 +380,7 @@ class StageRun:
         return step % self.rt.cfg.checkpoint.every == 0 or step == self.stage.steps
 
     def guard(self) -> PreemptionGuard:
-        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s)
+        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s, self.stage.name, self.ckpt.wait)
 
     def end_step(self, step: int, guard: PreemptionGuard, host: Callable[[], dict[str, Any]]) -> None:
         """What follows every step: the non-finite streak check, the periodic save, and preemption.
@@ -389,8 +397,7 @@ class StageRun:
         if stop:
             self.ckpt.wait()
             guard.done()
-            how = "interrupted" if guard.signum == signal.SIGINT else "preempted"
-            raise Preempted(f"stage {self.stage.name} {how} at step {step}; its checkpoint is complete in "
+            raise Preempted(f"stage {self.stage.name} stopped after step {step}; its checkpoint is complete in "
                             f"{self.dir} (continue with --resume)", guard.signum)
 
     def close(self) -> None:
