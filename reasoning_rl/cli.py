@@ -162,6 +162,15 @@ def cmd_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
+        print("interrupted (Ctrl-C) outside the training steps (start-up, compiling or evaluation); "
+              "--resume continues from the last complete checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -192,10 +201,6 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         print(f"preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
-        print("interrupted (Ctrl-C) outside the training steps (start-up, compiling or evaluation); "
-              "--resume continues from the last complete checkpoint", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except (StageFailed, CheckpointError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -69,6 +69,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         old = stored_config(run_dir)
+        if old.hash() != cfg.hash() and (not cfg_path.read_bytes().endswith(b"\n")
+                                         or "stages" not in config_lib.load_raw(cfg_path)):
+            raise ConfigError(f"{cfg_path}: the run's stored config looks truncated (it was not written whole); "
+                              "restore it, or use a new --run-dir")
         if old.hash() != cfg.hash():
             if resume:
                 raise ConfigError(f"--resume: {run_dir} was started with a different config "
@@ -309,9 +313,12 @@ def _held_out(metrics: dict) -> dict:
 def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  devices: list | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if not cfg.stages and not cfg.allow_empty:
-        raise ConfigError("stages: the config has no stages, so a run would do nothing (set allow_empty: true "
-                          "to accept that)")
+    if not cfg.stages:
+        if not cfg.allow_empty:
+            raise ConfigError("stages: the config has no stages, so a run would do nothing (set allow_empty: true "
+                              "to accept that)")
+        log.warning("the config has no stages (allow_empty: true): nothing to run")
+        return {}
     outside = check_refs(cfg)
     created, required = False, None
     if dist.is_primary():  # several hosts share the run dir; one writes its files
