@@ -157,6 +157,9 @@ def check_refs(cfg: Config) -> list[Path]:
                 raise ConfigError(f"stages[{i}].{attr}: {e}") from None
             if kind == "checkpoint":
                 outside.append(Path(ref))
+                read_manifest(Path(ref) / "manifest.json")  # damaged: one line now, not after earlier stages ran
+                if (Path(ref).parent.parent / "config.yaml").is_file():
+                    stored_config(Path(ref).parent.parent)
     return outside
 
 
