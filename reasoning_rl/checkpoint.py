@@ -2,8 +2,9 @@
 
 Saves are asynchronous (training continues while the write completes) and are always awaited before the
 stage ends or the process exits, so no step is left as a half-written ``*.orbax-checkpoint-tmp`` directory.
-On restore, a damaged latest step (truncated or corrupted files) is reported and skipped in favour of the
-previous complete one.
+On restore, a damaged latest step (truncated or corrupted files) is reported in one warning line and skipped in
+favour of the previous complete one; the caller moves the skipped steps aside (``set_aside``) before training
+continues, so a damaged step is never mistaken for the newer one written in its place.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,60 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reasoning_rl.algorithms.steps import TrainState
+from reasoning_rl.config import ConfigError
 
 log = logging.getLogger("reasoning_rl.checkpoint")
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # an unfinished write (the process ended before it completed)
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class CheckpointUnusable(ConfigError):
+    """A checkpoint that is needed cannot be used (damaged, unfinished, of another model shape): bad input,
+    exit status 2, one line naming the directory and why."""
+
+
+def _late_loop_callback(exc_type, exc, tb) -> bool:
+    """A tensorstore read completing after orbax gave up on a damaged step and closed its event loop: the
+    read's callback finds the loop closed. Harmless (the step was already reported as skipped)."""
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_events.py"))
+
+
+_filter_installed = False
+
+
+def _quiet_late_loop_callbacks() -> None:
+    """Drop the "Event loop is closed" tracebacks of reads still in flight when a damaged step's restore failed
+    (~35 per damaged step, printed from tensorstore's threads, possibly after ``restore`` returned): installed
+    once, it lets every other error through unchanged."""
+    global _filter_installed
+    if _filter_installed:
+        return
+    _filter_installed = True
+    prev_hook, prev_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(exc_type, exc, tb):
+        if not _late_loop_callback(exc_type, exc, tb):
+            prev_hook(exc_type, exc, tb)
+
+    def unraisablehook(u):
+        if not _late_loop_callback(u.exc_type, u.exc_value, u.exc_traceback):
+            prev_unraisable(u)
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
+def _reason(e: BaseException) -> str:
+    """One short line of an exception (orbax and tensorstore errors run to pages)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _to_saveable(state: TrainState) -> dict:
@@ -88,14 +138,25 @@ class StageCheckpointer:
         self.mgr.reload()
         return sorted(self.mgr.all_steps())
 
-    def restore(self, like: TrainState, step: int | None = None) -> tuple[int, TrainState, dict] | None:
-        """Restore ``step`` (default: the newest complete one, skipping damaged ones). None if none exist."""
+    def unfinished(self) -> list[str]:
+        """Step directories whose write never completed (invisible to restore)."""
+        return sorted(p.name for p in self.directory.iterdir() if TMP_MARK in p.name) \
+            if self.directory.is_dir() else []
+
+    def restore(self, like: TrainState, step: int | None = None,
+                report: bool = True) -> tuple[int, TrainState, dict] | None:
+        """Restore ``step`` (default: the newest complete one, skipping damaged ones). None if none exist.
+
+        Every step found and not restored is listed in ``self.unusable`` as ``(name, why)``, and each skipped
+        one is reported in one warning line (never a traceback) unless ``report`` is False (the caller reports)."""
         candidates = [step] if step is not None else list(reversed(self.steps()))
         abstract = abstract_like(like)
+        self.unusable: list[tuple[str, str]] = [(n, "an unfinished write") for n in self.unfinished()]
         for s in candidates:
             t0 = time.perf_counter()
             log.info("restoring checkpoint step %s from %s", s, self.directory)
             try:
+                _quiet_late_loop_callbacks()
                 out = self.mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    host=ocp.args.JsonRestore()))
                 tree = out["state"]
@@ -104,11 +165,28 @@ class StageCheckpointer:
                 log.info("restored checkpoint step %s in %.1f s", s, time.perf_counter() - t0)
                 return s, _from_saveable(tree), dict(out["host"])
             except Exception as e:
-                log.warning("checkpoint step %s in %s is damaged and was skipped: %s", s, self.directory,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                why = _reason(e)
+                self.unusable.append((str(s), why))
                 if step is not None:
-                    raise CheckpointError(f"checkpoint step {s} in {self.directory} cannot be restored: {e}") from e
+                    raise CheckpointUnusable(f"{self.directory / str(s)}: checkpoint step {s} cannot be restored "
+                                             f"({why})") from None
+                if report:
+                    log.warning("checkpoint step %s in %s is damaged and was skipped: %s", s, self.directory, why)
         return None
+
+    def set_aside(self, steps: list[int]) -> None:
+        """Rename damaged steps to ``<step>.damaged`` (kept for inspection, no longer a step): the step numbers
+        are written again as training passes them."""
+        for s in steps:
+            src = self.directory / str(s)
+            if not src.is_dir():
+                continue
+            dst, n = self.directory / f"{s}.damaged", 1
+            while dst.exists():
+                n += 1
+                dst = self.directory / f"{s}.damaged{n}"
+            os.replace(src, dst)
+        self.mgr.reload()
 
     def close(self) -> None:
         self.wait()
@@ -124,10 +202,26 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
 
 
 def read_manifest(path: str | Path) -> dict | None:
+    """A stage's manifest, None if there is none; a damaged one (truncated, not JSON, not an object) is bad
+    input: CheckpointUnusable naming the file."""
     path = Path(path)
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        man = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointUnusable(f"{path}: damaged stage manifest (not UTF-8 text: byte {e.start}); restore it, "
+                                 "or delete it to resume the stage from its latest checkpoint") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointUnusable(f"{path}: damaged stage manifest (not valid JSON: {e.msg} at line {e.lineno} "
+                                 f"column {e.colno}); restore it, or delete it to resume the stage from its "
+                                 "latest checkpoint") from None
+    except OSError as e:
+        raise CheckpointUnusable(f"{path}: cannot read the stage manifest ({e.strerror})") from None
+    if not isinstance(man, dict):
+        raise CheckpointUnusable(f"{path}: damaged stage manifest (a JSON {type(man).__name__}, not an object); "
+                                 "restore it, or delete it to resume the stage from its latest checkpoint")
+    return man
 
 
 def _json_default(o):

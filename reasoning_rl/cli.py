@@ -9,7 +9,8 @@ pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking b
 ``plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl`` (``run`` writes them itself).
 
 Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key),
-75 preempted (SIGTERM: the step in flight finished and its checkpoint is complete; rerun with --resume).
+75 preempted (SIGTERM: the step in flight finished and its checkpoint is complete; rerun with --resume),
+130 interrupted (Ctrl-C: the same checkpoint of the step in flight; a second Ctrl-C exits at once).
 
 Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
 ``~/.cache/reasoning_rl/xla``; ``off`` disables it), so a restarted or repeated run skips most compiling.
@@ -23,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_PREEMPTED = 1, 2, 75
+EXIT_FAILED, EXIT_CONFIG, EXIT_PREEMPTED, EXIT_INTERRUPTED = 1, 2, 75, 130
 
 
 EPILOG = """examples:
@@ -154,8 +155,11 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
+    from reasoning_rl.paths import check_output_dir
     from reasoning_rl.stages.checkpoint_eval import run_eval
 
+    if args.out:
+        check_output_dir(args.out, "--out")
     enable_compile_cache()
     result = run_eval(args)
     print(json.dumps(result, indent=2))
@@ -165,34 +169,54 @@ def cmd_eval(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
+    from reasoning_rl.config import ConfigError
     from reasoning_rl.plan import format_plan, plan
 
+    for flag, value in (("--devices", args.devices), ("--prompt-len", args.prompt_len),
+                        ("--memory-gb", args.memory_gb)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag}: must be positive, got {value:g}")
     p = plan(_load_config(args), args.devices, args.prompt_len, args.memory_gb)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     return 0 if p.get("fits", True) else 1
 
 
 def cmd_export(args) -> int:
+    from reasoning_rl.paths import check_output_dir
     from reasoning_rl.stages.checkpoint_eval import run_export
 
+    check_output_dir(args.out, "export")
     print(run_export(args))
     return 0
 
 
 def cmd_plot(args) -> int:
+    from reasoning_rl.config import ConfigError
+    from reasoning_rl.metrics import MetricsFileError
+    from reasoning_rl.paths import check_output_file
     from reasoning_rl.plot import plot_training
 
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"plot: {args.run_dir} is not a directory")
+    check_output_file(args.out or Path(args.run_dir) / "plots" / "training_curves.png", "--out")
     try:
         out = plot_training(args.run_dir, args.out)
-    except FileNotFoundError as e:
-        from reasoning_rl.config import ConfigError
-
+    except (FileNotFoundError, MetricsFileError) as e:
         raise ConfigError(str(e)) from None
     print(out)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
+        print("interrupted (Ctrl-C) outside the training steps (start-up, compiling or evaluation); "
+              "--resume continues from the last complete checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     # a log file (a cluster job, nohup) gets timestamps; a terminal shows the bar and short lines
     fmt = "%(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -200,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
-    from reasoning_rl.checkpoint import CheckpointError
+    from reasoning_rl.checkpoint import CheckpointError, CheckpointUnusable
     from reasoning_rl.config import ConfigError
     from reasoning_rl.data.files import DataError
     from reasoning_rl.distributed import DistributedError
@@ -209,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "eval": cmd_eval, "plan": cmd_plan, "export": cmd_export,
                 "plot": cmd_plot}[args.command](args)
+    except CheckpointUnusable as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except DataError as e:
         print(f"input error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -216,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except Preempted as e:
+        import signal
+
+        if e.signum == signal.SIGINT:
+            print(f"interrupted: {e}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
     except (StageFailed, CheckpointError, DistributedError) as e:

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class TaskConfig:
     fields: dict = field(default_factory=dict)  # example field -> row column, over the preset's mapping
     template: str = "{prompt}"  # prompt template over the row's fields, or "chat" (the tokenizer's template)
     system: str | None = None  # system message for template "chat"
+    # Rows whose templated prompt is longer (in tokens) keep its last this-many tokens; None: a row longer
+    # than the model's context (model.max_seq_len) is rejected when the run starts
+    max_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,7 @@ class StageConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     # an RL stage (grpo, rejection_sft) that would start from random weights is refused unless this is set
     allow_random_init: bool = False
+    allow_empty: bool = False  # steps: 0 is accepted (the stage is skipped, passing its init on)
 
 
 @dataclass(frozen=True)
@@ -329,6 +334,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     stages: tuple[StageConfig, ...] = ()
+    allow_empty: bool = False  # a config without stages may be run (it does nothing)
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -337,9 +343,11 @@ class Config:
         """Identity of what the run computes. How it is laid out over devices and hosts (``mesh``,
         ``distributed``) is not part of it: a run may resume on another mesh or number of hosts (the steps
         give the same numbers on any mesh, up to float reassociation). Nor is ``model.unroll_max`` (layers run
-        unrolled or scanned compute the same numbers). Nor are how it reports itself (``log``) and the
-        permissions it was given (``allow_random_init``)."""
+        unrolled or scanned compute the same numbers). Nor are how it reports itself (``log``), the
+        permissions it was given (``allow_random_init``) and ``run_dir``: where the run lives is not what it
+        computes (a run dir copied or moved elsewhere continues)."""
         d = self.to_dict()
+        d.pop("run_dir", None)
         d.pop("distributed", None)
         d.pop("mesh", None)
         d.pop("log", None)
@@ -549,6 +557,8 @@ def _validate_data(st: StageConfig, p: str) -> None:
     tasks = [(f"{p}.task", st.task)] + [(f"{p}.tasks[{j}].task", s.task) for j, s in enumerate(st.tasks)]
     for key, t in tasks:
         need(t.held_out_size >= 1, f"{key}.held_out_size", "must be positive")
+        need(t.max_prompt_tokens is None or t.max_prompt_tokens >= 1, f"{key}.max_prompt_tokens",
+             "must be positive (or null: no truncation)")
         if t.name == "file":
             need(bool(t.path), f"{key}.path", "a file task needs the path of a JSONL or Parquet file")
         if t.name in ("arithmetic", "countdown", "code"):
@@ -636,6 +646,8 @@ def validate(cfg: Config) -> None:
         p = f"stages[{i}]"
         need(st.name not in names[:i], f"{p}.name", f"duplicate stage name {st.name!r}")
         need(st.steps >= 0, f"{p}.steps", "must be >= 0")
+        need(st.steps > 0 or st.allow_empty, f"{p}.steps", "0 steps: the stage would do nothing (set steps, or "
+             "allow_empty: true on the stage to skip it)")
         need(st.batch_size >= 1, f"{p}.batch_size", "must be positive")
         need(st.stop_window >= 1, f"{p}.stop_window", "must be positive")
         need(st.stop_at_loss is None or st.kind != "grpo", f"{p}.stop_at_loss", "applies to SFT stages only")
@@ -735,11 +747,15 @@ def load_raw(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a YAML text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from e
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path}: the file is empty (or only comments)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw
@@ -753,7 +769,11 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 
 
 def dump(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Atomic: a crash never leaves a half-written config (a run's stored one decides whether it continues)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def stage(cfg: Config, name: str) -> StageConfig:

@@ -37,16 +37,19 @@ class MetricsWriter:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tb = None
-        if tensorboard:
+        self._tb_dir = Path(run_dir) / "tensorboard" if tensorboard else None  # opened at the first record:
+        self._f = open(self.path, "a")  # a run that stops on bad input before its first step adds no file
+        self._global = {}
+
+    def _tensorboard(self):
+        if self._tb is None and self._tb_dir is not None:
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), flush_secs=30)
+                self._tb = SummaryWriter(str(self._tb_dir), flush_secs=30)
             except Exception:  # tensorboard is a convenience, never a reason to fail a run
-                self._tb = None
-        self._f = open(self.path, "a")
-        self._global = {}
+                self._tb_dir = None
+        return self._tb
 
     def truncate(self, stage: str, after_step: int) -> None:
         """Drop this stage's records with step > after_step (and everything written after them)."""
@@ -76,7 +79,7 @@ class MetricsWriter:
         rec = {k: _plain(v) for k, v in record.items()}
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
-        if self._tb is not None:
+        if self._tensorboard() is not None:
             stage, step = rec.get("stage", ""), rec.get("step", 0)
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
@@ -89,12 +92,32 @@ class MetricsWriter:
             self._tb.close()
 
 
+class MetricsFileError(ValueError):
+    """A malformed ``metrics.jsonl``; the message names ``file:line`` and the problem."""
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN/metrics.jsonl``. A torn last line (a process killed mid-write) is left out; any
+    other line that is not a JSON object raises MetricsFileError naming it."""
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():
         return []
+    data = p.read_bytes()
+    lines = data.split(b"\n")
     out = []
-    for line in p.read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        torn = i == len(lines)  # no newline after it: the write never finished
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if torn:
+                break
+            what = f"not UTF-8 text (byte {e.start})" if isinstance(e, UnicodeDecodeError) else \
+                f"not valid JSON ({e.msg} at column {e.colno})"
+            raise MetricsFileError(f"{p}:{i}: {what}") from None
+        if not isinstance(rec, dict):
+            raise MetricsFileError(f"{p}:{i}: expected a JSON object, got {type(rec).__name__}")
+        out.append(rec)
     return out

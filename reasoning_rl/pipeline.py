@@ -23,9 +23,10 @@ import jax
 from reasoning_rl import config as config_lib
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.steps import TrainState
-from reasoning_rl.checkpoint import CheckpointError, StageCheckpointer, read_manifest, write_manifest
+from reasoning_rl.checkpoint import TMP_MARK, CheckpointUnusable, StageCheckpointer, read_manifest, write_manifest
 from reasoning_rl.config import Config, ConfigError, StageConfig
 from reasoning_rl.metrics import MetricsWriter
+from reasoning_rl.paths import check_run_dir
 from reasoning_rl.stages.common import Runtime
 from reasoning_rl.stages.evaluate import stage_eval
 
@@ -49,21 +50,74 @@ def code_version() -> str:
     return f"{v}+{rev}" if rev else v
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
-    """Create the run dir and write the resolved config. An existing run is continued only for the same config."""
+def stored_config(run_dir: Path) -> Config:
+    """The config a run was started with (``RUN/config.yaml``); a damaged one is bad input naming the file."""
+    path = run_dir / "config.yaml"
+    try:
+        return config_lib.from_dict(config_lib.load_raw(path))
+    except ConfigError as e:
+        msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+        raise ConfigError(f"{msg} (the run's stored config is damaged: restore it, or use a new --run-dir)") from None
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
+    """Create the run dir and write the resolved config. An existing run is continued only for the same config
+    (the hash leaves out where the run dir lives, so a copied or moved run continues), and its stored
+    config.yaml is left as it is. Every directory the run writes is checked first. Returns whether this call
+    created the run dir."""
+    check_run_dir(run_dir, [s.name for s in cfg.stages])
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
-        old = config_lib.from_dict(config_lib.load_raw(cfg_path))
+        old = stored_config(run_dir)
+        if old.hash() != cfg.hash() and (not cfg_path.read_bytes().endswith(b"\n")
+                                         or "stages" not in config_lib.load_raw(cfg_path)):
+            raise ConfigError(f"{cfg_path}: the run's stored config looks truncated (it was not written whole); "
+                              "restore it, or use a new --run-dir")
         if old.hash() != cfg.hash():
             if resume:
                 raise ConfigError(f"--resume: {run_dir} was started with a different config "
                                   f"(hash {old.hash()} vs {cfg.hash()}); use a new --run-dir")
             raise ConfigError(f"run_dir: {run_dir} already holds a run with a different config; "
                               "use a new --run-dir (or the same config to continue it)")
+        return False
     elif resume:
-        raise ConfigError(f"--resume: {run_dir} holds no run to resume")
+        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml)")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.dump(cfg, cfg_path)
+    return created
+
+
+def _complete(man: dict | None, cfg: Config) -> bool:
+    return bool(man and man.get("complete") and man.get("config_hash") == cfg.hash())
+
+
+def resume_point(cfg: Config, run_dir: Path, resume: bool) -> str | None:
+    """Read every stage manifest (a damaged one is bad input, before any compute). With ``--resume``: the
+    stage that must restore a usable checkpoint (its dir holds steps), or None when the run continues at a
+    stage boundary; ConfigError when the run dir holds nothing to resume."""
+    mans = {st.name: read_manifest(_stage_dir(run_dir, st.name) / "manifest.json") for st in cfg.stages}
+    if not resume:
+        return None
+    done = []
+    for st in cfg.stages:
+        if _complete(mans[st.name], cfg) or st.steps == 0:
+            done += [st.name] if st.steps else []
+            continue
+        sdir = _stage_dir(run_dir, st.name)
+        names = sorted(p.name for p in sdir.iterdir()) if sdir.is_dir() else []
+        if any(n.isdigit() for n in names):
+            return st.name
+        if not done:
+            unfinished = [n for n in names if TMP_MARK in n]
+            raise ConfigError(f"--resume: {run_dir} holds nothing to resume: no stage is complete and {sdir} holds "
+                              "no complete checkpoint (" + (f"only unfinished writes: {', '.join(unfinished)}"
+                                                             if unfinished else "the run stopped before its first")
+                              + "); rerun without --resume")
+        log.info("--resume: stage(s) %s complete; stage %s starts from its init", ", ".join(done), st.name)
+        return None
+    log.info("--resume: every stage of %s is complete", run_dir)
+    return None
 
 
 def _stage_dir(run_dir: Path, name: str) -> Path:
@@ -103,6 +157,9 @@ def check_refs(cfg: Config) -> list[Path]:
                 raise ConfigError(f"stages[{i}].{attr}: {e}") from None
             if kind == "checkpoint":
                 outside.append(Path(ref))
+                read_manifest(Path(ref) / "manifest.json")  # damaged: one line now, not after earlier stages ran
+                if (Path(ref).parent.parent / "config.yaml").is_file():
+                    stored_config(Path(ref).parent.parent)
     return outside
 
 
@@ -189,7 +246,8 @@ def restore_params(rt: Runtime, sdir: Path, stage: StageConfig, keep: int) -> tu
     finally:
         ck.close()
     if got is None:
-        raise CheckpointError(f"{sdir}: no restorable checkpoint (missing, damaged, or of another model shape)")
+        found = "; ".join(f"step {n}: {why}" for n, why in ck.unusable) or "no checkpoint steps"
+        raise CheckpointUnusable(f"{sdir}: no usable checkpoint ({found})")
     return got[1].params, got[0]
 
 
@@ -221,6 +279,7 @@ class Stages:
         self.rt = rt
         self.names = [s.name for s in rt.cfg.stages]
         self.params: dict[str, Any] = {}
+        self.skipped: dict[str, dict] = {}  # stages of 0 steps (allow_empty): their init's lineage
         self._rts: dict[str, Runtime] = {}
 
     def runtime(self, stage: StageConfig) -> Runtime:
@@ -245,6 +304,8 @@ class Stages:
         return load_outside(rt, ref)
 
     def lineage(self, name: str) -> dict:
+        if name in self.skipped:
+            return self.skipped[name]
         man = read_manifest(_stage_dir(self.rt.run_dir, name) / "manifest.json") or {}
         return {"kind": "stage", "stage": name, "checkpoint": str(_stage_dir(self.rt.run_dir, name)),
                 "step": man.get("final_step")}
@@ -323,15 +384,29 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     from reasoning_rl import report
 
     run_dir = Path(run_dir)
+    if not cfg.stages:
+        if not cfg.allow_empty:
+            raise ConfigError("stages: the config has no stages, so a run would do nothing (set allow_empty: true "
+                              "to accept that)")
+        log.warning("the config has no stages (allow_empty: true): nothing to run")
+        return {}
     reward_lines = preflight_rewards(cfg)
     outside = check_refs(cfg)
     check_random_init(cfg)
     progress_lib.configure(every_s=cfg.log.every_s, enabled=progress)
+    created, required = False, None
     if dist.is_primary():  # several hosts share the run dir; one writes its files
-        prepare_run_dir(cfg, run_dir, resume)
+        created = prepare_run_dir(cfg, run_dir, resume)
+        required = resume_point(cfg, run_dir, resume)
         adopt_tokenizer(cfg, run_dir, outside)
+    required = dist.from_primary(required)
     dist.barrier("run_dir")
-    rt = Runtime(cfg, run_dir, devices)
+    try:
+        rt = Runtime(cfg, run_dir, devices)
+    except ConfigError:  # bad input found with the tokenizer (a row too long): leave no half-made run dir
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     stages = Stages(rt)
     if dist.is_primary():
         models = {"policy": rt.mdef, **{f"{s.name} student": stages.runtime(s).mdef
@@ -345,14 +420,24 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         for stage in cfg.stages:
             sdir = _stage_dir(run_dir, stage.name)
             srt = stages.runtime(stage)
+            if stage.steps == 0:  # allow_empty (validated): the stage passes its init params on
+                log.warning("stage %s: 0 steps, skipped (allow_empty: true); what follows starts from its init",
+                            stage.name)
+                stages.params[stage.name], stages.skipped[stage.name] = stages.init(stage)
+                continue
             man = read_manifest(sdir / "manifest.json")
-            if man and man.get("complete") and man.get("config_hash") == cfg.hash():
+            if _complete(man, cfg):
                 log.info("stage %s already complete: skipped", stage.name)
                 stages.params[stage.name] = load_stage_params(srt, stage)
                 continue
             for line in reward_lines.get(stage.name, []):
                 (log.warning if "UNISOLATED" in line else log.info)("stage %s: %s", stage.name, line)
+            if man and man.get("complete"):
+                log.warning("stage %s: its manifest is from another config (hash %s, now %s): running it again",
+                            stage.name, man.get("config_hash"), cfg.hash())
+            rt.require_checkpoint = srt.require_checkpoint = sdir if stage.name == required else None
             params, info, refs = _run_stage(stages, stage, writer, progress)
+            rt.require_checkpoint = srt.require_checkpoint = None
             metrics = stage_eval(srt, stage, params)
             metrics["wall_seconds"] = info["wall_seconds"]
             extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early") if k in info}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from reasoning_rl.metrics import read_metrics
+from reasoning_rl.metrics import MetricsFileError, read_metrics
 
 PANELS = (("reward_mean", "reward"), ("accuracy", "accuracy"), ("response_len", "response length (tokens)"),
           ("kl", "KL to reference"), ("entropy", "entropy"), ("loss", "loss"))
@@ -35,10 +35,13 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
 
 
-def _by_stage(records: list[dict]) -> dict[str, list[dict]]:
+def _by_stage(records: list[dict], path: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for r in records:
-        if r.get("step", 0) >= 1:  # step 0 holds a stage's sampling figures, not a training step
+    for i, r in enumerate(records, 1):
+        step = r.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise MetricsFileError(f"{path}: record {i} has step {step!r}, not an integer")
+        if step >= 1:  # step 0 holds a stage's sampling figures, not a training step
             out.setdefault(str(r.get("stage")), []).append(r)
     return out
 
@@ -94,7 +97,7 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: in
     records = read_metrics(run_dir)
     if not records:
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl records to plot")
-    stages = _by_stage(records)
+    stages = _by_stage(records, run_dir / "metrics.jsonl")
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

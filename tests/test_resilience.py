@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,18 +33,47 @@ def cli(*args, **kw):
                           capture_output=True, text=True, timeout=400, **kw)
 
 
-def start_and_signal(run_dir: Path, sig: int, at_step: int) -> subprocess.Popen:
+def start_and_signal(run_dir: Path, sig: int, at_step: int, stage: str = "grpo", extra: tuple = (),
+                     times: int = 1) -> subprocess.Popen:
+    """Start a run and send ``sig`` once ``stage`` has logged ``at_step``. SIGINT goes to the whole process
+    group, as a terminal's Ctrl-C does (reward worker processes get it too)."""
     proc = subprocess.Popen([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
-                             str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(run_dir), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         recs = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
-        if any(r["stage"] == "grpo" and r["step"] >= at_step for r in recs):
-            os.kill(proc.pid, sig)
+        if any(r["stage"] == stage and r["step"] >= at_step for r in recs):
+            for i in range(times):
+                if sig == signal.SIGINT:
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+                time.sleep(0.2)
             return proc
         time.sleep(0.05)
     proc.kill()
     raise AssertionError("run ended before the signal could be sent")
+
+
+def saved_steps(stage_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else b"dir", p.stat().st_mtime_ns)
+            for p in sorted(d.rglob("*"))}
+
+
+def no_traceback(err: str) -> None:
+    assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
+
+
+def damage_arrays(step_dir: Path) -> None:
+    """Truncate the array store's root manifest: the step's metadata still reads, its arrays do not."""
+    f = step_dir / "state" / "manifest.ocdbt"
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 3)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +116,94 @@ def test_damaged_latest_checkpoint_is_skipped(reference, tmp_path):
     p = cli("--run-dir", str(d), "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"checkpoint step {steps[-1]}" in p.stderr and "damaged" in p.stderr
+    no_traceback(p.stderr)
     assert strip(read_metrics(d)) == strip(read_metrics(reference))
+    assert (gdir / f"{steps[-1]}.damaged").is_dir()  # kept aside, and the step was written anew
+    assert saved_steps(gdir)[-1] == 6
+
+
+# a checkpoint interval longer than the stages: any checkpoint of an interrupted stage is the step in flight's
+NO_PERIODIC = ("--set", "checkpoint.every=100")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,at_step", [("sft", 1), ("grpo", 2)])
+def test_ctrl_c_checkpoints_step_in_flight_then_resume_matches(reference, tmp_path, stage, at_step):
+    d = tmp_path / "run"
+    proc = start_and_signal(d, signal.SIGINT, at_step, stage=stage, extra=NO_PERIODIC)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    no_traceback(err)
+    final = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert final.startswith(f"interrupted: stage {stage} stopped after"), err[-2000:]
+    last = max(r["step"] for r in read_metrics(d) if r["stage"] == stage)
+    assert saved_steps(d / "checkpoints" / stage) == [last]  # the step in flight, though no periodic save was due
+    assert not (d / "checkpoints" / stage / "manifest.json").exists()
+    p = cli("--run-dir", str(d), "--resume", *NO_PERIODIC)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"stage {stage}: resumed from step {last}" in p.stderr
+    assert strip(read_metrics(d)) == strip(read_metrics(reference))
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    d = tmp_path / "run"
+    proc = start_and_signal(d, signal.SIGINT, 1, stage="grpo", extra=NO_PERIODIC, times=2)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.time() - t0 < 5
+    no_traceback(err)
+    assert "interrupted again: exiting now" in err
+
+
+@pytest.mark.slow
+def test_resume_with_every_checkpoint_damaged_fails_and_changes_nothing(reference, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(reference, d)
+    gdir = d / "checkpoints" / "grpo"
+    (gdir / "manifest.json").unlink()  # grpo was interrupted after its last checkpoints, both now damaged
+    for s in saved_steps(gdir):
+        damage_arrays(gdir / str(s))
+    before = snapshot(d)
+    p = cli("--run-dir", str(d), "--resume")
+    assert p.returncode == 2, p.stderr[-3000:]
+    no_traceback(p.stderr)
+    line = [ln for ln in p.stderr.splitlines() if ln.strip()][-1]
+    assert line.startswith("checkpoint error: --resume: no usable checkpoint of stage grpo"), line
+    assert "checkpoint step 6: " in line and "checkpoint step 4: " in line, line
+    assert snapshot(d) == before
+    # without --resume the fallback to the start of the stage is stated in one line, and the run matches
+    p = cli("--run-dir", str(d))
+    assert p.returncode == 0, p.stderr[-3000:]
+    no_traceback(p.stderr)
+    falls = [ln for ln in p.stderr.splitlines() if "no usable checkpoint" in ln]
+    assert len(falls) == 1 and "starting the stage over" in falls[0], p.stderr[-3000:]
+    assert strip(read_metrics(d)) == strip(read_metrics(reference))
+    assert {q.name for q in gdir.iterdir() if "damaged" in q.name} == {"4.damaged", "6.damaged"}
+
+
+@pytest.mark.slow
+def test_a_run_dir_copied_elsewhere_continues(reference, tmp_path):
+    d = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(reference, d)
+    p = cli("--run-dir", str(d), "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stage sft already complete" in p.stderr and "stage grpo already complete" in p.stderr
+    assert strip(read_metrics(d)) == strip(read_metrics(reference))
+
+
+@pytest.mark.slow
+def test_allowed_zero_step_stage_is_skipped_with_a_line(tmp_path):
+    d = tmp_path / "run"
+    p = cli("--run-dir", str(d), "--set", "stages.sft.steps=0", "--set", "stages.sft.allow_empty=true",
+            "--set", "stages.grpo.steps=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stage sft: 0 steps, skipped (allow_empty: true)" in p.stderr
+    assert {r["stage"] for r in read_metrics(d)} == {"grpo"}
+    man = json.loads((d / "checkpoints" / "grpo" / "manifest.json").read_text())
+    assert man["parent"]["kind"] == "fresh"  # the skipped stage passed its own init on
+    assert not (d / "checkpoints" / "sft" / "manifest.json").exists()
 
 
 def test_failed_save_is_a_clear_error_and_earlier_steps_restore(tmp_path, monkeypatch):

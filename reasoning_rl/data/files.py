@@ -64,16 +64,27 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         except ImportError:
             raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow); "
                             "or convert the file to JSONL") from None
-        return [(i + 1, row) for i, row in enumerate(pq.read_table(p).to_pylist())]
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged or foreign file
+            raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not UTF-8 text (byte {e.start} of the line); a JSONL file "
+                                "holds one JSON object per line") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{line_no}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
             rows.append((line_no, row))
@@ -185,6 +196,16 @@ def load_examples(path: str | Path, mapper: RowMapper) -> list[Example]:
     return [mapper(row, f"{path}:{line}") for line, row in read_rows(path)]
 
 
+def _load_located(path: str | Path, mapper: RowMapper) -> list[tuple[Example, str]]:
+    """Examples with the ``file:line`` they came from (for the token-length check's messages)."""
+    return [(mapper(row, f"{path}:{line}"), f"{path}:{line}") for line, row in read_rows(path)]
+
+
+# a token covers at least one byte of text: a text of this many bytes fewer than a limit fits it in tokens
+# whatever the tokenizer (the margin covers BOS/EOS and a sentencepiece word-start piece)
+_TOKEN_MARGIN = 8
+
+
 # --------------------------------------------------------------------------- the task
 
 
@@ -197,10 +218,12 @@ class FileTask:
         self.cfg = cfg
         self.correctness = CORRECTNESS[cfg.preset]
         mapper = RowMapper(cfg)
-        rows = load_examples(cfg.path, mapper)
+        located = _load_located(cfg.path, mapper)
+        rows = [ex for ex, _ in located]
         if cfg.held_out_path:
-            self._held = load_examples(cfg.held_out_path, mapper)[: cfg.held_out_size]
-            self._train = rows
+            held = _load_located(cfg.held_out_path, mapper)[: cfg.held_out_size]
+            self._held, self._train = [ex for ex, _ in held], rows
+            self._where = [w for _, w in located] + [w for _, w in held]
         else:
             if len(rows) <= cfg.held_out_size:
                 raise DataError(f"{cfg.path}: {len(rows)} rows, but task.held_out_size={cfg.held_out_size} "
@@ -208,7 +231,11 @@ class FileTask:
             order = np.random.default_rng([cfg.seed, 3]).permutation(len(rows))
             self._held = [rows[i] for i in order[: cfg.held_out_size]]
             self._train = [rows[i] for i in order[cfg.held_out_size:]]
+            self._where = [located[i][1] for i in order[cfg.held_out_size:]] + \
+                [located[i][1] for i in order[: cfg.held_out_size]]
         self._format: Callable[[str], str] = self._raw_template(cfg.template)
+        self._tok: Any = None
+        self._checked: set[tuple[int, bool]] = set()
         self._order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
 
     # templates ------------------------------------------------------------
@@ -224,7 +251,10 @@ class FileTask:
         return lambda prompt: template.format(prompt=prompt)
 
     def bind_tokenizer(self, tok: Any) -> None:
-        """Render prompts with the tokenizer's chat template (``task.template: chat``)."""
+        """Render prompts with the tokenizer's chat template (``task.template: chat``); the tokenizer also
+        measures rows (``check_lengths``) and cuts prompts to ``task.max_prompt_tokens``."""
+        self._tok = tok
+        self._cut_cache: dict[str, str] = {}
         if self.cfg.template != "chat":
             return
         if getattr(tok, "apply_chat_template", None) is None or getattr(tok, "chat_template", None) is None:
@@ -238,7 +268,53 @@ class FileTask:
         self._format = render
 
     def _templated(self, ex: Example) -> Example:
-        return Example(self._format(ex.prompt), ex.answer, ex.solution, ex.difficulty, ex.key, ex.extra)
+        return Example(self._cut(self._format(ex.prompt)), ex.answer, ex.solution, ex.difficulty, ex.key, ex.extra)
+
+    def _cut(self, prompt: str) -> str:
+        """The prompt's last ``task.max_prompt_tokens`` tokens (the question and a chat template's generation
+        prompt come last, so the start is what goes, as in TRL's left truncation)."""
+        limit = self.cfg.max_prompt_tokens
+        if limit is None or self._tok is None or len(prompt.encode()) + _TOKEN_MARGIN <= limit:
+            return prompt
+        if prompt not in self._cut_cache:
+            ids = self._tok.encode(prompt)
+            text = prompt
+            keep = ids[-limit:] if len(ids) > limit else None
+            while keep is not None:  # a decoded tail may re-encode a token longer: drop from the front
+                text = self._tok.decode(keep)
+                if len(self._tok.encode(text)) <= limit:
+                    break
+                keep = keep[1:]
+            if len(self._cut_cache) < 100_000:
+                self._cut_cache[prompt] = text
+            return text
+        return self._cut_cache[prompt]
+
+    def check_lengths(self, context: int, with_solution: bool) -> None:
+        """Every row fits the model's context in tokens, before any compute: its templated prompt (cut to
+        ``task.max_prompt_tokens`` when set) and, for a stage that trains on solutions, prompt + solution +
+        EOS. An overlong row (a 10 MB field would otherwise exhaust memory in the first step) is rejected
+        naming its ``file:line``."""
+        if self._tok is None or (context, with_solution) in self._checked:
+            return
+        fix = ("shorten or drop the row" + ("" if self.cfg.max_prompt_tokens else
+               ", or set task.max_prompt_tokens to keep the prompt's last tokens"))
+        for ex, where in zip(self._train + self._held, self._where):
+            prompt = self._format(ex.prompt)
+            size = len(prompt.encode()) + (len(ex.solution.encode()) if with_solution else 0)
+            if size + _TOKEN_MARGIN <= context:
+                continue
+            n = len(self._tok.encode(self._cut(prompt)))
+            if n > context:
+                raise DataError(f"{where}: the prompt is {n} tokens, longer than the model's context of {context} "
+                                f"tokens (model.max_seq_len); {fix}")
+            if with_solution:
+                n += len(self._tok.encode(ex.solution)) + 1
+                if n > context:
+                    raise DataError(f"{where}: prompt + solution are {n} tokens, longer than the model's context "
+                                    f"of {context} tokens (model.max_seq_len) an SFT stage trains on; "
+                                    "shorten or drop the row")
+        self._checked.add((context, with_solution))
 
     # the task interface ---------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:

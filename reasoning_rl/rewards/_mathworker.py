@@ -13,6 +13,7 @@ raised: unparseable input) - one line per request. EOF on stdin ends it.
 import json
 import logging
 import resource
+import signal
 import sys
 
 _LIMIT = 4 << 30  # a runaway sympy power must not eat the host
@@ -46,6 +47,9 @@ def _verify(reference: str, answer: str) -> bool:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole foreground process group: the trainer finishes its step (and needs these
+    # workers for it), so the workers leave SIGINT to it; EOF on stdin ends them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _cap_memory()
     logging.disable(logging.CRITICAL)  # math-verify logs parse failures; stdout is our channel
     import math_verify  # noqa: F401 - import once per worker, not per check

@@ -21,6 +21,7 @@ from reasoning_rl import distributed as dist
 from reasoning_rl.checkpoint import read_manifest
 from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig
 from reasoning_rl.evaluation import budget_curve
+from reasoning_rl.paths import check_output_dir
 
 from .common import Runtime
 from .evaluate import stage_eval
@@ -97,6 +98,7 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
+    check_output_dir(out, "eval output dir")  # before any compute
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
         dist.split_cpu(cfg.mesh.cpu_devices)
     except dist.DistributedError as e:

@@ -24,7 +24,7 @@ import optax
 from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.steps import TrainState, make_optimizer
-from reasoning_rl.checkpoint import StageCheckpointer
+from reasoning_rl.checkpoint import CheckpointUnusable, StageCheckpointer
 from reasoning_rl.config import Config, ModelConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
 from reasoning_rl.models import TransformerConfig, create
@@ -34,49 +34,70 @@ log = logging.getLogger("reasoning_rl")
 
 
 class Preempted(RuntimeError):
-    """Raised after a SIGTERM: the in-flight step finished and a checkpoint of it is complete."""
+    """Raised after a SIGTERM or a Ctrl-C (SIGINT): the in-flight step finished and a checkpoint of it is
+    complete. ``signum`` is the signal this host received (None: another host was stopped)."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
 
 
 class StageFailed(RuntimeError):
     pass
 
 
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+
+
 class PreemptionGuard:
-    """Turns SIGTERM into a stop the step loop takes between steps (never mid-step).
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a stop the step loop takes between steps (never mid-step).
 
     ``should_stop(step)`` is the one question the loop asks after each step. On one host it is the local
     flag. On several hosts a SIGTERM may reach one VM only, or reach them at different steps, so the hosts
     combine their flags (a max over a tiny all-gather after every step): every host sees the stop at the
     same step, saves that same step, and the collective checkpoint write cannot deadlock.
 
-    ``grace_seconds`` bounds how long the process keeps running after the signal: a stage that cannot finish
+    ``grace_seconds`` bounds how long the process keeps running after SIGTERM: a stage that cannot finish
     its step and write the checkpoint in time is ended (exit status 75) before the scheduler's SIGKILL, and
     ``--resume`` then falls back to the last complete checkpoint (an unfinished write is never restored).
+    Ctrl-C has no scheduler behind it, so no deadline: a second Ctrl-C ends the process at once (status 130),
+    and ``--resume`` falls back the same way.
     """
 
     EXIT_STATUS = 75
 
-    def __init__(self, grace_seconds: float = 0.0):
-        self.requested = False  # this host got SIGTERM
+    def __init__(self, grace_seconds: float = 0.0, stage: str = "", finish: Callable[[], None] | None = None):
+        self.requested = False  # this host got SIGTERM or SIGINT
+        self.stage, self._finish = stage, finish  # finish(): wait for the last step's checkpoint
+        self.signum: int | None = None
         self.grace_seconds = grace_seconds
-        self._old = None
+        self._old: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
 
     def __enter__(self):
         def handler(signum, frame):
             if self.requested:
+                if signum == signal.SIGINT:  # a second Ctrl-C: the user will not wait for the checkpoint
+                    os.write(2, b"\ninterrupted again: exiting now without the checkpoint of the step in flight; "
+                                b"--resume continues from the last complete checkpoint\n")
+                    os._exit(EXIT_INTERRUPTED)
                 return
-            self.requested = True
+            self.requested, self.signum = True, signum
+            if signum == signal.SIGINT:
+                log.warning("interrupted (Ctrl-C): finishing the current step and writing its checkpoint "
+                            "(Ctrl-C again to exit at once)")
+                return
             log.warning("SIGTERM received: finishing the current step and writing a checkpoint")
             if self.grace_seconds > 0:
                 self._timer = threading.Timer(self.grace_seconds, self._out_of_time)
                 self._timer.daemon = True
                 self._timer.start()
 
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: no signal handling
-            self._old = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: no signal handling
+                pass
         return self
 
     def _out_of_time(self) -> None:
@@ -105,10 +126,19 @@ class PreemptionGuard:
         if self._timer is not None:
             self._timer.cancel()
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.done()
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            if old is not None:
+                signal.signal(sig, old)
+        self._old = {}
+        # a signal after the last step's check: the loop is over and its last step saved, so stop here rather
+        # than go on to evaluate (every host agrees, as in should_stop)
+        if exc_type is None and (dist.agree_max(int(self.requested)) if dist.multi() else self.requested):
+            if self._finish is not None:
+                self._finish()
+            raise Preempted(f"stage {self.stage} stopped after its last step, whose checkpoint is complete "
+                            "(continue with --resume)", self.signum)
         return False
 
 
@@ -154,6 +184,7 @@ class Runtime:
     def __init__(self, cfg: Config, run_dir: str | Path, devices: list | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.require_checkpoint: Path | None = None  # --resume: this stage dir must hold a usable step
         self._tasks: dict[str, Any] = {}
         self.task = self.task_for(cfg.task)
         self.tok = self._tokenizer()
@@ -163,6 +194,17 @@ class Runtime:
         self.mesh = shd.make_mesh(dataclasses.asdict(cfg.mesh), devices)
         self.ctx = shd.context(self.mesh)
         self._set_model(cfg.model)
+        self._check_rows()
+
+    def _check_rows(self) -> None:
+        """Every stage's file rows fit the model's context in tokens (the row check needs the tokenizer, so it
+        runs here, before any stage computes); SFT stages check prompt + solution."""
+        for st in self.cfg.stages:
+            sources = st.tasks if st.tasks else (st,)
+            for src in sources:
+                task = self.task_for(src.task)
+                if hasattr(task, "check_lengths"):
+                    task.check_lengths(self.mdef.cfg.max_seq_len, with_solution=st.kind == "sft")
 
     def _set_model(self, m: ModelConfig) -> None:
         self.model_cfg = m
@@ -321,13 +363,38 @@ class StageRun:
         self.host: dict[str, Any] = {"wall_seconds": 0.0}
 
     def resume(self) -> dict | None:
-        got = self.ckpt.restore(self.state)
+        """Continue from the newest usable checkpoint step. Damaged steps are reported (one warning each) and
+        moved aside; the fallback to an older step, or to the start of the stage, is stated in one line. Under
+        ``--resume`` (``rt.require_checkpoint`` names this stage's dir) finding steps and none usable is bad
+        input: CheckpointUnusable, raised before anything in the run dir is changed."""
+        got = self.ckpt.restore(self.state, report=False)
+        bad = self.ckpt.unusable
+        found = "; ".join(f"checkpoint step {n}: {why}" for n, why in bad)
         if got is None:
+            if bad and getattr(self.rt, "require_checkpoint", None) == self.dir:
+                raise CheckpointUnusable(f"--resume: no usable checkpoint of stage {self.stage.name} in {self.dir} "
+                                         f"({found}); nothing was changed. Rerun without --resume to start the "
+                                         "stage over (the damaged steps are then moved aside)")
+            if bad:
+                log.warning("stage %s: no usable checkpoint (%s): starting the stage over from its init; damaged "
+                            "steps are kept as <step>.damaged", self.stage.name, found)
+            self._set_aside(bad)
             return None
         step, state, host = got
         self.state, self.start_step, self.host = state, step, host
-        log.info("stage %s: resumed from step %d", self.stage.name, step)
+        if bad:
+            log.warning("stage %s: resumed from step %d, the newest usable checkpoint step (%s; damaged steps are "
+                        "kept as <step>.damaged)", self.stage.name, step, found)
+        else:
+            log.info("stage %s: resumed from step %d", self.stage.name, step)
+        self._set_aside(bad)
         return host
+
+    def _set_aside(self, bad: list[tuple[str, str]]) -> None:
+        if dist.is_primary():  # the run dir is shared: one host renames
+            self.ckpt.set_aside([int(n) for n, _ in bad if n.isdigit()])
+        dist.barrier(f"stage {self.stage.name} steps set aside")
+        self.ckpt.mgr.reload()
 
     def save(self, step: int, host: dict[str, Any], force: bool = False) -> None:
         self.host = host
@@ -337,7 +404,7 @@ class StageRun:
         return step % self.rt.cfg.checkpoint.every == 0 or step == self.stage.steps
 
     def guard(self) -> PreemptionGuard:
-        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s)
+        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s, self.stage.name, self.ckpt.wait)
 
     def end_step(self, step: int, guard: PreemptionGuard, host: Callable[[], dict[str, Any]]) -> None:
         """What follows every step: the non-finite streak check, the periodic save, and preemption.
@@ -354,7 +421,8 @@ class StageRun:
         if stop:
             self.ckpt.wait()
             guard.done()
-            raise Preempted(f"stage {self.stage.name} preempted at step {step}; checkpoint written")
+            raise Preempted(f"stage {self.stage.name} stopped after step {step}; its checkpoint is complete in "
+                            f"{self.dir} (continue with --resume)", guard.signum)
 
     def close(self) -> None:
         self.ckpt.close()

@@ -1,0 +1,280 @@
+"""Every bad input stops the command with one line naming the file and the problem, exit status 2, before any
+compute and without changing anything already in the run dir (the run-level cases; rows and configs are
+also covered in test_config.py and test_data_files.py)."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reasoning_rl import cli
+from reasoning_rl import config as C
+from reasoning_rl.config import ConfigError
+from reasoning_rl.data.files import DataError, FileTask
+
+TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
+
+
+def snapshot(d: Path) -> dict:
+    """Every path under ``d`` with its content hash (files) and modification time."""
+    if not d.exists():
+        return {}
+    out = {}
+    for p in sorted(d.rglob("*")):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        out[str(p.relative_to(d))] = (digest, p.stat().st_mtime_ns)
+    return out
+
+
+def one_error(err: str, prefix: str, *needles: str) -> str:
+    """The command's error is its last stderr line, starts with ``prefix`` and names ``needles``; no traceback."""
+    assert "Traceback" not in err, err[-3000:]
+    line = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert line.startswith(prefix), err[-3000:]
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+def started_run(tmp_path: Path) -> Path:
+    """A run dir as ``run`` leaves it before any step: the stored config and a finished stage's manifest."""
+    d = tmp_path / "run"
+    (d / "checkpoints" / "sft").mkdir(parents=True)
+    C.dump(C.load(TINY), d / "config.yaml")
+    return d
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    code = cli.main(list(args))
+    return code, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- run dir contents
+
+
+@pytest.mark.parametrize("content", [b'{"stage": "sft", "complete": tr', b"\x89PNG\r\n\x1a\n\x00\xff", b"[1, 2]"],
+                         ids=["truncated", "garbage", "not-an-object"])
+def test_damaged_manifest_is_one_line_and_changes_nothing(tmp_path, capsys, content):
+    d = started_run(tmp_path)
+    (d / "checkpoints" / "sft" / "manifest.json").write_bytes(content)
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "checkpoint error:", str(d / "checkpoints" / "sft" / "manifest.json"), "damaged stage manifest")
+    assert snapshot(d) == before
+    code, err = run(capsys, "eval", str(d))  # every reader of a manifest says the same
+    assert code == 2
+    one_error(err, "checkpoint error:", "manifest.json")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_stored_config_is_one_line_and_changes_nothing(tmp_path, capsys, damage):
+    d = started_run(tmp_path)
+    text = (d / "config.yaml").read_bytes()
+    (d / "config.yaml").write_bytes({"truncated": text[: len(text) // 2], "garbage": os.urandom(200) + b"\xff",
+                                     "empty": b""}[damage])
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "config error:", str(d / "config.yaml"))
+    assert snapshot(d) == before
+
+
+def test_run_dir_under_a_file(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(f / "run"))
+    assert code == 2
+    one_error(err, "config error:", "run_dir", str(f), "is a file")
+    assert f.read_text() == "x"
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    d = started_run(tmp_path)
+    (d / "checkpoints" / "sft" / "1.orbax-checkpoint-tmp").mkdir()  # an unfinished write is not a checkpoint
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--resume")
+    assert code == 2
+    one_error(err, "config error:", "--resume", "nothing to resume", "1.orbax-checkpoint-tmp")
+    assert snapshot(d) == before
+
+
+def test_config_hash_ignores_where_the_run_dir_lives():
+    a = C.load(TINY, ["run_dir=/somewhere/run"])
+    b = C.load(TINY, ["run_dir=/elsewhere/copy"])
+    assert a.hash() == b.hash()
+    assert a.hash() != C.load(TINY, ["seed=1"]).hash()
+
+
+# --------------------------------------------------------------------------- read-only places
+
+
+def read_only(paths: list[Path]) -> list[str]:
+    """A command prefix under which ``paths`` are read-only: a read-only bind mount (root ignores permission
+    bits), or permission bits for an ordinary user."""
+    if os.geteuid() != 0:
+        for p in paths:
+            p.chmod(0o555)
+        return []
+    if shutil.which("bwrap") is None:
+        pytest.skip("running as root without bubblewrap: no way to make a directory read-only")
+    out = ["bwrap", "--dev-bind", "/", "/"]
+    for p in paths:
+        out += ["--ro-bind", str(p), str(p)]
+    return out
+
+
+def cli_under(prefix: list[str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("where", ["run_dir", "parent", "checkpoints", "export_out", "eval_out"])
+def test_read_only_places_are_one_line_before_any_compute(tmp_path, where):
+    d = started_run(tmp_path)
+    if where == "run_dir":
+        ro, args, needle = d, ["run", TINY, "--no-progress", "--run-dir", str(d)], str(d)
+    elif where == "parent":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        args, needle = ["run", TINY, "--no-progress", "--run-dir", str(ro / "new" / "run")], str(ro)
+    elif where == "checkpoints":
+        ro, args, needle = d / "checkpoints", ["run", TINY, "--no-progress", "--run-dir", str(d)], "checkpoints"
+    elif where == "export_out":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        args, needle = ["export", str(d), str(ro / "hf")], str(ro)
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        args, needle = ["eval", str(d), "--out", str(ro / "ev")], str(ro)
+    before = snapshot(tmp_path)
+    try:
+        p = cli_under(read_only([ro]), *args)
+    finally:
+        ro.chmod(0o755)
+    assert p.returncode == 2, p.stderr[-3000:]
+    one_error(p.stderr, "config error:", needle, "not writable")
+    assert snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- data files and metrics
+
+
+def file_config(tmp_path: Path, data: Path, **task) -> Path:
+    raw = C.load_raw(TINY)
+    raw["task"] = {"name": "file", "path": str(data), "held_out_size": 4, **task}
+    raw["stages"] = [{"name": "sft", "kind": "sft", "steps": 1, "batch_size": 4}]
+    p = tmp_path / "file.yaml"
+    p.write_text(json.dumps(raw))
+    return p
+
+
+def rows(n: int = 20) -> list[dict]:
+    return [{"prompt": f"What is {i}+{i + 1}?", "answer": str(2 * i + 1)} for i in range(n)]
+
+
+def write_jsonl(path: Path, rs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rs))
+    return path
+
+
+def test_binary_file_as_jsonl(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(json.dumps(rows(1)[0]).encode() + b"\n" + bytes(range(128, 256)) + b"\n")
+    d = tmp_path / "run"
+    code, err = run(capsys, "run", str(file_config(tmp_path, data)), "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "input error:", f"{data}:2", "not UTF-8")
+    assert not d.exists()  # the run dir this command created is gone again
+
+
+def test_a_10_mb_row_is_rejected_by_the_row_check(tmp_path, capsys):
+    rs = rows()
+    rs[7] = {"prompt": "What is " + "1+" * (5 << 20) + "1?", "answer": "x"}  # valid JSON, 10 MB
+    data = write_jsonl(tmp_path / "data.jsonl", rs)
+    d = tmp_path / "run"
+    code, err = run(capsys, "run", str(file_config(tmp_path, data)), "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "input error:", f"{data}:8", "tokens", "model's context of 512", "task.max_prompt_tokens")
+    assert not d.exists()
+
+
+def test_long_prompts_are_cut_to_max_prompt_tokens(tmp_path):
+    from reasoning_rl.tokenizer import train_sentencepiece
+
+    rs = rows()
+    long_prompt = "Numbers: " + " ".join(str(i % 10) for i in range(300)) + ". What is 3+4?"
+    rs[3] = {"prompt": long_prompt, "answer": "7"}
+    data = write_jsonl(tmp_path / "data.jsonl", rs)
+    tok = train_sentencepiece([r["prompt"] + r["answer"] for r in rs] * 5, tmp_path / "tok.model", 48)
+    task = FileTask(C.build(C.TaskConfig, {"name": "file", "path": str(data), "held_out_size": 2}))
+    task.bind_tokenizer(tok)
+    with pytest.raises(DataError, match=rf"{data}:4: the prompt is \d+ tokens, longer than the model's context of 64"):
+        task.check_lengths(64, with_solution=False)
+    cut = FileTask(C.build(C.TaskConfig, {"name": "file", "path": str(data), "held_out_size": 2,
+                                          "max_prompt_tokens": 24}))
+    cut.bind_tokenizer(tok)
+    cut.check_lengths(64, with_solution=False)
+    prompts = [cut.example("train", i).prompt for i in range(cut.train_size)]
+    prompts += [e.prompt for e in cut.held_out()]
+    mine = [p for p in prompts if p.endswith("What is 3+4?") and "Numbers" not in p]
+    assert len(mine) == 1  # the long prompt, its start cut off, its question kept
+    assert all(len(tok.encode(p)) <= 24 for p in prompts)
+    assert sorted(prompts) != sorted(r["prompt"] for r in rs) and len(prompts) == len(rs)
+
+
+def test_plot_on_malformed_metrics(tmp_path, capsys):
+    good = {"stage": "sft", "step": 1, "loss": 1.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n{not json\n" + json.dumps(good) + "\n")
+    code, err = run(capsys, "plot", str(tmp_path))
+    assert code == 2
+    one_error(err, "config error:", f"{tmp_path / 'metrics.jsonl'}:2", "not valid JSON")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({**good, "step": "one"}) + "\n")
+    code, err = run(capsys, "plot", str(tmp_path))
+    assert code == 2
+    one_error(err, "config error:", "metrics.jsonl", "step 'one'")
+    # a torn last line (a killed process's unfinished write) is not an error
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "step": 2}) + "\n{\"st")
+    code, err = run(capsys, "plot", str(tmp_path))
+    assert code == 0, err
+    assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- configs and flags
+
+
+@pytest.mark.parametrize("devices", ["0", "-4"])
+def test_plan_rejects_non_positive_device_counts(capsys, devices):
+    code, err = run(capsys, "plan", TINY, "--devices", devices)
+    assert code == 2
+    one_error(err, "config error:", "--devices", f"got {devices}")
+
+
+def test_empty_config_file_and_a_config_without_stages(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    code, err = run(capsys, "run", str(empty), "--run-dir", str(tmp_path / "r"))
+    assert code == 2
+    one_error(err, "config error:", str(empty), "empty")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("seed: 1\n")
+    code, err = run(capsys, "run", str(bare), "--run-dir", str(tmp_path / "r"))
+    assert code == 2
+    one_error(err, "config error:", "no stages", "allow_empty")
+    assert not (tmp_path / "r").exists()
+    bare.write_text("seed: 1\nallow_empty: true\n")
+    code, err = run(capsys, "run", str(bare), "--run-dir", str(tmp_path / "r"))
+    assert code == 0
+
+
+def test_zero_step_stage_is_an_error_unless_allowed():
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.steps: 0 steps.*allow_empty: true"):
+        C.load(TINY, ["stages.grpo.steps=0"])
+    cfg = C.load(TINY, ["stages.grpo.steps=0", "stages.grpo.allow_empty=true"])
+    assert cfg.stages[1].steps == 0 and cfg.stages[1].allow_empty
