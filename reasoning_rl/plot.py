@@ -80,7 +80,7 @@ def empty_reason(key: str, title: str, run_dir: Path, stages: list[str]) -> str:
 def panel_notes(run_dir: str | Path, records: list[dict] | None = None) -> dict[str, str]:
     """For each training-curve panel with no data point: the sentence it shows instead."""
     run_dir = Path(run_dir)
-    stages = _by_stage(read_metrics(run_dir) if records is None else records)
+    stages = _by_stage(read_metrics(run_dir) if records is None else records, run_dir / "metrics.jsonl")
     notes = {}
     for key, title in PANELS:
         has = any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)

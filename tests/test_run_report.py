@@ -227,6 +227,7 @@ def test_rl_stage_from_random_weights_is_refused_unless_allowed(caplog):
     # a cold start of 0 steps leaves the next stage at random weights too; a trained one does not
     raw = C.load_raw(TINY)
     C.apply_override(raw, "stages.sft.steps=0")
+    C.apply_override(raw, "stages.sft.allow_empty=true")  # a zero-step stage is itself refused otherwise
     with pytest.raises(C.ConfigError, match=r"stages\[1\].allow_random_init: .*init 'sft' trains 0 steps"):
         check_random_init(C.from_dict(raw))
     check_random_init(C.load(TINY))
@@ -238,7 +239,8 @@ def test_rl_stage_from_random_weights_is_refused_unless_allowed(caplog):
 
 def test_cli_refuses_random_init_with_one_line_and_exit_2(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert cli.main(["run", TINY, "--set", "stages.sft.steps=0", "--run-dir", str(run_dir)]) == 2
+    assert cli.main(["run", TINY, "--set", "stages.sft.steps=0", "--set", "stages.sft.allow_empty=true",
+                     "--run-dir", str(run_dir)]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("config error")]
     assert len(err) == 1 and "allow_random_init" in err[0]
     assert not run_dir.exists()  # before anything is written
