@@ -47,6 +47,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     mla=cfg.mla is not None, layer_types=len(set(cfg.sliding_layers)) > 1)
     out = common_to_hf(cfg, "phi3", ARCHITECTURE)
     out["sliding_window"] = cfg.sliding_window or None
+    out.update(pad_token_id=None, bos_token_id=None, eos_token_id=None)  # not Phi-3's vocabulary's ids
     if cfg.rope_dim:
         out["partial_rotary_factor"] = cfg.rope_dim / cfg.head_dim
     if cfg.rope_scaling and cfg.rope_scaling.get("original_max_position_embeddings"):
