@@ -35,6 +35,15 @@ class MoEConfig:
     # Expert parallelism (a mesh with expert > 1): 0 = dropless; else each device receives at most
     # capacity_factor * (its tokens * top_k) / expert-axis-size copies per source, and the rest are dropped.
     capacity_factor: float = 0.0
+    dense_layers: tuple[int, ...] = ()  # layers with a dense MLP between MoE ones (Qwen mlp_only_layers, sparse step)
+    shared_ffn: int = 0  # width of the shared-expert MLP when not n_shared * ffn_dim (Qwen2-MoE)
+    shared_gate: bool = False  # the shared expert's output scaled by sigmoid(x . w) (Qwen2-MoE)
+    router_bias: bool = False  # the router's logits have a learned bias (gpt-oss)
+    expert_bias: bool = False  # every expert's projections have biases (gpt-oss)
+
+    def is_moe(self, layer: int) -> bool:
+        """Does ``layer`` route over experts (rather than run a dense MLP)?"""
+        return layer >= self.first_dense and layer not in self.dense_layers
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,13 @@ class TransformerConfig:
     rope_local_theta: float | None = None  # Gemma: rope base of sliding layers (no scaling there)
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
+    pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
+    qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
+    attn_sinks: bool = False  # a learned per-head logit joins every softmax (gpt-oss)
+    out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
+    swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
+    swiglu_limit: float = 7.0
+    rope_dim: int = 0  # rotary dims of each head (the leading ones); 0: all (Phi-4-mini rotates 3/4)
 
     @property
     def jnp_dtype(self):

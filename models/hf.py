@@ -26,7 +26,7 @@ from .families import ConfigError, Tensor, for_family, for_model_type
 from .families.base import hf_shape, to_ours
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
 from .safetensors_io import FLOAT_DTYPES, Checkpoint
-from .transformer import ModelDef, create, positions_from_valid, segments
+from .transformer import ModelDef, create, positions_from_valid, stack_layers
 
 
 class CheckpointError(ValueError):
@@ -61,7 +61,7 @@ class _Slot:
 
     t: Tensor
     shape: tuple[int, ...]  # ours, global
-    first: int  # checkpoint index of the stack's first layer
+    layers: tuple[int, ...]  # checkpoint layer index of each entry of the stack
     n_stack: int  # leading stacked dims (layer and/or expert)
 
     @property
@@ -70,7 +70,7 @@ class _Slot:
 
     def index(self, idx: tuple[int, ...]) -> tuple[int | None, int | None]:
         has_layer, has_expert = self.t.stacked()
-        layer = self.first + idx[0] if has_layer else None
+        layer = self.layers[idx[0]] if has_layer else None
         expert = idx[-1] if has_expert else None
         return layer, expert
 
@@ -81,7 +81,7 @@ class _Slot:
 def _slots(mdef: ModelDef) -> list[_Slot]:
     cfg = mdef.cfg
     fam = for_family(cfg.family)
-    firsts = {name: first for name, first, _, _ in segments(cfg)}
+    layers = stack_layers(cfg)
     shapes = flatten(mdef.abstract_params())
     slots, seen = [], set()
     for t in fam.tensors(cfg):
@@ -90,7 +90,7 @@ def _slots(mdef: ModelDef) -> list[_Slot]:
                 continue
             raise RuntimeError(f"family {cfg.family}: weight map names {'.'.join(t.path)}, which the model lacks")
         has_layer, has_expert = t.stacked()
-        slots.append(_Slot(t, tuple(shapes[t.path].shape), firsts.get(t.path[0], 0), has_layer + has_expert))
+        slots.append(_Slot(t, tuple(shapes[t.path].shape), layers.get(t.path[0], ()), has_layer + has_expert))
         seen.add(t.path)
     missing = set(shapes) - seen
     if missing:
@@ -100,6 +100,8 @@ def _slots(mdef: ModelDef) -> list[_Slot]:
 
 def _reader(slot: _Slot, ckpt: Checkpoint, layer, expert) -> Callable[[], np.ndarray]:
     name = slot.t.hf.format(i=layer, e=expert)
+    if name in ckpt and slot.t.piece is not None:
+        return lambda: slot.t.piece.cut(ckpt.get(name))
     if name in ckpt:
         return lambda: ckpt.get(name)
     which, parts = slot.t.part
@@ -119,6 +121,8 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
     used: set[str] = set()
     for slot in slots:
         want = hf_shape(slot.t.layout, slot.slice_shape)
+        if slot.t.piece is not None:
+            want = slot.t.piece.whole(want)
         for idx in itertools.product(*slot.stack_ranges()):
             layer, expert = slot.index(idx)
             name = slot.t.hf.format(i=layer, e=expert)

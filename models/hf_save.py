@@ -24,7 +24,7 @@ from .config import TransformerConfig
 from .families import ConfigError, Tensor, for_family
 from .families.base import hf_shape, to_hf
 from .safetensors_io import NAMES, write_file
-from .transformer import ModelDef, segments
+from .transformer import ModelDef, stack_layers
 
 NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
              "float16": np.dtype(np.float16)}
@@ -99,60 +99,81 @@ def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | 
         raise ValueError(f"dtype: unsupported value {dtype!r} (supported: {', '.join(NP_DTYPES)})")
     st_dtype = NAMES[NP_DTYPES[dtype]]
     flat = flatten(params)
-    firsts = {name: (first, n) for name, first, n, _ in segments(cfg)}
+    layers = stack_layers(cfg)
 
-    # Every checkpoint tensor: (name, checkpoint shape, spec, stack index).
-    plan: list[tuple[str, tuple[int, ...], Tensor, tuple[int, ...]]] = []
+    # Every checkpoint tensor: name -> (checkpoint shape, [(spec, stack index) of each of our params in it]).
+    plan: dict[str, tuple[tuple[int, ...], list[tuple[Tensor, tuple[int, ...]]]]] = {}
     for t in for_family(cfg.family).tensors(cfg):
         has_layer, has_expert = t.stacked()
-        first, n = firsts.get(t.path[0], (0, 0))
+        stack_idx = layers.get(t.path[0], ())
         if t.path in flat:
             shape = tuple(flat[t.path].shape)
         else:
-            shape = ((n,) if has_layer else ()) + t.zeros
+            shape = ((len(stack_idx),) if has_layer else ()) + t.zeros
         stack = shape[:has_layer + has_expert]
         for idx in itertools.product(*(range(k) for k in stack)):
-            layer = first + idx[0] if has_layer else None
+            layer = stack_idx[idx[0]] if has_layer else None
             expert = idx[-1] if has_expert else None
-            plan.append((t.hf.format(i=layer, e=expert), hf_shape(t.layout, shape[len(stack):]), t, idx))
+            name = t.hf.format(i=layer, e=expert)
+            hshape = hf_shape(t.layout, shape[len(stack):])
+            if t.piece is not None:
+                hshape = t.piece.whole(hshape)
+            plan.setdefault(name, (hshape, []))[1].append((t, idx))
 
+    unmapped = sorted(".".join(p) for p in set(flat) - {t.path for _, parts in plan.values() for t, _ in parts})
+    if unmapped:
+        raise ConfigError(f"TransformerConfig: parameters {unmapped} have no place in a {cfg.family} checkpoint "
+                          "(a switch the family's format lacks)")
     shards: list[list] = [[]]
     size = 0
     itemsize = NP_DTYPES[dtype].itemsize
-    for entry in plan:
-        nbytes = math.prod(entry[1]) * itemsize
+    for name, (hshape, _) in plan.items():
+        nbytes = math.prod(hshape) * itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
-        shards[-1].append(entry)
+        shards[-1].append(name)
         size += nbytes
 
     writer = jax.process_index() == 0
     cache: dict[tuple, np.ndarray] = {}
 
-    def produce(entry) -> np.ndarray:
-        _, _, t, idx = entry
-        if t.path not in flat:
-            return np.zeros(entry[1], NP_DTYPES[dtype])
+    def one(t: Tensor, idx: tuple[int, ...]) -> np.ndarray:
         if t.path not in cache:
-            cache.clear()  # one parameter on the host at a time
+            if not any(p in cache for p in pieces):
+                cache.clear()  # one parameter (or the pieces of one checkpoint tensor) on the host at a time
             cache[t.path] = _host(flat[t.path])
         a = cache[t.path][idx]
-        return to_hf(a, t.layout, a.shape).astype(NP_DTYPES[dtype])
+        return to_hf(a, t.layout, a.shape)
+
+    pieces: set = set()
+
+    def produce(name: str) -> np.ndarray:
+        hshape, parts = plan[name]
+        t = parts[0][0]
+        if t.path not in flat:
+            return np.zeros(hshape, NP_DTYPES[dtype])
+        if t.piece is None:
+            return one(*parts[0]).astype(NP_DTYPES[dtype])
+        pieces.clear()
+        pieces.update(p.path for p, _ in parts)
+        ordered = sorted(parts, key=lambda e: e[0].piece.index)
+        a = t.piece.join([one(*e) for e in ordered])
+        pieces.clear()
+        return a.astype(NP_DTYPES[dtype])
 
     out.mkdir(parents=True, exist_ok=True)
     n_files = len(shards)
     weight_map, total = {}, 0
-    for k, entries in enumerate(shards):
+    for k, names in enumerate(shards):
         fname = "model.safetensors" if n_files == 1 else f"model-{k + 1:05d}-of-{n_files:05d}.safetensors"
-        by_name = {e[0]: e for e in entries}
-        specs = [(e[0], st_dtype, e[1]) for e in entries]
+        specs = [(name, st_dtype, plan[name][0]) for name in names]
         if writer:
-            total += write_file(out / fname, specs, lambda name, by_name=by_name: produce(by_name[name]))
+            total += write_file(out / fname, specs, produce)
         else:
-            for e in entries:
-                produce(e)  # take part in the gathers
-        weight_map.update({e[0]: fname for e in entries})
+            for name in names:
+                produce(name)  # take part in the gathers
+        weight_map.update({name: fname for name in names})
     if not writer:
         return out
     if n_files > 1:

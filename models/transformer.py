@@ -84,14 +84,15 @@ class KVCache:
 
 
 class Block(nnx.Module):
-    """One pre-norm decoder layer: attention (GQA, or MLA when ``cfg.mla``), then a dense or MoE MLP, with
-    Gemma's extra output norms when ``cfg.sandwich_norm``."""
+    """One decoder layer: attention (GQA, or MLA when ``cfg.mla``), then a dense or MoE MLP, each after an
+    RMSNorm (unless ``cfg.pre_norm`` is off: OLMo-2) and, with ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a
+    norm on its output."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
-        self.attn_norm = norm()
+        self.attn_norm = norm() if cfg.pre_norm else None
         if cfg.mla is not None:
             self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
                             rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale)
@@ -100,29 +101,33 @@ class Block(nnx.Module):
                                   rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qkv_bias=cfg.qkv_bias,
                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
-                                  softcap=cfg.attn_softcap)
+                                  softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
+                                  out_bias=cfg.out_bias, rope_dim=cfg.rope_dim)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
-        self.mlp_norm = norm()
+        self.mlp_norm = norm() if cfg.pre_norm else None
+        glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
         if moe:
             self.mlp = MoE(cfg.d_model, cfg.moe, rngs=rngs, activation=cfg.activation, param_dtype=pd, dtype=dt,
-                           out_scale=out_scale)
+                           out_scale=out_scale, glu_args=glu_args)
         else:
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
-                           activation=cfg.activation)
+                           activation=cfg.activation, glu_args=glu_args)
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
                  routes=None, prefix=None):
         """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP."""
-        h, cache = self.attn(self.attn_norm(x), positions, mask, cache, layer, index, rope, prefix)
+        pre = self.attn_norm(x) if self.attn_norm is not None else x
+        h, cache = self.attn(pre, positions, mask, cache, layer, index, rope, prefix)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = constrain(x + h, ("batch", "seq", "act_embed"))
         stats = None
+        pre = self.mlp_norm(x) if self.mlp_norm is not None else x
         if isinstance(self.mlp, MoE):
-            h, stats = self.mlp(self.mlp_norm(x), valid, routes)
+            h, stats = self.mlp(pre, valid, routes)
         else:
-            h = self.mlp(self.mlp_norm(x))
+            h = self.mlp(pre)
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
         x = x + h
@@ -136,17 +141,50 @@ _REMAT = {
 }
 
 
-def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
-    """Stacks of identical layers, each scanned: (attribute, first layer, count, is_moe).
+def _moe_flags(cfg: TransformerConfig) -> tuple[bool, ...]:
+    if cfg.moe is None:
+        return (False,) * cfg.n_layers
+    flags = tuple(cfg.moe.is_moe(i) for i in range(cfg.n_layers))
+    bad = [i for i in cfg.moe.dense_layers if not 0 <= i < cfg.n_layers]
+    if cfg.moe.first_dense >= cfg.n_layers or bad:
+        raise ValueError(f"moe: dense layers {bad or [cfg.moe.first_dense]} outside the {cfg.n_layers} layers")
+    return flags
 
-    A dense model is one stack, ``layers``. DeepSeek's dense-then-MoE schedule is two: ``dense_layers`` (the
-    first ``moe.first_dense``) then ``layers`` (the MoE ones)."""
-    if cfg.moe is None or cfg.moe.first_dense == 0:
-        return [("layers", 0, cfg.n_layers, cfg.moe is not None)]
-    k = cfg.moe.first_dense
-    if not 0 < k < cfg.n_layers:
-        raise ValueError(f"moe.first_dense: {k} must be below n_layers ({cfg.n_layers})")
-    return [("dense_layers", 0, k, False), ("layers", k, cfg.n_layers - k, True)]
+
+def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """Each stack of identical layers and the model layers it holds, in order.
+
+    A dense model is one stack, ``layers``. A MoE model with dense layers (DeepSeek's leading
+    ``first_k_dense_replace``, Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``) has two: ``dense_layers``
+    and ``layers`` (the MoE ones); a MoE model whose layers are all dense keeps only ``dense_layers``."""
+    flags = _moe_flags(cfg)
+    if cfg.moe is None:
+        return {"layers": tuple(range(cfg.n_layers))}
+    out = {"dense_layers": tuple(i for i, m in enumerate(flags) if not m),
+           "layers": tuple(i for i, m in enumerate(flags) if m)}
+    return {k: v for k, v in out.items() if v}
+
+
+def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
+    """The stacks: (attribute, first model layer, count, is_moe). See ``stack_layers`` for the layers each
+    holds (not contiguous when dense layers sit between MoE ones)."""
+    return [(name, idx[0], len(idx), name == "layers" and cfg.moe is not None)
+            for name, idx in stack_layers(cfg).items()]
+
+
+def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
+    """Consecutive model layers from one stack, in model order: (attribute, offset in the stack, first model
+    layer, count, is_moe). One run per stack unless dense and MoE layers alternate; each run is scanned (or
+    unrolled) on its own, so an alternating schedule runs layer by layer."""
+    where = {i: (name, k) for name, idx in stack_layers(cfg).items() for k, i in enumerate(idx)}
+    out: list[list] = []
+    for i in range(cfg.n_layers):
+        name, k = where[i]
+        if out and out[-1][0] == name:
+            out[-1][3] += 1
+        else:
+            out.append([name, k, i, 1, name == "layers" and cfg.moe is not None])
+    return [tuple(r) for r in out]
 
 
 def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
@@ -238,14 +276,14 @@ class Transformer(nnx.Module):
             ctx = self._layer_context(key_valid, q_slots, k_slots, positions)
         stats = []
         off = 0
-        for name, first, n, is_moe in segments(self.cfg):
+        for name, start, first, n, is_moe in runs(self.cfg):
             seg_routes = None
             if routes is not None and is_moe:
                 seg_routes = jnp.moveaxis(routes[:, :, off:off + n], 2, 0)  # [n, B, T, k]: scanned over layers
                 off += n
             seg_prefix = None if prefix is None else (prefix.k[first:first + n], prefix.v[first:first + n])
             x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid,
-                                         seg_routes, seg_prefix)
+                                         seg_routes, seg_prefix, start)
             if st is not None:
                 stats.append(st)
         if cache is not None:
@@ -261,7 +299,7 @@ class Transformer(nnx.Module):
         flag, so the stack stays one scan."""
         cfg = self.cfg
         sliding = cfg.sliding_layers
-        dim = cfg.mla.qk_rope_dim if cfg.mla is not None else cfg.head_dim
+        dim = cfg.mla.qk_rope_dim if cfg.mla is not None else (cfg.rope_dim or cfg.head_dim)
         size = k_slots.shape[0]  # a token's position (valid tokens before it) never exceeds its slot
         rope = rope_table(positions, *rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
         local = rope
@@ -278,8 +316,11 @@ class Transformer(nnx.Module):
             ctx["rope_local"] = local
         return ctx
 
-    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None, prefix=None):
+    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None, prefix=None,
+                    start=0):
         graphdef, state = nnx.split(stack)
+        if start or n != jax.tree.leaves(state)[0].shape[0]:  # a run of part of the stack
+            state = jax.tree.map(lambda a: a[start:start + n], state)
         policy = _REMAT[self.cfg.remat]
         per_layer = "sliding" in ctx
 

@@ -50,6 +50,22 @@ FAMILY_CONFIGS = {
         mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
         moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=2.5,
                       n_group=4, topk_group=2, score_bias=True)),
+    # dense layers between MoE ones (Qwen mlp_only_layers): stacks that are not contiguous runs of layers
+    "qwen3_moe_dense": TransformerConfig(**{**BASE, "n_layers": 4}, family="qwen3_moe", qk_norm=True,
+                                         moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001,
+                                                       dense_layers=(0, 2))),
+    "qwen2_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="qwen2_moe", qkv_bias=True,
+                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001,
+                                                 dense_layers=(1,), n_shared=1, shared_ffn=24, shared_gate=True)),
+    "olmo2": TransformerConfig(**BASE, family="olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False,
+                               sandwich_norm=True),
+    "phi3": TransformerConfig(**{**BASE, "head_dim": 8}, family="phi3", sliding_window=5, rope_dim=6, rope_scaling={
+        "rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2], "long_factor": [1.0, 2.0, 3.0],
+        "original_max_position_embeddings": 16, "factor": 4.0}),
+    "gpt_oss": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="gpt_oss", qkv_bias=True, out_bias=True, attn_sinks=True,
+                                 activation="clamped_swiglu", sliding_window=4, layer_types=("sliding", "full"),
+                                 moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001,
+                                               router_bias=True, expert_bias=True)),
 }
 
 

@@ -29,6 +29,10 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0,
         "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1}
 MLA = {"q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 12}
+GPT_OSS = {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16, "intermediate_size": 32}
+QWEN_MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.05, 1.1, 1.3, 1.6, 2.0],
+            "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]}
 
 # name: (config class, overrides). Covers odd head_dim (24, 20: not hidden/heads), tied and untied embeddings,
 # llama3/linear/yarn rope scaling, sliding windows, Gemma's sliding/global schedule, DeepSeek's dense-then-MoE.
@@ -54,8 +58,32 @@ CASES = {
         num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1,
         topk_group=1, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False, rope_interleave=False,
         tie_word_embeddings=True, **{**MLA, "q_lora_rank": None})),
+    # --- families added with gpt-oss: two configs each
+    # gpt-oss: sinks, alternating windows, biased router/experts; a swiglu_limit low enough that the clamps bind
+    "gpt_oss": ("GptOssConfig", {**GPT_OSS, "sliding_window": 4, "swiglu_limit": 0.1}),  # default yarn (x32)
+    "gpt_oss_yarn": ("GptOssConfig", {
+        **GPT_OSS, "num_hidden_layers": 3, "num_key_value_heads": 1, "sliding_window": 6,
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                            "truncate": False, "original_max_position_embeddings": 64, "rope_theta": 150000.0}}),
+    "olmo2": ("Olmo2Config", {"head_dim": 24}),
+    "olmo2_tied": ("Olmo2Config", {"tie_word_embeddings": True, "num_key_value_heads": 4,
+                                   "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "phi3": ("Phi3Config", {"sliding_window": 5, "pad_token_id": 0}),
+    "phi3_longrope": ("Phi3Config", {"pad_token_id": 0, "partial_rotary_factor": 0.75,
+                                     "original_max_position_embeddings": 64, "rope_scaling": LONGROPE}),
+    "qwen2_moe": ("Qwen2MoeConfig", {**QWEN_MOE, "num_hidden_layers": 3, "mlp_only_layers": [1],
+                                     "shared_expert_intermediate_size": 40}),
+    "qwen2_moe_window": ("Qwen2MoeConfig", {**QWEN_MOE, "num_hidden_layers": 4, "decoder_sparse_step": 2,
+                                            "norm_topk_prob": True, "shared_expert_intermediate_size": 24,
+                                            "use_sliding_window": True, "sliding_window": 5,
+                                            "max_window_layers": 1}),
+    "qwen3_moe_dense": ("Qwen3MoeConfig", {**QWEN_MOE, "num_hidden_layers": 4, "mlp_only_layers": [0],
+                                           "decoder_sparse_step": 2}),
 }
 MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain")
+NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
+       "qwen3_moe_dense")
 
 torch.manual_seed(0)
 RNG = np.random.RandomState(0)
@@ -74,6 +102,8 @@ def build_reference(name: str, seed: int = 0):
         for n, p in model.named_parameters():
             if "norm" in n or "bias" in n:
                 p.add_(torch.randn_like(p) * 0.1)
+            if "sinks" in n:  # a sink of the scores' size, so ignoring it shows
+                p.add_(torch.randn_like(p))
         for n, b in model.named_buffers():
             if "e_score_correction_bias" in n:
                 b.add_(torch.randn_like(b) * 0.1)
@@ -111,7 +141,7 @@ def test_logits_match_transformers(checkpoint, name):
     assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
 
 
-@pytest.mark.parametrize("name", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "gpt_oss", "qwen2_moe", "qwen3_moe_dense"])
 def test_balance_loss_and_load_match_transformers(checkpoint, name):
     ref_model, path = checkpoint(name)
     model = load_pretrained(path)
@@ -193,7 +223,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, new)
 
 
-@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3"])  # sliding/global schedule; MLA latent cache + MoE
+@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss"])  # + sinks and windows in the decode path
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -211,3 +241,51 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                  min_new_tokens=32, do_sample=False)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, 8:].numpy())
     assert np.asarray(out.mask).all()
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_families_logits_at_several_lengths(checkpoint, name):
+    """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
+    attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original
+    length here (past it: ``test_longrope_past_original_length_matches_reference_generation``)."""
+    ref_model, path = checkpoint(name)
+    model = load_pretrained(path, dtype="float32")
+    rng = np.random.RandomState(1)
+    for t in (7, 60 if name == "phi3_longrope" else 150):
+        ids = rng.randint(0, V, (2, t)).astype(np.int32)
+        mask = np.ones((2, t), bool)
+        mask[1, :t // 3] = False
+        err = np.abs(np.asarray(model(ids, mask)) - reference_logits(ref_model, ids, mask))[mask].max()
+        assert err <= 1e-4, f"{name} at {t} tokens: max |dlogits| {err:.2e}"
+
+
+def test_longrope_past_original_length_matches_reference_generation(checkpoint):
+    """Past ``original_max_position_embeddings`` (64) long-rope positions use the long factors. The reference
+    picks one set per forward (by its largest position), so its generation, which runs the first 64 positions
+    and then the later ones, is what a position-wise choice reproduces: one forward of ours over 100 tokens
+    equals the reference's two (keys cached), and so the sampler and trainer agree however they split."""
+    ref_model, path = checkpoint("phi3_longrope")
+    ids = np.random.RandomState(2).randint(0, V, (2, 100)).astype(np.int64)
+    with torch.no_grad():
+        first = ref_model(input_ids=torch.tensor(ids[:, :64]), use_cache=True)
+        rest = ref_model(input_ids=torch.tensor(ids[:, 64:]), cache=first.past_key_values,
+                         position_ids=torch.arange(64, 100)[None].repeat(2, 1))
+    want = np.concatenate([first.logits.numpy(), rest.logits.numpy()], axis=1)
+    got = np.asarray(load_pretrained(path)(ids.astype(np.int32)))
+    assert np.abs(got - want).max() <= 1e-4
+    with torch.no_grad():  # the reference's single forward uses the long factors from position 0: not the same
+        whole = ref_model(input_ids=torch.tensor(ids)).logits.numpy()
+    assert np.abs(whole[:, :64] - want[:, :64]).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["gpt_oss", "phi3_longrope", "qwen2_moe"])
+def test_sharded_reference_checkpoint_loads(checkpoint, tmp_path, name):
+    """transformers' own sharded save (safetensors index, fused tensors whole in one file each) loads alike."""
+    import json
+
+    ref_model, _ = checkpoint(name)
+    ref_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    err = np.abs(np.asarray(load_pretrained(tmp_path)(IDS, MASK)) - reference_logits(ref_model))[MASK].max()
+    assert err <= 1e-4

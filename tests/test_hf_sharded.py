@@ -21,7 +21,7 @@ from reasoning_rl.models import load_pretrained
 assert jax.device_count() == 8, jax.devices()
 out = {}
 for name, path in json.loads(sys.argv[1]).items():
-    if "moe" in name or "deepseek" in name:
+    if "moe" in name or "deepseek" in name or "gpt_oss" in name:
         mesh = jax.make_mesh((1, 2, 2, 2), ("data", "fsdp", "expert", "tensor"), axis_types=(AxisType.Auto,) * 4)
     else:
         mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
@@ -40,8 +40,10 @@ print("RESULT" + json.dumps(out))
 
 
 def test_sharded_load_matches_unsharded(tmp_path):
+    """Also expert-parallel (expert 2, tensor 2): gpt-oss's expert biases (the down bias added once, after the
+    partial sums over ``tensor``), Qwen2-MoE's gated shared expert, dense layers between MoE ones."""
     paths = {}
-    for name in ("qwen3", "qwen3_moe", "deepseek_v3"):
+    for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -57,3 +59,6 @@ def test_sharded_load_matches_unsharded(tmp_path):
     assert moe["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"]
     assert ds["layers/mlp/down"] == [None, "expert", "tensor", "fsdp"]
     assert ds["dense_layers/attn/kv_b"] == [None, None, "tensor", None]
+    oss = res["gpt_oss"]["specs"]
+    assert oss["layers/mlp/gate_b"] == [None, "expert", "tensor"] and oss["layers/attn/sinks"] == [None, "tensor"]
+    assert res["qwen3_moe_dense"]["specs"]["dense_layers/mlp/gate"] == [None, "fsdp", "tensor"]

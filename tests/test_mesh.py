@@ -189,3 +189,17 @@ def test_plan_sizes_deepseek_v3_without_allocating():
     small = plan(C.load(str(ROOT / "configs" / "arch" / "deepseek_v3_grpo.yaml"), ["mesh.fsdp=1", "mesh.expert=1",
                                                                                   "mesh.tensor=8"]), 8, memory_gb=95)
     assert not small["fits"]
+
+
+def test_plan_sizes_gpt_oss_120b_on_64_and_128_devices():
+    """gpt-oss-120b GRPO (README's table): 117B parameters, sharded, fits 80 GB devices on both layouts."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    path = str(ROOT / "configs" / "arch" / "gpt_oss_120b_grpo.yaml")
+    p64 = plan(C.load(path), 64, memory_gb=80)
+    p128 = plan(C.load(path, ["mesh.data=2"]), 128, memory_gb=80)
+    assert 115e9 < p64["model"]["params"] < 119e9 and p64["model"]["experts"] == 128
+    for p in (p64, p128):  # sharded over fsdp x tensor x expert = 64 (data 2 replicates them)
+        assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 64
+    assert p128["per_device_bytes"]["kv_cache"] < p64["per_device_bytes"]["kv_cache"]

@@ -187,27 +187,34 @@ def test_every_param_has_known_logical_axes():
             assert all(a is None or a in DEFAULT_RULES for a in ax), ax
 
 
-def _moe_inputs(mc, n=24, d=16, seed=0):
+def _moe_inputs(mc, n=24, d=16, seed=0, biases=False):
     rng = np.random.RandomState(seed)
     x = rng.normal(size=(n, d)).astype(np.float32)
     logits = (rng.normal(size=(n, mc.n_experts)) * 2).astype(np.float32)
-    w = [(rng.normal(size=s) * 0.2).astype(np.float32)
-         for s in [(mc.n_experts, d, 8), (mc.n_experts, d, 8), (mc.n_experts, 8, d)]]
+    shapes = {"gate": (mc.n_experts, d, 8), "up": (mc.n_experts, d, 8), "down": (mc.n_experts, 8, d)}
+    if biases:
+        shapes.update(gate_b=(mc.n_experts, 8), up_b=(mc.n_experts, 8), down_b=(mc.n_experts, d))
+    w = {k: (rng.normal(size=s) * 0.2).astype(np.float32) for k, s in shapes.items()}
     return x, logits, w
 
 
-@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
-def test_ragged_experts_equal_dense_reference_with_grads(score):
+@pytest.mark.parametrize("score, glu", [("softmax", "silu"), ("sigmoid", "silu"), ("softmax", "clamped_swiglu")])
+def test_ragged_experts_equal_dense_reference_with_grads(score, glu):
+    """The grouped-matmul experts equal every-expert-on-every-token, values and gradients; with gpt-oss's
+    expert biases and clamped SwiGLU (limit low enough that the clamps bind) too."""
+    from reasoning_rl.models.layers.mlp import glu_fn
+
     mc = MoEConfig(n_experts=8, top_k=3, ffn_dim=8, score=score, n_group=2 if score == "sigmoid" else 1,
                    topk_group=1, scaling=2.0 if score == "sigmoid" else 1.0)
-    x, logits, w = _moe_inputs(mc)
+    x, logits, w = _moe_inputs(mc, biases=glu == "clamped_swiglu")
+    act = glu_fn(glu, 1.702, 0.5)
 
     @jax.jit
     def both(x, w):
         out = {}
         for name, fn in (("ragged", experts_ragged), ("dense", experts_dense)):
             def loss(x, w, fn=fn):
-                y = fn(x, route(logits, mc), *w, jax.nn.silu)
+                y = fn(x, route(logits, mc), w, act)
                 return jnp.sum(y**2), y
 
             (_, y), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)

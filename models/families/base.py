@@ -6,6 +6,10 @@ Layouts (``Tensor.layout``), per layer and per expert, ours <- checkpoint:
   flat   the checkpoint stores it flattened (attention biases [H*D] -> [H, D])
   t1/t2  a torch ``nn.Linear`` weight [out, in]: ours is ``w.T`` reshaped, with the first 1 (t1) or 2 (t2) of
          our dims forming ``in`` (q_proj [H*D, d] -> [d, H, D] is t1; o_proj [d, H*D] -> [H, D, d] is t2)
+
+A checkpoint tensor may hold several of our parameters side by side (``Tensor.piece``): Phi-3's qkv_proj
+(q, k, v rows one after the other), gate_up_proj (gate rows then up rows), gpt-oss's expert gate_up_proj
+(gate and up columns alternating). Loading cuts the piece out; saving puts the pieces back together.
 """
 
 from __future__ import annotations
@@ -24,6 +28,36 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Piece:
+    """This parameter is part ``index`` of a checkpoint tensor cut along ``axis`` (of its per-layer/per-expert
+    slice, in checkpoint layout) into parts of ``sizes``; ``interleave``: the parts alternate element by
+    element (equal sizes) instead of following each other."""
+
+    axis: int
+    index: int
+    sizes: tuple[int, ...]
+    interleave: bool = False
+
+    def cut(self, a: np.ndarray) -> np.ndarray:
+        if self.interleave:
+            sl = slice(self.index, None, len(self.sizes))
+        else:
+            lo = sum(self.sizes[:self.index])
+            sl = slice(lo, lo + self.sizes[self.index])
+        return a[(slice(None),) * self.axis + (sl,)]
+
+    def whole(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The checkpoint tensor's shape from one piece's."""
+        return shape[:self.axis] + (sum(self.sizes),) + shape[self.axis + 1:]
+
+    def join(self, parts: list[np.ndarray]) -> np.ndarray:
+        if self.interleave:
+            a = np.stack(parts, axis=self.axis + 1)
+            return a.reshape(self.whole(parts[0].shape))
+        return np.concatenate(parts, axis=self.axis)
+
+
+@dataclass(frozen=True)
 class Tensor:
     path: tuple[str, ...]  # our parameter, e.g. ("layers", "attn", "q")
     hf: str  # checkpoint name; "{i}" is the checkpoint's layer index, "{e}" the expert index
@@ -31,6 +65,7 @@ class Tensor:
     fused: str | None = None  # fused-experts name ("{i}" only): [E, parts * rows, cols] in memory layout
     part: tuple[int, int] = (0, 1)  # (which, of how many) rows of the fused tensor's expert slice
     zeros: tuple[int, ...] | None = None  # not one of our params: saved as zeros of this per-layer shape
+    piece: Piece | None = None  # one part of a checkpoint tensor holding several of our params
 
     def stacked(self) -> tuple[bool, bool]:
         """(has a leading layer dim, has an expert dim) in our parameter."""
@@ -101,6 +136,29 @@ def expert_tensors(seg: str, prefix: str, names=("gate_proj", "up_proj", "down_p
     ]
 
 
+def qwen_moe_dense_layers(hf: dict) -> tuple[int, ...]:
+    """Qwen2/3-MoE layers with a dense MLP: those in ``mlp_only_layers`` and, with ``decoder_sparse_step`` s,
+    every layer i with (i + 1) % s != 0 (the reference's rule)."""
+    n = need(hf, "num_hidden_layers")
+    step = hf.get("decoder_sparse_step") or 1
+    if not isinstance(step, int) or step < 1:
+        raise ConfigError(f"config.json: decoder_sparse_step={step!r} is not a positive integer")
+    only = hf.get("mlp_only_layers") or []
+    bad = [i for i in only if not (isinstance(i, int) and 0 <= i < n)]
+    if bad:
+        raise ConfigError(f"config.json: mlp_only_layers entries {bad} are not layers of the {n}")
+    dense = tuple(i for i in range(n) if i in only or (i + 1) % step != 0)
+    if len(dense) == n:
+        raise ConfigError("config.json: mlp_only_layers / decoder_sparse_step leave no MoE layer (a dense model)")
+    return dense
+
+
+def qwen_moe_dense_to_hf(cfg: TransformerConfig) -> dict:
+    m = cfg.moe
+    return {"decoder_sparse_step": 1,
+            "mlp_only_layers": [i for i in range(cfg.n_layers) if not m.is_moe(i)]}
+
+
 def outer_tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = [Tensor(("embed",), "model.embed_tokens.weight"), Tensor(("final_norm", "scale"), "model.norm.weight")]
     if not cfg.tie_embeddings:
@@ -149,6 +207,7 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
     theta = float((scaling or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
     if scaling is not None:
         scaling.pop("rope_theta", None)
+        scaling.pop("partial_rotary_factor", None)  # a family reads it (TransformerConfig.rope_dim)
         kind = rope_kind(scaling)
         if kind not in SUPPORTED:
             raise ConfigError(f"config.json: {field}.rope_type={kind!r} is not supported "
@@ -157,10 +216,15 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
         scaling.pop("type", None)
         if kind == "default":
             return theta, None
-        if kind in ("llama3", "yarn"):
-            scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
-        if kind == "yarn" and scaling.get("factor") is None:
+        if kind in ("llama3", "yarn", "longrope"):
+            scaling.setdefault("original_max_position_embeddings",
+                               hf.get("original_max_position_embeddings") or hf.get("max_position_embeddings"))
+        if kind in ("yarn", "longrope") and scaling.get("factor") is None:
             scaling["factor"] = hf["max_position_embeddings"] / scaling["original_max_position_embeddings"]
+        if kind == "longrope":
+            for k in ("short_factor", "long_factor"):
+                if not isinstance(scaling.get(k), (list, tuple)):
+                    raise ConfigError(f"config.json: {field}.{k} (a list) is required for rope_type 'longrope'")
         if "factor" not in scaling:
             raise ConfigError(f"config.json: {field}.factor is required for rope_type {kind!r}")
     return theta, scaling

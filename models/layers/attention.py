@@ -47,12 +47,29 @@ def attention_mask(key_valid: jax.Array, q_slots: jax.Array, k_slots: jax.Array,
     return mask & in_win
 
 
+def _softmax(scores: jax.Array, sink: jax.Array | None) -> jax.Array:
+    """Softmax over the last axis; with ``sink`` (broadcastable to ``scores[..., :1]``) a learned logit joins
+    the normaliser without a value (gpt-oss attention sinks: a head may put weight on "nothing")."""
+    if sink is None:
+        return jax.nn.softmax(scores, axis=-1)
+    sink = sink.astype(jnp.float32)
+    top = jax.lax.stop_gradient(jnp.maximum(scores.max(-1, keepdims=True), sink))
+    e = jnp.exp(scores - top)
+    return e / (e.sum(-1, keepdims=True) + jnp.exp(sink - top))
+
+
+def _sink_for(sinks: jax.Array | None, kv: int, *trail: int) -> jax.Array | None:
+    """Per-head sinks [H] as [K, G, 1...] to broadcast against grouped scores [.., K, G, ...]."""
+    return None if sinks is None else sinks.reshape(kv, -1, *(1,) * len(trail))
+
+
 Q_CHUNK = 512  # queries per block when a sequence is long (see ``dot_attention``)
 CAUSAL_BLOCK = 64  # queries per block of causal attention within a sequence (see ``causal_blocks``)
 
 
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
-                  softcap: float | None = None, heads_first: bool = False, causal: bool = False) -> jax.Array:
+                  softcap: float | None = None, heads_first: bool = False, causal: bool = False,
+                  sinks: jax.Array | None = None) -> jax.Array:
     """q [B,T,H,D], k/v [B,S,K,D] (or [B,K,S,D] with ``heads_first``), mask [B,T,S] -> [B,T,H,D]; softmax in
     float32.
 
@@ -60,13 +77,14 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
     ``jax.checkpoint``: the [B, H, T, S] scores never exist whole, forward or backward (at 8k tokens they
     would be gigabytes per layer); each query row sees exactly the same keys and ops as unblocked.
     ``causal``: the keys are the queries' own sequence (S == T, sequence layout) under a causal mask, so
-    shorter sequences run in causal blocks (see ``causal_blocks``)."""
+    shorter sequences run in causal blocks (see ``causal_blocks``). ``sinks`` [H]: per-head sink logits."""
     t = q.shape[1]
     if t >= 2 * Q_CHUNK:
-        return _blocked_attention(q, k, v, mask, scale, softcap, heads_first)
+        return _blocked_attention(q, k, v, mask, scale, softcap, heads_first, sinks)
     if causal and not heads_first and t >= 2 * CAUSAL_BLOCK:
-        return causal_blocks(lambda qb, kb, vb, mb: _dot_attention(qb, kb, vb, mb, scale, softcap), q, k, v, mask)
-    return _dot_attention(q, k, v, mask, scale, softcap, heads_first)
+        return causal_blocks(lambda qb, kb, vb, mb: _dot_attention(qb, kb, vb, mb, scale, softcap, sinks=sinks),
+                             q, k, v, mask)
+    return _dot_attention(q, k, v, mask, scale, softcap, heads_first, sinks)
 
 
 def causal_blocks(fn, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, prefix: int = 0) -> jax.Array:
@@ -86,8 +104,8 @@ def causal_blocks(fn, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return jnp.concatenate(outs, axis=1)
 
 
-def _blocked_attention(q, k, v, mask, scale, softcap, heads_first):
-    return _by_query_blocks(lambda qc, mc: _dot_attention(qc, k, v, mc, scale, softcap, heads_first), q, mask)
+def _blocked_attention(q, k, v, mask, scale, softcap, heads_first, sinks=None):
+    return _by_query_blocks(lambda qc, mc: _dot_attention(qc, k, v, mc, scale, softcap, heads_first, sinks), q, mask)
 
 
 def _by_query_blocks(fn, q: jax.Array, mask: jax.Array) -> jax.Array:
@@ -105,7 +123,7 @@ def _by_query_blocks(fn, q: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, kp: jax.Array, vp: jax.Array, mask: jax.Array,
-                     scale: float, softcap: float | None = None) -> jax.Array:
+                     scale: float, softcap: float | None = None, sinks: jax.Array | None = None) -> jax.Array:
     """Attention of continuations over a prefix shared by groups of rows plus their own keys.
 
     q [B,T,H,D] and k/v [B,T,K,D] are the continuations' own; kp/vp [N,K,P,D] (heads-first, as a cache
@@ -117,11 +135,12 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, kp: jax.Array, vp
     blocks (``causal_blocks``: the own keys are causal)."""
     t = q.shape[1]
     if t >= 2 * Q_CHUNK:
-        return _by_query_blocks(lambda qc, mc: _prefix_attention(qc, k, v, kp, vp, mc, scale, softcap), q, mask)
+        return _by_query_blocks(lambda qc, mc: _prefix_attention(qc, k, v, kp, vp, mc, scale, softcap, sinks),
+                                q, mask)
     if t >= 2 * CAUSAL_BLOCK:
-        return causal_blocks(lambda qb, kb, vb, mb: _prefix_attention(qb, kb, vb, kp, vp, mb, scale, softcap),
+        return causal_blocks(lambda qb, kb, vb, mb: _prefix_attention(qb, kb, vb, kp, vp, mb, scale, softcap, sinks),
                              q, k, v, mask, prefix=kp.shape[2])
-    return _prefix_attention(q, k, v, kp, vp, mask, scale, softcap)
+    return _prefix_attention(q, k, v, kp, vp, mask, scale, softcap, sinks)
 
 
 def _bmm(a: jax.Array, b: jax.Array, b_contract: int) -> jax.Array:
@@ -129,7 +148,7 @@ def _bmm(a: jax.Array, b: jax.Array, b_contract: int) -> jax.Array:
     return jax.lax.dot_general(a, b, (((2,), (b_contract,)), ((0,), (0,))), preferred_element_type=jnp.float32)
 
 
-def _prefix_attention(q, k, v, kp, vp, mask, scale, softcap):
+def _prefix_attention(q, k, v, kp, vp, mask, scale, softcap, sinks=None):
     b, t, h, d = q.shape
     s = k.shape[1]  # own keys (T, or all of them when the queries are a block)
     n, kh, p, _ = kp.shape
@@ -145,9 +164,15 @@ def _prefix_attention(q, k, v, kp, vp, mask, scale, softcap):
     m = mask.reshape(n, 1, r, t, 1, p + s)
     sp = jnp.where(m[..., :p], sp, NEG_INF)
     sc = jnp.where(m[..., p:], sc, NEG_INF)
-    top = jax.lax.stop_gradient(jnp.maximum(sp.max(-1, keepdims=True), sc.max(-1, keepdims=True)))
+    top = jnp.maximum(sp.max(-1, keepdims=True), sc.max(-1, keepdims=True))
+    sink = None if sinks is None else sinks.astype(jnp.float32).reshape(1, kh, 1, 1, g, 1)
+    if sink is not None:
+        top = jnp.maximum(top, sink)
+    top = jax.lax.stop_gradient(top)
     ep, ec = jnp.exp(sp - top), jnp.exp(sc - top)
     den = ep.sum(-1, keepdims=True) + ec.sum(-1, keepdims=True)
+    if sink is not None:
+        den = den + jnp.exp(sink - top)
     op = _bmm(ep.astype(v.dtype).reshape(n * kh, r * t * g, p), vp.reshape(n * kh, p, dv), 1)
     oc = _bmm(ec.astype(v.dtype).reshape(n * kh * r, t * g, s), vc.reshape(n * kh * r, s, dv), 1)
     out = (op.reshape(n, kh, r, t, g, dv) + oc.reshape(n, kh, r, t, g, dv)) / den
@@ -155,23 +180,24 @@ def _prefix_attention(q, k, v, kp, vp, mask, scale, softcap):
 
 
 def _dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
-                   softcap: float | None = None, heads_first: bool = False) -> jax.Array:
+                   softcap: float | None = None, heads_first: bool = False, sinks: jax.Array | None = None
+                   ) -> jax.Array:
     b, t, h, d = q.shape
     kv = k.shape[1 if heads_first else 2]
     if t == 1 and heads_first:
-        return _decode_attention(q, k, v, mask, scale, softcap)
+        return _decode_attention(q, k, v, mask, scale, softcap, sinks)
     qg = q.reshape(b, t, kv, h // kv, d)
     kspec = "bksd" if heads_first else "bskd"
     scores = jnp.einsum(f"btkgd,{kspec}->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = _softmax(scores, _sink_for(sinks, kv, 0, 0)).astype(v.dtype)
     out = jnp.einsum(f"bkgts,{kspec}->btkgd", probs, v)
     return out.reshape(b, t, h, v.shape[-1])
 
 
-def _decode_attention(q, k, v, mask, scale, softcap):
+def _decode_attention(q, k, v, mask, scale, softcap, sinks=None):
     """One query per row over a heads-first cache [B, K, S, D].
 
     The scores product is written with the cache as the left operand and the tiny per-row query as the right
@@ -186,7 +212,7 @@ def _decode_attention(q, k, v, mask, scale, softcap):
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, 0][:, None, None, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = _softmax(scores, _sink_for(sinks, kv, 0)).astype(v.dtype)
     out = jnp.einsum("bkgs,bksd->bkgd", probs, v)
     return out.reshape(b, 1, h, v.shape[-1])
 
@@ -265,13 +291,18 @@ class Attention(nnx.Module):
                  rope_theta: float = 10000.0, rope_scaling: dict | None = None, qkv_bias: bool = False,
                  qk_norm: bool = False, norm_eps: float = 1e-6, norm_offset: float = 0.0,
                  query_scale: float | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
-                 out_scale: float = 1.0, softcap: float | None = None):
+                 out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
+                 sinks: bool = False, out_bias: bool = False, rope_dim: int = 0):
+        """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
+        ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
+        ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all)."""
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.dtype = dtype
         self.scale = query_scale if query_scale is not None else head_dim**-0.5
         self.softcap = softcap
+        self.qk_norm_whole = qk_norm_whole
         # Kept as hashable static data (an array attribute would become NNX state).
-        self.rope = (head_dim, float(rope_theta), freeze(rope_scaling))
+        self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
         self.k = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
         self.v = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
@@ -284,10 +315,13 @@ class Attention(nnx.Module):
         else:
             self.q_bias = self.k_bias = self.v_bias = None
         if qk_norm:
-            self.q_norm = RMSNorm(head_dim, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
-            self.k_norm = RMSNorm(head_dim, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
+            qd, kd = (n_heads * head_dim, n_kv_heads * head_dim) if qk_norm_whole else (head_dim, head_dim)
+            self.q_norm = RMSNorm(qd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(kd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
         else:
             self.q_norm = self.k_norm = None
+        self.sinks = nnx.Param(jnp.zeros((n_heads,), jnp.float32), axes=("heads",)) if sinks else None
+        self.o_bias = zeros((d_model,), ("embed",), param_dtype) if out_bias else None
 
     def project_qkv(self, x: jax.Array, positions: jax.Array, rope=None):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
@@ -298,7 +332,9 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_norm_whole:
+            q, k = (n(a.reshape(*a.shape[:2], -1)).reshape(a.shape) for n, a in ((self.q_norm, q), (self.k_norm, k)))
+        elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
         q, k = apply_rope(q, table), apply_rope(k, table)
@@ -314,13 +350,17 @@ class Attention(nnx.Module):
         With ``prefix=(k, v)`` ([N,K,P,D], this layer's cache of N shared prefixes): attend over the prefix
         of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
+        sinks = None if self.sinks is None else self.sinks[...]
         if prefix is not None:
             kp, vp = (a.astype(self.dtype) for a in prefix)
-            out = prefix_attention(q, k, v, kp, vp, mask, self.scale, self.softcap)
+            out = prefix_attention(q, k, v, kp, vp, mask, self.scale, self.softcap, sinks)
         else:
             heads_first = cache is not None
             k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
             # without a cache the keys are the sequence itself, causal: causal blocks apply
-            out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first)
+            out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
+                                sinks=sinks)
         out = _proj_out(out, self.o[...].astype(self.dtype))
+        if self.o_bias is not None:
+            out = out + self.o_bias[...].astype(self.dtype)
         return out, cache

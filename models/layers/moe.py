@@ -21,7 +21,7 @@ from reasoning_rl.sharding import constrain, current
 
 from ..config import MoEConfig
 from .init import param, zeros
-from .mlp import MLP, activation_fn
+from .mlp import MLP, glu_fn
 
 
 @jax.tree_util.register_dataclass
@@ -100,25 +100,43 @@ def score_bias_update(bias: jax.Array, load: jax.Array, rate: float = 1e-3) -> j
     return bias + rate * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load).astype(bias.dtype)
 
 
-def experts_dense(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
-    """Every expert on every token, combined with the routing weights (reference; E times the FLOPs)."""
+def _bias(b: jax.Array | None, ids: jax.Array) -> jax.Array | float:
+    """Each row's expert bias (``b`` [E, F] gathered by ``ids``), or 0 for experts without biases."""
+    return 0.0 if b is None else jnp.take(b, ids, axis=0, mode="clip")
+
+
+def experts_dense(x: jax.Array, r: Routing, w: dict, glu) -> jax.Array:
+    """Every expert on every token, combined with the routing weights (reference; E times the FLOPs).
+    ``w``: gate/up [E, D, F], down [E, F, D] and, for families with expert biases, gate_b/up_b [E, F], down_b
+    [E, D]."""
     n = x.shape[0]
+    gate, up, down = w["gate"], w["up"], w["down"]
     combine = jnp.zeros((n, gate.shape[0]), jnp.float32).at[jnp.arange(n)[:, None], r.experts].add(r.weights)
-    h = act(jnp.einsum("nd,edi->nei", x, gate)) * jnp.einsum("nd,edi->nei", x, up)
-    y = jnp.einsum("nei,eid->ned", h, down)
+    zero = {"gate_b": 0.0, "up_b": 0.0, "down_b": 0.0}
+    b = {k: (w[k][None] if w.get(k) is not None else v) for k, v in zero.items()}
+    h = glu(jnp.einsum("nd,edi->nei", x, gate) + b["gate_b"], jnp.einsum("nd,edi->nei", x, up) + b["up_b"])
+    y = jnp.einsum("nei,eid->ned", h, down) + b["down_b"]
     return jnp.einsum("ned,ne->nd", y, combine.astype(y.dtype))
 
 
-def experts_ragged(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
+def _grouped_ffn(xs: jax.Array, ids: jax.Array, sizes: jax.Array, w: dict, glu, down_bias: bool = True) -> jax.Array:
+    """The expert FFN of rows ``xs`` sorted by expert (``ids`` [M] each row's expert, ``sizes`` rows per
+    expert): one ``ragged_dot`` per projection, plus each row's expert biases."""
+    g = jax.lax.ragged_dot(xs, w["gate"], sizes) + _bias(w.get("gate_b"), ids)
+    u = jax.lax.ragged_dot(xs, w["up"], sizes) + _bias(w.get("up_b"), ids)
+    y = jax.lax.ragged_dot(glu(g, u), w["down"], sizes)
+    return y + _bias(w.get("down_b"), ids) if down_bias else y
+
+
+def experts_ragged(x: jax.Array, r: Routing, w: dict, glu) -> jax.Array:
     """Dropless grouped matmul: the N*k token copies sorted by expert, one ``ragged_dot`` per projection."""
     k = r.experts.shape[1]
     flat = r.experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     token = order // k
-    sizes = jnp.bincount(flat, length=gate.shape[0]).astype(jnp.int32)
+    sizes = jnp.bincount(flat, length=w["gate"].shape[0]).astype(jnp.int32)
     xs = jnp.take(x, token, axis=0)
-    h = act(jax.lax.ragged_dot(xs, gate, sizes)) * jax.lax.ragged_dot(xs, up, sizes)
-    y = jax.lax.ragged_dot(h, down, sizes)
+    y = _grouped_ffn(xs, jnp.take(flat, order), sizes, w, glu)
     y = y * jnp.take(r.weights.reshape(-1), order).astype(y.dtype)[:, None]
     return jnp.zeros_like(x).at[token].add(y)
 
@@ -126,18 +144,18 @@ def experts_ragged(x: jax.Array, r: Routing, gate, up, down, act) -> jax.Array:
 EXPERTS = {"dense": experts_dense, "ragged": experts_ragged}
 
 
-def _local_experts(xs: jax.Array, ids: jax.Array, n_local: int, gate, up, down, act) -> jax.Array:
-    """Grouped matmul over this shard's experts; rows with id == n_local (empty slots) come out as zeros."""
+def _local_experts(xs: jax.Array, ids: jax.Array, n_local: int, w: dict, glu) -> jax.Array:
+    """Grouped matmul over this shard's experts; rows with id == n_local (empty slots) come out as zeros. The
+    down-projection bias is left out (added after the partial sums are reduced over ``tensor``)."""
     order = jnp.argsort(ids, stable=True)
     sizes = jnp.bincount(ids, length=n_local + 1)[:n_local].astype(jnp.int32)
     xo = jnp.take(xs, order, axis=0)
-    h = act(jax.lax.ragged_dot(xo, gate, sizes)) * jax.lax.ragged_dot(xo, up, sizes)
-    y = jax.lax.ragged_dot(h, down, sizes)
+    y = _grouped_ffn(xo, jnp.take(ids, order), sizes, w, glu, down_bias=False)
     y = jnp.where((jnp.take(ids, order) < n_local)[:, None], y, 0)
     return jnp.zeros_like(y).at[order].set(y)
 
 
-def experts_parallel(x: jax.Array, r: Routing, gate, up, down, act, ctx, capacity_factor: float = 0.0
+def experts_parallel(x: jax.Array, r: Routing, w: dict, glu, ctx, capacity_factor: float = 0.0
                      ) -> tuple[jax.Array, jax.Array]:
     """Expert parallelism: experts split over the mesh's ``expert`` axis, tokens sent to them with all_to_all.
 
@@ -152,18 +170,23 @@ def experts_parallel(x: jax.Array, r: Routing, gate, up, down, act, ctx, capacit
 
     mesh = ctx.mesh
     ep = mesh.shape["expert"]
+    gate = w["gate"]
     n_exp = gate.shape[0]
     if n_exp % ep:
         raise ValueError(f"mesh.expert: {ep} does not divide the {n_exp} experts")
     n_local = n_exp // ep
     tok_spec = ctx.spec(("batch", None), x.shape)
-    w_spec = ctx.spec(("experts", None, "expert_mlp"), gate.shape)
-    d_spec = ctx.spec(("experts", "expert_mlp", None), down.shape)
-    tensor_axes = w_spec[2]
+    w_axes = {"gate": ("experts", None, "expert_mlp"), "up": ("experts", None, "expert_mlp"),
+              "down": ("experts", "expert_mlp", None), "gate_b": ("experts", "expert_mlp"),
+              "up_b": ("experts", "expert_mlp"), "down_b": ("experts", None)}
+    names = [k for k in w_axes if w.get(k) is not None]
+    w_specs = [ctx.spec(w_axes[k], w[k].shape) for k in names]
+    tensor_axes = w_specs[0][2]
     tensor_axes = () if tensor_axes is None else (tensor_axes,) if isinstance(tensor_axes, str) else tensor_axes
     k = r.experts.shape[1]
 
-    def body(xl, experts, weights, g, u, dn):
+    def body(xl, experts, weights, *ws):
+        wl = dict(zip(names, ws))
         n = xl.shape[0]
         copies = n * k
         cap = copies if capacity_factor <= 0 else max(1, int(-(-capacity_factor * copies // ep)))
@@ -178,37 +201,49 @@ def experts_parallel(x: jax.Array, r: Routing, gate, up, down, act, ctx, capacit
         buf = jnp.zeros((ep, cap + 1, xl.shape[1]), xl.dtype).at[dest, slot].set(src)[:, :cap]
         ids = jnp.full((ep, cap + 1), n_local, jnp.int32).at[dest, slot].set(flat % n_local)[:, :cap]
         buf = jax.lax.all_to_all(buf, "expert", 0, 0, tiled=True)
-        ids = jax.lax.all_to_all(ids, "expert", 0, 0, tiled=True)
-        y = _local_experts(buf.reshape(ep * cap, -1), ids.reshape(-1), n_local, g, u, dn, act)
+        ids = jax.lax.all_to_all(ids, "expert", 0, 0, tiled=True).reshape(-1)
+        y = _local_experts(buf.reshape(ep * cap, -1), ids, n_local, wl, glu)
         if tensor_axes:
             y = jax.lax.psum(y, tensor_axes)
+        if "down_b" in wl:
+            y = y + jnp.where((ids < n_local)[:, None], _bias(wl["down_b"], ids), 0)
         y = jax.lax.all_to_all(y.reshape(ep, cap, -1), "expert", 0, 0, tiled=True)
         y = jnp.concatenate([y, jnp.zeros((ep, 1, y.shape[-1]), y.dtype)], axis=1)[dest, slot]  # [copies, D]
         y = y * (weights.reshape(-1) * keep).astype(y.dtype)[:, None]
         out = jnp.sum(y.reshape(n, k, -1), axis=1)
         return out, jax.lax.psum(dropped, tuple(mesh.axis_names))
 
-    fn = jax.shard_map(body, mesh=mesh, in_specs=(tok_spec, tok_spec, tok_spec, w_spec, w_spec, d_spec),
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(tok_spec, tok_spec, tok_spec, *w_specs),
                        out_specs=(tok_spec, P()), check_vma=False)
-    return fn(x, r.experts, r.weights, gate, up, down)
+    return fn(x, r.experts, r.weights, *(w[k] for k in names))
 
 
 class MoE(nnx.Module):
     def __init__(self, d_model: int, mc: MoEConfig, *, rngs: nnx.Rngs, activation: str = "silu",
-                 param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0):
+                 param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0,
+                 glu_args: tuple[float, float] = (1.702, 7.0)):
         if mc.impl not in EXPERTS:
             raise ValueError(f"moe.impl: unsupported value {mc.impl!r} (supported: {', '.join(EXPERTS)})")
         e, f = mc.n_experts, mc.ffn_dim
-        self.mc, self.dtype, self.activation = mc, dtype, activation
+        self.mc, self.dtype, self.activation, self.glu_args = mc, dtype, activation, tuple(glu_args)
         # The router stays float32 whatever the parameter dtype: its logits decide discrete choices.
         self.router = param(rngs, (d_model, e), ("embed", None), d_model, jnp.float32)
+        self.router_bias = zeros((e,), (None,), jnp.float32) if mc.router_bias else None
         self.score_bias = zeros((e,), (None,), jnp.float32) if mc.score_bias else None
         self.gate = param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
         self.up = param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
         self.down = param(rngs, (e, f, d_model), ("experts", "expert_mlp", "embed"), f, param_dtype,
                           scale=out_scale)
-        self.shared = (MLP(d_model, mc.n_shared * f, rngs=rngs, param_dtype=param_dtype, dtype=dtype,
-                           out_scale=out_scale, activation=activation) if mc.n_shared else None)
+        if mc.expert_bias:
+            self.gate_b = zeros((e, f), ("experts", "expert_mlp"), param_dtype)
+            self.up_b = zeros((e, f), ("experts", "expert_mlp"), param_dtype)
+            self.down_b = zeros((e, d_model), ("experts", None), param_dtype)
+        else:
+            self.gate_b = self.up_b = self.down_b = None
+        shared = mc.shared_ffn or mc.n_shared * f
+        self.shared = (MLP(d_model, shared, rngs=rngs, param_dtype=param_dtype, dtype=dtype, out_scale=out_scale,
+                           activation=activation, glu_args=glu_args) if shared else None)
+        self.shared_gate = param(rngs, (d_model, 1), ("embed", None), d_model, param_dtype) if mc.shared_gate else None
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None, routes: jax.Array | None = None
                  ) -> tuple[jax.Array, dict]:
@@ -220,6 +255,8 @@ class MoE(nnx.Module):
         k = self.mc.top_k
         flat = x.reshape(b * t, d)
         logits = flat.astype(jnp.float32) @ self.router[...]
+        if self.router_bias is not None:
+            logits = logits + self.router_bias[...]
         bias = None if self.score_bias is None else jax.lax.stop_gradient(self.score_bias[...])
         r = route(logits, self.mc, bias, valid)
         stats = {"load": r.load, "prob": r.prob, "experts": r.experts.reshape(b, t, k)}
@@ -231,14 +268,18 @@ class MoE(nnx.Module):
             stats["route_count"] = jnp.sum(w).astype(jnp.float32)
             r = route(logits, self.mc, bias, valid, forced=forced)
         dt = self.dtype
-        ws = (self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
+        ws = {n: getattr(self, n)[...].astype(dt) for n in ("gate", "up", "down", "gate_b", "up_b", "down_b")
+              if getattr(self, n) is not None}
+        glu = glu_fn(self.activation, *self.glu_args)
         ctx = current()
         if ctx is not None and ctx.mesh.shape.get("expert", 1) > 1:
-            y, stats["dropped"] = experts_parallel(flat, r, *ws, activation_fn(self.activation), ctx,
-                                                   self.mc.capacity_factor)
+            y, stats["dropped"] = experts_parallel(flat, r, ws, glu, ctx, self.mc.capacity_factor)
         else:
-            y = EXPERTS[self.mc.impl](flat, r, *ws, activation_fn(self.activation))
+            y = EXPERTS[self.mc.impl](flat, r, ws, glu)
         y = constrain(y.reshape(b, t, d), ("batch", "seq", "act_embed"))
         if self.shared is not None:
-            y = y + self.shared(x)
+            s = self.shared(x)
+            if self.shared_gate is not None:
+                s = s * jax.nn.sigmoid(x @ self.shared_gate[...].astype(dt))
+            y = y + s
         return y, stats

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SUPPORTED = ("default", "linear", "llama3", "yarn")
+SUPPORTED = ("default", "linear", "llama3", "yarn", "longrope")
 
 
 def rope_kind(scaling: dict | None) -> str:
@@ -22,12 +22,24 @@ def rope_kind(scaling: dict | None) -> str:
     return scaling.get("rope_type", scaling.get("type", "default"))
 
 
+class LongRope(tuple):
+    """longrope's inverse frequencies: (sets [2, D/2] short then long, first position of the long set)."""
+
+    def __new__(cls, sets: np.ndarray, threshold: int):
+        return super().__new__(cls, (sets, threshold))
+
+
 def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 def rope_parameters(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, float]:
-    """(inverse frequencies [head_dim/2] float32, factor applied to cos/sin)."""
+    """(inverse frequencies [head_dim/2] float32, factor applied to cos/sin).
+
+    longrope (Phi-3/Phi-4) has two sets, [2, head_dim/2]: ``short_factor`` for positions below
+    ``original_max_position_embeddings`` and ``long_factor`` from there on (``rope_table`` picks per position:
+    what the reference's generation does token by token, so cached keys never change and the sampler's
+    log-probs equal the trainer's however a sequence is split into forwards)."""
     # float32 throughout, as the reference implementation computes them (keeps logits parity tight).
     exps = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
     pos_freqs = np.float32(theta) ** exps
@@ -75,6 +87,17 @@ def rope_parameters(head_dim: int, theta: float, scaling: dict | None = None) ->
         extrap = 1 - ramp
         interp = np.float32(1.0) / (np.float32(factor) * pos_freqs)
         return (interp * (1 - extrap) + inv * extrap).astype(np.float32), float(attn)
+    if kind == "longrope":
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        factor = float(scaling.get("factor") or 1.0)
+        attn = scaling.get("attention_factor")
+        if attn is None:
+            attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(old_ctx))
+        sets = [np.float32(1.0) / (np.asarray(scaling[k], np.float32) * pos_freqs)
+                for k in ("short_factor", "long_factor")]
+        if any(a.shape != inv.shape for a in sets):
+            raise ValueError(f"rope_scaling: longrope factors need {inv.shape[0]} entries (rotary dims / 2)")
+        return LongRope(np.stack(sets).astype(np.float32), int(old_ctx)), float(attn)
     raise ValueError(f"rope_scaling.rope_type: unsupported value {kind!r} (supported: {', '.join(SUPPORTED)})")
 
 
@@ -102,7 +125,12 @@ def rope_table(positions: jax.Array, inv_freq, attn_scale: float = 1.0, size: in
     (the gather it fuses instead is cheap). A decode step (one position a row, a long cache) computes its
     few positions directly rather than a table over the whole cache."""
     if size is None or size >= positions.size:
-        freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
+        if isinstance(inv_freq, LongRope):
+            sets, threshold = inv_freq
+            inv = jnp.where((positions >= threshold)[..., None], jnp.asarray(sets[1]), jnp.asarray(sets[0]))
+        else:
+            inv = jnp.asarray(inv_freq)
+        freqs = positions[..., None].astype(jnp.float32) * inv  # [B, T, D/2]
         return (jnp.cos(freqs) * attn_scale)[:, :, None, :], (jnp.sin(freqs) * attn_scale)[:, :, None, :]
     cos, sin = rope_table(jnp.arange(size)[None], inv_freq, attn_scale)
     return cos[0, positions], sin[0, positions]
@@ -110,8 +138,12 @@ def rope_table(positions: jax.Array, inv_freq, attn_scale: float = 1.0, size: in
 
 def apply_rope(x: jax.Array, table: tuple[jax.Array, jax.Array], *, interleave: bool = False) -> jax.Array:
     """x: [B, T, H, D] rotated by ``table`` (``rope_table``). Interleaved input comes out in rotate-half order
-    (as the reference does), which is harmless because q and k are permuted alike."""
+    (as the reference does), which is harmless because q and k are permuted alike. A table for fewer dims than
+    ``x`` has (partial rotary, Phi-4-mini) rotates the leading dims and passes the rest through."""
     cos, sin = table
+    rot = 2 * cos.shape[-1]
+    if rot < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :rot], table, interleave=interleave), x[..., rot:]], axis=-1)
     xf = x.astype(jnp.float32)
     if interleave:
         x1, x2 = xf[..., 0::2], xf[..., 1::2]

@@ -171,6 +171,10 @@ def run_export(args) -> Path:
         stage = config_lib.stage(cfg, stage_name)
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    try:  # the run's CPU device split (its mesh needs it), as eval does
+        dist.split_cpu(cfg.mesh.cpu_devices)
+    except dist.DistributedError as e:
+        log.warning("%s", e)
     rt = Runtime(cfg, run_dir)
     srt = Stages(rt).runtime(stage)
     params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)

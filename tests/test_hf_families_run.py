@@ -1,0 +1,131 @@
+"""GRPO runs from tiny gpt-oss and OLMo-2 checkpoints, each with its own chat template (gpt-oss's harmony
+turns, OLMo-2's <|user|>/<|assistant|> turns) and a JSONL math dataset (gsm8k rows), on 8 CPU devices: gpt-oss
+expert-parallel (mesh expert 2), OLMo-2 tensor-parallel. The trained weights export back to transformers with
+the same logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+HARMONY = ("{% for message in messages %}{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + "
+           "'<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant<|channel|>final<|message|>' }}"
+           "{% endif %}")
+OLMO2 = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+         "{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}"
+         "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% else %}{{ '<|assistant|>\\n' + message['content'] + "
+         "eos_token + '\\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}"
+         "{% endif %}{% endfor %}")
+FAMILIES = {
+    "gpt_oss": (HARMONY, ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"],
+                {"eos_token": "<|return|>", "pad_token": "<|endoftext|>"}, {"data": 4, "expert": 2}),
+    "olmo2": (OLMO2, ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"],
+              {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>"},
+              {"data": 4, "tensor": 2}),
+}
+CORPUS = ["What is 12 + 30? The answer is 42.", "<answer>42</answer> #### 42", "Think step by step about numbers.",
+          "What is 7 + 6? It is 13."] * 20
+
+
+def _tokenizer(path, template, special, names):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=special,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, **names,
+                                                            "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return tok
+
+
+def _checkpoint(path, family):
+    template, special, names, _ = FAMILIES[family]
+    tok = _tokenizer(path, template, special, names)
+    ids = {k.replace("_token", "_token_id"): tok.token_to_id(v) for k, v in names.items()}
+    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, intermediate_size=32, max_position_embeddings=256, **ids)
+    if family == "gpt_oss":
+        cfg = transformers.GptOssConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=16)
+    else:
+        cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    return path
+
+
+def _dataset(path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):
+        a, b = (int(x) for x in rng.integers(1, 50, 2))
+        rows.append({"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# A random tiny policy never answers right, so accuracy alone gives every group equal rewards and no policy
+# gradient; this plug-in reward (the share of digits in a completion) varies within groups.
+DIGITS = "def digits(completion, example, **kw):\n    return sum(c.isdigit() for c in completion) / max(len(completion), 1)\n"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_grpo_from_checkpoint_with_its_chat_template(tmp_path, family):
+    hf_dir = _checkpoint(tmp_path / family, family)
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "family_run_rewards.py").write_text(DIGITS)
+    mesh = {**FAMILIES[family][3], "cpu_devices": 8}
+    cfg = {
+        "seed": 0, "model": {"path": str(hf_dir), "max_seq_len": 256}, "tokenizer": {"kind": "hf"},
+        "task": {"name": "file", "path": str(_dataset(tmp_path / "math.jsonl")), "preset": "gsm8k",
+                 "template": "chat", "held_out_size": 8},
+        "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 16},
+        "optimizer": {"lr": 1.0e-3}, "checkpoint": {"every": 3, "keep": 1}, "mesh": mesh,
+        "eval": {"num_problems": 8, "samples": 1, "k": [1], "batch_size": 8, "greedy": False},
+        "rewards": [{"name": "accuracy", "weight": 1.0}, {"name": "family_run_rewards:digits", "weight": 1.0}],
+        "stages": [{"name": "grpo", "kind": "grpo", "steps": 3}],
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "plug"), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--run-dir",
+                        str(run)], capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r for r in rows if r.get("stage") == "grpo" and "loss" in r]
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps), rows[-3:]
+    assert any(r["reward_std"] > 0 for r in steps), steps  # a policy gradient, not only the balancing loss
+    man = json.loads((run / "checkpoints" / "grpo" / "manifest.json").read_text())
+    assert man["mesh"]["expert" if family == "gpt_oss" else "tensor"] == 2
+
+    out = tmp_path / "export"
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(run), str(out), "--stage", "grpo"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    from reasoning_rl.models import load_pretrained
+
+    ours, base = load_pretrained(out), load_pretrained(hf_dir)
+    import jax
+
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(base.params)))
+    ref = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = np.random.default_rng(0).integers(0, 250, (2, 24))
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.numpy()
+    assert np.abs(np.asarray(ours(ids, np.ones_like(ids))) - want).max() < 1e-4
