@@ -246,6 +246,17 @@ def test_plot_on_malformed_metrics(tmp_path, capsys):
     assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 0
 
 
+def test_a_torn_metrics_line_is_cut_before_the_next_record(tmp_path):
+    from reasoning_rl.metrics import MetricsWriter, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"stage": "a", "step": 1}\n{"stage": "a", "st')
+    assert read_metrics(tmp_path) == [{"stage": "a", "step": 1}]
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    w.write({"stage": "a", "step": 2})
+    w.close()
+    assert read_metrics(tmp_path) == [{"stage": "a", "step": 1}, {"stage": "a", "step": 2}]
+
+
 # --------------------------------------------------------------------------- configs and flags
 
 
