@@ -131,7 +131,7 @@ def read_only(paths: list[Path]) -> list[str]:
 
 def cli_under(prefix: list[str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 @pytest.mark.parametrize("where", ["run_dir", "parent", "checkpoints", "export_out", "eval_out"])
