@@ -85,6 +85,16 @@ def test_damaged_stored_config_is_one_line_and_changes_nothing(tmp_path, capsys,
     assert snapshot(d) == before
 
 
+def test_damaged_tokenizer_model_of_the_run(tmp_path, capsys):
+    d = started_run(tmp_path)
+    (d / "tokenizer.model").write_bytes(b"\x00\x01garbage" * 10)
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "config error:", str(d / "tokenizer.model"), "not a readable SentencePiece model")
+    assert snapshot(d) == before
+
+
 def test_run_dir_under_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")
