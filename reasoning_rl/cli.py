@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
+        import signal
+
+        signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))  # another one: no clean-up traceback
         print("interrupted (Ctrl-C) outside the training steps (start-up, compiling or evaluation); "
               "--resume continues from the last complete checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED

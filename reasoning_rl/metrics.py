@@ -34,6 +34,7 @@ class MetricsWriter:
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._f = None
+        self._healed = False  # a torn last line is cut before the first record is appended
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +74,28 @@ class MetricsWriter:
         os.replace(tmp, self.path)
         self._f = open(self.path, "a")
 
+    def _drop_torn_tail(self) -> None:
+        """A killed process's unfinished last line: cut it before appending, or the next record would be glued
+        onto it (one garbage line in the middle of the file)."""
+        self._healed = True
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+        data = self.path.read_bytes()
+        self._f.close()
+        with open(self.path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        self._f = open(self.path, "a")
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if not self._healed:
+            self._drop_torn_tail()
         rec = {k: _plain(v) for k, v in record.items()}
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()

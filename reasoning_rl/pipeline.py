@@ -23,7 +23,13 @@ import jax
 from reasoning_rl import config as config_lib
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.steps import TrainState
-from reasoning_rl.checkpoint import TMP_MARK, CheckpointUnusable, StageCheckpointer, read_manifest, write_manifest
+from reasoning_rl.checkpoint import (
+    TMP_MARK,
+    CheckpointUnusable,
+    StageCheckpointer,
+    read_manifest,
+    write_manifest,
+)
 from reasoning_rl.config import Config, ConfigError, StageConfig
 from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.paths import check_run_dir

@@ -31,8 +31,13 @@ class SentencePieceTokenizer:
     def __init__(self, model_path: str | Path):
         import sentencepiece as spm
 
+        from reasoning_rl.config import ConfigError
+
         self.path = str(model_path)
-        self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        except (OSError, RuntimeError) as e:  # a truncated or foreign file
+            raise ConfigError(f"{self.path}: not a readable SentencePiece model ({str(e).strip()[:160]})") from None
         self.vocab_size = int(self.sp.get_piece_size())
         self.pad_id = int(self.sp.pad_id())
         self.eos_id = int(self.sp.eos_id())
@@ -84,7 +89,9 @@ def train_sentencepiece(lines: Iterable[str], out_path: str | Path, vocab_size: 
 def load_tokenizer(kind: str, path: str | Path) -> Tokenizer:
     if kind == "sentencepiece":
         if not Path(path).is_file():
-            raise FileNotFoundError(f"tokenizer.path: no sentencepiece model at {path}")
+            from reasoning_rl.config import ConfigError
+
+            raise ConfigError(f"tokenizer.path: no sentencepiece model at {path}")
         return SentencePieceTokenizer(path)
     if kind == "hf":
         from reasoning_rl.models.hf_tokenizer import load_tokenizer as load_hf

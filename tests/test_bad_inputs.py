@@ -85,6 +85,16 @@ def test_damaged_stored_config_is_one_line_and_changes_nothing(tmp_path, capsys,
     assert snapshot(d) == before
 
 
+def test_damaged_tokenizer_model_of_the_run(tmp_path, capsys):
+    d = started_run(tmp_path)
+    (d / "tokenizer.model").write_bytes(b"\x00\x01garbage" * 10)
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "config error:", str(d / "tokenizer.model"), "not a readable SentencePiece model")
+    assert snapshot(d) == before
+
+
 def test_run_dir_under_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")
@@ -131,7 +141,7 @@ def read_only(paths: list[Path]) -> list[str]:
 
 def cli_under(prefix: list[str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 @pytest.mark.parametrize("where", ["run_dir", "parent", "checkpoints", "export_out", "eval_out"])
@@ -244,6 +254,17 @@ def test_plot_on_malformed_metrics(tmp_path, capsys):
     code, err = run(capsys, "plot", str(tmp_path))
     assert code == 0, err
     assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 0
+
+
+def test_a_torn_metrics_line_is_cut_before_the_next_record(tmp_path):
+    from reasoning_rl.metrics import MetricsWriter, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"stage": "a", "step": 1}\n{"stage": "a", "st')
+    assert read_metrics(tmp_path) == [{"stage": "a", "step": 1}]
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    w.write({"stage": "a", "step": 2})
+    w.close()
+    assert read_metrics(tmp_path) == [{"stage": "a", "step": 1}, {"stage": "a", "step": 2}]
 
 
 # --------------------------------------------------------------------------- configs and flags

@@ -289,3 +289,26 @@ def test_retention_keeps_the_last_complete_step_until_a_newer_one_is_complete(tm
     assert (tmp_path / "ck" / "1").is_dir()  # keep=1, yet step 1 survives: step 2's save never finalized
     got = StageCheckpointer(tmp_path / "ck", keep=1).restore(state, step=1)
     assert got is not None and got[0] == 1 and got[2]["data"] == {"next_index": 1}
+
+
+def test_math_reward_workers_ignore_ctrl_c(monkeypatch):
+    """A terminal's Ctrl-C reaches the whole process group: the math-verify workers must survive it, since the
+    trainer finishes the step in flight (and scores it) before stopping."""
+    from reasoning_rl.rewards import math as rmath
+
+    rmath.shutdown_pool()
+    monkeypatch.setenv("REASONING_RL_MATH_WORKERS", "1")
+    try:
+        pool = rmath._get_pool()
+        workers = list(pool._processes.values())
+        assert workers
+        for w in workers:  # the disposition itself (Linux): whether the signal lands between jobs is a race
+            ignored = int(Path(f"/proc/{w.pid}/status").read_text().split("SigIgn:")[1].split()[0], 16)
+            assert ignored & (1 << (signal.SIGINT - 1))
+        for w in workers:
+            os.kill(w.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert pool.submit(rmath._verify_job, "\\frac{1}{2}", "0.5").result(timeout=60) is True
+        assert all(w.is_alive() for w in workers)
+    finally:
+        rmath.shutdown_pool()

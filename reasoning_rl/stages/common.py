@@ -49,6 +49,20 @@ class StageFailed(RuntimeError):
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 
+def _exit_now(signum=None, frame=None, note: bytes = b"") -> None:
+    os.write(2, b"\ninterrupted again: exiting now" + note + b"\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def exit_on_next_ctrl_c() -> None:
+    """Once the process is stopping after a Ctrl-C, another one ends it at once (no KeyboardInterrupt
+    tracebacks from the clean-up of whatever it lands in)."""
+    try:
+        signal.signal(signal.SIGINT, _exit_now)
+    except ValueError:  # not the main thread
+        pass
+
+
 class PreemptionGuard:
     """Turns SIGTERM and Ctrl-C (SIGINT) into a stop the step loop takes between steps (never mid-step).
 
@@ -78,9 +92,8 @@ class PreemptionGuard:
         def handler(signum, frame):
             if self.requested:
                 if signum == signal.SIGINT:  # a second Ctrl-C: the user will not wait for the checkpoint
-                    os.write(2, b"\ninterrupted again: exiting now without the checkpoint of the step in flight; "
-                                b"--resume continues from the last complete checkpoint\n")
-                    os._exit(EXIT_INTERRUPTED)
+                    _exit_now(note=b" without the checkpoint of the step in flight; --resume continues from the "
+                                   b"last complete checkpoint")
                 return
             self.requested, self.signum = True, signum
             if signum == signal.SIGINT:
@@ -132,6 +145,8 @@ class PreemptionGuard:
             if old is not None:
                 signal.signal(sig, old)
         self._old = {}
+        if self.requested:  # the process is stopping: a Ctrl-C from here on ends it at once
+            exit_on_next_ctrl_c()
         # a signal after the last step's check: the loop is over and its last step saved, so stop here rather
         # than go on to evaluate (every host agrees, as in should_stop)
         if exc_type is None and (dist.agree_max(int(self.requested)) if dist.multi() else self.requested):
@@ -370,21 +385,22 @@ class StageRun:
         got = self.ckpt.restore(self.state, report=False)
         bad = self.ckpt.unusable
         found = "; ".join(f"checkpoint step {n}: {why}" for n, why in bad)
+        kept = "; damaged steps are kept as <step>.damaged" if any(n.isdigit() for n, _ in bad) else ""
         if got is None:
             if bad and getattr(self.rt, "require_checkpoint", None) == self.dir:
                 raise CheckpointUnusable(f"--resume: no usable checkpoint of stage {self.stage.name} in {self.dir} "
                                          f"({found}); nothing was changed. Rerun without --resume to start the "
                                          "stage over (the damaged steps are then moved aside)")
             if bad:
-                log.warning("stage %s: no usable checkpoint (%s): starting the stage over from its init; damaged "
-                            "steps are kept as <step>.damaged", self.stage.name, found)
+                log.warning("stage %s: no usable checkpoint (%s): starting the stage over from its init%s",
+                            self.stage.name, found, kept)
             self._set_aside(bad)
             return None
         step, state, host = got
         self.state, self.start_step, self.host = state, step, host
         if bad:
-            log.warning("stage %s: resumed from step %d, the newest usable checkpoint step (%s; damaged steps are "
-                        "kept as <step>.damaged)", self.stage.name, step, found)
+            log.warning("stage %s: resumed from step %d, the newest usable checkpoint step (%s)%s", self.stage.name,
+                        step, found, kept)
         else:
             log.info("stage %s: resumed from step %d", self.stage.name, step)
         self._set_aside(bad)
