@@ -13,11 +13,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import prompts
+from reasoning_rl.models import create
 from test_hf_io import FAMILY_CONFIGS
 from test_models_layers import random_params
 from test_sampler import trainer_logprobs
 
-from reasoning_rl.models import create
 from reasoning_rl.rollout import sampler as S
 
 
