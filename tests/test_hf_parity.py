@@ -171,7 +171,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
     np.testing.assert_array_equal(reference_logits(again), reference_logits(ref_model))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
