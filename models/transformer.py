@@ -8,7 +8,9 @@ Layers are stacked (every parameter of ``layers`` has a leading layer dimension)
 ``lax.scan``, so compile time does not grow with depth; multi-token passes of shallow stacks (at most
 ``cfg.unroll_max`` layers) run unrolled over the same stacked parameters, which is faster for a small
 compile-time cost. Layer-type schedules stay scanned: sliding/global
-attention is a scanned per-layer flag, and dense-then-MoE (DeepSeek) is two stacks, each scanned.
+attention is a scanned per-layer flag, and dense-then-MoE (DeepSeek) is two stacks, each scanned. Dense
+layers between MoE ones (Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``) keep the same two stacks and
+run as consecutive runs of each (``runs``), so an alternating schedule runs layer by layer.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, logits_chunk: 
     d = mc.d_model
     heads = _tensor(ctx, "act_heads", mc.n_heads)
     kv = _tensor(ctx, "act_kv_heads", mc.n_kv_heads)
-    ffn = mc.moe.ffn_dim * mc.moe.top_k + mc.moe.ffn_dim * mc.moe.n_shared if mc.moe else mc.ffn_dim
+    ffn = (mc.moe.ffn_dim * mc.moe.top_k + (mc.moe.shared_ffn or mc.moe.ffn_dim * mc.moe.n_shared) if mc.moe
+           else mc.ffn_dim)
     ffn = _tensor(ctx, "act_mlp", ffn)
     hd = mc.head_dim
     # one layer's intermediates: norms/residuals (~4 d), q/k/v/out, attention probabilities, gated MLP (3 ffn)

@@ -13,11 +13,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import prompts
+from reasoning_rl.models import create
 from test_hf_io import FAMILY_CONFIGS
 from test_models_layers import random_params
 from test_sampler import trainer_logprobs
 
-from reasoning_rl.models import create
 from reasoning_rl.rollout import sampler as S
 
 
@@ -27,7 +27,7 @@ def test_sampler_logprobs_equal_trainer_for_new_families(name):
     if name == "phi3":  # 20 + 12 tokens cross long-rope's original length (16): both factor sets in play
         assert cfg.rope_scaling["original_max_position_embeddings"] == 16
     mdef, _ = create(cfg, abstract=True)
-    params = jax.tree.map(lambda a: a * 1.0, random_params(mdef, 5))
+    params = random_params(mdef, 5)
     pt, pv = S.left_pad(prompts(3, lo=6, hi=20, vocab=cfg.vocab_size, seed=1), 0)
     out = jax.device_get(S.generate(mdef, params, pt, pv, max_new_tokens=12, group_size=2, stop_ids=(),
                                     temperature=1.0, rng_seed=3))

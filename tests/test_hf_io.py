@@ -85,7 +85,7 @@ def _assert_same(a: dict, b: dict):
 def test_generated_checkpoint_round_trips(tmp_path, name):
     _, params = _save_random(name, tmp_path)
     cfg = config_from_hf(tmp_path)
-    assert cfg.family == name
+    assert cfg.family == FAMILY_CONFIGS[name].family
     mine = dataclasses.replace(FAMILY_CONFIGS[name], extra=cfg.extra, max_seq_len=cfg.max_seq_len)
     if name == "qwen2":  # the Qwen2 format always has q/k/v biases
         mine = dataclasses.replace(mine, qkv_bias=True)
@@ -213,6 +213,47 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ConfigError, match=field):
         config_from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("gpt_oss", {"quantization_config": {"quant_method": "mxfp4"}}, "quantization_config.*MXFP4"),
+    ("gpt_oss", {"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types entry 'chunked_attention'"),
+    ("qwen3_moe_dense", {"mlp_only_layers": [0, 9]}, r"mlp_only_layers entries \[9\]"),
+    ("qwen3_moe_dense", {"mlp_only_layers": [0, 1, 2, 3]}, "leave no MoE layer"),
+    ("qwen2_moe", {"decoder_sparse_step": 0}, "decoder_sparse_step=0"),
+    ("phi3", {"partial_rotary_factor": 0.2}, "partial_rotary_factor gives 1 rotary dims"),
+    ("phi3", {"rope_scaling": {"rope_type": "longrope", "long_factor": [1.0]}}, "short_factor"),
+    ("olmo2", {"clip_qkv": 8.0}, "clip_qkv"),
+])
+def test_new_family_config_errors_name_the_field(tmp_path, name, edit, message):
+    _save_random(name, tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.update(edit)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match=message):
+        config_from_hf(tmp_path)
+
+
+def test_fused_pieces_across_sharded_files(tmp_path):
+    """Phi-3's qkv_proj / gate_up_proj and gpt-oss's interleaved gate_up_proj are written whole, one tensor
+    each, and read back into their parts from a sharded checkpoint."""
+    for name in ("phi3", "gpt_oss"):
+        _, params = _save_random(name, tmp_path / name, max_shard_bytes=8_000)
+        index = json.loads((tmp_path / name / "model.safetensors.index.json").read_text())
+        fused = "model.layers.1.self_attn.qkv_proj.weight" if name == "phi3" else "model.layers.1.mlp.experts.gate_up_proj"
+        assert fused in index["weight_map"] and len(set(index["weight_map"].values())) > 2
+        _assert_same(load_params(tmp_path / name, create(config_from_hf(tmp_path / name), abstract=True)[0]), params)
+    ck = Checkpoint(tmp_path / "gpt_oss")
+    gate_up = np.asarray(ck.get("model.layers.0.mlp.experts.gate_up_proj"))  # [E, d, 2F]: gate, up alternating
+    np.testing.assert_array_equal(gate_up[..., 0::2], np.asarray(params["layers"]["mlp"]["gate"][0]))
+    np.testing.assert_array_equal(gate_up[..., 1::2], np.asarray(params["layers"]["mlp"]["up"][0]))
+
+
+def test_param_without_a_place_in_the_format_is_refused(tmp_path):
+    cfg = dataclasses.replace(FAMILY_CONFIGS["llama"], attn_sinks=True)
+    mdef, _ = create(cfg, abstract=True)
+    with pytest.raises(ConfigError, match=r"layers\.attn\.sinks.*no place in a llama checkpoint"):
+        save_pretrained(mdef, random_params(mdef, 0), tmp_path)
 
 
 def test_quantized_checkpoint_is_refused(tmp_path):

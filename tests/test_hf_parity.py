@@ -171,7 +171,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
     np.testing.assert_array_equal(reference_logits(again), reference_logits(ref_model))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -243,7 +243,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
     assert np.asarray(out.mask).all()
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original
@@ -278,7 +278,7 @@ def test_longrope_past_original_length_matches_reference_generation(checkpoint):
     assert np.abs(whole[:, :64] - want[:, :64]).max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["gpt_oss", "phi3_longrope", "qwen2_moe"])
+@pytest.mark.parametrize("name", ["gpt_oss", "phi3_longrope"])
 def test_sharded_reference_checkpoint_loads(checkpoint, tmp_path, name):
     """transformers' own sharded save (safetensors index, fused tensors whole in one file each) loads alike."""
     import json

@@ -145,6 +145,13 @@ SHARED_PROMPT_MODELS = {
     # 3, 3, 3, 1 ("causal"), or as a long sequence in checkpointed query blocks of 4 ("blocked")
     "causal": {},
     "blocked": {},
+    # gpt-oss attention (per-head sinks, biases, alternating windows) with Phi-style partial long-rope whose
+    # long factors start inside the rows (position 8); and the sinks in checkpointed query blocks
+    "sinks": {"attn_sinks": True, "out_bias": True, "qkv_bias": True, "sliding_window": 3,
+              "layer_types": ("sliding", "full"), "rope_dim": 4,
+              "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 5.0],
+                               "original_max_position_embeddings": 8, "factor": 4.0}},
+    "sinks_blocked": {"attn_sinks": True},
 }
 
 
@@ -158,7 +165,7 @@ def test_shared_prompt_attention_matches_whole_rows_across_attention_kinds(kind,
     whole = jax.jit(make_grpo_grad(mdef, cfg, 1.0))(params, batch)
     if kind == "causal":
         monkeypatch.setattr(attention, "CAUSAL_BLOCK", 3)
-    if kind == "blocked":
+    if kind in ("blocked", "sinks_blocked"):
         monkeypatch.setattr(attention, "Q_CHUNK", 4)
     shared = jax.jit(make_grpo_grad(mdef, cfg, 1.0, group=4))(params, batch)
     for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(shared[0])):

@@ -140,7 +140,7 @@ def qwen_moe_dense_layers(hf: dict) -> tuple[int, ...]:
     """Qwen2/3-MoE layers with a dense MLP: those in ``mlp_only_layers`` and, with ``decoder_sparse_step`` s,
     every layer i with (i + 1) % s != 0 (the reference's rule)."""
     n = need(hf, "num_hidden_layers")
-    step = hf.get("decoder_sparse_step") or 1
+    step = 1 if hf.get("decoder_sparse_step") is None else hf["decoder_sparse_step"]
     if not isinstance(step, int) or step < 1:
         raise ConfigError(f"config.json: decoder_sparse_step={step!r} is not a positive integer")
     only = hf.get("mlp_only_layers") or []
