@@ -7,6 +7,7 @@ log-probs are the sampler's own (equal to the trainer's by construction; the ste
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
+from reasoning_rl.algorithms.losses import kl_estimate
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
@@ -35,8 +37,10 @@ def prompt_len(rt: Runtime, n: int = 256, fetch=None) -> int:
 class Rollout:
     """Samples groups, scores them, and (with dynamic sampling) refills until the batch is informative."""
 
-    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream, data: StageData):
+    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream, data: StageData,
+                 advantage: str | None = None):
         r = stage.rollout
+        self.advantage = advantage or stage.algorithm.advantage
         self.rt, self.stage, self.stream, self.data = rt, stage, stream, data
         self.g = r.group_size
         replay = stage.algorithm.routing_replay
@@ -112,11 +116,12 @@ class Rollout:
         fields = ("tokens", "mask", "logprobs", "lengths") + (("routes",) if self.sp.record_routes else ())
         outs = {f: np.concatenate([getattr(rounds[k]["out"], f)[i * self.g:(i + 1) * self.g] for k, i in groups])
                 for f in fields}
-        adv = np.asarray(compute_advantages(a.advantage, rew, self.g))
         mask = outs["mask"].copy()
         if n_real < p_needed:
             mask[n_real * self.g:] = False
+        adv = np.asarray(compute_advantages(self.advantage, rew, self.g, mask=mask))
         batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g, outs.get("routes"))
+        batch["rewards"] = rew  # host-side only (the caller pops it): token-level estimators redo the advantages
         # metrics over everything sampled in the first round (what the policy actually does)
         res = first["scored"].result
         gen_tokens = sum(int(r["out"].lengths.sum()) for r in rounds)
@@ -135,6 +140,14 @@ class Rollout:
         return batch, metrics
 
 
+def kl_in_reward(a, batch: dict) -> np.ndarray | None:
+    """-beta * KL(pi_old || ref) per completion token when the KL goes in the reward (else None)."""
+    if a.beta <= 0 or a.kl_in != "reward":
+        return None
+    kl = np.asarray(kl_estimate(batch["old_logp"], batch["ref_logp"], a.kl_estimator))
+    return np.where(batch["mask"], -a.beta * kl, 0.0).astype(np.float32)
+
+
 def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
     a, r = stage.algorithm, stage.rollout
     updates = stage.steps * a.epochs * a.mini_batches
@@ -147,7 +160,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
     rollout = Rollout(rt, stage, stream, data)
-    step_fn = rt.jit_step(make_grpo_step(rt.mdef, a, stage.optimizer, run.tx, r.temperature,
+    loss_cfg = dataclasses.replace(a, beta=0.0) if a.kl_in == "reward" else a  # the KL is in the advantages
+    step_fn = rt.jit_step(make_grpo_step(rt.mdef, loss_cfg, stage.optimizer, run.tx, r.temperature,
                                          rt.model_cfg.logits_chunk, group=r.group_size), run.state)
     ref_fn = (rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.model_cfg.logits_chunk, r.group_size))
               if a.beta > 0 else None)
@@ -160,10 +174,16 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
             t0 = timer()
             rng = jax.random.fold_in(run.state.rng, step)
             batch, rm = rollout.collect(run.state.params, rng)
+            rewards = batch.pop("rewards")
             t_up = timer()
             if ref_fn is not None:
                 b = rt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
                 batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
+            penalty = kl_in_reward(a, batch)
+            if penalty is not None:  # REINFORCE++: -beta * KL per token in the reward, then the returns
+                batch["adv"] = np.asarray(compute_advantages(a.advantage, rewards, r.group_size, batch["mask"],
+                                                             penalty))
+                rm["kl"] = float(np.sum(-penalty) / a.beta / max(int(batch["mask"].sum()), 1)) + 0.0
             ms = []
             for _ in range(a.epochs):
                 for j in range(a.mini_batches):
