@@ -234,6 +234,10 @@ def _run_stage(stages: Stages, stage: StageConfig, writer: MetricsWriter, progre
         params, info = run_sft(rt, stage, init_params, writer, progress)
     elif stage.kind == "grpo":
         params, info = run_grpo(rt, stage, init_params, writer, progress)
+    elif stage.kind == "ppo":
+        from reasoning_rl.stages.ppo import run_ppo
+
+        params, info = run_ppo(rt, stage, init_params, writer, progress)
     elif stage.kind == "rejection_sft":
         sampler_params, refs["sampler"] = (stages.resolve(stage.sampler, rt) if stage.sampler
                                            else (init_params, parent))
@@ -261,6 +265,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         adopt_tokenizer(cfg, run_dir, outside)
     dist.barrier("run_dir")
     rt = Runtime(cfg, run_dir, devices)
+    from reasoning_rl.stages.ppo import check_critics
+
+    check_critics(rt)  # a critic's model and tokenizer, before any stage computes
     stages = Stages(rt)
     writer = MetricsWriter(run_dir, enabled=dist.is_primary())
     summary_path = run_dir / "summary.json"
