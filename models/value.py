@@ -32,3 +32,46 @@ def apply_value_head(head: dict, h: jax.Array) -> jax.Array:
 def critic_axes(backbone_axes: dict) -> dict:
     """Logical axes of a critic's params (for the sharding rules)."""
     return {"backbone": backbone_axes, "head": dict(HEAD_AXES)}
+
+
+def save_value_model(cdef, critic: dict, out_dir, *, dtype: str | None = None, tokenizer_from=None):
+    """Write a critic as a Hugging Face ``<Family>ForTokenClassification`` directory with one label: the
+    backbone's tensors under their usual ``model.*`` names plus ``score.weight`` [1, D] and ``score.bias``
+    [1] (an untied ``lm_head.weight``, unused by the value model, is kept and ignored by the loader).
+    ``logits[b, i, 0]`` is the value of the state that ends at token i, i.e. V before token i + 1."""
+    import json
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from .hf_save import NP_DTYPES, save_pretrained
+    from .safetensors_io import NAMES, SafetensorsFile, write_file
+
+    out = save_pretrained((cdef, critic["backbone"]), out_dir, dtype=dtype, tokenizer_from=tokenizer_from)
+    if jax.process_index() != 0:
+        return out
+    index = out / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    n = len(files) + 1
+    weight_map = {}
+    for k, f in enumerate(files):
+        new = f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        os.replace(out / f, out / new)
+        weight_map.update({name: new for name in SafetensorsFile(out / new).names()})
+    np_dtype = NP_DTYPES[dtype or cdef.cfg.param_dtype]
+    head = {"score.weight": np.asarray(jax.device_get(critic["head"]["kernel"])).T.astype(np_dtype),
+            "score.bias": np.asarray(jax.device_get(critic["head"]["bias"])).astype(np_dtype)}
+    last = f"model-{n:05d}-of-{n:05d}.safetensors"
+    total = write_file(out / last, [(k, NAMES[np_dtype], v.shape) for k, v in head.items()], head.__getitem__)
+    weight_map.update({k: last for k in head})
+    total += sum((out / f).stat().st_size for f in set(weight_map.values()) if f != last)
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    conf = json.loads((out / "config.json").read_text())
+    conf["architectures"] = [a.replace("ForCausalLM", "ForTokenClassification") for a in conf.get("architectures", [])]
+    conf.update(num_labels=1, id2label={"0": "VALUE"}, label2id={"VALUE": 0})
+    (out / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
+    return Path(out)

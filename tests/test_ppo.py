@@ -242,3 +242,36 @@ def test_bad_ppo_config_is_one_line_and_exit_2_before_compute(tmp_path, sets, ke
     err = [ln for ln in p.stderr.splitlines() if ln.startswith("config error")]
     assert len(err) == 1 and key in err[0], p.stderr[-2000:]
     assert not (d / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run, tmp_path):
+    """``reasoning-rl export`` of a ppo stage writes the critic beside the policy; transformers loads it as
+    Qwen2ForTokenClassification and its per-token logits are our critic's values."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from reasoning_rl.algorithms.logprobs import target_values
+    from reasoning_rl.models import load_pretrained
+    from reasoning_rl.models.safetensors_io import SafetensorsFile
+
+    out = tmp_path / "export"
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(out)], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cdir = out / "critic"
+    conf = json.loads((cdir / "config.json").read_text())
+    assert conf["architectures"] == ["Qwen2ForTokenClassification"] and conf["num_labels"] == 1
+    ours = critic_params(ppo_run)
+    index = json.loads((cdir / "model.safetensors.index.json").read_text())["weight_map"]
+    score = SafetensorsFile(cdir / index["score.weight"])
+    head = {"kernel": np.asarray(score.get("score.weight")).T, "bias": np.asarray(score.get("score.bias"))}
+    assert any(np.array_equal(head["kernel"], x) for x in ours)  # the checkpoint's trained head
+    m = load_pretrained(cdir)
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(cdir, dtype=torch.float32).eval()
+    tokens = np.array([[5, 7, 9, 11, 4, 6, 8, 3]], np.int32) % conf["vocab_size"]
+    valid = np.ones_like(tokens, bool)
+    with torch.no_grad():
+        logits = hf(torch.tensor(tokens, dtype=torch.long)).logits[0, :, 0].numpy()
+    values = np.asarray(target_values(m.mdef, {"backbone": m.params, "head": head}, tokens, valid, 7))[0]
+    np.testing.assert_allclose(values, logits[:7], rtol=1e-4, atol=1e-5)  # V before token i+1 = logits at i
+    assert np.abs(logits).max() > 0

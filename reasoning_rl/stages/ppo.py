@@ -59,9 +59,9 @@ class Critic:
         self.cdef = self.crt.mdef
         d_model = self.cdef.cfg.d_model
         self.axes = critic_axes(self.cdef.param_axes())
-        abstract = {"backbone": self.cdef.abstract_params(),
-                    "head": jax.eval_shape(lambda: init_value_head(d_model, self.cdef.cfg.jnp_param_dtype))}
-        self.shardings = shd.param_shardings(rt.ctx, self.axes, abstract)
+        self.abstract = {"backbone": self.cdef.abstract_params(),
+                         "head": jax.eval_shape(lambda: init_value_head(d_model, self.cdef.cfg.jnp_param_dtype))}
+        self.shardings = shd.param_shardings(rt.ctx, self.axes, self.abstract)
 
     def init_params(self, policy_init: Any) -> dict:
         """A copy of the policy's init (or the critic model's own weights) plus a zero value head, placed."""
@@ -94,6 +94,33 @@ def _same_tokenizer(rt: Runtime, critic_path: str | None, key: str) -> None:
         if o is None or not o.is_file() or o.name != name or not filecmp.cmp(o, t, shallow=False):
             raise ConfigError(f"{key}: {t} is not the policy's tokenizer; the critic must read the policy's "
                               "token ids")
+
+
+def restore_critic(rt: Runtime, stage: StageConfig, sdir: Path, keep: int) -> tuple[Critic, dict]:
+    """The critic params of a ppo stage's final (or latest) checkpoint in ``sdir``, on ``rt``'s mesh."""
+    import orbax.checkpoint as ocp
+
+    from reasoning_rl.checkpoint import CheckpointError, StageCheckpointer, read_manifest
+
+    index = [s.name for s in rt.cfg.stages].index(stage.name)
+    critic = Critic(rt, stage, index)
+    tx = make_optimizer(stage.critic.optimizer, 1)
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          critic.abstract, critic.shardings)
+    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(tx.init, params), rt.opt_shardings(tx, params, critic.shardings))
+    man = read_manifest(sdir / "manifest.json")
+    ck = StageCheckpointer(sdir, keep)
+    try:
+        steps = ck.steps()
+        step = man["final_step"] if man and man.get("complete") else (steps[-1] if steps else None)
+        if step is None:
+            raise CheckpointError(f"{sdir}: no checkpoint to export the critic from")
+        out = ck.mgr.restore(step, args=ocp.args.Composite(
+            critic=ocp.args.StandardRestore({"params": params, "opt_state": opt})))
+    finally:
+        ck.close()
+    return critic, out["critic"]["params"]
 
 
 def check_critics(rt: Runtime) -> None:
