@@ -13,6 +13,29 @@ import jax
 import jax.numpy as jnp
 
 HEAD_AXES = {"kernel": ("embed", None), "bias": (None,)}
+VALUE_HEAD_NAMES = ("score.weight", "score.bias")  # an HF *ForTokenClassification model's head
+
+
+def is_value_model(cfg) -> bool:
+    """Whether a config read from an HF directory describes a one-label token-classification (value) model."""
+    hf = (getattr(cfg, "extra", None) or {}).get("hf_config") or {}
+    return hf.get("num_labels") == 1 and any(str(a).endswith("ForTokenClassification")
+                                             for a in hf.get("architectures") or [])
+
+
+def load_value_head(hf_dir, dtype=jnp.float32) -> dict | None:
+    """The ``score`` head of an exported value model directory (None when it has none), so a critic can
+    start from one (``critic_model: <dir>``)."""
+    import numpy as np
+
+    from .safetensors_io import Checkpoint
+
+    ckpt = Checkpoint(hf_dir)
+    if not all(n in ckpt for n in VALUE_HEAD_NAMES):
+        return None
+    w = np.asarray(ckpt.get("score.weight"), np.float32)
+    b = np.asarray(ckpt.get("score.bias"), np.float32)
+    return {"kernel": jnp.asarray(w.T, dtype), "bias": jnp.asarray(b, dtype)}
 
 
 def init_value_head(d_model: int, dtype=jnp.float32) -> dict:

@@ -253,6 +253,7 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     from reasoning_rl.algorithms.logprobs import target_values
     from reasoning_rl.models import load_pretrained
     from reasoning_rl.models.safetensors_io import SafetensorsFile
+    from reasoning_rl.models.value import load_value_head
 
     out = tmp_path / "export"
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(out)], capture_output=True,
@@ -266,7 +267,9 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     score = SafetensorsFile(cdir / index["score.weight"])
     head = {"kernel": np.asarray(score.get("score.weight")).T, "bias": np.asarray(score.get("score.bias"))}
     assert any(np.array_equal(head["kernel"], x) for x in ours)  # the checkpoint's trained head
-    m = load_pretrained(cdir)
+    m = load_pretrained(cdir)  # the backbone; the score head is known to belong to a value model
+    loaded = load_value_head(cdir)  # what a critic_model: <this dir> starts from
+    np.testing.assert_array_equal(np.asarray(loaded["kernel"]), head["kernel"])
     hf = transformers.AutoModelForTokenClassification.from_pretrained(cdir, dtype=torch.float32).eval()
     tokens = np.array([[5, 7, 9, 11, 4, 6, 8, 3]], np.int32) % conf["vocab_size"]
     valid = np.ones_like(tokens, bool)

@@ -29,7 +29,7 @@ from reasoning_rl.algorithms.steps import make_logprob_fn, make_optimizer, make_
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
-from reasoning_rl.models.value import critic_axes, init_value_head
+from reasoning_rl.models.value import critic_axes, init_value_head, load_value_head
 
 from .common import Runtime, StageRun, timer
 from .grpo import Rollout, kl_in_reward
@@ -70,7 +70,11 @@ class Critic:
         else:
             seed = self.stage.critic.seed if self.stage.critic.seed is not None else self.rt.cfg.seed + 31
             backbone = self.crt.init_params(seed)
-        head = init_value_head(self.cdef.cfg.d_model, self.cdef.cfg.jnp_param_dtype)
+        head = None
+        if self.stage.critic_model is not None and self.stage.critic_model.path:  # an exported value model
+            head = load_value_head(self.stage.critic_model.path, self.cdef.cfg.jnp_param_dtype)
+        if head is None:
+            head = init_value_head(self.cdef.cfg.d_model, self.cdef.cfg.jnp_param_dtype)
         return jax.device_put({"backbone": backbone, "head": head}, self.shardings, may_alias=False)
 
     def state(self, params: dict, tx) -> dict:
