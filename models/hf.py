@@ -25,9 +25,9 @@ from .config import TransformerConfig
 from .families import ConfigError, Tensor, for_family, for_model_type
 from .families.base import hf_shape, to_ours
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
-from .value import VALUE_HEAD_NAMES, is_value_model
 from .safetensors_io import FLOAT_DTYPES, Checkpoint
 from .transformer import ModelDef, create, positions_from_valid, segments
+from .value import VALUE_HEAD_NAMES, is_value_model
 
 
 class CheckpointError(ValueError):

@@ -60,7 +60,7 @@ def ppo_batch(critic):
 def test_zero_value_gamma_lam_one_no_kl_gives_the_reinforce_advantages():
     """A critic with a zero head (as a fresh one) values every state at exactly 0; with gamma = lam = 1 and no
     KL, PPO's advantages are then each row's reward on every token (REINFORCE), and whitened, REINFORCE++'s."""
-    mdef, params, b, value_fn = base()
+    _, params, b, value_fn = base()
     critic = {"backbone": params, "head": init_value_head(32)}
     values = np.asarray(value_fn(critic, b["tokens"], b["valid"], b["mask"]))
     assert np.all(values == 0.0)
@@ -125,7 +125,7 @@ def test_critic_warmup_trains_the_critic_only_then_both():
                     {"params": critic, "opt_state": ctx.init(critic)})
     s1, m1 = step(s0, batch)
     s2, m2 = step(s1, batch)
-    same = lambda x, y: all(np.array_equal(np.asarray(p), np.asarray(q))  # noqa: E731
+    same = lambda x, y: all(np.array_equal(np.asarray(p), np.asarray(q))
                             for p, q in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
     assert int(m1["policy_updated"]) == 0 and int(m2["policy_updated"]) == 1
     assert same(s0.params, s1.params) and same(s0.opt_state, s1.opt_state)
@@ -139,7 +139,7 @@ def test_critic_warmup_trains_the_critic_only_then_both():
 
 def run_cli(*args, config=TINY_PPO, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def strip(records):
@@ -250,14 +250,15 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     Qwen2ForTokenClassification and its per-token logits are our critic's values."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from reasoning_rl.algorithms.logprobs import target_values
     from reasoning_rl.models import load_pretrained
     from reasoning_rl.models.safetensors_io import SafetensorsFile
     from reasoning_rl.models.value import load_value_head
 
+    from reasoning_rl.algorithms.logprobs import target_values
+
     out = tmp_path / "export"
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(out)], capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     cdir = out / "critic"
     conf = json.loads((cdir / "config.json").read_text())

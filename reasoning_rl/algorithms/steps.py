@@ -232,8 +232,8 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
     batch: as ``make_grpo_grad`` with ``adv`` [B, T] (GAE), plus ``old_values`` and ``returns`` [B, T]."""
     loss = get_loss("grpo")
     beta = acfg.beta if acfg.kl_in == "loss" else 0.0  # in the reward: already in the advantages
-    kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=beta, kl_estimator=acfg.kl_estimator,
-              aggregation=acfg.aggregation)
+    kw = {"eps_low": acfg.eps_low, "eps_high": acfg.eps_high, "beta": beta, "kl_estimator": acfg.kl_estimator,
+          "aggregation": acfg.aggregation}
 
     def loss_fn(both, b):
         model = mdef.bind(both["policy"])
@@ -283,7 +283,7 @@ def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: O
         vloss = aux["vf_sum"] / jnp.maximum(aux["vf_count"], 1.0)
         ok = jnp.isfinite(loss_v) & jnp.isfinite(gn_p) & jnp.isfinite(vloss) & jnp.isfinite(gn_c)
         train_policy = ok & (state.step >= warmup_updates)
-        pick = lambda cond: lambda new, old: jnp.where(cond, new, old)  # noqa: E731
+        pick = lambda cond: lambda new, old: jnp.where(cond, new, old)
         params = jax.tree.map(pick(train_policy), new_p, state.params)
         opt_state = jax.tree.map(pick(train_policy), new_po, state.opt_state)
         critic = {"params": jax.tree.map(pick(ok), new_c, critic["params"]),
