@@ -279,3 +279,16 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     values = np.asarray(target_values(m.mdef, {"backbone": m.params, "head": head}, tokens, valid, 7))[0]
     np.testing.assert_allclose(values, logits[:7], rtol=1e-4, atol=1e-5)  # V before token i+1 = logits at i
     assert np.abs(logits).max() > 0
+
+
+@pytest.mark.slow
+def test_ppo_with_a_smaller_separate_critic_model(tmp_path):
+    """critic_model: a narrower backbone of its own (fresh, the policy's tokenizer) under the value head."""
+    d = tmp_path / "run"
+    p = run_cli("--run-dir", str(d), "--set", "stages.ppo.critic_model={d_model: 16, n_heads: 2, n_kv_heads: 1, "
+                "ffn_dim: 24}", "--set", "stages.ppo.steps=2", "--set", "checkpoint.every=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [r for r in read_metrics(d) if r["stage"] == "ppo"]
+    assert len(recs) == 2 and recs[1]["values_mean"] != 0.0 and recs[0]["critic_grad_norm"] > 0
+    shapes = sorted(x.shape for x in critic_params(d))
+    assert (16, 1) in shapes and not any(32 in s or 64 in s for s in shapes)  # its own widths, not the policy's
