@@ -26,7 +26,8 @@ from .families import ConfigError, Tensor, for_family, for_model_type
 from .families.base import hf_shape, to_ours
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
 from .safetensors_io import FLOAT_DTYPES, Checkpoint
-from .transformer import ModelDef, create, positions_from_valid, stack_layers
+from .transformer import ModelDef, create, positions_from_valid, segments, stack_layers
+from .value import VALUE_HEAD_NAMES, is_value_model
 
 
 class CheckpointError(ValueError):
@@ -153,6 +154,8 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
         if name in used or name.endswith("rotary_emb.inv_freq") or ignore(name, cfg):
             continue
         if name == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        if name in VALUE_HEAD_NAMES and is_value_model(cfg):  # a value model's head (models.value)
             continue
         if any(_matches(z, name) for z in zero_names):
             continue

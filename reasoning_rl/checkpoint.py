@@ -84,23 +84,24 @@ def _to_saveable(state: TrainState) -> dict:
             "rng": jax.random.key_data(state.rng), "skipped": state.skipped}
 
 
-def _from_saveable(tree: dict) -> TrainState:
+def _from_saveable(tree: dict, critic: Any = None) -> TrainState:
     return TrainState(tree["params"], tree["opt_state"], tree["step"], jax.random.wrap_key_data(tree["rng"]),
-                      tree["skipped"])
+                      tree["skipped"], critic)
+
+
+def _spec(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
 
 def abstract_like(state: TrainState) -> dict:
     """ShapeDtypeStructs (with shardings) of the saveable tree: restore places arrays directly there.
 
     ``state`` may hold concrete arrays or ShapeDtypeStructs (restoring without allocating a template)."""
-    def spec(x):
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return x
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-
     rng = jax.eval_shape(jax.random.key_data, state.rng)
     tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
-    out = jax.tree.map(spec, tree)
+    out = jax.tree.map(_spec, tree)
     # the key's data lands where the step counter lives (replicated on this run's mesh), never on the
     # sharding it was written with: that may name another host count
     out["rng"] = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=out["step"].sharding)
@@ -119,12 +120,16 @@ class StageCheckpointer:
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-        self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "host"))
+        # "critic": a PPO stage's critic (params and optimizer state), an item of its own so that whatever
+        # reads only the policy (a next stage's init, eval, export) restores "state" alone
+        self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "host", "critic"))
 
     def save(self, step: int, state: TrainState, host: dict[str, Any], *, force: bool = False) -> None:
+        items = {"state": ocp.args.StandardSave(_to_saveable(state)), "host": ocp.args.JsonSave(host)}
+        if state.critic is not None:
+            items["critic"] = ocp.args.StandardSave(state.critic)
         try:
-            self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
-                                                         host=ocp.args.JsonSave(host)), force=force)
+            self.mgr.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # disk full, permissions...: stop with the cause, earlier steps stay intact
             raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {e}") from e
 
@@ -152,18 +157,23 @@ class StageCheckpointer:
         candidates = [step] if step is not None else list(reversed(self.steps()))
         abstract = abstract_like(like)
         self.unusable: list[tuple[str, str]] = [(n, "an unfinished write") for n in self.unfinished()]
+        items = {"state": ocp.args.StandardRestore(abstract), "host": ocp.args.JsonRestore()}
+        if like.critic is not None:
+            items["critic"] = ocp.args.StandardRestore(jax.tree.map(_spec, like.critic))
         for s in candidates:
             t0 = time.perf_counter()
             log.info("restoring checkpoint step %s from %s", s, self.directory)
             try:
                 _quiet_late_loop_callbacks()
-                out = self.mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                   host=ocp.args.JsonRestore()))
+                out = self.mgr.restore(s, args=ocp.args.Composite(**items))
                 tree = out["state"]
                 if not _all_finite(tree["params"]):
                     raise CheckpointError("non-finite parameters")
+                critic = out["critic"] if like.critic is not None else None
+                if critic is not None and not _all_finite(critic["params"]):
+                    raise CheckpointError("non-finite critic parameters")
                 log.info("restored checkpoint step %s in %.1f s", s, time.perf_counter() - t0)
-                return s, _from_saveable(tree), dict(out["host"])
+                return s, _from_saveable(tree, critic), dict(out["host"])
             except Exception as e:
                 why = _reason(e)
                 self.unusable.append((str(s), why))

@@ -123,7 +123,8 @@ class OverlongConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     loss: Literal["grpo", "gspo"] = "grpo"
-    advantage: Literal["grpo", "drgrpo"] = "grpo"  # drgrpo: no std scaling
+    # drgrpo: no std scaling; rloo: leave-one-out baseline; reinforce++: batch-normalised token returns
+    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce++"] = "grpo"
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low: DAPO clip-higher
     beta: float = 0.0  # KL weight; 0 disables the reference model entirely
@@ -146,6 +147,26 @@ class AlgorithmConfig:
     # with tokens above tis_cap masked out (decoupled PPO); none: the behaviour log-probs as the old policy.
     off_policy: Literal["tis", "decoupled", "none"] = "tis"
     tis_cap: float = 2.0
+    # where the KL to the reference goes (beta > 0): a penalty in the loss, or -beta * KL per token added to
+    # the reward before the advantages (REINFORCE++, PPO)
+    kl_in: Literal["loss", "reward"] = "loss"
+    # PPO (stage kind ppo): GAE discount and trace decay, the clipped value loss, and the first steps that
+    # train the critic only
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.5
+    vf_clip: float = 0.2  # 0: unclipped value loss
+    whiten_advantages: bool = True  # normalise GAE advantages over the batch's tokens
+    critic_warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """A ppo stage's critic: a value head on its own copy of the policy backbone (starting from the policy's
+    init), or on the model of the stage's ``critic_model`` section, with its own optimizer."""
+
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4))
+    seed: int | None = None  # a fresh critic_model's init seed (None: the run's)
 
 
 @dataclass(frozen=True)
@@ -285,13 +306,13 @@ class DistillConfig:
     compare_grpo: bool = False  # also train the student with GRPO alone for the same optimizer steps
 
 
-STAGE_KINDS = ("sft", "grpo", "rejection_sft", "distill")
+STAGE_KINDS = ("sft", "grpo", "rejection_sft", "distill", "ppo")
 
 
 @dataclass(frozen=True)
 class StageConfig:
     name: str
-    kind: Literal["sft", "grpo", "rejection_sft", "distill"]
+    kind: Literal["sft", "grpo", "rejection_sft", "distill", "ppo"]
     steps: int
     init: str | None = None  # a previous stage's name, a stage checkpoint dir of any run, or an HF dir
     batch_size: int = 64  # SFT: sequences per step
@@ -315,6 +336,10 @@ class StageConfig:
     # an RL stage (grpo, rejection_sft) that would start from random weights is refused unless this is set
     allow_random_init: bool = False
     allow_empty: bool = False  # steps: 0 is accepted (the stage is skipped, passing its init on)
+    critic: CriticConfig | None = None  # ppo: the critic (required; ``critic: {}`` for all defaults)
+    # ppo: the critic's backbone, a model section (merged over the top-level model) or an HF directory;
+    # None: a copy of the policy
+    critic_model: ModelConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -488,6 +513,10 @@ def from_dict(raw: dict) -> Config:
                 st[sec] = _deep_merge(base, st[sec])
             elif sec not in st:
                 st[sec] = copy.deepcopy(base)
+        if isinstance(st.get("critic_model"), str):
+            st["critic_model"] = {"path": st["critic_model"]}
+        if isinstance(st.get("critic_model"), dict):
+            st["critic_model"] = _deep_merge(top_plain["model"], st["critic_model"])
         if isinstance(st.get("student_model"), dict):
             st["student_model"] = _deep_merge(top_plain["model"], st["student_model"])
         if "tasks" in st:
@@ -605,10 +634,38 @@ def _validate_kind(st: StageConfig, p: str) -> None:
         need(st.teacher is None, f"{p}.teacher", "only a distill stage has a teacher")
     if st.sampler is not None:
         need(st.kind == "rejection_sft", f"{p}.sampler", "only a rejection_sft stage samples from another stage")
+    _validate_rl(st, p)
     b = st.eval.budget
     need(all(x >= 0 for x in b.budgets), f"{p}.eval.budget.budgets", "budgets must be >= 0")
     need(b.answer_tokens >= 1, f"{p}.eval.budget.answer_tokens", "must be positive")
     need(b.samples >= 1, f"{p}.eval.budget.samples", "must be positive")
+
+
+def _validate_rl(st: StageConfig, p: str) -> None:
+    """PPO's critic and GAE settings, and which estimators take the KL in the reward."""
+    need, a = _need, st.algorithm
+    if st.kind == "ppo":
+        need(st.critic is not None, f"{p}.critic", "a ppo stage needs a critic section (critic: {} for a value "
+             "head on a copy of the policy; critic_model for another backbone)")
+        need(0.0 <= a.gamma <= 1.0, f"{p}.algorithm.gamma", f"must be in [0, 1], got {a.gamma}")
+        need(0.0 <= a.lam <= 1.0, f"{p}.algorithm.lam", f"must be in [0, 1], got {a.lam}")
+        need(a.vf_coef >= 0, f"{p}.algorithm.vf_coef", "must be >= 0")
+        need(a.vf_clip >= 0, f"{p}.algorithm.vf_clip", "must be >= 0 (0: unclipped)")
+        need(0 <= a.critic_warmup_steps <= st.steps, f"{p}.algorithm.critic_warmup_steps",
+             f"must be in [0, steps ({st.steps})]")
+        need(a.loss == "grpo", f"{p}.algorithm.loss", "ppo uses the token-level clipped loss (loss: grpo)")
+        need(not a.dynamic_sampling, f"{p}.algorithm.dynamic_sampling", "applies to grpo stages only")
+        if st.critic is not None:
+            need(st.critic.optimizer.lr >= 0, f"{p}.critic.optimizer.lr", "must be >= 0")
+    else:
+        need(st.critic is None, f"{p}.critic", "only a ppo stage has a critic")
+        need(st.critic_model is None, f"{p}.critic_model", "only a ppo stage has a critic")
+    if st.kind in ("grpo", "ppo"):
+        if a.kl_in == "reward":
+            need(st.kind == "ppo" or a.advantage == "reinforce++", f"{p}.algorithm.kl_in",
+                 "a KL penalty in the reward needs token-level advantages (advantage: reinforce++, or a ppo stage)")
+        if st.kind == "grpo" and a.advantage == "reinforce++":
+            need(a.loss == "grpo", f"{p}.algorithm.loss", "reinforce++ gives per-token advantages: use loss grpo")
 
 
 def _need(cond: bool, key: str, msg: str) -> None:
@@ -650,7 +707,7 @@ def validate(cfg: Config) -> None:
              "allow_empty: true on the stage to skip it)")
         need(st.batch_size >= 1, f"{p}.batch_size", "must be positive")
         need(st.stop_window >= 1, f"{p}.stop_window", "must be positive")
-        need(st.stop_at_loss is None or st.kind != "grpo", f"{p}.stop_at_loss", "applies to SFT stages only")
+        need(st.stop_at_loss is None or st.kind not in ("grpo", "ppo"), f"{p}.stop_at_loss", "applies to SFT stages only")
         r, a, o = st.rollout, st.algorithm, st.optimizer
         need(r.group_size >= 1, f"{p}.rollout.group_size", "must be positive")
         need(r.prompts_per_step >= 1, f"{p}.rollout.prompts_per_step", "must be positive")
@@ -673,9 +730,10 @@ def validate(cfg: Config) -> None:
                  "rollout.mode async needs at least one device for the sampler (and one for the trainer)")
         _validate_data(st, p)
         _validate_kind(st, p)
-        if st.kind == "grpo" or (st.kind == "distill" and st.distill.compare_grpo):
+        if st.kind in ("grpo", "ppo") or (st.kind == "distill" and st.distill.compare_grpo):
             batch = r.prompts_per_step * r.group_size
-            need(r.group_size >= 2, f"{p}.rollout.group_size", "GRPO needs at least 2 samples per prompt")
+            need(r.group_size >= 2 or st.kind == "ppo", f"{p}.rollout.group_size",
+                 "GRPO needs at least 2 samples per prompt")
             need(a.mini_batches >= 1 and batch % a.mini_batches == 0, f"{p}.algorithm.mini_batches",
                  f"rollout batch of {batch} (prompts_per_step x group_size) is not divisible by {a.mini_batches}")
             mb = batch // max(a.mini_batches, 1)

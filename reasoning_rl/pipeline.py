@@ -345,6 +345,10 @@ def _run_stage(stages: Stages, stage: StageConfig, writer: MetricsWriter, progre
         params, info = run_sft(rt, stage, init_params, writer, progress)
     elif stage.kind == "grpo":
         params, info = run_grpo(rt, stage, init_params, writer, progress)
+    elif stage.kind == "ppo":
+        from reasoning_rl.stages.ppo import run_ppo
+
+        params, info = run_ppo(rt, stage, init_params, writer, progress)
     elif stage.kind == "rejection_sft":
         sampler_params, refs["sampler"] = (stages.resolve(stage.sampler, rt) if stage.sampler
                                            else (init_params, parent))
@@ -413,6 +417,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    from reasoning_rl.stages.ppo import check_critics
+
+    check_critics(rt)  # a critic's model and tokenizer, before any stage computes
     stages = Stages(rt)
     if dist.is_primary():
         models = {"policy": rt.mdef, **{f"{s.name} student": stages.runtime(s).mdef

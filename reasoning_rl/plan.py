@@ -113,6 +113,26 @@ def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, logits_chunk: 
     return saved + logits
 
 
+def _critic_bytes(ctx, st: StageConfig, policy_dev: int, vocab: int) -> int:
+    """A ppo stage's critic: params, gradients and Adam moments of its backbone (the policy's, or its
+    ``critic_model`` section's; the value head is negligible)."""
+    m = st.critic_model
+    if m is None:
+        dev = policy_dev
+    elif m.path:
+        from reasoning_rl.models.hf import config_from_hf
+
+        cdef, _ = create(config_from_hf(m.path), abstract=True)
+        dev = _tree_bytes(ctx, cdef.param_axes(), cdef.abstract_params())[0]
+    else:
+        from reasoning_rl.stages.common import model_config_from
+
+        cdef, _ = create(model_config_from(m, m.vocab_size or vocab), abstract=True)
+        dev = _tree_bytes(ctx, cdef.param_axes(), cdef.abstract_params())[0]
+    moments = 0 if st.critic.optimizer.name == "sgd" else 2
+    return (2 + moments) * dev
+
+
 def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
          memory_gb: float | None = None) -> dict[str, Any]:
     """Per-device bytes of each part for the config's heaviest stage of each kind."""
@@ -123,7 +143,7 @@ def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
     mdef, _ = create(mc, abstract=True)
     axes, shapes = mdef.param_axes(), mdef.abstract_params()
     p_dev, p_all = _tree_bytes(ctx, axes, shapes)
-    grpo = [s for s in cfg.stages if s.kind == "grpo"]
+    grpo = [s for s in cfg.stages if s.kind in ("grpo", "ppo")]
     sft = [s for s in cfg.stages if s.kind in ("sft", "rejection_sft")]
 
     def opt_bytes(st: StageConfig) -> int:
@@ -133,6 +153,9 @@ def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
     parts["gradients"] = p_dev
     if any(s.algorithm.beta > 0 for s in grpo):
         parts["reference"] = p_dev
+    critics = [_critic_bytes(ctx, s, p_dev, mc.vocab_size) for s in grpo if s.kind == "ppo"]
+    if critics:
+        parts["critic"] = max(critics)
     kv = 0
     act = 0
     kk, kd, vk, vd = mc.kv_shape

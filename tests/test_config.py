@@ -96,3 +96,38 @@ def test_cpu_device_split_after_jax_started_names_the_key():
     dist.split_cpu(0)
     with pytest.raises(dist.DistributedError, match="mesh.cpu_devices"):
         dist.split_cpu(have + 1)
+
+
+PPO = "configs/quickstart_ppo.yaml"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("stages.ppo.critic=null", "stages[1].critic: a ppo stage needs a critic section"),
+    ("algorithm.gamma=1.2", "stages[1].algorithm.gamma: must be in [0, 1]"),
+    ("algorithm.lam=-0.5", "stages[1].algorithm.lam: must be in [0, 1]"),
+    ("stages.ppo.algorithm.critic_warmup_steps=1000", "stages[1].algorithm.critic_warmup_steps"),
+    ("stages.sft.critic={}", "stages[0].critic: only a ppo stage has a critic"),
+    ("stages.ppo.algorithm.loss=gspo", "stages[1].algorithm.loss"),
+])
+def test_bad_ppo_values_name_the_key(override, needle):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(PPO, [override])
+    assert needle in str(e.value)
+
+
+def test_ppo_accepts_group_size_one_and_critic_model_dir_string():
+    cfg = C.load(PPO, ["rollout.group_size=1", "stages.ppo.critic_model=/some/hf/dir"])
+    st = C.stage(cfg, "ppo")
+    assert st.rollout.group_size == 1 and st.critic_model.path == "/some/hf/dir"
+    with pytest.raises(C.ConfigError, match="GRPO needs at least 2"):
+        C.load("configs/quickstart.yaml", ["rollout.group_size=1"])
+
+
+def test_kl_in_reward_needs_token_level_advantages():
+    with pytest.raises(C.ConfigError, match="stages\\[1\\].algorithm.kl_in"):
+        C.load("configs/quickstart.yaml", ["algorithm.kl_in=reward", "algorithm.beta=0.1"])
+    cfg = C.load("configs/quickstart.yaml", ["algorithm.kl_in=reward", "algorithm.beta=0.1",
+                                             "algorithm.advantage=reinforce++"])
+    assert C.stage(cfg, "grpo").algorithm.advantage == "reinforce++"
+    with pytest.raises(C.ConfigError, match="reinforce\\+\\+ gives per-token"):
+        C.load("configs/quickstart.yaml", ["algorithm.advantage=reinforce++", "algorithm.loss=gspo"])

@@ -110,3 +110,110 @@ def test_loss_sums_add_across_splits():
                               kl_estimator="k3", aggregation=mode) for s in (slice(0, 3), slice(3, 6))]
         assert float(whole[0]) == pytest.approx(sum(float(h[0]) for h in halves), rel=1e-5)
         assert float(whole[1]) == pytest.approx(sum(float(h[1]) for h in halves))
+
+
+def test_rloo_matches_hand_computed_leave_one_out():
+    r = np.array([1.0, 0.0, 0.5, 1.1, 0.0, 0.0, 0.0, 0.0], np.float32)
+    # row 0: 1 - (0 + 0.5 + 1.1) / 3 = 0.4666..; row 1: 0 - 2.6/3; row 2: 0.5 - 2.1/3; row 3: 1.1 - 1.5/3
+    expect = [1 - 1.6 / 3, -2.6 / 3, 0.5 - 2.1 / 3, 1.1 - 1.5 / 3, 0, 0, 0, 0]
+    np.testing.assert_allclose(A.compute_advantages("rloo", r, 4), expect, rtol=1e-6, atol=1e-7)
+    # RLOO is Dr.GRPO scaled by G / (G - 1)
+    np.testing.assert_allclose(A.compute_advantages("rloo", r, 4),
+                               np.asarray(A.compute_advantages("drgrpo", r, 4)) * 4 / 3, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        A.compute_advantages("rloo", r, 1)
+
+
+def test_reinforce_pp_matches_hand_computed_returns():
+    """Rows of 3, 1 and 2 tokens; the outcome lands on each row's last token, the KL penalty on every token,
+    returns are suffix sums, then one mean / std over the 6 valid tokens."""
+    rewards = np.array([1.0, 0.0, 0.5], np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0]], bool)
+    pen = np.array([[-0.1, -0.2, -0.3], [-0.4, 9.0, 9.0], [-0.5, -0.6, 9.0]], np.float32)  # 9: masked out
+    returns = np.array([[1 - 0.6, 1 - 0.5, 1 - 0.3], [-0.4, 0, 0], [0.5 - 1.1, 0.5 - 0.6, 0]])
+    vals = returns[mask]
+    expect = np.where(mask, (returns - vals.mean()) / vals.std(), 0.0)
+    got = A.compute_advantages("reinforce++", rewards, 1, mask=mask, token_rewards=pen)
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+    # no KL: the batch-normalised outcome, the same on every token of a row (weighted by token counts)
+    got0 = np.asarray(A.compute_advantages("reinforce++", rewards, 1, mask=mask))
+    tok = np.repeat(rewards, mask.sum(1))
+    np.testing.assert_allclose(got0[mask], np.repeat((rewards - tok.mean()) / tok.std(), mask.sum(1)), rtol=1e-5)
+    np.testing.assert_allclose(A.compute_advantages("reinforce++", rewards, 1),
+                               (rewards - rewards.mean()) / rewards.std(), rtol=1e-5)
+
+
+def np_gae(r, v, mask, gamma, lam):
+    """GAE written out row by row, over each row's own length."""
+    adv = np.zeros_like(r, dtype=np.float64)
+    for i in range(r.shape[0]):
+        n = int(mask[i].sum())
+        last = 0.0
+        for t in reversed(range(n)):
+            v_next = v[i, t + 1] if t + 1 < n else 0.0
+            delta = r[i, t] + gamma * v_next - v[i, t]
+            last = delta + gamma * lam * last
+            adv[i, t] = last
+    return adv, np.where(mask, adv + v, 0.0)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.95), (1.0, 0.0), (0.0, 0.5)])
+def test_gae_matches_hand_reference_on_ragged_rows(gamma, lam):
+    """Rows end at different lengths (a stop token mid-batch, an empty row, a full row); values and rewards
+    past a row's end are garbage and must not leak in."""
+    rng_ = np.random.default_rng(3)
+    lens = [5, 2, 0, 3, 1]
+    mask = np.arange(5)[None, :] < np.array(lens)[:, None]
+    outcome = rng_.normal(size=5).astype(np.float32)
+    pen = rng_.normal(0, 0.1, (5, 5)).astype(np.float32)
+    r = np.asarray(A.token_rewards_with_outcome(outcome, mask, pen))
+    v = rng_.normal(size=(5, 5)).astype(np.float32)
+    v_garbage = np.where(mask, v, 100.0).astype(np.float32)
+    adv, ret = A.gae(r, v_garbage, mask, gamma, lam)
+    e_adv, e_ret = np_gae(np.where(mask, r, 0.0), np.where(mask, v, 0.0), mask, gamma, lam)
+    np.testing.assert_allclose(adv, e_adv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ret, e_ret, rtol=1e-5, atol=1e-6)
+    assert r[0, 4] == pytest.approx(outcome[0] + pen[0, 4]) and r[1, 1] == pytest.approx(outcome[1] + pen[1, 1])
+    assert np.all(np.asarray(adv)[~mask] == 0)
+
+
+def test_gae_with_gamma_lam_one_and_zero_value_is_reinforce():
+    """gamma = lam = 1, V = 0, no KL: every token's advantage is its row's outcome reward (REINFORCE); whitened,
+    it is exactly REINFORCE++'s batch-normalised advantage."""
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
+    rewards = np.array([1.0, -0.5, 0.25], np.float32)
+    adv, ret = A.gae(A.token_rewards_with_outcome(rewards, mask), np.zeros((3, 4), np.float32), mask, 1.0, 1.0)
+    np.testing.assert_array_equal(np.asarray(adv), np.where(mask, rewards[:, None], 0.0))
+    np.testing.assert_array_equal(np.asarray(ret), np.asarray(adv))
+    np.testing.assert_allclose(A.masked_whiten(adv, mask), A.compute_advantages("reinforce++", rewards, 1, mask=mask),
+                               rtol=1e-6)
+
+
+def test_clipped_value_loss_matches_hand_computation():
+    v = np.array([[1.0, 0.0, 2.0]], np.float32)
+    old = np.array([[0.5, 0.0, 0.0]], np.float32)
+    ret = np.array([[0.0, 1.0, 2.0]], np.float32)
+    mask = np.array([[1, 1, 1]], bool)
+    # token 0: moved 0.5 > clip 0.2 -> clipped value 0.7, (0.7-0)^2 = 0.49 < (1-0)^2 = 1: unclipped wins (max)
+    # token 1: unchanged: 0.5 * 1
+    # token 2: moved 2 -> clipped 0.2, (0.2-2)^2 = 3.24 > 0: clipped wins (pessimistic)
+    s, c, m = L.value_loss(v, old, ret, mask, vf_clip=0.2)
+    assert float(s) == pytest.approx(0.5 * (1.0 + 1.0 + 3.24)) and float(c) == 3
+    assert float(m["vf_clip_frac"][0]) == 1.0
+    s0, _, m0 = L.value_loss(v, old, ret, mask, vf_clip=0.0)
+    assert float(s0) == pytest.approx(0.5 * (1.0 + 1.0 + 0.0)) and float(m0["vf_clip_frac"][0]) == 0.0
+    s_m, c_m, _ = L.value_loss(v, old, ret, np.array([[1, 1, 0]], bool), vf_clip=0.2)
+    assert float(s_m) == pytest.approx(1.0) and float(c_m) == 2
+
+
+def test_token_level_advantages_in_the_clipped_loss():
+    """A [B, T] advantage weights each token by its own advantage; a constant row equals the [B] form."""
+    x1 = L.LossInputs(LOGP, OLD, None, ADV, MASK)
+    x2 = L.LossInputs(LOGP, OLD, None, np.repeat(ADV[:, None], T, 1), MASK)
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=0, kl_estimator="k3", aggregation="token-mean")
+    assert float(L.grpo_loss(x1, **kw)[0]) == pytest.approx(float(L.grpo_loss(x2, **kw)[0]), rel=1e-6)
+    adv_t = rng.normal(size=(B, T)).astype(np.float32)
+    s, c, _ = L.grpo_loss(L.LossInputs(LOGP, OLD, None, adv_t, MASK), **kw)
+    r = np.exp(LOGP - OLD)
+    tok = -np.minimum(r * adv_t, np.clip(r, 0.8, 1.28) * adv_t)
+    np.testing.assert_allclose(float(s) / float(c), (tok * MASK).sum() / MASK.sum(), rtol=1e-5)

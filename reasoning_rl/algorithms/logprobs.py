@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reasoning_rl.models import KVCache, Transformer, positions_from_valid
+from reasoning_rl.models import KVCache, ModelDef, Transformer, positions_from_valid
+from reasoning_rl.models.value import apply_value_head
 from reasoning_rl.rollout.sampling import entropy, token_logprobs
 
 
@@ -28,11 +29,7 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)"""
     t = tokens.shape[1]
     targets = tokens[:, t - n_targets :]
-    if group > 1 and tokens.shape[0] % group == 0 and n_targets < t and model.cfg.moe is None:
-        h, aux = _shared_prompt_hidden(model, tokens, valid, n_targets, group)
-    else:
-        h, _, aux = model.hidden(tokens, positions_from_valid(valid), valid, return_aux=True, routes=routes)
-        h = h[:, t - n_targets - 1 : t - 1]
+    h, aux = target_hidden(model, tokens, valid, n_targets, routes, group)
 
     def score(h_c, y_c):
         logits = model.logits(h_c)
@@ -57,6 +54,27 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     if with_aux:
         out = out + (aux,)
     return out if len(out) > 1 else out[0]
+
+
+def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
+                  routes: jax.Array | None = None, group: int = 1):
+    """Final-norm hidden states [B, n_targets, D] at the positions that predict the last ``n_targets``
+    tokens (the state before each completion token), and the MoE aux dict; ``group`` as in
+    ``target_logprobs``."""
+    t = tokens.shape[1]
+    if group > 1 and tokens.shape[0] % group == 0 and n_targets < t and model.cfg.moe is None:
+        return _shared_prompt_hidden(model, tokens, valid, n_targets, group)
+    h, _, aux = model.hidden(tokens, positions_from_valid(valid), valid, return_aux=True, routes=routes)
+    return h[:, t - n_targets - 1 : t - 1], aux
+
+
+def target_values(cdef: ModelDef, critic: dict, tokens: jax.Array, valid: jax.Array, n_targets: int,
+                  group: int = 1) -> jax.Array:
+    """The critic's values [B, n_targets] of the states before each of the last ``n_targets`` tokens: its
+    value head (``models.value``) on its backbone's hidden states at the positions the policy's log-probs
+    are read from, so V_t and log pi(y_t) describe the same state."""
+    h, _ = target_hidden(cdef.bind(critic["backbone"]), tokens, valid, n_targets, group=group)
+    return apply_value_head(critic["head"], h)
 
 
 def _shared_prompt_hidden(model: Transformer, tokens, valid, n: int, group: int):

@@ -27,7 +27,7 @@ class LossInputs(NamedTuple):
     logp: jax.Array  # [B, T] current policy log-probs of the sampled tokens
     old_logp: jax.Array  # [B, T] behaviour policy log-probs
     ref_logp: jax.Array | None  # [B, T] reference log-probs (None when beta == 0)
-    adv: jax.Array  # [B] advantages
+    adv: jax.Array  # [B] advantages per row, or [B, T] per token (REINFORCE++, PPO's GAE)
     mask: jax.Array  # [B, T] completion mask
     # [B, T] off-policy correction of stale rollouts: pi_prox / pi_behaviour per token, already truncated or
     # masked (see ``off_policy_weights``); None: on-policy
@@ -74,7 +74,7 @@ def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
               aggregation: str):
     """Token-level clipped surrogate (PPO/GRPO) with DAPO clip-higher and an optional KL penalty."""
     ratio = jnp.exp(x.logp - x.old_logp)
-    a = x.adv[:, None]
+    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
     unclipped = ratio * a
     clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
     per_token = -jnp.minimum(unclipped, clipped_r)
@@ -129,6 +129,24 @@ def off_policy_weights(prox_logp, behav_logp, mask, mode: str, cap: float):
     metrics = {"is_ratio_mean": jnp.sum(ratio * m) / n, "is_ratio_max": jnp.max(jnp.where(mask, ratio, 0.0)),
                "is_truncated_frac": jnp.sum(over * m) / n}
     return w * m, metrics
+
+
+def value_loss(values, old_values, returns, mask, vf_clip: float):
+    """PPO's clipped value loss, 0.5 max((V - R)^2, (V_old + clip(V - V_old, +-vf_clip) - R)^2) per token
+    (``vf_clip`` 0: unclipped), as (sum, count, metrics) over the completion tokens: the critic's gradient is
+    then the same for any micro-batch split, like the policy's."""
+    m = mask.astype(jnp.float32)
+    l_un = (values - returns) ** 2
+    if vf_clip > 0:
+        v_cl = old_values + jnp.clip(values - old_values, -vf_clip, vf_clip)
+        l_cl = (v_cl - returns) ** 2
+        per_token = 0.5 * jnp.maximum(l_un, l_cl)
+        clipped = (l_cl > l_un).astype(jnp.float32)
+    else:
+        per_token = 0.5 * l_un
+        clipped = jnp.zeros_like(m)
+    n = jnp.sum(m)
+    return jnp.sum(per_token * m), n, {"vf_clip_frac": (jnp.sum(clipped * m), n)}
 
 
 def get_loss(name: str):

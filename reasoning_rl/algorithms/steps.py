@@ -19,8 +19,8 @@ import optax
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.models import ModelDef
 
-from .logprobs import target_logprobs
-from .losses import LossInputs, get_loss, sft_loss
+from .logprobs import target_logprobs, target_values
+from .losses import LossInputs, get_loss, sft_loss, value_loss
 
 
 @jax.tree_util.register_dataclass
@@ -31,6 +31,7 @@ class TrainState:
     step: jax.Array
     rng: jax.Array
     skipped: jax.Array  # consecutive non-finite steps that were not applied
+    critic: Any = None  # PPO: {"params": {"backbone", "head"}, "opt_state"}; None for every other stage
 
 
 def make_optimizer(ocfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
@@ -84,6 +85,14 @@ _MAX_KEYS = ("logprob_gap",)  # aux entries combined across micro-batches by max
 
 def _accumulate(loss_fn, params, batch: dict, n_micro: int):
     """Sum gradients and (sum, count) metrics over micro-batches; returns grads of sum/global_count."""
+    g, aux = _accumulate_sums(loss_fn, params, batch, n_micro)
+    count = jnp.maximum(aux["count"], 1.0)
+    grads = jax.tree.map(lambda x: x / count.astype(x.dtype), g)
+    return grads, aux
+
+
+def _accumulate_sums(loss_fn, params, batch: dict, n_micro: int):
+    """Gradients of the loss *sums* and (sum, count) metrics, summed over micro-batches."""
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if n_micro == 1:
         g, aux = grad_fn(params, batch)
@@ -100,9 +109,7 @@ def _accumulate(loss_fn, params, batch: dict, n_micro: int):
             return (jax.tree.map(jnp.add, g_acc, g), a_new), None
 
         (g, aux), _ = jax.lax.scan(body, (zero_g, zero_aux), micro)
-    count = jnp.maximum(aux["count"], 1.0)
-    grads = jax.tree.map(lambda x: x / count.astype(x.dtype), g)
-    return grads, aux
+    return g, aux
 
 
 def moe_terms(moe: dict, count: jax.Array, valid: jax.Array) -> tuple[jax.Array, dict]:
@@ -203,5 +210,101 @@ def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int = 0, g
     def fn(params, tokens, valid, mask):
         return target_logprobs(mdef.bind(params), tokens, valid, mask.shape[1], temperature, logits_chunk,
                                group=group)
+
+    return fn
+
+
+def _clipped_update(params, opt_state, grads, tx, max_grad_norm: float):
+    """One optimizer update after clipping to ``max_grad_norm`` (0: none); returns the pre-clip norm."""
+    gnorm = optax.global_norm(grads)
+    if max_grad_norm > 0:
+        scale = jnp.minimum(1.0, max_grad_norm / (gnorm + 1e-12))
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt, gnorm
+
+
+def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, temperature: float,
+                  logits_chunk: int = 0, group: int = 1):
+    """``({"policy", "critic"}, batch) -> (grads, aux)``: the policy's clipped token loss and the critic's
+    clipped value loss on one mini-batch, accumulated over micro-batches; each part's gradient is divided by
+    its own global count (the policy's aggregation count, the critic's token count), so the update is the
+    same for any split. The two parameter sets are disjoint, so one backward pass gives both gradients.
+
+    batch: as ``make_grpo_grad`` with ``adv`` [B, T] (GAE), plus ``old_values`` and ``returns`` [B, T]."""
+    loss = get_loss("grpo")
+    beta = acfg.beta if acfg.kl_in == "loss" else 0.0  # in the reward: already in the advantages
+    kw = {"eps_low": acfg.eps_low, "eps_high": acfg.eps_high, "beta": beta, "kl_estimator": acfg.kl_estimator,
+          "aggregation": acfg.aggregation}
+
+    def loss_fn(both, b):
+        model = mdef.bind(both["policy"])
+        n = b["mask"].shape[1]
+        lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
+                                       with_entropy=True, routes=b.get("routes"), with_aux=True, group=group)
+        x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if beta > 0 else None, b["adv"], b["mask"])
+        s, c, metrics = loss(x, **kw)
+        v = target_values(cdef, both["critic"], b["tokens"], b["valid"], n, group)
+        vs, vc, vmetrics = value_loss(v, b["old_values"], b["returns"], b["mask"], acfg.vf_clip)
+        m = b["mask"].astype(jnp.float32)
+        gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
+        extra, moe_metrics = moe_terms(moe, c, b["valid"])
+        aux = {"loss_sum": s, "count": c, "vf_sum": vs, "vf_count": vc, "logprob_gap": gap,
+               "entropy": (jnp.sum(ent * m), jnp.sum(m)), **metrics, **vmetrics, **moe_metrics}
+        return s + extra + acfg.vf_coef * vs, aux
+
+    def grad(both, batch):
+        g, aux = _accumulate_sums(loss_fn, both, batch, acfg.micro_batches)
+        pc, vc = jnp.maximum(aux["count"], 1.0), jnp.maximum(aux["vf_count"], 1.0)
+        return {"policy": jax.tree.map(lambda x: x / pc.astype(x.dtype), g["policy"]),
+                "critic": jax.tree.map(lambda x: x / vc.astype(x.dtype), g["critic"])}, aux
+
+    return grad
+
+
+def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
+                  tx: optax.GradientTransformation, critic_ocfg: OptimizerConfig,
+                  critic_tx: optax.GradientTransformation, temperature: float, logits_chunk: int = 0,
+                  group: int = 1, warmup_updates: int = 0):
+    """One PPO update of policy and critic (``state.critic``) on one mini-batch. The first ``warmup_updates``
+    optimizer updates train the critic only (the policy and its optimizer state are kept). A non-finite loss
+    or gradient in either part applies neither and counts as a skipped step."""
+    grad_fn = make_ppo_grad(mdef, cdef, acfg, temperature, logits_chunk, group)
+
+    def ppo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        critic = state.critic
+        grads, aux = grad_fn({"policy": state.params, "critic": critic["params"]}, batch)
+        gp = grads["policy"]
+        if ocfg.inject_nan_steps:  # test switch, as in ``_apply``
+            poison = jnp.isin(state.step + 1, jnp.asarray(ocfg.inject_nan_steps, jnp.int32))
+            gp = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g).astype(g.dtype), gp)
+        new_p, new_po, gn_p = _clipped_update(state.params, state.opt_state, gp, tx, ocfg.max_grad_norm)
+        new_c, new_co, gn_c = _clipped_update(critic["params"], critic["opt_state"], grads["critic"], critic_tx,
+                                              critic_ocfg.max_grad_norm)
+        loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
+        vloss = aux["vf_sum"] / jnp.maximum(aux["vf_count"], 1.0)
+        ok = jnp.isfinite(loss_v) & jnp.isfinite(gn_p) & jnp.isfinite(vloss) & jnp.isfinite(gn_c)
+        train_policy = ok & (state.step >= warmup_updates)
+        pick = lambda cond: lambda new, old: jnp.where(cond, new, old)
+        params = jax.tree.map(pick(train_policy), new_p, state.params)
+        opt_state = jax.tree.map(pick(train_policy), new_po, state.opt_state)
+        critic = {"params": jax.tree.map(pick(ok), new_c, critic["params"]),
+                  "opt_state": jax.tree.map(pick(ok), new_co, critic["opt_state"])}
+        new_state = TrainState(params, opt_state, state.step + 1, state.rng,
+                               jnp.where(ok, 0, state.skipped + 1).astype(jnp.int32), critic)
+        ratios = _ratios(aux)
+        out = {"loss": loss_v, "value_loss": vloss, "grad_norm": gn_p, "critic_grad_norm": gn_c,
+               "skipped": (~ok).astype(jnp.int32), "policy_updated": train_policy.astype(jnp.int32),
+               **ratios, "logprob_gap": aux["logprob_gap"]}
+        return new_state, out
+
+    return ppo_step
+
+
+def make_value_fn(cdef: ModelDef, group: int = 1):
+    """critic params, tokens, valid, mask → values [B, n] of the states before each completion token."""
+
+    def fn(critic, tokens, valid, mask):
+        return target_values(cdef, critic, tokens, valid, mask.shape[1], group)
 
     return fn

@@ -182,4 +182,13 @@ def run_export(args) -> Path:
     out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
     if source is None and (run_dir / "tokenizer.model").is_file():  # the run's own sentencepiece model
         shutil.copy2(run_dir / "tokenizer.model", Path(out) / "tokenizer.model")
+    if stage.kind == "ppo":  # and its critic, as a value model beside the policy
+        from reasoning_rl.models.value import save_value_model
+        from reasoning_rl.stages.ppo import restore_critic
+
+        critic, cparams = restore_critic(rt, stage, run_dir / "checkpoints" / stage.name, cfg.checkpoint.keep)
+        csrc = stage.critic_model.path if stage.critic_model is not None else source
+        cout = save_value_model(critic.cdef, cparams, Path(out) / "critic", dtype=args.dtype, tokenizer_from=csrc)
+        if csrc is None and (run_dir / "tokenizer.model").is_file():
+            shutil.copy2(run_dir / "tokenizer.model", cout / "tokenizer.model")
     return Path(out)

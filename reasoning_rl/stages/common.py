@@ -340,12 +340,14 @@ class Runtime:
         return TrainState(params, opt_state, zero, key,
                           jax.device_put(np.zeros((), np.int32), rep))
 
-    def opt_shardings(self, tx, params: Any) -> Any:
+    def opt_shardings(self, tx, params: Any, param_shardings: Any = None) -> Any:
         """Optimizer moments take their parameter's sharding (else they would come back replicated and cost
-        2x the params on every device); scalars such as step counts are replicated."""
+        2x the params on every device); scalars such as step counts are replicated. ``param_shardings``:
+        those of ``params`` when they are not this runtime's model (a PPO critic)."""
         rep = shd.replicated(self.mesh)
         abstract = jax.eval_shape(tx.init, params)
-        return optax.tree_utils.tree_map_params(tx, lambda _, sh: sh, abstract, self.param_shardings,
+        sh = self.param_shardings if param_shardings is None else param_shardings
+        return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract, sh,
                                                 transform_non_params=lambda _: rep)
 
     def jit_step(self, fn: Callable, state: TrainState):

@@ -7,6 +7,7 @@ log-probs are the sampler's own (equal to the trainer's by construction; the ste
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
-from reasoning_rl.algorithms.losses import off_policy_weights
+from reasoning_rl.algorithms.losses import kl_estimate, off_policy_weights
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
@@ -40,8 +41,10 @@ def prompt_len(rt: Runtime, n: int = 256, fetch=None) -> int:
 class Rollout:
     """Samples groups, scores them, and (with dynamic sampling) refills until the batch is informative."""
 
-    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream, data: StageData):
+    def __init__(self, rt: Runtime, stage: StageConfig, stream: ExampleStream, data: StageData,
+                 advantage: str | None = None):
         r = stage.rollout
+        self.advantage = advantage or stage.algorithm.advantage
         self.rt, self.stage, self.stream, self.data = rt, stage, stream, data
         self.g = r.group_size
         replay = stage.algorithm.routing_replay
@@ -118,11 +121,12 @@ class Rollout:
         fields = ("tokens", "mask", "logprobs", "lengths") + (("routes",) if self.sp.record_routes else ())
         outs = {f: np.concatenate([getattr(rounds[k]["out"], f)[i * self.g:(i + 1) * self.g] for k, i in groups])
                 for f in fields}
-        adv = np.asarray(compute_advantages(a.advantage, rew, self.g))
         mask = outs["mask"].copy()
         if n_real < p_needed:
             mask[n_real * self.g:] = False
+        adv = np.asarray(compute_advantages(self.advantage, rew, self.g, mask=mask))
         batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g, outs.get("routes"))
+        batch["rewards"] = rew  # host-side only (the caller pops it): token-level estimators redo the advantages
         # metrics over everything sampled in the first round (what the policy actually does)
         res = first["scored"].result
         gen_tokens = sum(int(r["out"].lengths.sum()) for r in rounds)
@@ -142,6 +146,14 @@ class Rollout:
         return batch, metrics
 
 
+def kl_in_reward(a, batch: dict) -> np.ndarray | None:
+    """-beta * KL(pi_old || ref) per completion token when the KL goes in the reward (else None)."""
+    if a.beta <= 0 or a.kl_in != "reward":
+        return None
+    kl = np.asarray(kl_estimate(batch["old_logp"], batch["ref_logp"], a.kl_estimator))
+    return np.where(batch["mask"], -a.beta * kl, 0.0).astype(np.float32)
+
+
 def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
     a, r = stage.algorithm, stage.rollout
     updates = stage.steps * a.epochs * a.mini_batches
@@ -157,7 +169,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
     rollout = Rollout(srt, stage, stream, data)
-    step_fn = trt.jit_step(make_grpo_step(trt.mdef, a, stage.optimizer, run.tx, r.temperature,
+    loss_cfg = dataclasses.replace(a, beta=0.0) if a.kl_in == "reward" else a  # the KL is in the advantages
+    step_fn = trt.jit_step(make_grpo_step(trt.mdef, loss_cfg, stage.optimizer, run.tx, r.temperature,
                                           trt.model_cfg.logits_chunk, group=r.group_size), run.state)
     ref_fn = (trt.jit_fn(make_logprob_fn(trt.mdef, r.temperature, trt.model_cfg.logits_chunk, r.group_size))
               if a.beta > 0 else None)
@@ -190,10 +203,16 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                 else:
                     rng = jax.random.fold_in(sampler_key(), step)
                     batch, rm = rollout.collect(to_sampler(run.state.params), rng)
+                rewards = batch.pop("rewards")
                 t_up = timer()
                 if ref_fn is not None:
                     b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
                     batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
+                penalty = kl_in_reward(a, batch)
+                if penalty is not None:  # REINFORCE++: -beta * KL per token in the reward, then the returns
+                    batch["adv"] = np.asarray(compute_advantages(a.advantage, rewards, r.group_size, batch["mask"],
+                                                                 penalty))
+                    rm["kl"] = float(np.sum(-penalty) / a.beta / max(int(batch["mask"].sum()), 1)) + 0.0
                 if feed is not None:
                     batch = dict(batch, is_weight=batch["mask"].astype(np.float32))
                     if correct is not None and rm["staleness"] > 0:  # stale: proximal policy + IS weights

@@ -1,0 +1,294 @@
+"""PPO: the critic's values, GAE in the stage, the step (micro-batch invariance, critic warmup), and end-to-end
+runs of a ppo stage (kill -9 and --resume, 8 devices vs 1, bad input, export of the critic)."""
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import tiny_model
+from reasoning_rl.algorithms import advantages as A
+from reasoning_rl.algorithms.steps import (TrainState, init_state, make_optimizer, make_ppo_grad, make_ppo_step,
+                                           make_value_fn)
+from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
+from reasoning_rl.metrics import read_metrics
+from reasoning_rl.models.value import init_value_head
+from reasoning_rl.stages.ppo import advantages as ppo_advantages
+from test_steps import rollout
+
+ROOT = Path(__file__).parent.parent
+TINY_PPO = str(Path(__file__).parent / "configs" / "tiny_ppo.yaml")
+TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
+
+
+@functools.lru_cache(maxsize=1)
+def base():
+    """One tiny model, rollout batch (ragged rows) and jitted value function shared by the step tests."""
+    mdef, params = tiny_model(n_layers=1)
+    return mdef, params, rollout(mdef, params, n_prompts=4, g=2), jax.jit(make_value_fn(mdef))
+
+
+def critic_of(params, seed=1):
+    """A critic on a copy of the policy backbone with a non-zero head (values that vary)."""
+    head = init_value_head(32)
+    head["kernel"] = np.random.default_rng(seed).normal(0, 0.3, (32, 1)).astype(np.float32)
+    return {"backbone": jax.tree.map(np.asarray, params), "head": head}
+
+
+def ppo_batch(critic):
+    _, _, b, value_fn = base()
+    b = dict(b)
+    values = np.asarray(value_fn(critic, b["tokens"], b["valid"], b["mask"]))
+    values = np.where(b["mask"], values, 0.0).astype(np.float32)
+    rewards = np.random.default_rng(2).normal(size=len(values)).astype(np.float32)
+    a = AlgorithmConfig(beta=0.05, kl_in="reward", gamma=0.95, lam=0.9)
+    adv, ret, _ = ppo_advantages(a, rewards, values, b)
+    b.update(adv=adv, returns=ret, old_values=values + 0.3 * np.random.default_rng(3).normal(size=values.shape)
+             .astype(np.float32))  # a behaviour critic that differs, so the value clipping engages
+    return b
+
+
+def test_zero_value_gamma_lam_one_no_kl_gives_the_reinforce_advantages():
+    """A critic with a zero head (as a fresh one) values every state at exactly 0; with gamma = lam = 1 and no
+    KL, PPO's advantages are then each row's reward on every token (REINFORCE), and whitened, REINFORCE++'s."""
+    _, params, b, value_fn = base()
+    critic = {"backbone": params, "head": init_value_head(32)}
+    values = np.asarray(value_fn(critic, b["tokens"], b["valid"], b["mask"]))
+    assert np.all(values == 0.0)
+    rewards = np.random.default_rng(0).normal(size=8).astype(np.float32)
+    mask = b["mask"]
+    assert len(set(mask.sum(1).tolist())) > 1  # ragged rows: stop tokens mid-batch
+    a = AlgorithmConfig(gamma=1.0, lam=1.0, beta=0.0, whiten_advantages=False)
+    adv, ret, m = ppo_advantages(a, rewards, values, b)
+    np.testing.assert_array_equal(adv, np.where(mask, rewards[:, None], 0.0).astype(np.float32))
+    np.testing.assert_array_equal(ret, adv)
+    adv_w, _, _ = ppo_advantages(dataclasses.replace(a, whiten_advantages=True), rewards, values, b)
+    np.testing.assert_allclose(adv_w, A.compute_advantages("reinforce++", rewards, 2, mask=mask), rtol=1e-6,
+                               atol=1e-7)
+    assert m["values_mean"] == 0.0 and m["explained_variance"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_in_the_reward_enters_the_advantages():
+    b = base()[2]
+    values = np.zeros(b["mask"].shape, np.float32)
+    rewards = np.ones(8, np.float32)
+    a = AlgorithmConfig(gamma=1.0, lam=1.0, beta=0.5, kl_in="reward", kl_estimator="k1", whiten_advantages=False)
+    adv, _, m = ppo_advantages(a, rewards, values, b)
+    kl = b["old_logp"] - b["ref_logp"]  # k1 of the batch's behaviour and reference log-probs
+    pen = np.where(b["mask"], -0.5 * kl, 0.0)
+    expect = np.where(b["mask"], 1.0 + np.flip(np.cumsum(np.flip(pen, 1), 1), 1), 0.0)
+    np.testing.assert_allclose(adv, expect, rtol=1e-5, atol=1e-6)
+    assert m["kl"] == pytest.approx(kl[b["mask"]].mean(), rel=1e-5)
+
+
+def test_ppo_gradient_is_micro_batch_invariant():
+    """Policy and critic gradients of one mini-batch are the same for 1 or 4 micro-batches (each part
+    divided once by its own global count)."""
+    mdef, params, _, _ = base()
+    critic = critic_of(params)
+    batch = ppo_batch(critic)
+    both = {"policy": params, "critic": critic}
+    out = {}
+    for micro in (1, 4):
+        cfg = AlgorithmConfig(beta=0.05, kl_in="loss", eps_high=0.28, vf_clip=0.1, micro_batches=micro)
+        out[micro] = jax.jit(make_ppo_grad(mdef, mdef, cfg, 1.0, group=2))(both, batch)
+    g1, a1 = out[1]
+    assert float(a1["vf_clip_frac"][0]) > 0 and float(a1["clip_frac"][0]) >= 0
+    for micro in (4,):
+        g, a = out[micro]
+        for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g)):
+            assert np.abs(x - y).max() <= 5e-6 * (np.abs(x).max() + 1e-12)
+        for k in ("loss_sum", "vf_sum", "count", "vf_count"):
+            assert float(a[k]) == pytest.approx(float(a1[k]), rel=1e-5, abs=1e-7), k
+    assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(g1["critic"]["head"]))
+
+
+def test_critic_warmup_trains_the_critic_only_then_both():
+    mdef, params, _, _ = base()
+    critic = critic_of(params)
+    batch = ppo_batch(critic)
+    ocfg = OptimizerConfig(lr=1e-3)
+    tx, ctx = make_optimizer(ocfg, 4), make_optimizer(ocfg, 4)
+    a = AlgorithmConfig(vf_clip=0.0)
+    step = jax.jit(make_ppo_step(mdef, mdef, a, ocfg, tx, ocfg, ctx, 1.0, group=2, warmup_updates=1))
+    s0 = init_state(params, tx, 0)
+    s0 = TrainState(s0.params, s0.opt_state, s0.step, s0.rng, s0.skipped,
+                    {"params": critic, "opt_state": ctx.init(critic)})
+    s1, m1 = step(s0, batch)
+    s2, m2 = step(s1, batch)
+    same = lambda x, y: all(np.array_equal(np.asarray(p), np.asarray(q))
+                            for p, q in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+    assert int(m1["policy_updated"]) == 0 and int(m2["policy_updated"]) == 1
+    assert same(s0.params, s1.params) and same(s0.opt_state, s1.opt_state)
+    assert not same(s0.critic["params"], s1.critic["params"])
+    assert not same(s1.params, s2.params) and not same(s1.critic["params"], s2.critic["params"])
+    assert float(m2["value_loss"]) < float(m1["value_loss"])  # the critic moved towards the returns
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def run_cli(*args, config=TINY_PPO, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def critic_params(run_dir: Path) -> list[np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    d = run_dir / "checkpoints" / "ppo"
+    last = max(int(q.name) for q in d.iterdir() if q.name.isdigit())
+    path = d / str(last) / "critic"
+    ck = ocp.StandardCheckpointer()
+    meta = ck.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), dict(meta))
+    tree = ck.restore(path, target)
+    return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ppo") / "run"
+    p = run_cli("--run-dir", str(d))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return d
+
+
+@pytest.mark.slow
+def test_ppo_stage_runs_and_logs_its_metrics(ppo_run):
+    recs = [r for r in read_metrics(ppo_run) if r["stage"] == "ppo"]
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    for key in ("value_loss", "explained_variance", "vf_clip_frac", "returns_mean", "returns_std",
+                "advantages_mean", "advantages_std", "kl", "entropy", "clip_frac", "logprob_gap", "tokens_per_s",
+                "loss", "grad_norm", "critic_grad_norm", "reward_mean"):
+        assert key in recs[0], key
+    assert max(r["logprob_gap"] for r in recs) < 1e-4
+    assert recs[0]["values_mean"] == 0.0 and recs[-1]["values_mean"] != 0.0  # the critic learned something
+    assert any(r["kl"] > 0 for r in recs[1:])
+    summary = json.loads((ppo_run / "summary.json").read_text())
+    assert "pass@1" in summary["ppo"]
+    assert (ppo_run / "checkpoints" / "ppo" / "6" / "critic").is_dir()
+
+
+@pytest.mark.slow
+def test_ppo_sigkill_then_resume_matches_uninterrupted(ppo_run, tmp_path):
+    d = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "reasoning_rl", "run", TINY_PPO, "--no-progress", "--run-dir",
+                             str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        recs = read_metrics(d) if (d / "metrics.jsonl").exists() else []
+        if any(r["stage"] == "ppo" and r["step"] >= 3 for r in recs):  # a checkpoint at 2, killed in 3 or 4
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed, "the run finished before it could be killed"
+    p = run_cli("--run-dir", str(d), "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert strip(read_metrics(d)) == strip(read_metrics(ppo_run))  # value loss, explained variance included
+    for x, y in zip(critic_params(d), critic_params(ppo_run)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_ppo_on_8_devices_fsdp_tensor_equals_one_device(ppo_run, tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    d = tmp_path / "mesh"
+    p = run_cli("--run-dir", str(d), "--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "mesh.tensor=2",
+                env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = read_metrics(ppo_run), read_metrics(d)
+    assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
+    for ra, rb in zip(a, b):
+        for k in ("loss", "value_loss", "grad_norm", "critic_grad_norm", "reward_mean", "returns_mean",
+                  "advantages_std", "explained_variance", "kl", "entropy", "response_len"):
+            if k in ra and ra[k] is not None:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-5), (ra["stage"], ra["step"], k)
+    for x, y in zip(critic_params(ppo_run), critic_params(d)):
+        assert np.abs(x - y).max() <= 1e-4 * max(np.abs(x).max(), 1e-6)
+    man = json.loads((d / "checkpoints" / "ppo" / "manifest.json").read_text())
+    assert man["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "expert": 1}
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["stages.ppo.critic=null"], "stages[1].critic:"),
+    (["algorithm.gamma=1.5"], "stages[1].algorithm.gamma:"),
+    (["algorithm.lam=-0.1"], "stages[1].algorithm.lam:"),
+    (["stages.ppo.critic_model.vocab_size=64"], "stages[1].critic_model:"),
+], ids=["no-critic", "gamma", "lam", "vocab"])
+def test_bad_ppo_config_is_one_line_and_exit_2_before_compute(tmp_path, sets, key):
+    d = tmp_path / "run"
+    p = run_cli("--run-dir", str(d), *[a for s in sets for a in ("--set", s)], timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("config error")]
+    assert len(err) == 1 and key in err[0], p.stderr[-2000:]
+    assert not (d / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run, tmp_path):
+    """``reasoning-rl export`` of a ppo stage writes the critic beside the policy; transformers loads it as
+    Qwen2ForTokenClassification and its per-token logits are our critic's values."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from reasoning_rl.models import load_pretrained
+    from reasoning_rl.models.safetensors_io import SafetensorsFile
+    from reasoning_rl.models.value import load_value_head
+
+    from reasoning_rl.algorithms.logprobs import target_values
+
+    out = tmp_path / "export"
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(out)], capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cdir = out / "critic"
+    conf = json.loads((cdir / "config.json").read_text())
+    assert conf["architectures"] == ["Qwen2ForTokenClassification"] and conf["num_labels"] == 1
+    ours = critic_params(ppo_run)
+    index = json.loads((cdir / "model.safetensors.index.json").read_text())["weight_map"]
+    score = SafetensorsFile(cdir / index["score.weight"])
+    head = {"kernel": np.asarray(score.get("score.weight")).T, "bias": np.asarray(score.get("score.bias"))}
+    assert any(np.array_equal(head["kernel"], x) for x in ours)  # the checkpoint's trained head
+    m = load_pretrained(cdir)  # the backbone; the score head is known to belong to a value model
+    loaded = load_value_head(cdir)  # what a critic_model: <this dir> starts from
+    np.testing.assert_array_equal(np.asarray(loaded["kernel"]), head["kernel"])
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(cdir, dtype=torch.float32).eval()
+    tokens = np.array([[5, 7, 9, 11, 4, 6, 8, 3]], np.int32) % conf["vocab_size"]
+    valid = np.ones_like(tokens, bool)
+    with torch.no_grad():
+        logits = hf(torch.tensor(tokens, dtype=torch.long)).logits[0, :, 0].numpy()
+    values = np.asarray(target_values(m.mdef, {"backbone": m.params, "head": head}, tokens, valid, 7))[0]
+    np.testing.assert_allclose(values, logits[:7], rtol=1e-4, atol=1e-5)  # V before token i+1 = logits at i
+    assert np.abs(logits).max() > 0
+
+
+@pytest.mark.slow
+def test_ppo_with_a_smaller_separate_critic_model(tmp_path):
+    """critic_model: a narrower backbone of its own (fresh, the policy's tokenizer) under the value head."""
+    d = tmp_path / "run"
+    p = run_cli("--run-dir", str(d), "--set", "stages.ppo.critic_model={d_model: 16, n_heads: 2, n_kv_heads: 1, "
+                "ffn_dim: 24}", "--set", "stages.ppo.steps=2", "--set", "checkpoint.every=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [r for r in read_metrics(d) if r["stage"] == "ppo"]
+    assert len(recs) == 2 and recs[1]["values_mean"] != 0.0 and recs[0]["critic_grad_norm"] > 0
+    shapes = sorted(x.shape for x in critic_params(d))
+    assert (16, 1) in shapes and not any(32 in s or 64 in s for s in shapes)  # its own widths, not the policy's
