@@ -5,7 +5,8 @@
 pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking budget (JSON and PNG).
 ``plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl``.
 
-Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key),
+Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key, or
+the file of a data set or model directory),
 75 preempted (SIGTERM: the step in flight finished and its checkpoint is complete; rerun with --resume).
 
 Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
@@ -155,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning_rl.config import ConfigError
     from reasoning_rl.data.files import DataError
     from reasoning_rl.distributed import DistributedError
+    from reasoning_rl.models.safetensors_io import ModelDirError
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
         return {"run": cmd_run, "eval": cmd_eval, "plan": cmd_plan, "export": cmd_export,
                 "plot": cmd_plot}[args.command](args)
-    except DataError as e:
+    except (DataError, ModelDirError) as e:
         print(f"input error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except ConfigError as e:

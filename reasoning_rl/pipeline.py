@@ -254,8 +254,11 @@ def _held_out(metrics: dict) -> dict:
 
 def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  devices: list | None = None) -> dict[str, Any]:
+    from reasoning_rl.model_dirs import check_model_dirs
+
     run_dir = Path(run_dir)
     outside = check_refs(cfg)
+    check_model_dirs(cfg)  # before the run dir is written or anything compiled
     if dist.is_primary():  # several hosts share the run dir; one writes its files
         prepare_run_dir(cfg, run_dir, resume)
         adopt_tokenizer(cfg, run_dir, outside)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,11 +31,11 @@ def model_config(cfg: Config) -> TransformerConfig:
     """The model a config trains, without loading weights or training a tokenizer."""
     m = cfg.model
     if m.path:
-        from reasoning_rl.models.hf import config_from_hf
+        from reasoning_rl.model_dirs import check_path
 
-        if not (Path(m.path) / "config.json").is_file():
-            raise ConfigError(f"model.path: no config.json in {m.path}")
-        mc = config_from_hf(m.path)
+        # config.json always; the safetensors headers too when there are weights (a config-only directory
+        # is enough to size a model)
+        mc = check_path(m.path, "model.path", weights=None, tokenizer=False)
         return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
                                    scan_layers=m.scan_layers, unroll_max=m.unroll_max)
     from reasoning_rl.stages.common import model_config_from

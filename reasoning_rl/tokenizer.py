@@ -84,7 +84,9 @@ def train_sentencepiece(lines: Iterable[str], out_path: str | Path, vocab_size: 
 def load_tokenizer(kind: str, path: str | Path) -> Tokenizer:
     if kind == "sentencepiece":
         if not Path(path).is_file():
-            raise FileNotFoundError(f"tokenizer.path: no sentencepiece model at {path}")
+            from reasoning_rl.config import ConfigError
+
+            raise ConfigError(f"tokenizer.path: no sentencepiece model at {path}")
         return SentencePieceTokenizer(path)
     if kind == "hf":
         from reasoning_rl.models.hf_tokenizer import load_tokenizer as load_hf

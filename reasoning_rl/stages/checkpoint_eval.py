@@ -21,6 +21,7 @@ from reasoning_rl import distributed as dist
 from reasoning_rl.checkpoint import read_manifest
 from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig
 from reasoning_rl.evaluation import budget_curve
+from reasoning_rl.model_dirs import ModelDirError, check_model_dirs
 
 from .common import Runtime
 from .evaluate import stage_eval
@@ -32,6 +33,8 @@ log = logging.getLogger("reasoning_rl")
 def _locate(target: str, stage: str | None) -> tuple[Path, str | None, str]:
     """(run dir, stage name or None for "the last finished", kind) of an eval target."""
     p = Path(target)
+    if not p.exists():
+        raise ModelDirError(f"{p}: no such directory (the eval target)")
     if (p / "config.yaml").is_file():
         return p, stage, "run"
     if p.is_dir() and (p.parent.parent / "config.yaml").is_file() and p.parent.name == "checkpoints":
@@ -96,6 +99,7 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
         stage = config_lib.stage(cfg, stage_name)
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    check_model_dirs(cfg, weights=kind == "hf")  # a run's own parameters come from its checkpoints
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
         dist.split_cpu(cfg.mesh.cpu_devices)
@@ -162,6 +166,7 @@ def run_export(args) -> Path:
         raise ConfigError(f"export: {args.target} is a Hugging Face model dir already")
     raw = config_lib.load_raw(run_dir / "config.yaml")
     cfg = config_lib.from_dict(raw)
+    check_model_dirs(cfg, weights=False)  # the parameters come from the run's checkpoints
     stage_name = stage_name or _last_finished(cfg, run_dir)
     try:
         stage = config_lib.stage(cfg, stage_name)
