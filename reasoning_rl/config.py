@@ -188,6 +188,17 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """What a run writes for people to read, besides ``metrics.jsonl``; none of it changes the computation."""
+
+    # GRPO: rollouts (prompt, completion, answers, reward components) kept per step in ``rollouts.jsonl`` and
+    # TensorBoard's text tab, one per prompt first; 0: none
+    rollouts_per_step: int = 2
+    rollouts_max_mb: float = 64.0  # past this size rollouts.jsonl becomes rollouts.jsonl.1 (then .2, ...)
+    rollouts_keep: int = 3  # rotated files kept
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
     """Test-time-compute scaling by budget forcing (``reasoning-rl eval``): thinking capped at each budget."""
 
@@ -303,6 +314,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     stages: tuple[StageConfig, ...] = ()
 
     def to_dict(self) -> dict:
@@ -316,6 +328,7 @@ class Config:
         d = self.to_dict()
         d.pop("distributed", None)
         d.pop("mesh", None)
+        d.pop("log", None)  # what is written for people to read
         d["model"].pop("unroll_max", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -600,6 +613,9 @@ def validate(cfg: Config) -> None:
     need(cfg.mesh.cpu_devices >= 0, "mesh.cpu_devices", "must be 0 (JAX's default) or a device count")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be at least 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")
+    need(cfg.log.rollouts_per_step >= 0, "log.rollouts_per_step", "must be >= 0 (0: none)")
+    need(cfg.log.rollouts_max_mb > 0, "log.rollouts_max_mb", "must be positive")
+    need(cfg.log.rollouts_keep >= 1, "log.rollouts_keep", "must be at least 1")
     names = [s.name for s in cfg.stages]
     for i, st in enumerate(cfg.stages):
         p = f"stages[{i}]"

@@ -4,7 +4,9 @@ The target is a run dir (its last finished stage, or ``--stage``), one of its ``
 (an interrupted stage is read at its latest step), or a Hugging Face model dir with ``--config`` for the
 task and eval settings. The run's own resolved config and tokenizer are used; ``--set eval.…`` (or
 ``rollout.…``, ``task.…``) overrides apply to the evaluated stage. Results go to ``RUN_DIR/eval/<stage>/``:
-``eval.json`` (pass@1, pass@k, maj@k, length per difficulty, per task) and, with budgets,
+``eval.json`` (pass@1, pass@k, maj@k, length per difficulty, per task), ``samples.jsonl`` (every scored
+completion: prompt, completion, extracted and reference answer, reward components, correct, token count,
+whether it hit the token limit; ``greedy`` marks the greedy ones) and, with budgets,
 ``budget_forcing.json`` (``{"budgets": [...], "accuracy": [...], ...}``) and ``budget_forcing.png``.
 """
 
@@ -131,7 +133,10 @@ def run_eval(args) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
     if not args.budget_only:
-        result["held_out"] = stage_eval(srt, stage, params)
+        records: list[dict] = []
+        result["held_out"] = stage_eval(srt, stage, params, records=records)
+        if dist.is_primary():
+            write_jsonl(out / "samples.jsonl", records)
     b = stage.eval.budget
     if b.budgets:
         src = budget_source(rt, stage, args.task)
@@ -151,6 +156,14 @@ def run_eval(args) -> dict[str, Any]:
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     result["out"] = str(out)
     return result
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write records, one JSON object a line, atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    tmp.replace(path)
 
 
 def run_export(args) -> Path:

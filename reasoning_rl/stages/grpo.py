@@ -18,7 +18,9 @@ from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
 from reasoning_rl.data.loader import ExampleStream
+from reasoning_rl.evaluation import sample_record
 from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.rewards import extract_answer
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
 from .common import Runtime, StageRun, timer
@@ -49,6 +51,7 @@ class Rollout:
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
         self.rows = rt.host_rows(r.prompts_per_step)
         self.rewarder = data.rewarder()
+        self.samples: list[dict] = []  # the last step's rollouts for rollouts.jsonl
 
     def _round(self, params, rng):
         """One round of sampling. Each host loads and scores its own prompts' rows; what comes back (tokens,
@@ -132,7 +135,38 @@ class Rollout:
         if a.dynamic_sampling:
             metrics["groups_kept"] = n_real
             metrics["sampling_rounds"] = len(rounds)
+        self.samples = self._samples(first, self.rt.cfg.log.rollouts_per_step)
         return batch, metrics
+
+    def _samples(self, rd: dict, k: int) -> list[dict]:
+        """``k`` rollouts of a round as records (``reasoning_rl.evaluation.sample_record``): the first sample of
+        each prompt, then the second, ... so a few records show as many prompts as they can."""
+        if k <= 0:
+            return []
+        out, scored, rows = rd["out"], rd["scored"], rd["rows"]
+        n = len(rows)
+        order = [p * self.g + j for j in range(self.g) for p in range(n // self.g)][:k]
+        adv = np.asarray(compute_advantages(self.stage.algorithm.advantage, rd["rewards"], self.g))
+        per_task: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            per_task.setdefault(r.get("task"), []).append(i)
+        stops = set(self.sp.stop_ids)
+        recs = []
+        for i in order:
+            m = int(out.lengths[i])
+            text = self.rt.tok.decode(out.tokens[i, :m])
+            row = rows[i]
+            if self.data.mixed:  # per-reward values are per task there, keyed "<task>/<reward>"
+                j, pre = per_task[row.get("task")].index(i), f"{row.get('task')}/"
+                comps = {k[len(pre):]: float(v[j]) for k, v in scored.result.per_reward.items() if k.startswith(pre)}
+            else:
+                comps = {k: float(v[i]) for k, v in scored.result.per_reward.items()}
+            rec = sample_record(row, text, extract_answer(text), comps, float(scored.correct[i]) >= 1.0, m,
+                                m == 0 or int(out.tokens[i, m - 1]) not in stops, prompt_index=i // self.g,
+                                sample=i % self.g)
+            rec["reward"], rec["advantage"] = float(rd["rewards"][i]), float(adv[i])
+            recs.append(rec)
+        return recs
 
 
 def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
@@ -181,6 +215,9 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
             rec["update_s"] = timer() - t_up
             rec["seconds"] = dt
             writer.write(rec)
+            lc = rt.cfg.log
+            writer.write_rollouts([{"stage": stage.name, "step": step, **x} for x in rollout.samples],
+                                  int(lc.rollouts_max_mb * 2**20), lc.rollouts_keep)
             bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
             run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
     bar.close()
