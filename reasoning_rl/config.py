@@ -55,7 +55,9 @@ class ModelConfig:
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)
-    logits_chunk: int = 0  # >0: compute log-probs over sequence chunks of this many tokens
+    # log-probs over sequence chunks of this many tokens (0: whole [B, T, V] logits); unset: chunks only when
+    # one device's float32 logits of a micro-batch would pass 64 MiB (reasoning_rl.algorithms.logprobs)
+    logits_chunk: int | None = None
     # Mixture of experts for a model built from this section (HF checkpoints bring their own): keys of
     # reasoning_rl.models.MoEConfig, e.g. {n_experts: 8, top_k: 2, ffn_dim: 96, capacity_factor: 0}.
     moe: dict | None = None
@@ -324,12 +326,14 @@ class Config:
         """Identity of what the run computes. How it is laid out over devices and hosts (``mesh``,
         ``distributed``) is not part of it: a run may resume on another mesh or number of hosts (the steps
         give the same numbers on any mesh, up to float reassociation). Nor is ``model.unroll_max`` (layers run
-        unrolled or scanned compute the same numbers)."""
+        unrolled or scanned compute the same numbers), nor ``model.logits_chunk`` (chunked log-probs are the same
+        numbers), nor ``log`` (what is written for people to read)."""
         d = self.to_dict()
         d.pop("distributed", None)
         d.pop("mesh", None)
         d.pop("log", None)  # what is written for people to read
         d["model"].pop("unroll_max", None)
+        d["model"].pop("logits_chunk", None)  # chunked log-probs are the same numbers
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -602,6 +606,8 @@ def validate(cfg: Config) -> None:
     need(m.n_layers > 0, "model.n_layers", "must be positive")
     need(m.n_heads > 0 and m.n_kv_heads > 0, "model.n_heads", "head counts must be positive")
     need(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads", f"must divide model.n_heads ({m.n_heads})")
+    need(m.logits_chunk is None or m.logits_chunk >= 0, "model.logits_chunk",
+         "must be >= 0 (0: whole logits; leave unset to chunk when the logits are large)")
     if m.head_dim is None:
         need(m.d_model % m.n_heads == 0, "model.head_dim", "d_model is not divisible by n_heads; set head_dim")
     need(cfg.tokenizer.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16")
