@@ -75,6 +75,8 @@ class SafetensorsFile:
 
     def _check(self, data_bytes: int) -> None:
         """Every entry well formed, sized as its dtype and shape say, and inside the file."""
+        cut: tuple[int, str] | None = None  # (start, name) of the first tensor past the end of the file
+        end_max = 0
         for name, e in self.entries.items():
             ok = (isinstance(e, dict) and isinstance(e.get("shape"), list) and isinstance(e.get("data_offsets"), list)
                   and len(e["data_offsets"]) == 2
@@ -90,9 +92,12 @@ class SafetensorsFile:
             if end - start != want:
                 raise self._bad(f"tensor {name}: {end - start} bytes for a {e['dtype']} tensor of shape "
                                 f"{e['shape']}, which needs {want} (corrupt header)")
-            if end > data_bytes:
-                raise self._bad(f"truncated: tensor {name} ends at data byte {end}, the file holds "
-                                f"{data_bytes} bytes of data ({self._base + end} bytes expected at least)")
+            end_max = max(end_max, end)
+            if end > data_bytes and (cut is None or start < cut[0]):
+                cut = (start, name)
+        if cut is not None:
+            raise self._bad(f"truncated: {self._base + data_bytes} bytes, its header describes "
+                            f"{self._base + end_max} (tensor {cut[1]} and what follows it are cut off)")
 
     def names(self) -> list[str]:
         return list(self.entries)

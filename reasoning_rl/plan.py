@@ -112,8 +112,9 @@ def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, targets: int,
     else:
         saved = mc.n_layers * layer
     chunk = resolve_chunk(logits_chunk, rows, targets, mc.vocab_size, ctx)
-    # float32 logits and their gradient, of the whole targets or of one chunk
-    logits = logits_bytes(rows, min(chunk, targets) if chunk else targets, mc.vocab_size, ctx) * 2
+    # float32 logits, their log-softmax and their gradient, of the whole targets or of one chunk (XLA's
+    # accounting of a GRPO step with whole logits at the SmolLM-135M shape: 3.6x the logits; tools/bench_memory)
+    logits = logits_bytes(rows, min(chunk, targets) if chunk else targets, mc.vocab_size, ctx) * 3
     return saved, logits, chunk
 
 

@@ -89,7 +89,7 @@ def test_plan_reports_the_logits_share_and_the_default_shrinks_it(tmp_path):
     auto = plan(config_lib.from_dict(raw), 1, 192)
     whole = plan(config_lib.from_dict({**raw, "model": {**raw["model"], "logits_chunk": 0}}), 1, 192)
     assert auto["logits"]["auto"] and auto["logits"]["chunk"] == auto_chunk(16, 256, 49152) > 0
-    assert whole["logits"]["chunk"] == 0 and whole["logits"]["bytes"] == 2 * 16 * 256 * 49152 * 4
+    assert whole["logits"]["chunk"] == 0 and whole["logits"]["bytes"] == 3 * 16 * 256 * 49152 * 4
     assert auto["logits"]["share_of_total"] < 0.1 < whole["logits"]["share_of_total"]
     assert whole["per_device_total_bytes"] - auto["per_device_total_bytes"] == whole["logits"]["bytes"] - auto[
         "logits"]["bytes"]

@@ -89,7 +89,7 @@ def _truncated(d):
     f = d / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) - 1000])
-    return f, "truncated: tensor"
+    return f, f"truncated: {len(data) - 1000} bytes, its header describes {len(data)}"
 
 
 def _corrupt(d):
