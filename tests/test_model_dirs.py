@@ -80,6 +80,11 @@ def _no_tokenizer(d):
     return d, "no tokenizer (tokenizer.json or tokenizer.model)"
 
 
+def _bad_tokenizer(d):
+    (d / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    return d / "tokenizer.json", "not a readable tokenizer"
+
+
 def _no_weights(d):
     (d / "model.safetensors").unlink()
     return d, "no model.safetensors"
@@ -125,9 +130,9 @@ def _index_names_missing_file(d):
     return d / "model.safetensors.index.json", "names model-00002-of-00002.safetensors, which is not in"
 
 
-BREAK = {f.__name__.lstrip("_"): f for f in (_missing_dir, _no_config, _bad_json, _model_type, _option, _no_tokenizer,
-                                             _no_weights, _truncated, _corrupt, _wrong_shape, _wrong_dtype,
-                                             _index_names_missing_file)}
+BREAK = {f.__name__.lstrip("_"): f for f in (
+    _missing_dir, _no_config, _bad_json, _model_type, _option, _no_tokenizer, _bad_tokenizer, _no_weights,
+    _truncated, _corrupt, _wrong_shape, _wrong_dtype, _index_names_missing_file)}
 
 
 def _config(tmp_path: Path, model: Path) -> Path:

@@ -74,3 +74,27 @@ def test_rollouts_rotate_by_size_and_resume_cuts_them_back(tmp_path):
     w.truncate("grpo", 7)  # resumed from step 7: step 8 is rewritten by the resumed run
     w.close()
     assert max(r["step"] for r in _jsonl(tmp_path / "rollouts.jsonl")) == 7
+
+
+@pytest.mark.slow
+def test_cpu_example_config_runs_on_a_random_model_of_its_family(tmp_path):
+    """configs/examples/smollm2-135m_gsm8k_cpu.yaml as shipped (chat template, GSM8K preset, two CPU devices,
+    remat, chunked log-probs), on a toy Llama directory written by tools/random_hf_model.py."""
+    root = Path(__file__).parent.parent
+    model, data, run = tmp_path / "model", tmp_path / "gsm8k", tmp_path / "run"
+    p = subprocess.run([sys.executable, str(root / "tools" / "random_hf_model.py"), "tiny-llama", str(model),
+                        "--gsm8k", str(data), "--rows", "64"], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run",
+                        str(root / "configs" / "examples" / "smollm2-135m_gsm8k_cpu.yaml"), "--no-progress",
+                        "--run-dir", str(run), "--set", f"model.path={model}", "--set", f"task.path={data}/train.jsonl",
+                        "--set", f"task.held_out_path={data}/test.jsonl", "--set", "stages.grpo.steps=1",
+                        "--set", "rollout.max_new_tokens=24", "--set", "eval.num_problems=2"],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (rec,) = [r for r in read_metrics(run) if r["stage"] == "grpo"]
+    assert rec["step"] == 1 and np.isfinite(rec["loss"])
+    rollouts = _jsonl(run / "rollouts.jsonl")
+    assert len(rollouts) == 4 and rollouts[0]["prompt"].startswith("<|im_start|>system\nThink step by step")
+    assert all(r["reference"].endswith(tuple("0123456789")) for r in rollouts)

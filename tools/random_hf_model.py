@@ -31,6 +31,10 @@ SHAPES = {
     "qwen2.5-0.5b": dict(family="qwen2", vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
                          head_dim=64, ffn_dim=4864, rope_theta=1000000.0, norm_eps=1e-6, tie_embeddings=True,
                          qkv_bias=True, max_seq_len=32768),
+    # for tests: the Llama family at toy size
+    "tiny-llama": dict(family="llama", vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                       head_dim=16, ffn_dim=128, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True,
+                       max_seq_len=2048),
 }
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
