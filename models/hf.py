@@ -25,32 +25,85 @@ from .config import TransformerConfig
 from .families import ConfigError, Tensor, for_family, for_model_type
 from .families.base import hf_shape, to_ours
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
-from .safetensors_io import FLOAT_DTYPES, Checkpoint
+from .safetensors_io import FLOAT_DTYPES, Checkpoint, ModelDirError
 from .transformer import ModelDef, create, positions_from_valid, segments, stack_layers
 from .value import VALUE_HEAD_NAMES, is_value_model
 
 
-class CheckpointError(ValueError):
-    """The safetensors files do not match config.json; the message names the tensors."""
+class CheckpointError(ModelDirError):
+    """The safetensors files do not match config.json; the message names the file and the tensors."""
+
+
+class HFConfigError(ConfigError, ModelDirError):
+    """config.json of a directory asks for something these models cannot represent: ``<path>: <field> ...``."""
 
 
 def _read_config(src: str | Path | Mapping) -> tuple[dict, Path | None]:
     if isinstance(src, Mapping):
         return dict(src), None
     path = Path(src)
+    if not path.exists():
+        raise ModelDirError(f"{path}: no such model directory")
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json")
-    return json.loads(file.read_text()), file.parent
+        raise ModelDirError(f"{file}: missing (a Hugging Face model directory needs its config.json)")
+    try:
+        hf = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"not valid JSON: {e}"
+        raise ModelDirError(f"{file}: cannot be read ({why})") from None
+    if not isinstance(hf, dict):
+        raise ModelDirError(f"{file}: expected a JSON object, got {type(hf).__name__}")
+    return hf, file.parent
 
 
 def config_from_hf(hf_dir: str | Path | Mapping) -> TransformerConfig:
     """TransformerConfig from a checkpoint directory (or a config.json dict). The original config.json is
-    kept in ``extra["hf_config"]`` (and the directory in ``extra["hf_dir"]``) so saving can write it back."""
+    kept in ``extra["hf_config"]`` (and the directory in ``extra["hf_dir"]``) so saving can write it back.
+    A directory's problems raise ModelDirError (an unsupported field: HFConfigError, also a ConfigError)
+    naming the file."""
     hf, directory = _read_config(hf_dir)
-    cfg = for_model_type(hf.get("model_type")).from_hf(hf)
+    try:
+        cfg = for_model_type(hf.get("model_type")).from_hf(hf)
+    except ConfigError as e:
+        if directory is None:
+            raise
+        msg = str(e).removeprefix("config.json: ")
+        raise HFConfigError(f"{directory / 'config.json'}: {msg}") from None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:  # a field of the wrong type or value
+        if directory is None:
+            raise
+        raise HFConfigError(f"{directory / 'config.json'}: unusable value ({type(e).__name__}: {e})") from None
     extra = {"hf_config": hf, **({"hf_dir": str(directory)} if directory else {})}
     return dataclasses.replace(cfg, extra=extra)
+
+
+def check_model_dir(hf_dir: str | Path, *, weights: bool | None = True, tokenizer: bool = True) -> TransformerConfig:
+    """Everything about a model directory that can be checked without reading the weights, so a bad one
+    stops a command before any compute with one line naming the file: config.json readable and supported,
+    a tokenizer present (``tokenizer``), and (``weights``; None: only if there are any) safetensors headers
+    consistent with the files' sizes and every tensor present with the shape and dtype config.json implies.
+    Returns the directory's TransformerConfig."""
+    from .hf_tokenizer import check_tokenizer_dir
+
+    path = Path(hf_dir)
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: no such model directory" if not path.exists() else f"{path}: not a directory")
+    cfg = config_from_hf(path)
+    if tokenizer:
+        check_tokenizer_dir(path)
+    has_weights = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+    if weights or (weights is None and has_weights):
+        if not has_weights and any(path.glob("*.bin")):
+            raise ModelDirError(f"{path}: only PyTorch *.bin weights; convert them to safetensors "
+                                "(transformers: model.save_pretrained(dir, safe_serialization=True))")
+        mdef, _ = create(cfg, abstract=True)
+        ckpt = Checkpoint(path)
+        try:
+            _check(_slots(mdef), ckpt, cfg, path)
+        finally:
+            ckpt.close()
+    return cfg
 
 
 # ---------------------------------------------------------------------- loading
@@ -119,6 +172,7 @@ def _reader(slot: _Slot, ckpt: Checkpoint, layer, expert) -> Callable[[], np.nda
 def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directory: Path) -> None:
     """Every tensor present with its expected shape and a float dtype, and nothing unexplained left over."""
     problems: list[str] = []
+    files: set[Path] = set()  # the files the problems are in (None: a tensor missing everywhere)
     used: set[str] = set()
     for slot in slots:
         want = hf_shape(slot.t.layout, slot.slice_shape)
@@ -138,15 +192,20 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
                 want_f = (n_exp, want[0] * slot.t.part[1], *want[1:])
                 if got != want_f:
                     problems.append(f"{name}: shape {list(got)} in the checkpoint, config.json implies {list(want_f)}")
+                    files.add(ckpt.file_of(name))
                     break
                 continue
             else:
                 problems.append(f"{name}: missing from the checkpoint")
+                files.add(None)
                 continue
             if got != want:
                 problems.append(f"{name}: shape {list(got)} in the checkpoint, config.json implies {list(want)}")
+                files.add(ckpt.file_of(name))
             elif got_dtype not in FLOAT_DTYPES:
-                problems.append(f"{name}: dtype {got_dtype} is not supported (quantized checkpoints are not)")
+                problems.append(f"{name}: dtype {got_dtype} is not supported (floating-point weights only; "
+                                "quantized checkpoints are not)")
+                files.add(ckpt.file_of(name))
     fam = for_family(cfg.family)
     zero_names = {t.hf for t in fam.tensors(cfg) if t.zeros is not None}
     ignore = getattr(fam, "ignored", lambda name, cfg: False)
@@ -160,9 +219,11 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
         if any(_matches(z, name) for z in zero_names):
             continue
         problems.append(f"{name}: unexpected tensor (not part of a {cfg.family} model with this config.json)")
+        files.add(ckpt.file_of(name))
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
-        raise CheckpointError(f"{directory}: checkpoint does not match config.json: " + "; ".join(problems[:8]) + more)
+        where = next(iter(files)) if len(files) == 1 and None not in files else directory
+        raise CheckpointError(f"{where}: does not match config.json: " + "; ".join(problems[:8]) + more)
 
 
 def _matches(template: str, name: str) -> bool:
@@ -273,5 +334,5 @@ def load_pretrained(hf_dir: str | Path, dtype: str = "float32", mesh=None, *,
     return PretrainedModel(mdef, load_params(hf_dir, mdef, dtype, mesh, rules=rules), mesh, rules)
 
 
-__all__ = ["CheckpointError", "ConfigError", "PretrainedModel", "config_from_hf", "hf_config", "load_params",
-           "load_pretrained", "save_pretrained"]
+__all__ = ["CheckpointError", "ConfigError", "HFConfigError", "ModelDirError", "PretrainedModel", "check_model_dir",
+           "config_from_hf", "hf_config", "load_params", "load_pretrained", "save_pretrained"]

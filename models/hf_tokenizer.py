@@ -17,6 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .safetensors_io import ModelDirError
+
 SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
@@ -28,7 +30,16 @@ def _content(tok) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"not valid JSON: {e}"
+        raise ModelDirError(f"{path}: cannot be read ({why})") from None
+    if not isinstance(out, dict):
+        raise ModelDirError(f"{path}: expected a JSON object, got {type(out).__name__}")
+    return out
 
 
 class HFTokenizer:
@@ -41,18 +52,30 @@ class HFTokenizer:
         self.path = Path(path)
         cfg = {**_read_json(self.path / "special_tokens_map.json"), **_read_json(self.path / "tokenizer_config.json")}
         self.config = cfg
+        if not self.path.is_dir():
+            raise ModelDirError(f"{self.path}: no such tokenizer directory")
         if (self.path / "tokenizer.json").is_file():
             from tokenizers import Tokenizer
 
-            self._tok = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            file = self.path / "tokenizer.json"
+            try:
+                self._tok = Tokenizer.from_file(str(file))
+            except Exception as e:  # noqa: BLE001 - the Rust library's own error type
+                raise ModelDirError(f"{file}: not a readable tokenizer ({str(e).splitlines()[0][:200]})") from None
             self._sp = None
         elif (self.path / "tokenizer.model").is_file():
             import sentencepiece as spm
 
-            self._sp = spm.SentencePieceProcessor(model_file=str(self.path / "tokenizer.model"))
+            file = self.path / "tokenizer.model"
+            try:
+                self._sp = spm.SentencePieceProcessor(model_file=str(file))
+            except (OSError, RuntimeError) as e:
+                raise ModelDirError(f"{file}: not a readable sentencepiece model ({str(e).splitlines()[0][:200]})"
+                                    ) from None
             self._tok = None
         else:
-            raise FileNotFoundError(f"{self.path}: no tokenizer.json or tokenizer.model")
+            raise ModelDirError(f"{self.path}: no tokenizer (tokenizer.json or tokenizer.model); set "
+                                "tokenizer.path to a directory that has one")
         self.special_tokens = {k: _content(cfg[k]) for k in SPECIAL if _content(cfg.get(k)) is not None}
         extra = cfg.get("additional_special_tokens") or cfg.get("extra_special_tokens")
         if isinstance(extra, list):
@@ -176,4 +199,9 @@ def load_tokenizer(hf_dir: str | Path) -> HFTokenizer:
     return HFTokenizer(hf_dir)
 
 
-__all__ = ["HFTokenizer", "load_tokenizer"]
+def check_tokenizer_dir(hf_dir: str | Path) -> HFTokenizer:
+    """Load the directory's tokenizer, raising ModelDirError (one line naming the file) when it cannot be."""
+    return HFTokenizer(hf_dir)
+
+
+__all__ = ["HFTokenizer", "check_tokenizer_dir", "load_tokenizer"]

@@ -8,9 +8,10 @@ pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking b
 ``export RUN_DIR OUT``: a stage checkpoint as a Hugging Face model dir.
 ``plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl`` (``run`` writes them itself).
 
-Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key),
-75 preempted (SIGTERM: the step in flight finished and its checkpoint is complete; rerun with --resume),
-130 interrupted (Ctrl-C: the same checkpoint of the step in flight; a second Ctrl-C exits at once).
+Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key, or
+the file of a data set or model directory), 75 preempted (SIGTERM: the step in flight finished and its
+checkpoint is complete; rerun with --resume), 130 interrupted (Ctrl-C: the same checkpoint of the step in
+flight; a second Ctrl-C exits at once).
 
 Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
 ``~/.cache/reasoning_rl/xla``; ``off`` disables it), so a restarted or repeated run skips most compiling.
@@ -231,6 +232,7 @@ def _main(argv: list[str] | None) -> int:
     from reasoning_rl.config import ConfigError
     from reasoning_rl.data.files import DataError
     from reasoning_rl.distributed import DistributedError
+    from reasoning_rl.models.safetensors_io import ModelDirError
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
@@ -239,7 +241,7 @@ def _main(argv: list[str] | None) -> int:
     except CheckpointUnusable as e:
         print(f"checkpoint error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except DataError as e:
+    except (DataError, ModelDirError) as e:
         print(f"input error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except ConfigError as e:

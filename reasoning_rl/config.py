@@ -56,7 +56,9 @@ class ModelConfig:
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)
-    logits_chunk: int = 0  # >0: compute log-probs over sequence chunks of this many tokens
+    # log-probs over sequence chunks of this many tokens (0: whole [B, T, V] logits); unset: chunks only when
+    # one device's float32 logits of a micro-batch would pass 64 MiB (reasoning_rl.algorithms.logprobs)
+    logits_chunk: int | None = None
     # Mixture of experts for a model built from this section (HF checkpoints bring their own): keys of
     # reasoning_rl.models.MoEConfig, e.g. {n_experts: 8, top_k: 2, ffn_dim: 96, capacity_factor: 0}.
     moe: dict | None = None
@@ -229,9 +231,15 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """How a run reports itself besides metrics.jsonl (not part of the config hash)."""
+    """How a run reports itself besides metrics.jsonl; none of it changes the computation (not part of the
+    config hash)."""
 
     every_s: float = 30.0  # stderr not a terminal: a plain progress line every this many seconds (0: each step)
+    # GRPO: rollouts (prompt, completion, answers, reward components) kept per step in ``rollouts.jsonl`` and
+    # TensorBoard's text tab, one per prompt first; 0: none
+    rollouts_per_step: int = 2
+    rollouts_max_mb: float = 64.0  # past this size rollouts.jsonl becomes rollouts.jsonl.1 (then .2, ...)
+    rollouts_keep: int = 3  # rotated files kept
 
 
 @dataclass(frozen=True)
@@ -368,9 +376,10 @@ class Config:
         """Identity of what the run computes. How it is laid out over devices and hosts (``mesh``,
         ``distributed``) is not part of it: a run may resume on another mesh or number of hosts (the steps
         give the same numbers on any mesh, up to float reassociation). Nor is ``model.unroll_max`` (layers run
-        unrolled or scanned compute the same numbers). Nor are how it reports itself (``log``), the
-        permissions it was given (``allow_random_init``) and ``run_dir``: where the run lives is not what it
-        computes (a run dir copied or moved elsewhere continues)."""
+        unrolled or scanned compute the same numbers), nor ``model.logits_chunk`` (chunked log-probs are the same
+        numbers). Nor are how it reports itself (``log``), the permissions it was given (``allow_random_init``)
+        and ``run_dir``: where the run lives is not what it computes (a run dir copied or moved elsewhere
+        continues)."""
         d = self.to_dict()
         d.pop("run_dir", None)
         d.pop("distributed", None)
@@ -379,6 +388,7 @@ class Config:
         for st in d["stages"]:
             st.pop("allow_random_init", None)
         d["model"].pop("unroll_max", None)
+        d["model"].pop("logits_chunk", None)  # chunked log-probs are the same numbers
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -685,6 +695,8 @@ def validate(cfg: Config) -> None:
     need(m.n_layers > 0, "model.n_layers", "must be positive")
     need(m.n_heads > 0 and m.n_kv_heads > 0, "model.n_heads", "head counts must be positive")
     need(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads", f"must divide model.n_heads ({m.n_heads})")
+    need(m.logits_chunk is None or m.logits_chunk >= 0, "model.logits_chunk",
+         "must be >= 0 (0: whole logits; leave unset to chunk when the logits are large)")
     if m.head_dim is None:
         need(m.d_model % m.n_heads == 0, "model.head_dim", "d_model is not divisible by n_heads; set head_dim")
     need(cfg.tokenizer.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16")
@@ -698,6 +710,9 @@ def validate(cfg: Config) -> None:
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be at least 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")
     need(cfg.log.every_s >= 0, "log.every_s", "must be >= 0 (0: a progress line at every step)")
+    need(cfg.log.rollouts_per_step >= 0, "log.rollouts_per_step", "must be >= 0 (0: none)")
+    need(cfg.log.rollouts_max_mb > 0, "log.rollouts_max_mb", "must be positive")
+    need(cfg.log.rollouts_keep >= 1, "log.rollouts_keep", "must be at least 1")
     names = [s.name for s in cfg.stages]
     for i, st in enumerate(cfg.stages):
         p = f"stages[{i}]"

@@ -35,11 +35,14 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
 
 
 def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams, seed: int, batch_prompts: int,
-                 stop_ids: Sequence[int], progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
+                 stop_ids: Sequence[int], stopped: list[bool] | None = None,
+                 progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
     """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths.
+    ``stopped``: appended per completion, whether it ended on a stop token (else it hit the token limit).
     ``progress`` counts the completions as each chunk comes back."""
     from reasoning_rl.rollout.sampler import left_pad
 
+    stops = {int(i) for i in stop_ids}
     texts: list[str] = []
     lengths: list[int] = []
     tp = max(len(p) for p in prompts)
@@ -54,6 +57,8 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
             n = int(out.lengths[r])
             texts.append(tok.decode(out.tokens[r, :n]))
             lengths.append(n)
+            if stopped is not None:
+                stopped.append(n > 0 and int(out.tokens[r, n - 1]) in stops)
         if progress is not None:
             progress.advance(rows)
     return texts, np.asarray(lengths)
@@ -62,28 +67,45 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
 def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Sequence[int], temperature: float,
              max_new_tokens: int, stop_ids: Sequence[int], correct_fn: Callable[[str, dict], float],
              format_fn: Callable[[str, dict], float] | None, extract_fn: Callable[[str], Any] | None,
-             batch_size: int = 512, greedy: bool = True, seed: int = 0, name: str = "eval") -> dict[str, Any]:
-    """Held-out figures of ``examples``; its progress shows as phase ``name`` (completions sampled)."""
+             batch_size: int = 512, greedy: bool = True, seed: int = 0, name: str = "eval",
+             records: list[dict] | None = None,
+             correct_name: str = "correct",
+             rewards_fn: Callable[[list[str], list[dict]], dict[str, Sequence[float]]] | None = None,
+             ) -> dict[str, Any]:
+    """Held-out figures (module docstring); its progress shows as phase ``name`` (completions sampled). ``records``: when given, one dict per scored completion is
+    appended (see ``sample_record``): what ``samples.jsonl`` holds. ``rewards_fn(texts, examples)``: further
+    reward components for the records (``{name: values}``), besides correctness (``correct_name``) and format."""
     prompts = [tok.encode(e["prompt"]) for e in examples]
     bp = max(1, min(len(prompts), batch_size // samples))
     sp = SamplingParams(max_new_tokens, float(temperature), 0, 1.0, False, tuple(stop_ids), tok.pad_id, samples)
     n = len(examples)
     bar = Progress(name, n * samples + (n if greedy else 0), unit="completion")
-    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stop_ids, bar)
-    correct = np.array([correct_fn(t, examples[i // samples]) >= 1.0 for i, t in enumerate(texts)]).reshape(n, samples)
+    stopped: list[bool] = []
+    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stop_ids, stopped, bar)
+    scores = [float(correct_fn(t, examples[i // samples])) for i, t in enumerate(texts)]
+    correct = (np.asarray(scores) >= 1.0).reshape(n, samples)
     out: dict[str, Any] = {"num_problems": n, "samples_per_problem": samples, "temperature": temperature}
     out["pass@1"] = float(correct.mean())
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(samples, int(c), k) for c in correct.sum(1)]))
+    answers = [extract_fn(t) for t in texts] if extract_fn is not None else [None] * len(texts)
     if extract_fn is not None:
-        answers = [extract_fn(t) for t in texts]
         for k in ks:
             if k > 1:
                 out[f"maj@{k}"] = float(np.mean([maj_at_k(answers[i * samples:(i + 1) * samples],
                                                            list(correct[i]), k) for i in range(n)]))
     out["mean_response_tokens"] = float(lengths.mean())
-    if format_fn is not None:
-        out["format_rate"] = float(np.mean([format_fn(t, examples[i // samples]) >= 1.0 for i, t in enumerate(texts)]))
+    fmt = [float(format_fn(t, examples[i // samples])) for i, t in enumerate(texts)] if format_fn else None
+    if fmt is not None:
+        out["format_rate"] = float(np.mean(np.asarray(fmt) >= 1.0))
+    if records is not None:
+        extra = rewards_fn(texts, [examples[i // samples] for i in range(len(texts))]) if rewards_fn else {}
+        for i, t in enumerate(texts):
+            comps = {correct_name: scores[i], **({"format": fmt[i]} if fmt is not None else {}),
+                     **{k: float(v[i]) for k, v in extra.items() if k not in (correct_name, "format")}}
+            records.append(sample_record(examples[i // samples], t, answers[i], comps, bool(correct.flat[i]),
+                                         int(lengths[i]), not stopped[i], index=i // samples, sample=i % samples,
+                                         greedy=False))
     diffs = np.array([e.get("difficulty", 0) for e in examples])
     per_len = lengths.reshape(n, samples).mean(1)
     out["by_difficulty"] = {
@@ -93,11 +115,33 @@ def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Seque
     }
     if greedy:
         gsp = SamplingParams(max_new_tokens, 1.0, 0, 1.0, True, tuple(stop_ids), tok.pad_id, 1)
-        gtexts, _ = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids, bar)
-        out["greedy_accuracy"] = float(np.mean([correct_fn(t, examples[i]) >= 1.0 for i, t in enumerate(gtexts)]))
+        gstopped: list[bool] = []
+        gtexts, glens = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids,
+                                     gstopped, bar)
+        gscores = [float(correct_fn(t, examples[i])) for i, t in enumerate(gtexts)]
+        out["greedy_accuracy"] = float(np.mean(np.asarray(gscores) >= 1.0))
+        if records is not None:
+            for i, t in enumerate(gtexts):
+                ans = extract_fn(t) if extract_fn is not None else None
+                comps = {correct_name: gscores[i]}
+                if format_fn is not None:
+                    comps["format"] = float(format_fn(t, examples[i]))
+                records.append(sample_record(examples[i], t, ans, comps, gscores[i] >= 1.0, int(glens[i]),
+                                             not gstopped[i], index=i, sample=0, greedy=True))
     bar.fields = {"pass@1": out["pass@1"], **({"greedy": out["greedy_accuracy"]} if greedy else {})}
     bar.close()
     return out
+
+
+def sample_record(example: dict, completion: str, answer: Any, rewards: dict[str, float], correct: bool,
+                  tokens: int, truncated: bool, **where: Any) -> dict[str, Any]:
+    """One scored completion as ``samples.jsonl`` / ``rollouts.jsonl`` hold it: enough to read what the
+    model wrote and why it scored what it did (``truncated``: it hit the token limit without a stop token)."""
+    ref = example.get("answer")
+    return {**({"task": example["task"]} if "task" in example else {}), **where, "prompt": example.get("prompt"),
+            "completion": completion, "answer": None if answer is None else str(answer),
+            "reference": None if ref is None else str(ref), "rewards": rewards, "correct": bool(correct),
+            "tokens": tokens, "truncated": bool(truncated)}
 
 
 def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int], *,

@@ -1,7 +1,9 @@
-"""Run outputs: ``metrics.jsonl`` (one object per step) and TensorBoard events.
+"""Run outputs: ``metrics.jsonl`` (one object per step), ``rollouts.jsonl`` (a few rollouts per step, to
+read what the policy writes), TensorBoard events (scalars, and the rollouts as text), and a progress bar.
 
-On resume the JSONL file is cut back to the restored step, so the file always reads as one uninterrupted
-run, the same as if the run had never stopped.
+On resume the JSONL files are cut back to the restored step, so they always read as one uninterrupted
+run, the same as if the run had never stopped. ``rollouts.jsonl`` is rotated by size (``rollouts.jsonl.1``
+is the previous one), so a long run keeps its recent rollouts without filling the disk.
 """
 
 from __future__ import annotations
@@ -57,21 +59,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         self._f.close()
-        keep = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line from a killed process
-                if rec.get("stage") == stage and rec.get("step", 0) > after_step:
-                    break
-                keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+        _truncate(self.path, stage, after_step)
+        _truncate(self.path.with_name("rollouts.jsonl"), stage, after_step)
         self._f = open(self.path, "a")
 
     def _drop_torn_tail(self) -> None:
@@ -90,6 +79,20 @@ class MetricsWriter:
         with open(self.path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
         self._f = open(self.path, "a")
+
+    def write_rollouts(self, records: list[dict[str, Any]], max_bytes: int = 64 * 2**20, keep: int = 3) -> None:
+        """Append rollouts (``stage``/``step`` in each) to ``rollouts.jsonl``, rotating it past ``max_bytes``,
+        and show them in TensorBoard's text tab."""
+        if not self.enabled or not records:
+            return
+        path = self.path.with_name("rollouts.jsonl")
+        if path.exists() and path.stat().st_size >= max_bytes:
+            _rotate(path, keep)
+        with open(path, "a") as f:
+            f.writelines(json.dumps({k: _plain(v) for k, v in r.items()}, ensure_ascii=False) + "\n" for r in records)
+        if self._tb is not None:
+            stage, step = records[0].get("stage", ""), records[0].get("step", 0)
+            self._tb.add_text(f"{stage}/rollouts", rollouts_markdown(records), step)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -114,6 +117,53 @@ class MetricsWriter:
 
 class MetricsFileError(ValueError):
     """A malformed ``metrics.jsonl``; the message names ``file:line`` and the problem."""
+
+def _truncate(path: Path, stage: str, after_step: int) -> None:
+    """Cut a JSONL file of step records back to ``stage``'s ``after_step`` (and a torn last line)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a killed process
+        if rec.get("stage") == stage and rec.get("step", 0) > after_step:
+            break
+        keep.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+
+
+def _rotate(path: Path, keep: int) -> None:
+    """``path`` -> ``path.1`` -> ... -> ``path.<keep>`` (the oldest dropped)."""
+    old = Path(f"{path}.{keep}")
+    if old.exists():
+        old.unlink()
+    for i in range(keep - 1, 0, -1):
+        p = Path(f"{path}.{i}")
+        if p.exists():
+            os.replace(p, f"{path}.{i + 1}")
+    os.replace(path, f"{path}.1")
+
+
+def rollouts_markdown(records: list[dict[str, Any]]) -> str:
+    """Rollouts as TensorBoard text (markdown): prompt and completion verbatim, then the scores."""
+
+    def block(text: Any) -> str:
+        return "\n".join("    " + line for line in str(text).splitlines()) or "    (empty)"
+
+    parts = []
+    for r in records:
+        rewards = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("rewards") or {}).items() if isinstance(v, float))
+        parts.append(f"**prompt**\n\n{block(r.get('prompt'))}\n\n**completion**\n\n{block(r.get('completion'))}\n\n"
+                     f"answer `{r.get('answer')}` · reference `{r.get('reference')}` · correct {r.get('correct')} · "
+                     f"reward {r.get('reward', float('nan')):.3g} ({rewards}) · {r.get('tokens')} tokens"
+                     f"{' · hit the token limit' if r.get('truncated') else ''}")
+    return "\n\n---\n\n".join(parts)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

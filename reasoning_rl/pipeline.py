@@ -392,6 +392,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     """Run the config's stages; ``plots``: rewrite ``plots/training_curves.png`` after every stage."""
     from reasoning_rl import progress as progress_lib
     from reasoning_rl import report
+    from reasoning_rl.model_dirs import check_model_dirs
 
     run_dir = Path(run_dir)
     if not cfg.stages:
@@ -402,6 +403,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         return {}
     reward_lines = preflight_rewards(cfg)
     outside = check_refs(cfg)
+    check_model_dirs(cfg)  # before the run dir is written or anything compiled
     check_random_init(cfg)
     progress_lib.configure(every_s=cfg.log.every_s, enabled=progress)
     created, required = False, None

@@ -6,21 +6,23 @@ logical-axis rules the trainer uses. So a DeepSeek-V3 GRPO step on 256 chips can
 
 Exact (they are what the trainer allocates): parameters, optimizer moments (sharded like their parameter),
 the frozen reference model (GRPO with ``beta > 0``) and the sampler's KV cache. Estimated: the activations of
-one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``, plus the logits
-or one logits chunk), since XLA's scheduling decides the real peak.
+one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``) and its float32
+logits with their gradient (whole, or one log-prob chunk: the chunk the trainer will use), since XLA's
+scheduling decides the real peak. The logits' share of the total is reported: with a real vocabulary it is
+what ``model.logits_chunk`` decides.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from reasoning_rl import sharding as shd
+from reasoning_rl.algorithms.logprobs import logits_bytes, resolve_chunk
 from reasoning_rl.config import Config, ConfigError, StageConfig
 from reasoning_rl.models import TransformerConfig, create
 from reasoning_rl.sharding.mesh import AXES, MeshError, mesh_shape
@@ -32,11 +34,11 @@ def model_config(cfg: Config) -> TransformerConfig:
     """The model a config trains, without loading weights or training a tokenizer."""
     m = cfg.model
     if m.path:
-        from reasoning_rl.models.hf import config_from_hf
+        from reasoning_rl.model_dirs import check_path
 
-        if not (Path(m.path) / "config.json").is_file():
-            raise ConfigError(f"model.path: no config.json in {m.path}")
-        mc = config_from_hf(m.path)
+        # config.json always; the safetensors headers too when there are weights (a config-only directory
+        # is enough to size a model)
+        mc = check_path(m.path, "model.path", weights=None, tokenizer=False)
         return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
                                    scan_layers=m.scan_layers, unroll_max=m.unroll_max)
     from reasoning_rl.stages.common import model_config_from
@@ -89,8 +91,10 @@ def _tensor(ctx, logical: str, dim: int) -> int:
     return math.ceil(dim / math.prod(dict(ctx.mesh.shape)[a] for a in axes))
 
 
-def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, logits_chunk: int) -> int:
-    """Estimated per-device activation bytes of one training micro-batch (forward saved + backward peak)."""
+def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, targets: int,
+                 logits_chunk: int | None) -> tuple[int, int, int]:
+    """Estimated per-device bytes of one training micro-batch: (activations other than the logits (forward
+    saved + backward peak), the logits, the log-prob chunk the trainer uses (0: whole logits))."""
     b = math.ceil(rows / _batch_div(ctx, rows))
     it = np.dtype(mc.jnp_dtype).itemsize
     d = mc.d_model
@@ -108,9 +112,11 @@ def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, logits_chunk: 
         saved = mc.n_layers * b * seq * (2 * d + (2 * heads + 2 * kv) * hd + 2 * ffn) * it + layer
     else:
         saved = mc.n_layers * layer
-    vocab = _tensor(ctx, "act_vocab", mc.vocab_size)
-    logits = b * (min(logits_chunk, seq) if logits_chunk else seq) * vocab * 4 * 2  # float32 logits + grad
-    return saved + logits
+    chunk = resolve_chunk(logits_chunk, rows, targets, mc.vocab_size, ctx)
+    # float32 logits, their log-softmax and their gradient, of the whole targets or of one chunk (XLA's
+    # accounting of a GRPO step with whole logits at the SmolLM-135M shape: 3.6x the logits; tools/bench_memory)
+    logits = logits_bytes(rows, min(chunk, targets) if chunk else targets, mc.vocab_size, ctx) * 3
+    return saved, logits, chunk
 
 
 def _critic_bytes(ctx, st: StageConfig, policy_dev: int, vocab: int) -> int:
@@ -157,7 +163,7 @@ def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
     if critics:
         parts["critic"] = max(critics)
     kv = 0
-    act = 0
+    act = (0, 0, 0)
     kk, kd, vk, vd = mc.kv_shape
     it = np.dtype(mc.jnp_dtype).itemsize
     for s in grpo:
@@ -172,21 +178,25 @@ def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
         kv = max(kv, _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it))
         a = s.algorithm
         micro = rows // (a.mini_batches * a.micro_batches)
-        act = max(act, _activations(mc, ctx, micro, slots, cfg.model.logits_chunk))
+        act = max(act, _activations(mc, ctx, micro, slots, r.max_new_tokens, cfg.model.logits_chunk),
+                  key=lambda x: x[0] + x[1])
     for s in sft:
         seq = min(mc.max_seq_len, prompt_len + max(r.max_new_tokens for r in [s.rollout]))
-        act = max(act, _activations(mc, ctx, s.batch_size // s.algorithm.micro_batches, seq,
-                                    cfg.model.logits_chunk))
+        act = max(act, _activations(mc, ctx, s.batch_size // s.algorithm.micro_batches, seq, seq - 1,
+                                    cfg.model.logits_chunk), key=lambda x: x[0] + x[1])
     if kv:
         parts["kv_cache"] = kv
-    parts["activations_estimate"] = act
+    parts["activations_estimate"] = act[0]
+    parts["logits_estimate"] = act[1]
     total = sum(parts.values())
     out = {"devices": n, "mesh": dict(mesh.shape), "model": {"family": mc.family, "layers": mc.n_layers,
            "d_model": mc.d_model, "params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
            "param_dtype": mc.param_dtype, "dtype": mc.dtype, "remat": mc.remat,
            "experts": mc.moe.n_experts if mc.moe else 0},
            "params_global_bytes": p_all, "per_device_bytes": parts, "per_device_total_bytes": total,
-           "prompt_len": prompt_len}
+           "prompt_len": prompt_len,
+           "logits": {"chunk": act[2], "auto": cfg.model.logits_chunk is None, "bytes": act[1],
+                      "share_of_total": act[1] / total if total else 0.0}}
     if memory_gb is not None:
         out["memory_gb"] = memory_gb
         out["fits"] = total <= memory_gb * GB
@@ -201,6 +211,10 @@ def format_plan(p: dict[str, Any]) -> str:
     for k, v in p["per_device_bytes"].items():
         lines.append(f"  {k:22s} {v / GB:10.3f} GiB")
     lines.append(f"  {'total':22s} {p['per_device_total_bytes'] / GB:10.3f} GiB")
+    lg = p["logits"]
+    how = f"in chunks of {lg['chunk']} positions" if lg["chunk"] else "whole"
+    lines.append(f"logits: {lg['share_of_total']:.0%} of the total ({how}, model.logits_chunk "
+                 f"{'unset: chosen by size' if lg['auto'] else lg['chunk']})")
     if "fits" in p:
         lines.append(f"fits {p['memory_gb']:g} GB per device: {'yes' if p['fits'] else 'no'}")
     return "\n".join(lines)

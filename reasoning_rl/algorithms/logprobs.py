@@ -4,23 +4,68 @@ The trainer scores ``[prompt | completion]`` rows laid out exactly as the sample
 (left-padded prompt, completion after it), so positions and masks match the sampler's and the log-probs
 agree by construction. With ``chunk > 0`` the unembedding and log-softmax run chunk by chunk under
 ``jax.checkpoint``, so ``[B, T, V]`` logits are never materialised whole, forward or backward.
+
+``chunk=None`` (the default, ``model.logits_chunk`` unset) chooses: whole logits while one device's float32
+logits of the micro-batch fit ``LOGITS_BUDGET``, else the fewest chunks that do. Real vocabularies (49k, 152k
+entries) make the logits the largest tensor of a training step by far, and chunking gives the same values
+(the chunked path only regroups the same per-token computation) for one extra unembedding in the backward.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
+from reasoning_rl import sharding as shd
 from reasoning_rl.models import KVCache, ModelDef, Transformer, positions_from_valid
 from reasoning_rl.models.value import apply_value_head
 from reasoning_rl.rollout.sampling import entropy, token_logprobs
 
+LOGITS_BUDGET = 64 * 2**20  # bytes of one device's float32 logits before log-probs go in chunks
+MIN_CHUNK = 16  # positions per chunk at the least (fewer makes a long sequential loop of small products)
+
+
+def logits_bytes(rows: int, n: int, vocab: int, ctx: shd.ShardingContext | None = None) -> int:
+    """Bytes of one device's float32 logits for ``rows`` x ``n`` positions (rows split over the batch axes and
+    the vocabulary over the tensor axes as the trainer lays them out under ``ctx``)."""
+    if ctx is not None:
+        rows = math.ceil(rows / _split(ctx, "batch", rows))
+        vocab = math.ceil(vocab / _split(ctx, "act_vocab", vocab))
+    return rows * n * vocab * 4
+
+
+def _split(ctx: shd.ShardingContext, logical: str, dim: int) -> int:
+    ax = ctx.spec((logical,), (dim,))[0]
+    axes = () if ax is None else (ax,) if isinstance(ax, str) else tuple(ax)
+    return math.prod(dict(ctx.mesh.shape)[a] for a in axes)
+
+
+def auto_chunk(rows: int, n: int, vocab: int, ctx: shd.ShardingContext | None = None,
+               budget: int = LOGITS_BUDGET) -> int:
+    """The chunk ``chunk=None`` uses: 0 (whole logits) when they fit ``budget``, else the positions per chunk
+    (a multiple of 8, at least MIN_CHUNK) of the fewest near-equal chunks that fit it."""
+    full = logits_bytes(rows, n, vocab, ctx)
+    if full <= budget:
+        return 0
+    per_pos = max(full // n, 1)
+    c = max(MIN_CHUNK, 8 * (budget // per_pos // 8))  # the most positions that fit, a multiple of 8
+    c = 8 * math.ceil(math.ceil(n / math.ceil(n / c)) / 8)  # as many chunks, evened out (no larger)
+    return c if c < n else 0
+
+
+def resolve_chunk(chunk: int | None, rows: int, n: int, vocab: int, ctx: shd.ShardingContext | None = None) -> int:
+    """``chunk`` itself when set (0: whole logits), else ``auto_chunk``."""
+    return auto_chunk(rows, n, vocab, ctx) if chunk is None else int(chunk)
+
 
 def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
-                    temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False,
+                    temperature: float = 1.0, chunk: int | None = None, with_entropy: bool = False,
                     routes: jax.Array | None = None, with_aux: bool = False, group: int = 1):
     """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies, and the
     model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``).
+    ``chunk``: positions per log-prob chunk; 0 whole logits; None chosen from the logits' size (module doc).
 
     ``group`` > 1: rows ``[i * group, (i + 1) * group)`` share their prompt (everything before the targets),
     as GRPO rollouts do. The prompt is then run once per group and the completions attend over its
@@ -37,6 +82,7 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
         ent = entropy(logits, temperature) if with_entropy else jnp.zeros_like(lp)
         return lp, jax.lax.stop_gradient(ent)
 
+    chunk = resolve_chunk(chunk, tokens.shape[0], n_targets, model.cfg.vocab_size, shd.current())
     if chunk and n_targets > chunk:
         b, n, d = h.shape
         pad = -n % chunk  # pad to whole chunks; the padded tail is sliced off

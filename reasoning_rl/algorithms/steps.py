@@ -135,7 +135,7 @@ def _ratios(aux: dict) -> dict:
 
 
 def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTransformation, micro_batches: int = 1,
-                  logits_chunk: int = 0):
+                  logits_chunk: int | None = None):
     """batch: tokens [B, T] int32, valid [B, T] bool, loss_mask [B, T] bool (which targets to train on)."""
 
     def loss_fn(params, b):
@@ -155,7 +155,7 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     return sft_step
 
 
-def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int = 0,
+def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int | None = None,
                    group: int = 1):
     """``(params, batch) -> (grads, aux)``: the normalised gradient of one mini-batch, accumulated over
     ``acfg.micro_batches`` micro-batches. ``group``: rows come in groups of this many sharing a prompt (a
@@ -188,7 +188,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
 
 
 def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
-                   temperature: float, logits_chunk: int = 0, group: int = 1):
+                   temperature: float, logits_chunk: int | None = None, group: int = 1):
     """One optimizer update on one mini-batch (see ``make_grpo_grad`` for the batch layout)."""
     grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk, group)
 
@@ -203,7 +203,7 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
     return grpo_step
 
 
-def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int = 0, group: int = 1):
+def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int | None = None, group: int = 1):
     """params, tokens, valid, n → log-probs [B, n] (reference model or behaviour recompute); ``group`` as in
     ``make_grpo_grad``."""
 

@@ -4,7 +4,9 @@ The target is a run dir (its last finished stage, or ``--stage``), one of its ``
 (an interrupted stage is read at its latest step), or a Hugging Face model dir with ``--config`` for the
 task and eval settings. The run's own resolved config and tokenizer are used; ``--set eval.…`` (or
 ``rollout.…``, ``task.…``) overrides apply to the evaluated stage. Results go to ``RUN_DIR/eval/<stage>/``:
-``eval.json`` (pass@1, pass@k, maj@k, length per difficulty, per task) and, with budgets,
+``eval.json`` (pass@1, pass@k, maj@k, length per difficulty, per task), ``samples.jsonl`` (every scored
+completion: prompt, completion, extracted and reference answer, reward components, correct, token count,
+whether it hit the token limit; ``greedy`` marks the greedy ones) and, with budgets,
 ``budget_forcing.json`` (``{"budgets": [...], "accuracy": [...], ...}``) and ``budget_forcing.png``.
 """
 
@@ -22,6 +24,7 @@ from reasoning_rl.checkpoint import read_manifest
 from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig
 from reasoning_rl.evaluation import budget_curve
 from reasoning_rl.paths import check_output_dir
+from reasoning_rl.model_dirs import ModelDirError, check_model_dirs
 
 from .common import Runtime
 from .evaluate import stage_eval
@@ -33,6 +36,8 @@ log = logging.getLogger("reasoning_rl")
 def _locate(target: str, stage: str | None) -> tuple[Path, str | None, str]:
     """(run dir, stage name or None for "the last finished", kind) of an eval target."""
     p = Path(target)
+    if not p.exists():
+        raise ModelDirError(f"{p}: no such directory (the eval target)")
     if (p / "config.yaml").is_file():
         return p, stage, "run"
     if p.is_dir() and (p.parent.parent / "config.yaml").is_file() and p.parent.name == "checkpoints":
@@ -97,6 +102,7 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
         stage = config_lib.stage(cfg, stage_name)
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    check_model_dirs(cfg, weights=kind == "hf")  # a run's own parameters come from its checkpoints
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
     check_output_dir(out, "eval output dir")  # before any compute
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
@@ -131,7 +137,10 @@ def run_eval(args) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
     if not args.budget_only:
-        result["held_out"] = stage_eval(srt, stage, params)
+        records: list[dict] = []
+        result["held_out"] = stage_eval(srt, stage, params, records=records)
+        if dist.is_primary():
+            write_jsonl(out / "samples.jsonl", records)
     b = stage.eval.budget
     if b.budgets:
         src = budget_source(rt, stage, args.task)
@@ -153,6 +162,14 @@ def run_eval(args) -> dict[str, Any]:
     return result
 
 
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write records, one JSON object a line, atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    tmp.replace(path)
+
+
 def run_export(args) -> Path:
     """Write a run's stage checkpoint as a Hugging Face model dir (config.json + safetensors + tokenizer), for
     transformers or vLLM to serve."""
@@ -166,6 +183,7 @@ def run_export(args) -> Path:
         raise ConfigError(f"export: {args.target} is a Hugging Face model dir already")
     raw = config_lib.load_raw(run_dir / "config.yaml")
     cfg = config_lib.from_dict(raw)
+    check_model_dirs(cfg, weights=False)  # the parameters come from the run's checkpoints
     stage_name = stage_name or _last_finished(cfg, run_dir)
     try:
         stage = config_lib.stage(cfg, stage_name)

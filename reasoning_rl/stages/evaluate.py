@@ -15,7 +15,7 @@ import numpy as np
 from reasoning_rl import sharding as shd
 from reasoning_rl.config import StageConfig
 from reasoning_rl.evaluation import evaluate
-from reasoning_rl.rewards import extract_answer, registry
+from reasoning_rl.rewards import RewardComputer, RewardSpec, extract_answer, registry
 
 from .common import Runtime
 from .sources import CORRECTNESS_REWARDS, Source, config_sources, stage_sources
@@ -30,8 +30,28 @@ def correctness_reward(stage: StageConfig) -> str:
     return "accuracy"
 
 
-def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=None) -> dict[str, Any]:
-    """Held-out figures of one task (see ``reasoning_rl.evaluation.evaluate``)."""
+def _other_rewards(src: Source):
+    """``rewards_fn`` for the records: the source's training rewards other than correctness and format (which
+    the evaluation computes anyway), unweighted."""
+    specs = [RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in src.rewards
+             if r.name not in (src.correctness, "format")]
+    if not specs:
+        return None
+
+    def fn(texts, rows):
+        computer = RewardComputer(specs)
+        try:
+            return computer(texts, rows).per_reward
+        finally:
+            computer.close()
+
+    return fn
+
+
+def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=None,
+                records: list[dict] | None = None) -> dict[str, Any]:
+    """Held-out figures of one task (see ``reasoning_rl.evaluation.evaluate``); ``records`` collects each
+    scored completion."""
     ev = stage.eval
     examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
     with shd.use(rt.ctx):  # sample on the run's mesh (data-parallel meshes: a decode loop per device)
@@ -41,14 +61,18 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
             max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
             stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(src.correctness),
             format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size,
-            greedy=ev.greedy, seed=rt.cfg.seed + 17, name=f"{stage.name}: held-out eval ({src.name})")
+            greedy=ev.greedy, seed=rt.cfg.seed + 17, name=f"{stage.name}: held-out eval ({src.name})",
+            records=records, correct_name=src.correctness,
+            rewards_fn=_other_rewards(src) if records is not None else None)
 
 
-def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None) -> dict[str, Any]:
+def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None,
+               records: list[dict] | None = None) -> dict[str, Any]:
+    """Held-out figures of every task; ``records``: each scored completion of every task is appended."""
     own = [Source(rt, s) for s in stage_sources(stage)]
     names = {s.name for s in own}
     others = [Source(rt, s) for s in config_sources(rt.cfg) if s.name not in names]
-    per_task = {s.name: eval_source(rt, stage, s, params, mdef) for s in own + others}
+    per_task = {s.name: eval_source(rt, stage, s, params, mdef, records) for s in own + others}
     if len(per_task) == 1:
         return next(iter(per_task.values()))
     mine = [per_task[s.name] for s in own]

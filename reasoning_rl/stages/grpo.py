@@ -21,7 +21,9 @@ from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
 from reasoning_rl.data.loader import ExampleStream
+from reasoning_rl.evaluation import sample_record
 from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.rewards import extract_answer
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
 from reasoning_rl.sharding import replicated
@@ -57,6 +59,7 @@ class Rollout:
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
         self.rows = rt.host_rows(r.prompts_per_step)
         self.rewarder = data.rewarder()
+        self.samples: list[dict] = []  # the last step's rollouts for rollouts.jsonl
 
     def _round(self, params, rng):
         """One round of sampling. Each host loads and scores its own prompts' rows; what comes back (tokens,
@@ -143,7 +146,38 @@ class Rollout:
         if a.dynamic_sampling:
             metrics["groups_kept"] = n_real
             metrics["sampling_rounds"] = len(rounds)
+        self.samples = self._samples(first, self.rt.cfg.log.rollouts_per_step)
         return batch, metrics
+
+    def _samples(self, rd: dict, k: int) -> list[dict]:
+        """``k`` rollouts of a round as records (``reasoning_rl.evaluation.sample_record``): the first sample of
+        each prompt, then the second, ... so a few records show as many prompts as they can."""
+        if k <= 0:
+            return []
+        out, scored, rows = rd["out"], rd["scored"], rd["rows"]
+        n = len(rows)
+        order = [p * self.g + j for j in range(self.g) for p in range(n // self.g)][:k]
+        adv = np.asarray(compute_advantages(self.stage.algorithm.advantage, rd["rewards"], self.g))
+        per_task: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            per_task.setdefault(r.get("task"), []).append(i)
+        stops = set(self.sp.stop_ids)
+        recs = []
+        for i in order:
+            m = int(out.lengths[i])
+            text = self.rt.tok.decode(out.tokens[i, :m])
+            row = rows[i]
+            if self.data.mixed:  # per-reward values are per task there, keyed "<task>/<reward>"
+                j, pre = per_task[row.get("task")].index(i), f"{row.get('task')}/"
+                comps = {k[len(pre):]: float(v[j]) for k, v in scored.result.per_reward.items() if k.startswith(pre)}
+            else:
+                comps = {k: float(v[i]) for k, v in scored.result.per_reward.items()}
+            rec = sample_record(row, text, extract_answer(text), comps, float(scored.correct[i]) >= 1.0, m,
+                                m == 0 or int(out.tokens[i, m - 1]) not in stops, prompt_index=i // self.g,
+                                sample=i % self.g)
+            rec["reward"], rec["advantage"] = float(rd["rewards"][i]), float(adv[i])
+            recs.append(rec)
+        return recs
 
 
 def kl_in_reward(a, batch: dict) -> np.ndarray | None:
@@ -180,9 +214,14 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     own_key = jax.device_put(run.state.rng, replicated(srt.mesh)) if srt is not trt else None
     sampler_key = lambda: own_key if own_key is not None else run.state.rng  # noqa: E731
     feed = correct = None
+
+    def collect(params, key):  # the rollouts to log travel with their batch (the sampler may run ahead)
+        batch, metrics = rollout.collect(params, key)
+        return batch, {**metrics, "_samples": rollout.samples}
+
     if asynchronous:
         pending = [decode_item(d) for d in (host or {}).get("pending", [])]
-        feed = AsyncFeed(rollout.collect, to_sampler, lambda t: jax.random.fold_in(own_key, t),
+        feed = AsyncFeed(collect, to_sampler, lambda t: jax.random.fold_in(own_key, t),
                          lambda: json.loads(json.dumps(stream.get_state())), r.max_staleness, run.start_step,
                          stage.steps, run.state.params, pending)
         if a.off_policy != "none":
@@ -202,7 +241,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     rm = {**rm, "staleness": step - 1 - version, "wait_s": timer() - t0}
                 else:
                     rng = jax.random.fold_in(sampler_key(), step)
-                    batch, rm = rollout.collect(to_sampler(run.state.params), rng)
+                    batch, rm = collect(to_sampler(run.state.params), rng)
+                samples = rm.pop("_samples")
                 rewards = batch.pop("rewards")
                 t_up = timer()
                 if ref_fn is not None:
@@ -243,6 +283,9 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     rec["sampler_busy_frac"] = min(feed.busy / elapsed, 1.0)
                     rec["trainer_busy_frac"] = min(t_train / elapsed, 1.0)
                 writer.write(rec)
+                lc = rt.cfg.log
+                writer.write_rollouts([{"stage": stage.name, "step": step, **x} for x in samples],
+                                      int(lc.rollouts_max_mb * 2**20), lc.rollouts_keep)
                 bar.update(reward=rec["reward_mean"], **({"acc": rec["accuracy"]} if "accuracy" in rec else {}),
                            len=rec["response_len"])
                 run.end_step(step, guard, (lambda w=wall, s=step: {**feed.host_state(s), "wall_seconds": w})

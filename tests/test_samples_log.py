@@ -1,0 +1,100 @@
+"""What a user reads of the completions: ``eval``'s ``samples.jsonl`` and ``run``'s ``rollouts.jsonl`` (and the
+TensorBoard text of the same), whose ``correct`` fields must add up to the figures reported beside them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reasoning_rl.metrics import MetricsWriter, read_metrics
+
+TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
+FIELDS = {"prompt", "completion", "answer", "reference", "rewards", "correct", "tokens", "truncated"}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_rollouts_and_eval_samples_agree_with_the_aggregates(tmp_path):
+    run = tmp_path / "run"
+    rows = 16  # prompts_per_step x group_size: every rollout is kept
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir", str(run),
+                        "--set", "task.digits=1", "--set", "stages.sft.steps=8", "--set", "stages.grpo.steps=3",
+                        "--set", f"log.rollouts_per_step={rows}"],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = _jsonl(run / "rollouts.jsonl")
+    metrics = {r["step"]: r for r in read_metrics(run) if r["stage"] == "grpo"}
+    assert sorted({r["step"] for r in recs}) == [1, 2, 3] and len(recs) == 3 * rows
+    for step, m in metrics.items():
+        mine = [r for r in recs if r["step"] == step]
+        assert FIELDS <= set(mine[0]) and mine[0]["stage"] == "grpo"
+        assert np.mean([r["correct"] for r in mine]) == pytest.approx(m["accuracy"], abs=1e-6)
+        assert np.mean([r["reward"] for r in mine]) == pytest.approx(m["reward_mean"], abs=1e-5)
+        assert np.mean([r["tokens"] for r in mine]) == pytest.approx(m["response_len"], abs=1e-5)
+        assert all(r["tokens"] <= 32 and (not r["truncated"] or r["tokens"] == 32) for r in mine)
+    events = b"".join(f.read_bytes() for f in (run / "tensorboard").iterdir())
+    assert b"grpo/rollouts" in events  # the same rollouts as TensorBoard text
+
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "eval", str(run)], capture_output=True, text=True, check=False,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    held = json.loads((run / "eval" / "grpo" / "eval.json").read_text())["held_out"]
+    samples = _jsonl(run / "eval" / "grpo" / "samples.jsonl")
+    sampled = [s for s in samples if not s["greedy"]]
+    greedy = [s for s in samples if s["greedy"]]
+    assert len(sampled) == held["num_problems"] * held["samples_per_problem"] and len(greedy) == held["num_problems"]
+    assert FIELDS <= set(sampled[0]) and set(sampled[0]["rewards"]) == {"accuracy", "format"}
+    assert np.mean([s["correct"] for s in sampled]) == pytest.approx(held["pass@1"], abs=1e-9)
+    assert np.mean([s["correct"] for s in greedy]) == pytest.approx(held["greedy_accuracy"], abs=1e-9)
+    assert np.mean([s["tokens"] for s in sampled]) == pytest.approx(held["mean_response_tokens"], abs=1e-9)
+    assert all(s["correct"] == (s["rewards"]["accuracy"] >= 1.0) for s in samples)
+    assert any(s["correct"] for s in samples + recs)  # the agreement above is not all zeros
+
+
+def test_rollouts_rotate_by_size_and_resume_cuts_them_back(tmp_path):
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    rec = {"prompt": "1+1=", "completion": "<answer>2</answer>" * 20, "correct": True}
+    for step in range(1, 9):
+        w.write_rollouts([{"stage": "grpo", "step": step, **rec}] * 2, max_bytes=1500, keep=2)
+    w.close()
+    files = sorted(tmp_path.glob("rollouts.jsonl*"))
+    assert [f.name for f in files] == ["rollouts.jsonl", "rollouts.jsonl.1", "rollouts.jsonl.2"]
+    assert all(f.stat().st_size < 1500 + 2 * 600 for f in files)
+    steps = [r["step"] for f in reversed(files) for r in _jsonl(f)]
+    assert steps == sorted(steps) and steps[-1] == 8 and steps[0] > 1  # the oldest were dropped
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    w.truncate("grpo", 7)  # resumed from step 7: step 8 is rewritten by the resumed run
+    w.close()
+    assert max(r["step"] for r in _jsonl(tmp_path / "rollouts.jsonl")) == 7
+
+
+@pytest.mark.slow
+def test_cpu_example_config_runs_on_a_random_model_of_its_family(tmp_path):
+    """configs/examples/smollm2-135m_gsm8k_cpu.yaml as shipped (chat template, GSM8K preset, two CPU devices,
+    remat, chunked log-probs), on a toy Llama directory written by tools/random_hf_model.py."""
+    root = Path(__file__).parent.parent
+    model, data, run = tmp_path / "model", tmp_path / "gsm8k", tmp_path / "run"
+    p = subprocess.run([sys.executable, str(root / "tools" / "random_hf_model.py"), "tiny-llama", str(model),
+                        "--gsm8k", str(data), "--rows", "64"], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run",
+                        str(root / "configs" / "examples" / "smollm2-135m_gsm8k_cpu.yaml"), "--no-progress",
+                        "--run-dir", str(run), "--set", f"model.path={model}", "--set", f"task.path={data}/train.jsonl",
+                        "--set", f"task.held_out_path={data}/test.jsonl", "--set", "stages.grpo.steps=1",
+                        "--set", "rollout.max_new_tokens=24", "--set", "eval.num_problems=2"],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (rec,) = [r for r in read_metrics(run) if r["stage"] == "grpo"]
+    assert rec["step"] == 1 and np.isfinite(rec["loss"])
+    rollouts = _jsonl(run / "rollouts.jsonl")
+    assert len(rollouts) == 4 and rollouts[0]["prompt"].startswith("<|im_start|>system\nThink step by step")
+    assert all(r["reference"].endswith(tuple("0123456789")) for r in rollouts)
