@@ -11,6 +11,7 @@ from .hf import (
                  load_pretrained,
                  save_pretrained,
 )
+from .reward import RewardDef, RewardModel, load_reward_model, save_reward_model
 from .transformer import KVCache, ModelDef, Transformer, create, positions_from_valid
 
 __all__ = [
@@ -21,12 +22,16 @@ __all__ = [
                  "MoEConfig",
                  "ModelDef",
                  "PretrainedModel",
+                 "RewardDef",
+                 "RewardModel",
                  "Transformer",
                  "TransformerConfig",
                  "config_from_hf",
                  "create",
                  "load_params",
                  "load_pretrained",
+                 "load_reward_model",
                  "positions_from_valid",
                  "save_pretrained",
+                 "save_reward_model",
 ]
