@@ -19,7 +19,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,8 @@ from reasoning_rl.sharding import DEFAULT_RULES, ShardingContext, use
 from . import hf as _hf
 from .config import TransformerConfig
 from .families import ConfigError, for_family
-from .hf_save import NP_DTYPES, _host, _runtime_neutral, save_pretrained as _save_backbone
+from .hf_save import NP_DTYPES, _host, _runtime_neutral
+from .hf_save import save_pretrained as _save_backbone
 from .safetensors_io import NAMES, Checkpoint, SafetensorsFile, write_file
 from .transformer import ModelDef, create, positions_from_valid
 
@@ -140,7 +140,7 @@ def load_reward_params(hf_dir: str | Path, rdef: RewardDef, dtype: str | None = 
     try:
         if SCORE not in ckpt:
             raise _hf.CheckpointError(f"{directory}: no {SCORE} (not a sequence-classification checkpoint)")
-        got_dtype, shape = ckpt.info(SCORE)
+        _, shape = ckpt.info(SCORE)
         d = rdef.cfg.d_model
         if tuple(shape) != (1, d):
             raise _hf.CheckpointError(f"{directory}: {SCORE} has shape {list(shape)}, a one-label head on "

@@ -99,7 +99,8 @@ def cmd_run(args) -> int:
     enable_compile_cache()
     summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress)
     brief = {name: {k: v for k, v in s.items() if k in ("pass@1", "greedy_accuracy", "format_rate",
-                                                          "mean_response_tokens", "wall_seconds")}
+                                                          "mean_response_tokens", "wall_seconds", "pair_accuracy")
+                    or name == "helpfulness"}
              for name, s in summary.items()}
     print(json.dumps({"run_dir": cfg.run_dir, "summary": brief}, indent=2))
     return 0

@@ -180,7 +180,13 @@ class Stages:
         self._rts: dict[str, Runtime] = {}
 
     def runtime(self, stage: StageConfig) -> Runtime:
-        """The runtime of the model a stage trains (a distill stage's student has its own)."""
+        """The runtime of the model a stage trains (a distill stage's student and a reward model have their own)."""
+        if stage.kind == "reward_model":
+            from reasoning_rl.stages.reward_model import RewardRuntime
+
+            if stage.name not in self._rts:
+                self._rts[stage.name] = RewardRuntime.of(self.rt, stage)
+            return self._rts[stage.name]
         if stage.kind != "distill":
             return self.rt
         if stage.name not in self._rts:
@@ -208,12 +214,17 @@ class Stages:
     def init(self, stage: StageConfig) -> tuple[Any, dict]:
         """Initial params for ``stage`` and its lineage entry."""
         srt = self.runtime(stage)
+        if stage.kind == "reward_model":
+            from reasoning_rl.stages.reward_model import reward_init
+
+            return reward_init(self, stage, srt)
         if stage.init is not None:
             return self.resolve(stage.init, srt)
         idx = self.names.index(stage.name)
-        if idx == 0 or stage.kind == "distill":
+        policies = [s.name for s in self.rt.cfg.stages[:idx] if s.kind != "reward_model"]  # not reward models
+        if not policies or stage.kind == "distill":
             return srt.init_params(), {"kind": "fresh", "seed": self.rt.cfg.seed, "model": srt.model_cfg.path}
-        prev = self.names[idx - 1]
+        prev = policies[-1]
         return self.params[prev], self.lineage(prev)
 
 
@@ -233,7 +244,16 @@ def _run_stage(stages: Stages, stage: StageConfig, writer: MetricsWriter, progre
     if stage.kind == "sft":
         params, info = run_sft(rt, stage, init_params, writer, progress)
     elif stage.kind == "grpo":
+        from reasoning_rl.stages.reward_model import helpfulness_before
+
+        before = helpfulness_before(rt, stage, init_params)
         params, info = run_grpo(rt, stage, init_params, writer, progress)
+        if before is not None:
+            info["helpfulness_before"] = before
+    elif stage.kind == "reward_model":
+        from reasoning_rl.stages.reward_model import run_reward_model
+
+        params, info = run_reward_model(srt, stage, init_params, writer, progress)
     elif stage.kind == "rejection_sft":
         sampler_params, refs["sampler"] = (stages.resolve(stage.sampler, rt) if stage.sampler
                                            else (init_params, parent))
@@ -273,11 +293,23 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             if man and man.get("complete") and man.get("config_hash") == cfg.hash():
                 log.info("stage %s already complete: skipped", stage.name)
                 stages.params[stage.name] = load_stage_params(srt, stage)
+                if stage.kind == "reward_model":
+                    rt.reward_models[stage.name] = (srt.mdef, stages.params[stage.name])
                 continue
             params, info, refs = _run_stage(stages, stage, writer, progress)
-            metrics = stage_eval(srt, stage, params)
+            if stage.kind == "reward_model":  # scored on held-out pairs, not by sampling
+                metrics = info.pop("eval")
+                rt.reward_models[stage.name] = (srt.mdef, params)
+            else:
+                metrics = stage_eval(srt, stage, params)
             metrics["wall_seconds"] = info["wall_seconds"]
-            extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early") if k in info}
+            if "helpfulness_before" in info:
+                from reasoning_rl.stages.reward_model import helpfulness_report
+
+                summary["helpfulness"] = helpfulness_report(rt, stage, info.pop("helpfulness_before"), params,
+                                                            metrics, summary)
+            extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early", "export")
+                     if k in info}
             summary[stage.name] = {"kind": stage.kind, **metrics, **extra}
             if dist.is_primary():
                 _write_json(summary_path, summary)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.parity
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from reasoning_rl.models import ConfigError, load_reward_model  # noqa: E402
+from reasoning_rl.models import ConfigError, load_reward_model
 
 V, PAD = 96, 0
 COMMON = {"vocab_size": V, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -107,7 +107,6 @@ def test_save_loads_in_transformers_with_equal_scores(saved, tmp_path, name):
 def test_hand_built_reward_model_saves_for_transformers(tmp_path):
     """A reward model on a config's own decoder (what a reward_model stage trains) exports as Qwen2."""
     import jax
-
     from reasoning_rl.models import TransformerConfig, save_reward_model
     from reasoning_rl.models.reward import reward_def, scores
     from reasoning_rl.models.transformer import create
