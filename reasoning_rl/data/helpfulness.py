@@ -4,7 +4,7 @@ A prompt ``help dbf:`` asks about a few topics (letters a-h, in the asker's orde
 a response (the ``<answer>`` content, else the whole completion) on a rubric, 0 to 1:
 
 * 0.4 x the share of the asked topics it covers (items joined by ``,``),
-* 0.2 if it names nothing that was not asked (and nothing twice),
+* 0.2 if it names nothing that was not asked (no filler, no other topic, nothing twice),
 * 0.2 if it answers every topic in the order asked,
 * 0.2 if it ends with ``!`` (courtesy).
 
@@ -14,8 +14,9 @@ the rubric, and it measures a policy afterwards (``judge_mean``, the ``helpfulne
 reward used for pass@k). It never scores rollouts for RL: a policy trained here sees only the reward model,
 so reward hacking (the reward model's score rising while the judge's does not) is visible in the metrics.
 
-The worked solutions (``solution``, for SFT) are mediocre on purpose: they cover the topics, but half of
-them in a shuffled order, some with an extra topic, half without the courtesy, so there is room for RL.
+The worked solutions (``solution``, for SFT) are mediocre on purpose: they cover the topics, but most of
+them in a shuffled order, some with a filler item (``um``), most without the courtesy, so there is room
+for RL.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reasoning_rl.rewards.extract import as_text, last_tag
 from .tasks import ArithmeticTask, Example, InstructTask
 
 LETTERS = "abcdefgh"
+FILLER = "um"  # an item that answers nothing
 WEIGHTS = {"coverage": 0.4, "precision": 0.2, "order": 0.2, "courtesy": 0.2}
 
 
@@ -76,13 +78,13 @@ def completion(think: list[str], answer: str) -> str:
 
 
 def random_answer(rng: np.random.Generator, topics: list[str]) -> str:
-    """A response of random quality: topics dropped, shuffled, extra or repeated items, courtesy or not."""
+    """A response of random quality: topics dropped or shuffled, filler or an unasked topic, courtesy or not."""
     items = [t for t in topics if rng.random() > 0.25] or [topics[int(rng.integers(len(topics)))]]
     if rng.random() < 0.5:
         items = [items[i] for i in rng.permutation(len(items))]
-    if rng.random() < 0.4:
-        others = [c for c in LETTERS if c not in topics]
-        extra = str(rng.choice(others)) if rng.random() < 0.7 else items[0]
+    u = rng.random()
+    if u < 0.45:
+        extra = FILLER if u < 0.35 else str(rng.choice([c for c in LETTERS if c not in topics]))
         items.insert(int(rng.integers(len(items) + 1)), extra)
     return ",".join(items) + ("!" if rng.random() < 0.5 else ".")
 
@@ -99,11 +101,11 @@ class HelpfulnessTask(InstructTask):
         topics = [str(x) for x in rng.choice(list(LETTERS), k, replace=False)]
         prompt = f"help {''.join(topics)}:"
         items = list(topics)
-        if rng.random() < 0.5:  # a mediocre demonstration: order, extras, courtesy left to chance
+        if rng.random() < 0.6:  # a mediocre demonstration: order, extras, courtesy left to chance
             items = [items[i] for i in rng.permutation(k)]
-        if rng.random() < 0.3:
-            items.insert(int(rng.integers(k + 1)), str(rng.choice([c for c in LETTERS if c not in topics])))
-        answer = ",".join(items) + ("!" if rng.random() < 0.5 else ".")
+        if rng.random() < 0.4:
+            items.insert(int(rng.integers(k + 1)), FILLER)
+        answer = ",".join(items) + ("!" if rng.random() < 0.4 else ".")
         best = ",".join(topics) + "!"
         return Example(prompt, best, completion(topics, answer), k, prompt, {"topics": topics})
 
