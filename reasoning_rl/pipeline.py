@@ -281,6 +281,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         adopt_tokenizer(cfg, run_dir, outside)
     dist.barrier("run_dir")
     rt = Runtime(cfg, run_dir, devices)
+    from reasoning_rl.rewards.reward_model import check_reward_models
+
+    check_reward_models(rt)  # reward-model checkpoints: one label, the policy's tokenizer (before compute)
     stages = Stages(rt)
     writer = MetricsWriter(run_dir, enabled=dist.is_primary())
     summary_path = run_dir / "summary.json"

@@ -142,3 +142,24 @@ def make_scorer(rt, rcfg: RewardConfig, where: str) -> RewardModelScorer:
     else:
         rdef, params = load_for_reward(rt, rcfg, where)
     return RewardModelScorer(rt, rdef, params, rcfg.batch_size)
+
+
+def check_reward_models(rt) -> None:
+    """Before any stage runs: every reward-model checkpoint a reward names (``path:``) is a one-label
+    classifier made for the policy's tokenizer (ConfigError naming the reward otherwise)."""
+    from reasoning_rl.models import ConfigError as ModelConfigError
+    from reasoning_rl.models.reward import check_reward_checkpoint
+
+    for i, st in enumerate(rt.cfg.stages):
+        groups = [(f"stages[{i}].rewards", st.rewards)] + [(f"stages[{i}].tasks[{j}].rewards", s.rewards)
+                                                           for j, s in enumerate(st.tasks)]
+        for key, rewards in groups:
+            for j, r in enumerate(rewards):
+                if r.kind != "reward_model" or r.path is None or st.kind != "grpo":
+                    continue
+                where = f"{key}[{j}].path"
+                try:
+                    check_reward_checkpoint(r.path)
+                except ModelConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+                check_tokenizer(r.path, rt.tok, rt.mdef.cfg.vocab_size, where)
