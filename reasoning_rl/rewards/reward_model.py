@@ -103,10 +103,11 @@ class RewardModelScorer:
         self.forwards = 0  # jitted calls so far (one per chunk of rows)
 
     def _rows(self, n: int) -> int:
-        rows = max(self.dp, 8)
+        """Rows of the forward for ``n`` rows: a power of two (few compiled shapes), whole rows per device."""
+        rows = 1
         while rows < n:
             rows *= 2
-        return -(-rows // self.dp) * self.dp
+        return -(-max(rows, self.dp) // self.dp) * self.dp
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         seqs = [rm_tokens(self.rt.tok, p, c) or [self.rt.tok.pad_id] for p, c in zip(prompts, completions)]
