@@ -130,6 +130,9 @@ def test_exported_reward_model_scores_like_the_stage(run, tmp_path):
     for i, s in enumerate(seqs):  # left padding here, right padding in the scorer
         ids[i, width - len(s):], mask[i, width - len(s):] = s, True
     np.testing.assert_allclose(np.asarray(hf(ids, mask)), ours, atol=1e-5)
+    assert cli.main(["export", str(d), str(tmp_path / "ex"), "--stage", "rm"]) == 0  # the same, on demand
+    np.testing.assert_allclose(np.asarray(load_reward_model(tmp_path / "ex")(ids, mask)), ours, atol=1e-5)
+    assert cli.main(["eval", str(d), "--stage", "rm"]) == 2  # a reward model is not sampled from
     # the export is a reward for another run: same tokenizer, read from the directory
     raw = C.load_raw(RM_TINY)
     raw["stages"] = raw["stages"][:1] + [{

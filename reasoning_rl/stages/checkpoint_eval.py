@@ -96,6 +96,9 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
         stage = config_lib.stage(cfg, stage_name)
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    if stage.kind == "reward_model":
+        raise ConfigError(f"eval: stage {stage.name!r} is a reward model (its held-out pair accuracy is in "
+                          "summary.json); evaluate a policy stage")
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
         dist.split_cpu(cfg.mesh.cpu_devices)
@@ -171,7 +174,13 @@ def run_export(args) -> Path:
     srt = Stages(rt).runtime(stage)
     params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
     source = srt.model_cfg.path
-    out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
+    if stage.kind == "reward_model":  # a *ForSequenceClassification checkpoint
+        from reasoning_rl.models import save_reward_model
+
+        out = save_reward_model(srt.mdef, params, args.out, pad_token_id=rt.tok.pad_id, dtype=args.dtype,
+                                tokenizer_from=source)
+    else:
+        out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
     if source is None and (run_dir / "tokenizer.model").is_file():  # the run's own sentencepiece model
         shutil.copy2(run_dir / "tokenizer.model", Path(out) / "tokenizer.model")
     return Path(out)
