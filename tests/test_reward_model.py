@@ -153,8 +153,9 @@ def test_rerun_skips_finished_stages_and_keeps_the_reward_model(run, tmp_path):
     shutil.copytree(d, copy)
     for name in ("mt",):
         shutil.rmtree(copy / "checkpoints" / name)
-    again = run_pipeline(load(copy), copy, progress=False)
+    again = run_pipeline(load(d), copy, progress=False)  # the same config (its run_dir is part of the hash)
     assert again["rm"] == summary["rm"] and set(again["helpfulness"]) == set(summary["helpfulness"])
+    assert again["helpfulness"]["judge_before"] == summary["helpfulness"]["judge_before"]
 
 
 # --------------------------------------------------------------------------- 8 devices = 1 device
