@@ -77,16 +77,25 @@ def completion(think: list[str], answer: str) -> str:
     return f"<think>{','.join(think)}</think><answer>{answer}</answer>"
 
 
-def random_answer(rng: np.random.Generator, topics: list[str]) -> str:
-    """A response of random quality: topics dropped or shuffled, filler or an unasked topic, courtesy or not."""
+def random_answer(rng: np.random.Generator, topics: list[str]) -> tuple[list[str], str]:
+    """(thinking items, answer) of random quality, with the slips a small policy makes: topics dropped,
+    shuffled or repeated (in the answer and in the thinking), filler or an unasked topic, a wrong separator,
+    courtesy or not."""
     items = [t for t in topics if rng.random() > 0.25] or [topics[int(rng.integers(len(topics)))]]
     if rng.random() < 0.5:
         items = [items[i] for i in rng.permutation(len(items))]
+    if rng.random() < 0.3:
+        j = int(rng.integers(len(items)))
+        items.insert(j, items[j])
     u = rng.random()
-    if u < 0.45:
-        extra = FILLER if u < 0.35 else str(rng.choice([c for c in LETTERS if c not in topics]))
+    if u < 0.4:
+        extra = FILLER if u < 0.3 else str(rng.choice([c for c in LETTERS if c not in topics]))
         items.insert(int(rng.integers(len(items) + 1)), extra)
-    return ",".join(items) + ("!" if rng.random() < 0.5 else ".")
+    think = list(topics)
+    if rng.random() < 0.25:
+        think = items if rng.random() < 0.5 else think + [think[-1]]
+    sep = "," if rng.random() > 0.1 else str(rng.choice(["-", "|", ";"]))
+    return think, sep.join(items) + ("!" if rng.random() < 0.5 else ".")
 
 
 class HelpfulnessTask(InstructTask):
@@ -119,7 +128,7 @@ class HelpfulnessTask(InstructTask):
         rng = np.random.default_rng([self.cfg.seed, 5, {"train": 0, "held_out": 1}[split], index])
         topics = ex.extra["topics"]
         for _ in range(64):
-            a, b = (completion(topics, random_answer(rng, topics)) for _ in range(2))
+            a, b = (completion(*random_answer(rng, topics)) for _ in range(2))
             ja, jb = judge(a, topics), judge(b, topics)
             if abs(ja - jb) > 1e-9:
                 break
