@@ -249,6 +249,7 @@ def test_bad_preference_rows_refused_before_compute(tmp_path, bad, needle):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_preference_file_trains_a_reward_model(tmp_path):
     rows = [{"q": f"{i}+{i}=", "good": f"<answer>{2 * i}</answer>", "bad": f"<answer>{2 * i + 1}</answer>",
              **({"margin": 0.5} if i % 2 else {})} for i in range(12)]
