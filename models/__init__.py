@@ -13,6 +13,7 @@ from .hf import (
                  load_pretrained,
                  save_pretrained,
 )
+from .reward import RewardDef, RewardModel, load_reward_model, save_reward_model
 from .transformer import KVCache, ModelDef, Transformer, create, positions_from_valid
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
                  "ModelDef",
                  "ModelDirError",
                  "PretrainedModel",
+                 "RewardDef",
+                 "RewardModel",
                  "Transformer",
                  "TransformerConfig",
                  "check_model_dir",
@@ -31,6 +34,8 @@ __all__ = [
                  "create",
                  "load_params",
                  "load_pretrained",
+                 "load_reward_model",
                  "positions_from_valid",
                  "save_pretrained",
+                 "save_reward_model",
 ]

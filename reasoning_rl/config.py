@@ -76,7 +76,7 @@ class TaskConfig:
     """A task: built-in and generated (``arithmetic``, ``countdown``, ``instruct``) or rows of a local JSONL /
     Parquet file (``file``, see ``reasoning_rl.data.files``)."""
 
-    name: Literal["arithmetic", "countdown", "instruct", "code", "file"] = "arithmetic"
+    name: Literal["arithmetic", "countdown", "instruct", "code", "helpfulness", "file"] = "arithmetic"
     digits: int = 4  # difficulty: operand digits
     terms: int = 2  # difficulty: number of operands (instruct: the most items a response may be asked for)
     held_out_size: int = 500
@@ -85,7 +85,8 @@ class TaskConfig:
     # file tasks
     path: str | None = None  # JSONL (.jsonl/.json) or Parquet (.parquet) file of rows
     held_out_path: str | None = None  # None: held_out_size rows of ``path`` are held out instead
-    preset: Literal["fields", "gsm8k", "math", "code"] = "fields"  # how rows map onto examples
+    # how rows map onto examples; "preference": {prompt, chosen, rejected[, margin]} pairs (reward_model stages)
+    preset: Literal["fields", "gsm8k", "math", "code", "preference"] = "fields"
     fields: dict = field(default_factory=dict)  # example field -> row column, over the preset's mapping
     template: str = "{prompt}"  # prompt template over the row's fields, or "chat" (the tokenizer's template)
     system: str | None = None  # system message for template "chat"
@@ -271,6 +272,26 @@ class RewardConfig:
     name: str
     weight: float = 1.0
     kwargs: dict = field(default_factory=dict)
+    # "reward_model": a learned reward model scores (prompt, completion) in batches on the mesh; it is the
+    # reward_model stage named by ``stage`` or the *ForSequenceClassification checkpoint at ``path``
+    kind: Literal["function", "reward_model"] = "function"
+    stage: str | None = None
+    path: str | None = None
+    normalize: Literal["batch", "none"] = "batch"  # batch: scores standardised over the rows scored together
+    batch_size: int = 256  # rows per reward-model forward
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """A reward_model stage: a scalar head on a backbone trained with the Bradley-Terry pairwise loss
+    ``-log sigmoid(r_chosen - r_rejected - margin) + center * (r_chosen + r_rejected)^2``."""
+
+    margin: float = 0.0  # rows may carry their own (a ``margin`` field)
+    center: float = 0.0  # weight of the centering term (keeps scores near zero)
+    held_out_pairs: int = 256  # held-out pairs scored at the end of the stage (pair accuracy)
+    # the backbone when ``init`` is unset: built fresh from this section (merged over the top-level model)
+    model: ModelConfig | None = None
+    export: bool = True  # also write checkpoints/<stage>/hf, a *ForSequenceClassification checkpoint
 
 
 @dataclass(frozen=True)
@@ -314,13 +335,13 @@ class DistillConfig:
     compare_grpo: bool = False  # also train the student with GRPO alone for the same optimizer steps
 
 
-STAGE_KINDS = ("sft", "grpo", "rejection_sft", "distill", "ppo")
+STAGE_KINDS = ("sft", "grpo", "rejection_sft", "distill", "ppo", "reward_model")
 
 
 @dataclass(frozen=True)
 class StageConfig:
     name: str
-    kind: Literal["sft", "grpo", "rejection_sft", "distill", "ppo"]
+    kind: Literal["sft", "grpo", "rejection_sft", "distill", "ppo", "reward_model"]
     steps: int
     init: str | None = None  # a previous stage's name, a stage checkpoint dir of any run, or an HF dir
     batch_size: int = 64  # SFT: sequences per step
@@ -348,6 +369,7 @@ class StageConfig:
     # ppo: the critic's backbone, a model section (merged over the top-level model) or an HF directory;
     # None: a copy of the policy
     critic_model: ModelConfig | None = None
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)  # reward_model stages
 
 
 @dataclass(frozen=True)
@@ -529,6 +551,9 @@ def from_dict(raw: dict) -> Config:
             st["critic_model"] = _deep_merge(top_plain["model"], st["critic_model"])
         if isinstance(st.get("student_model"), dict):
             st["student_model"] = _deep_merge(top_plain["model"], st["student_model"])
+        rm = st.get("reward_model")
+        if isinstance(rm, dict) and isinstance(rm.get("model"), dict):
+            st["reward_model"] = {**rm, "model": _deep_merge(top_plain["model"], rm["model"])}
         if "tasks" in st:
             st["tasks"] = _resolve_sources(st["tasks"], st, f"stages[{i}].tasks")
         resolved.append(build(StageConfig, st, f"stages[{i}]"))
@@ -577,8 +602,15 @@ def _stage_refs(cfg: Config) -> None:
             ref = getattr(st, attr)
             if ref is not None and ref in names and names.index(ref) >= i:
                 raise ConfigError(f"{p}.{attr}: stage {ref!r} does not come before {st.name!r}")
-        init = st.init if st.init is not None else (names[i - 1] if i and st.kind != "distill" else None)
-        if init in kinds:
+        policy_before = [n for n in names[:i] if kinds[n] != "reward_model"]  # a reward model is not a policy
+        implicit = policy_before[-1] if policy_before and st.kind not in ("distill", "reward_model") else None
+        init = st.init if st.init is not None else implicit
+        if st.kind != "reward_model":
+            for attr in ("init", "sampler", "teacher"):
+                ref = getattr(st, attr)
+                if ref in kinds and kinds[ref] == "reward_model":
+                    raise ConfigError(f"{p}.{attr}: stage {ref!r} is a reward model, not a policy")
+        if init in kinds and st.kind != "reward_model":
             if st.kind == "distill" and kinds[init] != "distill":
                 raise ConfigError(f"{p}.init: a distill stage starts its student from a student checkpoint, "
                                   f"not from stage {init!r} (omit init for a fresh student)")
@@ -678,6 +710,65 @@ def _validate_rl(st: StageConfig, p: str) -> None:
             need(a.loss == "grpo", f"{p}.algorithm.loss", "reinforce++ gives per-token advantages: use loss grpo")
 
 
+def _validate_rewards(cfg: Config) -> None:
+    """Reward-model stages and rewards: what data a reward_model stage takes, what a reward_model reward
+    points at, and that the helpfulness task's hidden judge never becomes a training reward."""
+    need = _need
+    kinds = {s.name: s.kind for s in cfg.stages}
+    names = [s.name for s in cfg.stages]
+    for i, st in enumerate(cfg.stages):
+        p = f"stages[{i}]"
+        rm = st.reward_model
+        sources = [(f"{p}.task", st.task, f"{p}.rewards", st.rewards)] if not st.tasks else \
+            [(f"{p}.tasks[{j}].task", s.task, f"{p}.tasks[{j}].rewards", s.rewards) for j, s in enumerate(st.tasks)]
+        if st.kind == "reward_model":
+            need(not st.tasks, f"{p}.tasks", "a reward_model stage trains on one preference source (task:)")
+            t = st.task
+            need(t.name == "helpfulness" or (t.name == "file" and t.preset == "preference"), f"{p}.task",
+                 "a reward_model stage needs preference pairs: the built-in helpfulness task or a file task "
+                 "with preset: preference")
+            need(rm.margin >= 0, f"{p}.reward_model.margin", "must be >= 0")
+            need(rm.center >= 0, f"{p}.reward_model.center", "must be >= 0")
+            need(rm.held_out_pairs >= 1, f"{p}.reward_model.held_out_pairs", "must be positive")
+            if st.init in kinds:
+                need(kinds[st.init] != "distill", f"{p}.init",
+                     f"stage {st.init!r} is a distill stage (a student model); start from a stage of this config's model")
+            need(rm.model is None or st.init is None, f"{p}.reward_model.model",
+                 "the backbone comes from init; reward_model.model builds a fresh one (set one of them)")
+            if rm.model is not None:
+                m = rm.model
+                need(m.n_heads % m.n_kv_heads == 0, f"{p}.reward_model.model.n_kv_heads",
+                     f"must divide reward_model.model.n_heads ({m.n_heads})")
+        else:
+            need(rm == RewardModelConfig(), f"{p}.reward_model", "only a reward_model stage has this section")
+        for tkey, t, rkey, rewards in sources:
+            if st.kind != "reward_model":
+                need(not (t.name == "file" and t.preset == "preference"), f"{tkey}.preset",
+                     "preference pairs train reward_model stages only")
+            rm_rewards = 0
+            rnames = [r.name for r in rewards]
+            for j, r in enumerate(rewards):
+                k = f"{rkey}[{j}]"
+                need(r.name not in rnames[:j], f"{k}.name", f"duplicate reward name {r.name!r}")
+                need(r.name != "helpfulness_judge", f"{k}.name",
+                     "helpfulness_judge is the hidden judge: it measures policies and never feeds RL "
+                     "(train a reward_model stage on helpfulness pairs and use kind: reward_model)")
+                if r.kind == "function":
+                    need(r.stage is None and r.path is None, f"{k}.kind",
+                         "stage/path name a reward model: set kind: reward_model")
+                    continue
+                rm_rewards += 1
+                need((r.stage is None) != (r.path is None), k, "a reward_model reward needs exactly one of "
+                     "stage: (a reward_model stage of this config) or path: (a *ForSequenceClassification dir)")
+                need(r.batch_size >= 1, f"{k}.batch_size", "must be positive")
+                if r.stage is not None:
+                    need(r.stage in names[:i] and kinds[r.stage] == "reward_model", f"{k}.stage",
+                         f"{r.stage!r} is not a reward_model stage before {st.name!r}")
+            if st.kind == "grpo" and t.name == "helpfulness":
+                need(rm_rewards > 0, rkey, "the helpfulness task has no verifier: score it with a reward of "
+                     "kind: reward_model")
+
+
 def _need(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
@@ -769,6 +860,7 @@ def validate(cfg: Config) -> None:
             need(1 <= k <= ev.samples, f"{p}.eval.k", f"k={k} must be between 1 and eval.samples ({ev.samples})")
         for j, rw in enumerate(st.rewards):
             need(bool(rw.name), f"{p}.rewards[{j}].name", "must not be empty")
+    _validate_rewards(cfg)
     _stage_refs(cfg)
 
 

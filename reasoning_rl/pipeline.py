@@ -289,7 +289,13 @@ class Stages:
         self._rts: dict[str, Runtime] = {}
 
     def runtime(self, stage: StageConfig) -> Runtime:
-        """The runtime of the model a stage trains (a distill stage's student has its own)."""
+        """The runtime of the model a stage trains (a distill stage's student and a reward model have their own)."""
+        if stage.kind == "reward_model":
+            from reasoning_rl.stages.reward_model import RewardRuntime
+
+            if stage.name not in self._rts:
+                self._rts[stage.name] = RewardRuntime.of(self.rt, stage)
+            return self._rts[stage.name]
         if stage.kind != "distill":
             return self.rt
         if stage.name not in self._rts:
@@ -319,12 +325,17 @@ class Stages:
     def init(self, stage: StageConfig) -> tuple[Any, dict]:
         """Initial params for ``stage`` and its lineage entry."""
         srt = self.runtime(stage)
+        if stage.kind == "reward_model":
+            from reasoning_rl.stages.reward_model import reward_init
+
+            return reward_init(self, stage, srt)
         if stage.init is not None:
             return self.resolve(stage.init, srt)
         idx = self.names.index(stage.name)
-        if idx == 0 or stage.kind == "distill":
+        policies = [s.name for s in self.rt.cfg.stages[:idx] if s.kind != "reward_model"]  # not reward models
+        if not policies or stage.kind == "distill":
             return srt.init_params(), {"kind": "fresh", "seed": self.rt.cfg.seed, "model": srt.model_cfg.path}
-        prev = self.names[idx - 1]
+        prev = policies[-1]
         return self.params[prev], self.lineage(prev)
 
 
@@ -344,11 +355,18 @@ def _run_stage(stages: Stages, stage: StageConfig, writer: MetricsWriter, progre
     if stage.kind == "sft":
         params, info = run_sft(rt, stage, init_params, writer, progress)
     elif stage.kind == "grpo":
+        from reasoning_rl.stages.reward_model import helpfulness_before
+
+        before = helpfulness_before(rt, stage, init_params)
         params, info = run_grpo(rt, stage, init_params, writer, progress)
     elif stage.kind == "ppo":
         from reasoning_rl.stages.ppo import run_ppo
 
         params, info = run_ppo(rt, stage, init_params, writer, progress)
+    elif stage.kind == "reward_model":
+        from reasoning_rl.stages.reward_model import run_reward_model
+
+        params, info = run_reward_model(srt, stage, init_params, writer, progress)
     elif stage.kind == "rejection_sft":
         sampler_params, refs["sampler"] = (stages.resolve(stage.sampler, rt) if stage.sampler
                                            else (init_params, parent))
@@ -422,6 +440,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     from reasoning_rl.stages.ppo import check_critics
 
     check_critics(rt)  # a critic's model and tokenizer, before any stage computes
+    from reasoning_rl.rewards.reward_model import check_reward_models
+
+    check_reward_models(rt)  # reward-model checkpoints: one label, the policy's tokenizer (before compute)
     stages = Stages(rt)
     if dist.is_primary():
         models = {"policy": rt.mdef, **{f"{s.name} student": stages.runtime(s).mdef
@@ -444,6 +465,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             if _complete(man, cfg):
                 log.info("stage %s already complete: skipped", stage.name)
                 stages.params[stage.name] = load_stage_params(srt, stage)
+                if stage.kind == "reward_model":
+                    rt.reward_models[stage.name] = (srt.mdef, stages.params[stage.name])
                 continue
             for line in reward_lines.get(stage.name, []):
                 (log.warning if "UNISOLATED" in line else log.info)("stage %s: %s", stage.name, line)
@@ -453,9 +476,19 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             rt.require_checkpoint = srt.require_checkpoint = sdir if stage.name == required else None
             params, info, refs = _run_stage(stages, stage, writer, progress)
             rt.require_checkpoint = srt.require_checkpoint = None
-            metrics = stage_eval(srt, stage, params)
+            if stage.kind == "reward_model":  # scored on held-out pairs, not by sampling
+                metrics = info.pop("eval")
+                rt.reward_models[stage.name] = (srt.mdef, params)
+            else:
+                metrics = stage_eval(srt, stage, params)
             metrics["wall_seconds"] = info["wall_seconds"]
-            extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early") if k in info}
+            if "helpfulness_before" in info:
+                from reasoning_rl.stages.reward_model import helpfulness_report
+
+                summary["helpfulness"] = helpfulness_report(rt, stage, info.pop("helpfulness_before"), params,
+                                                            metrics, summary)
+            extra = {k: info[k] for k in ("rejection", "distill", "grpo_baseline", "stopped_early", "export")
+                     if k in info}
             summary[stage.name] = {"kind": stage.kind, "steps": info.get("final_step", stage.steps), **metrics,
                                    **extra}
             gain = report.stage_gain(cfg, stage, metrics, refs["parent"], summary)

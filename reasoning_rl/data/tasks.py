@@ -18,7 +18,11 @@ and the ``instruct*`` rewards (``reasoning_rl.data.instruct_rewards``) check the
 ``code``: write the Python function a few input/output examples show; scored by running the program against
 assert tests in the sandbox (the ``code`` reward).
 
-``file``: rows of a local JSONL / Parquet file (``reasoning_rl.data.files``).
+``helpfulness``: no verifier; a hidden rule-based judge labels preference pairs for a reward model
+(``reasoning_rl.data.helpfulness``).
+
+``file``: rows of a local JSONL / Parquet file (``reasoning_rl.data.files``; preference pairs:
+``reasoning_rl.data.preferences``).
 """
 
 from __future__ import annotations
@@ -213,10 +217,18 @@ TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "instruct": I
 
 def make_task(cfg: TaskConfig):
     """The task a config describes (built-in generator or a local file)."""
+    if cfg.name == "file" and cfg.preset == "preference":
+        from .preferences import PreferenceFileTask
+
+        return PreferenceFileTask(cfg)
     if cfg.name == "file":
         from .files import FileTask
 
         return FileTask(cfg)
     if cfg.name == "instruct":
         from . import instruct_rewards  # noqa: F401 - registers the instruct rewards with the registry
+    if cfg.name == "helpfulness":
+        from .helpfulness import HelpfulnessTask
+
+        return HelpfulnessTask(cfg)
     return TASKS[cfg.name](cfg)

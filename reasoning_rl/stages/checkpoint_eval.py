@@ -102,6 +102,9 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
         stage = config_lib.stage(cfg, stage_name)
     except KeyError:
         raise ConfigError(f"--stage: no stage {stage_name!r} in {run_dir}") from None
+    if stage.kind == "reward_model":
+        raise ConfigError(f"eval: stage {stage.name!r} is a reward model (its held-out pair accuracy is in "
+                          "summary.json); evaluate a policy stage")
     check_model_dirs(cfg, weights=kind == "hf")  # a run's own parameters come from its checkpoints
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
     check_output_dir(out, "eval output dir")  # before any compute
@@ -197,7 +200,13 @@ def run_export(args) -> Path:
     srt = Stages(rt).runtime(stage)
     params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
     source = srt.model_cfg.path
-    out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
+    if stage.kind == "reward_model":  # a *ForSequenceClassification checkpoint
+        from reasoning_rl.models import save_reward_model
+
+        out = save_reward_model(srt.mdef, params, args.out, pad_token_id=rt.tok.pad_id, dtype=args.dtype,
+                                tokenizer_from=source)
+    else:
+        out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
     if source is None and (run_dir / "tokenizer.model").is_file():  # the run's own sentencepiece model
         shutil.copy2(run_dir / "tokenizer.model", Path(out) / "tokenizer.model")
     if stage.kind == "ppo":  # and its critic, as a value model beside the policy

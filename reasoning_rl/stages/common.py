@@ -201,6 +201,7 @@ class Runtime:
         self.run_dir = Path(run_dir)
         self.require_checkpoint: Path | None = None  # --resume: this stage dir must hold a usable step
         self._tasks: dict[str, Any] = {}
+        self.reward_models: dict[str, tuple] = {}  # finished reward_model stages: name -> (RewardDef, params)
         self.task = self.task_for(cfg.task)
         self.tok = self._tokenizer()
         for t in self._tasks.values():

@@ -9,7 +9,7 @@ resumed stage sees the batches it would have seen. Rewards are computed per sour
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,8 @@ def config_sources(cfg: Config) -> list[SourceSpec]:
     """Every task any stage trains on, first occurrence per name: each stage is evaluated on all of them."""
     out: dict[str, SourceSpec] = {}
     for st in cfg.stages:
+        if st.kind == "reward_model":  # preference pairs, not prompts to answer
+            continue
         for s in stage_sources(st):
             out.setdefault(s.name, s)
     return list(out.values())
@@ -76,6 +78,7 @@ class StageData:
         w = np.asarray([s.weight for s in self.sources], np.float64)
         self._cum = np.cumsum(w / w.sum())
         self._seed = rt.cfg.seed if seed is None else seed
+        self._rt = rt
 
     def source_of(self, index: int) -> Source:
         if len(self.sources) == 1:
@@ -87,42 +90,82 @@ class StageData:
         return self.source_of(index).example(split, index)
 
     def rewarder(self) -> MixtureRewarder:
-        return MixtureRewarder(self.sources)
+        return MixtureRewarder(self.sources, self._rt)
 
 
 @dataclass
 class Scored:
     result: RewardResult  # weighted totals and per-reward values (``<task>/<reward>`` keys in a mixture)
     correct: np.ndarray  # per row: the row's task's correctness reward
+    # per-row measurements that are not rewards (``judge``: a built-in task's hidden judge), keyed like rewards
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class MixtureRewarder:
-    """One RewardComputer per source; rows go to their task's (``row["task"]``)."""
+    """One RewardComputer per source (its function rewards) plus its reward models (``kind: reward_model``,
+    each one forward per batch of that source's rows); rows go to their task's (``row["task"]``)."""
 
-    def __init__(self, sources: Sequence[Source]):
+    def __init__(self, sources: Sequence[Source], rt=None):
         self.sources = {s.name: s for s in sources}
         self.single = len(sources) == 1
-        self.computers = {s.name: RewardComputer([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in s.rewards])
-                          for s in sources}
+        self.computers = {s.name: RewardComputer([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in s.rewards
+                                                  if r.kind == "function"]) for s in sources}
+        self.models: dict[str, list] = {s.name: [] for s in sources}
+        for s in sources:
+            for r in s.rewards:
+                if r.kind == "reward_model":
+                    from reasoning_rl.rewards.reward_model import make_scorer
+
+                    self.models[s.name].append((r, make_scorer(rt, r, f"rewards.{r.name}")))
+
+    def _score(self, name: str, texts: Sequence[str], rows: Sequence[dict]) -> RewardResult:
+        """One source's rows: function rewards, then each reward model's raw scores (``per_reward``) entering
+        the total normalised and weighted."""
+        res = self.computers[name](texts, rows)
+        if not self.models[name]:
+            return res
+        from reasoning_rl.rewards.reward_model import normalized
+
+        total = res.total.astype(np.float64)
+        for r, scorer in self.models[name]:
+            raw = scorer([row["prompt"] for row in rows], texts)
+            bad = ~np.isfinite(raw)
+            raw = np.where(bad, 0.0, raw).astype(np.float32)
+            res.per_reward[r.name] = raw
+            res.errors[r.name] = 0
+            res.non_finite[r.name] = int(bad.sum())
+            total += float(r.weight) * normalized(raw, r.normalize)
+        res.total = total.astype(np.float32)
+        return res
+
+    @staticmethod
+    def _extra(src: Source, texts, rows) -> dict[str, np.ndarray]:
+        """Measurements beside the rewards: the task's hidden judge, where it has one (never in the total)."""
+        judge = getattr(src.task, "judge", None)
+        if judge is None:
+            return {}
+        return {"judge": np.asarray([judge(t, r) for t, r in zip(texts, rows)], np.float32)}
 
     def __call__(self, texts: Sequence[str], rows: Sequence[dict]) -> Scored:
         n = len(texts)
         if self.single:
             (name,) = self.sources
-            res = self.computers[name](texts, rows)
-            return Scored(res, self._correct(self.sources[name], res, texts, rows))
+            res = self._score(name, texts, rows)
+            src = self.sources[name]
+            return Scored(res, self._correct(src, res, texts, rows), self._extra(src, texts, rows))
         total = np.zeros(n, np.float32)
         correct = np.zeros(n, np.float32)
         per_reward: dict[str, np.ndarray] = {}
         errors: dict[str, int] = {}
         non_finite: dict[str, int] = {}
         first: dict[str, str] = {}
+        extra: dict[str, np.ndarray] = {}
         for name, src in self.sources.items():
             idx = [i for i, r in enumerate(rows) if r.get("task") == name]
             if not idx:
                 continue
             t, rw = [texts[i] for i in idx], [rows[i] for i in idx]
-            res = self.computers[name](t, rw)
+            res = self._score(name, t, rw)
             total[idx] = res.total
             correct[idx] = self._correct(src, res, t, rw)
             for k, v in res.per_reward.items():
@@ -132,7 +175,9 @@ class MixtureRewarder:
             for k, v in res.non_finite.items():
                 non_finite[f"{name}/{k}"] = v
             first.update({f"{name}/{k}": v for k, v in res.first_error.items()})
-        return Scored(RewardResult(total, per_reward, errors, non_finite, first), correct)
+            for k, v in self._extra(src, t, rw).items():
+                extra[f"{name}/{k}"] = v
+        return Scored(RewardResult(total, per_reward, errors, non_finite, first), correct, extra)
 
     @staticmethod
     def _correct(src: Source, res: RewardResult, texts, rows) -> np.ndarray:
@@ -160,7 +205,9 @@ def merge_scored(parts: Sequence[Scored]) -> Scored:
         for k, v in p.result.first_error.items():
             first.setdefault(k, v)
     res = RewardResult(cat([p.result.total for p in parts]), per, count("errors"), count("non_finite"), first)
-    return Scored(res, cat([p.correct for p in parts]))
+    extra_keys = list(dict.fromkeys(k for p in parts for k in p.extra))
+    extra = {k: cat([p.extra[k] for p in parts if k in p.extra]) for k in extra_keys}
+    return Scored(res, cat([p.correct for p in parts]), extra)
 
 
 def check_reward_errors(scored: Scored, stage_name: str, max_error_rate: float, rows: Sequence[dict]) -> None:
@@ -187,6 +234,7 @@ def rollout_metrics(scored: Scored, rows: Sequence[dict], lengths: np.ndarray, t
     """Per-reward means; in a mixture also overall ``accuracy`` and ``<task>/{accuracy,reward_mean,response_len}``."""
     res = scored.result
     out = {name: float(np.mean(vals)) for name, vals in res.per_reward.items()}
+    out.update({name: float(np.mean(vals)) for name, vals in scored.extra.items()})
     if not mixed:
         return out
     out["accuracy"] = float(np.mean(scored.correct))
