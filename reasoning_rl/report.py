@@ -153,12 +153,16 @@ def format_table(summary: dict) -> str:
     head = ["stage", "kind", "steps"] + cols + ["greedy", "format", "length", "wall", "gain pass@1 / greedy"]
     rows = []
     for name, s in summary.items():
+        if not isinstance(s, dict) or "kind" not in s:  # e.g. the pipeline's "helpfulness" object
+            continue
         steps = str(s.get("steps", "-"))
         if isinstance(s.get("stopped_early"), dict):
             steps = f"{s['stopped_early']['step']} (stopped early)"
         g = s.get("gain") or {}
         wall = duration(s["wall_seconds"]) if isinstance(s.get("wall_seconds"), (int, float)) else "-"
-        rows.append(_row(name, s, cols, steps, wall, _gain_cell(g)))
+        cell = _gain_cell(g) if s.get("kind") != "reward_model" else \
+            f"held-out pair accuracy {_num(s.get('pair_accuracy'))}"
+        rows.append(_row(name, s, cols, steps, wall, cell))
         for task, t in (s.get("tasks") or {}).items():
             tg = (g.get("tasks") or {}).get(task)
             cell = _gain_cell({"over": g["over"], **tg}) if tg else ""
@@ -182,6 +186,11 @@ def format_report(summary: dict, run_dir: str | Path) -> str:
     """The end-of-run report: the table, then where the summary, the plot and TensorBoard's events are."""
     run_dir = Path(run_dir)
     lines = [f"held-out results ({run_dir}):", format_table(summary), ""]
+    h = summary.get("helpfulness")
+    if isinstance(h, dict):
+        lines[-1:-1] = [f"helpfulness: reward-model pair accuracy {_num(h.get('pair_accuracy'))}; hidden judge "
+                        f"{_num(h.get('judge_before'))} -> {_num(h.get('judge_after'))}; arithmetic pass@1 "
+                        f"{_num(h.get('arithmetic_before'))} -> {_num(h.get('arithmetic_after'))}"]
     plot = run_dir / "plots" / "training_curves.png"
     tb = run_dir / "tensorboard"
     lines.append(f"summary:     {run_dir / 'summary.json'}")
