@@ -65,14 +65,14 @@ def _bad_json(d):
 
 def _model_type(d):
     conf = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**conf, "model_type": "gpt_oss"}))
-    return d / "config.json", "model_type 'gpt_oss' is not supported"
+    (d / "config.json").write_text(json.dumps({**conf, "model_type": "mamba"}))
+    return d / "config.json", "model_type 'mamba' is not supported"
 
 
 def _option(d):
     conf = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**conf, "rope_scaling": {"rope_type": "longrope", "factor": 2.0}}))
-    return d / "config.json", "rope_scaling.rope_type='longrope' is not supported"
+    (d / "config.json").write_text(json.dumps({**conf, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}))
+    return d / "config.json", "rope_scaling.rope_type='dynamic' is not supported"
 
 
 def _no_tokenizer(d):
