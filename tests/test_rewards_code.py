@@ -480,13 +480,14 @@ def _my_processes() -> set[int]:
 
 
 def _new_processes(before: set[int], wait_s: float = 5.0) -> set[int]:
-    """Processes of this user that appeared during a call and are still alive (as root: any uid's
-    sandbox processes, found by candidate uid)."""
+    """Sandbox processes that appeared during a call and are still alive: as root, those of this process's
+    candidate uids; as an ordinary user, new bwrap / runner / candidate processes of this user."""
     deadline = time.monotonic() + wait_s
     while True:
-        new = {p for p in _my_processes() - before if _is_sandbox_process(p)}
-        if ROOT:
-            new |= {pid for uid in _live_uids(sandbox.candidate_uid_range()) for pid in sandbox.host_pids_of_uid(uid)}
+        if ROOT:  # candidates run under this process's own uid range (other test workers sandbox as root too)
+            new = {pid for uid in _live_uids(sandbox.candidate_uid_range()) for pid in sandbox.host_pids_of_uid(uid)}
+        else:  # as an ordinary user (the suite runs serially then): anything of the sandbox's that is new
+            new = {p for p in _my_processes() - before if _is_sandbox_process(p)}
         if not new or time.monotonic() > deadline:
             return new
         time.sleep(0.1)
