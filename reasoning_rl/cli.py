@@ -210,7 +210,12 @@ def cmd_plot(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        rc = _main(argv)
+        if rc == EXIT_INTERRUPTED:  # a further Ctrl-C while the interpreter shuts down: exit at once, still 130
+            import signal
+
+            signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+        return rc
     except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
         import signal
 

@@ -359,6 +359,8 @@ def _run_stage(stages: Stages, stage: StageConfig, writer: MetricsWriter, progre
 
         before = helpfulness_before(rt, stage, init_params)
         params, info = run_grpo(rt, stage, init_params, writer, progress)
+        if before is not None:
+            info["helpfulness_before"] = before
     elif stage.kind == "ppo":
         from reasoning_rl.stages.ppo import run_ppo
 

@@ -20,7 +20,7 @@ from reasoning_rl.metrics import read_metrics
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
 SPLIT = ["mesh.cpu_devices=2", "mesh.rollout_devices=1"]
-ASYNC = ["rollout.mode=async", "rollout.max_staleness=1", "algorithm.dynamic_sampling=true"]
+ASYNC = ["rollout.mode=async", "rollout.max_staleness=1"]
 TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wait_s", "sampler_busy_frac",
           "trainer_busy_frac"}
 
@@ -68,7 +68,6 @@ def test_async_run_trains_on_stale_batches_with_correction(async_run):
         assert 0 < r["is_ratio_mean"] < 10 and r["is_ratio_max"] >= r["is_ratio_mean"]
         assert 0 <= r["is_truncated_frac"] <= 1
     for r in recs:
-        assert 1 <= r["sampling_rounds"] and r["groups_kept"] <= 4  # dynamic sampling on the sampler's side
         assert 0 < r["sampler_busy_frac"] <= 1 and 0 < r["trainer_busy_frac"] <= 1
         assert np.isfinite(r["loss"])
 

@@ -197,7 +197,7 @@ def test_a_run_dir_copied_elsewhere_continues(reference, tmp_path):
 def test_allowed_zero_step_stage_is_skipped_with_a_line(tmp_path):
     d = tmp_path / "run"
     p = cli("--run-dir", str(d), "--set", "stages.sft.steps=0", "--set", "stages.sft.allow_empty=true",
-            "--set", "stages.grpo.steps=1")
+            "--set", "stages.grpo.steps=1", "--set", "stages.grpo.allow_random_init=true")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "stage sft: 0 steps, skipped (allow_empty: true)" in p.stderr
     assert {r["stage"] for r in read_metrics(d)} == {"grpo"}

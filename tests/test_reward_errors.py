@@ -79,7 +79,8 @@ def test_the_explicit_unsafe_sandbox_runs_and_warns_at_every_stage(tmp_path):
     p = _run(tmp_path, _code({"sandbox": "none-unsafe"}))
     assert p.returncode == 0, p.stderr[-3000:]
     warned = [ln for ln in p.stderr.splitlines() if "UNISOLATED" in ln]
-    assert [ln.split(":", 2)[1].strip() for ln in warned if ln.startswith("WARNING reasoning_rl: stage")] == \
-        ["stage sft", "stage grpo"], p.stderr[-3000:]
+    stages = [ln.split("WARNING reasoning_rl: ", 1)[1].split(":", 1)[0] for ln in warned
+              if "WARNING reasoning_rl: stage " in ln]
+    assert stages == ["stage sft", "stage grpo"], p.stderr[-3000:]
     grpo = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "grpo"]
     assert grpo and grpo[0]["reward_errors/code"] == 0

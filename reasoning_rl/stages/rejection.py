@@ -109,7 +109,7 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     bp = max(1, min(len(prompts), spec.batch_size // spec.samples))
     what = "rejection sampling" if name == "kept" else "teacher traces" if name == "traces" else name
     bar = Progress(f"{stage.name}: {what}", len(prompts) * spec.samples, unit="sample")
-    texts, _ = sample_texts(mdef or rt.mdef, params, rt.tok, prompts, sp, seed, bp, sp.stop_ids, bar)
+    texts, _ = sample_texts(mdef or rt.mdef, params, rt.tok, prompts, sp, seed, bp, sp.stop_ids, progress=bar)
     bar.close()
     log.info("stage %s: verifying %d samples", stage.name, len(texts))
     expanded = [r for r in rows for _ in range(spec.samples)]
