@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = _main(argv)
         if rc == EXIT_INTERRUPTED:  # a further Ctrl-C while the interpreter shuts down: exit at once, still 130
-            import signal
+            from reasoning_rl.stages.common import exit_on_next_ctrl_c
 
-            signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+            exit_on_next_ctrl_c()
         return rc
     except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
         import signal

@@ -148,7 +148,9 @@ def test_ctrl_c_checkpoints_step_in_flight_then_resume_matches(reference, tmp_pa
 @pytest.mark.slow
 def test_second_ctrl_c_exits_at_once(tmp_path):
     d = tmp_path / "run"
-    proc = start_and_signal(d, signal.SIGINT, 1, stage="grpo", extra=NO_PERIODIC, times=2)
+    # enough steps that the first Ctrl-C lands mid-stage (6 tiny steps can all finish before it is delivered)
+    proc = start_and_signal(d, signal.SIGINT, 1, stage="grpo", extra=(*NO_PERIODIC, "--set", "stages.grpo.steps=200"),
+                            times=2)
     t0 = time.time()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

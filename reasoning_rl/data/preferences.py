@@ -45,6 +45,10 @@ class PreferenceFileTask(FileTask):
         self._format = self._raw_template(cfg.template)
         self._order = (-1, np.zeros(0, np.int64))
 
+    def check_lengths(self, context: int, with_solution: bool) -> None:
+        """Pairs are cut to the reward-model stage's sequence length when batched (``pair_batch``): no
+        whole-file length check here (the file rows' prompt/solution check does not apply to pairs)."""
+
     def _row(self, row: dict, where: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in ("prompt", "chosen", "rejected"):
