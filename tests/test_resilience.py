@@ -153,10 +153,12 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
                             times=2)
     t0 = time.time()
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    # 130, or killed by the SIGINT itself when it lands in the last moments of shutdown: the shell reports 130
+    # either way
+    assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     assert time.time() - t0 < 5
     no_traceback(err)
-    assert "interrupted again: exiting now" in err
+    assert proc.returncode == -signal.SIGINT or "interrupted again: exiting now" in err
 
 
 @pytest.mark.slow
