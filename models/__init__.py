@@ -1,7 +1,7 @@
 """Model code (installed as ``reasoning_rl.models``): shared layers, the decoder, family configs, and
 Hugging Face checkpoint loading/saving."""
 
-from .config import MLAConfig, MoEConfig, TransformerConfig
+from .config import LoRAConfig, MLAConfig, MoEConfig, TransformerConfig
 from .hf import (
                  CheckpointError,
                  ConfigError,
@@ -11,12 +11,14 @@ from .hf import (
                  load_pretrained,
                  save_pretrained,
 )
+from .lora import load_adapter, save_lora
 from .transformer import KVCache, ModelDef, Transformer, create, positions_from_valid
 
 __all__ = [
                  "CheckpointError",
                  "ConfigError",
                  "KVCache",
+                 "LoRAConfig",
                  "MLAConfig",
                  "MoEConfig",
                  "ModelDef",
@@ -25,8 +27,10 @@ __all__ = [
                  "TransformerConfig",
                  "config_from_hf",
                  "create",
+                 "load_adapter",
                  "load_params",
                  "load_pretrained",
                  "positions_from_valid",
+                 "save_lora",
                  "save_pretrained",
 ]

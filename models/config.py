@@ -50,6 +50,18 @@ class MLAConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters on the named projections (see ``models/lora.py``): ``W + alpha / rank * A @ B``."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapters' input, training passes only
+    targets: tuple[str, ...] = ("q", "k", "v", "o")  # q k v o gate up down; MLA: q_a q_b kv_a kv_b
+    experts: bool = False  # also adapt routed experts' gate/up/down (merged per layer)
+    rslora: bool = False  # scale alpha / sqrt(rank) (PEFT use_rslora)
+
+
+@dataclass(frozen=True)
 class TransformerConfig:
     vocab_size: int
     d_model: int
@@ -88,6 +100,7 @@ class TransformerConfig:
     rope_local_theta: float | None = None  # Gemma: rope base of sliding layers (no scaling there)
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
+    lora: LoRAConfig | None = None  # adapters attached to the targeted weights (frozen base + trainable A, B)
 
     @property
     def jnp_dtype(self):

@@ -20,6 +20,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain, current
 
 from ..config import MoEConfig
+from ..lora import weight
 from .init import param, zeros
 from .mlp import MLP, activation_fn
 
@@ -231,7 +232,7 @@ class MoE(nnx.Module):
             stats["route_count"] = jnp.sum(w).astype(jnp.float32)
             r = route(logits, self.mc, bias, valid, forced=forced)
         dt = self.dtype
-        ws = (self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
+        ws = tuple(weight(self, n, dt) for n in ("gate", "up", "down"))  # adapters merged, if any
         ctx = current()
         if ctx is not None and ctx.mesh.shape.get("expert", 1) > 1:
             y, stats["dropped"] = experts_parallel(flat, r, *ws, activation_fn(self.activation), ctx,
