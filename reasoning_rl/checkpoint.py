@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reasoning_rl.algorithms.steps import TrainState
+from reasoning_rl.models.lora import trainable
 
 log = logging.getLogger("reasoning_rl.checkpoint")
 
@@ -30,7 +31,9 @@ class CheckpointError(RuntimeError):
 
 
 def _to_saveable(state: TrainState) -> dict:
-    return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+    """What a step saves: a LoRA state's adapters (its frozen base is referenced from the host metadata
+    ``lora_base``, never written), or every parameter."""
+    return {"params": trainable(state.params), "opt_state": state.opt_state, "step": state.step,
             "rng": jax.random.key_data(state.rng), "skipped": state.skipped}
 
 
@@ -49,7 +52,7 @@ def abstract_like(state: TrainState) -> dict:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
     rng = jax.eval_shape(jax.random.key_data, state.rng)
-    tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
+    tree = {"params": trainable(state.params), "opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
     out = jax.tree.map(spec, tree)
     # the key's data lands where the step counter lives (replicated on this run's mesh), never on the
     # sharding it was written with: that may name another host count
@@ -89,7 +92,8 @@ class StageCheckpointer:
         return sorted(self.mgr.all_steps())
 
     def restore(self, like: TrainState, step: int | None = None) -> tuple[int, TrainState, dict] | None:
-        """Restore ``step`` (default: the newest complete one, skipping damaged ones). None if none exist."""
+        """Restore ``step`` (default: the newest complete one, skipping damaged ones). None if none exist.
+        A LoRA state comes back with its adapters as ``params`` (join them onto the base)."""
         candidates = [step] if step is not None else list(reversed(self.steps()))
         abstract = abstract_like(like)
         for s in candidates:

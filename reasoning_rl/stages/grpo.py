@@ -19,6 +19,7 @@ from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.models import lora
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
 from .common import Runtime, StageRun, timer
@@ -46,7 +47,10 @@ class Rollout:
                                  rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size, replay,
                                  slots=r.slots, refill_min=r.refill_min, page_size=r.page_size)
         self.tp = prompt_len(rt, fetch=data.fetch)
-        self.sample = rt.jit_fn(functools.partial(sample_impl, rt.mdef, self.sp))
+        # LoRA: the adapters are merged into the weights once per policy update (one jitted fold), and the
+        # sampler runs the plain base model on them: no per-token adapter products while decoding.
+        self.sample = rt.jit_fn(functools.partial(sample_impl, rt.base_mdef, self.sp))
+        self.merge = rt.jit_fn(lambda p: lora.merge(rt.mdef, p)[1]) if rt.lora else None
         self.rows = rt.host_rows(r.prompts_per_step)
         self.rewarder = data.rewarder()
 
@@ -82,6 +86,11 @@ class Rollout:
                 "t_sample": t_sample}
 
     def collect(self, params, rng):
+        if self.merge is not None:
+            params = self.merge(params)
+        return self._collect(params, rng)
+
+    def _collect(self, params, rng):
         """Returns the batch arrays and rollout metrics for one step."""
         a = self.stage.algorithm
         p_needed = self.stage.rollout.prompts_per_step
@@ -141,7 +150,11 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     run = StageRun(rt, stage, init_params, updates)
     data = StageData(rt, stage)
     stream = ExampleStream(data.fetch, r.prompts_per_step, rows=rt.host_rows(r.prompts_per_step))
-    ref_params = rt.place(init_params) if a.beta > 0 else None
+    # The KL reference: the init params, or for LoRA the frozen base with adapters disabled (the state's own
+    # base buffers: no copy).
+    ref_params = None
+    if a.beta > 0:
+        ref_params = lora.split(run.state.params)[0] if rt.lora else rt.place(init_params)
     host = run.resume()
     if host is not None:
         stream.set_state(host["data"])
@@ -149,7 +162,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     rollout = Rollout(rt, stage, stream, data)
     step_fn = rt.jit_step(make_grpo_step(rt.mdef, a, stage.optimizer, run.tx, r.temperature,
                                          rt.model_cfg.logits_chunk, group=r.group_size), run.state)
-    ref_fn = (rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, rt.model_cfg.logits_chunk, r.group_size))
+    ref_fn = (rt.jit_fn(make_logprob_fn(rt.base_mdef, r.temperature, rt.model_cfg.logits_chunk, r.group_size))
               if a.beta > 0 else None)
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
