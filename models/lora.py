@@ -258,6 +258,13 @@ def init_adapters(mdef: Any, seed: int) -> dict:
     return jax.tree.unflatten(tree, out)
 
 
+def hf_save_flat(tree: Mapping) -> dict:
+    """{path tuple: leaf} of a nested params dict."""
+    from .hf_save import flatten
+
+    return flatten(tree)
+
+
 def count(params: Any) -> tuple[int, int]:
     """(adapter parameters, base parameters)."""
     base, ad = split(params)
