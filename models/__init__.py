@@ -1,6 +1,7 @@
 """Model code (installed as ``reasoning_rl.models``): shared layers, the decoder, family configs, and
 Hugging Face checkpoint loading/saving."""
 
+from . import lora
 from .config import LoRAConfig, MLAConfig, MoEConfig, TransformerConfig
 from .hf import (
                  CheckpointError,
@@ -28,6 +29,7 @@ __all__ = [
                  "config_from_hf",
                  "create",
                  "load_adapter",
+                 "lora",
                  "load_params",
                  "load_pretrained",
                  "positions_from_valid",
