@@ -50,7 +50,7 @@ def scale(lc: LoRAConfig) -> float:
 
 
 def is_adapter(key: str) -> bool:
-    return key.endswith(SUFFIX_A) or key.endswith(SUFFIX_B)
+    return key.endswith((SUFFIX_A, SUFFIX_B))
 
 
 # ---------------------------------------------------------------------- attaching (model construction)
@@ -268,7 +268,7 @@ def hf_save_flat(tree: Mapping) -> dict:
 def count(params: Any) -> tuple[int, int]:
     """(adapter parameters, base parameters)."""
     base, ad = split(params)
-    n = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))  # noqa: E731
+    n = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))
     return n(ad), n(base)
 
 
@@ -371,7 +371,7 @@ def load_adapter(adapter_dir: str | Path, mdef: Any, dtype: str | None = None) -
     try:
         found: dict[tuple[str, ...], dict[int, dict[str, np.ndarray]]] = {}
         for name in ckpt.names():
-            body = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+            body = name.removeprefix(PEFT_PREFIX)
             mod, _, kind = body.rpartition(".lora_")
             if kind not in ("A.weight", "B.weight") or mod not in by_module:
                 raise LoRAError(f"{d}: tensor {name} is not a LoRA A/B of a {cfg.family} projection")

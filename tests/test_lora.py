@@ -16,14 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reasoning_rl.models import MLAConfig, MoEConfig, TransformerConfig, create, lora
+from reasoning_rl.models.config import LoRAConfig
 
 from reasoning_rl import config as C
 from reasoning_rl.algorithms.steps import init_state, make_logprob_fn, make_optimizer, make_sft_step
 from reasoning_rl.config import ConfigError
 from reasoning_rl.data.batching import prompt_batch, sft_batch
 from reasoning_rl.metrics import MetricsWriter
-from reasoning_rl.models import MLAConfig, MoEConfig, TransformerConfig, create, lora
-from reasoning_rl.models.config import LoRAConfig
 from reasoning_rl.stages.common import Runtime, StageRun
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
@@ -56,12 +56,12 @@ def trained(tmp_path_factory):
     batch = _batch(rt)
     state = run.state
     for _ in range(3):
-        state, m = step(state, batch)
+        state, _ = step(state, batch)
     return rt, init, base0, state, batch
 
 
 def test_step_trains_adapters_only_and_leaves_the_base_bit_identical(trained):
-    rt, init, base0, state, _ = trained
+    _, init, base0, state, _ = trained
     base, ad = lora.split(state.params)
     for a, b in zip(base0, _np(base)):
         np.testing.assert_array_equal(a, b)  # bit for bit

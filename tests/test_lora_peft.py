@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from reasoning_rl.models import lora, load_pretrained, save_lora, save_pretrained  # noqa: E402
-from test_hf_parity import IDS, MASK, build_reference, reference_logits  # noqa: E402
+from reasoning_rl.models import load_pretrained, lora, save_lora, save_pretrained
+from test_hf_parity import IDS, MASK, build_reference, reference_logits
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Qwen3-MoE's experts are fused parameters in transformers 5 (not Linear modules peft adapts): attention only.

@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import best_of, log  # noqa: E402
+from bench import best_of, log
+from reasoning_rl.models import LoRAConfig, TransformerConfig, create, lora
 
-from reasoning_rl.algorithms.steps import TrainState, make_grpo_step, make_logprob_fn, make_optimizer  # noqa: E402
-from reasoning_rl.config import AlgorithmConfig, OptimizerConfig  # noqa: E402
-from reasoning_rl.models import LoRAConfig, TransformerConfig, create, lora  # noqa: E402
-from reasoning_rl.rollout.sampler import SamplingParams, sample_impl  # noqa: E402
-from reasoning_rl.stages.common import train_compiler_options  # noqa: E402
+from reasoning_rl.algorithms.steps import TrainState, make_grpo_step, make_logprob_fn, make_optimizer
+from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
+from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
+from reasoning_rl.stages.common import train_compiler_options
 
 ALL = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -74,7 +74,7 @@ def grpo_memory(cfg: TransformerConfig, rows: int, tp: int, t: int, group: int, 
     else:
         compiled = jax.jit(step, donate_argnums=(0,), compiler_options=opts).lower(state, batch).compile()
     m = compiled.memory_analysis()
-    n = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))  # noqa
+    n = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
     peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     return {"peak_gib": peak / 2**30, "arguments_gib": m.argument_size_in_bytes / 2**30,
             "temporaries_gib": m.temp_size_in_bytes / 2**30, "params_gib": n(params) / 2**30,

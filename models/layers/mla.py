@@ -15,8 +15,8 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from ..config import MLAConfig
-from .attention import dot_attention, freeze, prefix_attention, rope_for, write_cache
 from ..lora import adapt
+from .attention import dot_attention, freeze, prefix_attention, rope_for, write_cache
 from .init import param
 from .norm import RMSNorm
 from .rope import apply_rope, rope_table, yarn_softmax_scale

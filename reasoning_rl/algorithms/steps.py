@@ -75,7 +75,7 @@ def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss,
     updates, new_opt = tx.update(grads, state.opt_state, old)
     new_params = optax.apply_updates(old, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    keep = lambda new, old: jnp.where(ok, new, old)
     params = with_trainable(state.params, jax.tree.map(keep, new_params, old))
     opt_state = jax.tree.map(keep, new_opt, state.opt_state)
     new_state = TrainState(params, opt_state, state.step + 1, state.rng,
@@ -94,7 +94,7 @@ def _accumulate(loss_fn, params, batch: dict, n_micro: int):
     if has_adapters(params):
         base, params = split(params)
         full_loss = loss_fn
-        loss_fn = lambda ad, b: full_loss(join(base, ad), b)  # noqa: E731
+        loss_fn = lambda ad, b: full_loss(join(base, ad), b)
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if n_micro == 1:
         g, aux = grad_fn(params, batch)

@@ -156,6 +156,9 @@ def lora_config(m: ModelConfig):
                             ("rslora", lambda v: isinstance(v, bool), "a boolean")):
         if key in d and not cond(d[key]):
             raise ConfigError(f"model.lora.{key}: expected {what}, got {d[key]!r}")
+    if d.get("dropout", 0):
+        raise ConfigError(f"model.lora.dropout: {d['dropout']} is not supported (adapters train without dropout; "
+                          "set 0)")
     return LoRAConfig(**d)
 
 
