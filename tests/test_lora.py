@@ -126,6 +126,16 @@ def test_lora_stage_resumes_exactly(tmp_path):
     assert step == 4
     for a, b in zip(_np(straight), _np(back)):
         np.testing.assert_array_equal(a, b)
+    # a full (no LoRA) stage initialised from this checkpoint gets the adapters merged into the base
+    from reasoning_rl.pipeline import load_outside
+
+    C.dump(rt.cfg, rt.run_dir / "config.yaml")
+    full = Runtime(C.load(TINY), tmp_path / "full")
+    merged, lineage = load_outside(full, str(rt.run_dir / "checkpoints" / stage.name))
+    assert lineage["step"] == 4 and not lora.has_adapters(merged)
+    want = jax.jit(lambda p: lora.merge(rt.mdef, p)[1])(straight)
+    for a, b in zip(_np(want), _np(merged)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kind", ["moe_experts", "mla"])

@@ -171,7 +171,8 @@ def run_export(args) -> Path:
     srt = Stages(rt).runtime(stage)
     params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
     source = srt.model_cfg.path
-    out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
+    out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source,
+                          merge_lora=True)  # a LoRA stage is exported with its adapters merged
     if source is None and (run_dir / "tokenizer.model").is_file():  # the run's own sentencepiece model
         shutil.copy2(run_dir / "tokenizer.model", Path(out) / "tokenizer.model")
     return Path(out)
