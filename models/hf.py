@@ -268,7 +268,7 @@ def load_pretrained(hf_dir: str | Path, dtype: str = "float32", mesh=None, *,
     if adapter is not None:
         from . import lora
 
-        mdef, adapters = lora.load_adapter(adapter, mdef, dtype)
+        mdef, adapters = lora.load_adapter(adapter, mdef)
         if mesh is not None:
             from reasoning_rl.sharding import param_shardings
 

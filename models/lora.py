@@ -337,8 +337,8 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
     return out
 
 
-def load_adapter(adapter_dir: str | Path, mdef: Any, dtype: str | None = None) -> tuple[Any, dict]:
-    """(LoRA ModelDef over ``mdef``, adapters) from a PEFT LoRA adapter directory. Every layer must carry the
+def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
+    """(LoRA ModelDef over ``mdef``, adapters in its param dtype) from a PEFT LoRA adapter directory. Every layer must carry the
     same adapted modules (PEFT's default); what cannot be represented fails naming the field or tensor."""
     from .safetensors_io import Checkpoint
     from .transformer import segments
@@ -400,12 +400,15 @@ def load_adapter(adapter_dir: str | Path, mdef: Any, dtype: str | None = None) -
         if sorted(per_layer) != list(range(n)) or any(set(v) != {"A", "B"} for v in per_layer.values()):
             raise LoRAError(f"{d}: {path[-1]} is adapted in only some layers (or lacks A or B); every layer "
                             "must carry it")
-        np_dt = np.dtype(dtype) if dtype and dtype != "bfloat16" else np.dtype(sa.dtype)
-        a = np.stack([per_layer[i]["A"].astype(np.float32).T.reshape(sa.shape[1:]) for i in range(n)])
-        b = np.stack([per_layer[i]["B"].astype(np.float32).T.reshape(sb.shape[1:]) for i in range(n)])
+        try:
+            a = np.stack([per_layer[i]["A"].astype(np.float32).T.reshape(sa.shape[1:]) for i in range(n)])
+            b = np.stack([per_layer[i]["B"].astype(np.float32).T.reshape(sb.shape[1:]) for i in range(n)])
+        except ValueError:
+            got = per_layer[0]["A"].shape, per_layer[0]["B"].shape
+            raise LoRAError(f"{d}: {path[-1]} adapter shapes {got} do not fit rank {rank} on this model") from None
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1] + SUFFIX_A] = jnp.asarray(a.astype(np_dt) if np_dt != np.float32 else a, sa.dtype)
+        node[path[-1] + SUFFIX_A] = jnp.asarray(a, sa.dtype)
         node[path[-1] + SUFFIX_B] = jnp.asarray(b, sb.dtype)
     return lmdef, out

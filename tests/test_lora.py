@@ -222,3 +222,31 @@ def test_adapters_follow_their_weights_sharding_on_8_devices(tmp_path):
     assert out["mesh"]["loss"] == pytest.approx(out["one"]["loss"], rel=1e-5)
     for k, v in out["one"]["values"].items():
         np.testing.assert_allclose(np.asarray(out["mesh"]["values"][k]), np.asarray(v), rtol=1e-4, atol=1e-6)
+
+
+def test_save_lora_load_adapter_round_trip_and_bad_adapters(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    cfg = TransformerConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=48,
+                            lora=LoRAConfig(rank=2, alpha=3, targets=("q", "o", "down")))
+    mdef, params = create(cfg, 0)
+    base, ad = lora.split(params)
+    ad = jax.tree.map(lambda x: x + 0.1, ad)
+    lora.save_lora((mdef, lora.join(base, ad)), tmp_path / "a")
+    conf = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert conf["r"] == 2 and conf["lora_alpha"] == 3 and conf["target_modules"] == ["down_proj", "o_proj", "q_proj"]
+    mdef2, back = lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
+    assert mdef2.cfg.lora.targets == ("q", "o", "down")
+    for x, y in zip(_np(ad), _np(back)):
+        np.testing.assert_array_equal(x, y)
+    conf["use_dora"] = True
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(conf))
+    with pytest.raises(lora.LoRAError, match="use_dora=True is not supported"):
+        lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
+    conf["use_dora"] = False
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(conf))
+    f = tmp_path / "a" / "adapter_model.safetensors"
+    t = {k: v for k, v in load_file(f).items() if ".layers.1.self_attn.q_proj" not in k}
+    save_file(t, f)
+    with pytest.raises(lora.LoRAError, match="q is adapted in only some layers"):
+        lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
