@@ -153,7 +153,8 @@ def lora_config(m: ModelConfig):
                             ("alpha", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number"),
                             ("dropout", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
                             ("experts", lambda v: isinstance(v, bool), "a boolean"),
-                            ("rslora", lambda v: isinstance(v, bool), "a boolean")):
+                            ("rslora", lambda v: isinstance(v, bool), "a boolean"),
+                            ("merge_sampling", lambda v: isinstance(v, bool), "a boolean")):
         if key in d and not cond(d[key]):
             raise ConfigError(f"model.lora.{key}: expected {what}, got {d[key]!r}")
     if d.get("dropout", 0):
