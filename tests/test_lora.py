@@ -86,7 +86,8 @@ def test_kl_reference_is_the_base_model(trained):
     assert np.abs(np.asarray(policy) - np.asarray(want)).max() > 1e-4
 
 
-def test_sampler_with_merged_adapters_matches_the_trainer(trained):
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged_once"])
+def test_sampler_matches_the_trainer(trained, merged):
     from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 
     rt, _, _, state, _ = trained
@@ -95,8 +96,11 @@ def test_sampler_with_merged_adapters_matches_the_trainer(trained):
     params = lora.join(lora.split(state.params)[0], ad)
     pt, pv = prompt_batch(rt.tok, [rt.task.example("train", i).as_dict() for i in range(4)])
     sp = SamplingParams(12, 1.0, pad_id=rt.tok.pad_id, group_size=2, stop_ids=(rt.tok.eos_id,))
-    merged = jax.jit(lambda p: lora.merge(rt.mdef, p)[1])(params)
-    out = jax.jit(lambda p, a, b, k: sample_impl(rt.base_mdef, sp, p, a, b, k))(merged, pt, pv, jax.random.key(0))
+    if merged:  # GRPO with model.lora.merge_sampling: the adapters folded in once, the base model decodes
+        mdef, sparams = rt.base_mdef, jax.jit(lambda p: lora.merge(rt.mdef, p)[1])(params)
+    else:  # the default: the trainer's own adapter arithmetic in every decode step
+        mdef, sparams = rt.mdef, params
+    out = jax.jit(lambda p, a, b, k: sample_impl(mdef, sp, p, a, b, k))(sparams, pt, pv, jax.random.key(0))
     tokens = np.concatenate([np.repeat(pt, 2, 0), np.asarray(out.tokens)], 1)
     valid = np.concatenate([np.repeat(pv, 2, 0), np.asarray(out.mask)], 1)
     lp = jax.jit(make_logprob_fn(rt.mdef, 1.0, group=2))(params, tokens, valid, np.asarray(out.mask))
