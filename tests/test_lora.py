@@ -254,3 +254,15 @@ def test_save_lora_load_adapter_round_trip_and_bad_adapters(tmp_path):
     save_file(t, f)
     with pytest.raises(lora.LoRAError, match="q is adapted in only some layers"):
         lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
+
+
+@pytest.mark.parametrize("path, kind", [("quickstart_ppo.yaml", "ppo"), ("r1_pipeline.yaml", "reward_model")])
+def test_stages_with_a_model_of_their_own_refuse_lora(path, kind):
+    """A PPO critic and a reward model's score head carry no adapters: one line naming the stage, before any
+    compute (check_refs runs before the first stage)."""
+    from reasoning_rl.pipeline import check_refs
+
+    cfg = C.load(str(Path(__file__).parent.parent / "configs" / path), overrides=[LORA])
+    i = [s.kind for s in cfg.stages].index(kind)
+    with pytest.raises(ConfigError, match=rf"stages\[{i}\]\.kind: a {kind} stage does not train LoRA adapters"):
+        check_refs(cfg)
