@@ -1,7 +1,8 @@
 """Model code (installed as ``reasoning_rl.models``): shared layers, the decoder, family configs, and
 Hugging Face checkpoint loading/saving."""
 
-from .config import MLAConfig, MoEConfig, TransformerConfig
+from . import lora
+from .config import LoRAConfig, MLAConfig, MoEConfig, TransformerConfig
 from .hf import (
                  CheckpointError,
                  ConfigError,
@@ -13,6 +14,7 @@ from .hf import (
                  load_pretrained,
                  save_pretrained,
 )
+from .lora import load_adapter, save_lora
 from .reward import RewardDef, RewardModel, load_reward_model, save_reward_model
 from .transformer import KVCache, ModelDef, Transformer, create, positions_from_valid
 
@@ -20,6 +22,7 @@ __all__ = [
                  "CheckpointError",
                  "ConfigError",
                  "KVCache",
+                 "LoRAConfig",
                  "MLAConfig",
                  "MoEConfig",
                  "ModelDef",
@@ -32,10 +35,13 @@ __all__ = [
                  "check_model_dir",
                  "config_from_hf",
                  "create",
+                 "load_adapter",
                  "load_params",
                  "load_pretrained",
                  "load_reward_model",
+                 "lora",
                  "positions_from_valid",
+                 "save_lora",
                  "save_pretrained",
                  "save_reward_model",
 ]

@@ -59,6 +59,21 @@ class MLAConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters on the named projections (see ``models/lora.py``): ``W + alpha / rank * A @ B``."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapters' input, training passes only
+    targets: tuple[str, ...] = ("q", "k", "v", "o")  # q k v o gate up down; MLA: q_a q_b kv_a kv_b
+    experts: bool = False  # also adapt routed experts' gate/up/down (merged per layer)
+    rslora: bool = False  # scale alpha / sqrt(rank) (PEFT use_rslora)
+    # GRPO sampler: fold the adapters into the weights once per policy update (decode ~3.4x faster, the
+    # default) instead of applying them unmerged with the trainer's own arithmetic
+    merge_sampling: bool = True
+
+
+@dataclass(frozen=True)
 class TransformerConfig:
     vocab_size: int
     d_model: int
@@ -104,6 +119,7 @@ class TransformerConfig:
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
     swiglu_limit: float = 7.0
     rope_dim: int = 0  # rotary dims of each head (the leading ones); 0: all (Phi-4-mini rotates 3/4)
+    lora: LoRAConfig | None = None  # adapters attached to the targeted weights (frozen base + trainable A, B)
 
     @property
     def jnp_dtype(self):

@@ -326,12 +326,25 @@ class PretrainedModel:
 
 
 def load_pretrained(hf_dir: str | Path, dtype: str = "float32", mesh=None, *,
-                    rules: Mapping | None = None) -> PretrainedModel:
+                    rules: Mapping | None = None, adapter: str | Path | None = None) -> PretrainedModel:
     """Load a Hugging Face checkpoint directory (config.json + safetensors) as a :class:`PretrainedModel`;
-    ``dtype`` is both the parameter and the compute dtype."""
+    ``dtype`` is both the parameter and the compute dtype. ``adapter``: a PEFT LoRA adapter directory
+    (adapter_config.json + adapter_model.safetensors) applied on top, unmerged (see ``models/lora.py``)."""
     cfg = dataclasses.replace(config_from_hf(hf_dir), param_dtype=dtype, dtype=dtype)
     mdef, _ = create(cfg, abstract=True)
-    return PretrainedModel(mdef, load_params(hf_dir, mdef, dtype, mesh, rules=rules), mesh, rules)
+    params = load_params(hf_dir, mdef, dtype, mesh, rules=rules)
+    if adapter is not None:
+        from . import lora
+
+        mdef, adapters = lora.load_adapter(adapter, mdef)
+        if mesh is not None:
+            from reasoning_rl.sharding import param_shardings
+
+            sh = param_shardings(ShardingContext(mesh, dict(rules or DEFAULT_RULES)), mdef.param_axes(),
+                                 mdef.abstract_params())
+            adapters = jax.device_put(adapters, lora.split(sh)[1])
+        params = lora.join(params, adapters)
+    return PretrainedModel(mdef, params, mesh, rules)
 
 
 __all__ = ["CheckpointError", "ConfigError", "HFConfigError", "ModelDirError", "PretrainedModel", "check_model_dir",

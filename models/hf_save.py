@@ -86,13 +86,25 @@ def _host(x) -> np.ndarray:
 
 
 def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | None = None,
-                    max_shard_bytes: int = 5 * 2**30, tokenizer_from: str | Path | None = None) -> Path:
+                    max_shard_bytes: int = 5 * 2**30, tokenizer_from: str | Path | None = None,
+                    merge_lora: bool = False) -> Path:
     """Write config.json + safetensors (sharded with an index above ``max_shard_bytes``) that transformers
     loads unchanged. ``model``: a PretrainedModel, a ``(mdef, params)`` pair, or a ModelDef with ``params``
     (``save_pretrained(mdef, params, out_dir)`` also works). ``dtype`` defaults to the model's param_dtype.
     Tokenizer and generation files are copied from ``tokenizer_from`` (default: the checkpoint the config was
-    read from, if any). Multi-host: every process must call this; process 0 writes."""
+    read from, if any). ``merge_lora``: a model with LoRA adapters is written with them folded into its
+    weights (``save_lora`` writes the adapters alone). Multi-host: every process must call this; process 0
+    writes."""
     mdef, params, out = _resolve(model, out_dir, params)
+    if mdef.cfg.lora is not None:
+        if not merge_lora:
+            raise ConfigError("save_pretrained: the model has LoRA adapters; pass merge_lora=True to write merged "
+                              "weights, or use save_lora to write the adapter")
+        from . import lora
+
+        base_cfg = mdef.cfg
+        mdef, params = lora.merge(mdef, params)
+        dtype = dtype or base_cfg.param_dtype
     cfg = mdef.cfg
     dtype = dtype or cfg.param_dtype
     if dtype not in NP_DTYPES:

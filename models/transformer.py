@@ -212,6 +212,10 @@ class Transformer(nnx.Module):
         else:
             w = jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32) * cfg.d_model**-0.5
             self.lm_head = nnx.Param(w.astype(pd), axes=("embed", "vocab"))
+        if cfg.lora is not None:
+            from .lora import attach
+
+            attach(self, cfg, rngs)
 
     # ------------------------------------------------------------------ forward pieces
 

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from reasoning_rl.algorithms.steps import TrainState
 from reasoning_rl.config import ConfigError
+from reasoning_rl.models.lora import trainable
 
 log = logging.getLogger("reasoning_rl.checkpoint")
 
@@ -80,7 +81,9 @@ def _reason(e: BaseException) -> str:
 
 
 def _to_saveable(state: TrainState) -> dict:
-    return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+    """What a step saves: a LoRA state's adapters (its frozen base is referenced from the host metadata
+    ``lora_base``, never written), or every parameter."""
+    return {"params": trainable(state.params), "opt_state": state.opt_state, "step": state.step,
             "rng": jax.random.key_data(state.rng), "skipped": state.skipped}
 
 
@@ -100,7 +103,8 @@ def abstract_like(state: TrainState) -> dict:
 
     ``state`` may hold concrete arrays or ShapeDtypeStructs (restoring without allocating a template)."""
     rng = jax.eval_shape(jax.random.key_data, state.rng)
-    tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
+    tree = {"params": trainable(state.params), "opt_state": state.opt_state, "step": state.step,
+            "skipped": state.skipped}
     out = jax.tree.map(_spec, tree)
     # the key's data lands where the step counter lives (replicated on this run's mesh), never on the
     # sharding it was written with: that may name another host count
@@ -151,6 +155,7 @@ class StageCheckpointer:
     def restore(self, like: TrainState, step: int | None = None,
                 report: bool = True) -> tuple[int, TrainState, dict] | None:
         """Restore ``step`` (default: the newest complete one, skipping damaged ones). None if none exist.
+        A LoRA state comes back with its adapters as ``params`` (join them onto the base).
 
         Every step found and not restored is listed in ``self.unusable`` as ``(name, why)``, and each skipped
         one is reported in one warning line (never a traceback) unless ``report`` is False (the caller reports)."""

@@ -62,6 +62,9 @@ class ModelConfig:
     # Mixture of experts for a model built from this section (HF checkpoints bring their own): keys of
     # reasoning_rl.models.MoEConfig, e.g. {n_experts: 8, top_k: 2, ffn_dim: 96, capacity_factor: 0}.
     moe: dict | None = None
+    # LoRA: keys of reasoning_rl.models.LoRAConfig, e.g. {rank: 16, alpha: 32, targets: [q, k, v, o]}. Every
+    # stage then trains the adapters only, over a frozen base (stored in param_dtype).
+    lora: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from reasoning_rl.checkpoint import (
 )
 from reasoning_rl.config import Config, ConfigError, StageConfig
 from reasoning_rl.metrics import MetricsWriter
+from reasoning_rl.models import lora
 from reasoning_rl.paths import check_run_dir
 from reasoning_rl.stages.common import Runtime
 from reasoning_rl.stages.evaluate import stage_eval
@@ -148,11 +149,17 @@ def ref_kind(ref: str, names: list[str]) -> str:
                       "(a run's checkpoints/<stage> or a Hugging Face model directory)")
 
 
+LORA_UNSUPPORTED = ("ppo", "reward_model")  # stage kinds whose extra model (critic, score head) has no adapters
+
+
 def check_refs(cfg: Config) -> list[Path]:
     """Every stage reference resolves (before any compute); returns the outside stage dirs referenced."""
     names = [s.name for s in cfg.stages]
     outside = []
     for i, st in enumerate(cfg.stages):
+        if cfg.model.lora and st.kind in LORA_UNSUPPORTED:
+            raise ConfigError(f"stages[{i}].kind: a {st.kind} stage does not train LoRA adapters (its critic or "
+                              "score head is a model of its own); drop model.lora or run it in a separate config")
         for attr in REF_ATTRS:
             ref = getattr(st, attr)
             if ref is None:
@@ -161,6 +168,10 @@ def check_refs(cfg: Config) -> list[Path]:
                 kind = ref_kind(ref, names[:i])
             except ConfigError as e:
                 raise ConfigError(f"stages[{i}].{attr}: {e}") from None
+            if cfg.model.lora and attr == "init" and kind != "stage":
+                raise ConfigError(f"stages[{i}].init: with model.lora the frozen base is model.path (or a fresh "
+                                  "init); a LoRA stage starts from an earlier stage of this run, not "
+                                  f"{ref!r}")
             if kind == "checkpoint":
                 outside.append(Path(ref))
                 read_manifest(Path(ref) / "manifest.json")  # damaged: one line now, not after earlier stages ran
@@ -233,6 +244,7 @@ def adopt_tokenizer(cfg: Config, run_dir: Path, outside: list[Path]) -> None:
 def _abstract_state(rt: Runtime, tx) -> TrainState:
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           rt.mdef.abstract_params(), rt.param_shardings)
+    params = lora.trainable(params)  # a LoRA checkpoint holds the adapters
     rep = jax.sharding.NamedSharding(rt.mesh, jax.sharding.PartitionSpec())
     opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        jax.eval_shape(tx.init, params), rt.opt_shardings(tx, params))
@@ -254,7 +266,13 @@ def restore_params(rt: Runtime, sdir: Path, stage: StageConfig, keep: int) -> tu
     if got is None:
         found = "; ".join(f"step {n}: {why}" for n, why in ck.unusable) or "no checkpoint steps"
         raise CheckpointUnusable(f"{sdir}: no usable checkpoint ({found})")
-    return got[1].params, got[0]
+    params = got[1].params
+    if rt.lora:  # adapters: joined onto the base the checkpoint names
+        ref = got[2].get("lora_base")
+        if ref is None:
+            raise CheckpointUnusable(f"{sdir}: a LoRA checkpoint without its base reference (host lora_base)")
+        params = lora.join(rt.base_from_ref(ref), params)
+    return params, got[0]
 
 
 def load_stage_params(rt: Runtime, stage: StageConfig) -> Any:
@@ -272,7 +290,13 @@ def load_outside(rt: Runtime, ref: str) -> tuple[Any, dict]:
         stage = config_lib.stage(their, man.get("stage", sdir.name))
     except (ConfigError, KeyError) as e:
         raise ConfigError(f"{ref}: cannot read the run config of this checkpoint ({e})") from None
-    params, step = restore_params(rt, sdir, stage, their.checkpoint.keep)
+    if their.model.lora and not rt.lora:
+        # a LoRA stage of another run initialising a full stage: its adapters merged into its base
+        lrt = rt.for_model(their.model)
+        params, step = restore_params(lrt, sdir, stage, their.checkpoint.keep)
+        params = rt.place(jax.jit(lambda p: lora.merge(lrt.mdef, p)[1])(params))
+    else:
+        params, step = restore_params(rt, sdir, stage, their.checkpoint.keep)
     return params, {"kind": "checkpoint", "stage": stage.name, "checkpoint": str(sdir), "step": step,
                     "run_dir": str(run_dir), "config_hash": man.get("config_hash"),
                     "complete": bool(man.get("complete"))}
@@ -309,9 +333,7 @@ class Stages:
                 raise ConfigError(f"{ref!r}: stage has not run yet")
             return self.params[ref], self.lineage(ref)
         if kind == "hf":
-            from reasoning_rl.models.hf import load_params
-
-            params = load_params(ref, rt.mdef, dtype=rt.model_cfg.param_dtype, mesh=rt.mesh)
+            params = rt.with_new_adapters(rt.load_hf(ref), rt.cfg.seed)
             return params, {"kind": "hf", "path": str(Path(ref).absolute())}
         return load_outside(rt, ref)
 

@@ -39,8 +39,10 @@ def model_config(cfg: Config) -> TransformerConfig:
         # config.json always; the safetensors headers too when there are weights (a config-only directory
         # is enough to size a model)
         mc = check_path(m.path, "model.path", weights=None, tokenizer=False)
+        from reasoning_rl.stages.common import lora_config
+
         return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max)
+                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m))
     from reasoning_rl.stages.common import model_config_from
 
     return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)
@@ -141,23 +143,40 @@ def _critic_bytes(ctx, st: StageConfig, policy_dev: int, vocab: int) -> int:
 
 def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
          memory_gb: float | None = None) -> dict[str, Any]:
-    """Per-device bytes of each part for the config's heaviest stage of each kind."""
+    """Per-device bytes of each part for the config's heaviest stage of each kind. With ``model.lora`` the
+    same plan for full fine-tuning comes alongside (``full_finetuning``)."""
+    mc = model_config(cfg)
+    out = _plan(cfg, mc, n_devices, prompt_len, memory_gb)
+    if mc.lora is not None:
+        full = _plan(cfg, dataclasses.replace(mc, lora=None), n_devices, prompt_len, memory_gb)
+        out["full_finetuning"] = {k: full[k] for k in ("per_device_bytes", "per_device_total_bytes", "fits")
+                                  if k in full}
+        out["lora_fraction_of_full"] = out["per_device_total_bytes"] / full["per_device_total_bytes"]
+    return out
+
+
+def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len: int,
+          memory_gb: float | None) -> dict[str, Any]:
+    from reasoning_rl.models import lora
+
     n = n_devices or jax.device_count()
     mesh = abstract_mesh(cfg, n)
     ctx = shd.context(mesh)
-    mc = model_config(cfg)
     mdef, _ = create(mc, abstract=True)
     axes, shapes = mdef.param_axes(), mdef.abstract_params()
     p_dev, p_all = _tree_bytes(ctx, axes, shapes)
+    # LoRA: gradients and Adam moments cover the adapters (kept in the params' dtype); the KL reference is
+    # the frozen base with adapters disabled, so it costs nothing
+    t_dev = _tree_bytes(ctx, lora.split(axes)[1], lora.split(shapes)[1])[0] if mc.lora else p_dev
     grpo = [s for s in cfg.stages if s.kind in ("grpo", "ppo")]
     sft = [s for s in cfg.stages if s.kind in ("sft", "rejection_sft")]
 
     def opt_bytes(st: StageConfig) -> int:
-        return 0 if st.optimizer.name == "sgd" else 2 * p_dev  # Adam moments, in the params' dtype
+        return 0 if st.optimizer.name == "sgd" else 2 * t_dev  # Adam moments, in the params' dtype
 
     parts: dict[str, int] = {"params": p_dev, "optimizer": max([opt_bytes(s) for s in cfg.stages] or [0])}
-    parts["gradients"] = p_dev
-    if any(s.algorithm.beta > 0 for s in grpo):
+    parts["gradients"] = t_dev
+    if any(s.algorithm.beta > 0 for s in grpo) and not mc.lora:
         parts["reference"] = p_dev
     critics = [_critic_bytes(ctx, s, p_dev, mc.vocab_size) for s in grpo if s.kind == "ppo"]
     if critics:
@@ -192,7 +211,10 @@ def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
     out = {"devices": n, "mesh": dict(mesh.shape), "model": {"family": mc.family, "layers": mc.n_layers,
            "d_model": mc.d_model, "params": sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)),
            "param_dtype": mc.param_dtype, "dtype": mc.dtype, "remat": mc.remat,
-           "experts": mc.moe.n_experts if mc.moe else 0},
+           "experts": mc.moe.n_experts if mc.moe else 0,
+           **({"lora": {"rank": mc.lora.rank, "targets": list(mc.lora.targets), "experts": mc.lora.experts,
+                        "adapter_params": sum(math.prod(s.shape) for s in jax.tree.leaves(lora.split(shapes)[1]))}}
+              if mc.lora else {})},
            "params_global_bytes": p_all, "per_device_bytes": parts, "per_device_total_bytes": total,
            "prompt_len": prompt_len,
            "logits": {"chunk": act[2], "auto": cfg.model.logits_chunk is None, "bytes": act[1],
@@ -217,4 +239,14 @@ def format_plan(p: dict[str, Any]) -> str:
                  f"{'unset: chosen by size' if lg['auto'] else lg['chunk']})")
     if "fits" in p:
         lines.append(f"fits {p['memory_gb']:g} GB per device: {'yes' if p['fits'] else 'no'}")
+    if "full_finetuning" in p:
+        lo = m["lora"]
+        full = p["full_finetuning"]
+        lines.append(f"LoRA rank {lo['rank']} on {', '.join(lo['targets'])}{' + experts' if lo['experts'] else ''}: "
+                     f"{lo['adapter_params'] / 1e6:.3g}M adapter params; full fine-tuning per device:")
+        for k, v in full["per_device_bytes"].items():
+            lines.append(f"  {k:22s} {v / GB:10.3f} GiB")
+        lines.append(f"  {'total':22s} {full['per_device_total_bytes'] / GB:10.3f} GiB")
+        lines.append(f"LoRA / full: {p['lora_fraction_of_full']:.1%}"
+                     + (f"; full fits: {'yes' if full['fits'] else 'no'}" if "fits" in full else ""))
     return "\n".join(lines)

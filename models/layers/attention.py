@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from reasoning_rl.sharding import constrain
 
+from ..lora import adapt
 from .init import param, zeros
 from .norm import RMSNorm
 from .rope import apply_rope, rope_parameters, rope_table
@@ -327,7 +328,7 @@ class Attention(nnx.Module):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
         layer's own frequencies when not given."""
         dt = self.dtype
-        q, k, v = (_proj_in(x, w[...].astype(dt)) for w in (self.q, self.k, self.v))
+        q, k, v = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt))) for n in "qkv")
         if self.q_bias is not None:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -360,7 +361,7 @@ class Attention(nnx.Module):
             # without a cache the keys are the sequence itself, causal: causal blocks apply
             out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
                                 sinks=sinks)
-        out = _proj_out(out, self.o[...].astype(self.dtype))
+        out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype)))
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)
         return out, cache

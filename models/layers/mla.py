@@ -15,6 +15,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from ..config import MLAConfig
+from ..lora import adapt
 from .attention import dot_attention, freeze, prefix_attention, rope_for, write_cache
 from .init import param
 from .norm import RMSNorm
@@ -53,12 +54,13 @@ class MLA(nnx.Module):
         """Same contract as :class:`Attention`; ``cache`` and ``prefix`` hold (latents, rotary keys)."""
         mc, dt = self.mc, self.dtype
         if self.q is None:
-            q = jnp.einsum("btd,dr->btr", x, self.q_a[...].astype(dt))
-            q = jnp.einsum("btr,rhk->bthk", self.q_norm(q), self.q_b[...].astype(dt))
+            q = adapt(self, "q_a", x, jnp.einsum("btd,dr->btr", x, self.q_a[...].astype(dt)))
+            qn = self.q_norm(q)
+            q = adapt(self, "q_b", qn, jnp.einsum("btr,rhk->bthk", qn, self.q_b[...].astype(dt)))
         else:
-            q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+            q = adapt(self, "q", x, jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt)))
         q_nope, q_rot = q[..., :mc.qk_nope_dim], q[..., mc.qk_nope_dim:]
-        kv = jnp.einsum("btd,dr->btr", x, self.kv_a[...].astype(dt))
+        kv = adapt(self, "kv_a", x, jnp.einsum("btd,dr->btr", x, self.kv_a[...].astype(dt)))
         latent = self.kv_norm(kv[..., :mc.kv_lora_rank])[:, :, None, :]  # [B, T, 1, R]
         k_rot = kv[..., mc.kv_lora_rank:][:, :, None, :]  # [B, T, 1, rope]
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
@@ -74,12 +76,13 @@ class MLA(nnx.Module):
             latent, k_rot, cache = write_cache(latent, k_rot, cache, layer, index, dt, size=mask.shape[-1])
             k, v = self._expand(latent, k_rot)
             out = dot_attention(q, k, v, mask, self.scale, causal=causal)
-        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), cache
+        return adapt(self, "o", out, jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))), cache
 
     def _expand(self, latent: jax.Array, k_rot: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per-head keys and values [B, S, H, .] from latents [B, S, 1, R] and rotary keys [B, S, 1, rope]."""
         mc = self.mc
-        kvh = jnp.einsum("bsr,rhk->bshk", latent[:, :, 0], self.kv_b[...].astype(self.dtype))
+        kvh = adapt(self, "kv_b", latent[:, :, 0],
+                    jnp.einsum("bsr,rhk->bshk", latent[:, :, 0], self.kv_b[...].astype(self.dtype)))
         k_nope, v = kvh[..., :mc.qk_nope_dim], kvh[..., mc.qk_nope_dim:]
         k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rot, (*k_nope.shape[:3], mc.qk_rope_dim))], axis=-1)
         return constrain(k, ("batch", "seq", "act_heads", None)), constrain(v, ("batch", "seq", "act_heads", None))

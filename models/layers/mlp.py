@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 from reasoning_rl.sharding import constrain
 
+from ..lora import adapt
 from .init import param
 
 ACTIVATIONS = {
@@ -57,8 +58,8 @@ class MLP(nnx.Module):
         # (about 2x less time in the MLP's gradient); on accelerators the reshape is free.
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        g = x2 @ self.gate[...].astype(dt)
-        u = x2 @ self.up[...].astype(dt)
+        g = adapt(self, "gate", x2, x2 @ self.gate[...].astype(dt))
+        u = adapt(self, "up", x2, x2 @ self.up[...].astype(dt))
         h = glu_fn(self.activation, *self.glu_args)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
-        return (h @ self.down[...].astype(dt)).reshape(*lead, -1)
+        return adapt(self, "down", h, h @ self.down[...].astype(dt)).reshape(*lead, -1)

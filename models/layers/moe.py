@@ -20,6 +20,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain, current
 
 from ..config import MoEConfig
+from ..lora import weight
 from .init import param, zeros
 from .mlp import MLP, glu_fn
 
@@ -268,8 +269,9 @@ class MoE(nnx.Module):
             stats["route_count"] = jnp.sum(w).astype(jnp.float32)
             r = route(logits, self.mc, bias, valid, forced=forced)
         dt = self.dtype
-        ws = {n: getattr(self, n)[...].astype(dt) for n in ("gate", "up", "down", "gate_b", "up_b", "down_b")
-              if getattr(self, n) is not None}
+        # weights with their adapters merged, if any (expert biases are never adapted)
+        ws = {n: weight(self, n, dt) if n in ("gate", "up", "down") else getattr(self, n)[...].astype(dt)
+              for n in ("gate", "up", "down", "gate_b", "up_b", "down_b") if getattr(self, n) is not None}
         glu = glu_fn(self.activation, *self.glu_args)
         ctx = current()
         if ctx is not None and ctx.mesh.shape.get("expert", 1) > 1:

@@ -18,6 +18,7 @@ import optax
 
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.models import ModelDef
+from reasoning_rl.models.lora import has_adapters, join, split, trainable, with_trainable
 
 from .logprobs import target_logprobs, target_values
 from .losses import LossInputs, get_loss, sft_loss, value_loss
@@ -51,7 +52,8 @@ def make_optimizer(ocfg: OptimizerConfig, total_steps: int) -> optax.GradientTra
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(seed),
+    """Optimizer state over the trainable parameters only (a LoRA model's adapters)."""
+    return TrainState(params, tx.init(trainable(params)), jnp.zeros((), jnp.int32), jax.random.key(seed),
                       jnp.zeros((), jnp.int32))
 
 
@@ -61,7 +63,8 @@ def _split_micro(batch: dict, n: int) -> dict:
 
 def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss,
            inject_nan_steps: tuple[int, ...] = ()) -> tuple[TrainState, dict]:
-    """Clip, update, and keep the old state if anything is non-finite."""
+    """Clip, update, and keep the old state if anything is non-finite. ``grads`` cover the trainable
+    parameters (a LoRA model's adapters); a frozen base passes through untouched."""
     if inject_nan_steps:  # test switch: poison this update's gradients on device, like a bad batch would
         poison = jnp.isin(state.step + 1, jnp.asarray(inject_nan_steps, jnp.int32))
         grads = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g).astype(g.dtype), grads)
@@ -69,11 +72,12 @@ def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss,
     if max_grad_norm > 0:
         scale = jnp.minimum(1.0, max_grad_norm / (gnorm + 1e-12))
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
+    old = trainable(state.params)
+    updates, new_opt = tx.update(grads, state.opt_state, old)
+    new_params = optax.apply_updates(old, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    params = jax.tree.map(keep, new_params, state.params)
+    keep = lambda new, old: jnp.where(ok, new, old)
+    params = with_trainable(state.params, jax.tree.map(keep, new_params, old))
     opt_state = jax.tree.map(keep, new_opt, state.opt_state)
     new_state = TrainState(params, opt_state, state.step + 1, state.rng,
                            jnp.where(ok, 0, state.skipped + 1).astype(jnp.int32))
@@ -84,7 +88,14 @@ _MAX_KEYS = ("logprob_gap",)  # aux entries combined across micro-batches by max
 
 
 def _accumulate(loss_fn, params, batch: dict, n_micro: int):
-    """Sum gradients and (sum, count) metrics over micro-batches; returns grads of sum/global_count."""
+    """Sum gradients and (sum, count) metrics over micro-batches; returns grads of sum/global_count.
+
+    With LoRA adapters in ``params`` the gradient is taken for the adapters only: the frozen base enters as
+    a constant, so no full-size weight gradient is ever formed."""
+    if has_adapters(params):
+        base, params = split(params)
+        full_loss = loss_fn
+        loss_fn = lambda ad, b: full_loss(join(base, ad), b)
     g, aux = _accumulate_sums(loss_fn, params, batch, n_micro)
     count = jnp.maximum(aux["count"], 1.0)
     grads = jax.tree.map(lambda x: x / count.astype(x.dtype), g)

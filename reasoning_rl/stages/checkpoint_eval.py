@@ -206,7 +206,8 @@ def run_export(args) -> Path:
         out = save_reward_model(srt.mdef, params, args.out, pad_token_id=rt.tok.pad_id, dtype=args.dtype,
                                 tokenizer_from=source)
     else:
-        out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source)
+        out = save_pretrained((srt.mdef, params), args.out, dtype=args.dtype, tokenizer_from=source,
+                              merge_lora=True)  # a LoRA stage is exported with its adapters merged
     if source is None and (run_dir / "tokenizer.model").is_file():  # the run's own sentencepiece model
         shutil.copy2(run_dir / "tokenizer.model", Path(out) / "tokenizer.model")
     if stage.kind == "ppo":  # and its critic, as a value model beside the policy

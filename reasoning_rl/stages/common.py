@@ -27,7 +27,8 @@ from reasoning_rl.algorithms.steps import TrainState, make_optimizer
 from reasoning_rl.checkpoint import CheckpointUnusable, StageCheckpointer
 from reasoning_rl.config import Config, ModelConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
-from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.models import TransformerConfig, create, lora
+from reasoning_rl.models.lora import LoRAError
 from reasoning_rl.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
 
 log = logging.getLogger("reasoning_rl")
@@ -167,7 +168,44 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         n_kv_heads=m.n_kv_heads, head_dim=m.head_dim or m.d_model // m.n_heads, ffn_dim=m.ffn_dim,
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
-        remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max, family=m.family, moe=_moe_config(m))
+        remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max, family=m.family, moe=_moe_config(m),
+        lora=lora_config(m))
+
+
+def lora_config(m: ModelConfig):
+    """``model.lora`` as a LoRAConfig (None: full fine-tuning); a bad key or value fails naming it."""
+    if not m.lora:
+        return None
+    from reasoning_rl.config import ConfigError
+    from reasoning_rl.models import LoRAConfig
+    from reasoning_rl.models.lora import TARGETS
+
+    known = {f.name for f in dataclasses.fields(LoRAConfig)}
+    unknown = sorted(set(m.lora) - known)
+    if unknown:
+        raise ConfigError(f"model.lora.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    d = dict(m.lora)
+    if isinstance(d.get("targets"), str):
+        d["targets"] = [d["targets"]]
+    if "targets" in d:
+        if not isinstance(d["targets"], (list, tuple)) or not d["targets"]:
+            raise ConfigError(f"model.lora.targets: expected a non-empty list, got {d['targets']!r}")
+        bad = [t for t in d["targets"] if t not in TARGETS]
+        if bad:
+            raise ConfigError(f"model.lora.targets: {bad[0]!r} is not a projection (known: {', '.join(TARGETS)})")
+        d["targets"] = tuple(d["targets"])
+    for key, cond, what in (("rank", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+                            ("alpha", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number"),
+                            ("dropout", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
+                            ("experts", lambda v: isinstance(v, bool), "a boolean"),
+                            ("rslora", lambda v: isinstance(v, bool), "a boolean"),
+                            ("merge_sampling", lambda v: isinstance(v, bool), "a boolean")):
+        if key in d and not cond(d[key]):
+            raise ConfigError(f"model.lora.{key}: expected {what}, got {d[key]!r}")
+    if d.get("dropout", 0):
+        raise ConfigError(f"model.lora.dropout: {d['dropout']} is not supported (adapters train without dropout; "
+                          "set 0)")
+    return LoRAConfig(**d)
 
 
 def _moe_config(m: ModelConfig):
@@ -230,10 +268,16 @@ class Runtime:
 
             mcfg = config_from_hf(self.hf_path)
             mcfg = dataclasses.replace(mcfg, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                       scan_layers=m.scan_layers, unroll_max=m.unroll_max)
+                                       scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m))
         else:
             mcfg = model_config_from(m, self.tok.vocab_size)
-        self.mdef, _ = create(mcfg, abstract=True)
+        try:
+            self.mdef, _ = create(mcfg, abstract=True)
+        except LoRAError as e:
+            from reasoning_rl.config import ConfigError
+
+            raise ConfigError(str(e)) from None
+        self.base_mdef = lora.base_mdef(self.mdef)  # the model with adapters disabled (itself without LoRA)
         self.param_shardings = shd.param_shardings(self.ctx, self.mdef.param_axes(), self.mdef.abstract_params())
 
     def for_model(self, m: ModelConfig) -> Runtime:
@@ -304,13 +348,44 @@ class Runtime:
 
     # ------------------------------------------------------------------ params and state
 
-    def init_params(self, seed: int | None = None) -> dict:
-        if self.hf_path:
-            from reasoning_rl.models.hf import load_params
+    @property
+    def lora(self) -> bool:
+        return self.mdef.cfg.lora is not None
 
-            return load_params(self.hf_path, self.mdef, dtype=self.model_cfg.param_dtype, mesh=self.mesh)
-        _, params = create(self.mdef.cfg, self.cfg.seed if seed is None else seed)
-        return jax.device_put(params, self.param_shardings)
+    def init_params(self, seed: int | None = None) -> dict:
+        """Fresh (or the checkpoint's) params; with LoRA, the base plus fresh adapters (B zero)."""
+        seed = self.cfg.seed if seed is None else seed
+        return self.with_new_adapters(self.init_base(seed), seed)
+
+    def init_base(self, seed: int | None = None) -> dict:
+        """The model without adapters: model.path's weights, or a fresh init from ``seed``."""
+        if self.hf_path:
+            return self.load_hf(self.hf_path)
+        _, params = create(self.base_mdef.cfg, self.cfg.seed if seed is None else seed)
+        return jax.device_put(params, lora.split(self.param_shardings)[0] if self.lora else self.param_shardings)
+
+    def load_hf(self, path: str) -> dict:
+        from reasoning_rl.models.hf import load_params
+
+        return load_params(path, self.base_mdef, dtype=self.model_cfg.param_dtype, mesh=self.mesh)
+
+    def with_new_adapters(self, base: dict, seed: int) -> dict:
+        """``base`` (params without adapters) plus fresh adapters when this model has LoRA."""
+        if not self.lora:
+            return base
+        ad = lora.init_adapters(self.mdef, seed)
+        return lora.join(lora.split(base)[0], jax.device_put(ad, lora.split(self.param_shardings)[1]))
+
+    def lora_base_ref(self) -> dict:
+        """Where a LoRA checkpoint's frozen base comes from (checkpoints hold the adapters only)."""
+        if self.hf_path:
+            return {"kind": "hf", "path": str(Path(self.hf_path).absolute())}
+        return {"kind": "fresh", "seed": self.cfg.seed}
+
+    def base_from_ref(self, ref: dict) -> dict:
+        if ref.get("kind") == "hf":
+            return self.load_hf(ref["path"])
+        return self.init_base(int(ref.get("seed", self.cfg.seed)))
 
     def place(self, tree: Any) -> Any:
         """A copy of a params-shaped tree on its shardings (never aliased: steps donate their state, and a
@@ -331,11 +406,18 @@ class Runtime:
                 for k, v in batch.items()}
 
     def new_state(self, params: dict, tx, seed: int) -> TrainState:
-        params = self.place(params)
+        """A fresh train state. With LoRA the frozen base is shared with ``params`` (never donated, never
+        copied: the same buffers serve the KL reference); the adapters are copied."""
+        if lora.has_adapters(params):
+            base, ad = lora.split(params)
+            sh_base, sh_ad = lora.split(self.param_shardings)
+            params = lora.join(jax.device_put(base, sh_base), jax.device_put(ad, sh_ad, may_alias=False))
+        else:
+            params = self.place(params)
         rep = shd.replicated(self.mesh)
         opt_sh = self.opt_shardings(tx, params)
         with shd.use(self.ctx):
-            opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+            opt_state = jax.jit(tx.init, out_shardings=opt_sh)(lora.trainable(params))
         zero = jax.device_put(np.zeros((), np.int32), rep)
         key = jax.jit(lambda: jax.random.key(seed), out_shardings=rep)()  # made on the mesh: any host count
         return TrainState(params, opt_state, zero, key,
@@ -346,9 +428,10 @@ class Runtime:
         2x the params on every device); scalars such as step counts are replicated. ``param_shardings``:
         those of ``params`` when they are not this runtime's model (a PPO critic)."""
         rep = shd.replicated(self.mesh)
-        abstract = jax.eval_shape(tx.init, params)
+        # a LoRA model's optimizer covers its adapters only (trainable: every parameter when there are none)
+        abstract = jax.eval_shape(tx.init, lora.trainable(params))
         sh = self.param_shardings if param_shardings is None else param_shardings
-        return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract, sh,
+        return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract, lora.trainable(sh),
                                                 transform_non_params=lambda _: rep)
 
     def jit_step(self, fn: Callable, state: TrainState):
@@ -400,6 +483,8 @@ class StageRun:
             self._set_aside(bad)
             return None
         step, state, host = got
+        if self.rt.lora:  # the checkpoint holds the adapters: put them back on this stage's frozen base
+            state = dataclasses.replace(state, params=lora.with_trainable(self.state.params, state.params))
         self.state, self.start_step, self.host = state, step, host
         if bad:
             log.warning("stage %s: resumed from step %d, the newest usable checkpoint step (%s)%s", self.stage.name,
@@ -417,6 +502,8 @@ class StageRun:
 
     def save(self, step: int, host: dict[str, Any], force: bool = False) -> None:
         self.host = host
+        if self.rt.lora:
+            host = {**host, "lora_base": self.rt.lora_base_ref()}
         self.ckpt.save(step, self.state, host, force=force)
 
     def should_save(self, step: int) -> bool:
@@ -449,10 +536,30 @@ class StageRun:
 
 def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext):
     """Jit a ``(state, batch) -> (state, metrics)`` step traced on ``ctx``: state shardings pinned, state
-    buffers donated, the train-step XLA options (what every stage and the benchmarks run)."""
+    buffers donated, the train-step XLA options (what every stage and the benchmarks run).
+
+    A LoRA state's frozen base goes in as a separate, non-donated argument and is not an output: its buffers
+    stay valid for the KL reference and the stage's init params, and are never written."""
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    return jax.jit(shd.traced_under(ctx, fn), donate_argnums=(0,),
-                   out_shardings=(state_sh, shd.replicated(ctx.mesh)), compiler_options=train_compiler_options())
+    if not lora.has_adapters(state.params):
+        return jax.jit(shd.traced_under(ctx, fn), donate_argnums=(0,),
+                       out_shardings=(state_sh, shd.replicated(ctx.mesh)), compiler_options=train_compiler_options())
+
+    def inner(st, base, batch):
+        new, metrics = fn(dataclasses.replace(st, params=lora.join(base, st.params)), batch)
+        return dataclasses.replace(new, params=lora.split(new.params)[1]), metrics
+
+    sh = dataclasses.replace(state_sh, params=lora.split(state_sh.params)[1])
+    jitted = jax.jit(shd.traced_under(ctx, inner), donate_argnums=(0,), out_shardings=(sh, shd.replicated(ctx.mesh)),
+                     compiler_options=train_compiler_options())
+
+    def step(st, batch):
+        base, ad = lora.split(st.params)
+        new, metrics = jitted(dataclasses.replace(st, params=ad), base, batch)
+        return dataclasses.replace(new, params=lora.join(base, new.params)), metrics
+
+    step.jitted = jitted  # for lowering / memory analysis
+    return step
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,414 @@
+"""LoRA adapters: low-rank updates ``W + (alpha / r) * A @ B`` on chosen projections of any family.
+
+The adapters are ordinary ``nnx.Param``s attached next to the weight they adapt (``q`` gets ``q_lora_a``
+[*in, r] and ``q_lora_b`` [r, *out]), stacked over layers like it, with the logical axes of its input dims
+(A) and output dims (B), so the sharding rules lay them out exactly as the weight. Params stay one nested
+dict: :func:`split` separates the frozen base from the adapters by name, :func:`join` puts them back.
+
+Where a weight is applied the layers call :func:`adapt` (dense projections: ``y + s * (x @ A) @ B``, never
+forming the full update, so the backward never computes a full-size weight gradient) or :func:`weight`
+(routed experts: merged per layer, which every expert kernel accepts). :func:`merge` folds the adapters into
+the base once (the sampler's weights for a policy update; HF export); the model with adapters disabled is
+just the base ModelDef on the base params, so a KL reference costs no copy.
+
+PEFT interop: :func:`save_lora` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
+``peft.PeftModel.from_pretrained`` loads; :func:`load_adapter` reads one written by ``peft``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import LoRAConfig, TransformerConfig
+
+__all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "init_adapters", "join", "load_adapter",
+           "merge", "save_lora", "split", "trainable", "weight", "with_lora", "with_trainable"]
+
+SUFFIX_A, SUFFIX_B = "_lora_a", "_lora_b"
+ATTN_TARGETS = ("q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b")
+MLP_TARGETS = ("gate", "up", "down")
+TARGETS = ATTN_TARGETS + MLP_TARGETS
+_N_IN = {"o": 2}  # leading input dims of our weight layout (o: [H, K, d]); every other target has one
+
+
+class LoRAError(ValueError):
+    """A LoRA config or adapter that cannot be applied; the message names the field or file."""
+
+
+def scale(lc: LoRAConfig) -> float:
+    return lc.alpha / math.sqrt(lc.rank) if lc.rslora else lc.alpha / lc.rank
+
+
+def is_adapter(key: str) -> bool:
+    return key.endswith((SUFFIX_A, SUFFIX_B))
+
+
+# ---------------------------------------------------------------------- attaching (model construction)
+
+
+def _targets_of(module: Any, lc: LoRAConfig) -> list[tuple[str, int]]:
+    """(weight name, leading batch dims) of the targets this module holds: MoE experts [E, ...] only with
+    ``experts``; a MoE's shared experts are a dense MLP of their own."""
+    from .layers.moe import MoE
+
+    out = []
+    for t in lc.targets:
+        w = getattr(module, t, None)
+        if not isinstance(w, nnx.Param):
+            continue
+        if isinstance(module, MoE):
+            if lc.experts and t in MLP_TARGETS:
+                out.append((t, 1))
+        else:
+            out.append((t, 0))
+    return out
+
+
+def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
+    """Give every targeted weight of ``model`` (a Transformer whose layer stacks are built) its A (uniform in
+    +-1/sqrt(fan_in), as PEFT) and B (zeros: the adapted model starts equal to the base)."""
+    from .transformer import segments
+
+    lc = cfg.lora
+    found = set()
+    for name, _, n, _ in segments(cfg):
+        blk = getattr(model, name)
+        mods = [blk.attn, blk.mlp] + ([blk.mlp.shared] if getattr(blk.mlp, "shared", None) is not None else [])
+        for mod in mods:
+            for t, nb in _targets_of(mod, lc):
+                w = getattr(mod, t)
+                axes = tuple(w.get_metadata().get("axes", ()))
+                shape = w.value.shape[1:]  # drop the layer dim
+                ni = _N_IN.get(t, 1)
+                lead, ins, outs = shape[:nb], shape[nb:nb + ni], shape[nb + ni:]
+                fan_in = math.prod(ins)
+                a = jax.random.uniform(rngs.params(), (n, *lead, *ins, lc.rank), jnp.float32, -1.0, 1.0)
+                a = a * fan_in**-0.5
+                setattr(mod, t + SUFFIX_A, nnx.Param(a.astype(w.value.dtype),
+                                                     axes=axes[:nb + ni] + ("lora_rank",)))
+                setattr(mod, t + SUFFIX_B, nnx.Param(jnp.zeros((n, *lead, lc.rank, *outs), w.value.dtype),
+                                                     axes=axes[:nb] + ("lora_rank",) + axes[nb + ni:]))
+                mod.lora_scale = scale(lc)
+                found.add(t)
+    missing = [t for t in lc.targets if t not in found]
+    if missing:
+        raise LoRAError(f"model.lora.targets: {missing} match no weight of this {cfg.family} model "
+                        f"(experts need experts: true; MLA has q_a, q_b, kv_a, kv_b)")
+
+
+# ---------------------------------------------------------------------- applying (layer code)
+
+
+def adapt(module: Any, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``y`` (= x @ W, already computed) plus this weight's LoRA update ``s * (x @ A) @ B``; ``y`` itself when
+    the weight has no adapter. x [..., *in] with W's input dims trailing; y [..., *out]."""
+    a = getattr(module, name + SUFFIX_A, None)
+    if a is None:
+        return y
+    b = getattr(module, name + SUFFIX_B)
+    a, b = a[...].astype(y.dtype), b[...].astype(y.dtype)
+    r = a.shape[-1]
+    n_in = math.prod(a.shape[:-1])
+    lead = x.shape[:x.ndim - (a.ndim - 1)]
+    h = x.reshape(-1, n_in).astype(y.dtype) @ a.reshape(n_in, r)
+    d = (h @ b.reshape(r, -1)) * jnp.asarray(module.lora_scale, y.dtype)
+    return y + d.reshape(*lead, *y.shape[len(lead):])
+
+
+def weight(module: Any, name: str, dtype) -> jax.Array:
+    """The weight in ``dtype``, with its adapter merged (``W + s * A @ B``) when it has one: batched weights
+    such as routed experts [E, d, f] whose products do not go through :func:`adapt`."""
+    w = getattr(module, name)[...].astype(dtype)
+    a = getattr(module, name + SUFFIX_A, None)
+    if a is None:
+        return w
+    b = getattr(module, name + SUFFIX_B)[...].astype(dtype)
+    return w + _delta(a[...].astype(dtype), b, w.ndim, module.lora_scale).astype(dtype)
+
+
+def _delta(a: jax.Array, b: jax.Array, w_ndim: int, s: float) -> jax.Array:
+    """``s * A @ B`` in the weight's layout; A [*lead, *in, r], B [*lead, r, *out] (lead: any stack dims)."""
+    n_lead = a.ndim + b.ndim - 2 - w_ndim
+    r = a.shape[-1]
+    lead = a.shape[:n_lead]
+    ins, outs = a.shape[n_lead:-1], b.shape[n_lead + 1:]
+    a2 = a.reshape(*lead, math.prod(ins), r)
+    b2 = b.reshape(*lead, r, math.prod(outs))
+    return (jnp.matmul(a2, b2) * s).reshape(*lead, *ins, *outs)
+
+
+# ---------------------------------------------------------------------- params trees
+
+
+def split(params: Mapping) -> tuple[dict, dict]:
+    """(base, adapters) of a params tree; either is {} where there is nothing."""
+    base, ad = {}, {}
+    for k, v in params.items():
+        if isinstance(v, Mapping):
+            b, a = split(v)
+            if b:
+                base[k] = b
+            if a:
+                ad[k] = a
+        elif is_adapter(k):
+            ad[k] = v
+        else:
+            base[k] = v
+    return base, ad
+
+
+def join(base: Mapping, adapters: Mapping) -> dict:
+    out = dict(base)
+    for k, v in adapters.items():
+        out[k] = join(out.get(k, {}), v) if isinstance(v, Mapping) else v
+    return out
+
+
+def has_adapters(params: Any) -> bool:
+    if not isinstance(params, Mapping):
+        return False
+    return any(is_adapter(k) or has_adapters(v) for k, v in params.items())
+
+
+def trainable(params: Any) -> Any:
+    """What an optimizer updates: the adapters when there are any, else every parameter."""
+    return split(params)[1] if has_adapters(params) else params
+
+
+def with_trainable(params: Any, new: Any) -> Any:
+    """``params`` with its trainable part replaced by ``new`` (the frozen base passed through unchanged)."""
+    return join(split(params)[0], new) if has_adapters(params) else new
+
+
+_BASE_DEFS: dict[str, Any] = {}
+
+
+def base_mdef(mdef: Any) -> Any:
+    """The ModelDef of the same model without adapters (itself when it has none); built once per config."""
+    from .transformer import create
+
+    if mdef.cfg.lora is None:
+        return mdef
+    key = repr(mdef.cfg)
+    if key not in _BASE_DEFS:
+        _BASE_DEFS[key] = create(dataclasses.replace(mdef.cfg, lora=None), abstract=True)[0]
+    return _BASE_DEFS[key]
+
+
+def with_lora(mdef: Any, lc: LoRAConfig) -> Any:
+    from .transformer import create
+
+    return create(dataclasses.replace(mdef.cfg, lora=lc), abstract=True)[0]
+
+
+def merge(mdef: Any, params: Mapping) -> tuple[Any, dict]:
+    """(base ModelDef, params with every adapter folded into its weight). Traceable (jit it to merge on
+    device); weights come out in their dtype promoted with the compute dtype, so a bf16 base adapted in
+    float32 keeps the adapter's update."""
+    if mdef.cfg.lora is None:
+        return mdef, dict(params)
+    s = scale(mdef.cfg.lora)
+    dt = mdef.cfg.jnp_dtype
+
+    def fold(node: Mapping) -> dict:
+        out = {}
+        for k, v in node.items():
+            if isinstance(v, Mapping):
+                out[k] = fold(v)
+            elif not is_adapter(k):
+                out[k] = v
+        for k in node:
+            if k.endswith(SUFFIX_A):
+                t = k[:-len(SUFFIX_A)]
+                w = node[t]
+                wd = jnp.result_type(w.dtype, dt)
+                d = _delta(node[k].astype(wd), node[t + SUFFIX_B].astype(wd), w.ndim, s)
+                out[t] = w.astype(wd) + d
+        return out
+
+    return base_mdef(mdef), fold(params)
+
+
+def init_adapters(mdef: Any, seed: int) -> dict:
+    """Fresh adapters for a LoRA ModelDef (A as :func:`attach` draws it, B zero) without building the base."""
+    _, abstract = split(mdef.abstract_params())
+    leaves, tree = jax.tree.flatten_with_path(abstract)
+    key = jax.random.key(seed ^ 0x10A4)
+    out = []
+    for i, (path, s) in enumerate(leaves):
+        name = path[-1].key
+        if name.endswith(SUFFIX_B):
+            out.append(jnp.zeros(s.shape, s.dtype))
+            continue
+        t = name[:-len(SUFFIX_A)]
+        ni = _N_IN.get(t, 1)
+        fan_in = math.prod(s.shape[-1 - ni:-1])
+        a = jax.random.uniform(jax.random.fold_in(key, i), s.shape, jnp.float32, -1.0, 1.0) * fan_in**-0.5
+        out.append(a.astype(s.dtype))
+    return jax.tree.unflatten(tree, out)
+
+
+def hf_save_flat(tree: Mapping) -> dict:
+    """{path tuple: leaf} of a nested params dict."""
+    from .hf_save import flatten
+
+    return flatten(tree)
+
+
+def count(params: Any) -> tuple[int, int]:
+    """(adapter parameters, base parameters)."""
+    base, ad = split(params)
+    n = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))
+    return n(ad), n(base)
+
+
+# ---------------------------------------------------------------------- PEFT files
+
+PEFT_PREFIX = "base_model.model."
+
+
+def _peft_map(cfg: TransformerConfig) -> dict[tuple[str, ...], Any]:
+    """Our weight path -> its family Tensor spec (torch Linear layouts only)."""
+    from .families import for_family
+
+    return {t.path: t for t in for_family(cfg.family).tensors(cfg) if t.layout in ("t1", "t2")}
+
+
+def _module(hf_name: str) -> str:
+    return hf_name[:-len(".weight")]
+
+
+def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
+              base_model_name_or_path: str | None = None) -> Path:
+    """Write the adapters of ``model`` (a PretrainedModel or a ``(mdef, params)`` pair) as a PEFT LoRA adapter:
+    ``adapter_config.json`` + ``adapter_model.safetensors`` (float32), loadable by
+    ``peft.PeftModel.from_pretrained`` onto the base checkpoint."""
+    from .hf_save import _host, _resolve, flatten
+    from .safetensors_io import NAMES, write_file
+    from .transformer import segments
+
+    mdef, params, out = _resolve(model, out_dir, params)
+    cfg, lc = mdef.cfg, mdef.cfg.lora
+    if lc is None:
+        raise LoRAError("save_lora: the model has no LoRA adapters")
+    specs = _peft_map(cfg)
+    firsts = {name: first for name, first, _, _ in segments(cfg)}
+    _, ad = split(params)
+    tensors: dict[str, np.ndarray] = {}
+    modules = set()
+    for path, a in flatten(ad).items():
+        if not path[-1].endswith(SUFFIX_A):
+            continue
+        wpath = path[:-1] + (path[-1][:-len(SUFFIX_A)],)
+        t = specs.get(wpath)
+        if t is None or "{e}" in t.hf:
+            raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent (PEFT adapts "
+                            "torch Linear modules; fused MoE experts are not)")
+        b = flatten(ad)[path[:-1] + (wpath[-1] + SUFFIX_B,)]
+        a, b = _host(a).astype(np.float32), _host(b).astype(np.float32)
+        r = a.shape[-1]
+        for i in range(a.shape[0]):
+            mod = _module(t.hf.format(i=firsts[path[0]] + i))
+            tensors[f"{PEFT_PREFIX}{mod}.lora_A.weight"] = a[i].reshape(-1, r).T.copy()
+            tensors[f"{PEFT_PREFIX}{mod}.lora_B.weight"] = b[i].reshape(r, -1).T.copy()
+            modules.add(mod.rsplit(".", 1)[1])
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    write_file(out / "adapter_model.safetensors",
+               [(n, NAMES[np.dtype(np.float32)], tensors[n].shape) for n in names], lambda n: tensors[n])
+    conf = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lc.rank, "lora_alpha": lc.alpha,
+        "lora_dropout": lc.dropout, "target_modules": sorted(modules), "bias": "none", "use_rslora": lc.rslora,
+        "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None, "use_dora": False,
+        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+        "base_model_name_or_path": base_model_name_or_path or cfg.extra.get("hf_dir"), "inference_mode": True,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
+    return out
+
+
+def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
+    """(LoRA ModelDef over ``mdef``, adapters in its param dtype) from a PEFT LoRA adapter directory. Every layer must carry the
+    same adapted modules (PEFT's default); what cannot be represented fails naming the field or tensor."""
+    from .safetensors_io import Checkpoint
+    from .transformer import segments
+
+    d = Path(adapter_dir)
+    conf_file = d / "adapter_config.json"
+    if not conf_file.is_file():
+        raise LoRAError(f"{d}: no adapter_config.json")
+    conf = json.loads(conf_file.read_text())
+    where = f"{conf_file}"
+    if conf.get("peft_type", "LORA") != "LORA":
+        raise LoRAError(f"{where}: peft_type {conf.get('peft_type')!r} is not supported (only LORA)")
+    for key, ok in (("use_dora", lambda v: not v), ("bias", lambda v: v in (None, "none")),
+                    ("rank_pattern", lambda v: not v), ("alpha_pattern", lambda v: not v),
+                    ("layers_to_transform", lambda v: v is None), ("fan_in_fan_out", lambda v: not v),
+                    ("modules_to_save", lambda v: not v), ("use_qalora", lambda v: not v)):
+        if key in conf and not ok(conf[key]):
+            raise LoRAError(f"{where}: {key}={conf[key]!r} is not supported")
+    base = mdef if mdef.cfg.lora is None else base_mdef(mdef)
+    cfg = base.cfg
+    by_module: dict[str, tuple[tuple[str, ...], int]] = {}
+    firsts = {name: (first, n) for name, first, n, _ in segments(cfg)}
+    for path, t in _peft_map(cfg).items():
+        if "{e}" in t.hf or "{i}" not in t.hf:
+            continue
+        first, n = firsts[path[0]]
+        for i in range(n):
+            by_module[_module(t.hf.format(i=first + i))] = (path, i)
+    ckpt = Checkpoint(d)
+    try:
+        found: dict[tuple[str, ...], dict[int, dict[str, np.ndarray]]] = {}
+        for name in ckpt.names():
+            body = name.removeprefix(PEFT_PREFIX)
+            mod, _, kind = body.rpartition(".lora_")
+            if kind not in ("A.weight", "B.weight") or mod not in by_module:
+                raise LoRAError(f"{d}: tensor {name} is not a LoRA A/B of a {cfg.family} projection")
+            path, i = by_module[mod]
+            found.setdefault(path, {}).setdefault(i, {})[kind[0]] = ckpt.get(name)
+    finally:
+        ckpt.close()
+    if not found:
+        raise LoRAError(f"{d}: adapter_model.safetensors holds no LoRA tensors")
+    rank = int(conf.get("r", 8))
+    targets = sorted({p[-1] for p in found}, key=TARGETS.index)
+    lc = LoRAConfig(rank=rank, alpha=float(conf.get("lora_alpha", rank)), dropout=0.0, targets=tuple(targets),
+                    rslora=bool(conf.get("use_rslora", False)))
+    lmdef = with_lora(base, lc)
+    shapes = split(lmdef.abstract_params())[1]
+    from .hf_save import flatten
+
+    fshapes = flatten(shapes)
+    out: dict = {}
+    for path, per_layer in found.items():
+        sa = fshapes.get(path[:-1] + (path[-1] + SUFFIX_A,))
+        if sa is None:  # e.g. gate on a MoE layer without experts adapters
+            raise LoRAError(f"{d}: adapter on {'.'.join(path)} cannot be represented")
+        sb = fshapes[path[:-1] + (path[-1] + SUFFIX_B,)]
+        n = sa.shape[0]
+        if sorted(per_layer) != list(range(n)) or any(set(v) != {"A", "B"} for v in per_layer.values()):
+            raise LoRAError(f"{d}: {path[-1]} is adapted in only some layers (or lacks A or B); every layer "
+                            "must carry it")
+        try:
+            a = np.stack([per_layer[i]["A"].astype(np.float32).T.reshape(sa.shape[1:]) for i in range(n)])
+            b = np.stack([per_layer[i]["B"].astype(np.float32).T.reshape(sb.shape[1:]) for i in range(n)])
+        except ValueError:
+            got = per_layer[0]["A"].shape, per_layer[0]["B"].shape
+            raise LoRAError(f"{d}: {path[-1]} adapter shapes {got} do not fit rank {rank} on this model") from None
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1] + SUFFIX_A] = jnp.asarray(a, sa.dtype)
+        node[path[-1] + SUFFIX_B] = jnp.asarray(b, sb.dtype)
+    return lmdef, out

@@ -1,0 +1,268 @@
+"""LoRA training: gradients reach the adapters only (the frozen base is bit-for-bit unchanged), the KL reference
+is the base model, the sampler (adapters merged once) matches the trainer (adapters unmerged), a LoRA stage
+resumes exactly, every family's adapters (dense, MoE experts, MLA) train, and a bad ``model.lora`` fails
+before any compute."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reasoning_rl.models import MLAConfig, MoEConfig, TransformerConfig, create, lora
+from reasoning_rl.models.config import LoRAConfig
+
+from reasoning_rl import config as C
+from reasoning_rl.algorithms.steps import init_state, make_logprob_fn, make_optimizer, make_sft_step
+from reasoning_rl.config import ConfigError
+from reasoning_rl.data.batching import prompt_batch, sft_batch
+from reasoning_rl.metrics import MetricsWriter
+from reasoning_rl.stages.common import Runtime, StageRun
+
+TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
+LORA = "model.lora={rank: 4, alpha: 8, targets: [q, k, v, o, gate, up, down]}"
+
+
+def runtime(tmp_path, *over):
+    cfg = C.load(TINY, overrides=[LORA, *over])
+    return Runtime(cfg, tmp_path / "run"), cfg
+
+
+def _batch(rt, n=8):
+    rows = [rt.task.example("train", i).as_dict() for i in range(n)]
+    return rt.place_batch(sft_batch(rt.tok, rows, 48))
+
+
+def _np(tree):
+    return [np.array(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A LoRA runtime, its init params, and the state after three SFT steps."""
+    rt, cfg = runtime(tmp_path_factory.mktemp("lora"))
+    stage = cfg.stages[0]
+    init = rt.init_params()
+    base0 = _np(lora.split(init)[0])
+    run = StageRun(rt, stage, init, 10)
+    step = rt.jit_step(make_sft_step(rt.mdef, stage.optimizer, run.tx), run.state)
+    batch = _batch(rt)
+    state = run.state
+    for _ in range(3):
+        state, _ = step(state, batch)
+    return rt, init, base0, state, batch
+
+
+def test_step_trains_adapters_only_and_leaves_the_base_bit_identical(trained):
+    _, init, base0, state, _ = trained
+    base, ad = lora.split(state.params)
+    for a, b in zip(base0, _np(base)):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    assert all(x is y for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(lora.split(init)[0])))  # no copy
+    b_leaves = [np.asarray(x) for p, x in lora.hf_save_flat(ad).items() if p[-1].endswith("_lora_b")]
+    assert b_leaves and all(np.abs(b).max() > 0 for b in b_leaves)  # B left zero: the adapters trained
+    # optimizer moments exist for the adapters only
+    n_ad, n_base = lora.count(state.params)
+    n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) >= 1)
+    assert n_opt == 2 * n_ad and n_ad < n_base
+
+
+def test_kl_reference_is_the_base_model(trained):
+    rt, _, _, state, batch = trained
+    mask = batch["valid"][:, 8:]
+    ref = jax.jit(make_logprob_fn(rt.base_mdef, 1.0))(lora.split(state.params)[0], batch["tokens"],
+                                                        batch["valid"], mask)
+    bdef, bparams = create(rt.base_mdef.cfg, rt.cfg.seed)  # the base model as built without LoRA
+    want = jax.jit(make_logprob_fn(bdef, 1.0))(bparams, batch["tokens"], batch["valid"], mask)
+    np.testing.assert_array_equal(np.asarray(ref), np.asarray(want))
+    policy = jax.jit(make_logprob_fn(rt.mdef, 1.0))(state.params, batch["tokens"], batch["valid"], mask)
+    assert np.abs(np.asarray(policy) - np.asarray(want)).max() > 1e-4
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged_once"])
+def test_sampler_matches_the_trainer(trained, merged):
+    from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
+
+    rt, _, _, state, _ = trained
+    ad = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape),
+                      lora.split(state.params)[1])  # adapters that matter
+    params = lora.join(lora.split(state.params)[0], ad)
+    pt, pv = prompt_batch(rt.tok, [rt.task.example("train", i).as_dict() for i in range(4)])
+    sp = SamplingParams(12, 1.0, pad_id=rt.tok.pad_id, group_size=2, stop_ids=(rt.tok.eos_id,))
+    if merged:  # GRPO with model.lora.merge_sampling: the adapters folded in once, the base model decodes
+        mdef, sparams = rt.base_mdef, jax.jit(lambda p: lora.merge(rt.mdef, p)[1])(params)
+    else:  # the default: the trainer's own adapter arithmetic in every decode step
+        mdef, sparams = rt.mdef, params
+    out = jax.jit(lambda p, a, b, k: sample_impl(mdef, sp, p, a, b, k))(sparams, pt, pv, jax.random.key(0))
+    tokens = np.concatenate([np.repeat(pt, 2, 0), np.asarray(out.tokens)], 1)
+    valid = np.concatenate([np.repeat(pv, 2, 0), np.asarray(out.mask)], 1)
+    lp = jax.jit(make_logprob_fn(rt.mdef, 1.0, group=2))(params, tokens, valid, np.asarray(out.mask))
+    gap = np.abs((np.asarray(lp) - np.asarray(out.logprobs)) * np.asarray(out.mask)).max()
+    assert gap <= 1e-5, gap
+
+
+def test_lora_stage_resumes_exactly(tmp_path):
+    from reasoning_rl.pipeline import restore_params
+    from reasoning_rl.stages.sft import run_sft
+
+    def go(d, steps_list):
+        rt, cfg = runtime(d, "checkpoint.every=2")
+        for steps in steps_list:
+            stage = dataclasses.replace(cfg.stages[0], steps=steps)
+            w = MetricsWriter(rt.run_dir)
+            params, _ = run_sft(rt, stage, rt.init_params(), w, progress=False)
+            w.close()
+        return rt, stage, params
+
+    rt, stage, straight = go(tmp_path / "a", [4])
+    _, _, resumed = go(tmp_path / "b", [2, 4])  # the second call resumes the step-2 checkpoint
+    for a, b in zip(_np(straight), _np(resumed)):
+        np.testing.assert_array_equal(a, b)
+    # the checkpoint holds adapters only and restores onto the base it names
+    back, step = restore_params(rt, rt.run_dir / "checkpoints" / stage.name, stage, 2)
+    assert step == 4
+    for a, b in zip(_np(straight), _np(back)):
+        np.testing.assert_array_equal(a, b)
+    # a full (no LoRA) stage initialised from this checkpoint gets the adapters merged into the base
+    from reasoning_rl.pipeline import load_outside
+
+    C.dump(rt.cfg, rt.run_dir / "config.yaml")
+    full = Runtime(C.load(TINY), tmp_path / "full")
+    merged, lineage = load_outside(full, str(rt.run_dir / "checkpoints" / stage.name))
+    assert lineage["step"] == 4 and not lora.has_adapters(merged)
+    want = jax.jit(lambda p: lora.merge(rt.mdef, p)[1])(straight)
+    for a, b in zip(_np(want), _np(merged)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["moe_experts", "mla"])
+def test_moe_experts_and_mla_adapters_train(kind):
+    kw = dict(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=48)
+    if kind == "mla":
+        kw["mla"] = MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=8)
+        targets = ("q_a", "q_b", "kv_a", "kv_b", "o", "gate", "up", "down")
+    else:
+        kw["moe"] = MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1)
+        targets = ("q", "gate", "up", "down")
+    cfg = TransformerConfig(**kw, lora=LoRAConfig(rank=2, alpha=4, targets=targets, experts=True))
+    mdef, params = create(cfg, 0)
+    ocfg = C.OptimizerConfig(lr=1e-2)
+    tx = make_optimizer(ocfg, 10)
+    step = jax.jit(make_sft_step(mdef, ocfg, tx))
+    rng = np.random.RandomState(0)
+    batch = {"tokens": jnp.asarray(rng.randint(0, 48, (4, 12)), jnp.int32), "valid": jnp.ones((4, 12), bool),
+             "loss_mask": jnp.ones((4, 12), bool)}
+    state, m = step(init_state(params, tx, 0), batch)
+    assert np.isfinite(float(m["loss"]))
+    for a, b in zip(_np(lora.split(params)[0]), _np(lora.split(state.params)[0])):
+        np.testing.assert_array_equal(a, b)
+    new = lora.hf_save_flat(lora.split(state.params)[1])
+    changed = {p for p, x in new.items() if p[-1].endswith("_lora_b") and np.abs(np.asarray(x)).max() > 0}
+    want = {p for p in new if p[-1].endswith("_lora_b")}
+    assert changed == want, sorted(want - changed)
+    if kind == "moe_experts":
+        assert ("layers", "mlp", "gate_lora_b") in want and ("layers", "mlp", "shared", "up_lora_b") in want
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ("model.lora={rank: 0}", "model.lora.rank"),
+    ("model.lora={rnak: 4}", "model.lora.rnak: unknown key"),
+    ("model.lora={targets: [q, qq]}", "model.lora.targets: 'qq'"),
+    ("model.lora={targets: [q_a]}", "model.lora.targets: ['q_a'] match no weight"),
+])
+def test_bad_lora_config_is_one_clear_error(tmp_path, bad, msg):
+    with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        runtime(tmp_path, bad)
+
+
+PROBE = r"""
+import json, sys
+import jax, numpy as np
+from reasoning_rl import config as C
+from reasoning_rl.stages.common import Runtime, StageRun
+from reasoning_rl.algorithms.steps import make_sft_step
+from reasoning_rl.data.batching import sft_batch
+from reasoning_rl.models import lora
+out = {}
+for name, devs, mesh in (("one", jax.devices()[:1], []), ("mesh", jax.devices(),
+                         ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])):
+    cfg = C.load(sys.argv[1], overrides=[sys.argv[3], "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2"]
+                 + mesh)
+    rt = Runtime(cfg, sys.argv[2] + name, devices=devs)
+    run = StageRun(rt, cfg.stages[0], rt.init_params(), 10)
+    fn = rt.jit_step(make_sft_step(rt.mdef, cfg.stages[0].optimizer, run.tx), run.state)
+    rows = [rt.task.example("train", i).as_dict() for i in range(8)]
+    state, m = fn(run.state, rt.place_batch(sft_batch(rt.tok, rows, 48)))
+    flat = {"/".join(str(getattr(k, "key", k)) for k in p): x
+            for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    out[name] = {"loss": float(m["loss"]), "specs": {k: str(x.sharding.spec) for k, x in flat.items()},
+                 "values": {k: np.asarray(x).tolist() for k, x in flat.items() if "lora" in k}}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_adapters_follow_their_weights_sharding_on_8_devices(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    p = subprocess.run([sys.executable, "-c", PROBE, TINY, str(tmp_path / "r"), LORA], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.split("RESULT", 1)[1])
+    specs = {k: v.replace("PartitionSpec", "P") for k, v in out["mesh"]["specs"].items()}
+    # A takes the weight's input axes (embed -> fsdp), B its output axes (heads -> tensor), rank replicated
+    assert specs["layers/attn/q_lora_a"] == "P(None, 'fsdp', None)", specs
+    assert specs["layers/attn/q_lora_b"] == "P(None, None, 'tensor', None)", specs
+    assert specs["layers/attn/o_lora_a"] == "P(None, 'tensor', None, None)", specs
+    assert specs["layers/attn/o_lora_b"] == "P(None, None, 'fsdp')", specs
+    assert specs["layers/mlp/down_lora_a"] == "P(None, 'tensor', None)", specs
+    assert out["mesh"]["loss"] == pytest.approx(out["one"]["loss"], rel=1e-5)
+    for k, v in out["one"]["values"].items():
+        np.testing.assert_allclose(np.asarray(out["mesh"]["values"][k]), np.asarray(v), rtol=1e-4, atol=1e-6)
+
+
+def test_save_lora_load_adapter_round_trip_and_bad_adapters(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    cfg = TransformerConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=48,
+                            lora=LoRAConfig(rank=2, alpha=3, targets=("q", "o", "down")))
+    mdef, params = create(cfg, 0)
+    base, ad = lora.split(params)
+    ad = jax.tree.map(lambda x: x + 0.1, ad)
+    lora.save_lora((mdef, lora.join(base, ad)), tmp_path / "a")
+    conf = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert conf["r"] == 2 and conf["lora_alpha"] == 3 and conf["target_modules"] == ["down_proj", "o_proj", "q_proj"]
+    mdef2, back = lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
+    assert mdef2.cfg.lora.targets == ("q", "o", "down")
+    for x, y in zip(_np(ad), _np(back)):
+        np.testing.assert_array_equal(x, y)
+    conf["use_dora"] = True
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(conf))
+    with pytest.raises(lora.LoRAError, match="use_dora=True is not supported"):
+        lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
+    conf["use_dora"] = False
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(conf))
+    f = tmp_path / "a" / "adapter_model.safetensors"
+    t = {k: v for k, v in load_file(f).items() if ".layers.1.self_attn.q_proj" not in k}
+    save_file(t, f)
+    with pytest.raises(lora.LoRAError, match="q is adapted in only some layers"):
+        lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
+
+
+@pytest.mark.parametrize("path, kind", [("quickstart_ppo.yaml", "ppo"), ("r1_pipeline.yaml", "reward_model")])
+def test_stages_with_a_model_of_their_own_refuse_lora(path, kind):
+    """A PPO critic and a reward model's score head carry no adapters: one line naming the stage, before any
+    compute (check_refs runs before the first stage)."""
+    from reasoning_rl.pipeline import check_refs
+
+    cfg = C.load(str(Path(__file__).parent.parent / "configs" / path), overrides=[LORA])
+    i = [s.kind for s in cfg.stages].index(kind)
+    with pytest.raises(ConfigError, match=rf"stages\[{i}\]\.kind: a {kind} stage does not train LoRA adapters"):
+        check_refs(cfg)

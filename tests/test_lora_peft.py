@@ -1,0 +1,84 @@
+"""LoRA interop with ``peft`` on tiny random Llama, Qwen3 and Qwen3-MoE checkpoints (needs the test extra).
+
+Both directions, with random non-zero B so the adapters change the logits: an adapter made by ``peft`` and
+loaded by ``load_pretrained(base, adapter=...)`` gives peft's logits; ours written by ``save_lora`` and loaded
+by ``peft.PeftModel.from_pretrained`` gives ours. ``save_pretrained(..., merge_lora=True)`` writes merged
+weights transformers loads with the same logits.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.parity
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from reasoning_rl.models import load_pretrained, lora, save_lora, save_pretrained
+from test_hf_parity import IDS, MASK, build_reference, reference_logits
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Qwen3-MoE's experts are fused parameters in transformers 5 (not Linear modules peft adapts): attention only.
+TARGETS = {"llama": ALL, "qwen3": ALL, "qwen3_moe": ALL[:4]}
+
+
+def _base(name, tmp_path):
+    model = build_reference(name)
+    path = tmp_path / "base"
+    model.save_pretrained(path)
+    return path
+
+
+def _reload(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_peft_adapter_loads_with_peft_logits(tmp_path, name):
+    path = _base(name, tmp_path)
+    cfg = peft.LoraConfig(r=4, lora_alpha=12, target_modules=TARGETS[name], lora_dropout=0.0)
+    ref = peft.get_peft_model(_reload(path), cfg).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "lora_B" in n or "lora_A" in n:
+                p.copy_(torch.randn_like(p) * 0.2)
+    ref.save_pretrained(tmp_path / "adapter")
+    ours = load_pretrained(path, adapter=tmp_path / "adapter")
+    assert ours.cfg.lora.rank == 4 and ours.cfg.lora.alpha == 12
+    got = np.asarray(ours(IDS, MASK))
+    want = reference_logits(ref)
+    base = reference_logits(_reload(path))
+    assert np.abs(want - base)[MASK].max() > 1e-2  # the adapter matters
+    err = np.abs(got - want)[MASK].max()
+    assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_our_adapter_loads_in_peft(tmp_path, name):
+    path = _base(name, tmp_path)
+    base = load_pretrained(path)
+    names = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
+             "down_proj": "down"}
+    lc = lora.LoRAConfig(rank=3, alpha=5.0, targets=tuple(names[t] for t in TARGETS[name]))
+    mdef = lora.with_lora(base.mdef, lc)
+    ad = lora.init_adapters(mdef, 0)
+    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(ad))))
+    ad = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), ad)
+    model = type(base)(mdef, lora.join(base.params, ad))
+    ours = np.asarray(model(IDS, MASK))
+    save_lora(model, tmp_path / "adapter")
+    ref = peft.PeftModel.from_pretrained(_reload(path), tmp_path / "adapter").eval()
+    want = reference_logits(ref)
+    assert np.abs(want - reference_logits(_reload(path)))[MASK].max() > 1e-2
+    err = np.abs(ours - want)[MASK].max()
+    assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
+    # merged export: plain transformers, same logits
+    save_pretrained(model, tmp_path / "merged", merge_lora=True)
+    err = np.abs(reference_logits(_reload(tmp_path / "merged")) - ours)[MASK].max()
+    assert err <= 1e-4, f"{name} merged: max |dlogits| {err:.2e}"
+    with pytest.raises(ValueError, match="merge_lora=True"):
+        save_pretrained(model, tmp_path / "unmerged")
