@@ -591,3 +591,23 @@ def _stage_index(cfg: Config, name: str) -> int:
 
 def timer() -> float:
     return time.perf_counter()
+
+
+def run_updates(step_fn: Callable, state: Any, batch: dict, epochs: int, mini_batches: int,
+                place: Callable) -> tuple[Any, dict[str, float]]:
+    """``epochs`` passes of ``mini_batches`` optimizer updates over one rollout batch (the RL stages' inner
+    loop); returns the new state and the updates' metrics: means, ``skipped`` summed, ``logprob_gap`` of the
+    first update (whose params sampled the batch in a synchronous run)."""
+    n = len(next(iter(batch.values())))
+    mb = n // mini_batches
+    ms = []
+    for _ in range(epochs):
+        for j in range(mini_batches):
+            state, m = step_fn(state, place({k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}))
+            ms.append(m)
+    ms = jax.device_get(ms)
+    rec = {k: (sum if k == "skipped" else np.mean)([float(x[k]) for x in ms]) for k in ms[0]}
+    if "logprob_gap" in ms[0]:
+        rec["logprob_gap"] = float(ms[0]["logprob_gap"])
+    return state, {k: float(v) for k, v in rec.items()}
+

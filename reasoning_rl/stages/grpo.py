@@ -30,7 +30,7 @@ from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 from reasoning_rl.sharding import replicated
 
 from .async_rollout import AsyncFeed, decode_item
-from .common import Runtime, StageRun, timer
+from .common import Runtime, StageRun, run_updates, timer
 from .sources import StageData, check_reward_errors, merge_scored, rollout_metrics
 
 
@@ -245,8 +245,6 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                                                     r.group_size, a.off_policy, a.tis_cap))
     wall = float(run.host.get("wall_seconds", 0.0))
     bar = Progress(stage.name, stage.steps, run.start_step, progress)
-    n_rows = r.prompts_per_step * r.group_size
-    mb = n_rows // a.mini_batches
     t_loop, t_train = timer(), 0.0
     try:
         with run.guard() as guard:
@@ -277,21 +275,12 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                                                              b["sampler_logp"]))
                         batch["old_logp"], batch["is_weight"] = np.asarray(prox), np.asarray(w)
                         rm.update({k: float(v) for k, v in im.items()})
-                ms = []
-                for _ in range(a.epochs):
-                    for j in range(a.mini_batches):
-                        part = {k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}
-                        run.state, m = step_fn(run.state, trt.place_batch(part))
-                        ms.append(m)
-                ms = jax.device_get(ms)
+                run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, trt.place_batch)
                 dt = timer() - t0
                 t_train += timer() - t_up
                 wall += dt
                 rec = {"stage": stage.name, "step": step, **rm}
-                for k in ms[0]:
-                    vals = [float(x[k]) for x in ms]
-                    rec[k] = sum(vals) if k == "skipped" else float(np.mean(vals))
-                rec["logprob_gap"] = float(ms[0]["logprob_gap"])  # first update: params == rollout params
+                rec.update(um)
                 rec["update_s"] = timer() - t_up
                 rec["seconds"] = dt
                 if feed is not None:
