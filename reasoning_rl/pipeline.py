@@ -149,7 +149,8 @@ def ref_kind(ref: str, names: list[str]) -> str:
                       "(a run's checkpoints/<stage> or a Hugging Face model directory)")
 
 
-LORA_UNSUPPORTED = ("ppo", "reward_model")  # stage kinds whose extra model (critic, score head) has no adapters
+LORA_UNSUPPORTED = ("reward_model",)  # stage kinds whose model (a score head's) has no adapters; a ppo stage's
+# policy trains adapters and its critic is a full model of its own
 
 
 def check_refs(cfg: Config) -> list[Path]:
@@ -158,8 +159,8 @@ def check_refs(cfg: Config) -> list[Path]:
     outside = []
     for i, st in enumerate(cfg.stages):
         if cfg.model.lora and st.kind in LORA_UNSUPPORTED:
-            raise ConfigError(f"stages[{i}].kind: a {st.kind} stage does not train LoRA adapters (its critic or "
-                              "score head is a model of its own); drop model.lora or run it in a separate config")
+            raise ConfigError(f"stages[{i}].kind: a {st.kind} stage does not train LoRA adapters (its score head "
+                              "is a model of its own); drop model.lora or run it in a separate config")
         for attr in REF_ATTRS:
             ref = getattr(st, attr)
             if ref is None:

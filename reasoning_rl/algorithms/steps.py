@@ -240,7 +240,8 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
     """``({"policy", "critic"}, batch) -> (grads, aux)``: the policy's clipped token loss and the critic's
     clipped value loss on one mini-batch, accumulated over micro-batches; each part's gradient is divided by
     its own global count (the policy's aggregation count, the critic's token count), so the update is the
-    same for any split. The two parameter sets are disjoint, so one backward pass gives both gradients.
+    same for any split. The two parameter sets are disjoint, so one backward pass gives both gradients. A LoRA
+    policy's gradient covers its adapters only (``grads["policy"]`` is the adapters tree).
 
     batch: as ``make_grpo_grad`` with ``adv`` [B, T] (GAE), plus ``old_values`` and ``returns`` [B, T]."""
     loss = get_loss("grpo")
@@ -265,7 +266,12 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
         return s + extra + acfg.vf_coef * vs, aux
 
     def grad(both, batch):
-        g, aux = _accumulate_sums(loss_fn, both, batch, acfg.micro_batches)
+        if has_adapters(both["policy"]):  # LoRA: the policy's gradient for its adapters only, the base a constant
+            base, ad = split(both["policy"])
+            lora_loss = lambda p, b: loss_fn({"policy": join(base, p["policy"]), "critic": p["critic"]}, b)
+            g, aux = _accumulate_sums(lora_loss, {"policy": ad, "critic": both["critic"]}, batch, acfg.micro_batches)
+        else:
+            g, aux = _accumulate_sums(loss_fn, both, batch, acfg.micro_batches)
         pc, vc = jnp.maximum(aux["count"], 1.0), jnp.maximum(aux["vf_count"], 1.0)
         return {"policy": jax.tree.map(lambda x: x / pc.astype(x.dtype), g["policy"]),
                 "critic": jax.tree.map(lambda x: x / vc.astype(x.dtype), g["critic"])}, aux
@@ -279,7 +285,8 @@ def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: O
                   group: int = 1, warmup_updates: int = 0):
     """One PPO update of policy and critic (``state.critic``) on one mini-batch. The first ``warmup_updates``
     optimizer updates train the critic only (the policy and its optimizer state are kept). A non-finite loss
-    or gradient in either part applies neither and counts as a skipped step."""
+    or gradient in either part applies neither and counts as a skipped step. A LoRA policy updates its adapters
+    only (``tx``'s state covers them); its frozen base passes through untouched."""
     grad_fn = make_ppo_grad(mdef, cdef, acfg, temperature, logits_chunk, group)
 
     def ppo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -289,7 +296,8 @@ def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: O
         if ocfg.inject_nan_steps:  # test switch, as in ``_apply``
             poison = jnp.isin(state.step + 1, jnp.asarray(ocfg.inject_nan_steps, jnp.int32))
             gp = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g).astype(g.dtype), gp)
-        new_p, new_po, gn_p = _clipped_update(state.params, state.opt_state, gp, tx, ocfg.max_grad_norm)
+        old_p = trainable(state.params)
+        new_p, new_po, gn_p = _clipped_update(old_p, state.opt_state, gp, tx, ocfg.max_grad_norm)
         new_c, new_co, gn_c = _clipped_update(critic["params"], critic["opt_state"], grads["critic"], critic_tx,
                                               critic_ocfg.max_grad_norm)
         loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
@@ -297,7 +305,7 @@ def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: O
         ok = jnp.isfinite(loss_v) & jnp.isfinite(gn_p) & jnp.isfinite(vloss) & jnp.isfinite(gn_c)
         train_policy = ok & (state.step >= warmup_updates)
         pick = lambda cond: lambda new, old: jnp.where(cond, new, old)
-        params = jax.tree.map(pick(train_policy), new_p, state.params)
+        params = with_trainable(state.params, jax.tree.map(pick(train_policy), new_p, old_p))
         opt_state = jax.tree.map(pick(train_policy), new_po, state.opt_state)
         critic = {"params": jax.tree.map(pick(ok), new_c, critic["params"]),
                   "opt_state": jax.tree.map(pick(ok), new_co, critic["opt_state"])}

@@ -593,11 +593,15 @@ def timer() -> float:
     return time.perf_counter()
 
 
+SUMMED = ("skipped", "policy_updated")  # update metrics that count updates: summed over a step, not averaged
+
+
 def run_updates(step_fn: Callable, state: Any, batch: dict, epochs: int, mini_batches: int,
                 place: Callable) -> tuple[Any, dict[str, float]]:
     """``epochs`` passes of ``mini_batches`` optimizer updates over one rollout batch (the RL stages' inner
-    loop); returns the new state and the updates' metrics: means, ``skipped`` summed, ``logprob_gap`` of the
-    first update (whose params sampled the batch in a synchronous run)."""
+    loop; a PPO state carries its critic through it); returns the new state and the updates' metrics: means,
+    the counts in ``SUMMED`` summed, ``logprob_gap`` of the first update (whose params sampled the batch in a
+    synchronous run)."""
     n = len(next(iter(batch.values())))
     mb = n // mini_batches
     ms = []
@@ -606,8 +610,46 @@ def run_updates(step_fn: Callable, state: Any, batch: dict, epochs: int, mini_ba
             state, m = step_fn(state, place({k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}))
             ms.append(m)
     ms = jax.device_get(ms)
-    rec = {k: (sum if k == "skipped" else np.mean)([float(x[k]) for x in ms]) for k in ms[0]}
+    rec = {k: (sum if k in SUMMED else np.mean)([float(x[k]) for x in ms]) for k in ms[0]}
     if "logprob_gap" in ms[0]:
         rec["logprob_gap"] = float(ms[0]["logprob_gap"])
     return state, {k: float(v) for k, v in rec.items()}
 
+
+
+class StepLog:
+    """What every RL stage (grpo, ppo) does around a step's updates: the step's timings, its metrics line, its
+    rollouts (``rollouts.jsonl``), the progress bar, and the stage's wall clock (which checkpoints carry, so a
+    resumed stage keeps counting from where it stopped)."""
+
+    def __init__(self, rt: Runtime, stage: StageConfig, writer: Any, run: StageRun, progress: bool):
+        from reasoning_rl.metrics import Progress
+
+        self.rt, self.stage, self.writer = rt, stage, writer
+        self.wall = float(run.host.get("wall_seconds", 0.0))  # read after run.resume()
+        self.bar = Progress(stage.name, stage.steps, run.start_step, progress)
+
+    def record(self, step: int, t0: float, t_up: float, *parts: dict) -> dict[str, Any]:
+        """The step's metrics line: ``parts`` (rollout, advantage, update metrics) in order, then ``update_s``
+        (since ``t_up``, when the updates' inputs started) and ``seconds`` (since ``t0``, the step's start),
+        which is added to the wall clock."""
+        now = timer()
+        rec: dict[str, Any] = {"stage": self.stage.name, "step": step}
+        for part in parts:
+            rec.update(part)
+        rec["update_s"] = now - t_up
+        rec["seconds"] = now - t0
+        self.wall += rec["seconds"]
+        return rec
+
+    def write(self, rec: dict[str, Any], samples: list[dict]) -> None:
+        """The metrics line, the step's rollouts (``log.rollouts_per_step`` of them) and the progress bar."""
+        self.writer.write(rec)
+        lc = self.rt.cfg.log
+        self.writer.write_rollouts([{"stage": self.stage.name, "step": rec["step"], **x} for x in samples],
+                                   int(lc.rollouts_max_mb * 2**20), lc.rollouts_keep)
+        self.bar.update(reward=rec["reward_mean"], **({"acc": rec["accuracy"]} if "accuracy" in rec else {}),
+                        len=rec["response_len"])
+
+    def close(self) -> None:
+        self.bar.close()

@@ -22,7 +22,7 @@ from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.evaluation import sample_record
-from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models import lora
 from reasoning_rl.rewards import extract_answer
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
@@ -30,7 +30,7 @@ from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 from reasoning_rl.sharding import replicated
 
 from .async_rollout import AsyncFeed, decode_item
-from .common import Runtime, StageRun, run_updates, timer
+from .common import Runtime, StageRun, StepLog, run_updates, timer
 from .sources import StageData, check_reward_errors, merge_scored, rollout_metrics
 
 
@@ -243,8 +243,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
         if a.off_policy != "none":
             correct = trt.jit_fn(make_off_policy_fn(trt.mdef, r.temperature, trt.model_cfg.logits_chunk,
                                                     r.group_size, a.off_policy, a.tis_cap))
-    wall = float(run.host.get("wall_seconds", 0.0))
-    bar = Progress(stage.name, stage.steps, run.start_step, progress)
+    slog = StepLog(rt, stage, writer, run, progress)
     t_loop, t_train = timer(), 0.0
     try:
         with run.guard() as guard:
@@ -276,36 +275,26 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                         batch["old_logp"], batch["is_weight"] = np.asarray(prox), np.asarray(w)
                         rm.update({k: float(v) for k, v in im.items()})
                 run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, trt.place_batch)
-                dt = timer() - t0
-                t_train += timer() - t_up
-                wall += dt
-                rec = {"stage": stage.name, "step": step, **rm}
-                rec.update(um)
-                rec["update_s"] = timer() - t_up
-                rec["seconds"] = dt
+                rec = slog.record(step, t0, t_up, rm, um)
+                t_train += rec["update_s"]
                 if feed is not None:
                     elapsed = max(timer() - t_loop, 1e-9)
                     rec["sampler_busy_frac"] = min(feed.busy / elapsed, 1.0)
                     rec["trainer_busy_frac"] = min(t_train / elapsed, 1.0)
-                writer.write(rec)
-                lc = rt.cfg.log
-                writer.write_rollouts([{"stage": stage.name, "step": step, **x} for x in samples],
-                                      int(lc.rollouts_max_mb * 2**20), lc.rollouts_keep)
-                bar.update(reward=rec["reward_mean"], **({"acc": rec["accuracy"]} if "accuracy" in rec else {}),
-                           len=rec["response_len"])
-                run.end_step(step, guard, (lambda w=wall, s=step: {**feed.host_state(s), "wall_seconds": w})
+                slog.write(rec, samples)
+                run.end_step(step, guard, (lambda w=slog.wall, s=step: {**feed.host_state(s), "wall_seconds": w})
                              if feed is not None else
-                             (lambda w=wall: {"data": stream.get_state(), "wall_seconds": w}))
+                             (lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w}))
                 if feed is not None:
                     feed.publish(step, run.state.params)
     finally:
         if feed is not None:
             feed.close()
-    bar.close()
+    slog.close()
     run.close()
     rollout.rewarder.close()
     params = run.state.params if trt is rt else rt.place(run.state.params)
-    return params, {"wall_seconds": wall}
+    return params, {"wall_seconds": slog.wall}
 
 
 def make_off_policy_fn(mdef, temperature: float, logits_chunk: int, group: int, mode: str, cap: float):

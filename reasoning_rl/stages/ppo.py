@@ -28,10 +28,11 @@ from reasoning_rl.algorithms.advantages import gae, masked_whiten, token_rewards
 from reasoning_rl.algorithms.steps import make_logprob_fn, make_optimizer, make_ppo_step, make_value_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.loader import ExampleStream
-from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.metrics import MetricsWriter
+from reasoning_rl.models import lora
 from reasoning_rl.models.value import critic_axes, init_value_head, load_value_head
 
-from .common import Runtime, StageRun, timer
+from .common import Runtime, StageRun, StepLog, run_updates, timer
 from .grpo import Rollout, kl_in_reward
 from .sources import StageData
 
@@ -47,8 +48,8 @@ class Critic:
         if stage.critic_model is None:
             self.crt = rt
         else:
-            try:
-                self.crt = rt.for_model(stage.critic_model)
+            try:  # a full model of its own: a critic_model section merged over a LoRA policy's drops its adapters
+                self.crt = rt.for_model(dataclasses.replace(stage.critic_model, lora=None))
             except (OSError, ValueError) as e:
                 raise ConfigError(f"{key}: cannot build the critic's model ({e})") from None
             v_c, v_p = self.crt.mdef.cfg.vocab_size, rt.mdef.cfg.vocab_size
@@ -56,7 +57,7 @@ class Critic:
                 raise ConfigError(f"{key}: the critic's vocabulary has {v_c} tokens, the policy's {v_p}; the critic "
                                   "reads the policy's tokens, so it needs the same tokenizer")
             _same_tokenizer(rt, stage.critic_model.path, key)
-        self.cdef = self.crt.mdef
+        self.cdef = self.crt.base_mdef  # a LoRA policy's critic copies the policy without adapters (merged in)
         d_model = self.cdef.cfg.d_model
         self.axes = critic_axes(self.cdef.param_axes())
         self.abstract = {"backbone": self.cdef.abstract_params(),
@@ -64,9 +65,13 @@ class Critic:
         self.shardings = shd.param_shardings(rt.ctx, self.axes, self.abstract)
 
     def init_params(self, policy_init: Any) -> dict:
-        """A copy of the policy's init (or the critic model's own weights) plus a zero value head, placed."""
+        """A copy of the policy's init (a LoRA policy's with its adapters merged: the function the policy
+        computes) or the critic model's own weights, plus a zero value head, placed."""
         if self.stage.critic_model is None:
             backbone = policy_init
+            if self.rt.lora:
+                merged = jax.jit(lambda p: lora.merge(self.rt.mdef, p)[1])(policy_init)
+                backbone = jax.tree.map(lambda x, s: x.astype(s.dtype), merged, self.abstract["backbone"])
         else:
             seed = self.stage.critic.seed if self.stage.critic.seed is not None else self.rt.cfg.seed + 31
             backbone = self.crt.init_params(seed)
@@ -166,7 +171,24 @@ def advantages(a, rewards: np.ndarray, values: np.ndarray, batch: dict) -> tuple
     return adv.astype(np.float32), ret.astype(np.float32), metrics
 
 
+def _samples_with_gae(samples: list[dict], group: int, adv: np.ndarray, values: np.ndarray,
+                      mask: np.ndarray) -> list[dict]:
+    """The step's logged rollouts with PPO's figures: ``advantage``, the mean over the row's tokens of the
+    advantages its loss used, and ``value``, the critic's value of the prompt (the state before the first
+    completion token). Each record is its batch row (a ppo stage samples one round, no dynamic sampling)."""
+    out = []
+    for rec in samples:
+        i = rec["prompt_index"] * group + rec["sample"]
+        m = mask[i]
+        out.append({**rec, "advantage": float(adv[i][m].mean()) if m.any() else 0.0, "value": float(values[i, 0])})
+    return out
+
+
 def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True):
+    """A ppo stage: the grpo stage's rollouts, checkpoints and per-step bookkeeping (``stages.common``), GAE over
+    the critic's values, and updates of policy and critic together. With ``model.lora`` the policy trains its
+    adapters over the frozen base (the KL reference, never copied) and samples with them merged once per
+    update, as a grpo stage; the critic stays a full model of its own."""
     a, r = stage.algorithm, stage.rollout
     per_step = a.epochs * a.mini_batches
     updates = stage.steps * per_step
@@ -177,7 +199,9 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     run.state = dataclasses.replace(run.state, critic=critic.state(critic.init_params(init_params), critic_tx))
     data = StageData(rt, stage)
     stream = ExampleStream(data.fetch, r.prompts_per_step, rows=rt.host_rows(r.prompts_per_step))
-    ref_params = rt.place(init_params) if a.beta > 0 else None
+    ref_params = None
+    if a.beta > 0:  # LoRA: the frozen base with adapters disabled (the state's own base buffers, no copy)
+        ref_params = lora.split(run.state.params)[0] if rt.lora else rt.place(init_params)
     host = run.resume()
     if host is not None:
         stream.set_state(host["data"])
@@ -188,10 +212,8 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
                                         critic_tx, r.temperature, chunk, group=r.group_size,
                                         warmup_updates=a.critic_warmup_steps * per_step), run.state)
     value_fn = rt.jit_fn(make_value_fn(critic.cdef, r.group_size))
-    ref_fn = rt.jit_fn(make_logprob_fn(rt.mdef, r.temperature, chunk, r.group_size)) if a.beta > 0 else None
-    wall = float(run.host.get("wall_seconds", 0.0))
-    bar = Progress(stage.name, stage.steps, run.start_step, progress)
-    mb = r.prompts_per_step * r.group_size // a.mini_batches
+    ref_fn = rt.jit_fn(make_logprob_fn(rt.base_mdef, r.temperature, chunk, r.group_size)) if a.beta > 0 else None
+    slog = StepLog(rt, stage, writer, run, progress)
     with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1):
             t0 = timer()
@@ -206,27 +228,12 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
                 batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
             batch["adv"], batch["returns"], am = advantages(a, rewards, values, batch)
             batch["old_values"] = values
-            ms = []
-            for _ in range(a.epochs):
-                for j in range(a.mini_batches):
-                    part = {k: v[j * mb:(j + 1) * mb] for k, v in batch.items()}
-                    run.state, m = step_fn(run.state, rt.place_batch(part))
-                    ms.append(m)
-            ms = jax.device_get(ms)
-            dt = timer() - t0
-            wall += dt
-            rec = {"stage": stage.name, "step": step, **rm, **am}
-            for k in ms[0]:
-                vals = [float(x[k]) for x in ms]
-                rec[k] = sum(vals) if k in ("skipped", "policy_updated") else float(np.mean(vals))
-            rec["logprob_gap"] = float(ms[0]["logprob_gap"])  # first update: params == rollout params
-            rec["update_s"] = timer() - t_up
-            rec["tokens_per_s"] = float(batch["mask"].sum()) / max(dt, 1e-9)
-            rec["seconds"] = dt
-            writer.write(rec)
-            bar.update(reward=rec["reward_mean"], acc=rec.get("accuracy", 0.0))
-            run.end_step(step, guard, lambda w=wall: {"data": stream.get_state(), "wall_seconds": w})
-    bar.close()
+            run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, rt.place_batch)
+            rec = slog.record(step, t0, t_up, rm, am, um)
+            rec["tokens_per_s"] = float(batch["mask"].sum()) / max(rec["seconds"], 1e-9)
+            slog.write(rec, _samples_with_gae(rollout.samples, r.group_size, batch["adv"], values, batch["mask"]))
+            run.end_step(step, guard, lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w})
+    slog.close()
     run.close()
     rollout.rewarder.close()
-    return run.state.params, {"wall_seconds": wall}
+    return run.state.params, {"wall_seconds": slog.wall}
