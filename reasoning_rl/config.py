@@ -365,7 +365,7 @@ class StageConfig:
     teacher: str | None = None  # distill: a stage name or checkpoint dir
     student_model: ModelConfig | None = None  # distill: merged over the top-level model section
     distill: DistillConfig = field(default_factory=DistillConfig)
-    # an RL stage (grpo, rejection_sft) that would start from random weights is refused unless this is set
+    # an RL stage (grpo, ppo, rejection_sft) that would start from random weights is refused unless this is set
     allow_random_init: bool = False
     allow_empty: bool = False  # steps: 0 is accepted (the stage is skipped, passing its init on)
     critic: CriticConfig | None = None  # ppo: the critic (required; ``critic: {}`` for all defaults)

@@ -181,7 +181,7 @@ def check_refs(cfg: Config) -> list[Path]:
     return outside
 
 
-RL_KINDS = ("grpo", "rejection_sft")  # stages that learn from their own policy's samples
+RL_KINDS = ("grpo", "rejection_sft", "ppo")  # stages that learn from their own policy's samples
 
 
 def random_start(cfg: Config, i: int) -> str | None:

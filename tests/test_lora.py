@@ -27,6 +27,7 @@ from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.stages.common import Runtime, StageRun
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
+TINY_PPO = str(Path(__file__).parent / "configs" / "tiny_ppo.yaml")
 LORA = "model.lora={rank: 4, alpha: 8, targets: [q, k, v, o, gate, up, down]}"
 
 
@@ -256,13 +257,78 @@ def test_save_lora_load_adapter_round_trip_and_bad_adapters(tmp_path):
         lora.load_adapter(tmp_path / "a", lora.base_mdef(mdef))
 
 
-@pytest.mark.parametrize("path, kind", [("quickstart_ppo.yaml", "ppo"), ("r1_pipeline.yaml", "reward_model")])
-def test_stages_with_a_model_of_their_own_refuse_lora(path, kind):
-    """A PPO critic and a reward model's score head carry no adapters: one line naming the stage, before any
-    compute (check_refs runs before the first stage)."""
+def test_reward_model_stage_refuses_lora_and_ppo_accepts_it():
+    """A reward model's score head carries no adapters: one line naming the stage, before any compute (check_refs
+    runs before the first stage). A ppo stage trains its policy's adapters (its critic is a full model)."""
     from reasoning_rl.pipeline import check_refs
 
-    cfg = C.load(str(Path(__file__).parent.parent / "configs" / path), overrides=[LORA])
-    i = [s.kind for s in cfg.stages].index(kind)
-    with pytest.raises(ConfigError, match=rf"stages\[{i}\]\.kind: a {kind} stage does not train LoRA adapters"):
+    cfg = C.load(str(Path(__file__).parent.parent / "configs" / "r1_pipeline.yaml"), overrides=[LORA])
+    i = [s.kind for s in cfg.stages].index("reward_model")
+    with pytest.raises(ConfigError, match=rf"stages\[{i}\]\.kind: a reward_model stage does not train LoRA adapters"):
         check_refs(cfg)
+    check_refs(C.load(str(Path(__file__).parent.parent / "configs" / "quickstart_ppo.yaml"), overrides=[LORA]))
+
+
+def _saved_state(sdir: Path, step: int) -> dict:
+    """The shapes of a checkpoint step's policy item (params and optimizer state), by path."""
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(sdir / str(step) / "state")
+    meta = dict(getattr(meta, "item_metadata", meta))
+    return {k: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(meta[k])}
+            for k in ("params", "opt_state")}
+
+
+@pytest.mark.slow
+def test_lora_ppo_stage_trains_adapters_over_the_frozen_base_and_resumes_exactly(tmp_path):
+    """A ppo stage with model.lora: the base is bit for bit unchanged after the steps (and not copied), the
+    adapters trained, the policy's optimizer state and checkpoints cover the adapters only, the critic is a full
+    model, and a stage resumed from its step-2 checkpoint ends exactly where the uninterrupted one does."""
+    from reasoning_rl.metrics import read_metrics
+    from reasoning_rl.pipeline import restore_params
+    from reasoning_rl.stages.ppo import restore_critic, run_ppo
+
+    def go(d, steps_list):
+        cfg = C.load(TINY_PPO, overrides=[LORA, "checkpoint.every=2"])
+        rt = Runtime(cfg, d)
+        init = rt.init_params()
+        base0 = _np(lora.split(init)[0])
+        for steps in steps_list:
+            stage = dataclasses.replace(cfg.stages[1], steps=steps)
+            w = MetricsWriter(rt.run_dir)
+            params, _ = run_ppo(rt, stage, init, w, progress=False)
+            w.close()
+        return rt, stage, init, base0, params
+
+    rt, stage, init, base0, straight = go(tmp_path / "a", [4])
+    base, ad = lora.split(straight)
+    for a, b in zip(base0, _np(base)):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    assert all(x is y for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(lora.split(init)[0])))  # no copy
+    b_leaves = [np.asarray(x) for p, x in lora.hf_save_flat(ad).items() if p[-1].endswith("_lora_b")]
+    assert b_leaves and all(np.abs(b).max() > 0 for b in b_leaves)  # B left zero: the adapters trained
+    recs = [r for r in read_metrics(rt.run_dir) if r["stage"] == "ppo"]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["values_mean"] != 0.0
+    assert recs[0]["kl"] == 0.0 and recs[-1]["kl"] > 0  # the reference is the base: the policy moved away from it
+    assert max(r["logprob_gap"] for r in recs) < 1e-5  # merged sampling, unmerged training
+    sdir = rt.run_dir / "checkpoints" / "ppo"
+    saved = _saved_state(sdir, 4)
+    n_ad, n_base = lora.count(straight)
+    assert all("_lora_" in k for k in saved["params"]) and sum(np.prod(s) for s in saved["params"].values()) == n_ad
+    assert sum(np.prod(s) for s in saved["opt_state"].values() if len(s) >= 1) == 2 * n_ad < n_base
+    _, critic = restore_critic(rt, stage, sdir, 2)
+    assert not lora.has_adapters(critic) and lora.count(critic["backbone"])[1] == n_base  # a full model
+
+    _, _, _, _, resumed = go(tmp_path / "b", [2, 4])  # the second call resumes the step-2 checkpoint
+    for a, b in zip(_np(straight), _np(resumed)):
+        np.testing.assert_array_equal(a, b)
+    timing = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
+    strip = lambda d: [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(d)]  # noqa: E731
+    assert strip(tmp_path / "b") == strip(rt.run_dir)
+    _, critic_b = restore_critic(rt, stage, tmp_path / "b" / "checkpoints" / "ppo", 2)
+    for a, b in zip(_np(critic), _np(critic_b)):
+        np.testing.assert_array_equal(a, b)
+    back, step = restore_params(rt, sdir, stage, 2)  # the adapters, joined onto the base the checkpoint names
+    assert step == 4
+    for a, b in zip(_np(straight), _np(back)):
+        np.testing.assert_array_equal(a, b)

@@ -237,6 +237,13 @@ def test_rl_stage_from_random_weights_is_refused_unless_allowed(caplog):
     check_random_init(C.from_dict(raw))  # weights from model.path
 
 
+def test_ppo_stage_from_random_weights_is_refused_too():
+    raw = C.load_raw(TINY)
+    raw["stages"] = [{"name": "ppo", "kind": "ppo", "steps": 2, "critic": {}}]
+    with pytest.raises(C.ConfigError, match=r"^stages\[0\]\.allow_random_init: ppo stage 'ppo' would start"):
+        check_random_init(C.from_dict(raw))
+
+
 def test_cli_refuses_random_init_with_one_line_and_exit_2(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert cli.main(["run", TINY, "--set", "stages.sft.steps=0", "--set", "stages.sft.allow_empty=true",
