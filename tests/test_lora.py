@@ -283,7 +283,8 @@ def _saved_state(sdir: Path, step: int) -> dict:
 def test_lora_ppo_stage_trains_adapters_over_the_frozen_base_and_resumes_exactly(tmp_path):
     """A ppo stage with model.lora: the base is bit for bit unchanged after the steps (and not copied), the
     adapters trained, the policy's optimizer state and checkpoints cover the adapters only, the critic is a full
-    model, and a stage resumed from its step-2 checkpoint ends exactly where the uninterrupted one does."""
+    model, a stage resumed from its step-2 checkpoint ends exactly where the uninterrupted one does, and export
+    writes the policy with its adapters merged and the critic as a value model."""
     from reasoning_rl.metrics import read_metrics
     from reasoning_rl.pipeline import restore_params
     from reasoning_rl.stages.ppo import restore_critic, run_ppo
@@ -323,7 +324,7 @@ def test_lora_ppo_stage_trains_adapters_over_the_frozen_base_and_resumes_exactly
     for a, b in zip(_np(straight), _np(resumed)):
         np.testing.assert_array_equal(a, b)
     timing = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
-    strip = lambda d: [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(d)]  # noqa: E731
+    strip = lambda d: [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(d)]
     assert strip(tmp_path / "b") == strip(rt.run_dir)
     _, critic_b = restore_critic(rt, stage, tmp_path / "b" / "checkpoints" / "ppo", 2)
     for a, b in zip(_np(critic), _np(critic_b)):
@@ -332,3 +333,24 @@ def test_lora_ppo_stage_trains_adapters_over_the_frozen_base_and_resumes_exactly
     assert step == 4
     for a, b in zip(_np(straight), _np(back)):
         np.testing.assert_array_equal(a, b)
+
+    # export: the policy with its adapters merged, the critic as a value model beside it
+    import argparse
+
+    from reasoning_rl.models import load_pretrained
+    from reasoning_rl.models.value import load_value_head
+
+    from reasoning_rl.stages.checkpoint_eval import run_export
+
+    C.dump(rt.cfg, rt.run_dir / "config.yaml")
+    out = tmp_path / "export"
+    run_export(argparse.Namespace(target=str(rt.run_dir), stage="ppo", out=str(out), dtype=None))
+    exported = load_pretrained(out)
+    assert not lora.has_adapters(exported.params)
+    want = lora.hf_save_flat(jax.jit(lambda p: lora.merge(rt.mdef, p)[1])(straight))
+    got = lora.hf_save_flat(exported.params)
+    for k, v in want.items():  # (the loaded family may add zero biases this model has not)
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(got[k]), err_msg=str(k))
+    assert json.loads((out / "critic" / "config.json").read_text())["num_labels"] == 1
+    np.testing.assert_array_equal(np.asarray(load_value_head(out / "critic")["kernel"]),
+                                  np.asarray(critic["head"]["kernel"]))

@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.parity, pytest.mark.slow]
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_tokenizer import CHATML, _byte_bpe  # noqa: E402
-from test_ppo import TIMING, critic_params  # noqa: E402
+from test_hf_tokenizer import CHATML, _byte_bpe
+from test_ppo import TIMING, critic_params
 
-from reasoning_rl.metrics import read_metrics  # noqa: E402
+from reasoning_rl.metrics import read_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -75,9 +75,10 @@ def _run(*args, timeout=600):
 
 
 def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs, tmp_path):
-    from reasoning_rl.algorithms.logprobs import target_values
     from reasoning_rl.models import load_pretrained
     from reasoning_rl.models.value import load_value_head
+
+    from reasoning_rl.algorithms.logprobs import target_values
 
     policy, critic = dirs
     config = _config(tmp_path, policy, critic)
@@ -102,7 +103,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
     p = _run("run", str(config), "--no-progress", "--run-dir", str(cut), "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from step 2" in p.stderr
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
     assert strip(read_metrics(cut)) == strip(read_metrics(run))
     for x, y in zip(critic_params(cut), critic_params(run)):
         np.testing.assert_array_equal(x, y)
