@@ -124,6 +124,14 @@ class StageCheckpointer:
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+        if jax.process_count() > 1:
+            # every host takes part (as without the option), but Orbax's barriers then go through the
+            # coordination service rather than a collective over all devices, which could interleave with a
+            # split stage's sampler thread (or the trainer) on two hosts in different orders
+            opts = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=False, enable_async_checkpointing=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    active_processes=set(range(jax.process_count()))))
         # "critic": a PPO stage's critic (params and optimizer state), an item of its own so that whatever
         # reads only the policy (a next stage's init, eval, export) restores "state" alone
         self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "host", "critic"))

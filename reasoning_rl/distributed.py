@@ -13,15 +13,23 @@ is kept small and explicit here:
   decisions and call the same collectives in the same order.
 * Only the primary host (process 0) writes run files (config, metrics, summary, manifests); Orbax writes
   checkpoints collectively.
+* A split RL stage (``mesh.rollout_devices``) runs two meshes at once, the sampler's in a thread: every
+  host-side collective then runs on the calling thread's own devices (``collectives_on``), never on all
+  devices, because two threads' collectives sharing a device could be ordered differently on two hosts and
+  wait for each other forever. Barriers go through the coordination service, which involves no device.
 
 With one process every function here is the identity or a plain ``device_get``/``device_put``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import pickle
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -35,6 +43,26 @@ _ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_
 
 class DistributedError(RuntimeError):
     pass
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def collectives_on(devices: list | None) -> Iterator[None]:
+    """Host-side collectives of the calling thread (``allgather_rows``, ``agree_max``, ...) run on ``devices``
+    (every host's share of one mesh) instead of all devices, for the duration of the block."""
+    old = getattr(_local, "devices", None)
+    _local.devices = None if devices is None else sorted(devices, key=lambda d: (d.process_index, d.id))
+    try:
+        yield
+    finally:
+        _local.devices = old
+
+
+def _collective_devices() -> list:
+    devs = getattr(_local, "devices", None)
+    return devs if devs is not None else sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
 
 
 def split_cpu(n: int) -> None:
@@ -96,12 +124,33 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Every host waits here until all have arrived (e.g. until the primary has written a file)."""
-    if multi():
+_barrier_counts: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Every host waits here until all have arrived (e.g. until the primary has written a file).
+
+    Through the coordination service (no device takes part, so a sampler thread's collectives cannot be
+    interleaved with it); each use of a name gets its own barrier id, the same on every host."""
+    if not multi():
+        return
+    n = _barrier_counts[name] = _barrier_counts.get(name, 0) + 1
+    client = _client()
+    if client is None:  # no coordination client to reach: a collective over all devices
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(f"reasoning_rl/{name}/{n}", timeout_s * 1000)
+
+
+def _client():
+    try:
+        from jax._src import distributed as _d
+
+        return _d.global_state.client
+    except Exception:  # private API moved
+        return None
 
 
 def host_rows(sharding: jax.sharding.Sharding, n: int) -> slice:
@@ -156,9 +205,44 @@ def allgather_rows(local: np.ndarray) -> np.ndarray:
     """Hosts' row blocks concatenated in process order (each host passes its own rows)."""
     if not multi():
         return np.asarray(local)
-    from jax.experimental import multihost_utils
+    return _allgather(np.asarray(local), tiled=True)
 
-    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+def _allgather(x: np.ndarray, tiled: bool) -> np.ndarray:
+    """Every host's ``x`` (same shape everywhere), concatenated (``tiled``) or stacked in process order: one
+    all-gather over the calling thread's devices (``collectives_on``)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    devs = _collective_devices()
+    per = len(devs) // jax.process_count()
+    if per == 0 or len(devs) % jax.process_count():
+        raise DistributedError(f"collectives over {len(devs)} devices need the same number on each of the "
+                               f"{jax.process_count()} hosts")
+    mesh = Mesh(np.asarray(devs).reshape(jax.process_count(), per), ("processes", "local"))
+    if x.ndim == 0 or not tiled:
+        x = x[None]
+    mine = [d for d in devs if d.process_index == jax.process_index()]
+    glob = jax.make_array_from_single_device_arrays(
+        (x.shape[0] * jax.process_count(), *x.shape[1:]), NamedSharding(mesh, P("processes")),
+        [jax.device_put(x, d) for d in mine])
+    out = _replicate(glob, NamedSharding(mesh, P()))
+    return np.asarray(out.addressable_data(0))
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_to(sharding):
+    return jax.jit(lambda a: a, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_to(sharding):
+    import jax.numpy as jnp
+
+    return jax.jit(jnp.copy, out_shardings=sharding)
+
+
+def _replicate(x, sharding):
+    return _identity_to(sharding)(x)
 
 
 def agree_max(value: int) -> int:
@@ -181,7 +265,45 @@ def allgather_objects(obj: Any) -> list[Any]:
     sizes = allgather_rows(np.asarray([blob.size], np.int32))
     buf = np.zeros(int(sizes.max()), np.uint8)
     buf[: blob.size] = blob
-    from jax.experimental import multihost_utils
 
-    allb = np.asarray(multihost_utils.process_allgather(buf)).reshape(len(sizes), -1)
+    allb = _allgather(buf, tiled=False).reshape(len(sizes), -1)
     return [pickle.loads(allb[i, : int(sizes[i])].tobytes()) for i in range(len(sizes))]
+
+
+def move(tree: Any, shardings: Any, may_alias: bool | None = None) -> Any:
+    """``jax.device_put(tree, shardings)``, also between meshes over different devices on several hosts.
+
+    JAX reshards across hosts only within one device set (or on runtimes with cross-host transfers); a split
+    stage's trainer and sampler meshes are disjoint. There every leaf is first all-gathered over its own
+    mesh (a device collective on the source devices, the same on every host), then each host copies the
+    slices its target devices hold from its local replica, device to device."""
+    leaves, treedef = jax.tree.flatten(tree)
+    shs = treedef.flatten_up_to(shardings) if not isinstance(shardings, jax.sharding.Sharding) else \
+        [shardings] * len(leaves)
+    other = [isinstance(x, jax.Array) and x.sharding.device_set != s.device_set for x, s in zip(leaves, shs)]
+    cross = [o and multi() for o in other]
+    if not any(cross):
+        out = jax.device_put(tree, shardings, may_alias=may_alias)
+        if may_alias is False and any(other):
+            # device_put onto another device set reuses the source's buffers on the devices both share (a
+            # replicated leaf on the whole mesh moved to the trainer's half), may_alias=False or not: copy, or
+            # donating one placement deletes the other
+            outs = treedef.flatten_up_to(out)
+            outs = [_copy_to(s)(y) if o else y for y, s, o in zip(outs, shs, other)]
+            out = jax.tree.unflatten(treedef, outs)
+        return out
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    out = list(leaves)
+    for i, (x, s) in enumerate(zip(leaves, shs)):
+        if not cross[i]:
+            out[i] = jax.device_put(x, s, may_alias=may_alias)
+            continue
+        src_sh = (NamedSharding(x.sharding.mesh, P()) if isinstance(x.sharding, NamedSharding) else
+                  NamedSharding(jax.sharding.Mesh(np.asarray(sorted(x.sharding.device_set, key=lambda d: d.id)),
+                                                  ("d",)), P()))
+        src = _replicate(x, src_sh)
+        local = src.addressable_data(0)
+        bufs = [jax.device_put(local[idx], d) for d, idx in s.addressable_devices_indices_map(x.shape).items()]
+        out[i] = jax.make_array_from_single_device_arrays(x.shape, s, bufs)
+    return jax.tree.unflatten(treedef, out)

@@ -20,7 +20,7 @@ from reasoning_rl.metrics import read_metrics
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
 SPLIT = ["mesh.cpu_devices=2", "mesh.rollout_devices=1"]
-ASYNC = ["rollout.mode=async", "rollout.max_staleness=1"]
+ASYNC = ["rollout.mode=async", "rollout.max_staleness=1", "algorithm.beta=0.02"]  # with a KL reference
 TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wait_s", "sampler_busy_frac",
           "trainer_busy_frac"}
 

@@ -168,3 +168,36 @@ def test_scores_of_hosts_merge_in_host_order():
     assert m.result.per_reward["instruct/instruct"].tolist() == [0.5]
     assert m.result.errors == {"arith/accuracy": 3}
     assert m.correct.tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_two_hosts_run_an_async_split_stage_like_one_and_resume_on_one(tmp_path):
+    """Asynchronous GRPO with the sampler on each host's first device and the trainer on its second: two hosts
+    compute what one 4-device host with the same split computes. Preempted on one host, both stop at one
+    step; their checkpoint (with the batch sampled ahead) is resumed by one host, which then ends as the
+    uninterrupted run."""
+    sets = ["--set", "mesh.rollout_devices=2", "--set", "rollout.mode=async", "--set", "rollout.max_staleness=1",
+            "--set", "algorithm.overlong.enabled=true", "--set", "algorithm.overlong.max_len=8",
+            "--set", "algorithm.overlong.cache=6", "--set", "algorithm.beta=0.02",
+            "--set", "stages.grpo.steps=6", "--set", "checkpoint.preemption_grace_s=0"]
+    one = one_host(tmp_path / "one", sets=sets)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = tmp_path / "two"
+    (rc0, out0), (rc1, out1) = two_hosts(two, stop_after_grpo_step=3, sets=sets)
+    assert (rc0, rc1) == (75, 75), (out0[-3000:], out1[-3000:])
+    stopped = max(int(p.name) for p in (two / "checkpoints" / "grpo").iterdir() if p.name.isdigit())
+    assert 3 <= stopped < 6
+    resumed = one_host(two, "--resume", sets=sets)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {stopped}" in resumed.stderr
+    a = [r for r in read_metrics(tmp_path / "one") if r["stage"] == "grpo"]
+    b = [r for r in read_metrics(two) if r["stage"] == "grpo"]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    assert [r["staleness"] for r in b] == [0, 1, 1, 1, 1, 1]
+    assert any(r["reward_std"] > 0 and abs(r["loss"]) > 0 for r in a)  # real updates
+    for ra, rb in zip(a, b):
+        for k in (*COMPARED, "is_ratio_mean", "is_ratio_max"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+    for x, y in zip(_params(tmp_path / "one", "grpo"), _params(two, "grpo")):
+        assert np.abs(x - y).max() <= 1e-4 * max(np.abs(x).max(), 1e-6)

@@ -3,6 +3,7 @@ checkpoint/resume/preemption plumbing around a stage's step loop."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -124,10 +125,7 @@ class PreemptionGuard:
         """True on every host at the same step once any host has been asked to stop."""
         if jax.process_count() == 1:
             return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.asarray([int(self.requested), step], np.int32))
-        flags = np.asarray(flags).reshape(-1, 2)
+        flags = dist.allgather_rows(np.asarray([[int(self.requested), step]], np.int32))
         if len(set(flags[:, 1].tolist())) != 1:
             raise StageFailed(f"hosts disagree on the step number at preemption check: {flags[:, 1].tolist()}")
         stop = bool(flags[:, 0].max())
@@ -299,14 +297,24 @@ class Runtime:
         """(trainer, sampler) runtimes: the first ``n_rollout`` devices of this mesh sample, the rest train."""
         from reasoning_rl.config import ConfigError
 
-        devices = sorted(self.mesh.devices.flat, key=lambda d: d.id)
-        if dist.multi():
-            raise ConfigError("mesh.rollout_devices: a separate sampler mesh works on one host for now")
+        devices = sorted(self.mesh.devices.flat, key=lambda d: (d.process_index, d.id))
         if not 0 < n_rollout < len(devices):
             raise ConfigError(f"mesh.rollout_devices: {n_rollout} of {len(devices)} devices leaves none for the "
                               f"{'trainer' if n_rollout else 'sampler'} (on a CPU host, raise mesh.cpu_devices)")
+        # every host gives its first n_rollout / hosts devices to the sampler: both meshes span all hosts, so
+        # each host loads its own rows for both and no batch waits on another host's data
+        hosts = jax.process_count()
+        if n_rollout % hosts:
+            raise ConfigError(f"mesh.rollout_devices: {n_rollout} is not a multiple of the {hosts} hosts (each "
+                              "host gives the sampler the same number of its devices)")
+        per = {}
+        for d in devices:
+            per.setdefault(d.process_index, []).append(d)
+        k = n_rollout // hosts
+        sampler = [d for p in sorted(per) for d in per[p][:k]]
+        trainer = [d for p in sorted(per) for d in per[p][k:]]
         try:
-            return self.on_devices(devices[n_rollout:]), self.on_devices(devices[:n_rollout])
+            return self.on_devices(trainer), self.on_devices(sampler)
         except Exception as e:  # a mesh shape that does not fit one of the halves
             raise ConfigError(f"mesh.rollout_devices: {e}") from None
 
@@ -362,7 +370,7 @@ class Runtime:
         if self.hf_path:
             return self.load_hf(self.hf_path)
         _, params = create(self.base_mdef.cfg, self.cfg.seed if seed is None else seed)
-        return jax.device_put(params, lora.split(self.param_shardings)[0] if self.lora else self.param_shardings)
+        return dist.move(params, lora.split(self.param_shardings)[0] if self.lora else self.param_shardings)
 
     def load_hf(self, path: str) -> dict:
         from reasoning_rl.models.hf import load_params
@@ -374,7 +382,7 @@ class Runtime:
         if not self.lora:
             return base
         ad = lora.init_adapters(self.mdef, seed)
-        return lora.join(lora.split(base)[0], jax.device_put(ad, lora.split(self.param_shardings)[1]))
+        return lora.join(lora.split(base)[0], dist.move(ad, lora.split(self.param_shardings)[1]))
 
     def lora_base_ref(self) -> dict:
         """Where a LoRA checkpoint's frozen base comes from (checkpoints hold the adapters only)."""
@@ -390,7 +398,7 @@ class Runtime:
     def place(self, tree: Any) -> Any:
         """A copy of a params-shaped tree on its shardings (never aliased: steps donate their state, and a
         stage's init params may also feed a later stage or a frozen reference)."""
-        return jax.device_put(tree, self.param_shardings, may_alias=False)
+        return dist.move(tree, self.param_shardings, may_alias=False)
 
     def place_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """A batch every host holds in full, laid out over the batch axes."""
@@ -411,7 +419,7 @@ class Runtime:
         if lora.has_adapters(params):
             base, ad = lora.split(params)
             sh_base, sh_ad = lora.split(self.param_shardings)
-            params = lora.join(jax.device_put(base, sh_base), jax.device_put(ad, sh_ad, may_alias=False))
+            params = lora.join(dist.move(base, sh_base), dist.move(ad, sh_ad, may_alias=False))
         else:
             params = self.place(params)
         rep = shd.replicated(self.mesh)
@@ -462,6 +470,9 @@ class StageRun:
         self.ckpt = StageCheckpointer(self.dir, rt.cfg.checkpoint.keep)
         self.start_step = 0
         self.host: dict[str, Any] = {"wall_seconds": 0.0}
+        # held around checkpoint writes: a split stage on several hosts sets a lock its sampler thread holds
+        # while it samples, since Orbax may run collectives over all devices (see distributed.py)
+        self.exclusive: Any = contextlib.nullcontext()
 
     def resume(self) -> dict | None:
         """Continue from the newest usable checkpoint step. Damaged steps are reported (one warning each) and
@@ -504,13 +515,18 @@ class StageRun:
         self.host = host
         if self.rt.lora:
             host = {**host, "lora_base": self.rt.lora_base_ref()}
-        self.ckpt.save(step, self.state, host, force=force)
+        with self.exclusive:
+            self.ckpt.save(step, self.state, host, force=force)
 
     def should_save(self, step: int) -> bool:
         return step % self.rt.cfg.checkpoint.every == 0 or step == self.stage.steps
 
     def guard(self) -> PreemptionGuard:
-        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s, self.stage.name, self.ckpt.wait)
+        return PreemptionGuard(self.rt.cfg.checkpoint.preemption_grace_s, self.stage.name, self._wait)
+
+    def _wait(self) -> None:
+        with self.exclusive:
+            self.ckpt.wait()
 
     def end_step(self, step: int, guard: PreemptionGuard, host: Callable[[], dict[str, Any]]) -> None:
         """What follows every step: the non-finite streak check, the periodic save, and preemption.
@@ -525,13 +541,15 @@ class StageRun:
         if self.should_save(step) or stop:
             self.save(step, host(), force=stop)
         if stop:
-            self.ckpt.wait()
+            with self.exclusive:
+                self.ckpt.wait()
             guard.done()
             raise Preempted(f"stage {self.stage.name} stopped after step {step}; its checkpoint is complete in "
                             f"{self.dir} (continue with --resume)", guard.signum)
 
     def close(self) -> None:
-        self.ckpt.close()
+        with self.exclusive:
+            self.ckpt.close()
 
 
 def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext):

@@ -7,9 +7,11 @@ log-probs are the sampler's own (equal to the trainer's by construction; the ste
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import threading
 
 import jax
 import numpy as np
@@ -227,12 +229,19 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     to_sampler = (lambda p: p) if srt is trt else srt.place
     # The stage's key never changes, but the state's buffers are donated each step: a split sampler keeps its
     # own copy; on a shared mesh the key is read from the current state.
-    own_key = jax.device_put(run.state.rng, replicated(srt.mesh)) if srt is not trt else None
+    own_key = dist.move(run.state.rng, replicated(srt.mesh)) if srt is not trt else None
     sampler_key = lambda: own_key if own_key is not None else run.state.rng  # noqa: E731
     feed = correct = None
+    # Several hosts, two meshes at once: each side's host collectives stay on its own devices, and checkpoint
+    # writes (whose collectives may span all devices) wait until the sampler is between batches.
+    sampler_devices = list(srt.mesh.devices.flat) if srt is not trt else None
+    trainer_devices = list(trt.mesh.devices.flat) if srt is not trt else None
+    lock = threading.RLock() if asynchronous and dist.multi() else contextlib.nullcontext()
+    run.exclusive = lock
 
     def collect(params, key):  # the rollouts to log travel with their batch (the sampler may run ahead)
-        batch, metrics = rollout.collect(params, key)
+        with lock, dist.collectives_on(sampler_devices):
+            batch, metrics = rollout.collect(params, key)
         return batch, {**metrics, "_samples": rollout.samples}
 
     if asynchronous:
@@ -246,7 +255,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     slog = StepLog(rt, stage, writer, run, progress)
     t_loop, t_train = timer(), 0.0
     try:
-        with run.guard() as guard:
+        with dist.collectives_on(trainer_devices), run.guard() as guard:
             for step in range(run.start_step + 1, stage.steps + 1):
                 t0 = timer()
                 if feed is not None:
@@ -270,13 +279,17 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     batch = dict(batch, is_weight=batch["mask"].astype(np.float32))
                     if correct is not None and rm["staleness"] > 0:  # stale: proximal policy + IS weights
                         b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask", "sampler_logp")})
-                        prox, w, im = jax.device_get(correct(run.state.params, b["tokens"], b["valid"], b["mask"],
+                        prox, w, im = dist.gather(correct(run.state.params, b["tokens"], b["valid"], b["mask"],
                                                              b["sampler_logp"]))
                         batch["old_logp"], batch["is_weight"] = np.asarray(prox), np.asarray(w)
                         rm.update({k: float(v) for k, v in im.items()})
                 run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, trt.place_batch)
                 rec = slog.record(step, t0, t_up, rm, um)
                 t_train += rec["update_s"]
+                if rec.get("staleness", 0) > 0:
+                    # the first update's params are not the ones that sampled a stale batch: the difference would
+                    # be policy drift (is_ratio_* show it), not the sampler/trainer mismatch logprob_gap checks
+                    rec.pop("logprob_gap", None)
                 if feed is not None:
                     elapsed = max(timer() - t_loop, 1e-9)
                     rec["sampler_busy_frac"] = min(feed.busy / elapsed, 1.0)
