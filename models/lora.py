@@ -11,12 +11,18 @@ forming the full update, so the backward never computes a full-size weight gradi
 the base once (the sampler's weights for a policy update; HF export); the model with adapters disabled is
 just the base ModelDef on the base params, so a KL reference costs no copy.
 
+Dropout (``lora.dropout`` > 0, as PEFT's ``lora_dropout``): inside a :func:`dropout` scope, which only the
+training losses open, :func:`adapt` drops entries of the adapter's input ``x`` before A (scaled by
+1 / (1 - rate)); the base product ``x @ W`` never sees it. Masks come from the scope's key folded with the
+forward call, the layer index and the target, so a step stays a pure function of its state.
+
 PEFT interop: :func:`save_lora` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
 ``peft.PeftModel.from_pretrained`` loads; :func:`load_adapter` reads one written by ``peft``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,8 +37,9 @@ from flax import nnx
 
 from .config import LoRAConfig, TransformerConfig
 
-__all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "init_adapters", "join", "load_adapter",
-           "merge", "save_lora", "split", "trainable", "weight", "with_lora", "with_trainable"]
+__all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "dropout", "dropout_key", "init_adapters",
+           "join", "load_adapter", "merge", "save_lora", "split", "trainable", "weight", "with_lora",
+           "with_trainable"]
 
 SUFFIX_A, SUFFIX_B = "_lora_a", "_lora_b"
 ATTN_TARGETS = ("q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b")
@@ -106,15 +113,88 @@ def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
                         f"(experts need experts: true; MLA has q_a, q_b, kv_a, kv_b)")
 
 
+# ---------------------------------------------------------------------- dropout (training passes only)
+
+DROPOUT_TAG = 0x10AD0  # folded into the stage key: dropout masks never reuse the sampler's keys
+
+
+class _Scope:
+    """The dropout of one traced training loss: its key, rate, forward calls so far and current layer key."""
+
+    def __init__(self, key: jax.Array, rate: float):
+        self.key, self.rate, self.calls = key, rate, 0
+        self.forward_key = self.layer_key = key
+
+
+_SCOPES: list[_Scope] = []
+
+
+def dropout_key(cfg: TransformerConfig, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, float] | None:
+    """(key, rate) of the LoRA dropout of update ``step`` of a stage whose train state key is ``rng``; None
+    without LoRA dropout. Derived from the state only, so a resumed stage draws the same masks."""
+    lc = cfg.lora
+    if lc is None or not lc.dropout:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(rng, DROPOUT_TAG), step), float(lc.dropout)
+
+
+@contextlib.contextmanager
+def dropout(drop: tuple[jax.Array, float] | None):
+    """Trace-time scope of a training loss: within it :func:`adapt` applies dropout to the adapters' inputs.
+    Nothing else opens it, so sampling, old/reference log-probs and evaluation run without dropout."""
+    if drop is None or not drop[1]:
+        yield
+        return
+    _SCOPES.append(_Scope(*drop))
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+
+
+def next_forward() -> None:
+    """A model forward starts (``Transformer.hidden``): its masks get their own key (a training loss may run
+    the model twice, e.g. a shared prompt and its completions)."""
+    if _SCOPES:
+        sc = _SCOPES[-1]
+        sc.forward_key = sc.layer_key = jax.random.fold_in(sc.key, sc.calls)
+        sc.calls += 1
+
+
+@contextlib.contextmanager
+def dropout_layer(layer: jax.Array):
+    """The masks of one layer's adapters: the forward's key folded with the (possibly traced) layer index."""
+    if not _SCOPES:
+        yield
+        return
+    sc = _SCOPES[-1]
+    sc.layer_key = jax.random.fold_in(sc.forward_key, layer)
+    try:
+        yield
+    finally:
+        sc.layer_key = sc.forward_key
+
+
+def drop_input(x: jax.Array, name: str) -> jax.Array:
+    """``x`` with entries zeroed with the scope's probability and the rest scaled by 1 / (1 - rate) (inverted
+    dropout, as torch's); ``x`` itself outside a dropout scope."""
+    if not _SCOPES:
+        return x
+    sc = _SCOPES[-1]
+    keep = jax.random.bernoulli(jax.random.fold_in(sc.layer_key, TARGETS.index(name)), 1.0 - sc.rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - sc.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 # ---------------------------------------------------------------------- applying (layer code)
 
 
 def adapt(module: Any, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``y`` (= x @ W, already computed) plus this weight's LoRA update ``s * (x @ A) @ B``; ``y`` itself when
-    the weight has no adapter. x [..., *in] with W's input dims trailing; y [..., *out]."""
+    """``y`` (= x @ W, already computed) plus this weight's LoRA update ``s * (dropout(x) @ A) @ B``; ``y``
+    itself when the weight has no adapter. x [..., *in] with W's input dims trailing; y [..., *out]."""
     a = getattr(module, name + SUFFIX_A, None)
     if a is None:
         return y
+    x = drop_input(x, name)
     b = getattr(module, name + SUFFIX_B)
     a, b = a[...].astype(y.dtype), b[...].astype(y.dtype)
     r = a.shape[-1]
