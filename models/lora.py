@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,15 @@ class _Scope:
         self.forward_key = self.layer_key = key
 
 
-_SCOPES: list[_Scope] = []
+class _Scopes(threading.local):
+    """Per thread: an asynchronous sampler traces its program in its own thread while the trainer's step may be
+    tracing inside a dropout scope."""
+
+    def __init__(self):
+        self.stack: list[_Scope] = []
+
+
+_SCOPES = _Scopes()
 
 
 def dropout_key(cfg: TransformerConfig, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, float] | None:
@@ -145,18 +154,18 @@ def dropout(drop: tuple[jax.Array, float] | None):
     if drop is None or not drop[1]:
         yield
         return
-    _SCOPES.append(_Scope(*drop))
+    _SCOPES.stack.append(_Scope(*drop))
     try:
         yield
     finally:
-        _SCOPES.pop()
+        _SCOPES.stack.pop()
 
 
 def next_forward() -> None:
     """A model forward starts (``Transformer.hidden``): its masks get their own key (a training loss may run
     the model twice, e.g. a shared prompt and its completions)."""
-    if _SCOPES:
-        sc = _SCOPES[-1]
+    if _SCOPES.stack:
+        sc = _SCOPES.stack[-1]
         sc.forward_key = sc.layer_key = jax.random.fold_in(sc.key, sc.calls)
         sc.calls += 1
 
@@ -164,10 +173,10 @@ def next_forward() -> None:
 @contextlib.contextmanager
 def dropout_layer(layer: jax.Array):
     """The masks of one layer's adapters: the forward's key folded with the (possibly traced) layer index."""
-    if not _SCOPES:
+    if not _SCOPES.stack:
         yield
         return
-    sc = _SCOPES[-1]
+    sc = _SCOPES.stack[-1]
     sc.layer_key = jax.random.fold_in(sc.forward_key, layer)
     try:
         yield
@@ -178,9 +187,9 @@ def dropout_layer(layer: jax.Array):
 def drop_input(x: jax.Array, name: str) -> jax.Array:
     """``x`` with entries zeroed with the scope's probability and the rest scaled by 1 / (1 - rate) (inverted
     dropout, as torch's); ``x`` itself outside a dropout scope."""
-    if not _SCOPES:
+    if not _SCOPES.stack:
         return x
-    sc = _SCOPES[-1]
+    sc = _SCOPES.stack[-1]
     keep = jax.random.bernoulli(jax.random.fold_in(sc.layer_key, TARGETS.index(name)), 1.0 - sc.rate, x.shape)
     return jnp.where(keep, x / jnp.asarray(1.0 - sc.rate, x.dtype), jnp.zeros((), x.dtype))
 
@@ -437,7 +446,7 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
         tps = set()
         for seg, parts in experts.items():
             tensors.update(_expert_tensors(parts, layers[seg], lc.rank))
-            for name, (_, _, t) in parts.items():
+            for _, _, t in parts.values():
                 tps.add(t.fused.split("{i}.", 1)[1])
         conf_extra["target_parameters"] = sorted(tps)
         for tp in tps:
@@ -512,7 +521,7 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
     if conf.get("peft_type", "LORA") != "LORA":
         raise LoRAError(f"{where}: peft_type {conf.get('peft_type')!r} is not supported (only LORA)")
     tps = list(conf.get("target_parameters") or [])
-    expert_pattern = lambda v: all(any(k.endswith(p) for p in EXPERT_PARAMS) for k in v)  # noqa: E731
+    expert_pattern = lambda v: all(any(k.endswith(p) for p in EXPERT_PARAMS) for k in v)
     for key, ok in (("use_dora", lambda v: not v), ("bias", lambda v: v in (None, "none")),
                     ("rank_pattern", lambda v: not v or (tps and expert_pattern(v))),
                     ("alpha_pattern", lambda v: not v or (tps and expert_pattern(v))),
@@ -645,7 +654,7 @@ def _split_expert_adapters(d: Path, fused: dict, by_experts: dict, wrapped: dict
         for name, by_i in per.items():  # every layer's module is targeted (a missing one failed above)
             n = len(by_i)
             k = max(by_i[i][0].shape[-1] for i in range(n))
-            padk = lambda x, ax: np.pad(x, [(0, k - x.shape[ax]) if j == ax else (0, 0) for j in range(x.ndim)])
+            padk = lambda x, ax, k=k: np.pad(x, [(0, k - x.shape[ax]) if j == ax else (0, 0) for j in range(x.ndim)])
             out.setdefault(seg, {})[name] = (np.stack([padk(by_i[i][0], 2) for i in range(n)]),
                                             np.stack([padk(by_i[i][1], 1) for i in range(n)]))
     return out

@@ -172,7 +172,7 @@ def test_lora_dropout_applies_to_training_passes_only(trained):
         np.testing.assert_array_equal(a, b)  # dropout 0 draws nothing from the state's key
     dropped, m1 = sftp(st, batch)
     again, _ = sftp(st, batch)
-    later, m2 = sftp(dataclasses.replace(st, step=st.step + 1), batch)
+    _, m2 = sftp(dataclasses.replace(st, step=st.step + 1), batch)
     assert float(m1["loss"]) != float(m0["loss"]) and float(m2["loss"]) != float(m1["loss"])
     for a, b in zip(_np(dropped.params), _np(again.params)):
         np.testing.assert_array_equal(a, b)  # a pure function of the state: same step, same masks

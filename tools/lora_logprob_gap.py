@@ -21,13 +21,13 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from reasoning_rl.models import config as model_config
+from reasoning_rl.models import create, lora
 
 from reasoning_rl import config as C
 from reasoning_rl import pipeline
 from reasoning_rl.algorithms.steps import make_logprob_fn
 from reasoning_rl.data.batching import prompt_batch, rollout_batch
-from reasoning_rl.models import create, lora
-from reasoning_rl.models import config as model_config
 from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 from reasoning_rl.stages.common import Runtime
 from reasoning_rl.stages.grpo import prompt_len

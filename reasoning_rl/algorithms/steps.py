@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
-from reasoning_rl.models import ModelDef
-from reasoning_rl.models import lora
+from reasoning_rl.models import ModelDef, lora
 from reasoning_rl.models.lora import has_adapters, join, split, trainable, with_trainable
 
 from .logprobs import target_logprobs, target_values
