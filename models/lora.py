@@ -11,15 +11,22 @@ forming the full update, so the backward never computes a full-size weight gradi
 the base once (the sampler's weights for a policy update; HF export); the model with adapters disabled is
 just the base ModelDef on the base params, so a KL reference costs no copy.
 
+Dropout (``lora.dropout`` > 0, as PEFT's ``lora_dropout``): inside a :func:`dropout` scope, which only the
+training losses open, :func:`adapt` drops entries of the adapter's input ``x`` before A (scaled by
+1 / (1 - rate)); the base product ``x @ W`` never sees it. Masks come from the scope's key folded with the
+forward call, the layer index and the target, so a step stays a pure function of its state.
+
 PEFT interop: :func:`save_lora` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
 ``peft.PeftModel.from_pretrained`` loads; :func:`load_adapter` reads one written by ``peft``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +38,9 @@ from flax import nnx
 
 from .config import LoRAConfig, TransformerConfig
 
-__all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "init_adapters", "join", "load_adapter",
-           "merge", "save_lora", "split", "trainable", "weight", "with_lora", "with_trainable"]
+__all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "dropout", "dropout_key", "init_adapters",
+           "join", "load_adapter", "merge", "save_lora", "split", "trainable", "weight", "with_lora",
+           "with_trainable"]
 
 SUFFIX_A, SUFFIX_B = "_lora_a", "_lora_b"
 ATTN_TARGETS = ("q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b")
@@ -106,15 +114,96 @@ def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
                         f"(experts need experts: true; MLA has q_a, q_b, kv_a, kv_b)")
 
 
+# ---------------------------------------------------------------------- dropout (training passes only)
+
+DROPOUT_TAG = 0x10AD0  # folded into the stage key: dropout masks never reuse the sampler's keys
+
+
+class _Scope:
+    """The dropout of one traced training loss: its key, rate, forward calls so far and current layer key."""
+
+    def __init__(self, key: jax.Array, rate: float):
+        self.key, self.rate, self.calls = key, rate, 0
+        self.forward_key = self.layer_key = key
+
+
+class _Scopes(threading.local):
+    """Per thread: an asynchronous sampler traces its program in its own thread while the trainer's step may be
+    tracing inside a dropout scope."""
+
+    def __init__(self):
+        self.stack: list[_Scope] = []
+
+
+_SCOPES = _Scopes()
+
+
+def dropout_key(cfg: TransformerConfig, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, float] | None:
+    """(key, rate) of the LoRA dropout of update ``step`` of a stage whose train state key is ``rng``; None
+    without LoRA dropout. Derived from the state only, so a resumed stage draws the same masks."""
+    lc = cfg.lora
+    if lc is None or not lc.dropout:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(rng, DROPOUT_TAG), step), float(lc.dropout)
+
+
+@contextlib.contextmanager
+def dropout(drop: tuple[jax.Array, float] | None):
+    """Trace-time scope of a training loss: within it :func:`adapt` applies dropout to the adapters' inputs.
+    Nothing else opens it, so sampling, old/reference log-probs and evaluation run without dropout."""
+    if drop is None or not drop[1]:
+        yield
+        return
+    _SCOPES.stack.append(_Scope(*drop))
+    try:
+        yield
+    finally:
+        _SCOPES.stack.pop()
+
+
+def next_forward() -> None:
+    """A model forward starts (``Transformer.hidden``): its masks get their own key (a training loss may run
+    the model twice, e.g. a shared prompt and its completions)."""
+    if _SCOPES.stack:
+        sc = _SCOPES.stack[-1]
+        sc.forward_key = sc.layer_key = jax.random.fold_in(sc.key, sc.calls)
+        sc.calls += 1
+
+
+@contextlib.contextmanager
+def dropout_layer(layer: jax.Array):
+    """The masks of one layer's adapters: the forward's key folded with the (possibly traced) layer index."""
+    if not _SCOPES.stack:
+        yield
+        return
+    sc = _SCOPES.stack[-1]
+    sc.layer_key = jax.random.fold_in(sc.forward_key, layer)
+    try:
+        yield
+    finally:
+        sc.layer_key = sc.forward_key
+
+
+def drop_input(x: jax.Array, name: str) -> jax.Array:
+    """``x`` with entries zeroed with the scope's probability and the rest scaled by 1 / (1 - rate) (inverted
+    dropout, as torch's); ``x`` itself outside a dropout scope."""
+    if not _SCOPES.stack:
+        return x
+    sc = _SCOPES.stack[-1]
+    keep = jax.random.bernoulli(jax.random.fold_in(sc.layer_key, TARGETS.index(name)), 1.0 - sc.rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - sc.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 # ---------------------------------------------------------------------- applying (layer code)
 
 
 def adapt(module: Any, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``y`` (= x @ W, already computed) plus this weight's LoRA update ``s * (x @ A) @ B``; ``y`` itself when
-    the weight has no adapter. x [..., *in] with W's input dims trailing; y [..., *out]."""
+    """``y`` (= x @ W, already computed) plus this weight's LoRA update ``s * (dropout(x) @ A) @ B``; ``y``
+    itself when the weight has no adapter. x [..., *in] with W's input dims trailing; y [..., *out]."""
     a = getattr(module, name + SUFFIX_A, None)
     if a is None:
         return y
+    x = drop_input(x, name)
     b = getattr(module, name + SUFFIX_B)
     a, b = a[...].astype(y.dtype), b[...].astype(y.dtype)
     r = a.shape[-1]
@@ -288,60 +377,140 @@ def _module(hf_name: str) -> str:
     return hf_name[:-len(".weight")]
 
 
+# transformers 5 fuses the routed experts into parameters of ``...mlp.experts`` (gate_up_proj [E, 2I, H],
+# down_proj [E, H, I]); PEFT adapts them with ``target_parameters`` (a ParamWrapper per parameter, nested in
+# the order the module registers them: the first is innermost, reached through ``.base_layer``).
+EXPERT_PARAMS = ("gate_up_proj", "down_proj")
+
+
+def _expert_keys(module: str, params: list[str]) -> dict[str, str]:
+    """PEFT's tensor prefix of each wrapped expert parameter of ``module``."""
+    n = len(params)
+    return {p: module + ".base_layer" * (n - 1 - j) for j, p in enumerate(params)}
+
+
+def _pattern(patterns: Mapping, key: str, default):
+    """PEFT's rank/alpha pattern lookup (``get_pattern_key``)."""
+    import re
+
+    for k, v in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({k})$", key):
+            return v
+    return default
+
+
 def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
               base_model_name_or_path: str | None = None) -> Path:
     """Write the adapters of ``model`` (a PretrainedModel or a ``(mdef, params)`` pair) as a PEFT LoRA adapter:
     ``adapter_config.json`` + ``adapter_model.safetensors`` (float32), loadable by
-    ``peft.PeftModel.from_pretrained`` onto the base checkpoint."""
+    ``peft.PeftModel.from_pretrained`` onto the base checkpoint.
+
+    Routed experts' adapters (``experts: true``) go to PEFT's ``target_parameters`` on transformers' fused
+    ``mlp.experts.gate_up_proj`` / ``down_proj``. Our gate and up adapters (rank r each) are one rank-2r
+    adapter of the fused gate_up there, A stacked and B block-diagonal (exact), declared by ``rank_pattern`` /
+    ``alpha_pattern`` so its scale stays ours. PEFT has no dropout on expert parameters: with them the file says
+    ``lora_dropout: 0`` (dropout only shapes training, the adapter's function is the same)."""
     from .hf_save import _host, _resolve, flatten
     from .safetensors_io import NAMES, write_file
-    from .transformer import segments
+    from .transformer import stack_layers
 
     mdef, params, out = _resolve(model, out_dir, params)
     cfg, lc = mdef.cfg, mdef.cfg.lora
     if lc is None:
         raise LoRAError("save_lora: the model has no LoRA adapters")
     specs = _peft_map(cfg)
-    firsts = {name: first for name, first, _, _ in segments(cfg)}
-    _, ad = split(params)
+    layers = stack_layers(cfg)
+    flat = flatten(split(params)[1])
     tensors: dict[str, np.ndarray] = {}
-    modules = set()
-    for path, a in flatten(ad).items():
+    modules, experts = set(), {}
+    for path, a in flat.items():
         if not path[-1].endswith(SUFFIX_A):
             continue
         wpath = path[:-1] + (path[-1][:-len(SUFFIX_A)],)
         t = specs.get(wpath)
-        if t is None or "{e}" in t.hf:
-            raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent (PEFT adapts "
-                            "torch Linear modules; fused MoE experts are not)")
-        b = flatten(ad)[path[:-1] + (wpath[-1] + SUFFIX_B,)]
-        a, b = _host(a).astype(np.float32), _host(b).astype(np.float32)
+        if t is None or ("{e}" in t.hf and not t.fused):
+            raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent")
+        b = _host(flat[path[:-1] + (wpath[-1] + SUFFIX_B,)]).astype(np.float32)
+        a = _host(a).astype(np.float32)
+        if "{e}" in t.hf:
+            experts.setdefault(path[0], {})[wpath[-1]] = (a, b, t)
+            continue
         r = a.shape[-1]
         for i in range(a.shape[0]):
-            mod = _module(t.hf.format(i=firsts[path[0]] + i))
+            mod = _module(t.hf.format(i=layers[path[0]][i]))
             tensors[f"{PEFT_PREFIX}{mod}.lora_A.weight"] = a[i].reshape(-1, r).T.copy()
             tensors[f"{PEFT_PREFIX}{mod}.lora_B.weight"] = b[i].reshape(r, -1).T.copy()
             modules.add(mod.rsplit(".", 1)[1])
+    conf_extra: dict[str, Any] = {"target_parameters": None, "rank_pattern": {}, "alpha_pattern": {}}
+    if experts:
+        tps = set()
+        for seg, parts in experts.items():
+            tensors.update(_expert_tensors(parts, layers[seg], lc.rank))
+            for _, _, t in parts.values():
+                tps.add(t.fused.split("{i}.", 1)[1])
+        conf_extra["target_parameters"] = sorted(tps)
+        for tp in tps:
+            if tp.endswith("gate_up_proj") and any({"gate", "up"} <= set(p) for p in experts.values()):
+                conf_extra["rank_pattern"][tp] = 2 * lc.rank  # gate and up side by side: scale kept
+                conf_extra["alpha_pattern"][tp] = lc.alpha * (math.sqrt(2.0) if lc.rslora else 2.0)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(tensors)
     write_file(out / "adapter_model.safetensors",
                [(n, NAMES[np.dtype(np.float32)], tensors[n].shape) for n in names], lambda n: tensors[n])
     conf = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lc.rank, "lora_alpha": lc.alpha,
-        "lora_dropout": lc.dropout, "target_modules": sorted(modules), "bias": "none", "use_rslora": lc.rslora,
-        "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None, "use_dora": False,
-        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+        "lora_dropout": 0.0 if experts else lc.dropout, "target_modules": sorted(modules), "bias": "none",
+        "use_rslora": lc.rslora, "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None,
+        "use_dora": False, "layers_to_transform": None, "layers_pattern": None, **conf_extra,
         "base_model_name_or_path": base_model_name_or_path or cfg.extra.get("hf_dir"), "inference_mode": True,
     }
     (out / "adapter_config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
     return out
 
 
+def _expert_tensors(parts: dict, model_layers: tuple[int, ...], r: int) -> dict[str, np.ndarray]:
+    """PEFT tensors of one MoE stack's expert adapters: ``parts`` {gate|up|down: (A [n, E, in, r],
+    B [n, E, r, out], spec)}. PEFT's layout: lora_A [R*E, in] (expert-major), lora_B [out, R*E] (rank-major)."""
+    out = {}
+    gu = [k for k in ("gate", "up") if k in parts]
+    wrapped = [p for p, on in zip(EXPERT_PARAMS, (bool(gu), "down" in parts)) if on]
+    for i, layer in enumerate(model_layers):
+        spec = next(iter(parts.values()))[2]
+        module = spec.fused.format(i=layer).rsplit(".", 1)[0]
+        keys = _expert_keys(module, wrapped)
+        blocks = {}
+        if gu:
+            a0, b0, _ = parts[gu[0]]
+            e, f = a0.shape[1], b0.shape[-1]
+            big = r * len(gu)
+            ap = np.concatenate([np.swapaxes(parts[k][0][i], 1, 2) for k in gu], axis=1)  # [E, R, H]
+            bp = np.zeros((e, 2 * f, big), np.float32)  # [E, 2I, R]: block-diagonal over gate / up
+            for j, k in enumerate(gu):
+                row = parts[k][2].part[0] * f
+                bp[:, row:row + f, j * r:(j + 1) * r] = np.swapaxes(parts[k][1][i], 1, 2)
+            blocks["gate_up_proj"] = (ap, bp)
+        if "down" in parts:
+            a, b, _ = parts["down"]
+            blocks["down_proj"] = (np.swapaxes(a[i], 1, 2), np.swapaxes(b[i], 1, 2))  # [E, r, I], [E, H, r]
+        for name, (ap, bp) in blocks.items():
+            e, big = ap.shape[:2]
+            pre = f"{PEFT_PREFIX}{keys[name]}"
+            out[f"{pre}.lora_A.weight"] = np.ascontiguousarray(ap.reshape(e * big, -1))
+            out[f"{pre}.lora_B.weight"] = np.ascontiguousarray(np.transpose(bp, (1, 2, 0)).reshape(bp.shape[1], -1))
+    return out
+
+
 def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
     """(LoRA ModelDef over ``mdef``, adapters in its param dtype) from a PEFT LoRA adapter directory. Every layer must carry the
-    same adapted modules (PEFT's default); what cannot be represented fails naming the field or tensor."""
+    same adapted modules (PEFT's default); what cannot be represented fails naming the field or tensor.
+
+    Expert adapters (``target_parameters`` on transformers' fused ``mlp.experts`` parameters) load as
+    ``experts: true``: the fused gate_up adapter splits into gate and up adapters sharing A, each keeping the
+    rank components its half of B uses. Adapters of different ranks or scales are padded with zero components
+    to one rank and their scale ratio folded into B (exact up to float32 rounding)."""
+    from .hf_save import flatten
     from .safetensors_io import Checkpoint
-    from .transformer import segments
+    from .transformer import stack_layers
 
     d = Path(adapter_dir)
     conf_file = d / "adapter_config.json"
@@ -351,64 +520,141 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
     where = f"{conf_file}"
     if conf.get("peft_type", "LORA") != "LORA":
         raise LoRAError(f"{where}: peft_type {conf.get('peft_type')!r} is not supported (only LORA)")
+    tps = list(conf.get("target_parameters") or [])
+    expert_pattern = lambda v: all(any(k.endswith(p) for p in EXPERT_PARAMS) for k in v)
     for key, ok in (("use_dora", lambda v: not v), ("bias", lambda v: v in (None, "none")),
-                    ("rank_pattern", lambda v: not v), ("alpha_pattern", lambda v: not v),
+                    ("rank_pattern", lambda v: not v or (tps and expert_pattern(v))),
+                    ("alpha_pattern", lambda v: not v or (tps and expert_pattern(v))),
                     ("layers_to_transform", lambda v: v is None), ("fan_in_fan_out", lambda v: not v),
                     ("modules_to_save", lambda v: not v), ("use_qalora", lambda v: not v)):
         if key in conf and not ok(conf[key]):
             raise LoRAError(f"{where}: {key}={conf[key]!r} is not supported")
     base = mdef if mdef.cfg.lora is None else base_mdef(mdef)
     cfg = base.cfg
+    rank = int(conf.get("r", 8))
+    alpha = float(conf.get("lora_alpha", rank))
+    rslora = bool(conf.get("use_rslora", False))
+    s0 = alpha / math.sqrt(rank) if rslora else alpha / rank
+    layers = stack_layers(cfg)
     by_module: dict[str, tuple[tuple[str, ...], int]] = {}
-    firsts = {name: (first, n) for name, first, n, _ in segments(cfg)}
+    by_experts: dict[str, tuple[str, int, dict]] = {}  # module -> (stack, layer in stack, {param: [specs]})
     for path, t in _peft_map(cfg).items():
-        if "{e}" in t.hf or "{i}" not in t.hf:
+        if "{i}" not in t.hf:
             continue
-        first, n = firsts[path[0]]
-        for i in range(n):
-            by_module[_module(t.hf.format(i=first + i))] = (path, i)
+        for i, layer in enumerate(layers[path[0]]):
+            if "{e}" not in t.hf:
+                by_module[_module(t.hf.format(i=layer))] = (path, i)
+            elif t.fused:
+                module, _, param = t.fused.format(i=layer).rpartition(".")
+                by_experts.setdefault(module, (path[0], i, {}))[2].setdefault(param, []).append(t)
+    wrapped = {m: [p for p in EXPERT_PARAMS if p in specs and
+                   any(f"{m}.{p}" == tp or f"{m}.{p}".endswith("." + tp) for tp in tps)]
+               for m, (_, _, specs) in by_experts.items()}
+    expert_key = {keys: (m, p) for m, ps in wrapped.items() for p, keys in _expert_keys(m, ps).items()}
     ckpt = Checkpoint(d)
     try:
         found: dict[tuple[str, ...], dict[int, dict[str, np.ndarray]]] = {}
+        fused: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         for name in ckpt.names():
             body = name.removeprefix(PEFT_PREFIX)
             mod, _, kind = body.rpartition(".lora_")
+            if kind in ("A.weight", "B.weight") and mod in expert_key:
+                fused.setdefault(expert_key[mod], {})[kind[0]] = ckpt.get(name)
+                continue
             if kind not in ("A.weight", "B.weight") or mod not in by_module:
                 raise LoRAError(f"{d}: tensor {name} is not a LoRA A/B of a {cfg.family} projection")
             path, i = by_module[mod]
             found.setdefault(path, {}).setdefault(i, {})[kind[0]] = ckpt.get(name)
     finally:
         ckpt.close()
-    if not found:
+    if not found and not fused:
         raise LoRAError(f"{d}: adapter_model.safetensors holds no LoRA tensors")
-    rank = int(conf.get("r", 8))
-    targets = sorted({p[-1] for p in found}, key=TARGETS.index)
-    lc = LoRAConfig(rank=rank, alpha=float(conf.get("lora_alpha", rank)), dropout=0.0, targets=tuple(targets),
-                    rslora=bool(conf.get("use_rslora", False)))
-    lmdef = with_lora(base, lc)
-    shapes = split(lmdef.abstract_params())[1]
-    from .hf_save import flatten
-
-    fshapes = flatten(shapes)
-    out: dict = {}
+    # dense projections: [in, r] / [r, out] per layer, as PEFT's rank r
+    dense: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
     for path, per_layer in found.items():
+        n = len(layers[path[0]])
+        if sorted(per_layer) != list(range(n)) or any(set(v) != {"A", "B"} for v in per_layer.values()):
+            raise LoRAError(f"{d}: {path[-1]} is adapted in only some layers (or lacks A or B); every layer "
+                            "must carry it")
+        dense[path] = [(per_layer[i]["A"].astype(np.float32).T, per_layer[i]["B"].astype(np.float32).T)
+                       for i in range(n)]
+    experts = _split_expert_adapters(d, fused, by_experts, wrapped, conf, s0, rslora, cfg)
+    big = max([rank] + [a.shape[-1] for per in experts.values() for a, _ in per.values()])
+    targets = sorted({p[-1] for p in found} | {k for per in experts.values() for k in per}, key=TARGETS.index)
+    lc = LoRAConfig(rank=big, alpha=s0 * (math.sqrt(big) if rslora else big), dropout=0.0,
+                    targets=tuple(targets), experts=bool(experts), rslora=rslora)
+    try:
+        lmdef = with_lora(base, lc)
+    except LoRAError as e:
+        raise LoRAError(f"{d}: {e}") from None
+    fshapes = flatten(split(lmdef.abstract_params())[1])
+    pad = lambda a, axis: np.pad(a, [(0, big - a.shape[axis]) if k == axis else (0, 0) for k in range(a.ndim)])
+    values: dict[tuple[str, ...], np.ndarray] = {}
+    for path, per in dense.items():
         sa = fshapes.get(path[:-1] + (path[-1] + SUFFIX_A,))
         if sa is None:  # e.g. gate on a MoE layer without experts adapters
             raise LoRAError(f"{d}: adapter on {'.'.join(path)} cannot be represented")
         sb = fshapes[path[:-1] + (path[-1] + SUFFIX_B,)]
-        n = sa.shape[0]
-        if sorted(per_layer) != list(range(n)) or any(set(v) != {"A", "B"} for v in per_layer.values()):
-            raise LoRAError(f"{d}: {path[-1]} is adapted in only some layers (or lacks A or B); every layer "
-                            "must carry it")
         try:
-            a = np.stack([per_layer[i]["A"].astype(np.float32).T.reshape(sa.shape[1:]) for i in range(n)])
-            b = np.stack([per_layer[i]["B"].astype(np.float32).T.reshape(sb.shape[1:]) for i in range(n)])
+            values[path[:-1] + (path[-1] + SUFFIX_A,)] = np.stack([pad(a, 1).reshape(sa.shape[1:]) for a, _ in per])
+            values[path[:-1] + (path[-1] + SUFFIX_B,)] = np.stack([pad(b, 0).reshape(sb.shape[1:]) for _, b in per])
         except ValueError:
-            got = per_layer[0]["A"].shape, per_layer[0]["B"].shape
+            got = per[0][0].shape, per[0][1].shape
             raise LoRAError(f"{d}: {path[-1]} adapter shapes {got} do not fit rank {rank} on this model") from None
+    for seg, per in experts.items():
+        for name, (a, b) in per.items():
+            values[(seg, "mlp", name + SUFFIX_A)] = pad(a, a.ndim - 1)
+            values[(seg, "mlp", name + SUFFIX_B)] = pad(b, b.ndim - 2)
+    out: dict = {}
+    for path, s in fshapes.items():  # adapters the file leaves out (e.g. shared experts' gate) are zero
+        v = values.get(path)
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1] + SUFFIX_A] = jnp.asarray(a, sa.dtype)
-        node[path[-1] + SUFFIX_B] = jnp.asarray(b, sb.dtype)
+        node[path[-1]] = jnp.zeros(s.shape, s.dtype) if v is None else jnp.asarray(v, s.dtype)
     return lmdef, out
+
+
+def _split_expert_adapters(d: Path, fused: dict, by_experts: dict, wrapped: dict, conf: dict, s0: float,
+                           rslora: bool, cfg: TransformerConfig) -> dict[str, dict[str, tuple]]:
+    """{stack: {gate|up|down: (A [n, E, in, k], B [n, E, k, out])}} from PEFT's fused-expert adapters, B
+    scaled by the parameter's scale over ``s0``; each keeps the rank components its part of B uses (so our
+    gate + up written as one block-diagonal adapter comes back at its own rank)."""
+    if not fused:
+        return {}
+    e = cfg.moe.n_experts
+    per_layer: dict[str, dict[str, dict[int, tuple]]] = {}
+    for module, params in wrapped.items():
+        seg, i, specs = by_experts[module]
+        for param in params:
+            got = fused.get((module, param), {})
+            if set(got) != {"A", "B"}:
+                raise LoRAError(f"{d}: {module}.{param} is adapted in only some layers (or lacks A or B); every "
+                                "layer must carry it")
+            a, b = got["A"].astype(np.float32), got["B"].astype(np.float32)
+            big = a.shape[0] // e
+            key = f"{module}.{param}"
+            r_m = _pattern(conf.get("rank_pattern"), key, int(conf.get("r", 8)))
+            if a.shape[0] != big * e or b.shape[1] != big * e or big != r_m:
+                raise LoRAError(f"{d}: {key} adapter shapes {tuple(a.shape)}, {tuple(b.shape)} are not rank {r_m} "
+                                f"over {e} experts")
+            alpha_m = float(_pattern(conf.get("alpha_pattern"), key, conf.get("lora_alpha", r_m)))
+            ratio = (alpha_m / (math.sqrt(big) if rslora else big)) / s0
+            ap = a.reshape(e, big, -1)  # [E, R, in]
+            bp = np.transpose(b.reshape(b.shape[0], big, e), (2, 0, 1)) * np.float32(ratio)  # [E, out, R]
+            for t in specs[param]:
+                which, parts = t.part
+                rows = bp.shape[1] // parts
+                bt = bp[:, which * rows:(which + 1) * rows]  # this target's rows of the fused weight
+                used = np.flatnonzero(np.abs(bt).max(axis=(0, 1)) > 0)
+                per_layer.setdefault(seg, {}).setdefault(t.path[-1], {})[i] = (
+                    np.swapaxes(ap[:, used], 1, 2), np.swapaxes(bt[:, :, used], 1, 2))
+    out: dict[str, dict[str, tuple]] = {}
+    for seg, per in per_layer.items():
+        for name, by_i in per.items():  # every layer's module is targeted (a missing one failed above)
+            n = len(by_i)
+            k = max(by_i[i][0].shape[-1] for i in range(n))
+            padk = lambda x, ax, k=k: np.pad(x, [(0, k - x.shape[ax]) if j == ax else (0, 0) for j in range(x.ndim)])
+            out.setdefault(seg, {})[name] = (np.stack([padk(by_i[i][0], 2) for i in range(n)]),
+                                            np.stack([padk(by_i[i][1], 1) for i in range(n)]))
+    return out

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from reasoning_rl.sharding import constrain
 
+from . import lora
 from .config import TransformerConfig
 from .layers.attention import Attention, attention_mask, freeze, rope_for
 from .layers.mla import MLA
@@ -254,6 +255,7 @@ class Transformer(nnx.Module):
         """
         x = self.embed_tokens(tokens)
         t = tokens.shape[1]
+        lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
         if prefix is not None:
             if cache is not None or prefix.table is not None:
                 raise ValueError("prefix takes a contiguous cache and no cache of its own")
@@ -340,8 +342,9 @@ class Transformer(nnx.Module):
                 if "rope_local" in ctx:
                     rope = tuple(jnp.where(is_sliding, lo, gl) for lo, gl in zip(ctx["rope_local"], rope))
             block = nnx.merge(graphdef, st)
-            x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"),
-                                 xs.get("prefix"))
+            with lora.dropout_layer(layer):
+                x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"),
+                                     xs.get("prefix"))
             return (x, kv), stats
 
         scan = self.cfg.scan_layers and (x.shape[1] == 1 or n > self.cfg.unroll_max)

@@ -143,6 +143,97 @@ def test_lora_stage_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _with_dropout(mdef, rate):
+    return lora.with_lora(mdef, dataclasses.replace(mdef.cfg.lora, dropout=rate))
+
+
+def test_lora_dropout_applies_to_training_passes_only(trained):
+    """PEFT's lora_dropout: the adapters' input is dropped in the training losses (sft, grpo), with masks drawn
+    from the state's key and step; the sampler and the old/reference log-probs never drop; dropout 0 leaves
+    the step's program without random draws, as before dropout existed. In GRPO the ratio's new log-probs
+    come from the dropped forward and the old ones from the sampler (no dropout), as TRL with PEFT."""
+    from reasoning_rl.algorithms.steps import make_grpo_step
+    from reasoning_rl.data.batching import rollout_batch
+    from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
+
+    rt, _, _, state, batch = trained
+    stage = rt.cfg.stages[0]
+    tx = make_optimizer(stage.optimizer, 10)
+    ad = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), lora.split(state.params)[1])
+    params = lora.join(lora.split(state.params)[0], ad)
+    st = dataclasses.replace(init_state(params, tx, 0), step=jnp.asarray(5, jnp.int32))
+    d0, dp = rt.mdef, _with_dropout(rt.mdef, 0.3)
+    sft0, sftp = make_sft_step(d0, stage.optimizer, tx), make_sft_step(dp, stage.optimizer, tx)
+    assert "random_bits" not in str(jax.make_jaxpr(sft0)(st, batch))
+    assert "random_bits" in str(jax.make_jaxpr(sftp)(st, batch))
+    sft0, sftp = jax.jit(sft0), jax.jit(sftp)
+    plain, m0 = sft0(st, batch)
+    other_key, _ = sft0(dataclasses.replace(st, rng=jax.random.key(9)), batch)
+    for a, b in zip(_np(plain.params), _np(other_key.params)):
+        np.testing.assert_array_equal(a, b)  # dropout 0 draws nothing from the state's key
+    dropped, m1 = sftp(st, batch)
+    again, _ = sftp(st, batch)
+    _, m2 = sftp(dataclasses.replace(st, step=st.step + 1), batch)
+    assert float(m1["loss"]) != float(m0["loss"]) and float(m2["loss"]) != float(m1["loss"])
+    for a, b in zip(_np(dropped.params), _np(again.params)):
+        np.testing.assert_array_equal(a, b)  # a pure function of the state: same step, same masks
+    for a, b in zip(_np(lora.split(dropped.params)[0]), _np(lora.split(params)[0])):
+        np.testing.assert_array_equal(a, b)  # the base stays frozen
+    # no dropout outside the training losses: log-probs (old / reference / eval) and the sampler
+    mask = batch["valid"][:, 8:]
+    lps = [np.asarray(jax.jit(make_logprob_fn(m, 1.0))(params, batch["tokens"], batch["valid"], mask)) for m in (d0, dp)]
+    np.testing.assert_array_equal(*lps)
+    pt, pv = prompt_batch(rt.tok, [rt.task.example("train", i).as_dict() for i in range(4)])
+    sp = SamplingParams(8, 1.0, pad_id=rt.tok.pad_id, group_size=2, stop_ids=(rt.tok.eos_id,))
+    outs = [jax.jit(lambda p, a, b, k, m=m: sample_impl(m, sp, p, a, b, k))(params, pt, pv, jax.random.key(0))
+            for m in (d0, dp)]
+    for f in ("tokens", "logprobs", "mask"):
+        np.testing.assert_array_equal(np.asarray(getattr(outs[0], f)), np.asarray(getattr(outs[1], f)))
+    # GRPO: without dropout the first update's log-probs are the sampler's; with it they are not
+    out = outs[0]
+    rb = rollout_batch(pt, pv, np.asarray(out.tokens), np.asarray(out.mask), np.asarray(out.logprobs),
+                       np.linspace(-1, 1, 8).astype(np.float32), 2)
+    gaps = {}
+    for rate, mdef in ((0.0, d0), (0.3, dp)):
+        _, m = jax.jit(make_grpo_step(mdef, C.AlgorithmConfig(), stage.optimizer, tx, 1.0, group=2))(st, rb)
+        assert np.isfinite(float(m["loss"]))
+        gaps[rate] = float(m["logprob_gap"])
+    assert gaps[0.0] <= 1e-5 and gaps[0.3] > 1e-3, gaps
+    # the mask itself: entries dropped with the rate, kept ones scaled by 1 / (1 - rate); none outside a scope
+    x = jnp.ones((64, 256))
+    with lora.dropout((jax.random.key(1), 0.25)):
+        lora.next_forward()
+        with lora.dropout_layer(jnp.int32(0)):
+            y, y2 = np.asarray(lora.drop_input(x, "q")), np.asarray(lora.drop_input(x, "k"))
+    assert abs((y == 0).mean() - 0.25) < 0.01 and np.allclose(y[y != 0], 1 / 0.75)
+    assert (y != y2).any()  # each target its own mask
+    np.testing.assert_array_equal(np.asarray(lora.drop_input(x, "q")), np.asarray(x))
+
+
+@pytest.mark.slow
+def test_lora_stage_with_dropout_resumes_exactly(tmp_path):
+    """The dropout masks come from the train state (key, step), so a resumed stage draws the masks the
+    uninterrupted one drew; and they do change the training (a run without dropout ends elsewhere)."""
+    from reasoning_rl.stages.sft import run_sft
+
+    def go(d, steps_list, rate=0.2):
+        rt, cfg = runtime(d, "checkpoint.every=2", f"model.lora.dropout={rate}")
+        assert rt.mdef.cfg.lora.dropout == rate
+        for steps in steps_list:
+            w = MetricsWriter(rt.run_dir)
+            params, _ = run_sft(rt, dataclasses.replace(cfg.stages[0], steps=steps), rt.init_params(), w,
+                                progress=False)
+            w.close()
+        return params
+
+    straight = go(tmp_path / "a", [4])
+    resumed = go(tmp_path / "b", [2, 4])  # the second call resumes the step-2 checkpoint
+    for a, b in zip(_np(straight), _np(resumed)):
+        np.testing.assert_array_equal(a, b)
+    without = go(tmp_path / "c", [4], 0.0)
+    assert any(not np.array_equal(a, b) for a, b in zip(_np(straight), _np(without)))
+
+
 @pytest.mark.parametrize("kind", ["moe_experts", "mla"])
 def test_moe_experts_and_mla_adapters_train(kind):
     kw = dict(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=48)
@@ -177,6 +268,8 @@ def test_moe_experts_and_mla_adapters_train(kind):
     ("model.lora={rnak: 4}", "model.lora.rnak: unknown key"),
     ("model.lora={targets: [q, qq]}", "model.lora.targets: 'qq'"),
     ("model.lora={targets: [q_a]}", "model.lora.targets: ['q_a'] match no weight"),
+    ("model.lora={dropout: 1.0}", "model.lora.dropout: expected in"),
+    ("model.lora={dropout: 0.1, experts: true}", "model.lora.dropout: 0.1 with experts: true is not supported"),
 ])
 def test_bad_lora_config_is_one_clear_error(tmp_path, bad, msg):
     with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")):

@@ -21,12 +21,14 @@ from reasoning_rl.models import load_pretrained, lora, save_lora, save_pretraine
 from test_hf_parity import IDS, MASK, build_reference, reference_logits
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# Qwen3-MoE's experts are fused parameters in transformers 5 (not Linear modules peft adapts): attention only.
-TARGETS = {"llama": ALL, "qwen3": ALL, "qwen3_moe": ALL[:4]}
+# Qwen3-MoE's experts are fused parameters in transformers 5 (not Linear modules): peft adapts them through
+# target_parameters (qwen3_moe_experts); qwen3_moe alone adapts attention only.
+TARGETS = {"llama": ALL, "qwen3": ALL, "qwen3_moe": ALL[:4], "qwen3_moe_experts": ALL[:4]}
+EXPERT_PARAMS = {"qwen3_moe_experts": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}
 
 
 def _base(name, tmp_path):
-    model = build_reference(name)
+    model = build_reference(name.removesuffix("_experts"))
     path = tmp_path / "base"
     model.save_pretrained(path)
     return path
@@ -39,7 +41,8 @@ def _reload(path):
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_peft_adapter_loads_with_peft_logits(tmp_path, name):
     path = _base(name, tmp_path)
-    cfg = peft.LoraConfig(r=4, lora_alpha=12, target_modules=TARGETS[name], lora_dropout=0.0)
+    cfg = peft.LoraConfig(r=4, lora_alpha=12, target_modules=TARGETS[name], lora_dropout=0.0,
+                          target_parameters=EXPERT_PARAMS.get(name))
     ref = peft.get_peft_model(_reload(path), cfg).eval()
     torch.manual_seed(1)
     with torch.no_grad():
@@ -48,7 +51,7 @@ def test_peft_adapter_loads_with_peft_logits(tmp_path, name):
                 p.copy_(torch.randn_like(p) * 0.2)
     ref.save_pretrained(tmp_path / "adapter")
     ours = load_pretrained(path, adapter=tmp_path / "adapter")
-    assert ours.cfg.lora.rank == 4 and ours.cfg.lora.alpha == 12
+    assert ours.cfg.lora.rank == 4 and ours.cfg.lora.alpha == 12 and ours.cfg.lora.experts == (name in EXPERT_PARAMS)
     got = np.asarray(ours(IDS, MASK))
     want = reference_logits(ref)
     base = reference_logits(_reload(path))
@@ -63,7 +66,10 @@ def test_our_adapter_loads_in_peft(tmp_path, name):
     base = load_pretrained(path)
     names = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
              "down_proj": "down"}
-    lc = lora.LoRAConfig(rank=3, alpha=5.0, targets=tuple(names[t] for t in TARGETS[name]))
+    experts = name in EXPERT_PARAMS  # our gate/up/down adapters on the routed experts (and q, k, v, o)
+    targets = ALL if experts else TARGETS[name]
+    lc = lora.LoRAConfig(rank=3, alpha=5.0, targets=tuple(names[t] for t in targets), experts=experts,
+                         dropout=0.0 if experts else 0.1)
     mdef = lora.with_lora(base.mdef, lc)
     ad = lora.init_adapters(mdef, 0)
     keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(ad))))
@@ -72,6 +78,15 @@ def test_our_adapter_loads_in_peft(tmp_path, name):
     ours = np.asarray(model(IDS, MASK))
     save_lora(model, tmp_path / "adapter")
     ref = peft.PeftModel.from_pretrained(_reload(path), tmp_path / "adapter").eval()
+    conf = ref.peft_config["default"]
+    assert conf.lora_dropout == (0.0 if experts else 0.1)  # training-only, written for peft's training
+    if experts:
+        assert sorted(conf.target_parameters) == sorted(EXPERT_PARAMS[name]) and conf.rank_pattern
+        # and back: load_pretrained reads the expert adapters at their own rank, same logits
+        back = load_pretrained(path, adapter=tmp_path / "adapter")
+        assert back.cfg.lora.rank == 3 and back.cfg.lora.experts
+        err = np.abs(np.asarray(back(IDS, MASK)) - ours)[MASK].max()
+        assert err <= 1e-5, f"{name} reloaded: max |dlogits| {err:.2e}"
     want = reference_logits(ref)
     assert np.abs(want - reference_logits(_reload(path)))[MASK].max() > 1e-2
     err = np.abs(ours - want)[MASK].max()

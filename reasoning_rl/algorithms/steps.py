@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
-from reasoning_rl.models import ModelDef
+from reasoning_rl.models import ModelDef, lora
 from reasoning_rl.models.lora import has_adapters, join, split, trainable, with_trainable
 
 from .logprobs import target_logprobs, target_values
@@ -87,39 +87,51 @@ def _apply(state: TrainState, grads, tx, max_grad_norm: float, loss,
 _MAX_KEYS = ("logprob_gap",)  # aux entries combined across micro-batches by max, not sum
 
 
-def _accumulate(loss_fn, params, batch: dict, n_micro: int):
+def _accumulate(loss_fn, params, batch: dict, n_micro: int, drop=None):
     """Sum gradients and (sum, count) metrics over micro-batches; returns grads of sum/global_count.
 
     With LoRA adapters in ``params`` the gradient is taken for the adapters only: the frozen base enters as
-    a constant, so no full-size weight gradient is ever formed."""
+    a constant, so no full-size weight gradient is ever formed. ``drop``: this update's LoRA dropout
+    (``lora.dropout_key``) or None."""
     if has_adapters(params):
         base, params = split(params)
         full_loss = loss_fn
         loss_fn = lambda ad, b: full_loss(join(base, ad), b)
-    g, aux = _accumulate_sums(loss_fn, params, batch, n_micro)
+    g, aux = _accumulate_sums(loss_fn, params, batch, n_micro, drop)
     count = jnp.maximum(aux["count"], 1.0)
     grads = jax.tree.map(lambda x: x / count.astype(x.dtype), g)
     return grads, aux
 
 
-def _accumulate_sums(loss_fn, params, batch: dict, n_micro: int):
-    """Gradients of the loss *sums* and (sum, count) metrics, summed over micro-batches."""
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+def _accumulate_sums(loss_fn, params, batch: dict, n_micro: int, drop=None):
+    """Gradients of the loss *sums* and (sum, count) metrics, summed over micro-batches. ``drop`` (key, rate):
+    the losses run in a LoRA dropout scope, micro-batch ``i`` with the key folded with ``i`` (dropout 0 or
+    None: no scope, the same program as without LoRA dropout)."""
+
+    def scoped(p, b, i):
+        if drop is None:
+            return loss_fn(p, b)
+        with lora.dropout((jax.random.fold_in(drop[0], i), drop[1])):
+            return loss_fn(p, b)
+
+    grad_fn = jax.grad(scoped, has_aux=True)
     if n_micro == 1:
-        g, aux = grad_fn(params, batch)
+        g, aux = grad_fn(params, batch, 0)
     else:
         micro = _split_micro(batch, n_micro)
         zero_g = jax.tree.map(jnp.zeros_like, params)
         _, aux_shape = jax.eval_shape(lambda p, b: loss_fn(p, b), params, jax.tree.map(lambda x: x[0], micro))
         zero_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
 
-        def body(carry, mb):
+        def body(carry, xs):
             g_acc, a_acc = carry
-            g, a = grad_fn(params, mb)
+            mb, i = xs if drop is not None else (xs, 0)
+            g, a = grad_fn(params, mb, i)
             a_new = {k: jax.tree.map(jnp.maximum if k in _MAX_KEYS else jnp.add, a_acc[k], a[k]) for k in a}
             return (jax.tree.map(jnp.add, g_acc, g), a_new), None
 
-        (g, aux), _ = jax.lax.scan(body, (zero_g, zero_aux), micro)
+        xs = (micro, jnp.arange(n_micro, dtype=jnp.int32)) if drop is not None else micro
+        (g, aux), _ = jax.lax.scan(body, (zero_g, zero_aux), xs)
     return g, aux
 
 
@@ -158,7 +170,8 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
         return s + extra, {"loss_sum": s, "count": c, **metrics}
 
     def sft_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
+        grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches,
+                                 lora.dropout_key(mdef.cfg, state.rng, state.step))
         loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss, ocfg.inject_nan_steps)
         return state, {"loss": loss, "tokens": aux["count"], **m, **_ratios(aux)}
@@ -195,7 +208,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
                **metrics, **moe_metrics}
         return s + extra, aux
 
-    return lambda params, batch: _accumulate(loss_fn, params, batch, acfg.micro_batches)
+    return lambda params, batch, drop=None: _accumulate(loss_fn, params, batch, acfg.micro_batches, drop)
 
 
 def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
@@ -204,7 +217,9 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
     grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk, group)
 
     def grpo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        grads, aux = grad_fn(state.params, batch)
+        # LoRA dropout (model.lora.dropout > 0) in the policy's training forward only, as PEFT/TRL: the
+        # ratio's new log-probs see it, the old ones (the sampler's) do not.
+        grads, aux = grad_fn(state.params, batch, lora.dropout_key(mdef.cfg, state.rng, state.step))
         loss_v = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v, ocfg.inject_nan_steps)
         out = {"loss": loss_v, **m, **_ratios(aux)}
@@ -265,13 +280,14 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
                "entropy": (jnp.sum(ent * m), jnp.sum(m)), **metrics, **vmetrics, **moe_metrics}
         return s + extra + acfg.vf_coef * vs, aux
 
-    def grad(both, batch):
+    def grad(both, batch, drop=None):
         if has_adapters(both["policy"]):  # LoRA: the policy's gradient for its adapters only, the base a constant
             base, ad = split(both["policy"])
             lora_loss = lambda p, b: loss_fn({"policy": join(base, p["policy"]), "critic": p["critic"]}, b)
-            g, aux = _accumulate_sums(lora_loss, {"policy": ad, "critic": both["critic"]}, batch, acfg.micro_batches)
+            g, aux = _accumulate_sums(lora_loss, {"policy": ad, "critic": both["critic"]}, batch, acfg.micro_batches,
+                                      drop)
         else:
-            g, aux = _accumulate_sums(loss_fn, both, batch, acfg.micro_batches)
+            g, aux = _accumulate_sums(loss_fn, both, batch, acfg.micro_batches, drop)
         pc, vc = jnp.maximum(aux["count"], 1.0), jnp.maximum(aux["vf_count"], 1.0)
         return {"policy": jax.tree.map(lambda x: x / pc.astype(x.dtype), g["policy"]),
                 "critic": jax.tree.map(lambda x: x / vc.astype(x.dtype), g["critic"])}, aux
@@ -291,7 +307,8 @@ def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: O
 
     def ppo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         critic = state.critic
-        grads, aux = grad_fn({"policy": state.params, "critic": critic["params"]}, batch)
+        grads, aux = grad_fn({"policy": state.params, "critic": critic["params"]}, batch,
+                             lora.dropout_key(mdef.cfg, state.rng, state.step))
         gp = grads["policy"]
         if ocfg.inject_nan_steps:  # test switch, as in ``_apply``
             poison = jnp.isin(state.step + 1, jnp.asarray(ocfg.inject_nan_steps, jnp.int32))

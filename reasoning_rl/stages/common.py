@@ -200,9 +200,10 @@ def lora_config(m: ModelConfig):
                             ("merge_sampling", lambda v: isinstance(v, bool), "a boolean")):
         if key in d and not cond(d[key]):
             raise ConfigError(f"model.lora.{key}: expected {what}, got {d[key]!r}")
-    if d.get("dropout", 0):
-        raise ConfigError(f"model.lora.dropout: {d['dropout']} is not supported (adapters train without dropout; "
-                          "set 0)")
+    if d.get("dropout", 0) and d.get("experts"):
+        raise ConfigError(f"model.lora.dropout: {d['dropout']} with experts: true is not supported (routed experts' "
+                          "adapters are merged into their weights, so their input cannot be dropped; PEFT refuses "
+                          "lora_dropout on expert parameters too): set dropout 0 or experts false")
     return LoRAConfig(**d)
 
 

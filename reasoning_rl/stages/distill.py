@@ -23,7 +23,7 @@ import optax
 from reasoning_rl.algorithms.steps import TrainState, _accumulate, _apply
 from reasoning_rl.config import OptimizerConfig, StageConfig
 from reasoning_rl.metrics import MetricsWriter
-from reasoning_rl.models import ModelDef, positions_from_valid
+from reasoning_rl.models import ModelDef, lora, positions_from_valid
 
 from .common import Runtime, StageFailed, _stage_index
 from .evaluate import stage_eval
@@ -48,7 +48,8 @@ def make_logit_distill_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.Gra
         return s, {"loss_sum": s, "count": jnp.sum(m)}
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
+        grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches,
+                                 lora.dropout_key(mdef.cfg, state.rng, state.step))
         loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss, ocfg.inject_nan_steps)
         return state, {"loss": loss, "tokens": aux["count"], **m}
