@@ -5,7 +5,8 @@ Unlike the verifiable rewards (a Python function per sample), a reward model sco
 their shardings), in chunks of ``batch_size`` rows padded to a few fixed shapes so it compiles once or twice
 per stage. The text is re-encoded with the policy's tokenizer exactly as the reward_model stage encoded its
 pairs (``rm_tokens``), so what the model scores is what it was trained on; a checkpoint trained with another
-tokenizer is refused before any compute.
+tokenizer is refused before any compute. On several hosts the forwards are collective over every host's rows
+(``RewardModelScorer.score_hosts``).
 """
 
 from __future__ import annotations
