@@ -201,3 +201,44 @@ def test_two_hosts_run_an_async_split_stage_like_one_and_resume_on_one(tmp_path)
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
     for x, y in zip(_params(tmp_path / "one", "grpo"), _params(two, "grpo")):
         assert np.abs(x - y).max() <= 1e-4 * max(np.abs(x).max(), 1e-6)
+
+
+@pytest.mark.slow
+def test_two_hosts_train_and_use_a_reward_model_like_one(tmp_path):
+    """A reward_model stage (Bradley-Terry over each host's rows of the pair batches, held-out pair accuracy,
+    the HF export) and a multi-task GRPO stage scored by it: every host's rollouts are scored in one forward
+    over the global mesh and normalised over the whole batch, as on one host."""
+    rm = str(ROOT / "tests" / "configs" / "rm_tiny.yaml")
+    sets = ["--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "stages.rm.steps=4"]
+    one = one_host(tmp_path / "one", config=rm, sets=sets)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (rc0, out0), (rc1, out1) = two_hosts(tmp_path / "two", None, config=rm, sets=sets)
+    assert (rc0, rc1) == (0, 0), (out0[-3000:], out1[-3000:])
+    sa = json.loads((tmp_path / "one" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert list(sb) == list(sa) and "rm" in sb and "helpfulness" in sb
+    assert sb["rm"]["pair_accuracy"] == sa["rm"]["pair_accuracy"]
+    for k in ("judge_before", "judge_after", "arithmetic_before", "arithmetic_after"):
+        assert sb["helpfulness"][k] == pytest.approx(sa["helpfulness"][k], abs=1e-6), k
+    a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
+    assert any(r["stage"] == "mt" and r["helpfulness/rm"] != 0 for r in a)  # the reward model scored
+    # the first GRPO step gives host 1 no helpfulness rows: it still takes part in the scoring collectives
+    from reasoning_rl import config as C
+    from reasoning_rl.stages.common import Runtime
+    from reasoning_rl.stages.sources import StageData
+
+    cfg = C.from_dict({**C.load_raw(rm), "run_dir": str(tmp_path / "one")})
+    data = StageData(Runtime(cfg, tmp_path / "one"), C.stage(cfg, "mt"))
+    assert "helpfulness" not in [data.fetch(i)["task"] for i in (2, 3)]
+    for ra, rb in zip(a, b):
+        for k in ("loss", "pair_accuracy", "score_gap", "reward_mean", "reward_std", "helpfulness/rm"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"], k)
+    for x, y in zip(_params(tmp_path / "one", "rm"), _params(tmp_path / "two", "rm")):
+        assert np.abs(x - y).max() <= 1e-5 * max(np.abs(x).max(), 1e-6)
+    from reasoning_rl.models import load_reward_model
+
+    ids, valid = np.asarray([[5, 9, 12, 7], [3, 4, 0, 0]], np.int32), np.asarray([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    ea, eb = (load_reward_model(str(d / "checkpoints" / "rm" / "hf")) for d in (tmp_path / "one", tmp_path / "two"))
+    np.testing.assert_allclose(np.asarray(eb(ids, valid)), np.asarray(ea(ids, valid)), atol=1e-5)

@@ -207,6 +207,33 @@ def test_reward_model_reward_on_8_devices_equals_1(tmp_path):
     assert eight["judge"] == one["judge"]
 
 
+def test_pairs_pad_to_their_batch_longest_and_padding_changes_no_score(tmp_path):
+    from reasoning_rl.models import create
+    from reasoning_rl.models.config import TransformerConfig
+    from reasoning_rl.models.reward import reward_def
+
+    from reasoning_rl.algorithms.preference import pair_scores
+    from reasoning_rl.stages.reward_model import bucket, pair_batch
+    from reasoning_rl.tokenizer import train_sentencepiece
+
+    assert [bucket(n) for n in (1, 16, 17, 33, 64, 65, 97, 129, 300)] == [16, 16, 32, 48, 64, 96, 128, 192, 384]
+    task = HelpfulnessTask(TaskConfig(name="helpfulness", terms=2))
+    tok = train_sentencepiece(task.corpus(200), tmp_path / "t.model", 48)
+    pairs = [{**task.pair("train", i), "margin": 0.0} for i in range(6)]
+    longest = max(len(tok.encode(p["prompt"])) + len(tok.encode(p[k])) for p in pairs for k in ("chosen", "rejected"))
+    b = pair_batch(tok, pairs, limit=2048)
+    assert b["tokens"].shape == (6, 2, bucket(longest)) and b["valid"].sum(-1).max() == longest
+    assert pair_batch(tok, pairs, limit=longest - 1)["valid"].sum(-1).max() == longest - 1  # cut at the context
+    wide = pair_batch(tok, pairs, limit=2048, width=bucket(longest) + 32)
+    rdef = reward_def(TransformerConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                        head_dim=16, ffn_dim=64))
+    params = {"backbone": {k: v for k, v in create(rdef.cfg, 0)[1].items() if k != "lm_head"},
+              "score": rdef.init_score(1)}
+    s1 = pair_scores(rdef, params, jnp.asarray(b["tokens"]), jnp.asarray(b["valid"]))
+    s2 = pair_scores(rdef, params, jnp.asarray(wide["tokens"]), jnp.asarray(wide["valid"]))
+    np.testing.assert_allclose(np.asarray(s2), np.asarray(s1), atol=1e-5)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

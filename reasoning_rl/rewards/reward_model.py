@@ -5,7 +5,8 @@ Unlike the verifiable rewards (a Python function per sample), a reward model sco
 their shardings), in chunks of ``batch_size`` rows padded to a few fixed shapes so it compiles once or twice
 per stage. The text is re-encoded with the policy's tokenizer exactly as the reward_model stage encoded its
 pairs (``rm_tokens``), so what the model scores is what it was trained on; a checkpoint trained with another
-tokenizer is refused before any compute.
+tokenizer is refused before any compute. On several hosts the forwards are collective over every host's rows
+(``RewardModelScorer.score_hosts``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from reasoning_rl import distributed as dist
@@ -91,8 +93,6 @@ class RewardModelScorer:
     """``scorer(prompts, completions) -> scores`` (float32, raw): one forward per chunk of rows."""
 
     def __init__(self, rt, rdef, params: dict, batch_size: int = 256):
-        if dist.multi():
-            raise ConfigError("rewards: a reward_model reward runs on one host (several hosts: not supported)")
         from reasoning_rl.models.reward import scores
 
         self.rt, self.rdef, self.params = rt, rdef, params
@@ -110,7 +110,24 @@ class RewardModelScorer:
         return -(-max(rows, self.dp) // self.dp) * self.dp
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """This host's rows' raw scores (collective on several hosts: see ``score_hosts``)."""
+        raw, mine = self.score_hosts(prompts, completions)
+        return raw[mine]
+
+    def score_hosts(self, prompts: Sequence[str], completions: Sequence[str]) -> tuple[np.ndarray, slice]:
+        """Raw scores of every host's rows, in host order, and the slice of them that is this host's.
+
+        On several hosts this is collective (every host calls it once per batch, with its own rows, possibly
+        none): the hosts' token rows are gathered and every host runs the same forwards over all of them on
+        the global mesh, each device scoring the rows it holds; so the chunks, their shapes and the scores
+        are those one host computes for the same rows, and ``batch`` normalisation can span every host."""
         seqs = [rm_tokens(self.rt.tok, p, c) or [self.rt.tok.pad_id] for p, c in zip(prompts, completions)]
+        mine = slice(0, len(seqs))
+        if dist.multi():
+            parts = dist.allgather_objects(seqs)
+            start = sum(len(p) for p in parts[:jax.process_index()])
+            mine = slice(start, start + len(seqs))
+            seqs = [s for p in parts for s in p]
         out = np.zeros(len(seqs), np.float32)
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start:start + self.batch_size]
@@ -124,7 +141,7 @@ class RewardModelScorer:
             s = dist.gather(self.fn(self.params, placed["tokens"], placed["valid"]))
             self.forwards += 1
             out[start:start + len(chunk)] = np.asarray(s, np.float32)[:len(chunk)]
-        return out
+        return out, mine
 
 
 def normalized(raw: np.ndarray, mode: str) -> np.ndarray:

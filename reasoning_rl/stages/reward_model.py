@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.preference import make_reward_model_step, pair_scores
 from reasoning_rl.checkpoint import read_manifest
@@ -132,34 +133,46 @@ class Pairs:
         return [self.fetch(i, "held_out") for i in range(min(n, size))]
 
 
-def pair_seq_len(tok, pairs: list[dict]) -> int:
-    lens = [len(rm_tokens(tok, p["prompt"], p[k])) for p in pairs for k in ("chosen", "rejected")]
-    return round_up(int(max(lens) * 1.1) + 1, 16)
+def bucket(n: int) -> int:
+    """A padded length for ``n`` tokens: 16, 32, 48, 64, then 96, 128, 192, 256, ... (few compiled shapes,
+    little padding: pairs are right-padded to their batch's longest sequence, not to the longest of all)."""
+    w = 16
+    while w < n:
+        w = w + 16 if w < 64 else w * 3 // 2 if w & (w - 1) == 0 else w * 4 // 3
+    return w
 
 
-def pair_batch(tok, pairs: list[dict], seq_len: int) -> dict[str, np.ndarray]:
-    """tokens/valid [B, 2, T] (chosen, rejected; right-padded, cut at ``seq_len``) and margin [B]."""
-    tokens = np.full((len(pairs), 2, seq_len), tok.pad_id, np.int32)
-    valid = np.zeros((len(pairs), 2, seq_len), bool)
-    for i, p in enumerate(pairs):
-        for j, k in enumerate(("chosen", "rejected")):
-            ids = rm_tokens(tok, p["prompt"], p[k])[:seq_len]
-            tokens[i, j, :len(ids)], valid[i, j, :len(ids)] = ids, True
+def pair_batch(tok, pairs: list[dict], limit: int, width: int | None = None) -> dict[str, np.ndarray]:
+    """tokens/valid [B, 2, T] (chosen, rejected; right-padded) and margin [B]. ``T`` is the longest sequence's
+    ``bucket`` (or ``width``), at most ``limit`` (the model's context: longer sequences are cut there)."""
+    ids = [[rm_tokens(tok, p["prompt"], p[k])[:limit] for k in ("chosen", "rejected")] for p in pairs]
+    t = width if width is not None else min(bucket(max(len(x) for pair in ids for x in pair)), limit)
+    tokens = np.full((len(pairs), 2, t), tok.pad_id, np.int32)
+    valid = np.zeros((len(pairs), 2, t), bool)
+    for i, pair in enumerate(ids):
+        for j, x in enumerate(pair):
+            tokens[i, j, :len(x)], valid[i, j, :len(x)] = x, True
     return {"tokens": tokens, "valid": valid, "margin": np.asarray([p["margin"] for p in pairs], np.float32)}
 
 
-def pair_accuracy(rt: RewardRuntime, params: Any, pairs: list[dict], seq_len: int, batch: int = 64) -> dict:
-    """Held-out pair accuracy (chosen scored strictly above rejected) and the mean score gap."""
+def train_batch(rt: Runtime, pairs: list[dict], limit: int) -> dict[str, np.ndarray]:
+    """This host's rows of a training batch, padded to the width every host agrees on (the longest)."""
+    b = pair_batch(rt.tok, pairs, limit)
+    width = dist.agree_max(b["tokens"].shape[-1])
+    return b if width == b["tokens"].shape[-1] else pair_batch(rt.tok, pairs, limit, width)
+
+
+def pair_accuracy(rt: RewardRuntime, params: Any, pairs: list[dict], limit: int, batch: int = 64) -> dict:
+    """Held-out pair accuracy (chosen scored strictly above rejected) and the mean score gap. Every host holds
+    all the pairs and places its shards of each chunk; the scores are gathered on every host."""
     fn = rt.jit_fn(functools.partial(pair_scores, rt.mdef))
     dp = int(np.prod([dict(rt.mesh.shape).get(a, 1) for a in ("data", "fsdp", "expert")]))
     batch = round_up(batch, dp)
     got = []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
-        b = pair_batch(rt.tok, chunk + [chunk[0]] * (batch - len(chunk)), seq_len)
+        b = pair_batch(rt.tok, chunk + [chunk[0]] * (batch - len(chunk)), limit)
         placed = rt.place_batch({"tokens": b["tokens"], "valid": b["valid"]})
-        from reasoning_rl import distributed as dist
-
         got.append(np.asarray(dist.gather(fn(params, placed["tokens"], placed["valid"])))[:len(chunk)])
     s = np.concatenate(got)
     diff = s[:, 0] - s[:, 1]
@@ -174,7 +187,7 @@ def run_reward_model(rt: RewardRuntime, stage: StageConfig, init_params: Any, wr
                      progress: bool = True) -> tuple[Any, dict]:
     data = Pairs(rt, stage)
     held = data.held_out(stage.reward_model.held_out_pairs)
-    seq_len = pair_seq_len(rt.tok, [data.fetch(i) for i in range(256)] + held)
+    limit = rt.mdef.cfg.max_seq_len
     run = StageRun(rt, stage, init_params, stage.steps)
     stream = ExampleStream(data.fetch, stage.batch_size, rows=rt.host_rows(stage.batch_size))
     host = run.resume()
@@ -189,7 +202,7 @@ def run_reward_model(rt: RewardRuntime, stage: StageConfig, init_params: Any, wr
     with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1):
             t0 = timer()
-            batch = rt.place_local(pair_batch(rt.tok, next(stream), seq_len), stage.batch_size)
+            batch = rt.place_local(train_batch(rt, next(stream), limit), stage.batch_size)
             run.state, m = step_fn(run.state, batch)
             m = jax.device_get(m)
             dt = timer() - t0
@@ -204,7 +217,7 @@ def run_reward_model(rt: RewardRuntime, stage: StageConfig, init_params: Any, wr
     bar.close()
     run.close()
     params = run.state.params
-    ev = pair_accuracy(rt, params, held, seq_len)
+    ev = pair_accuracy(rt, params, held, limit)
     info = {"wall_seconds": wall, "final_loss": rec.get("loss"), "eval": ev}
     if stage.reward_model.export:
         from reasoning_rl.models.reward import save_reward_model

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from reasoning_rl import distributed as dist
 from reasoning_rl.config import Config, RewardConfig, StageConfig, TaskConfig
 from reasoning_rl.data import instruct_rewards  # noqa: F401 - registers the instruct rewards
 from reasoning_rl.rewards import RewardComputer, RewardResult, RewardSpec, registry
@@ -124,19 +125,28 @@ class MixtureRewarder:
         res = self.computers[name](texts, rows)
         if not self.models[name]:
             return res
-        from reasoning_rl.rewards.reward_model import normalized
-
         total = res.total.astype(np.float64)
-        for r, scorer in self.models[name]:
-            raw = scorer([row["prompt"] for row in rows], texts)
-            bad = ~np.isfinite(raw)
-            raw = np.where(bad, 0.0, raw).astype(np.float32)
+        for r, raw, bad, norm in self._model_scores(name, texts, rows):
             res.per_reward[r.name] = raw
             res.errors[r.name] = 0
             res.non_finite[r.name] = int(bad.sum())
-            total += float(r.weight) * normalized(raw, r.normalize)
+            total += float(r.weight) * norm
         res.total = total.astype(np.float32)
         return res
+
+    def _model_scores(self, name: str, texts: Sequence[str], rows: Sequence[dict]) -> list[tuple]:
+        """(reward, raw, non-finite mask, normalised) of this host's rows for each reward model of source
+        ``name``. Scored with every host's rows of the source and normalised over all of them (as one host
+        does); on several hosts each call is collective, so a host without rows of the source still calls."""
+        from reasoning_rl.rewards.reward_model import normalized
+
+        out = []
+        for r, scorer in self.models[name]:
+            raw_all, mine = scorer.score_hosts([row["prompt"] for row in rows], texts)
+            bad_all = ~np.isfinite(raw_all)
+            raw_all = np.where(bad_all, 0.0, raw_all).astype(np.float32)
+            out.append((r, raw_all[mine], bad_all[mine], normalized(raw_all, r.normalize)[mine]))
+        return out
 
     @staticmethod
     def _extra(src: Source, texts, rows) -> dict[str, np.ndarray]:
@@ -163,6 +173,8 @@ class MixtureRewarder:
         for name, src in self.sources.items():
             idx = [i for i, r in enumerate(rows) if r.get("task") == name]
             if not idx:
+                if dist.multi():  # the reward models' scoring is collective: take part with no rows
+                    self._model_scores(name, [], [])
                 continue
             t, rw = [texts[i] for i in idx], [rows[i] for i in idx]
             res = self._score(name, t, rw)
