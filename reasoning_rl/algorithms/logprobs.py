@@ -8,7 +8,8 @@ agree by construction. With ``chunk > 0`` the unembedding and log-softmax run ch
 ``chunk=None`` (the default, ``model.logits_chunk`` unset) chooses: whole logits while one device's float32
 logits of the micro-batch fit ``LOGITS_BUDGET``, else the fewest chunks that do. Real vocabularies (49k, 152k
 entries) make the logits the largest tensor of a training step by far, and chunking gives the same values
-(the chunked path only regroups the same per-token computation) for one extra unembedding in the backward.
+(the chunked path only regroups the same per-token computation, and the softmax sums run in an order fixed by
+``fixed_order_sum``, so the numbers are identical, not just close) for one extra unembedding in the backward.
 """
 
 from __future__ import annotations
