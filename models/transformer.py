@@ -301,6 +301,32 @@ class Transformer(nnx.Module):
             return h, cache
         return h, cache, self._aux(stats)
 
+    def hidden_with_prompt(self, prompt: jax.Array, prompt_positions: jax.Array, prompt_valid: jax.Array,
+                           tokens: jax.Array, positions: jax.Array, valid: jax.Array):
+        """Final-norm hidden states of N prompts [N, P, D] and of B continuations [B, T, D], each group of
+        B / N consecutive rows continuing its prompt (the trainer's GRPO groups; dense models).
+
+        The same values as a prefill of the prompts into a fresh cache, ``hidden(prompt, ..., cache, 0)``,
+        then ``hidden(tokens, ..., prefix=cache)``, in one pass over the layers: each layer runs its prompts,
+        then the continuations over the prompt keys/values it just made. Under remat a layer's backward then
+        rebuilds its own prompt keys/values instead of reading a stack of every layer's (or, with the cache
+        carried through the layers, every layer's copy of the whole cache), and the parameters' gradients are
+        accumulated once, not once per pass."""
+        if self.cfg.moe is not None:
+            raise ValueError("hidden_with_prompt: dense models only (MoE statistics are per whole row)")
+        lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
+        n, tp = prompt.shape
+        t = tokens.shape[1]
+        ctx = self._layer_context(jnp.concatenate([jnp.repeat(prompt_valid, tokens.shape[0] // n, 0), valid], 1),
+                                  tp + jnp.arange(t), jnp.arange(tp + t), positions)
+        pctx = self._layer_context(prompt_valid, jnp.arange(tp), jnp.arange(tp), prompt_positions)
+        first = {"x": self.embed_tokens(prompt), "positions": prompt_positions, "valid": prompt_valid, "ctx": pctx}
+        x = self.embed_tokens(tokens)
+        for name, start, first_layer, count, _ in runs(self.cfg):
+            x, first, _ = self._run_layers(getattr(self, name), first_layer, count, x, positions, ctx, None, None,
+                                           valid, start=start, prompt=first)
+        return self.final_norm(first["x"]), self.final_norm(x)
+
     def _layer_context(self, key_valid, q_slots, k_slots, positions) -> dict:
         """Masks and rope tables shared by every layer, computed once per forward. Layers of two types
         (Gemma's sliding and global) get both masks (and both ropes) and pick theirs with a scanned per-layer
@@ -325,27 +351,44 @@ class Transformer(nnx.Module):
         return ctx
 
     def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None, prefix=None,
-                    start=0):
+                    start=0, prompt=None):
+        """``prompt`` (``hidden_with_prompt``): {x, positions, valid, ctx} of the prompts the rows continue; each
+        layer runs them first, into a one-layer cache that is the rows' prefix. Returns it updated as ``kv``."""
         graphdef, state = nnx.split(stack)
         if start or n != jax.tree.leaves(state)[0].shape[0]:  # a run of part of the stack
             state = jax.tree.map(lambda a: a[start:start + n], state)
         policy = _REMAT[self.cfg.remat]
         per_layer = "sliding" in ctx
 
-        def body(carry, xs):
-            x, kv = carry
-            layer, st = xs["layer"], xs["state"]
+        def pick(ctx, xs):  # this layer's mask and rope
             mask, rope = ctx["mask"], ctx["rope"]
             if per_layer:
                 is_sliding = xs["sliding"]
                 mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])
                 if "rope_local" in ctx:
                     rope = tuple(jnp.where(is_sliding, lo, gl) for lo, gl in zip(ctx["rope_local"], rope))
+            return mask, rope
+
+        def body(carry, xs):
+            x, kv = carry
+            layer, st = xs["layer"], xs["state"]
+            mask, rope = pick(ctx, xs)
             block = nnx.merge(graphdef, st)
+            layer_prefix = xs.get("prefix")
+            if prompt is not None:  # kv: the prompts' hidden states
+                pmask, prope = pick(prompt["ctx"], xs)
+                kk, kd, vk, vd = self.cfg.kv_shape
+                b, tp = prompt["valid"].shape
+                dt = self.cfg.jnp_dtype
+                empty = (jnp.zeros((1, b, kk, tp, kd), dt), jnp.zeros((1, b, vk, tp, vd), dt))
+                # LoRA dropout: the prompt pass draws its own masks (a layer index no completion pass uses)
+                with lora.dropout_layer(layer + self.cfg.n_layers):
+                    kv, cache, _ = block(kv, prompt["positions"], pmask, empty, 0, 0, prope, prompt["valid"])
+                layer_prefix = (cache[0][0], cache[1][0])
             with lora.dropout_layer(layer):
-                x, kv, stats = block(x, positions, mask, kv, layer, index, rope, valid, xs.get("routes"),
-                                     xs.get("prefix"))
-            return (x, kv), stats
+                x, new_kv, stats = block(x, positions, mask, None if prompt is not None else kv, layer, index, rope,
+                                         valid, xs.get("routes"), layer_prefix)
+            return (x, kv if prompt is not None else new_kv), stats
 
         scan = self.cfg.scan_layers and (x.shape[1] == 1 or n > self.cfg.unroll_max)
         if policy is not None:
@@ -358,6 +401,8 @@ class Transformer(nnx.Module):
             xs["routes"] = routes
         if prefix is not None:
             xs["prefix"] = prefix
+        if prompt is not None:
+            kv = prompt["x"]
         if scan:
             (x, kv), stats = jax.lax.scan(body, (x, kv), xs)
         else:
@@ -366,6 +411,8 @@ class Transformer(nnx.Module):
                 (x, kv), st = body((x, kv), jax.tree.map(lambda a, i=i: a[i], xs))
                 ys.append(st)
             stats = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
+        if prompt is not None:
+            kv = {**prompt, "x": kv}
         return x, kv, stats
 
     def _aux(self, stats: list) -> dict:

@@ -505,7 +505,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                 metrics = info.pop("eval")
                 rt.reward_models[stage.name] = (srt.mdef, params)
             else:
-                metrics = stage_eval(srt, stage, params)
+                metrics = stage_eval(srt, stage, params,  # and its scored completions, to read
+                                     samples_path=run_dir / "held_out" / stage.name / "samples.jsonl")
             metrics["wall_seconds"] = info["wall_seconds"]
             if "helpfulness_before" in info:
                 from reasoning_rl.stages.reward_model import helpfulness_report

@@ -94,3 +94,20 @@ def test_plan_reports_the_logits_share_and_the_default_shrinks_it(tmp_path):
     assert whole["per_device_total_bytes"] - auto["per_device_total_bytes"] == whole["logits"]["bytes"] - auto[
         "logits"]["bytes"]
     assert "logits: " in format_plan(auto) and "in chunks of" in format_plan(auto)
+
+
+def test_chunked_logprobs_equal_whole_bitwise_at_real_magnitudes():
+    """|log p| ~ 9 (an 8k vocabulary) over 4 x 1024 positions (128 MiB of logits): XLA:CPU summed these rows
+    of whole logits with another kernel than a chunk's, 1e-6 apart; the fixed-order softmax sums make every
+    chunking give the same numbers."""
+    vocab, rows, group, tp, n = 8192, 4, 2, 8, 1024
+    mdef, params = tiny_model(vocab=vocab)
+    b = _batch(vocab, rows, group, tp, n)
+    out = {}
+    for chunk in (0, None, 200):  # whole, the default (2 chunks of 512) and a chunk that needs padding
+        f = jax.jit(lambda p, t, v, c=chunk: target_logprobs(mdef.bind(p), t, v, n, 0.9, c, group=group))
+        out[chunk] = np.asarray(f(params, b["tokens"], b["valid"]))
+    assert auto_chunk(rows, n, vocab) == 512 and np.abs(out[0]).mean() > 8
+    for chunk in (None, 200):
+        assert np.abs(out[chunk] - out[0]).max() <= 1e-6
+        np.testing.assert_array_equal(out[chunk], out[0])

@@ -1,5 +1,5 @@
-"""What a user reads of the completions: ``eval``'s ``samples.jsonl`` and ``run``'s ``rollouts.jsonl`` (and the
-TensorBoard text of the same), whose ``correct`` fields must add up to the figures reported beside them."""
+"""What a user reads of the completions: ``eval``'s ``samples.jsonl``, ``run``'s ``rollouts.jsonl`` (and the
+TensorBoard text of the same) and its end-of-stage ``held_out/<stage>/samples.jsonl``, whose ``correct`` fields must add up to the figures reported beside them."""
 
 from __future__ import annotations
 
@@ -42,12 +42,22 @@ def test_rollouts_and_eval_samples_agree_with_the_aggregates(tmp_path):
         assert all(r["tokens"] <= 32 and (not r["truncated"] or r["tokens"] == 32) for r in mine)
     events = b"".join(f.read_bytes() for f in (run / "tensorboard").iterdir())
     assert b"grpo/rollouts" in events  # the same rollouts as TensorBoard text
+    summary = json.loads((run / "summary.json").read_text())
+    for stage in ("sft", "grpo"):  # each stage's end-of-stage evaluation inside run keeps its completions too
+        _check_samples(_jsonl(run / "held_out" / stage / "samples.jsonl"), summary[stage])
+    run_samples = _jsonl(run / "held_out" / "grpo" / "samples.jsonl")
 
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "eval", str(run)], capture_output=True, text=True, check=False,
                        timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     held = json.loads((run / "eval" / "grpo" / "eval.json").read_text())["held_out"]
     samples = _jsonl(run / "eval" / "grpo" / "samples.jsonl")
+    _check_samples(samples, held)
+    assert any(s["correct"] for s in samples + recs + run_samples)  # the agreement above is not all zeros
+
+
+def _check_samples(samples: list[dict], held: dict) -> None:
+    """``samples.jsonl`` records against the held-out figures reported beside them."""
     sampled = [s for s in samples if not s["greedy"]]
     greedy = [s for s in samples if s["greedy"]]
     assert len(sampled) == held["num_problems"] * held["samples_per_problem"] and len(greedy) == held["num_problems"]
@@ -56,7 +66,6 @@ def test_rollouts_and_eval_samples_agree_with_the_aggregates(tmp_path):
     assert np.mean([s["correct"] for s in greedy]) == pytest.approx(held["greedy_accuracy"], abs=1e-9)
     assert np.mean([s["tokens"] for s in sampled]) == pytest.approx(held["mean_response_tokens"], abs=1e-9)
     assert all(s["correct"] == (s["rewards"]["accuracy"] >= 1.0) for s in samples)
-    assert any(s["correct"] for s in samples + recs)  # the agreement above is not all zeros
 
 
 def test_rollouts_rotate_by_size_and_resume_cuts_them_back(tmp_path):

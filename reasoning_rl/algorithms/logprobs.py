@@ -8,7 +8,8 @@ agree by construction. With ``chunk > 0`` the unembedding and log-softmax run ch
 ``chunk=None`` (the default, ``model.logits_chunk`` unset) chooses: whole logits while one device's float32
 logits of the micro-batch fit ``LOGITS_BUDGET``, else the fewest chunks that do. Real vocabularies (49k, 152k
 entries) make the logits the largest tensor of a training step by far, and chunking gives the same values
-(the chunked path only regroups the same per-token computation) for one extra unembedding in the backward.
+(the chunked path only regroups the same per-token computation, and the softmax sums run in an order fixed by
+``fixed_order_sum``, so the numbers are identical, not just close) for one extra unembedding in the backward.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from reasoning_rl import sharding as shd
-from reasoning_rl.models import KVCache, ModelDef, Transformer, positions_from_valid
+from reasoning_rl.models import ModelDef, Transformer, positions_from_valid
 from reasoning_rl.models.value import apply_value_head
-from reasoning_rl.rollout.sampling import entropy, token_logprobs
 
+FOLD = 16  # terms added per pass of ``fixed_order_sum``
 LOGITS_BUDGET = 64 * 2**20  # bytes of one device's float32 logits before log-probs go in chunks
 MIN_CHUNK = 16  # positions per chunk at the least (fewer makes a long sequential loop of small products)
 
@@ -77,9 +78,7 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     h, aux = target_hidden(model, tokens, valid, n_targets, routes, group)
 
     def score(h_c, y_c):
-        logits = model.logits(h_c)
-        lp = token_logprobs(logits, y_c, temperature)
-        ent = entropy(logits, temperature) if with_entropy else jnp.zeros_like(lp)
+        lp, ent = logprobs_entropy(model.logits(h_c), y_c, temperature, with_entropy)
         return lp, jax.lax.stop_gradient(ent)
 
     chunk = resolve_chunk(chunk, tokens.shape[0], n_targets, model.cfg.vocab_size, shd.current())
@@ -100,6 +99,44 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     if with_aux:
         out = out + (aux,)
     return out if len(out) > 1 else out[0]
+
+
+def logprobs_entropy(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
+                     with_entropy: bool = False) -> tuple[jax.Array, jax.Array]:
+    """log softmax(logits / temperature) at ``tokens`` (and the entropy, else zeros), with the softmax's sums
+    in ``fixed_order_sum``'s order, so a token's log-prob is the same number whatever the shape of the logits
+    it is computed in (whole or chunked; ``jax.nn.log_softmax`` over the same logits can differ)."""
+    x = logits.astype(jnp.float32) / temperature
+    s = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    log_z = jnp.log(fixed_order_sum(s, jnp.exp))[..., None]
+    lp = jnp.take_along_axis(s, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] - log_z[..., 0]
+    if not with_entropy:
+        return lp, jnp.zeros_like(lp)
+    return lp, -fixed_order_sum(s - log_z, lambda a: jnp.exp(a) * a)
+
+
+def fixed_order_sum(x: jax.Array, f=None) -> jax.Array:
+    """``sum(f(x), axis=-1)`` added up in an order the program fixes, not the backend.
+
+    XLA:CPU reduces with more than one kernel (YNNPACK's or its own loops), chosen by the shape and the
+    fusion around the reduction, and their float32 roundings differ: the same row of logits summed as part
+    of a [16, 16, V] chunk and of [16, 256, V] whole logits differed in the last bit (2e-6 in a log-prob of
+    -11). Here the row is cut into ``FOLD`` contiguous parts that are added pairwise, elementwise (XLA never
+    reassociates float adds), and again until one value is left. ``f`` is applied to each part of the first
+    pass, so XLA fuses it into that pass instead of materialising ``f(x)``, and the first pass writes only
+    1/FOLD of ``x``."""
+    while x.shape[-1] > 1 or f is not None:
+        n = x.shape[-1]
+        w = -(-n // FOLD)
+        g = f or (lambda a: a)
+        parts = [g(x[..., i:i + w]) for i in range(0, n, w)]
+        parts = [jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, w - a.shape[-1])]) for a in parts]  # exact zeros
+        f = None
+        while len(parts) > 1:
+            pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+            parts = pairs + parts[len(pairs) * 2:]
+        x = parts[0]
+    return x[..., 0]
 
 
 def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
@@ -125,11 +162,10 @@ def target_values(cdef: ModelDef, critic: dict, tokens: jax.Array, valid: jax.Ar
 
 def _shared_prompt_hidden(model: Transformer, tokens, valid, n: int, group: int):
     """Hidden states predicting the last ``n`` tokens, the prompt computed once per group (see above)."""
-    b, t = tokens.shape
-    tp = t - n
+    tp = tokens.shape[1] - n
     pt, pv = tokens[::group, :tp], valid[::group, :tp]
     positions = positions_from_valid(valid)
-    hp, prefix = model.hidden(pt, positions[::group, :tp], pv, KVCache.empty(model.cfg, b // group, tp), 0)
-    hc, _ = model.hidden(tokens[:, tp:], positions[:, tp:], valid[:, tp:], prefix=prefix)
+    hp, hc = model.hidden_with_prompt(pt, positions[::group, :tp], pv, tokens[:, tp:], positions[:, tp:],
+                                      valid[:, tp:])
     return jnp.concatenate([jnp.repeat(hp[:, -1:], group, axis=0), hc[:, : n - 1]], axis=1), {}
 

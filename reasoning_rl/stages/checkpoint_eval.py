@@ -140,10 +140,7 @@ def run_eval(args) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
     if not args.budget_only:
-        records: list[dict] = []
-        result["held_out"] = stage_eval(srt, stage, params, records=records)
-        if dist.is_primary():
-            write_jsonl(out / "samples.jsonl", records)
+        result["held_out"] = stage_eval(srt, stage, params, samples_path=out / "samples.jsonl")
     b = stage.eval.budget
     if b.budgets:
         src = budget_source(rt, stage, args.task)
@@ -163,14 +160,6 @@ def run_eval(args) -> dict[str, Any]:
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     result["out"] = str(out)
     return result
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """Write records, one JSON object a line, atomically (a reader never sees half a file)."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    tmp.replace(path)
 
 
 def run_export(args) -> Path:

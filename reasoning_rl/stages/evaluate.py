@@ -3,15 +3,20 @@
 A stage is evaluated on every task the config trains on (its own first), each with that task's
 correctness reward, so over-specialisation (a reasoning stage forgetting the instruction task, or the
 reverse) shows in ``summary.json``. With one task the figures are the top-level keys, as before; with
-several they sit under ``tasks`` and the top level holds the mean over the stage's own tasks.
+several they sit under ``tasks`` and the top level holds the mean over the stage's own tasks. Every scored
+completion can be written as ``samples.jsonl`` (``run`` writes ``RUN_DIR/held_out/<stage>/samples.jsonl`` at
+each stage's end, ``eval`` its own beside ``eval.json``): the same records and fields either way.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.config import StageConfig
 from reasoning_rl.evaluation import evaluate
@@ -21,7 +26,7 @@ from reasoning_rl.rewards import RewardComputer, RewardSpec, extract_answer, reg
 from .common import Runtime
 from .sources import CORRECTNESS_REWARDS, Source, config_sources, stage_sources
 
-__all__ = ["CORRECTNESS_REWARDS", "correctness_reward", "eval_source", "stage_eval"]
+__all__ = ["CORRECTNESS_REWARDS", "correctness_reward", "eval_source", "stage_eval", "write_jsonl"]
 
 
 def correctness_reward(stage: StageConfig) -> str:
@@ -68,8 +73,27 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
 
 
 def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None,
-               records: list[dict] | None = None) -> dict[str, Any]:
-    """Held-out figures of every task; ``records``: each scored completion of every task is appended."""
+               records: list[dict] | None = None, samples_path: Path | None = None) -> dict[str, Any]:
+    """Held-out figures of every task; ``records``: each scored completion of every task is appended.
+    ``samples_path``: those records are also written there as JSON lines (by the primary host only)."""
+    if samples_path is not None and records is None:
+        records = []
+    result = _stage_eval(rt, stage, params, mdef, records)
+    if samples_path is not None and dist.is_primary():
+        write_jsonl(Path(samples_path), records)
+    return result
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write records, one JSON object a line, atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    tmp.replace(path)
+
+
+def _stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef, records: list[dict] | None) -> dict[str, Any]:
     if mdef is None and lora.has_adapters(params):  # decode on merged weights (3.4x faster, tools/bench_lora.py)
         mdef = lora.base_mdef(rt.mdef)
         params = rt.jit_fn(lambda p: lora.merge(rt.mdef, p)[1])(params)
