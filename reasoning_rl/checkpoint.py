@@ -9,10 +9,12 @@ continues, so a damaged step is never mistaken for the newer one written in its 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,15 +65,41 @@ def _quiet_late_loop_callbacks() -> None:
     _filter_installed = True
     prev_hook, prev_unraisable = sys.excepthook, sys.unraisablehook
 
+    prev_thread = threading.excepthook
+    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _in_orbax(tb)  # noqa: E731
+
     def excepthook(exc_type, exc, tb):
-        if not _late_loop_callback(exc_type, exc, tb):
+        if not late(exc_type, exc, tb):
             prev_hook(exc_type, exc, tb)
 
     def unraisablehook(u):
-        if not _late_loop_callback(u.exc_type, u.exc_value, u.exc_traceback):
+        if not late(u.exc_type, u.exc_value, u.exc_traceback):
             prev_unraisable(u)
 
-    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    def thread_hook(a):
+        if not late(a.exc_type, a.exc_value, a.exc_traceback):
+            prev_thread(a)
+
+    sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_hook
+    logging.getLogger("asyncio").addFilter(_drop_orphaned_read_errors)
+
+
+def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
+    """asyncio logs "Task/Future exception was never retrieved" (with the traceback) when a failed read of a
+    damaged step is garbage-collected after orbax gave up on that step, which was already reported in one
+    line: drop those records, and only those (the exception raised inside orbax's deserialisation)."""
+    if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+        return True
+    return not _in_orbax(record.exc_info[2])
+
+
+def _in_orbax(tb) -> bool:
+    """The traceback passes through orbax's own code (a read of a step that orbax has given up on)."""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace(os.sep, "/").split("/site-packages/")[-1].startswith("orbax/"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _reason(e: BaseException) -> str:
@@ -190,6 +218,7 @@ class StageCheckpointer:
             except Exception as e:
                 why = _reason(e)
                 self.unusable.append((str(s), why))
+                gc.collect()  # the step's failed reads: their "never retrieved" reports come (filtered) now, not later
                 if step is not None:
                     raise CheckpointUnusable(f"{self.directory / str(s)}: checkpoint step {s} cannot be restored "
                                              f"({why})") from None

@@ -38,9 +38,11 @@ def correctness_reward(stage: StageConfig) -> str:
 
 def _other_rewards(src: Source):
     """``rewards_fn`` for the records: the source's training rewards other than correctness and format (which
-    the evaluation computes anyway), unweighted."""
+    the evaluation computes anyway), unweighted. Learned reward models (``kind: reward_model``) are left out:
+    they score on the mesh in batches inside the RL stage, and their training-time scores are in
+    ``rollouts.jsonl``."""
     specs = [RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in src.rewards
-             if r.name not in (src.correctness, "format")]
+             if r.name not in (src.correctness, "format") and getattr(r, "kind", "function") != "reward_model"]
     if not specs:
         return None
 
