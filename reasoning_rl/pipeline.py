@@ -546,7 +546,10 @@ def stage_line(name: str, s: dict) -> str:
     """One log line at a stage's end: its held-out figures and its gain over where it started."""
     from reasoning_rl.progress import duration
 
-    parts = [f"stage {name} evaluated: pass@1 {s.get('pass@1', float('nan')):.3f}"]
+    if "pass@1" not in s and "pair_accuracy" in s:  # a reward model: scored on held-out preference pairs
+        parts = [f"stage {name} evaluated: held-out pair accuracy {s['pair_accuracy']:.3f}"]
+    else:
+        parts = [f"stage {name} evaluated: pass@1 {s.get('pass@1', float('nan')):.3f}"]
     if "greedy_accuracy" in s:
         parts.append(f"greedy {s['greedy_accuracy']:.3f}")
     g = s.get("gain") or {}

@@ -294,3 +294,11 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resume: all stages complete (sft, grpo)" in p.stderr
     assert json.loads(p.stdout)["summary"] == summary
+
+
+def test_stage_line_of_a_reward_model_names_its_pair_accuracy():
+    from reasoning_rl.pipeline import stage_line
+
+    line = stage_line("rm", {"pair_accuracy": 0.9375, "wall_seconds": 12.0})
+    assert "held-out pair accuracy 0.938" in line and "nan" not in line
+    assert "pass@1 0.500" in stage_line("grpo", {"pass@1": 0.5})
