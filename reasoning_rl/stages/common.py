@@ -170,6 +170,16 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         lora=lora_config(m))
 
 
+def _check_keys(section: str, given: dict, cls) -> None:
+    """A model sub-section's keys must be ``cls``'s fields: the first unknown one is a config error."""
+    from reasoning_rl.config import ConfigError
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+
+
 def lora_config(m: ModelConfig):
     """``model.lora`` as a LoRAConfig (None: full fine-tuning); a bad key or value fails naming it."""
     if not m.lora:
@@ -178,10 +188,7 @@ def lora_config(m: ModelConfig):
     from reasoning_rl.models import LoRAConfig
     from reasoning_rl.models.lora import TARGETS
 
-    known = {f.name for f in dataclasses.fields(LoRAConfig)}
-    unknown = sorted(set(m.lora) - known)
-    if unknown:
-        raise ConfigError(f"model.lora.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    _check_keys("model.lora", m.lora, LoRAConfig)
     d = dict(m.lora)
     if isinstance(d.get("targets"), str):
         d["targets"] = [d["targets"]]
@@ -213,10 +220,7 @@ def _moe_config(m: ModelConfig):
     from reasoning_rl.config import ConfigError
     from reasoning_rl.models import MoEConfig
 
-    known = {f.name for f in dataclasses.fields(MoEConfig)}
-    unknown = sorted(set(m.moe) - known)
-    if unknown:
-        raise ConfigError(f"model.moe.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    _check_keys("model.moe", m.moe, MoEConfig)
     try:
         return MoEConfig(**m.moe)
     except TypeError as e:
