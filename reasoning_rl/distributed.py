@@ -294,16 +294,21 @@ def move(tree: Any, shardings: Any, may_alias: bool | None = None) -> Any:
         return out
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    def replicated_on_source(x):
+        if isinstance(x.sharding, NamedSharding):
+            return NamedSharding(x.sharding.mesh, P())
+        devs = np.asarray(sorted(x.sharding.device_set, key=lambda d: d.id))
+        return NamedSharding(jax.sharding.Mesh(devs, ("d",)), P())
+
+    idx = [i for i, c in enumerate(cross) if c]
+    # one all-gather program for every leaf that changes device set (not one dispatch per leaf)
+    gathered = _replicate(tuple(leaves[i] for i in idx), tuple(replicated_on_source(leaves[i]) for i in idx))
     out = list(leaves)
     for i, (x, s) in enumerate(zip(leaves, shs)):
         if not cross[i]:
             out[i] = jax.device_put(x, s, may_alias=may_alias)
             continue
-        src_sh = (NamedSharding(x.sharding.mesh, P()) if isinstance(x.sharding, NamedSharding) else
-                  NamedSharding(jax.sharding.Mesh(np.asarray(sorted(x.sharding.device_set, key=lambda d: d.id)),
-                                                  ("d",)), P()))
-        src = _replicate(x, src_sh)
-        local = src.addressable_data(0)
+        local = gathered[idx.index(i)].addressable_data(0)
         bufs = [jax.device_put(local[idx], d) for d, idx in s.addressable_devices_indices_map(x.shape).items()]
         out[i] = jax.make_array_from_single_device_arrays(x.shape, s, bufs)
     return jax.tree.unflatten(treedef, out)
