@@ -115,20 +115,28 @@ def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     return total, count, _metrics(x, clipped, kl)
 
 
-def off_policy_weights(prox_logp, behav_logp, mask, mode: str, cap: float):
-    """Per-token importance weights pi_prox / pi_behaviour for rollouts sampled by an older policy.
+def off_policy_terms(prox_logp, behav_logp, mask, mode: str, cap: float):
+    """Per-token importance weights pi_prox / pi_behaviour for rollouts sampled by an older policy, and their
+    metrics as (sum, count) pairs (``is_ratio_max`` a max), so they combine exactly over micro-batches.
 
     ``tis``: truncated at ``cap`` (truncated importance sampling); ``decoupled``: tokens above ``cap`` get
-    weight 0 (the decoupled PPO objective's behaviour-weight cap). Returns (weights, metrics) with the
-    untruncated ratio's mean and max and the share of tokens truncated or masked, over ``mask``."""
+    weight 0 (the decoupled PPO objective's behaviour-weight cap). The metrics: the untruncated ratio's mean
+    and max and the share of tokens truncated or masked, over ``mask``."""
     m = mask.astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(m), 1.0)
+    n = jnp.sum(m)
     ratio = jnp.exp(prox_logp - behav_logp)
     over = (ratio > cap).astype(jnp.float32)
     w = jnp.minimum(ratio, cap) if mode == "tis" else jnp.where(ratio > cap, 0.0, ratio)
-    metrics = {"is_ratio_mean": jnp.sum(ratio * m) / n, "is_ratio_max": jnp.max(jnp.where(mask, ratio, 0.0)),
-               "is_truncated_frac": jnp.sum(over * m) / n}
+    metrics = {"is_ratio_mean": (jnp.sum(ratio * m), n), "is_ratio_max": jnp.max(jnp.where(mask, ratio, 0.0)),
+               "is_truncated_frac": (jnp.sum(over * m), n)}
     return w * m, metrics
+
+
+def off_policy_weights(prox_logp, behav_logp, mask, mode: str, cap: float):
+    """``off_policy_terms`` with its metrics as plain means (one batch, no micro-batches)."""
+    w, terms = off_policy_terms(prox_logp, behav_logp, mask, mode, cap)
+    metrics = {k: v[0] / jnp.maximum(v[1], 1.0) if isinstance(v, tuple) else v for k, v in terms.items()}
+    return w, metrics
 
 
 def value_loss(values, old_values, returns, mask, vf_clip: float):

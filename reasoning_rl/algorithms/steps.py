@@ -22,7 +22,7 @@ from reasoning_rl.models import ModelDef, lora
 from reasoning_rl.models.lora import has_adapters, join, split, trainable, with_trainable
 
 from .logprobs import target_logprobs, target_values
-from .losses import LossInputs, get_loss, sft_loss, value_loss
+from .losses import LossInputs, get_loss, off_policy_terms, sft_loss, value_loss
 
 
 @jax.tree_util.register_dataclass
@@ -136,7 +136,7 @@ def _updated(tx, grads, opt_state, params, ok: jax.Array):
     return jax.lax.cond(ok, step, lambda args: args[0], (params, adam.mu, adam.nu)), new_opt
 
 
-_MAX_KEYS = ("logprob_gap",)  # aux entries combined across micro-batches by max, not sum
+_MAX_KEYS = ("logprob_gap", "is_ratio_max")  # aux entries combined across micro-batches by max, not sum
 
 
 def _accumulate(loss_fn, params, batch: dict, n_micro: int, drop=None):
@@ -238,8 +238,11 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
     rollout batch), so the prompt is run once per group (see ``target_logprobs``).
 
     batch: tokens [B, Tp+T] int32, valid [B, Tp+T] bool (prompt validity ++ completion mask), mask [B, T],
-    old_logp [B, T], sampler_logp [B, T], adv [B], ref_logp [B, T] when ``acfg.beta > 0``, and is_weight [B, T]
-    for stale (asynchronous) rollouts.
+    old_logp [B, T], sampler_logp [B, T], adv [B], ref_logp [B, T] when ``acfg.beta > 0``, and for stale
+    (asynchronous) rollouts either is_weight [B, T] (old_logp then holds the proximal policy's log-probs) or
+    behaviour_logp [B, T]: the batch gets this one update only, so the proximal policy *is* the params being
+    differentiated and its log-probs are this forward's own (stop-gradient) values, with the importance
+    weights against behaviour_logp (``acfg.off_policy``, ``acfg.tis_cap``) formed here: no second forward.
     """
     loss = get_loss(acfg.loss)
     kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=acfg.beta, kl_estimator=acfg.kl_estimator,
@@ -250,14 +253,17 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
                                        with_entropy=True, routes=b.get("routes"), with_aux=True, group=group)
-        x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"],
-                       b.get("is_weight"))
+        old, weight, off = b["old_logp"], b.get("is_weight"), {}
+        if "behaviour_logp" in b:
+            old = jax.lax.stop_gradient(lp)
+            weight, off = off_policy_terms(old, b["behaviour_logp"], b["mask"], acfg.off_policy, acfg.tis_cap)
+        x = LossInputs(lp, old, b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"], weight)
         s, c, metrics = loss(x, **kw)
         m = b["mask"].astype(jnp.float32)
         gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
         extra, moe_metrics = moe_terms(moe, c, b["valid"])
         aux = {"loss_sum": s, "count": c, "entropy": (jnp.sum(ent * m), jnp.sum(m)), "logprob_gap": gap,
-               **metrics, **moe_metrics}
+               **metrics, **moe_metrics, **off}
         return s + extra, aux
 
     return lambda params, batch, drop=None: _accumulate(loss_fn, params, batch, acfg.micro_batches, drop)
@@ -276,6 +282,8 @@ def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
         state, m = _apply(state, grads, tx, ocfg.max_grad_norm, loss_v, ocfg.inject_nan_steps)
         out = {"loss": loss_v, **m, **_ratios(aux)}
         out["logprob_gap"] = aux["logprob_gap"]
+        if "is_ratio_max" in aux:
+            out["is_ratio_max"] = aux["is_ratio_max"]
         return state, out
 
     return grpo_step

@@ -232,6 +232,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     own_key = dist.move(run.state.rng, replicated(srt.mesh)) if srt is not trt else None
     sampler_key = lambda: own_key if own_key is not None else run.state.rng  # noqa: E731
     feed = correct = None
+    fused = False
     # Several hosts, two meshes at once: each side's host collectives stay on its own devices, and checkpoint
     # writes (whose collectives may span all devices) wait until the sampler is between batches.
     sampler_devices = list(srt.mesh.devices.flat) if srt is not trt else None
@@ -249,7 +250,11 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
         feed = AsyncFeed(collect, to_sampler, lambda t: jax.random.fold_in(own_key, t),
                          lambda: json.loads(json.dumps(stream.get_state())), r.max_staleness, run.start_step,
                          stage.steps, run.state.params, pending)
-        if a.off_policy != "none":
+        # One update per batch (and no LoRA dropout in the training forward): the proximal policy is the params
+        # that update differentiates, so the step takes its log-probs from its own forward (``behaviour_logp``
+        # in ``make_grpo_grad``); otherwise a separate forward before the updates.
+        fused = a.epochs * a.mini_batches == 1 and lora.dropout_key(trt.mdef.cfg, run.state.rng, 0) is None
+        if a.off_policy != "none" and not fused:
             correct = trt.jit_fn(make_off_policy_fn(trt.mdef, r.temperature, trt.model_cfg.logits_chunk,
                                                     r.group_size, a.off_policy, a.tis_cap))
     slog = StepLog(rt, stage, writer, run, progress)
@@ -277,7 +282,10 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     rm["kl"] = float(np.sum(-penalty) / a.beta / max(int(batch["mask"].sum()), 1)) + 0.0
                 if feed is not None:
                     batch = dict(batch, is_weight=batch["mask"].astype(np.float32))
-                    if correct is not None and rm["staleness"] > 0:  # stale: proximal policy + IS weights
+                    if fused and a.off_policy != "none" and rm["staleness"] > 0:  # weights formed in the step
+                        del batch["is_weight"]
+                        batch["behaviour_logp"] = batch["sampler_logp"]
+                    elif correct is not None and rm["staleness"] > 0:  # stale: proximal policy + IS weights
                         b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask", "sampler_logp")})
                         prox, w, im = dist.gather(correct(run.state.params, b["tokens"], b["valid"], b["mask"],
                                                              b["sampler_logp"]))
