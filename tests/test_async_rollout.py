@@ -115,8 +115,7 @@ def test_async_config_errors(tmp_path):
     assert p.returncode == 2 and "mesh.rollout_devices" in p.stderr.strip().splitlines()[-1], p.stderr[-2000:]
 
 
-@pytest.mark.parametrize("mode", ["tis", "decoupled"])
-@pytest.mark.parametrize("micro", [1, 2])
+@pytest.mark.parametrize("mode,micro", [("tis", 1), ("decoupled", 2)])
 def test_proximal_logprobs_from_the_update_forward_equal_a_separate_forward(mode, micro):
     """A stale batch that gets one update: the step's own forward gives the proximal log-probs (no second
     forward); the gradient and the importance-ratio metrics equal the separate-forward path's."""
