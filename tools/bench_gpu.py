@@ -7,20 +7,32 @@ cancel. The roofline of one decode step is (bytes of parameters + bytes of KV ca
 with the bandwidth measured in the same run by a device-to-device copy.
 Train: one SFT step (fp32 master weights, bf16 compute, chunked log-probs) on B x T tokens;
 MFU = model FLOPs (6 per parameter per token + causal attention) / time / peak bf16 FLOP/s.
-Usage: python tools/bench_gpu.py [--tiny] (``--tiny`` runs a toy shape on any backend, as a smoke test).
+Log-prob gap: the sampler's recorded log-probs of its own tokens against the trainer's forward on the same
+rows (bf16 compute), max / median over completion tokens (the issue's bound: 1e-3).
+Profile (``--profile``): one decode call and one train step under ``jax.profiler``; the device's kernels are
+summed by name and by kind (matmul, attention, copy / cache update, sort / top-k, reduction, other fusion),
+with the device's busy time against the wall time (the gaps are launch, host and loop-condition overhead),
+so the JSON itself accounts for where a step's time goes.
+Usage: python tools/bench_gpu.py [--tiny] [--profile] (``--tiny`` runs a toy shape on any backend, as a
+smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import gzip
 import json
+import re
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.algorithms.steps import init_state, make_optimizer, make_sft_step
 from reasoning_rl.config import OptimizerConfig
 from reasoning_rl.models import TransformerConfig, create
@@ -47,6 +59,101 @@ def timed(fn, *a, reps: int = 3) -> float:
         jax.block_until_ready(fn(*a))
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
+
+
+KINDS = (  # kernel name patterns -> kind, first match wins (XLA:GPU, cuBLAS/cuDNN/CUTLASS, Pallas/Triton names)
+    ("attention", r"flash|fmha|attention|attn|cudnn.*sdpa|mha|decode_attn|paged"),
+    ("matmul", r"gemm|matmul|cublas|cutlass|xmma|dot|sm\d+_.*(hmma|wgmma)|triton_.*dot"),
+    ("sort/top-k", r"sort|topk|top_k|radix|cub::"),
+    ("copy/update", r"memcpy|memset|copy|dynamic[-_]update[-_]slice|dynamic[-_]slice|scatter|gather|transpose"),
+    ("reduction", r"reduce|reduction|softmax"),
+    ("fusion", r"fusion|loop_|input_|triton"),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, pat in KINDS if re.search(pat, low)), "other")
+
+
+def _device_events(trace: dict) -> list[dict]:
+    """Complete ('X') events of the trace's device processes ('/device:GPU:0', TPU); on CPU (smoke test) the
+    XLA executor threads' op events instead."""
+    ev = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs = {e["pid"]: e.get("args", {}).get("name", "") for e in ev
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in ev
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    dev = {pid for pid, name in procs.items() if name.startswith("/device:")}
+    if dev:  # kernels run on "Stream #n" lines; "XLA Modules" / "XLA Ops" lines repeat them as spans
+        streams = {k for k, name in threads.items() if k[0] in dev and name.startswith("Stream")}
+        return [e for e in ev if e.get("ph") == "X" and e["pid"] in dev
+                and (not streams or (e["pid"], e["tid"]) in streams)]
+    xla = {k for k, name in threads.items() if "XLA" in name}
+    nested = re.compile(r"^(\$|end: |ThunkExecutor|while|conditional|call|CommonPjRt|Execute|Handle |Wait )")
+    return [e for e in ev if e.get("ph") == "X" and (e["pid"], e["tid"]) in xla and not nested.match(e["name"])]
+
+
+def _busy(events: list[dict]) -> float:
+    """Microseconds in which at least one kernel ran (the union of the events' intervals)."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in events)
+    total, end = 0.0, -1.0
+    for a, b in spans:
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def profile(fn, *args, reps: int = 2, top: int = 12) -> dict:
+    """Run ``fn(*args)`` ``reps`` times under the profiler (after one warm call) and sum the device's kernels:
+    per call, the wall time, the device's busy time and share, time by kind, and the ``top`` kernels."""
+    jax.block_until_ready(fn(*args))
+    d = tempfile.mkdtemp(prefix="bench_gpu_trace_")
+    t0 = time.perf_counter()
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+        for _ in range(reps):
+            jax.block_until_ready(fn(*args))
+    wall = (time.perf_counter() - t0) / reps
+    paths = glob.glob(f"{d}/**/perfetto_trace.json.gz", recursive=True)
+    if not paths:
+        return {"error": f"no perfetto trace under {d}"}
+    with gzip.open(paths[0]) as f:
+        events = _device_events(json.load(f))
+    by_name: dict[str, float] = {}
+    for e in events:
+        by_name[e["name"]] = by_name.get(e["name"], 0.0) + float(e.get("dur", 0))
+    kernel_us = sum(by_name.values())
+    kinds: dict[str, float] = {}
+    for name, us in by_name.items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + us
+    busy = _busy(events) / 1e6 / reps
+    return {"wall_s": wall, "device_busy_s": busy, "device_busy_frac": busy / wall if wall else None,
+            "kernels": len(events) // max(reps, 1),
+            "by_kind_frac": {k: round(v / kernel_us, 4) for k, v in sorted(kinds.items(), key=lambda x: -x[1])}
+            if kernel_us else {},
+            "top": [{"name": n[:120], "kind": kernel_kind(n), "s_per_call": us / 1e6 / reps,
+                     "frac": round(us / kernel_us, 4)}
+                    for n, us in sorted(by_name.items(), key=lambda x: -x[1])[:top]],
+            "trace_dir": d}
+
+
+def logprob_gap(mdef, params, batch: int, prompt: int, new: int) -> dict:
+    """The sampler's log-probs of its own tokens against the trainer's forward of the same rows."""
+    cfg = mdef.cfg
+    rng = np.random.default_rng(1)
+    pt = rng.integers(3, cfg.vocab_size, (batch, prompt)).astype(np.int32)
+    pv = np.ones_like(pt, bool)
+    sp = SamplingParams(new, 1.0, 0, 1.0, False, (), 0, 1)
+    out = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(1), sp))
+    tokens = jnp.asarray(np.concatenate([pt, out.tokens], axis=1), jnp.int32)
+    valid = jnp.asarray(np.concatenate([pv, out.mask], axis=1))
+    lp = jax.jit(lambda p, t, v: target_logprobs(mdef.bind(p), t, v, new, 1.0, None))(params, tokens, valid)
+    gap = np.abs(np.asarray(lp, np.float32) - out.logprobs)[out.mask]
+    return {"rows": batch, "new_tokens": new, "tokens": int(gap.size), "max": float(gap.max()),
+            "median": float(np.median(gap)), "p99": float(np.quantile(gap, 0.99)),
+            "within_1e-3": bool(gap.max() <= 1e-3)}
 
 
 def hbm_bandwidth(tiny: bool) -> float:
@@ -83,7 +190,7 @@ def train_flops(cfg: TransformerConfig, b: int, t: int) -> float:
     return 3 * b * t * (2 * matmul + attn)
 
 
-def bench_train(mdef, params, b: int, t: int, chunk: int) -> dict:
+def bench_train(mdef, params, b: int, t: int, chunk: int, with_profile: bool = False) -> dict:
     ocfg = OptimizerConfig(name="adamw", lr=1e-5, max_grad_norm=1.0)
     tx = make_optimizer(ocfg, 10)
     step = jax.jit(make_sft_step(mdef, ocfg, tx, 1, chunk), donate_argnums=(0,))
@@ -105,9 +212,18 @@ def bench_train(mdef, params, b: int, t: int, chunk: int) -> dict:
     fl = train_flops(mdef.cfg, b, t)
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
-    return {"batch": b, "seq": t, "step_s": s, "first_step_s": compile_s, "tokens_per_s": b * t / s,
-            "model_tflops_per_s": fl / s / 1e12, "mfu": (fl / s / peak) if peak else None,
-            "loss": float(m["loss"])}
+    res = {"batch": b, "seq": t, "step_s": s, "first_step_s": compile_s, "tokens_per_s": b * t / s,
+           "model_tflops_per_s": fl / s / 1e12, "mfu": (fl / s / peak) if peak else None,
+           "loss": float(m["loss"])}
+    if with_profile:
+        held = [state]
+
+        def one_step():  # the state is donated: each call continues from the last one's
+            held[0], metrics = step(held[0], batch)
+            return metrics
+
+        res["profile"] = profile(one_step)
+    return res
 
 
 def main() -> None:
@@ -118,6 +234,8 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-seq", type=int, default=2048)
     ap.add_argument("--remat", default="full", choices=["none", "dots", "full"])
+    ap.add_argument("--profile", action="store_true", help="kernel time by kind for one decode call and one "
+                    "train step (jax.profiler)")
     args = ap.parse_args()
     out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__}
     bw = hbm_bandwidth(args.tiny)
@@ -128,12 +246,20 @@ def main() -> None:
         out["n_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
         out["decode"] = [bench_decode(mdef, params, b, 128, 32, 160, bw) for b in (64, 256)]
         print(json.dumps(out), flush=True)
+        out["logprob_gap_bf16"] = logprob_gap(mdef, params, 8 if args.tiny else 64, 128, 16 if args.tiny else 128)
+        if args.profile:
+            b = 8 if args.tiny else 256
+            pt = np.random.default_rng(0).integers(3, mdef.cfg.vocab_size, (b, 128)).astype(np.int32)
+            sp = SamplingParams(160, 1.0, 0, 1.0, False, (), 0, 1)
+            out["profile_decode"] = {"batch": b, "new_tokens": 160, **profile(
+                lambda p, a, v: sample(mdef, p, a, v, jax.random.key(0), sp), params, pt, np.ones_like(pt, bool))}
+        print(json.dumps(out), flush=True)
         del params
     if not args.skip_train:
         cfg = dataclasses.replace(qwen25_15b(args.tiny, "bfloat16", "float32"), remat=args.remat)
         mdef, params = create(cfg, 0)
         b, t = (2, 64) if args.tiny else (args.train_batch, args.train_seq)
-        out["train"] = bench_train(mdef, params, b, t, 0 if args.tiny else 512)
+        out["train"] = bench_train(mdef, params, b, t, 0 if args.tiny else 512, args.profile)
     print(json.dumps(out), flush=True)
 
 
