@@ -31,11 +31,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from reasoning_rl.models import TransformerConfig, create
 
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.algorithms.steps import init_state, make_optimizer, make_sft_step
 from reasoning_rl.config import OptimizerConfig
-from reasoning_rl.models import TransformerConfig, create
 from reasoning_rl.rollout.sampler import SamplingParams, sample
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 datasheet figures
