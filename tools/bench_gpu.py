@@ -171,7 +171,7 @@ def bench_decode(mdef, params, batch: int, prompt: int, n1: int, n2: int, bw: fl
     t = {}
     for n in (n1, n2):
         sp = SamplingParams(n, 1.0, 0, 1.0, False, (), 0, 1)
-        t[n] = timed(lambda p, a, b: sample(mdef, p, a, b, jax.random.key(0), sp), params, pt, pv, reps=2)
+        t[n] = timed(lambda p, a, b, sp=sp: sample(mdef, p, a, b, jax.random.key(0), sp), params, pt, pv, reps=2)
     step = (t[n2] - t[n1]) / (n2 - n1)
     p_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     s_avg = prompt + (n1 + n2) / 2
