@@ -73,6 +73,19 @@ def test_async_run_trains_on_stale_batches_with_correction(async_run):
 
 
 @pytest.mark.slow
+def test_async_stage_with_several_updates_per_batch_corrects_with_a_separate_forward(tmp_path):
+    """Two mini-batches per rollout batch: the proximal log-probs cannot come from an update's own forward
+    (the second update's params differ), so the stage computes them once before the updates."""
+    p = run_cli(tmp_path / "run", *ASYNC, "algorithm.mini_batches=2", "stages.grpo.steps=3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "grpo"]
+    assert [r["staleness"] for r in recs] == [0, 1, 1]
+    for r in recs[1:]:
+        assert 0 < r["is_ratio_mean"] < 10 and r["is_ratio_max"] >= r["is_ratio_mean"], r
+        assert r["skipped"] == 0 and np.isfinite(r["loss"])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_kill_then_resume_of_an_async_stage_matches_uninterrupted(async_run, tmp_path, sig):
     d = tmp_path / "run"
