@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import gzip
 import json
+import os
 import re
 import tempfile
 import time
@@ -234,21 +235,26 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-seq", type=int, default=2048)
     ap.add_argument("--remat", default="full", choices=["none", "dots", "full"])
+    ap.add_argument("--batches", default="64,256", help="decode batch sizes, comma-separated")
+    ap.add_argument("--no-gap", action="store_true", help="skip the sampler/trainer log-prob gap")
     ap.add_argument("--profile", action="store_true", help="kernel time by kind for one decode call and one "
                     "train step (jax.profiler)")
     args = ap.parse_args()
-    out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__}
+    out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
     bw = hbm_bandwidth(args.tiny)
     out["hbm_bytes_per_s_measured"] = bw
     if not args.skip_decode:
         cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16")
         mdef, params = create(cfg, 0)
         out["n_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
-        out["decode"] = [bench_decode(mdef, params, b, 128, 32, 160, bw) for b in (64, 256)]
+        batches = [int(x) for x in args.batches.split(",") if x.strip()]
+        out["decode"] = [bench_decode(mdef, params, b, 128, 32, 160, bw) for b in batches]
         print(json.dumps(out), flush=True)
-        out["logprob_gap_bf16"] = logprob_gap(mdef, params, 8 if args.tiny else 64, 128, 16 if args.tiny else 128)
+        if not args.no_gap:
+            out["logprob_gap_bf16"] = logprob_gap(mdef, params, 8 if args.tiny else 64, 128, 16 if args.tiny else 128)
         if args.profile:
-            b = 8 if args.tiny else 256
+            b = 8 if args.tiny else max(batches)
             pt = np.random.default_rng(0).integers(3, mdef.cfg.vocab_size, (b, 128)).astype(np.int32)
             sp = SamplingParams(160, 1.0, 0, 1.0, False, (), 0, 1)
             out["profile_decode"] = {"batch": b, "new_tokens": 160, **profile(
