@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=192)
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--remat", default="full", choices=["none", "full", "dots"],
+    ap.add_argument("--remat", default="full", choices=["none", "full", "dots", "nested"],
                     help="model.remat (the example config's: full)")
     ap.add_argument("--quick", action="store_true", help="compare log-probs on 2 rows only")
     ap.add_argument("--skip-logprobs", action="store_true", help="memory only")
