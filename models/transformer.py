@@ -148,8 +148,10 @@ _REMAT = {
 def nested_group(n: int) -> int:
     """Layers per group of ``remat: nested``: the size g that keeps the fewest layer inputs for the backward,
     ceil(n / g) group inputs plus the g layer inputs of the group being differentiated (about 2 sqrt(n)
-    instead of ``full``'s n); the larger g of a tie (fewer groups)."""
-    return min(range(1, n + 1), key=lambda g: (-(-n // g) + g, -g))
+    instead of ``full``'s n); the smaller g of a tie (each group's slice of the stacked parameters and its
+    gradients are live copies while it is differentiated: at SmolLM-135M's 30 layers and 16 rows, g = 5
+    peaks 2.54 GiB, g = 6 2.57, g = 10 2.69)."""
+    return min(range(1, n + 1), key=lambda g: (-(-n // g) + g, g))
 
 
 def _moe_flags(cfg: TransformerConfig) -> tuple[bool, ...]:

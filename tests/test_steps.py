@@ -222,7 +222,10 @@ def test_memory_savings_keep_the_grpo_step_bit_for_bit(chunk, monkeypatch):
     from reasoning_rl.algorithms import steps
     from reasoning_rl.models import Transformer
 
-    # 5 layers scanned: nested groups of 3 and a remainder group of 2
+    from reasoning_rl.models.transformer import nested_group
+
+    # 5 layers scanned: nested groups of 2, 2 and a remainder group of 1 (30 layers: 6 groups of 5)
+    assert nested_group(5) == 2 and nested_group(30) == 5
     kw = dict(n_layers=5, unroll_max=0, tie_embeddings=True)
     mdef_full, params = tiny_model(remat="full", **kw)
     mdef_nested, _ = tiny_model(remat="nested", **kw)
