@@ -413,7 +413,7 @@ class Transformer(nnx.Module):
             xs["prefix"] = prefix
         if prompt is not None:
             kv = prompt["x"]
-        if scan and self.cfg.remat == "nested" and n > 2:
+        if scan and self.cfg.remat == "nested" and n > 2 and x.shape[1] > 1:  # decode: nothing to differentiate
             (x, kv), stats = _nested_scan(body, (x, kv), xs, n, nested_group(n))
         elif scan:
             (x, kv), stats = jax.lax.scan(body, (x, kv), xs)
