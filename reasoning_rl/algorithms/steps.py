@@ -321,7 +321,7 @@ def make_logprob_fn(mdef: ModelDef, temperature: float, logits_chunk: int | None
 
 def _clipped_update(params, opt_state, grads, tx, max_grad_norm: float):
     """One optimizer update after clipping to ``max_grad_norm`` (0: none); returns the pre-clip norm."""
-    gnorm = optax.global_norm(grads)
+    gnorm = global_norm(grads)
     if max_grad_norm > 0:
         scale = jnp.minimum(1.0, max_grad_norm / (gnorm + 1e-12))
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
