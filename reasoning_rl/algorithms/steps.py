@@ -108,7 +108,10 @@ def global_norm(tree) -> jax.Array:
     reduce-window), and left to itself it schedules every leaf's squares at once: a second copy of most of
     the gradient (0.4 GiB at 135M parameters, the largest buffers of a GRPO step's update). Each leaf's sum
     here runs in a ``lax.cond`` on the previous sum (an ``optimization_barrier`` is dropped before XLA:CPU
-    schedules), so one leaf's squares are live at a time."""
+    schedules), so one leaf's squares are live at a time. Other backends fuse the square into the reduction
+    (and would pay a predicate read per ``cond``): optax's own expression."""
+    if jax.default_backend() != "cpu":
+        return optax.tree.norm(tree)
     sq = lambda x: jnp.sum(jnp.square(x.real) + jnp.square(x.imag))  # optax.tree.norm's _square, summed
     total, prev = None, None
     for leaf in jax.tree.leaves(tree):
