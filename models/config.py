@@ -91,7 +91,7 @@ class TransformerConfig:
     max_seq_len: int = 2048
     param_dtype: str = "float32"
     dtype: str = "float32"
-    remat: str = "none"  # none | full | dots
+    remat: str = "none"  # none | full | dots | nested
     scan_layers: bool = True
     # Multi-token passes (training, scoring, prefill) of a stack of at most this many layers run unrolled:
     # no stacked residual buffers or per-layer slices (W1's update ~8% faster on CPU) for compile time that

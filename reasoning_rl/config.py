@@ -53,7 +53,7 @@ class ModelConfig:
     max_seq_len: int = 512
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: Literal["none", "full", "dots"] = "none"
+    remat: Literal["none", "full", "dots", "nested"] = "none"
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)
     # log-probs over sequence chunks of this many tokens (0: whole [B, T, V] logits); unset: chunks only when

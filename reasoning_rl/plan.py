@@ -25,6 +25,7 @@ from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.logprobs import logits_bytes, resolve_chunk
 from reasoning_rl.config import Config, ConfigError, StageConfig
 from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.models.transformer import nested_group
 from reasoning_rl.sharding.mesh import AXES, MeshError, mesh_shape
 
 GB = 1024**3
@@ -110,6 +111,9 @@ def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, targets: int,
     layer = b * seq * (4 * d + (2 * heads + 2 * kv) * hd + 3 * ffn) * it + b * heads * seq * seq * 4
     if mc.remat == "full":
         saved = mc.n_layers * b * seq * d * it + layer  # layer inputs, plus one layer recomputed at a time
+    elif mc.remat == "nested":
+        g = nested_group(mc.n_layers)  # group inputs, one group's layer inputs, one layer recomputed at a time
+        saved = (math.ceil(mc.n_layers / g) + g) * b * seq * d * it + layer
     elif mc.remat == "dots":
         saved = mc.n_layers * b * seq * (2 * d + (2 * heads + 2 * kv) * hd + 2 * ffn) * it + layer
     else:

@@ -94,6 +94,12 @@ def test_plan_reports_the_logits_share_and_the_default_shrinks_it(tmp_path):
     assert whole["per_device_total_bytes"] - auto["per_device_total_bytes"] == whole["logits"]["bytes"] - auto[
         "logits"]["bytes"]
     assert "logits: " in format_plan(auto) and "in chunks of" in format_plan(auto)
+    nested = plan(config_lib.from_dict({**raw, "model": {**raw["model"], "remat": "nested"}}), 1, 192)
+    # 30 layers in groups of 5: 6 group inputs + 5 layer inputs kept instead of 30 (16 x 448 x 576 float32 each)
+    per_layer = 16 * (192 + 256) * 576 * 4
+    assert auto["per_device_bytes"]["activations_estimate"] - nested["per_device_bytes"]["activations_estimate"] == (
+        30 - 11) * per_layer
+    assert "remat nested" in format_plan(nested)
 
 
 def test_chunked_logprobs_equal_whole_bitwise_at_real_magnitudes():

@@ -205,3 +205,48 @@ def test_parameter_update_equals_optax_bit_for_bit(name, schedule):
         ours_p, ours_o = upd(grads, ours_o, ours_p, jnp.asarray(ok))
         for a, b in zip(jax.tree.leaves((ref_p, ref_o)), jax.tree.leaves((ours_p, ours_o))):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _old_logits(self, h):
+    """``Transformer.logits`` before it contracted the tied embedding in place: the transposed [D, V] weight."""
+    w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+    return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_memory_savings_keep_the_grpo_step_bit_for_bit(chunk, monkeypatch):
+    """The step's memory savings change no number: the tied head contracted without a transposed copy of the
+    embedding, the gradient norm summed leaf after leaf (``global_norm``) and ``remat: nested`` give the same
+    parameters, Adam moments and metrics, bit for bit, as the old formulation (transposed head, optax's
+    norm, ``remat: full``), with shared prompts and log-probs whole or in chunks."""
+    from reasoning_rl.algorithms import steps
+    from reasoning_rl.models import Transformer
+
+    from reasoning_rl.models.transformer import nested_group
+
+    # 5 layers scanned: nested groups of 2, 2 and a remainder group of 1 (30 layers: 6 groups of 5)
+    assert nested_group(5) == 2 and nested_group(30) == 5
+    kw = dict(n_layers=5, unroll_max=0, tie_embeddings=True)
+    mdef_full, params = tiny_model(remat="full", **kw)
+    mdef_nested, _ = tiny_model(remat="nested", **kw)
+    batch = rollout(mdef_full, params, n_prompts=2, g=4)
+    ocfg = OptimizerConfig(name="adamw", lr=1e-2, max_grad_norm=0.5)  # the clip is active
+    tx = make_optimizer(ocfg, 10)
+
+    def run(mdef):
+        step = jax.jit(make_grpo_step(mdef, AlgorithmConfig(beta=0.05), ocfg, tx, 1.0, chunk, group=4))
+        state = init_state(params, tx, 0)
+        out = []
+        for _ in range(2):
+            state, m = step(state, batch)
+            out.append(m)
+        return jax.device_get((state.params, state.opt_state, out))
+
+    new_full, new_nested = run(mdef_full), run(mdef_nested)
+    monkeypatch.setattr(Transformer, "logits", _old_logits)
+    monkeypatch.setattr(steps, "global_norm", optax.global_norm)
+    old = run(mdef_full)
+    assert float(old[2][0]["grad_norm"]) > 0.5
+    for new in (new_full, new_nested):
+        for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
