@@ -42,7 +42,8 @@ def model_config(cfg: Config) -> TransformerConfig:
         from reasoning_rl.stages.common import lora_config
 
         return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m))
+                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m),
+                                   attention_impl=m.attention_impl)
     from reasoning_rl.stages.common import model_config_from
 
     return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)
