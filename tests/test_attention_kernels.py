@@ -39,8 +39,8 @@ def test_pallas_decode_equals_decode_attention(dtype, tol):
     index = jnp.array([39, 30, 25])
     for window in (0, 12):
         mask = attention_mask(valid, index[:, None], jnp.arange(s), window)
-        out = kernels.pallas_decode(q, k, v, mask, d**-0.5, interpret=True)
-        ref = _decode_attention(q, k, v, mask, d**-0.5, None)
+        out = jax.jit(lambda *a: kernels.pallas_decode(*a, d**-0.5, interpret=True))(q, k, v, mask)
+        ref = jax.jit(lambda *a: _decode_attention(*a, d**-0.5, None))(q, k, v, mask)
         assert out.dtype == ref.dtype
         err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
         assert err < tol, (window, err)
@@ -78,8 +78,8 @@ def test_cudnn_call_site_equals_prefix_attention():
     key_valid = jnp.concatenate([jnp.repeat(left_valid([0, 3], p), r, 0), left_valid([0, 0, 0, 0], t)], 1)
     key_valid = key_valid.at[3, p + t - 1].set(False)  # a pad at a row's end
     mask = attention_mask(key_valid, p + jnp.arange(t), jnp.arange(p + t))
-    out = kernels.cudnn_prefix_attention(q, k, v, kp, vp, mask, 0.25, emulated=True)
-    ref = prefix_attention(q, k, v, kp, vp, mask, 0.25)
+    out = jax.jit(lambda *a: kernels.cudnn_prefix_attention(*a, 0.25, emulated=True))(q, k, v, kp, vp, mask)
+    ref = jax.jit(lambda *a: prefix_attention(*a, 0.25))(q, k, v, kp, vp, mask)
     assert float(jnp.max(jnp.abs(out - ref))) < 1e-5
 
 
@@ -106,6 +106,8 @@ def test_routes_cpu_auto_is_xla_gpu_auto_picks_kernels_and_falls_back():
     assert kernels.route("xla", "decode", dtype=jnp.bfloat16, head_dim=16, platform="gpu").path == "xla"
     odd = kernels.route("auto", "decode", dtype=jnp.bfloat16, head_dim=80, platform="gpu")
     assert odd.path == "xla" and "power-of-two" in odd.reason
+    tp = kernels.route("auto", "decode", dtype=jnp.bfloat16, head_dim=16, platform="gpu", sharded=True)
+    assert tp.path == "xla" and "mesh" in tp.reason
     # an explicit kernel on CPU runs its call site emulated
     cpu = kernels.plan(dataclasses_replace(cfg, attention_impl="pallas"))
     assert cpu["decode"] == {"path": "pallas", "emulated": True, "reason": ""} and cpu["train"]["path"] == "xla"

@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from reasoning_rl.sharding import constrain
+from reasoning_rl.sharding import constrain, current
 
 from ..lora import adapt
 from . import kernels
@@ -330,8 +330,10 @@ class Attention(nnx.Module):
     def _route(self, kind: str, q: jax.Array, mask: jax.Array) -> kernels.Route:
         if self.impl == "xla":
             return kernels.Route("xla")
+        ctx = current()
         return kernels.route(self.impl, kind, dtype=q.dtype, head_dim=self.head_dim, softcap=self.softcap,
-                             sinks=self.sinks is not None, q_len=q.shape[1], k_len=mask.shape[-1])
+                             sinks=self.sinks is not None, q_len=q.shape[1], k_len=mask.shape[-1],
+                             sharded=ctx is not None and ctx.mesh.size > 1)
 
     def project_qkv(self, x: jax.Array, positions: jax.Array, rope=None):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this

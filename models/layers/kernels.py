@@ -58,10 +58,14 @@ def _hopper_or_later() -> bool:
 
 
 def route(impl: str, kind: str, *, dtype, head_dim: int, v_head_dim: int | None = None, softcap=None,
-          sinks: bool = False, q_len: int = 0, k_len: int = 0, platform: str | None = None) -> Route:
+          sinks: bool = False, q_len: int = 0, k_len: int = 0, platform: str | None = None,
+          sharded: bool = False) -> Route:
     """Which path an attention call of ``kind`` (one of ``KINDS``) takes under ``impl`` (one of ``IMPLS``).
 
-    Decided from static facts only (config, dtype, shapes), so the choice is the same on every trace."""
+    Decided from static facts only (config, dtype, shapes, the mesh), so the choice is the same on every
+    trace. ``sharded``: traced under a mesh of more than one device outside ``shard_map``; XLA cannot split a
+    Pallas call, it would gather the whole cache to every device, so decode keeps XLA there (the sampler's
+    data-parallel loop runs per device under ``shard_map`` and keeps the kernel)."""
     if impl not in IMPLS:
         raise ValueError(f"attention_impl: expected one of {', '.join(IMPLS)}, got {impl!r}")
     plat = platform or _platform()
@@ -94,6 +98,8 @@ def route(impl: str, kind: str, *, dtype, head_dim: int, v_head_dim: int | None 
         if q_len % 2 or k_len % 2:
             return Route("xla", reason=f"cudnn with a mask needs even lengths, got {q_len}x{k_len}")
         return Route("cudnn", emulated=not gpu)
+    if sharded:
+        return Route("xla", reason="pallas decode under a multi-device mesh (XLA cannot partition it)")
     if head_dim < 16 or head_dim & (head_dim - 1):
         return Route("xla", reason=f"pallas decode needs a power-of-two head dim >= 16, got {head_dim}")
     return Route("pallas", emulated=not gpu)
