@@ -292,7 +292,8 @@ def _bench(fn, *args, reps: int = 5) -> float:
 
 
 def self_check(cfg, *, batch: int = 4, seq: int = 2048, decode_batch: int = 64, decode_len: int = 1024,
-               dtype: str = "bfloat16", reps: int = 5, seed: int = 0) -> dict[str, Any]:
+               dtype: str = "bfloat16", reps: int = 5, seed: int = 0,
+               paths: tuple[str, ...] = ("train", "prefix", "decode")) -> dict[str, Any]:
     """Each kernel path against the XLA reference at a model's attention shape (``cfg``: a
     ``TransformerConfig``; its heads, KV heads, head dim and scale), on random inputs in ``dtype`` with
     left-padded rows and a causal mask. Per path: ``max_abs_diff`` (over rows with a valid key), seconds of
@@ -300,7 +301,7 @@ def self_check(cfg, *, batch: int = 4, seq: int = 2048, decode_batch: int = 64, 
     route the config's ``attention_impl`` gives such a call. The kernels run whatever that route is (this
     checks them); without a GPU they run emulated (``kernel_emulated``: the cuDNN call site with the xla
     implementation, Pallas in its interpreter), so keep shapes tiny there. Returns a JSON-ready dict; a
-    path that fails records its error, not a number."""
+    path that fails records its error, not a number. ``paths``: which of train, prefix, decode to run."""
     from .attention import _decode_attention, _dot_attention, attention_mask, prefix_attention
 
     dt = jnp.dtype(dtype)
@@ -390,8 +391,8 @@ def self_check(cfg, *, batch: int = 4, seq: int = 2048, decode_batch: int = 64, 
         res["xla_bytes_per_s"] = kv_bytes / res["xla_s"]
         return res
 
-    run("train", train)
-    run("prefix", prefix)
-    run("decode", decode)
+    for name, fn in (("train", train), ("prefix", prefix), ("decode", decode)):
+        if name in paths:
+            run(name, fn)
     out["plan"] = plan(cfg, batch=batch, seq=seq)
     return out
