@@ -120,10 +120,10 @@ def dataclasses_replace(cfg, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page_size", [0, 8])
-def test_sampler_with_pallas_decode_equals_xla(page_size):
-    """A tiny model's sampler: Pallas decode (interpreted) against XLA, contiguous and paged caches; and the
-    cuDNN call site for prefill and decode's prompt pass."""
+@pytest.mark.parametrize("page_size,slots", [(0, 0), (8, 4)])
+def test_sampler_with_pallas_decode_equals_xla(page_size, slots):
+    """A tiny model's sampler: Pallas decode (interpreted) against XLA, the plain loop on a contiguous cache
+    and in-flight refill (per-row cache slots) on a paged one; and the cuDNN call site for the prefill."""
     outs = {}
     for impl in ("xla", "pallas", "cudnn"):
         mdef, params = tiny_model(head_dim=16, attention_impl=impl)
@@ -132,7 +132,7 @@ def test_sampler_with_pallas_decode_equals_xla(page_size):
         assert routes["prefill"]["path"] == ("cudnn" if impl == "cudnn" else "xla")
         pt, pv = S.left_pad(prompts(3), 0)
         outs[impl] = jax.device_get(S.generate(mdef, params, pt, pv, max_new_tokens=10, group_size=2,
-                                               rng_seed=1, page_size=page_size))
+                                               rng_seed=1, page_size=page_size, slots=slots))
     ref = outs["xla"]
     for impl in ("pallas", "cudnn"):
         np.testing.assert_array_equal(outs[impl].tokens, ref.tokens)
