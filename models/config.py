@@ -120,6 +120,9 @@ class TransformerConfig:
     swiglu_limit: float = 7.0
     rope_dim: int = 0  # rotary dims of each head (the leading ones); 0: all (Phi-4-mini rotates 3/4)
     lora: LoRAConfig | None = None  # adapters attached to the targeted weights (frozen base + trainable A, B)
+    # attention kernels: auto (GPU: cuDNN flash for multi-token calls, Pallas for decode; else XLA) | xla |
+    # cudnn | pallas; calls a kernel cannot compute exactly take XLA (models/layers/kernels.py)
+    attention_impl: str = "auto"
 
     @property
     def jnp_dtype(self):

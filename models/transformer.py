@@ -105,7 +105,8 @@ class Block(nnx.Module):
                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
-                                  out_bias=cfg.out_bias, rope_dim=cfg.rope_dim)
+                                  out_bias=cfg.out_bias, rope_dim=cfg.rope_dim,
+                                  impl=cfg.attention_impl)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.mlp_norm = norm() if cfg.pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)

@@ -54,6 +54,9 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots", "nested"] = "none"
+    # attention kernels: auto (GPU: cuDNN flash attention for training/prefill, a Pallas kernel for decode; CPU
+    # and TPU: XLA) | xla | cudnn | pallas (models/layers/kernels.py; calls a kernel cannot compute take XLA)
+    attention_impl: Literal["auto", "xla", "cudnn", "pallas"] = "auto"
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)
     # log-probs over sequence chunks of this many tokens (0: whole [B, T, V] logits); unset: chunks only when

@@ -43,7 +43,8 @@ def model_config(cfg: Config) -> TransformerConfig:
         from reasoning_rl.stages.common import lora_config
 
         return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m))
+                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m),
+                                   attention_impl=m.attention_impl)
     from reasoning_rl.stages.common import model_config_from
 
     return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)
@@ -226,6 +227,10 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
     if memory_gb is not None:
         out["memory_gb"] = memory_gb
         out["fits"] = total <= memory_gb * GB
+    from reasoning_rl.models.layers import kernels
+
+    # attention path per kind on this backend and on a GPU (models/layers/kernels.py)
+    out["attention"] = {"impl": mc.attention_impl, "here": kernels.plan(mc), "gpu": kernels.plan(mc, platform="gpu")}
     return out
 
 
@@ -241,6 +246,12 @@ def format_plan(p: dict[str, Any]) -> str:
     how = f"in chunks of {lg['chunk']} positions" if lg["chunk"] else "whole"
     lines.append(f"logits: {lg['share_of_total']:.0%} of the total ({how}, model.logits_chunk "
                  f"{'unset: chosen by size' if lg['auto'] else lg['chunk']})")
+    if "attention" in p:
+        at = p["attention"]
+        for where in ("here", "gpu"):
+            paths = ", ".join(f"{k} {v['path']}" + (f" ({v['reason']})" if v["reason"] else "")
+                              for k, v in at[where].items())
+            lines.append(f"attention {at['impl']} ({'this backend' if where == 'here' else 'on a GPU'}): {paths}")
     if "fits" in p:
         lines.append(f"fits {p['memory_gb']:g} GB per device: {'yes' if p['fits'] else 'no'}")
     if "full_finetuning" in p:

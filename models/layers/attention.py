@@ -13,9 +13,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from reasoning_rl.sharding import constrain
+from reasoning_rl.sharding import constrain, current
 
 from ..lora import adapt
+from . import kernels
 from .init import param, zeros
 from .norm import RMSNorm
 from .rope import apply_rope, rope_parameters, rope_table
@@ -293,11 +294,13 @@ class Attention(nnx.Module):
                  qk_norm: bool = False, norm_eps: float = 1e-6, norm_offset: float = 0.0,
                  query_scale: float | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
-                 sinks: bool = False, out_bias: bool = False, rope_dim: int = 0):
+                 sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto"):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
-        ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all)."""
+        ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all). ``impl``: attention
+        kernels (``kernels.IMPLS``; each call routed by ``kernels.route``)."""
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.impl = impl
         self.dtype = dtype
         self.scale = query_scale if query_scale is not None else head_dim**-0.5
         self.softcap = softcap
@@ -323,6 +326,14 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
         self.sinks = nnx.Param(jnp.zeros((n_heads,), jnp.float32), axes=("heads",)) if sinks else None
         self.o_bias = zeros((d_model,), ("embed",), param_dtype) if out_bias else None
+
+    def _route(self, kind: str, q: jax.Array, mask: jax.Array) -> kernels.Route:
+        if self.impl == "xla":
+            return kernels.Route("xla")
+        ctx = current()
+        return kernels.route(self.impl, kind, dtype=q.dtype, head_dim=self.head_dim, softcap=self.softcap,
+                             sinks=self.sinks is not None, q_len=q.shape[1], k_len=mask.shape[-1],
+                             sharded=ctx is not None and ctx.mesh.size > 1)
 
     def project_qkv(self, x: jax.Array, positions: jax.Array, rope=None):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
@@ -354,13 +365,25 @@ class Attention(nnx.Module):
         sinks = None if self.sinks is None else self.sinks[...]
         if prefix is not None:
             kp, vp = (a.astype(self.dtype) for a in prefix)
-            out = prefix_attention(q, k, v, kp, vp, mask, self.scale, self.softcap, sinks)
+            r = self._route("prefix", q, mask)
+            if r.path == "cudnn":
+                out = kernels.cudnn_prefix_attention(q, k, v, kp, vp, mask, self.scale, r.emulated)
+            else:
+                out = prefix_attention(q, k, v, kp, vp, mask, self.scale, self.softcap, sinks)
         else:
             heads_first = cache is not None
+            paged = cache is not None and len(cache) == 3
             k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, heads_first, mask.shape[-1])
-            # without a cache the keys are the sequence itself, causal: causal blocks apply
-            out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
-                                sinks=sinks)
+            kind = "train" if not heads_first else ("prefill" if q.shape[1] > 1 else
+                                                    "paged_decode" if paged else "decode")
+            r = self._route(kind, q, mask)
+            if r.path == "cudnn":
+                out = kernels.cudnn_attention(q, k, v, mask, self.scale, heads_first, r.emulated)
+            elif r.path == "pallas":
+                out = kernels.pallas_decode(q, k, v, mask, self.scale, interpret=r.emulated)
+            else:  # without a cache the keys are the sequence itself, causal: causal blocks apply
+                out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
+                                    sinks=sinks)
         out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype)))
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)

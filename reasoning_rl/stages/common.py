@@ -167,7 +167,7 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
         remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max, family=m.family, moe=_moe_config(m),
-        lora=lora_config(m))
+        lora=lora_config(m), attention_impl=m.attention_impl)
 
 
 def _check_keys(section: str, given: dict, cls) -> None:
@@ -271,7 +271,8 @@ class Runtime:
 
             mcfg = config_from_hf(self.hf_path)
             mcfg = dataclasses.replace(mcfg, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                       scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m))
+                                       scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m),
+                                       attention_impl=m.attention_impl)
         else:
             mcfg = model_config_from(m, self.tok.vocab_size)
         try:

@@ -51,7 +51,8 @@ class RewardRuntime(Runtime):
             from reasoning_rl.models.hf import config_from_hf
 
             cfg = dataclasses.replace(config_from_hf(stage.init), param_dtype=m.param_dtype, dtype=m.dtype,
-                                      remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max)
+                                      remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max,
+                                      attention_impl=m.attention_impl)
         elif stage.reward_model.model is not None:
             cfg = model_config_from(stage.reward_model.model, rt.tok.vocab_size)
         else:
