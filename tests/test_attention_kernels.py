@@ -165,3 +165,27 @@ def test_self_check_runs_every_path_at_a_tiny_shape():
     assert out["train"]["grad_max_abs_diff"] < 1e-4
     assert out["decode"]["kernel_s"] > 0 and out["train"]["kernel_fwd_bwd_s"] > 0
     assert out["plan"]["decode"]["path"] == "xla"  # auto on CPU
+
+
+def test_auto_uses_a_kernel_only_after_it_passes_its_probe(monkeypatch):
+    """On a GPU, ``auto`` runs each kernel once against the XLA path before choosing it; one that cannot be
+    built or disagrees leaves the call on XLA (with the reason) instead of failing the run. Here the probe's
+    call sites run emulated (cuDNN's through the xla implementation, Pallas in the interpreter)."""
+    kernels.probe.cache_clear()
+    seen = []
+
+    @jax.jit
+    def traced(x):  # routes are decided while a model is traced: the probe must run there, not be staged
+        seen.extend([kernels.probe("cudnn", emulated=True), kernels.probe("pallas", emulated=True)])
+        return x
+
+    traced(jnp.zeros(()))
+    assert seen == ["", ""]
+    ok = kernels.Route("pallas")
+    monkeypatch.setattr(kernels, "probe", lambda path, emulated=False: "")
+    assert kernels._probed(ok, "auto", None) == ok
+    monkeypatch.setattr(kernels, "probe", lambda path, emulated=False: "RuntimeError: no PTX for sm_90")
+    r = kernels._probed(ok, "auto", None)
+    assert r.path == "xla" and "no PTX for sm_90" in r.reason
+    assert kernels._probed(ok, "pallas", None) == ok  # asked for by name: never replaced
+    assert kernels._probed(ok, "auto", "gpu") == ok  # planning for another platform: nothing runs

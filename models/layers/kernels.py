@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -97,12 +98,83 @@ def route(impl: str, kind: str, *, dtype, head_dim: int, v_head_dim: int | None 
             return Route("xla", reason=f"cudnn head dim {head_dim} (needs a multiple of 8, <= {h_max})")
         if q_len % 2 or k_len % 2:
             return Route("xla", reason=f"cudnn with a mask needs even lengths, got {q_len}x{k_len}")
-        return Route("cudnn", emulated=not gpu)
+        return _probed(Route("cudnn", emulated=not gpu), impl, platform)
     if sharded:
         return Route("xla", reason="pallas decode under a multi-device mesh (XLA cannot partition it)")
     if head_dim < 16 or head_dim & (head_dim - 1):
         return Route("xla", reason=f"pallas decode needs a power-of-two head dim >= 16, got {head_dim}")
-    return Route("pallas", emulated=not gpu)
+    return _probed(Route("pallas", emulated=not gpu), impl, platform)
+
+
+def _probed(r: Route, impl: str, platform: str | None) -> Route:
+    """``r`` unless ``auto`` chose a kernel on this very device and the kernel fails its probe (``probe``):
+    then the XLA path, with the failure as the reason. A kernel asked for by name is never replaced."""
+    if impl != "auto" or r.emulated or platform is not None:
+        return r
+    err = probe(r.path)
+    return Route("xla", reason=f"{r.path} kernel failed its probe on this device: {err}") if err else r
+
+
+@functools.cache
+def probe(path: str, emulated: bool = False) -> str:
+    """Run kernel ``path`` (cudnn | pallas) once at a small bf16 shape on the default device and compare it
+    with the XLA path: '' when it compiles, runs and agrees (within bf16 rounding), else what went wrong.
+
+    ``auto`` only picks a kernel that passed, so a driver, library or compiler that cannot build it costs
+    one warning and the XLA path instead of a failed run. Runs now even when called while a model is being
+    traced (on a thread of its own); cached per process."""
+    import warnings
+
+    from . import attention as att
+
+    rng = np.random.default_rng(0)
+    b, t, h, kv, d = 2, 16, 4, 2, 64
+    bf = jnp.bfloat16
+    valid = np.arange(t)[None] >= np.array([[0], [5]])  # row 1 left-padded by 5
+    if path == "cudnn":
+        q = rng.normal(size=(b, t, h, d))
+        k, v = (rng.normal(size=(b, t, kv, d)) for _ in range(2))
+        rows = valid
+
+        def both(q, k, v):
+            mask = att.attention_mask(jnp.asarray(valid), jnp.arange(t), jnp.arange(t))
+            return (cudnn_attention(q, k, v, mask, d**-0.5, emulated=emulated),
+                    att._dot_attention(q, k, v, mask, d**-0.5))
+    elif path == "pallas":
+        q = rng.normal(size=(b, 1, h, d))
+        k, v = (rng.normal(size=(b, kv, t, d)) for _ in range(2))
+        rows = np.ones((b, 1), bool)
+
+        def both(q, k, v):
+            mask = jnp.asarray(valid)[:, None]
+            return (pallas_decode(q, k, v, mask, d**-0.5, interpret=emulated),
+                    att._decode_attention(q, k, v, mask, d**-0.5, None))
+    else:
+        return f"no kernel {path!r}"
+    def run():  # on a thread of its own: JAX's trace state is per thread, so this runs now even when the
+        # caller is tracing a model (where every op, even on constants, would be staged into that trace)
+        try:
+            got, want = jax.jit(both)(*(jnp.asarray(a, bf) for a in (q, k, v)))
+            box.append(float(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32))[rows].max()))
+        except Exception as e:  # noqa: BLE001 - any failure to build or run the kernel means: do not use it
+            box.append(e)
+
+    box: list = []
+    worker = threading.Thread(target=run, name=f"probe-{path}")
+    worker.start()
+    worker.join()
+    try:
+        if isinstance(box[0], Exception):
+            raise box[0]
+        err = box[0]
+    except Exception as e:  # noqa: BLE001 - any failure to build or run the kernel means: do not use it
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    else:
+        msg = "" if err <= 5e-2 else f"differs from the XLA path by {err:.3g}"
+    if msg:
+        warnings.warn(f"attention_impl auto: the {path} kernel is not used on this device ({msg})", RuntimeWarning,
+                      stacklevel=2)
+    return msg
 
 
 def plan(cfg, *, batch: int = 1, seq: int = 2048, platform: str | None = None) -> dict[str, dict]:
