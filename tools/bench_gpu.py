@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.models.layers import kernels
 
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.algorithms.steps import init_state, make_optimizer, make_sft_step
@@ -42,14 +43,15 @@ from reasoning_rl.rollout.sampler import SamplingParams, sample
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 datasheet figures
 
 
-def qwen25_15b(tiny: bool, dtype: str, param_dtype: str) -> TransformerConfig:
+def qwen25_15b(tiny: bool, dtype: str, param_dtype: str, attention_impl: str = "auto") -> TransformerConfig:
     if tiny:
         return TransformerConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
                                  ffn_dim=256, qkv_bias=True, tie_embeddings=True, dtype=dtype,
-                                 param_dtype=param_dtype, rope_theta=1e6)
+                                 param_dtype=param_dtype, rope_theta=1e6, attention_impl=attention_impl)
     return TransformerConfig(vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
                              ffn_dim=8960, qkv_bias=True, tie_embeddings=True, dtype=dtype,
-                             param_dtype=param_dtype, rope_theta=1e6, max_seq_len=32768)
+                             param_dtype=param_dtype, rope_theta=1e6, max_seq_len=32768,
+                             attention_impl=attention_impl)
 
 
 def timed(fn, *a, reps: int = 3) -> float:
@@ -235,17 +237,20 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-seq", type=int, default=2048)
     ap.add_argument("--remat", default="full", choices=["none", "dots", "full"])
+    ap.add_argument("--attention-impl", default="auto", help="model.attention_impl: auto | xla | cudnn | pallas")
     ap.add_argument("--batches", default="64,256", help="decode batch sizes, comma-separated")
     ap.add_argument("--no-gap", action="store_true", help="skip the sampler/trainer log-prob gap")
     ap.add_argument("--profile", action="store_true", help="kernel time by kind for one decode call and one "
                     "train step (jax.profiler)")
     args = ap.parse_args()
     out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
-           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "attention_impl": args.attention_impl}
     bw = hbm_bandwidth(args.tiny)
     out["hbm_bytes_per_s_measured"] = bw
     if not args.skip_decode:
-        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16")
+        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl)
+        out["attention_paths"] = {k: v["path"] + (f" ({v['reason']})" if v["reason"] else "")
+                                  for k, v in kernels.plan(cfg).items()}
         mdef, params = create(cfg, 0)
         out["n_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
         batches = [int(x) for x in args.batches.split(",") if x.strip()]
@@ -262,7 +267,7 @@ def main() -> None:
         print(json.dumps(out), flush=True)
         del params
     if not args.skip_train:
-        cfg = dataclasses.replace(qwen25_15b(args.tiny, "bfloat16", "float32"), remat=args.remat)
+        cfg = dataclasses.replace(qwen25_15b(args.tiny, "bfloat16", "float32", args.attention_impl), remat=args.remat)
         mdef, params = create(cfg, 0)
         b, t = (2, 64) if args.tiny else (args.train_batch, args.train_seq)
         out["train"] = bench_train(mdef, params, b, t, 0 if args.tiny else 512, args.profile)
