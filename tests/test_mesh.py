@@ -17,7 +17,7 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 QUICKSTART_MOE = str(ROOT / "configs" / "quickstart_moe.yaml")
 SHORT = ["--set", "stages.sft.steps=3", "--set", "stages.grpo.steps=2", "--set", "eval.num_problems=8",
          "--set", "eval.samples=2", "--set", "eval.k=[1,2]", "--set", "eval.greedy=false",
-         "--set", "checkpoint.every=1"]
+         "--set", "checkpoint.every=100"]  # the stage end saves: the params compared
 COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "accuracy", "entropy", "response_len", "tokens")
 
 

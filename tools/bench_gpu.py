@@ -55,13 +55,7 @@ def qwen25_15b(tiny: bool, dtype: str, param_dtype: str, attention_impl: str = "
 
 
 def timed(fn, *a, reps: int = 3) -> float:
-    jax.block_until_ready(fn(*a))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*a))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return kernels.median_seconds(fn, *a, reps=reps)
 
 
 KINDS = (  # kernel name patterns -> kind, first match wins (XLA:GPU, cuBLAS/cuDNN/CUTLASS, Pallas/Triton names)

@@ -353,7 +353,8 @@ def pallas_decode(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
 # --------------------------------------------------------------------------- device check
 
 
-def _bench(fn, *args, reps: int = 5) -> float:
+def median_seconds(fn, *args, reps: int = 5) -> float:
+    """Median wall time of ``fn(*args)`` over ``reps`` calls after one warm-up call (compiling excluded)."""
     jax.block_until_ready(fn(*args))
     ts = []
     for _ in range(reps):
@@ -421,9 +422,9 @@ def self_check(cfg, *, batch: int = 4, seq: int = 2048, decode_batch: int = 64, 
         res["grad_max_abs_diff"] = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
                                        for a, b in zip(gk, gr))
         res["grad_ref_max_abs"] = max(float(jnp.max(jnp.abs(b.astype(jnp.float32)))) for b in gr)
-        res["kernel_fwd_s"], res["xla_fwd_s"] = _bench(ker, q, k, v, reps=reps), _bench(ref, q, k, v, reps=reps)
-        res["kernel_fwd_bwd_s"] = _bench(loss(ker), q, k, v, reps=reps)
-        res["xla_fwd_bwd_s"] = _bench(loss(ref), q, k, v, reps=reps)
+        res["kernel_fwd_s"], res["xla_fwd_s"] = median_seconds(ker, q, k, v, reps=reps), median_seconds(ref, q, k, v, reps=reps)
+        res["kernel_fwd_bwd_s"] = median_seconds(loss(ker), q, k, v, reps=reps)
+        res["xla_fwd_bwd_s"] = median_seconds(loss(ref), q, k, v, reps=reps)
         return res
 
     def prefix():
@@ -442,7 +443,7 @@ def self_check(cfg, *, batch: int = 4, seq: int = 2048, decode_batch: int = 64, 
         rows = jnp.ones((bb, t, 1, 1), bool)
         return {"route": r.path, "reason": r.reason, "kernel_emulated": not gpu,
                 "max_abs_diff": diff(ker(q, k, v), ref(q, k, v), rows),
-                "kernel_fwd_s": _bench(ker, q, k, v, reps=reps), "xla_fwd_s": _bench(ref, q, k, v, reps=reps)}
+                "kernel_fwd_s": median_seconds(ker, q, k, v, reps=reps), "xla_fwd_s": median_seconds(ref, q, k, v, reps=reps)}
 
     def decode():
         r = route(impl, "decode", dtype=dt, head_dim=d, q_len=1, k_len=decode_len)
@@ -457,7 +458,7 @@ def self_check(cfg, *, batch: int = 4, seq: int = 2048, decode_batch: int = 64, 
         kv_bytes = 2 * bb * kv * s * d * dt.itemsize
         res = {"route": r.path, "reason": r.reason, "kernel_emulated": not gpu,
                "max_abs_diff": diff(ker(q, k, v), ref(q, k, v), rows),
-               "kernel_s": _bench(ker, q, k, v, reps=reps), "xla_s": _bench(ref, q, k, v, reps=reps),
+               "kernel_s": median_seconds(ker, q, k, v, reps=reps), "xla_s": median_seconds(ref, q, k, v, reps=reps),
                "kv_bytes": kv_bytes}
         res["kernel_bytes_per_s"] = kv_bytes / res["kernel_s"]
         res["xla_bytes_per_s"] = kv_bytes / res["xla_s"]
