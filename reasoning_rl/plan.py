@@ -40,11 +40,9 @@ def model_config(cfg: Config) -> TransformerConfig:
         # config.json always; the safetensors headers too when there are weights (a config-only directory
         # is enough to size a model)
         mc = check_path(m.path, "model.path", weights=None, tokenizer=False)
-        from reasoning_rl.stages.common import lora_config
+        from reasoning_rl.stages.common import run_options
 
-        return dataclasses.replace(mc, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                   scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m),
-                                   attention_impl=m.attention_impl)
+        return dataclasses.replace(mc, **run_options(m))
     from reasoning_rl.stages.common import model_config_from
 
     return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)

@@ -146,7 +146,7 @@ def test_proximal_logprobs_from_the_update_forward_equal_a_separate_forward(mode
     prox = np.asarray(jax.jit(make_logprob_fn(mdef, 1.0))(params, batch["tokens"], batch["valid"], batch["mask"]))
     w, m_sep = off_policy_weights(prox, behav, batch["mask"], mode, 1.5)
     separate = dict(batch, old_logp=prox, is_weight=np.asarray(w))
-    fused = dict(batch, behaviour_logp=behav)
+    fused = {**{k: v for k, v in batch.items() if k != "sampler_logp"}, "behaviour_logp": behav}
     grad = jax.jit(make_grpo_grad(mdef, cfg, temperature=1.0))
     g1, a1 = grad(params, separate)
     g2, a2 = grad(params, fused)

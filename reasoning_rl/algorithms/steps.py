@@ -263,9 +263,10 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
     batch: tokens [B, Tp+T] int32, valid [B, Tp+T] bool (prompt validity ++ completion mask), mask [B, T],
     old_logp [B, T], sampler_logp [B, T], adv [B], ref_logp [B, T] when ``acfg.beta > 0``, and for stale
     (asynchronous) rollouts either is_weight [B, T] (old_logp then holds the proximal policy's log-probs) or
-    behaviour_logp [B, T]: the batch gets this one update only, so the proximal policy *is* the params being
-    differentiated and its log-probs are this forward's own (stop-gradient) values, with the importance
-    weights against behaviour_logp (``acfg.off_policy``, ``acfg.tis_cap``) formed here: no second forward.
+    behaviour_logp [B, T] in place of sampler_logp: the batch gets this one update only, so the proximal
+    policy *is* the params being differentiated and its log-probs are this forward's own (stop-gradient)
+    values, with the importance weights against behaviour_logp (``acfg.off_policy``, ``acfg.tis_cap``)
+    formed here: no second forward.
     """
     loss = get_loss(acfg.loss)
     kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=acfg.beta, kl_estimator=acfg.kl_estimator,
@@ -283,7 +284,8 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         x = LossInputs(lp, old, b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"], weight)
         s, c, metrics = loss(x, **kw)
         m = b["mask"].astype(jnp.float32)
-        gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
+        sampler = b["sampler_logp"] if "sampler_logp" in b else b["behaviour_logp"]  # the sampler's log-probs
+        gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - sampler) * m)
         extra, moe_metrics = moe_terms(moe, c, b["valid"])
         aux = {"loss_sum": s, "count": c, "entropy": (jnp.sum(ent * m), jnp.sum(m)), "logprob_gap": gap,
                **metrics, **moe_metrics, **off}
@@ -357,7 +359,8 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
         v = target_values(cdef, both["critic"], b["tokens"], b["valid"], n, group)
         vs, vc, vmetrics = value_loss(v, b["old_values"], b["returns"], b["mask"], acfg.vf_clip)
         m = b["mask"].astype(jnp.float32)
-        gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - b["sampler_logp"]) * m)
+        sampler = b["sampler_logp"] if "sampler_logp" in b else b["behaviour_logp"]  # the sampler's log-probs
+        gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - sampler) * m)
         extra, moe_metrics = moe_terms(moe, c, b["valid"])
         aux = {"loss_sum": s, "count": c, "vf_sum": vs, "vf_count": vc, "logprob_gap": gap,
                "entropy": (jnp.sum(ent * m), jnp.sum(m)), **metrics, **vmetrics, **moe_metrics}

@@ -170,6 +170,15 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         lora=lora_config(m), attention_impl=m.attention_impl)
 
 
+def run_options(m: ModelConfig, lora: bool = True) -> dict:
+    """How a model of a checkpoint's own architecture (an HF directory) runs, from the config's model section:
+    dtypes, remat, the layer scan, attention kernels, and (``lora``) the LoRA adapters; for
+    ``dataclasses.replace`` on the directory's ``TransformerConfig``."""
+    out = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
+               unroll_max=m.unroll_max, attention_impl=m.attention_impl)
+    return {**out, "lora": lora_config(m)} if lora else out
+
+
 def _check_keys(section: str, given: dict, cls) -> None:
     """A model sub-section's keys must be ``cls``'s fields: the first unknown one is a config error."""
     from reasoning_rl.config import ConfigError
@@ -270,9 +279,7 @@ class Runtime:
             from reasoning_rl.models.hf import config_from_hf
 
             mcfg = config_from_hf(self.hf_path)
-            mcfg = dataclasses.replace(mcfg, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                                       scan_layers=m.scan_layers, unroll_max=m.unroll_max, lora=lora_config(m),
-                                       attention_impl=m.attention_impl)
+            mcfg = dataclasses.replace(mcfg, **run_options(m))
         else:
             mcfg = model_config_from(m, self.tok.vocab_size)
         try:

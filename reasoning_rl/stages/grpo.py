@@ -284,7 +284,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     batch = dict(batch, is_weight=batch["mask"].astype(np.float32))
                     if fused and a.off_policy != "none" and rm["staleness"] > 0:  # weights formed in the step
                         del batch["is_weight"]
-                        batch["behaviour_logp"] = batch["sampler_logp"]
+                        batch["behaviour_logp"] = batch.pop("sampler_logp")  # the same array under its role
                     elif correct is not None and rm["staleness"] > 0:  # stale: proximal policy + IS weights
                         b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask", "sampler_logp")})
                         prox, w, im = dist.gather(correct(run.state.params, b["tokens"], b["valid"], b["mask"],

@@ -33,7 +33,7 @@ from reasoning_rl.metrics import MetricsWriter, Progress
 from reasoning_rl.models.reward import RewardDef, reward_def
 from reasoning_rl.rewards.reward_model import check_tokenizer, rm_tokens
 
-from .common import Runtime, StageRun, model_config_from, timer
+from .common import Runtime, StageRun, model_config_from, run_options, timer
 
 log = logging.getLogger("reasoning_rl")
 
@@ -50,9 +50,7 @@ class RewardRuntime(Runtime):
         if hf_init:
             from reasoning_rl.models.hf import config_from_hf
 
-            cfg = dataclasses.replace(config_from_hf(stage.init), param_dtype=m.param_dtype, dtype=m.dtype,
-                                      remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max,
-                                      attention_impl=m.attention_impl)
+            cfg = dataclasses.replace(config_from_hf(stage.init), **run_options(m, lora=False))
         elif stage.reward_model.model is not None:
             cfg = model_config_from(stage.reward_model.model, rt.tok.vocab_size)
         else:
