@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared GPU check (accelerator speed): one command for a lent GPU machine, sized for ~9 minutes so a
-# 15-minute device allowance leaves room for the machine's start and one rerun of a part.
+# The prepared GPU check (accelerator speed): one command for a lent GPU machine, sized to end inside ~9 minutes
+# (a deadline over all parts) so a 15-minute device allowance leaves room for the machine's start.
 #
 #   bash tools/gpu_check.sh [main|more|all]      (default main; OUT=dir for the results)
 #   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine)
@@ -9,13 +9,13 @@
 # nothing is installed. Each part is its own process under its own timeout, so one that fails or hangs
 # costs only its share; every part writes a JSON file under $OUT and its status and stderr's tail to
 # $OUT/parts.log (at most 8 files: what the device tool brings back).
-# main (about 8 minutes, one device command):
-#   kernels: every attention kernel against the XLA path at the bench's attention shape, with both times
-#            (tools/bench_attention_kernels.py; kernels that fail there show their error, not a crash)
+# main (at most GPU_CHECK_BUDGET_S=560 s, one device command; parts in this order):
 #   decode:  tools/bench_gpu.py decode at batch 64 and 256 vs the HBM roofline with the default kernels
 #            (attention_impl auto), the bf16 sampler/trainer log-prob gap, a kernel profile at 256
-#   decode_xla: the same without kernels (attention_impl xla), no profile: what the kernels change
 #   train:   one SFT step of 8 x 2048 tokens (dot remat, auto) vs peak bf16 FLOP/s, with a kernel profile
+#   kernels: every attention kernel against the XLA path at the bench's attention shape, with both times
+#            (tools/bench_attention_kernels.py; kernels that fail there show their error, not a crash)
+#   decode_xla: the same decode without kernels (attention_impl xla), no profile: what the kernels change
 # more (about 4 minutes, a second command if time is left):
 #   decode_cmdbuf: decode at 256 with XLA's command buffers (CUDA graphs) extended to while loops and
 #            conditionals: how much of a step is launch and loop overhead
@@ -27,6 +27,7 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 REASONING_RL_COMPILE_CACHE=off
 py=${PYTHON:-python3}
 what=${1:-main}
+deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-560}))  # every part ends (and logs) inside the device command's limit
 
 part() {  # part NAME TIMEOUT_S SCRIPT [ENV=VALUE...] -- ARGS...: one python process
     local name=$1 limit=$2 script=$3
@@ -34,6 +35,9 @@ part() {  # part NAME TIMEOUT_S SCRIPT [ENV=VALUE...] -- ARGS...: one python pro
     local envs=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
     shift
+    local left=$((deadline - SECONDS - 5))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then echo "$name skipped: the run's budget is spent" | tee -a "$out/parts.log"; return; fi
     local t0=$SECONDS
     env "${envs[@]}" timeout "$limit" "$py" "$script" "$@" >"$out/$name.json" 2>"/tmp/gpu_check_$name.err"
     local rc=$?
@@ -50,12 +54,14 @@ print(json.dumps({"jax": jax.__version__, "devices": [str(d) for d in jax.device
                   "kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", "")}))
 EOF
 cat "$out/env.json"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
+    --format=csv | tee -a "$out/parts.log"
 
-case $what in main|all)
-    part kernels 150 tools/bench_attention_kernels.py -- $quick
-    part decode 210 $B -- --skip-train --profile $tiny
-    part decode_xla 150 $B -- --skip-train --attention-impl xla $tiny
-    part train 180 $B -- --skip-decode --train-batch 8 --remat dots --profile $tiny ;;
+case $what in main|all)  # the most wanted figures first: what a cut-short run returns is still useful
+    part decode 200 $B -- --skip-train --profile $tiny
+    part train 150 $B -- --skip-decode --train-batch 8 --remat dots --profile $tiny
+    part kernels 110 tools/bench_attention_kernels.py -- $quick
+    part decode_xla 100 $B -- --skip-train --attention-impl xla $tiny ;;
 esac
 case $what in more|all)
     part decode_cmdbuf 150 $B XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL -- \
