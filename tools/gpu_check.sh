@@ -26,6 +26,14 @@ out=${OUT:-gpu_check_out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 REASONING_RL_COMPILE_CACHE=off
 py=${PYTHON:-python3}
+if ! "$py" -c "import reasoning_rl.models" 2>/dev/null; then  # not installed: the package-dir map by links
+    shim=$(mktemp -d)/src
+    mkdir -p "$shim/reasoning_rl"
+    for f in "$PWD"/reasoning_rl/*; do ln -s "$f" "$shim/reasoning_rl/"; done
+    ln -s "$PWD/models" "$shim/reasoning_rl/models"
+    ln -s "$PWD/sharding" "$shim/reasoning_rl/sharding"
+    export PYTHONPATH=$shim:$PYTHONPATH
+fi
 what=${1:-main}
 deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-560}))  # every part ends (and logs) inside the device command's limit
 
