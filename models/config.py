@@ -123,6 +123,9 @@ class TransformerConfig:
     # attention kernels: auto (GPU: cuDNN flash for multi-token calls, Pallas for decode; else XLA) | xla |
     # cudnn | pallas; calls a kernel cannot compute exactly take XLA (models/layers/kernels.py)
     attention_impl: str = "auto"
+    # decode steps over the contiguous cache: "scan" (the stacked cache, layers scanned), "unroll" (one cache
+    # buffer per layer, layers unrolled: no per-step copy of each layer's slice), "auto" (unroll off CPU)
+    decode_layers: str = "auto"
 
     @property
     def jnp_dtype(self):

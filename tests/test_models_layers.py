@@ -338,3 +338,33 @@ def test_rope_table_gathered_over_slots_equals_per_position():
         for a, b in zip(want, got):
             assert a.shape == b.shape == (6, 20, 1, 8)
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+def test_lm_head_gradient_runs_in_the_compute_dtype():
+    """The head's backward takes the float32 logits' cotangent in the compute dtype (bf16 products, not
+    float32 ones); a float32 model's gradient is the plain einsum's, bit for bit."""
+    from reasoning_rl.models.transformer import head_matmul
+
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.standard_normal((3, 5, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((40, 16)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((3, 5, 40)), jnp.float32)
+    spec = "...d,vd->...v"
+    plain = lambda a, b: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)  # noqa: E731
+    out, vjp = jax.vjp(lambda a, b: head_matmul(a, b, spec), h, w)
+    ref_out, ref_vjp = jax.vjp(plain, h, w)
+    np.testing.assert_array_equal(out, ref_out)
+    for a, b in zip(vjp(g), ref_vjp(g)):
+        np.testing.assert_array_equal(a, b)
+    hb, wb = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    out, vjp = jax.vjp(lambda a, b: head_matmul(a, b, spec), hb, wb)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, plain(hb, wb))
+    dh, dw = vjp(g)
+    assert dh.dtype == dw.dtype == jnp.bfloat16
+    low = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), hb, wb)[1](g.astype(jnp.bfloat16))
+    np.testing.assert_array_equal(dh, low[0])
+    np.testing.assert_array_equal(dw, low[1])
+    exact = ref_vjp(g)
+    for a, b in zip((dh, dw), exact):
+        assert float(jnp.max(jnp.abs(a.astype(jnp.float32) - b))) <= 0.02 * float(jnp.max(jnp.abs(b)))

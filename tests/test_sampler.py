@@ -238,3 +238,34 @@ def test_data_parallel_sampling_runs_a_loop_per_device_with_the_same_completions
         # the per-device loops stop independently: never more slot steps than one global loop
         assert 0 < r["slot_steps"][1] <= r["slot_steps"][0], name
     assert res["moe_routes"]["routes"] is True
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "qwen3_moe_dense", "deepseek_v3", "gpt_oss", "pallas"])
+def test_decode_with_a_cache_buffer_per_layer_equals_the_layer_scan(family):
+    """``decode_layers: unroll`` (the cache split into one buffer per layer, layers unrolled: what accelerators
+    run by default) samples the same tokens with the same log-probs as the scan over the stacked cache, for
+    every layer kind (sliding/full schedules, MoE stacks between dense layers, MLA, sinks, the Pallas decode
+    kernel), across growing windows, and its log-probs equal the trainer's."""
+    import dataclasses
+
+    from reasoning_rl.models import create
+    from test_hf_io import FAMILY_CONFIGS as CONFIGS
+
+    if family == "pallas":
+        mdef, params = tiny_model(seed=4, n_layers=3, attention_impl="pallas")
+        vocab = 40
+    else:
+        mdef, params = create(CONFIGS[family], 0)
+        vocab = mdef.cfg.vocab_size
+    pt, pv = S.left_pad(prompts(3, vocab=vocab, seed=4), 0)
+    sp = S.SamplingParams(13, 1.0, 0, 1.0, False, (5,), 0, 2, windows=3)
+    outs = {}
+    for mode in ("scan", "unroll"):
+        m = dataclasses.replace(mdef, cfg=dataclasses.replace(mdef.cfg, decode_layers=mode))
+        outs[mode] = jax.device_get(S.sample(m, params, pt, pv, jax.random.key(1), sp))
+    assert S.split_decode(dataclasses.replace(mdef.cfg, decode_layers="unroll"))
+    assert not S.split_decode(mdef.cfg)  # auto: the scan on CPU
+    np.testing.assert_array_equal(outs["unroll"].tokens, outs["scan"].tokens)
+    np.testing.assert_allclose(outs["unroll"].logprobs, outs["scan"].logprobs, atol=2e-6)
+    lp = trainer_logprobs(mdef, params, pt, pv, outs["unroll"], 2, 1.0)
+    assert np.abs(np.where(outs["unroll"].mask, lp - outs["unroll"].logprobs, 0.0)).max() < 1e-5

@@ -38,20 +38,22 @@ from reasoning_rl.models.layers import kernels
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.algorithms.steps import init_state, make_optimizer, make_sft_step
 from reasoning_rl.config import OptimizerConfig
-from reasoning_rl.rollout.sampler import SamplingParams, sample
+from reasoning_rl.rollout.sampler import SamplingParams, sample, split_decode
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 datasheet figures
 
 
-def qwen25_15b(tiny: bool, dtype: str, param_dtype: str, attention_impl: str = "auto") -> TransformerConfig:
+def qwen25_15b(tiny: bool, dtype: str, param_dtype: str, attention_impl: str = "auto",
+               decode_layers: str = "auto") -> TransformerConfig:
     if tiny:
         return TransformerConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
                                  ffn_dim=256, qkv_bias=True, tie_embeddings=True, dtype=dtype,
-                                 param_dtype=param_dtype, rope_theta=1e6, attention_impl=attention_impl)
+                                 param_dtype=param_dtype, rope_theta=1e6, attention_impl=attention_impl,
+                                 decode_layers=decode_layers)
     return TransformerConfig(vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
                              ffn_dim=8960, qkv_bias=True, tie_embeddings=True, dtype=dtype,
                              param_dtype=param_dtype, rope_theta=1e6, max_seq_len=32768,
-                             attention_impl=attention_impl)
+                             attention_impl=attention_impl, decode_layers=decode_layers)
 
 
 def timed(fn, *a, reps: int = 3) -> float:
@@ -60,7 +62,7 @@ def timed(fn, *a, reps: int = 3) -> float:
 
 KINDS = (  # kernel name patterns -> kind, first match wins (XLA:GPU, cuBLAS/cuDNN/CUTLASS, Pallas/Triton names)
     ("attention", r"flash|fmha|attention|attn|cudnn.*sdpa|mha|decode_attn|paged"),
-    ("matmul", r"gemm|matmul|cublas|cutlass|xmma|dot|sm\d+_.*(hmma|wgmma)|triton_.*dot"),
+    ("matmul", r"gemm|matmul|cublas|cutlass|xmma|nvjet|dot|sm\d+_.*(hmma|wgmma)|triton_.*dot"),
     ("sort/top-k", r"sort|topk|top_k|radix|cub::"),
     ("copy/update", r"memcpy|memset|copy|dynamic[-_]update[-_]slice|dynamic[-_]slice|scatter|gather|transpose"),
     ("reduction", r"reduce|reduction|softmax"),
@@ -232,6 +234,8 @@ def main() -> None:
     ap.add_argument("--train-seq", type=int, default=2048)
     ap.add_argument("--remat", default="full", choices=["none", "dots", "full"])
     ap.add_argument("--attention-impl", default="auto", help="model.attention_impl: auto | xla | cudnn | pallas")
+    ap.add_argument("--decode-layers", default="auto", choices=["auto", "scan", "unroll"],
+                    help="model.decode_layers: the stacked cache scanned, or a buffer per layer unrolled")
     ap.add_argument("--batches", default="64,256", help="decode batch sizes, comma-separated")
     ap.add_argument("--no-gap", action="store_true", help="skip the sampler/trainer log-prob gap")
     ap.add_argument("--profile", action="store_true", help="kernel time by kind for one decode call and one "
@@ -242,7 +246,8 @@ def main() -> None:
     bw = hbm_bandwidth(args.tiny)
     out["hbm_bytes_per_s_measured"] = bw
     if not args.skip_decode:
-        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl)
+        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
+        out["decode_layers"] = "unroll" if split_decode(cfg) else "scan"
         out["attention_paths"] = {k: v["path"] + (f" ({v['reason']})" if v["reason"] else "")
                                   for k, v in kernels.plan(cfg).items()}
         mdef, params = create(cfg, 0)

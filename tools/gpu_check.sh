@@ -4,6 +4,7 @@
 #
 #   bash tools/gpu_check.sh [main|more|all]      (default main; OUT=dir for the results)
 #   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine)
+#   NO_GAP=1: skip the bf16 log-prob gap (a second sampler program to compile)
 #
 # Runs with the machine image's python3 (JAX with CUDA, flax, optax, orbax) and this checkout on PYTHONPATH:
 # nothing is installed. Each part is its own process under its own timeout, so one that fails or hangs
@@ -11,11 +12,12 @@
 # $OUT/parts.log (at most 8 files: what the device tool brings back).
 # main (at most GPU_CHECK_BUDGET_S=560 s, one device command; parts in this order):
 #   decode:  tools/bench_gpu.py decode at batch 64 and 256 vs the HBM roofline with the default kernels
-#            (attention_impl auto), the bf16 sampler/trainer log-prob gap, a kernel profile at 256
+#            (attention_impl auto), the bf16 sampler/trainer log-prob gap, a kernel profile at 256, and the
+#            optimised HLO of its programs ($OUT/decode_hlo.tgz)
 #   train:   one SFT step of 8 x 2048 tokens (dot remat, auto) vs peak bf16 FLOP/s, with a kernel profile
+#   decode_xla: decode at 256 without kernels (attention_impl xla), no profile: what the kernels change
 #   kernels: every attention kernel against the XLA path at the bench's attention shape, with both times
 #            (tools/bench_attention_kernels.py; kernels that fail there show their error, not a crash)
-#   decode_xla: the same decode without kernels (attention_impl xla), no profile: what the kernels change
 # more (about 4 minutes, a second command if time is left):
 #   decode_cmdbuf: decode at 256 with XLA's command buffers (CUDA graphs) extended to while loops and
 #            conditionals: how much of a step is launch and loop overhead
@@ -66,10 +68,14 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
     --format=csv | tee -a "$out/parts.log"
 
 case $what in main|all)  # the most wanted figures first: what a cut-short run returns is still useful
-    part decode 200 $B -- --skip-train --profile $tiny
+    rm -rf /tmp/gpu_check_hlo
+    part decode 200 $B XLA_FLAGS="--xla_dump_to=/tmp/gpu_check_hlo --xla_dump_hlo_as_text" -- \
+        --skip-train --profile ${NO_GAP:+--no-gap} $tiny
+    # the decode programs as XLA optimised them (fusions, copies, kernels): for reading off the device
+    find /tmp/gpu_check_hlo -name '*after_optimizations.txt' -size +20k 2>/dev/null | tar czf "$out/decode_hlo.tgz" -T - 2>/dev/null
     part train 150 $B -- --skip-decode --train-batch 8 --remat dots --profile $tiny
-    part kernels 110 tools/bench_attention_kernels.py -- $quick
-    part decode_xla 100 $B -- --skip-train --attention-impl xla $tiny ;;
+    part decode_xla 100 $B -- --skip-train --attention-impl xla --batches 256 --no-gap $tiny
+    part kernels 110 tools/bench_attention_kernels.py -- $quick ;;
 esac
 case $what in more|all)
     part decode_cmdbuf 150 $B XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL -- \

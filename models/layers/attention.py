@@ -245,6 +245,8 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     if len(cache) == 3:
         return _write_paged(k, v, cache, layer, index, dtype, heads_first, size)
     k_all, v_all = cache
+    if k_all.ndim == 4:  # this layer's own buffer [B, K, S, D] (a split cache)
+        return _write_layer(k, v, k_all, v_all, index, dtype, heads_first, size)
     if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
         rows = jnp.arange(k.shape[0])
         k_all = k_all.at[layer, rows, :, index, :].set(k[:, 0].astype(k_all.dtype))
@@ -261,6 +263,25 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
     return kl, vl, (k_all, v_all)
+
+
+def _write_layer(k, v, k_buf, v_buf, index, dtype, heads_first, size):
+    """``write_cache`` into one layer's own [B, K, S, D] buffers (``KVCache.split_layers``): the write is in
+    place and the attention reads the buffer itself, with no slice of a stacked cache to copy out."""
+    if jnp.ndim(index) == 1:
+        rows = jnp.arange(k.shape[0])
+        k_buf = k_buf.at[rows, :, index, :].set(k[:, 0].astype(k_buf.dtype))
+        v_buf = v_buf.at[rows, :, index, :].set(v[:, 0].astype(v_buf.dtype))
+    else:
+        k_buf = jax.lax.dynamic_update_slice(k_buf, jnp.swapaxes(k, 1, 2).astype(k_buf.dtype), (0, 0, index, 0))
+        v_buf = jax.lax.dynamic_update_slice(v_buf, jnp.swapaxes(v, 1, 2).astype(v_buf.dtype), (0, 0, index, 0))
+    if size is None or size >= k_buf.shape[2]:
+        kl, vl = k_buf.astype(dtype), v_buf.astype(dtype)
+    else:
+        kl, vl = (jax.lax.dynamic_slice_in_dim(a, 0, size, axis=2).astype(dtype) for a in (k_buf, v_buf))
+    if not heads_first:
+        kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
+    return kl, vl, (k_buf, v_buf)
 
 
 def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):

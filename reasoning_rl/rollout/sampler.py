@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
+from reasoning_rl.models.layers import kernels
 from reasoning_rl.sharding import constrain, current, traced_under, use
 
 from .sampling import row_keys, select
@@ -97,9 +98,43 @@ POOL_AXES = ("layers", None, "act_kv_heads", None, None)  # paged k/v [L, pages,
 def shard_cache(cache: KVCache) -> KVCache:
     """Lay the cache out by the logical rules: rows over the batch axes, KV heads over ``tensor`` (a page
     pool is shared by rows, so only its KV heads are split)."""
+    if cache.split:  # one [B, K, S, D] buffer per layer
+        return KVCache(tuple(constrain(a, CACHE_AXES[1:]) for a in cache.k),
+                       tuple(constrain(a, CACHE_AXES[1:]) for a in cache.v),
+                       constrain(cache.valid, ("cache_batch", "cache_seq")))
     axes = CACHE_AXES if cache.table is None else POOL_AXES
     return KVCache(constrain(cache.k, axes), constrain(cache.v, axes),
                    constrain(cache.valid, ("cache_batch", "cache_seq")), cache.table)
+
+
+def split_decode(cfg) -> bool:
+    """Whether decode holds the contiguous cache as one buffer per layer and runs the layers unrolled
+    (``KVCache.split_layers``; ``model.decode_layers``). ``auto``: on accelerators, where the stacked cache
+    costs a copy of itself per step; on CPU the layer scan (compile time that does not grow with depth)."""
+    mode = getattr(cfg, "decode_layers", "auto")
+    if mode == "auto":
+        return jax.default_backend() != "cpu"
+    return mode == "unroll"
+
+
+def _kernel_decode(cfg) -> bool:
+    """Whether decode steps take the Pallas kernel (``models/layers/kernels.py``), here and now."""
+    if cfg.mla is not None:
+        return False
+    ctx = current()
+    return kernels.route(cfg.attention_impl, "decode", dtype=cfg.jnp_dtype, head_dim=cfg.head_dim,
+                         softcap=cfg.attn_softcap, sinks=cfg.attn_sinks,
+                         sharded=ctx is not None and ctx.mesh.size > 1).path == "pallas"
+
+
+def split_ends(cfg, ends: list[int]) -> list[int]:
+    """Window ends of a split-cache decode (``split_decode``): each rounded up to a length the Pallas decode
+    kernel tiles without padding (a pad would copy the layer's cache every step), and a single window when
+    the kernel runs: it skips the key blocks past each row's last valid key itself, so growing windows
+    would only multiply the unrolled layers in the program (compile time) for no fewer bytes read."""
+    if _kernel_decode(cfg):
+        ends = ends[-1:]
+    return sorted({kernels.split_plan(e)[0] for e in ends})
 
 
 def _fan_out(cache: KVCache, g: int) -> KVCache:
@@ -267,6 +302,9 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     # contiguous cache holds the first window's slots and grows at each window (below).
     lay = PageLayout.of(sp.page_size, p, rows, tp, n) if sp.page_size else None
     ends = window_ends(tp, n, sp.windows)
+    split = not lay and split_decode(mdef.cfg)
+    if split:
+        ends = split_ends(mdef.cfg, ends)
     cache, logits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
                                             lay.prefill_size if lay else ends[0], sp.record_routes)
     record = prompt_routes is not None
@@ -280,6 +318,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         cache = paged_cache(cache, lay, jnp.arange(rows) // g, valid)
     else:
         cache = _fan_out(cache, g)
+        if split:
+            cache = shard_cache(cache.split_layers())
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)

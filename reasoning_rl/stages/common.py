@@ -167,7 +167,7 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
         remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max, family=m.family, moe=_moe_config(m),
-        lora=lora_config(m), attention_impl=m.attention_impl)
+        lora=lora_config(m), attention_impl=m.attention_impl, decode_layers=m.decode_layers)
 
 
 def run_options(m: ModelConfig, lora: bool = True) -> dict:
@@ -175,7 +175,7 @@ def run_options(m: ModelConfig, lora: bool = True) -> dict:
     dtypes, remat, the layer scan, attention kernels, and (``lora``) the LoRA adapters; for
     ``dataclasses.replace`` on the directory's ``TransformerConfig``."""
     out = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
-               unroll_max=m.unroll_max, attention_impl=m.attention_impl)
+               unroll_max=m.unroll_max, attention_impl=m.attention_impl, decode_layers=m.decode_layers)
     return {**out, "lora": lora_config(m)} if lora else out
 
 
