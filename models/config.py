@@ -95,7 +95,7 @@ class TransformerConfig:
     scan_layers: bool = True
     # Multi-token passes (training, scoring, prefill) of a stack of at most this many layers run unrolled:
     # no stacked residual buffers or per-layer slices (W1's update ~8% faster on CPU) for compile time that
-    # grows with depth, so only shallow stacks. Decode (one token a row) always scans when scan_layers is on.
+    # grows with depth, so only shallow stacks. Decode (one token a row) scans unless decode_layers unrolls it.
     unroll_max: int = 4
     family: str = "qwen2"
     extra: dict = field(default_factory=dict)  # family-specific fields (kept for round trips)
@@ -124,7 +124,8 @@ class TransformerConfig:
     # cudnn | pallas; calls a kernel cannot compute exactly take XLA (models/layers/kernels.py)
     attention_impl: str = "auto"
     # decode steps over the contiguous cache: "scan" (the stacked cache, layers scanned), "unroll" (one cache
-    # buffer per layer, layers unrolled: no per-step copy of each layer's slice), "auto" (unroll off CPU)
+    # buffer per layer and each layer's weights sliced once per sampling call, layers unrolled: no per-step
+    # copies of either; costs a second copy of the layer weights while sampling), "auto" (unroll off CPU)
     decode_layers: str = "auto"
 
     @property

@@ -57,8 +57,9 @@ class ModelConfig:
     # attention kernels: auto (GPU: cuDNN flash attention for training/prefill, a Pallas kernel for decode; CPU
     # and TPU: XLA) | xla | cudnn | pallas (models/layers/kernels.py; calls a kernel cannot compute take XLA)
     attention_impl: Literal["auto", "xla", "cudnn", "pallas"] = "auto"
-    # sampler decode over the contiguous cache: scan (stacked cache) | unroll (a buffer per layer, no per-step
-    # copy of the layer's slice; compile time grows with depth) | auto (unroll on GPU/TPU, scan on CPU)
+    # sampler decode over the contiguous cache: scan (stacked cache and weights) | unroll (a cache buffer per
+    # layer and the layer weights sliced once per sampling call: no per-step copies; holds a second copy of the
+    # layer weights while sampling, compile time grows with depth) | auto (unroll on GPU/TPU, scan on CPU)
     decode_layers: Literal["auto", "scan", "unroll"] = "auto"
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)

@@ -208,6 +208,13 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
                                     cfg.model.logits_chunk), key=lambda x: x[0] + x[1])
     if kv:
         parts["kv_cache"] = kv
+        from reasoning_rl.models.transformer import segments
+        from reasoning_rl.rollout.sampler import split_decode
+
+        if split_decode(mc):  # decode reads each layer's weights sliced once per sampling call: a second copy
+            names = [name for name, *_ in segments(mc)]
+            parts["decode_layer_weights"] = _tree_bytes(ctx, {k: axes[k] for k in names},
+                                                        {k: shapes[k] for k in names})[0]
     parts["activations_estimate"] = act[0]
     parts["logits_estimate"] = act[1]
     total = sum(parts.values())

@@ -320,6 +320,7 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         cache = _fan_out(cache, g)
         if split:
             cache = shard_cache(cache.split_layers())
+    layer_states = model.layer_states() if split else None  # sliced once, read in place by every step
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
@@ -342,10 +343,11 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         # iteration after the last stop computes one unused step.
         if record:  # the forward of the token sampled at step t: sequence index Tp + t
             h, cache, aux = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, return_aux=True,
-                                         attend=attend)
+                                         attend=attend, layer_states=layer_states)
             routes = routes.at[:, t].set(aux["routes"][:, 0])
         else:
-            h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, attend=attend)
+            h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, attend=attend,
+                                    layer_states=layer_states)
         logits = model.logits(h[:, 0])
         return t + 1, cache, logits, toks, logps, mask, pos + 1, done, routes
 
