@@ -150,13 +150,15 @@ def main() -> None:
     ap.add_argument("--skip-grpo", action="store_true")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--logits-chunk", type=int, default=0)
+    ap.add_argument("--decode-layers", default="auto", choices=["auto", "scan", "unroll"],
+                    help="model.decode_layers (auto: the layer scan on CPU)")
     ap.add_argument("--cpu-devices", type=int, default=0,
                     help="split the CPU host into this many devices, data-parallel (mesh.cpu_devices; 0: one)")
     args = ap.parse_args()
     split_cpu(args.cpu_devices)
     import importlib.metadata as md
 
-    cfg = w1_config(dtype=args.dtype)
+    cfg = w1_config(dtype=args.dtype, decode_layers=args.decode_layers)
     mdef, params = create(cfg, 0)
     ctx = shd.context(shd.make_mesh({"data": -1}))
     params = jax.device_put(params, shd.replicated(ctx.mesh))
