@@ -121,8 +121,10 @@ def profile(fn, *args, reps: int = 2, top: int = 12) -> dict:
     with gzip.open(paths[0]) as f:
         events = _device_events(json.load(f))
     by_name: dict[str, float] = {}
+    count: dict[str, int] = {}
     for e in events:
         by_name[e["name"]] = by_name.get(e["name"], 0.0) + float(e.get("dur", 0))
+        count[e["name"]] = count.get(e["name"], 0) + 1
     kernel_us = sum(by_name.values())
     kinds: dict[str, float] = {}
     for name, us in by_name.items():
@@ -133,7 +135,7 @@ def profile(fn, *args, reps: int = 2, top: int = 12) -> dict:
             "by_kind_frac": {k: round(v / kernel_us, 4) for k, v in sorted(kinds.items(), key=lambda x: -x[1])}
             if kernel_us else {},
             "top": [{"name": n[:120], "kind": kernel_kind(n), "s_per_call": us / 1e6 / reps,
-                     "frac": round(us / kernel_us, 4)}
+                     "launches_per_call": count[n] / reps, "frac": round(us / kernel_us, 4)}
                     for n, us in sorted(by_name.items(), key=lambda x: -x[1])[:top]],
             "trace_dir": d}
 

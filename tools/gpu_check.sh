@@ -3,7 +3,8 @@
 # (a deadline over all parts) so a 15-minute device allowance leaves room for the machine's start.
 #
 #   bash tools/gpu_check.sh [main|more|all]      (default main; OUT=dir for the results)
-#   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine)
+#   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine;
+#   on the device run main and more as two commands: each leaves at most 8 files, what the tool brings back)
 #   NO_GAP=1: skip the bf16 log-prob gap (a second sampler program to compile)
 #
 # Runs with the machine image's python3 (JAX with CUDA, flax, optax, orbax) and this checkout on PYTHONPATH:
@@ -18,7 +19,10 @@
 #   decode_xla: decode at 256 without kernels (attention_impl xla), no profile: what the kernels change
 #   kernels: every attention kernel against the XLA path at the bench's attention shape, with both times
 #            (tools/bench_attention_kernels.py; kernels that fail there show their error, not a crash)
-# more (about 4 minutes, a second command if time is left):
+# more (about 5 minutes, a second command if time is left):
+#   decode_cublas: decode with every matrix product on cuBLAS (XLA's Triton GEMMs off: the fused gate/up
+#            projection ran at 40% of its compute floor as a Triton GEMM)
+#   decode_scan: decode at 256 over the stacked cache and weights (decode_layers scan), same sitting
 #   decode_cmdbuf: decode at 256 with XLA's command buffers (CUDA graphs) extended to while loops and
 #            conditionals: how much of a step is launch and loop overhead
 #   train_xla: the train step without kernels
@@ -78,6 +82,9 @@ case $what in main|all)  # the most wanted figures first: what a cut-short run r
     part kernels 110 tools/bench_attention_kernels.py -- $quick ;;
 esac
 case $what in more|all)
+    part decode_cublas 150 $B XLA_FLAGS=--xla_gpu_enable_triton_gemm=false -- \
+        --skip-train --batches 64,256 --no-gap $tiny
+    part decode_scan 150 $B -- --skip-train --batches 256 --no-gap --decode-layers scan $tiny
     part decode_cmdbuf 150 $B XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL -- \
         --skip-train --batches 256 --no-gap $tiny
     part train_xla 150 $B -- --skip-decode --train-batch 8 --remat dots --attention-impl xla $tiny ;;
