@@ -240,12 +240,12 @@ def test_data_parallel_sampling_runs_a_loop_per_device_with_the_same_completions
     assert res["moe_routes"]["routes"] is True
 
 
-@pytest.mark.parametrize("family", ["gemma3", "qwen3_moe_dense", "deepseek_v3", "pallas"])
+@pytest.mark.parametrize("family", ["gemma3", "qwen3_moe_dense", "mla", "pallas"])
 def test_decode_with_a_cache_buffer_per_layer_equals_the_layer_scan(family):
     """``decode_layers: unroll`` (the cache split into one buffer per layer, layers unrolled: what accelerators
     run by default) samples the same tokens with the same log-probs as the scan over the stacked cache, for
-    every layer kind (sliding/full schedules, MoE stacks between dense layers, MLA, sinks, the Pallas decode
-    kernel), across growing windows, and its log-probs equal the trainer's."""
+    the layer kinds that take it differently (sliding/full schedules, MoE stacks between dense layers, MLA's
+    latent cache, the Pallas decode kernel), across growing windows, and its log-probs equal the trainer's."""
     import dataclasses
 
     from reasoning_rl.models import create
@@ -254,11 +254,14 @@ def test_decode_with_a_cache_buffer_per_layer_equals_the_layer_scan(family):
     if family == "pallas":
         mdef, params = tiny_model(seed=4, n_layers=3, attention_impl="pallas")
         vocab = 40
+    elif family == "mla":  # DeepSeek-V3's attention (latent cache) over dense layers
+        mdef, params = create(dataclasses.replace(CONFIGS["deepseek_v3"], moe=None), 0)
+        vocab = mdef.cfg.vocab_size
     else:
         mdef, params = create(CONFIGS[family], 0)
         vocab = mdef.cfg.vocab_size
     pt, pv = S.left_pad(prompts(3, vocab=vocab, seed=4), 0)
-    sp = S.SamplingParams(13, 1.0, 0, 1.0, False, (5,), 0, 2, windows=3)
+    sp = S.SamplingParams(10, 1.0, 0, 1.0, False, (5,), 0, 2, windows=2)
     outs = {}
     for mode in ("scan", "unroll"):
         m = dataclasses.replace(mdef, cfg=dataclasses.replace(mdef.cfg, decode_layers=mode))
