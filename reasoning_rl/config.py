@@ -59,7 +59,8 @@ class ModelConfig:
     attention_impl: Literal["auto", "xla", "cudnn", "pallas"] = "auto"
     # sampler decode over the contiguous cache: scan (stacked cache and weights) | unroll (a cache buffer per
     # layer and the layer weights sliced once per sampling call: no per-step copies; holds a second copy of the
-    # layer weights while sampling, compile time grows with depth) | auto (unroll on GPU/TPU, scan on CPU)
+    # layer weights, projections in the compute dtype, while sampling; compile time grows with depth) | auto
+    # (unroll on GPU/TPU, scan on CPU)
     decode_layers: Literal["auto", "scan", "unroll"] = "auto"
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)

@@ -211,10 +211,12 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
         from reasoning_rl.models.transformer import segments
         from reasoning_rl.rollout.sampler import split_decode
 
-        if split_decode(mc):  # decode reads each layer's weights sliced once per sampling call: a second copy
+        if split_decode(mc):  # decode reads each layer's weights sliced once per sampling call: a second copy,
+            # its projections in the compute dtype (Transformer.layer_states; norm scales counted so too: tiny)
             names = [name for name, *_ in segments(mc)]
+            narrow = min(np.dtype(mc.jnp_dtype).itemsize, np.dtype(mc.jnp_param_dtype).itemsize)
             parts["decode_layer_weights"] = _tree_bytes(ctx, {k: axes[k] for k in names},
-                                                        {k: shapes[k] for k in names})[0]
+                                                        {k: shapes[k] for k in names}, narrow)[0]
     parts["activations_estimate"] = act[0]
     parts["logits_estimate"] = act[1]
     total = sum(parts.values())

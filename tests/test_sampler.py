@@ -334,3 +334,45 @@ def test_plan_counts_the_split_decode_copy_of_the_layer_weights():
     embed_and_norm = (50 * 64 + 64) * 4  # tied embedding and the final norm: not per layer
     assert layer == unroll["per_device_bytes"]["params"] - embed_and_norm
     assert unroll["per_device_total_bytes"] - scan["per_device_total_bytes"] == layer
+    bf16 = plan(config_lib.from_dict({**raw, "model": {**raw["model"], "decode_layers": "unroll",
+                                                      "dtype": "bfloat16"}}), 1, 16)
+    assert bf16["per_device_bytes"]["decode_layer_weights"] == layer // 2  # held in the compute dtype
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe_dense", "gpt_oss"])
+def test_split_decode_reads_float32_master_weights_cast_once(family):
+    """Under bf16 compute with float32 parameters, the split decode stores the projections cast to bf16 once
+    (``COMPUTE_CAST``) and keeps routers, sinks and norm scales in float32: it samples exactly what the same
+    loop converting the weights at every step samples."""
+    import dataclasses
+
+    from reasoning_rl.models import create
+    from reasoning_rl.models import transformer as T
+    from test_hf_io import FAMILY_CONFIGS as CONFIGS
+
+    cfg = dataclasses.replace(CONFIGS[family], dtype="bfloat16", param_dtype="float32", decode_layers="unroll")
+    mdef, params = create(cfg, 0)
+    rng = np.random.default_rng(0)  # norm scales off 1.0, where float32 and bf16 differ
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, a: a * (1 + 0.1 * rng.standard_normal(a.shape)).astype(a.dtype)
+        if "scale" in jax.tree_util.keystr(p) else a, params)
+    states = mdef.bind(params).layer_states()
+    leaves = {jax.tree_util.keystr(p): a.dtype for p, a in jax.tree_util.tree_leaves_with_path(states)}
+    assert any("['q']" in k and d == jnp.bfloat16 for k, d in leaves.items())
+    assert all(d == jnp.float32 for k, d in leaves.items() if any(n in k for n in ("scale", "router", "sinks")))
+    pt, pv = S.left_pad(prompts(3, vocab=cfg.vocab_size, seed=6), 0)
+    sp = S.SamplingParams(10, 1.0, 0, 1.0, False, (5,), 0, 2)
+
+    def run(names):  # a fresh trace with COMPUTE_CAST = names
+        orig = T.COMPUTE_CAST
+        try:
+            T.COMPUTE_CAST = names
+            return jax.device_get(jax.jit(lambda p: S._sample_rows(mdef, sp, p, pt, pv, jax.random.key(3)))(params))
+        finally:
+            T.COMPUTE_CAST = orig
+
+    cast, plain = run(T.COMPUTE_CAST), run(frozenset())
+    np.testing.assert_array_equal(cast.tokens, plain.tokens)
+    np.testing.assert_array_equal(cast.logprobs, plain.logprobs)
+    wrong = run(T.COMPUTE_CAST | {"scale"})  # norm scales are used in float32: casting them changes the model
+    assert np.abs(wrong.logprobs - plain.logprobs).max() > 0
