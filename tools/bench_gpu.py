@@ -174,7 +174,8 @@ def bench_decode(mdef, params, batch: int, prompt: int, n1: int, n2: int, bw: fl
         sp = SamplingParams(n, 1.0, 0, 1.0, False, (), 0, 1)
         t[n] = timed(lambda p, a, b, sp=sp: sample(mdef, p, a, b, jax.random.key(0), sp), params, pt, pv, reps=2)
     step = (t[n2] - t[n1]) / (n2 - n1)
-    p_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    # the weights a step must read: in the compute dtype (float32 master weights are cast once per call)
+    p_bytes = sum(x.size * min(x.dtype.itemsize, jnp.dtype(cfg.jnp_dtype).itemsize) for x in jax.tree.leaves(params))
     s_avg = prompt + (n1 + n2) / 2
     kv_bytes = 2 * cfg.n_layers * batch * s_avg * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.jnp_dtype).itemsize
     roof = (p_bytes + kv_bytes) / bw
@@ -238,6 +239,8 @@ def main() -> None:
     ap.add_argument("--attention-impl", default="auto", help="model.attention_impl: auto | xla | cudnn | pallas")
     ap.add_argument("--decode-layers", default="auto", choices=["auto", "scan", "unroll"],
                     help="model.decode_layers: the stacked cache scanned, or a buffer per layer unrolled")
+    ap.add_argument("--decode-param-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="the sampler's parameters: bf16, or float32 master weights as a GRPO run holds them")
     ap.add_argument("--batches", default="64,256", help="decode batch sizes, comma-separated")
     ap.add_argument("--no-gap", action="store_true", help="skip the sampler/trainer log-prob gap")
     ap.add_argument("--profile", action="store_true", help="kernel time by kind for one decode call and one "
@@ -248,7 +251,8 @@ def main() -> None:
     bw = hbm_bandwidth(args.tiny)
     out["hbm_bytes_per_s_measured"] = bw
     if not args.skip_decode:
-        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
+        cfg = qwen25_15b(args.tiny, "bfloat16", args.decode_param_dtype, args.attention_impl, args.decode_layers)
+        out["decode_param_dtype"] = args.decode_param_dtype
         out["decode_layers"] = "unroll" if split_decode(cfg) else "scan"
         out["attention_paths"] = {k: v["path"] + (f" ({v['reason']})" if v["reason"] else "")
                                   for k, v in kernels.plan(cfg).items()}

@@ -23,6 +23,7 @@
 #   decode_cublas: decode with every matrix product on cuBLAS (XLA's Triton GEMMs off: the fused gate/up
 #            projection ran at 40% of its compute floor as a Triton GEMM)
 #   decode_scan: decode at 256 over the stacked cache and weights (decode_layers scan), same sitting
+#   decode_f32: decode at 256 from float32 master weights (what a GRPO run's sampler gets)
 #   decode_cmdbuf: decode at 256 with XLA's command buffers (CUDA graphs) extended to while loops and
 #            conditionals: how much of a step is launch and loop overhead
 #   train_xla: the train step without kernels
@@ -85,6 +86,7 @@ case $what in more|all)
     part decode_cublas 150 $B XLA_FLAGS=--xla_gpu_enable_triton_gemm=false -- \
         --skip-train --batches 64,256 --no-gap $tiny
     part decode_scan 150 $B -- --skip-train --batches 256 --no-gap --decode-layers scan $tiny
+    part decode_f32 150 $B -- --skip-train --batches 256 --no-gap --decode-param-dtype float32 $tiny
     part decode_cmdbuf 150 $B XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL -- \
         --skip-train --batches 256 --no-gap $tiny
     part train_xla 150 $B -- --skip-decode --train-batch 8 --remat dots --attention-impl xla $tiny ;;
