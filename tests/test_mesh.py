@@ -77,8 +77,9 @@ def test_moe_quickstart_with_expert_parallelism_matches_one_device(tmp_path):
 
 @pytest.mark.slow
 # (a data-only mesh: the 2-device data-parallel run in test_pipeline.py equals one device, and the sampler's
-# per-device loops are checked on data meshes in test_sampler.py; here the meshes with fsdp and tensor axes)
-@pytest.mark.parametrize("mesh", [("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+# per-device loops are checked on data meshes in test_sampler.py; here the meshes with fsdp and tensor axes;
+# the first one also decodes as accelerators do by default: a cache buffer per layer, layers unrolled)
+@pytest.mark.parametrize("mesh", [("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "model.decode_layers=unroll"),
                                   ("mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")], ids=["d2f2t2", "f4t2"])
 def test_first_steps_match_the_single_device_run(single, tmp_path, mesh):
     assert_same_run(single, run(tmp_path / "mesh", 8, *mesh))
