@@ -376,3 +376,22 @@ def test_split_decode_reads_float32_master_weights_cast_once(family):
     np.testing.assert_array_equal(cast.logprobs, plain.logprobs)
     wrong = run(T.COMPUTE_CAST | {"scale"})  # norm scales are used in float32: casting them changes the model
     assert np.abs(wrong.logprobs - plain.logprobs).max() > 0
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_refill_with_a_cache_buffer_per_layer_equals_the_layer_scan(impl):
+    """In-flight refill decodes with the split cache too (slots take their rows' prompt K/V layer by layer):
+    the same tokens and log-probs as the stacked cache, with the XLA path and the Pallas kernel."""
+    import dataclasses
+
+    mdef, params = tiny_model(seed=8, n_layers=3, attention_impl=impl)
+    pt, pv = S.left_pad(prompts(5, seed=8), 0)
+    sp = S.SamplingParams(12, 1.0, 0, 1.0, False, (5, 6), 0, 2, slots=4)
+    outs = {}
+    for mode in ("scan", "unroll"):
+        m = dataclasses.replace(mdef, cfg=dataclasses.replace(mdef.cfg, decode_layers=mode))
+        outs[mode] = jax.device_get(jax.jit(lambda p, m=m: S._sample_rows(m, sp, p, pt, pv, jax.random.key(4)))(params))
+    assert (outs["scan"].lengths < 12).any()  # rows stop early: slots are refilled
+    np.testing.assert_array_equal(outs["unroll"].tokens, outs["scan"].tokens)
+    np.testing.assert_array_equal(outs["unroll"].lengths, outs["scan"].lengths)
+    np.testing.assert_allclose(outs["unroll"].logprobs, outs["scan"].logprobs, atol=2e-6)

@@ -383,11 +383,13 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     refill_at = sp.refill_min or max(1, b // 8)
 
     lay = PageLayout.of(sp.page_size, p, b, tp, n) if sp.page_size else None
+    split = not lay and split_decode(mdef.cfg)  # a cache buffer per layer, layers unrolled (see _sample_rows)
     pcache, plogits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
                                               lay.prefill_size if lay else tp, sp.record_routes)
     record = prompt_routes is not None
     plen = jnp.sum(prompt_valid, axis=1).astype(jnp.int32)
-    size = lay.size if lay else tp + n
+    size = lay.size if lay else (split_ends(mdef.cfg, [tp + n])[-1] if split else tp + n)
+    layer_states = model.layer_states() if split else None
     pvalid = jnp.pad(prompt_valid, ((0, 0), (0, size - tp)))
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
 
@@ -396,6 +398,10 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         paged, point the slot's table at the prompt's shared pages and copy only its last page."""
         valid = jnp.where(take[:, None], pvalid[pi], c.valid)
         sel = take[None, :, None, None, None]
+        if c.split:
+            k, v = (tuple(a.at[:, :, :tp].set(jnp.where(sel[0], x[i, pi], a[:, :, :tp])) for i, a in enumerate(buf))
+                    for buf, x in ((c.k, pcache.k), (c.v, pcache.v)))
+            return shard_cache(KVCache(k, v, valid))
         if lay is None:
             k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
             v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
@@ -431,10 +437,11 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         index = tp + jnp.minimum(t, n - 1)
         if record:
             h, cache, aux = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], index,
-                                         return_aux=True)
+                                         return_aux=True, layer_states=layer_states)
             out["routes"] = s["routes"].at[at, t].set(aux["routes"][:, 0], mode="drop")
         else:
-            h, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], index)
+            h, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], index,
+                                    layer_states=layer_states)
         step_i = live.astype(jnp.int32)
         return {**s, **out, "cache": cache, "logits": model.logits(h[:, 0]), "t": t + step_i,
                 "pos": s["pos"] + step_i, "done": s["done"] | stops,
@@ -446,7 +453,8 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     if lay:  # every prompt's shared pages from the prefill; slots get theirs as rows arrive
         init_cache = paged_cache(pcache, lay, jnp.zeros((b,), jnp.int32), jnp.zeros((b, size), bool))
     else:
-        init_cache = shard_cache(KVCache.empty(mdef.cfg, b, tp + n))
+        init_cache = KVCache.empty(mdef.cfg, b, size)
+        init_cache = shard_cache(init_cache.split_layers() if split else init_cache)
     init = {"cache": init_cache,
             "logits": jnp.zeros((b, plogits.shape[-1]), plogits.dtype),
             "row": jnp.full((b,), rows, jnp.int32), "t": jnp.zeros((b,), jnp.int32),
