@@ -81,3 +81,24 @@ def test_an_unreached_budget_samples_what_the_sampler_samples():
     assert not out.forced.any() and not out.extended.any()
     np.testing.assert_array_equal(out.lengths, ref.lengths)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
+
+
+def test_budget_forcing_with_a_cache_buffer_per_layer_equals_the_layer_scan():
+    """``decode_layers: unroll`` (accelerators' default) forces budgets exactly as the stacked cache does."""
+    import dataclasses
+
+    from reasoning_rl.rollout.budget import budget_sample_impl
+
+    mdef, params = tiny_model(seed=3, n_layers=3)
+    pt, pv = left_pad(prompts(3, seed=3), 0)
+    g = len(BUDGETS)
+    bp = BudgetParams(max(BUDGETS) + 8, OPEN, CLOSE, ANSWER, CONT, (STOP,), 0, 1.0, False, g)
+    rows = np.tile(np.asarray(BUDGETS, np.int32), len(pt))
+    outs = []
+    for mode in ("scan", "unroll"):
+        m = dataclasses.replace(mdef, cfg=dataclasses.replace(mdef.cfg, decode_layers=mode))
+        outs.append(jax.device_get(jax.jit(lambda p, m=m: budget_sample_impl(
+            m, bp, p, pt, pv, rows, np.zeros_like(rows), jax.random.key(5)))(params)))
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert outs[0].forced.any()

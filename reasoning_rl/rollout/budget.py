@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from reasoning_rl.models import ModelDef
 
 # the cache layout and its growing windows are the sampler's: prefill, fan out and grow the same way
-from .sampler import _fan_out, _prefill, window_cache, window_ends
+from .sampler import _fan_out, _prefill, shard_cache, split_decode, split_ends, window_cache, window_ends
 from .sampling import row_keys, select
 
 
@@ -62,9 +62,15 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     rows = p * g
 
     ends = window_ends(tp, n, bp.windows)
+    split = split_decode(mdef.cfg)  # a cache buffer per layer, layers unrolled (as the sampler's plain loop)
+    if split:
+        ends = split_ends(mdef.cfg, ends)
     cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, ends[0])
     logits = jnp.repeat(logits, g, axis=0)
     cache = _fan_out(cache, g)
+    if split:
+        cache = shard_cache(cache.split_layers())
+    layer_states = model.layer_states() if split else None
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(bp.stop_ids if bp.stop_ids else (-1,), jnp.int32)
@@ -91,7 +97,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
         done = s["done"] | (live & jnp.isin(tok, stop)) | (s["t"] + 1 >= n)
 
         # Always run the forward (as the sampler does: a lax.cond around it makes XLA copy the cache every step).
-        hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], tp + s["t"])
+        hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], tp + s["t"],
+                                 layer_states=layer_states)
         logits = model.logits(hh[:, 0])
         return {"t": s["t"] + 1, "cache": cache, "logits": logits, "toks": s["toks"].at[:, s["t"]].set(tok),
                 "mask": s["mask"].at[:, s["t"]].set(live), "pos": s["pos"] + 1, "done": done,
