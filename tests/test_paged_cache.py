@@ -70,3 +70,18 @@ def test_prompt_pages_are_shared_and_never_written():
     np.testing.assert_array_equal(shared, want)
     contiguous = mdef.cfg.n_layers * p * g * (tp + n)
     assert cache.k.shape[1] * page * mdef.cfg.n_layers < contiguous  # slots held: 2*3 + 8*2 pages of 4 < 8*18
+
+
+@pytest.mark.parametrize("slots", [0, 4])
+def test_paged_decode_unrolled_over_hoisted_weights_equals_the_scan(slots):
+    """``decode_layers: unroll`` with a paged cache (accelerators' default): the pool stays stacked, the layers
+    run unrolled over weights sliced once; the same samples as the layer scan, plain and with refill."""
+    import dataclasses
+
+    mdef, params = tiny_model(seed=13, n_layers=3)
+    pt, pv = S.left_pad(prompts(5, seed=13), 0)
+    sp = S.SamplingParams(14, 0.8, 0, 1.0, False, (4, 9), 0, 3, slots=slots, refill_min=1, page_size=4)
+    outs = [jax.device_get(jax.jit(lambda p, m=dataclasses.replace(
+        mdef, cfg=dataclasses.replace(mdef.cfg, decode_layers=mode)): S._sample_rows(
+            m, sp, p, pt, pv, jax.random.key(2)))(params)) for mode in ("scan", "unroll")]
+    assert_same(outs[0], outs[1])

@@ -302,7 +302,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     # contiguous cache holds the first window's slots and grows at each window (below).
     lay = PageLayout.of(sp.page_size, p, rows, tp, n) if sp.page_size else None
     ends = window_ends(tp, n, sp.windows)
-    split = not lay and split_decode(mdef.cfg)
+    unroll = split_decode(mdef.cfg)  # layers unrolled over weights sliced once (a paged pool stays stacked:
+    split = unroll and not lay       # its pages are gathered per layer, read in place)
     if split:
         ends = split_ends(mdef.cfg, ends)
     cache, logits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
@@ -320,7 +321,7 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         cache = _fan_out(cache, g)
         if split:
             cache = shard_cache(cache.split_layers())
-    layer_states = model.layer_states() if split else None  # sliced once, read in place by every step
+    layer_states = model.layer_states() if unroll else None  # sliced once, read in place by every step
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
@@ -383,13 +384,14 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     refill_at = sp.refill_min or max(1, b // 8)
 
     lay = PageLayout.of(sp.page_size, p, b, tp, n) if sp.page_size else None
-    split = not lay and split_decode(mdef.cfg)  # a cache buffer per layer, layers unrolled (see _sample_rows)
+    unroll = split_decode(mdef.cfg)  # layers unrolled over hoisted weights, a cache buffer per layer unless paged
+    split = unroll and not lay
     pcache, plogits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
                                               lay.prefill_size if lay else tp, sp.record_routes)
     record = prompt_routes is not None
     plen = jnp.sum(prompt_valid, axis=1).astype(jnp.int32)
     size = lay.size if lay else (split_ends(mdef.cfg, [tp + n])[-1] if split else tp + n)
-    layer_states = model.layer_states() if split else None
+    layer_states = model.layer_states() if unroll else None
     pvalid = jnp.pad(prompt_valid, ((0, 0), (0, size - tp)))
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
 
