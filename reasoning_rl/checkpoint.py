@@ -9,10 +9,12 @@ continues, so a damaged step is never mistaken for the newer one written in its 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -175,7 +177,8 @@ class StageCheckpointer:
 
     def wait(self) -> None:
         try:
-            self.mgr.wait_until_finished()
+            with ctrl_c_after_write():
+                self.mgr.wait_until_finished()
         except Exception as e:
             raise CheckpointError(f"finishing checkpoint write in {self.directory} failed: {e}") from e
 
@@ -242,7 +245,39 @@ class StageCheckpointer:
 
     def close(self) -> None:
         self.wait()
-        self.mgr.close()
+        with ctrl_c_after_write():
+            self.mgr.close()
+
+
+@contextlib.contextmanager
+def ctrl_c_after_write():
+    """A Ctrl-C while a checkpoint write finishes takes effect once it is complete (KeyboardInterrupt then);
+    a second one exits at once (status 130).
+
+    Why: Orbax waits for its write thread inside a join that a KeyboardInterrupt breaks; it then logs the
+    interrupt as a failed save, with a traceback, and the step being written is lost although it was about
+    to be complete. Only where Python's own Ctrl-C handler is in place (main thread, outside a stage's step
+    loop, whose own handler already stops between steps)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    got: list[int] = []
+
+    def handler(signum, frame):
+        if got:
+            os.write(2, b"\ninterrupted again: exiting now; --resume continues from the last complete checkpoint\n")
+            os._exit(130)
+        got.append(signum)
+        log.warning("interrupted (Ctrl-C): finishing the checkpoint write first (Ctrl-C again to exit at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if got:
+        raise KeyboardInterrupt
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:

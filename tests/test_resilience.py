@@ -318,3 +318,42 @@ def test_math_reward_workers_ignore_ctrl_c(monkeypatch):
         assert [w.proc for w in pool.idle] == workers  # the same workers answered
     finally:
         rmath.shutdown_pool()
+
+
+CTRL_C_DURING_WRITE = r"""
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[2])
+from helpers import tiny_model
+from reasoning_rl.algorithms.steps import init_state, make_optimizer
+from reasoning_rl.checkpoint import StageCheckpointer
+from reasoning_rl.config import OptimizerConfig
+mdef, params = tiny_model()
+state = init_state(params, make_optimizer(OptimizerConfig(), 1), 0)
+ck = StageCheckpointer(sys.argv[1], keep=3)
+ck.save(1, state, {"data": {"next_index": 1}})
+orig = ck.mgr.wait_until_finished
+finished = []
+def slow_wait():  # Ctrl-C lands while the write is being finished
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    orig()
+    finished.append(True)
+ck.mgr.wait_until_finished = slow_wait
+try:
+    ck.close()
+    print("NO-INTERRUPT")
+except KeyboardInterrupt:
+    print("INTERRUPTED-AFTER-WRITE" if finished else "INTERRUPTED-MID-WRITE")
+got = StageCheckpointer(sys.argv[1], keep=3).restore(state)
+print("RESTORED", got[0])
+"""
+
+
+def test_ctrl_c_while_a_checkpoint_write_finishes_waits_for_it(tmp_path):
+    """A Ctrl-C that lands while the last checkpoint write finishes (after a stage's step loop) is held until
+    the write is complete, then ends the run as an interrupt: no Orbax 'save failed' traceback, the step kept."""
+    p = subprocess.run([sys.executable, "-c", CTRL_C_DURING_WRITE, str(tmp_path / "ck"), str(Path(__file__).parent)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["INTERRUPTED-AFTER-WRITE", "RESTORED", "1"], (p.stdout, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr and "finishing the checkpoint write first" in p.stderr
