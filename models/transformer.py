@@ -102,12 +102,6 @@ class KVCache:
         n = self.k.shape[0]
         return KVCache(tuple(self.k[i] for i in range(n)), tuple(self.v[i] for i in range(n)), self.valid)
 
-    def stack_layers(self) -> KVCache:
-        """The inverse of ``split_layers``."""
-        if not self.split:
-            return self
-        return KVCache(jnp.stack(self.k), jnp.stack(self.v), self.valid, self.table)
-
     def layer_kv(self) -> tuple:
         """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table); split (``split_layers``):
         (k tuple, v tuple), which the layers take unrolled."""
@@ -410,7 +404,7 @@ class Transformer(nnx.Module):
         def slice_cast(path, a, i):
             names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
             name = next((k for k in reversed(names) if isinstance(k, str) and k != "value"), "")
-            cast = (name in COMPUTE_CAST or name.endswith(("_lora_a", "_lora_b"))) and \
+            cast = (name in COMPUTE_CAST or lora.is_adapter(name)) and \
                 jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dt
             return a[i].astype(dt) if cast else a[i]
 

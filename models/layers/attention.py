@@ -238,50 +238,32 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     ``index[b]``). ``size``: return only the first ``size`` slots (keys beyond are masked anyway), so a
     decode step early in a long budget reads a short prefix of the cache, not all of it.
 
-    The cache is stored heads-first, [L, B, K, S, D], which is the layout the decode dots read without a
-    transpose; ``heads_first=False`` returns [B, S, K, D] views for callers that want the sequence layout."""
+    The cache is stored heads-first, [L, B, K, S, D] (or one [B, K, S, D] buffer per layer), which is the
+    layout the decode dots read without a transpose; ``heads_first=False`` returns [B, S, K, D] views for
+    callers that want the sequence layout."""
     if cache is None:
         return k, v, None
     if len(cache) == 3:
         return _write_paged(k, v, cache, layer, index, dtype, heads_first, size)
     k_all, v_all = cache
-    if k_all.ndim == 4:  # this layer's own buffer [B, K, S, D] (a split cache)
-        return _write_layer(k, v, k_all, v_all, index, dtype, heads_first, size)
+    # a stacked cache [L, B, K, S, D] is indexed at ``layer``; a split one (``KVCache.split_layers``) hands
+    # each layer its own [B, K, S, D] buffer, written in place and read whole (no slice to copy out)
+    lead = () if k_all.ndim == 4 else (layer,)
     if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
-        rows = jnp.arange(k.shape[0])
-        k_all = k_all.at[layer, rows, :, index, :].set(k[:, 0].astype(k_all.dtype))
-        v_all = v_all.at[layer, rows, :, index, :].set(v[:, 0].astype(v_all.dtype))
+        at = (*lead, jnp.arange(k.shape[0]), slice(None), index, slice(None))
+        k_all = k_all.at[at].set(k[:, 0].astype(k_all.dtype))
+        v_all = v_all.at[at].set(v[:, 0].astype(v_all.dtype))
     else:
-        k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k, 1, 2)[None].astype(k_all.dtype),
-                                             (layer, 0, 0, index, 0))
-        v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype),
-                                             (layer, 0, 0, index, 0))
-    if size is None or size >= k_all.shape[3]:
-        kl, vl = k_all[layer].astype(dtype), v_all[layer].astype(dtype)
-    else:  # attend over the first ``size`` slots only (the sampler's bucketed window)
-        kl, vl = (jax.lax.dynamic_slice_in_dim(a[layer], 0, size, axis=2).astype(dtype) for a in (k_all, v_all))
+        new = [jnp.swapaxes(x, 1, 2)[(None,) * len(lead)] for x in (k, v)]  # [(1,) B, K, T, D]
+        k_all, v_all = (jax.lax.dynamic_update_slice(buf, x.astype(buf.dtype), (*lead, 0, 0, index, 0))
+                        for buf, x in zip((k_all, v_all), new))
+    kl, vl = k_all[lead], v_all[lead]
+    if size is not None and size < kl.shape[2]:  # attend over the first ``size`` slots only (bucketed window)
+        kl, vl = (jax.lax.dynamic_slice_in_dim(a, 0, size, axis=2) for a in (kl, vl))
+    kl, vl = kl.astype(dtype), vl.astype(dtype)
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
     return kl, vl, (k_all, v_all)
-
-
-def _write_layer(k, v, k_buf, v_buf, index, dtype, heads_first, size):
-    """``write_cache`` into one layer's own [B, K, S, D] buffers (``KVCache.split_layers``): the write is in
-    place and the attention reads the buffer itself, with no slice of a stacked cache to copy out."""
-    if jnp.ndim(index) == 1:
-        rows = jnp.arange(k.shape[0])
-        k_buf = k_buf.at[rows, :, index, :].set(k[:, 0].astype(k_buf.dtype))
-        v_buf = v_buf.at[rows, :, index, :].set(v[:, 0].astype(v_buf.dtype))
-    else:
-        k_buf = jax.lax.dynamic_update_slice(k_buf, jnp.swapaxes(k, 1, 2).astype(k_buf.dtype), (0, 0, index, 0))
-        v_buf = jax.lax.dynamic_update_slice(v_buf, jnp.swapaxes(v, 1, 2).astype(v_buf.dtype), (0, 0, index, 0))
-    if size is None or size >= k_buf.shape[2]:
-        kl, vl = k_buf.astype(dtype), v_buf.astype(dtype)
-    else:
-        kl, vl = (jax.lax.dynamic_slice_in_dim(a, 0, size, axis=2).astype(dtype) for a in (k_buf, v_buf))
-    if not heads_first:
-        kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
-    return kl, vl, (k_buf, v_buf)
 
 
 def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):

@@ -180,17 +180,20 @@ def probe(path: str, emulated: bool = False) -> str:
 def plan(cfg, *, batch: int = 1, seq: int = 2048, platform: str | None = None) -> dict[str, dict]:
     """Per attention kind, the path a model of ``cfg`` (a ``TransformerConfig``) takes: {kind: {path,
     emulated, reason}}. ``seq``: the sequence length the multi-token kinds are asked about."""
-    impl = getattr(cfg, "attention_impl", "auto")
-    if cfg.mla is not None:
-        return {k: {"path": "xla", "emulated": False, "reason": "multi-head latent attention"} for k in KINDS}
-    common = {"dtype": cfg.jnp_dtype, "head_dim": cfg.head_dim, "softcap": cfg.attn_softcap, "sinks": cfg.attn_sinks,
-              "platform": platform}
     out = {}
     for kind in KINDS:
-        q_len = 1 if kind in ("decode", "paged_decode") else seq
-        r = route(impl, kind, q_len=q_len, k_len=seq, **common)
+        r = model_route(cfg, kind, seq=seq, platform=platform)
         out[kind] = {"path": r.path, "emulated": r.emulated, "reason": r.reason}
     return out
+
+
+def model_route(cfg, kind: str, *, seq: int = 2048, platform: str | None = None, sharded: bool = False) -> Route:
+    """``route`` for the attention of a model of ``cfg`` (a ``TransformerConfig``): what its layers ask."""
+    if cfg.mla is not None:
+        return Route("xla", reason="multi-head latent attention")
+    q_len = 1 if kind in ("decode", "paged_decode") else seq
+    return route(cfg.attention_impl, kind, dtype=cfg.jnp_dtype, head_dim=cfg.head_dim, softcap=cfg.attn_softcap,
+                 sinks=cfg.attn_sinks, q_len=q_len, k_len=seq, platform=platform, sharded=sharded)
 
 
 # --------------------------------------------------------------------------- cuDNN flash attention

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from reasoning_rl.models import ModelDef
 
 # the cache layout and its growing windows are the sampler's: prefill, fan out and grow the same way
-from .sampler import _fan_out, _prefill, shard_cache, split_decode, split_ends, window_cache, window_ends
+from .sampler import DecodeForm, _fan_out, _prefill, window_cache, window_ends
 from .sampling import row_keys, select
 
 
@@ -61,16 +61,12 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     g, n = bp.group_size, bp.max_new_tokens
     rows = p * g
 
-    ends = window_ends(tp, n, bp.windows)
-    split = split_decode(mdef.cfg)  # a cache buffer per layer, layers unrolled (as the sampler's plain loop)
-    if split:
-        ends = split_ends(mdef.cfg, ends)
+    form = DecodeForm.of(mdef.cfg, window_ends(tp, n, bp.windows))  # as the sampler's plain loop
+    ends = form.ends
     cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, ends[0])
     logits = jnp.repeat(logits, g, axis=0)
-    cache = _fan_out(cache, g)
-    if split:
-        cache = shard_cache(cache.split_layers())
-    layer_states = model.layer_states() if split else None
+    cache = form.cache(_fan_out(cache, g))
+    layer_states = form.layer_states(model)
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(bp.stop_ids if bp.stop_ids else (-1,), jnp.int32)

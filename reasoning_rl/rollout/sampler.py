@@ -111,20 +111,9 @@ def split_decode(cfg) -> bool:
     """Whether decode holds the contiguous cache as one buffer per layer and runs the layers unrolled
     (``KVCache.split_layers``; ``model.decode_layers``). ``auto``: on accelerators, where the stacked cache
     costs a copy of itself per step; on CPU the layer scan (compile time that does not grow with depth)."""
-    mode = getattr(cfg, "decode_layers", "auto")
-    if mode == "auto":
+    if cfg.decode_layers == "auto":
         return jax.default_backend() != "cpu"
-    return mode == "unroll"
-
-
-def _kernel_decode(cfg) -> bool:
-    """Whether decode steps take the Pallas kernel (``models/layers/kernels.py``), here and now."""
-    if cfg.mla is not None:
-        return False
-    ctx = current()
-    return kernels.route(cfg.attention_impl, "decode", dtype=cfg.jnp_dtype, head_dim=cfg.head_dim,
-                         softcap=cfg.attn_softcap, sinks=cfg.attn_sinks,
-                         sharded=ctx is not None and ctx.mesh.size > 1).path == "pallas"
+    return cfg.decode_layers == "unroll"
 
 
 def split_ends(cfg, ends: list[int]) -> list[int]:
@@ -132,9 +121,34 @@ def split_ends(cfg, ends: list[int]) -> list[int]:
     kernel tiles without padding (a pad would copy the layer's cache every step), and a single window when
     the kernel runs: it skips the key blocks past each row's last valid key itself, so growing windows
     would only multiply the unrolled layers in the program (compile time) for no fewer bytes read."""
-    if _kernel_decode(cfg):
+    ctx = current()
+    if kernels.model_route(cfg, "decode", sharded=ctx is not None and ctx.mesh.size > 1).path == "pallas":
         ends = ends[-1:]
     return sorted({kernels.split_plan(e)[0] for e in ends})
+
+
+@dataclass(frozen=True)
+class DecodeForm:
+    """How a decode loop holds the model (``model.decode_layers``): ``unroll``: layers unrolled over weights
+    sliced once (``layer_states``); ``split``: a contiguous cache held as a buffer per layer (a paged pool
+    stays stacked: its pages are gathered per layer anyway); ``ends``: the loop's window ends."""
+
+    unroll: bool
+    split: bool
+    ends: list[int]
+
+    @classmethod
+    def of(cls, cfg, ends: list[int], paged: bool = False) -> DecodeForm:
+        unroll = split_decode(cfg)
+        split = unroll and not paged
+        return cls(unroll, split, split_ends(cfg, ends) if split else ends)
+
+    def cache(self, cache: KVCache) -> KVCache:
+        """The contiguous cache as the loop holds it."""
+        return shard_cache(cache.split_layers()) if self.split else cache
+
+    def layer_states(self, model) -> dict | None:
+        return model.layer_states() if self.unroll else None
 
 
 def _fan_out(cache: KVCache, g: int) -> KVCache:
@@ -301,11 +315,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     # Prefill once per prompt, then fan out to the group (paged: the group shares the prompt's pages). The
     # contiguous cache holds the first window's slots and grows at each window (below).
     lay = PageLayout.of(sp.page_size, p, rows, tp, n) if sp.page_size else None
-    ends = window_ends(tp, n, sp.windows)
-    unroll = split_decode(mdef.cfg)  # layers unrolled over weights sliced once (a paged pool stays stacked:
-    split = unroll and not lay       # its pages are gathered per layer, read in place)
-    if split:
-        ends = split_ends(mdef.cfg, ends)
+    form = DecodeForm.of(mdef.cfg, window_ends(tp, n, sp.windows), paged=lay is not None)
+    ends = form.ends
     cache, logits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
                                             lay.prefill_size if lay else ends[0], sp.record_routes)
     record = prompt_routes is not None
@@ -318,10 +329,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         valid = jnp.pad(jnp.repeat(prompt_valid, g, axis=0), ((0, 0), (0, lay.size - tp)))
         cache = paged_cache(cache, lay, jnp.arange(rows) // g, valid)
     else:
-        cache = _fan_out(cache, g)
-        if split:
-            cache = shard_cache(cache.split_layers())
-    layer_states = model.layer_states() if unroll else None  # sliced once, read in place by every step
+        cache = form.cache(_fan_out(cache, g))
+    layer_states = form.layer_states(model)  # sliced once, read in place by every step
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
@@ -384,14 +393,13 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     refill_at = sp.refill_min or max(1, b // 8)
 
     lay = PageLayout.of(sp.page_size, p, b, tp, n) if sp.page_size else None
-    unroll = split_decode(mdef.cfg)  # layers unrolled over hoisted weights, a cache buffer per layer unless paged
-    split = unroll and not lay
+    form = DecodeForm.of(mdef.cfg, [tp + n], paged=lay is not None)
     pcache, plogits, prompt_routes = _prefill(model, prompt_tokens, prompt_valid,
                                               lay.prefill_size if lay else tp, sp.record_routes)
     record = prompt_routes is not None
     plen = jnp.sum(prompt_valid, axis=1).astype(jnp.int32)
-    size = lay.size if lay else (split_ends(mdef.cfg, [tp + n])[-1] if split else tp + n)
-    layer_states = model.layer_states() if unroll else None
+    size = lay.size if lay else form.ends[-1]
+    layer_states = form.layer_states(model)
     pvalid = jnp.pad(prompt_valid, ((0, 0), (0, size - tp)))
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
 
@@ -455,8 +463,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     if lay:  # every prompt's shared pages from the prefill; slots get theirs as rows arrive
         init_cache = paged_cache(pcache, lay, jnp.zeros((b,), jnp.int32), jnp.zeros((b, size), bool))
     else:
-        init_cache = KVCache.empty(mdef.cfg, b, size)
-        init_cache = shard_cache(init_cache.split_layers() if split else init_cache)
+        init_cache = form.cache(shard_cache(KVCache.empty(mdef.cfg, b, size)))
     init = {"cache": init_cache,
             "logits": jnp.zeros((b, plogits.shape[-1]), plogits.dtype),
             "row": jnp.full((b,), rows, jnp.int32), "t": jnp.zeros((b,), jnp.int32),
