@@ -6,6 +6,7 @@
 #   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine;
 #   on the device run main and more as two commands: each leaves at most 8 files, what the tool brings back)
 #   NO_GAP=1: skip the bf16 log-prob gap (a second sampler program to compile)
+#   ONLY="decode decode_cublas ...": run only the named parts of the chosen set (what changed since a run)
 #
 # Runs with the machine image's python3 (JAX with CUDA, flax, optax, orbax) and this checkout on PYTHONPATH:
 # nothing is installed. Each part is its own process under its own timeout, so one that fails or hangs
@@ -47,6 +48,7 @@ deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-560}))  # every part ends (and logs)
 part() {  # part NAME TIMEOUT_S SCRIPT [ENV=VALUE...] -- ARGS...: one python process
     local name=$1 limit=$2 script=$3
     shift 3
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
     local envs=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
     shift
