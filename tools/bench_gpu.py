@@ -9,6 +9,8 @@ Train: one SFT step (fp32 master weights, bf16 compute, chunked log-probs) on B 
 MFU = model FLOPs (6 per parameter per token + causal attention) / time / peak bf16 FLOP/s.
 Log-prob gap: the sampler's recorded log-probs of its own tokens against the trainer's forward on the same
 rows (bf16 compute), max / median over completion tokens (the issue's bound: 1e-3).
+``--gap-only``: the gap, and how often the device's GEMMs give a row another result when it is computed with
+fewer rows (``gemm_invariance``: the cause the gap comes down to).
 Profile (``--profile``): one decode call and one train step under ``jax.profiler``; the device's kernels are
 summed by name and by kind (matmul, attention, copy / cache update, sort / top-k, reduction, other fusion),
 with the device's busy time against the wall time (the gaps are launch, host and loop-condition overhead),
@@ -157,6 +159,33 @@ def logprob_gap(mdef, params, batch: int, prompt: int, new: int) -> dict:
             "within_1e-3": bool(gap.max() <= 1e-3)}
 
 
+def gemm_invariance(cfg: TransformerConfig, rows: int, batches: list[int]) -> list[dict]:
+    """Whether the device's matrix products give a row the same result whatever the number of rows: each of
+    the model's projection shapes as a bf16 GEMM over ``rows`` rows (a training forward) against the first
+    ``m`` rows alone (a decode step at batch ``m``). A row whose result differs in one bf16 ulp makes the
+    sampler's and the trainer's forwards of that token differ there, and the difference spreads through
+    every later bf16 rounding: the log-prob gap in bf16 is bounded by how often this happens, not by the
+    products' precision (both accumulate in float32)."""
+    d, hd = cfg.d_model, cfg.head_dim
+    shapes = {"q": (d, cfg.n_heads * hd), "kv": (d, cfg.n_kv_heads * hd), "o": (cfg.n_heads * hd, d),
+              "gate_up": (d, cfg.ffn_dim), "down": (cfg.ffn_dim, d), "head": (d, cfg.vocab_size)}
+    rng = np.random.default_rng(2)
+    mm = jax.jit(lambda a, w: a @ w)
+    out = []
+    for name, (k, n) in shapes.items():
+        w = jnp.asarray(rng.normal(size=(k, n)) / np.sqrt(k), jnp.bfloat16)
+        x = jnp.asarray(rng.normal(size=(rows, k)), jnp.bfloat16)
+        full = np.asarray(mm(x, w), np.float32)
+        for m in batches:
+            part = np.asarray(mm(x[:m], w), np.float32)
+            diff = part != full[:m]
+            rel = np.abs(part - full[:m]) / np.maximum(np.abs(full[:m]), 1e-30)
+            out.append({"proj": name, "k": k, "n": n, "rows": rows, "m": m,
+                        "differing_frac": float(diff.mean()), "rows_differing_frac": float(diff.any(1).mean()),
+                        "max_rel": float(rel.max())})
+    return out
+
+
 def hbm_bandwidth(tiny: bool) -> float:
     n = (1 << 20) if tiny else (1 << 30)  # 4 GiB of float32
     x = jnp.ones((n,), jnp.float32)
@@ -243,11 +272,21 @@ def main() -> None:
                     help="the sampler's parameters: bf16, or float32 master weights as a GRPO run holds them")
     ap.add_argument("--batches", default="64,256", help="decode batch sizes, comma-separated")
     ap.add_argument("--no-gap", action="store_true", help="skip the sampler/trainer log-prob gap")
+    ap.add_argument("--gap-only", action="store_true", help="only the bf16 log-prob gap and the GEMMs' batch "
+                    "invariance (``gemm_invariance``); with XLA_FLAGS set per run, what XLA's flags change")
     ap.add_argument("--profile", action="store_true", help="kernel time by kind for one decode call and one "
                     "train step (jax.profiler)")
     args = ap.parse_args()
     out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "attention_impl": args.attention_impl}
+    if args.gap_only:
+        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
+        mdef, params = create(cfg, 0)
+        out["logprob_gap_bf16"] = logprob_gap(mdef, params, 8 if args.tiny else 64, 128, 16 if args.tiny else 128)
+        print(json.dumps(out), flush=True)
+        out["gemm_invariance"] = gemm_invariance(cfg, 256 if args.tiny else 4096, [1, 8] if args.tiny else [1, 64, 256])
+        print(json.dumps(out), flush=True)
+        return
     bw = hbm_bandwidth(args.tiny)
     out["hbm_bytes_per_s_measured"] = bw
     if not args.skip_decode:

@@ -2,7 +2,7 @@
 # The prepared GPU check (accelerator speed): one command for a lent GPU machine, sized to end inside ~9 minutes
 # (a deadline over all parts) so a 15-minute device allowance leaves room for the machine's start.
 #
-#   bash tools/gpu_check.sh [main|more|all]      (default main; OUT=dir for the results)
+#   bash tools/gpu_check.sh [main|more|gap|all]      (default main; OUT=dir for the results)
 #   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine;
 #   on the device run main and more as two commands: each leaves at most 8 files, what the tool brings back)
 #   NO_GAP=1: skip the bf16 log-prob gap (a second sampler program to compile)
@@ -28,6 +28,9 @@
 #   decode_cmdbuf: decode at 256 with XLA's command buffers (CUDA graphs) extended to while loops and
 #            conditionals: how much of a step is launch and loop overhead
 #   train_xla: the train step without kernels
+# gap (about 3 minutes): the bf16 sampler/trainer log-prob gap and the GEMMs' batch invariance
+#   (tools/bench_gpu.py --gap-only), with XLA's defaults and with --xla_allow_excess_precision=false (XLA may
+#   skip a bf16 rounding inside a fusion; the decode step and the training forward fuse differently)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_check_out}
@@ -92,5 +95,9 @@ case $what in more|all)
     part decode_cmdbuf 150 $B XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL -- \
         --skip-train --batches 256 --no-gap $tiny
     part train_xla 150 $B -- --skip-decode --train-batch 8 --remat dots --attention-impl xla $tiny ;;
+esac
+case $what in gap|all)
+    part gap 200 $B -- --gap-only $tiny
+    part gap_noexcess 200 $B XLA_FLAGS=--xla_allow_excess_precision=false -- --gap-only $tiny ;;
 esac
 echo "results: $out"

@@ -1,0 +1,29 @@
+"""The GPU check's gap part runs on any backend (``--tiny``): the JSON it writes on a device is what the
+README's account of the bf16 gap reads, so its shape is tested here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("flags", ["", "--xla_allow_excess_precision=false"])
+def test_gap_only_reports_gap_and_gemm_invariance(flags):
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, str(ROOT / "tools/bench_gpu.py"), "--gap-only", "--tiny"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["xla_flags"] == flags
+    gap = res["logprob_gap_bf16"]
+    assert gap["tokens"] > 0 and 0 <= gap["median"] <= gap["p99"] <= gap["max"] < 1.0
+    inv = res["gemm_invariance"]
+    assert {r["proj"] for r in inv} == {"q", "kv", "o", "gate_up", "down", "head"}
+    assert {r["m"] for r in inv} == {1, 8}
+    for r in inv:
+        assert 0.0 <= r["differing_frac"] <= r["rows_differing_frac"] <= 1.0 and r["max_rel"] >= 0.0
