@@ -34,6 +34,23 @@ def test_sampler_logprobs_equal_trainer_recompute(temperature):
     assert gap < 1e-5, gap
 
 
+@pytest.mark.parametrize("greedy", [False, True])
+def test_sampler_and_trainer_score_equal_logits_to_the_same_number(greedy):
+    """The sampler's log-prob of a drawn token is the trainer's log-prob of it from the same logits, bit for
+    bit, although the sampler scores [B, V] logits and the trainer [B, T, V] ones (one normaliser, summed in
+    one order: ``sampling.log_normaliser``)."""
+    from reasoning_rl.algorithms.logprobs import logprobs_entropy
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(6, 8, 5003)) * 4, jnp.float32)
+    keys = row_keys(jax.random.key(0), jnp.arange(6), jnp.zeros(6, jnp.int32))
+    for t in range(8):
+        tok, lp = jax.jit(lambda k, x: select(k, x, temperature=0.7, top_k=0, top_p=1.0, greedy=greedy))(
+            keys, logits[:, t])
+        ref = jax.jit(lambda x, y: logprobs_entropy(x, y, 0.7)[0])(logits, jnp.zeros((6, 8), jnp.int32).at[:, t].set(tok))
+        np.testing.assert_array_equal(np.asarray(lp), np.asarray(ref[:, t]))
+
+
 def test_stop_tokens_mask_and_padding():
     mdef, params = tiny_model(seed=1)
     pt, pv = S.left_pad(prompts(4, seed=1), 0)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from reasoning_rl import sharding as shd
 from reasoning_rl.models import ModelDef, Transformer, positions_from_valid
 from reasoning_rl.models.value import apply_value_head
+from reasoning_rl.rollout.sampling import fixed_order_sum, log_normaliser, shifted_logits
 
-FOLD = 16  # terms added per pass of ``fixed_order_sum``
 LOGITS_BUDGET = 64 * 2**20  # bytes of one device's float32 logits before log-probs go in chunks
 MIN_CHUNK = 16  # positions per chunk at the least (fewer makes a long sequential loop of small products)
 
@@ -106,37 +106,12 @@ def logprobs_entropy(logits: jax.Array, tokens: jax.Array, temperature: float = 
     """log softmax(logits / temperature) at ``tokens`` (and the entropy, else zeros), with the softmax's sums
     in ``fixed_order_sum``'s order, so a token's log-prob is the same number whatever the shape of the logits
     it is computed in (whole or chunked; ``jax.nn.log_softmax`` over the same logits can differ)."""
-    x = logits.astype(jnp.float32) / temperature
-    s = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    log_z = jnp.log(fixed_order_sum(s, jnp.exp))[..., None]
+    s = shifted_logits(logits, temperature)  # the sampler's definition (rollout/sampling.py), op for op
+    log_z = log_normaliser(s)[..., None]
     lp = jnp.take_along_axis(s, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] - log_z[..., 0]
     if not with_entropy:
         return lp, jnp.zeros_like(lp)
     return lp, -fixed_order_sum(s - log_z, lambda a: jnp.exp(a) * a)
-
-
-def fixed_order_sum(x: jax.Array, f=None) -> jax.Array:
-    """``sum(f(x), axis=-1)`` added up in an order the program fixes, not the backend.
-
-    XLA:CPU reduces with more than one kernel (YNNPACK's or its own loops), chosen by the shape and the
-    fusion around the reduction, and their float32 roundings differ: the same row of logits summed as part
-    of a [16, 16, V] chunk and of [16, 256, V] whole logits differed in the last bit (2e-6 in a log-prob of
-    -11). Here the row is cut into ``FOLD`` contiguous parts that are added pairwise, elementwise (XLA never
-    reassociates float adds), and again until one value is left. ``f`` is applied to each part of the first
-    pass, so XLA fuses it into that pass instead of materialising ``f(x)``, and the first pass writes only
-    1/FOLD of ``x``."""
-    while x.shape[-1] > 1 or f is not None:
-        n = x.shape[-1]
-        w = -(-n // FOLD)
-        g = f or (lambda a: a)
-        parts = [g(x[..., i:i + w]) for i in range(0, n, w)]
-        parts = [jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, w - a.shape[-1])]) for a in parts]  # exact zeros
-        f = None
-        while len(parts) > 1:
-            pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
-            parts = pairs + parts[len(pairs) * 2:]
-        x = parts[0]
-    return x[..., 0]
 
 
 def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,

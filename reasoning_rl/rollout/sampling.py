@@ -12,12 +12,52 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30
+FOLD = 16  # terms added per pass of ``fixed_order_sum``
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """log p(token) under softmax(logits / temperature); logits [..., V] float32, tokens [...] int."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    """log p(token) under softmax(logits / temperature); logits [..., V] float32, tokens [...] int.
+
+    The normaliser is summed in ``fixed_order_sum``'s order, as the trainer sums it
+    (``algorithms.logprobs.logprobs_entropy``): equal logits give the sampler and the trainer the same
+    log-prob, whatever the shapes the two compute them in."""
+    s = shifted_logits(logits, temperature)
+    return jnp.take_along_axis(s, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] - log_normaliser(s)
+
+
+def shifted_logits(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """``logits / temperature`` in float32, less their (constant) maximum: what the softmax sums exponentiate."""
+    x = logits.astype(jnp.float32) / temperature
+    return x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+
+
+def log_normaliser(shifted: jax.Array) -> jax.Array:
+    """``log(sum(exp(shifted), -1))``, the sum in ``fixed_order_sum``'s order."""
+    return jnp.log(fixed_order_sum(shifted, jnp.exp))
+
+
+def fixed_order_sum(x: jax.Array, f=None) -> jax.Array:
+    """``sum(f(x), axis=-1)`` added up in an order the program fixes, not the backend.
+
+    XLA:CPU reduces with more than one kernel (YNNPACK's or its own loops), chosen by the shape and the
+    fusion around the reduction, and their float32 roundings differ: the same row of logits summed as part
+    of a [16, 16, V] chunk and of [16, 256, V] whole logits differed in the last bit (2e-6 in a log-prob of
+    -11). Here the row is cut into ``FOLD`` contiguous parts that are added pairwise, elementwise (XLA never
+    reassociates float adds), and again until one value is left. ``f`` is applied to each part of the first
+    pass, so XLA fuses it into that pass instead of materialising ``f(x)``, and the first pass writes only
+    1/FOLD of ``x``."""
+    while x.shape[-1] > 1 or f is not None:
+        n = x.shape[-1]
+        w = -(-n // FOLD)
+        g = f or (lambda a: a)
+        parts = [g(x[..., i:i + w]) for i in range(0, n, w)]
+        parts = [jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, w - a.shape[-1])]) for a in parts]  # exact zeros
+        f = None
+        while len(parts) > 1:
+            pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+            parts = pairs + parts[len(pairs) * 2:]
+        x = parts[0]
+    return x[..., 0]
 
 
 def entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
@@ -94,14 +134,15 @@ def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int,
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return tok, token_logprobs(logits, tok, temperature)
-    # One exp pass serves the draw and the log-prob: log_softmax's own shift-exp-sum, written out.
+    # The shift-exp of log_softmax, written out: its exponentials are the draw's weights.
     scaled = logits / temperature
-    shifted = scaled - jnp.max(scaled, axis=-1, keepdims=True)
+    shifted = shifted_logits(logits, temperature)
     e = jnp.exp(shifted)
     weights = e
     if (top_k and top_k < logits.shape[-1]) or top_p < 1.0:
         weights = jnp.where(filter_logits(scaled, top_k, top_p) > NEG_INF / 2, e, 0.0)
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
     tok = inverse_cdf(u, weights)
-    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - jnp.log(jnp.sum(e, axis=-1))
+    # the log-prob's normaliser summed as the trainer sums it (``log_normaliser``), not as the draw's weights
+    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - log_normaliser(shifted)
     return tok, lp
