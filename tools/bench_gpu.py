@@ -142,6 +142,9 @@ def profile(fn, *args, reps: int = 2, top: int = 12) -> dict:
             "trace_dir": d}
 
 
+GAP_SHAPE = {False: (64, 128, 128), True: (8, 128, 16)}  # rows, prompt, new tokens (by --tiny)
+
+
 def logprob_gap(mdef, params, batch: int, prompt: int, new: int) -> dict:
     """The sampler's log-probs of its own tokens against the trainer's forward of the same rows."""
     cfg = mdef.cfg
@@ -282,7 +285,7 @@ def main() -> None:
     if args.gap_only:
         cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
         mdef, params = create(cfg, 0)
-        out["logprob_gap_bf16"] = logprob_gap(mdef, params, 8 if args.tiny else 64, 128, 16 if args.tiny else 128)
+        out["logprob_gap_bf16"] = logprob_gap(mdef, params, *GAP_SHAPE[args.tiny])
         print(json.dumps(out), flush=True)
         out["gemm_invariance"] = gemm_invariance(cfg, 256 if args.tiny else 4096, [1, 8] if args.tiny else [1, 64, 256])
         print(json.dumps(out), flush=True)
@@ -301,7 +304,7 @@ def main() -> None:
         out["decode"] = [bench_decode(mdef, params, b, 128, 32, 160, bw) for b in batches]
         print(json.dumps(out), flush=True)
         if not args.no_gap:
-            out["logprob_gap_bf16"] = logprob_gap(mdef, params, 8 if args.tiny else 64, 128, 16 if args.tiny else 128)
+            out["logprob_gap_bf16"] = logprob_gap(mdef, params, *GAP_SHAPE[args.tiny])
         if args.profile:
             b = 8 if args.tiny else max(batches)
             pt = np.random.default_rng(0).integers(3, mdef.cfg.vocab_size, (b, 128)).astype(np.int32)

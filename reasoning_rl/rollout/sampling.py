@@ -31,9 +31,10 @@ def shifted_logits(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     return x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
 
 
-def log_normaliser(shifted: jax.Array) -> jax.Array:
-    """``log(sum(exp(shifted), -1))``, the sum in ``fixed_order_sum``'s order."""
-    return jnp.log(fixed_order_sum(shifted, jnp.exp))
+def log_normaliser(shifted: jax.Array, exps: jax.Array | None = None) -> jax.Array:
+    """``log(sum(exp(shifted), -1))``, the sum in ``fixed_order_sum``'s order. ``exps``: ``exp(shifted)``
+    when the caller has it (the sampler's draw weights): the same terms, not exponentiated again."""
+    return jnp.log(fixed_order_sum(shifted, jnp.exp) if exps is None else fixed_order_sum(exps))
 
 
 def fixed_order_sum(x: jax.Array, f=None) -> jax.Array:
@@ -58,11 +59,6 @@ def fixed_order_sum(x: jax.Array, f=None) -> jax.Array:
             parts = pairs + parts[len(pairs) * 2:]
         x = parts[0]
     return x[..., 0]
-
-
-def entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
 def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -143,6 +139,6 @@ def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int,
         weights = jnp.where(filter_logits(scaled, top_k, top_p) > NEG_INF / 2, e, 0.0)
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
     tok = inverse_cdf(u, weights)
-    # the log-prob's normaliser summed as the trainer sums it (``log_normaliser``), not as the draw's weights
-    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - log_normaliser(shifted)
+    # the log-prob's normaliser summed as the trainer sums it (``log_normaliser``)
+    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - log_normaliser(shifted, e)
     return tok, lp
