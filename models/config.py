@@ -127,6 +127,9 @@ class TransformerConfig:
     # buffer per layer and each layer's weights sliced once per sampling call, layers unrolled: no per-step
     # copies of either; costs a second copy of the layer weights while sampling), "auto" (unroll off CPU)
     decode_layers: str = "auto"
+    # every row's numbers independent of the call's shape (models/layers/invariant.py): the sampler's log-probs
+    # equal the trainer's bit for bit, at a cost in speed; dense GQA attention models
+    batch_invariant: bool = False
 
     @property
     def jnp_dtype(self):

@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from .config import LoRAConfig, TransformerConfig
+from .layers import invariant
 
 __all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "dropout", "dropout_key", "init_adapters",
            "join", "load_adapter", "merge", "save_lora", "split", "trainable", "weight", "with_lora",
@@ -209,8 +210,9 @@ def adapt(module: Any, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
     r = a.shape[-1]
     n_in = math.prod(a.shape[:-1])
     lead = x.shape[:x.ndim - (a.ndim - 1)]
-    h = x.reshape(-1, n_in).astype(y.dtype) @ a.reshape(n_in, r)
-    d = (h @ b.reshape(r, -1)) * jnp.asarray(module.lora_scale, y.dtype)
+    matmul = invariant.matmul if getattr(module, "invariant", False) else jnp.matmul  # layers/invariant.py
+    h = matmul(x.reshape(-1, n_in).astype(y.dtype), a.reshape(n_in, r))
+    d = matmul(h, b.reshape(r, -1)) * jnp.asarray(module.lora_scale, y.dtype)
     return y + d.reshape(*lead, *y.shape[len(lead):])
 
 

@@ -27,6 +27,7 @@ from reasoning_rl.sharding import constrain
 
 from . import lora
 from .config import TransformerConfig
+from .layers import invariant
 from .layers.attention import Attention, attention_mask, freeze, rope_for
 from .layers.mla import MLA
 from .layers.mlp import MLP
@@ -116,7 +117,8 @@ class Block(nnx.Module):
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
-        norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
+        norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
+                                 invariant=cfg.batch_invariant)
         self.attn_norm = norm() if cfg.pre_norm else None
         if cfg.mla is not None:
             self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
@@ -128,7 +130,7 @@ class Block(nnx.Module):
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim,
-                                  impl=cfg.attention_impl)
+                                  impl=cfg.attention_impl, invariant=cfg.batch_invariant)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.mlp_norm = norm() if cfg.pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
@@ -137,7 +139,7 @@ class Block(nnx.Module):
                            out_scale=out_scale, glu_args=glu_args)
         else:
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
-                           activation=cfg.activation, glu_args=glu_args)
+                           activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant)
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
@@ -234,13 +236,18 @@ def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
 
 class Transformer(nnx.Module):
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        if cfg.batch_invariant and (cfg.moe is not None or cfg.mla is not None):
+            raise ValueError("batch_invariant: dense models with grouped-query attention only (this model has "
+                             f"{'mixture-of-experts' if cfg.moe is not None else 'multi-head latent attention'} "
+                             "layers, whose products are not made batch-invariant)")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32) * 0.02
         self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
         for name, _, n, moe in segments(cfg):
             setattr(self, name, _stack(cfg, n, moe, rngs))
-        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
+                                  invariant=cfg.batch_invariant)
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
@@ -510,11 +517,19 @@ class Transformer(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """float32 logits from hidden states (any leading shape)."""
-        if self.lm_head is None:  # tied: contract the embedding's own dimension (no transposed [D, V] copy)
+        if self.cfg.batch_invariant:  # row blocks (layers/invariant.py); the tied head's [D, V] is a transpose
+            w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+            out = invariant.matmul(h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+        elif self.lm_head is None:  # tied: contract the embedding's own dimension (no transposed [D, V] copy)
             out = head_matmul(h, self.embed[...].astype(h.dtype), "...d,vd->...v")
         else:
             out = head_matmul(h, self.lm_head[...].astype(h.dtype), "...d,dv->...v")
-        if self.cfg.final_softcap:
+        if self.cfg.final_softcap and self.cfg.batch_invariant:
+            # the barrier gives the softcap a fusion of its own in every program: fused into the softmax's
+            # reductions, XLA contracted its multiply-adds into FMAs in one program and not in the other
+            c = self.cfg.final_softcap
+            out = jax.lax.optimization_barrier(invariant.tanh(out / c) * c)
+        elif self.cfg.final_softcap:
             out = jnp.tanh(out / self.cfg.final_softcap) * self.cfg.final_softcap
         return out
 

@@ -62,6 +62,10 @@ class ModelConfig:
     # layer weights, projections in the compute dtype, while sampling; compile time grows with depth) | auto
     # (unroll on GPU/TPU, scan on CPU)
     decode_layers: Literal["auto", "scan", "unroll"] = "auto"
+    # batch-invariant arithmetic (models/layers/invariant.py): each token's numbers independent of the shape of
+    # the call, so the sampler's log-probs equal the trainer's bit for bit (no sampler/trainer gap) at a cost in
+    # speed (row-blocked matrix products, attention without matrix units); dense GQA attention models
+    batch_invariant: bool = False
     scan_layers: bool = True
     unroll_max: int = 4  # multi-token passes of stacks of at most this many layers run unrolled (0: never)
     # log-probs over sequence chunks of this many tokens (0: whole [B, T, V] logits); unset: chunks only when

@@ -40,12 +40,12 @@ def model_config(cfg: Config) -> TransformerConfig:
         # config.json always; the safetensors headers too when there are weights (a config-only directory
         # is enough to size a model)
         mc = check_path(m.path, "model.path", weights=None, tokenizer=False)
-        from reasoning_rl.stages.common import run_options
+        from reasoning_rl.stages.common import check_model_options, run_options
 
-        return dataclasses.replace(mc, **run_options(m))
-    from reasoning_rl.stages.common import model_config_from
+        return check_model_options(dataclasses.replace(mc, **run_options(m)))
+    from reasoning_rl.stages.common import check_model_options, model_config_from
 
-    return model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size)
+    return check_model_options(model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size))
 
 
 def abstract_mesh(cfg: Config, n_devices: int):

@@ -22,6 +22,8 @@ def test_gap_only_reports_gap_and_gemm_invariance(flags):
     assert res["xla_flags"] == flags
     gap = res["logprob_gap_bf16"]
     assert gap["tokens"] > 0 and 0 <= gap["median"] <= gap["p99"] <= gap["max"] < 1.0
+    exact = res["logprob_gap_bf16_batch_invariant"]  # model.batch_invariant: none left (on this CPU)
+    assert exact["tokens"] > 0 and exact["max"] == 0.0 and exact["sample_s"] > 0
     inv = res["gemm_invariance"]
     assert {r["proj"] for r in inv} == {"q", "kv", "o", "gate_up", "down", "head"}
     assert {r["m"] for r in inv} == {1, 8}

@@ -9,8 +9,9 @@ Train: one SFT step (fp32 master weights, bf16 compute, chunked log-probs) on B 
 MFU = model FLOPs (6 per parameter per token + causal attention) / time / peak bf16 FLOP/s.
 Log-prob gap: the sampler's recorded log-probs of its own tokens against the trainer's forward on the same
 rows (bf16 compute), max / median over completion tokens (the issue's bound: 1e-3).
-``--gap-only``: the gap, and how often the device's GEMMs give a row another result when it is computed with
-fewer rows (``gemm_invariance``: the cause the gap comes down to).
+``--gap-only``: the gap, the same with ``model.batch_invariant`` (``logprob_gap_bf16_batch_invariant``, with
+the sampling call's time in each arithmetic), and how often the device's GEMMs give a row another result when
+it is computed with fewer rows (``gemm_invariance``: the cause the standard gap comes down to).
 Profile (``--profile``): one decode call and one train step under ``jax.profiler``; the device's kernels are
 summed by name and by kind (matmul, attention, copy / cache update, sort / top-k, reduction, other fusion),
 with the device's busy time against the wall time (the gaps are launch, host and loop-condition overhead),
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from reasoning_rl.models import TransformerConfig, create
-from reasoning_rl.models.layers import kernels
+from reasoning_rl.models.layers import invariant, kernels
 
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.algorithms.steps import init_state, make_optimizer, make_sft_step
@@ -153,13 +154,17 @@ def logprob_gap(mdef, params, batch: int, prompt: int, new: int) -> dict:
     pv = np.ones_like(pt, bool)
     sp = SamplingParams(new, 1.0, 0, 1.0, False, (), 0, 1)
     out = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(1), sp))
+    t0 = time.perf_counter()  # a second, compiled call: what the sampler costs in this arithmetic
+    jax.block_until_ready(sample(mdef, params, pt, pv, jax.random.key(1), sp))
+    sample_s = time.perf_counter() - t0
     tokens = jnp.asarray(np.concatenate([pt, out.tokens], axis=1), jnp.int32)
     valid = jnp.asarray(np.concatenate([pv, out.mask], axis=1))
-    lp = jax.jit(lambda p, t, v: target_logprobs(mdef.bind(p), t, v, new, 1.0, None))(params, tokens, valid)
+    lp = jax.jit(lambda p, t, v: target_logprobs(mdef.bind(p), t, v, new, 1.0, None),
+                 compiler_options=invariant.compiler_options(cfg.batch_invariant))(params, tokens, valid)
     gap = np.abs(np.asarray(lp, np.float32) - out.logprobs)[out.mask]
     return {"rows": batch, "new_tokens": new, "tokens": int(gap.size), "max": float(gap.max()),
             "median": float(np.median(gap)), "p99": float(np.quantile(gap, 0.99)),
-            "within_1e-3": bool(gap.max() <= 1e-3)}
+            "within_1e-3": bool(gap.max() <= 1e-3), "sample_s": round(sample_s, 4)}
 
 
 def gemm_invariance(cfg: TransformerConfig, rows: int, batches: list[int]) -> list[dict]:
@@ -286,6 +291,10 @@ def main() -> None:
         cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
         mdef, params = create(cfg, 0)
         out["logprob_gap_bf16"] = logprob_gap(mdef, params, *GAP_SHAPE[args.tiny])
+        print(json.dumps(out), flush=True)
+        # the same weights in batch-invariant arithmetic (model.batch_invariant): the gap it removes, its cost
+        imdef, _ = create(dataclasses.replace(cfg, batch_invariant=True), abstract=True)
+        out["logprob_gap_bf16_batch_invariant"] = logprob_gap(imdef, params, *GAP_SHAPE[args.tiny])
         print(json.dumps(out), flush=True)
         out["gemm_invariance"] = gemm_invariance(cfg, 256 if args.tiny else 4096, [1, 8] if args.tiny else [1, 64, 256])
         print(json.dumps(out), flush=True)

@@ -150,7 +150,7 @@ def logprob_gap(mdef, rows: int, prompt: int, new: int, group: int) -> dict:
         out[name] = np.asarray(f(params, toks, valid))
         log(f"[logprobs] {name}: {time.perf_counter() - t0:.1f}s")
     diff = np.abs(out["default"] - out["whole"])
-    # the softmax sums run in a fixed order (rollout/sampling.py: fixed_order_sum), so chunking changes no
+    # the softmax sums run in a fixed order (models/layers/invariant.py: fixed_order_sum), so chunking changes no
     # number: expected 0, required <= 1e-6 absolute (a float32 ulp at |log p| ~ 11 is 9.5e-7)
     return {"rows": rows, "chunk_used": auto_chunk(rows, new, v), "max_abs_diff": float(diff.max()),
             "identical": bool((diff == 0).all()), "mean_logprob": float(out["whole"].mean()),

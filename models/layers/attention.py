@@ -16,7 +16,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain, current
 
 from ..lora import adapt
-from . import kernels
+from . import invariant, kernels
 from .init import param, zeros
 from .norm import RMSNorm
 from .rope import apply_rope, rope_parameters, rope_table
@@ -219,16 +219,21 @@ def _decode_attention(q, k, v, mask, scale, softcap, sinks=None):
     return out.reshape(b, 1, h, v.shape[-1])
 
 
-def _proj_in(x: jax.Array, w: jax.Array) -> jax.Array:
+def matmul(x: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
+    """2-D ``x @ w``; ``batch_invariant``: over fixed row blocks (``invariant.matmul``)."""
+    return invariant.matmul(x, w) if batch_invariant else x @ w
+
+
+def _proj_in(x: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
     """[B, T, D] x [D, H, K] -> [B, T, H, K] as one 2-D matmul (XLA:CPU's backward is much faster in 2-D)."""
     b, t, d = x.shape
-    return (x.reshape(b * t, d) @ w.reshape(d, -1)).reshape(b, t, *w.shape[1:])
+    return matmul(x.reshape(b * t, d), w.reshape(d, -1), batch_invariant).reshape(b, t, *w.shape[1:])
 
 
-def _proj_out(y: jax.Array, w: jax.Array) -> jax.Array:
+def _proj_out(y: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
     """[B, T, H, K] x [H, K, D] -> [B, T, D] as one 2-D matmul."""
     b, t = y.shape[:2]
-    return (y.reshape(b * t, -1) @ w.reshape(-1, w.shape[-1])).reshape(b, t, -1)
+    return matmul(y.reshape(b * t, -1), w.reshape(-1, w.shape[-1]), batch_invariant).reshape(b, t, -1)
 
 
 def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_first: bool = False,
@@ -297,11 +302,14 @@ class Attention(nnx.Module):
                  qk_norm: bool = False, norm_eps: float = 1e-6, norm_offset: float = 0.0,
                  query_scale: float | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
-                 sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto"):
+                 sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
+                 invariant: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all). ``impl``: attention
-        kernels (``kernels.IMPLS``; each call routed by ``kernels.route``)."""
+        kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
+        arithmetic (``invariant``; no kernels)."""
+        self.invariant = invariant
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.impl = impl
         self.dtype = dtype
@@ -323,8 +331,8 @@ class Attention(nnx.Module):
             self.q_bias = self.k_bias = self.v_bias = None
         if qk_norm:
             qd, kd = (n_heads * head_dim, n_kv_heads * head_dim) if qk_norm_whole else (head_dim, head_dim)
-            self.q_norm = RMSNorm(qd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
-            self.k_norm = RMSNorm(kd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype)
+            self.q_norm = RMSNorm(qd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant)
+            self.k_norm = RMSNorm(kd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant)
         else:
             self.q_norm = self.k_norm = None
         self.sinks = nnx.Param(jnp.zeros((n_heads,), jnp.float32), axes=("heads",)) if sinks else None
@@ -338,11 +346,22 @@ class Attention(nnx.Module):
                              sinks=self.sinks is not None, q_len=q.shape[1], k_len=mask.shape[-1],
                              sharded=ctx is not None and ctx.mesh.size > 1)
 
+    def _invariant_attention(self, q, k, v, mask, cache, layer, index, prefix, sinks):
+        """``__call__``'s attention in batch-invariant arithmetic: every path (no cache, a cache, a shared
+        prefix) hands ``invariant.attention`` its keys in slot order from slot 0."""
+        if prefix is not None:  # [prefix of the row's group | own keys]
+            r = q.shape[0] // prefix[0].shape[0]
+            kp, vp = (jnp.repeat(jnp.swapaxes(a, 1, 2), r, axis=0).astype(self.dtype) for a in prefix)
+            k, v = jnp.concatenate([kp, k], axis=1), jnp.concatenate([vp, v], axis=1)
+        else:
+            k, v, cache = write_cache(k, v, cache, layer, index, self.dtype, False, mask.shape[-1])
+        return invariant.attention(q, k, v, mask, self.scale, self.softcap, sinks), cache
+
     def project_qkv(self, x: jax.Array, positions: jax.Array, rope=None):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
         layer's own frequencies when not given."""
         dt = self.dtype
-        q, k, v = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt))) for n in "qkv")
+        q, k, v = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt), self.invariant)) for n in "qkv")
         if self.q_bias is not None:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -366,7 +385,9 @@ class Attention(nnx.Module):
         of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
         sinks = None if self.sinks is None else self.sinks[...]
-        if prefix is not None:
+        if self.invariant:
+            out, cache = self._invariant_attention(q, k, v, mask, cache, layer, index, prefix, sinks)
+        elif prefix is not None:
             kp, vp = (a.astype(self.dtype) for a in prefix)
             r = self._route("prefix", q, mask)
             if r.path == "cudnn":
@@ -387,7 +408,7 @@ class Attention(nnx.Module):
             else:  # without a cache the keys are the sequence itself, causal: causal blocks apply
                 out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
                                     sinks=sinks)
-        out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype)))
+        out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype), self.invariant))
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)
         return out, cache

@@ -9,6 +9,8 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from ..lora import adapt
+from . import invariant
+from .attention import matmul
 from .init import param
 
 ACTIVATIONS = {
@@ -26,25 +28,41 @@ def activation_fn(name: str):
     return ACTIVATIONS[name]
 
 
-def glu_fn(name: str, alpha: float = 1.702, limit: float = 7.0):
+# the same activations through ``invariant``'s exponential (batch-invariant mode), computed in float32
+INVARIANT_ACTIVATIONS = {
+    "silu": lambda x: (x.astype(jnp.float32) * invariant.sigmoid(x)).astype(x.dtype),
+    "gelu_tanh": lambda x: _gelu_tanh(x.astype(jnp.float32), invariant.tanh).astype(x.dtype),
+}
+
+
+def _gelu_tanh(x, tanh):
+    return 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+def glu_fn(name: str, alpha: float = 1.702, limit: float = 7.0, batch_invariant: bool = False):
     """``f(gate, up)`` -> the gated hidden activation. ``clamped_swiglu`` (gpt-oss): the gate clipped above at
-    ``limit``, the up projection to [-limit, limit], and ``(up + 1) * gate * sigmoid(alpha * gate)``."""
+    ``limit``, the up projection to [-limit, limit], and ``(up + 1) * gate * sigmoid(alpha * gate)``.
+    ``batch_invariant``: exponentials through ``invariant.exp`` (the same bits in every program)."""
     if name == "clamped_swiglu":
+        sigmoid = (lambda a: invariant.sigmoid(a).astype(a.dtype)) if batch_invariant else jax.nn.sigmoid
+
         def clamped(g, u):
             g = jnp.minimum(g, limit)
             u = jnp.clip(u, -limit, limit)
-            return (u + 1) * (g * jax.nn.sigmoid(g * alpha))
+            return (u + 1) * (g * sigmoid(g * alpha))
         return clamped
     if name not in ACTIVATIONS:
         raise ValueError(f"activation: unsupported value {name!r} (supported: {', '.join(GLUS)})")
-    act = ACTIVATIONS[name]
+    act = (INVARIANT_ACTIVATIONS if batch_invariant else ACTIVATIONS)[name]
     return lambda g, u: act(g) * u
 
 
 class MLP(nnx.Module):
     def __init__(self, d_model: int, ffn_dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
-                 out_scale: float = 1.0, activation: str = "silu", glu_args: tuple[float, float] = (1.702, 7.0)):
+                 out_scale: float = 1.0, activation: str = "silu", glu_args: tuple[float, float] = (1.702, 7.0),
+                 invariant: bool = False):
         glu_fn(activation, *glu_args)
+        self.invariant = invariant  # batch-invariant products (layers/invariant.py)
         self.dtype = dtype
         self.activation = activation
         self.glu_args = tuple(glu_args)
@@ -58,8 +76,8 @@ class MLP(nnx.Module):
         # (about 2x less time in the MLP's gradient); on accelerators the reshape is free.
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        g = adapt(self, "gate", x2, x2 @ self.gate[...].astype(dt))
-        u = adapt(self, "up", x2, x2 @ self.up[...].astype(dt))
-        h = glu_fn(self.activation, *self.glu_args)(g, u)
+        g = adapt(self, "gate", x2, matmul(x2, self.gate[...].astype(dt), self.invariant))
+        u = adapt(self, "up", x2, matmul(x2, self.up[...].astype(dt), self.invariant))
+        h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
-        return adapt(self, "down", h, h @ self.down[...].astype(dt)).reshape(*lead, -1)
+        return adapt(self, "down", h, matmul(h, self.down[...].astype(dt), self.invariant)).reshape(*lead, -1)

@@ -6,17 +6,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .invariant import fixed_order_sum
+
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, param_dtype=jnp.float32):
+    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, param_dtype=jnp.float32,
+                 invariant: bool = False):
         # ``offset``: Gemma stores ``w`` and scales by ``1 + w``; everybody else stores the scale itself.
         self.eps = eps
         self.offset = offset
+        self.invariant = invariant  # the mean in a fixed summation order (models/layers/invariant.py)
         init = jnp.zeros if offset else jnp.ones
         self.scale = nnx.Param(init((dim,), param_dtype), axes=("norm",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
         xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        if self.invariant:
+            ms = (fixed_order_sum(xf * xf) / xf.shape[-1])[..., None]
+        else:
+            ms = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        xf = xf * jax.lax.rsqrt(ms + self.eps)
         return (xf * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 
 from reasoning_rl import sharding as shd
 from reasoning_rl.models import ModelDef, Transformer, positions_from_valid
+from reasoning_rl.models.layers.invariant import STANDARD, Elementary, elementary, fixed_order_sum
 from reasoning_rl.models.value import apply_value_head
-from reasoning_rl.rollout.sampling import fixed_order_sum, log_normaliser, shifted_logits
+from reasoning_rl.rollout.sampling import log_normaliser, shifted_logits
 
 LOGITS_BUDGET = 64 * 2**20  # bytes of one device's float32 logits before log-probs go in chunks
 MIN_CHUNK = 16  # positions per chunk at the least (fewer makes a long sequential loop of small products)
@@ -78,7 +79,8 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     h, aux = target_hidden(model, tokens, valid, n_targets, routes, group)
 
     def score(h_c, y_c):
-        lp, ent = logprobs_entropy(model.logits(h_c), y_c, temperature, with_entropy)
+        lp, ent = logprobs_entropy(model.logits(h_c), y_c, temperature, with_entropy,
+                                   elementary(model.cfg.batch_invariant))
         return lp, jax.lax.stop_gradient(ent)
 
     chunk = resolve_chunk(chunk, tokens.shape[0], n_targets, model.cfg.vocab_size, shd.current())
@@ -102,16 +104,17 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
 
 
 def logprobs_entropy(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
-                     with_entropy: bool = False) -> tuple[jax.Array, jax.Array]:
+                     with_entropy: bool = False, ops: Elementary = STANDARD) -> tuple[jax.Array, jax.Array]:
     """log softmax(logits / temperature) at ``tokens`` (and the entropy, else zeros), with the softmax's sums
     in ``fixed_order_sum``'s order, so a token's log-prob is the same number whatever the shape of the logits
-    it is computed in (whole or chunked; ``jax.nn.log_softmax`` over the same logits can differ)."""
+    it is computed in (whole or chunked; ``jax.nn.log_softmax`` over the same logits can differ). ``ops``:
+    the model's exp and log (``invariant.elementary``), as the sampler takes them."""
     s = shifted_logits(logits, temperature)  # the sampler's definition (rollout/sampling.py), op for op
-    log_z = log_normaliser(s)[..., None]
+    log_z = log_normaliser(s, ops=ops)[..., None]
     lp = jnp.take_along_axis(s, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] - log_z[..., 0]
     if not with_entropy:
         return lp, jnp.zeros_like(lp)
-    return lp, -fixed_order_sum(s - log_z, lambda a: jnp.exp(a) * a)
+    return lp, -fixed_order_sum(s - log_z, lambda a: ops.exp(a) * a)
 
 
 def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,

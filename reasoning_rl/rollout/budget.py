@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from reasoning_rl.models import ModelDef
+from reasoning_rl.models.layers import invariant
 
 # the cache layout and its growing windows are the sampler's: prefill, fan out and grow the same way
 from .sampler import DecodeForm, _fan_out, _prefill, window_cache, window_ends
@@ -117,7 +118,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
 
 @functools.lru_cache(maxsize=8)
 def _compiled(mdef: ModelDef, bp: BudgetParams):
-    return jax.jit(functools.partial(budget_sample_impl, mdef, bp))
+    return jax.jit(functools.partial(budget_sample_impl, mdef, bp),
+                   compiler_options=invariant.compiler_options(mdef.cfg.batch_invariant))
 
 
 def budget_sample(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, budgets, min_think, rng: jax.Array,

@@ -29,7 +29,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from reasoning_rl.models import KVCache, ModelDef, positions_from_valid
-from reasoning_rl.models.layers import kernels
+from reasoning_rl.models.layers import invariant, kernels
+from reasoning_rl.models.layers.invariant import STANDARD, elementary
 from reasoning_rl.sharding import constrain, current, traced_under, use
 
 from .sampling import row_keys, select
@@ -243,11 +244,12 @@ def _prefill(model, prompt_tokens, prompt_valid, size: int, record: bool = False
     return cache, model.logits(h[:, -1]), routes  # left padding puts every prompt's last token at Tp-1
 
 
-def _draw(sp: SamplingParams, rng, row_ids, t, logits, live, stop):
+def _draw(sp: SamplingParams, rng, row_ids, t, logits, live, stop, ops=STANDARD):
     """One decode step's tokens for the rows in the batch (row ``row_ids[b]`` at its step ``t[b]``): token
-    (pad where not live), its log-prob, and whether the row stops here."""
+    (pad where not live), its log-prob, and whether the row stops here. ``ops``: the model's exp and log
+    (``invariant.elementary``), as the trainer's log-probs take them."""
     tok, lp = select(row_keys(rng, row_ids, t), logits, temperature=sp.temperature, top_k=sp.top_k,
-                     top_p=sp.top_p, greedy=sp.greedy)
+                     top_p=sp.top_p, greedy=sp.greedy, ops=ops)
     tok = jnp.where(live, tok, sp.pad_id)
     return tok, jnp.where(live, lp, 0.0), jnp.isin(tok, stop) | (t + 1 >= sp.max_new_tokens)
 
@@ -343,7 +345,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     def body(state, attend):
         t, cache, logits, toks, logps, mask, pos, done, routes = state
         live = ~done
-        tok, lp, stops = _draw(sp, rng, row_ids, jnp.full((rows,), t), logits, live, stop)
+        tok, lp, stops = _draw(sp, rng, row_ids, jnp.full((rows,), t), logits, live, stop,
+                               elementary(model.cfg.batch_invariant))
         toks = toks.at[:, t].set(tok)
         logps = logps.at[:, t].set(lp)
         mask = mask.at[:, t].set(live)
@@ -439,7 +442,8 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
 
     def step(s):
         live, t = ~s["done"], s["t"]
-        tok, lp, stops = _draw(sp, rng, row0 + s["row"], t, s["logits"], live, stop)
+        tok, lp, stops = _draw(sp, rng, row0 + s["row"], t, s["logits"], live, stop,
+                               elementary(model.cfg.batch_invariant))
         at = jnp.where(live, s["row"], rows)  # out of range: dropped
         out = {"toks": s["toks"].at[at, t].set(tok, mode="drop"),
                "logps": s["logps"].at[at, t].set(lp, mode="drop"),
@@ -482,7 +486,8 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
 
 @functools.lru_cache(maxsize=32)
 def _compiled(mdef: ModelDef, sp: SamplingParams, ctx):
-    return jax.jit(traced_under(ctx, functools.partial(sample_impl, mdef, sp)))
+    return jax.jit(traced_under(ctx, functools.partial(sample_impl, mdef, sp)),
+                   compiler_options=invariant.compiler_options(mdef.cfg.batch_invariant))
 
 
 def sample(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, rng: jax.Array, sp: SamplingParams,

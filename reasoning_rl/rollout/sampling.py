@@ -10,55 +10,44 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from reasoning_rl.models.layers.invariant import STANDARD, Elementary, fixed_order_sum
 
 NEG_INF = -1e30
-FOLD = 16  # terms added per pass of ``fixed_order_sum``
 
 
-def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
+def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
+                   ops: Elementary = STANDARD) -> jax.Array:
     """log p(token) under softmax(logits / temperature); logits [..., V] float32, tokens [...] int.
 
     The normaliser is summed in ``fixed_order_sum``'s order, as the trainer sums it
     (``algorithms.logprobs.logprobs_entropy``): equal logits give the sampler and the trainer the same
-    log-prob, whatever the shapes the two compute them in."""
+    log-prob, whatever the shapes the two compute them in. ``ops``: the model's exp and log
+    (``invariant.elementary``)."""
     s = shifted_logits(logits, temperature)
-    return jnp.take_along_axis(s, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] - log_normaliser(s)
+    lp = jnp.take_along_axis(s, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return lp - log_normaliser(s, ops=ops)
 
 
 def shifted_logits(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """``logits / temperature`` in float32, less their (constant) maximum: what the softmax sums exponentiate."""
-    x = logits.astype(jnp.float32) / temperature
+    """``logits / temperature`` in float32, less their (constant) maximum: what the softmax sums exponentiate.
+
+    The division is written as the multiply by ``1 / temperature`` that XLA makes of a division by a constant
+    in some fusions and not in others (the same logits scaled in a [B, V] and a [B, T, V] program differed in
+    the last bit of 7% of their values); written out, every program has the same multiply."""
+    x = logits.astype(jnp.float32)
+    if isinstance(temperature, (int, float)):
+        x = x if temperature == 1 else x * np.float32(1 / temperature)
+    else:
+        x = x * (1 / jnp.asarray(temperature, jnp.float32))
     return x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
 
 
-def log_normaliser(shifted: jax.Array, exps: jax.Array | None = None) -> jax.Array:
+def log_normaliser(shifted: jax.Array, exps: jax.Array | None = None, ops: Elementary = STANDARD) -> jax.Array:
     """``log(sum(exp(shifted), -1))``, the sum in ``fixed_order_sum``'s order. ``exps``: ``exp(shifted)``
     when the caller has it (the sampler's draw weights): the same terms, not exponentiated again."""
-    return jnp.log(fixed_order_sum(shifted, jnp.exp) if exps is None else fixed_order_sum(exps))
-
-
-def fixed_order_sum(x: jax.Array, f=None) -> jax.Array:
-    """``sum(f(x), axis=-1)`` added up in an order the program fixes, not the backend.
-
-    XLA:CPU reduces with more than one kernel (YNNPACK's or its own loops), chosen by the shape and the
-    fusion around the reduction, and their float32 roundings differ: the same row of logits summed as part
-    of a [16, 16, V] chunk and of [16, 256, V] whole logits differed in the last bit (2e-6 in a log-prob of
-    -11). Here the row is cut into ``FOLD`` contiguous parts that are added pairwise, elementwise (XLA never
-    reassociates float adds), and again until one value is left. ``f`` is applied to each part of the first
-    pass, so XLA fuses it into that pass instead of materialising ``f(x)``, and the first pass writes only
-    1/FOLD of ``x``."""
-    while x.shape[-1] > 1 or f is not None:
-        n = x.shape[-1]
-        w = -(-n // FOLD)
-        g = f or (lambda a: a)
-        parts = [g(x[..., i:i + w]) for i in range(0, n, w)]
-        parts = [jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, w - a.shape[-1])]) for a in parts]  # exact zeros
-        f = None
-        while len(parts) > 1:
-            pairs = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
-            parts = pairs + parts[len(pairs) * 2:]
-        x = parts[0]
-    return x[..., 0]
+    return ops.log(fixed_order_sum(shifted, ops.exp) if exps is None else fixed_order_sum(exps))
 
 
 def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -120,25 +109,26 @@ def inverse_cdf(u: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
-           greedy: bool) -> tuple[jax.Array, jax.Array]:
+           greedy: bool, ops: Elementary = STANDARD) -> tuple[jax.Array, jax.Array]:
     """Draw the next token per row; returns (tokens [B] int32, logprobs [B] float32).
 
     ``rng``: [B] keys, one per row (see ``row_keys``), so a row's draw depends only on its own key and
     logits, not on which other rows share the batch (what lets the in-flight sampler reproduce the plain
-    loop exactly, and a batch split over devices or hosts sample what it would sample whole)."""
+    loop exactly, and a batch split over devices or hosts sample what it would sample whole). ``ops``: the
+    model's exp and log (``invariant.elementary``), as the trainer's log-probs take them."""
     logits = logits.astype(jnp.float32)
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return tok, token_logprobs(logits, tok, temperature)
+        return tok, token_logprobs(logits, tok, temperature, ops)
     # The shift-exp of log_softmax, written out: its exponentials are the draw's weights.
     scaled = logits / temperature
     shifted = shifted_logits(logits, temperature)
-    e = jnp.exp(shifted)
+    e = ops.exp(shifted)
     weights = e
     if (top_k and top_k < logits.shape[-1]) or top_p < 1.0:
         weights = jnp.where(filter_logits(scaled, top_k, top_p) > NEG_INF / 2, e, 0.0)
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
     tok = inverse_cdf(u, weights)
     # the log-prob's normaliser summed as the trainer sums it (``log_normaliser``)
-    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - log_normaliser(shifted, e)
+    lp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - log_normaliser(shifted, e, ops)
     return tok, lp

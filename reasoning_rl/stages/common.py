@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -29,6 +28,7 @@ from reasoning_rl.checkpoint import CheckpointUnusable, StageCheckpointer
 from reasoning_rl.config import Config, ModelConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
 from reasoning_rl.models import TransformerConfig, create, lora
+from reasoning_rl.models.layers import invariant
 from reasoning_rl.models.lora import LoRAError
 from reasoning_rl.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
 
@@ -167,7 +167,20 @@ def model_config_from(m: ModelConfig, vocab_size: int) -> TransformerConfig:
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, qkv_bias=m.qkv_bias, qk_norm=m.qk_norm,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len, param_dtype=m.param_dtype, dtype=m.dtype,
         remat=m.remat, scan_layers=m.scan_layers, unroll_max=m.unroll_max, family=m.family, moe=_moe_config(m),
-        lora=lora_config(m), attention_impl=m.attention_impl, decode_layers=m.decode_layers)
+        lora=lora_config(m), attention_impl=m.attention_impl, decode_layers=m.decode_layers,
+        batch_invariant=m.batch_invariant)
+
+
+def check_model_options(mc: TransformerConfig) -> TransformerConfig:
+    """A config error for run options the model's architecture cannot take (``model.batch_invariant`` on a
+    mixture-of-experts or multi-head latent attention model); the config itself otherwise."""
+    if mc.batch_invariant and (mc.moe is not None or mc.mla is not None):
+        from reasoning_rl.config import ConfigError
+
+        kind = "mixture-of-experts" if mc.moe is not None else "multi-head latent attention"
+        raise ConfigError(f"model.batch_invariant: dense models with grouped-query attention only (this model has "
+                          f"{kind} layers)")
+    return mc
 
 
 def run_options(m: ModelConfig, lora: bool = True) -> dict:
@@ -175,7 +188,8 @@ def run_options(m: ModelConfig, lora: bool = True) -> dict:
     dtypes, remat, the layer scan, attention kernels, and (``lora``) the LoRA adapters; for
     ``dataclasses.replace`` on the directory's ``TransformerConfig``."""
     out = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
-               unroll_max=m.unroll_max, attention_impl=m.attention_impl, decode_layers=m.decode_layers)
+               unroll_max=m.unroll_max, attention_impl=m.attention_impl, decode_layers=m.decode_layers,
+               batch_invariant=m.batch_invariant)
     return {**out, "lora": lora_config(m)} if lora else out
 
 
@@ -282,6 +296,7 @@ class Runtime:
             mcfg = dataclasses.replace(mcfg, **run_options(m))
         else:
             mcfg = model_config_from(m, self.tok.vocab_size)
+        check_model_options(mcfg)
         try:
             self.mdef, _ = create(mcfg, abstract=True)
         except LoRAError as e:
@@ -456,9 +471,13 @@ class Runtime:
                                                 transform_non_params=lambda _: rep)
 
     def jit_step(self, fn: Callable, state: TrainState):
-        return jit_train_step(fn, state, self.ctx)
+        return jit_train_step(fn, state, self.ctx, self.mdef.cfg.batch_invariant)
 
     def jit_fn(self, fn: Callable, **kw):
+        """``fn`` jitted on this runtime's mesh; a batch-invariant model's programs take its XLA options."""
+        opts = invariant.compiler_options(self.mdef.cfg.batch_invariant)
+        if opts:
+            kw["compiler_options"] = {**opts, **kw.get("compiler_options", {})}
         return jax.jit(shd.traced_under(self.ctx, fn), **kw)
 
     # ------------------------------------------------------------------ tokens
@@ -565,16 +584,17 @@ class StageRun:
             self.ckpt.close()
 
 
-def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext):
+def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext, batch_invariant: bool = False):
     """Jit a ``(state, batch) -> (state, metrics)`` step traced on ``ctx``: state shardings pinned, state
-    buffers donated, the train-step XLA options (what every stage and the benchmarks run).
+    buffers donated, the train-step XLA options (what every stage and the benchmarks run; ``batch_invariant``:
+    with a batch-invariant model's).
 
     A LoRA state's frozen base goes in as a separate, non-donated argument and is not an output: its buffers
     stay valid for the KL reference and the stage's init params, and are never written."""
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     if not lora.has_adapters(state.params):
         return jax.jit(shd.traced_under(ctx, fn), donate_argnums=(0,),
-                       out_shardings=(state_sh, shd.replicated(ctx.mesh)), compiler_options=train_compiler_options())
+                       out_shardings=(state_sh, shd.replicated(ctx.mesh)), compiler_options=train_compiler_options(batch_invariant))
 
     def inner(st, base, batch):
         new, metrics = fn(dataclasses.replace(st, params=lora.join(base, st.params)), batch)
@@ -582,7 +602,7 @@ def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext):
 
     sh = dataclasses.replace(state_sh, params=lora.split(state_sh.params)[1])
     jitted = jax.jit(shd.traced_under(ctx, inner), donate_argnums=(0,), out_shardings=(sh, shd.replicated(ctx.mesh)),
-                     compiler_options=train_compiler_options())
+                     compiler_options=train_compiler_options(batch_invariant))
 
     def step(st, batch):
         base, ad = lora.split(st.params)
@@ -594,21 +614,16 @@ def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext):
 
 
 @functools.lru_cache(maxsize=1)
-def train_compiler_options() -> dict:
-    """XLA options for train steps (forward + backward over whole sequences).
+def train_compiler_options(batch_invariant: bool = False) -> dict:
+    """XLA options for train steps (forward + backward over whole sequences); ``batch_invariant``: with a
+    batch-invariant model's (``invariant.compiler_options``).
 
     On CPU, XLA's own GEMMs run the train step's large dots faster than the YNNPACK fusions it uses by
     default, which in turn are what make the small decode-step dots fast: W1's update goes from ~3.4 s to
     ~3.1 s on 2 cores with them off, the sampler would slow down by half. So only train steps turn them off,
     and only where this XLA knows the option."""
-    if jax.default_backend() != "cpu":
-        return {}
-    opts = {"xla_cpu_experimental_ynn_fusion_type": ""}
-    try:
-        jax.jit(lambda x: x @ x, compiler_options=opts).lower(jnp.ones((2, 2))).compile()
-    except Exception:  # an XLA without the option: keep its defaults
-        return {}
-    return opts
+    opts = invariant.cpu_own_emitters() if jax.default_backend() == "cpu" else {}
+    return {**opts, **invariant.compiler_options(batch_invariant)}
 
 
 def _stage_index(cfg: Config, name: str) -> int:

@@ -61,8 +61,9 @@ class Rollout:
         self.tp = prompt_len(rt, fetch=data.fetch)
         # LoRA: the adapters are folded into the weights once per policy update (one jitted fold) and the plain
         # base model decodes, with no per-token adapter products (3.4x faster decode, tools/bench_lora.py);
-        # model.lora.merge_sampling: false applies them unmerged, with the trainer's own arithmetic.
-        merged = rt.lora and rt.mdef.cfg.lora.merge_sampling
+        # model.lora.merge_sampling: false applies them unmerged, with the trainer's own arithmetic, as
+        # model.batch_invariant does (merged weights are other roundings: the log-probs would differ).
+        merged = rt.lora and rt.mdef.cfg.lora.merge_sampling and not rt.mdef.cfg.batch_invariant
         self.sample = rt.jit_fn(functools.partial(sample_impl, rt.base_mdef if merged else rt.mdef, self.sp))
         self.merge = rt.jit_fn(lambda p: lora.merge(rt.mdef, p)[1]) if merged else None
         self.rows = rt.host_rows(r.prompts_per_step)
