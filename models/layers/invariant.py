@@ -6,7 +6,7 @@ prefix). The mathematics is the same, but backends choose kernels, tilings and s
 shape of each call: on XLA:CPU a float32 [2, 512] x [512, 1536] product differs from the same rows inside a
 64-row product in 91% of its outputs, and attention sums over a different number of keys. The last-bit
 differences then grow through the layers into a sampler/trainer log-prob gap (1.6e-5 in float32 on the
-trained quickstart model, 1e-2 in bf16 on a GPU). In this mode every operation whose rounding depends on
+trained quickstart model, up to 4e-2 in bf16 on an H200). In this mode every operation whose rounding depends on
 the shape is replaced by one whose order the program fixes, so equal tokens get equal log-probs, bit for
 bit, in the sampler and the trainer:
 
@@ -20,14 +20,17 @@ bit, in the sampler and the trainer:
   (``x + 0 == x``), so a one-token decode over a padded cache window and a forward over the whole row add the
   same terms in the same order;
 - RMSNorm's mean and the softmax normaliser use ``fixed_order_sum``;
-- exponentials (softmax, sigmoid, tanh) are computed by ``exp``, plain multiplies and adds: XLA:CPU's own
-  ``exp`` gives another last bit for the same input in another fusion or loop shape (the attention weights of
-  a decode step and a forward differed in 1 of ~20 elements);
+- exponentials and logarithms (softmax, sigmoid, tanh, log-softmax: ``elementary``) are computed by ``exp``
+  and ``log`` from plain multiplies and adds: XLA:CPU's own ``exp`` gives another last bit for the same input
+  in another fusion or loop shape (the attention weights of a decode step and a forward differed in 1 of ~20
+  elements);
 - XLA may not keep values in a wider type than the program says (``compiler_options``): fused differently in
   the two programs, a skipped bf16 rounding is a difference.
 
-The price is speed: products in a loop of row blocks (a decode step's rows padded to ``ROWS``) and attention
-without matrix units. It is the mode for runs where the behaviour log-probs must be the policy's own
+Gradients are the standard arithmetic's (custom VJPs of ``matmul`` and ``attention``, the true derivatives
+of ``exp`` and ``log``): only forward values need to match, and differentiating the blocked and elementwise
+forms was ~15x slower. The price is forward speed: products in a loop of row blocks (a decode step's rows
+padded to ``ROWS``) and attention without matrix units. It is the mode for runs where the behaviour log-probs must be the policy's own
 (off-policy corrections, asynchronous RL, checking a sampler), not for raw throughput.
 """
 
