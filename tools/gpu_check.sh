@@ -28,7 +28,8 @@
 #   decode_cmdbuf: decode at 256 with XLA's command buffers (CUDA graphs) extended to while loops and
 #            conditionals: how much of a step is launch and loop overhead
 #   train_xla: the train step without kernels
-# gap (about 3 minutes): the bf16 sampler/trainer log-prob gap and the GEMMs' batch invariance
+# gap (about 3 minutes): the bf16 sampler/trainer log-prob gap, the same with model.batch_invariant (0 on
+#   CPU; its sampling time next to the standard one) and the GEMMs' batch invariance
 #   (tools/bench_gpu.py --gap-only), with XLA's defaults and with --xla_allow_excess_precision=false (XLA may
 #   skip a bf16 rounding inside a fusion; the decode step and the training forward fuse differently)
 set -uo pipefail
