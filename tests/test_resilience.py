@@ -322,6 +322,9 @@ def test_math_reward_workers_ignore_ctrl_c(monkeypatch):
 
 CTRL_C_DURING_WRITE = r"""
 import os, signal, sys, time
+# Python's own Ctrl-C handler, as in a terminal: a process started in the background by a non-interactive
+# shell inherits SIGINT ignored, and Python then installs none (the test would see no interrupt at all)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[2])
 from helpers import tiny_model
 from reasoning_rl.algorithms.steps import init_state, make_optimizer

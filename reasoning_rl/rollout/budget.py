@@ -79,7 +79,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
 
     def body(s):
         keys = row_keys(rng, row_ids, jnp.full((rows,), s["t"]))  # per-row keys, as in the sampler
-        tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy)
+        tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy,
+                        ops=invariant.elementary(mdef.cfg.batch_invariant))  # draws as the sampler draws
         thinking = ~s["closed"]
         # floor: an early </think> becomes the continuation token
         early = thinking & (tok == bp.think_close) & (s["count"] < min_think)
