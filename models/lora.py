@@ -210,7 +210,7 @@ def adapt(module: Any, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
     r = a.shape[-1]
     n_in = math.prod(a.shape[:-1])
     lead = x.shape[:x.ndim - (a.ndim - 1)]
-    matmul = invariant.matmul if getattr(module, "invariant", False) else jnp.matmul  # layers/invariant.py
+    matmul = invariant.matmul_for(getattr(module, "invariant", False))  # layers/invariant.py
     h = matmul(x.reshape(-1, n_in).astype(y.dtype), a.reshape(n_in, r))
     d = matmul(h, b.reshape(r, -1)) * jnp.asarray(module.lora_scale, y.dtype)
     return y + d.reshape(*lead, *y.shape[len(lead):])

@@ -21,7 +21,7 @@ from .init import param, zeros
 from .norm import RMSNorm
 from .rope import apply_rope, rope_parameters, rope_table
 
-NEG_INF = -1e30
+NEG_INF = invariant.NEG_INF
 
 
 def freeze(d: dict | None) -> tuple:
@@ -219,21 +219,16 @@ def _decode_attention(q, k, v, mask, scale, softcap, sinks=None):
     return out.reshape(b, 1, h, v.shape[-1])
 
 
-def matmul(x: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
-    """2-D ``x @ w``; ``batch_invariant``: over fixed row blocks (``invariant.matmul``)."""
-    return invariant.matmul(x, w) if batch_invariant else x @ w
-
-
 def _proj_in(x: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
     """[B, T, D] x [D, H, K] -> [B, T, H, K] as one 2-D matmul (XLA:CPU's backward is much faster in 2-D)."""
     b, t, d = x.shape
-    return matmul(x.reshape(b * t, d), w.reshape(d, -1), batch_invariant).reshape(b, t, *w.shape[1:])
+    return invariant.matmul_for(batch_invariant)(x.reshape(b * t, d), w.reshape(d, -1)).reshape(b, t, *w.shape[1:])
 
 
 def _proj_out(y: jax.Array, w: jax.Array, batch_invariant: bool = False) -> jax.Array:
     """[B, T, H, K] x [H, K, D] -> [B, T, D] as one 2-D matmul."""
     b, t = y.shape[:2]
-    return matmul(y.reshape(b * t, -1), w.reshape(-1, w.shape[-1]), batch_invariant).reshape(b, t, -1)
+    return invariant.matmul_for(batch_invariant)(y.reshape(b * t, -1), w.reshape(-1, w.shape[-1])).reshape(b, t, -1)
 
 
 def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_first: bool = False,

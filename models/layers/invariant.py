@@ -6,9 +6,9 @@ prefix). The mathematics is the same, but backends choose kernels, tilings and s
 shape of each call: on XLA:CPU a float32 [2, 512] x [512, 1536] product differs from the same rows inside a
 64-row product in 91% of its outputs, and attention sums over a different number of keys. The last-bit
 differences then grow through the layers into a sampler/trainer log-prob gap (1.6e-5 in float32 on the
-trained quickstart model, up to 4e-2 in bf16 on an H200). In this mode every operation whose rounding depends on
-the shape is replaced by one whose order the program fixes, so equal tokens get equal log-probs, bit for
-bit, in the sampler and the trainer:
+trained quickstart model, up to 4e-2 in bf16 on an H200). In this mode every operation whose rounding
+depends on the shape is replaced by one whose order the program fixes, so equal tokens get equal log-probs,
+bit for bit, in the sampler and the trainer:
 
 - matrix products (``matmul``) run over fixed blocks of ``ROWS`` rows (the last padded), one block at a time
   in a loop: every block is the same product whatever the row count, and a row's result does not depend on
@@ -30,8 +30,9 @@ bit, in the sampler and the trainer:
 Gradients are the standard arithmetic's (custom VJPs of ``matmul`` and ``attention``, the true derivatives
 of ``exp`` and ``log``): only forward values need to match, and differentiating the blocked and elementwise
 forms was ~15x slower. The price is forward speed: products in a loop of row blocks (a decode step's rows
-padded to ``ROWS``) and attention without matrix units. It is the mode for runs where the behaviour log-probs must be the policy's own
-(off-policy corrections, asynchronous RL, checking a sampler), not for raw throughput.
+padded to ``ROWS``) and attention without matrix units. It is the mode for runs where the behaviour
+log-probs must be the policy's own (off-policy corrections, asynchronous RL, checking a sampler), not for
+raw throughput.
 """
 
 from __future__ import annotations
@@ -205,6 +206,12 @@ def matmul(x: jax.Array, w: jax.Array, preferred_element_type=None) -> jax.Array
     The gradient is the plain product's (``_plain_matmul``): only forward values need to be the same in
     the sampler and the trainer, and the backward of a loop of blocks is slower."""
     return _blocked_matmul(x, w, preferred_element_type)
+
+
+def matmul_for(batch_invariant: bool):
+    """The matrix product a model's projections take: ``matmul`` in batch-invariant mode, else ``jnp.matmul``
+    (as ``elementary`` picks the exponential)."""
+    return matmul if batch_invariant else jnp.matmul
 
 
 def _plain_matmul(x, w, preferred_element_type=None):

@@ -10,7 +10,6 @@ from reasoning_rl.sharding import constrain
 
 from ..lora import adapt
 from . import invariant
-from .attention import matmul
 from .init import param
 
 ACTIVATIONS = {
@@ -76,8 +75,9 @@ class MLP(nnx.Module):
         # (about 2x less time in the MLP's gradient); on accelerators the reshape is free.
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        g = adapt(self, "gate", x2, matmul(x2, self.gate[...].astype(dt), self.invariant))
-        u = adapt(self, "up", x2, matmul(x2, self.up[...].astype(dt), self.invariant))
+        mm = invariant.matmul_for(self.invariant)
+        g = adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt)))
+        u = adapt(self, "up", x2, mm(x2, self.up[...].astype(dt)))
         h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
-        return adapt(self, "down", h, matmul(h, self.down[...].astype(dt), self.invariant)).reshape(*lead, -1)
+        return adapt(self, "down", h, mm(h, self.down[...].astype(dt))).reshape(*lead, -1)
