@@ -51,7 +51,7 @@ def start_and_signal(run_dir: Path, sig: int, at_step: int, stage: str = "grpo",
                     os.kill(proc.pid, sig)
                 time.sleep(0.2)
             return proc
-        time.sleep(0.05)
+        time.sleep(0.01)  # a tiny GRPO step takes ~10 ms: poll finer than a step, or the run may finish first
     proc.kill()
     raise AssertionError("run ended before the signal could be sent")
 
