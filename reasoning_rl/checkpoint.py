@@ -55,6 +55,8 @@ def _late_loop_callback(exc_type, exc, tb) -> bool:
 
 
 _filter_installed = False
+# step directories whose restore failed and was reported: late errors of their reads are not news
+_given_up: set[str] = set()
 
 
 def _quiet_late_loop_callbacks() -> None:
@@ -68,7 +70,7 @@ def _quiet_late_loop_callbacks() -> None:
     prev_hook, prev_unraisable = sys.excepthook, sys.unraisablehook
 
     prev_thread = threading.excepthook
-    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _in_orbax(tb)  # noqa: E731
+    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _in_orbax(tb) or _of_given_up_step(e)  # noqa: E731
 
     def excepthook(exc_type, exc, tb):
         if not late(exc_type, exc, tb):
@@ -92,7 +94,15 @@ def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
     line: drop those records, and only those (the exception raised inside orbax's deserialisation)."""
     if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
         return True
-    return not _in_orbax(record.exc_info[2])
+    return not (_in_orbax(record.exc_info[2]) or _of_given_up_step(record.exc_info[1]))
+
+
+def _of_given_up_step(exc: BaseException | None) -> bool:
+    """The error names a step directory already reported as unusable. Needed besides ``_in_orbax``: an error
+    tensorstore sets on a read's future is never raised, so it has no traceback to look into (seen once as a
+    bare ``ValueError: DATA_LOSS: ...`` line after the run's final error line)."""
+    text = str(exc) if exc is not None else ""
+    return any(d in text for d in _given_up)
 
 
 def _in_orbax(tb) -> bool:
@@ -221,6 +231,8 @@ class StageCheckpointer:
             except Exception as e:
                 why = _reason(e)
                 self.unusable.append((str(s), why))
+                step_dir = self.directory / str(s)
+                _given_up.update(os.path.join(f(step_dir), "") for f in (os.path.abspath, os.path.realpath))
                 gc.collect()  # the step's failed reads: their "never retrieved" reports come (filtered) now, not later
                 if step is not None:
                     raise CheckpointUnusable(f"{self.directory / str(s)}: checkpoint step {s} cannot be restored "

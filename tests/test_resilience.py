@@ -233,6 +233,39 @@ def test_failed_save_is_a_clear_error_and_earlier_steps_restore(tmp_path, monkey
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_late_read_errors_of_a_skipped_step_are_not_printed(tmp_path, caplog):
+    """A read that tensorstore fails after orbax gave up on a damaged step can reach asyncio's "exception was
+    never retrieved" report with no traceback at all (the error was set on a future, never raised): it must
+    not print (it once came out as a bare ``ValueError: DATA_LOSS`` line after the run's final error), while
+    the same report about anything else still does."""
+    import asyncio
+    import gc
+    import logging
+
+    _, params = tiny_model()
+    state = init_state(params, make_optimizer(OptimizerConfig(), 1), 0)
+    ck = StageCheckpointer(tmp_path / "ck", keep=3)
+    ck.save(1, state, {"data": {"next_index": 1}})
+    ck.wait()
+    damage_arrays(tmp_path / "ck" / "1")
+    assert StageCheckpointer(tmp_path / "ck", keep=3).restore(state, report=False) is None
+
+    def orphan(message: str) -> None:
+        loop = asyncio.new_event_loop()
+        fut = loop.create_future()
+        fut.set_exception(ValueError(message))  # never raised: no traceback
+        del fut
+        gc.collect()
+        loop.close()
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        orphan(f'DATA_LOSS: Error reading in OCDBT database at local file "{tmp_path / "ck" / "1" / "state"}/"')
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        orphan(f'DATA_LOSS: Error reading local file "{tmp_path / "elsewhere" / "1" / "state"}/"')
+        assert len([r for r in caplog.records if r.name == "asyncio"]) == 1
+
+
 def _restore_raw(step_dir: Path) -> dict:
     import orbax.checkpoint as ocp
     return ocp.StandardCheckpointer().restore(step_dir / "state")
