@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import FAST_COMPILE
 from reasoning_rl.metrics import read_metrics
 
 ROOT = Path(__file__).parent.parent
@@ -23,7 +24,7 @@ COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "accuracy", "entro
 
 def env(n_devices: int) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}"}
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices} {FAST_COMPILE}"}
 
 
 def run(run_dir: Path, n_devices: int, *mesh: str, config: str = QUICKSTART) -> Path:
