@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FAST_COMPILE
 from reasoning_rl.models import MLAConfig, MoEConfig, TransformerConfig, create, lora
 from reasoning_rl.models.config import LoRAConfig
 
