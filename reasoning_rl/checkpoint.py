@@ -70,7 +70,7 @@ def _quiet_late_loop_callbacks() -> None:
     prev_hook, prev_unraisable = sys.excepthook, sys.unraisablehook
 
     prev_thread = threading.excepthook
-    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _in_orbax(tb) or _of_given_up_step(e)  # noqa: E731
+    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _orphaned_read(e, tb)  # noqa: E731
 
     def excepthook(exc_type, exc, tb):
         if not late(exc_type, exc, tb):
@@ -94,15 +94,14 @@ def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
     line: drop those records, and only those (the exception raised inside orbax's deserialisation)."""
     if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
         return True
-    return not (_in_orbax(record.exc_info[2]) or _of_given_up_step(record.exc_info[1]))
+    return not _orphaned_read(record.exc_info[1], record.exc_info[2])
 
 
-def _of_given_up_step(exc: BaseException | None) -> bool:
-    """The error names a step directory already reported as unusable. Needed besides ``_in_orbax``: an error
-    tensorstore sets on a read's future is never raised, so it has no traceback to look into (seen once as a
-    bare ``ValueError: DATA_LOSS: ...`` line after the run's final error line)."""
-    text = str(exc) if exc is not None else ""
-    return any(d in text for d in _given_up)
+def _orphaned_read(exc: BaseException | None, tb) -> bool:
+    """An error of a read that orbax gave up on: raised inside orbax's code, or naming a step directory already
+    reported as unusable (an error tensorstore sets on a read's future is never raised, so it has no traceback
+    to look into: seen once as a bare ``ValueError: DATA_LOSS: ...`` line after the run's final error line)."""
+    return _in_orbax(tb) or any(d in str(exc) for d in _given_up)
 
 
 def _in_orbax(tb) -> bool:

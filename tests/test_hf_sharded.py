@@ -4,13 +4,12 @@ the sharding its logical axes ask for. Runs in a subprocess because the device c
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import FAST_COMPILE
+from helpers import compared_env
 from test_hf_io import _save_random
 
 CHILD = r"""
@@ -47,7 +46,7 @@ def test_sharded_load_matches_unsharded(tmp_path):
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}", "JAX_PLATFORMS": "cpu"}
+    env = compared_env(8)
     p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(paths)], capture_output=True, text=True,
                        env=env, timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FAST_COMPILE
+from helpers import compared_env
 from reasoning_rl.models import MLAConfig, MoEConfig, TransformerConfig, create, lora
 from reasoning_rl.models.config import LoRAConfig
 
@@ -305,8 +304,7 @@ print("RESULT" + json.dumps(out))
 
 @pytest.mark.slow
 def test_adapters_follow_their_weights_sharding_on_8_devices(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"}  # one device vs mesh
+    env = compared_env(8)  # one device against the mesh, in one process
     p = subprocess.run([sys.executable, "-c", PROBE, TINY, str(tmp_path / "r"), LORA], capture_output=True,
                        text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]

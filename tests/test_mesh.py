@@ -2,7 +2,6 @@
 mesh shapes equal the single-device run, and the compiled steps shard what they should."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import FAST_COMPILE
+from helpers import compared_env
 from reasoning_rl.metrics import read_metrics
 
 ROOT = Path(__file__).parent.parent
@@ -22,16 +21,11 @@ SHORT = ["--set", "stages.sft.steps=3", "--set", "stages.grpo.steps=2", "--set",
 COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "accuracy", "entropy", "response_len", "tokens")
 
 
-def env(n_devices: int) -> dict:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices} {FAST_COMPILE}"}
-
-
 def run(run_dir: Path, n_devices: int, *mesh: str, config: str = QUICKSTART) -> Path:
     sets = [a for kv in mesh for a in ("--set", kv)]
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", "--run-dir",
                         str(run_dir), *SHORT, *sets], capture_output=True, text=True, timeout=600,
-                       env=env(n_devices))
+                       env=compared_env(n_devices))
     assert p.returncode == 0, p.stderr[-3000:]
     return run_dir
 
@@ -115,7 +109,8 @@ print("RESULT" + json.dumps({"collectives": {op: hlo.count(op) for op in
 @pytest.mark.slow
 def test_compiled_fsdp_tensor_step_shards_params_and_uses_collectives(tmp_path):
     p = subprocess.run([sys.executable, "-c", HLO_PROBE, QUICKSTART, str(tmp_path / "probe"), "mesh.data=1",
-                        "mesh.fsdp=4", "mesh.tensor=2"], capture_output=True, text=True, timeout=600, env=env(8))
+                        "mesh.fsdp=4", "mesh.tensor=2"], capture_output=True, text=True, timeout=600,
+                       env=compared_env(8))
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.split("RESULT", 1)[1])
     c = out["collectives"]
@@ -131,7 +126,7 @@ def test_compiled_fsdp_tensor_step_shards_params_and_uses_collectives(tmp_path):
 def test_compiled_expert_parallel_step_sends_tokens_with_all_to_all_and_counts_drops(tmp_path):
     p = subprocess.run([sys.executable, "-c", HLO_PROBE, QUICKSTART_MOE, str(tmp_path / "probe"), "mesh.data=2",
                         "mesh.expert=4", "model.moe.capacity_factor=0.5"],
-                       capture_output=True, text=True, timeout=600, env=env(8))
+                       capture_output=True, text=True, timeout=600, env=compared_env(8))
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.split("RESULT", 1)[1])
     assert out["collectives"]["all-to-all"] >= 2, out["collectives"]  # dispatch and return, forward and back
@@ -173,7 +168,7 @@ print("RESULT" + json.dumps({"plan": p["per_device_bytes"], "real": real}))
 def test_plan_matches_the_real_per_device_allocation(tmp_path):
     p = subprocess.run([sys.executable, "-c", PLAN_PROBE, QUICKSTART, str(tmp_path / "probe"), "mesh.data=2",
                         "mesh.fsdp=2", "mesh.tensor=2", "algorithm.beta=0.1", "tokenizer.vocab_size=48"],
-                       capture_output=True, text=True, timeout=600, env=env(8))
+                       capture_output=True, text=True, timeout=600, env=compared_env(8))
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.split("RESULT", 1)[1])
     for k, real in out["real"].items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import FAST_COMPILE
+from helpers import compared_env
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import read_metrics
 
@@ -32,9 +32,7 @@ COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "response_len", "t
 
 
 def _env(n_devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    return {**env, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices} {FAST_COMPILE}", **extra}
+    return compared_env(n_devices, {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}, **extra)
 
 
 def _cmd(run_dir: Path, *more: str, config: str = TINY, sets: list[str] = SETS) -> list[str]:

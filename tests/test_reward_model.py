@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import FAST_COMPILE
+from helpers import compared_env
 from reasoning_rl import cli
 from reasoning_rl import config as C
 from reasoning_rl.algorithms.preference import bradley_terry
@@ -186,7 +186,7 @@ print(json.dumps({"devices": len(rt.mesh.devices.flat), "total": scored.result.t
 
 
 def _score_on(n_devices: int, mesh: dict, tmp: Path) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices} {FAST_COMPILE}"}
+    env = compared_env(n_devices)
     tmp.mkdir(parents=True, exist_ok=True)
     p = subprocess.run([sys.executable, "-c", SCRIPT, RM_TINY, str(tmp), json.dumps(mesh)], capture_output=True,
                        text=True, timeout=300, env=env, check=False)

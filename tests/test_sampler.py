@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import FAST_COMPILE, prompts, tiny_model
+from helpers import compared_env, prompts, tiny_model
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.rollout import sampler as S
 from reasoning_rl.rollout.sampling import filter_logits, inverse_cdf, row_keys, select
@@ -184,7 +183,7 @@ import jax
 jax.config.update("jax_num_cpu_devices", 4)
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from helpers import FAST_COMPILE, prompts, tiny_model
+from helpers import prompts, tiny_model
 from reasoning_rl import sharding as shd
 from reasoning_rl.models import MoEConfig
 from reasoning_rl.rollout.sampler import SamplingParams, left_pad, sample_impl
@@ -241,7 +240,7 @@ def test_data_parallel_sampling_runs_a_loop_per_device_with_the_same_completions
     loop); plain, refill, paged and MoE routing-replay sampling return what one device returns. A batch that
     does not split over the devices, or a mesh with a tensor axis, falls back to one global program (whose
     loop holds cross-device reductions) with the same completions."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE, "REASONING_RL_COMPILE_CACHE": "off"}
+    env = compared_env()  # the child asks for its 4 devices itself
     p = subprocess.run([sys.executable, "-c", PER_DEVICE_PROBE, str(Path(__file__).parent)], capture_output=True,
                        text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
