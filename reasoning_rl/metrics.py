@@ -1,5 +1,6 @@
 """Run outputs: ``metrics.jsonl`` (one object per step), ``rollouts.jsonl`` (a few rollouts per step, to
-read what the policy writes), TensorBoard events (scalars, and the rollouts as text), and a progress bar.
+read what the policy writes), TensorBoard events (scalars, and the rollouts as text); progress
+lines and bars are ``progress.py``'s.
 
 On resume the JSONL files are cut back to the restored step, so they always read as one uninterrupted
 run, the same as if the run had never stopped. ``rollouts.jsonl`` is rotated by size (``rollouts.jsonl.1``
@@ -15,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from reasoning_rl.progress import Progress  # noqa: F401 - where the stages import it from
 
 
 def _plain(v: Any) -> Any:

@@ -669,7 +669,7 @@ class StepLog:
     resumed stage keeps counting from where it stopped)."""
 
     def __init__(self, rt: Runtime, stage: StageConfig, writer: Any, run: StageRun, progress: bool):
-        from reasoning_rl.metrics import Progress
+        from reasoning_rl.progress import Progress
 
         self.rt, self.stage, self.writer = rt, stage, writer
         self.wall = float(run.host.get("wall_seconds", 0.0))  # read after run.resume()

@@ -29,8 +29,9 @@ from reasoning_rl.checkpoint import read_manifest
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.batching import round_up
 from reasoning_rl.data.loader import ExampleStream
-from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models.reward import RewardDef, reward_def
+from reasoning_rl.progress import Progress
 from reasoning_rl.rewards.reward_model import check_tokenizer, rm_tokens
 
 from .common import Runtime, StageRun, model_config_from, run_options, timer

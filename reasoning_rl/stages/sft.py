@@ -18,7 +18,8 @@ from reasoning_rl.algorithms.steps import make_sft_step
 from reasoning_rl.config import StageConfig
 from reasoning_rl.data.batching import round_up, sft_batch
 from reasoning_rl.data.loader import ExampleStream
-from reasoning_rl.metrics import MetricsWriter, Progress
+from reasoning_rl.metrics import MetricsWriter
+from reasoning_rl.progress import Progress
 
 from .common import Runtime, StageRun, timer
 from .sources import StageData
