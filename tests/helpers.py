@@ -18,7 +18,6 @@ def prompts(n, lo=3, hi=9, vocab=40, seed=0):
     return [list(rng.integers(4, vocab, size=int(rng.integers(lo, hi)))) for _ in range(n)]
 
 
-
 # XLA flag for test subprocesses whose runs are compared only with runs made under the same flag (one device
 # against a mesh, one host against two): LLVM's optimisation passes are most of a tiny model's compile time
 # (a tiny R1 pipeline on 4 devices: 41 s -> 31 s) and change nothing about what a sharding computes.
