@@ -17,7 +17,13 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 QUICKSTART_MOE = str(ROOT / "configs" / "quickstart_moe.yaml")
 SHORT = ["--set", "stages.sft.steps=3", "--set", "stages.grpo.steps=2", "--set", "eval.num_problems=8",
          "--set", "eval.samples=2", "--set", "eval.k=[1,2]", "--set", "eval.greedy=false",
-         "--set", "checkpoint.every=100"]  # the stage end saves: the params compared
+         "--set", "checkpoint.every=100",  # the stage end saves: the params compared
+         "--set", "stages.sft.batch_size=16", "--set", "rollout.prompts_per_step=4",
+         "--set", "rollout.max_new_tokens=24",
+         # three SFT steps answer nothing right: a length-shaped reward (overlong shaping over the lengths an
+         # early model writes) gives the GRPO steps advantages, so they compare real updates, not zeros
+         "--set", "algorithm.overlong.enabled=true", "--set", "algorithm.overlong.max_len=16",
+         "--set", "algorithm.overlong.cache=12"]
 COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "accuracy", "entropy", "response_len", "tokens")
 
 
@@ -54,13 +60,17 @@ def single(tmp_path_factory):
 def assert_same_run(a_dir: Path, b_dir: Path) -> None:
     a, b = read_metrics(a_dir), read_metrics(b_dir)
     assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
+    assert all(r["reward_std"] > 0 and r["grad_norm"] > 0 for r in a if r["stage"] == "grpo")  # real updates
     for ra, rb in zip(a, b):
         for k in COMPARED:
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"], k)
-    for stage in ("sft", "grpo"):
+    # float32 sums regrouped by the mesh differ in the last bits; Adam turns that into a step of up to lr for
+    # elements whose gradient is ~0, so the params of the stage with real updates at a small lr (GRPO) get
+    # the looser bound (as across hosts)
+    for stage, rel in (("sft", 1e-5), ("grpo", 1e-4)):
         for x, y in zip(final_params(a_dir, stage), final_params(b_dir, stage)):
-            assert np.abs(x - y).max() <= 1e-5 * max(np.abs(x).max(), 1e-6), stage
+            assert np.abs(x - y).max() <= rel * max(np.abs(x).max(), 1e-6), stage
 
 
 @pytest.mark.slow
