@@ -28,6 +28,23 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _summary_writer():
+    """tensorboardX's ``SummaryWriter``, imported with torch hidden: tensorboardX imports torch at import time
+    where it is installed (about a second and a few hundred MB per process) only to accept torch tensors,
+    and we log floats and text. A torch some other code already imported is left alone."""
+    import sys
+
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # ``import torch`` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
         """``enabled=False`` (hosts other than the primary) writes nothing."""
@@ -46,9 +63,7 @@ class MetricsWriter:
     def _tensorboard(self):
         if self._tb is None and self._tb_dir is not None:
             try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(self._tb_dir), flush_secs=30)
+                self._tb = _summary_writer()(str(self._tb_dir), flush_secs=30)
             except Exception:  # tensorboard is a convenience, never a reason to fail a run
                 self._tb_dir = None
         return self._tb

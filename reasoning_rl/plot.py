@@ -64,9 +64,9 @@ def _rl_betas(run_dir: Path, stages: list[str]) -> dict[str, float]:
     return out
 
 
-def empty_reason(key: str, title: str, run_dir: Path, stages: list[str]) -> str:
-    """Why a panel has nothing to draw, written in the panel (an empty frame reads as a broken plot)."""
-    rl = _rl_betas(run_dir, stages)
+def empty_reason(key: str, title: str, rl: dict[str, float]) -> str:
+    """Why a panel has nothing to draw, written in the panel (an empty frame reads as a broken plot);
+    ``rl`` is ``_rl_betas`` of the run."""
     if key == "kl":
         if rl and all(b == 0 for b in rl.values()):
             return "KL not computed: beta = 0\n(no reference model; algorithm.beta > 0 adds one)"
@@ -81,13 +81,14 @@ def panel_notes(run_dir: str | Path, records: list[dict] | None = None) -> dict[
     """For each training-curve panel with no data point: the sentence it shows instead."""
     run_dir = Path(run_dir)
     stages = _by_stage(read_metrics(run_dir) if records is None else records, run_dir / "metrics.jsonl")
-    notes = {}
+    notes, rl = {}, None
     for key, title in PANELS:
         has = any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                   for recs in stages.values() for r in recs for k in r
                   if k == key or (key == "accuracy" and k.endswith("/accuracy")))
         if not has:
-            notes[key] = empty_reason(key, title, run_dir, list(stages))
+            rl = _rl_betas(run_dir, list(stages)) if rl is None else rl  # the config, parsed once
+            notes[key] = empty_reason(key, title, rl)
     return notes
 
 

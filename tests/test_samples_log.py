@@ -85,6 +85,31 @@ def test_rollouts_rotate_by_size_and_resume_cuts_them_back(tmp_path):
     assert max(r["step"] for r in _jsonl(tmp_path / "rollouts.jsonl")) == 7
 
 
+TB_PROBE = r"""
+import sys
+from pathlib import Path
+from reasoning_rl.metrics import MetricsWriter
+w = MetricsWriter(sys.argv[1])
+w.write({"stage": "grpo", "step": 1, "loss": 0.5})
+w.write_rollouts([{"stage": "grpo", "step": 1, "prompt": "1+1=", "completion": "2", "correct": True}])
+w.close()
+assert "torch" not in sys.modules, "tensorboardX pulled in torch"
+assert list(Path(sys.argv[1], "tensorboard").glob("events.out.tfevents.*"))
+import importlib.util
+if importlib.util.find_spec("torch"):
+    import torch  # hidden only while tensorboardX was imported
+    assert torch.ones(2).sum().item() == 2.0
+print("ok")
+"""
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (a second and hundreds of MB per run), only to accept
+    torch tensors: the writer hides it for that import, and torch still imports afterwards."""
+    p = subprocess.run([sys.executable, "-c", TB_PROBE, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_cpu_example_config_runs_on_a_random_model_of_its_family(tmp_path):
     """configs/examples/smollm2-135m_gsm8k_cpu.yaml as shipped (chat template, GSM8K preset, two CPU devices,
