@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,6 @@ def _summary_writer():
     """tensorboardX's ``SummaryWriter``, imported with torch hidden: tensorboardX imports torch at import time
     where it is installed (about a second and a few hundred MB per process) only to accept torch tensors,
     and we log floats and text. A torch some other code already imported is left alone."""
-    import sys
-
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # ``import torch`` raises ImportError, which tensorboardX handles

@@ -95,10 +95,8 @@ w.write_rollouts([{"stage": "grpo", "step": 1, "prompt": "1+1=", "completion": "
 w.close()
 assert "torch" not in sys.modules, "tensorboardX pulled in torch"
 assert list(Path(sys.argv[1], "tensorboard").glob("events.out.tfevents.*"))
-import importlib.util
-if importlib.util.find_spec("torch"):
-    import torch  # hidden only while tensorboardX was imported
-    assert torch.ones(2).sum().item() == 2.0
+import torch  # hidden only while tensorboardX was imported
+assert torch.ones(2).sum().item() == 2.0
 print("ok")
 """
 
@@ -106,6 +104,7 @@ print("ok")
 def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
     """tensorboardX imports torch when it is installed (a second and hundreds of MB per run), only to accept
     torch tensors: the writer hides it for that import, and torch still imports afterwards."""
+    pytest.importorskip("torch", reason="what is checked is that an installed torch is not imported")
     p = subprocess.run([sys.executable, "-c", TB_PROBE, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
 
