@@ -230,7 +230,8 @@ def _main(argv: list[str] | None) -> int:
     fmt = "%(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("absl", "jax", "orbax", "grain"):
+    # third-party INFO lines (e.g. matplotlib's one-off font cache build) are not the run's story
+    for noisy in ("absl", "jax", "orbax", "grain", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
     from reasoning_rl.checkpoint import CheckpointError, CheckpointUnusable

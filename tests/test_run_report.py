@@ -4,6 +4,8 @@ the plot after every stage (empty panels saying why), the CLI's help, and the ra
 import argparse
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,12 +263,18 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
     """Off a terminal: start-up facts, plain step lines (reward, accuracy, length, s/step, ETA), evaluation
     progress, a plot after each stage; on stdout the table, whose gain is summary.json's."""
     run_dir = tmp_path / "run"
+    # an empty matplotlib config dir, as on a fresh cluster account: matplotlib builds its font cache and
+    # says so at INFO, which is not the run's story
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
     with open(tmp_path / "stderr.txt", "w") as err:
         p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
                             "--set", "log.every_s=0", "--set", "stages.grpo.steps=3"],
-                           stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, check=False)
+                           stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, check=False, env=env)
     log = (tmp_path / "stderr.txt").read_text()
     assert p.returncode == 0, log[-3000:]
+    assert (tmp_path / "mpl").is_dir()  # the plot did build matplotlib's cache there
+    loggers = {m.group(1) for m in re.finditer(r"^\d\d:\d\d:\d\d INFO (\S+): ", log, re.M)}
+    assert loggers and all(name.split(".")[0] == "reasoning_rl" for name in loggers), loggers
     for needle in ("devices: 1 x cpu", "mesh: data=1 fsdp=1", "parameters: policy ", f"run dir: {run_dir}",
                    "resume: a new run, from the first stage", "sft: step 2/4 | loss ", "sft: 4/4 steps in ",
                    "sft: held-out eval (arithmetic): 24/24 completions in ", "grpo: 3/3 steps in "):
