@@ -417,6 +417,17 @@ class Config:
         numbers). Nor are how it reports itself (``log``), the permissions it was given (``allow_random_init``)
         and ``run_dir``: where the run lives is not what it computes (a run dir copied or moved elsewhere
         continues)."""
+        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def differences(self, other: Config, most: int = 3) -> list[str]:
+        """What ``other`` computes differently, as ``key: old -> new`` lines keyed as ``--set`` writes them
+        (``stages.grpo.steps: 150 -> 300``), at most ``most`` of them then ``N more``: the keys behind
+        two different hashes, so a refused run dir says what changed instead of only that something did."""
+        out: list[str] = []
+        _diff(self._identity(), other._identity(), "", out)
+        return out[:most] + ([f"{len(out) - most} more"] if len(out) > most else [])
+
+    def _identity(self) -> dict:
         d = self.to_dict()
         d.pop("run_dir", None)
         d.pop("distributed", None)
@@ -426,7 +437,24 @@ class Config:
             st.pop("allow_random_init", None)
         d["model"].pop("unroll_max", None)
         d["model"].pop("logits_chunk", None)  # chunked log-probs are the same numbers
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+
+def _diff(a: Any, b: Any, key: str, out: list[str]) -> None:
+    """Append ``key: a -> b`` for every leaf where two identity dicts differ; stages are keyed by name."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            _diff(a.get(k, "(unset)"), b.get(k, "(unset)"), f"{key}.{k}" if key else k, out)
+    elif key == "stages" and [st["name"] for st in a] == [st["name"] for st in b]:
+        for sa, sb in zip(a, b):
+            _diff(sa, sb, f"stages.{sa['name']}", out)
+    elif key == "stages" and a != b:
+        out.append(f"stages: {[st['name'] for st in a]} -> {[st['name'] for st in b]}")
+    elif a != b:
+        def show(v: Any) -> str:
+            text = json.dumps(v) if not isinstance(v, str) or v == "(unset)" else repr(v)
+            return text if len(text) <= 60 else text[:57] + "..."
+        out.append(f"{key}: {show(a)} -> {show(b)}")
 
 
 # Sections a stage may override; merged onto the top-level section of the same name.

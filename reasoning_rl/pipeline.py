@@ -81,10 +81,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
             raise ConfigError(f"{cfg_path}: the run's stored config looks truncated (it was not written whole); "
                               "restore it, or use a new --run-dir")
         if old.hash() != cfg.hash():
+            changed = "; ".join(old.differences(cfg))
             if resume:
-                raise ConfigError(f"--resume: {run_dir} was started with a different config "
-                                  f"(hash {old.hash()} vs {cfg.hash()}); use a new --run-dir")
-            raise ConfigError(f"run_dir: {run_dir} already holds a run with a different config; "
+                raise ConfigError(f"--resume: {run_dir} was started with a different config ({changed}); "
+                                  "use a new --run-dir")
+            raise ConfigError(f"run_dir: {run_dir} already holds a run with a different config ({changed}); "
                               "use a new --run-dir (or the same config to continue it)")
         return False
     elif resume:

@@ -114,6 +114,24 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys):
     assert snapshot(d) == before
 
 
+def test_run_dir_of_another_config_names_what_changed(tmp_path, capsys):
+    """The refusal names the keys that differ, as --set writes them, old -> new; a layout key does not count."""
+    d = started_run(tmp_path)
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--set", "stages.grpo.steps=7",
+                    "--set", "mesh.cpu_devices=1")
+    assert code == 2
+    one_error(err, "config error:", f"run_dir: {d} already holds a run with a different config",
+              "(stages.grpo.steps: 6 -> 7)", "use a new --run-dir")
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--resume", "--set", "seed=5",
+                    "--set", "optimizer.lr=0.5", "--set", "task.digits=3", "--set", "rollout.temperature=0.25")
+    assert code == 2
+    line = one_error(err, "config error:", "--resume", "seed: 0 -> 5", "task.digits: 2 -> 3",
+                     "rollout.temperature: ", " -> 0.25")
+    assert line.count(" -> ") == 3 and " more)" in line  # the first three keys, then how many more
+    assert snapshot(d) == before
+
+
 def test_config_hash_ignores_where_the_run_dir_lives():
     a = C.load(TINY, ["run_dir=/somewhere/run"])
     b = C.load(TINY, ["run_dir=/elsewhere/copy"])
