@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None, help="task to budget-force (default: the stage's first)")
     ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
     ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     pn = sub.add_parser("plan", help="per-device memory of a config on its mesh, before running it",
                         description="Per-device memory of a config's params, optimizer state, activations "
                         "and "
@@ -163,7 +164,12 @@ def cmd_eval(args) -> int:
         check_output_dir(args.out, "--out")
     enable_compile_cache()
     result = run_eval(args)
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from reasoning_rl.report import format_eval
+
+        print(format_eval(result))
     return 0
 
 

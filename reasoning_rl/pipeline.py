@@ -411,11 +411,35 @@ def _held_out(metrics: dict) -> dict:
     return out
 
 
-def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
-    """Every stage's rewards checked before any compute (e.g. a code reward needs a sandbox that isolates
-    here); ConfigError naming the reward otherwise. Returns the lines to log at each stage's start."""
+def check_reward_names(cfg: Config) -> None:
+    """Every function reward and rejection verifier resolves: a misspelt name, or a plug-in module that is
+    not importable here or fails to import, is one config error naming the key, before any stage computes
+    (not a traceback when the stage that uses it starts, after the earlier ones ran)."""
     from reasoning_rl.rewards import registry
 
+    sections = [("", list(cfg.rewards), (), None)]  # the top-level section first: stages inherit it
+    sections += [(f"stages[{i}].", list(st.rewards), st.tasks, st) for i, st in enumerate(cfg.stages)]
+    for p, rewards, tasks, st in sections:
+        named = [(f"{p}rewards[{j}].name", r) for j, r in enumerate(rewards)]
+        named += [(f"{p}tasks[{k}].rewards[{j}].name", r)
+                  for k, src in enumerate(tasks) for j, r in enumerate(src.rewards)]
+        names = [(key, r.name) for key, r in named if r.kind == "function"]
+        if st is not None and st.kind == "rejection_sft" and st.rejection.verifier is not None:
+            names.append((f"{p}rejection.verifier", st.rejection.verifier))
+        for key, name in names:
+            try:
+                registry.get(name)
+            except (KeyError, TypeError) as e:
+                raise ConfigError(f"{key}: {e.args[0]}") from None
+
+
+def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
+    """Every stage's rewards checked before any compute: each name resolves, and a reward's own check passes
+    (e.g. a code reward needs a sandbox that isolates here); ConfigError naming the reward otherwise. Returns
+    the lines to log at each stage's start."""
+    from reasoning_rl.rewards import registry
+
+    check_reward_names(cfg)
     lines: dict[str, list[str]] = {}
     for i, st in enumerate(cfg.stages):
         specs = [(f"stages[{i}].rewards[{j}]", r) for j, r in enumerate(st.rewards)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -172,14 +173,63 @@ def format_table(summary: dict) -> str:
             bw = duration(b["wall_seconds"]) if isinstance(b.get("wall_seconds"), (int, float)) else "-"
             rows.append(_row("  grpo baseline", {**b, "kind": "grpo"}, cols, str(b.get("steps", "-")), bw,
                              ""))
+    return _table(head, rows, numeric=set(range(3, len(head) - 1)))
+
+
+def _table(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
+    """Plain aligned columns (numbers right-aligned): readable in a log file as on a terminal."""
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    numeric = set(range(3, len(head) - 1))
 
     def fmt(r):
         return "  ".join((c.rjust(w) if i in numeric else c.ljust(w))
                          for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]).rstrip()
+
+
+def format_eval(result: dict) -> str:
+    """What ``reasoning-rl eval`` prints (``--json`` prints ``result`` itself): the held-out figures (per task
+    for several), pass@1 by difficulty, the accuracy-against-thinking-budget curve, and the files written."""
+    lines: list[str] = []
+    stage = result.get("stage", "")
+    held = result.get("held_out")
+    if isinstance(held, dict):
+        tasks = held.get("tasks") or {}
+        first = next(iter(tasks.values()), held)
+        lines.append(f"held-out evaluation of {stage} ({result.get('target')}): {first.get('num_problems')} "
+                     f"problems x {first.get('samples_per_problem')} samples at T={first.get('temperature')}")
+        cols = _columns({"h": held, **tasks})
+        head = ["stage / task"] + cols + ["greedy", "format", "length"]
+
+        def row(name: str, s: dict) -> list[str]:
+            return ([name] + [_num(s.get(c)) for c in cols] + [_num(s.get("greedy_accuracy")),
+                    _num(s.get("format_rate")), _num(s.get("mean_response_tokens"), 1)])
+
+        rows = [row(stage + (" (mean of its own tasks)" if tasks else ""), held)]
+        rows += [row(f"  {t}", v) for t, v in tasks.items()]
+        lines += [_table(head, rows, numeric=set(range(1, len(head)))), ""]
+        diff = [(t, d, v) for t, s in (tasks.items() if tasks else [("", held)])
+                for d, v in (s.get("by_difficulty") or {}).items()]
+        if diff:
+            head = (["task"] if tasks else []) + ["difficulty", "problems", "pass@1", "length"]
+            rows = [([t] if tasks else []) + [str(d), str(v.get("n", "-")), _num(v.get("pass@1")),
+                                              _num(v.get("mean_response_tokens"), 1)] for t, d, v in diff]
+            lines += [_table(head, rows, numeric={len(head) - 3, len(head) - 2, len(head) - 1}), ""]
+    curve = result.get("budget_forcing")
+    if isinstance(curve, dict):
+        how = "greedy" if curve.get("greedy") else f"{curve.get('samples')} samples"
+        lines.append(f"accuracy against thinking budget ({curve.get('task')}, {curve.get('num_problems')} "
+                     f"problems, {how}{', thinking extended to the budget' if curve.get('extend') else ''}):")
+        head = ["budget", "accuracy", "thinking tokens", "forced", "format"]
+        rows = [[str(b), _num(a), _num(t, 1), _num(f), _num(fr)] for b, a, t, f, fr in
+                zip(curve["budgets"], curve["accuracy"], curve["mean_think_tokens"], curve["forced_rate"],
+                    curve["format_rate"])]
+        lines += [_table(head, rows, numeric=set(range(5))), ""]
+    out = Path(result.get("out", "."))
+    written = [n for n in ("eval.json", "samples.jsonl", "budget_forcing.json", "budget_forcing.png")
+               if (out / n).is_file()]
+    lines.append(f"written: {out}{os.sep} ({', '.join(written)})")
+    return "\n".join(lines)
 
 
 def format_report(summary: dict, run_dir: str | Path) -> str:

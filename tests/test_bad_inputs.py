@@ -132,6 +132,49 @@ def test_run_dir_of_another_config_names_what_changed(tmp_path, capsys):
     assert snapshot(d) == before
 
 
+def test_unknown_or_unimportable_reward_is_one_line_before_any_stage_runs(tmp_path, capsys, monkeypatch):
+    """A misspelt reward, a plug-in module not on the path or failing at import, a rejection verifier: one
+    config error naming the key, before the first stage computes (the run dir is not even created), from run
+    and eval alike."""
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "broken_plug.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "plug" / "fine_plug.py").write_text("def score(completion, example):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    d = tmp_path / "run"
+    cases = [
+        (["rewards=[{name: accurcy}]"], "rewards[0].name: unknown reward 'accurcy'; known rewards: accuracy, "),
+        (["rewards=[{name: accuracy}, {name: 'no_such_module:score'}]"],
+         "rewards[1].name: cannot load reward plug-in 'no_such_module:score': No module named 'no_such_module' "
+         "(is its directory on PYTHONPATH?)"),
+        (["rewards=[{name: 'broken_plug:score'}]"],
+         "rewards[0].name: cannot load reward plug-in 'broken_plug:score': importing broken_plug raised "
+         "RuntimeError: boom at import"),
+        (["rewards=[{name: 'fine_plug:nope'}]"], "rewards[0].name: cannot load reward plug-in 'fine_plug:nope'"),
+        (["stages.grpo.rewards=[{name: 'fine_plug:score'}, {name: formt}]"],
+         "stages[1].rewards[1].name: unknown reward 'formt'"),
+    ]
+    for sets, needle in cases:
+        args = [a for s in sets for a in ("--set", s)]
+        code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), *args)
+        assert code == 2, err
+        assert one_error(err, "config error:", needle).startswith(f"config error: {needle}")
+        assert not d.exists()
+    raw = C.load_raw(TINY)
+    raw["stages"].append({"name": "rs", "kind": "rejection_sft", "steps": 1, "init": "grpo",
+                          "rejection": {"verifier": "fine_plug:scor"}})
+    (tmp_path / "rs.yaml").write_text(json.dumps(raw))
+    code, err = run(capsys, "run", str(tmp_path / "rs.yaml"), "--no-progress", "--run-dir", str(d))
+    assert code == 2
+    one_error(err, "config error: stages[2].rejection.verifier: cannot load reward plug-in 'fine_plug:scor'")
+    assert not d.exists()
+    started = started_run(tmp_path)  # eval scores the samples' reward components with the stage's rewards
+    before = snapshot(started)
+    code, err = run(capsys, "eval", str(started), "--set", "rewards=[{name: accuracy}, {name: formt}]")
+    assert code == 2
+    one_error(err, "config error: rewards[1].name: unknown reward 'formt'")
+    assert snapshot(started) == before
+
+
 def test_config_hash_ignores_where_the_run_dir_lives():
     a = C.load(TINY, ["run_dir=/somewhere/run"])
     b = C.load(TINY, ["run_dir=/elsewhere/copy"])

@@ -153,9 +153,10 @@ def test_init_from_another_runs_stage_dir(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_cli_budget_curve_and_plot(reference, tmp_path):
+def test_eval_cli_budget_curve_and_plot(reference, tmp_path, capsys):
     d, _ = reference
-    assert cli.main(["eval", str(d), "--stage", "grpo", "--budgets", "0,2,4", "--set", "eval.num_problems=4"]) == 0
+    assert cli.main(["eval", str(d), "--stage", "grpo", "--budgets", "0,2,4", "--set", "eval.num_problems=4",
+                     "--json"]) == 0
     out = d / "eval" / "grpo"
     curve = json.loads((out / "budget_forcing.json").read_text())
     assert curve["budgets"] == [0, 2, 4] and len(curve["accuracy"]) == 3
@@ -163,10 +164,16 @@ def test_eval_cli_budget_curve_and_plot(reference, tmp_path):
     assert (out / "budget_forcing.png").stat().st_size > 1000
     full = json.loads((out / "eval.json").read_text())
     assert full["held_out"]["tasks"]["arithmetic"]["num_problems"] == 4
-    # a stage dir as the target (the student of the distill stage), budget curve only
+    assert json.loads(capsys.readouterr().out) == {**full, "out": str(out)}  # --json prints eval.json's figures
+    # a stage dir as the target (the student of the distill stage), budget curve only, printed as a table
     assert cli.main(["eval", str(d / "checkpoints" / "distill"), "--budgets", "0,3", "--budget-only",
                      "--out", str(tmp_path / "ev")]) == 0
-    assert json.loads((tmp_path / "ev" / "budget_forcing.json").read_text())["stage"] == "distill"
+    curve = json.loads((tmp_path / "ev" / "budget_forcing.json").read_text())
+    assert curve["stage"] == "distill"
+    printed = capsys.readouterr().out
+    assert "held-out" not in printed and f"accuracy against thinking budget ({curve['task']}, " in printed
+    for b, acc, think in zip(curve["budgets"], curve["accuracy"], curve["mean_think_tokens"]):
+        assert any(ln.split()[:3] == [str(b), f"{acc:.3f}", f"{think:.1f}"] for ln in printed.splitlines())
     assert cli.main(["plot", str(d)]) == 0
     assert (d / "plots" / "training_curves.png").stat().st_size > 1000
     assert cli.main(["eval", str(tmp_path / "nothing")]) == 2

@@ -168,6 +168,36 @@ def test_gain_of_a_multi_task_stage_is_per_task_where_its_own_tasks_differ():
 # --------------------------------------------------------------------------- plots
 
 
+def test_eval_tables_show_each_task_its_difficulties_and_the_budget_curve(tmp_path):
+    """``eval`` without --json: the mean of the stage's own tasks, a row per task, pass@1 by difficulty per
+    task, the accuracy-against-budget table, and which files were written (only those that exist)."""
+    def task(p1, p4, n):
+        return {"num_problems": n, "samples_per_problem": 4, "temperature": 0.7, "pass@1": p1, "pass@4": p4,
+                "maj@4": p1, "greedy_accuracy": p4, "format_rate": 1.0, "mean_response_tokens": 30.25,
+                "by_difficulty": {"0": {"n": n - 1, "pass@1": p1, "mean_response_tokens": 30.0},
+                                  "1": {"n": 1, "pass@1": 0.0, "mean_response_tokens": 31.0}}}
+    (tmp_path / "eval.json").write_text("{}")
+    result = {"target": "runs/x", "stage": "rl", "out": str(tmp_path),
+              "held_out": {"pass@1": 0.5, "pass@4": 0.75, "tasks": {"arithmetic": task(0.25, 0.5, 8),
+                                                                      "code": task(0.75, 1.0, 8)}},
+              "budget_forcing": {"budgets": [0, 16], "accuracy": [0.125, 0.875], "mean_think_tokens": [0.0, 15.5],
+                                 "forced_rate": [1.0, 0.25], "format_rate": [0.5, 1.0], "num_problems": 8,
+                                 "samples": 1, "greedy": True, "extend": False, "task": "arithmetic"}}
+    lines = report.format_eval(result).splitlines()
+    assert lines[0] == "held-out evaluation of rl (runs/x): 8 problems x 4 samples at T=0.7"
+    assert lines[1].split() == ["stage", "/", "task", "pass@1", "pass@4", "maj@4", "greedy", "format", "length"]
+    rows: dict = {}
+    for ln in lines:  # the first row of each name: the figures table comes before the difficulty table
+        rows.setdefault(ln.split()[0] if ln.strip() else "", ln.split())
+    assert rows["rl"] == ["rl", "(mean", "of", "its", "own", "tasks)", "0.500", "0.750", "-", "-", "-", "-"]
+    assert rows["arithmetic"][1:] == ["0.250", "0.500", "0.250", "0.500", "1.000", "30.2"]
+    assert rows["code"][1:3] == ["0.750", "1.000"]
+    assert ["code", "1", "1", "0.000", "31.0"] in [ln.split() for ln in lines]  # task, difficulty, n, pass@1
+    assert any(ln.startswith("accuracy against thinking budget (arithmetic, 8 problems, greedy)") for ln in lines)
+    assert ["16", "0.875", "15.5", "0.250", "1.000"] in [ln.split() for ln in lines]
+    assert lines[-1] == f"written: {tmp_path}{os.sep} (eval.json)"
+
+
 def test_empty_panels_say_why(tmp_path):
     cfg = C.load(TINY)
     C.dump(cfg, tmp_path / "config.yaml")

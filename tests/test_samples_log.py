@@ -53,6 +53,9 @@ def test_rollouts_and_eval_samples_agree_with_the_aggregates(tmp_path):
     held = json.loads((run / "eval" / "grpo" / "eval.json").read_text())["held_out"]
     samples = _jsonl(run / "eval" / "grpo" / "samples.jsonl")
     _check_samples(samples, held)
+    row = next(ln for ln in p.stdout.splitlines() if ln.startswith("grpo "))  # the printed table is eval.json's
+    assert row.split()[1] == f"{held['pass@1']:.3f}" and row.split()[-3] == f"{held['greedy_accuracy']:.3f}"
+    assert f"written: {run / 'eval' / 'grpo'}/ (eval.json, samples.jsonl)" in p.stdout
     assert any(s["correct"] for s in samples + recs + run_samples)  # the agreement above is not all zeros
 
 

@@ -102,8 +102,13 @@ def get(name: str) -> RewardFn:
             obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
+        except ModuleNotFoundError as e:
+            raise KeyError(f"cannot load reward plug-in {name!r}: {e} (is its directory on PYTHONPATH?)") from e
+        except AttributeError as e:
             raise KeyError(f"cannot load reward plug-in {name!r}: {e}") from e
+        except Exception as e:  # the plug-in's module itself fails to import (a syntax error, a raise at import)
+            raise KeyError(f"cannot load reward plug-in {name!r}: importing {module_name} raised "
+                           f"{type(e).__name__}: {e}") from e
         if not callable(obj):
             raise TypeError(f"reward plug-in {name!r} is not callable (got {type(obj).__name__})")
         return obj

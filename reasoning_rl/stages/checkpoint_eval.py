@@ -73,7 +73,7 @@ def _config(raw: dict, stage: str | None, overrides: list[str]) -> Config:
 
 def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
     """Runtime, stage config, params, output dir, and the runtime of the evaluated model."""
-    from reasoning_rl.pipeline import Stages, restore_params
+    from reasoning_rl.pipeline import Stages, check_reward_names, restore_params
 
     run_dir, stage_name, kind = _locate(args.target, args.stage)
     overrides = list(args.overrides)
@@ -106,6 +106,7 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
         raise ConfigError(f"eval: stage {stage.name!r} is a reward model (its held-out pair accuracy is in "
                           "summary.json); evaluate a policy stage")
     check_model_dirs(cfg, weights=kind == "hf")  # a run's own parameters come from its checkpoints
+    check_reward_names(cfg)  # the samples' reward components use the stage's rewards
     out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
     check_output_dir(out, "eval output dir")  # before any compute
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
@@ -168,7 +169,7 @@ def run_export(args) -> Path:
     import shutil
 
     from reasoning_rl.models import save_pretrained
-    from reasoning_rl.pipeline import Stages, restore_params
+    from reasoning_rl.pipeline import Stages, check_reward_names, restore_params
 
     run_dir, stage_name, kind = _locate(args.target, args.stage)
     if kind == "hf":
