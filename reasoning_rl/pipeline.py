@@ -10,6 +10,7 @@ checkpoint can be traced back through the chain to a fresh initialisation or an 
 from __future__ import annotations
 
 import filecmp
+import inspect
 import json
 import logging
 import os
@@ -423,14 +424,26 @@ def check_reward_names(cfg: Config) -> None:
         named = [(f"{p}rewards[{j}].name", r) for j, r in enumerate(rewards)]
         named += [(f"{p}tasks[{k}].rewards[{j}].name", r)
                   for k, src in enumerate(tasks) for j, r in enumerate(src.rewards)]
-        names = [(key, r.name) for key, r in named if r.kind == "function"]
+        names = [(key, r.name, r.kwargs) for key, r in named if r.kind == "function"]
         if st is not None and st.kind == "rejection_sft" and st.rejection.verifier is not None:
-            names.append((f"{p}rejection.verifier", st.rejection.verifier))
-        for key, name in names:
+            names.append((f"{p}rejection.verifier", st.rejection.verifier, {}))
+        for key, name, kwargs in names:
             try:
-                registry.get(name)
+                fn = registry.get(name)
             except (KeyError, TypeError) as e:
                 raise ConfigError(f"{key}: {e.args[0]}") from None
+            try:  # called as fn(completion, example, **kwargs): options it does not take fail every call
+                sig = inspect.signature(fn)
+            except (TypeError, ValueError):  # no signature to read (a C function): its calls will tell
+                continue
+            try:
+                sig.bind("", {}, **kwargs)
+            except TypeError as e:
+                takes = [q for q in list(sig.parameters.values())[2:]
+                         if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+                raise ConfigError(f"{key.removesuffix('.name')}.kwargs: reward {name!r} is called as "
+                                  f"fn(completion, example, **kwargs) and {e} (its options: "
+                                  f"{', '.join(q.name for q in takes) or 'none'})") from None
 
 
 def preflight_rewards(cfg: Config) -> dict[str, list[str]]:

@@ -133,12 +133,13 @@ def test_run_dir_of_another_config_names_what_changed(tmp_path, capsys):
 
 
 def test_unknown_or_unimportable_reward_is_one_line_before_any_stage_runs(tmp_path, capsys, monkeypatch):
-    """A misspelt reward, a plug-in module not on the path or failing at import, a rejection verifier: one
-    config error naming the key, before the first stage computes (the run dir is not even created), from run
-    and eval alike."""
+    """A misspelt reward, a plug-in module not on the path or failing at import, options a reward does not
+    take, a rejection verifier: one config error naming the key, before the first stage computes (the run dir
+    is not even created), from run and eval alike."""
     (tmp_path / "plug").mkdir()
     (tmp_path / "plug" / "broken_plug.py").write_text("raise RuntimeError('boom at import')\n")
-    (tmp_path / "plug" / "fine_plug.py").write_text("def score(completion, example):\n    return 1.0\n")
+    (tmp_path / "plug" / "fine_plug.py").write_text("def score(completion, example):\n    return 1.0\n\n\n"
+                                                    "def one_arg(completion):\n    return 1.0\n")
     monkeypatch.syspath_prepend(str(tmp_path / "plug"))
     d = tmp_path / "run"
     cases = [
@@ -152,6 +153,15 @@ def test_unknown_or_unimportable_reward_is_one_line_before_any_stage_runs(tmp_pa
         (["rewards=[{name: 'fine_plug:nope'}]"], "rewards[0].name: cannot load reward plug-in 'fine_plug:nope'"),
         (["stages.grpo.rewards=[{name: 'fine_plug:score'}, {name: formt}]"],
          "stages[1].rewards[1].name: unknown reward 'formt'"),
+        # options the function does not take would fail every call: refused up front, naming what it takes
+        (["rewards=[{name: accuracy}, {name: format, kwargs: {partal: true}}]"],
+         "rewards[1].kwargs: reward 'format' is called as fn(completion, example, **kwargs) and got an "
+         "unexpected keyword argument 'partal' (its options: partial, eos)"),
+        (["rewards=[{name: 'fine_plug:score', kwargs: {scale: 2}}]"],
+         "rewards[0].kwargs: reward 'fine_plug:score' is called as fn(completion, example, **kwargs) and got an "
+         "unexpected keyword argument 'scale' (its options: none)"),
+        (["rewards=[{name: 'fine_plug:one_arg'}]"], "rewards[0].kwargs: reward 'fine_plug:one_arg' is called as "
+         "fn(completion, example, **kwargs) and too many positional arguments"),
     ]
     for sets, needle in cases:
         args = [a for s in sets for a in ("--set", s)]
