@@ -185,6 +185,28 @@ def test_unknown_or_unimportable_reward_is_one_line_before_any_stage_runs(tmp_pa
     assert snapshot(started) == before
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("mesh.data=3", "mesh: data*fsdp*tensor*expert = 3 but there are 1 devices"),
+    ("rollout.max_new_tokens=100000", "stages[0].rollout.max_new_tokens: 100000 new tokens leave no room for a "
+                                      "prompt in the model's context of 512 tokens (model.max_seq_len)"),
+    ("stages.grpo.eval.max_new_tokens=512", "stages[1].eval.max_new_tokens: 512 new tokens leave no room"),
+], ids=["mesh-larger-than-the-devices", "rollout-tokens-past-the-context", "eval-tokens-past-the-context"])
+def test_mesh_and_token_limits_the_model_cannot_hold(tmp_path, capsys, override, needle):
+    """Found where the devices and the model's context are known (before any compute): one line, exit 2, and
+    a run dir this call would have created is not left behind; what an existing one held is left as it was."""
+    d = tmp_path / "run"
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--set", override)
+    assert code == 2
+    one_error(err, f"config error: {needle}")
+    assert not d.exists()
+    d = started_run(tmp_path)
+    before = snapshot(d)
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--set", override)
+    assert code == 2
+    after = snapshot(d)  # (the run's tokenizer may be trained and stored first: it is the same for any mesh)
+    assert {k: after.get(k) for k in before} == before and set(after) - set(before) <= {"tokenizer.model"}
+
+
 def test_config_hash_ignores_where_the_run_dir_lives():
     a = C.load(TINY, ["run_dir=/somewhere/run"])
     b = C.load(TINY, ["run_dir=/elsewhere/copy"])

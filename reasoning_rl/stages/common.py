@@ -271,14 +271,32 @@ class Runtime:
         for t in self._tasks.values():
             if hasattr(t, "bind_tokenizer"):
                 t.bind_tokenizer(self.tok)
-        self.mesh = shd.make_mesh(dataclasses.asdict(cfg.mesh), devices)
+        try:
+            self.mesh = shd.make_mesh(dataclasses.asdict(cfg.mesh), devices)
+        except shd.MeshError as e:
+            from reasoning_rl.config import ConfigError
+
+            raise ConfigError(str(e)) from None  # a mesh the devices cannot form is bad config, one line
         self.ctx = shd.context(self.mesh)
         self._set_model(cfg.model)
         self._check_rows()
 
     def _check_rows(self) -> None:
         """Every stage's file rows fit the model's context in tokens (the row check needs the tokenizer, so it
-        runs here, before any stage computes); SFT stages check prompt + solution."""
+        runs here, before any stage computes); SFT stages check prompt + solution. Token limits of sampling
+        leave room for a prompt within that context."""
+        from reasoning_rl.config import ConfigError
+
+        limit = self.mdef.cfg.max_seq_len
+        for i, st in enumerate(self.cfg.stages):
+            new = {"rollout": st.rollout.max_new_tokens, "eval": st.eval.max_new_tokens}
+            if st.kind == "rejection_sft":
+                new["rejection"] = st.rejection.max_new_tokens
+            for section, n in new.items():
+                if n is not None and n >= limit:
+                    raise ConfigError(f"stages[{i}].{section}.max_new_tokens: {n} new tokens leave no room for a "
+                                      f"prompt in the model's context of {limit} tokens (model.max_seq_len"
+                                      f"{', from the checkpoint' if self.hf_path else ''})")
         for st in self.cfg.stages:
             sources = st.tasks if st.tasks else (st,)
             for src in sources:
