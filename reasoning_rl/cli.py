@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--extend", action="store_true", help="also hold thinking up to each budget")
     ev.add_argument("--task", default=None, help="task to budget-force (default: the stage's first)")
     ev.add_argument("--budget-only", action="store_true", help="skip the pass@k evaluation")
-    ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>)")
+    ev.add_argument("--out", default=None, help="output dir (default: RUN_DIR/eval/<stage>; for a Hugging "
+                    "Face model dir ./eval_out/<its name>)")
     ev.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     pn = sub.add_parser("plan", help="per-device memory of a config on its mesh, before running it",
                         description="Per-device memory of a config's params, optimizer state, activations "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,14 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
         want = ref(torch.tensor(ids)).logits.numpy()
     got = np.asarray(ours(ids, np.ones_like(ids)))
     assert np.abs(got - want).max() < 1e-4
+
+    # the exported dir evaluated as a Hugging Face model with the run's config: the run's own held-out figures;
+    # results go under ./eval_out/<its name>, never into the model dir
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "eval", str(out), "--config", str(path), "--json"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["out"] == str(Path("eval_out") / "export")
+    held = json.loads((tmp_path / "eval_out" / "export" / "eval.json").read_text())["held_out"]
+    for k in ("pass@1", "pass@2", "greedy_accuracy", "mean_response_tokens"):
+        assert held[k] == pytest.approx(summary["grpo"][k], abs=1e-9), k
+    assert not (out / "eval").exists() and not (out / "eval.json").exists()

@@ -107,7 +107,9 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
                           "summary.json); evaluate a policy stage")
     check_model_dirs(cfg, weights=kind == "hf")  # a run's own parameters come from its checkpoints
     check_reward_names(cfg)  # the samples' reward components use the stage's rewards
-    out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf" else Path("eval_out"))
+    # a model dir is not ours to write into (often read-only, shared): its results go under ./eval_out/<dir>
+    out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf"
+                                           else Path("eval_out") / run_dir.resolve().name)
     check_output_dir(out, "eval output dir")  # before any compute
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
         dist.split_cpu(cfg.mesh.cpu_devices)
