@@ -577,11 +577,13 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError("stages: expected a list of stages")
     top = build(Config, raw)
     top_plain = _to_plain(top)
+    _file_only(raw.get("task"), top_plain["task"], _to_plain(TaskConfig()), "task")
     resolved = []
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
             raise ConfigError(f"stages[{i}]: expected a mapping, got {st!r}")
         st = dict(st)
+        own_task = st.get("task")
         for sec in STAGE_SECTIONS:
             base = top_plain[sec]
             if sec in st and isinstance(base, dict) and isinstance(st[sec], dict):
@@ -597,12 +599,29 @@ def from_dict(raw: dict) -> Config:
         rm = st.get("reward_model")
         if isinstance(rm, dict) and isinstance(rm.get("model"), dict):
             st["reward_model"] = {**rm, "model": _deep_merge(top_plain["model"], rm["model"])}
+        _file_only(own_task, st["task"], top_plain["task"], f"stages[{i}].task")
         if "tasks" in st:
             st["tasks"] = _resolve_sources(st["tasks"], st, f"stages[{i}].tasks")
         resolved.append(build(StageConfig, st, f"stages[{i}]"))
     cfg = dataclasses.replace(top, stages=tuple(resolved))
     validate(cfg)
     return cfg
+
+
+# Keys only a file task reads: set on a built-in task they would be silently ignored (a `task: {path: ...}`
+# without `name: file` would train on the default arithmetic task instead of the file's rows).
+FILE_ONLY_KEYS = ("path", "held_out_path", "preset", "fields", "template", "system")
+
+
+def _file_only(own: Any, merged: Any, inherited: dict, key: str) -> None:
+    """Refuse a file-only key that this level of the config sets (to something other than what it inherits:
+    a stored config repeats inherited values) on a task that is not a file task."""
+    if not isinstance(own, dict) or not isinstance(merged, dict) or merged.get("name", "arithmetic") == "file":
+        return
+    for k in FILE_ONLY_KEYS:
+        if k in own and own[k] != inherited.get(k):
+            raise ConfigError(f"{key}.{k}: only a file task reads it, and this task is {merged.get('name')!r} "
+                              f"(set {key}.name: file to train on a file's rows)")
 
 
 # Default rewards of a mixture source whose task is not scored by the stage's rewards.
@@ -627,6 +646,7 @@ def _resolve_sources(sources: Any, stage: dict, key: str) -> Any:
         if "name" not in over:
             over = {**over, "name": src.get("name")}
         src["task"] = _deep_merge(base_task, over)
+        _file_only(over, src["task"], base_task, f"{key}[{j}].task")
         if not src.get("rewards"):
             default = TASK_REWARDS.get(src["task"].get("name"))
             src["rewards"] = copy.deepcopy(default if default is not None else stage.get("rewards", []))

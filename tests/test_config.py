@@ -131,3 +131,25 @@ def test_kl_in_reward_needs_token_level_advantages():
     assert C.stage(cfg, "grpo").algorithm.advantage == "reinforce++"
     with pytest.raises(C.ConfigError, match="reinforce\\+\\+ gives per-token"):
         C.load("configs/quickstart.yaml", ["algorithm.advantage=reinforce++", "algorithm.loss=gspo"])
+
+
+def test_file_only_keys_on_a_built_in_task_are_refused_where_they_are_set(tmp_path):
+    """`task: {path: ...}` without `name: file` would silently train on the default arithmetic task: refused at
+    the level that sets it (top, stage, mixture source). Values a level inherits from a file task above it are
+    not its own, so a stored config (which repeats them) loads back."""
+    stage = {"name": "a", "kind": "sft", "steps": 1}
+    with pytest.raises(C.ConfigError, match=r"^task\.path: only a file task reads it, and this task is "
+                                            r"'arithmetic' \(set task\.name: file"):
+        C.from_dict({"task": {"path": "rows.jsonl"}, "stages": [stage]})
+    with pytest.raises(C.ConfigError, match=r"^stages\[0\]\.task\.template: .* this task is 'countdown'"):
+        C.from_dict({"stages": [{**stage, "task": {"name": "countdown", "template": "chat"}}]})
+    with pytest.raises(C.ConfigError, match=r"^stages\[0\]\.tasks\[1\]\.task\.fields: .* this task is 'instruct'"):
+        C.from_dict({"stages": [{**stage, "kind": "grpo", "tasks": [
+            {"name": "arithmetic"}, {"name": "instruct", "task": {"fields": {"prompt": "q"}}}]}]})
+    raw = {"task": {"name": "file", "path": "rows.jsonl", "template": "chat", "system": "Think."},
+           "stages": [{**stage, "task": {"name": "arithmetic"}},
+                      {"name": "b", "kind": "grpo", "steps": 1, "tasks": [{"name": "arithmetic"}, {"name": "instruct"}]}]}
+    cfg = C.from_dict(raw)
+    assert cfg.stages[0].task.name == "arithmetic" and cfg.stages[0].task.path == "rows.jsonl"  # inherited
+    C.dump(cfg, tmp_path / "config.yaml")
+    assert C.load(tmp_path / "config.yaml") == cfg
