@@ -7,10 +7,15 @@ file would otherwise fail with a traceback after minutes of work, or half-way th
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import time
 from pathlib import Path
 
 from reasoning_rl.config import ConfigError
+
+log = logging.getLogger("reasoning_rl")
 
 
 def _writable(p: Path) -> bool:
@@ -65,3 +70,42 @@ def check_run_dir(run_dir: str | Path, stages: list[str]) -> None:
     for f in ("metrics.jsonl", "summary.json", "config.yaml"):
         if (run_dir / f).exists():
             check_output_file(run_dir / f, "run_dir")
+
+
+class RunDirLock:
+    """An exclusive lock on a run dir for as long as a run writes into it. A second ``run`` on the same dir (a
+    cluster job requeued while the first still runs, the same command started twice) would otherwise interleave
+    its checkpoints and metrics with the first's. ``flock`` on ``RUN/.lock``: the kernel releases it when the
+    holder exits, however it dies (kill -9 included), so a lock is never stale. The file says who holds it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (creating the run dir), or ConfigError naming the holder."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(f"run_dir: {self.path.parent} is in use by another run"
+                              f"{f' ({holder})' if holder else ''}; wait for it to end, stop it, or use another "
+                              "--run-dir") from None
+        except OSError as e:  # a file system without flock (some network mounts): run unguarded, and say so
+            os.close(fd)
+            log.warning("run_dir: cannot lock %s (%s): nothing stops a second run on this dir", self.path, e)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None

@@ -34,7 +34,7 @@ from reasoning_rl.checkpoint import (
 from reasoning_rl.config import Config, ConfigError, StageConfig
 from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models import lora
-from reasoning_rl.paths import check_run_dir
+from reasoning_rl.paths import RunDirLock, check_run_dir
 from reasoning_rl.stages.common import Runtime
 from reasoning_rl.stages.evaluate import stage_eval
 
@@ -472,7 +472,6 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                  devices: list | None = None, plots: bool = True) -> dict[str, Any]:
     """Run the config's stages; ``plots``: rewrite ``plots/training_curves.png`` after every stage."""
     from reasoning_rl import progress as progress_lib
-    from reasoning_rl import report
     from reasoning_rl.model_dirs import check_model_dirs
 
     run_dir = Path(run_dir)
@@ -487,11 +486,32 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     check_model_dirs(cfg)  # before the run dir is written or anything compiled
     check_random_init(cfg)
     progress_lib.configure(every_s=cfg.log.every_s, enabled=progress)
+    lock = RunDirLock(run_dir)  # one run at a time writes a run dir (the primary host holds it for all)
+    try:
+        return _run_stages(cfg, run_dir, resume, devices, plots, progress, reward_lines, outside, lock)
+    finally:
+        lock.release()
+
+
+def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, plots: bool, progress: bool,
+                reward_lines: dict[str, list[str]], outside: list[Path], lock: RunDirLock) -> dict[str, Any]:
+    """run_pipeline past its checks: take the run dir (``lock``), write its config, run each stage."""
+    from reasoning_rl import report
+
     created, required = False, None
     if dist.is_primary():  # several hosts share the run dir; one writes its files
-        created = prepare_run_dir(cfg, run_dir, resume)
-        required = resume_point(cfg, run_dir, resume)
-        adopt_tokenizer(cfg, run_dir, outside)
+        check_run_dir(run_dir, [s.name for s in cfg.stages])  # before the lock creates anything
+        created = not run_dir.exists()
+        try:
+            lock.acquire()
+            prepare_run_dir(cfg, run_dir, resume)
+            required = resume_point(cfg, run_dir, resume)
+            adopt_tokenizer(cfg, run_dir, outside)
+        except BaseException:  # bad input: a run dir this call made is not left behind
+            if created:
+                lock.release()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     required = dist.from_primary(required)
     dist.barrier("run_dir")
     try:

@@ -26,6 +26,8 @@ def snapshot(d: Path) -> dict:
         return {}
     out = {}
     for p in sorted(d.rglob("*")):
+        if p == d / ".lock":  # the run dir's lock (it holds no data; see test_a_run_dir_in_use_...)
+            continue
         digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
         out[str(p.relative_to(d))] = (digest, p.stat().st_mtime_ns)
     return out
@@ -205,6 +207,34 @@ def test_mesh_and_token_limits_the_model_cannot_hold(tmp_path, capsys, override,
     assert code == 2
     after = snapshot(d)  # (the run's tokenizer may be trained and stored first: it is the same for any mesh)
     assert {k: after.get(k) for k in before} == before and set(after) - set(before) <= {"tokenizer.model"}
+
+
+def test_a_run_dir_in_use_by_another_run_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path, capsys):
+    """A second run on a run dir another process is running (a requeued job, the same command twice) is one
+    line naming the holder, exit 2, nothing of the dir touched; once the holder dies, even by kill -9, the dir
+    is free again (the kernel drops the lock)."""
+    from reasoning_rl.paths import RunDirLock
+
+    d = started_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom reasoning_rl.paths import RunDirLock\n"
+                               f"RunDirLock({str(d)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(d)
+        for extra in ([], ["--resume"]):
+            code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), *extra)
+            assert code == 2
+            one_error(err, f"config error: run_dir: {d} is in use by another run (pid {holder.pid} on ",
+                      "; wait for it to end, stop it, or use another --run-dir")
+        assert snapshot(d) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunDirLock(d)
+    lock.acquire()  # kill -9 left nothing stale
+    assert f"pid {os.getpid()} on " in (d / ".lock").read_text()
+    lock.release()
 
 
 def test_config_hash_ignores_where_the_run_dir_lives():

@@ -61,8 +61,10 @@ def saved_steps(stage_dir: Path) -> list[int]:
 
 
 def snapshot(d: Path) -> dict:
+    """Every path with its bytes and mtime; the run dir's lock is left out (each run that takes it writes its
+    own pid there; it holds no data)."""
     return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else b"dir", p.stat().st_mtime_ns)
-            for p in sorted(d.rglob("*"))}
+            for p in sorted(d.rglob("*")) if p != d / ".lock"}
 
 
 def no_traceback(err: str) -> None:

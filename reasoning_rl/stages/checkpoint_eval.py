@@ -171,7 +171,7 @@ def run_export(args) -> Path:
     import shutil
 
     from reasoning_rl.models import save_pretrained
-    from reasoning_rl.pipeline import Stages, check_reward_names, restore_params
+    from reasoning_rl.pipeline import Stages, restore_params
 
     run_dir, stage_name, kind = _locate(args.target, args.stage)
     if kind == "hf":
