@@ -440,21 +440,26 @@ class Config:
         return d
 
 
+_UNSET = object()  # a key one of two compared configs does not have
+
+
+def _show(v: Any) -> str:
+    text = "(unset)" if v is _UNSET else repr(v) if isinstance(v, str) else json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _diff(a: Any, b: Any, key: str, out: list[str]) -> None:
     """Append ``key: a -> b`` for every leaf where two identity dicts differ; stages are keyed by name."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
-            _diff(a.get(k, "(unset)"), b.get(k, "(unset)"), f"{key}.{k}" if key else k, out)
+            _diff(a.get(k, _UNSET), b.get(k, _UNSET), f"{key}.{k}" if key else k, out)
     elif key == "stages" and [st["name"] for st in a] == [st["name"] for st in b]:
         for sa, sb in zip(a, b):
             _diff(sa, sb, f"stages.{sa['name']}", out)
     elif key == "stages" and a != b:
         out.append(f"stages: {[st['name'] for st in a]} -> {[st['name'] for st in b]}")
     elif a != b:
-        def show(v: Any) -> str:
-            text = json.dumps(v) if not isinstance(v, str) or v == "(unset)" else repr(v)
-            return text if len(text) <= 60 else text[:57] + "..."
-        out.append(f"{key}: {show(a)} -> {show(b)}")
+        out.append(f"{key}: {_show(a)} -> {_show(b)}")
 
 
 # Sections a stage may override; merged onto the top-level section of the same name.

@@ -68,12 +68,11 @@ def stored_config(run_dir: Path) -> Config:
         raise ConfigError(f"{msg} (the run's stored config is damaged: restore it, or use a new --run-dir)") from None
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
-    """Create the run dir and write the resolved config. An existing run is continued only for the same config
-    (the hash leaves out where the run dir lives, so a copied or moved run continues), and its stored
-    config.yaml is left as it is. Every directory the run writes is checked first. Returns whether this call
-    created the run dir."""
-    check_run_dir(run_dir, [s.name for s in cfg.stages])
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    """Write the resolved config into the run dir (the caller has checked every directory the run writes,
+    then made and locked it). An existing run is continued only for the same config (the hash leaves out
+    where the run dir lives, so a copied or moved run continues), and its stored config.yaml is left as it
+    is."""
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         old = stored_config(run_dir)
@@ -88,13 +87,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> bool:
                                   "use a new --run-dir")
             raise ConfigError(f"run_dir: {run_dir} already holds a run with a different config ({changed}); "
                               "use a new --run-dir (or the same config to continue it)")
-        return False
-    elif resume:
+        return
+    if resume:
         raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml)")
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.dump(cfg, cfg_path)
-    return created
 
 
 def _complete(man: dict | None, cfg: Config) -> bool:
@@ -412,38 +408,45 @@ def _held_out(metrics: dict) -> dict:
     return out
 
 
+def _reward_specs(cfg: Config) -> list[tuple[StageConfig | None, str, Any]]:
+    """(stage, key, reward config) of every reward a config names: the top-level section first (stage None;
+    stages inherit it, so a bad entry there is named where it was written), then each stage's and each of its
+    task sources'."""
+    out: list[tuple[StageConfig | None, str, Any]] = [(None, f"rewards[{j}]", r) for j, r in enumerate(cfg.rewards)]
+    for i, st in enumerate(cfg.stages):
+        out += [(st, f"stages[{i}].rewards[{j}]", r) for j, r in enumerate(st.rewards)]
+        out += [(st, f"stages[{i}].tasks[{k}].rewards[{j}]", r)
+                for k, src in enumerate(st.tasks) for j, r in enumerate(src.rewards)]
+    return out
+
+
 def check_reward_names(cfg: Config) -> None:
-    """Every function reward and rejection verifier resolves: a misspelt name, or a plug-in module that is
-    not importable here or fails to import, is one config error naming the key, before any stage computes
-    (not a traceback when the stage that uses it starts, after the earlier ones ran)."""
+    """Every function reward and rejection verifier resolves and takes its options: a misspelt name, a
+    plug-in module that is not importable here or fails to import, or ``kwargs`` the function does not take
+    (every call would fail) is one config error naming the key, before any stage computes (not a traceback, or
+    a stage stopped on reward errors, after the earlier ones ran)."""
     from reasoning_rl.rewards import registry
 
-    sections = [("", list(cfg.rewards), (), None)]  # the top-level section first: stages inherit it
-    sections += [(f"stages[{i}].", list(st.rewards), st.tasks, st) for i, st in enumerate(cfg.stages)]
-    for p, rewards, tasks, st in sections:
-        named = [(f"{p}rewards[{j}].name", r) for j, r in enumerate(rewards)]
-        named += [(f"{p}tasks[{k}].rewards[{j}].name", r)
-                  for k, src in enumerate(tasks) for j, r in enumerate(src.rewards)]
-        names = [(key, r.name, r.kwargs) for key, r in named if r.kind == "function"]
-        if st is not None and st.kind == "rejection_sft" and st.rejection.verifier is not None:
-            names.append((f"{p}rejection.verifier", st.rejection.verifier, {}))
-        for key, name, kwargs in names:
-            try:
-                fn = registry.get(name)
-            except (KeyError, TypeError) as e:
-                raise ConfigError(f"{key}: {e.args[0]}") from None
-            try:  # called as fn(completion, example, **kwargs): options it does not take fail every call
-                sig = inspect.signature(fn)
-            except (TypeError, ValueError):  # no signature to read (a C function): its calls will tell
-                continue
-            try:
-                sig.bind("", {}, **kwargs)
-            except TypeError as e:
-                takes = [q for q in list(sig.parameters.values())[2:]
-                         if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
-                raise ConfigError(f"{key.removesuffix('.name')}.kwargs: reward {name!r} is called as "
-                                  f"fn(completion, example, **kwargs) and {e} (its options: "
-                                  f"{', '.join(q.name for q in takes) or 'none'})") from None
+    names = [(f"{key}.name", r.name, r.kwargs) for _, key, r in _reward_specs(cfg) if r.kind == "function"]
+    names += [(f"stages[{i}].rejection.verifier", st.rejection.verifier, {}) for i, st in enumerate(cfg.stages)
+              if st.kind == "rejection_sft" and st.rejection.verifier is not None]
+    for key, name, kwargs in names:
+        try:
+            fn = registry.get(name)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{key}: {e.args[0]}") from None
+        try:  # called as fn(completion, example, **kwargs)
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # no signature to read (a C function): its calls will tell
+            continue
+        try:
+            sig.bind("", {}, **kwargs)
+        except TypeError as e:
+            takes = [q.name for q in list(sig.parameters.values())[2:]
+                     if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+            raise ConfigError(f"{key.removesuffix('.name')}.kwargs: reward {name!r} is called as "
+                              f"fn(completion, example, **kwargs) and {e} (its options: "
+                              f"{', '.join(takes) or 'none'})") from None
 
 
 def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
@@ -454,17 +457,15 @@ def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
 
     check_reward_names(cfg)
     lines: dict[str, list[str]] = {}
-    for i, st in enumerate(cfg.stages):
-        specs = [(f"stages[{i}].rewards[{j}]", r) for j, r in enumerate(st.rewards)]
-        specs += [(f"stages[{i}].tasks[{k}].rewards[{j}]", r)
-                  for k, src in enumerate(st.tasks) for j, r in enumerate(src.rewards)]
-        for key, r in specs:
-            try:
-                line = registry.preflight(r.name, r.kwargs)
-            except (RuntimeError, ValueError) as e:
-                raise ConfigError(f"{key} ({r.name}): {e}") from None
-            if line and line not in lines.setdefault(st.name, []):
-                lines[st.name].append(line)
+    for st, key, r in _reward_specs(cfg):
+        if st is None:  # the stages inherit the top-level section: checked as theirs
+            continue
+        try:
+            line = registry.preflight(r.name, r.kwargs)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"{key} ({r.name}): {e}") from None
+        if line and line not in lines.setdefault(st.name, []):
+            lines[st.name].append(line)
     return lines
 
 
@@ -500,7 +501,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
 
     created, required = False, None
     if dist.is_primary():  # several hosts share the run dir; one writes its files
-        check_run_dir(run_dir, [s.name for s in cfg.stages])  # before the lock creates anything
+        check_run_dir(run_dir, [s.name for s in cfg.stages])  # where it writes, before the lock makes any
         created = not run_dir.exists()
         try:
             lock.acquire()

@@ -148,8 +148,19 @@ def test_file_only_keys_on_a_built_in_task_are_refused_where_they_are_set(tmp_pa
             {"name": "arithmetic"}, {"name": "instruct", "task": {"fields": {"prompt": "q"}}}]}]})
     raw = {"task": {"name": "file", "path": "rows.jsonl", "template": "chat", "system": "Think."},
            "stages": [{**stage, "task": {"name": "arithmetic"}},
-                      {"name": "b", "kind": "grpo", "steps": 1, "tasks": [{"name": "arithmetic"}, {"name": "instruct"}]}]}
+                      {"name": "b", "kind": "grpo", "steps": 1,
+                       "tasks": [{"name": "arithmetic"}, {"name": "instruct"}]}]}
     cfg = C.from_dict(raw)
     assert cfg.stages[0].task.name == "arithmetic" and cfg.stages[0].task.path == "rows.jsonl"  # inherited
     C.dump(cfg, tmp_path / "config.yaml")
     assert C.load(tmp_path / "config.yaml") == cfg
+
+
+def test_differences_name_each_changed_key_as_set_writes_it():
+    a = C.from_dict({"task": {"name": "file", "path": "rows.jsonl"},
+                     "stages": [{"name": "a", "kind": "sft", "steps": 1}]})
+    b = C.from_dict({"task": {"name": "file", "path": "rows.jsonl", "fields": {"prompt": "q"}},
+                     "stages": [{"name": "a", "kind": "sft", "steps": 2}]})
+    assert a.differences(b, most=10) == ["task.fields.prompt: (unset) -> 'q'", "stages.a.steps: 1 -> 2",
+                                         "stages.a.task.fields.prompt: (unset) -> 'q'"]  # in the config's order
+    assert a.differences(b, most=1) == ["task.fields.prompt: (unset) -> 'q'", "2 more"] and a.differences(a) == []

@@ -279,12 +279,12 @@ class Runtime:
             raise ConfigError(str(e)) from None  # a mesh the devices cannot form is bad config, one line
         self.ctx = shd.context(self.mesh)
         self._set_model(cfg.model)
-        self._check_rows()
+        self._check_lengths()
 
-    def _check_rows(self) -> None:
-        """Every stage's file rows fit the model's context in tokens (the row check needs the tokenizer, so it
-        runs here, before any stage computes); SFT stages check prompt + solution. Token limits of sampling
-        leave room for a prompt within that context."""
+    def _check_lengths(self) -> None:
+        """What must fit the model's context, checked before any stage computes: each stage's sampling token
+        limits leave room for a prompt, and every file row fits in tokens (the row check needs the tokenizer,
+        so it runs here); SFT stages check prompt + solution."""
         from reasoning_rl.config import ConfigError
 
         limit = self.mdef.cfg.max_seq_len
