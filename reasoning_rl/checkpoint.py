@@ -322,6 +322,14 @@ def read_manifest(path: str | Path) -> dict | None:
     return man
 
 
+def stage_complete(man: dict | None, cfg: Any, name: str) -> bool:
+    """Whether a stage's manifest says it finished what ``cfg`` asks of it: the same config, or the same
+    config up to and including this stage (``Config.stage_hash``: a run continued with stages appended or a
+    later stage's steps changed keeps the stages before the change)."""
+    return bool(man and man.get("complete")
+                and (man.get("config_hash") == cfg.hash() or man.get("stage_hash") == cfg.stage_hash(name)))
+
+
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()

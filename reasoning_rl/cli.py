@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run",
                          help="train: run a config's stages and evaluate each (resumes an interrupted run)",
                          description="Run a config's stages in order, evaluating each on held-out problems; "
-                         "finished stages of the same run dir are skipped, an interrupted one resumes.")
+                         "finished stages of the same run dir are skipped, an interrupted one resumes; with "
+                         "a stage's steps raised (--set stages.grpo.steps=300) or stages appended, the run "
+                         "trains on from where it stands.")
     run.add_argument("config", help="YAML config file (e.g. configs/quickstart.yaml)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help=SET_HELP)

@@ -29,6 +29,7 @@ from reasoning_rl.checkpoint import (
     CheckpointUnusable,
     StageCheckpointer,
     read_manifest,
+    stage_complete,
     write_manifest,
 )
 from reasoning_rl.config import Config, ConfigError, StageConfig
@@ -68,11 +69,13 @@ def stored_config(run_dir: Path) -> Config:
         raise ConfigError(f"{msg} (the run's stored config is damaged: restore it, or use a new --run-dir)") from None
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
     """Write the resolved config into the run dir (the caller has checked every directory the run writes,
-    then made and locked it). An existing run is continued only for the same config (the hash leaves out
-    where the run dir lives, so a copied or moved run continues), and its stored config.yaml is left as it
-    is."""
+    then made and locked it); return the stages whose step count the run continues with (see
+    ``check_continuation``). An existing run is continued for the same config (the hash leaves out where
+    the run dir lives, so a copied or moved run continues; its stored config.yaml is left as it is), or for
+    one that only changes stage step counts or appends stages, where the run dir allows it (then the new
+    config is stored)."""
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         old = stored_config(run_dir)
@@ -80,21 +83,85 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
                                          or "stages" not in config_lib.load_raw(cfg_path)):
             raise ConfigError(f"{cfg_path}: the run's stored config looks truncated (it was not written whole); "
                               "restore it, or use a new --run-dir")
-        if old.hash() != cfg.hash():
+        if old.hash() == cfg.hash():
+            return []
+        cont = old.continued_by(cfg)
+        if cont is None:
             changed = "; ".join(old.differences(cfg))
             if resume:
                 raise ConfigError(f"--resume: {run_dir} was started with a different config ({changed}); "
                                   "use a new --run-dir")
             raise ConfigError(f"run_dir: {run_dir} already holds a run with a different config ({changed}); "
                               "use a new --run-dir (or the same config to continue it)")
-        return
+        for level, line in check_continuation(old, cfg, run_dir, *cont):
+            log.log(level, "%s", line)
+        for st in old.stages:  # manifests written before stages had their own hash: theirs where unchanged
+            path = _stage_dir(run_dir, st.name) / "manifest.json"
+            man = read_manifest(path)
+            if (man and man.get("complete") and "stage_hash" not in man and man.get("config_hash") == old.hash()
+                    and old.stage_hash(st.name) == cfg.stage_hash(st.name)):
+                write_manifest(path, {**man, "stage_hash": cfg.stage_hash(st.name)})
+        config_lib.dump(cfg, cfg_path)
+        return sorted(cont[0])
     if resume:
         raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml)")
     config_lib.dump(cfg, cfg_path)
+    return []
 
 
-def _complete(man: dict | None, cfg: Config) -> bool:
-    return bool(man and man.get("complete") and man.get("config_hash") == cfg.hash())
+def check_continuation(old: Config, cfg: Config, run_dir: Path, steps: dict[str, tuple[int, int]],
+                       appended: list[str]) -> list[tuple[int, str]]:
+    """Whether a run dir started with ``old`` can go on under ``cfg``, which changes only stage step counts
+    (``steps``: {name: (old, new)}) or appends stages: what to log, or ConfigError naming the key. Training
+    longer (or stopping sooner) is the same stage going on from its newest checkpoint, as if it had been
+    started with the new count, when: no later stage has written anything (it would have started from the
+    old end), the new count is not below the steps already taken, and the learning rate does not follow a
+    schedule over the stage's steps (cosine: the steps taken would not be those of the new length)."""
+    lines, names = [], [st.name for st in old.stages]
+    for name, (was, now) in steps.items():
+        key, sdir = f"stages.{name}.steps: {was} -> {now}", _stage_dir(run_dir, name)
+        st = config_lib.stage(cfg, name)
+        later = [n for n in names[names.index(name) + 1:] if _has_results(_stage_dir(run_dir, n))]
+        if later:
+            raise ConfigError(f"{key}: stage {later[0]} started from stage {name} as it was, and "
+                              f"{_stage_dir(run_dir, later[0])} holds its results; use a new --run-dir (a stage "
+                              f"with init: {sdir} starts from this stage's newest checkpoint)")
+        man = read_manifest(sdir / "manifest.json")
+        saved = [int(p.name) for p in sdir.iterdir() if p.name.isdigit()] if sdir.is_dir() else []
+        ended = int(man.get("final_step", 0)) if man and man.get("complete") else 0
+        taken = max(saved + [ended])
+        if now < taken:
+            raise ConfigError(f"{key}: stage {name} has already taken {taken} steps ({sdir}); set at least "
+                              f"{taken}, or use a new --run-dir")
+        cosine = [k for k, o in (("optimizer", st.optimizer),
+                                 ("critic.optimizer", st.critic.optimizer if st.critic else None))
+                  if o is not None and o.schedule == "cosine"]
+        if taken and cosine:
+            raise ConfigError(f"{key}: stage {name}'s {cosine[0]}.schedule is cosine over its steps, so the "
+                              f"{taken} steps it has taken are not those of a {now}-step stage; keep {was}, or use "
+                              f"a new --run-dir (a stage with init: {sdir} starts from its newest checkpoint)")
+        if not taken:
+            lines.append((logging.INFO, f"run_dir: continuing {run_dir} with {key} (stage {name} not started)"))
+            continue
+        line = f"run_dir: continuing {run_dir} with {key}: stage {name} goes on from its step-{taken} checkpoint"
+        if ended and ended < was:
+            line += f"; it stopped early at step {ended} (stop_at_loss), so it stays stopped"
+        lines.append((logging.INFO, line))
+        r = getattr(st, "rollout", None)
+        if ended == was and r is not None and r.mode == "async" and r.max_staleness > 0:
+            line = (f"stage {name}: its asynchronous rollouts ended with step {was}, so steps {was + 1}.."
+                    f"{min(was + r.max_staleness, now)} are sampled from the step-{was} policy, fresher than in an "
+                    f"uninterrupted {now}-step run (up to {r.max_staleness} steps stale)")
+            lines.append((logging.WARNING, line))
+    if appended:
+        lines.append((logging.INFO, f"run_dir: continuing {run_dir} with stage(s) {', '.join(appended)} appended"))
+    return lines
+
+
+def _has_results(sdir: Path) -> bool:
+    """Whether a stage dir holds anything a stage wrote: a manifest, a checkpoint step, an unfinished one."""
+    return sdir.is_dir() and any(p.name == "manifest.json" or p.name.isdigit() or TMP_MARK in p.name
+                                 for p in sdir.iterdir())
 
 
 def resume_point(cfg: Config, run_dir: Path, resume: bool) -> str | None:
@@ -106,7 +173,7 @@ def resume_point(cfg: Config, run_dir: Path, resume: bool) -> str | None:
         return None
     done = []
     for st in cfg.stages:
-        if _complete(mans[st.name], cfg) or st.steps == 0:
+        if stage_complete(mans[st.name], cfg, st.name) or st.steps == 0:
             done += [st.name] if st.steps else []
             continue
         sdir = _stage_dir(run_dir, st.name)
@@ -499,13 +566,13 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
     """run_pipeline past its checks: take the run dir (``lock``), write its config, run each stage."""
     from reasoning_rl import report
 
-    created, required = False, None
+    created, required, continued = False, None, []
     if dist.is_primary():  # several hosts share the run dir; one writes its files
         check_run_dir(run_dir, [s.name for s in cfg.stages])  # where it writes, before the lock makes any
         created = not run_dir.exists()
         try:
             lock.acquire()
-            prepare_run_dir(cfg, run_dir, resume)
+            continued = prepare_run_dir(cfg, run_dir, resume)
             required = resume_point(cfg, run_dir, resume)
             adopt_tokenizer(cfg, run_dir, outside)
         except BaseException:  # bad input: a run dir this call made is not left behind
@@ -513,7 +580,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 lock.release()
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-    required = dist.from_primary(required)
+    required, continued = dist.from_primary((required, continued))
     dist.barrier("run_dir")
     try:
         rt = Runtime(cfg, run_dir, devices)
@@ -546,7 +613,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 stages.params[stage.name], stages.skipped[stage.name] = stages.init(stage)
                 continue
             man = read_manifest(sdir / "manifest.json")
-            if _complete(man, cfg):
+            if stage_complete(man, cfg, stage.name):
                 log.info("stage %s already complete: skipped", stage.name)
                 stages.params[stage.name] = load_stage_params(srt, stage)
                 if stage.kind == "reward_model":
@@ -554,7 +621,11 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 continue
             for line in reward_lines.get(stage.name, []):
                 (log.warning if "UNISOLATED" in line else log.info)("stage %s: %s", stage.name, line)
-            if man and man.get("complete"):
+            if man and man.get("complete") and stage.name in continued and dist.is_primary():
+                # it goes on past its old end: until it ends again, its newest checkpoint is not the one the
+                # manifest names (which retention may delete), so it is not complete (its figures stay)
+                _write_manifest(sdir, {**man, "complete": False})
+            elif man and man.get("complete"):
                 log.warning("stage %s: its manifest is from another config (hash %s, now %s): running it again",
                             stage.name, man.get("config_hash"), cfg.hash())
             rt.require_checkpoint = srt.require_checkpoint = sdir if stage.name == required else None
@@ -585,7 +656,8 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 _write_manifest(sdir, {
                 "stage": stage.name, "kind": stage.kind, "complete": True,
                 "final_step": info.get("final_step", stage.steps),
-                **refs, "config_hash": cfg.hash(), "code_version": code_version(),
+                **refs, "config_hash": cfg.hash(), "stage_hash": cfg.stage_hash(stage.name),
+                "code_version": code_version(),
                 "mesh": {str(k): int(v) for k, v in rt.mesh.shape.items()},  # where it ran (not part of the hash)
                 "model": srt.model_cfg.path or {k: v for k, v in config_lib._to_plain(srt.model_cfg).items()
                                                 if k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")},

@@ -268,13 +268,12 @@ def _count(n: int) -> str:
 def resume_point(cfg: Config, run_dir: Path) -> str:
     """Where this invocation starts: finished stages it skips and the step the first unfinished one resumes
     from (its newest checkpoint step on disk; a damaged one falls back to the one before, with a warning)."""
-    from reasoning_rl.checkpoint import read_manifest
+    from reasoning_rl.checkpoint import read_manifest, stage_complete
 
     done = []
     for st in cfg.stages:
         sdir = run_dir / "checkpoints" / st.name
-        man = read_manifest(sdir / "manifest.json")
-        if man and man.get("complete") and man.get("config_hash") == cfg.hash():
+        if stage_complete(read_manifest(sdir / "manifest.json"), cfg, st.name):
             done.append(st.name)
             continue
         steps = sorted(int(p.name) for p in sdir.iterdir() if p.name.isdigit()) if sdir.is_dir() else []

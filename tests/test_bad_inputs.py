@@ -120,11 +120,11 @@ def test_run_dir_of_another_config_names_what_changed(tmp_path, capsys):
     """The refusal names the keys that differ, as --set writes them, old -> new; a layout key does not count."""
     d = started_run(tmp_path)
     before = snapshot(d)
-    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--set", "stages.grpo.steps=7",
-                    "--set", "mesh.cpu_devices=1")
+    code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--set",
+                    "stages.grpo.algorithm.eps_low=0.1", "--set", "mesh.cpu_devices=1")
     assert code == 2
     one_error(err, "config error:", f"run_dir: {d} already holds a run with a different config",
-              "(stages.grpo.steps: 6 -> 7)", "use a new --run-dir")
+              "(stages.grpo.algorithm.eps_low: 0.2 -> 0.1)", "use a new --run-dir")
     code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d), "--resume", "--set", "seed=5",
                     "--set", "optimizer.lr=0.5", "--set", "task.digits=3", "--set", "rollout.temperature=0.25")
     assert code == 2

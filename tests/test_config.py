@@ -164,3 +164,24 @@ def test_differences_name_each_changed_key_as_set_writes_it():
     assert a.differences(b, most=10) == ["task.fields.prompt: (unset) -> 'q'", "stages.a.steps: 1 -> 2",
                                          "stages.a.task.fields.prompt: (unset) -> 'q'"]  # in the config's order
     assert a.differences(b, most=1) == ["task.fields.prompt: (unset) -> 'q'", "2 more"] and a.differences(a) == []
+
+
+def test_continued_by_accepts_only_step_counts_and_appended_stages():
+    def cfg(*stages, lr=1e-3):
+        return C.from_dict({"optimizer": {"lr": lr}, "stages": [dict(zip(("name", "kind", "steps"), s))
+                                                               for s in stages]})
+
+    a = cfg(("sft", "sft", 4), ("grpo", "grpo", 6))
+    assert a.continued_by(a) == ({}, [])
+    assert a.continued_by(cfg(("sft", "sft", 4), ("grpo", "grpo", 9))) == ({"grpo": (6, 9)}, [])
+    assert a.continued_by(cfg(("sft", "sft", 5), ("grpo", "grpo", 6), ("rs", "sft", 2))) == ({"sft": (4, 5)},
+                                                                                              ["rs"])
+    for other in (cfg(("sft", "sft", 4), ("grpo", "grpo", 9), lr=2e-3),  # anything else differs
+                  cfg(("sft", "sft", 4)),  # a stage dropped
+                  cfg(("sft", "sft", 4), ("ppo", "grpo", 6)),  # renamed
+                  cfg(("sft", "sft", 4), ("grpo", "rejection_sft", 6))):  # another kind
+        assert a.continued_by(other) is None
+    # each stage's identity covers it and what runs before it, never what comes after
+    b = cfg(("sft", "sft", 4), ("grpo", "grpo", 9), ("rs", "sft", 2))
+    assert a.stage_hash("sft") == b.stage_hash("sft") and a.stage_hash("grpo") != b.stage_hash("grpo")
+    assert a.stage_hash("sft") != cfg(("sft", "sft", 4), lr=2e-3).stage_hash("sft")

@@ -17,7 +17,7 @@ import pytest
 from helpers import tiny_model
 from reasoning_rl.algorithms.steps import init_state, make_optimizer
 from reasoning_rl.checkpoint import CheckpointError, StageCheckpointer
-from reasoning_rl.config import OptimizerConfig
+from reasoning_rl.config import ConfigError, OptimizerConfig
 from reasoning_rl.metrics import read_metrics
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
@@ -200,6 +200,106 @@ def test_a_run_dir_copied_elsewhere_continues(reference, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_path):
+    """A run whose last stage ended at 3 steps, continued with steps: 6 (the reference's count), goes on from
+    its step-3 checkpoint and ends with the reference's metrics; the stage before it is not redone. Changes it
+    cannot honour are refused, touching nothing."""
+    d = tmp_path / "run"
+    p = cli("--run-dir", str(d), "--set", "stages.grpo.steps=3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    sft_manifest = json.loads((d / "checkpoints" / "sft" / "manifest.json").read_text())
+    older = {k: v for k, v in sft_manifest.items() if k != "stage_hash"}  # as runs of older versions wrote it
+    (d / "checkpoints" / "sft" / "manifest.json").write_text(json.dumps(older))
+    p = cli("--run-dir", str(d), "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "continuing" in p.stderr and "stages.grpo.steps: 3 -> 6: stage grpo goes on from its step-3" in p.stderr
+    assert "stage sft already complete" in p.stderr and "running it again" not in p.stderr
+    assert json.loads((d / "checkpoints" / "sft" / "manifest.json").read_text()) == sft_manifest
+    assert strip(read_metrics(d)) == strip(read_metrics(reference))
+    assert json.loads((d / "summary.json").read_text())["grpo"]["steps"] == 6
+    assert "steps: 6" in (d / "config.yaml").read_text().split("name: grpo")[1]
+    before = snapshot(d)
+    for change, says in ((("--set", "stages.grpo.steps=4"), "stages.grpo.steps: 6 -> 4: stage grpo has already "
+                                                            "taken 6 steps"),
+                         (("--set", "stages.sft.steps=5"), "stages.sft.steps: 4 -> 5: stage grpo started from stage "
+                                                           "sft as it was"),
+                         (("--set", "stages.grpo.steps=8", "--set", "optimizer.lr=0.002"), "different config "
+                                                                                            "(optimizer.lr")):
+        p = cli("--run-dir", str(d), "--resume", *change)
+        assert p.returncode == 2 and says in p.stderr, (change, p.stderr[-2000:])
+        no_traceback(p.stderr)
+    assert snapshot(d) == before
+
+
+@pytest.mark.slow
+def test_a_stage_appended_to_a_finished_run_runs_alone(reference, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(reference, d)
+    text = Path(TINY).read_text()
+    cfg = tmp_path / "three.yaml"
+    cfg.write_text(text + "  - {name: more, kind: grpo, steps: 2, init: grpo}\n")
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(cfg), "--no-progress", "--run-dir", str(d),
+                        "--resume"], capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "with stage(s) more appended" in p.stderr
+    assert "stage sft already complete" in p.stderr and "stage grpo already complete" in p.stderr
+    recs = read_metrics(d)
+    assert strip([r for r in recs if r["stage"] != "more"]) == strip(read_metrics(reference))
+    assert [r["step"] for r in recs if r["stage"] == "more"] == [1, 2]
+    man = json.loads((d / "checkpoints" / "more" / "manifest.json").read_text())
+    assert man["complete"] and man["parent"]["stage"] == "grpo"
+
+
+def test_step_counts_that_would_not_continue_the_run_are_refused(tmp_path):
+    """What a changed step count cannot honour, from the run dir alone (no compute)."""
+    from reasoning_rl.config import from_dict
+    from reasoning_rl.pipeline import check_continuation
+
+    def cfg(sft, grpo, **opt):
+        return from_dict({"optimizer": {"lr": 1e-3, **opt}, "stages": [
+            {"name": "sft", "kind": "sft", "steps": sft}, {"name": "grpo", "kind": "grpo", "steps": grpo,
+                                                             "init": "sft"}]})
+
+    (tmp_path / "checkpoints" / "sft" / "4").mkdir(parents=True)
+    old = cfg(4, 6, schedule="cosine")
+    with pytest.raises(ConfigError, match=r"stages.sft.steps: 4 -> 8: stage sft's optimizer.schedule is cosine"):
+        check_continuation(old, cfg(8, 6, schedule="cosine"), tmp_path, {"sft": (4, 8)}, [])
+    lines = check_continuation(old, cfg(4, 9, schedule="cosine"), tmp_path, {"grpo": (6, 9)}, [])
+    assert [t for _, t in lines] == [f"run_dir: continuing {tmp_path} with stages.grpo.steps: 6 -> 9 (stage grpo "
+                                     "not started)"]  # cosine over steps not yet taken is fine
+    with pytest.raises(ConfigError, match=r"stages.sft.steps: 4 -> 3: stage sft has already taken 4 steps"):
+        check_continuation(cfg(4, 6), cfg(3, 6), tmp_path, {"sft": (4, 3)}, [])
+    (tmp_path / "checkpoints" / "grpo" / "2.orbax-checkpoint-tmp-1").mkdir(parents=True)  # an unfinished write
+    with pytest.raises(ConfigError, match=r"stages.sft.steps: 4 -> 8: stage grpo started from stage sft as it"):
+        check_continuation(cfg(4, 6), cfg(8, 6), tmp_path, {"sft": (4, 8)}, [])
+    # a stage that ended early stays ended; asynchronous rollouts that ended with their stage are redrawn fresher
+    d = tmp_path / "other"
+    for name, step in (("sft", 3), ("grpo", 6)):
+        (d / "checkpoints" / name / str(step)).mkdir(parents=True)
+        (d / "checkpoints" / name / "manifest.json").write_text(json.dumps({"complete": True, "final_step": step}))
+    lines = check_continuation(cfg(4, 6), cfg(4, 9), d, {"grpo": (6, 9)}, [])
+    assert lines == [(20, f"run_dir: continuing {d} with stages.grpo.steps: 6 -> 9: stage grpo goes on from its "
+                          "step-6 checkpoint")]
+    lines = check_continuation(cfg(4, 6), cfg(4, 9), d, {"grpo": (6, 9)}, ["more"])
+    assert lines[-1] == (20, f"run_dir: continuing {d} with stage(s) more appended")
+    shutil.rmtree(d / "checkpoints" / "grpo")
+    lines = check_continuation(cfg(4, 6), cfg(8, 6), d, {"sft": (4, 8)}, [])
+    assert lines[0][1].endswith("stage sft goes on from its step-3 checkpoint; it stopped early at step 3 "
+                                "(stop_at_loss), so it stays stopped")
+    (d / "checkpoints" / "grpo" / "6").mkdir(parents=True)
+    (d / "checkpoints" / "grpo" / "manifest.json").write_text(json.dumps({"complete": True, "final_step": 6}))
+    def async_cfg(n):
+        return from_dict({"rollout": {"mode": "async", "max_staleness": 2}, "mesh": {"rollout_devices": 1},
+                          "stages": [{"name": "sft", "kind": "sft", "steps": 4},
+                                     {"name": "grpo", "kind": "grpo", "steps": n, "init": "sft"}]})
+
+    lines = check_continuation(async_cfg(6), async_cfg(9), d, {"grpo": (6, 9)}, [])
+    assert lines[1] == (30, "stage grpo: its asynchronous rollouts ended with step 6, so steps 7..8 are sampled "
+                            "from the step-6 policy, fresher than in an uninterrupted 9-step run (up to 2 steps "
+                            "stale)")
+
+
+@pytest.mark.slow
 def test_allowed_zero_step_stage_is_skipped_with_a_line(tmp_path):
     d = tmp_path / "run"
     p = cli("--run-dir", str(d), "--set", "stages.sft.steps=0", "--set", "stages.sft.allow_empty=true",
@@ -364,7 +464,7 @@ sys.path.insert(0, sys.argv[2])
 from helpers import tiny_model
 from reasoning_rl.algorithms.steps import init_state, make_optimizer
 from reasoning_rl.checkpoint import StageCheckpointer
-from reasoning_rl.config import OptimizerConfig
+from reasoning_rl.config import ConfigError, OptimizerConfig
 mdef, params = tiny_model()
 state = init_state(params, make_optimizer(OptimizerConfig(), 1), 0)
 ck = StageCheckpointer(sys.argv[1], keep=3)
