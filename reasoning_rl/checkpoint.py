@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from reasoning_rl.algorithms.steps import TrainState
 from reasoning_rl.config import ConfigError
 from reasoning_rl.models.lora import trainable
+from reasoning_rl.paths import out_of_space
 
 log = logging.getLogger("reasoning_rl.checkpoint")
 
@@ -45,8 +46,9 @@ class CheckpointUnusable(ConfigError):
 
 
 def _late_loop_callback(exc_type, exc, tb) -> bool:
-    """A tensorstore read completing after orbax gave up on a damaged step and closed its event loop: the
-    read's callback finds the loop closed. Harmless (the step was already reported as skipped)."""
+    """A tensorstore read (or write) completing after orbax gave up on a damaged step (or a failed save) and
+    closed its event loop: the callback finds the loop closed. Harmless (the step was already reported as
+    skipped, the save as failed)."""
     if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
         return False
     while tb is not None and tb.tb_next is not None:
@@ -86,6 +88,20 @@ def _quiet_late_loop_callbacks() -> None:
 
     sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_hook
     logging.getLogger("asyncio").addFilter(_drop_orphaned_read_errors)
+
+
+def _quiet_full_disk_logs() -> None:
+    """Orbax logs a write that found the disk full from each of its save threads (four or five ERROR records
+    with the tensorstore spec and a traceback each) before ``save``/``wait`` raise it, which the run reports in
+    one line (``CheckpointError``): drop those records, and only those."""
+    absl = logging.getLogger("absl")
+    if _drop_full_disk_records not in absl.filters:
+        absl.addFilter(_drop_full_disk_records)
+
+
+def _drop_full_disk_records(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (out_of_space(exc) if exc is not None else out_of_space(Exception(record.getMessage())))
 
 
 def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
@@ -162,6 +178,8 @@ class StageCheckpointer:
     def __init__(self, directory: str | Path, keep: int = 3):
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
+        _quiet_full_disk_logs()
+        _quiet_late_loop_callbacks()  # a failed write's late callbacks too
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
         if jax.process_count() > 1:
             # every host takes part (as without the option), but Orbax's barriers then go through the
@@ -182,14 +200,16 @@ class StageCheckpointer:
         try:
             self.mgr.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # disk full, permissions...: stop with the cause, earlier steps stay intact
-            raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {e}") from e
+            raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: "
+                                  f"{out_of_space(e) or e}") from e
 
     def wait(self) -> None:
         try:
             with ctrl_c_after_write():
                 self.mgr.wait_until_finished()
         except Exception as e:
-            raise CheckpointError(f"finishing checkpoint write in {self.directory} failed: {e}") from e
+            raise CheckpointError(f"finishing checkpoint write in {self.directory} failed: "
+                                  f"{out_of_space(e) or e}") from e
 
     def steps(self) -> list[int]:
         self.mgr.reload()

@@ -39,6 +39,9 @@ EPILOG = """examples:
 2 bad config or input, 75 preempted (rerun with --resume).
 """
 
+FULL_DISK_HINT = ("; free space (or move the run dir elsewhere) and run the same command again: it goes on from the "
+                  "newest complete checkpoint (nothing written before is lost)")
+
 SET_HELP = "override one config key, e.g. --set seed=1 or --set stages.grpo.steps=50 (repeatable)"
 
 
@@ -110,6 +113,28 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _matplotlib_config_dir() -> None:
+    """Matplotlib keeps its font cache in ``~/.config/matplotlib``; where the home directory cannot be written it
+    warns in two long lines and rebuilds the cache in a fresh temporary directory every process. Use one
+    directory per user under the temporary directory instead, quietly (``MPLCONFIGDIR`` set by the user wins)."""
+    if "MPLCONFIGDIR" in os.environ:
+        return
+    p = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
+    while not p.exists() and p != p.parent:  # the first part that exists must be a directory we may write
+        p = p.parent
+    if p.is_dir() and os.access(p, os.W_OK | os.X_OK):
+        return
+    import tempfile
+
+    mine = Path(tempfile.gettempdir()) / f"matplotlib-{os.getuid()}"
+    try:
+        mine.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return
+    if mine.is_dir() and not mine.is_symlink() and mine.stat().st_uid == os.getuid():  # not someone else's
+        os.environ["MPLCONFIGDIR"] = str(mine)
+
+
 def _load_config(args):
     from reasoning_rl import config as config_lib
 
@@ -121,10 +146,27 @@ def _load_config(args):
     return config_lib.from_dict(raw)
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be used as a directory to write in (None if it can: made if missing)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+
+
 def enable_compile_cache() -> None:
-    """Persist compiled XLA programs across processes (a resumed run recompiles nothing it compiled before)."""
+    """Persist compiled XLA programs across processes (a resumed run recompiles nothing it compiled before).
+    A home directory that cannot be written (read-only on some clusters' compute nodes) turns the cache off
+    with one line, instead of a jax warning with a source line from each compile that tries it."""
     where = os.environ.get("REASONING_RL_COMPILE_CACHE", str(Path.home() / ".cache" / "reasoning_rl" / "xla"))
     if where.lower() in ("", "0", "off", "none"):
+        return
+    why = _unwritable(Path(where))
+    if why:
+        logging.getLogger("reasoning_rl").warning(
+            "compile cache off: %s cannot be used (%s); set REASONING_RL_COMPILE_CACHE to a writable directory, "
+            "or to off", where, why)
         return
     import jax
 
@@ -138,6 +180,7 @@ def enable_compile_cache() -> None:
 def cmd_run(args) -> int:
     import json
 
+    from reasoning_rl.paths import out_of_space
     from reasoning_rl.pipeline import run_pipeline
 
     cfg = _load_config(args)
@@ -146,8 +189,13 @@ def cmd_run(args) -> int:
     distributed.split_cpu(cfg.mesh.cpu_devices)  # both before anything touches a device
     distributed.initialize(cfg.distributed)
     enable_compile_cache()
-    summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress,
-                           plots=not args.no_plots)
+    try:
+        summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress,
+                               plots=not args.no_plots)
+    except OSError as e:
+        if out_of_space(e) and not e.filename:  # say where: the run dir is what a run fills
+            e.filename = str(cfg.run_dir)
+        raise
     if args.json:
         print(json.dumps({"run_dir": cfg.run_dir, "summary": summary}, indent=2))
     else:
@@ -242,12 +290,14 @@ def _main(argv: list[str] | None) -> int:
     # third-party INFO lines (e.g. matplotlib's one-off font cache build) are not the run's story
     for noisy in ("absl", "jax", "orbax", "grain", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _matplotlib_config_dir()
     args = _parser().parse_args(argv)
     from reasoning_rl.checkpoint import CheckpointError, CheckpointUnusable
     from reasoning_rl.config import ConfigError
     from reasoning_rl.data.files import DataError
     from reasoning_rl.distributed import DistributedError
     from reasoning_rl.models.safetensors_io import ModelDirError
+    from reasoning_rl.paths import out_of_space
     from reasoning_rl.stages.common import Preempted, StageFailed
 
     try:
@@ -271,8 +321,17 @@ def _main(argv: list[str] | None) -> int:
         print(f"preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
     except (StageFailed, CheckpointError, DistributedError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_full_disk_hint(args) if out_of_space(e) else ''}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as e:  # a full disk wherever the run writes (metrics, summary, tokenizer): the same fix
+        if not out_of_space(e):
+            raise
+        print(f"error: {out_of_space(e)}{_full_disk_hint(args)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _full_disk_hint(args) -> str:
+    return FULL_DISK_HINT if args.command == "run" else "; free space and run it again"
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ is the previous one), so a long run keeps its recent rollouts without filling th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +31,78 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _summary_writer():
-    """tensorboardX's ``SummaryWriter``, imported with torch hidden: tensorboardX imports torch at import time
-    where it is installed (about a second and a few hundred MB per process) only to accept torch tensors,
-    and we log floats and text. A torch some other code already imported is left alone."""
+log = logging.getLogger("reasoning_rl")
+
+
+def _tensorboardx():
+    """tensorboardX's summary protos and event-file writer, imported with torch hidden: tensorboardX imports
+    torch at import time where it is installed (about a second and a few hundred MB per process) only to
+    accept torch tensors, and we log floats and text. A torch some other code already imported is left
+    alone."""
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # ``import torch`` raises ImportError, which tensorboardX handles
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import summary
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2
     finally:
         if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
-    return SummaryWriter
+    return summary, EventsWriter, event_pb2
+
+
+class EventFile:
+    """TensorBoard events, written in the caller's thread. tensorboardX's ``SummaryWriter`` writes from a
+    thread of its own and flushes again from an exit hook, so a write that failed (a full disk, a lost mount)
+    printed tracebacks from both after the run's own error line. Here a failed write is one warning and the
+    events stop there: TensorBoard shows ``metrics.jsonl``, it is never a reason to fail a run."""
+
+    def __init__(self, logdir: Path, flush_s: float = 30.0):
+        self.logdir, self.flush_s = logdir, flush_s
+        self._summary, writer, self._pb = _tensorboardx()
+        logdir.mkdir(parents=True, exist_ok=True)
+        self._w = writer(str(logdir / "events"))
+        self._flushed = time.monotonic()
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        s = self._summary.Summary()
+        for tag, v in values.items():
+            s.value.extend(self._summary.scalar(tag, v).value)
+        self._add(s, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._add(self._summary.text(tag, text), step)
+
+    def _add(self, summary, step: int) -> None:
+        if self._w is None:
+            return
+        try:
+            self._w.write_event(self._pb.Event(summary=summary, step=int(step), wall_time=time.time()))
+            if time.monotonic() - self._flushed >= self.flush_s:
+                self._w.flush()
+                self._flushed = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - shown once; the run's record is metrics.jsonl
+            self._give_up(e)
+
+    def close(self) -> None:
+        if self._w is not None:
+            try:
+                self._w.close()  # flushes
+            except Exception as e:  # noqa: BLE001
+                self._give_up(e)
+            self._w = None
+
+    def _give_up(self, e: Exception) -> None:
+        from reasoning_rl.paths import out_of_space
+
+        log.warning("tensorboard: writing events in %s failed (%s); no more TensorBoard events in this run "
+                    "(metrics.jsonl has every record)", self.logdir, out_of_space(e) or e)
+        try:
+            self._w._py_recordio_writer._writer.close()  # what was not flushed is lost either way
+        except Exception:  # noqa: BLE001, S110 - the file is being dropped
+            pass
+        self._w = None
 
 
 class MetricsWriter:
@@ -62,8 +123,8 @@ class MetricsWriter:
     def _tensorboard(self):
         if self._tb is None and self._tb_dir is not None:
             try:
-                self._tb = _summary_writer()(str(self._tb_dir), flush_secs=30)
-            except Exception:  # tensorboard is a convenience, never a reason to fail a run
+                self._tb = EventFile(self._tb_dir)
+            except Exception:  # noqa: BLE001 - tensorboard is a convenience, never a reason to fail a run
                 self._tb_dir = None
         return self._tb
 
@@ -105,7 +166,7 @@ class MetricsWriter:
             f.writelines(json.dumps({k: _plain(v) for k, v in r.items()}, ensure_ascii=False) + "\n" for r in records)
         if self._tb is not None:
             stage, step = records[0].get("stage", ""), records[0].get("step", 0)
-            self._tb.add_text(f"{stage}/rollouts", rollouts_markdown(records), step)
+            self._tb.text(f"{stage}/rollouts", rollouts_markdown(records), step)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -117,15 +178,15 @@ class MetricsWriter:
         self._f.flush()
         if self._tensorboard() is not None:
             stage, step = rec.get("stage", ""), rec.get("step", 0)
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                    self._tb.add_scalar(f"{stage}/{k}", v, step)
+            self._tb.scalars({f"{stage}/{k}": v for k, v in rec.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}, step)
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 class MetricsFileError(ValueError):

@@ -7,8 +7,10 @@ file would otherwise fail with a traceback after minutes of work, or half-way th
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -39,6 +41,28 @@ def check_output_dir(path: str | Path, what: str) -> None:
     if not _writable(parent):
         raise ConfigError(f"{what}: cannot create {p}: {parent} is not writable (read-only directory or file "
                           "system)")
+
+
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def out_of_space(e: BaseException) -> str | None:
+    """``no space left on device (PATH)`` (or the quota's) when ``e`` or what it was raised from is a write
+    that found the file system full: an OSError, or a tensorstore error carrying its errno (orbax's writes).
+    A full disk stops a run wherever it writes (a checkpoint, metrics.jsonl, the tokenizer), and the fix is
+    the same: free space, then --resume."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return _FULL[e.errno] + (f" ({e.filename})" if e.filename else "")
+        text = str(e)
+        for code, what in _FULL.items():
+            if os.strerror(code) in text or f"os_error_code='{code}'" in text:
+                m = re.search(r'local file "([^"]+)"', text) or re.search(r'Failed writing: "([^"]+)"', text)
+                return what + (f" ({m.group(1)})" if m else "")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check_output_file(path: str | Path, what: str) -> None:

@@ -334,6 +334,27 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
     assert json.loads(p.stdout)["summary"] == summary
 
 
+def test_a_home_that_cannot_be_written_costs_one_line(tmp_path):
+    """A cluster node whose home directory cannot be written: the compile cache is off with one warning naming
+    the variable to set; matplotlib's font cache goes to one directory per user under TMPDIR without its two
+    long warnings (and without a fresh temporary directory every run); nothing else is said."""
+    home = tmp_path / "home"
+    home.write_text("")  # not even a directory: nothing under it can be made, not even by root
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "REASONING_RL_COMPILE_CACHE",
+                                                           "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    (tmp_path / "tmp").mkdir()
+    env.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"))
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
+                        str(tmp_path / "run"), "--set", "stages.grpo.steps=1"], capture_output=True, text=True,
+                       timeout=600, check=False, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    said = [ln for ln in p.stderr.splitlines() if not re.match(r"^\d\d:\d\d:\d\d INFO ", ln)]
+    assert said == [re.search(r"^.* WARNING reasoning_rl: compile cache off: .*$", p.stderr, re.M).group(0)], said
+    assert f"{home}/.cache/reasoning_rl/xla cannot be used (Not a directory); set REASONING_RL_COMPILE_CACHE" in said[0]
+    assert (tmp_path / "run" / "plots" / "training_curves.png").is_file()
+    assert (tmp_path / "tmp" / f"matplotlib-{os.getuid()}").is_dir()
+
+
 def test_stage_line_of_a_reward_model_names_its_pair_accuracy():
     from reasoning_rl.pipeline import stage_line
 

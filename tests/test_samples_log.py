@@ -112,6 +112,48 @@ def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
 
 
+def _events(logdir: Path) -> list:
+    """Every event of a run's TensorBoard files (TFRecord framing: length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for f in sorted(logdir.glob("events.out.tfevents.*")):
+        b, i = f.read_bytes(), 0
+        while i < len(b):
+            (n,) = struct.unpack("<Q", b[i:i + 8])
+            out.append(event_pb2.Event.FromString(b[i + 12:i + 12 + n]))
+            i += 16 + n
+    return out
+
+
+def test_tensorboard_events_hold_each_record_and_a_failed_write_is_one_warning(tmp_path, caplog):
+    w = MetricsWriter(tmp_path)
+    w.write({"stage": "grpo", "step": 1, "loss": 0.5, "reward_mean": 1, "flag": True, "note": "x"})
+    w.write({"stage": "grpo", "step": 2, "loss": 0.25, "reward_mean": 0})
+    w.write_rollouts([{"stage": "grpo", "step": 2, "prompt": "1+1=", "completion": "2", "correct": True}])
+    w.close()
+    got = [(e.step, [(v.tag, v.simple_value) for v in e.summary.value]) for e in _events(tmp_path / "tensorboard")]
+    assert got[1:] == [(1, [("grpo/loss", 0.5), ("grpo/reward_mean", 1.0)]),
+                       (2, [("grpo/loss", 0.25), ("grpo/reward_mean", 0.0)]),
+                       (2, [("grpo/rollouts/text_summary", 0.0)])]  # after the file-version event
+    d = tmp_path / "again"
+    w = MetricsWriter(d)
+    w.write({"stage": "sft", "step": 1, "loss": 1.0})
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    w._tb._w.write_event = full  # the disk fills up under the event file
+    for step in (2, 3):
+        w.write({"stage": "sft", "step": step, "loss": 1.0})
+    w.close()
+    warned = [r.getMessage() for r in caplog.records if "tensorboard" in r.getMessage()]
+    assert len(warned) == 1 and "no space left on device" in warned[0] and "no more TensorBoard events" in warned[0]
+    assert [r["step"] for r in read_metrics(d)] == [1, 2, 3]  # metrics.jsonl, the run's record, has every step
+
+
 @pytest.mark.slow
 def test_cpu_example_config_runs_on_a_random_model_of_its_family(tmp_path):
     """configs/examples/smollm2-135m_gsm8k_cpu.yaml as shipped (chat template, GSM8K preset, two CPU devices,
