@@ -341,12 +341,12 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_same_command_goes_on(refe
     any other thread; after space is freed the same command finishes with the reference run's metrics."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux) to mount a small file system without privileges")
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True,
-                           text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user namespaces are not available here: {probe.stderr.strip()}")
     mnt, out = tmp_path / "mnt", tmp_path / "metrics.jsonl"
     mnt.mkdir()
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "-o",
+                            "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
     p = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", FULL_DISK, str(mnt),
                         TINY, str(out), str(free_kib), when], capture_output=True, text=True, timeout=700)
     assert p.returncode == 0, p.stderr[-3000:]
