@@ -33,6 +33,7 @@ from reasoning_rl.checkpoint import (
     write_manifest,
 )
 from reasoning_rl.config import Config, ConfigError, StageConfig
+from reasoning_rl.inputs import check_inputs
 from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models import lora
 from reasoning_rl.paths import RunDirLock, check_run_dir
@@ -573,6 +574,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
         try:
             lock.acquire()
             continued = prepare_run_dir(cfg, run_dir, resume)
+            check_inputs(cfg, run_dir)  # the files it reads are the ones it started with
             required = resume_point(cfg, run_dir, resume)
             adopt_tokenizer(cfg, run_dir, outside)
         except BaseException:  # bad input: a run dir this call made is not left behind

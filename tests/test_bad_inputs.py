@@ -327,6 +327,61 @@ def test_binary_file_as_jsonl(tmp_path, capsys):
     assert not d.exists()  # the run dir this command created is gone again
 
 
+def test_a_data_file_changed_under_a_run_is_refused_when_it_continues(tmp_path, capsys):
+    """The config names the file, not its rows: a file regenerated under the same name would resume on other
+    rows in another order. A run fingerprints what it reads and refuses to go on if it changed."""
+    data = write_jsonl(tmp_path / "data.jsonl", rows(20))
+    cfg, d = str(file_config(tmp_path, data)), tmp_path / "run"
+    code, err = run(capsys, "run", cfg, "--no-progress", "--run-dir", str(d))
+    assert code == 0, err[-3000:]
+    stored = json.loads((d / "inputs.json").read_text())
+    assert stored[str(data)]["key"] == "task.path"
+    assert stored[str(data)]["fingerprint"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    before = snapshot(d)
+    write_jsonl(data, rows(20)[::-1])  # the same rows in another order
+    code, err = run(capsys, "run", cfg, "--no-progress", "--run-dir", str(d), "--resume")
+    assert code == 2
+    one_error(err, "config error:", f"task.path: {data} changed since this run first read it (same size, other "
+              "content)", "restore it, or use a new --run-dir")
+    assert snapshot(d) == before
+    write_jsonl(data, rows(20))  # put back: the run goes on
+    code, err = run(capsys, "run", cfg, "--no-progress", "--run-dir", str(d), "--resume")
+    assert code == 0, err[-3000:]
+    assert snapshot(d / "checkpoints") == {k[len("checkpoints/"):]: v for k, v in before.items()
+                                           if k.startswith("checkpoints/")}  # nothing trained again
+
+
+def test_inputs_are_fingerprinted_by_what_a_run_reads_from_them(tmp_path):
+    from reasoning_rl import inputs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    (model / "README.md").write_text("notes")
+    ck = tmp_path / "other" / "checkpoints" / "sft"
+    (ck / "4").mkdir(parents=True)
+    cfg = C.from_dict({"model": {"path": str(model)}, "tokenizer": {"kind": "hf"}, "stages": [
+        {"name": "sft", "kind": "sft", "steps": 1}, {"name": "grpo", "kind": "grpo", "steps": 1, "init": str(ck)},
+        {"name": "more", "kind": "grpo", "steps": 1, "init": "grpo"}]})
+    assert inputs.referenced(cfg) == {str(model): "model.path", str(ck): "stages.grpo.init"}
+    fp = inputs.fingerprint(model)
+    assert set(fp["files"]) == {"config.json", "model.safetensors"}  # what loading reads, not the notes
+    (model / "README.md").write_text("other notes")
+    assert inputs.fingerprint(model) == fp
+    (model / "model.safetensors").write_bytes(bytes(range(256))[::-1] * 8)
+    assert inputs._what(fp, inputs.fingerprint(model)) == "model.safetensors differs"
+    assert inputs.fingerprint(ck) == {"checkpoint step": 4}
+    (ck / "6").mkdir()
+    assert inputs._what({"checkpoint step": 4}, inputs.fingerprint(ck)) == "its newest checkpoint was step 4, now 6"
+    (ck / "manifest.json").write_text(json.dumps({"complete": True, "final_step": 6}))
+    assert inputs.fingerprint(ck) == {"checkpoint step": 6}
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as f:
+        f.truncate(inputs.SAMPLED + 1)
+    assert set(inputs.fingerprint(big)) == {"size", "sampled sha256"}  # weights past 64 MiB: four samples
+
+
 def test_a_10_mb_row_is_rejected_by_the_row_check(tmp_path, capsys):
     rs = rows()
     rs[7] = {"prompt": "What is " + "1+" * (5 << 20) + "1?", "answer": "x"}  # valid JSON, 10 MB
