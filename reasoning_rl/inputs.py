@@ -91,8 +91,10 @@ def check_inputs(cfg: Config, run_dir: Path) -> None:
         known = json.loads(store.read_text()) if store.is_file() else {}
     except (OSError, ValueError):
         known = {}  # damaged: taken again (the other checks name a damaged run dir's own files)
-    changed = False
+    changed, own = False, run_dir.absolute()
     for path, key in referenced(cfg).items():
+        if Path(path).is_relative_to(own):  # the run's own outputs (a stage's init by its path) change by design
+            continue
         now = fingerprint(Path(path))
         was = known.get(path, {}).get("fingerprint")
         if was is None:

@@ -376,6 +376,12 @@ def test_inputs_are_fingerprinted_by_what_a_run_reads_from_them(tmp_path):
     assert inputs._what({"checkpoint step": 4}, inputs.fingerprint(ck)) == "its newest checkpoint was step 4, now 6"
     (ck / "manifest.json").write_text(json.dumps({"complete": True, "final_step": 6}))
     assert inputs.fingerprint(ck) == {"checkpoint step": 6}
+    own = tmp_path / "run"  # a path into the run's own dir is an output of the run, not an input
+    (own / "checkpoints" / "sft" / "2").mkdir(parents=True)
+    mine = C.from_dict({"stages": [{"name": "sft", "kind": "sft", "steps": 1}, {
+        "name": "grpo", "kind": "grpo", "steps": 1, "init": str(own / "checkpoints" / "sft")}]})
+    inputs.check_inputs(mine, own)
+    assert not (own / "inputs.json").exists()
     big = tmp_path / "big.safetensors"
     with open(big, "wb") as f:
         f.truncate(inputs.SAMPLED + 1)
