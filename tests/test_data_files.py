@@ -66,6 +66,32 @@ def test_malformed_row_names_file_line_and_field(tmp_path, row, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_json_array_file_and_a_byte_order_mark_read_as_the_same_rows(tmp_path):
+    """A .json file holding one array of objects (json.dump(rows, f, indent=2), pandas/datasets to_json without
+    lines) and a JSONL file saved with a UTF-8 byte-order mark give the rows the JSONL file gives."""
+    def keys(path):
+        t = make_task(TaskConfig(name="file", path=str(path), preset="gsm8k", held_out_size=3))
+        return [e.key for e in t.held_out()] + [t.example("train", i).key for i in range(7)]
+
+    ref = keys(write(tmp_path / "g.jsonl", GSM))
+    arr = tmp_path / "g.json"
+    arr.write_text(json.dumps(GSM, indent=2))
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "g.jsonl").read_bytes())
+    bom_arr = tmp_path / "bom.json"
+    bom_arr.write_bytes(b"\xef\xbb\xbf\n  " + arr.read_bytes())
+    assert keys(arr) == keys(bom) == keys(bom_arr) == ref
+    for content, needle in (([GSM[0], 3], "bad.json:2: expected a JSON object (row 2 of the array), got int"),
+                            ("[{\"question\": 1},", "bad.json: not valid JSON (Expecting value at line 1"),
+                            ([], "bad.json: no rows"),
+                            ([GSM[0], {"question": "q"}], "bad.json:2: field 'answer' (answer) is missing")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(DataError) as e:
+            make_task(TaskConfig(name="file", path=str(bad), preset="gsm8k", held_out_size=1))
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 def test_missing_file_parquet_without_pyarrow_and_too_few_rows(tmp_path):
     with pytest.raises(DataError, match="data file not found"):
         make_task(TaskConfig(name="file", path=str(tmp_path / "none.jsonl")))

@@ -54,10 +54,15 @@ TARGETS = ("prompt", "answer", "solution", "difficulty", "tests")
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line, row)`` pairs of a JSONL or Parquet file; a bad line raises DataError naming it."""
+    """``(line, row)`` pairs of a JSONL or Parquet file, or of a JSON file holding one array of objects (as
+    ``json.dump(rows, f, indent=2)`` and ``to_json(lines=False)`` write them); for Parquet and a JSON array
+    the number is the row's position. A bad line raises DataError naming it. A UTF-8 byte-order mark (files
+    saved on Windows) is skipped."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: data file not found")
+    if p.suffix != ".parquet" and _first_char(p) == "[":
+        return _json_array(p)
     if p.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -77,6 +82,8 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{line_no}: not UTF-8 text (byte {e.start} of the line); a JSONL file "
                                 "holds one JSON object per line") from None
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:
@@ -91,6 +98,33 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+def _first_char(p: Path) -> str:
+    """The first character of a file past a byte-order mark and white space ('' for none)."""
+    with p.open("rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return chr(head[0]) if head else ""
+
+
+def _json_array(p: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); a .json file "
+                        "holds one array of objects, a .jsonl file one object per line") from None
+    except RecursionError:
+        raise DataError(f"{p}: JSON nested too deeply") from None
+    if not isinstance(data, list):
+        raise DataError(f"{p}: expected an array of objects, got {type(data).__name__}")
+    for i, row in enumerate(data, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{p}:{i}: expected a JSON object (row {i} of the array), got {type(row).__name__}")
+    if not data:
+        raise DataError(f"{p}: no rows")
+    return list(enumerate(data, 1))
 
 
 # --------------------------------------------------------------------------- rows → examples
