@@ -282,33 +282,44 @@ class StageCheckpointer:
 
 @contextlib.contextmanager
 def ctrl_c_after_write():
-    """A Ctrl-C while a checkpoint write finishes takes effect once it is complete (KeyboardInterrupt then);
-    a second one exits at once (status 130).
+    """A Ctrl-C (or a SIGTERM outside a stage's step loop) while a checkpoint write finishes takes effect once
+    it is complete (KeyboardInterrupt, or the SIGTERM handler's Preempted, then); a second Ctrl-C exits at
+    once (status 130).
 
-    Why: Orbax waits for its write thread inside a join that a KeyboardInterrupt breaks; it then logs the
-    interrupt as a failed save, with a traceback, and the step being written is lost although it was about
-    to be complete. Only where Python's own Ctrl-C handler is in place (main thread, outside a stage's step
-    loop, whose own handler already stops between steps)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    Why: Orbax waits for its write thread inside a join that an exception breaks; it then logs the interrupt
+    as a failed save, with a traceback, and the step being written is lost although it was about to be
+    complete. Only where Python's own Ctrl-C handler (or a SIGTERM handler marked ``after_writes``) is in
+    place: the main thread, outside a stage's step loop, whose own handler already stops between steps."""
+    held: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            held[signal.SIGINT] = signal.default_int_handler
+        if getattr(signal.getsignal(signal.SIGTERM), "after_writes", False):
+            held[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
+    if not held:
         yield
         return
     got: list[int] = []
 
     def handler(signum, frame):
-        if got:
+        if signum == signal.SIGINT and signal.SIGINT in got:
             os.write(2, b"\ninterrupted again: exiting now; --resume continues from the last complete checkpoint\n")
             os._exit(130)
-        got.append(signum)
-        log.warning("interrupted (Ctrl-C): finishing the checkpoint write first (Ctrl-C again to exit at once)")
+        if signum not in got:
+            got.append(signum)
+            log.warning("%s: finishing the checkpoint write first%s", "interrupted (Ctrl-C)" if signum ==
+                        signal.SIGINT else "SIGTERM received", " (Ctrl-C again to exit at once)" if signum ==
+                        signal.SIGINT else "")
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in held:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, old in held.items():
+            signal.signal(sig, old)
     if got:
-        raise KeyboardInterrupt
+        held[got[0]](got[0], None)  # KeyboardInterrupt, or the SIGTERM handler's exception
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:

@@ -10,7 +10,7 @@ pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking b
 
 Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key, or
 the file of a data set or model directory), 75 preempted (SIGTERM: the step in flight finished and its
-checkpoint is complete; rerun with --resume), 130 interrupted (Ctrl-C: the same checkpoint of the step in
+checkpoint is complete, or, outside the step loops, the run stopped at once; rerun with --resume), 130 interrupted (Ctrl-C: the same checkpoint of the step in
 flight; a second Ctrl-C exits at once).
 
 Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
@@ -180,9 +180,13 @@ def enable_compile_cache() -> None:
 def cmd_run(args) -> int:
     import json
 
+    import signal
+
     from reasoning_rl.paths import out_of_space
     from reasoning_rl.pipeline import run_pipeline
+    from reasoning_rl.stages.common import stop_on_sigterm
 
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # preempted outside a step loop: exit 75 with a line too
     cfg = _load_config(args)
     from reasoning_rl import distributed
 
@@ -298,7 +302,7 @@ def _main(argv: list[str] | None) -> int:
     from reasoning_rl.distributed import DistributedError
     from reasoning_rl.models.safetensors_io import ModelDirError
     from reasoning_rl.paths import out_of_space
-    from reasoning_rl.stages.common import Preempted, StageFailed
+    from reasoning_rl.stages.common import Preempted, StageFailed, Terminated
 
     try:
         return {"run": cmd_run, "eval": cmd_eval, "plan": cmd_plan, "export": cmd_export,
@@ -312,6 +316,9 @@ def _main(argv: list[str] | None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except Terminated as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except Preempted as e:
         import signal
 

@@ -103,6 +103,29 @@ def test_sigterm_checkpoints_step_in_flight_then_resume_matches(reference, tmp_p
 
 
 @pytest.mark.slow
+def test_sigterm_outside_the_step_loops_exits_75_with_a_line_then_resume_matches(reference, tmp_path):
+    """SIGTERM between the cold start's end and GRPO's first step (its plot, GRPO's start-up and compiling):
+    no step loop handles it there, yet the run stops with exit status 75 (what a scheduler's requeue rule
+    looks for) and one line, not killed by the signal (status 143, nothing in the log)."""
+    d = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
+                             str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (d / "checkpoints" / "sft" / "manifest.json").exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    assert not any(r["stage"] == "grpo" for r in read_metrics(d)), "the signal came too late to test this"
+    assert err.strip().splitlines()[-1].startswith("preempted: SIGTERM outside the training steps")
+    no_traceback(err)
+    p = cli("--run-dir", str(d), "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stage sft already complete" in p.stderr
+    assert strip(read_metrics(d)) == strip(read_metrics(reference))
+
+
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_is_skipped(reference, tmp_path):
     d = tmp_path / "run"
     proc = start_and_signal(d, signal.SIGTERM, at_step=3)
@@ -518,10 +541,17 @@ def test_math_reward_workers_ignore_ctrl_c(monkeypatch):
 
 CTRL_C_DURING_WRITE = r"""
 import os, signal, sys, time
-# Python's own Ctrl-C handler, as in a terminal: a process started in the background by a non-interactive
-# shell inherits SIGINT ignored, and Python then installs none (the test would see no interrupt at all)
-signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[2])
+sig = getattr(signal, sys.argv[3])
+if sig == signal.SIGINT:
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a non-interactive
+    # shell inherits SIGINT ignored, and Python then installs none (the test would see no interrupt at all)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop = KeyboardInterrupt
+else:  # what `run` installs for SIGTERM outside a stage's step loop
+    from reasoning_rl.stages.common import Terminated, stop_on_sigterm
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    stop = Terminated
 from helpers import tiny_model
 from reasoning_rl.algorithms.steps import init_state, make_optimizer
 from reasoning_rl.checkpoint import StageCheckpointer
@@ -532,8 +562,8 @@ ck = StageCheckpointer(sys.argv[1], keep=3)
 ck.save(1, state, {"data": {"next_index": 1}})
 orig = ck.mgr.wait_until_finished
 finished = []
-def slow_wait():  # Ctrl-C lands while the write is being finished
-    os.kill(os.getpid(), signal.SIGINT)
+def slow_wait():  # the signal lands while the write is being finished
+    os.kill(os.getpid(), sig)
     time.sleep(0.3)
     orig()
     finished.append(True)
@@ -541,17 +571,20 @@ ck.mgr.wait_until_finished = slow_wait
 try:
     ck.close()
     print("NO-INTERRUPT")
-except KeyboardInterrupt:
+except stop:
     print("INTERRUPTED-AFTER-WRITE" if finished else "INTERRUPTED-MID-WRITE")
 got = StageCheckpointer(sys.argv[1], keep=3).restore(state)
 print("RESTORED", got[0])
 """
 
 
-def test_ctrl_c_while_a_checkpoint_write_finishes_waits_for_it(tmp_path):
-    """A Ctrl-C that lands while the last checkpoint write finishes (after a stage's step loop) is held until
-    the write is complete, then ends the run as an interrupt: no Orbax 'save failed' traceback, the step kept."""
-    p = subprocess.run([sys.executable, "-c", CTRL_C_DURING_WRITE, str(tmp_path / "ck"), str(Path(__file__).parent)],
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_a_checkpoint_write_finishes_waits_for_it(tmp_path, sig):
+    """A Ctrl-C (or a SIGTERM outside a step loop) that lands while the last checkpoint write finishes (after
+    a stage's step loop) is held until the write is complete, then ends the run as an interrupt (a
+    preemption): no Orbax 'save failed' traceback, the step kept."""
+    p = subprocess.run([sys.executable, "-c", CTRL_C_DURING_WRITE, str(tmp_path / "ck"), str(Path(__file__).parent),
+                        sig],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.split() == ["INTERRUPTED-AFTER-WRITE", "RESTORED", "1"], (p.stdout, p.stderr[-2000:])

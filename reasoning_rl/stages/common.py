@@ -48,6 +48,29 @@ class StageFailed(RuntimeError):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM where no stage's step loop takes it (start-up, compiling, an end-of-stage evaluation, between
+    stages). A BaseException, as KeyboardInterrupt is: no ``except Exception`` on the way (a plot, a reward
+    call) takes it for an error of its own."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """The run's SIGTERM handler outside the step loops (a loop's PreemptionGuard takes its place while it
+    runs, and gives it back): stop now, exit status 75 as inside a loop (what a scheduler's requeue rule
+    looks for), rather than die of the signal (status 143, no line in the log). A checkpoint write in
+    progress finishes first (``ctrl_c_after_write``); what is complete on disk stays, and ``--resume`` redoes
+    the rest (an interrupted evaluation runs again from the stage's final checkpoint)."""
+    raise Terminated("SIGTERM outside the training steps (start-up, compiling, an evaluation or between stages); "
+                     "--resume continues from the last complete checkpoint", signum)
+
+
+stop_on_sigterm.after_writes = True  # ctrl_c_after_write holds it until a checkpoint write is complete
+
+
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 
