@@ -153,8 +153,16 @@ def test_init_from_another_runs_stage_dir(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_cli_budget_curve_and_plot(reference, tmp_path, capsys):
+def test_eval_cli_budget_curve_and_plot(reference, tmp_path, capsys, caplog):
     d, _ = reference
+    # more problems than the task holds out: all of them are evaluated, and a line says so
+    assert cli.main(["eval", str(d), "--stage", "grpo", "--set", "eval.num_problems=50", "--out",
+                     str(tmp_path / "all")]) == 0
+    held = json.loads((tmp_path / "all" / "eval.json").read_text())["held_out"]["tasks"]["arithmetic"]
+    assert held["num_problems"] == 8
+    assert "grpo: eval.num_problems is 50, the arithmetic task holds out 8 problems: all 8 are evaluated" in [
+        r.getMessage() for r in caplog.records]
+    capsys.readouterr()
     assert cli.main(["eval", str(d), "--stage", "grpo", "--budgets", "0,2,4", "--set", "eval.num_problems=4",
                      "--json"]) == 0
     out = d / "eval" / "grpo"

@@ -11,6 +11,7 @@ each stage's end, ``eval`` its own beside ``eval.json``): the same records and f
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from reasoning_rl.rewards import RewardComputer, RewardSpec, extract_answer, reg
 
 from .common import Runtime
 from .sources import CORRECTNESS_REWARDS, Source, config_sources, stage_sources
+
+log = logging.getLogger("reasoning_rl")
 
 __all__ = ["CORRECTNESS_REWARDS", "correctness_reward", "eval_source", "stage_eval", "write_jsonl"]
 
@@ -62,6 +65,9 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
     scored completion."""
     ev = stage.eval
     examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
+    if len(examples) < ev.num_problems:  # evaluating all there are is right, but say so: the figure is on fewer
+        log.warning("%s: eval.num_problems is %d, the %s task holds out %d problems: all %d are evaluated",
+                    stage.name, ev.num_problems, src.name, len(examples), len(examples))
     with shd.use(rt.ctx):  # sample on the run's mesh (data-parallel meshes: a decode loop per device)
         return evaluate(
             mdef or rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k,
