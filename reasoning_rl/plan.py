@@ -48,6 +48,14 @@ def model_config(cfg: Config) -> TransformerConfig:
     return check_model_options(model_config_from(m, m.vocab_size or cfg.tokenizer.vocab_size))
 
 
+def devices_named(cfg: Config) -> int | None:
+    """The device count a config's mesh fixes (every axis a number, no sampler split), else None: what
+    ``plan`` sizes without ``--devices`` (a config written for 8 devices, planned on a one-device laptop)."""
+    m = cfg.mesh
+    sizes = (m.data, m.fsdp, m.tensor, m.expert)
+    return math.prod(sizes) if all(x > 0 for x in sizes) and not m.rollout_devices else None
+
+
 def abstract_mesh(cfg: Config, n_devices: int):
     try:
         shape = mesh_shape(dataclasses.asdict(cfg.mesh), n_devices)
@@ -162,7 +170,7 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
           memory_gb: float | None) -> dict[str, Any]:
     from reasoning_rl.models import lora
 
-    n = n_devices or jax.device_count()
+    n = n_devices or devices_named(cfg) or jax.device_count()
     mesh = abstract_mesh(cfg, n)
     ctx = shd.context(mesh)
     mdef, _ = create(mc, abstract=True)

@@ -201,6 +201,21 @@ def test_plan_sizes_deepseek_v3_without_allocating():
     assert not small["fits"]
 
 
+def test_plan_without_devices_sizes_the_mesh_the_config_names():
+    """A config whose mesh fixes every axis (here fsdp 16 x expert 2) is planned for those 32 devices without
+    --devices, on whatever host (this one has 8 or 1); one with an axis of -1 takes the host's count."""
+    import jax
+
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    arch = str(ROOT / "configs" / "arch" / "qwen3_30b_a3b_lora_grpo.yaml")  # fsdp 4 x expert 2
+    assert plan(C.load(arch, ["mesh.fsdp=16"]))["devices"] == 32 == plan(C.load(arch, ["mesh.fsdp=16"]), 32)["devices"]
+    free = ["mesh.data=-1", "mesh.fsdp=1", "mesh.expert=1"]
+    assert plan(C.load(arch, free))["devices"] == jax.device_count()
+    assert plan(C.load(arch, free), 16)["devices"] == 16
+
+
 def test_plan_sizes_gpt_oss_120b_on_64_and_128_devices():
     """gpt-oss-120b GRPO (README's table): 117B parameters, sharded, fits 80 GB devices on both layouts."""
     from reasoning_rl import config as C
