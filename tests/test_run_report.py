@@ -345,7 +345,8 @@ def test_a_home_that_cannot_be_written_costs_one_line(tmp_path):
     (tmp_path / "tmp").mkdir()
     env.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"))
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
-                        str(tmp_path / "run"), "--set", "stages.grpo.steps=1"], capture_output=True, text=True,
+                        str(tmp_path / "run"), "--set", "stages=[{name: sft, kind: sft, steps: 1, batch_size: 8}]"],
+                       capture_output=True, text=True,
                        timeout=600, check=False, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     said = [ln for ln in p.stderr.splitlines() if not re.match(r"^\d\d:\d\d:\d\d INFO ", ln)]
