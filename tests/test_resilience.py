@@ -223,7 +223,7 @@ def test_a_run_dir_copied_elsewhere_continues(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_path):
+def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_path, capsys):
     """A run whose last stage ended at 3 steps, continued with steps: 6 (the reference's count), goes on from
     its step-3 checkpoint and ends with the reference's metrics; the stage before it is not redone. Changes it
     cannot honour are refused, touching nothing."""
@@ -248,9 +248,12 @@ def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_pa
                                                            "sft as it was"),
                          (("--set", "stages.grpo.steps=8", "--set", "optimizer.lr=0.002"), "different config "
                                                                                             "(optimizer.lr")):
-        p = cli("--run-dir", str(d), "--resume", *change)
-        assert p.returncode == 2 and says in p.stderr, (change, p.stderr[-2000:])
-        no_traceback(p.stderr)
+        from reasoning_rl import cli as main_cli  # in-process: refused before any compute
+
+        assert main_cli.main(["run", TINY, "--no-progress", "--run-dir", str(d), "--resume", *change]) == 2
+        err = capsys.readouterr().err
+        assert says in err.strip().splitlines()[-1], (change, err[-2000:])
+        no_traceback(err)
     assert snapshot(d) == before
 
 
