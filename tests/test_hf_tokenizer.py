@@ -112,3 +112,22 @@ def test_matches_transformers(request, which):
         assert ours.apply_chat_template(CHAT, add_generation_prompt=gen) == ref.apply_chat_template(
             CHAT, tokenize=False, add_generation_prompt=gen)
     assert ours.eos_id == ref.eos_token_id
+
+
+def test_rollouts_stop_at_every_eos_id_of_generation_config(tmp_path):
+    """Llama 3 instruct checkpoints name <|end_of_text|> as the tokenizer's eos but end a chat turn with
+    <|eot_id|>, which only generation_config.json lists: the sampler's stop tokens (Runtime.stop_ids, what
+    rollouts, evaluation and rejection sampling stop at) include every id it lists, not the eos alone."""
+    from types import SimpleNamespace
+
+    from reasoning_rl.stages.common import Runtime
+
+    d = _byte_bpe(tmp_path / "l3i", LLAMA3, bos_token="<|begin_of_text|>", eos_token="<|endoftext|>",
+                  tokenizer_class="PreTrainedTokenizerFast")
+    tok = load_tokenizer(d)
+    eos, eot = tok.token_id("<|endoftext|>"), tok.token_id("<|eot_id|>")
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok)) == (eos,)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, eot]}))
+    tok = load_tokenizer(d)
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok), stop_at_answer=False) == (eos, eot)
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok)) == (eos, eot)  # no </answer> token in this vocabulary

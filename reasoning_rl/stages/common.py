@@ -524,7 +524,10 @@ class Runtime:
     # ------------------------------------------------------------------ tokens
 
     def stop_ids(self, stop_at_answer: bool = True) -> tuple[int, ...]:
-        ids = [self.tok.eos_id]
+        """Tokens that end a completion: the tokenizer's (a Hugging Face model's eos token and every
+        ``generation_config.json`` eos id: Llama 3 and Qwen instruct models end a chat turn with
+        ``<|eot_id|>`` / ``<|im_end|>``, not the tokenizer's eos), and ``</answer>`` with ``stop_at_answer``."""
+        ids = list(getattr(self.tok, "stop_ids", None) or (self.tok.eos_id,))
         if stop_at_answer:
             a = self.tok.token_id("</answer>")
             if a is not None:
