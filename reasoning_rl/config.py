@@ -105,6 +105,9 @@ class TaskConfig:
     fields: dict = field(default_factory=dict)  # example field -> row column, over the preset's mapping
     template: str = "{prompt}"  # prompt template over the row's fields, or "chat" (the tokenizer's template)
     system: str | None = None  # system message for template "chat"
+    # template "chat": variables the chat template reads, as transformers' apply_chat_template(**kwargs) passes
+    # them (Qwen3 ``enable_thinking: false``, gpt-oss ``reasoning_effort: high``)
+    chat_template_kwargs: dict = field(default_factory=dict)
     # Rows whose templated prompt is longer (in tokens) keep its last this-many tokens; None: a row longer
     # than the model's context (model.max_seq_len) is rejected when the run starts
     max_prompt_tokens: int | None = None
@@ -641,7 +644,7 @@ def from_dict(raw: dict) -> Config:
 
 # Keys only a file task reads: set on a built-in task they would be silently ignored (a `task: {path: ...}`
 # without `name: file` would train on the default arithmetic task instead of the file's rows).
-FILE_ONLY_KEYS = ("path", "held_out_path", "preset", "fields", "template", "system")
+FILE_ONLY_KEYS = ("path", "held_out_path", "preset", "fields", "template", "system", "chat_template_kwargs")
 
 
 def _file_only(own: Any, merged: Any, inherited: dict, key: str) -> None:
@@ -726,6 +729,11 @@ def _validate_data(st: StageConfig, p: str) -> None:
              "must be positive (or null: no truncation)")
         if t.name == "file":
             need(bool(t.path), f"{key}.path", "a file task needs the path of a JSONL or Parquet file")
+            need(t.template == "chat" or (t.system is None and not t.chat_template_kwargs),
+                 f"{key}.{'system' if t.system is not None else 'chat_template_kwargs'}",
+                 "only the tokenizer's chat template reads it: set template: chat")
+            reserved = {"messages", "add_generation_prompt"} & set(t.chat_template_kwargs)
+            need(not reserved, f"{key}.chat_template_kwargs", f"{sorted(reserved)} are set by the run itself")
         if t.name in ("arithmetic", "countdown", "code"):
             need(t.digits >= 1, f"{key}.digits", "must be positive")
             need(t.terms >= 2, f"{key}.terms", "must be at least 2")

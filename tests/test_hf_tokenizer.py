@@ -131,3 +131,34 @@ def test_rollouts_stop_at_every_eos_id_of_generation_config(tmp_path):
     tok = load_tokenizer(d)
     assert Runtime.stop_ids(SimpleNamespace(tok=tok), stop_at_answer=False) == (eos, eot)
     assert Runtime.stop_ids(SimpleNamespace(tok=tok)) == (eos, eot)  # no </answer> token in this vocabulary
+
+
+def test_chat_template_kwargs_reach_the_template_and_need_template_chat(tmp_path):
+    """task.chat_template_kwargs are the variables transformers' apply_chat_template(**kwargs) passes (Qwen3's
+    enable_thinking, gpt-oss's reasoning_effort); set without template: chat they are refused, not ignored."""
+    from reasoning_rl import config as C
+    from reasoning_rl.config import ConfigError
+    from reasoning_rl.data.files import FileTask
+
+    template = (CHATML + "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+                + "{% if reasoning_effort is defined %}effort={{ reasoning_effort }}{% endif %}")
+    tok = load_tokenizer(_byte_bpe(tmp_path / "q3", template, eos_token="<|im_end|>", pad_token="<|endoftext|>"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(6)))
+
+    def prompt(**task):
+        t = FileTask(C.build(C.TaskConfig, {"name": "file", "path": str(rows), "held_out_size": 2,
+                                            "template": "chat", **task}))
+        t.bind_tokenizer(tok)
+        return t.held_out()[0].prompt
+
+    plain = prompt()
+    assert plain.endswith("<|im_start|>assistant\n")
+    assert prompt(chat_template_kwargs={"enable_thinking": False}) == plain + "<think>\n\n</think>\n\n"
+    assert prompt(chat_template_kwargs={"reasoning_effort": "high"}) == plain + "effort=high"
+    for task, key in (({"template": "Q: {prompt}", "chat_template_kwargs": {"enable_thinking": False}},
+                       "chat_template_kwargs"), ({"system": "Think."}, "system"),
+                      ({"template": "chat", "chat_template_kwargs": {"messages": []}}, "chat_template_kwargs")):
+        with pytest.raises(ConfigError, match=rf"^stages\[0\].task.{key}: "):
+            C.from_dict({"task": {"name": "file", "path": str(rows), **task},
+                         "stages": [{"name": "s", "kind": "sft", "steps": 1}]})

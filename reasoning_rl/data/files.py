@@ -293,11 +293,11 @@ class FileTask:
             return
         if getattr(tok, "apply_chat_template", None) is None or getattr(tok, "chat_template", None) is None:
             raise ConfigError("task.template: 'chat' needs a tokenizer with a chat template (an HF tokenizer)")
-        system = self.cfg.system
+        system, kwargs = self.cfg.system, dict(self.cfg.chat_template_kwargs)
 
         def render(prompt: str) -> str:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            return tok.apply_chat_template(msgs, add_generation_prompt=True)
+            return tok.apply_chat_template(msgs, add_generation_prompt=True, **kwargs)
 
         self._format = render
 
