@@ -157,3 +157,21 @@ def test_mixture_sources_resolve_and_validate():
 def test_shipped_configs_resolve(path):
     cfg = C.load(path)
     assert cfg.stages and all(s.kind in C.STAGE_KINDS for s in cfg.stages)
+
+
+def test_a_prompt_that_opens_think_is_the_start_of_the_layout(tmp_path):
+    """Reasoning models' chat templates (DeepSeek-R1 and its distilled models) end the generation prompt with
+    '<think>\\n': the completion holds only '</think>'. The format reward counts the prompt's '<think>' as the
+    completion's start, and a file task's SFT target does not open a second one."""
+    t = make_task(TaskConfig(name="file", path=write(tmp_path / "g.jsonl", GSM), preset="gsm8k", held_out_size=3,
+                             template="<｜User｜>{prompt}<｜Assistant｜><think>\n"))
+    e = t.example("train", 0)
+    assert e.prompt.endswith("<think>\n") and not e.solution.startswith("<think>")
+    assert e.solution.count("<think>") == 0 and e.solution.count("</think>") == 1
+    fmt = get("format")
+    assert fmt(e.solution, e.as_dict()) == 1.0 and get("accuracy")(e.solution, e.as_dict()) == 1.0
+    assert fmt("<think>again" + e.solution, e.as_dict()) == 0.0  # a second <think> breaks the layout
+    plain = make_task(TaskConfig(name="file", path=str(tmp_path / "g.jsonl"), preset="gsm8k", held_out_size=3))
+    p = plain.example("train", 0)
+    assert p.solution.startswith("<think>") and fmt(p.solution, p.as_dict()) == 1.0
+    assert fmt(e.solution, p.as_dict()) == 0.0  # without the prompt's <think> the same text lacks the opening

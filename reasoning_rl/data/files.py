@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from reasoning_rl.config import ConfigError, TaskConfig
+from reasoning_rl.rewards.format import opens_think
 
 from .tasks import Example
 
@@ -302,7 +303,10 @@ class FileTask:
         self._format = render
 
     def _templated(self, ex: Example) -> Example:
-        return Example(self._cut(self._format(ex.prompt)), ex.answer, ex.solution, ex.difficulty, ex.key, ex.extra)
+        prompt, solution = self._cut(self._format(ex.prompt)), ex.solution
+        if opens_think(prompt) and solution.lstrip().startswith("<think>"):  # the template opened it already
+            solution = solution.lstrip()[len("<think>"):]
+        return Example(prompt, ex.answer, solution, ex.difficulty, ex.key, ex.extra)
 
     def _cut(self, prompt: str) -> str:
         """The prompt's last ``task.max_prompt_tokens`` tokens (the question and a chat template's generation

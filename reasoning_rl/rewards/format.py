@@ -51,8 +51,18 @@ def format_score(completion: str, partial: bool = False, eos: Sequence[str] = EO
     return min(0.25 * credit, 0.75)
 
 
+def opens_think(prompt: Any) -> bool:
+    """The prompt ends inside an open ``<think>`` block: chat templates of reasoning models (DeepSeek-R1 and
+    its distilled models) end their generation prompt with ``<think>\n``, so the completion starts with the
+    thinking itself and holds only the closing tag."""
+    return isinstance(prompt, str) and prompt.rstrip().endswith("<think>")
+
+
 @register("format")
 def format_reward(completion: str, example: Mapping[str, Any], partial: bool = False,
                   eos: Sequence[str] = EOS_MARKERS) -> float:
-    """Layout reward; ``example`` is unused (the signature is the reward contract)."""
+    """Layout reward. A prompt that opened ``<think>`` (``opens_think``) counts as the completion's start."""
+    text = as_text(completion)
+    if text is not None and opens_think(example.get("prompt") if isinstance(example, Mapping) else None):
+        completion = "<think>" + text
     return format_score(completion, partial=partial, eos=eos)
