@@ -178,18 +178,27 @@ def enable_compile_cache() -> None:
 
 
 def cmd_run(args) -> int:
-    import json
-
     import signal
 
-    from reasoning_rl.paths import out_of_space
-    from reasoning_rl.pipeline import run_pipeline
     from reasoning_rl.stages.common import stop_on_sigterm
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # preempted outside a step loop: exit 75 with a line too
-    cfg = _load_config(args)
-    from reasoning_rl import distributed
+    # preempted outside a step loop: exit 75 with a line too (the caller's handler is put back afterwards: an
+    # in-process caller, such as a test runner, keeps its own)
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
+
+def _run(args) -> int:
+    import json
+
+    from reasoning_rl import distributed
+    from reasoning_rl.paths import out_of_space
+    from reasoning_rl.pipeline import run_pipeline
+
+    cfg = _load_config(args)
     distributed.split_cpu(cfg.mesh.cpu_devices)  # both before anything touches a device
     distributed.initialize(cfg.distributed)
     enable_compile_cache()

@@ -321,9 +321,13 @@ def test_binary_file_as_jsonl(tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_bytes(json.dumps(rows(1)[0]).encode() + b"\n" + bytes(range(128, 256)) + b"\n")
     d = tmp_path / "run"
+    import signal
+
+    mine = signal.getsignal(signal.SIGTERM)
     code, err = run(capsys, "run", str(file_config(tmp_path, data)), "--no-progress", "--run-dir", str(d))
     assert code == 2
     one_error(err, "input error:", f"{data}:2", "not UTF-8")
+    assert signal.getsignal(signal.SIGTERM) is mine  # run's own SIGTERM handler does not outlive it
     assert not d.exists()  # the run dir this command created is gone again
 
 
