@@ -90,18 +90,23 @@ def _quiet_late_loop_callbacks() -> None:
     logging.getLogger("asyncio").addFilter(_drop_orphaned_read_errors)
 
 
-def _quiet_full_disk_logs() -> None:
-    """Orbax logs a write that found the disk full from each of its save threads (four or five ERROR records
-    with the tensorstore spec and a traceback each) before ``save``/``wait`` raise it, which the run reports in
-    one line (``CheckpointError``): drop those records, and only those."""
+def _quiet_reported_logs() -> None:
+    """Drop Orbax's log records of what the run reports itself, and only those: a write that found the disk
+    full, logged from each of its save threads (four or five ERROR records with the tensorstore spec and a
+    traceback each) before ``save``/``wait`` raise it (``CheckpointError``, one line); and, when a step is
+    saved again after an unfinished write of it (which the resume already named, ``an unfinished write``),
+    its warning that it removes that write's directory."""
     absl = logging.getLogger("absl")
-    if _drop_full_disk_records not in absl.filters:
-        absl.addFilter(_drop_full_disk_records)
+    if _drop_reported_records not in absl.filters:
+        absl.addFilter(_drop_reported_records)
 
 
-def _drop_full_disk_records(record: logging.LogRecord) -> bool:
+def _drop_reported_records(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    return not (out_of_space(exc) if exc is not None else out_of_space(Exception(record.getMessage())))
+    text = record.getMessage()
+    if TMP_MARK in text and "already exists. Removing existing directory since it is not finalized" in text:
+        return False
+    return not (out_of_space(exc) if exc is not None else out_of_space(Exception(text)))
 
 
 def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
@@ -178,7 +183,7 @@ class StageCheckpointer:
     def __init__(self, directory: str | Path, keep: int = 3):
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
-        _quiet_full_disk_logs()
+        _quiet_reported_logs()
         _quiet_late_loop_callbacks()  # a failed write's late callbacks too
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
         if jax.process_count() > 1:
