@@ -39,8 +39,9 @@ EPILOG = """examples:
 2 bad config or input, 75 preempted (rerun with --resume).
 """
 
-FULL_DISK_HINT = ("; free space (or move the run dir elsewhere) and run the same command again: it goes on from the "
-                  "newest complete checkpoint (nothing written before is lost)")
+FULL_DISK_HINT = ("; free space (--set checkpoint.keep=1 keeps fewer checkpoints), or move the run dir elsewhere, and "
+                  "run the same command again: it goes on from the newest complete checkpoint (nothing written "
+                  "before is lost)")
 
 SET_HELP = "override one config key, e.g. --set seed=1 or --set stages.grpo.steps=50 (repeatable)"
 

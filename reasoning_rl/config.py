@@ -424,20 +424,26 @@ class Config:
 
     def stage_hash(self, name: str) -> str:
         """Identity of what stage ``name`` computes: the config with the stages after it left out (stages run in
-        order and refer only backwards, so nothing later changes an earlier stage). A stage's manifest keeps
-        it, so a run continued with another stage's step count, or with stages appended, does not redo the
-        stages before the change."""
+        order and refer only backwards, so nothing later changes an earlier stage), and without ``checkpoint``
+        (when and how many steps are kept changes no number). A stage's manifest keeps it, so a run continued
+        with another stage's step count, stages appended or other checkpoint settings does not redo the stages
+        before the change."""
         d = self._identity()
+        d.pop("checkpoint", None)
         names = [st["name"] for st in d["stages"]]
         d["stages"] = d["stages"][: names.index(name) + 1]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-    def continued_by(self, new: Config) -> tuple[dict[str, tuple[int, int]], list[str]] | None:
+    def continued_by(self, new: Config) -> tuple[dict[str, tuple[int, int]], list[str], list[str]] | None:
         """How ``new`` continues the run this config started, when it computes nothing else differently: the
-        stages whose ``steps`` changed (``{name: (old, new)}``) and the names of stages appended after the
-        last one. None for any other change (whether the run dir allows the change is the caller's check)."""
+        stages whose ``steps`` changed (``{name: (old, new)}``), the names of stages appended after the last
+        one, and the changed ``checkpoint`` settings (``checkpoint.keep: 3 -> 1``: where steps are saved
+        changes no number; a resumed run equals an uninterrupted one whatever step it was saved at). None for
+        any other change (whether the run dir allows the change is the caller's check)."""
         a, b = self._identity(), new._identity()
         sa, sb = a.pop("stages"), b.pop("stages")
+        settings: list[str] = []
+        _diff(a.pop("checkpoint"), b.pop("checkpoint"), "checkpoint", settings)
         if a != b or len(sb) < len(sa):
             return None
         steps = {}
@@ -446,7 +452,7 @@ class Config:
                 return None
             if x["steps"] != y["steps"]:
                 steps[x["name"]] = (x["steps"], y["steps"])
-        return steps, [y["name"] for y in sb[len(sa):]]
+        return steps, [y["name"] for y in sb[len(sa):]], settings
 
     def differences(self, other: Config, most: int = 3) -> list[str]:
         """What ``other`` computes differently, as ``key: old -> new`` lines keyed as ``--set`` writes them

@@ -111,9 +111,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
 
 
 def check_continuation(old: Config, cfg: Config, run_dir: Path, steps: dict[str, tuple[int, int]],
-                       appended: list[str]) -> list[tuple[int, str]]:
+                       appended: list[str], settings: list[str] = ()) -> list[tuple[int, str]]:
     """Whether a run dir started with ``old`` can go on under ``cfg``, which changes only stage step counts
-    (``steps``: {name: (old, new)}) or appends stages: what to log, or ConfigError naming the key. Training
+    (``steps``: {name: (old, new)}), appends stages or changes checkpoint settings (``settings``: their
+    ``key: old -> new`` lines): what to log, or ConfigError naming the key. Training
     longer (or stopping sooner) is the same stage going on from its newest checkpoint, as if it had been
     started with the new count, when: no later stage has written anything (it would have started from the
     old end), the new count is not below the steps already taken, and the learning rate does not follow a
@@ -156,6 +157,8 @@ def check_continuation(old: Config, cfg: Config, run_dir: Path, steps: dict[str,
             lines.append((logging.WARNING, line))
     if appended:
         lines.append((logging.INFO, f"run_dir: continuing {run_dir} with stage(s) {', '.join(appended)} appended"))
+    if settings:
+        lines.append((logging.INFO, f"run_dir: continuing {run_dir} with {'; '.join(settings)}"))
     return lines
 
 

@@ -172,10 +172,13 @@ def test_continued_by_accepts_only_step_counts_and_appended_stages():
                                                                for s in stages]})
 
     a = cfg(("sft", "sft", 4), ("grpo", "grpo", 6))
-    assert a.continued_by(a) == ({}, [])
-    assert a.continued_by(cfg(("sft", "sft", 4), ("grpo", "grpo", 9))) == ({"grpo": (6, 9)}, [])
+    assert a.continued_by(a) == ({}, [], [])
+    assert a.continued_by(cfg(("sft", "sft", 4), ("grpo", "grpo", 9))) == ({"grpo": (6, 9)}, [], [])
     assert a.continued_by(cfg(("sft", "sft", 5), ("grpo", "grpo", 6), ("rs", "sft", 2))) == ({"sft": (4, 5)},
-                                                                                              ["rs"])
+                                                                                              ["rs"], [])
+    kept = C.from_dict({**a.to_dict(), "checkpoint": {"keep": 1, "every": 10}})  # where steps are saved
+    assert a.continued_by(kept) == ({}, [], ["checkpoint.every: 50 -> 10", "checkpoint.keep: 3 -> 1"])
+    assert kept.stage_hash("grpo") == a.stage_hash("grpo") and kept.hash() != a.hash()
     for other in (cfg(("sft", "sft", 4), ("grpo", "grpo", 9), lr=2e-3),  # anything else differs
                   cfg(("sft", "sft", 4)),  # a stage dropped
                   cfg(("sft", "sft", 4), ("ppo", "grpo", 6)),  # renamed

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -223,7 +224,7 @@ def test_a_run_dir_copied_elsewhere_continues(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_path, capsys):
+def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_path, capsys, caplog):
     """A run whose last stage ended at 3 steps, continued with steps: 6 (the reference's count), goes on from
     its step-3 checkpoint and ends with the reference's metrics; the stage before it is not redone. Changes it
     cannot honour are refused, touching nothing."""
@@ -241,6 +242,17 @@ def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_pa
     assert strip(read_metrics(d)) == strip(read_metrics(reference))
     assert json.loads((d / "summary.json").read_text())["grpo"]["steps"] == 6
     assert "steps: 6" in (d / "config.yaml").read_text().split("name: grpo")[1]
+    # fewer checkpoints kept (a disk filling up): where steps are saved changes no number, and nothing reruns
+    from reasoning_rl import cli as main_cli
+
+    metrics = (d / "metrics.jsonl").read_bytes()
+    caplog.set_level(logging.INFO, logger="reasoning_rl")
+    assert main_cli.main(["run", TINY, "--no-progress", "--run-dir", str(d), "--set", "checkpoint.keep=1"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert f"run_dir: continuing {d} with checkpoint.keep: 2 -> 1" in said
+    assert "stage sft already complete: skipped" in said and "stage grpo already complete: skipped" in said
+    assert (d / "metrics.jsonl").read_bytes() == metrics and "keep: 1" in (d / "config.yaml").read_text()
+    capsys.readouterr()
     before = snapshot(d)
     for change, says in ((("--set", "stages.grpo.steps=4"), "stages.grpo.steps: 6 -> 4: stage grpo has already "
                                                             "taken 6 steps"),
@@ -248,9 +260,8 @@ def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_pa
                                                            "sft as it was"),
                          (("--set", "stages.grpo.steps=8", "--set", "optimizer.lr=0.002"), "different config "
                                                                                             "(optimizer.lr")):
-        from reasoning_rl import cli as main_cli  # in-process: refused before any compute
-
-        assert main_cli.main(["run", TINY, "--no-progress", "--run-dir", str(d), "--resume", *change]) == 2
+        assert main_cli.main(["run", TINY, "--no-progress", "--run-dir", str(d), "--resume", *change,
+                              "--set", "checkpoint.keep=1"]) == 2  # refused before any compute
         err = capsys.readouterr().err
         assert says in err.strip().splitlines()[-1], (change, err[-2000:])
         no_traceback(err)
@@ -430,7 +441,6 @@ def test_late_read_errors_of_a_skipped_step_are_not_printed(tmp_path, caplog):
     the same report about anything else still does."""
     import asyncio
     import gc
-    import logging
 
     _, params = tiny_model()
     state = init_state(params, make_optimizer(OptimizerConfig(), 1), 0)
