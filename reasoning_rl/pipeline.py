@@ -570,22 +570,26 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
     """run_pipeline past its checks: take the run dir (``lock``), write its config, run each stage."""
     from reasoning_rl import report
 
-    created, required, continued = False, None, []
+    created, required, continued, refused = False, None, [], None
     if dist.is_primary():  # several hosts share the run dir; one writes its files
-        check_run_dir(run_dir, [s.name for s in cfg.stages])  # where it writes, before the lock makes any
-        created = not run_dir.exists()
         try:
+            check_run_dir(run_dir, [s.name for s in cfg.stages])  # where it writes, before the lock makes any
+            created = not run_dir.exists()
             lock.acquire()
             continued = prepare_run_dir(cfg, run_dir, resume)
             check_inputs(cfg, run_dir)  # the files it reads are the ones it started with
             required = resume_point(cfg, run_dir, resume)
             adopt_tokenizer(cfg, run_dir, outside)
-        except BaseException:  # bad input: a run dir this call made is not left behind
+        except BaseException as e:  # bad input: a run dir this call made is not left behind
             if created:
                 lock.release()
                 shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-    required, continued = dist.from_primary((required, continued))
+            if not (isinstance(e, ConfigError) and dist.multi()):
+                raise
+            refused = e  # every host stops with it, below (the others would wait for the primary until a timeout)
+    required, continued, refused = dist.from_primary((required, continued, refused))
+    if refused is not None:
+        raise refused
     dist.barrier("run_dir")
     try:
         rt = Runtime(cfg, run_dir, devices)

@@ -241,3 +241,21 @@ def test_two_hosts_train_and_use_a_reward_model_like_one(tmp_path):
     ids, valid = np.asarray([[5, 9, 12, 7], [3, 4, 0, 0]], np.int32), np.asarray([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
     ea, eb = (load_reward_model(str(d / "checkpoints" / "rm" / "hf")) for d in (tmp_path / "one", tmp_path / "two"))
     np.testing.assert_allclose(np.asarray(eb(ids, valid)), np.asarray(ea(ids, valid)), atol=1e-5)
+
+
+def test_bad_input_only_the_primary_sees_stops_every_host_with_its_line(tmp_path):
+    """The run dir's checks run on the primary host (it alone writes there). A run dir of another config is
+    one config error on every host, exit 2 at once: the other host used to wait in the primary's collective
+    until a timeout (30 s on CPU, longer elsewhere) and die with a traceback."""
+    from reasoning_rl import config as C
+
+    d = tmp_path / "run"
+    d.mkdir()
+    C.dump(C.load(TINY, [SETS[i + 1] for i in range(0, len(SETS), 2)]), d / "config.yaml")
+    t0 = time.time()
+    (rc0, out0), (rc1, out1) = two_hosts(d, None, sets=SETS + ["--set", "optimizer.lr=0.5"])
+    assert (rc0, rc1) == (2, 2), (out0[-3000:], out1[-3000:])
+    lines = [out.strip().splitlines()[-1] for out in (out0, out1)]
+    assert lines[0] == lines[1] and lines[0].startswith(f"config error: run_dir: {d} already holds a run with a "
+                                                        "different config (optimizer.lr: 0.001 -> 0.5")
+    assert "Traceback" not in out1 and time.time() - t0 < 25
