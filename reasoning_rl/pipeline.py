@@ -75,8 +75,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
     then made and locked it); return the stages whose step count the run continues with (see
     ``check_continuation``). An existing run is continued for the same config (the hash leaves out where
     the run dir lives, so a copied or moved run continues; its stored config.yaml is left as it is), or for
-    one that only changes stage step counts or appends stages, where the run dir allows it (then the new
-    config is stored)."""
+    one that only changes stage step counts, appends stages or changes checkpoint settings, where the run
+    dir allows it (then the new config is stored). Either way the files it reads must be the ones it read
+    before (``check_inputs``); every check comes before anything is written."""
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         old = stored_config(run_dir)
@@ -85,6 +86,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
             raise ConfigError(f"{cfg_path}: the run's stored config looks truncated (it was not written whole); "
                               "restore it, or use a new --run-dir")
         if old.hash() == cfg.hash():
+            check_inputs(cfg, run_dir)  # the files it reads are the ones it started with
             return []
         cont = old.continued_by(cfg)
         if cont is None:
@@ -94,7 +96,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
                                   "use a new --run-dir")
             raise ConfigError(f"run_dir: {run_dir} already holds a run with a different config ({changed}); "
                               "use a new --run-dir (or the same config to continue it)")
-        for level, line in check_continuation(old, cfg, run_dir, *cont):
+        lines = check_continuation(old, cfg, run_dir, *cont)
+        check_inputs(cfg, run_dir)
+        for level, line in lines:
             log.log(level, "%s", line)
         for st in old.stages:  # manifests written before stages had their own hash: theirs where unchanged
             path = _stage_dir(run_dir, st.name) / "manifest.json"
@@ -106,6 +110,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
         return sorted(cont[0])
     if resume:
         raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml)")
+    check_inputs(cfg, run_dir)
     config_lib.dump(cfg, cfg_path)
     return []
 
@@ -577,7 +582,6 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
             created = not run_dir.exists()
             lock.acquire()
             continued = prepare_run_dir(cfg, run_dir, resume)
-            check_inputs(cfg, run_dir)  # the files it reads are the ones it started with
             required = resume_point(cfg, run_dir, resume)
             adopt_tokenizer(cfg, run_dir, outside)
         except BaseException as e:  # bad input: a run dir this call made is not left behind

@@ -348,6 +348,9 @@ def test_a_data_file_changed_under_a_run_is_refused_when_it_continues(tmp_path, 
     one_error(err, "config error:", f"task.path: {data} changed since this run first read it (same size, other "
               "content)", "restore it, or use a new --run-dir")
     assert snapshot(d) == before
+    code, err = run(capsys, "run", cfg, "--no-progress", "--run-dir", str(d), "--set", "stages.sft.steps=2")
+    assert code == 2 and "task.path: " in err  # training longer is refused the same way, before any write
+    assert snapshot(d) == before
     write_jsonl(data, rows(20))  # put back: the run goes on
     code, err = run(capsys, "run", cfg, "--no-progress", "--run-dir", str(d), "--resume")
     assert code == 0, err[-3000:]
