@@ -288,7 +288,7 @@ class StageCheckpointer:
 @contextlib.contextmanager
 def ctrl_c_after_write():
     """A Ctrl-C (or a SIGTERM outside a stage's step loop) while a checkpoint write finishes takes effect once
-    it is complete (KeyboardInterrupt, or the SIGTERM handler's Preempted, then); a second Ctrl-C exits at
+    it is complete (KeyboardInterrupt, or the SIGTERM handler's Terminated, then); a second Ctrl-C exits at
     once (status 130).
 
     Why: Orbax waits for its write thread inside a join that an exception breaks; it then logs the interrupt
@@ -360,8 +360,9 @@ def read_manifest(path: str | Path) -> dict | None:
 
 def stage_complete(man: dict | None, cfg: Any, name: str) -> bool:
     """Whether a stage's manifest says it finished what ``cfg`` asks of it: the same config, or the same
-    config up to and including this stage (``Config.stage_hash``: a run continued with stages appended or a
-    later stage's steps changed keeps the stages before the change)."""
+    config up to and including this stage, checkpoint settings aside (``Config.stage_hash``: a run continued
+    with stages appended, a later stage's steps or the checkpoint settings changed keeps the stages before the
+    change)."""
     return bool(man and man.get("complete")
                 and (man.get("config_hash") == cfg.hash() or man.get("stage_hash") == cfg.stage_hash(name)))
 

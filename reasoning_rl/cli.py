@@ -10,8 +10,8 @@ pass@1 / pass@k / maj@k / length per difficulty, and accuracy against thinking b
 
 Exit codes: 0 done, 1 a stage failed (message names why), 2 bad config or input (one line naming the key, or
 the file of a data set or model directory), 75 preempted (SIGTERM: the step in flight finished and its
-checkpoint is complete, or, outside the step loops, the run stopped at once; rerun with --resume), 130 interrupted (Ctrl-C: the same checkpoint of the step in
-flight; a second Ctrl-C exits at once).
+checkpoint is complete, or, outside the step loops, the run stopped at once; rerun with --resume), 130
+interrupted (Ctrl-C: the same checkpoint of the step in flight; a second Ctrl-C exits at once).
 
 Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
 ``~/.cache/reasoning_rl/xla``; ``off`` disables it), so a restarted or repeated run skips most compiling.
