@@ -258,4 +258,4 @@ def test_bad_input_only_the_primary_sees_stops_every_host_with_its_line(tmp_path
     lines = [out.strip().splitlines()[-1] for out in (out0, out1)]
     assert lines[0] == lines[1] and lines[0].startswith(f"config error: run_dir: {d} already holds a run with a "
                                                         "different config (optimizer.lr: 0.001 -> 0.5")
-    assert "Traceback" not in out1 and time.time() - t0 < 25
+    assert "Traceback" not in out1 and time.time() - t0 < 60  # a generous bound: the exit codes show no host waited it out
