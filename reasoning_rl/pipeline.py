@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
             if (man and man.get("complete") and "stage_hash" not in man and man.get("config_hash") == old.hash()
                     and old.stage_hash(st.name) == cfg.stage_hash(st.name)):
                 write_manifest(path, {**man, "stage_hash": cfg.stage_hash(st.name)})
+        with open(run_dir / "config_changes.jsonl", "a") as f:  # config.yaml holds the latest: say what changed
+            f.write(json.dumps({"at": time.strftime("%Y-%m-%d %H:%M:%S"), "config_hash": [old.hash(), cfg.hash()],
+                                "changes": [line for _, line in lines]}) + "\n")
         config_lib.dump(cfg, cfg_path)
         return sorted(cont[0])
     if resume:

@@ -252,6 +252,9 @@ def test_a_finished_stage_trained_longer_equals_the_longer_run(reference, tmp_pa
     assert f"run_dir: continuing {d} with checkpoint.keep: 2 -> 1" in said
     assert "stage sft already complete: skipped" in said and "stage grpo already complete: skipped" in said
     assert (d / "metrics.jsonl").read_bytes() == metrics and "keep: 1" in (d / "config.yaml").read_text()
+    changes = [json.loads(ln)["changes"] for ln in (d / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [[f"run_dir: continuing {d} with stages.grpo.steps: 3 -> 6: stage grpo goes on from its "
+                        "step-3 checkpoint"], [f"run_dir: continuing {d} with checkpoint.keep: 2 -> 1"]]
     capsys.readouterr()
     before = snapshot(d)
     for change, says in ((("--set", "stages.grpo.steps=4"), "stages.grpo.steps: 6 -> 4: stage grpo has already "
