@@ -358,6 +358,14 @@ def read_manifest(path: str | Path) -> dict | None:
     return man
 
 
+def newest_step(sdir: Path) -> int:
+    """The newest step a stage dir holds: its newest checkpoint step, or the final step its complete manifest
+    names (0: none). A damaged manifest is bad input (``read_manifest``)."""
+    man = read_manifest(sdir / "manifest.json")
+    steps = [int(p.name) for p in sdir.iterdir() if p.name.isdigit()] if sdir.is_dir() else []
+    return max(steps + [int(man.get("final_step", 0)) if man and man.get("complete") else 0])
+
+
 def stage_complete(man: dict | None, cfg: Any, name: str) -> bool:
     """Whether a stage's manifest says it finished what ``cfg`` asks of it: the same config, or the same
     config up to and including this stage, checkpoint settings aside (``Config.stage_hash``: a run continued

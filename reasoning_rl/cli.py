@@ -118,13 +118,16 @@ def _matplotlib_config_dir() -> None:
     """Matplotlib keeps its font cache in ``~/.config/matplotlib``; where the home directory cannot be written it
     warns in two long lines and rebuilds the cache in a fresh temporary directory every process. Use one
     directory per user under the temporary directory instead, quietly (``MPLCONFIGDIR`` set by the user wins)."""
+    from reasoning_rl.config import ConfigError
+    from reasoning_rl.paths import check_output_dir
+
     if "MPLCONFIGDIR" in os.environ:
         return
-    p = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
-    while not p.exists() and p != p.parent:  # the first part that exists must be a directory we may write
-        p = p.parent
-    if p.is_dir() and os.access(p, os.W_OK | os.X_OK):
+    try:
+        check_output_dir(Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib", "")
         return
+    except ConfigError:
+        pass
     import tempfile
 
     mine = Path(tempfile.gettempdir()) / f"matplotlib-{os.getuid()}"
@@ -147,15 +150,6 @@ def _load_config(args):
     return config_lib.from_dict(raw)
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why ``path`` cannot be used as a directory to write in (None if it can: made if missing)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
-
-
 def enable_compile_cache() -> None:
     """Persist compiled XLA programs across processes (a resumed run recompiles nothing it compiled before).
     A home directory that cannot be written (read-only on some clusters' compute nodes) turns the cache off
@@ -163,11 +157,13 @@ def enable_compile_cache() -> None:
     where = os.environ.get("REASONING_RL_COMPILE_CACHE", str(Path.home() / ".cache" / "reasoning_rl" / "xla"))
     if where.lower() in ("", "0", "off", "none"):
         return
-    why = _unwritable(Path(where))
-    if why:
-        logging.getLogger("reasoning_rl").warning(
-            "compile cache off: %s cannot be used (%s); set REASONING_RL_COMPILE_CACHE to a writable directory, "
-            "or to off", where, why)
+    from reasoning_rl.config import ConfigError
+    from reasoning_rl.paths import check_output_dir
+
+    try:
+        check_output_dir(where, "REASONING_RL_COMPILE_CACHE")
+    except ConfigError as e:
+        logging.getLogger("reasoning_rl").warning("compile cache off: %s; set it to a writable directory, or to off", e)
         return
     import jax
 

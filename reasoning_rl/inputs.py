@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from reasoning_rl.checkpoint import newest_step
 from reasoning_rl.config import Config, ConfigError
 
 KEYS = ("path", "held_out_path", "init", "teacher", "sampler")  # config keys that may name a path
@@ -53,7 +54,7 @@ def fingerprint(path: Path) -> dict[str, Any]:
     if path.is_file():
         return _file(path)
     if (path / "manifest.json").is_file() or any(p.name.isdigit() for p in path.iterdir()):
-        return {"checkpoint step": _checkpoint_step(path)}
+        return {"checkpoint step": newest_step(path)}
     return {"files": {p.name: _file(p) for p in sorted(path.iterdir())
                       if p.is_file() and not p.name.startswith(".") and p.suffix in MODEL_FILES}}
 
@@ -70,17 +71,6 @@ def _file(path: Path) -> dict[str, Any]:
             f.seek(at)
             h.update(f.read(CHUNK))
     return {"size": size, "sampled sha256": h.hexdigest()}
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        man = json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
-        man = None
-    if isinstance(man, dict) and man.get("complete"):
-        return man.get("final_step")
-    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()]
-    return max(steps) if steps else None
 
 
 def check_inputs(cfg: Config, run_dir: Path) -> None:

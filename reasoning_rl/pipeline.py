@@ -29,6 +29,7 @@ from reasoning_rl.checkpoint import (
     TMP_MARK,
     CheckpointUnusable,
     StageCheckpointer,
+    newest_step,
     read_manifest,
     stage_complete,
     write_manifest,
@@ -138,9 +139,8 @@ def check_continuation(old: Config, cfg: Config, run_dir: Path, steps: dict[str,
                               f"{_stage_dir(run_dir, later[0])} holds its results; use a new --run-dir (a stage "
                               f"with init: {sdir} starts from this stage's newest checkpoint)")
         man = read_manifest(sdir / "manifest.json")
-        saved = [int(p.name) for p in sdir.iterdir() if p.name.isdigit()] if sdir.is_dir() else []
         ended = int(man.get("final_step", 0)) if man and man.get("complete") else 0
-        taken = max(saved + [ended])
+        taken = newest_step(sdir)
         if now < taken:
             raise ConfigError(f"{key}: stage {name} has already taken {taken} steps ({sdir}); set at least "
                               f"{taken}, or use a new --run-dir")
