@@ -347,13 +347,18 @@ run_dir, filler = os.path.join(mnt, "run"), os.path.join(mnt, "filler")
 
 
 def fill(leave):  # the file system full but for ``leave`` bytes
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"x" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    # Unbuffered writes, smaller and smaller: a buffered file would keep its unwritten tail and raise the
+    # same ENOSPC again when closed.
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (1 << 20, 65536, 4096, 1):
+            try:
+                while os.write(fd, b"x" * chunk):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
     os.truncate(filler, max(os.path.getsize(filler) - leave, 0))
 
 
