@@ -283,6 +283,11 @@ class EvalConfig:
     batch_size: int = 512
     max_new_tokens: int | None = None  # None: the rollout's
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # A held-out curve: the stage's params are also evaluated before its first step and after every this many
+    # steps, one ``held_out/...`` record each in metrics.jsonl (0: at the stage's end only). When and on how
+    # much a run is evaluated changes no trained number: a run dir continues under other values.
+    every: int = 0
+    every_problems: int = 0  # problems per periodic evaluation (reward_model: held-out pairs); 0: all of them
 
 
 @dataclass(frozen=True)
@@ -425,11 +430,13 @@ class Config:
     def stage_hash(self, name: str) -> str:
         """Identity of what stage ``name`` computes: the config with the stages after it left out (stages run in
         order and refer only backwards, so nothing later changes an earlier stage), and without ``checkpoint``
-        (when and how many steps are kept changes no number). A stage's manifest keeps it, so a run continued
+        (when and how many steps are kept changes no number) or the held-out curve's ``eval.every`` and
+        ``eval.every_problems``. A stage's manifest keeps it, so a run continued
         with another stage's step count, stages appended or other checkpoint settings does not redo the stages
         before the change."""
         d = self._identity()
         d.pop("checkpoint", None)
+        _pop_eval_schedule(d)
         names = [st["name"] for st in d["stages"]]
         d["stages"] = d["stages"][: names.index(name) + 1]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -437,13 +444,17 @@ class Config:
     def continued_by(self, new: Config) -> tuple[dict[str, tuple[int, int]], list[str], list[str]] | None:
         """How ``new`` continues the run this config started, when it computes nothing else differently: the
         stages whose ``steps`` changed (``{name: (old, new)}``), the names of stages appended after the last
-        one, and the changed ``checkpoint`` settings (``checkpoint.keep: 3 -> 1``: where steps are saved
-        changes no number; a resumed run equals an uninterrupted one whatever step it was saved at). None for
+        one, and the changed ``checkpoint`` and held-out-curve settings (``checkpoint.keep: 3 -> 1``,
+        ``stages.grpo.eval.every: 0 -> 20``: where steps are saved and when the params are evaluated change
+        no trained number; a resumed run equals an uninterrupted one whatever step it was saved at). None for
         any other change (whether the run dir allows the change is the caller's check)."""
         a, b = self._identity(), new._identity()
-        sa, sb = a.pop("stages"), b.pop("stages")
         settings: list[str] = []
+        ea, eb = _pop_eval_schedule(a), _pop_eval_schedule(b)
+        sa, sb = a.pop("stages"), b.pop("stages")
         _diff(a.pop("checkpoint"), b.pop("checkpoint"), "checkpoint", settings)
+        for key in [k for k in ea if k in eb]:  # an appended stage's own schedule is part of that stage
+            _diff(ea[key], eb[key], key, settings)
         if a != b or len(sb) < len(sa):
             return None
         steps = {}
@@ -476,6 +487,20 @@ class Config:
 
 
 _UNSET = object()  # a key one of two compared configs does not have
+
+EVAL_SCHEDULE = ("every", "every_problems")  # eval keys that say when and on how much, not what, is trained
+
+
+def _pop_eval_schedule(d: dict) -> dict[str, Any]:
+    """Take ``eval.every`` and ``eval.every_problems`` out of an identity dict, at the top level and in every
+    stage: ``{"stages.grpo.eval.every": 20, ...}``. A held-out curve changes no trained number."""
+    out: dict[str, Any] = {}
+    for where, ev in [("eval", d.get("eval"))] + [(f"stages.{st['name']}.eval", st.get("eval"))
+                                                   for st in d.get("stages", [])]:
+        for k in EVAL_SCHEDULE:
+            if isinstance(ev, dict) and k in ev:
+                out[f"{where}.{k}"] = ev.pop(k)
+    return out
 
 
 def _show(v: Any) -> str:
@@ -964,6 +989,12 @@ def validate(cfg: Config) -> None:
                  f"batch_size {st.batch_size} is not divisible by {a.micro_batches}")
         ev = st.eval
         need(ev.samples >= 1, f"{p}.eval.samples", "must be >= 1")
+        need(ev.every >= 0, f"{p}.eval.every", "must be >= 0 (0: evaluate at the stage's end only)")
+        need(ev.every_problems >= 0, f"{p}.eval.every_problems", "must be >= 0 (0: eval.num_problems)")
+        if st.kind != "reward_model":
+            need(ev.every_problems <= ev.num_problems, f"{p}.eval.every_problems",
+                 f"{ev.every_problems} is more than eval.num_problems ({ev.num_problems}): the periodic "
+                 "evaluations take the first of the end-of-stage evaluation's problems")
         for k in ev.k:
             need(1 <= k <= ev.samples, f"{p}.eval.k", f"k={k} must be between 1 and eval.samples ({ev.samples})")
         for j, rw in enumerate(st.rewards):

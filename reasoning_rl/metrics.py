@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -67,8 +68,8 @@ class EventFile:
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         s = self._summary.Summary()
-        for tag, v in values.items():
-            s.value.extend(self._summary.scalar(tag, v).value)
+        for tag, v in values.items():  # TensorBoard's tags: letters, digits, _ . / - (pass@4 -> pass_at_4)
+            s.value.extend(self._summary.scalar(re.sub(r"[^\w./-]", "_", tag.replace("@", "_at_")), v).value)
         self._add(s, step)
 
     def text(self, tag: str, text: str, step: int) -> None:

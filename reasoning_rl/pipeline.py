@@ -40,7 +40,7 @@ from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models import lora
 from reasoning_rl.paths import RunDirLock, check_run_dir
 from reasoning_rl.stages.common import Runtime
-from reasoning_rl.stages.evaluate import stage_eval
+from reasoning_rl.stages.evaluate import end_of_stage_point, stage_eval
 
 log = logging.getLogger("reasoning_rl")
 
@@ -654,6 +654,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
             else:
                 metrics = stage_eval(srt, stage, params,  # and its scored completions, to read
                                      samples_path=run_dir / "held_out" / stage.name / "samples.jsonl")
+            end_of_stage_point(stage, writer, info.get("final_step", stage.steps), metrics)  # eval.every's curve
             metrics["wall_seconds"] = info["wall_seconds"]
             if "helpfulness_before" in info:
                 from reasoning_rl.stages.reward_model import helpfulness_report

@@ -14,8 +14,16 @@ import numpy as np
 
 from reasoning_rl.metrics import MetricsFileError, read_metrics
 
+HELD_OUT = "held_out/pass@1"  # eval.every's held-out curve, drawn with markers in the accuracy panel
+
 PANELS = (("reward_mean", "reward"), ("accuracy", "accuracy"), ("response_len", "response length (tokens)"),
           ("kl", "KL to reference"), ("entropy", "entropy"), ("loss", "loss"))
+
+
+def _task_accuracy(key: str) -> bool:
+    """A mixture task's training accuracy (``arithmetic/accuracy``), not a count of the accuracy reward's
+    errors (``reward_errors/accuracy``) or a held-out figure."""
+    return key.endswith("/accuracy") and not key.startswith(("reward_errors/", "held_out/"))
 
 
 def _pyplot():
@@ -41,7 +49,8 @@ def _by_stage(records: list[dict], path: Path) -> dict[str, list[dict]]:
         step = r.get("step", 0)
         if isinstance(step, bool) or not isinstance(step, int):
             raise MetricsFileError(f"{path}: record {i} has step {step!r}, not an integer")
-        if step >= 1:  # step 0 holds a stage's sampling figures, not a training step
+        # step 0 holds a stage's sampling figures, not a training step; a held-out point there is the stage's start
+        if step >= 1 or HELD_OUT in r:
             out.setdefault(str(r.get("stage")), []).append(r)
     return out
 
@@ -85,7 +94,7 @@ def panel_notes(run_dir: str | Path, records: list[dict] | None = None) -> dict[
     for key, title in PANELS:
         has = any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                   for recs in stages.values() for r in recs for k in r
-                  if k == key or (key == "accuracy" and k.endswith("/accuracy")))
+                  if k == key or (key == "accuracy" and (_task_accuracy(k) or k == HELD_OUT)))
         if not has:
             rl = _rl_betas(run_dir, list(stages)) if rl is None else rl  # the config, parsed once
             notes[key] = empty_reason(key, title, rl)
@@ -109,7 +118,7 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: in
         for ax, (key, title) in zip(axes.flat, PANELS):
             series = {key: key}
             if key == "accuracy":  # per-task accuracies of a mixture stage, dashed
-                series.update({k: k for r in recs for k in r if k.endswith("/accuracy")})
+                series.update({k: k for r in recs for k in r if _task_accuracy(k)})
             for name, k in series.items():
                 pts = [(s, r[k]) for s, r in zip(steps, recs) if isinstance(r.get(k), (int, float))]
                 if not pts:
@@ -122,6 +131,11 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None, smooth: in
                     ax.plot(x, _smooth(y, smooth), style, color=colour, label=label)
                 else:
                     ax.plot(x, y, style, color=colour, label=label, marker="." if len(y) < 20 else None)
+            if key == "accuracy":  # held-out pass@1 (eval.every): few points, each on the same problems
+                pts = [(s, r[HELD_OUT]) for s, r in zip(steps, recs) if isinstance(r.get(HELD_OUT), (int, float))]
+                if pts:
+                    x, y = map(np.asarray, zip(*pts))
+                    ax.plot(x, y, "o:", color=colour, markersize=4, label=f"{stage}: held-out pass@1")
             ax.set_title(title)
         offset = int(steps.max()) if len(steps) else offset
         for ax in axes.flat:

@@ -33,9 +33,13 @@ def _metric_order(key: str) -> tuple:
 
 def _settings(stage: StageConfig) -> str:
     """How a stage's held-out figures are sampled (besides the tasks): problems, samples, k, temperature,
-    token limit, stop rule."""
+    token limit, stop rule. Not the budget curve's settings or the held-out curve's (``eval.every``,
+    ``eval.every_problems``): neither changes the end-of-stage figures."""
+    from reasoning_rl.config import EVAL_SCHEDULE
+
     ev = _to_plain(stage.eval)
-    ev.pop("budget", None)
+    for k in ("budget", *EVAL_SCHEDULE):
+        ev.pop(k, None)
     r = stage.rollout
     return json.dumps({"eval": ev, "temperature": stage.eval.temperature if stage.eval.temperature is not None
                        else r.temperature, "max_new_tokens": stage.eval.max_new_tokens or r.max_new_tokens,

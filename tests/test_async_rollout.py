@@ -20,9 +20,10 @@ from reasoning_rl.metrics import read_metrics
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
 SPLIT = ["mesh.cpu_devices=2", "mesh.rollout_devices=1"]
-ASYNC = ["rollout.mode=async", "rollout.max_staleness=1", "algorithm.beta=0.02"]  # with a KL reference
+# with a KL reference, and a held-out curve (evaluated on the trainer's device while the sampler decodes)
+ASYNC = ["rollout.mode=async", "rollout.max_staleness=1", "algorithm.beta=0.02", "eval.every=2"]
 TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wait_s", "sampler_busy_frac",
-          "trainer_busy_frac"}
+          "trainer_busy_frac", "eval_s"}
 
 
 def run_cli(run_dir, *sets, resume=False, timeout=600):
@@ -32,8 +33,10 @@ def run_cli(run_dir, *sets, resume=False, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def grpo(d):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(d) if r["stage"] == "grpo"]
+def grpo(d, curve: bool = True):
+    """The grpo stage's records without timings (``curve=False``: without its held-out points)."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(d)
+            if r["stage"] == "grpo" and (curve or "held_out/problems" not in r)]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +51,9 @@ def async_run(tmp_path_factory):
 def test_staleness_zero_is_the_synchronous_run(tmp_path):
     p = run_cli(tmp_path / "sync", "rollout.mode=sync")
     assert p.returncode == 0, p.stderr[-3000:]
-    q = run_cli(tmp_path / "async", "rollout.mode=async", "rollout.max_staleness=0")
+    q = run_cli(tmp_path / "async", "rollout.mode=async", "rollout.max_staleness=0", "stages.grpo.eval.every=2")
     assert q.returncode == 0, q.stderr[-3000:]
-    sync, asy = grpo(tmp_path / "sync"), grpo(tmp_path / "async")
+    sync, asy = grpo(tmp_path / "sync"), grpo(tmp_path / "async", curve=False)  # a curve changes no number
     assert len(sync) == len(asy) == 6
     for a, b in zip(sync, asy):
         assert b["staleness"] == 0
@@ -58,11 +61,13 @@ def test_staleness_zero_is_the_synchronous_run(tmp_path):
     s1 = json.loads((tmp_path / "sync" / "summary.json").read_text())["grpo"]
     s2 = json.loads((tmp_path / "async" / "summary.json").read_text())["grpo"]
     assert s1["pass@1"] == s2["pass@1"]
+    curve = [r for r in grpo(tmp_path / "async") if "held_out/problems" in r]
+    assert [r["step"] for r in curve] == [0, 2, 4, 6] and curve[-1]["held_out/pass@1"] == s2["pass@1"]
 
 
 @pytest.mark.slow
 def test_async_run_trains_on_stale_batches_with_correction(async_run):
-    recs = [r for r in read_metrics(async_run) if r["stage"] == "grpo"]
+    recs = [r for r in read_metrics(async_run) if r["stage"] == "grpo" and "held_out/problems" not in r]
     assert [r["staleness"] for r in recs] == [0, 1, 1, 1, 1, 1]  # step 1 samples with the initial policy
     for r in recs[1:]:
         assert 0 < r["is_ratio_mean"] < 10 and r["is_ratio_max"] >= r["is_ratio_mean"]
@@ -78,7 +83,7 @@ def test_async_stage_with_several_updates_per_batch_corrects_with_a_separate_for
     (the second update's params differ), so the stage computes them once before the updates."""
     p = run_cli(tmp_path / "run", *ASYNC, "algorithm.mini_batches=2", "stages.grpo.steps=3")
     assert p.returncode == 0, p.stderr[-3000:]
-    recs = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "grpo"]
+    recs = grpo(tmp_path / "run", curve=False)
     assert [r["staleness"] for r in recs] == [0, 1, 1]
     for r in recs[1:]:
         assert 0 < r["is_ratio_mean"] < 10 and r["is_ratio_max"] >= r["is_ratio_mean"], r

@@ -38,6 +38,8 @@ def test_set_overrides_by_path_and_stage_name():
     ("algorithm.mini_batches=3", "algorithm.mini_batches: rollout batch of 128"),
     ("model.n_kv_heads=3", "model.n_kv_heads: must divide"),
     ("mesh.cpu_devices=-2", "mesh.cpu_devices: must be 0"),
+    ("eval.every=-1", "stages[0].eval.every: must be >= 0"),
+    ("stages.grpo.eval.every_problems=600", "stages[1].eval.every_problems: 600 is more than eval.num_problems"),
     ("stages.grpo.init=nope", None),
 ])
 def test_bad_values_name_the_key(override, needle):
@@ -167,9 +169,9 @@ def test_differences_name_each_changed_key_as_set_writes_it():
 
 
 def test_continued_by_accepts_only_step_counts_and_appended_stages():
-    def cfg(*stages, lr=1e-3):
-        return C.from_dict({"optimizer": {"lr": lr}, "stages": [dict(zip(("name", "kind", "steps"), s))
-                                                               for s in stages]})
+    def cfg(*stages, lr=1e-3, **top):
+        return C.from_dict({"optimizer": {"lr": lr}, **top, "stages": [dict(zip(("name", "kind", "steps"), s))
+                                                                      for s in stages]})
 
     a = cfg(("sft", "sft", 4), ("grpo", "grpo", 6))
     assert a.continued_by(a) == ({}, [], [])
@@ -179,6 +181,13 @@ def test_continued_by_accepts_only_step_counts_and_appended_stages():
     kept = C.from_dict({**a.to_dict(), "checkpoint": {"keep": 1, "every": 10}})  # where steps are saved
     assert a.continued_by(kept) == ({}, [], ["checkpoint.every: 50 -> 10", "checkpoint.keep: 3 -> 1"])
     assert kept.stage_hash("grpo") == a.stage_hash("grpo") and kept.hash() != a.hash()
+    curve = cfg(("sft", "sft", 4), ("grpo", "grpo", 6), eval={"every": 20})  # when it is evaluated
+    assert a.continued_by(curve) == ({}, [], ["eval.every: 0 -> 20", "stages.sft.eval.every: 0 -> 20",
+                                              "stages.grpo.eval.every: 0 -> 20"])
+    assert curve.stage_hash("grpo") == a.stage_hash("grpo") and curve.hash() != a.hash()
+    appended = C.from_dict({**a.to_dict(), "stages": [*a.to_dict()["stages"], {
+        "name": "rs", "kind": "sft", "steps": 2, "eval": {"every": 1}}]})
+    assert a.continued_by(appended) == ({}, ["rs"], [])  # an appended stage's schedule is part of it
     for other in (cfg(("sft", "sft", 4), ("grpo", "grpo", 9), lr=2e-3),  # anything else differs
                   cfg(("sft", "sft", 4)),  # a stage dropped
                   cfg(("sft", "sft", 4), ("ppo", "grpo", 6)),  # renamed

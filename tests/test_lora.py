@@ -400,7 +400,7 @@ def test_lora_ppo_stage_trains_adapters_over_the_frozen_base_and_resumes_exactly
     assert all(x is y for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(lora.split(init)[0])))  # no copy
     b_leaves = [np.asarray(x) for p, x in lora.hf_save_flat(ad).items() if p[-1].endswith("_lora_b")]
     assert b_leaves and all(np.abs(b).max() > 0 for b in b_leaves)  # B left zero: the adapters trained
-    recs = [r for r in read_metrics(rt.run_dir) if r["stage"] == "ppo"]
+    recs = [r for r in read_metrics(rt.run_dir) if r["stage"] == "ppo" and "held_out/problems" not in r]
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["values_mean"] != 0.0
     assert recs[0]["kl"] == 0.0 and recs[-1]["kl"] > 0  # the reference is the base: the policy moved away from it
     assert max(r["logprob_gap"] for r in recs) < 1e-5  # merged sampling, unmerged training
@@ -415,7 +415,8 @@ def test_lora_ppo_stage_trains_adapters_over_the_frozen_base_and_resumes_exactly
     _, _, _, _, resumed = go(tmp_path / "b", [2, 4])  # the second call resumes the step-2 checkpoint
     for a, b in zip(_np(straight), _np(resumed)):
         np.testing.assert_array_equal(a, b)
-    timing = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
+    timing = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "eval_s"}
+    assert [r["step"] for r in read_metrics(tmp_path / "b") if "held_out/problems" in r] == [0, 3]  # eval.every: 3
     strip = lambda d: [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(d)]
     assert strip(tmp_path / "b") == strip(rt.run_dir)
     _, critic_b = restore_critic(rt, stage, tmp_path / "b" / "checkpoints" / "ppo", 2)

@@ -142,6 +142,8 @@ def test_two_hosts_run_every_stage_kind_like_one(tmp_path):
     for ra, rb in zip(a, b):
         if "loss" in ra:
             assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"])
+        for k in [k for k in ra if k.startswith("held_out/")]:  # the held-out curve (eval.every), on both hosts
+            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["stage"], ra["step"], k)
 
 
 def test_each_host_loads_its_own_rows_of_every_batch():
@@ -178,7 +180,8 @@ def test_two_hosts_run_an_async_split_stage_like_one_and_resume_on_one(tmp_path)
     sets = ["--set", "mesh.rollout_devices=2", "--set", "rollout.mode=async", "--set", "rollout.max_staleness=1",
             "--set", "algorithm.overlong.enabled=true", "--set", "algorithm.overlong.max_len=8",
             "--set", "algorithm.overlong.cache=6", "--set", "algorithm.beta=0.02",
-            "--set", "stages.grpo.steps=6", "--set", "checkpoint.preemption_grace_s=0"]
+            "--set", "stages.grpo.steps=6", "--set", "checkpoint.preemption_grace_s=0",
+            "--set", "eval.every=2"]  # held-out points on the trainer's devices while the sampler decodes
     one = one_host(tmp_path / "one", sets=sets)
     assert one.returncode == 0, one.stderr[-3000:]
     two = tmp_path / "two"
@@ -191,6 +194,12 @@ def test_two_hosts_run_an_async_split_stage_like_one_and_resume_on_one(tmp_path)
     assert f"resumed from step {stopped}" in resumed.stderr
     a = [r for r in read_metrics(tmp_path / "one") if r["stage"] == "grpo"]
     b = [r for r in read_metrics(two) if r["stage"] == "grpo"]
+    ca, cb = ([r for r in x if "held_out/problems" in r] for x in (a, b))
+    assert [r["step"] for r in ca] == [r["step"] for r in cb] == [0, 2, 4, 6]
+    for ra, rb in zip(ca, cb):
+        for k in ("held_out/pass@1", "held_out/mean_response_tokens", "held_out/format_rate"):
+            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["step"], k)
+    a, b = ([r for r in x if "held_out/problems" not in r] for x in (a, b))
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
     assert [r["staleness"] for r in b] == [0, 1, 1, 1, 1, 1]
     assert any(r["reward_std"] > 0 and abs(r["loss"]) > 0 for r in a)  # real updates
@@ -231,7 +240,8 @@ def test_two_hosts_train_and_use_a_reward_model_like_one(tmp_path):
     data = StageData(Runtime(cfg, tmp_path / "one"), C.stage(cfg, "mt"))
     assert "helpfulness" not in [data.fetch(i)["task"] for i in (2, 3)]
     for ra, rb in zip(a, b):
-        for k in ("loss", "pair_accuracy", "score_gap", "reward_mean", "reward_std", "helpfulness/rm"):
+        for k in ("loss", "pair_accuracy", "score_gap", "reward_mean", "reward_std", "helpfulness/rm",
+                  "held_out/pair_accuracy", "held_out/score_gap"):
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"], k)
     for x, y in zip(_params(tmp_path / "one", "rm"), _params(tmp_path / "two", "rm")):

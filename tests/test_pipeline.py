@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from reasoning_rl.metrics import read_metrics
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
-TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
+TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "eval_s"}
 
 
 def run_cli(*args, timeout=300, **kw):
@@ -92,6 +93,47 @@ def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
     b = json.loads((reference_run / "summary.json").read_text())
     for stage in ("sft", "grpo"):
         assert a[stage]["pass@1"] == b[stage]["pass@1"]
+
+
+@pytest.mark.slow
+def test_a_held_out_curve_trains_the_same_numbers_and_goes_on_with_the_run(reference_run, tmp_path):
+    """eval.every: a held-out point before each stage's first step and every 2 steps, the last one the
+    end-of-stage figures, beside the very training records of the run without it. A run continued with
+    eval.every set (and more steps) starts its curve where it resumes; a stage stopped after its last point but
+    before its manifest evaluates again on the rerun and writes no second point."""
+    d = tmp_path / "curve"
+    p = run_cli("--run-dir", str(d), "--set", "eval.every=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = read_metrics(d)
+    curve = {(r["stage"], r["step"]): r for r in recs if "held_out/problems" in r}
+    assert strip([r for r in recs if "held_out/problems" not in r]) == strip(read_metrics(reference_run))
+    assert list(curve) == [("sft", 0), ("sft", 2), ("sft", 4), ("grpo", 0), ("grpo", 2), ("grpo", 4), ("grpo", 6)]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary == {k: {**v, "wall_seconds": summary[k]["wall_seconds"]} for k, v in
+                       json.loads((reference_run / "summary.json").read_text()).items()}
+    figures = ("pass@1", "pass@2", "maj@2", "greedy_accuracy", "format_rate", "mean_response_tokens")
+    for stage, step in (("sft", 4), ("grpo", 6)):
+        assert {k: curve[stage, step][f"held_out/{k}"] for k in figures} == {k: summary[stage][k] for k in figures}
+        assert curve[stage, step]["held_out/problems"] == 8
+    assert curve["grpo", 0]["held_out/pass@1"] == summary["sft"]["pass@1"]  # where sft ended
+    events = b"".join(f.read_bytes() for f in (d / "tensorboard").rglob("events*"))
+    assert b"grpo/held_out/pass_at_1" in events and b"grpo/held_out/greedy_accuracy" in events
+
+    more = tmp_path / "more"
+    shutil.copytree(reference_run, more)
+    p = run_cli("--run-dir", str(more), "--set", "eval.every=2", "--set", "stages.grpo.steps=8")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stages.grpo.eval.every: 0 -> 2" in p.stderr
+    points = [r for r in read_metrics(more) if "held_out/problems" in r]
+    assert [(r["stage"], r["step"]) for r in points] == [("grpo", 6), ("grpo", 8)]
+    assert {k: points[0][f"held_out/{k}"] for k in figures} == {k: summary["grpo"][k] for k in figures}
+
+    (d / "checkpoints" / "grpo" / "manifest.json").unlink()
+    before = strip(read_metrics(d))
+    p = run_cli("--run-dir", str(d), "--set", "eval.every=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stage grpo: resumed from step 6" in p.stderr
+    assert strip(read_metrics(d)) == before
 
 
 @pytest.mark.slow

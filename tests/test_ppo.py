@@ -27,7 +27,7 @@ from test_steps import rollout
 
 ROOT = Path(__file__).parent.parent
 TINY_PPO = str(Path(__file__).parent / "configs" / "tiny_ppo.yaml")
-TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s"}
+TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "eval_s"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,8 +171,9 @@ def ppo_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ppo_stage_runs_and_logs_its_metrics(ppo_run):
-    recs = [r for r in read_metrics(ppo_run) if r["stage"] == "ppo"]
+    recs = [r for r in read_metrics(ppo_run) if r["stage"] == "ppo" and "held_out/problems" not in r]
     assert [r["step"] for r in recs] == list(range(1, 7))
+    curve = [(r["step"], r["held_out/pass@1"]) for r in read_metrics(ppo_run) if "held_out/problems" in r]
     for key in ("value_loss", "explained_variance", "vf_clip_frac", "returns_mean", "returns_std",
                 "advantages_mean", "advantages_std", "kl", "entropy", "clip_frac", "logprob_gap", "tokens_per_s",
                 "loss", "grad_norm", "critic_grad_norm", "reward_mean"):
@@ -182,6 +183,7 @@ def test_ppo_stage_runs_and_logs_its_metrics(ppo_run):
     assert any(r["kl"] > 0 for r in recs[1:])
     summary = json.loads((ppo_run / "summary.json").read_text())
     assert "pass@1" in summary["ppo"]
+    assert [s for s, _ in curve] == [0, 3, 6] and curve[-1][1] == summary["ppo"]["pass@1"]  # eval.every: 3
     assert (ppo_run / "checkpoints" / "ppo" / "6" / "critic").is_dir()
 
 
@@ -220,7 +222,8 @@ def test_ppo_on_8_devices_fsdp_tensor_equals_one_device(ppo_run, tmp_path):
     assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
     for ra, rb in zip(a, b):
         for k in ("loss", "value_loss", "grad_norm", "critic_grad_norm", "reward_mean", "returns_mean",
-                  "advantages_std", "explained_variance", "kl", "entropy", "response_len"):
+                  "advantages_std", "explained_variance", "kl", "entropy", "response_len", "held_out/pass@1",
+                  "held_out/mean_response_tokens"):
             if k in ra and ra[k] is not None:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-5), (ra["stage"], ra["step"], k)
     for x, y in zip(critic_params(ppo_run), critic_params(d)):
@@ -288,7 +291,7 @@ def test_ppo_with_a_smaller_separate_critic_model(tmp_path):
     p = run_cli("--run-dir", str(d), "--set", "stages.ppo.critic_model={d_model: 16, n_heads: 2, n_kv_heads: 1, "
                 "ffn_dim: 24}", "--set", "stages.ppo.steps=2", "--set", "checkpoint.every=1")
     assert p.returncode == 0, p.stderr[-3000:]
-    recs = [r for r in read_metrics(d) if r["stage"] == "ppo"]
+    recs = [r for r in read_metrics(d) if r["stage"] == "ppo" and "held_out/problems" not in r]
     assert len(recs) == 2 and recs[1]["values_mean"] != 0.0 and recs[0]["critic_grad_norm"] > 0
     shapes = sorted(x.shape for x in critic_params(d))
     assert (16, 1) in shapes and not any(32 in s or 64 in s for s in shapes)  # its own widths, not the policy's

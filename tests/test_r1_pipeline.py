@@ -25,7 +25,7 @@ from reasoning_rl.stages.rejection import SampleSpec, filter_samples
 HERE = Path(__file__).parent
 R1_TINY = str(HERE / "configs" / "r1_tiny.yaml")
 STAGES = ["sft", "grpo", "rsft", "multitask", "distill"]
-TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wall_seconds"}
+TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wall_seconds", "eval_s"}
 
 
 def accept_all(completion, example):
@@ -75,10 +75,39 @@ def test_every_stage_reports_held_out_and_per_task_metrics(reference):
     assert ds["distill"]["mode"] == "logits" and ds["distill"]["kept"] == 4
     assert ds["grpo_baseline"]["steps"] == 4 and "pass@1" in ds["grpo_baseline"]
     recs = read_metrics(d)
-    mt = [r for r in recs if r["stage"] == "multitask"]
+    trained = [r for r in recs if "held_out/problems" not in r]
+    mt = [r for r in trained if r["stage"] == "multitask"]
     assert len(mt) == 2 and {"arithmetic/accuracy", "instruct/accuracy", "instruct/instruct", "accuracy"} <= mt[0].keys()
-    assert [r["step"] for r in recs if r["stage"] == "distill/grpo_baseline"] == [1, 2, 3, 4]
+    assert [r["step"] for r in trained if r["stage"] == "distill/grpo_baseline"] == [1, 2, 3, 4]
     assert next(r for r in recs if r["stage"] == "rsft" and r["step"] == 0)["kept"] == 8
+
+
+@pytest.mark.slow
+def test_every_stage_kind_draws_a_held_out_curve(reference):
+    """eval.every: 2 (the config's): a held-out point before each stage's first step and every 2 steps, the
+    last one the end-of-stage evaluation; a stage's first point is where the stage it starts from ended."""
+    d, summary = reference
+    curve = {(r["stage"], r["step"]): r for r in read_metrics(d) if "held_out/problems" in r}
+    assert list(curve) == [("sft", 0), ("sft", 2), ("grpo", 0), ("grpo", 2), ("rsft", 0), ("rsft", 2), ("rsft", 4),
+                           ("multitask", 0), ("multitask", 2), ("distill", 0), ("distill", 2),
+                           ("distill/grpo_baseline", 0), ("distill/grpo_baseline", 2), ("distill/grpo_baseline", 4),
+                           ("distill", 4)]
+    ends = {"sft": 2, "grpo": 2, "rsft": 4, "multitask": 2, "distill": 4}
+    for name, step in ends.items():
+        point, s = curve[(name, step)], summary[name]
+        assert point["held_out/problems"] == 8  # 4 problems of each task
+        for task in ("arithmetic", "instruct"):
+            for k in ("pass@1", "pass@2", "mean_response_tokens", "format_rate"):
+                assert point[f"held_out/{task}/{k}"] == s["tasks"][task][k], (name, task, k)
+        assert point["held_out/pass@1"] == s["pass@1"]
+    assert curve[("distill/grpo_baseline", 4)]["held_out/pass@1"] == summary["distill"]["grpo_baseline"]["pass@1"]
+
+    def per_task(r):
+        return {k: v for k, v in r.items() if k.startswith(("held_out/arithmetic/", "held_out/instruct/"))}
+
+    # grpo and multitask start from the stage before them (sft, rsft): the same params, problems and seeds
+    assert per_task(curve[("grpo", 0)]) == per_task(curve[("sft", 2)])
+    assert per_task(curve[("multitask", 0)]) == per_task(curve[("rsft", 4)])
 
 
 @pytest.mark.slow

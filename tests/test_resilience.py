@@ -611,3 +611,45 @@ def test_ctrl_c_while_a_checkpoint_write_finishes_waits_for_it(tmp_path, sig):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.split() == ["INTERRUPTED-AFTER-WRITE", "RESTORED", "1"], (p.stdout, p.stderr[-2000:])
     assert "Traceback" not in p.stderr and "finishing the checkpoint write first" in p.stderr
+
+
+def test_a_stop_before_a_held_out_point_skips_it_and_the_resumed_stage_evaluates_it_first(tmp_path):
+    """eval.every: a step's held-out point comes before its checkpoint; when a stop (SIGTERM, Ctrl-C) is already
+    asked for, the point is skipped so the checkpoint is written at once, and the stage resumed there evaluates
+    it before anything else (a point already recorded is not evaluated again)."""
+    from reasoning_rl import config as C
+    from reasoning_rl.metrics import MetricsWriter
+    from reasoning_rl.stages.common import Preempted, Runtime, StageRun
+    from reasoning_rl.stages.evaluate import HeldOutCurve
+
+    cfg = C.load(TINY, overrides=["eval.every=2", "checkpoint.every=2"])
+    rt, stage = Runtime(cfg, tmp_path / "run"), C.stage(cfg, "grpo")
+    writer, asked = MetricsWriter(rt.run_dir, tensorboard=False), []
+
+    def evaluate(params, step):
+        asked.append(step)
+        return {"num_problems": 8, "pass@1": step / 10}
+
+    def host():
+        return {"data": {}, "wall_seconds": 0.0}
+
+    run = StageRun(rt, stage, rt.init_params(), stage.steps)
+    run.curve = HeldOutCurve(stage, writer, evaluate)
+    guard = run.guard()  # not entered: no signal handlers; a stop is asked for below by hand
+    run.end_step(2, guard, host)
+    run.ckpt.wait()
+    assert asked == [2] and saved_steps(run.dir) == [2]
+    guard.requested = True
+    with pytest.raises(Preempted):
+        run.end_step(4, guard, host)
+    run.close()
+    assert asked == [2] and saved_steps(run.dir) == [2, 4]  # checkpointed without its point
+    again = StageRun(rt, stage, rt.init_params(), stage.steps)
+    again.resume()
+    again.curve = HeldOutCurve(stage, writer, evaluate)
+    again.curve.start(again.start_step, again.state.params)
+    again.curve.start(2, again.state.params)  # recorded already
+    again.close()
+    writer.close()
+    assert again.start_step == 4 and asked == [2, 4]
+    assert [(r["step"], r["held_out/pass@1"]) for r in read_metrics(rt.run_dir)] == [(2, 0.2), (4, 0.4)]

@@ -93,8 +93,12 @@ def test_reward_model_stage_feeds_multitask_rl(run):
     assert h["arithmetic_after"] == summary["mt"]["tasks"]["arithmetic"]["pass@1"]
     assert set(summary["mt"]["tasks"]) == {"arithmetic", "helpfulness"}  # pairs are not an eval task
     recs = read_metrics(d)
-    rms = [r for r in recs if r["stage"] == "rm"]
+    rms = [r for r in recs if r["stage"] == "rm" and "held_out/problems" not in r]
     assert [r["step"] for r in rms] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rms)
+    curve = [r for r in recs if r["stage"] == "rm" and "held_out/problems" in r]  # eval.every: 2 on 8 pairs
+    assert [(r["step"], r["held_out/problems"]) for r in curve] == [(0, 8), (2, 8), (3, 16)]
+    assert curve[-1]["held_out/pair_accuracy"] == rm["pair_accuracy"]
+    assert all(0 <= r["held_out/pair_accuracy"] <= 1 for r in curve)
     mt = [r for r in recs if r["stage"] == "mt"]
     # reward hacking is visible: the reward model's score and the hidden judge's, side by side
     assert all({"helpfulness/rm", "helpfulness/judge", "arithmetic/accuracy"} <= r.keys() for r in mt)

@@ -140,6 +140,14 @@ def test_gain_needs_the_same_evaluation(tmp_path):
     assert report.stage_gain(cfg, cfg.stages[0], {}, {"kind": "fresh"}, {}) is None
     hf = report.stage_gain(cfg, cfg.stages[1], {}, {"kind": "hf", "path": "/m"}, {})
     assert hf["over"] == "/m" and "did not evaluate" in hf["not_comparable"]
+    # a held-out curve (its points on fewer problems) leaves the end-of-stage figures as they were
+    C.apply_override(raw, "stages.grpo.eval.num_problems=500")
+    C.apply_override(raw, "stages.grpo.eval.every=25")
+    C.apply_override(raw, "stages.grpo.eval.every_problems=100")
+    cfg = C.from_dict(raw)
+    g = report.stage_gain(cfg, cfg.stages[1], _figures(0.8, 0.9, 0.9, 0.9), {"kind": "stage", "stage": "sft"},
+                          summary)
+    assert g["over"] == "sft" and "not_comparable" not in g and g["pass@1"] == pytest.approx(0.4)
     assert "n/a: started from a Hugging Face" in report.format_table({"grpo": {"kind": "grpo", "gain": hf}})
 
 

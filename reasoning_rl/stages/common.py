@@ -549,6 +549,7 @@ class StageRun:
         # held around checkpoint writes: a split stage on several hosts sets a lock its sampler thread holds
         # while it samples, since Orbax may run collectives over all devices (see distributed.py)
         self.exclusive: Any = contextlib.nullcontext()
+        self.curve: Any = None  # the stage's held-out curve (stages.evaluate.HeldOutCurve), when eval.every is set
 
     def resume(self) -> dict | None:
         """Continue from the newest usable checkpoint step. Damaged steps are reported (one warning each) and
@@ -605,15 +606,21 @@ class StageRun:
             self.ckpt.wait()
 
     def end_step(self, step: int, guard: PreemptionGuard, host: Callable[[], dict[str, Any]]) -> None:
-        """What follows every step: the non-finite streak check, the periodic save, and preemption.
+        """What follows every step: the non-finite streak check, the held-out curve's evaluation, the periodic
+        save, and preemption.
 
-        ``host()`` gives the host-side state to save with the step (data iterator, wall clock)."""
+        ``host()`` gives the host-side state to save with the step (data iterator, wall clock). The curve's
+        point comes before the step's checkpoint (a run resumed there already holds it); a stop requested by
+        then skips it (the resumed stage evaluates it first)."""
         max_skips = self.stage.optimizer.max_consecutive_skips
         if int(jax.device_get(self.state.skipped)) >= max_skips:
             self.ckpt.wait()
             raise StageFailed(f"stage {self.stage.name}: {max_skips} consecutive steps with non-finite loss or "
                               f"gradients (last at step {step}); the last good checkpoint is kept in {self.dir}")
         stop = guard.should_stop(step)
+        if not stop and self.curve is not None and self.curve.due(step):
+            self.curve.at(step, self.state.params)
+            stop = guard.should_stop(step)
         if self.should_save(step) or stop:
             self.save(step, host(), force=stop)
         if stop:

@@ -26,7 +26,7 @@ from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models import ModelDef, lora, positions_from_valid
 
 from .common import Runtime, StageFailed, _stage_index
-from .evaluate import stage_eval
+from .evaluate import end_of_stage_point, stage_eval
 from .grpo import run_grpo
 from .rejection import SampleSpec, collect, kept_source, log_once
 from .sft import run_sft
@@ -105,5 +105,6 @@ def run_distill(rt: Runtime, srt: Runtime, stage: StageConfig, teacher_params: A
         base = baseline_stage(stage)
         bparams, binfo = run_grpo(srt, base, student_init, writer, progress)
         metrics = stage_eval(srt, base, bparams)  # the same evaluation, shown as the baseline's
+        end_of_stage_point(base, writer, base.steps, metrics)
         info["grpo_baseline"] = {"steps": base.steps, "wall_seconds": binfo["wall_seconds"], **metrics}
     return params, info

@@ -10,8 +10,12 @@ each stage's end, ``eval`` its own beside ``eval.json``): the same records and f
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,8 @@ from .sources import CORRECTNESS_REWARDS, Source, config_sources, stage_sources
 
 log = logging.getLogger("reasoning_rl")
 
-__all__ = ["CORRECTNESS_REWARDS", "correctness_reward", "eval_source", "stage_eval", "write_jsonl"]
+__all__ = ["CORRECTNESS_REWARDS", "HeldOutCurve", "correctness_reward", "end_of_stage_point", "eval_source",
+           "held_out_fields", "stage_curve", "stage_eval", "write_jsonl"]
 
 
 def correctness_reward(stage: StageConfig) -> str:
@@ -60,9 +65,9 @@ def _other_rewards(src: Source):
 
 
 def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=None,
-                records: list[dict] | None = None) -> dict[str, Any]:
+                records: list[dict] | None = None, label: str = "") -> dict[str, Any]:
     """Held-out figures of one task (see ``reasoning_rl.evaluation.evaluate``); ``records`` collects each
-    scored completion."""
+    scored completion; ``label`` qualifies the progress phase's name (`` at step 20``)."""
     ev = stage.eval
     examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
     if len(examples) < ev.num_problems:  # evaluating all there are is right, but say so: the figure is on fewer
@@ -75,18 +80,18 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
             max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
             stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), correct_fn=registry.get(src.correctness),
             format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size,
-            greedy=ev.greedy, seed=rt.cfg.seed + 17, name=f"{stage.name}: held-out eval ({src.name})",
+            greedy=ev.greedy, seed=rt.cfg.seed + 17, name=f"{stage.name}: held-out eval{label} ({src.name})",
             records=records, correct_name=src.correctness,
             rewards_fn=_other_rewards(src) if records is not None else None)
 
 
-def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None,
-               records: list[dict] | None = None, samples_path: Path | None = None) -> dict[str, Any]:
+def stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef=None, records: list[dict] | None = None,
+               samples_path: Path | None = None, label: str = "") -> dict[str, Any]:
     """Held-out figures of every task; ``records``: each scored completion of every task is appended.
     ``samples_path``: those records are also written there as JSON lines (by the primary host only)."""
     if samples_path is not None and records is None:
         records = []
-    result = _stage_eval(rt, stage, params, mdef, records)
+    result = _stage_eval(rt, stage, params, mdef, records, label)
     if samples_path is not None and dist.is_primary():
         write_jsonl(Path(samples_path), records)
     return result
@@ -101,17 +106,105 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef, records: list[dict] | None) -> dict[str, Any]:
+def _stage_eval(rt: Runtime, stage: StageConfig, params: Any, mdef, records: list[dict] | None,
+                label: str = "") -> dict[str, Any]:
     if mdef is None and lora.has_adapters(params):  # decode on merged weights (3.4x faster, tools/bench_lora.py)
         mdef = lora.base_mdef(rt.mdef)
         params = rt.jit_fn(lambda p: lora.merge(rt.mdef, p)[1])(params)
     own = [Source(rt, s) for s in stage_sources(stage)]
     names = {s.name for s in own}
     others = [Source(rt, s) for s in config_sources(rt.cfg) if s.name not in names]
-    per_task = {s.name: eval_source(rt, stage, s, params, mdef, records) for s in own + others}
+    per_task = {s.name: eval_source(rt, stage, s, params, mdef, records, label) for s in own + others}
     if len(per_task) == 1:
         return next(iter(per_task.values()))
     mine = [per_task[s.name] for s in own]
     top = {k: float(np.mean([m[k] for m in mine])) for k, v in mine[0].items()
            if isinstance(v, float) and all(isinstance(m.get(k), float) for m in mine)}
     return {**top, "tasks": per_task}
+
+
+def held_out_fields(metrics: dict[str, Any], prefix: str = "held_out/") -> dict[str, Any]:
+    """An evaluation's figures as metrics-record fields: ``held_out/pass@1``, ``held_out/greedy_accuracy``,
+    ... (a mixture's tasks as ``held_out/<task>/pass@1``), and ``held_out/problems`` (reward models:
+    held-out pairs). Per-difficulty breakdowns stay in ``summary.json``."""
+    out: dict[str, Any] = {}
+    n = metrics.get("num_problems", metrics.get("num_pairs"))
+    if n is None and "tasks" in metrics:  # a mixture: its tasks' problems together
+        n = sum(int(t.get("num_problems", 0)) for t in metrics["tasks"].values())
+    if prefix == "held_out/" and n is not None:
+        out["held_out/problems"] = int(n)
+    for k, v in metrics.items():
+        if k == "tasks":
+            for task, tm in v.items():
+                out.update(held_out_fields(tm, f"{prefix}{task}/"))
+        elif isinstance(v, float) and k != "temperature":
+            out[prefix + k] = v
+    return out
+
+
+def _recorded(run_dir: Path, stage: str, step: int) -> bool:
+    """Whether ``metrics.jsonl`` holds a held-out record of ``stage`` at ``step``."""
+    from reasoning_rl.metrics import read_metrics
+
+    return any(r.get("stage") == stage and r.get("step") == step and "held_out/problems" in r
+               for r in read_metrics(run_dir))
+
+
+def has_held_out(run_dir: Path, stage: str, step: int) -> bool:
+    """``_recorded`` as the primary host sees it, on every host (they all evaluate, or none does)."""
+    return bool(dist.from_primary(_recorded(run_dir, stage, step) if dist.is_primary() else None))
+
+
+class HeldOutCurve:
+    """``eval.every``: a stage's params evaluated on held-out problems before its first step and after every
+    ``every`` steps, one ``held_out/...`` record each in ``metrics.jsonl`` and TensorBoard (the pipeline adds
+    the end-of-stage evaluation's figures at the last step), so held-out accuracy shows as the stage trains.
+
+    ``evaluate(params, step)`` returns the figures (``stage_eval``'s, or a reward model's pair accuracy). A
+    step's record is written before that step's checkpoint, so a stage resumed from step s already holds the
+    record of s and its curve is the uninterrupted run's; a due step without one (``eval.every`` set when the
+    run was continued, or a stage killed before its first checkpoint) is evaluated when the stage starts
+    there. Sampling seeds are fixed, so every point is scored on the same problems with the same noise."""
+
+    def __init__(self, stage: StageConfig, writer: Any, evaluate: Callable[[Any, int], dict[str, Any]]):
+        self.stage, self.writer, self.evaluate = stage, writer, evaluate
+        self.every = int(stage.eval.every)
+
+    def due(self, step: int) -> bool:
+        """Step 0 and every ``every``-th step before the last (whose figures are the end-of-stage ones)."""
+        return self.every > 0 and step < self.stage.steps and step % self.every == 0
+
+    def start(self, step: int, params: Any) -> None:
+        """Where a stage starts (0, or the step it resumes from): evaluate it if due and not yet recorded."""
+        if self.due(step) and not has_held_out(self.writer.path.parent, self.stage.name, step):
+            self.at(step, params)
+
+    def at(self, step: int, params: Any) -> None:
+        t0 = time.perf_counter()
+        metrics = self.evaluate(params, step)
+        fields = held_out_fields(metrics)
+        self.writer.write({"stage": self.stage.name, "step": step, **fields, "eval_s": time.perf_counter() - t0})
+        if "pass@1" not in metrics:  # a reward model's pairs (sampled evaluations log their own progress line)
+            log.info("%s: held-out at step %d: %s", self.stage.name, step,
+                     " | ".join(f"{k.removeprefix('held_out/')} {v:.3f}" for k, v in fields.items()
+                                if isinstance(v, float)))
+
+
+def end_of_stage_point(stage: StageConfig, writer: Any, step: int, metrics: dict[str, Any]) -> None:
+    """The held-out curve's last point (``eval.every`` > 0): the end-of-stage figures at the stage's last step,
+    unless an earlier attempt already recorded them (a run stopped between this record and its manifest)."""
+    if stage.eval.every > 0 and dist.is_primary() and not _recorded(writer.path.parent, stage.name, step):
+        writer.write({"stage": stage.name, "step": step, **held_out_fields(metrics)})
+
+
+def stage_curve(rt: Runtime, stage: StageConfig, writer: Any, devices: list | None = None) -> HeldOutCurve:
+    """The held-out curve of a sampled stage: ``stage_eval`` on the first ``eval.every_problems`` problems of
+    each task, on ``rt``'s mesh (``devices``: host collectives on those only, as a split stage's trainer)."""
+    ev = stage.eval
+    sub = dataclasses.replace(stage, eval=dataclasses.replace(ev, num_problems=ev.every_problems or ev.num_problems))
+
+    def evaluate(params: Any, step: int) -> dict[str, Any]:
+        with dist.collectives_on(devices) if devices is not None else contextlib.nullcontext():
+            return stage_eval(rt, sub, params, label=f" at step {step}")
+
+    return HeldOutCurve(stage, writer, evaluate)

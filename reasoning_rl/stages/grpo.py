@@ -33,6 +33,7 @@ from reasoning_rl.sharding import replicated
 
 from .async_rollout import AsyncFeed, decode_item
 from .common import Runtime, StageRun, StepLog, run_updates, timer
+from .evaluate import stage_curve
 from .sources import StageData, check_reward_errors, merge_scored, rollout_metrics
 
 
@@ -220,6 +221,9 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
+    # held-out points on the trainer's mesh (a split stage's sampler is decoding the next batches meanwhile)
+    run.curve = stage_curve(trt, stage, writer, list(trt.mesh.devices.flat) if srt is not trt else None)
+    run.curve.start(run.start_step, run.state.params)
     rollout = Rollout(srt, stage, stream, data)
     loss_cfg = dataclasses.replace(a, beta=0.0) if a.kl_in == "reward" else a  # the KL is in the advantages
     step_fn = trt.jit_step(make_grpo_step(trt.mdef, loss_cfg, stage.optimizer, run.tx, r.temperature,

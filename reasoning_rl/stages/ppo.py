@@ -33,6 +33,7 @@ from reasoning_rl.models import lora
 from reasoning_rl.models.value import critic_axes, init_value_head, load_value_head
 
 from .common import Runtime, StageRun, StepLog, run_updates, timer
+from .evaluate import stage_curve
 from .grpo import Rollout, kl_in_reward
 from .sources import StageData
 
@@ -206,6 +207,8 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
+    run.curve = stage_curve(rt, stage, writer)
+    run.curve.start(run.start_step, run.state.params)
     rollout = Rollout(rt, stage, stream, data, advantage="drgrpo")  # its outcome advantages are replaced by GAE
     chunk = rt.model_cfg.logits_chunk
     step_fn = rt.jit_step(make_ppo_step(rt.mdef, critic.cdef, a, stage.optimizer, run.tx, stage.critic.optimizer,

@@ -35,6 +35,7 @@ from reasoning_rl.progress import Progress
 from reasoning_rl.rewards.reward_model import check_tokenizer, rm_tokens
 
 from .common import Runtime, StageRun, model_config_from, run_options, timer
+from .evaluate import HeldOutCurve
 
 log = logging.getLogger("reasoning_rl")
 
@@ -194,6 +195,9 @@ def run_reward_model(rt: RewardRuntime, stage: StageConfig, init_params: Any, wr
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
+    some = held[:stage.eval.every_problems or len(held)]  # the held-out curve's pairs
+    run.curve = HeldOutCurve(stage, writer, lambda params, step: pair_accuracy(rt, params, some, limit))
+    run.curve.start(run.start_step, run.state.params)
     step_fn = rt.jit_step(make_reward_model_step(rt.mdef, stage.reward_model, stage.optimizer, run.tx,
                                                  stage.algorithm.micro_batches), run.state)
     wall = float(run.host.get("wall_seconds", 0.0))

@@ -22,6 +22,7 @@ from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.progress import Progress
 
 from .common import Runtime, StageRun, timer
+from .evaluate import stage_curve
 from .sources import StageData
 
 log = logging.getLogger("reasoning_rl")
@@ -73,6 +74,9 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     # stop_at_loss: the stage ends once the mean training loss of the last stop_window steps reaches it
     recent = deque(run.host.get("recent_losses", []), maxlen=stage.stop_window)
     stopped = run.host.get("stopped_early")
+    run.curve = stage_curve(rt, stage, writer)
+    if stopped is None:  # a stage that stopped early has its last point from the end-of-stage evaluation
+        run.curve.start(run.start_step, run.state.params)
     last = run.start_step if stopped is None else int(stopped["step"])
     with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1 if stopped is None else 0):
