@@ -181,7 +181,8 @@ def test_two_hosts_run_an_async_split_stage_like_one_and_resume_on_one(tmp_path)
             "--set", "algorithm.overlong.enabled=true", "--set", "algorithm.overlong.max_len=8",
             "--set", "algorithm.overlong.cache=6", "--set", "algorithm.beta=0.02",
             "--set", "stages.grpo.steps=6", "--set", "checkpoint.preemption_grace_s=0",
-            "--set", "eval.every=2"]  # held-out points on the trainer's devices while the sampler decodes
+            # held-out points on the trainer's devices while the sampler decodes (sampled only: no greedy pass)
+            "--set", "eval.every=2", "--set", "eval.greedy=false"]
     one = one_host(tmp_path / "one", sets=sets)
     assert one.returncode == 0, one.stderr[-3000:]
     two = tmp_path / "two"

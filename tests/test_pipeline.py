@@ -22,6 +22,9 @@ def run_cli(*args, timeout=300, **kw):
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+FIGURES = ("pass@1", "pass@2", "maj@2", "greedy_accuracy", "format_rate", "mean_response_tokens")
+
+
 def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
@@ -72,9 +75,13 @@ def test_in_flight_refill_and_paged_run_equals_the_plain_run(reference_run, tmp_
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
+    """Killed in GRPO and resumed, with a held-out curve (eval.every: 2, which the reference run has not): the
+    same training records as the uninterrupted run, and a curve with a point before each stage and every 2
+    steps, ending with the end-of-stage figures (the evaluation draws nothing from the training's state)."""
     d = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
-                             str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(d), "--set", "eval.every=2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.time() + 240
     killed = False
     while time.time() < deadline and proc.poll() is None:
@@ -86,54 +93,45 @@ def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
         time.sleep(0.05)
     proc.wait(timeout=30)
     assert killed, "the run finished before it could be killed"
-    p = run_cli("--run-dir", str(d), "--resume")
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert strip(read_metrics(d)) == strip(read_metrics(reference_run))
-    a = json.loads((d / "summary.json").read_text())
-    b = json.loads((reference_run / "summary.json").read_text())
-    for stage in ("sft", "grpo"):
-        assert a[stage]["pass@1"] == b[stage]["pass@1"]
-
-
-@pytest.mark.slow
-def test_a_held_out_curve_trains_the_same_numbers_and_goes_on_with_the_run(reference_run, tmp_path):
-    """eval.every: a held-out point before each stage's first step and every 2 steps, the last one the
-    end-of-stage figures, beside the very training records of the run without it. A run continued with
-    eval.every set (and more steps) starts its curve where it resumes; a stage stopped after its last point but
-    before its manifest evaluates again on the rerun and writes no second point."""
-    d = tmp_path / "curve"
-    p = run_cli("--run-dir", str(d), "--set", "eval.every=2")
+    p = run_cli("--run-dir", str(d), "--resume", "--set", "eval.every=2")
     assert p.returncode == 0, p.stderr[-3000:]
     recs = read_metrics(d)
     curve = {(r["stage"], r["step"]): r for r in recs if "held_out/problems" in r}
     assert strip([r for r in recs if "held_out/problems" not in r]) == strip(read_metrics(reference_run))
+    a = json.loads((d / "summary.json").read_text())
+    b = json.loads((reference_run / "summary.json").read_text())
+    assert a == {k: {**v, "wall_seconds": a[k]["wall_seconds"]} for k, v in b.items()}
     assert list(curve) == [("sft", 0), ("sft", 2), ("sft", 4), ("grpo", 0), ("grpo", 2), ("grpo", 4), ("grpo", 6)]
-    summary = json.loads((d / "summary.json").read_text())
-    assert summary == {k: {**v, "wall_seconds": summary[k]["wall_seconds"]} for k, v in
-                       json.loads((reference_run / "summary.json").read_text()).items()}
-    figures = ("pass@1", "pass@2", "maj@2", "greedy_accuracy", "format_rate", "mean_response_tokens")
     for stage, step in (("sft", 4), ("grpo", 6)):
-        assert {k: curve[stage, step][f"held_out/{k}"] for k in figures} == {k: summary[stage][k] for k in figures}
+        assert {k: curve[stage, step][f"held_out/{k}"] for k in FIGURES} == {k: b[stage][k] for k in FIGURES}
         assert curve[stage, step]["held_out/problems"] == 8
-    assert curve["grpo", 0]["held_out/pass@1"] == summary["sft"]["pass@1"]  # where sft ended
+    assert curve["grpo", 0]["held_out/pass@1"] == b["sft"]["pass@1"]  # where sft ended
     events = b"".join(f.read_bytes() for f in (d / "tensorboard").rglob("events*"))
     assert b"grpo/held_out/pass_at_1" in events and b"grpo/held_out/greedy_accuracy" in events
 
+
+@pytest.mark.slow
+def test_a_held_out_curve_goes_on_with_a_continued_run_and_a_rerun_adds_no_second_point(reference_run, tmp_path):
+    """A run continued with eval.every set (and more steps) starts its held-out curve where it resumes, with the
+    figures the finished stage had; a stage stopped after its last point but before its manifest evaluates
+    again on the rerun and writes no second point."""
     more = tmp_path / "more"
     shutil.copytree(reference_run, more)
-    p = run_cli("--run-dir", str(more), "--set", "eval.every=2", "--set", "stages.grpo.steps=8")
+    cmd = ("--run-dir", str(more), "--set", "eval.every=2", "--set", "stages.grpo.steps=8")
+    p = run_cli(*cmd)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "stages.grpo.eval.every: 0 -> 2" in p.stderr
     points = [r for r in read_metrics(more) if "held_out/problems" in r]
     assert [(r["stage"], r["step"]) for r in points] == [("grpo", 6), ("grpo", 8)]
-    assert {k: points[0][f"held_out/{k}"] for k in figures} == {k: summary["grpo"][k] for k in figures}
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert {k: points[0][f"held_out/{k}"] for k in FIGURES} == {k: summary["grpo"][k] for k in FIGURES}
 
-    (d / "checkpoints" / "grpo" / "manifest.json").unlink()
-    before = strip(read_metrics(d))
-    p = run_cli("--run-dir", str(d), "--set", "eval.every=2")
+    (more / "checkpoints" / "grpo" / "manifest.json").unlink()
+    before = strip(read_metrics(more))
+    p = run_cli(*cmd)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "stage grpo: resumed from step 6" in p.stderr
-    assert strip(read_metrics(d)) == before
+    assert "stage grpo: resumed from step 8" in p.stderr
+    assert strip(read_metrics(more)) == before
 
 
 @pytest.mark.slow
