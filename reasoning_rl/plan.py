@@ -5,7 +5,8 @@ an ``AbstractMesh`` of the configured sizes, and every parameter's per-device sh
 logical-axis rules the trainer uses. So a DeepSeek-V3 GRPO step on 256 chips can be sized on a laptop.
 
 Exact (they are what the trainer allocates): parameters, optimizer moments (sharded like their parameter),
-the frozen reference model (GRPO with ``beta > 0``) and the sampler's KV cache. Estimated: the activations of
+the frozen reference model (GRPO with ``beta > 0``) and the sampler's KV cache (an RL step's rollouts, or a
+held-out curve's evaluation inside a training stage, ``eval.every``, whichever is larger). Estimated: the activations of
 one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``) and its float32
 logits with their gradient (whole, or one log-prob chunk: the chunk the trainer will use), since XLA's
 scheduling decides the real peak. The logits' share of the total is reported: with a real vocabulary it is
@@ -152,6 +153,13 @@ def _critic_bytes(ctx, st: StageConfig, policy_dev: int, vocab: int) -> int:
     return (2 + moments) * dev
 
 
+def _eval_rows(ev) -> int:
+    """Rows of one held-out sampling call (``evaluation.evaluate``): prompts of ``samples`` completions each,
+    ``batch_size // samples`` prompts at a time, then the greedy pass's ``batch_size`` prompts."""
+    n = ev.every_problems or ev.num_problems
+    return max(min(n, max(1, ev.batch_size // ev.samples)) * ev.samples, min(n, ev.batch_size) if ev.greedy else 0)
+
+
 def plan(cfg: Config, n_devices: int | None = None, prompt_len: int = 256,
          memory_gb: float | None = None) -> dict[str, Any]:
     """Per-device bytes of each part for the config's heaviest stage of each kind. With ``model.lora`` the
@@ -192,20 +200,28 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
     critics = [_critic_bytes(ctx, s, p_dev, mc.vocab_size) for s in grpo if s.kind == "ppo"]
     if critics:
         parts["critic"] = max(critics)
-    kv = 0
     act = (0, 0, 0)
     kk, kd, vk, vd = mc.kv_shape
     it = np.dtype(mc.jnp_dtype).itemsize
-    for s in grpo:
-        r = s.rollout
-        rows = r.prompts_per_step * r.group_size
-        slots = prompt_len + r.max_new_tokens
+
+    def cache_bytes(rows: int, slots: int) -> int:
         cache_k = (mc.n_layers, rows, kk, slots, kd)
         cache_v = (mc.n_layers, rows, vk, slots, vd)
         spec = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_k)
         spec_v = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_v)
         sizes = dict(mesh.shape)
-        kv = max(kv, _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it))
+        return _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it)
+
+    # the sampler's cache in a training loop: each RL step's rollouts, and a held-out curve's evaluations
+    # (eval.every: sampled beside the optimizer state, in any stage kind that samples)
+    kv = max([cache_bytes(s.rollout.prompts_per_step * s.rollout.group_size, prompt_len + s.rollout.max_new_tokens)
+              for s in grpo] + [cache_bytes(_eval_rows(s.eval), prompt_len + (s.eval.max_new_tokens or
+                                                                              s.rollout.max_new_tokens))
+                                for s in cfg.stages if s.eval.every > 0 and s.kind != "reward_model"] + [0])
+    for s in grpo:
+        r = s.rollout
+        slots = prompt_len + r.max_new_tokens
+        rows = r.prompts_per_step * r.group_size
         a = s.algorithm
         micro = rows // (a.mini_batches * a.micro_batches)
         act = max(act, _activations(mc, ctx, micro, slots, r.max_new_tokens, cfg.model.logits_chunk),

@@ -216,6 +216,24 @@ def test_plan_without_devices_sizes_the_mesh_the_config_names():
     assert plan(C.load(arch, free), 16)["devices"] == 16
 
 
+def test_plan_counts_the_held_out_curves_sampling_cache_inside_training():
+    """eval.every samples held-out completions beside the optimizer state: the quickstart's evaluation rows
+    (128 prompts x 4 samples) make a cache 4x its rollouts' (16 x 8); an SFT-only config gets one."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    base = plan(C.load(str(ROOT / "configs" / "quickstart.yaml")), 1)["per_device_bytes"]
+    curve = plan(C.load(str(ROOT / "configs" / "quickstart.yaml"), ["stages.grpo.eval.every=25"]), 1)
+    assert curve["per_device_bytes"]["kv_cache"] == 4 * base["kv_cache"]
+    small = plan(C.load(str(ROOT / "configs" / "quickstart.yaml"), ["stages.grpo.eval.every=25",
+                                                                     "stages.grpo.eval.every_problems=16"]), 1)
+    assert small["per_device_bytes"]["kv_cache"] == base["kv_cache"]  # 16 prompts x 4 < 128 rollouts
+    sft = ["stages=[{name: sft, kind: sft, steps: 10}]"]
+    assert "kv_cache" not in plan(C.load(str(ROOT / "configs" / "quickstart.yaml"), sft), 1)["per_device_bytes"]
+    got = plan(C.load(str(ROOT / "configs" / "quickstart.yaml"), [*sft, "eval.every=5"]), 1)["per_device_bytes"]
+    assert got["kv_cache"] == 4 * base["kv_cache"]
+
+
 def test_plan_sizes_gpt_oss_120b_on_64_and_128_devices():
     """gpt-oss-120b GRPO (README's table): 117B parameters, sharded, fits 80 GB devices on both layouts."""
     from reasoning_rl import config as C
