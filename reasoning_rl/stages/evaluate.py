@@ -6,6 +6,9 @@ reverse) shows in ``summary.json``. With one task the figures are the top-level 
 several they sit under ``tasks`` and the top level holds the mean over the stage's own tasks. Every scored
 completion can be written as ``samples.jsonl`` (``run`` writes ``RUN_DIR/held_out/<stage>/samples.jsonl`` at
 each stage's end, ``eval`` its own beside ``eval.json``): the same records and fields either way.
+
+The same evaluation, on fewer problems, also draws a held-out curve while a stage trains (``eval.every``:
+``HeldOutCurve``), one ``held_out/...`` record per point in ``metrics.jsonl``.
 """
 
 from __future__ import annotations
