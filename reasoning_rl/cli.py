@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                         "checkpoint, optionally with thinking-budget (budget forcing) curves.")
     ev.add_argument("target", help="a run dir, a run's checkpoints/<stage> dir, or a Hugging Face model dir")
     ev.add_argument("--stage", default=None, help="which stage of a run (default: the last finished one)")
+    ev.add_argument("--step", type=int, default=None,
+                    help="a kept checkpoint step of the stage (default: its final, or newest, one); results go "
+                    "under RUN_DIR/eval/<stage>/step_<N>")
     ev.add_argument("--config", default=None, help="task and eval settings for a Hugging Face model dir")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="eval.*, rollout.*, task.* apply to the evaluated stage")

@@ -331,15 +331,22 @@ def _abstract_state(rt: Runtime, tx) -> TrainState:
     return TrainState(params, opt, scalar, jax.eval_shape(lambda: jax.random.key(0)), scalar)
 
 
-def restore_params(rt: Runtime, sdir: Path, stage: StageConfig, keep: int) -> tuple[Any, int]:
-    """Final (or latest) params of the stage checkpointed in ``sdir``, straight into ``rt``'s shardings."""
+def restore_params(rt: Runtime, sdir: Path, stage: StageConfig, keep: int,
+                   step: int | None = None) -> tuple[Any, int]:
+    """Final (or latest) params of the stage checkpointed in ``sdir``, straight into ``rt``'s shardings;
+    ``step``: that kept checkpoint step instead (ConfigError naming the kept ones when it is not there)."""
     from reasoning_rl.algorithms.steps import make_optimizer
 
     like = _abstract_state(rt, make_optimizer(stage.optimizer, 1))
     man = read_manifest(sdir / "manifest.json")
     ck = StageCheckpointer(sdir, keep)
     try:
-        got = ck.restore(like, man["final_step"] if man and man.get("complete") else None)
+        if step is not None and step not in ck.steps():
+            kept = ", ".join(map(str, ck.steps())) or "none"
+            raise ConfigError(f"--step: stage {stage.name} has no checkpoint step {step} in {sdir} (kept: {kept}; "
+                              "checkpoint.every and checkpoint.keep decide which are kept)")
+        got = ck.restore(like, step if step is not None else
+                         man["final_step"] if man and man.get("complete") else None)
     finally:
         ck.close()
     if got is None:

@@ -214,6 +214,18 @@ def test_eval_cli_budget_curve_and_plot(reference, tmp_path, capsys, caplog):
     assert cli.main(["plot", str(d)]) == 0
     assert (d / "plots" / "training_curves.png").stat().st_size > 1000
     assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
+    # a kept intermediate step (rsft keeps 2 and 4): the figures of the held-out curve's point there
+    assert cli.main(["eval", str(d), "--stage", "rsft", "--step", "2"]) == 0
+    got = json.loads((d / "eval" / "rsft" / "step_2" / "eval.json").read_text())
+    point = next(r for r in read_metrics(d) if r["stage"] == "rsft" and r["step"] == 2 and "held_out/problems" in r)
+    assert got["step"] == 2 and got["held_out"]["pass@1"] == point["held_out/pass@1"]
+    for task in ("arithmetic", "instruct"):
+        for k in ("pass@1", "pass@2", "mean_response_tokens", "format_rate"):
+            assert got["held_out"]["tasks"][task][k] == point[f"held_out/{task}/{k}"], (task, k)
+    capsys.readouterr()
+    assert cli.main(["eval", str(d), "--stage", "rsft", "--step", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "config error: --step: stage rsft has no checkpoint step 3 in " in err and "(kept: 2, 4;" in err, err
 
 
 def test_rejection_filter_keeps_verified_distinct_capped():

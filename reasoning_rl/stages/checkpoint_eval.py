@@ -71,8 +71,9 @@ def _config(raw: dict, stage: str | None, overrides: list[str]) -> Config:
     return config_lib.from_dict(raw)
 
 
-def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
-    """Runtime, stage config, params, output dir, and the runtime of the evaluated model."""
+def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime, int | None]:
+    """Runtime, stage config, params, output dir, the runtime of the evaluated model, and the checkpoint step
+    evaluated (None: a Hugging Face model dir)."""
     from reasoning_rl.pipeline import Stages, check_reward_names, restore_params
 
     run_dir, stage_name, kind = _locate(args.target, args.stage)
@@ -85,9 +86,12 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
         overrides.append(f"eval.budget.budgets={budgets}")
     if args.extend:
         overrides.append("eval.budget.extend=true")
+    step = getattr(args, "step", None)
     if kind == "hf":
         if not args.config:
             raise ConfigError("eval: a Hugging Face model dir needs --config for the task and eval settings")
+        if step is not None:
+            raise ConfigError(f"--step: {args.target} is a Hugging Face model dir, which has no checkpoint steps")
         raw = config_lib.load_raw(args.config)
         raw.setdefault("model", {})["path"] = str(run_dir)
     else:
@@ -108,8 +112,8 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
     check_model_dirs(cfg, weights=kind == "hf")  # a run's own parameters come from its checkpoints
     check_reward_names(cfg)  # the samples' reward components use the stage's rewards
     # a model dir is not ours to write into (often read-only, shared): its results go under ./eval_out/<dir>
-    out = Path(args.out) if args.out else (run_dir / "eval" / stage.name if kind != "hf"
-                                           else Path("eval_out") / run_dir.resolve().name)
+    out = Path(args.out) if args.out else (run_dir / "eval" / stage.name / (f"step_{step}" if step else "")
+                                           if kind != "hf" else Path("eval_out") / run_dir.resolve().name)
     check_output_dir(out, "eval output dir")  # before any compute
     try:  # the run's CPU device split, if JAX has not started yet (an evaluation runs on what there is)
         dist.split_cpu(cfg.mesh.cpu_devices)
@@ -118,10 +122,10 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime]:
     rt = Runtime(cfg, run_dir if kind != "hf" else out)
     srt = Stages(rt).runtime(stage)
     if kind == "hf":
-        params = srt.init_params()
+        params, step = srt.init_params(), None
     else:
-        params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
-    return rt, stage, params, out, srt
+        params, step = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep, step)
+    return rt, stage, params, out, srt, step
 
 
 def budget_source(rt: Runtime, stage: StageConfig, task: str | None) -> Source:
@@ -138,10 +142,11 @@ def run_eval(args) -> dict[str, Any]:
     from reasoning_rl.plot import plot_budget
     from reasoning_rl.rewards import registry
 
-    rt, stage, params, out, srt = load_target(args)
+    rt, stage, params, out, srt, step = load_target(args)
     progress.configure(every_s=rt.cfg.log.every_s)  # off a terminal: a progress line this often
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"target": str(args.target), "stage": stage.name}
+    result: dict[str, Any] = {"target": str(args.target), "stage": stage.name,
+                              **({"step": step} if step is not None else {})}
     if not args.budget_only:
         result["held_out"] = stage_eval(srt, stage, params, samples_path=out / "samples.jsonl")
     b = stage.eval.budget
