@@ -123,7 +123,9 @@ def test_two_hosts_run_every_stage_kind_like_one(tmp_path):
     """The R1 pipeline's stage kinds on two hosts: rejection sampling and teacher traces are sampled and
     verified on both, written once by the primary; logit distillation scores the student's global batch."""
     r1 = str(ROOT / "tests" / "configs" / "r1_tiny.yaml")
-    sets = ["--set", "mesh.data=2", "--set", "mesh.tensor=2", "--set", "stages.distill.distill.compare_grpo=false"]
+    # (the held-out curve r1_tiny draws is off here: the reward-model and async tests draw one on two hosts)
+    sets = ["--set", "mesh.data=2", "--set", "mesh.tensor=2", "--set", "stages.distill.distill.compare_grpo=false",
+            "--set", "eval.every=0"]
     one = one_host(tmp_path / "one", config=r1, sets=sets)
     assert one.returncode == 0, one.stderr[-3000:]
     (rc0, out0), (rc1, out1) = two_hosts(tmp_path / "two", None, config=r1, sets=sets)
@@ -142,8 +144,6 @@ def test_two_hosts_run_every_stage_kind_like_one(tmp_path):
     for ra, rb in zip(a, b):
         if "loss" in ra:
             assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6), (ra["stage"], ra["step"])
-        for k in [k for k in ra if k.startswith("held_out/")]:  # the held-out curve (eval.every), on both hosts
-            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["stage"], ra["step"], k)
 
 
 def test_each_host_loads_its_own_rows_of_every_batch():
