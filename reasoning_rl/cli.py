@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("target", help="a run dir or a run's checkpoints/<stage> dir")
     ex.add_argument("out", help="output dir (config.json, safetensors, tokenizer files)")
     ex.add_argument("--stage", default=None, help="which stage (default: the last finished one)")
+    ex.add_argument("--step", type=int, default=None,
+                    help="a kept checkpoint step of the stage (default: its final, or newest, one)")
     ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help="dtype of the exported weights (default: the params' dtype)")
     pl = sub.add_parser("plot", help="PNG training curves of a run (run writes them after every stage)",

@@ -146,11 +146,11 @@ def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-def critic_params(run_dir: Path) -> list[np.ndarray]:
+def critic_params(run_dir: Path, step: int | None = None) -> list[np.ndarray]:
     import orbax.checkpoint as ocp
 
     d = run_dir / "checkpoints" / "ppo"
-    last = max(int(q.name) for q in d.iterdir() if q.name.isdigit())
+    last = step or max(int(q.name) for q in d.iterdir() if q.name.isdigit())
     path = d / str(last) / "critic"
     ck = ocp.StandardCheckpointer()
     meta = ck.metadata(path)
@@ -282,6 +282,19 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     values = np.asarray(target_values(m.mdef, {"backbone": m.params, "head": head}, tokens, valid, 7))[0]
     np.testing.assert_allclose(values, logits[:7], rtol=1e-4, atol=1e-5)  # V before token i+1 = logits at i
     assert np.abs(logits).max() > 0
+    # --step: a kept earlier checkpoint (steps 4 and 6 are kept), policy and critic of that step
+    at4 = tmp_path / "at4"
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(at4), "--step", "4"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    index = json.loads((at4 / "critic" / "model.safetensors.index.json").read_text())["weight_map"]
+    kernel4 = np.asarray(SafetensorsFile(at4 / "critic" / index["score.weight"]).get("score.weight")).T
+    assert any(np.array_equal(kernel4, x) for x in critic_params(ppo_run, 4))
+    assert not any(np.array_equal(kernel4, x) for x in ours)  # not the final step's head
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(tmp_path / "at3"),
+                        "--step", "3"], capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 2 and "--step: stage ppo has no checkpoint step 3" in p.stderr and "(kept: 4, 6;" in p.stderr
+    assert not (tmp_path / "at3").exists()
 
 
 @pytest.mark.slow

@@ -195,7 +195,8 @@ def run_export(args) -> Path:
         log.warning("%s", e)
     rt = Runtime(cfg, run_dir)
     srt = Stages(rt).runtime(stage)
-    params, _ = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep)
+    params, step = restore_params(srt, run_dir / "checkpoints" / stage.name, stage, cfg.checkpoint.keep,
+                                  getattr(args, "step", None))
     source = srt.model_cfg.path
     if stage.kind == "reward_model":  # a *ForSequenceClassification checkpoint
         from reasoning_rl.models import save_reward_model
@@ -211,7 +212,7 @@ def run_export(args) -> Path:
         from reasoning_rl.models.value import save_value_model
         from reasoning_rl.stages.ppo import restore_critic
 
-        critic, cparams = restore_critic(rt, stage, run_dir / "checkpoints" / stage.name, cfg.checkpoint.keep)
+        critic, cparams = restore_critic(rt, stage, run_dir / "checkpoints" / stage.name, cfg.checkpoint.keep, step)
         csrc = stage.critic_model.path if stage.critic_model is not None else source
         cout = save_value_model(critic.cdef, cparams, Path(out) / "critic", dtype=args.dtype, tokenizer_from=csrc)
         if csrc is None and (run_dir / "tokenizer.model").is_file():

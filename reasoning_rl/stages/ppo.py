@@ -106,8 +106,10 @@ def _same_tokenizer(rt: Runtime, critic_path: str | None, key: str) -> None:
                               "token ids")
 
 
-def restore_critic(rt: Runtime, stage: StageConfig, sdir: Path, keep: int) -> tuple[Critic, dict]:
-    """The critic params of a ppo stage's final (or latest) checkpoint in ``sdir``, on ``rt``'s mesh."""
+def restore_critic(rt: Runtime, stage: StageConfig, sdir: Path, keep: int,
+                   step: int | None = None) -> tuple[Critic, dict]:
+    """The critic params of a ppo stage's final (or latest, or ``step``'s) checkpoint in ``sdir``, on ``rt``'s
+    mesh."""
     import orbax.checkpoint as ocp
 
     from reasoning_rl.checkpoint import CheckpointError, StageCheckpointer, read_manifest
@@ -123,7 +125,8 @@ def restore_critic(rt: Runtime, stage: StageConfig, sdir: Path, keep: int) -> tu
     ck = StageCheckpointer(sdir, keep)
     try:
         steps = ck.steps()
-        step = man["final_step"] if man and man.get("complete") else (steps[-1] if steps else None)
+        if step is None:
+            step = man["final_step"] if man and man.get("complete") else (steps[-1] if steps else None)
         if step is None:
             raise CheckpointError(f"{sdir}: no checkpoint to export the critic from")
         out = ck.mgr.restore(step, args=ocp.args.Composite(
