@@ -30,7 +30,7 @@ sandbox-deps:
 	  echo "note: bubblewrap is not installed (apt-get install bubblewrap): the code-sandbox tests will skip"
 
 test: $(VENV)/.test sandbox-deps
-	$(VENV)/bin/pytest -n 2 -q $(ARGS)
+	$(VENV)/bin/pytest -n 2 --dist worksteal -q $(ARGS)
 
 bench: $(VENV)/.core
 	$(PY) tools/bench.py $(ARGS)
