@@ -6,8 +6,8 @@ logical-axis rules the trainer uses. So a DeepSeek-V3 GRPO step on 256 chips can
 
 Exact (they are what the trainer allocates): parameters, optimizer moments (sharded like their parameter),
 the frozen reference model (GRPO with ``beta > 0``) and the sampler's KV cache (an RL step's rollouts, or a
-held-out curve's evaluation inside a training stage, ``eval.every``, whichever is larger). Estimated: the activations of
-one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``) and its float32
+held-out curve's evaluation inside a training stage, ``eval.every``, whichever is larger). Estimated: the
+activations of one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``) and its float32
 logits with their gradient (whole, or one log-prob chunk: the chunk the trainer will use), since XLA's
 scheduling decides the real peak. The logits' share of the total is reported: with a real vocabulary it is
 what ``model.logits_chunk`` decides.
