@@ -106,6 +106,10 @@ class EventFile:
         self._w = None
 
 
+# the key every held-out record (eval.every's curve, stages/evaluate.py) has and no step record has
+HELD_OUT_POINT = "held_out/problems"
+
+
 class MetricsWriter:
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
         """``enabled=False`` (hosts other than the primary) writes nothing."""

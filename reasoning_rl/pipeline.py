@@ -341,8 +341,9 @@ def restore_params(rt: Runtime, sdir: Path, stage: StageConfig, keep: int,
     man = read_manifest(sdir / "manifest.json")
     ck = StageCheckpointer(sdir, keep)
     try:
-        if step is not None and step not in ck.steps():
-            kept = ", ".join(map(str, ck.steps())) or "none"
+        kept = ck.steps() if step is not None else []
+        if step is not None and step not in kept:
+            kept = ", ".join(map(str, kept)) or "none"
             raise ConfigError(f"--step: stage {stage.name} has no checkpoint step {step} in {sdir} (kept: {kept}; "
                               "checkpoint.every and checkpoint.keep decide which are kept)")
         got = ck.restore(like, step if step is not None else

@@ -7,8 +7,8 @@ logical-axis rules the trainer uses. So a DeepSeek-V3 GRPO step on 256 chips can
 Exact (they are what the trainer allocates): parameters, optimizer moments (sharded like their parameter),
 the frozen reference model (GRPO with ``beta > 0``) and the sampler's KV cache (an RL step's rollouts, or a
 held-out curve's evaluation inside a training stage, ``eval.every``, whichever is larger). Estimated: the
-activations of one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``) and its float32
-logits with their gradient (whole, or one log-prob chunk: the chunk the trainer will use), since XLA's
+activations of one training micro-batch (saved layer inputs or intermediates, depending on ``model.remat``)
+and its float32 logits with their gradient (whole, or one log-prob chunk: the chunk the trainer will use), since XLA's
 scheduling decides the real peak. The logits' share of the total is reported: with a real vocabulary it is
 what ``model.logits_chunk`` decides.
 """
@@ -214,14 +214,13 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
 
     # the sampler's cache in a training loop: each RL step's rollouts, and a held-out curve's evaluations
     # (eval.every: sampled beside the optimizer state, in any stage kind that samples)
-    kv = max([cache_bytes(s.rollout.prompts_per_step * s.rollout.group_size, prompt_len + s.rollout.max_new_tokens)
-              for s in grpo] + [cache_bytes(_eval_rows(s.eval), prompt_len + (s.eval.max_new_tokens or
-                                                                              s.rollout.max_new_tokens))
-                                for s in cfg.stages if s.eval.every > 0 and s.kind != "reward_model"] + [0])
+    caches = [cache_bytes(_eval_rows(s.eval), prompt_len + (s.eval.max_new_tokens or s.rollout.max_new_tokens))
+              for s in cfg.stages if s.eval.every > 0 and s.kind != "reward_model"]
     for s in grpo:
         r = s.rollout
         slots = prompt_len + r.max_new_tokens
         rows = r.prompts_per_step * r.group_size
+        caches.append(cache_bytes(rows, slots))
         a = s.algorithm
         micro = rows // (a.mini_batches * a.micro_batches)
         act = max(act, _activations(mc, ctx, micro, slots, r.max_new_tokens, cfg.model.logits_chunk),
@@ -230,6 +229,7 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
         seq = min(mc.max_seq_len, prompt_len + max(r.max_new_tokens for r in [s.rollout]))
         act = max(act, _activations(mc, ctx, s.batch_size // s.algorithm.micro_batches, seq, seq - 1,
                                     cfg.model.logits_chunk), key=lambda x: x[0] + x[1])
+    kv = max(caches, default=0)
     if kv:
         parts["kv_cache"] = kv
         from reasoning_rl.models.transformer import segments

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from reasoning_rl.metrics import MetricsFileError, read_metrics
+from reasoning_rl.metrics import HELD_OUT_POINT, MetricsFileError, read_metrics
 
 HELD_OUT = "held_out/pass@1"  # eval.every's held-out curve, drawn with markers in the accuracy panel
 
@@ -50,7 +50,7 @@ def _by_stage(records: list[dict], path: Path) -> dict[str, list[dict]]:
         if isinstance(step, bool) or not isinstance(step, int):
             raise MetricsFileError(f"{path}: record {i} has step {step!r}, not an integer")
         # step 0 holds a stage's sampling figures, not a training step; a held-out point there is the stage's start
-        if step >= 1 or HELD_OUT in r:
+        if step >= 1 or HELD_OUT_POINT in r:
             out.setdefault(str(r.get("stage")), []).append(r)
     return out
 

@@ -28,6 +28,7 @@ from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.config import StageConfig
 from reasoning_rl.evaluation import evaluate
+from reasoning_rl.metrics import HELD_OUT_POINT, read_metrics
 from reasoning_rl.models import lora
 from reasoning_rl.rewards import RewardComputer, RewardSpec, extract_answer, registry
 
@@ -135,7 +136,7 @@ def held_out_fields(metrics: dict[str, Any], prefix: str = "held_out/") -> dict[
     if n is None and "tasks" in metrics:  # a mixture: its tasks' problems together
         n = sum(int(t.get("num_problems", 0)) for t in metrics["tasks"].values())
     if prefix == "held_out/" and n is not None:
-        out["held_out/problems"] = int(n)
+        out[HELD_OUT_POINT] = int(n)
     for k, v in metrics.items():
         if k == "tasks":
             for task, tm in v.items():
@@ -147,9 +148,7 @@ def held_out_fields(metrics: dict[str, Any], prefix: str = "held_out/") -> dict[
 
 def _recorded(run_dir: Path, stage: str, step: int) -> bool:
     """Whether ``metrics.jsonl`` holds a held-out record of ``stage`` at ``step``."""
-    from reasoning_rl.metrics import read_metrics
-
-    return any(r.get("stage") == stage and r.get("step") == step and "held_out/problems" in r
+    return any(r.get("stage") == stage and r.get("step") == step and HELD_OUT_POINT in r
                for r in read_metrics(run_dir))
 
 
