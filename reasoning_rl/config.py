@@ -125,6 +125,10 @@ class RolloutConfig:
     slots: int = 0  # in-flight refill: decode the prompts_per_step * group_size rows on this many batch slots
     refill_min: int = 0  # refill when this many slots are free (0: an eighth of the slots, at least 1)
     page_size: int = 0  # paged KV cache, prompt pages shared by the group (copy-on-write); 0: contiguous
+    # The update runs on the batch's completion columns up to its longest completion, rounded up to a multiple of
+    # max_new_tokens / width_buckets (so a stage compiles its update for at most this many widths): short
+    # answers under a long budget do not pay for the budget's padding. 0: always the whole budget.
+    width_buckets: int = 8
     # async: the sampler (on mesh.rollout_devices) decodes the next batches while the trainer updates. Step s
     # trains on a batch sampled with the policy of step s-1-max_staleness (0: exactly the synchronous run).
     mode: Literal["sync", "async"] = "sync"
@@ -957,6 +961,7 @@ def validate(cfg: Config) -> None:
         need(r.slots >= 0, f"{p}.rollout.slots", "must be >= 0 (0: one batch slot per row, no refill)")
         need(0 <= r.refill_min <= max(r.slots, 1), f"{p}.rollout.refill_min", "must be in [0, rollout.slots]")
         need(r.page_size >= 0, f"{p}.rollout.page_size", "must be >= 0 (0: contiguous cache)")
+        need(r.width_buckets >= 0, f"{p}.rollout.width_buckets", "must be >= 0 (0: the whole max_new_tokens)")
         need(o.lr > 0, f"{p}.optimizer.lr", "must be positive")
         need(a.epochs >= 1, f"{p}.algorithm.epochs", "must be >= 1")
         need(a.eps_low >= 0 and a.eps_high >= 0, f"{p}.algorithm.eps_low", "clip ranges must be >= 0")

@@ -23,7 +23,8 @@ from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.metrics import read_metrics
 from reasoning_rl.models.value import init_value_head
 from reasoning_rl.stages.ppo import advantages as ppo_advantages
-from test_steps import rollout
+from reasoning_rl.data.batching import trim_completions
+from test_steps import padded, rollout
 
 ROOT = Path(__file__).parent.parent
 TINY_PPO = str(Path(__file__).parent / "configs" / "tiny_ppo.yaml")
@@ -110,6 +111,36 @@ def test_ppo_gradient_is_micro_batch_invariant():
         for k in ("loss_sum", "vf_sum", "count", "vf_count"):
             assert float(a[k]) == pytest.approx(float(a1[k]), rel=1e-5, abs=1e-7), k
     assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(g1["critic"]["head"]))
+
+
+def test_ppo_update_on_the_trimmed_batch_equals_the_whole_budget():
+    """As the stage does it (values, GAE with the KL in the reward, the update), a batch laid out for a budget
+    of 40 and the same batch cut to its longest completion give the same gradients and figures."""
+    mdef, params, b, value_fn = base()
+    critic = critic_of(params)
+    a = AlgorithmConfig(beta=0.05, kl_in="reward", gamma=0.95, lam=0.9, vf_clip=0.1,
+                        aggregation="seq-mean-token-sum-norm")
+    rewards = np.random.default_rng(2).normal(size=len(b["mask"])).astype(np.float32)
+    whole = padded(b, 30)
+    grad = jax.jit(make_ppo_grad(mdef, mdef, a, 1.0, group=2, budget=40))
+    out = []
+    for x in (whole, trim_completions(whole, 16)):
+        x = dict(x, ref_logp=x["sampler_logp"] - 0.1 * x["mask"])
+        values = np.asarray(value_fn(critic, x["tokens"], x["valid"], x["mask"]))
+        values = np.where(x["mask"], values, 0.0).astype(np.float32)
+        adv, ret, am = ppo_advantages(a, rewards, values, x)
+        x.update(adv=adv, returns=ret, old_values=values)
+        out.append((grad({"policy": params, "critic": critic}, x), adv, am))
+    ((g1, a1), adv1, am1), ((g2, a2), adv2, am2) = out
+    assert adv2.shape[1] == 16
+    np.testing.assert_allclose(adv2, adv1[:, :16], rtol=1e-5, atol=1e-6)
+    assert not adv1[:, 16:].any()
+    for k in am1:
+        assert am2[k] == pytest.approx(am1[k], rel=1e-5, abs=1e-6), k
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        assert np.abs(x - y).max() <= 1e-5 * (np.abs(x).max() + 1e-12)
+    for k in ("loss_sum", "count", "vf_sum", "vf_count"):
+        assert float(a2[k]) == pytest.approx(float(a1[k]), rel=1e-5, abs=1e-7), k
 
 
 def test_critic_warmup_trains_the_critic_only_then_both():

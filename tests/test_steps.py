@@ -12,7 +12,7 @@ from reasoning_rl.algorithms.steps import init_state, make_grpo_grad, make_grpo_
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.models import MLAConfig
 from reasoning_rl.models.layers import attention
-from reasoning_rl.data.batching import rollout_batch
+from reasoning_rl.data.batching import rollout_batch, trim_completions, update_width
 from reasoning_rl.rollout import sampler as S
 
 SGD = OptimizerConfig(name="sgd", lr=1.0, max_grad_norm=0.0)
@@ -51,6 +51,47 @@ def test_gradient_is_micro_batch_invariant(aggregation, loss):
         assert np.abs(a - b).max() / scale < 5e-6  # float32 sums regrouped by micro-batch
     assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-6)
     assert float(m1["clip_frac"]) == pytest.approx(float(m4["clip_frac"]), rel=1e-6)
+
+
+def padded(batch: dict, extra: int) -> dict:
+    """``batch`` as a longer generation budget lays it out: ``extra`` more completion columns past every row's
+    end (pad tokens, masked out)."""
+    n = batch["mask"].shape[1]
+    out = dict(batch)
+    for k, v in batch.items():
+        if v.ndim == 2 and k in ("tokens", "valid") or v.ndim == 2 and v.shape[1] == n:
+            out[k] = np.pad(v, ((0, 0), (0, extra)))
+    return out
+
+
+def test_update_width_rounds_up_to_a_bucket_of_the_budget():
+    assert [update_width(n, 64, 4) for n in (0, 1, 16, 17, 40, 64)] == [16, 16, 16, 32, 48, 64]
+    assert update_width(5, 100, 8) == 16 and update_width(99, 100, 8) == 100  # steps of 16, capped at the budget
+    assert update_width(3, 64, 0) == 64
+    assert update_width(700, 8192, 8) == 1024
+
+
+@pytest.mark.parametrize("loss,aggregation", [("grpo", "token-mean"), ("grpo", "seq-mean-token-sum-norm"),
+                                              ("gspo", "seq-mean-token-mean")])
+def test_update_on_the_trimmed_batch_equals_the_whole_budget(loss, aggregation):
+    """The columns past the longest completion change nothing: gradient and metrics of a batch laid out for a
+    budget of 48 equal those of the same batch cut to its update width (Dr.GRPO still divides by the budget)."""
+    mdef, params = tiny_model()
+    whole = padded(rollout(mdef, params), 38)  # completions of at most 10 tokens in a budget of 48
+    width = update_width(int(whole["mask"].sum(axis=1).max()), 48, 3)
+    trimmed = trim_completions(whole, width)
+    assert width == 16 and trimmed["tokens"].shape[1] == whole["tokens"].shape[1] - 32
+    assert all(trimmed[k].shape[1] == 16 for k in ("mask", "old_logp", "sampler_logp"))
+    cfg = AlgorithmConfig(loss=loss, aggregation=aggregation, beta=0.05, eps_high=0.28)
+    grad = jax.jit(make_grpo_grad(mdef, cfg, temperature=1.0, budget=48))
+    out = [grad(params, dict(b, ref_logp=b["ref_logp"][:, :n])) for b, n in ((whole, 48), (trimmed, 16))]
+    (g1, a1), (g2, a2) = out
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        assert np.abs(x - y).max() <= 1e-6 * (np.abs(x).max() + 1e-12)
+    for k in ("loss_sum", "count", "clip_frac", "kl", "entropy"):
+        np.testing.assert_allclose(np.asarray(a2[k]), np.asarray(a1[k]), rtol=1e-6, err_msg=k)
+    with pytest.raises(ValueError, match="longer than the update width"):
+        trim_completions(whole, 8)
 
 
 def test_non_finite_step_is_not_applied():

@@ -46,8 +46,9 @@ def kl_estimate(logp, ref_logp, kind: str):
     raise KeyError(f"algorithm.kl_estimator: unknown estimator {kind!r}")
 
 
-def aggregate(per_token, mask, mode: str):
-    """Token losses [B, T] → (sum, count) for the aggregation ``mode``."""
+def aggregate(per_token, mask, mode: str, budget: int | None = None):
+    """Token losses [B, T] → (sum, count) for the aggregation ``mode``. ``budget``: the generation budget
+    Dr.GRPO divides by (None: T; a rollout batch trimmed to its longest completion is narrower than that)."""
     m = mask.astype(jnp.float32)
     if mode == "token-mean":
         return jnp.sum(per_token * m), jnp.sum(m)
@@ -55,7 +56,7 @@ def aggregate(per_token, mask, mode: str):
         per_seq = jnp.sum(per_token * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
         return jnp.sum(per_seq), jnp.asarray(per_token.shape[0], jnp.float32)
     if mode == "seq-mean-token-sum-norm":  # Dr.GRPO: divide by the (constant) generation budget
-        per_seq = jnp.sum(per_token * m, axis=1) / per_token.shape[1]
+        per_seq = jnp.sum(per_token * m, axis=1) / (budget or per_token.shape[1])
         return jnp.sum(per_seq), jnp.asarray(per_token.shape[0], jnp.float32)
     raise KeyError(f"algorithm.aggregation: unknown mode {mode!r}")
 
@@ -71,7 +72,7 @@ def _metrics(x: LossInputs, clipped, kl):
 
 @register("grpo")
 def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
-              aggregation: str):
+              aggregation: str, budget: int | None = None):
     """Token-level clipped surrogate (PPO/GRPO) with DAPO clip-higher and an optional KL penalty."""
     ratio = jnp.exp(x.logp - x.old_logp)
     a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
@@ -85,13 +86,13 @@ def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     if beta > 0:
         kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
         per_token = per_token + beta * kl
-    s, c = aggregate(per_token, x.mask, aggregation)
+    s, c = aggregate(per_token, x.mask, aggregation, budget)
     return s, c, _metrics(x, clipped, kl)
 
 
 @register("gspo")
 def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
-              aggregation: str):
+              aggregation: str, budget: int | None = None):
     """GSPO: one importance ratio per sequence, exp(mean_t log(pi/pi_old)), clipped at sequence level.
 
     The loss is per sequence (mean over sequences); ``aggregation`` only applies to the KL term."""

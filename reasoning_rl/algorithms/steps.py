@@ -255,7 +255,7 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
 
 
 def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int | None = None,
-                   group: int = 1):
+                   group: int = 1, budget: int | None = None):
     """``(params, batch) -> (grads, aux)``: the normalised gradient of one mini-batch, accumulated over
     ``acfg.micro_batches`` micro-batches. ``group``: rows come in groups of this many sharing a prompt (a
     rollout batch), so the prompt is run once per group (see ``target_logprobs``).
@@ -266,11 +266,12 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
     behaviour_logp [B, T] in place of sampler_logp: the batch gets this one update only, so the proximal
     policy *is* the params being differentiated and its log-probs are this forward's own (stop-gradient)
     values, with the importance weights against behaviour_logp (``acfg.off_policy``, ``acfg.tis_cap``)
-    formed here: no second forward.
+    formed here: no second forward. ``budget``: the generation budget (``rollout.max_new_tokens``), which
+    Dr.GRPO's aggregation divides by; the batch's completion columns may be fewer (trimmed to its longest).
     """
     loss = get_loss(acfg.loss)
     kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=acfg.beta, kl_estimator=acfg.kl_estimator,
-              aggregation=acfg.aggregation)
+              aggregation=acfg.aggregation, budget=budget)
 
     def loss_fn(params, b):
         model = mdef.bind(params)
@@ -295,9 +296,9 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
 
 
 def make_grpo_step(mdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
-                   temperature: float, logits_chunk: int | None = None, group: int = 1):
-    """One optimizer update on one mini-batch (see ``make_grpo_grad`` for the batch layout)."""
-    grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk, group)
+                   temperature: float, logits_chunk: int | None = None, group: int = 1, budget: int | None = None):
+    """One optimizer update on one mini-batch (see ``make_grpo_grad`` for the batch layout and ``budget``)."""
+    grad_fn = make_grpo_grad(mdef, acfg, temperature, logits_chunk, group, budget)
 
     def grpo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         # LoRA dropout (model.lora.dropout > 0) in the policy's training forward only, as PEFT/TRL: the
@@ -336,18 +337,19 @@ def _clipped_update(params, opt_state, grads, tx, max_grad_norm: float):
 
 
 def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, temperature: float,
-                  logits_chunk: int = 0, group: int = 1):
+                  logits_chunk: int = 0, group: int = 1, budget: int | None = None):
     """``({"policy", "critic"}, batch) -> (grads, aux)``: the policy's clipped token loss and the critic's
     clipped value loss on one mini-batch, accumulated over micro-batches; each part's gradient is divided by
     its own global count (the policy's aggregation count, the critic's token count), so the update is the
     same for any split. The two parameter sets are disjoint, so one backward pass gives both gradients. A LoRA
     policy's gradient covers its adapters only (``grads["policy"]`` is the adapters tree).
 
-    batch: as ``make_grpo_grad`` with ``adv`` [B, T] (GAE), plus ``old_values`` and ``returns`` [B, T]."""
+    batch: as ``make_grpo_grad`` with ``adv`` [B, T] (GAE), plus ``old_values`` and ``returns`` [B, T];
+    ``budget`` as there."""
     loss = get_loss("grpo")
     beta = acfg.beta if acfg.kl_in == "loss" else 0.0  # in the reward: already in the advantages
     kw = {"eps_low": acfg.eps_low, "eps_high": acfg.eps_high, "beta": beta, "kl_estimator": acfg.kl_estimator,
-          "aggregation": acfg.aggregation}
+          "aggregation": acfg.aggregation, "budget": budget}
 
     def loss_fn(both, b):
         model = mdef.bind(both["policy"])
@@ -384,12 +386,12 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
 def make_ppo_step(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, ocfg: OptimizerConfig,
                   tx: optax.GradientTransformation, critic_ocfg: OptimizerConfig,
                   critic_tx: optax.GradientTransformation, temperature: float, logits_chunk: int = 0,
-                  group: int = 1, warmup_updates: int = 0):
+                  group: int = 1, warmup_updates: int = 0, budget: int | None = None):
     """One PPO update of policy and critic (``state.critic``) on one mini-batch. The first ``warmup_updates``
     optimizer updates train the critic only (the policy and its optimizer state are kept). A non-finite loss
     or gradient in either part applies neither and counts as a skipped step. A LoRA policy updates its adapters
     only (``tx``'s state covers them); its frozen base passes through untouched."""
-    grad_fn = make_ppo_grad(mdef, cdef, acfg, temperature, logits_chunk, group)
+    grad_fn = make_ppo_grad(mdef, cdef, acfg, temperature, logits_chunk, group, budget)
 
     def ppo_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         critic = state.critic

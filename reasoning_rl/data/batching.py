@@ -55,3 +55,34 @@ def rollout_batch(prompt_tokens: np.ndarray, prompt_valid: np.ndarray, tokens: n
         "sampler_logp": logp.astype(np.float32),
         "adv": adv.astype(np.float32),
     }
+
+
+def update_width(longest: int, budget: int, buckets: int) -> int:
+    """The completion columns an update needs: the batch's ``longest`` completion rounded up to a multiple of
+    ``budget / buckets`` (itself a multiple of 8), at most ``budget``; ``buckets`` 0: always ``budget``.
+
+    Columns past every row's end are masked out of every loss, advantage and metric, so dropping them leaves
+    the numbers as they were and saves their compute: with a reasoning budget of thousands of tokens and
+    answers of hundreds, most of it. The rounding bounds how many shapes a stage compiles its update for."""
+    if buckets <= 0:
+        return budget
+    step = round_up(-(-budget // buckets), 8)
+    return min(budget, round_up(max(longest, 1), step))
+
+
+def trim_completions(batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """A rollout batch (``rollout_batch``) with its completion columns cut to the first ``width``: the
+    ``[prompt | completion]`` arrays keep their prompt columns."""
+    n = batch["mask"].shape[1]
+    if width >= n:
+        return batch
+    if batch["mask"][:, width:].any():
+        raise ValueError(f"a completion is longer than the update width {width}")
+    keep = batch["tokens"].shape[1] - n + width
+    out = dict(batch)
+    for k in ("tokens", "valid", "routes"):
+        if k in out:
+            out[k] = out[k][:, :keep]
+    for k in ("mask", "old_logp", "sampler_logp"):
+        out[k] = out[k][:, :width]
+    return out

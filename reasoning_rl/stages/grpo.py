@@ -21,7 +21,7 @@ from reasoning_rl.algorithms.advantages import compute_advantages, informative_g
 from reasoning_rl.algorithms.losses import kl_estimate, off_policy_weights
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
-from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up
+from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up, trim_completions, update_width
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.evaluation import sample_record
 from reasoning_rl.metrics import MetricsWriter
@@ -144,6 +144,8 @@ class Rollout:
             mask[n_real * self.g:] = False
         adv = np.asarray(compute_advantages(self.advantage, rew, self.g, mask=mask))
         batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g, outs.get("routes"))
+        width = update_width(int(outs["lengths"].max()), self.sp.max_new_tokens, self.stage.rollout.width_buckets)
+        batch = trim_completions(batch, width)
         batch["rewards"] = rew  # host-side only (the caller pops it): token-level estimators redo the advantages
         # metrics over everything sampled in the first round (what the policy actually does)
         res = first["scored"].result
@@ -153,6 +155,7 @@ class Rollout:
             "response_len": float(first["out"].lengths.mean()),
             "gen_tokens_per_s": gen_tokens / max(t_sample, 1e-9), "sample_s": t_sample,
             "slot_utilisation": gen_tokens / max(sum(int(r["out"].slot_steps) for r in rounds), 1),
+            "update_width": width,
             "reward_errors": int(sum(res.errors.values())), "reward_non_finite": int(sum(res.non_finite.values())),
             **res.error_metrics(),
         }
@@ -227,7 +230,8 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     rollout = Rollout(srt, stage, stream, data)
     loss_cfg = dataclasses.replace(a, beta=0.0) if a.kl_in == "reward" else a  # the KL is in the advantages
     step_fn = trt.jit_step(make_grpo_step(trt.mdef, loss_cfg, stage.optimizer, run.tx, r.temperature,
-                                          trt.model_cfg.logits_chunk, group=r.group_size), run.state)
+                                          trt.model_cfg.logits_chunk, group=r.group_size, budget=r.max_new_tokens),
+                           run.state)
     ref_fn = (trt.jit_fn(make_logprob_fn(trt.base_mdef, r.temperature, trt.model_cfg.logits_chunk,
                                          r.group_size))
               if a.beta > 0 else None)

@@ -216,7 +216,8 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     chunk = rt.model_cfg.logits_chunk
     step_fn = rt.jit_step(make_ppo_step(rt.mdef, critic.cdef, a, stage.optimizer, run.tx, stage.critic.optimizer,
                                         critic_tx, r.temperature, chunk, group=r.group_size,
-                                        warmup_updates=a.critic_warmup_steps * per_step), run.state)
+                                        warmup_updates=a.critic_warmup_steps * per_step, budget=r.max_new_tokens),
+                          run.state)
     value_fn = rt.jit_fn(make_value_fn(critic.cdef, r.group_size))
     ref_fn = rt.jit_fn(make_logprob_fn(rt.base_mdef, r.temperature, chunk, r.group_size)) if a.beta > 0 else None
     slog = StepLog(rt, stage, writer, run, progress)
