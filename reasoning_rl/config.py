@@ -137,12 +137,16 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class OverlongConfig:
-    """DAPO soft overlong punishment: linear penalty over the last ``cache`` tokens before ``max_len``."""
+    """DAPO's two treatments of completions that run long: the soft overlong punishment (``enabled``: a linear
+    penalty over the last ``cache`` tokens before ``max_len``) and overlong filtering (``filter``: a truncated
+    completion, one that reached max_new_tokens without a stop token, is left out of the loss; its reward
+    still counts in its group's advantages)."""
 
     enabled: bool = False
     max_len: int = 64
     cache: int = 16
     penalty: float = 1.0
+    filter: bool = False
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,9 @@ def trim_completions(batch: dict[str, np.ndarray], width: int) -> dict[str, np.n
     for k in ("mask", "old_logp", "sampler_logp"):
         out[k] = out[k][:, :width]
     return out
+
+
+def truncated_rows(tokens: np.ndarray, lengths: np.ndarray, budget: int, stop_ids) -> np.ndarray:
+    """[N] bool: the completions that reached the ``budget`` without ending on a stop token (cut off)."""
+    last = tokens[np.arange(len(lengths)), np.maximum(np.asarray(lengths) - 1, 0)]
+    return (np.asarray(lengths) >= budget) & ~np.isin(last, np.asarray(list(stop_ids), tokens.dtype))

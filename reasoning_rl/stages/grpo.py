@@ -21,7 +21,8 @@ from reasoning_rl.algorithms.advantages import compute_advantages, informative_g
 from reasoning_rl.algorithms.losses import kl_estimate, off_policy_weights
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
-from reasoning_rl.data.batching import prompt_batch, rollout_batch, round_up, trim_completions, update_width
+from reasoning_rl.data.batching import (prompt_batch, rollout_batch, round_up, trim_completions, truncated_rows,
+                                        update_width)
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.evaluation import sample_record
 from reasoning_rl.metrics import MetricsWriter
@@ -100,7 +101,8 @@ class Rollout:
         ol = self.stage.algorithm.overlong
         if ol.enabled:
             rewards = rewards + np.asarray(overlong_penalty(out.lengths, ol.max_len, ol.cache, ol.penalty))
-        return {"pt": pt, "pv": pv, "out": out, "rewards": rewards, "scored": scored, "rows": rows,
+        cut = truncated_rows(out.tokens, out.lengths, self.sp.max_new_tokens, self.sp.stop_ids)
+        return {"pt": pt, "pv": pv, "out": out, "rewards": rewards, "scored": scored, "rows": rows, "cut": cut,
                 "t_sample": t_sample}
 
     def collect(self, params, rng):
@@ -144,6 +146,8 @@ class Rollout:
             mask[n_real * self.g:] = False
         adv = np.asarray(compute_advantages(self.advantage, rew, self.g, mask=mask))
         batch = rollout_batch(pt, pv, outs["tokens"], mask, outs["logprobs"], adv, self.g, outs.get("routes"))
+        if a.overlong.filter:  # DAPO overlong filtering: cut-off completions get no loss (their rewards counted)
+            batch["mask"] = batch["mask"] & ~pick("cut", self.g)[:, None]
         width = update_width(int(outs["lengths"].max()), self.sp.max_new_tokens, self.stage.rollout.width_buckets)
         batch = trim_completions(batch, width)
         batch["rewards"] = rew  # host-side only (the caller pops it): token-level estimators redo the advantages
@@ -156,6 +160,7 @@ class Rollout:
             "gen_tokens_per_s": gen_tokens / max(t_sample, 1e-9), "sample_s": t_sample,
             "slot_utilisation": gen_tokens / max(sum(int(r["out"].slot_steps) for r in rounds), 1),
             "update_width": width,
+            "truncated_frac": float(first["cut"].mean()),
             "reward_errors": int(sum(res.errors.values())), "reward_non_finite": int(sum(res.non_finite.values())),
             **res.error_metrics(),
         }
@@ -179,7 +184,6 @@ class Rollout:
         per_task: dict[str, list[int]] = {}
         for i, r in enumerate(rows):
             per_task.setdefault(r.get("task"), []).append(i)
-        stops = set(self.sp.stop_ids)
         recs = []
         for i in order:
             m = int(out.lengths[i])
@@ -191,7 +195,7 @@ class Rollout:
             else:
                 comps = {k: float(v[i]) for k, v in scored.result.per_reward.items()}
             rec = sample_record(row, text, extract_answer(text), comps, float(scored.correct[i]) >= 1.0, m,
-                                m == 0 or int(out.tokens[i, m - 1]) not in stops, prompt_index=i // self.g,
+                                bool(rd["cut"][i]), prompt_index=i // self.g,
                                 sample=i % self.g)
             rec["reward"], rec["advantage"] = float(rd["rewards"][i]), float(adv[i])
             recs.append(rec)
