@@ -122,6 +122,9 @@ class RolloutConfig:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
     stop_at_answer: bool = True  # stop a row at </answer> as well as at EOS
+    # more strings that end a completion (e.g. "\n\nQuestion:" after few-shot prompts): matched on the text,
+    # whichever tokens spell it (reasoning_rl/rollout/stops.py); the token that completes one is kept
+    stop: tuple[str, ...] = ()
     slots: int = 0  # in-flight refill: decode the prompts_per_step * group_size rows on this many batch slots
     refill_min: int = 0  # refill when this many slots are free (0: an eighth of the slots, at least 1)
     page_size: int = 0  # paged KV cache, prompt pages shared by the group (copy-on-write); 0: contiguous
@@ -965,6 +968,7 @@ def validate(cfg: Config) -> None:
         need(r.slots >= 0, f"{p}.rollout.slots", "must be >= 0 (0: one batch slot per row, no refill)")
         need(0 <= r.refill_min <= max(r.slots, 1), f"{p}.rollout.refill_min", "must be in [0, rollout.slots]")
         need(r.page_size >= 0, f"{p}.rollout.page_size", "must be >= 0 (0: contiguous cache)")
+        need(all(isinstance(x, str) and x for x in r.stop), f"{p}.rollout.stop", "must be a list of non-empty strings")
         need(r.width_buckets >= 0, f"{p}.rollout.width_buckets", "must be >= 0 (0: the whole max_new_tokens)")
         need(o.lr > 0, f"{p}.optimizer.lr", "must be positive")
         need(a.epochs >= 1, f"{p}.algorithm.epochs", "must be >= 1")

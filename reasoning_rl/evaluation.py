@@ -6,6 +6,7 @@ pass@k uses the unbiased estimator of Chen et al. (2021): from n samples with c 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 from reasoning_rl.distributed import gather
 from reasoning_rl.progress import Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample
+from reasoning_rl.rollout.stops import StopTable
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,14 +37,15 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
 
 
 def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams, seed: int, batch_prompts: int,
-                 stop_ids: Sequence[int], stopped: list[bool] | None = None,
+                 stopped: list[bool] | None = None,
                  progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
     """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths.
-    ``stopped``: appended per completion, whether it ended on a stop token (else it hit the token limit).
-    ``progress`` counts the completions as each chunk comes back."""
+    ``stopped``: appended per completion, whether it ended on a stop token or string (else it hit the token
+    limit). ``progress`` counts the completions as each chunk comes back."""
+    from reasoning_rl.rollout import stops as stop_strings
     from reasoning_rl.rollout.sampler import left_pad
 
-    stops = {int(i) for i in stop_ids}
+    stops = {int(i) for i in sp.stop_ids}
     texts: list[str] = []
     lengths: list[int] = []
     tp = max(len(p) for p in prompts)
@@ -53,12 +56,13 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
         pt, pv = left_pad(chunk, tok.pad_id, bucket=8, min_len=tp)
         out = gather(sample(mdef, params, pt, pv, jax.random.key(seed + start), sp))
         rows = real * sp.group_size
+        hit = stop_strings.hits(sp.stop_table, np.asarray(out.tokens[:rows]), np.asarray(out.lengths[:rows]))
         for r in range(rows):
             n = int(out.lengths[r])
             texts.append(tok.decode(out.tokens[r, :n]))
             lengths.append(n)
             if stopped is not None:
-                stopped.append(n > 0 and int(out.tokens[r, n - 1]) in stops)
+                stopped.append(bool(hit[r]) or (n > 0 and int(out.tokens[r, n - 1]) in stops))
         if progress is not None:
             progress.advance(rows)
     return texts, np.asarray(lengths)
@@ -66,6 +70,7 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
 
 def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Sequence[int], temperature: float,
              max_new_tokens: int, stop_ids: Sequence[int], correct_fn: Callable[[str, dict], float],
+             stop_table: StopTable | None = None,
              format_fn: Callable[[str, dict], float] | None, extract_fn: Callable[[str], Any] | None,
              batch_size: int = 512, greedy: bool = True, seed: int = 0, name: str = "eval",
              records: list[dict] | None = None,
@@ -77,11 +82,12 @@ def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Seque
     reward components for the records (``{name: values}``), besides correctness (``correct_name``) and format."""
     prompts = [tok.encode(e["prompt"]) for e in examples]
     bp = max(1, min(len(prompts), batch_size // samples))
-    sp = SamplingParams(max_new_tokens, float(temperature), 0, 1.0, False, tuple(stop_ids), tok.pad_id, samples)
+    sp = SamplingParams(max_new_tokens, float(temperature), 0, 1.0, False, tuple(stop_ids), tok.pad_id, samples,
+                        stop_table=stop_table)
     n = len(examples)
     bar = Progress(name, n * samples + (n if greedy else 0), unit="completion")
     stopped: list[bool] = []
-    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stop_ids, stopped, bar)
+    texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stopped, bar)
     scores = [float(correct_fn(t, examples[i // samples])) for i, t in enumerate(texts)]
     correct = (np.asarray(scores) >= 1.0).reshape(n, samples)
     out: dict[str, Any] = {"num_problems": n, "samples_per_problem": samples, "temperature": temperature}
@@ -114,10 +120,10 @@ def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Seque
         for d in sorted(set(diffs.tolist()))
     }
     if greedy:
-        gsp = SamplingParams(max_new_tokens, 1.0, 0, 1.0, True, tuple(stop_ids), tok.pad_id, 1)
+        gsp = dataclasses.replace(sp, greedy=True, temperature=1.0, group_size=1)
         gstopped: list[bool] = []
-        gtexts, glens = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), stop_ids,
-                                     gstopped, bar)
+        gtexts, glens = sample_texts(mdef, params, tok, prompts, gsp, seed, max(1, min(n, batch_size)), gstopped,
+                                     bar)
         gscores = [float(correct_fn(t, examples[i])) for i, t in enumerate(gtexts)]
         out["greedy_accuracy"] = float(np.mean(np.asarray(gscores) >= 1.0))
         if records is not None:
@@ -148,7 +154,7 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
                  correct_fn: Callable[[str, dict], float], format_fn: Callable[[str, dict], float] | None = None,
                  extend: bool = False, continuation: str = ",", answer_tokens: int = 16, samples: int = 1,
                  greedy: bool = True, temperature: float = 1.0, stop_ids: Sequence[int] = (),
-                 batch_rows: int = 512, seed: int = 0, name: str = "budget forcing") -> dict[str, Any]:
+                 stop_table: StopTable | None = None, batch_rows: int = 512, seed: int = 0, name: str = "budget forcing") -> dict[str, Any]:
     """Accuracy against thinking budget by budget forcing (``reasoning_rl.rollout.budget``).
 
     Every problem is answered once per budget (``samples`` times, greedy by default) with its thinking
@@ -165,7 +171,7 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
     budgets = [int(b) for b in budgets]
     g = len(budgets) * samples
     bp = BudgetParams(max(budgets) + answer_tokens + 2, ids["<think>"], ids["</think>"], ids["<answer>"], cont[0],
-                      tuple(stop_ids), tok.pad_id, float(temperature), bool(greedy), g)
+                      tuple(stop_ids), tok.pad_id, float(temperature), bool(greedy), g, stop_table=stop_table)
     prompts = [tok.encode(e["prompt"]) for e in examples]
     tp = max(len(p) for p in prompts)
     bpp = max(1, min(len(prompts), batch_rows // g))

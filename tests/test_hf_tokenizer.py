@@ -4,8 +4,12 @@ templates rendered as transformers renders them (compared against transformers w
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+
+from reasoning_rl import config as C
 from reasoning_rl.models.hf_tokenizer import load_tokenizer
 
 CHATML = (
@@ -118,19 +122,48 @@ def test_rollouts_stop_at_every_eos_id_of_generation_config(tmp_path):
     """Llama 3 instruct checkpoints name <|end_of_text|> as the tokenizer's eos but end a chat turn with
     <|eot_id|>, which only generation_config.json lists: the sampler's stop tokens (Runtime.stop_ids, what
     rollouts, evaluation and rejection sampling stop at) include every id it lists, not the eos alone."""
-    from types import SimpleNamespace
-
     from reasoning_rl.stages.common import Runtime
 
     d = _byte_bpe(tmp_path / "l3i", LLAMA3, bos_token="<|begin_of_text|>", eos_token="<|endoftext|>",
                   tokenizer_class="PreTrainedTokenizerFast")
     tok = load_tokenizer(d)
     eos, eot = tok.token_id("<|endoftext|>"), tok.token_id("<|eot_id|>")
-    assert Runtime.stop_ids(SimpleNamespace(tok=tok)) == (eos,)
+    r = C.RolloutConfig()
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok), r) == (eos,)
     (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, eot]}))
     tok = load_tokenizer(d)
-    assert Runtime.stop_ids(SimpleNamespace(tok=tok), stop_at_answer=False) == (eos, eot)
-    assert Runtime.stop_ids(SimpleNamespace(tok=tok)) == (eos, eot)  # no </answer> token in this vocabulary
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok), C.RolloutConfig(stop_at_answer=False)) == (eos, eot)
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok), r) == (eos, eot)  # no </answer> token in this vocabulary
+    # a stop string that is one token joins the ids; one of several tokens goes to the decode loop's automaton
+    assert Runtime.stop_ids(SimpleNamespace(tok=tok), C.RolloutConfig(stop=("<|eot_id|>", "x y"))) == (eos, eot)
+
+
+def test_stop_strings_are_matched_on_the_text_whichever_tokens_spell_it(tmp_path):
+    """</answer> is several tokens of a byte-level BPE vocabulary: the run's stop table finds it in the
+    tokens of any text that contains it, split however the tokenizer splits it, and nowhere else."""
+    from reasoning_rl.rollout import stops
+    from reasoning_rl.stages.common import Runtime
+
+    d = _byte_bpe(tmp_path / "bpe", LLAMA3, bos_token="<|begin_of_text|>", eos_token="<|endoftext|>",
+                  tokenizer_class="PreTrainedTokenizerFast")
+    tok = load_tokenizer(d)
+    assert tok.token_id("</answer>") is None
+    rt = SimpleNamespace(tok=tok, mdef=SimpleNamespace(cfg=SimpleNamespace(vocab_size=tok.vocab_size + 3)),
+                         _stop_tables={},
+                         _token_texts=None)
+    table = Runtime.stop_table(rt, C.RolloutConfig(stop=("\n\nQuestion:",)))
+    assert table.strings == ("</answer>", "\n\nQuestion:") and table.table.shape[1] == tok.vocab_size + 3
+    assert Runtime.stop_table(rt, C.RolloutConfig(stop_at_answer=False)) is None
+    texts = ["<think>2+2</think><answer>4</answer>", "<answer> 4 </answer>\n", "x</answer>.", "</answer",
+             "answer>", "a\n\nQuestion: b", "\nQuestion:", "</ answer>"]
+    ids = [tok.encode(t) for t in texts]
+    for t, i in zip(texts, ids):
+        assert "".join(rt._token_texts[j] for j in i) == tok.decode(i), t  # texts concatenate as decoded
+    n = max(len(i) for i in ids)
+    tokens = np.array([i + [0] * (n - len(i)) for i in ids], np.int32)
+    lengths = np.array([len(i) for i in ids])
+    assert stops.hits(table, tokens, lengths).tolist() == [True, True, True, False, False, True, False, False]
+    assert stops.hits(table, tokens, np.minimum(lengths, 3)).tolist()[:3] == [False, False, False]
 
 
 def test_chat_template_kwargs_reach_the_template_and_need_template_chat(tmp_path):

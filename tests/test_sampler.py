@@ -66,6 +66,39 @@ def test_stop_tokens_mask_and_padding():
             assert n == 24
 
 
+@pytest.mark.parametrize("loop", [{}, {"slots": 8, "refill_min": 2}, {"page_size": 4}])
+def test_stop_strings_end_a_row_at_the_token_that_completes_one(loop):
+    """With a stop table (strings over the tokens' texts) each row is the unstopped row's prefix up to and
+    including the first token at which its text contains a stop string, whichever tokens spell it; rows
+    with none are unchanged. Plain loop, refill and paged cache."""
+    from reasoning_rl.rollout import stops
+
+    mdef, params = tiny_model()
+    texts = [chr(ord("a") + i % 13) * (1 + i % 3) for i in range(40)]  # "a", "bb", "ccc", "d", ...
+    table = stops.build(["abb", "ccc", "gh"], texts)
+    pt, pv = S.left_pad(prompts(6), 0)
+    kw = dict(max_new_tokens=24, group_size=3, stop_ids=(3,), rng_seed=5, **loop)
+    free = jax.device_get(S.generate(mdef, params, pt, pv, **kw))
+    out = jax.device_get(S.generate(mdef, params, pt, pv, stop_table=table, **kw))
+    ended = 0
+    for r in range(len(free.lengths)):
+        row, text, end = free.tokens[r, :free.lengths[r]], "", int(free.lengths[r])
+        for t, tok in enumerate(row):
+            text += texts[tok]
+            if any(x in text for x in table.strings):
+                end = t + 1
+                break
+        ended += end < free.lengths[r]
+        assert out.lengths[r] == end
+        np.testing.assert_array_equal(out.tokens[r, :end], row[:end])
+        np.testing.assert_array_equal(out.logprobs[r, :end], free.logprobs[r, :end])
+        assert not out.mask[r, end:].any()
+    assert ended >= 3
+    np.testing.assert_array_equal(stops.hits(table, out.tokens, out.lengths),
+                                  [any(x in "".join(texts[t] for t in out.tokens[r, :out.lengths[r]])
+                                       for x in table.strings) for r in range(len(out.lengths))])
+
+
 def test_group_fan_out_greedy_rows_agree_and_match_single():
     mdef, params = tiny_model(seed=2)
     pt, pv = S.left_pad(prompts(3, seed=2), 0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from reasoning_rl.rollout import stops
 from reasoning_rl.rollout.sampler import left_pad
+from reasoning_rl.rollout.stops import StopTable
 
 
 def round_up(n: int, m: int) -> int:
@@ -88,7 +90,10 @@ def trim_completions(batch: dict[str, np.ndarray], width: int) -> dict[str, np.n
     return out
 
 
-def truncated_rows(tokens: np.ndarray, lengths: np.ndarray, budget: int, stop_ids) -> np.ndarray:
-    """[N] bool: the completions that reached the ``budget`` without ending on a stop token (cut off)."""
+def truncated_rows(tokens: np.ndarray, lengths: np.ndarray, budget: int, stop_ids,
+                   stop_table: StopTable | None = None) -> np.ndarray:
+    """[N] bool: the completions that reached the ``budget`` without ending on a stop token or stop string
+    (``stop_table``): cut off."""
     last = tokens[np.arange(len(lengths)), np.maximum(np.asarray(lengths) - 1, 0)]
-    return (np.asarray(lengths) >= budget) & ~np.isin(last, np.asarray(list(stop_ids), tokens.dtype))
+    ended = np.isin(last, np.asarray(list(stop_ids), tokens.dtype)) | stops.hits(stop_table, tokens, lengths)
+    return (np.asarray(lengths) >= budget) & ~ended

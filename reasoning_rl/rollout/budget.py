@@ -24,8 +24,10 @@ from reasoning_rl.models import ModelDef
 from reasoning_rl.models.layers import invariant
 
 # the cache layout and its growing windows are the sampler's: prefill, fan out and grow the same way
+from . import stops as stop_strings
 from .sampler import DecodeForm, _fan_out, _prefill, window_cache, window_ends
 from .sampling import row_keys, select
+from .stops import StopTable
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class BudgetParams:
     greedy: bool = True
     group_size: int = 1  # rows per prompt (budgets x samples)
     windows: int = 4  # decode in this many growing cache windows (as ``SamplingParams.windows``)
+    stop_table: StopTable | None = None  # stop strings of several tokens (``reasoning_rl.rollout.stops``)
 
 
 @jax.tree_util.register_dataclass
@@ -93,6 +96,10 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
         tok = jnp.where(live, tok, bp.pad_id)
         counted = live & thinking & (tok != bp.think_open) & (tok != bp.think_close)
         done = s["done"] | (live & jnp.isin(tok, stop)) | (s["t"] + 1 >= n)
+        sst = s["sst"]
+        if bp.stop_table is not None:
+            sst, hit = stop_strings.step(bp.stop_table, sst, tok, live)
+            done = done | hit
 
         # Always run the forward (as the sampler does: a lax.cond around it makes XLA copy the cache every step).
         hh, cache = model.hidden(tok[:, None], s["pos"][:, None], live[:, None], s["cache"], tp + s["t"],
@@ -103,12 +110,12 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
                 "count": s["count"] + counted.astype(jnp.int32),
                 "closed": s["closed"] | (live & (tok == bp.think_close)),
                 "pending": live & force & (bp.answer_open >= 0), "forced": s["forced"] | (live & force),
-                "extended": s["extended"] + (live & early).astype(jnp.int32)}
+                "extended": s["extended"] + (live & early).astype(jnp.int32), "sst": sst}
 
     init = {"t": jnp.int32(0), "cache": cache, "logits": logits,
             "toks": jnp.full((rows, n), bp.pad_id, jnp.int32), "mask": jnp.zeros((rows, n), bool), "pos": pos,
             "done": zeros_b, "count": zeros_i, "closed": zeros_b, "pending": zeros_b,
-            "forced": zeros_b, "extended": zeros_i}
+            "forced": zeros_b, "extended": zeros_i, "sst": zeros_i}
     s = init
     for end in ends:  # the sampler's growing windows: the cache holds exactly the slots attended
         s = jax.lax.while_loop(functools.partial(cond, limit=end - tp), body,

@@ -33,7 +33,9 @@ from reasoning_rl.models.layers import invariant, kernels
 from reasoning_rl.models.layers.invariant import STANDARD, elementary
 from reasoning_rl.sharding import constrain, current, traced_under, use
 
+from . import stops as stop_strings
 from .sampling import row_keys, select
+from .stops import StopTable
 
 
 @jax.tree_util.register_dataclass
@@ -71,6 +73,7 @@ class SamplingParams:
     refill_min: int = 0  # refill once this many slots are free (0: an eighth of the slots, at least 1)
     windows: int = 4  # plain loop: decode in this many growing attention windows (1: always the whole cache)
     page_size: int = 0  # paged KV cache with shared prompt pages, this many slots a page; 0: contiguous
+    stop_table: StopTable | None = None  # stop strings of several tokens (``reasoning_rl.rollout.stops``)
 
     def refills(self, prompts: int) -> bool:
         """Whether ``prompts`` prompts (``prompts * group_size`` rows) decode on fewer slots than rows."""
@@ -343,10 +346,13 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         return (t < n) & ~jnp.all(done)
 
     def body(state, attend):
-        t, cache, logits, toks, logps, mask, pos, done, routes = state
+        t, cache, logits, toks, logps, mask, pos, done, routes, sst = state
         live = ~done
         tok, lp, stops = _draw(sp, rng, row_ids, jnp.full((rows,), t), logits, live, stop,
                                elementary(model.cfg.batch_invariant))
+        if sp.stop_table is not None:
+            sst, hit = stop_strings.step(sp.stop_table, sst, tok, live)
+            stops = stops | hit
         toks = toks.at[:, t].set(tok)
         logps = logps.at[:, t].set(lp)
         mask = mask.at[:, t].set(live)
@@ -362,18 +368,18 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
             h, cache = model.hidden(tok[:, None], pos[:, None], live[:, None], cache, tp + t, attend=attend,
                                     layer_states=layer_states)
         logits = model.logits(h[:, 0])
-        return t + 1, cache, logits, toks, logps, mask, pos + 1, done, routes
+        return t + 1, cache, logits, toks, logps, mask, pos + 1, done, routes, sst
 
     init = (jnp.int32(0), cache, logits, jnp.full((rows, n), sp.pad_id, jnp.int32),
             jnp.zeros((rows, n), jnp.float32), jnp.zeros((rows, n), bool), next_pos, jnp.zeros((rows,), bool),
-            routes)
+            routes, jnp.zeros((rows,) if sp.stop_table is not None else (), jnp.int32))
     state = init
     for end in ends:  # step t writes slot tp + t: within the first ``end`` slots
         if not lay:
             state = state[:1] + (window_cache(state[1], end),) + state[2:]
         state = jax.lax.while_loop(lambda st, lim=end - tp: cond(st) & (st[0] < lim),
                                    functools.partial(body, attend=end), state)
-    steps, _, _, toks, logps, mask, _, _, routes = state
+    steps, _, _, toks, logps, mask, _, _, routes, _ = state
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     return SampleOutput(toks, mask, logps, lengths,
                         jnp.concatenate([prompt_routes, routes], axis=1) if record else None,
@@ -434,6 +440,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
                 "logits": jnp.where(take[:, None], plogits[pi], s["logits"]),
                 "row": jnp.where(take, want, s["row"]), "t": jnp.where(take, 0, s["t"]),
                 "pos": jnp.where(take, plen[pi], s["pos"]), "done": free & ~take,
+                "sst": jnp.where(take, 0, s["sst"]),
                 "next": s["next"] + jnp.sum(take.astype(jnp.int32))}
 
     def decoding(s):
@@ -444,6 +451,10 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         live, t = ~s["done"], s["t"]
         tok, lp, stops = _draw(sp, rng, row0 + s["row"], t, s["logits"], live, stop,
                                elementary(model.cfg.batch_invariant))
+        sst = s["sst"]
+        if sp.stop_table is not None:
+            sst, hit = stop_strings.step(sp.stop_table, sst, tok, live)
+            stops = stops | hit
         at = jnp.where(live, s["row"], rows)  # out of range: dropped
         out = {"toks": s["toks"].at[at, t].set(tok, mode="drop"),
                "logps": s["logps"].at[at, t].set(lp, mode="drop"),
@@ -458,7 +469,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
                                     layer_states=layer_states)
         step_i = live.astype(jnp.int32)
         return {**s, **out, "cache": cache, "logits": model.logits(h[:, 0]), "t": t + step_i,
-                "pos": s["pos"] + step_i, "done": s["done"] | stops,
+                "pos": s["pos"] + step_i, "done": s["done"] | stops, "sst": sst,
                 "steps": s["steps"] + 1}
 
     def outer(s):
@@ -472,6 +483,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
             "logits": jnp.zeros((b, plogits.shape[-1]), plogits.dtype),
             "row": jnp.full((b,), rows, jnp.int32), "t": jnp.zeros((b,), jnp.int32),
             "pos": jnp.zeros((b,), jnp.int32), "done": jnp.ones((b,), bool), "next": jnp.int32(0),
+            "sst": jnp.zeros((b,), jnp.int32),
             "steps": jnp.int32(0), "toks": jnp.full((rows, n), sp.pad_id, jnp.int32),
             "logps": jnp.zeros((rows, n), jnp.float32), "mask": jnp.zeros((rows, n), bool)}
     if record:
@@ -514,9 +526,9 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, bucket: int = 8, min_le
 def generate(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, *, max_new_tokens: int, rng_seed: int = 0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_ids: Sequence[int] = (), pad_id: int = 0, group_size: int = 1, slots: int = 0,
-             refill_min: int = 0, page_size: int = 0) -> SampleOutput:
+             refill_min: int = 0, page_size: int = 0, stop_table: StopTable | None = None) -> SampleOutput:
     """Convenience wrapper: numpy in, SampleOutput out."""
     sp = SamplingParams(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
                         tuple(int(s) for s in stop_ids), int(pad_id), int(group_size), slots=int(slots),
-                        refill_min=int(refill_min), page_size=int(page_size))
+                        refill_min=int(refill_min), page_size=int(page_size), stop_table=stop_table)
     return sample(mdef, params, prompt_tokens, prompt_valid, jax.random.key(rng_seed), sp)

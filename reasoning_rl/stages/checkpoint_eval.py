@@ -158,7 +158,8 @@ def run_eval(args) -> dict[str, Any]:
             format_fn=registry.get("format"), extend=b.extend, continuation=b.continuation,
             answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy,
             temperature=stage.eval.temperature or stage.rollout.temperature,
-            stop_ids=rt.stop_ids(stage.rollout.stop_at_answer), batch_rows=stage.eval.batch_size,
+            stop_ids=rt.stop_ids(stage.rollout), stop_table=rt.stop_table(stage.rollout),
+            batch_rows=stage.eval.batch_size,
             seed=rt.cfg.seed + 23, name=f"{stage.name}: budget forcing ({src.name})")
         curve = {**curve, "task": src.name, "stage": stage.name}
         (out / "budget_forcing.json").write_text(json.dumps(curve, indent=2))

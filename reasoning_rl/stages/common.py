@@ -25,11 +25,13 @@ from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.steps import TrainState, make_optimizer
 from reasoning_rl.checkpoint import CheckpointUnusable, StageCheckpointer
-from reasoning_rl.config import Config, ModelConfig, StageConfig, TaskConfig
+from reasoning_rl.config import Config, ModelConfig, RolloutConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
 from reasoning_rl.models import TransformerConfig, create, lora
 from reasoning_rl.models.layers import invariant
 from reasoning_rl.models.lora import LoRAError
+from reasoning_rl.rollout import stops as stop_strings
+from reasoning_rl.rollout.stops import StopTable
 from reasoning_rl.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
 
 log = logging.getLogger("reasoning_rl")
@@ -289,6 +291,8 @@ class Runtime:
         self.require_checkpoint: Path | None = None  # --resume: this stage dir must hold a usable step
         self._tasks: dict[str, Any] = {}
         self.reward_models: dict[str, tuple] = {}  # finished reward_model stages: name -> (RewardDef, params)
+        self._stop_tables: dict[tuple[str, ...], StopTable] = {}
+        self._token_texts: list[str] | None = None
         self.task = self.task_for(cfg.task)
         self.tok = self._tokenizer()
         for t in self._tasks.values():
@@ -523,16 +527,33 @@ class Runtime:
 
     # ------------------------------------------------------------------ tokens
 
-    def stop_ids(self, stop_at_answer: bool = True) -> tuple[int, ...]:
+    def stop_ids(self, rollout: RolloutConfig) -> tuple[int, ...]:
         """Tokens that end a completion: the tokenizer's (a Hugging Face model's eos token and every
         ``generation_config.json`` eos id: Llama 3 and Qwen instruct models end a chat turn with
-        ``<|eot_id|>`` / ``<|im_end|>``, not the tokenizer's eos), and ``</answer>`` with ``stop_at_answer``."""
+        ``<|eot_id|>`` / ``<|im_end|>``, not the tokenizer's eos), and each stop string of ``rollout``
+        (``</answer>`` with ``stop_at_answer``, ``stop``) that is one token."""
         ids = list(getattr(self.tok, "stop_ids", None) or (self.tok.eos_id,))
-        if stop_at_answer:
-            a = self.tok.token_id("</answer>")
-            if a is not None:
+        for s in _stop_strings(rollout):
+            a = self.tok.token_id(s)
+            if a is not None and a not in ids:
                 ids.append(a)
         return tuple(ids)
+
+    def stop_table(self, rollout: RolloutConfig) -> StopTable | None:
+        """The decode loop's automaton for the stop strings of ``rollout`` that are not one token (None if
+        every one is): ``</answer>`` is several tokens in a real vocabulary."""
+        strings = tuple(s for s in _stop_strings(rollout) if self.tok.token_id(s) is None)
+        if not strings:
+            return None
+        if strings not in self._stop_tables:
+            if self._token_texts is None:
+                self._token_texts = stop_strings.token_texts(self.tok, self.mdef.cfg.vocab_size)
+            self._stop_tables[strings] = stop_strings.build(strings, self._token_texts)
+        return self._stop_tables[strings]
+
+
+def _stop_strings(rollout: RolloutConfig) -> tuple[str, ...]:
+    return (("</answer>",) if rollout.stop_at_answer else ()) + tuple(rollout.stop)
 
 
 class StageRun:

@@ -58,8 +58,9 @@ class Rollout:
         if replay and rt.mdef.cfg.moe is None:
             raise ConfigError(f"stages.{stage.name}.algorithm.routing_replay: the model has no MoE layers")
         self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
-                                 rt.stop_ids(r.stop_at_answer), rt.tok.pad_id, r.group_size, replay,
-                                 slots=r.slots, refill_min=r.refill_min, page_size=r.page_size)
+                                 rt.stop_ids(r), rt.tok.pad_id, r.group_size, replay,
+                                 slots=r.slots, refill_min=r.refill_min, page_size=r.page_size,
+                                 stop_table=rt.stop_table(r))
         self.tp = prompt_len(rt, fetch=data.fetch)
         # LoRA: the adapters are folded into the weights once per policy update (one jitted fold) and the plain
         # base model decodes, with no per-token adapter products (3.4x faster decode, tools/bench_lora.py);
@@ -101,7 +102,7 @@ class Rollout:
         ol = self.stage.algorithm.overlong
         if ol.enabled:
             rewards = rewards + np.asarray(overlong_penalty(out.lengths, ol.max_len, ol.cache, ol.penalty))
-        cut = truncated_rows(out.tokens, out.lengths, self.sp.max_new_tokens, self.sp.stop_ids)
+        cut = truncated_rows(out.tokens, out.lengths, self.sp.max_new_tokens, self.sp.stop_ids, self.sp.stop_table)
         return {"pt": pt, "pv": pv, "out": out, "rewards": rewards, "scored": scored, "rows": rows, "cut": cut,
                 "t_sample": t_sample}
 

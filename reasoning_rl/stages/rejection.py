@@ -105,11 +105,12 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     rows = [data.fetch(offset + i) for i in range(spec.prompts)]
     prompts = [rt.tok.encode(r["prompt"]) for r in rows]
     sp = SamplingParams(spec.max_new_tokens, float(spec.temperature), 0, 1.0, False,
-                        rt.stop_ids(stage.rollout.stop_at_answer), rt.tok.pad_id, spec.samples)
+                        rt.stop_ids(stage.rollout), rt.tok.pad_id, spec.samples,
+                        stop_table=rt.stop_table(stage.rollout))
     bp = max(1, min(len(prompts), spec.batch_size // spec.samples))
     what = "rejection sampling" if name == "kept" else "teacher traces" if name == "traces" else name
     bar = Progress(f"{stage.name}: {what}", len(prompts) * spec.samples, unit="sample")
-    texts, _ = sample_texts(mdef or rt.mdef, params, rt.tok, prompts, sp, seed, bp, sp.stop_ids, progress=bar)
+    texts, _ = sample_texts(mdef or rt.mdef, params, rt.tok, prompts, sp, seed, bp, progress=bar)
     bar.close()
     log.info("stage %s: verifying %d samples", stage.name, len(texts))
     expanded = [r for r in rows for _ in range(spec.samples)]

@@ -260,13 +260,13 @@ def judge_mean(rt: Runtime, stage: StageConfig, src, params: Any) -> float:
     ev = stage.eval
     examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
     prompts = [rt.tok.encode(e["prompt"]) for e in examples]
-    stop = rt.stop_ids(stage.rollout.stop_at_answer)
     temp = ev.temperature if ev.temperature is not None else stage.rollout.temperature
-    sp = SamplingParams(ev.max_new_tokens or stage.rollout.max_new_tokens, float(temp), 0, 1.0, False, stop,
-                        rt.tok.pad_id, ev.samples)
+    sp = SamplingParams(ev.max_new_tokens or stage.rollout.max_new_tokens, float(temp), 0, 1.0, False,
+                        rt.stop_ids(stage.rollout), rt.tok.pad_id, ev.samples,
+                        stop_table=rt.stop_table(stage.rollout))
     bp = max(1, min(len(prompts), ev.batch_size // ev.samples))
     with shd.use(rt.ctx):
-        texts, _ = sample_texts(rt.mdef, params, rt.tok, prompts, sp, rt.cfg.seed + 17, bp, stop)
+        texts, _ = sample_texts(rt.mdef, params, rt.tok, prompts, sp, rt.cfg.seed + 17, bp)
     return float(np.mean([src.task.judge(t, examples[i // ev.samples]) for i, t in enumerate(texts)]))
 
 
