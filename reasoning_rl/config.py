@@ -1085,12 +1085,23 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     return from_dict(raw)
 
 
+STORED_HEAD = "# reasoning_rl config, every key written out; its last line is the end mark below\n"
+STORED_END = "# end of config\n"
+
+
 def dump(cfg: Config, path: str | Path) -> None:
-    """Atomic: a crash never leaves a half-written config (a run's stored one decides whether it continues)."""
+    """Atomic: a crash never leaves a half-written config (a run's stored one decides whether it continues).
+    Between a head and an end line, so a copy cut short (a full disk, a partial restore) is told from a
+    whole one even when the cut falls between two lines and leaves valid YAML (``stored_whole``)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.write_text(STORED_HEAD + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + STORED_END)
     os.replace(tmp, path)
+
+
+def stored_whole(data: bytes) -> bool:
+    """Whether a config ``dump`` wrote is all there (files written before the end mark: no head, so True)."""
+    return not data.startswith(STORED_HEAD.encode()) or data.endswith(STORED_END.encode())
 
 
 def stage(cfg: Config, name: str) -> StageConfig:

@@ -65,6 +65,9 @@ def code_version() -> str:
 def stored_config(run_dir: Path) -> Config:
     """The config a run was started with (``RUN/config.yaml``); a damaged one is bad input naming the file."""
     path = run_dir / "config.yaml"
+    if path.is_file() and not config_lib.stored_whole(path.read_bytes()):
+        raise ConfigError(f"{path}: the run's stored config looks truncated (it was not written whole); "
+                          "restore it, or use a new --run-dir")
     try:
         return config_lib.from_dict(config_lib.load_raw(path))
     except ConfigError as e:

@@ -43,7 +43,8 @@ def _settings(stage: StageConfig) -> str:
     r = stage.rollout
     return json.dumps({"eval": ev, "temperature": stage.eval.temperature if stage.eval.temperature is not None
                        else r.temperature, "max_new_tokens": stage.eval.max_new_tokens or r.max_new_tokens,
-                       "stop_at_answer": r.stop_at_answer}, sort_keys=True, default=str)
+                       "stop_at_answer": r.stop_at_answer, **({"stop": list(r.stop)} if r.stop else {})},
+                      sort_keys=True, default=str)
 
 
 def _task_specs(cfg: Config, stage: StageConfig) -> dict[str, str]:

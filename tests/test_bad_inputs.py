@@ -74,12 +74,15 @@ def test_damaged_manifest_is_one_line_and_changes_nothing(tmp_path, capsys, cont
     one_error(err, "checkpoint error:", "manifest.json")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "cut-between-lines", "garbage", "empty"])
 def test_damaged_stored_config_is_one_line_and_changes_nothing(tmp_path, capsys, damage):
+    """Cut between two lines, the stored config is still valid YAML of a shorter config (here: one stage,
+    half of it), which would read as a run with a stage appended: its missing end line tells."""
     d = started_run(tmp_path)
     text = (d / "config.yaml").read_bytes()
-    (d / "config.yaml").write_bytes({"truncated": text[: len(text) // 2], "garbage": os.urandom(200) + b"\xff",
-                                     "empty": b""}[damage])
+    lines = text[: text.rfind(b"\n", 0, len(text) // 2) + 1]
+    (d / "config.yaml").write_bytes({"truncated": text[: len(text) // 2], "cut-between-lines": lines,
+                                     "garbage": os.urandom(200) + b"\xff", "empty": b""}[damage])
     before = snapshot(d)
     code, err = run(capsys, "run", TINY, "--no-progress", "--run-dir", str(d))
     assert code == 2

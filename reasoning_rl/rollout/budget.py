@@ -74,6 +74,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(bp.stop_ids if bp.stop_ids else (-1,), jnp.int32)
+    table = None if bp.stop_table is None else jnp.asarray(bp.stop_table.table)
     zeros_i = jnp.zeros((rows,), jnp.int32)
     zeros_b = jnp.zeros((rows,), bool)
 
@@ -97,8 +98,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
         counted = live & thinking & (tok != bp.think_open) & (tok != bp.think_close)
         done = s["done"] | (live & jnp.isin(tok, stop)) | (s["t"] + 1 >= n)
         sst = s["sst"]
-        if bp.stop_table is not None:
-            sst, hit = stop_strings.step(bp.stop_table, sst, tok, live)
+        if table is not None:
+            sst, hit = stop_strings.step(table, sst, tok, live)
             done = done | hit
 
         # Always run the forward (as the sampler does: a lax.cond around it makes XLA copy the cache every step).

@@ -339,6 +339,7 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+    table = None if sp.stop_table is None else jnp.asarray(sp.stop_table.table)
     row_ids = row0 + jnp.arange(rows, dtype=jnp.int32)
 
     def cond(state):
@@ -350,8 +351,8 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         live = ~done
         tok, lp, stops = _draw(sp, rng, row_ids, jnp.full((rows,), t), logits, live, stop,
                                elementary(model.cfg.batch_invariant))
-        if sp.stop_table is not None:
-            sst, hit = stop_strings.step(sp.stop_table, sst, tok, live)
+        if table is not None:
+            sst, hit = stop_strings.step(table, sst, tok, live)
             stops = stops | hit
         toks = toks.at[:, t].set(tok)
         logps = logps.at[:, t].set(lp)
@@ -411,6 +412,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     layer_states = form.layer_states(model)
     pvalid = jnp.pad(prompt_valid, ((0, 0), (0, size - tp)))
     stop = jnp.asarray(sp.stop_ids if sp.stop_ids else (-1,), jnp.int32)
+    table = None if sp.stop_table is None else jnp.asarray(sp.stop_table.table)
 
     def assign(c: KVCache, take, pi) -> KVCache:
         """Slots ``take`` start rows of prompts ``pi``: contiguous, copy the prompt's K/V into the slot;
@@ -452,8 +454,8 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         tok, lp, stops = _draw(sp, rng, row0 + s["row"], t, s["logits"], live, stop,
                                elementary(model.cfg.batch_invariant))
         sst = s["sst"]
-        if sp.stop_table is not None:
-            sst, hit = stop_strings.step(sp.stop_table, sst, tok, live)
+        if table is not None:
+            sst, hit = stop_strings.step(table, sst, tok, live)
             stops = stops | hit
         at = jnp.where(live, s["row"], rows)  # out of range: dropped
         out = {"toks": s["toks"].at[at, t].set(tok, mode="drop"),

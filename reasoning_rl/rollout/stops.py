@@ -117,10 +117,11 @@ def build(strings: Sequence[str], texts: Sequence[str]) -> StopTable:
     return StopTable(strings, table, key)
 
 
-def step(stops: StopTable, state: jnp.ndarray, tok: jnp.ndarray, live: jnp.ndarray):
-    """One decode step: (next state [R] int32, whether each live row's token completed a stop string)."""
-    nxt = jnp.asarray(stops.table)[state, tok].astype(jnp.int32)
-    hit = live & (nxt == stops.states)
+def step(table: jnp.ndarray, state: jnp.ndarray, tok: jnp.ndarray, live: jnp.ndarray):
+    """One decode step over ``table`` (``jnp.asarray(StopTable.table)``, made once outside the decode loop):
+    (next state [R] int32, whether each live row's token completed a stop string)."""
+    nxt = table[state, tok].astype(jnp.int32)
+    hit = live & (nxt == table.shape[0])
     return jnp.where(hit, 0, nxt), hit
 
 
