@@ -155,8 +155,9 @@ class OverlongConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     loss: Literal["grpo", "gspo"] = "grpo"
-    # drgrpo: no std scaling; rloo: leave-one-out baseline; reinforce++: batch-normalised token returns
-    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce++"] = "grpo"
+    # drgrpo: no std scaling; group-mean-batch-std: the group's mean over the batch's std; rloo: leave-one-out
+    # baseline; reinforce++: batch-normalised token returns
+    advantage: Literal["grpo", "drgrpo", "group-mean-batch-std", "rloo", "reinforce++"] = "grpo"
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low: DAPO clip-higher
     beta: float = 0.0  # KL weight; 0 disables the reference model entirely

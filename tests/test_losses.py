@@ -87,6 +87,24 @@ def test_advantages_match_numpy():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_group_mean_batch_std_advantages():
+    """The group's mean as baseline, the batch's reward std (Bessel) as scale; rows without completion tokens
+    (dynamic sampling's fill groups) stay out of the std."""
+    r = rng.normal(size=24).astype(np.float32)
+    g = r.reshape(-1, 8)
+    expect = (g - g.mean(1, keepdims=True)).reshape(-1) / (r.std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(A.compute_advantages("group-mean-batch-std", r, 8), expect, rtol=1e-5, atol=1e-6)
+    mask = np.ones((24, 5), bool)
+    mask[16:] = False  # the last group is a fill group
+    expect = (g - g.mean(1, keepdims=True)).reshape(-1) / (r[:16].std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(A.compute_advantages("group-mean-batch-std", r, 8, mask=mask), expect, rtol=1e-5,
+                               atol=1e-6)
+    # a near-uniform group keeps its small advantages (grpo scales them up to unit std)
+    r = np.array([1.0, 1.0, 1.0, 1.01, 0.0, 1.0, 0.0, 1.0], np.float32)
+    assert np.abs(np.asarray(A.compute_advantages("group-mean-batch-std", r, 4))[:4]).max() < 0.02
+    assert np.abs(np.asarray(A.compute_advantages("grpo", r, 4))[:4]).max() > 1
+
+
 def test_equal_rewards_give_zero_advantage_and_are_filtered():
     r = np.array([1, 1, 1, 1, 0, 1, 0, 1], np.float32)
     adv = np.asarray(A.compute_advantages("grpo", r, 4))

@@ -151,13 +151,14 @@ def test_resume_of_missing_run_is_a_config_error(tmp_path):
 @pytest.mark.slow
 def test_grpo_variants_run_end_to_end(tmp_path):
     """GSPO + KL reference + dynamic sampling + μ=2 epochs x 2 mini-batches x 2 micro-batches + overlong
-    shaping and filtering."""
+    shaping and filtering + the batch-std advantage."""
     p = run_cli("--run-dir", str(tmp_path / "run"), "--set", "algorithm.loss=gspo", "--set", "algorithm.beta=0.05",
                 "--set", "algorithm.kl_estimator=k3", "--set", "algorithm.dynamic_sampling=true",
                 "--set", "algorithm.epochs=2", "--set", "algorithm.mini_batches=2", "--set",
                 "algorithm.micro_batches=2", "--set", "algorithm.eps_low=3e-4", "--set", "algorithm.eps_high=4e-4",
                 "--set", "algorithm.overlong.enabled=true", "--set", "algorithm.overlong.max_len=32",
                 "--set", "algorithm.overlong.cache=8", "--set", "algorithm.overlong.filter=true",
+                "--set", "algorithm.advantage=group-mean-batch-std",
                 "--set", "stages.grpo.steps=3", "--set", "eval.greedy=false", "--set", "seed=3")
     assert p.returncode == 0, p.stderr[-3000:]
     grpo = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "grpo"]

@@ -33,6 +33,21 @@ def grpo_advantages(rewards, group_size: int, eps: float = 1e-6, **_):
     return ((r - mean) / (std + eps)).reshape(-1)
 
 
+@register("group-mean-batch-std")
+def group_mean_batch_std_advantages(rewards, group_size: int, mask=None, eps: float = 1e-6, **_):
+    """(r - mean_group) / (std_batch + eps): the group's mean as baseline, the whole batch's reward std as
+    scale (Liu et al. 2025's "Lite PPO" normalisation; TRL ``scale_rewards="batch"``). A group whose rewards
+    barely differ is not blown up by its own tiny std, as it is under ``grpo``. With ``mask`` [B, T], rows
+    without completion tokens (dynamic sampling's fill groups) are left out of the batch std."""
+    r = jnp.asarray(rewards, jnp.float32)
+    w = jnp.ones_like(r) if mask is None else jnp.any(jnp.asarray(mask, bool), axis=1).astype(jnp.float32)
+    n = jnp.sum(w)
+    mean = jnp.sum(r * w) / jnp.maximum(n, 1.0)
+    std = jnp.sqrt(jnp.sum(w * (r - mean) ** 2) / jnp.maximum(n - 1.0, 1.0))  # Bessel's correction, as grpo
+    g = r.reshape(-1, group_size)
+    return ((g - g.mean(axis=1, keepdims=True)).reshape(-1)) / (std + eps)
+
+
 @register("drgrpo")
 def drgrpo_advantages(rewards, group_size: int, eps: float = 1e-6, **_):
     """Dr.GRPO: r - mean_group, no std scaling (which over-weights near-uniform groups)."""
