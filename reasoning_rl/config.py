@@ -1060,18 +1060,24 @@ def _stage_index(stages: list, part: str, where: str) -> int:
     raise ConfigError(f"{where}: no such stage (by index or name)")
 
 
-def load_raw(path: str | Path) -> dict:
+def load_raw(path: str | Path, stored: bool = False) -> dict:
+    """A config file as a dict. ``stored``: a run's own ``config.yaml`` (written by ``dump``), refused when cut
+    short (``stored_whole``); a config a user wrote or copied is read as it is."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_bytes().decode("utf-8"))
+        data = p.read_bytes()
+        raw = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a YAML text file (byte {e.start} is not UTF-8)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if stored and not stored_whole(data):
+        raise ConfigError(f"{path}: looks truncated (a stored run config without its end line: it was not "
+                          "written whole)")
     if raw is None:
         raise ConfigError(f"{path}: the file is empty (or only comments)")
     if not isinstance(raw, dict):

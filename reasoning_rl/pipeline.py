@@ -65,11 +65,8 @@ def code_version() -> str:
 def stored_config(run_dir: Path) -> Config:
     """The config a run was started with (``RUN/config.yaml``); a damaged one is bad input naming the file."""
     path = run_dir / "config.yaml"
-    if path.is_file() and not config_lib.stored_whole(path.read_bytes()):
-        raise ConfigError(f"{path}: the run's stored config looks truncated (it was not written whole); "
-                          "restore it, or use a new --run-dir")
     try:
-        return config_lib.from_dict(config_lib.load_raw(path))
+        return config_lib.from_dict(config_lib.load_raw(path, stored=True))
     except ConfigError as e:
         msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
         raise ConfigError(f"{msg} (the run's stored config is damaged: restore it, or use a new --run-dir)") from None
@@ -87,7 +84,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> list[str]:
     if cfg_path.exists():
         old = stored_config(run_dir)
         if old.hash() != cfg.hash() and (not cfg_path.read_bytes().endswith(b"\n")
-                                         or "stages" not in config_lib.load_raw(cfg_path)):
+                                         or "stages" not in config_lib.load_raw(cfg_path, stored=True)):
             raise ConfigError(f"{cfg_path}: the run's stored config looks truncated (it was not written whole); "
                               "restore it, or use a new --run-dir")
         if old.hash() == cfg.hash():
@@ -376,7 +373,7 @@ def load_outside(rt: Runtime, ref: str) -> tuple[Any, dict]:
     man = read_manifest(sdir / "manifest.json") or {}
     run_dir = sdir.parent.parent
     try:
-        their = config_lib.from_dict(config_lib.load_raw(run_dir / "config.yaml"))
+        their = stored_config(run_dir)
         stage = config_lib.stage(their, man.get("stage", sdir.name))
     except (ConfigError, KeyError) as e:
         raise ConfigError(f"{ref}: cannot read the run config of this checkpoint ({e})") from None

@@ -61,7 +61,7 @@ def _rl_betas(run_dir: Path, stages: list[str]) -> dict[str, float]:
     from reasoning_rl import config as config_lib
 
     try:
-        cfg = config_lib.from_dict(config_lib.load_raw(run_dir / "config.yaml"))
+        cfg = config_lib.from_dict(config_lib.load_raw(run_dir / "config.yaml", stored=True))
     except (config_lib.ConfigError, OSError):
         return {}
     out = {}

@@ -88,6 +88,13 @@ def test_damaged_stored_config_is_one_line_and_changes_nothing(tmp_path, capsys,
     assert code == 2
     one_error(err, "config error:", str(d / "config.yaml"))
     assert snapshot(d) == before
+    if damage == "cut-between-lines":  # every reader of a stored config says so (here: eval, export)
+        assert "truncated" in err
+        for cmd in ("eval", "export"):
+            code, err = run(capsys, cmd, str(d), *([str(tmp_path / "x")] if cmd == "export" else []))
+            assert code == 2 and "truncated" in err, err
+        (tmp_path / "mine.yaml").write_bytes(text + b"# a copy the user added to\n")  # not a run's: read as it is
+        assert C.load(tmp_path / "mine.yaml") == C.load(TINY)
 
 
 def test_damaged_tokenizer_model_of_the_run(tmp_path, capsys):

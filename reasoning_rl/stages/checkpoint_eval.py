@@ -95,7 +95,7 @@ def load_target(args) -> tuple[Runtime, StageConfig, Any, Path, Runtime, int | N
         raw = config_lib.load_raw(args.config)
         raw.setdefault("model", {})["path"] = str(run_dir)
     else:
-        raw = config_lib.load_raw(run_dir / "config.yaml")
+        raw = config_lib.load_raw(run_dir / "config.yaml", stored=True)
     if stage_name is None:
         base = config_lib.from_dict(copy.deepcopy(raw))
         if not base.stages:
@@ -182,7 +182,7 @@ def run_export(args) -> Path:
     run_dir, stage_name, kind = _locate(args.target, args.stage)
     if kind == "hf":
         raise ConfigError(f"export: {args.target} is a Hugging Face model dir already")
-    raw = config_lib.load_raw(run_dir / "config.yaml")
+    raw = config_lib.load_raw(run_dir / "config.yaml", stored=True)
     cfg = config_lib.from_dict(raw)
     check_model_dirs(cfg, weights=False)  # the parameters come from the run's checkpoints
     stage_name = stage_name or _last_finished(cfg, run_dir)
