@@ -42,10 +42,9 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
     """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths.
     ``stopped``: appended per completion, whether it ended on a stop token or string (else it hit the token
     limit). ``progress`` counts the completions as each chunk comes back."""
-    from reasoning_rl.rollout import stops as stop_strings
+    from reasoning_rl.data.batching import truncated_rows
     from reasoning_rl.rollout.sampler import left_pad
 
-    stops = {int(i) for i in sp.stop_ids}
     texts: list[str] = []
     lengths: list[int] = []
     tp = max(len(p) for p in prompts)
@@ -56,13 +55,14 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
         pt, pv = left_pad(chunk, tok.pad_id, bucket=8, min_len=tp)
         out = gather(sample(mdef, params, pt, pv, jax.random.key(seed + start), sp))
         rows = real * sp.group_size
-        hit = stop_strings.hits(sp.stop_table, np.asarray(out.tokens[:rows]), np.asarray(out.lengths[:rows]))
+        cut = truncated_rows(np.asarray(out.tokens[:rows]), np.asarray(out.lengths[:rows]), sp.max_new_tokens,
+                             sp.stop_ids, sp.stop_table)
         for r in range(rows):
             n = int(out.lengths[r])
             texts.append(tok.decode(out.tokens[r, :n]))
             lengths.append(n)
             if stopped is not None:
-                stopped.append(bool(hit[r]) or (n > 0 and int(out.tokens[r, n - 1]) in stops))
+                stopped.append(not cut[r])
         if progress is not None:
             progress.advance(rows)
     return texts, np.asarray(lengths)
@@ -154,7 +154,8 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
                  correct_fn: Callable[[str, dict], float], format_fn: Callable[[str, dict], float] | None = None,
                  extend: bool = False, continuation: str = ",", answer_tokens: int = 16, samples: int = 1,
                  greedy: bool = True, temperature: float = 1.0, stop_ids: Sequence[int] = (),
-                 stop_table: StopTable | None = None, batch_rows: int = 512, seed: int = 0, name: str = "budget forcing") -> dict[str, Any]:
+                 stop_table: StopTable | None = None, batch_rows: int = 512, seed: int = 0,
+                 name: str = "budget forcing") -> dict[str, Any]:
     """Accuracy against thinking budget by budget forcing (``reasoning_rl.rollout.budget``).
 
     Every problem is answered once per budget (``samples`` times, greedy by default) with its thinking

@@ -24,6 +24,13 @@ def test_truncated_rows_are_the_ones_that_reached_the_budget_without_a_stop_toke
     tokens = np.array([[5, 6, 1, 0], [5, 6, 7, 8], [5, 6, 7, 1], [5, 9, 0, 0]], np.int32)
     lengths = np.array([3, 4, 4, 2])
     assert truncated_rows(tokens, lengths, 4, (1, 9)).tolist() == [False, True, False, False]
+    from reasoning_rl.rollout import stops
+    table = stops.build(["fg"], [chr(ord("a") + i) for i in range(10)])  # token i reads as the i-th letter
+    tokens[1] = [5, 6, 5, 6]  # "fgfg": holds the string
+    tokens[2] = [7, 5, 5, 6]  # "hffg": a row that reached the budget on the string is not cut off
+    assert truncated_rows(tokens, lengths, 4, (1, 9), table).tolist() == [False, False, False, False]
+    tokens[2] = [7, 5, 5, 8]
+    assert truncated_rows(tokens, lengths, 4, (9,), table).tolist() == [False, False, True, False]
 
 
 def collect(tmp_path, stop_every: int, *overrides: str):

@@ -93,7 +93,14 @@ def trim_completions(batch: dict[str, np.ndarray], width: int) -> dict[str, np.n
 def truncated_rows(tokens: np.ndarray, lengths: np.ndarray, budget: int, stop_ids,
                    stop_table: StopTable | None = None) -> np.ndarray:
     """[N] bool: the completions that reached the ``budget`` without ending on a stop token or stop string
-    (``stop_table``): cut off."""
-    last = tokens[np.arange(len(lengths)), np.maximum(np.asarray(lengths) - 1, 0)]
-    ended = np.isin(last, np.asarray(list(stop_ids), tokens.dtype)) | stops.hits(stop_table, tokens, lengths)
-    return (np.asarray(lengths) >= budget) & ~ended
+    (``stop_table``): cut off. Only rows at the budget are looked at (the sampler ends a row early only at a
+    stop), so the stop strings' host-side automaton runs over those alone."""
+    lengths = np.asarray(lengths)
+    cut = lengths >= budget
+    at = np.nonzero(cut)[0]
+    if len(at):
+        last = tokens[at, lengths[at] - 1]
+        ended = np.isin(last, np.asarray(list(stop_ids), tokens.dtype)) | stops.hits(stop_table, tokens[at],
+                                                                                      lengths[at])
+        cut[at] = ~ended
+    return cut
