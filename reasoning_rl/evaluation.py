@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from reasoning_rl.data.batching import truncated_rows
 from reasoning_rl.distributed import gather
 from reasoning_rl.progress import Progress
 from reasoning_rl.rollout.sampler import SamplingParams, sample
@@ -42,7 +43,6 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
     """Sample ``sp.group_size`` completions per prompt in fixed-shape chunks; returns texts and lengths.
     ``stopped``: appended per completion, whether it ended on a stop token or string (else it hit the token
     limit). ``progress`` counts the completions as each chunk comes back."""
-    from reasoning_rl.data.batching import truncated_rows
     from reasoning_rl.rollout.sampler import left_pad
 
     texts: list[str] = []

@@ -149,8 +149,7 @@ def test_stop_strings_are_matched_on_the_text_whichever_tokens_spell_it(tmp_path
     tok = load_tokenizer(d)
     assert tok.token_id("</answer>") is None
     rt = SimpleNamespace(tok=tok, mdef=SimpleNamespace(cfg=SimpleNamespace(vocab_size=tok.vocab_size + 3)),
-                         _stop_tables={},
-                         _token_texts=None)
+                         _stops={})
     table = Runtime.stop_table(rt, C.RolloutConfig(stop=("\n\nQuestion:",)))
     assert table.strings == ("</answer>", "\n\nQuestion:") and table.table.shape[1] == tok.vocab_size + 3
     assert Runtime.stop_table(rt, C.RolloutConfig(stop_at_answer=False)) is None
@@ -158,7 +157,7 @@ def test_stop_strings_are_matched_on_the_text_whichever_tokens_spell_it(tmp_path
              "answer>", "a\n\nQuestion: b", "\nQuestion:", "</ answer>"]
     ids = [tok.encode(t) for t in texts]
     for t, i in zip(texts, ids):
-        assert "".join(rt._token_texts[j] for j in i) == tok.decode(i), t  # texts concatenate as decoded
+        assert "".join(rt._stops["texts"][j] for j in i) == tok.decode(i), t  # texts concatenate as decoded
     n = max(len(i) for i in ids)
     tokens = np.array([i + [0] * (n - len(i)) for i in ids], np.int32)
     lengths = np.array([len(i) for i in ids])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from reasoning_rl import config as C
-from reasoning_rl.data.batching import truncated_rows, update_width
+from reasoning_rl.data.batching import truncated_rows
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.rollout.sampler import sample_impl
 from reasoning_rl.stages.common import Runtime

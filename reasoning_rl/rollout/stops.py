@@ -84,22 +84,22 @@ def _automaton(strings: Sequence[str]) -> tuple[dict[str, int], np.ndarray, np.n
     return alphabet, delta, np.asarray(accept)
 
 
-def token_texts(tok, vocab_size: int) -> list[str]:
+def token_texts(tok) -> list[str]:
     """Each token id's text as it reads inside a completion (decoded after an anchor token, so a leading
-    space the tokenizer strips at the start of a text is kept); ids past the tokenizer's vocabulary: ''."""
+    space the tokenizer strips at the start of a text is kept)."""
     anchor = list(tok.encode("a"))[-1:]
     head = tok.decode(anchor)
-    known = min(vocab_size, tok.vocab_size)  # a model's vocabulary may be padded past the tokenizer's
-    out = [tok.decode(anchor + [i]).removeprefix(head) for i in range(known)]
-    return out + [""] * (vocab_size - known)
+    return [tok.decode(anchor + [i]).removeprefix(head) for i in range(tok.vocab_size)]
 
 
-def build(strings: Sequence[str], texts: Sequence[str]) -> StopTable:
-    """The transition table of ``strings`` over tokens whose texts are ``texts`` (index = token id)."""
+def build(strings: Sequence[str], texts: Sequence[str], vocab_size: int | None = None) -> StopTable:
+    """The transition table of ``strings`` over tokens whose texts are ``texts`` (index = token id), over
+    ``vocab_size`` ids (a model's vocabulary may be padded past its tokenizer's: those ids read as '')."""
     strings = tuple(dict.fromkeys(s for s in strings if s))
     alphabet, delta, accept = _automaton(strings)
     states, other = delta.shape[0], delta.shape[1] - 1
-    table = np.zeros((states, len(texts)), np.int16)  # a token without a stop character resets to the root
+    # a token without a stop character resets to the root
+    table = np.zeros((states, max(vocab_size or 0, len(texts))), np.int16)
     touched = [i for i, t in enumerate(texts) if any(c in alphabet for c in t)]
     if touched:
         width = max(len(texts[i]) for i in touched)

@@ -291,8 +291,9 @@ class Runtime:
         self.require_checkpoint: Path | None = None  # --resume: this stage dir must hold a usable step
         self._tasks: dict[str, Any] = {}
         self.reward_models: dict[str, tuple] = {}  # finished reward_model stages: name -> (RewardDef, params)
-        self._stop_tables: dict[tuple[str, ...], StopTable] = {}
-        self._token_texts: list[str] | None = None
+        # the tokenizer's token texts and the stop tables built over them, shared with the runtimes made from
+        # this one (same tokenizer; a distill student's vocabulary may be padded to another size)
+        self._stops: dict[Any, Any] = {}
         self.task = self.task_for(cfg.task)
         self.tok = self._tokenizer()
         for t in self._tasks.values():
@@ -545,11 +546,12 @@ class Runtime:
         strings = tuple(s for s in _stop_strings(rollout) if self.tok.token_id(s) is None)
         if not strings:
             return None
-        if strings not in self._stop_tables:
-            if self._token_texts is None:
-                self._token_texts = stop_strings.token_texts(self.tok, self.mdef.cfg.vocab_size)
-            self._stop_tables[strings] = stop_strings.build(strings, self._token_texts)
-        return self._stop_tables[strings]
+        key = (strings, self.mdef.cfg.vocab_size)
+        if key not in self._stops:
+            if "texts" not in self._stops:
+                self._stops["texts"] = stop_strings.token_texts(self.tok)
+            self._stops[key] = stop_strings.build(strings, self._stops["texts"], self.mdef.cfg.vocab_size)
+        return self._stops[key]
 
 
 def _stop_strings(rollout: RolloutConfig) -> tuple[str, ...]:
