@@ -59,6 +59,8 @@ def _late_loop_callback(exc_type, exc, tb) -> bool:
 _filter_installed = False
 # step directories whose restore failed and was reported: late errors of their reads are not news
 _given_up: set[str] = set()
+# every stage's checkpoint directory: a write into one that found the disk full is reported by its save
+_ours: set[str] = set()
 
 
 def _quiet_late_loop_callbacks() -> None:
@@ -72,7 +74,7 @@ def _quiet_late_loop_callbacks() -> None:
     prev_hook, prev_unraisable = sys.excepthook, sys.unraisablehook
 
     prev_thread = threading.excepthook
-    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _orphaned_read(e, tb)  # noqa: E731
+    late = lambda t, e, tb: _late_loop_callback(t, e, tb) or _orphaned(e, tb)  # noqa: E731
 
     def excepthook(exc_type, exc, tb):
         if not late(exc_type, exc, tb):
@@ -87,7 +89,7 @@ def _quiet_late_loop_callbacks() -> None:
             prev_thread(a)
 
     sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_hook
-    logging.getLogger("asyncio").addFilter(_drop_orphaned_read_errors)
+    logging.getLogger("asyncio").addFilter(_drop_orphaned_errors)
 
 
 def _quiet_reported_logs() -> None:
@@ -109,20 +111,26 @@ def _drop_reported_records(record: logging.LogRecord) -> bool:
     return not (out_of_space(exc) if exc is not None else out_of_space(Exception(text)))
 
 
-def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
+def _drop_orphaned_errors(record: logging.LogRecord) -> bool:
     """asyncio logs "Task/Future exception was never retrieved" (with the traceback) when a failed read of a
-    damaged step is garbage-collected after orbax gave up on that step, which was already reported in one
-    line: drop those records, and only those (the exception raised inside orbax's deserialisation)."""
+    damaged step is garbage-collected after orbax gave up on that step, or a failed write of a save that
+    found the disk full after the save failed, both already reported in one line: drop those records, and
+    only those (see ``_orphaned``)."""
     if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
         return True
-    return not _orphaned_read(record.exc_info[1], record.exc_info[2])
+    return not _orphaned(record.exc_info[1], record.exc_info[2])
 
 
-def _orphaned_read(exc: BaseException | None, tb) -> bool:
-    """An error of a read that orbax gave up on: raised inside orbax's code, or naming a step directory already
-    reported as unusable (an error tensorstore sets on a read's future is never raised, so it has no traceback
-    to look into: seen once as a bare ``ValueError: DATA_LOSS: ...`` line after the run's final error line)."""
-    return _in_orbax(tb) or any(d in str(exc) for d in _given_up)
+def _orphaned(exc: BaseException | None, tb) -> bool:
+    """An error of a read or write that orbax gave up on: raised inside orbax's code, naming a step directory
+    already reported as unusable, or a write into a stage's checkpoint directory that found the disk full
+    (which that save reports in one line). An error tensorstore sets on a future is never raised, so it has
+    no traceback to look into: seen as a bare ``ValueError: DATA_LOSS: ...`` line (a read) and a bare
+    ``ValueError: RESOURCE_EXHAUSTED: Error writing ... No space left on device`` line (one of a failed
+    save's writes) after the run's final error line."""
+    text = str(exc)
+    return _in_orbax(tb) or any(d in text for d in _given_up) or \
+        (out_of_space(exc) is not None and any(d in text for d in _ours))
 
 
 def _in_orbax(tb) -> bool:
@@ -183,6 +191,7 @@ class StageCheckpointer:
     def __init__(self, directory: str | Path, keep: int = 3):
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
+        _ours.update(os.path.join(f(self.directory), "") for f in (os.path.abspath, os.path.realpath))
         _quiet_reported_logs()
         _quiet_late_loop_callbacks()  # a failed write's late callbacks too
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)

@@ -474,6 +474,40 @@ def test_late_read_errors_of_a_skipped_step_are_not_printed(tmp_path, caplog):
         assert len([r for r in caplog.records if r.name == "asyncio"]) == 1
 
 
+def test_late_write_errors_of_a_failed_save_are_not_printed(tmp_path, caplog):
+    """One of a save's writes that found the disk full can reach asyncio's "exception was never retrieved"
+    report after the save failed and the run said so in one line (it once came out as a bare
+    ``ValueError: RESOURCE_EXHAUSTED: Error writing ...`` line after the run's final error): such a report
+    about a stage's checkpoint directory must not print; one about another directory, or about a write that
+    failed for another reason, still does."""
+    import asyncio
+    import gc
+
+    StageCheckpointer(tmp_path / "ck", keep=3)
+
+    def orphan(message: str) -> None:
+        loop = asyncio.new_event_loop()
+        fut = loop.create_future()
+        fut.set_exception(ValueError(message))  # never raised: no traceback
+        del fut
+        gc.collect()
+        loop.close()
+
+    def write_error(where: Path, why: str) -> str:
+        return (f'RESOURCE_EXHAUSTED: Error writing "opt_state.0.count/0" in OCDBT database at local file '
+                f'"{where}/": {why}')
+
+    tmp = tmp_path / "ck" / "5.orbax-checkpoint-tmp-1733" / "state"
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        orphan(write_error(tmp, "No space left on device [os_error_code='28']"))
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        orphan(write_error(tmp_path / "elsewhere" / "state", "No space left on device [os_error_code='28']"))
+        assert len([r for r in caplog.records if r.name == "asyncio"]) == 1
+        orphan(write_error(tmp, "Permission denied [os_error_code='13']"))
+        assert len([r for r in caplog.records if r.name == "asyncio"]) == 2
+
+
 def _restore_raw(step_dir: Path) -> dict:
     import orbax.checkpoint as ocp
     return ocp.StandardCheckpointer().restore(step_dir / "state")
