@@ -66,6 +66,10 @@ FAMILY_CONFIGS = {
                                  activation="clamped_swiglu", sliding_window=4, layer_types=("sliding", "full"),
                                  moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001,
                                                router_bias=True, expert_bias=True)),
+    "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
+                                  rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
+                                                            first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
+                                                            topk_group=2, score_bias=True)),
 }
 
 
@@ -224,6 +228,8 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("phi3", {"partial_rotary_factor": 0.2}, "partial_rotary_factor gives 1 rotary dims"),
     ("phi3", {"rope_scaling": {"rope_type": "longrope", "long_factor": [1.0]}}, "short_factor"),
     ("olmo2", {"clip_qkv": 8.0}, "clip_qkv"),
+    ("glm4_moe", {"quantization_config": {"quant_method": "fp8"}}, "quantization_config"),
+    ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
 ])
 def test_new_family_config_errors_name_the_field(tmp_path, name, edit, message):
     _save_random(name, tmp_path)
@@ -232,6 +238,37 @@ def test_new_family_config_errors_name_the_field(tmp_path, name, edit, message):
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ConfigError, match=message):
         config_from_hf(tmp_path)
+
+
+def test_glm4_moe_rotates_half_the_head_unless_told(tmp_path):
+    """GLM-4.5's config.json may leave out partial_rotary_factor: its reference then rotates half of each head
+    (not all of it, as for other families); the factor is read at the top level and in rope_parameters, and
+    the multi-token-prediction layer stored after the last one is not loaded."""
+    _save_random("glm4_moe", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("partial_rotary_factor")
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert config_from_hf(tmp_path).rope_dim == 6  # head_dim 12
+    conf["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert config_from_hf(tmp_path).rope_dim == 0  # all of it
+
+
+def test_glm4_moe_multi_token_prediction_layer_is_not_loaded(tmp_path):
+    """Released GLM-4.5 checkpoints store their multi-token-prediction module as one more layer (index
+    num_hidden_layers) in a file of its own: it loads without it, and a stray tensor inside the stack is
+    still an error."""
+    _, params = _save_random("glm4_moe", tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
+    mtp = {"model.layers.3.eh_proj.weight": (32, 64), "model.layers.3.enorm.weight": (32,)}
+    write_file(tmp_path / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in mtp.items()],
+               lambda n: np.ones(mtp[n], np.float32))
+    cfg = config_from_hf(tmp_path)
+    _assert_same(load_params(tmp_path, create(cfg, abstract=True)[0]), params)
+    write_file(tmp_path / "model-00003-of-00003.safetensors", [("model.layers.2.eh_proj.weight", "F32", (2,))],
+               lambda n: np.ones(2, np.float32))
+    with pytest.raises(CheckpointError, match="model.layers.2.eh_proj.weight: unexpected tensor"):
+        load_params(tmp_path, create(cfg, abstract=True)[0])
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

@@ -80,8 +80,18 @@ CASES = {
                                             "max_window_layers": 1}),
     "qwen3_moe_dense": ("Qwen3MoeConfig", {**QWEN_MOE, "num_hidden_layers": 4, "mlp_only_layers": [0],
                                            "decoder_sparse_step": 2}),
+    # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
+    # and a shared expert after a dense layer; then per-head q/k norms, 3/4 rotary, plain top-k, no dense layer
+    "glm4_moe": ("Glm4MoeConfig", dict(
+        num_hidden_layers=3, head_dim=24, attention_bias=True, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_group=4, topk_group=2, first_k_dense_replace=1, n_shared_experts=1,
+        routed_scaling_factor=2.5)),
+    "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
+        head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0, "partial_rotary_factor": 0.75})),
 }
-MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain")
+MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm")
 NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
        "qwen3_moe_dense")
 
@@ -171,7 +181,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
     np.testing.assert_array_equal(reference_logits(again), reference_logits(ref_model))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
+                                  "glm4_moe"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -223,7 +234,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, new)
 
 
-@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss"])  # + sinks and windows in the decode path
+# + sinks and windows, partial rotary in the decode path
+@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -243,7 +255,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
     assert np.asarray(out.mask).all()
 
 
-@pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense"])
+@pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
+                                  "glm4_moe_qk_norm"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -246,3 +246,15 @@ def test_plan_sizes_gpt_oss_120b_on_64_and_128_devices():
     for p in (p64, p128):  # sharded over fsdp x tensor x expert = 64 (data 2 replicates them)
         assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 64
     assert p128["per_device_bytes"]["kv_cache"] < p64["per_device_bytes"]["kv_cache"]
+
+
+def test_plan_sizes_glm_4_5_air():
+    """GLM-4.5-Air GRPO (configs/arch): 106B parameters (the multi-token-prediction layer is not loaded), 128
+    routed experts, sharded over fsdp x expert; fits 80 GB devices on 32."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "glm_4.5_air_grpo.yaml")), 32, memory_gb=80)
+    assert 106e9 < p["model"]["params"] < 107.5e9 and p["model"]["experts"] == 128
+    assert p["model"]["family"] == "glm4_moe"
+    assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 32

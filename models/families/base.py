@@ -230,6 +230,17 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
     return theta, scaling
 
 
+def rotary_dims(hf: dict, head_dim: int, default: float = 1.0) -> int:
+    """``TransformerConfig.rope_dim`` from ``partial_rotary_factor`` (top level, or in ``rope_parameters`` as
+    transformers 5 writes it): the leading dims of each head that rotate; 0 for all of them."""
+    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    factor = params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or default
+    rot = int(head_dim * float(factor))
+    if rot % 2 or not 0 < rot <= head_dim:
+        raise ConfigError(f"config.json: partial_rotary_factor gives {rot} rotary dims of {head_dim}")
+    return 0 if rot == head_dim else rot
+
+
 def rope_to_hf(theta: float, scaling: dict | None) -> dict:
     return {"rope_theta": theta, "rope_scaling": dict(scaling) if scaling else None}
 

@@ -38,29 +38,51 @@ def from_hf(hf: dict) -> TransformerConfig:
     mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=need(hf, "kv_lora_rank"),
                     qk_nope_dim=need(hf, "qk_nope_head_dim"), qk_rope_dim=need(hf, "qk_rope_head_dim"),
                     v_dim=need(hf, "v_head_dim"), rope_interleave=bool(hf.get("rope_interleave", True)))
-    moe = MoEConfig(n_experts=need(hf, "n_routed_experts"), top_k=need(hf, "num_experts_per_tok"),
-                    ffn_dim=need(hf, "moe_intermediate_size"), n_shared=int(hf.get("n_shared_experts") or 0),
-                    first_dense=int(hf.get("first_k_dense_replace") or 0), score="sigmoid",
-                    norm_topk=bool(hf.get("norm_topk_prob", True)),
-                    scaling=float(hf.get("routed_scaling_factor", 1.0)), n_group=int(hf.get("n_group") or 1),
-                    topk_group=int(hf.get("topk_group") or 1), score_bias=True, aux_loss_coef=0.0)
     heads = need(hf, "num_attention_heads")
     return TransformerConfig(**common_from_hf(hf, NAME, n_kv_heads=heads, head_dim=mla.qk_nope_dim + mla.qk_rope_dim,
-                                              mla=mla, moe=moe))
+                                              mla=mla, moe=moe_from_hf(hf)))
+
+
+def moe_from_hf(hf: dict, first_dense_default: int = 0) -> MoEConfig:
+    """DeepSeekMoE as config.json spells it (DeepSeek-V3, GLM-4.5)."""
+    return MoEConfig(n_experts=need(hf, "n_routed_experts"), top_k=need(hf, "num_experts_per_tok"),
+                     ffn_dim=need(hf, "moe_intermediate_size"), n_shared=int(hf.get("n_shared_experts") or 0),
+                     first_dense=int(hf.get("first_k_dense_replace", first_dense_default) or 0), score="sigmoid",
+                     norm_topk=bool(hf.get("norm_topk_prob", True)),
+                     scaling=float(hf.get("routed_scaling_factor", 1.0)), n_group=int(hf.get("n_group") or 1),
+                     topk_group=int(hf.get("topk_group") or 1), score_bias=True, aux_loss_coef=0.0)
+
+
+def moe_to_hf(m: MoEConfig) -> dict:
+    return dict(n_routed_experts=m.n_experts, num_experts_per_tok=m.top_k, moe_intermediate_size=m.ffn_dim,
+                n_shared_experts=m.n_shared, first_k_dense_replace=m.first_dense, norm_topk_prob=m.norm_topk,
+                routed_scaling_factor=m.scaling, n_group=m.n_group, topk_group=m.topk_group)
+
+
+def moe_unsupported(m: MoEConfig | None) -> bool:
+    """Routing DeepSeekMoE's checkpoint fields cannot express."""
+    return (m is None or m.score != "sigmoid" or not m.score_bias or m.dense_layers != () or m.shared_ffn > 0
+            or m.shared_gate or m.router_bias or m.expert_bias)
+
+
+def moe_tensors(seg: str, cfg: TransformerConfig, pre: str = "model.layers.{i}") -> list[Tensor]:
+    """A MoE layer's router, its selection bias, routed and shared experts."""
+    out = expert_tensors(seg, f"{pre}.mlp")
+    out.append(Tensor((seg, "mlp", "score_bias"), f"{pre}.mlp.gate.e_score_correction_bias"))
+    if cfg.moe.n_shared:
+        out += mlp_tensors((seg, "mlp", "shared"), f"{pre}.mlp.shared_experts")
+    return out
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
     m, a = cfg.moe, cfg.mla
-    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, mla=a is None,
-                    moe=m is None or m.score != "sigmoid" or not m.score_bias)
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, mla=a is None, moe=moe_unsupported(m))
     out = common_to_hf(cfg, "deepseek_v3", ARCHITECTURE)
     del out["head_dim"]
     out.update(
         q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank, qk_nope_head_dim=a.qk_nope_dim,
         qk_rope_head_dim=a.qk_rope_dim, v_head_dim=a.v_dim, rope_interleave=a.rope_interleave,
-        n_routed_experts=m.n_experts, num_experts_per_tok=m.top_k, moe_intermediate_size=m.ffn_dim,
-        n_shared_experts=m.n_shared, first_k_dense_replace=m.first_dense, norm_topk_prob=m.norm_topk,
-        routed_scaling_factor=m.scaling, n_group=m.n_group, topk_group=m.topk_group, num_nextn_predict_layers=0)
+        **moe_to_hf(m), num_nextn_predict_layers=0)
     return out
 
 
@@ -80,10 +102,7 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
                 Tensor((seg, "attn", "kv_b"), f"{pre}.self_attn.kv_b_proj.weight", "t1"),
                 Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
         if moe:
-            out += expert_tensors(seg, f"{pre}.mlp")
-            out.append(Tensor((seg, "mlp", "score_bias"), f"{pre}.mlp.gate.e_score_correction_bias"))
-            if cfg.moe.n_shared:
-                out += mlp_tensors((seg, "mlp", "shared"), f"{pre}.mlp.shared_experts")
+            out += moe_tensors(seg, cfg, pre)
     return out
 
 
@@ -91,6 +110,6 @@ _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def ignored(name: str, cfg: TransformerConfig) -> bool:
-    """Multi-token-prediction modules are stored as extra layers after the last one."""
+    """Multi-token-prediction modules are stored as extra layers after the last one (DeepSeek-V3, GLM-4.5)."""
     m = _LAYER.match(name)
     return m is not None and int(m.group(1)) >= cfg.n_layers

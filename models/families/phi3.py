@@ -14,6 +14,7 @@ from .base import (
     common_to_hf,
     outer_tensors,
     refuse,
+    rotary_dims,
     unsupported_cfg,
     window_from_hf,
 )
@@ -23,23 +24,14 @@ MODEL_TYPES = ("phi3",)
 ARCHITECTURE = "Phi3ForCausalLM"
 
 
-def _rotary_factor(hf: dict) -> float:
-    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
-    return float(params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or 1.0)
-
-
 def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "attention_bias", lambda v: not v, "attention biases")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     common = common_from_hf(hf, NAME, **window_from_hf(hf))
-    head_dim = common["head_dim"]
-    rot = int(head_dim * _rotary_factor(hf))
-    if rot % 2 or not 0 < rot <= head_dim:
-        raise ConfigError(f"config.json: partial_rotary_factor gives {rot} rotary dims of {head_dim}")
     if common["rope_scaling"] and common["rope_scaling"]["rope_type"] != "longrope":
         raise ConfigError(f"config.json: rope_scaling.rope_type={common['rope_scaling']['rope_type']!r} is not "
                           "supported for phi3 (longrope)")
-    return TransformerConfig(**common, rope_dim=0 if rot == head_dim else rot)
+    return TransformerConfig(**common, rope_dim=rotary_dims(hf, common["head_dim"]))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
