@@ -66,6 +66,11 @@ FAMILY_CONFIGS = {
                                  activation="clamped_swiglu", sliding_window=4, layer_types=("sliding", "full"),
                                  moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001,
                                                router_bias=True, expert_bias=True)),
+    "olmo3": TransformerConfig(**{**BASE, "n_layers": 4}, family="olmo3", qk_norm=True, qk_norm_whole=True,
+                               pre_norm=False, sandwich_norm=True, sliding_window=4, rope_theta=5e5,
+                               layer_types=("sliding", "sliding", "sliding", "full"), rope_local_theta=1e4,
+                               rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                             "beta_fast": 32.0, "beta_slow": 1.0}),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
@@ -269,6 +274,25 @@ def test_glm4_moe_multi_token_prediction_layer_is_not_loaded(tmp_path):
                lambda n: np.ones(2, np.float32))
     with pytest.raises(CheckpointError, match="model.layers.2.eh_proj.weight: unexpected tensor"):
         load_params(tmp_path, create(cfg, abstract=True)[0])
+
+
+def test_olmo3_config_in_the_older_layout(tmp_path):
+    """An OLMo-3 config.json as the released models spell it: one rope_theta, a rope_scaling (YaRN) that the
+    reference applies to the full layers only, no layer_types (three sliding layers in four)."""
+    _save_random("olmo3", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    yarn = conf["rope_parameters"]["full_attention"]
+    for k in ("rope_parameters", "layer_types"):
+        conf.pop(k)
+    conf.update(rope_theta=5e5, rope_scaling={k: v for k, v in yarn.items() if k != "rope_theta"})
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.sliding_layers == (True, True, True, False) and cfg.sliding_window == 4
+    assert cfg.rope_theta == cfg.rope_local_theta == 5e5 and cfg.rope_scaling["rope_type"] == "yarn"
+    conf["layer_types"] = ["full_attention"] * 3
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match="layer_types has 3 entries for 4 layers"):
+        config_from_hf(tmp_path)
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

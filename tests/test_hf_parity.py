@@ -80,6 +80,16 @@ CASES = {
                                             "max_window_layers": 1}),
     "qwen3_moe_dense": ("Qwen3MoeConfig", {**QWEN_MOE, "num_hidden_layers": 4, "mlp_only_layers": [0],
                                            "decoder_sparse_step": 2}),
+    # OLMo-3: three sliding layers in four, unscaled rope there (its own base), YaRN on the full layer; then a
+    # layer_types of its own with one base for both and no scaling, tied embeddings
+    "olmo3": ("Olmo3Config", dict(
+        num_hidden_layers=4, head_dim=24, sliding_window=5, rope_parameters={
+            "full_attention": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                               "attention_factor": 1.2, "beta_fast": 32.0, "beta_slow": 1.0, "rope_theta": 50000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    "olmo3_types": ("Olmo3Config", dict(
+        num_hidden_layers=3, num_key_value_heads=4, sliding_window=6, tie_word_embeddings=True,
+        layer_types=["full_attention", "sliding_attention", "full_attention"])),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
     # and a shared expert after a dense layer; then per-head q/k norms, 3/4 rotary, plain top-k, no dense layer
     "glm4_moe": ("Glm4MoeConfig", dict(
@@ -182,7 +192,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
-                                  "glm4_moe"])
+                                  "glm4_moe", "olmo3"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -235,7 +245,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 
 # + sinks and windows, partial rotary in the decode path
-@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe"])
+@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -256,7 +266,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
-                                  "glm4_moe_qk_norm"])
+                                  "glm4_moe_qk_norm", "olmo3", "olmo3_types"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -230,6 +230,26 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
     return theta, scaling
 
 
+def layered_rope_from_hf(hf: dict, local_default: float | None) -> tuple[float, dict | None, float | None]:
+    """(theta, scaling, local theta) of a model whose sliding and full layers have rope parameters of their
+    own (Gemma 3, OLMo-3): ``rope_parameters`` nested by layer type (transformers 5), or the older top-level
+    fields, where ``rope_scaling`` is the full layers' and the sliding ones rotate unscaled with
+    ``local_default`` (None: the full layers' theta). Scaling on the sliding layers is refused."""
+    theta, scaling = rope_from_hf(hf, "full_attention")
+    if isinstance(hf.get("rope_parameters"), dict) and "sliding_attention" in hf["rope_parameters"]:
+        local_theta, local_scaling = rope_from_hf(hf, "sliding_attention")
+        if local_scaling:
+            raise ConfigError("config.json: rope_parameters.sliding_attention scaling is not supported")
+        return theta, scaling, local_theta
+    return theta, scaling, theta if local_default is None else local_default
+
+
+def layered_rope_to_hf(cfg: TransformerConfig) -> dict:
+    full = {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+    return {"rope_parameters": {"full_attention": full, "sliding_attention": local}}
+
+
 def rotary_dims(hf: dict, head_dim: int, default: float = 1.0) -> int:
     """``TransformerConfig.rope_dim`` from ``partial_rotary_factor`` (top level, or in ``rope_parameters`` as
     transformers 5 writes it): the leading dims of each head that rotate; 0 for all of them."""

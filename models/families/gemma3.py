@@ -14,8 +14,9 @@ from .base import (
     gqa_tensors,
     mlp_tensors,
     outer_tensors,
+    layered_rope_from_hf,
+    layered_rope_to_hf,
     refuse,
-    rope_from_hf,
     unsupported_cfg,
 )
 
@@ -38,14 +39,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
         raise ConfigError(f"config.json: hidden_activation={act!r} is not supported (only gelu_pytorch_tanh)")
-    theta, scaling = rope_from_hf(hf, "full_attention")
-    nested = isinstance(hf.get("rope_parameters"), dict) and "sliding_attention" in hf["rope_parameters"]
-    if nested:
-        local_theta, local_scaling = rope_from_hf(hf, "sliding_attention")
-        if local_scaling:
-            raise ConfigError("config.json: rope_parameters.sliding_attention scaling is not supported")
-    else:
-        local_theta = float(hf.get("rope_local_base_freq", 10000.0))
+    theta, scaling, local_theta = layered_rope_from_hf(hf, float(hf.get("rope_local_base_freq", 10000.0)))
     head_dim = hf.get("head_dim") or 256
     hf = {"tie_word_embeddings": True, "head_dim": head_dim, **hf}
     types = _layer_types(hf)
@@ -68,14 +62,12 @@ def to_hf(cfg: TransformerConfig) -> dict:
                           "gemma3 checkpoints require (query_pre_attn_scalar)")
     out = common_to_hf(cfg, "gemma3_text", ARCHITECTURE)
     del out["hidden_act"], out["rope_theta"], out["rope_scaling"]
-    full = {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta}
-    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
     out.update(
         hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=round(scalar),
         final_logit_softcapping=cfg.final_softcap,
         sliding_window=cfg.sliding_window or None,
         layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],
-        rope_parameters={"full_attention": full, "sliding_attention": local})
+        **layered_rope_to_hf(cfg))
     return out
 
 
