@@ -71,6 +71,8 @@ FAMILY_CONFIGS = {
                                layer_types=("sliding", "sliding", "sliding", "full"), rope_local_theta=1e4,
                                rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
                                              "beta_fast": 32.0, "beta_slow": 1.0}),
+    "seed_oss": TransformerConfig(**BASE, family="seed_oss", qkv_bias=True, out_bias=True, rope_theta=1e7),
+    "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
@@ -212,7 +214,7 @@ def test_wrong_shape_and_unexpected_tensor_are_named(tmp_path):
 @pytest.mark.parametrize("edit, field", [
     ({"model_type": "gpt2"}, "model_type"),
     ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope_type"),
-    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
     ({"num_attention_heads": None}, "num_attention_heads"),
 ])
 def test_unsupported_config_fields_are_named(tmp_path, edit, field):

@@ -90,6 +90,14 @@ CASES = {
     "olmo3_types": ("Olmo3Config", dict(
         num_hidden_layers=3, num_key_value_heads=4, sliding_window=6, tie_word_embeddings=True,
         layer_types=["full_attention", "sliding_attention", "full_attention"])),
+    # Seed-OSS: q/k/v biases, head_dim not hidden/heads; then the output projection's bias too (and the
+    # reference's training-time dropouts, which eval mode and these layers leave out)
+    "seed_oss": ("SeedOssConfig", {"head_dim": 24}),
+    "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
+                                            "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                                "rope_theta": 1e6}}),
+    # Llama with attention_bias: biases on q, k, v and o
+    "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
     # and a shared expert after a dense layer; then per-head q/k norms, 3/4 rotary, plain top-k, no dense layer
     "glm4_moe": ("Glm4MoeConfig", dict(
@@ -192,7 +200,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
-                                  "glm4_moe", "olmo3"])
+                                  "glm4_moe", "olmo3", "seed_oss"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -266,7 +274,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
-                                  "glm4_moe_qk_norm", "olmo3", "olmo3_types"])
+                                  "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -104,10 +104,12 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def gqa_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.self_attn",
                 bias_always: bool = False) -> list[Tensor]:
-    """q/k/v/o projections, biases and q/k norms. ``bias_always``: the format always has q/k/v biases (Qwen2),
+    """q/k/v/o projections, their biases and q/k norms. ``bias_always``: the format always has q/k/v biases (Qwen2),
     so a config without them saves zeros there."""
     out = [Tensor((seg, "attn", n), f"{prefix}.{n}_proj.weight", "t1") for n in ("q", "k", "v")]
     out.append(Tensor((seg, "attn", "o"), f"{prefix}.o_proj.weight", "t2"))
+    if cfg.out_bias:
+        out.append(Tensor((seg, "attn", "o_bias"), f"{prefix}.o_proj.bias"))
     if cfg.qkv_bias or bias_always:
         heads = {"q": cfg.n_heads, "k": cfg.n_kv_heads, "v": cfg.n_kv_heads}
         out += [Tensor((seg, "attn", f"{n}_bias"), f"{prefix}.{n}_proj.bias", "flat",

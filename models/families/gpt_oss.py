@@ -71,7 +71,6 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
     for seg, *_ in segments(cfg):
         out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
                 Tensor((seg, "mlp_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                Tensor((seg, "attn", "o_bias"), f"{pre}.self_attn.o_proj.bias"),
                 Tensor((seg, "attn", "sinks"), f"{pre}.self_attn.sinks"),
                 Tensor((seg, "mlp", "router"), f"{pre}.mlp.router.weight", "t1"),
                 Tensor((seg, "mlp", "router_bias"), f"{pre}.mlp.router.bias"),

@@ -1,4 +1,6 @@
-"""Llama 3 / 3.1 / 3.2 (and Mistral, which is Llama with an optional uniform sliding window)."""
+"""Llama 3 / 3.1 / 3.2 (and Mistral, which is Llama with an optional uniform sliding window). A Llama config's
+``attention_bias`` puts biases on all four attention projections (some Llama-architecture checkpoints have
+them)."""
 
 from __future__ import annotations
 
@@ -20,19 +22,20 @@ ARCHITECTURE = "LlamaForCausalLM"
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    refuse(hf, "attention_bias", lambda v: not v, "Llama attention biases include o_proj")
     refuse(hf, "mlp_bias", lambda v: not v, "MLP biases")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     name = "mistral" if hf.get("model_type") == "mistral" else NAME
-    return TransformerConfig(**common_from_hf(hf, name, **window_from_hf(hf)))
+    bias = bool(hf.get("attention_bias", False)) and name == NAME  # Llama's: q, k, v and o projections
+    return TransformerConfig(**common_from_hf(hf, name, qkv_bias=bias, out_bias=bias, **window_from_hf(hf)))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
-    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, moe=cfg.moe is not None,
-                    mla=cfg.mla is not None, layer_types=len(set(cfg.sliding_layers)) > 1)
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias != cfg.out_bias or (cfg.qkv_bias and cfg.sliding_window > 0),
+                    qk_norm=cfg.qk_norm, moe=cfg.moe is not None, mla=cfg.mla is not None,
+                    layer_types=len(set(cfg.sliding_layers)) > 1)
     if cfg.sliding_window:
         return {**common_to_hf(cfg, "mistral", "MistralForCausalLM"), "sliding_window": cfg.sliding_window}
-    return {**common_to_hf(cfg, "llama", ARCHITECTURE), "attention_bias": False, "mlp_bias": False}
+    return {**common_to_hf(cfg, "llama", ARCHITECTURE), "attention_bias": cfg.qkv_bias, "mlp_bias": False}
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
