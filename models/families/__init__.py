@@ -7,8 +7,22 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import (deepseek_v3, gemma3, glm4_moe, gpt_oss, llama, mixtral, olmo2, olmo3, phi3, qwen2, qwen2_moe, qwen3,
-               qwen3_moe, seed_oss)
+from . import (
+    deepseek_v3,
+    gemma3,
+    glm4_moe,
+    gpt_oss,
+    llama,
+    mixtral,
+    olmo2,
+    olmo3,
+    phi3,
+    qwen2,
+    qwen2_moe,
+    qwen3,
+    qwen3_moe,
+    seed_oss,
+)
 from .base import ConfigError, Tensor
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,

@@ -54,9 +54,9 @@ def moe_from_hf(hf: dict, first_dense_default: int = 0) -> MoEConfig:
 
 
 def moe_to_hf(m: MoEConfig) -> dict:
-    return dict(n_routed_experts=m.n_experts, num_experts_per_tok=m.top_k, moe_intermediate_size=m.ffn_dim,
-                n_shared_experts=m.n_shared, first_k_dense_replace=m.first_dense, norm_topk_prob=m.norm_topk,
-                routed_scaling_factor=m.scaling, n_group=m.n_group, topk_group=m.topk_group)
+    return {"n_routed_experts": m.n_experts, "num_experts_per_tok": m.top_k, "moe_intermediate_size": m.ffn_dim,
+            "n_shared_experts": m.n_shared, "first_k_dense_replace": m.first_dense, "norm_topk_prob": m.norm_topk,
+            "routed_scaling_factor": m.scaling, "n_group": m.n_group, "topk_group": m.topk_group}
 
 
 def moe_unsupported(m: MoEConfig | None) -> bool:

@@ -12,10 +12,10 @@ from .base import (
     common_from_hf,
     common_to_hf,
     gqa_tensors,
-    mlp_tensors,
-    outer_tensors,
     layered_rope_from_hf,
     layered_rope_to_hf,
+    mlp_tensors,
+    outer_tensors,
     refuse,
     unsupported_cfg,
 )
