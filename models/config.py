@@ -110,6 +110,7 @@ class TransformerConfig:
     sliding_window: int = 0  # keys strictly less than this many slots back; 0: no window
     layer_types: tuple[str, ...] | None = None  # "full" | "sliding" per layer; None: all "sliding" if window
     rope_local_theta: float | None = None  # Gemma: rope base of sliding layers (no scaling there)
+    nope_layers: tuple[int, ...] = ()  # layers whose attention has no rotary embedding at all (SmolLM3's NoPE)
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms

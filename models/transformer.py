@@ -373,7 +373,15 @@ class Transformer(nnx.Module):
     def _layer_context(self, key_valid, q_slots, k_slots, positions) -> dict:
         """Masks and rope tables shared by every layer, computed once per forward. Layers of two types
         (Gemma's sliding and global) get both masks (and both ropes) and pick theirs with a scanned per-layer
-        flag, so the stack stays one scan."""
+        flag, so the stack stays one scan. Layers without rotary embedding (``nope_layers``) pick the
+        identity rotation (cos 1, sin 0: the same values, exactly) by a flag of their own."""
+        ctx = self._mask_and_rope(key_valid, q_slots, k_slots, positions)
+        if self.cfg.nope_layers:
+            ctx["nope"] = jnp.asarray([i in self.cfg.nope_layers for i in range(self.cfg.n_layers)])
+            ctx["rope_none"] = (jnp.ones_like(ctx["rope"][0]), jnp.zeros_like(ctx["rope"][1]))
+        return ctx
+
+    def _mask_and_rope(self, key_valid, q_slots, k_slots, positions) -> dict:
         cfg = self.cfg
         sliding = cfg.sliding_layers
         dim = cfg.mla.qk_rope_dim if cfg.mla is not None else (cfg.rope_dim or cfg.head_dim)
@@ -430,15 +438,17 @@ class Transformer(nnx.Module):
         if start or n != jax.tree.leaves(state)[0].shape[0]:  # a run of part of the stack
             state = jax.tree.map(lambda a: a[start:start + n], state)
         policy = _REMAT[self.cfg.remat]
-        per_layer = "sliding" in ctx
+        flags = [k for k in ("sliding", "nope") if k in ctx]  # per-layer switches, scanned with the layers
 
         def pick(ctx, xs):  # this layer's mask and rope
             mask, rope = ctx["mask"], ctx["rope"]
-            if per_layer:
+            if "sliding" in xs:
                 is_sliding = xs["sliding"]
                 mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])
                 if "rope_local" in ctx:
                     rope = tuple(jnp.where(is_sliding, lo, gl) for lo, gl in zip(ctx["rope_local"], rope))
+            if "nope" in xs:
+                rope = tuple(jnp.where(xs["nope"], no, r) for no, r in zip(ctx["rope_none"], rope))
             return mask, rope
 
         def body(carry, xs):
@@ -469,8 +479,8 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
         layers = jnp.arange(first, first + n, dtype=jnp.int32)
         xs = {"layer": layers, "state": state}
-        if per_layer:
-            xs["sliding"] = ctx["sliding"][first:first + n]
+        for k in flags:
+            xs[k] = ctx[k][first:first + n]
         if routes is not None:
             xs["routes"] = routes
         if prefix is not None:

@@ -73,6 +73,8 @@ FAMILY_CONFIGS = {
                                              "beta_fast": 32.0, "beta_slow": 1.0}),
     "seed_oss": TransformerConfig(**BASE, family="seed_oss", qkv_bias=True, out_bias=True, rope_theta=1e7),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
+    "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
+                                 layer_types=("full", "sliding", "full"), rope_theta=5e6),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
@@ -236,6 +238,8 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("phi3", {"rope_scaling": {"rope_type": "longrope", "long_factor": [1.0]}}, "short_factor"),
     ("olmo2", {"clip_qkv": 8.0}, "clip_qkv"),
     ("glm4_moe", {"quantization_config": {"quant_method": "fp8"}}, "quantization_config"),
+    ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
+    ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
 ])
 def test_new_family_config_errors_name_the_field(tmp_path, name, edit, message):

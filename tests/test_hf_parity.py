@@ -31,6 +31,7 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 MLA = {"q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 12}
 GPT_OSS = {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16, "intermediate_size": 32}
 QWEN_MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+SMOL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}  # SmolLM3's defaults lie past V
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.05, 1.1, 1.3, 1.6, 2.0],
             "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]}
 
@@ -96,6 +97,12 @@ CASES = {
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
+    # SmolLM3: no rotary embedding in every fourth layer; then NoPE layers of its own that slide (the reference's
+    # default layer types under use_sliding_window), biases on all four projections, YaRN on the others
+    "smollm3": ("SmolLM3Config", {"num_hidden_layers": 4, "head_dim": 16, **SMOL_IDS}),
+    "smollm3_window": ("SmolLM3Config", {
+        **SMOL_IDS, "num_hidden_layers": 3, "no_rope_layers": [0, 1, 0], "use_sliding_window": True, "sliding_window": 5,
+        "attention_bias": True, "tie_word_embeddings": False, "rope_parameters": {**YARN, "rope_theta": 1e5}}),
     # Llama with attention_bias: biases on q, k, v and o
     "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
@@ -200,7 +207,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
-                                  "glm4_moe", "olmo3", "seed_oss"])
+                                  "glm4_moe", "olmo3", "seed_oss", "smollm3"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -252,8 +259,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, new)
 
 
-# + sinks and windows, partial rotary in the decode path
-@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3"])
+# + sinks and windows, partial rotary, layers without rotary in the decode path
+@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -274,7 +281,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
-                                  "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias"])
+                                  "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias",
+                                  "smollm3", "smollm3_window"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

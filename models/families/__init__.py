@@ -22,11 +22,13 @@ from . import (
     qwen3,
     qwen3_moe,
     seed_oss,
+    smollm3,
 )
 from .base import ConfigError, Tensor
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
-                                                      qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, seed_oss)}
+                                                      qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, seed_oss,
+                                                      smollm3)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
