@@ -111,12 +111,17 @@ CASES = {
         num_hidden_layers=3, head_dim=24, attention_bias=True, n_routed_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=32, n_group=4, topk_group=2, first_k_dense_replace=1, n_shared_experts=1,
         routed_scaling_factor=2.5)),
+    # GLM-4.7-Flash: DeepSeek-V3's latent attention and routing; dense layers named per layer, one after a MoE one
+    "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(
+        num_hidden_layers=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, routed_scaling_factor=1.8,
+        mlp_layer_types=["dense", "sparse", "dense", "sparse"], **MLA)),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
         rope_parameters={"rope_type": "default", "rope_theta": 50000.0, "partial_rotary_factor": 0.75})),
 }
-MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm")
+MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm", "glm4_moe_lite")
 NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
        "qwen3_moe_dense")
 
@@ -260,7 +265,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 
 # + sinks and windows, partial rotary, layers without rotary in the decode path
-@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window"])
+@pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
+                                  "glm4_moe_lite"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -282,7 +288,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias",
-                                  "smollm3", "smollm3_window"])
+                                  "smollm3", "smollm3_window", "glm4_moe_lite"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original
