@@ -1,6 +1,7 @@
-"""GRPO runs from tiny gpt-oss and OLMo-2 checkpoints, each with its own chat template (gpt-oss's harmony
-turns, OLMo-2's <|user|>/<|assistant|> turns) and a JSONL math dataset (gsm8k rows), on 8 CPU devices: gpt-oss
-expert-parallel (mesh expert 2), OLMo-2 tensor-parallel. The trained weights export back to transformers with
+"""GRPO runs from tiny gpt-oss, OLMo-2 and GLM-4.5 checkpoints, each with its own chat template (gpt-oss's
+harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a <think>) and a JSONL
+math dataset (gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2 tensor-parallel,
+GLM-4.5 both (data 2 x tensor 2 x expert 2). The trained weights export back to transformers with
 the same logits."""
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ OLMO2 = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == '
          "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% else %}{{ '<|assistant|>\\n' + message['content'] + "
          "eos_token + '\\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}"
          "{% endif %}{% endfor %}")
+GLM = ("[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
+       "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n<think>' }}{% endif %}")
 FAMILIES = {
     "gpt_oss": (HARMONY, ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"],
                 {"eos_token": "<|return|>", "pad_token": "<|endoftext|>"}, {"data": 4, "expert": 2}),
     "olmo2": (OLMO2, ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"],
               {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>"},
               {"data": 4, "tensor": 2}),
+    # a turn ends at <|user|> (GLM's config.json lists it among its eos ids)
+    "glm4_moe": (GLM, ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"],
+                 {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, {"data": 2, "tensor": 2, "expert": 2}),
 }
 CORPUS = ["What is 12 + 30? The answer is 42.", "<answer>42</answer> #### 42", "Think step by step about numbers.",
           "What is 7 + 6? It is 13."] * 20
@@ -60,6 +66,10 @@ def _checkpoint(path, family):
                   num_key_value_heads=2, head_dim=8, intermediate_size=32, max_position_embeddings=256, **ids)
     if family == "gpt_oss":
         cfg = transformers.GptOssConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=16)
+    elif family == "glm4_moe":
+        cfg = transformers.Glm4MoeConfig(**{**common, "eos_token_id": [ids["eos_token_id"], tok.token_to_id("<|user|>")]},
+                                         attention_bias=True, n_routed_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=16, first_k_dense_replace=1, n_shared_experts=1)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)
@@ -111,7 +121,7 @@ def test_grpo_from_checkpoint_with_its_chat_template(tmp_path, family):
     assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps), rows[-3:]
     assert any(r["reward_std"] > 0 for r in steps), steps  # a policy gradient, not only the balancing loss
     man = json.loads((run / "checkpoints" / "grpo" / "manifest.json").read_text())
-    assert man["mesh"]["expert" if family == "gpt_oss" else "tensor"] == 2
+    assert all(man["mesh"][axis] == n for axis, n in FAMILIES[family][3].items())
 
     out = tmp_path / "export"
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(run), str(out), "--stage", "grpo"],
