@@ -204,13 +204,19 @@ class StageCheckpointer:
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     active_processes=set(range(jax.process_count()))))
         # "critic": a PPO stage's critic (params and optimizer state), an item of its own so that whatever
-        # reads only the policy (a next stage's init, eval, export) restores "state" alone
-        self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "host", "critic"))
+        # reads only the policy (a next stage's init, eval, export) restores "state" alone; "reference": the
+        # KL reference once ``algorithm.ref_reset`` has made it a copy of the policy
+        self.mgr = ocp.CheckpointManager(self.directory, options=opts,
+                                         item_names=("state", "host", "critic", "reference"))
+        self.reference: Any = None  # the reference the last restore read (None where it was not asked for)
 
-    def save(self, step: int, state: TrainState, host: dict[str, Any], *, force: bool = False) -> None:
+    def save(self, step: int, state: TrainState, host: dict[str, Any], *, force: bool = False,
+             reference: Any = None) -> None:
         items = {"state": ocp.args.StandardSave(_to_saveable(state)), "host": ocp.args.JsonSave(host)}
         if state.critic is not None:
             items["critic"] = ocp.args.StandardSave(state.critic)
+        if reference is not None:
+            items["reference"] = ocp.args.StandardSave(reference)
         try:
             self.mgr.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # disk full, permissions...: stop with the cause, earlier steps stay intact
@@ -234,10 +240,11 @@ class StageCheckpointer:
         return sorted(p.name for p in self.directory.iterdir() if TMP_MARK in p.name) \
             if self.directory.is_dir() else []
 
-    def restore(self, like: TrainState, step: int | None = None,
-                report: bool = True) -> tuple[int, TrainState, dict] | None:
+    def restore(self, like: TrainState, step: int | None = None, report: bool = True, *,
+                reference_like: Any = None, reference_from: int = 0) -> tuple[int, TrainState, dict] | None:
         """Restore ``step`` (default: the newest complete one, skipping damaged ones). None if none exist.
-        A LoRA state comes back with its adapters as ``params`` (join them onto the base).
+        A LoRA state comes back with its adapters as ``params`` (join them onto the base). With
+        ``reference_like``, a step from ``reference_from`` on also restores its KL reference (``self.reference``).
 
         Every step found and not restored is listed in ``self.unusable`` as ``(name, why)``, and each skipped
         one is reported in one warning line (never a traceback) unless ``report`` is False (the caller reports)."""
@@ -247,18 +254,26 @@ class StageCheckpointer:
         items = {"state": ocp.args.StandardRestore(abstract), "host": ocp.args.JsonRestore()}
         if like.critic is not None:
             items["critic"] = ocp.args.StandardRestore(jax.tree.map(_spec, like.critic))
+        self.reference = None
         for s in candidates:
             t0 = time.perf_counter()
             log.info("restoring checkpoint step %s from %s", s, self.directory)
+            wanted = dict(items)
+            if reference_like is not None and s >= reference_from:
+                wanted["reference"] = ocp.args.StandardRestore(jax.tree.map(_spec, reference_like))
             try:
                 _quiet_late_loop_callbacks()
-                out = self.mgr.restore(s, args=ocp.args.Composite(**items))
+                out = self.mgr.restore(s, args=ocp.args.Composite(**wanted))
                 tree = out["state"]
                 if not _all_finite(tree["params"]):
                     raise CheckpointError("non-finite parameters")
                 critic = out["critic"] if like.critic is not None else None
                 if critic is not None and not _all_finite(critic["params"]):
                     raise CheckpointError("non-finite critic parameters")
+                if "reference" in wanted:
+                    if not _all_finite(out["reference"]):
+                        raise CheckpointError("non-finite reference parameters")
+                    self.reference = out["reference"]
                 log.info("restored checkpoint step %s in %.1f s", s, time.perf_counter() - t0)
                 return s, _from_saveable(tree, critic), dict(out["host"])
             except Exception as e:

@@ -153,6 +153,17 @@ class OverlongConfig:
 
 
 @dataclass(frozen=True)
+class RefResetConfig:
+    """ProRL's hard resets for long RL runs with a KL penalty: after every ``every``-th step the KL reference
+    becomes a copy of the policy (so the penalty keeps the policy near where it recently was, not where the
+    stage started) and, with ``optimizer``, the optimizer's moments start over (its learning-rate schedule goes
+    on). 0: the reference stays the stage's init."""
+
+    every: int = 0
+    optimizer: bool = True
+
+
+@dataclass(frozen=True)
 class AlgorithmConfig:
     loss: Literal["grpo", "gspo"] = "grpo"
     # drgrpo: no std scaling; group-mean-batch-std: the group's mean over the batch's std; rloo: leave-one-out
@@ -183,6 +194,7 @@ class AlgorithmConfig:
     # where the KL to the reference goes (beta > 0): a penalty in the loss, or -beta * KL per token added to
     # the reward before the advantages (REINFORCE++, PPO)
     kl_in: Literal["loss", "reward"] = "loss"
+    ref_reset: RefResetConfig = field(default_factory=RefResetConfig)
     # PPO (stage kind ppo): GAE discount and trace decay, the clipped value loss, and the first steps that
     # train the critic only
     gamma: float = 1.0
@@ -975,6 +987,12 @@ def validate(cfg: Config) -> None:
         need(a.epochs >= 1, f"{p}.algorithm.epochs", "must be >= 1")
         need(a.eps_low >= 0 and a.eps_high >= 0, f"{p}.algorithm.eps_low", "clip ranges must be >= 0")
         need(a.beta >= 0, f"{p}.algorithm.beta", "must be >= 0")
+        need(a.ref_reset.every >= 0, f"{p}.algorithm.ref_reset.every", "must be >= 0 (0: no resets)")
+        if a.ref_reset.every and st.kind in ("grpo", "ppo"):  # other kinds have no reference
+            need(a.beta > 0, f"{p}.algorithm.ref_reset.every",
+                 "resets the KL reference, and algorithm.beta is 0 (no reference)")
+            need(cfg.model.lora is None, f"{p}.algorithm.ref_reset.every",
+                 "is not supported with model.lora (the reference is the frozen base the adapters sit on)")
         need(0 <= a.max_reward_error_rate <= 1, f"{p}.algorithm.max_reward_error_rate", "must be in [0, 1]")
         need(a.tis_cap >= 1, f"{p}.algorithm.tis_cap", "must be >= 1")
         need(r.max_staleness >= 0, f"{p}.rollout.max_staleness", "must be >= 0")

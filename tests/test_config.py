@@ -135,6 +135,21 @@ def test_kl_in_reward_needs_token_level_advantages():
         C.load("configs/quickstart.yaml", ["algorithm.advantage=reinforce++", "algorithm.loss=gspo"])
 
 
+@pytest.mark.parametrize("override,needle", [
+    (["stages.grpo.algorithm.ref_reset.every=50"], "stages[1].algorithm.ref_reset.every: resets the KL reference, "
+                                                   "and algorithm.beta is 0"),
+    (["stages.grpo.algorithm.ref_reset.every=-1"], "stages[1].algorithm.ref_reset.every: must be >= 0"),
+    (["algorithm.beta=0.01", "algorithm.ref_reset.every=5", "model.lora={rank: 4}"],
+     "stages[1].algorithm.ref_reset.every: is not supported with model.lora"),
+])
+def test_bad_reference_resets_name_the_key(override, needle):
+    with pytest.raises(C.ConfigError) as e:
+        C.load("configs/quickstart.yaml", override)
+    assert needle in str(e.value)
+    cfg = C.load("configs/quickstart.yaml", ["algorithm.beta=0.01", "algorithm.ref_reset.every=5"])
+    assert C.stage(cfg, "grpo").algorithm.ref_reset.every == 5  # set for every stage: the sft stage has no use for it
+
+
 def test_file_only_keys_on_a_built_in_task_are_refused_where_they_are_set(tmp_path):
     """`task: {path: ...}` without `name: file` would silently train on the default arithmetic task: refused at
     the level that sets it (top, stage, mixture source). Values a level inherits from a file task above it are

@@ -340,3 +340,15 @@ def test_ppo_with_a_smaller_separate_critic_model(tmp_path):
     assert len(recs) == 2 and recs[1]["values_mean"] != 0.0 and recs[0]["critic_grad_norm"] > 0
     shapes = sorted(x.shape for x in critic_params(d))
     assert (16, 1) in shapes and not any(32 in s or 64 in s for s in shapes)  # its own widths, not the policy's
+
+
+def test_ppo_reference_resets(tmp_path):
+    """algorithm.ref_reset in a ppo stage (its KL in the reward): after steps 2 and 4 the reference is the
+    policy, so the step after each samples from the reference itself and measures no KL."""
+    d = tmp_path / "run"
+    p = run_cli("--run-dir", str(d), "--set", "stages.ppo.algorithm.ref_reset.every=2", "--set", "stages.ppo.steps=4",
+                "--set", "stages.ppo.eval.every=0")
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = {r["step"]: r for r in read_metrics(d) if r["stage"] == "ppo" and "kl" in r}
+    assert [s for s in sorted(recs) if recs[s].get("ref_reset")] == [2, 4]
+    assert recs[3]["kl"] < 1e-6 < recs[2]["kl"] and recs[4]["kl"] > 1e-6, {s: r["kl"] for s, r in recs.items()}

@@ -292,3 +292,35 @@ def test_memory_savings_keep_the_grpo_step_bit_for_bit(chunk, monkeypatch):
     for new in (new_full, new_nested):
         for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("schedule", [{"warmup_steps": 4}, {"schedule": "cosine", "warmup_steps": 2}, {}])
+def test_restart_moments_starts_adam_over_and_keeps_the_schedule(schedule):
+    """ProRL's optimizer reset: after the reset the next update is the one a fresh Adam would make at this
+    point of the learning-rate schedule (moments and bias-correction count start over; the schedule's
+    count goes on); the state keeps its shardings."""
+    from reasoning_rl.algorithms.steps import restart_moments
+
+    tx = make_optimizer(OptimizerConfig(lr=1e-2, **schedule), 20)
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    grads = [jax.tree.map(lambda p, k=k: jnp.sin(p + k), params) for k in range(4)]
+    state = tx.init(params)
+    for g in grads[:3]:
+        _, state = tx.update(g, state, params)
+    before = jax.tree.map(lambda a: a.sharding, state)
+    restarted = restart_moments(jax.tree.map(jnp.copy, state))
+    assert jax.tree.map(lambda a: a.sharding, restarted) == before
+    fresh = tx.init(params)
+    counts = {type(x).__name__: x.count for x in jax.tree.leaves(
+        restarted, is_leaf=lambda x: isinstance(x, (optax.ScaleByAdamState, optax.ScaleByScheduleState)))
+              if hasattr(x, "count")}
+    assert int(counts["ScaleByAdamState"]) == 0
+    if schedule:
+        assert int(counts["ScaleByScheduleState"]) == 3  # the schedule goes on
+        fresh = jax.tree.map(lambda f, r: r if isinstance(f, optax.ScaleByScheduleState) else f, fresh, restarted,
+                             is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+    got, _ = tx.update(grads[3], restarted, params)
+    want, _ = tx.update(grads[3], fresh, params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
+    moved, _ = tx.update(grads[3], state, params)  # without the reset the update differs
+    assert not np.allclose(np.asarray(moved["w"]), np.asarray(got["w"]))

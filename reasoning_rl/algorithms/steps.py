@@ -71,6 +71,21 @@ def make_optimizer(ocfg: OptimizerConfig, total_steps: int) -> Optimizer:
     return Optimizer(opt.init, opt.update)
 
 
+def restart_moments(opt_state: Any) -> Any:
+    """ProRL's optimizer reset: Adam's moments and its bias-correction count start over (the next update is
+    Adam's first again, not one scaled by moments of a policy the reference has moved past); a learning-rate
+    schedule's count goes on, so warmup and decay are not repeated. Same shardings; SGD has nothing to reset."""
+    adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    if not any(adam(x) for x in jax.tree.leaves(opt_state, is_leaf=adam)):
+        return opt_state
+    shardings = jax.tree.map(lambda a: a.sharding, opt_state)
+
+    def fresh(state):
+        return jax.tree.map(lambda x: jax.tree.map(jnp.zeros_like, x) if adam(x) else x, state, is_leaf=adam)
+
+    return jax.jit(fresh, out_shardings=shardings, donate_argnums=0)(opt_state)
+
+
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Optimizer state over the trainable parameters only (a LoRA model's adapters)."""
     return TrainState(params, tx.init(trainable(params)), jnp.zeros((), jnp.int32), jax.random.key(seed),

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
-from reasoning_rl.algorithms.steps import TrainState, make_optimizer
+from reasoning_rl.algorithms.steps import TrainState, make_optimizer, restart_moments
 from reasoning_rl.checkpoint import CheckpointUnusable, StageCheckpointer
 from reasoning_rl.config import Config, ModelConfig, RolloutConfig, StageConfig, TaskConfig
 from reasoning_rl.data.tasks import make_task
@@ -573,13 +574,20 @@ class StageRun:
         # while it samples, since Orbax may run collectives over all devices (see distributed.py)
         self.exclusive: Any = contextlib.nullcontext()
         self.curve: Any = None  # the stage's held-out curve (stages.evaluate.HeldOutCurve), when eval.every is set
+        # the KL reference once a ProRL reset made it a copy of the policy (saved with every checkpoint from
+        # then on), the reset period and what the reference looks like (set by KLReference)
+        self.reference: Any = None
+        self.reference_every = 0
+        self.reference_like: Any = None
 
     def resume(self) -> dict | None:
         """Continue from the newest usable checkpoint step. Damaged steps are reported (one warning each) and
         moved aside; the fallback to an older step, or to the start of the stage, is stated in one line. Under
         ``--resume`` (``rt.require_checkpoint`` names this stage's dir) finding steps and none usable is bad
         input: CheckpointUnusable, raised before anything in the run dir is changed."""
-        got = self.ckpt.restore(self.state, report=False)
+        got = self.ckpt.restore(self.state, report=False,
+                                reference_like=self.reference_like if self.reference_every else None,
+                                reference_from=self.reference_every)
         bad = self.ckpt.unusable
         found = "; ".join(f"checkpoint step {n}: {why}" for n, why in bad)
         kept = "; damaged steps are kept as <step>.damaged" if any(n.isdigit() for n, _ in bad) else ""
@@ -597,6 +605,7 @@ class StageRun:
         if self.rt.lora:  # the checkpoint holds the adapters: put them back on this stage's frozen base
             state = dataclasses.replace(state, params=lora.with_trainable(self.state.params, state.params))
         self.state, self.start_step, self.host = state, step, host
+        self.reference = self.ckpt.reference
         if bad:
             log.warning("stage %s: resumed from step %d, the newest usable checkpoint step (%s)%s", self.stage.name,
                         step, found, kept)
@@ -616,7 +625,7 @@ class StageRun:
         if self.rt.lora:
             host = {**host, "lora_base": self.rt.lora_base_ref()}
         with self.exclusive:
-            self.ckpt.save(step, self.state, host, force=force)
+            self.ckpt.save(step, self.state, host, force=force, reference=self.reference)
 
     def should_save(self, step: int) -> bool:
         return step % self.rt.cfg.checkpoint.every == 0 or step == self.stage.steps
@@ -656,6 +665,48 @@ class StageRun:
     def close(self) -> None:
         with self.exclusive:
             self.ckpt.close()
+
+
+class KLReference:
+    """The KL reference of an RL stage (``algorithm.beta > 0``; else ``params`` is None): the stage's init
+    params, or for LoRA the frozen base with the adapters disabled (the state's own base buffers, no copy).
+
+    With ``algorithm.ref_reset.every`` N (ProRL's hard resets), after every N-th step the reference becomes a
+    copy of the policy and, with ``ref_reset.optimizer``, Adam's moments start over (``restart_moments``).
+    From the first reset on the copy is saved with each checkpoint (an item of its own), so a stage resumed
+    from any step continues with the reference the uninterrupted stage had there."""
+
+    def __init__(self, rt: Runtime, run: StageRun, init_params: dict):
+        a = run.stage.algorithm
+        self.run, self.every, self.optimizer = run, a.ref_reset.every, a.ref_reset.optimizer
+        self.params = None
+        if a.beta > 0:
+            self.params = lora.split(run.state.params)[0] if rt.lora else rt.place(init_params)
+        if self.every:
+            run.reference_every, run.reference_like = self.every, self.params
+
+    def resumed(self) -> None:
+        """After ``run.resume()``: a stage resumed past a reset continues with the reference it saved."""
+        if self.run.reference is not None:
+            self.params = self.run.reference
+
+    def after_step(self, step: int) -> dict[str, Any]:
+        """The reset due after ``step``'s update, if any (before its checkpoint is written): its metric."""
+        if not self.every or step % self.every:
+            return {}
+        run = self.run
+        self.params = run.reference = _copy(run.state.params)
+        if self.optimizer:
+            run.state = dataclasses.replace(run.state, opt_state=restart_moments(run.state.opt_state))
+        log.info("stage %s: after step %d the KL reference is the policy%s", run.stage.name, step,
+                 " and the optimizer's moments start over" if self.optimizer else "")
+        return {"ref_reset": 1}
+
+
+def _copy(tree: Any) -> Any:
+    """A copy in new buffers with the same shardings: the state's own are donated to the next step."""
+    shardings = jax.tree.map(lambda a: a.sharding, tree)
+    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
 
 
 def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext, batch_invariant: bool = False):

@@ -33,7 +33,7 @@ from reasoning_rl.rollout.sampler import SamplingParams, sample_impl
 from reasoning_rl.sharding import replicated
 
 from .async_rollout import AsyncFeed, decode_item
-from .common import Runtime, StageRun, StepLog, run_updates, timer
+from .common import KLReference, Runtime, StageRun, StepLog, run_updates, timer
 from .evaluate import stage_curve
 from .sources import StageData, check_reward_errors, merge_scored, rollout_metrics
 
@@ -220,12 +220,9 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     run = StageRun(trt, stage, init_params, updates)
     data = StageData(trt, stage)
     stream = ExampleStream(data.fetch, r.prompts_per_step, rows=srt.host_rows(r.prompts_per_step))
-    # The KL reference: the init params, or for LoRA the frozen base with adapters disabled (the state's own
-    # base buffers, never donated: no copy).
-    ref_params = None
-    if a.beta > 0:
-        ref_params = lora.split(run.state.params)[0] if trt.lora else trt.place(init_params)
+    reference = KLReference(trt, run, init_params)
     host = run.resume()
+    reference.resumed()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
@@ -288,7 +285,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                 t_up = timer()
                 if ref_fn is not None:
                     b = trt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
-                    batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
+                    batch["ref_logp"] = dist.gather(ref_fn(reference.params, b["tokens"], b["valid"], b["mask"]))
                 penalty = kl_in_reward(a, batch)
                 if penalty is not None:  # REINFORCE++: -beta * KL per token in the reward, then the returns
                     batch["adv"] = np.asarray(compute_advantages(a.advantage, rewards, r.group_size, batch["mask"],
@@ -306,7 +303,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                         batch["old_logp"], batch["is_weight"] = np.asarray(prox), np.asarray(w)
                         rm.update({k: float(v) for k, v in im.items()})
                 run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, trt.place_batch)
-                rec = slog.record(step, t0, t_up, rm, um)
+                rec = slog.record(step, t0, t_up, rm, um, reference.after_step(step))
                 t_train += rec["update_s"]
                 if rec.get("staleness", 0) > 0:
                     # the first update's params are not the ones that sampled a stale batch: the difference would

@@ -32,7 +32,7 @@ from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.models import lora
 from reasoning_rl.models.value import critic_axes, init_value_head, load_value_head
 
-from .common import Runtime, StageRun, StepLog, run_updates, timer
+from .common import KLReference, Runtime, StageRun, StepLog, run_updates, timer
 from .evaluate import stage_curve
 from .grpo import Rollout, kl_in_reward
 from .sources import StageData
@@ -203,10 +203,9 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     run.state = dataclasses.replace(run.state, critic=critic.state(critic.init_params(init_params), critic_tx))
     data = StageData(rt, stage)
     stream = ExampleStream(data.fetch, r.prompts_per_step, rows=rt.host_rows(r.prompts_per_step))
-    ref_params = None
-    if a.beta > 0:  # LoRA: the frozen base with adapters disabled (the state's own base buffers, no copy)
-        ref_params = lora.split(run.state.params)[0] if rt.lora else rt.place(init_params)
+    reference = KLReference(rt, run, init_params)
     host = run.resume()
+    reference.resumed()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
@@ -232,11 +231,11 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
             values = np.asarray(dist.gather(value_fn(run.state.critic["params"], b["tokens"], b["valid"], b["mask"])))
             values = np.where(batch["mask"], values, 0.0).astype(np.float32)
             if ref_fn is not None:
-                batch["ref_logp"] = dist.gather(ref_fn(ref_params, b["tokens"], b["valid"], b["mask"]))
+                batch["ref_logp"] = dist.gather(ref_fn(reference.params, b["tokens"], b["valid"], b["mask"]))
             batch["adv"], batch["returns"], am = advantages(a, rewards, values, batch)
             batch["old_values"] = values
             run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, rt.place_batch)
-            rec = slog.record(step, t0, t_up, rm, am, um)
+            rec = slog.record(step, t0, t_up, rm, am, um, reference.after_step(step))
             rec["tokens_per_s"] = float(batch["mask"].sum()) / max(rec["seconds"], 1e-9)
             slog.write(rec, _samples_with_gae(rollout.samples, r.group_size, batch["adv"], values, batch["mask"]))
             run.end_step(step, guard, lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w})
