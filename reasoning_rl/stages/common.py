@@ -687,6 +687,7 @@ class KLReference:
 
     def resumed(self) -> None:
         """After ``run.resume()``: a stage resumed past a reset continues with the reference it saved."""
+        self.run.reference_like = None  # only the restore needed it: no reference to the init params left
         if self.run.reference is not None:
             self.params = self.run.reference
 
