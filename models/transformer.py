@@ -270,7 +270,8 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
                index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None,
-               attend: int | None = None, prefix: KVCache | None = None, layer_states: dict | None = None):
+               attend: int | None = None, prefix: KVCache | None = None, layer_states: dict | None = None,
+               segments: jax.Array | None = None):
         """Final-norm hidden states [B, T, D]: returns ``(h, cache)``, or ``(h, cache, aux)`` with
         ``return_aux=True``.
 
@@ -286,6 +287,8 @@ class Transformer(nnx.Module):
         per-row copy of it (the trainer's GRPO groups: see ``prefix_attention``).
         ``layer_states`` (with a split cache: ``KVCache.split_layers``): ``layer_states()``, each layer's parameters
         sliced once outside the decode loop, so the unrolled layers read them in place.
+        ``segments`` [B, T] int (no cache, no prefix): packed rows, several sequences one after the other; a
+        token attends only to earlier tokens of its own segment (the positions restart with each sequence).
 
         ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
         routed to each expert, per MoE layer), ``router_prob`` [L_moe, E], ``balance_loss`` (the Switch-style
@@ -324,6 +327,11 @@ class Transformer(nnx.Module):
             ctx = self._layer_context(key_valid[:, :attend], q_slots, k_slots[:attend], positions)
         else:
             ctx = self._layer_context(key_valid, q_slots, k_slots, positions)
+        if segments is not None:
+            if cache is not None or prefix is not None:
+                raise ValueError("segments (packed rows) take no cache and no prefix")
+            same = segments[:, :, None] == segments[:, None, :]
+            ctx.update({k: ctx[k] & same for k in ("mask", "window_mask") if k in ctx})
         stats = []
         off = 0
         for name, start, first, n, is_moe in runs(self.cfg):

@@ -392,6 +392,10 @@ class StageConfig:
     steps: int
     init: str | None = None  # a previous stage's name, a stage checkpoint dir of any run, or an HF dir
     batch_size: int = 64  # SFT: sequences per step
+    # SFT loops (sft, rejection_sft, distill): pack each step's sequences into as few rows as hold them
+    # (first-fit by length; batch_size, batch_size/2, ... rows: a few compiled shapes), each attending within
+    # itself: the same loss and gradient as the padded batch for a fraction of the compute when lengths vary
+    pack: bool = False
     # SFT loops: end the stage early once the mean training loss of the last stop_window steps is at most
     # this (``steps`` stays the cap). A cold start then lands at the same quality whatever the seed.
     stop_at_loss: float | None = None

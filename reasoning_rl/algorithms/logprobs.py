@@ -64,7 +64,8 @@ def resolve_chunk(chunk: int | None, rows: int, n: int, vocab: int, ctx: shd.Sha
 
 def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
                     temperature: float = 1.0, chunk: int | None = None, with_entropy: bool = False,
-                    routes: jax.Array | None = None, with_aux: bool = False, group: int = 1):
+                    routes: jax.Array | None = None, with_aux: bool = False, group: int = 1,
+                    positions: jax.Array | None = None, segments: jax.Array | None = None):
     """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies, and the
     model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``).
     ``chunk``: positions per log-prob chunk; 0 whole logits; None chosen from the logits' size (module doc).
@@ -73,10 +74,13 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     as GRPO rollouts do. The prompt is then run once per group and the completions attend over its
     keys/values as a shared prefix (``Transformer.hidden(prefix=...)``); gradients through the prompt are
     summed over the group, so this is the same function with ``(group - 1) / group`` of the prompt work
-    removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)"""
+    removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)
+
+    ``positions``/``segments`` [B, T]: packed rows (SFT), several sequences each with its own positions;
+    tokens attend within their segment only (``Transformer.hidden``)."""
     t = tokens.shape[1]
     targets = tokens[:, t - n_targets :]
-    h, aux = target_hidden(model, tokens, valid, n_targets, routes, group)
+    h, aux = target_hidden(model, tokens, valid, n_targets, routes, group, positions, segments)
 
     def score(h_c, y_c):
         lp, ent = logprobs_entropy(model.logits(h_c), y_c, temperature, with_entropy,
@@ -118,14 +122,16 @@ def logprobs_entropy(logits: jax.Array, tokens: jax.Array, temperature: float = 
 
 
 def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
-                  routes: jax.Array | None = None, group: int = 1):
+                  routes: jax.Array | None = None, group: int = 1, positions: jax.Array | None = None,
+                  segments: jax.Array | None = None):
     """Final-norm hidden states [B, n_targets, D] at the positions that predict the last ``n_targets``
-    tokens (the state before each completion token), and the MoE aux dict; ``group`` as in
-    ``target_logprobs``."""
+    tokens (the state before each completion token), and the MoE aux dict; ``group``, ``positions`` and
+    ``segments`` as in ``target_logprobs``."""
     t = tokens.shape[1]
-    if group > 1 and tokens.shape[0] % group == 0 and n_targets < t and model.cfg.moe is None:
+    if group > 1 and tokens.shape[0] % group == 0 and n_targets < t and model.cfg.moe is None and segments is None:
         return _shared_prompt_hidden(model, tokens, valid, n_targets, group)
-    h, _, aux = model.hidden(tokens, positions_from_valid(valid), valid, return_aux=True, routes=routes)
+    pos = positions_from_valid(valid) if positions is None else positions
+    h, _, aux = model.hidden(tokens, pos, valid, return_aux=True, routes=routes, segments=segments)
     return h[:, t - n_targets - 1 : t - 1], aux
 
 

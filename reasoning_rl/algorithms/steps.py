@@ -249,13 +249,19 @@ def _ratios(aux: dict) -> dict:
 
 def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTransformation, micro_batches: int = 1,
                   logits_chunk: int | None = None):
-    """batch: tokens [B, T] int32, valid [B, T] bool, loss_mask [B, T] bool (which targets to train on)."""
+    """batch: tokens [B, T] int32, valid [B, T] bool, loss_mask [B, T] bool (which targets to train on); packed
+    rows (``data.batching.packed_sft_batch``) add positions and segments [B, T] int32: each sequence attends
+    within itself, and no target is predicted across a boundary. The loss is the mean over target tokens
+    either way, so a packed batch gives the unpacked batch's loss and gradient."""
 
     def loss_fn(params, b):
         model = mdef.bind(params)
         n = b["tokens"].shape[1] - 1
-        lp, moe = target_logprobs(model, b["tokens"], b["valid"], n, 1.0, logits_chunk, with_aux=True)
-        s, c = sft_loss(lp, b["loss_mask"][:, 1:])
+        seg = b.get("segments")
+        lp, moe = target_logprobs(model, b["tokens"], b["valid"], n, 1.0, logits_chunk, with_aux=True,
+                                  positions=b.get("positions"), segments=seg)
+        targets = b["loss_mask"][:, 1:] if seg is None else b["loss_mask"][:, 1:] & (seg[:, 1:] == seg[:, :-1])
+        s, c = sft_loss(lp, targets)
         extra, metrics = moe_terms(moe, c, b["valid"])
         return s + extra, {"loss_sum": s, "count": c, **metrics}
 

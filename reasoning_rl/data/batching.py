@@ -18,16 +18,21 @@ def prompt_batch(tok, examples: list[dict], bucket: int = 8) -> tuple[np.ndarray
     return left_pad([tok.encode(e["prompt"]) for e in examples], tok.pad_id, bucket)
 
 
+def sft_sequences(tok, examples: list[dict]) -> list[tuple[list[int], list[bool]]]:
+    """Each example's ``prompt + solution + EOS`` tokens and which of them the loss covers (solution, EOS)."""
+    out = []
+    for e in examples:
+        p = tok.encode(e["prompt"])
+        c = tok.encode(e["solution"]) + [tok.eos_id]
+        out.append((p + c, [False] * len(p) + [True] * len(c)))
+    return out
+
+
 def sft_batch(tok, examples: list[dict], seq_len: int | None = None, bucket: int = 16) -> dict[str, np.ndarray]:
     """Right-padded ``prompt + solution + EOS`` rows; the loss covers the solution and EOS only.
 
     Rows longer than ``seq_len`` are cut (their loss mask is cut with them)."""
-    rows, masks = [], []
-    for e in examples:
-        p = tok.encode(e["prompt"])
-        c = tok.encode(e["solution"]) + [tok.eos_id]
-        rows.append(p + c)
-        masks.append([False] * len(p) + [True] * len(c))
+    rows, masks = zip(*sft_sequences(tok, examples))
     t = seq_len or round_up(max(len(r) for r in rows), bucket)
     tokens = np.full((len(rows), t), tok.pad_id, np.int32)
     valid = np.zeros((len(rows), t), bool)
@@ -38,6 +43,46 @@ def sft_batch(tok, examples: list[dict], seq_len: int | None = None, bucket: int
         valid[i, : len(r)] = True
         loss_mask[i, : len(m)] = m
     return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
+
+
+def pack(lengths: list[int], seq_len: int) -> list[list[int]]:
+    """Sequences (by index) into rows of ``seq_len`` tokens, first-fit by decreasing length (a sequence longer
+    than a row gets one of its own, cut): deterministic, each row in index order."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = min(lengths[i], seq_len)
+        j = next((j for j, f in enumerate(free) if f >= n), None)
+        if j is None:
+            rows.append([i])
+            free.append(seq_len - n)
+        else:
+            rows[j].append(i)
+            free[j] -= n
+    return [sorted(r) for r in rows]
+
+
+def packed_sft_batch(seqs: list[tuple[list[int], list[bool]]], rows: list[list[int]], seq_len: int, n_rows: int,
+                     pad_id: int) -> dict[str, np.ndarray]:
+    """``n_rows`` rows of ``seq_len`` holding ``seqs`` as ``rows`` places them (``pack``), one after the other:
+    tokens, valid, loss_mask as ``sft_batch``, plus positions (restarting at 0 with each sequence) and segments
+    (1, 2, ... per sequence in a row; 0 on padding). Rows past ``len(rows)`` are all padding."""
+    tokens = np.full((n_rows, seq_len), pad_id, np.int32)
+    valid = np.zeros((n_rows, seq_len), bool)
+    loss_mask = np.zeros((n_rows, seq_len), bool)
+    positions = np.zeros((n_rows, seq_len), np.int32)
+    segments = np.zeros((n_rows, seq_len), np.int32)
+    for r, members in enumerate(rows):
+        at = 0
+        for k, i in enumerate(members):
+            ids, mask = seqs[i]
+            n = min(len(ids), seq_len - at)
+            tokens[r, at:at + n], loss_mask[r, at:at + n] = ids[:n], mask[:n]
+            valid[r, at:at + n] = True
+            positions[r, at:at + n] = np.arange(n)
+            segments[r, at:at + n] = k + 1
+            at += n
+    return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask, "positions": positions, "segments": segments}
 
 
 def rollout_batch(prompt_tokens: np.ndarray, prompt_valid: np.ndarray, tokens: np.ndarray, mask: np.ndarray,

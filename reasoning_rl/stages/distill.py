@@ -35,15 +35,19 @@ from .sft import run_sft
 def make_logit_distill_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTransformation,
                             micro_batches: int = 1):
     """batch: tokens/valid/loss_mask [B, T] and teacher_logp [B, T-1, V] (the teacher's log-softmax for
-    every next-token position). Loss: sum over masked targets of KL(teacher ‖ student) / their count."""
+    every next-token position); packed rows add positions/segments (``make_sft_step``). Loss: sum over masked
+    targets of KL(teacher ‖ student) / their count."""
 
     def loss_fn(params, b):
         model = mdef.bind(params)
-        h, _ = model.hidden(b["tokens"], positions_from_valid(b["valid"]), b["valid"])
+        h = _hidden(model, b["tokens"], b["valid"], b.get("positions"), b.get("segments"))
         logq = jax.nn.log_softmax(model.logits(h[:, :-1]), axis=-1)
         logp = b["teacher_logp"]
         kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
-        m = b["loss_mask"][:, 1:].astype(jnp.float32)
+        m = b["loss_mask"][:, 1:]
+        if "segments" in b:  # no target across a packed row's sequence boundary
+            m = m & (b["segments"][:, 1:] == b["segments"][:, :-1])
+        m = m.astype(jnp.float32)
         s = jnp.sum(kl * m)
         return s, {"loss_sum": s, "count": jnp.sum(m)}
 
@@ -57,11 +61,15 @@ def make_logit_distill_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.Gra
     return step
 
 
+def _hidden(model, tokens, valid, positions=None, segments=None):
+    pos = positions_from_valid(valid) if positions is None else positions
+    return model.hidden(tokens, pos, valid, segments=segments)[0]
+
+
 def teacher_logp_fn(mdef: ModelDef):
-    def fn(params, tokens, valid):
+    def fn(params, tokens, valid, positions=None, segments=None):
         model = mdef.bind(params)
-        h, _ = model.hidden(tokens, positions_from_valid(valid), valid)
-        return jax.nn.log_softmax(model.logits(h[:, :-1]), axis=-1)
+        return jax.nn.log_softmax(model.logits(_hidden(model, tokens, valid, positions, segments)[:, :-1]), axis=-1)
 
     return fn
 
@@ -95,7 +103,8 @@ def run_distill(rt: Runtime, srt: Runtime, stage: StageConfig, teacher_params: A
         tfn = rt.jit_fn(teacher_logp_fn(rt.mdef))
 
         def augment(batch: dict) -> dict:
-            return {**batch, "teacher_logp": tfn(teacher_params, batch["tokens"], batch["valid"])}
+            return {**batch, "teacher_logp": tfn(teacher_params, batch["tokens"], batch["valid"],
+                                                 batch.get("positions"), batch.get("segments"))}
 
         params, info = run_sft(srt, stage, student_init, writer, progress, source, augment=augment,
                                make_step=lambda run: make_logit_distill_step(

@@ -16,7 +16,9 @@ import numpy as np
 
 from reasoning_rl.algorithms.steps import make_sft_step
 from reasoning_rl.config import StageConfig
-from reasoning_rl.data.batching import round_up, sft_batch
+from reasoning_rl import distributed as dist
+from reasoning_rl import sharding as shd
+from reasoning_rl.data.batching import pack, packed_sft_batch, round_up, sft_batch, sft_sequences
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter
 from reasoning_rl.progress import Progress
@@ -47,6 +49,34 @@ def sft_seq_len(rt: Runtime, n: int = 256, fetch: Callable[[int], dict] | None =
 def task_source(rt: Runtime, stage: StageConfig) -> ExampleSource:
     data = StageData(rt, stage)
     return ExampleSource(data.fetch, sft_seq_len(rt, fetch=data.fetch))
+
+
+def packed_rows(rt: Runtime, stage: StageConfig, need: int) -> int:
+    """The rows of a packed step: the fewest of ``batch_size``, ``batch_size / 2``, ... whose share on every
+    host holds ``need`` rows (the most any host's sequences need) and that still split into the stage's
+    micro-batches over the batch's shards (each distinct count compiles the step once)."""
+    full = stage.batch_size
+    unit = stage.algorithm.micro_batches * (full // shd.batch_sharding(rt.ctx, (full,)).shard_shape((full,))[0])
+    best, g = full, full
+    while g % 2 == 0 and (g // 2) % unit == 0:
+        g //= 2
+        rows = rt.host_rows(g)
+        if rows.stop - rows.start < need:
+            break
+        best = g
+    return best
+
+
+def sft_step_batch(rt: Runtime, stage: StageConfig, examples: list[dict], seq_len: int) -> tuple[dict, int]:
+    """This host's examples as a placed global batch (packed with ``stage.pack``), and its row count."""
+    if not stage.pack:
+        return rt.place_local(sft_batch(rt.tok, examples, seq_len), stage.batch_size), stage.batch_size
+    seqs = sft_sequences(rt.tok, examples)
+    layout = pack([len(ids) for ids, _ in seqs], seq_len)
+    g = packed_rows(rt, stage, dist.agree_max(len(layout)))
+    local = rt.host_rows(g)
+    batch = packed_sft_batch(seqs, layout, seq_len, local.stop - local.start, rt.tok.pad_id)
+    return rt.place_local(batch, g), g
 
 
 def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter, progress: bool = True,
@@ -81,7 +111,7 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     with run.guard() as guard:
         for step in range(run.start_step + 1, stage.steps + 1 if stopped is None else 0):
             t0 = timer()
-            batch = rt.place_local(sft_batch(rt.tok, next(stream), seq_len), stage.batch_size)
+            batch, rows = sft_step_batch(rt, stage, next(stream), seq_len)
             if augment is not None:  # on the placed (global) batch: e.g. the teacher's log-probs of it
                 batch = augment(batch)
             run.state, m = step_fn(run.state, batch)
@@ -91,6 +121,8 @@ def run_sft(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
             rec = {"stage": stage.name, "step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
                    "skipped": int(m["skipped"]), "tokens": int(m["tokens"]), "tokens_per_s": float(m["tokens"]) / dt,
                    "seconds": dt, **{k: float(v) for k, v in m.items() if k.startswith(("moe_", "route_"))}}
+            if stage.pack:  # rows the step ran, and the share of their tokens that are sequence, not padding
+                rec["rows"], rec["fill"] = rows, float(jax.device_get(batch["valid"].sum())) / (rows * seq_len)
             writer.write(rec)
             bar.update(loss=rec["loss"])
             last = step
