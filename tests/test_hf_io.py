@@ -80,6 +80,9 @@ FAMILY_CONFIGS = {
         mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
         moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, dense_layers=(2,), score="sigmoid",
                       scaling=1.8, score_bias=True)),
+    "exaone4": TransformerConfig(**{**BASE, "n_layers": 4}, family="exaone4", qk_norm=True, pre_norm=False,
+                                 sandwich_norm=True, sliding_window=4, layer_types=("sliding", "full", "sliding", "full"),
+                                 nope_layers=(1, 3)),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
@@ -246,6 +249,8 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("glm4_moe_lite", {"mlp_layer_types": ["dense"] * 4}, "no 'sparse' layer"),
     ("glm4_moe_lite", {"mlp_layer_types": ["dense", "moe", "sparse", "sparse"]}, "mlp_layer_types must name"),
     ("glm4_moe_lite", {"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
+    ("exaone4", {"layer_types": None, "sliding_window_pattern": "LLXG"}, "sliding_window_pattern='LLXG'"),
+    ("exaone4", {"layer_types": ["full_attention"] * 3}, "layer_types has 3 entries for 4 layers"),
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
@@ -307,6 +312,22 @@ def test_olmo3_config_in_the_older_layout(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ConfigError, match="layer_types has 3 entries for 4 layers"):
         config_from_hf(tmp_path)
+
+
+def test_exaone4_layer_pattern_without_layer_types(tmp_path):
+    """EXAONE 4.0 configs may name the layer schedule by sliding_window_pattern alone: "LLLG" or 4 (every
+    fourth layer full, without rotary); no sliding_window: every layer full and rotary."""
+    _save_random("exaone4", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("layer_types")
+    for pattern, types, nope in (("LLLG", (True, True, True, False), (3,)), ("LG", (True, False) * 2, (1, 3)),
+                                 (4, (True, True, True, False), (3,))):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window_pattern": pattern}))
+        cfg = config_from_hf(tmp_path)
+        assert (cfg.sliding_layers, cfg.nope_layers) == (types, nope), pattern
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
+    cfg = config_from_hf(tmp_path)
+    assert not any(cfg.sliding_layers) and cfg.nope_layers == ()
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

@@ -103,6 +103,12 @@ CASES = {
     "smollm3_window": ("SmolLM3Config", {
         **SMOL_IDS, "num_hidden_layers": 3, "no_rope_layers": [0, 1, 0], "use_sliding_window": True, "sliding_window": 5,
         "attention_bias": True, "tie_word_embeddings": False, "rope_parameters": {**YARN, "rope_theta": 1e5}}),
+    # EXAONE 4.0: post-norms, per-head q/k norms, three rotary sliding layers then a full one without rotary
+    # (llama3 scaling on the rotary ones); then no window at all: every layer full and rotary, tied embeddings
+    "exaone4": ("Exaone4Config", {"num_hidden_layers": 4, "head_dim": 16, "sliding_window": 5,
+                                  "sliding_window_pattern": 4, "rope_parameters": {**LLAMA3, "rope_theta": 1e6}}),
+    "exaone4_full": ("Exaone4Config", {"sliding_window": None, "layer_types": ["full_attention"] * 2,
+                                       "tie_word_embeddings": True, "num_key_value_heads": 1}),
     # Llama with attention_bias: biases on q, k, v and o
     "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
@@ -216,7 +222,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
-                                  "glm4_moe", "olmo3", "seed_oss", "smollm3"])
+                                  "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -270,7 +276,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
-                                  "glm4_moe_lite"])
+                                  "glm4_moe_lite", "exaone4"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -292,7 +298,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias",
-                                  "smollm3", "smollm3_window", "glm4_moe_lite"])
+                                  "smollm3", "smollm3_window", "glm4_moe_lite",
+                                  "exaone4", "exaone4_full"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original
