@@ -83,6 +83,8 @@ FAMILY_CONFIGS = {
     "exaone4": TransformerConfig(**{**BASE, "n_layers": 4}, family="exaone4", qk_norm=True, pre_norm=False,
                                  sandwich_norm=True, sliding_window=4, layer_types=("sliding", "full", "sliding", "full"),
                                  nope_layers=(1, 3)),
+    "minimax_m2": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="minimax_m2", qk_norm=True, qk_norm_whole=True, rope_dim=6,
+                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", score_bias=True)),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
@@ -251,6 +253,9 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("glm4_moe_lite", {"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
     ("exaone4", {"layer_types": None, "sliding_window_pattern": "LLXG"}, "sliding_window_pattern='LLXG'"),
     ("exaone4", {"layer_types": ["full_attention"] * 3}, "layer_types has 3 entries for 4 layers"),
+    ("minimax_m2", {"attn_type_list": [0, 1]}, "attn_type_list"),
+    ("minimax_m2", {"scoring_func": "softmax"}, "scoring_func"),
+    ("minimax_m2", {"rotary_dim": 5}, "rotary_dim=5"),
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
@@ -328,6 +333,21 @@ def test_exaone4_layer_pattern_without_layer_types(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
     cfg = config_from_hf(tmp_path)
     assert not any(cfg.sliding_layers) and cfg.nope_layers == ()
+
+
+def test_minimax_m2_released_config_fields(tmp_path):
+    """MiniMax-M2's config.json as released: rotary_dim (not partial_rotary_factor), the MTP and routing-bias
+    switches the reference ignores, attn_type_list of softmax layers."""
+    _save_random("minimax_m2", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("partial_rotary_factor")
+    conf.update(rotary_dim=6, num_mtp_modules=3, mtp_transformer_layers=1, use_mtp=True, use_routing_bias=True,
+                attn_type_list=[1, 1], shared_intermediate_size=0)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.rope_dim == 6 and cfg.moe.score == "sigmoid" and cfg.moe.score_bias
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "rotary_dim": 12}))
+    assert config_from_hf(tmp_path).rope_dim == 0  # the whole head
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

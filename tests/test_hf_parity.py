@@ -109,6 +109,14 @@ CASES = {
                                   "sliding_window_pattern": 4, "rope_parameters": {**LLAMA3, "rope_theta": 1e6}}),
     "exaone4_full": ("Exaone4Config", {"sliding_window": None, "layer_types": ["full_attention"] * 2,
                                        "tie_word_embeddings": True, "num_key_value_heads": 1}),
+    # MiniMax-M2: whole-projection q/k norms, partial rotary by the released configs' rotary_dim, sigmoid routing
+    # with the selection bias in every layer; then by partial_rotary_factor, more experts per token
+    "minimax_m2": ("MiniMaxM2Config", {"head_dim": 16, "rotary_dim": 8, "num_local_experts": 8,
+                                       "num_experts_per_tok": 2, "intermediate_size": 32}),
+    "minimax_m2_factor": ("MiniMaxM2Config", {"head_dim": 24, "num_local_experts": 4, "num_experts_per_tok": 3,
+                                              "intermediate_size": 24, "num_hidden_layers": 3,
+                                              "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
+                                                                  "partial_rotary_factor": 0.5}}),
     # Llama with attention_bias: biases on q, k, v and o
     "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
@@ -131,7 +139,8 @@ CASES = {
         rope_parameters={"rope_type": "default", "rope_theta": 50000.0, "partial_rotary_factor": 0.75})),
 }
 MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm", "glm4_moe_lite",
-       "glm4_moe_lite_plain")
+       "glm4_moe_lite_plain",
+       "minimax_m2", "minimax_m2_factor")
 NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
        "qwen3_moe_dense")
 
@@ -276,7 +285,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
-                                  "glm4_moe_lite", "exaone4"])
+                                  "glm4_moe_lite", "exaone4", "minimax_m2"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -299,7 +308,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias",
                                   "smollm3", "smollm3_window", "glm4_moe_lite",
-                                  "exaone4", "exaone4_full"])
+                                  "exaone4", "exaone4_full", "minimax_m2_factor"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -258,3 +258,14 @@ def test_plan_sizes_glm_4_5_air():
     assert 106e9 < p["model"]["params"] < 107.5e9 and p["model"]["experts"] == 128
     assert p["model"]["family"] == "glm4_moe"
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 32
+
+
+def test_plan_sizes_minimax_m2_from_its_released_config_fields():
+    """MiniMax-M2 GRPO (configs/arch, the released config.json's fields: rotary_dim, MTP switches): 229B
+    parameters, 256 experts in every layer, fits 80 GB devices on 64."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "minimax_m2_grpo.yaml")), 64, memory_gb=80)
+    assert 228e9 < p["model"]["params"] < 230e9 and p["model"]["experts"] == 256
+    assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 64
