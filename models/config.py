@@ -111,6 +111,7 @@ class TransformerConfig:
     layer_types: tuple[str, ...] | None = None  # "full" | "sliding" per layer; None: all "sliding" if window
     rope_local_theta: float | None = None  # Gemma: rope base of sliding layers (no scaling there)
     nope_layers: tuple[int, ...] = ()  # layers whose attention has no rotary embedding at all (SmolLM3's NoPE)
+    rope_interleave: bool = False  # rotary pairs are (x0, x1), (x2, x3), ... not (x_i, x_i+D/2) (ERNIE 4.5)
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms

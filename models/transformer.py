@@ -129,7 +129,7 @@ class Block(nnx.Module):
                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
-                                  out_bias=cfg.out_bias, rope_dim=cfg.rope_dim,
+                                  out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.mlp_norm = norm() if cfg.pre_norm else None
@@ -522,7 +522,7 @@ class Transformer(nnx.Module):
             return {}
         load = jnp.concatenate([s["load"] for s in stats])
         prob = jnp.concatenate([s["prob"] for s in stats])
-        bal = balance_loss(load, prob)
+        bal = balance_loss(jnp.concatenate([s.get("balance_load", s["load"]) for s in stats]), prob)
         out = {"expert_load": load, "router_prob": prob, "balance_loss": bal,
                "aux_loss": bal * self.cfg.moe.aux_loss_coef}
         out["routes"] = jnp.moveaxis(jnp.concatenate([s["experts"] for s in stats]), 0, 2)  # [B, T, L, k]

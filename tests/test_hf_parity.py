@@ -117,6 +117,16 @@ CASES = {
                                               "intermediate_size": 24, "num_hidden_layers": 3,
                                               "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
                                                                   "partial_rotary_factor": 0.5}}),
+    # ERNIE 4.5: rotary on adjacent pairs; MoE: softmax routing chosen with the selection bias, shared experts
+    # from layer 1; then MoE on every second layer (1 and 3), no shared expert, untied
+    "ernie4_5": ("Ernie4_5Config", {"head_dim": 16, "pad_token_id": 0}),
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", {"head_dim": 24, "num_hidden_layers": 3, "moe_num_experts": 8,
+                                            "moe_k": 2, "moe_intermediate_size": 32, "moe_num_shared_experts": 1,
+                                            "pad_token_id": 0}),
+    "ernie4_5_moe_interval": ("Ernie4_5_MoeConfig", {
+        "head_dim": 16, "num_hidden_layers": 4, "moe_num_experts": 4, "moe_k": 2, "moe_intermediate_size": 24,
+        "moe_num_shared_experts": 0, "moe_layer_start_index": 0, "moe_layer_end_index": 3, "moe_layer_interval": 2,
+        "tie_word_embeddings": False, "pad_token_id": 0}),
     # Llama with attention_bias: biases on q, k, v and o
     "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
@@ -140,7 +150,7 @@ CASES = {
 }
 MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm", "glm4_moe_lite",
        "glm4_moe_lite_plain",
-       "minimax_m2", "minimax_m2_factor")
+       "minimax_m2", "minimax_m2_factor", "ernie4_5_moe", "ernie4_5_moe_interval")
 NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
        "qwen3_moe_dense")
 
@@ -200,7 +210,8 @@ def test_logits_match_transformers(checkpoint, name):
     assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
 
 
-@pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "gpt_oss", "qwen2_moe", "qwen3_moe_dense"])
+@pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "gpt_oss", "qwen2_moe", "qwen3_moe_dense",
+                                  "ernie4_5_moe_interval"])
 def test_balance_loss_and_load_match_transformers(checkpoint, name):
     ref_model, path = checkpoint(name)
     model = load_pretrained(path)
@@ -285,7 +296,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
-                                  "glm4_moe_lite", "exaone4", "minimax_m2"])
+                                  "glm4_moe_lite", "exaone4", "minimax_m2",
+                                  "ernie4_5_moe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -308,7 +320,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "olmo3_types", "seed_oss_out_bias",
                                   "smollm3", "smollm3_window", "glm4_moe_lite",
-                                  "exaone4", "exaone4_full", "minimax_m2_factor"])
+                                  "exaone4", "exaone4_full", "minimax_m2_factor", "ernie4_5_moe_interval"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

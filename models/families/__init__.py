@@ -9,6 +9,7 @@ from types import ModuleType
 
 from . import (
     deepseek_v3,
+    ernie4_5,
     exaone4,
     gemma3,
     glm4_moe,
@@ -32,7 +33,7 @@ from .base import ConfigError, Tensor
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
                                                       qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, glm4_moe_lite,
                                                       seed_oss, smollm3, exaone4,
-                                                      minimax_m2)}
+                                                      minimax_m2, ernie4_5)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

@@ -42,8 +42,8 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
           valid: jax.Array | None = None, forced: jax.Array | None = None) -> Routing:
     """Top-k routing from router logits [N, E] (float32).
 
-    softmax (Qwen3-MoE, Mixtral): weights are the softmax probabilities of the top-k experts, renormalised
-    if ``norm_topk``. sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only
+    softmax (Qwen3-MoE, Mixtral, ERNIE 4.5): weights are the softmax probabilities of the top-k experts,
+    renormalised if ``norm_topk``; the selection-only ``bias`` (ERNIE) moves which experts are chosen. sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only
     ``bias``, first restricted to the ``topk_group`` best groups (a group scores the sum of its best two), and
     weighted by their unbiased scores; then ``scaling`` (routed_scaling_factor) applies.
 
@@ -52,9 +52,9 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
     """
     logits = logits.astype(jnp.float32)
     n, e = logits.shape
-    if mc.score == "softmax":
+    if mc.score == "softmax":  # a selection bias (ERNIE 4.5) moves the choice, not the weights
         scores = jax.nn.softmax(logits, axis=-1)
-        choice = scores
+        choice = scores if bias is None else scores + bias.astype(jnp.float32)
         prob = scores
     elif mc.score == "sigmoid":
         scores = jax.nn.sigmoid(logits)
@@ -261,6 +261,10 @@ class MoE(nnx.Module):
         bias = None if self.score_bias is None else jax.lax.stop_gradient(self.score_bias[...])
         r = route(logits, self.mc, bias, valid)
         stats = {"load": r.load, "prob": r.prob, "experts": r.experts.reshape(b, t, k)}
+        if bias is not None and self.mc.score == "softmax":
+            # the balancing loss counts the unbiased top-k, as the reference's does (ERNIE 4.5); the load
+            # reported (and any bias update) stays what was routed
+            stats["balance_load"] = route(logits, self.mc, None, valid).load
         if routes is not None:
             forced = routes.reshape(b * t, k)
             w = jnp.ones((b * t,), bool) if valid is None else valid.reshape(-1)
