@@ -30,20 +30,17 @@ def test_packed_sft_runs_fewer_rows_with_the_same_loss(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = ["--set", f"task={{name: file, path: {data}, held_out_size: 8}}", "--set", "mesh.cpu_devices=2",
               "--set", "stages=[{name: sft, kind: sft, steps: 4, batch_size: 16}]", "--set", "eval.num_problems=4"]
-    losses = {}
+    got = {}
     for name, extra in (("padded", []), ("packed", ["--set", "stages.sft.pack=true"])):
         d = tmp_path / name
         p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir", str(d),
                             *common, *extra], capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
-        recs = [r for r in read_metrics(d) if r["stage"] == "sft" and "loss" in r]
-        assert len(recs) == 4
-        losses[name] = recs[0]["loss"]
-        if name == "packed":
-            assert all(r["rows"] in (16, 8, 4) and 0 < r["fill"] <= 1 for r in recs)
-            assert min(r["rows"] for r in recs) < 16, recs  # several sequences a row
-            assert all(r["tokens"] == q["tokens"] for r, q in zip(recs, padded))  # the same targets
-        else:
-            padded = recs
-            assert "rows" not in recs[0]
-    assert losses["packed"] == pytest.approx(losses["padded"], abs=1e-5)
+        got[name] = [r for r in read_metrics(d) if r["stage"] == "sft" and "loss" in r]
+        assert len(got[name]) == 4
+    padded, packed = got["padded"], got["packed"]
+    assert "rows" not in padded[0]
+    assert all(r["rows"] in (16, 8, 4) and 0 < r["fill"] <= 1 for r in packed)
+    assert min(r["rows"] for r in packed) < 16, packed  # several sequences a row
+    assert [r["tokens"] for r in packed] == [r["tokens"] for r in padded]  # the same targets
+    assert packed[0]["loss"] == pytest.approx(padded[0]["loss"], abs=1e-5)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from reasoning_rl.algorithms.steps import make_sft_step
-from reasoning_rl.config import StageConfig
 from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
+from reasoning_rl.algorithms.steps import make_sft_step
+from reasoning_rl.config import StageConfig
 from reasoning_rl.data.batching import pack, packed_sft_batch, round_up, sft_batch, sft_sequences
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter
