@@ -1,6 +1,9 @@
 """The sampler's log-probs equal the trainer's for the families added with gpt-oss (sinks and alternating
 windows in the decode path, whole-projection q/k norms, post-norms, partial rotary with long-rope, gated shared
-experts, dense layers between MoE ones; OLMo-3's sliding layers with their own rope; SmolLM3's layers without rotary; EXAONE 4's rotary sliding and NoPE full layers; ERNIE 4.5's adjacent-pair rotary and biased softmax routing; GLM-4.5's half-rotary heads with q/k biases and norms over DeepSeekMoE): hand-built tiny configs with random weights, no transformers needed."""
+experts, dense layers between MoE ones) and after it (OLMo-3's sliding layers with their own rope, SmolLM3's
+layers without rotary, EXAONE 4's rotary sliding and NoPE full layers, ERNIE 4.5's adjacent-pair rotary and
+biased softmax routing, GLM-4.5's half-rotary heads with q/k biases and norms over DeepSeekMoE): hand-built
+tiny configs with random weights, no transformers needed."""
 
 from __future__ import annotations
 

@@ -67,9 +67,10 @@ def _checkpoint(path, family):
     if family == "gpt_oss":
         cfg = transformers.GptOssConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=16)
     elif family == "glm4_moe":
-        cfg = transformers.Glm4MoeConfig(**{**common, "eos_token_id": [ids["eos_token_id"], tok.token_to_id("<|user|>")]},
-                                         attention_bias=True, n_routed_experts=4, num_experts_per_tok=2,
-                                         moe_intermediate_size=16, first_k_dense_replace=1, n_shared_experts=1)
+        eos = [ids["eos_token_id"], tok.token_to_id("<|user|>")]
+        cfg = transformers.Glm4MoeConfig(**{**common, "eos_token_id": eos}, attention_bias=True, n_routed_experts=4,
+                                         num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1,
+                                         n_shared_experts=1)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)

@@ -101,7 +101,8 @@ CASES = {
     # default layer types under use_sliding_window), biases on all four projections, YaRN on the others
     "smollm3": ("SmolLM3Config", {"num_hidden_layers": 4, "head_dim": 16, **SMOL_IDS}),
     "smollm3_window": ("SmolLM3Config", {
-        **SMOL_IDS, "num_hidden_layers": 3, "no_rope_layers": [0, 1, 0], "use_sliding_window": True, "sliding_window": 5,
+        **SMOL_IDS, "num_hidden_layers": 3, "no_rope_layers": [0, 1, 0], "use_sliding_window": True,
+        "sliding_window": 5,
         "attention_bias": True, "tie_word_embeddings": False, "rope_parameters": {**YARN, "rope_theta": 1e5}}),
     # EXAONE 4.0: post-norms, per-head q/k norms, three rotary sliding layers then a full one without rotary
     # (llama3 scaling on the rotary ones); then no window at all: every layer full and rotary, tied embeddings

@@ -43,9 +43,10 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
     """Top-k routing from router logits [N, E] (float32).
 
     softmax (Qwen3-MoE, Mixtral, ERNIE 4.5): weights are the softmax probabilities of the top-k experts,
-    renormalised if ``norm_topk``; the selection-only ``bias`` (ERNIE) moves which experts are chosen. sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only
-    ``bias``, first restricted to the ``topk_group`` best groups (a group scores the sum of its best two), and
-    weighted by their unbiased scores; then ``scaling`` (routed_scaling_factor) applies.
+    renormalised if ``norm_topk``; the selection-only ``bias`` (ERNIE) moves which experts are chosen.
+    sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only ``bias``, first
+    restricted to the ``topk_group`` best groups (a group scores the sum of its best two), and weighted by
+    their unbiased scores; then ``scaling`` (routed_scaling_factor) applies.
 
     ``forced`` [N, k] (routing replay): these experts instead of the top-k, weighted by the current scores,
     so the router still gets the gradient of the weights it gives them.

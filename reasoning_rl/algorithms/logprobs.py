@@ -128,7 +128,8 @@ def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_tar
     tokens (the state before each completion token), and the MoE aux dict; ``group``, ``positions`` and
     ``segments`` as in ``target_logprobs``."""
     t = tokens.shape[1]
-    if group > 1 and tokens.shape[0] % group == 0 and n_targets < t and model.cfg.moe is None and segments is None:
+    shared = group > 1 and tokens.shape[0] % group == 0 and n_targets < t and segments is None
+    if shared and model.cfg.moe is None:
         return _shared_prompt_hidden(model, tokens, valid, n_targets, group)
     pos = positions_from_valid(valid) if positions is None else positions
     h, _, aux = model.hidden(tokens, pos, valid, return_aux=True, routes=routes, segments=segments)
