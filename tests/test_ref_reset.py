@@ -14,7 +14,10 @@ from reasoning_rl.metrics import read_metrics
 pytestmark = pytest.mark.slow
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
 RESET = ("--set", "stages.grpo.algorithm.beta=0.05", "--set", "stages.grpo.algorithm.ref_reset.every=2",
-         "--set", "stages.grpo.optimizer.lr=0.01", "--set", "checkpoint.every=4")
+         "--set", "stages.grpo.optimizer.lr=0.01", "--set", "checkpoint.every=4",
+         # GRPO alone, from random weights: what the resets do does not need a cold start
+         "--set", "stages.sft.steps=0", "--set", "stages.sft.allow_empty=true",
+         "--set", "stages.grpo.allow_random_init=true")
 TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wall_seconds"}
 
 

@@ -442,14 +442,25 @@ def test_failed_save_is_a_clear_error_and_earlier_steps_restore(tmp_path, monkey
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def orphan(message: str) -> None:
+    """asyncio's "exception was never retrieved" report of a future whose error was set, never raised (no
+    traceback), as tensorstore leaves them."""
+    import asyncio
+    import gc
+
+    loop = asyncio.new_event_loop()
+    fut = loop.create_future()
+    fut.set_exception(ValueError(message))
+    del fut
+    gc.collect()
+    loop.close()
+
+
 def test_late_read_errors_of_a_skipped_step_are_not_printed(tmp_path, caplog):
     """A read that tensorstore fails after orbax gave up on a damaged step can reach asyncio's "exception was
     never retrieved" report with no traceback at all (the error was set on a future, never raised): it must
     not print (it once came out as a bare ``ValueError: DATA_LOSS`` line after the run's final error), while
     the same report about anything else still does."""
-    import asyncio
-    import gc
-
     _, params = tiny_model()
     state = init_state(params, make_optimizer(OptimizerConfig(), 1), 0)
     ck = StageCheckpointer(tmp_path / "ck", keep=3)
@@ -457,14 +468,6 @@ def test_late_read_errors_of_a_skipped_step_are_not_printed(tmp_path, caplog):
     ck.wait()
     damage_arrays(tmp_path / "ck" / "1")
     assert StageCheckpointer(tmp_path / "ck", keep=3).restore(state, report=False) is None
-
-    def orphan(message: str) -> None:
-        loop = asyncio.new_event_loop()
-        fut = loop.create_future()
-        fut.set_exception(ValueError(message))  # never raised: no traceback
-        del fut
-        gc.collect()
-        loop.close()
 
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
@@ -480,18 +483,7 @@ def test_late_write_errors_of_a_failed_save_are_not_printed(tmp_path, caplog):
     ``ValueError: RESOURCE_EXHAUSTED: Error writing ...`` line after the run's final error): such a report
     about a stage's checkpoint directory must not print; one about another directory, or about a write that
     failed for another reason, still does."""
-    import asyncio
-    import gc
-
     StageCheckpointer(tmp_path / "ck", keep=3)
-
-    def orphan(message: str) -> None:
-        loop = asyncio.new_event_loop()
-        fut = loop.create_future()
-        fut.set_exception(ValueError(message))  # never raised: no traceback
-        del fut
-        gc.collect()
-        loop.close()
 
     def write_error(where: Path, why: str) -> str:
         return (f'RESOURCE_EXHAUSTED: Error writing "opt_state.0.count/0" in OCDBT database at local file '
