@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import compared_env
+
 from reasoning_rl.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
