@@ -386,7 +386,6 @@ class Transformer(nnx.Module):
         ctx = self._mask_and_rope(key_valid, q_slots, k_slots, positions)
         if self.cfg.nope_layers:
             ctx["nope"] = jnp.asarray([i in self.cfg.nope_layers for i in range(self.cfg.n_layers)])
-            ctx["rope_none"] = (jnp.ones_like(ctx["rope"][0]), jnp.zeros_like(ctx["rope"][1]))
         return ctx
 
     def _mask_and_rope(self, key_valid, q_slots, k_slots, positions) -> dict:
@@ -455,8 +454,8 @@ class Transformer(nnx.Module):
                 mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])
                 if "rope_local" in ctx:
                     rope = tuple(jnp.where(is_sliding, lo, gl) for lo, gl in zip(ctx["rope_local"], rope))
-            if "nope" in xs:
-                rope = tuple(jnp.where(xs["nope"], no, r) for no, r in zip(ctx["rope_none"], rope))
+            if "nope" in xs:  # the identity rotation
+                rope = (jnp.where(xs["nope"], 1.0, rope[0]), jnp.where(xs["nope"], 0.0, rope[1]))
             return mask, rope
 
         def body(carry, xs):
@@ -522,7 +521,7 @@ class Transformer(nnx.Module):
             return {}
         load = jnp.concatenate([s["load"] for s in stats])
         prob = jnp.concatenate([s["prob"] for s in stats])
-        bal = balance_loss(jnp.concatenate([s.get("balance_load", s["load"]) for s in stats]), prob)
+        bal = balance_loss(jnp.concatenate([s["balance_load"] for s in stats]), prob)
         out = {"expert_load": load, "router_prob": prob, "balance_loss": bal,
                "aux_loss": bal * self.cfg.moe.aux_loss_coef}
         out["routes"] = jnp.moveaxis(jnp.concatenate([s["experts"] for s in stats]), 0, 2)  # [B, T, L, k]

@@ -255,7 +255,7 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("glm4_moe", {"quantization_config": {"quant_method": "fp8"}}, "quantization_config"),
     ("glm4_moe_lite", {"mlp_layer_types": ["dense"] * 4}, "no 'sparse' layer"),
     ("glm4_moe_lite", {"mlp_layer_types": ["dense", "moe", "sparse", "sparse"]}, "mlp_layer_types must name"),
-    ("glm4_moe_lite", {"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
+    ("glm4_moe_lite", {"partial_rotary_factor": 0.5}, "partial_rotary_factor is not supported"),
     ("exaone4", {"layer_types": None, "sliding_window_pattern": "LLXG"}, "sliding_window_pattern='LLXG'"),
     ("exaone4", {"layer_types": ["full_attention"] * 3}, "layer_types has 3 entries for 4 layers"),
     ("minimax_m2", {"attn_type_list": [0, 1]}, "attn_type_list"),

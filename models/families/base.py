@@ -254,13 +254,24 @@ def layered_rope_to_hf(cfg: TransformerConfig) -> dict:
 
 def rotary_dims(hf: dict, head_dim: int, default: float = 1.0) -> int:
     """``TransformerConfig.rope_dim`` from ``partial_rotary_factor`` (top level, or in ``rope_parameters`` as
-    transformers 5 writes it): the leading dims of each head that rotate; 0 for all of them."""
-    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
-    factor = params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or default
-    rot = int(head_dim * float(factor))
-    if rot % 2 or not 0 < rot <= head_dim:
-        raise ConfigError(f"config.json: partial_rotary_factor gives {rot} rotary dims of {head_dim}")
+    transformers 5 writes it) or a count of rotary dims (``rotary_dim``, MiniMax-M2's released configs): the
+    leading dims of each head that rotate; 0 for all of them."""
+    if hf.get("rotary_dim"):
+        rot, field = hf["rotary_dim"], f"rotary_dim={hf['rotary_dim']!r}"
+    else:
+        params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+        factor = params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or default
+        rot = int(head_dim * float(factor))
+        field = f"partial_rotary_factor gives {rot} rotary dims, which"
+    if not isinstance(rot, int) or rot % 2 or not 0 < rot <= head_dim:
+        raise ConfigError(f"config.json: {field} is not an even number of dims in 1..{head_dim} (the head)")
     return 0 if rot == head_dim else rot
+
+
+def every_nth_full(n: int, every: int) -> list[str]:
+    """``layer_types`` of ``n`` layers in which every ``every``-th is full and the others slide (the default
+    schedules of Gemma 3, OLMo-3 and EXAONE 4.0)."""
+    return ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n)]
 
 
 def rope_to_hf(theta: float, scaling: dict | None) -> dict:

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from ..config import TransformerConfig
 from . import olmo2
-from .base import ConfigError, common_from_hf, common_to_hf, refuse, unsupported_cfg, window_from_hf
+from .base import (
+    ConfigError,
+    common_from_hf,
+    common_to_hf,
+    every_nth_full,
+    refuse,
+    unsupported_cfg,
+    window_from_hf,
+)
 
 NAME = "exaone4"
 MODEL_TYPES = ("exaone4",)
@@ -19,7 +27,7 @@ def _layer_types(pattern, n: int) -> list[str]:
     """``sliding_window_pattern``: n (every n-th layer full) or a string such as "LLLG" (L sliding, G full),
     repeated over the layers."""
     if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 1:
-        return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+        return every_nth_full(n, pattern)
     if isinstance(pattern, str) and pattern and set(pattern) <= {"L", "G"}:
         return ["sliding_attention" if pattern[i % len(pattern)] == "L" else "full_attention" for i in range(n)]
     raise ConfigError(f"config.json: sliding_window_pattern={pattern!r} is not a positive integer or a string of "

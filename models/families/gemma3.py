@@ -11,6 +11,7 @@ from .base import (
     Tensor,
     common_from_hf,
     common_to_hf,
+    every_nth_full,
     gqa_tensors,
     layered_rope_from_hf,
     layered_rope_to_hf,
@@ -30,7 +31,7 @@ def _layer_types(hf: dict) -> tuple[str, ...]:
     if hf.get("layer_types"):
         return tuple("sliding" if t == "sliding_attention" else "full" for t in hf["layer_types"])
     pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
-    return tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(n))
+    return tuple("full" if t == "full_attention" else "sliding" for t in every_nth_full(n, pattern))
 
 
 def from_hf(hf: dict) -> TransformerConfig:

@@ -9,7 +9,7 @@ import dataclasses
 
 from ..config import TransformerConfig
 from . import deepseek_v3
-from .base import ConfigError, Tensor, need, unsupported_cfg
+from .base import ConfigError, Tensor, need, rotary_dims, unsupported_cfg
 
 NAME = "glm4_moe_lite"
 MODEL_TYPES = ("glm4_moe_lite",)
@@ -30,10 +30,8 @@ def _dense_layers(hf: dict) -> tuple[int, tuple[int, ...]]:
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
-    factor = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    if factor is not None and float(factor) != 1.0:  # the latent attention rotates its whole rotary key
-        raise ConfigError(f"config.json: partial_rotary_factor={factor!r} is not supported (only 1.0 with MLA)")
+    if rotary_dims(hf, need(hf, "qk_rope_head_dim")):  # the latent attention rotates its whole rotary key
+        raise ConfigError("config.json: partial_rotary_factor is not supported (only 1.0 with MLA)")
     first, later = _dense_layers(hf)
     cfg = deepseek_v3.from_hf({"rms_norm_eps": 1e-5, **hf, "first_k_dense_replace": first})
     return dataclasses.replace(cfg, family=NAME, moe=dataclasses.replace(cfg.moe, dense_layers=later))

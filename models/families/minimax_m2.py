@@ -41,15 +41,7 @@ def from_hf(hf: dict) -> TransformerConfig:
                     ffn_dim=need(hf, "intermediate_size"), score="sigmoid", norm_topk=True, score_bias=True,
                     aux_loss_coef=0.0)
     common = common_from_hf(hf, NAME, qk_norm=True, qk_norm_whole=True, moe=moe)
-    head_dim = common["head_dim"]
-    if hf.get("rotary_dim"):
-        rot = int(hf["rotary_dim"])
-        if rot % 2 or not 0 < rot <= head_dim:
-            raise ConfigError(f"config.json: rotary_dim={rot} is not an even number of dims in 1..{head_dim}")
-        rope_dim = 0 if rot == head_dim else rot
-    else:
-        rope_dim = rotary_dims(hf, head_dim)
-    return TransformerConfig(**common, rope_dim=rope_dim)
+    return TransformerConfig(**common, rope_dim=rotary_dims(hf, common["head_dim"]))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:

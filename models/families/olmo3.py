@@ -11,6 +11,7 @@ from .base import (
     ConfigError,
     common_from_hf,
     common_to_hf,
+    every_nth_full,
     layered_rope_from_hf,
     layered_rope_to_hf,
     refuse,
@@ -31,7 +32,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     n = hf.get("num_hidden_layers")
     hf = {"rms_norm_eps": 1e-5, "sliding_window": 4096, "rope_theta": THETA, **hf}
     if not hf.get("layer_types") and isinstance(n, int):
-        hf["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n)]
+        hf["layer_types"] = every_nth_full(n, 4)
     if hf.get("layer_types") is not None and len(hf["layer_types"]) != n:
         raise ConfigError(f"config.json: layer_types has {len(hf['layer_types'])} entries for {n} layers")
     theta, scaling, local_theta = layered_rope_from_hf(hf, None)

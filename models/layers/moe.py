@@ -29,13 +29,15 @@ from .mlp import MLP, glu_fn
 @dataclass
 class Routing:
     """Per token: ``experts`` [N, k] int32 and their ``weights`` [N, k] float32. Per expert, over valid
-    tokens: ``load`` [E] (fraction of tokens routed there; sums to k) and ``prob`` [E] (mean router
-    probability; sums to one)."""
+    tokens: ``load`` [E] (fraction of tokens routed there; sums to k), ``prob`` [E] (mean router
+    probability; sums to one) and ``balance_load`` [E], the load the balancing loss counts: ``load``, or
+    under softmax routing with a selection bias the unbiased top-k's (as the reference's loss counts it)."""
 
     experts: jax.Array
     weights: jax.Array
     load: jax.Array
     prob: jax.Array
+    balance_load: jax.Array
 
 
 def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
@@ -80,10 +82,14 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
 
     w = jnp.ones((n,), jnp.float32) if valid is None else valid.reshape(n).astype(jnp.float32)
     denom = jnp.maximum(jnp.sum(w), 1.0)
-    counts = jnp.zeros((e,), jnp.float32).at[experts.reshape(-1)].add(jnp.repeat(w, mc.top_k))
-    load = counts / denom
+
+    def load_of(chosen):
+        return jnp.zeros((e,), jnp.float32).at[chosen.reshape(-1)].add(jnp.repeat(w, mc.top_k)) / denom
+
+    load = load_of(experts)
+    balance = load if bias is None or mc.score != "softmax" else load_of(jax.lax.top_k(scores, mc.top_k)[1])
     prob = jnp.sum(prob * w[:, None], axis=0) / denom
-    return Routing(experts.astype(jnp.int32), weights, load, prob)
+    return Routing(experts.astype(jnp.int32), weights, load, prob, balance)
 
 
 def balance_loss(load: jax.Array, prob: jax.Array) -> jax.Array:
@@ -261,11 +267,8 @@ class MoE(nnx.Module):
             logits = logits + self.router_bias[...]
         bias = None if self.score_bias is None else jax.lax.stop_gradient(self.score_bias[...])
         r = route(logits, self.mc, bias, valid)
-        stats = {"load": r.load, "prob": r.prob, "experts": r.experts.reshape(b, t, k)}
-        if bias is not None and self.mc.score == "softmax":
-            # the balancing loss counts the unbiased top-k, as the reference's does (ERNIE 4.5); the load
-            # reported (and any bias update) stays what was routed
-            stats["balance_load"] = route(logits, self.mc, None, valid).load
+        stats = {"load": r.load, "prob": r.prob, "balance_load": r.balance_load,
+                 "experts": r.experts.reshape(b, t, k)}
         if routes is not None:
             forced = routes.reshape(b * t, k)
             w = jnp.ones((b * t,), bool) if valid is None else valid.reshape(-1)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -574,20 +573,18 @@ class StageRun:
         # while it samples, since Orbax may run collectives over all devices (see distributed.py)
         self.exclusive: Any = contextlib.nullcontext()
         self.curve: Any = None  # the stage's held-out curve (stages.evaluate.HeldOutCurve), when eval.every is set
-        # the KL reference once a ProRL reset made it a copy of the policy (saved with every checkpoint from
-        # then on), the reset period and what the reference looks like (set by KLReference)
+        # the KL reference once a ProRL reset made it a copy of the policy: saved with every checkpoint from
+        # then on (``KLReference``)
         self.reference: Any = None
-        self.reference_every = 0
-        self.reference_like: Any = None
 
-    def resume(self) -> dict | None:
+    def resume(self, reference_like: Any = None) -> dict | None:
         """Continue from the newest usable checkpoint step. Damaged steps are reported (one warning each) and
         moved aside; the fallback to an older step, or to the start of the stage, is stated in one line. Under
         ``--resume`` (``rt.require_checkpoint`` names this stage's dir) finding steps and none usable is bad
-        input: CheckpointUnusable, raised before anything in the run dir is changed."""
-        got = self.ckpt.restore(self.state, report=False,
-                                reference_like=self.reference_like if self.reference_every else None,
-                                reference_from=self.reference_every)
+        input: CheckpointUnusable, raised before anything in the run dir is changed. ``reference_like``: a
+        step past the stage's first reference reset also restores the reference (``self.reference``)."""
+        got = self.ckpt.restore(self.state, report=False, reference_like=reference_like,
+                                reference_from=self.stage.algorithm.ref_reset.every)
         bad = self.ckpt.unusable
         found = "; ".join(f"checkpoint step {n}: {why}" for n, why in bad)
         kept = "; damaged steps are kept as <step>.damaged" if any(n.isdigit() for n, _ in bad) else ""
@@ -678,36 +675,29 @@ class KLReference:
 
     def __init__(self, rt: Runtime, run: StageRun, init_params: dict):
         a = run.stage.algorithm
-        self.run, self.every, self.optimizer = run, a.ref_reset.every, a.ref_reset.optimizer
+        self.rt, self.run, self.every, self.optimizer = rt, run, a.ref_reset.every, a.ref_reset.optimizer
         self.params = None
         if a.beta > 0:
             self.params = lora.split(run.state.params)[0] if rt.lora else rt.place(init_params)
-        if self.every:
-            run.reference_every, run.reference_like = self.every, self.params
 
-    def resumed(self) -> None:
-        """After ``run.resume()``: a stage resumed past a reset continues with the reference it saved."""
-        self.run.reference_like = None  # only the restore needed it: no reference to the init params left
+    def resume(self) -> dict | None:
+        """``run.resume()``; a stage resumed past a reset continues with the reference it saved."""
+        host = self.run.resume(self.params if self.every else None)
         if self.run.reference is not None:
             self.params = self.run.reference
+        return host
 
     def after_step(self, step: int) -> dict[str, Any]:
         """The reset due after ``step``'s update, if any (before its checkpoint is written): its metric."""
         if not self.every or step % self.every:
             return {}
         run = self.run
-        self.params = run.reference = _copy(run.state.params)
+        self.params = run.reference = self.rt.place(run.state.params)  # a copy: the state's are donated
         if self.optimizer:
             run.state = dataclasses.replace(run.state, opt_state=restart_moments(run.state.opt_state))
         log.info("stage %s: after step %d the KL reference is the policy%s", run.stage.name, step,
                  " and the optimizer's moments start over" if self.optimizer else "")
         return {"ref_reset": 1}
-
-
-def _copy(tree: Any) -> Any:
-    """A copy in new buffers with the same shardings: the state's own are donated to the next step."""
-    shardings = jax.tree.map(lambda a: a.sharding, tree)
-    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
 
 
 def jit_train_step(fn: Callable, state: Any, ctx: shd.ShardingContext, batch_invariant: bool = False):

@@ -221,8 +221,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     data = StageData(trt, stage)
     stream = ExampleStream(data.fetch, r.prompts_per_step, rows=srt.host_rows(r.prompts_per_step))
     reference = KLReference(trt, run, init_params)
-    host = run.resume()
-    reference.resumed()
+    host = reference.resume()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)

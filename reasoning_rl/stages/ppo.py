@@ -204,8 +204,7 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     data = StageData(rt, stage)
     stream = ExampleStream(data.fetch, r.prompts_per_step, rows=rt.host_rows(r.prompts_per_step))
     reference = KLReference(rt, run, init_params)
-    host = run.resume()
-    reference.resumed()
+    host = reference.resume()
     if host is not None:
         stream.set_state(host["data"])
     writer.truncate(stage.name, run.start_step)
