@@ -163,14 +163,25 @@ class RefResetConfig:
     optimizer: bool = True
 
 
+# the losses that take one advantage per token (REINFORCE++'s returns, PPO's GAE); gspo and gmpo take one per
+# sequence
+TOKEN_LEVEL = ("grpo", "cispo", "sapo")
+
+
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    loss: Literal["grpo", "gspo"] = "grpo"
+    # grpo: token ratio, clipped; gspo: sequence ratio (arithmetic-mean log), clipped; cispo: clipped
+    # stop-gradient IS weight on REINFORCE (every token keeps its gradient); sapo: a soft sigmoid gate in place
+    # of the clip; gmpo: geometric mean of clipped token ratios per sequence (reasoning_rl/algorithms/losses.py)
+    loss: Literal["grpo", "gspo", "cispo", "sapo", "gmpo"] = "grpo"
     # drgrpo: no std scaling; group-mean-batch-std: the group's mean over the batch's std; rloo: leave-one-out
     # baseline; reinforce++: batch-normalised token returns
     advantage: Literal["grpo", "drgrpo", "group-mean-batch-std", "rloo", "reinforce++"] = "grpo"
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low: DAPO clip-higher
+    dual_clip: float = 0.0  # c > 1: dual-clip PPO, a negative-advantage token's loss capped at -c * A (0: off)
+    sapo_tau_pos: float = 1.0  # SAPO's gate temperatures for positive / negative advantages
+    sapo_tau_neg: float = 1.05
     beta: float = 0.0  # KL weight; 0 disables the reference model entirely
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
@@ -856,7 +867,8 @@ def _validate_rl(st: StageConfig, p: str) -> None:
         need(a.vf_clip >= 0, f"{p}.algorithm.vf_clip", "must be >= 0 (0: unclipped)")
         need(0 <= a.critic_warmup_steps <= st.steps, f"{p}.algorithm.critic_warmup_steps",
              f"must be in [0, steps ({st.steps})]")
-        need(a.loss == "grpo", f"{p}.algorithm.loss", "ppo uses the token-level clipped loss (loss: grpo)")
+        need(a.loss in TOKEN_LEVEL, f"{p}.algorithm.loss",
+             f"ppo's GAE gives per-token advantages: use one of the token-level losses ({', '.join(TOKEN_LEVEL)})")
         need(not a.dynamic_sampling, f"{p}.algorithm.dynamic_sampling", "applies to grpo stages only")
         if st.critic is not None:
             need(st.critic.optimizer.lr >= 0, f"{p}.critic.optimizer.lr", "must be >= 0")
@@ -868,7 +880,17 @@ def _validate_rl(st: StageConfig, p: str) -> None:
             need(st.kind == "ppo" or a.advantage == "reinforce++", f"{p}.algorithm.kl_in",
                  "a KL penalty in the reward needs token-level advantages (advantage: reinforce++, or a ppo stage)")
         if st.kind == "grpo" and a.advantage == "reinforce++":
-            need(a.loss == "grpo", f"{p}.algorithm.loss", "reinforce++ gives per-token advantages: use loss grpo")
+            need(a.loss in TOKEN_LEVEL, f"{p}.algorithm.loss", "reinforce++ gives per-token advantages: use one "
+                 f"of the token-level losses ({', '.join(TOKEN_LEVEL)})")
+        need(a.dual_clip == 0 or a.dual_clip > 1, f"{p}.algorithm.dual_clip", "must be 0 (off) or > 1")
+        need(a.dual_clip == 0 or a.loss == "grpo", f"{p}.algorithm.dual_clip",
+             f"applies to the clipped token loss (loss: grpo), not {a.loss}")
+        need(a.sapo_tau_pos > 0 and a.sapo_tau_neg > 0, f"{p}.algorithm.sapo_tau_pos",
+             "SAPO's temperatures must be > 0")
+        need(a.loss not in ("cispo", "grpo", "gmpo") or a.eps_low <= 1, f"{p}.algorithm.eps_low",
+             "must be <= 1 (1: no lower bound on the ratio)")
+        need(a.loss != "gmpo" or a.eps_low < 1, f"{p}.algorithm.eps_low",
+             "must be < 1 with loss gmpo (its lower bound is log(1 - eps_low))")
 
 
 def _validate_rewards(cfg: Config) -> None:

@@ -109,7 +109,8 @@ PPO = "configs/quickstart_ppo.yaml"
     ("algorithm.lam=-0.5", "stages[1].algorithm.lam: must be in [0, 1]"),
     ("stages.ppo.algorithm.critic_warmup_steps=1000", "stages[1].algorithm.critic_warmup_steps"),
     ("stages.sft.critic={}", "stages[0].critic: only a ppo stage has a critic"),
-    ("stages.ppo.algorithm.loss=gspo", "stages[1].algorithm.loss"),
+    ("stages.ppo.algorithm.loss=gspo", "stages[1].algorithm.loss: ppo's GAE gives per-token advantages"),
+    ("stages.ppo.algorithm.loss=gmpo", "stages[1].algorithm.loss: ppo's GAE gives per-token advantages"),
 ])
 def test_bad_ppo_values_name_the_key(override, needle):
     with pytest.raises(C.ConfigError) as e:
@@ -123,6 +124,31 @@ def test_ppo_accepts_group_size_one_and_critic_model_dir_string():
     assert st.rollout.group_size == 1 and st.critic_model.path == "/some/hf/dir"
     with pytest.raises(C.ConfigError, match="GRPO needs at least 2"):
         C.load("configs/quickstart.yaml", ["rollout.group_size=1"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["algorithm.dual_clip=0.5"], "stages[1].algorithm.dual_clip: must be 0 (off) or > 1"),
+    (["algorithm.dual_clip=3", "algorithm.loss=cispo"], "stages[1].algorithm.dual_clip: applies to the clipped"),
+    (["algorithm.loss=sapo", "algorithm.sapo_tau_neg=0"], "stages[1].algorithm.sapo_tau_pos: SAPO's temperatures"),
+    (["algorithm.loss=cispo", "algorithm.eps_low=2"], "stages[1].algorithm.eps_low: must be <= 1"),
+    (["algorithm.loss=gmpo", "algorithm.eps_low=1"], "stages[1].algorithm.eps_low: must be < 1 with loss gmpo"),
+    (["algorithm.loss=ppo"], "algorithm.loss"),
+])
+def test_bad_loss_options_name_the_key(override, needle):
+    with pytest.raises(C.ConfigError) as e:
+        C.load("configs/quickstart.yaml", override)
+    assert needle in str(e.value)
+
+
+def test_token_level_losses_take_token_advantages():
+    for loss in ("cispo", "sapo"):
+        cfg = C.load("configs/quickstart.yaml", ["algorithm.advantage=reinforce++", f"algorithm.loss={loss}"])
+        assert C.stage(cfg, "grpo").algorithm.loss == loss
+        cfg = C.load(PPO, [f"algorithm.loss={loss}", "algorithm.dual_clip=0"])
+        assert C.stage(cfg, "ppo").algorithm.loss == loss
+    assert C.stage(C.load(PPO, ["algorithm.dual_clip=3"]), "ppo").algorithm.dual_clip == 3
+    with pytest.raises(C.ConfigError, match="reinforce\\+\\+ gives per-token"):
+        C.load("configs/quickstart.yaml", ["algorithm.advantage=reinforce++", "algorithm.loss=gmpo"])
 
 
 def test_kl_in_reward_needs_token_level_advantages():

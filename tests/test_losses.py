@@ -1,5 +1,7 @@
 """Each GRPO-family variant against a direct NumPy transcription of its paper formula."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -235,3 +237,121 @@ def test_token_level_advantages_in_the_clipped_loss():
     r = np.exp(LOGP - OLD)
     tok = -np.minimum(r * adv_t, np.clip(r, 0.8, 1.28) * adv_t)
     np.testing.assert_allclose(float(s) / float(c), (tok * MASK).sum() / MASK.sum(), rtol=1e-5)
+
+
+def logp_grad(loss_fn, x, **kw):
+    """The loss (sum / count) and its gradient with respect to the current log-probs."""
+    def f(logp):
+        s, c, _ = loss_fn(x._replace(logp=logp), **kw)
+        return s / c
+    return jax.value_and_grad(f)(jnp.asarray(x.logp))
+
+
+KW = dict(beta=0.0, kl_estimator="k3", aggregation="token-mean")
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_cispo_matches_numpy_and_keeps_every_tokens_gradient(beta):
+    """CISPO: -sg(clip(r, 1 - el, 1 + eh)) A log pi. Its value here is -w A (same gradient as the log pi form),
+    and every token has gradient -w A / n, the clipped ones included, where GRPO's clip zeroes them."""
+    el, eh = 0.2, 0.28
+    x = L.LossInputs(LOGP, OLD, REF if beta else None, ADV, MASK)
+    kw = dict(KW, beta=beta)
+    loss, g = logp_grad(L.cispo_loss, x, eps_low=el, eps_high=eh, **kw)
+    r = np.exp(LOGP - OLD)
+    w = np.clip(r, 1 - el, 1 + eh)
+    tok = -w * ADV[:, None]
+    if beta:
+        tok = tok + beta * np_kl(LOGP, REF, "k3")
+    np.testing.assert_allclose(float(loss), np_aggregate(tok, MASK, "token-mean"), rtol=1e-5)
+    n = MASK.sum()
+    expect = np.where(MASK, -w * ADV[:, None] / n, 0.0)
+    if beta:  # d k3 / d logp = 1 - exp(ref - logp)
+        expect = expect + np.where(MASK, beta * (1 - np.exp(REF - LOGP)) / n, 0.0)
+    np.testing.assert_allclose(np.asarray(g), expect, rtol=1e-5, atol=1e-8)
+    out = MASK & ((r > 1 + eh) | (r < 1 - el))
+    # GRPO's clip silences the tokens past the range on the advantage's side; CISPO keeps them all
+    zero = out & ((ADV[:, None] > 0) & (r > 1 + eh) | (ADV[:, None] < 0) & (r < 1 - el))
+    assert zero.sum() >= 3 and np.all(np.abs(np.asarray(g))[out] > 0)
+    if not beta:
+        _, g_grpo = logp_grad(L.grpo_loss, x, eps_low=el, eps_high=eh, **kw)
+        np.testing.assert_array_equal(np.asarray(g_grpo)[zero], 0.0)
+        pg = np.where(MASK, -ADV[:, None] * r / n, 0.0)  # r A / n where the clip is not active
+        np.testing.assert_allclose(np.asarray(g_grpo)[MASK & ~zero], pg[MASK & ~zero], rtol=1e-5)
+    s, c, m = L.cispo_loss(x, eps_low=el, eps_high=eh, **kw)
+    assert float(m["clip_frac"][0]) == out.sum()
+
+
+@pytest.mark.parametrize("tau_pos,tau_neg", [(1.0, 1.05), (0.5, 2.0)])
+def test_sapo_matches_numpy_and_its_gate_is_one_on_policy(tau_pos, tau_neg):
+    """SAPO: -(4 / tau) sigmoid(tau (r - 1)) A with tau by the advantage's sign; gradient 4 s (1 - s) r times
+    the plain policy gradient -A / n, which it equals on policy (r = 1)."""
+    x = L.LossInputs(LOGP, OLD, None, ADV, MASK)
+    kw = dict(KW, sapo_tau_pos=tau_pos, sapo_tau_neg=tau_neg)
+    loss, g = logp_grad(L.sapo_loss, x, **kw)
+    r = np.exp(LOGP - OLD).astype(np.float64)
+    tau = np.where(ADV[:, None] > 0, tau_pos, tau_neg)
+    s = 1 / (1 + np.exp(-tau * (r - 1)))
+    np.testing.assert_allclose(float(loss), np_aggregate(-(4 / tau) * s * ADV[:, None], MASK, "token-mean"),
+                               rtol=1e-5)
+    n = MASK.sum()
+    weight = 4 * s * (1 - s) * r
+    np.testing.assert_allclose(np.asarray(g), np.where(MASK, -weight * ADV[:, None] / n, 0.0), rtol=1e-4,
+                               atol=1e-8)
+    _, _, m = L.sapo_loss(x, **kw)
+    np.testing.assert_allclose(float(m["gate"][0]) / float(m["gate"][1]), weight[MASK].mean(), rtol=1e-5)
+    on = x._replace(old_logp=LOGP)  # on policy: the gate's weight is exactly 1
+    _, g_on = logp_grad(L.sapo_loss, on, **kw)
+    np.testing.assert_allclose(np.asarray(g_on), np.where(MASK, -ADV[:, None] / n, 0.0), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("el,eh", [(0.2, 0.28), (1 - np.exp(-0.4), np.exp(0.4) - 1)])
+def test_gmpo_matches_numpy(el, eh):
+    """GMPO: per sequence -A exp(mean_t of the pessimistically clipped log-ratios), mean over sequences."""
+    x = L.LossInputs(LOGP, OLD, None, ADV, MASK)
+    s, c, m = L.gmpo_loss(x, eps_low=el, eps_high=eh, **KW)
+    lo, hi = np.log(1 - el), np.log(1 + eh)
+    expect, n_clipped = [], 0
+    for i in range(B):
+        lr = (LOGP[i] - OLD[i])[MASK[i]].astype(np.float64)
+        if ADV[i] > 0:
+            kept = np.minimum(lr, np.clip(lr, lo, hi))  # a high ratio is cut, a low one kept
+            n_clipped += (lr > hi).sum()
+        else:
+            kept = np.maximum(lr, np.clip(lr, lo, hi))
+            n_clipped += (lr < lo).sum()
+        expect.append(-ADV[i] * np.exp(kept.mean()))
+    assert float(c) == B
+    np.testing.assert_allclose(float(s) / float(c), np.mean(expect), rtol=1e-5)
+    assert float(m["clip_frac"][0]) == n_clipped and n_clipped > 0
+
+
+def test_gmpo_sequence_of_clipped_tokens_has_no_gradient():
+    """A positive-advantage sequence whose every token ratio is above the range contributes no gradient."""
+    logp = np.log(np.full((1, 4), 1.5, np.float32))
+    x = L.LossInputs(logp, np.zeros((1, 4), np.float32), None, np.ones(1, np.float32), np.ones((1, 4), bool))
+    _, g = logp_grad(L.gmpo_loss, x, eps_low=0.2, eps_high=0.2, **KW)
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
+    _, g = logp_grad(L.gmpo_loss, x._replace(adv=-np.ones(1, np.float32)), eps_low=0.2, eps_high=0.2, **KW)
+    np.testing.assert_allclose(np.asarray(g), 1.5 / 4, rtol=1e-6)  # a bad sample's high ratios: pushed down
+
+
+def test_dual_clip_caps_negative_advantage_tokens():
+    """Dual-clip PPO: for A < 0 the token loss is min(max(-r A, -clip(r) A), -c A); A > 0 is unchanged."""
+    el, eh, c = 0.2, 0.2, 1.5
+    logp = np.log(np.array([[0.5, 1.0, 1.4, 2.0, 3.0]] * 2, np.float32))
+    adv = np.array([-1.0, 2.0], np.float32)
+    x = L.LossInputs(logp, np.zeros_like(logp), None, adv, np.ones_like(logp, bool))
+    loss, g = logp_grad(L.grpo_loss, x, eps_low=el, eps_high=eh, dual_clip=c, **KW)
+    r = np.exp(logp.astype(np.float64))
+    a = adv[:, None]
+    tok = np.maximum(-r * a, -np.clip(r, 1 - el, 1 + eh) * a)
+    tok = np.where(a < 0, np.minimum(tok, -c * a), tok)
+    np.testing.assert_allclose(float(loss), tok.mean(), rtol=1e-6)
+    # r = 0.5: below the clip range (the usual clip); r = 2, 3 > c: capped; in between the ratio's gradient
+    assert np.all(np.asarray(g)[0, [0, 3, 4]] == 0) and np.all(np.asarray(g)[0, 1:3] != 0)
+    _, g0 = logp_grad(L.grpo_loss, x, eps_low=el, eps_high=eh, dual_clip=0.0, **KW)
+    np.testing.assert_array_equal(np.asarray(g)[1], np.asarray(g0)[1])
+    assert np.all(np.asarray(g0)[0, 3:] != 0)
+    _, _, m = L.grpo_loss(x, eps_low=el, eps_high=eh, dual_clip=c, **KW)
+    assert float(m["dual_clip_frac"][0]) == 2

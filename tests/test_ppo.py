@@ -91,17 +91,25 @@ def test_kl_in_the_reward_enters_the_advantages():
     assert m["kl"] == pytest.approx(kl[b["mask"]].mean(), rel=1e-5)
 
 
-def test_ppo_gradient_is_micro_batch_invariant():
+@pytest.mark.parametrize("loss,extra", [("grpo", {}), ("cispo", {"eps_low": 1.0})])
+def test_ppo_gradient_is_micro_batch_invariant(loss, extra):
     """Policy and critic gradients of one mini-batch are the same for 1 or 4 micro-batches (each part
-    divided once by its own global count)."""
+    divided once by its own global count), with each token-level policy loss."""
     mdef, params, _, _ = base()
     critic = critic_of(params)
     batch = ppo_batch(critic)
     both = {"policy": params, "critic": critic}
     out = {}
     for micro in (1, 4):
-        cfg = AlgorithmConfig(beta=0.05, kl_in="loss", eps_high=0.28, vf_clip=0.1, micro_batches=micro)
+        cfg = AlgorithmConfig(beta=0.05, kl_in="loss", eps_high=0.28, vf_clip=0.1, micro_batches=micro, loss=loss,
+                              **extra)
         out[micro] = jax.jit(make_ppo_grad(mdef, mdef, cfg, 1.0, group=2))(both, batch)
+    if loss != "grpo" or extra:  # the option reaches the policy's loss: its gradient is not the plain clip's
+        plain = AlgorithmConfig(beta=0.05, kl_in="loss", eps_high=0.28, vf_clip=0.1)
+        g0, _ = jax.jit(make_ppo_grad(mdef, mdef, plain, 1.0, group=2))(both, batch)
+        diff = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(g0["policy"]),
+                                                              jax.tree.leaves(out[1][0]["policy"])))
+        assert diff > 1e-6
     g1, a1 = out[1]
     assert float(a1["vf_clip_frac"][0]) > 0 and float(a1["clip_frac"][0]) >= 0
     for micro in (4,):

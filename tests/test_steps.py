@@ -8,7 +8,8 @@ import pytest
 
 from helpers import prompts, tiny_model
 from reasoning_rl.algorithms import logprobs
-from reasoning_rl.algorithms.steps import init_state, make_grpo_grad, make_grpo_step, make_optimizer, make_sft_step
+from reasoning_rl.algorithms.steps import (init_state, make_grpo_grad, make_grpo_step, make_logprob_fn, make_optimizer,
+                                           make_sft_step)
 from reasoning_rl.config import AlgorithmConfig, OptimizerConfig
 from reasoning_rl.models import MLAConfig
 from reasoning_rl.models.layers import attention
@@ -38,12 +39,15 @@ def grads_of(step_cfg, batch):
     return grads, m
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-@pytest.mark.parametrize("loss", ["grpo", "gspo"])
-def test_gradient_is_micro_batch_invariant(aggregation, loss):
+@pytest.mark.parametrize("aggregation,loss,extra", [
+    *[(agg, "grpo", {}) for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")],
+    ("seq-mean-token-mean", "gspo", {}),  # a sequence loss: the aggregation only sums its KL term
+    ("token-mean", "grpo", {"dual_clip": 1.2}), ("token-mean", "cispo", {"eps_low": 1.0}),
+    ("seq-mean-token-sum-norm", "sapo", {}), ("token-mean", "gmpo", {})])
+def test_gradient_is_micro_batch_invariant(aggregation, loss, extra):
     mdef, params = tiny_model()
     batch = rollout(mdef, params)
-    cfg = AlgorithmConfig(loss=loss, aggregation=aggregation, beta=0.05, eps_high=0.28)
+    cfg = AlgorithmConfig(loss=loss, aggregation=aggregation, beta=0.05, eps_high=0.28, **extra)
     g1, m1 = grads_of(cfg, batch)
     g4, m4 = grads_of(dataclasses.replace(cfg, micro_batches=4), batch)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
@@ -51,6 +55,29 @@ def test_gradient_is_micro_batch_invariant(aggregation, loss):
         assert np.abs(a - b).max() / scale < 5e-6  # float32 sums regrouped by micro-batch
     assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-6)
     assert float(m1["clip_frac"]) == pytest.approx(float(m4["clip_frac"]), rel=1e-6)
+    if "dual_clip" in extra:
+        assert 0 < float(m1["dual_clip_frac"]) == pytest.approx(float(m4["dual_clip_frac"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "gspo", "cispo", "sapo", "gmpo"])
+def test_each_loss_moves_the_policy_toward_the_better_samples(loss):
+    """One small SGD step on a rollout batch raises the advantage-weighted log-likelihood of its completions,
+    sum_i A_i log pi(o_i), for every loss: each is a policy-gradient step, whatever its clip or gate."""
+    mdef, params = tiny_model()
+    batch = rollout(mdef, params)
+    batch["old_logp"] = batch["sampler_logp"]  # on policy: the first update of a rollout batch
+    opt = OptimizerConfig(name="sgd", lr=0.05, max_grad_norm=0.0)
+    tx = make_optimizer(opt, 1)
+    step = jax.jit(make_grpo_step(mdef, AlgorithmConfig(loss=loss), opt, tx, 1.0))
+    fn = jax.jit(make_logprob_fn(mdef, 1.0))
+
+    def objective(p):
+        lp = np.asarray(fn(p, batch["tokens"], batch["valid"], batch["mask"]))
+        return float(np.sum(batch["adv"] * np.where(batch["mask"], lp, 0.0).sum(1)))
+
+    new, m = step(init_state(params, tx, 0), batch)
+    assert int(m["skipped"]) == 0
+    assert objective(new.params) > objective(params) + 1e-3
 
 
 def padded(batch: dict, extra: int) -> dict:

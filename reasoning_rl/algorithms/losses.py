@@ -70,29 +70,47 @@ def _metrics(x: LossInputs, clipped, kl):
     return out
 
 
-@register("grpo")
-def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
-              aggregation: str, budget: int | None = None):
-    """Token-level clipped surrogate (PPO/GRPO) with DAPO clip-higher and an optional KL penalty."""
-    ratio = jnp.exp(x.logp - x.old_logp)
-    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
-    unclipped = ratio * a
-    clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
-    per_token = -jnp.minimum(unclipped, clipped_r)
+def _token_loss(x: LossInputs, per_token, clipped, beta: float, kl_estimator: str, aggregation: str,
+                budget: int | None, extra: dict | None = None):
+    """The common tail of a token-level loss: the off-policy weight, the KL penalty, the aggregation."""
     if x.weight is not None:
         per_token = per_token * x.weight
-    clipped = (clipped_r < unclipped).astype(jnp.float32)
     kl = None
     if beta > 0:
         kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
         per_token = per_token + beta * kl
     s, c = aggregate(per_token, x.mask, aggregation, budget)
-    return s, c, _metrics(x, clipped, kl)
+    return s, c, {**_metrics(x, clipped, kl), **(extra or {})}
+
+
+@register("grpo")
+def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
+              aggregation: str, budget: int | None = None, dual_clip: float = 0.0, **_: object):
+    """Token-level clipped surrogate (PPO/GRPO) with DAPO clip-higher and an optional KL penalty.
+
+    ``dual_clip`` c > 1 (dual-clip PPO, Ye et al. 2020): a token of negative advantage adds at most ``-c * A`` to
+    the loss, so a ratio grown far past the clip range (a token the policy now likes much more than when it was
+    sampled, in a sample that scored badly) cannot blow one update up; such tokens get no gradient. 0: off."""
+    ratio = jnp.exp(x.logp - x.old_logp)
+    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    unclipped = ratio * a
+    clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+    per_token = -jnp.minimum(unclipped, clipped_r)
+    clipped = (clipped_r < unclipped).astype(jnp.float32)
+    extra = {}
+    if dual_clip:
+        neg = jnp.broadcast_to(a < 0, per_token.shape)
+        cap = -dual_clip * a
+        capped = neg & (per_token > cap)
+        per_token = jnp.where(capped, cap, per_token)
+        m = x.mask.astype(jnp.float32)
+        extra["dual_clip_frac"] = (jnp.sum(capped * m), jnp.sum(m))
+    return _token_loss(x, per_token, clipped, beta, kl_estimator, aggregation, budget, extra)
 
 
 @register("gspo")
 def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
-              aggregation: str, budget: int | None = None):
+              aggregation: str, budget: int | None = None, **_: object):
     """GSPO: one importance ratio per sequence, exp(mean_t log(pi/pi_old)), clipped at sequence level.
 
     The loss is per sequence (mean over sequences); ``aggregation`` only applies to the KL term."""
@@ -114,6 +132,88 @@ def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
         per_seq_kl = jnp.sum(kl * m, axis=1) / n_tok
         total = total + beta * jnp.sum(per_seq_kl)
     return total, count, _metrics(x, clipped, kl)
+
+
+@register("cispo")
+def cispo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
+               aggregation: str, budget: int | None = None, **_: object):
+    """CISPO (MiniMax-M1; the loss of ScaleRL's recipe): REINFORCE weighted by the *clipped, stop-gradient*
+    importance ratio, ``-sg(clip(r, 1 - eps_low, 1 + eps_high)) * A * log pi``.
+
+    Where PPO's clip drops a token's gradient once its ratio leaves the range (often the rare, high-entropy
+    "wait" / "however" tokens that a reasoning policy most needs to learn), CISPO keeps every token's gradient
+    and only bounds its weight. Written as ``sg(w) * A * exp(log pi - sg(log pi))``: the same gradient as the
+    paper's ``log pi`` form, and a loss value comparable with the clipped surrogate's (``-w * A``). The paper
+    sets no lower bound (``eps_low: 1``) and tunes ``eps_high``. ``clip_frac``: tokens whose weight was bounded."""
+    ratio = jnp.exp(x.logp - x.old_logp)
+    w = jax.lax.stop_gradient(jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high))
+    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    per_token = -w * a * jnp.exp(x.logp - jax.lax.stop_gradient(x.logp))
+    clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).astype(jnp.float32)
+    return _token_loss(x, per_token, clipped, beta, kl_estimator, aggregation, budget)
+
+
+@register("sapo")
+def sapo_loss(x: LossInputs, *, beta: float, kl_estimator: str, aggregation: str, budget: int | None = None,
+              sapo_tau_pos: float = 1.0, sapo_tau_neg: float = 1.05, **_: object):
+    """SAPO (soft adaptive policy optimization): the hard clip replaced by a smooth gate,
+    ``-(4 / tau) * sigmoid(tau * (r - 1)) * A`` per token, ``tau`` = ``sapo_tau_pos`` for a positive advantage and
+    ``sapo_tau_neg`` (larger: negative updates decay faster off-policy) for a negative one.
+
+    Its gradient is the plain policy gradient times ``4 s (1 - s) r`` (``s`` the sigmoid): exactly 1 on policy
+    (r = 1) and falling smoothly as the ratio drifts, so a few far-off tokens are damped without silencing their
+    sequence or the tokens beside them. ``eps_low``/``eps_high`` do not apply. Metric ``gate``: that gradient
+    weight's mean over the tokens; ``clip_frac``: tokens whose weight fell below 1/2."""
+    ratio = jnp.exp(x.logp - x.old_logp)
+    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    tau = jnp.where(a > 0, sapo_tau_pos, sapo_tau_neg)
+    gate = jax.nn.sigmoid(tau * (ratio - 1.0))
+    per_token = -(4.0 / tau) * gate * a
+    weight = jax.lax.stop_gradient(4.0 * gate * (1.0 - gate) * ratio)
+    m = x.mask.astype(jnp.float32)
+    extra = {"gate": (jnp.sum(weight * m), jnp.sum(m))}
+    clipped = (weight < 0.5).astype(jnp.float32)
+    return _token_loss(x, per_token, clipped, beta, kl_estimator, aggregation, budget, extra)
+
+
+@register("gmpo")
+def gmpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
+              aggregation: str, budget: int | None = None, **_: object):
+    """GMPO (geometric-mean policy optimization): one ratio per sequence, the *geometric* mean of its token
+    ratios, each token's log-ratio first clipped to ``[log(1 - eps_low), log(1 + eps_high)]`` on the
+    pessimistic side (as PPO's min: for a positive advantage a high ratio is cut, a low one kept; the reverse for
+    a negative one). The geometric mean is far less swayed by a few extreme tokens than GRPO's arithmetic mean
+    of token terms, so a wider range stays stable (the paper's ``(e^-0.4, e^0.4)`` is ``eps_low: 0.33,
+    eps_high: 0.49``).
+
+    The loss is per sequence (mean over sequences, needs one advantage per sequence); ``aggregation`` only
+    applies to the KL term. ``clip_frac``: tokens whose log-ratio was clipped."""
+    m = x.mask.astype(jnp.float32)
+    n_tok = jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    log_r = x.logp - x.old_logp
+    sign = jnp.sign(x.adv)[:, None]
+    log_c = jnp.clip(log_r, jnp.log1p(-eps_low), jnp.log1p(eps_high))
+    pessimistic = sign * jnp.minimum(sign * log_r, sign * log_c)
+    ratio = jnp.exp(jnp.sum(pessimistic * m, axis=1) / n_tok)
+    per_seq = -x.adv * ratio
+    if x.weight is not None:  # one weight per sequence: the mean of its tokens'
+        per_seq = per_seq * jnp.sum(x.weight * m, axis=1) / n_tok
+    clipped = (sign * log_c < sign * log_r).astype(jnp.float32)
+    total = jnp.sum(per_seq)
+    count = jnp.asarray(per_seq.shape[0], jnp.float32)
+    kl = None
+    if beta > 0:
+        kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
+        total = total + beta * jnp.sum(jnp.sum(kl * m, axis=1) / n_tok)
+    return total, count, _metrics(x, clipped, kl)
+
+
+def loss_options(acfg, *, beta: float | None = None, budget: int | None = None) -> dict:
+    """The keyword arguments every registered loss takes from ``algorithm`` (each ignores those of the
+    others). ``beta``: the KL weight in the loss when it differs from ``acfg.beta`` (a KL in the reward)."""
+    return {"eps_low": acfg.eps_low, "eps_high": acfg.eps_high, "beta": acfg.beta if beta is None else beta,
+            "kl_estimator": acfg.kl_estimator, "aggregation": acfg.aggregation, "budget": budget,
+            "dual_clip": acfg.dual_clip, "sapo_tau_pos": acfg.sapo_tau_pos, "sapo_tau_neg": acfg.sapo_tau_neg}
 
 
 def off_policy_terms(prox_logp, behav_logp, mask, mode: str, cap: float):

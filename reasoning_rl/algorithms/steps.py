@@ -22,7 +22,7 @@ from reasoning_rl.models import ModelDef, lora
 from reasoning_rl.models.lora import has_adapters, join, split, trainable, with_trainable
 
 from .logprobs import target_logprobs, target_values
-from .losses import LossInputs, get_loss, off_policy_terms, sft_loss, value_loss
+from .losses import LossInputs, get_loss, loss_options, off_policy_terms, sft_loss, value_loss
 
 
 @jax.tree_util.register_dataclass
@@ -291,8 +291,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
     Dr.GRPO's aggregation divides by; the batch's completion columns may be fewer (trimmed to its longest).
     """
     loss = get_loss(acfg.loss)
-    kw = dict(eps_low=acfg.eps_low, eps_high=acfg.eps_high, beta=acfg.beta, kl_estimator=acfg.kl_estimator,
-              aggregation=acfg.aggregation, budget=budget)
+    kw = loss_options(acfg, budget=budget)
 
     def loss_fn(params, b):
         model = mdef.bind(params)
@@ -359,18 +358,18 @@ def _clipped_update(params, opt_state, grads, tx, max_grad_norm: float):
 
 def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, temperature: float,
                   logits_chunk: int = 0, group: int = 1, budget: int | None = None):
-    """``({"policy", "critic"}, batch) -> (grads, aux)``: the policy's clipped token loss and the critic's
-    clipped value loss on one mini-batch, accumulated over micro-batches; each part's gradient is divided by
-    its own global count (the policy's aggregation count, the critic's token count), so the update is the
-    same for any split. The two parameter sets are disjoint, so one backward pass gives both gradients. A LoRA
-    policy's gradient covers its adapters only (``grads["policy"]`` is the adapters tree).
+    """``({"policy", "critic"}, batch) -> (grads, aux)``: the policy's token loss (``algorithm.loss``: grpo's
+    clipped one, cispo or sapo) and the critic's clipped value loss on one mini-batch, accumulated over
+    micro-batches; each part's gradient is divided by its own global count (the policy's aggregation count,
+    the critic's token count), so the update is the same for any split. The two parameter sets are disjoint,
+    so one backward pass gives both gradients. A LoRA policy's gradient covers its adapters only
+    (``grads["policy"]`` is the adapters tree).
 
     batch: as ``make_grpo_grad`` with ``adv`` [B, T] (GAE), plus ``old_values`` and ``returns`` [B, T];
     ``budget`` as there."""
-    loss = get_loss("grpo")
+    loss = get_loss(acfg.loss)
     beta = acfg.beta if acfg.kl_in == "loss" else 0.0  # in the reward: already in the advantages
-    kw = {"eps_low": acfg.eps_low, "eps_high": acfg.eps_high, "beta": beta, "kl_estimator": acfg.kl_estimator,
-          "aggregation": acfg.aggregation, "budget": budget}
+    kw = loss_options(acfg, beta=beta, budget=budget)
 
     def loss_fn(both, b):
         model = mdef.bind(both["policy"])
