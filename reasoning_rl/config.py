@@ -121,6 +121,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one; 0.0: off
     stop_at_answer: bool = True  # stop a row at </answer> as well as at EOS
     # more strings that end a completion (e.g. "\n\nQuestion:" after few-shot prompts): matched on the text,
     # whichever tokens spell it (reasoning_rl/rollout/stops.py); the token that completes one is kept
@@ -314,6 +315,11 @@ class EvalConfig:
     samples: int = 4  # n samples per problem for pass@k
     k: tuple[int, ...] = (1, 4)
     temperature: float | None = None  # None: the rollout temperature
+    # the sampled completions' filters (published reasoning evaluations: temperature 0.6, top_p 0.95); None:
+    # the rollout's
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
     greedy: bool = True
     batch_size: int = 512
     max_new_tokens: int | None = None  # None: the rollout's
@@ -371,6 +377,9 @@ class RejectionConfig:
     samples: int = 8
     max_per_prompt: int = 2
     temperature: float = 1.0
+    top_k: int = 0  # the sampler's filters, as rollout's (off by default)
+    top_p: float = 1.0
+    min_p: float = 0.0
     max_new_tokens: int | None = None  # None: the rollout's
     require_format: bool = True  # keep only completions the format reward accepts
     verifier: str | None = None  # the reward a kept completion must score 1 on (None: the task's correctness)
@@ -388,6 +397,9 @@ class DistillConfig:
     max_per_prompt: int = 1
     verified_only: bool = True
     temperature: float = 1.0
+    top_k: int = 0  # the teacher's filters, as rollout's (off by default)
+    top_p: float = 1.0
+    min_p: float = 0.0
     max_new_tokens: int | None = None  # None: the rollout's
     batch_size: int = 512
     compare_grpo: bool = False  # also train the student with GRPO alone for the same optimizer steps
@@ -893,6 +905,23 @@ def _validate_rl(st: StageConfig, p: str) -> None:
              "must be < 1 with loss gmpo (its lower bound is log(1 - eps_low))")
 
 
+def _validate_filters(section: Any, where: str) -> None:
+    """top_k / top_p / min_p of a section that samples (None: taken from the rollout's)."""
+    k, tp, mp = section.top_k, section.top_p, section.min_p
+    _need(k is None or k >= 0, f"{where}.top_k", "must be >= 0 (0: off)")
+    _need(tp is None or 0 < tp <= 1, f"{where}.top_p", "must be in (0, 1] (1: off)")
+    _need(mp is None or 0 <= mp < 1, f"{where}.min_p", "must be in [0, 1) (0: off)")
+
+
+def eval_sampling(stage: StageConfig) -> dict[str, Any]:
+    """How a stage's held-out completions are sampled: ``eval``'s temperature and filters, each None taken
+    from the stage's rollout, as keyword arguments of ``reasoning_rl.evaluation.evaluate``."""
+    ev, r = stage.eval, stage.rollout
+    pick = lambda v, default: default if v is None else v  # noqa: E731
+    return {"temperature": float(pick(ev.temperature, r.temperature)), "top_k": int(pick(ev.top_k, r.top_k)),
+            "top_p": float(pick(ev.top_p, r.top_p)), "min_p": float(pick(ev.min_p, r.min_p))}
+
+
 def _validate_rewards(cfg: Config) -> None:
     """Reward-model stages and rewards: what data a reward_model stage takes, what a reward_model reward
     points at, and that the helpfulness task's hidden judge never becomes a training reward."""
@@ -1002,8 +1031,10 @@ def validate(cfg: Config) -> None:
         need(r.prompts_per_step >= 1, f"{p}.rollout.prompts_per_step", "must be positive")
         need(r.max_new_tokens >= 1, f"{p}.rollout.max_new_tokens", "must be positive")
         need(r.temperature > 0, f"{p}.rollout.temperature", "must be > 0 (use top_k=1 for greedy)")
-        need(0 < r.top_p <= 1, f"{p}.rollout.top_p", "must be in (0, 1]")
-        need(r.top_k >= 0, f"{p}.rollout.top_k", "must be >= 0")
+        _validate_filters(r, f"{p}.rollout")
+        _validate_filters(st.eval, f"{p}.eval")
+        _validate_filters(st.rejection, f"{p}.rejection")
+        _validate_filters(st.distill, f"{p}.distill")
         need(r.slots >= 0, f"{p}.rollout.slots", "must be >= 0 (0: one batch slot per row, no refill)")
         need(0 <= r.refill_min <= max(r.slots, 1), f"{p}.rollout.refill_min", "must be in [0, rollout.slots]")
         need(r.page_size >= 0, f"{p}.rollout.page_size", "must be >= 0 (0: contiguous cache)")

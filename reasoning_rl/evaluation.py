@@ -68,6 +68,12 @@ def sample_texts(mdef, params, tok, prompts: list[list[int]], sp: SamplingParams
     return texts, np.asarray(lengths)
 
 
+def filters_of(top_k: int, top_p: float, min_p: float) -> dict[str, Any]:
+    """The sampling filters in effect, for a result's record (none when all are off)."""
+    on = {"top_k": int(top_k), "top_p": float(top_p), "min_p": float(min_p)}
+    return {k: v for k, v in on.items() if v != {"top_k": 0, "top_p": 1.0, "min_p": 0.0}[k]}
+
+
 def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Sequence[int], temperature: float,
              max_new_tokens: int, stop_ids: Sequence[int], correct_fn: Callable[[str, dict], float],
              stop_table: StopTable | None = None,
@@ -76,21 +82,25 @@ def evaluate(mdef, params, tok, examples: list[dict], *, samples: int, ks: Seque
              records: list[dict] | None = None,
              correct_name: str = "correct",
              rewards_fn: Callable[[list[str], list[dict]], dict[str, Sequence[float]]] | None = None,
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
              ) -> dict[str, Any]:
     """Held-out figures (module docstring); its progress shows as phase ``name`` (completions sampled). ``records``: when given, one dict per scored completion is
     appended (see ``sample_record``): what ``samples.jsonl`` holds. ``rewards_fn(texts, examples)``: further
-    reward components for the records (``{name: values}``), besides correctness (``correct_name``) and format."""
+    reward components for the records (``{name: values}``), besides correctness (``correct_name``) and format.
+    ``top_k``/``top_p``/``min_p``: the sampled completions' filters (published reasoning evaluations sample
+    at e.g. temperature 0.6, top-p 0.95); the greedy pass takes the argmax whatever they are."""
     prompts = [tok.encode(e["prompt"]) for e in examples]
     bp = max(1, min(len(prompts), batch_size // samples))
-    sp = SamplingParams(max_new_tokens, float(temperature), 0, 1.0, False, tuple(stop_ids), tok.pad_id, samples,
-                        stop_table=stop_table)
+    sp = SamplingParams(max_new_tokens, float(temperature), int(top_k), float(top_p), False, tuple(stop_ids),
+                        tok.pad_id, samples, stop_table=stop_table, min_p=float(min_p))
     n = len(examples)
     bar = Progress(name, n * samples + (n if greedy else 0), unit="completion")
     stopped: list[bool] = []
     texts, lengths = sample_texts(mdef, params, tok, prompts, sp, seed, bp, stopped, bar)
     scores = [float(correct_fn(t, examples[i // samples])) for i, t in enumerate(texts)]
     correct = (np.asarray(scores) >= 1.0).reshape(n, samples)
-    out: dict[str, Any] = {"num_problems": n, "samples_per_problem": samples, "temperature": temperature}
+    out: dict[str, Any] = {"num_problems": n, "samples_per_problem": samples, "temperature": temperature,
+                           **filters_of(top_k, top_p, min_p)}
     out["pass@1"] = float(correct.mean())
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(samples, int(c), k) for c in correct.sum(1)]))
@@ -155,7 +165,8 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
                  extend: bool = False, continuation: str = ",", answer_tokens: int = 16, samples: int = 1,
                  greedy: bool = True, temperature: float = 1.0, stop_ids: Sequence[int] = (),
                  stop_table: StopTable | None = None, batch_rows: int = 512, seed: int = 0,
-                 name: str = "budget forcing") -> dict[str, Any]:
+                 name: str = "budget forcing", top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0) -> dict[str, Any]:
     """Accuracy against thinking budget by budget forcing (``reasoning_rl.rollout.budget``).
 
     Every problem is answered once per budget (``samples`` times, greedy by default) with its thinking
@@ -172,7 +183,8 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
     budgets = [int(b) for b in budgets]
     g = len(budgets) * samples
     bp = BudgetParams(max(budgets) + answer_tokens + 2, ids["<think>"], ids["</think>"], ids["<answer>"], cont[0],
-                      tuple(stop_ids), tok.pad_id, float(temperature), bool(greedy), g, stop_table=stop_table)
+                      tuple(stop_ids), tok.pad_id, float(temperature), bool(greedy), g, stop_table=stop_table,
+                      top_k=int(top_k), top_p=float(top_p), min_p=float(min_p))
     prompts = [tok.encode(e["prompt"]) for e in examples]
     tp = max(len(p) for p in prompts)
     bpp = max(1, min(len(prompts), batch_rows // g))
@@ -202,4 +214,5 @@ def budget_curve(mdef, params, tok, examples: list[dict], budgets: Sequence[int]
 
     return {"budgets": budgets, "accuracy": per_budget(correct), "mean_think_tokens": per_budget(think),
             "forced_rate": per_budget(forced), "format_rate": per_budget(fmt), "num_problems": len(examples),
-            "samples": samples, "greedy": bool(greedy), "extend": bool(extend)}
+            "samples": samples, "greedy": bool(greedy), "extend": bool(extend),
+            **({} if greedy else {"temperature": float(temperature), **filters_of(top_k, top_p, min_p)})}

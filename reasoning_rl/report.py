@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reasoning_rl.config import Config, StageConfig, _to_plain
+from reasoning_rl.config import Config, StageConfig, _to_plain, eval_sampling
 from reasoning_rl.progress import duration
 
 GAIN_SKIP = {"num_problems", "samples_per_problem", "temperature", "wall_seconds"}
@@ -33,7 +33,7 @@ def _metric_order(key: str) -> tuple:
 
 def _settings(stage: StageConfig) -> str:
     """How a stage's held-out figures are sampled (besides the tasks): problems, samples, k, temperature,
-    token limit, stop rule. Not the budget curve's settings or the held-out curve's (``eval.every``,
+    filters, token limit, stop rule. Not the budget curve's settings or the held-out curve's (``eval.every``,
     ``eval.every_problems``): neither changes the end-of-stage figures."""
     from reasoning_rl.config import EVAL_SCHEDULE
 
@@ -41,8 +41,8 @@ def _settings(stage: StageConfig) -> str:
     for k in ("budget", *EVAL_SCHEDULE):
         ev.pop(k, None)
     r = stage.rollout
-    return json.dumps({"eval": ev, "temperature": stage.eval.temperature if stage.eval.temperature is not None
-                       else r.temperature, "max_new_tokens": stage.eval.max_new_tokens or r.max_new_tokens,
+    return json.dumps({"eval": ev, **eval_sampling(stage),
+                       "max_new_tokens": stage.eval.max_new_tokens or r.max_new_tokens,
                        "stop_at_answer": r.stop_at_answer, **({"stop": list(r.stop)} if r.stop else {})},
                       sort_keys=True, default=str)
 
@@ -201,8 +201,9 @@ def format_eval(result: dict) -> str:
     if isinstance(held, dict):
         tasks = held.get("tasks") or {}
         first = next(iter(tasks.values()), held)
+        filters = "".join(f", {k.replace('_', '-')} {first[k]}" for k in ("top_k", "top_p", "min_p") if k in first)
         lines.append(f"held-out evaluation of {stage} ({result.get('target')}): {first.get('num_problems')} "
-                     f"problems x {first.get('samples_per_problem')} samples at T={first.get('temperature')}")
+                     f"problems x {first.get('samples_per_problem')} samples at T={first.get('temperature')}{filters}")
         cols = _columns({"h": held, **tasks})
         head = ["stage / task"] + cols + ["greedy", "format", "length"]
 

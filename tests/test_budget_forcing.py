@@ -68,7 +68,7 @@ def test_extend_holds_thinking_up_to_the_budget():
 def test_an_unreached_budget_samples_what_the_sampler_samples(strings):
     """With budgets beyond the token limit and no floor nothing is forced, and the budget loop (its own
     decode loop over the sampler's growing cache windows) draws the sampler's tokens for the same keys, and
-    stops at the same stop strings."""
+    stops at the same stop strings; with the sampler's filters (top-k, top-p, min-p) too."""
     from reasoning_rl.rollout import stops
     from reasoning_rl.rollout.sampler import SamplingParams, sample
 
@@ -76,12 +76,14 @@ def test_an_unreached_budget_samples_what_the_sampler_samples(strings):
     pt, pv = left_pad(prompts(3, seed=4), 0)
     n, g = 30, 2
     table = stops.build(["ab", "cc"], [chr(ord("a") + i % 5) for i in range(40)]) if strings else None
-    bp = BudgetParams(n, OPEN, CLOSE, ANSWER, CONT, (STOP,), 0, 1.0, False, g, stop_table=table)
+    filters = {"top_k": 12, "top_p": 0.9, "min_p": 0.2} if strings else {}
+    bp = BudgetParams(n, OPEN, CLOSE, ANSWER, CONT, (STOP,), 0, 1.0, False, g, stop_table=table, **filters)
     rows = len(pt) * g
     out = jax.device_get(budget_sample(mdef, params, pt, pv, np.full(rows, n + 1, np.int32),
                                        np.zeros(rows, np.int32), jax.random.key(3), bp))
     ref = jax.device_get(sample(mdef, params, pt, pv, jax.random.key(3),
-                                SamplingParams(n, 1.0, 0, 1.0, False, (STOP,), 0, g, stop_table=table)))
+                                SamplingParams(n, 1.0, filters.get("top_k", 0), filters.get("top_p", 1.0), False,
+                                               (STOP,), 0, g, stop_table=table, min_p=filters.get("min_p", 0.0))))
     assert not out.forced.any() and not out.extended.any()
     if strings:
         assert stops.hits(table, np.asarray(out.tokens), np.asarray(out.lengths)).sum() >= 2

@@ -38,10 +38,10 @@ def test_refill_equals_plain_loop(slots, refill_min):
     assert int(refill.slot_steps) % slots == 0
 
 
-def test_refill_with_top_k_top_p_and_greedy():
+def test_refill_with_top_k_top_p_min_p_and_greedy():
     mdef, params = tiny_model(seed=5)
     pt, pv = S.left_pad(prompts(5, seed=5), 0)
-    for kw in ({"top_k": 5, "top_p": 0.8}, {"greedy": True}):
+    for kw in ({"top_k": 5, "top_p": 0.8, "min_p": 0.05}, {"greedy": True}):
         plain, refill = both(mdef, params, pt, pv, 4, max_new_tokens=16, group_size=2, stop_ids=(5, 6, 8),
                              rng_seed=1, **kw)
         assert_same(plain, refill)

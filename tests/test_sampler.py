@@ -142,17 +142,20 @@ def test_top_p_filter_keeps_the_nucleus():
     assert kept.tolist() == [[True, True, True, False]]
 
 
-@pytest.mark.parametrize("vocab,top_k,top_p", [(37, 0, 1.0), (300, 0, 1.0), (300, 5, 1.0), (300, 0, 0.6)])
-def test_token_draw_follows_the_filtered_softmax(vocab, top_k, top_p):
+@pytest.mark.parametrize("vocab,top_k,top_p,min_p", [(37, 0, 1.0, 0.0), (300, 0, 1.0, 0.0), (300, 5, 1.0, 0.0),
+                                                     (300, 0, 0.6, 0.0), (300, 0, 1.0, 0.08)])
+def test_token_draw_follows_the_filtered_softmax(vocab, top_k, top_p, min_p):
     """The inverse-CDF draw samples softmax(filtered logits): empirical frequencies over 40k draws match, and
-    tokens outside top-k / top-p are never drawn; the log-prob is the unfiltered one (what the trainer uses)."""
+    tokens outside top-k / top-p / min-p are never drawn; the log-prob is the unfiltered one (what the trainer
+    uses)."""
     rng = np.random.default_rng(vocab + top_k)
     logits = jnp.asarray(rng.standard_normal((1, vocab)) * 2.0, jnp.float32)
     n = 40_000
     keys = row_keys(jax.random.key(7), jnp.zeros((n,), jnp.int32), jnp.arange(n))
-    tok, lp = jax.jit(lambda k, l: select(k, l, temperature=0.8, top_k=top_k, top_p=top_p, greedy=False))(
-        keys, jnp.repeat(logits, n, 0))
-    want = np.asarray(jax.nn.softmax(filter_logits(logits / 0.8, top_k, top_p)))[0]
+    tok, lp = jax.jit(lambda k, l: select(k, l, temperature=0.8, top_k=top_k, top_p=top_p, greedy=False,
+                                          min_p=min_p))(keys, jnp.repeat(logits, n, 0))
+    want = np.asarray(jax.nn.softmax(filter_logits(logits / 0.8, top_k, top_p, min_p)))[0]
+    assert (want > 0).sum() > 1
     got = np.bincount(np.asarray(tok), minlength=vocab) / n
     assert got[want == 0].sum() == 0
     assert np.abs(got - want).max() < 5 * np.sqrt(want.max() / n), np.abs(got - want).max()

@@ -79,7 +79,7 @@ def main() -> None:
     g = C.stage(cfg, args.grpo_stage) if args.grpo_stage else next(s for s in cfg.stages if s.kind == "grpo")
     r = g.rollout
     sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False, rt.stop_ids(r),
-                        rt.tok.pad_id, r.group_size, False, stop_table=rt.stop_table(r))
+                        rt.tok.pad_id, r.group_size, False, stop_table=rt.stop_table(r), min_p=r.min_p)
     pt, pv = prompt_batch(rt.tok, [rt.task.example("train", i).as_dict() for i in range(r.prompts_per_step)])
     pad = max(prompt_len(rt) - pt.shape[1], 0)
     pt = np.pad(pt, ((0, 0), (pad, 0)), constant_values=rt.tok.pad_id)

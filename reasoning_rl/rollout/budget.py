@@ -44,6 +44,9 @@ class BudgetParams:
     group_size: int = 1  # rows per prompt (budgets x samples)
     windows: int = 4  # decode in this many growing cache windows (as ``SamplingParams.windows``)
     stop_table: StopTable | None = None  # stop strings of several tokens (``reasoning_rl.rollout.stops``)
+    top_k: int = 0  # the draw's filters, as ``SamplingParams``'
+    top_p: float = 1.0
+    min_p: float = 0.0
 
 
 @jax.tree_util.register_dataclass
@@ -83,7 +86,8 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
 
     def body(s):
         keys = row_keys(rng, row_ids, jnp.full((rows,), s["t"]))  # per-row keys, as in the sampler
-        tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=0, top_p=1.0, greedy=bp.greedy,
+        tok, _ = select(keys, s["logits"], temperature=bp.temperature, top_k=bp.top_k, top_p=bp.top_p,
+                        min_p=bp.min_p, greedy=bp.greedy,
                         ops=invariant.elementary(mdef.cfg.batch_invariant))  # draws as the sampler draws
         thinking = ~s["closed"]
         # floor: an early </think> becomes the continuation token

@@ -74,6 +74,7 @@ class SamplingParams:
     windows: int = 4  # plain loop: decode in this many growing attention windows (1: always the whole cache)
     page_size: int = 0  # paged KV cache with shared prompt pages, this many slots a page; 0: contiguous
     stop_table: StopTable | None = None  # stop strings of several tokens (``reasoning_rl.rollout.stops``)
+    min_p: float = 0.0  # min-p sampling: drop tokens less likely than min_p x the most likely one (0: off)
 
     def refills(self, prompts: int) -> bool:
         """Whether ``prompts`` prompts (``prompts * group_size`` rows) decode on fewer slots than rows."""
@@ -252,7 +253,7 @@ def _draw(sp: SamplingParams, rng, row_ids, t, logits, live, stop, ops=STANDARD)
     (pad where not live), its log-prob, and whether the row stops here. ``ops``: the model's exp and log
     (``invariant.elementary``), as the trainer's log-probs take them."""
     tok, lp = select(row_keys(rng, row_ids, t), logits, temperature=sp.temperature, top_k=sp.top_k,
-                     top_p=sp.top_p, greedy=sp.greedy, ops=ops)
+                     top_p=sp.top_p, min_p=sp.min_p, greedy=sp.greedy, ops=ops)
     tok = jnp.where(live, tok, sp.pad_id)
     return tok, jnp.where(live, lp, 0.0), jnp.isin(tok, stop) | (t + 1 >= sp.max_new_tokens)
 
@@ -528,9 +529,11 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, bucket: int = 8, min_le
 def generate(mdef: ModelDef, params: dict, prompt_tokens, prompt_valid, *, max_new_tokens: int, rng_seed: int = 0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_ids: Sequence[int] = (), pad_id: int = 0, group_size: int = 1, slots: int = 0,
-             refill_min: int = 0, page_size: int = 0, stop_table: StopTable | None = None) -> SampleOutput:
+             refill_min: int = 0, page_size: int = 0, stop_table: StopTable | None = None,
+             min_p: float = 0.0) -> SampleOutput:
     """Convenience wrapper: numpy in, SampleOutput out."""
     sp = SamplingParams(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
                         tuple(int(s) for s in stop_ids), int(pad_id), int(group_size), slots=int(slots),
-                        refill_min=int(refill_min), page_size=int(page_size), stop_table=stop_table)
+                        refill_min=int(refill_min), page_size=int(page_size), stop_table=stop_table,
+                        min_p=float(min_p))
     return sample(mdef, params, prompt_tokens, prompt_valid, jax.random.key(rng_seed), sp)

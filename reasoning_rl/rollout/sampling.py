@@ -1,7 +1,7 @@
 """Token selection and the log-prob definition shared by the sampler and the trainer.
 
 Both sides score a token as ``log_softmax(logits / temperature)[token]`` over the *full* vocabulary, so the
-policy ratio compares like with like. Top-k / top-p only decide which token is drawn: the recorded log-prob
+policy ratio compares like with like. Top-k / top-p / min-p only decide which token is drawn: the recorded log-prob
 is not renormalised over the truncated set (the trainer cannot reproduce a truncation that depends on the
 sampler's logits cheaply, and the untruncated distribution is the policy being optimised).
 """
@@ -50,8 +50,12 @@ def log_normaliser(shifted: jax.Array, exps: jax.Array | None = None, ops: Eleme
     return ops.log(fixed_order_sum(shifted, ops.exp) if exps is None else fixed_order_sum(exps))
 
 
-def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """Mask out tokens outside the top-k and outside the smallest set with cumulative prob >= top_p."""
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> jax.Array:
+    """Mask out tokens outside the top-k, outside the smallest set with cumulative prob >= top_p, and those
+    less likely than ``min_p`` times the most likely token (min-p sampling, as vLLM and transformers: the cut
+    scales with the model's confidence, so a flat distribution keeps many tokens and a peaked one few). The
+    three filters commute with one another as they do there: each keeps the argmax, and min-p's cut is a
+    ratio to the argmax's probability, which renormalising over fewer tokens does not change."""
     if top_k and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, NEG_INF, logits)
@@ -63,6 +67,9 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
         keep_sorted = (cum - probs) < top_p
         cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits < cutoff, NEG_INF, logits)
+    if min_p > 0.0:  # p < min_p * p_max  <=>  logit < max logit + log(min_p)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        logits = jnp.where(logits < top + np.float32(np.log(min_p)), NEG_INF, logits)
     return logits
 
 
@@ -109,7 +116,7 @@ def inverse_cdf(u: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
-           greedy: bool, ops: Elementary = STANDARD) -> tuple[jax.Array, jax.Array]:
+           greedy: bool, ops: Elementary = STANDARD, min_p: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """Draw the next token per row; returns (tokens [B] int32, logprobs [B] float32).
 
     ``rng``: [B] keys, one per row (see ``row_keys``), so a row's draw depends only on its own key and
@@ -125,8 +132,8 @@ def select(rng: jax.Array, logits: jax.Array, *, temperature: float, top_k: int,
     shifted = shifted_logits(logits, temperature)
     e = ops.exp(shifted)
     weights = e
-    if (top_k and top_k < logits.shape[-1]) or top_p < 1.0:
-        weights = jnp.where(filter_logits(scaled, top_k, top_p) > NEG_INF / 2, e, 0.0)
+    if (top_k and top_k < logits.shape[-1]) or top_p < 1.0 or min_p > 0.0:
+        weights = jnp.where(filter_logits(scaled, top_k, top_p, min_p) > NEG_INF / 2, e, 0.0)
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
     tok = inverse_cdf(u, weights)
     # the log-prob's normaliser summed as the trainer sums it (``log_normaliser``)

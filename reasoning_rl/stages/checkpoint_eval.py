@@ -21,7 +21,7 @@ from typing import Any
 from reasoning_rl import config as config_lib
 from reasoning_rl import distributed as dist
 from reasoning_rl.checkpoint import read_manifest
-from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig
+from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig, eval_sampling
 from reasoning_rl.evaluation import budget_curve
 from reasoning_rl.paths import check_output_dir
 from reasoning_rl.model_dirs import ModelDirError, check_model_dirs
@@ -156,8 +156,7 @@ def run_eval(args) -> dict[str, Any]:
         curve = budget_curve(
             srt.mdef, params, rt.tok, examples, b.budgets, correct_fn=registry.get(src.correctness),
             format_fn=registry.get("format"), extend=b.extend, continuation=b.continuation,
-            answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy,
-            temperature=stage.eval.temperature or stage.rollout.temperature,
+            answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy, **eval_sampling(stage),
             stop_ids=rt.stop_ids(stage.rollout), stop_table=rt.stop_table(stage.rollout),
             batch_rows=stage.eval.batch_size,
             seed=rt.cfg.seed + 23, name=f"{stage.name}: budget forcing ({src.name})")

@@ -90,7 +90,8 @@ def run_distill(rt: Runtime, srt: Runtime, stage: StageConfig, teacher_params: A
                           f"{rt.mdef.cfg.vocab_size} entries, student {srt.mdef.cfg.vocab_size}")
     spec = SampleSpec(d.prompts, d.samples, d.max_per_prompt, d.temperature,
                       d.max_new_tokens or stage.rollout.max_new_tokens, d.batch_size,
-                      require_correct=d.verified_only, require_format=d.verified_only)
+                      require_correct=d.verified_only, require_format=d.verified_only, top_k=d.top_k,
+                      top_p=d.top_p, min_p=d.min_p)
     seed = rt.cfg.seed + 37 * (1 + _stage_index(rt.cfg, stage.name))
     traces, stats = collect(rt, stage, teacher_params, spec, "traces", seed)
     if not traces:

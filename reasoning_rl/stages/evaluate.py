@@ -26,7 +26,7 @@ import numpy as np
 
 from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
-from reasoning_rl.config import StageConfig
+from reasoning_rl.config import StageConfig, eval_sampling
 from reasoning_rl.evaluation import evaluate
 from reasoning_rl.metrics import HELD_OUT_POINT, read_metrics
 from reasoning_rl.models import lora
@@ -79,8 +79,7 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
                     stage.name, ev.num_problems, src.name, len(examples), len(examples))
     with shd.use(rt.ctx):  # sample on the run's mesh (data-parallel meshes: a decode loop per device)
         return evaluate(
-            mdef or rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k,
-            temperature=ev.temperature if ev.temperature is not None else stage.rollout.temperature,
+            mdef or rt.mdef, params, rt.tok, examples, samples=ev.samples, ks=ev.k, **eval_sampling(stage),
             max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
             stop_ids=rt.stop_ids(stage.rollout), stop_table=rt.stop_table(stage.rollout),
             correct_fn=registry.get(src.correctness),

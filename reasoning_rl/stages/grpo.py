@@ -60,7 +60,7 @@ class Rollout:
         self.sp = SamplingParams(r.max_new_tokens, r.temperature, r.top_k, r.top_p, False,
                                  rt.stop_ids(r), rt.tok.pad_id, r.group_size, replay,
                                  slots=r.slots, refill_min=r.refill_min, page_size=r.page_size,
-                                 stop_table=rt.stop_table(r))
+                                 stop_table=rt.stop_table(r), min_p=r.min_p)
         self.tp = prompt_len(rt, fetch=data.fetch)
         # LoRA: the adapters are folded into the weights once per policy update (one jitted fold) and the plain
         # base model decodes, with no per-token adapter products (3.4x faster decode, tools/bench_lora.py);

@@ -49,6 +49,9 @@ class SampleSpec:
     require_correct: bool = True
     require_format: bool = True
     verifier: str | None = None  # None: each task's correctness reward
+    top_k: int = 0  # the sampler's filters (``reasoning_rl.rollout.sampling.filter_logits``)
+    top_p: float = 1.0
+    min_p: float = 0.0
 
 
 def filter_samples(rows: Sequence[dict], texts: Sequence[str], correct: Sequence[float],
@@ -104,9 +107,9 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
     offset = 1_000_003 * (1 + _stage_index(rt.cfg, stage.name))  # prompts of its own, not the RL stream's
     rows = [data.fetch(offset + i) for i in range(spec.prompts)]
     prompts = [rt.tok.encode(r["prompt"]) for r in rows]
-    sp = SamplingParams(spec.max_new_tokens, float(spec.temperature), 0, 1.0, False,
+    sp = SamplingParams(spec.max_new_tokens, float(spec.temperature), int(spec.top_k), float(spec.top_p), False,
                         rt.stop_ids(stage.rollout), rt.tok.pad_id, spec.samples,
-                        stop_table=rt.stop_table(stage.rollout))
+                        stop_table=rt.stop_table(stage.rollout), min_p=float(spec.min_p))
     bp = max(1, min(len(prompts), spec.batch_size // spec.samples))
     what = "rejection sampling" if name == "kept" else "teacher traces" if name == "traces" else name
     bar = Progress(f"{stage.name}: {what}", len(prompts) * spec.samples, unit="sample")
@@ -165,7 +168,8 @@ def run_rejection_sft(rt: Runtime, stage: StageConfig, init_params: Any, sampler
     rj = stage.rejection
     spec = SampleSpec(rj.prompts, rj.samples, rj.max_per_prompt, rj.temperature,
                       rj.max_new_tokens or stage.rollout.max_new_tokens, rj.batch_size,
-                      require_correct=True, require_format=rj.require_format, verifier=rj.verifier)
+                      require_correct=True, require_format=rj.require_format, verifier=rj.verifier,
+                      top_k=rj.top_k, top_p=rj.top_p, min_p=rj.min_p)
     seed = rt.cfg.seed + 31 * (1 + _stage_index(rt.cfg, stage.name))
     kept, stats = collect(rt, stage, sampler_params, spec, "kept", seed)
     if not kept:

@@ -26,7 +26,7 @@ from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.preference import make_reward_model_step, pair_scores
 from reasoning_rl.checkpoint import read_manifest
-from reasoning_rl.config import ConfigError, StageConfig
+from reasoning_rl.config import ConfigError, StageConfig, eval_sampling
 from reasoning_rl.data.batching import round_up
 from reasoning_rl.data.loader import ExampleStream
 from reasoning_rl.metrics import MetricsWriter
@@ -260,10 +260,10 @@ def judge_mean(rt: Runtime, stage: StageConfig, src, params: Any) -> float:
     ev = stage.eval
     examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(ev.num_problems)]
     prompts = [rt.tok.encode(e["prompt"]) for e in examples]
-    temp = ev.temperature if ev.temperature is not None else stage.rollout.temperature
-    sp = SamplingParams(ev.max_new_tokens or stage.rollout.max_new_tokens, float(temp), 0, 1.0, False,
-                        rt.stop_ids(stage.rollout), rt.tok.pad_id, ev.samples,
-                        stop_table=rt.stop_table(stage.rollout))
+    how = eval_sampling(stage)
+    sp = SamplingParams(ev.max_new_tokens or stage.rollout.max_new_tokens, how["temperature"], how["top_k"],
+                        how["top_p"], False, rt.stop_ids(stage.rollout), rt.tok.pad_id, ev.samples,
+                        stop_table=rt.stop_table(stage.rollout), min_p=how["min_p"])
     bp = max(1, min(len(prompts), ev.batch_size // ev.samples))
     with shd.use(rt.ctx):
         texts, _ = sample_texts(rt.mdef, params, rt.tok, prompts, sp, rt.cfg.seed + 17, bp)
