@@ -3,7 +3,6 @@ rollout's, the held-out evaluation's, rejection sampling's and the teacher's."""
 
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,8 +33,12 @@ def test_min_p_keeps_the_tokens_at_least_min_p_times_the_most_likely():
 def test_filters_keep_what_transformers_warpers_keep(top_k, top_p, min_p):
     """The same kept set as transformers' TopK -> TopP -> MinP warpers (its order) on random logits."""
     torch = pytest.importorskip("torch")
-    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     logits = np.random.default_rng(top_k + int(100 * min_p)).standard_normal((64, 300)).astype(np.float32) * 2.5
     warpers = LogitsProcessorList(
