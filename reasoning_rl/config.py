@@ -183,6 +183,9 @@ class AlgorithmConfig:
     dual_clip: float = 0.0  # c > 1: dual-clip PPO, a negative-advantage token's loss capped at -c * A (0: off)
     sapo_tau_pos: float = 1.0  # SAPO's gate temperatures for positive / negative advantages
     sapo_tau_neg: float = 1.05
+    # entropy bonus: the loss less entropy_coef x the policy's entropy (at the rollout temperature, aggregated
+    # as the loss's terms), against entropy collapse; 0: off (the entropy is then only reported)
+    entropy_coef: float = 0.0
     beta: float = 0.0  # KL weight; 0 disables the reference model entirely
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
@@ -895,6 +898,7 @@ def _validate_rl(st: StageConfig, p: str) -> None:
             need(a.loss in TOKEN_LEVEL, f"{p}.algorithm.loss", "reinforce++ gives per-token advantages: use one "
                  f"of the token-level losses ({', '.join(TOKEN_LEVEL)})")
         need(a.dual_clip == 0 or a.dual_clip > 1, f"{p}.algorithm.dual_clip", "must be 0 (off) or > 1")
+        need(a.entropy_coef >= 0, f"{p}.algorithm.entropy_coef", "must be >= 0 (0: off)")
         need(a.dual_clip == 0 or a.loss == "grpo", f"{p}.algorithm.dual_clip",
              f"applies to the clipped token loss (loss: grpo), not {a.loss}")
         need(a.sapo_tau_pos > 0 and a.sapo_tau_neg > 0, f"{p}.algorithm.sapo_tau_pos",

@@ -133,6 +133,7 @@ def test_ppo_accepts_group_size_one_and_critic_model_dir_string():
     (["algorithm.loss=cispo", "algorithm.eps_low=2"], "stages[1].algorithm.eps_low: must be <= 1"),
     (["algorithm.loss=gmpo", "algorithm.eps_low=1"], "stages[1].algorithm.eps_low: must be < 1 with loss gmpo"),
     (["algorithm.loss=ppo"], "algorithm.loss"),
+    (["algorithm.entropy_coef=-0.01"], "stages[1].algorithm.entropy_coef: must be >= 0"),
 ])
 def test_bad_loss_options_name_the_key(override, needle):
     with pytest.raises(C.ConfigError) as e:

@@ -42,8 +42,8 @@ def grads_of(step_cfg, batch):
 @pytest.mark.parametrize("aggregation,loss,extra", [
     *[(agg, "grpo", {}) for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")],
     ("seq-mean-token-mean", "gspo", {}),  # a sequence loss: the aggregation only sums its KL term
-    ("token-mean", "grpo", {"dual_clip": 1.2}), ("token-mean", "cispo", {"eps_low": 1.0}),
-    ("seq-mean-token-sum-norm", "sapo", {}), ("token-mean", "gmpo", {})])
+    ("token-mean", "grpo", {"dual_clip": 1.2}), ("token-mean", "cispo", {"eps_low": 1.0, "entropy_coef": 0.01}),
+    ("seq-mean-token-sum-norm", "sapo", {}), ("token-mean", "gmpo", {"entropy_coef": 0.02})])
 def test_gradient_is_micro_batch_invariant(aggregation, loss, extra):
     mdef, params = tiny_model()
     batch = rollout(mdef, params)
@@ -78,6 +78,32 @@ def test_each_loss_moves_the_policy_toward_the_better_samples(loss):
     new, m = step(init_state(params, tx, 0), batch)
     assert int(m["skipped"]) == 0
     assert objective(new.params) > objective(params) + 1e-3
+
+
+@pytest.mark.parametrize("loss,aggregation", [("grpo", "token-mean"), ("gspo", "seq-mean-token-mean")])
+def test_entropy_bonus_raises_the_policys_entropy(loss, aggregation):
+    """With every advantage 0 the policy loss has no gradient: a step with ``entropy_coef`` > 0 then moves the
+    policy only by the bonus, and the batch's entropy rises; without it the parameters do not move at all."""
+    mdef, params = tiny_model()
+    batch = rollout(mdef, params)
+    batch["adv"] = np.zeros_like(batch["adv"])
+    opt = OptimizerConfig(name="sgd", lr=0.5, max_grad_norm=0.0)
+    tx = make_optimizer(opt, 1)
+    ent_of = jax.jit(lambda p: make_grpo_grad(mdef, AlgorithmConfig(loss=loss), 1.0)(p, batch)[1]["entropy"])
+
+    def entropy(p):
+        s, n = ent_of(p)
+        return float(s) / float(n)
+
+    for coef in (0.0, 0.1):
+        cfg = AlgorithmConfig(loss=loss, aggregation=aggregation, entropy_coef=coef)
+        new, m = jax.jit(make_grpo_step(mdef, cfg, opt, tx, 1.0))(init_state(params, tx, 0), batch)
+        moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new.params)))
+        if coef:
+            assert entropy(new.params) > entropy(params) + 1e-4 and float(m["loss"]) < 0
+        else:
+            assert moved == 0.0
 
 
 def padded(batch: dict, extra: int) -> dict:

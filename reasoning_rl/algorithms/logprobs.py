@@ -65,7 +65,8 @@ def resolve_chunk(chunk: int | None, rows: int, n: int, vocab: int, ctx: shd.Sha
 def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_targets: int,
                     temperature: float = 1.0, chunk: int | None = None, with_entropy: bool = False,
                     routes: jax.Array | None = None, with_aux: bool = False, group: int = 1,
-                    positions: jax.Array | None = None, segments: jax.Array | None = None):
+                    positions: jax.Array | None = None, segments: jax.Array | None = None,
+                    entropy_grad: bool = False):
     """Log-probs [B, n_targets] of the last ``n_targets`` tokens of each row (and their entropies, and the
     model's MoE ``aux`` dict with ``with_aux``). ``routes``: MoE experts to replay (see ``Transformer.hidden``).
     ``chunk``: positions per log-prob chunk; 0 whole logits; None chosen from the logits' size (module doc).
@@ -77,7 +78,8 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)
 
     ``positions``/``segments`` [B, T]: packed rows (SFT), several sequences each with its own positions;
-    tokens attend within their segment only (``Transformer.hidden``)."""
+    tokens attend within their segment only (``Transformer.hidden``). ``entropy_grad``: the entropies carry
+    their gradient (an entropy bonus in the loss); else they are reported values only and cost no backward."""
     t = tokens.shape[1]
     targets = tokens[:, t - n_targets :]
     h, aux = target_hidden(model, tokens, valid, n_targets, routes, group, positions, segments)
@@ -85,7 +87,7 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     def score(h_c, y_c):
         lp, ent = logprobs_entropy(model.logits(h_c), y_c, temperature, with_entropy,
                                    elementary(model.cfg.batch_invariant))
-        return lp, jax.lax.stop_gradient(ent)
+        return lp, ent if entropy_grad else jax.lax.stop_gradient(ent)
 
     chunk = resolve_chunk(chunk, tokens.shape[0], n_targets, model.cfg.vocab_size, shd.current())
     if chunk and n_targets > chunk:

@@ -208,6 +208,15 @@ def gmpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     return total, count, _metrics(x, clipped, kl)
 
 
+def entropy_sum(ent, mask, loss: str, aggregation: str, budget: int | None = None):
+    """The entropy bonus's sum for the loss ``loss``: its entropies [B, T] aggregated as that loss aggregates
+    its own terms, so the bonus shares the loss's global count (``(sum, count)`` stays exact): a token-level
+    loss's ``aggregation``, and for the sequence losses (gspo, gmpo: one term per sequence) each sequence's
+    token mean."""
+    mode = "seq-mean-token-mean" if loss in ("gspo", "gmpo") else aggregation
+    return aggregate(ent, mask, mode, budget)[0]
+
+
 def loss_options(acfg, *, beta: float | None = None, budget: int | None = None) -> dict:
     """The keyword arguments every registered loss takes from ``algorithm`` (each ignores those of the
     others). ``beta``: the KL weight in the loss when it differs from ``acfg.beta`` (a KL in the reward)."""

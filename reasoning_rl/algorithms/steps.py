@@ -22,7 +22,7 @@ from reasoning_rl.models import ModelDef, lora
 from reasoning_rl.models.lora import has_adapters, join, split, trainable, with_trainable
 
 from .logprobs import target_logprobs, target_values
-from .losses import LossInputs, get_loss, loss_options, off_policy_terms, sft_loss, value_loss
+from .losses import LossInputs, entropy_sum, get_loss, loss_options, off_policy_terms, sft_loss, value_loss
 
 
 @jax.tree_util.register_dataclass
@@ -297,13 +297,16 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         model = mdef.bind(params)
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
-                                       with_entropy=True, routes=b.get("routes"), with_aux=True, group=group)
+                                       with_entropy=True, routes=b.get("routes"), with_aux=True, group=group,
+                                       entropy_grad=acfg.entropy_coef > 0)
         old, weight, off = b["old_logp"], b.get("is_weight"), {}
         if "behaviour_logp" in b:
             old = jax.lax.stop_gradient(lp)
             weight, off = off_policy_terms(old, b["behaviour_logp"], b["mask"], acfg.off_policy, acfg.tis_cap)
         x = LossInputs(lp, old, b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"], weight)
         s, c, metrics = loss(x, **kw)
+        if acfg.entropy_coef > 0:  # the bonus: the loss falls as the policy's entropy rises
+            s = s - acfg.entropy_coef * entropy_sum(ent, b["mask"], acfg.loss, acfg.aggregation, budget)
         m = b["mask"].astype(jnp.float32)
         sampler = b["sampler_logp"] if "sampler_logp" in b else b["behaviour_logp"]  # the sampler's log-probs
         gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - sampler) * m)
@@ -375,9 +378,12 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
         model = mdef.bind(both["policy"])
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
-                                       with_entropy=True, routes=b.get("routes"), with_aux=True, group=group)
+                                       with_entropy=True, routes=b.get("routes"), with_aux=True, group=group,
+                                       entropy_grad=acfg.entropy_coef > 0)
         x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if beta > 0 else None, b["adv"], b["mask"])
         s, c, metrics = loss(x, **kw)
+        if acfg.entropy_coef > 0:
+            s = s - acfg.entropy_coef * entropy_sum(ent, b["mask"], acfg.loss, acfg.aggregation, budget)
         v = target_values(cdef, both["critic"], b["tokens"], b["valid"], n, group)
         vs, vc, vmetrics = value_loss(v, b["old_values"], b["returns"], b["mask"], acfg.vf_clip)
         m = b["mask"].astype(jnp.float32)
