@@ -116,6 +116,7 @@ class TransformerConfig:
     mla: MLAConfig | None = None
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
+    qk_norm_after_rope: bool = False  # q/k RMSNorm applied to the rotated q/k, not before the rotary (Hunyuan)
     attn_sinks: bool = False  # a learned per-head logit joins every softmax (gpt-oss)
     out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)

@@ -130,7 +130,8 @@ class Block(nnx.Module):
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
-                                  impl=cfg.attention_impl, invariant=cfg.batch_invariant)
+                                  impl=cfg.attention_impl, invariant=cfg.batch_invariant,
+                                  qk_norm_after_rope=cfg.qk_norm_after_rope)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.mlp_norm = norm() if cfg.pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)

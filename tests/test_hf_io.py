@@ -90,6 +90,11 @@ FAMILY_CONFIGS = {
     "ernie4_5_moe": TransformerConfig(**{**BASE, "n_layers": 4}, family="ernie4_5", rope_interleave=True,
                                       moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, score_bias=True,
                                                     aux_loss_coef=0.001, dense_layers=(0, 2))),
+    "hunyuan": TransformerConfig(**BASE, family="hunyuan", qk_norm=True, qk_norm_after_rope=True, qkv_bias=True,
+                                 out_bias=True, rope_scaling={"rope_type": "ntk_alpha", "alpha": 50.0}),
+    "hunyuan_moe": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="hunyuan", qk_norm=True,
+                                     qk_norm_after_rope=True, moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16,
+                                                                            n_shared=1, aux_loss_coef=0.001)),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,
@@ -264,6 +269,12 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("ernie4_5_moe", {"moe_layer_start_index": [1, 2]}, "moe_layer_start_index"),
     ("ernie4_5_moe", {"moe_layer_start_index": 9}, "leave no MoE layer"),
     ("ernie4_5", {"use_bias": True}, "use_bias"),
+    ("hunyuan_moe", {"moe_topk": [2, 1]}, r"moe_topk=\[2, 1\] is not supported \(one value for every layer\)"),
+    ("hunyuan_moe", {"moe_intermediate_size": [24, 24]}, "moe_intermediate_size=.* differs from intermediate_size"),
+    ("hunyuan_moe", {"num_shared_expert": [2, 2]}, "num_shared_expert"),
+    ("hunyuan", {"use_cla": True}, "use_cla"),
+    ("hunyuan", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+     "rope_type='dynamic' is not supported"),
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
@@ -356,6 +367,27 @@ def test_minimax_m2_released_config_fields(tmp_path):
     assert cfg.rope_dim == 6 and cfg.moe.score == "sigmoid" and cfg.moe.score_bias
     (tmp_path / "config.json").write_text(json.dumps({**conf, "rotary_dim": 12}))
     assert config_from_hf(tmp_path).rope_dim == 0  # the whole head
+
+
+def test_hunyuan_released_config_fields(tmp_path):
+    """Hunyuan's config.json as released: the rope as transformers-4 ``rope_scaling`` of type dynamic with a
+    fixed alpha (and YaRN-looking fields the reference ignores), per-layer lists for the MoE fields, and the
+    switches the reference does not read (use_qk_norm, use_cla off, use_mixed_mlp_moe)."""
+    _save_random("hunyuan_moe", tmp_path)
+    written = config_from_hf(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("rope_parameters")
+    conf.update(rope_theta=10000.0, rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0,
+                                                  "mscale": 1.0, "mscale_all_dim": 1.0, "type": "dynamic"},
+                num_experts=[4, 4], moe_topk=[2, 2], moe_intermediate_size=[16, 16], num_shared_expert=[1, 1],
+                use_qk_norm=True, use_cla=False, cla_share_factor=2, use_mixed_mlp_moe=True)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.rope_scaling == {"rope_type": "ntk_alpha", "alpha": 1000.0} and cfg.rope_theta == 10000.0
+    assert cfg.moe == written.moe and cfg.qk_norm_after_rope
+    from reasoning_rl.models.layers.rope import inv_frequencies
+    inv = inv_frequencies(12, 10000.0, cfg.rope_scaling)  # the base stretched to 1e4 * 1000 ** (12 / 10)
+    np.testing.assert_allclose(inv, 1 / (1e4 * 1000 ** 1.2) ** (np.arange(0, 12, 2) / 12), rtol=1e-6)
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

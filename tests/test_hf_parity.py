@@ -128,6 +128,14 @@ CASES = {
         "head_dim": 16, "num_hidden_layers": 4, "moe_num_experts": 4, "moe_k": 2, "moe_intermediate_size": 24,
         "moe_num_shared_experts": 0, "moe_layer_start_index": 0, "moe_layer_end_index": 3, "moe_layer_interval": 2,
         "tie_word_embeddings": False, "pad_token_id": 0}),
+    # Hunyuan: q/k norms after the rotary, a fixed NTK alpha stretching the rope base, biases on all four
+    # projections; MoE: softmax top-k over every layer (per-layer lists as released) plus the shared MLP
+    "hunyuan_dense": ("HunYuanDenseV1Config", {
+        "head_dim": 24, "attention_bias": True,
+        "rope_parameters": {"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0}}),
+    "hunyuan_moe": ("HunYuanMoEV1Config", {"head_dim": 16, "num_hidden_layers": 3, "intermediate_size": 32,
+                                           "num_experts": 4, "moe_topk": [2, 2, 2],
+                                           "tie_word_embeddings": True}),
     # Llama with attention_bias: biases on q, k, v and o
     "llama_bias": ("LlamaConfig", {"attention_bias": True}),
     # GLM-4.5: q/k/v biases, half the head rotary (the default), grouped sigmoid routing with a selection bias
@@ -151,7 +159,7 @@ CASES = {
 }
 MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm", "glm4_moe_lite",
        "glm4_moe_lite_plain",
-       "minimax_m2", "minimax_m2_factor", "ernie4_5_moe", "ernie4_5_moe_interval")
+       "minimax_m2", "minimax_m2_factor", "ernie4_5_moe", "ernie4_5_moe_interval", "hunyuan_moe")
 NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
        "qwen3_moe_dense")
 
@@ -243,7 +251,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
-                                  "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4"])
+                                  "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -298,7 +306,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
                                   "glm4_moe_lite", "exaone4", "minimax_m2",
-                                  "ernie4_5_moe"])
+                                  "ernie4_5_moe", "hunyuan_dense"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -320,7 +328,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
-                                  "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval"])
+                                  "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

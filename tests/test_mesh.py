@@ -269,3 +269,16 @@ def test_plan_sizes_minimax_m2_from_its_released_config_fields():
     p = plan(C.load(str(ROOT / "configs" / "arch" / "minimax_m2_grpo.yaml")), 64, memory_gb=80)
     assert 228e9 < p["model"]["params"] < 230e9 and p["model"]["experts"] == 256
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 64
+
+
+def test_plan_sizes_hunyuan_a13b_from_its_released_config_fields():
+    """Hunyuan-A13B GRPO (configs/arch, the released config.json's fields: per-layer MoE lists, rope_scaling of
+    type dynamic with alpha): 80B parameters, 64 experts and a shared MLP in every layer; fits 80 GB devices on
+    16."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "hunyuan_a13b_grpo.yaml")), 16, memory_gb=80)
+    assert 80e9 < p["model"]["params"] < 81e9 and p["model"]["experts"] == 64
+    assert p["model"]["family"] == "hunyuan"
+    assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 16

@@ -15,6 +15,7 @@ from . import (
     glm4_moe,
     glm4_moe_lite,
     gpt_oss,
+    hunyuan,
     llama,
     minimax_m2,
     mixtral,
@@ -33,7 +34,7 @@ from .base import ConfigError, Tensor
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
                                                       qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, glm4_moe_lite,
                                                       seed_oss, smollm3, exaone4,
-                                                      minimax_m2, ernie4_5)}
+                                                      minimax_m2, ernie4_5, hunyuan)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

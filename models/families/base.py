@@ -211,6 +211,8 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
         scaling.pop("rope_theta", None)
         scaling.pop("partial_rotary_factor", None)  # a family reads it (TransformerConfig.rope_dim)
         kind = rope_kind(scaling)
+        if kind == "dynamic" and scaling.get("alpha"):  # a fixed alpha: static frequencies (Hunyuan)
+            return theta, {"rope_type": "ntk_alpha", "alpha": float(scaling["alpha"])}
         if kind not in SUPPORTED:
             raise ConfigError(f"config.json: {field}.rope_type={kind!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED)})")

@@ -298,11 +298,12 @@ class Attention(nnx.Module):
                  query_scale: float | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
-                 invariant: bool = False, rope_interleave: bool = False):
+                 invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
-        rotate adjacent pairs (ERNIE 4.5; q and k come out alike permuted, scores unchanged). ``impl``: attention
+        rotate adjacent pairs (ERNIE 4.5; q and k come out alike permuted, scores unchanged);
+        ``qk_norm_after_rope``: the q/k norms see the rotated heads (Hunyuan). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -313,6 +314,7 @@ class Attention(nnx.Module):
         self.softcap = softcap
         self.qk_norm_whole = qk_norm_whole
         self.rope_interleave = rope_interleave
+        self.qk_norm_after_rope = qk_norm_after_rope
         # Kept as hashable static data (an array attribute would become NNX state).
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
@@ -363,12 +365,15 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
+        table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
+        if self.qk_norm_after_rope:
+            q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
         if self.q_norm is not None and self.qk_norm_whole:
             q, k = (n(a.reshape(*a.shape[:2], -1)).reshape(a.shape) for n, a in ((self.q_norm, q), (self.k_norm, k)))
         elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
-        q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
+        if not self.qk_norm_after_rope:
+            q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
         q = constrain(q, ("batch", "seq", "act_heads", None))
         k = constrain(k, ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))

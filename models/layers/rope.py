@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SUPPORTED = ("default", "linear", "llama3", "yarn", "longrope")
+SUPPORTED = ("default", "linear", "llama3", "yarn", "longrope", "ntk_alpha")
 
 
 def rope_kind(scaling: dict | None) -> str:
@@ -41,11 +41,13 @@ def rope_parameters(head_dim: int, theta: float, scaling: dict | None = None) ->
     what the reference's generation does token by token, so cached keys never change and the sampler's
     log-probs equal the trainer's however a sequence is split into forwards)."""
     # float32 throughout, as the reference implementation computes them (keeps logits parity tight).
+    kind = rope_kind(scaling)
+    if kind == "ntk_alpha":  # NTK-aware with a fixed alpha (Hunyuan's "dynamic" + alpha): a larger base, static
+        theta = theta * float(scaling["alpha"]) ** (head_dim / (head_dim - 2))
     exps = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
     pos_freqs = np.float32(theta) ** exps
     inv = (np.float32(1.0) / pos_freqs).astype(np.float32)
-    kind = rope_kind(scaling)
-    if kind == "default":
+    if kind in ("default", "ntk_alpha"):
         return inv, 1.0
     if kind == "linear":
         return (inv / np.float32(scaling["factor"])).astype(np.float32), 1.0
