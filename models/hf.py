@@ -24,6 +24,7 @@ from reasoning_rl.sharding import DEFAULT_RULES, ShardingContext, use
 from .config import TransformerConfig
 from .families import ConfigError, Tensor, for_family, for_model_type
 from .families.base import hf_shape, to_ours
+from .families.multimodal import TextView, text_config
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
 from .safetensors_io import FLOAT_DTYPES, Checkpoint, ModelDirError
 from .transformer import ModelDef, create, positions_from_valid, segments, stack_layers
@@ -61,9 +62,15 @@ def config_from_hf(hf_dir: str | Path | Mapping) -> TransformerConfig:
     """TransformerConfig from a checkpoint directory (or a config.json dict). The original config.json is
     kept in ``extra["hf_config"]`` (and the directory in ``extra["hf_dir"]``) so saving can write it back.
     A directory's problems raise ModelDirError (an unsupported field: HFConfigError, also a ConfigError)
-    naming the file."""
+    naming the file. A vision-language checkpoint of a known kind (``families.multimodal``) gives its language
+    model's config, the one kept for saving (an export is the text model); ``extra["hf_wrapper"]`` names the
+    wrapper, whose tensor names ``open_checkpoint`` translates."""
     hf, directory = _read_config(hf_dir)
+    wrapper = None
     try:
+        text = text_config(hf)
+        if text is not None:
+            hf, wrapper = text, hf["model_type"]
         cfg = for_model_type(hf.get("model_type")).from_hf(hf)
     except ConfigError as e:
         if directory is None:
@@ -74,8 +81,17 @@ def config_from_hf(hf_dir: str | Path | Mapping) -> TransformerConfig:
         if directory is None:
             raise
         raise HFConfigError(f"{directory / 'config.json'}: unusable value ({type(e).__name__}: {e})") from None
-    extra = {"hf_config": hf, **({"hf_dir": str(directory)} if directory else {})}
+    extra = {"hf_config": hf, **({"hf_dir": str(directory)} if directory else {}),
+             **({"hf_wrapper": wrapper} if wrapper else {})}
     return dataclasses.replace(cfg, extra=extra)
+
+
+def open_checkpoint(directory: str | Path, cfg: TransformerConfig):
+    """The safetensors of ``directory`` as ``cfg``'s model names its tensors (a vision-language wrapper's
+    language model: ``families.multimodal.TextView``)."""
+    ckpt = Checkpoint(directory)
+    wrapper = cfg.extra.get("hf_wrapper")
+    return TextView(ckpt, wrapper) if wrapper else ckpt
 
 
 def check_model_dir(hf_dir: str | Path, *, weights: bool | None = True, tokenizer: bool = True) -> TransformerConfig:
@@ -98,7 +114,7 @@ def check_model_dir(hf_dir: str | Path, *, weights: bool | None = True, tokenize
             raise ModelDirError(f"{path}: only PyTorch *.bin weights; convert them to safetensors "
                                 "(transformers: model.save_pretrained(dir, safe_serialization=True))")
         mdef, _ = create(cfg, abstract=True)
-        ckpt = Checkpoint(path)
+        ckpt = open_checkpoint(path, cfg)
         try:
             _check(_slots(mdef), ckpt, cfg, path)
         finally:
@@ -191,20 +207,22 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
                 n_exp = slot.shape[slot.n_stack - 1]
                 want_f = (n_exp, want[0] * slot.t.part[1], *want[1:])
                 if got != want_f:
-                    problems.append(f"{name}: shape {list(got)} in the checkpoint, config.json implies {list(want_f)}")
+                    problems.append(f"{ckpt.label(name)}: shape {list(got)} in the checkpoint, config.json implies "
+                                    f"{list(want_f)}")
                     files.add(ckpt.file_of(name))
                     break
                 continue
             else:
-                problems.append(f"{name}: missing from the checkpoint")
+                problems.append(f"{ckpt.label(name)}: missing from the checkpoint")
                 files.add(None)
                 continue
             if got != want:
-                problems.append(f"{name}: shape {list(got)} in the checkpoint, config.json implies {list(want)}")
+                problems.append(f"{ckpt.label(name)}: shape {list(got)} in the checkpoint, config.json implies "
+                                f"{list(want)}")
                 files.add(ckpt.file_of(name))
             elif got_dtype not in FLOAT_DTYPES:
-                problems.append(f"{name}: dtype {got_dtype} is not supported (floating-point weights only; "
-                                "quantized checkpoints are not)")
+                problems.append(f"{ckpt.label(name)}: dtype {got_dtype} is not supported (floating-point weights "
+                                "only; quantized checkpoints are not)")
                 files.add(ckpt.file_of(name))
     fam = for_family(cfg.family)
     zero_names = {t.hf for t in fam.tensors(cfg) if t.zeros is not None}
@@ -218,7 +236,8 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
             continue
         if any(_matches(z, name) for z in zero_names):
             continue
-        problems.append(f"{name}: unexpected tensor (not part of a {cfg.family} model with this config.json)")
+        problems.append(f"{ckpt.label(name)}: unexpected tensor (not part of a {cfg.family} model with this "
+                        "config.json)")
         files.add(ckpt.file_of(name))
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
@@ -281,7 +300,7 @@ def load_params(hf_dir: str | Path, mdef: ModelDef, dtype: str | None = None, me
     ``dtype``: target parameter dtype (default: the ModelDef's param_dtype). ``mesh``: place each tensor
     straight into the sharding its logical axes get under ``rules`` (default DEFAULT_RULES)."""
     directory = Path(hf_dir)
-    ckpt = Checkpoint(directory)
+    ckpt = open_checkpoint(directory, mdef.cfg)
     try:
         slots = _slots(mdef)
         _check(slots, ckpt, mdef.cfg, directory)

@@ -161,6 +161,10 @@ class Checkpoint:
     def file_of(self, name: str) -> Path:
         return self.where[name].path
 
+    def label(self, name: str) -> str:
+        """How messages name tensor ``name`` (views that rename tensors name the stored one)."""
+        return name
+
     def get(self, name: str) -> np.ndarray:
         return self.where[name].get(name)
 

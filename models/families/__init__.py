@@ -30,6 +30,7 @@ from . import (
     smollm3,
 )
 from .base import ConfigError, Tensor
+from .multimodal import WRAPPERS
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
                                                       qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, glm4_moe_lite,
@@ -42,7 +43,7 @@ BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in
 def for_model_type(model_type: str | None) -> ModuleType:
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
-                          f"(supported: {', '.join(sorted(BY_MODEL_TYPE))})")
+                          f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")
     return BY_MODEL_TYPE[model_type]
 
 

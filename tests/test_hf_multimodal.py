@@ -1,0 +1,170 @@
+"""The language model of a vision-language checkpoint (Gemma 3 4B+, Mistral Small 3.1 / Magistral Small):
+loaded out of the wrapper with the reference's text-only logits, as released (tensors under
+``language_model.model.``, a text_config that leaves defaults out) and as transformers 5 holds it
+(``model.language_model.``), exported as the text model transformers loads (needs the test extra)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.parity
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from reasoning_rl.models import check_model_dir, config_from_hf, load_pretrained, save_pretrained
+from reasoning_rl.models.families import ConfigError
+from reasoning_rl.models.families.multimodal import WRAPPERS
+from reasoning_rl.models.hf import CheckpointError
+from reasoning_rl.models.safetensors_io import write_file
+
+V = 128
+TEXT = {"vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256}
+VISION = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "image_size": 28, "patch_size": 14}
+CASES = {
+    # Gemma 3 4B+: a SigLIP tower and projector beside Gemma 3's text model (sliding and global layers), tied
+    "gemma3": lambda: transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
+        text_config={**TEXT, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]},
+        vision_config=VISION, mm_tokens_per_image=4, image_token_index=127, boi_token_index=125,
+        eoi_token_index=126)),
+    # Mistral Small 3.1: a Pixtral tower beside a Mistral text model, its own LM head (the wrapper says untied)
+    "mistral3": lambda: transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
+        text_config={**TEXT, "model_type": "mistral", "sliding_window": None, "rope_parameters": {
+            "rope_type": "default", "rope_theta": 1e6}},
+        vision_config={**VISION, "head_dim": 16}, image_token_index=127, tie_word_embeddings=False)),
+}
+IDS = np.random.RandomState(0).randint(0, 120, (2, 20)).astype(np.int32)
+MASK = np.ones((2, 20), bool)
+MASK[1, :6] = False
+
+
+def reference(name: str, path):
+    torch.manual_seed(0)
+    model = CASES[name]().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path)
+    return model
+
+
+def text_logits(model) -> np.ndarray:
+    """The reference's logits without images (what a text-only RL rollout sees)."""
+    pos = np.maximum(np.cumsum(MASK, axis=1) - 1, 0)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(IDS, dtype=torch.long), attention_mask=torch.tensor(MASK, dtype=torch.long),
+                     position_ids=torch.tensor(pos)).logits.float().numpy()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_language_model_matches_the_reference_and_exports_as_a_text_model(tmp_path, name):
+    ref = reference(name, tmp_path / "vlm")
+    stored = {k for k in _names(tmp_path / "vlm")}
+    assert any(k.startswith("vision_tower.") for k in stored)  # the tower is in the file, and left out
+    cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
+    assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name == "gemma3")
+    want = text_logits(ref)
+    model = load_pretrained(tmp_path / "vlm")
+    err = np.abs(np.asarray(model(IDS, MASK)) - want)[MASK].max()
+    assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
+    save_pretrained(model, tmp_path / "text")
+    conf = json.loads((tmp_path / "text" / "config.json").read_text())
+    assert conf["architectures"] == [WRAPPERS[name].text_architecture] and "vision_config" not in conf
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
+    assert type(again).__name__ == WRAPPERS[name].text_architecture
+    np.testing.assert_array_equal(text_logits(again)[MASK], want[MASK])
+
+
+def _names(path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "np") as f:
+        return list(f.keys())
+
+
+def _rewrite(src, dst, rename, text_edit=None):
+    """``src`` with its tensors renamed by ``rename`` (None: dropped) and its text_config edited."""
+    from safetensors import safe_open
+
+    dst.mkdir()
+    with safe_open(str(src / "model.safetensors"), "np") as f:
+        tensors = {rename(k): f.get_tensor(k) for k in f.keys() if rename(k) is not None}
+    write_file(dst / "model.safetensors", [(k, "F32", v.shape) for k, v in tensors.items()], tensors.__getitem__)
+    conf = json.loads((src / "config.json").read_text())
+    if text_edit:
+        text_edit(conf["text_config"])
+    (dst / "config.json").write_text(json.dumps(conf))
+
+
+def test_transformers_5_layout_and_a_text_config_without_its_defaults(tmp_path):
+    """Tensors under ``model.language_model.`` with the head at ``lm_head.weight``, and a text_config that
+    leaves out every field at its default (as the released Gemma 3 configs do): the same model."""
+    ref = reference("mistral3", tmp_path / "vlm")
+
+    def rename(k):
+        if k.startswith("language_model.model."):
+            return "model.language_model." + k.removeprefix("language_model.model.")
+        return "lm_head.weight" if k == "language_model.lm_head.weight" else "model." + k
+
+    def drop_defaults(text):
+        text.pop("rms_norm_eps")  # the default, 1e-6
+        text.pop("hidden_act")
+    _rewrite(tmp_path / "vlm", tmp_path / "v5", rename, drop_defaults)
+    assert "lm_head.weight" in _names(tmp_path / "v5")
+    err = np.abs(np.asarray(load_pretrained(tmp_path / "v5")(IDS, MASK)) - text_logits(ref))[MASK].max()
+    assert err <= 1e-4
+
+
+def test_gemma3_released_text_config_takes_the_references_defaults(tmp_path):
+    """google/gemma-3-4b-it's text_config names only what differs from Gemma3TextConfig (here: no head_dim,
+    heads, rope or window fields), and the rope as transformers 4 wrote it (``rope_scaling``, no base)."""
+    reference("gemma3", tmp_path / "vlm")
+    conf = json.loads((tmp_path / "vlm" / "config.json").read_text())
+    text = conf["text_config"]
+    conf["text_config"] = {"hidden_size": 64, "intermediate_size": 96, "model_type": "gemma3_text",
+                           "num_hidden_layers": 4, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}}
+    (tmp_path / "vlm" / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path / "vlm")
+    defaults = transformers.Gemma3TextConfig()
+    assert (cfg.vocab_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.sliding_window) == (
+        defaults.vocab_size, defaults.num_attention_heads, defaults.num_key_value_heads, defaults.head_dim,
+        defaults.sliding_window)
+    assert cfg.rope_theta == 1e6 and cfg.rope_local_theta == 1e4 and cfg.rope_scaling["factor"] == 8.0
+    assert cfg.layer_types == ("sliding",) * 4  # every sixth layer is global: none of four
+    assert text["head_dim"] == 16  # (the tiny checkpoint itself differs from the defaults)
+
+
+@pytest.mark.parametrize("name,cls,rope", [("gemma3", "Gemma3TextConfig", ("full_attention", "sliding_attention")),
+                                           ("mistral3", "MistralConfig", None)])
+def test_wrapper_defaults_are_the_references(name, cls, rope):
+    ref = getattr(transformers, cls)()
+    for key, value in WRAPPERS[name].defaults.items():
+        if key in ("rope_theta", "rope_local_base_freq"):
+            params = ref.rope_parameters
+            got = params[rope[key == "rope_local_base_freq"]]["rope_theta"] if rope else params["rope_theta"]
+        else:
+            got = getattr(ref, key)
+        assert got == value, key
+
+
+def test_bad_wrapper_checkpoints_name_the_field_and_the_stored_tensor(tmp_path):
+    reference("mistral3", tmp_path / "vlm")
+    conf = json.loads((tmp_path / "vlm" / "config.json").read_text())
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({**conf, "text_config": {
+        **conf["text_config"], "model_type": "qwen2"}}))
+    with pytest.raises(ConfigError, match="text_config.model_type='qwen2' is not supported in a mistral3"):
+        config_from_hf(tmp_path / "llama")
+
+    def rename(k):
+        return k.replace("layers.1.mlp.down_proj", "layers.1.mlp.down") if "vision" not in k else k
+    _rewrite(tmp_path / "vlm", tmp_path / "stray", rename)
+    with pytest.raises(CheckpointError) as e:
+        check_model_dir(tmp_path / "stray", tokenizer=False)
+    assert "language_model.model.layers.1.mlp.down_proj.weight: missing" in str(e.value)
+    assert "language_model.model.layers.1.mlp.down.weight: unexpected tensor" in str(e.value)
