@@ -1,4 +1,5 @@
-"""The language model of a vision-language checkpoint (Gemma 3 4B+, Mistral Small 3.1 / Magistral Small):
+"""The language model of a vision-language checkpoint (Gemma 3 4B+, Mistral Small 3.1 / Magistral Small,
+Qwen2.5-VL, Qwen3-VL):
 loaded out of the wrapper with the reference's text-only logits, as released (tensors under
 ``language_model.model.``, a text_config that leaves defaults out) and as transformers 5 holds it
 (``model.language_model.``), exported as the text model transformers loads (needs the test extra)."""
@@ -25,6 +26,7 @@ TEXT = {"vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden
         "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256}
 VISION = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
           "image_size": 28, "patch_size": 14}
+QWEN_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "out_hidden_size": 64}
 CASES = {
     # Gemma 3 4B+: a SigLIP tower and projector beside Gemma 3's text model (sliding and global layers), tied
     "gemma3": lambda: transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
@@ -36,7 +38,19 @@ CASES = {
         text_config={**TEXT, "model_type": "mistral", "sliding_window": None, "rope_parameters": {
             "rope_type": "default", "rope_theta": 1e6}},
         vision_config={**VISION, "head_dim": 16}, image_token_index=127, tie_word_embeddings=False)),
+    # Qwen2.5-VL: Qwen2's text model (q/k/v biases) with the multimodal rotary; tensors released as model.*
+    "qwen2_5_vl": lambda: transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(
+        text_config={**TEXT, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                 "rope_theta": 1e6}},
+        vision_config=QWEN_VISION, image_token_id=120, video_token_id=121, vision_start_token_id=122)),
+    # Qwen3-VL (and its Thinking models): Qwen3's text model (q/k norms), the interleaved multimodal rotary
+    "qwen3_vl": lambda: transformers.Qwen3VLForConditionalGeneration(transformers.Qwen3VLConfig(
+        text_config={**TEXT, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                 "mrope_interleaved": True, "rope_theta": 1e6}},
+        vision_config={**QWEN_VISION, "deepstack_visual_indexes": [0]}, image_token_id=120, video_token_id=121,
+        vision_start_token_id=122)),
 }
+QWEN = ("qwen2_5_vl", "qwen3_vl")  # positions from the attention mask, as the reference derives them
 IDS = np.random.RandomState(0).randint(0, 120, (2, 20)).astype(np.int32)
 MASK = np.ones((2, 20), bool)
 MASK[1, :6] = False
@@ -53,22 +67,23 @@ def reference(name: str, path):
     return model
 
 
-def text_logits(model) -> np.ndarray:
-    """The reference's logits without images (what a text-only RL rollout sees)."""
-    pos = np.maximum(np.cumsum(MASK, axis=1) - 1, 0)
+def text_logits(model, derive: bool = False) -> np.ndarray:
+    """The reference's logits without images (what a text-only RL rollout sees); positions count from each
+    row's first token (``derive``: the reference derives them so from the mask itself)."""
+    pos = {} if derive else {"position_ids": torch.tensor(np.maximum(np.cumsum(MASK, axis=1) - 1, 0))}
     with torch.no_grad():
         return model(input_ids=torch.tensor(IDS, dtype=torch.long), attention_mask=torch.tensor(MASK, dtype=torch.long),
-                     position_ids=torch.tensor(pos)).logits.float().numpy()
+                     **pos).logits.float().numpy()
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_language_model_matches_the_reference_and_exports_as_a_text_model(tmp_path, name):
     ref = reference(name, tmp_path / "vlm")
     stored = {k for k in _names(tmp_path / "vlm")}
-    assert any(k.startswith("vision_tower.") for k in stored)  # the tower is in the file, and left out
+    assert any("vision" in k or "visual" in k for k in stored)  # the tower is in the file, and left out
     cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
     assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name == "gemma3")
-    want = text_logits(ref)
+    want = text_logits(ref, name in QWEN)
     model = load_pretrained(tmp_path / "vlm")
     err = np.abs(np.asarray(model(IDS, MASK)) - want)[MASK].max()
     assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
@@ -77,7 +92,7 @@ def test_language_model_matches_the_reference_and_exports_as_a_text_model(tmp_pa
     assert conf["architectures"] == [WRAPPERS[name].text_architecture] and "vision_config" not in conf
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
     assert type(again).__name__ == WRAPPERS[name].text_architecture
-    np.testing.assert_array_equal(text_logits(again)[MASK], want[MASK])
+    np.testing.assert_array_equal(text_logits(again)[MASK], text_logits(ref)[MASK])
 
 
 def _names(path) -> list[str]:
@@ -117,6 +132,22 @@ def test_transformers_5_layout_and_a_text_config_without_its_defaults(tmp_path):
     _rewrite(tmp_path / "vlm", tmp_path / "v5", rename, drop_defaults)
     assert "lm_head.weight" in _names(tmp_path / "v5")
     err = np.abs(np.asarray(load_pretrained(tmp_path / "v5")(IDS, MASK)) - text_logits(ref))[MASK].max()
+    assert err <= 1e-4
+
+
+def test_qwen2_5_vl_released_flat_config(tmp_path):
+    """Qwen2.5-VL's config.json as released: the text fields at the top level (no text_config) and the rotary
+    as transformers 4 wrote it, ``rope_scaling: {type: mrope, mrope_section}`` beside ``rope_theta``."""
+    ref = reference("qwen2_5_vl", tmp_path / "vlm")
+    conf = json.loads((tmp_path / "vlm" / "config.json").read_text())
+    text = conf.pop("text_config")
+    text.pop("rope_parameters")
+    conf.update({**text, "model_type": "qwen2_5_vl", "rope_theta": 1e6,
+                 "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}})
+    (tmp_path / "vlm" / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path / "vlm")
+    assert cfg.family == "qwen2" and cfg.qkv_bias and cfg.rope_scaling is None and cfg.rope_theta == 1e6
+    err = np.abs(np.asarray(load_pretrained(tmp_path / "vlm")(IDS, MASK)) - text_logits(ref, True))[MASK].max()
     assert err <= 1e-4
 
 

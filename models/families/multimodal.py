@@ -1,13 +1,17 @@
 """Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Mistral Small
-3.1/3.2 and Magistral Small 1.1+): the language model is read out of the wrapper and trained as a text model;
-the vision tower and projector are not loaded, and an export is that text model (``Gemma3ForCausalLM``,
-``MistralForCausalLM``), which transformers and vLLM load as such.
+3.1/3.2 and Magistral Small 1.1+, Qwen2.5-VL, Qwen3-VL and its Thinking models): the language model is read out
+of the wrapper and trained as a text model; the vision tower and projector are not loaded, and an export is that
+text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``), which
+transformers and vLLM load as such.
 
-A wrapper's config.json nests the text model's config under ``text_config``; the released files leave out
-fields that keep the text config class's defaults, which ``defaults`` restores (checked against transformers
-in the tests). Its tensors sit under a prefix (``language_model.model.`` as released and as transformers saves
-them, ``model.language_model.`` as transformers 5 holds them in memory and some conversions write them), the
-LM head at ``language_model.lm_head.weight`` or ``lm_head.weight``.
+A wrapper's config.json nests the text model's config under ``text_config`` (Qwen2.5-VL's released files keep
+it at the top level); released files leave out fields that keep the text config class's defaults, which
+``defaults`` restores (checked against transformers in the tests). Its tensors sit under a prefix
+(``language_model.model.`` as Gemma 3 and Mistral 3 are released and saved, ``model.language_model.`` as
+transformers 5 holds them and Qwen3-VL is released, plain ``model.`` as Qwen2.5-VL is released), the LM head at
+``language_model.lm_head.weight`` or ``lm_head.weight``. The Qwen models' multimodal rotary (``mrope``: time,
+height and width sections of the frequencies) turns every section with the same position for text, which is the
+plain rotary: it is read as that.
 """
 
 from __future__ import annotations
@@ -19,27 +23,47 @@ from .base import ConfigError
 
 @dataclass(frozen=True)
 class Wrapper:
-    text_model_type: str  # the model_type text_config must have
+    text_model_types: tuple[str, ...]  # the model_type text_config may have
+    model_type: str  # the text model's own type (what our family reads, and an export is)
     text_architecture: str  # what an export of the language model is
     defaults: dict = field(default_factory=dict)  # text-config fields the released files may leave out
+    # where the text model's "model." tensors sit, in the order tried (a name under none stays as it is)
+    body: tuple[str, ...] = ("language_model.model.", "model.language_model.")
     skip: tuple[str, ...] = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                              "model.multi_modal_projector.")  # not part of the language model
+    flat: bool = False  # released configs may hold the text fields at the top level (no text_config)
 
 
-BODY = ("language_model.model.", "model.language_model.")  # where the text model's "model." tensors sit
 HEAD = ("language_model.lm_head.weight", "lm_head.weight")
+QWEN_VL = {"body": ("model.language_model.",), "skip": ("visual.", "model.visual.")}
 
 WRAPPERS: dict[str, Wrapper] = {
-    "gemma3": Wrapper("gemma3_text", "Gemma3ForCausalLM", {
+    "gemma3": Wrapper(("gemma3_text",), "gemma3_text", "Gemma3ForCausalLM", {
         "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
         "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "rms_norm_eps": 1e-6,
         "max_position_embeddings": 131072, "query_pre_attn_scalar": 256, "sliding_window": 4096,
         "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "hidden_activation": "gelu_pytorch_tanh"}),
-    "mistral3": Wrapper("mistral", "MistralForCausalLM", {
+    "mistral3": Wrapper(("mistral",), "mistral", "MistralForCausalLM", {
         "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"}),
+    "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
+    "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
 }
+TOP_LEVEL_ONLY = ("vision_config", "text_config", "image_token_id", "video_token_id", "vision_start_token_id",
+                  "vision_end_token_id", "vision_token_id", "architectures")
+
+
+def _plain_rope(text: dict) -> dict:
+    """``text`` with a multimodal rotary (mrope sections) written as the plain one it is for text."""
+    out = dict(text)
+    for key in ("rope_parameters", "rope_scaling"):
+        r = out.get(key)
+        if isinstance(r, dict) and ("mrope_section" in r or r.get("type") == "mrope" or r.get("rope_type") == "mrope"):
+            r = {k: v for k, v in r.items() if k not in ("mrope_section", "mrope_interleaved", "type")}
+            r["rope_type"] = "default" if r.get("rope_type", "mrope") == "mrope" else r["rope_type"]
+            out[key] = r if key == "rope_parameters" or r["rope_type"] != "default" else None
+    return out
 
 
 def text_config(hf: dict) -> dict | None:
@@ -50,14 +74,16 @@ def text_config(hf: dict) -> dict | None:
     if w is None:
         return None
     text = hf.get("text_config")
+    if text is None and w.flat:
+        text = {k: v for k, v in hf.items() if k not in TOP_LEVEL_ONLY}
     if not isinstance(text, dict):
         raise ConfigError(f"config.json: text_config (the language model of a {hf['model_type']} checkpoint) "
                           "is missing")
-    kind = text.get("model_type", w.text_model_type)
-    if kind != w.text_model_type:
+    kind = text.get("model_type", w.text_model_types[0])
+    if kind not in w.text_model_types:
         raise ConfigError(f"config.json: text_config.model_type={kind!r} is not supported in a "
-                          f"{hf['model_type']} checkpoint (expected {w.text_model_type!r})")
-    out = {**w.defaults, **text, "model_type": kind, "architectures": [w.text_architecture]}
+                          f"{hf['model_type']} checkpoint (expected {w.text_model_types[0]!r})")
+    out = _plain_rope({**w.defaults, **text, "model_type": w.model_type, "architectures": [w.text_architecture]})
     if hf.get("tie_word_embeddings") is not None:
         out["tie_word_embeddings"] = hf["tie_word_embeddings"]
     for k in ("dtype", "torch_dtype"):
@@ -72,15 +98,21 @@ class TextView:
 
     def __init__(self, ckpt, wrapper: str):
         self.ckpt = ckpt
-        skip = WRAPPERS[wrapper].skip
+        w = WRAPPERS[wrapper]
         self.to_stored: dict[str, str] = {}
+        self.prefix = w.body[0]  # the layout the file uses, for naming tensors it lacks
         for name in ckpt.names():
-            if name.startswith(skip):
+            if name.startswith(w.skip):
                 continue
             if name in HEAD:
                 ours = "lm_head.weight"
             else:
-                ours = next(("model." + name[len(p):] for p in BODY if name.startswith(p)), name)
+                prefix = next((p for p in w.body if name.startswith(p)), None)
+                ours = name if prefix is None else "model." + name[len(prefix):]
+                if name.startswith("model.") and prefix is None:
+                    self.prefix = "model."
+                elif prefix is not None:
+                    self.prefix = prefix
             self.to_stored[ours] = name
 
     def __contains__(self, name: str) -> bool:
@@ -99,7 +131,7 @@ class TextView:
         """The stored name of ``name`` (for a tensor the file lacks: where the released layout puts it)."""
         if name in self.to_stored:
             return self.to_stored[name]
-        return HEAD[0] if name == "lm_head.weight" else BODY[0] + name.removeprefix("model.")
+        return HEAD[0] if name == "lm_head.weight" else self.prefix + name.removeprefix("model.")
 
     def get(self, name: str):
         return self.ckpt.get(self.to_stored[name])
