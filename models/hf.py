@@ -91,7 +91,7 @@ def open_checkpoint(directory: str | Path, cfg: TransformerConfig):
     language model: ``families.multimodal.TextView``)."""
     ckpt = Checkpoint(directory)
     wrapper = cfg.extra.get("hf_wrapper")
-    return TextView(ckpt, wrapper) if wrapper else ckpt
+    return TextView(ckpt, wrapper, cfg) if wrapper else ckpt
 
 
 def check_model_dir(hf_dir: str | Path, *, weights: bool | None = True, tokenizer: bool = True) -> TransformerConfig:

@@ -49,8 +49,15 @@ CASES = {
                                                  "mrope_interleaved": True, "rope_theta": 1e6}},
         vision_config={**QWEN_VISION, "deepstack_visual_indexes": [0]}, image_token_id=120, video_token_id=121,
         vision_start_token_id=122)),
+    # Qwen3-VL-MoE (Qwen3-VL-30B-A3B and its Thinking model): Qwen3-MoE's text model, fused expert tensors
+    "qwen3_vl_moe": lambda: transformers.Qwen3VLMoeForConditionalGeneration(transformers.Qwen3VLMoeConfig(
+        text_config={**TEXT, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
+                                         "mrope_interleaved": True, "rope_theta": 1e6}},
+        vision_config={**QWEN_VISION, "deepstack_visual_indexes": [0]}, image_token_id=120, video_token_id=121,
+        vision_start_token_id=122)),
 }
-QWEN = ("qwen2_5_vl", "qwen3_vl")  # positions from the attention mask, as the reference derives them
+QWEN = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # positions from the attention mask, as the reference derives them
 IDS = np.random.RandomState(0).randint(0, 120, (2, 20)).astype(np.int32)
 MASK = np.ones((2, 20), bool)
 MASK[1, :6] = False
@@ -102,13 +109,15 @@ def _names(path) -> list[str]:
         return list(f.keys())
 
 
-def _rewrite(src, dst, rename, text_edit=None):
-    """``src`` with its tensors renamed by ``rename`` (None: dropped) and its text_config edited."""
+def _rewrite(src, dst, rename, text_edit=None, convert=None):
+    """``src`` with its tensors renamed by ``rename`` (None: dropped), converted by ``convert(name, array)``, and
+    its text_config edited."""
     from safetensors import safe_open
 
     dst.mkdir()
     with safe_open(str(src / "model.safetensors"), "np") as f:
-        tensors = {rename(k): f.get_tensor(k) for k in f.keys() if rename(k) is not None}
+        tensors = {rename(k): (convert or (lambda n, a: a))(k, f.get_tensor(k)) for k in f.keys()
+                   if rename(k) is not None}
     write_file(dst / "model.safetensors", [(k, "F32", v.shape) for k, v in tensors.items()], tensors.__getitem__)
     conf = json.loads((src / "config.json").read_text())
     if text_edit:
@@ -133,6 +142,27 @@ def test_transformers_5_layout_and_a_text_config_without_its_defaults(tmp_path):
     assert "lm_head.weight" in _names(tmp_path / "v5")
     err = np.abs(np.asarray(load_pretrained(tmp_path / "v5")(IDS, MASK)) - text_logits(ref))[MASK].max()
     assert err <= 1e-4
+
+
+def test_qwen3_vl_moe_experts_stored_in_by_out(tmp_path):
+    """Qwen3-VL-MoE's released files store the fused experts [E, in, out] (transposed against what the
+    reference holds, which its saves write): both read the same."""
+    ref = reference("qwen3_vl_moe", tmp_path / "vlm")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "vlm" / "model.safetensors"), "np") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if "experts" in k}
+    assert shapes["model.language_model.layers.0.mlp.experts.gate_up_proj"] == [4, 48, 64]  # [E, 2I, d]
+
+    def transposed(name, a):
+        return a.swapaxes(1, 2).copy() if name.endswith((".experts.gate_up_proj", ".experts.down_proj")) else a
+    _rewrite(tmp_path / "vlm", tmp_path / "released", lambda k: k, convert=transposed)
+    with safe_open(str(tmp_path / "released" / "model.safetensors"), "np") as f:
+        assert f.get_slice("model.language_model.layers.0.mlp.experts.gate_up_proj").get_shape() == [4, 64, 48]
+    want = text_logits(ref, True)
+    for d in ("vlm", "released"):
+        err = np.abs(np.asarray(load_pretrained(tmp_path / d)(IDS, MASK)) - want)[MASK].max()
+        assert err <= 1e-4, d
 
 
 def test_qwen2_5_vl_released_flat_config(tmp_path):

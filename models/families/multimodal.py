@@ -32,6 +32,10 @@ class Wrapper:
     skip: tuple[str, ...] = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                              "model.multi_modal_projector.")  # not part of the language model
     flat: bool = False  # released configs may hold the text fields at the top level (no text_config)
+    # fused expert tensors may be stored [E, in, out] (Qwen3-VL-MoE as released) rather than as held in memory,
+    # [E, out, in]: read transposed when their shape says so (as the reference decides)
+    experts_in_out: bool = False
+    fixed: dict = field(default_factory=dict)  # what the reference's text model does whatever the file says
 
 
 HEAD = ("language_model.lm_head.weight", "lm_head.weight")
@@ -49,7 +53,11 @@ WRAPPERS: dict[str, Wrapper] = {
         "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"}),
     "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
     "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
+    # its router always renormalises the chosen experts' weights (the config has no switch for it)
+    "qwen3_vl_moe": Wrapper(("qwen3_vl_moe_text",), "qwen3_moe", "Qwen3MoeForCausalLM", experts_in_out=True,
+                            fixed={"norm_topk_prob": True}, **QWEN_VL),
 }
+FUSED = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
 TOP_LEVEL_ONLY = ("vision_config", "text_config", "image_token_id", "video_token_id", "vision_start_token_id",
                   "vision_end_token_id", "vision_token_id", "architectures")
 
@@ -83,7 +91,8 @@ def text_config(hf: dict) -> dict | None:
     if kind not in w.text_model_types:
         raise ConfigError(f"config.json: text_config.model_type={kind!r} is not supported in a "
                           f"{hf['model_type']} checkpoint (expected {w.text_model_types[0]!r})")
-    out = _plain_rope({**w.defaults, **text, "model_type": w.model_type, "architectures": [w.text_architecture]})
+    out = _plain_rope({**w.defaults, **text, **w.fixed, "model_type": w.model_type,
+                       "architectures": [w.text_architecture]})
     if hf.get("tie_word_embeddings") is not None:
         out["tie_word_embeddings"] = hf["tie_word_embeddings"]
     for k in ("dtype", "torch_dtype"):
@@ -96,9 +105,15 @@ class TextView:
     """A wrapper's checkpoint seen as its language model's: the same interface as ``safetensors_io.Checkpoint``
     with the text model's tensor names; the vision tower's and projector's tensors are left out."""
 
-    def __init__(self, ckpt, wrapper: str):
+    def __init__(self, ckpt, wrapper: str, cfg=None):
+        """``cfg``: the text model's TransformerConfig (the shapes of fused expert tensors, see ``Wrapper``)."""
         self.ckpt = ckpt
         w = WRAPPERS[wrapper]
+        m = getattr(cfg, "moe", None)
+        self.memory = {}  # fused expert tensors' shapes as held in memory: gate_up [E, 2I, d], down [E, d, I]
+        if w.experts_in_out and m is not None:
+            self.memory = {FUSED[0]: (m.n_experts, 2 * m.ffn_dim, cfg.d_model),
+                           FUSED[1]: (m.n_experts, cfg.d_model, m.ffn_dim)}
         self.to_stored: dict[str, str] = {}
         self.prefix = w.body[0]  # the layout the file uses, for naming tensors it lacks
         for name in ckpt.names():
@@ -121,8 +136,19 @@ class TextView:
     def names(self) -> list[str]:
         return list(self.to_stored)
 
+    def _transposed(self, name: str) -> bool:
+        """Is the stored tensor ``name`` a fused expert tensor stored [E, in, out]?"""
+        want = next((s for k, s in self.memory.items() if name.endswith(k)), None)
+        if want is None:
+            return False
+        got = tuple(self.ckpt.info(self.to_stored[name])[1])
+        return got != want and got == (want[0], want[2], want[1])
+
     def info(self, name: str):
-        return self.ckpt.info(self.to_stored[name])
+        dtype, shape = self.ckpt.info(self.to_stored[name])
+        if self._transposed(name):
+            shape = (shape[0], shape[2], shape[1])
+        return dtype, shape
 
     def file_of(self, name: str):
         return self.ckpt.file_of(self.to_stored[name])
@@ -134,7 +160,8 @@ class TextView:
         return HEAD[0] if name == "lm_head.weight" else self.prefix + name.removeprefix("model.")
 
     def get(self, name: str):
-        return self.ckpt.get(self.to_stored[name])
+        a = self.ckpt.get(self.to_stored[name])
+        return a.swapaxes(1, 2) if self._transposed(name) else a
 
     def close(self) -> None:
         self.ckpt.close()
