@@ -154,6 +154,19 @@ class OverlongConfig:
 
 
 @dataclass(frozen=True)
+class CovConfig:
+    """Clip-Cov / KL-Cov (losses ``clip_cov``, ``kl_cov``): each step selects ``ratio`` of the batch's completion
+    tokens by the covariance of their log-prob and advantage (``reasoning_rl/algorithms/entropy.py``); clip_cov
+    draws them at random among those with covariance in (``low``, ``high``) and drops their gradient, kl_cov
+    takes the largest and penalises ``kl_coef * |log pi - log pi_old|`` there."""
+
+    ratio: float = 2e-4
+    low: float = 1.0
+    high: float = 5.0
+    kl_coef: float = 1.0
+
+
+@dataclass(frozen=True)
 class RefResetConfig:
     """ProRL's hard resets for long RL runs with a KL penalty: after every ``every``-th step the KL reference
     becomes a copy of the policy (so the penalty keeps the policy near where it recently was, not where the
@@ -166,7 +179,7 @@ class RefResetConfig:
 
 # the losses that take one advantage per token (REINFORCE++'s returns, PPO's GAE); gspo and gmpo take one per
 # sequence
-TOKEN_LEVEL = ("grpo", "cispo", "sapo")
+TOKEN_LEVEL = ("grpo", "cispo", "sapo", "clip_cov", "kl_cov")
 
 
 @dataclass(frozen=True)
@@ -174,7 +187,8 @@ class AlgorithmConfig:
     # grpo: token ratio, clipped; gspo: sequence ratio (arithmetic-mean log), clipped; cispo: clipped
     # stop-gradient IS weight on REINFORCE (every token keeps its gradient); sapo: a soft sigmoid gate in place
     # of the clip; gmpo: geometric mean of clipped token ratios per sequence (reasoning_rl/algorithms/losses.py)
-    loss: Literal["grpo", "gspo", "cispo", "sapo", "gmpo"] = "grpo"
+    # clip_cov / kl_cov: entropy-collapse control by covariance (``cov``; reasoning_rl/algorithms/entropy.py)
+    loss: Literal["grpo", "gspo", "cispo", "sapo", "gmpo", "clip_cov", "kl_cov"] = "grpo"
     # drgrpo: no std scaling; group-mean-batch-std: the group's mean over the batch's std; rloo: leave-one-out
     # baseline; reinforce++: batch-normalised token returns
     advantage: Literal["grpo", "drgrpo", "group-mean-batch-std", "rloo", "reinforce++"] = "grpo"
@@ -210,6 +224,7 @@ class AlgorithmConfig:
     # the reward before the advantages (REINFORCE++, PPO)
     kl_in: Literal["loss", "reward"] = "loss"
     ref_reset: RefResetConfig = field(default_factory=RefResetConfig)
+    cov: CovConfig = field(default_factory=CovConfig)
     # PPO (stage kind ppo): GAE discount and trace decay, the clipped value loss, and the first steps that
     # train the critic only
     gamma: float = 1.0
@@ -882,8 +897,8 @@ def _validate_rl(st: StageConfig, p: str) -> None:
         need(a.vf_clip >= 0, f"{p}.algorithm.vf_clip", "must be >= 0 (0: unclipped)")
         need(0 <= a.critic_warmup_steps <= st.steps, f"{p}.algorithm.critic_warmup_steps",
              f"must be in [0, steps ({st.steps})]")
-        need(a.loss in TOKEN_LEVEL, f"{p}.algorithm.loss",
-             f"ppo's GAE gives per-token advantages: use one of the token-level losses ({', '.join(TOKEN_LEVEL)})")
+        need(a.loss in ("grpo", "cispo", "sapo"), f"{p}.algorithm.loss",
+             "ppo's GAE gives per-token advantages: use one of the token-level losses grpo, cispo, sapo")
         need(not a.dynamic_sampling, f"{p}.algorithm.dynamic_sampling", "applies to grpo stages only")
         if st.critic is not None:
             need(st.critic.optimizer.lr >= 0, f"{p}.critic.optimizer.lr", "must be >= 0")
@@ -899,6 +914,9 @@ def _validate_rl(st: StageConfig, p: str) -> None:
                  f"of the token-level losses ({', '.join(TOKEN_LEVEL)})")
         need(a.dual_clip == 0 or a.dual_clip > 1, f"{p}.algorithm.dual_clip", "must be 0 (off) or > 1")
         need(a.entropy_coef >= 0, f"{p}.algorithm.entropy_coef", "must be >= 0 (0: off)")
+        need(0 < a.cov.ratio <= 1, f"{p}.algorithm.cov.ratio", "must be in (0, 1]")
+        need(a.cov.low < a.cov.high, f"{p}.algorithm.cov.low", "must be below algorithm.cov.high")
+        need(a.cov.kl_coef >= 0, f"{p}.algorithm.cov.kl_coef", "must be >= 0")
         need(a.dual_clip == 0 or a.loss == "grpo", f"{p}.algorithm.dual_clip",
              f"applies to the clipped token loss (loss: grpo), not {a.loss}")
         need(a.sapo_tau_pos > 0 and a.sapo_tau_neg > 0, f"{p}.algorithm.sapo_tau_pos",

@@ -32,6 +32,8 @@ class LossInputs(NamedTuple):
     # [B, T] off-policy correction of stale rollouts: pi_prox / pi_behaviour per token, already truncated or
     # masked (see ``off_policy_weights``); None: on-policy
     weight: jax.Array | None = None
+    # [B, T] 1 on the tokens the covariance selection picked (``algorithms.entropy``; losses clip_cov, kl_cov)
+    selected: jax.Array | None = None
 
 
 def kl_estimate(logp, ref_logp, kind: str):
@@ -83,6 +85,15 @@ def _token_loss(x: LossInputs, per_token, clipped, beta: float, kl_estimator: st
     return s, c, {**_metrics(x, clipped, kl), **(extra or {})}
 
 
+def _clipped_tokens(x: LossInputs, eps_low: float, eps_high: float):
+    """PPO's clipped surrogate per token, ``-min(r A, clip(r) A)``, and where the clip acted."""
+    ratio = jnp.exp(x.logp - x.old_logp)
+    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    unclipped = ratio * a
+    clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+    return -jnp.minimum(unclipped, clipped_r), (clipped_r < unclipped).astype(jnp.float32)
+
+
 @register("grpo")
 def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
               aggregation: str, budget: int | None = None, dual_clip: float = 0.0, **_: object):
@@ -91,12 +102,8 @@ def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     ``dual_clip`` c > 1 (dual-clip PPO, Ye et al. 2020): a token of negative advantage adds at most ``-c * A`` to
     the loss, so a ratio grown far past the clip range (a token the policy now likes much more than when it was
     sampled, in a sample that scored badly) cannot blow one update up; such tokens get no gradient. 0: off."""
-    ratio = jnp.exp(x.logp - x.old_logp)
+    per_token, clipped = _clipped_tokens(x, eps_low, eps_high)
     a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
-    unclipped = ratio * a
-    clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
-    per_token = -jnp.minimum(unclipped, clipped_r)
-    clipped = (clipped_r < unclipped).astype(jnp.float32)
     extra = {}
     if dual_clip:
         neg = jnp.broadcast_to(a < 0, per_token.shape)
@@ -208,6 +215,37 @@ def gmpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     return total, count, _metrics(x, clipped, kl)
 
 
+def _selected(x: LossInputs, name: str):
+    if x.selected is None:
+        raise ValueError(f"algorithm.loss {name}: the batch has no covariance selection (cov_select)")
+    m = x.mask.astype(jnp.float32)
+    return x.selected, {"cov_frac": (jnp.sum(x.selected * m), jnp.sum(m))}
+
+
+@register("clip_cov")
+def clip_cov_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl_estimator: str,
+                  aggregation: str, budget: int | None = None, **_: object):
+    """Clip-Cov: PPO's clipped surrogate with the selected tokens (a small random share of those whose
+    log-prob/advantage covariance lies in a band, ``algorithms.entropy``) taken out of the gradient; they still
+    count in the normalisation, as in the paper's ``(1 - sel) * loss``. Metric ``cov_frac``: their share."""
+    sel, extra = _selected(x, "clip_cov")
+    per_token, clipped = _clipped_tokens(x, eps_low, eps_high)
+    return _token_loss(x, per_token * (1.0 - sel), clipped, beta, kl_estimator, aggregation, budget, extra)
+
+
+@register("kl_cov")
+def kl_cov_loss(x: LossInputs, *, beta: float, kl_estimator: str, aggregation: str, budget: int | None = None,
+                cov_kl_coef: float = 1.0, **_: object):
+    """KL-Cov: the unclipped policy gradient ``-r A`` on every token, and on the selected ones (the top share by
+    log-prob/advantage covariance, ``algorithms.entropy``) a penalty ``cov_kl_coef * |log pi - log pi_old|`` in
+    place of a clip. Metrics ``cov_frac`` (the selected share); ``clip_frac`` is 0 (no clip)."""
+    sel, extra = _selected(x, "kl_cov")
+    ratio = jnp.exp(x.logp - x.old_logp)
+    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    per_token = -ratio * a + cov_kl_coef * jnp.abs(x.logp - x.old_logp) * sel
+    return _token_loss(x, per_token, jnp.zeros_like(per_token), beta, kl_estimator, aggregation, budget, extra)
+
+
 def entropy_sum(ent, mask, loss: str, aggregation: str, budget: int | None = None):
     """The entropy bonus's sum for the loss ``loss``: its entropies [B, T] aggregated as that loss aggregates
     its own terms, so the bonus shares the loss's global count (``(sum, count)`` stays exact): a token-level
@@ -222,7 +260,8 @@ def loss_options(acfg, *, beta: float | None = None, budget: int | None = None) 
     others). ``beta``: the KL weight in the loss when it differs from ``acfg.beta`` (a KL in the reward)."""
     return {"eps_low": acfg.eps_low, "eps_high": acfg.eps_high, "beta": acfg.beta if beta is None else beta,
             "kl_estimator": acfg.kl_estimator, "aggregation": acfg.aggregation, "budget": budget,
-            "dual_clip": acfg.dual_clip, "sapo_tau_pos": acfg.sapo_tau_pos, "sapo_tau_neg": acfg.sapo_tau_neg}
+            "dual_clip": acfg.dual_clip, "sapo_tau_pos": acfg.sapo_tau_pos, "sapo_tau_neg": acfg.sapo_tau_neg,
+            "cov_kl_coef": acfg.cov.kl_coef}
 
 
 def off_policy_terms(prox_logp, behav_logp, mask, mode: str, cap: float):

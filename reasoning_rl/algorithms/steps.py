@@ -303,7 +303,8 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         if "behaviour_logp" in b:
             old = jax.lax.stop_gradient(lp)
             weight, off = off_policy_terms(old, b["behaviour_logp"], b["mask"], acfg.off_policy, acfg.tis_cap)
-        x = LossInputs(lp, old, b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"], weight)
+        x = LossInputs(lp, old, b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"], weight,
+                       b.get("cov_select"))
         s, c, metrics = loss(x, **kw)
         if acfg.entropy_coef > 0:  # the bonus: the loss falls as the policy's entropy rises
             s = s - acfg.entropy_coef * entropy_sum(ent, b["mask"], acfg.loss, acfg.aggregation, budget)

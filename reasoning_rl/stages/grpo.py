@@ -18,6 +18,7 @@ import numpy as np
 
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
+from reasoning_rl.algorithms.entropy import select_tokens
 from reasoning_rl.algorithms.losses import kl_estimate, off_policy_weights
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
@@ -301,6 +302,10 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                                                              b["sampler_logp"]))
                         batch["old_logp"], batch["is_weight"] = np.asarray(prox), np.asarray(w)
                         rm.update({k: float(v) for k, v in im.items()})
+                if a.loss in ("clip_cov", "kl_cov"):  # the tokens of highest log-prob/advantage covariance
+                    batch["cov_select"] = select_tokens(
+                        a.loss.removesuffix("_cov"), batch["adv"], batch["old_logp"], batch["mask"], a.cov.ratio,
+                        a.cov.low, a.cov.high, np.random.default_rng((rt.cfg.seed, 7919, step)))
                 run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, trt.place_batch)
                 rec = slog.record(step, t0, t_up, rm, um, reference.after_step(step))
                 t_train += rec["update_s"]
