@@ -67,10 +67,12 @@ def _plain_rope(text: dict) -> dict:
     out = dict(text)
     for key in ("rope_parameters", "rope_scaling"):
         r = out.get(key)
-        if isinstance(r, dict) and ("mrope_section" in r or r.get("type") == "mrope" or r.get("rope_type") == "mrope"):
-            r = {k: v for k, v in r.items() if k not in ("mrope_section", "mrope_interleaved", "type")}
-            r["rope_type"] = "default" if r.get("rope_type", "mrope") == "mrope" else r["rope_type"]
-            out[key] = r if key == "rope_parameters" or r["rope_type"] != "default" else None
+        kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
+        if not isinstance(r, dict) or ("mrope_section" not in r and kind != "mrope"):
+            continue
+        kind = "default" if kind in (None, "mrope") else kind
+        rest = {k: v for k, v in r.items() if k not in ("mrope_section", "mrope_interleaved", "type", "rope_type")}
+        out[key] = {**rest, "rope_type": kind} if key == "rope_parameters" or kind != "default" else None
     return out
 
 
