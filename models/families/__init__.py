@@ -40,7 +40,23 @@ FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 
+# Hybrid models whose layers other than attention (linear attention, state-space layers, short convolutions)
+# carry a recurrent state through decoding, which neither the layers nor the sampler's caches have: a config of
+# one of these is refused saying so, rather than only that its model_type is unknown.
+RECURRENT = {
+    "qwen3_next": "Gated DeltaNet linear-attention layers", "qwen3_5": "Gated DeltaNet linear-attention layers",
+    "qwen3_5_moe": "Gated DeltaNet linear-attention layers", "qwen3_5_text": "Gated DeltaNet linear-attention layers",
+    "qwen3_5_moe_text": "Gated DeltaNet linear-attention layers", "falcon_h1": "Mamba-2 layers",
+    "nemotron_h": "Mamba-2 layers", "granitemoehybrid": "Mamba-2 layers", "jamba": "Mamba layers",
+    "mamba": "Mamba layers", "mamba2": "Mamba-2 layers", "lfm2": "short-convolution layers",
+    "lfm2_moe": "short-convolution layers", "minimax": "lightning (linear) attention layers",
+}
+
+
 def for_model_type(model_type: str | None) -> ModuleType:
+    if model_type in RECURRENT:
+        raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
+                          "keep a recurrent state, which these layers and the sampler's caches do not have")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")
