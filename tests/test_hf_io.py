@@ -376,7 +376,7 @@ def test_hunyuan_released_config_fields(tmp_path):
     _save_random("hunyuan_moe", tmp_path)
     written = config_from_hf(tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
-    conf.pop("rope_parameters")
+    conf.pop("rope_parameters", None)
     conf.update(rope_theta=10000.0, rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0,
                                                   "mscale": 1.0, "mscale_all_dim": 1.0, "type": "dynamic"},
                 num_experts=[4, 4], moe_topk=[2, 2], moe_intermediate_size=[16, 16], num_shared_expert=[1, 1],

@@ -277,6 +277,10 @@ def every_nth_full(n: int, every: int) -> list[str]:
 
 
 def rope_to_hf(theta: float, scaling: dict | None) -> dict:
+    """``rope_theta`` and ``rope_scaling`` as transformers reads them (a fixed NTK alpha, our ``ntk_alpha``, as
+    the ``dynamic`` type with ``alpha`` that Hunyuan's configs carry)."""
+    if scaling and scaling.get("rope_type") == "ntk_alpha":
+        scaling = {"rope_type": "dynamic", "alpha": scaling["alpha"], "factor": 1.0}
     return {"rope_theta": theta, "rope_scaling": dict(scaling) if scaling else None}
 
 

@@ -66,17 +66,6 @@ def from_hf(hf: dict) -> TransformerConfig:
                                               out_bias=bias, moe=moe))
 
 
-def _with_rope(out: dict, cfg: TransformerConfig) -> dict:
-    """``out`` with the rope written as ``rope_parameters`` (a fixed NTK alpha as the released ``dynamic``)."""
-    s = cfg.rope_scaling
-    if s and s.get("rope_type") == "ntk_alpha":
-        params = {"rope_type": "dynamic", "alpha": s["alpha"], "factor": 1.0}
-    else:
-        params = {"rope_type": "default", **(s or {})}
-    out = {k: v for k, v in out.items() if k not in ("rope_theta", "rope_scaling")}
-    return {**out, "rope_parameters": {**params, "rope_theta": cfg.rope_theta}}
-
-
 def to_hf(cfg: TransformerConfig) -> dict:
     m = cfg.moe
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias != cfg.out_bias, qk_norm=not cfg.qk_norm,
@@ -91,7 +80,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     else:
         out = {**common_to_hf(cfg, "hunyuan_v1_moe", MOE_ARCHITECTURE), "num_experts": m.n_experts,
                "moe_topk": m.top_k, "router_aux_loss_coef": m.aux_loss_coef}
-    return _with_rope({**out, "attention_bias": cfg.qkv_bias}, cfg)
+    return {**out, "attention_bias": cfg.qkv_bias}
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from reasoning_rl.config import TOKEN_LEVEL
+
 LOSSES: dict[str, Callable] = {}
 
 
@@ -85,10 +87,30 @@ def _token_loss(x: LossInputs, per_token, clipped, beta: float, kl_estimator: st
     return s, c, {**_metrics(x, clipped, kl), **(extra or {})}
 
 
+def _sequence_loss(x: LossInputs, per_seq, clipped, beta: float, kl_estimator: str):
+    """The common tail of a sequence-level loss (one term per completion, mean over completions): the
+    off-policy weight as each sequence's token mean, and the KL penalty as each sequence's token mean."""
+    m = x.mask.astype(jnp.float32)
+    n_tok = jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    if x.weight is not None:
+        per_seq = per_seq * jnp.sum(x.weight * m, axis=1) / n_tok
+    total = jnp.sum(per_seq)
+    kl = None
+    if beta > 0:
+        kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
+        total = total + beta * jnp.sum(jnp.sum(kl * m, axis=1) / n_tok)
+    return total, jnp.asarray(per_seq.shape[0], jnp.float32), _metrics(x, clipped, kl)
+
+
+def _token_adv(x: LossInputs):
+    """The advantages as [B, T] or broadcastable to it ([B, 1] for one per completion)."""
+    return x.adv[:, None] if x.adv.ndim == 1 else x.adv
+
+
 def _clipped_tokens(x: LossInputs, eps_low: float, eps_high: float):
     """PPO's clipped surrogate per token, ``-min(r A, clip(r) A)``, and where the clip acted."""
     ratio = jnp.exp(x.logp - x.old_logp)
-    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    a = _token_adv(x)
     unclipped = ratio * a
     clipped_r = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
     return -jnp.minimum(unclipped, clipped_r), (clipped_r < unclipped).astype(jnp.float32)
@@ -103,12 +125,11 @@ def grpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     the loss, so a ratio grown far past the clip range (a token the policy now likes much more than when it was
     sampled, in a sample that scored badly) cannot blow one update up; such tokens get no gradient. 0: off."""
     per_token, clipped = _clipped_tokens(x, eps_low, eps_high)
-    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
     extra = {}
     if dual_clip:
-        neg = jnp.broadcast_to(a < 0, per_token.shape)
+        a = _token_adv(x)
         cap = -dual_clip * a
-        capped = neg & (per_token > cap)
+        capped = (a < 0) & (per_token > cap)
         per_token = jnp.where(capped, cap, per_token)
         m = x.mask.astype(jnp.float32)
         extra["dual_clip_frac"] = (jnp.sum(capped * m), jnp.sum(m))
@@ -127,18 +148,8 @@ def gspo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     s = jnp.exp(log_s)
     unclipped = s * x.adv
     clipped_r = jnp.clip(s, 1.0 - eps_low, 1.0 + eps_high) * x.adv
-    per_seq = -jnp.minimum(unclipped, clipped_r)
-    if x.weight is not None:  # one weight per sequence: the mean of its tokens'
-        per_seq = per_seq * jnp.sum(x.weight * m, axis=1) / n_tok
     clipped = jnp.broadcast_to(((clipped_r < unclipped).astype(jnp.float32))[:, None], m.shape)
-    total = jnp.sum(per_seq)
-    count = jnp.asarray(per_seq.shape[0], jnp.float32)
-    kl = None
-    if beta > 0:
-        kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
-        per_seq_kl = jnp.sum(kl * m, axis=1) / n_tok
-        total = total + beta * jnp.sum(per_seq_kl)
-    return total, count, _metrics(x, clipped, kl)
+    return _sequence_loss(x, -jnp.minimum(unclipped, clipped_r), clipped, beta, kl_estimator)
 
 
 @register("cispo")
@@ -154,7 +165,7 @@ def cispo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, k
     sets no lower bound (``eps_low: 1``) and tunes ``eps_high``. ``clip_frac``: tokens whose weight was bounded."""
     ratio = jnp.exp(x.logp - x.old_logp)
     w = jax.lax.stop_gradient(jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high))
-    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    a = _token_adv(x)
     per_token = -w * a * jnp.exp(x.logp - jax.lax.stop_gradient(x.logp))
     clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).astype(jnp.float32)
     return _token_loss(x, per_token, clipped, beta, kl_estimator, aggregation, budget)
@@ -172,7 +183,7 @@ def sapo_loss(x: LossInputs, *, beta: float, kl_estimator: str, aggregation: str
     sequence or the tokens beside them. ``eps_low``/``eps_high`` do not apply. Metric ``gate``: that gradient
     weight's mean over the tokens; ``clip_frac``: tokens whose weight fell below 1/2."""
     ratio = jnp.exp(x.logp - x.old_logp)
-    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    a = _token_adv(x)
     tau = jnp.where(a > 0, sapo_tau_pos, sapo_tau_neg)
     gate = jax.nn.sigmoid(tau * (ratio - 1.0))
     per_token = -(4.0 / tau) * gate * a
@@ -202,17 +213,8 @@ def gmpo_loss(x: LossInputs, *, eps_low: float, eps_high: float, beta: float, kl
     log_c = jnp.clip(log_r, jnp.log1p(-eps_low), jnp.log1p(eps_high))
     pessimistic = sign * jnp.minimum(sign * log_r, sign * log_c)
     ratio = jnp.exp(jnp.sum(pessimistic * m, axis=1) / n_tok)
-    per_seq = -x.adv * ratio
-    if x.weight is not None:  # one weight per sequence: the mean of its tokens'
-        per_seq = per_seq * jnp.sum(x.weight * m, axis=1) / n_tok
     clipped = (sign * log_c < sign * log_r).astype(jnp.float32)
-    total = jnp.sum(per_seq)
-    count = jnp.asarray(per_seq.shape[0], jnp.float32)
-    kl = None
-    if beta > 0:
-        kl = kl_estimate(x.logp, x.ref_logp, kl_estimator)
-        total = total + beta * jnp.sum(jnp.sum(kl * m, axis=1) / n_tok)
-    return total, count, _metrics(x, clipped, kl)
+    return _sequence_loss(x, -x.adv * ratio, clipped, beta, kl_estimator)
 
 
 def _selected(x: LossInputs, name: str):
@@ -241,7 +243,7 @@ def kl_cov_loss(x: LossInputs, *, beta: float, kl_estimator: str, aggregation: s
     place of a clip. Metrics ``cov_frac`` (the selected share); ``clip_frac`` is 0 (no clip)."""
     sel, extra = _selected(x, "kl_cov")
     ratio = jnp.exp(x.logp - x.old_logp)
-    a = x.adv[:, None] if x.adv.ndim == 1 else x.adv
+    a = _token_adv(x)
     per_token = -ratio * a + cov_kl_coef * jnp.abs(x.logp - x.old_logp) * sel
     return _token_loss(x, per_token, jnp.zeros_like(per_token), beta, kl_estimator, aggregation, budget, extra)
 
@@ -251,7 +253,7 @@ def entropy_sum(ent, mask, loss: str, aggregation: str, budget: int | None = Non
     its own terms, so the bonus shares the loss's global count (``(sum, count)`` stays exact): a token-level
     loss's ``aggregation``, and for the sequence losses (gspo, gmpo: one term per sequence) each sequence's
     token mean."""
-    mode = "seq-mean-token-mean" if loss in ("gspo", "gmpo") else aggregation
+    mode = aggregation if loss in TOKEN_LEVEL else "seq-mean-token-mean"
     return aggregate(ent, mask, mode, budget)[0]
 
 
