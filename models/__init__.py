@@ -2,7 +2,7 @@
 Hugging Face checkpoint loading/saving."""
 
 from . import lora
-from .config import LoRAConfig, MLAConfig, MoEConfig, TransformerConfig
+from .config import LinearAttnConfig, LoRAConfig, MLAConfig, MoEConfig, TransformerConfig
 from .hf import (
                  CheckpointError,
                  ConfigError,
@@ -22,6 +22,7 @@ __all__ = [
                  "CheckpointError",
                  "ConfigError",
                  "KVCache",
+                 "LinearAttnConfig",
                  "LoRAConfig",
                  "MLAConfig",
                  "MoEConfig",

@@ -59,6 +59,19 @@ class MLAConfig:
 
 
 @dataclass(frozen=True)
+class LinearAttnConfig:
+    """Gated DeltaNet linear-attention layers among the attention ones (Qwen3.5, Qwen3-Next): which layers,
+    their key/value heads and head dims, and the causal convolution's kernel (``models/layers/gated_deltanet``)."""
+
+    layers: tuple[int, ...]
+    k_heads: int
+    v_heads: int
+    k_dim: int
+    v_dim: int
+    conv: int = 4
+
+
+@dataclass(frozen=True)
 class LoRAConfig:
     """Low-rank adapters on the named projections (see ``models/lora.py``): ``W + alpha / rank * A @ B``."""
 
@@ -114,6 +127,8 @@ class TransformerConfig:
     rope_interleave: bool = False  # rotary pairs are (x0, x1), (x2, x3), ... not (x_i, x_i+D/2) (ERNIE 4.5)
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
+    linear: LinearAttnConfig | None = None  # Gated DeltaNet layers (a recurrent state per row, not a KV cache)
+    attn_gate: bool = False  # attention output scaled by sigmoid(x W_gate) per head dim (Qwen3.5, Qwen3-Next)
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
     qk_norm_after_rope: bool = False  # q/k RMSNorm applied to the rotated q/k, not before the rotary (Hunyuan)
@@ -148,6 +163,20 @@ class TransformerConfig:
         if self.layer_types is None:
             return (self.sliding_window > 0,) * self.n_layers
         return tuple(t == "sliding" for t in self.layer_types)
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers with softmax attention (and a KV cache): all but the linear-attention ones."""
+        skip = set(self.linear.layers) if self.linear is not None else set()
+        return tuple(i for i in range(self.n_layers) if i not in skip)
+
+    @property
+    def cache_slots(self) -> tuple[int, ...]:
+        """Per layer, its index in its kind's cache: an attention layer's in the KV cache (which holds the
+        attention layers only), a linear-attention layer's in the recurrent states."""
+        lin = self.linear.layers if self.linear is not None else ()
+        att = self.attention_layers
+        return tuple(lin.index(i) if i in lin else att.index(i) for i in range(self.n_layers))
 
     @property
     def kv_shape(self) -> tuple[int, int, int, int]:

@@ -432,6 +432,10 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
         t = specs.get(wpath)
         if t is None or ("{e}" in t.hf and not t.fused):
             raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent")
+        if t.piece is not None:  # one part of a fused checkpoint tensor: PEFT adapts the whole tensor at once
+            raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)}, part of the checkpoint's fused "
+                            f"{_module(t.hf).rsplit('.', 1)[1]}, has no PEFT equivalent of the same rank; "
+                            "export the merged model instead (save_pretrained), or leave it out of lora.targets")
         b = _host(flat[path[:-1] + (wpath[-1] + SUFFIX_B,)]).astype(np.float32)
         a = _host(a).astype(np.float32)
         if "{e}" in t.hf:

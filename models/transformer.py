@@ -29,6 +29,7 @@ from . import lora
 from .config import TransformerConfig
 from .layers import invariant
 from .layers.attention import Attention, attention_mask, freeze, rope_for
+from .layers.gated_deltanet import GatedDeltaNet
 from .layers.mla import MLA
 from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
@@ -48,20 +49,42 @@ class KVCache:
     ``s % page_size``. Masks and slot indices are the same as the contiguous layout's.
 
     For multi-head latent attention, k holds the normalised latent [L, B, 1, S, kv_lora_rank] and v the rotary
-    key [L, B, 1, S, qk_rope_dim] (see ``TransformerConfig.kv_shape``)."""
+    key [L, B, 1, S, qk_rope_dim] (see ``TransformerConfig.kv_shape``).
+
+    With linear-attention layers (``cfg.linear``), k/v hold the attention layers only (L of them, in model
+    order: ``cfg.cache_slots``) and each linear layer keeps its row's last convolution inputs ``conv``
+    [L_lin, B, K - 1, C] and recurrent ``state`` [L_lin, B, Hv, dk, dv] (float32): a row's state after its valid
+    tokens, whatever its slots (``models/layers/gated_deltanet``)."""
 
     k: jax.Array
     v: jax.Array
     valid: jax.Array
     table: jax.Array | None = None
+    conv: jax.Array | None = None
+    state: jax.Array | None = None
 
     @classmethod
     def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVCache:
         dtype = dtype or cfg.jnp_dtype
         kk, kd, vk, vd = cfg.kv_shape
-        k = jnp.zeros((cfg.n_layers, batch, kk, size, kd), dtype)
-        v = jnp.zeros((cfg.n_layers, batch, vk, size, vd), dtype)
-        return cls(k, v, jnp.zeros((batch, size), bool))
+        n = len(cfg.attention_layers)
+        k = jnp.zeros((n, batch, kk, size, kd), dtype)
+        v = jnp.zeros((n, batch, vk, size, vd), dtype)
+        conv = state = None
+        if cfg.linear is not None:
+            lin = cfg.linear
+            channels = 2 * lin.k_heads * lin.k_dim + lin.v_heads * lin.v_dim
+            conv = jnp.zeros((len(lin.layers), batch, lin.conv - 1, channels), dtype)
+            state = jnp.zeros((len(lin.layers), batch, lin.v_heads, lin.k_dim, lin.v_dim), jnp.float32)
+        return cls(k, v, jnp.zeros((batch, size), bool), None, conv, state)
+
+    def with_kv(self, k, v, valid, table=None) -> KVCache:
+        """This cache's recurrent states with other keys/values (the same rows)."""
+        return KVCache(k, v, valid, table, self.conv, self.state)
+
+    def recurrent(self) -> tuple:
+        """(conv, state), or () without linear-attention layers."""
+        return () if self.conv is None else (self.conv, self.state)
 
     @property
     def size(self) -> int:
@@ -71,8 +94,9 @@ class KVCache:
         """Each row repeated ``g`` times (the sampler's prompt cache shared by its group's samples)."""
         if g == 1:
             return self
+        rec = tuple(jnp.repeat(a, g, axis=1) for a in self.recurrent())
         return KVCache(jnp.repeat(self.k, g, axis=1), jnp.repeat(self.v, g, axis=1),
-                       jnp.repeat(self.valid, g, axis=0))
+                       jnp.repeat(self.valid, g, axis=0), None, *rec)
 
     def grow(self, size: int) -> KVCache:
         """The contiguous cache with ``size`` slots, the new ones empty."""
@@ -81,10 +105,10 @@ class KVCache:
             raise ValueError(f"grow: a contiguous cache grows to at least its {self.size} slots, got {size}")
         if self.split:
             kv = [(0, 0)] * 2 + [(0, pad), (0, 0)]
-            return KVCache(tuple(jnp.pad(a, kv) for a in self.k), tuple(jnp.pad(a, kv) for a in self.v),
-                           jnp.pad(self.valid, ((0, 0), (0, pad))))
+            return self.with_kv(tuple(jnp.pad(a, kv) for a in self.k), tuple(jnp.pad(a, kv) for a in self.v),
+                                jnp.pad(self.valid, ((0, 0), (0, pad))))
         kv = [(0, 0)] * 3 + [(0, pad), (0, 0)]
-        return KVCache(jnp.pad(self.k, kv), jnp.pad(self.v, kv), jnp.pad(self.valid, ((0, 0), (0, pad))))
+        return self.with_kv(jnp.pad(self.k, kv), jnp.pad(self.v, kv), jnp.pad(self.valid, ((0, 0), (0, pad))))
 
     @property
     def split(self) -> bool:
@@ -98,29 +122,36 @@ class KVCache:
         slice for the attention kernel (a custom call takes whole buffers): a copy of the whole cache every
         decode step (on an H200 at batch 256, 1.5 of 6.8 ms). With a buffer per layer, the decode step runs
         its layers unrolled, each layer writes its token in place and the kernel reads the buffer itself."""
-        if self.split or self.table is not None:
+        if self.split or self.table is not None or self.conv is not None:
             return self
         n = self.k.shape[0]
         return KVCache(tuple(self.k[i] for i in range(n)), tuple(self.v[i] for i in range(n)), self.valid)
 
     def layer_kv(self) -> tuple:
         """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table); split (``split_layers``):
-        (k tuple, v tuple), which the layers take unrolled."""
-        return (self.k, self.v) if self.table is None else (self.k, self.v, self.table)
+        (k tuple, v tuple), which the layers take unrolled; then (conv, state) with linear-attention layers."""
+        return ((self.k, self.v) if self.table is None else (self.k, self.v, self.table)) + self.recurrent()
 
 
 class Block(nnx.Module):
-    """One decoder layer: attention (GQA, or MLA when ``cfg.mla``), then a dense or MoE MLP, each after an
-    RMSNorm (unless ``cfg.pre_norm`` is off: OLMo-2) and, with ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a
-    norm on its output."""
+    """One decoder layer: attention (GQA, or MLA when ``cfg.mla``; Gated DeltaNet in a ``linear`` layer), then a
+    dense or MoE MLP, each after an RMSNorm (unless ``cfg.pre_norm`` is off: OLMo-2) and, with
+    ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a norm on its output."""
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False, linear: bool = False):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                  invariant=cfg.batch_invariant)
         self.attn_norm = norm() if cfg.pre_norm else None
-        if cfg.mla is not None:
+        self.linear = linear
+        self.hybrid = cfg.linear is not None  # the cache carries recurrent states after the keys/values
+        if linear:
+            lin = cfg.linear
+            self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
+                                      rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd, dtype=dt,
+                                      out_scale=out_scale)
+        elif cfg.mla is not None:
             self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
                             rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale)
         else:
@@ -131,7 +162,7 @@ class Block(nnx.Module):
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
-                                  qk_norm_after_rope=cfg.qk_norm_after_rope)
+                                  qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.mlp_norm = norm() if cfg.pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
@@ -144,10 +175,17 @@ class Block(nnx.Module):
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
-                 routes=None, prefix=None):
-        """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP."""
+                 routes=None, prefix=None, segments=None):
+        """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP. ``segments``: packed rows' sequence
+        ids, for a linear-attention layer (attention layers have them in ``mask``)."""
         pre = self.attn_norm(x) if self.attn_norm is not None else x
-        h, cache = self.attn(pre, positions, mask, cache, layer, index, rope, prefix)
+        if self.linear:
+            h, cache = self._linear(pre, valid, cache, layer, segments)
+        elif self.hybrid and cache is not None:  # the keys/values, then the linear layers' states
+            h, own = self.attn(pre, positions, mask, cache[:-2], layer, index, rope, prefix)
+            cache = tuple(own) + tuple(cache[-2:])
+        else:
+            h, cache = self.attn(pre, positions, mask, cache, layer, index, rope, prefix)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = constrain(x + h, ("batch", "seq", "act_embed"))
@@ -161,6 +199,17 @@ class Block(nnx.Module):
             h = self.post_mlp_norm(h)
         x = x + h
         return constrain(x, ("batch", "seq", "act_embed")), cache, stats
+
+    def _linear(self, x, valid, cache, slot, segments=None):
+        """The Gated DeltaNet mixer over ``cache``'s (conv, state) entry ``slot`` (the layer's index among the
+        linear layers), written back in place."""
+        if valid is None:
+            valid = jnp.ones(x.shape[:2], bool)
+        if cache is None:
+            return self.attn(x, valid, segments=segments)[0], None
+        conv, state = cache[-2], cache[-1]
+        h, (c, s) = self.attn(x, valid, (conv[slot], state[slot]))
+        return h, tuple(cache[:-2]) + (conv.at[slot].set(c), state.at[slot].set(s))
 
 
 _REMAT = {
@@ -190,25 +239,37 @@ def _moe_flags(cfg: TransformerConfig) -> tuple[bool, ...]:
     return flags
 
 
+STACKS = ("dense_layers", "layers", "linear_dense_layers", "linear_layers")  # see stack_layers
+
+
 def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     """Each stack of identical layers and the model layers it holds, in order.
 
     A dense model is one stack, ``layers``. A MoE model with dense layers (DeepSeek's leading
     ``first_k_dense_replace``, Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``) has two: ``dense_layers``
-    and ``layers`` (the MoE ones); a MoE model whose layers are all dense keeps only ``dense_layers``."""
+    and ``layers`` (the MoE ones); a MoE model whose layers are all dense keeps only ``dense_layers``. Linear-
+    attention layers (``cfg.linear``) stack apart the same way: ``linear_layers`` (MoE ones in a MoE model) and
+    ``linear_dense_layers``."""
     flags = _moe_flags(cfg)
-    if cfg.moe is None:
-        return {"layers": tuple(range(cfg.n_layers))}
-    out = {"dense_layers": tuple(i for i, m in enumerate(flags) if not m),
-           "layers": tuple(i for i, m in enumerate(flags) if m)}
-    return {k: v for k, v in out.items() if v}
+    lin = set(cfg.linear.layers) if cfg.linear is not None else set()
+    if lin - set(range(cfg.n_layers)):
+        raise ValueError(f"linear: layers {sorted(lin - set(range(cfg.n_layers)))} outside the {cfg.n_layers}")
+    out: dict[str, list[int]] = {}
+    for i, m in enumerate(flags):
+        name = ("linear_" if i in lin else "") + ("layers" if m or cfg.moe is None else "dense_layers")
+        out.setdefault(name, []).append(i)
+    return {k: tuple(out[k]) for k in STACKS if k in out}
+
+
+def _stack_kind(cfg: TransformerConfig, name: str) -> tuple[bool, bool]:
+    """(is_moe, is_linear) of stack ``name``."""
+    return name.endswith("layers") and "dense" not in name and cfg.moe is not None, name.startswith("linear")
 
 
 def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
     """The stacks: (attribute, first model layer, count, is_moe). See ``stack_layers`` for the layers each
     holds (not contiguous when dense layers sit between MoE ones)."""
-    return [(name, idx[0], len(idx), name == "layers" and cfg.moe is not None)
-            for name, idx in stack_layers(cfg).items()]
+    return [(name, idx[0], len(idx), _stack_kind(cfg, name)[0]) for name, idx in stack_layers(cfg).items()]
 
 
 def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
@@ -222,31 +283,32 @@ def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
         if out and out[-1][0] == name:
             out[-1][3] += 1
         else:
-            out.append([name, k, i, 1, name == "layers" and cfg.moe is not None])
+            out.append([name, k, i, 1, _stack_kind(cfg, name)[0]])
     return [tuple(r) for r in out]
 
 
-def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
+def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs, linear: bool = False) -> Block:
     @nnx.split_rngs(splits=n)
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make_layers(r: nnx.Rngs) -> Block:
-        return Block(cfg, rngs=r, moe=moe)
+        return Block(cfg, rngs=r, moe=moe, linear=linear)
 
     return make_layers(rngs)
 
 
 class Transformer(nnx.Module):
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-        if cfg.batch_invariant and (cfg.moe is not None or cfg.mla is not None):
-            raise ValueError("batch_invariant: dense models with grouped-query attention only (this model has "
-                             f"{'mixture-of-experts' if cfg.moe is not None else 'multi-head latent attention'} "
-                             "layers, whose products are not made batch-invariant)")
+        if cfg.batch_invariant and (cfg.moe is not None or cfg.mla is not None or cfg.linear is not None):
+            kind = ("mixture-of-experts" if cfg.moe is not None else "multi-head latent attention"
+                    if cfg.mla is not None else "linear-attention")
+            raise ValueError(f"batch_invariant: dense models with grouped-query attention only (this model has "
+                             f"{kind} layers, whose products are not made batch-invariant)")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32) * 0.02
         self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
         for name, _, n, moe in segments(cfg):
-            setattr(self, name, _stack(cfg, n, moe, rngs))
+            setattr(self, name, _stack(cfg, n, moe, rngs, _stack_kind(cfg, name)[1]))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                   invariant=cfg.batch_invariant)
         if cfg.tie_embeddings:
@@ -333,6 +395,8 @@ class Transformer(nnx.Module):
                 raise ValueError("segments (packed rows) take no cache and no prefix")
             same = segments[:, :, None] == segments[:, None, :]
             ctx.update({k: ctx[k] & same for k in ("mask", "window_mask") if k in ctx})
+            if self.cfg.linear is not None:  # linear layers restart their convolution and state per sequence
+                ctx["segments"] = segments
         stats = []
         off = 0
         for name, start, first, n, is_moe in runs(self.cfg):
@@ -347,7 +411,7 @@ class Transformer(nnx.Module):
             if st is not None:
                 stats.append(st)
         if cache is not None:
-            cache = KVCache(kv[0], kv[1], key_valid, cache.table)
+            cache = KVCache(kv[0], kv[1], key_valid, cache.table, *(kv[-2:] if cache.conv is not None else ()))
         h = self.final_norm(x)
         if not return_aux:
             return h, cache
@@ -364,8 +428,9 @@ class Transformer(nnx.Module):
         rebuilds its own prompt keys/values instead of reading a stack of every layer's (or, with the cache
         carried through the layers, every layer's copy of the whole cache), and the parameters' gradients are
         accumulated once, not once per pass."""
-        if self.cfg.moe is not None:
-            raise ValueError("hidden_with_prompt: dense models only (MoE statistics are per whole row)")
+        if self.cfg.moe is not None or self.cfg.linear is not None:
+            raise ValueError("hidden_with_prompt: dense attention models only (MoE statistics are per whole row; "
+                             "linear-attention layers carry a state, not keys/values, from the prompt)")
         lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
         n, tp = prompt.shape
         t = tokens.shape[1]
@@ -476,8 +541,8 @@ class Transformer(nnx.Module):
                     kv, cache, _ = block(kv, prompt["positions"], pmask, empty, 0, 0, prope, prompt["valid"])
                 layer_prefix = (cache[0][0], cache[1][0])
             with lora.dropout_layer(layer):
-                x, new_kv, stats = block(x, positions, mask, None if prompt is not None else kv, layer, index, rope,
-                                         valid, xs.get("routes"), layer_prefix)
+                x, new_kv, stats = block(x, positions, mask, None if prompt is not None else kv, xs["slot"], index,
+                                         rope, valid, xs.get("routes"), layer_prefix, ctx.get("segments"))
             return (x, kv if prompt is not None else new_kv), stats
 
         split = kv is not None and isinstance(kv[0], tuple)  # one cache buffer per layer: always unrolled
@@ -486,7 +551,8 @@ class Transformer(nnx.Module):
         if policy is not None:
             body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
         layers = jnp.arange(first, first + n, dtype=jnp.int32)
-        xs = {"layer": layers, "state": state}
+        slots = jnp.asarray(self.cfg.cache_slots, jnp.int32)[layers]  # each layer's entry in its kind's cache
+        xs = {"layer": layers, "state": state, "slot": slots}
         for k in flags:
             xs[k] = ctx[k][first:first + n]
         if routes is not None:
@@ -566,7 +632,8 @@ class Transformer(nnx.Module):
 # projections and their biases): ``Transformer.layer_states`` may store them cast. A name missing here is
 # only read in its stored dtype (correct, slower); a name here that some layer uses uncast would change it.
 COMPUTE_CAST = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_a", "q_b", "kv_a", "kv_b",
-                          "gate", "up", "down", "gate_b", "up_b", "down_b", "shared_gate"})
+                          "gate", "up", "down", "gate_b", "up_b", "down_b", "shared_gate",
+                          "q_gate", "z", "b", "a"})  # the attention output gate; Gated DeltaNet's z, b, a
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -205,12 +205,24 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
     it = np.dtype(mc.jnp_dtype).itemsize
 
     def cache_bytes(rows: int, slots: int) -> int:
-        cache_k = (mc.n_layers, rows, kk, slots, kd)
-        cache_v = (mc.n_layers, rows, vk, slots, vd)
+        """Keys/values of the attention layers; a linear-attention layer's row keeps its convolution inputs and
+        its float32 recurrent state instead, the same at any length (``KVCache``)."""
+        n_att = len(mc.attention_layers)
+        cache_k = (n_att, rows, kk, slots, kd)
+        cache_v = (n_att, rows, vk, slots, vd)
         spec = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_k)
         spec_v = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_v)
         sizes = dict(mesh.shape)
-        return _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it)
+        total = _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it)
+        if mc.linear is not None:
+            from reasoning_rl.rollout.sampler import CONV_AXES, STATE_AXES
+
+            lin = mc.linear
+            conv = (len(lin.layers), rows, lin.conv - 1, 2 * lin.k_heads * lin.k_dim + lin.v_heads * lin.v_dim)
+            state = (len(lin.layers), rows, lin.v_heads, lin.k_dim, lin.v_dim)
+            total += _shard_bytes(conv, ctx.spec(CONV_AXES, conv), sizes, it)
+            total += _shard_bytes(state, ctx.spec(STATE_AXES, state), sizes, 4)
+        return total
 
     # the sampler's cache in a training loop: each RL step's rollouts, and a held-out curve's evaluations
     # (eval.every: sampled beside the optimizer state, in any stage kind that samples)

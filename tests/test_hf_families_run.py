@@ -1,7 +1,8 @@
-"""GRPO runs from tiny gpt-oss, OLMo-2 and GLM-4.5 checkpoints, each with its own chat template (gpt-oss's
-harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a <think>) and a JSONL
-math dataset (gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2 tensor-parallel,
-GLM-4.5 both (data 2 x tensor 2 x expert 2). The trained weights export back to transformers with
+"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5 and Qwen3.5 checkpoints, each with its own chat template (gpt-oss's
+harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a <think>, Qwen's
+<|im_start|> turns) and a JSONL math dataset (gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh
+expert 2), OLMo-2 and Qwen3.5 (linear-attention layers) tensor-parallel, GLM-4.5 both (data 2 x tensor 2 x
+expert 2). The trained weights export back to transformers with
 the same logits."""
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ OLMO2 = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == '
          "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% else %}{{ '<|assistant|>\\n' + message['content'] + "
          "eos_token + '\\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}"
          "{% endif %}{% endfor %}")
+QWEN = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}"
+        "{% endif %}")
 GLM = ("[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n<think>' }}{% endif %}")
 FAMILIES = {
@@ -38,6 +42,9 @@ FAMILIES = {
     # a turn ends at <|user|> (GLM's config.json lists it among its eos ids)
     "glm4_moe": (GLM, ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"],
                  {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, {"data": 2, "tensor": 2, "expert": 2}),
+    # Qwen3.5: a Gated DeltaNet layer then a gated attention layer, tensor-parallel (both split by heads)
+    "qwen3_5": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 4, "tensor": 2}),
 }
 CORPUS = ["What is 12 + 30? The answer is 42.", "<answer>42</answer> #### 42", "Think step by step about numbers.",
           "What is 7 + 6? It is 13."] * 20
@@ -71,6 +78,10 @@ def _checkpoint(path, family):
         cfg = transformers.Glm4MoeConfig(**{**common, "eos_token_id": eos}, attention_bias=True, n_routed_experts=4,
                                          num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1,
                                          n_shared_experts=1)
+    elif family == "qwen3_5":
+        cfg = transformers.Qwen3_5TextConfig(**common, layer_types=["linear_attention", "full_attention"],
+                                             linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                                             linear_num_value_heads=4)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)

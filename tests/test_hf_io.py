@@ -431,16 +431,17 @@ def test_safetensors_bf16_round_trip(tmp_path):
     np.testing.assert_array_equal(f.get("b"), b)
 
 
-@pytest.mark.parametrize("model_type,why", [("qwen3_next", "Gated DeltaNet linear-attention layers"),
-                                            ("qwen3_5", "Gated DeltaNet linear-attention layers"),
+@pytest.mark.parametrize("model_type,why", [("jamba", "Mamba layers"), ("minimax", "lightning \\(linear\\) attention layers"),
                                             ("falcon_h1", "Mamba-2 layers"), ("lfm2", "short-convolution layers")])
 def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, why):
-    """A hybrid whose other layers keep a recurrent state is refused naming those layers, not only as an unknown
-    type; an unknown type lists every supported one, the vision-language wrappers included."""
+    """A hybrid whose other layers keep a recurrent state of a kind not implemented is refused naming those layers,
+    not only as an unknown type; an unknown type lists every supported one, the vision-language wrappers and the
+    Gated DeltaNet hybrids (Qwen3.5, Qwen3-Next) included."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "num_hidden_layers": 2}))
     with pytest.raises(ConfigError, match=f"model_type '{model_type}' is not supported: its {why} keep a recurrent"):
         config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rwkv7"}))
     with pytest.raises(ConfigError, match=r"'rwkv7' is not supported \(supported: .*gemma3, gemma3_text, "
+                                          r".*qwen3_5, qwen3_5_moe, qwen3_5_moe_text, qwen3_5_text, .*qwen3_next, "
                                           r".*qwen3_vl_moe"):
         config_from_hf(tmp_path)

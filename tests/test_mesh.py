@@ -271,6 +271,22 @@ def test_plan_sizes_minimax_m2_from_its_released_config_fields():
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 64
 
 
+def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
+    """Qwen3.5-35B-A3B GRPO (configs/arch): 34.7B parameters, 256 experts in every layer; fits 80 GB devices on 16.
+    The sampler's cache is keys/values for the 10 attention layers (growing with the slots) and, for each of the
+    30 linear layers, a fixed float32 state and 3 convolution inputs per row, counted exactly."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "qwen3_5_35b_a3b_grpo.yaml")), 16, memory_gb=80)
+    assert 34e9 < p["model"]["params"] < 35.5e9 and p["model"]["experts"] == 256
+    assert p["model"]["family"] == "qwen3_5_moe" and p["fits"]
+    rows, slots = 32 * 8 // 16, 256 + 4096  # rows over fsdp x expert; prompt + response slots
+    keys_values = 10 * rows * 2 * slots * 256 * 2 * 2  # layers, rows, kv heads, slots, head dim, k and v, bf16
+    states = 30 * rows * (32 * 128 * 128 * 4 + 3 * (2 * 16 * 128 + 32 * 128) * 2)
+    assert p["per_device_bytes"]["kv_cache"] == keys_values + states
+
+
 def test_plan_sizes_hunyuan_a13b_from_its_released_config_fields():
     """Hunyuan-A13B GRPO (configs/arch, the released config.json's fields: per-layer MoE lists, rope_scaling of
     type dynamic with alpha): 80B parameters, 64 experts and a shared MLP in every layer; fits 80 GB devices on

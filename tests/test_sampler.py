@@ -221,17 +221,21 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from helpers import prompts, tiny_model
 from reasoning_rl import sharding as shd
-from reasoning_rl.models import MoEConfig
+from reasoning_rl.models import LinearAttnConfig, MoEConfig
 from reasoning_rl.rollout.sampler import SamplingParams, left_pad, sample_impl
 
 dense = tiny_model(seed=1)
 moe = tiny_model(seed=2, moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=32))
+# Gated DeltaNet and gated attention layers (Qwen3.5): recurrent states in the per-device and sharded caches
+hybrid = tiny_model(seed=3, n_layers=2, attn_gate=True,
+                    linear=LinearAttnConfig(layers=(0,), k_heads=2, v_heads=4, k_dim=8, v_dim=8))
 pt0, pv0 = left_pad(prompts(8, seed=5), 0)
 cases = {
     "plain": (dense, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3)),
     "refill": (dense, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3, slots=8)),
     "paged": (dense, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3, page_size=4)),
     "moe_routes": (moe, SamplingParams(12, 1.0, 0, 1.0, False, (5,), 0, 2, record_routes=True)),
+    "hybrid": (hybrid, SamplingParams(20, 1.0, 0, 1.0, False, (5, 6, 7), 0, 3)),
 }
 res = {}
 for name, ((mdef, params0), sp) in cases.items():
@@ -273,7 +277,8 @@ print(json.dumps(res))
 
 def test_data_parallel_sampling_runs_a_loop_per_device_with_the_same_completions(tmp_path):
     """On a data-only mesh each device decodes its prompts in its own loop (no collective inside the decode
-    loop); plain, refill, paged and MoE routing-replay sampling return what one device returns. A batch that
+    loop); plain, refill, paged, MoE routing-replay and linear-attention (recurrent state) sampling return what one
+    device returns. A batch that
     does not split over the devices, or a mesh with a tensor axis, falls back to one global program (whose
     loop holds cross-device reductions) with the same completions."""
     env = compared_env()  # the child asks for its 4 devices itself

@@ -25,7 +25,10 @@ from . import (
     qwen2,
     qwen2_moe,
     qwen3,
+    qwen3_5,
+    qwen3_5_moe,
     qwen3_moe,
+    qwen3_next,
     seed_oss,
     smollm3,
 )
@@ -35,18 +38,17 @@ from .multimodal import WRAPPERS
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
                                                       qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, glm4_moe_lite,
                                                       seed_oss, smollm3, exaone4,
-                                                      minimax_m2, ernie4_5, hunyuan)}
+                                                      minimax_m2, ernie4_5, hunyuan, qwen3_5,
+                                                      qwen3_5_moe, qwen3_next)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 
-# Hybrid models whose layers other than attention (linear attention, state-space layers, short convolutions)
-# carry a recurrent state through decoding, which neither the layers nor the sampler's caches have: a config of
-# one of these is refused saying so, rather than only that its model_type is unknown.
+# Hybrid models whose other layers (state-space layers, short convolutions, lightning attention) carry a recurrent
+# state of a kind the layers here do not compute (Gated DeltaNet's, Qwen3.5's and Qwen3-Next's, they do): a config
+# of one of these is refused saying so, rather than only that its model_type is unknown.
 RECURRENT = {
-    "qwen3_next": "Gated DeltaNet linear-attention layers", "qwen3_5": "Gated DeltaNet linear-attention layers",
-    "qwen3_5_moe": "Gated DeltaNet linear-attention layers", "qwen3_5_text": "Gated DeltaNet linear-attention layers",
-    "qwen3_5_moe_text": "Gated DeltaNet linear-attention layers", "falcon_h1": "Mamba-2 layers",
+    "falcon_h1": "Mamba-2 layers",
     "nemotron_h": "Mamba-2 layers", "granitemoehybrid": "Mamba-2 layers", "jamba": "Mamba layers",
     "mamba": "Mamba layers", "mamba2": "Mamba-2 layers", "lfm2": "short-convolution layers",
     "lfm2_moe": "short-convolution layers", "minimax": "lightning (linear) attention layers",
@@ -56,7 +58,7 @@ RECURRENT = {
 def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
-                          "keep a recurrent state, which these layers and the sampler's caches do not have")
+                          "keep a recurrent state of a kind not implemented here (Gated DeltaNet's is: Qwen3.5, Qwen3-Next)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")

@@ -6,6 +6,7 @@ Layouts (``Tensor.layout``), per layer and per expert, ours <- checkpoint:
   flat   the checkpoint stores it flattened (attention biases [H*D] -> [H, D])
   t1/t2  a torch ``nn.Linear`` weight [out, in]: ours is ``w.T`` reshaped, with the first 1 (t1) or 2 (t2) of
          our dims forming ``in`` (q_proj [H*D, d] -> [d, H, D] is t1; o_proj [d, H*D] -> [H, D, d] is t2)
+  conv   a depthwise ``nn.Conv1d`` weight [C, 1, K]: ours is [K, ...] with the channels after the kernel
 
 A checkpoint tensor may hold several of our parameters side by side (``Tensor.piece``): Phi-3's qkv_proj
 (q, k, v rows one after the other), gate_up_proj (gate rows then up rows), gpt-oss's expert gate_up_proj
@@ -31,26 +32,39 @@ class ConfigError(ValueError):
 class Piece:
     """This parameter is part ``index`` of a checkpoint tensor cut along ``axis`` (of its per-layer/per-expert
     slice, in checkpoint layout) into parts of ``sizes``; ``interleave``: the parts alternate element by
-    element (equal sizes) instead of following each other."""
+    element (equal sizes) instead of following each other. ``groups`` > 1: the axis holds that many groups one
+    after the other, each made of the parts (``sizes`` per group): Qwen3.5's q_proj (each head's queries, then
+    its gate), Qwen3-Next's in_proj_qkvz (each key head's q, k, then its value heads' v and z)."""
 
     axis: int
     index: int
     sizes: tuple[int, ...]
     interleave: bool = False
+    groups: int = 1
+
+    def _grouped(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape[:self.axis] + (self.groups, -1) + shape[self.axis + 1:]
 
     def cut(self, a: np.ndarray) -> np.ndarray:
+        lo = sum(self.sizes[:self.index])
+        if self.groups > 1:
+            b = a.reshape(self._grouped(a.shape))
+            part = b[(slice(None),) * (self.axis + 1) + (slice(lo, lo + self.sizes[self.index]),)]
+            return part.reshape(a.shape[:self.axis] + (-1,) + a.shape[self.axis + 1:])
         if self.interleave:
             sl = slice(self.index, None, len(self.sizes))
         else:
-            lo = sum(self.sizes[:self.index])
             sl = slice(lo, lo + self.sizes[self.index])
         return a[(slice(None),) * self.axis + (sl,)]
 
     def whole(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The checkpoint tensor's shape from one piece's."""
-        return shape[:self.axis] + (sum(self.sizes),) + shape[self.axis + 1:]
+        return shape[:self.axis] + (sum(self.sizes) * self.groups,) + shape[self.axis + 1:]
 
     def join(self, parts: list[np.ndarray]) -> np.ndarray:
+        if self.groups > 1:
+            b = np.concatenate([p.reshape(self._grouped(p.shape)) for p in parts], axis=self.axis + 1)
+            return b.reshape(self.whole(parts[0].shape))
         if self.interleave:
             a = np.stack(parts, axis=self.axis + 1)
             return a.reshape(self.whole(parts[0].shape))
@@ -69,7 +83,7 @@ class Tensor:
 
     def stacked(self) -> tuple[bool, bool]:
         """(has a leading layer dim, has an expert dim) in our parameter."""
-        return self.path[0] in ("layers", "dense_layers"), "{e}" in self.hf
+        return self.path[0] in ("layers", "dense_layers", "linear_layers", "linear_dense_layers"), "{e}" in self.hf
 
 
 def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -78,6 +92,8 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)
     if layout == "flat":
         return (math.prod(shape),)
+    if layout == "conv":
+        return math.prod(shape[1:]), 1, shape[0]
     k = int(layout[1:])
     return math.prod(shape[k:]), math.prod(shape[:k])
 
@@ -87,6 +103,8 @@ def to_ours(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         return a
     if layout == "flat":
         return a.reshape(shape)
+    if layout == "conv":
+        return a[:, 0, :].T.reshape(shape)
     return a.T.reshape(shape)
 
 
@@ -95,6 +113,8 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         return a
     if layout == "flat":
         return a.reshape(-1)
+    if layout == "conv":
+        return a.reshape(shape[0], -1).T[:, None, :]
     k = int(layout[1:])
     return a.reshape(math.prod(shape[:k]), math.prod(shape[k:])).T
 

@@ -54,6 +54,8 @@ WRAPPERS: dict[str, Wrapper] = {
     "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
     "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
     # its router always renormalises the chosen experts' weights (the config has no switch for it)
+    "qwen3_5": Wrapper(("qwen3_5_text",), "qwen3_5_text", "Qwen3_5ForCausalLM", **QWEN_VL),
+    "qwen3_5_moe": Wrapper(("qwen3_5_moe_text",), "qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", **QWEN_VL),
     "qwen3_vl_moe": Wrapper(("qwen3_vl_moe_text",), "qwen3_moe", "Qwen3MoeForCausalLM", experts_in_out=True,
                             fixed={"norm_topk_prob": True}, **QWEN_VL),
 }

@@ -298,12 +298,14 @@ class Attention(nnx.Module):
                  query_scale: float | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
-                 invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False):
+                 invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
+                 gate: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
         rotate adjacent pairs (ERNIE 4.5; q and k come out alike permuted, scores unchanged);
-        ``qk_norm_after_rope``: the q/k norms see the rotated heads (Hunyuan). ``impl``: attention
+        ``qk_norm_after_rope``: the q/k norms see the rotated heads (Hunyuan). ``gate``: the attention output is
+        scaled by ``sigmoid(x W_gate)`` [H, D] before the o-projection (Qwen3.5, Qwen3-Next). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -322,6 +324,9 @@ class Attention(nnx.Module):
         self.v = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
         self.o = param(rngs, (n_heads, head_dim, d_model), ("heads", "head_dim", "embed"), n_heads * head_dim,
                        param_dtype, scale=out_scale)
+        # (not "gate": LoRA's ``gate`` target names the MLP's)
+        self.q_gate = (param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model,
+                             param_dtype) if gate else None)
         if qkv_bias:
             self.q_bias = zeros((n_heads, head_dim), ("heads", "head_dim"), param_dtype)
             self.k_bias = zeros((n_kv_heads, head_dim), ("kv_heads", "head_dim"), param_dtype)
@@ -410,6 +415,9 @@ class Attention(nnx.Module):
             else:  # without a cache the keys are the sequence itself, causal: causal blocks apply
                 out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
                                     sinks=sinks)
+        if self.q_gate is not None:
+            gate = _proj_in(x, self.q_gate[...].astype(self.dtype), self.invariant)
+            out = (out.astype(jnp.float32) * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
         out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype), self.invariant))
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)

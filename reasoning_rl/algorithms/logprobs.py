@@ -75,7 +75,8 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     as GRPO rollouts do. The prompt is then run once per group and the completions attend over its
     keys/values as a shared prefix (``Transformer.hidden(prefix=...)``); gradients through the prompt are
     summed over the group, so this is the same function with ``(group - 1) / group`` of the prompt work
-    removed. (Dense models; MoE models run whole rows, so their routing statistics stay per token.)
+    removed. (Dense attention models; MoE models run whole rows, so their routing statistics stay per token, and
+    so do models with linear-attention layers, whose prompt leaves a state rather than keys/values.)
 
     ``positions``/``segments`` [B, T]: packed rows (SFT), several sequences each with its own positions;
     tokens attend within their segment only (``Transformer.hidden``). ``entropy_grad``: the entropies carry
@@ -131,7 +132,7 @@ def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_tar
     ``segments`` as in ``target_logprobs``."""
     t = tokens.shape[1]
     shared = group > 1 and tokens.shape[0] % group == 0 and n_targets < t and segments is None
-    if shared and model.cfg.moe is None:
+    if shared and model.cfg.moe is None and model.cfg.linear is None:
         return _shared_prompt_hidden(model, tokens, valid, n_targets, group)
     pos = positions_from_valid(valid) if positions is None else positions
     h, _, aux = model.hidden(tokens, pos, valid, return_aux=True, routes=routes, segments=segments)

@@ -98,18 +98,21 @@ CACHE_AXES = ("layers", "cache_batch", "act_kv_heads", "cache_seq", None)  # k/v
 
 
 POOL_AXES = ("layers", None, "act_kv_heads", None, None)  # paged k/v [L, pages, K, page, D]
+CONV_AXES = ("layers", "cache_batch", None, None)  # linear layers' convolution inputs [L, B, K - 1, C]
+STATE_AXES = ("layers", "cache_batch", "act_heads", None, None)  # and recurrent states [L, B, H, dk, dv]
 
 
 def shard_cache(cache: KVCache) -> KVCache:
     """Lay the cache out by the logical rules: rows over the batch axes, KV heads over ``tensor`` (a page
-    pool is shared by rows, so only its KV heads are split)."""
+    pool is shared by rows, so only its KV heads are split; linear layers' states by rows and heads)."""
+    rec = () if cache.conv is None else (constrain(cache.conv, CONV_AXES), constrain(cache.state, STATE_AXES))
     if cache.split:  # one [B, K, S, D] buffer per layer
         return KVCache(tuple(constrain(a, CACHE_AXES[1:]) for a in cache.k),
                        tuple(constrain(a, CACHE_AXES[1:]) for a in cache.v),
                        constrain(cache.valid, ("cache_batch", "cache_seq")))
     axes = CACHE_AXES if cache.table is None else POOL_AXES
     return KVCache(constrain(cache.k, axes), constrain(cache.v, axes),
-                   constrain(cache.valid, ("cache_batch", "cache_seq")), cache.table)
+                   constrain(cache.valid, ("cache_batch", "cache_seq")), cache.table, *rec)
 
 
 def split_decode(cfg) -> bool:
@@ -145,7 +148,7 @@ class DecodeForm:
     @classmethod
     def of(cls, cfg, ends: list[int], paged: bool = False) -> DecodeForm:
         unroll = split_decode(cfg)
-        split = unroll and not paged
+        split = unroll and not paged and cfg.linear is None  # recurrent states stay stacked
         return cls(unroll, split, split_ends(cfg, ends) if split else ends)
 
     def cache(self, cache: KVCache) -> KVCache:
@@ -229,7 +232,8 @@ def paged_cache(prefill: KVCache, lay: PageLayout, prompt: jax.Array, valid: jax
         own = jnp.concatenate([first, rest], axis=2).reshape(x.shape[0], -1, *first.shape[3:])
         return jnp.concatenate([shared, own], axis=1)
 
-    return shard_cache(KVCache(pool(prefill.k), pool(prefill.v), valid, lay.table(prompt)))
+    rec = tuple(a[:, prompt] for a in prefill.recurrent())  # each slot's copy of its prompt's states
+    return shard_cache(KVCache(pool(prefill.k), pool(prefill.v), valid, lay.table(prompt), *rec))
 
 
 def _prefill(model, prompt_tokens, prompt_valid, size: int, record: bool = False):
@@ -417,9 +421,12 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
 
     def assign(c: KVCache, take, pi) -> KVCache:
         """Slots ``take`` start rows of prompts ``pi``: contiguous, copy the prompt's K/V into the slot;
-        paged, point the slot's table at the prompt's shared pages and copy only its last page."""
+        paged, point the slot's table at the prompt's shared pages and copy only its last page. Linear-attention
+        layers' states are copied from the prompt's in both."""
         valid = jnp.where(take[:, None], pvalid[pi], c.valid)
         sel = take[None, :, None, None, None]
+        rec = tuple(jnp.where(take.reshape((1, -1) + (1,) * (a.ndim - 2)), p[:, pi], a)
+                    for a, p in zip(c.recurrent(), pcache.recurrent()))
         if c.split:
             k, v = (tuple(a.at[:, :, :tp].set(jnp.where(sel[0], x[i, pi], a[:, :, :tp])) for i, a in enumerate(buf))
                     for buf, x in ((c.k, pcache.k), (c.v, pcache.v)))
@@ -427,12 +434,12 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         if lay is None:
             k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
             v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
-            return shard_cache(KVCache(k, v, valid))
+            return shard_cache(KVCache(k, v, valid, None, *rec))
         first, full = lay.own_first(), lay.shared * lay.page
         k, v = (pool.at[:, first].set(jnp.where(sel, x[:, pi, :, full:full + lay.page], pool[:, first]))
                 for pool, x in ((c.k, pcache.k), (c.v, pcache.v)))
         table = jnp.where(take[:, None], lay.table(pi), c.table)
-        return shard_cache(KVCache(k, v, valid, table))
+        return shard_cache(KVCache(k, v, valid, table, *rec))
 
     def refill(s):
         free = s["done"]

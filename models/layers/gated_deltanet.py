@@ -1,0 +1,212 @@
+"""Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next): a recurrent state instead of a KV cache.
+
+Each layer keeps, per row, a state ``S`` [H, d_k, d_v] updated token by token with the gated delta rule
+
+    S <- exp(g_t) S;   S <- S + k_t (beta_t (v_t - S^T k_t))^T;   o_t = S^T q_t
+
+(q, k L2-normalised, q scaled by d_k^-1/2; ``g_t = -exp(A) softplus(a_t + dt_bias)`` <= 0, ``beta_t =
+sigmoid(b_t)``), after a causal depthwise convolution (kernel K, SiLU) over the q/k/v projections; the output
+is RMS-normalised per head, gated by SiLU(z) and projected back. Decoding keeps the state and the last K - 1
+convolution inputs per row (``KVCache.conv`` / ``KVCache.state``), so a step costs the same at any length.
+
+Why the sequence is compacted first: the sampler's rows are left-padded prompts followed by completions that
+stop at different steps, the trainer's rows the same tokens in its own padding. Only valid tokens enter the
+convolution window and the recurrence (an invalid token leaves the state as it was: ``g = 0``, ``beta = 0``),
+so a row's numbers depend on its valid tokens alone, whatever the padding around them, and the sampler's
+log-probs equal the trainer's by construction as for attention.
+
+A multi-token pass runs the chunked form (within a chunk of C tokens the delta-rule updates are one
+unit-lower-triangular solve and a few matmuls; the chunks are scanned), a decode step the recurrence itself;
+``recurrent_delta_rule`` is also the reference the chunked form is tested against.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from reasoning_rl.sharding import constrain
+
+from ..lora import adapt
+from .init import param
+
+CHUNK = 64
+
+
+def l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def recurrent_delta_rule(q, k, v, g, beta, state, seg=None):
+    """The gated delta rule token by token. q/k [B, T, H, dk] (normalised, scaled, float32), v [B, T, H, dv],
+    g/beta [B, T, H], state [B, H, dk, dv]; ``seg`` [B, T] (packed rows): a token whose segment differs from the
+    one before starts from a zero state (the incoming state counts as the first token's segment). Returns
+    (o [B, T, H, dv], final state)."""
+    keep = jnp.ones(g.shape, g.dtype) if seg is None else _continues(seg)[..., None].astype(g.dtype)
+
+    def step(s, xs):
+        q_t, k_t, v_t, g_t, b_t, c_t = xs
+        s = s * (jnp.exp(g_t) * c_t)[..., None, None]
+        mem = jnp.einsum("bhkv,bhk->bhv", s, k_t)
+        s = s + k_t[..., :, None] * ((v_t - mem) * b_t[..., None])[..., None, :]
+        return s, jnp.einsum("bhkv,bhk->bhv", s, q_t)
+
+    state, o = jax.lax.scan(step, state, tuple(jnp.moveaxis(a, 1, 0) for a in (q, k, v, g, beta, keep)))
+    return jnp.moveaxis(o, 0, 1), state
+
+
+def _continues(seg: jax.Array) -> jax.Array:
+    """[B, T] bool: the token continues the segment of the token before it (the first token: yes)."""
+    return jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] == seg[:, :-1]], axis=1)
+
+
+def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
+    """``recurrent_delta_rule`` in chunks of ``chunk`` tokens (the same function; T padded with tokens that
+    leave the state alone). Within a chunk, with cumulative log decay c_i and the strictly lower matrix
+    A_ij = beta_i (k_i . k_j) exp(c_i - c_j), the chunk's corrected values are u = (I + A)^-1 (beta v) minus
+    the part the incoming state predicts, w S with w = (I + A)^-1 (beta k exp(c)); outputs and the outgoing
+    state are then products with S and u. ``seg``: a segment start is a decay of zero, so every factor that
+    spans one (between two tokens, from the chunk's start, to its end) is zero."""
+    b, t, h, dk = k.shape
+    dv = v.shape[-1]
+    c = min(chunk, t)
+    pad = -t % c
+    if seg is None:
+        seg = jnp.zeros((b, t), jnp.int32)
+    if pad:
+        q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
+        g, beta = (jnp.pad(a, ((0, 0), (0, pad), (0, 0))) for a in (g, beta))
+        seg = jnp.pad(seg, ((0, 0), (0, pad)), mode="edge")
+    n = (t + pad) // c
+    # [n, B, H, C, ...]: chunks first (scanned), heads before time
+    q, k, v = (jnp.moveaxis(a.reshape(b, n, c, h, a.shape[-1]), (1, 3), (0, 2)) for a in (q, k, v))
+    g, beta = (jnp.moveaxis(a.reshape(b, n, c, h), (1, 3), (0, 2)) for a in (g, beta))
+    cum = jnp.cumsum(g, axis=-1)  # [n, B, H, C]
+    sc = jnp.moveaxis(seg.reshape(b, n, c), 1, 0)[:, :, None]  # [n, B, 1, C]
+    before = jnp.concatenate([sc[:1, ..., :1], sc[:-1, ..., -1:]], axis=0)  # the incoming state's segment
+    start = (sc == before).astype(g.dtype)  # token i still in the incoming state's segment
+    end = (sc == sc[..., -1:]).astype(g.dtype)  # token j in the chunk's last segment
+    lower = jnp.tril(jnp.ones((c, c), bool)) & (sc[..., :, None] == sc[..., None, :])
+    decay = jnp.exp(jnp.where(lower, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [.., C, C], j <= i
+    kk = jnp.einsum("...id,...jd->...ij", k, k)
+    a = jnp.where(jnp.tril(lower, -1), beta[..., :, None] * kk * decay, 0.0)
+    eye = jnp.eye(c, dtype=a.dtype)
+
+    def solve(rhs):
+        return jax.lax.linalg.triangular_solve(eye + a, rhs, left_side=True, lower=True, unit_diagonal=True)
+
+    u = solve(v * beta[..., None])
+    w = solve(k * (beta * jnp.exp(cum) * start)[..., None])
+    intra = jnp.einsum("...id,...jd->...ij", q, k) * decay
+    q_dec = q * (jnp.exp(cum) * start)[..., None]
+    k_dec = k * (jnp.exp(cum[..., -1:] - cum) * end)[..., None]
+    last = (jnp.exp(cum[..., -1]) * start[..., -1])[..., None, None]
+
+    def step(s, xs):
+        u_i, w_i, intra_i, q_i, k_i, last_i = xs
+        v_new = u_i - w_i @ s
+        o = q_i @ s + intra_i @ v_new
+        s = s * last_i + jnp.swapaxes(k_i, -1, -2) @ v_new
+        return s, o
+
+    state, o = jax.lax.scan(step, state, (u, w, intra, q_dec, k_dec, last))
+    o = jnp.moveaxis(o, (0, 2), (1, 3)).reshape(b, n * c, h, dv)
+    return o[:, :t], state
+
+
+def compact(valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(order, inverse, count) of each row's valid tokens first, in sequence order: ``x[order]`` is the row
+    compacted, ``y[inverse]`` puts a compacted result back in place."""
+    order = jnp.argsort(~valid, axis=1, stable=True)
+    inverse = jnp.argsort(order, axis=1)
+    return order, inverse, jnp.sum(valid, axis=1).astype(jnp.int32)
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class GatedDeltaNet(nnx.Module):
+    """One Gated DeltaNet mixer. Parameters (the checkpoint's fused in_proj_qkv and conv1d cut per part, so
+    tensor parallelism splits heads): q/k [D, Hk, dk], v/z [D, Hv, dv], b/a [D, Hv], conv_q/conv_k [K, Hk, dk],
+    conv_v [K, Hv, dv], dt_bias/A_log [Hv], norm [dv], o [Hv, dv, D]. Value head j reads key head j // (Hv/Hk).
+    LoRA targets q, k, v and o adapt the same-named projections, as in the attention layers."""
+
+    def __init__(self, d_model: int, k_heads: int, v_heads: int, k_dim: int, v_dim: int, conv: int, *,
+                 rngs: nnx.Rngs, norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32,
+                 out_scale: float = 1.0):
+        if v_heads % k_heads:
+            raise ValueError(f"linear attention: {v_heads} value heads are not a multiple of {k_heads} key heads")
+        self.k_heads, self.v_heads, self.k_dim, self.v_dim, self.kernel = k_heads, v_heads, k_dim, v_dim, conv
+        self.eps, self.dtype = norm_eps, dtype
+        kd, vd = ("embed", "kv_heads", "head_dim"), ("embed", "heads", "head_dim")
+        self.q = param(rngs, (d_model, k_heads, k_dim), kd, d_model, param_dtype)
+        self.k = param(rngs, (d_model, k_heads, k_dim), kd, d_model, param_dtype)
+        self.v = param(rngs, (d_model, v_heads, v_dim), vd, d_model, param_dtype)
+        self.z = param(rngs, (d_model, v_heads, v_dim), vd, d_model, param_dtype)
+        self.b = param(rngs, (d_model, v_heads), ("embed", "heads"), d_model, param_dtype)
+        self.a = param(rngs, (d_model, v_heads), ("embed", "heads"), d_model, param_dtype)
+        self.conv_q = param(rngs, (conv, k_heads, k_dim), (None, "kv_heads", "head_dim"), conv, param_dtype)
+        self.conv_k = param(rngs, (conv, k_heads, k_dim), (None, "kv_heads", "head_dim"), conv, param_dtype)
+        self.conv_v = param(rngs, (conv, v_heads, v_dim), (None, "heads", "head_dim"), conv, param_dtype)
+        self.dt_bias = nnx.Param(jnp.ones((v_heads,), param_dtype), axes=("heads",))
+        a_init = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 1.0, 16.0)
+        self.A_log = nnx.Param(jnp.log(a_init).astype(param_dtype), axes=("heads",))
+        self.norm = nnx.Param(jnp.ones((v_dim,), param_dtype), axes=("norm",))
+        self.o = param(rngs, (v_heads, v_dim, d_model), ("heads", "head_dim", "embed"), v_heads * v_dim,
+                       param_dtype, scale=out_scale)
+
+    def __call__(self, x: jax.Array, valid: jax.Array, cache=None, segments: jax.Array | None = None):
+        """x [B, T, D], valid [B, T]. ``cache``: (conv [B, K-1, C], state [B, Hv, dk, dv]) of this layer, the
+        row's last K - 1 valid convolution inputs and its state; None: a fresh sequence. ``segments`` [B, T]
+        (packed rows, no cache): the convolution and the state restart with each sequence. Returns (out,
+        (conv, state)) (the cache entry after the valid tokens of ``x``; None without a cache)."""
+        if segments is not None and cache is not None:
+            raise ValueError("segments (packed rows) take no cache")
+        dt = self.dtype
+        b, t, _ = x.shape
+        w = {n: getattr(self, n)[...].astype(dt) for n in ("q", "k", "v", "z", "b", "a")}
+        proj = [adapt(self, n, x, jnp.einsum("btd,dhk->bthk", x, w[n])).reshape(b, t, -1) for n in ("q", "k", "v")]
+        sizes = [p.shape[-1] for p in proj]
+        mixed = jnp.concatenate(proj, axis=-1)  # [B, T, C]: the convolution's channels
+        kernel = jnp.concatenate([getattr(self, f"conv_{n}")[...].reshape(self.kernel, -1) for n in "qkv"], -1)
+        order, inverse, count = compact(valid)
+        mixed = _take(mixed, order)
+        k1 = self.kernel - 1
+        prev = jnp.zeros((b, k1, mixed.shape[-1]), mixed.dtype) if cache is None else cache[0].astype(mixed.dtype)
+        window = jnp.concatenate([prev, mixed], axis=1)  # [B, K-1+T, C]
+        seg = None if segments is None else _take(segments, order)
+        if seg is None:
+            taps = [window[:, j:j + t] for j in range(self.kernel)]
+        else:  # a tap reaching into an earlier sequence reads zero, as at a sequence's start
+            seg_w = jnp.concatenate([jnp.full((b, k1), -1, seg.dtype), seg], axis=1)
+            taps = [jnp.where((seg_w[:, j:j + t] == seg)[..., None], window[:, j:j + t], 0) for j in range(self.kernel)]
+        conv = sum(tap.astype(jnp.float32) * kernel[j].astype(jnp.float32) for j, tap in enumerate(taps))
+        conv = jax.nn.silu(conv.astype(dt))
+        new_conv = _take(window, count[:, None] + jnp.arange(k1)[None]) if cache is not None else None
+
+        qc, kc, vc = jnp.split(conv.astype(jnp.float32), [sizes[0], sizes[0] + sizes[1]], axis=-1)
+        r = self.v_heads // self.k_heads
+        q = jnp.repeat(l2norm(qc.reshape(b, t, self.k_heads, self.k_dim)), r, axis=2) * self.k_dim**-0.5
+        k = jnp.repeat(l2norm(kc.reshape(b, t, self.k_heads, self.k_dim)), r, axis=2)
+        v = vc.reshape(b, t, self.v_heads, self.v_dim)
+        live = (jnp.arange(t)[None] < count[:, None])[..., None]  # compacted: the first ``count`` are valid
+        xb = jnp.einsum("btd,dh->bth", x, w["b"])
+        xa = jnp.einsum("btd,dh->bth", x, w["a"])
+        beta = jnp.where(live, jax.nn.sigmoid(_take(xb, order).astype(jnp.float32)), 0.0)
+        a_f = _take(xa, order).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        g = jnp.where(live, -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a_f), 0.0)
+        s0 = (jnp.zeros((b, self.v_heads, self.k_dim, self.v_dim), jnp.float32) if cache is None
+              else cache[1].astype(jnp.float32))
+        rule = recurrent_delta_rule if t < 8 else chunked_delta_rule
+        core, state = rule(q, k, v, g, beta, s0, seg=seg)
+        core = _take(core.astype(dt), inverse)  # back in sequence order [B, T, Hv, dv]
+
+        cf = core.astype(jnp.float32)
+        cf = cf * jax.lax.rsqrt(jnp.mean(cf * cf, axis=-1, keepdims=True) + self.eps)
+        normed = self.norm[...].astype(dt) * cf.astype(dt)
+        z = jnp.einsum("btd,dhk->bthk", x, w["z"])
+        out = (normed.astype(jnp.float32) * jax.nn.silu(z.astype(jnp.float32))).astype(dt)
+        out = adapt(self, "o", out, jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)))
+        out = constrain(out, ("batch", "seq", "act_embed"))
+        return out, (None if cache is None else (new_conv.astype(cache[0].dtype), state))
