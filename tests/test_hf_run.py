@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import FAST_COMPILE
 
 pytestmark = pytest.mark.parity
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+# the run, the export and the eval compile without LLVM's optimisations: compared with each other exactly, with
+# transformers only through tolerances
+FAST = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
 
 from test_hf_tokenizer import CHATML, _byte_bpe  # noqa: E402
 
@@ -48,7 +53,7 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--run-dir",
-                        str(run)], capture_output=True, text=True, timeout=600)
+                        str(run)], capture_output=True, text=True, timeout=600, env=FAST)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) == {"sft", "grpo"}
@@ -59,8 +64,8 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
     from reasoning_rl.models import load_pretrained
 
     base = load_pretrained(hf_dir)
-    import orbax.checkpoint as ocp
     import jax
+    import orbax.checkpoint as ocp
 
     step_dir = run / "checkpoints" / "grpo" / "2" / "state"
     ck = ocp.StandardCheckpointer()
@@ -76,7 +81,7 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
     # export the GRPO stage for transformers: same logits as reasoning_rl's on the trained weights
     out = tmp_path / "export"
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(run), str(out), "--stage", "grpo"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=FAST)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     ours = load_pretrained(out)
@@ -92,7 +97,7 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
     # the exported dir evaluated as a Hugging Face model with the run's config: the run's own held-out figures;
     # results go under ./eval_out/<its name>, never into the model dir
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "eval", str(out), "--config", str(path), "--json"],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=FAST)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads(p.stdout)["out"] == str(Path("eval_out") / "export")
     held = json.loads((tmp_path / "eval_out" / "export" / "eval.json").read_text())["held_out"]

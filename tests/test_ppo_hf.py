@@ -6,6 +6,7 @@ transformers loads."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from helpers import FAST_COMPILE
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -70,8 +72,11 @@ def _config(tmp_path, policy, critic):
 
 
 def _run(*args, timeout=600):
+    """Every run of this module compiles without LLVM's optimisations (``FAST_COMPILE``): runs are compared with
+    each other, and with transformers only through tolerances."""
     return subprocess.run([sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE})
 
 
 def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs, tmp_path):
