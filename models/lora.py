@@ -379,6 +379,24 @@ def _module(hf_name: str) -> str:
     return hf_name[:-len(".weight")]
 
 
+def _fused_piece_tensors(mod: str, parts: dict[int, tuple]) -> dict[str, np.ndarray]:
+    """PEFT's adapter of a fused checkpoint tensor from ours on some of its parts ({part index: (A [in, r],
+    B [rows, r], Piece)}): one adapter of rank n r whose A stacks the parts' A and whose B holds each part's B in
+    that part's rows and its own rank columns (zero elsewhere), which is exactly the parts' adapters side by side."""
+    piece = next(iter(parts.values()))[2]
+    order = sorted(parts)
+    r = parts[order[0]][0].shape[1]
+    blocks = []
+    for j, size in enumerate(piece.sizes):
+        blk = np.zeros((size * piece.groups, len(order) * r), np.float32)
+        if j in parts:
+            k = order.index(j)
+            blk[:, k * r:(k + 1) * r] = parts[j][1]
+        blocks.append(blk)
+    return {f"{PEFT_PREFIX}{mod}.lora_A.weight": np.concatenate([parts[j][0].T for j in order], axis=0),
+            f"{PEFT_PREFIX}{mod}.lora_B.weight": piece.join(blocks)}
+
+
 # transformers 5 fuses the routed experts into parameters of ``...mlp.experts`` (gate_up_proj [E, 2I, H],
 # down_proj [E, H, I]); PEFT adapts them with ``target_parameters`` (a ParamWrapper per parameter, nested in
 # the order the module registers them: the first is innermost, reached through ``.base_layer``).
@@ -411,7 +429,9 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
     ``mlp.experts.gate_up_proj`` / ``down_proj``. Our gate and up adapters (rank r each) are one rank-2r
     adapter of the fused gate_up there, A stacked and B block-diagonal (exact), declared by ``rank_pattern`` /
     ``alpha_pattern`` so its scale stays ours. PEFT has no dropout on expert parameters: with them the file says
-    ``lora_dropout: 0`` (dropout only shapes training, the adapter's function is the same)."""
+    ``lora_dropout: 0`` (dropout only shapes training, the adapter's function is the same). Params that are
+    parts of one fused checkpoint tensor (Phi-3's qkv_proj, Qwen3.5's q_proj and in_proj_qkv) go to that module
+    the same way: the parts side by side (``_fused_piece_tensors``), the rank pattern n r when n are adapted."""
     from .hf_save import _host, _resolve, flatten
     from .safetensors_io import NAMES, write_file
     from .transformer import stack_layers
@@ -424,7 +444,7 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
     layers = stack_layers(cfg)
     flat = flatten(split(params)[1])
     tensors: dict[str, np.ndarray] = {}
-    modules, experts = set(), {}
+    modules, experts, pieces = set(), {}, {}
     for path, a in flat.items():
         if not path[-1].endswith(SUFFIX_A):
             continue
@@ -432,22 +452,30 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
         t = specs.get(wpath)
         if t is None or ("{e}" in t.hf and not t.fused):
             raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent")
-        if t.piece is not None:  # one part of a fused checkpoint tensor: PEFT adapts the whole tensor at once
-            raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)}, part of the checkpoint's fused "
-                            f"{_module(t.hf).rsplit('.', 1)[1]}, has no PEFT equivalent of the same rank; "
-                            "export the merged model instead (save_pretrained), or leave it out of lora.targets")
         b = _host(flat[path[:-1] + (wpath[-1] + SUFFIX_B,)]).astype(np.float32)
         a = _host(a).astype(np.float32)
         if "{e}" in t.hf:
             experts.setdefault(path[0], {})[wpath[-1]] = (a, b, t)
             continue
         r = a.shape[-1]
+        if t.piece is not None:  # part of a fused checkpoint tensor (Phi-3's qkv_proj, Qwen3.5's in_proj_qkv)
+            for i in range(a.shape[0]):
+                mod = _module(t.hf.format(i=layers[path[0]][i]))
+                pieces.setdefault(mod, {})[t.piece.index] = (a[i].reshape(-1, r), b[i].reshape(r, -1).T, t.piece)
+            continue
         for i in range(a.shape[0]):
             mod = _module(t.hf.format(i=layers[path[0]][i]))
             tensors[f"{PEFT_PREFIX}{mod}.lora_A.weight"] = a[i].reshape(-1, r).T.copy()
             tensors[f"{PEFT_PREFIX}{mod}.lora_B.weight"] = b[i].reshape(r, -1).T.copy()
             modules.add(mod.rsplit(".", 1)[1])
     conf_extra: dict[str, Any] = {"target_parameters": None, "rank_pattern": {}, "alpha_pattern": {}}
+    for mod, parts in pieces.items():
+        tensors.update(_fused_piece_tensors(mod, parts))
+        name = mod.rsplit(".", 1)[1]
+        modules.add(name)
+        if len(parts) > 1:  # the parts side by side, each at its own rank: the scale kept by the patterns
+            conf_extra["rank_pattern"][name] = len(parts) * lc.rank
+            conf_extra["alpha_pattern"][name] = lc.alpha * (math.sqrt(len(parts)) if lc.rslora else len(parts))
     if experts:
         tps = set()
         for seg, parts in experts.items():
@@ -526,29 +554,35 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
     where = f"{conf_file}"
     if conf.get("peft_type", "LORA") != "LORA":
         raise LoRAError(f"{where}: peft_type {conf.get('peft_type')!r} is not supported (only LORA)")
+    base = mdef if mdef.cfg.lora is None else base_mdef(mdef)
+    cfg = base.cfg
     tps = list(conf.get("target_parameters") or [])
-    expert_pattern = lambda v: all(any(k.endswith(p) for p in EXPERT_PARAMS) for k in v)
+    # patterns name fused expert parameters or fused tensors holding several of our params (their adapters are
+    # cut per param, each at the rank it uses); any other module's rank must be r
+    fused_modules = {t.hf.rsplit(".", 2)[-2] for t in _peft_map(cfg).values() if t.piece is not None}
+    pattern_ok = lambda v: not v or all((tps and any(k.endswith(p) for p in EXPERT_PARAMS))
+                                        or k.rsplit(".", 1)[-1] in fused_modules for k in v)
     for key, ok in (("use_dora", lambda v: not v), ("bias", lambda v: v in (None, "none")),
-                    ("rank_pattern", lambda v: not v or (tps and expert_pattern(v))),
-                    ("alpha_pattern", lambda v: not v or (tps and expert_pattern(v))),
+                    ("rank_pattern", pattern_ok), ("alpha_pattern", pattern_ok),
                     ("layers_to_transform", lambda v: v is None), ("fan_in_fan_out", lambda v: not v),
                     ("modules_to_save", lambda v: not v), ("use_qalora", lambda v: not v)):
         if key in conf and not ok(conf[key]):
             raise LoRAError(f"{where}: {key}={conf[key]!r} is not supported")
-    base = mdef if mdef.cfg.lora is None else base_mdef(mdef)
-    cfg = base.cfg
     rank = int(conf.get("r", 8))
     alpha = float(conf.get("lora_alpha", rank))
     rslora = bool(conf.get("use_rslora", False))
     s0 = alpha / math.sqrt(rank) if rslora else alpha / rank
     layers = stack_layers(cfg)
     by_module: dict[str, tuple[tuple[str, ...], int]] = {}
+    by_piece: dict[str, list] = {}  # a fused module -> [(path, layer in stack, Piece)] of the params it holds
     by_experts: dict[str, tuple[str, int, dict]] = {}  # module -> (stack, layer in stack, {param: [specs]})
     for path, t in _peft_map(cfg).items():
         if "{i}" not in t.hf:
             continue
         for i, layer in enumerate(layers[path[0]]):
-            if "{e}" not in t.hf:
+            if "{e}" not in t.hf and t.piece is not None:
+                by_piece.setdefault(_module(t.hf.format(i=layer)), []).append((path, i, t.piece))
+            elif "{e}" not in t.hf:
                 by_module[_module(t.hf.format(i=layer))] = (path, i)
             elif t.fused:
                 module, _, param = t.fused.format(i=layer).rpartition(".")
@@ -561,11 +595,15 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
     try:
         found: dict[tuple[str, ...], dict[int, dict[str, np.ndarray]]] = {}
         fused: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        whole: dict[str, dict[str, np.ndarray]] = {}  # adapters of fused modules, cut into their params below
         for name in ckpt.names():
             body = name.removeprefix(PEFT_PREFIX)
             mod, _, kind = body.rpartition(".lora_")
             if kind in ("A.weight", "B.weight") and mod in expert_key:
                 fused.setdefault(expert_key[mod], {})[kind[0]] = ckpt.get(name)
+                continue
+            if kind in ("A.weight", "B.weight") and mod in by_piece:
+                whole.setdefault(mod, {})[kind[0]] = ckpt.get(name)
                 continue
             if kind not in ("A.weight", "B.weight") or mod not in by_module:
                 raise LoRAError(f"{d}: tensor {name} is not a LoRA A/B of a {cfg.family} projection")
@@ -573,6 +611,7 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
             found.setdefault(path, {}).setdefault(i, {})[kind[0]] = ckpt.get(name)
     finally:
         ckpt.close()
+    _cut_fused_adapters(d, whole, by_piece, conf, s0, rslora, found)
     if not found and not fused:
         raise LoRAError(f"{d}: adapter_model.safetensors holds no LoRA tensors")
     # dense projections: [in, r] / [r, out] per layer, as PEFT's rank r
@@ -585,7 +624,8 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
         dense[path] = [(per_layer[i]["A"].astype(np.float32).T, per_layer[i]["B"].astype(np.float32).T)
                        for i in range(n)]
     experts = _split_expert_adapters(d, fused, by_experts, wrapped, conf, s0, rslora, cfg)
-    big = max([rank] + [a.shape[-1] for per in experts.values() for a, _ in per.values()])
+    big = max([rank] + [a.shape[-1] for per in experts.values() for a, _ in per.values()]
+              + [a.shape[1] for per in dense.values() for a, _ in per])
     targets = sorted({p[-1] for p in found} | {k for per in experts.values() for k in per}, key=TARGETS.index)
     lc = LoRAConfig(rank=big, alpha=s0 * (math.sqrt(big) if rslora else big), dropout=0.0,
                     targets=tuple(targets), experts=bool(experts), rslora=rslora)
@@ -619,6 +659,29 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
             node = node.setdefault(p, {})
         node[path[-1]] = jnp.zeros(s.shape, s.dtype) if v is None else jnp.asarray(v, s.dtype)
     return lmdef, out
+
+
+def _cut_fused_adapters(d: Path, whole: dict, by_piece: dict, conf: dict, s0: float, rslora: bool,
+                        found: dict) -> None:
+    """Adapters of fused checkpoint tensors (Phi-3's qkv_proj, Qwen3.5's q_proj and in_proj_qkv) as adapters of
+    the params they hold, into ``found``: each param takes A and its rows of B, keeps the rank components its
+    rows use (ours, written side by side, come back at their own rank) and B scaled by the module's scale over
+    ``s0``. A param none of whose rows the adapter touches gets no adapter."""
+    for mod, got in whole.items():
+        if set(got) != {"A", "B"}:
+            raise LoRAError(f"{d}: {mod} lacks its LoRA A or B")
+        a, b = got["A"].astype(np.float32), got["B"].astype(np.float32)
+        r_m = a.shape[0]
+        alpha_m = float(_pattern(conf.get("alpha_pattern") or {}, mod, conf.get("lora_alpha", r_m)))
+        scale = alpha_m / (math.sqrt(r_m) if rslora else r_m)
+        for path, i, piece in by_piece[mod]:
+            try:
+                bp = piece.cut(b)
+            except ValueError:
+                raise LoRAError(f"{d}: {mod} adapter B {list(b.shape)} does not fit the fused tensor") from None
+            used = np.flatnonzero(np.abs(bp).sum(axis=0) > 0)
+            if used.size:
+                found.setdefault(path, {})[i] = {"A": a[used], "B": bp[:, used] * (scale / s0)}
 
 
 def _split_expert_adapters(d: Path, fused: dict, by_experts: dict, wrapped: dict, conf: dict, s0: float,

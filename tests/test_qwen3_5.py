@@ -76,8 +76,15 @@ def test_segments_restart_the_state_in_both_forms():
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from reasoning_rl.models import LoRAConfig, config_from_hf, create, load_pretrained, save_pretrained  # noqa: E402
-from reasoning_rl.models.lora import LoRAError, save_lora  # noqa: E402
+from reasoning_rl.models import (  # noqa: E402
+    LoRAConfig,
+    config_from_hf,
+    create,
+    load_pretrained,
+    lora,  # noqa: E402
+    save_pretrained,
+)
+from reasoning_rl.models.lora import save_lora  # noqa: E402
 
 from reasoning_rl.algorithms.logprobs import target_logprobs  # noqa: E402
 from reasoning_rl.rollout.sampler import generate, left_pad  # noqa: E402
@@ -315,8 +322,8 @@ def test_vision_language_wrapper_loads_its_language_model(tmp_path, moe):
 
 @pytest.mark.parity
 def test_lora_adapts_the_linear_layers(checkpoint, tmp_path):
-    """Targets q, k, v, o adapt the linear-attention layers' projections as the attention layers': after one
-    gradient step their adapters have moved; the PEFT export refuses the parts of fused tensors by name."""
+    """Targets q, k, v, o adapt the linear-attention layers' projections as the attention layers': their adapters
+    get a gradient."""
     _, path = checkpoint
     cfg = config_from_hf(path)  # cut to one linear layer and one attention layer
     cfg = dataclasses.replace(cfg, n_layers=2, linear=dataclasses.replace(cfg.linear, layers=(0,)),
@@ -334,5 +341,31 @@ def test_lora_adapts_the_linear_layers(checkpoint, tmp_path):
         # the B factors start at zero, so their gradient is the first to move
         g = [v for k, v in grads.items() if k.startswith(f"['{stack}']") and f"'{name}_lora_b'" in k]
         assert len(g) == 1 and float(jnp.abs(g[0]).max()) > 0, (stack, name)
-    with pytest.raises(LoRAError, match="part of the checkpoint's fused (q_proj|in_proj_qkv)"):
-        save_lora((mdef, params), tmp_path / "adapter")
+
+
+@pytest.mark.parity
+def test_lora_adapter_round_trips_through_peft(checkpoint, tmp_path):
+    """Our adapters on q (the query half of the gated q_proj; the q part of in_proj_qkv), k, v and o written for
+    peft: q_proj's at rank r with zero gate rows, in_proj_qkv's q, k, v side by side at rank 3r (rank/alpha
+    patterns keep the scale). peft's model gives our logits, and the file loads back to the same adapters."""
+    peft = pytest.importorskip("peft")
+    ref_model, path = checkpoint
+    base = load_pretrained(path)
+    mdef = lora.with_lora(base.mdef, LoRAConfig(rank=3, alpha=5.0, targets=("q", "k", "v", "o")))
+    ad = lora.init_adapters(mdef, 0)
+    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(ad))))
+    model = type(base)(mdef, lora.join(base.params, jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape),
+                                                                   ad)))
+    ids, mask = _ids(20)
+    ours = np.asarray(model(ids, mask))
+    assert np.abs(ours - np.asarray(base(ids, mask)))[mask].max() > 1e-2  # the adapters matter
+    save_lora(model, tmp_path / "adapter")
+    conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert conf["target_modules"] == ["in_proj_qkv", "k_proj", "o_proj", "out_proj", "q_proj", "v_proj"]
+    assert conf["rank_pattern"] == {"in_proj_qkv": 9} and conf["alpha_pattern"] == {"in_proj_qkv": 15.0}
+    ref = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(path).eval(),
+                                         tmp_path / "adapter").eval()
+    assert np.abs(_reference(ref, ids, mask) - ours)[mask].max() < 1e-4
+    back = load_pretrained(path, adapter=tmp_path / "adapter")
+    assert back.cfg.lora.rank == 3 and back.cfg.lora.targets == ("q", "k", "v", "o")
+    np.testing.assert_array_equal(np.asarray(back(ids, mask)), ours)
