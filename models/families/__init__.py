@@ -58,7 +58,8 @@ RECURRENT = {
 def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
-                          "keep a recurrent state of a kind not implemented here (Gated DeltaNet's is: Qwen3.5, Qwen3-Next)")
+                          "keep a recurrent state of a kind not implemented here (Gated DeltaNet's is: Qwen3.5, "
+                          "Qwen3-Next)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")

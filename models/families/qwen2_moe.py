@@ -28,14 +28,20 @@ MODEL_TYPES = ("qwen2_moe",)
 ARCHITECTURE = "Qwen2MoeForCausalLM"
 
 
+def shared_expert_moe(hf: dict, norm_topk: bool) -> MoEConfig:
+    """Softmax top-k routing plus one shared expert of ``shared_expert_intermediate_size`` scaled by a learned
+    sigmoid gate, dense layers by ``mlp_only_layers`` / ``decoder_sparse_step`` (Qwen2-MoE, Qwen3-Next,
+    Qwen3.5-MoE)."""
+    shared = int(hf.get("shared_expert_intermediate_size") or 0)
+    return MoEConfig(n_experts=need(hf, "num_experts"), top_k=need(hf, "num_experts_per_tok"),
+                     ffn_dim=need(hf, "moe_intermediate_size"), score="softmax", norm_topk=norm_topk,
+                     aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)), dense_layers=qwen_moe_dense_layers(hf),
+                     n_shared=1 if shared else 0, shared_ffn=shared, shared_gate=bool(shared))
+
+
 def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
-    shared = int(hf.get("shared_expert_intermediate_size") or 0)
-    moe = MoEConfig(n_experts=need(hf, "num_experts"), top_k=need(hf, "num_experts_per_tok"),
-                    ffn_dim=need(hf, "moe_intermediate_size"), score="softmax",
-                    norm_topk=bool(hf.get("norm_topk_prob", False)),
-                    aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)), dense_layers=qwen_moe_dense_layers(hf),
-                    n_shared=1 if shared else 0, shared_ffn=shared, shared_gate=bool(shared))
+    moe = shared_expert_moe(hf, bool(hf.get("norm_topk_prob", False)))
     return TransformerConfig(**common_from_hf(hf, NAME, qkv_bias=bool(hf.get("qkv_bias", True)), moe=moe,
                                               **window_from_hf(hf)))
 

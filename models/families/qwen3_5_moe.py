@@ -5,10 +5,11 @@ learned sigmoid gate (as Qwen2-MoE's)."""
 
 from __future__ import annotations
 
-from ..config import MoEConfig, TransformerConfig
+from ..config import TransformerConfig
 from ..transformer import segments
 from . import qwen3_5
 from .base import Tensor, expert_tensors, mlp_tensors, need, unsupported_cfg
+from .qwen2_moe import shared_expert_moe
 
 NAME = "qwen3_5_moe"
 MODEL_TYPES = ("qwen3_5_moe_text",)
@@ -18,10 +19,9 @@ ignored = qwen3_5.ignored
 
 def from_hf(hf: dict) -> TransformerConfig:
     shared = int(need(hf, "shared_expert_intermediate_size"))
-    moe = MoEConfig(n_experts=need(hf, "num_experts"), top_k=need(hf, "num_experts_per_tok"),
-                    ffn_dim=need(hf, "moe_intermediate_size"), score="softmax", norm_topk=True,
-                    aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
-                    n_shared=1 if shared else 0, shared_ffn=shared, shared_gate=bool(shared))
+    # every layer routes, and the router always renormalises (the reference reads no switch for either)
+    moe = shared_expert_moe({k: v for k, v in hf.items() if k not in ("mlp_only_layers", "decoder_sparse_step")},
+                            norm_topk=True)
     dense = qwen3_5.from_hf({**hf, "intermediate_size": hf.get("intermediate_size") or shared})
     return TransformerConfig(**{**dense.__dict__, "family": NAME, "moe": moe})
 

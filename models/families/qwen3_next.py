@@ -9,7 +9,7 @@ their a. They are read into the same parameters as Qwen3.5's (``Piece`` groups),
 
 from __future__ import annotations
 
-from ..config import MoEConfig, TransformerConfig
+from ..config import TransformerConfig
 from ..transformer import segments
 from . import qwen3_5
 from .base import (
@@ -17,12 +17,11 @@ from .base import (
     Tensor,
     expert_tensors,
     mlp_tensors,
-    need,
     outer_tensors,
-    qwen_moe_dense_layers,
     qwen_moe_dense_to_hf,
     unsupported_cfg,
 )
+from .qwen2_moe import shared_expert_moe
 
 NAME = "qwen3_next"
 MODEL_TYPES = ("qwen3_next",)
@@ -31,12 +30,7 @@ ignored = qwen3_5.ignored
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    shared = int(hf.get("shared_expert_intermediate_size") or 0)
-    moe = MoEConfig(n_experts=need(hf, "num_experts"), top_k=need(hf, "num_experts_per_tok"),
-                    ffn_dim=need(hf, "moe_intermediate_size"), score="softmax",
-                    norm_topk=bool(hf.get("norm_topk_prob", True)),
-                    aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)), dense_layers=qwen_moe_dense_layers(hf),
-                    n_shared=1 if shared else 0, shared_ffn=shared, shared_gate=bool(shared))
+    moe = shared_expert_moe(hf, bool(hf.get("norm_topk_prob", True)))
     cfg = qwen3_5.from_hf(hf)
     return TransformerConfig(**{**cfg.__dict__, "family": NAME, "moe": moe})
 

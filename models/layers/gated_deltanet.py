@@ -180,7 +180,8 @@ class GatedDeltaNet(nnx.Module):
             taps = [window[:, j:j + t] for j in range(self.kernel)]
         else:  # a tap reaching into an earlier sequence reads zero, as at a sequence's start
             seg_w = jnp.concatenate([jnp.full((b, k1), -1, seg.dtype), seg], axis=1)
-            taps = [jnp.where((seg_w[:, j:j + t] == seg)[..., None], window[:, j:j + t], 0) for j in range(self.kernel)]
+            taps = [jnp.where((seg_w[:, j:j + t] == seg)[..., None], window[:, j:j + t], 0)
+                    for j in range(self.kernel)]
         conv = sum(tap.astype(jnp.float32) * kernel[j].astype(jnp.float32) for j, tap in enumerate(taps))
         conv = jax.nn.silu(conv.astype(dt))
         new_conv = _take(window, count[:, None] + jnp.arange(k1)[None]) if cache is not None else None
