@@ -70,6 +70,11 @@ class LinearAttnConfig:
     v_dim: int
     conv: int = 4
 
+    @property
+    def channels(self) -> int:
+        """The convolution's channels: q and k of every key head, then v of every value head."""
+        return 2 * self.k_heads * self.k_dim + self.v_heads * self.v_dim
+
 
 @dataclass(frozen=True)
 class LoRAConfig:

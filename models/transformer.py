@@ -73,8 +73,7 @@ class KVCache:
         conv = state = None
         if cfg.linear is not None:
             lin = cfg.linear
-            channels = 2 * lin.k_heads * lin.k_dim + lin.v_heads * lin.v_dim
-            conv = jnp.zeros((len(lin.layers), batch, lin.conv - 1, channels), dtype)
+            conv = jnp.zeros((len(lin.layers), batch, lin.conv - 1, lin.channels), dtype)
             state = jnp.zeros((len(lin.layers), batch, lin.v_heads, lin.k_dim, lin.v_dim), jnp.float32)
         return cls(k, v, jnp.zeros((batch, size), bool), None, conv, state)
 

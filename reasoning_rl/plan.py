@@ -218,7 +218,7 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
             from reasoning_rl.rollout.sampler import CONV_AXES, STATE_AXES
 
             lin = mc.linear
-            conv = (len(lin.layers), rows, lin.conv - 1, 2 * lin.k_heads * lin.k_dim + lin.v_heads * lin.v_dim)
+            conv = (len(lin.layers), rows, lin.conv - 1, lin.channels)
             state = (len(lin.layers), rows, lin.v_heads, lin.k_dim, lin.v_dim)
             total += _shard_bytes(conv, ctx.spec(CONV_AXES, conv), sizes, it)
             total += _shard_bytes(state, ctx.spec(STATE_AXES, state), sizes, 4)

@@ -83,7 +83,9 @@ class Tensor:
 
     def stacked(self) -> tuple[bool, bool]:
         """(has a leading layer dim, has an expert dim) in our parameter."""
-        return self.path[0] in ("layers", "dense_layers", "linear_layers", "linear_dense_layers"), "{e}" in self.hf
+        from ..transformer import STACKS
+
+        return self.path[0] in STACKS, "{e}" in self.hf
 
 
 def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:

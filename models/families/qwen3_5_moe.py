@@ -5,6 +5,8 @@ learned sigmoid gate (as Qwen2-MoE's)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import TransformerConfig
 from ..transformer import segments
 from . import qwen3_5
@@ -23,7 +25,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     moe = shared_expert_moe({k: v for k, v in hf.items() if k not in ("mlp_only_layers", "decoder_sparse_step")},
                             norm_topk=True)
     dense = qwen3_5.from_hf({**hf, "intermediate_size": hf.get("intermediate_size") or shared})
-    return TransformerConfig(**{**dense.__dict__, "family": NAME, "moe": moe})
+    return dataclasses.replace(dense, family=NAME, moe=moe)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:

@@ -9,6 +9,8 @@ their a. They are read into the same parameters as Qwen3.5's (``Piece`` groups),
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import TransformerConfig
 from ..transformer import segments
 from . import qwen3_5
@@ -32,7 +34,7 @@ ignored = qwen3_5.ignored
 def from_hf(hf: dict) -> TransformerConfig:
     moe = shared_expert_moe(hf, bool(hf.get("norm_topk_prob", True)))
     cfg = qwen3_5.from_hf(hf)
-    return TransformerConfig(**{**cfg.__dict__, "family": NAME, "moe": moe})
+    return dataclasses.replace(cfg, family=NAME, moe=moe)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:

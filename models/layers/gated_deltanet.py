@@ -71,22 +71,23 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
     dv = v.shape[-1]
     c = min(chunk, t)
     pad = -t % c
-    if seg is None:
-        seg = jnp.zeros((b, t), jnp.int32)
     if pad:
         q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
         g, beta = (jnp.pad(a, ((0, 0), (0, pad), (0, 0))) for a in (g, beta))
-        seg = jnp.pad(seg, ((0, 0), (0, pad)), mode="edge")
+        seg = None if seg is None else jnp.pad(seg, ((0, 0), (0, pad)), mode="edge")
     n = (t + pad) // c
     # [n, B, H, C, ...]: chunks first (scanned), heads before time
     q, k, v = (jnp.moveaxis(a.reshape(b, n, c, h, a.shape[-1]), (1, 3), (0, 2)) for a in (q, k, v))
     g, beta = (jnp.moveaxis(a.reshape(b, n, c, h), (1, 3), (0, 2)) for a in (g, beta))
     cum = jnp.cumsum(g, axis=-1)  # [n, B, H, C]
-    sc = jnp.moveaxis(seg.reshape(b, n, c), 1, 0)[:, :, None]  # [n, B, 1, C]
-    before = jnp.concatenate([sc[:1, ..., :1], sc[:-1, ..., -1:]], axis=0)  # the incoming state's segment
-    start = (sc == before).astype(g.dtype)  # token i still in the incoming state's segment
-    end = (sc == sc[..., -1:]).astype(g.dtype)  # token j in the chunk's last segment
-    lower = jnp.tril(jnp.ones((c, c), bool)) & (sc[..., :, None] == sc[..., None, :])
+    lower = jnp.tril(jnp.ones((c, c), bool))
+    start = end = jnp.ones((), g.dtype)  # one sequence: no factor is cut
+    if seg is not None:
+        sc = jnp.moveaxis(seg.reshape(b, n, c), 1, 0)[:, :, None]  # [n, B, 1, C]
+        before = jnp.concatenate([sc[:1, ..., :1], sc[:-1, ..., -1:]], axis=0)  # the incoming state's segment
+        start = (sc == before).astype(g.dtype)  # token i still in the incoming state's segment
+        end = (sc == sc[..., -1:]).astype(g.dtype)  # token j in the chunk's last segment
+        lower = lower & (sc[..., :, None] == sc[..., None, :])
     decay = jnp.exp(jnp.where(lower, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [.., C, C], j <= i
     kk = jnp.einsum("...id,...jd->...ij", k, k)
     a = jnp.where(jnp.tril(lower, -1), beta[..., :, None] * kk * decay, 0.0)
@@ -100,7 +101,7 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
     intra = jnp.einsum("...id,...jd->...ij", q, k) * decay
     q_dec = q * (jnp.exp(cum) * start)[..., None]
     k_dec = k * (jnp.exp(cum[..., -1:] - cum) * end)[..., None]
-    last = (jnp.exp(cum[..., -1]) * start[..., -1])[..., None, None]
+    last = (jnp.exp(cum[..., -1]) * (start[..., -1] if start.ndim else start))[..., None, None]
 
     def step(s, xs):
         u_i, w_i, intra_i, q_i, k_i, last_i = xs
@@ -114,15 +115,20 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
     return o[:, :t], state
 
 
-def compact(valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def compact(valid: jax.Array) -> tuple[jax.Array | None, jax.Array | None, jax.Array]:
     """(order, inverse, count) of each row's valid tokens first, in sequence order: ``x[order]`` is the row
-    compacted, ``y[inverse]`` puts a compacted result back in place."""
+    compacted, ``y[inverse]`` puts a compacted result back in place. One token a row (a decode step) is its own
+    compaction: (None, None, count), and ``_take`` leaves arrays as they are."""
+    if valid.shape[1] == 1:
+        return None, None, jnp.sum(valid, axis=1).astype(jnp.int32)
     order = jnp.argsort(~valid, axis=1, stable=True)
     inverse = jnp.argsort(order, axis=1)
     return order, inverse, jnp.sum(valid, axis=1).astype(jnp.int32)
 
 
-def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+def _take(x: jax.Array, idx: jax.Array | None) -> jax.Array:
+    if idx is None:
+        return x
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
