@@ -26,6 +26,7 @@ from .families import ConfigError, Tensor, for_family, for_model_type
 from .families.base import hf_shape, to_ours
 from .families.multimodal import TextView, text_config
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
+from .quantized import open_dequantized, quantization
 from .safetensors_io import FLOAT_DTYPES, Checkpoint, ModelDirError
 from .transformer import ModelDef, create, positions_from_valid, segments, stack_layers
 from .value import VALUE_HEAD_NAMES, is_value_model
@@ -64,13 +65,16 @@ def config_from_hf(hf_dir: str | Path | Mapping) -> TransformerConfig:
     A directory's problems raise ModelDirError (an unsupported field: HFConfigError, also a ConfigError)
     naming the file. A vision-language checkpoint of a known kind (``families.multimodal``) gives its language
     model's config, the one kept for saving (an export is the text model); ``extra["hf_wrapper"]`` names the
-    wrapper, whose tensor names ``open_checkpoint`` translates."""
+    wrapper, whose tensor names ``open_checkpoint`` translates; ``extra["hf_quant"]`` a quantization_config
+    (FP8 blocks, MXFP4) whose tensors ``open_checkpoint`` dequantizes (``models.quantized``)."""
     hf, directory = _read_config(hf_dir)
     wrapper = None
     try:
+        quant = quantization(hf)  # a wrapper's (vision-language) is its top level's
         text = text_config(hf)
         if text is not None:
             hf, wrapper = text, hf["model_type"]
+            quant = quant or quantization(hf)
         cfg = for_model_type(hf.get("model_type")).from_hf(hf)
     except ConfigError as e:
         if directory is None:
@@ -82,14 +86,14 @@ def config_from_hf(hf_dir: str | Path | Mapping) -> TransformerConfig:
             raise
         raise HFConfigError(f"{directory / 'config.json'}: unusable value ({type(e).__name__}: {e})") from None
     extra = {"hf_config": hf, **({"hf_dir": str(directory)} if directory else {}),
-             **({"hf_wrapper": wrapper} if wrapper else {})}
+             **({"hf_wrapper": wrapper} if wrapper else {}), **({"hf_quant": quant} if quant else {})}
     return dataclasses.replace(cfg, extra=extra)
 
 
 def open_checkpoint(directory: str | Path, cfg: TransformerConfig):
     """The safetensors of ``directory`` as ``cfg``'s model names its tensors (a vision-language wrapper's
-    language model: ``families.multimodal.TextView``)."""
-    ckpt = Checkpoint(directory)
+    language model: ``families.multimodal.TextView``), quantized ones dequantized (``quantized.Dequantized``)."""
+    ckpt = open_dequantized(Checkpoint(directory), cfg.extra.get("hf_quant"))
     wrapper = cfg.extra.get("hf_wrapper")
     return TextView(ckpt, wrapper, cfg) if wrapper else ckpt
 
@@ -187,8 +191,10 @@ def _reader(slot: _Slot, ckpt: Checkpoint, layer, expert) -> Callable[[], np.nda
 
 def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directory: Path) -> None:
     """Every tensor present with its expected shape and a float dtype, and nothing unexplained left over."""
-    problems: list[str] = []
-    files: set[Path] = set()  # the files the problems are in (None: a tensor missing everywhere)
+    quantized = getattr(ckpt, "problems", list)()  # tensors a quantization_config describes but cannot decode
+    problems: list[str] = [f"{label}: {why}" for label, why in quantized]
+    flagged = {label for label, _ in quantized}
+    files: set[Path] = {directory} if quantized else set()  # the files the problems are in (None: missing)
     used: set[str] = set()
     for slot in slots:
         want = hf_shape(slot.t.layout, slot.slice_shape)
@@ -220,9 +226,9 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
                 problems.append(f"{ckpt.label(name)}: shape {list(got)} in the checkpoint, config.json implies "
                                 f"{list(want)}")
                 files.add(ckpt.file_of(name))
-            elif got_dtype not in FLOAT_DTYPES:
-                problems.append(f"{ckpt.label(name)}: dtype {got_dtype} is not supported (floating-point weights "
-                                "only; quantized checkpoints are not)")
+            elif got_dtype not in FLOAT_DTYPES and ckpt.label(name) not in flagged:
+                problems.append(f"{ckpt.label(name)}: dtype {got_dtype} is not supported (floating-point weights, "
+                                "or FP8 / MXFP4 ones that config.json's quantization_config describes)")
                 files.add(ckpt.file_of(name))
     fam = for_family(cfg.family)
     zero_names = {t.hf for t in fam.tensors(cfg) if t.zeros is not None}
@@ -250,15 +256,20 @@ def _matches(template: str, name: str) -> bool:
     return name.startswith(head) and name.endswith(tail) and name[len(head):len(name) - len(tail)].isdigit()
 
 
-def _build(slot: _Slot, ckpt: Checkpoint, region: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
-    """The part ``region`` of one parameter, reading only the (layer, expert) tensors inside it."""
-    out = np.empty(tuple(s.stop - s.start for s in region), dtype)
-    stack, rest = region[:slot.n_stack], region[slot.n_stack:]
-    for idx in itertools.product(*(range(s.start, s.stop) for s in stack)):
+def _build(slot: _Slot, ckpt: Checkpoint, regions: list[tuple[slice, ...]], dtype: np.dtype) -> list[np.ndarray]:
+    """The parts ``regions`` of one parameter (one per device shard), reading only the (layer, expert) tensors
+    inside them, each once whatever the number of regions it falls in (a dequantized tensor is computed
+    whole: once, not once per shard)."""
+    outs = [np.empty(tuple(s.stop - s.start for s in r), dtype) for r in regions]
+    n = slot.n_stack
+    wanted = sorted({idx for r in regions for idx in itertools.product(*(range(s.start, s.stop) for s in r[:n]))})
+    for idx in wanted:
         layer, expert = slot.index(idx)
         a = to_ours(_reader(slot, ckpt, layer, expert)(), slot.t.layout, slot.slice_shape)
-        out[tuple(i - s.start for i, s in zip(idx, stack))] = a[rest].astype(dtype)
-    return out
+        for r, out in zip(regions, outs):
+            if all(s.start <= i < s.stop for i, s in zip(idx, r[:n])):
+                out[tuple(i - s.start for i, s in zip(idx, r[:n]))] = a[r[n:]].astype(dtype)
+    return outs
 
 
 def _full(shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -271,16 +282,12 @@ def _normalize(idx: tuple, shape: tuple[int, ...]) -> tuple[slice, ...]:
 
 def _place(slot: _Slot, ckpt: Checkpoint, dtype: np.dtype, sharding) -> jax.Array:
     if sharding is None:
-        return jax.device_put(_build(slot, ckpt, _full(slot.shape), dtype))
+        return jax.device_put(_build(slot, ckpt, [_full(slot.shape)], dtype)[0])
     index_map = sharding.addressable_devices_indices_map(slot.shape)
-    shards: dict[tuple, np.ndarray] = {}
-    arrays = []
-    for dev, idx in index_map.items():
-        region = _normalize(idx, slot.shape)
-        key = tuple((s.start, s.stop) for s in region)
-        if key not in shards:  # replicas of a shard read the checkpoint once
-            shards[key] = _build(slot, ckpt, region, dtype)
-        arrays.append(jax.device_put(shards[key], dev))
+    keys = {dev: tuple((s.start, s.stop) for s in _normalize(idx, slot.shape)) for dev, idx in index_map.items()}
+    unique = list(dict.fromkeys(keys.values()))  # replicas of a shard read the checkpoint once
+    shards = dict(zip(unique, _build(slot, ckpt, [tuple(slice(*k) for k in key) for key in unique], dtype)))
+    arrays = [jax.device_put(shards[keys[dev]], dev) for dev in index_map]
     return jax.make_array_from_single_device_arrays(slot.shape, sharding, arrays)
 
 

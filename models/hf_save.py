@@ -58,8 +58,8 @@ def hf_config(cfg: TransformerConfig) -> dict:
     stored = cfg.extra.get("hf_config")
     if stored is not None:
         try:
-            if _runtime_neutral(fam.from_hf(stored), cfg) == cfg:
-                return json.loads(json.dumps(stored))
+            if _runtime_neutral(fam.from_hf(stored), cfg) == cfg:  # weights written unquantized:
+                return {k: v for k, v in json.loads(json.dumps(stored)).items() if k != "quantization_config"}
         except ConfigError:
             pass
     return fam.to_hf(cfg)

@@ -10,7 +10,6 @@ import re
 from ..config import MLAConfig, MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
-    ConfigError,
     Tensor,
     common_from_hf,
     common_to_hf,
@@ -28,8 +27,6 @@ ARCHITECTURE = "DeepseekV3ForCausalLM"
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    if hf.get("quantization_config"):
-        raise ConfigError("config.json: quantization_config is not supported (load a bf16 checkpoint)")
     refuse(hf, "attention_bias", lambda v: not v, "MLA projection biases")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     refuse(hf, "scoring_func", lambda v: v == "sigmoid", "only sigmoid routing scores")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from ..config import TransformerConfig
 from ..transformer import segments
 from .base import (
-    ConfigError,
     Tensor,
     common_from_hf,
     common_to_hf,
@@ -29,8 +28,6 @@ __all__ = ["ARCHITECTURE", "MODEL_TYPES", "NAME", "from_hf", "ignored", "tensors
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    if hf.get("quantization_config"):
-        raise ConfigError("config.json: quantization_config is not supported (load a bf16 checkpoint)")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     common = common_from_hf(hf, NAME, qkv_bias=bool(hf.get("attention_bias", False)),
                             qk_norm=bool(hf.get("use_qk_norm", False)), moe=moe_from_hf(hf, first_dense_default=1))

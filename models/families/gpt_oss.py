@@ -2,14 +2,13 @@
 alternating (``layer_types``), YaRN rope, and MoE layers whose router has a bias (top-k on the logits, softmax
 over the chosen: softmax routing renormalised) and whose experts have biases and the clamped SwiGLU
 (``(clip(up) + 1) * gate * sigmoid(alpha * gate)``, gate and up columns alternating in ``gate_up_proj``).
-The released checkpoints store the experts in MXFP4; load a bf16 copy (``quantization_config`` is refused)."""
+The released checkpoints store the experts in MXFP4, dequantized on load (``models.quantized``)."""
 
 from __future__ import annotations
 
 from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
-    ConfigError,
     Piece,
     Tensor,
     common_from_hf,
@@ -29,9 +28,6 @@ ARCHITECTURE = "GptOssForCausalLM"
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    if hf.get("quantization_config"):
-        raise ConfigError("config.json: quantization_config is not supported (gpt-oss experts in MXFP4: load a "
-                          "bf16 copy)")
     refuse(hf, "attention_bias", lambda v: v, "gpt-oss without attention biases")
     n_layers = need(hf, "num_hidden_layers")
     if not hf.get("layer_types"):  # the reference's default: sliding, full, sliding, ...

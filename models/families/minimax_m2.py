@@ -10,7 +10,6 @@ from __future__ import annotations
 from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
-    ConfigError,
     Tensor,
     common_from_hf,
     common_to_hf,
@@ -29,8 +28,6 @@ PREFIX = "model.layers.{i}.block_sparse_moe"
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    if hf.get("quantization_config"):
-        raise ConfigError("config.json: quantization_config is not supported (load a bf16 checkpoint)")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     refuse(hf, "scoring_func", lambda v: v == "sigmoid", "only sigmoid routing scores")
     refuse(hf, "use_qk_norm", lambda v: v, "the reference always normalises q and k")

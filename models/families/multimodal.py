@@ -157,6 +157,9 @@ class TextView:
     def file_of(self, name: str):
         return self.ckpt.file_of(self.to_stored[name])
 
+    def problems(self) -> list[tuple[str, str]]:
+        return getattr(self.ckpt, "problems", list)()
+
     def label(self, name: str) -> str:
         """The stored name of ``name`` (for a tensor the file lacks: where the released layout puts it)."""
         if name in self.to_stored:
