@@ -16,7 +16,6 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-
 from reasoning_rl.models import load_pretrained, save_pretrained
 from reasoning_rl.models.hf import CheckpointError, HFConfigError, config_from_hf, load_params
 from reasoning_rl.models.quantized import FP4_VALUES, dequantize_fp8, dequantize_mxfp4
