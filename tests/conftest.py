@@ -1,6 +1,37 @@
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# In this process (and not in the runs tests start, which get the flags they were started with), tests compile
+# without LLVM's optimisation passes (helpers.FAST_COMPILE) and through a persistent compilation cache shared by
+# the workers of one session: compiling is most of what the in-process tests do, and LLVM's passes most of a
+# tiny model's compile time; many tests compile the same programs. Together about half of their time.
+# Set here, before JAX's backend starts: it reads XLA_FLAGS once. What a test compares is computed under the same
+# flags on both sides. The exception is a claim about the code as runs compile it, bit for bit (two
+# formulations of one step give the same bits): such a test is marked ``optimized`` and runs in a pytest
+# process of its own under the flags it was started with.
+OPTIMIZED = "REASONING_RL_TEST_OPTIMIZED"
+START_FLAGS = os.environ.get("XLA_FLAGS")
+CACHE = Path(tempfile.gettempdir()) / f"reasoning_rl_tests_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
+if os.environ.get(OPTIMIZED) != "1" and "xla_backend_optimization_level" not in (START_FLAGS or ""):
+    import jax
+
+    os.environ["XLA_FLAGS"] = f"{START_FLAGS or ''} --xla_backend_optimization_level=0".strip()
+    jax.devices()
+    if START_FLAGS is None:
+        del os.environ["XLA_FLAGS"]
+    else:
+        os.environ["XLA_FLAGS"] = START_FLAGS
+    jax.config.update("jax_compilation_cache_dir", str(CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # The two-host tests take a quarter of the suite's time, a minute or two each. Collected first, they start at
 # once on one worker (make test: ``--dist worksteal``) while the other takes the rest, and the light tests that
@@ -11,3 +42,24 @@ FIRST = ("test_multihost.py",)
 
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: item.path.name not in FIRST)  # stable: every file keeps its own order
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if pyfuncitem.get_closest_marker("optimized") is None or os.environ.get(OPTIMIZED) == "1":
+        return None
+    env = {**os.environ, OPTIMIZED: "1"}
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+                       cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1200)
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    if p.returncode == 0 and "skipped" in last and "passed" not in last:
+        pytest.skip(f"skipped in its own process: {last}")
+    if p.returncode != 0 or "1 passed" not in last:
+        pytest.fail(f"{pyfuncitem.nodeid} under the runs' XLA flags (own process, exit {p.returncode}):\n"
+                    f"{p.stdout[-6000:]}{p.stderr[-2000:]}", pytrace=False)
+    return True
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or the only process): after every worker
+        shutil.rmtree(CACHE, ignore_errors=True)

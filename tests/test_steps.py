@@ -307,6 +307,7 @@ def _old_logits(self, h):
     return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
+@pytest.mark.optimized  # the same bits as compiled for runs (LLVM's passes off, the two formulations differ)
 @pytest.mark.parametrize("chunk", [8])  # in chunks: the loop that carried the transposed head (whole logits
 # run the same ``Transformer.logits``; tests/test_logits_chunk.py checks whole = chunked bit for bit)
 def test_memory_savings_keep_the_grpo_step_bit_for_bit(chunk, monkeypatch):
