@@ -1,6 +1,6 @@
 """Quantized checkpoints, dequantized as they are read.
 
-The open reasoning models are often released quantized only: DeepSeek-V3/R1 and Kimi-K2 as block-scaled FP8
+The open reasoning models are often released quantized only: DeepSeek-V3/R1 as block-scaled FP8
 (``quant_method: fp8``, ``weight_block_size: [128, 128]``: an ``F8_E4M3`` weight and a float32
 ``weight_scale_inv`` grid holding one scale per block), Qwen3's, Qwen3.5's and MiniMax-M2's FP8 releases the
 same way, gpt-oss with its experts in MXFP4 (``quant_method: mxfp4``: ``*_blocks`` of packed E2M1 pairs and
