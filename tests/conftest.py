@@ -20,10 +20,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 OPTIMIZED = "REASONING_RL_TEST_OPTIMIZED"
 START_FLAGS = os.environ.get("XLA_FLAGS")
 CACHE = Path(tempfile.gettempdir()) / f"reasoning_rl_tests_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
+# (A test comparing this process's numbers bit for bit with a run it starts gives the run these flags:
+# helpers.in_process_env.)
+os.environ["REASONING_RL_TEST_XLA_FLAGS"] = START_FLAGS or ""
 if os.environ.get(OPTIMIZED) != "1" and "xla_backend_optimization_level" not in (START_FLAGS or ""):
     import jax
 
-    os.environ["XLA_FLAGS"] = f"{START_FLAGS or ''} --xla_backend_optimization_level=0".strip()
+    os.environ["XLA_FLAGS"] = os.environ["REASONING_RL_TEST_XLA_FLAGS"] = \
+        f"{START_FLAGS or ''} --xla_backend_optimization_level=0".strip()
     jax.devices()
     if START_FLAGS is None:
         del os.environ["XLA_FLAGS"]
