@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # process of its own under the flags it was started with.
 OPTIMIZED = "REASONING_RL_TEST_OPTIMIZED"
 START_FLAGS = os.environ.get("XLA_FLAGS")
-CACHE = Path(tempfile.gettempdir()) / f"reasoning_rl_tests_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
+# one per session: the controller's, which its workers inherit (it imports this before it starts them)
+SESSION = os.environ.setdefault("REASONING_RL_TEST_SESSION", uuid.uuid4().hex)
+CACHE = Path(tempfile.gettempdir()) / f"reasoning_rl_tests_xla_{SESSION}"
 # (A test comparing this process's numbers bit for bit with a run it starts gives the run these flags:
 # helpers.in_process_env.)
 os.environ["REASONING_RL_TEST_XLA_FLAGS"] = START_FLAGS or ""
