@@ -57,7 +57,8 @@ def pytest_pyfunc_call(pyfuncitem):
         return None
     env = {**os.environ, OPTIMIZED: "1"}
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid],
-                       cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1200, check=False)
+                       cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1200,
+                       check=False)
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     if p.returncode == 0 and "skipped" in last and "passed" not in last:
         pytest.skip(f"skipped in its own process: {last}")
