@@ -60,11 +60,14 @@ def quantization(hf: dict) -> dict | None:
 
 
 def dequantize_fp8(w: np.ndarray, scale: np.ndarray, block: tuple[int, int]) -> np.ndarray:
-    """``w`` [..., R, C] (FP8) times its block's scale: ``scale[..., i // bR, j // bC]`` (float32)."""
+    """``w`` [..., R, C] (FP8) times its block's scale: ``scale[..., i // bR, j // bC]`` (float32). Scaled one
+    row block at a time, in place: no weight-sized scale array beside the result."""
     bm, bn = block
-    s = np.asarray(scale, np.float32)
-    s = np.repeat(np.repeat(s, bm, axis=-2), bn, axis=-1)[..., :w.shape[-2], :w.shape[-1]]
-    return w.astype(np.float32) * s
+    out = w.astype(np.float32)
+    cols = np.repeat(np.asarray(scale, np.float32), bn, axis=-1)[..., :w.shape[-1]]  # [..., R / bR, C]
+    for i in range(cols.shape[-2]):
+        out[..., i * bm:(i + 1) * bm, :] *= cols[..., i:i + 1, :]
+    return out
 
 
 def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported (helpers imports it)
+
+from helpers import FAST_COMPILE
 
 # In this process (and not in the runs tests start, which get the flags they were started with), tests compile
 # without LLVM's optimisation passes (helpers.FAST_COMPILE) and through a persistent compilation cache shared by
@@ -30,7 +32,7 @@ if os.environ.get(OPTIMIZED) != "1" and "xla_backend_optimization_level" not in 
     import jax
 
     os.environ["XLA_FLAGS"] = os.environ["REASONING_RL_TEST_XLA_FLAGS"] = \
-        f"{START_FLAGS or ''} --xla_backend_optimization_level=0".strip()
+        f"{START_FLAGS or ''} {FAST_COMPILE}".strip()
     jax.devices()
     if START_FLAGS is None:
         del os.environ["XLA_FLAGS"]
