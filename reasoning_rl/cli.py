@@ -14,7 +14,9 @@ checkpoint is complete, or, outside the step loops, the run stopped at once; rer
 interrupted (Ctrl-C: the same checkpoint of the step in flight; a second Ctrl-C exits at once).
 
 Compiled programs are cached on disk (``$REASONING_RL_COMPILE_CACHE``, default
-``~/.cache/reasoning_rl/xla``; ``off`` disables it), so a restarted or repeated run skips most compiling.
+``~/.cache/reasoning_rl/xla``; ``off`` disables it), so a restarted or repeated run skips most compiling. Programs
+that compile in under half a second are not kept, unless ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says
+otherwise.
 """
 
 from __future__ import annotations
@@ -174,7 +176,8 @@ def enable_compile_cache() -> None:
 
     try:
         jax.config.update("jax_compilation_cache_dir", where)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the caller's own threshold wins
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except (AttributeError, ValueError) as e:  # a cache is an optimisation, never a reason to fail
         logging.getLogger("reasoning_rl").warning("compile cache not enabled: %s", e)
 
