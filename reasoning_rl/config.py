@@ -200,6 +200,12 @@ class AlgorithmConfig:
     # entropy bonus: the loss less entropy_coef x the policy's entropy (at the rollout temperature, aggregated
     # as the loss's terms), against entropy collapse; 0: off (the entropy is then only reported)
     entropy_coef: float = 0.0
+    # adaptive entropy control (Skywork-OR1): with entropy_target > 0 the bonus's coefficient starts at
+    # entropy_coef and moves by entropy_coef_step after every step, up while the policy's entropy is below the
+    # target and down (not below 0) while above it; the bonus applies only while it is below
+    # (reasoning_rl/algorithms/entropy.py: EntropyControl)
+    entropy_target: float = 0.0
+    entropy_coef_step: float = 0.005
     beta: float = 0.0  # KL weight; 0 disables the reference model entirely
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
@@ -914,6 +920,9 @@ def _validate_rl(st: StageConfig, p: str) -> None:
                  f"of the token-level losses ({', '.join(TOKEN_LEVEL)})")
         need(a.dual_clip == 0 or a.dual_clip > 1, f"{p}.algorithm.dual_clip", "must be 0 (off) or > 1")
         need(a.entropy_coef >= 0, f"{p}.algorithm.entropy_coef", "must be >= 0 (0: off)")
+        need(a.entropy_target >= 0, f"{p}.algorithm.entropy_target", "must be >= 0 (0: a fixed entropy_coef)")
+        need(a.entropy_target == 0 or a.entropy_coef_step > 0, f"{p}.algorithm.entropy_coef_step",
+             "must be > 0 with an entropy_target")
         need(0 < a.cov.ratio <= 1, f"{p}.algorithm.cov.ratio", "must be in (0, 1]")
         need(a.cov.low < a.cov.high, f"{p}.algorithm.cov.low", "must be below algorithm.cov.high")
         need(a.cov.kl_coef >= 0, f"{p}.algorithm.cov.kl_coef", "must be >= 0")

@@ -1,5 +1,6 @@
 """Clip-Cov and KL-Cov: the covariance selection against its definition, each loss's gradient on the selected
-and the other tokens, exactness over micro-batches, and a run that logs the selected share."""
+and the other tokens, exactness over micro-batches, and a run that logs the selected share. Adaptive entropy
+control: its rule, its per-row coefficient in the step, and runs that keep it across a continued stage."""
 
 import dataclasses
 import json
@@ -122,8 +123,11 @@ def test_cov_losses_are_micro_batch_invariant(loss):
     (["algorithm.loss=kl_cov", "algorithm.cov.ratio=0"], "stages[1].algorithm.cov.ratio: must be in (0, 1]"),
     (["algorithm.loss=clip_cov", "algorithm.cov.low=5"], "stages[1].algorithm.cov.low: must be below"),
     (["algorithm.cov.kl_coef=-1"], "stages[1].algorithm.cov.kl_coef: must be >= 0"),
+    (["algorithm.entropy_target=-0.1"], "stages[1].algorithm.entropy_target: must be >= 0"),
+    (["algorithm.entropy_target=0.3", "algorithm.entropy_coef_step=0"],
+     "stages[1].algorithm.entropy_coef_step: must be > 0 with an entropy_target"),
 ])
-def test_bad_cov_settings_name_the_key(override, needle):
+def test_bad_entropy_control_settings_name_the_key(override, needle):
     with pytest.raises(C.ConfigError) as e:
         C.load("configs/quickstart.yaml", override)
     assert needle in str(e.value)
@@ -142,3 +146,81 @@ def test_a_kl_cov_run_logs_the_selected_share(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in recs if r.get("stage") == "grpo" and "cov_frac" in r]
     assert len(grpo) == 2 and all(0.03 < r["cov_frac"] <= 0.06 for r in grpo)
+
+
+def test_adaptive_control_moves_the_coefficient_towards_the_target_entropy():
+    """Skywork-OR1's rule: up by the step while the entropy is below the target, down (not below 0) at or above
+    it; the bonus applies only while below, decided by the step before; the state survives a round trip."""
+    from reasoning_rl.algorithms.entropy import EntropyControl
+
+    a = AlgorithmConfig(entropy_coef=0.01, entropy_target=0.5, entropy_coef_step=0.004)
+    c = EntropyControl(a)
+    used, coefs = [], []
+    for e in (0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 0.2):
+        assert c.inputs(3)["entropy_coef"].tolist() == [np.float32(c.applied)] * 3
+        used.append(c.after(e)["entropy_coef"])
+        coefs.append(c.coef)
+    assert used == pytest.approx([0.01, 0.014, 0.018, 0.0, 0.0, 0.0, 0.0])
+    assert coefs == pytest.approx([0.014, 0.018, 0.014, 0.010, 0.006, 0.002, 0.006])
+    assert c.below and c.applied == pytest.approx(0.006)
+    for e in (0.9, 0.9, 0.9):
+        c.after(e)
+    assert c.coef == 0.0 and c.applied == 0.0  # never below 0
+    again = EntropyControl(a, {"entropy_control": EntropyControl(a, {"entropy_control": {"coef": 0.02,
+                                                                                          "below": False}})
+                               .host_state()["entropy_control"]})
+    assert (again.coef, again.below, again.applied) == (0.02, False, 0.0)
+    off = EntropyControl(AlgorithmConfig(entropy_coef=0.01))
+    assert off.inputs(3) == {} and off.after(0.1) == {} and off.host_state() == {}
+
+
+def test_a_per_row_coefficient_is_the_fixed_bonus_and_micro_batch_invariant():
+    """The step's ``entropy_coef`` input gives the gradient of the same fixed ``entropy_coef``; zeros give no
+    bonus; split over micro-batches it is the same update."""
+    from test_steps import grads_of
+
+    mdef, params = tiny_model()
+    batch = rollout(mdef, params)
+    n = len(batch["adv"])
+    cfg = AlgorithmConfig(eps_high=0.28, entropy_target=0.5)
+    fixed, _ = grads_of(AlgorithmConfig(eps_high=0.28, entropy_coef=0.05), batch)
+    none, _ = grads_of(AlgorithmConfig(eps_high=0.28), batch)
+    per_row, _ = grads_of(cfg, {**batch, "entropy_coef": np.full(n, 0.05, np.float32)})
+    split, _ = grads_of(dataclasses.replace(cfg, micro_batches=4), {**batch, "entropy_coef": np.full(n, 0.05,
+                                                                                                      np.float32)})
+    zero, _ = grads_of(cfg, {**batch, "entropy_coef": np.zeros(n, np.float32)})
+    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(fixed))
+    diff = lambda g, h: max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(h)))
+    assert diff(per_row, fixed) <= 1e-6 * scale and diff(split, fixed) <= 5e-6 * scale
+    assert diff(zero, none) <= 1e-6 * scale
+    assert diff(fixed, none) > 1e-3 * scale  # the bonus moves the gradient
+
+
+def _entropy_run(d: Path, config: str, *sets: str) -> list[dict]:
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--run-dir", str(d), "--no-progress",
+                        "--no-plots", "--set", "stages.sft.steps=1", "--set", "eval.num_problems=2",
+                        "--set", "algorithm.entropy_target=10.0", "--set", "algorithm.entropy_coef=0.01",
+                        "--set", "algorithm.entropy_coef_step=0.02", *(x for s in sets for x in ("--set", s))],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r.get("stage") in ("grpo", "ppo") and "entropy_coef" in r]
+
+
+@pytest.mark.slow
+def test_adaptive_entropy_control_runs_and_a_continued_stage_keeps_its_coefficient(tmp_path):
+    """A GRPO stage under the control (a target above any entropy here: the coefficient rises by its step after
+    every step) logs the coefficient each step used; trained on from its end (2 steps, then 4) it goes on with
+    the coefficient, and the numbers, of the straight 4-step run. A PPO stage takes the same control."""
+    tiny = str(Path(__file__).parent / "configs" / "tiny.yaml")
+    straight = _entropy_run(tmp_path / "a", tiny, "stages.grpo.steps=4")
+    assert [r["entropy_coef"] for r in straight] == pytest.approx([0.01, 0.03, 0.05, 0.07])
+    _entropy_run(tmp_path / "b", tiny, "stages.grpo.steps=2")
+    continued = _entropy_run(tmp_path / "b", tiny, "stages.grpo.steps=4")
+    assert [r["step"] for r in continued] == [1, 2, 3, 4]
+    for ra, rb in zip(straight, continued):
+        for k in ("entropy_coef", "loss", "entropy", "grad_norm", "reward_mean"):
+            assert rb[k] == ra[k], (ra["step"], k)
+    ppo = _entropy_run(tmp_path / "ppo", str(Path(__file__).parent / "configs" / "tiny_ppo.yaml"),
+                       "stages.ppo.steps=2")
+    assert [r["entropy_coef"] for r in ppo] == pytest.approx([0.01, 0.03])

@@ -1,4 +1,4 @@
-"""Entropy-collapse control by covariance (Clip-Cov and KL-Cov, "The Entropy Mechanism of Reinforcement
+"""Entropy-collapse control: by covariance (Clip-Cov and KL-Cov, "The Entropy Mechanism of Reinforcement
 Learning for Reasoning Language Models", 2025): a policy's entropy falls by the covariance between a token's
 log-probability and its advantage, and a few tokens of very high covariance drive most of the fall. Clip-Cov
 takes a small random share of the tokens whose covariance lies in a band out of the gradient; KL-Cov puts a
@@ -9,6 +9,10 @@ draws the same random numbers), from the rollout's log-probs: at a batch's first
 policy's to the bit, and fixing the selection per batch keeps the loss a plain ``(sum, count)`` pair, exact for
 any split into micro-batches or mini-batches and devices (a per-micro-batch selection, as verl makes, would
 depend on the split).
+
+And by the entropy bonus's coefficient (``EntropyControl``: adaptive entropy control, Skywork-OR1, 2025): a
+fixed coefficient either does nothing or, large enough to matter, makes the entropy blow up; moving the
+coefficient after each step towards a target entropy holds the entropy near the target instead.
 """
 
 from __future__ import annotations
@@ -48,3 +52,46 @@ def select_tokens(mode: str, adv: np.ndarray, logp: np.ndarray, mask: np.ndarray
         raise KeyError(f"covariance selection: unknown mode {mode!r}")
     out.flat[picked] = 1.0
     return out
+
+
+class EntropyControl:
+    """Adaptive entropy control (``algorithm.entropy_target > 0``): the entropy bonus's coefficient ``c`` starts at
+    ``algorithm.entropy_coef``; after every step it moves by ``entropy_coef_step``, up while the policy's entropy
+    ``e`` is below the target, down (never below 0) while at or above it, and the bonus applies only while ``e``
+    is below the target (Skywork-OR1: ``c_k+1 = c_k +- step``, loss term ``c_k * [e_k < target] * entropy``).
+
+    ``e`` is the step's ``entropy`` metric (the trainer's forward over the step's batch), which is known only
+    once that forward has run: the step's own bonus is decided by the step before it (Skywork-OR1 measures the
+    batch in a forward of its own before the updates; here that forward is the update's). The coefficient is a
+    per-row input of the step (``batch["entropy_coef"]``, the same value in every row), not a compiled
+    constant: changing it compiles nothing; and it is host state saved with every checkpoint, so a resumed
+    stage goes on with the coefficient the uninterrupted one had."""
+
+    def __init__(self, a, host: dict | None = None):
+        self.on = a.entropy_target > 0
+        self.target, self.delta = a.entropy_target, a.entropy_coef_step
+        saved = (host or {}).get("entropy_control") or {}
+        self.coef = float(saved.get("coef", a.entropy_coef))
+        self.below = bool(saved.get("below", True))  # before the first step: the bonus applies
+
+    @property
+    def applied(self) -> float:
+        """The coefficient the next step's loss uses: 0 while the last entropy was at or above the target."""
+        return self.coef if self.below else 0.0
+
+    def inputs(self, rows: int) -> dict[str, np.ndarray]:
+        """The step's batch entries: ``entropy_coef`` [rows] float32, or none when the control is off."""
+        return {"entropy_coef": np.full(rows, self.applied, np.float32)} if self.on else {}
+
+    def after(self, entropy: float) -> dict[str, float]:
+        """Moves the coefficient by the entropy the step just measured; returns the step's metric: the
+        coefficient its loss used (``entropy_coef``)."""
+        if not self.on:
+            return {}
+        used = self.applied
+        self.below = entropy < self.target
+        self.coef = max(self.coef + self.delta if self.below else self.coef - self.delta, 0.0)
+        return {"entropy_coef": used}
+
+    def host_state(self) -> dict:
+        return {"entropy_control": {"coef": self.coef, "below": self.below}} if self.on else {}

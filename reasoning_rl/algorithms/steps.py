@@ -275,6 +275,19 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     return sft_step
 
 
+def entropy_bonus(ent, b: dict, acfg: AlgorithmConfig, budget: int | None):
+    """The entropy bonus's sum (the loss falls as the policy's entropy rises; aggregated as the loss's own terms,
+    so it shares their count): ``algorithm.entropy_coef`` times the entropies, or, under adaptive entropy control,
+    each row's ``b["entropy_coef"]`` (``algorithms.entropy.EntropyControl``) times its entropies; 0 when off."""
+    if "entropy_coef" in b:
+        ent = ent * b["entropy_coef"][:, None]
+    elif acfg.entropy_coef > 0:
+        ent = acfg.entropy_coef * ent
+    else:
+        return 0.0
+    return entropy_sum(ent, b["mask"], acfg.loss, acfg.aggregation, budget)
+
+
 def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, logits_chunk: int | None = None,
                    group: int = 1, budget: int | None = None):
     """``(params, batch) -> (grads, aux)``: the normalised gradient of one mini-batch, accumulated over
@@ -298,7 +311,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
                                        with_entropy=True, routes=b.get("routes"), with_aux=True, group=group,
-                                       entropy_grad=acfg.entropy_coef > 0)
+                                       entropy_grad=acfg.entropy_coef > 0 or acfg.entropy_target > 0)
         old, weight, off = b["old_logp"], b.get("is_weight"), {}
         if "behaviour_logp" in b:
             old = jax.lax.stop_gradient(lp)
@@ -306,8 +319,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         x = LossInputs(lp, old, b.get("ref_logp") if acfg.beta > 0 else None, b["adv"], b["mask"], weight,
                        b.get("cov_select"))
         s, c, metrics = loss(x, **kw)
-        if acfg.entropy_coef > 0:  # the bonus: the loss falls as the policy's entropy rises
-            s = s - acfg.entropy_coef * entropy_sum(ent, b["mask"], acfg.loss, acfg.aggregation, budget)
+        s = s - entropy_bonus(ent, b, acfg, budget)
         m = b["mask"].astype(jnp.float32)
         sampler = b["sampler_logp"] if "sampler_logp" in b else b["behaviour_logp"]  # the sampler's log-probs
         gap = jnp.max(jnp.abs(jax.lax.stop_gradient(lp) - sampler) * m)
@@ -380,11 +392,10 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
                                        with_entropy=True, routes=b.get("routes"), with_aux=True, group=group,
-                                       entropy_grad=acfg.entropy_coef > 0)
+                                       entropy_grad=acfg.entropy_coef > 0 or acfg.entropy_target > 0)
         x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if beta > 0 else None, b["adv"], b["mask"])
         s, c, metrics = loss(x, **kw)
-        if acfg.entropy_coef > 0:
-            s = s - acfg.entropy_coef * entropy_sum(ent, b["mask"], acfg.loss, acfg.aggregation, budget)
+        s = s - entropy_bonus(ent, b, acfg, budget)
         v = target_values(cdef, both["critic"], b["tokens"], b["valid"], n, group)
         vs, vc, vmetrics = value_loss(v, b["old_values"], b["returns"], b["mask"], acfg.vf_clip)
         m = b["mask"].astype(jnp.float32)

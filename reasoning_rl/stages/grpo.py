@@ -18,7 +18,7 @@ import numpy as np
 
 from reasoning_rl import distributed as dist
 from reasoning_rl.algorithms.advantages import compute_advantages, informative_groups, overlong_penalty
-from reasoning_rl.algorithms.entropy import select_tokens
+from reasoning_rl.algorithms.entropy import EntropyControl, select_tokens
 from reasoning_rl.algorithms.losses import kl_estimate, off_policy_weights
 from reasoning_rl.algorithms.steps import make_grpo_step, make_logprob_fn
 from reasoning_rl.config import ConfigError, StageConfig
@@ -225,6 +225,7 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
     host = reference.resume()
     if host is not None:
         stream.set_state(host["data"])
+    control = EntropyControl(a, host)
     writer.truncate(stage.name, run.start_step)
     # held-out points on the trainer's mesh (a split stage's sampler is decoding the next batches meanwhile)
     run.curve = stage_curve(trt, stage, writer, list(trt.mesh.devices.flat) if srt is not trt else None)
@@ -306,7 +307,9 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     batch["cov_select"] = select_tokens(
                         a.loss.removesuffix("_cov"), batch["adv"], batch["old_logp"], batch["mask"], a.cov.ratio,
                         a.cov.low, a.cov.high, np.random.default_rng((rt.cfg.seed, 7919, step)))
+                batch.update(control.inputs(len(batch["adv"])))
                 run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, trt.place_batch)
+                um.update(control.after(um["entropy"]))
                 rec = slog.record(step, t0, t_up, rm, um, reference.after_step(step))
                 t_train += rec["update_s"]
                 if rec.get("staleness", 0) > 0:
@@ -318,9 +321,11 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                     rec["sampler_busy_frac"] = min(feed.busy / elapsed, 1.0)
                     rec["trainer_busy_frac"] = min(t_train / elapsed, 1.0)
                 slog.write(rec, samples)
-                run.end_step(step, guard, (lambda w=slog.wall, s=step: {**feed.host_state(s), "wall_seconds": w})
+                run.end_step(step, guard, (lambda w=slog.wall, s=step: {**feed.host_state(s), "wall_seconds": w,
+                                                                        **control.host_state()})
                              if feed is not None else
-                             (lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w}))
+                             (lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w,
+                                                   **control.host_state()}))
                 if feed is not None:
                     feed.publish(step, run.state.params)
     finally:

@@ -25,6 +25,7 @@ import numpy as np
 from reasoning_rl import distributed as dist
 from reasoning_rl import sharding as shd
 from reasoning_rl.algorithms.advantages import gae, masked_whiten, token_rewards_with_outcome
+from reasoning_rl.algorithms.entropy import EntropyControl
 from reasoning_rl.algorithms.steps import make_logprob_fn, make_optimizer, make_ppo_step, make_value_fn
 from reasoning_rl.config import ConfigError, StageConfig
 from reasoning_rl.data.loader import ExampleStream
@@ -207,6 +208,7 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     host = reference.resume()
     if host is not None:
         stream.set_state(host["data"])
+    control = EntropyControl(a, host)
     writer.truncate(stage.name, run.start_step)
     run.curve = stage_curve(rt, stage, writer)
     run.curve.start(run.start_step, run.state.params)
@@ -233,11 +235,14 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
                 batch["ref_logp"] = dist.gather(ref_fn(reference.params, b["tokens"], b["valid"], b["mask"]))
             batch["adv"], batch["returns"], am = advantages(a, rewards, values, batch)
             batch["old_values"] = values
+            batch.update(control.inputs(len(batch["adv"])))
             run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, rt.place_batch)
+            um.update(control.after(um["entropy"]))
             rec = slog.record(step, t0, t_up, rm, am, um, reference.after_step(step))
             rec["tokens_per_s"] = float(batch["mask"].sum()) / max(rec["seconds"], 1e-9)
             slog.write(rec, _samples_with_gae(rollout.samples, r.group_size, batch["adv"], values, batch["mask"]))
-            run.end_step(step, guard, lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w})
+            run.end_step(step, guard, lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w,
+                                                           **control.host_state()})
     slog.close()
     run.close()
     rollout.rewarder.close()
