@@ -120,6 +120,11 @@ class TransformerConfig:
     # --- switches some families need (defaults: the plain decoder)
     norm_offset: float = 0.0  # Gemma stores RMSNorm weights as w and scales by 1 + w
     embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
+    # Granite's muP scalars: embeddings times embed_multiplier, each layer's attention and MLP outputs times
+    # residual_multiplier before their residual adds, logits divided by logits_scaling (1.0: none)
+    embed_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
     activation: str = "silu"  # silu | gelu_tanh (gate activation of the gated MLP)
     query_scale: float | None = None  # softmax scale; None: head_dim ** -0.5
     sandwich_norm: bool = False  # Gemma: extra RMSNorm on the attention and MLP outputs

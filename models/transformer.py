@@ -172,6 +172,7 @@ class Block(nnx.Module):
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                            activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant)
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
+        self.residual_multiplier = cfg.residual_multiplier
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
                  routes=None, prefix=None, segments=None):
@@ -187,7 +188,7 @@ class Block(nnx.Module):
             h, cache = self.attn(pre, positions, mask, cache, layer, index, rope, prefix)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
-        x = constrain(x + h, ("batch", "seq", "act_embed"))
+        x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
         stats = None
         pre = self.mlp_norm(x) if self.mlp_norm is not None else x
         if isinstance(self.mlp, MoE):
@@ -196,8 +197,15 @@ class Block(nnx.Module):
             h = self.mlp(pre)
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
-        x = x + h
+        x = x + self._residual(h)
         return constrain(x, ("batch", "seq", "act_embed")), cache, stats
+
+    def _residual(self, h):
+        """A sub-layer's output as it joins the residual stream: times ``cfg.residual_multiplier`` (Granite), in
+        float32 and rounded once, as the reference multiplies a tensor by a Python float."""
+        if self.residual_multiplier == 1.0:
+            return h
+        return (h.astype(jnp.float32) * self.residual_multiplier).astype(h.dtype)
 
     def _linear(self, x, valid, cache, slot, segments=None):
         """The Gated DeltaNet mixer over ``cache``'s (conv, state) entry ``slot`` (the layer's index among the
@@ -328,6 +336,8 @@ class Transformer(nnx.Module):
             # The reference rounds sqrt(d) to the parameter dtype before multiplying.
             scale = jnp.asarray(self.cfg.d_model**0.5, self.cfg.jnp_param_dtype).astype(x.dtype)
             x = x * scale
+        if self.cfg.embed_multiplier != 1.0:  # Granite: in float32, rounded once (a tensor times a Python float)
+            x = (x.astype(jnp.float32) * self.cfg.embed_multiplier).astype(x.dtype)
         return constrain(x, ("batch", "seq", "act_embed"))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
@@ -614,6 +624,8 @@ class Transformer(nnx.Module):
             out = jax.lax.optimization_barrier(invariant.tanh(out / c) * c)
         elif self.cfg.final_softcap:
             out = jnp.tanh(out / self.cfg.final_softcap) * self.cfg.final_softcap
+        if self.cfg.logits_scaling != 1.0:  # Granite
+            out = out / self.cfg.logits_scaling
         return out
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, valid: jax.Array | None = None):

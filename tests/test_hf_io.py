@@ -72,6 +72,8 @@ FAMILY_CONFIGS = {
                                rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
                                              "beta_fast": 32.0, "beta_slow": 1.0}),
     "seed_oss": TransformerConfig(**BASE, family="seed_oss", qkv_bias=True, out_bias=True, rope_theta=1e7),
+    "granite": TransformerConfig(**BASE, family="granite", qkv_bias=True, out_bias=True, embed_multiplier=12.0,
+                                 residual_multiplier=0.22, query_scale=0.3, logits_scaling=8.0),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -429,6 +431,25 @@ def test_safetensors_bf16_round_trip(tmp_path):
     assert f.info("a") == ("BF16", (3, 4))
     np.testing.assert_array_equal(f.get("a"), a)
     np.testing.assert_array_equal(f.get("b"), b)
+
+
+def test_granite4_mamba_layers_and_experts_are_refused_by_name(tmp_path):
+    """Granite 4.0's format loads when every layer is attention and there are no routed experts; its Mamba-2
+    layers (the "H" models) and experts are refused naming them."""
+    base = {"model_type": "granitemoehybrid", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
+            "vocab_size": 64, "shared_intermediate_size": 40, "num_local_experts": 0}
+    for types, match in ((["attention", "mamba"], r"Mamba-2 layers \(layer_types, layers \[1\]\)"),
+                         (["linear_attention"] * 2, r"Mamba-2 layers \(layer_types, layers \[0, 1\]\)")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": types}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": ["attention"] * 2,
+                                                      "num_local_experts": 4}))
+    with pytest.raises(ConfigError, match=r"num_local_experts=4 is not supported \(routed experts\)"):
+        config_from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": ["attention"] * 2}))
+    cfg = config_from_hf(tmp_path)
+    assert (cfg.family, cfg.ffn_dim, cfg.nope_layers) == ("granite", 40, (0, 1))
 
 
 @pytest.mark.parametrize("model_type,why", [("jamba", "Mamba layers"), ("minimax", "lightning \\(linear\\) attention layers"),

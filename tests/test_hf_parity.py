@@ -94,6 +94,20 @@ CASES = {
     # Seed-OSS: q/k/v biases, head_dim not hidden/heads; then the output projection's bias too (and the
     # reference's training-time dropouts, which eval mode and these layers leave out)
     "seed_oss": ("SeedOssConfig", {"head_dim": 24}),
+    # Granite: the muP scalars (Granite 3.3-8B's embedding and residual multipliers; an attention multiplier and
+    # logits divisor large enough to show), biases on all four attention projections
+    "granite": ("GraniteConfig", {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+                                  "attention_multiplier": 0.3, "logits_scaling": 8.0, "attention_bias": True}),
+    # Granite 4.0's format, all-attention and expert-free (Granite-4.0-Micro): its shared_mlp (gate and up in one
+    # tensor), with rotary embeddings; then without any (position_embedding_type unset, as the "H" models)
+    "granite4": ("GraniteMoeHybridConfig", {
+        "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.3,
+        "logits_scaling": 8.0, "layer_types": ["attention"] * 2, "num_local_experts": 0,
+        "shared_intermediate_size": 80, "position_embedding_type": "rope", "mamba_n_heads": 8}),
+    "granite4_nope": ("GraniteMoeHybridConfig", {
+        "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 2.0, "attention_bias": True,
+        "layer_types": ["attention"] * 2, "num_local_experts": 0, "shared_intermediate_size": 48,
+        "mamba_n_heads": 8}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -251,7 +265,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
-                                  "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe"])
+                                  "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
+                                  "granite"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -306,7 +321,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
                                   "glm4_moe_lite", "exaone4", "minimax_m2",
-                                  "ernie4_5_moe", "hunyuan_dense"])
+                                  "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -328,7 +343,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
-                                  "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe"])
+                                  "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

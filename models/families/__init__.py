@@ -15,6 +15,7 @@ from . import (
     glm4_moe,
     glm4_moe_lite,
     gpt_oss,
+    granite,
     hunyuan,
     llama,
     minimax_m2,
@@ -37,7 +38,7 @@ from .multimodal import WRAPPERS
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
                                                       qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, glm4_moe_lite,
-                                                      seed_oss, smollm3, exaone4,
+                                                      seed_oss, smollm3, exaone4, granite,
                                                       minimax_m2, ernie4_5, hunyuan, qwen3_5,
                                                       qwen3_5_moe, qwen3_next)}
 FAMILIES["mistral"] = llama
@@ -49,7 +50,7 @@ BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in
 # of one of these is refused saying so, rather than only that its model_type is unknown.
 RECURRENT = {
     "falcon_h1": "Mamba-2 layers",
-    "nemotron_h": "Mamba-2 layers", "granitemoehybrid": "Mamba-2 layers", "jamba": "Mamba layers",
+    "nemotron_h": "Mamba-2 layers", "jamba": "Mamba layers",
     "mamba": "Mamba layers", "mamba2": "Mamba-2 layers", "lfm2": "short-convolution layers",
     "lfm2_moe": "short-convolution layers", "minimax": "lightning (linear) attention layers",
 }
