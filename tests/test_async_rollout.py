@@ -20,8 +20,10 @@ from reasoning_rl.metrics import read_metrics
 
 TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
 SPLIT = ["mesh.cpu_devices=2", "mesh.rollout_devices=1"]
-# with a KL reference, and a held-out curve (evaluated on the trainer's device while the sampler decodes)
-ASYNC = ["rollout.mode=async", "rollout.max_staleness=1", "algorithm.beta=0.02", "eval.every=2"]
+# with a KL reference, a held-out curve (evaluated on the trainer's device while the sampler decodes) and adaptive
+# entropy control (a target above any entropy here: the coefficient, host state, rises by 0.01 every step)
+ASYNC = ["rollout.mode=async", "rollout.max_staleness=1", "algorithm.beta=0.02", "eval.every=2",
+         "algorithm.entropy_target=10.0", "algorithm.entropy_coef_step=0.01"]
 TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "wait_s", "sampler_busy_frac",
           "trainer_busy_frac", "eval_s"}
 
@@ -69,6 +71,7 @@ def test_staleness_zero_is_the_synchronous_run(tmp_path):
 def test_async_run_trains_on_stale_batches_with_correction(async_run):
     recs = [r for r in read_metrics(async_run) if r["stage"] == "grpo" and "held_out/problems" not in r]
     assert [r["staleness"] for r in recs] == [0, 1, 1, 1, 1, 1]  # step 1 samples with the initial policy
+    assert [r["entropy_coef"] for r in recs] == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04, 0.05])
     for r in recs[1:]:
         assert 0 < r["is_ratio_mean"] < 10 and r["is_ratio_max"] >= r["is_ratio_mean"]
         assert 0 <= r["is_truncated_frac"] <= 1
