@@ -220,6 +220,7 @@ def test_ppo_stage_runs_and_logs_its_metrics(ppo_run):
     assert max(r["logprob_gap"] for r in recs) < 1e-4
     assert recs[0]["values_mean"] == 0.0 and recs[-1]["values_mean"] != 0.0  # the critic learned something
     assert any(r["kl"] > 0 for r in recs[1:])
+    assert [r["entropy_coef"] for r in recs] == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04, 0.05])
     summary = json.loads((ppo_run / "summary.json").read_text())
     assert "pass@1" in summary["ppo"]
     assert [s for s, _ in curve] == [0, 3, 6] and curve[-1][1] == summary["ppo"]["pass@1"]  # eval.every: 3
