@@ -34,9 +34,8 @@ if os.environ.get(OPTIMIZED) == "1" or "xla_backend_optimization_level" in START
     os.environ["XLA_FLAGS"] = START_FLAGS
 else:
     os.environ["XLA_FLAGS"] = f"{START_FLAGS} {FAST_COMPILE}".strip()
-# (A test comparing this process's numbers bit for bit with a run it starts gives the run these flags:
-# helpers.in_process_env.)
-os.environ["REASONING_RL_TEST_XLA_FLAGS"] = os.environ["XLA_FLAGS"]
+# (so a run a test starts compiles as this process does: a test comparing its numbers bit for bit with this
+# process's needs nothing more)
 import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", str(CACHE))  # (JAX read the environment when helpers imported it)

@@ -32,10 +32,3 @@ def compared_env(n_devices: int | None = None, base: dict | None = None, **extra
     return {**(os.environ if base is None else base), "JAX_PLATFORMS": "cpu",
             "REASONING_RL_COMPILE_CACHE": "off", "XLA_FLAGS": devices + FAST_COMPILE, **extra}
 
-
-def in_process_env(base: dict | None = None, **extra: str) -> dict:
-    """Environment of a run whose numbers are compared bit for bit with ones this pytest process computed: the
-    XLA flags this process compiles with (``conftest``)."""
-    env = {**(os.environ if base is None else base), **extra}
-    env["XLA_FLAGS"] = os.environ.get("REASONING_RL_TEST_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-    return env

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import in_process_env
 
 from reasoning_rl import cli
 from reasoning_rl import config as C
@@ -143,7 +142,7 @@ def test_kill_mid_stage_then_rerun_finishes_with_the_same_results(reference, tmp
     ref_dir, ref_summary = reference
     d = tmp_path / "run"
     cmd = [sys.executable, "-m", "reasoning_rl", "run", R1_TINY, "--no-progress", "--run-dir", str(d)]
-    env = in_process_env(PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline, killed = time.time() + 300, False
     while time.time() < deadline and proc.poll() is None:  # kill inside the distill stage's GRPO baseline

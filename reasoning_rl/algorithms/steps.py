@@ -275,6 +275,12 @@ def make_sft_step(mdef: ModelDef, ocfg: OptimizerConfig, tx: optax.GradientTrans
     return sft_step
 
 
+def entropy_trained(acfg: AlgorithmConfig) -> bool:
+    """Does the loss hold an entropy bonus (a fixed ``entropy_coef`` or adaptive control), so that the
+    entropy needs its gradient?"""
+    return acfg.entropy_coef > 0 or acfg.entropy_target > 0
+
+
 def entropy_bonus(ent, b: dict, acfg: AlgorithmConfig, budget: int | None):
     """The entropy bonus's sum (the loss falls as the policy's entropy rises; aggregated as the loss's own terms,
     so it shares their count): ``algorithm.entropy_coef`` times the entropies, or, under adaptive entropy control,
@@ -311,7 +317,7 @@ def make_grpo_grad(mdef: ModelDef, acfg: AlgorithmConfig, temperature: float, lo
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
                                        with_entropy=True, routes=b.get("routes"), with_aux=True, group=group,
-                                       entropy_grad=acfg.entropy_coef > 0 or acfg.entropy_target > 0)
+                                       entropy_grad=entropy_trained(acfg))
         old, weight, off = b["old_logp"], b.get("is_weight"), {}
         if "behaviour_logp" in b:
             old = jax.lax.stop_gradient(lp)
@@ -392,7 +398,7 @@ def make_ppo_grad(mdef: ModelDef, cdef: ModelDef, acfg: AlgorithmConfig, tempera
         n = b["mask"].shape[1]
         lp, ent, moe = target_logprobs(model, b["tokens"], b["valid"], n, temperature, logits_chunk,
                                        with_entropy=True, routes=b.get("routes"), with_aux=True, group=group,
-                                       entropy_grad=acfg.entropy_coef > 0 or acfg.entropy_target > 0)
+                                       entropy_grad=entropy_trained(acfg))
         x = LossInputs(lp, b["old_logp"], b.get("ref_logp") if beta > 0 else None, b["adv"], b["mask"])
         s, c, metrics = loss(x, **kw)
         s = s - entropy_bonus(ent, b, acfg, budget)
