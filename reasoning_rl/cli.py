@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true",
                      help="no progress bar or periodic progress lines (stage ends are still logged)")
     run.add_argument("--no-plots", action="store_true",
-                     help="do not write plots/training_curves.png after each stage")
+                     help="do not write plots/training_curves.png after each stage (config: log.plots)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
     ev = sub.add_parser("eval",
                         help="pass@k, maj@k and thinking-budget curves of a stage checkpoint or HF model",

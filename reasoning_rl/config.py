@@ -319,6 +319,9 @@ class LogConfig:
     rollouts_per_step: int = 2
     rollouts_max_mb: float = 64.0  # past this size rollouts.jsonl becomes rollouts.jsonl.1 (then .2, ...)
     rollouts_keep: int = 3  # rotated files kept
+    # plots/training_curves.png rewritten after every stage (~1-3 s of matplotlib on the primary host each);
+    # false (or ``run --no-plots``): none; ``reasoning-rl plot RUN_DIR`` draws it from metrics.jsonl at any time
+    plots: bool = True
 
 
 @dataclass(frozen=True)

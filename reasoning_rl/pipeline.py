@@ -559,7 +559,8 @@ def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
 
 def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  devices: list | None = None, plots: bool = True) -> dict[str, Any]:
-    """Run the config's stages; ``plots``: rewrite ``plots/training_curves.png`` after every stage."""
+    """Run the config's stages; ``plots`` (and the config's ``log.plots``): rewrite ``plots/training_curves.png``
+    after every stage."""
     from reasoning_rl import progress as progress_lib
     from reasoning_rl.model_dirs import check_model_dirs
 
@@ -690,7 +691,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 "held_out": _held_out(metrics),
                 **({"data": {k: v for k, v in extra.items() if k != "grpo_baseline"}} if extra else {}),
                 })
-            if plots and dist.is_primary():
+            if plots and cfg.log.plots and dist.is_primary():
                 write_plot(run_dir, stage.name)
             dist.barrier(f"stage {stage.name} done")
             stages.params[stage.name] = params

@@ -250,7 +250,7 @@ def format_report(summary: dict, run_dir: str | Path) -> str:
     plot = run_dir / "plots" / "training_curves.png"
     tb = run_dir / "tensorboard"
     lines.append(f"summary:     {run_dir / 'summary.json'}")
-    lines.append(f"plots:       {plot}" if plot.is_file() else "plots:       none written (--no-plots, or "
+    lines.append(f"plots:       {plot}" if plot.is_file() else "plots:       none written (log.plots off, or "
                  f"see the warning above); `reasoning-rl plot {run_dir}` writes them")
     lines.append(f"tensorboard: tensorboard --logdir {tb}" if tb.is_dir() else "tensorboard: no event files "
                  "(tensorboardX is not installed)")

@@ -127,8 +127,8 @@ def test_grpo_from_checkpoint_with_its_chat_template(tmp_path, family):
     # the run's own numbers are only checked for being finite and for learning; the export is compared with
     # transformers in this process, so the run may compile without LLVM's optimisations (most of its time)
     env = compared_env(PYTHONPATH=os.pathsep.join([str(tmp_path / "plug"), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--run-dir",
-                        str(run)], capture_output=True, text=True, timeout=900, env=env, check=False)
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
+                        "--run-dir", str(run)], capture_output=True, text=True, timeout=900, env=env, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps = [r for r in rows if r.get("stage") == "grpo" and "loss" in r]

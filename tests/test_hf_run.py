@@ -52,8 +52,8 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
     path = tmp_path / "hf.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--run-dir",
-                        str(run)], capture_output=True, text=True, timeout=600, env=FAST)
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
+                        "--run-dir", str(run)], capture_output=True, text=True, timeout=600, env=FAST)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) == {"sft", "grpo"}

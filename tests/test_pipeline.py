@@ -56,6 +56,7 @@ def test_run_writes_outputs_and_lineage(reference_run):
     man = json.loads((d / "checkpoints" / "grpo" / "manifest.json").read_text())
     assert man["complete"] and man["parent"]["stage"] == "sft" and man["parent"]["step"] == 4
     assert (d / "tensorboard").is_dir()
+    assert not (d / "plots").exists()  # tiny.yaml's log.plots: false (tests/test_run_report.py draws them)
 
 
 @pytest.mark.slow

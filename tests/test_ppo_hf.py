@@ -88,7 +88,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
     policy, critic = dirs
     config = _config(tmp_path, policy, critic)
     run = tmp_path / "run"
-    p = _run("run", str(config), "--no-progress", "--run-dir", str(run))
+    p = _run("run", str(config), "--no-progress", "--no-plots", "--run-dir", str(run))
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [r for r in read_metrics(run) if r["stage"] == "ppo"]
     assert [r["step"] for r in recs] == [1, 2, 3]
@@ -105,7 +105,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
     shutil.copytree(run, cut)
     shutil.rmtree(cut / "checkpoints" / "ppo" / "3")
     (cut / "checkpoints" / "ppo" / "manifest.json").unlink()
-    p = _run("run", str(config), "--no-progress", "--run-dir", str(cut), "--resume")
+    p = _run("run", str(config), "--no-progress", "--no-plots", "--run-dir", str(cut), "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from step 2" in p.stderr
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]

@@ -21,7 +21,7 @@ def _run(tmp_path, cfg, *sets, env=None):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress",
+    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
                            "--run-dir", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)]],
                           capture_output=True, text=True, timeout=600, env=env)
 

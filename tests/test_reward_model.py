@@ -245,8 +245,8 @@ def test_pairs_pad_to_their_batch_longest_and_padding_changes_no_score(tmp_path)
 def _cli(tmp_path, raw: dict) -> tuple[int, str]:
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(raw))
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--run-dir",
-                        str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
     return p.returncode, p.stderr.strip()
 

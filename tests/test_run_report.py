@@ -306,7 +306,7 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
     with open(tmp_path / "stderr.txt", "w") as err:
         p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
-                            "--set", "log.every_s=0", "--set", "stages.grpo.steps=3"],
+                            "--set", "log.every_s=0", "--set", "stages.grpo.steps=3", "--set", "log.plots=true"],
                            stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, check=False, env=env)
     log = (tmp_path / "stderr.txt").read_text()
     assert p.returncode == 0, log[-3000:]
@@ -353,7 +353,8 @@ def test_a_home_that_cannot_be_written_costs_one_line(tmp_path):
     (tmp_path / "tmp").mkdir()
     env.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"))
     p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
-                        str(tmp_path / "run"), "--set", "stages=[{name: sft, kind: sft, steps: 1, batch_size: 8}]"],
+                        str(tmp_path / "run"), "--set", "stages=[{name: sft, kind: sft, steps: 1, batch_size: 8}]",
+                        "--set", "log.plots=true"],
                        capture_output=True, text=True,
                        timeout=600, check=False, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
