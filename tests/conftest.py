@@ -12,13 +12,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX is imported (helpers
 
 from helpers import FAST_COMPILE
 
-# Tests, and the runs they start (the CLI in a subprocess), compile without LLVM's optimisation passes
-# (helpers.FAST_COMPILE) and through a persistent compilation cache shared by the whole session (the workers and
-# every run they start; removed at the end, so the suite leaves nothing in the user's own cache): compiling is
-# most of what a test does, LLVM's passes most of a tiny model's compile time, and many tests compile the same
-# programs. Measured one after the other with an empty cache: an in-process subset 617 s -> 303 s, a CLI-run test
-# 65 s -> 50 s. Set here, before JAX's backend starts: it reads XLA_FLAGS once. What a test compares is computed
-# under the same flags on both sides. The exception is a claim about the code as users' runs compile it, bit for
+# Tests, and the runs they start (the CLI in a subprocess), compile under fast-compiling flags (helpers.FAST_COMPILE:
+# LLVM's optimisation passes off, the older fusion emitter) and through a persistent compilation cache shared by
+# the whole session (the workers and every run they start; removed at the end, so the suite leaves nothing in the
+# user's own cache): compiling is most of what a test does, and many tests compile the same programs. Set here,
+# before JAX's backend starts: it reads XLA_FLAGS once. What a test compares is computed under the same flags on
+# both sides. The exception is a claim about the code as users' runs compile it, bit for
 # bit (two formulations of one step give the same bits): such a test is marked ``optimized`` and runs in a
 # pytest process of its own under the flags the suite was started with.
 OPTIMIZED = "REASONING_RL_TEST_OPTIMIZED"
@@ -30,7 +29,7 @@ CACHE = Path(tempfile.gettempdir()) / f"reasoning_rl_tests_xla_{SESSION}"
 os.environ["REASONING_RL_COMPILE_CACHE"] = str(CACHE)  # the runs' cache (reasoning_rl.cli)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every program: a test's are small
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-if os.environ.get(OPTIMIZED) == "1" or "xla_backend_optimization_level" in START_FLAGS:
+if os.environ.get(OPTIMIZED) == "1" or "xla_backend_optimization_level" in START_FLAGS:  # (the caller's flags)
     os.environ["XLA_FLAGS"] = START_FLAGS
 else:
     os.environ["XLA_FLAGS"] = f"{START_FLAGS} {FAST_COMPILE}".strip()

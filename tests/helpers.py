@@ -1,6 +1,8 @@
 """Tiny models and batches shared by tests."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -18,17 +20,33 @@ def prompts(n, lo=3, hi=9, vocab=40, seed=0):
     return [list(rng.integers(4, vocab, size=int(rng.integers(lo, hi)))) for _ in range(n)]
 
 
-# XLA flag for test subprocesses whose runs are compared only with runs made under the same flag (one device
-# against a mesh, one host against two): LLVM's optimisation passes are most of a tiny model's compile time
-# (a tiny R1 pipeline on 4 devices: 41 s -> 31 s) and change nothing about what a sharding computes.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+def _fast_compile() -> str:
+    """XLA flags for tests and the runs they start, whose results are compared only with results computed under
+    the same flags (one device against a mesh, one host against two): compiling is most of what a test does.
+    LLVM's optimisation passes off (a tiny R1 pipeline on 4 devices: 41 s -> 31 s), and fusions emitted by the
+    older elemental emitter rather than the MLIR fusion pipeline (a tiny two-stage run's compiles 12-14 s ->
+    5-6 s; same losses, other roundings in the last bit). An XLA that no longer knows the second flag would abort
+    every process that reads it, so it is kept only where a child process starts with it (checked once per
+    session, the answer inherited by the workers)."""
+    flags = "--xla_backend_optimization_level=0"
+    emitters = "--xla_cpu_use_fusion_emitters=false"
+    known = os.environ.get("REASONING_RL_TEST_FUSION_FLAG")
+    if known is None:
+        p = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, check=False,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{flags} {emitters}"}, timeout=120)
+        known = os.environ["REASONING_RL_TEST_FUSION_FLAG"] = "1" if p.returncode == 0 else "0"
+    return f"{flags} {emitters}" if known == "1" else flags
+
+
+FAST_COMPILE = _fast_compile()
 
 
 def compared_env(n_devices: int | None = None, base: dict | None = None, **extra: str) -> dict:
     """Environment of a CPU test subprocess whose results are compared with another run made under it:
-    ``n_devices`` host devices (None: the child picks), ``FAST_COMPILE``, no persistent compile cache
-    (each run compiles what it runs)."""
+    ``n_devices`` host devices (None: the child picks) and ``FAST_COMPILE``. The session's compile cache stays
+    on (conftest): a program found there is what compiling the same program under the same flags gives, so a
+    resumed run, or a host of a two-host run whose program a one-host run compiled, loads it instead."""
     devices = f"--xla_force_host_platform_device_count={n_devices} " if n_devices else ""
-    return {**(os.environ if base is None else base), "JAX_PLATFORMS": "cpu",
-            "REASONING_RL_COMPILE_CACHE": "off", "XLA_FLAGS": devices + FAST_COMPILE, **extra}
+    return {**(os.environ if base is None else base), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices + FAST_COMPILE,
+            **extra}
 

@@ -33,7 +33,8 @@ COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "response_len", "t
 
 
 def _env(n_devices: int, **extra) -> dict:
-    return compared_env(n_devices, {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}, **extra)
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k.startswith("JAX_PERSISTENT_CACHE")}
+    return compared_env(n_devices, keep, **extra)
 
 
 def _cmd(run_dir: Path, *more: str, config: str = TINY, sets: list[str] = SETS) -> list[str]:

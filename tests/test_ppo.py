@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import tiny_model
+from helpers import compared_env, tiny_model
 from reasoning_rl.algorithms import advantages as A
 from reasoning_rl.algorithms.steps import (TrainState, init_state, make_optimizer, make_ppo_grad, make_ppo_step,
                                            make_value_fn)
@@ -252,8 +252,7 @@ def test_ppo_sigkill_then_resume_matches_uninterrupted(ppo_run, tmp_path):
 
 @pytest.mark.slow
 def test_ppo_on_8_devices_fsdp_tensor_equals_one_device(ppo_run, tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "REASONING_RL_COMPILE_CACHE": "off",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = compared_env(8)
     d = tmp_path / "mesh"
     p = run_cli("--run-dir", str(d), "--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "mesh.tensor=2",
                 env=env)

@@ -59,7 +59,8 @@ def compiler_options(batch_invariant: bool = True) -> dict:
     - on CPU, XLA's own fusion emitters only (``cpu_own_emitters``): the YNNPACK kernels XLA hands some
       small fusions to do not contract ``a * b + c`` into a fused multiply-add where XLA's own loops do, so
       the same expression had two roundings in two programs (the temperature-scaled, shifted logits of a
-      decode step against the trainer's: 18% of values);
+      decode step against the trainer's: 18% of values); and its MLIR fusion emitters, the default, kept
+      whatever ``XLA_FLAGS`` says (the older elemental emitter contracts other expressions: gaps of 2-5e-7);
     - on GPUs, default GEMM configurations instead of timed autotuning (which may pick another kernel for
       the same shape in another program or process)."""
     if not batch_invariant:
@@ -67,20 +68,25 @@ def compiler_options(batch_invariant: bool = True) -> dict:
     opts = {"xla_allow_excess_precision": False}
     if jax.default_backend() == "cpu":
         opts.update(cpu_own_emitters())
+        opts.update(_cpu_option("xla_cpu_use_fusion_emitters", True))
     elif jax.default_backend() == "gpu":
         opts["xla_gpu_autotune_level"] = 0
     return opts
 
 
 @functools.cache
+def _cpu_option(name: str, value) -> dict:
+    """``{name: value}`` where this XLA:CPU knows the option, else ``{}`` (its default)."""
+    try:
+        jax.jit(lambda x: x @ x, compiler_options={name: value}).lower(jnp.ones((2, 2))).compile()
+    except Exception:  # an XLA without the option
+        return {}
+    return {name: value}
+
+
 def cpu_own_emitters() -> dict:
     """The XLA:CPU option that turns off its YNNPACK fusions, where this XLA knows it (else ``{}``)."""
-    opts = {"xla_cpu_experimental_ynn_fusion_type": ""}
-    try:
-        jax.jit(lambda x: x @ x, compiler_options=opts).lower(jnp.ones((2, 2))).compile()
-    except Exception:  # an XLA without the option: its defaults
-        return {}
-    return opts
+    return _cpu_option("xla_cpu_experimental_ynn_fusion_type", "")
 
 
 _LOG2E = np.float32(1.4426950408889634)
