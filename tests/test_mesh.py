@@ -18,6 +18,7 @@ QUICKSTART_MOE = str(ROOT / "configs" / "quickstart_moe.yaml")
 SHORT = ["--set", "stages.sft.steps=3", "--set", "stages.grpo.steps=2", "--set", "eval.num_problems=8",
          "--set", "eval.samples=2", "--set", "eval.k=[1,2]", "--set", "eval.greedy=false",
          "--set", "checkpoint.every=100",  # the stage end saves: the params compared
+         "--set", "log.plots=false",
          "--set", "stages.sft.batch_size=16", "--set", "rollout.prompts_per_step=4",
          "--set", "rollout.max_new_tokens=24",
          # three SFT steps answer nothing right: a length-shaped reward (overlong shaping over the lengths an
