@@ -17,9 +17,9 @@ from helpers import FAST_COMPILE
 # the whole session (the workers and every run they start; removed at the end, so the suite leaves nothing in the
 # user's own cache): compiling is most of what a test does, and many tests compile the same programs. Set here,
 # before JAX's backend starts: it reads XLA_FLAGS once. What a test compares is computed under the same flags on
-# both sides. The exception is a claim about the code as users' runs compile it, bit for
-# bit (two formulations of one step give the same bits): such a test is marked ``optimized`` and runs in a
-# pytest process of its own under the flags the suite was started with.
+# both sides. The exception is a claim about the code as users' runs compile it, bit for bit (two formulations of
+# one step give the same bits): such a test is marked ``optimized`` and runs in a pytest process of its own under
+# the flags the suite was started with.
 OPTIMIZED = "REASONING_RL_TEST_OPTIMIZED"
 START = "REASONING_RL_TEST_START_XLA_FLAGS"  # the flags the suite was started with, for the ``optimized`` tests
 START_FLAGS = os.environ.setdefault(START, os.environ.get("XLA_FLAGS", ""))

@@ -25,9 +25,9 @@ def _fast_compile() -> str:
     the same flags (one device against a mesh, one host against two): compiling is most of what a test does.
     LLVM's optimisation passes off (a tiny R1 pipeline on 4 devices: 41 s -> 31 s), and fusions emitted by the
     older elemental emitter rather than the MLIR fusion pipeline (a tiny two-stage run's compiles 12-14 s ->
-    5-6 s; same losses, other roundings in the last bit). An XLA that no longer knows the second flag would abort
-    every process that reads it, so it is kept only where a child process starts with it (checked once per
-    session, the answer inherited by the workers)."""
+    5-6 s; same losses, other roundings in the last bit). An XLA that does not know the second flag aborts every
+    process that reads it, so it is used only once a child process has started with it (checked once per
+    session; the workers inherit the answer)."""
     flags = "--xla_backend_optimization_level=0"
     emitters = "--xla_cpu_use_fusion_emitters=false"
     known = os.environ.get("REASONING_RL_TEST_FUSION_FLAG")

@@ -229,6 +229,8 @@ def test_code_task_solutions_pass_their_own_tests_and_wrong_programs_fail():
 def test_cpu_host_split_into_two_data_parallel_devices_gives_the_same_run(reference_run, tmp_path):
     """mesh.cpu_devices=2: the CLI exposes the host as two devices before JAX starts, the run is data-parallel
     over them (each device samples its own prompts in its own decode loop) and trains the same model."""
+    # compiled as users' runs compile (XLA's default optimisation and fusion emitters), against the reference
+    # run under the tests' fast-compiling flags: the suite's one training run under the default flags
     env = {**os.environ, "XLA_FLAGS": ""}
     p = run_cli("--run-dir", str(tmp_path / "run"), "--set", "mesh.cpu_devices=2", "--set", "stages.grpo.steps=3",
                 env=env)
