@@ -154,6 +154,8 @@ def _load_config(args):
         config_lib.apply_override(raw, o)
     if getattr(args, "run_dir", None):
         raw["run_dir"] = args.run_dir
+    if getattr(args, "no_plots", False) and isinstance(raw.get("log") or {}, dict):  # (else: from_dict names it)
+        raw["log"] = {**(raw.get("log") or {}), "plots": False}  # log.plots off; log is not part of the hash
     return config_lib.from_dict(raw)
 
 
@@ -208,8 +210,7 @@ def _run(args) -> int:
     distributed.initialize(cfg.distributed)
     enable_compile_cache()
     try:
-        summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress,
-                               plots=not args.no_plots)
+        summary = run_pipeline(cfg, cfg.run_dir, resume=args.resume, progress=not args.no_progress)
     except OSError as e:
         if out_of_space(e) and not e.filename:  # say where: the run dir is what a run fills
             e.filename = str(cfg.run_dir)

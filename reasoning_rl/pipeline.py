@@ -558,9 +558,8 @@ def preflight_rewards(cfg: Config) -> dict[str, list[str]]:
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 devices: list | None = None, plots: bool = True) -> dict[str, Any]:
-    """Run the config's stages; ``plots`` (and the config's ``log.plots``): rewrite ``plots/training_curves.png``
-    after every stage."""
+                 devices: list | None = None) -> dict[str, Any]:
+    """Run the config's stages (``log.plots``: rewrite ``plots/training_curves.png`` after every stage)."""
     from reasoning_rl import progress as progress_lib
     from reasoning_rl.model_dirs import check_model_dirs
 
@@ -578,12 +577,12 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     progress_lib.configure(every_s=cfg.log.every_s, enabled=progress)
     lock = RunDirLock(run_dir)  # one run at a time writes a run dir (the primary host holds it for all)
     try:
-        return _run_stages(cfg, run_dir, resume, devices, plots, progress, reward_lines, outside, lock)
+        return _run_stages(cfg, run_dir, resume, devices, progress, reward_lines, outside, lock)
     finally:
         lock.release()
 
 
-def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, plots: bool, progress: bool,
+def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, progress: bool,
                 reward_lines: dict[str, list[str]], outside: list[Path], lock: RunDirLock) -> dict[str, Any]:
     """run_pipeline past its checks: take the run dir (``lock``), write its config, run each stage."""
     from reasoning_rl import report
@@ -691,7 +690,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 "held_out": _held_out(metrics),
                 **({"data": {k: v for k, v in extra.items() if k != "grpo_baseline"}} if extra else {}),
                 })
-            if plots and cfg.log.plots and dist.is_primary():
+            if cfg.log.plots and dist.is_primary():
                 write_plot(run_dir, stage.name)
             dist.barrier(f"stage {stage.name} done")
             stages.params[stage.name] = params

@@ -248,6 +248,17 @@ def test_every_subcommand_and_option_has_one_line_of_help():
         assert opt in sub.choices["run"].format_help()
 
 
+def test_no_plots_is_the_config_switch_log_plots():
+    from reasoning_rl import cli
+
+    def plots(*argv):
+        return cli._load_config(cli._parser().parse_args(["run", TINY, *argv])).log.plots
+
+    assert plots("--set", "log.plots=true") is True
+    assert plots("--set", "log.plots=true", "--no-plots") is False  # the flag wins over the config
+    assert plots() is False  # tiny.yaml's own setting
+
+
 # --------------------------------------------------------------------------- random init
 
 
