@@ -126,6 +126,18 @@ def test_stream_state_resumes_exactly(tmp_path):
     assert [[e["key"] for e in next(b)] for _ in range(3)] == want
 
 
+def test_stream_fetches_the_examples_of_the_batches_taken_and_starts_no_thread():
+    """No read-ahead: a fetch is an in-memory lookup; grain's default (16 threads, 500 batches ahead) fetched
+    ~85 examples per example used and left its threads running after a stage that failed."""
+    import threading
+
+    calls = []
+    before = threading.active_count()
+    s = ExampleStream(lambda i: calls.append(i) or {"i": i}, 4)
+    assert [[e["i"] for e in next(s)] for _ in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert calls == list(range(12)) and threading.active_count() == before
+
+
 def test_instruct_task_and_rules():
     t = make_task(TaskConfig(name="instruct", held_out_size=16))
     for i in range(20):

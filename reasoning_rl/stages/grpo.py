@@ -328,12 +328,12 @@ def run_grpo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter
                                                    **control.host_state()}))
                 if feed is not None:
                     feed.publish(step, run.state.params)
-    finally:
+    finally:  # (a stage that fails, e.g. on reward errors, leaves no reward threads behind in this process)
         if feed is not None:
             feed.close()
+        rollout.rewarder.close()
     slog.close()
     run.close()
-    rollout.rewarder.close()
     params = run.state.params if trt is rt else rt.place(run.state.params)
     return params, {"wall_seconds": slog.wall}
 

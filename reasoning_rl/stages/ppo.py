@@ -221,29 +221,32 @@ def run_ppo(rt: Runtime, stage: StageConfig, init_params, writer: MetricsWriter,
     value_fn = rt.jit_fn(make_value_fn(critic.cdef, r.group_size))
     ref_fn = rt.jit_fn(make_logprob_fn(rt.base_mdef, r.temperature, chunk, r.group_size)) if a.beta > 0 else None
     slog = StepLog(rt, stage, writer, run, progress)
-    with run.guard() as guard:
-        for step in range(run.start_step + 1, stage.steps + 1):
-            t0 = timer()
-            rng = jax.random.fold_in(run.state.rng, step)
-            batch, rm = rollout.collect(run.state.params, rng)
-            rewards = batch.pop("rewards")
-            t_up = timer()
-            b = rt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
-            values = np.asarray(dist.gather(value_fn(run.state.critic["params"], b["tokens"], b["valid"], b["mask"])))
-            values = np.where(batch["mask"], values, 0.0).astype(np.float32)
-            if ref_fn is not None:
-                batch["ref_logp"] = dist.gather(ref_fn(reference.params, b["tokens"], b["valid"], b["mask"]))
-            batch["adv"], batch["returns"], am = advantages(a, rewards, values, batch)
-            batch["old_values"] = values
-            batch.update(control.inputs(len(batch["adv"])))
-            run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, rt.place_batch)
-            um.update(control.after(um["entropy"]))
-            rec = slog.record(step, t0, t_up, rm, am, um, reference.after_step(step))
-            rec["tokens_per_s"] = float(batch["mask"].sum()) / max(rec["seconds"], 1e-9)
-            slog.write(rec, _samples_with_gae(rollout.samples, r.group_size, batch["adv"], values, batch["mask"]))
-            run.end_step(step, guard, lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w,
-                                                           **control.host_state()})
+    try:
+        with run.guard() as guard:
+            for step in range(run.start_step + 1, stage.steps + 1):
+                t0 = timer()
+                rng = jax.random.fold_in(run.state.rng, step)
+                batch, rm = rollout.collect(run.state.params, rng)
+                rewards = batch.pop("rewards")
+                t_up = timer()
+                b = rt.place_batch({k: batch[k] for k in ("tokens", "valid", "mask")})
+                values = np.asarray(dist.gather(value_fn(run.state.critic["params"], b["tokens"], b["valid"],
+                                                         b["mask"])))
+                values = np.where(batch["mask"], values, 0.0).astype(np.float32)
+                if ref_fn is not None:
+                    batch["ref_logp"] = dist.gather(ref_fn(reference.params, b["tokens"], b["valid"], b["mask"]))
+                batch["adv"], batch["returns"], am = advantages(a, rewards, values, batch)
+                batch["old_values"] = values
+                batch.update(control.inputs(len(batch["adv"])))
+                run.state, um = run_updates(step_fn, run.state, batch, a.epochs, a.mini_batches, rt.place_batch)
+                um.update(control.after(um["entropy"]))
+                rec = slog.record(step, t0, t_up, rm, am, um, reference.after_step(step))
+                rec["tokens_per_s"] = float(batch["mask"].sum()) / max(rec["seconds"], 1e-9)
+                slog.write(rec, _samples_with_gae(rollout.samples, r.group_size, batch["adv"], values, batch["mask"]))
+                run.end_step(step, guard, lambda w=slog.wall: {"data": stream.get_state(), "wall_seconds": w,
+                                                               **control.host_state()})
+    finally:  # (a stage that fails, e.g. on reward errors, leaves no reward threads behind in this process)
+        rollout.rewarder.close()
     slog.close()
     run.close()
-    rollout.rewarder.close()
     return run.state.params, {"wall_seconds": slog.wall}
