@@ -50,3 +50,41 @@ def compared_env(n_devices: int | None = None, base: dict | None = None, **extra
     return {**(os.environ if base is None else base), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices + FAST_COMPILE,
             **extra}
 
+
+
+def run_here(*argv: str) -> subprocess.CompletedProcess:
+    """``reasoning-rl ARGV`` run in this process (``cli.main``), returned as ``subprocess.run`` would return it:
+    exit status, stdout, and stderr with the command's log lines (its own and other libraries', as the CLI's
+    logging set-up shows them; Python warnings go to pytest's summary). The same code as the command, without
+    starting an interpreter and JAX again: a tiny run takes about half the time. For runs whose test reads what
+    they write and print; a run that is signalled or killed, needs another device count or other XLA flags, or
+    whose test is about the process itself (its exit by a signal, its log file, a terminal, what it prints as the
+    interpreter exits) stays a subprocess. The run must leave no thread or child process behind: this process
+    goes on to the next test."""
+    import contextlib
+    import io
+    import logging
+    import multiprocessing
+    import threading
+
+    from reasoning_rl import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    # the CLI's logging.basicConfig finds the root logger configured (pytest's handlers) and adds nothing: its
+    # handler and level are put in place here for the call
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    level, threads = root.level, set(threading.enumerate())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(list(argv))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    left = [t.name for t in set(threading.enumerate()) - threads if t.is_alive()]
+    assert not left, f"the run left threads running: {left}"
+    assert not multiprocessing.active_children(), "the run left child processes"
+    return subprocess.CompletedProcess(["reasoning-rl", *argv], rc, out.getvalue(), err.getvalue())

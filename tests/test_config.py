@@ -1,7 +1,5 @@
-import subprocess
-import sys
-
 import pytest
+from helpers import run_here
 
 from reasoning_rl import config as C
 
@@ -68,8 +66,7 @@ def test_dump_and_reload_round_trips(tmp_path):
 ])
 def test_cli_reports_one_line_and_exit_2(tmp_path, override, needle):
     extra = ["--set", "algorithm.mini_batches=2"] if "prompts_per_step" in override else []
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", "configs/quickstart.yaml", "--set", override,
-                        *extra, "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    p = run_here("run", "configs/quickstart.yaml", "--set", override, *extra, "--run-dir", str(tmp_path / "run"))
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("config error")]
     assert len(lines) == 1 and needle in lines[0], p.stderr

@@ -4,15 +4,13 @@ control: its rule, its per-row coefficient in the step, and runs that keep it ac
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_model
+from helpers import run_here, tiny_model
 from test_steps import grads_of, rollout
 
 from reasoning_rl import config as C
@@ -138,10 +136,9 @@ def test_bad_entropy_control_settings_name_the_key(override, needle):
 @pytest.mark.slow
 def test_a_kl_cov_run_logs_the_selected_share(tmp_path):
     tiny = str(Path(__file__).parent / "configs" / "tiny.yaml")
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", tiny, "--run-dir", str(tmp_path / "run"),
-                        "--no-progress", "--no-plots", "--set", "algorithm.loss=kl_cov", "--set",
-                        "algorithm.cov.ratio=0.05", "--set", "stages.grpo.steps=2", "--set", "eval.num_problems=4"],
-                       capture_output=True, text=True, timeout=600)
+    p = run_here("run", tiny, "--run-dir", str(tmp_path / "run"), "--no-progress", "--no-plots", "--set",
+                 "algorithm.loss=kl_cov", "--set", "algorithm.cov.ratio=0.05", "--set", "stages.grpo.steps=2",
+                 "--set", "eval.num_problems=4")
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in recs if r.get("stage") == "grpo" and "cov_frac" in r]
@@ -197,11 +194,10 @@ def test_a_per_row_coefficient_is_the_fixed_bonus_and_micro_batch_invariant():
 
 
 def _entropy_run(d: Path, config: str, *sets: str) -> list[dict]:
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--run-dir", str(d), "--no-progress",
-                        "--no-plots", "--set", "stages.sft.steps=1", "--set", "eval.num_problems=2",
-                        "--set", "algorithm.entropy_target=10.0", "--set", "algorithm.entropy_coef=0.01",
-                        "--set", "algorithm.entropy_coef_step=0.02", *(x for s in sets for x in ("--set", s))],
-                       capture_output=True, text=True, timeout=600)
+    p = run_here("run", config, "--run-dir", str(d), "--no-progress", "--no-plots", "--set", "stages.sft.steps=1",
+                 "--set", "eval.num_problems=2", "--set", "algorithm.entropy_target=10.0",
+                 "--set", "algorithm.entropy_coef=0.01", "--set", "algorithm.entropy_coef_step=0.02",
+                 *(x for s in sets for x in ("--set", s)))
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if r.get("stage") in ("grpo", "ppo") and "entropy_coef" in r]

@@ -4,22 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from helpers import FAST_COMPILE
+from helpers import run_here
 
 pytestmark = pytest.mark.parity
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-# the run, the export and the eval compile without LLVM's optimisations: compared with each other exactly, with
-# transformers only through tolerances
-FAST = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
+# the run, the export and the eval run in this process (helpers.run_here), compiled under the tests' fast flags:
+# compared with each other exactly, with transformers only through tolerances
 
 from test_hf_tokenizer import CHATML, _byte_bpe  # noqa: E402
 
@@ -39,7 +35,7 @@ def hf_dir(tmp_path_factory):
     return d
 
 
-def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
+def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path, monkeypatch):
     cfg = {
         "seed": 0, "model": {"path": str(hf_dir), "max_seq_len": 256}, "tokenizer": {"kind": "hf"},
         "task": {"name": "arithmetic", "digits": 2, "terms": 2, "held_out_size": 8},
@@ -52,8 +48,7 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
     path = tmp_path / "hf.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
-                        "--run-dir", str(run)], capture_output=True, text=True, timeout=600, env=FAST)
+    p = run_here("run", str(path), "--no-progress", "--no-plots", "--run-dir", str(run))
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) == {"sft", "grpo"}
@@ -80,8 +75,7 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
 
     # export the GRPO stage for transformers: same logits as reasoning_rl's on the trained weights
     out = tmp_path / "export"
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(run), str(out), "--stage", "grpo"],
-                       capture_output=True, text=True, timeout=300, env=FAST)
+    p = run_here("export", str(run), str(out), "--stage", "grpo")
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     ours = load_pretrained(out)
@@ -96,8 +90,8 @@ def test_run_trains_a_hugging_face_checkpoint(hf_dir, tmp_path):
 
     # the exported dir evaluated as a Hugging Face model with the run's config: the run's own held-out figures;
     # results go under ./eval_out/<its name>, never into the model dir
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "eval", str(out), "--config", str(path), "--json"],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=FAST)
+    monkeypatch.chdir(tmp_path)
+    p = run_here("eval", str(out), "--config", str(path), "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads(p.stdout)["out"] == str(Path("eval_out") / "export")
     held = json.loads((tmp_path / "eval_out" / "export" / "eval.json").read_text())["held_out"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import compared_env
+from helpers import compared_env, run_here
 from reasoning_rl.metrics import read_metrics
 
 ROOT = Path(__file__).parent.parent
@@ -29,10 +29,15 @@ COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std", "accuracy", "entro
 
 
 def run(run_dir: Path, n_devices: int, *mesh: str, config: str = QUICKSTART) -> Path:
-    sets = [a for kv in mesh for a in ("--set", kv)]
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", "--run-dir",
-                        str(run_dir), *SHORT, *sets], capture_output=True, text=True, timeout=600,
-                       env=compared_env(n_devices))
+    """The run on ``n_devices`` CPU devices: one device in this process (helpers.run_here), more in a subprocess
+    that asks for them."""
+    args = ["run", config, "--no-progress", "--run-dir", str(run_dir), *SHORT,
+            *[a for kv in mesh for a in ("--set", kv)]]
+    if n_devices == 1:
+        p = run_here(*args)
+    else:
+        p = subprocess.run([sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True, timeout=600,
+                           env=compared_env(n_devices))
     assert p.returncode == 0, p.stderr[-3000:]
     return run_dir
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_here
 
 from reasoning_rl.metrics import read_metrics
 
@@ -17,9 +18,9 @@ TINY = str(Path(__file__).parent / "configs" / "tiny.yaml")
 TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s", "eval_s"}
 
 
-def run_cli(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", *args],
-                          capture_output=True, text=True, timeout=timeout, **kw)
+def run_cli(*args):
+    """``reasoning-rl run tiny.yaml --no-progress ARGS`` in this process (helpers.run_here)."""
+    return run_here("run", TINY, "--no-progress", *args)
 
 
 FIGURES = ("pass@1", "pass@2", "maj@2", "greedy_accuracy", "format_rate", "mean_response_tokens")
@@ -197,8 +198,7 @@ def test_sft_stops_at_target_loss_and_the_next_stage_starts_there(tmp_path):
 def test_code_task_runs_grpo_with_the_sandboxed_code_reward(tmp_path):
     d = tmp_path / "run"
     cfg = str(Path(__file__).parent / "configs" / "code_tiny.yaml")
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", cfg, "--no-progress", "--run-dir", str(d)],
-                       capture_output=True, text=True, timeout=600)
+    p = run_here("run", cfg, "--no-progress", "--run-dir", str(d))
     assert p.returncode == 0, p.stderr[-3000:]
     grpo = [r for r in read_metrics(d) if r["stage"] == "grpo"]
     assert len(grpo) == 3
@@ -232,8 +232,9 @@ def test_cpu_host_split_into_two_data_parallel_devices_gives_the_same_run(refere
     # compiled as users' runs compile (XLA's default optimisation and fusion emitters), against the reference
     # run under the tests' fast-compiling flags: the suite's one training run under the default flags
     env = {**os.environ, "XLA_FLAGS": ""}
-    p = run_cli("--run-dir", str(tmp_path / "run"), "--set", "mesh.cpu_devices=2", "--set", "stages.grpo.steps=3",
-                env=env)
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir",
+                        str(tmp_path / "run"), "--set", "mesh.cpu_devices=2", "--set", "stages.grpo.steps=3"],
+                       capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     man = json.loads((tmp_path / "run" / "checkpoints" / "grpo" / "manifest.json").read_text())
     assert man["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 1}

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import compared_env, tiny_model
+from helpers import compared_env, run_here, tiny_model
 from reasoning_rl.algorithms import advantages as A
 from reasoning_rl.algorithms.steps import (TrainState, init_state, make_optimizer, make_ppo_grad, make_ppo_step,
                                            make_value_fn)
@@ -176,9 +176,9 @@ def test_critic_warmup_trains_the_critic_only_then_both():
 # ------------------------------------------------------------------------------------------ end to end
 
 
-def run_cli(*args, config=TINY_PPO, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", config, "--no-progress", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+def run_cli(*args, config=TINY_PPO):
+    """``reasoning-rl run CONFIG --no-progress ARGS`` in this process (helpers.run_here)."""
+    return run_here("run", config, "--no-progress", *args)
 
 
 def strip(records):
@@ -254,8 +254,9 @@ def test_ppo_sigkill_then_resume_matches_uninterrupted(ppo_run, tmp_path):
 def test_ppo_on_8_devices_fsdp_tensor_equals_one_device(ppo_run, tmp_path):
     env = compared_env(8)
     d = tmp_path / "mesh"
-    p = run_cli("--run-dir", str(d), "--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "mesh.tensor=2",
-                env=env)
+    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY_PPO, "--no-progress", "--run-dir", str(d),
+                        "--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "mesh.tensor=2"],
+                       capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = read_metrics(ppo_run), read_metrics(d)
     assert [(r["stage"], r["step"]) for r in a] == [(r["stage"], r["step"]) for r in b]
@@ -279,7 +280,7 @@ def test_ppo_on_8_devices_fsdp_tensor_equals_one_device(ppo_run, tmp_path):
 ], ids=["no-critic", "gamma", "lam", "vocab"])
 def test_bad_ppo_config_is_one_line_and_exit_2_before_compute(tmp_path, sets, key):
     d = tmp_path / "run"
-    p = run_cli("--run-dir", str(d), *[a for s in sets for a in ("--set", s)], timeout=120)
+    p = run_cli("--run-dir", str(d), *[a for s in sets for a in ("--set", s)])
     assert p.returncode == 2, p.stderr[-2000:]
     err = [ln for ln in p.stderr.splitlines() if ln.startswith("config error")]
     assert len(err) == 1 and key in err[0], p.stderr[-2000:]
@@ -299,8 +300,7 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     from reasoning_rl.algorithms.logprobs import target_values
 
     out = tmp_path / "export"
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(out)], capture_output=True,
-                       text=True, timeout=300, check=False)
+    p = run_here("export", str(ppo_run), str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     cdir = out / "critic"
     conf = json.loads((cdir / "config.json").read_text())
@@ -323,15 +323,13 @@ def test_export_writes_the_critic_as_a_token_classification_value_model(ppo_run,
     assert np.abs(logits).max() > 0
     # --step: a kept earlier checkpoint (steps 4 and 6 are kept), policy and critic of that step
     at4 = tmp_path / "at4"
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(at4), "--step", "4"],
-                       capture_output=True, text=True, timeout=300, check=False)
+    p = run_here("export", str(ppo_run), str(at4), "--step", "4")
     assert p.returncode == 0, p.stderr[-3000:]
     index = json.loads((at4 / "critic" / "model.safetensors.index.json").read_text())["weight_map"]
     kernel4 = np.asarray(SafetensorsFile(at4 / "critic" / index["score.weight"]).get("score.weight")).T
     assert any(np.array_equal(kernel4, x) for x in critic_params(ppo_run, 4))
     assert not any(np.array_equal(kernel4, x) for x in ours)  # not the final step's head
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "export", str(ppo_run), str(tmp_path / "at3"),
-                        "--step", "3"], capture_output=True, text=True, timeout=300, check=False)
+    p = run_here("export", str(ppo_run), str(tmp_path / "at3"), "--step", "3")
     assert p.returncode == 2 and "--step: stage ppo has no checkpoint step 3" in p.stderr
     assert "(kept: 4, 6;" in p.stderr
     assert not (tmp_path / "at3").exists()

@@ -6,15 +6,12 @@ transformers loads."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
-from helpers import FAST_COMPILE
+from helpers import run_here
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -71,12 +68,10 @@ def _config(tmp_path, policy, critic):
     return path
 
 
-def _run(*args, timeout=600):
-    """Every run of this module compiles without LLVM's optimisations (``FAST_COMPILE``): runs are compared with
-    each other, and with transformers only through tolerances."""
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE})
+def _run(*args):
+    """``reasoning-rl ARGS`` in this process (helpers.run_here), under the tests' fast-compiling flags: runs are
+    compared with each other, and with transformers only through tolerances."""
+    return run_here(*args)
 
 
 def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs, tmp_path):
@@ -115,7 +110,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
 
     # export: the critic as a LlamaForTokenClassification value model that transformers loads
     out = tmp_path / "export"
-    p = _run("export", str(run), str(out), timeout=300)
+    p = _run("export", str(run), str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     cdir = out / "critic"
     conf = json.loads((cdir / "config.json").read_text())

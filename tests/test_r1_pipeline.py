@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_here
 
 from reasoning_rl import cli
 from reasoning_rl import config as C
@@ -155,7 +156,7 @@ def test_kill_mid_stage_then_rerun_finishes_with_the_same_results(reference, tmp
     proc.wait(timeout=60)
     assert killed, "the run finished before it could be killed"
     assert not (d / "checkpoints" / "distill" / "manifest.json").exists()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    p = run_here(*cmd[3:])  # the same command, finishing in this process
     assert p.returncode == 0, p.stderr[-3000:]
     for name in STAGES[:-1]:
         assert f"stage {name} already complete" in p.stderr

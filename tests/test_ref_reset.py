@@ -4,10 +4,10 @@ and Adam's moments start over; a stage stopped between resets and continued equa
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_here
 
 from reasoning_rl.metrics import read_metrics
 
@@ -22,8 +22,7 @@ TIMING = {"seconds", "sample_s", "update_s", "gen_tokens_per_s", "tokens_per_s",
 
 
 def run(d: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir", str(d),
-                           *RESET, *extra], capture_output=True, text=True, timeout=600)
+    return run_here("run", TINY, "--no-progress", "--run-dir", str(d), *RESET, *extra)
 
 
 def grpo(d: Path) -> dict[int, dict]:

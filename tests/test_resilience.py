@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import tiny_model
+from helpers import run_here, tiny_model
 from reasoning_rl.algorithms.steps import init_state, make_optimizer
 from reasoning_rl.checkpoint import CheckpointError, StageCheckpointer
 from reasoning_rl.config import ConfigError, OptimizerConfig
@@ -29,9 +29,10 @@ def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", *args],
-                          capture_output=True, text=True, timeout=400, **kw)
+def cli(*args):
+    """``reasoning-rl run tiny.yaml --no-progress ARGS`` in this process (helpers.run_here): the runs that are
+    signalled are subprocesses (``start_and_signal``)."""
+    return run_here("run", TINY, "--no-progress", *args)
 
 
 def start_and_signal(run_dir: Path, sig: int, at_step: int, stage: str = "grpo", extra: tuple = (),
@@ -278,8 +279,7 @@ def test_a_stage_appended_to_a_finished_run_runs_alone(reference, tmp_path):
     text = Path(TINY).read_text()
     cfg = tmp_path / "three.yaml"
     cfg.write_text(text + "  - {name: more, kind: grpo, steps: 2, init: grpo}\n")
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(cfg), "--no-progress", "--run-dir", str(d),
-                        "--resume"], capture_output=True, text=True, timeout=400)
+    p = run_here("run", str(cfg), "--no-progress", "--run-dir", str(d), "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "with stage(s) more appended" in p.stderr
     assert "stage sft already complete" in p.stderr and "stage grpo already complete" in p.stderr
@@ -600,7 +600,7 @@ else:  # what `run` installs for SIGTERM outside a stage's step loop
     from reasoning_rl.stages.common import Terminated, stop_on_sigterm
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     stop = Terminated
-from helpers import tiny_model
+from helpers import run_here, tiny_model
 from reasoning_rl.algorithms.steps import init_state, make_optimizer
 from reasoning_rl.checkpoint import StageCheckpointer
 from reasoning_rl.config import ConfigError, OptimizerConfig

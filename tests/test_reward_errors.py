@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_here
 
 from reasoning_rl.metrics import read_metrics
 
@@ -18,12 +19,17 @@ CODE = yaml.safe_load((HERE / "configs" / "code_tiny.yaml").read_text())
 
 
 def _run(tmp_path, cfg, *sets, env=None):
+    """The run of ``cfg`` in this process (helpers.run_here; this directory is on the path, for the rewards
+    named ``module:function``), or in a subprocess when it needs other environment variables (``env``)."""
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
-                           "--run-dir", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)]],
-                          capture_output=True, text=True, timeout=600, env=env)
+    args = ["run", str(path), "--no-progress", "--no-plots", "--run-dir", str(tmp_path / "run"),
+            *[a for s in sets for a in ("--set", s)]]
+    if not env:
+        return run_here(*args)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run([sys.executable, "-m", "reasoning_rl", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
 
 
 def _flaky(cfg):

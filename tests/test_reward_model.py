@@ -5,7 +5,6 @@ the reward-model reward on 8 CPU devices against 1, and bad input refused before
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import compared_env
+from helpers import compared_env, run_here
 from reasoning_rl import cli
 from reasoning_rl import config as C
 from reasoning_rl.algorithms.preference import bradley_terry
@@ -245,9 +244,7 @@ def test_pairs_pad_to_their_batch_longest_and_padding_changes_no_score(tmp_path)
 def _cli(tmp_path, raw: dict) -> tuple[int, str]:
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(raw))
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", str(path), "--no-progress", "--no-plots",
-                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+    p = run_here("run", str(path), "--no-progress", "--no-plots", "--run-dir", str(tmp_path / "run"))
     return p.returncode, p.stderr.strip()
 
 

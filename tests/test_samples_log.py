@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_here
 
 from reasoning_rl.metrics import MetricsWriter, read_metrics
 
@@ -25,10 +26,8 @@ def _jsonl(path: Path) -> list[dict]:
 def test_rollouts_and_eval_samples_agree_with_the_aggregates(tmp_path):
     run = tmp_path / "run"
     rows = 16  # prompts_per_step x group_size: every rollout is kept
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--no-progress", "--run-dir", str(run),
-                        "--set", "task.digits=1", "--set", "stages.sft.steps=8", "--set", "stages.grpo.steps=3",
-                        "--set", f"log.rollouts_per_step={rows}"],
-                       capture_output=True, text=True, timeout=600, check=False)
+    p = run_here("run", TINY, "--no-progress", "--run-dir", str(run), "--set", "task.digits=1", "--set",
+                 "stages.sft.steps=8", "--set", "stages.grpo.steps=3", "--set", f"log.rollouts_per_step={rows}")
     assert p.returncode == 0, p.stderr[-3000:]
     recs = _jsonl(run / "rollouts.jsonl")
     metrics = {r["step"]: r for r in read_metrics(run) if r["stage"] == "grpo"}
@@ -47,8 +46,7 @@ def test_rollouts_and_eval_samples_agree_with_the_aggregates(tmp_path):
         _check_samples(_jsonl(run / "held_out" / stage / "samples.jsonl"), summary[stage])
     run_samples = _jsonl(run / "held_out" / "grpo" / "samples.jsonl")
 
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "eval", str(run)], capture_output=True, text=True, check=False,
-                       timeout=600)
+    p = run_here("eval", str(run))
     assert p.returncode == 0, p.stderr[-3000:]
     held = json.loads((run / "eval" / "grpo" / "eval.json").read_text())["held_out"]
     samples = _jsonl(run / "eval" / "grpo" / "samples.jsonl")
@@ -164,12 +162,10 @@ def test_cpu_example_config_runs_on_a_random_model_of_its_family(tmp_path):
                         "--gsm8k", str(data), "--rows", "64"], capture_output=True, text=True, timeout=300,
                        check=False)
     assert p.returncode == 0, p.stderr[-3000:]
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run",
-                        str(root / "configs" / "examples" / "smollm2-135m_gsm8k_cpu.yaml"), "--no-progress",
-                        "--run-dir", str(run), "--set", f"model.path={model}", "--set", f"task.path={data}/train.jsonl",
-                        "--set", f"task.held_out_path={data}/test.jsonl", "--set", "stages.grpo.steps=1",
-                        "--set", "rollout.max_new_tokens=24", "--set", "eval.num_problems=2"],
-                       capture_output=True, text=True, timeout=600, check=False)
+    p = run_here("run", str(root / "configs" / "examples" / "smollm2-135m_gsm8k_cpu.yaml"), "--no-progress",
+                 "--run-dir", str(run), "--set", f"model.path={model}", "--set", f"task.path={data}/train.jsonl",
+                 "--set", f"task.held_out_path={data}/test.jsonl", "--set", "stages.grpo.steps=1",
+                 "--set", "rollout.max_new_tokens=24", "--set", "eval.num_problems=2")
     assert p.returncode == 0, p.stderr[-3000:]
     (rec,) = [r for r in read_metrics(run) if r["stage"] == "grpo"]
     assert rec["step"] == 1 and np.isfinite(rec["loss"])
