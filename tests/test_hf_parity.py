@@ -166,6 +166,14 @@ CASES = {
     "glm4_moe_lite_plain": ("Glm4MoeLiteConfig", dict(
         num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
         n_shared_experts=2, norm_topk_prob=False, rope_interleave=False, **{**MLA, "q_lora_rank": None})),
+    # GLM-4-0414 / GLM-Z1: sandwich norms (a norm on the attention and MLP outputs), q/k/v biases, half of each
+    # head rotary on adjacent pairs, gate and up in one tensor; then GLM-4-9B-Chat-HF's format (glm: no sandwich
+    # norms), 3/4 rotary, no biases, tied embeddings
+    "glm4": ("Glm4Config", {"head_dim": 24, "pad_token_id": 0, "eos_token_id": 1}),
+    "glm": ("GlmConfig", {"head_dim": 16, "partial_rotary_factor": 0.75, "attention_bias": False,
+                          "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1,
+                          "rope_parameters": {"rope_type": "default", "rope_theta": 50000.0,
+                                              "partial_rotary_factor": 0.75}}),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -266,7 +274,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
-                                  "granite"])
+                                  "granite", "glm4", "glm"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -320,7 +328,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
-                                  "glm4_moe_lite", "exaone4", "minimax_m2",
+                                  "glm4_moe_lite", "exaone4", "minimax_m2", "glm4",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
@@ -343,7 +351,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
-                                  "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite"])
+                                  "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
+                                  "glm4", "glm"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -24,9 +24,13 @@ from test_hf_parity import IDS, MASK, build_reference, reference_logits
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Qwen3-MoE's experts are fused parameters in transformers 5 (not Linear modules): peft adapts them through
 # target_parameters (qwen3_moe_experts); qwen3_moe alone adapts attention only.
-# Phi-3 fuses q, k, v in qkv_proj and gate, up in gate_up_proj: peft adapts the fused modules, ours are the parts
+# Phi-3 fuses q, k, v in qkv_proj and gate, up in gate_up_proj (GLM-4: gate, up only): peft adapts the fused
+# modules, ours are the parts
 TARGETS = {"llama": ALL, "qwen3": ALL, "qwen3_moe": ALL[:4], "qwen3_moe_experts": ALL[:4],
-           "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]}
+           "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+           "glm4": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]}
+FUSED = {"phi3": ({"qkv_proj": 9, "gate_up_proj": 6}, {"qkv_proj": 15.0, "gate_up_proj": 10.0}),
+         "glm4": ({"gate_up_proj": 6}, {"gate_up_proj": 10.0})}
 EXPERT_PARAMS = {"qwen3_moe_experts": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}
 
 
@@ -74,7 +78,7 @@ def test_our_adapter_loads_in_peft(tmp_path, name):
     names = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
              "down_proj": "down"}
     experts = name in EXPERT_PARAMS  # our gate/up/down adapters on the routed experts (and q, k, v, o)
-    targets = ALL if experts or name == "phi3" else TARGETS[name]
+    targets = ALL if experts or name in FUSED else TARGETS[name]
     lc = lora.LoRAConfig(rank=3, alpha=5.0, targets=tuple(names[t] for t in targets), experts=experts,
                          dropout=0.0 if experts else 0.1)
     mdef = lora.with_lora(base.mdef, lc)
@@ -87,10 +91,9 @@ def test_our_adapter_loads_in_peft(tmp_path, name):
     ref = peft.PeftModel.from_pretrained(_reload(path), tmp_path / "adapter").eval()
     conf = ref.peft_config["default"]
     assert conf.lora_dropout == (0.0 if experts else 0.1)  # training-only, written for peft's training
-    if name == "phi3":  # q, k, v side by side in one rank-9 qkv_proj adapter, gate and up in a rank-6 gate_up_proj
-        assert conf.rank_pattern == {"qkv_proj": 9, "gate_up_proj": 6}
-        assert conf.alpha_pattern == {"qkv_proj": 15.0, "gate_up_proj": 10.0}
-    if experts or name == "phi3":
+    if name in FUSED:  # (Phi-3) q, k, v side by side in one rank-9 qkv_proj adapter, gate and up in a rank-6
+        assert (conf.rank_pattern, conf.alpha_pattern) == FUSED[name]  # gate_up_proj
+    if experts or name in FUSED:
         if experts:
             assert sorted(conf.target_parameters) == sorted(EXPERT_PARAMS[name]) and conf.rank_pattern
         # and back: load_pretrained reads the expert (fused-part) adapters at their own rank, same logits

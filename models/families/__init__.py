@@ -12,6 +12,7 @@ from . import (
     ernie4_5,
     exaone4,
     gemma3,
+    glm4,
     glm4_moe,
     glm4_moe_lite,
     gpt_oss,
@@ -37,7 +38,8 @@ from .base import ConfigError, Tensor
 from .multimodal import WRAPPERS
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma3, qwen3_moe, mixtral, deepseek_v3,
-                                                      qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4_moe, glm4_moe_lite,
+                                                      qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4, glm4_moe,
+                                                      glm4_moe_lite,
                                                       seed_oss, smollm3, exaone4, granite,
                                                       minimax_m2, ernie4_5, hunyuan, qwen3_5,
                                                       qwen3_5_moe, qwen3_next)}
