@@ -147,6 +147,9 @@ class TransformerConfig:
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
     swiglu_limit: float = 7.0
     rope_dim: int = 0  # rotary dims of each head (the leading ones); 0: all (Phi-4-mini rotates 3/4)
+    # (beta, L): queries times 1 + beta * log(1 + floor(position / L)) after the rotary, so attention stays sharp
+    # past the length the model was trained at (Ministral 3: llama_4_scaling_beta, original_max_position_embeddings)
+    query_length_scale: tuple[float, int] | None = None
     lora: LoRAConfig | None = None  # adapters attached to the targeted weights (frozen base + trainable A, B)
     # attention kernels: auto (GPU: cuDNN flash for multi-token calls, Pallas for decode; else XLA) | xla |
     # cudnn | pallas; calls a kernel cannot compute exactly take XLA (models/layers/kernels.py)

@@ -161,7 +161,8 @@ class Block(nnx.Module):
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
-                                  qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate)
+                                  qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
+                                  length_scale=cfg.query_length_scale)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.mlp_norm = norm() if cfg.pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
@@ -310,6 +311,8 @@ class Transformer(nnx.Module):
                     if cfg.mla is not None else "linear-attention")
             raise ValueError(f"batch_invariant: dense models with grouped-query attention only (this model has "
                              f"{kind} layers, whose products are not made batch-invariant)")
+        if cfg.query_length_scale is not None and cfg.mla is not None:
+            raise ValueError("query_length_scale: grouped-query attention only (not multi-head latent attention)")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32) * 0.02

@@ -213,6 +213,44 @@ def test_wrapper_defaults_are_the_references(name, cls, rope):
         assert got == value, key
 
 
+def test_ministral3_language_model_of_a_mistral3_checkpoint(tmp_path):
+    """The Ministral 3 releases (3B/8B/14B base, instruct, reasoning): a mistral3 wrapper around a ministral3 text
+    model (YaRN, queries scaled by position past L = 8 here), read out and exported as Ministral3ForCausalLM."""
+    torch.manual_seed(0)
+    ref = transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
+        text_config={**TEXT, "model_type": "ministral3", "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+                     "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "beta_fast": 32.0,
+                                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                         "original_max_position_embeddings": 8, "llama_4_scaling_beta": 0.3}},
+        vision_config={**VISION, "head_dim": 16}, image_token_index=127, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(tmp_path / "vlm")
+    cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
+    assert cfg.family == "ministral3" and cfg.query_length_scale == (0.3, 8) and cfg.extra["hf_wrapper"] == "mistral3"
+    model = load_pretrained(tmp_path / "vlm")
+    err = np.abs(np.asarray(model(IDS, MASK)) - text_logits(ref))[MASK].max()
+    assert err <= 1e-4, f"max |dlogits| {err:.2e}"
+    save_pretrained(model, tmp_path / "text")
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
+    assert type(again).__name__ == "Ministral3ForCausalLM"
+    np.testing.assert_array_equal(text_logits(again)[MASK], text_logits(ref)[MASK])
+
+
+def test_ministral3_defaults_are_the_references():
+    """What a released config.json may leave out (the reference's config class fills it) is filled alike."""
+    from reasoning_rl.models.families import ministral3
+
+    ref = transformers.Ministral3Config()
+    for key, value in ministral3.DEFAULTS.items():
+        assert getattr(ref, key) == value, key
+    rope = {k: v for k, v in ref.rope_parameters.items() if k != "max_position_embeddings"}
+    want = {("rope_type" if k == "type" else k): v for k, v in ministral3.DEFAULT_ROPE.items()}
+    assert {("rope_type" if k == "type" else k): v for k, v in rope.items()} == want
+
+
 def test_bad_wrapper_checkpoints_name_the_field_and_the_stored_tensor(tmp_path):
     reference("mistral3", tmp_path / "vlm")
     conf = json.loads((tmp_path / "vlm" / "config.json").read_text())

@@ -32,6 +32,7 @@ MLA = {"q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_he
 GPT_OSS = {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16, "intermediate_size": 32}
 QWEN_MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 SMOL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}  # SmolLM3's defaults lie past V
+MINISTRAL_IDS = SMOL_IDS
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.05, 1.1, 1.3, 1.6, 2.0],
             "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]}
 
@@ -174,6 +175,15 @@ CASES = {
                           "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1,
                           "rope_parameters": {"rope_type": "default", "rope_theta": 50000.0,
                                               "partial_rotary_factor": 0.75}}),
+    # Ministral 3: YaRN, and the queries scaled by 1 + beta log(1 + floor(position / L)) after the rotary (L = 8:
+    # several steps within 20 and 150 tokens); then a sliding window, the plain rotary, tied embeddings
+    "ministral3": ("Ministral3Config", {**MINISTRAL_IDS, "head_dim": 16, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 8,
+        "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.3}}),
+    "ministral3_window": ("Ministral3Config", {**MINISTRAL_IDS, "sliding_window": 5, "tie_word_embeddings": True,
+                                               "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                                   "original_max_position_embeddings": 6,
+                                                                   "llama_4_scaling_beta": 0.5}}),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -274,7 +284,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
-                                  "granite", "glm4", "glm"])
+                                  "granite", "glm4", "glm", "ministral3"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -328,7 +338,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 
 # + sinks and windows, partial rotary, layers without rotary in the decode path
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
-                                  "glm4_moe_lite", "exaone4", "minimax_m2", "glm4",
+                                  "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
@@ -352,7 +362,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
 @pytest.mark.parametrize("name", ["gpt_oss", "olmo2", "phi3_longrope", "qwen2_moe_window", "qwen3_moe_dense",
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
                                   "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
-                                  "glm4", "glm"])
+                                  "glm4", "glm", "ministral3", "ministral3_window"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -1,8 +1,8 @@
 """Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Mistral Small
-3.1/3.2 and Magistral Small 1.1+, Qwen2.5-VL, Qwen3-VL and its Thinking models): the language model is read out
-of the wrapper and trained as a text model; the vision tower and projector are not loaded, and an export is that
-text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``), which
-transformers and vLLM load as such.
+3.1/3.2, Magistral Small 1.1+ and Ministral 3, Qwen2.5-VL, Qwen3-VL and its Thinking models): the language model is
+read out of the wrapper and trained as a text model; the vision tower and projector are not loaded, and an export
+is that text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``, ``Ministral3ForCausalLM``, ``Qwen2ForCausalLM``,
+``Qwen3ForCausalLM``), which transformers and vLLM load as such.
 
 A wrapper's config.json nests the text model's config under ``text_config`` (Qwen2.5-VL's released files keep
 it at the top level); released files leave out fields that keep the text config class's defaults, which
@@ -36,6 +36,9 @@ class Wrapper:
     # [E, out, in]: read transposed when their shape says so (as the reference decides)
     experts_in_out: bool = False
     fixed: dict = field(default_factory=dict)  # what the reference's text model does whatever the file says
+    # text_config model types read as another family than ``model_type``: kind -> (model type, architecture,
+    # defaults), e.g. the Ministral 3 releases' ministral3 language model in a mistral3 wrapper
+    variants: dict = field(default_factory=dict)
 
 
 HEAD = ("language_model.lm_head.weight", "lm_head.weight")
@@ -47,10 +50,11 @@ WRAPPERS: dict[str, Wrapper] = {
         "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "rms_norm_eps": 1e-6,
         "max_position_embeddings": 131072, "query_pre_attn_scalar": 256, "sliding_window": 4096,
         "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "hidden_activation": "gelu_pytorch_tanh"}),
-    "mistral3": Wrapper(("mistral",), "mistral", "MistralForCausalLM", {
+    "mistral3": Wrapper(("mistral", "ministral3"), "mistral", "MistralForCausalLM", {
         "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"}),
+        "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"},
+        variants={"ministral3": ("ministral3", "Ministral3ForCausalLM", {})}),
     "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
     "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
     # its router always renormalises the chosen experts' weights (the config has no switch for it)
@@ -95,8 +99,8 @@ def text_config(hf: dict) -> dict | None:
     if kind not in w.text_model_types:
         raise ConfigError(f"config.json: text_config.model_type={kind!r} is not supported in a "
                           f"{hf['model_type']} checkpoint (expected {w.text_model_types[0]!r})")
-    out = _plain_rope({**w.defaults, **text, **w.fixed, "model_type": w.model_type,
-                       "architectures": [w.text_architecture]})
+    model_type, arch, defaults = w.variants.get(kind, (w.model_type, w.text_architecture, w.defaults))
+    out = _plain_rope({**defaults, **text, **w.fixed, "model_type": model_type, "architectures": [arch]})
     if hf.get("tie_word_embeddings") is not None:
         out["tie_word_embeddings"] = hf["tie_word_embeddings"]
     for k in ("dtype", "torch_dtype"):

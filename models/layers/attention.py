@@ -299,13 +299,14 @@ class Attention(nnx.Module):
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
-                 gate: bool = False):
+                 gate: bool = False, length_scale: tuple[float, int] | None = None):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
         rotate adjacent pairs (ERNIE 4.5; q and k come out alike permuted, scores unchanged);
         ``qk_norm_after_rope``: the q/k norms see the rotated heads (Hunyuan). ``gate``: the attention output is
-        scaled by ``sigmoid(x W_gate)`` [H, D] before the o-projection (Qwen3.5, Qwen3-Next). ``impl``: attention
+        scaled by ``sigmoid(x W_gate)`` [H, D] before the o-projection (Qwen3.5, Qwen3-Next). ``length_scale``
+        (beta, L): rotated queries times ``1 + beta * log(1 + floor(position / L))`` (Ministral 3). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -317,6 +318,7 @@ class Attention(nnx.Module):
         self.qk_norm_whole = qk_norm_whole
         self.rope_interleave = rope_interleave
         self.qk_norm_after_rope = qk_norm_after_rope
+        self.length_scale = None if length_scale is None else (float(length_scale[0]), int(length_scale[1]))
         # Kept as hashable static data (an array attribute would become NNX state).
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
@@ -379,6 +381,10 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if not self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
+        if self.length_scale is not None:  # by absolute position: the same for a token however a row is split
+            beta, span = self.length_scale
+            s = 1.0 + beta * jnp.log1p(jnp.floor(positions.astype(jnp.float32) / span))
+            q = q * s[..., None, None].astype(q.dtype)
         q = constrain(q, ("batch", "seq", "act_heads", None))
         k = constrain(k, ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
