@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import prompts, tiny_model
+from helpers import prompts, run_here, tiny_model
 from reasoning_rl.algorithms.logprobs import target_logprobs
 from reasoning_rl.models import MoEConfig, create
 from reasoning_rl.models.config import LoRAConfig
@@ -133,9 +133,8 @@ def test_a_mixture_of_experts_model_is_refused():
     with pytest.raises(ValueError, match="batch_invariant"):
         create(dataclasses.replace(tiny_model()[0].cfg, batch_invariant=True,
                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=32)), abstract=True)
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "plan", TINY, "--set", "model.batch_invariant=true",
-                        "--set", "model.moe={n_experts: 4, top_k: 2, ffn_dim: 32}"],
-                       capture_output=True, text=True, timeout=300)
+    p = run_here("plan", TINY, "--set", "model.batch_invariant=true", "--set",
+                 "model.moe={n_experts: 4, top_k: 2, ffn_dim: 32}")
     assert p.returncode == 2 and "model.batch_invariant" in p.stderr, p.stderr[-2000:]
     assert len(p.stderr.strip().splitlines()) == 1
 

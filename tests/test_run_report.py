@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_here
 
 from reasoning_rl import cli, progress, report
 from reasoning_rl import config as C
@@ -345,9 +346,7 @@ def test_cli_with_stderr_to_a_file_logs_progress_and_prints_the_table(tmp_path):
     assert f"summary:     {run_dir / 'summary.json'}" in p.stdout and "tensorboard --logdir" in p.stdout
 
     # a rerun skips both stages and says where it resumes
-    p = subprocess.run([sys.executable, "-m", "reasoning_rl", "run", TINY, "--run-dir", str(run_dir),
-                        "--no-plots", "--set", "stages.grpo.steps=3", "--json"],
-                       capture_output=True, text=True, timeout=300, check=False)
+    p = run_here("run", TINY, "--run-dir", str(run_dir), "--no-plots", "--set", "stages.grpo.steps=3", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resume: all stages complete (sft, grpo)" in p.stderr
     assert json.loads(p.stdout)["summary"] == summary
