@@ -51,7 +51,6 @@ def compared_env(n_devices: int | None = None, base: dict | None = None, **extra
             **extra}
 
 
-
 def run_here(*argv: str) -> subprocess.CompletedProcess:
     """``reasoning-rl ARGV`` run in this process (``cli.main``), returned as ``subprocess.run`` would return it:
     exit status, stdout, and stderr with the command's log lines (its own and other libraries', as the CLI's

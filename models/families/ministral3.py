@@ -60,7 +60,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
     rope = {"rope_type": "default", **(out.pop("rope_scaling") or {}), "rope_theta": out.pop("rope_theta")}
     beta, span = cfg.query_length_scale or (0.0, rope.get("original_max_position_embeddings") or cfg.max_seq_len)
     rope.update(llama_4_scaling_beta=beta, original_max_position_embeddings=span)
-    out.update(rope_parameters=rope, sliding_window=cfg.sliding_window or None, pad_token_id=None, bos_token_id=None, eos_token_id=None)  # not Ministral's vocabulary's ids
+    out.update(rope_parameters=rope, sliding_window=cfg.sliding_window or None,
+               pad_token_id=None, bos_token_id=None, eos_token_id=None)  # not Ministral's vocabulary's ids
     return out
 
 
