@@ -146,6 +146,12 @@ def mlp_tensors(path: tuple[str, ...], prefix: str, names=("gate_proj", "up_proj
             for ours, theirs in zip(("gate", "up", "down"), names)]
 
 
+def gate_up_tensors(seg: str, cfg: TransformerConfig, prefix: str) -> list[Tensor]:
+    """The MLP's gate and up rows in one ``gate_up_proj`` (gate first: Phi-3, GLM-4)."""
+    return [Tensor((seg, "mlp", n), f"{prefix}.gate_up_proj.weight", "t1", piece=Piece(0, k, (cfg.ffn_dim,) * 2))
+            for k, n in enumerate(("gate", "up"))]
+
+
 def expert_tensors(seg: str, prefix: str, names=("gate_proj", "up_proj", "down_proj"),
                    router: str = "gate") -> list[Tensor]:
     """Routed experts stored one tensor per expert; the fused layout (``experts.gate_up_proj`` [E, 2I, d],

@@ -10,10 +10,10 @@ from __future__ import annotations
 from ..config import TransformerConfig
 from ..transformer import segments
 from .base import (
-    Piece,
     Tensor,
     common_from_hf,
     common_to_hf,
+    gate_up_tensors,
     gqa_tensors,
     outer_tensors,
     refuse,
@@ -57,7 +57,5 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
         if cfg.sandwich_norm:
             out += [Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_self_attn_layernorm.weight"),
                     Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_mlp_layernorm.weight")]
-        out += gqa_tensors(seg, cfg)
-        out += [Tensor((seg, "mlp", n), f"{pre}.mlp.gate_up_proj.weight", "t1", piece=Piece(0, k, (cfg.ffn_dim,) * 2))
-                for k, n in enumerate(("gate", "up"))]
+        out += gqa_tensors(seg, cfg) + gate_up_tensors(seg, cfg, f"{pre}.mlp")
     return out

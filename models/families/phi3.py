@@ -12,6 +12,7 @@ from .base import (
     Tensor,
     common_from_hf,
     common_to_hf,
+    gate_up_tensors,
     outer_tensors,
     refuse,
     rotary_dims,
@@ -58,6 +59,5 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
                 Tensor((seg, "mlp", "down"), f"{pre}.mlp.down_proj.weight", "t1")]
         out += [Tensor((seg, "attn", n), f"{pre}.self_attn.qkv_proj.weight", "t1", piece=Piece(0, k, qkv))
                 for k, n in enumerate("qkv")]
-        out += [Tensor((seg, "mlp", n), f"{pre}.mlp.gate_up_proj.weight", "t1", piece=Piece(0, k, (cfg.ffn_dim,) * 2))
-                for k, n in enumerate(("gate", "up"))]
+        out += gate_up_tensors(seg, cfg, f"{pre}.mlp")
     return out
