@@ -239,9 +239,18 @@ def test_ministral3_language_model_of_a_mistral3_checkpoint(tmp_path):
     np.testing.assert_array_equal(text_logits(again)[MASK], text_logits(ref)[MASK])
 
 
-def test_ministral3_defaults_are_the_references():
+def test_glm4_and_ministral3_defaults_are_the_references():
     """What a released config.json may leave out (the reference's config class fills it) is filled alike."""
-    from reasoning_rl.models.families import ministral3
+    from reasoning_rl.models.families import glm4, ministral3
+
+    for cls in (transformers.Glm4Config, transformers.GlmConfig):
+        ref = cls()
+        for key, value in glm4.DEFAULTS.items():
+            assert getattr(ref, key) == value, (cls.__name__, key)
+        assert ref.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    cfg = glm4.from_hf({"model_type": "glm4"})  # every field left out
+    assert (cfg.head_dim, cfg.rope_dim, cfg.rope_theta, cfg.qkv_bias, cfg.max_seq_len) == (128, 64, 10000.0, True,
+                                                                                          131072)
 
     ref = transformers.Ministral3Config()
     for key, value in ministral3.DEFAULTS.items():

@@ -25,12 +25,16 @@ NAME = "glm4"
 MODEL_TYPES = ("glm4", "glm")
 ARCHITECTURE = "Glm4ForCausalLM"
 GLM_ARCHITECTURE = "GlmForCausalLM"
+# what the reference's config classes (both alike) fill in where a config.json leaves a field out: among them
+# q/k/v biases and head_dim 128 (not hidden / heads); half the head rotary is rotary_dims' default below
+DEFAULTS = {"vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 40,
+            "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 131072,
+            "rms_norm_eps": 1.5625e-07, "tie_word_embeddings": False, "attention_bias": True}
 
 
 def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
-    # the reference's defaults: q/k/v biases, half the head rotary, head_dim 128 (not hidden / heads)
-    hf = {"attention_bias": True, "head_dim": 128, "rms_norm_eps": 1.5625e-07, **hf}
+    hf = {**DEFAULTS, **hf}
     common = common_from_hf(hf, NAME, qkv_bias=bool(hf["attention_bias"]), rope_interleave=True,
                             sandwich_norm=hf.get("model_type") != "glm")
     return TransformerConfig(**common, rope_dim=rotary_dims(hf, common["head_dim"], default=0.5))
