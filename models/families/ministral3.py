@@ -1,8 +1,8 @@
 """Ministral 3 (``model_type`` ministral3: the language model of the Ministral 3 3B/8B/14B base, instruct and
 reasoning releases, read out of their ``mistral3`` wrapper): Mistral's layers with YaRN and one addition, the
 rotated queries scaled by ``1 + beta * log(1 + floor(position / L))`` (``rope_parameters.llama_4_scaling_beta``
-and ``original_max_position_embeddings``: 1 below L, growing by beta at each multiple of it), which keeps
-attention sharp past the length the model was pretrained at (``TransformerConfig.query_length_scale``)."""
+and ``original_max_position_embeddings``: 1 below L, ``1 + beta * log(1 + n)`` from the n-th multiple of L on),
+which keeps attention sharp past the length the model was pretrained at (``TransformerConfig.query_length_scale``)."""
 
 from __future__ import annotations
 
