@@ -202,7 +202,8 @@ def write_file(path: str | Path, specs: Iterable[tuple[str, str, tuple[int, ...]
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, dtype, shape in specs:
-            a = np.ascontiguousarray(produce(name))
+            a = np.asarray(produce(name))
+            a = np.ascontiguousarray(a).reshape(a.shape)  # (0-d stays 0-d: ascontiguousarray makes it 1-d)
             if a.dtype != DTYPES[dtype] or tuple(a.shape) != tuple(shape):
                 raise ValueError(f"{name}: produced {a.dtype}{a.shape}, header says {dtype}{tuple(shape)}")
             f.write(a.reshape(-1).view(np.uint8).data)

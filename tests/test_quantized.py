@@ -121,6 +121,51 @@ def test_fp8_block_release_loads_as_transformers_dequantizes_it(tmp_path, name):
     np.testing.assert_allclose(reference_logits(_reference(tmp_path / "out")), want, atol=1e-4)
 
 
+def test_fp8_per_tensor_release_loads_as_transformers_dequantizes_it(tmp_path):
+    """Per-tensor FP8 (``weight_block_size: null``, static activation scheme, as Mistral's FP8 releases): one
+    float32 ``weight_scale_inv`` per weight, an ``activation_scale`` beside it that only FP8 matmuls use."""
+    model = build_reference("ministral3")
+    model.save_pretrained(tmp_path / "fp8")
+
+    def per_tensor(name, a):
+        if name.endswith(".weight") and "proj" in name.split(".")[-2] and a.ndim == 2:
+            scale = np.float32(max(np.abs(a).max(), 1e-12) / E4M3_MAX)
+            q = (a.astype(np.float32) / scale).astype(ml_dtypes.float8_e4m3fn)
+            act = name.removesuffix("weight") + "activation_scale"
+            return {name: ("F8_E4M3", q), name + "_scale_inv": ("F32", np.asarray(scale)),
+                    act: ("F32", np.asarray(np.float32(0.02)))}
+        return None
+
+    quant = {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": None}
+    done = _rewrite(tmp_path / "fp8", quant, per_tensor)
+    assert len(done) == 14  # q, k, v, o, gate, up, down in both layers
+    want = reference_logits(_reference(tmp_path / "fp8"))
+    assert np.abs(want - reference_logits(model))[MASK].max() > 1e-4  # the weights are the quantized ones
+    ours = load_pretrained(tmp_path / "fp8", dtype="float32")
+    err = np.abs(np.asarray(ours(IDS, MASK)) - want)[MASK].max()
+    assert err <= 1e-4, f"max |dlogits| {err:.2e}"
+    save_pretrained(ours, tmp_path / "out")
+    ck = Checkpoint(tmp_path / "out")
+    assert not any(n.endswith(("_scale_inv", "activation_scale")) for n in ck.names())
+    ck.close()
+
+
+def test_fp8_without_a_block_size_takes_the_references_default():
+    """``weight_block_size`` left out is transformers' default block (128 x 128), not per-tensor (null)."""
+    from reasoning_rl.models.quantized import FP8_DEFAULT_BLOCK, Dequantized, quantization
+
+    ref = transformers.FineGrainedFP8Config.from_dict({"quant_method": "fp8"})
+    assert tuple(ref.weight_block_size) == FP8_DEFAULT_BLOCK
+    q = quantization({"quantization_config": {"quant_method": "fp8"}})
+
+    class Empty:
+        def names(self):
+            return []
+
+    assert Dequantized(Empty(), q).block == FP8_DEFAULT_BLOCK
+    assert Dequantized(Empty(), {**q, "weight_block_size": None}).block is None
+
+
 def test_mxfp4_experts_load_as_transformers_dequantizes_them(tmp_path):
     model = build_reference("gpt_oss")
     model.save_pretrained(tmp_path / "mx")
@@ -198,7 +243,7 @@ def test_sharded_load_reads_each_quantized_tensor_once(tmp_path):
 
 @pytest.mark.parametrize("quant, match", [
     ({"quant_method": "awq", "bits": 4}, "quant_method 'awq' is not supported"),
-    ({"quant_method": "fp8", "activation_scheme": "static"}, "weight_block_size None.*per-tensor FP8"),
+    ({"quant_method": "fp8", "weight_block_size": [128]}, "weight_block_size \\[128\\]: block-scaled FP8 needs"),
     ({"quant_method": "fp8", "weight_block_size": [128, 128], "expert_dtype": "fp4"}, "expert_dtype 'fp4'"),
 ])
 def test_quantization_this_loader_cannot_decode_is_refused_by_name(tmp_path, quant, match):
