@@ -65,6 +65,7 @@ def run_here(*argv: str) -> subprocess.CompletedProcess:
     import logging
     import multiprocessing
     import threading
+    import time
 
     from reasoning_rl import cli
 
@@ -83,7 +84,15 @@ def run_here(*argv: str) -> subprocess.CompletedProcess:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-    left = [t.name for t in set(threading.enumerate()) - threads if t.is_alive()]
+    # an event loop's executor threads ("asyncio_N": the checkpointer's loops, closed with their executor shut down
+    # without waiting) may still be ending as the run returns: they get a few seconds; any other thread alive now
+    # was left behind
+    new = set(threading.enumerate()) - threads
+    deadline = time.monotonic() + 10.0
+    for t in new:
+        if t.name.startswith("asyncio_"):
+            t.join(max(deadline - time.monotonic(), 0.0))
+    left = [t.name for t in new if t.is_alive()]
     assert not left, f"the run left threads running: {left}"
     assert not multiprocessing.active_children(), "the run left child processes"
     return subprocess.CompletedProcess(["reasoning-rl", *argv], rc, out.getvalue(), err.getvalue())
