@@ -68,12 +68,6 @@ def _config(tmp_path, policy, critic):
     return path
 
 
-def _run(*args):
-    """``reasoning-rl ARGS`` in this process (helpers.run_here), under the tests' fast-compiling flags: runs are
-    compared with each other, and with transformers only through tolerances."""
-    return run_here(*args)
-
-
 def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs, tmp_path):
     from reasoning_rl.models import load_pretrained
     from reasoning_rl.models.value import load_value_head
@@ -83,7 +77,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
     policy, critic = dirs
     config = _config(tmp_path, policy, critic)
     run = tmp_path / "run"
-    p = _run("run", str(config), "--no-progress", "--no-plots", "--run-dir", str(run))
+    p = run_here("run", str(config), "--no-progress", "--no-plots", "--run-dir", str(run))
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [r for r in read_metrics(run) if r["stage"] == "ppo"]
     assert [r["step"] for r in recs] == [1, 2, 3]
@@ -100,7 +94,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
     shutil.copytree(run, cut)
     shutil.rmtree(cut / "checkpoints" / "ppo" / "3")
     (cut / "checkpoints" / "ppo" / "manifest.json").unlink()
-    p = _run("run", str(config), "--no-progress", "--no-plots", "--run-dir", str(cut), "--resume")
+    p = run_here("run", str(config), "--no-progress", "--no-plots", "--run-dir", str(cut), "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from step 2" in p.stderr
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
@@ -110,7 +104,7 @@ def test_ppo_with_hf_policy_and_smaller_hf_critic_runs_resumes_and_exports(dirs,
 
     # export: the critic as a LlamaForTokenClassification value model that transformers loads
     out = tmp_path / "export"
-    p = _run("export", str(run), str(out))
+    p = run_here("export", str(run), str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     cdir = out / "critic"
     conf = json.loads((cdir / "config.json").read_text())

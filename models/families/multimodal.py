@@ -36,8 +36,8 @@ class Wrapper:
     # [E, out, in]: read transposed when their shape says so (as the reference decides)
     experts_in_out: bool = False
     fixed: dict = field(default_factory=dict)  # what the reference's text model does whatever the file says
-    # text_config model types read as another family than ``model_type``: kind -> (model type, architecture,
-    # defaults), e.g. the Ministral 3 releases' ministral3 language model in a mistral3 wrapper
+    # text_config model types read as another family than ``model_type``: kind -> (model type, architecture), e.g.
+    # the Ministral 3 releases' ministral3 language model in a mistral3 wrapper (that family fills its own defaults)
     variants: dict = field(default_factory=dict)
 
 
@@ -50,11 +50,11 @@ WRAPPERS: dict[str, Wrapper] = {
         "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "rms_norm_eps": 1e-6,
         "max_position_embeddings": 131072, "query_pre_attn_scalar": 256, "sliding_window": 4096,
         "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "hidden_activation": "gelu_pytorch_tanh"}),
-    "mistral3": Wrapper(("mistral", "ministral3"), "mistral", "MistralForCausalLM", {
+    "mistral3": Wrapper(("mistral",), "mistral", "MistralForCausalLM", {
         "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"},
-        variants={"ministral3": ("ministral3", "Ministral3ForCausalLM", {})}),
+        variants={"ministral3": ("ministral3", "Ministral3ForCausalLM")}),
     "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
     "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
     # its router always renormalises the chosen experts' weights (the config has no switch for it)
@@ -96,10 +96,11 @@ def text_config(hf: dict) -> dict | None:
         raise ConfigError(f"config.json: text_config (the language model of a {hf['model_type']} checkpoint) "
                           "is missing")
     kind = text.get("model_type", w.text_model_types[0])
-    if kind not in w.text_model_types:
+    if kind not in w.text_model_types and kind not in w.variants:
         raise ConfigError(f"config.json: text_config.model_type={kind!r} is not supported in a "
                           f"{hf['model_type']} checkpoint (expected {w.text_model_types[0]!r})")
-    model_type, arch, defaults = w.variants.get(kind, (w.model_type, w.text_architecture, w.defaults))
+    model_type, arch = w.variants.get(kind, (w.model_type, w.text_architecture))
+    defaults = {} if kind in w.variants else w.defaults
     out = _plain_rope({**defaults, **text, **w.fixed, "model_type": model_type, "architectures": [arch]})
     if hf.get("tie_word_embeddings") is not None:
         out["tie_word_embeddings"] = hf["tie_word_embeddings"]
