@@ -20,7 +20,7 @@ SHORT = ["--set", "stages.sft.steps=3", "--set", "stages.grpo.steps=2", "--set",
          "--set", "checkpoint.every=100",  # the stage end saves: the params compared
          "--set", "log.plots=false",
          "--set", "stages.sft.batch_size=16", "--set", "rollout.prompts_per_step=4",
-         "--set", "rollout.max_new_tokens=24",
+         "--set", "rollout.max_new_tokens=24", "--set", "rollout.width_buckets=0",  # one GRPO update width
          # three SFT steps answer nothing right: a length-shaped reward (overlong shaping over the lengths an
          # early model writes) gives the GRPO steps advantages, so they compare real updates, not zeros
          "--set", "algorithm.overlong.enabled=true", "--set", "algorithm.overlong.max_len=16",
