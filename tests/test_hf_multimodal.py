@@ -260,6 +260,28 @@ def test_glm4_and_ministral3_defaults_are_the_references():
     assert {("rope_type" if k == "type" else k): v for k, v in rope.items()} == want
 
 
+def test_gemma2_defaults_are_the_references():
+    """A Gemma 2 config.json as released (written before ``layer_types`` existed) or with fields left out reads
+    as the reference's config class fills it: sliding and global layers alternating from a sliding first one,
+    both softcaps applied."""
+    from reasoning_rl.models.families import gemma2
+
+    ref = transformers.Gemma2Config()
+    for key, value in gemma2.DEFAULTS.items():
+        assert getattr(ref, key) == value, key
+    assert ref.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+    for hf in ({"model_type": "gemma2"}, {"model_type": "gemma2", "num_hidden_layers": 5}):
+        cfg = gemma2.from_hf(hf)
+        want = transformers.Gemma2Config(**hf).layer_types
+        assert [("sliding_attention" if s else "full_attention") for s in cfg.sliding_layers] == want
+    assert (cfg.attn_softcap, cfg.final_softcap, cfg.sliding_window, cfg.rope_theta) == (50.0, 30.0, 4096, 10000.0)
+    assert cfg.query_scale == 256**-0.5 and cfg.head_dim == 256 and cfg.tie_embeddings
+    cfg = gemma2.from_hf({"model_type": "gemma2", "attn_logit_softcapping": None, "final_logit_softcapping": None,
+                          "query_pre_attn_scalar": 144, "hidden_size": 4608, "num_attention_heads": 32,
+                          "head_dim": 128})  # the 27B model: queries scaled by 144 ** -0.5, not by its head size
+    assert (cfg.attn_softcap, cfg.final_softcap, cfg.query_scale) == (None, None, 144**-0.5)
+
+
 def test_bad_wrapper_checkpoints_name_the_field_and_the_stored_tensor(tmp_path):
     reference("mistral3", tmp_path / "vlm")
     conf = json.loads((tmp_path / "vlm" / "config.json").read_text())
