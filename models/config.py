@@ -29,6 +29,7 @@ class MoEConfig:
     scaling: float = 1.0  # routed_scaling_factor
     n_group: int = 1  # grouped top-k: pick topk_group groups first, then top_k experts inside them
     topk_group: int = 1
+    group_score: str = "top2"  # a group's score: "top2" (its best two summed: DeepSeek-V3) | "max" (DeepSeek-V2)
     score_bias: bool = False  # per-expert bias added for selection only (DeepSeek aux-loss-free balancing)
     aux_loss_coef: float = 0.0  # weight of the Switch-style balancing loss; 0 where the family uses none
     impl: str = "ragged"  # expert computation: ragged (grouped matmul) | dense (every expert, reference)

@@ -107,6 +107,11 @@ FAMILY_CONFIGS = {
     "glm4": TransformerConfig(**BASE, family="glm4", qkv_bias=True, rope_interleave=True, rope_dim=6,
                               sandwich_norm=True),
     "glm": TransformerConfig(**{**BASE, "tie_embeddings": True}, family="glm4", rope_interleave=True, rope_dim=8),
+    "deepseek_v2": TransformerConfig(
+        **{**BASE, "n_layers": 3, "n_kv_heads": 4, "head_dim": 12}, family="deepseek_v2",
+        mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+        moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, norm_topk=False, scaling=2.0,
+                      n_group=4, topk_group=2, group_score="max")),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,

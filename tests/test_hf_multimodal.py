@@ -282,6 +282,37 @@ def test_gemma2_defaults_are_the_references():
     assert (cfg.attn_softcap, cfg.final_softcap, cfg.query_scale) == (None, None, 144**-0.5)
 
 
+def test_deepseek_v2_lite_released_config_reads_and_unsupported_routing_is_refused():
+    """DeepSeek-V2-Lite's config.json as released (fields of the original code the reference leaves aside
+    included) reads as greedy softmax routing without renormalisation; what the reference would compute
+    otherwise, or not at all, is refused naming the field."""
+    from reasoning_rl.models.families import deepseek_v2
+
+    lite = {"model_type": "deepseek_v2", "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944,
+            "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+            "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64, "routed_scaling_factor": 1.0,
+            "kv_lora_rank": 512, "q_lora_rank": None, "qk_rope_head_dim": 64, "v_head_dim": 128,
+            "qk_nope_head_dim": 128, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
+            "num_experts_per_tok": 6, "moe_layer_freq": 1, "first_k_dense_replace": 1, "norm_topk_prob": False,
+            "scoring_func": "softmax", "aux_loss_alpha": 0.001, "seq_aux": True, "max_position_embeddings": 163840,
+            "rope_theta": 10000, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+                                                  "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+                                                  "type": "yarn"}}
+    cfg = deepseek_v2.from_hf(lite)
+    m = cfg.moe
+    assert (m.score, m.norm_topk, m.n_group, m.top_k, m.n_shared, m.first_dense, m.score_bias) == (
+        "softmax", False, 1, 6, 2, 1, False)
+    assert cfg.mla.q_lora_rank == 0 and cfg.mla.rope_interleave and cfg.head_dim == 192
+    assert cfg.rope_scaling["rope_type"] == "yarn" and cfg.rope_scaling["mscale_all_dim"] == 0.707
+    v2 = deepseek_v2.from_hf({**lite, "topk_method": "group_limited_greedy", "n_group": 8, "topk_group": 3})
+    assert (v2.moe.n_group, v2.moe.topk_group, v2.moe.group_score) == (8, 3, "max")
+    for change, field in (({"norm_topk_prob": True}, "norm_topk_prob"), ({"topk_method": "noaux_tc"}, "topk_method"),
+                          ({"scoring_func": "sigmoid"}, "scoring_func"), ({"moe_layer_freq": 2}, "moe_layer_freq"),
+                          ({"topk_method": "group_limited_greedy", "n_group": 5, "topk_group": 2}, "n_group=5")):
+        with pytest.raises(ConfigError, match=field):
+            deepseek_v2.from_hf({**lite, **change})
+
+
 def test_bad_wrapper_checkpoints_name_the_field_and_the_stored_tensor(tmp_path):
     reference("mistral3", tmp_path / "vlm")
     conf = json.loads((tmp_path / "vlm" / "config.json").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (
+    deepseek_v2,
     deepseek_v3,
     ernie4_5,
     exaone4,
@@ -40,10 +41,10 @@ from .base import ConfigError, Tensor
 from .multimodal import WRAPPERS
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma2, gemma3, qwen3_moe, mixtral,
-                                                      deepseek_v3, qwen2_moe, olmo2, olmo3, phi3, gpt_oss, glm4,
-                                                      glm4_moe, glm4_moe_lite, seed_oss, smollm3, exaone4, granite,
-                                                      ministral3, minimax_m2, ernie4_5, hunyuan, qwen3_5,
-                                                      qwen3_5_moe, qwen3_next)}
+                                                      deepseek_v2, deepseek_v3, qwen2_moe, olmo2, olmo3, phi3,
+                                                      gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
+                                                      exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
+                                                      qwen3_5, qwen3_5_moe, qwen3_next)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

@@ -58,14 +58,15 @@ def moe_to_hf(m: MoEConfig) -> dict:
 
 def moe_unsupported(m: MoEConfig | None) -> bool:
     """Routing DeepSeekMoE's checkpoint fields cannot express."""
-    return (m is None or m.score != "sigmoid" or not m.score_bias or m.dense_layers != () or m.shared_ffn > 0
-            or m.shared_gate or m.router_bias or m.expert_bias)
+    return (m is None or m.score != "sigmoid" or not m.score_bias or m.group_score != "top2" or m.dense_layers != ()
+            or m.shared_ffn > 0 or m.shared_gate or m.router_bias or m.expert_bias)
 
 
 def moe_tensors(seg: str, cfg: TransformerConfig, pre: str = "model.layers.{i}") -> list[Tensor]:
-    """A MoE layer's router, its selection bias, routed and shared experts."""
+    """A MoE layer's router, its selection bias (DeepSeek-V3's; V2 has none), routed and shared experts."""
     out = expert_tensors(seg, f"{pre}.mlp")
-    out.append(Tensor((seg, "mlp", "score_bias"), f"{pre}.mlp.gate.e_score_correction_bias"))
+    if cfg.moe.score_bias:
+        out.append(Tensor((seg, "mlp", "score_bias"), f"{pre}.mlp.gate.e_score_correction_bias"))
     if cfg.moe.n_shared:
         out += mlp_tensors((seg, "mlp", "shared"), f"{pre}.mlp.shared_experts")
     return out

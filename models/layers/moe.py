@@ -48,7 +48,8 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
     renormalised if ``norm_topk``; the selection-only ``bias`` (ERNIE) moves which experts are chosen.
     sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only ``bias``, first
     restricted to the ``topk_group`` best groups (a group scores the sum of its best two), and weighted by
-    their unbiased scores; then ``scaling`` (routed_scaling_factor) applies.
+    their unbiased scores; then ``scaling`` (routed_scaling_factor) applies. Softmax scores can be grouped
+    too (DeepSeek-V2's ``group_limited_greedy``: a group scores its best expert, ``group_score="max"``).
 
     ``forced`` [N, k] (routing replay): these experts instead of the top-k, weighted by the current scores,
     so the router still gets the gradient of the weights it gives them.
@@ -67,7 +68,12 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
         raise ValueError(f"moe.score: unsupported value {mc.score!r}")
     if mc.n_group > 1:
         grouped = choice.reshape(n, mc.n_group, e // mc.n_group)
-        group_scores = jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)  # [N, G]
+        if mc.group_score == "max":
+            group_scores = jnp.max(grouped, axis=-1)  # [N, G]
+        elif mc.group_score == "top2":
+            group_scores = jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)
+        else:
+            raise ValueError(f"moe.group_score: unsupported value {mc.group_score!r} (top2 | max)")
         _, top_groups = jax.lax.top_k(group_scores, mc.topk_group)
         keep = jnp.zeros((n, mc.n_group), bool).at[jnp.arange(n)[:, None], top_groups].set(True)
         keep = jnp.repeat(keep, e // mc.n_group, axis=1)
