@@ -72,7 +72,8 @@ CASES = {
     "deepseek_v2": ("DeepseekV2Config", dict(
         num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=32, topk_method="group_limited_greedy", n_group=4, topk_group=2,
-        first_k_dense_replace=1, n_shared_experts=1, routed_scaling_factor=2.5, rope_scaling=YARN, **MLA)),
+        first_k_dense_replace=1, n_shared_experts=1, routed_scaling_factor=2.5,
+        rope_scaling={**YARN, "mscale": 0.707, "mscale_all_dim": 0.707}, **MLA)),  # V2's released yarn scales
     "deepseek_v2_lite": ("DeepseekV2Config", dict(
         num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
         first_k_dense_replace=0, n_shared_experts=2, tie_word_embeddings=True, **{**MLA, "q_lora_rank": None})),
