@@ -112,6 +112,8 @@ FAMILY_CONFIGS = {
         mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
         moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, norm_topk=False, scaling=2.0,
                       n_group=4, topk_group=2, group_score="max")),
+    "olmoe": TransformerConfig(**{**BASE, "ffn_dim": 16, "head_dim": 8}, family="olmoe", qk_norm=True, qk_norm_whole=True,
+                               moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.01)),
     "glm4_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="glm4_moe", qkv_bias=True, qk_norm=True,
                                   rope_dim=6, moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1,
                                                             first_dense=1, score="sigmoid", scaling=2.5, n_group=4,

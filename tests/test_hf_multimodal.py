@@ -313,6 +313,26 @@ def test_deepseek_v2_lite_released_config_reads_and_unsupported_routing_is_refus
             deepseek_v2.from_hf({**lite, **change})
 
 
+def test_olmoe_released_config_reads_as_the_reference_computes_it():
+    from reasoning_rl.models.families import olmoe
+
+    released = {"model_type": "olmoe", "vocab_size": 50304, "hidden_size": 2048, "intermediate_size": 1024,
+                "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16, "num_experts": 64,
+                "num_experts_per_tok": 8, "norm_topk_prob": False, "router_aux_loss_coef": 0.01, "clip_qkv": None,
+                "rope_theta": 10000.0, "max_position_embeddings": 4096, "output_router_logits": False}
+    cfg = olmoe.from_hf(released)
+    m = cfg.moe
+    assert (m.n_experts, m.top_k, m.ffn_dim, m.norm_topk, m.aux_loss_coef, m.score) == (64, 8, 1024, False, 0.01,
+                                                                                        "softmax")
+    assert cfg.head_dim == 128 and cfg.qk_norm_whole and cfg.ffn_dim == 1024 and cfg.norm_eps == 1e-5
+    ref = transformers.OlmoeConfig()
+    assert (ref.num_experts, ref.num_experts_per_tok, ref.router_aux_loss_coef, ref.rms_norm_eps) == (64, 8, 0.01, 1e-5)
+    with pytest.raises(ConfigError, match="clip_qkv"):
+        olmoe.from_hf({**released, "clip_qkv": 8.0})
+    with pytest.raises(ConfigError, match="head_dim=96"):
+        olmoe.from_hf({**released, "head_dim": 96})
+
+
 def test_bad_wrapper_checkpoints_name_the_field_and_the_stored_tensor(tmp_path):
     reference("mistral3", tmp_path / "vlm")
     conf = json.loads((tmp_path / "vlm" / "config.json").read_text())

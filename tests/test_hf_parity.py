@@ -77,6 +77,10 @@ CASES = {
     "deepseek_v2_lite": ("DeepseekV2Config", dict(
         num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
         first_k_dense_replace=0, n_shared_experts=2, tie_word_embeddings=True, **{**MLA, "q_lora_rank": None})),
+    # OLMoE: whole-projection q/k norms, softmax routing (renormalised in the second only)
+    "olmoe": ("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32}),
+    "olmoe_norm": ("OlmoeConfig", {"num_experts": 6, "num_experts_per_tok": 3, "intermediate_size": 24,
+                                   "norm_topk_prob": True, "tie_word_embeddings": True, "router_aux_loss_coef": 0.02}),
     # --- families added with gpt-oss: two configs each
     # gpt-oss: sinks, alternating windows, biased router/experts; a swiglu_limit low enough that the clamps bind
     "gpt_oss": ("GptOssConfig", {**GPT_OSS, "sliding_window": 4, "swiglu_limit": 0.1}),  # default yarn (x32)
@@ -269,7 +273,7 @@ def test_logits_match_transformers(checkpoint, name):
 
 
 @pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "gpt_oss", "qwen2_moe", "qwen3_moe_dense",
-                                  "ernie4_5_moe_interval"])
+                                  "ernie4_5_moe_interval", "olmoe"])
 def test_balance_loss_and_load_match_transformers(checkpoint, name):
     ref_model, path = checkpoint(name)
     model = load_pretrained(path)
@@ -301,7 +305,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
-                                  "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2"])
+                                  "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -357,7 +361,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
                                   "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
-                                  "deepseek_v2", "deepseek_v2_lite"])
+                                  "deepseek_v2", "deepseek_v2_lite", "olmoe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -381,7 +385,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
                                   "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
-                                  "deepseek_v2", "deepseek_v2_lite"])
+                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

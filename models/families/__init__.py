@@ -26,6 +26,7 @@ from . import (
     mixtral,
     olmo2,
     olmo3,
+    olmoe,
     phi3,
     qwen2,
     qwen2_moe,
@@ -41,7 +42,7 @@ from .base import ConfigError, Tensor
 from .multimodal import WRAPPERS
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma2, gemma3, qwen3_moe, mixtral,
-                                                      deepseek_v2, deepseek_v3, qwen2_moe, olmo2, olmo3, phi3,
+                                                      deepseek_v2, deepseek_v3, qwen2_moe, olmo2, olmo3, olmoe, phi3,
                                                       gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next)}
