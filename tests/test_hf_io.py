@@ -42,6 +42,8 @@ FAMILY_CONFIGS = {
                                 embed_scale=True, activation="gelu_tanh", sandwich_norm=True, qk_norm=True,
                                 query_scale=0.25, sliding_window=4, layer_types=("sliding", "full"),
                                 rope_local_theta=10000.0, rope_theta=1e6),
+    "gemma": TransformerConfig(**{**BASE, "tie_embeddings": True}, family="gemma", norm_offset=1.0, embed_scale=True,
+                               activation="gelu_tanh"),
     "gemma2": TransformerConfig(**{**BASE, "n_layers": 3, "tie_embeddings": True}, family="gemma2", norm_offset=1.0,
                                 embed_scale=True, activation="gelu_tanh", sandwich_norm=True, query_scale=0.2,
                                 attn_softcap=3.0, final_softcap=4.0, sliding_window=4,

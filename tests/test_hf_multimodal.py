@@ -260,6 +260,22 @@ def test_glm4_and_ministral3_defaults_are_the_references():
     assert {("rope_type" if k == "type" else k): v for k, v in rope.items()} == want
 
 
+def test_gemma_defaults_and_legacy_activation_are_the_references():
+    """Gemma 1's released config.json says ``hidden_act: gelu``, which the reference reads as the tanh
+    approximation; fields left out take its config class's values."""
+    from reasoning_rl.models.families import gemma
+
+    ref = transformers.GemmaConfig(hidden_act="gelu")
+    assert ref.hidden_act == "gelu_pytorch_tanh"
+    for key, value in gemma.DEFAULTS.items():
+        assert getattr(ref, key) == value, key
+    cfg = gemma.from_hf({"model_type": "gemma", "hidden_act": "gelu"})
+    assert (cfg.activation, cfg.head_dim, cfg.norm_offset, cfg.embed_scale, cfg.tie_embeddings) == (
+        "gelu_tanh", 256, 1.0, True, True)
+    with pytest.raises(ConfigError, match="hidden_act='relu'"):
+        gemma.from_hf({"model_type": "gemma", "hidden_act": "relu"})
+
+
 def test_gemma2_defaults_are_the_references():
     """A Gemma 2 config.json as released (written before ``layer_types`` existed) or with fields left out reads
     as the reference's config class fills it: sliding and global layers alternating from a sliding first one,

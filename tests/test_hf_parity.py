@@ -49,6 +49,8 @@ CASES = {
         "rope_scaling": {"rope_type": "linear", "factor": 4.0},
         "attn_logit_softcapping": 30.0,  # stored but not applied by the reference: must be ignored alike
         "final_logit_softcapping": 20.0}),
+    "gemma": ("GemmaConfig", {"head_dim": 24, "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                                 "rope_theta": 500.0}}),
     # softcaps small enough that the tiny model's scores and logits reach them (a 50 / 30 cap would not show)
     "gemma2": ("Gemma2Config", {
         "num_hidden_layers": 3, "head_dim": 24, "sliding_window": 4, "query_pre_attn_scalar": 20,
@@ -305,7 +307,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
-                                  "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe"])
+                                  "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -361,7 +363,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
                                   "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
-                                  "deepseek_v2", "deepseek_v2_lite", "olmoe"])
+                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -385,7 +387,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
                                   "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
-                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm"])
+                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -12,6 +12,7 @@ from . import (
     deepseek_v3,
     ernie4_5,
     exaone4,
+    gemma,
     gemma2,
     gemma3,
     glm4,
@@ -41,7 +42,7 @@ from . import (
 from .base import ConfigError, Tensor
 from .multimodal import WRAPPERS
 
-FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma2, gemma3, qwen3_moe, mixtral,
+FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemma, gemma2, gemma3, qwen3_moe, mixtral,
                                                       deepseek_v2, deepseek_v3, qwen2_moe, olmo2, olmo3, olmoe, phi3,
                                                       gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
