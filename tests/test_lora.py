@@ -276,6 +276,19 @@ def test_bad_lora_config_is_one_clear_error(tmp_path, bad, msg):
         runtime(tmp_path, bad)
 
 
+@pytest.mark.parametrize("bad, msg", [
+    ("model.moe={n_experts: 4, top_k: 2, ffn_dim: 8, score: softplus}", "model.moe.score: 'softplus' is not one"),
+    ("model.moe={n_experts: 4, top_k: 2, ffn_dim: 8, n_group: 2, group_score: mean}", "model.moe.group_score"),
+    ("model.moe={n_experts: 4, top_k: 5, ffn_dim: 8}", "model.moe.top_k: 5 is not between 1 and n_experts"),
+    ("model.moe={n_experts: 6, top_k: 2, ffn_dim: 8, n_group: 4, topk_group: 2}", "model.moe.n_group / topk_group"),
+    ("model.moe={n_experts: 4, top_k: 2, ffn_dim: 8, n_group: 2, topk_group: 3}", "model.moe.n_group / topk_group"),
+    ("model.moe={n_experts: 4, top_k: 2, ffn_dim: 8, topk: 2}", "model.moe.topk: unknown key"),
+])
+def test_bad_moe_config_is_one_clear_error(tmp_path, bad, msg):
+    with pytest.raises(ConfigError, match=msg):
+        runtime(tmp_path, bad)
+
+
 PROBE = r"""
 import json, sys
 import jax, numpy as np

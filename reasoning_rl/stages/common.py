@@ -270,9 +270,20 @@ def _moe_config(m: ModelConfig):
 
     _check_keys("model.moe", m.moe, MoEConfig)
     try:
-        return MoEConfig(**m.moe)
+        mc = MoEConfig(**m.moe)
     except TypeError as e:
         raise ConfigError(f"model.moe: {e}") from None
+    # named here, not as a trace-time error inside the first step
+    for key, allowed in (("score", ("softmax", "sigmoid")), ("group_score", ("top2", "max")),
+                         ("impl", ("ragged", "dense"))):
+        if getattr(mc, key) not in allowed:
+            raise ConfigError(f"model.moe.{key}: {getattr(mc, key)!r} is not one of {', '.join(allowed)}")
+    if not (isinstance(mc.top_k, int) and 1 <= mc.top_k <= mc.n_experts):
+        raise ConfigError(f"model.moe.top_k: {mc.top_k!r} is not between 1 and n_experts ({mc.n_experts})")
+    if mc.n_group < 1 or mc.n_experts % mc.n_group or not 1 <= mc.topk_group <= mc.n_group:
+        raise ConfigError(f"model.moe.n_group / topk_group: {mc.n_group} / {mc.topk_group} do not split the "
+                          f"{mc.n_experts} experts into groups of which topk_group are kept")
+    return mc
 
 
 def _task_key(tcfg: TaskConfig) -> str:
