@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ..config import TransformerConfig
 from ..transformer import segments
-from .base import ConfigError, Tensor, common_from_hf, common_to_hf, llama_like, refuse, unsupported_cfg
+from . import gemma3
+from .base import Tensor, common_from_hf, common_to_hf, llama_like, unsupported_cfg
 
 NAME = "gemma"
 MODEL_TYPES = ("gemma",)
@@ -18,11 +19,7 @@ DEFAULTS = {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 2457
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    refuse(hf, "use_bidirectional_attention", lambda v: not v, "bidirectional attention")
-    refuse(hf, "attention_bias", lambda v: not v, "attention biases")
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-    if act not in ("gelu_pytorch_tanh", "gelu_tanh", "gelu"):
-        raise ConfigError(f"config.json: hidden_act={act!r} is not supported (only gelu_pytorch_tanh)")
+    gemma3.check_gemma(hf, legacy_gelu=True)
     hf = {**DEFAULTS, **hf}
     return TransformerConfig(**common_from_hf(hf, NAME, norm_offset=1.0, embed_scale=True, activation="gelu_tanh"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..config import TransformerConfig
 from . import gemma3
-from .base import ConfigError, Tensor, common_from_hf, common_to_hf, every_nth_full, refuse, unsupported_cfg
+from .base import ConfigError, Tensor, common_from_hf, common_to_hf, every_nth_full, unsupported_cfg
 
 NAME = "gemma2"
 MODEL_TYPES = ("gemma2",)
@@ -22,11 +22,7 @@ DEFAULTS = {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    refuse(hf, "use_bidirectional_attention", lambda v: not v, "bidirectional attention")
-    refuse(hf, "attention_bias", lambda v: not v, "attention biases")
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise ConfigError(f"config.json: hidden_activation={act!r} is not supported (only gelu_pytorch_tanh)")
+    gemma3.check_gemma(hf)
     hf = {**DEFAULTS, **hf}
     n = hf["num_hidden_layers"]
     types = hf.get("layer_types") or every_nth_full(n, 2)

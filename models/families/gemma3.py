@@ -34,12 +34,20 @@ def _layer_types(hf: dict) -> tuple[str, ...]:
     return tuple("full" if t == "full_attention" else "sliding" for t in every_nth_full(n, pattern))
 
 
-def from_hf(hf: dict) -> TransformerConfig:
+def check_gemma(hf: dict, legacy_gelu: bool = False) -> None:
+    """What every Gemma generation refuses: bidirectional attention (the embedding models), attention biases
+    and an MLP activation other than GeGLU's tanh approximation (``legacy_gelu``: Gemma 1's releases say
+    ``gelu`` and mean it, as the reference reads them)."""
     refuse(hf, "use_bidirectional_attention", lambda v: not v, "bidirectional attention")
     refuse(hf, "attention_bias", lambda v: not v, "attention biases")
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise ConfigError(f"config.json: hidden_activation={act!r} is not supported (only gelu_pytorch_tanh)")
+    field = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
+    act = hf.get(field) or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh") + (("gelu",) if legacy_gelu else ()):
+        raise ConfigError(f"config.json: {field}={act!r} is not supported (only gelu_pytorch_tanh)")
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    check_gemma(hf)
     theta, scaling, local_theta = layered_rope_from_hf(hf, float(hf.get("rope_local_base_freq", 10000.0)))
     head_dim = hf.get("head_dim") or 256
     hf = {"tie_word_embeddings": True, "head_dim": head_dim, **hf}
