@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,7 @@ class StageCheckpointer:
         self.mgr = ocp.CheckpointManager(self.directory, options=opts,
                                          item_names=("state", "host", "critic", "reference"))
         self.reference: Any = None  # the reference the last restore read (None where it was not asked for)
+        _OPEN.add(self)
 
     def save(self, step: int, state: TrainState, host: dict[str, Any], *, force: bool = False,
              reference: Any = None) -> None:
@@ -307,6 +309,25 @@ class StageCheckpointer:
         self.wait()
         with ctrl_c_after_write():
             self.mgr.close()
+        _OPEN.discard(self)
+
+
+_OPEN: weakref.WeakSet[StageCheckpointer] = weakref.WeakSet()  # created and not closed yet
+
+
+def close_abandoned() -> None:
+    """Close the checkpointers a failed stage left open (one process only): their writes in flight finish and
+    Orbax's threads end, so a caller that goes on in this process (a notebook, the tests) is not left with them.
+    The stage's own error is what is reported: a failure here (the same full disk, say) is logged at debug
+    level, not raised over it. On several hosts a close takes part in barriers that another host may never
+    reach, so there they are left to the process's exit, as before."""
+    if jax.process_count() > 1:
+        return
+    for ck in list(_OPEN):
+        try:
+            ck.close()
+        except Exception as e:  # noqa: BLE001 - secondary to the stage's error
+            log.debug("closing the checkpointer of %s after a failed stage: %s", ck.directory, e)
 
 
 @contextlib.contextmanager

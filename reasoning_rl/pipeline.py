@@ -29,6 +29,7 @@ from reasoning_rl.checkpoint import (
     TMP_MARK,
     CheckpointUnusable,
     StageCheckpointer,
+    close_abandoned,
     newest_step,
     read_manifest,
     stage_complete,
@@ -654,7 +655,11 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, devices: list | None, 
                 log.warning("stage %s: its manifest is from another config (hash %s, now %s): running it again",
                             stage.name, man.get("config_hash"), cfg.hash())
             rt.require_checkpoint = srt.require_checkpoint = sdir if stage.name == required else None
-            params, info, refs = _run_stage(stages, stage, writer, progress)
+            try:
+                params, info, refs = _run_stage(stages, stage, writer, progress)
+            except Exception:  # (a preempted or failed stage: its checkpoint writes end, no thread is left)
+                close_abandoned()
+                raise
             rt.require_checkpoint = srt.require_checkpoint = None
             if stage.kind == "reward_model":  # scored on held-out pairs, not by sampling
                 metrics = info.pop("eval")

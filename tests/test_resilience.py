@@ -519,11 +519,20 @@ def test_injected_nan_step_is_skipped_and_the_run_finishes(tmp_path):
 
 
 @pytest.mark.slow
-def test_consecutive_nan_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+def test_consecutive_nan_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from reasoning_rl import checkpoint
+
+    made, closed = [], []
+    init, close = checkpoint.StageCheckpointer.__init__, checkpoint.StageCheckpointer.close
+    monkeypatch.setattr(checkpoint.StageCheckpointer, "__init__", lambda self, *a, **k: (made.append(self),
+                                                                                        init(self, *a, **k))[1])
+    monkeypatch.setattr(checkpoint.StageCheckpointer, "close", lambda self: (close(self), closed.append(self))[0])
     d = tmp_path / "run"
     p = cli("--run-dir", str(d), "--set", "stages.grpo.optimizer.inject_nan_steps=[3,4,5]",
             "--set", "stages.grpo.optimizer.max_consecutive_skips=3")
     assert p.returncode == 1, p.stderr[-3000:]
+    # the failed stage's checkpointer is closed too (its Orbax threads end), not left to garbage collection
+    assert made and all(any(c is m for c in closed) for m in made), (len(made), len(closed))
     err = [ln for ln in p.stderr.splitlines() if "consecutive" in ln]
     assert err and "3 consecutive steps" in err[-1] and "step 5" in err[-1], p.stderr[-2000:]
     gdir = d / "checkpoints" / "grpo"
