@@ -6,15 +6,12 @@ Switch-style balancing loss weighted by ``router_aux_loss_coef``."""
 from __future__ import annotations
 
 from ..config import MoEConfig, TransformerConfig
-from ..transformer import segments
 from . import qwen3_moe
 from .base import (
     ConfigError,
     Tensor,
     common_from_hf,
     common_to_hf,
-    expert_tensors,
-    llama_like,
     need,
     refuse,
     unsupported_cfg,
@@ -55,6 +52,4 @@ def to_hf(cfg: TransformerConfig) -> dict:
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    segs = segments(cfg)
-    return llama_like(cfg, segs) + [t for s, _, _, moe in segs if moe
-                                    for t in expert_tensors(s, "model.layers.{i}.mlp")]
+    return qwen3_moe.tensors(cfg)  # the same names: Llama's layers, experts under mlp.experts, router mlp.gate
