@@ -61,8 +61,11 @@ class MLAConfig:
 
 @dataclass(frozen=True)
 class LinearAttnConfig:
-    """Gated DeltaNet linear-attention layers among the attention ones (Qwen3.5, Qwen3-Next): which layers,
-    their key/value heads and head dims, and the causal convolution's kernel (``models/layers/gated_deltanet``)."""
+    """Recurrent layers among the attention ones: which layers, their kind, key/value heads and head dims, and
+    the causal convolution's kernel. ``kind``: ``gated_deltanet`` (Qwen3.5, Qwen3-Next:
+    ``models/layers/gated_deltanet``) or ``mamba2`` (Granite 4.0-H: ``models/layers/mamba2``), whose B/C groups,
+    state size, heads and head size are k_heads, k_dim, v_heads and v_dim (its state [H, N, P] is a Gated
+    DeltaNet state's [Hv, dk, dv]); ``conv_bias`` and ``dt_limit`` are Mamba-2's."""
 
     layers: tuple[int, ...]
     k_heads: int
@@ -70,10 +73,14 @@ class LinearAttnConfig:
     k_dim: int
     v_dim: int
     conv: int = 4
+    kind: str = "gated_deltanet"
+    conv_bias: bool = False
+    dt_limit: tuple[float, float] = (0.0, float("inf"))
 
     @property
     def channels(self) -> int:
-        """The convolution's channels: q and k of every key head, then v of every value head."""
+        """The convolution's channels: q and k of every key head, then v of every value head (Mamba-2: x of
+        every head, B and C of every group)."""
         return 2 * self.k_heads * self.k_dim + self.v_heads * self.v_dim
 
 

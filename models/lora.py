@@ -38,6 +38,7 @@ from flax import nnx
 
 from .config import LoRAConfig, TransformerConfig
 from .layers import invariant
+from .layers.init import drawn
 
 __all__ = ["LoRAConfig", "LoRAError", "adapt", "attach", "base_mdef", "dropout", "dropout_key", "init_adapters",
            "join", "load_adapter", "merge", "save_lora", "split", "trainable", "weight", "with_lora",
@@ -101,7 +102,7 @@ def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
                 ni = _N_IN.get(t, 1)
                 lead, ins, outs = shape[:nb], shape[nb:nb + ni], shape[nb + ni:]
                 fan_in = math.prod(ins)
-                a = jax.random.uniform(rngs.params(), (n, *lead, *ins, lc.rank), jnp.float32, -1.0, 1.0)
+                a = drawn(jax.random.uniform(rngs.params(), (n, *lead, *ins, lc.rank), jnp.float32, -1.0, 1.0))
                 a = a * fan_in**-0.5
                 setattr(mod, t + SUFFIX_A, nnx.Param(a.astype(w.value.dtype),
                                                      axes=axes[:nb + ni] + ("lora_rank",)))
@@ -344,7 +345,7 @@ def init_adapters(mdef: Any, seed: int) -> dict:
         t = name[:-len(SUFFIX_A)]
         ni = _N_IN.get(t, 1)
         fan_in = math.prod(s.shape[-1 - ni:-1])
-        a = jax.random.uniform(jax.random.fold_in(key, i), s.shape, jnp.float32, -1.0, 1.0) * fan_in**-0.5
+        a = drawn(jax.random.uniform(jax.random.fold_in(key, i), s.shape, jnp.float32, -1.0, 1.0)) * fan_in**-0.5
         out.append(a.astype(s.dtype))
     return jax.tree.unflatten(tree, out)
 

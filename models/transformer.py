@@ -30,6 +30,8 @@ from .config import TransformerConfig
 from .layers import invariant
 from .layers.attention import Attention, attention_mask, freeze, rope_for
 from .layers.gated_deltanet import GatedDeltaNet
+from .layers.init import drawn
+from .layers.mamba2 import Mamba2
 from .layers.mla import MLA
 from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
@@ -147,9 +149,14 @@ class Block(nnx.Module):
         self.hybrid = cfg.linear is not None  # the cache carries recurrent states after the keys/values
         if linear:
             lin = cfg.linear
-            self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
-                                      rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd, dtype=dt,
-                                      out_scale=out_scale)
+            if lin.kind == "mamba2":
+                self.attn = Mamba2(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv, rngs=rngs,
+                                   conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm_eps=cfg.norm_eps,
+                                   param_dtype=pd, dtype=dt, out_scale=out_scale)
+            else:
+                self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
+                                          rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd, dtype=dt,
+                                          out_scale=out_scale)
         elif cfg.mla is not None:
             self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
                             rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale)
@@ -315,7 +322,7 @@ class Transformer(nnx.Module):
             raise ValueError("query_length_scale: grouped-query attention only (not multi-head latent attention)")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
-        emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32) * 0.02
+        emb = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32)) * 0.02
         self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
         for name, _, n, moe in segments(cfg):
             setattr(self, name, _stack(cfg, n, moe, rngs, _stack_kind(cfg, name)[1]))
@@ -324,7 +331,8 @@ class Transformer(nnx.Module):
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
-            w = jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32) * cfg.d_model**-0.5
+            w = drawn(jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32))
+            w = w * cfg.d_model**-0.5
             self.lm_head = nnx.Param(w.astype(pd), axes=("embed", "vocab"))
         if cfg.lora is not None:
             from .lora import attach
@@ -743,13 +751,22 @@ class ModelDef:
         return nnx.to_pure_dict(self.template)
 
 
-def create(cfg: TransformerConfig, seed: int = 0, *, abstract: bool = False) -> tuple[ModelDef, dict | None]:
-    """Build a model; returns (ModelDef, params). ``abstract=True`` allocates nothing (params=None)."""
+def create(cfg: TransformerConfig, seed: int = 0, *, abstract: bool = False,
+           shardings: Any = None) -> tuple[ModelDef, dict | None]:
+    """Build a model; returns (ModelDef, params). ``abstract=True`` allocates nothing (params=None).
+
+    Fresh weights are drawn in one jitted program whose outputs land on ``shardings`` (a params-shaped tree
+    of shardings; None: the default device): each device draws only the slices it holds (JAX's partitionable
+    random bits do not depend on the layout), so a 70B model initialised over a pod never exists whole on one
+    device or host, and one program replaces a few hundred eager ops. The weights are those the op-by-op
+    construction gives, bit for bit, on any layout."""
     abs_model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
     graphdef, template = nnx.split(abs_model, nnx.Param)
     mdef = ModelDef(cfg, graphdef, template)
     if abstract:
         return mdef, None
-    model = Transformer(cfg, rngs=nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return mdef, params
+
+    def draw() -> dict:
+        return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param))
+
+    return mdef, jax.jit(draw, out_shardings=shardings)()

@@ -1,9 +1,9 @@
-"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5 and Qwen3.5 checkpoints, each with its own chat template (gpt-oss's
-harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a <think>, Qwen's
-<|im_start|> turns) and a JSONL math dataset (gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh
-expert 2), OLMo-2 and Qwen3.5 (linear-attention layers) tensor-parallel, GLM-4.5 both (data 2 x tensor 2 x
-expert 2). The trained weights export back to transformers with
-the same logits."""
+"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5 and Granite 4.0-H checkpoints, each with its own chat
+template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a
+<think>, Qwen's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL math dataset (gsm8k rows), on
+8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers) and Granite 4.0-H
+(Mamba-2 layers) tensor-parallel, GLM-4.5 both (data 2 x tensor 2 x expert 2). The trained weights export back
+to transformers with the same logits."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ QWEN = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n'
         "{% endif %}")
 GLM = ("[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n<think>' }}{% endif %}")
+GRANITE = ("{% for message in messages %}{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + "
+           "message['content'] + '<|end_of_text|>\n' }}{% endfor %}{% if add_generation_prompt %}"
+           "{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}")
 FAMILIES = {
     "gpt_oss": (HARMONY, ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"],
                 {"eos_token": "<|return|>", "pad_token": "<|endoftext|>"}, {"data": 4, "expert": 2}),
@@ -46,6 +49,9 @@ FAMILIES = {
     # Qwen3.5: a Gated DeltaNet layer then a gated attention layer, tensor-parallel (both split by heads)
     "qwen3_5": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                 {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 4, "tensor": 2}),
+    # Granite 4.0-H: a Mamba-2 layer (heads and B/C groups split by the tensor axis) then an attention layer
+    "granite4_h": (GRANITE, ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>"],
+                   {"eos_token": "<|end_of_text|>", "pad_token": "<|pad|>"}, {"data": 4, "tensor": 2}),
 }
 CORPUS = ["What is 12 + 30? The answer is 42.", "<answer>42</answer> #### 42", "Think step by step about numbers.",
           "What is 7 + 6? It is 13."] * 20
@@ -83,6 +89,11 @@ def _checkpoint(path, family):
         cfg = transformers.Qwen3_5TextConfig(**common, layer_types=["linear_attention", "full_attention"],
                                              linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                                              linear_num_value_heads=4)
+    elif family == "granite4_h":
+        cfg = transformers.GraniteMoeHybridConfig(**common, layer_types=["mamba", "attention"], num_local_experts=0,
+                                                  shared_intermediate_size=32, mamba_n_heads=4, mamba_n_groups=2,
+                                                  mamba_d_state=8, embedding_multiplier=4.0, residual_multiplier=0.5,
+                                                  attention_multiplier=0.25, logits_scaling=2.0)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ import pytest
 from reasoning_rl.models import (
     CheckpointError,
     ConfigError,
+    LinearAttnConfig,
     MLAConfig,
     MoEConfig,
     TransformerConfig,
@@ -80,6 +81,11 @@ FAMILY_CONFIGS = {
     "seed_oss": TransformerConfig(**BASE, family="seed_oss", qkv_bias=True, out_bias=True, rope_theta=1e7),
     "granite": TransformerConfig(**BASE, family="granite", qkv_bias=True, out_bias=True, embed_multiplier=12.0,
                                  residual_multiplier=0.22, query_scale=0.3, logits_scaling=8.0),
+    # Granite 4.0-H: Mamba-2 layers (two groups, a conv bias) around attention layers without rotary embeddings
+    "granite4_h": TransformerConfig(**{**BASE, "n_layers": 3}, family="granite", embed_multiplier=12.0,
+                                    residual_multiplier=0.22, query_scale=0.3, logits_scaling=2.0, nope_layers=(1,),
+                                    linear=LinearAttnConfig(layers=(0, 2), k_heads=2, v_heads=4, k_dim=8, v_dim=16,
+                                                            kind="mamba2", conv_bias=True)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -453,14 +459,23 @@ def test_safetensors_bf16_round_trip(tmp_path):
     np.testing.assert_array_equal(f.get("b"), b)
 
 
-def test_granite4_mamba_layers_and_experts_are_refused_by_name(tmp_path):
-    """Granite 4.0's format loads when every layer is attention and there are no routed experts; its Mamba-2
-    layers (the "H" models) and experts are refused naming them."""
+def test_granite4_layer_types_and_experts(tmp_path):
+    """Granite 4.0's format loads all-attention or with Mamba-2 layers (either spelling of layer_types; none given:
+    all Mamba-2, as the reference reads it), without routed experts; a bad layer_types entry, Mamba-2 projection
+    biases, heads that do not fill the mixer and routed experts are refused naming the field."""
     base = {"model_type": "granitemoehybrid", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
-            "vocab_size": 64, "shared_intermediate_size": 40, "num_local_experts": 0}
-    for types, match in ((["attention", "mamba"], r"Mamba-2 layers \(layer_types, layers \[1\]\)"),
-                         (["linear_attention"] * 2, r"Mamba-2 layers \(layer_types, layers \[0, 1\]\)")):
+            "vocab_size": 64, "shared_intermediate_size": 40, "num_local_experts": 0, "mamba_n_heads": 8,
+            "mamba_d_state": 16}
+    for types, layers in ((["attention", "mamba"], (1,)), (["linear_attention", "full_attention"], (0,)),
+                          (None, (0, 1))):
         (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": types}))
+        lin = config_from_hf(tmp_path).linear
+        assert (lin.kind, lin.layers, lin.v_heads, lin.v_dim, lin.k_heads, lin.k_dim) == ("mamba2", layers, 8, 8, 1, 16)
+    for over, match in (({"layer_types": ["attention", "conv"]}, r"layer_types must give mamba or attention.*'conv'"),
+                        ({"layer_types": ["attention"]}, r"layer_types must give .* 2 layers \(got 1 entries"),
+                        ({"mamba_proj_bias": True}, r"mamba_proj_bias=True is not supported"),
+                        ({"mamba_n_heads": 8, "mamba_d_head": 4}, r"mamba_n_heads=8 x mamba_d_head=4 must equal")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": ["mamba", "attention"], **over}))
         with pytest.raises(ConfigError, match=match):
             config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": ["attention"] * 2,
@@ -472,14 +487,18 @@ def test_granite4_mamba_layers_and_experts_are_refused_by_name(tmp_path):
     assert (cfg.family, cfg.ffn_dim, cfg.nope_layers) == ("granite", 40, (0, 1))
 
 
-@pytest.mark.parametrize("model_type,why", [("jamba", "Mamba layers"), ("minimax", "lightning \\(linear\\) attention layers"),
-                                            ("falcon_h1", "Mamba-2 layers"), ("lfm2", "short-convolution layers")])
+@pytest.mark.parametrize("model_type,why", [("jamba", "Mamba \\(v1\\) layers keep a recurrent"),
+                                            ("minimax", "lightning \\(linear\\) attention layers keep a recurrent"),
+                                            ("falcon_h1", "layers run a Mamba-2 mixer beside attention"),
+                                            ("nemotron_h", "layers are Mamba-2, attention or MLP blocks alone"),
+                                            ("lfm2", "short-convolution layers keep a recurrent")])
 def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, why):
-    """A hybrid whose other layers keep a recurrent state of a kind not implemented is refused naming those layers,
-    not only as an unknown type; an unknown type lists every supported one, the vision-language wrappers and the
+    """A recurrent or hybrid model whose layers are not of the kinds here is refused saying what is missing, not
+    only as an unknown type; an unknown type lists every supported one, the vision-language wrappers and the
     Gated DeltaNet hybrids (Qwen3.5, Qwen3-Next) included."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "num_hidden_layers": 2}))
-    with pytest.raises(ConfigError, match=f"model_type '{model_type}' is not supported: its {why} keep a recurrent"):
+    with pytest.raises(ConfigError, match=f"model_type '{model_type}' is not supported: its {why}.*Mamba-2 in "
+                                          "Granite 4.0-H"):
         config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rwkv7"}))
     with pytest.raises(ConfigError, match=r"'rwkv7' is not supported \(supported: .*gemma3, gemma3_text, "

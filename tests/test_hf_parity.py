@@ -132,6 +132,20 @@ CASES = {
         "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 2.0, "attention_bias": True,
         "layer_types": ["attention"] * 2, "num_local_experts": 0, "shared_intermediate_size": 48,
         "mamba_n_heads": 8}),
+    # Granite 4.0-H: Mamba-2 layers around an attention one (two B/C groups, a conv bias, reference chunks of 8
+    # tokens so 20 and 150 span several), expert-free (H-Micro); then without rotary embeddings or conv bias, one
+    # group, and a time-step limit that binds (dt = softplus(~1) > 0.9; the reference applies it in its
+    # multi-token pass only, so not in the generation test)
+    "granite4_h": ("GraniteMoeHybridConfig", {
+        "num_hidden_layers": 3, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.3,
+        "logits_scaling": 2.0, "layer_types": ["mamba", "attention", "mamba"], "num_local_experts": 0,
+        "shared_intermediate_size": 80, "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_d_state": 12,
+        "mamba_chunk_size": 8, "position_embedding_type": "rope", "initializer_range": 0.2}),
+    "granite4_h_nope": ("GraniteMoeHybridConfig", {
+        "num_hidden_layers": 3, "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 1.0,
+        "layer_types": ["attention", "mamba", "mamba"], "num_local_experts": 0, "shared_intermediate_size": 48,
+        "mamba_n_heads": 4, "mamba_expand": 1, "mamba_d_state": 8, "mamba_d_conv": 3, "mamba_conv_bias": False,
+        "mamba_chunk_size": 16, "time_step_limit": (0.0, 0.9), "initializer_range": 0.2}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -307,7 +321,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
-                                  "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma"])
+                                  "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
+                                  "granite4_h"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -348,7 +363,7 @@ def _sft_step(mdef, params):
     return optax.apply_updates(params, updates)
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3_moe"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3_moe", "granite4_h"])
 def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
     _, path = checkpoint(name)
     model = load_pretrained(path)
@@ -363,7 +378,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
 @pytest.mark.parametrize("name", ["gemma3", "deepseek_v3", "gpt_oss", "glm4_moe", "olmo3", "smollm3_window",
                                   "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
-                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma"])
+                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -387,7 +402,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm4_moe_qk_norm", "olmo3", "seed_oss_out_bias", "smollm3_window", "glm4_moe_lite",
                                   "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
-                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma"])
+                                  "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
+                                  "granite4_h_nope"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

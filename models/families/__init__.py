@@ -51,22 +51,25 @@ FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 
-# Hybrid models whose other layers (state-space layers, short convolutions, lightning attention) carry a recurrent
-# state of a kind the layers here do not compute (Gated DeltaNet's, Qwen3.5's and Qwen3-Next's, they do): a config
-# of one of these is refused saying so, rather than only that its model_type is unknown.
+# Recurrent and hybrid models whose layers are not of the kinds here (Gated DeltaNet layers, Qwen3.5's and
+# Qwen3-Next's, and Mamba-2 layers each followed by an MLP, Granite 4.0-H's, are): a config of one of these is
+# refused saying what is missing, rather than only that its model_type is unknown.
+_STATE = "keep a recurrent state of a kind not implemented here"
 RECURRENT = {
-    "falcon_h1": "Mamba-2 layers",
-    "nemotron_h": "Mamba-2 layers", "jamba": "Mamba layers",
-    "mamba": "Mamba layers", "mamba2": "Mamba-2 layers", "lfm2": "short-convolution layers",
-    "lfm2_moe": "short-convolution layers", "minimax": "lightning (linear) attention layers",
+    "falcon_h1": "layers run a Mamba-2 mixer beside attention, a parallel hybrid not implemented here",
+    "nemotron_h": "layers are Mamba-2, attention or MLP blocks alone, a mixer without an MLP: not implemented here",
+    "mamba2": "layers are Mamba-2 mixers without MLPs, not implemented here",
+    "jamba": f"Mamba (v1) layers {_STATE}", "mamba": f"Mamba (v1) layers {_STATE}",
+    "lfm2": f"short-convolution layers {_STATE}", "lfm2_moe": f"short-convolution layers {_STATE}",
+    "minimax": f"lightning (linear) attention layers {_STATE}",
 }
 
 
 def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
-                          "keep a recurrent state of a kind not implemented here (Gated DeltaNet's is: Qwen3.5, "
-                          "Qwen3-Next)")
+                          "(recurrent layers here: Gated DeltaNet in Qwen3.5 and Qwen3-Next, Mamba-2 in Granite "
+                          "4.0-H)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")

@@ -6,13 +6,14 @@ by ``logits_scaling``. ``attention_bias`` puts biases on all four attention proj
 
 Granite 4.0's format (``granitemoehybrid``) is the same model with its MLP under another name
 (``shared_mlp.input_linear``: gate then up rows; ``output_linear``), rotary embeddings only with
-``position_embedding_type: rope``, and optionally Mamba-2 layers and routed experts: its all-attention,
-expert-free checkpoints (Granite-4.0-Micro) load here; Mamba-2 layers (the "H" models) and experts are
-refused by name."""
+``position_embedding_type: rope``, and optionally Mamba-2 layers (``layer_types`` ``mamba``: the "H" models,
+``models/layers/mamba2``; their ``in_proj`` holds z, x, B, C and dt rows one after the other, ``conv1d`` the
+x, B and C channels) and routed experts (refused by name): the all-attention Granite-4.0-Micro and the
+expert-free hybrids (Granite-4.0-H-Micro, H-1B, H-350M) load here."""
 
 from __future__ import annotations
 
-from ..config import TransformerConfig
+from ..config import LinearAttnConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
     ConfigError,
@@ -21,6 +22,8 @@ from .base import (
     common_from_hf,
     common_to_hf,
     llama_like,
+    need,
+    outer_tensors,
     refuse,
     unsupported_cfg,
 )
@@ -30,6 +33,30 @@ MODEL_TYPES = ("granite", "granitemoehybrid")
 ARCHITECTURE = "GraniteForCausalLM"
 HYBRID, HYBRID_ARCHITECTURE = "granitemoehybrid", "GraniteMoeHybridForCausalLM"
 MAMBA = ("mamba", "linear_attention")  # a Mamba-2 layer's layer_types entry (transformers 4, 5)
+ATTENTION = ("attention", "full_attention")
+
+
+def _number(v) -> float:
+    """A float of config.json, where transformers writes infinity as ``{"__float__": "Infinity"}``."""
+    return float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else float(v)
+
+
+def mamba_from_hf(hf: dict, layers: list[int]) -> LinearAttnConfig:
+    """The Mamba-2 layers' shapes (``mamba_*`` fields; head size "auto": expand * hidden / heads)."""
+    refuse(hf, "mamba_proj_bias", lambda v: not v, "Mamba-2 in_proj/out_proj biases")
+    d, heads = need(hf, "hidden_size"), hf.get("mamba_n_heads", 128)
+    inner = hf.get("mamba_expand", 2) * d
+    head = hf.get("mamba_d_head", "auto")
+    head = inner // heads if head in ("auto", None) else head
+    groups = hf.get("mamba_n_groups", 1)
+    if head * heads != inner or heads % groups:
+        raise ConfigError(f"config.json: mamba_n_heads={heads} x mamba_d_head={head} must equal mamba_expand x "
+                          f"hidden_size={inner}, with mamba_n_groups={groups} dividing the heads")
+    limit = [_number(v) for v in (hf.get("time_step_limit") or (0.0, float("inf")))]
+    return LinearAttnConfig(layers=tuple(layers), k_heads=groups, v_heads=heads, k_dim=hf.get("mamba_d_state", 256),
+                            v_dim=head, conv=hf.get("mamba_d_conv", 4), kind="mamba2",
+                            conv_bias=bool(hf.get("mamba_conv_bias", True)),
+                            dt_limit=(float(limit[0]), float(limit[1])))
 
 
 def from_hf(hf: dict) -> TransformerConfig:
@@ -38,16 +65,19 @@ def from_hf(hf: dict) -> TransformerConfig:
     bias = bool(hf.get("attention_bias", False))
     kw = {}
     if hf.get("model_type") == HYBRID:
-        types = list(hf.get("layer_types") or hf.get("layers_block_type") or [])
+        n = need(hf, "num_hidden_layers")
+        types = list(hf.get("layer_types") or hf.get("layers_block_type") or ["mamba"] * n)  # (the reference's)
+        bad = sorted({str(t) for t in types if t not in MAMBA + ATTENTION})
+        if len(types) != n or bad:
+            raise ConfigError(f"config.json: layer_types must give mamba or attention for each of the {n} layers "
+                              f"(got {len(types)} entries{', unknown ' + repr(bad) if bad else ''})")
         mamba = [i for i, t in enumerate(types) if t in MAMBA]
-        if mamba or not types:
-            raise ConfigError(f"config.json: model_type {HYBRID!r} with Mamba-2 layers (layer_types, layers "
-                              f"{mamba[:4] or 'all'}) is not supported: their recurrent state is of a kind not "
-                              "implemented here (an all-attention Granite 4.0 checkpoint is)")
+        if mamba:
+            kw["linear"] = mamba_from_hf(hf, mamba)
         refuse(hf, "num_local_experts", lambda v: v == 0, "routed experts")
         hf = {**hf, "intermediate_size": hf.get("shared_intermediate_size")}
         if hf.get("position_embedding_type") != "rope":
-            kw["nope_layers"] = tuple(range(len(types)))
+            kw["nope_layers"] = tuple(i for i in range(n) if i not in mamba)
     return TransformerConfig(**common_from_hf(
         hf, NAME, qkv_bias=bias, out_bias=bias, embed_multiplier=float(hf.get("embedding_multiplier", 1.0)),
         residual_multiplier=float(hf.get("residual_multiplier", 1.0)),
@@ -56,32 +86,66 @@ def from_hf(hf: dict) -> TransformerConfig:
 
 
 def _hybrid(cfg: TransformerConfig) -> bool:
-    """Written in Granite 4.0's format: read from one, or without rotary embeddings (which only it expresses)."""
-    return bool(cfg.nope_layers) or cfg.extra.get("hf_config", {}).get("model_type") == HYBRID
+    """Written in Granite 4.0's format: read from one, or with what only it expresses (no rotary embeddings,
+    Mamba-2 layers)."""
+    return (bool(cfg.nope_layers) or cfg.linear is not None
+            or cfg.extra.get("hf_config", {}).get("model_type") == HYBRID)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias != cfg.out_bias, qk_norm=cfg.qk_norm, moe=cfg.moe is not None,
                     mla=cfg.mla is not None, sliding_window=cfg.sliding_window > 0,
-                    nope_layers=0 < len(cfg.nope_layers) < cfg.n_layers)
+                    linear=cfg.linear is not None and cfg.linear.kind != "mamba2",
+                    nope_layers=bool(cfg.nope_layers) and set(cfg.nope_layers) != set(cfg.attention_layers))
     out = {**common_to_hf(cfg, "granite", ARCHITECTURE), "attention_bias": cfg.qkv_bias, "mlp_bias": False,
            "embedding_multiplier": cfg.embed_multiplier, "residual_multiplier": cfg.residual_multiplier,
            "attention_multiplier": cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5,
            "logits_scaling": cfg.logits_scaling}
     if _hybrid(cfg):
         out.update({"model_type": HYBRID, "architectures": [HYBRID_ARCHITECTURE],
-                    "layer_types": ["attention"] * cfg.n_layers, "num_local_experts": 0,
+                    "layer_types": ["mamba" if i not in cfg.attention_layers else "attention"
+                                    for i in range(cfg.n_layers)], "num_local_experts": 0,
                     "shared_intermediate_size": cfg.ffn_dim,
                     "position_embedding_type": None if cfg.nope_layers else "rope"})
+        lin = cfg.linear
+        if lin is not None:
+            if (lin.v_heads * lin.v_dim) % cfg.d_model:
+                raise ConfigError(f"TransformerConfig.linear: {lin.v_heads} Mamba-2 heads of {lin.v_dim} are not a "
+                                  f"multiple of d_model={cfg.d_model} (mamba_expand is an integer)")
+            out.update({"mamba_n_heads": lin.v_heads, "mamba_n_groups": lin.k_heads, "mamba_d_state": lin.k_dim,
+                        "mamba_d_head": lin.v_dim, "mamba_d_conv": lin.conv, "mamba_conv_bias": lin.conv_bias,
+                        "mamba_proj_bias": False, "time_step_limit": list(lin.dt_limit),
+                        "mamba_expand": lin.v_heads * lin.v_dim // cfg.d_model})
     return out
+
+
+def mamba_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.mamba") -> list[Tensor]:
+    """A Mamba-2 mixer: in_proj rows z, x, B, C, dt; conv1d (and its bias) channels x, B, C."""
+    lin = cfg.linear
+    hp, gn = lin.v_heads * lin.v_dim, lin.k_heads * lin.k_dim
+    rows, chans = (hp, hp, gn, gn, lin.v_heads), (hp, gn, gn)
+    out = [Tensor((seg, "attn", n), f"{prefix}.in_proj.weight", "t1", piece=Piece(0, j, rows))
+           for j, n in enumerate(("z", "x", "B", "C", "dt"))]
+    out += [Tensor((seg, "attn", f"conv_{n}"), f"{prefix}.conv1d.weight", "conv", piece=Piece(0, j, chans))
+            for j, n in enumerate("xBC")]
+    if lin.conv_bias:
+        out += [Tensor((seg, "attn", f"conv_{n}_bias"), f"{prefix}.conv1d.bias", "flat", piece=Piece(0, j, chans))
+                for j, n in enumerate("xBC")]
+    out += [Tensor((seg, "attn", n), f"{prefix}.{n}") for n in ("dt_bias", "A_log", "D")]
+    return out + [Tensor((seg, "attn", "norm"), f"{prefix}.norm.weight", "flat"),
+                  Tensor((seg, "attn", "o"), f"{prefix}.out_proj.weight", "t2")]
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     if not _hybrid(cfg):
         return llama_like(cfg, segments(cfg))
-    out = llama_like(cfg, segments(cfg), dense_mlp=False)
+    segs = segments(cfg)
+    out = llama_like(cfg, [s for s in segs if not s[0].startswith("linear")], dense_mlp=False)
+    out += llama_like(cfg, [s for s in segs if s[0].startswith("linear")], attention=False, dense_mlp=False)[
+        len(outer_tensors(cfg)):]
+    out += [t for s in segs if s[0].startswith("linear") for t in mamba_tensors(s[0], cfg)]
     pre = "model.layers.{i}.shared_mlp"
-    for seg, _, _, _ in segments(cfg):
+    for seg, _, _, _ in segs:
         out += [Tensor((seg, "mlp", n), f"{pre}.input_linear.weight", "t1", piece=Piece(0, k, (cfg.ffn_dim,) * 2))
                 for k, n in enumerate(("gate", "up"))]
         out.append(Tensor((seg, "mlp", "down"), f"{pre}.output_linear.weight", "t1"))

@@ -83,7 +83,8 @@ def rope_to_hf(cfg: TransformerConfig) -> dict:
 
 def to_hf(cfg: TransformerConfig, moe_ok: bool = False) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=not cfg.qk_norm, moe=cfg.moe is not None and not moe_ok,
-                    mla=cfg.mla is not None, linear=cfg.linear is None, attn_gate=not cfg.attn_gate,
+                    mla=cfg.mla is not None, linear=cfg.linear is None or cfg.linear.kind != "gated_deltanet",
+                    attn_gate=not cfg.attn_gate,
                     norm_offset=cfg.norm_offset != 1.0, rope_scaling=cfg.rope_scaling is not None,
                     sliding_window=cfg.sliding_window != 0)
     out = {**common_to_hf(cfg, "qwen3_5_text", ARCHITECTURE), "attention_bias": False, **linear_to_hf(cfg),

@@ -28,7 +28,7 @@ from flax import nnx
 from reasoning_rl.sharding import constrain
 
 from ..lora import adapt
-from .init import param
+from .init import drawn, param
 
 CHUNK = 64
 
@@ -37,17 +37,18 @@ def l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
-def recurrent_delta_rule(q, k, v, g, beta, state, seg=None):
+def recurrent_delta_rule(q, k, v, g, beta, state, seg=None, delta: bool = True):
     """The gated delta rule token by token. q/k [B, T, H, dk] (normalised, scaled, float32), v [B, T, H, dv],
     g/beta [B, T, H], state [B, H, dk, dv]; ``seg`` [B, T] (packed rows): a token whose segment differs from the
     one before starts from a zero state (the incoming state counts as the first token's segment). Returns
-    (o [B, T, H, dv], final state)."""
+    (o [B, T, H, dv], final state). ``delta=False``: the decayed sum ``S <- exp(g) S + beta k v^T`` without the
+    delta correction (Mamba-2's state-space recurrence: ``models/layers/mamba2``)."""
     keep = jnp.ones(g.shape, g.dtype) if seg is None else _continues(seg)[..., None].astype(g.dtype)
 
     def step(s, xs):
         q_t, k_t, v_t, g_t, b_t, c_t = xs
         s = s * (jnp.exp(g_t) * c_t)[..., None, None]
-        mem = jnp.einsum("bhkv,bhk->bhv", s, k_t)
+        mem = jnp.einsum("bhkv,bhk->bhv", s, k_t) if delta else 0.0
         s = s + k_t[..., :, None] * ((v_t - mem) * b_t[..., None])[..., None, :]
         return s, jnp.einsum("bhkv,bhk->bhv", s, q_t)
 
@@ -60,13 +61,14 @@ def _continues(seg: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] == seg[:, :-1]], axis=1)
 
 
-def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
+def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None, delta: bool = True):
     """``recurrent_delta_rule`` in chunks of ``chunk`` tokens (the same function; T padded with tokens that
     leave the state alone). Within a chunk, with cumulative log decay c_i and the strictly lower matrix
     A_ij = beta_i (k_i . k_j) exp(c_i - c_j), the chunk's corrected values are u = (I + A)^-1 (beta v) minus
     the part the incoming state predicts, w S with w = (I + A)^-1 (beta k exp(c)); outputs and the outgoing
     state are then products with S and u. ``seg``: a segment start is a decay of zero, so every factor that
-    spans one (between two tokens, from the chunk's start, to its end) is zero."""
+    spans one (between two tokens, from the chunk's start, to its end) is zero. ``delta=False``: no correction
+    (A = 0, w = 0): the chunked form of Mamba-2's state-space duality."""
     b, t, h, dk = k.shape
     dv = v.shape[-1]
     c = min(chunk, t)
@@ -89,15 +91,18 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
         end = (sc == sc[..., -1:]).astype(g.dtype)  # token j in the chunk's last segment
         lower = lower & (sc[..., :, None] == sc[..., None, :])
     decay = jnp.exp(jnp.where(lower, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [.., C, C], j <= i
-    kk = jnp.einsum("...id,...jd->...ij", k, k)
-    a = jnp.where(jnp.tril(lower, -1), beta[..., :, None] * kk * decay, 0.0)
-    eye = jnp.eye(c, dtype=a.dtype)
+    if delta:
+        kk = jnp.einsum("...id,...jd->...ij", k, k)
+        a = jnp.where(jnp.tril(lower, -1), beta[..., :, None] * kk * decay, 0.0)
+        eye = jnp.eye(c, dtype=a.dtype)
 
-    def solve(rhs):
-        return jax.lax.linalg.triangular_solve(eye + a, rhs, left_side=True, lower=True, unit_diagonal=True)
+        def solve(rhs):
+            return jax.lax.linalg.triangular_solve(eye + a, rhs, left_side=True, lower=True, unit_diagonal=True)
 
-    u = solve(v * beta[..., None])
-    w = solve(k * (beta * jnp.exp(cum) * start)[..., None])
+        u = solve(v * beta[..., None])
+        w = solve(k * (beta * jnp.exp(cum) * start)[..., None])
+    else:
+        u, w = v * beta[..., None], None
     intra = jnp.einsum("...id,...jd->...ij", q, k) * decay
     q_dec = q * (jnp.exp(cum) * start)[..., None]
     k_dec = k * (jnp.exp(cum[..., -1:] - cum) * end)[..., None]
@@ -105,7 +110,7 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None):
 
     def step(s, xs):
         u_i, w_i, intra_i, q_i, k_i, last_i = xs
-        v_new = u_i - w_i @ s
+        v_new = u_i if w_i is None else u_i - w_i @ s
         o = q_i @ s + intra_i @ v_new
         s = s * last_i + jnp.swapaxes(k_i, -1, -2) @ v_new
         return s, o
@@ -132,6 +137,29 @@ def _take(x: jax.Array, idx: jax.Array | None) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def causal_conv(mixed: jax.Array, kernel: jax.Array, count: jax.Array, prev: jax.Array | None,
+                seg: jax.Array | None, bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """The depthwise causal convolution (then SiLU) over compacted rows ``mixed`` [B, T, C] with ``kernel``
+    [K, C] (and ``bias`` [C]), after ``prev`` [B, K-1, C] (a cache's last inputs; None: a fresh sequence, zeros).
+    ``seg``: packed rows' compacted segment ids (a tap reaching into an earlier sequence reads zero, as at a
+    sequence's start). Returns (out [B, T, C], the row's last K - 1 valid inputs: the cache's next ``prev``;
+    None without one)."""
+    b, t, _ = mixed.shape
+    k1 = kernel.shape[0] - 1
+    window = jnp.concatenate([jnp.zeros((b, k1, mixed.shape[-1]), mixed.dtype) if prev is None
+                              else prev.astype(mixed.dtype), mixed], axis=1)  # [B, K-1+T, C]
+    if seg is None:
+        taps = [window[:, j:j + t] for j in range(k1 + 1)]
+    else:
+        seg_w = jnp.concatenate([jnp.full((b, k1), -1, seg.dtype), seg], axis=1)
+        taps = [jnp.where((seg_w[:, j:j + t] == seg)[..., None], window[:, j:j + t], 0) for j in range(k1 + 1)]
+    conv = sum(tap.astype(jnp.float32) * kernel[j].astype(jnp.float32) for j, tap in enumerate(taps))
+    if bias is not None:
+        conv = conv + bias.astype(jnp.float32)
+    new = _take(window, count[:, None] + jnp.arange(k1)[None]) if prev is not None else None
+    return jax.nn.silu(conv.astype(mixed.dtype)), new
+
+
 class GatedDeltaNet(nnx.Module):
     """One Gated DeltaNet mixer. Parameters (the checkpoint's fused in_proj_qkv and conv1d cut per part, so
     tensor parallelism splits heads): q/k [D, Hk, dk], v/z [D, Hv, dv], b/a [D, Hv], conv_q/conv_k [K, Hk, dk],
@@ -156,7 +184,7 @@ class GatedDeltaNet(nnx.Module):
         self.conv_k = param(rngs, (conv, k_heads, k_dim), (None, "kv_heads", "head_dim"), conv, param_dtype)
         self.conv_v = param(rngs, (conv, v_heads, v_dim), (None, "heads", "head_dim"), conv, param_dtype)
         self.dt_bias = nnx.Param(jnp.ones((v_heads,), param_dtype), axes=("heads",))
-        a_init = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 1.0, 16.0)
+        a_init = drawn(jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 1.0, 16.0))
         self.A_log = nnx.Param(jnp.log(a_init).astype(param_dtype), axes=("heads",))
         self.norm = nnx.Param(jnp.ones((v_dim,), param_dtype), axes=("norm",))
         self.o = param(rngs, (v_heads, v_dim, d_model), ("heads", "head_dim", "embed"), v_heads * v_dim,
@@ -177,20 +205,8 @@ class GatedDeltaNet(nnx.Module):
         mixed = jnp.concatenate(proj, axis=-1)  # [B, T, C]: the convolution's channels
         kernel = jnp.concatenate([getattr(self, f"conv_{n}")[...].reshape(self.kernel, -1) for n in "qkv"], -1)
         order, inverse, count = compact(valid)
-        mixed = _take(mixed, order)
-        k1 = self.kernel - 1
-        prev = jnp.zeros((b, k1, mixed.shape[-1]), mixed.dtype) if cache is None else cache[0].astype(mixed.dtype)
-        window = jnp.concatenate([prev, mixed], axis=1)  # [B, K-1+T, C]
         seg = None if segments is None else _take(segments, order)
-        if seg is None:
-            taps = [window[:, j:j + t] for j in range(self.kernel)]
-        else:  # a tap reaching into an earlier sequence reads zero, as at a sequence's start
-            seg_w = jnp.concatenate([jnp.full((b, k1), -1, seg.dtype), seg], axis=1)
-            taps = [jnp.where((seg_w[:, j:j + t] == seg)[..., None], window[:, j:j + t], 0)
-                    for j in range(self.kernel)]
-        conv = sum(tap.astype(jnp.float32) * kernel[j].astype(jnp.float32) for j, tap in enumerate(taps))
-        conv = jax.nn.silu(conv.astype(dt))
-        new_conv = _take(window, count[:, None] + jnp.arange(k1)[None]) if cache is not None else None
+        conv, new_conv = causal_conv(_take(mixed, order), kernel, count, None if cache is None else cache[0], seg)
 
         qc, kc, vc = jnp.split(conv.astype(jnp.float32), [sizes[0], sizes[0] + sizes[1]], axis=-1)
         r = self.v_heads // self.k_heads

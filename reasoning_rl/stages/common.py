@@ -454,8 +454,8 @@ class Runtime:
         """The model without adapters: model.path's weights, or a fresh init from ``seed``."""
         if self.hf_path:
             return self.load_hf(self.hf_path)
-        _, params = create(self.base_mdef.cfg, self.cfg.seed if seed is None else seed)
-        return dist.move(params, lora.split(self.param_shardings)[0] if self.lora else self.param_shardings)
+        shardings = lora.split(self.param_shardings)[0] if self.lora else self.param_shardings
+        return create(self.base_mdef.cfg, self.cfg.seed if seed is None else seed, shardings=shardings)[1]
 
     def load_hf(self, path: str) -> dict:
         from reasoning_rl.models.hf import load_params

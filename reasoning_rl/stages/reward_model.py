@@ -67,7 +67,7 @@ class RewardRuntime(Runtime):
         from reasoning_rl.models import create
 
         seed = self.cfg.seed if seed is None else seed
-        _, backbone = create(self.mdef.backbone.cfg, seed)
+        _, backbone = create(self.mdef.backbone.cfg, seed, shardings=self.param_shardings["backbone"])
         return jax.device_put({"backbone": backbone, "score": self.mdef.init_score(seed + 1)}, self.param_shardings)
 
     def with_head(self, backbone: dict, seed: int) -> dict:

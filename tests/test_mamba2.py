@@ -1,0 +1,138 @@
+"""Mamba-2 layers (Granite 4.0-H): the chunked state-space form equals the token-by-token recurrence (and the
+recurrence the formula), a row's numbers do not depend on its padding, packed rows equal their sequences alone,
+and LoRA adapters on the hybrid round-trip through peft (transformers' model with them gives our logits).
+Logits, generation and the save round trip against transformers are in ``test_hf_parity`` (``granite4_h``), the
+sampler's log-probs against the trainer's in ``test_families_sampling``, a GRPO run in ``test_hf_families_run``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reasoning_rl.models import LoRAConfig, create, lora
+from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, recurrent_delta_rule
+from test_hf_io import FAMILY_CONFIGS
+from test_models_layers import random_params
+
+
+def _formula(q, k, v, g, s0):
+    """S <- exp(g) S + k v^T; o = S^T q, one row at a time in float64."""
+    q, k, v, g, s = (np.asarray(a, np.float64) for a in (q, k, v, g, s0))
+    out = np.zeros(v.shape)
+    for t in range(q.shape[1]):
+        s = s * np.exp(g[:, t])[..., None, None] + k[:, t, :, :, None] * v[:, t, :, None, :]
+        out[:, t] = np.einsum("bhkv,bhk->bhv", s, q[:, t])
+    return out, s
+
+
+def test_chunked_state_space_form_equals_the_recurrence_and_the_formula():
+    b, t, h, n, p = 2, 37, 3, 5, 4
+    ks = jax.random.split(jax.random.key(0), 6)
+    q, k = (jax.random.normal(x, (b, t, h, n)) for x in ks[:2])
+    v = jax.random.normal(ks[2], (b, t, h, p))
+    g = -jax.nn.softplus(jax.random.normal(ks[3], (b, t, h)))
+    s0 = jax.random.normal(ks[4], (b, h, n, p))
+    ones = jnp.ones((b, t, h))
+    want_o, want_s = _formula(q, k, v, g, s0)
+    rec_o, rec_s = recurrent_delta_rule(q, k, v, g, ones, s0, delta=False)
+    np.testing.assert_allclose(rec_o, want_o, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rec_s, want_s, rtol=1e-4, atol=1e-4)
+    for chunk in (8, 16, 64):  # several chunks with a ragged last one, and one chunk
+        o, s = chunked_delta_rule(q, k, v, g, ones, s0, chunk=chunk, delta=False)
+        np.testing.assert_allclose(o, rec_o, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(s, rec_s, rtol=1e-4, atol=1e-4)
+    # packed rows: a new segment starts from a zero state in both forms
+    seg = jnp.asarray(np.repeat([[0, 1, 2]], b, axis=0).repeat([10, 15, 12], axis=1))
+    o1, s1 = recurrent_delta_rule(q, k, v, g, ones, s0, seg=seg, delta=False)
+    o2, s2 = chunked_delta_rule(q, k, v, g, ones, s0, chunk=8, seg=seg, delta=False)
+    np.testing.assert_allclose(o2, o1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s2, s1, rtol=1e-4, atol=1e-4)
+    third, _ = _formula(q[:, 25:], k[:, 25:], v[:, 25:], g[:, 25:], np.zeros_like(s0))
+    np.testing.assert_allclose(o1[:, 25:], third, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    cfg = FAMILY_CONFIGS["granite4_h"]
+    mdef, _ = create(cfg, abstract=True)
+    params = random_params(mdef, 4)
+    # a conv bias and gated norm off their initial values, so ignoring either shows
+    for stack in ("linear_layers", "linear_dense_layers"):
+        if stack in params:
+            att = params[stack]["attn"]
+            for name in ("conv_x_bias", "conv_B_bias", "norm", "D", "dt_bias"):
+                att[name] = att[name] + 0.3 * jax.random.normal(jax.random.key(len(name)), att[name].shape)
+    return mdef, params
+
+
+def test_padding_does_not_change_a_rows_numbers(hybrid):
+    """Only a row's valid tokens enter the convolution and the recurrence: the same tokens with pads before,
+    between and after them give the same logits at the valid positions (in the chunked form: 20 tokens)."""
+    mdef, params = hybrid
+    net = mdef.bind(params)
+    toks = np.random.RandomState(3).randint(0, 64, 12).astype(np.int32)
+    plain = np.asarray(net(jnp.asarray(toks[None]), jnp.arange(12)[None], jnp.ones((1, 12), bool)))[0]
+    ids, valid = np.zeros((1, 20), np.int32), np.zeros((1, 20), bool)
+    where = np.array([2, 3, 4, 5, 8, 9, 10, 11, 12, 15, 16, 17])  # pads at 0-1, 6-7, 13-14, 18-19
+    ids[0, where], valid[0, where] = toks, True
+    pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+    padded = np.asarray(net(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(valid)))[0]
+    np.testing.assert_allclose(padded[where], plain, atol=2e-5)
+
+
+def test_packed_rows_equal_their_sequences_alone(hybrid):
+    """Packed SFT rows: the Mamba-2 layers' convolution and state restart with each sequence."""
+    mdef, params = hybrid
+    net = mdef.bind(params)
+    a, b = (np.random.RandomState(s).randint(0, 64, n) for s, n in ((1, 9), (2, 14)))
+    tokens, valid, segments, pos = (np.zeros((1, 32), dt) for dt in (np.int32, bool, np.int32, np.int32))
+    tokens[0, :23] = np.concatenate([a, b])
+    valid[0, :23] = True
+    segments[0, :9], segments[0, 9:23] = 1, 2
+    pos[0, :9], pos[0, 9:23] = np.arange(9), np.arange(14)
+    h, _ = net.hidden(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(valid), segments=jnp.asarray(segments))
+    packed = np.asarray(net.logits(h))[0]
+    for part, lo in ((a, 0), (b, 9)):
+        alone = np.asarray(net(jnp.asarray(part[None]), jnp.arange(len(part))[None], jnp.ones((1, len(part)), bool)))
+        np.testing.assert_allclose(packed[lo:lo + len(part)], alone[0], atol=2e-5)
+
+
+@pytest.mark.parity
+def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path):
+    """Adapters on the attention layer's q/k/v/o and the Mamba-2 layers' output projection (o: out_proj) written
+    for peft: transformers' Granite 4.0-H with them gives our logits, and the file loads back to the same model."""
+    peft = pytest.importorskip("peft")
+    torch = pytest.importorskip("torch")
+    import test_hf_parity as P
+    from reasoning_rl.models import load_pretrained, save_lora
+
+    path = tmp_path / "base"
+    P.build_reference("granite4_h").save_pretrained(path)
+    base = load_pretrained(path)
+    mdef = lora.with_lora(base.mdef, LoRAConfig(rank=3, alpha=5.0, targets=("q", "k", "v", "o")))
+    ad = lora.init_adapters(mdef, 0)
+    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(ad))))
+    ad = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), ad)
+    assert "o_lora_a" in ad["linear_layers"]["attn"]  # the Mamba-2 layers' out_proj is adapted
+    model = type(base)(mdef, lora.join(base.params, ad))
+    ids, mask = P.IDS, P.MASK
+    ours = np.asarray(model(ids, mask))
+    assert np.abs(ours - np.asarray(base(ids, mask)))[mask].max() > 1e-3  # the adapters matter
+    save_lora(model, tmp_path / "adapter")
+    conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert conf["target_modules"] == ["k_proj", "o_proj", "out_proj", "q_proj", "v_proj"]
+    import transformers
+
+    ref = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(path).eval(),
+                                         tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert np.abs(P.reference_logits(ref) - ours)[mask].max() < 1e-5
+    back = load_pretrained(path, adapter=tmp_path / "adapter")
+    np.testing.assert_array_equal(np.asarray(back(ids, mask)), ours)
