@@ -86,6 +86,13 @@ FAMILY_CONFIGS = {
                                     residual_multiplier=0.22, query_scale=0.3, logits_scaling=2.0, nope_layers=(1,),
                                     linear=LinearAttnConfig(layers=(0, 2), k_heads=2, v_heads=4, k_dim=8, v_dim=16,
                                                             kind="mamba2", conv_bias=True)),
+    # Granite 4.0-H-Tiny's shape: routed experts and the shared MLP in every layer, Mamba-2 and rotary attention
+    "granite4_h_moe": TransformerConfig(**{**BASE, "ffn_dim": 24}, family="granite", residual_multiplier=0.5,
+                                        query_scale=0.25,
+                                        moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
+                                                      aux_loss_coef=0.01),
+                                        linear=LinearAttnConfig(layers=(0,), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
+                                                                kind="mamba2", conv_bias=True)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -461,8 +468,9 @@ def test_safetensors_bf16_round_trip(tmp_path):
 
 def test_granite4_layer_types_and_experts(tmp_path):
     """Granite 4.0's format loads all-attention or with Mamba-2 layers (either spelling of layer_types; none given:
-    all Mamba-2, as the reference reads it), without routed experts; a bad layer_types entry, Mamba-2 projection
-    biases, heads that do not fill the mixer and routed experts are refused naming the field."""
+    all Mamba-2, as the reference reads it), with or without routed experts (the shared MLP their shared expert;
+    the reference's defaults where the fields are missing); a bad layer_types entry, Mamba-2 projection biases and
+    heads that do not fill the mixer are refused naming the field."""
     base = {"model_type": "granitemoehybrid", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
             "vocab_size": 64, "shared_intermediate_size": 40, "num_local_experts": 0, "mamba_n_heads": 8,
             "mamba_d_state": 16}
@@ -479,12 +487,15 @@ def test_granite4_layer_types_and_experts(tmp_path):
         with pytest.raises(ConfigError, match=match):
             config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": ["attention"] * 2,
-                                                      "num_local_experts": 4}))
-    with pytest.raises(ConfigError, match=r"num_local_experts=4 is not supported \(routed experts\)"):
-        config_from_hf(tmp_path)
+                                                      "num_local_experts": 4, "intermediate_size": 24}))
+    m = config_from_hf(tmp_path).moe
+    assert (m.n_experts, m.top_k, m.ffn_dim, m.n_shared, m.shared_ffn, m.norm_topk, m.aux_loss_coef) == (
+        4, 2, 24, 1, 40, True, 0.001)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in base.items() if k != "num_local_experts"}))
+    assert config_from_hf(tmp_path).moe.n_experts == 8
     (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": ["attention"] * 2}))
     cfg = config_from_hf(tmp_path)
-    assert (cfg.family, cfg.ffn_dim, cfg.nope_layers) == ("granite", 40, (0, 1))
+    assert (cfg.family, cfg.ffn_dim, cfg.nope_layers, cfg.moe, cfg.linear) == ("granite", 40, (0, 1), None, None)
 
 
 @pytest.mark.parametrize("model_type,why", [("jamba", "Mamba \\(v1\\) layers keep a recurrent"),

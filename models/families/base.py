@@ -7,6 +7,8 @@ Layouts (``Tensor.layout``), per layer and per expert, ours <- checkpoint:
   t1/t2  a torch ``nn.Linear`` weight [out, in]: ours is ``w.T`` reshaped, with the first 1 (t1) or 2 (t2) of
          our dims forming ``in`` (q_proj [H*D, d] -> [d, H, D] is t1; o_proj [d, H*D] -> [H, D, d] is t2)
   conv   a depthwise ``nn.Conv1d`` weight [C, 1, K]: ours is [K, ...] with the channels after the kernel
+  x1     every expert's ``nn.Linear`` weight in one tensor [E, out, in] (Granite's input_linear/output_linear):
+         ours is [E, in, out], t1 per expert
 
 A checkpoint tensor may hold several of our parameters side by side (``Tensor.piece``): Phi-3's qkv_proj
 (q, k, v rows one after the other), gate_up_proj (gate rows then up rows), gpt-oss's expert gate_up_proj
@@ -96,6 +98,8 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (math.prod(shape),)
     if layout == "conv":
         return math.prod(shape[1:]), 1, shape[0]
+    if layout == "x1":
+        return shape[0], math.prod(shape[2:]), shape[1]
     k = int(layout[1:])
     return math.prod(shape[k:]), math.prod(shape[:k])
 
@@ -107,6 +111,8 @@ def to_ours(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         return a.reshape(shape)
     if layout == "conv":
         return a[:, 0, :].T.reshape(shape)
+    if layout == "x1":
+        return np.swapaxes(a, 1, 2).reshape(shape)
     return a.T.reshape(shape)
 
 
@@ -117,6 +123,8 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         return a.reshape(-1)
     if layout == "conv":
         return a.reshape(shape[0], -1).T[:, None, :]
+    if layout == "x1":
+        return np.swapaxes(a.reshape(shape[0], shape[1], -1), 1, 2)
     k = int(layout[1:])
     return a.reshape(math.prod(shape[:k]), math.prod(shape[k:])).T
 

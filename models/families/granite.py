@@ -13,7 +13,7 @@ expert-free hybrids (Granite-4.0-H-Micro, H-1B, H-350M) load here."""
 
 from __future__ import annotations
 
-from ..config import LinearAttnConfig, TransformerConfig
+from ..config import LinearAttnConfig, MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
     ConfigError,
@@ -74,8 +74,13 @@ def from_hf(hf: dict) -> TransformerConfig:
         mamba = [i for i, t in enumerate(types) if t in MAMBA]
         if mamba:
             kw["linear"] = mamba_from_hf(hf, mamba)
-        refuse(hf, "num_local_experts", lambda v: v == 0, "routed experts")
-        hf = {**hf, "intermediate_size": hf.get("shared_intermediate_size")}
+        shared = hf.get("shared_intermediate_size", 1024)  # (the reference's defaults, here and for the experts)
+        experts = hf.get("num_local_experts", 8)
+        if experts:
+            kw["moe"] = MoEConfig(n_experts=experts, top_k=hf.get("num_experts_per_tok", 2),
+                                  ffn_dim=hf.get("intermediate_size", 11008), n_shared=1, shared_ffn=shared,
+                                  aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
+        hf = {**hf, "intermediate_size": shared}
         if hf.get("position_embedding_type") != "rope":
             kw["nope_layers"] = tuple(i for i in range(n) if i not in mamba)
     return TransformerConfig(**common_from_hf(
@@ -87,13 +92,17 @@ def from_hf(hf: dict) -> TransformerConfig:
 
 def _hybrid(cfg: TransformerConfig) -> bool:
     """Written in Granite 4.0's format: read from one, or with what only it expresses (no rotary embeddings,
-    Mamba-2 layers)."""
-    return (bool(cfg.nope_layers) or cfg.linear is not None
+    Mamba-2 layers, routed experts)."""
+    return (bool(cfg.nope_layers) or cfg.linear is not None or cfg.moe is not None
             or cfg.extra.get("hf_config", {}).get("model_type") == HYBRID)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
-    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias != cfg.out_bias, qk_norm=cfg.qk_norm, moe=cfg.moe is not None,
+    m = cfg.moe
+    moe_bad = m is not None and (m.score != "softmax" or not m.norm_topk or m.n_group > 1 or m.scaling != 1.0
+                                 or m.score_bias or m.router_bias or m.expert_bias or m.n_shared != 1 or m.shared_gate
+                                 or m.first_dense > 0 or bool(m.dense_layers))
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias != cfg.out_bias, qk_norm=cfg.qk_norm, moe=moe_bad,
                     mla=cfg.mla is not None, sliding_window=cfg.sliding_window > 0,
                     linear=cfg.linear is not None and cfg.linear.kind != "mamba2",
                     nope_layers=bool(cfg.nope_layers) and set(cfg.nope_layers) != set(cfg.attention_layers))
@@ -107,6 +116,10 @@ def to_hf(cfg: TransformerConfig) -> dict:
                                     for i in range(cfg.n_layers)], "num_local_experts": 0,
                     "shared_intermediate_size": cfg.ffn_dim,
                     "position_embedding_type": None if cfg.nope_layers else "rope"})
+        if m is not None:
+            out.update({"num_local_experts": m.n_experts, "num_experts_per_tok": m.top_k, "intermediate_size": m.ffn_dim,
+                        "shared_intermediate_size": m.shared_ffn or m.ffn_dim,
+                        "router_aux_loss_coef": m.aux_loss_coef})
         lin = cfg.linear
         if lin is not None:
             if (lin.v_heads * lin.v_dim) % cfg.d_model:
@@ -145,8 +158,17 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
         len(outer_tensors(cfg)):]
     out += [t for s in segs if s[0].startswith("linear") for t in mamba_tensors(s[0], cfg)]
     pre = "model.layers.{i}.shared_mlp"
-    for seg, _, _, _ in segs:
-        out += [Tensor((seg, "mlp", n), f"{pre}.input_linear.weight", "t1", piece=Piece(0, k, (cfg.ffn_dim,) * 2))
+    for seg, _, _, moe in segs:
+        own = (seg, "mlp", "shared") if moe else (seg, "mlp")  # the MoE layers' shared expert is this MLP
+        width = (cfg.moe.shared_ffn or cfg.moe.ffn_dim) if moe else cfg.ffn_dim
+        out += [Tensor((*own, n), f"{pre}.input_linear.weight", "t1", piece=Piece(0, k, (width,) * 2))
                 for k, n in enumerate(("gate", "up"))]
-        out.append(Tensor((seg, "mlp", "down"), f"{pre}.output_linear.weight", "t1"))
+        out.append(Tensor((*own, "down"), f"{pre}.output_linear.weight", "t1"))
+        if moe:  # every expert's weights in one tensor per layer: input_linear [E, 2I, d] (gate rows, then up)
+            ex = "model.layers.{i}.block_sparse_moe"
+            i = cfg.moe.ffn_dim
+            out += [Tensor((seg, "mlp", "router"), f"{ex}.router.layer.weight", "t1"),
+                    Tensor((seg, "mlp", "down"), f"{ex}.output_linear.weight", "x1")]
+            out += [Tensor((seg, "mlp", n), f"{ex}.input_linear.weight", "x1", piece=Piece(1, k, (i, i)))
+                    for k, n in enumerate(("gate", "up"))]
     return out
