@@ -759,7 +759,7 @@ def create(cfg: TransformerConfig, seed: int = 0, *, abstract: bool = False,
     of shardings; None: the default device): each device draws only the slices it holds (JAX's partitionable
     random bits do not depend on the layout), so a 70B model initialised over a pod never exists whole on one
     device or host, and one program replaces a few hundred eager ops. The weights are those the op-by-op
-    construction gives, bit for bit, on any layout."""
+    construction gives, bit for bit under XLA's default flags (``layers.init.drawn``), on any layout."""
     abs_model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
     graphdef, template = nnx.split(abs_model, nnx.Param)
     mdef = ModelDef(cfg, graphdef, template)
