@@ -63,9 +63,10 @@ class MLAConfig:
 class LinearAttnConfig:
     """Recurrent layers among the attention ones: which layers, their kind, key/value heads and head dims, and
     the causal convolution's kernel. ``kind``: ``gated_deltanet`` (Qwen3.5, Qwen3-Next:
-    ``models/layers/gated_deltanet``) or ``mamba2`` (Granite 4.0-H: ``models/layers/mamba2``), whose B/C groups,
+    ``models/layers/gated_deltanet``), ``mamba2`` (Granite 4.0-H: ``models/layers/mamba2``), whose B/C groups,
     state size, heads and head size are k_heads, k_dim, v_heads and v_dim (its state [H, N, P] is a Gated
-    DeltaNet state's [Hv, dk, dv]); ``conv_bias`` and ``dt_limit`` are Mamba-2's."""
+    DeltaNet state's [Hv, dk, dv]; ``conv_bias`` and ``dt_limit`` are Mamba-2's), or ``shortconv`` (LFM2:
+    ``models/layers/short_conv``; no state: k_heads 0, one value head of d_model channels)."""
 
     layers: tuple[int, ...]
     k_heads: int

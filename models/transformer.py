@@ -37,6 +37,7 @@ from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
 from .layers.norm import RMSNorm
 from .layers.rope import rope_table
+from .layers.short_conv import ShortConv
 
 
 @jax.tree_util.register_dataclass
@@ -149,7 +150,9 @@ class Block(nnx.Module):
         self.hybrid = cfg.linear is not None  # the cache carries recurrent states after the keys/values
         if linear:
             lin = cfg.linear
-            if lin.kind == "mamba2":
+            if lin.kind == "shortconv":
+                self.attn = ShortConv(cfg.d_model, lin.conv, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale)
+            elif lin.kind == "mamba2":
                 self.attn = Mamba2(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv, rngs=rngs,
                                    conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm_eps=cfg.norm_eps,
                                    param_dtype=pd, dtype=dt, out_scale=out_scale)

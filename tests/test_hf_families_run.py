@@ -1,9 +1,9 @@
-"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5 and Granite 4.0-H checkpoints, each with its own chat
-template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a
-<think>, Qwen's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL math dataset (gsm8k rows), on
-8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers) and Granite 4.0-H
-(Mamba-2 layers) tensor-parallel, GLM-4.5 both (data 2 x tensor 2 x expert 2). The trained weights export back
-to transformers with the same logits."""
+"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5, Granite 4.0-H and LFM2 checkpoints, each with its own
+chat template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a
+<think>, Qwen's and LFM2's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL math dataset (gsm8k
+rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers),
+Granite 4.0-H (Mamba-2 layers) and LFM2 (short convolutions) tensor-parallel, GLM-4.5 both (data 2 x tensor 2 x
+expert 2). The trained weights export back to transformers with the same logits."""
 
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ FAMILIES = {
     # Granite 4.0-H: a Mamba-2 layer (heads and B/C groups split by the tensor axis) then an attention layer
     "granite4_h": (GRANITE, ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>"],
                    {"eos_token": "<|end_of_text|>", "pad_token": "<|pad|>"}, {"data": 4, "tensor": 2}),
+    # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
+    "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
+             {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
+             {"data": 4, "tensor": 2}),
 }
 CORPUS = ["What is 12 + 30? The answer is 42.", "<answer>42</answer> #### 42", "Think step by step about numbers.",
           "What is 7 + 6? It is 13."] * 20
@@ -89,6 +93,8 @@ def _checkpoint(path, family):
         cfg = transformers.Qwen3_5TextConfig(**common, layer_types=["linear_attention", "full_attention"],
                                              linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                                              linear_num_value_heads=4)
+    elif family == "lfm2":
+        cfg = transformers.Lfm2Config(**common, layer_types=["conv", "full_attention"], block_multiple_of=16)
     elif family == "granite4_h":
         cfg = transformers.GraniteMoeHybridConfig(**common, layer_types=["mamba", "attention"], num_local_experts=0,
                                                   shared_intermediate_size=32, mamba_n_heads=4, mamba_n_groups=2,

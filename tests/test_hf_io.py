@@ -93,6 +93,10 @@ FAMILY_CONFIGS = {
                                                       aux_loss_coef=0.01),
                                         linear=LinearAttnConfig(layers=(0,), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
                                                                 kind="mamba2", conv_bias=True)),
+    # LFM2: gated short convolutions around a q/k-normed attention layer, tied embeddings
+    "lfm2": TransformerConfig(**{**BASE, "n_layers": 3, "tie_embeddings": True}, family="lfm2", qk_norm=True,
+                              norm_eps=1e-5, linear=LinearAttnConfig(layers=(0, 2), k_heads=0, v_heads=1, k_dim=0,
+                                                                     v_dim=32, conv=3, kind="shortconv")),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -502,7 +506,7 @@ def test_granite4_layer_types_and_experts(tmp_path):
                                             ("minimax", "lightning \\(linear\\) attention layers keep a recurrent"),
                                             ("falcon_h1", "layers run a Mamba-2 mixer beside attention"),
                                             ("nemotron_h", "layers are Mamba-2, attention or MLP blocks alone"),
-                                            ("lfm2", "short-convolution layers keep a recurrent")])
+                                            ("lfm2_moe", "short-convolution layers beside routed experts")])
 def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, why):
     """A recurrent or hybrid model whose layers are not of the kinds here is refused saying what is missing, not
     only as an unknown type; an unknown type lists every supported one, the vision-language wrappers and the

@@ -153,6 +153,13 @@ CASES = {
         "layer_types": ["mamba", "attention"], "num_local_experts": 4, "num_experts_per_tok": 2,
         "intermediate_size": 32, "shared_intermediate_size": 48, "mamba_n_heads": 8, "mamba_d_state": 8,
         "mamba_chunk_size": 8, "router_aux_loss_coef": 0.01, "initializer_range": 0.1}),
+    # LFM2: gated short convolutions (kernel 3) around an attention layer with per-head q/k norms; the MLP width
+    # derived from block_ff_dim (2/3 of 96, rounded up to 16: 64); then the older full_attn_idxs, untied
+    # embeddings, a wider kernel and the width taken as given
+    "lfm2": ("Lfm2Config", {"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"],
+                            "block_multiple_of": 16, "initializer_range": 0.1}),
+    "lfm2_idxs": ("Lfm2Config", {"num_hidden_layers": 3, "full_attn_idxs": [0], "tie_word_embeddings": False,
+                                 "conv_L_cache": 4, "block_auto_adjust_ff_dim": False, "initializer_range": 0.1}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -329,7 +336,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
                                   "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
-                                  "granite4_h", "granite4_h_moe"])
+                                  "granite4_h", "granite4_h_moe", "lfm2"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -386,7 +393,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
-                                  "granite4_h_moe"])
+                                  "granite4_h_moe", "lfm2"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -411,7 +418,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
-                                  "granite4_h_nope", "granite4_h_moe"])
+                                  "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

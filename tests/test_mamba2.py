@@ -1,9 +1,9 @@
-"""Mamba-2 layers (Granite 4.0-H): the chunked state-space form equals the token-by-token recurrence (and the
-recurrence the formula), the sampler's log-probs equal the trainer's on every decode path (plain, refill, paged,
-unrolled), a row's numbers do not depend on its padding, packed rows equal their sequences alone, and LoRA
-adapters on the hybrid round-trip through peft (transformers' model with them gives our logits). Logits,
-generation and the save round trip against transformers are in ``test_hf_parity`` (``granite4_h``), a GRPO run
-in ``test_hf_families_run``."""
+"""Mamba-2 layers (Granite 4.0-H) and gated short convolutions (LFM2): the chunked state-space form equals the
+token-by-token recurrence (and the recurrence the formula), the sampler's log-probs equal the trainer's on every
+decode path (plain, refill, paged, unrolled), a row's numbers do not depend on its padding and packed rows equal
+their sequences alone (both kinds), and LoRA adapters on the Mamba-2 hybrid round-trip through peft
+(transformers' model with them gives our logits). Logits, generation and the save round trip against
+transformers are in ``test_hf_parity`` (``granite4_h*``, ``lfm2*``), a GRPO run in ``test_hf_families_run``."""
 
 from __future__ import annotations
 
@@ -60,18 +60,27 @@ def test_chunked_state_space_form_equals_the_recurrence_and_the_formula():
     np.testing.assert_allclose(o1[:, 25:], third, rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def hybrid():
-    cfg = FAMILY_CONFIGS["granite4_h"]
+def _model(name: str):
+    cfg = FAMILY_CONFIGS[name]
     mdef, _ = create(cfg, abstract=True)
     params = random_params(mdef, 4)
     # a conv bias and gated norm off their initial values, so ignoring either shows
-    for stack in ("linear_layers", "linear_dense_layers"):
-        if stack in params:
-            att = params[stack]["attn"]
-            for name in ("conv_x_bias", "conv_B_bias", "norm", "D", "dt_bias"):
-                att[name] = att[name] + 0.3 * jax.random.normal(jax.random.key(len(name)), att[name].shape)
+    att = params["linear_layers"]["attn"]
+    for k in ("conv_x_bias", "conv_B_bias", "norm", "D", "dt_bias"):
+        if k in att:
+            att[k] = att[k] + 0.3 * jax.random.normal(jax.random.key(len(k)), att[k].shape)
     return mdef, params
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    return _model("granite4_h")
+
+
+@pytest.fixture(scope="module", params=["granite4_h", "lfm2"])
+def recurrent(request):
+    """Granite 4.0-H (Mamba-2) and LFM2 (gated short convolutions)."""
+    return _model(request.param)
 
 
 def test_sampler_logprobs_equal_trainer_on_every_decode_path(hybrid):
@@ -101,10 +110,10 @@ def test_sampler_logprobs_equal_trainer_on_every_decode_path(hybrid):
         assert np.abs(lp - np.asarray(out.logprobs))[np.asarray(out.mask)].max() < 1e-5, kw
 
 
-def test_padding_does_not_change_a_rows_numbers(hybrid):
+def test_padding_does_not_change_a_rows_numbers(recurrent):
     """Only a row's valid tokens enter the convolution and the recurrence: the same tokens with pads before,
     between and after them give the same logits at the valid positions (in the chunked form: 20 tokens)."""
-    mdef, params = hybrid
+    mdef, params = recurrent
     net = mdef.bind(params)
     toks = np.random.RandomState(3).randint(0, 64, 12).astype(np.int32)
     plain = np.asarray(net(jnp.asarray(toks[None]), jnp.arange(12)[None], jnp.ones((1, 12), bool)))[0]
@@ -116,9 +125,10 @@ def test_padding_does_not_change_a_rows_numbers(hybrid):
     np.testing.assert_allclose(padded[where], plain, atol=2e-5)
 
 
-def test_packed_rows_equal_their_sequences_alone(hybrid):
-    """Packed SFT rows: the Mamba-2 layers' convolution and state restart with each sequence."""
-    mdef, params = hybrid
+def test_packed_rows_equal_their_sequences_alone(recurrent):
+    """Packed SFT rows: the Mamba-2 layers' convolution and state, the short convolutions' inputs, restart with
+    each sequence."""
+    mdef, params = recurrent
     net = mdef.bind(params)
     a, b = (np.random.RandomState(s).randint(0, 64, n) for s, n in ((1, 9), (2, 14)))
     tokens, valid, segments, pos = (np.zeros((1, 32), dt) for dt in (np.int32, bool, np.int32, np.int32))

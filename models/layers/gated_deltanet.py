@@ -138,11 +138,12 @@ def _take(x: jax.Array, idx: jax.Array | None) -> jax.Array:
 
 
 def causal_conv(mixed: jax.Array, kernel: jax.Array, count: jax.Array, prev: jax.Array | None,
-                seg: jax.Array | None, bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-    """The depthwise causal convolution (then SiLU) over compacted rows ``mixed`` [B, T, C] with ``kernel``
-    [K, C] (and ``bias`` [C]), after ``prev`` [B, K-1, C] (a cache's last inputs; None: a fresh sequence, zeros).
-    ``seg``: packed rows' compacted segment ids (a tap reaching into an earlier sequence reads zero, as at a
-    sequence's start). Returns (out [B, T, C], the row's last K - 1 valid inputs: the cache's next ``prev``;
+                seg: jax.Array | None, bias: jax.Array | None = None,
+                silu: bool = True) -> tuple[jax.Array, jax.Array | None]:
+    """The depthwise causal convolution (then SiLU, unless ``silu=False``) over compacted rows ``mixed``
+    [B, T, C] with ``kernel`` [K, C] (and ``bias`` [C]), after ``prev`` [B, K-1, C] (a cache's last inputs;
+    None: a fresh sequence, zeros). ``seg``: packed rows' compacted segment ids (a tap reaching into an earlier
+    sequence reads zero, as at a sequence's start). Returns (out [B, T, C], the row's last K - 1 valid inputs: the cache's next ``prev``;
     None without one)."""
     b, t, _ = mixed.shape
     k1 = kernel.shape[0] - 1
@@ -157,7 +158,8 @@ def causal_conv(mixed: jax.Array, kernel: jax.Array, count: jax.Array, prev: jax
     if bias is not None:
         conv = conv + bias.astype(jnp.float32)
     new = _take(window, count[:, None] + jnp.arange(k1)[None]) if prev is not None else None
-    return jax.nn.silu(conv.astype(mixed.dtype)), new
+    conv = conv.astype(mixed.dtype)
+    return (jax.nn.silu(conv) if silu else conv), new
 
 
 class GatedDeltaNet(nnx.Module):

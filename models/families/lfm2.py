@@ -1,0 +1,106 @@
+"""Liquid LFM2 (``model_type`` lfm2: LFM2-350M/700M/1.2B/2.6B and their fine-tunes): gated
+short-convolution layers (``layer_types`` conv: ``models/layers/short_conv``) among grouped-query attention
+layers with per-head q/k RMSNorm (``q_layernorm``, ``k_layernorm``), pre-norm blocks (``operator_norm``,
+``ffn_norm``) with a SwiGLU MLP (``w1`` gate, ``w3`` up, ``w2`` down) whose width the config derives
+(``block_auto_adjust_ff_dim``: 2/3 of ``block_ff_dim``, times ``block_ffn_dim_multiplier``, rounded up to
+``block_multiple_of``), the final norm named ``embedding_norm``, tied embeddings by default. The convolution's
+in_proj holds the B, C and x rows one after the other."""
+
+from __future__ import annotations
+
+from ..config import LinearAttnConfig, TransformerConfig
+from ..transformer import segments
+from .base import (
+    ConfigError,
+    Piece,
+    Tensor,
+    common_from_hf,
+    common_to_hf,
+    gqa_tensors,
+    mlp_tensors,
+    need,
+    refuse,
+    unsupported_cfg,
+)
+
+NAME = "lfm2"
+MODEL_TYPES = ("lfm2",)
+ARCHITECTURE = "Lfm2ForCausalLM"
+
+
+def layer_types(hf: dict) -> list[str]:
+    """``layer_types`` (conv / full_attention), or the older ``full_attn_idxs`` (none given: all attention, as the
+    reference reads it)."""
+    n = need(hf, "num_hidden_layers")
+    types = hf.get("layer_types")
+    if types is None:
+        full = hf.get("full_attn_idxs")
+        full = range(n) if full is None else full
+        types = ["full_attention" if i in full else "conv" for i in range(n)]
+    bad = sorted({str(t) for t in types if t not in ("conv", "full_attention")})
+    if len(types) != n or bad:
+        raise ConfigError(f"config.json: layer_types must give conv or full_attention for each of the {n} layers "
+                          f"(got {len(types)} entries{', unknown ' + repr(bad) if bad else ''})")
+    return list(types)
+
+
+def ffn_dim(hf: dict) -> int:
+    """The MLP's width as the reference derives it from the config."""
+    width = int(hf.get("block_ff_dim", hf.get("intermediate_size", 12288)))
+    if hf.get("block_auto_adjust_ff_dim", True):
+        width = int(2 * width / 3)
+        mult = hf.get("block_ffn_dim_multiplier", 1.0)
+        if mult is not None:
+            of = int(hf.get("block_multiple_of", 256))
+            width = of * ((int(mult * width) + of - 1) // of)
+    return width
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    refuse(hf, "conv_bias", lambda v: not v, "biases on the short convolution and its projections")
+    types = layer_types(hf)
+    conv = tuple(i for i, t in enumerate(types) if t == "conv")
+    d = need(hf, "hidden_size")
+    lin = LinearAttnConfig(layers=conv, k_heads=0, v_heads=1, k_dim=0, v_dim=d, conv=int(hf.get("conv_L_cache", 3)),
+                           kind="shortconv") if conv else None
+    tied = hf.get("tie_word_embeddings", hf.get("tie_embedding", True))
+    hf = {**hf, "intermediate_size": ffn_dim(hf), "tie_word_embeddings": tied}
+    return TransformerConfig(**common_from_hf(hf, NAME, qk_norm=True, linear=lin,
+                                              norm_eps=float(hf.get("norm_eps", 1e-5))))
+
+
+def to_hf(cfg: TransformerConfig) -> dict:
+    lin = cfg.linear
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=not cfg.qk_norm,
+                    moe=cfg.moe is not None, mla=cfg.mla is not None, sliding_window=cfg.sliding_window > 0,
+                    linear=lin is not None and lin.kind != "shortconv", norm_offset=cfg.norm_offset != 0.0)
+    out = {**common_to_hf(cfg, NAME, ARCHITECTURE), "norm_eps": cfg.norm_eps, "conv_bias": False,
+           "conv_L_cache": lin.conv if lin is not None else 3, "block_auto_adjust_ff_dim": False,
+           "block_ff_dim": cfg.ffn_dim, "layer_types": ["full_attention" if i in cfg.attention_layers else "conv"
+                                                        for i in range(cfg.n_layers)]}
+    out.pop("rms_norm_eps", None)
+    return out
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    d = cfg.d_model
+    out = [Tensor(("embed",), "model.embed_tokens.weight"),
+           Tensor(("final_norm", "scale"), "model.embedding_norm.weight")]
+    if not cfg.tie_embeddings:
+        out.append(Tensor(("lm_head",), "lm_head.weight", "t1"))
+    pre = "model.layers.{i}"
+    for seg, _, _, _ in segments(cfg):
+        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.operator_norm.weight"),
+                Tensor((seg, "mlp_norm", "scale"), f"{pre}.ffn_norm.weight")]
+        out += mlp_tensors((seg, "mlp"), f"{pre}.feed_forward", ("w1", "w3", "w2"))
+        if seg.startswith("linear"):
+            out += [Tensor((seg, "attn", n), f"{pre}.conv.in_proj.weight", "t1", piece=Piece(0, j, (d, d, d)))
+                    for j, n in enumerate(("B", "C", "x"))]
+            out += [Tensor((seg, "attn", "conv"), f"{pre}.conv.conv.weight", "conv"),
+                    Tensor((seg, "attn", "out"), f"{pre}.conv.out_proj.weight", "t1")]
+            continue
+        att = [t for t in gqa_tensors(seg, cfg, f"{pre}.self_attn") if "_norm" not in t.hf]
+        att = [Tensor(t.path, t.hf.replace("o_proj", "out_proj"), t.layout) if t.path[-1] == "o" else t for t in att]
+        out += att + [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{pre}.self_attn.{n}_layernorm.weight")
+                      for n in ("q", "k")]
+    return out
