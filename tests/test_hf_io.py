@@ -506,7 +506,7 @@ def test_granite4_layer_types_and_experts(tmp_path):
                                             ("minimax", "lightning \\(linear\\) attention layers keep a recurrent"),
                                             ("falcon_h1", "layers run a Mamba-2 mixer beside attention"),
                                             ("nemotron_h", "layers are Mamba-2, attention or MLP blocks alone"),
-                                            ("lfm2_moe", "short-convolution layers beside routed experts")])
+                                            ("mamba2", "layers are Mamba-2 mixers without MLPs")])
 def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, why):
     """A recurrent or hybrid model whose layers are not of the kinds here is refused saying what is missing, not
     only as an unknown type; an unknown type lists every supported one, the vision-language wrappers and the

@@ -160,6 +160,11 @@ CASES = {
                             "block_multiple_of": 16, "initializer_range": 0.1}),
     "lfm2_idxs": ("Lfm2Config", {"num_hidden_layers": 3, "full_attn_idxs": [0], "tie_word_embeddings": False,
                                  "conv_L_cache": 4, "block_auto_adjust_ff_dim": False, "initializer_range": 0.1}),
+    # LFM2-MoE (LFM2-8B-A1B's shape): a dense layer, then sigmoid-scored experts chosen with the selection bias
+    "lfm2_moe": ("Lfm2MoeConfig", {"num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"],
+                                   "num_dense_layers": 1, "num_experts": 4, "num_experts_per_tok": 2,
+                                   "moe_intermediate_size": 32, "routed_scaling_factor": 1.5,
+                                   "initializer_range": 0.1}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -266,7 +271,7 @@ def build_reference(name: str, seed: int = 0):
             if "sinks" in n:  # a sink of the scores' size, so ignoring it shows
                 p.add_(torch.randn_like(p))
         for n, b in model.named_buffers():
-            if "e_score_correction_bias" in n:
+            if "e_score_correction_bias" in n or n.endswith("expert_bias"):  # selection biases (LFM2-MoE's too)
                 b.add_(torch.randn_like(b) * 0.1)
     return model
 
@@ -393,7 +398,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
-                                  "granite4_h_moe", "lfm2"])
+                                  "granite4_h_moe", "lfm2", "lfm2_moe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -418,7 +423,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "exaone4", "minimax_m2_factor", "ernie4_5_moe_interval", "hunyuan_moe", "granite",
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
-                                  "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs"])
+                                  "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

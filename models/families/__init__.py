@@ -62,7 +62,6 @@ RECURRENT = {
     "nemotron_h": "layers are Mamba-2, attention or MLP blocks alone, a mixer without an MLP: not implemented here",
     "mamba2": "layers are Mamba-2 mixers without MLPs, not implemented here",
     "jamba": f"Mamba (v1) layers {_STATE}", "mamba": f"Mamba (v1) layers {_STATE}",
-    "lfm2_moe": "short-convolution layers beside routed experts, not implemented here",
     "minimax": f"lightning (linear) attention layers {_STATE}",
 }
 
