@@ -97,6 +97,10 @@ FAMILY_CONFIGS = {
     "lfm2": TransformerConfig(**{**BASE, "n_layers": 3, "tie_embeddings": True}, family="lfm2", qk_norm=True,
                               norm_eps=1e-5, linear=LinearAttnConfig(layers=(0, 2), k_heads=0, v_heads=1, k_dim=0,
                                                                      v_dim=32, conv=3, kind="shortconv")),
+    # Bamba: Mamba-2 layers around an attention layer rotating half of each head
+    "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
+                               linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
+                                                       kind="mamba2", conv_bias=True)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),

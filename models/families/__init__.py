@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (
+    bamba,
     deepseek_v2,
     deepseek_v3,
     ernie4_5,
@@ -47,7 +48,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       deepseek_v2, deepseek_v3, qwen2_moe, olmo2, olmo3, olmoe, phi3,
                                                       gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
-                                                      qwen3_5, qwen3_5_moe, qwen3_next, lfm2)}
+                                                      qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
@@ -70,7 +71,7 @@ def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
                           "(recurrent layers here: Gated DeltaNet in Qwen3.5 and Qwen3-Next, Mamba-2 in Granite "
-                          "4.0-H, short convolutions in LFM2)")
+                          "4.0-H and Bamba, short convolutions in LFM2)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")

@@ -120,16 +120,21 @@ def to_hf(cfg: TransformerConfig) -> dict:
             out.update({"num_local_experts": m.n_experts, "num_experts_per_tok": m.top_k, "intermediate_size": m.ffn_dim,
                         "shared_intermediate_size": m.shared_ffn or m.ffn_dim,
                         "router_aux_loss_coef": m.aux_loss_coef})
-        lin = cfg.linear
-        if lin is not None:
-            if (lin.v_heads * lin.v_dim) % cfg.d_model:
-                raise ConfigError(f"TransformerConfig.linear: {lin.v_heads} Mamba-2 heads of {lin.v_dim} are not a "
-                                  f"multiple of d_model={cfg.d_model} (mamba_expand is an integer)")
-            out.update({"mamba_n_heads": lin.v_heads, "mamba_n_groups": lin.k_heads, "mamba_d_state": lin.k_dim,
-                        "mamba_d_head": lin.v_dim, "mamba_d_conv": lin.conv, "mamba_conv_bias": lin.conv_bias,
-                        "mamba_proj_bias": False, "time_step_limit": list(lin.dt_limit),
-                        "mamba_expand": lin.v_heads * lin.v_dim // cfg.d_model})
+        if cfg.linear is not None:
+            out.update(mamba_hf_fields(cfg))
     return out
+
+
+def mamba_hf_fields(cfg: TransformerConfig) -> dict:
+    """The ``mamba_*`` fields of config.json (Granite 4.0's and Bamba's)."""
+    lin = cfg.linear
+    if (lin.v_heads * lin.v_dim) % cfg.d_model:
+        raise ConfigError(f"TransformerConfig.linear: {lin.v_heads} Mamba-2 heads of {lin.v_dim} are not a "
+                          f"multiple of d_model={cfg.d_model} (mamba_expand is an integer)")
+    return {"mamba_n_heads": lin.v_heads, "mamba_n_groups": lin.k_heads, "mamba_d_state": lin.k_dim,
+            "mamba_d_head": lin.v_dim, "mamba_d_conv": lin.conv, "mamba_conv_bias": lin.conv_bias,
+            "mamba_proj_bias": False, "time_step_limit": list(lin.dt_limit),
+            "mamba_expand": lin.v_heads * lin.v_dim // cfg.d_model}
 
 
 def mamba_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.mamba") -> list[Tensor]:
