@@ -169,7 +169,7 @@ CASES = {
     # each head, each followed by Llama's MLP
     "bamba": ("BambaConfig", {"num_hidden_layers": 3, "attn_layer_indices": [1], "mamba_n_heads": 8,
                               "mamba_n_groups": 2, "mamba_d_state": 12, "mamba_chunk_size": 8,
-                              "initializer_range": 0.2}),
+                              "initializer_range": 0.1}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
