@@ -8,8 +8,9 @@ Granite 4.0's format (``granitemoehybrid``) is the same model with its MLP under
 (``shared_mlp.input_linear``: gate then up rows; ``output_linear``), rotary embeddings only with
 ``position_embedding_type: rope``, and optionally Mamba-2 layers (``layer_types`` ``mamba``: the "H" models,
 ``models/layers/mamba2``; their ``in_proj`` holds z, x, B, C and dt rows one after the other, ``conv1d`` the
-x, B and C channels) and routed experts (refused by name): the all-attention Granite-4.0-Micro and the
-expert-free hybrids (Granite-4.0-H-Micro, H-1B, H-350M) load here."""
+x, B and C channels) and routed experts beside the shared MLP (``block_sparse_moe``: softmax top-k
+renormalised, every expert's gate/up rows in one ``input_linear``): Granite-4.0-Micro (all attention),
+H-Micro, H-1B, H-350M (hybrids) and H-Tiny, H-Small (hybrids with experts) load here."""
 
 from __future__ import annotations
 
