@@ -1,9 +1,9 @@
 """GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5, Granite 4.0-H and LFM2 checkpoints, each with its own
 chat template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a
 <think>, Qwen's and LFM2's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL math dataset (gsm8k
-rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers),
-Granite 4.0-H (Mamba-2 layers) and LFM2 (short convolutions) tensor-parallel, GLM-4.5 both (data 2 x tensor 2 x
-expert 2). The trained weights export back to transformers with the same logits."""
+rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers) and LFM2
+(short convolutions) tensor-parallel, GLM-4.5 and Granite 4.0-H with experts (Mamba-2 layers) both (data 2 x
+tensor 2 x expert 2). The trained weights export back to transformers with the same logits."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ FAMILIES = {
     # Qwen3.5: a Gated DeltaNet layer then a gated attention layer, tensor-parallel (both split by heads)
     "qwen3_5": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                 {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 4, "tensor": 2}),
-    # Granite 4.0-H: a Mamba-2 layer (heads and B/C groups split by the tensor axis) then an attention layer
-    "granite4_h": (GRANITE, ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>"],
-                   {"eos_token": "<|end_of_text|>", "pad_token": "<|pad|>"}, {"data": 4, "tensor": 2}),
+    # Granite 4.0-H-Tiny's shape: a Mamba-2 layer (heads and B/C groups split by the tensor axis) and an attention
+    # layer, each with routed experts beside the shared MLP: data 2 x tensor 2 x expert 2
+    "granite4_h_moe": (GRANITE, ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>"],
+                       {"eos_token": "<|end_of_text|>", "pad_token": "<|pad|>"}, {"data": 2, "tensor": 2, "expert": 2}),
     # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
     "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
              {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
@@ -95,10 +96,11 @@ def _checkpoint(path, family):
                                              linear_num_value_heads=4)
     elif family == "lfm2":
         cfg = transformers.Lfm2Config(**common, layer_types=["conv", "full_attention"], block_multiple_of=16)
-    elif family == "granite4_h":
-        cfg = transformers.GraniteMoeHybridConfig(**common, layer_types=["mamba", "attention"], num_local_experts=0,
-                                                  shared_intermediate_size=32, mamba_n_heads=4, mamba_n_groups=2,
-                                                  mamba_d_state=8, embedding_multiplier=4.0, residual_multiplier=0.5,
+    elif family == "granite4_h_moe":
+        cfg = transformers.GraniteMoeHybridConfig(**common, layer_types=["mamba", "attention"], num_local_experts=4,
+                                                  num_experts_per_tok=2, shared_intermediate_size=32,
+                                                  mamba_n_heads=4, mamba_n_groups=2, mamba_d_state=8,
+                                                  embedding_multiplier=4.0, residual_multiplier=0.5,
                                                   attention_multiplier=0.25, logits_scaling=2.0)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
