@@ -28,7 +28,7 @@ from .families.multimodal import TextView, text_config
 from .hf_save import NP_DTYPES, flatten, hf_config, save_pretrained
 from .quantized import open_dequantized, quantization
 from .safetensors_io import FLOAT_DTYPES, Checkpoint, ModelDirError
-from .transformer import ModelDef, create, positions_from_valid, segments, stack_layers
+from .transformer import ModelDef, create, positions_from_valid, stack_layers
 from .value import VALUE_HEAD_NAMES, is_value_model
 
 
@@ -38,6 +38,12 @@ class CheckpointError(ModelDirError):
 
 class HFConfigError(ConfigError, ModelDirError):
     """config.json of a directory asks for something these models cannot represent: ``<path>: <field> ...``."""
+
+
+def _json_float(obj: dict):
+    """transformers writes a non-finite float of a config as ``{"__float__": "Infinity"}`` (strict JSON has no
+    infinity): read back as the float, for every field of every family."""
+    return float(obj["__float__"]) if obj.keys() == {"__float__"} else obj
 
 
 def _read_config(src: str | Path | Mapping) -> tuple[dict, Path | None]:
@@ -50,7 +56,7 @@ def _read_config(src: str | Path | Mapping) -> tuple[dict, Path | None]:
     if not file.is_file():
         raise ModelDirError(f"{file}: missing (a Hugging Face model directory needs its config.json)")
     try:
-        hf = json.loads(file.read_text())
+        hf = json.loads(file.read_text(), object_hook=_json_float)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else f"not valid JSON: {e}"
         raise ModelDirError(f"{file}: cannot be read ({why})") from None

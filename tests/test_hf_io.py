@@ -487,6 +487,9 @@ def test_granite4_layer_types_and_experts(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": types}))
         lin = config_from_hf(tmp_path).linear
         assert (lin.kind, lin.layers, lin.v_heads, lin.v_dim, lin.k_heads, lin.k_dim) == ("mamba2", layers, 8, 8, 1, 16)
+    # transformers writes an infinite float as {"__float__": "Infinity"} (any field: read where config.json is read)
+    (tmp_path / "config.json").write_text(json.dumps({**base, "time_step_limit": [0.5, {"__float__": "Infinity"}]}))
+    assert config_from_hf(tmp_path).linear.dt_limit == (0.5, float("inf"))
     for over, match in (({"layer_types": ["attention", "conv"]}, r"layer_types must give mamba or attention.*'conv'"),
                         ({"layer_types": ["attention"]}, r"layer_types must give .* 2 layers \(got 1 entries"),
                         ({"mamba_proj_bias": True}, r"mamba_proj_bias=True is not supported"),

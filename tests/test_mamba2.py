@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import assert_packed_rows_equal_alone, assert_padding_changes_nothing
 from reasoning_rl.models import LoRAConfig, create, lora
 from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, recurrent_delta_rule
 from test_hf_io import FAMILY_CONFIGS
@@ -111,36 +112,13 @@ def test_sampler_logprobs_equal_trainer_on_every_decode_path(hybrid):
 
 
 def test_padding_does_not_change_a_rows_numbers(recurrent):
-    """Only a row's valid tokens enter the convolution and the recurrence: the same tokens with pads before,
-    between and after them give the same logits at the valid positions (in the chunked form: 20 tokens)."""
     mdef, params = recurrent
-    net = mdef.bind(params)
-    toks = np.random.RandomState(3).randint(0, 64, 12).astype(np.int32)
-    plain = np.asarray(net(jnp.asarray(toks[None]), jnp.arange(12)[None], jnp.ones((1, 12), bool)))[0]
-    ids, valid = np.zeros((1, 20), np.int32), np.zeros((1, 20), bool)
-    where = np.array([2, 3, 4, 5, 8, 9, 10, 11, 12, 15, 16, 17])  # pads at 0-1, 6-7, 13-14, 18-19
-    ids[0, where], valid[0, where] = toks, True
-    pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-    padded = np.asarray(net(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(valid)))[0]
-    np.testing.assert_allclose(padded[where], plain, atol=2e-5)
+    assert_padding_changes_nothing(mdef.bind(params), 64)
 
 
 def test_packed_rows_equal_their_sequences_alone(recurrent):
-    """Packed SFT rows: the Mamba-2 layers' convolution and state, the short convolutions' inputs, restart with
-    each sequence."""
     mdef, params = recurrent
-    net = mdef.bind(params)
-    a, b = (np.random.RandomState(s).randint(0, 64, n) for s, n in ((1, 9), (2, 14)))
-    tokens, valid, segments, pos = (np.zeros((1, 32), dt) for dt in (np.int32, bool, np.int32, np.int32))
-    tokens[0, :23] = np.concatenate([a, b])
-    valid[0, :23] = True
-    segments[0, :9], segments[0, 9:23] = 1, 2
-    pos[0, :9], pos[0, 9:23] = np.arange(9), np.arange(14)
-    h, _ = net.hidden(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(valid), segments=jnp.asarray(segments))
-    packed = np.asarray(net.logits(h))[0]
-    for part, lo in ((a, 0), (b, 9)):
-        alone = np.asarray(net(jnp.asarray(part[None]), jnp.arange(len(part))[None], jnp.ones((1, len(part)), bool)))
-        np.testing.assert_allclose(packed[lo:lo + len(part)], alone[0], atol=2e-5)
+    assert_packed_rows_equal_alone(mdef.bind(params), 64)
 
 
 @pytest.mark.parity

@@ -76,6 +76,7 @@ def test_segments_restart_the_state_in_both_forms():
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from helpers import assert_packed_rows_equal_alone, assert_padding_changes_nothing  # noqa: E402
 from reasoning_rl.models import (  # noqa: E402
     LoRAConfig,
     config_from_hf,
@@ -184,36 +185,16 @@ def test_config_reads_the_layer_schedule_and_gates(checkpoints):
 def test_padding_does_not_change_a_rows_numbers(checkpoint):
     """Only a row's valid tokens enter the convolution and the recurrence: the same tokens with pads before,
     between and after them give the same logits at the valid positions."""
-    _, path = checkpoint
-    model = load_pretrained(path)
-    toks = np.random.RandomState(3).randint(0, 120, 12).astype(np.int32)
-    plain = np.asarray(model(toks[None], np.ones((1, 12), bool)))[0]
-    ids = np.zeros((1, 20), np.int32)
-    valid = np.zeros((1, 20), bool)
-    where = np.array([2, 3, 4, 5, 8, 9, 10, 11, 12, 15, 16, 17])  # pads at 0-1, 6-7, 13-14, 18-19
-    ids[0, where], valid[0, where] = toks, True
-    pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-    padded = np.asarray(model.mdef.bind(model.params)(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(valid)))[0]
-    np.testing.assert_allclose(padded[where], plain, atol=2e-5)
+    model = load_pretrained(checkpoint[1])
+    assert_padding_changes_nothing(model.mdef.bind(model.params), 120)
 
 
 @pytest.mark.parity
 def test_packed_rows_equal_their_sequences_alone(checkpoint):
     """Packed SFT rows (``stage.pack``): the linear layers' convolution and state restart with each sequence, as
     the attention masks do, so a packed row's logits are its sequences' own."""
-    _, path = checkpoint
-    model = load_pretrained(path)
-    a, b = (np.random.RandomState(s).randint(0, 120, n) for s, n in ((1, 9), (2, 14)))
-    tokens, valid, segments, pos = (np.zeros((1, 32), dt) for dt in (np.int32, bool, np.int32, np.int32))
-    tokens[0, :23] = np.concatenate([a, b])
-    valid[0, :23] = True
-    segments[0, :9], segments[0, 9:23] = 1, 2
-    pos[0, :9], pos[0, 9:23] = np.arange(9), np.arange(14)
-    net = model.mdef.bind(model.params)
-    h, _ = net.hidden(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(valid), segments=jnp.asarray(segments))
-    packed = np.asarray(net.logits(h))[0]
-    np.testing.assert_allclose(packed[:9], np.asarray(model(a[None], np.ones((1, 9), bool)))[0], atol=2e-5)
-    np.testing.assert_allclose(packed[9:23], np.asarray(model(b[None], np.ones((1, 14), bool)))[0], atol=2e-5)
+    model = load_pretrained(checkpoint[1])
+    assert_packed_rows_equal_alone(model.mdef.bind(model.params), 120)
 
 
 @pytest.mark.parity

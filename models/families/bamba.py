@@ -1,7 +1,8 @@
-"""IBM Bamba (``model_type`` bamba: Bamba-9B v1/v2): Mamba-2 layers (``models/layers/mamba2``, Granite 4.0-H's mixer
-and weight names) with grouped-query attention at ``attn_layer_indices``, each followed by Llama's SwiGLU MLP
-(``feed_forward``) after ``pre_ff_layernorm``; the final norm is ``final_layernorm``. The attention rotates the first half of each head
-(``partial_rotary_factor`` is fixed at 0.5 by the reference, whatever the config says)."""
+"""IBM Bamba (``model_type`` bamba: Bamba-9B v1/v2): Mamba-2 layers (``models/layers/mamba2``, Granite 4.0-H's
+mixer and weight names) with grouped-query attention at ``attn_layer_indices``, each followed by Llama's SwiGLU
+MLP (``feed_forward``) after ``pre_ff_layernorm``; the final norm is ``final_layernorm``. The attention rotates
+the first half of each head (``partial_rotary_factor`` is fixed at 0.5 by the reference, whatever the config
+says)."""
 
 from __future__ import annotations
 

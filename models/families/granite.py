@@ -37,11 +37,6 @@ MAMBA = ("mamba", "linear_attention")  # a Mamba-2 layer's layer_types entry (tr
 ATTENTION = ("attention", "full_attention")
 
 
-def _number(v) -> float:
-    """A float of config.json, where transformers writes infinity as ``{"__float__": "Infinity"}``."""
-    return float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else float(v)
-
-
 def mamba_from_hf(hf: dict, layers: list[int]) -> LinearAttnConfig:
     """The Mamba-2 layers' shapes (``mamba_*`` fields; head size "auto": expand * hidden / heads)."""
     refuse(hf, "mamba_proj_bias", lambda v: not v, "Mamba-2 in_proj/out_proj biases")
@@ -53,7 +48,7 @@ def mamba_from_hf(hf: dict, layers: list[int]) -> LinearAttnConfig:
     if head * heads != inner or heads % groups:
         raise ConfigError(f"config.json: mamba_n_heads={heads} x mamba_d_head={head} must equal mamba_expand x "
                           f"hidden_size={inner}, with mamba_n_groups={groups} dividing the heads")
-    limit = [_number(v) for v in (hf.get("time_step_limit") or (0.0, float("inf")))]
+    limit = hf.get("time_step_limit") or (0.0, float("inf"))
     return LinearAttnConfig(layers=tuple(layers), k_heads=groups, v_heads=heads, k_dim=hf.get("mamba_d_state", 256),
                             v_dim=head, conv=hf.get("mamba_d_conv", 4), kind="mamba2",
                             conv_bias=bool(hf.get("mamba_conv_bias", True)),
@@ -118,8 +113,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     "shared_intermediate_size": cfg.ffn_dim,
                     "position_embedding_type": None if cfg.nope_layers else "rope"})
         if m is not None:
-            out.update({"num_local_experts": m.n_experts, "num_experts_per_tok": m.top_k, "intermediate_size": m.ffn_dim,
-                        "shared_intermediate_size": m.shared_ffn or m.ffn_dim,
+            out.update({"num_local_experts": m.n_experts, "num_experts_per_tok": m.top_k,
+                        "intermediate_size": m.ffn_dim, "shared_intermediate_size": m.shared_ffn or m.ffn_dim,
                         "router_aux_loss_coef": m.aux_loss_coef})
         if cfg.linear is not None:
             out.update(mamba_hf_fields(cfg))

@@ -143,8 +143,8 @@ def causal_conv(mixed: jax.Array, kernel: jax.Array, count: jax.Array, prev: jax
     """The depthwise causal convolution (then SiLU, unless ``silu=False``) over compacted rows ``mixed``
     [B, T, C] with ``kernel`` [K, C] (and ``bias`` [C]), after ``prev`` [B, K-1, C] (a cache's last inputs;
     None: a fresh sequence, zeros). ``seg``: packed rows' compacted segment ids (a tap reaching into an earlier
-    sequence reads zero, as at a sequence's start). Returns (out [B, T, C], the row's last K - 1 valid inputs: the cache's next ``prev``;
-    None without one)."""
+    sequence reads zero, as at a sequence's start). Returns (out [B, T, C], the row's last K - 1 valid inputs:
+    the cache's next ``prev``; None without one)."""
     b, t, _ = mixed.shape
     k1 = kernel.shape[0] - 1
     window = jnp.concatenate([jnp.zeros((b, k1, mixed.shape[-1]), mixed.dtype) if prev is None

@@ -92,8 +92,8 @@ class Mamba2(nnx.Module):
         decay = -jnp.exp(self.A_log[...].astype(jnp.float32)) * step
         s0 = (jnp.zeros((b, h, n, p), jnp.float32) if cache is None else cache[1].astype(jnp.float32))
         rule = recurrent_delta_rule if t < 8 else chunked_delta_rule
-        y, state = rule(query, key, xh * step[..., None], decay, live[..., None].astype(jnp.float32)
-                        * jnp.ones((1, 1, h), jnp.float32), s0, seg=seg, delta=False)
+        # value dt x, decay dt A: both zero at an invalid token, so no per-token gate (beta) is needed
+        y, state = rule(query, key, xh * step[..., None], decay, jnp.ones_like(step), s0, seg=seg, delta=False)
         y = y + self.D[...].astype(jnp.float32)[:, None] * xh
         y = _take(y, inverse)  # back in sequence order [B, T, H, P]
 
