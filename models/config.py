@@ -134,7 +134,7 @@ class TransformerConfig:
     embed_multiplier: float = 1.0
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
-    activation: str = "silu"  # silu | gelu_tanh (gate activation of the gated MLP)
+    activation: str = "silu"  # silu | gelu_tanh | clamped_swiglu (the gated MLP's) | relu2 (ungated: Nemotron-H)
     query_scale: float | None = None  # softmax scale; None: head_dim ** -0.5
     sandwich_norm: bool = False  # Gemma: extra RMSNorm on the attention and MLP outputs
     attn_softcap: float | None = None
@@ -147,6 +147,9 @@ class TransformerConfig:
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
     linear: LinearAttnConfig | None = None  # Gated DeltaNet layers (a recurrent state per row, not a KV cache)
+    # layers that are a mixer (attention or linear) alone, with no MLP after it (Nemotron-H: a Mamba-2 or attention
+    # layer that no MLP layer follows)
+    mixer_only_layers: tuple[int, ...] = ()
     attn_gate: bool = False  # attention output scaled by sigmoid(x W_gate) per head dim (Qwen3.5, Qwen3-Next)
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)

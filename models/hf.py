@@ -179,13 +179,13 @@ def _slots(mdef: ModelDef) -> list[_Slot]:
 
 
 def _reader(slot: _Slot, ckpt: Checkpoint, layer, expert) -> Callable[[], np.ndarray]:
-    name = slot.t.hf.format(i=layer, e=expert)
+    name = slot.t.name(layer, expert)
     if name in ckpt and slot.t.piece is not None:
         return lambda: slot.t.piece.cut(ckpt.get(name))
     if name in ckpt:
         return lambda: ckpt.get(name)
     which, parts = slot.t.part
-    fused = slot.t.fused.format(i=layer)
+    fused = slot.t.fused_name(layer)
 
     def read():
         a = ckpt.get(fused)[expert]
@@ -208,12 +208,12 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
             want = slot.t.piece.whole(want)
         for idx in itertools.product(*slot.stack_ranges()):
             layer, expert = slot.index(idx)
-            name = slot.t.hf.format(i=layer, e=expert)
+            name = slot.t.name(layer, expert)
             if name in ckpt:
                 got_dtype, got = ckpt.info(name)
                 used.add(name)
-            elif slot.t.fused and slot.t.fused.format(i=layer) in ckpt:
-                name = slot.t.fused.format(i=layer)
+            elif slot.t.fused and slot.t.fused_name(layer) in ckpt:
+                name = slot.t.fused_name(layer)
                 got_dtype, got = ckpt.info(name)
                 used.add(name)
                 n_exp = slot.shape[slot.n_stack - 1]

@@ -126,7 +126,7 @@ def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | 
         for idx in itertools.product(*(range(k) for k in stack)):
             layer = stack_idx[idx[0]] if has_layer else None
             expert = idx[-1] if has_expert else None
-            name = t.hf.format(i=layer, e=expert)
+            name = t.name(layer, expert)
             hshape = hf_shape(t.layout, shape[len(stack):])
             if t.piece is not None:
                 hshape = t.piece.whole(hshape)

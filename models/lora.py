@@ -93,7 +93,8 @@ def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
     found = set()
     for name, _, n, _ in segments(cfg):
         blk = getattr(model, name)
-        mods = [blk.attn, blk.mlp] + ([blk.mlp.shared] if getattr(blk.mlp, "shared", None) is not None else [])
+        mods = [blk.attn] + ([blk.mlp] if blk.mlp is not None else [])  # (none in a mixer-only layer)
+        mods += [blk.mlp.shared] if getattr(blk.mlp, "shared", None) is not None else []
         for mod in mods:
             for t, nb in _targets_of(mod, lc):
                 w = getattr(mod, t)
@@ -461,11 +462,11 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
         r = a.shape[-1]
         if t.piece is not None:  # part of a fused checkpoint tensor (Phi-3's qkv_proj, Qwen3.5's in_proj_qkv)
             for i in range(a.shape[0]):
-                mod = _module(t.hf.format(i=layers[path[0]][i]))
+                mod = _module(t.name(layers[path[0]][i]))
                 pieces.setdefault(mod, {})[t.piece.index] = (a[i].reshape(-1, r), b[i].reshape(r, -1).T, t.piece)
             continue
         for i in range(a.shape[0]):
-            mod = _module(t.hf.format(i=layers[path[0]][i]))
+            mod = _module(t.name(layers[path[0]][i]))
             tensors[f"{PEFT_PREFIX}{mod}.lora_A.weight"] = a[i].reshape(-1, r).T.copy()
             tensors[f"{PEFT_PREFIX}{mod}.lora_B.weight"] = b[i].reshape(r, -1).T.copy()
             modules.add(mod.rsplit(".", 1)[1])
@@ -511,7 +512,7 @@ def _expert_tensors(parts: dict, model_layers: tuple[int, ...], r: int) -> dict[
     wrapped = [p for p, on in zip(EXPERT_PARAMS, (bool(gu), "down" in parts)) if on]
     for i, layer in enumerate(model_layers):
         spec = next(iter(parts.values()))[2]
-        module = spec.fused.format(i=layer).rsplit(".", 1)[0]
+        module = spec.fused_name(layer).rsplit(".", 1)[0]
         keys = _expert_keys(module, wrapped)
         blocks = {}
         if gu:
@@ -582,11 +583,11 @@ def load_adapter(adapter_dir: str | Path, mdef: Any) -> tuple[Any, dict]:
             continue
         for i, layer in enumerate(layers[path[0]]):
             if "{e}" not in t.hf and t.piece is not None:
-                by_piece.setdefault(_module(t.hf.format(i=layer)), []).append((path, i, t.piece))
+                by_piece.setdefault(_module(t.name(layer)), []).append((path, i, t.piece))
             elif "{e}" not in t.hf:
-                by_module[_module(t.hf.format(i=layer))] = (path, i)
+                by_module[_module(t.name(layer))] = (path, i)
             elif t.fused:
-                module, _, param = t.fused.format(i=layer).rpartition(".")
+                module, _, param = t.fused_name(layer).rpartition(".")
                 by_experts.setdefault(module, (path[0], i, {}))[2].setdefault(param, []).append(t)
     wrapped = {m: [p for p in EXPERT_PARAMS if p in specs and
                    any(f"{m}.{p}" == tp or f"{m}.{p}".endswith("." + tp) for tp in tps)]

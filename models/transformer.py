@@ -137,10 +137,12 @@ class KVCache:
 
 class Block(nnx.Module):
     """One decoder layer: attention (GQA, or MLA when ``cfg.mla``; Gated DeltaNet in a ``linear`` layer), then a
-    dense or MoE MLP, each after an RMSNorm (unless ``cfg.pre_norm`` is off: OLMo-2) and, with
-    ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a norm on its output."""
+    dense or MoE MLP (none with ``mlp=False``: a mixer-only layer), each after an RMSNorm (unless
+    ``cfg.pre_norm`` is off: OLMo-2) and, with ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a norm on its
+    output."""
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False, linear: bool = False):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False, linear: bool = False,
+                 mlp: bool = True):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
@@ -174,6 +176,10 @@ class Block(nnx.Module):
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
+        self.residual_multiplier = cfg.residual_multiplier
+        if not mlp:
+            self.mlp_norm = self.mlp = self.post_mlp_norm = None
+            return
         self.mlp_norm = norm() if cfg.pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
         if moe:
@@ -183,7 +189,6 @@ class Block(nnx.Module):
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                            activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant)
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
-        self.residual_multiplier = cfg.residual_multiplier
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
                  routes=None, prefix=None, segments=None):
@@ -201,6 +206,8 @@ class Block(nnx.Module):
             h = self.post_attn_norm(h)
         x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
         stats = None
+        if self.mlp is None:  # a mixer-only layer
+            return x, cache, stats
         pre = self.mlp_norm(x) if self.mlp_norm is not None else x
         if isinstance(self.mlp, MoE):
             h, stats = self.mlp(pre, valid, routes)
@@ -257,7 +264,8 @@ def _moe_flags(cfg: TransformerConfig) -> tuple[bool, ...]:
     return flags
 
 
-STACKS = ("dense_layers", "layers", "linear_dense_layers", "linear_layers")  # see stack_layers
+STACKS = ("dense_layers", "layers", "linear_dense_layers", "linear_layers", "mixer_layers",
+          "linear_mixer_layers")  # see stack_layers
 
 
 def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
@@ -267,21 +275,25 @@ def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     ``first_k_dense_replace``, Qwen's ``mlp_only_layers`` / ``decoder_sparse_step``) has two: ``dense_layers``
     and ``layers`` (the MoE ones); a MoE model whose layers are all dense keeps only ``dense_layers``. Linear-
     attention layers (``cfg.linear``) stack apart the same way: ``linear_layers`` (MoE ones in a MoE model) and
-    ``linear_dense_layers``."""
+    ``linear_dense_layers``. Layers without an MLP (``cfg.mixer_only_layers``) stack as ``mixer_layers`` and
+    ``linear_mixer_layers``."""
     flags = _moe_flags(cfg)
     lin = set(cfg.linear.layers) if cfg.linear is not None else set()
-    if lin - set(range(cfg.n_layers)):
-        raise ValueError(f"linear: layers {sorted(lin - set(range(cfg.n_layers)))} outside the {cfg.n_layers}")
+    for what, idx in (("linear", lin), ("mixer_only_layers", set(cfg.mixer_only_layers))):
+        if idx - set(range(cfg.n_layers)):
+            raise ValueError(f"{what}: layers {sorted(idx - set(range(cfg.n_layers)))} outside the {cfg.n_layers}")
     out: dict[str, list[int]] = {}
     for i, m in enumerate(flags):
-        name = ("linear_" if i in lin else "") + ("layers" if m or cfg.moe is None else "dense_layers")
+        kind = ("mixer_layers" if i in cfg.mixer_only_layers else "layers" if m or cfg.moe is None
+                else "dense_layers")
+        name = ("linear_" if i in lin else "") + kind
         out.setdefault(name, []).append(i)
     return {k: tuple(out[k]) for k in STACKS if k in out}
 
 
 def _stack_kind(cfg: TransformerConfig, name: str) -> tuple[bool, bool]:
     """(is_moe, is_linear) of stack ``name``."""
-    return name.endswith("layers") and "dense" not in name and cfg.moe is not None, name.startswith("linear")
+    return name in ("layers", "linear_layers") and cfg.moe is not None, name.startswith("linear")
 
 
 def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
@@ -305,11 +317,12 @@ def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
     return [tuple(r) for r in out]
 
 
-def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs, linear: bool = False) -> Block:
+def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs, linear: bool = False,
+           mlp: bool = True) -> Block:
     @nnx.split_rngs(splits=n)
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make_layers(r: nnx.Rngs) -> Block:
-        return Block(cfg, rngs=r, moe=moe, linear=linear)
+        return Block(cfg, rngs=r, moe=moe, linear=linear, mlp=mlp)
 
     return make_layers(rngs)
 
@@ -328,7 +341,7 @@ class Transformer(nnx.Module):
         emb = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32)) * 0.02
         self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
         for name, _, n, moe in segments(cfg):
-            setattr(self, name, _stack(cfg, n, moe, rngs, _stack_kind(cfg, name)[1]))
+            setattr(self, name, _stack(cfg, n, moe, rngs, _stack_kind(cfg, name)[1], "mixer" not in name))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                   invariant=cfg.batch_invariant)
         if cfg.tie_embeddings:

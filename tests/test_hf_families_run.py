@@ -1,9 +1,10 @@
-"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5, Granite 4.0-H and LFM2 checkpoints, each with its own
-chat template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a
-<think>, Qwen's and LFM2's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL math dataset (gsm8k
-rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers) and LFM2
-(short convolutions) tensor-parallel, GLM-4.5 and Granite 4.0-H with experts (Mamba-2 layers) both (data 2 x
-tensor 2 x expert 2). The trained weights export back to transformers with the same logits."""
+"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5, Granite 4.0-H, Nemotron-H and LFM2 checkpoints, each with
+its own chat template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns
+opening a <think>, Qwen's, Nemotron's and LFM2's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL
+math dataset (gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated
+DeltaNet layers) and LFM2 (short convolutions) tensor-parallel, GLM-4.5, Granite 4.0-H and Nemotron-H with experts
+(Mamba-2 layers) both (data 2 x tensor 2 x expert 2). The trained weights export back to transformers with the
+same logits."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ FAMILIES = {
     # layer, each with routed experts beside the shared MLP: data 2 x tensor 2 x expert 2
     "granite4_h_moe": (GRANITE, ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>"],
                        {"eos_token": "<|end_of_text|>", "pad_token": "<|pad|>"}, {"data": 2, "tensor": 2, "expert": 2}),
+    # Nemotron-3-Nano's shape (ChatML turns opening a <think>): a Mamba-2 layer alone, attention with ungated routed
+    # experts and a shared one, Mamba-2 with an ungated MLP: data 2 x tensor 2 x expert 2
+    "nemotron_h_moe": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                       {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+                       {"data": 2, "tensor": 2, "expert": 2}),
     # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
     "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
              {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
@@ -102,6 +108,12 @@ def _checkpoint(path, family):
                                                   mamba_n_heads=4, mamba_n_groups=2, mamba_d_state=8,
                                                   embedding_multiplier=4.0, residual_multiplier=0.5,
                                                   attention_multiplier=0.25, logits_scaling=2.0)
+    elif family == "nemotron_h_moe":
+        types = ["linear_attention", "full_attention", "moe", "linear_attention", "mlp"]
+        cfg = transformers.NemotronHConfig(**common, layers_block_type=types,
+                                           mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=8,
+                                           n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                           moe_shared_expert_intermediate_size=16)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)

@@ -101,6 +101,19 @@ FAMILY_CONFIGS = {
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
                                                        kind="mamba2", conv_bias=True)),
+    # Nemotron-H: Mamba-2 and attention layers without rotary embeddings, an ungated squared-ReLU MLP after some
+    # of them (layers 1 and 3 are mixers alone); then Nemotron-3-Nano's routed experts with a dense MLP layer
+    "nemotron_h": TransformerConfig(**{**BASE, "n_layers": 4}, family="nemotron_h", activation="relu2",
+                                    norm_eps=1e-5, nope_layers=(1, 2), mixer_only_layers=(1, 3),
+                                    linear=LinearAttnConfig(layers=(0, 3), k_heads=2, v_heads=4, k_dim=8, v_dim=16,
+                                                            kind="mamba2", conv_bias=True)),
+    "nemotron_h_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="nemotron_h", activation="relu2",
+                                        norm_eps=1e-5, nope_layers=(1,), mixer_only_layers=(2,),
+                                        moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
+                                                      score="sigmoid", score_bias=True, n_group=2, topk_group=1,
+                                                      scaling=2.0, dense_layers=(1,)),
+                                        linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8,
+                                                                v_dim=16, kind="mamba2", conv=3)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -509,10 +522,53 @@ def test_granite4_layer_types_and_experts(tmp_path):
     assert (cfg.family, cfg.ffn_dim, cfg.nope_layers, cfg.moe, cfg.linear) == ("granite", 40, (0, 1), None, None)
 
 
+def test_nemotron_h_layer_pattern_and_refusals(tmp_path):
+    """Nemotron-H's checkpoint layers (one sub-layer each) pair into model layers: each Mamba-2 or attention layer
+    with the MLP or experts right after it, mixer-only otherwise, from ``layers_block_type`` or the older
+    ``hybrid_override_pattern`` (here one of Nemotron-H-8B's shape: 52 layers, 4 of them attention); what these
+    layers cannot run is refused by name, and a multi-token-prediction tensor is ignored."""
+    base = {"model_type": "nemotron_h", "vocab_size": 64, "hidden_size": 32, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 48, "mamba_num_heads": 4,
+            "mamba_head_dim": 8, "ssm_state_size": 8, "n_groups": 2}
+    pattern = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
+    (tmp_path / "config.json").write_text(json.dumps({**base, "hybrid_override_pattern": pattern,
+                                                      "num_hidden_layers": 52}))
+    cfg = config_from_hf(tmp_path)
+    assert (cfg.n_layers, cfg.mixer_only_layers, cfg.activation, cfg.moe) == (28, (3, 9, 15, 21), "relu2", None)
+    assert cfg.attention_layers == cfg.nope_layers == (4, 10, 16, 22)
+    assert cfg.linear.kind == "mamba2" and len(cfg.linear.layers) == 24
+    assert (cfg.linear.k_heads, cfg.linear.v_heads, cfg.linear.k_dim, cfg.linear.v_dim) == (2, 4, 8, 8)
+    from reasoning_rl.models.families import nemotron_h
+
+    assert "".join(nemotron_h.layer_types(cfg)) == pattern  # written back as read
+    assert nemotron_h.to_hf(cfg)["layers_block_type"][:3] == ["linear_attention", "mlp", "linear_attention"]
+    types = ["linear_attention", "moe", "full_attention", "moe", "linear_attention", "linear_attention", "mlp"]
+    (tmp_path / "config.json").write_text(json.dumps({**base, "layers_block_type": types, "n_routed_experts": 4,
+                                                      "n_group": 2, "topk_group": 1}))
+    cfg = config_from_hf(tmp_path)
+    m = cfg.moe
+    assert (cfg.n_layers, cfg.mixer_only_layers, m.dense_layers, m.score, m.score_bias, m.n_group) == (
+        4, (2,), (3,), "sigmoid", True, 2)
+    assert nemotron_h.layer_types(cfg) == ["M", "E", "*", "E", "M", "M", "-"]
+    for over, match in (({"layers_block_type": ["mlp", "linear_attention"]}, r"layer 0 \(mlp\) follows no Mamba-2"),
+                        ({"layers_block_type": ["linear_attention", "mlp", "moe"]}, r"layer 2 \(moe\) follows no"),
+                        ({"layers_block_type": ["linear_attention", "conv"]}, r"entries 'conv' are not layer types"),
+                        ({"hybrid_override_pattern": "M-X"}, r"hybrid_override_pattern entries 'X'"),
+                        ({"moe_latent_size": 16}, r"moe_latent_size=16 is not supported \(latent expert"),
+                        ({"mlp_hidden_act": "silu"}, r"mlp_hidden_act='silu' is not supported"),
+                        ({"use_bias": True}, r"use_bias=True is not supported"),
+                        ({"attention_bias": True}, r"attention_bias=True is not supported \(attention biases"),
+                        ({"n_groups": 3}, r"n_groups=3 does not divide mamba_num_heads=4")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+    assert nemotron_h.ignored("mtp.layers.0.mixer.q_proj.weight", cfg)
+    assert not nemotron_h.ignored("backbone.layers.0.mixer.q_proj.weight", cfg)
+
+
 @pytest.mark.parametrize("model_type,why", [("jamba", "Mamba \\(v1\\) layers keep a recurrent"),
                                             ("minimax", "lightning \\(linear\\) attention layers keep a recurrent"),
                                             ("falcon_h1", "layers run a Mamba-2 mixer beside attention"),
-                                            ("nemotron_h", "layers are Mamba-2, attention or MLP blocks alone"),
                                             ("mamba2", "layers are Mamba-2 mixers without MLPs")])
 def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, why):
     """A recurrent or hybrid model whose layers are not of the kinds here is refused saying what is missing, not

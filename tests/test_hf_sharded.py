@@ -41,9 +41,10 @@ print("RESULT" + json.dumps(out))
 
 def test_sharded_load_matches_unsharded(tmp_path):
     """Also expert-parallel (expert 2, tensor 2): gpt-oss's expert biases (the down bias added once, after the
-    partial sums over ``tensor``), Qwen2-MoE's gated shared expert, dense layers between MoE ones."""
+    partial sums over ``tensor``), Qwen2-MoE's gated shared expert, dense layers between MoE ones, Nemotron-H's
+    ungated experts (up and down only) beside Mamba-2 layers with and without an MLP."""
     paths = {}
-    for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense"):
+    for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -62,3 +63,7 @@ def test_sharded_load_matches_unsharded(tmp_path):
     oss = res["gpt_oss"]["specs"]
     assert oss["layers/mlp/gate_b"] == [None, "expert", "tensor"] and oss["layers/attn/sinks"] == [None, "tensor"]
     assert res["qwen3_moe_dense"]["specs"]["dense_layers/mlp/gate"] == [None, "fsdp", "tensor"]
+    nem = res["nemotron_h_moe"]["specs"]
+    assert nem["linear_layers/mlp/up"] == [None, "expert", "fsdp", "tensor"] and "linear_layers/mlp/gate" not in nem
+    assert nem["linear_mixer_layers/attn/o"][0] is None and not any(k.startswith("linear_mixer_layers/mlp")
+                                                                     for k in nem)

@@ -66,10 +66,10 @@ def _model(name: str):
     mdef, _ = create(cfg, abstract=True)
     params = random_params(mdef, 4)
     # a conv bias and gated norm off their initial values, so ignoring either shows
-    att = params["linear_layers"]["attn"]
-    for k in ("conv_x_bias", "conv_B_bias", "norm", "D", "dt_bias"):
-        if k in att:
-            att[k] = att[k] + 0.3 * jax.random.normal(jax.random.key(len(k)), att[k].shape)
+    for att in (params[s]["attn"] for s in ("linear_layers", "linear_mixer_layers") if s in params):
+        for k in ("conv_x_bias", "conv_B_bias", "norm", "D", "dt_bias"):
+            if k in att:
+                att[k] = att[k] + 0.3 * jax.random.normal(jax.random.key(len(k)), att[k].shape)
     return mdef, params
 
 
@@ -78,9 +78,10 @@ def hybrid():
     return _model("granite4_h")
 
 
-@pytest.fixture(scope="module", params=["granite4_h", "lfm2"])
+@pytest.fixture(scope="module", params=["granite4_h", "lfm2", "nemotron_h"])
 def recurrent(request):
-    """Granite 4.0-H (Mamba-2) and LFM2 (gated short convolutions)."""
+    """Granite 4.0-H (Mamba-2), LFM2 (gated short convolutions) and Nemotron-H (Mamba-2 and attention layers,
+    some without an MLP)."""
     return _model(request.param)
 
 

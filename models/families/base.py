@@ -82,6 +82,20 @@ class Tensor:
     part: tuple[int, int] = (0, 1)  # (which, of how many) rows of the fused tensor's expert slice
     zeros: tuple[int, ...] | None = None  # not one of our params: saved as zeros of this per-layer shape
     piece: Piece | None = None  # one part of a checkpoint tensor holding several of our params
+    # the checkpoint's layer index of each model layer, where they differ ("{i}" is then index[layer]): Nemotron-H
+    # stores a layer's mixer and its MLP as two checkpoint layers
+    index: tuple[int, ...] = ()
+
+    def name(self, layer: int | None, expert: int | None = None) -> str:
+        """The checkpoint tensor of model layer ``layer`` (None: not a layer's) and ``expert``."""
+        return self.hf.format(i=self._at(layer), e=expert)
+
+    def fused_name(self, layer: int) -> str:
+        """The fused-experts tensor of model layer ``layer``."""
+        return self.fused.format(i=self._at(layer))
+
+    def _at(self, layer: int | None) -> int | None:
+        return self.index[layer] if self.index and layer is not None else layer
 
     def stacked(self) -> tuple[bool, bool]:
         """(has a leading layer dim, has an expert dim) in our parameter."""

@@ -1,5 +1,6 @@
-"""Gated feed-forward block (SwiGLU, GeGLU with the tanh-approximated GELU for Gemma, or gpt-oss's clamped
-SwiGLU), with optional biases."""
+"""Feed-forward block: gated (SwiGLU, GeGLU with the tanh-approximated GELU for Gemma, or gpt-oss's clamped
+SwiGLU) or, for a ``PLAIN`` activation, ungated: ``down(act(up x))`` with no gate projection (Nemotron-H's
+squared ReLU)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ ACTIVATIONS = {
 }
 
 
-GLUS = (*ACTIVATIONS, "clamped_swiglu")
+# ungated activations: the block has no gate projection (the MLP's and the experts' ``gate`` is None)
+PLAIN = {"relu2": lambda x: jnp.square(jax.nn.relu(x))}
+GLUS = (*ACTIVATIONS, "clamped_swiglu", *PLAIN)
+
+
+def gated(name: str) -> bool:
+    """Has the block of activation ``name`` a gate projection?"""
+    return name not in PLAIN
 
 
 def activation_fn(name: str):
@@ -41,7 +49,11 @@ def _gelu_tanh(x, tanh):
 def glu_fn(name: str, alpha: float = 1.702, limit: float = 7.0, batch_invariant: bool = False):
     """``f(gate, up)`` -> the gated hidden activation. ``clamped_swiglu`` (gpt-oss): the gate clipped above at
     ``limit``, the up projection to [-limit, limit], and ``(up + 1) * gate * sigmoid(alpha * gate)``.
-    ``batch_invariant``: exponentials through ``invariant.exp`` (the same bits in every program)."""
+    ``batch_invariant``: exponentials through ``invariant.exp`` (the same bits in every program). An ungated
+    activation (``PLAIN``) ignores ``gate`` (None: the block has no gate projection)."""
+    if name in PLAIN:
+        act = PLAIN[name]  # (no exponential: the same bits in every program already)
+        return lambda g, u: act(u)
     if name == "clamped_swiglu":
         sigmoid = (lambda a: invariant.sigmoid(a).astype(a.dtype)) if batch_invariant else jax.nn.sigmoid
 
@@ -65,7 +77,8 @@ class MLP(nnx.Module):
         self.dtype = dtype
         self.activation = activation
         self.glu_args = tuple(glu_args)
-        self.gate = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), d_model, param_dtype)
+        self.gate = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), d_model, param_dtype) if gated(activation) \
+            else None
         self.up = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), d_model, param_dtype)
         self.down = param(rngs, (ffn_dim, d_model), ("mlp", "embed"), ffn_dim, param_dtype, scale=out_scale)
 
@@ -76,7 +89,7 @@ class MLP(nnx.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         mm = invariant.matmul_for(self.invariant)
-        g = adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt)))
+        g = None if self.gate is None else adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt)))
         u = adapt(self, "up", x2, mm(x2, self.up[...].astype(dt)))
         h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)

@@ -22,7 +22,7 @@ from reasoning_rl.sharding import constrain, current
 from ..config import MoEConfig
 from ..lora import weight
 from .init import param, zeros
-from .mlp import MLP, glu_fn
+from .mlp import MLP, gated, glu_fn
 
 
 @jax.tree_util.register_dataclass
@@ -124,19 +124,21 @@ def experts_dense(x: jax.Array, r: Routing, w: dict, glu) -> jax.Array:
     ``w``: gate/up [E, D, F], down [E, F, D] and, for families with expert biases, gate_b/up_b [E, F], down_b
     [E, D]."""
     n = x.shape[0]
-    gate, up, down = w["gate"], w["up"], w["down"]
-    combine = jnp.zeros((n, gate.shape[0]), jnp.float32).at[jnp.arange(n)[:, None], r.experts].add(r.weights)
+    gate, up, down = w.get("gate"), w["up"], w["down"]
+    combine = jnp.zeros((n, up.shape[0]), jnp.float32).at[jnp.arange(n)[:, None], r.experts].add(r.weights)
     zero = {"gate_b": 0.0, "up_b": 0.0, "down_b": 0.0}
     b = {k: (w[k][None] if w.get(k) is not None else v) for k, v in zero.items()}
-    h = glu(jnp.einsum("nd,edi->nei", x, gate) + b["gate_b"], jnp.einsum("nd,edi->nei", x, up) + b["up_b"])
+    g = None if gate is None else jnp.einsum("nd,edi->nei", x, gate) + b["gate_b"]
+    h = glu(g, jnp.einsum("nd,edi->nei", x, up) + b["up_b"])
     y = jnp.einsum("nei,eid->ned", h, down) + b["down_b"]
     return jnp.einsum("ned,ne->nd", y, combine.astype(y.dtype))
 
 
 def _grouped_ffn(xs: jax.Array, ids: jax.Array, sizes: jax.Array, w: dict, glu, down_bias: bool = True) -> jax.Array:
     """The expert FFN of rows ``xs`` sorted by expert (``ids`` [M] each row's expert, ``sizes`` rows per
-    expert): one ``ragged_dot`` per projection, plus each row's expert biases."""
-    g = jax.lax.ragged_dot(xs, w["gate"], sizes) + _bias(w.get("gate_b"), ids)
+    expert): one ``ragged_dot`` per projection, plus each row's expert biases (no gate projection for an
+    ungated activation: ``w`` has no "gate")."""
+    g = jax.lax.ragged_dot(xs, w["gate"], sizes) + _bias(w.get("gate_b"), ids) if "gate" in w else None
     u = jax.lax.ragged_dot(xs, w["up"], sizes) + _bias(w.get("up_b"), ids)
     y = jax.lax.ragged_dot(glu(g, u), w["down"], sizes)
     return y + _bias(w.get("down_b"), ids) if down_bias else y
@@ -148,7 +150,7 @@ def experts_ragged(x: jax.Array, r: Routing, w: dict, glu) -> jax.Array:
     flat = r.experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     token = order // k
-    sizes = jnp.bincount(flat, length=w["gate"].shape[0]).astype(jnp.int32)
+    sizes = jnp.bincount(flat, length=w["up"].shape[0]).astype(jnp.int32)
     xs = jnp.take(x, token, axis=0)
     y = _grouped_ffn(xs, jnp.take(flat, order), sizes, w, glu)
     y = y * jnp.take(r.weights.reshape(-1), order).astype(y.dtype)[:, None]
@@ -184,8 +186,7 @@ def experts_parallel(x: jax.Array, r: Routing, w: dict, glu, ctx, capacity_facto
 
     mesh = ctx.mesh
     ep = mesh.shape["expert"]
-    gate = w["gate"]
-    n_exp = gate.shape[0]
+    n_exp = w["up"].shape[0]
     if n_exp % ep:
         raise ValueError(f"mesh.expert: {ep} does not divide the {n_exp} experts")
     n_local = n_exp // ep
@@ -195,7 +196,7 @@ def experts_parallel(x: jax.Array, r: Routing, w: dict, glu, ctx, capacity_facto
               "up_b": ("experts", "expert_mlp"), "down_b": ("experts", None)}
     names = [k for k in w_axes if w.get(k) is not None]
     w_specs = [ctx.spec(w_axes[k], w[k].shape) for k in names]
-    tensor_axes = w_specs[0][2]
+    tensor_axes = w_specs[names.index("up")][2]
     tensor_axes = () if tensor_axes is None else (tensor_axes,) if isinstance(tensor_axes, str) else tensor_axes
     k = r.experts.shape[1]
 
@@ -244,11 +245,14 @@ class MoE(nnx.Module):
         self.router = param(rngs, (d_model, e), ("embed", None), d_model, jnp.float32)
         self.router_bias = zeros((e,), (None,), jnp.float32) if mc.router_bias else None
         self.score_bias = zeros((e,), (None,), jnp.float32) if mc.score_bias else None
-        self.gate = param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
+        self.gate = (param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
+                     if gated(activation) else None)  # (an ungated activation: up and down only)
         self.up = param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
         self.down = param(rngs, (e, f, d_model), ("experts", "expert_mlp", "embed"), f, param_dtype,
                           scale=out_scale)
         if mc.expert_bias:
+            if self.gate is None:
+                raise ValueError(f"moe.expert_bias: experts of the ungated activation {activation!r} take no biases")
             self.gate_b = zeros((e, f), ("experts", "expert_mlp"), param_dtype)
             self.up_b = zeros((e, f), ("experts", "expert_mlp"), param_dtype)
             self.down_b = zeros((e, d_model), ("experts", None), param_dtype)
