@@ -434,6 +434,7 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
     ``lora_dropout: 0`` (dropout only shapes training, the adapter's function is the same). Params that are
     parts of one fused checkpoint tensor (Phi-3's qkv_proj, Qwen3.5's q_proj and in_proj_qkv) go to that module
     the same way: the parts side by side (``_fused_piece_tensors``), the rank pattern n r when n are adapted."""
+    from .families import for_family
     from .hf_save import _host, _resolve, flatten
     from .safetensors_io import NAMES, write_file
     from .transformer import stack_layers
@@ -454,6 +455,12 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
         t = specs.get(wpath)
         if t is None or ("{e}" in t.hf and not t.fused):
             raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent")
+        refused = getattr(for_family(cfg.family), "PEFT_REFUSED", ())
+        if t.hf.rsplit(".", 2)[-2] in refused:
+            raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} ({t.hf.rsplit('.', 2)[-2]}): peft refuses "
+                            f"adapters on {', '.join(sorted(refused))} of a {cfg.family} model (its fused Mamba "
+                            "kernels bypass them); export the model with its adapters merged (reasoning-rl export), "
+                            "or train without that target")
         b = _host(flat[path[:-1] + (wpath[-1] + SUFFIX_B,)]).astype(np.float32)
         a = _host(a).astype(np.float32)
         if "{e}" in t.hf:

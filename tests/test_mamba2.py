@@ -123,29 +123,45 @@ def test_packed_rows_equal_their_sequences_alone(recurrent):
 
 
 @pytest.mark.parity
-def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path):
+@pytest.mark.parametrize("name", ["granite4_h", "nemotron_h"])
+def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path, name):
     """Adapters on the attention layer's q/k/v/o and the Mamba-2 layers' output projection (o: out_proj) written
-    for peft: transformers' Granite 4.0-H with them gives our logits, and the file loads back to the same model."""
+    for peft: transformers' Granite 4.0-H with them gives our logits, and the file loads back to the same model.
+    Nemotron-H's also on its MLP layers' up/down (a model layer's adapters go to the checkpoint layers it was made
+    of, under the names transformers gives them)."""
     peft = pytest.importorskip("peft")
     torch = pytest.importorskip("torch")
     import test_hf_parity as P
     from reasoning_rl.models import load_pretrained, save_lora
 
     path = tmp_path / "base"
-    P.build_reference("granite4_h").save_pretrained(path)
+    P.build_reference(name).save_pretrained(path)
     base = load_pretrained(path)
-    mdef = lora.with_lora(base.mdef, LoRAConfig(rank=3, alpha=5.0, targets=("q", "k", "v", "o")))
-    ad = lora.init_adapters(mdef, 0)
-    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(ad))))
-    ad = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), ad)
-    assert "o_lora_a" in ad["linear_layers"]["attn"]  # the Mamba-2 layers' out_proj is adapted
-    model = type(base)(mdef, lora.join(base.params, ad))
+    # (peft refuses adapters on a Nemotron-H Mamba-2 layer's out_proj, which our o target adapts: refused below)
+    targets = ("q", "k", "v", "o") if name == "granite4_h" else ("q", "k", "v", "up", "down")
+
+    def adapted(targets):
+        mdef = lora.with_lora(base.mdef, LoRAConfig(rank=3, alpha=5.0, targets=targets))
+        ad = lora.init_adapters(mdef, 0)
+        keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(ad))))
+        ad = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), ad)
+        return type(base)(mdef, lora.join(base.params, ad)), ad
+
+    model, ad = adapted(targets)
+    if name == "granite4_h":
+        assert "o_lora_a" in ad["linear_layers"]["attn"]  # the Mamba-2 layers' out_proj is adapted
+    else:
+        assert "up_lora_a" in ad["linear_layers"]["mlp"] and set(ad["mixer_layers"]) == {"attn"}  # (no MLP there)
+        with pytest.raises(lora.LoRAError, match=r"out_proj\): peft refuses adapters on out_proj of a nemotron_h"):
+            save_lora(adapted(("q", "o"))[0], tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
     ids, mask = P.IDS, P.MASK
     ours = np.asarray(model(ids, mask))
     assert np.abs(ours - np.asarray(base(ids, mask)))[mask].max() > 1e-3  # the adapters matter
     save_lora(model, tmp_path / "adapter")
     conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert conf["target_modules"] == ["k_proj", "o_proj", "out_proj", "q_proj", "v_proj"]
+    assert conf["target_modules"] == (["k_proj", "o_proj", "out_proj", "q_proj", "v_proj"] if name == "granite4_h"
+                                      else ["down_proj", "k_proj", "q_proj", "up_proj", "v_proj"])
     import transformers
 
     ref = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(path).eval(),

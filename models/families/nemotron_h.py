@@ -32,6 +32,9 @@ KINDS = {"M": "M", "linear_attention": "M", "mamba": "M", "*": "*", "full_attent
          "-": "-", "mlp": "-", "E": "E", "moe": "E"}
 NAMES = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 MIXERS, MLPS = "M*", "-E"
+# checkpoint modules peft will not adapt in this model type (the Mamba-2 mixer's out_proj: its fused kernels read
+# the weight directly); an adapter on one is refused by save_lora, saying so
+PEFT_REFUSED = ("out_proj",)
 
 
 def layer_kinds(hf: dict) -> list[str]:
