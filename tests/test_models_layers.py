@@ -198,15 +198,19 @@ def _moe_inputs(mc, n=24, d=16, seed=0, biases=False):
     return x, logits, w
 
 
-@pytest.mark.parametrize("score, glu", [("softmax", "silu"), ("sigmoid", "silu"), ("softmax", "clamped_swiglu")])
+@pytest.mark.parametrize("score, glu", [("softmax", "silu"), ("sigmoid", "silu"), ("softmax", "clamped_swiglu"),
+                                        ("sigmoid", "relu2")])
 def test_ragged_experts_equal_dense_reference_with_grads(score, glu):
     """The grouped-matmul experts equal every-expert-on-every-token, values and gradients; with gpt-oss's
-    expert biases and clamped SwiGLU (limit low enough that the clamps bind) too."""
+    expert biases and clamped SwiGLU (limit low enough that the clamps bind) too, and Nemotron-H's ungated
+    squared-ReLU experts (no gate weights: ``relu(x up)^2 down``, checked against that formula)."""
     from reasoning_rl.models.layers.mlp import glu_fn
 
     mc = MoEConfig(n_experts=8, top_k=3, ffn_dim=8, score=score, n_group=2 if score == "sigmoid" else 1,
                    topk_group=1, scaling=2.0 if score == "sigmoid" else 1.0)
     x, logits, w = _moe_inputs(mc, biases=glu == "clamped_swiglu")
+    if glu == "relu2":
+        del w["gate"]
     act = glu_fn(glu, 1.702, 0.5)
 
     @jax.jit
@@ -223,6 +227,11 @@ def test_ragged_experts_equal_dense_reference_with_grads(score, glu):
 
     out = both(x, w)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), out["ragged"], out["dense"])
+    if glu == "relu2":
+        r = route(logits, mc)
+        h = np.maximum(np.einsum("nd,nkdf->nkf", x, w["up"][np.asarray(r.experts)]), 0) ** 2
+        y = np.einsum("nkf,nkfd,nk->nd", h, w["down"][np.asarray(r.experts)], np.asarray(r.weights))
+        np.testing.assert_allclose(out["ragged"][0], y, atol=1e-4, rtol=1e-4)
 
 
 def test_routing_rules():
