@@ -62,6 +62,14 @@ def hf_config(cfg: TransformerConfig) -> dict:
                 return {k: v for k, v in json.loads(json.dumps(stored)).items() if k != "quantization_config"}
         except ConfigError:
             pass
+    # switches that only some formats can express: each family's module lists what it writes (default: SiLU
+    # gated MLPs, every layer with an MLP), so a config outside them fails here instead of saving another model
+    if cfg.activation not in getattr(fam, "ACTIVATIONS", ("silu",)):
+        raise ConfigError(f"TransformerConfig.activation={cfg.activation!r} cannot be written as a {cfg.family} "
+                          "checkpoint")
+    if cfg.mixer_only_layers and not getattr(fam, "MIXER_ONLY_LAYERS", False):
+        raise ConfigError(f"TransformerConfig.mixer_only_layers={cfg.mixer_only_layers!r} cannot be written as a "
+                          f"{cfg.family} checkpoint (its layers all have an MLP)")
     return fam.to_hf(cfg)
 
 
@@ -107,6 +115,7 @@ def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | 
         dtype = dtype or base_cfg.param_dtype
     cfg = mdef.cfg
     dtype = dtype or cfg.param_dtype
+    conf = hf_config(cfg)  # first: a config the format cannot express fails before anything is written
     if dtype not in NP_DTYPES:
         raise ValueError(f"dtype: unsupported value {dtype!r} (supported: {', '.join(NP_DTYPES)})")
     st_dtype = NAMES[NP_DTYPES[dtype]]
@@ -191,7 +200,6 @@ def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | 
     if n_files > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    conf = hf_config(cfg)
     conf["dtype"] = dtype
     if "torch_dtype" in conf:
         conf["torch_dtype"] = dtype

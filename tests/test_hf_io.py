@@ -522,6 +522,20 @@ def test_granite4_layer_types_and_experts(tmp_path):
     assert (cfg.family, cfg.ffn_dim, cfg.nope_layers, cfg.moe, cfg.linear) == ("granite", 40, (0, 1), None, None)
 
 
+@pytest.mark.parametrize("name,over,match", [
+    ("qwen2", {"activation": "relu2"}, r"activation='relu2' cannot be written as a qwen2 checkpoint"),
+    ("llama", {"activation": "gelu_tanh"}, r"activation='gelu_tanh' cannot be written as a llama checkpoint"),
+    ("llama", {"mixer_only_layers": (1,)}, r"mixer_only_layers=\(1,\) cannot be written as a llama checkpoint"),
+    ("nemotron_h", {"activation": "silu"}, r"activation='silu' cannot be written as a nemotron_h checkpoint")])
+def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
+    """A hand-built config whose MLP activation or mixer-only layers the family's format cannot express fails
+    naming the field, and nothing is written (before: saved as that family's usual model, another model)."""
+    mdef, _ = create(dataclasses.replace(FAMILY_CONFIGS[name], **over), abstract=True)
+    with pytest.raises(ConfigError, match=match):
+        save_pretrained(mdef, random_params(mdef, 0), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_nemotron_h_layer_pattern_and_refusals(tmp_path):
     """Nemotron-H's checkpoint layers (one sub-layer each) pair into model layers: each Mamba-2 or attention layer
     with the MLP or experts right after it, mixer-only otherwise, from ``layers_block_type`` or the older

@@ -12,6 +12,7 @@ from .base import Tensor, common_from_hf, common_to_hf, llama_like, unsupported_
 NAME = "gemma"
 MODEL_TYPES = ("gemma",)
 ARCHITECTURE = "GemmaForCausalLM"
+ACTIVATIONS = ("gelu_tanh",)  # the MLP activation its format writes
 # what the reference's config class fills in where a config.json leaves a field out (Gemma 7B's shape)
 DEFAULTS = {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576, "num_hidden_layers": 28,
             "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256, "max_position_embeddings": 8192,

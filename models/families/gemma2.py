@@ -13,6 +13,7 @@ from .base import ConfigError, Tensor, common_from_hf, common_to_hf, every_nth_f
 NAME = "gemma2"
 MODEL_TYPES = ("gemma2",)
 ARCHITECTURE = "Gemma2ForCausalLM"
+ACTIVATIONS = ("gelu_tanh",)  # the MLP activation its format writes
 # what the reference's config class fills in where a config.json leaves a field out (Gemma 2 2B's shape);
 # the softcaps among them: a config without them is a model that applies them
 DEFAULTS = {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,

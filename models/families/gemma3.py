@@ -24,6 +24,7 @@ from .base import (
 NAME = "gemma3"
 MODEL_TYPES = ("gemma3_text",)
 ARCHITECTURE = "Gemma3ForCausalLM"
+ACTIVATIONS = ("gelu_tanh",)  # the MLP activation its format writes
 
 
 def _layer_types(hf: dict) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from .base import (
 NAME = "gpt_oss"
 MODEL_TYPES = ("gpt_oss",)
 ARCHITECTURE = "GptOssForCausalLM"
+ACTIVATIONS = ("clamped_swiglu",)  # the MLP activation its format writes
 
 
 def from_hf(hf: dict) -> TransformerConfig:

@@ -31,7 +31,9 @@ ARCHITECTURE = "NemotronHForCausalLM"
 KINDS = {"M": "M", "linear_attention": "M", "mamba": "M", "*": "*", "full_attention": "*", "attention": "*",
          "-": "-", "mlp": "-", "E": "E", "moe": "E"}
 NAMES = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
-MIXERS, MLPS = "M*", "-E"
+MIXERS = "M*"
+ACTIVATIONS = ("relu2",)  # the MLP activation its format writes
+MIXER_ONLY_LAYERS = True  # layers without an MLP are written (a mixer no MLP layer follows)
 # checkpoint modules peft will not adapt in this model type (the Mamba-2 mixer's out_proj: its fused kernels read
 # the weight directly); an adapter on one is refused by save_lora, saying so
 PEFT_REFUSED = ("out_proj",)
@@ -60,7 +62,7 @@ def blocks(kinds: list[str]) -> list[tuple[int, int | None]]:
     for j, k in enumerate(kinds):
         if k in MIXERS:
             out.append((j, None))
-        elif out and out[-1][1] is None and kinds[out[-1][0]] in MIXERS and out[-1][0] == j - 1:
+        elif out and out[-1] == (j - 1, None):  # the mixer right before it has no MLP yet
             out[-1] = (j - 1, j)
         else:
             raise ConfigError(f"config.json: layer {j} ({NAMES[k]}) follows no Mamba-2 or attention layer (an MLP "
