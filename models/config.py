@@ -41,6 +41,9 @@ class MoEConfig:
     shared_gate: bool = False  # the shared expert's output scaled by sigmoid(x . w) (Qwen2-MoE)
     router_bias: bool = False  # the router's logits have a learned bias (gpt-oss)
     expert_bias: bool = False  # every expert's projections have biases (gpt-oss)
+    # routed experts work in a narrower space: tokens projected d_model -> latent_dim before them and back after
+    # (Nemotron-3-Super's fc1/fc2_latent_proj); the router and the shared expert see the full width. 0: none
+    latent_dim: int = 0
 
     def is_moe(self, layer: int) -> bool:
         """Does ``layer`` route over experts (rather than run a dense MLP)?"""

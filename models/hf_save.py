@@ -70,6 +70,9 @@ def hf_config(cfg: TransformerConfig) -> dict:
     if cfg.mixer_only_layers and not getattr(fam, "MIXER_ONLY_LAYERS", False):
         raise ConfigError(f"TransformerConfig.mixer_only_layers={cfg.mixer_only_layers!r} cannot be written as a "
                           f"{cfg.family} checkpoint (its layers all have an MLP)")
+    if cfg.moe is not None and cfg.moe.latent_dim and not getattr(fam, "MOE_LATENT", False):
+        raise ConfigError(f"TransformerConfig.moe.latent_dim={cfg.moe.latent_dim} cannot be written as a "
+                          f"{cfg.family} checkpoint (its experts take the full width)")
     return fam.to_hf(cfg)
 
 

@@ -114,6 +114,14 @@ FAMILY_CONFIGS = {
                                                       scaling=2.0, dense_layers=(1,)),
                                         linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8,
                                                                 v_dim=16, kind="mamba2", conv=3)),
+    # Nemotron-3-Super's shape: routed experts in a 16-dim latent space, between Mamba-2 / attention mixers
+    "nemotron_h_moe_latent": TransformerConfig(**{**BASE, "n_layers": 2}, family="nemotron_h", activation="relu2",
+                                               norm_eps=1e-5, nope_layers=(1,),
+                                               moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1,
+                                                             shared_ffn=24, score="sigmoid", score_bias=True,
+                                                             latent_dim=16),
+                                               linear=LinearAttnConfig(layers=(0,), k_heads=2, v_heads=4, k_dim=8,
+                                                                       v_dim=8, kind="mamba2", conv_bias=True)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -526,10 +534,13 @@ def test_granite4_layer_types_and_experts(tmp_path):
     ("qwen2", {"activation": "relu2"}, r"activation='relu2' cannot be written as a qwen2 checkpoint"),
     ("llama", {"activation": "gelu_tanh"}, r"activation='gelu_tanh' cannot be written as a llama checkpoint"),
     ("llama", {"mixer_only_layers": (1,)}, r"mixer_only_layers=\(1,\) cannot be written as a llama checkpoint"),
-    ("nemotron_h", {"activation": "silu"}, r"activation='silu' cannot be written as a nemotron_h checkpoint")])
+    ("nemotron_h", {"activation": "silu"}, r"activation='silu' cannot be written as a nemotron_h checkpoint"),
+    ("qwen3_moe", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, latent_dim=8)},
+     r"moe.latent_dim=8 cannot be written as a qwen3_moe checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
-    """A hand-built config whose MLP activation or mixer-only layers the family's format cannot express fails
-    naming the field, and nothing is written (before: saved as that family's usual model, another model)."""
+    """A hand-built config whose MLP activation, mixer-only layers or latent experts the family's format cannot
+    express fails naming the field, and nothing is written (before: saved as that family's usual model, another
+    model)."""
     mdef, _ = create(dataclasses.replace(FAMILY_CONFIGS[name], **over), abstract=True)
     with pytest.raises(ConfigError, match=match):
         save_pretrained(mdef, random_params(mdef, 0), tmp_path / "out")
@@ -564,11 +575,12 @@ def test_nemotron_h_layer_pattern_and_refusals(tmp_path):
     assert (cfg.n_layers, cfg.mixer_only_layers, m.dense_layers, m.score, m.score_bias, m.n_group) == (
         4, (2,), (3,), "sigmoid", True, 2)
     assert nemotron_h.layer_types(cfg) == ["M", "E", "*", "E", "M", "M", "-"]
+    (tmp_path / "config.json").write_text(json.dumps({**base, "layers_block_type": types, "moe_latent_size": 16}))
+    assert config_from_hf(tmp_path).moe.latent_dim == 16
     for over, match in (({"layers_block_type": ["mlp", "linear_attention"]}, r"layer 0 \(mlp\) follows no Mamba-2"),
                         ({"layers_block_type": ["linear_attention", "mlp", "moe"]}, r"layer 2 \(moe\) follows no"),
                         ({"layers_block_type": ["linear_attention", "conv"]}, r"entries 'conv' are not layer types"),
                         ({"hybrid_override_pattern": "M-X"}, r"hybrid_override_pattern entries 'X'"),
-                        ({"moe_latent_size": 16}, r"moe_latent_size=16 is not supported \(latent expert"),
                         ({"mlp_hidden_act": "silu"}, r"mlp_hidden_act='silu' is not supported"),
                         ({"use_bias": True}, r"use_bias=True is not supported"),
                         ({"attention_bias": True}, r"attention_bias=True is not supported \(attention biases"),

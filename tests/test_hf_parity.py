@@ -186,6 +186,14 @@ CASES = {
         "conv_kernel": 3, "use_conv_bias": False, "chunk_size": 8, "n_routed_experts": 4, "num_experts_per_tok": 2,
         "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 48, "n_group": 2, "topk_group": 1,
         "routed_scaling_factor": 1.5, "initializer_range": 0.1}),
+    # Nemotron-3-Super's latent experts: tokens projected to 24 dims before the routed experts and back after
+    # (fc1/fc2_latent_proj); the router and the shared expert see the full width
+    "nemotron_h_latent": ("NemotronHConfig", {
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "moe"], "head_dim": 16,
+        "mamba_num_heads": 4, "mamba_head_dim": 16, "n_groups": 2, "ssm_state_size": 8, "chunk_size": 8,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+        "moe_shared_expert_intermediate_size": 48, "moe_latent_size": 24, "routed_scaling_factor": 2.0,
+        "initializer_range": 0.1}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -362,7 +370,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
 @pytest.mark.parametrize("name", ["qwen2", "gemma3", "deepseek_v3", "gpt_oss", "olmo2", "qwen2_moe", "qwen3_moe_dense",
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
                                   "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
-                                  "granite4_h", "granite4_h_moe", "lfm2", "bamba", "nemotron_h", "nemotron_h_moe"])
+                                  "granite4_h", "granite4_h_moe", "lfm2", "bamba", "nemotron_h", "nemotron_h_moe",
+                                  "nemotron_h_moe_latent"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -419,7 +428,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "exaone4", "minimax_m2", "glm4", "ministral3",
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
-                                  "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe"])
+                                  "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
+                                  "nemotron_h_latent"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -445,7 +455,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
-                                  "bamba", "nemotron_h", "nemotron_h_moe"])
+                                  "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -42,9 +42,11 @@ print("RESULT" + json.dumps(out))
 def test_sharded_load_matches_unsharded(tmp_path):
     """Also expert-parallel (expert 2, tensor 2): gpt-oss's expert biases (the down bias added once, after the
     partial sums over ``tensor``), Qwen2-MoE's gated shared expert, dense layers between MoE ones, Nemotron-H's
-    ungated experts (up and down only) beside Mamba-2 layers with and without an MLP."""
+    ungated experts (up and down only) beside Mamba-2 layers with and without an MLP, and in a latent space
+    (Nemotron-3-Super's: dispatched at the latent width)."""
     paths = {}
-    for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe"):
+    for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
+                 "nemotron_h_moe_latent"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)

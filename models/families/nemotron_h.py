@@ -1,5 +1,5 @@
 """NVIDIA Nemotron-H (``model_type`` nemotron_h: Nemotron-H 4B/8B/47B/56B, the reasoning models
-Nemotron-Nano-9B-v2 / 12B-v2, and Nemotron-3-Nano-30B-A3B with routed experts).
+Nemotron-Nano-9B-v2 / 12B-v2, and with routed experts Nemotron-3-Nano-30B-A3B and Nemotron-3-Super).
 
 Its checkpoint layers are each one sub-layer after its own RMSNorm, with a residual add: a Mamba-2 mixer
 (``M``), attention without rotary embeddings (``*``), an ungated squared-ReLU MLP (``-``: ``down(relu(up x)^2)``)
@@ -12,8 +12,10 @@ it was made of (``Tensor.index``). An MLP that follows no mixer is refused by na
 
 The experts (``E``) are DeepSeek-V3's router (sigmoid scores, ``e_score_correction_bias`` for selection only,
 grouped top-k, renormalised, times ``routed_scaling_factor``) over ungated squared-ReLU experts, plus one
-ungated shared expert ``moe_shared_expert_intermediate_size`` wide. Multi-token-prediction layers (``mtp.*``)
-are not used (ignored); the latent expert projections of ``moe_latent_size`` are refused by name."""
+ungated shared expert ``moe_shared_expert_intermediate_size`` wide; with ``moe_latent_size`` (Nemotron-3-Super)
+the routed experts work in that narrower space, between ``fc1_latent_proj`` and ``fc2_latent_proj``
+(``MoEConfig.latent_dim``), while the router and the shared expert see the full width. Multi-token-prediction
+layers (``mtp.*``) are not used (ignored)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ NAMES = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 MIXERS = "M*"
 ACTIVATIONS = ("relu2",)  # the MLP activation its format writes
 MIXER_ONLY_LAYERS = True  # layers without an MLP are written (a mixer no MLP layer follows)
+MOE_LATENT = True  # experts in a latent space are written (moe_latent_size)
 # checkpoint modules peft will not adapt in this model type (the Mamba-2 mixer's out_proj: its fused kernels read
 # the weight directly); an adapter on one is refused by save_lora, saying so
 PEFT_REFUSED = ("out_proj",)
@@ -73,7 +76,6 @@ def blocks(kinds: list[str]) -> list[tuple[int, int | None]]:
 def from_hf(hf: dict) -> TransformerConfig:
     for key, why in (("mlp_bias", "MLP biases"), ("use_bias", "Mamba-2 in_proj/out_proj biases"),
                      ("sliding_window", "sliding windows"),
-                     ("moe_latent_size", "latent expert projections (fc1/fc2_latent_proj)"),
                      ("attention_bias", "attention biases: the reference builds its projections without them")):
         refuse(hf, key, lambda v: not v, why)
     refuse(hf, "mlp_hidden_act", lambda v: v == "relu2", "only relu2, the released activation")
@@ -104,7 +106,8 @@ def from_hf(hf: dict) -> TransformerConfig:
                         norm_topk=bool(hf.get("norm_topk_prob", True)),
                         scaling=float(hf.get("routed_scaling_factor", 1.0)), n_group=int(hf.get("n_group") or 1),
                         topk_group=int(hf.get("topk_group") or 1), score_bias=True,
-                        dense_layers=tuple(b for b, (_, f) in enumerate(pairs) if f is not None and kinds[f] == "-"))
+                        dense_layers=tuple(b for b, (_, f) in enumerate(pairs) if f is not None and kinds[f] == "-"),
+                        latent_dim=int(hf.get("moe_latent_size") or 0))
     return TransformerConfig(
         vocab_size=need(hf, "vocab_size"), d_model=d, n_layers=len(pairs), n_heads=heads,
         n_kv_heads=hf.get("num_key_value_heads", 8) or heads, head_dim=hf.get("head_dim", 128) or d // heads,
@@ -158,7 +161,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     "moe_intermediate_size": m.ffn_dim, "n_shared_experts": 1,
                     "moe_shared_expert_intermediate_size": m.shared_ffn or m.ffn_dim, "norm_topk_prob": m.norm_topk,
                     "routed_scaling_factor": m.scaling, "n_group": m.n_group, "topk_group": m.topk_group,
-                    "moe_latent_size": None})
+                    "moe_latent_size": m.latent_dim or None})
     return out
 
 
@@ -195,6 +198,9 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
                     Tensor((seg, "mlp", "score_bias"), f"{pre}.mixer.gate.e_score_correction_bias"),
                     Tensor((seg, "mlp", "up"), f"{pre}.mixer.experts.{{e}}.up_proj.weight", "t1"),
                     Tensor((seg, "mlp", "down"), f"{pre}.mixer.experts.{{e}}.down_proj.weight", "t1")]
+            if cfg.moe.latent_dim:  # the experts' narrower space (Nemotron-3-Super)
+                mlp += [Tensor((seg, "mlp", "latent_in"), f"{pre}.mixer.fc1_latent_proj.weight", "t1"),
+                        Tensor((seg, "mlp", "latent_out"), f"{pre}.mixer.fc2_latent_proj.weight", "t1")]
         own = (seg, "mlp", "shared") if moe else (seg, "mlp")
         mlp += [Tensor((*own, n), f"{pre}.{'mixer.shared_experts' if moe else 'mixer'}.{n}_proj.weight", "t1")
                 for n in ("up", "down")]

@@ -240,16 +240,22 @@ class MoE(nnx.Module):
         if mc.impl not in EXPERTS:
             raise ValueError(f"moe.impl: unsupported value {mc.impl!r} (supported: {', '.join(EXPERTS)})")
         e, f = mc.n_experts, mc.ffn_dim
+        width = mc.latent_dim or d_model  # the experts' input/output width
         self.mc, self.dtype, self.activation, self.glu_args = mc, dtype, activation, tuple(glu_args)
         # The router stays float32 whatever the parameter dtype: its logits decide discrete choices.
         self.router = param(rngs, (d_model, e), ("embed", None), d_model, jnp.float32)
         self.router_bias = zeros((e,), (None,), jnp.float32) if mc.router_bias else None
         self.score_bias = zeros((e,), (None,), jnp.float32) if mc.score_bias else None
-        self.gate = (param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
+        self.gate = (param(rngs, (e, width, f), ("experts", "embed", "expert_mlp"), width, param_dtype)
                      if gated(activation) else None)  # (an ungated activation: up and down only)
-        self.up = param(rngs, (e, d_model, f), ("experts", "embed", "expert_mlp"), d_model, param_dtype)
-        self.down = param(rngs, (e, f, d_model), ("experts", "expert_mlp", "embed"), f, param_dtype,
+        self.up = param(rngs, (e, width, f), ("experts", "embed", "expert_mlp"), width, param_dtype)
+        self.down = param(rngs, (e, f, width), ("experts", "expert_mlp", "embed"), f, param_dtype,
                           scale=out_scale)
+        if mc.latent_dim:
+            self.latent_in = param(rngs, (d_model, width), ("embed", None), d_model, param_dtype)
+            self.latent_out = param(rngs, (width, d_model), (None, "embed"), width, param_dtype)
+        else:
+            self.latent_in = self.latent_out = None
         if mc.expert_bias:
             if self.gate is None:
                 raise ValueError(f"moe.expert_bias: experts of the ungated activation {activation!r} take no biases")
@@ -292,10 +298,13 @@ class MoE(nnx.Module):
               for n in ("gate", "up", "down", "gate_b", "up_b", "down_b") if getattr(self, n) is not None}
         glu = glu_fn(self.activation, *self.glu_args)
         ctx = current()
+        xe = flat if self.latent_in is None else flat.astype(dt) @ self.latent_in[...].astype(dt)
         if ctx is not None and ctx.mesh.shape.get("expert", 1) > 1:
-            y, stats["dropped"] = experts_parallel(flat, r, ws, glu, ctx, self.mc.capacity_factor)
+            y, stats["dropped"] = experts_parallel(xe, r, ws, glu, ctx, self.mc.capacity_factor)
         else:
-            y = EXPERTS[self.mc.impl](flat, r, ws, glu)
+            y = EXPERTS[self.mc.impl](xe, r, ws, glu)
+        if self.latent_out is not None:
+            y = y @ self.latent_out[...].astype(dt)
         y = constrain(y.reshape(b, t, d), ("batch", "seq", "act_embed"))
         if self.shared is not None:
             s = self.shared(x)
