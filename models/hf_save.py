@@ -62,6 +62,13 @@ def hf_config(cfg: TransformerConfig) -> dict:
                 return {k: v for k, v in json.loads(json.dumps(stored)).items() if k != "quantization_config"}
         except ConfigError:
             pass
+    return family_config(cfg)
+
+
+def family_config(cfg: TransformerConfig) -> dict:
+    """The family's generated config.json for ``cfg`` (decoder and reward checkpoints alike), after the checks
+    every format shares."""
+    fam = for_family(cfg.family)
     # switches that only some formats can express: each family's module lists what it writes (default: SiLU
     # gated MLPs, every layer with an MLP), so a config outside them fails here instead of saving another model
     if cfg.activation not in getattr(fam, "ACTIVATIONS", ("silu",)):

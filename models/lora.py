@@ -444,6 +444,7 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
     if lc is None:
         raise LoRAError("save_lora: the model has no LoRA adapters")
     specs = _peft_map(cfg)
+    refused = getattr(for_family(cfg.family), "PEFT_REFUSED", ())  # modules peft will not adapt in this model
     layers = stack_layers(cfg)
     flat = flatten(split(params)[1])
     tensors: dict[str, np.ndarray] = {}
@@ -455,7 +456,6 @@ def save_lora(model: Any, out_dir: str | Path, params: Mapping | None = None, *,
         t = specs.get(wpath)
         if t is None or ("{e}" in t.hf and not t.fused):
             raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} has no PEFT equivalent")
-        refused = getattr(for_family(cfg.family), "PEFT_REFUSED", ())
         if t.hf.rsplit(".", 2)[-2] in refused:
             raise LoRAError(f"save_lora: adapter on {'.'.join(wpath)} ({t.hf.rsplit('.', 2)[-2]}): peft refuses "
                             f"adapters on {', '.join(sorted(refused))} of a {cfg.family} model (its fused Mamba "

@@ -28,7 +28,7 @@ from reasoning_rl.sharding import DEFAULT_RULES, ShardingContext, use
 from . import hf as _hf
 from .config import TransformerConfig
 from .families import ConfigError, for_family
-from .hf_save import NP_DTYPES, _host, _runtime_neutral
+from .hf_save import NP_DTYPES, _host, _runtime_neutral, family_config
 from .hf_save import save_pretrained as _save_backbone
 from .safetensors_io import NAMES, Checkpoint, SafetensorsFile, write_file
 from .transformer import ModelDef, create, positions_from_valid
@@ -228,7 +228,7 @@ def reward_hf_config(cfg: TransformerConfig, pad_token_id: int | None = None) ->
         except ConfigError:
             conf = None
     if conf is None:
-        conf = fam.to_hf(cfg)
+        conf = family_config(cfg)
         conf["architectures"] = [_seq_cls_arch(a) for a in conf.get("architectures", [])]
     elif not any("SequenceClassification" in a for a in conf.get("architectures") or []):
         conf["architectures"] = [_seq_cls_arch(a) for a in conf.get("architectures") or []]

@@ -540,11 +540,15 @@ def test_granite4_layer_types_and_experts(tmp_path):
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config whose MLP activation, mixer-only layers or latent experts the family's format cannot
     express fails naming the field, and nothing is written (before: saved as that family's usual model, another
-    model)."""
+    model); so does a reward model's config.json."""
+    from reasoning_rl.models.reward import reward_hf_config
+
     mdef, _ = create(dataclasses.replace(FAMILY_CONFIGS[name], **over), abstract=True)
     with pytest.raises(ConfigError, match=match):
         save_pretrained(mdef, random_params(mdef, 0), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=match):  # a reward model's config.json goes through the same checks
+        reward_hf_config(mdef.cfg)
 
 
 def test_nemotron_h_layer_pattern_and_refusals(tmp_path):

@@ -28,7 +28,7 @@ def from_hf(hf: dict) -> TransformerConfig:
 def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, moe=cfg.moe is not None,
                     mla=cfg.mla is not None, norm_offset=cfg.norm_offset != 1.0, embed_scale=not cfg.embed_scale,
-                    sandwich_norm=cfg.sandwich_norm, activation=cfg.activation != "gelu_tanh",
+                    sandwich_norm=cfg.sandwich_norm,
                     sliding_window=any(cfg.sliding_layers), attn_softcap=cfg.attn_softcap is not None,
                     final_softcap=cfg.final_softcap is not None, query_scale=cfg.query_scale is not None)
     return {**common_to_hf(cfg, "gemma", ARCHITECTURE), "hidden_act": "gelu_pytorch_tanh", "attention_bias": False,

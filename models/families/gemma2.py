@@ -41,7 +41,7 @@ def from_hf(hf: dict) -> TransformerConfig:
 def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, moe=cfg.moe is not None,
                     mla=cfg.mla is not None, norm_offset=cfg.norm_offset != 1.0, embed_scale=not cfg.embed_scale,
-                    sandwich_norm=not cfg.sandwich_norm, activation=cfg.activation != "gelu_tanh",
+                    sandwich_norm=not cfg.sandwich_norm,
                     rope_local_theta=cfg.rope_local_theta not in (None, cfg.rope_theta))
     scalar = (cfg.query_scale or cfg.head_dim**-0.5) ** -2
     if abs(scalar - round(scalar)) > 1e-6:

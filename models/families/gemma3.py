@@ -65,7 +65,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=not cfg.qk_norm, moe=cfg.moe is not None,
                     attn_softcap=cfg.attn_softcap is not None,
                     mla=cfg.mla is not None, norm_offset=cfg.norm_offset != 1.0, embed_scale=not cfg.embed_scale,
-                    sandwich_norm=not cfg.sandwich_norm, activation=cfg.activation != "gelu_tanh")
+                    sandwich_norm=not cfg.sandwich_norm)
     scalar = (cfg.query_scale or cfg.head_dim**-0.5) ** -2
     if abs(scalar - round(scalar)) > 1e-6:
         raise ConfigError(f"TransformerConfig.query_scale={cfg.query_scale!r} is not 1/sqrt(an integer), which "

@@ -47,7 +47,7 @@ def from_hf(hf: dict) -> TransformerConfig:
 def to_hf(cfg: TransformerConfig) -> dict:
     m = cfg.moe
     unsupported_cfg(cfg, NAME, qkv_bias=not cfg.qkv_bias, out_bias=not cfg.out_bias, attn_sinks=not cfg.attn_sinks,
-                    qk_norm=cfg.qk_norm, mla=cfg.mla is not None, activation=cfg.activation != "clamped_swiglu",
+                    qk_norm=cfg.qk_norm, mla=cfg.mla is not None,
                     moe=m is None or m.score != "softmax" or not m.norm_topk or not m.router_bias
                     or not m.expert_bias or m.n_shared > 0 or m.dense_layers != () or m.first_dense > 0
                     or m.n_group > 1 or m.scaling != 1.0 or m.score_bias)

@@ -135,7 +135,6 @@ def to_hf(cfg: TransformerConfig) -> dict:
                                  or m.n_shared != 1 or m.shared_gate or m.router_bias or m.expert_bias)
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=cfg.qk_norm,
                     mla=cfg.mla is not None, moe=moe_bad, sliding_window=cfg.sliding_window > 0,
-                    activation=cfg.activation != "relu2",
                     linear=lin is not None and lin.kind != "mamba2", norm_offset=cfg.norm_offset != 0.0,
                     nope_layers=set(cfg.nope_layers) != set(cfg.attention_layers), sandwich_norm=cfg.sandwich_norm,
                     pre_norm=not cfg.pre_norm, attn_gate=cfg.attn_gate, attn_sinks=cfg.attn_sinks,
@@ -165,22 +164,9 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return out
 
 
-def _checkpoint_layers(cfg: TransformerConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per model layer: the checkpoint index of its mixer, and of its MLP (-1 for a mixer-only layer)."""
-    mixer, mlp, j = [], [], 0
-    for b in range(cfg.n_layers):
-        mixer.append(j)
-        j += 1
-        if b in cfg.mixer_only_layers:
-            mlp.append(-1)
-        else:
-            mlp.append(j)
-            j += 1
-    return tuple(mixer), tuple(mlp)
-
-
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    at_mixer, at_mlp = _checkpoint_layers(cfg)
+    pairs = blocks(layer_types(cfg))  # per model layer, its checkpoint mixer and MLP layers (as read)
+    at_mixer, at_mlp = tuple(m for m, _ in pairs), tuple(-1 if f is None else f for _, f in pairs)
     out = [Tensor(("embed",), "backbone.embeddings.weight"), Tensor(("final_norm", "scale"), "backbone.norm_f.weight")]
     if not cfg.tie_embeddings:
         out.append(Tensor(("lm_head",), "lm_head.weight", "t1"))
