@@ -80,6 +80,16 @@ class LinearAttnConfig:
     kind: str = "gated_deltanet"
     conv_bias: bool = False
     dt_limit: tuple[float, float] = (0.0, float("inf"))
+    # Falcon-H1 (Mamba-2 only): ``parallel`` layers run the mixer beside attention on the same normed input and
+    # add both outputs (``layers`` is then every layer, each with a KV cache and a recurrent state); the mixer's
+    # input and output times ``in_multiplier`` / ``out_multiplier``, its z, x, B, C and dt projections times
+    # ``multipliers`` (muP); ``norm``: "gated" (Mamba-2's RMSNorm of y * SiLU(z)), "before_gate" (RMSNorm of y,
+    # then times SiLU(z)) or "none" (y * SiLU(z), no norm weight)
+    parallel: bool = False
+    norm: str = "gated"
+    in_multiplier: float = 1.0
+    out_multiplier: float = 1.0
+    multipliers: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
 
     @property
     def channels(self) -> int:
@@ -137,6 +147,14 @@ class TransformerConfig:
     embed_multiplier: float = 1.0
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
+    # Falcon-H1's muP scalars (1.0: none): keys times key_multiplier after their projection; the attention's
+    # input and output times attn_in/attn_out_multiplier; the MLP's gate projection times mlp_multipliers[0]
+    # before the activation and its output times mlp_multipliers[1]; logits times logits_multiplier
+    key_multiplier: float = 1.0
+    attn_in_multiplier: float = 1.0
+    attn_out_multiplier: float = 1.0
+    mlp_multipliers: tuple[float, float] = (1.0, 1.0)
+    logits_multiplier: float = 1.0
     activation: str = "silu"  # silu | gelu_tanh | clamped_swiglu (the gated MLP's) | relu2 (ungated: Nemotron-H)
     query_scale: float | None = None  # softmax scale; None: head_dim ** -0.5
     sandwich_norm: bool = False  # Gemma: extra RMSNorm on the attention and MLP outputs
@@ -195,13 +213,14 @@ class TransformerConfig:
     @property
     def attention_layers(self) -> tuple[int, ...]:
         """The layers with softmax attention (and a KV cache): all but the linear-attention ones."""
-        skip = set(self.linear.layers) if self.linear is not None else set()
+        skip = set(self.linear.layers) if self.linear is not None and not self.linear.parallel else set()
         return tuple(i for i in range(self.n_layers) if i not in skip)
 
     @property
     def cache_slots(self) -> tuple[int, ...]:
         """Per layer, its index in its kind's cache: an attention layer's in the KV cache (which holds the
-        attention layers only), a linear-attention layer's in the recurrent states."""
+        attention layers only), a linear-attention layer's in the recurrent states (a parallel layer's index is
+        the same in both: every layer is in each)."""
         lin = self.linear.layers if self.linear is not None else ()
         att = self.attention_layers
         return tuple(lin.index(i) if i in lin else att.index(i) for i in range(self.n_layers))

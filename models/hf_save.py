@@ -80,6 +80,18 @@ def family_config(cfg: TransformerConfig) -> dict:
     if cfg.moe is not None and cfg.moe.latent_dim and not getattr(fam, "MOE_LATENT", False):
         raise ConfigError(f"TransformerConfig.moe.latent_dim={cfg.moe.latent_dim} cannot be written as a "
                           f"{cfg.family} checkpoint (its experts take the full width)")
+    lin = cfg.linear
+    falcon = {"linear.parallel": lin is not None and lin.parallel,
+              "linear.norm": lin is not None and lin.norm != "gated",
+              "linear.in_multiplier": lin is not None and lin.in_multiplier != 1.0,
+              "linear.out_multiplier": lin is not None and lin.out_multiplier != 1.0,
+              "linear.multipliers": lin is not None and set(lin.multipliers) != {1.0},
+              "key_multiplier": cfg.key_multiplier != 1.0, "attn_in_multiplier": cfg.attn_in_multiplier != 1.0,
+              "attn_out_multiplier": cfg.attn_out_multiplier != 1.0,
+              "mlp_multipliers": set(cfg.mlp_multipliers) != {1.0}, "logits_multiplier": cfg.logits_multiplier != 1.0}
+    bad = [k for k, v in falcon.items() if v]
+    if bad and not getattr(fam, "PARALLEL_HYBRID", False):
+        raise ConfigError(f"TransformerConfig.{bad[0]} (Falcon-H1's) cannot be written as a {cfg.family} checkpoint")
     return fam.to_hf(cfg)
 
 

@@ -94,6 +94,8 @@ def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
     for name, _, n, _ in segments(cfg):
         blk = getattr(model, name)
         mods = [blk.attn] + ([blk.mlp] if blk.mlp is not None else [])  # (none in a mixer-only layer)
+        # (a parallel layer's Mamba-2 mixer (Falcon-H1) takes none: its one target would be out_proj, on which peft
+        # refuses adapters for these models, so ``o`` adapts the attention beside it only)
         mods += [blk.mlp.shared] if getattr(blk.mlp, "shared", None) is not None else []
         for mod in mods:
             for t, nb in _targets_of(mod, lc):

@@ -35,6 +35,7 @@ from .layers.mamba2 import Mamba2
 from .layers.mla import MLA
 from .layers.mlp import MLP
 from .layers.moe import MoE, balance_loss
+from .layers.multiplier import times
 from .layers.norm import RMSNorm
 from .layers.rope import rope_table
 from .layers.short_conv import ShortConv
@@ -136,8 +137,9 @@ class KVCache:
 
 
 class Block(nnx.Module):
-    """One decoder layer: attention (GQA, or MLA when ``cfg.mla``; Gated DeltaNet in a ``linear`` layer), then a
-    dense or MoE MLP (none with ``mlp=False``: a mixer-only layer), each after an RMSNorm (unless
+    """One decoder layer: attention (GQA, or MLA when ``cfg.mla``; a recurrent mixer in a ``linear`` layer, or,
+    with ``cfg.linear.parallel`` (Falcon-H1), attention and a Mamba-2 mixer on the same input, their outputs
+    added), then a dense or MoE MLP (none with ``mlp=False``: a mixer-only layer), each after an RMSNorm (unless
     ``cfg.pre_norm`` is off: OLMo-2) and, with ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a norm on its
     output."""
 
@@ -148,16 +150,25 @@ class Block(nnx.Module):
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                  invariant=cfg.batch_invariant)
         self.attn_norm = norm() if cfg.pre_norm else None
-        self.linear = linear
-        self.hybrid = cfg.linear is not None  # the cache carries recurrent states after the keys/values
-        if linear:
-            lin = cfg.linear
+        lin = cfg.linear
+        # a parallel layer (Falcon-H1) runs attention (``attn``) and a Mamba-2 mixer (``mamba``) side by side
+        self.parallel = linear and lin.parallel
+        self.linear = linear and not self.parallel
+        self.hybrid = lin is not None  # the cache carries recurrent states after the keys/values
+        self.attn_multipliers = (cfg.attn_in_multiplier, cfg.attn_out_multiplier)
+        self.mamba_multipliers = (lin.in_multiplier, lin.out_multiplier) if self.parallel else (1.0, 1.0)
+        mamba = functools.partial(Mamba2, cfg.d_model, *(lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv)
+                                  if lin is not None else (), rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd,
+                                  dtype=dt, out_scale=out_scale) if linear else None
+        if self.parallel:
+            self.mamba = mamba(conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm=lin.norm,
+                               multipliers=lin.multipliers)
+        if self.linear:
             if lin.kind == "shortconv":
                 self.attn = ShortConv(cfg.d_model, lin.conv, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale)
             elif lin.kind == "mamba2":
-                self.attn = Mamba2(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv, rngs=rngs,
-                                   conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm_eps=cfg.norm_eps,
-                                   param_dtype=pd, dtype=dt, out_scale=out_scale)
+                self.attn = mamba(conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm=lin.norm,
+                                  multipliers=lin.multipliers)
             else:
                 self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
                                           rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd, dtype=dt,
@@ -174,7 +185,7 @@ class Block(nnx.Module):
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
-                                  length_scale=cfg.query_length_scale)
+                                  length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier)
         self.post_attn_norm = norm() if cfg.sandwich_norm else None
         self.residual_multiplier = cfg.residual_multiplier
         if not mlp:
@@ -187,7 +198,8 @@ class Block(nnx.Module):
                            out_scale=out_scale, glu_args=glu_args)
         else:
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
-                           activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant)
+                           activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant,
+                           multipliers=cfg.mlp_multipliers)
         self.post_mlp_norm = norm() if cfg.sandwich_norm else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
@@ -196,12 +208,19 @@ class Block(nnx.Module):
         ids, for a linear-attention layer (attention layers have them in ``mask``)."""
         pre = self.attn_norm(x) if self.attn_norm is not None else x
         if self.linear:
-            h, cache = self._linear(pre, valid, cache, layer, segments)
-        elif self.hybrid and cache is not None:  # the keys/values, then the linear layers' states
-            h, own = self.attn(pre, positions, mask, cache[:-2], layer, index, rope, prefix)
-            cache = tuple(own) + tuple(cache[-2:])
+            h, cache = self._linear(self.attn, pre, valid, cache, layer, segments)
         else:
-            h, cache = self.attn(pre, positions, mask, cache, layer, index, rope, prefix)
+            a_in, a_out = self.attn_multipliers
+            if self.hybrid and cache is not None:  # the keys/values, then the linear layers' states
+                h, own = self.attn(times(pre, a_in), positions, mask, cache[:-2], layer, index, rope, prefix)
+                cache = tuple(own) + tuple(cache[-2:])
+            else:
+                h, cache = self.attn(times(pre, a_in), positions, mask, cache, layer, index, rope, prefix)
+            h = times(h, a_out)
+            if self.parallel:  # the Mamba-2 mixer on the same input, its state at the same slot: outputs added
+                m_in, m_out = self.mamba_multipliers
+                hm, cache = self._linear(self.mamba, times(pre, m_in), valid, cache, layer, segments)
+                h = times(hm, m_out) + h
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
@@ -221,19 +240,18 @@ class Block(nnx.Module):
     def _residual(self, h):
         """A sub-layer's output as it joins the residual stream: times ``cfg.residual_multiplier`` (Granite), in
         float32 and rounded once, as the reference multiplies a tensor by a Python float."""
-        if self.residual_multiplier == 1.0:
-            return h
-        return (h.astype(jnp.float32) * self.residual_multiplier).astype(h.dtype)
+        return times(h, self.residual_multiplier)
 
-    def _linear(self, x, valid, cache, slot, segments=None):
-        """The Gated DeltaNet mixer over ``cache``'s (conv, state) entry ``slot`` (the layer's index among the
+    @staticmethod
+    def _linear(mixer, x, valid, cache, slot, segments=None):
+        """A recurrent ``mixer`` over ``cache``'s (conv, state) entry ``slot`` (the layer's index among the
         linear layers), written back in place."""
         if valid is None:
             valid = jnp.ones(x.shape[:2], bool)
         if cache is None:
-            return self.attn(x, valid, segments=segments)[0], None
+            return mixer(x, valid, segments=segments)[0], None
         conv, state = cache[-2], cache[-1]
-        h, (c, s) = self.attn(x, valid, (conv[slot], state[slot]))
+        h, (c, s) = mixer(x, valid, (conv[slot], state[slot]))
         return h, tuple(cache[:-2]) + (conv.at[slot].set(c), state.at[slot].set(s))
 
 
@@ -336,6 +354,12 @@ class Transformer(nnx.Module):
                              f"{kind} layers, whose products are not made batch-invariant)")
         if cfg.query_length_scale is not None and cfg.mla is not None:
             raise ValueError("query_length_scale: grouped-query attention only (not multi-head latent attention)")
+        lin = cfg.linear
+        if lin is not None and lin.parallel and (lin.kind != "mamba2" or cfg.mla is not None
+                                                  or tuple(lin.layers) != tuple(range(cfg.n_layers))):
+            raise ValueError("linear.parallel: a Mamba-2 mixer beside grouped-query attention in every layer "
+                             f"(linear.layers all {cfg.n_layers}; got kind {lin.kind!r}, layers {lin.layers}"
+                             f"{', MLA' if cfg.mla is not None else ''})")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32)) * 0.02
@@ -363,8 +387,7 @@ class Transformer(nnx.Module):
             # The reference rounds sqrt(d) to the parameter dtype before multiplying.
             scale = jnp.asarray(self.cfg.d_model**0.5, self.cfg.jnp_param_dtype).astype(x.dtype)
             x = x * scale
-        if self.cfg.embed_multiplier != 1.0:  # Granite: in float32, rounded once (a tensor times a Python float)
-            x = (x.astype(jnp.float32) * self.cfg.embed_multiplier).astype(x.dtype)
+        x = times(x, self.cfg.embed_multiplier)  # Granite, Falcon-H1
         return constrain(x, ("batch", "seq", "act_embed"))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
@@ -653,6 +676,8 @@ class Transformer(nnx.Module):
             out = jnp.tanh(out / self.cfg.final_softcap) * self.cfg.final_softcap
         if self.cfg.logits_scaling != 1.0:  # Granite
             out = out / self.cfg.logits_scaling
+        if self.cfg.logits_multiplier != 1.0:  # Falcon-H1
+            out = out * self.cfg.logits_multiplier
         return out
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, valid: jax.Array | None = None):

@@ -59,6 +59,10 @@ FAMILIES = {
     "nemotron_h_moe": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
                        {"data": 2, "tensor": 2, "expert": 2}),
+    # Falcon-H1R's shape (ChatML turns opening a <think>): attention and a Mamba-2 mixer side by side in each
+    # layer, every muP multiplier away from 1, both split by heads over the tensor axis
+    "falcon_h1": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                  {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 4, "tensor": 2}),
     # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
     "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
              {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
@@ -114,6 +118,13 @@ def _checkpoint(path, family):
                                            mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=8,
                                            n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                                            moe_shared_expert_intermediate_size=16)
+    elif family == "falcon_h1":
+        cfg = transformers.FalconH1Config(**common, mamba_n_heads=4, mamba_d_ssm=32, mamba_n_groups=2,
+                                          mamba_d_state=8, mamba_rms_norm=True, mamba_norm_before_gate=False,
+                                          embedding_multiplier=2.0, lm_head_multiplier=0.5, key_multiplier=0.7,
+                                          attention_in_multiplier=1.2, attention_out_multiplier=0.6,
+                                          ssm_in_multiplier=0.8, ssm_out_multiplier=1.5,
+                                          ssm_multipliers=[0.5, 1.2, 0.9, 1.4, 0.7], mlp_multipliers=[0.8, 1.3])
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)

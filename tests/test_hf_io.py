@@ -122,6 +122,14 @@ FAMILY_CONFIGS = {
                                                              latent_dim=16),
                                                linear=LinearAttnConfig(layers=(0,), k_heads=2, v_heads=4, k_dim=8,
                                                                        v_dim=8, kind="mamba2", conv_bias=True)),
+    # Falcon-H1: attention and a Mamba-2 mixer side by side in every layer, every muP multiplier away from 1
+    "falcon_h1": TransformerConfig(**{**BASE, "n_layers": 2}, family="falcon_h1", norm_eps=1e-5,
+                                   embed_multiplier=2.0, logits_multiplier=0.6, key_multiplier=0.7,
+                                   attn_in_multiplier=1.3, attn_out_multiplier=0.6, mlp_multipliers=(0.8, 1.3),
+                                   linear=LinearAttnConfig(layers=(0, 1), k_heads=2, v_heads=4, k_dim=8, v_dim=12,
+                                                           kind="mamba2", conv_bias=True, parallel=True,
+                                                           in_multiplier=0.8, out_multiplier=1.5,
+                                                           multipliers=(0.5, 1.2, 0.9, 1.4, 0.7))),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -536,7 +544,13 @@ def test_granite4_layer_types_and_experts(tmp_path):
     ("llama", {"mixer_only_layers": (1,)}, r"mixer_only_layers=\(1,\) cannot be written as a llama checkpoint"),
     ("nemotron_h", {"activation": "silu"}, r"activation='silu' cannot be written as a nemotron_h checkpoint"),
     ("qwen3_moe", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, latent_dim=8)},
-     r"moe.latent_dim=8 cannot be written as a qwen3_moe checkpoint")])
+     r"moe.latent_dim=8 cannot be written as a qwen3_moe checkpoint"),
+    ("llama", {"key_multiplier": 0.5}, r"key_multiplier \(Falcon-H1's\) cannot be written as a llama checkpoint"),
+    ("qwen3", {"mlp_multipliers": (1.0, 2.0)}, r"mlp_multipliers \(Falcon-H1's\) cannot be written as a qwen3"),
+    ("bamba", {"linear": LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
+                                          norm="none")}, r"linear.norm \(Falcon-H1's\) cannot be written as a bamba"),
+    ("bamba", {"linear": LinearAttnConfig(layers=(0, 1, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
+                                          parallel=True)}, r"linear.parallel \(Falcon-H1's\) cannot be written")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config whose MLP activation, mixer-only layers or latent experts the family's format cannot
     express fails naming the field, and nothing is written (before: saved as that family's usual model, another
@@ -596,9 +610,53 @@ def test_nemotron_h_layer_pattern_and_refusals(tmp_path):
     assert not nemotron_h.ignored("backbone.layers.0.mixer.q_proj.weight", cfg)
 
 
+def test_falcon_h1_config_fields_and_refusals(tmp_path):
+    """Falcon-H1's config.json: the mixer's width from ``mamba_d_ssm`` (else ``mamba_expand`` x hidden), its head
+    size "auto", the three norm placements, every muP multiplier read and written back as read; what the layers
+    cannot run is refused by name; a parallel layout that is not every layer fails at construction."""
+    from reasoning_rl.models.families import falcon_h1
+
+    base = {"model_type": "falcon_h1", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 48,
+            "mamba_n_heads": 4, "mamba_d_state": 8, "mamba_d_ssm": 48, "mamba_n_groups": 2, "rope_theta": 1e11,
+            "mamba_rms_norm": True, "mamba_norm_before_gate": False, "embedding_multiplier": 5.656854249492381,
+            "lm_head_multiplier": 0.013020833333333334, "key_multiplier": 0.030690398488999456,
+            "attention_in_multiplier": 1.0, "attention_out_multiplier": 0.10416666666666667,
+            "ssm_in_multiplier": 0.4166666666666667, "ssm_out_multiplier": 0.11785113019775793,
+            "ssm_multipliers": [0.3535533905932738, 0.25, 0.1767766952966369, 0.5, 0.3535533905932738],
+            "mlp_multipliers": [0.2946278254943948, 0.032552083333333336], "mamba_use_mlp": True}
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    cfg = config_from_hf(tmp_path)
+    lin = cfg.linear
+    assert (lin.parallel, lin.layers, lin.norm, lin.v_heads, lin.v_dim, lin.k_heads, lin.k_dim) == (
+        True, (0, 1, 2), "gated", 4, 12, 2, 8)
+    assert cfg.attention_layers == (0, 1, 2) and cfg.cache_slots == (0, 1, 2) and cfg.norm_eps == 1e-5
+    out = falcon_h1.to_hf(cfg)
+    assert {k: out[k] for k in base if k != "mamba_use_mlp"} == {k: v for k, v in base.items() if k != "mamba_use_mlp"}
+    for over, norm in (({"mamba_rms_norm": False}, "none"), ({"mamba_norm_before_gate": True}, "before_gate")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
+        cfg = config_from_hf(tmp_path)
+        assert cfg.linear.norm == norm and falcon_h1.to_hf(cfg)["mamba_rms_norm"] == (norm != "none")
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in base.items() if k != "mamba_d_ssm"}))
+    assert config_from_hf(tmp_path).linear.v_dim == 16  # mamba_expand 2 x 32 over 4 heads
+    for over, match in (({"attention_bias": True}, r"attention_bias=True is not supported \(attention biases"),
+                        ({"projectors_bias": True}, r"projectors_bias=True .*out_proj bias"),
+                        ({"mamba_proj_bias": True}, r"mamba_proj_bias=True .*in_proj bias"),
+                        ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
+                        ({"ssm_multipliers": [1.0, 1.0]}, r"ssm_multipliers=\[1.0, 1.0\] must be a list of 5"),
+                        ({"mamba_n_heads": 5}, r"mamba_n_heads=5 x mamba_d_head=9 must equal mamba_d_ssm")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+    half = dataclasses.replace(FAMILY_CONFIGS["falcon_h1"], linear=dataclasses.replace(
+        FAMILY_CONFIGS["falcon_h1"].linear, layers=(1,)))
+    with pytest.raises(ValueError, match=r"linear.parallel: a Mamba-2 mixer beside grouped-query attention in "
+                                         r"every layer \(linear.layers all 2; got kind 'mamba2', layers \(1,\)"):
+        create(half, abstract=True)
+
+
 @pytest.mark.parametrize("model_type,why", [("jamba", "Mamba \\(v1\\) layers keep a recurrent"),
                                             ("minimax", "lightning \\(linear\\) attention layers keep a recurrent"),
-                                            ("falcon_h1", "layers run a Mamba-2 mixer beside attention"),
                                             ("mamba2", "layers are Mamba-2 mixers without MLPs")])
 def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, why):
     """A recurrent or hybrid model whose layers are not of the kinds here is refused saying what is missing, not

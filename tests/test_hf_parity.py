@@ -33,6 +33,9 @@ GPT_OSS = {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16, "in
 QWEN_MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 SMOL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}  # SmolLM3's defaults lie past V
 MINISTRAL_IDS = SMOL_IDS
+FALCON_MUP = {"embedding_multiplier": 2.0, "lm_head_multiplier": 0.6, "key_multiplier": 0.7,
+              "attention_in_multiplier": 1.3, "attention_out_multiplier": 0.6, "ssm_in_multiplier": 0.8,
+              "ssm_out_multiplier": 1.5, "ssm_multipliers": [0.5, 1.2, 0.9, 1.4, 0.7], "mlp_multipliers": [0.8, 1.3]}
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.05, 1.1, 1.3, 1.6, 2.0],
             "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]}
 
@@ -194,6 +197,21 @@ CASES = {
         "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
         "moe_shared_expert_intermediate_size": 48, "moe_latent_size": 24, "routed_scaling_factor": 2.0,
         "initializer_range": 0.1}),
+    # Falcon-H1: attention and a Mamba-2 mixer side by side in every layer, with every muP multiplier away from 1
+    # (Falcon-H1R-7B's layout: the gated norm after the gate, mamba_d_ssm apart from expand x hidden, head_dim
+    # apart from hidden / heads, two B/C groups); then the reference's defaults (no mixer norm, the width from
+    # mamba_expand, tied embeddings) and the norm before the gate
+    "falcon_h1": ("FalconH1Config", {**FALCON_MUP, "num_hidden_layers": 3, "head_dim": 24, "mamba_d_ssm": 96,
+                                     "mamba_n_heads": 8, "mamba_d_head": 12, "mamba_n_groups": 2, "mamba_d_state": 12,
+                                     "mamba_chunk_size": 8, "mamba_rms_norm": True,
+                                     "mamba_norm_before_gate": False, "rope_theta": 1e5, "initializer_range": 0.1}),
+    "falcon_h1_defaults": ("FalconH1Config", {**FALCON_MUP, "mamba_n_heads": 8, "mamba_d_state": 8,
+                                              "mamba_chunk_size": 8, "tie_word_embeddings": True,
+                                              "initializer_range": 0.1}),
+    "falcon_h1_before_gate": ("FalconH1Config", {**FALCON_MUP, "mamba_n_heads": 4, "mamba_d_ssm": 64,
+                                                 "mamba_d_state": 8, "mamba_d_conv": 3, "mamba_conv_bias": False,
+                                                 "mamba_chunk_size": 8, "mamba_rms_norm": True,
+                                                 "mamba_norm_before_gate": True, "initializer_range": 0.1}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -371,7 +389,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
                                   "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
                                   "granite4_h", "granite4_h_moe", "lfm2", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_moe_latent"])
+                                  "nemotron_h_moe_latent", "falcon_h1"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -429,7 +447,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_latent"])
+                                  "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -455,7 +473,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm4", "glm", "ministral3", "ministral3_window", "gemma2", "gemma2_nocap",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
-                                  "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent"])
+                                  "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
+                                  "falcon_h1_defaults", "falcon_h1_before_gate"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

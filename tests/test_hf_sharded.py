@@ -43,10 +43,11 @@ def test_sharded_load_matches_unsharded(tmp_path):
     """Also expert-parallel (expert 2, tensor 2): gpt-oss's expert biases (the down bias added once, after the
     partial sums over ``tensor``), Qwen2-MoE's gated shared expert, dense layers between MoE ones, Nemotron-H's
     ungated experts (up and down only) beside Mamba-2 layers with and without an MLP, and in a latent space
-    (Nemotron-3-Super's: dispatched at the latent width)."""
+    (Nemotron-3-Super's: dispatched at the latent width); Falcon-H1's attention and Mamba-2 mixer side by side,
+    both split over ``tensor`` by heads."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
-                 "nemotron_h_moe_latent"):
+                 "nemotron_h_moe_latent", "falcon_h1"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -69,3 +70,6 @@ def test_sharded_load_matches_unsharded(tmp_path):
     assert nem["linear_layers/mlp/up"] == [None, "expert", "fsdp", "tensor"] and "linear_layers/mlp/gate" not in nem
     assert nem["linear_mixer_layers/attn/o"][0] is None and not any(k.startswith("linear_mixer_layers/mlp")
                                                                      for k in nem)
+    fal = res["falcon_h1"]["specs"]
+    assert fal["linear_layers/attn/q"] == fal["linear_layers/mamba/z"] == [None, "fsdp", "tensor", None]
+    assert fal["linear_layers/mamba/o"] == [None, "tensor", None, "fsdp"]

@@ -66,22 +66,25 @@ def _model(name: str):
     mdef, _ = create(cfg, abstract=True)
     params = random_params(mdef, 4)
     # a conv bias and gated norm off their initial values, so ignoring either shows
-    for att in (params[s]["attn"] for s in ("linear_layers", "linear_mixer_layers") if s in params):
+    for att in (params[s][m] for s in ("linear_layers", "linear_mixer_layers") if s in params
+                for m in ("attn", "mamba") if m in params[s]):
         for k in ("conv_x_bias", "conv_B_bias", "norm", "D", "dt_bias"):
             if k in att:
                 att[k] = att[k] + 0.3 * jax.random.normal(jax.random.key(len(k)), att[k].shape)
     return mdef, params
 
 
-@pytest.fixture(scope="module")
-def hybrid():
-    return _model("granite4_h")
+@pytest.fixture(scope="module", params=["granite4_h", "falcon_h1"])
+def hybrid(request):
+    """Granite 4.0-H (Mamba-2 layers beside attention ones) and Falcon-H1 (both in every layer: each layer's KV
+    cache and state at the same slot)."""
+    return _model(request.param)
 
 
-@pytest.fixture(scope="module", params=["granite4_h", "lfm2", "nemotron_h"])
+@pytest.fixture(scope="module", params=["granite4_h", "lfm2", "nemotron_h", "falcon_h1"])
 def recurrent(request):
-    """Granite 4.0-H (Mamba-2), LFM2 (gated short convolutions) and Nemotron-H (Mamba-2 and attention layers,
-    some without an MLP)."""
+    """Granite 4.0-H (Mamba-2), LFM2 (gated short convolutions), Nemotron-H (Mamba-2 and attention layers,
+    some without an MLP) and Falcon-H1 (attention and Mamba-2 side by side in every layer)."""
     return _model(request.param)
 
 
@@ -123,12 +126,14 @@ def test_packed_rows_equal_their_sequences_alone(recurrent):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("name", ["granite4_h", "nemotron_h"])
+@pytest.mark.parametrize("name", ["granite4_h", "nemotron_h", "falcon_h1"])
 def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path, name):
     """Adapters on the attention layer's q/k/v/o and the Mamba-2 layers' output projection (o: out_proj) written
     for peft: transformers' Granite 4.0-H with them gives our logits, and the file loads back to the same model.
     Nemotron-H's also on its MLP layers' up/down (a model layer's adapters go to the checkpoint layers it was made
-    of, under the names transformers gives them)."""
+    of, under the names transformers gives them); Falcon-H1's on every projection of attention and the MLP (o:
+    attention's alone, not the Mamba-2 mixer's out_proj beside it, which peft refuses), through every muP
+    multiplier."""
     peft = pytest.importorskip("peft")
     torch = pytest.importorskip("torch")
     import test_hf_parity as P
@@ -138,7 +143,8 @@ def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path, name):
     P.build_reference(name).save_pretrained(path)
     base = load_pretrained(path)
     # (peft refuses adapters on a Nemotron-H Mamba-2 layer's out_proj, which our o target adapts: refused below)
-    targets = ("q", "k", "v", "o") if name == "granite4_h" else ("q", "k", "v", "up", "down")
+    targets = {"granite4_h": ("q", "k", "v", "o"), "nemotron_h": ("q", "k", "v", "up", "down"),
+               "falcon_h1": ("q", "k", "v", "o", "gate", "up", "down")}[name]
 
     def adapted(targets):
         mdef = lora.with_lora(base.mdef, LoRAConfig(rank=3, alpha=5.0, targets=targets))
@@ -150,6 +156,8 @@ def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path, name):
     model, ad = adapted(targets)
     if name == "granite4_h":
         assert "o_lora_a" in ad["linear_layers"]["attn"]  # the Mamba-2 layers' out_proj is adapted
+    elif name == "falcon_h1":  # o: attention's o_proj only
+        assert {"o_lora_a", "q_lora_a"} <= set(ad["linear_layers"]["attn"]) and "mamba" not in ad["linear_layers"]
     else:
         assert "up_lora_a" in ad["linear_layers"]["mlp"] and set(ad["mixer_layers"]) == {"attn"}  # (no MLP there)
         with pytest.raises(lora.LoRAError, match=r"out_proj\): peft refuses adapters on out_proj of a nemotron_h"):
@@ -160,8 +168,10 @@ def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path, name):
     assert np.abs(ours - np.asarray(base(ids, mask)))[mask].max() > 1e-3  # the adapters matter
     save_lora(model, tmp_path / "adapter")
     conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert conf["target_modules"] == (["k_proj", "o_proj", "out_proj", "q_proj", "v_proj"] if name == "granite4_h"
-                                      else ["down_proj", "k_proj", "q_proj", "up_proj", "v_proj"])
+    assert conf["target_modules"] == {
+        "granite4_h": ["k_proj", "o_proj", "out_proj", "q_proj", "v_proj"],
+        "nemotron_h": ["down_proj", "k_proj", "q_proj", "up_proj", "v_proj"],
+        "falcon_h1": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]}[name]
     import transformers
 
     ref = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(path).eval(),

@@ -13,6 +13,7 @@ from . import (
     deepseek_v3,
     ernie4_5,
     exaone4,
+    falcon_h1,
     gemma,
     gemma2,
     gemma3,
@@ -50,18 +51,17 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
-                                                      nemotron_h)}
+                                                      nemotron_h, falcon_h1)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 
 # Recurrent and hybrid models whose layers are not of the kinds here (Gated DeltaNet layers, Qwen3.5's and
-# Qwen3-Next's, Mamba-2 layers, Granite 4.0-H's, Bamba's and Nemotron-H's, and LFM2's gated short convolutions
-# are): a config of one of these is refused saying what is missing, rather than only that its model_type is
+# Qwen3-Next's, Mamba-2 layers, Granite 4.0-H's, Bamba's, Nemotron-H's and Falcon-H1's, and LFM2's gated short
+# convolutions are): a config of one of these is refused saying what is missing, rather than only that its model_type is
 # unknown.
 _STATE = "keep a recurrent state of a kind not implemented here"
 RECURRENT = {
-    "falcon_h1": "layers run a Mamba-2 mixer beside attention, a parallel hybrid not implemented here",
     "mamba2": "layers are Mamba-2 mixers without MLPs, not implemented here",
     "jamba": f"Mamba (v1) layers {_STATE}", "mamba": f"Mamba (v1) layers {_STATE}",
     "minimax": f"lightning (linear) attention layers {_STATE}",
@@ -72,7 +72,7 @@ def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
                           "(recurrent layers here: Gated DeltaNet in Qwen3.5 and Qwen3-Next, Mamba-2 in Granite "
-                          "4.0-H, Bamba and Nemotron-H, short convolutions in LFM2)")
+                          "4.0-H, Bamba, Nemotron-H and Falcon-H1, short convolutions in LFM2)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")

@@ -133,21 +133,24 @@ def mamba_hf_fields(cfg: TransformerConfig) -> dict:
             "mamba_expand": lin.v_heads * lin.v_dim // cfg.d_model}
 
 
-def mamba_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.mamba") -> list[Tensor]:
-    """A Mamba-2 mixer: in_proj rows z, x, B, C, dt; conv1d (and its bias) channels x, B, C."""
+def mamba_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.mamba",
+                  module: str = "attn") -> list[Tensor]:
+    """A Mamba-2 mixer (the block's ``module``): in_proj rows z, x, B, C, dt; conv1d (and its bias) channels x,
+    B, C; the output norm's weight unless the mixer has none."""
     lin = cfg.linear
     hp, gn = lin.v_heads * lin.v_dim, lin.k_heads * lin.k_dim
     rows, chans = (hp, hp, gn, gn, lin.v_heads), (hp, gn, gn)
-    out = [Tensor((seg, "attn", n), f"{prefix}.in_proj.weight", "t1", piece=Piece(0, j, rows))
+    out = [Tensor((seg, module, n), f"{prefix}.in_proj.weight", "t1", piece=Piece(0, j, rows))
            for j, n in enumerate(("z", "x", "B", "C", "dt"))]
-    out += [Tensor((seg, "attn", f"conv_{n}"), f"{prefix}.conv1d.weight", "conv", piece=Piece(0, j, chans))
+    out += [Tensor((seg, module, f"conv_{n}"), f"{prefix}.conv1d.weight", "conv", piece=Piece(0, j, chans))
             for j, n in enumerate("xBC")]
     if lin.conv_bias:
-        out += [Tensor((seg, "attn", f"conv_{n}_bias"), f"{prefix}.conv1d.bias", "flat", piece=Piece(0, j, chans))
+        out += [Tensor((seg, module, f"conv_{n}_bias"), f"{prefix}.conv1d.bias", "flat", piece=Piece(0, j, chans))
                 for j, n in enumerate("xBC")]
-    out += [Tensor((seg, "attn", n), f"{prefix}.{n}") for n in ("dt_bias", "A_log", "D")]
-    return out + [Tensor((seg, "attn", "norm"), f"{prefix}.norm.weight", "flat"),
-                  Tensor((seg, "attn", "o"), f"{prefix}.out_proj.weight", "t2")]
+    out += [Tensor((seg, module, n), f"{prefix}.{n}") for n in ("dt_bias", "A_log", "D")]
+    if lin.norm != "none":
+        out.append(Tensor((seg, module, "norm"), f"{prefix}.norm.weight", "flat"))
+    return out + [Tensor((seg, module, "o"), f"{prefix}.out_proj.weight", "t2")]
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:

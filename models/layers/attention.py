@@ -18,6 +18,7 @@ from reasoning_rl.sharding import constrain, current
 from ..lora import adapt
 from . import invariant, kernels
 from .init import param, zeros
+from .multiplier import times
 from .norm import RMSNorm
 from .rope import apply_rope, rope_parameters, rope_table
 
@@ -299,14 +300,15 @@ class Attention(nnx.Module):
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
-                 gate: bool = False, length_scale: tuple[float, int] | None = None):
+                 gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
         rotate adjacent pairs (ERNIE 4.5; q and k come out alike permuted, scores unchanged);
         ``qk_norm_after_rope``: the q/k norms see the rotated heads (Hunyuan). ``gate``: the attention output is
         scaled by ``sigmoid(x W_gate)`` [H, D] before the o-projection (Qwen3.5, Qwen3-Next). ``length_scale``
-        (beta, L): rotated queries times ``1 + beta * log(1 + floor(position / L))`` (Ministral 3). ``impl``: attention
+        (beta, L): rotated queries times ``1 + beta * log(1 + floor(position / L))`` (Ministral 3).
+        ``key_multiplier``: keys times it after their projection (Falcon-H1's muP; cached so). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -319,6 +321,7 @@ class Attention(nnx.Module):
         self.rope_interleave = rope_interleave
         self.qk_norm_after_rope = qk_norm_after_rope
         self.length_scale = None if length_scale is None else (float(length_scale[0]), int(length_scale[1]))
+        self.key_multiplier = float(key_multiplier)
         # Kept as hashable static data (an array attribute would become NNX state).
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
@@ -372,6 +375,7 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
+        k = times(k, self.key_multiplier)
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
         if self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))

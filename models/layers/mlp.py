@@ -12,6 +12,7 @@ from reasoning_rl.sharding import constrain
 from ..lora import adapt
 from . import invariant
 from .init import param
+from .multiplier import times
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -71,8 +72,11 @@ def glu_fn(name: str, alpha: float = 1.702, limit: float = 7.0, batch_invariant:
 class MLP(nnx.Module):
     def __init__(self, d_model: int, ffn_dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, activation: str = "silu", glu_args: tuple[float, float] = (1.702, 7.0),
-                 invariant: bool = False):
+                 invariant: bool = False, multipliers: tuple[float, float] = (1.0, 1.0)):
+        """``multipliers`` (Falcon-H1's muP): the gate projection times the first before the activation, the
+        output times the second, each in float32 and rounded once."""
         glu_fn(activation, *glu_args)
+        self.multipliers = (float(multipliers[0]), float(multipliers[1]))
         self.invariant = invariant  # batch-invariant products (layers/invariant.py)
         self.dtype = dtype
         self.activation = activation
@@ -89,8 +93,11 @@ class MLP(nnx.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         mm = invariant.matmul_for(self.invariant)
-        g = None if self.gate is None else adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt)))
+        g = None if self.gate is None else times(adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt))),
+                                                  self.multipliers[0])
         u = adapt(self, "up", x2, mm(x2, self.up[...].astype(dt)))
         h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
-        return adapt(self, "down", h, mm(h, self.down[...].astype(dt))).reshape(*lead, -1)
+        out = adapt(self, "down", h, mm(h, self.down[...].astype(dt)))
+        return times(out, self.multipliers[1]).reshape(*lead, -1)
+
