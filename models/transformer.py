@@ -157,18 +157,19 @@ class Block(nnx.Module):
         self.hybrid = lin is not None  # the cache carries recurrent states after the keys/values
         self.attn_multipliers = (cfg.attn_in_multiplier, cfg.attn_out_multiplier)
         self.mamba_multipliers = (lin.in_multiplier, lin.out_multiplier) if self.parallel else (1.0, 1.0)
-        mamba = functools.partial(Mamba2, cfg.d_model, *(lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv)
-                                  if lin is not None else (), rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd,
-                                  dtype=dt, out_scale=out_scale) if linear else None
+
+        def mamba() -> Mamba2:
+            return Mamba2(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv, rngs=rngs,
+                          conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm_eps=cfg.norm_eps, param_dtype=pd,
+                          dtype=dt, out_scale=out_scale, norm=lin.norm, multipliers=lin.multipliers)
+
         if self.parallel:
-            self.mamba = mamba(conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm=lin.norm,
-                               multipliers=lin.multipliers)
+            self.mamba = mamba()
         if self.linear:
             if lin.kind == "shortconv":
                 self.attn = ShortConv(cfg.d_model, lin.conv, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale)
             elif lin.kind == "mamba2":
-                self.attn = mamba(conv_bias=lin.conv_bias, dt_limit=lin.dt_limit, norm=lin.norm,
-                                  multipliers=lin.multipliers)
+                self.attn = mamba()
             else:
                 self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
                                           rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd, dtype=dt,

@@ -116,8 +116,11 @@ def test_ppo_gradient_is_micro_batch_invariant(loss, extra):
         g, a = out[micro]
         for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g)):
             assert np.abs(x - y).max() <= 5e-6 * (np.abs(x).max() + 1e-12)
-        for k in ("loss_sum", "vf_sum", "count", "vf_count"):
-            assert float(a[k]) == pytest.approx(float(a1[k]), rel=1e-5, abs=1e-7), k
+        for k, n in (("loss_sum", "count"), ("vf_sum", "vf_count"), ("count", None), ("vf_count", None)):
+            # a sum over tokens whose terms cancel: each token's term may differ in its last bits between the
+            # two programs (other shapes, other blockings), so the slack is per token, not relative to the sum
+            slack = 1e-6 * float(a1[n]) if n else 0.0
+            assert float(a[k]) == pytest.approx(float(a1[k]), rel=1e-5, abs=slack + 1e-7), k
     assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(g1["critic"]["head"]))
 
 

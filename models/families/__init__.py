@@ -58,8 +58,8 @@ BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in
 
 # Recurrent and hybrid models whose layers are not of the kinds here (Gated DeltaNet layers, Qwen3.5's and
 # Qwen3-Next's, Mamba-2 layers, Granite 4.0-H's, Bamba's, Nemotron-H's and Falcon-H1's, and LFM2's gated short
-# convolutions are): a config of one of these is refused saying what is missing, rather than only that its model_type is
-# unknown.
+# convolutions are): a config of one of these is refused saying what is missing, rather than only that its
+# model_type is unknown.
 _STATE = "keep a recurrent state of a kind not implemented here"
 RECURRENT = {
     "mamba2": "layers are Mamba-2 mixers without MLPs, not implemented here",
