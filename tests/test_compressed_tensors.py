@@ -61,6 +61,9 @@ SCHEMES = {
     "fp8_block": ({"group_0": (["Linear"], QuantizationArgs(num_bits=8, type="float", strategy="block",
                                                             block_structure=[8, 16]))}, None),
     "fp8_tensor": ({"group_0": (["Linear"], QuantizationArgs(num_bits=8, type="float", strategy="tensor"))}, None),
+    # W8A8 FP8 with static activation scales (input_scale beside each weight: a serving kernel's, hidden here)
+    "fp8_w8a8": ({"group_0": (["Linear"], QuantizationArgs(num_bits=8, type="float", strategy="channel"),
+                              QuantizationArgs(num_bits=8, type="float", strategy="tensor"))}, None),
     "nvfp4": ({"group_0": (["Linear"], QuantizationArgs(num_bits=4, type="float", strategy="tensor_group",
                                                         group_size=16))}, None),
     "mixed": ({"attention": (["re:.*self_attn.*"], _int(8, symmetric=True, strategy="channel")),
@@ -88,8 +91,9 @@ def compressed_checkpoint(path: Path, scheme: str):
     """The tiny Qwen3 quantized and saved by compressed-tensors as llm-compressor does (lm_head left alone)."""
     groups, fmt = SCHEMES[scheme]
     model = build_reference("qwen3")
-    qc = QuantizationConfig(config_groups={k: QuantizationScheme(targets=t, weights=a) for k, (t, a) in groups.items()},
-                            ignore=["lm_head"])
+    qc = QuantizationConfig(config_groups={k: QuantizationScheme(targets=g[0], weights=g[1],
+                                                                 input_activations=g[2] if len(g) > 2 else None)
+                                           for k, g in groups.items()}, ignore=["lm_head"])
     apply_quantization_config(model, qc)
     for m in model.modules():
         args = getattr(getattr(m, "quantization_scheme", None), "weights", None)
@@ -104,6 +108,8 @@ def compressed_checkpoint(path: Path, scheme: str):
         m.weight_scale.data.copy_(s.reshape(m.weight_scale.shape))
         if hasattr(m, "weight_zero_point"):
             m.weight_zero_point.data.copy_(zp.reshape(m.weight_zero_point.shape))
+        if hasattr(m, "input_scale"):
+            m.input_scale.data.fill_(0.01)
     comp = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
     comp.compress_model(model)
     model.save_pretrained(path)
@@ -139,6 +145,9 @@ def test_compressed_tensors_release_loads_as_the_library_decompresses_it(tmp_pat
     view = open_dequantized(Checkpoint(tmp_path), quantization(json.loads((tmp_path / "config.json").read_text())))
     assert view.problems() == []
     names = set(view.names())
+    stored = SafetensorsFile(tmp_path / "model.safetensors")
+    assert any(n.endswith(".input_scale") for n in stored.names()) == (scheme == "fp8_w8a8")
+    stored.close()
     assert set(want) <= names and not any(n.endswith(("_packed", "_scale", "_shape", "_zero_point")) for n in names)
     for name, ref in want.items():
         ours = torch.from_numpy(view.get(name)).to(ref.dtype)
