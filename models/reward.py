@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,14 @@ from .transformer import ModelDef, create, positions_from_valid
 SCORE = "score.weight"
 # transformers' sequence-classification class per causal architecture (Gemma 3 text has its own name)
 _SEQ_CLS = {"Gemma3ForCausalLM": "Gemma3TextForSequenceClassification"}
+# the classes transformers has none of (checked against it by tests/test_reward_model_hf.py): a reward model of
+# these families is written all the same, in the same layout, and loads here (``load_reward_model``, a
+# ``reward_model`` reward), but not through transformers' AutoModelForSequenceClassification; the export says so
+NOT_IN_TRANSFORMERS = frozenset({
+    "BambaForSequenceClassification", "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
+    "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
+    "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",
+    "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:
@@ -245,7 +254,9 @@ def save_reward_model(rdef: RewardDef, params: dict, out_dir: str | Path, *, pad
                       max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write a ``*ForSequenceClassification`` checkpoint transformers loads unchanged: the backbone's tensors
     as the decoder saver writes them, plus ``score.weight`` [1, D] in the same file (or, for a sharded save,
-    a file of its own named in the index). Multi-host: every process calls this; process 0 writes."""
+    a file of its own named in the index). Multi-host: every process calls this; process 0 writes. For a
+    family transformers has no such class of (``NOT_IN_TRANSFORMERS``) the checkpoint is the same and loads
+    here; a warning names the class it lacks."""
     out = Path(out_dir)
     dtype = dtype or rdef.cfg.param_dtype
     _save_backbone(rdef.backbone, params["backbone"], out, dtype=dtype, tokenizer_from=tokenizer_from,
@@ -272,6 +283,11 @@ def save_reward_model(rdef: RewardDef, params: dict, out_dir: str | Path, *, pad
         src.close()
         os.replace(tmp, path)
     conf = reward_hf_config(rdef.cfg, pad_token_id)
+    missing = [a for a in conf.get("architectures") or [] if a in NOT_IN_TRANSFORMERS]
+    if missing:
+        logging.getLogger("reasoning_rl").warning(
+            "%s: transformers has no %s class: this reward model loads with reasoning_rl (load_reward_model, a "
+            "reward_model reward), not with AutoModelForSequenceClassification", out, missing[0])
     conf["dtype"] = dtype
     if "torch_dtype" in conf:
         conf["torch_dtype"] = dtype

@@ -132,3 +132,51 @@ def test_more_than_one_label_is_refused(saved, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ConfigError, match="2 labels; a reward model has one"):
         load_reward_model(tmp_path)
+
+
+def test_which_families_transformers_has_no_classifier_for_is_known():
+    """``NOT_IN_TRANSFORMERS`` is exactly the classes transformers lacks among the architectures a reward model
+    of each family is written as (a transformers release that adds one shows here)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reasoning_rl.models.reward import NOT_IN_TRANSFORMERS, reward_hf_config
+    from test_hf_io import FAMILY_CONFIGS
+
+    written = {reward_hf_config(cfg)["architectures"][0] for cfg in FAMILY_CONFIGS.values()}
+    assert {a for a in written if not hasattr(transformers, a)} == NOT_IN_TRANSFORMERS
+
+
+def test_a_reward_model_transformers_cannot_load_is_written_and_says_so(tmp_path, caplog):
+    """Granite has no sequence-classification class in transformers: the export is written all the same, says
+    which class is missing, and loads back here with the same scores."""
+    import logging
+    import sys
+    from pathlib import Path
+
+    import jax
+    from reasoning_rl.models import save_reward_model
+    from reasoning_rl.models.reward import reward_def, scores
+    from reasoning_rl.models.transformer import create
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_hf_io import FAMILY_CONFIGS
+
+    rdef = reward_def(FAMILY_CONFIGS["granite"])
+    _, bb = create(rdef.backbone.cfg, 3)
+    params = {"backbone": bb, "score": rdef.init_score(5)}
+    with caplog.at_level(logging.WARNING, logger="reasoning_rl"):
+        save_reward_model(rdef, params, tmp_path, pad_token_id=PAD)
+    assert "transformers has no GraniteForSequenceClassification class" in caplog.text
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["GraniteForSequenceClassification"]
+    ids, mask = batch("right")
+    ids = ids % FAMILY_CONFIGS["granite"].vocab_size
+    want = np.asarray(jax.jit(lambda p: scores(rdef, p, ids, mask.astype(bool)))(params))
+    np.testing.assert_allclose(np.asarray(load_reward_model(tmp_path)(ids, mask)), want, atol=1e-5)
+    caplog.clear()
+    rdef = reward_def(FAMILY_CONFIGS["llama"])  # one transformers has: no warning
+    _, bb = create(rdef.backbone.cfg, 3)
+    with caplog.at_level(logging.WARNING, logger="reasoning_rl"):
+        save_reward_model(rdef, {"backbone": bb, "score": rdef.init_score(5)}, tmp_path / "llama", pad_token_id=PAD)
+    assert "transformers has no" not in caplog.text
