@@ -60,6 +60,13 @@ class MLAConfig:
     qk_rope_dim: int
     v_dim: int
     rope_interleave: bool = True  # rotary pairs are (x0, x1), (x2, x3), ... as in DeepSeek's weights
+    # DeepSeek Sparse Attention (DeepSeek-V3.2, ``models/layers/dsa``): a lightning indexer of ``index_heads``
+    # heads of ``index_dim`` picks each query's ``index_topk`` keys (0: dense attention); its rotary dims pair
+    # as (x_i, x_i+D/2) unless ``index_rope_interleave``
+    index_topk: int = 0
+    index_heads: int = 0
+    index_dim: int = 0
+    index_rope_interleave: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,7 +234,9 @@ class TransformerConfig:
 
     @property
     def kv_shape(self) -> tuple[int, int, int, int]:
-        """Per-slot cache entry shapes (K_k, D_k, K_v, D_v). MLA caches its latent and its rotary key."""
+        """Per-slot cache entry shapes (K_k, D_k, K_v, D_v). MLA caches its latent and its rotary key (then, with
+        sparse attention, the indexer's key)."""
         if self.mla is not None:
-            return 1, self.mla.kv_lora_rank, 1, self.mla.qk_rope_dim
+            m = self.mla
+            return 1, m.kv_lora_rank, 1, m.qk_rope_dim + (m.index_dim if m.index_topk else 0)
         return self.n_kv_heads, self.head_dim, self.n_kv_heads, self.head_dim

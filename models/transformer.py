@@ -488,9 +488,10 @@ class Transformer(nnx.Module):
         rebuilds its own prompt keys/values instead of reading a stack of every layer's (or, with the cache
         carried through the layers, every layer's copy of the whole cache), and the parameters' gradients are
         accumulated once, not once per pass."""
-        if self.cfg.moe is not None or self.cfg.linear is not None:
+        if self.cfg.moe is not None or self.cfg.linear is not None or (self.cfg.mla and self.cfg.mla.index_topk):
             raise ValueError("hidden_with_prompt: dense attention models only (MoE statistics are per whole row; "
-                             "linear-attention layers carry a state, not keys/values, from the prompt)")
+                             "linear-attention layers carry a state, not keys/values, from the prompt; sparse "
+                             "attention's indexer keys are not carried)")
         lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
         n, tp = prompt.shape
         t = tokens.shape[1]

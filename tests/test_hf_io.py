@@ -130,6 +130,13 @@ FAMILY_CONFIGS = {
                                                            kind="mamba2", conv_bias=True, parallel=True,
                                                            in_multiplier=0.8, out_multiplier=1.5,
                                                            multipliers=(0.5, 1.2, 0.9, 1.4, 0.7))),
+    # DeepSeek-V3.2: sparse attention (each query's 3 best keys by a 16-head indexer), a dense layer first
+    "deepseek_v32": TransformerConfig(
+        **{**BASE, "n_layers": 3, "n_kv_heads": 4, "head_dim": 12}, family="deepseek_v32",
+        mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6, index_topk=3,
+                      index_heads=16, index_dim=8),
+        moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=1.5,
+                      score_bias=True)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),

@@ -212,6 +212,12 @@ CASES = {
                                                  "mamba_d_state": 8, "mamba_d_conv": 3, "mamba_conv_bias": False,
                                                  "mamba_chunk_size": 8, "mamba_rms_norm": True,
                                                  "mamba_norm_before_gate": True, "initializer_range": 0.1}),
+    # DeepSeek-V3.2: V3's layers with sparse attention, each query keeping its 4 best keys by the lightning
+    # indexer (32 heads: ties at a zero score, where top-k picks arbitrarily, do not happen), a dense layer first
+    "deepseek_v32": ("DeepseekV32Config", dict(
+        num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, routed_scaling_factor=1.5,
+        first_k_dense_replace=1, index_topk=4, index_n_heads=32, index_head_dim=16, **MLA)),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -389,7 +395,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
                                   "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
                                   "granite4_h", "granite4_h_moe", "lfm2", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_moe_latent", "falcon_h1"])
+                                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -447,7 +453,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate"])
+                                  "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -474,7 +480,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
-                                  "falcon_h1_defaults", "falcon_h1_before_gate"])
+                                  "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -11,6 +11,7 @@ from . import (
     bamba,
     deepseek_v2,
     deepseek_v3,
+    deepseek_v32,
     ernie4_5,
     exaone4,
     falcon_h1,
@@ -51,7 +52,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
-                                                      nemotron_h, falcon_h1)}
+                                                      nemotron_h, falcon_h1, deepseek_v32)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

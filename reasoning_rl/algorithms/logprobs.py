@@ -132,7 +132,8 @@ def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_tar
     ``segments`` as in ``target_logprobs``."""
     t = tokens.shape[1]
     shared = group > 1 and tokens.shape[0] % group == 0 and n_targets < t and segments is None
-    if shared and model.cfg.moe is None and model.cfg.linear is None:
+    sparse = model.cfg.mla is not None and model.cfg.mla.index_topk > 0  # (the indexer needs its keys per row)
+    if shared and model.cfg.moe is None and model.cfg.linear is None and not sparse:
         return _shared_prompt_hidden(model, tokens, valid, n_targets, group)
     pos = positions_from_valid(valid) if positions is None else positions
     h, _, aux = model.hidden(tokens, pos, valid, return_aux=True, routes=routes, segments=segments)
