@@ -63,6 +63,10 @@ FAMILIES = {
     # layer, every muP multiplier away from 1, both split by heads over the tensor axis
     "falcon_h1": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                   {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 4, "tensor": 2}),
+    # DeepSeek-V3.2's shape (its <think> turns): sparse attention (each query's 4 best keys by the indexer, whose
+    # heads split over the tensor axis) and DeepSeekMoE after a dense layer: data 2 x tensor 2 x expert 2
+    "deepseek_v32": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                     {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 2, "tensor": 2, "expert": 2}),
     # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
     "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
              {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
@@ -118,6 +122,12 @@ def _checkpoint(path, family):
                                            mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=8,
                                            n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                                            moe_shared_expert_intermediate_size=16)
+    elif family == "deepseek_v32":
+        cfg = transformers.DeepseekV32Config(**{**common, "num_key_value_heads": 4}, n_routed_experts=4,
+                                             num_experts_per_tok=2, moe_intermediate_size=16, n_group=2,
+                                             topk_group=1, first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=8,
+                                             qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, index_topk=4,
+                                             index_n_heads=16, index_head_dim=8)
     elif family == "falcon_h1":
         cfg = transformers.FalconH1Config(**common, mamba_n_heads=4, mamba_d_ssm=32, mamba_n_groups=2,
                                           mamba_d_state=8, mamba_rms_norm=True, mamba_norm_before_gate=False,

@@ -662,6 +662,44 @@ def test_falcon_h1_config_fields_and_refusals(tmp_path):
         create(half, abstract=True)
 
 
+def test_sparse_attention_config_fields_and_refusals(tmp_path):
+    """DeepSeek-V3.2's config.json: the indexer's sizes (the reference's defaults when left out), the dense layers
+    from first_k_dense_replace (3 by default), written back as read; GLM-5's indexer rotating interleaved pairs;
+    what the layers cannot run refused by name (no query latent, an indexer head narrower than the rotary key,
+    GLM-5.2's layers sharing another layer's selection)."""
+    from reasoning_rl.models.families import deepseek_v32, glm_moe_dsa
+
+    base = {"model_type": "deepseek_v32", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 5,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 48, "q_lora_rank": 16,
+            "kv_lora_rank": 8, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 6,
+            "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8}
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    cfg = config_from_hf(tmp_path)
+    m = cfg.mla
+    assert (m.index_topk, m.index_heads, m.index_dim, m.index_rope_interleave, m.rope_interleave) == (
+        2048, 64, 128, False, True)
+    assert cfg.moe.first_dense == 3 and cfg.norm_eps == 1e-6 and cfg.kv_shape == (1, 8, 1, 4 + 128)
+    out = deepseek_v32.to_hf(cfg)
+    assert (out["index_topk"], out["index_n_heads"], out["index_head_dim"], out["first_k_dense_replace"]) == (
+        2048, 64, 128, 3)
+    assert out["mlp_layer_types"] == ["dense"] * 3 + ["sparse"] * 2
+    glm = {**base, "model_type": "glm_moe_dsa", "index_topk": 16, "index_head_dim": 8}
+    (tmp_path / "config.json").write_text(json.dumps(glm))
+    cfg = config_from_hf(tmp_path)
+    assert (cfg.family, cfg.mla.index_heads, cfg.mla.index_rope_interleave, cfg.norm_eps) == (
+        "glm_moe_dsa", 32, True, 1e-5)
+    assert glm_moe_dsa.to_hf(cfg)["indexer_types"] == ["full"] * 5
+    for over, match in (({"q_lora_rank": None}, r"q_lora_rank is required"),
+                        ({"index_head_dim": 2}, r"index_head_dim=2: the indexer needs .* at least qk_rope_head_dim"),
+                        ({"index_topk": 0}, r"index_topk=0: the indexer needs positive sizes"),
+                        ({"model_type": "glm_moe_dsa", "index_topk_freq": 2, "index_skip_topk_offset": 1},
+                         r"indexer_types: layers \[1, 3\] reuse another layer's key selection"),
+                        ({"model_type": "glm_moe_dsa", "index_topk_pattern": "FFSFF"}, r"layers \[2\] reuse")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+
+
 @pytest.mark.parametrize("model_type,why", [("jamba", "Mamba \\(v1\\) layers keep a recurrent"),
                                             ("minimax", "lightning \\(linear\\) attention layers keep a recurrent"),
                                             ("mamba2", "layers are Mamba-2 mixers without MLPs")])

@@ -218,6 +218,11 @@ CASES = {
         num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, routed_scaling_factor=1.5,
         first_k_dense_replace=1, index_topk=4, index_n_heads=32, index_head_dim=16, **MLA)),
+    # GLM-5: the same sparse attention with the indexer rotating interleaved pairs, GLM's defaults
+    "glm_moe_dsa": ("GlmMoeDsaConfig", dict(
+        num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, index_topk=5, index_n_heads=32,
+        index_head_dim=16, **MLA)),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -453,7 +458,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "ernie4_5_moe", "hunyuan_dense", "granite", "granite4", "granite4_nope", "gemma2",
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32"])
+                                  "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
+                                  "glm_moe_dsa"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -480,7 +486,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "olmoe_norm", "gemma", "granite4_h",
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
-                                  "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32"])
+                                  "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
+                                  "glm_moe_dsa"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -44,10 +44,11 @@ def test_sharded_load_matches_unsharded(tmp_path):
     partial sums over ``tensor``), Qwen2-MoE's gated shared expert, dense layers between MoE ones, Nemotron-H's
     ungated experts (up and down only) beside Mamba-2 layers with and without an MLP, and in a latent space
     (Nemotron-3-Super's: dispatched at the latent width); Falcon-H1's attention and Mamba-2 mixer side by side,
-    both split over ``tensor`` by heads."""
+    both split over ``tensor`` by heads; DeepSeek-V3.2's sparse-attention indexer, its heads split over ``tensor``
+    (each device scoring its heads' share of every key)."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
-                 "nemotron_h_moe_latent", "falcon_h1"):
+                 "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -73,3 +74,5 @@ def test_sharded_load_matches_unsharded(tmp_path):
     fal = res["falcon_h1"]["specs"]
     assert fal["linear_layers/attn/q"] == fal["linear_layers/mamba/z"] == [None, "fsdp", "tensor", None]
     assert fal["linear_layers/mamba/o"] == [None, "tensor", None, "fsdp"]
+    dsa = res["deepseek_v32"]["specs"]
+    assert dsa["layers/attn/idx_q"] == [None, None, "tensor", None] and dsa["layers/attn/idx_w"][-1] == "tensor"

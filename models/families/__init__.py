@@ -21,6 +21,7 @@ from . import (
     glm4,
     glm4_moe,
     glm4_moe_lite,
+    glm_moe_dsa,
     gpt_oss,
     granite,
     hunyuan,
@@ -52,7 +53,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       gpt_oss, glm4, glm4_moe, glm4_moe_lite, seed_oss, smollm3,
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
-                                                      nemotron_h, falcon_h1, deepseek_v32)}
+                                                      nemotron_h, falcon_h1, deepseek_v32,
+                                                      glm_moe_dsa)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
