@@ -80,6 +80,9 @@ def family_config(cfg: TransformerConfig) -> dict:
     if cfg.moe is not None and cfg.moe.latent_dim and not getattr(fam, "MOE_LATENT", False):
         raise ConfigError(f"TransformerConfig.moe.latent_dim={cfg.moe.latent_dim} cannot be written as a "
                           f"{cfg.family} checkpoint (its experts take the full width)")
+    if cfg.mla is not None and cfg.mla.index_topk and not getattr(fam, "SPARSE_ATTENTION", False):
+        raise ConfigError(f"TransformerConfig.mla.index_topk={cfg.mla.index_topk} (sparse attention) cannot be written "
+                          f"as a {cfg.family} checkpoint (its attention is dense)")
     lin = cfg.linear
     falcon = {"linear.parallel": lin is not None and lin.parallel,
               "linear.norm": lin is not None and lin.norm != "gated",

@@ -41,7 +41,8 @@ _SEQ_CLS = {"Gemma3ForCausalLM": "Gemma3TextForSequenceClassification"}
 # these families is written all the same, in the same layout, and loads here (``load_reward_model``, a
 # ``reward_model`` reward), but not through transformers' AutoModelForSequenceClassification; the export says so
 NOT_IN_TRANSFORMERS = frozenset({
-    "BambaForSequenceClassification", "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
+    "BambaForSequenceClassification", "DeepseekV32ForSequenceClassification", "GlmMoeDsaForSequenceClassification",
+    "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",
     "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification"})

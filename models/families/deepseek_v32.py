@@ -17,6 +17,7 @@ from .base import ConfigError, Tensor, need, unsupported_cfg
 NAME = "deepseek_v32"
 MODEL_TYPES = (NAME,)
 ARCHITECTURE = "DeepseekV32ForCausalLM"
+SPARSE_ATTENTION = True  # DeepSeek Sparse Attention (mla.index_topk) is written
 ignored = deepseek_v3.ignored
 
 
