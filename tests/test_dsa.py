@@ -37,8 +37,12 @@ def _formula(q, k, w, mask, topk):
     return out
 
 
-@pytest.mark.parametrize("t", [12, 300])  # one block; 300 queries in blocks of 128 (the last one partial)
-def test_selection_is_each_querys_best_keys(t):
+@pytest.mark.parametrize("t,working", [(12, None), (300, None), (300, 32 * 300 * 20)])
+def test_selection_is_each_querys_best_keys(t, working, monkeypatch):
+    """One block; 300 queries in blocks of 128, the last one partial; in blocks of 20 (the working set caps a
+    block at 20 queries of 32 heads x 300 keys)."""
+    if working:
+        monkeypatch.setattr(dsa, "WORKING", working)
     rng = np.random.default_rng(0)
     b, h, d, topk = 2, 32, 16, 5  # (32 heads: no key's every head below zero, so no tie at a zero score)
     q, k, w = rng.normal(size=(b, t, h, d)), rng.normal(size=(b, t, d)), rng.normal(size=(b, t, h))

@@ -19,8 +19,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# queries scored per block (long sequences): the [block, heads, keys] float32 scores are the indexer's working set
+# queries scored per block (long sequences): the [block, heads, keys] float32 scores are the indexer's working
+# set, kept under WORKING floats a row (at 64 heads and 32k keys, 32 queries a block: 256 MiB)
 BLOCK = 128
+WORKING = 1 << 26
 
 
 def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -48,11 +50,12 @@ def select(q: jax.Array, k: jax.Array, w: jax.Array, mask: jax.Array, topk: int)
         return mb & (s >= kth)
 
     t = q.shape[1]
-    if t <= BLOCK:
+    size = max(8, min(BLOCK, WORKING // (q.shape[2] * mask.shape[-1])))
+    if t <= size:
         return block(q, w, mask)
-    pad = -t % BLOCK
-    n = (t + pad) // BLOCK
+    pad = -t % size
+    n = (t + pad) // size
     qp, wp, mp = (jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2)) for a in (q, w, mask))
-    cut = [a.reshape(a.shape[0], n, BLOCK, *a.shape[2:]).swapaxes(0, 1) for a in (qp, wp, mp)]
-    out = jax.lax.map(lambda a: block(*a), tuple(cut))  # [n, B, BLOCK, S]
+    cut = [a.reshape(a.shape[0], n, size, *a.shape[2:]).swapaxes(0, 1) for a in (qp, wp, mp)]
+    out = jax.lax.map(lambda a: block(*a), tuple(cut))  # [n, B, size, S]
     return out.swapaxes(0, 1).reshape(q.shape[0], t + pad, -1)[:, :t]
