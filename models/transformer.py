@@ -176,7 +176,8 @@ class Block(nnx.Module):
                                           out_scale=out_scale)
         elif cfg.mla is not None:
             self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
-                            rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale)
+                            rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale,
+                            length_scale=cfg.query_length_scale)
         else:
             self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rngs=rngs,
                                   rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qkv_bias=cfg.qkv_bias,
@@ -353,8 +354,6 @@ class Transformer(nnx.Module):
                     if cfg.mla is not None else "linear-attention")
             raise ValueError(f"batch_invariant: dense models with grouped-query attention only (this model has "
                              f"{kind} layers, whose products are not made batch-invariant)")
-        if cfg.query_length_scale is not None and cfg.mla is not None:
-            raise ValueError("query_length_scale: grouped-query attention only (not multi-head latent attention)")
         lin = cfg.linear
         if lin is not None and lin.parallel and (lin.kind != "mamba2" or cfg.mla is not None
                                                   or tuple(lin.layers) != tuple(range(cfg.n_layers))):

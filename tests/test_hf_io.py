@@ -143,6 +143,14 @@ FAMILY_CONFIGS = {
                       index_heads=16, index_dim=8, index_rope_interleave=True),
         moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=1.5,
                       score_bias=True)),
+    # Mistral 4: latent attention with the queries scaled by position, softmax routing in groups, a shared expert
+    "mistral4": TransformerConfig(
+        **{**BASE, "n_layers": 3, "n_kv_heads": 4, "head_dim": 12}, family="mistral4", query_length_scale=(0.3, 8),
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "beta_fast": 32.0,
+                      "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},  # (as released: YaRN)
+        mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+        moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, scaling=1.5, n_group=2,
+                      topk_group=1)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),

@@ -239,7 +239,41 @@ def test_ministral3_language_model_of_a_mistral3_checkpoint(tmp_path):
     np.testing.assert_array_equal(text_logits(again)[MASK], text_logits(ref)[MASK])
 
 
-def test_glm4_and_ministral3_defaults_are_the_references():
+def test_mistral4_language_model_of_a_mistral3_checkpoint(tmp_path):
+    """Mistral Small 4: a mistral3 wrapper around a mistral4 text model (latent attention with YaRN and the queries
+    scaled past L = 8, softmax routing in groups, a shared expert), read out and exported as Mistral4ForCausalLM
+    (transformers registers that class under no Auto mapping: loaded by name)."""
+    torch.manual_seed(0)
+    text = {**TEXT, "model_type": "mistral4", "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+            "num_key_value_heads": TEXT["num_attention_heads"], "q_lora_rank": 16, "kv_lora_rank": 8,
+            "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 4,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_group": 2, "topk_group": 1,
+            "first_k_dense_replace": 1, "routed_scaling_factor": 1.5,
+            "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "beta_fast": 32.0,
+                                "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                "original_max_position_embeddings": 8, "llama_4_scaling_beta": 0.3,
+                                "partial_rotary_factor": 1 / 3}}
+    text.pop("head_dim", None)
+    ref = transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
+        text_config=text, vision_config={**VISION, "head_dim": 16}, image_token_index=127,
+        tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(tmp_path / "vlm")
+    cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
+    assert cfg.family == "mistral4" and cfg.query_length_scale == (0.3, 8) and cfg.extra["hf_wrapper"] == "mistral3"
+    assert cfg.moe.score == "softmax" and cfg.moe.n_group == 2 and cfg.mla.kv_lora_rank == 8
+    model = load_pretrained(tmp_path / "vlm")
+    err = np.abs(np.asarray(model(IDS, MASK)) - text_logits(ref))[MASK].max()
+    assert err <= 1e-4, f"max |dlogits| {err:.2e}"
+    save_pretrained(model, tmp_path / "text")
+    again = transformers.Mistral4ForCausalLM.from_pretrained(tmp_path / "text").eval()
+    np.testing.assert_array_equal(text_logits(again)[MASK], text_logits(ref)[MASK])
+
+
+def test_glm4_ministral3_and_mistral4_defaults_are_the_references():
     """What a released config.json may leave out (the reference's config class fills it) is filled alike."""
     from reasoning_rl.models.families import glm4, ministral3
 
@@ -251,6 +285,15 @@ def test_glm4_and_ministral3_defaults_are_the_references():
     cfg = glm4.from_hf({"model_type": "glm4"})  # every field left out
     assert (cfg.head_dim, cfg.rope_dim, cfg.rope_theta, cfg.qkv_bias, cfg.max_seq_len) == (128, 64, 10000.0, True,
                                                                                           131072)
+
+    from reasoning_rl.models.families import mistral4
+
+    ref = transformers.Mistral4Config()
+    for key, value in mistral4.DEFAULTS.items():
+        assert getattr(ref, key) == value, key
+    rope = {k: v for k, v in ref.rope_parameters.items() if k not in ("max_position_embeddings",
+                                                                      "partial_rotary_factor")}
+    assert {("rope_type" if k == "type" else k): v for k, v in rope.items()} == mistral4.DEFAULT_ROPE
 
     ref = transformers.Ministral3Config()
     for key, value in ministral3.DEFAULTS.items():

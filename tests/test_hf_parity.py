@@ -223,6 +223,16 @@ CASES = {
         num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, index_topk=5, index_n_heads=32,
         index_head_dim=16, **MLA)),
+    # Mistral Small 4: latent attention with YaRN and the queries scaled past L = 8 tokens, softmax routing inside
+    # the best of two groups (each scored by its top two experts), renormalised and scaled, a shared expert after
+    # a dense layer
+    "mistral4": ("Mistral4Config", dict(
+        num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, routed_scaling_factor=1.5,
+        first_k_dense_replace=1, pad_token_id=0, **MLA, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 8,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+            "llama_4_scaling_beta": 0.3, "partial_rotary_factor": 8 / 24})),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -317,11 +327,31 @@ MASK[1, :5] = False
 MASK[2, :11] = False
 
 
+# text models transformers only registers inside their vision-language wrapper (Mistral 4's, in mistral3):
+# loaded by their own class
+OWN_CLASS = {"mistral4": "Mistral4ForCausalLM"}
+
+
+def causal_lm(model_type: str):
+    """The class that builds and loads a causal LM of ``model_type`` (``from_config`` / ``from_pretrained``)."""
+    return getattr(transformers, OWN_CLASS[model_type]) if model_type in OWN_CLASS else transformers.AutoModelForCausalLM
+
+
+def load_causal(path, **kw):
+    import json
+    from pathlib import Path
+
+    model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+    return causal_lm(model_type).from_pretrained(path, attn_implementation="eager", **kw).eval()
+
+
 def build_reference(name: str, seed: int = 0):
     cls, over = CASES[name]
     cfg = getattr(transformers, cls)(**{**COMMON, **over})
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    build = causal_lm(cfg.model_type)
+    model = (build.from_config if build is transformers.AutoModelForCausalLM else build._from_config)(
+        cfg, attn_implementation="eager").eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "norm" in n or "bias" in n:
@@ -387,7 +417,7 @@ def test_balance_loss_and_load_match_transformers(checkpoint, name):
 def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
     ref_model, path = checkpoint(name)
     save_pretrained(load_pretrained(path), tmp_path)
-    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    again = load_causal(tmp_path)
     want = ref_model.state_dict()
     got = again.state_dict()
     assert set(got) == set(want)
@@ -400,7 +430,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
                                   "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
                                   "granite4_h", "granite4_h_moe", "lfm2", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32"])
+                                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mistral4"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits."""
@@ -415,7 +445,7 @@ def test_hand_built_config_saves_for_transformers(tmp_path, name):
     mdef, _ = create(FAMILY_CONFIGS[name], abstract=True)
     params = random_params(mdef, 4)
     save_pretrained(mdef, params, tmp_path)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ref = load_causal(tmp_path)
     ids, mask = IDS % 64, MASK
     ours = np.asarray(jax.jit(lambda p: mdef.bind(p)(jnp.asarray(ids), valid=jnp.asarray(mask)))(params))
     err = np.abs(ours - reference_logits(ref, ids, mask))[mask].max()
@@ -459,7 +489,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa"])
+                                  "glm_moe_dsa", "mistral4"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -487,7 +517,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa"])
+                                  "glm_moe_dsa", "mistral4"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

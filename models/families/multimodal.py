@@ -54,7 +54,8 @@ WRAPPERS: dict[str, Wrapper] = {
         "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"},
-        variants={"ministral3": ("ministral3", "Ministral3ForCausalLM")}),
+        variants={"ministral3": ("ministral3", "Ministral3ForCausalLM"),
+                  "mistral4": ("mistral4", "Mistral4ForCausalLM")}),
     "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
     "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
     # its router always renormalises the chosen experts' weights (the config has no switch for it)

@@ -30,8 +30,11 @@ LATENT_NORM_EPS = 1e-6  # the reference builds both latent norms with the defaul
 class MLA(nnx.Module):
     def __init__(self, d_model: int, n_heads: int, mc: MLAConfig, *, rngs: nnx.Rngs, rope_theta: float = 10000.0,
                  rope_scaling: dict | None = None, param_dtype=jnp.float32, dtype=jnp.float32,
-                 out_scale: float = 1.0):
+                 out_scale: float = 1.0, length_scale: tuple[float, int] | None = None):
+        """``length_scale`` (beta, L): queries times ``1 + beta * log(1 + floor(position / L))`` (Mistral 4, as
+        ``Attention``'s)."""
         self.n_heads, self.mc, self.dtype = n_heads, mc, dtype
+        self.length_scale = None if length_scale is None else (float(length_scale[0]), int(length_scale[1]))
         qk_dim = mc.qk_nope_dim + mc.qk_rope_dim
         self.scale = qk_dim**-0.5 * yarn_softmax_scale(rope_scaling)
         self.rope = (mc.qk_rope_dim, float(rope_theta), freeze(rope_scaling))
@@ -80,7 +83,12 @@ class MLA(nnx.Module):
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
         q_rot = apply_rope(q_rot, table, interleave=mc.rope_interleave)
         k_rot = apply_rope(k_rot, table, interleave=mc.rope_interleave)
-        q = constrain(jnp.concatenate([q_nope, q_rot], axis=-1), ("batch", "seq", "act_heads", None))
+        q = jnp.concatenate([q_nope, q_rot], axis=-1)
+        if self.length_scale is not None:  # by absolute position: the same for a token however a row is split
+            beta, span = self.length_scale
+            s = 1.0 + beta * jnp.log1p(jnp.floor(positions.astype(jnp.float32) / span))
+            q = q * s[..., None, None].astype(q.dtype)
+        q = constrain(q, ("batch", "seq", "act_heads", None))
         if self.indexer:  # its key rides in the cache beside the rotary key
             qi, ki, wi = self._index(x, qn, table)
             k_rot = jnp.concatenate([k_rot, ki[:, :, None, :].astype(k_rot.dtype)], axis=-1)
