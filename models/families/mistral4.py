@@ -71,9 +71,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     del out["head_dim"]
     rope = {"rope_type": "default", **(out.pop("rope_scaling") or {}), "rope_theta": out.pop("rope_theta")}
     beta, span = cfg.query_length_scale or (0.0, rope.get("original_max_position_embeddings") or cfg.max_seq_len)
-    # the rotary key's share of a query head, as the reference's config holds it (its rotary table reads it)
-    rope.update(llama_4_scaling_beta=beta, original_max_position_embeddings=span,
-                partial_rotary_factor=a.qk_rope_dim / (a.qk_nope_dim + a.qk_rope_dim))
+    rope.update(llama_4_scaling_beta=beta, original_max_position_embeddings=span)
     out.update(
         rope_parameters=rope, q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank,
         qk_nope_head_dim=a.qk_nope_dim, qk_rope_head_dim=a.qk_rope_dim, v_head_dim=a.v_dim,
