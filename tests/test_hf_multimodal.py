@@ -213,6 +213,15 @@ def test_wrapper_defaults_are_the_references(name, cls, rope):
         assert got == value, key
 
 
+def _save_with_norms_perturbed(ref, path):
+    """Save ``ref`` with its norm weights moved off their initial ones (so a norm read wrongly shows)."""
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(path)
+
+
 def test_ministral3_language_model_of_a_mistral3_checkpoint(tmp_path):
     """The Ministral 3 releases (3B/8B/14B base, instruct, reasoning): a mistral3 wrapper around a ministral3 text
     model (YaRN, queries scaled by position past L = 8 here), read out and exported as Ministral3ForCausalLM."""
@@ -223,11 +232,7 @@ def test_ministral3_language_model_of_a_mistral3_checkpoint(tmp_path):
                                          "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
                                          "original_max_position_embeddings": 8, "llama_4_scaling_beta": 0.3}},
         vision_config={**VISION, "head_dim": 16}, image_token_index=127, tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        for n, p in ref.named_parameters():
-            if "norm" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    ref.save_pretrained(tmp_path / "vlm")
+    _save_with_norms_perturbed(ref, tmp_path / "vlm")
     cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
     assert cfg.family == "ministral3" and cfg.query_length_scale == (0.3, 8) and cfg.extra["hf_wrapper"] == "mistral3"
     model = load_pretrained(tmp_path / "vlm")
@@ -257,11 +262,7 @@ def test_mistral4_language_model_of_a_mistral3_checkpoint(tmp_path):
     ref = transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
         text_config=text, vision_config={**VISION, "head_dim": 16}, image_token_index=127,
         tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        for n, p in ref.named_parameters():
-            if "norm" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    ref.save_pretrained(tmp_path / "vlm")
+    _save_with_norms_perturbed(ref, tmp_path / "vlm")
     cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
     assert cfg.family == "mistral4" and cfg.query_length_scale == (0.3, 8) and cfg.extra["hf_wrapper"] == "mistral3"
     assert cfg.moe.score == "softmax" and cfg.moe.n_group == 2 and cfg.mla.kv_lora_rank == 8

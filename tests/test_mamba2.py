@@ -7,7 +7,6 @@ transformers are in ``test_hf_parity`` (``granite4_h*``, ``lfm2*``), a GRPO run 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import assert_packed_rows_equal_alone, assert_padding_changes_nothing
+from helpers import (
+    assert_packed_rows_equal_alone,
+    assert_padding_changes_nothing,
+    assert_sampler_equals_trainer_on_every_decode_path,
+)
 from reasoning_rl.models import LoRAConfig, create, lora
 from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, recurrent_delta_rule
 from test_hf_io import FAMILY_CONFIGS
@@ -92,27 +95,7 @@ def test_sampler_logprobs_equal_trainer_on_every_decode_path(hybrid):
     """Groups fanned out from one prefill, rows stopping at different steps (their convolution inputs and states
     then frozen), slots refilled with new rows, a paged cache, unrolled decode layers: the same tokens on every
     path, and the trainer's log-probs of them (whole rows, its own padding) equal the sampler's."""
-    from reasoning_rl.algorithms.logprobs import target_logprobs
-    from reasoning_rl.rollout.sampler import generate, left_pad
-
-    mdef, params = hybrid
-    toks, valid = left_pad([[5, 7, 9, 11, 3], [17, 2, 40, 8, 1, 9, 22, 31, 4, 2, 6], [3]], 0)
-    n, g = 12, 3
-    outs = {str(kw): generate(mdef, params, toks, valid, max_new_tokens=n, rng_seed=1, group_size=g,
-                              stop_ids=(7, 9, 13), **kw)
-            for kw in ({}, {"slots": 2}, {"page_size": 4}, {"slots": 2, "page_size": 4})}
-    unrolled = create(dataclasses.replace(mdef.cfg, decode_layers="unroll"), abstract=True)[0]
-    outs["unroll"] = generate(unrolled, params, toks, valid, max_new_tokens=n, rng_seed=1, group_size=g,
-                              stop_ids=(7, 9, 13))
-    base = outs["{}"]
-    assert np.asarray(base.lengths).min() < n  # some rows stop early
-    rows = np.repeat(np.arange(3), g)
-    full = np.concatenate([np.asarray(toks)[rows], np.asarray(base.tokens)], 1)
-    fv = np.concatenate([np.asarray(valid)[rows], np.asarray(base.mask)], 1)
-    lp = np.asarray(target_logprobs(mdef.bind(params), jnp.asarray(full), jnp.asarray(fv), n, group=g))
-    for kw, out in outs.items():
-        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(base.tokens), err_msg=kw)
-        assert np.abs(lp - np.asarray(out.logprobs))[np.asarray(out.mask)].max() < 1e-5, kw
+    assert_sampler_equals_trainer_on_every_decode_path(*hybrid)
 
 
 def test_padding_does_not_change_a_rows_numbers(recurrent):

@@ -54,7 +54,9 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return out
 
 
-def tensors(cfg: TransformerConfig) -> list[Tensor]:
+def layout_tensors(cfg: TransformerConfig) -> list[Tensor]:
+    """What Bamba's layout shares with Falcon-H1's: embeddings, ``final_layernorm``, the head, and in each layer
+    ``input_layernorm``, ``pre_ff_layernorm`` and the ``feed_forward`` MLP (the mixers are each family's)."""
     out = [Tensor(("final_norm", "scale"), "model.final_layernorm.weight") if t.path[0] == "final_norm" else t
            for t in outer_tensors(cfg)]
     pre = "model.layers.{i}"
@@ -62,5 +64,11 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
         out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
                 Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_ff_layernorm.weight")]
         out += mlp_tensors((seg, "mlp"), f"{pre}.feed_forward")
+    return out
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    out = layout_tensors(cfg)
+    for seg, _, _, _ in segments(cfg):
         out += mamba_tensors(seg, cfg) if seg.startswith("linear") else gqa_tensors(seg, cfg)
     return out

@@ -17,18 +17,8 @@ from __future__ import annotations
 
 from ..config import LinearAttnConfig, TransformerConfig
 from ..transformer import segments
-from .base import (
-    ConfigError,
-    Tensor,
-    common_from_hf,
-    common_to_hf,
-    gqa_tensors,
-    mlp_tensors,
-    need,
-    outer_tensors,
-    refuse,
-    unsupported_cfg,
-)
+from .bamba import layout_tensors
+from .base import ConfigError, Tensor, common_from_hf, common_to_hf, gqa_tensors, need, refuse, unsupported_cfg
 from .granite import mamba_tensors
 
 NAME = "falcon_h1"
@@ -110,12 +100,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    out = [Tensor(("final_norm", "scale"), "model.final_layernorm.weight") if t.path[0] == "final_norm" else t
-           for t in outer_tensors(cfg)]
-    pre = "model.layers.{i}"
+    """Bamba's layout (norms, ``feed_forward``, ``final_layernorm``) with both mixers in every layer."""
+    out = layout_tensors(cfg)
     for seg, _, _, _ in segments(cfg):
-        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
-                Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_ff_layernorm.weight")]
-        out += gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), f"{pre}.feed_forward")
-        out += mamba_tensors(seg, cfg, f"{pre}.mamba", module="mamba")
+        out += gqa_tensors(seg, cfg) + mamba_tensors(seg, cfg, "model.layers.{i}.mamba", module="mamba")
     return out

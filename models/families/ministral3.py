@@ -32,11 +32,10 @@ DEFAULT_ROPE = {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0,
                 "mscale_all_dim": 1.0, "mscale": 1.0, "llama_4_scaling_beta": 0.1}
 
 
-def from_hf(hf: dict) -> TransformerConfig:
-    refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
-    refuse(hf, "attention_bias", lambda v: not v, "attention biases")
-    hf = {**DEFAULTS, **hf}
-    rope = dict(hf.get("rope_parameters") or DEFAULT_ROPE)
+def scaled_rope_from_hf(hf: dict, default_rope: dict) -> tuple[dict, tuple[float, int] | None]:
+    """config.json with ``llama_4_scaling_beta`` taken out of its rope parameters, and the query scaling it asks
+    for ((beta, original_max_position_embeddings), or None) (Ministral 3's, Mistral 4's)."""
+    rope = dict(hf.get("rope_parameters") or default_rope)
     if "type" in rope and "rope_type" not in rope:
         rope["rope_type"] = rope.pop("type")
     beta = rope.pop("llama_4_scaling_beta", None)
@@ -50,6 +49,22 @@ def from_hf(hf: dict) -> TransformerConfig:
         scale = (float(beta), span)
     hf = {**hf, "rope_parameters": rope}
     hf.pop("rope_scaling", None)
+    return hf, scale
+
+
+def scaled_rope_to_hf(cfg: TransformerConfig, out: dict) -> dict:
+    """``rope_parameters`` with the query scaling (``scaled_rope_from_hf`` backwards), from ``common_to_hf``'s
+    rope fields (taken out of ``out``)."""
+    rope = {"rope_type": "default", **(out.pop("rope_scaling") or {}), "rope_theta": out.pop("rope_theta")}
+    beta, span = cfg.query_length_scale or (0.0, rope.get("original_max_position_embeddings") or cfg.max_seq_len)
+    rope.update(llama_4_scaling_beta=beta, original_max_position_embeddings=span)
+    return rope
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
+    refuse(hf, "attention_bias", lambda v: not v, "attention biases")
+    hf, scale = scaled_rope_from_hf({**DEFAULTS, **hf}, DEFAULT_ROPE)
     return TransformerConfig(**common_from_hf(hf, NAME, **window_from_hf(hf)), query_length_scale=scale)
 
 
@@ -57,10 +72,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=cfg.qk_norm,
                     moe=cfg.moe is not None, mla=cfg.mla is not None, layer_types=len(set(cfg.sliding_layers)) > 1)
     out = common_to_hf(cfg, NAME, ARCHITECTURE)
-    rope = {"rope_type": "default", **(out.pop("rope_scaling") or {}), "rope_theta": out.pop("rope_theta")}
-    beta, span = cfg.query_length_scale or (0.0, rope.get("original_max_position_embeddings") or cfg.max_seq_len)
-    rope.update(llama_4_scaling_beta=beta, original_max_position_embeddings=span)
-    out.update(rope_parameters=rope, sliding_window=cfg.sliding_window or None,
+    out.update(rope_parameters=scaled_rope_to_hf(cfg, out), sliding_window=cfg.sliding_window or None,
                pad_token_id=None, bos_token_id=None, eos_token_id=None)  # not Ministral's vocabulary's ids
     return out
 

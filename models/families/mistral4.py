@@ -12,6 +12,7 @@ from ..config import MLAConfig, MoEConfig, TransformerConfig
 from ..transformer import segments
 from . import deepseek_v3
 from .base import ConfigError, Piece, Tensor, common_from_hf, common_to_hf, need, refuse, unsupported_cfg
+from .ministral3 import scaled_rope_from_hf, scaled_rope_to_hf
 
 NAME = "mistral4"
 MODEL_TYPES = (NAME,)
@@ -32,18 +33,7 @@ DEFAULT_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 128.0, "or
 def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "attention_bias", lambda v: not v, "MLA projection biases")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
-    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
-    rope = dict(hf.get("rope_parameters") or DEFAULT_ROPE)
-    if "type" in rope and "rope_type" not in rope:
-        rope["rope_type"] = rope.pop("type")
-    beta = rope.pop("llama_4_scaling_beta", None)
-    rope.pop("max_position_embeddings", None)  # (the reference's copy of the top-level field)
-    span = rope.get("original_max_position_embeddings")
-    if beta and (not isinstance(span, int) or isinstance(span, bool) or span < 1):
-        raise ConfigError(f"config.json: rope_parameters.original_max_position_embeddings={span!r} is not a positive "
-                          "integer (the span of llama_4_scaling_beta)")
-    hf = {**hf, "rope_parameters": rope}
-    hf.pop("rope_scaling", None)
+    hf, scale = scaled_rope_from_hf({**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}, DEFAULT_ROPE)
     experts, n_group, topk_group = need(hf, "n_routed_experts"), int(hf["n_group"]), int(hf["topk_group"])
     if experts % n_group or not 1 <= topk_group <= n_group:
         raise ConfigError(f"config.json: n_group={n_group} / topk_group={topk_group} do not split "
@@ -57,8 +47,7 @@ def from_hf(hf: dict) -> TransformerConfig:
                     v_dim=need(hf, "v_head_dim"), rope_interleave=bool(hf["rope_interleave"]))
     heads = need(hf, "num_attention_heads")
     return TransformerConfig(**common_from_hf(hf, NAME, n_kv_heads=heads, head_dim=mla.qk_nope_dim + mla.qk_rope_dim,
-                                              mla=mla, moe=moe),
-                             query_length_scale=(float(beta), span) if beta else None)
+                                              mla=mla, moe=moe), query_length_scale=scale)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
@@ -69,11 +58,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     moe=bad_moe)
     out = common_to_hf(cfg, NAME, ARCHITECTURE)
     del out["head_dim"]
-    rope = {"rope_type": "default", **(out.pop("rope_scaling") or {}), "rope_theta": out.pop("rope_theta")}
-    beta, span = cfg.query_length_scale or (0.0, rope.get("original_max_position_embeddings") or cfg.max_seq_len)
-    rope.update(llama_4_scaling_beta=beta, original_max_position_embeddings=span)
     out.update(
-        rope_parameters=rope, q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank,
+        rope_parameters=scaled_rope_to_hf(cfg, out), q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank,
         qk_nope_head_dim=a.qk_nope_dim, qk_rope_head_dim=a.qk_rope_dim, v_head_dim=a.v_dim,
         rope_interleave=a.rope_interleave, n_routed_experts=m.n_experts, num_experts_per_tok=m.top_k,
         moe_intermediate_size=m.ffn_dim, n_shared_experts=m.n_shared, first_k_dense_replace=m.first_dense,
