@@ -89,7 +89,8 @@ class LinearAttnConfig:
     dt_limit: tuple[float, float] = (0.0, float("inf"))
     # Falcon-H1 (Mamba-2 only): ``parallel`` layers run the mixer beside attention on the same normed input and
     # add both outputs (``layers`` is then every layer, each with a KV cache and a recurrent state); the mixer's
-    # input and output times ``in_multiplier`` / ``out_multiplier``, its z, x, B, C and dt projections times
+    # input and output (parallel or not) times ``in_multiplier`` / ``out_multiplier``, its z, x, B, C and dt
+    # projections times
     # ``multipliers`` (muP); ``norm``: "gated" (Mamba-2's RMSNorm of y * SiLU(z)), "before_gate" (RMSNorm of y,
     # then times SiLU(z)) or "none" (y * SiLU(z), no norm weight)
     parallel: bool = False

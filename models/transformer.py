@@ -156,7 +156,7 @@ class Block(nnx.Module):
         self.linear = linear and not self.parallel
         self.hybrid = lin is not None  # the cache carries recurrent states after the keys/values
         self.attn_multipliers = (cfg.attn_in_multiplier, cfg.attn_out_multiplier)
-        self.mamba_multipliers = (lin.in_multiplier, lin.out_multiplier) if self.parallel else (1.0, 1.0)
+        self.mamba_multipliers = (lin.in_multiplier, lin.out_multiplier) if linear else (1.0, 1.0)
 
         def mamba() -> Mamba2:
             return Mamba2(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv, rngs=rngs,
@@ -210,7 +210,9 @@ class Block(nnx.Module):
         ids, for a linear-attention layer (attention layers have them in ``mask``)."""
         pre = self.attn_norm(x) if self.attn_norm is not None else x
         if self.linear:
-            h, cache = self._linear(self.attn, pre, valid, cache, layer, segments)
+            m_in, m_out = self.mamba_multipliers
+            h, cache = self._linear(self.attn, times(pre, m_in), valid, cache, layer, segments)
+            h = times(h, m_out)
         else:
             a_in, a_out = self.attn_multipliers
             if self.hybrid and cache is not None:  # the keys/values, then the linear layers' states
@@ -360,6 +362,12 @@ class Transformer(nnx.Module):
             raise ValueError("linear.parallel: a Mamba-2 mixer beside grouped-query attention in every layer "
                              f"(linear.layers all {cfg.n_layers}; got kind {lin.kind!r}, layers {lin.layers}"
                              f"{', MLA' if cfg.mla is not None else ''})")
+        if lin is not None and lin.kind != "mamba2":
+            mamba_only = {"norm": lin.norm != "gated", "multipliers": set(lin.multipliers) != {1.0},
+                          "in_multiplier": lin.in_multiplier != 1.0, "out_multiplier": lin.out_multiplier != 1.0}
+            bad = [k for k, v in mamba_only.items() if v]
+            if bad:
+                raise ValueError(f"linear.{bad[0]}: Mamba-2 layers only (kind {lin.kind!r} has no such switch)")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32)) * 0.02

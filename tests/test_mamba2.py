@@ -7,6 +7,7 @@ transformers are in ``test_hf_parity`` (``granite4_h*``, ``lfm2*``), a GRPO run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -163,3 +164,28 @@ def test_lora_on_the_hybrid_round_trips_through_peft(tmp_path, name):
         assert np.abs(P.reference_logits(ref) - ours)[mask].max() < 1e-5
     back = load_pretrained(path, adapter=tmp_path / "adapter")
     np.testing.assert_array_equal(np.asarray(back(ids, mask)), ours)
+
+
+def test_mixer_multipliers_apply_to_every_mamba2_layer_and_other_kinds_refuse_them():
+    """A Mamba-2 mixer's input and output multipliers act whether it runs beside attention (Falcon-H1) or alone
+    (here Granite 4.0-H's layers): the input times m is the mixer with its five input projections times m, the
+    output times m the one with its out projection times m (no biases there); the Mamba-2-only switches on another
+    kind of layer are refused at construction."""
+    mdef, params = _model("granite4_h")
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, 64, (2, 10)), jnp.int32)
+    lin = mdef.cfg.linear
+    scaled = create(dataclasses.replace(mdef.cfg, linear=dataclasses.replace(lin, in_multiplier=1.7,
+                                                                             out_multiplier=0.6)), abstract=True)[0]
+    folded = jax.tree.map(lambda x: x, params)
+    mix = folded["linear_layers"]["attn"]
+    for k in ("z", "x", "B", "C", "dt"):
+        mix[k] = mix[k] * 1.7
+    mix["o"] = mix["o"] * 0.6
+    want = np.asarray(mdef.bind(folded)(ids))
+    got = np.asarray(scaled.bind(params)(ids))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert np.abs(got - np.asarray(mdef.bind(params)(ids))).max() > 1e-3
+    conv = FAMILY_CONFIGS["lfm2"]
+    for kw in ({"norm": "none"}, {"in_multiplier": 2.0}, {"multipliers": (2.0, 1.0, 1.0, 1.0, 1.0)}):
+        with pytest.raises(ValueError, match=f"linear.{next(iter(kw))}: Mamba-2 layers only"):
+            create(dataclasses.replace(conv, linear=dataclasses.replace(conv.linear, **kw)), abstract=True)
