@@ -705,7 +705,8 @@ class Transformer(nnx.Module):
 # only read in its stored dtype (correct, slower); a name here that some layer uses uncast would change it.
 COMPUTE_CAST = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_a", "q_b", "kv_a", "kv_b",
                           "gate", "up", "down", "gate_b", "up_b", "down_b", "shared_gate",
-                          "q_gate", "z", "b", "a"})  # the attention output gate; Gated DeltaNet's z, b, a
+                          "q_gate", "z", "b", "a",  # the attention output gate; Gated DeltaNet's z, b, a
+                          "idx_q", "idx_k"})  # the sparse-attention indexer's projections (not its float32 weights)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
