@@ -207,6 +207,20 @@ def test_plan_sizes_deepseek_v3_without_allocating():
     assert not small["fits"]
 
 
+def test_plan_sizes_deepseek_v32_with_its_indexer_keys():
+    """DeepSeek-V3.2 GRPO (configs/arch): V3's 671B plus the sparse-attention indexers (0.9B); the sampler's cache
+    holds, beside each token's latent (512) and rotary key (64), its indexer key (128): exactly 704 / 576 of
+    V3's on the same mesh."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    v32 = plan(C.load(str(ROOT / "configs" / "arch" / "deepseek_v32_grpo.yaml")), 256, memory_gb=95)
+    v3 = plan(C.load(str(ROOT / "configs" / "arch" / "deepseek_v3_grpo.yaml")), 256, memory_gb=95)
+    assert v32["model"]["family"] == "deepseek_v32" and v32["fits"]
+    assert 0.8e9 < v32["model"]["params"] - v3["model"]["params"] < 0.9e9
+    assert v32["per_device_bytes"]["kv_cache"] * 576 == v3["per_device_bytes"]["kv_cache"] * 704
+
+
 def test_plan_without_devices_sizes_the_mesh_the_config_names():
     """A config whose mesh fixes every axis (here fsdp 16 x expert 2) is planned for those 32 devices without
     --devices, on whatever host (this one has 8 or 1); one with an axis of -1 takes the host's count."""
