@@ -100,24 +100,30 @@ def run_here(*argv: str) -> subprocess.CompletedProcess:
 def assert_padding_changes_nothing(net, vocab: int) -> None:
     """A recurrent layer reads only a row's valid tokens: the same 12 tokens with pads before, between and after
     them (20 slots: the chunked form) give the logits they give alone, at the valid positions. ``net``: a bound
-    model (``mdef.bind(params)``)."""
+    model (``mdef.bind(params)``), run jitted (its weights as constants)."""
+    import jax
     import jax.numpy as jnp
 
+    net_call = jax.jit(lambda t, p, v: net(t, p, v))
     toks = np.random.RandomState(3).randint(0, vocab, 12).astype(np.int32)
-    plain = np.asarray(net(jnp.asarray(toks[None]), jnp.arange(12)[None], jnp.ones((1, 12), bool)))[0]
+    plain = np.asarray(net_call(jnp.asarray(toks[None]), jnp.arange(12)[None], jnp.ones((1, 12), bool)))[0]
     ids, valid = np.zeros((1, 20), np.int32), np.zeros((1, 20), bool)
     where = np.array([2, 3, 4, 5, 8, 9, 10, 11, 12, 15, 16, 17])  # pads at 0-1, 6-7, 13-14, 18-19
     ids[0, where], valid[0, where] = toks, True
     pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-    padded = np.asarray(net(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(valid)))[0]
+    padded = np.asarray(net_call(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(valid)))[0]
     np.testing.assert_allclose(padded[where], plain, atol=2e-5)
 
 
 def assert_packed_rows_equal_alone(net, vocab: int) -> None:
     """Packed SFT rows (``stage.pack``): a row holding two sequences (segment ids, positions restarting) gives each
     sequence's logits alone: recurrent layers restart their convolution and state with each sequence, as the
-    attention masks do. ``net``: a bound model."""
+    attention masks do. ``net``: a bound model, run jitted."""
+    import jax
     import jax.numpy as jnp
+
+    net_call = jax.jit(lambda t, p, v: net(t, p, v))
+    packed_call = jax.jit(lambda t, p, v, s: net.logits(net.hidden(t, p, v, segments=s)[0]))
 
     a, b = (np.random.RandomState(s).randint(0, vocab, n) for s, n in ((1, 9), (2, 14)))
     tokens, valid, segments, pos = (np.zeros((1, 32), dt) for dt in (np.int32, bool, np.int32, np.int32))
@@ -125,10 +131,10 @@ def assert_packed_rows_equal_alone(net, vocab: int) -> None:
     valid[0, :23] = True
     segments[0, :9], segments[0, 9:23] = 1, 2
     pos[0, :9], pos[0, 9:23] = np.arange(9), np.arange(14)
-    h, _ = net.hidden(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(valid), segments=jnp.asarray(segments))
-    packed = np.asarray(net.logits(h))[0]
+    packed = np.asarray(packed_call(*(jnp.asarray(x) for x in (tokens, pos, valid, segments))))[0]
     for part, lo in ((a, 0), (b, 9)):
-        alone = np.asarray(net(jnp.asarray(part[None]), jnp.arange(len(part))[None], jnp.ones((1, len(part)), bool)))
+        alone = np.asarray(net_call(jnp.asarray(part[None]), jnp.arange(len(part))[None],
+                                    jnp.ones((1, len(part)), bool)))
         np.testing.assert_allclose(packed[lo:lo + len(part)], alone[0], atol=2e-5)
 
 

@@ -96,6 +96,8 @@ def test_sampler_logprobs_equal_trainer_on_every_decode_path(sparse):
 
 
 def test_padding_and_packing_change_nothing(sparse):
+    """Pads before, between and after a row's tokens, and packed sequences, leave every query's selection and
+    logits as they are alone."""
     mdef, params = sparse
     assert_padding_changes_nothing(mdef.bind(params), 64)
     assert_packed_rows_equal_alone(mdef.bind(params), 64)
