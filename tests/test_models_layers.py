@@ -321,12 +321,13 @@ def test_causal_blocks_match_unblocked_attention(kind, monkeypatch):
         h, _ = m.hidden(tokens, positions_from_valid(valid), valid)
         return jnp.sum(jnp.where(valid[..., None], m.logits(h), 0.0) ** 2), m.logits(h)
 
-    (_, out0), g0 = jax.value_and_grad(loss, has_aux=True)(params)  # 37 tokens < 2 blocks: unblocked
+    # (jitted: each call traces anew, so the patched block size below reaches the second)
+    (_, out0), g0 = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)  # 37 tokens < 2 blocks: unblocked
     calls = []
     blocks = attention.causal_blocks
     monkeypatch.setattr(attention, "causal_blocks", lambda *a, **k: calls.append(1) or blocks(*a, **k))
     monkeypatch.setattr(attention, "CAUSAL_BLOCK", 8)  # 37 tokens: 5 blocks, the last one of 5
-    (_, out1), g1 = jax.value_and_grad(loss, has_aux=True)(params)
+    (_, out1), g1 = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert calls  # the blocked path really ran
     keep = np.asarray(valid)  # a pad query attends to nothing: its (unused) output is arbitrary either way
     np.testing.assert_allclose(np.asarray(out1)[keep], np.asarray(out0)[keep], rtol=1e-5, atol=1e-5)
