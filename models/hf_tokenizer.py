@@ -73,6 +73,11 @@ class HFTokenizer:
                 raise ModelDirError(f"{file}: not a readable sentencepiece model ({str(e).splitlines()[0][:200]})"
                                     ) from None
             self._tok = None
+        elif (self.path / "tiktoken.model").is_file():  # Kimi K2's: its pre-tokenizer is Python code, not data
+            raise ModelDirError(f"{self.path}: no tokenizer.json or tokenizer.model, only a tiktoken.model, whose "
+                                "splitting rules live in the repository's Python code: write a tokenizer.json from it "
+                                "(transformers: AutoTokenizer.from_pretrained(dir, trust_remote_code=True)"
+                                ".save_pretrained(out)) and set tokenizer.path to that directory")
         else:
             raise ModelDirError(f"{self.path}: no tokenizer (tokenizer.json or tokenizer.model); set "
                                 "tokenizer.path to a directory that has one")

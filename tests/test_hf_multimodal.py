@@ -274,6 +274,61 @@ def test_mistral4_language_model_of_a_mistral3_checkpoint(tmp_path):
     np.testing.assert_array_equal(text_logits(again)[MASK], text_logits(ref)[MASK])
 
 
+def test_kimi_k25_language_model_as_released_and_as_transformers_holds_it(tmp_path):
+    """Kimi K2.5 / K2.6: a MoonViT tower beside Kimi K2's text model (``text_config.model_type`` kimi_k2: DeepSeek-V3's
+    layers), read out of the file as released (``language_model.model.``, one tensor per expert) and as
+    transformers 5 holds it (``model.language_model.``, fused experts), exported as DeepseekV3ForCausalLM; a text-only
+    Kimi K2 config (``model_type`` kimi_k2) reads as DeepSeek-V3."""
+    from reasoning_rl.models.hf import config_from_hf
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    text = {"model_type": "kimi_k2", "vocab_size": V, "hidden_size": 64, "intermediate_size": 96,
+            "moe_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+            "q_lora_rank": 16, "kv_lora_rank": 8, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8,
+            "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1, "max_position_embeddings": 256,
+            "pad_token_id": 0}
+    ref = transformers.Kimi_K25ForConditionalGeneration(transformers.Kimi_K25Config(
+        text_config=text, vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                                         "num_attention_heads": 2}, projection_hidden_size=32,
+        tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "norm" in n or "bias" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    held = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    released = {}
+    for k, v in held.items():
+        k = k.replace("model.language_model.", "language_model.model.").replace("lm_head.", "language_model.lm_head.")
+        if k.endswith(".mlp.experts.gate_up_proj"):  # [E, 2I, d] -> one gate and one up tensor per expert
+            for e in range(v.shape[0]):
+                gate, up = v[e].chunk(2)
+                released[k.replace("gate_up_proj", f"{e}.gate_proj.weight")] = gate.contiguous()
+                released[k.replace("gate_up_proj", f"{e}.up_proj.weight")] = up.contiguous()
+        elif k.endswith(".mlp.experts.down_proj"):
+            for e in range(v.shape[0]):
+                released[k.replace("down_proj", f"{e}.down_proj.weight")] = v[e].contiguous()
+        else:
+            released[k] = v
+    want = text_logits(ref)
+    for name, tensors in (("held", held), ("released", released)):
+        ref.config.save_pretrained(tmp_path / name)
+        save_file(tensors, str(tmp_path / name / "model.safetensors"), metadata={"format": "pt"})
+        cfg = check_model_dir(tmp_path / name, tokenizer=False)
+        assert cfg.family == "deepseek_v3" and cfg.extra["hf_wrapper"] == "kimi_k25"
+        model = load_pretrained(tmp_path / name)
+        err = np.abs(np.asarray(model(IDS, MASK)) - want)[MASK].max()
+        assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
+    save_pretrained(model, tmp_path / "text")
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
+    assert type(again).__name__ == "DeepseekV3ForCausalLM"
+    np.testing.assert_allclose(text_logits(again)[MASK], want[MASK], atol=1e-5)
+    (tmp_path / "k2").mkdir()
+    (tmp_path / "k2" / "config.json").write_text(json.dumps({**text, "architectures": ["DeepseekV3ForCausalLM"]}))
+    assert config_from_hf(tmp_path / "k2").family == "deepseek_v3"
+
+
 def test_glm4_ministral3_and_mistral4_defaults_are_the_references():
     """What a released config.json may leave out (the reference's config class fills it) is filled alike."""
     from reasoning_rl.models.families import glm4, ministral3

@@ -80,6 +80,12 @@ def _no_tokenizer(d):
     return d, "no tokenizer (tokenizer.json or tokenizer.model)"
 
 
+def _tiktoken_only(d):  # Kimi K2's releases: a tiktoken BPE whose splitting rules are Python code
+    (d / "tokenizer.json").unlink()
+    (d / "tiktoken.model").write_text("IQ== 0\n")
+    return d, "only a tiktoken.model, whose splitting rules live in the repository's Python code"
+
+
 def _bad_tokenizer(d):
     (d / "tokenizer.json").write_text('{"version": "1.0", "model": ')
     return d / "tokenizer.json", "not a readable tokenizer"
@@ -131,8 +137,8 @@ def _index_names_missing_file(d):
 
 
 BREAK = {f.__name__.lstrip("_"): f for f in (
-    _missing_dir, _no_config, _bad_json, _model_type, _option, _no_tokenizer, _bad_tokenizer, _no_weights,
-    _truncated, _corrupt, _wrong_shape, _wrong_dtype, _index_names_missing_file)}
+    _missing_dir, _no_config, _bad_json, _model_type, _option, _no_tokenizer, _tiktoken_only, _bad_tokenizer,
+    _no_weights, _truncated, _corrupt, _wrong_shape, _wrong_dtype, _index_names_missing_file)}
 
 
 def _config(tmp_path: Path, model: Path) -> Path:

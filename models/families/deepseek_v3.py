@@ -22,7 +22,7 @@ from .base import (
 )
 
 NAME = "deepseek_v3"
-MODEL_TYPES = ("deepseek_v3",)
+MODEL_TYPES = ("deepseek_v3", "kimi_k2")  # Kimi K2 / K2-Thinking: DeepSeek-V3's layers under their own type
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 
 

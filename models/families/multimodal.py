@@ -1,5 +1,6 @@
 """Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Mistral Small
-3.1/3.2, Magistral Small 1.1+ and Ministral 3, Qwen2.5-VL, Qwen3-VL and its Thinking models): the language model is
+3.1/3.2, Magistral Small 1.1+, Ministral 3 and Mistral Small 4, Qwen2.5-VL, Qwen3-VL and its Thinking models, Kimi
+K2.5 / K2.6): the language model is
 read out of the wrapper and trained as a text model; the vision tower and projector are not loaded, and an export
 is that text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``, ``Ministral3ForCausalLM``, ``Qwen2ForCausalLM``,
 ``Qwen3ForCausalLM``), which transformers and vLLM load as such.
@@ -63,6 +64,10 @@ WRAPPERS: dict[str, Wrapper] = {
     "qwen3_5_moe": Wrapper(("qwen3_5_moe_text",), "qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", **QWEN_VL),
     "qwen3_vl_moe": Wrapper(("qwen3_vl_moe_text",), "qwen3_moe", "Qwen3MoeForCausalLM", experts_in_out=True,
                             fixed={"norm_topk_prob": True}, **QWEN_VL),
+    # Kimi K2.5 / K2.6: a MoonViT tower and projector beside Kimi K2's text model (DeepSeek-V3's layers; released
+    # with its routed experts in INT4, compressed-tensors)
+    "kimi_k25": Wrapper(("kimi_k2", "deepseek_v3"), "deepseek_v3", "DeepseekV3ForCausalLM",
+                        skip=("vision_tower.", "mm_projector.", "model.vision_tower.", "model.mm_projector.")),
 }
 FUSED = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
 TOP_LEVEL_ONLY = ("vision_config", "text_config", "image_token_id", "video_token_id", "vision_start_token_id",
