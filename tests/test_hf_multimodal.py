@@ -314,6 +314,10 @@ def test_kimi_k25_language_model_as_released_and_as_transformers_holds_it(tmp_pa
     want = text_logits(ref)
     for name, tensors in (("held", held), ("released", released)):
         ref.config.save_pretrained(tmp_path / name)
+        if name == "released":  # its text config's own type (transformers rewrites it to deepseek_v3 when it reads)
+            conf = json.loads((tmp_path / name / "config.json").read_text())
+            conf["text_config"]["model_type"] = "kimi_k2"
+            (tmp_path / name / "config.json").write_text(json.dumps(conf))
         save_file(tensors, str(tmp_path / name / "model.safetensors"), metadata={"format": "pt"})
         cfg = check_model_dir(tmp_path / name, tokenizer=False)
         assert cfg.family == "deepseek_v3" and cfg.extra["hf_wrapper"] == "kimi_k25"
@@ -325,7 +329,8 @@ def test_kimi_k25_language_model_as_released_and_as_transformers_holds_it(tmp_pa
     assert type(again).__name__ == "DeepseekV3ForCausalLM"
     np.testing.assert_allclose(text_logits(again)[MASK], want[MASK], atol=1e-5)
     (tmp_path / "k2").mkdir()
-    (tmp_path / "k2" / "config.json").write_text(json.dumps({**text, "architectures": ["DeepseekV3ForCausalLM"]}))
+    (tmp_path / "k2" / "config.json").write_text(json.dumps({**text, "model_type": "kimi_k2",
+                                                             "architectures": ["DeepseekV3ForCausalLM"]}))
     assert config_from_hf(tmp_path / "k2").family == "deepseek_v3"
 
 
