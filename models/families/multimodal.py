@@ -1,9 +1,9 @@
 """Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Mistral Small
-3.1/3.2, Magistral Small 1.1+, Ministral 3 and Mistral Small 4, Qwen2.5-VL, Qwen3-VL and its Thinking models, Kimi
-K2.5 / K2.6): the language model is
-read out of the wrapper and trained as a text model; the vision tower and projector are not loaded, and an export
-is that text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``, ``Ministral3ForCausalLM``, ``Qwen2ForCausalLM``,
-``Qwen3ForCausalLM``), which transformers and vLLM load as such.
+3.1/3.2, Magistral Small 1.1+, Ministral 3 and Mistral Small 4, Qwen2.5-VL, Qwen3-VL and its Thinking models, Qwen3.5,
+Kimi K2.5 / K2.6): the language model is read out of the wrapper and trained as a text model; the vision tower and
+projector are not loaded, and an export is that text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``,
+``Ministral3ForCausalLM``, ``Mistral4ForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``,
+``DeepseekV3ForCausalLM``, ...), which transformers and vLLM load as such.
 
 A wrapper's config.json nests the text model's config under ``text_config`` (Qwen2.5-VL's released files keep
 it at the top level); released files leave out fields that keep the text config class's defaults, which
