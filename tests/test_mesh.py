@@ -307,6 +307,20 @@ def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
     assert p["per_device_bytes"]["kv_cache"] == keys_values + states
 
 
+def test_plan_sizes_falcon_h1r_7b_with_both_caches_in_every_layer():
+    """Falcon-H1R-7B GRPO (configs/arch): 7.59B parameters; each of the 44 parallel layers keeps a KV cache and a
+    Mamba-2 state per row, both counted exactly."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "falcon_h1r_7b_grpo.yaml")), 8, memory_gb=80)
+    assert 7.58e9 < p["model"]["params"] < 7.6e9 and p["model"]["family"] == "falcon_h1" and p["fits"]
+    rows, slots = 32 * 8 // 8, 256 + 4096  # rows over fsdp; prompt + response slots
+    keys_values = 44 * rows * 2 * slots * 128 * 2 * 2  # layers, rows, kv heads, slots, head dim, k and v, bf16
+    states = 44 * rows * (24 * 256 * 128 * 4 + 3 * (3072 + 2 * 256) * 2)  # float32 state, 3 bf16 conv inputs
+    assert p["per_device_bytes"]["kv_cache"] == keys_values + states
+
+
 def test_plan_sizes_hunyuan_a13b_from_its_released_config_fields():
     """Hunyuan-A13B GRPO (configs/arch, the released config.json's fields: per-layer MoE lists, rope_scaling of
     type dynamic with alpha): 80B parameters, 64 experts and a shared MLP in every layer; fits 80 GB devices on
