@@ -93,6 +93,12 @@ class LinearAttnConfig:
     # projections times
     # ``multipliers`` (muP); ``norm``: "gated" (Mamba-2's RMSNorm of y * SiLU(z)), "before_gate" (RMSNorm of y,
     # then times SiLU(z)) or "none" (y * SiLU(z), no norm weight)
+    # OLMo Hybrid (Gated DeltaNet only): beta times ``beta_scale`` (2: ``allow_neg_eigval``, beta in [0, 2]), the
+    # output norm's eps (0: the model's norm_eps), and ``pre_norm``: these layers put their norms before the mixer
+    # and the MLP even where the attention layers only norm their outputs
+    beta_scale: float = 1.0
+    norm_eps: float = 0.0
+    pre_norm: bool = False
     parallel: bool = False
     norm: str = "gated"
     in_multiplier: float = 1.0

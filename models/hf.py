@@ -100,6 +100,9 @@ def open_checkpoint(directory: str | Path, cfg: TransformerConfig):
     """The safetensors of ``directory`` as ``cfg``'s model names its tensors (a vision-language wrapper's
     language model: ``families.multimodal.TextView``), quantized ones dequantized (``quantized.Dequantized``)."""
     ckpt = open_dequantized(Checkpoint(directory), cfg.extra.get("hf_quant"))
+    view = getattr(for_family(cfg.family), "checkpoint_view", None)  # a family whose files use other names
+    if view is not None:
+        ckpt = view(ckpt, cfg)
     wrapper = cfg.extra.get("hf_wrapper")
     return TextView(ckpt, wrapper, cfg) if wrapper else ckpt
 

@@ -84,6 +84,11 @@ def family_config(cfg: TransformerConfig) -> dict:
         raise ConfigError(f"TransformerConfig.mla.index_topk={cfg.mla.index_topk} (sparse attention) cannot be written "
                           f"as a {cfg.family} checkpoint (its attention is dense)")
     lin = cfg.linear
+    olmo = [k for k, v in (("beta_scale", 1.0), ("norm_eps", 0.0), ("pre_norm", False))
+            if lin is not None and getattr(lin, k) != v]
+    if olmo and not getattr(fam, "OLMO_HYBRID", False):
+        raise ConfigError(f"TransformerConfig.linear.{olmo[0]} (OLMo Hybrid's) cannot be written as a {cfg.family} "
+                          "checkpoint")
     falcon = {"linear.parallel": lin is not None and lin.parallel,
               "linear.norm": lin is not None and lin.norm != "gated",
               "linear.in_multiplier": lin is not None and lin.in_multiplier != 1.0,

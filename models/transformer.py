@@ -149,8 +149,11 @@ class Block(nnx.Module):
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                  invariant=cfg.batch_invariant)
-        self.attn_norm = norm() if cfg.pre_norm else None
         lin = cfg.linear
+        # where the norms sit: before the mixer and the MLP (``pre_norm``) and/or on their outputs (``sandwich``);
+        # a linear layer with ``lin.pre_norm`` (OLMo Hybrid) puts them before whatever the attention layers do
+        pre_norm, sandwich = (True, False) if linear and lin.pre_norm else (cfg.pre_norm, cfg.sandwich_norm)
+        self.attn_norm = norm() if pre_norm else None
         # a parallel layer (Falcon-H1) runs attention (``attn``) and a Mamba-2 mixer (``mamba``) side by side
         self.parallel = linear and lin.parallel
         self.linear = linear and not self.parallel
@@ -172,8 +175,8 @@ class Block(nnx.Module):
                 self.attn = mamba()
             else:
                 self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
-                                          rngs=rngs, norm_eps=cfg.norm_eps, param_dtype=pd, dtype=dt,
-                                          out_scale=out_scale)
+                                          rngs=rngs, norm_eps=lin.norm_eps or cfg.norm_eps, param_dtype=pd, dtype=dt,
+                                          out_scale=out_scale, beta_scale=lin.beta_scale)
         elif cfg.mla is not None:
             self.attn = MLA(cfg.d_model, cfg.n_heads, cfg.mla, rngs=rngs, rope_theta=cfg.rope_theta,
                             rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale,
@@ -188,12 +191,12 @@ class Block(nnx.Module):
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier)
-        self.post_attn_norm = norm() if cfg.sandwich_norm else None
+        self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
         if not mlp:
             self.mlp_norm = self.mlp = self.post_mlp_norm = None
             return
-        self.mlp_norm = norm() if cfg.pre_norm else None
+        self.mlp_norm = norm() if pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
         if moe:
             self.mlp = MoE(cfg.d_model, cfg.moe, rngs=rngs, activation=cfg.activation, param_dtype=pd, dtype=dt,
@@ -202,7 +205,7 @@ class Block(nnx.Module):
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                            activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant,
                            multipliers=cfg.mlp_multipliers)
-        self.post_mlp_norm = norm() if cfg.sandwich_norm else None
+        self.post_mlp_norm = norm() if sandwich else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
                  routes=None, prefix=None, segments=None):
@@ -362,12 +365,15 @@ class Transformer(nnx.Module):
             raise ValueError("linear.parallel: a Mamba-2 mixer beside grouped-query attention in every layer "
                              f"(linear.layers all {cfg.n_layers}; got kind {lin.kind!r}, layers {lin.layers}"
                              f"{', MLA' if cfg.mla is not None else ''})")
-        if lin is not None and lin.kind != "mamba2":
-            mamba_only = {"norm": lin.norm != "gated", "multipliers": set(lin.multipliers) != {1.0},
-                          "in_multiplier": lin.in_multiplier != 1.0, "out_multiplier": lin.out_multiplier != 1.0}
-            bad = [k for k, v in mamba_only.items() if v]
-            if bad:
-                raise ValueError(f"linear.{bad[0]}: Mamba-2 layers only (kind {lin.kind!r} has no such switch)")
+        if lin is not None:
+            only = {"mamba2": {"norm": lin.norm != "gated", "multipliers": set(lin.multipliers) != {1.0},
+                               "in_multiplier": lin.in_multiplier != 1.0, "out_multiplier": lin.out_multiplier != 1.0},
+                    "gated_deltanet": {"beta_scale": lin.beta_scale != 1.0, "norm_eps": lin.norm_eps != 0.0}}
+            for kind, switches in only.items():
+                bad = [k for k, v in switches.items() if v]
+                if bad and lin.kind != kind:
+                    name = {"mamba2": "Mamba-2", "gated_deltanet": "Gated DeltaNet"}[kind]
+                    raise ValueError(f"linear.{bad[0]}: {name} layers only (kind {lin.kind!r} has no such switch)")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32)) * 0.02

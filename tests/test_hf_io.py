@@ -151,6 +151,12 @@ FAMILY_CONFIGS = {
         mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
         moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, scaling=1.5, n_group=2,
                       topk_group=1)),
+    # OLMo Hybrid: OLMo-3's post-normed attention after pre-normed Gated DeltaNet layers (beta in [0, 2])
+    "olmo_hybrid": TransformerConfig(**{**BASE, "n_layers": 3, "head_dim": 8}, family="olmo_hybrid", norm_eps=1e-6,
+                                     qk_norm=True, qk_norm_whole=True, pre_norm=False, sandwich_norm=True,
+                                     rope_theta=5e5,
+                                     linear=LinearAttnConfig(layers=(0, 1), k_heads=2, v_heads=4, k_dim=8, v_dim=8,
+                                                             beta_scale=2.0, norm_eps=1e-5, pre_norm=True)),
     "llama_bias": TransformerConfig(**BASE, family="llama", qkv_bias=True, out_bias=True),
     "smollm3": TransformerConfig(**{**BASE, "n_layers": 3}, family="smollm3", nope_layers=(1,), sliding_window=4,
                                  layer_types=("full", "sliding", "full"), rope_theta=5e6),
@@ -569,6 +575,7 @@ def test_granite4_layer_types_and_experts(tmp_path):
     ("deepseek_v3", {"mla": MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6,
                                       index_topk=3, index_heads=4, index_dim=8)},
      r"mla.index_topk=3 \(sparse attention\) cannot be written as a deepseek_v3 checkpoint"),
+    ("olmo_hybrid", {"family": "qwen3_next"}, r"linear.beta_scale \(OLMo Hybrid's\) cannot be written as a qwen3_next"),
     ("llama", {"key_multiplier": 0.5}, r"key_multiplier \(Falcon-H1's\) cannot be written as a llama checkpoint"),
     ("qwen3", {"mlp_multipliers": (1.0, 2.0)}, r"mlp_multipliers \(Falcon-H1's\) cannot be written as a qwen3"),
     ("bamba", {"linear": LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
@@ -715,6 +722,60 @@ def test_sparse_attention_config_fields_and_refusals(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
         with pytest.raises(ConfigError, match=match):
             config_from_hf(tmp_path)
+
+
+def test_olmo_hybrid_config_fields_released_names_and_refusals(tmp_path):
+    """OLMo Hybrid's config.json: the reference's defaults (three linear layers to one attention layer, the last one
+    attention; key heads of 3/4 hidden / heads, value heads twice as wide; beta in [0, 2]), no rotary embedding
+    without a rope_theta, written back as read; a released file's three convolution tensors read as one (an
+    incomplete set named), and what the layers cannot run refused by name."""
+    from reasoning_rl.models.families import olmo_hybrid
+
+    base = {"model_type": "olmo_hybrid", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "intermediate_size": 48, "rope_parameters": {"rope_theta": 5e5}}
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    cfg = config_from_hf(tmp_path)
+    lin = cfg.linear
+    assert lin.layers == (0, 1, 2, 4, 5) and cfg.attention_layers == (3,) and not cfg.nope_layers
+    assert (lin.k_heads, lin.k_dim, lin.v_dim, lin.beta_scale, lin.norm_eps, lin.pre_norm) == (
+        4, 6, 12, 2.0, 1e-5, True)
+    assert (cfg.pre_norm, cfg.sandwich_norm, cfg.qk_norm_whole, cfg.norm_eps) == (False, True, True, 1e-6)
+    out = olmo_hybrid.to_hf(cfg)
+    assert out["layer_types"][3] == "full_attention" and out["linear_allow_neg_eigval"] is True
+    (tmp_path / "config.json").write_text(json.dumps({**base, "rope_parameters": None,
+                                                      "linear_allow_neg_eigval": False}))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.nope_layers == (3,) and cfg.linear.beta_scale == 1.0
+    assert olmo_hybrid.to_hf(cfg)["rope_parameters"] is None
+    for over, match in (({"layer_types": ["linear_attention"] * 5 + ["sliding_attention"]}, r"unknown 'sliding"),
+                        ({"attention_bias": True}, r"attention_bias=True is not supported")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**base, "num_hidden_layers": 2,
+                                                      "layer_types": ["linear_attention", "full_attention"]}))
+    cfg = config_from_hf(tmp_path)
+    mdef, _ = create(cfg, abstract=True)
+    save_pretrained(mdef, random_params(mdef, 1), tmp_path / "ours")
+    src = SafetensorsFile(tmp_path / "ours" / "model.safetensors")
+    tensors = {n: (src.info(n)[0], np.asarray(src.get(n))) for n in src.names()}
+    src.close()
+    conv = tensors.pop("model.layers.0.linear_attn.conv1d.weight")[1]
+    kd = cfg.linear.k_heads * cfg.linear.k_dim
+    released = {n.replace(".input_layernorm.", ".attention_layer_norm.")
+                .replace(".post_attention_layernorm.", ".feedforward_layer_norm."): v for n, v in tensors.items()}
+    released.update({"model.layers.0.linear_attn.q_conv1d.weight": ("F32", conv[:kd]),
+                     "model.layers.0.linear_attn.k_conv1d.weight": ("F32", conv[kd:2 * kd])})
+    write_file(tmp_path / "ours" / "model.safetensors", [(n, dt, a.shape) for n, (dt, a) in released.items()],
+               lambda n: released[n][1])
+    with pytest.raises(CheckpointError, match=r"model.layers.0.linear_attn.conv1d.weight: missing"):
+        load_params(tmp_path / "ours", mdef)
+    released["model.layers.0.linear_attn.v_conv1d.weight"] = ("F32", conv[2 * kd:])
+    write_file(tmp_path / "ours" / "model.safetensors", [(n, dt, a.shape) for n, (dt, a) in released.items()],
+               lambda n: released[n][1])
+    back = load_params(tmp_path / "ours", mdef)
+    np.testing.assert_array_equal(np.asarray(back["linear_layers"]["attn"]["conv_v"]).reshape(1, -1),
+                                  conv[2 * kd:, 0, :].T.reshape(1, -1))
 
 
 @pytest.mark.parametrize("model_type,why", [("jamba", "Mamba \\(v1\\) layers keep a recurrent"),

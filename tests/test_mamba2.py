@@ -78,14 +78,15 @@ def _model(name: str):
     return mdef, params
 
 
-@pytest.fixture(scope="module", params=["granite4_h", "falcon_h1"])
+@pytest.fixture(scope="module", params=["granite4_h", "falcon_h1", "olmo_hybrid"])
 def hybrid(request):
-    """Granite 4.0-H (Mamba-2 layers beside attention ones) and Falcon-H1 (both in every layer: each layer's KV
-    cache and state at the same slot)."""
+    """Granite 4.0-H (Mamba-2 layers beside attention ones), Falcon-H1 (both in every layer: each layer's KV cache
+    and state at the same slot) and OLMo Hybrid (Gated DeltaNet layers with their own pre-norms beside post-normed
+    attention)."""
     return _model(request.param)
 
 
-@pytest.fixture(scope="module", params=["granite4_h", "lfm2", "nemotron_h", "falcon_h1"])
+@pytest.fixture(scope="module", params=["granite4_h", "lfm2", "nemotron_h", "falcon_h1", "olmo_hybrid"])
 def recurrent(request):
     """Granite 4.0-H (Mamba-2), LFM2 (gated short convolutions), Nemotron-H (Mamba-2 and attention layers,
     some without an MLP) and Falcon-H1 (attention and Mamba-2 side by side in every layer)."""

@@ -34,6 +34,7 @@ from . import (
     nemotron_h,
     olmo2,
     olmo3,
+    olmo_hybrid,
     olmoe,
     phi3,
     qwen2,
@@ -55,13 +56,13 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
                                                       nemotron_h, falcon_h1, deepseek_v32,
-                                                      glm_moe_dsa, mistral4)}
+                                                      glm_moe_dsa, mistral4, olmo_hybrid)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 
-# Recurrent and hybrid models whose layers are not of the kinds here (Gated DeltaNet layers, Qwen3.5's and
-# Qwen3-Next's, Mamba-2 layers, Granite 4.0-H's, Bamba's, Nemotron-H's and Falcon-H1's, and LFM2's gated short
+# Recurrent and hybrid models whose layers are not of the kinds here (Gated DeltaNet layers, Qwen3.5's, Qwen3-Next's
+# and OLMo Hybrid's, Mamba-2 layers, Granite 4.0-H's, Bamba's, Nemotron-H's and Falcon-H1's, and LFM2's gated short
 # convolutions are): a config of one of these is refused saying what is missing, rather than only that its
 # model_type is unknown.
 _STATE = "keep a recurrent state of a kind not implemented here"
@@ -75,8 +76,8 @@ RECURRENT = {
 def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
-                          "(recurrent layers here: Gated DeltaNet in Qwen3.5 and Qwen3-Next, Mamba-2 in Granite "
-                          "4.0-H, Bamba, Nemotron-H and Falcon-H1, short convolutions in LFM2)")
+                          "(recurrent layers here: Gated DeltaNet in Qwen3.5, Qwen3-Next and OLMo Hybrid, Mamba-2 in "
+                          "Granite 4.0-H, Bamba, Nemotron-H and Falcon-H1, short convolutions in LFM2)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")

@@ -170,7 +170,10 @@ class GatedDeltaNet(nnx.Module):
 
     def __init__(self, d_model: int, k_heads: int, v_heads: int, k_dim: int, v_dim: int, conv: int, *,
                  rngs: nnx.Rngs, norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32,
-                 out_scale: float = 1.0):
+                 out_scale: float = 1.0, beta_scale: float = 1.0):
+        """``beta_scale``: beta = sigmoid(x b) times it (2: OLMo Hybrid's ``allow_neg_eigval``, the update able to
+        flip a direction's sign)."""
+        self.beta_scale = float(beta_scale)
         if v_heads % k_heads:
             raise ValueError(f"linear attention: {v_heads} value heads are not a multiple of {k_heads} key heads")
         self.k_heads, self.v_heads, self.k_dim, self.v_dim, self.kernel = k_heads, v_heads, k_dim, v_dim, conv
@@ -218,7 +221,8 @@ class GatedDeltaNet(nnx.Module):
         live = (jnp.arange(t)[None] < count[:, None])[..., None]  # compacted: the first ``count`` are valid
         xb = jnp.einsum("btd,dh->bth", x, w["b"])
         xa = jnp.einsum("btd,dh->bth", x, w["a"])
-        beta = jnp.where(live, jax.nn.sigmoid(_take(xb, order).astype(jnp.float32)), 0.0)
+        beta = jax.nn.sigmoid(_take(xb, order).astype(jnp.float32))
+        beta = jnp.where(live, beta if self.beta_scale == 1.0 else beta * self.beta_scale, 0.0)
         a_f = _take(xa, order).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = jnp.where(live, -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a_f), 0.0)
         s0 = (jnp.zeros((b, self.v_heads, self.k_dim, self.v_dim), jnp.float32) if cache is None
