@@ -726,9 +726,9 @@ def test_sparse_attention_config_fields_and_refusals(tmp_path):
 
 def test_olmo_hybrid_config_fields_released_names_and_refusals(tmp_path):
     """OLMo Hybrid's config.json: the reference's defaults (three linear layers to one attention layer, the last one
-    attention; key heads of 3/4 hidden / heads, value heads twice as wide; beta in [0, 2]), no rotary embedding
-    without a rope_theta, written back as read; a released file's three convolution tensors read as one (an
-    incomplete set named), and what the layers cannot run refused by name."""
+    attention; key heads of 3/4 hidden / heads, value heads twice as wide; beta in [0, 2]), the default rotary
+    without a rope_theta (as transformers fills it in), written back as read; a released file's three convolution
+    tensors read as one (an incomplete set named), and what the layers cannot run refused by name."""
     from reasoning_rl.models.families import olmo_hybrid
 
     base = {"model_type": "olmo_hybrid", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 6,
@@ -745,8 +745,7 @@ def test_olmo_hybrid_config_fields_released_names_and_refusals(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**base, "rope_parameters": None,
                                                       "linear_allow_neg_eigval": False}))
     cfg = config_from_hf(tmp_path)
-    assert cfg.nope_layers == (3,) and cfg.linear.beta_scale == 1.0
-    assert olmo_hybrid.to_hf(cfg)["rope_parameters"] is None
+    assert not cfg.nope_layers and cfg.rope_theta == 10000.0 and cfg.linear.beta_scale == 1.0
     for over, match in (({"layer_types": ["linear_attention"] * 5 + ["sliding_attention"]}, r"unknown 'sliding"),
                         ({"attention_bias": True}, r"attention_bias=True is not supported")):
         (tmp_path / "config.json").write_text(json.dumps({**base, **over}))

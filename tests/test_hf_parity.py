@@ -234,15 +234,15 @@ CASES = {
             "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
             "llama_4_scaling_beta": 0.3, "partial_rotary_factor": 8 / 24})),
     # OLMo Hybrid: OLMo-3's post-normed attention among pre-normed Gated DeltaNet layers (separate q/k/v/g/a/b
-    # projections, beta in [0, 2]); then without rotary embeddings, beta in [0, 1], more value than key heads
+    # projections, beta in [0, 2]); then the reference's default rotary, beta in [0, 1], more value than key heads
     "olmo_hybrid": ("OlmoHybridConfig", {**SMOL_IDS, "num_hidden_layers": 4, "num_key_value_heads": 4, "linear_key_head_dim": 8,
                                          "linear_value_head_dim": 12, "rope_parameters": {"rope_type": "default",
                                                                                           "rope_theta": 5e5}}),
-    "olmo_hybrid_nope": ("OlmoHybridConfig", {
+    "olmo_hybrid_plain": ("OlmoHybridConfig", {
         **SMOL_IDS, "num_hidden_layers": 3, "num_key_value_heads": 4, "layer_types": ["linear_attention", "full_attention",
                                                                           "linear_attention"],
         "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
-        "linear_value_head_dim": 8, "linear_allow_neg_eigval": False, "rope_parameters": None}),
+        "linear_value_head_dim": 8, "linear_allow_neg_eigval": False}),
     "seed_oss_out_bias": ("SeedOssConfig", {"head_dim": 16, "attention_out_bias": True, "num_key_value_heads": 1,
                                             "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 1e6}}),
@@ -499,7 +499,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_nope"])
+                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -527,7 +527,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_nope"])
+                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

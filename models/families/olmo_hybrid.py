@@ -3,8 +3,7 @@ q/k RMSNorm over the whole projection, no sliding window) among Gated DeltaNet l
 three linear layers to one attention layer) that put their norms before the mixer and the MLP instead
 (``LinearAttnConfig.pre_norm``). The Gated DeltaNet layers project q, k, v, the gate ``g``, ``a`` and ``b`` each on
 its own (one tensor per part in the checkpoint), scale beta by 2 with ``linear_allow_neg_eigval`` (beta in
-[0, 2]: ``LinearAttnConfig.beta_scale``), and norm their output with eps 1e-5 whatever ``rms_norm_eps`` says. With no
-``rope_theta`` the attention layers have no rotary embedding at all."""
+[0, 2]: ``LinearAttnConfig.beta_scale``), and norm their output with eps 1e-5 whatever ``rms_norm_eps`` says."""
 
 from __future__ import annotations
 
@@ -63,31 +62,22 @@ def from_hf(hf: dict) -> TransformerConfig:
                            v_dim=hf.get("linear_value_head_dim") or 2 * k_dim, conv=hf.get("linear_conv_kernel_dim", 4),
                            kind="gated_deltanet", beta_scale=2.0 if hf.get("linear_allow_neg_eigval", True) else 1.0,
                            norm_eps=OUT_NORM_EPS, pre_norm=True)
-    rope = hf.get("rope_parameters") or {}
-    nope = not (rope.get("rope_theta") or hf.get("rope_theta"))  # the reference then builds no rotary embedding
-    attention = tuple(i for i, t in enumerate(types) if t != LINEAR)
-    if nope:
-        hf = {**hf, "rope_parameters": None, "rope_theta": 10000.0}
+    # (no rope fields: transformers fills in the default rotary, so the reference's rotary-free mode is not
+    # reachable from a config.json; neither is it here)
     return TransformerConfig(**common_from_hf(
-        hf, NAME, qk_norm=True, qk_norm_whole=True, pre_norm=False, sandwich_norm=True, linear=lin,
-        nope_layers=attention if nope else ()))
+        hf, NAME, qk_norm=True, qk_norm_whole=True, pre_norm=False, sandwich_norm=True, linear=lin))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
     lin = cfg.linear
-    nope = bool(cfg.nope_layers)
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=not cfg.qk_norm,
                     qk_norm_whole=not cfg.qk_norm_whole, pre_norm=cfg.pre_norm, sandwich_norm=not cfg.sandwich_norm,
                     moe=cfg.moe is not None, mla=cfg.mla is not None, sliding_window=cfg.sliding_window > 0,
                     linear=lin is None or lin.kind != "gated_deltanet" or not lin.pre_norm
                     or lin.beta_scale not in (1.0, 2.0) or lin.norm_eps != OUT_NORM_EPS,
-                    nope_layers=nope and set(cfg.nope_layers) != set(cfg.attention_layers))
+                    nope_layers=bool(cfg.nope_layers))
     out = common_to_hf(cfg, NAME, ARCHITECTURE)
     del out["head_dim"]  # (the reference's attention heads are hidden_size / num_attention_heads)
-    if nope:
-        out.pop("rope_theta", None)
-        out.pop("rope_scaling", None)
-        out["rope_parameters"] = None
     return {**out, "attention_bias": False, "pad_token_id": None, "bos_token_id": None,
             "eos_token_id": None,  # (not OLMo's vocabulary's ids)
             "layer_types": [LINEAR if i in lin.layers else "full_attention" for i in range(cfg.n_layers)],
