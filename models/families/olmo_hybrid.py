@@ -73,6 +73,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=not cfg.qk_norm,
                     qk_norm_whole=not cfg.qk_norm_whole, pre_norm=cfg.pre_norm, sandwich_norm=not cfg.sandwich_norm,
                     moe=cfg.moe is not None, mla=cfg.mla is not None, sliding_window=cfg.sliding_window > 0,
+                    head_dim=cfg.head_dim * cfg.n_heads != cfg.d_model,  # (the format has no head_dim)
                     linear=lin is None or lin.kind != "gated_deltanet" or not lin.pre_norm
                     or lin.beta_scale not in (1.0, 2.0) or lin.norm_eps != OUT_NORM_EPS,
                     nope_layers=bool(cfg.nope_layers))
