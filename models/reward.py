@@ -45,7 +45,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",
-    "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification"})
+    "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification",
+    "OlmoHybridForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:
