@@ -65,41 +65,41 @@ def hf_config(cfg: TransformerConfig) -> dict:
     return family_config(cfg)
 
 
+# switches only some formats can express, read off TransformerConfig (a dotted path into its sub-configs): a
+# family's module lists the ones its format writes (``WRITES``), and a config that sets any other away from its
+# default is refused here rather than saved as that family's usual model (another model)
+SWITCHES = ("mixer_only_layers", "moe.latent_dim", "mla.index_topk", "key_multiplier", "attn_in_multiplier",
+            "attn_out_multiplier", "mlp_multipliers", "logits_multiplier", "linear.parallel", "linear.norm",
+            "linear.in_multiplier", "linear.out_multiplier", "linear.multipliers", "linear.beta_scale",
+            "linear.norm_eps", "linear.pre_norm")
+
+
+def set_switches(cfg: TransformerConfig) -> dict[str, object]:
+    """The ``SWITCHES`` ``cfg`` sets away from their defaults: {path: value}."""
+    out = {}
+    for path in SWITCHES:
+        owner, name = cfg, path
+        if "." in path:
+            sub, name = path.split(".")
+            owner = getattr(cfg, sub)
+            if owner is None:
+                continue
+        default = next(f.default for f in dataclasses.fields(owner) if f.name == name)
+        if getattr(owner, name) != default:
+            out[path] = getattr(owner, name)
+    return out
+
+
 def family_config(cfg: TransformerConfig) -> dict:
     """The family's generated config.json for ``cfg`` (decoder and reward checkpoints alike), after the checks
-    every format shares."""
+    every format shares: its MLP activation (``ACTIVATIONS``, default SiLU) and the ``SWITCHES`` it writes."""
     fam = for_family(cfg.family)
-    # switches that only some formats can express: each family's module lists what it writes (default: SiLU
-    # gated MLPs, every layer with an MLP), so a config outside them fails here instead of saving another model
     if cfg.activation not in getattr(fam, "ACTIVATIONS", ("silu",)):
         raise ConfigError(f"TransformerConfig.activation={cfg.activation!r} cannot be written as a {cfg.family} "
                           "checkpoint")
-    if cfg.mixer_only_layers and not getattr(fam, "MIXER_ONLY_LAYERS", False):
-        raise ConfigError(f"TransformerConfig.mixer_only_layers={cfg.mixer_only_layers!r} cannot be written as a "
-                          f"{cfg.family} checkpoint (its layers all have an MLP)")
-    if cfg.moe is not None and cfg.moe.latent_dim and not getattr(fam, "MOE_LATENT", False):
-        raise ConfigError(f"TransformerConfig.moe.latent_dim={cfg.moe.latent_dim} cannot be written as a "
-                          f"{cfg.family} checkpoint (its experts take the full width)")
-    if cfg.mla is not None and cfg.mla.index_topk and not getattr(fam, "SPARSE_ATTENTION", False):
-        raise ConfigError(f"TransformerConfig.mla.index_topk={cfg.mla.index_topk} (sparse attention) cannot be written "
-                          f"as a {cfg.family} checkpoint (its attention is dense)")
-    lin = cfg.linear
-    olmo = [k for k, v in (("beta_scale", 1.0), ("norm_eps", 0.0), ("pre_norm", False))
-            if lin is not None and getattr(lin, k) != v]
-    if olmo and not getattr(fam, "OLMO_HYBRID", False):
-        raise ConfigError(f"TransformerConfig.linear.{olmo[0]} (OLMo Hybrid's) cannot be written as a {cfg.family} "
-                          "checkpoint")
-    falcon = {"linear.parallel": lin is not None and lin.parallel,
-              "linear.norm": lin is not None and lin.norm != "gated",
-              "linear.in_multiplier": lin is not None and lin.in_multiplier != 1.0,
-              "linear.out_multiplier": lin is not None and lin.out_multiplier != 1.0,
-              "linear.multipliers": lin is not None and set(lin.multipliers) != {1.0},
-              "key_multiplier": cfg.key_multiplier != 1.0, "attn_in_multiplier": cfg.attn_in_multiplier != 1.0,
-              "attn_out_multiplier": cfg.attn_out_multiplier != 1.0,
-              "mlp_multipliers": set(cfg.mlp_multipliers) != {1.0}, "logits_multiplier": cfg.logits_multiplier != 1.0}
-    bad = [k for k, v in falcon.items() if v]
-    if bad and not getattr(fam, "PARALLEL_HYBRID", False):
-        raise ConfigError(f"TransformerConfig.{bad[0]} (Falcon-H1's) cannot be written as a {cfg.family} checkpoint")
+    for path, value in set_switches(cfg).items():
+        if path not in getattr(fam, "WRITES", ()):
+            raise ConfigError(f"TransformerConfig.{path}={value!r} cannot be written as a {cfg.family} checkpoint")
     return fam.to_hf(cfg)
 
 

@@ -565,6 +565,16 @@ def test_granite4_layer_types_and_experts(tmp_path):
     assert (cfg.family, cfg.ffn_dim, cfg.nope_layers, cfg.moe, cfg.linear) == ("granite", 40, (0, 1), None, None)
 
 
+def test_every_switch_is_written_by_some_format_and_named_rightly():
+    """Each family's ``WRITES`` names switches ``hf_save.SWITCHES`` knows, and each switch some format writes (a
+    switch none writes could never be saved)."""
+    from reasoning_rl.models.families import FAMILIES
+    from reasoning_rl.models.hf_save import SWITCHES
+
+    written = {w for fam in FAMILIES.values() for w in getattr(fam, "WRITES", ())}
+    assert written == set(SWITCHES)
+
+
 @pytest.mark.parametrize("name,over,match", [
     ("qwen2", {"activation": "relu2"}, r"activation='relu2' cannot be written as a qwen2 checkpoint"),
     ("llama", {"activation": "gelu_tanh"}, r"activation='gelu_tanh' cannot be written as a llama checkpoint"),
@@ -574,17 +584,18 @@ def test_granite4_layer_types_and_experts(tmp_path):
      r"moe.latent_dim=8 cannot be written as a qwen3_moe checkpoint"),
     ("deepseek_v3", {"mla": MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6,
                                       index_topk=3, index_heads=4, index_dim=8)},
-     r"mla.index_topk=3 \(sparse attention\) cannot be written as a deepseek_v3 checkpoint"),
-    ("olmo_hybrid", {"family": "qwen3_next"}, r"linear.beta_scale \(OLMo Hybrid's\) cannot be written as a qwen3_next"),
-    ("llama", {"key_multiplier": 0.5}, r"key_multiplier \(Falcon-H1's\) cannot be written as a llama checkpoint"),
-    ("qwen3", {"mlp_multipliers": (1.0, 2.0)}, r"mlp_multipliers \(Falcon-H1's\) cannot be written as a qwen3"),
+     r"mla.index_topk=3 cannot be written as a deepseek_v3 checkpoint"),
+    ("olmo_hybrid", {"family": "qwen3_next"}, r"linear.beta_scale=2.0 cannot be written as a qwen3_next"),
+    ("llama", {"key_multiplier": 0.5}, r"key_multiplier=0.5 cannot be written as a llama checkpoint"),
+    ("qwen3", {"mlp_multipliers": (1.0, 2.0)}, r"mlp_multipliers=\(1.0, 2.0\) cannot be written as a qwen3"),
     ("bamba", {"linear": LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
-                                          norm="none")}, r"linear.norm \(Falcon-H1's\) cannot be written as a bamba"),
+                                          norm="none")}, r"linear.norm='none' cannot be written as a bamba"),
     ("bamba", {"linear": LinearAttnConfig(layers=(0, 1, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
-                                          parallel=True)}, r"linear.parallel \(Falcon-H1's\) cannot be written")])
+                                          parallel=True)}, r"linear.parallel=True cannot be written as a bamba")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
-    """A hand-built config whose MLP activation, mixer-only layers or latent experts the family's format cannot
-    express fails naming the field, and nothing is written (before: saved as that family's usual model, another
+    """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of
+    ``hf_save.SWITCHES``: mixer-only layers, latent experts, sparse attention, Falcon-H1's and OLMo Hybrid's)
+    fails naming the field and its value, and nothing is written (before: saved as that family's usual model, another
     model); so does a reward model's config.json."""
     from reasoning_rl.models.reward import reward_hf_config
 

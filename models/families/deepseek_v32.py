@@ -17,7 +17,7 @@ from .base import ConfigError, Tensor, need, unsupported_cfg
 NAME = "deepseek_v32"
 MODEL_TYPES = (NAME,)
 ARCHITECTURE = "DeepseekV32ForCausalLM"
-SPARSE_ATTENTION = True  # DeepSeek Sparse Attention (mla.index_topk) is written
+WRITES = ("mla.index_topk",)  # DeepSeek Sparse Attention (hf_save.SWITCHES)
 ignored = deepseek_v3.ignored
 
 
@@ -33,8 +33,9 @@ def from_hf(hf: dict) -> TransformerConfig:
     index = {k: hf.get(k, d) for k, d in (("index_topk", 2048), ("index_n_heads", 64), ("index_head_dim", 128))}
     bad = [k for k, v in index.items() if not (isinstance(v, int) and v > 0)]
     if bad or index["index_head_dim"] < cfg.mla.qk_rope_dim:
-        raise ConfigError(f"config.json: {', '.join(bad) or 'index_head_dim'}={index[(bad or ['index_head_dim'])[0]]!r}"
-                          f": the indexer needs positive sizes, its head at least qk_rope_head_dim wide")
+        key = bad[0] if bad else "index_head_dim"
+        raise ConfigError(f"config.json: {key}={index[key]!r}: the indexer needs positive sizes, its head at least "
+                          "qk_rope_head_dim wide")
     mla = dataclasses.replace(cfg.mla, index_topk=index["index_topk"], index_heads=index["index_n_heads"],
                               index_dim=index["index_head_dim"])
     return dataclasses.replace(cfg, family=NAME, mla=mla)

@@ -24,7 +24,9 @@ from .granite import mamba_tensors
 NAME = "falcon_h1"
 MODEL_TYPES = (NAME,)
 ARCHITECTURE = "FalconH1ForCausalLM"
-PARALLEL_HYBRID = True  # parallel attention + Mamba-2 layers and their muP multipliers are written
+# parallel attention + Mamba-2 layers, the mixer's norm placement and every muP multiplier (hf_save.SWITCHES)
+WRITES = ("linear.parallel", "linear.norm", "linear.in_multiplier", "linear.out_multiplier", "linear.multipliers",
+          "key_multiplier", "attn_in_multiplier", "attn_out_multiplier", "mlp_multipliers", "logits_multiplier")
 
 
 def _floats(hf: dict, key: str, n: int) -> tuple[float, ...]:

@@ -15,7 +15,7 @@ from .base import ConfigError, Tensor, need, unsupported_cfg
 NAME = "glm_moe_dsa"
 MODEL_TYPES = (NAME,)
 ARCHITECTURE = "GlmMoeDsaForCausalLM"
-SPARSE_ATTENTION = True  # DeepSeek Sparse Attention (mla.index_topk) is written
+WRITES = ("mla.index_topk",)  # DeepSeek Sparse Attention (hf_save.SWITCHES)
 ignored = deepseek_v32.ignored
 
 

@@ -35,8 +35,9 @@ KINDS = {"M": "M", "linear_attention": "M", "mamba": "M", "*": "*", "full_attent
 NAMES = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 MIXERS = "M*"
 ACTIVATIONS = ("relu2",)  # the MLP activation its format writes
-MIXER_ONLY_LAYERS = True  # layers without an MLP are written (a mixer no MLP layer follows)
-MOE_LATENT = True  # experts in a latent space are written (moe_latent_size)
+# the switches its format writes (hf_save.SWITCHES): mixer-only layers (a mixer no MLP layer follows), experts in a
+# latent space (moe_latent_size)
+WRITES = ("mixer_only_layers", "moe.latent_dim")
 # checkpoint modules peft will not adapt in this model type (the Mamba-2 mixer's out_proj: its fused kernels read
 # the weight directly); an adapter on one is refused by save_lora, saying so
 PEFT_REFUSED = ("out_proj",)

@@ -32,7 +32,8 @@ MODEL_TYPES = (NAME,)
 ARCHITECTURE = "OlmoHybridForCausalLM"
 LINEAR = "linear_attention"
 OUT_NORM_EPS = 1e-5  # the reference builds the Gated DeltaNet output norm with this eps
-OLMO_HYBRID = True  # the linear layers' beta scale, norm eps and pre-norms are written
+# the linear layers' beta scale, output norm eps and pre-norms (hf_save.SWITCHES)
+WRITES = ("linear.beta_scale", "linear.norm_eps", "linear.pre_norm")
 
 
 def layer_types(hf: dict) -> list[str]:
