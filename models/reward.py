@@ -46,7 +46,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",
     "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification",
-    "OlmoHybridForSequenceClassification"})
+    "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -180,6 +180,15 @@ FAMILY_CONFIGS = {
     "hunyuan_moe": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="hunyuan", qk_norm=True,
                                      qk_norm_after_rope=True, moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16,
                                                                             n_shared=1, aux_loss_coef=0.001)),
+    # Hy3: sigmoid routing with the selection bias, two shared experts, dense layers before and after a MoE one
+    "hy_v3": TransformerConfig(**{**BASE, "n_layers": 4}, family="hy_v3", qk_norm=True, rope_theta=11_158_840.0,
+                               norm_eps=1e-5, moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=2, first_dense=1,
+                                                            dense_layers=(3,), score="sigmoid", scaling=2.826,
+                                                            score_bias=True)),
+    # no shared expert named: the reference's shared MLP is then the dense width; biases on all four projections
+    "hy_v3_bias": TransformerConfig(**BASE, family="hy_v3", qk_norm=True, qkv_bias=True, out_bias=True,
+                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, shared_ffn=BASE["ffn_dim"],
+                                                  first_dense=1, score="sigmoid", scaling=1.5, score_bias=True)),
     "ministral3": TransformerConfig(**BASE, family="ministral3", rope_theta=1e6, query_length_scale=(0.3, 8),
                                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                   "beta_slow": 1.0, "original_max_position_embeddings": 8}),
@@ -377,6 +386,11 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
+    ("hy_v3", {"mlp_bias": True}, "mlp_bias"),
+    ("hy_v3", {"num_shared_experts": -1}, "num_shared_experts=-1"),
+    ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
+    ("hy_v3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor is not supported"),
 ])
 def test_new_family_config_errors_name_the_field(tmp_path, name, edit, message):
     _save_random(name, tmp_path)
@@ -487,6 +501,32 @@ def test_hunyuan_released_config_fields(tmp_path):
     from reasoning_rl.models.layers.rope import inv_frequencies
     inv = inv_frequencies(12, 10000.0, cfg.rope_scaling)  # the base stretched to 1e4 * 1000 ** (12 / 10)
     np.testing.assert_allclose(inv, 1 / (1e4 * 1000 ** 1.2) ** (np.arange(0, 12, 2) / 12), rtol=1e-6)
+
+
+def test_hy_v3_released_config_fields(tmp_path):
+    """Hy3's config.json may leave out what its reference class fills in: the rope base (11158840, not 10000),
+    the per-layer MLP kinds (the first layer dense), the routing fields; the multi-token-prediction layer
+    stored after the last one is not loaded, and a config with no shared expert builds one of the dense width
+    (the reference's ``moe_intermediate_size * num_shared_experts or intermediate_size``)."""
+    _, params = _save_random("hy_v3", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("rope_parameters", "rope_theta", "router_scaling_factor", "num_shared_experts", "rms_norm_eps",
+              "mlp_layer_types", "enable_moe_fp32_combine"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.rope_theta == 11_158_840.0 and cfg.rope_scaling is None and cfg.norm_eps == 1e-5
+    assert (cfg.moe.scaling, cfg.moe.n_shared, cfg.moe.shared_ffn) == (2.826, 1, 0)
+    assert (cfg.moe.first_dense, cfg.moe.dense_layers) == (1, ())
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "num_shared_experts": 0}))
+    assert (config_from_hf(tmp_path).moe.n_shared, config_from_hf(tmp_path).moe.shared_ffn) == (0, BASE["ffn_dim"])
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "num_shared_experts": 2,
+                                                      "mlp_layer_types": ["dense", "sparse", "sparse", "dense"]}))
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
+    mtp = {"model.layers.4.eh_proj.weight": (32, 64), "model.layers.4.mlp.expert_bias": (4,)}
+    write_file(tmp_path / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in mtp.items()],
+               lambda n: np.ones(mtp[n], np.float32))
+    _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

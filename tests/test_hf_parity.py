@@ -318,17 +318,21 @@ CASES = {
                                                "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
                                                                    "original_max_position_embeddings": 6,
                                                                    "llama_4_scaling_beta": 0.5}}),
+    # Hy3: Qwen3's attention over sigmoid-routed experts (selection bias, renormalised, scaled) beside two shared
+    # experts, the dense layers named per layer (one after a MoE layer); then biases on all four projections, no
+    # shared expert (the reference then builds a shared MLP of the dense width), tied embeddings
+    "hy_v3": ("HYV3Config", dict(num_hidden_layers=3, head_dim=16, num_experts=8, num_experts_per_tok=2,
+                                 moe_intermediate_size=32, num_shared_experts=2,
+                                 mlp_layer_types=["dense", "sparse", "dense"])),
+    "hy_v3_bias": ("HYV3Config", dict(head_dim=24, num_experts=4, num_experts_per_tok=3, moe_intermediate_size=24,
+                                      num_shared_experts=0, attention_bias=True, router_scaling_factor=1.5,
+                                      tie_word_embeddings=True, rope_parameters={"rope_type": "linear",
+                                                                                 "factor": 2.0, "rope_theta": 5e5})),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
         rope_parameters={"rope_type": "default", "rope_theta": 50000.0, "partial_rotary_factor": 0.75})),
 }
-MOE = ("qwen3_moe", "mixtral", "deepseek_v3", "deepseek_v3_plain", "glm4_moe", "glm4_moe_qk_norm", "glm4_moe_lite",
-       "glm4_moe_lite_plain",
-       "minimax_m2", "minimax_m2_factor", "ernie4_5_moe", "ernie4_5_moe_interval", "hunyuan_moe")
-NEW = ("gpt_oss", "gpt_oss_yarn", "olmo2", "olmo2_tied", "phi3", "phi3_longrope", "qwen2_moe", "qwen2_moe_window",
-       "qwen3_moe_dense")
-
 torch.manual_seed(0)
 RNG = np.random.RandomState(0)
 IDS = RNG.randint(0, V, (3, 20)).astype(np.int32)
@@ -499,7 +503,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain"])
+                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -527,7 +531,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain"])
+                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

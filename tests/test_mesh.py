@@ -291,6 +291,18 @@ def test_plan_sizes_minimax_m2_from_its_released_config_fields():
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 64
 
 
+def test_plan_sizes_hy3_preview_from_the_reference_defaults():
+    """Hy3-preview GRPO (configs/arch: a config.json without the rope base or the MLP kinds, as the reference
+    fills them in): 295B parameters, 21B active, 192 experts in 79 layers; fits 80 GB devices on 128."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "hy3_preview_grpo.yaml")), 128, memory_gb=80)
+    assert 294e9 < p["model"]["params"] < 296e9 and p["model"]["experts"] == 192
+    assert p["model"]["family"] == "hy_v3"
+    assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 128
+
+
 def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
     """Qwen3.5-35B-A3B GRPO (configs/arch): 34.7B parameters, 256 experts in every layer; fits 80 GB devices on 16.
     The sampler's cache is keys/values for the 10 attention layers (growing with the slots) and, for each of the

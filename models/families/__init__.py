@@ -25,6 +25,7 @@ from . import (
     gpt_oss,
     granite,
     hunyuan,
+    hy_v3,
     lfm2,
     llama,
     minimax_m2,
@@ -56,7 +57,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
                                                       nemotron_h, falcon_h1, deepseek_v32,
-                                                      glm_moe_dsa, mistral4, olmo_hybrid)}
+                                                      glm_moe_dsa, mistral4, olmo_hybrid, hy_v3)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

@@ -205,6 +205,23 @@ def qwen_moe_dense_layers(hf: dict) -> tuple[int, ...]:
     return dense
 
 
+def mlp_layer_types_from_hf(hf: dict) -> tuple[int, tuple[int, ...]]:
+    """(leading dense layers, the dense layers after the first MoE one) from ``mlp_layer_types`` ("dense" or
+    "sparse" per layer; absent: the first layer dense, as GLM-4.7-Flash's, Hy3's and MiMo's references fill it)."""
+    n = need(hf, "num_hidden_layers")
+    types = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
+    if not isinstance(types, list) or len(types) != n or any(t not in ("dense", "sparse") for t in types):
+        raise ConfigError(f"config.json: mlp_layer_types must name 'dense' or 'sparse' for each of the {n} layers")
+    if "sparse" not in types:
+        raise ConfigError("config.json: mlp_layer_types has no 'sparse' layer (a dense model)")
+    first = types.index("sparse")
+    return first, tuple(i for i in range(first, n) if types[i] == "dense")
+
+
+def mlp_layer_types_to_hf(cfg: TransformerConfig) -> list[str]:
+    return ["sparse" if cfg.moe.is_moe(i) else "dense" for i in range(cfg.n_layers)]
+
+
 def qwen_moe_dense_to_hf(cfg: TransformerConfig) -> dict:
     m = cfg.moe
     return {"decoder_sparse_step": 1,

@@ -9,7 +9,15 @@ import dataclasses
 
 from ..config import TransformerConfig
 from . import deepseek_v3
-from .base import ConfigError, Tensor, need, rotary_dims, unsupported_cfg
+from .base import (
+    ConfigError,
+    Tensor,
+    mlp_layer_types_from_hf,
+    mlp_layer_types_to_hf,
+    need,
+    rotary_dims,
+    unsupported_cfg,
+)
 
 NAME = "glm4_moe_lite"
 MODEL_TYPES = ("glm4_moe_lite",)
@@ -17,22 +25,10 @@ ARCHITECTURE = "Glm4MoeLiteForCausalLM"
 ignored = deepseek_v3.ignored
 
 
-def _dense_layers(hf: dict) -> tuple[int, tuple[int, ...]]:
-    """(leading dense layers, the dense layers after the first MoE one) from ``mlp_layer_types``."""
-    n = need(hf, "num_hidden_layers")
-    types = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
-    if not isinstance(types, list) or len(types) != n or any(t not in ("dense", "sparse") for t in types):
-        raise ConfigError(f"config.json: mlp_layer_types must name 'dense' or 'sparse' for each of the {n} layers")
-    if "sparse" not in types:
-        raise ConfigError("config.json: mlp_layer_types has no 'sparse' layer (a dense model)")
-    first = types.index("sparse")
-    return first, tuple(i for i in range(first, n) if types[i] == "dense")
-
-
 def from_hf(hf: dict) -> TransformerConfig:
     if rotary_dims(hf, need(hf, "qk_rope_head_dim")):  # the latent attention rotates its whole rotary key
         raise ConfigError("config.json: partial_rotary_factor is not supported (only 1.0 with MLA)")
-    first, later = _dense_layers(hf)
+    first, later = mlp_layer_types_from_hf(hf)
     cfg = deepseek_v3.from_hf({"rms_norm_eps": 1e-5, **hf, "first_k_dense_replace": first})
     return dataclasses.replace(cfg, family=NAME, moe=dataclasses.replace(cfg.moe, dense_layers=later))
 
@@ -43,8 +39,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     out = deepseek_v3.to_hf(dataclasses.replace(cfg, family=deepseek_v3.NAME,
                                                 moe=None if m is None else dataclasses.replace(m, dense_layers=())))
     del out["first_k_dense_replace"]
-    out.update(model_type=NAME, architectures=[ARCHITECTURE],
-               mlp_layer_types=["sparse" if m.is_moe(i) else "dense" for i in range(cfg.n_layers)])
+    out.update(model_type=NAME, architectures=[ARCHITECTURE], mlp_layer_types=mlp_layer_types_to_hf(cfg))
     return out
 
 
