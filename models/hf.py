@@ -251,6 +251,8 @@ def _check(slots: list[_Slot], ckpt: Checkpoint, cfg: TransformerConfig, directo
             continue
         if any(_matches(z, name) for z in zero_names):
             continue
+        if 0 in ckpt.info(name)[1]:  # holds nothing: a zero-wide shared expert (the references build and store
+            continue  # one of ``moe_intermediate_size * 0`` when a DeepSeekMoE config has no shared experts)
         problems.append(f"{ckpt.label(name)}: unexpected tensor (not part of a {cfg.family} model with this "
                         "config.json)")
         files.add(ckpt.file_of(name))

@@ -46,7 +46,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",
     "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification",
-    "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification"})
+    "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification", "SolarOpenForSequenceClassification",
+    "ExaoneMoeForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -189,6 +189,15 @@ FAMILY_CONFIGS = {
     "hy_v3_bias": TransformerConfig(**BASE, family="hy_v3", qk_norm=True, qkv_bias=True, out_bias=True,
                                     moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, shared_ffn=BASE["ffn_dim"],
                                                   first_dense=1, score="sigmoid", scaling=1.5, score_bias=True)),
+    # Solar Open: every layer routed by GLM-4.5's rule (grouped top-k, selection bias, a shared expert)
+    "solar_open": TransformerConfig(**BASE, family="solar_open", rope_theta=1e6, norm_eps=1e-5, qkv_bias=True,
+                                    moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, score="sigmoid",
+                                                  scaling=2.5, n_group=4, topk_group=2, score_bias=True)),
+    # K-EXAONE: EXAONE 4.0's attention (rotary sliding layers, a full NoPE one) pre-normed, a dense layer first
+    "exaone_moe": TransformerConfig(**{**BASE, "n_layers": 4}, family="exaone_moe", qk_norm=True, norm_eps=1e-5,
+                                    sliding_window=4, nope_layers=(3,), layer_types=("sliding",) * 3 + ("full",),
+                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
+                                                  dense_layers=(2,), score="sigmoid", scaling=2.5, score_bias=True)),
     "ministral3": TransformerConfig(**BASE, family="ministral3", rope_theta=1e6, query_length_scale=(0.3, 8),
                                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                   "beta_slow": 1.0, "original_max_position_embeddings": 8}),
@@ -386,6 +395,11 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
+    ("solar_open", {"partial_rotary_factor": 0.5}, "partial_rotary_factor is not supported"),
+    ("solar_open", {"hidden_act": "gelu"}, "hidden_act"),
+    ("exaone_moe", {"mlp_layer_types": None, "first_k_dense_replace": 4}, "first_k_dense_replace=4 leaves no MoE"),
+    ("exaone_moe", {"mlp_layer_types": ["dense"] * 4}, "no 'sparse' layer"),
+    ("exaone_moe", {"layer_types": ["full_attention"] * 3}, "layer_types has 3 entries for 4 layers"),
     ("hy_v3", {"mlp_bias": True}, "mlp_bias"),
     ("hy_v3", {"num_shared_experts": -1}, "num_shared_experts=-1"),
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
@@ -527,6 +541,42 @@ def test_hy_v3_released_config_fields(tmp_path):
     write_file(tmp_path / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in mtp.items()],
                lambda n: np.ones(mtp[n], np.float32))
     _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
+
+
+def test_solar_open_and_k_exaone_released_config_fields(tmp_path):
+    """What their reference classes fill in when a config.json leaves it out: Solar Open's rope base (1e6) and
+    routing fields; K-EXAONE's dense layers by ``first_k_dense_replace`` when ``mlp_layer_types`` is absent, its
+    multi-token-prediction module (``mtp.*``) not loaded, and a zero-wide shared expert (``num_shared_experts:
+    0``, stored by the reference all the same) holding nothing."""
+    _save_random("solar_open", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("rope_parameters", "rope_theta", "n_shared_experts", "routed_scaling_factor"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.rope_theta == 1e6 and (cfg.moe.n_shared, cfg.moe.scaling, cfg.moe.first_dense) == (1, 1.0, 0)
+
+    out = tmp_path / "exaone"
+    _save_random("exaone_moe", out)
+    conf = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**conf, "mlp_layer_types": None, "first_k_dense_replace": 2}))
+    assert (config_from_hf(out).moe.first_dense, config_from_hf(out).moe.dense_layers) == (2, ())
+
+    base = FAMILY_CONFIGS["exaone_moe"]
+    mdef, _ = create(dataclasses.replace(base, moe=dataclasses.replace(base.moe, n_shared=0)), abstract=True)
+    params = random_params(mdef, 3)
+    save_pretrained(mdef, params, out)
+    assert json.loads((out / "config.json").read_text())["num_shared_experts"] == 0
+    (out / "model.safetensors").rename(out / "model-00001-of-00002.safetensors")
+    extra = {"mtp.layers.0.eh_proj.weight": (32, 64), "model.layers.1.mlp.shared_experts.gate_proj.weight": (0, 32)}
+    write_file(out / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in extra.items()],
+               lambda n: np.ones(extra[n], np.float32))
+    cfg = config_from_hf(out)
+    _assert_same(load_params(out, create(cfg, abstract=True)[0]), params)
+    write_file(out / "model-00003-of-00003.safetensors", [("model.layers.1.mlp.shared_experts.bias", "F32", (2,))],
+               lambda n: np.ones(2, np.float32))
+    with pytest.raises(CheckpointError, match="model.layers.1.mlp.shared_experts.bias: unexpected tensor"):
+        load_params(out, create(cfg, abstract=True)[0])
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

@@ -328,6 +328,25 @@ CASES = {
                                       num_shared_experts=0, attention_bias=True, router_scaling_factor=1.5,
                                       tie_word_embeddings=True, rope_parameters={"rope_type": "linear",
                                                                                  "factor": 2.0, "rope_theta": 5e5})),
+    # Solar Open: Llama's attention over GLM-4.5's routing in every layer (grouped top-k, selection bias, a shared
+    # expert); then q/k/v biases, no shared expert, not renormalised, tied embeddings
+    "solar_open": ("SolarOpenConfig", dict(head_dim=16, n_routed_experts=8, num_experts_per_tok=2,
+                                           moe_intermediate_size=32, n_group=4, topk_group=2, n_shared_experts=1,
+                                           routed_scaling_factor=2.5)),
+    "solar_open_bias": ("SolarOpenConfig", dict(head_dim=24, n_routed_experts=4, num_experts_per_tok=3,
+                                                moe_intermediate_size=24, n_shared_experts=0, attention_bias=True,
+                                                norm_topk_prob=False, tie_word_embeddings=True)),
+    # K-EXAONE: EXAONE 4.0's attention (q/k norms, rotary sliding layers, full ones without rotary) in pre-norm
+    # layers, DeepSeek-V3's routing with two shared experts, dense layers by mlp_layer_types; then full layers only
+    # (so none rotary: the format has no null window), grouped top-k, no dense layer by first_k_dense_replace
+    "exaone_moe": ("ExaoneMoeConfig", dict(num_hidden_layers=4, head_dim=16, sliding_window=5,
+                                           sliding_window_pattern=4, num_experts=8, num_experts_per_tok=2,
+                                           moe_intermediate_size=32, num_shared_experts=2,
+                                           mlp_layer_types=["dense", "sparse", "dense", "sparse"],
+                                           rope_parameters={**LLAMA3, "rope_theta": 1e6})),
+    "exaone_moe_full": ("ExaoneMoeConfig", dict(head_dim=24, layer_types=["full_attention"] * 2, num_experts=8,
+                                                num_experts_per_tok=2, moe_intermediate_size=24, n_group=4,
+                                                topk_group=2, first_k_dense_replace=0, tie_word_embeddings=True)),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -503,7 +522,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "deepseek_v2", "deepseek_v2_lite", "olmoe", "gemma", "granite4_h",
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3"])
+                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
+                                  "solar_open", "exaone_moe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -531,7 +551,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "granite4_h_nope", "granite4_h_moe", "lfm2", "lfm2_idxs", "lfm2_moe",
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
-                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias"])
+                                  "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
+                                  "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

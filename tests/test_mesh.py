@@ -303,6 +303,18 @@ def test_plan_sizes_hy3_preview_from_the_reference_defaults():
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 128
 
 
+def test_plan_sizes_solar_open_100b():
+    """Solar-Open-100B GRPO (configs/arch): 102.6B parameters, 128 experts in every layer; fits 80 GB devices
+    on 32."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "solar_open_100b_grpo.yaml")), 32, memory_gb=80)
+    assert 102e9 < p["model"]["params"] < 103e9 and p["model"]["experts"] == 128
+    assert p["model"]["family"] == "solar_open"
+    assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 32
+
+
 def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
     """Qwen3.5-35B-A3B GRPO (configs/arch): 34.7B parameters, 256 experts in every layer; fits 80 GB devices on 16.
     The sampler's cache is keys/values for the 10 attention layers (growing with the slots) and, for each of the

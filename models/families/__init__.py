@@ -14,6 +14,7 @@ from . import (
     deepseek_v32,
     ernie4_5,
     exaone4,
+    exaone_moe,
     falcon_h1,
     gemma,
     gemma2,
@@ -47,6 +48,7 @@ from . import (
     qwen3_next,
     seed_oss,
     smollm3,
+    solar_open,
 )
 from .base import ConfigError, Tensor
 from .multimodal import WRAPPERS
@@ -57,7 +59,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       exaone4, granite, ministral3, minimax_m2, ernie4_5, hunyuan,
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
                                                       nemotron_h, falcon_h1, deepseek_v32,
-                                                      glm_moe_dsa, mistral4, olmo_hybrid, hy_v3)}
+                                                      glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
+                                                      solar_open, exaone_moe)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

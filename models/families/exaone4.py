@@ -34,34 +34,44 @@ def _layer_types(pattern, n: int) -> list[str]:
                       "L (sliding) and G (full) layers")
 
 
-def from_hf(hf: dict) -> TransformerConfig:
+def attention_from_hf(hf: dict) -> tuple[dict, dict]:
+    """(config.json with its layer types filled in, the TransformerConfig fields of EXAONE's attention: the
+    window, the sliding layers and the full NoPE ones); shared with K-EXAONE (``exaone_moe``)."""
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     n = hf.get("num_hidden_layers")
     hf = {"rms_norm_eps": 1e-5, **hf}
     if not hf.get("sliding_window"):  # the reference: no window, no pattern, every layer full and rotary
-        hf = {**hf, "layer_types": None}
-        window, nope = {}, ()
-    else:
-        if not hf.get("layer_types"):
-            hf = {**hf, "layer_types": _layer_types(hf.get("sliding_window_pattern", 4), n)}
-        if len(hf["layer_types"]) != n:
-            raise ConfigError(f"config.json: layer_types has {len(hf['layer_types'])} entries for {n} layers")
-        window = window_from_hf(hf)
-        nope = tuple(i for i, t in enumerate(hf["layer_types"]) if t == "full_attention")  # global NoPE
-    return TransformerConfig(**common_from_hf(hf, NAME, qk_norm=True, pre_norm=False, sandwich_norm=True,
-                                              nope_layers=nope, **window))
+        return {**hf, "layer_types": None}, {"qk_norm": True}
+    if not hf.get("layer_types"):
+        hf = {**hf, "layer_types": _layer_types(hf.get("sliding_window_pattern", 4), n)}
+    if len(hf["layer_types"]) != n:
+        raise ConfigError(f"config.json: layer_types has {len(hf['layer_types'])} entries for {n} layers")
+    nope = tuple(i for i, t in enumerate(hf["layer_types"]) if t == "full_attention")  # global NoPE
+    return hf, {"qk_norm": True, "nope_layers": nope, **window_from_hf(hf)}
+
+
+def attention_to_hf(cfg: TransformerConfig, family: str, no_window: bool = True) -> dict:
+    """EXAONE's attention fields, after refusing what they cannot state. Without sliding layers: every layer
+    rotary is ``sliding_window: null`` (which ``no_window`` formats allow), none rotary is a window that no
+    layer uses (full layers then drop the rotary, as they do beside sliding ones)."""
+    sliding = cfg.sliding_layers
+    full = tuple(i for i, s in enumerate(sliding) if not s)
+    all_nope = not any(sliding) and cfg.nope_layers == full
+    unsupported_cfg(cfg, family, qkv_bias=cfg.qkv_bias, qk_norm=not cfg.qk_norm, qk_norm_whole=cfg.qk_norm_whole,
+                    mla=cfg.mla is not None, rope_dim=cfg.rope_dim > 0,
+                    nope_layers=cfg.nope_layers != (full if any(sliding) or all_nope or not no_window else ()))
+    if not any(sliding) and not all_nope:
+        return {"sliding_window": None, "sliding_window_pattern": None,
+                "layer_types": ["full_attention"] * cfg.n_layers}
+    return {"sliding_window": cfg.sliding_window or 4096,  # (the reference's default; no layer slides)
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding]}
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    hf, attention = attention_from_hf(hf)
+    return TransformerConfig(**common_from_hf(hf, NAME, pre_norm=False, sandwich_norm=True, **attention))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
-    sliding = cfg.sliding_layers
-    full = tuple(i for i, s in enumerate(sliding) if not s)
-    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=not cfg.qk_norm, qk_norm_whole=cfg.qk_norm_whole,
-                    pre_norm=cfg.pre_norm, sandwich_norm=not cfg.sandwich_norm, moe=cfg.moe is not None,
-                    mla=cfg.mla is not None, rope_dim=cfg.rope_dim > 0,
-                    nope_layers=cfg.nope_layers != (full if any(sliding) else ()))
-    out = common_to_hf(cfg, "exaone4", ARCHITECTURE)
-    if not any(sliding):
-        return {**out, "sliding_window": None, "sliding_window_pattern": None,
-                "layer_types": ["full_attention"] * cfg.n_layers}
-    return {**out, "sliding_window": cfg.sliding_window,
-            "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding]}
+    unsupported_cfg(cfg, NAME, pre_norm=cfg.pre_norm, sandwich_norm=not cfg.sandwich_norm, moe=cfg.moe is not None)
+    return {**common_to_hf(cfg, "exaone4", ARCHITECTURE), **attention_to_hf(cfg, NAME)}
