@@ -190,6 +190,13 @@ class TransformerConfig:
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
     qk_norm_after_rope: bool = False  # q/k RMSNorm applied to the rotated q/k, not before the rotary (Hunyuan)
     attn_sinks: bool = False  # a learned per-head logit joins every softmax (gpt-oss)
+    # Full-attention layers unlike the sliding ones beside them (MiMo-V2-Flash: half the key/value heads and no
+    # sinks): their key/value heads (0: n_kv_heads) and, with attn_sinks, whether they have sinks too. Such
+    # layers stack apart (``full_`` stacks); the cache holds the most heads of either kind, each layer its own
+    full_kv_heads: int = 0
+    full_sinks: bool = True
+    v_head_dim: int = 0  # the value heads' size when not head_dim (MiMo-V2-Flash: 128 beside 192)
+    value_scale: float = 1.0  # values times it after their projection, before the cache (MiMo-V2-Flash)
     out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
     swiglu_limit: float = 7.0
@@ -240,10 +247,23 @@ class TransformerConfig:
         return tuple(lin.index(i) if i in lin else att.index(i) for i in range(self.n_layers))
 
     @property
+    def split_full(self) -> bool:
+        """Do the full-attention layers have other attention parameters than the sliding ones (their own
+        key/value heads, or no sinks), and so stacks of their own?"""
+        return (self.full_kv_heads not in (0, self.n_kv_heads)) or (self.attn_sinks and not self.full_sinks)
+
+    def layer_kv_heads(self, layer: int) -> int:
+        """Key/value heads of attention layer ``layer``."""
+        full = not self.sliding_layers[layer]
+        return self.full_kv_heads if full and self.full_kv_heads else self.n_kv_heads
+
+    @property
     def kv_shape(self) -> tuple[int, int, int, int]:
         """Per-slot cache entry shapes (K_k, D_k, K_v, D_v). MLA caches its latent and its rotary key (then, with
-        sparse attention, the indexer's key)."""
+        sparse attention, the indexer's key). Layers of fewer key/value heads than the cache holds
+        (``full_kv_heads``) use its leading ones."""
         if self.mla is not None:
             m = self.mla
             return 1, m.kv_lora_rank, 1, m.qk_rope_dim + (m.index_dim if m.index_topk else 0)
-        return self.n_kv_heads, self.head_dim, self.n_kv_heads, self.head_dim
+        kv = max(self.layer_kv_heads(i) for i in self.attention_layers) if self.attention_layers else self.n_kv_heads
+        return kv, self.head_dim, kv, self.v_head_dim or self.head_dim

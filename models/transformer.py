@@ -144,7 +144,7 @@ class Block(nnx.Module):
     output."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False, linear: bool = False,
-                 mlp: bool = True):
+                 mlp: bool = True, full: bool = False):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
@@ -182,11 +182,15 @@ class Block(nnx.Module):
                             rope_scaling=cfg.rope_scaling, param_dtype=pd, dtype=dt, out_scale=out_scale,
                             length_scale=cfg.query_length_scale)
         else:
-            self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rngs=rngs,
+            # (``full``: a full-attention layer of its own kind, ``cfg.split_full``)
+            kv_heads = cfg.full_kv_heads if full and cfg.full_kv_heads else cfg.n_kv_heads
+            self.attn = Attention(cfg.d_model, cfg.n_heads, kv_heads, cfg.head_dim, rngs=rngs,
                                   rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qkv_bias=cfg.qkv_bias,
                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
-                                  softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole, sinks=cfg.attn_sinks,
+                                  softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole,
+                                  sinks=cfg.attn_sinks and (cfg.full_sinks or not full),
+                                  v_dim=cfg.v_head_dim or cfg.head_dim, value_scale=cfg.value_scale,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
@@ -290,7 +294,7 @@ def _moe_flags(cfg: TransformerConfig) -> tuple[bool, ...]:
 
 
 STACKS = ("dense_layers", "layers", "linear_dense_layers", "linear_layers", "mixer_layers",
-          "linear_mixer_layers")  # see stack_layers
+          "linear_mixer_layers", "full_dense_layers", "full_layers")  # see stack_layers
 
 
 def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
@@ -301,8 +305,13 @@ def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     and ``layers`` (the MoE ones); a MoE model whose layers are all dense keeps only ``dense_layers``. Linear-
     attention layers (``cfg.linear``) stack apart the same way: ``linear_layers`` (MoE ones in a MoE model) and
     ``linear_dense_layers``. Layers without an MLP (``cfg.mixer_only_layers``) stack as ``mixer_layers`` and
-    ``linear_mixer_layers``."""
+    ``linear_mixer_layers``. Full-attention layers whose attention differs from the sliding ones'
+    (``cfg.split_full``) stack as ``full_layers`` and ``full_dense_layers``."""
     flags = _moe_flags(cfg)
+    if cfg.split_full and (cfg.linear is not None or cfg.mla is not None or cfg.mixer_only_layers):
+        raise ValueError("full_kv_heads / full_sinks: full-attention layers of their own beside sliding ones, in "
+                         "models of grouped-query attention layers only (no linear, latent or mixer-only layers)")
+    full = cfg.split_full and not all(cfg.sliding_layers)
     lin = set(cfg.linear.layers) if cfg.linear is not None else set()
     for what, idx in (("linear", lin), ("mixer_only_layers", set(cfg.mixer_only_layers))):
         if idx - set(range(cfg.n_layers)):
@@ -311,14 +320,15 @@ def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     for i, m in enumerate(flags):
         kind = ("mixer_layers" if i in cfg.mixer_only_layers else "layers" if m or cfg.moe is None
                 else "dense_layers")
-        name = ("linear_" if i in lin else "") + kind
+        name = ("linear_" if i in lin else "full_" if full and not cfg.sliding_layers[i] else "") + kind
         out.setdefault(name, []).append(i)
     return {k: tuple(out[k]) for k in STACKS if k in out}
 
 
-def _stack_kind(cfg: TransformerConfig, name: str) -> tuple[bool, bool]:
-    """(is_moe, is_linear) of stack ``name``."""
-    return name in ("layers", "linear_layers") and cfg.moe is not None, name.startswith("linear")
+def _stack_kind(cfg: TransformerConfig, name: str) -> tuple[bool, bool, bool]:
+    """(is_moe, is_linear, is_full) of stack ``name`` (is_full: full-attention layers of their own)."""
+    return (name in ("layers", "linear_layers", "full_layers") and cfg.moe is not None, name.startswith("linear"),
+            name.startswith("full_"))
 
 
 def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
@@ -343,11 +353,11 @@ def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
 
 
 def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs, linear: bool = False,
-           mlp: bool = True) -> Block:
+           mlp: bool = True, full: bool = False) -> Block:
     @nnx.split_rngs(splits=n)
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make_layers(r: nnx.Rngs) -> Block:
-        return Block(cfg, rngs=r, moe=moe, linear=linear, mlp=mlp)
+        return Block(cfg, rngs=r, moe=moe, linear=linear, mlp=mlp, full=full)
 
     return make_layers(rngs)
 
@@ -374,12 +384,17 @@ class Transformer(nnx.Module):
                 if bad and lin.kind != kind:
                     name = {"mamba2": "Mamba-2", "gated_deltanet": "Gated DeltaNet"}[kind]
                     raise ValueError(f"linear.{bad[0]}: {name} layers only (kind {lin.kind!r} has no such switch)")
+        if cfg.full_kv_heads < 0 or (cfg.full_kv_heads and cfg.n_heads % cfg.full_kv_heads):
+            raise ValueError(f"full_kv_heads: {cfg.full_kv_heads} does not divide the {cfg.n_heads} attention heads")
+        if cfg.batch_invariant and (cfg.split_full or cfg.v_head_dim not in (0, cfg.head_dim)):
+            raise ValueError("batch_invariant: one kind of attention layer with values as wide as keys")
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         emb = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32)) * 0.02
         self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
         for name, _, n, moe in segments(cfg):
-            setattr(self, name, _stack(cfg, n, moe, rngs, _stack_kind(cfg, name)[1], "mixer" not in name))
+            _, linear, full = _stack_kind(cfg, name)
+            setattr(self, name, _stack(cfg, n, moe, rngs, linear, "mixer" not in name, full))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                   invariant=cfg.batch_invariant)
         if cfg.tie_embeddings:

@@ -198,6 +198,13 @@ FAMILY_CONFIGS = {
                                     sliding_window=4, nope_layers=(3,), layer_types=("sliding",) * 3 + ("full",),
                                     moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
                                                   dense_layers=(2,), score="sigmoid", scaling=2.5, score_bias=True)),
+    # MiMo-V2-Flash: full layers with 2 key/value heads and no sinks beside sliding ones with 4 and sinks, values
+    # 8 wide scaled, a third of each head rotary with a base per layer kind, a dense layer then routed experts
+    "mimo_v2_flash": TransformerConfig(
+        **{**BASE, "n_layers": 6, "n_kv_heads": 4}, family="mimo_v2_flash", norm_eps=1e-5, full_kv_heads=2,
+        attn_sinks=True, full_sinks=False, v_head_dim=8, value_scale=0.707, rope_dim=4, rope_theta=5e6,
+        rope_local_theta=1e4, sliding_window=5, layer_types=("full",) + ("sliding",) * 4 + ("full",),
+        moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, first_dense=1, score="sigmoid", score_bias=True)),
     "ministral3": TransformerConfig(**BASE, family="ministral3", rope_theta=1e6, query_length_scale=(0.3, 8),
                                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                   "beta_slow": 1.0, "original_max_position_embeddings": 8}),
@@ -400,6 +407,14 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("exaone_moe", {"mlp_layer_types": None, "first_k_dense_replace": 4}, "first_k_dense_replace=4 leaves no MoE"),
     ("exaone_moe", {"mlp_layer_types": ["dense"] * 4}, "no 'sparse' layer"),
     ("exaone_moe", {"layer_types": ["full_attention"] * 3}, "layer_types has 3 entries for 4 layers"),
+    ("mimo_v2_flash", {"swa_head_dim": 16}, "swa_head_dim=16"),
+    ("mimo_v2_flash", {"add_swa_attention_sink_bias": False, "add_full_attention_sink_bias": True},
+     "add_full_attention_sink_bias without add_swa_attention_sink_bias"),
+    ("mimo_v2_flash", {"layer_types": None, "hybrid_layer_pattern": [0, 1, 1]}, "hybrid_layer_pattern must give"),
+    ("mimo_v2_flash", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6,
+                                                              "partial_rotary_factor": 0.5}}},
+     "different partial_rotary_factor"),
+    ("mimo_v2_flash", {"num_key_value_heads": 3}, "must divide the 4 attention heads"),
     ("hy_v3", {"mlp_bias": True}, "mlp_bias"),
     ("hy_v3", {"num_shared_experts": -1}, "num_shared_experts=-1"),
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
@@ -577,6 +592,35 @@ def test_solar_open_and_k_exaone_released_config_fields(tmp_path):
                lambda n: np.ones(2, np.float32))
     with pytest.raises(CheckpointError, match="model.layers.1.mlp.shared_experts.bias: unexpected tensor"):
         load_params(out, create(cfg, abstract=True)[0])
+
+
+def test_mimo_v2_flash_released_config_layout(tmp_path):
+    """MiMo-V2-Flash's config.json as released (before transformers' port): the layer kinds as
+    ``hybrid_layer_pattern`` (1 sliding), the MLPs as ``moe_layer_freq``, the sliding layers' own fields
+    (``swa_*``), the window as the keys before the query (``sliding_window_size``), the sink switches per kind,
+    ``layernorm_epsilon``, ``swa_rope_theta``: the same model as transformers' layout. A config without layer
+    kinds takes the reference's (the first and every sixth layer full), and one with sinks on the full layers
+    too keeps them there (written back as read; transformers' layout cannot state them)."""
+    _save_random("mimo_v2_flash", tmp_path)
+    written = config_from_hf(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "mlp_layer_types", "rope_parameters", "rms_norm_eps", "sliding_window"):
+        conf.pop(k)
+    conf.update(hybrid_layer_pattern=[0, 1, 1, 1, 1, 0], moe_layer_freq=[0, 1, 1, 1, 1, 1], swa_num_attention_heads=4,
+                swa_num_key_value_heads=4, swa_head_dim=12, swa_v_head_dim=8, sliding_window_size=4,
+                add_swa_attention_sink_bias=True, add_full_attention_sink_bias=False, layernorm_epsilon=1e-5,
+                rope_theta=5e6, swa_rope_theta=1e4, partial_rotary_factor=0.334, topk_method="noaux_tc",
+                scoring_func="sigmoid")
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert dataclasses.replace(config_from_hf(tmp_path), extra={}) == dataclasses.replace(written, extra={})
+    conf.pop("hybrid_layer_pattern")
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert config_from_hf(tmp_path).layer_types == ("full",) + ("sliding",) * 4 + ("full",)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "add_full_attention_sink_bias": True}))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.attn_sinks and cfg.full_sinks
+    with pytest.raises(ConfigError, match="full_sinks=True cannot be written as a mimo_v2_flash checkpoint"):
+        hf_config(dataclasses.replace(cfg, extra={}))
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

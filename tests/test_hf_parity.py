@@ -347,6 +347,22 @@ CASES = {
     "exaone_moe_full": ("ExaoneMoeConfig", dict(head_dim=24, layer_types=["full_attention"] * 2, num_experts=8,
                                                 num_experts_per_tok=2, moe_intermediate_size=24, n_group=4,
                                                 topk_group=2, first_k_dense_replace=0, tie_word_embeddings=True)),
+    # MiMo-V2-Flash: full layers (the first, the sixth) with 2 key/value heads, sliding ones with 4 and sinks,
+    # keys 24 wide and values 16 (scaled by 0.707), a third of each head rotary with a base per layer kind, grouped
+    # sigmoid routing without shared experts after a dense layer; then biases on q/k/v, the layer kinds and MLPs
+    # named per layer (a dense layer after a MoE one), one key/value head in the full layers, values scaled 1.3
+    "mimo_v2_flash": ("MiMoV2FlashConfig", dict(num_hidden_layers=6, head_dim=24, v_head_dim=16, sliding_window=5,
+                                                n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                n_group=4, topk_group=2, routed_scaling_factor=1.5)),
+    "mimo_v2_flash_bias": ("MiMoV2FlashConfig", dict(
+        num_hidden_layers=3, num_key_value_heads=1, head_dim=16, v_head_dim=24, sliding_window=4,
+        attention_bias=True, attention_value_scale=1.3, layer_types=["sliding_attention", "full_attention",
+                                                                     "sliding_attention"],
+        mlp_layer_types=["sparse", "dense", "sparse"], n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=24, tie_word_embeddings=True,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 500.0,
+                                               "partial_rotary_factor": 0.5}})),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -523,7 +539,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
-                                  "solar_open", "exaone_moe"])
+                                  "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -552,7 +568,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "bamba", "nemotron_h", "nemotron_h_moe", "nemotron_h_latent", "falcon_h1",
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
-                                  "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full"])
+                                  "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
+                                  "mimo_v2_flash_bias"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

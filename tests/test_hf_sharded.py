@@ -45,10 +45,11 @@ def test_sharded_load_matches_unsharded(tmp_path):
     ungated experts (up and down only) beside Mamba-2 layers with and without an MLP, and in a latent space
     (Nemotron-3-Super's: dispatched at the latent width); Falcon-H1's attention and Mamba-2 mixer side by side,
     both split over ``tensor`` by heads; DeepSeek-V3.2's sparse-attention indexer, its heads split over ``tensor``
-    (each device scoring its heads' share of every key)."""
+    (each device scoring its heads' share of every key); MiMo-V2-Flash's full layers (2 key/value heads, their own
+    stack) beside sliding ones (4, and sinks), each split over ``tensor``."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
-                 "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32"):
+                 "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -76,3 +77,6 @@ def test_sharded_load_matches_unsharded(tmp_path):
     assert fal["linear_layers/mamba/o"] == [None, "tensor", None, "fsdp"]
     dsa = res["deepseek_v32"]["specs"]
     assert dsa["layers/attn/idx_q"] == [None, None, "tensor", None] and dsa["layers/attn/idx_w"][-1] == "tensor"
+    mimo = res["mimo_v2_flash"]["specs"]
+    assert mimo["full_layers/attn/k"] == mimo["layers/attn/k"] == [None, "fsdp", "tensor", None]
+    assert mimo["layers/attn/sinks"] == [None, "tensor"] and "full_layers/attn/sinks" not in mimo

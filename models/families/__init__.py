@@ -29,6 +29,7 @@ from . import (
     hy_v3,
     lfm2,
     llama,
+    mimo_v2_flash,
     minimax_m2,
     ministral3,
     mistral4,
@@ -60,7 +61,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
-                                                      solar_open, exaone_moe)}
+                                                      solar_open, exaone_moe, mimo_v2_flash)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

@@ -250,15 +250,17 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     # a stacked cache [L, B, K, S, D] is indexed at ``layer``; a split one (``KVCache.split_layers``) hands
     # each layer its own [B, K, S, D] buffer, written in place and read whole (no slice to copy out)
     lead = () if k_all.ndim == 4 else (layer,)
+    kh = k.shape[2]  # this layer's key/value heads: the cache's leading ones (it may hold more: full_kv_heads)
+    own = slice(None) if kh == k_all.shape[-3] else slice(0, kh)
     if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
-        at = (*lead, jnp.arange(k.shape[0]), slice(None), index, slice(None))
+        at = (*lead, jnp.arange(k.shape[0]), own, index, slice(None))
         k_all = k_all.at[at].set(k[:, 0].astype(k_all.dtype))
         v_all = v_all.at[at].set(v[:, 0].astype(v_all.dtype))
     else:
         new = [jnp.swapaxes(x, 1, 2)[(None,) * len(lead)] for x in (k, v)]  # [(1,) B, K, T, D]
         k_all, v_all = (jax.lax.dynamic_update_slice(buf, x.astype(buf.dtype), (*lead, 0, 0, index, 0))
                         for buf, x in zip((k_all, v_all), new))
-    kl, vl = k_all[lead], v_all[lead]
+    kl, vl = k_all[lead][:, own], v_all[lead][:, own]
     if size is not None and size < kl.shape[2]:  # attend over the first ``size`` slots only (bucketed window)
         kl, vl = (jax.lax.dynamic_slice_in_dim(a, 0, size, axis=2) for a in (kl, vl))
     kl, vl = kl.astype(dtype), vl.astype(dtype)
@@ -274,18 +276,19 @@ def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
     Rows sharing a page (a group's prompt) only ever read it: the sampler gives each row its own copy of the
     page it writes into (copy-on-write at fork time), so shared pages are never scattered to."""
     k_pool, v_pool, table = cache
-    b, t = k.shape[:2]
+    b, t, kh = k.shape[:3]
     ps = k_pool.shape[3]
+    own = slice(None) if kh == k_pool.shape[2] else slice(0, kh)  # this layer's heads (see ``write_cache``)
     slots = (index[:, None] if jnp.ndim(index) == 1 else index + jnp.arange(t)[None]) + jnp.zeros((b, t), jnp.int32)
     page = jnp.take_along_axis(table, slots // ps, axis=1)  # [B, T] pool pages
     off = slots % ps
-    k_pool = k_pool.at[layer, page, :, off, :].set(k.astype(k_pool.dtype))
-    v_pool = v_pool.at[layer, page, :, off, :].set(v.astype(v_pool.dtype))
+    k_pool = k_pool.at[layer, page, own, off, :].set(k.astype(k_pool.dtype))
+    v_pool = v_pool.at[layer, page, own, off, :].set(v.astype(v_pool.dtype))
     size = table.shape[1] * ps if size is None else size
     n = -(-size // ps)
 
     def view(pool):
-        pages = pool[layer, table[:, :n]]  # [B, n, K, P, D]: one gather, no copy of the layer's pool
+        pages = pool[layer, table[:, :n], own]  # [B, n, K, P, D]: one gather, no copy of the layer's pool
         out = jnp.moveaxis(pages, 1, 2).reshape(b, pages.shape[2], n * ps, -1)[:, :, :size].astype(dtype)
         return out if heads_first else jnp.swapaxes(out, 1, 2)
 
@@ -300,7 +303,8 @@ class Attention(nnx.Module):
                  out_scale: float = 1.0, softcap: float | None = None, qk_norm_whole: bool = False,
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
-                 gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0):
+                 gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
+                 v_dim: int = 0, value_scale: float = 1.0):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -308,11 +312,15 @@ class Attention(nnx.Module):
         ``qk_norm_after_rope``: the q/k norms see the rotated heads (Hunyuan). ``gate``: the attention output is
         scaled by ``sigmoid(x W_gate)`` [H, D] before the o-projection (Qwen3.5, Qwen3-Next). ``length_scale``
         (beta, L): rotated queries times ``1 + beta * log(1 + floor(position / L))`` (Ministral 3).
-        ``key_multiplier``: keys times it after their projection (Falcon-H1's muP; cached so). ``impl``: attention
+        ``key_multiplier``: keys times it after their projection (Falcon-H1's muP; cached so). ``v_dim``: the
+        value heads' size (0: ``head_dim``); ``value_scale``: values times it after their projection, cached so
+        (MiMo-V2-Flash). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.v_dim = vd = v_dim or head_dim
+        self.value_scale = float(value_scale)
         self.impl = impl
         self.dtype = dtype
         self.scale = query_scale if query_scale is not None else head_dim**-0.5
@@ -326,16 +334,16 @@ class Attention(nnx.Module):
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
         self.k = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
-        self.v = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
-        self.o = param(rngs, (n_heads, head_dim, d_model), ("heads", "head_dim", "embed"), n_heads * head_dim,
+        self.v = param(rngs, (d_model, n_kv_heads, vd), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
+        self.o = param(rngs, (n_heads, vd, d_model), ("heads", "head_dim", "embed"), n_heads * vd,
                        param_dtype, scale=out_scale)
         # (not "gate": LoRA's ``gate`` target names the MLP's)
-        self.q_gate = (param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model,
+        self.q_gate = (param(rngs, (d_model, n_heads, vd), ("embed", "heads", "head_dim"), d_model,
                              param_dtype) if gate else None)
         if qkv_bias:
             self.q_bias = zeros((n_heads, head_dim), ("heads", "head_dim"), param_dtype)
             self.k_bias = zeros((n_kv_heads, head_dim), ("kv_heads", "head_dim"), param_dtype)
-            self.v_bias = zeros((n_kv_heads, head_dim), ("kv_heads", "head_dim"), param_dtype)
+            self.v_bias = zeros((n_kv_heads, vd), ("kv_heads", "head_dim"), param_dtype)
         else:
             self.q_bias = self.k_bias = self.v_bias = None
         if qk_norm:
@@ -348,7 +356,7 @@ class Attention(nnx.Module):
         self.o_bias = zeros((d_model,), ("embed",), param_dtype) if out_bias else None
 
     def _route(self, kind: str, q: jax.Array, mask: jax.Array) -> kernels.Route:
-        if self.impl == "xla":
+        if self.impl == "xla" or self.v_dim != self.head_dim:  # (the kernels take values as wide as keys)
             return kernels.Route("xla")
         ctx = current()
         return kernels.route(self.impl, kind, dtype=q.dtype, head_dim=self.head_dim, softcap=self.softcap,
@@ -376,6 +384,7 @@ class Attention(nnx.Module):
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
         k = times(k, self.key_multiplier)
+        v = times(v, self.value_scale)
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
         if self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
@@ -402,6 +411,8 @@ class Attention(nnx.Module):
         of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
         sinks = None if self.sinks is None else self.sinks[...]
+        if prefix is not None and prefix[0].shape[1] != self.n_kv_heads:  # this layer's heads of the cache
+            prefix = tuple(a[:, :self.n_kv_heads] for a in prefix)
         if self.invariant:
             out, cache = self._invariant_attention(q, k, v, mask, cache, layer, index, prefix, sinks)
         elif prefix is not None:

@@ -191,6 +191,8 @@ def model_route(cfg, kind: str, *, seq: int = 2048, platform: str | None = None,
     """``route`` for the attention of a model of ``cfg`` (a ``TransformerConfig``): what its layers ask."""
     if cfg.mla is not None:
         return Route("xla", reason="multi-head latent attention")
+    if cfg.v_head_dim and cfg.v_head_dim != cfg.head_dim:
+        return Route("xla", reason="values narrower or wider than keys")
     q_len = 1 if kind in ("decode", "paged_decode") else seq
     return route(cfg.attention_impl, kind, dtype=cfg.jnp_dtype, head_dim=cfg.head_dim, softcap=cfg.attn_softcap,
                  sinks=cfg.attn_sinks, q_len=q_len, k_len=seq, platform=platform, sharded=sharded)

@@ -1,0 +1,103 @@
+"""Full-attention layers of their own beside sliding ones (MiMo-V2-Flash: fewer key/value heads and no sinks in the
+full layers, values narrower than keys and scaled): the full layers stack apart, the cache holds the most
+key/value heads of either kind and each layer its own leading ones, and every decode path, the trainer's shared
+prompt pass and LoRA agree with the model run without a cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import assert_sampler_equals_trainer_on_every_decode_path
+from reasoning_rl.models import KVCache, create
+from reasoning_rl.models.config import LoRAConfig
+from test_hf_io import FAMILY_CONFIGS
+from test_models_layers import random_params
+
+from reasoning_rl.algorithms.logprobs import target_logprobs
+from reasoning_rl.rollout.sampler import generate, left_pad
+
+MOE = FAMILY_CONFIGS["mimo_v2_flash"]
+# dense: full layers with one key/value head between sliding ones with two and sinks, values 16 wide beside keys 8
+DENSE = dataclasses.replace(MOE, moe=None, n_layers=4, n_kv_heads=2, full_kv_heads=1, head_dim=8, v_head_dim=16,
+                            rope_dim=0, layer_types=("sliding", "full", "sliding", "full"), value_scale=1.3)
+
+
+def _model(cfg, seed=5):
+    mdef, _ = create(cfg, abstract=True)
+    return mdef, random_params(mdef, seed)
+
+
+@pytest.mark.parametrize("cfg", [MOE, DENSE], ids=["moe", "dense"])
+def test_full_layers_stack_apart_and_the_cache_holds_the_most_heads(cfg):
+    mdef, params = _model(cfg)
+    full = [i for i, s in enumerate(cfg.sliding_layers) if not s]
+    kinds = {"full_layers", "full_dense_layers"} & set(params)
+    assert kinds and all(params[k]["attn"]["k"].shape[2] == cfg.full_kv_heads for k in kinds)
+    assert all("sinks" not in params[k]["attn"] for k in kinds)
+    assert params["layers"]["attn"]["k"].shape[2] == cfg.n_kv_heads and "sinks" in params["layers"]["attn"]
+    assert params["layers"]["attn"]["v"].shape[-1] == cfg.v_head_dim
+    kk, kd, vk, vd = cfg.kv_shape
+    assert (kk, kd, vk, vd) == (cfg.n_kv_heads, cfg.head_dim, cfg.n_kv_heads, cfg.v_head_dim)
+    # a full layer writes its own (leading) heads of the cache and leaves the rest as they were
+    toks = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 7)), jnp.int32)
+    valid = jnp.ones((2, 7), bool)
+    cache = KVCache.empty(cfg, 2, 10)
+    _, cache = jax.jit(lambda p, c: mdef.bind(p).hidden(toks, jnp.arange(7)[None], valid, c, 0))(params, cache)
+    k = np.asarray(cache.k)
+    for i in full:
+        assert np.abs(k[i, :, :cfg.full_kv_heads, :7]).min() > 0 and not k[i, :, cfg.full_kv_heads:].any()
+    assert all(np.abs(k[i, :, :, :7]).min() > 0 for i in range(cfg.n_layers) if i not in full)
+
+
+@pytest.mark.parametrize("cfg", [MOE, DENSE], ids=["moe", "dense"])
+def test_sampler_equals_trainer_on_every_decode_path(cfg):
+    assert_sampler_equals_trainer_on_every_decode_path(*_model(cfg))
+
+
+def _assert_grouped_equals_whole_rows(mdef, params):
+    toks, valid = left_pad([[5, 7, 9, 11, 3], [17, 2, 40, 8, 1, 9, 22, 31, 4, 2, 6]], 0)
+    out = generate(mdef, params, toks, valid, max_new_tokens=10, rng_seed=2, group_size=3, stop_ids=())
+    rows = np.repeat(np.arange(2), 3)
+    full = jnp.asarray(np.concatenate([np.asarray(toks)[rows], np.asarray(out.tokens)], 1))
+    fv = jnp.asarray(np.concatenate([np.asarray(valid)[rows], np.asarray(out.mask)], 1))
+    grouped = np.asarray(target_logprobs(mdef.bind(params), full, fv, 10, group=3))
+    whole = np.asarray(target_logprobs(mdef.bind(params), full, fv, 10))
+    np.testing.assert_allclose(grouped, whole, atol=1e-5)
+    assert np.abs(grouped - np.asarray(out.logprobs)).max() < 1e-5
+
+
+def test_shared_prompt_pass_equals_whole_rows():
+    """The trainer's GRPO groups run each prompt once and the completions over its keys/values (each layer its own
+    heads of them): the same log-probs as whole rows, and as the sampler's."""
+    _assert_grouped_equals_whole_rows(*_model(DENSE))
+
+
+def test_lora_adapts_both_kinds_of_layer():
+    """Adapters on q, k, v and o of both stacks (each its own shapes: the full layers' k/v fewer heads, v and o
+    the value width); trained adapters change the logits, and the sampler (adapters merged) equals the trainer."""
+    cfg = dataclasses.replace(DENSE, lora=LoRAConfig(rank=2, targets=("q", "k", "v", "o")))
+    mdef, params = _model(cfg)
+    for stack in ("layers", "full_layers"):
+        attn = params[stack]["attn"]
+        assert attn["k_lora_b"].shape[-2:] == attn["k"].shape[-2:] and attn["v_lora_b"].shape[-1] == 16
+    ids = jnp.asarray(np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 9)), jnp.int32)
+    base = np.asarray(mdef.bind(params)(ids))
+    moved = jax.tree_util.tree_map_with_path(
+        lambda p, a: a + 0.05 if "lora_b" in str(p[-1]) else a, params)
+    assert np.abs(np.asarray(mdef.bind(moved)(ids)) - base).max() > 1e-3
+    _assert_grouped_equals_whole_rows(mdef, moved)
+
+
+def test_refusals_name_the_field():
+    with pytest.raises(ValueError, match="full_kv_heads: 3 does not divide the 4"):
+        create(dataclasses.replace(DENSE, full_kv_heads=3), abstract=True)
+    with pytest.raises(ValueError, match="batch_invariant"):
+        create(dataclasses.replace(DENSE, batch_invariant=True), abstract=True)
