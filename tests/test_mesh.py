@@ -315,6 +315,19 @@ def test_plan_sizes_solar_open_100b():
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 32
 
 
+def test_plan_sizes_mimo_v2_flash_from_its_released_config():
+    """MiMo-V2-Flash GRPO (configs/arch, the released config.json layout: hybrid_layer_pattern, swa_* fields):
+    309B parameters, 256 experts, full and sliding layers of their own stacks; the sampler's cache counted as
+    allocated (the most key/value heads of either kind, 8, in each of the 48 layers); fits 80 GB devices on 128."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "mimo_v2_flash_grpo.yaml")), 128, memory_gb=80)
+    assert 308e9 < p["model"]["params"] < 310e9 and p["model"]["experts"] == 256
+    assert p["model"]["family"] == "mimo_v2_flash"
+    assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 128
+
+
 def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
     """Qwen3.5-35B-A3B GRPO (configs/arch): 34.7B parameters, 256 experts in every layer; fits 80 GB devices on 16.
     The sampler's cache is keys/values for the 10 attention layers (growing with the slots) and, for each of the
