@@ -195,8 +195,14 @@ class TransformerConfig:
     # layers stack apart (``full_`` stacks); the cache holds the most heads of either kind, each layer its own
     full_kv_heads: int = 0
     full_sinks: bool = True
+    # Gemma 4's full layers: heads of their own size (0: head_dim), values that are the keys' projection itself
+    # (before the keys' norm and rotary: no value projection)
+    full_head_dim: int = 0
+    full_k_eq_v: bool = False
     v_head_dim: int = 0  # the value heads' size when not head_dim (MiMo-V2-Flash: 128 beside 192)
     value_scale: float = 1.0  # values times it after their projection, before the cache (MiMo-V2-Flash)
+    v_norm: bool = False  # values RMS-normalised per head, without a scale, before the cache (Gemma 4)
+    layer_scalar: bool = False  # each layer's output times a stored per-layer scalar, not trained (Gemma 4)
     out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
     swiglu_limit: float = 7.0
@@ -250,20 +256,28 @@ class TransformerConfig:
     def split_full(self) -> bool:
         """Do the full-attention layers have other attention parameters than the sliding ones (their own
         key/value heads, or no sinks), and so stacks of their own?"""
-        return (self.full_kv_heads not in (0, self.n_kv_heads)) or (self.attn_sinks and not self.full_sinks)
+        return ((self.full_kv_heads not in (0, self.n_kv_heads)) or (self.attn_sinks and not self.full_sinks)
+                or self.full_head_dim not in (0, self.head_dim) or self.full_k_eq_v)
 
     def layer_kv_heads(self, layer: int) -> int:
         """Key/value heads of attention layer ``layer``."""
         full = not self.sliding_layers[layer]
         return self.full_kv_heads if full and self.full_kv_heads else self.n_kv_heads
 
+    def layer_head_dim(self, layer: int) -> int:
+        """Query/key head size of attention layer ``layer``."""
+        full = not self.sliding_layers[layer]
+        return self.full_head_dim if full and self.full_head_dim else self.head_dim
+
     @property
     def kv_shape(self) -> tuple[int, int, int, int]:
         """Per-slot cache entry shapes (K_k, D_k, K_v, D_v). MLA caches its latent and its rotary key (then, with
-        sparse attention, the indexer's key). Layers of fewer key/value heads than the cache holds
-        (``full_kv_heads``) use its leading ones."""
+        sparse attention, the indexer's key). Layers of fewer key/value heads, or narrower heads, than the cache
+        holds (``full_kv_heads``, ``full_head_dim``) use its leading ones."""
         if self.mla is not None:
             m = self.mla
             return 1, m.kv_lora_rank, 1, m.qk_rope_dim + (m.index_dim if m.index_topk else 0)
-        kv = max(self.layer_kv_heads(i) for i in self.attention_layers) if self.attention_layers else self.n_kv_heads
-        return kv, self.head_dim, kv, self.v_head_dim or self.head_dim
+        att = self.attention_layers or (0,)
+        kv = max(self.layer_kv_heads(i) for i in att)
+        d = max(self.layer_head_dim(i) for i in att)
+        return kv, d, kv, self.v_head_dim or d

@@ -47,7 +47,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",
     "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification",
     "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification", "SolarOpenForSequenceClassification",
-    "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification"})
+    "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification", "Gemma4ForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

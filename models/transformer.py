@@ -184,20 +184,26 @@ class Block(nnx.Module):
         else:
             # (``full``: a full-attention layer of its own kind, ``cfg.split_full``)
             kv_heads = cfg.full_kv_heads if full and cfg.full_kv_heads else cfg.n_kv_heads
-            self.attn = Attention(cfg.d_model, cfg.n_heads, kv_heads, cfg.head_dim, rngs=rngs,
+            head_dim = cfg.full_head_dim if full and cfg.full_head_dim else cfg.head_dim
+            self.attn = Attention(cfg.d_model, cfg.n_heads, kv_heads, head_dim, rngs=rngs,
                                   rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qkv_bias=cfg.qkv_bias,
                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole,
                                   sinks=cfg.attn_sinks and (cfg.full_sinks or not full),
-                                  v_dim=cfg.v_head_dim or cfg.head_dim, value_scale=cfg.value_scale,
+                                  v_dim=cfg.v_head_dim or head_dim, value_scale=cfg.value_scale,
+                                  k_eq_v=full and cfg.full_k_eq_v, v_norm=cfg.v_norm,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
+        # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer)
+        self.layer_scalar = nnx.Param(jnp.ones((1,), pd), axes=(None,)) if cfg.layer_scalar else None
         if not mlp:
+            if cfg.layer_scalar:
+                raise ValueError("layer_scalar: layers with an MLP only")
             self.mlp_norm = self.mlp = self.post_mlp_norm = None
             return
         self.mlp_norm = norm() if pre_norm else None
@@ -246,6 +252,8 @@ class Block(nnx.Module):
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
         x = x + self._residual(h)
+        if self.layer_scalar is not None:
+            x = x * jax.lax.stop_gradient(self.layer_scalar[...]).astype(x.dtype)
         return constrain(x, ("batch", "seq", "act_embed")), cache, stats
 
     def _residual(self, h):
@@ -495,7 +503,8 @@ class Transformer(nnx.Module):
             seg_prefix = None if prefix is None else (prefix.k[first:first + n], prefix.v[first:first + n])
             x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid,
                                          seg_routes, seg_prefix, start,
-                                         layer_states=None if layer_states is None else layer_states[name])
+                                         layer_states=None if layer_states is None else layer_states[name],
+                                         stack_name=name)
             if st is not None:
                 stats.append(st)
         if cache is not None:
@@ -530,7 +539,7 @@ class Transformer(nnx.Module):
         x = self.embed_tokens(tokens)
         for name, start, first_layer, count, _ in runs(self.cfg):
             x, first, _ = self._run_layers(getattr(self, name), first_layer, count, x, positions, ctx, None, None,
-                                           valid, start=start, prompt=first)
+                                           valid, start=start, prompt=first, stack_name=name)
         return self.final_norm(first["x"]), self.final_norm(x)
 
     def _layer_context(self, key_valid, q_slots, k_slots, positions) -> dict:
@@ -547,11 +556,15 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         sliding = cfg.sliding_layers
         dim = cfg.mla.qk_rope_dim if cfg.mla is not None else (cfg.rope_dim or cfg.head_dim)
+        # full layers of their own head size (Gemma 4) rotate at it; the sliding ones at head_dim
+        full_dim = cfg.rope_dim or cfg.full_head_dim or dim if cfg.split_full else dim
         size = k_slots.shape[0]  # a token's position (valid tokens before it) never exceeds its slot
-        rope = rope_table(positions, *rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
+        rope = rope_table(positions, *rope_for(full_dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
         local = rope
         if cfg.rope_local_theta is not None and any(sliding):
             local = rope_table(positions, *rope_for(dim, float(cfg.rope_local_theta), ()), size)
+        elif full_dim != dim and any(sliding):
+            local = rope_table(positions, *rope_for(dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
         if not any(sliding):
             return {"mask": attention_mask(key_valid, q_slots, k_slots), "rope": rope}
         window_mask = attention_mask(key_valid, q_slots, k_slots, cfg.sliding_window)
@@ -593,17 +606,22 @@ class Transformer(nnx.Module):
         return out
 
     def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None, prefix=None,
-                    start=0, prompt=None, layer_states=None):
+                    start=0, prompt=None, layer_states=None, stack_name: str = "layers"):
         """``prompt`` (``hidden_with_prompt``): {x, positions, valid, ctx} of the prompts the rows continue; each
         layer runs them first, into a one-layer cache that is the rows' prefix. Returns it updated as ``kv``."""
         graphdef, state = nnx.split(stack)
         if start or n != jax.tree.leaves(state)[0].shape[0]:  # a run of part of the stack
             state = jax.tree.map(lambda a: a[start:start + n], state)
         policy = _REMAT[self.cfg.remat]
-        flags = [k for k in ("sliding", "nope") if k in ctx]  # per-layer switches, scanned with the layers
+        # per-layer switches, scanned with the layers; a stack of one kind of layer (``cfg.split_full``: its full
+        # layers stack apart, the rest slide) takes its mask and rope statically instead
+        kind = ("full" if stack_name.startswith("full_") else "sliding") if self.cfg.split_full else None
+        flags = [k for k in ("sliding", "nope") if k in ctx and not (k == "sliding" and kind)]
 
         def pick(ctx, xs):  # this layer's mask and rope
             mask, rope = ctx["mask"], ctx["rope"]
+            if kind == "sliding" and "window_mask" in ctx:
+                mask, rope = ctx["window_mask"], ctx.get("rope_local", rope)
             if "sliding" in xs:
                 is_sliding = xs["sliding"]
                 mask = jnp.where(is_sliding, ctx["window_mask"], ctx["mask"])

@@ -205,6 +205,14 @@ FAMILY_CONFIGS = {
         attn_sinks=True, full_sinks=False, v_head_dim=8, value_scale=0.707, rope_dim=4, rope_theta=5e6,
         rope_local_theta=1e4, sliding_window=5, layer_types=("full",) + ("sliding",) * 4 + ("full",),
         moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, first_dense=1, score="sigmoid", score_bias=True)),
+    # Gemma 4: full layers with heads twice as wide and one key/value head that is also the values, proportional
+    # rope there, values normed, queries unscaled, stored layer scalars, a logit softcap
+    "gemma4": TransformerConfig(
+        **{**BASE, "n_layers": 3, "head_dim": 8, "tie_embeddings": True}, family="gemma4", embed_scale=True,
+        activation="gelu_tanh", query_scale=1.0, sandwich_norm=True, qk_norm=True, final_softcap=30.0,
+        sliding_window=4, layer_types=("sliding", "full", "full"), rope_theta=1e6, rope_local_theta=1e4,
+        rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25}, v_norm=True, layer_scalar=True,
+        full_head_dim=16, full_kv_heads=1, full_k_eq_v=True),
     "ministral3": TransformerConfig(**BASE, family="ministral3", rope_theta=1e6, query_length_scale=(0.3, 8),
                                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                   "beta_slow": 1.0, "original_max_position_embeddings": 8}),
@@ -415,6 +423,12 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
                                                               "partial_rotary_factor": 0.5}}},
      "different partial_rotary_factor"),
     ("mimo_v2_flash", {"num_key_value_heads": 3}, "must divide the 4 attention heads"),
+    ("gemma4", {"hidden_size_per_layer_input": 256}, "hidden_size_per_layer_input=256 .*per-layer input"),
+    ("gemma4", {"num_kv_shared_layers": 1}, "num_kv_shared_layers"),
+    ("gemma4", {"enable_moe_block": True}, "enable_moe_block"),
+    ("gemma4", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
+    ("gemma4", {"per_layer_config": {"0": {"head_dim": 16}}}, r"per_layer_config\['0'\]"),
+    ("gemma4", {"per_layer_config": {"1": {"head_dim": 16}, "2": {"head_dim": 8}}}, "different overrides"),
     ("hy_v3", {"mlp_bias": True}, "mlp_bias"),
     ("hy_v3", {"num_shared_experts": -1}, "num_shared_experts=-1"),
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
@@ -621,6 +635,29 @@ def test_mimo_v2_flash_released_config_layout(tmp_path):
     assert cfg.attn_sinks and cfg.full_sinks
     with pytest.raises(ConfigError, match="full_sinks=True cannot be written as a mimo_v2_flash checkpoint"):
         hf_config(dataclasses.replace(cfg, extra={}))
+
+
+def test_gemma4_released_config_fields(tmp_path):
+    """Gemma 4's config.json as released: the full layers' head size and key/value heads as ``global_head_dim``
+    and ``num_global_key_value_heads`` (not transformers 5's ``per_layer_config``), which give the same model; with
+    neither, the reference's 512-wide full heads; the layer kinds by default (five sliding in six, the last layer
+    full whatever the list says); the per-layer input embeddings on unless the config turns them off."""
+    _save_random("gemma4", tmp_path)
+    written = config_from_hf(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("per_layer_config")
+    conf.update(global_head_dim=16, num_global_key_value_heads=1)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert dataclasses.replace(config_from_hf(tmp_path), extra={}) == dataclasses.replace(written, extra={})
+    for k in ("global_head_dim", "num_global_key_value_heads", "layer_types"):
+        conf.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "num_hidden_layers": 7}))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.full_head_dim == 512 and cfg.full_kv_heads == 2  # (no global key/value heads named: the same)
+    assert cfg.layer_types == ("sliding",) * 5 + ("full", "full")
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_size_per_layer_input": None}))
+    with pytest.raises(ConfigError, match="hidden_size_per_layer_input=256"):  # (absent: the reference's 256)
+        config_from_hf(tmp_path)
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

@@ -363,6 +363,20 @@ CASES = {
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 500.0,
                                                "partial_rotary_factor": 0.5}})),
+    # Gemma 4 (31B's layout): full layers with heads twice as wide, one key/value head whose values are the keys'
+    # projection, proportional rope there; values normed, queries unscaled, stored layer scalars, a logit softcap;
+    # then no shared key/value projection, full layers as wide as the sliding ones but with their own heads, a
+    # quarter-turn rope base of their own, the layer kinds by default (the last forced full), untied
+    "gemma4": ("Gemma4TextConfig", dict(num_hidden_layers=3, head_dim=16, global_head_dim=32,
+                                        num_global_key_value_heads=1, attention_k_eq_v=True,
+                                        hidden_size_per_layer_input=0, sliding_window=5, final_logit_softcapping=3.0,
+                                        layer_types=["sliding_attention", "full_attention", "full_attention"])),
+    "gemma4_plain": ("Gemma4TextConfig", dict(num_hidden_layers=4, head_dim=16, global_head_dim=16,
+                                              hidden_size_per_layer_input=0, sliding_window=6,
+                                              tie_word_embeddings=False, rope_parameters={
+                                                  "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                                  "full_attention": {"rope_type": "proportional", "rope_theta": 1e4,
+                                                                     "partial_rotary_factor": 0.5}})),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -410,6 +424,8 @@ def build_reference(name: str, seed: int = 0):
         for n, b in model.named_buffers():
             if "e_score_correction_bias" in n or n.endswith("expert_bias"):  # selection biases (LFM2-MoE's too)
                 b.add_(torch.randn_like(b) * 0.1)
+            if n.endswith("layer_scalar"):  # Gemma 4's stored per-layer output scales (ones when built)
+                b.mul_(0.5 + torch.rand_like(b))
     return model
 
 
@@ -539,7 +555,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "granite4_h_moe", "lfm2", "lfm2_moe", "bamba", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
-                                  "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias"])
+                                  "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
+                                  "gemma4_plain"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -569,7 +586,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
-                                  "mimo_v2_flash_bias"])
+                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -46,10 +46,12 @@ def test_sharded_load_matches_unsharded(tmp_path):
     (Nemotron-3-Super's: dispatched at the latent width); Falcon-H1's attention and Mamba-2 mixer side by side,
     both split over ``tensor`` by heads; DeepSeek-V3.2's sparse-attention indexer, its heads split over ``tensor``
     (each device scoring its heads' share of every key); MiMo-V2-Flash's full layers (2 key/value heads, their own
-    stack) beside sliding ones (4, and sinks), each split over ``tensor``."""
+    stack) beside sliding ones (4, and sinks), each split over ``tensor``; Gemma 4's full layers (wider heads, no
+    value projection)."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
-                 "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash"):
+                 "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash",
+                 "gemma4"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -57,8 +59,8 @@ def test_sharded_load_matches_unsharded(tmp_path):
                        env=env, timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(p.stdout.split("RESULT", 1)[1])
-    for name, r in res.items():
-        assert r["err"] <= 1e-5, (name, r["err"])
+    for name, r in res.items():  # (Gemma 4's random tiny model is sharp: float32 noise ~2e-5, as in its sampler tests)
+        assert r["err"] <= (5e-5 if name == "gemma4" else 1e-5), (name, r["err"])
     dense, moe, ds = res["qwen3"]["specs"], res["qwen3_moe"]["specs"], res["deepseek_v3"]["specs"]
     assert dense["layers/attn/q"] == [None, "fsdp", "tensor", None]
     assert dense["embed"] == ["tensor", "fsdp"]
@@ -80,3 +82,5 @@ def test_sharded_load_matches_unsharded(tmp_path):
     mimo = res["mimo_v2_flash"]["specs"]
     assert mimo["full_layers/attn/k"] == mimo["layers/attn/k"] == [None, "fsdp", "tensor", None]
     assert mimo["layers/attn/sinks"] == [None, "tensor"] and "full_layers/attn/sinks" not in mimo
+    g4 = res["gemma4"]["specs"]
+    assert g4["full_layers/attn/k"] == [None, "fsdp", "tensor", None] and "full_layers/attn/v" not in g4

@@ -19,6 +19,7 @@ from . import (
     gemma,
     gemma2,
     gemma3,
+    gemma4,
     glm4,
     glm4_moe,
     glm4_moe_lite,
@@ -61,7 +62,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
-                                                      solar_open, exaone_moe, mimo_v2_flash)}
+                                                      solar_open, exaone_moe, mimo_v2_flash, gemma4)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

@@ -276,8 +276,9 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
     theta = float((scaling or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
     if scaling is not None:
         scaling.pop("rope_theta", None)
-        scaling.pop("partial_rotary_factor", None)  # a family reads it (TransformerConfig.rope_dim)
         kind = rope_kind(scaling)
+        if kind != "proportional":  # (whose rotary share is part of its frequencies: the head stays whole)
+            scaling.pop("partial_rotary_factor", None)  # a family reads it (TransformerConfig.rope_dim)
         if kind == "dynamic" and scaling.get("alpha"):  # a fixed alpha: static frequencies (Hunyuan)
             return theta, {"rope_type": "ntk_alpha", "alpha": float(scaling["alpha"])}
         if kind not in SUPPORTED:
@@ -296,7 +297,7 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
             for k in ("short_factor", "long_factor"):
                 if not isinstance(scaling.get(k), (list, tuple)):
                     raise ConfigError(f"config.json: {field}.{k} (a list) is required for rope_type 'longrope'")
-        if "factor" not in scaling:
+        if "factor" not in scaling and kind != "proportional":
             raise ConfigError(f"config.json: {field}.factor is required for rope_type {kind!r}")
     return theta, scaling
 

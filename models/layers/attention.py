@@ -250,23 +250,30 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     # a stacked cache [L, B, K, S, D] is indexed at ``layer``; a split one (``KVCache.split_layers``) hands
     # each layer its own [B, K, S, D] buffer, written in place and read whole (no slice to copy out)
     lead = () if k_all.ndim == 4 else (layer,)
-    kh = k.shape[2]  # this layer's key/value heads: the cache's leading ones (it may hold more: full_kv_heads)
-    own = slice(None) if kh == k_all.shape[-3] else slice(0, kh)
+    # this layer's key/value heads and head dims: the cache's leading ones (it may hold more: full_kv_heads,
+    # full_head_dim); ``own`` is the layer's part of a [B, K, S, D] buffer
+    own = [_leading(k.shape[2], k_all.shape[-3]), slice(None)]
+    own_k, own_v = (tuple(own + [_leading(x.shape[-1], buf.shape[-1])]) for x, buf in ((k, k_all), (v, v_all)))
     if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
-        at = (*lead, jnp.arange(k.shape[0]), own, index, slice(None))
-        k_all = k_all.at[at].set(k[:, 0].astype(k_all.dtype))
-        v_all = v_all.at[at].set(v[:, 0].astype(v_all.dtype))
+        rows = jnp.arange(k.shape[0])
+        k_all = k_all.at[(*lead, rows, own_k[0], index, own_k[2])].set(k[:, 0].astype(k_all.dtype))
+        v_all = v_all.at[(*lead, rows, own_v[0], index, own_v[2])].set(v[:, 0].astype(v_all.dtype))
     else:
         new = [jnp.swapaxes(x, 1, 2)[(None,) * len(lead)] for x in (k, v)]  # [(1,) B, K, T, D]
         k_all, v_all = (jax.lax.dynamic_update_slice(buf, x.astype(buf.dtype), (*lead, 0, 0, index, 0))
                         for buf, x in zip((k_all, v_all), new))
-    kl, vl = k_all[lead][:, own], v_all[lead][:, own]
+    kl, vl = k_all[lead][(slice(None), *own_k)], v_all[lead][(slice(None), *own_v)]
     if size is not None and size < kl.shape[2]:  # attend over the first ``size`` slots only (bucketed window)
         kl, vl = (jax.lax.dynamic_slice_in_dim(a, 0, size, axis=2) for a in (kl, vl))
     kl, vl = kl.astype(dtype), vl.astype(dtype)
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
     return kl, vl, (k_all, v_all)
+
+
+def _leading(n: int, of: int) -> slice:
+    """The leading ``n`` of ``of`` entries (all of them: a slice that costs nothing)."""
+    return slice(None) if n == of else slice(0, n)
 
 
 def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
@@ -278,21 +285,22 @@ def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
     k_pool, v_pool, table = cache
     b, t, kh = k.shape[:3]
     ps = k_pool.shape[3]
-    own = slice(None) if kh == k_pool.shape[2] else slice(0, kh)  # this layer's heads (see ``write_cache``)
+    heads = _leading(kh, k_pool.shape[2])  # this layer's part of the pools (see ``write_cache``)
+    kd, vd = _leading(k.shape[-1], k_pool.shape[-1]), _leading(v.shape[-1], v_pool.shape[-1])
     slots = (index[:, None] if jnp.ndim(index) == 1 else index + jnp.arange(t)[None]) + jnp.zeros((b, t), jnp.int32)
     page = jnp.take_along_axis(table, slots // ps, axis=1)  # [B, T] pool pages
     off = slots % ps
-    k_pool = k_pool.at[layer, page, own, off, :].set(k.astype(k_pool.dtype))
-    v_pool = v_pool.at[layer, page, own, off, :].set(v.astype(v_pool.dtype))
+    k_pool = k_pool.at[layer, page, heads, off, kd].set(k.astype(k_pool.dtype))
+    v_pool = v_pool.at[layer, page, heads, off, vd].set(v.astype(v_pool.dtype))
     size = table.shape[1] * ps if size is None else size
     n = -(-size // ps)
 
-    def view(pool):
-        pages = pool[layer, table[:, :n], own]  # [B, n, K, P, D]: one gather, no copy of the layer's pool
+    def view(pool, d):
+        pages = pool[layer, table[:, :n], heads][..., d]  # [B, n, K, P, D]: one gather, no copy of the pool
         out = jnp.moveaxis(pages, 1, 2).reshape(b, pages.shape[2], n * ps, -1)[:, :, :size].astype(dtype)
         return out if heads_first else jnp.swapaxes(out, 1, 2)
 
-    return view(k_pool), view(v_pool), (k_pool, v_pool, table)
+    return view(k_pool, kd), view(v_pool, vd), (k_pool, v_pool, table)
 
 
 class Attention(nnx.Module):
@@ -304,7 +312,7 @@ class Attention(nnx.Module):
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
-                 v_dim: int = 0, value_scale: float = 1.0):
+                 v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -314,13 +322,17 @@ class Attention(nnx.Module):
         (beta, L): rotated queries times ``1 + beta * log(1 + floor(position / L))`` (Ministral 3).
         ``key_multiplier``: keys times it after their projection (Falcon-H1's muP; cached so). ``v_dim``: the
         value heads' size (0: ``head_dim``); ``value_scale``: values times it after their projection, cached so
-        (MiMo-V2-Flash). ``impl``: attention
+        (MiMo-V2-Flash). ``k_eq_v``: no value projection, the values are the keys' projection before their norm
+        and rotary; ``v_norm``: values RMS-normalised per head without a scale (both Gemma 4). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.v_dim = vd = v_dim or head_dim
         self.value_scale = float(value_scale)
+        if k_eq_v and (vd != head_dim or qkv_bias):
+            raise ValueError("k_eq_v: values that are the keys' projection are as wide as keys, without biases")
+        self.k_eq_v, self.v_norm_eps = k_eq_v, (norm_eps if v_norm else None)
         self.impl = impl
         self.dtype = dtype
         self.scale = query_scale if query_scale is not None else head_dim**-0.5
@@ -334,7 +346,8 @@ class Attention(nnx.Module):
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
         self.k = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
-        self.v = param(rngs, (d_model, n_kv_heads, vd), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
+        self.v = (None if k_eq_v else
+                  param(rngs, (d_model, n_kv_heads, vd), ("embed", "kv_heads", "head_dim"), d_model, param_dtype))
         self.o = param(rngs, (n_heads, vd, d_model), ("heads", "head_dim", "embed"), n_heads * vd,
                        param_dtype, scale=out_scale)
         # (not "gate": LoRA's ``gate`` target names the MLP's)
@@ -378,13 +391,17 @@ class Attention(nnx.Module):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
         layer's own frequencies when not given."""
         dt = self.dtype
-        q, k, v = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt), self.invariant)) for n in "qkv")
+        q, k = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt), self.invariant)) for n in "qk")
+        v = k if self.k_eq_v else adapt(self, "v", x, _proj_in(x, self.v[...].astype(dt), self.invariant))
         if self.q_bias is not None:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
         k = times(k, self.key_multiplier)
         v = times(v, self.value_scale)
+        if self.v_norm_eps is not None:  # (float32, as the reference's norms)
+            vf = v.astype(jnp.float32)
+            v = (vf * jax.lax.rsqrt(jnp.mean(vf * vf, axis=-1, keepdims=True) + self.v_norm_eps)).astype(v.dtype)
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
         if self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
@@ -411,8 +428,9 @@ class Attention(nnx.Module):
         of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
         sinks = None if self.sinks is None else self.sinks[...]
-        if prefix is not None and prefix[0].shape[1] != self.n_kv_heads:  # this layer's heads of the cache
-            prefix = tuple(a[:, :self.n_kv_heads] for a in prefix)
+        if prefix is not None:  # this layer's heads of the prefix cache (see ``write_cache``)
+            prefix = tuple(a[:, _leading(x.shape[2], a.shape[1]), :, _leading(x.shape[-1], a.shape[-1])]
+                           for a, x in zip(prefix, (k, v)))
         if self.invariant:
             out, cache = self._invariant_attention(q, k, v, mask, cache, layer, index, prefix, sinks)
         elif prefix is not None:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SUPPORTED = ("default", "linear", "llama3", "yarn", "longrope", "ntk_alpha")
+SUPPORTED = ("default", "linear", "llama3", "yarn", "longrope", "ntk_alpha", "proportional")
 
 
 def rope_kind(scaling: dict | None) -> str:
@@ -51,6 +51,10 @@ def rope_parameters(head_dim: int, theta: float, scaling: dict | None = None) ->
         return inv, 1.0
     if kind == "linear":
         return (inv / np.float32(scaling["factor"])).astype(np.float32), 1.0
+    if kind == "proportional":  # Gemma 4's full layers: the leading angles of the whole head turn, the rest stay
+        angles = int(float(scaling.get("partial_rotary_factor", 1.0)) * head_dim // 2)  # (the reference's rounding)
+        inv = np.where(np.arange(inv.shape[0]) < angles, inv, np.float32(0.0))
+        return (inv / np.float32(scaling.get("factor", 1.0))).astype(np.float32), 1.0
     if kind == "llama3":
         factor = float(scaling["factor"])
         low = float(scaling.get("low_freq_factor", 1.0))

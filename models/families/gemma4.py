@@ -1,0 +1,152 @@
+"""Gemma 4 (``model_type`` gemma4_text, and the language model of the ``gemma4`` vision-language wrapper):
+Gemma 3's layout (sliding-window and full layers, embeddings scaled by sqrt(d_model), GeGLU, norms before and
+after attention and MLP, per-head q/k norms, a final logit softcap) with Gemma 4's own attention: queries
+unscaled (the q norm does it), values RMS-normalised without a scale (``v_norm``), the full layers with heads of
+their own size and key/value head count (``global_head_dim`` / ``num_global_key_value_heads``, or transformers
+5's ``per_layer_config``) and, with ``attention_k_eq_v``, values that are the keys' projection itself
+(``full_k_eq_v``); the full layers rotate by proportional rope (the leading quarter of each head's angles turn,
+at frequencies of the whole head's width: rope type ``proportional``), the sliding ones by the plain rope at
+their own base; every layer's output is scaled by a stored ``layer_scalar``. Its norms store the scale itself
+(not Gemma 3's ``1 + w``).
+
+Refused by name: per-layer input embeddings (``hidden_size_per_layer_input``, the E2B/E4B models), layers
+sharing another layer's keys/values (``num_kv_shared_layers``), the mixture-of-experts block
+(``enable_moe_block``, 26B-A4B), bidirectional attention over text (``use_bidirectional_attention: all``)."""
+
+from __future__ import annotations
+
+from ..config import TransformerConfig
+from ..transformer import segments
+from .base import (
+    ConfigError,
+    Tensor,
+    common_from_hf,
+    common_to_hf,
+    every_nth_full,
+    mlp_tensors,
+    need,
+    outer_tensors,
+    refuse,
+    rope_from_hf,
+    unsupported_cfg,
+)
+
+NAME = "gemma4"
+MODEL_TYPES = ("gemma4_text",)
+ARCHITECTURE = "Gemma4ForCausalLM"
+ACTIVATIONS = ("gelu_tanh",)  # the MLP activation its format writes
+WRITES = ("full_kv_heads", "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar")  # (hf_save.SWITCHES)
+
+# the reference config's defaults for what a config.json may leave out (Gemma4TextConfig)
+DEFAULTS = {"head_dim": 256, "rms_norm_eps": 1e-6, "sliding_window": 512, "tie_word_embeddings": True,
+            "hidden_size_per_layer_input": 256, "max_position_embeddings": 131_072}
+ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0}}
+
+
+def _layer_types(hf: dict, n: int) -> list[str]:
+    """``layer_types``, or five sliding layers in six; the last layer is always full (the reference forces it)."""
+    types = list(hf.get("layer_types") or every_nth_full(n, 6))
+    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
+        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
+                          f"the {n} layers")
+    return types[:-1] + ["full_attention"]
+
+
+def _full_overrides(hf: dict, types: list[str]) -> dict:
+    """The full layers' head size and key/value heads: ``per_layer_config`` (transformers 5, by layer index; the
+    same for every full layer, nothing for the sliding ones) or ``global_head_dim`` (512 unless given) and, with
+    ``attention_k_eq_v``, ``num_global_key_value_heads``."""
+    per = hf.get("per_layer_config")
+    if per is None:
+        out = {"head_dim": hf.get("global_head_dim") or 512}
+        if hf.get("attention_k_eq_v") and hf.get("num_global_key_value_heads"):
+            out["num_key_value_heads"] = hf["num_global_key_value_heads"]
+        return out
+    if not isinstance(per, dict):
+        raise ConfigError("config.json: per_layer_config must map layer indices to field overrides")
+    seen = {}
+    for key, over in per.items():
+        i = int(key)
+        if not 0 <= i < len(types) or types[i] != "full_attention" or not isinstance(over, dict) or \
+                set(over) - {"head_dim", "num_key_value_heads"}:
+            raise ConfigError(f"config.json: per_layer_config[{key!r}]={over!r} is not supported (head_dim and "
+                              "num_key_value_heads of full-attention layers)")
+        seen[i] = over
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    first = seen.get(full[0], {})
+    if any(seen.get(i, {}) != first for i in full):
+        raise ConfigError("config.json: per_layer_config gives the full-attention layers different overrides (one "
+                          "set for all of them is supported)")
+    return first
+
+
+def from_hf(hf: dict) -> TransformerConfig:
+    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    refuse(hf, "use_bidirectional_attention", lambda v: v != "all", "text attending both ways")
+    refuse(hf, "attention_bias", lambda v: not v, "attention biases")
+    refuse(hf, "hidden_activation", lambda v: v in ("gelu_pytorch_tanh", "gelu_tanh"), "only gelu_pytorch_tanh")
+    refuse(hf, "hidden_size_per_layer_input", lambda v: not v,
+           "per-layer input embeddings (Gemma 4 E2B/E4B); 0 or null turns them off")
+    refuse(hf, "num_kv_shared_layers", lambda v: not v, "layers reusing another layer's keys/values")
+    refuse(hf, "enable_moe_block", lambda v: not v, "the mixture-of-experts block (Gemma 4 26B-A4B)")
+    refuse(hf, "use_double_wide_mlp", lambda v: not v, "double-wide MLPs (key/value-sharing layers only)")
+    n = need(hf, "num_hidden_layers")
+    types = _layer_types(hf, n)
+    over = _full_overrides(hf, types)
+    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    rope = {k: {**ROPE[k], **(params.get(k) or {})} for k in ROPE}
+    theta, scaling = rope_from_hf({"rope_parameters": rope["full_attention"]})
+    local, local_scaling = rope_from_hf({"rope_parameters": rope["sliding_attention"]})
+    if local_scaling:
+        raise ConfigError("config.json: rope_parameters.sliding_attention scaling is not supported")
+    kv = hf.get("num_key_value_heads") or need(hf, "num_attention_heads")
+    k_eq_v = bool(hf.get("attention_k_eq_v", False))
+    common = common_from_hf(hf, NAME, rope_theta=theta, rope_scaling=scaling, embed_scale=True,
+                            activation="gelu_tanh", query_scale=1.0, sandwich_norm=True, qk_norm=True,
+                            final_softcap=hf.get("final_logit_softcapping"), sliding_window=int(hf["sliding_window"]),
+                            layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in types),
+                            rope_local_theta=local, v_norm=True, layer_scalar=True,
+                            full_head_dim=over.get("head_dim", hf["head_dim"]),
+                            full_kv_heads=over.get("num_key_value_heads", kv), full_k_eq_v=k_eq_v)
+    return TransformerConfig(**common)
+
+
+def to_hf(cfg: TransformerConfig) -> dict:
+    unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=not cfg.qk_norm,
+                    qk_norm_whole=cfg.qk_norm_whole, moe=cfg.moe is not None, mla=cfg.mla is not None,
+                    attn_softcap=cfg.attn_softcap is not None, norm_offset=cfg.norm_offset != 0.0,
+                    embed_scale=not cfg.embed_scale, sandwich_norm=not cfg.sandwich_norm,
+                    query_scale=cfg.query_scale != 1.0, v_norm=not cfg.v_norm, layer_scalar=not cfg.layer_scalar,
+                    rope_dim=cfg.rope_dim > 0, nope_layers=bool(cfg.nope_layers),
+                    layer_types=cfg.sliding_layers[-1])  # (the reference makes the last layer full)
+    out = common_to_hf(cfg, "gemma4_text", ARCHITECTURE)
+    del out["hidden_act"], out["rope_theta"], out["rope_scaling"]
+    full = {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta}
+    over = {"head_dim": cfg.full_head_dim or cfg.head_dim, "num_key_value_heads": cfg.full_kv_heads or cfg.n_kv_heads}
+    out.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=cfg.final_softcap,
+               sliding_window=cfg.sliding_window or DEFAULTS["sliding_window"], attention_k_eq_v=cfg.full_k_eq_v,
+               hidden_size_per_layer_input=0, num_kv_shared_layers=0, enable_moe_block=False, use_double_wide_mlp=False,
+               layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],
+               rope_parameters={"full_attention": full,
+                                "sliding_attention": {"rope_type": "default",
+                                                      "rope_theta": cfg.rope_local_theta or cfg.rope_theta}},
+               per_layer_config={str(i): over for i, s in enumerate(cfg.sliding_layers) if not s})
+    return out
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    out = outer_tensors(cfg)
+    pre = "model.layers.{i}"
+    for seg, *_ in segments(cfg):
+        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
+                Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
+                Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_feedforward_layernorm.weight"),
+                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight"),
+                Tensor((seg, "layer_scalar"), f"{pre}.layer_scalar")]
+        projections = "qk" if cfg.full_k_eq_v and seg.startswith("full_") else "qkv"
+        out += [Tensor((seg, "attn", n), f"{pre}.self_attn.{n}_proj.weight", "t1") for n in projections]
+        out += [Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
+        out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{pre}.self_attn.{n}_norm.weight") for n in ("q", "k")]
+        out += mlp_tensors((seg, "mlp"), f"{pre}.mlp")
+    return out
