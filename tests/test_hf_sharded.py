@@ -83,4 +83,5 @@ def test_sharded_load_matches_unsharded(tmp_path):
     assert mimo["full_layers/attn/k"] == mimo["layers/attn/k"] == [None, "fsdp", "tensor", None]
     assert mimo["layers/attn/sinks"] == [None, "tensor"] and "full_layers/attn/sinks" not in mimo
     g4 = res["gemma4"]["specs"]
-    assert g4["full_layers/attn/k"] == [None, "fsdp", "tensor", None] and "full_layers/attn/v" not in g4
+    assert g4["full_layers/attn/q"] == [None, "fsdp", "tensor", None] and "full_layers/attn/v" not in g4
+    assert g4["full_layers/attn/k"] == [None, "fsdp", None, None]  # one key/value head: not split
