@@ -44,6 +44,13 @@ class MoEConfig:
     # routed experts work in a narrower space: tokens projected d_model -> latent_dim before them and back after
     # (Nemotron-3-Super's fc1/fc2_latent_proj); the router and the shared expert see the full width. 0: none
     latent_dim: int = 0
+    # Gemma 4's MoE layers (26B-A4B): a dense MLP of the model's ffn_dim beside the experts, each with norms of its
+    # own before and after, their outputs summed (``beside_dense``); the router reads the layer's input RMS-
+    # normalised without a scale, times a learned scale per channel and d_model ** -0.5 (``router_norm``), and
+    # the chosen experts' weights are times a learned scale per expert (``expert_scale``)
+    beside_dense: bool = False
+    router_norm: bool = False
+    expert_scale: bool = False
 
     def is_moe(self, layer: int) -> bool:
         """Does ``layer`` route over experts (rather than run a dense MLP)?"""

@@ -97,6 +97,7 @@ def attach(model: Any, cfg: TransformerConfig, rngs: nnx.Rngs) -> None:
         # (a parallel layer's Mamba-2 mixer (Falcon-H1) takes none: its one target would be out_proj, on which peft
         # refuses adapters for these models, so ``o`` adapts the attention beside it only)
         mods += [blk.mlp.shared] if getattr(blk.mlp, "shared", None) is not None else []
+        mods += [blk.dense_mlp] if getattr(blk, "dense_mlp", None) is not None else []  # (Gemma 4's, beside experts)
         for mod in mods:
             for t, nb in _targets_of(mod, lc):
                 w = getattr(mod, t)

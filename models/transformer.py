@@ -204,13 +204,20 @@ class Block(nnx.Module):
         if not mlp:
             if cfg.layer_scalar:
                 raise ValueError("layer_scalar: layers with an MLP only")
-            self.mlp_norm = self.mlp = self.post_mlp_norm = None
+            self.mlp_norm = self.mlp = self.post_mlp_norm = self.dense_mlp = None
             return
         self.mlp_norm = norm() if pre_norm else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
+        beside = moe and cfg.moe.beside_dense  # Gemma 4: a dense MLP beside the experts, each normed before and after
+        if beside and not (pre_norm and sandwich):
+            raise ValueError("moe.beside_dense: layers with norms before and after their MLP (sandwich_norm)")
+        self.dense_mlp = (MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
+                              activation=cfg.activation, glu_args=glu_args) if beside else None)
+        if beside:
+            self.post_dense_norm, self.moe_norm, self.post_moe_norm = norm(), norm(), norm()
         if moe:
             self.mlp = MoE(cfg.d_model, cfg.moe, rngs=rngs, activation=cfg.activation, param_dtype=pd, dtype=dt,
-                           out_scale=out_scale, glu_args=glu_args)
+                           out_scale=out_scale, glu_args=glu_args, norm_eps=cfg.norm_eps)
         else:
             self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                            activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant,
@@ -245,7 +252,10 @@ class Block(nnx.Module):
         if self.mlp is None:  # a mixer-only layer
             return x, cache, stats
         pre = self.mlp_norm(x) if self.mlp_norm is not None else x
-        if isinstance(self.mlp, MoE):
+        if self.dense_mlp is not None:  # Gemma 4: the dense MLP and the experts (routed on the layer's input) summed
+            h, stats = self.mlp(self.moe_norm(x), valid, routes, router_x=x)
+            h = self.post_dense_norm(self.dense_mlp(pre)) + self.post_moe_norm(h)
+        elif isinstance(self.mlp, MoE):
             h, stats = self.mlp(pre, valid, routes)
         else:
             h = self.mlp(pre)

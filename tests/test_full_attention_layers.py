@@ -27,6 +27,7 @@ from reasoning_rl.rollout.sampler import generate, left_pad
 
 MOE = FAMILY_CONFIGS["mimo_v2_flash"]
 GEMMA4 = FAMILY_CONFIGS["gemma4"]
+GEMMA4_MOE = FAMILY_CONFIGS["gemma4_moe"]
 # dense: full layers with one key/value head between sliding ones with two and sinks, values 16 wide beside keys 8
 DENSE = dataclasses.replace(MOE, moe=None, n_layers=4, n_kv_heads=2, full_kv_heads=1, head_dim=8, v_head_dim=16,
                             rope_dim=0, layer_types=("sliding", "full", "sliding", "full"), value_scale=1.3)
@@ -37,7 +38,7 @@ def _model(cfg, seed=5):
     return mdef, random_params(mdef, seed)
 
 
-@pytest.mark.parametrize("cfg", [MOE, DENSE, GEMMA4], ids=["moe", "dense", "gemma4"])
+@pytest.mark.parametrize("cfg", [MOE, DENSE, GEMMA4, GEMMA4_MOE], ids=["moe", "dense", "gemma4", "gemma4_moe"])
 def test_full_layers_stack_apart_and_the_cache_holds_the_most_heads(cfg):
     mdef, params = _model(cfg)
     full = [i for i, s in enumerate(cfg.sliding_layers) if not s]
@@ -64,7 +65,7 @@ def test_full_layers_stack_apart_and_the_cache_holds_the_most_heads(cfg):
         assert not k[i, :, kh:].any() and not k[i, :, :, :, hd:].any()
 
 
-@pytest.mark.parametrize("cfg", [MOE, DENSE, GEMMA4], ids=["moe", "dense", "gemma4"])
+@pytest.mark.parametrize("cfg", [MOE, DENSE, GEMMA4, GEMMA4_MOE], ids=["moe", "dense", "gemma4", "gemma4_moe"])
 def test_sampler_equals_trainer_on_every_decode_path(cfg):
     assert_sampler_equals_trainer_on_every_decode_path(*_model(cfg), tol=_tol(cfg))
 
@@ -94,13 +95,17 @@ def test_shared_prompt_pass_equals_whole_rows(cfg):
     _assert_grouped_equals_whole_rows(*_model(cfg))
 
 
-@pytest.mark.parametrize("base", [DENSE, GEMMA4], ids=["dense", "gemma4"])
+@pytest.mark.parametrize("base", [DENSE, GEMMA4, GEMMA4_MOE], ids=["dense", "gemma4", "gemma4_moe"])
 def test_lora_adapts_both_kinds_of_layer(base):
     """Adapters on q, k, v and o of both stacks (each its own shapes: the full layers' k/v fewer heads, v and o
-    the value width; Gemma 4's full layers have no v, their values the adapted keys); trained adapters change the
-    logits, and the sampler equals the trainer."""
-    cfg = dataclasses.replace(base, lora=LoRAConfig(rank=2, targets=("q", "k", "v", "o")))
+    the value width; Gemma 4's full layers have no v, their values the adapted keys) and, in Gemma 4's MoE
+    layers, on the dense MLP beside the experts; trained adapters change the logits, and the sampler equals the
+    trainer."""
+    mlp = ("gate", "up", "down") if base.moe is not None else ()
+    cfg = dataclasses.replace(base, lora=LoRAConfig(rank=2, targets=("q", "k", "v", "o", *mlp)))
     mdef, params = _model(cfg)
+    if mlp:
+        assert all("gate_lora_a" in params[s]["dense_mlp"] for s in ("layers", "full_layers"))
     for stack in ("layers", "full_layers"):
         attn = params[stack]["attn"]
         assert attn["k_lora_b"].shape[-2:] == attn["k"].shape[-2:]

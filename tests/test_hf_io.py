@@ -213,6 +213,14 @@ FAMILY_CONFIGS = {
         sliding_window=4, layer_types=("sliding", "full", "full"), rope_theta=1e6, rope_local_theta=1e4,
         rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25}, v_norm=True, layer_scalar=True,
         full_head_dim=16, full_kv_heads=1, full_k_eq_v=True),
+    # Gemma 4 26B-A4B's layout: a dense MLP beside softmax-routed experts in every layer
+    "gemma4_moe": TransformerConfig(
+        **{**BASE, "n_layers": 3, "head_dim": 8, "tie_embeddings": True}, family="gemma4", embed_scale=True,
+        activation="gelu_tanh", query_scale=1.0, sandwich_norm=True, qk_norm=True, final_softcap=30.0,
+        sliding_window=4, layer_types=("sliding", "full", "full"), rope_theta=1e6, rope_local_theta=1e4,
+        rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25}, v_norm=True, layer_scalar=True,
+        full_head_dim=16, full_kv_heads=1, full_k_eq_v=True,
+        moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, beside_dense=True, router_norm=True, expert_scale=True)),
     "ministral3": TransformerConfig(**BASE, family="ministral3", rope_theta=1e6, query_length_scale=(0.3, 8),
                                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                   "beta_slow": 1.0, "original_max_position_embeddings": 8}),
@@ -425,7 +433,7 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("mimo_v2_flash", {"num_key_value_heads": 3}, "must divide the 4 attention heads"),
     ("gemma4", {"hidden_size_per_layer_input": 256}, "hidden_size_per_layer_input=256 .*per-layer input"),
     ("gemma4", {"num_kv_shared_layers": 1}, "num_kv_shared_layers"),
-    ("gemma4", {"enable_moe_block": True}, "enable_moe_block"),
+    ("gemma4", {"enable_moe_block": True, "num_experts": None}, "num_experts"),
     ("gemma4", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
     ("gemma4", {"per_layer_config": {"0": {"head_dim": 16}}}, r"per_layer_config\['0'\]"),
     ("gemma4", {"per_layer_config": {"1": {"head_dim": 16}, "2": {"head_dim": 8}}}, "different overrides"),

@@ -377,6 +377,13 @@ CASES = {
                                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
                                                   "full_attention": {"rope_type": "proportional", "rope_theta": 1e4,
                                                                      "partial_rotary_factor": 0.5}})),
+    # Gemma 4 26B-A4B's layout: in every layer a dense MLP beside softmax-routed experts (the router on the layer's
+    # input, normed and scaled; each chosen expert's weight scaled by its own), fused expert tensors
+    "gemma4_moe": ("Gemma4TextConfig", dict(num_hidden_layers=3, head_dim=16, global_head_dim=32,
+                                            num_global_key_value_heads=1, attention_k_eq_v=True,
+                                            hidden_size_per_layer_input=0, sliding_window=5,
+                                            final_logit_softcapping=3.0, enable_moe_block=True, num_experts=8,
+                                            top_k_experts=2, moe_intermediate_size=24)),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -417,7 +424,7 @@ def build_reference(name: str, seed: int = 0):
         cfg, attn_implementation="eager").eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "norm" in n or "bias" in n:
+            if "norm" in n or "bias" in n or n.endswith(("router.scale", "per_expert_scale")):  # (Gemma 4's ones)
                 p.add_(torch.randn_like(p) * 0.1)
             if "sinks" in n:  # a sink of the scores' size, so ignoring it shows
                 p.add_(torch.randn_like(p))
@@ -556,7 +563,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
-                                  "gemma4_plain"])
+                                  "gemma4_plain", "gemma4_moe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -586,7 +593,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
-                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain"])
+                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

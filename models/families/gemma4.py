@@ -9,16 +9,23 @@ at frequencies of the whole head's width: rope type ``proportional``), the slidi
 their own base; every layer's output is scaled by a stored ``layer_scalar``. Its norms store the scale itself
 (not Gemma 3's ``1 + w``).
 
+With ``enable_moe_block`` (26B-A4B) every layer runs its dense MLP and a mixture of experts side by side, each
+with norms of its own before and after, their outputs summed before the layer's post-MLP norm; the router reads
+the layer's input RMS-normalised without a scale, times a learned scale and d_model ** -0.5, takes a softmax
+top-k renormalised and scales each chosen expert's weight by a learned per-expert scale; the experts are stored
+fused (``experts.gate_up_proj``, ``experts.down_proj``) as transformers releases them.
+
 Refused by name: per-layer input embeddings (``hidden_size_per_layer_input``, the E2B/E4B models), layers
-sharing another layer's keys/values (``num_kv_shared_layers``), the mixture-of-experts block
-(``enable_moe_block``, 26B-A4B), bidirectional attention over text (``use_bidirectional_attention: all``)."""
+sharing another layer's keys/values (``num_kv_shared_layers``), bidirectional attention over text
+(``use_bidirectional_attention: all``)."""
 
 from __future__ import annotations
 
-from ..config import TransformerConfig
+from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
     ConfigError,
+    Piece,
     Tensor,
     common_from_hf,
     common_to_hf,
@@ -35,7 +42,8 @@ NAME = "gemma4"
 MODEL_TYPES = ("gemma4_text",)
 ARCHITECTURE = "Gemma4ForCausalLM"
 ACTIVATIONS = ("gelu_tanh",)  # the MLP activation its format writes
-WRITES = ("full_kv_heads", "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar")  # (hf_save.SWITCHES)
+WRITES = ("full_kv_heads", "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar", "moe.beside_dense",
+          "moe.router_norm", "moe.expert_scale")  # (hf_save.SWITCHES)
 
 # the reference config's defaults for what a config.json may leave out (Gemma4TextConfig)
 DEFAULTS = {"head_dim": 256, "rms_norm_eps": 1e-6, "sliding_window": 512, "tie_word_embeddings": True,
@@ -89,7 +97,6 @@ def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "hidden_size_per_layer_input", lambda v: not v,
            "per-layer input embeddings (Gemma 4 E2B/E4B); 0 or null turns them off")
     refuse(hf, "num_kv_shared_layers", lambda v: not v, "layers reusing another layer's keys/values")
-    refuse(hf, "enable_moe_block", lambda v: not v, "the mixture-of-experts block (Gemma 4 26B-A4B)")
     refuse(hf, "use_double_wide_mlp", lambda v: not v, "double-wide MLPs (key/value-sharing layers only)")
     n = need(hf, "num_hidden_layers")
     types = _layer_types(hf, n)
@@ -101,6 +108,11 @@ def from_hf(hf: dict) -> TransformerConfig:
     if local_scaling:
         raise ConfigError("config.json: rope_parameters.sliding_attention scaling is not supported")
     kv = hf.get("num_key_value_heads") or need(hf, "num_attention_heads")
+    moe = None
+    if hf.get("enable_moe_block"):
+        moe = MoEConfig(n_experts=need(hf, "num_experts"), top_k=need(hf, "top_k_experts"),
+                        ffn_dim=need(hf, "moe_intermediate_size"), score="softmax", norm_topk=True,
+                        beside_dense=True, router_norm=True, expert_scale=True)
     k_eq_v = bool(hf.get("attention_k_eq_v", False))
     common = common_from_hf(hf, NAME, rope_theta=theta, rope_scaling=scaling, embed_scale=True,
                             activation="gelu_tanh", query_scale=1.0, sandwich_norm=True, qk_norm=True,
@@ -108,13 +120,18 @@ def from_hf(hf: dict) -> TransformerConfig:
                             layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in types),
                             rope_local_theta=local, v_norm=True, layer_scalar=True,
                             full_head_dim=over.get("head_dim", hf["head_dim"]),
-                            full_kv_heads=over.get("num_key_value_heads", kv), full_k_eq_v=k_eq_v)
+                            full_kv_heads=over.get("num_key_value_heads", kv), full_k_eq_v=k_eq_v, moe=moe)
     return TransformerConfig(**common)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
+    m = cfg.moe
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, qk_norm=not cfg.qk_norm,
-                    qk_norm_whole=cfg.qk_norm_whole, moe=cfg.moe is not None, mla=cfg.mla is not None,
+                    qk_norm_whole=cfg.qk_norm_whole, mla=cfg.mla is not None,
+                    moe=m is not None and (m != MoEConfig(m.n_experts, m.top_k, m.ffn_dim, score="softmax",
+                                                          norm_topk=True, beside_dense=True, router_norm=True,
+                                                          expert_scale=True, impl=m.impl,
+                                                          capacity_factor=m.capacity_factor)),
                     attn_softcap=cfg.attn_softcap is not None, norm_offset=cfg.norm_offset != 0.0,
                     embed_scale=not cfg.embed_scale, sandwich_norm=not cfg.sandwich_norm,
                     query_scale=cfg.query_scale != 1.0, v_norm=not cfg.v_norm, layer_scalar=not cfg.layer_scalar,
@@ -126,7 +143,9 @@ def to_hf(cfg: TransformerConfig) -> dict:
     over = {"head_dim": cfg.full_head_dim or cfg.head_dim, "num_key_value_heads": cfg.full_kv_heads or cfg.n_kv_heads}
     out.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=cfg.final_softcap,
                sliding_window=cfg.sliding_window or DEFAULTS["sliding_window"], attention_k_eq_v=cfg.full_k_eq_v,
-               hidden_size_per_layer_input=0, num_kv_shared_layers=0, enable_moe_block=False, use_double_wide_mlp=False,
+               hidden_size_per_layer_input=0, num_kv_shared_layers=0, use_double_wide_mlp=False,
+               enable_moe_block=m is not None, num_experts=m and m.n_experts, top_k_experts=m and m.top_k,
+               moe_intermediate_size=m and m.ffn_dim,
                layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],
                rope_parameters={"full_attention": full,
                                 "sliding_attention": {"rope_type": "default",
@@ -138,7 +157,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
     pre = "model.layers.{i}"
-    for seg, *_ in segments(cfg):
+    for seg, _, _, moe in segments(cfg):
         out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
                 Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
                 Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_feedforward_layernorm.weight"),
@@ -148,5 +167,18 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
         out += [Tensor((seg, "attn", n), f"{pre}.self_attn.{n}_proj.weight", "t1") for n in projections]
         out += [Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
         out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{pre}.self_attn.{n}_norm.weight") for n in ("q", "k")]
-        out += mlp_tensors((seg, "mlp"), f"{pre}.mlp")
+        if not moe:
+            out += mlp_tensors((seg, "mlp"), f"{pre}.mlp")
+            continue
+        i = cfg.moe.ffn_dim
+        out += mlp_tensors((seg, "dense_mlp"), f"{pre}.mlp")
+        out += [Tensor((seg, "post_dense_norm", "scale"), f"{pre}.post_feedforward_layernorm_1.weight"),
+                Tensor((seg, "moe_norm", "scale"), f"{pre}.pre_feedforward_layernorm_2.weight"),
+                Tensor((seg, "post_moe_norm", "scale"), f"{pre}.post_feedforward_layernorm_2.weight"),
+                Tensor((seg, "mlp", "router"), f"{pre}.router.proj.weight", "t1"),
+                Tensor((seg, "mlp", "router_scale"), f"{pre}.router.scale"),
+                Tensor((seg, "mlp", "expert_scale"), f"{pre}.router.per_expert_scale"),
+                Tensor((seg, "mlp", "down"), f"{pre}.experts.down_proj", "x1")]
+        out += [Tensor((seg, "mlp", n), f"{pre}.experts.gate_up_proj", "x1", piece=Piece(1, k, (i, i)))
+                for k, n in enumerate(("gate", "up"))]
     return out

@@ -12,6 +12,7 @@ on every token (the readable reference).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -236,15 +237,19 @@ def experts_parallel(x: jax.Array, r: Routing, w: dict, glu, ctx, capacity_facto
 class MoE(nnx.Module):
     def __init__(self, d_model: int, mc: MoEConfig, *, rngs: nnx.Rngs, activation: str = "silu",
                  param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0,
-                 glu_args: tuple[float, float] = (1.702, 7.0)):
+                 glu_args: tuple[float, float] = (1.702, 7.0), norm_eps: float = 1e-6):
         if mc.impl not in EXPERTS:
             raise ValueError(f"moe.impl: unsupported value {mc.impl!r} (supported: {', '.join(EXPERTS)})")
         e, f = mc.n_experts, mc.ffn_dim
         width = mc.latent_dim or d_model  # the experts' input/output width
         self.mc, self.dtype, self.activation, self.glu_args = mc, dtype, activation, tuple(glu_args)
+        self.mc_eps = norm_eps  # (the router's norm: ``mc.router_norm``)
         # The router stays float32 whatever the parameter dtype: its logits decide discrete choices.
         self.router = param(rngs, (d_model, e), ("embed", None), d_model, jnp.float32)
         self.router_bias = zeros((e,), (None,), jnp.float32) if mc.router_bias else None
+        self.router_scale = (nnx.Param(jnp.ones((d_model,), jnp.float32), axes=("norm",)) if mc.router_norm
+                             else None)
+        self.expert_scale = nnx.Param(jnp.ones((e,), jnp.float32), axes=(None,)) if mc.expert_scale else None
         self.score_bias = zeros((e,), (None,), jnp.float32) if mc.score_bias else None
         self.gate = (param(rngs, (e, width, f), ("experts", "embed", "expert_mlp"), width, param_dtype)
                      if gated(activation) else None)  # (an ungated activation: up and down only)
@@ -269,16 +274,21 @@ class MoE(nnx.Module):
                            activation=activation, glu_args=glu_args) if shared else None)
         self.shared_gate = param(rngs, (d_model, 1), ("embed", None), d_model, param_dtype) if mc.shared_gate else None
 
-    def __call__(self, x: jax.Array, valid: jax.Array | None = None, routes: jax.Array | None = None
-                 ) -> tuple[jax.Array, dict]:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None, routes: jax.Array | None = None,
+                 router_x: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """x [B, T, D] -> (y [B, T, D], stats): ``load``/``prob`` [E], the chosen ``experts`` [B, T, k].
 
         ``routes`` [B, T, k] (routing replay): compute with these experts (the ones the sampler used) and
-        count in ``route_diff``/``route_count`` the valid tokens whose own top-k differs."""
+        count in ``route_diff``/``route_count`` the valid tokens whose own top-k differs. ``router_x``: what the
+        router reads when not ``x`` (Gemma 4: the layer's input, the experts a norm of it)."""
         b, t, d = x.shape
         k = self.mc.top_k
         flat = x.reshape(b * t, d)
-        logits = flat.astype(jnp.float32) @ self.router[...]
+        rx = (flat if router_x is None else router_x.reshape(b * t, d)).astype(jnp.float32)
+        if self.router_scale is not None:  # Gemma 4: RMS-normalised, a learned scale, d ** -0.5
+            rx = rx * jax.lax.rsqrt(jnp.mean(rx * rx, axis=-1, keepdims=True) + self.mc_eps)
+            rx = rx * self.router_scale[...] * d**-0.5
+        logits = rx @ self.router[...]
         if self.router_bias is not None:
             logits = logits + self.router_bias[...]
         bias = None if self.score_bias is None else jax.lax.stop_gradient(self.score_bias[...])
@@ -292,6 +302,8 @@ class MoE(nnx.Module):
             stats["route_diff"] = jnp.sum(differ & w).astype(jnp.float32)
             stats["route_count"] = jnp.sum(w).astype(jnp.float32)
             r = route(logits, self.mc, bias, valid, forced=forced)
+        if self.expert_scale is not None:  # Gemma 4: after renormalising, a learned scale per chosen expert
+            r = dataclasses.replace(r, weights=r.weights * self.expert_scale[...][r.experts])
         dt = self.dtype
         # weights with their adapters merged, if any (expert biases are never adapted)
         ws = {n: weight(self, n, dt) if n in ("gate", "up", "down") else getattr(self, n)[...].astype(dt)
