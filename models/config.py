@@ -210,6 +210,10 @@ class TransformerConfig:
     value_scale: float = 1.0  # values times it after their projection, before the cache (MiMo-V2-Flash)
     v_norm: bool = False  # values RMS-normalised per head, without a scale, before the cache (Gemma 4)
     layer_scalar: bool = False  # each layer's output times a stored per-layer scalar, not trained (Gemma 4)
+    # Cohere's layers: the norms subtract the mean first (a LayerNorm without a bias), and attention and MLP read
+    # the same normed input, both outputs added to the residual (one norm per layer)
+    norm_center: bool = False
+    parallel_block: bool = False
     out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
     swiglu_limit: float = 7.0

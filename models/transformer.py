@@ -148,7 +148,7 @@ class Block(nnx.Module):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
-                                 invariant=cfg.batch_invariant)
+                                 invariant=cfg.batch_invariant, center=cfg.norm_center)
         lin = cfg.linear
         # where the norms sit: before the mixer and the MLP (``pre_norm``) and/or on their outputs (``sandwich``);
         # a linear layer with ``lin.pre_norm`` (OLMo Hybrid) puts them before whatever the attention layers do
@@ -199,14 +199,20 @@ class Block(nnx.Module):
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
-        # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer)
+        # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it;
+        # a weight decay, when set, shrinks it as it does every parameter)
         self.layer_scalar = nnx.Param(jnp.ones((1,), pd), axes=(None,)) if cfg.layer_scalar else None
+        # a parallel block (Cohere) runs its MLP on the attention's normed input: no norm of its own
+        self.parallel_block = cfg.parallel_block
+        if cfg.parallel_block and (moe or linear or sandwich or not pre_norm or not mlp):
+            raise ValueError("parallel_block: dense pre-norm attention layers with an MLP only (no experts, "
+                             "recurrent layers or sandwich norms)")
         if not mlp:
             if cfg.layer_scalar:
                 raise ValueError("layer_scalar: layers with an MLP only")
             self.mlp_norm = self.mlp = self.post_mlp_norm = self.dense_mlp = None
             return
-        self.mlp_norm = norm() if pre_norm else None
+        self.mlp_norm = norm() if pre_norm and not cfg.parallel_block else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
         beside = moe and cfg.moe.beside_dense  # Gemma 4: a dense MLP beside the experts, each normed before and after
         if beside and not (pre_norm and sandwich):
@@ -247,8 +253,11 @@ class Block(nnx.Module):
                 h = times(hm, m_out) + h
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
-        x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
         stats = None
+        if self.parallel_block:  # attention and MLP on the same normed input, both added to the residual
+            x = x + self._residual(h) + self._residual(self.mlp(pre))  # (the reference's order of the sums)
+            return constrain(x, ("batch", "seq", "act_embed")), cache, stats
+        x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
         if self.mlp is None:  # a mixer-only layer
             return x, cache, stats
         pre = self.mlp_norm(x) if self.mlp_norm is not None else x
@@ -327,8 +336,9 @@ def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     (``cfg.split_full``) stack as ``full_layers`` and ``full_dense_layers``."""
     flags = _moe_flags(cfg)
     if cfg.split_full and (cfg.linear is not None or cfg.mla is not None or cfg.mixer_only_layers):
-        raise ValueError("full_kv_heads / full_sinks: full-attention layers of their own beside sliding ones, in "
-                         "models of grouped-query attention layers only (no linear, latent or mixer-only layers)")
+        raise ValueError("full_kv_heads / full_sinks / full_head_dim / full_k_eq_v: full-attention layers of their "
+                         "own beside sliding ones, in models of grouped-query attention layers only (no linear, "
+                         "latent or mixer-only layers)")
     full = cfg.split_full and not all(cfg.sliding_layers)
     lin = set(cfg.linear.layers) if cfg.linear is not None else set()
     for what, idx in (("linear", lin), ("mixer_only_layers", set(cfg.mixer_only_layers))):
@@ -414,7 +424,7 @@ class Transformer(nnx.Module):
             _, linear, full = _stack_kind(cfg, name)
             setattr(self, name, _stack(cfg, n, moe, rngs, linear, "mixer" not in name, full))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
-                                  invariant=cfg.batch_invariant)
+                                  invariant=cfg.batch_invariant, center=cfg.norm_center)
         if cfg.tie_embeddings:
             self.lm_head = None
         else:

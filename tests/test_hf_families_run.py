@@ -1,10 +1,11 @@
-"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5, Granite 4.0-H, Nemotron-H and LFM2 checkpoints, each with
-its own chat template (gpt-oss's harmony turns, OLMo-2's <|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns
-opening a <think>, Qwen's, Nemotron's and LFM2's <|im_start|> turns, Granite's <|start_of_role|> turns) and a JSONL
-math dataset (gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated
-DeltaNet layers) and LFM2 (short convolutions) tensor-parallel, GLM-4.5, Granite 4.0-H and Nemotron-H with experts
-(Mamba-2 layers) both (data 2 x tensor 2 x expert 2). The trained weights export back to transformers with the
-same logits."""
+"""GRPO runs from tiny gpt-oss, OLMo-2, GLM-4.5, Qwen3.5, Granite 4.0-H, Nemotron-H, LFM2, Falcon-H1, DeepSeek-V3.2,
+Gemma 4 and MiMo-V2-Flash checkpoints, each with its own chat template (gpt-oss's harmony turns, OLMo-2's
+<|user|>/<|assistant|> turns, GLM's [gMASK]<sop> turns opening a <think>, Qwen's, Nemotron's and LFM2's
+<|im_start|> turns, Granite's <|start_of_role|> turns, Gemma's <start_of_turn> turns) and a JSONL math dataset
+(gsm8k rows), on 8 CPU devices: gpt-oss expert-parallel (mesh expert 2), OLMo-2, Qwen3.5 (Gated DeltaNet layers),
+LFM2 (short convolutions) and Falcon-H1 tensor-parallel, GLM-4.5, Granite 4.0-H, Nemotron-H (Mamba-2 layers),
+DeepSeek-V3.2, Gemma 4 and MiMo-V2-Flash with experts both (data 2 x tensor 2 x expert 2). The trained weights
+export back to transformers with the same logits."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ GLM = ("[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>
 GRANITE = ("{% for message in messages %}{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + "
            "message['content'] + '<|end_of_text|>\n' }}{% endfor %}{% if add_generation_prompt %}"
            "{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}")
+GEMMA = ("{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' + "
+         "message['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
+         "{{ '<start_of_turn>model\n' }}{% endif %}")
 FAMILIES = {
     "gpt_oss": (HARMONY, ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"],
                 {"eos_token": "<|return|>", "pad_token": "<|endoftext|>"}, {"data": 4, "expert": 2}),
@@ -67,6 +71,16 @@ FAMILIES = {
     # heads split over the tensor axis) and DeepSeekMoE after a dense layer: data 2 x tensor 2 x expert 2
     "deepseek_v32": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                      {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 2, "tensor": 2, "expert": 2}),
+    # Gemma 4 26B-A4B's shape (Gemma's turns): a sliding layer, then a full one with wider heads whose values are the
+    # keys' projection; in each a dense MLP beside routed experts: data 2 x tensor 2 x expert 2
+    "gemma4": (GEMMA, ["<pad>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+               {"eos_token": "<end_of_turn>", "bos_token": "<bos>", "pad_token": "<pad>"},
+               {"data": 2, "tensor": 2, "expert": 2}),
+    # MiMo-V2-Flash's shape (<think> turns): a full layer with 2 key/value heads, a sliding one with 4 and sinks,
+    # values narrower than keys; routed experts after a dense layer: data 2 x tensor 2 x expert 2
+    "mimo_v2_flash": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                      {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+                      {"data": 2, "tensor": 2, "expert": 2}),
     # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
     "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
              {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
@@ -135,6 +149,17 @@ def _checkpoint(path, family):
                                           attention_in_multiplier=1.2, attention_out_multiplier=0.6,
                                           ssm_in_multiplier=0.8, ssm_out_multiplier=1.5,
                                           ssm_multipliers=[0.5, 1.2, 0.9, 1.4, 0.7], mlp_multipliers=[0.8, 1.3])
+    elif family == "gemma4":
+        cfg = transformers.Gemma4TextConfig(**common, global_head_dim=16, num_global_key_value_heads=1,
+                                            attention_k_eq_v=True, hidden_size_per_layer_input=0, sliding_window=8,
+                                            layer_types=["sliding_attention", "full_attention"],
+                                            final_logit_softcapping=30.0, enable_moe_block=True, num_experts=4,
+                                            top_k_experts=2, moe_intermediate_size=16)
+    elif family == "mimo_v2_flash":
+        cfg = transformers.MiMoV2FlashConfig(**common, v_head_dim=4, sliding_window=8, n_routed_experts=4,
+                                             num_experts_per_tok=2, moe_intermediate_size=16,
+                                             layer_types=["full_attention", "sliding_attention"],
+                                             mlp_layer_types=["dense", "sparse"])
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)

@@ -221,6 +221,12 @@ FAMILY_CONFIGS = {
         rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25}, v_norm=True, layer_scalar=True,
         full_head_dim=16, full_kv_heads=1, full_k_eq_v=True,
         moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, beside_dense=True, router_norm=True, expert_scale=True)),
+    # Command A: a centred norm feeding attention and MLP side by side, rotary sliding layers and a full one
+    # without, biases on all four projections, logits scaled
+    "cohere2": TransformerConfig(**{**BASE, "n_layers": 4, "head_dim": 8}, family="cohere2", norm_eps=1e-5,
+                                 qkv_bias=True, out_bias=True, rope_interleave=True, norm_center=True,
+                                 parallel_block=True, logits_multiplier=0.0625, sliding_window=4,
+                                 layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,)),
     "ministral3": TransformerConfig(**BASE, family="ministral3", rope_theta=1e6, query_length_scale=(0.3, 8),
                                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                   "beta_slow": 1.0, "original_max_position_embeddings": 8}),
@@ -437,6 +443,8 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("gemma4", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
     ("gemma4", {"per_layer_config": {"0": {"head_dim": 16}}}, r"per_layer_config\['0'\]"),
     ("gemma4", {"per_layer_config": {"1": {"head_dim": 16}, "2": {"head_dim": 8}}}, "different overrides"),
+    ("cohere2", {"hidden_act": "gelu"}, "hidden_act"),
+    ("cohere2", {"layer_types": ["full_attention"] * 3}, "layer_types must name"),
     ("hy_v3", {"mlp_bias": True}, "mlp_bias"),
     ("hy_v3", {"num_shared_experts": -1}, "num_shared_experts=-1"),
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
@@ -666,6 +674,22 @@ def test_gemma4_released_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_size_per_layer_input": None}))
     with pytest.raises(ConfigError, match="hidden_size_per_layer_input=256"):  # (absent: the reference's 256)
         config_from_hf(tmp_path)
+
+
+def test_cohere2_released_config_fields(tmp_path):
+    """Command A's config.json as released: the layer kinds as ``sliding_window_pattern`` (no ``layer_types``), a
+    ``head_dim`` the reference ignores (it derives hidden_size / heads); without a window, no layer rotates (the
+    reference rotates only where a layer slides)."""
+    _save_random("cohere2", tmp_path)
+    written = config_from_hf(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("layer_types")
+    conf.update(sliding_window_pattern=4, head_dim=12)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert dataclasses.replace(config_from_hf(tmp_path), extra={}) == dataclasses.replace(written, extra={})
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
+    cfg = config_from_hf(tmp_path)
+    assert not any(cfg.sliding_layers) and cfg.nope_layers == (0, 1, 2, 3)
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

@@ -384,6 +384,14 @@ CASES = {
                                             hidden_size_per_layer_input=0, sliding_window=5,
                                             final_logit_softcapping=3.0, enable_moe_block=True, num_experts=8,
                                             top_k_experts=2, moe_intermediate_size=24)),
+    # Command A / R7B: one LayerNorm per layer feeding attention and MLP side by side, three rotary (adjacent pairs)
+    # sliding layers then a full one without rotary, logits scaled, tied; then q/k/v/o biases, the layer kinds named
+    # (full first), its own LM head, logits scaled up
+    "cohere2": ("Cohere2Config", dict(num_hidden_layers=4, sliding_window=5, logit_scale=0.3)),
+    "cohere2_bias": ("Cohere2Config", dict(attention_bias=True, sliding_window=4, logit_scale=2.0,
+                                           layer_types=["full_attention", "sliding_attention"],
+                                           tie_word_embeddings=False,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -563,7 +571,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
-                                  "gemma4_plain", "gemma4_moe"])
+                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -593,7 +601,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
-                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe"])
+                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
+                                  "cohere2_bias"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -11,10 +11,12 @@ from .invariant import fixed_order_sum
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, param_dtype=jnp.float32,
-                 invariant: bool = False):
+                 invariant: bool = False, center: bool = False):
         # ``offset``: Gemma stores ``w`` and scales by ``1 + w``; everybody else stores the scale itself.
+        # ``center``: subtract the mean first, a LayerNorm without a bias (Cohere's)
         self.eps = eps
         self.offset = offset
+        self.center = center
         self.invariant = invariant  # the mean in a fixed summation order (models/layers/invariant.py)
         init = jnp.zeros if offset else jnp.ones
         self.scale = nnx.Param(init((dim,), param_dtype), axes=("norm",))
@@ -22,6 +24,10 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
         xf = x.astype(jnp.float32)
+        if self.center:
+            if self.invariant:
+                raise ValueError("a centred norm (norm_center) has no batch-invariant form here")
+            xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
         if self.invariant:
             ms = (fixed_order_sum(xf * xf) / xf.shape[-1])[..., None]
         else:
