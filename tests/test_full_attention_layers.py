@@ -65,8 +65,10 @@ def test_full_layers_stack_apart_and_the_cache_holds_the_most_heads(cfg):
         assert not k[i, :, kh:].any() and not k[i, :, :, :, hd:].any()
 
 
-@pytest.mark.parametrize("cfg", [MOE, DENSE, GEMMA4, GEMMA4_MOE], ids=["moe", "dense", "gemma4", "gemma4_moe"])
+@pytest.mark.parametrize("cfg", [DENSE, GEMMA4], ids=["dense", "gemma4"])
 def test_sampler_equals_trainer_on_every_decode_path(cfg):
+    """(Their MoE variants' decoding: the greedy generations against transformers in ``test_hf_parity``; the
+    experts do not touch the cache.)"""
     assert_sampler_equals_trainer_on_every_decode_path(*_model(cfg), tol=_tol(cfg))
 
 
@@ -95,7 +97,7 @@ def test_shared_prompt_pass_equals_whole_rows(cfg):
     _assert_grouped_equals_whole_rows(*_model(cfg))
 
 
-@pytest.mark.parametrize("base", [DENSE, GEMMA4, GEMMA4_MOE], ids=["dense", "gemma4", "gemma4_moe"])
+@pytest.mark.parametrize("base", [DENSE, GEMMA4_MOE], ids=["dense", "gemma4_moe"])
 def test_lora_adapts_both_kinds_of_layer(base):
     """Adapters on q, k, v and o of both stacks (each its own shapes: the full layers' k/v fewer heads, v and o
     the value width; Gemma 4's full layers have no v, their values the adapted keys) and, in Gemma 4's MoE
