@@ -259,6 +259,16 @@ def _assert_same(a: dict, b: dict):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
+def _add_shard(path: Path, tensors: dict[str, tuple[int, ...]]) -> None:
+    """A checkpoint's next file (the first, model.safetensors, renamed as a shard) holding ``tensors`` (ones): the
+    extra modules released checkpoints store beside the model's (multi-token prediction, empty experts)."""
+    if (path / "model.safetensors").exists():
+        (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
+    n = len(list(path.glob("model-*.safetensors"))) + 1
+    write_file(path / f"model-{n:05d}-of-{n:05d}.safetensors", [(k, "F32", v) for k, v in tensors.items()],
+               lambda k: np.ones(tensors[k], np.float32))
+
+
 @pytest.mark.parametrize("name", list(FAMILY_CONFIGS))
 def test_generated_checkpoint_round_trips(tmp_path, name):
     _, params = _save_random(name, tmp_path)
@@ -479,14 +489,10 @@ def test_glm4_moe_multi_token_prediction_layer_is_not_loaded(tmp_path):
     num_hidden_layers) in a file of its own: it loads without it, and a stray tensor inside the stack is
     still an error."""
     _, params = _save_random("glm4_moe", tmp_path)
-    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
-    mtp = {"model.layers.3.eh_proj.weight": (32, 64), "model.layers.3.enorm.weight": (32,)}
-    write_file(tmp_path / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in mtp.items()],
-               lambda n: np.ones(mtp[n], np.float32))
+    _add_shard(tmp_path, {"model.layers.3.eh_proj.weight": (32, 64), "model.layers.3.enorm.weight": (32,)})
     cfg = config_from_hf(tmp_path)
     _assert_same(load_params(tmp_path, create(cfg, abstract=True)[0]), params)
-    write_file(tmp_path / "model-00003-of-00003.safetensors", [("model.layers.2.eh_proj.weight", "F32", (2,))],
-               lambda n: np.ones(2, np.float32))
+    _add_shard(tmp_path, {"model.layers.2.eh_proj.weight": (2,)})
     with pytest.raises(CheckpointError, match="model.layers.2.eh_proj.weight: unexpected tensor"):
         load_params(tmp_path, create(cfg, abstract=True)[0])
 
@@ -581,10 +587,7 @@ def test_hy_v3_released_config_fields(tmp_path):
     assert (config_from_hf(tmp_path).moe.n_shared, config_from_hf(tmp_path).moe.shared_ffn) == (0, BASE["ffn_dim"])
     (tmp_path / "config.json").write_text(json.dumps({**conf, "num_shared_experts": 2,
                                                       "mlp_layer_types": ["dense", "sparse", "sparse", "dense"]}))
-    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
-    mtp = {"model.layers.4.eh_proj.weight": (32, 64), "model.layers.4.mlp.expert_bias": (4,)}
-    write_file(tmp_path / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in mtp.items()],
-               lambda n: np.ones(mtp[n], np.float32))
+    _add_shard(tmp_path, {"model.layers.4.eh_proj.weight": (32, 64), "model.layers.4.mlp.expert_bias": (4,)})
     _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
 
 
@@ -612,14 +615,11 @@ def test_solar_open_and_k_exaone_released_config_fields(tmp_path):
     params = random_params(mdef, 3)
     save_pretrained(mdef, params, out)
     assert json.loads((out / "config.json").read_text())["num_shared_experts"] == 0
-    (out / "model.safetensors").rename(out / "model-00001-of-00002.safetensors")
-    extra = {"mtp.layers.0.eh_proj.weight": (32, 64), "model.layers.1.mlp.shared_experts.gate_proj.weight": (0, 32)}
-    write_file(out / "model-00002-of-00002.safetensors", [(n, "F32", s) for n, s in extra.items()],
-               lambda n: np.ones(extra[n], np.float32))
+    _add_shard(out, {"mtp.layers.0.eh_proj.weight": (32, 64), "model.layers.1.mlp.shared_experts.gate_proj.weight":
+                     (0, 32)})
     cfg = config_from_hf(out)
     _assert_same(load_params(out, create(cfg, abstract=True)[0]), params)
-    write_file(out / "model-00003-of-00003.safetensors", [("model.layers.1.mlp.shared_experts.bias", "F32", (2,))],
-               lambda n: np.ones(2, np.float32))
+    _add_shard(out, {"model.layers.1.mlp.shared_experts.bias": (2,)})
     with pytest.raises(CheckpointError, match="model.layers.1.mlp.shared_experts.bias: unexpected tensor"):
         load_params(out, create(cfg, abstract=True)[0])
 

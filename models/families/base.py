@@ -253,6 +253,23 @@ def llama_like(cfg: TransformerConfig, segs: list[tuple[str, int, int, bool]], *
 # ---------------------------------------------------------------------- config.json helpers
 
 
+def with_defaults(hf: dict, defaults: dict, theta: float | None = None) -> dict:
+    """``hf`` with the reference config class's ``defaults`` for the fields it leaves out or sets to null (as the
+    class fills them in); ``theta``: the reference's rope base when neither ``rope_theta`` nor
+    ``rope_parameters`` names one."""
+    out = {**defaults, **{k: v for k, v in hf.items() if v is not None}}
+    params = out.get("rope_parameters")
+    if theta is not None and "rope_theta" not in out and not (isinstance(params, dict) and "rope_theta" in params):
+        out["rope_theta"] = theta
+    return out
+
+
+def whole_heads(hf: dict, head_dim: int) -> None:
+    """Refuse a partial rotary where the reference rotates whole heads (llama's rotary would not run one)."""
+    if rotary_dims(hf, head_dim):
+        raise ConfigError("config.json: partial_rotary_factor is not supported (the reference rotates whole heads)")
+
+
 def need(hf: dict, key: str):
     if key not in hf or hf[key] is None:
         raise ConfigError(f"config.json: required field {key!r} is missing")

@@ -24,6 +24,7 @@ from .base import (
     mlp_layer_types_to_hf,
     mlp_tensors,
     unsupported_cfg,
+    with_defaults,
 )
 from .exaone4 import attention_from_hf, attention_to_hf
 
@@ -44,7 +45,7 @@ def ignored(name: str, cfg: TransformerConfig) -> bool:
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    hf = with_defaults(hf, DEFAULTS)
     hf, attention = attention_from_hf(hf)
     n = hf["num_hidden_layers"]
     first = hf["first_k_dense_replace"]

@@ -36,6 +36,7 @@ from .base import (
     refuse,
     rope_from_hf,
     unsupported_cfg,
+    with_defaults,
 )
 
 NAME = "gemma4"
@@ -90,7 +91,7 @@ def _full_overrides(hf: dict, types: list[str]) -> dict:
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    hf = with_defaults(hf, DEFAULTS)
     refuse(hf, "use_bidirectional_attention", lambda v: v != "all", "text attending both ways")
     refuse(hf, "attention_bias", lambda v: not v, "attention biases")
     refuse(hf, "hidden_activation", lambda v: v in ("gelu_pytorch_tanh", "gelu_tanh"), "only gelu_pytorch_tanh")

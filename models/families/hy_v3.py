@@ -26,8 +26,9 @@ from .base import (
     mlp_layer_types_to_hf,
     mlp_tensors,
     refuse,
-    rotary_dims,
     unsupported_cfg,
+    whole_heads,
+    with_defaults,
 )
 
 NAME = "hy_v3"
@@ -43,12 +44,9 @@ DEFAULTS = {"num_experts": 192, "num_experts_per_tok": 8, "num_shared_experts": 
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    hf = with_defaults(hf, DEFAULTS, DEFAULT_THETA)
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     refuse(hf, "mlp_bias", lambda v: not v, "MLP projections without biases")
-    params = hf.get("rope_parameters")
-    if "rope_theta" not in hf and not (isinstance(params, dict) and "rope_theta" in params):
-        hf["rope_theta"] = DEFAULT_THETA
     shared = hf["num_shared_experts"]
     if not isinstance(shared, int) or shared < 0:
         raise ConfigError(f"config.json: num_shared_experts={shared!r} is not a non-negative integer")
@@ -60,8 +58,7 @@ def from_hf(hf: dict) -> TransformerConfig:
                     shared_ffn=0 if shared else hf["intermediate_size"],
                     first_dense=first, dense_layers=later, score="sigmoid", norm_topk=True,
                     scaling=float(hf["router_scaling_factor"]), score_bias=True, aux_loss_coef=0.0)
-    if rotary_dims(hf, hf["head_dim"]):  # the reference rotates whole heads (llama's rotary)
-        raise ConfigError("config.json: partial_rotary_factor is not supported (the reference rotates whole heads)")
+    whole_heads(hf, hf["head_dim"])
     bias = bool(hf.get("attention_bias", False))
     return TransformerConfig(**common_from_hf(hf, NAME, qk_norm=True, qkv_bias=bias, out_bias=bias, moe=moe))
 

@@ -33,6 +33,7 @@ from .base import (
     rope_from_hf,
     rotary_dims,
     unsupported_cfg,
+    with_defaults,
 )
 
 NAME = "mimo_v2_flash"
@@ -100,7 +101,7 @@ def _rope(hf: dict, head_dim: int) -> tuple[float, float, int]:
 def from_hf(hf: dict) -> TransformerConfig:
     # the released configs name the norms' epsilon layernorm_epsilon; transformers' rms_norm_eps (1e-5 unless set)
     eps = hf.get("rms_norm_eps") or hf.get("layernorm_epsilon") or 1e-5
-    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    hf = with_defaults(hf, DEFAULTS)
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     n = need(hf, "num_hidden_layers")
     heads, full_kv, head_dim = need(hf, "num_attention_heads"), need(hf, "num_key_value_heads"), hf["head_dim"]

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from ..config import TransformerConfig
 from ..transformer import segments
-from .base import ConfigError, Tensor, common_from_hf, common_to_hf, llama_like, refuse, rotary_dims, unsupported_cfg
+from .base import (
+    Tensor,
+    common_from_hf,
+    common_to_hf,
+    llama_like,
+    refuse,
+    unsupported_cfg,
+    whole_heads,
+    with_defaults,
+)
 from .deepseek_v3 import ignored, moe_from_hf, moe_tensors, moe_to_hf, moe_unsupported
 
 NAME = "solar_open"
@@ -24,13 +33,9 @@ DEFAULTS = {"n_routed_experts": 128, "num_experts_per_tok": 8, "moe_intermediate
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    hf = with_defaults(hf, DEFAULTS, DEFAULT_THETA)
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
-    params = hf.get("rope_parameters")
-    if "rope_theta" not in hf and not (isinstance(params, dict) and "rope_theta" in params):
-        hf["rope_theta"] = DEFAULT_THETA
-    if rotary_dims(hf, hf["head_dim"]):
-        raise ConfigError("config.json: partial_rotary_factor is not supported (the reference rotates whole heads)")
+    whole_heads(hf, hf["head_dim"])
     # every layer routes (the format has no dense layers); the dense width is never used
     moe = moe_from_hf({**hf, "first_k_dense_replace": 0})
     hf = {"intermediate_size": hf["moe_intermediate_size"], **hf}
