@@ -77,9 +77,8 @@ def _rope(hf: dict, head_dim: int) -> tuple[float, float, int]:
     """(full layers' rope base, sliding layers' base, rotary dims) from either layout."""
     params = hf.get("rope_parameters")
     if isinstance(params, dict) and set(params) & set(THETAS):
-        per = {k: {"rope_type": "default", "rope_theta": THETAS[k], "partial_rotary_factor": PARTIAL, **params.get(k)}
-               for k in THETAS if params.get(k) is not None}
-        per = {k: per.get(k, {"rope_theta": THETAS[k], "partial_rotary_factor": PARTIAL}) for k in THETAS}
+        per = {k: {"rope_type": "default", "rope_theta": THETAS[k], "partial_rotary_factor": PARTIAL,
+                   **(params.get(k) or {})} for k in THETAS}
         dims = {k: rotary_dims({"rope_parameters": per[k]}, head_dim) for k in THETAS}
         if dims["full_attention"] != dims["sliding_attention"]:
             raise ConfigError("config.json: rope_parameters gives the full and sliding layers different "
@@ -108,7 +107,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     # the released config's sliding-layer fields, where they are given, must be what the format builds
     swa = {"swa_num_attention_heads": heads, "swa_head_dim": head_dim, "swa_v_head_dim": hf["v_head_dim"]}
     for key, want in swa.items():
-        refuse(hf, key, lambda v, want=want: v == want, f"{want}, as the full layers' (the reference builds that)")
+        refuse(hf, key, lambda v, want=want: v == want, f"the full layers' {want}: the reference builds both kinds so")
     kv = hf.get("swa_num_key_value_heads") or 2 * full_kv  # the reference: twice the full layers' heads
     if heads % kv or heads % full_kv:
         raise ConfigError(f"config.json: key/value heads ({full_kv} full, {kv} sliding) must divide the {heads} "
@@ -122,7 +121,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     types = _layer_types(hf, n)
     theta, local_theta, rope_dim = _rope(hf, head_dim)
     mlp = hf.get("mlp_layer_types")
-    if not mlp and hf.get("moe_layer_freq") is not None and isinstance(hf["moe_layer_freq"], list):  # 1: MoE
+    if not mlp and hf.get("moe_layer_freq") is not None:  # released: 1 routed, 0 dense, per layer
         mlp = ["sparse" if f else "dense" for f in _binary_list(hf, "moe_layer_freq", n)]
     first, later = mlp_layer_types_from_hf({**hf, "mlp_layer_types": mlp})
     moe = deepseek_v3.moe_from_hf({**hf, "n_shared_experts": 0, "first_k_dense_replace": first})
