@@ -243,7 +243,7 @@ class MoE(nnx.Module):
         e, f = mc.n_experts, mc.ffn_dim
         width = mc.latent_dim or d_model  # the experts' input/output width
         self.mc, self.dtype, self.activation, self.glu_args = mc, dtype, activation, tuple(glu_args)
-        self.mc_eps = norm_eps  # (the router's norm: ``mc.router_norm``)
+        self.router_eps = norm_eps  # (the router input's norm: ``mc.router_norm``)
         # The router stays float32 whatever the parameter dtype: its logits decide discrete choices.
         self.router = param(rngs, (d_model, e), ("embed", None), d_model, jnp.float32)
         self.router_bias = zeros((e,), (None,), jnp.float32) if mc.router_bias else None
@@ -286,7 +286,7 @@ class MoE(nnx.Module):
         flat = x.reshape(b * t, d)
         rx = (flat if router_x is None else router_x.reshape(b * t, d)).astype(jnp.float32)
         if self.router_scale is not None:  # Gemma 4: RMS-normalised, a learned scale, d ** -0.5
-            rx = rx * jax.lax.rsqrt(jnp.mean(rx * rx, axis=-1, keepdims=True) + self.mc_eps)
+            rx = rx * jax.lax.rsqrt(jnp.mean(rx * rx, axis=-1, keepdims=True) + self.router_eps)
             rx = rx * self.router_scale[...] * d**-0.5
         logits = rx @ self.router[...]
         if self.router_bias is not None:
