@@ -199,8 +199,8 @@ class Block(nnx.Module):
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
-        # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it;
-        # a weight decay, when set, shrinks it as it does every parameter)
+        # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it,
+        # and the optimizer's weight decay leaves it alone: algorithms.steps.NO_DECAY)
         self.layer_scalar = nnx.Param(jnp.ones((1,), pd), axes=(None,)) if cfg.layer_scalar else None
         # a parallel block (Cohere) runs its MLP on the attention's normed input: no norm of its own
         self.parallel_block = cfg.parallel_block

@@ -54,6 +54,19 @@ class Optimizer(NamedTuple):
     adam: AdamHyper | None = None
 
 
+# Parameters that hold values rather than learn them (no gradient reaches them): Gemma 4's per-layer output
+# scales and DeepSeek's expert selection biases. A weight decay leaves them alone, as the references' buffers.
+NO_DECAY = frozenset({"layer_scalar", "score_bias"})
+
+
+def decays(params: Any) -> Any:
+    """Per leaf of ``params``: does a weight decay apply to it (everything but the ``NO_DECAY`` values)?"""
+    def leaf(path, _):
+        return getattr(path[-1], "key", None) not in NO_DECAY if path else True
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+
 def make_optimizer(ocfg: OptimizerConfig, total_steps: int) -> Optimizer:
     if ocfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, ocfg.lr, max(ocfg.warmup_steps, 0), max(total_steps, 1))
@@ -62,7 +75,7 @@ def make_optimizer(ocfg: OptimizerConfig, total_steps: int) -> Optimizer:
     else:
         lr = ocfg.lr
     if ocfg.name == "adamw":
-        opt = optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
+        opt = optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay, mask=decays)
         return Optimizer(opt.init, opt.update, AdamHyper(ocfg.b1, ocfg.b2, ocfg.eps, ocfg.weight_decay, lr))
     if ocfg.name == "adam":
         opt = optax.adam(lr, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps)
@@ -162,7 +175,7 @@ def _updated(tx, grads, opt_state, params, ok: jax.Array):
         nu_hat = optax.tree.bias_correction(nu, hp.b2, adam.count)
         u = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + hp.eps), mu_hat, nu_hat)  # scale_by_adam
         if hp.weight_decay is not None and hp.weight_decay != 0.0:  # add_decayed_weights
-            u = jax.tree.map(lambda g, w: g + hp.weight_decay * w, u, p)
+            u = jax.tree.map(lambda g, w, on: g + hp.weight_decay * w if on else g, u, p, decays(p))
         lr = hp.lr
         if callable(lr):  # scale_by_schedule at the count before this update (the chain's last state)
             size = -1 * lr(opt_state[-1].count)
