@@ -48,7 +48,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification",
     "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification", "SolarOpenForSequenceClassification",
     "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification", "Gemma4ForSequenceClassification",
-    "Cohere2ForSequenceClassification"})
+    "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

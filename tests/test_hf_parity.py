@@ -392,6 +392,16 @@ CASES = {
                                            layer_types=["full_attention", "sliding_attention"],
                                            tie_word_embeddings=False,
                                            rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
+    # Trinity: q/k norms and an output gate, rotary in the sliding layers only (every fourth full), sandwich norms,
+    # sigmoid routing with the selection bias and route_scale beside a shared expert after a dense layer,
+    # embeddings times sqrt(d); then no dense layer, two shared experts, the layer kinds named, plain embeddings
+    "afmoe": ("AfmoeConfig", dict(num_hidden_layers=4, head_dim=16, sliding_window=5, num_experts=8,
+                                  num_experts_per_tok=2, moe_intermediate_size=32, num_shared_experts=1,
+                                  route_scale=2.5, mup_enabled=True)),
+    "afmoe_plain": ("AfmoeConfig", dict(head_dim=24, sliding_window=4, num_dense_layers=0, num_experts=4,
+                                        num_experts_per_tok=3, moe_intermediate_size=24, num_shared_experts=2,
+                                        layer_types=["full_attention", "sliding_attention"],
+                                        tie_word_embeddings=True)),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -571,7 +581,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
-                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias"])
+                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -602,7 +612,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
                                   "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
-                                  "cohere2_bias"])
+                                  "cohere2_bias", "afmoe", "afmoe_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (
+    afmoe,
     bamba,
     cohere2,
     deepseek_v2,
@@ -63,7 +64,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       qwen3_5, qwen3_5_moe, qwen3_next, lfm2, bamba,
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
-                                                      solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2)}
+                                                      solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
+                                                      afmoe)}
 FAMILIES["mistral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
