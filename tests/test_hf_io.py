@@ -436,8 +436,9 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("hunyuan_moe", {"moe_intermediate_size": [24, 24]}, "moe_intermediate_size=.* differs from intermediate_size"),
     ("hunyuan_moe", {"num_shared_expert": [2, 2]}, "num_shared_expert"),
     ("hunyuan", {"use_cla": True}, "use_cla"),
-    ("hunyuan", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
-     "rope_type='dynamic' is not supported"),
+    ("hunyuan", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4,
+                                     "original_max_position_embeddings": 16}},
+     "original_max_position_embeddings=16 is not supported with rope_type 'dynamic'"),
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers must list 0 or 1 for each of the 3 layers"),
     ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval=0"),
     ("glm4_moe", {"hidden_act": "gelu"}, "hidden_act"),
@@ -699,6 +700,26 @@ def test_cohere2_released_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
     cfg = config_from_hf(tmp_path)
     assert not any(cfg.sliding_layers) and cfg.nope_layers == (0, 1, 2, 3)
+
+
+def test_internlm3_released_config_fields(tmp_path):
+    """InternLM3's config.json as released: ``qkv_bias`` / ``bias`` for the attention and MLP biases, no head_dim
+    (128, its config class's default, not hidden / heads), dynamic NTK rope (the plain rotary within the context;
+    scaling that would start inside it is refused)."""
+    conf = {"model_type": "internlm3", "architectures": ["InternLM3ForCausalLM"], "vocab_size": 64, "hidden_size": 512,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "max_position_embeddings": 32768, "qkv_bias": False, "bias": False, "rope_theta": 5e7,
+            "rope_scaling": {"type": "dynamic", "factor": 6.0}}
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert (cfg.family, cfg.head_dim, cfg.qkv_bias) == ("llama", 128, False)
+    assert (cfg.rope_theta, cfg.rope_scaling) == (5e7, None)
+    for edit, match in (({"qkv_bias": True, "bias": True}, "mlp_bias=True"),
+                        ({"rope_scaling": {"type": "dynamic", "factor": 6.0, "original_max_position_embeddings": 4096}},
+                         "original_max_position_embeddings=4096")):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
 
 
 def test_fused_pieces_across_sharded_files(tmp_path):

@@ -402,6 +402,10 @@ CASES = {
                                         num_experts_per_tok=3, moe_intermediate_size=24, num_shared_experts=2,
                                         layer_types=["full_attention", "sliding_attention"],
                                         tie_word_embeddings=True)),
+    # InternLM3 (run as Llama by transformers): biases on all four projections and the MLP's as released
+    # (qkv_bias, bias: here off, as the reference allows them only together), dynamic NTK rope within the context
+    "internlm3": ("InternLM3Config", {"head_dim": 16, "rope_parameters": {"rope_type": "dynamic", "factor": 6.0,
+                                                                          "rope_theta": 5e7}}),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -581,7 +585,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
-                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe"])
+                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -612,7 +616,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
                                   "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
-                                  "cohere2_bias", "afmoe", "afmoe_plain"])
+                                  "cohere2_bias", "afmoe", "afmoe_plain", "internlm3"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

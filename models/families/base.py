@@ -298,6 +298,13 @@ def rope_from_hf(hf: dict, layer_type: str | None = None) -> tuple[float, dict |
             scaling.pop("partial_rotary_factor", None)  # a family reads it (TransformerConfig.rope_dim)
         if kind == "dynamic" and scaling.get("alpha"):  # a fixed alpha: static frequencies (Hunyuan)
             return theta, {"rope_type": "ntk_alpha", "alpha": float(scaling["alpha"])}
+        if kind == "dynamic":  # dynamic NTK turns its base up only for sequences past max_position_embeddings, the
+            # context a checkpoint's runs are held to (model.max_seq_len): within it, the plain rotary exactly
+            orig = scaling.get("original_max_position_embeddings")
+            if orig is not None and orig != hf.get("max_position_embeddings"):
+                raise ConfigError(f"config.json: {field}.original_max_position_embeddings={orig!r} is not supported "
+                                  "with rope_type 'dynamic' (the scaling would start inside the model's context)")
+            return theta, None
         if kind not in SUPPORTED:
             raise ConfigError(f"config.json: {field}.rope_type={kind!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED)})")

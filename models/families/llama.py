@@ -1,6 +1,8 @@
 """Llama 3 / 3.1 / 3.2 (and Mistral, which is Llama with an optional uniform sliding window). A Llama config's
 ``attention_bias`` puts biases on all four attention projections (some Llama-architecture checkpoints have
-them)."""
+them). InternLM3 (``model_type`` internlm3: InternLM3-8B-Instruct, with its deep-thinking mode) is Llama as
+transformers runs it: its released ``qkv_bias`` / ``bias`` switches are ``attention_bias`` / ``mlp_bias``, its head
+size 128 unless the config says otherwise."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from .base import (
 )
 
 NAME = "llama"
-MODEL_TYPES = ("llama", "mistral")
+MODEL_TYPES = ("llama", "mistral", "internlm3")
 ARCHITECTURE = "LlamaForCausalLM"
 
 
 def from_hf(hf: dict) -> TransformerConfig:
+    if hf.get("model_type") == "internlm3":  # (its config class's attribute names and default head size)
+        hf = {"head_dim": 128, "attention_bias": hf.get("qkv_bias", False), "mlp_bias": hf.get("bias", False), **hf}
     refuse(hf, "mlp_bias", lambda v: not v, "MLP biases")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     name = "mistral" if hf.get("model_type") == "mistral" else NAME
