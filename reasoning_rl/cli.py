@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             from reasoning_rl.stages.common import exit_on_next_ctrl_c
 
             exit_on_next_ctrl_c()
+        if rc != 0:
+            _quiet_teardown()
         return rc
     except KeyboardInterrupt:  # Ctrl-C outside a stage's step loop (start-up, compiling, evaluation)
         import signal
@@ -298,7 +300,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))  # another one: no clean-up traceback
         print("interrupted (Ctrl-C) outside the training steps (start-up, compiling or evaluation); "
               "--resume continues from the last complete checkpoint", file=sys.stderr)
+        _quiet_teardown()
         return EXIT_INTERRUPTED
+
+
+def _quiet_teardown() -> None:
+    """After the one line that says why a run stopped, nothing more: warnings raised while the interpreter tears
+    down what the failure abandoned (an aborted asynchronous save's coroutine, a writer's unclosed file) would
+    print after it, and a log's last line would no longer be the cause and its fix."""
+    import warnings
+
+    warnings.simplefilter("ignore")
 
 
 def _main(argv: list[str] | None) -> int:

@@ -71,8 +71,9 @@ def _model_type(d):
 
 def _option(d):
     conf = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**conf, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}))
-    return d / "config.json", "rope_scaling.rope_type='dynamic' is not supported"
+    (d / "config.json").write_text(json.dumps({**conf, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0,
+                                                                          "original_max_position_embeddings": 7}}))
+    return d / "config.json", "rope_scaling.original_max_position_embeddings=7 is not supported"
 
 
 def _no_tokenizer(d):
@@ -158,6 +159,20 @@ def _one_line_error(capsys, code: int, file: Path, what: str) -> str:
     assert err.startswith(f"input error: {file}: "), err
     assert what in err, err
     return err
+
+
+def test_nothing_is_printed_after_the_error_line(good, tmp_path, capsys):
+    """A failed run's last stderr line is its cause and fix: warnings raised after it, while the interpreter tears
+    down what the failure abandoned (an aborted save's coroutine, an unclosed writer), are not printed."""
+    import warnings
+
+    d = tmp_path / "model"
+    shutil.copytree(good, d)
+    _option(d)
+    assert main(["run", str(_config(tmp_path, d)), "--no-progress"]) == 2
+    with warnings.catch_warnings(record=True) as late:
+        warnings.warn("coroutine 'save' was never awaited", RuntimeWarning)
+    assert not late
 
 
 @pytest.mark.parametrize("case", list(BREAK))
