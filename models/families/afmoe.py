@@ -21,6 +21,7 @@ from .base import (
     need,
     outer_tensors,
     refuse,
+    sandwich_tensors,
     unsupported_cfg,
     whole_heads,
     with_defaults,
@@ -72,8 +73,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     embed_multiplier=mup and cfg.embed_multiplier != cfg.d_model ** 0.5,
                     nope_layers=cfg.nope_layers != tuple(i for i, s in enumerate(sliding) if not s),
                     moe=m is None or m.score != "sigmoid" or not m.score_bias or not m.norm_topk or m.n_group > 1
-                    or m.dense_layers != () or m.shared_ffn > 0 or m.shared_gate or m.router_bias or m.expert_bias
-                    or m.latent_dim > 0 or m.beside_dense or m.router_norm or m.expert_scale)
+                    or m.dense_layers != () or m.shared_ffn > 0 or m.shared_gate or m.router_bias or m.expert_bias)
     return {**common_to_hf(cfg, NAME, ARCHITECTURE), "num_dense_layers": m.first_dense, "num_experts": m.n_experts,
             "num_experts_per_tok": m.top_k, "num_shared_experts": m.n_shared, "moe_intermediate_size": m.ffn_dim,
             "route_scale": m.scaling, "mup_enabled": mup, "attention_bias": False,
@@ -85,11 +85,8 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
     pre = "model.layers.{i}"
     for seg, _, _, moe in segments(cfg):
-        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
-                Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_mlp_layernorm.weight"),
-                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_mlp_layernorm.weight"),
-                Tensor((seg, "attn", "q_gate"), f"{pre}.self_attn.gate_proj.weight", "t1")]
+        out += sandwich_tensors(seg, ("pre_mlp_layernorm", "post_mlp_layernorm"))
+        out.append(Tensor((seg, "attn", "q_gate"), f"{pre}.self_attn.gate_proj.weight", "t1"))
         out += gqa_tensors(seg, cfg)
         if not moe:
             out += mlp_tensors((seg, "mlp"), PREFIX)

@@ -147,10 +147,11 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def gqa_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.self_attn",
-                bias_always: bool = False) -> list[Tensor]:
+                bias_always: bool = False, values: bool = True) -> list[Tensor]:
     """q/k/v/o projections, their biases and q/k norms. ``bias_always``: the format always has q/k/v biases (Qwen2),
-    so a config without them saves zeros there."""
-    out = [Tensor((seg, "attn", n), f"{prefix}.{n}_proj.weight", "t1") for n in ("q", "k", "v")]
+    so a config without them saves zeros there. ``values``: off for layers whose values are their keys' projection
+    (Gemma 4's full layers: no v_proj)."""
+    out = [Tensor((seg, "attn", n), f"{prefix}.{n}_proj.weight", "t1") for n in ("qkv" if values else "qk")]
     out.append(Tensor((seg, "attn", "o"), f"{prefix}.o_proj.weight", "t2"))
     if cfg.out_bias:
         out.append(Tensor((seg, "attn", "o_bias"), f"{prefix}.o_proj.bias"))
@@ -161,6 +162,16 @@ def gqa_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i
     if cfg.qk_norm:
         out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{prefix}.{n}_norm.weight") for n in ("q", "k")]
     return out
+
+
+def sandwich_tensors(seg: str, mlp: tuple[str, str] = ("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+                     pre: str = "model.layers.{i}") -> list[Tensor]:
+    """The four norms of a layer normed before and after attention and MLP (Gemma's names by default; ``mlp``:
+    the MLP's two, e.g. Trinity's pre/post_mlp_layernorm)."""
+    return [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
+            Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
+            Tensor((seg, "mlp_norm", "scale"), f"{pre}.{mlp[0]}.weight"),
+            Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.{mlp[1]}.weight")]
 
 
 def mlp_tensors(path: tuple[str, ...], prefix: str, names=("gate_proj", "up_proj", "down_proj")) -> list[Tensor]:

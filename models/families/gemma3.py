@@ -18,6 +18,7 @@ from .base import (
     mlp_tensors,
     outer_tensors,
     refuse,
+    sandwich_tensors,
     unsupported_cfg,
 )
 
@@ -85,9 +86,5 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
     pre = "model.layers.{i}"
     for seg, *_ in segments(cfg):
-        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
-                Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_feedforward_layernorm.weight"),
-                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight")]
-        out += gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), f"{pre}.mlp")
+        out += sandwich_tensors(seg) + gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), f"{pre}.mlp")
     return out

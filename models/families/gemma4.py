@@ -30,11 +30,13 @@ from .base import (
     common_from_hf,
     common_to_hf,
     every_nth_full,
+    gqa_tensors,
     mlp_tensors,
     need,
     outer_tensors,
     refuse,
     rope_from_hf,
+    sandwich_tensors,
     unsupported_cfg,
     with_defaults,
 )
@@ -159,15 +161,8 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
     pre = "model.layers.{i}"
     for seg, _, _, moe in segments(cfg):
-        out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
-                Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                Tensor((seg, "mlp_norm", "scale"), f"{pre}.pre_feedforward_layernorm.weight"),
-                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight"),
-                Tensor((seg, "layer_scalar"), f"{pre}.layer_scalar")]
-        projections = "qk" if cfg.full_k_eq_v and seg.startswith("full_") else "qkv"
-        out += [Tensor((seg, "attn", n), f"{pre}.self_attn.{n}_proj.weight", "t1") for n in projections]
-        out += [Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
-        out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{pre}.self_attn.{n}_norm.weight") for n in ("q", "k")]
+        out += sandwich_tensors(seg) + [Tensor((seg, "layer_scalar"), f"{pre}.layer_scalar")]
+        out += gqa_tensors(seg, cfg, values=not (cfg.full_k_eq_v and seg.startswith("full_")))
         if not moe:
             out += mlp_tensors((seg, "mlp"), f"{pre}.mlp")
             continue

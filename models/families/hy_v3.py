@@ -72,7 +72,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     qkv_bias=cfg.qkv_bias != cfg.out_bias, mla=cfg.mla is not None,
                     sliding_window=cfg.sliding_window > 0, rope_dim=bool(cfg.rope_dim and cfg.rope_dim != cfg.head_dim),
                     moe=not shared_ok or m.score != "sigmoid" or not m.score_bias or not m.norm_topk or m.n_group > 1
-                    or m.shared_gate or m.router_bias or m.expert_bias or m.latent_dim > 0)
+                    or m.shared_gate or m.router_bias or m.expert_bias)
     return {**common_to_hf(cfg, NAME, ARCHITECTURE), "attention_bias": cfg.qkv_bias, "mlp_bias": False,
             "num_experts": m.n_experts, "num_experts_per_tok": m.top_k, "moe_intermediate_size": m.ffn_dim,
             "num_shared_experts": m.n_shared, "router_scaling_factor": m.scaling, "enable_moe_fp32_combine": True,
