@@ -48,7 +48,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "MiniMaxM2ForSequenceClassification", "NemotronHForSequenceClassification", "OlmoeForSequenceClassification",
     "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification", "SolarOpenForSequenceClassification",
     "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification", "Gemma4ForSequenceClassification",
-    "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification"})
+    "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification", "MiniCPM5MoeForSequenceClassification",
+    "Dots1ForSequenceClassification", "YoutuForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -229,6 +229,18 @@ FAMILY_CONFIGS = {
                                  layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,)),
     # Trinity: gated attention with q/k norms, rotary sliding layers and a full one without, sandwich norms,
     # sigmoid routing with the selection bias beside a shared expert after a dense layer, embeddings times sqrt(d)
+    "minicpm5_moe": TransformerConfig(**{**BASE, "n_layers": 4}, family="minicpm5_moe", attn_gate=True,
+                                      rope_theta=5e6, moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1,
+                                                                    first_dense=1, dense_layers=(2,), score="sigmoid",
+                                                                    scaling=3.66, score_bias=True, aux_loss_coef=0.0)),
+    "dots1": TransformerConfig(**{**BASE, "n_layers": 3}, family="dots1", qk_norm=True, qkv_bias=True, out_bias=True,
+                               sliding_window=8, layer_types=("full", "sliding", "sliding"),
+                               moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=2, first_dense=1,
+                                             score="sigmoid", scaling=2.5, score_bias=True, aux_loss_coef=0.0)),
+    "youtu": TransformerConfig(**{**BASE, "n_kv_heads": 4, "tie_embeddings": True}, family="youtu",
+                               mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6)),
+    "ministral": TransformerConfig(**{**BASE, "n_layers": 3}, family="ministral", sliding_window=8,
+                                   layer_types=("sliding", "full", "sliding")),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -465,6 +477,12 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("cohere2", {"layer_types": ["full_attention"] * 3}, "layer_types must name"),
     ("afmoe", {"num_dense_layers": 4}, "num_dense_layers=4 leaves no MoE layer"),
     ("afmoe", {"attention_bias": True}, "attention_bias"),
+    ("minicpm5_moe", {"attention_bias": True}, "attention_bias"),
+    ("minicpm5_moe", {"mlp_layer_types": ["dense", "sparse"]}, "mlp_layer_types must name"),
+    ("dots1", {"hidden_act": "gelu"}, "hidden_act"),
+    ("dots1", {"partial_rotary_factor": 0.5}, "partial_rotary_factor is not supported"),
+    ("youtu", {"mlp_bias": True}, "mlp_bias"),
+    ("youtu", {"attention_bias": True}, "attention_bias"),
     ("hy_v3", {"mlp_bias": True}, "mlp_bias"),
     ("hy_v3", {"num_shared_experts": -1}, "num_shared_experts=-1"),
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
@@ -700,6 +718,37 @@ def test_cohere2_released_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
     cfg = config_from_hf(tmp_path)
     assert not any(cfg.sliding_layers) and cfg.nope_layers == (0, 1, 2, 3)
+
+
+def test_minicpm5_moe_released_config_fields(tmp_path):
+    """MiniCPM5-MoE's config.json may leave out what its reference class fills in (the rope base 5e6, the routing
+    fields, head_dim 128 rather than hidden / heads); an older config names its leading dense layers with
+    ``first_k_dense_replace`` instead of ``mlp_layer_types`` (one when neither is there), as the reference reads it;
+    ``use_gated_attention: false`` is refused, as the reference refuses it."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("minicpm5_moe", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("rope_parameters", "rope_theta", "routed_scaling_factor", "n_group", "topk_group", "norm_topk_prob"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert dataclasses.replace(config_from_hf(tmp_path), extra={}) == FAMILY_CONFIGS["minicpm5_moe"]
+    _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
+    conf.pop("mlp_layer_types")
+    for k in (None, 0, 2):
+        edit = {} if k is None else {"first_k_dense_replace": k}
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
+        moe = config_from_hf(tmp_path).moe
+        ref = transformers.MiniCPM5MoeConfig(**{**conf, **edit}).mlp_layer_types
+        assert ref == ["dense" if moe.first_dense > i or i in moe.dense_layers else "sparse" for i in range(4)]
+        assert moe.first_dense == (1 if k is None else k)
+    conf.pop("head_dim")
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert config_from_hf(tmp_path).head_dim == 128
+    for edit, match in (({"use_gated_attention": False}, "use_gated_attention=False"),
+                        ({"first_k_dense_replace": 4}, "first_k_dense_replace=4")):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
 
 
 def test_internlm3_released_config_fields(tmp_path):

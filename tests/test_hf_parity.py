@@ -46,6 +46,9 @@ CASES = {
     "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
     "qwen3": ("Qwen3Config", {"head_dim": 20}),
     "mistral": ("MistralConfig", {"sliding_window": 5, "head_dim": 16}),
+    # Ministral-8B-2410: Mistral with the sliding layers named per layer (here the first full)
+    "ministral": ("MinistralConfig", {"num_hidden_layers": 3, "sliding_window": 5, "head_dim": 16,
+                                      "layer_types": ["full_attention", "sliding_attention", "sliding_attention"]}),
     "gemma3": ("Gemma3TextConfig", {
         "num_hidden_layers": 3, "head_dim": 24, "sliding_window": 4, "query_pre_attn_scalar": 20,
         "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
@@ -406,6 +409,32 @@ CASES = {
     # (qkv_bias, bias: here off, as the reference allows them only together), dynamic NTK rope within the context
     "internlm3": ("InternLM3Config", {"head_dim": 16, "rope_parameters": {"rope_type": "dynamic", "factor": 6.0,
                                                                           "rope_theta": 5e7}}),
+    # MiniCPM5-MoE: a sigmoid output gate per head (q_gate_proj), DeepSeek-V3's grouped sigmoid routing with the
+    # selection bias beside a shared expert, the dense layers named per layer (one after a MoE one); then one
+    # leading dense layer from the older first_k_dense_replace, two shared experts, plain top-k, tied embeddings
+    "minicpm5_moe": ("MiniCPM5MoeConfig", dict(
+        num_hidden_layers=4, head_dim=16, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+        n_group=2, topk_group=1, n_shared_experts=1, routed_scaling_factor=2.5,
+        mlp_layer_types=["dense", "sparse", "dense", "sparse"])),
+    "minicpm5_moe_legacy": ("MiniCPM5MoeConfig", dict(
+        num_hidden_layers=3, head_dim=24, n_routed_experts=4, num_experts_per_tok=3, moe_intermediate_size=24,
+        n_shared_experts=2, norm_topk_prob=False, first_k_dense_replace=1, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 20000.0})),
+    # dots.llm1: Qwen3's attention (q/k norms) over DeepSeek-V3's grouped sigmoid routing with the selection bias
+    # and shared experts after a dense layer, sliding from max_window_layers on; then biases on all four
+    # projections, no dense layer, renormalised top-k, full attention only
+    "dots1": ("Dots1Config", dict(num_hidden_layers=3, head_dim=16, n_routed_experts=8, num_experts_per_tok=2,
+                                  moe_intermediate_size=32, n_group=4, topk_group=2, n_shared_experts=1,
+                                  first_k_dense_replace=1, routed_scaling_factor=2.5, sliding_window=5,
+                                  max_window_layers=1)),
+    "dots1_bias": ("Dots1Config", dict(head_dim=24, attention_bias=True, n_routed_experts=4, num_experts_per_tok=3,
+                                       moe_intermediate_size=24, n_shared_experts=2, norm_topk_prob=True,
+                                       sliding_window=None, tie_word_embeddings=True)),
+    # Youtu-LLM: DeepSeek-V3's latent attention (low-rank queries, interleaved rotary) over dense MLPs, tied
+    # embeddings (the default); then full-rank queries, rotary in halves, its own LM head
+    "youtu": ("YoutuConfig", dict(num_hidden_layers=3, num_key_value_heads=4, **MLA)),
+    "youtu_plain": ("YoutuConfig", dict(**{**MLA, "q_lora_rank": None}, num_key_value_heads=4, rope_interleave=False,
+                                        tie_word_embeddings=False)),
     "glm4_moe_qk_norm": ("Glm4MoeConfig", dict(
         head_dim=16, use_qk_norm=True, partial_rotary_factor=0.75, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, first_k_dense_replace=0, n_shared_experts=2, norm_topk_prob=False,
@@ -585,7 +614,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
-                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3"])
+                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
+                                  "minicpm5_moe", "dots1", "youtu", "ministral"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -616,7 +646,9 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
                                   "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
-                                  "cohere2_bias", "afmoe", "afmoe_plain", "internlm3"])
+                                  "cohere2_bias", "afmoe", "afmoe_plain", "internlm3", "minicpm5_moe",
+                                  "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
+                                  "youtu_plain", "ministral"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -14,6 +14,7 @@ from . import (
     deepseek_v2,
     deepseek_v3,
     deepseek_v32,
+    dots1,
     ernie4_5,
     exaone4,
     exaone_moe,
@@ -33,6 +34,7 @@ from . import (
     lfm2,
     llama,
     mimo_v2_flash,
+    minicpm5_moe,
     minimax_m2,
     ministral3,
     mistral4,
@@ -53,6 +55,7 @@ from . import (
     seed_oss,
     smollm3,
     solar_open,
+    youtu,
 )
 from .base import ConfigError, Tensor
 from .multimodal import WRAPPERS
@@ -65,8 +68,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
-                                                      afmoe)}
-FAMILIES["mistral"] = llama
+                                                      afmoe, minicpm5_moe, dots1, youtu)}
+FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 

@@ -9,7 +9,7 @@ batch-level one."""
 
 from __future__ import annotations
 
-from ..config import MLAConfig, MoEConfig, TransformerConfig
+from ..config import MoEConfig, TransformerConfig
 from . import deepseek_v3
 from .base import ConfigError, Tensor, common_from_hf, common_to_hf, need, refuse, unsupported_cfg
 
@@ -40,12 +40,8 @@ def from_hf(hf: dict) -> TransformerConfig:
                     first_dense=int(hf.get("first_k_dense_replace") or 0),
                     score="softmax", norm_topk=False, scaling=float(hf.get("routed_scaling_factor", 1.0)),
                     n_group=n_group, topk_group=topk_group, group_score="max", aux_loss_coef=0.0)
-    mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=need(hf, "kv_lora_rank"),
-                    qk_nope_dim=need(hf, "qk_nope_head_dim"), qk_rope_dim=need(hf, "qk_rope_head_dim"),
-                    v_dim=need(hf, "v_head_dim"), rope_interleave=True)
-    heads = need(hf, "num_attention_heads")
-    return TransformerConfig(**common_from_hf(hf, NAME, n_kv_heads=heads, head_dim=mla.qk_nope_dim + mla.qk_rope_dim,
-                                              mla=mla, moe=moe))
+    mla = deepseek_v3.mla_from_hf({**hf, "rope_interleave": True})
+    return TransformerConfig(**common_from_hf(hf, NAME, **mla, moe=moe))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:

@@ -32,12 +32,21 @@ def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "scoring_func", lambda v: v == "sigmoid", "only sigmoid routing scores")
     refuse(hf, "topk_method", lambda v: v == "noaux_tc", "only noaux_tc grouped top-k")
     refuse(hf, "moe_layer_freq", lambda v: v == 1, "MoE only every n-th layer")
+    return TransformerConfig(**common_from_hf(hf, NAME, **mla_from_hf(hf), moe=moe_from_hf(hf)))
+
+
+def mla_from_hf(hf: dict) -> dict:
+    """The latent attention's fields as config.json spells them (DeepSeek-V3 and the families running its layers):
+    every head its own key/value, the head size the query/key width."""
     mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=need(hf, "kv_lora_rank"),
                     qk_nope_dim=need(hf, "qk_nope_head_dim"), qk_rope_dim=need(hf, "qk_rope_head_dim"),
                     v_dim=need(hf, "v_head_dim"), rope_interleave=bool(hf.get("rope_interleave", True)))
-    heads = need(hf, "num_attention_heads")
-    return TransformerConfig(**common_from_hf(hf, NAME, n_kv_heads=heads, head_dim=mla.qk_nope_dim + mla.qk_rope_dim,
-                                              mla=mla, moe=moe_from_hf(hf)))
+    return {"n_kv_heads": need(hf, "num_attention_heads"), "head_dim": mla.qk_nope_dim + mla.qk_rope_dim, "mla": mla}
+
+
+def mla_to_hf(a: MLAConfig) -> dict:
+    return {"q_lora_rank": a.q_lora_rank or None, "kv_lora_rank": a.kv_lora_rank, "qk_nope_head_dim": a.qk_nope_dim,
+            "qk_rope_head_dim": a.qk_rope_dim, "v_head_dim": a.v_dim, "rope_interleave": a.rope_interleave}
 
 
 def moe_from_hf(hf: dict, first_dense_default: int = 0) -> MoEConfig:
@@ -77,31 +86,32 @@ def to_hf(cfg: TransformerConfig) -> dict:
     unsupported_cfg(cfg, NAME, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, mla=a is None, moe=moe_unsupported(m))
     out = common_to_hf(cfg, "deepseek_v3", ARCHITECTURE)
     del out["head_dim"]
-    out.update(
-        q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank, qk_nope_head_dim=a.qk_nope_dim,
-        qk_rope_head_dim=a.qk_rope_dim, v_head_dim=a.v_dim, rope_interleave=a.rope_interleave,
-        **moe_to_hf(m), num_nextn_predict_layers=0)
+    out.update(**mla_to_hf(a), **moe_to_hf(m), num_nextn_predict_layers=0)
     return out
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     segs = segments(cfg)
     out = llama_like(cfg, segs, attention=False)
-    pre = "model.layers.{i}"
     for seg, _, _, moe in segs:
-        if cfg.mla.q_lora_rank:
-            out += [Tensor((seg, "attn", "q_a"), f"{pre}.self_attn.q_a_proj.weight", "t1"),
-                    Tensor((seg, "attn", "q_norm", "scale"), f"{pre}.self_attn.q_a_layernorm.weight"),
-                    Tensor((seg, "attn", "q_b"), f"{pre}.self_attn.q_b_proj.weight", "t1")]
-        else:
-            out.append(Tensor((seg, "attn", "q"), f"{pre}.self_attn.q_proj.weight", "t1"))
-        out += [Tensor((seg, "attn", "kv_a"), f"{pre}.self_attn.kv_a_proj_with_mqa.weight", "t1"),
-                Tensor((seg, "attn", "kv_norm", "scale"), f"{pre}.self_attn.kv_a_layernorm.weight"),
-                Tensor((seg, "attn", "kv_b"), f"{pre}.self_attn.kv_b_proj.weight", "t1"),
-                Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
+        out += mla_tensors(seg, cfg)
         if moe:
-            out += moe_tensors(seg, cfg, pre)
+            out += moe_tensors(seg, cfg)
     return out
+
+
+def mla_tensors(seg: str, cfg: TransformerConfig, pre: str = "model.layers.{i}") -> list[Tensor]:
+    """The latent attention's projections and norms under DeepSeek's names."""
+    if cfg.mla.q_lora_rank:
+        out = [Tensor((seg, "attn", "q_a"), f"{pre}.self_attn.q_a_proj.weight", "t1"),
+               Tensor((seg, "attn", "q_norm", "scale"), f"{pre}.self_attn.q_a_layernorm.weight"),
+               Tensor((seg, "attn", "q_b"), f"{pre}.self_attn.q_b_proj.weight", "t1")]
+    else:
+        out = [Tensor((seg, "attn", "q"), f"{pre}.self_attn.q_proj.weight", "t1")]
+    return out + [Tensor((seg, "attn", "kv_a"), f"{pre}.self_attn.kv_a_proj_with_mqa.weight", "t1"),
+                  Tensor((seg, "attn", "kv_norm", "scale"), f"{pre}.self_attn.kv_a_layernorm.weight"),
+                  Tensor((seg, "attn", "kv_b"), f"{pre}.self_attn.kv_b_proj.weight", "t1"),
+                  Tensor((seg, "attn", "o"), f"{pre}.self_attn.o_proj.weight", "t2")]
 
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")

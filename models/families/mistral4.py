@@ -8,7 +8,7 @@ bias; shared experts beside them, dense MLPs in the first ``first_k_dense_replac
 
 from __future__ import annotations
 
-from ..config import MLAConfig, MoEConfig, TransformerConfig
+from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
 from . import deepseek_v3
 from .base import ConfigError, Piece, Tensor, common_from_hf, common_to_hf, need, refuse, unsupported_cfg
@@ -42,12 +42,8 @@ def from_hf(hf: dict) -> TransformerConfig:
                     n_shared=int(hf["n_shared_experts"] or 0), first_dense=int(hf["first_k_dense_replace"] or 0),
                     score="softmax", norm_topk=bool(hf["norm_topk_prob"]), scaling=float(hf["routed_scaling_factor"]),
                     n_group=n_group, topk_group=topk_group, group_score="top2", aux_loss_coef=0.0)
-    mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=need(hf, "kv_lora_rank"),
-                    qk_nope_dim=need(hf, "qk_nope_head_dim"), qk_rope_dim=need(hf, "qk_rope_head_dim"),
-                    v_dim=need(hf, "v_head_dim"), rope_interleave=bool(hf["rope_interleave"]))
-    heads = need(hf, "num_attention_heads")
-    return TransformerConfig(**common_from_hf(hf, NAME, n_kv_heads=heads, head_dim=mla.qk_nope_dim + mla.qk_rope_dim,
-                                              mla=mla, moe=moe), query_length_scale=scale)
+    return TransformerConfig(**common_from_hf(hf, NAME, **deepseek_v3.mla_from_hf(hf), moe=moe),
+                             query_length_scale=scale)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
@@ -59,9 +55,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
     out = common_to_hf(cfg, NAME, ARCHITECTURE)
     del out["head_dim"]
     out.update(
-        rope_parameters=scaled_rope_to_hf(cfg, out), q_lora_rank=a.q_lora_rank or None, kv_lora_rank=a.kv_lora_rank,
-        qk_nope_head_dim=a.qk_nope_dim, qk_rope_head_dim=a.qk_rope_dim, v_head_dim=a.v_dim,
-        rope_interleave=a.rope_interleave, n_routed_experts=m.n_experts, num_experts_per_tok=m.top_k,
+        rope_parameters=scaled_rope_to_hf(cfg, out), **deepseek_v3.mla_to_hf(a), n_routed_experts=m.n_experts,
+        num_experts_per_tok=m.top_k,
         moe_intermediate_size=m.ffn_dim, n_shared_experts=m.n_shared, first_k_dense_replace=m.first_dense,
         norm_topk_prob=m.norm_topk, routed_scaling_factor=m.scaling, n_group=m.n_group, topk_group=m.topk_group,
         pad_token_id=None, bos_token_id=None, eos_token_id=None)  # not Mistral's vocabulary's ids
