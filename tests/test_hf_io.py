@@ -751,6 +751,34 @@ def test_minicpm5_moe_released_config_fields(tmp_path):
             config_from_hf(tmp_path)
 
 
+def test_dots1_and_youtu_released_config_fields(tmp_path):
+    """dots.llm1's reference slides from ``max_window_layers`` on whenever ``sliding_window`` is set (its
+    ``use_sliding_window`` unread) and leaves top-k weights unnormalised by default; Youtu-LLM's ties its
+    embeddings and has low-rank queries (1536) unless config.json says otherwise, a null ``q_lora_rank`` being
+    full-rank queries. Each checked against the reference config class."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("dots1", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "norm_topk_prob"):
+        conf.pop(k)
+    conf.update(use_sliding_window=False, max_window_layers=2)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    ref = transformers.Dots1Config(**conf)
+    assert ["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers] == ref.layer_types
+    assert cfg.sliding_layers == (False, False, True) and cfg.moe.norm_topk is ref.norm_topk_prob is False
+    youtu = {"model_type": "youtu", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 40,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4}
+    for edit in ({}, {"q_lora_rank": None, "tie_word_embeddings": False, "rope_interleave": False}):
+        (tmp_path / "config.json").write_text(json.dumps({**youtu, **edit}))
+        cfg, ref = config_from_hf(tmp_path), transformers.YoutuConfig(**youtu, **edit)
+        assert (cfg.mla.q_lora_rank or None, cfg.tie_embeddings, cfg.mla.rope_interleave) == (
+            ref.q_lora_rank, ref.tie_word_embeddings, ref.rope_interleave)
+        assert (cfg.mla.kv_lora_rank, cfg.mla.qk_rope_dim, cfg.mla.qk_nope_dim, cfg.mla.v_dim) == (
+            ref.kv_lora_rank, ref.qk_rope_head_dim, ref.qk_nope_head_dim, ref.v_head_dim)
+    assert config_from_hf(tmp_path).mla.q_lora_rank == 0 and transformers.YoutuConfig(**youtu).q_lora_rank == 1536
+
+
 def test_internlm3_released_config_fields(tmp_path):
     """InternLM3's config.json as released: ``qkv_bias`` / ``bias`` for the attention and MLP biases, no head_dim
     (128, its config class's default, not hidden / heads), dynamic NTK rope (the plain rotary within the context;
