@@ -553,10 +553,16 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe", "olmo3", "seed_oss", "smollm3", "exaone4", "hunyuan_moe",
                                   "granite", "glm4", "glm", "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
                                   "granite4_h", "granite4_h_moe", "lfm2", "bamba", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mistral4", "olmo_hybrid"])
+                                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mistral4", "olmo_hybrid",
+                                  "llama", "qwen3", "qwen3_moe", "mixtral", "glm_moe_dsa", "llama_bias",
+                                  "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
+                                  "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
+                                  "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
-    generated config.json and weights load in transformers with the same logits."""
+    generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
+    long-rope past its original length at these 20 tokens, where one reference forward uses the long factors
+    for every position: ``test_longrope_past_original_length_matches_reference_generation``.)"""
     import sys
     from pathlib import Path
 
