@@ -199,7 +199,8 @@ class TransformerConfig:
     attn_sinks: bool = False  # a learned per-head logit joins every softmax (gpt-oss)
     # Full-attention layers unlike the sliding ones beside them (MiMo-V2-Flash: half the key/value heads and no
     # sinks): their key/value heads (0: n_kv_heads) and, with attn_sinks, whether they have sinks too. Such
-    # layers stack apart (``full_`` stacks); the cache holds the most heads of either kind, each layer its own
+    # layers stack apart (``full_`` stacks); the cache then holds each kind's keys/values in a buffer of its own
+    # shape (``cache_kinds``)
     full_kv_heads: int = 0
     full_sinks: bool = True
     # Gemma 4's full layers: heads of their own size (0: head_dim), values that are the keys' projection itself
@@ -257,11 +258,46 @@ class TransformerConfig:
     @property
     def cache_slots(self) -> tuple[int, ...]:
         """Per layer, its index in its kind's cache: an attention layer's in the KV cache (which holds the
-        attention layers only), a linear-attention layer's in the recurrent states (a parallel layer's index is
-        the same in both: every layer is in each)."""
+        attention layers only; with ``cache_kinds``, in its kind's buffer), a linear-attention layer's in the
+        recurrent states (a parallel layer's index is the same in both: every layer is in each)."""
         lin = self.linear.layers if self.linear is not None else ()
+        kinds = self.cache_kinds
+        att = {k: tuple(i for i in self.attention_layers if self.cache_kind(i) == k) for k in kinds or (None,)}
+        return tuple(lin.index(i) if i in lin else att[self.cache_kind(i)].index(i) for i in range(self.n_layers))
+
+    @property
+    def cache_kinds(self) -> tuple[str, ...]:
+        """("sliding", "full") when the full-attention layers' keys/values have another shape than the sliding
+        ones' (Gemma 4's fewer and wider heads, MiMo-V2-Flash's fewer heads): the cache then holds each kind in
+        a buffer of its own shape (``KVCache.k`` a dict by kind), so neither pays for the other's; () otherwise
+        (one buffer for every attention layer)."""
+        if not self.split_full or self.mla is not None:
+            return ()
         att = self.attention_layers
-        return tuple(lin.index(i) if i in lin else att.index(i) for i in range(self.n_layers))
+        shapes = {self.kv_shape_of(k) for k in ("sliding", "full")
+                  if any(self.sliding_layers[i] == (k == "sliding") for i in att)}
+        return ("sliding", "full") if len(shapes) > 1 else ()
+
+    def cache_kind(self, layer: int) -> str | None:
+        """Layer ``layer``'s buffer in the cache: its kind with ``cache_kinds``, else None (the one buffer)."""
+        if not self.cache_kinds:
+            return None
+        return "sliding" if self.sliding_layers[layer] else "full"
+
+    def stack_cache_kind(self, stack: str) -> str | None:
+        """The cache buffer of a layer stack's layers (with ``cache_kinds`` the full stacks' are apart)."""
+        if not self.cache_kinds:
+            return None
+        return "full" if stack.startswith("full_") else "sliding"
+
+    def kv_shape_of(self, kind: str | None) -> tuple[int, int, int, int]:
+        """(K_k, D_k, K_v, D_v) of one kind's layers ("sliding" or "full"), or None: the cache's one buffer."""
+        if kind is None:
+            return self.kv_shape
+        full = kind == "full"
+        kv = self.full_kv_heads if full and self.full_kv_heads else self.n_kv_heads
+        d = self.full_head_dim if full and self.full_head_dim else self.head_dim
+        return kv, d, kv, self.v_head_dim or d
 
     @property
     def split_full(self) -> bool:
@@ -270,25 +306,14 @@ class TransformerConfig:
         return ((self.full_kv_heads not in (0, self.n_kv_heads)) or (self.attn_sinks and not self.full_sinks)
                 or self.full_head_dim not in (0, self.head_dim) or self.full_k_eq_v)
 
-    def layer_kv_heads(self, layer: int) -> int:
-        """Key/value heads of attention layer ``layer``."""
-        full = not self.sliding_layers[layer]
-        return self.full_kv_heads if full and self.full_kv_heads else self.n_kv_heads
-
-    def layer_head_dim(self, layer: int) -> int:
-        """Query/key head size of attention layer ``layer``."""
-        full = not self.sliding_layers[layer]
-        return self.full_head_dim if full and self.full_head_dim else self.head_dim
-
     @property
     def kv_shape(self) -> tuple[int, int, int, int]:
-        """Per-slot cache entry shapes (K_k, D_k, K_v, D_v). MLA caches its latent and its rotary key (then, with
-        sparse attention, the indexer's key). Layers of fewer key/value heads, or narrower heads, than the cache
-        holds (``full_kv_heads``, ``full_head_dim``) use its leading ones."""
+        """Per-slot cache entry shapes (K_k, D_k, K_v, D_v) of the cache's one buffer (with ``cache_kinds``, the
+        largest of each: ``kv_shape_of`` gives each kind's). MLA caches its latent and its rotary key (then, with
+        sparse attention, the indexer's key)."""
         if self.mla is not None:
             m = self.mla
             return 1, m.kv_lora_rank, 1, m.qk_rope_dim + (m.index_dim if m.index_topk else 0)
-        att = self.attention_layers or (0,)
-        kv = max(self.layer_kv_heads(i) for i in att)
-        d = max(self.layer_head_dim(i) for i in att)
+        shapes = [self.kv_shape_of("sliding" if self.sliding_layers[i] else "full") for i in self.attention_layers]
+        kv, d = (max(s[j] for s in shapes or [(self.n_kv_heads, self.head_dim)]) for j in (0, 1))
         return kv, d, kv, self.v_head_dim or d

@@ -58,7 +58,13 @@ class KVCache:
     With linear-attention layers (``cfg.linear``), k/v hold the attention layers only (L of them, in model
     order: ``cfg.cache_slots``) and each linear layer keeps its row's last convolution inputs ``conv``
     [L_lin, B, K - 1, C] and recurrent ``state`` [L_lin, B, Hv, dk, dv] (float32): a row's state after its valid
-    tokens, whatever its slots (``models/layers/gated_deltanet``)."""
+    tokens, whatever its slots (``models/layers/gated_deltanet``).
+
+    With ``cfg.cache_kinds`` (full-attention layers whose keys/values differ in shape from the sliding ones':
+    Gemma 4, MiMo-V2-Flash), k and v are dicts by kind, {"sliding": [L_s, ...], "full": [L_f, ...]}, each of its
+    layers' own shape (a layer's index in its kind's buffer: ``cfg.cache_slots``): one buffer as wide as the widest
+    layer would cost Gemma 4 twice its sliding layers' size and four times its full layers'. Whatever maps every
+    buffer alike takes both (``jax.tree.map``); a layer stack runs on its kind's (``cfg.stack_cache_kind``)."""
 
     k: jax.Array
     v: jax.Array
@@ -70,10 +76,17 @@ class KVCache:
     @classmethod
     def empty(cls, cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVCache:
         dtype = dtype or cfg.jnp_dtype
-        kk, kd, vk, vd = cfg.kv_shape
-        n = len(cfg.attention_layers)
-        k = jnp.zeros((n, batch, kk, size, kd), dtype)
-        v = jnp.zeros((n, batch, vk, size, vd), dtype)
+
+        def buffers(kind):
+            kk, kd, vk, vd = cfg.kv_shape_of(kind)
+            n = sum(cfg.cache_kind(i) == kind for i in cfg.attention_layers)
+            return jnp.zeros((n, batch, kk, size, kd), dtype), jnp.zeros((n, batch, vk, size, vd), dtype)
+
+        if cfg.cache_kinds:
+            bufs = {kind: buffers(kind) for kind in cfg.cache_kinds}
+            k, v = ({kind: b[j] for kind, b in bufs.items()} for j in (0, 1))
+        else:
+            k, v = buffers(None)
         conv = state = None
         if cfg.linear is not None:
             lin = cfg.linear
@@ -98,8 +111,8 @@ class KVCache:
         if g == 1:
             return self
         rec = tuple(jnp.repeat(a, g, axis=1) for a in self.recurrent())
-        return KVCache(jnp.repeat(self.k, g, axis=1), jnp.repeat(self.v, g, axis=1),
-                       jnp.repeat(self.valid, g, axis=0), None, *rec)
+        k, v = (jax.tree.map(lambda a: jnp.repeat(a, g, axis=1), x) for x in (self.k, self.v))
+        return KVCache(k, v, jnp.repeat(self.valid, g, axis=0), None, *rec)
 
     def grow(self, size: int) -> KVCache:
         """The contiguous cache with ``size`` slots, the new ones empty."""
@@ -111,14 +124,15 @@ class KVCache:
             return self.with_kv(tuple(jnp.pad(a, kv) for a in self.k), tuple(jnp.pad(a, kv) for a in self.v),
                                 jnp.pad(self.valid, ((0, 0), (0, pad))))
         kv = [(0, 0)] * 3 + [(0, pad), (0, 0)]
-        return self.with_kv(jnp.pad(self.k, kv), jnp.pad(self.v, kv), jnp.pad(self.valid, ((0, 0), (0, pad))))
+        k, v = (jax.tree.map(lambda a: jnp.pad(a, kv), x) for x in (self.k, self.v))
+        return self.with_kv(k, v, jnp.pad(self.valid, ((0, 0), (0, pad))))
 
     @property
     def split(self) -> bool:
         """Held as one buffer per layer (``split_layers``) rather than stacked."""
         return isinstance(self.k, tuple)
 
-    def split_layers(self) -> KVCache:
+    def split_layers(self, cfg: TransformerConfig) -> KVCache:
         """The contiguous cache as one [B, K, S, D] buffer per layer (k and v tuples of L arrays).
 
         Why: a layer scan over the stacked cache hands each layer a slice of it, and XLA materialises that
@@ -127,8 +141,14 @@ class KVCache:
         its layers unrolled, each layer writes its token in place and the kernel reads the buffer itself."""
         if self.split or self.table is not None or self.conv is not None:
             return self
-        n = self.k.shape[0]
-        return KVCache(tuple(self.k[i] for i in range(n)), tuple(self.v[i] for i in range(n)), self.valid)
+        return KVCache(*self.layer_buffers(cfg), self.valid)
+
+    def layer_buffers(self, cfg: TransformerConfig) -> tuple[tuple, tuple]:
+        """(k, v): each attention layer's [B, K, S, D] buffer of a contiguous cache, in model order (with
+        ``cfg.cache_kinds``, each from its kind's buffer); ``split_layers`` holds the cache as these."""
+        slots = cfg.cache_slots
+        return tuple(tuple((x if cfg.cache_kind(i) is None else x[cfg.cache_kind(i)])[slots[i]]
+                           for i in cfg.attention_layers) for x in (self.k, self.v))
 
     def layer_kv(self) -> tuple:
         """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table); split (``split_layers``):
@@ -520,11 +540,18 @@ class Transformer(nnx.Module):
             if routes is not None and is_moe:
                 seg_routes = jnp.moveaxis(routes[:, :, off:off + n], 2, 0)  # [n, B, T, k]: scanned over layers
                 off += n
-            seg_prefix = None if prefix is None else (prefix.k[first:first + n], prefix.v[first:first + n])
-            x, kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, kv, index, valid,
-                                         seg_routes, seg_prefix, start,
-                                         layer_states=None if layer_states is None else layer_states[name],
-                                         stack_name=name)
+            kind = self.cfg.stack_cache_kind(name)  # with cache kinds, the run's layers' own buffers
+            seg_prefix = None
+            if prefix is not None:
+                slot = self.cfg.cache_slots[first]
+                seg_prefix = tuple((b if kind is None else b[kind])[slot:slot + n] for b in (prefix.k, prefix.v))
+            picked = kind is not None and kv is not None and isinstance(kv[0], dict)  # (split: per layer already)
+            run_kv = (kv[0][kind], kv[1][kind], *kv[2:]) if picked else kv
+            x, run_kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, run_kv, index,
+                                             valid, seg_routes, seg_prefix, start,
+                                             layer_states=None if layer_states is None else layer_states[name],
+                                             stack_name=name)
+            kv = ({**kv[0], kind: run_kv[0]}, {**kv[1], kind: run_kv[1]}, *run_kv[2:]) if picked else run_kv
             if st is not None:
                 stats.append(st)
         if cache is not None:
@@ -659,7 +686,7 @@ class Transformer(nnx.Module):
             layer_prefix = xs.get("prefix")
             if prompt is not None:  # kv: the prompts' hidden states
                 pmask, prope = pick(prompt["ctx"], xs)
-                kk, kd, vk, vd = self.cfg.kv_shape
+                kk, kd, vk, vd = self.cfg.kv_shape_of(self.cfg.stack_cache_kind(stack_name))
                 b, tp = prompt["valid"].shape
                 dt = self.cfg.jnp_dtype
                 empty = (jnp.zeros((1, b, kk, tp, kd), dt), jnp.zeros((1, b, vk, tp, vd), dt))

@@ -201,19 +201,20 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
     if critics:
         parts["critic"] = max(critics)
     act = (0, 0, 0)
-    kk, kd, vk, vd = mc.kv_shape
     it = np.dtype(mc.jnp_dtype).itemsize
 
     def cache_bytes(rows: int, slots: int) -> int:
-        """Keys/values of the attention layers; a linear-attention layer's row keeps its convolution inputs and
-        its float32 recurrent state instead, the same at any length (``KVCache``)."""
-        n_att = len(mc.attention_layers)
-        cache_k = (n_att, rows, kk, slots, kd)
-        cache_v = (n_att, rows, vk, slots, vd)
-        spec = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_k)
-        spec_v = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), cache_v)
+        """Keys/values of the attention layers (each kind's buffer of its own shape, ``cache_kinds``); a
+        linear-attention layer's row keeps its convolution inputs and its float32 recurrent state instead, the
+        same at any length (``KVCache``)."""
         sizes = dict(mesh.shape)
-        total = _shard_bytes(cache_k, spec, sizes, it) + _shard_bytes(cache_v, spec_v, sizes, it)
+        total = 0
+        for kind in mc.cache_kinds or (None,):
+            kk, kd, vk, vd = mc.kv_shape_of(kind)
+            n_att = sum(mc.cache_kind(i) == kind for i in mc.attention_layers)
+            for shape in ((n_att, rows, kk, slots, kd), (n_att, rows, vk, slots, vd)):
+                spec = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), shape)
+                total += _shard_bytes(shape, spec, sizes, it)
         if mc.linear is not None:
             from reasoning_rl.rollout.sampler import CONV_AXES, STATE_AXES
 

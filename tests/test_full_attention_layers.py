@@ -1,8 +1,8 @@
 """Full-attention layers of their own beside sliding ones: MiMo-V2-Flash's (fewer key/value heads, no sinks;
 values narrower than keys and scaled) and Gemma 4's (wider heads, values that are the keys' projection, normed
-values, proportional rope, stored layer scalars). The full layers stack apart, the cache holds the most
-key/value heads and the widest heads of either kind and each layer its own leading part, and every decode path,
-the trainer's shared prompt pass and LoRA agree with the model run without a cache."""
+values, proportional rope, stored layer scalars). The full layers stack apart, the cache holds each kind's
+keys/values in a buffer of that kind's shape, and every decode path, the trainer's shared prompt pass and LoRA
+agree with the model run without a cache."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _model(cfg, seed=5):
 
 
 @pytest.mark.parametrize("cfg", [MOE, DENSE, GEMMA4, GEMMA4_MOE], ids=["moe", "dense", "gemma4", "gemma4_moe"])
-def test_full_layers_stack_apart_and_the_cache_holds_the_most_heads(cfg):
+def test_full_layers_stack_apart_and_each_kind_has_a_cache_of_its_shape(cfg):
     mdef, params = _model(cfg)
     full = [i for i, s in enumerate(cfg.sliding_layers) if not s]
     kinds = {"full_layers", "full_dense_layers"} & set(params)
@@ -47,22 +47,27 @@ def test_full_layers_stack_apart_and_the_cache_holds_the_most_heads(cfg):
     assert all("sinks" not in params[k]["attn"] for k in kinds)
     assert params["layers"]["attn"]["k"].shape[2] == cfg.n_kv_heads
     assert ("sinks" in params["layers"]["attn"]) == cfg.attn_sinks
-    d = max(cfg.head_dim, cfg.full_head_dim)
     assert all(params[k]["attn"]["k"].shape[-1] == (cfg.full_head_dim or cfg.head_dim) for k in kinds)
     assert all(("v" in params[k]["attn"]) != cfg.full_k_eq_v for k in kinds)
     assert params["layers"]["attn"]["v"].shape[-1] == cfg.v_head_dim or cfg.head_dim
-    assert cfg.kv_shape == (cfg.n_kv_heads, d, cfg.n_kv_heads, cfg.v_head_dim or d)
-    # a layer writes its own (leading) heads and head dims of the cache and leaves the rest as they were
+    # each kind's keys/values in a buffer of exactly its layers' shape, every entry a layer writes (no padding)
+    assert cfg.cache_kinds == ("sliding", "full")
     toks = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 7)), jnp.int32)
     valid = jnp.ones((2, 7), bool)
     cache = KVCache.empty(cfg, 2, 10)
     _, cache = jax.jit(lambda p, c: mdef.bind(p).hidden(toks, jnp.arange(7)[None], valid, c, 0))(params, cache)
-    k = np.asarray(cache.k)
-    for i in range(cfg.n_layers):
-        kh, hd = (cfg.full_kv_heads, cfg.full_head_dim or cfg.head_dim) if i in full else (cfg.n_kv_heads,
-                                                                                             cfg.head_dim)
-        assert np.abs(k[i, :, :kh, :7, :hd]).min() > 0
-        assert not k[i, :, kh:].any() and not k[i, :, :, :, hd:].any()
+    sizes = {"sliding": (cfg.n_kv_heads, cfg.head_dim), "full": (cfg.full_kv_heads, cfg.full_head_dim or cfg.head_dim)}
+    for kind, (kh, hd) in sizes.items():
+        n = len(full) if kind == "full" else cfg.n_layers - len(full)
+        k, v = np.asarray(cache.k[kind]), np.asarray(cache.v[kind])
+        assert k.shape == (n, 2, kh, 10, hd) and v.shape == (n, 2, kh, 10, cfg.v_head_dim or hd)
+        assert np.abs(k[:, :, :, :7]).min() > 0 and not k[:, :, :, 7:].any()
+        assert [cfg.cache_slots[i] for i in range(cfg.n_layers) if (i in full) == (kind == "full")] == list(range(n))
+    kk, kd, vk, vd = cfg.kv_shape  # what one buffer as wide as the widest layer would hold
+    assert sum(a.size for a in jax.tree.leaves((cache.k, cache.v))) < cfg.n_layers * 2 * 10 * (kk * kd + vk * vd)
+    # full layers apart only for their sinks (the same key/value shape): one buffer
+    same = dataclasses.replace(DENSE, full_kv_heads=2, v_head_dim=0, full_sinks=False)
+    assert same.split_full and same.cache_kinds == () and not isinstance(KVCache.empty(same, 1, 4).k, dict)
 
 
 @pytest.mark.parametrize("cfg", [DENSE, GEMMA4], ids=["dense", "gemma4"])
@@ -70,6 +75,20 @@ def test_sampler_equals_trainer_on_every_decode_path(cfg):
     """(Their MoE variants' decoding: the greedy generations against transformers in ``test_hf_parity``; the
     experts do not touch the cache.)"""
     assert_sampler_equals_trainer_on_every_decode_path(*_model(cfg), tol=_tol(cfg))
+
+
+def test_unrolled_refill_copies_each_kinds_prompt_cache():
+    """In-flight refill over the per-layer buffers of unrolled decode (each copied from its kind's prefill buffer)
+    gives the plain loop's tokens and log-probs."""
+    mdef, params = _model(DENSE)
+    unrolled = create(dataclasses.replace(DENSE, decode_layers="unroll"), abstract=True)[0]
+    toks, valid = left_pad([[5, 7, 9, 11, 3], [17, 2, 40, 8, 1, 9, 22, 31, 4, 2, 6], [3]], 0)
+    kw = dict(max_new_tokens=10, rng_seed=4, group_size=2, stop_ids=(7, 9, 13))
+    base = generate(mdef, params, toks, valid, **kw)
+    out = generate(unrolled, params, toks, valid, slots=2, **kw)
+    assert np.asarray(base.lengths).min() < 10
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(base.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(base.logprobs), atol=1e-5)
 
 
 def _tol(cfg) -> float:

@@ -328,17 +328,19 @@ def test_plan_sizes_mimo_v2_flash_from_its_released_config():
     assert p["fits"] and p["per_device_bytes"]["params"] < 2 * p["params_global_bytes"] / 128
 
 
-def test_plan_sizes_a_gemma4_26b_a4b_shaped_model_with_its_padded_cache():
+def test_plan_sizes_a_gemma4_26b_a4b_shaped_model_with_a_cache_per_layer_kind():
     """A Gemma 4 26B-A4B-shaped GRPO step (configs/arch): 25.2B parameters, 128 experts in every layer beside a dense
-    MLP; the sampler's cache counted as allocated (8 key/value heads of 512 in each of the 30 layers: 512 rows of
-    4096 + 256 slots); fits 80 GB devices on 32."""
+    MLP; the sampler's cache counted as allocated: each kind of layer its own shape (25 sliding layers of 8
+    key/value heads of 256, 5 full ones of 2 of 512; 512 rows of 4096 + 256 slots), less than half of one buffer
+    as wide as the widest layer (8 heads of 512 in all 30); fits 80 GB devices on 32."""
     from reasoning_rl import config as C
     from reasoning_rl.plan import plan
 
     p = plan(C.load(str(ROOT / "configs" / "arch" / "gemma_4_26b_a4b_grpo.yaml")), 32, memory_gb=80)
     assert 25.1e9 < p["model"]["params"] < 25.3e9 and p["model"]["experts"] == 128
     assert p["model"]["family"] == "gemma4" and p["fits"]
-    assert p["per_device_bytes"]["kv_cache"] == 2 * 30 * 512 * 4352 * 8 * 512 * 2 // 32
+    assert p["per_device_bytes"]["kv_cache"] == 2 * 512 * 4352 * (25 * 8 * 256 + 5 * 2 * 512) * 2 // 32
+    assert p["per_device_bytes"]["kv_cache"] < 0.46 * 2 * 30 * 512 * 4352 * 8 * 512 * 2 // 32
 
 
 def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():

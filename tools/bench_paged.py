@@ -29,8 +29,8 @@ from reasoning_rl.rollout.sampler import PageLayout, SamplingParams, sample, sam
 
 
 def cache_bytes(cfg, sp: SamplingParams, prompts: int, tp: int) -> int:
-    kk, kd, vk, vd = cfg.kv_shape
-    per_slot = cfg.n_layers * (kk * kd + vk * vd) * 4
+    shapes = [cfg.kv_shape_of(cfg.cache_kind(i)) for i in cfg.attention_layers]  # (each kind's own shape)
+    per_slot = sum(kk * kd + vk * vd for kk, kd, vk, vd in shapes) * 4
     rows = prompts * sp.group_size
     slots = sp.slots if 0 < sp.slots < rows else rows
     if not sp.page_size:

@@ -250,30 +250,21 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     # a stacked cache [L, B, K, S, D] is indexed at ``layer``; a split one (``KVCache.split_layers``) hands
     # each layer its own [B, K, S, D] buffer, written in place and read whole (no slice to copy out)
     lead = () if k_all.ndim == 4 else (layer,)
-    # this layer's key/value heads and head dims: the cache's leading ones (it may hold more: full_kv_heads,
-    # full_head_dim); ``own`` is the layer's part of a [B, K, S, D] buffer
-    own = [_leading(k.shape[2], k_all.shape[-3]), slice(None)]
-    own_k, own_v = (tuple(own + [_leading(x.shape[-1], buf.shape[-1])]) for x, buf in ((k, k_all), (v, v_all)))
     if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
-        rows = jnp.arange(k.shape[0])
-        k_all = k_all.at[(*lead, rows, own_k[0], index, own_k[2])].set(k[:, 0].astype(k_all.dtype))
-        v_all = v_all.at[(*lead, rows, own_v[0], index, own_v[2])].set(v[:, 0].astype(v_all.dtype))
+        at = (*lead, jnp.arange(k.shape[0]), slice(None), index, slice(None))
+        k_all = k_all.at[at].set(k[:, 0].astype(k_all.dtype))
+        v_all = v_all.at[at].set(v[:, 0].astype(v_all.dtype))
     else:
         new = [jnp.swapaxes(x, 1, 2)[(None,) * len(lead)] for x in (k, v)]  # [(1,) B, K, T, D]
         k_all, v_all = (jax.lax.dynamic_update_slice(buf, x.astype(buf.dtype), (*lead, 0, 0, index, 0))
                         for buf, x in zip((k_all, v_all), new))
-    kl, vl = k_all[lead][(slice(None), *own_k)], v_all[lead][(slice(None), *own_v)]
+    kl, vl = k_all[lead], v_all[lead]
     if size is not None and size < kl.shape[2]:  # attend over the first ``size`` slots only (bucketed window)
         kl, vl = (jax.lax.dynamic_slice_in_dim(a, 0, size, axis=2) for a in (kl, vl))
     kl, vl = kl.astype(dtype), vl.astype(dtype)
     if not heads_first:
         kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
     return kl, vl, (k_all, v_all)
-
-
-def _leading(n: int, of: int) -> slice:
-    """The leading ``n`` of ``of`` entries (all of them: a slice that costs nothing)."""
-    return slice(None) if n == of else slice(0, n)
 
 
 def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
@@ -283,24 +274,22 @@ def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
     Rows sharing a page (a group's prompt) only ever read it: the sampler gives each row its own copy of the
     page it writes into (copy-on-write at fork time), so shared pages are never scattered to."""
     k_pool, v_pool, table = cache
-    b, t, kh = k.shape[:3]
+    b, t = k.shape[:2]
     ps = k_pool.shape[3]
-    heads = _leading(kh, k_pool.shape[2])  # this layer's part of the pools (see ``write_cache``)
-    kd, vd = _leading(k.shape[-1], k_pool.shape[-1]), _leading(v.shape[-1], v_pool.shape[-1])
     slots = (index[:, None] if jnp.ndim(index) == 1 else index + jnp.arange(t)[None]) + jnp.zeros((b, t), jnp.int32)
     page = jnp.take_along_axis(table, slots // ps, axis=1)  # [B, T] pool pages
     off = slots % ps
-    k_pool = k_pool.at[layer, page, heads, off, kd].set(k.astype(k_pool.dtype))
-    v_pool = v_pool.at[layer, page, heads, off, vd].set(v.astype(v_pool.dtype))
+    k_pool = k_pool.at[layer, page, :, off, :].set(k.astype(k_pool.dtype))
+    v_pool = v_pool.at[layer, page, :, off, :].set(v.astype(v_pool.dtype))
     size = table.shape[1] * ps if size is None else size
     n = -(-size // ps)
 
-    def view(pool, d):
-        pages = pool[layer, table[:, :n], heads][..., d]  # [B, n, K, P, D]: one gather, no copy of the pool
+    def view(pool):
+        pages = pool[layer, table[:, :n]]  # [B, n, K, P, D]: one gather, no copy of the layer's pool
         out = jnp.moveaxis(pages, 1, 2).reshape(b, pages.shape[2], n * ps, -1)[:, :, :size].astype(dtype)
         return out if heads_first else jnp.swapaxes(out, 1, 2)
 
-    return view(k_pool, kd), view(v_pool, vd), (k_pool, v_pool, table)
+    return view(k_pool), view(v_pool), (k_pool, v_pool, table)
 
 
 class Attention(nnx.Module):
@@ -428,9 +417,6 @@ class Attention(nnx.Module):
         of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
         sinks = None if self.sinks is None else self.sinks[...]
-        if prefix is not None:  # this layer's heads of the prefix cache (see ``write_cache``)
-            prefix = tuple(a[:, _leading(x.shape[2], a.shape[1]), :, _leading(x.shape[-1], a.shape[-1])]
-                           for a, x in zip(prefix, (k, v)))
         if self.invariant:
             out, cache = self._invariant_attention(q, k, v, mask, cache, layer, index, prefix, sinks)
         elif prefix is not None:

@@ -72,7 +72,7 @@ def budget_sample_impl(mdef: ModelDef, bp: BudgetParams, params: dict, prompt_to
     ends = form.ends
     cache, logits, _ = _prefill(model, prompt_tokens, prompt_valid, ends[0])
     logits = jnp.repeat(logits, g, axis=0)
-    cache = form.cache(_fan_out(cache, g))
+    cache = form.cache(_fan_out(cache, g), model.cfg)
     layer_states = form.layer_states(model)
     row_ids = jnp.arange(rows, dtype=jnp.int32)
     pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)

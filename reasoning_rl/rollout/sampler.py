@@ -111,8 +111,8 @@ def shard_cache(cache: KVCache) -> KVCache:
                        tuple(constrain(a, CACHE_AXES[1:]) for a in cache.v),
                        constrain(cache.valid, ("cache_batch", "cache_seq")))
     axes = CACHE_AXES if cache.table is None else POOL_AXES
-    return KVCache(constrain(cache.k, axes), constrain(cache.v, axes),
-                   constrain(cache.valid, ("cache_batch", "cache_seq")), cache.table, *rec)
+    k, v = (jax.tree.map(lambda a: constrain(a, axes), x) for x in (cache.k, cache.v))  # (each kind's buffer)
+    return KVCache(k, v, constrain(cache.valid, ("cache_batch", "cache_seq")), cache.table, *rec)
 
 
 def split_decode(cfg) -> bool:
@@ -151,9 +151,9 @@ class DecodeForm:
         split = unroll and not paged and cfg.linear is None  # recurrent states stay stacked
         return cls(unroll, split, split_ends(cfg, ends) if split else ends)
 
-    def cache(self, cache: KVCache) -> KVCache:
+    def cache(self, cache: KVCache, cfg) -> KVCache:
         """The contiguous cache as the loop holds it."""
-        return shard_cache(cache.split_layers()) if self.split else cache
+        return shard_cache(cache.split_layers(cfg)) if self.split else cache
 
     def layer_states(self, model) -> dict | None:
         return model.layer_states() if self.unroll else None
@@ -233,7 +233,8 @@ def paged_cache(prefill: KVCache, lay: PageLayout, prompt: jax.Array, valid: jax
         return jnp.concatenate([shared, own], axis=1)
 
     rec = tuple(a[:, prompt] for a in prefill.recurrent())  # each slot's copy of its prompt's states
-    return shard_cache(KVCache(pool(prefill.k), pool(prefill.v), valid, lay.table(prompt), *rec))
+    k, v = (jax.tree.map(pool, x) for x in (prefill.k, prefill.v))
+    return shard_cache(KVCache(k, v, valid, lay.table(prompt), *rec))
 
 
 def _prefill(model, prompt_tokens, prompt_valid, size: int, record: bool = False):
@@ -339,7 +340,7 @@ def _sample_rows(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         valid = jnp.pad(jnp.repeat(prompt_valid, g, axis=0), ((0, 0), (0, lay.size - tp)))
         cache = paged_cache(cache, lay, jnp.arange(rows) // g, valid)
     else:
-        cache = form.cache(_fan_out(cache, g))
+        cache = form.cache(_fan_out(cache, g), model.cfg)
     layer_states = form.layer_states(model)  # sliced once, read in place by every step
     logits = jnp.repeat(logits, g, axis=0)
     next_pos = jnp.repeat(jnp.sum(prompt_valid, axis=1).astype(jnp.int32), g)
@@ -428,16 +429,17 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
         rec = tuple(jnp.where(take.reshape((1, -1) + (1,) * (a.ndim - 2)), p[:, pi], a)
                     for a, p in zip(c.recurrent(), pcache.recurrent()))
         if c.split:
-            k, v = (tuple(a.at[:, :, :tp].set(jnp.where(sel[0], x[i, pi], a[:, :, :tp])) for i, a in enumerate(buf))
-                    for buf, x in ((c.k, pcache.k), (c.v, pcache.v)))
+            k, v = (tuple(a.at[:, :, :tp].set(jnp.where(sel[0], x[i][pi], a[:, :, :tp])) for i, a in enumerate(buf))
+                    for buf, x in zip((c.k, c.v), pcache.layer_buffers(mdef.cfg)))
             return shard_cache(KVCache(k, v, valid))
         if lay is None:
-            k = c.k.at[:, :, :, :tp].set(jnp.where(sel, pcache.k[:, pi], c.k[:, :, :, :tp]))
-            v = c.v.at[:, :, :, :tp].set(jnp.where(sel, pcache.v[:, pi], c.v[:, :, :, :tp]))
+            k, v = (jax.tree.map(lambda a, x: a.at[:, :, :, :tp].set(jnp.where(sel, x[:, pi], a[:, :, :, :tp])),
+                                 buf, pbuf) for buf, pbuf in ((c.k, pcache.k), (c.v, pcache.v)))
             return shard_cache(KVCache(k, v, valid, None, *rec))
         first, full = lay.own_first(), lay.shared * lay.page
-        k, v = (pool.at[:, first].set(jnp.where(sel, x[:, pi, :, full:full + lay.page], pool[:, first]))
-                for pool, x in ((c.k, pcache.k), (c.v, pcache.v)))
+        k, v = (jax.tree.map(lambda pool, x: pool.at[:, first].set(
+                    jnp.where(sel, x[:, pi, :, full:full + lay.page], pool[:, first])), buf, pbuf)
+                for buf, pbuf in ((c.k, pcache.k), (c.v, pcache.v)))
         table = jnp.where(take[:, None], lay.table(pi), c.table)
         return shard_cache(KVCache(k, v, valid, table, *rec))
 
@@ -488,7 +490,7 @@ def _refill_impl(mdef: ModelDef, sp: SamplingParams, params: dict, prompt_tokens
     if lay:  # every prompt's shared pages from the prefill; slots get theirs as rows arrive
         init_cache = paged_cache(pcache, lay, jnp.zeros((b,), jnp.int32), jnp.zeros((b, size), bool))
     else:
-        init_cache = form.cache(shard_cache(KVCache.empty(mdef.cfg, b, size)))
+        init_cache = form.cache(shard_cache(KVCache.empty(mdef.cfg, b, size)), mdef.cfg)
     init = {"cache": init_cache,
             "logits": jnp.zeros((b, plogits.shape[-1]), plogits.dtype),
             "row": jnp.full((b,), rows, jnp.int32), "t": jnp.zeros((b,), jnp.int32),
