@@ -469,7 +469,7 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
                index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None,
-               attend: int | None = None, prefix: KVCache | None = None, layer_states: dict | None = None,
+               attend: int | None = None, layer_states: dict | None = None,
                segments: jax.Array | None = None):
         """Final-norm hidden states [B, T, D]: returns ``(h, cache)``, or ``(h, cache, aux)`` with
         ``return_aux=True``.
@@ -481,12 +481,9 @@ class Transformer(nnx.Module):
         ``positions_from_valid`` gives them; rope is tabulated over the slots).
         ``attend`` (static): attend over the first ``attend`` cache slots only; the caller guarantees every
         query's keys lie there (the sampler's bucketed decode window).
-        ``prefix`` (no ``cache``): the filled cache of N prefixes, each shared by B / N consecutive rows; the
-        tokens continue their group's prefix (slots ``P..P+T``) and attend over it and themselves, without a
-        per-row copy of it (the trainer's GRPO groups: see ``prefix_attention``).
         ``layer_states`` (with a split cache: ``KVCache.split_layers``): ``layer_states()``, each layer's parameters
         sliced once outside the decode loop, so the unrolled layers read them in place.
-        ``segments`` [B, T] int (no cache, no prefix): packed rows, several sequences one after the other; a
+        ``segments`` [B, T] int (no cache): packed rows, several sequences one after the other; a
         token attends only to earlier tokens of its own segment (the positions restart with each sequence).
 
         ``aux`` (MoE models; empty for dense ones): ``expert_load`` [L_moe, E] (fraction of valid tokens
@@ -500,15 +497,7 @@ class Transformer(nnx.Module):
         x = self.embed_tokens(tokens)
         t = tokens.shape[1]
         lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
-        if prefix is not None:
-            if cache is not None or prefix.table is not None:
-                raise ValueError("prefix takes a contiguous cache and no cache of its own")
-            tp = prefix.size
-            key_valid = jnp.concatenate([jnp.repeat(prefix.valid, tokens.shape[0] // prefix.valid.shape[0], 0),
-                                         valid], axis=1)
-            q_slots, k_slots = tp + jnp.arange(t), jnp.arange(tp + t)
-            kv = None
-        elif cache is None:
+        if cache is None:
             key_valid = valid
             q_slots = k_slots = jnp.arange(t)
             kv = None
@@ -527,8 +516,8 @@ class Transformer(nnx.Module):
         else:
             ctx = self._layer_context(key_valid, q_slots, k_slots, positions)
         if segments is not None:
-            if cache is not None or prefix is not None:
-                raise ValueError("segments (packed rows) take no cache and no prefix")
+            if cache is not None:
+                raise ValueError("segments (packed rows) take no cache")
             same = segments[:, :, None] == segments[:, None, :]
             ctx.update({k: ctx[k] & same for k in ("mask", "window_mask") if k in ctx})
             if self.cfg.linear is not None:  # linear layers restart their convolution and state per sequence
@@ -541,14 +530,10 @@ class Transformer(nnx.Module):
                 seg_routes = jnp.moveaxis(routes[:, :, off:off + n], 2, 0)  # [n, B, T, k]: scanned over layers
                 off += n
             kind = self.cfg.stack_cache_kind(name)  # with cache kinds, the run's layers' own buffers
-            seg_prefix = None
-            if prefix is not None:
-                slot = self.cfg.cache_slots[first]
-                seg_prefix = tuple((b if kind is None else b[kind])[slot:slot + n] for b in (prefix.k, prefix.v))
             picked = kind is not None and kv is not None and isinstance(kv[0], dict)  # (split: per layer already)
             run_kv = (kv[0][kind], kv[1][kind], *kv[2:]) if picked else kv
             x, run_kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, run_kv, index,
-                                             valid, seg_routes, seg_prefix, start,
+                                             valid, seg_routes, start,
                                              layer_states=None if layer_states is None else layer_states[name],
                                              stack_name=name)
             kv = ({**kv[0], kind: run_kv[0]}, {**kv[1], kind: run_kv[1]}, *run_kv[2:]) if picked else run_kv
@@ -567,8 +552,9 @@ class Transformer(nnx.Module):
         B / N consecutive rows continuing its prompt (the trainer's GRPO groups; dense models).
 
         The same values as a prefill of the prompts into a fresh cache, ``hidden(prompt, ..., cache, 0)``,
-        then ``hidden(tokens, ..., prefix=cache)``, in one pass over the layers: each layer runs its prompts,
-        then the continuations over the prompt keys/values it just made. Under remat a layer's backward then
+        then each row's continuation over its prompt's cache without a per-row copy of it
+        (``prefix_attention``), in one pass over the layers: each layer runs its prompts, then the continuations
+        over the prompt keys/values it just made. Under remat a layer's backward then
         rebuilds its own prompt keys/values instead of reading a stack of every layer's (or, with the cache
         carried through the layers, every layer's copy of the whole cache), and the parameters' gradients are
         accumulated once, not once per pass."""
@@ -652,7 +638,7 @@ class Transformer(nnx.Module):
                               for i in range(n))
         return out
 
-    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None, prefix=None,
+    def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None,
                     start=0, prompt=None, layer_states=None, stack_name: str = "layers"):
         """``prompt`` (``hidden_with_prompt``): {x, positions, valid, ctx} of the prompts the rows continue; each
         layer runs them first, into a one-layer cache that is the rows' prefix. Returns it updated as ``kv``."""
@@ -683,7 +669,7 @@ class Transformer(nnx.Module):
             layer, st = xs["layer"], xs["state"]
             mask, rope = pick(ctx, xs)
             block = nnx.merge(graphdef, st)
-            layer_prefix = xs.get("prefix")
+            layer_prefix = None
             if prompt is not None:  # kv: the prompts' hidden states
                 pmask, prope = pick(prompt["ctx"], xs)
                 kk, kd, vk, vd = self.cfg.kv_shape_of(self.cfg.stack_cache_kind(stack_name))
@@ -711,8 +697,6 @@ class Transformer(nnx.Module):
             xs[k] = ctx[k][first:first + n]
         if routes is not None:
             xs["routes"] = routes
-        if prefix is not None:
-            xs["prefix"] = prefix
         if prompt is not None:
             kv = prompt["x"]
         if scan and self.cfg.remat == "nested" and n > 2 and x.shape[1] > 1:  # decode: nothing to differentiate

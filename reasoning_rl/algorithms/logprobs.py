@@ -73,7 +73,7 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
 
     ``group`` > 1: rows ``[i * group, (i + 1) * group)`` share their prompt (everything before the targets),
     as GRPO rollouts do. The prompt is then run once per group and the completions attend over its
-    keys/values as a shared prefix (``Transformer.hidden(prefix=...)``); gradients through the prompt are
+    keys/values as a shared prefix (``Transformer.hidden_with_prompt``); gradients through the prompt are
     summed over the group, so this is the same function with ``(group - 1) / group`` of the prompt work
     removed. (Dense attention models; MoE models run whole rows, so their routing statistics stay per token, and
     so do models with linear-attention layers, whose prompt leaves a state rather than keys/values.)
