@@ -51,6 +51,9 @@ class MoEConfig:
     beside_dense: bool = False
     router_norm: bool = False
     expert_scale: bool = False
+    # the shared experts' output and the routed experts' averaged, not summed (Command A+: its
+    # ``shared_expert_combination_strategy: average``)
+    shared_average: bool = False
 
     def is_moe(self, layer: int) -> bool:
         """Does ``layer`` route over experts (rather than run a dense MLP)?"""

@@ -224,9 +224,9 @@ class Block(nnx.Module):
         self.layer_scalar = nnx.Param(jnp.ones((1,), pd), axes=(None,)) if cfg.layer_scalar else None
         # a parallel block (Cohere) runs its MLP on the attention's normed input: no norm of its own
         self.parallel_block = cfg.parallel_block
-        if cfg.parallel_block and (moe or linear or sandwich or not pre_norm or not mlp):
-            raise ValueError("parallel_block: dense pre-norm attention layers with an MLP only (no experts, "
-                             "recurrent layers or sandwich norms)")
+        if cfg.parallel_block and (linear or sandwich or not pre_norm or not mlp or (moe and cfg.moe.beside_dense)):
+            raise ValueError("parallel_block: pre-norm attention layers with an MLP or experts only (no recurrent "
+                             "layers, sandwich norms or a dense MLP beside the experts)")
         if not mlp:
             if cfg.layer_scalar:
                 raise ValueError("layer_scalar: layers with an MLP only")
@@ -274,8 +274,12 @@ class Block(nnx.Module):
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         stats = None
-        if self.parallel_block:  # attention and MLP on the same normed input, both added to the residual
-            x = x + self._residual(h) + self._residual(self.mlp(pre))  # (the reference's order of the sums)
+        if self.parallel_block:  # attention and MLP (or experts) on the same normed input, both added to the residual
+            if isinstance(self.mlp, MoE):
+                m, stats = self.mlp(pre, valid, routes)
+            else:
+                m = self.mlp(pre)
+            x = x + self._residual(h) + self._residual(m)  # (the reference's order of the sums)
             return constrain(x, ("batch", "seq", "act_embed")), cache, stats
         x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
         if self.mlp is None:  # a mixer-only layer

@@ -241,6 +241,12 @@ FAMILY_CONFIGS = {
                                mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6)),
     "ministral": TransformerConfig(**{**BASE, "n_layers": 3}, family="ministral", sliding_window=8,
                                    layer_types=("sliding", "full", "sliding")),
+    "cohere2_moe": TransformerConfig(**{**BASE, "n_layers": 4, "ffn_dim": 24}, family="cohere2_moe", norm_eps=1e-5,
+                                     rope_interleave=True, norm_center=True, parallel_block=True,
+                                     logits_multiplier=0.0625, sliding_window=8,
+                                     layer_types=("full", "sliding", "sliding", "sliding"), nope_layers=(),
+                                     moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
+                                                   shared_average=True, aux_loss_coef=0.0)),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -777,6 +783,39 @@ def test_dots1_and_youtu_released_config_fields(tmp_path):
         assert (cfg.mla.kv_lora_rank, cfg.mla.qk_rope_dim, cfg.mla.qk_nope_dim, cfg.mla.v_dim) == (
             ref.kv_lora_rank, ref.qk_rope_head_dim, ref.qk_nope_head_dim, ref.v_head_dim)
     assert config_from_hf(tmp_path).mla.q_lora_rank == 0 and transformers.YoutuConfig(**youtu).q_lora_rank == 1536
+
+
+def test_cohere2_moe_released_config_fields(tmp_path):
+    """Command A+'s older config.json names its leading dense layers with ``first_k_dense_replace`` (no
+    ``layer_types`` / ``mlp_layer_types``): the layer kinds then follow the dense and the MoE layers' own sliding
+    patterns, as the reference reads them; the dense layers rotate though full when their pattern is 1 (the
+    default), and only where they slide otherwise."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("cohere2_moe", tmp_path)
+    written = config_from_hf(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "mlp_layer_types", "prefix_dense_sliding_window_pattern", "expert_selection_fn",
+              "shared_expert_combination_strategy"):
+        conf.pop(k)
+    conf["first_k_dense_replace"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert dataclasses.replace(config_from_hf(tmp_path), extra={}) == dataclasses.replace(written, extra={})
+    _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
+    for edit in ({"first_k_dense_replace": 2, "prefix_dense_sliding_window_pattern": 2, "sliding_window_pattern": 2},
+                 {"first_k_dense_replace": 3, "sliding_window_pattern": 1}):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
+        cfg, ref = config_from_hf(tmp_path), transformers.Cohere2MoeConfig(**{**conf, **edit})
+        assert ["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers] == ref.layer_types
+        assert ["sparse" if cfg.moe.is_moe(i) else "dense" for i in range(4)] == ref.mlp_layer_types
+        forced = ref.prefix_dense_sliding_window_pattern == 1
+        assert cfg.nope_layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "full_attention"
+                                        and not (forced and ref.mlp_layer_types[i] == "dense"))
+    for edit, match in (({"expert_selection_fn": "relu"}, "expert_selection_fn"),
+                        ({"shared_expert_combination_strategy": "max"}, "shared_expert_combination_strategy"),
+                        ({"first_k_dense_replace": 4}, "first_k_dense_replace=4")):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
 
 
 def test_internlm3_released_config_fields(tmp_path):

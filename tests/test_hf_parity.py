@@ -395,6 +395,19 @@ CASES = {
                                            layer_types=["full_attention", "sliding_attention"],
                                            tie_word_embeddings=False,
                                            rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
+    # Command A+: Command A's parallel layers (centred LayerNorm) with softmax-routed experts beside a shared expert,
+    # averaged, after a dense layer of its own width that rotates though full (pattern 1); then RMSNorm, sigmoid
+    # routing not renormalised, two shared experts summed, the dense layers sliding every second (the full one without
+    # rotary), its own LM head, q/k/v/o biases
+    "cohere2_moe": ("Cohere2MoeConfig", dict(num_hidden_layers=4, head_dim=16, sliding_window=5, logit_scale=0.3,
+                                             intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                             num_shared_experts=1, first_k_dense_replace=1,
+                                             prefix_dense_intermediate_size=48)),
+    "cohere2_moe_rms": ("Cohere2MoeConfig", dict(
+        num_hidden_layers=4, head_dim=24, sliding_window=4, rms_norm_eps=1e-6, intermediate_size=24, num_experts=4,
+        num_experts_per_tok=3, num_shared_experts=2, shared_expert_combination_strategy="sum",
+        expert_selection_fn="sigmoid", norm_topk_prob=False, first_k_dense_replace=2,
+        prefix_dense_sliding_window_pattern=2, tie_word_embeddings=False, attention_bias=True, logit_scale=2.0)),
     # Trinity: q/k norms and an output gate, rotary in the sliding layers only (every fourth full), sandwich norms,
     # sigmoid routing with the selection bias and route_scale beside a shared expert after a dense layer,
     # embeddings times sqrt(d); then no dense layer, two shared experts, the layer kinds named, plain embeddings
@@ -557,7 +570,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "llama", "qwen3", "qwen3_moe", "mixtral", "glm_moe_dsa", "llama_bias",
                                   "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
-                                  "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe"])
+                                  "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
+                                  "cohere2_moe"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -621,7 +635,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
                                   "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
-                                  "minicpm5_moe", "dots1", "youtu", "ministral"])
+                                  "minicpm5_moe", "dots1", "youtu", "ministral",
+                                  "cohere2_moe"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -654,7 +669,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
                                   "cohere2_bias", "afmoe", "afmoe_plain", "internlm3", "minicpm5_moe",
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
-                                  "youtu_plain", "ministral"])
+                                  "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

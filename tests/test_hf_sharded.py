@@ -47,11 +47,12 @@ def test_sharded_load_matches_unsharded(tmp_path):
     both split over ``tensor`` by heads; DeepSeek-V3.2's sparse-attention indexer, its heads split over ``tensor``
     (each device scoring its heads' share of every key); MiMo-V2-Flash's full layers (2 key/value heads, their own
     stack) beside sliding ones (4, and sinks), each split over ``tensor``; Gemma 4's full layers (wider heads, no
-    value projection) and its experts beside a dense MLP (expert-parallel)."""
+    value projection) and its experts beside a dense MLP (expert-parallel); Command A+'s experts in Command A's
+    parallel layers (attention and experts on one normed input), the shared expert averaged in."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash",
-                 "gemma4", "gemma4_moe"):
+                 "gemma4", "gemma4_moe", "cohere2_moe"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -88,3 +89,5 @@ def test_sharded_load_matches_unsharded(tmp_path):
     g4m = res["gemma4_moe"]["specs"]
     assert g4m["full_layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"]
     assert g4m["full_layers/dense_mlp/gate"] == [None, "fsdp", "tensor"]
+    cmd = res["cohere2_moe"]["specs"]
+    assert cmd["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"] and "layers/mlp_norm/scale" not in cmd

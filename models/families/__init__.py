@@ -11,6 +11,7 @@ from . import (
     afmoe,
     bamba,
     cohere2,
+    cohere2_moe,
     deepseek_v2,
     deepseek_v3,
     deepseek_v32,
@@ -68,7 +69,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
-                                                      afmoe, minicpm5_moe, dots1, youtu)}
+                                                      afmoe, minicpm5_moe, dots1, youtu, cohere2_moe)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

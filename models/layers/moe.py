@@ -322,5 +322,5 @@ class MoE(nnx.Module):
             s = self.shared(x)
             if self.shared_gate is not None:
                 s = s * jax.nn.sigmoid(x @ self.shared_gate[...].astype(dt))
-            y = y + s
+            y = (y + s) / 2 if self.mc.shared_average else y + s
         return y, stats
