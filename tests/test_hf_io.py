@@ -247,6 +247,13 @@ FAMILY_CONFIGS = {
                                      layer_types=("full", "sliding", "sliding", "sliding"), nope_layers=(),
                                      moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
                                                    shared_average=True, aux_loss_coef=0.0)),
+    # its dense layers sliding but the second (which then has no rotary), RMSNorm, shared experts summed
+    "cohere2_moe_sliding": TransformerConfig(**{**BASE, "n_layers": 4, "ffn_dim": 24}, family="cohere2_moe",
+                                             rope_interleave=True, parallel_block=True, logits_multiplier=0.0625,
+                                             sliding_window=8, layer_types=("sliding", "full", "sliding", "full"),
+                                             nope_layers=(1, 3), moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8,
+                                                                               n_shared=2, first_dense=2,
+                                                                               aux_loss_coef=0.0)),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -810,6 +817,9 @@ def test_cohere2_moe_released_config_fields(tmp_path):
         forced = ref.prefix_dense_sliding_window_pattern == 1
         assert cfg.nope_layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "full_attention"
                                         and not (forced and ref.mlp_layer_types[i] == "dense"))
+    conf.pop("head_dim")  # (128 by default, as the reference's, not hidden / heads)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert config_from_hf(tmp_path).head_dim == transformers.Cohere2MoeConfig(**conf).head_dim == 128
     for edit, match in (({"expert_selection_fn": "relu"}, "expert_selection_fn"),
                         ({"shared_expert_combination_strategy": "max"}, "shared_expert_combination_strategy"),
                         ({"first_k_dense_replace": 4}, "first_k_dense_replace=4")):

@@ -571,7 +571,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
-                                  "cohere2_moe"])
+                                  "cohere2_moe", "cohere2_moe_sliding"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
