@@ -179,7 +179,9 @@ class TransformerConfig:
     attn_out_multiplier: float = 1.0
     mlp_multipliers: tuple[float, float] = (1.0, 1.0)
     logits_multiplier: float = 1.0
-    activation: str = "silu"  # silu | gelu_tanh | clamped_swiglu (the gated MLP's) | relu2 (ungated: Nemotron-H)
+    # silu | gelu_tanh | clamped_swiglu (the gated MLP's) | relu2 (ungated: Nemotron-H) | xielu (ungated, with
+    # learned scalars per layer: Apertus; dense MLPs only)
+    activation: str = "silu"
     query_scale: float | None = None  # softmax scale; None: head_dim ** -0.5
     sandwich_norm: bool = False  # Gemma: extra RMSNorm on the attention and MLP outputs
     attn_softcap: float | None = None

@@ -49,7 +49,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "OlmoHybridForSequenceClassification", "HYV3ForSequenceClassification", "SolarOpenForSequenceClassification",
     "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification", "Gemma4ForSequenceClassification",
     "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification", "MiniCPM5MoeForSequenceClassification",
-    "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification"})
+    "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
+    "ApertusForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -254,6 +254,10 @@ FAMILY_CONFIGS = {
                                              nope_layers=(1, 3), moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8,
                                                                                n_shared=2, first_dense=2,
                                                                                aux_loss_coef=0.0)),
+    "apertus": TransformerConfig(**BASE, family="apertus", qk_norm=True, activation="xielu", norm_eps=1e-5,
+                                 rope_theta=12e6, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                                "original_max_position_embeddings": 8192,
+                                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0}),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -826,6 +830,31 @@ def test_cohere2_moe_released_config_fields(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
         with pytest.raises(ConfigError, match=match):
             config_from_hf(tmp_path)
+
+
+def test_apertus_released_config_fields(tmp_path):
+    """Apertus's config.json may leave out its activation (xIELU) and rope (Llama 3's at base 12e6, 8x from 8192
+    positions), as the reference fills them; xIELU's four scalars per layer load (the fixed two stored as 0-d
+    tensors) and are written back as stored; a gated activation (which its ungated MLP cannot run) is refused."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("apertus", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("hidden_act", "rope_parameters", "rope_theta", "rope_scaling"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg = config_from_hf(tmp_path)
+    assert dataclasses.replace(cfg, extra={}) == FAMILY_CONFIGS["apertus"]
+    ref = transformers.ApertusConfig(**conf)
+    assert ref.hidden_act == cfg.activation and ref.rope_parameters["rope_theta"] == cfg.rope_theta
+    assert {k: v for k, v in ref.rope_parameters.items() if k != "rope_theta"} == cfg.rope_scaling
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "model.safetensors"), "np") as f:
+        assert f.get_tensor("model.layers.1.mlp.act_fn.beta").shape == ()
+        assert f.get_tensor("model.layers.1.mlp.act_fn.alpha_p").shape == (1,)
+    _assert_same(load_params(tmp_path, create(cfg, abstract=True)[0]), params)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_act": "silu"}))
+    with pytest.raises(ConfigError, match="hidden_act='silu'"):
+        config_from_hf(tmp_path)
 
 
 def test_internlm3_released_config_fields(tmp_path):

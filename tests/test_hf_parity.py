@@ -408,6 +408,12 @@ CASES = {
         num_experts_per_tok=3, num_shared_experts=2, shared_expert_combination_strategy="sum",
         expert_selection_fn="sigmoid", norm_topk_prob=False, first_k_dense_replace=2,
         prefix_dense_sliding_window_pattern=2, tie_word_embeddings=False, attention_bias=True, logit_scale=2.0)),
+    # Apertus: Llama's attention with q/k norms, an ungated MLP through xIELU with learned scalars per layer (the
+    # reference's llama3 rope at base 12e6 by default); then squared ReLU, biases on all four projections, tied
+    "apertus": ("ApertusConfig", dict(head_dim=16)),
+    "apertus_relu2": ("ApertusConfig", dict(head_dim=16, hidden_act="relu2", attention_bias=True,
+                                            tie_word_embeddings=True,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 1e4})),
     # Trinity: q/k norms and an output gate, rotary in the sliding layers only (every fourth full), sandwich norms,
     # sigmoid routing with the selection bias and route_scale beside a shared expert after a dense layer,
     # embeddings times sqrt(d); then no dense layer, two shared experts, the layer kinds named, plain embeddings
@@ -492,11 +498,15 @@ def build_reference(name: str, seed: int = 0):
                 p.add_(torch.randn_like(p) * 0.1)
             if "sinks" in n:  # a sink of the scores' size, so ignoring it shows
                 p.add_(torch.randn_like(p))
+            if n.endswith(("act_fn.alpha_p", "act_fn.alpha_n")):  # xIELU's learned scalars (Apertus)
+                p.add_(torch.randn_like(p) * 0.5)
         for n, b in model.named_buffers():
             if "e_score_correction_bias" in n or n.endswith("expert_bias"):  # selection biases (LFM2-MoE's too)
                 b.add_(torch.randn_like(b) * 0.1)
             if n.endswith("layer_scalar"):  # Gemma 4's stored per-layer output scales (ones when built)
                 b.mul_(0.5 + torch.rand_like(b))
+            if n.endswith(("act_fn.beta", "act_fn.eps")):  # xIELU's stored fixed scalars
+                b.add_(torch.rand_like(b) * -0.3)
     return model
 
 
@@ -571,7 +581,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
-                                  "cohere2_moe", "cohere2_moe_sliding"])
+                                  "cohere2_moe", "cohere2_moe_sliding", "apertus"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -636,7 +646,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
                                   "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
-                                  "cohere2_moe"])
+                                  "cohere2_moe", "apertus"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -669,7 +679,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
                                   "cohere2_bias", "afmoe", "afmoe_plain", "internlm3", "minicpm5_moe",
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
-                                  "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms"])
+                                  "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",
+                                  "apertus", "apertus_relu2"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

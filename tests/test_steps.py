@@ -276,7 +276,7 @@ def test_parameter_update_equals_optax_bit_for_bit(name, schedule):
     """The step writes Adam's parameters from the already-updated moments (a memory saving, ``_updated``): the
     same numbers as optax's own chain, for every optimizer and schedule, over several steps, and a skipped
     (non-finite) update changes nothing. Values no gradient reaches (Gemma 4's layer scalars, DeepSeek's selection
-    biases) are not decayed."""
+    biases, xIELU's fixed scalars) are not decayed."""
     from reasoning_rl.algorithms.steps import _updated, make_optimizer
     from reasoning_rl.config import OptimizerConfig
 
@@ -284,7 +284,9 @@ def test_parameter_update_equals_optax_bit_for_bit(name, schedule):
     tx = make_optimizer(OptimizerConfig(name=name, lr=3e-3, weight_decay=0.1, **kw), 10)
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32), "b": jnp.asarray(rng.normal(size=5), jnp.float32),
-              "layers": {"layer_scalar": jnp.full((3, 1), 0.7, jnp.float32)}}
+              "layers": {"layer_scalar": jnp.full((3, 1), 0.7, jnp.float32),
+                         "mlp": {n: jnp.full((3, 1), 0.7, jnp.float32) for n in ("act_beta", "act_eps")}}}
+    held = (("layer_scalar",), ("mlp", "act_beta"), ("mlp", "act_eps"))
     ref_p, ref_o = params, tx.init(params)
     ours_p, ours_o = params, tx.init(params)
     upd = jax.jit(lambda g, o, p, ok: _updated(tx, g, o, p, ok))
@@ -295,7 +297,11 @@ def test_parameter_update_equals_optax_bit_for_bit(name, schedule):
         return optax.apply_updates(p, u), o
     for i in range(5):
         grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
-        grads["layers"]["layer_scalar"] = jnp.zeros((3, 1), jnp.float32)  # (held: a stop-gradient)
+        for path in held:  # (held: a stop-gradient)
+            at = grads["layers"]
+            for k in path[:-1]:
+                at = at[k]
+            at[path[-1]] = jnp.zeros((3, 1), jnp.float32)
         ok = i != 2  # the third update is skipped
         if ok:
             ref_p, ref_o = ref(grads, ref_o, ref_p)
@@ -303,6 +309,8 @@ def test_parameter_update_equals_optax_bit_for_bit(name, schedule):
         for a, b in zip(jax.tree.leaves((ref_p, ref_o)), jax.tree.leaves((ours_p, ours_o))):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_array_equal(np.asarray(ours_p["layers"]["layer_scalar"]), np.float32(0.7))
+        for n in ("act_beta", "act_eps"):
+            np.testing.assert_array_equal(np.asarray(ours_p["layers"]["mlp"][n]), np.float32(0.7))
 
 
 def _old_logits(self, h):

@@ -9,6 +9,7 @@ from types import ModuleType
 
 from . import (
     afmoe,
+    apertus,
     bamba,
     cohere2,
     cohere2_moe,
@@ -69,7 +70,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
-                                                      afmoe, minicpm5_moe, dots1, youtu, cohere2_moe)}
+                                                      afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 

@@ -110,6 +110,8 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)
     if layout == "flat":
         return (math.prod(shape),)
+    if layout == "scalar":  # a one-element parameter stored as a 0-d tensor (xIELU's fixed beta and eps)
+        return ()
     if layout == "conv":
         return math.prod(shape[1:]), 1, shape[0]
     if layout == "x1":
@@ -121,7 +123,7 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def to_ours(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
     if layout == "same":
         return a
-    if layout == "flat":
+    if layout in ("flat", "scalar"):
         return a.reshape(shape)
     if layout == "conv":
         return a[:, 0, :].T.reshape(shape)
@@ -135,6 +137,8 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         return a
     if layout == "flat":
         return a.reshape(-1)
+    if layout == "scalar":
+        return a.reshape(())
     if layout == "conv":
         return a.reshape(shape[0], -1).T[:, None, :]
     if layout == "x1":

@@ -1,8 +1,10 @@
 """Feed-forward block: gated (SwiGLU, GeGLU with the tanh-approximated GELU for Gemma, or gpt-oss's clamped
 SwiGLU) or, for a ``PLAIN`` activation, ungated: ``down(act(up x))`` with no gate projection (Nemotron-H's
-squared ReLU)."""
+squared ReLU, Apertus's xIELU: an activation with learned scalars of its own in each layer)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,22 @@ ACTIVATIONS = {
 }
 
 
-# ungated activations: the block has no gate projection (the MLP's and the experts' ``gate`` is None)
-PLAIN = {"relu2": lambda x: jnp.square(jax.nn.relu(x))}
+# ungated activations: the block has no gate projection (the MLP's and the experts' ``gate`` is None); xIELU's
+# function takes its scalars too (``xielu``), so only the dense MLP, which holds them, runs it
+PLAIN = {"relu2": lambda x: jnp.square(jax.nn.relu(x)), "xielu": None}
+
+# xIELU's scalars as the reference initialises them: alpha_p, alpha_n (learned, stored through the inverse of the
+# softplus that reads them; alpha_n above beta), beta and eps (fixed, stored beside them)
+XIELU_INIT = {"alpha_p": 0.8, "alpha_n": 0.8, "beta": 0.5, "eps": -1e-6}
+
+
+def xielu(x: jax.Array, alpha_p, alpha_n, beta, eps, batch_invariant: bool = False) -> jax.Array:
+    """xIELU (Apertus): ``a_p x^2 + beta x`` above zero, ``(expm1(min(x, eps)) - x) a_n + beta x`` below, with
+    ``a_p = softplus(alpha_p)`` and ``a_n = beta + softplus(alpha_n)``; the scalars [1] in the input's dtype."""
+    ap, an = jax.nn.softplus(alpha_p), beta + jax.nn.softplus(alpha_n)
+    m = jnp.minimum(x, eps)
+    em1 = (invariant.exp(m.astype(jnp.float32)) - 1).astype(x.dtype) if batch_invariant else jnp.expm1(m)
+    return jnp.where(x > 0, ap * x * x + beta * x, (em1 - x) * an + beta * x)
 GLUS = (*ACTIVATIONS, "clamped_swiglu", *PLAIN)
 
 
@@ -52,6 +68,8 @@ def glu_fn(name: str, alpha: float = 1.702, limit: float = 7.0, batch_invariant:
     ``limit``, the up projection to [-limit, limit], and ``(up + 1) * gate * sigmoid(alpha * gate)``.
     ``batch_invariant``: exponentials through ``invariant.exp`` (the same bits in every program). An ungated
     activation (``PLAIN``) ignores ``gate`` (None: the block has no gate projection)."""
+    if name == "xielu":
+        raise ValueError("activation xielu: the dense MLP only (its learned scalars are the layer's own), not experts")
     if name in PLAIN:
         act = PLAIN[name]  # (no exponential: the same bits in every program already)
         return lambda g, u: act(u)
@@ -75,7 +93,8 @@ class MLP(nnx.Module):
                  invariant: bool = False, multipliers: tuple[float, float] = (1.0, 1.0)):
         """``multipliers`` (Falcon-H1's muP): the gate projection times the first before the activation, the
         output times the second, each in float32 and rounded once."""
-        glu_fn(activation, *glu_args)
+        if activation != "xielu":
+            glu_fn(activation, *glu_args)
         self.multipliers = (float(multipliers[0]), float(multipliers[1]))
         self.invariant = invariant  # batch-invariant products (layers/invariant.py)
         self.dtype = dtype
@@ -85,6 +104,13 @@ class MLP(nnx.Module):
             else None
         self.up = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), d_model, param_dtype)
         self.down = param(rngs, (ffn_dim, d_model), ("mlp", "embed"), ffn_dim, param_dtype, scale=out_scale)
+        if activation == "xielu":  # its scalars, as stored (beta and eps held, not trained: steps.NO_DECAY)
+            a = XIELU_INIT
+            stored = {"act_alpha_p": math.log(math.expm1(a["alpha_p"])),
+                      "act_alpha_n": math.log(math.expm1(a["alpha_n"] - a["beta"])),
+                      "act_beta": a["beta"], "act_eps": a["eps"]}
+            for name, value in stored.items():
+                setattr(self, name, nnx.Param(jnp.full((1,), value, param_dtype), axes=(None,)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
@@ -96,7 +122,12 @@ class MLP(nnx.Module):
         g = None if self.gate is None else times(adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt))),
                                                   self.multipliers[0])
         u = adapt(self, "up", x2, mm(x2, self.up[...].astype(dt)))
-        h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
+        if self.activation == "xielu":
+            held = (jax.lax.stop_gradient(getattr(self, n)[...]) for n in ("act_beta", "act_eps"))
+            h = xielu(u, self.act_alpha_p[...].astype(u.dtype), self.act_alpha_n[...].astype(u.dtype),
+                      *(a.astype(u.dtype) for a in held), batch_invariant=self.invariant)
+        else:
+            h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
         out = adapt(self, "down", h, mm(h, self.down[...].astype(dt)))
         return times(out, self.multipliers[1]).reshape(*lead, -1)

@@ -55,8 +55,9 @@ class Optimizer(NamedTuple):
 
 
 # Parameters that hold values rather than learn them (no gradient reaches them): Gemma 4's per-layer output
-# scales and DeepSeek's expert selection biases. A weight decay leaves them alone, as the references' buffers.
-NO_DECAY = frozenset({"layer_scalar", "score_bias"})
+# scales, DeepSeek's expert selection biases, xIELU's fixed scalars. A weight decay leaves them alone, as the
+# references' buffers.
+NO_DECAY = frozenset({"layer_scalar", "score_bias", "act_beta", "act_eps"})
 
 
 def decays(params: Any) -> Any:
