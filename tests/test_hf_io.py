@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
@@ -855,6 +856,31 @@ def test_apertus_released_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_act": "silu"}))
     with pytest.raises(ConfigError, match="hidden_act='silu'"):
         config_from_hf(tmp_path)
+
+
+def test_xielu_scalars_start_as_the_reference_and_only_two_learn():
+    """A fresh xIELU MLP's scalars are the reference activation's initial ones (as stored: alpha_p and alpha_n
+    through the inverse softplus), and its output is the reference's; a gradient reaches alpha_p and alpha_n,
+    never the held beta and eps."""
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+    from reasoning_rl.models.layers.mlp import MLP
+    from transformers.activations import XIELUActivation
+
+    ref = XIELUActivation(dtype=torch.float32)
+    mlp = MLP(8, 16, rngs=nnx.Rngs(0), activation="xielu")
+    for n in ("alpha_p", "alpha_n", "beta", "eps"):
+        np.testing.assert_allclose(np.asarray(getattr(mlp, f"act_{n}")[...]).reshape(()),
+                                   getattr(ref, n).detach().numpy().reshape(()), rtol=1e-6)
+    x = np.random.RandomState(0).normal(size=(2, 3, 8)).astype(np.float32) * 3
+    up = np.asarray(mlp.up[...])
+    with torch.no_grad():
+        want = ref(torch.tensor(x @ up)).numpy() @ np.asarray(mlp.down[...])
+    np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+    graphdef, state = nnx.split(mlp)
+    grads = jax.grad(lambda st: jnp.sum(nnx.merge(graphdef, st)(jnp.asarray(x)) ** 2))(state)
+    assert all(np.abs(np.asarray(grads[f"act_{n}"][...])).max() > 0 for n in ("alpha_p", "alpha_n"))
+    assert all(not np.asarray(grads[f"act_{n}"][...]).any() for n in ("beta", "eps"))
 
 
 def test_internlm3_released_config_fields(tmp_path):
