@@ -259,6 +259,14 @@ FAMILY_CONFIGS = {
                                  rope_theta=12e6, rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                                                 "original_max_position_embeddings": 8192,
                                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0}),
+    "sarvam_moe": TransformerConfig(**{**BASE, "n_layers": 3}, family="sarvam_moe", qk_norm=True, rope_theta=8e6,
+                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
+                                                  score="sigmoid", scaling=2.5, score_bias=True, aux_loss_coef=0.0)),
+    "sarvam_mla": TransformerConfig(
+        **{**BASE, "n_layers": 3, "n_kv_heads": 4, "head_dim": 12}, family="sarvam_mla",
+        mla=MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+        moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=2.5,
+                      score_bias=True, aux_loss_coef=0.0)),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -881,6 +889,37 @@ def test_xielu_scalars_start_as_the_reference_and_only_two_learn():
     grads = jax.grad(lambda st: jnp.sum(nnx.merge(graphdef, st)(jnp.asarray(x)) ** 2))(state)
     assert all(np.abs(np.asarray(grads[f"act_{n}"][...])).max() > 0 for n in ("alpha_p", "alpha_n"))
     assert all(not np.asarray(grads[f"act_{n}"][...]).any() for n in ("beta", "eps"))
+
+
+def test_sarvam_and_param2_released_config_fields(tmp_path):
+    """Sarvam-30B's and Param2's config.json as released (``num_experts``, ``num_shared_experts``, ``use_qkv_bias``,
+    no rope base: 8e6 and 5e5, whole-head rotary); Sarvam-105B's original config (a ``head_dim`` for serving
+    engines, left aside; ``deepseek_yarn`` rope, which is YaRN): each as the reference config class reads it."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("sarvam_moe", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("rope_parameters", "rope_theta", "partial_rotary_factor"):
+        conf.pop(k, None)
+    conf["num_experts"], conf["num_shared_experts"] = conf.pop("n_routed_experts"), conf.pop("n_shared_experts")
+    conf["use_qkv_bias"] = conf.pop("attention_bias")
+    for model_type, cls in (("sarvam_moe", "SarvamMoEConfig"), ("param2moe", "Param2MoeConfig")):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, "model_type": model_type}))
+        cfg, ref = config_from_hf(tmp_path), getattr(transformers, cls)(**conf)
+        assert (cfg.family, cfg.rope_theta, cfg.rope_dim) == (model_type, ref.rope_parameters["rope_theta"], 0)
+        assert (cfg.moe.n_experts, cfg.moe.n_shared, cfg.qkv_bias) == (ref.n_routed_experts, ref.n_shared_experts,
+                                                                        ref.attention_bias)
+        _assert_same(load_params(tmp_path, create(cfg, abstract=True)[0]), params)
+    _save_random("sarvam_mla", tmp_path / "mla")
+    conf = json.loads((tmp_path / "mla" / "config.json").read_text())
+    conf.pop("rope_parameters", None)
+    conf.update(head_dim=8 + 4, rope_theta=10000.0, max_position_embeddings=256,
+                rope_scaling={"type": "deepseek_yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})
+    conf["num_experts"] = conf.pop("n_routed_experts")
+    (tmp_path / "mla" / "config.json").write_text(json.dumps(conf))
+    cfg, ref = config_from_hf(tmp_path / "mla"), transformers.SarvamMLAConfig(**conf)
+    assert cfg.head_dim == 12 and cfg.rope_scaling["rope_type"] == ref.rope_parameters["rope_type"] == "yarn"
+    assert cfg.rope_scaling["factor"] == ref.rope_parameters["factor"] and cfg.moe.n_experts == ref.n_routed_experts
 
 
 def test_internlm3_released_config_fields(tmp_path):

@@ -414,6 +414,21 @@ CASES = {
     "apertus_relu2": ("ApertusConfig", dict(head_dim=16, hidden_act="relu2", attention_bias=True,
                                             tie_word_embeddings=True,
                                             rope_parameters={"rope_type": "default", "rope_theta": 1e4})),
+    # Sarvam-30B / Param2 (run as GLM-4.5, stored under their original names: fused query_key_value, dense,
+    # query/key_layernorm, word_embeddings, expert_bias): q/k norms, whole-head rotary, grouped sigmoid routing with
+    # the selection bias beside a shared expert after a dense layer; then q/k/v biases, no q/k norms, two shared
+    "sarvam_moe": ("SarvamMoEConfig", dict(num_hidden_layers=3, head_dim=16, use_qk_norm=True, n_routed_experts=8,
+                                           num_experts_per_tok=2, moe_intermediate_size=32, n_group=4, topk_group=2,
+                                           n_shared_experts=1)),
+    "param2moe": ("Param2MoeConfig", dict(head_dim=24, attention_bias=True, n_routed_experts=4, num_experts_per_tok=3,
+                                          moe_intermediate_size=24, n_shared_experts=2, first_k_dense_replace=0,
+                                          norm_topk_prob=False, tie_word_embeddings=True)),
+    # Sarvam-105B (run as DeepSeek-V3): full-rank queries (its default), latent attention, sigmoid routing
+    "sarvam_mla": ("SarvamMLAConfig", dict(num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=8,
+                                           num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                                           **{**MLA, "q_lora_rank": None})),
+    # IQuest-Coder-V1 (run as Llama)
+    "iquestcoder": ("IQuestCoderConfig", {"head_dim": 16}),
     # Trinity: q/k norms and an output gate, rotary in the sliding layers only (every fourth full), sandwich norms,
     # sigmoid routing with the selection bias and route_scale beside a shared expert after a dense layer,
     # embeddings times sqrt(d); then no dense layer, two shared experts, the layer kinds named, plain embeddings
@@ -581,7 +596,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
-                                  "cohere2_moe", "cohere2_moe_sliding", "apertus"])
+                                  "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -646,7 +661,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
                                   "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
-                                  "cohere2_moe", "apertus"])
+                                  "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -680,7 +695,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "cohere2_bias", "afmoe", "afmoe_plain", "internlm3", "minicpm5_moe",
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
                                   "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",
-                                  "apertus", "apertus_relu2"])
+                                  "apertus", "apertus_relu2", "sarvam_moe", "param2moe", "sarvam_mla",
+                                  "iquestcoder"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -54,6 +54,8 @@ from . import (
     qwen3_5_moe,
     qwen3_moe,
     qwen3_next,
+    sarvam_mla,
+    sarvam_moe,
     seed_oss,
     smollm3,
     solar_open,
@@ -70,8 +72,10 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       nemotron_h, falcon_h1, deepseek_v32,
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
-                                                      afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus)}
+                                                      afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
+                                                      sarvam_moe, sarvam_mla)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
+FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
 
 

@@ -3,7 +3,7 @@
 ``attention_bias`` puts biases on all four attention projections (some Llama-architecture checkpoints have
 them). InternLM3 (``model_type`` internlm3: InternLM3-8B-Instruct, with its deep-thinking mode) is Llama as
 transformers runs it: its released ``qkv_bias`` / ``bias`` switches are ``attention_bias`` / ``mlp_bias``, its head
-size 128 unless the config says otherwise."""
+size 128 unless the config says otherwise. IQuest-Coder-V1 (``model_type`` iquestcoder) is Llama as well."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ from .base import (
 )
 
 NAME = "llama"
-MODEL_TYPES = ("llama", "mistral", "ministral", "internlm3")
+MODEL_TYPES = ("llama", "mistral", "ministral", "internlm3", "iquestcoder")
 ARCHITECTURE = "LlamaForCausalLM"
 
 
 def from_hf(hf: dict) -> TransformerConfig:
     if hf.get("model_type") == "internlm3":  # (its config class's attribute names and default head size)
         hf = {"head_dim": 128, "attention_bias": hf.get("qkv_bias", False), "mlp_bias": hf.get("bias", False), **hf}
+    if hf.get("model_type") == "iquestcoder":  # (options its original code has and no release enables)
+        refuse(hf, "clip_qkv", lambda v: False, "no IQuest-Coder release clips q/k/v")
+        refuse(hf, "use_sliding_window", lambda v: not v, "no IQuest-Coder release slides")
     refuse(hf, "mlp_bias", lambda v: not v, "MLP biases")
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     name = hf["model_type"] if hf.get("model_type") in ("mistral", "ministral") else NAME
