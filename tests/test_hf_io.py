@@ -925,7 +925,7 @@ def test_sarvam_and_param2_released_config_fields(tmp_path):
 def test_internlm3_released_config_fields(tmp_path):
     """InternLM3's config.json as released: ``qkv_bias`` / ``bias`` for the attention and MLP biases, no head_dim
     (128, its config class's default, not hidden / heads), dynamic NTK rope (the plain rotary within the context;
-    scaling that would start inside it is refused)."""
+    scaling that would start inside it is refused). IQuest-Coder's options no release enables are refused."""
     conf = {"model_type": "internlm3", "architectures": ["InternLM3ForCausalLM"], "vocab_size": 64, "hidden_size": 512,
             "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
             "max_position_embeddings": 32768, "qkv_bias": False, "bias": False, "rope_theta": 5e7,
@@ -935,6 +935,8 @@ def test_internlm3_released_config_fields(tmp_path):
     assert (cfg.family, cfg.head_dim, cfg.qkv_bias) == ("llama", 128, False)
     assert (cfg.rope_theta, cfg.rope_scaling) == (5e7, None)
     for edit, match in (({"qkv_bias": True, "bias": True}, "mlp_bias=True"),
+                        ({"model_type": "iquestcoder", "use_sliding_window": True}, "use_sliding_window=True"),
+                        ({"model_type": "iquestcoder", "clip_qkv": 8.0}, "clip_qkv=8.0"),
                         ({"rope_scaling": {"type": "dynamic", "factor": 6.0, "original_max_position_embeddings": 4096}},
                          "original_max_position_embeddings=4096")):
         (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))

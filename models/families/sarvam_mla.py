@@ -1,7 +1,8 @@
 """Sarvam-105B (``model_type`` sarvam_mla: Sarvam AI's reasoning MoE, which transformers runs as DeepSeek-V3):
 DeepSeek-V3's latent attention and routing (full-rank queries by default) under Sarvam's config.json names
-(``num_experts``, ``num_shared_experts``); its original config's ``head_dim`` (written for serving engines, not
-the model's) is left aside and its ``deepseek_yarn`` rope is YaRN, as the reference reads them."""
+(``num_experts``, ``num_shared_experts``); its original config's ``head_dim`` (written for serving engines) is
+not read, the latent attention's sizes give the heads' as for DeepSeek-V3, and its ``deepseek_yarn`` rope is YaRN,
+as the reference reads them."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ DEFAULTS = {"n_routed_experts": 128, "n_shared_experts": 1, "num_experts_per_tok
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = with_defaults({ALIASES.get(k, k): v for k, v in hf.items() if k not in ("head_dim", "q_head_dim")}, DEFAULTS)
+    hf = with_defaults({ALIASES.get(k, k): v for k, v in hf.items()}, DEFAULTS)
     for key in ("rope_scaling", "rope_parameters"):
         rope = hf.get(key)
         if isinstance(rope, dict) and "deepseek_yarn" in (rope.get("type"), rope.get("rope_type")):

@@ -49,11 +49,12 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
         out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.input_layernorm.weight"),
                 Tensor((seg, "mlp_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
                 Tensor((seg, "attn", "o"), f"{pre}.attention.dense.weight", "t2")]
-        out += [Tensor((seg, "attn", n), f"{pre}.attention.query_key_value.weight", "t1", piece=Piece(0, j, (q, kv, kv)))
+        qkv = f"{pre}.attention.query_key_value"
+        out += [Tensor((seg, "attn", n), f"{qkv}.weight", "t1", piece=Piece(0, j, (q, kv, kv)))
                 for j, n in enumerate("qkv")]
         if cfg.qkv_bias:
-            out += [Tensor((seg, "attn", f"{n}_bias"), f"{pre}.attention.query_key_value.bias", "flat",
-                           piece=Piece(0, j, (q, kv, kv))) for j, n in enumerate("qkv")]
+            out += [Tensor((seg, "attn", f"{n}_bias"), f"{qkv}.bias", "flat", piece=Piece(0, j, (q, kv, kv)))
+                    for j, n in enumerate("qkv")]
         if cfg.qk_norm:
             out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{pre}.attention.{w}_layernorm.weight")
                     for n, w in (("q", "query"), ("k", "key"))]
