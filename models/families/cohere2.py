@@ -36,12 +36,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     hf = {"tie_word_embeddings": True, "layer_norm_eps": 1e-5, "logit_scale": 0.0625, "rope_theta": 10_000.0,
           **{k: v for k, v in hf.items() if v is not None}, "head_dim": d // heads}
     types = hf.get("layer_types") or every_nth_full(n, hf.get("sliding_window_pattern", 4))
-    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
-    window = int(hf.get("sliding_window") or 0)
-    # the reference rotates a layer's queries and keys only where it slides: without a window, in no layer
-    sliding = tuple(t == "sliding_attention" and window > 0 for t in types)
+    window, sliding = sliding_layers(hf, types)
     theta, scaling = rope_from_hf(hf)
     bias = bool(hf.get("attention_bias", False))
     return TransformerConfig(**common_from_hf(
@@ -50,6 +45,17 @@ def from_hf(hf: dict) -> TransformerConfig:
         logits_multiplier=float(hf["logit_scale"]), sliding_window=window if any(sliding) else 0,
         layer_types=tuple("sliding" if s else "full" for s in sliding) if any(sliding) else None,
         nope_layers=tuple(i for i, s in enumerate(sliding) if not s)))
+
+
+def sliding_layers(hf: dict, types: list[str]) -> tuple[int, tuple[bool, ...]]:
+    """(window, which layers slide) from ``types`` (a ``layer_types`` list): none without a window. (The reference
+    rotates a layer's queries and keys only where it slides: without a window, in no layer.)"""
+    n = need(hf, "num_hidden_layers")
+    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
+        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
+                          f"the {n} layers")
+    window = int(hf.get("sliding_window") or 0)
+    return window, tuple(t == "sliding_attention" and window > 0 for t in types)
 
 
 def to_hf(cfg: TransformerConfig) -> dict:

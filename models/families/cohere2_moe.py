@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
+from . import cohere2
 from .base import (
     ConfigError,
     Tensor,
     common_from_hf,
     common_to_hf,
+    every_nth_full,
     expert_tensors,
     gqa_tensors,
     mlp_layer_types_from_hf,
@@ -45,10 +47,6 @@ DEFAULTS = {"tie_word_embeddings": True, "layer_norm_eps": 1e-5, "logit_scale": 
             "prefix_dense_sliding_window_pattern": 1, "norm_topk_prob": True, "sliding_window_pattern": 4}
 
 
-def _pattern(n: int, every: int) -> list[str]:
-    return ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
-
-
 def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     hf = with_defaults(hf, DEFAULTS, 10_000.0)
@@ -58,16 +56,12 @@ def from_hf(hf: dict) -> TransformerConfig:
     k = hf.get("first_k_dense_replace", 0)  # (older configs: the layer kinds from it, as the reference reads it)
     if not isinstance(k, int) or not 0 <= k < n:
         raise ConfigError(f"config.json: first_k_dense_replace={k!r} is not a number of layers below {n}")
-    types = hf.get("layer_types") or (_pattern(k, hf["prefix_dense_sliding_window_pattern"])
-                                      + _pattern(n - k, hf["sliding_window_pattern"]))
-    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
+    types = hf.get("layer_types") or (every_nth_full(k, hf["prefix_dense_sliding_window_pattern"])
+                                      + every_nth_full(n - k, hf["sliding_window_pattern"]))
+    window, sliding = cohere2.sliding_layers(hf, types)
     first, later = mlp_layer_types_from_hf({**hf, "mlp_layer_types": hf.get("mlp_layer_types")
                                             or ["dense"] * k + ["sparse"] * (n - k)})
     dense = [i < first or i in later for i in range(n)]
-    window = int(hf.get("sliding_window") or 0)
-    sliding = tuple(t == "sliding_attention" and window > 0 for t in types)
     # the reference rotates where a layer slides, and in every dense layer when none of them slides (pattern 1)
     forced = hf["prefix_dense_sliding_window_pattern"] == 1
     nope = tuple(i for i in range(n) if not sliding[i] and not (dense[i] and forced))
