@@ -50,7 +50,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification", "Gemma4ForSequenceClassification",
     "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification", "MiniCPM5MoeForSequenceClassification",
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
-    "ApertusForSequenceClassification"})
+    "ApertusForSequenceClassification", "CwmForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

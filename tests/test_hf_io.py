@@ -267,6 +267,10 @@ FAMILY_CONFIGS = {
         mla=MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
         moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, score="sigmoid", scaling=2.5,
                       score_bias=True, aux_loss_coef=0.0)),
+    "cwm": TransformerConfig(**{**BASE, "n_layers": 4}, family="cwm", sliding_window=8, rope_theta=1e6,
+                             layer_types=("full", "sliding", "sliding", "sliding"),
+                             rope_scaling={"rope_type": "llama3", "factor": 16.0, "high_freq_factor": 4.0,
+                                           "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -920,6 +924,24 @@ def test_sarvam_and_param2_released_config_fields(tmp_path):
     cfg, ref = config_from_hf(tmp_path / "mla"), transformers.SarvamMLAConfig(**conf)
     assert cfg.head_dim == 12 and cfg.rope_scaling["rope_type"] == ref.rope_parameters["rope_type"] == "yarn"
     assert cfg.rope_scaling["factor"] == ref.rope_parameters["factor"] and cfg.moe.n_experts == ref.n_routed_experts
+
+
+def test_cwm_released_config_fields(tmp_path):
+    """CWM's config.json may leave out its layer kinds (the first full, then every fourth) and rope (Llama 3's at
+    base 1e6, 16x from 8192 positions), as the reference fills them; without a window every layer is full."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("cwm", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "rope_parameters", "rope_theta", "rope_scaling"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cfg, ref = config_from_hf(tmp_path), transformers.CwmConfig(**conf)
+    assert dataclasses.replace(cfg, extra={}) == FAMILY_CONFIGS["cwm"]
+    assert ["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers] == ref.layer_types
+    assert cfg.rope_theta == ref.rope_parameters["rope_theta"] and cfg.rope_scaling["factor"] == 16.0
+    _assert_same(load_params(tmp_path, create(cfg, abstract=True)[0]), params)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
+    assert not any(config_from_hf(tmp_path).sliding_layers)
 
 
 def test_internlm3_released_config_fields(tmp_path):

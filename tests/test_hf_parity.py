@@ -429,6 +429,11 @@ CASES = {
                                            **{**MLA, "q_lora_rank": None})),
     # IQuest-Coder-V1 (run as Llama)
     "iquestcoder": ("IQuestCoderConfig", {"head_dim": 16}),
+    # Code World Model: Llama with three sliding layers to a full one (the first full); then the kinds named
+    "cwm": ("CwmConfig", dict(num_hidden_layers=5, head_dim=16, sliding_window=5)),
+    "cwm_types": ("CwmConfig", dict(head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                                    tie_word_embeddings=True,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 5e5})),
     # Trinity: q/k norms and an output gate, rotary in the sliding layers only (every fourth full), sandwich norms,
     # sigmoid routing with the selection bias and route_scale beside a shared expert after a dense layer,
     # embeddings times sqrt(d); then no dense layer, two shared experts, the layer kinds named, plain embeddings
@@ -596,7 +601,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
-                                  "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla"])
+                                  "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
+                                  "cwm"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -661,7 +667,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
                                   "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
-                                  "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla"])
+                                  "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
+                                  "cwm"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -696,7 +703,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
                                   "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",
                                   "apertus", "apertus_relu2", "sarvam_moe", "param2moe", "sarvam_mla",
-                                  "iquestcoder"])
+                                  "iquestcoder", "cwm", "cwm_types"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -13,6 +13,7 @@ from . import (
     bamba,
     cohere2,
     cohere2_moe,
+    cwm,
     deepseek_v2,
     deepseek_v3,
     deepseek_v32,
@@ -73,7 +74,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
-                                                      sarvam_moe, sarvam_mla)}
+                                                      sarvam_moe, sarvam_mla, cwm)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
