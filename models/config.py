@@ -54,6 +54,8 @@ class MoEConfig:
     # the shared experts' output and the routed experts' averaged, not summed (Command A+: its
     # ``shared_expert_combination_strategy: average``)
     shared_average: bool = False
+    # the MoE block's output (routed and shared experts together) RMS-normalised with a learned scale (A.X K1)
+    post_norm: bool = False
 
     def is_moe(self, layer: int) -> bool:
         """Does ``layer`` route over experts (rather than run a dense MLP)?"""

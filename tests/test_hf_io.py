@@ -271,6 +271,12 @@ FAMILY_CONFIGS = {
                              layer_types=("full", "sliding", "sliding", "sliding"),
                              rope_scaling={"rope_type": "llama3", "factor": 16.0, "high_freq_factor": 4.0,
                                            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
+    "axk1": TransformerConfig(
+        **{**BASE, "n_layers": 4, "n_kv_heads": 4, "head_dim": 12}, family="axk1",
+        mla=MLAConfig(q_lora_rank=16, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4, v_dim=6),
+        moe=MoEConfig(n_experts=8, top_k=2, ffn_dim=8, n_shared=1, first_dense=1, dense_layers=(2,),
+                      score="sigmoid", scaling=2.5, n_group=4, topk_group=2, score_bias=True, aux_loss_coef=0.0,
+                      post_norm=True)),
     "afmoe": TransformerConfig(**{**BASE, "n_layers": 4}, family="afmoe", norm_eps=1e-5, qk_norm=True,
                                attn_gate=True, sandwich_norm=True, embed_multiplier=32 ** 0.5, sliding_window=4,
                                layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
@@ -942,6 +948,29 @@ def test_cwm_released_config_fields(tmp_path):
     _assert_same(load_params(tmp_path, create(cfg, abstract=True)[0]), params)
     (tmp_path / "config.json").write_text(json.dumps({**conf, "sliding_window": None}))
     assert not any(config_from_hf(tmp_path).sliding_layers)
+
+
+def test_axk1_released_config_fields(tmp_path):
+    """A.X K1's older config.json names its dense layers with ``first_k_dense_replace`` and ``moe_layer_freq``
+    (no ``mlp_layer_types``), as the reference reads them; the routing fields default to the reference's."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("axk1", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf.pop("mlp_layer_types")
+    for k in ("n_group", "topk_group", "routed_scaling_factor"):
+        conf.pop(k)
+    for edit in ({}, {"first_k_dense_replace": 0, "moe_layer_freq": 2}, {"first_k_dense_replace": 2}):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
+        cfg, ref = config_from_hf(tmp_path), transformers.AXK1Config(**{**conf, **edit})
+        assert ["sparse" if cfg.moe.is_moe(i) else "dense" for i in range(4)] == ref.mlp_layer_types
+        assert (cfg.moe.n_group, cfg.moe.topk_group, cfg.moe.scaling) == (ref.n_group, ref.topk_group,
+                                                                          ref.routed_scaling_factor)
+    layer_types = ["dense", "sparse", "dense", "sparse"]
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "mlp_layer_types": layer_types}))
+    _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "moe_layer_freq": 0}))
+    with pytest.raises(ConfigError, match="moe_layer_freq=0"):
+        config_from_hf(tmp_path)
 
 
 def test_internlm3_released_config_fields(tmp_path):

@@ -10,6 +10,7 @@ from types import ModuleType
 from . import (
     afmoe,
     apertus,
+    axk1,
     bamba,
     cohere2,
     cohere2_moe,
@@ -74,7 +75,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
-                                                      sarvam_moe, sarvam_mla, cwm)}
+                                                      sarvam_moe, sarvam_mla, cwm, axk1)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}

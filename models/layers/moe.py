@@ -24,6 +24,7 @@ from ..config import MoEConfig
 from ..lora import weight
 from .init import param, zeros
 from .mlp import MLP, gated, glu_fn
+from .norm import RMSNorm
 
 
 @jax.tree_util.register_dataclass
@@ -273,6 +274,7 @@ class MoE(nnx.Module):
         self.shared = (MLP(d_model, shared, rngs=rngs, param_dtype=param_dtype, dtype=dtype, out_scale=out_scale,
                            activation=activation, glu_args=glu_args) if shared else None)
         self.shared_gate = param(rngs, (d_model, 1), ("embed", None), d_model, param_dtype) if mc.shared_gate else None
+        self.post_norm = RMSNorm(d_model, eps=norm_eps, param_dtype=param_dtype) if mc.post_norm else None
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None, routes: jax.Array | None = None,
                  router_x: jax.Array | None = None) -> tuple[jax.Array, dict]:
@@ -323,4 +325,6 @@ class MoE(nnx.Module):
             if self.shared_gate is not None:
                 s = s * jax.nn.sigmoid(x @ self.shared_gate[...].astype(dt))
             y = (y + s) / 2 if self.mc.shared_average else y + s
+        if self.post_norm is not None:
+            y = self.post_norm(y)
         return y, stats
