@@ -959,7 +959,7 @@ def test_axk1_released_config_fields(tmp_path):
     conf.pop("mlp_layer_types")
     for k in ("n_group", "topk_group", "routed_scaling_factor"):
         conf.pop(k)
-    for edit in ({}, {"first_k_dense_replace": 0, "moe_layer_freq": 2}, {"first_k_dense_replace": 2}):
+    for edit in ({}, {"first_k_dense_replace": 1, "moe_layer_freq": 2}, {"first_k_dense_replace": 2}):
         (tmp_path / "config.json").write_text(json.dumps({**conf, **edit}))
         cfg, ref = config_from_hf(tmp_path), transformers.AXK1Config(**{**conf, **edit})
         assert ["sparse" if cfg.moe.is_moe(i) else "dense" for i in range(4)] == ref.mlp_layer_types
