@@ -66,8 +66,8 @@ class KVCache:
     layer would cost Gemma 4 twice its sliding layers' size and four times its full layers'. Whatever maps every
     buffer alike takes both (``jax.tree.map``); a layer stack runs on its kind's (``cfg.stack_cache_kind``)."""
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple | dict  # (stacked; per layer: ``split_layers``; by kind: ``cfg.cache_kinds``)
+    v: jax.Array | tuple | dict
     valid: jax.Array
     table: jax.Array | None = None
     conv: jax.Array | None = None

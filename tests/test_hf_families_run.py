@@ -42,6 +42,10 @@ GRANITE = ("{% for message in messages %}{{ '<|start_of_role|>' + message['role'
 GEMMA = ("{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' + "
          "message['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
          "{{ '<start_of_turn>model\n' }}{% endif %}")
+COHERE = ("{{ bos_token }}{% for message in messages %}{{ '<|START_OF_TURN_TOKEN|>' + "
+          "('<|USER_TOKEN|>' if message['role'] == 'user' else '<|CHATBOT_TOKEN|>') + message['content'] + "
+          "'<|END_OF_TURN_TOKEN|>' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}")
 FAMILIES = {
     "gpt_oss": (HARMONY, ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"],
                 {"eos_token": "<|return|>", "pad_token": "<|endoftext|>"}, {"data": 4, "expert": 2}),
@@ -81,6 +85,12 @@ FAMILIES = {
     "mimo_v2_flash": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                       {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
                       {"data": 2, "tensor": 2, "expert": 2}),
+    # Command A+'s shape (Cohere's turns): a dense layer rotating though full, then attention and routed experts side
+    # by side on one normed input, a shared expert averaged in: data 2 x tensor 2 x expert 2
+    "cohere2_moe": (COHERE, ["<PAD>", "<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>",
+                             "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>"],
+                    {"eos_token": "<|END_OF_TURN_TOKEN|>", "bos_token": "<BOS_TOKEN>", "pad_token": "<PAD>"},
+                    {"data": 2, "tensor": 2, "expert": 2}),
     # LFM2: a short-convolution layer (channels split by the tensor axis) then an attention layer
     "lfm2": (QWEN.replace("<think>\n", ""), ["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
              {"eos_token": "<|im_end|>", "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"},
@@ -160,6 +170,10 @@ def _checkpoint(path, family):
                                              num_experts_per_tok=2, moe_intermediate_size=16,
                                              layer_types=["full_attention", "sliding_attention"],
                                              mlp_layer_types=["dense", "sparse"])
+    elif family == "cohere2_moe":
+        cfg = transformers.Cohere2MoeConfig(**common, sliding_window=8, num_experts=4, num_experts_per_tok=2,
+                                            num_shared_experts=1, first_k_dense_replace=1,
+                                            prefix_dense_intermediate_size=48)
     else:
         cfg = transformers.Olmo2Config(**{**common, "intermediate_size": 64})
     torch.manual_seed(0)
