@@ -682,13 +682,14 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
     valid = np.zeros((2, 8), bool)
     prompts[0, :], valid[0, :] = RNG.randint(1, V, 8), True
     prompts[1, 3:], valid[1, 3:] = RNG.randint(1, V, 5), True
-    out = sampler.generate(model.mdef, model.params, prompts, valid, max_new_tokens=32, greedy=True, stop_ids=())
+    # 16 new tokens: past every sliding window here, over two of the sampler's growing decode windows
+    out = sampler.generate(model.mdef, model.params, prompts, valid, max_new_tokens=16, greedy=True, stop_ids=())
     ref_model.generation_config.eos_token_id = None
     ref_model.generation_config.pad_token_id = 0
     with torch.no_grad():
         ref = ref_model.generate(input_ids=torch.tensor(prompts, dtype=torch.long),
-                                 attention_mask=torch.tensor(valid, dtype=torch.long), max_new_tokens=32,
-                                 min_new_tokens=32, do_sample=False)
+                                 attention_mask=torch.tensor(valid, dtype=torch.long), max_new_tokens=16,
+                                 min_new_tokens=16, do_sample=False)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, 8:].numpy())
     assert np.asarray(out.mask).all()
 
