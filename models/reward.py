@@ -50,7 +50,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "ExaoneMoeForSequenceClassification", "MiMoV2FlashForSequenceClassification", "Gemma4ForSequenceClassification",
     "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification", "MiniCPM5MoeForSequenceClassification",
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
-    "ApertusForSequenceClassification", "CwmForSequenceClassification"})
+    "ApertusForSequenceClassification", "CwmForSequenceClassification",
+    "FlexOlmoForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -439,6 +439,10 @@ CASES = {
     "axk1": ("AXK1Config", dict(num_hidden_layers=4, num_key_value_heads=4, n_routed_experts=8,
                                 num_experts_per_tok=2, moe_intermediate_size=32, n_group=2, topk_group=1,
                                 n_shared_experts=1, mlp_layer_types=["dense", "sparse", "dense", "sparse"], **MLA)),
+    # FlexOlmo: OLMoE's experts in OLMo-2's post-norm layers (q/k norms over the whole projection); then renormalised
+    "flex_olmo": ("FlexOlmoConfig", dict(num_hidden_layers=3, num_experts=4, num_experts_per_tok=2, pad_token_id=0)),
+    "flex_olmo_norm": ("FlexOlmoConfig", dict(num_experts=4, num_experts_per_tok=3, norm_topk_prob=True,
+                                              tie_word_embeddings=True, pad_token_id=0)),
     # Trinity: q/k norms and an output gate, rotary in the sliding layers only (every fourth full), sandwich norms,
     # sigmoid routing with the selection bias and route_scale beside a shared expert after a dense layer,
     # embeddings times sqrt(d); then no dense layer, two shared experts, the layer kinds named, plain embeddings
@@ -607,7 +611,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1"])
+                                  "cwm", "axk1", "flex_olmo"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -673,7 +677,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1"])
+                                  "cwm", "axk1", "flex_olmo"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -709,7 +713,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
                                   "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",
                                   "apertus", "apertus_relu2", "sarvam_moe", "param2moe", "sarvam_mla",
-                                  "iquestcoder", "cwm", "cwm_types", "axk1"])
+                                  "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -23,6 +23,7 @@ from . import (
     exaone4,
     exaone_moe,
     falcon_h1,
+    flex_olmo,
     gemma,
     gemma2,
     gemma3,
@@ -75,7 +76,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       glm_moe_dsa, mistral4, olmo_hybrid, hy_v3,
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
-                                                      sarvam_moe, sarvam_mla, cwm, axk1)}
+                                                      sarvam_moe, sarvam_mla, cwm, axk1,
+                                                      flex_olmo)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
