@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,11 @@ class StageCheckpointer:
                 self.unusable.append((str(s), why))
                 step_dir = self.directory / str(s)
                 _given_up.update(os.path.join(f(step_dir), "") for f in (os.path.abspath, os.path.realpath))
-                gc.collect()  # the step's failed reads: their "never retrieved" reports come (filtered) now, not later
+                # the step's failed reads: their "never retrieved" reports come (filtered) now, not later, and the
+                # reads orbax abandoned before starting them ("coroutine ... was never awaited") say nothing more
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+                    gc.collect()
                 if step is not None:
                     raise CheckpointUnusable(f"{self.directory / str(s)}: checkpoint step {s} cannot be restored "
                                              f"({why})") from None
