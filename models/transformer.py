@@ -146,9 +146,9 @@ class KVCache:
     def layer_buffers(self, cfg: TransformerConfig) -> tuple[tuple, tuple]:
         """(k, v): each attention layer's [B, K, S, D] buffer of a contiguous cache, in model order (with
         ``cfg.cache_kinds``, each from its kind's buffer); ``split_layers`` holds the cache as these."""
-        slots = cfg.cache_slots
-        return tuple(tuple((x if cfg.cache_kind(i) is None else x[cfg.cache_kind(i)])[slots[i]]
-                           for i in cfg.attention_layers) for x in (self.k, self.v))
+        slots, kinds = cfg.cache_slots, [cfg.cache_kind(i) for i in cfg.attention_layers]
+        return tuple(tuple((x if kind is None else x[kind])[slots[i]] for i, kind in zip(cfg.attention_layers, kinds))
+                     for x in (self.k, self.v))
 
     def layer_kv(self) -> tuple:
         """What the layer scan carries: (k, v) or, paged, (k pools, v pools, table); split (``split_layers``):

@@ -882,8 +882,8 @@ def test_apertus_released_config_fields(tmp_path):
 
 def test_xielu_scalars_start_as_the_reference_and_only_two_learn():
     """A fresh xIELU MLP's scalars are the reference activation's initial ones (as stored: alpha_p and alpha_n
-    through the inverse softplus), and its output is the reference's; a gradient reaches alpha_p and alpha_n,
-    never the held beta and eps."""
+    through the inverse softplus), and its output is the reference's, in batch-invariant mode too; a gradient
+    reaches alpha_p and alpha_n, never the held beta and eps."""
     torch = pytest.importorskip("torch")
     from flax import nnx
     from reasoning_rl.models.layers.mlp import MLP
@@ -899,6 +899,9 @@ def test_xielu_scalars_start_as_the_reference_and_only_two_learn():
     with torch.no_grad():
         want = ref(torch.tensor(x @ up)).numpy() @ np.asarray(mlp.down[...])
     np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+    # batch-invariant mode (its exponential through ``invariant.exp``): the same values, within float rounding
+    inv = MLP(8, 16, rngs=nnx.Rngs(0), activation="xielu", invariant=True)
+    np.testing.assert_allclose(np.asarray(inv(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
     graphdef, state = nnx.split(mlp)
     grads = jax.grad(lambda st: jnp.sum(nnx.merge(graphdef, st)(jnp.asarray(x)) ** 2))(state)
     assert all(np.abs(np.asarray(grads[f"act_{n}"][...])).max() > 0 for n in ("alpha_p", "alpha_n"))

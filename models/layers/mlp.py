@@ -93,7 +93,7 @@ class MLP(nnx.Module):
                  invariant: bool = False, multipliers: tuple[float, float] = (1.0, 1.0)):
         """``multipliers`` (Falcon-H1's muP): the gate projection times the first before the activation, the
         output times the second, each in float32 and rounded once."""
-        if activation != "xielu":
+        if activation != "xielu":  # (validated here; xIELU's function needs the scalars made below)
             glu_fn(activation, *glu_args)
         self.multipliers = (float(multipliers[0]), float(multipliers[1]))
         self.invariant = invariant  # batch-invariant products (layers/invariant.py)
