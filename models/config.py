@@ -218,6 +218,14 @@ class TransformerConfig:
     value_scale: float = 1.0  # values times it after their projection, before the cache (MiMo-V2-Flash)
     v_norm: bool = False  # values RMS-normalised per head, without a scale, before the cache (Gemma 4)
     layer_scalar: bool = False  # each layer's output times a stored per-layer scalar, not trained (Gemma 4)
+    # Gemma 4 E2B/E4B's per-layer input embeddings (0: none): each token has ``ple_dim`` values per layer, from a
+    # table of its own plus a projection of the token's embedding, which each layer gates into its output
+    ple_dim: int = 0
+    # the last ``kv_shared_layers`` layers compute no keys/values of their own: each attends over those of the last
+    # earlier layer of its kind (sliding or full), reading that layer's cache (``kv_owners``); with
+    # ``double_wide_mlp`` their MLPs are twice ``ffn_dim`` wide (Gemma 4 E2B/E4B)
+    kv_shared_layers: int = 0
+    double_wide_mlp: bool = False
     # Cohere's layers: the norms subtract the mean first (a LayerNorm without a bias), and attention and MLP read
     # the same normed input, both outputs added to the residual (one norm per layer)
     norm_center: bool = False
@@ -263,14 +271,43 @@ class TransformerConfig:
         return tuple(i for i in range(self.n_layers) if i not in skip)
 
     @property
+    def kv_owners(self) -> tuple[int, ...]:
+        """Per layer, the layer whose keys/values it attends over: itself, or for the last ``kv_shared_layers``
+        layers the last earlier layer of the same kind (sliding or full), as the reference pairs them."""
+        n, shared = self.n_layers, self.kv_shared_layers
+        if not shared:
+            return tuple(range(n))
+        if not 0 < shared < n:
+            raise ValueError(f"kv_shared_layers: {shared} must leave at least one of the {n} layers its own "
+                             "keys/values")
+        first = n - shared
+        owners = list(range(first))
+        for i in range(first, n):
+            same = [j for j in range(first) if self.sliding_layers[j] == self.sliding_layers[i]]
+            if not same:
+                kind = "sliding" if self.sliding_layers[i] else "full"
+                raise ValueError(f"kv_shared_layers: layer {i} ({kind} attention) shares keys/values, but no "
+                                 f"earlier {kind} layer computes them")
+            owners.append(same[-1])
+        return tuple(owners)
+
+    @property
+    def cached_layers(self) -> tuple[int, ...]:
+        """The attention layers that hold keys/values in the cache: all but those sharing another's."""
+        owners = self.kv_owners
+        return tuple(i for i in self.attention_layers if owners[i] == i)
+
+    @property
     def cache_slots(self) -> tuple[int, ...]:
         """Per layer, its index in its kind's cache: an attention layer's in the KV cache (which holds the
-        attention layers only; with ``cache_kinds``, in its kind's buffer), a linear-attention layer's in the
-        recurrent states (a parallel layer's index is the same in both: every layer is in each)."""
+        attention layers only; with ``cache_kinds``, in its kind's buffer; a layer sharing another's keys/values
+        has that layer's index), a linear-attention layer's in the recurrent states (a parallel layer's index is
+        the same in both: every layer is in each)."""
         lin = self.linear.layers if self.linear is not None else ()
-        kinds = self.cache_kinds
-        att = {k: tuple(i for i in self.attention_layers if self.cache_kind(i) == k) for k in kinds or (None,)}
-        return tuple(lin.index(i) if i in lin else att[self.cache_kind(i)].index(i) for i in range(self.n_layers))
+        kinds, owners = self.cache_kinds, self.kv_owners
+        att = {k: tuple(i for i in self.cached_layers if self.cache_kind(i) == k) for k in kinds or (None,)}
+        return tuple(lin.index(i) if i in lin else att[self.cache_kind(i)].index(owners[i])
+                     for i in range(self.n_layers))
 
     @property
     def cache_kinds(self) -> tuple[str, ...]:

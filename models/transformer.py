@@ -30,10 +30,10 @@ from .config import TransformerConfig
 from .layers import invariant
 from .layers.attention import Attention, attention_mask, freeze, rope_for
 from .layers.gated_deltanet import GatedDeltaNet
-from .layers.init import drawn
+from .layers.init import drawn, param
 from .layers.mamba2 import Mamba2
 from .layers.mla import MLA
-from .layers.mlp import MLP
+from .layers.mlp import ACTIVATIONS, INVARIANT_ACTIVATIONS, MLP
 from .layers.moe import MoE, balance_loss
 from .layers.multiplier import times
 from .layers.norm import RMSNorm
@@ -79,7 +79,7 @@ class KVCache:
 
         def buffers(kind):
             kk, kd, vk, vd = cfg.kv_shape_of(kind)
-            n = sum(cfg.cache_kind(i) == kind for i in cfg.attention_layers)
+            n = sum(cfg.cache_kind(i) == kind for i in cfg.cached_layers)
             return jnp.zeros((n, batch, kk, size, kd), dtype), jnp.zeros((n, batch, vk, size, vd), dtype)
 
         if cfg.cache_kinds:
@@ -144,10 +144,11 @@ class KVCache:
         return KVCache(*self.layer_buffers(cfg), self.valid)
 
     def layer_buffers(self, cfg: TransformerConfig) -> tuple[tuple, tuple]:
-        """(k, v): each attention layer's [B, K, S, D] buffer of a contiguous cache, in model order (with
-        ``cfg.cache_kinds``, each from its kind's buffer); ``split_layers`` holds the cache as these."""
-        slots, kinds = cfg.cache_slots, [cfg.cache_kind(i) for i in cfg.attention_layers]
-        return tuple(tuple((x if kind is None else x[kind])[slots[i]] for i, kind in zip(cfg.attention_layers, kinds))
+        """(k, v): each cached attention layer's [B, K, S, D] buffer of a contiguous cache, in model order (with
+        ``cfg.cache_kinds``, each from its kind's buffer; ``cfg.cached_layers``: a layer sharing another's
+        keys/values has no buffer of its own); ``split_layers`` holds the cache as these."""
+        slots, kinds = cfg.cache_slots, [cfg.cache_kind(i) for i in cfg.cached_layers]
+        return tuple(tuple((x if kind is None else x[kind])[slots[i]] for i, kind in zip(cfg.cached_layers, kinds))
                      for x in (self.k, self.v))
 
     def layer_kv(self) -> tuple:
@@ -161,10 +162,12 @@ class Block(nnx.Module):
     with ``cfg.linear.parallel`` (Falcon-H1), attention and a Mamba-2 mixer on the same input, their outputs
     added), then a dense or MoE MLP (none with ``mlp=False``: a mixer-only layer), each after an RMSNorm (unless
     ``cfg.pre_norm`` is off: OLMo-2) and, with ``cfg.sandwich_norm`` (Gemma, OLMo-2), with a norm on its
-    output."""
+    output. ``shared``: the layer attends over another layer's keys/values (``cfg.kv_shared_layers``: no key or
+    value projection of its own). With ``cfg.ple_dim`` the layer's per-layer input is gated into its output last
+    (``_per_layer``)."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, moe: bool = False, linear: bool = False,
-                 mlp: bool = True, full: bool = False):
+                 mlp: bool = True, full: bool = False, shared: bool = False):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
@@ -212,11 +215,12 @@ class Block(nnx.Module):
                                   softcap=cfg.attn_softcap, qk_norm_whole=cfg.qk_norm_whole,
                                   sinks=cfg.attn_sinks and (cfg.full_sinks or not full),
                                   v_dim=cfg.v_head_dim or head_dim, value_scale=cfg.value_scale,
-                                  k_eq_v=full and cfg.full_k_eq_v, v_norm=cfg.v_norm,
+                                  k_eq_v=full and cfg.full_k_eq_v and not shared, v_norm=cfg.v_norm,
                                   out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
-                                  length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier)
+                                  length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier,
+                                  kv_reuse=shared)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
         # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it,
@@ -227,6 +231,19 @@ class Block(nnx.Module):
         if cfg.parallel_block and (linear or sandwich or not pre_norm or not mlp or (moe and cfg.moe.beside_dense)):
             raise ValueError("parallel_block: pre-norm attention layers with an MLP or experts only (no recurrent "
                              "layers, sandwich norms or a dense MLP beside the experts)")
+        # per-layer inputs (Gemma 4 E2B/E4B): the output gated to ple_dim, times the layer's input, projected back
+        # and normed, added to the residual
+        if cfg.ple_dim and (cfg.parallel_block or not mlp):
+            raise ValueError("ple_dim: per-layer inputs in layers with an MLP, not parallel blocks")
+        self.invariant = cfg.batch_invariant
+        self.activation = cfg.activation
+        if cfg.ple_dim:
+            p = cfg.ple_dim
+            self.ple_gate = param(rngs, (cfg.d_model, p), ("embed", None), cfg.d_model, pd)
+            self.ple_proj = param(rngs, (p, cfg.d_model), (None, "embed"), p, pd, scale=out_scale)
+            self.ple_norm = norm()
+        else:
+            self.ple_gate = self.ple_proj = self.ple_norm = None
         if not mlp:
             if cfg.layer_scalar:
                 raise ValueError("layer_scalar: layers with an MLP only")
@@ -234,6 +251,7 @@ class Block(nnx.Module):
             return
         self.mlp_norm = norm() if pre_norm and not cfg.parallel_block else None
         glu_args = (cfg.swiglu_alpha, cfg.swiglu_limit)
+        ffn = cfg.ffn_dim * (2 if shared and cfg.double_wide_mlp else 1)
         beside = moe and cfg.moe.beside_dense  # Gemma 4: a dense MLP beside the experts, each normed before and after
         if beside and not (pre_norm and sandwich):
             raise ValueError("moe.beside_dense: layers with norms before and after their MLP (sandwich_norm)")
@@ -245,15 +263,16 @@ class Block(nnx.Module):
             self.mlp = MoE(cfg.d_model, cfg.moe, rngs=rngs, activation=cfg.activation, param_dtype=pd, dtype=dt,
                            out_scale=out_scale, glu_args=glu_args, norm_eps=cfg.norm_eps)
         else:
-            self.mlp = MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
+            self.mlp = MLP(cfg.d_model, ffn, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                            activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant,
                            multipliers=cfg.mlp_multipliers)
         self.post_mlp_norm = norm() if sandwich else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
-                 routes=None, prefix=None, segments=None):
+                 routes=None, prefix=None, segments=None, ple=None):
         """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP. ``segments``: packed rows' sequence
-        ids, for a linear-attention layer (attention layers have them in ``mask``)."""
+        ids, for a linear-attention layer (attention layers have them in ``mask``). ``ple`` [B, T, ple_dim]: the
+        layer's per-layer inputs (``cfg.ple_dim``)."""
         pre = self.attn_norm(x) if self.attn_norm is not None else x
         if self.linear:
             m_in, m_out = self.mamba_multipliers
@@ -295,9 +314,20 @@ class Block(nnx.Module):
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
         x = x + self._residual(h)
+        if self.ple_gate is not None:
+            x = x + self._per_layer(x, ple)
         if self.layer_scalar is not None:
             x = x * jax.lax.stop_gradient(self.layer_scalar[...]).astype(x.dtype)
         return constrain(x, ("batch", "seq", "act_embed")), cache, stats
+
+    def _per_layer(self, x, ple):
+        """The per-layer input's contribution (Gemma 4 E2B/E4B): ``norm(proj(act(x W_gate) * ple))``."""
+        dt = x.dtype
+        mm = invariant.matmul_for(self.invariant)
+        act = (INVARIANT_ACTIVATIONS if self.invariant else ACTIVATIONS)[self.activation]
+        x2 = x.reshape(-1, x.shape[-1])
+        g = act(mm(x2, self.ple_gate[...].astype(dt))) * ple.reshape(x2.shape[0], -1).astype(dt)
+        return self.ple_norm(mm(g, self.ple_proj[...].astype(dt)).reshape(x.shape))
 
     def _residual(self, h):
         """A sub-layer's output as it joins the residual stream: times ``cfg.residual_multiplier`` (Granite), in
@@ -345,7 +375,8 @@ def _moe_flags(cfg: TransformerConfig) -> tuple[bool, ...]:
 
 
 STACKS = ("dense_layers", "layers", "linear_dense_layers", "linear_layers", "mixer_layers",
-          "linear_mixer_layers", "full_dense_layers", "full_layers")  # see stack_layers
+          "linear_mixer_layers", "full_dense_layers", "full_layers", "shared_dense_layers", "shared_layers",
+          "full_shared_dense_layers", "full_shared_layers")  # see stack_layers
 
 
 def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
@@ -357,8 +388,14 @@ def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     attention layers (``cfg.linear``) stack apart the same way: ``linear_layers`` (MoE ones in a MoE model) and
     ``linear_dense_layers``. Layers without an MLP (``cfg.mixer_only_layers``) stack as ``mixer_layers`` and
     ``linear_mixer_layers``. Full-attention layers whose attention differs from the sliding ones'
-    (``cfg.split_full``) stack as ``full_layers`` and ``full_dense_layers``."""
+    (``cfg.split_full``) stack as ``full_layers`` and ``full_dense_layers``. Layers attending over another layer's
+    keys/values (``cfg.kv_shared_layers``: no key/value projections) stack as ``shared_layers`` (after ``full_``
+    when full layers stack apart) and ``shared_dense_layers``."""
     flags = _moe_flags(cfg)
+    if cfg.kv_shared_layers and (cfg.linear is not None or cfg.mla is not None or cfg.mixer_only_layers):
+        raise ValueError("kv_shared_layers: models of grouped-query attention layers only (no linear, latent or "
+                         "mixer-only layers)")
+    owners = cfg.kv_owners
     if cfg.split_full and (cfg.linear is not None or cfg.mla is not None or cfg.mixer_only_layers):
         raise ValueError("full_kv_heads / full_sinks / full_head_dim / full_k_eq_v: full-attention layers of their "
                          "own beside sliding ones, in models of grouped-query attention layers only (no linear, "
@@ -372,15 +409,16 @@ def stack_layers(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
     for i, m in enumerate(flags):
         kind = ("mixer_layers" if i in cfg.mixer_only_layers else "layers" if m or cfg.moe is None
                 else "dense_layers")
-        name = ("linear_" if i in lin else "full_" if full and not cfg.sliding_layers[i] else "") + kind
+        name = (("linear_" if i in lin else "full_" if full and not cfg.sliding_layers[i] else "")
+                + ("shared_" if owners[i] != i else "") + kind)
         out.setdefault(name, []).append(i)
     return {k: tuple(out[k]) for k in STACKS if k in out}
 
 
 def _stack_kind(cfg: TransformerConfig, name: str) -> tuple[bool, bool, bool]:
     """(is_moe, is_linear, is_full) of stack ``name`` (is_full: full-attention layers of their own)."""
-    return (name in ("layers", "linear_layers", "full_layers") and cfg.moe is not None, name.startswith("linear"),
-            name.startswith("full_"))
+    return (name in ("layers", "linear_layers", "full_layers", "shared_layers", "full_shared_layers")
+            and cfg.moe is not None, name.startswith("linear"), name.startswith("full_"))
 
 
 def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
@@ -392,24 +430,35 @@ def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
 def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
     """Consecutive model layers from one stack, in model order: (attribute, offset in the stack, first model
     layer, count, is_moe). One run per stack unless dense and MoE layers alternate; each run is scanned (or
-    unrolled) on its own, so an alternating schedule runs layer by layer."""
+    unrolled) on its own, so an alternating schedule runs layer by layer. A layer whose keys/values later layers
+    share (``kv_stores``) is a run of its own, and the layers sharing them run by the layer they share: a pass
+    without a cache keeps those keys/values for them."""
     where = {i: (name, k) for name, idx in stack_layers(cfg).items() for k, i in enumerate(idx)}
+    stores, owners = kv_stores(cfg), cfg.kv_owners
     out: list[list] = []
     for i in range(cfg.n_layers):
         name, k = where[i]
-        if out and out[-1][0] == name:
+        if out and out[-1][0] == name and i not in stores and out[-1][2] not in stores \
+                and owners[i] == owners[out[-1][2] if owners[i] != i else i]:
             out[-1][3] += 1
         else:
             out.append([name, k, i, 1, _stack_kind(cfg, name)[0]])
     return [tuple(r) for r in out]
 
 
+def kv_stores(cfg: TransformerConfig) -> dict[int, str]:
+    """The layers whose keys/values later layers attend over (``cfg.kv_shared_layers``), each with its kind
+    ("sliding" or "full")."""
+    owners = cfg.kv_owners
+    return {j: "sliding" if cfg.sliding_layers[j] else "full" for i, j in enumerate(owners) if i != j}
+
+
 def _stack(cfg: TransformerConfig, n: int, moe: bool, rngs: nnx.Rngs, linear: bool = False,
-           mlp: bool = True, full: bool = False) -> Block:
+           mlp: bool = True, full: bool = False, shared: bool = False) -> Block:
     @nnx.split_rngs(splits=n)
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make_layers(r: nnx.Rngs) -> Block:
-        return Block(cfg, rngs=r, moe=moe, linear=linear, mlp=mlp, full=full)
+        return Block(cfg, rngs=r, moe=moe, linear=linear, mlp=mlp, full=full, shared=shared)
 
     return make_layers(rngs)
 
@@ -446,9 +495,16 @@ class Transformer(nnx.Module):
         self.embed = nnx.Param(emb.astype(pd), axes=("vocab", "embed"))
         for name, _, n, moe in segments(cfg):
             _, linear, full = _stack_kind(cfg, name)
-            setattr(self, name, _stack(cfg, n, moe, rngs, linear, "mixer" not in name, full))
+            setattr(self, name, _stack(cfg, n, moe, rngs, linear, "mixer" not in name, full, "shared_" in name))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                   invariant=cfg.batch_invariant, center=cfg.norm_center)
+        if cfg.ple_dim:  # per-layer inputs: a table of every layer's, and a projection of the token's embedding
+            width = cfg.n_layers * cfg.ple_dim
+            tab = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, width), jnp.float32)) * 0.02
+            self.ple_embed = nnx.Param(tab.astype(pd), axes=("vocab", None))
+            self.ple_in = param(rngs, (cfg.d_model, width), ("embed", None), cfg.d_model, pd)
+            self.ple_norm = RMSNorm(cfg.ple_dim, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
+                                    invariant=cfg.batch_invariant, center=cfg.norm_center)
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
@@ -470,6 +526,19 @@ class Transformer(nnx.Module):
             x = x * scale
         x = times(x, self.cfg.embed_multiplier)  # Granite, Falcon-H1
         return constrain(x, ("batch", "seq", "act_embed"))
+
+    def per_layer_inputs(self, tokens: jax.Array, x: jax.Array) -> jax.Array:
+        """Every layer's inputs [B, T, L, ple_dim] (``cfg.ple_dim``, Gemma 4 E2B/E4B): the token's row of the
+        per-layer table (times sqrt(ple_dim), rounded to the parameter dtype as the reference does) plus the
+        RMS-normed projection of its embedding ``x`` (times d_model ** -0.5), their sum times 2 ** -0.5."""
+        cfg = self.cfg
+        b, t, d = x.shape
+        p, dt = cfg.ple_dim, x.dtype
+        tab = jnp.take(self.ple_embed[...], tokens, axis=0).astype(dt)
+        tab = tab * jnp.asarray(p**0.5, cfg.jnp_param_dtype).astype(dt)
+        proj = invariant.matmul_for(cfg.batch_invariant)(x.reshape(-1, d), self.ple_in[...].astype(dt))
+        proj = self.ple_norm(times(proj, d**-0.5).reshape(b, t, cfg.n_layers, p))
+        return times(proj + tab.reshape(b, t, cfg.n_layers, p), 2**-0.5)
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: KVCache | None = None,
                index: jax.Array | int = 0, *, return_aux: bool = False, routes: jax.Array | None = None,
@@ -528,6 +597,10 @@ class Transformer(nnx.Module):
                 ctx["segments"] = segments
         stats = []
         off = 0
+        ple = self.per_layer_inputs(tokens, x) if self.cfg.ple_dim else None
+        # without a cache, the keys/values of the layers later ones share (``cfg.kv_shared_layers``) are kept
+        # by kind, in a one-layer cache of the sequence
+        stores, shared = kv_stores(self.cfg) if cache is None else {}, {}
         for name, start, first, n, is_moe in runs(self.cfg):
             seg_routes = None
             if routes is not None and is_moe:
@@ -536,10 +609,21 @@ class Transformer(nnx.Module):
             kind = self.cfg.stack_cache_kind(name)  # with cache kinds, the run's layers' own buffers
             picked = kind is not None and kv is not None and isinstance(kv[0], dict)  # (split: per layer already)
             run_kv = (kv[0][kind], kv[1][kind], *kv[2:]) if picked else kv
+            read_kv = None
+            if first in stores:
+                kk, kd, vk, vd = self.cfg.kv_shape_of(kind)
+                run_kv = tuple(jnp.zeros((1, tokens.shape[0], h, t, d), self.cfg.jnp_dtype)
+                               for h, d in ((kk, kd), (vk, vd)))
+            elif cache is None and "shared_" in name:
+                read_kv = shared["sliding" if self.cfg.sliding_layers[first] else "full"]
+            run_ple = None if ple is None else jnp.moveaxis(ple[:, :, first:first + n], 2, 0)  # [n, B, T, P]
             x, run_kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, run_kv, index,
                                              valid, seg_routes, start,
                                              layer_states=None if layer_states is None else layer_states[name],
-                                             stack_name=name)
+                                             stack_name=name, ple=run_ple, read_kv=read_kv,
+                                             own_slot=first in stores or read_kv is not None)
+            if first in stores:
+                shared[stores[first]], run_kv = run_kv, None
             kv = ({**kv[0], kind: run_kv[0]}, {**kv[1], kind: run_kv[1]}, *run_kv[2:]) if picked else run_kv
             if st is not None:
                 stats.append(st)
@@ -562,10 +646,12 @@ class Transformer(nnx.Module):
         rebuilds its own prompt keys/values instead of reading a stack of every layer's (or, with the cache
         carried through the layers, every layer's copy of the whole cache), and the parameters' gradients are
         accumulated once, not once per pass."""
-        if self.cfg.moe is not None or self.cfg.linear is not None or (self.cfg.mla and self.cfg.mla.index_topk):
+        if self.cfg.moe is not None or self.cfg.linear is not None or (self.cfg.mla and self.cfg.mla.index_topk) \
+                or self.cfg.kv_shared_layers or self.cfg.ple_dim:
             raise ValueError("hidden_with_prompt: dense attention models only (MoE statistics are per whole row; "
                              "linear-attention layers carry a state, not keys/values, from the prompt; sparse "
-                             "attention's indexer keys are not carried)")
+                             "attention's indexer keys, shared layers' keys/values and per-layer inputs are not "
+                             "carried)")
         lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
         n, tp = prompt.shape
         t = tokens.shape[1]
@@ -643,9 +729,13 @@ class Transformer(nnx.Module):
         return out
 
     def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None,
-                    start=0, prompt=None, layer_states=None, stack_name: str = "layers"):
+                    start=0, prompt=None, layer_states=None, stack_name: str = "layers", ple=None, read_kv=None,
+                    own_slot: bool = False):
         """``prompt`` (``hidden_with_prompt``): {x, positions, valid, ctx} of the prompts the rows continue; each
-        layer runs them first, into a one-layer cache that is the rows' prefix. Returns it updated as ``kv``."""
+        layer runs them first, into a one-layer cache that is the rows' prefix. Returns it updated as ``kv``.
+        ``ple`` [n, B, T, ple_dim]: the layers' per-layer inputs. ``read_kv``: a one-layer cache of another
+        layer's keys/values that these layers (sharing them) attend over, held outside the carry (a pass
+        without a cache); ``own_slot``: the layers' cache is a one-layer one (slot 0), not the model's."""
         graphdef, state = nnx.split(stack)
         if start or n != jax.tree.leaves(state)[0].shape[0]:  # a run of part of the stack
             state = jax.tree.map(lambda a: a[start:start + n], state)
@@ -684,10 +774,12 @@ class Transformer(nnx.Module):
                 with lora.dropout_layer(layer + self.cfg.n_layers):
                     kv, cache, _ = block(kv, prompt["positions"], pmask, empty, 0, 0, prope, prompt["valid"])
                 layer_prefix = (cache[0][0], cache[1][0])
+            keep = prompt is not None or read_kv is not None  # the carried kv is not this layer's cache
             with lora.dropout_layer(layer):
-                x, new_kv, stats = block(x, positions, mask, None if prompt is not None else kv, xs["slot"], index,
-                                         rope, valid, xs.get("routes"), layer_prefix, ctx.get("segments"))
-            return (x, kv if prompt is not None else new_kv), stats
+                x, new_kv, stats = block(x, positions, mask, read_kv if read_kv is not None else
+                                         None if prompt is not None else kv, xs["slot"], index, rope, valid,
+                                         xs.get("routes"), layer_prefix, ctx.get("segments"), xs.get("ple"))
+            return (x, kv if keep else new_kv), stats
 
         split = kv is not None and isinstance(kv[0], tuple)  # one cache buffer per layer: always unrolled
         scan = (self.cfg.scan_layers and (x.shape[1] == 1 or n > self.cfg.unroll_max) and not split
@@ -696,7 +788,9 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
         layers = jnp.arange(first, first + n, dtype=jnp.int32)
         slots = jnp.asarray(self.cfg.cache_slots, jnp.int32)[layers]  # each layer's entry in its kind's cache
-        xs = {"layer": layers, "state": state, "slot": slots}
+        xs = {"layer": layers, "state": state, "slot": jnp.zeros_like(slots) if own_slot else slots}
+        if ple is not None:
+            xs["ple"] = ple
         for k in flags:
             xs[k] = ctx[k][first:first + n]
         if routes is not None:
@@ -713,9 +807,10 @@ class Transformer(nnx.Module):
                 xs_i = jax.tree.map(lambda a, i=i: a[i], {k: v for k, v in xs.items() if k != "state"})
                 xs_i["state"] = (layer_states[start + i] if layer_states is not None
                                  else jax.tree.map(lambda a, i=i: a[i], state))
-                if split:  # this layer's own buffers (model layer first + i)
+                if split:  # this layer's own buffers (or those of the layer whose keys/values it shares)
                     ks, vs = list(kv[0]), list(kv[1])
-                    (x, (ks[first + i], vs[first + i])), st = body((x, (ks[first + i], vs[first + i])), xs_i)
+                    j = self.cfg.cached_layers.index(self.cfg.kv_owners[first + i])
+                    (x, (ks[j], vs[j])), st = body((x, (ks[j], vs[j])), xs_i)
                     kv = (tuple(ks), tuple(vs))
                 else:
                     (x, kv), st = body((x, kv), xs_i)

@@ -204,14 +204,14 @@ def _plan(cfg: Config, mc: TransformerConfig, n_devices: int | None, prompt_len:
     it = np.dtype(mc.jnp_dtype).itemsize
 
     def cache_bytes(rows: int, slots: int) -> int:
-        """Keys/values of the attention layers (each kind's buffer of its own shape, ``cache_kinds``); a
-        linear-attention layer's row keeps its convolution inputs and its float32 recurrent state instead, the
-        same at any length (``KVCache``)."""
+        """Keys/values of the attention layers (each kind's buffer of its own shape, ``cache_kinds``; none for
+        layers sharing another's, ``cached_layers``); a linear-attention layer's row keeps its convolution
+        inputs and its float32 recurrent state instead, the same at any length (``KVCache``)."""
         sizes = dict(mesh.shape)
         total = 0
         for kind in mc.cache_kinds or (None,):
             kk, kd, vk, vd = mc.kv_shape_of(kind)
-            n_att = sum(mc.cache_kind(i) == kind for i in mc.attention_layers)
+            n_att = sum(mc.cache_kind(i) == kind for i in mc.cached_layers)
             for shape in ((n_att, rows, kk, slots, kd), (n_att, rows, vk, slots, vd)):
                 spec = ctx.spec(("layers", "cache_batch", "act_kv_heads", "cache_seq", None), shape)
                 total += _shard_bytes(shape, spec, sizes, it)

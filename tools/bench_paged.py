@@ -29,7 +29,7 @@ from reasoning_rl.rollout.sampler import PageLayout, SamplingParams, sample, sam
 
 
 def cache_bytes(cfg, sp: SamplingParams, prompts: int, tp: int) -> int:
-    shapes = [cfg.kv_shape_of(cfg.cache_kind(i)) for i in cfg.attention_layers]  # (each kind's own shape)
+    shapes = [cfg.kv_shape_of(cfg.cache_kind(i)) for i in cfg.cached_layers]  # (each kind's own shape)
     per_slot = sum(kk * kd + vk * vd for kk, kd, vk, vd in shapes) * 4
     rows = prompts * sp.group_size
     slots = sp.slots if 0 < sp.slots < rows else rows

@@ -151,11 +151,13 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def gqa_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i}.self_attn",
-                bias_always: bool = False, values: bool = True) -> list[Tensor]:
+                bias_always: bool = False, values: bool = True, keys: bool = True) -> list[Tensor]:
     """q/k/v/o projections, their biases and q/k norms. ``bias_always``: the format always has q/k/v biases (Qwen2),
     so a config without them saves zeros there. ``values``: off for layers whose values are their keys' projection
-    (Gemma 4's full layers: no v_proj)."""
-    out = [Tensor((seg, "attn", n), f"{prefix}.{n}_proj.weight", "t1") for n in ("qkv" if values else "qk")]
+    (Gemma 4's full layers: no v_proj). ``keys``: off for layers attending over another layer's keys/values (no
+    k/v projections or k norm: Gemma 4 E2B/E4B's shared layers)."""
+    names = ("qkv" if values else "qk") if keys else "q"
+    out = [Tensor((seg, "attn", n), f"{prefix}.{n}_proj.weight", "t1") for n in names]
     out.append(Tensor((seg, "attn", "o"), f"{prefix}.o_proj.weight", "t2"))
     if cfg.out_bias:
         out.append(Tensor((seg, "attn", "o_bias"), f"{prefix}.o_proj.bias"))
@@ -164,7 +166,8 @@ def gqa_tensors(seg: str, cfg: TransformerConfig, prefix: str = "model.layers.{i
         out += [Tensor((seg, "attn", f"{n}_bias"), f"{prefix}.{n}_proj.bias", "flat",
                        zeros=None if cfg.qkv_bias else (heads[n], cfg.head_dim)) for n in ("q", "k", "v")]
     if cfg.qk_norm:
-        out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{prefix}.{n}_norm.weight") for n in ("q", "k")]
+        out += [Tensor((seg, "attn", f"{n}_norm", "scale"), f"{prefix}.{n}_norm.weight")
+                for n in ("qk" if keys else "q")]
     return out
 
 

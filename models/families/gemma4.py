@@ -15,9 +15,13 @@ the layer's input RMS-normalised without a scale, times a learned scale and d_mo
 top-k renormalised and scales each chosen expert's weight by a learned per-expert scale; the experts are stored
 fused (``experts.gate_up_proj``, ``experts.down_proj``) as transformers releases them.
 
-Refused by name: per-layer input embeddings (``hidden_size_per_layer_input``, the E2B/E4B models), layers
-sharing another layer's keys/values (``num_kv_shared_layers``), bidirectional attention over text
-(``use_bidirectional_attention: all``)."""
+The small models (E2B, E4B) add per-layer input embeddings (``hidden_size_per_layer_input``: a table of
+that many values per token and layer, ``embed_tokens_per_layer``, plus a projection of the token's embedding,
+gated into each layer's output after its MLP) and, in their last ``num_kv_shared_layers`` layers, attention over
+the keys/values of the last earlier layer of the same kind (no key/value projections: a checkpoint's are
+ignored, as the reference ignores them; those layers' MLPs twice as wide with ``use_double_wide_mlp``).
+
+Refused by name: bidirectional attention over text (``use_bidirectional_attention: all``)."""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ MODEL_TYPES = ("gemma4_text",)
 ARCHITECTURE = "Gemma4ForCausalLM"
 ACTIVATIONS = ("gelu_tanh",)  # the MLP activation its format writes
 WRITES = ("full_kv_heads", "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar", "moe.beside_dense",
-          "moe.router_norm", "moe.expert_scale")  # (hf_save.SWITCHES)
+          "moe.router_norm", "moe.expert_scale", "ple_dim", "kv_shared_layers", "double_wide_mlp")  # (SWITCHES)
 
 # the reference config's defaults for what a config.json may leave out (Gemma4TextConfig)
 DEFAULTS = {"head_dim": 256, "rms_norm_eps": 1e-6, "sliding_window": 512, "tie_word_embeddings": True,
@@ -97,12 +101,20 @@ def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "use_bidirectional_attention", lambda v: v != "all", "text attending both ways")
     refuse(hf, "attention_bias", lambda v: not v, "attention biases")
     refuse(hf, "hidden_activation", lambda v: v in ("gelu_pytorch_tanh", "gelu_tanh"), "only gelu_pytorch_tanh")
-    refuse(hf, "hidden_size_per_layer_input", lambda v: not v,
-           "per-layer input embeddings (Gemma 4 E2B/E4B); 0 or null turns them off")
-    refuse(hf, "num_kv_shared_layers", lambda v: not v, "layers reusing another layer's keys/values")
-    refuse(hf, "use_double_wide_mlp", lambda v: not v, "double-wide MLPs (key/value-sharing layers only)")
     n = need(hf, "num_hidden_layers")
     types = _layer_types(hf, n)
+    ple = hf.get("hidden_size_per_layer_input") or 0
+    vocab = need(hf, "vocab_size")
+    if ple and (hf.get("vocab_size_per_layer_input") or vocab) != vocab:
+        raise ConfigError(f"config.json: vocab_size_per_layer_input={hf['vocab_size_per_layer_input']} differs "
+                          f"from vocab_size={vocab} (per-layer inputs of every token are supported)")
+    shared = hf.get("num_kv_shared_layers") or 0
+    if not isinstance(shared, int) or not 0 <= shared < n:
+        raise ConfigError(f"config.json: num_kv_shared_layers={shared!r} must leave some of the {n} layers their "
+                          "own keys/values")
+    if set(types[n - shared:]) - set(types[:n - shared]):
+        raise ConfigError("config.json: num_kv_shared_layers: a layer type among the last "
+                          f"{shared} layers has no earlier layer computing its keys/values")
     over = _full_overrides(hf, types)
     params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
     rope = {k: {**ROPE[k], **(params.get(k) or {})} for k in ROPE}
@@ -123,7 +135,9 @@ def from_hf(hf: dict) -> TransformerConfig:
                             layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in types),
                             rope_local_theta=local, v_norm=True, layer_scalar=True,
                             full_head_dim=over.get("head_dim", hf["head_dim"]),
-                            full_kv_heads=over.get("num_key_value_heads", kv), full_k_eq_v=k_eq_v, moe=moe)
+                            full_kv_heads=over.get("num_key_value_heads", kv), full_k_eq_v=k_eq_v, moe=moe,
+                            ple_dim=ple, kv_shared_layers=shared,
+                            double_wide_mlp=bool(shared and hf.get("use_double_wide_mlp")))
     return TransformerConfig(**common)
 
 
@@ -146,7 +160,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
     over = {"head_dim": cfg.full_head_dim or cfg.head_dim, "num_key_value_heads": cfg.full_kv_heads or cfg.n_kv_heads}
     out.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=cfg.final_softcap,
                sliding_window=cfg.sliding_window or DEFAULTS["sliding_window"], attention_k_eq_v=cfg.full_k_eq_v,
-               hidden_size_per_layer_input=0, num_kv_shared_layers=0, use_double_wide_mlp=False,
+               hidden_size_per_layer_input=cfg.ple_dim, vocab_size_per_layer_input=cfg.vocab_size,
+               num_kv_shared_layers=cfg.kv_shared_layers, use_double_wide_mlp=cfg.double_wide_mlp,
                enable_moe_block=m is not None, num_experts=m and m.n_experts, top_k_experts=m and m.top_k,
                moe_intermediate_size=m and m.ffn_dim,
                layer_types=["sliding_attention" if s else "full_attention" for s in cfg.sliding_layers],
@@ -157,12 +172,30 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return out
 
 
+def ignored(name: str, cfg: TransformerConfig) -> bool:
+    """A shared layer's key/value projections and norms, as the reference skips them (its checkpoints may hold
+    them)."""
+    head, _, rest = name.partition("model.layers.")
+    i, _, tail = rest.partition(".")
+    return (not head and i.isdigit() and int(i) < cfg.n_layers and cfg.kv_owners[int(i)] != int(i)
+            and tail in {f"self_attn.{n}.weight" for n in ("k_proj", "v_proj", "k_norm", "v_norm")})
+
+
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
     pre = "model.layers.{i}"
+    if cfg.ple_dim:
+        out += [Tensor(("ple_embed",), "model.embed_tokens_per_layer.weight"),
+                Tensor(("ple_in",), "model.per_layer_model_projection.weight", "t1"),
+                Tensor(("ple_norm", "scale"), "model.per_layer_projection_norm.weight")]
     for seg, _, _, moe in segments(cfg):
         out += sandwich_tensors(seg) + [Tensor((seg, "layer_scalar"), f"{pre}.layer_scalar")]
-        out += gqa_tensors(seg, cfg, values=not (cfg.full_k_eq_v and seg.startswith("full_")))
+        out += gqa_tensors(seg, cfg, values=not (cfg.full_k_eq_v and seg.startswith("full_")),
+                           keys="shared_" not in seg)
+        if cfg.ple_dim:
+            out += [Tensor((seg, "ple_gate"), f"{pre}.per_layer_input_gate.weight", "t1"),
+                    Tensor((seg, "ple_proj"), f"{pre}.per_layer_projection.weight", "t1"),
+                    Tensor((seg, "ple_norm", "scale"), f"{pre}.post_per_layer_input_norm.weight")]
         if not moe:
             out += mlp_tensors((seg, "mlp"), f"{pre}.mlp")
             continue

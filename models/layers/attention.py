@@ -241,7 +241,8 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
 
     The cache is stored heads-first, [L, B, K, S, D] (or one [B, K, S, D] buffer per layer), which is the
     layout the decode dots read without a transpose; ``heads_first=False`` returns [B, S, K, D] views for
-    callers that want the sequence layout."""
+    callers that want the sequence layout. ``k``/``v`` None: write nothing, read the layer's slots (a layer
+    sharing another's keys/values)."""
     if cache is None:
         return k, v, None
     if len(cache) == 3:
@@ -250,7 +251,9 @@ def write_cache(k: jax.Array, v: jax.Array, cache, layer, index, dtype, heads_fi
     # a stacked cache [L, B, K, S, D] is indexed at ``layer``; a split one (``KVCache.split_layers``) hands
     # each layer its own [B, K, S, D] buffer, written in place and read whole (no slice to copy out)
     lead = () if k_all.ndim == 4 else (layer,)
-    if jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
+    if k is None:
+        pass
+    elif jnp.ndim(index) == 1:  # per-row slots (one decode token per row): a scatter, in place in the loop
         at = (*lead, jnp.arange(k.shape[0]), slice(None), index, slice(None))
         k_all = k_all.at[at].set(k[:, 0].astype(k_all.dtype))
         v_all = v_all.at[at].set(v[:, 0].astype(v_all.dtype))
@@ -274,13 +277,16 @@ def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
     Rows sharing a page (a group's prompt) only ever read it: the sampler gives each row its own copy of the
     page it writes into (copy-on-write at fork time), so shared pages are never scattered to."""
     k_pool, v_pool, table = cache
-    b, t = k.shape[:2]
+    b = table.shape[0]
     ps = k_pool.shape[3]
-    slots = (index[:, None] if jnp.ndim(index) == 1 else index + jnp.arange(t)[None]) + jnp.zeros((b, t), jnp.int32)
-    page = jnp.take_along_axis(table, slots // ps, axis=1)  # [B, T] pool pages
-    off = slots % ps
-    k_pool = k_pool.at[layer, page, :, off, :].set(k.astype(k_pool.dtype))
-    v_pool = v_pool.at[layer, page, :, off, :].set(v.astype(v_pool.dtype))
+    if k is not None:
+        t = k.shape[1]
+        slots = (index[:, None] if jnp.ndim(index) == 1 else index + jnp.arange(t)[None]) + jnp.zeros((b, t),
+                                                                                                     jnp.int32)
+        page = jnp.take_along_axis(table, slots // ps, axis=1)  # [B, T] pool pages
+        off = slots % ps
+        k_pool = k_pool.at[layer, page, :, off, :].set(k.astype(k_pool.dtype))
+        v_pool = v_pool.at[layer, page, :, off, :].set(v.astype(v_pool.dtype))
     size = table.shape[1] * ps if size is None else size
     n = -(-size // ps)
 
@@ -301,7 +307,8 @@ class Attention(nnx.Module):
                  sinks: bool = False, out_bias: bool = False, rope_dim: int = 0, impl: str = "auto",
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
-                 v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False):
+                 v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False,
+                 kv_reuse: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -312,7 +319,9 @@ class Attention(nnx.Module):
         ``key_multiplier``: keys times it after their projection (Falcon-H1's muP; cached so). ``v_dim``: the
         value heads' size (0: ``head_dim``); ``value_scale``: values times it after their projection, cached so
         (MiMo-V2-Flash). ``k_eq_v``: no value projection, the values are the keys' projection before their norm
-        and rotary; ``v_norm``: values RMS-normalised per head without a scale (both Gemma 4). ``impl``: attention
+        and rotary; ``v_norm``: values RMS-normalised per head without a scale (both Gemma 4). ``kv_reuse``: no
+        key/value projections: the layer attends over the keys/values already in its cache slot, another layer's
+        (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -322,6 +331,7 @@ class Attention(nnx.Module):
         if k_eq_v and (vd != head_dim or qkv_bias):
             raise ValueError("k_eq_v: values that are the keys' projection are as wide as keys, without biases")
         self.k_eq_v, self.v_norm_eps = k_eq_v, (norm_eps if v_norm else None)
+        self.kv_reuse = kv_reuse
         self.impl = impl
         self.dtype = dtype
         self.scale = query_scale if query_scale is not None else head_dim**-0.5
@@ -334,14 +344,19 @@ class Attention(nnx.Module):
         # Kept as hashable static data (an array attribute would become NNX state).
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
-        self.k = param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model, param_dtype)
-        self.v = (None if k_eq_v else
+        self.k = (None if kv_reuse else
+                  param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model,
+                        param_dtype))
+        self.v = (None if k_eq_v or kv_reuse else
                   param(rngs, (d_model, n_kv_heads, vd), ("embed", "kv_heads", "head_dim"), d_model, param_dtype))
         self.o = param(rngs, (n_heads, vd, d_model), ("heads", "head_dim", "embed"), n_heads * vd,
                        param_dtype, scale=out_scale)
         # (not "gate": LoRA's ``gate`` target names the MLP's)
         self.q_gate = (param(rngs, (d_model, n_heads, vd), ("embed", "heads", "head_dim"), d_model,
                              param_dtype) if gate else None)
+        if kv_reuse and (qkv_bias or qk_norm_whole or qk_norm_after_rope or key_multiplier != 1.0 or k_eq_v):
+            raise ValueError("kv_reuse: a layer sharing another's keys/values takes no key/value switches (biases, "
+                             "whole-projection or after-rope norms, key multiplier, k_eq_v)")
         if qkv_bias:
             self.q_bias = zeros((n_heads, head_dim), ("heads", "head_dim"), param_dtype)
             self.k_bias = zeros((n_kv_heads, head_dim), ("kv_heads", "head_dim"), param_dtype)
@@ -351,7 +366,8 @@ class Attention(nnx.Module):
         if qk_norm:
             qd, kd = (n_heads * head_dim, n_kv_heads * head_dim) if qk_norm_whole else (head_dim, head_dim)
             self.q_norm = RMSNorm(qd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant)
-            self.k_norm = RMSNorm(kd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant)
+            self.k_norm = (None if kv_reuse else
+                           RMSNorm(kd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant))
         else:
             self.q_norm = self.k_norm = None
         self.sinks = nnx.Param(jnp.zeros((n_heads,), jnp.float32), axes=("heads",)) if sinks else None
@@ -380,6 +396,9 @@ class Attention(nnx.Module):
         """``rope``: the forward's (cos, sin) table for ``positions`` (``rope_table``); computed here from this
         layer's own frequencies when not given."""
         dt = self.dtype
+        table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
+        if self.kv_reuse:  # queries only: the keys/values are another layer's, in the cache
+            return self._project_q(x, positions, table), None, None
         q, k = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt), self.invariant)) for n in "qk")
         v = k if self.k_eq_v else adapt(self, "v", x, _proj_in(x, self.v[...].astype(dt), self.invariant))
         if self.q_bias is not None:
@@ -391,7 +410,6 @@ class Attention(nnx.Module):
         if self.v_norm_eps is not None:  # (float32, as the reference's norms)
             vf = v.astype(jnp.float32)
             v = (vf * jax.lax.rsqrt(jnp.mean(vf * vf, axis=-1, keepdims=True) + self.v_norm_eps)).astype(v.dtype)
-        table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
         if self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
         if self.q_norm is not None and self.qk_norm_whole:
@@ -400,14 +418,28 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if not self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
-        if self.length_scale is not None:  # by absolute position: the same for a token however a row is split
-            beta, span = self.length_scale
-            s = 1.0 + beta * jnp.log1p(jnp.floor(positions.astype(jnp.float32) / span))
-            q = q * s[..., None, None].astype(q.dtype)
+        q = self._length_scaled(q, positions)
         q = constrain(q, ("batch", "seq", "act_heads", None))
         k = constrain(k, ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
         return q, k, v
+
+    def _project_q(self, x, positions, table):
+        """The queries of a layer sharing another's keys/values (per-head norm, then rotary, as ``project_qkv``)."""
+        q = adapt(self, "q", x, _proj_in(x, self.q[...].astype(self.dtype), self.invariant))
+        if self.q_bias is not None:
+            q = q + self.q_bias[...].astype(self.dtype)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        q = self._length_scaled(apply_rope(q, table, interleave=self.rope_interleave), positions)
+        return constrain(q, ("batch", "seq", "act_heads", None))
+
+    def _length_scaled(self, q, positions):
+        if self.length_scale is None:
+            return q
+        beta, span = self.length_scale  # by absolute position: the same for a token however a row is split
+        s = 1.0 + beta * jnp.log1p(jnp.floor(positions.astype(jnp.float32) / span))
+        return q * s[..., None, None].astype(q.dtype)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None, layer=None, index=None,
                  rope=None, prefix=None):
@@ -416,6 +448,9 @@ class Attention(nnx.Module):
         With ``prefix=(k, v)`` ([N,K,P,D], this layer's cache of N shared prefixes): attend over the prefix
         of the row's group, then within ``x`` (see ``prefix_attention``). Returns (out, cache)."""
         q, k, v = self.project_qkv(x, positions, rope)
+        if self.kv_reuse and (cache is None or prefix is not None):
+            raise ValueError("a layer sharing another layer's keys/values attends over a cache holding them (not "
+                             "without one, nor over a shared prefix)")
         sinks = None if self.sinks is None else self.sinks[...]
         if self.invariant:
             out, cache = self._invariant_attention(q, k, v, mask, cache, layer, index, prefix, sinks)
