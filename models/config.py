@@ -221,6 +221,7 @@ class TransformerConfig:
     # Gemma 4 E2B/E4B's per-layer input embeddings (0: none): each token has ``ple_dim`` values per layer, from a
     # table of its own plus a projection of the token's embedding, which each layer gates into its output
     ple_dim: int = 0
+    ple_vocab: int = 0  # the per-layer table's rows (0: vocab_size); at least vocab_size
     # the last ``kv_shared_layers`` layers compute no keys/values of their own: each attends over those of the last
     # earlier layer of its kind (sliding or full), reading that layer's cache (``kv_owners``); with
     # ``double_wide_mlp`` their MLPs are twice ``ffn_dim`` wide (Gemma 4 E2B/E4B)

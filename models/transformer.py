@@ -255,7 +255,7 @@ class Block(nnx.Module):
         beside = moe and cfg.moe.beside_dense  # Gemma 4: a dense MLP beside the experts, each normed before and after
         if beside and not (pre_norm and sandwich):
             raise ValueError("moe.beside_dense: layers with norms before and after their MLP (sandwich_norm)")
-        self.dense_mlp = (MLP(cfg.d_model, cfg.ffn_dim, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
+        self.dense_mlp = (MLP(cfg.d_model, ffn, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                               activation=cfg.activation, glu_args=glu_args) if beside else None)
         if beside:
             self.post_dense_norm, self.moe_norm, self.post_moe_norm = norm(), norm(), norm()
@@ -500,8 +500,12 @@ class Transformer(nnx.Module):
                                   invariant=cfg.batch_invariant, center=cfg.norm_center)
         if cfg.ple_dim:  # per-layer inputs: a table of every layer's, and a projection of the token's embedding
             width = cfg.n_layers * cfg.ple_dim
-            tab = drawn(jax.random.normal(rngs.params(), (cfg.vocab_size, width), jnp.float32)) * 0.02
-            self.ple_embed = nnx.Param(tab.astype(pd), axes=("vocab", None))
+            rows = cfg.ple_vocab or cfg.vocab_size
+            if rows < cfg.vocab_size:
+                raise ValueError(f"ple_vocab: {rows} rows of per-layer inputs for a vocabulary of {cfg.vocab_size}")
+            tab = drawn(jax.random.normal(rngs.params(), (rows, width), jnp.float32)) * 0.02
+            # (as large as a few layers at E2B's size, 262144 x 35 x 256: split like the embedding)
+            self.ple_embed = nnx.Param(tab.astype(pd), axes=("vocab", "embed"))
             self.ple_in = param(rngs, (cfg.d_model, width), ("embed", None), cfg.d_model, pd)
             self.ple_norm = RMSNorm(cfg.ple_dim, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
                                     invariant=cfg.batch_invariant, center=cfg.norm_center)

@@ -76,7 +76,8 @@ FAMILIES = {
     "deepseek_v32": (QWEN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
                      {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 2, "tensor": 2, "expert": 2}),
     # Gemma 4 26B-A4B's shape (Gemma's turns): a sliding layer, then a full one with wider heads whose values are the
-    # keys' projection; in each a dense MLP beside routed experts: data 2 x tensor 2 x expert 2
+    # keys' projection; in each a dense MLP beside routed experts; and E2B/E4B's per-layer inputs and a last layer
+    # attending over the full layer's keys/values (double-wide): data 2 x tensor 2 x expert 2
     "gemma4": (GEMMA, ["<pad>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
                {"eos_token": "<end_of_turn>", "bos_token": "<bos>", "pad_token": "<pad>"},
                {"data": 2, "tensor": 2, "expert": 2}),
@@ -160,9 +161,11 @@ def _checkpoint(path, family):
                                           ssm_in_multiplier=0.8, ssm_out_multiplier=1.5,
                                           ssm_multipliers=[0.5, 1.2, 0.9, 1.4, 0.7], mlp_multipliers=[0.8, 1.3])
     elif family == "gemma4":
-        cfg = transformers.Gemma4TextConfig(**common, global_head_dim=16, num_global_key_value_heads=1,
-                                            attention_k_eq_v=True, hidden_size_per_layer_input=0, sliding_window=8,
-                                            layer_types=["sliding_attention", "full_attention"],
+        cfg = transformers.Gemma4TextConfig(**{**common, "num_hidden_layers": 3}, global_head_dim=16,
+                                            num_global_key_value_heads=1,
+                                            attention_k_eq_v=True, hidden_size_per_layer_input=4, sliding_window=8,
+                                            num_kv_shared_layers=1, use_double_wide_mlp=True,
+                                            layer_types=["sliding_attention", "full_attention", "full_attention"],
                                             final_logit_softcapping=30.0, enable_moe_block=True, num_experts=4,
                                             top_k_experts=2, moe_intermediate_size=16)
     elif family == "mimo_v2_flash":

@@ -517,7 +517,7 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
      "different partial_rotary_factor"),
     ("mimo_v2_flash", {"num_key_value_heads": 3}, "must divide the 4 attention heads"),
     ("gemma4", {"hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": 32},
-     "vocab_size_per_layer_input=32 differs from vocab_size=64"),
+     "vocab_size_per_layer_input=32 is below vocab_size=64"),
     ("gemma4", {"num_kv_shared_layers": 3}, "num_kv_shared_layers=3 must leave some of the 3 layers"),
     ("gemma4", {"num_kv_shared_layers": 2}, "has no earlier layer computing its keys/values"),
     ("gemma4", {"enable_moe_block": True, "num_experts": None}, "num_experts"),
@@ -736,7 +736,8 @@ def test_gemma4_released_config_fields(tmp_path):
     """Gemma 4's config.json as released: the full layers' head size and key/value heads as ``global_head_dim``
     and ``num_global_key_value_heads`` (not transformers 5's ``per_layer_config``), which give the same model; with
     neither, the reference's 512-wide full heads; the layer kinds by default (five sliding in six, the last layer
-    full whatever the list says); the per-layer input embeddings on (256 wide) unless the config turns them off."""
+    full whatever the list says); the per-layer input embeddings on (256 wide, 262144 rows) unless the config turns
+    them off."""
     _save_random("gemma4", tmp_path)
     written = config_from_hf(tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
@@ -753,8 +754,10 @@ def test_gemma4_released_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_size_per_layer_input": 0}))
     assert config_from_hf(tmp_path).ple_dim == 0
     conf.pop("hidden_size_per_layer_input")
+    conf.pop("vocab_size_per_layer_input")
     (tmp_path / "config.json").write_text(json.dumps(conf))
-    assert config_from_hf(tmp_path).ple_dim == 256  # (absent: the reference's 256)
+    cfg = config_from_hf(tmp_path)
+    assert cfg.ple_dim == 256 and cfg.ple_vocab == 262_144  # (absent: the reference's, a table past the vocabulary)
 
 
 def test_gemma4_e2b_shared_layers_as_the_reference_pairs_them(tmp_path):

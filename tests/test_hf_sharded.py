@@ -48,11 +48,13 @@ def test_sharded_load_matches_unsharded(tmp_path):
     (each device scoring its heads' share of every key); MiMo-V2-Flash's full layers (2 key/value heads, their own
     stack) beside sliding ones (4, and sinks), each split over ``tensor``; Gemma 4's full layers (wider heads, no
     value projection) and its experts beside a dense MLP (expert-parallel); Command A+'s experts in Command A's
-    parallel layers (attention and experts on one normed input), the shared expert averaged in."""
+    parallel layers (attention and experts on one normed input), the shared expert averaged in; Gemma 4 E2B's
+    per-layer table split as the embedding is, and its layers sharing another's keys/values (queries split over
+    ``tensor``, no key/value projections)."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash",
-                 "gemma4", "gemma4_moe", "cohere2_moe"):
+                 "gemma4", "gemma4_moe", "cohere2_moe", "gemma4_e2b"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -89,5 +91,8 @@ def test_sharded_load_matches_unsharded(tmp_path):
     g4m = res["gemma4_moe"]["specs"]
     assert g4m["full_layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"]
     assert g4m["full_layers/dense_mlp/gate"] == [None, "fsdp", "tensor"]
+    e2b = res["gemma4_e2b"]["specs"]
+    assert e2b["ple_embed"] == ["tensor", "fsdp"] and e2b["shared_layers/ple_gate"] == [None, "fsdp", None]
+    assert e2b["full_shared_layers/attn/q"] == [None, "fsdp", "tensor", None] and "shared_layers/attn/k" not in e2b
     cmd = res["cohere2_moe"]["specs"]
     assert cmd["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"] and "layers/mlp_norm/scale" not in cmd

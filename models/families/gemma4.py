@@ -54,7 +54,8 @@ WRITES = ("full_kv_heads", "full_head_dim", "full_k_eq_v", "v_norm", "layer_scal
 
 # the reference config's defaults for what a config.json may leave out (Gemma4TextConfig)
 DEFAULTS = {"head_dim": 256, "rms_norm_eps": 1e-6, "sliding_window": 512, "tie_word_embeddings": True,
-            "hidden_size_per_layer_input": 256, "max_position_embeddings": 131_072}
+            "hidden_size_per_layer_input": 256, "vocab_size_per_layer_input": 262_144,
+            "max_position_embeddings": 131_072}
 ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0}}
 
@@ -105,9 +106,10 @@ def from_hf(hf: dict) -> TransformerConfig:
     types = _layer_types(hf, n)
     ple = hf.get("hidden_size_per_layer_input") or 0
     vocab = need(hf, "vocab_size")
-    if ple and (hf.get("vocab_size_per_layer_input") or vocab) != vocab:
-        raise ConfigError(f"config.json: vocab_size_per_layer_input={hf['vocab_size_per_layer_input']} differs "
-                          f"from vocab_size={vocab} (per-layer inputs of every token are supported)")
+    ple_vocab = hf["vocab_size_per_layer_input"] if ple else 0
+    if ple and ple_vocab < vocab:
+        raise ConfigError(f"config.json: vocab_size_per_layer_input={ple_vocab} is below vocab_size={vocab}: the "
+                          "tokens past it would have no per-layer inputs")
     shared = hf.get("num_kv_shared_layers") or 0
     if not isinstance(shared, int) or not 0 <= shared < n:
         raise ConfigError(f"config.json: num_kv_shared_layers={shared!r} must leave some of the {n} layers their "
@@ -136,7 +138,7 @@ def from_hf(hf: dict) -> TransformerConfig:
                             rope_local_theta=local, v_norm=True, layer_scalar=True,
                             full_head_dim=over.get("head_dim", hf["head_dim"]),
                             full_kv_heads=over.get("num_key_value_heads", kv), full_k_eq_v=k_eq_v, moe=moe,
-                            ple_dim=ple, kv_shared_layers=shared,
+                            ple_dim=ple, ple_vocab=0 if ple_vocab == vocab else ple_vocab, kv_shared_layers=shared,
                             double_wide_mlp=bool(shared and hf.get("use_double_wide_mlp")))
     return TransformerConfig(**common)
 
@@ -160,7 +162,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
     over = {"head_dim": cfg.full_head_dim or cfg.head_dim, "num_key_value_heads": cfg.full_kv_heads or cfg.n_kv_heads}
     out.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=cfg.final_softcap,
                sliding_window=cfg.sliding_window or DEFAULTS["sliding_window"], attention_k_eq_v=cfg.full_k_eq_v,
-               hidden_size_per_layer_input=cfg.ple_dim, vocab_size_per_layer_input=cfg.vocab_size,
+               hidden_size_per_layer_input=cfg.ple_dim, vocab_size_per_layer_input=cfg.ple_vocab or cfg.vocab_size,
                num_kv_shared_layers=cfg.kv_shared_layers, use_double_wide_mlp=cfg.double_wide_mlp,
                enable_moe_block=m is not None, num_experts=m and m.n_experts, top_k_experts=m and m.top_k,
                moe_intermediate_size=m and m.ffn_dim,
