@@ -41,6 +41,16 @@ CASES = {
                      "hidden_size_per_layer_input": 0},
         vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "num_key_value_heads": 2, "head_dim": 16}, audio_config=None)),
+    # Gemma 4 E2B's layout: the text model's per-layer input table and a last layer attending over the full
+    # layer's keys/values, stored under the wrapper's names
+    "gemma4_e2b": lambda: transformers.Gemma4ForConditionalGeneration(transformers.Gemma4Config(
+        text_config={**TEXT, "num_hidden_layers": 3, "sliding_window": 4,
+                     "layer_types": ["sliding_attention", "full_attention", "full_attention"],
+                     "global_head_dim": 32, "hidden_size_per_layer_input": 8,
+                     "vocab_size_per_layer_input": TEXT["vocab_size"], "num_kv_shared_layers": 1,
+                     "use_double_wide_mlp": True},
+        vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "num_key_value_heads": 2, "head_dim": 16}, audio_config=None)),
     # Mistral Small 3.1: a Pixtral tower beside a Mistral text model, its own LM head (the wrapper says untied)
     "mistral3": lambda: transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
         text_config={**TEXT, "model_type": "mistral", "sliding_window": None, "rope_parameters": {
@@ -97,6 +107,7 @@ def test_language_model_matches_the_reference_and_exports_as_a_text_model(tmp_pa
     stored = {k for k in _names(tmp_path / "vlm")}
     assert any("vision" in k or "visual" in k for k in stored)  # the tower is in the file, and left out
     cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
+    name = {"gemma4_e2b": "gemma4"}.get(name, name)  # (the wrapper of the case)
     assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name in ("gemma3", "gemma4"))
     want = text_logits(ref, name in QWEN)
     model = load_pretrained(tmp_path / "vlm")
@@ -131,6 +142,32 @@ def _rewrite(src, dst, rename, text_edit=None, convert=None):
     if text_edit:
         text_edit(conf["text_config"])
     (dst / "config.json").write_text(json.dumps(conf))
+
+
+def test_gemma4_e2b_checkpoint_holding_the_shared_layers_keys_loads_without_them(tmp_path):
+    """A checkpoint may store key/value projections and norms for Gemma 4's layers that share another's keys/values
+    (the reference skips them on load): they are skipped here too, the logits unchanged; the same tensors for a
+    layer computing its own are still checked."""
+    from safetensors import safe_open
+
+    ref = reference("gemma4_e2b", tmp_path / "vlm")
+    pre = "model.language_model.layers"
+    with safe_open(str(tmp_path / "vlm" / "model.safetensors"), "np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for n in ("k_proj", "v_proj", "k_norm"):
+        tensors[f"{pre}.2.self_attn.{n}.weight"] = tensors[f"{pre}.1.self_attn.{n}.weight"]
+    (tmp_path / "extra").mkdir()
+    write_file(tmp_path / "extra" / "model.safetensors", [(k, "F32", v.shape) for k, v in tensors.items()],
+               tensors.__getitem__)
+    (tmp_path / "extra" / "config.json").write_text((tmp_path / "vlm" / "config.json").read_text())
+    err = np.abs(np.asarray(load_pretrained(tmp_path / "extra")(IDS, MASK)) - text_logits(ref))[MASK].max()
+    assert err <= 1e-4, err
+    tensors.pop(f"{pre}.1.self_attn.k_norm.weight")
+    (tmp_path / "extra" / "model.safetensors").unlink()
+    write_file(tmp_path / "extra" / "model.safetensors", [(k, "F32", v.shape) for k, v in tensors.items()],
+               tensors.__getitem__)
+    with pytest.raises(CheckpointError, match=r"layers.1.self_attn.k_norm.weight.*missing"):
+        load_pretrained(tmp_path / "extra")
 
 
 def test_transformers_5_layout_and_a_text_config_without_its_defaults(tmp_path):

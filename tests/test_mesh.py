@@ -343,6 +343,18 @@ def test_plan_sizes_a_gemma4_26b_a4b_shaped_model_with_a_cache_per_layer_kind():
     assert p["per_device_bytes"]["kv_cache"] < 0.46 * 2 * 30 * 512 * 4352 * 8 * 512 * 2 // 32
 
 
+def test_plan_sizes_a_gemma4_e2b_shaped_model_whose_shared_layers_hold_no_cache():
+    """A Gemma 4 E2B-shaped GRPO step on one device (configs/arch): 4.63B parameters, 2.35B of them the per-layer
+    input table; the sampler's cache holds the 15 layers computing keys/values (12 sliding of one 256-wide head, 3
+    full of one 512-wide), not the 20 sharing theirs: 64 rows of 4096 + 256 slots; fits an 80 GB device."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "gemma_4_e2b_grpo.yaml")), 1, memory_gb=80)
+    assert 4.62e9 < p["model"]["params"] < 4.64e9 and p["model"]["family"] == "gemma4" and p["fits"]
+    assert p["per_device_bytes"]["kv_cache"] == 2 * 64 * 4352 * (12 * 256 + 3 * 512) * 2
+
+
 def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
     """Qwen3.5-35B-A3B GRPO (configs/arch): 34.7B parameters, 256 experts in every layer; fits 80 GB devices on 16.
     The sampler's cache is keys/values for the 10 attention layers (growing with the slots) and, for each of the
