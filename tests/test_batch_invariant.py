@@ -81,6 +81,16 @@ def test_every_dense_family_option_is_exact_and_close_to_the_standard_arithmetic
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
+def test_per_layer_inputs_and_layers_sharing_keys_and_values_are_exact():
+    """Gemma 4 E2B's switches: per-layer inputs gated into each layer, and the last two layers attending over the
+    keys/values of the earlier sliding and full layers (read from the cache when sampling, kept by the pass
+    without one when training), and from a paged cache."""
+    kw = dict(n_layers=4, qk_norm=True, sliding_window=6, layer_types=("sliding", "full", "sliding", "full"),
+              activation="gelu_tanh", ple_dim=4, kv_shared_layers=2, double_wide_mlp=True)
+    mdef, params = _model(**kw)
+    assert _gap(mdef, params) == 0.0 and _gap(mdef, params, page_size=4) == 0.0
+
+
 def test_gradients_are_the_standard_arithmetics():
     """Of the log-prob loss (the normaliser's fixed exp and log included) of a LoRA model with sinks and a
     softcap: the mode's gradients are the standard arithmetic's, to rounding."""
