@@ -165,7 +165,8 @@ def test_mixture_sources_resolve_and_validate():
 
 
 @pytest.mark.parametrize("path", ["configs/r1_pipeline.yaml", "configs/examples/qwen2.5-math-1.5b_gsm8k.yaml",
-                                  "configs/examples/qwen2.5-math-1.5b_math_r1.yaml"])
+                                  "configs/examples/qwen2.5-math-1.5b_math_r1.yaml",
+                                  "configs/examples/gemma-4-e2b-it_gsm8k_lora.yaml"])
 def test_shipped_configs_resolve(path):
     cfg = C.load(path)
     assert cfg.stages and all(s.kind in C.STAGE_KINDS for s in cfg.stages)
