@@ -29,3 +29,17 @@ def test_gap_only_reports_gap_and_gemm_invariance():
     assert {r["m"] for r in inv} == {1, 8}
     for r in inv:
         assert 0.0 <= r["differing_frac"] <= r["rows_differing_frac"] <= 1.0 and r["max_rel"] >= 0.0
+
+
+def test_gemma4_e2b_shape_decode_and_train_report_their_rooflines():
+    """``--shape gemma4-e2b`` (gpu_check.sh's e2b part) on the toy E2B: the roofline counts the cached layers'
+    keys/values (a sliding layer's window only: less than every slot) and the step's model FLOPs."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, str(ROOT / "tools/bench_gpu.py"), "--tiny", "--shape", "gemma4-e2b",
+                          "--batches", "4", "--no-gap"], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["shape"] == "gemma4-e2b"
+    (dec,) = res["decode"]
+    assert 0 < dec["kv_bytes_per_step"] < dec["kv_bytes_all_slots"] and dec["tokens_per_s"] > 0
+    assert res["train"]["model_tflops_per_s"] > 0 and res["train"]["loss"] > 0

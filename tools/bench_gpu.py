@@ -16,8 +16,13 @@ Profile (``--profile``): one decode call and one train step under ``jax.profiler
 summed by name and by kind (matmul, attention, copy / cache update, sort / top-k, reduction, other fusion),
 with the device's busy time against the wall time (the gaps are launch, host and loop-condition overhead),
 so the JSON itself accounts for where a step's time goes.
-Usage: python tools/bench_gpu.py [--tiny] [--profile] (``--tiny`` runs a toy shape on any backend, as a
-smoke test).
+``--shape gemma4-e2b``: the same at Gemma 4 E2B's shape (configs/arch/gemma-4-e2b: per-layer inputs, 12 sliding
+and 3 full layers holding the cache that 20 more layers read, 512-wide full heads); the roofline then counts what
+a step must read: each cached layer's keys/values (a sliding layer's last ``sliding_window`` slots only) and the
+weights but the per-layer table, of which a step reads one row per token (``kv_bytes_all_slots``: every slot, as
+the sampler reads them today).
+Usage: python tools/bench_gpu.py [--tiny] [--profile] [--shape qwen2.5-1.5b|gemma4-e2b] (``--tiny`` runs a toy
+shape on any backend, as a smoke test).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from reasoning_rl.models import TransformerConfig, create
+from reasoning_rl.models import TransformerConfig, config_from_hf, create
 from reasoning_rl.models.layers import invariant, kernels
 
 from reasoning_rl.algorithms.logprobs import target_logprobs
@@ -194,6 +199,34 @@ def gemm_invariance(cfg: TransformerConfig, rows: int, batches: list[int]) -> li
     return out
 
 
+def gemma4_e2b(tiny: bool, dtype: str, param_dtype: str, attention_impl: str = "auto",
+               decode_layers: str = "auto") -> TransformerConfig:
+    """Gemma 4 E2B's shape (configs/arch/gemma-4-e2b), or a toy with its kinds of layer (``tiny``)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    cfg = config_from_hf(os.path.join(root, "configs", "arch", "gemma-4-e2b"))
+    if tiny:
+        cfg = dataclasses.replace(cfg, vocab_size=512, ple_vocab=0, d_model=64, n_layers=5, n_heads=4, head_dim=16,
+                                  full_head_dim=32, ffn_dim=128, ple_dim=8, kv_shared_layers=2, sliding_window=8,
+                                  layer_types=("sliding", "sliding", "full", "sliding", "full"))
+    return dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
+                               decode_layers=decode_layers, max_seq_len=32768)
+
+
+SHAPES = {"qwen2.5-1.5b": qwen25_15b, "gemma4-e2b": gemma4_e2b}
+
+
+def kv_bytes_per_step(cfg: TransformerConfig, batch: int, slots: float, windowed: bool = True) -> float:
+    """Keys/values a decode step reads: each cached layer's (``cfg.cached_layers``: a layer sharing another's reads
+    that one's, already counted), at its kind's shape, over ``slots`` slots (a sliding layer's last
+    ``sliding_window`` only, with ``windowed``)."""
+    total = 0.0
+    for i in cfg.cached_layers:
+        kk, kd, vk, vd = cfg.kv_shape_of(cfg.cache_kind(i))
+        s = min(slots, cfg.sliding_window) if windowed and cfg.sliding_layers[i] and cfg.sliding_window else slots
+        total += batch * s * (kk * kd + vk * vd)
+    return total * jnp.dtype(cfg.jnp_dtype).itemsize
+
+
 def hbm_bandwidth(tiny: bool) -> float:
     n = (1 << 20) if tiny else (1 << 30)  # 4 GiB of float32
     x = jnp.ones((n,), jnp.float32)
@@ -211,21 +244,38 @@ def bench_decode(mdef, params, batch: int, prompt: int, n1: int, n2: int, bw: fl
         sp = SamplingParams(n, 1.0, 0, 1.0, False, (), 0, 1)
         t[n] = timed(lambda p, a, b, sp=sp: sample(mdef, p, a, b, jax.random.key(0), sp), params, pt, pv, reps=2)
     step = (t[n2] - t[n1]) / (n2 - n1)
-    # the weights a step must read: in the compute dtype (float32 master weights are cast once per call)
-    p_bytes = sum(x.size * min(x.dtype.itemsize, jnp.dtype(cfg.jnp_dtype).itemsize) for x in jax.tree.leaves(params))
+    # the weights a step must read: in the compute dtype (float32 master weights are cast once per call); of the
+    # per-layer input table (Gemma 4 E2B) only a row per token
+    p_bytes = sum(x.size * min(x.dtype.itemsize, jnp.dtype(cfg.jnp_dtype).itemsize)
+                  for k, x in jax.tree_util.tree_flatten_with_path(params)[0] if "ple_embed" not in str(k[0]))
     s_avg = prompt + (n1 + n2) / 2
-    kv_bytes = 2 * cfg.n_layers * batch * s_avg * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.jnp_dtype).itemsize
+    kv_bytes = kv_bytes_per_step(cfg, batch, s_avg)
     roof = (p_bytes + kv_bytes) / bw
     return {"batch": batch, "prompt": prompt, "decode_step_s": step, "tokens_per_s": batch / step,
             "roofline_step_s": roof, "fraction_of_roofline": roof / step, "param_bytes": p_bytes,
-            "kv_bytes_per_step": kv_bytes, "t_n1_s": t[n1], "t_n2_s": t[n2]}
+            "kv_bytes_per_step": kv_bytes, "kv_bytes_all_slots": kv_bytes_per_step(cfg, batch, s_avg, False),
+            "t_n1_s": t[n1], "t_n2_s": t[n2]}
 
 
-def train_flops(cfg: TransformerConfig, b: int, t: int) -> float:
+def train_flops(cfg: TransformerConfig, b: int, t: int, params=None) -> float:
+    """Model FLOPs of a training step: 6 per matmul weight per token (the layers' projection matrices, counted from
+    ``params`` when given: per-layer shapes, shared layers without keys/values, per-layer inputs; and the tied lm
+    head) plus the attention's QK^T and PV (causal half of the keys; a sliding layer's window at most)."""
     d, L = cfg.d_model, cfg.n_layers
-    per_layer = d * cfg.head_dim * (cfg.n_heads * 2 + cfg.n_kv_heads * 2) + 3 * d * cfg.ffn_dim
-    matmul = L * per_layer + d * cfg.vocab_size  # the lm head (tied) is a matmul too
-    attn = L * 2 * 2 * cfg.n_heads * cfg.head_dim * t / 2  # QK^T and PV, causal half, per token
+    if params is None:
+        per_layer = d * cfg.head_dim * (cfg.n_heads * 2 + cfg.n_kv_heads * 2) + 3 * d * cfg.ffn_dim
+        matmul = L * per_layer
+    else:  # matrices only: not norms, biases, scalars or the embedding tables (looked up, not multiplied)
+        skip = ("norm", "bias", "layer_scalar", "sinks", "embed")
+        matmul = sum(x.size for k, x in jax.tree_util.tree_flatten_with_path(params)[0]
+                     if not any(s in "/".join(str(p) for p in k) for s in skip) and x.ndim >= 2)
+    if params is None or cfg.tie_embeddings:  # the lm head (tied) is a matmul too (untied: among the params)
+        matmul += d * cfg.vocab_size
+    attn = 0.0
+    for i in range(L):  # QK^T and PV per token over the keys a query sees
+        hd = cfg.full_head_dim if not cfg.sliding_layers[i] and cfg.full_head_dim else cfg.head_dim
+        keys = min(t / 2, cfg.sliding_window) if cfg.sliding_layers[i] and cfg.sliding_window else t / 2
+        attn += 2 * 2 * cfg.n_heads * hd * keys
     return 3 * b * t * (2 * matmul + attn)
 
 
@@ -248,7 +298,7 @@ def bench_train(mdef, params, b: int, t: int, chunk: int, with_profile: bool = F
         jax.block_until_ready(m)
         ts.append(time.perf_counter() - t0)
     s = float(np.median(ts))
-    fl = train_flops(mdef.cfg, b, t)
+    fl = train_flops(mdef.cfg, b, t, params)
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
     res = {"batch": b, "seq": t, "step_s": s, "first_step_s": compile_s, "tokens_per_s": b * t / s,
@@ -268,6 +318,7 @@ def bench_train(mdef, params, b: int, t: int, chunk: int, with_profile: bool = F
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--shape", default="qwen2.5-1.5b", choices=list(SHAPES))
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--train-batch", type=int, default=4)
@@ -286,9 +337,10 @@ def main() -> None:
                     "train step (jax.profiler)")
     args = ap.parse_args()
     out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), "attention_impl": args.attention_impl}
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "attention_impl": args.attention_impl, "shape": args.shape}
+    model = SHAPES[args.shape]
     if args.gap_only:
-        cfg = qwen25_15b(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
+        cfg = model(args.tiny, "bfloat16", "bfloat16", args.attention_impl, args.decode_layers)
         mdef, params = create(cfg, 0)
         out["logprob_gap_bf16"] = logprob_gap(mdef, params, *GAP_SHAPE[args.tiny])
         print(json.dumps(out), flush=True)
@@ -305,7 +357,7 @@ def main() -> None:
     bw = hbm_bandwidth(args.tiny)
     out["hbm_bytes_per_s_measured"] = bw
     if not args.skip_decode:
-        cfg = qwen25_15b(args.tiny, "bfloat16", args.decode_param_dtype, args.attention_impl, args.decode_layers)
+        cfg = model(args.tiny, "bfloat16", args.decode_param_dtype, args.attention_impl, args.decode_layers)
         out["decode_param_dtype"] = args.decode_param_dtype
         out["decode_layers"] = "unroll" if split_decode(cfg) else "scan"
         out["attention_paths"] = {k: v["path"] + (f" ({v['reason']})" if v["reason"] else "")
@@ -326,7 +378,7 @@ def main() -> None:
         print(json.dumps(out), flush=True)
         del params
     if not args.skip_train:
-        cfg = dataclasses.replace(qwen25_15b(args.tiny, "bfloat16", "float32", args.attention_impl), remat=args.remat)
+        cfg = dataclasses.replace(model(args.tiny, "bfloat16", "float32", args.attention_impl), remat=args.remat)
         mdef, params = create(cfg, 0)
         b, t = (2, 64) if args.tiny else (args.train_batch, args.train_seq)
         out["train"] = bench_train(mdef, params, b, t, 0 if args.tiny else 512, args.profile)

@@ -2,7 +2,7 @@
 # The prepared GPU check (accelerator speed): one command for a lent GPU machine, sized to end inside ~9 minutes
 # (a deadline over all parts) so a 15-minute device allowance leaves room for the machine's start.
 #
-#   bash tools/gpu_check.sh [main|more|gap|async|all]      (default main; OUT=dir for the results)
+#   bash tools/gpu_check.sh [main|more|gap|e2b|async|all]  (default main; OUT=dir for the results)
 #   TINY=1 PYTHON=.venv/bin/python bash tools/gpu_check.sh all   (smoke test of the script on any machine;
 #   on the device run main and more as two commands: each leaves at most 8 files, what the tool brings back)
 #   NO_GAP=1: skip the bf16 log-prob gap (a second sampler program to compile)
@@ -32,6 +32,9 @@
 #   CPU; its sampling time next to the standard one) and the GEMMs' batch invariance
 #   (tools/bench_gpu.py --gap-only), with XLA's defaults and with --xla_allow_excess_precision=false (XLA may
 #   skip a bf16 rounding inside a fusion; the decode step and the training forward fuse differently)
+# e2b (about 4 minutes): decode at 64 and 256 and the train step at Gemma 4 E2B's shape (tools/bench_gpu.py
+#   --shape gemma4-e2b): per-layer inputs, a cache of 12 sliding and 3 full (512-wide) layers read by 20 more; the
+#   roofline counts a sliding layer's window only, so the gap to it shows what reading every slot costs
 # async (about 1.5 minutes): tools/bench_async.py on the machine's CPUs (JAX_PLATFORMS=cpu, split into a sampler
 #   and a trainer device): synchronous vs asynchronous GRPO at W1's shape where the two devices have cores to
 #   spare (on 2 cores the synchronous step already keeps both busy, so no schedule can reach the 0.65 target)
@@ -103,6 +106,10 @@ esac
 case $what in gap|all)
     part gap 200 $B -- --gap-only $tiny
     part gap_noexcess 200 $B XLA_FLAGS=--xla_allow_excess_precision=false -- --gap-only $tiny ;;
+esac
+case $what in e2b|all)
+    part decode_e2b 200 $B -- --shape gemma4-e2b --skip-train --batches 64,256 --no-gap $tiny
+    part train_e2b 150 $B -- --shape gemma4-e2b --skip-decode --train-batch 8 --remat dots $tiny ;;
 esac
 case $what in async|all)  # not the GPU: the host's own cores, which a 2-core CI machine lacks
     part async_cpu 150 tools/bench_async.py JAX_PLATFORMS=cpu -- ${TINY:+--steps 3 --warmup 1} ;;
