@@ -82,6 +82,10 @@ FAMILY_CONFIGS = {
     "seed_oss": TransformerConfig(**BASE, family="seed_oss", qkv_bias=True, out_bias=True, rope_theta=1e7),
     "granite": TransformerConfig(**BASE, family="granite", qkv_bias=True, out_bias=True, embed_multiplier=12.0,
                                  residual_multiplier=0.22, query_scale=0.3, logits_scaling=8.0),
+    # HyperCLOVA X SEED: Granite's muP scalars, each sub-layer's output normed, the logits multiplied
+    "hyperclovax": TransformerConfig(**BASE, family="hyperclovax", qkv_bias=True, out_bias=True, embed_multiplier=3.0,
+                                     residual_multiplier=0.4, query_scale=0.2, logits_multiplier=0.7,
+                                     sandwich_norm=True),
     # Granite 4.0-H: Mamba-2 layers (two groups, a conv bias) around attention layers without rotary embeddings
     "granite4_h": TransformerConfig(**{**BASE, "n_layers": 3}, family="granite", embed_multiplier=12.0,
                                     residual_multiplier=0.22, query_scale=0.3, logits_scaling=2.0, nope_layers=(1,),
@@ -789,6 +793,22 @@ def test_gemma4_e2b_shared_layers_as_the_reference_pairs_them(tmp_path):
     assert gemma4.ignored("model.layers.15.self_attn.k_proj.weight", cfg)
     assert not gemma4.ignored("model.layers.14.self_attn.k_proj.weight", cfg)
     assert not gemma4.ignored("model.layers.15.self_attn.q_proj.weight", cfg)
+
+
+def test_hyperclovax_released_config_fields(tmp_path):
+    """HyperCLOVA X SEED's config.json may leave out what its reference class fills in: the softmax scale
+    (head_dim ** -0.5), the head size (hidden / heads), the output norms (on); its logits_scaling multiplies."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("hyperclovax", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("attention_multiplier", "head_dim", "use_post_norm"):
+        conf.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.HyperCLOVAXConfig(**{k: v for k, v in conf.items() if k not in ("architectures",)})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.query_scale == ref.attention_multiplier == (32 // 4) ** -0.5 and cfg.head_dim == ref.head_dim == 8
+    assert cfg.sandwich_norm and ref.use_post_norm
+    assert cfg.logits_multiplier == ref.logits_scaling == 0.7 and cfg.logits_scaling == 1.0
 
 
 def test_cohere2_released_config_fields(tmp_path):

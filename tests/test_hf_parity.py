@@ -128,6 +128,12 @@ CASES = {
     # logits divisor large enough to show), biases on all four attention projections
     "granite": ("GraniteConfig", {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                   "attention_multiplier": 0.3, "logits_scaling": 8.0, "attention_bias": True}),
+    # HyperCLOVA X SEED: Granite's muP scalars with each sub-layer's output normed (Peri-LN) and the logits
+    # multiplied by logits_scaling, attention biases; then without the output norms, the softmax scale by default
+    "hyperclovax": ("HyperCLOVAXConfig", {"embedding_multiplier": 3.0, "residual_multiplier": 0.4,
+                                          "attention_multiplier": 0.2, "logits_scaling": 0.7, "attention_bias": True}),
+    "hyperclovax_plain": ("HyperCLOVAXConfig", {"use_post_norm": False, "residual_multiplier": 0.6,
+                                                "tie_word_embeddings": True}),
     # Granite 4.0's format, all-attention and expert-free (Granite-4.0-Micro): its shared_mlp (gate and up in one
     # tensor), with rotary embeddings; then without any (position_embedding_type unset, as the "H" models)
     "granite4": ("GraniteMoeHybridConfig", {
@@ -627,7 +633,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1", "flex_olmo"])
+                                  "cwm", "axk1", "flex_olmo", "hyperclovax"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -698,7 +704,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1", "flex_olmo"])
+                                  "cwm", "axk1", "flex_olmo", "hyperclovax"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -735,7 +741,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "minicpm5_moe_legacy", "dots1", "dots1_bias", "youtu",
                                   "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",
                                   "apertus", "apertus_relu2", "sarvam_moe", "param2moe", "sarvam_mla",
-                                  "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm"])
+                                  "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm",
+                                  "hyperclovax", "hyperclovax_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -35,6 +35,7 @@ from . import (
     gpt_oss,
     granite,
     hunyuan,
+    hyperclovax,
     hy_v3,
     lfm2,
     llama,
@@ -77,7 +78,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
-                                                      flex_olmo)}
+                                                      flex_olmo, hyperclovax)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}

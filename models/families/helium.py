@@ -44,7 +44,7 @@ def from_hf(hf: dict) -> TransformerConfig:
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
-    unsupported_cfg(cfg, NAME, n_heads=cfg.n_heads * cfg.head_dim != cfg.d_model, out_bias=cfg.out_bias,
+    unsupported_cfg(cfg, NAME, head_dim=cfg.n_heads * cfg.head_dim != cfg.d_model, out_bias=cfg.out_bias,
                     qk_norm=cfg.qk_norm, moe=cfg.moe is not None, mla=cfg.mla is not None,
                     linear=cfg.linear is not None, sliding_window=cfg.sliding_window > 0,
                     nope_layers=bool(cfg.nope_layers), rope_dim=bool(cfg.rope_dim and cfg.rope_dim != cfg.head_dim),
