@@ -82,6 +82,19 @@ FAMILY_CONFIGS = {
     "seed_oss": TransformerConfig(**BASE, family="seed_oss", qkv_bias=True, out_bias=True, rope_theta=1e7),
     "granite": TransformerConfig(**BASE, family="granite", qkv_bias=True, out_bias=True, embed_multiplier=12.0,
                                  residual_multiplier=0.22, query_scale=0.3, logits_scaling=8.0),
+    # AFM: an ungated squared-ReLU MLP, YaRN
+    "arcee": TransformerConfig(**BASE, family="arcee", activation="relu2", norm_eps=1e-5,
+                               rope_scaling={"rope_type": "yarn", "factor": 20.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                             "mscale": 1.0, "original_max_position_embeddings": 16}),
+    # Helium: heads spanning d_model (4 x 8 = 32: its o_proj maps hidden -> hidden), q/k/v biases, rotary on
+    # adjacent pairs at base 1e5
+    "helium": TransformerConfig(**{**BASE, "head_dim": 8}, family="helium", qkv_bias=True, rope_interleave=True,
+                                rope_theta=1e5, norm_eps=1e-8),
+    # Granite SWA: sliding layers with sinks in every layer, a rope base per kind, a layer without rotary
+    "granite_swa": TransformerConfig(**{**BASE, "n_layers": 4}, family="granite_swa", embed_multiplier=2.0,
+                                     residual_multiplier=0.5, query_scale=0.2, logits_scaling=3.0, attn_sinks=True,
+                                     sliding_window=4, layer_types=("full", "sliding", "sliding", "full"),
+                                     rope_local_theta=100.0, nope_layers=(2,), norm_eps=1e-5),
     # HyperCLOVA X SEED: Granite's muP scalars, each sub-layer's output normed, the logits multiplied
     "hyperclovax": TransformerConfig(**BASE, family="hyperclovax", qkv_bias=True, out_bias=True, embed_multiplier=3.0,
                                      residual_multiplier=0.4, query_scale=0.2, logits_multiplier=0.7,
@@ -795,6 +808,54 @@ def test_gemma4_e2b_shared_layers_as_the_reference_pairs_them(tmp_path):
     assert not gemma4.ignored("model.layers.15.self_attn.q_proj.weight", cfg)
 
 
+def test_arcee_and_helium_released_config_fields(tmp_path):
+    """AFM's and Helium's config.json may leave out what their reference config classes fill (AFM: squared ReLU,
+    RMSNorm epsilon 1e-5, 4096 positions, rope base 1e4, as many key/value heads as query heads, head size hidden /
+    heads; Helium: head size 128, 20 key/value heads, epsilon 1e-8, 4096 positions, rope base 1e5), read as those
+    classes read them, and the weights load; AFM's older YaRN fields read as the reference reads them; a Helium
+    whose heads do not span hidden_size (its o_proj maps hidden -> hidden), a gated AFM and MLP biases are refused."""
+    transformers = pytest.importorskip("transformers")
+    shapes = {"vocab_size": 64, "num_hidden_layers": 2, "intermediate_size": 96}
+    # (Helium: 40 heads of its default 128 span 5120, and its default 20 key/value heads are not the query heads)
+    for model_type, cls, heads, d in (("arcee", "ArceeConfig", 32, 2560), ("helium", "HeliumConfig", 40, 5120)):
+        conf = {"model_type": model_type, **shapes, "hidden_size": d, "num_attention_heads": heads}
+        (tmp_path / "config.json").write_text(json.dumps(conf))
+        cfg, ref = config_from_hf(tmp_path), getattr(transformers, cls)(**conf)
+        assert (cfg.head_dim, cfg.n_kv_heads, cfg.norm_eps, cfg.max_seq_len, cfg.tie_embeddings) == (
+            ref.head_dim, ref.num_key_value_heads, ref.rms_norm_eps, ref.max_position_embeddings,
+            ref.tie_word_embeddings)
+        assert (cfg.activation, cfg.qkv_bias, cfg.out_bias) == (ref.hidden_act, ref.attention_bias, False)
+        assert (cfg.rope_theta, cfg.rope_scaling) == (ref.rope_parameters["rope_theta"], None)
+    yarn = {"type": "yarn", "factor": 20.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
+            "beta_slow": 1.0, "mscale": 1.0}
+    conf = {"model_type": "arcee", **shapes, "hidden_size": 2560, "num_attention_heads": 32,
+            "max_position_embeddings": 65536, "rope_theta": 10000.0, "rope_scaling": yarn}
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    # (the reference config class edits the dicts it is given: a copy)
+    cfg, ref = config_from_hf(tmp_path), transformers.ArceeConfig(**json.loads(json.dumps(conf)))
+    assert cfg.rope_scaling["rope_type"] == ref.rope_parameters["rope_type"] == "yarn"
+    keys = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale")
+    assert all(cfg.rope_scaling[k] == ref.rope_parameters[k] == yarn[k] for k in keys)
+    saved = {}
+    for name, drop in (("arcee", ("hidden_act", "rms_norm_eps", "attention_bias", "mlp_bias")),
+                       ("helium", ("hidden_act", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling",
+                                   "mlp_bias"))):
+        _, params = _save_random(name, tmp_path / name)
+        conf = saved[name] = json.loads((tmp_path / name / "config.json").read_text())
+        conf = {k: v for k, v in conf.items() if k not in drop}
+        (tmp_path / name / "config.json").write_text(json.dumps(conf))
+        cfg = config_from_hf(tmp_path / name)
+        assert dataclasses.replace(cfg, extra={}) == FAMILY_CONFIGS[name]
+        _assert_same(load_params(tmp_path / name, create(cfg, abstract=True)[0]), params)
+    for name, edit, match in (("helium", {"head_dim": None}, "head_dim=128 must equal hidden_size=32"),
+                              ("helium", {"mlp_bias": True}, "mlp_bias=True"),
+                              ("arcee", {"hidden_act": "silu"}, "hidden_act='silu'"),
+                              ("arcee", {"mlp_bias": True}, "mlp_bias=True")):
+        (tmp_path / name / "config.json").write_text(json.dumps({**saved[name], **edit}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path / name)
+
+
 def test_hyperclovax_released_config_fields(tmp_path):
     """HyperCLOVA X SEED's config.json may leave out what its reference class fills in: the softmax scale
     (head_dim ** -0.5), the head size (hidden / heads), the output norms (on); its logits_scaling multiplies."""
@@ -1171,7 +1232,12 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("bamba", {"linear": LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
                                           norm="none")}, r"linear.norm='none' cannot be written as a bamba"),
     ("bamba", {"linear": LinearAttnConfig(layers=(0, 1, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16, kind="mamba2",
-                                          parallel=True)}, r"linear.parallel=True cannot be written as a bamba")])
+                                          parallel=True)}, r"linear.parallel=True cannot be written as a bamba"),
+    ("arcee", {"activation": "silu"}, r"activation='silu' cannot be written as a arcee checkpoint"),
+    ("helium", {"rope_interleave": False}, r"rope_interleave=False cannot be written as a helium checkpoint"),
+    ("helium", {"out_bias": True}, r"out_bias=True cannot be written as a helium checkpoint"),
+    ("granite_swa", {"attn_sinks": False}, r"attn_sinks=False cannot be written as a granite_swa checkpoint"),
+    ("hyperclovax", {"logits_scaling": 2.0}, r"logits_scaling=2.0 cannot be written as a hyperclovax checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of
     ``hf_save.SWITCHES``: mixer-only layers, latent experts, sparse attention, Falcon-H1's and OLMo Hybrid's)

@@ -128,6 +128,25 @@ CASES = {
     # logits divisor large enough to show), biases on all four attention projections
     "granite": ("GraniteConfig", {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                   "attention_multiplier": 0.3, "logits_scaling": 8.0, "attention_bias": True}),
+    # AFM: Llama's layers with an ungated squared-ReLU MLP (up/down, no gate), YaRN (its released rope's kind);
+    # then biases on all four projections, one key/value head, tied embeddings, head size hidden / heads
+    "arcee": ("ArceeConfig", {**SMOL_IDS, "head_dim": 16, "rope_parameters": {**YARN, "rope_theta": 1e4}}),
+    "arcee_bias": ("ArceeConfig", {**SMOL_IDS, "attention_bias": True, "tie_word_embeddings": True,
+                                   "num_key_value_heads": 1}),
+    # Helium: rotary on adjacent pairs at the reference's base 1e5 (heads spanning hidden_size: o_proj is
+    # hidden -> hidden); then q/k/v biases (none on o_proj), one key/value head, tied, llama3 rope scaling
+    "helium": ("HeliumConfig", {"head_dim": 16}),
+    "helium_bias": ("HeliumConfig", {"head_dim": 16, "attention_bias": True, "tie_word_embeddings": True,
+                                     "num_key_value_heads": 1, "rope_parameters": {**LLAMA3, "rope_theta": 5e5}}),
+    # Granite SWA: Granite's muP scalars, three sliding layers after a full one by default, a sink in every layer;
+    # then a rope base per layer kind, a layer without rotary, attention biases, untied
+    "granite_swa": ("GraniteSWAConfig", {"num_hidden_layers": 4, "sliding_window": 5, "embedding_multiplier": 2.0,
+                                         "residual_multiplier": 0.5, "attention_multiplier": 0.2,
+                                         "logits_scaling": 3.0}),
+    "granite_swa_theta": ("GraniteSWAConfig", {"num_hidden_layers": 4, "sliding_window": 4,
+                                               "layer_types": ["sliding_attention", "full_attention"] * 2,
+                                               "layer_rope_theta": [100.0, 0, 100.0, 5e5], "attention_bias": True,
+                                               "tie_word_embeddings": False}),
     # HyperCLOVA X SEED: Granite's muP scalars with each sub-layer's output normed (Peri-LN) and the logits
     # multiplied by logits_scaling, attention biases; then without the output norms, the softmax scale by default
     "hyperclovax": ("HyperCLOVAXConfig", {"embedding_multiplier": 3.0, "residual_multiplier": 0.4,
@@ -633,7 +652,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1", "flex_olmo", "hyperclovax"])
+                                  "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -704,7 +723,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "internlm3",
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1", "flex_olmo", "hyperclovax"])
+                                  "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
+                                  "helium_bias"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -742,7 +762,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "youtu_plain", "ministral", "cohere2_moe", "cohere2_moe_rms",
                                   "apertus", "apertus_relu2", "sarvam_moe", "param2moe", "sarvam_mla",
                                   "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm",
-                                  "hyperclovax", "hyperclovax_plain"])
+                                  "hyperclovax", "hyperclovax_plain", "granite_swa", "granite_swa_theta", "arcee",
+                                  "arcee_bias", "helium", "helium_bias"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

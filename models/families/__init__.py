@@ -10,6 +10,7 @@ from types import ModuleType
 from . import (
     afmoe,
     apertus,
+    arcee,
     axk1,
     bamba,
     cohere2,
@@ -34,6 +35,8 @@ from . import (
     glm_moe_dsa,
     gpt_oss,
     granite,
+    granite_swa,
+    helium,
     hunyuan,
     hy_v3,
     hyperclovax,
@@ -78,7 +81,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
-                                                      flex_olmo, hyperclovax)}
+                                                      flex_olmo, hyperclovax, granite_swa, arcee, helium)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
