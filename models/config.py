@@ -232,6 +232,11 @@ class TransformerConfig:
     norm_center: bool = False
     parallel_block: bool = False
     out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
+    # nanochat: every RMSNorm without a weight (layers', q/k's and the final one), the embeddings normed by the final
+    # norm before the first layer, and the rotary turning the other way (its rotate-half flips the other half's sign)
+    norm_weight: bool = True
+    embed_norm: bool = False
+    rope_reverse: bool = False
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)
     swiglu_limit: float = 7.0
     rope_dim: int = 0  # rotary dims of each head (the leading ones); 0: all (Phi-4-mini rotates 3/4)

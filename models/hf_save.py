@@ -74,7 +74,8 @@ SWITCHES = ("mixer_only_layers", "moe.latent_dim", "mla.index_topk", "key_multip
             "linear.norm_eps", "linear.pre_norm", "full_kv_heads", "full_sinks", "v_head_dim", "value_scale",
             "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar", "moe.beside_dense", "moe.router_norm",
             "moe.expert_scale", "norm_center", "parallel_block", "moe.shared_average",
-            "moe.post_norm", "ple_dim", "kv_shared_layers", "double_wide_mlp")
+            "moe.post_norm", "ple_dim", "kv_shared_layers", "double_wide_mlp", "norm_weight", "embed_norm",
+            "rope_reverse")
 
 
 def set_switches(cfg: TransformerConfig) -> dict[str, object]:

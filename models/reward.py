@@ -42,7 +42,8 @@ _SEQ_CLS = {"Gemma3ForCausalLM": "Gemma3TextForSequenceClassification"}
 # ``reward_model`` reward), but not through transformers' AutoModelForSequenceClassification; the export says so
 NOT_IN_TRANSFORMERS = frozenset({
     "BambaForSequenceClassification", "DeepseekV32ForSequenceClassification", "GlmMoeDsaForSequenceClassification",
-    "HyperCLOVAXForSequenceClassification",
+    "HyperCLOVAXForSequenceClassification", "GraniteSWAForSequenceClassification", "NanoChatForSequenceClassification",
+    "MellumForSequenceClassification",
     "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",

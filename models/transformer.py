@@ -171,7 +171,7 @@ class Block(nnx.Module):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
-                                 invariant=cfg.batch_invariant, center=cfg.norm_center)
+                                 invariant=cfg.batch_invariant, center=cfg.norm_center, weight=cfg.norm_weight)
         lin = cfg.linear
         # where the norms sit: before the mixer and the MLP (``pre_norm``) and/or on their outputs (``sandwich``);
         # a linear layer with ``lin.pre_norm`` (OLMo Hybrid) puts them before whatever the attention layers do
@@ -220,7 +220,7 @@ class Block(nnx.Module):
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier,
-                                  kv_reuse=shared)
+                                  kv_reuse=shared, norm_weight=cfg.norm_weight)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
         # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it,
@@ -497,7 +497,9 @@ class Transformer(nnx.Module):
             _, linear, full = _stack_kind(cfg, name)
             setattr(self, name, _stack(cfg, n, moe, rngs, linear, "mixer" not in name, full, "shared_" in name))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
-                                  invariant=cfg.batch_invariant, center=cfg.norm_center)
+                                  invariant=cfg.batch_invariant, center=cfg.norm_center, weight=cfg.norm_weight)
+        if cfg.embed_norm and cfg.ple_dim:
+            raise ValueError("embed_norm: per-layer inputs (ple_dim) read the embeddings before any norm; not both")
         if cfg.ple_dim:  # per-layer inputs: a table of every layer's, and a projection of the token's embedding
             width = cfg.n_layers * cfg.ple_dim
             rows = cfg.ple_vocab or cfg.vocab_size
@@ -529,6 +531,8 @@ class Transformer(nnx.Module):
             scale = jnp.asarray(self.cfg.d_model**0.5, self.cfg.jnp_param_dtype).astype(x.dtype)
             x = x * scale
         x = times(x, self.cfg.embed_multiplier)  # Granite, Falcon-H1
+        if self.cfg.embed_norm:  # nanochat: the final norm (weightless there) before the first layer too
+            x = self.final_norm(x)
         return constrain(x, ("batch", "seq", "act_embed"))
 
     def per_layer_inputs(self, tokens: jax.Array, x: jax.Array) -> jax.Array:
@@ -674,7 +678,8 @@ class Transformer(nnx.Module):
         (Gemma's sliding and global) get both masks (and both ropes) and pick theirs with a scanned per-layer
         flag, so the stack stays one scan. Layers without rotary embedding (``nope_layers``) pick the
         identity rotation (cos 1, sin 0: the same values, exactly) by a flag of their own."""
-        ctx = self._mask_and_rope(key_valid, q_slots, k_slots, positions)
+        ctx = (self._mask_and_rope_reversed if self.cfg.rope_reverse else self._mask_and_rope)(key_valid, q_slots,
+                                                                                            k_slots, positions)
         if self.cfg.nope_layers:
             ctx["nope"] = jnp.asarray([i in self.cfg.nope_layers for i in range(self.cfg.n_layers)])
         return ctx
@@ -701,6 +706,14 @@ class Transformer(nnx.Module):
                "sliding": jnp.asarray(sliding), "rope": rope}
         if local is not rope:
             ctx["rope_local"] = local
+        return ctx
+
+    def _mask_and_rope_reversed(self, *a) -> dict:
+        """``cfg.rope_reverse`` (nanochat): every rope table turning the other way (sin negated)."""
+        ctx = self._mask_and_rope(*a)
+        for k in ("rope", "rope_local"):
+            if k in ctx:
+                ctx[k] = (ctx[k][0], -ctx[k][1])
         return ctx
 
     def layer_states(self) -> dict[str, tuple]:

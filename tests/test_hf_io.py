@@ -90,6 +90,25 @@ FAMILY_CONFIGS = {
     # adjacent pairs at base 1e5
     "helium": TransformerConfig(**{**BASE, "head_dim": 8}, family="helium", qkv_bias=True, rope_interleave=True,
                                 rope_theta=1e5, norm_eps=1e-8),
+    # Mellum: q/k norms, sliding layers around a full one with a rope base per kind, a dense layer among MoE ones
+    "mellum": TransformerConfig(**{**BASE, "n_layers": 4}, family="mellum", qk_norm=True, rope_theta=5e5,
+                                rope_local_theta=1e4, sliding_window=4,
+                                layer_types=("sliding", "full", "sliding", "sliding"),
+                                moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.001,
+                                              dense_layers=(2,))),
+    # then biases on all four projections, YaRN on every layer (the sliding ones rotating as the full ones), a
+    # leading dense layer, top-k not renormalised, tied embeddings
+    "mellum_bias": TransformerConfig(**{**BASE, "n_layers": 3, "tie_embeddings": True}, family="mellum",
+                                     qk_norm=True, qkv_bias=True, out_bias=True, sliding_window=5,
+                                     rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                   "original_max_position_embeddings": 16, "beta_fast": 32.0,
+                                                   "beta_slow": 1.0},
+                                     layer_types=("full", "sliding", "full"),
+                                     moe=MoEConfig(n_experts=4, top_k=3, ffn_dim=8, first_dense=1, norm_topk=False,
+                                                   aux_loss_coef=0.01)),
+    # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
+    "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
+                                  final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
     # Granite SWA: sliding layers with sinks in every layer, a rope base per kind, a layer without rotary
     "granite_swa": TransformerConfig(**{**BASE, "n_layers": 4}, family="granite_swa", embed_multiplier=2.0,
                                      residual_multiplier=0.5, query_scale=0.2, logits_scaling=3.0, attn_sinks=True,
@@ -556,6 +575,18 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
     ("hy_v3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}},
      "partial_rotary_factor is not supported"),
+    ("mellum", {"layer_types": ["full_attention"] * 3}, "layer_types must name"),
+    ("mellum", {"mlp_layer_types": ["dense"] * 4}, "no 'sparse' layer"),
+    ("mellum", {"hidden_act": "gelu"}, "hidden_act"),
+    ("mellum", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6}}},
+     "rope_parameters.sliding_attention is required"),
+    ("mellum", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4,
+                                                          "partial_rotary_factor": 0.5}}},
+     "partial_rotary_factor is not supported"),
+    ("mellum", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}},
+     "sliding_attention scaling is not supported"),
 ])
 def test_new_family_config_errors_name_the_field(tmp_path, name, edit, message):
     _save_random(name, tmp_path)
@@ -854,6 +885,86 @@ def test_arcee_and_helium_released_config_fields(tmp_path):
         (tmp_path / name / "config.json").write_text(json.dumps({**saved[name], **edit}))
         with pytest.raises(ConfigError, match=match):
             config_from_hf(tmp_path / name)
+
+
+def test_nanochat_released_config_fields(tmp_path):
+    """nanochat's config.json may leave out what its reference class fills in (the logit cap 15, squared ReLU, as
+    many key/value heads as query heads); a null cap is none; the checkpoint holds no norm tensors."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("nanochat", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    assert not any("norm" in k for k in Checkpoint(tmp_path).names())
+    for k in ("final_logit_softcapping", "hidden_act", "num_key_value_heads"):
+        conf.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.NanoChatConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.final_softcap == ref.final_logit_softcapping == 15.0 and cfg.activation == ref.hidden_act
+    assert cfg.n_kv_heads == ref.num_key_value_heads == 4
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "final_logit_softcapping": None}))
+    assert config_from_hf(tmp_path).final_softcap is None
+
+
+def test_granite_swa_released_config_fields(tmp_path):
+    """Granite SWA's config.json may leave out what its reference class fills in: the layer kinds (every fourth
+    layer full from the first), the window 128, the rope base of every layer (the global one), RMSNorm epsilon
+    1e-5, tied embeddings; per-layer bases beyond one per kind are refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("granite_swa", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "layer_rope_theta", "rms_norm_eps", "tie_word_embeddings"):
+        conf.pop(k)
+    conf["num_hidden_layers"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.GraniteSWAConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert [("full" if t == "full_attention" else "sliding") for t in ref.layer_types] == list(cfg.layer_types)
+    assert cfg.sliding_window == ref.sliding_window == 128 and cfg.norm_eps == ref.rms_norm_eps == 1e-5
+    assert cfg.tie_embeddings == ref.tie_word_embeddings and not cfg.nope_layers and cfg.rope_local_theta is None
+    assert set(ref.layer_rope_theta) == {cfg.rope_theta}
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "layer_rope_theta": [1e4, 1e3, 1e5, 1e4, 1e4, 1e4]}))
+    with pytest.raises(ConfigError, match="layer_rope_theta=.* is not supported"):
+        config_from_hf(tmp_path)
+
+
+def test_mellum_released_config_fields(tmp_path):
+    """What MellumConfig fills in where a config.json leaves it out: every layer full and every MLP routed, the
+    rope base of each layer kind (500000 full, 10000 sliding), the window, the routing fields, the head size and
+    key/value heads; the expert count under either name (``num_local_experts``, as transformers writes it, or
+    ``num_experts``); the multi-token-prediction layer stored beside the model (``mtp.*``) not loaded; a flat
+    ``rope_parameters``, which the reference cannot read, refused."""
+    transformers = pytest.importorskip("transformers")
+    _, params = _save_random("mellum", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    keep = {k: conf[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")}
+    (tmp_path / "config.json").write_text(json.dumps({**keep, "model_type": "mellum"}))
+    cfg, ref = config_from_hf(tmp_path), transformers.MellumConfig(**keep)
+    assert cfg.sliding_layers == (False,) * 4 == tuple(t == "sliding_attention" for t in ref.layer_types)
+    assert ["sparse" if cfg.moe.is_moe(i) else "dense" for i in range(4)] == ref.mlp_layer_types
+    assert (cfg.rope_theta, cfg.rope_scaling) == (ref.rope_parameters["full_attention"]["rope_theta"], None)
+    assert (cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.max_seq_len, cfg.norm_eps, cfg.tie_embeddings) == (
+        ref.num_key_value_heads, ref.head_dim, ref.intermediate_size, ref.max_position_embeddings, ref.rms_norm_eps,
+        ref.tie_word_embeddings)
+    m = cfg.moe
+    assert (m.n_experts, m.top_k, m.ffn_dim, m.norm_topk, m.aux_loss_coef, m.score) == (
+        ref.num_local_experts, ref.num_experts_per_tok, ref.moe_intermediate_size, ref.norm_topk_prob,
+        ref.router_aux_loss_coef, "softmax")
+    assert cfg.qkv_bias == cfg.out_bias == ref.attention_bias
+    kinds = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    (tmp_path / "config.json").write_text(json.dumps({**keep, "model_type": "mellum", "layer_types": kinds,
+                                                      "num_experts": 4}))
+    cfg, ref = config_from_hf(tmp_path), transformers.MellumConfig(**keep, layer_types=kinds, num_experts=4)
+    assert cfg.sliding_window == ref.sliding_window and cfg.sliding_layers == (True, False, True, True)
+    assert cfg.rope_local_theta == ref.rope_parameters["sliding_attention"]["rope_theta"]
+    assert cfg.moe.n_experts == ref.num_local_experts == 4
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "num_nextn_predict_layers": 1}))
+    _add_shard(tmp_path, {"mtp.fc.weight": (32, 64), "mtp.layers.0.mlp.gate.weight": (4, 32),
+                          "mtp.norm.weight": (32,)})
+    _assert_same(load_params(tmp_path, create(config_from_hf(tmp_path), abstract=True)[0]), params)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "rope_parameters": {"rope_type": "default",
+                                                                                  "rope_theta": 1e4}}))
+    with pytest.raises(ConfigError, match="rope_parameters must be nested by layer kind"):
+        config_from_hf(tmp_path)
 
 
 def test_hyperclovax_released_config_fields(tmp_path):
@@ -1237,7 +1348,10 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("helium", {"rope_interleave": False}, r"rope_interleave=False cannot be written as a helium checkpoint"),
     ("helium", {"out_bias": True}, r"out_bias=True cannot be written as a helium checkpoint"),
     ("granite_swa", {"attn_sinks": False}, r"attn_sinks=False cannot be written as a granite_swa checkpoint"),
-    ("hyperclovax", {"logits_scaling": 2.0}, r"logits_scaling=2.0 cannot be written as a hyperclovax checkpoint")])
+    ("hyperclovax", {"logits_scaling": 2.0}, r"logits_scaling=2.0 cannot be written as a hyperclovax checkpoint"),
+    ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1)},
+     r"moe=MoEConfig\(.*\) cannot be written as a mellum checkpoint"),
+    ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of
     ``hf_save.SWITCHES``: mixer-only layers, latent experts, sparse attention, Falcon-H1's and OLMo Hybrid's)

@@ -138,6 +138,33 @@ CASES = {
     "helium": ("HeliumConfig", {"head_dim": 16}),
     "helium_bias": ("HeliumConfig", {"head_dim": 16, "attention_bias": True, "tie_word_embeddings": True,
                                      "num_key_value_heads": 1, "rope_parameters": {**LLAMA3, "rope_theta": 5e5}}),
+    # Mellum2: Qwen3-MoE's attention (q/k norms) with three sliding layers around a full one, a rope base per
+    # layer kind, renormalised softmax routing, a dense layer among the MoE ones by mlp_layer_types
+    "mellum": ("MellumConfig", dict(num_hidden_layers=4, head_dim=16, sliding_window=5, num_experts=8,
+                                    num_experts_per_tok=2, moe_intermediate_size=32,
+                                    layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                                 "sliding_attention"],
+                                    mlp_layer_types=["sparse", "sparse", "dense", "sparse"],
+                                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                                                     "sliding_attention": {"rope_type": "default",
+                                                                           "rope_theta": 100.0}})),
+    # then the reference's defaults (every layer full and routed, its rope bases), biases on all four
+    # projections, top-k not renormalised, tied embeddings
+    "mellum_bias": ("MellumConfig", dict(head_dim=24, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+                                         attention_bias=True, norm_topk_prob=False, tie_word_embeddings=True)),
+    # YaRN on the full layers (the sliding one unscaled at its own base), a leading dense layer
+    "mellum_yarn": ("MellumConfig", dict(num_hidden_layers=3, head_dim=16, sliding_window=4, num_experts=4,
+                                         num_experts_per_tok=2, moe_intermediate_size=24,
+                                         layer_types=["full_attention", "sliding_attention", "full_attention"],
+                                         mlp_layer_types=["dense", "sparse", "sparse"],
+                                         rope_parameters={"full_attention": {**YARN, "rope_theta": 1e4},
+                                                          "sliding_attention": {"rope_type": "default",
+                                                                                "rope_theta": 500.0}})),
+    # nanochat: weightless norms everywhere (q/k after the reversed rotary), the embeddings normed first, an ungated
+    # squared-ReLU MLP, logits capped at 15 by default; then attention biases, one key/value head, no cap, tied
+    "nanochat": ("NanoChatConfig", {"head_dim": 16}),
+    "nanochat_bias": ("NanoChatConfig", {"attention_bias": True, "num_key_value_heads": 1,
+                                         "final_logit_softcapping": None, "tie_word_embeddings": True}),
     # Granite SWA: Granite's muP scalars, three sliding layers after a full one by default, a sink in every layer;
     # then a rope base per layer kind, a layer without rotary, attention biases, untied
     "granite_swa": ("GraniteSWAConfig", {"num_hidden_layers": 4, "sliding_window": 5, "embedding_multiplier": 2.0,
@@ -652,7 +679,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "hy_v3_bias", "solar_open", "exaone_moe", "mimo_v2_flash", "gemma4", "gemma4_moe",
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
-                                  "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium"])
+                                  "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
+                                  "nanochat", "mellum", "mellum_bias"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -724,7 +752,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
-                                  "helium_bias"])
+                                  "helium_bias", "nanochat", "mellum", "mellum_yarn"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -763,7 +791,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "apertus", "apertus_relu2", "sarvam_moe", "param2moe", "sarvam_mla",
                                   "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm",
                                   "hyperclovax", "hyperclovax_plain", "granite_swa", "granite_swa_theta", "arcee",
-                                  "arcee_bias", "helium", "helium_bias"])
+                                  "arcee_bias", "helium", "helium_bias", "nanochat", "nanochat_bias", "mellum",
+                                  "mellum_bias", "mellum_yarn"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -42,12 +42,14 @@ from . import (
     hyperclovax,
     lfm2,
     llama,
+    mellum,
     mimo_v2_flash,
     minicpm5_moe,
     minimax_m2,
     ministral3,
     mistral4,
     mixtral,
+    nanochat,
     nemotron_h,
     olmo2,
     olmo3,
@@ -81,7 +83,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       solar_open, exaone_moe, mimo_v2_flash, gemma4, cohere2,
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
-                                                      flex_olmo, hyperclovax, granite_swa, arcee, helium)}
+                                                      flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
+                                                      mellum)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}

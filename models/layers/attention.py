@@ -308,7 +308,7 @@ class Attention(nnx.Module):
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
                  v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False,
-                 kv_reuse: bool = False):
+                 kv_reuse: bool = False, norm_weight: bool = True):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -321,7 +321,8 @@ class Attention(nnx.Module):
         (MiMo-V2-Flash). ``k_eq_v``: no value projection, the values are the keys' projection before their norm
         and rotary; ``v_norm``: values RMS-normalised per head without a scale (both Gemma 4). ``kv_reuse``: no
         key/value projections: the layer attends over the keys/values already in its cache slot, another layer's
-        (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``impl``: attention
+        (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``norm_weight`` off:
+        q/k norms without a weight (nanochat). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -365,9 +366,10 @@ class Attention(nnx.Module):
             self.q_bias = self.k_bias = self.v_bias = None
         if qk_norm:
             qd, kd = (n_heads * head_dim, n_kv_heads * head_dim) if qk_norm_whole else (head_dim, head_dim)
-            self.q_norm = RMSNorm(qd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant)
-            self.k_norm = (None if kv_reuse else
-                           RMSNorm(kd, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype, invariant=invariant))
+            norm = functools.partial(RMSNorm, eps=norm_eps, offset=norm_offset, param_dtype=param_dtype,
+                                     invariant=invariant, weight=norm_weight)
+            self.q_norm = norm(qd)
+            self.k_norm = None if kv_reuse else norm(kd)
         else:
             self.q_norm = self.k_norm = None
         self.sinks = nnx.Param(jnp.zeros((n_heads,), jnp.float32), axes=("heads",)) if sinks else None
