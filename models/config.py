@@ -31,6 +31,7 @@ class MoEConfig:
     topk_group: int = 1
     group_score: str = "top2"  # a group's score: "top2" (its best two summed: DeepSeek-V3) | "max" (DeepSeek-V2)
     score_bias: bool = False  # per-expert bias added for selection only (DeepSeek aux-loss-free balancing)
+    bias_on_logits: bool = False  # sigmoid routing: the selection bias added to the router logits, not the scores
     aux_loss_coef: float = 0.0  # weight of the Switch-style balancing loss; 0 where the family uses none
     impl: str = "ragged"  # expert computation: ragged (grouped matmul) | dense (every expert, reference)
     # Expert parallelism (a mesh with expert > 1): 0 = dropless; else each device receives at most

@@ -106,6 +106,13 @@ FAMILY_CONFIGS = {
                                      layer_types=("full", "sliding", "full"),
                                      moe=MoEConfig(n_experts=4, top_k=3, ffn_dim=8, first_dense=1, norm_topk=False,
                                                    aux_loss_coef=0.01)),
+    # Kolibri-1: EXAONE 4.0's attention in sandwich-normed layers, experts chosen on the logits plus a bias, a shared
+    # expert always on
+    "kolibri1": TransformerConfig(**{**BASE, "n_layers": 3, "ffn_dim": 16}, family="kolibri1", qk_norm=True, sandwich_norm=True,
+                                  sliding_window=4, layer_types=("sliding", "sliding", "full"), nope_layers=(2,),
+                                  moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
+                                                score="sigmoid", norm_topk=False, score_bias=True,
+                                                bias_on_logits=True)),
     # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
     "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
                                   final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
@@ -965,6 +972,28 @@ def test_mellum_released_config_fields(tmp_path):
                                                                                   "rope_theta": 1e4}}))
     with pytest.raises(ConfigError, match="rope_parameters must be nested by layer kind"):
         config_from_hf(tmp_path)
+
+
+def test_kolibri1_released_config_fields(tmp_path):
+    """Kolibri-1's config.json may leave out what its reference class fills in: the layer kinds (one full in five),
+    the window 513, the routing (top 6 of 384, not renormalised), the shared expert's width, the head size and
+    key/value heads."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("kolibri1", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    keep = {k: conf[k] for k in ("vocab_size", "hidden_size", "num_attention_heads")}
+    keep["num_hidden_layers"] = 5
+    (tmp_path / "config.json").write_text(json.dumps({**keep, "model_type": "kolibri1"}))
+    cfg, ref = config_from_hf(tmp_path), transformers.Kolibri1Config(**keep)
+    assert cfg.layer_types == tuple("sliding" if t == "sliding_attention" else "full" for t in ref.layer_types)
+    assert cfg.nope_layers == (4,) and cfg.sliding_window == ref.sliding_window == 513
+    m = cfg.moe
+    assert (m.n_experts, m.top_k, m.ffn_dim, m.shared_ffn, m.norm_topk) == (
+        ref.num_experts, ref.num_experts_per_tok, ref.moe_intermediate_size, ref.shared_expert_intermediate_size,
+        ref.norm_topk_prob) == (384, 6, 512, 512, False)
+    assert m.bias_on_logits and m.score_bias and m.score == "sigmoid"
+    assert (cfg.head_dim, cfg.n_kv_heads, cfg.norm_eps, cfg.tie_embeddings) == (
+        ref.head_dim, ref.num_key_value_heads, ref.rms_norm_eps, ref.tie_word_embeddings)
 
 
 def test_hyperclovax_released_config_fields(tmp_path):

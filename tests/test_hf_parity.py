@@ -160,6 +160,17 @@ CASES = {
                                          rope_parameters={"full_attention": {**YARN, "rope_theta": 1e4},
                                                           "sliding_attention": {"rope_type": "default",
                                                                                 "rope_theta": 500.0}})),
+    # Kolibri-1: EXAONE 4.0's attention (sliding rotary layers, a full NoPE one) in GLM-4's sandwich-normed layers,
+    # sigmoid routing chosen on the logits plus a selection bias, a shared expert always on; then a full layer
+    # first, the chosen weights renormalised, tied
+    "kolibri1": ("Kolibri1Config", dict(num_hidden_layers=3, head_dim=16, sliding_window=5, num_experts=8,
+                                        num_experts_per_tok=2, moe_intermediate_size=24,
+                                        shared_expert_intermediate_size=32,
+                                        layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
+    "kolibri1_norm": ("Kolibri1Config", dict(head_dim=16, sliding_window=3, num_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                                             norm_topk_prob=True, tie_word_embeddings=True,
+                                             layer_types=["full_attention", "sliding_attention"])),
     # nanochat: weightless norms everywhere (q/k after the reversed rotary), the embeddings normed first, an ungated
     # squared-ReLU MLP, logits capped at 15 by default; then attention biases, one key/value head, no cap, tied
     "nanochat": ("NanoChatConfig", {"head_dim": 16}),
@@ -680,7 +691,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
-                                  "nanochat", "mellum", "mellum_bias"])
+                                  "nanochat", "mellum", "mellum_bias", "kolibri1"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -752,7 +763,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
-                                  "helium_bias", "nanochat", "mellum", "mellum_yarn"])
+                                  "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -792,7 +803,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm",
                                   "hyperclovax", "hyperclovax_plain", "granite_swa", "granite_swa_theta", "arcee",
                                   "arcee_bias", "helium", "helium_bias", "nanochat", "nanochat_bias", "mellum",
-                                  "mellum_bias", "mellum_yarn"])
+                                  "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

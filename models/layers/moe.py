@@ -50,7 +50,8 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
     renormalised if ``norm_topk``; the selection-only ``bias`` (ERNIE) moves which experts are chosen.
     sigmoid (DeepSeek-V3): experts are chosen on sigmoid scores plus the selection-only ``bias``, first
     restricted to the ``topk_group`` best groups (a group scores the sum of its best two), and weighted by
-    their unbiased scores; then ``scaling`` (routed_scaling_factor) applies. Softmax scores can be grouped
+    their unbiased scores (``bias_on_logits``: chosen on the logits plus the bias, Kolibri-1's); then ``scaling``
+    (routed_scaling_factor) applies. Softmax scores can be grouped
     too (DeepSeek-V2's ``group_limited_greedy``: a group scores its best expert, ``group_score="max"``).
 
     ``forced`` [N, k] (routing replay): these experts instead of the top-k, weighted by the current scores,
@@ -64,7 +65,7 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
         prob = scores
     elif mc.score == "sigmoid":
         scores = jax.nn.sigmoid(logits)
-        choice = scores if bias is None else scores + bias.astype(jnp.float32)
+        choice = scores if bias is None else (logits if mc.bias_on_logits else scores) + bias.astype(jnp.float32)
         prob = scores / jnp.sum(scores, axis=-1, keepdims=True)
     else:
         raise ValueError(f"moe.score: unsupported value {mc.score!r}")
