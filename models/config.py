@@ -232,6 +232,10 @@ class TransformerConfig:
     # the same normed input, both outputs added to the residual (one norm per layer)
     norm_center: bool = False
     parallel_block: bool = False
+    # Jais-2's LayerNorms: the layers' and the final norm add a learned bias (with norm_center: nn.LayerNorm); its
+    # dense MLPs' projections have biases
+    norm_bias: bool = False
+    mlp_bias: bool = False
     out_bias: bool = False  # the attention output projection has a bias (gpt-oss)
     # nanochat: every RMSNorm without a weight (layers', q/k's and the final one), the embeddings normed by the final
     # norm before the first layer, and the rotary turning the other way (its rotate-half flips the other half's sign)

@@ -43,7 +43,7 @@ _SEQ_CLS = {"Gemma3ForCausalLM": "Gemma3TextForSequenceClassification"}
 NOT_IN_TRANSFORMERS = frozenset({
     "BambaForSequenceClassification", "DeepseekV32ForSequenceClassification", "GlmMoeDsaForSequenceClassification",
     "HyperCLOVAXForSequenceClassification", "GraniteSWAForSequenceClassification", "NanoChatForSequenceClassification",
-    "MellumForSequenceClassification", "Kolibri1ForSequenceClassification",
+    "MellumForSequenceClassification", "Kolibri1ForSequenceClassification", "Jais2ForSequenceClassification",
     "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",

@@ -171,7 +171,8 @@ class Block(nnx.Module):
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         out_scale = (2 * cfg.n_layers) ** -0.5
         norm = functools.partial(RMSNorm, cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
-                                 invariant=cfg.batch_invariant, center=cfg.norm_center, weight=cfg.norm_weight)
+                                 invariant=cfg.batch_invariant, center=cfg.norm_center, weight=cfg.norm_weight,
+                                 bias=cfg.norm_bias)
         lin = cfg.linear
         # where the norms sit: before the mixer and the MLP (``pre_norm``) and/or on their outputs (``sandwich``);
         # a linear layer with ``lin.pre_norm`` (OLMo Hybrid) puts them before whatever the attention layers do
@@ -265,7 +266,7 @@ class Block(nnx.Module):
         else:
             self.mlp = MLP(cfg.d_model, ffn, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale,
                            activation=cfg.activation, glu_args=glu_args, invariant=cfg.batch_invariant,
-                           multipliers=cfg.mlp_multipliers)
+                           multipliers=cfg.mlp_multipliers, bias=cfg.mlp_bias)
         self.post_mlp_norm = norm() if sandwich else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
@@ -497,7 +498,8 @@ class Transformer(nnx.Module):
             _, linear, full = _stack_kind(cfg, name)
             setattr(self, name, _stack(cfg, n, moe, rngs, linear, "mixer" not in name, full, "shared_" in name))
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd,
-                                  invariant=cfg.batch_invariant, center=cfg.norm_center, weight=cfg.norm_weight)
+                                  invariant=cfg.batch_invariant, center=cfg.norm_center, weight=cfg.norm_weight,
+                                  bias=cfg.norm_bias)
         if cfg.embed_norm and cfg.ple_dim:
             raise ValueError("embed_norm: per-layer inputs (ple_dim) read the embeddings before any norm; not both")
         if cfg.ple_dim:  # per-layer inputs: a table of every layer's, and a projection of the token's embedding

@@ -113,6 +113,9 @@ FAMILY_CONFIGS = {
                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
                                                 score="sigmoid", norm_topk=False, score_bias=True,
                                                 bias_on_logits=True)),
+    # Jais-2: LayerNorms with biases, biases on every attention and MLP projection, squared ReLU
+    "jais2": TransformerConfig(**BASE, family="jais2", activation="relu2", norm_center=True, norm_bias=True,
+                               mlp_bias=True, qkv_bias=True, out_bias=True, norm_eps=1e-5),
     # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
     "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
                                   final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
@@ -994,6 +997,22 @@ def test_kolibri1_released_config_fields(tmp_path):
     assert m.bias_on_logits and m.score_bias and m.score == "sigmoid"
     assert (cfg.head_dim, cfg.n_kv_heads, cfg.norm_eps, cfg.tie_embeddings) == (
         ref.head_dim, ref.num_key_value_heads, ref.rms_norm_eps, ref.tie_word_embeddings)
+
+
+def test_jais2_released_config_fields(tmp_path):
+    """Jais-2's config.json may leave out what its reference class fills in: biases on the attention's and the MLP's
+    projections (on), squared ReLU, LayerNorm epsilon 1e-5; the checkpoint's norms have biases."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("jais2", tmp_path)
+    assert {"model.norm.bias", "model.layers.0.mlp.up_proj.bias"} <= set(Checkpoint(tmp_path).names())
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("attention_bias", "mlp_bias", "hidden_act", "layer_norm_eps"):
+        conf.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.Jais2Config(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.qkv_bias == cfg.out_bias == ref.attention_bias and cfg.mlp_bias == ref.mlp_bias
+    assert cfg.activation == ref.hidden_act and cfg.norm_eps == ref.layer_norm_eps and cfg.norm_bias
 
 
 def test_hyperclovax_released_config_fields(tmp_path):

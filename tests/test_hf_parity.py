@@ -171,6 +171,11 @@ CASES = {
                                              moe_intermediate_size=16, shared_expert_intermediate_size=16,
                                              norm_topk_prob=True, tie_word_embeddings=True,
                                              layer_types=["full_attention", "sliding_attention"])),
+    # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
+    # squared-ReLU MLP; then without MLP biases, tied, one key/value head
+    "jais2": ("Jais2Config", {"head_dim": 16}),
+    "jais2_plain": ("Jais2Config", {"mlp_bias": False, "attention_bias": False, "tie_word_embeddings": True,
+                                    "num_key_value_heads": 1}),
     # nanochat: weightless norms everywhere (q/k after the reversed rotary), the embeddings normed first, an ungated
     # squared-ReLU MLP, logits capped at 15 by default; then attention biases, one key/value head, no cap, tied
     "nanochat": ("NanoChatConfig", {"head_dim": 16}),
@@ -691,7 +696,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
-                                  "nanochat", "mellum", "mellum_bias", "kolibri1"])
+                                  "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -763,7 +768,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
-                                  "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1"])
+                                  "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -803,7 +808,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm",
                                   "hyperclovax", "hyperclovax_plain", "granite_swa", "granite_swa_theta", "arcee",
                                   "arcee_bias", "helium", "helium_bias", "nanochat", "nanochat_bias", "mellum",
-                                  "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm"])
+                                  "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -13,7 +13,7 @@ from reasoning_rl.sharding import constrain
 
 from ..lora import adapt
 from . import invariant
-from .init import param
+from .init import param, zeros
 from .multiplier import times
 
 ACTIVATIONS = {
@@ -90,9 +90,9 @@ def glu_fn(name: str, alpha: float = 1.702, limit: float = 7.0, batch_invariant:
 class MLP(nnx.Module):
     def __init__(self, d_model: int, ffn_dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, activation: str = "silu", glu_args: tuple[float, float] = (1.702, 7.0),
-                 invariant: bool = False, multipliers: tuple[float, float] = (1.0, 1.0)):
+                 invariant: bool = False, multipliers: tuple[float, float] = (1.0, 1.0), bias: bool = False):
         """``multipliers`` (Falcon-H1's muP): the gate projection times the first before the activation, the
-        output times the second, each in float32 and rounded once."""
+        output times the second, each in float32 and rounded once. ``bias``: every projection has one (Jais-2)."""
         if activation != "xielu":  # (validated here; xIELU's function needs the scalars made below)
             glu_fn(activation, *glu_args)
         self.multipliers = (float(multipliers[0]), float(multipliers[1]))
@@ -104,6 +104,12 @@ class MLP(nnx.Module):
             else None
         self.up = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), d_model, param_dtype)
         self.down = param(rngs, (ffn_dim, d_model), ("mlp", "embed"), ffn_dim, param_dtype, scale=out_scale)
+        if bias:
+            self.gate_bias = zeros((ffn_dim,), ("mlp",), param_dtype) if self.gate is not None else None
+            self.up_bias = zeros((ffn_dim,), ("mlp",), param_dtype)
+            self.down_bias = zeros((d_model,), ("embed",), param_dtype)
+        else:
+            self.gate_bias = self.up_bias = self.down_bias = None
         if activation == "xielu":  # its scalars, as stored (beta and eps held, not trained: steps.NO_DECAY)
             a = XIELU_INIT
             stored = {"act_alpha_p": math.log(math.expm1(a["alpha_p"])),
@@ -119,9 +125,13 @@ class MLP(nnx.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         mm = invariant.matmul_for(self.invariant)
-        g = None if self.gate is None else times(adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt))),
-                                                  self.multipliers[0])
+        g = None if self.gate is None else adapt(self, "gate", x2, mm(x2, self.gate[...].astype(dt)))
+        if self.gate_bias is not None:
+            g = g + self.gate_bias[...].astype(dt)
+        g = None if g is None else times(g, self.multipliers[0])
         u = adapt(self, "up", x2, mm(x2, self.up[...].astype(dt)))
+        if self.up_bias is not None:
+            u = u + self.up_bias[...].astype(dt)
         if self.activation == "xielu":
             held = (jax.lax.stop_gradient(getattr(self, n)[...]) for n in ("act_beta", "act_eps"))
             h = xielu(u, self.act_alpha_p[...].astype(u.dtype), self.act_alpha_n[...].astype(u.dtype),
@@ -130,5 +140,7 @@ class MLP(nnx.Module):
             h = glu_fn(self.activation, *self.glu_args, batch_invariant=self.invariant)(g, u)
         h = constrain(h.reshape(*lead, h.shape[-1]), ("batch", "seq", "act_mlp")).reshape(h.shape)
         out = adapt(self, "down", h, mm(h, self.down[...].astype(dt)))
+        if self.down_bias is not None:
+            out = out + self.down_bias[...].astype(dt)
         return times(out, self.multipliers[1]).reshape(*lead, -1)
 

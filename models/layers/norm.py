@@ -11,16 +11,17 @@ from .invariant import fixed_order_sum
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, param_dtype=jnp.float32,
-                 invariant: bool = False, center: bool = False, weight: bool = True):
+                 invariant: bool = False, center: bool = False, weight: bool = True, bias: bool = False):
         # ``offset``: Gemma stores ``w`` and scales by ``1 + w``; everybody else stores the scale itself.
         # ``center``: subtract the mean first, a LayerNorm without a bias (Cohere's). ``weight`` off: no scale at
-        # all (nanochat's norms)
+        # all (nanochat's norms). ``bias``: a learned bias added last (with ``center``, a LayerNorm: Jais-2's)
         self.eps = eps
         self.offset = offset
         self.center = center
         self.invariant = invariant  # the mean in a fixed summation order (models/layers/invariant.py)
         init = jnp.zeros if offset else jnp.ones
         self.scale = nnx.Param(init((dim,), param_dtype), axes=("norm",)) if weight else None
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), axes=("norm",)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
@@ -34,6 +35,8 @@ class RMSNorm(nnx.Module):
         else:
             ms = jnp.mean(xf * xf, axis=-1, keepdims=True)
         xf = xf * jax.lax.rsqrt(ms + self.eps)
-        if self.scale is None:
-            return xf.astype(dtype)
-        return (xf * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
+        if self.scale is not None:
+            xf = xf * (self.offset + self.scale[...].astype(jnp.float32))
+        if self.bias is not None:
+            xf = xf + self.bias[...].astype(jnp.float32)
+        return xf.astype(dtype)
