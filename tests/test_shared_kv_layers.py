@@ -64,16 +64,15 @@ def test_prefill_and_decode_equal_the_pass_without_a_cache(cfg):
     """The pass without a cache keeps the shared keys/values itself; prefill then token-by-token decode read
     them from the cache the layers computing them wrote."""
     mdef, params = _model(cfg)
-    model = mdef.bind(params)
     toks = jnp.asarray([[5, 7, 9, 11, 3, 8, 21, 2, 6], [0, 0, 0, 17, 2, 40, 8, 1, 5]])
     valid = toks > 0
     pos = positions_from_valid(valid)
-    h, _ = model.hidden(toks, pos, valid)
-    cache = KVCache.empty(cfg, 2, 12)
-    hp, cache = model.hidden(toks[:, :5], pos[:, :5], valid[:, :5], cache, 0)
+    h, _ = jax.jit(lambda p: mdef.bind(p).hidden(toks, pos, valid))(params)
+    run = jax.jit(lambda p, t, q, v, c, i: mdef.bind(p).hidden(t, q, v, c, i))
+    hp, cache = run(params, toks[:, :5], pos[:, :5], valid[:, :5], KVCache.empty(cfg, 2, 12), 0)
     hs = [hp]
     for i in range(5, 9):
-        hi, cache = model.hidden(toks[:, i:i + 1], pos[:, i:i + 1], valid[:, i:i + 1], cache, i)
+        hi, cache = run(params, toks[:, i:i + 1], pos[:, i:i + 1], valid[:, i:i + 1], cache, i)
         hs.append(hi)
     v = np.asarray(valid)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(hs, 1))[v], np.asarray(h)[v], atol=TOL)
@@ -96,7 +95,7 @@ def test_gradients_reach_the_shared_keys_and_the_per_layer_inputs():
     def loss(p):
         return jnp.sum(mdef.bind(p)(toks, valid=valid)[:, -1] ** 2)
 
-    g = jax.grad(loss)(params)
+    g = jax.jit(jax.grad(loss))(params)
     assert np.abs(np.asarray(g["full_layers"]["attn"]["k"])).max() > 0  # the full layer 1's keys, read by layer 3
     rows = np.abs(np.asarray(g["ple_embed"])).sum(-1)
     assert (rows[[3, 9, 4, 7, 1]] > 0).all() and not rows[[0, 2, 5, 6, 8]].any()
@@ -113,11 +112,12 @@ def test_lora_adapts_what_the_sharing_layers_have():
     assert "k_lora_a" in params["layers"]["attn"]
     moved = jax.tree_util.tree_map_with_path(lambda p, a: a + 0.05 if "lora_b" in str(p[-1]) else a, params)
     ids = jnp.asarray(np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 9)), jnp.int32)
-    assert np.abs(np.asarray(mdef.bind(moved)(ids)) - np.asarray(mdef.bind(params)(ids))).max() > 1e-3
+    fwd = jax.jit(lambda p: mdef.bind(p)(ids))
+    assert np.abs(np.asarray(fwd(moved)) - np.asarray(fwd(params))).max() > 1e-3
     toks, valid = left_pad([[5, 7, 9, 11, 3], [17, 2, 40, 8, 1, 9, 22, 31, 4, 2, 6]], 0)
     out = generate(mdef, moved, toks, valid, max_new_tokens=8, rng_seed=2, group_size=2, stop_ids=())
     rows = np.repeat(np.arange(2), 2)
     full = jnp.asarray(np.concatenate([np.asarray(toks)[rows], np.asarray(out.tokens)], 1))
     fv = jnp.asarray(np.concatenate([np.asarray(valid)[rows], np.asarray(out.mask)], 1))
-    lp = np.asarray(target_logprobs(mdef.bind(moved), full, fv, 8, group=2))
+    lp = np.asarray(jax.jit(lambda p: target_logprobs(mdef.bind(p), full, fv, 8, group=2))(moved))
     assert np.abs(lp - np.asarray(out.logprobs)).max() < TOL
