@@ -44,6 +44,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "BambaForSequenceClassification", "DeepseekV32ForSequenceClassification", "GlmMoeDsaForSequenceClassification",
     "HyperCLOVAXForSequenceClassification", "GraniteSWAForSequenceClassification", "NanoChatForSequenceClassification",
     "MellumForSequenceClassification", "Kolibri1ForSequenceClassification", "Jais2ForSequenceClassification",
+    "FlintForSequenceClassification",
     "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",

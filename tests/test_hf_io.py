@@ -113,6 +113,19 @@ FAMILY_CONFIGS = {
                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
                                                 score="sigmoid", norm_topk=False, score_bias=True,
                                                 bias_on_logits=True)),
+    # Flint: sliding rotary layers and full NoPE ones, sinks, sigmoid routing beside an ungated shared expert,
+    # a dense layer
+    "flint": TransformerConfig(**{**BASE, "n_layers": 4}, family="flint", qk_norm=True, attn_sinks=True,
+                               sliding_window=4, layer_types=("full", "sliding", "sliding", "full"),
+                               nope_layers=(0, 3),
+                               moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
+                                             score="sigmoid", dense_layers=(1,))),
+    # then every layer full (and so NoPE), biases on all four projections, top-k not renormalised, a leading dense
+    # layer, tied embeddings
+    "flint_bias": TransformerConfig(**{**BASE, "n_layers": 3, "tie_embeddings": True}, family="flint", qk_norm=True,
+                                    qkv_bias=True, out_bias=True, attn_sinks=True, nope_layers=(0, 1, 2),
+                                    moe=MoEConfig(n_experts=4, top_k=3, ffn_dim=8, n_shared=1, shared_ffn=8,
+                                                  score="sigmoid", norm_topk=False, dense_layers=(0,))),
     # Jais-2: LayerNorms with biases, biases on every attention and MLP projection, squared ReLU
     "jais2": TransformerConfig(**BASE, family="jais2", activation="relu2", norm_center=True, norm_bias=True,
                                mlp_bias=True, qkv_bias=True, out_bias=True, norm_eps=1e-5),
@@ -585,6 +598,15 @@ def test_unsupported_config_fields_are_named(tmp_path, edit, field):
     ("hy_v3", {"mlp_layer_types": ["dense", "moe", "sparse", "dense"]}, "mlp_layer_types must name"),
     ("hy_v3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}},
      "partial_rotary_factor is not supported"),
+    ("flint", {"hidden_act": "gelu"}, "hidden_act"),
+    ("flint", {"layer_types": ["full_attention"] * 3}, "layer_types must name"),
+    ("flint", {"num_experts": 0}, "num_experts=0"),
+    ("flint", {"mlp_only_layers": [0, 1, 2, 3]}, "leave no MoE layer"),
+    ("flint", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     "nested by layer kind"),
+    ("flint", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor is not supported"),
     ("mellum", {"layer_types": ["full_attention"] * 3}, "layer_types must name"),
     ("mellum", {"mlp_layer_types": ["dense"] * 4}, "no 'sparse' layer"),
     ("mellum", {"hidden_act": "gelu"}, "hidden_act"),
@@ -1013,6 +1035,41 @@ def test_jais2_released_config_fields(tmp_path):
     cfg = config_from_hf(tmp_path)
     assert cfg.qkv_bias == cfg.out_bias == ref.attention_bias and cfg.mlp_bias == ref.mlp_bias
     assert cfg.activation == ref.hidden_act and cfg.norm_eps == ref.layer_norm_eps and cfg.norm_bias
+
+
+def test_flint_released_config_fields(tmp_path):
+    """What FlintConfig fills in where a config.json leaves it out: every size (a config.json of model_type alone
+    is the reference's default model), the layer kinds (the first two, every fourth from the second and the last
+    full and without rotary, the others sliding over 513 positions), the dense first two layers, the routing (top 6
+    of 256 by sigmoid scores, renormalised, no selection bias) beside a shared expert of 1024, the head size, the
+    key/value heads and the rope base; an explicit empty ``mlp_only_layers`` kept, a top-level ``rope_theta`` read."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("flint", tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "flint"}))
+    cfg, ref = config_from_hf(tmp_path), transformers.FlintConfig()
+    assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim,
+            cfg.max_seq_len, cfg.norm_eps, cfg.tie_embeddings) == (
+        ref.vocab_size, ref.hidden_size, ref.num_hidden_layers, ref.num_attention_heads, ref.num_key_value_heads,
+        ref.head_dim, ref.intermediate_size, ref.max_position_embeddings, ref.rms_norm_eps, ref.tie_word_embeddings)
+    assert (cfg.rope_theta, cfg.rope_scaling) == (ref.rope_parameters["rope_theta"], None)
+    assert cfg.layer_types == tuple("sliding" if t == "sliding_attention" else "full" for t in ref.layer_types)
+    assert cfg.nope_layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "full_attention")
+    assert cfg.nope_layers[:4] == (0, 1, 5, 9) and cfg.nope_layers[-1] == 48
+    assert cfg.sliding_window == ref.sliding_window == 513
+    assert cfg.qk_norm and cfg.attn_sinks and cfg.qkv_bias == cfg.out_bias == ref.attention_bias
+    m = cfg.moe
+    assert [i for i in range(cfg.n_layers) if not m.is_moe(i)] == ref.mlp_only_layers == [0, 1]
+    assert (m.n_experts, m.top_k, m.ffn_dim, m.shared_ffn, m.norm_topk) == (
+        ref.num_experts, ref.num_experts_per_tok, ref.moe_intermediate_size, ref.shared_expert_intermediate_size,
+        ref.norm_topk_prob) == (256, 6, 512, 1024, True)
+    assert m.score == "sigmoid" and not (m.score_bias or m.shared_gate or m.router_bias) and m.aux_loss_coef == 0.0
+    keep = {"vocab_size": 64, "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 6,
+            "mlp_only_layers": [], "rope_theta": 5e5}
+    (tmp_path / "config.json").write_text(json.dumps({**keep, "model_type": "flint"}))
+    cfg, ref = config_from_hf(tmp_path), transformers.FlintConfig(**keep)
+    assert [i for i in range(6) if not cfg.moe.is_moe(i)] == ref.mlp_only_layers == []
+    assert cfg.rope_theta == ref.rope_parameters["rope_theta"] == 5e5
+    assert cfg.nope_layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "full_attention") == (0, 1, 5)
 
 
 def test_hyperclovax_released_config_fields(tmp_path):

@@ -171,6 +171,28 @@ CASES = {
                                              moe_intermediate_size=16, shared_expert_intermediate_size=16,
                                              norm_topk_prob=True, tie_word_embeddings=True,
                                              layer_types=["full_attention", "sliding_attention"])),
+    # Flint: the reference's default schedule over six layers (full, full, three sliding, full), the sliding ones
+    # rotary and the full ones NoPE, sinks, sigmoid routing renormalised beside an ungated shared expert, a dense
+    # layer among the routed ones
+    "flint": ("FlintConfig", dict(num_hidden_layers=6, head_dim=16, sliding_window=5, num_experts=8,
+                                  num_experts_per_tok=2, moe_intermediate_size=24,
+                                  shared_expert_intermediate_size=32, mlp_only_layers=[0, 3])),
+    # then YaRN on the sliding layers, biases on all four projections, top-3 of 4 not renormalised, tied embeddings,
+    # the dense layers by decoder_sparse_step, a full layer between sliding ones
+    "flint_yarn": ("FlintConfig", dict(num_hidden_layers=4, head_dim=24, sliding_window=4, num_experts=4,
+                                       num_experts_per_tok=3, moe_intermediate_size=16,
+                                       shared_expert_intermediate_size=24, attention_bias=True,
+                                       norm_topk_prob=False, tie_word_embeddings=True, decoder_sparse_step=2,
+                                       mlp_only_layers=[],
+                                       layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                                    "sliding_attention"],
+                                       rope_parameters={**YARN, "rope_theta": 500.0})),
+    # and a shared expert of width 0 (none: its output is zeros), every layer routed, a sliding layer last
+    "flint_noshared": ("FlintConfig", dict(num_hidden_layers=3, head_dim=16, sliding_window=4, num_experts=4,
+                                           num_experts_per_tok=2, moe_intermediate_size=16,
+                                           shared_expert_intermediate_size=0, mlp_only_layers=[],
+                                           layer_types=["full_attention", "sliding_attention",
+                                                        "sliding_attention"])),
     # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
     # squared-ReLU MLP; then without MLP biases, tied, one key/value head
     "jais2": ("Jais2Config", {"head_dim": 16}),
@@ -696,7 +718,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
-                                  "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2"])
+                                  "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -768,7 +790,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "minicpm5_moe", "dots1", "youtu", "ministral",
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
-                                  "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2"])
+                                  "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
+                                  "flint_yarn"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -808,7 +831,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "iquestcoder", "cwm", "cwm_types", "axk1", "flex_olmo", "flex_olmo_norm",
                                   "hyperclovax", "hyperclovax_plain", "granite_swa", "granite_swa_theta", "arcee",
                                   "arcee_bias", "helium", "helium_bias", "nanochat", "nanochat_bias", "mellum",
-                                  "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain"])
+                                  "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain",
+                                  "flint", "flint_yarn", "flint_noshared"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

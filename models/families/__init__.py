@@ -24,6 +24,7 @@ from . import (
     exaone4,
     exaone_moe,
     falcon_h1,
+    flint,
     flex_olmo,
     gemma,
     gemma2,
@@ -86,7 +87,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
-                                                      mellum, kolibri1, jais2)}
+                                                      mellum, kolibri1, jais2, flint)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
