@@ -36,7 +36,8 @@ from .transformer import ModelDef, create, positions_from_valid
 
 SCORE = "score.weight"
 # transformers' sequence-classification class per causal architecture (Gemma 3 text has its own name)
-_SEQ_CLS = {"Gemma3ForCausalLM": "Gemma3TextForSequenceClassification"}
+_SEQ_CLS = {"Gemma3ForCausalLM": "Gemma3TextForSequenceClassification",
+            "CohereCompassForCausalLM": "CohereCompassTextForSequenceClassification"}
 # the classes transformers has none of (checked against it by tests/test_reward_model_hf.py): a reward model of
 # these families is written all the same, in the same layout, and loads here (``load_reward_model``, a
 # ``reward_model`` reward), but not through transformers' AutoModelForSequenceClassification; the export says so
@@ -44,7 +45,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "BambaForSequenceClassification", "DeepseekV32ForSequenceClassification", "GlmMoeDsaForSequenceClassification",
     "HyperCLOVAXForSequenceClassification", "GraniteSWAForSequenceClassification", "NanoChatForSequenceClassification",
     "MellumForSequenceClassification", "Kolibri1ForSequenceClassification", "Jais2ForSequenceClassification",
-    "FlintForSequenceClassification",
+    "FlintForSequenceClassification", "GraniteMoeSWAForSequenceClassification",
+    "Gemma4UnifiedForSequenceClassification",
     "Ernie4_5ForSequenceClassification", "Ernie4_5_MoeForSequenceClassification",
     "FalconH1ForSequenceClassification", "Glm4MoeForSequenceClassification", "Glm4MoeLiteForSequenceClassification",
     "GraniteForSequenceClassification", "GraniteMoeHybridForSequenceClassification", "Lfm2ForSequenceClassification",

@@ -108,7 +108,8 @@ FAMILY_CONFIGS = {
                                                    aux_loss_coef=0.01)),
     # Kolibri-1: EXAONE 4.0's attention in sandwich-normed layers, experts chosen on the logits plus a bias, a shared
     # expert always on
-    "kolibri1": TransformerConfig(**{**BASE, "n_layers": 3, "ffn_dim": 16}, family="kolibri1", qk_norm=True, sandwich_norm=True,
+    "kolibri1": TransformerConfig(**{**BASE, "n_layers": 3, "ffn_dim": 16}, family="kolibri1", qk_norm=True,
+                                  sandwich_norm=True,
                                   sliding_window=4, layer_types=("sliding", "sliding", "full"), nope_layers=(2,),
                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
                                                 score="sigmoid", norm_topk=False, score_bias=True,
@@ -126,6 +127,27 @@ FAMILY_CONFIGS = {
                                     qkv_bias=True, out_bias=True, attn_sinks=True, nope_layers=(0, 1, 2),
                                     moe=MoEConfig(n_experts=4, top_k=3, ffn_dim=8, n_shared=1, shared_ffn=8,
                                                   score="sigmoid", norm_topk=False, dense_layers=(0,))),
+    # Granite SWA-MoE: Granite SWA's sinks and layer kinds, softmax-routed experts beside a shared MLP
+    "granitemoe_swa": TransformerConfig(**{**BASE, "n_layers": 4, "ffn_dim": 16}, family="granitemoe_swa",
+                                        embed_multiplier=2.0, residual_multiplier=0.5, query_scale=0.2,
+                                        logits_scaling=3.0, attn_sinks=True, sliding_window=4,
+                                        layer_types=("full", "sliding", "sliding", "full"), rope_local_theta=100.0,
+                                        nope_layers=(2,), moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16,
+                                                                        n_shared=1, shared_ffn=24,
+                                                                        aux_loss_coef=0.001)),
+    # Gemma 4 unified: Gemma 4's dense layers (wider full heads, k = v, proportional rope), no per-layer inputs
+    "gemma4_unified": TransformerConfig(
+        **{**BASE, "n_layers": 3, "head_dim": 8, "tie_embeddings": True}, family="gemma4_unified", embed_scale=True,
+        activation="gelu_tanh", query_scale=1.0, sandwich_norm=True, qk_norm=True, final_softcap=30.0,
+        sliding_window=4, layer_types=("sliding", "full", "full"), rope_theta=1e6, rope_local_theta=1e4,
+        rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.25}, v_norm=True, layer_scalar=True,
+        full_head_dim=16, full_kv_heads=1, full_k_eq_v=True),
+    # Cohere Compass: Cohere 2's parallel layers with the half-split rotary on the sliding layers only
+    "cohere_compass": TransformerConfig(**{**BASE, "n_layers": 4}, family="cohere_compass",
+                                        norm_eps=1e-5, qkv_bias=True, out_bias=True, norm_center=True,
+                                        parallel_block=True, logits_multiplier=0.0625, sliding_window=4,
+                                        layer_types=("sliding",) * 3 + ("full",), nope_layers=(3,),
+                                        rope_theta=1e4),
     # Jais-2: LayerNorms with biases, biases on every attention and MLP projection, squared ReLU
     "jais2": TransformerConfig(**BASE, family="jais2", activation="relu2", norm_center=True, norm_bias=True,
                                mlp_bias=True, qkv_bias=True, out_bias=True, norm_eps=1e-5),
@@ -1072,6 +1094,103 @@ def test_flint_released_config_fields(tmp_path):
     assert cfg.nope_layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "full_attention") == (0, 1, 5)
 
 
+def test_granitemoe_swa_released_config_fields(tmp_path):
+    """Granite SWA-MoE's config.json may leave out what its reference class fills in: the layer kinds (every fourth
+    layer full from the first), the window 128, every layer's rope base (the global one), RMSNorm epsilon 1e-6,
+    untied embeddings, 8 experts of width 11008 choosing 2, no shared MLP, the balancing loss's weight 0.001."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("granitemoe_swa", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "layer_rope_theta", "rms_norm_eps", "tie_word_embeddings",
+              "num_local_experts", "num_experts_per_tok", "intermediate_size", "shared_intermediate_size",
+              "router_aux_loss_coef"):
+        conf.pop(k)
+    conf["num_hidden_layers"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.GraniteMoeSWAConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert [("full" if t == "full_attention" else "sliding") for t in ref.layer_types] == list(cfg.layer_types)
+    assert cfg.sliding_window == ref.sliding_window == 128 and cfg.norm_eps == ref.rms_norm_eps == 1e-6
+    assert cfg.tie_embeddings == ref.tie_word_embeddings is False and not cfg.nope_layers
+    assert set(ref.layer_rope_theta) == {cfg.rope_theta} and cfg.rope_local_theta is None
+    m = cfg.moe
+    assert (m.n_experts, m.top_k, m.ffn_dim, m.aux_loss_coef) == (
+        ref.num_local_experts, ref.num_experts_per_tok, ref.intermediate_size, ref.router_aux_loss_coef) == (
+        8, 2, 11008, 0.001)
+    assert m.n_shared == ref.shared_intermediate_size == 0 and m.norm_topk and m.score == "softmax"
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "shared_intermediate_size": 24}))
+    m = config_from_hf(tmp_path).moe
+    assert (m.n_shared, m.shared_ffn) == (1, 24)
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "layer_rope_theta": [1e4, 1e3, 1e5, 1e4, 1e4, 1e4]}))
+    with pytest.raises(ConfigError, match="layer_rope_theta=.* is not supported"):
+        config_from_hf(tmp_path)
+
+
+def test_gemma4_unified_released_config_fields(tmp_path):
+    """Gemma 4 unified's config.json may leave out its window (1024, not Gemma 4's 512), its context (262144) and
+    the layer kinds (five sliding in six, the last full); per-layer inputs and experts, which its reference never
+    builds, stay off whatever Gemma 4 fields the file carries; text attending both ways is refused."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("gemma4_unified", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("sliding_window", "max_position_embeddings", "layer_types", "per_layer_config"):
+        conf.pop(k)
+    conf.update(num_hidden_layers=7, global_head_dim=16, num_global_key_value_heads=1)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.Gemma4UnifiedTextConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.sliding_window == ref.sliding_window == 1024 and cfg.max_seq_len == ref.max_position_embeddings
+    assert [("full" if t == "full_attention" else "sliding") for t in ref.layer_types] == list(cfg.layer_types)
+    assert cfg.layer_types == ("sliding",) * 5 + ("full", "full")
+    assert cfg.ple_dim == 0 and cfg.moe is None and cfg.full_head_dim == 16 and cfg.full_kv_heads == 1
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "hidden_size_per_layer_input": 256,
+                                                      "enable_moe_block": True}))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.ple_dim == 0 and cfg.moe is None
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "use_bidirectional_attention": "all"}))
+    with pytest.raises(ConfigError, match="use_bidirectional_attention"):
+        config_from_hf(tmp_path)
+
+
+def test_cohere_compass_released_config_fields(tmp_path):
+    """Cohere Compass's config.json may leave out what its reference class fills in: every layer full, the window
+    4096, tied embeddings, LayerNorm epsilon 1e-5, no biases and no logit scale (1, not Command A's 0.0625), the
+    head size hidden_size / heads (a ``head_dim`` in the file overrides it, unlike Command A's); rope parameters
+    must be nested by layer kind (the reference reads them so), top-level leftovers beside them ignored, a null
+    kind rotating nowhere."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("cohere_compass", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "logit_scale", "tie_word_embeddings", "layer_norm_eps",
+              "attention_bias"):
+        conf.pop(k)
+    conf.pop("head_dim")
+    conf.update(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                                 "rope_theta": 7.0, "rope_type": "default"})
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.CohereCompassTextConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert ref.layer_types == ["full_attention"] * 4 and cfg.layer_types is None and not any(cfg.sliding_layers)
+    assert cfg.head_dim == ref.head_dim == 8 and cfg.rope_theta == 5e5 and not cfg.nope_layers
+    assert cfg.logits_multiplier == 1.0 and ref.logit_scale is None
+    assert cfg.tie_embeddings == ref.tie_word_embeddings is True and cfg.norm_eps == ref.layer_norm_eps == 1e-5
+    assert not cfg.qkv_bias and not ref.attention_bias and not cfg.rope_interleave
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "head_dim": 12}))
+    ref = transformers.CohereCompassTextConfig(**{k: v for k, v in conf.items() if k != "architectures"}, head_dim=12)
+    assert config_from_hf(tmp_path).head_dim == ref.head_dim == 12
+    sliding = {**conf, "layer_types": ["sliding_attention", "full_attention"] * 2,
+               "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                   "full_attention": None}}
+    (tmp_path / "config.json").write_text(json.dumps(sliding))
+    ref = transformers.CohereCompassTextConfig(**{k: v for k, v in sliding.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.sliding_window == ref.sliding_window == 4096 and cfg.nope_layers == (1, 3) and cfg.rope_theta == 1e4
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "rope_parameters": {"rope_type": "default",
+                                                                                  "rope_theta": 1e4}}))
+    with pytest.raises(ConfigError, match="rope_parameters must be nested by layer kind"):
+        config_from_hf(tmp_path)
+
+
 def test_hyperclovax_released_config_fields(tmp_path):
     """HyperCLOVA X SEED's config.json may leave out what its reference class fills in: the softmax scale
     (head_dim ** -0.5), the head size (hidden / heads), the output norms (on); its logits_scaling multiplies."""
@@ -1454,6 +1573,10 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("helium", {"out_bias": True}, r"out_bias=True cannot be written as a helium checkpoint"),
     ("granite_swa", {"attn_sinks": False}, r"attn_sinks=False cannot be written as a granite_swa checkpoint"),
     ("hyperclovax", {"logits_scaling": 2.0}, r"logits_scaling=2.0 cannot be written as a hyperclovax checkpoint"),
+    ("granitemoe_swa", {"moe": None}, r"moe=None cannot be written as a granitemoe_swa checkpoint"),
+    ("cohere_compass", {"rope_interleave": True},
+     r"rope_interleave=True cannot be written as a cohere_compass checkpoint"),
+    ("gemma4_unified", {"ple_dim": 4}, r"ple_dim=4 cannot be written as a gemma4_unified checkpoint"),
     ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1)},
      r"moe=MoEConfig\(.*\) cannot be written as a mellum checkpoint"),
     ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])

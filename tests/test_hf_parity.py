@@ -41,6 +41,7 @@ LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.05, 1.1, 1.3, 1.6, 
 
 # name: (config class, overrides). Covers odd head_dim (24, 20: not hidden/heads), tied and untied embeddings,
 # llama3/linear/yarn rope scaling, sliding windows, Gemma's sliding/global schedule, DeepSeek's dense-then-MoE.
+SW = {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}  # a sliding layers' rope
 CASES = {
     "llama": ("LlamaConfig", {"head_dim": 24, "rope_scaling": LLAMA3}),
     "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
@@ -193,6 +194,46 @@ CASES = {
                                            shared_expert_intermediate_size=0, mlp_only_layers=[],
                                            layer_types=["full_attention", "sliding_attention",
                                                         "sliding_attention"])),
+    # Granite SWA-MoE: sinks in every layer, every fourth layer full, muP scalars, softmax top-2 of 4 experts
+    "granitemoe_swa": ("GraniteMoeSWAConfig", dict(num_hidden_layers=4, sliding_window=5, embedding_multiplier=2.0,
+                                                   residual_multiplier=0.5, attention_multiplier=0.2,
+                                                   logits_scaling=3.0, num_local_experts=4, num_experts_per_tok=2,
+                                                   intermediate_size=32)),
+    # then a shared MLP beside the experts, a rope base per kind and a layer without rotary, biases, tied
+    "granitemoe_swa_shared": ("GraniteMoeSWAConfig", dict(num_hidden_layers=4, sliding_window=4,
+                                                          layer_types=["sliding_attention", "full_attention"] * 2,
+                                                          layer_rope_theta=[100.0, 0, 100.0, 5e5],
+                                                          attention_bias=True, tie_word_embeddings=True,
+                                                          num_local_experts=4, num_experts_per_tok=3,
+                                                          intermediate_size=24, shared_intermediate_size=40)),
+    # Gemma 4 unified: full layers with wider heads and one key/value head that is also the values, a softcap
+    "gemma4_unified": ("Gemma4UnifiedTextConfig", dict(num_hidden_layers=3, head_dim=16, global_head_dim=32,
+                                                       num_global_key_value_heads=1, attention_k_eq_v=True,
+                                                       sliding_window=5, final_logit_softcapping=3.0,
+                                                       layer_types=["sliding_attention", "full_attention",
+                                                                    "full_attention"])),
+    # then plain full layers (no k=v), its own LM head, the last two layers sharing keys/values, double-wide MLPs
+    "gemma4_unified_shared": ("Gemma4UnifiedTextConfig", dict(num_hidden_layers=5, head_dim=16, global_head_dim=16,
+                                                              sliding_window=4, tie_word_embeddings=False,
+                                                              num_kv_shared_layers=2, use_double_wide_mlp=True,
+                                                              layer_types=["sliding_attention", "full_attention",
+                                                                           "sliding_attention", "sliding_attention",
+                                                                           "full_attention"])),
+    # Cohere Compass: parallel layers, rotary (half-split pairs) on sliding layers, full layers without, logits scaled
+    "cohere_compass": ("CohereCompassTextConfig", dict(num_hidden_layers=4, sliding_window=5, logit_scale=0.3,
+                                                       layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                                                       rope_parameters={**SW, "full_attention": None})),
+    # then every layer full with rotary (the reference default), heads of the file's head_dim (not hidden / heads),
+    # biases, its own LM head, no logit scale
+    "cohere_compass_full": ("CohereCompassTextConfig", dict(attention_bias=True, tie_word_embeddings=False, head_dim=24,
+                                                            rope_parameters={"full_attention": {
+                                                                "rope_type": "default", "rope_theta": 500.0}})),
+    # sliding and full layers rotating at bases of their own
+    "cohere_compass_two": ("CohereCompassTextConfig", dict(num_hidden_layers=3, sliding_window=4,
+                                                           layer_types=["full_attention", "sliding_attention",
+                                                                        "full_attention"],
+                                                           rope_parameters={**SW, "full_attention": {
+                                                               "rope_type": "default", "rope_theta": 5e4}})),
     # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
     # squared-ReLU MLP; then without MLP biases, tied, one key/value head
     "jais2": ("Jais2Config", {"head_dim": 16}),
@@ -718,7 +759,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cohere2", "minicpm5_moe", "dots1", "youtu", "ministral", "afmoe", "gemma4_e2b",
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
-                                  "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias"])
+                                  "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
+                                  "granitemoe_swa", "gemma4_unified", "cohere_compass"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -791,7 +833,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
-                                  "flint_yarn"])
+                                  "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -832,7 +874,9 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "hyperclovax", "hyperclovax_plain", "granite_swa", "granite_swa_theta", "arcee",
                                   "arcee_bias", "helium", "helium_bias", "nanochat", "nanochat_bias", "mellum",
                                   "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain",
-                                  "flint", "flint_yarn", "flint_noshared"])
+                                  "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
+                                  "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
+                                  "cohere_compass_two"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

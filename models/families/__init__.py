@@ -15,6 +15,7 @@ from . import (
     bamba,
     cohere2,
     cohere2_moe,
+    cohere_compass,
     cwm,
     deepseek_v2,
     deepseek_v3,
@@ -24,12 +25,13 @@ from . import (
     exaone4,
     exaone_moe,
     falcon_h1,
-    flint,
     flex_olmo,
+    flint,
     gemma,
     gemma2,
     gemma3,
     gemma4,
+    gemma4_unified,
     glm4,
     glm4_moe,
     glm4_moe_lite,
@@ -37,6 +39,7 @@ from . import (
     gpt_oss,
     granite,
     granite_swa,
+    granitemoe_swa,
     helium,
     hunyuan,
     hy_v3,
@@ -87,7 +90,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       afmoe, minicpm5_moe, dots1, youtu, cohere2_moe, apertus,
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
-                                                      mellum, kolibri1, jais2, flint)}
+                                                      mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
+                                                      cohere_compass)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
