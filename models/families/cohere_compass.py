@@ -12,16 +12,12 @@ decoder rotates with the plain rotary; image inputs and their DeepStack features
 from __future__ import annotations
 
 from ..config import TransformerConfig
-from ..transformer import segments
+from . import cohere2
 from .base import (
     ConfigError,
-    Tensor,
     common_from_hf,
     common_to_hf,
-    gqa_tensors,
-    mlp_tensors,
     need,
-    outer_tensors,
     refuse,
     rope_from_hf,
     rotary_dims,
@@ -118,9 +114,4 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return out
 
 
-def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    out = outer_tensors(cfg)
-    for seg, *_ in segments(cfg):
-        out += [Tensor((seg, "attn_norm", "scale"), "model.layers.{i}.input_layernorm.weight")]
-        out += gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), "model.layers.{i}.mlp")
-    return out
+tensors = cohere2.tensors  # (Command A's names)
