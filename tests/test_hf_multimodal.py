@@ -51,6 +51,12 @@ CASES = {
                      "use_double_wide_mlp": True},
         vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "num_key_value_heads": 2, "head_dim": 16}, audio_config=None)),
+    # Gemma 4 unified (Gemma-4-12B-it's layout): a vision tower beside Gemma 4's dense text model, tied
+    "gemma4_unified": lambda: transformers.Gemma4UnifiedForConditionalGeneration(transformers.Gemma4UnifiedConfig(
+        text_config={**TEXT, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"],
+                     "global_head_dim": 32, "num_global_key_value_heads": 1, "attention_k_eq_v": True},
+        vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "num_key_value_heads": 2, "head_dim": 16}, audio_config=None)),
     # Mistral Small 3.1: a Pixtral tower beside a Mistral text model, its own LM head (the wrapper says untied)
     "mistral3": lambda: transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
         text_config={**TEXT, "model_type": "mistral", "sliding_window": None, "rope_parameters": {
@@ -108,7 +114,7 @@ def test_language_model_matches_the_reference_and_exports_as_a_text_model(tmp_pa
     assert any("vision" in k or "visual" in k for k in stored)  # the tower is in the file, and left out
     cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
     name = {"gemma4_e2b": "gemma4"}.get(name, name)  # (the wrapper of the case)
-    assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name in ("gemma3", "gemma4"))
+    assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name in ("gemma3", "gemma4", "gemma4_unified"))
     want = text_logits(ref, name in QWEN)
     model = load_pretrained(tmp_path / "vlm")
     err = np.abs(np.asarray(model(IDS, MASK)) - want)[MASK].max()
@@ -246,7 +252,8 @@ def test_gemma3_released_text_config_takes_the_references_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("name,cls,rope", [("gemma3", "Gemma3TextConfig", ("full_attention", "sliding_attention")),
-                                           ("mistral3", "MistralConfig", None), ("gemma4", "Gemma4TextConfig", None)])
+                                           ("mistral3", "MistralConfig", None), ("gemma4", "Gemma4TextConfig", None),
+                                           ("gemma4_unified", "Gemma4UnifiedTextConfig", None)])
 def test_wrapper_defaults_are_the_references(name, cls, rope):
     ref = getattr(transformers, cls)()
     ref.allow_global_per_layer_attribute_access = True  # (Gemma 4: head_dim is the sliding layers')

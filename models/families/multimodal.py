@@ -1,4 +1,5 @@
-"""Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Gemma 4, Mistral Small
+"""Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Gemma 4 and Gemma 4
+unified, Mistral Small
 3.1/3.2, Magistral Small 1.1+, Ministral 3 and Mistral Small 4, Qwen2.5-VL, Qwen3-VL and its Thinking models, Qwen3.5,
 Kimi K2.5 / K2.6): the language model is read out of the wrapper and trained as a text model; the vision tower and
 projector are not loaded, and an export is that text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``,
@@ -59,6 +60,14 @@ WRAPPERS: dict[str, Wrapper] = {
         "hidden_size_per_layer_input": 256},
         skip=("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.",
               "vision_tower.", "embed_vision.", "audio_tower.", "embed_audio.")),
+    # Gemma 4 unified (Gemma-4-12B-it): a vision and an audio tower beside Gemma 4's dense text model
+    "gemma4_unified": Wrapper(("gemma4_unified_text",), "gemma4_unified_text", "Gemma4UnifiedForCausalLM", {
+        "vocab_size": 262_144, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 30,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 262_144, "sliding_window": 1024, "hidden_activation": "gelu_pytorch_tanh"},
+        skip=("model.vision_tower.", "model.embed_vision.", "model.vision_embedder.", "model.audio_tower.",
+              "model.embed_audio.", "vision_tower.", "embed_vision.", "vision_embedder.", "audio_tower.",
+              "embed_audio.")),
     "mistral3": Wrapper(("mistral",), "mistral", "MistralForCausalLM", {
         "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
