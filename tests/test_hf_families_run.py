@@ -77,7 +77,8 @@ FAMILIES = {
                      {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, {"data": 2, "tensor": 2, "expert": 2}),
     # Gemma 4 26B-A4B's shape (Gemma's turns): a sliding layer, then a full one with wider heads whose values are the
     # keys' projection; in each a dense MLP beside routed experts; and E2B/E4B's per-layer inputs and a last layer
-    # attending over the full layer's keys/values (double-wide): data 2 x tensor 2 x expert 2
+    # attending over the full layer's keys/values (double-wide): data 2 x tensor 2 x expert 2 (the reference's
+    # default 262144-row per-layer table: tests/test_hf_io.py)
     "gemma4": (GEMMA, ["<pad>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
                {"eos_token": "<end_of_turn>", "bos_token": "<bos>", "pad_token": "<pad>"},
                {"data": 2, "tensor": 2, "expert": 2}),
@@ -164,6 +165,7 @@ def _checkpoint(path, family):
         cfg = transformers.Gemma4TextConfig(**{**common, "num_hidden_layers": 3}, global_head_dim=16,
                                             num_global_key_value_heads=1,
                                             attention_k_eq_v=True, hidden_size_per_layer_input=4, sliding_window=8,
+                                            vocab_size_per_layer_input=common["vocab_size"],
                                             num_kv_shared_layers=1, use_double_wide_mlp=True,
                                             layer_types=["sliding_attention", "full_attention", "full_attention"],
                                             final_logit_softcapping=30.0, enable_moe_block=True, num_experts=4,
