@@ -447,6 +447,13 @@ def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
     return [tuple(r) for r in out]
 
 
+def prompt_pass(cfg: TransformerConfig) -> bool:
+    """Can ``Transformer.hidden_with_prompt`` run ``cfg`` (dense attention layers whose prompt keys/values are all
+    a continuation needs)?"""
+    return (cfg.moe is None and cfg.linear is None and not (cfg.mla and cfg.mla.index_topk)
+            and not cfg.kv_shared_layers and not cfg.ple_dim)
+
+
 def kv_stores(cfg: TransformerConfig) -> dict[int, str]:
     """The layers whose keys/values later layers attend over (``cfg.kv_shared_layers``), each with its kind
     ("sliding" or "full")."""
@@ -607,7 +614,7 @@ class Transformer(nnx.Module):
                 ctx["segments"] = segments
         stats = []
         off = 0
-        ple = self.per_layer_inputs(tokens, x) if self.cfg.ple_dim else None
+        ple = jnp.moveaxis(self.per_layer_inputs(tokens, x), 2, 0) if self.cfg.ple_dim else None  # [L, B, T, P]
         # without a cache, the keys/values of the layers later ones share (``cfg.kv_shared_layers``) are kept
         # by kind, in a one-layer cache of the sequence
         stores, shared = kv_stores(self.cfg) if cache is None else {}, {}
@@ -626,11 +633,11 @@ class Transformer(nnx.Module):
                                for h, d in ((kk, kd), (vk, vd)))
             elif cache is None and "shared_" in name:
                 read_kv = shared["sliding" if self.cfg.sliding_layers[first] else "full"]
-            run_ple = None if ple is None else jnp.moveaxis(ple[:, :, first:first + n], 2, 0)  # [n, B, T, P]
             x, run_kv, st = self._run_layers(getattr(self, name), first, n, x, positions, ctx, run_kv, index,
                                              valid, seg_routes, start,
                                              layer_states=None if layer_states is None else layer_states[name],
-                                             stack_name=name, ple=run_ple, read_kv=read_kv,
+                                             stack_name=name, ple=None if ple is None else ple[first:first + n],
+                                             read_kv=read_kv,
                                              own_slot=first in stores or read_kv is not None)
             if first in stores:
                 shared[stores[first]], run_kv = run_kv, None
@@ -656,8 +663,7 @@ class Transformer(nnx.Module):
         rebuilds its own prompt keys/values instead of reading a stack of every layer's (or, with the cache
         carried through the layers, every layer's copy of the whole cache), and the parameters' gradients are
         accumulated once, not once per pass."""
-        if self.cfg.moe is not None or self.cfg.linear is not None or (self.cfg.mla and self.cfg.mla.index_topk) \
-                or self.cfg.kv_shared_layers or self.cfg.ple_dim:
+        if not prompt_pass(self.cfg):
             raise ValueError("hidden_with_prompt: dense attention models only (MoE statistics are per whole row; "
                              "linear-attention layers carry a state, not keys/values, from the prompt; sparse "
                              "attention's indexer keys, shared layers' keys/values and per-layer inputs are not "

@@ -10,7 +10,7 @@ import dataclasses
 
 from ..config import TransformerConfig
 from ..transformer import segments
-from . import olmoe
+from . import olmo2, olmoe
 from .base import Tensor, expert_tensors, gqa_tensors, outer_tensors, unsupported_cfg
 
 NAME = "flex_olmo"
@@ -33,9 +33,6 @@ def to_hf(cfg: TransformerConfig) -> dict:
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
-    pre = "model.layers.{i}"
     for seg, *_ in segments(cfg):
-        out += [Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight")]
-        out += gqa_tensors(seg, cfg) + expert_tensors(seg, f"{pre}.mlp")
+        out += olmo2.post_norm_tensors(seg) + gqa_tensors(seg, cfg) + expert_tensors(seg, "model.layers.{i}.mlp")
     return out

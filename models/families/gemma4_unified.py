@@ -13,7 +13,7 @@ import dataclasses
 
 from ..config import TransformerConfig
 from . import gemma4
-from .base import ConfigError, Tensor, unsupported_cfg, with_defaults
+from .base import ConfigError, unsupported_cfg, with_defaults
 
 NAME = "gemma4_unified"
 MODEL_TYPES = ("gemma4_unified_text",)
@@ -48,9 +48,4 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return out
 
 
-def ignored(name: str, cfg: TransformerConfig) -> bool:
-    return gemma4.ignored(name, cfg)
-
-
-def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    return gemma4.tensors(cfg)
+ignored, tensors = gemma4.ignored, gemma4.tensors  # (Gemma 4's names)

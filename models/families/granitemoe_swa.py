@@ -14,7 +14,7 @@ import dataclasses
 from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
 from . import granite_swa
-from .base import ConfigError, Piece, Tensor, llama_like, need, refuse, unsupported_cfg, with_defaults
+from .base import ConfigError, Piece, Tensor, need, refuse, unsupported_cfg, with_defaults
 
 NAME = "granitemoe_swa"
 MODEL_TYPES = ("granitemoe_swa",)
@@ -61,8 +61,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     segs = segments(cfg)
-    out = llama_like(cfg, segs, dense_mlp=False)
-    out += [Tensor((seg, "attn", "sinks"), "model.layers.{i}.self_attn.sinks") for seg, *_ in segs]
+    out = granite_swa.tensors(cfg)  # (its attention and norms; every layer's MLP is the experts')
     i, ex = cfg.moe.ffn_dim, "model.layers.{i}.block_sparse_moe"
     for seg, _, _, moe in segs:
         out += [Tensor((seg, "mlp", "router"), f"{ex}.router.weight", "t1"),

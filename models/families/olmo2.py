@@ -37,11 +37,15 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return {**common_to_hf(cfg, "olmo2", ARCHITECTURE), "attention_bias": False}
 
 
+def post_norm_tensors(seg: str) -> list[Tensor]:
+    """OLMo-2's two norms, on the attention's and the MLP's outputs (none before them)."""
+    pre = "model.layers.{i}"
+    return [Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
+            Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight")]
+
+
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out = outer_tensors(cfg)
-    pre = "model.layers.{i}"
     for seg, *_ in segments(cfg):
-        out += [Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight")]
-        out += gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), f"{pre}.mlp")
+        out += post_norm_tensors(seg) + gqa_tensors(seg, cfg) + mlp_tensors((seg, "mlp"), "model.layers.{i}.mlp")
     return out

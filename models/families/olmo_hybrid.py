@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import LinearAttnConfig, TransformerConfig
 from ..transformer import segments
+from . import olmo2
 from .base import (
     ConfigError,
     Piece,
@@ -96,9 +97,7 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
     for seg, *_ in segments(cfg):
         out += mlp_tensors((seg, "mlp"), f"{pre}.mlp")
         if not seg.startswith("linear"):  # OLMo-3's: norms on the outputs
-            out += [Tensor((seg, "post_attn_norm", "scale"), f"{pre}.post_attention_layernorm.weight"),
-                    Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_feedforward_layernorm.weight")]
-            out += gqa_tensors(seg, cfg)
+            out += olmo2.post_norm_tensors(seg) + gqa_tensors(seg, cfg)
             continue
         la = f"{pre}.linear_attn"
         kd, vd = lin.k_heads * lin.k_dim, lin.v_heads * lin.v_dim

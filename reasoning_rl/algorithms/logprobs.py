@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from reasoning_rl import sharding as shd
 from reasoning_rl.models import ModelDef, Transformer, positions_from_valid
 from reasoning_rl.models.layers.invariant import STANDARD, Elementary, elementary, fixed_order_sum
+from reasoning_rl.models.transformer import prompt_pass
 from reasoning_rl.models.value import apply_value_head
 from reasoning_rl.rollout.sampling import log_normaliser, shifted_logits
 
@@ -132,10 +133,7 @@ def target_hidden(model: Transformer, tokens: jax.Array, valid: jax.Array, n_tar
     ``segments`` as in ``target_logprobs``."""
     t = tokens.shape[1]
     shared = group > 1 and tokens.shape[0] % group == 0 and n_targets < t and segments is None
-    sparse = model.cfg.mla is not None and model.cfg.mla.index_topk > 0  # (the indexer needs its keys per row)
-    # (layers sharing another's keys/values, and per-layer inputs, are not carried over a shared prompt)
-    carried = not (model.cfg.kv_shared_layers or model.cfg.ple_dim)
-    if shared and model.cfg.moe is None and model.cfg.linear is None and not sparse and carried:
+    if shared and prompt_pass(model.cfg):
         return _shared_prompt_hidden(model, tokens, valid, n_targets, group)
     pos = positions_from_valid(valid) if positions is None else positions
     h, _, aux = model.hidden(tokens, pos, valid, return_aux=True, routes=routes, segments=segments)
