@@ -201,6 +201,7 @@ class TransformerConfig:
     # layer that no MLP layer follows)
     mixer_only_layers: tuple[int, ...] = ()
     attn_gate: bool = False  # attention output scaled by sigmoid(x W_gate) per head dim (Qwen3.5, Qwen3-Next)
+    head_gate: bool = False  # each head's attention output scaled by one sigmoid(x W_head_gate) per head (LFM3)
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
     qk_norm_after_rope: bool = False  # q/k RMSNorm applied to the rotated q/k, not before the rotary (Hunyuan)

@@ -75,7 +75,7 @@ SWITCHES = ("mixer_only_layers", "moe.latent_dim", "mla.index_topk", "key_multip
             "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar", "moe.beside_dense", "moe.router_norm",
             "moe.expert_scale", "norm_center", "parallel_block", "moe.shared_average",
             "moe.post_norm", "ple_dim", "kv_shared_layers", "double_wide_mlp", "norm_weight", "embed_norm",
-            "rope_reverse", "moe.bias_on_logits", "norm_bias", "mlp_bias")
+            "rope_reverse", "moe.bias_on_logits", "norm_bias", "mlp_bias", "head_gate")
 
 
 def set_switches(cfg: TransformerConfig) -> dict[str, object]:

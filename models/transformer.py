@@ -221,7 +221,7 @@ class Block(nnx.Module):
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier,
-                                  kv_reuse=shared, norm_weight=cfg.norm_weight)
+                                  kv_reuse=shared, norm_weight=cfg.norm_weight, head_gate=cfg.head_gate)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
         # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it,
@@ -899,7 +899,7 @@ class Transformer(nnx.Module):
 # only read in its stored dtype (correct, slower); a name here that some layer uses uncast would change it.
 COMPUTE_CAST = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_a", "q_b", "kv_a", "kv_b",
                           "gate", "up", "down", "gate_b", "up_b", "down_b", "shared_gate",
-                          "q_gate", "z", "b", "a",  # the attention output gate; Gated DeltaNet's z, b, a
+                          "q_gate", "h_gate", "z", "b", "a",  # the attention output gates; Gated DeltaNet's z, b, a
                           "idx_q", "idx_k"})  # the sparse-attention indexer's projections (not its float32 weights)
 
 

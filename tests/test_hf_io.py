@@ -179,6 +179,14 @@ FAMILY_CONFIGS = {
     "lfm2": TransformerConfig(**{**BASE, "n_layers": 3, "tie_embeddings": True}, family="lfm2", qk_norm=True,
                               norm_eps=1e-5, linear=LinearAttnConfig(layers=(0, 2), k_heads=0, v_heads=1, k_dim=0,
                                                                      v_dim=32, conv=3, kind="shortconv")),
+    # LFM3: short convolutions among sliding and full attention layers with a rope of each kind (proportional on the
+    # full ones), per-head output gates, the mixers' and MLPs' outputs normed
+    "lfm3": TransformerConfig(**{**BASE, "n_layers": 4, "tie_embeddings": True}, family="lfm3", qk_norm=True,
+                              norm_eps=1e-5, sliding_window=4, layer_types=("full", "sliding", "full", "full"),
+                              rope_theta=1e6, rope_local_theta=1e4, sandwich_norm=True, head_gate=True,
+                              rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.5},
+                              linear=LinearAttnConfig(layers=(0, 3), k_heads=0, v_heads=1, k_dim=0, v_dim=32, conv=3,
+                                                      kind="shortconv")),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1152,6 +1160,46 @@ def test_gemma4_unified_released_config_fields(tmp_path):
         config_from_hf(tmp_path)
 
 
+def test_lfm3_released_config_fields(tmp_path):
+    """LFM3's config.json may leave out what its reference class fills in (the layer schedule, the window, the
+    rope of each kind, the gate and the output norms, the kernel, tied embeddings, the norm epsilon); rope
+    parameters must be nested by the attention kinds the layers use (a flat dict, which the reference cannot run,
+    is refused), a kind no layer has may be left out; convolution biases, unknown layer kinds and a model of
+    convolutions alone are refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("lfm3", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "rope_parameters", "use_sandwich_norm", "use_attention_gate",
+              "conv_L_cache", "tie_word_embeddings", "norm_eps", "attention_bias"):
+        conf.pop(k)
+    conf["num_hidden_layers"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.Lfm3Config(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.linear.layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "conv") == (0, 1, 3, 5, 7)
+    assert cfg.layer_types == tuple("sliding" if t == "sliding_attention" else "full" for t in ref.layer_types)
+    assert [i for i, s in enumerate(cfg.sliding_layers) if s] == [4]
+    assert cfg.sliding_window == ref.sliding_window == 256 and cfg.linear.conv == ref.conv_L_cache == 7
+    full, local = ref.rope_parameters["full_attention"], ref.rope_parameters["sliding_attention"]
+    assert cfg.rope_theta == full["rope_theta"] == 1e6 and cfg.rope_local_theta == local["rope_theta"] == 1e4
+    assert cfg.rope_scaling == {"rope_type": "proportional", "partial_rotary_factor": 0.5}
+    assert cfg.head_gate == ref.use_attention_gate and cfg.sandwich_norm == ref.use_sandwich_norm
+    assert cfg.tie_embeddings == ref.tie_word_embeddings and cfg.norm_eps == ref.norm_eps == 1e-5
+    assert not cfg.qkv_bias and not cfg.out_bias
+    base = {**conf, "num_hidden_layers": 3, "layer_types": ["conv", "full_attention", "conv"]}
+    (tmp_path / "config.json").write_text(json.dumps({**base, "rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 5e5}}}))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.rope_theta == 5e5 and cfg.rope_scaling is None and not any(cfg.sliding_layers)
+    for over, match in [({"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "rope_parameters"),
+                        ({"conv_bias": True}, "conv_bias"),
+                        ({"layer_types": ["conv", "mamba", "conv"]}, "layer_types"),
+                        ({"layer_types": ["conv"] * 3}, "no attention layer")]:
+        (tmp_path / "config.json").write_text(json.dumps({**base, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+
+
 def test_cohere_compass_released_config_fields(tmp_path):
     """Cohere Compass's config.json may leave out what its reference class fills in: every layer full, the window
     4096, tied embeddings, LayerNorm epsilon 1e-5, no biases and no logit scale (1, not Command A's 0.0625), the
@@ -1577,6 +1625,9 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("cohere_compass", {"rope_interleave": True},
      r"rope_interleave=True cannot be written as a cohere_compass checkpoint"),
     ("gemma4_unified", {"ple_dim": 4}, r"ple_dim=4 cannot be written as a gemma4_unified checkpoint"),
+    ("qwen3", {"head_gate": True}, r"head_gate=True cannot be written as a qwen3 checkpoint"),
+    ("lfm3", {"attn_gate": True}, r"attn_gate=True cannot be written as a lfm3 checkpoint"),
+    ("lfm3", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a lfm3 checkpoint"),
     ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1)},
      r"moe=MoEConfig\(.*\) cannot be written as a mellum checkpoint"),
     ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])

@@ -57,6 +57,19 @@ CASES = {
                      "global_head_dim": 32, "num_global_key_value_heads": 1, "attention_k_eq_v": True},
         vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "num_key_value_heads": 2, "head_dim": 16}, audio_config=None)),
+    # LFM2-VL: a SigLIP2 tower and projector beside LFM2's text model (short convolutions around attention), tied
+    "lfm2_vl": lambda: transformers.Lfm2VlForConditionalGeneration(transformers.Lfm2VlConfig(
+        text_config={**TEXT, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+                     "layer_types": ["conv", "full_attention"], "block_multiple_of": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "num_patches": 16}, projector_hidden_size=32, image_token_id=127)),
+    # LFM3-VL: a vision tower beside LFM3's text model (a convolution, sliding and full attention, per-head gates)
+    "lfm3_vl": lambda: transformers.Lfm3VlForConditionalGeneration(transformers.Lfm3VlConfig(
+        text_config={**TEXT, "num_hidden_layers": 3, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+                     "sliding_window": 4, "layer_types": ["conv", "sliding_attention", "full_attention"]},
+        vision_config={"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "num_key_value_heads": 2, "layer_types": None}, projector_hidden_size=32,
+        image_token_id=127, video_token_id=126, vision_start_token_id=125, vision_end_token_id=124)),
     # Mistral Small 3.1: a Pixtral tower beside a Mistral text model, its own LM head (the wrapper says untied)
     "mistral3": lambda: transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
         text_config={**TEXT, "model_type": "mistral", "sliding_window": None, "rope_parameters": {
@@ -114,7 +127,8 @@ def test_language_model_matches_the_reference_and_exports_as_a_text_model(tmp_pa
     assert any("vision" in k or "visual" in k for k in stored)  # the tower is in the file, and left out
     cfg = check_model_dir(tmp_path / "vlm", tokenizer=False)
     name = {"gemma4_e2b": "gemma4"}.get(name, name)  # (the wrapper of the case)
-    assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name in ("gemma3", "gemma4", "gemma4_unified"))
+    assert cfg.extra["hf_wrapper"] == name and cfg.tie_embeddings == (name in ("gemma3", "gemma4", "gemma4_unified",
+                                                                                "lfm2_vl", "lfm3_vl"))
     want = text_logits(ref, name in QWEN)
     model = load_pretrained(tmp_path / "vlm")
     err = np.abs(np.asarray(model(IDS, MASK)) - want)[MASK].max()

@@ -234,6 +234,20 @@ CASES = {
                                                                         "full_attention"],
                                                            rope_parameters={**SW, "full_attention": {
                                                                "rope_type": "default", "rope_theta": 5e4}})),
+    # LFM3: short convolutions among sliding (window 5, plain rotary at base 10,000) and full attention layers (the
+    # proportional rotary: half of each head's angles turn), per-head q/k norms, each head's output gated by a
+    # sigmoid of its own projection, the mixer's and the MLP's outputs normed (sandwich), tied embeddings; then
+    # without the gate and the output norms, attention biases, untied, plain rotary everywhere at bases of each
+    # kind, a wider kernel
+    "lfm3": ("Lfm3Config", dict(**SMOL_IDS, num_hidden_layers=5, head_dim=16, sliding_window=5, conv_L_cache=3,
+                                layer_types=["conv", "sliding_attention", "full_attention", "conv",
+                                             "sliding_attention"])),
+    "lfm3_plain": ("Lfm3Config", dict(**SMOL_IDS, num_hidden_layers=3, head_dim=16, sliding_window=4,
+                                      use_attention_gate=False,
+                                      use_sandwich_norm=False, attention_bias=True, tie_word_embeddings=False,
+                                      layer_types=["full_attention", "conv", "sliding_attention"],
+                                      rope_parameters={**SW, "full_attention": {"rope_type": "default",
+                                                                                "rope_theta": 5e4}})),
     # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
     # squared-ReLU MLP; then without MLP biases, tied, one key/value head
     "jais2": ("Jais2Config", {"head_dim": 16}),
@@ -760,7 +774,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cohere2_moe", "cohere2_moe_sliding", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
-                                  "granitemoe_swa", "gemma4_unified", "cohere_compass"])
+                                  "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -833,7 +847,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "cohere2_moe", "apertus", "sarvam_moe", "sarvam_mla",
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
-                                  "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass"])
+                                  "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
+                                  "lfm3", "lfm3_plain"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -876,7 +891,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain",
                                   "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
-                                  "cohere_compass_two"])
+                                  "cohere_compass_two", "lfm3", "lfm3_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

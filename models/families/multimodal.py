@@ -1,10 +1,10 @@
 """Vision-language checkpoints whose language model is one of our families (Gemma 3 4B/12B/27B, Gemma 4 and Gemma 4
-unified, Mistral Small
-3.1/3.2, Magistral Small 1.1+, Ministral 3 and Mistral Small 4, Qwen2.5-VL, Qwen3-VL and its Thinking models, Qwen3.5,
-Kimi K2.5 / K2.6): the language model is read out of the wrapper and trained as a text model; the vision tower and
-projector are not loaded, and an export is that text model (``Gemma3ForCausalLM``, ``MistralForCausalLM``,
-``Ministral3ForCausalLM``, ``Mistral4ForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``,
-``DeepseekV3ForCausalLM``, ...), which transformers and vLLM load as such.
+unified, Mistral Small 3.1/3.2, Magistral Small 1.1+, Ministral 3 and Mistral Small 4, Qwen2.5-VL, Qwen3-VL and its
+Thinking models, Qwen3.5, Kimi K2.5 / K2.6, LFM2-VL, LFM3-VL): the language model is read out of the wrapper and
+trained as a text model; the vision tower and projector are not loaded, and an export is that text model
+(``Gemma3ForCausalLM``, ``MistralForCausalLM``, ``Ministral3ForCausalLM``, ``Mistral4ForCausalLM``,
+``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``DeepseekV3ForCausalLM``, ``Lfm3ForCausalLM``, ...), which
+transformers and vLLM load as such.
 
 A wrapper's config.json nests the text model's config under ``text_config`` (Qwen2.5-VL's released files keep
 it at the top level); released files leave out fields that keep the text config class's defaults, which
@@ -74,6 +74,9 @@ WRAPPERS: dict[str, Wrapper] = {
         "max_position_embeddings": 131072, "sliding_window": 4096, "hidden_act": "silu"},
         variants={"ministral3": ("ministral3", "Ministral3ForCausalLM"),
                   "mistral4": ("mistral4", "Mistral4ForCausalLM")}),
+    # LFM2-VL and LFM3-VL: a vision tower and projector beside LFM2's / LFM3's text model
+    "lfm2_vl": Wrapper(("lfm2",), "lfm2", "Lfm2ForCausalLM"),
+    "lfm3_vl": Wrapper(("lfm3",), "lfm3", "Lfm3ForCausalLM"),
     "qwen2_5_vl": Wrapper(("qwen2_5_vl_text", "qwen2_5_vl"), "qwen2", "Qwen2ForCausalLM", flat=True, **QWEN_VL),
     "qwen3_vl": Wrapper(("qwen3_vl_text",), "qwen3", "Qwen3ForCausalLM", **QWEN_VL),
     # its router always renormalises the chosen experts' weights (the config has no switch for it)

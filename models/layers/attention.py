@@ -308,7 +308,7 @@ class Attention(nnx.Module):
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
                  v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False,
-                 kv_reuse: bool = False, norm_weight: bool = True):
+                 kv_reuse: bool = False, norm_weight: bool = True, head_gate: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -322,7 +322,8 @@ class Attention(nnx.Module):
         and rotary; ``v_norm``: values RMS-normalised per head without a scale (both Gemma 4). ``kv_reuse``: no
         key/value projections: the layer attends over the keys/values already in its cache slot, another layer's
         (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``norm_weight`` off:
-        q/k norms without a weight (nanochat). ``impl``: attention
+        q/k norms without a weight (nanochat). ``head_gate``: each head's output scaled by one scalar,
+        ``sigmoid(x W_head_gate)`` [H], before the o-projection (LFM3). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -355,6 +356,7 @@ class Attention(nnx.Module):
         # (not "gate": LoRA's ``gate`` target names the MLP's)
         self.q_gate = (param(rngs, (d_model, n_heads, vd), ("embed", "heads", "head_dim"), d_model,
                              param_dtype) if gate else None)
+        self.h_gate = param(rngs, (d_model, n_heads), ("embed", "heads"), d_model, param_dtype) if head_gate else None
         if kv_reuse and (qkv_bias or qk_norm_whole or qk_norm_after_rope or key_multiplier != 1.0 or k_eq_v):
             raise ValueError("kv_reuse: a layer sharing another's keys/values takes no key/value switches (biases, "
                              "whole-projection or after-rope norms, key multiplier, k_eq_v)")
@@ -480,6 +482,11 @@ class Attention(nnx.Module):
         if self.q_gate is not None:
             gate = _proj_in(x, self.q_gate[...].astype(self.dtype), self.invariant)
             out = (out.astype(jnp.float32) * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
+        if self.h_gate is not None:  # one scalar per head: [B, T, H] over the heads' values
+            b, t, d = x.shape
+            gate = invariant.matmul_for(self.invariant)(x.reshape(b * t, d), self.h_gate[...].astype(self.dtype))
+            gate = jax.nn.sigmoid(gate.reshape(b, t, -1, 1).astype(jnp.float32))
+            out = (out.astype(jnp.float32) * gate).astype(out.dtype)
         out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype), self.invariant))
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)
