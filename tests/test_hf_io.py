@@ -187,6 +187,11 @@ FAMILY_CONFIGS = {
                               rope_scaling={"rope_type": "proportional", "partial_rotary_factor": 0.5},
                               linear=LinearAttnConfig(layers=(0, 3), k_heads=0, v_heads=1, k_dim=0, v_dim=32, conv=3,
                                                       kind="shortconv")),
+    # then without the gates and the output norms, with attention biases, every attention layer full, untied
+    "lfm3_plain": TransformerConfig(**{**BASE, "n_layers": 3}, family="lfm3", qk_norm=True, norm_eps=1e-5,
+                                    qkv_bias=True, out_bias=True, rope_theta=5e4,
+                                    linear=LinearAttnConfig(layers=(1,), k_heads=0, v_heads=1, k_dim=0, v_dim=32,
+                                                            conv=4, kind="shortconv")),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
