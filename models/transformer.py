@@ -450,8 +450,7 @@ def runs(cfg: TransformerConfig) -> list[tuple[str, int, int, int, bool]]:
 def prompt_pass(cfg: TransformerConfig) -> bool:
     """Can ``Transformer.hidden_with_prompt`` run ``cfg`` (dense attention layers whose prompt keys/values are all
     a continuation needs)?"""
-    return (cfg.moe is None and cfg.linear is None and not (cfg.mla and cfg.mla.index_topk)
-            and not cfg.kv_shared_layers and not cfg.ple_dim)
+    return cfg.moe is None and cfg.linear is None and not (cfg.mla and cfg.mla.index_topk)
 
 
 def kv_stores(cfg: TransformerConfig) -> dict[int, str]:
@@ -666,19 +665,32 @@ class Transformer(nnx.Module):
         if not prompt_pass(self.cfg):
             raise ValueError("hidden_with_prompt: dense attention models only (MoE statistics are per whole row; "
                              "linear-attention layers carry a state, not keys/values, from the prompt; sparse "
-                             "attention's indexer keys, shared layers' keys/values and per-layer inputs are not "
-                             "carried)")
+                             "attention's indexer keys are not carried)")
         lora.next_forward()  # LoRA dropout (training losses only): this forward's masks
         n, tp = prompt.shape
         t = tokens.shape[1]
         ctx = self._layer_context(jnp.concatenate([jnp.repeat(prompt_valid, tokens.shape[0] // n, 0), valid], 1),
                                   tp + jnp.arange(t), jnp.arange(tp + t), positions)
         pctx = self._layer_context(prompt_valid, jnp.arange(tp), jnp.arange(tp), prompt_positions)
-        first = {"x": self.embed_tokens(prompt), "positions": prompt_positions, "valid": prompt_valid, "ctx": pctx}
-        x = self.embed_tokens(tokens)
+        px, x = self.embed_tokens(prompt), self.embed_tokens(tokens)
+        first = {"x": px, "positions": prompt_positions, "valid": prompt_valid, "ctx": pctx}
+        ple = pple = None
+        if self.cfg.ple_dim:  # [L, rows, T, P]: each token's own, prompts' and continuations' alike
+            ple, pple = (jnp.moveaxis(self.per_layer_inputs(a, e), 2, 0) for a, e in ((tokens, x), (prompt, px)))
+        # the keys/values of layers later ones share (``cfg.kv_shared_layers``), by kind: (the prompts' one-layer
+        # cache [1, N, K, P, D], the rows' [1, B, K, P + T, D] of prompt then continuation)
+        stores, shared = kv_stores(self.cfg), {}
         for name, start, first_layer, count, _ in runs(self.cfg):
+            share = shared.get("sliding" if self.cfg.sliding_layers[first_layer] else "full") \
+                if "shared_" in name else None
             x, first, _ = self._run_layers(getattr(self, name), first_layer, count, x, positions, ctx, None, None,
-                                           valid, start=start, prompt=first, stack_name=name)
+                                           valid, start=start, prompt=first, stack_name=name,
+                                           ple=None if ple is None else ple[first_layer:first_layer + count],
+                                           prompt_ple=None if pple is None else pple[first_layer:first_layer + count],
+                                           share=share, store=first_layer in stores,
+                                           own_slot=share is not None or first_layer in stores)
+            if first_layer in stores:
+                shared[stores[first_layer]] = first.pop("store")
         return self.final_norm(first["x"]), self.final_norm(x)
 
     def _layer_context(self, key_valid, q_slots, k_slots, positions) -> dict:
@@ -755,9 +767,13 @@ class Transformer(nnx.Module):
 
     def _run_layers(self, stack, first, n, x, positions, ctx, kv, index, valid, routes=None,
                     start=0, prompt=None, layer_states=None, stack_name: str = "layers", ple=None, read_kv=None,
-                    own_slot: bool = False):
+                    own_slot: bool = False, prompt_ple=None, share=None, store: bool = False):
         """``prompt`` (``hidden_with_prompt``): {x, positions, valid, ctx} of the prompts the rows continue; each
         layer runs them first, into a one-layer cache that is the rows' prefix. Returns it updated as ``kv``.
+        With it, ``prompt_ple``: the prompts' per-layer inputs; ``store``: a one-layer run whose keys/values later
+        layers share, which runs its rows over a cache of their prompt's keys/values then their own and returns
+        (the prompts' cache, that cache) as ``kv["store"]``; ``share``: such a pair, which these layers (sharing
+        them) attend over, the prompts over the first, the rows over the second.
         ``ple`` [n, B, T, ple_dim]: the layers' per-layer inputs. ``read_kv``: a one-layer cache of another
         layer's keys/values that these layers (sharing them) attend over, held outside the carry (a pass
         without a cache); ``own_slot``: the layers' cache is a one-layer one (slot 0), not the model's."""
@@ -789,21 +805,35 @@ class Transformer(nnx.Module):
             mask, rope = pick(ctx, xs)
             block = nnx.merge(graphdef, st)
             layer_prefix = None
+            run_cache, run_index = None if prompt is not None else kv, index
             if prompt is not None:  # kv: the prompts' hidden states
                 pmask, prope = pick(prompt["ctx"], xs)
                 kk, kd, vk, vd = self.cfg.kv_shape_of(self.cfg.stack_cache_kind(stack_name))
                 b, tp = prompt["valid"].shape
                 dt = self.cfg.jnp_dtype
-                empty = (jnp.zeros((1, b, kk, tp, kd), dt), jnp.zeros((1, b, vk, tp, vd), dt))
+                pcache = share[0] if share is not None else (jnp.zeros((1, b, kk, tp, kd), dt),
+                                                             jnp.zeros((1, b, vk, tp, vd), dt))
                 # LoRA dropout: the prompt pass draws its own masks (a layer index no completion pass uses)
                 with lora.dropout_layer(layer + self.cfg.n_layers):
-                    kv, cache, _ = block(kv, prompt["positions"], pmask, empty, 0, 0, prope, prompt["valid"])
-                layer_prefix = (cache[0][0], cache[1][0])
+                    kv, cache, _ = block(kv, prompt["positions"], pmask, pcache, 0, 0, prope, prompt["valid"],
+                                         ple=xs.get("prompt_ple"))
+                if share is not None or store:  # the rows over a cache of [their prompt's | their own] slots
+                    rows, t = x.shape[:2]
+                    run_index = tp
+                    run_cache = share[1] if share is not None else tuple(
+                        jnp.concatenate([jnp.repeat(a, rows // b, axis=1),
+                                         jnp.zeros((1, rows, a.shape[2], t, a.shape[4]), a.dtype)], axis=3)
+                        for a in cache)
+                else:
+                    layer_prefix = (cache[0][0], cache[1][0])
+            elif read_kv is not None:
+                run_cache = read_kv
             keep = prompt is not None or read_kv is not None  # the carried kv is not this layer's cache
             with lora.dropout_layer(layer):
-                x, new_kv, stats = block(x, positions, mask, read_kv if read_kv is not None else
-                                         None if prompt is not None else kv, xs["slot"], index, rope, valid,
+                x, new_kv, stats = block(x, positions, mask, run_cache, xs["slot"], run_index, rope, valid,
                                          xs.get("routes"), layer_prefix, ctx.get("segments"), xs.get("ple"))
+            if store:  # (a run of this one layer)
+                stats = (stats, (cache, new_kv))
             return (x, kv if keep else new_kv), stats
 
         split = kv is not None and isinstance(kv[0], tuple)  # one cache buffer per layer: always unrolled
@@ -816,6 +846,8 @@ class Transformer(nnx.Module):
         xs = {"layer": layers, "state": state, "slot": jnp.zeros_like(slots) if own_slot else slots}
         if ple is not None:
             xs["ple"] = ple
+        if prompt_ple is not None:
+            xs["prompt_ple"] = prompt_ple
         for k in flags:
             xs[k] = ctx[k][first:first + n]
         if routes is not None:
@@ -841,8 +873,12 @@ class Transformer(nnx.Module):
                     (x, kv), st = body((x, kv), xs_i)
                 ys.append(st)
             stats = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
+        stored = None
+        if store:  # (stacked over the run's one layer)
+            stats, stored = stats
+            stored = jax.tree.map(lambda a: a[0], stored)
         if prompt is not None:
-            kv = {**prompt, "x": kv}
+            kv = {**prompt, "x": kv} if stored is None else {**prompt, "x": kv, "store": stored}
         return x, kv, stats
 
     def _aux(self, stats: list) -> dict:

@@ -83,8 +83,8 @@ def test_every_dense_family_option_is_exact_and_close_to_the_standard_arithmetic
 
 def test_per_layer_inputs_and_layers_sharing_keys_and_values_are_exact():
     """Gemma 4 E2B's switches: per-layer inputs gated into each layer, and the last two layers attending over the
-    keys/values of the earlier sliding and full layers (read from the cache when sampling, kept by the pass
-    without one when training). (The paged cache's reads for them: tests/test_shared_kv_layers.py.)"""
+    keys/values of the earlier sliding and full layers (read from the cache when sampling, kept by the trainer's
+    shared-prompt pass). (The paged cache's reads for them: tests/test_shared_kv_layers.py.)"""
     kw = dict(n_layers=4, qk_norm=True, sliding_window=6, layer_types=("sliding", "full", "sliding", "full"),
               activation="gelu_tanh", ple_dim=4, kv_shared_layers=2, double_wide_mlp=True)
     assert _gap(*_model(**kw)) == 0.0

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import assert_sampler_equals_trainer_on_every_decode_path
 from reasoning_rl.models import KVCache, create
 from reasoning_rl.models.config import LoRAConfig
-from reasoning_rl.models.transformer import kv_stores, positions_from_valid, runs
+from reasoning_rl.models.transformer import kv_stores, positions_from_valid, prompt_pass, runs
 from test_hf_io import FAMILY_CONFIGS
 from test_models_layers import random_params
 
@@ -79,10 +79,36 @@ def test_prefill_and_decode_equal_the_pass_without_a_cache(cfg):
 
 
 def test_sampler_equals_trainer_on_every_decode_path():
-    """Groups, refilled slots, paged and unrolled caches: the same tokens, and the trainer's log-probs (grouped
-    rows fall back to whole rows: the shared prompt pass carries no shared layers' keys/values) equal the
-    sampler's. (MIXED's layers of both kinds in one stack: the prefill and decode test above.)"""
+    """Groups, refilled slots, paged and unrolled caches: the same tokens, and the trainer's log-probs (grouped rows
+    through the shared prompt pass) equal the sampler's. (MIXED's layers of both kinds in one stack: the prefill
+    and decode test above.)"""
     assert_sampler_equals_trainer_on_every_decode_path(*_model(E2B), tol=TOL)
+
+
+@pytest.mark.parametrize("cfg", [E2B, MIXED], ids=["e2b", "mixed"])
+def test_shared_prompt_pass_equals_whole_rows_and_their_gradients(cfg):
+    """The trainer's GRPO groups run each prompt once (its per-layer inputs, the sharing layers reading their
+    owner's prompt keys/values) and the completions over it, the sharing layers over their owner's [prompt |
+    completion] keys/values: the log-probs of whole rows and their gradients, and the sampler's."""
+    mdef, params = _model(cfg)
+    assert prompt_pass(cfg)
+    toks, valid = left_pad([[5, 7, 9, 11, 3], [17, 2, 40, 8, 1, 9, 22, 31, 4, 2, 6]], 0)
+    out = generate(mdef, params, toks, valid, max_new_tokens=10, rng_seed=2, group_size=3, stop_ids=())
+    rows = np.repeat(np.arange(2), 3)
+    full = jnp.asarray(np.concatenate([np.asarray(toks)[rows], np.asarray(out.tokens)], 1))
+    fv = jnp.asarray(np.concatenate([np.asarray(valid)[rows], np.asarray(out.mask)], 1))
+
+    def logprobs(p, group):
+        return target_logprobs(mdef.bind(p), full, fv, 10, group=group)
+
+    grouped, whole = (np.asarray(jax.jit(logprobs, static_argnums=1)(params, g)) for g in (3, 1))
+    np.testing.assert_allclose(grouped, whole, atol=TOL)
+    assert np.abs(grouped - np.asarray(out.logprobs)).max() < TOL
+    w = jnp.asarray(np.random.RandomState(0).randn(*grouped.shape), jnp.float32)
+    ga, gb = (jax.jit(jax.grad(lambda p, g=g: jnp.sum(logprobs(p, g) * w)))(params) for g in (3, 1))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ga), jax.tree.leaves(gb)):
+        scale = max(float(np.abs(np.asarray(b)).max()), 1e-3)
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-4 * scale, jax.tree_util.keystr(path)
 
 
 def test_gradients_reach_the_shared_keys_and_the_per_layer_inputs():

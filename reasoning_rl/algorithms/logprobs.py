@@ -76,8 +76,9 @@ def target_logprobs(model: Transformer, tokens: jax.Array, valid: jax.Array, n_t
     as GRPO rollouts do. The prompt is then run once per group and the completions attend over its
     keys/values as a shared prefix (``Transformer.hidden_with_prompt``); gradients through the prompt are
     summed over the group, so this is the same function with ``(group - 1) / group`` of the prompt work
-    removed. (Dense attention models; MoE models run whole rows, so their routing statistics stay per token, and
-    so do models with linear-attention layers, whose prompt leaves a state rather than keys/values.)
+    removed. (Dense attention models, layers sharing another's keys/values and per-layer inputs included; MoE
+    models run whole rows, so their routing statistics stay per token, and so do models with linear-attention
+    layers, whose prompt leaves a state rather than keys/values.)
 
     ``positions``/``segments`` [B, T]: packed rows (SFT), several sequences each with its own positions;
     tokens attend within their segment only (``Transformer.hidden``). ``entropy_grad``: the entropies carry
