@@ -32,6 +32,7 @@ class MoEConfig:
     group_score: str = "top2"  # a group's score: "top2" (its best two summed: DeepSeek-V3) | "max" (DeepSeek-V2)
     score_bias: bool = False  # per-expert bias added for selection only (DeepSeek aux-loss-free balancing)
     bias_on_logits: bool = False  # sigmoid routing: the selection bias added to the router logits, not the scores
+    router_softcap: float = 0.0  # router logits soft-capped, c * tanh(logits / c), before scoring (Laguna); 0: none
     aux_loss_coef: float = 0.0  # weight of the Switch-style balancing loss; 0 where the family uses none
     impl: str = "ragged"  # expert computation: ragged (grouped matmul) | dense (every expert, reference)
     # Expert parallelism (a mesh with expert > 1): 0 = dropless; else each device receives at most
@@ -202,6 +203,7 @@ class TransformerConfig:
     mixer_only_layers: tuple[int, ...] = ()
     attn_gate: bool = False  # attention output scaled by sigmoid(x W_gate) per head dim (Qwen3.5, Qwen3-Next)
     head_gate: bool = False  # each head's attention output scaled by one sigmoid(x W_head_gate) per head (LFM3)
+    gate_act: str = "sigmoid"  # the attention output gates' function: sigmoid | softplus (Laguna)
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
     qk_norm_after_rope: bool = False  # q/k RMSNorm applied to the rotated q/k, not before the rotary (Hunyuan)
@@ -216,6 +218,10 @@ class TransformerConfig:
     # (before the keys' norm and rotary: no value projection)
     full_head_dim: int = 0
     full_k_eq_v: bool = False
+    # Laguna's full layers: fewer query heads than the sliding ones (0: n_heads), and rotary dims of their own (0:
+    # rope_dim's); such layers stack apart too
+    full_heads: int = 0
+    full_rope_dim: int = 0
     v_head_dim: int = 0  # the value heads' size when not head_dim (MiMo-V2-Flash: 128 beside 192)
     value_scale: float = 1.0  # values times it after their projection, before the cache (MiMo-V2-Flash)
     v_norm: bool = False  # values RMS-normalised per head, without a scale, before the cache (Gemma 4)
@@ -360,7 +366,9 @@ class TransformerConfig:
         """Do the full-attention layers have other attention parameters than the sliding ones (their own
         key/value heads, or no sinks), and so stacks of their own?"""
         return ((self.full_kv_heads not in (0, self.n_kv_heads)) or (self.attn_sinks and not self.full_sinks)
-                or self.full_head_dim not in (0, self.head_dim) or self.full_k_eq_v)
+                or self.full_head_dim not in (0, self.head_dim) or self.full_k_eq_v
+                or self.full_heads not in (0, self.n_heads)
+                or self.full_rope_dim not in (0, self.rope_dim or self.full_head_dim or self.head_dim))
 
     @property
     def kv_shape(self) -> tuple[int, int, int, int]:

@@ -75,7 +75,8 @@ SWITCHES = ("mixer_only_layers", "moe.latent_dim", "mla.index_topk", "key_multip
             "full_head_dim", "full_k_eq_v", "v_norm", "layer_scalar", "moe.beside_dense", "moe.router_norm",
             "moe.expert_scale", "norm_center", "parallel_block", "moe.shared_average",
             "moe.post_norm", "ple_dim", "kv_shared_layers", "double_wide_mlp", "norm_weight", "embed_norm",
-            "rope_reverse", "moe.bias_on_logits", "norm_bias", "mlp_bias", "head_gate")
+            "rope_reverse", "moe.bias_on_logits", "norm_bias", "mlp_bias", "head_gate", "gate_act", "full_heads",
+            "full_rope_dim", "moe.router_softcap")
 
 
 def set_switches(cfg: TransformerConfig) -> dict[str, object]:

@@ -56,7 +56,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification", "MiniCPM5MoeForSequenceClassification",
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
     "ApertusForSequenceClassification", "CwmForSequenceClassification",
-    "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification"})
+    "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

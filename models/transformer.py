@@ -209,7 +209,8 @@ class Block(nnx.Module):
             # (``full``: a full-attention layer of its own kind, ``cfg.split_full``)
             kv_heads = cfg.full_kv_heads if full and cfg.full_kv_heads else cfg.n_kv_heads
             head_dim = cfg.full_head_dim if full and cfg.full_head_dim else cfg.head_dim
-            self.attn = Attention(cfg.d_model, cfg.n_heads, kv_heads, head_dim, rngs=rngs,
+            heads = cfg.full_heads if full and cfg.full_heads else cfg.n_heads
+            self.attn = Attention(cfg.d_model, heads, kv_heads, head_dim, rngs=rngs,
                                   rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qkv_bias=cfg.qkv_bias,
                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_offset,
                                   query_scale=cfg.query_scale, param_dtype=pd, dtype=dt, out_scale=out_scale,
@@ -217,11 +218,13 @@ class Block(nnx.Module):
                                   sinks=cfg.attn_sinks and (cfg.full_sinks or not full),
                                   v_dim=cfg.v_head_dim or head_dim, value_scale=cfg.value_scale,
                                   k_eq_v=full and cfg.full_k_eq_v and not shared, v_norm=cfg.v_norm,
-                                  out_bias=cfg.out_bias, rope_dim=cfg.rope_dim, rope_interleave=cfg.rope_interleave,
+                                  out_bias=cfg.out_bias, rope_interleave=cfg.rope_interleave,
+                                  rope_dim=cfg.full_rope_dim if full and cfg.full_rope_dim else cfg.rope_dim,
                                   impl=cfg.attention_impl, invariant=cfg.batch_invariant,
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier,
-                                  kv_reuse=shared, norm_weight=cfg.norm_weight, head_gate=cfg.head_gate)
+                                  kv_reuse=shared, norm_weight=cfg.norm_weight, head_gate=cfg.head_gate,
+                                  gate_act=cfg.gate_act)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
         # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it,
@@ -492,8 +495,12 @@ class Transformer(nnx.Module):
                 if bad and lin.kind != kind:
                     name = {"mamba2": "Mamba-2", "gated_deltanet": "Gated DeltaNet"}[kind]
                     raise ValueError(f"linear.{bad[0]}: {name} layers only (kind {lin.kind!r} has no such switch)")
-        if cfg.full_kv_heads < 0 or (cfg.full_kv_heads and cfg.n_heads % cfg.full_kv_heads):
-            raise ValueError(f"full_kv_heads: {cfg.full_kv_heads} does not divide the {cfg.n_heads} attention heads")
+        full_heads = cfg.full_heads or cfg.n_heads
+        if cfg.full_kv_heads < 0 or (cfg.full_kv_heads and full_heads % cfg.full_kv_heads):
+            raise ValueError(f"full_kv_heads: {cfg.full_kv_heads} does not divide the full layers' {full_heads} "
+                             "attention heads")
+        if cfg.full_heads < 0 or full_heads % (cfg.full_kv_heads or cfg.n_kv_heads):
+            raise ValueError(f"full_heads: {cfg.full_heads} is not a multiple of the full layers' key/value heads")
         if cfg.batch_invariant and (cfg.split_full or cfg.v_head_dim not in (0, cfg.head_dim)):
             raise ValueError("batch_invariant: one kind of attention layer with values as wide as keys")
         self.cfg = cfg
@@ -708,8 +715,9 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         sliding = cfg.sliding_layers
         dim = cfg.mla.qk_rope_dim if cfg.mla is not None else (cfg.rope_dim or cfg.head_dim)
-        # full layers of their own head size (Gemma 4) rotate at it; the sliding ones at head_dim
-        full_dim = cfg.rope_dim or cfg.full_head_dim or dim if cfg.split_full else dim
+        # full layers of their own head size (Gemma 4) or rotary dims (Laguna) rotate at it; the sliding ones at
+        # head_dim
+        full_dim = (cfg.full_rope_dim or cfg.rope_dim or cfg.full_head_dim or dim) if cfg.split_full else dim
         size = k_slots.shape[0]  # a token's position (valid tokens before it) never exceeds its slot
         rope = rope_table(positions, *rope_for(full_dim, float(cfg.rope_theta), freeze(cfg.rope_scaling)), size)
         local = rope

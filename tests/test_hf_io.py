@@ -192,6 +192,15 @@ FAMILY_CONFIGS = {
                                     qkv_bias=True, out_bias=True, rope_theta=5e4,
                                     linear=LinearAttnConfig(layers=(1,), k_heads=0, v_heads=1, k_dim=0, v_dim=32,
                                                             conv=4, kind="shortconv")),
+    # Laguna: full layers with fewer query heads rotating half of each head, sliding ones whole heads at a base of
+    # their own, softplus gates per head, a dense layer then soft-capped sigmoid routing beside a shared expert
+    "laguna": TransformerConfig(**{**BASE, "n_layers": 4}, family="laguna", qk_norm=True, head_gate=True,
+                                gate_act="softplus", sliding_window=4,
+                                layer_types=("full", "sliding", "sliding", "full"),
+                                full_heads=2, full_rope_dim=6, rope_theta=5e5, rope_local_theta=1e4,
+                                moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", norm_topk=True,
+                                              scaling=1.5, score_bias=True, first_dense=1, n_shared=1, shared_ffn=24,
+                                              router_softcap=2.0)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1205,6 +1214,50 @@ def test_lfm3_released_config_fields(tmp_path):
             config_from_hf(tmp_path)
 
 
+def test_laguna_released_config_fields(tmp_path):
+    """Laguna's config.json may leave out what its reference class fills in (every layer full, the first dense,
+    half of each head rotating at base 500,000, softplus gates per head, the window, the experts' shape, no soft
+    cap); a full-attention entry given without a rotary share rotates whole heads, as the reference reads it;
+    head counts per layer (one per kind), a flat rope dict, router weights on the experts' input and a SiLU-less
+    MLP are refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("laguna", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "rope_parameters", "gating", "mlp_layer_types",
+              "num_attention_heads_per_layer", "moe_router_logit_softcapping", "moe_routed_scaling_factor",
+              "shared_expert_intermediate_size", "rms_norm_eps", "tie_word_embeddings", "attention_bias"):
+        conf.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.LagunaConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert ref.layer_types == ["full_attention"] * 4 and cfg.layer_types is None and not any(cfg.sliding_layers)
+    full = ref.rope_parameters["full_attention"]
+    assert cfg.rope_theta == full["rope_theta"] and cfg.rope_dim == int(cfg.head_dim * full["partial_rotary_factor"])
+    assert cfg.rope_dim == 6 and cfg.full_rope_dim == 0 and not cfg.split_full
+    assert cfg.head_gate and ref.gating is True and cfg.gate_act == "softplus" and not cfg.attn_gate
+    assert cfg.n_heads == ref.num_attention_heads_per_layer[0] == 4 and cfg.full_heads == 0
+    m = cfg.moe
+    assert (m.first_dense, m.dense_layers) == (ref.mlp_layer_types.index("sparse"), ())
+    assert m.router_softcap == ref.moe_router_logit_softcapping == 0.0 and m.scaling == 1.0
+    assert m.shared_ffn == ref.shared_expert_intermediate_size == 512 and m.n_shared == 1
+    assert cfg.norm_eps == ref.rms_norm_eps and cfg.tie_embeddings == ref.tie_word_embeddings is False
+    two = {"layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]}
+    (tmp_path / "config.json").write_text(json.dumps({**conf, **two, "rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 5e4},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e3, "partial_rotary_factor": 0.5}}}))
+    cfg = config_from_hf(tmp_path)
+    assert (cfg.rope_dim, cfg.full_rope_dim, cfg.rope_theta, cfg.rope_local_theta) == (6, 12, 5e4, 1e3)
+    assert cfg.split_full and cfg.sliding_window == 512
+    for over, match in [({"num_attention_heads_per_layer": [4, 2, 4, 4]}, "num_attention_heads_per_layer"),
+                        ({"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "rope_parameters"),
+                        ({"moe_apply_router_weight_on_input": True}, "moe_apply_router_weight_on_input"),
+                        ({"hidden_act": "gelu"}, "hidden_act"),
+                        ({"layer_types": ["full_attention", "chunked_attention"] * 2}, "layer_types")]:
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **two, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+
+
 def test_cohere_compass_released_config_fields(tmp_path):
     """Cohere Compass's config.json may leave out what its reference class fills in: every layer full, the window
     4096, tied embeddings, LayerNorm epsilon 1e-5, no biases and no logit scale (1, not Command A's 0.0625), the
@@ -1632,6 +1685,11 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("gemma4_unified", {"ple_dim": 4}, r"ple_dim=4 cannot be written as a gemma4_unified checkpoint"),
     ("qwen3", {"head_gate": True}, r"head_gate=True cannot be written as a qwen3 checkpoint"),
     ("lfm3", {"attn_gate": True}, r"attn_gate=True cannot be written as a lfm3 checkpoint"),
+    ("lfm3", {"gate_act": "softplus"}, r"gate_act='softplus' cannot be written as a lfm3 checkpoint"),
+    ("laguna", {"gate_act": "sigmoid"}, r"gate_act='sigmoid' cannot be written as a laguna checkpoint"),
+    ("gemma4_unified", {"full_heads": 2}, r"full_heads=2 cannot be written as a gemma4_unified checkpoint"),
+    ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, router_softcap=3.0)},
+     r"moe.router_softcap=3.0 cannot be written as a mellum checkpoint"),
     ("lfm3", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a lfm3 checkpoint"),
     ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1)},
      r"moe=MoEConfig\(.*\) cannot be written as a mellum checkpoint"),

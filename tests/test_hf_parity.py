@@ -248,6 +248,22 @@ CASES = {
                                       layer_types=["full_attention", "conv", "sliding_attention"],
                                       rope_parameters={**SW, "full_attention": {"rope_type": "default",
                                                                                 "rope_theta": 5e4}})),
+    # Laguna: full layers of 4 query heads rotating half of each head, sliding ones (window 5) of 8 rotating whole
+    # heads at a base of their own, every head's output times a softplus of its own projection, a dense layer then
+    # sigmoid-routed experts (logits soft-capped, a selection bias, renormalised, scaled) beside a shared expert;
+    # then per-element gates, attention biases, every layer full and sparse, no shared expert, no soft cap
+    "laguna": ("LagunaConfig", dict(**SMOL_IDS, num_hidden_layers=4, head_dim=16, sliding_window=5,
+                                    layer_types=["full_attention", "sliding_attention", "sliding_attention",
+                                                 "full_attention"], num_attention_heads_per_layer=[4, 8, 8, 4],
+                                    moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
+                                    num_experts_per_tok=2, moe_router_logit_softcapping=2.0,
+                                    moe_routed_scaling_factor=1.5, initializer_range=0.1)),
+    "laguna_plain": ("LagunaConfig", dict(**SMOL_IDS, num_hidden_layers=3, head_dim=16, gating="per-element",
+                                          attention_bias=True, mlp_layer_types=["sparse"] * 3,
+                                          moe_intermediate_size=32, shared_expert_intermediate_size=0,
+                                          num_experts=4, num_experts_per_tok=2, initializer_range=0.1,
+                                          rope_parameters={"full_attention": {"rope_type": "default",
+                                                                              "rope_theta": 5e4}})),
     # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
     # squared-ReLU MLP; then without MLP biases, tied, one key/value head
     "jais2": ("Jais2Config", {"head_dim": 16}),
@@ -775,7 +791,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
-                                  "lfm3_plain"])
+                                  "lfm3_plain", "laguna"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -849,7 +865,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
-                                  "lfm3", "lfm3_plain"])
+                                  "lfm3", "lfm3_plain", "laguna", "laguna_plain"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -892,7 +908,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain",
                                   "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
-                                  "cohere_compass_two", "lfm3", "lfm3_plain"])
+                                  "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

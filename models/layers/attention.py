@@ -298,6 +298,10 @@ def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
     return view(k_pool), view(v_pool), (k_pool, v_pool, table)
 
 
+# the attention output gates' functions (``TransformerConfig.gate_act``), on float32 gate logits
+GATE_ACTS = {"sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus}
+
+
 class Attention(nnx.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, rngs: nnx.Rngs,
                  rope_theta: float = 10000.0, rope_scaling: dict | None = None, qkv_bias: bool = False,
@@ -308,7 +312,8 @@ class Attention(nnx.Module):
                  invariant: bool = False, rope_interleave: bool = False, qk_norm_after_rope: bool = False,
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
                  v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False,
-                 kv_reuse: bool = False, norm_weight: bool = True, head_gate: bool = False):
+                 kv_reuse: bool = False, norm_weight: bool = True, head_gate: bool = False,
+                 gate_act: str = "sigmoid"):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -323,10 +328,14 @@ class Attention(nnx.Module):
         key/value projections: the layer attends over the keys/values already in its cache slot, another layer's
         (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``norm_weight`` off:
         q/k norms without a weight (nanochat). ``head_gate``: each head's output scaled by one scalar,
-        ``sigmoid(x W_head_gate)`` [H], before the o-projection (LFM3). ``impl``: attention
+        ``sigmoid(x W_head_gate)`` [H], before the o-projection (LFM3). ``gate_act``: both gates' function, sigmoid
+        or softplus (Laguna's). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
+        if gate_act not in GATE_ACTS:
+            raise ValueError(f"gate_act: {gate_act!r} is not one of {', '.join(GATE_ACTS)}")
+        self.gate_act = gate_act
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.v_dim = vd = v_dim or head_dim
         self.value_scale = float(value_scale)
@@ -481,11 +490,11 @@ class Attention(nnx.Module):
                                     sinks=sinks)
         if self.q_gate is not None:
             gate = _proj_in(x, self.q_gate[...].astype(self.dtype), self.invariant)
-            out = (out.astype(jnp.float32) * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
+            out = (out.astype(jnp.float32) * GATE_ACTS[self.gate_act](gate.astype(jnp.float32))).astype(out.dtype)
         if self.h_gate is not None:  # one scalar per head: [B, T, H] over the heads' values
             b, t, d = x.shape
             gate = invariant.matmul_for(self.invariant)(x.reshape(b * t, d), self.h_gate[...].astype(self.dtype))
-            gate = jax.nn.sigmoid(gate.reshape(b, t, -1, 1).astype(jnp.float32))
+            gate = GATE_ACTS[self.gate_act](gate.reshape(b, t, -1, 1).astype(jnp.float32))
             out = (out.astype(jnp.float32) * gate).astype(out.dtype)
         out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype), self.invariant))
         if self.o_bias is not None:

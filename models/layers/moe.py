@@ -58,6 +58,8 @@ def route(logits: jax.Array, mc: MoEConfig, bias: jax.Array | None = None,
     so the router still gets the gradient of the weights it gives them.
     """
     logits = logits.astype(jnp.float32)
+    if mc.router_softcap:
+        logits = mc.router_softcap * jnp.tanh(logits / mc.router_softcap)
     n, e = logits.shape
     if mc.score == "softmax":  # a selection bias (ERNIE 4.5) moves the choice, not the weights
         scores = jax.nn.softmax(logits, axis=-1)
