@@ -201,6 +201,11 @@ FAMILY_CONFIGS = {
                                 moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", norm_topk=True,
                                               scaling=1.5, score_bias=True, first_dense=1, n_shared=1, shared_ffn=24,
                                               router_softcap=2.0)),
+    # then per-element gates, biases, every layer full and sparse, whole heads rotating, no shared expert
+    "laguna_plain": TransformerConfig(**BASE, family="laguna", qk_norm=True, attn_gate=True, gate_act="softplus",
+                                      qkv_bias=True, out_bias=True, rope_theta=5e4,
+                                      moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid",
+                                                    norm_topk=True, score_bias=True)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
