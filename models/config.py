@@ -204,6 +204,12 @@ class TransformerConfig:
     attn_gate: bool = False  # attention output scaled by sigmoid(x W_gate) per head dim (Qwen3.5, Qwen3-Next)
     head_gate: bool = False  # each head's attention output scaled by one sigmoid(x W_head_gate) per head (LFM3)
     gate_act: str = "sigmoid"  # the attention output gates' function: sigmoid | softplus (Laguna)
+    gate_bias: bool = False  # a learned per-head bias added to the gates' logits (Beam)
+    # Beam: each residual add scaled by its depth, the k-th (2 per layer, from k = 2) x sqrt((k - 1) / k) + h / sqrt(k)
+    depth_residual: bool = False
+    # (p, L): the queries of layers without rotary (``nope_layers``) times (1 + (position + 1) / L) ** p, a scalable
+    # softmax's length scale (Beam: (0.1, 2048))
+    nope_query_scale: tuple[float, float] | None = None
     pre_norm: bool = True  # RMSNorm before attention and MLP; False (OLMo-2): only the sandwich post-norms
     qk_norm_whole: bool = False  # q/k RMSNorm over the whole projection (all heads), not per head (OLMo-2)
     qk_norm_after_rope: bool = False  # q/k RMSNorm applied to the rotated q/k, not before the rotary (Hunyuan)

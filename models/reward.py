@@ -56,7 +56,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "Cohere2ForSequenceClassification", "AfmoeForSequenceClassification", "MiniCPM5MoeForSequenceClassification",
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
     "ApertusForSequenceClassification", "CwmForSequenceClassification",
-    "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification"})
+    "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification",
+    "BeamForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -224,9 +224,10 @@ class Block(nnx.Module):
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier,
                                   kv_reuse=shared, norm_weight=cfg.norm_weight, head_gate=cfg.head_gate,
-                                  gate_act=cfg.gate_act)
+                                  gate_act=cfg.gate_act, gate_bias=cfg.gate_bias)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
+        self.depth_residual = cfg.depth_residual
         # a stored scale of the layer's output, not trained (Gemma 4's layer_scalar buffer: no gradient reaches it,
         # and the optimizer's weight decay leaves it alone: algorithms.steps.NO_DECAY)
         self.layer_scalar = nnx.Param(jnp.ones((1,), pd), axes=(None,)) if cfg.layer_scalar else None
@@ -273,10 +274,12 @@ class Block(nnx.Module):
         self.post_mlp_norm = norm() if sandwich else None
 
     def __call__(self, x, positions, mask, cache=None, layer=None, index=None, rope=None, valid=None,
-                 routes=None, prefix=None, segments=None, ple=None):
+                 routes=None, prefix=None, segments=None, ple=None, depth=None):
         """Returns (x, cache, moe_stats); moe_stats is None for a dense MLP. ``segments``: packed rows' sequence
         ids, for a linear-attention layer (attention layers have them in ``mask``). ``ple`` [B, T, ple_dim]: the
-        layer's per-layer inputs (``cfg.ple_dim``)."""
+        layer's per-layer inputs (``cfg.ple_dim``). ``depth``: the layer's index in the model, for
+        ``cfg.depth_residual``'s scales."""
+        add = self._adder(depth)
         pre = self.attn_norm(x) if self.attn_norm is not None else x
         if self.linear:
             m_in, m_out = self.mamba_multipliers
@@ -304,7 +307,7 @@ class Block(nnx.Module):
                 m = self.mlp(pre)
             x = x + self._residual(h) + self._residual(m)  # (the reference's order of the sums)
             return constrain(x, ("batch", "seq", "act_embed")), cache, stats
-        x = constrain(x + self._residual(h), ("batch", "seq", "act_embed"))
+        x = constrain(add(x, h, 0), ("batch", "seq", "act_embed"))
         if self.mlp is None:  # a mixer-only layer
             return x, cache, stats
         pre = self.mlp_norm(x) if self.mlp_norm is not None else x
@@ -317,7 +320,7 @@ class Block(nnx.Module):
             h = self.mlp(pre)
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
-        x = x + self._residual(h)
+        x = add(x, h, 1)
         if self.ple_gate is not None:
             x = x + self._per_layer(x, ple)
         if self.layer_scalar is not None:
@@ -332,6 +335,22 @@ class Block(nnx.Module):
         x2 = x.reshape(-1, x.shape[-1])
         g = act(mm(x2, self.ple_gate[...].astype(dt))) * ple.reshape(x2.shape[0], -1).astype(dt)
         return self.ple_norm(mm(g, self.ple_proj[...].astype(dt)).reshape(x.shape))
+
+    def _adder(self, depth):
+        """``add(x, h, j)``: the residual ``x`` plus sub-layer ``j``'s output ``h`` (0 the mixer, 1 the MLP); with
+        ``cfg.depth_residual`` (Beam) the k-th add of the model (k = 2 * (depth + 1) + j) weighs them
+        sqrt((k - 1) / k) and 1 / sqrt(k), in float32, rounded once."""
+        if not self.depth_residual:
+            return lambda x, h, j: x + self._residual(h)
+        if depth is None:
+            raise ValueError("depth_residual: the layer's depth in the model is needed")
+
+        def add(x, h, j):
+            k = (2 * (jnp.asarray(depth, jnp.float32) + 1) + j)
+            out = x.astype(jnp.float32) * jnp.sqrt((k - 1) / k) + self._residual(h).astype(jnp.float32) / jnp.sqrt(k)
+            return out.astype(x.dtype)
+
+        return add
 
     def _residual(self, h):
         """A sub-layer's output as it joins the residual stream: times ``cfg.residual_multiplier`` (Granite), in
@@ -499,6 +518,11 @@ class Transformer(nnx.Module):
         if cfg.full_kv_heads < 0 or (cfg.full_kv_heads and full_heads % cfg.full_kv_heads):
             raise ValueError(f"full_kv_heads: {cfg.full_kv_heads} does not divide the full layers' {full_heads} "
                              "attention heads")
+        if cfg.nope_query_scale is not None and (cfg.mla is not None or not cfg.nope_layers):
+            raise ValueError("nope_query_scale: scales the queries of layers without rotary (nope_layers) of GQA "
+                             "attention")
+        if cfg.depth_residual and cfg.parallel_block:
+            raise ValueError("depth_residual: one residual add per sub-layer (not parallel blocks)")
         if cfg.full_heads < 0 or full_heads % (cfg.full_kv_heads or cfg.n_kv_heads):
             raise ValueError(f"full_heads: {cfg.full_heads} is not a multiple of the full layers' key/value heads")
         if cfg.batch_invariant and (cfg.split_full or cfg.v_head_dim not in (0, cfg.head_dim)):
@@ -709,6 +733,9 @@ class Transformer(nnx.Module):
                                                                                             k_slots, positions)
         if self.cfg.nope_layers:
             ctx["nope"] = jnp.asarray([i in self.cfg.nope_layers for i in range(self.cfg.n_layers)])
+            if self.cfg.nope_query_scale is not None:  # [B, T] float32, by each token's position
+                p, span = self.cfg.nope_query_scale
+                ctx["nope_q"] = jnp.exp(p * jnp.log1p((positions.astype(jnp.float32) + 1) / span))
         return ctx
 
     def _mask_and_rope(self, key_valid, q_slots, k_slots, positions) -> dict:
@@ -805,6 +832,8 @@ class Transformer(nnx.Module):
                     rope = tuple(jnp.where(is_sliding, lo, gl) for lo, gl in zip(ctx["rope_local"], rope))
             if "nope" in xs:  # the identity rotation
                 rope = (jnp.where(xs["nope"], 1.0, rope[0]), jnp.where(xs["nope"], 0.0, rope[1]))
+                if "nope_q" in ctx:  # and the queries' length scale (``cfg.nope_query_scale``)
+                    rope = rope + (jnp.where(xs["nope"], ctx["nope_q"], 1.0),)
             return mask, rope
 
         def body(carry, xs):
@@ -824,7 +853,7 @@ class Transformer(nnx.Module):
                 # LoRA dropout: the prompt pass draws its own masks (a layer index no completion pass uses)
                 with lora.dropout_layer(layer + self.cfg.n_layers):
                     kv, cache, _ = block(kv, prompt["positions"], pmask, pcache, 0, 0, prope, prompt["valid"],
-                                         ple=xs.get("prompt_ple"))
+                                         ple=xs.get("prompt_ple"), depth=layer)
                 if share is not None or store:  # the rows over a cache of [their prompt's | their own] slots
                     rows, t = x.shape[:2]
                     run_index = tp
@@ -839,7 +868,7 @@ class Transformer(nnx.Module):
             keep = prompt is not None or read_kv is not None  # the carried kv is not this layer's cache
             with lora.dropout_layer(layer):
                 x, new_kv, stats = block(x, positions, mask, run_cache, xs["slot"], run_index, rope, valid,
-                                         xs.get("routes"), layer_prefix, ctx.get("segments"), xs.get("ple"))
+                                         xs.get("routes"), layer_prefix, ctx.get("segments"), xs.get("ple"), layer)
             if store:  # (a run of this one layer)
                 stats = (stats, (cache, new_kv))
             return (x, kv if keep else new_kv), stats

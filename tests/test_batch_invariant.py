@@ -66,10 +66,12 @@ def test_every_decode_form_is_exact(form):
 @pytest.mark.optimized  # bf16 softcaps and GeGLU: bit for bit under the compiler flags runs use
 def test_every_dense_family_option_is_exact_and_close_to_the_standard_arithmetic():
     """Gemma/gpt-oss/OLMo-style options: q/k norms, attention and final softcaps, sliding layers, sinks,
-    GeGLU, embedding scale, norm offset, biases, per-head output gates (LFM3); bf16 compute."""
+    GeGLU, embedding scale, norm offset, biases, per-head and per-dim output gates with a bias (LFM3, Beam),
+    depth-scaled residual adds and position-scaled queries of a layer without rotary (Beam); bf16 compute."""
     kw = dict(qk_norm=True, attn_softcap=20.0, final_softcap=15.0, sliding_window=6,
               layer_types=("sliding", "full"), attn_sinks=True, activation="gelu_tanh", embed_scale=True,
-              norm_offset=1.0, qkv_bias=True, out_bias=True, tie_embeddings=False, head_gate=True)
+              norm_offset=1.0, qkv_bias=True, out_bias=True, tie_embeddings=False, head_gate=True, attn_gate=True,
+              gate_bias=True, depth_residual=True, nope_layers=(1,), nope_query_scale=(0.1, 16.0))
     mdef, params = _model(dtype="bfloat16", **kw)
     params = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.key(1), a.shape, a.dtype), params)
     assert _gap(mdef, params) == 0.0

@@ -206,6 +206,14 @@ FAMILY_CONFIGS = {
                                       qkv_bias=True, out_bias=True, rope_theta=5e4,
                                       moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid",
                                                     norm_topk=True, score_bias=True)),
+    # Beam: rotary sliding layers and full ones without, their queries scaled by position, biased gates per head
+    # dim, sandwich norms, depth-scaled residual adds, a dense layer then grouped sigmoid routing, a final cap
+    "beam": TransformerConfig(**{**BASE, "n_layers": 4}, family="beam", qk_norm=True, attn_gate=True, gate_bias=True,
+                              sandwich_norm=True, depth_residual=True, final_softcap=20.0, sliding_window=4,
+                              layer_types=("sliding", "full", "sliding", "full"), rope_local_theta=1e4,
+                              nope_layers=(1, 3), nope_query_scale=(0.1, 2048.0),
+                              moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", norm_topk=True,
+                                            scaling=2.5, n_group=2, topk_group=1, score_bias=True, first_dense=1)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1263,6 +1271,47 @@ def test_laguna_released_config_fields(tmp_path):
             config_from_hf(tmp_path)
 
 
+def test_beam_released_config_fields(tmp_path):
+    """Beam's config.json may leave out what its reference class fills in (every sixth layer full and the last,
+    the first three dense, the full layers without rotary and their queries scaled by position, the sliding ones
+    at base 10,000, the window, grouped routing, the final cap); a null cap is none (not the default), a kind
+    given rope parameters rotates; a flat rope dict and a SiLU-less MLP are refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("beam", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "rope_parameters", "mlp_layer_types", "final_logit_softcapping",
+              "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "rms_norm_eps",
+              "tie_word_embeddings", "attention_bias"):
+        conf.pop(k)
+    conf["num_hidden_layers"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.BeamConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.layer_types == tuple("sliding" if t == "sliding_attention" else "full" for t in ref.layer_types)
+    assert [i for i, s in enumerate(cfg.sliding_layers) if not s] == [5, 7] == list(cfg.nope_layers)
+    assert ref.rope_parameters["full_attention"] is None and cfg.nope_query_scale == (0.1, 2048.0)
+    assert cfg.rope_local_theta == ref.rope_parameters["sliding_attention"]["rope_theta"] == 1e4
+    m = cfg.moe
+    assert m.first_dense == ref.mlp_layer_types.index("sparse") == 3 and m.dense_layers == ()
+    assert (m.n_group, m.topk_group, m.scaling, m.norm_topk) == (ref.n_group, ref.topk_group,
+                                                                 ref.routed_scaling_factor, ref.norm_topk_prob)
+    assert cfg.final_softcap == ref.final_logit_softcapping == 30.0 and cfg.sliding_window == ref.sliding_window
+    assert cfg.gate_bias and cfg.attn_gate and cfg.depth_residual and cfg.sandwich_norm
+    two = {**conf, "num_hidden_layers": 4, "final_logit_softcapping": None,
+           "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                               "full_attention": {"rope_type": "default", "rope_theta": 5e4}}}
+    (tmp_path / "config.json").write_text(json.dumps(two))
+    cfg = config_from_hf(tmp_path)
+    assert cfg.final_softcap is None and not cfg.nope_layers and cfg.nope_query_scale is None
+    assert (cfg.rope_theta, cfg.rope_local_theta) == (5e4, 100.0)
+    for over, match in [({"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "rope_parameters"),
+                        ({"hidden_act": "gelu"}, "hidden_act"),
+                        ({"mlp_layer_types": ["dense"] * 4}, "mlp_layer_types")]:
+        (tmp_path / "config.json").write_text(json.dumps({**two, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+
+
 def test_cohere_compass_released_config_fields(tmp_path):
     """Cohere Compass's config.json may leave out what its reference class fills in: every layer full, the window
     4096, tied embeddings, LayerNorm epsilon 1e-5, no biases and no logit scale (1, not Command A's 0.0625), the
@@ -1692,6 +1741,11 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("lfm3", {"attn_gate": True}, r"attn_gate=True cannot be written as a lfm3 checkpoint"),
     ("lfm3", {"gate_act": "softplus"}, r"gate_act='softplus' cannot be written as a lfm3 checkpoint"),
     ("laguna", {"gate_act": "sigmoid"}, r"gate_act='sigmoid' cannot be written as a laguna checkpoint"),
+    ("beam", {"depth_residual": False}, r"depth_residual=False cannot be written as a beam checkpoint"),
+    ("beam", {"nope_layers": (1,)}, r"nope_layers=\(1,\) cannot be written as a beam checkpoint"),
+    ("qwen3", {"depth_residual": True}, r"depth_residual=True cannot be written as a qwen3 checkpoint"),
+    ("smollm3", {"nope_query_scale": (0.1, 2048.0)},
+     r"nope_query_scale=\(0.1, 2048.0\) cannot be written as a smollm3 checkpoint"),
     ("gemma4_unified", {"full_heads": 2}, r"full_heads=2 cannot be written as a gemma4_unified checkpoint"),
     ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, router_softcap=3.0)},
      r"moe.router_softcap=3.0 cannot be written as a mellum checkpoint"),

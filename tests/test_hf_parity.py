@@ -264,6 +264,21 @@ CASES = {
                                           num_experts=4, num_experts_per_tok=2, initializer_range=0.1,
                                           rope_parameters={"full_attention": {"rope_type": "default",
                                                                               "rope_theta": 5e4}})),
+    # Beam: sliding layers (window 5) with rotary and full layers without, their queries scaled by position; gates
+    # per head dim with a per-head bias, sandwich norms, depth-scaled residual adds, a dense layer then grouped
+    # sigmoid routing with a selection bias, final soft cap; then rotary on both kinds (bases of their own), biases,
+    # every layer sparse, no cap
+    "beam": ("BeamConfig", dict(**SMOL_IDS, num_hidden_layers=4, head_dim=16, sliding_window=5,
+                                layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                             "full_attention"], mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+                                moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2, n_group=4,
+                                topk_group=2, final_logit_softcapping=5.0, initializer_range=0.1)),
+    "beam_rope": ("BeamConfig", dict(**SMOL_IDS, num_hidden_layers=3, head_dim=16, sliding_window=4,
+                                     attention_bias=True, mlp_layer_types=["sparse"] * 3, moe_intermediate_size=32,
+                                     num_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                                     final_logit_softcapping=None, norm_topk_prob=False, initializer_range=0.1,
+                                     rope_parameters={**SW, "full_attention": {"rope_type": "default",
+                                                                               "rope_theta": 5e4}})),
     # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
     # squared-ReLU MLP; then without MLP biases, tied, one key/value head
     "jais2": ("Jais2Config", {"head_dim": 16}),
@@ -791,7 +806,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
-                                  "lfm3_plain", "laguna", "laguna_plain"])
+                                  "lfm3_plain", "laguna", "laguna_plain", "beam"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -865,7 +880,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
-                                  "lfm3", "lfm3_plain", "laguna", "laguna_plain"])
+                                  "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -908,7 +923,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "mellum_bias", "mellum_yarn", "kolibri1", "kolibri1_norm", "jais2", "jais2_plain",
                                   "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
-                                  "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain"])
+                                  "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam",
+                                  "beam_rope"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

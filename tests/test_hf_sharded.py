@@ -21,7 +21,7 @@ from reasoning_rl.models import load_pretrained
 assert jax.device_count() == 8, jax.devices()
 out = {}
 for name, path in json.loads(sys.argv[1]).items():
-    if "moe" in name or "deepseek" in name or "gpt_oss" in name or "laguna" in name:
+    if "moe" in name or "deepseek" in name or "gpt_oss" in name or name in ("laguna", "beam"):
         mesh = jax.make_mesh((1, 2, 2, 2), ("data", "fsdp", "expert", "tensor"), axis_types=(AxisType.Auto,) * 4)
     else:
         mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
@@ -52,11 +52,11 @@ def test_sharded_load_matches_unsharded(tmp_path):
     per-layer table split as the embedding is, and its layers sharing another's keys/values (queries split over
     ``tensor``, no key/value projections); LFM3's per-head output gates split over ``tensor`` with the heads they
     scale, beside short convolutions; Laguna's full layers with half the sliding ones' query heads (a stack of
-    their own, split over ``tensor``) beside experts."""
+    their own, split over ``tensor``) beside experts; Beam's gates and their per-head biases split with the heads."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash",
-                 "gemma4", "gemma4_moe", "cohere2_moe", "gemma4_e2b", "lfm3", "laguna"):
+                 "gemma4", "gemma4_moe", "cohere2_moe", "gemma4_e2b", "lfm3", "laguna", "beam"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -104,5 +104,8 @@ def test_sharded_load_matches_unsharded(tmp_path):
     assert lag["full_layers/attn/q"] == lag["layers/attn/q"] == [None, "fsdp", "tensor", None]
     assert lag["full_layers/attn/h_gate"] == [None, "fsdp", "tensor"]
     assert lag["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"]
+    beam = res["beam"]["specs"]
+    assert beam["layers/attn/q_gate"] == [None, "fsdp", "tensor", None]
+    assert beam["layers/attn/gate_bias"] == [None, "tensor"]
     cmd = res["cohere2_moe"]["specs"]
     assert cmd["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"] and "layers/mlp_norm/scale" not in cmd

@@ -13,6 +13,7 @@ from . import (
     arcee,
     axk1,
     bamba,
+    beam,
     cohere2,
     cohere2_moe,
     cohere_compass,
@@ -93,7 +94,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
                                                       mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
-                                                      cohere_compass, lfm3, laguna)}
+                                                      cohere_compass, lfm3, laguna, beam)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}

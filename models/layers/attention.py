@@ -298,6 +298,13 @@ def _write_paged(k, v, cache, layer, index, dtype, heads_first, size):
     return view(k_pool), view(v_pool), (k_pool, v_pool, table)
 
 
+def _scaled(q: jax.Array, scale: jax.Array | None) -> jax.Array:
+    """Queries [B, T, H, D] times a per-token ``scale`` [B, T] (in float32, rounded once), or as they are."""
+    if scale is None:
+        return q
+    return (q.astype(jnp.float32) * scale[..., None, None]).astype(q.dtype)
+
+
 # the attention output gates' functions (``TransformerConfig.gate_act``), on float32 gate logits
 GATE_ACTS = {"sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus}
 
@@ -313,7 +320,7 @@ class Attention(nnx.Module):
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
                  v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False,
                  kv_reuse: bool = False, norm_weight: bool = True, head_gate: bool = False,
-                 gate_act: str = "sigmoid"):
+                 gate_act: str = "sigmoid", gate_bias: bool = False):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -329,7 +336,9 @@ class Attention(nnx.Module):
         (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``norm_weight`` off:
         q/k norms without a weight (nanochat). ``head_gate``: each head's output scaled by one scalar,
         ``sigmoid(x W_head_gate)`` [H], before the o-projection (LFM3). ``gate_act``: both gates' function, sigmoid
-        or softplus (Laguna's). ``impl``: attention
+        or softplus (Laguna's); ``gate_bias``: a learned per-head bias added to the gate's logits (Beam). A
+        ``rope`` table of three (``__call__``) carries a per-token scale of the queries after their rotary (the
+        layers without rotary of ``TransformerConfig.nope_query_scale``). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -366,6 +375,9 @@ class Attention(nnx.Module):
         self.q_gate = (param(rngs, (d_model, n_heads, vd), ("embed", "heads", "head_dim"), d_model,
                              param_dtype) if gate else None)
         self.h_gate = param(rngs, (d_model, n_heads), ("embed", "heads"), d_model, param_dtype) if head_gate else None
+        if gate_bias and not (gate or head_gate):
+            raise ValueError("gate_bias: a bias of the attention output gate, which this layer does not have")
+        self.gate_bias = zeros((n_heads,), ("heads",), param_dtype) if gate_bias else None
         if kv_reuse and (qkv_bias or qk_norm_whole or qk_norm_after_rope or key_multiplier != 1.0 or k_eq_v):
             raise ValueError("kv_reuse: a layer sharing another's keys/values takes no key/value switches (biases, "
                              "whole-projection or after-rope norms, key multiplier, k_eq_v)")
@@ -410,8 +422,9 @@ class Attention(nnx.Module):
         layer's own frequencies when not given."""
         dt = self.dtype
         table = rope if rope is not None else rope_table(positions, *rope_for(*self.rope))
+        table, q_scale = (table[:2], table[2]) if len(table) == 3 else (table, None)
         if self.kv_reuse:  # queries only: the keys/values are another layer's, in the cache
-            return self._project_q(x, positions, table), None, None
+            return _scaled(self._project_q(x, positions, table), q_scale), None, None
         q, k = (adapt(self, n, x, _proj_in(x, getattr(self, n)[...].astype(dt), self.invariant)) for n in "qk")
         v = k if self.k_eq_v else adapt(self, "v", x, _proj_in(x, self.v[...].astype(dt), self.invariant))
         if self.q_bias is not None:
@@ -431,7 +444,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if not self.qk_norm_after_rope:
             q, k = (apply_rope(a, table, interleave=self.rope_interleave) for a in (q, k))
-        q = self._length_scaled(q, positions)
+        q = _scaled(self._length_scaled(q, positions), q_scale)
         q = constrain(q, ("batch", "seq", "act_heads", None))
         k = constrain(k, ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
@@ -488,13 +501,14 @@ class Attention(nnx.Module):
             else:  # without a cache the keys are the sequence itself, causal: causal blocks apply
                 out = dot_attention(q, k, v, mask, self.scale, self.softcap, heads_first, causal=not heads_first,
                                     sinks=sinks)
+        bias = 0.0 if self.gate_bias is None else self.gate_bias[...].astype(self.dtype)[:, None]  # [H, 1]
         if self.q_gate is not None:
-            gate = _proj_in(x, self.q_gate[...].astype(self.dtype), self.invariant)
+            gate = _proj_in(x, self.q_gate[...].astype(self.dtype), self.invariant) + bias
             out = (out.astype(jnp.float32) * GATE_ACTS[self.gate_act](gate.astype(jnp.float32))).astype(out.dtype)
         if self.h_gate is not None:  # one scalar per head: [B, T, H] over the heads' values
             b, t, d = x.shape
             gate = invariant.matmul_for(self.invariant)(x.reshape(b * t, d), self.h_gate[...].astype(self.dtype))
-            gate = GATE_ACTS[self.gate_act](gate.reshape(b, t, -1, 1).astype(jnp.float32))
+            gate = GATE_ACTS[self.gate_act]((gate.reshape(b, t, -1, 1) + bias).astype(jnp.float32))
             out = (out.astype(jnp.float32) * gate).astype(out.dtype)
         out = adapt(self, "o", out, _proj_out(out, self.o[...].astype(self.dtype), self.invariant))
         if self.o_bias is not None:
