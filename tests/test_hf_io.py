@@ -212,7 +212,7 @@ FAMILY_CONFIGS = {
                               sandwich_norm=True, depth_residual=True, final_softcap=20.0, sliding_window=4,
                               layer_types=("sliding", "full", "sliding", "full"), rope_local_theta=1e4,
                               nope_layers=(1, 3), nope_query_scale=(0.1, 2048.0),
-                              moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", norm_topk=True,
+                              moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", norm_topk=False,
                                             scaling=2.5, n_group=2, topk_group=1, score_bias=True, first_dense=1)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import assert_sampler_equals_trainer_on_every_decode_path
@@ -109,6 +110,24 @@ def test_shared_prompt_pass_equals_whole_rows_and_their_gradients(cfg):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ga), jax.tree.leaves(gb)):
         scale = max(float(np.abs(np.asarray(b)).max()), 1e-3)
         assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-4 * scale, jax.tree_util.keystr(path)
+
+
+def test_a_sharing_layers_queries_are_projected_as_any_layers():
+    """A layer reading another's keys/values computes its queries as one with keys of its own: the same weights
+    give the same queries, the position scale of layers without rotary (a third entry of the rope table) and the
+    q norm included."""
+    from reasoning_rl.models.layers.attention import Attention, rope_for
+    from reasoning_rl.models.layers.rope import rope_table
+
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 5, 16), jnp.float32)
+    pos = jnp.tile(jnp.arange(5), (2, 1))
+    cos, sin = rope_table(pos, *rope_for(8, 1e4, ()))
+    table = (cos, sin, 1.0 + 0.1 * pos.astype(jnp.float32))
+    own, shared = (Attention(16, 4, 2, 8, rngs=nnx.Rngs(3), qk_norm=True, kv_reuse=r) for r in (False, True))
+    shared.q = own.q
+    q_own, q_shared = own.project_qkv(x, pos, table)[0], shared.project_qkv(x, pos, table)[0]
+    np.testing.assert_array_equal(np.asarray(q_shared), np.asarray(q_own))
+    assert not np.allclose(np.asarray(q_own), np.asarray(own.project_qkv(x, pos, (cos, sin))[0]))
 
 
 def test_gradients_reach_the_shared_keys_and_the_per_layer_inputs():
