@@ -107,12 +107,23 @@ def to_hf(cfg: TransformerConfig) -> dict:
     return out
 
 
-def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    d = cfg.d_model
+def outer_tensors(cfg: TransformerConfig) -> list[Tensor]:
+    """The embedding, the final norm (``embedding_norm``) and an untied head (LFM2's and LFM3's)."""
     out = [Tensor(("embed",), "model.embed_tokens.weight"),
            Tensor(("final_norm", "scale"), "model.embedding_norm.weight")]
-    if not cfg.tie_embeddings:
-        out.append(Tensor(("lm_head",), "lm_head.weight", "t1"))
+    return out + ([] if cfg.tie_embeddings else [Tensor(("lm_head",), "lm_head.weight", "t1")])
+
+
+def conv_tensors(seg: str, d: int, pre: str = "model.layers.{i}") -> list[Tensor]:
+    """A short-convolution layer's: in_proj's B, C and x rows, the depthwise kernel, out_proj (LFM2's and LFM3's)."""
+    out = [Tensor((seg, "attn", n), f"{pre}.conv.in_proj.weight", "t1", piece=Piece(0, j, (d, d, d)))
+           for j, n in enumerate(("B", "C", "x"))]
+    return out + [Tensor((seg, "attn", "conv"), f"{pre}.conv.conv.weight", "conv"),
+                  Tensor((seg, "attn", "out"), f"{pre}.conv.out_proj.weight", "t1")]
+
+
+def tensors(cfg: TransformerConfig) -> list[Tensor]:
+    out = outer_tensors(cfg)
     pre = "model.layers.{i}"
     for seg, _, _, moe in segments(cfg):
         out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.operator_norm.weight"),
@@ -124,10 +135,7 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
             if cfg.moe.score_bias:
                 out.append(Tensor((seg, "mlp", "score_bias"), f"{pre}.feed_forward.expert_bias"))
         if seg.startswith("linear"):
-            out += [Tensor((seg, "attn", n), f"{pre}.conv.in_proj.weight", "t1", piece=Piece(0, j, (d, d, d)))
-                    for j, n in enumerate(("B", "C", "x"))]
-            out += [Tensor((seg, "attn", "conv"), f"{pre}.conv.conv.weight", "conv"),
-                    Tensor((seg, "attn", "out"), f"{pre}.conv.out_proj.weight", "t1")]
+            out += conv_tensors(seg, cfg.d_model)
             continue
         att = [t for t in gqa_tensors(seg, cfg, f"{pre}.self_attn") if "_norm" not in t.hf]
         att = [Tensor(t.path, t.hf.replace("o_proj", "out_proj"), t.layout) if t.path[-1] == "o" else t for t in att]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from ..config import LinearAttnConfig, TransformerConfig
 from ..transformer import segments
+from . import lfm2
 from .base import (
     ConfigError,
-    Piece,
     Tensor,
     common_from_hf,
     common_to_hf,
@@ -121,11 +121,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
 
 
 def tensors(cfg: TransformerConfig) -> list[Tensor]:
-    d = cfg.d_model
-    out = [Tensor(("embed",), "model.embed_tokens.weight"),
-           Tensor(("final_norm", "scale"), "model.embedding_norm.weight")]
-    if not cfg.tie_embeddings:
-        out.append(Tensor(("lm_head",), "lm_head.weight", "t1"))
+    out = lfm2.outer_tensors(cfg)
     pre = "model.layers.{i}"
     for seg, _, _, _ in segments(cfg):
         out += [Tensor((seg, "attn_norm", "scale"), f"{pre}.operator_norm.weight"),
@@ -135,10 +131,7 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
                     Tensor((seg, "post_mlp_norm", "scale"), f"{pre}.post_ffn_norm.weight")]
         out += mlp_tensors((seg, "mlp"), f"{pre}.feed_forward", ("w1", "w3", "w2"))
         if seg.startswith("linear"):
-            out += [Tensor((seg, "attn", n), f"{pre}.conv.in_proj.weight", "t1", piece=Piece(0, j, (d, d, d)))
-                    for j, n in enumerate(("B", "C", "x"))]
-            out += [Tensor((seg, "attn", "conv"), f"{pre}.conv.conv.weight", "conv"),
-                    Tensor((seg, "attn", "out"), f"{pre}.conv.out_proj.weight", "t1")]
+            out += lfm2.conv_tensors(seg, cfg.d_model)
             continue
         out += gqa_tensors(seg, cfg, f"{pre}.self_attn")
         if cfg.head_gate:
