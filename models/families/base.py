@@ -358,6 +358,18 @@ def layered_rope_from_hf(hf: dict, local_default: float | None) -> tuple[float, 
     return theta, scaling, theta if local_default is None else local_default
 
 
+def rope_by_kind(hf: dict, types: list[str], default: dict) -> dict:
+    """``rope_parameters`` nested by layer kind (``default`` when the file gives none), holding an entry for each
+    attention kind ``types`` uses, as references that read them per kind (LFM3, Laguna) need; a flat dict is
+    refused by name."""
+    params = default if hf.get("rope_parameters") is None else hf["rope_parameters"]
+    kinds = [k for k in ("full_attention", "sliding_attention") if k in types]
+    if not isinstance(params, dict) or not all(isinstance(params.get(k), dict) for k in kinds):
+        raise ConfigError(f"config.json: rope_parameters must hold an entry for each attention kind of layer_types "
+                          f"({', '.join(kinds)}), as the reference reads them")
+    return params
+
+
 def layered_rope_to_hf(cfg: TransformerConfig) -> dict:
     full = {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta}
     local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}

@@ -29,6 +29,7 @@ from .base import (
     mlp_tensors,
     need,
     refuse,
+    rope_by_kind,
     rope_from_hf,
     rotary_dims,
     unsupported_cfg,
@@ -79,16 +80,11 @@ def _heads(hf: dict, types: list[str]) -> tuple[int, int]:
 def _rope(hf: dict, types: list[str], head_dim: int) -> dict:
     """The rope fields: each kind's theta, scaling (the full layers') and rotary dims from ``rope_parameters`` by
     layer kind (the reference's defaults where the file gives none)."""
-    params = hf.get("rope_parameters")
-    params = ROPE if params is None else params
-    kinds = [k for k in KINDS if k in types]
-    if not isinstance(params, dict) or not all(isinstance(params.get(k), dict) for k in kinds):
-        raise ConfigError(f"config.json: rope_parameters must hold an entry for each attention kind of layer_types "
-                          f"({', '.join(kinds)}), as the reference reads them")
+    params = rope_by_kind(hf, types, ROPE)
     full = params.get("full_attention") or ROPE["full_attention"]  # (a given entry read as is, as the reference does)
     theta, scaling = rope_from_hf({"rope_parameters": full})
     full_dims = rotary_dims({"rope_parameters": full}, head_dim) or head_dim
-    if "sliding_attention" not in kinds:
+    if "sliding_attention" not in types:
         return {"rope_theta": theta, "rope_scaling": scaling, "rope_dim": 0 if full_dims == head_dim else full_dims}
     local = params["sliding_attention"]
     local_theta, local_scaling = rope_from_hf({"rope_parameters": local})
@@ -97,7 +93,7 @@ def _rope(hf: dict, types: list[str], head_dim: int) -> dict:
     dims = rotary_dims({"rope_parameters": local}, head_dim) or head_dim
     return {"rope_theta": theta, "rope_scaling": scaling, "rope_local_theta": local_theta,
             "rope_dim": 0 if dims == head_dim else dims,
-            "full_rope_dim": 0 if full_dims == dims or "full_attention" not in kinds else full_dims}
+            "full_rope_dim": 0 if full_dims == dims or "full_attention" not in types else full_dims}
 
 
 def from_hf(hf: dict) -> TransformerConfig:

@@ -24,6 +24,7 @@ from .base import (
     mlp_tensors,
     need,
     refuse,
+    rope_by_kind,
     rope_from_hf,
     unsupported_cfg,
     with_defaults,
@@ -58,14 +59,9 @@ def layer_types(hf: dict, n: int) -> list[str]:
 def _rope(hf: dict, types: list[str]) -> tuple[float, dict | None, float | None]:
     """(full layers' theta and scaling, sliding layers' theta) from ``rope_parameters`` by layer kind, which must
     name each attention kind the layers use (the reference's defaults where the file gives none)."""
-    params = hf.get("rope_parameters")
-    params = ROPE if params is None else params
-    kinds = [k for k in ROPE if k in types]
-    if not isinstance(params, dict) or not all(isinstance(params.get(k), dict) for k in kinds):
-        raise ConfigError(f"config.json: rope_parameters must hold an entry for each attention kind of layer_types "
-                          f"({', '.join(kinds)}), as the reference reads them")
+    params = rope_by_kind(hf, types, ROPE)
     theta, scaling = rope_from_hf({"rope_parameters": params.get("full_attention") or ROPE["full_attention"]})
-    if "sliding_attention" not in kinds:
+    if "sliding_attention" not in types:
         return theta, scaling, None
     local, local_scaling = rope_from_hf({"rope_parameters": params["sliding_attention"]})
     if local_scaling:
