@@ -141,7 +141,15 @@ def test_lora_adapts_both_kinds_of_layer(base):
 
 
 def test_refusals_name_the_field():
-    with pytest.raises(ValueError, match="full_kv_heads: 3 does not divide the 4"):
+    with pytest.raises(ValueError, match="full_kv_heads: 3 does not divide the full layers' 4 attention heads"):
         create(dataclasses.replace(DENSE, full_kv_heads=3), abstract=True)
+    with pytest.raises(ValueError, match="full_heads: 3 is not a multiple of the full layers' key/value heads"):
+        create(dataclasses.replace(DENSE, full_kv_heads=0, full_heads=3), abstract=True)
+    with pytest.raises(ValueError, match="nope_query_scale: scales the queries of layers without rotary"):
+        create(dataclasses.replace(DENSE, nope_query_scale=(0.1, 2048.0)), abstract=True)
+    with pytest.raises(ValueError, match="gate_act: 'relu' is not one of sigmoid, softplus"):
+        create(dataclasses.replace(DENSE, attn_gate=True, gate_act="relu"), abstract=True)
+    with pytest.raises(ValueError, match="gate_bias: a bias of the attention output gate"):
+        create(dataclasses.replace(DENSE, gate_bias=True), abstract=True)
     with pytest.raises(ValueError, match="batch_invariant"):
         create(dataclasses.replace(DENSE, batch_invariant=True), abstract=True)
