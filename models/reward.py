@@ -57,7 +57,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
     "ApertusForSequenceClassification", "CwmForSequenceClassification",
     "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification",
-    "BeamForSequenceClassification"})
+    "BeamForSequenceClassification", "LaraMiniForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

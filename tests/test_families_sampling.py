@@ -6,7 +6,8 @@ biased softmax routing, GLM-4.5's half-rotary heads with q/k biases and norms ov
 norms after the NTK-alpha rotary, Nemotron-H's mixer-only layers and ungated experts, LFM3's convolutions among
 sliding and full layers with per-head output gates, Laguna's full layers of their own head count and rotary
 dims beside sliding ones, softplus gates and soft-capped routing, Beam's depth-scaled residual adds, biased gates
-and position-scaled queries of its layers without rotary): hand-built tiny configs with random weights, no
+and position-scaled queries of its layers without rotary, Lara Mini's Gated DeltaNet among sliding and NoPE
+layers): hand-built tiny configs with random weights, no
 transformers needed."""
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from reasoning_rl.rollout import sampler as S
                                   "smollm3", "exaone4", "ernie4_5_moe", "hunyuan", "granite", "glm4",
                                   "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
                                   "granite4_h_moe", "lfm2", "nemotron_h", "nemotron_h_moe",
-                                  "nemotron_h_moe_latent", "mistral4", "cohere2", "lfm3", "laguna", "beam"])
+                                  "nemotron_h_moe_latent", "mistral4", "cohere2", "lfm3", "laguna", "beam",
+                                  "lara_mini"])
 def test_sampler_logprobs_equal_trainer_for_new_families(name):
     cfg = FAMILY_CONFIGS[name]
     if name == "phi3":  # 20 + 12 tokens cross long-rope's original length (16): both factor sets in play

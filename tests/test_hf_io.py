@@ -214,6 +214,14 @@ FAMILY_CONFIGS = {
                               nope_layers=(1, 3), nope_query_scale=(0.1, 2048.0),
                               moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, score="sigmoid", norm_topk=False,
                                             scaling=2.5, n_group=2, topk_group=1, score_bias=True, first_dense=1)),
+    # Lara Mini: Gated DeltaNet layers among rotary sliding layers and a full one without, softmax-routed experts
+    # (stored fused) beside an ungated shared expert
+    "lara_mini": TransformerConfig(**{**BASE, "n_layers": 4, "tie_embeddings": True, "ffn_dim": 24},
+                                   family="lara_mini", qk_norm=True, sliding_window=4,
+                                   layer_types=("full", "sliding", "full", "full"), nope_layers=(2,),
+                                   linear=LinearAttnConfig(layers=(0, 3), k_heads=2, v_heads=4, k_dim=8, v_dim=8,
+                                                           conv=4),
+                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1312,6 +1320,34 @@ def test_beam_released_config_fields(tmp_path):
             config_from_hf(tmp_path)
 
 
+def test_lara_mini_released_config_fields(tmp_path):
+    """Lara Mini's config.json may leave out what its reference class fills in (the layer pattern linear, sliding,
+    linear, full, sliding; the window, the linear layers' shapes, the rope base, tied embeddings, renormalised
+    top-k); a model of linear layers alone, an unknown layer kind and attention biases are refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("lara_mini", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "sliding_window", "rope_theta", "rope_scaling", "tie_word_embeddings", "norm_topk_prob",
+              "linear_conv_kernel_dim", "rms_norm_eps"):
+        conf.pop(k, None)
+    conf["num_hidden_layers"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.LaraMiniConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.linear.layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "linear_attention") == (0, 2, 5)
+    assert cfg.nope_layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "full_attention") == (3,)
+    assert [i for i, s in enumerate(cfg.sliding_layers) if s] == [1, 4, 6]
+    assert cfg.sliding_window == ref.sliding_window and cfg.rope_theta == ref.rope_parameters["rope_theta"]
+    assert cfg.linear.conv == ref.linear_conv_kernel_dim and cfg.norm_eps == ref.rms_norm_eps
+    assert cfg.tie_embeddings == ref.tie_word_embeddings is True and cfg.moe.norm_topk == ref.norm_topk_prob
+    for over, match in [({"layer_types": ["linear_attention"] * 7}, "no attention layer"),
+                        ({"layer_types": ["linear_attention", "chunked_attention"] + ["full_attention"] * 5},
+                         "layer_types"), ({"attention_bias": True}, "attention_bias")]:
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+
+
 def test_cohere_compass_released_config_fields(tmp_path):
     """Cohere Compass's config.json may leave out what its reference class fills in: every layer full, the window
     4096, tied embeddings, LayerNorm epsilon 1e-5, no biases and no logit scale (1, not Command A's 0.0625), the
@@ -1742,6 +1778,8 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("lfm3", {"gate_act": "softplus"}, r"gate_act='softplus' cannot be written as a lfm3 checkpoint"),
     ("laguna", {"gate_act": "sigmoid"}, r"gate_act='sigmoid' cannot be written as a laguna checkpoint"),
     ("beam", {"depth_residual": False}, r"depth_residual=False cannot be written as a beam checkpoint"),
+    ("lara_mini", {"nope_layers": ()}, r"nope_layers=\(\) cannot be written as a lara_mini checkpoint"),
+    ("lara_mini", {"norm_offset": 1.0}, r"norm_offset=1.0 cannot be written as a lara_mini checkpoint"),
     ("beam", {"nope_layers": (1,)}, r"nope_layers=\(1,\) cannot be written as a beam checkpoint"),
     ("qwen3", {"depth_residual": True}, r"depth_residual=True cannot be written as a qwen3 checkpoint"),
     ("smollm3", {"nope_query_scale": (0.1, 2048.0)},

@@ -279,6 +279,21 @@ CASES = {
                                      final_logit_softcapping=None, norm_topk_prob=False, initializer_range=0.1,
                                      rope_parameters={**SW, "full_attention": {"rope_type": "default",
                                                                                "rope_theta": 5e4}})),
+    # Lara Mini: Gated DeltaNet layers among sliding layers with rotary (window 5) and a full layer without, plain
+    # norms, softmax-routed experts (stored fused) beside an ungated shared expert; then untied, top-k not
+    # renormalised, no shared expert
+    "lara_mini": ("LaraMiniConfig", dict(**SMOL_IDS, num_hidden_layers=5, head_dim=16, sliding_window=5,
+                                         moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
+                                         num_experts_per_tok=2, linear_key_head_dim=8, linear_value_head_dim=8,
+                                         linear_num_key_heads=2, linear_num_value_heads=4, initializer_range=0.1)),
+    "lara_mini_plain": ("LaraMiniConfig", dict(**SMOL_IDS, num_hidden_layers=3, head_dim=16, sliding_window=4,
+                                               tie_word_embeddings=False, norm_topk_prob=False,
+                                               shared_expert_intermediate_size=0, moe_intermediate_size=32,
+                                               num_experts=4, num_experts_per_tok=2, linear_key_head_dim=8,
+                                               linear_value_head_dim=8, linear_num_key_heads=2,
+                                               linear_num_value_heads=4, initializer_range=0.1,
+                                               layer_types=["sliding_attention", "linear_attention",
+                                                            "full_attention"])),
     # Jais-2: LayerNorms (a bias after the scale), biases on the attention's and the MLP's projections, an ungated
     # squared-ReLU MLP; then without MLP biases, tied, one key/value head
     "jais2": ("Jais2Config", {"head_dim": 16}),
@@ -806,7 +821,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
-                                  "lfm3_plain", "laguna", "laguna_plain", "beam"])
+                                  "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -880,7 +895,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa_theta", "arcee",
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
-                                  "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope"])
+                                  "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope", "lara_mini",
+                                  "lara_mini_plain"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -924,7 +940,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
                                   "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam",
-                                  "beam_rope"])
+                                  "beam_rope", "lara_mini", "lara_mini_plain"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

@@ -48,6 +48,7 @@ from . import (
     jais2,
     kolibri1,
     laguna,
+    lara_mini,
     lfm2,
     lfm3,
     llama,
@@ -94,7 +95,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
                                                       mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
-                                                      cohere_compass, lfm3, laguna, beam)}
+                                                      cohere_compass, lfm3, laguna, beam, lara_mini)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
