@@ -221,7 +221,8 @@ FAMILY_CONFIGS = {
                                    layer_types=("full", "sliding", "full", "full"), nope_layers=(2,),
                                    linear=LinearAttnConfig(layers=(0, 3), k_heads=2, v_heads=4, k_dim=8, v_dim=8,
                                                            conv=4),
-                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24)),
+                                   moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
+                                                 norm_topk=False)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1328,7 +1329,8 @@ def test_lara_mini_released_config_fields(tmp_path):
     _save_random("lara_mini", tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
     for k in ("layer_types", "sliding_window", "rope_theta", "rope_scaling", "tie_word_embeddings", "norm_topk_prob",
-              "linear_conv_kernel_dim", "rms_norm_eps"):
+              "linear_conv_kernel_dim", "rms_norm_eps", "linear_num_key_heads", "linear_num_value_heads",
+              "linear_key_head_dim", "linear_value_head_dim"):
         conf.pop(k, None)
     conf["num_hidden_layers"] = 7
     (tmp_path / "config.json").write_text(json.dumps(conf))
@@ -1339,6 +1341,9 @@ def test_lara_mini_released_config_fields(tmp_path):
     assert [i for i, s in enumerate(cfg.sliding_layers) if s] == [1, 4, 6]
     assert cfg.sliding_window == ref.sliding_window and cfg.rope_theta == ref.rope_parameters["rope_theta"]
     assert cfg.linear.conv == ref.linear_conv_kernel_dim and cfg.norm_eps == ref.rms_norm_eps
+    lin = cfg.linear
+    assert (lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim) == (ref.linear_num_key_heads, ref.linear_num_value_heads,
+                                                                ref.linear_key_head_dim, ref.linear_value_head_dim)
     assert cfg.tie_embeddings == ref.tie_word_embeddings is True and cfg.moe.norm_topk == ref.norm_topk_prob
     for over, match in [({"layer_types": ["linear_attention"] * 7}, "no attention layer"),
                         ({"layer_types": ["linear_attention", "chunked_attention"] + ["full_attention"] * 5},
