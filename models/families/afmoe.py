@@ -12,6 +12,7 @@ from ..transformer import segments
 from .base import (
     ConfigError,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     every_nth_full,
@@ -44,10 +45,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "attention_bias", lambda v: not v, "attention biases")
     n = need(hf, "num_hidden_layers")
     whole_heads(hf, hf["head_dim"])
-    types = hf.get("layer_types") or every_nth_full(n, hf["global_attn_every_n_layers"])
-    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
+    types = checked_layer_types(hf.get("layer_types") or every_nth_full(n, hf["global_attn_every_n_layers"]), n)
     first = hf["num_dense_layers"]
     if not isinstance(first, int) or not 0 <= first < n:
         raise ConfigError(f"config.json: num_dense_layers={first!r} leaves no MoE layer of the {n}")

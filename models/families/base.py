@@ -392,6 +392,22 @@ def rotary_dims(hf: dict, head_dim: int, default: float = 1.0) -> int:
     return 0 if rot == head_dim else rot
 
 
+ATTENTION_KINDS = ("sliding_attention", "full_attention")
+
+
+def checked_layer_types(types, n: int, kinds: tuple[str, ...] = ATTENTION_KINDS) -> list[str]:
+    """``types`` (a config's ``layer_types``) when it names one of ``kinds`` for each of the ``n`` layers; else the
+    error naming the field, what it may hold and what is wrong."""
+    ok = isinstance(types, (list, tuple))
+    bad = sorted({str(t) for t in types if t not in kinds}) if ok else []
+    if not ok or len(types) != n or bad:
+        names = ", ".join(repr(k) for k in kinds[:-1]) + f" or {kinds[-1]!r}"
+        got = f"{len(types)} entries" if ok else repr(types)
+        raise ConfigError(f"config.json: layer_types must name {names} for each of the {n} layers (got {got}"
+                          f"{', unknown ' + ', '.join(map(repr, bad)) if bad else ''})")
+    return list(types)
+
+
 def every_nth_full(n: int, every: int) -> list[str]:
     """``layer_types`` of ``n`` layers in which every ``every``-th is full and the others slide (the default
     schedules of Gemma 3, OLMo-3 and EXAONE 4.0)."""

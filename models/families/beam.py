@@ -17,6 +17,7 @@ from ..transformer import segments
 from .base import (
     ConfigError,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     expert_tensors,
@@ -44,7 +45,6 @@ DEFAULTS = {"vocab_size": 151_936, "hidden_size": 5120, "intermediate_size": 204
             "routed_scaling_factor": 2.5, "final_logit_softcapping": 30.0}
 THETA = 10_000.0  # the sliding layers' rope base by default (the full layers': none)
 NOPE_QUERY_SCALE = (0.1, 2048.0)  # the reference's scalable-softmax query scale of layers without rotary
-KINDS = ("sliding_attention", "full_attention")
 
 
 def _layer_types(hf: dict, n: int) -> list[str]:
@@ -53,10 +53,7 @@ def _layer_types(hf: dict, n: int) -> list[str]:
     if not types:
         types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n)]
         types[-1] = "full_attention"
-    if len(types) != n or any(t not in KINDS for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
-    return list(types)
+    return checked_layer_types(types, n)
 
 
 def _mlp_layers(hf: dict, n: int) -> tuple[int, tuple[int, ...]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from ..config import TransformerConfig
 from ..transformer import segments
 from .base import (
-    ConfigError,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     every_nth_full,
@@ -51,9 +51,7 @@ def sliding_layers(hf: dict, types: list[str]) -> tuple[int, tuple[bool, ...]]:
     """(window, which layers slide) from ``types`` (a ``layer_types`` list): none without a window. (The reference
     rotates a layer's queries and keys only where it slides: without a window, in no layer.)"""
     n = need(hf, "num_hidden_layers")
-    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
+    types = checked_layer_types(types, n)
     window = int(hf.get("sliding_window") or 0)
     return window, tuple(t == "sliding_attention" and window > 0 for t in types)
 

@@ -15,6 +15,7 @@ from ..config import TransformerConfig
 from . import cohere2
 from .base import (
     ConfigError,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     need,
@@ -29,7 +30,6 @@ NAME = "cohere_compass"
 MODEL_TYPES = ("cohere_compass_text",)
 ARCHITECTURE = "CohereCompassForCausalLM"
 WRITES = ("norm_center", "parallel_block", "logits_multiplier")  # (hf_save.SWITCHES)
-KINDS = ("full_attention", "sliding_attention")
 
 # the reference config's defaults for what a config.json may leave out (CohereCompassTextConfig)
 DEFAULTS = {"tie_word_embeddings": True, "layer_norm_eps": 1e-5, "sliding_window": 4096,
@@ -65,10 +65,7 @@ def from_hf(hf: dict) -> TransformerConfig:
     refuse(hf, "hidden_act", lambda v: v == "silu", "only silu")
     n, d, heads = need(hf, "num_hidden_layers"), need(hf, "hidden_size"), need(hf, "num_attention_heads")
     hf = {**hf, "head_dim": hf.get("head_dim") or d // heads}  # (a file's head_dim overrides the derived one)
-    types = hf.get("layer_types") or ["full_attention"] * n
-    if not isinstance(types, list) or len(types) != n or any(t not in KINDS for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
+    types = checked_layer_types(hf.get("layer_types") or ["full_attention"] * n, n)
     rope = _rope(hf, types, hf["head_dim"])
     full, local = rope.get("full_attention"), rope.get("sliding_attention")
     if full is not None and local is not None and local[1] is not None and local != full:

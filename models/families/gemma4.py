@@ -31,6 +31,7 @@ from .base import (
     ConfigError,
     Piece,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     every_nth_full,
@@ -62,10 +63,7 @@ ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
 
 def _layer_types(hf: dict, n: int) -> list[str]:
     """``layer_types``, or five sliding layers in six; the last layer is always full (the reference forces it)."""
-    types = list(hf.get("layer_types") or every_nth_full(n, 6))
-    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
+    types = checked_layer_types(hf.get("layer_types") or every_nth_full(n, 6), n)
     return types[:-1] + ["full_attention"]
 
 

@@ -12,6 +12,7 @@ from ..transformer import segments
 from .base import (
     ConfigError,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     llama_like,
@@ -32,10 +33,7 @@ DEFAULTS = {"rms_norm_eps": 1e-5, "tie_word_embeddings": True, "sliding_window":
 
 def _layer_types(hf: dict, n: int) -> list[str]:
     types = hf.get("layer_types") or ["full_attention" if i % 4 == 0 else "sliding_attention" for i in range(n)]
-    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
-    return list(types)
+    return checked_layer_types(types, n)
 
 
 def from_hf(hf: dict) -> TransformerConfig:

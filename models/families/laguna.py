@@ -18,8 +18,10 @@ from __future__ import annotations
 from ..config import MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
+    ATTENTION_KINDS,
     ConfigError,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     expert_tensors,
@@ -50,15 +52,10 @@ DEFAULTS = {"vocab_size": 100_352, "hidden_size": 2048, "intermediate_size": 819
             "moe_router_logit_softcapping": 0.0}
 ROPE = {"full_attention": {"rope_type": "default", "rope_theta": 500_000.0, "partial_rotary_factor": 0.5},
         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 1.0}}
-KINDS = ("full_attention", "sliding_attention")
 
 
 def _layer_types(hf: dict, n: int) -> list[str]:
-    types = hf.get("layer_types") or ["full_attention"] * n
-    if len(types) != n or any(t not in KINDS for t in types):
-        raise ConfigError(f"config.json: layer_types must name 'sliding_attention' or 'full_attention' for each of "
-                          f"the {n} layers")
-    return list(types)
+    return checked_layer_types(hf.get("layer_types") or ["full_attention"] * n, n)
 
 
 def _heads(hf: dict, types: list[str]) -> tuple[int, int]:
@@ -68,7 +65,7 @@ def _heads(hf: dict, types: list[str]) -> tuple[int, int]:
     if not isinstance(per, list) or len(per) != n or any(not isinstance(h, int) or h <= 0 for h in per):
         raise ConfigError(f"config.json: num_attention_heads_per_layer must give a positive head count for each of "
                           f"the {n} layers")
-    by_kind = {k: {h for h, t in zip(per, types) if t == k} for k in KINDS}
+    by_kind = {k: {h for h, t in zip(per, types) if t == k} for k in ATTENTION_KINDS}
     if any(len(v) > 1 for v in by_kind.values()):
         raise ConfigError(f"config.json: num_attention_heads_per_layer={per} is not supported (one head count for the "
                           "full layers and one for the sliding ones)")

@@ -15,6 +15,7 @@ from .base import (
     ConfigError,
     Piece,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     gqa_tensors,
@@ -43,12 +44,7 @@ KINDS = ("linear_attention", "sliding_attention", "full_attention")
 
 
 def _layer_types(hf: dict, n: int) -> list[str]:
-    types = hf.get("layer_types") or [PATTERN[i % len(PATTERN)] for i in range(n)]
-    bad = sorted({str(t) for t in types if t not in KINDS})
-    if len(types) != n or bad:
-        unknown = f", unknown {bad!r}" if bad else ""
-        raise ConfigError(f"config.json: layer_types must give linear_attention, sliding_attention or full_attention "
-                          f"for each of the {n} layers (got {len(types)} entries{unknown})")
+    types = checked_layer_types(hf.get("layer_types") or [PATTERN[i % len(PATTERN)] for i in range(n)], n, KINDS)
     if all(t == "linear_attention" for t in types):
         raise ConfigError("config.json: layer_types has no attention layer (at least one is needed)")
     return list(types)

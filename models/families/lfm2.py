@@ -15,9 +15,9 @@ from __future__ import annotations
 from ..config import LinearAttnConfig, MoEConfig, TransformerConfig
 from ..transformer import segments
 from .base import (
-    ConfigError,
     Piece,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     expert_tensors,
@@ -43,11 +43,7 @@ def layer_types(hf: dict) -> list[str]:
         full = hf.get("full_attn_idxs")
         full = range(n) if full is None else full
         types = ["full_attention" if i in full else "conv" for i in range(n)]
-    bad = sorted({str(t) for t in types if t not in ("conv", "full_attention")})
-    if len(types) != n or bad:
-        raise ConfigError(f"config.json: layer_types must give conv or full_attention for each of the {n} layers "
-                          f"(got {len(types)} entries{', unknown ' + repr(bad) if bad else ''})")
-    return list(types)
+    return checked_layer_types(types, n, ("conv", "full_attention"))
 
 
 def ffn_dim(hf: dict) -> int:

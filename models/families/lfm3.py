@@ -18,6 +18,7 @@ from . import lfm2
 from .base import (
     ConfigError,
     Tensor,
+    checked_layer_types,
     common_from_hf,
     common_to_hf,
     gqa_tensors,
@@ -49,11 +50,7 @@ def layer_types(hf: dict, n: int) -> list[str]:
     """``layer_types``, or the reference's default schedule."""
     types = hf.get("layer_types") or ["full_attention" if i % 4 == 2 else
                                       "sliding_attention" if i % 4 == 0 and i > 0 else "conv" for i in range(n)]
-    bad = sorted({str(t) for t in types if t not in KINDS})
-    if len(types) != n or bad:
-        raise ConfigError(f"config.json: layer_types must give conv, sliding_attention or full_attention for each of "
-                          f"the {n} layers (got {len(types)} entries{', unknown ' + repr(bad) if bad else ''})")
-    return list(types)
+    return checked_layer_types(types, n, KINDS)
 
 
 def _rope(hf: dict, types: list[str]) -> tuple[float, dict | None, float | None]:
