@@ -20,6 +20,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from . import tiktoken_bpe
 from .config import TransformerConfig
 from .families import ConfigError, Tensor, for_family
 from .families.base import hf_shape, to_hf
@@ -31,6 +32,14 @@ NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfl
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def flatten(tree: dict, prefix: tuple = ()) -> dict[tuple[str, ...], Any]:
@@ -241,7 +250,10 @@ def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | 
     (out / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
     src = tokenizer_from or cfg.extra.get("hf_dir")
     if src and Path(src).resolve() != out.resolve():
-        for f in TOKENIZER_FILES:
+        tok_config = _json_or_empty(Path(src) / "tokenizer_config.json")
+        # (+ Kimi K2's: its tiktoken rank file and the Python class holding its splitting pattern)
+        for f in TOKENIZER_FILES + tuple(tiktoken_bpe.source_files(src, tok_config)):
             if (Path(src) / f).is_file():
+                (out / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(src) / f, out / f)
     return out

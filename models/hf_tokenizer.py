@@ -1,7 +1,8 @@
 """Tokenizers shipped with Hugging Face checkpoints, without transformers at run time.
 
 ``tokenizer.json`` goes through the ``tokenizers`` library (the same Rust code transformers' fast
-tokenizers use); a checkpoint with only a sentencepiece ``tokenizer.model`` goes through ``sentencepiece``.
+tokenizers use); a checkpoint with only a sentencepiece ``tokenizer.model`` goes through ``sentencepiece``; one with
+only a tiktoken ``tiktoken.model`` (Kimi K2) is built as the same ``tokenizers`` BPE (``models.tiktoken_bpe``).
 The chat template (``tokenizer_config.json``, ``chat_template.jinja`` or ``chat_template.json``) is rendered
 the way transformers renders it: a sandboxed jinja2 environment with ``trim_blocks``/``lstrip_blocks``,
 loop controls, ``raise_exception``, ``strftime_now`` and a non-escaping ``tojson``, with the special tokens
@@ -17,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from . import tiktoken_bpe
 from .safetensors_io import ModelDirError
 
 SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -73,13 +75,11 @@ class HFTokenizer:
                 raise ModelDirError(f"{file}: not a readable sentencepiece model ({str(e).splitlines()[0][:200]})"
                                     ) from None
             self._tok = None
-        elif (self.path / "tiktoken.model").is_file():  # Kimi K2's: its pre-tokenizer is Python code, not data
-            raise ModelDirError(f"{self.path}: no tokenizer.json or tokenizer.model, only a tiktoken.model, whose "
-                                "splitting rules live in the repository's Python code: write a tokenizer.json from it "
-                                "(transformers: AutoTokenizer.from_pretrained(dir, trust_remote_code=True)"
-                                ".save_pretrained(out)) and set tokenizer.path to that directory")
+        elif (self.path / tiktoken_bpe.FILE).is_file():  # Kimi K2's: ranks plus a pattern read from its Python class
+            self._tok = tiktoken_bpe.load(self.path, cfg)
+            self._sp = None
         else:
-            raise ModelDirError(f"{self.path}: no tokenizer (tokenizer.json or tokenizer.model); set "
+            raise ModelDirError(f"{self.path}: no tokenizer (tokenizer.json, tokenizer.model or tiktoken.model); set "
                                 "tokenizer.path to a directory that has one")
         self.special_tokens = {k: _content(cfg[k]) for k in SPECIAL if _content(cfg.get(k)) is not None}
         extra = cfg.get("additional_special_tokens") or cfg.get("extra_special_tokens")

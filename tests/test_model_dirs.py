@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import sys
@@ -78,13 +79,23 @@ def _option(d):
 
 def _no_tokenizer(d):
     (d / "tokenizer.json").unlink()
-    return d, "no tokenizer (tokenizer.json or tokenizer.model)"
+    return d, "no tokenizer (tokenizer.json, tokenizer.model or tiktoken.model)"
 
 
-def _tiktoken_only(d):  # Kimi K2's releases: a tiktoken BPE whose splitting rules are Python code
+def _tiktoken_only(d):  # Kimi K2's releases: a tiktoken rank file whose splitting pattern is in a Python class
     (d / "tokenizer.json").unlink()
-    (d / "tiktoken.model").write_text("IQ== 0\n")
-    return d, "only a tiktoken.model, whose splitting rules live in the repository's Python code"
+    (d / "tiktoken.model").write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    return d / "tokenizer_config.json", "a tiktoken.model needs its splitting pattern, from the tokenizer class"
+
+
+def _tiktoken_corrupt(d):
+    (d / "tokenizer.json").unlink()
+    (d / "tiktoken.model").write_text("IQ== 0\nIg== one\n")
+    (d / "tokenization_kimi.py").write_text('class TikTokenTokenizer:\n    pat_str = r"\\S+|\\s+"\n')
+    conf = json.loads((d / "tokenizer_config.json").read_text())
+    conf["auto_map"] = {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]}
+    (d / "tokenizer_config.json").write_text(json.dumps(conf))
+    return d / "tiktoken.model", "line 2: expected '<base64 token> <rank>'"
 
 
 def _bad_tokenizer(d):
@@ -138,7 +149,8 @@ def _index_names_missing_file(d):
 
 
 BREAK = {f.__name__.lstrip("_"): f for f in (
-    _missing_dir, _no_config, _bad_json, _model_type, _option, _no_tokenizer, _tiktoken_only, _bad_tokenizer,
+    _missing_dir, _no_config, _bad_json, _model_type, _option, _no_tokenizer, _tiktoken_only, _tiktoken_corrupt,
+    _bad_tokenizer,
     _no_weights, _truncated, _corrupt, _wrong_shape, _wrong_dtype, _index_names_missing_file)}
 
 

@@ -38,7 +38,7 @@ from .evaluate import stage_curve
 from .grpo import Rollout, kl_in_reward
 from .sources import StageData
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tiktoken.model")
 
 
 class Critic:
