@@ -11,8 +11,9 @@ built from data:
   every pair of tokens whose concatenation is a token, ordered by that token's rank (tiktoken merges the adjacent
   pair whose concatenation ranks lowest), and a piece that is itself a token taken whole (``ignore_merges``, as
   tiktoken does);
-- the pattern as a ``Split`` pre-tokenizer (Oniguruma reads the class intersections ``[...&&[^\\p{Han}]]`` Kimi's
-  pattern uses), then the byte-level alphabet;
+- the pattern as a ``Split`` pre-tokenizer keeping its matches only, as tiktoken encodes only what matches
+  (Oniguruma reads the class intersections ``[...&&[^\\p{Han}]]`` Kimi's pattern uses), then the byte-level
+  alphabet;
 - the special tokens at the ids the class gives them: the names in ``tokenizer_config.json``'s
   ``added_tokens_decoder`` and ``<|reserved_token_{id}|>`` for the rest of the class's reserved range
   (``num_reserved_special_tokens`` after the base vocabulary).
@@ -190,7 +191,8 @@ def tokenizer_json(ranks: dict[bytes, int], pattern: str, added: list[dict]) -> 
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+            # the pattern's matches kept, the text between them dropped: tiktoken encodes only what matches
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Removed", "invert": True},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},

@@ -93,13 +93,11 @@ def write_ranks(path: Path, ranks: dict[bytes, int]) -> None:
     path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items()))
 
 
-@pytest.fixture(scope="module")
-def kimi(tmp_path_factory) -> tuple[Path, dict[bytes, int]]:
+def write_dir(d: Path, ranks: dict[bytes, int], parts: list[str] = PARTS) -> Path:
     """A directory laid out as Kimi K2's tokenizer files are: rank file, class, config with the special tokens."""
-    d = tmp_path_factory.mktemp("kimi")
-    ranks = train_ranks(CORPUS, 400)
+    d.mkdir(parents=True, exist_ok=True)
     write_ranks(d / "tiktoken.model", ranks)
-    (d / "tokenization_kimi.py").write_text(CLASS_SOURCE % "".join(f'            r"""{p}""",\n' for p in PARTS))
+    (d / "tokenization_kimi.py").write_text(CLASS_SOURCE % "".join(f'            r"""{p}""",\n' for p in parts))
     n = len(ranks)
     added = {str(n + i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
                           "single_word": False, "special": True} for i, c in enumerate(NAMED) if c}
@@ -108,35 +106,84 @@ def kimi(tmp_path_factory) -> tuple[Path, dict[bytes, int]]:
         "bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[EOS]", "chat_template": TEMPLATE,
         "tokenizer_class": "TikTokenTokenizer"}))
     (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [n + 1, n + 2]}))
-    return d, ranks
+    return d
+
+
+def reference(ranks: dict[bytes, int], pattern: str = PAT):
+    """tiktoken's own encoder for the table, with the special tokens the class gives it."""
+    tiktoken = pytest.importorskip("tiktoken")
+    n = len(ranks)
+    specials = {f"<|reserved_token_{i}|>": i for i in range(n, n + RESERVED)}
+    specials = {**{k: v for k, v in specials.items() if v - n >= len(NAMED) or NAMED[v - n] is None},
+                **{c: n + i for i, c in enumerate(NAMED) if c}}
+    return tiktoken.Encoding(name="kimi", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+
+
+@pytest.fixture(scope="module")
+def kimi(tmp_path_factory) -> tuple[Path, dict[bytes, int]]:
+    ranks = train_ranks(CORPUS, 400)
+    assert b"qq" not in ranks
+    ranks[b"qqq"] = len(ranks)  # a token no merge reaches: tiktoken takes it only as a whole piece
+    return write_dir(tmp_path_factory.mktemp("kimi"), ranks), ranks
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     pool = (list("abcXYZ  \n\t\r'’0123456789.,;!?-_()[]{}\"") + list("数学是科学的语言我们") + list("ひらがなカタカナ")
             + list("éÉüÜßçñ") + ["\u0301", "😀", "🇫🇷", "\u00a0", "\u3000", "Ⅻ", "²", "ǅ", "한"]
-            + ["[BOS]", "<|im_end|>", "<|reserved_token_700|>", "'s", "'LL", "The", " the", "café", "   "])
+            + ["[BOS]", "<|im_end|>", "<|reserved_token_700|>", "'s", "'LL", "The", " the", "café", "   ", "qqq"])
     fixed = [CORPUS[:600], "It's He'LL WE'VE don't", "数学 abc数学DEF", "  \n\n  x  ", "[BOS]hello<|im_end|>\n", "",
-             "1234567", "a\r\n\r\nb", "  leading and trailing  "]
+             "1234567", "a\r\n\r\nb", "  leading and trailing  ", "qqq", " qqq", "qqqq"]
     return fixed + ["".join(rng.choice(pool) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+def same_as_tiktoken(ours, ref, strings: list[str]) -> int:
+    """Asserts equal ids and decoded text for every string; returns how many merged tokens were produced."""
+    merged = 0
+    for t in strings:
+        want = ref.encode(t, allowed_special="all")
+        assert ours.encode(t) == want, repr(t)
+        assert ours.decode(want, skip_special_tokens=False) == ref.decode(want), repr(t)
+        merged += sum(256 <= i < ref.n_vocab - RESERVED for i in want)
+    return merged
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_encodes_token_for_token_as_tiktoken(kimi, seed):
-    tiktoken = pytest.importorskip("tiktoken")
     d, ranks = kimi
-    ours = load_tokenizer(d)
-    specials = {c: len(ranks) + i for i, c in enumerate(NAMED) if c}
-    specials.update({f"<|reserved_token_{i}|>": i for i in range(len(ranks), len(ranks) + RESERVED)
-                     if i - len(ranks) >= len(NAMED) or NAMED[i - len(ranks)] is None})
-    ref = tiktoken.Encoding(name="kimi", pat_str=PAT, mergeable_ranks=ranks, special_tokens=specials)
-    merged = 0
-    for t in texts(1500, seed):
-        want = ref.encode(t, allowed_special="all")
-        assert ours.encode(t) == want, repr(t)
-        assert ours.decode(want, skip_special_tokens=False) == ref.decode(want), repr(t)
-        merged += sum(i >= 256 for i in want)
-    assert merged > 1000  # the learnt merges are exercised, not only single bytes
+    ref = reference(ranks)
+    assert same_as_tiktoken(load_tokenizer(d), ref, texts(1500, seed)) > 1000  # merges exercised, not only bytes
+    assert ref.encode("qqq") == [ranks[b"qqq"]] and ref.encode("qqqq") != [ranks[b"qqq"], ranks[b"q"]]
+
+
+@pytest.mark.parametrize("pattern", [PARTS, [r"[a-z]+", r" ?[0-9]{1,2}", r"[\p{Han}]"]], ids=["kimi", "partial"])
+def test_any_rank_table_and_pattern_encode_as_tiktoken(tmp_path, pattern):
+    """A table of random concatenations (tokens with several splits into tokens, merged in an order no learnt
+    table shows) and a pattern that leaves text unmatched (tiktoken encodes only the matches)."""
+    rng = random.Random(2)
+    # "abc" reached from [a][bc] ("bc" ranks before "ab"): its merge is the split the encoding meets, not the first
+    ranks = {bytes([b]): b for b in range(256)} | {b"bc": 256, b"ab": 257, b"abc": 258}
+    pieces = [c.encode() for c in "abcdeXYZ 01234\n数学语言ひらé"]
+    grown = list(pieces) + [bytes([b]) for b in b"abcde 0123"]
+    while len(ranks) < 1500:
+        t = rng.choice(grown) + rng.choice(grown)
+        if t not in ranks and len(t) <= 12:
+            ranks[t] = len(ranks)
+            grown.append(t)
+    d = write_dir(tmp_path / "tok", ranks, pattern)
+    pool = [p.decode() for p in pieces] + ["<|im_end|>", "F", "!"]
+    strings = ["abcd", "xabc"] + ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(1000)]
+    assert same_as_tiktoken(load_tokenizer(d), reference(ranks, "|".join(pattern)), strings) > 150
+
+
+def test_a_rewritten_rank_file_is_read_again(kimi, tmp_path):
+    """Tokenizers are built once per process for the same files, and again when the files change."""
+    d = tmp_path / "tok"
+    shutil.copytree(kimi[0], d)
+    before = load_tokenizer(d).encode("the lazy dog")
+    write_ranks(d / "tiktoken.model", {bytes([b]): b for b in range(256)} | {b"zz": 256})
+    after = load_tokenizer(d).encode("the lazy dog")
+    assert after == list(b"the lazy dog") and before != after
 
 
 def test_loads_as_a_checkpoint_tokenizer(kimi):
@@ -155,6 +202,7 @@ def test_loads_as_a_checkpoint_tokenizer(kimi):
     assert ids.count(n + NAMED.index("<|im_end|>")) == 1
     assert tok.decode(ids, skip_special_tokens=False) == prompt
     assert tok.decode(ids) == "userWhat is 6 x 7?assistant"  # special tokens skipped
+    assert tok.decode([n + 5, n + RESERVED - 1]) == ""  # the reserved placeholders are special too
 
 
 def _literal_only(d: Path):
