@@ -39,15 +39,18 @@ def l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def recurrent_delta_rule(q, k, v, g, beta, state, seg=None, delta: bool = True):
     """The gated delta rule token by token. q/k [B, T, H, dk] (normalised, scaled, float32), v [B, T, H, dv],
-    g/beta [B, T, H], state [B, H, dk, dv]; ``seg`` [B, T] (packed rows): a token whose segment differs from the
+    g/beta [B, T, H] (g [B, T, H, dk]: a decay per key dimension, Kimi Delta Attention's ``S <- diag(exp(g_t)) S``),
+    state [B, H, dk, dv]; ``seg`` [B, T] (packed rows): a token whose segment differs from the
     one before starts from a zero state (the incoming state counts as the first token's segment). Returns
     (o [B, T, H, dv], final state). ``delta=False``: the decayed sum ``S <- exp(g) S + beta k v^T`` without the
     delta correction (Mamba-2's state-space recurrence: ``models/layers/mamba2``)."""
-    keep = jnp.ones(g.shape, g.dtype) if seg is None else _continues(seg)[..., None].astype(g.dtype)
+    per_dim = g.ndim == 4  # Kimi Delta Attention: a decay per key dimension [B, T, H, dk]
+    keep = (jnp.ones(g.shape[:3], g.dtype) if seg is None else
+            jnp.broadcast_to(_continues(seg)[..., None], g.shape[:3]).astype(g.dtype))
 
     def step(s, xs):
         q_t, k_t, v_t, g_t, b_t, c_t = xs
-        s = s * (jnp.exp(g_t) * c_t)[..., None, None]
+        s = s * (jnp.exp(g_t) * c_t[..., None])[..., None] if per_dim else s * (jnp.exp(g_t) * c_t)[..., None, None]
         mem = jnp.einsum("bhkv,bhk->bhv", s, k_t) if delta else 0.0
         s = s + k_t[..., :, None] * ((v_t - mem) * b_t[..., None])[..., None, :]
         return s, jnp.einsum("bhkv,bhk->bhv", s, q_t)
@@ -71,17 +74,20 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None, de
     (A = 0, w = 0): the chunked form of Mamba-2's state-space duality."""
     b, t, h, dk = k.shape
     dv = v.shape[-1]
+    per_dim = g.ndim == 4  # a decay per key dimension: every decay factor carries a trailing dk axis
     c = min(chunk, t)
     pad = -t % c
     if pad:
         q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
-        g, beta = (jnp.pad(a, ((0, 0), (0, pad), (0, 0))) for a in (g, beta))
+        g = jnp.pad(g, ((0, 0), (0, pad)) + ((0, 0),) * (g.ndim - 2))
+        beta = jnp.pad(beta, ((0, 0), (0, pad), (0, 0)))
         seg = None if seg is None else jnp.pad(seg, ((0, 0), (0, pad)), mode="edge")
     n = (t + pad) // c
     # [n, B, H, C, ...]: chunks first (scanned), heads before time
     q, k, v = (jnp.moveaxis(a.reshape(b, n, c, h, a.shape[-1]), (1, 3), (0, 2)) for a in (q, k, v))
-    g, beta = (jnp.moveaxis(a.reshape(b, n, c, h), (1, 3), (0, 2)) for a in (g, beta))
-    cum = jnp.cumsum(g, axis=-1)  # [n, B, H, C]
+    beta = jnp.moveaxis(beta.reshape(b, n, c, h), (1, 3), (0, 2))
+    g = jnp.moveaxis(g.reshape((b, n, c, h) + g.shape[3:]), (1, 3), (0, 2))  # [n, B, H, C(, dk)]
+    cum = jnp.cumsum(g, axis=3)
     lower = jnp.tril(jnp.ones((c, c), bool))
     start = end = jnp.ones((), g.dtype)  # one sequence: no factor is cut
     if seg is not None:
@@ -90,23 +96,40 @@ def chunked_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK, seg=None, de
         start = (sc == before).astype(g.dtype)  # token i still in the incoming state's segment
         end = (sc == sc[..., -1:]).astype(g.dtype)  # token j in the chunk's last segment
         lower = lower & (sc[..., :, None] == sc[..., None, :])
-    decay = jnp.exp(jnp.where(lower, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [.., C, C], j <= i
+
+    if per_dim:  # [.., C, C, dk]: the pairwise decays themselves (a product of exponentials could overflow)
+        decay = jnp.exp(jnp.where(lower[..., None], cum[..., :, None, :] - cum[..., None, :, :], -jnp.inf))
+
+        def pair(x, y):
+            return jnp.einsum("...id,...jd,...ijd->...ij", x, y, decay)
+    else:
+        decay = jnp.exp(jnp.where(lower, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [.., C, C], j <= i
+
+        def pair(x, y):
+            return jnp.einsum("...id,...jd->...ij", x, y) * decay
     if delta:
-        kk = jnp.einsum("...id,...jd->...ij", k, k)
-        a = jnp.where(jnp.tril(lower, -1), beta[..., :, None] * kk * decay, 0.0)
+        a = jnp.where(jnp.tril(lower, -1), beta[..., :, None] * pair(k, k), 0.0)
         eye = jnp.eye(c, dtype=a.dtype)
 
         def solve(rhs):
             return jax.lax.linalg.triangular_solve(eye + a, rhs, left_side=True, lower=True, unit_diagonal=True)
 
         u = solve(v * beta[..., None])
-        w = solve(k * (beta * jnp.exp(cum) * start)[..., None])
+        w = solve(k * jnp.exp(cum) * (beta * start)[..., None] if per_dim else
+                  k * (beta * jnp.exp(cum) * start)[..., None])
     else:
         u, w = v * beta[..., None], None
-    intra = jnp.einsum("...id,...jd->...ij", q, k) * decay
-    q_dec = q * (jnp.exp(cum) * start)[..., None]
-    k_dec = k * (jnp.exp(cum[..., -1:] - cum) * end)[..., None]
-    last = (jnp.exp(cum[..., -1]) * (start[..., -1] if start.ndim else start))[..., None, None]
+    intra = pair(q, k)
+    last_start = start[..., -1] if start.ndim else start
+    if per_dim:
+        q_dec = q * jnp.exp(cum) * start[..., None]
+        k_dec = k * jnp.exp(cum[..., -1:, :] - cum) * end[..., None]
+        last = (jnp.exp(cum[..., -1, :]) * last_start[..., None] if start.ndim else
+                jnp.exp(cum[..., -1, :]) * last_start)[..., None]  # [.., dk, 1]: each key dimension's decay
+    else:
+        q_dec = q * (jnp.exp(cum) * start)[..., None]
+        k_dec = k * (jnp.exp(cum[..., -1:] - cum) * end)[..., None]
+        last = (jnp.exp(cum[..., -1]) * last_start)[..., None, None]
 
     def step(s, xs):
         u_i, w_i, intra_i, q_i, k_i, last_i = xs

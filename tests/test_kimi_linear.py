@@ -1,0 +1,71 @@
+"""Kimi Linear: Kimi Delta Attention (the gated delta rule with a decay per key dimension) among latent-attention
+layers without rotary, DeepSeek-V3's experts; read, run and written as transformers does."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, l2norm, recurrent_delta_rule
+
+
+def _numpy_rule(q, k, v, g, beta, s0, seg=None):
+    """The rule as the reference writes it, token by token in NumPy (float64): each key dimension's rows of the
+    state decay by their own factor, then the delta write and the read; a new segment starts at zero."""
+    q, k, v, g, beta, s = (np.asarray(a, np.float64) for a in (q, k, v, g, beta, s0))
+    out = np.zeros(v.shape)
+    for t in range(q.shape[1]):
+        if seg is not None and t:
+            s = s * (seg[:, t] == seg[:, t - 1])[:, None, None, None]
+        s = s * np.exp(g[:, t])[..., None]
+        delta = (v[:, t] - np.einsum("bhkv,bhk->bhv", s, k[:, t])) * beta[:, t][..., None]
+        s = s + k[:, t][..., :, None] * delta[..., None, :]
+        out[:, t] = np.einsum("bhkv,bhk->bhv", s, q[:, t])
+    return out, s
+
+
+def _inputs(t: int, seed: int = 0):
+    r = np.random.default_rng(seed)
+    b, h, dk, dv = 2, 3, 8, 5
+    q = l2norm(jnp.asarray(r.normal(size=(b, t, h, dk)), jnp.float32)) * dk**-0.5
+    k = l2norm(jnp.asarray(r.normal(size=(b, t, h, dk)), jnp.float32))
+    v = jnp.asarray(r.normal(size=(b, t, h, dv)), jnp.float32)
+    # decays from none to strong, each key dimension its own (strong ones would overflow a product of exponentials)
+    g = -jnp.asarray(r.uniform(0, 3, (b, t, h, dk)) ** 2, jnp.float32)
+    beta = jnp.asarray(r.uniform(0, 1, (b, t, h)), jnp.float32)
+    s0 = jnp.asarray(r.normal(size=(b, h, dk, dv)), jnp.float32)
+    return q, k, v, g, beta, s0
+
+
+@pytest.mark.parametrize("t,chunk", [(1, 64), (37, 4), (130, 64)])
+def test_per_dimension_decay_in_both_forms(t, chunk):
+    """The recurrence (decode) and the chunked form (training, prefill) equal the NumPy recurrence, outputs and
+    final state, from a non-zero incoming state, with a decay per key dimension."""
+    args = _inputs(t)
+    ref_o, ref_s = _numpy_rule(*args)
+    for rule in (recurrent_delta_rule, jax.jit(functools.partial(chunked_delta_rule, chunk=chunk))):
+        o, s = rule(*args)
+        np.testing.assert_allclose(np.asarray(o), ref_o, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(s), ref_s, atol=2e-5)
+
+
+def test_per_dimension_decay_restarts_at_segments():
+    q, k, v, g, beta, _ = _inputs(45, seed=1)
+    s0 = jnp.zeros((2, 3, 8, 5), jnp.float32)
+    seg = np.sort(np.random.default_rng(2).integers(1, 6, (2, 45)), axis=1)
+    ref_o, ref_s = _numpy_rule(q, k, v, g, beta, s0, seg)
+    for rule in (recurrent_delta_rule, *(jax.jit(functools.partial(chunked_delta_rule, chunk=c)) for c in (4, 16))):
+        o, s = rule(q, k, v, g, beta, s0, seg=jnp.asarray(seg))
+        np.testing.assert_allclose(np.asarray(o), ref_o, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(s), ref_s, atol=2e-5)
+
+
+def test_one_decay_for_every_dimension_is_the_per_head_rule():
+    q, k, v, g, beta, s0 = _inputs(37)
+    g1 = g[..., 0]
+    for rule in (recurrent_delta_rule, functools.partial(chunked_delta_rule, chunk=8)):
+        np.testing.assert_allclose(np.asarray(rule(q, k, v, jnp.repeat(g1[..., None], 8, -1), beta, s0)[0]),
+                                   np.asarray(rule(q, k, v, g1, beta, s0)[0]), atol=1e-6)
