@@ -90,7 +90,9 @@ class LinearAttnConfig:
     ``models/layers/gated_deltanet``), ``mamba2`` (Granite 4.0-H: ``models/layers/mamba2``), whose B/C groups,
     state size, heads and head size are k_heads, k_dim, v_heads and v_dim (its state [H, N, P] is a Gated
     DeltaNet state's [Hv, dk, dv]; ``conv_bias`` and ``dt_limit`` are Mamba-2's), or ``shortconv`` (LFM2:
-    ``models/layers/short_conv``; no state: k_heads 0, one value head of d_model channels)."""
+    ``models/layers/short_conv``; no state: k_heads 0, one value head of d_model channels) or ``kda`` (Kimi
+    Linear's Kimi Delta Attention: Gated DeltaNet with a decay per key dimension, ``KimiDeltaAttention``; k_heads =
+    v_heads)."""
 
     layers: tuple[int, ...]
     k_heads: int

@@ -29,7 +29,7 @@ from . import lora
 from .config import TransformerConfig
 from .layers import invariant
 from .layers.attention import Attention, attention_mask, freeze, rope_for
-from .layers.gated_deltanet import GatedDeltaNet
+from .layers.gated_deltanet import GatedDeltaNet, KimiDeltaAttention
 from .layers.init import drawn, param
 from .layers.mamba2 import Mamba2
 from .layers.mla import MLA
@@ -197,6 +197,13 @@ class Block(nnx.Module):
                 self.attn = ShortConv(cfg.d_model, lin.conv, rngs=rngs, param_dtype=pd, dtype=dt, out_scale=out_scale)
             elif lin.kind == "mamba2":
                 self.attn = mamba()
+            elif lin.kind == "kda":
+                if lin.k_heads != lin.v_heads:
+                    raise ValueError(f"linear: Kimi Delta Attention has one head count (k_heads {lin.k_heads}, "
+                                     f"v_heads {lin.v_heads})")
+                self.attn = KimiDeltaAttention(cfg.d_model, lin.k_heads, lin.k_dim, lin.v_dim, lin.conv, rngs=rngs,
+                                               norm_eps=lin.norm_eps or cfg.norm_eps, param_dtype=pd, dtype=dt,
+                                               out_scale=out_scale)
             else:
                 self.attn = GatedDeltaNet(cfg.d_model, lin.k_heads, lin.v_heads, lin.k_dim, lin.v_dim, lin.conv,
                                           rngs=rngs, norm_eps=lin.norm_eps or cfg.norm_eps, param_dtype=pd, dtype=dt,

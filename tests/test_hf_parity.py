@@ -286,6 +286,22 @@ CASES = {
                                          moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
                                          num_experts_per_tok=2, linear_key_head_dim=8, linear_value_head_dim=8,
                                          linear_num_key_heads=2, linear_num_value_heads=4, initializer_range=0.1)),
+    # Kimi Delta Attention (a decay per key dimension) among latent-attention layers without rotary; DeepSeekMoE
+    # after a dense layer; grouped routing; strong initial weights so the per-dimension decays differ
+    "kimi_linear": ("KimiLinearConfig", dict(**SMOL_IDS, num_hidden_layers=4, num_key_value_heads=4,
+                                             layer_types=["linear_attention", "full_attention", "linear_attention",
+                                                          "full_attention"], num_local_experts=4,
+                                             num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
+                                             n_group=2, topk_group=1, kv_lora_rank=16, qk_nope_head_dim=16,
+                                             qk_rope_head_dim=8, v_head_dim=12, linear_head_dim=8,
+                                             linear_num_heads=4, initializer_range=0.1)),
+    "kimi_linear_qlora": ("KimiLinearConfig", dict(**SMOL_IDS, num_hidden_layers=3, num_key_value_heads=4,
+                                                   layer_types=["full_attention", "linear_attention",
+                                                                "linear_attention"], num_local_experts=4,
+                                                   num_experts_per_tok=2, n_shared_experts=0,
+                                                   moe_intermediate_size=32, norm_topk_prob=False, **MLA,
+                                                   linear_head_dim=16, linear_num_heads=2, linear_conv_kernel_dim=3,
+                                                   tie_word_embeddings=True, initializer_range=0.1)),
     "lara_mini_plain": ("LaraMiniConfig", dict(**SMOL_IDS, num_hidden_layers=3, head_dim=16, sliding_window=4,
                                                tie_word_embeddings=False, norm_topk_prob=False,
                                                shared_expert_intermediate_size=0, moe_intermediate_size=32,
@@ -896,7 +912,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
                                   "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope", "lara_mini",
-                                  "lara_mini_plain"])
+                                  "lara_mini_plain", "kimi_linear", "kimi_linear_qlora"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -940,7 +956,7 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
                                   "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam",
-                                  "beam_rope", "lara_mini", "lara_mini_plain"])
+                                  "beam_rope", "lara_mini", "lara_mini_plain", "kimi_linear", "kimi_linear_qlora"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

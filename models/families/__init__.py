@@ -46,6 +46,7 @@ from . import (
     hy_v3,
     hyperclovax,
     jais2,
+    kimi_linear,
     kolibri1,
     laguna,
     lara_mini,
@@ -95,7 +96,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       sarvam_moe, sarvam_mla, cwm, axk1,
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
                                                       mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
-                                                      cohere_compass, lfm3, laguna, beam, lara_mini)}
+                                                      cohere_compass, lfm3, laguna, beam, lara_mini,
+                                                      kimi_linear)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}

@@ -114,6 +114,8 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return ()
     if layout == "conv":
         return math.prod(shape[1:]), 1, shape[0]
+    if layout == "heads4":  # a per-head vector stored [1, 1, H, 1] (Kimi Linear's A_log)
+        return 1, 1, math.prod(shape), 1
     if layout == "x1":
         return shape[0], math.prod(shape[2:]), shape[1]
     k = int(layout[1:])
@@ -123,7 +125,7 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def to_ours(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
     if layout == "same":
         return a
-    if layout in ("flat", "scalar"):
+    if layout in ("flat", "scalar", "heads4"):
         return a.reshape(shape)
     if layout == "conv":
         return a[:, 0, :].T.reshape(shape)
@@ -139,6 +141,8 @@ def to_hf(a: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
         return a.reshape(-1)
     if layout == "scalar":
         return a.reshape(())
+    if layout == "heads4":
+        return a.reshape(1, 1, -1, 1)
     if layout == "conv":
         return a.reshape(shape[0], -1).T[:, None, :]
     if layout == "x1":

@@ -227,8 +227,8 @@ class GatedDeltaNet(nnx.Module):
             raise ValueError("segments (packed rows) take no cache")
         dt = self.dtype
         b, t, _ = x.shape
-        w = {n: getattr(self, n)[...].astype(dt) for n in ("q", "k", "v", "z", "b", "a")}
-        proj = [adapt(self, n, x, jnp.einsum("btd,dhk->bthk", x, w[n])).reshape(b, t, -1) for n in ("q", "k", "v")]
+        proj = [adapt(self, n, x, jnp.einsum("btd,dhk->bthk", x, getattr(self, n)[...].astype(dt))).reshape(b, t, -1)
+                for n in ("q", "k", "v")]
         sizes = [p.shape[-1] for p in proj]
         mixed = jnp.concatenate(proj, axis=-1)  # [B, T, C]: the convolution's channels
         kernel = jnp.concatenate([getattr(self, f"conv_{n}")[...].reshape(self.kernel, -1) for n in "qkv"], -1)
@@ -242,23 +242,67 @@ class GatedDeltaNet(nnx.Module):
         k = jnp.repeat(l2norm(kc.reshape(b, t, self.k_heads, self.k_dim)), r, axis=2)
         v = vc.reshape(b, t, self.v_heads, self.v_dim)
         live = (jnp.arange(t)[None] < count[:, None])[..., None]  # compacted: the first ``count`` are valid
-        xb = jnp.einsum("btd,dh->bth", x, w["b"])
-        xa = jnp.einsum("btd,dh->bth", x, w["a"])
+        xb = jnp.einsum("btd,dh->bth", x, self.b[...].astype(dt))
         beta = jax.nn.sigmoid(_take(xb, order).astype(jnp.float32))
         beta = jnp.where(live, beta if self.beta_scale == 1.0 else beta * self.beta_scale, 0.0)
-        a_f = _take(xa, order).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
-        g = jnp.where(live, -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a_f), 0.0)
+        g = self._decay(x, order, live)
         s0 = (jnp.zeros((b, self.v_heads, self.k_dim, self.v_dim), jnp.float32) if cache is None
               else cache[1].astype(jnp.float32))
         rule = recurrent_delta_rule if t < 8 else chunked_delta_rule
         core, state = rule(q, k, v, g, beta, s0, seg=seg)
         core = _take(core.astype(dt), inverse)  # back in sequence order [B, T, Hv, dv]
-
-        cf = core.astype(jnp.float32)
-        cf = cf * jax.lax.rsqrt(jnp.mean(cf * cf, axis=-1, keepdims=True) + self.eps)
-        normed = self.norm[...].astype(dt) * cf.astype(dt)
-        z = jnp.einsum("btd,dhk->bthk", x, w["z"])
-        out = (normed.astype(jnp.float32) * jax.nn.silu(z.astype(jnp.float32))).astype(dt)
+        out = self._gated_norm(core, x)
         out = adapt(self, "o", out, jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)))
         out = constrain(out, ("batch", "seq", "act_embed"))
         return out, (None if cache is None else (new_conv.astype(cache[0].dtype), state))
+
+    def _decay(self, x: jax.Array, order, live: jax.Array) -> jax.Array:
+        """Each valid token's log decay g [B, T, Hv] (compacted order; 0 past the valid ones)."""
+        xa = jnp.einsum("btd,dh->bth", x, self.a[...].astype(self.dtype))
+        a_f = _take(xa, order).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        return jnp.where(live, -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a_f), 0.0)
+
+    def _gated_norm(self, core: jax.Array, x: jax.Array) -> jax.Array:
+        """The heads' outputs RMS-normed per head, then gated by SiLU(x z)."""
+        dt = self.dtype
+        cf = core.astype(jnp.float32)
+        cf = cf * jax.lax.rsqrt(jnp.mean(cf * cf, axis=-1, keepdims=True) + self.eps)
+        normed = self.norm[...].astype(dt) * cf.astype(dt)
+        z = jnp.einsum("btd,dhk->bthk", x, self.z[...].astype(dt))
+        return (normed.astype(jnp.float32) * jax.nn.silu(z.astype(jnp.float32))).astype(dt)
+
+
+class KimiDeltaAttention(GatedDeltaNet):
+    """Kimi Delta Attention (Kimi Linear): the gated delta rule with a decay per key dimension,
+    ``g = -exp(A_log[h]) softplus(x f_a f_b + dt_bias)`` [H, dk] through a rank-``dk`` projection, and the output
+    RMS-normed per head times ``sigmoid(x g_a g_b)`` (a rank-``dk`` gate) in float32. Query, key and value heads
+    are one count. Parameters beyond Gated DeltaNet's q/k/v/b/conv/norm/o: f_a [D, dk], f_b [dk, H, dk], dt_bias
+    [H, dk], A_log [H], g_a [D, dk], g_b [dk, H, dv] (no a, z)."""
+
+    def __init__(self, d_model: int, heads: int, k_dim: int, v_dim: int, conv: int, *, rngs: nnx.Rngs,
+                 norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0):
+        super().__init__(d_model, heads, heads, k_dim, v_dim, conv, rngs=rngs, norm_eps=norm_eps,
+                         param_dtype=param_dtype, dtype=dtype, out_scale=out_scale)
+        del self.a, self.z
+        r = k_dim
+        self.f_a = param(rngs, (d_model, r), ("embed", None), d_model, param_dtype)
+        self.f_b = param(rngs, (r, heads, k_dim), (None, "heads", "head_dim"), r, param_dtype)
+        self.g_a = param(rngs, (d_model, r), ("embed", None), d_model, param_dtype)
+        self.g_b = param(rngs, (r, heads, v_dim), (None, "heads", "head_dim"), r, param_dtype)
+        self.dt_bias = nnx.Param(jnp.zeros((heads, k_dim), param_dtype), axes=("heads", "head_dim"))
+
+    def _decay(self, x: jax.Array, order, live: jax.Array) -> jax.Array:
+        dt = self.dtype
+        f = jnp.einsum("btr,rhk->bthk", jnp.einsum("btd,dr->btr", x, self.f_a[...].astype(dt)),
+                       self.f_b[...].astype(dt))
+        f = _take(f, order).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        decay = jnp.exp(self.A_log[...].astype(jnp.float32))[:, None]  # [H, 1]: one rate per head
+        return jnp.where(live[..., None], -decay * jax.nn.softplus(f), 0.0)
+
+    def _gated_norm(self, core: jax.Array, x: jax.Array) -> jax.Array:
+        dt = self.dtype
+        gate = jnp.einsum("btr,rhk->bthk", jnp.einsum("btd,dr->btr", x, self.g_a[...].astype(dt)),
+                          self.g_b[...].astype(dt))
+        cf = core.astype(jnp.float32)
+        cf = cf * jax.lax.rsqrt(jnp.mean(cf * cf, axis=-1, keepdims=True) + self.eps)
+        return (self.norm[...].astype(jnp.float32) * cf * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(dt)
