@@ -57,7 +57,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
     "ApertusForSequenceClassification", "CwmForSequenceClassification",
     "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification",
-    "BeamForSequenceClassification", "LaraMiniForSequenceClassification"})
+    "BeamForSequenceClassification", "LaraMiniForSequenceClassification", "KimiLinearForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

@@ -451,6 +451,9 @@ def _stack_kind(cfg: TransformerConfig, name: str) -> tuple[bool, bool, bool]:
             and cfg.moe is not None, name.startswith("linear"), name.startswith("full_"))
 
 
+LINEAR_KINDS = ("gated_deltanet", "kda", "mamba2", "shortconv")  # ``LinearAttnConfig.kind``
+
+
 def segments(cfg: TransformerConfig) -> list[tuple[str, int, int, bool]]:
     """The stacks: (attribute, first model layer, count, is_moe). See ``stack_layers`` for the layers each
     holds (not contiguous when dense layers sit between MoE ones)."""
@@ -507,6 +510,8 @@ class Transformer(nnx.Module):
             raise ValueError(f"batch_invariant: dense models with grouped-query attention only (this model has "
                              f"{kind} layers, whose products are not made batch-invariant)")
         lin = cfg.linear
+        if lin is not None and lin.kind not in LINEAR_KINDS:
+            raise ValueError(f"linear.kind: {lin.kind!r} is not a recurrent layer kind ({', '.join(LINEAR_KINDS)})")
         if lin is not None and lin.parallel and (lin.kind != "mamba2" or cfg.mla is not None
                                                   or tuple(lin.layers) != tuple(range(cfg.n_layers))):
             raise ValueError("linear.parallel: a Mamba-2 mixer beside grouped-query attention in every layer "

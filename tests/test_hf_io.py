@@ -223,6 +223,16 @@ FAMILY_CONFIGS = {
                                                            conv=4),
                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24,
                                                  norm_topk=False)),
+    # Kimi Linear: Kimi Delta Attention layers (a decay per key dimension) around latent-attention layers without
+    # rotary; a dense layer, then grouped sigmoid routing beside a shared expert
+    "kimi_linear": TransformerConfig(**{**BASE, "n_layers": 4, "n_kv_heads": 4, "head_dim": 12}, family="kimi_linear",
+                                     mla=MLAConfig(q_lora_rank=0, kv_lora_rank=8, qk_nope_dim=8, qk_rope_dim=4,
+                                                   v_dim=6), nope_layers=(0, 1, 2, 3),
+                                     linear=LinearAttnConfig(layers=(0, 2, 3), k_heads=2, v_heads=2, k_dim=8, v_dim=8,
+                                                             conv=4, kind="kda"),
+                                     moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
+                                                   score="sigmoid", scaling=2.5, n_group=2, topk_group=1,
+                                                   score_bias=True)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1353,6 +1363,47 @@ def test_lara_mini_released_config_fields(tmp_path):
             config_from_hf(tmp_path)
 
 
+def test_kimi_linear_released_config_fields(tmp_path):
+    """Kimi Linear's released config.json names its linear layers in ``linear_attn_config`` (1-based
+    ``full_attn_layers`` / ``kda_layers``, head size and count, convolution) and its dense layers by
+    ``first_k_dense_replace``; fields left out take the reference class's defaults; transformers' own aliases read
+    the same. Refused by name: a layer named twice or not at all, dense layers after sparse ones, other routing
+    scores, a model without attention layers."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("kimi_linear", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "mlp_layer_types", "linear_head_dim", "linear_num_heads", "linear_conv_kernel_dim",
+              "moe_renormalize", "routed_scaling_factor", "rms_norm_eps", "model_max_length", "topk_group"):
+        conf.pop(k, None)
+    conf.update(num_hidden_layers=5, first_k_dense_replace=2, num_expert_group=1,
+                linear_attn_config={"full_attn_layers": [2, 5], "kda_layers": [1, 3, 4], "head_dim": 8,
+                                    "num_heads": 2, "short_conv_kernel_size": 3})
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.KimiLinearConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.linear.layers == tuple(i for i, t in enumerate(ref.layer_types) if t == "linear_attention") == (0, 2, 3)
+    assert cfg.moe.first_dense == ref.mlp_layer_types.count("dense") == 2
+    lin = cfg.linear
+    want = (ref.linear_num_heads, ref.linear_num_heads, ref.linear_head_dim, ref.linear_conv_kernel_dim)
+    assert (lin.kind, lin.k_heads, lin.v_heads, lin.k_dim, lin.conv) == ("kda", *want) == ("kda", 2, 2, 8, 3)
+    assert cfg.moe.norm_topk == ref.norm_topk_prob and cfg.moe.scaling == ref.routed_scaling_factor
+    assert cfg.moe.topk_group == ref.topk_group and cfg.norm_eps == ref.rms_norm_eps
+    assert cfg.max_seq_len == ref.max_position_embeddings and cfg.nope_layers == tuple(range(5))
+    aliased = {k: v for k, v in conf.items() if k not in ("num_experts", "num_experts_per_token")}
+    (tmp_path / "config.json").write_text(json.dumps({**aliased, "num_local_experts": 4, "num_experts_per_tok": 2}))
+    again = config_from_hf(tmp_path)  # transformers' aliases of the released names
+    assert dataclasses.replace(again, extra={}) == dataclasses.replace(cfg, extra={})
+    for over, match in [({"linear_attn_config": {"full_attn_layers": [2, 3], "kda_layers": [1, 3, 4]}},
+                         "full_attn_layers and kda_layers"),
+                        ({"mlp_layer_types": ["dense", "sparse", "dense", "sparse", "sparse"]}, "after sparse"),
+                        ({"moe_router_activation_func": "softmax"}, "moe_router_activation_func"),
+                        ({"layer_types": ["linear_attention"] * 5}, "no attention layer"),
+                        ({"moe_layer_freq": 2}, "moe_layer_freq")]:
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **over}))
+        with pytest.raises(ConfigError, match=match):
+            config_from_hf(tmp_path)
+
+
 def test_cohere_compass_released_config_fields(tmp_path):
     """Cohere Compass's config.json may leave out what its reference class fills in: every layer full, the window
     4096, tied embeddings, LayerNorm epsilon 1e-5, no biases and no logit scale (1, not Command A's 0.0625), the
@@ -1795,6 +1846,10 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("lfm3", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a lfm3 checkpoint"),
     ("mellum", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1)},
      r"moe=MoEConfig\(.*\) cannot be written as a mellum checkpoint"),
+    ("kimi_linear", {"nope_layers": (1,)}, r"nope_layers=\(1,\) cannot be written as a kimi_linear checkpoint"),
+    ("kimi_linear", {"tie_embeddings": True}, r"tie_embeddings=True cannot be written as a kimi_linear checkpoint"),
+    ("qwen3_next", {"linear": LinearAttnConfig(layers=(0,), k_heads=2, v_heads=2, k_dim=8, v_dim=8, kind="kda")},
+     r"linear=LinearAttnConfig\(.*kind='kda'.*\) cannot be written as a qwen3_next checkpoint"),
     ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of

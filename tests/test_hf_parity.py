@@ -837,7 +837,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
-                                  "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini"])
+                                  "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini", "kimi_linear"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has

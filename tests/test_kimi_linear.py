@@ -69,3 +69,51 @@ def test_one_decay_for_every_dimension_is_the_per_head_rule():
     for rule in (recurrent_delta_rule, functools.partial(chunked_delta_rule, chunk=8)):
         np.testing.assert_allclose(np.asarray(rule(q, k, v, jnp.repeat(g1[..., None], 8, -1), beta, s0)[0]),
                                    np.asarray(rule(q, k, v, g1, beta, s0)[0]), atol=1e-6)
+
+
+def _model(**over):
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reasoning_rl.models import create
+    from test_hf_io import FAMILY_CONFIGS
+    from test_models_layers import random_params
+
+    cfg = FAMILY_CONFIGS["kimi_linear"]
+    mdef, _ = create(dataclasses.replace(cfg, **over), abstract=True)
+    return mdef, random_params(mdef, 2)
+
+
+def test_padding_and_packing_change_nothing():
+    """Kimi Delta Attention reads a row's valid tokens only (pads before, between and after them change no
+    logit), and packed sequences restart its convolution and state as they restart attention."""
+    from helpers import assert_packed_rows_equal_alone, assert_padding_changes_nothing
+
+    mdef, params = _model()
+    net = mdef.bind(params)
+    assert_padding_changes_nothing(net, mdef.cfg.vocab_size)
+    assert_packed_rows_equal_alone(net, mdef.cfg.vocab_size)
+
+
+def test_kda_layers_keep_their_gates_and_decays():
+    """The layer's parameters: low-rank decay (f_a, f_b) and output-gate (g_a, g_b) projections, a decay bias per
+    key dimension, one rate per head; no per-head decay projection or SiLU gate of Gated DeltaNet."""
+    mdef, params = _model()
+    shapes = {k: tuple(v.shape[1:]) for k, v in params["linear_layers"]["attn"].items()}  # (after the stack dim)
+    assert shapes["f_a"] == (32, 8) and shapes["f_b"] == (8, 2, 8) and shapes["g_b"] == (8, 2, 8)
+    assert shapes["dt_bias"] == (2, 8) and shapes["A_log"] == (2,) and "a" not in shapes and "z" not in shapes
+
+
+@pytest.mark.parametrize("lin,match", [
+    (dict(kind="kda", k_heads=2, v_heads=4), "Kimi Delta Attention has one head count"),
+    (dict(kind="rwkv7"), "linear.kind: 'rwkv7' is not a recurrent layer kind")])
+def test_bad_linear_layers_are_refused(lin, match):
+    import dataclasses
+
+    from reasoning_rl.models.config import LinearAttnConfig
+
+    base = LinearAttnConfig(layers=(0, 2, 3), k_heads=2, v_heads=2, k_dim=8, v_dim=8, conv=4, kind="kda")
+    with pytest.raises(ValueError, match=match):
+        _model(linear=dataclasses.replace(base, **lin))

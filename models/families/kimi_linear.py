@@ -136,7 +136,7 @@ def to_hf(cfg: TransformerConfig) -> dict:
                     moe=deepseek_v3.moe_unsupported(m), linear=lin is None or lin.kind != "kda" or lin.norm_eps != 0.0,
                     nope_layers=tuple(cfg.nope_layers) != tuple(range(cfg.n_layers)))
     out = common_to_hf(cfg, NAME, ARCHITECTURE)
-    for k in ("head_dim", "max_position_embeddings", "num_key_value_heads"):
+    for k in ("head_dim", "max_position_embeddings"):  # (num_key_value_heads stays: the reference's groups)
         out.pop(k, None)
     kda = set(lin.layers)
     types = ["linear_attention" if i in kda else "full_attention" for i in range(cfg.n_layers)]
