@@ -1848,8 +1848,8 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
      r"moe=MoEConfig\(.*\) cannot be written as a mellum checkpoint"),
     ("kimi_linear", {"nope_layers": (1,)}, r"nope_layers=\(1,\) cannot be written as a kimi_linear checkpoint"),
     ("kimi_linear", {"tie_embeddings": True}, r"tie_embeddings=True cannot be written as a kimi_linear checkpoint"),
-    ("qwen3_next", {"linear": LinearAttnConfig(layers=(0,), k_heads=2, v_heads=2, k_dim=8, v_dim=8, kind="kda")},
-     r"linear=LinearAttnConfig\(.*kind='kda'.*\) cannot be written as a qwen3_next checkpoint"),
+    ("lara_mini", {"linear": LinearAttnConfig(layers=(0, 3), k_heads=2, v_heads=2, k_dim=8, v_dim=8, kind="kda")},
+     r"linear=LinearAttnConfig\(.*kind='kda'.*\) cannot be written as a lara_mini checkpoint"),
     ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of

@@ -21,7 +21,7 @@ from reasoning_rl.models import load_pretrained
 assert jax.device_count() == 8, jax.devices()
 out = {}
 for name, path in json.loads(sys.argv[1]).items():
-    if "moe" in name or "deepseek" in name or "gpt_oss" in name or name in ("laguna", "beam"):
+    if "moe" in name or "deepseek" in name or "gpt_oss" in name or name in ("laguna", "beam", "kimi_linear"):
         mesh = jax.make_mesh((1, 2, 2, 2), ("data", "fsdp", "expert", "tensor"), axis_types=(AxisType.Auto,) * 4)
     else:
         mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
@@ -52,11 +52,13 @@ def test_sharded_load_matches_unsharded(tmp_path):
     per-layer table split as the embedding is, and its layers sharing another's keys/values (queries split over
     ``tensor``, no key/value projections); LFM3's per-head output gates split over ``tensor`` with the heads they
     scale, beside short convolutions; Laguna's full layers with half the sliding ones' query heads (a stack of
-    their own, split over ``tensor``) beside experts; Beam's gates and their per-head biases split with the heads."""
+    their own, split over ``tensor``) beside experts; Beam's gates and their per-head biases split with the heads;
+    Kimi Linear's delta-attention layers (their decay and gate projections, decay biases and rates split over
+    ``tensor`` by heads) beside latent attention and experts."""
     paths = {}
     for name in ("qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "qwen2_moe", "qwen3_moe_dense", "nemotron_h_moe",
                  "nemotron_h_moe_latent", "falcon_h1", "deepseek_v32", "mimo_v2_flash",
-                 "gemma4", "gemma4_moe", "cohere2_moe", "gemma4_e2b", "lfm3", "laguna", "beam"):
+                 "gemma4", "gemma4_moe", "cohere2_moe", "gemma4_e2b", "lfm3", "laguna", "beam", "kimi_linear"):
         _save_random(name, tmp_path / name)
         paths[name] = str(tmp_path / name)
     env = compared_env(8)
@@ -107,5 +109,10 @@ def test_sharded_load_matches_unsharded(tmp_path):
     beam = res["beam"]["specs"]
     assert beam["layers/attn/q_gate"] == [None, "fsdp", "tensor", None]
     assert beam["layers/attn/gate_bias"] == [None, "tensor"]
+    kimi = res["kimi_linear"]["specs"]
+    assert kimi["linear_layers/attn/f_b"] == kimi["linear_layers/attn/g_b"] == [None, None, "tensor", None]
+    assert kimi["linear_layers/attn/dt_bias"] == [None, "tensor", None] == kimi["linear_layers/attn/A_log"] + [None]
+    assert kimi["linear_layers/attn/q"] == [None, "fsdp", "tensor", None]
+    assert kimi["linear_layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"]
     cmd = res["cohere2_moe"]["specs"]
     assert cmd["layers/mlp/gate"] == [None, "expert", "fsdp", "tensor"] and "layers/mlp_norm/scale" not in cmd

@@ -118,8 +118,9 @@ RECURRENT = {
 def for_model_type(model_type: str | None) -> ModuleType:
     if model_type in RECURRENT:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported: its {RECURRENT[model_type]} "
-                          "(recurrent layers here: Gated DeltaNet in Qwen3.5, Qwen3-Next and OLMo Hybrid, Mamba-2 in "
-                          "Granite 4.0-H, Bamba, Nemotron-H and Falcon-H1, short convolutions in LFM2)")
+                          "(recurrent layers here: Gated DeltaNet in Qwen3.5, Qwen3-Next, OLMo Hybrid and Lara Mini, "
+                          "Kimi Delta Attention in Kimi Linear, Mamba-2 in Granite 4.0-H, Bamba, Nemotron-H and "
+                          "Falcon-H1, short convolutions in LFM2 and LFM3)")
     if model_type not in BY_MODEL_TYPE:
         raise ConfigError(f"config.json: model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted([*BY_MODEL_TYPE, *WRAPPERS]))})")
