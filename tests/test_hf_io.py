@@ -1372,6 +1372,10 @@ def test_kimi_linear_released_config_fields(tmp_path):
     transformers = pytest.importorskip("transformers")
     _save_random("kimi_linear", tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
+    # written both ways: transformers' fields and the released layout (1-based layer numbers)
+    assert conf["linear_attn_config"] == {"full_attn_layers": [2], "kda_layers": [1, 3, 4], "head_dim": 8,
+                                          "num_heads": 2, "short_conv_kernel_size": 4}
+    assert conf["mlp_layer_types"] == ["dense"] + ["sparse"] * 3 and conf["first_k_dense_replace"] == 1
     for k in ("layer_types", "mlp_layer_types", "linear_head_dim", "linear_num_heads", "linear_conv_kernel_dim",
               "moe_renormalize", "routed_scaling_factor", "rms_norm_eps", "model_max_length", "topk_group"):
         conf.pop(k, None)
@@ -1389,6 +1393,8 @@ def test_kimi_linear_released_config_fields(tmp_path):
     assert cfg.moe.norm_topk == ref.norm_topk_prob and cfg.moe.scaling == ref.routed_scaling_factor
     assert cfg.moe.topk_group == ref.topk_group and cfg.norm_eps == ref.rms_norm_eps
     assert cfg.max_seq_len == ref.max_position_embeddings and cfg.nope_layers == tuple(range(5))
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "mlp_layer_types": ["dense"] * 3 + ["sparse"] * 2}))
+    assert config_from_hf(tmp_path).moe.first_dense == 3  # mlp_layer_types over first_k_dense_replace
     aliased = {k: v for k, v in conf.items() if k not in ("num_experts", "num_experts_per_token")}
     (tmp_path / "config.json").write_text(json.dumps({**aliased, "num_local_experts": 4, "num_experts_per_tok": 2}))
     again = config_from_hf(tmp_path)  # transformers' aliases of the released names
