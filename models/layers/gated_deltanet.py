@@ -31,6 +31,7 @@ from ..lora import adapt
 from .init import drawn, param
 
 CHUNK = 64
+KDA_CHUNK = 16  # a decay per key dimension: see ``KimiDeltaAttention``
 
 
 def l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -191,6 +192,8 @@ class GatedDeltaNet(nnx.Module):
     conv_v [K, Hv, dv], dt_bias/A_log [Hv], norm [dv], o [Hv, dv, D]. Value head j reads key head j // (Hv/Hk).
     LoRA targets q, k, v and o adapt the same-named projections, as in the attention layers."""
 
+    chunk = CHUNK  # tokens per chunk of the chunked form
+
     def __init__(self, d_model: int, k_heads: int, v_heads: int, k_dim: int, v_dim: int, conv: int, *,
                  rngs: nnx.Rngs, norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32,
                  out_scale: float = 1.0, beta_scale: float = 1.0):
@@ -248,8 +251,10 @@ class GatedDeltaNet(nnx.Module):
         g = self._decay(x, order, live)
         s0 = (jnp.zeros((b, self.v_heads, self.k_dim, self.v_dim), jnp.float32) if cache is None
               else cache[1].astype(jnp.float32))
-        rule = recurrent_delta_rule if t < 8 else chunked_delta_rule
-        core, state = rule(q, k, v, g, beta, s0, seg=seg)
+        if t < 8:
+            core, state = recurrent_delta_rule(q, k, v, g, beta, s0, seg=seg)
+        else:
+            core, state = chunked_delta_rule(q, k, v, g, beta, s0, chunk=self.chunk, seg=seg)
         core = _take(core.astype(dt), inverse)  # back in sequence order [B, T, Hv, dv]
         out = self._gated_norm(core, x)
         out = adapt(self, "o", out, jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)))
@@ -277,7 +282,14 @@ class KimiDeltaAttention(GatedDeltaNet):
     ``g = -exp(A_log[h]) softplus(x f_a f_b + dt_bias)`` [H, dk] through a rank-``dk`` projection, and the output
     RMS-normed per head times ``sigmoid(x g_a g_b)`` (a rank-``dk`` gate) in float32. Query, key and value heads
     are one count. Parameters beyond Gated DeltaNet's q/k/v/b/conv/norm/o: f_a [D, dk], f_b [dk, H, dk], dt_bias
-    [H, dk], A_log [H], g_a [D, dk], g_b [dk, H, dv] (no a, z)."""
+    [H, dk], A_log [H], g_a [D, dk], g_b [dk, H, dv] (no a, z).
+
+    Its chunked form keeps each chunk's pairwise decays per key dimension, [C, C, dk] per head (``C^2 dk`` where
+    Gated DeltaNet keeps ``C^2``), so it runs in chunks of ``KDA_CHUNK`` (16) tokens: a quarter of the memory of
+    64-token chunks, and faster on a CPU (fwd+bwd at 1024 tokens, 4 heads of 64: 0.10 s and 79 MB of temporaries
+    against 0.19 s and 266 MB)."""
+
+    chunk = KDA_CHUNK
 
     def __init__(self, d_model: int, heads: int, k_dim: int, v_dim: int, conv: int, *, rngs: nnx.Rngs,
                  norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0):
