@@ -117,3 +117,32 @@ def test_bad_linear_layers_are_refused(lin, match):
     base = LinearAttnConfig(layers=(0, 2, 3), k_heads=2, v_heads=2, k_dim=8, v_dim=8, conv=4, kind="kda")
     with pytest.raises(ValueError, match=match):
         _model(linear=dataclasses.replace(base, **lin))
+
+
+def test_lora_adapts_delta_and_latent_attention():
+    """LoRA targets q, k, v, o adapt the delta-attention layers' projections (and kv_a, kv_b the latent
+    attention's): one SFT step moves every adapter and leaves the base weights bit for bit."""
+    import dataclasses
+
+    import optax
+    from reasoning_rl.algorithms.steps import init_state, make_sft_step
+    from reasoning_rl.config import OptimizerConfig
+    from reasoning_rl.models import LoRAConfig, create, lora
+
+    mdef, params = _model()
+    cfg = dataclasses.replace(mdef.cfg, lora=LoRAConfig(rank=2, alpha=4, targets=("q", "k", "v", "o", "kv_a", "kv_b")))
+    mdef, params = create(cfg, 0)
+    tx = optax.adam(1e-2)
+    step = jax.jit(make_sft_step(mdef, OptimizerConfig(lr=1e-2), tx))
+    rng = np.random.RandomState(0)
+    batch = {"tokens": jnp.asarray(rng.randint(0, cfg.vocab_size, (2, 12)), jnp.int32),
+             "valid": jnp.ones((2, 12), bool), "loss_mask": jnp.ones((2, 12), bool)}
+    state, _ = step(init_state(params, tx, 0), batch)
+    base_before, base_after = lora.split(params)[0], lora.split(state.params)[0]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), base_before, base_after)
+    new = lora.hf_save_flat(lora.split(state.params)[1])
+    want = {p for p in new if p[-1].endswith("_lora_b")}
+    moved = {p for p in want if np.abs(np.asarray(new[p])).max() > 0}
+    assert moved == want, sorted(want - moved)
+    assert {("linear_layers", "attn", f"{n}_lora_b") for n in "qkvo"} <= want
+    assert ("layers", "attn", "kv_b_lora_b") in want
