@@ -125,9 +125,10 @@ def test_lora_adapts_delta_and_latent_attention():
     import dataclasses
 
     import optax
+    from reasoning_rl.models import LoRAConfig, create, lora
+
     from reasoning_rl.algorithms.steps import init_state, make_sft_step
     from reasoning_rl.config import OptimizerConfig
-    from reasoning_rl.models import LoRAConfig, create, lora
 
     mdef, params = _model()
     cfg = dataclasses.replace(mdef.cfg, lora=LoRAConfig(rank=2, alpha=4, targets=("q", "k", "v", "o", "kv_a", "kv_b")))
