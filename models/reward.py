@@ -57,7 +57,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "Dots1ForSequenceClassification", "YoutuForSequenceClassification", "Cohere2MoeForSequenceClassification",
     "ApertusForSequenceClassification", "CwmForSequenceClassification",
     "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification",
-    "BeamForSequenceClassification", "LaraMiniForSequenceClassification", "KimiLinearForSequenceClassification"})
+    "BeamForSequenceClassification", "LaraMiniForSequenceClassification", "KimiLinearForSequenceClassification",
+    "GraniteMoeForSequenceClassification", "GraniteMoeSharedForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

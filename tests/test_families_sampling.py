@@ -34,7 +34,7 @@ from reasoning_rl.rollout import sampler as S
                                   "ministral3", "gemma2", "deepseek_v2", "olmoe", "gemma",
                                   "granite4_h_moe", "lfm2", "nemotron_h", "nemotron_h_moe",
                                   "nemotron_h_moe_latent", "mistral4", "cohere2", "lfm3", "laguna", "beam",
-                                  "lara_mini", "kimi_linear"])
+                                  "lara_mini", "kimi_linear", "granitemoeshared"])
 def test_sampler_logprobs_equal_trainer_for_new_families(name):
     cfg = FAMILY_CONFIGS[name]
     if name == "phi3":  # 20 + 12 tokens cross long-rope's original length (16): both factor sets in play

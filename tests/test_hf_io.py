@@ -233,6 +233,13 @@ FAMILY_CONFIGS = {
                                      moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=8, n_shared=1, first_dense=1,
                                                    score="sigmoid", scaling=2.5, n_group=2, topk_group=1,
                                                    score_bias=True)),
+    # Granite 3.x MoE: muP scalars, experts in every layer; then a shared MLP and attention biases
+    "granitemoe": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=6.0, residual_multiplier=0.3,
+                                    query_scale=0.2, logits_scaling=4.0,
+                                    moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.01)),
+    "granitemoeshared": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=3.0, residual_multiplier=0.5,
+                                          query_scale=0.25, logits_scaling=2.0, qkv_bias=True, out_bias=True,
+                                          moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24)),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1363,6 +1370,35 @@ def test_lara_mini_released_config_fields(tmp_path):
             config_from_hf(tmp_path)
 
 
+@pytest.mark.parametrize("model_type", ["granitemoe", "granitemoeshared"])
+def test_granitemoe_released_config_fields(tmp_path, model_type):
+    """Granite-MoE's config.json may leave out what its reference classes fill in: 8 experts, top 2, the router's
+    aux-loss weight, muP scalars of 1, untied embeddings, no shared MLP (``granitemoeshared``: 0 wide by default);
+    a shared width under ``granitemoe`` is not its field and adds nothing (the reference reads none)."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("granitemoeshared", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "embedding_multiplier",
+              "residual_multiplier", "attention_multiplier", "logits_scaling", "tie_word_embeddings", "rms_norm_eps",
+              "rope_theta", "rope_scaling", "shared_intermediate_size"):
+        conf.pop(k, None)
+    conf["model_type"] = model_type
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    cls = transformers.GraniteMoeSharedConfig if model_type == "granitemoeshared" else transformers.GraniteMoeConfig
+    ref = cls(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    m = cfg.moe
+    assert (m.n_experts, m.top_k, m.aux_loss_coef) == (ref.num_local_experts, ref.num_experts_per_tok,
+                                                       ref.router_aux_loss_coef) == (8, 2, 0.001)
+    assert (cfg.embed_multiplier, cfg.residual_multiplier, cfg.query_scale, cfg.logits_scaling) == (
+        ref.embedding_multiplier, ref.residual_multiplier, ref.attention_multiplier, ref.logits_scaling)
+    assert cfg.tie_embeddings == ref.tie_word_embeddings is False and cfg.norm_eps == ref.rms_norm_eps
+    assert m.n_shared == 0 and m.norm_topk and m.score == "softmax"
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "model_type": "granitemoe",
+                                                      "shared_intermediate_size": 64}))
+    assert config_from_hf(tmp_path).moe.n_shared == 0
+
+
 def test_kimi_linear_released_config_fields(tmp_path):
     """Kimi Linear's released config.json names its linear layers in ``linear_attn_config`` (1-based
     ``full_attn_layers`` / ``kda_layers``, head size and count, convolution) and its dense layers by
@@ -1856,6 +1892,9 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("kimi_linear", {"tie_embeddings": True}, r"tie_embeddings=True cannot be written as a kimi_linear checkpoint"),
     ("lara_mini", {"linear": LinearAttnConfig(layers=(0, 3), k_heads=2, v_heads=2, k_dim=8, v_dim=8, kind="kda")},
      r"linear=LinearAttnConfig\(.*kind='kda'.*\) cannot be written as a lara_mini checkpoint"),
+    ("granitemoe", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, norm_topk=False)},
+     r"moe=MoEConfig\(.*\) cannot be written as a granitemoe checkpoint"),
+    ("granitemoe", {"nope_layers": (0,)}, r"nope_layers=\(0,\) cannot be written as a granitemoe checkpoint"),
     ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of

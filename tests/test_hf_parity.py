@@ -129,6 +129,16 @@ CASES = {
     # logits divisor large enough to show), biases on all four attention projections
     "granite": ("GraniteConfig", {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                   "attention_multiplier": 0.3, "logits_scaling": 8.0, "attention_bias": True}),
+    # Granite 3.x MoE: Granite's muP scalars with experts in every layer (fused input_linear / output_linear); then
+    # with a shared MLP, attention biases and tied embeddings
+    "granitemoe": ("GraniteMoeConfig", {"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+                                        "attention_multiplier": 0.3, "logits_scaling": 8.0, "num_local_experts": 4,
+                                        "num_experts_per_tok": 2, "intermediate_size": 32}),
+    "granitemoeshared": ("GraniteMoeSharedConfig", {"embedding_multiplier": 4.0, "residual_multiplier": 0.5,
+                                                    "attention_multiplier": 0.2, "logits_scaling": 2.0,
+                                                    "num_local_experts": 4, "num_experts_per_tok": 1,
+                                                    "intermediate_size": 32, "shared_intermediate_size": 48,
+                                                    "attention_bias": True, "tie_word_embeddings": True}),
     # AFM: Llama's layers with an ungated squared-ReLU MLP (up/down, no gate), YaRN (its released rope's kind);
     # then biases on all four projections, one key/value head, tied embeddings, head size hidden / heads
     "arcee": ("ArceeConfig", {**SMOL_IDS, "head_dim": 16, "rope_parameters": {**YARN, "rope_theta": 1e4}}),
@@ -794,7 +804,7 @@ def test_logits_match_transformers(checkpoint, name):
 
 
 @pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "gpt_oss", "qwen2_moe", "qwen3_moe_dense",
-                                  "ernie4_5_moe_interval", "olmoe", "granite4_h_moe"])
+                                  "ernie4_5_moe_interval", "olmoe", "granite4_h_moe", "granitemoe"])
 def test_balance_loss_and_load_match_transformers(checkpoint, name):
     ref_model, path = checkpoint(name)
     model = load_pretrained(path)
@@ -837,7 +847,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "cwm", "axk1", "flex_olmo", "hyperclovax", "granite_swa", "arcee", "helium",
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
-                                  "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini", "kimi_linear"])
+                                  "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini", "kimi_linear",
+                                  "granitemoe", "granitemoeshared"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -912,7 +923,8 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "helium_bias", "nanochat", "mellum", "mellum_yarn", "kolibri1", "jais2", "flint",
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
                                   "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope", "lara_mini",
-                                  "lara_mini_plain", "kimi_linear", "kimi_linear_qlora"])
+                                  "lara_mini_plain", "kimi_linear", "kimi_linear_qlora", "granitemoe",
+                                  "granitemoeshared"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -956,7 +968,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "flint", "flint_yarn", "flint_noshared", "granitemoe_swa", "granitemoe_swa_shared",
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
                                   "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam",
-                                  "beam_rope", "lara_mini", "lara_mini_plain", "kimi_linear", "kimi_linear_qlora"])
+                                  "beam_rope", "lara_mini", "lara_mini_plain", "kimi_linear", "kimi_linear_qlora",
+                                  "granitemoe", "granitemoeshared"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

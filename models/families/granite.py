@@ -161,18 +161,27 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
     out += llama_like(cfg, [s for s in segs if s[0].startswith("linear")], attention=False, dense_mlp=False)[
         len(outer_tensors(cfg)):]
     out += [t for s in segs if s[0].startswith("linear") for t in mamba_tensors(s[0], cfg)]
-    pre = "model.layers.{i}.shared_mlp"
     for seg, _, _, moe in segs:
         own = (seg, "mlp", "shared") if moe else (seg, "mlp")  # the MoE layers' shared expert is this MLP
-        width = (cfg.moe.shared_ffn or cfg.moe.ffn_dim) if moe else cfg.ffn_dim
-        out += [Tensor((*own, n), f"{pre}.input_linear.weight", "t1", piece=Piece(0, k, (width,) * 2))
-                for k, n in enumerate(("gate", "up"))]
-        out.append(Tensor((*own, "down"), f"{pre}.output_linear.weight", "t1"))
-        if moe:  # every expert's weights in one tensor per layer: input_linear [E, 2I, d] (gate rows, then up)
-            ex = "model.layers.{i}.block_sparse_moe"
-            i = cfg.moe.ffn_dim
-            out += [Tensor((seg, "mlp", "router"), f"{ex}.router.layer.weight", "t1"),
-                    Tensor((seg, "mlp", "down"), f"{ex}.output_linear.weight", "x1")]
-            out += [Tensor((seg, "mlp", n), f"{ex}.input_linear.weight", "x1", piece=Piece(1, k, (i, i)))
-                    for k, n in enumerate(("gate", "up"))]
+        out += shared_mlp_tensors(own, (cfg.moe.shared_ffn or cfg.moe.ffn_dim) if moe else cfg.ffn_dim)
+        if moe:
+            out += expert_tensors(seg, cfg)
     return out
+
+
+def shared_mlp_tensors(own: tuple[str, ...], width: int) -> list[Tensor]:
+    """Granite's MLP under ``shared_mlp``: ``input_linear`` gate then up rows of ``width``, ``output_linear``."""
+    pre = "model.layers.{i}.shared_mlp"
+    return [Tensor((*own, n), f"{pre}.input_linear.weight", "t1", piece=Piece(0, k, (width,) * 2))
+            for k, n in enumerate(("gate", "up"))] + [Tensor((*own, "down"), f"{pre}.output_linear.weight", "t1")]
+
+
+def expert_tensors(seg: str, cfg: TransformerConfig) -> list[Tensor]:
+    """Granite-MoE's experts: every expert's weights in one tensor per layer, ``input_linear`` [E, 2I, d] (gate
+    rows, then up) and ``output_linear`` [E, d, I], and the router's ``router.layer``."""
+    ex = "model.layers.{i}.block_sparse_moe"
+    i = cfg.moe.ffn_dim
+    return [Tensor((seg, "mlp", "router"), f"{ex}.router.layer.weight", "t1"),
+            Tensor((seg, "mlp", "down"), f"{ex}.output_linear.weight", "x1")] + [
+        Tensor((seg, "mlp", n), f"{ex}.input_linear.weight", "x1", piece=Piece(1, k, (i, i)))
+        for k, n in enumerate(("gate", "up"))]
