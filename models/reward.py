@@ -58,7 +58,8 @@ NOT_IN_TRANSFORMERS = frozenset({
     "ApertusForSequenceClassification", "CwmForSequenceClassification",
     "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification",
     "BeamForSequenceClassification", "LaraMiniForSequenceClassification", "KimiLinearForSequenceClassification",
-    "GraniteMoeForSequenceClassification", "GraniteMoeSharedForSequenceClassification"})
+    "GraniteMoeForSequenceClassification", "GraniteMoeSharedForSequenceClassification",
+    "ExaoneForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

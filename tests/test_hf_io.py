@@ -240,6 +240,8 @@ FAMILY_CONFIGS = {
     "granitemoeshared": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=3.0, residual_multiplier=0.5,
                                           query_scale=0.25, logits_scaling=2.0, qkv_bias=True, out_bias=True,
                                           moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24)),
+    # EXAONE 3.5 / Deep: Llama under GPT-2's tensor names, with attention biases
+    "exaone": TransformerConfig(**BASE, family="exaone", qkv_bias=True, out_bias=True, rope_theta=5e5),
     # Bamba: Mamba-2 layers around an attention layer rotating half of each head
     "bamba": TransformerConfig(**{**BASE, "n_layers": 3}, family="bamba", rope_dim=6,
                                linear=LinearAttnConfig(layers=(0, 2), k_heads=1, v_heads=4, k_dim=8, v_dim=16,
@@ -1397,6 +1399,30 @@ def test_granitemoe_released_config_fields(tmp_path, model_type):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "model_type": "granitemoe",
                                                       "shared_intermediate_size": 64}))
     assert config_from_hf(tmp_path).moe.n_shared == 0
+
+
+def test_exaone_released_config_fields(tmp_path):
+    """EXAONE's config.json spells the layer count, norm epsilon and activation its own way (``num_layers``,
+    ``layer_norm_epsilon``, ``activation_function``) and may leave out the rope base (500,000), the epsilon and the
+    vocabulary size; the tensors are GPT-2's names, as released."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("exaone", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf["num_layers"], conf["activation_function"] = conf.pop("num_hidden_layers"), conf.pop("hidden_act")
+    conf["layer_norm_epsilon"] = 3e-6
+    for k in ("rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.ExaoneConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.n_layers == ref.num_hidden_layers == 2 and cfg.norm_eps == ref.rms_norm_eps == 3e-6
+    assert cfg.rope_theta == ref.rope_parameters["rope_theta"] == 5e5
+    names = set(Checkpoint(tmp_path).names())
+    assert {"transformer.wte.weight", "transformer.ln_f.weight", "transformer.h.1.attn.attention.out_proj.bias",
+            "transformer.h.0.mlp.c_fc_0.weight", "transformer.h.0.ln_2.weight"} <= names
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "activation_function": "gelu"}))
+    with pytest.raises(ConfigError, match="hidden_act"):
+        config_from_hf(tmp_path)
 
 
 def test_kimi_linear_released_config_fields(tmp_path):

@@ -23,6 +23,7 @@ from . import (
     deepseek_v32,
     dots1,
     ernie4_5,
+    exaone,
     exaone4,
     exaone_moe,
     falcon_h1,
@@ -98,7 +99,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
                                                       mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
                                                       cohere_compass, lfm3, laguna, beam, lara_mini,
-                                                      kimi_linear, granitemoe)}
+                                                      kimi_linear, granitemoe, exaone)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
