@@ -168,7 +168,10 @@ def test_unknown_or_unimportable_reward_is_one_line_before_any_stage_runs(tmp_pa
         # options the function does not take would fail every call: refused up front, naming what it takes
         (["rewards=[{name: accuracy}, {name: format, kwargs: {partal: true}}]"],
          "rewards[1].kwargs: reward 'format' is called as fn(completion, example, **kwargs) and got an "
-         "unexpected keyword argument 'partal' (its options: partial, eos)"),
+         "unexpected keyword argument 'partal' (its options: partial, eos, think, answer)"),
+        (["rewards=[{name: accuracy}, {name: format, kwargs: {think: '<thought>'}}]"],
+         "stages[0].rewards[1] (format): kwargs.think: expected two different non-empty tags (opening, closing), "
+         "got '<thought>'"),
         (["rewards=[{name: 'fine_plug:score', kwargs: {scale: 2}}]"],
          "rewards[0].kwargs: reward 'fine_plug:score' is called as fn(completion, example, **kwargs) and got an "
          "unexpected keyword argument 'scale' (its options: none)"),

@@ -23,8 +23,8 @@ from reasoning_rl import distributed as dist
 from reasoning_rl.checkpoint import read_manifest
 from reasoning_rl.config import STAGE_SECTIONS, Config, ConfigError, StageConfig, eval_sampling
 from reasoning_rl.evaluation import budget_curve
-from reasoning_rl.paths import check_output_dir
 from reasoning_rl.model_dirs import ModelDirError, check_model_dirs
+from reasoning_rl.paths import check_output_dir
 
 from .common import Runtime
 from .evaluate import stage_eval
@@ -141,6 +141,7 @@ def run_eval(args) -> dict[str, Any]:
     from reasoning_rl import progress
     from reasoning_rl.plot import plot_budget
     from reasoning_rl.rewards import registry
+    from reasoning_rl.rewards.format import format_fn_for
 
     rt, stage, params, out, srt, step = load_target(args)
     progress.configure(every_s=rt.cfg.log.every_s)  # off a terminal: a progress line this often
@@ -155,7 +156,7 @@ def run_eval(args) -> dict[str, Any]:
         examples = [{**e.as_dict(), "task": src.name} for e in src.task.held_out(stage.eval.num_problems)]
         curve = budget_curve(
             srt.mdef, params, rt.tok, examples, b.budgets, correct_fn=registry.get(src.correctness),
-            format_fn=registry.get("format"), extend=b.extend, continuation=b.continuation,
+            format_fn=format_fn_for(src.rewards), extend=b.extend, continuation=b.continuation,
             answer_tokens=b.answer_tokens, samples=b.samples, greedy=b.greedy, **eval_sampling(stage),
             stop_ids=rt.stop_ids(stage.rollout), stop_table=rt.stop_table(stage.rollout),
             batch_rows=stage.eval.batch_size,

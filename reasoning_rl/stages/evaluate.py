@@ -31,6 +31,7 @@ from reasoning_rl.evaluation import evaluate
 from reasoning_rl.metrics import HELD_OUT_POINT, read_metrics
 from reasoning_rl.models import lora
 from reasoning_rl.rewards import RewardComputer, RewardSpec, extract_answer, registry
+from reasoning_rl.rewards.format import format_fn_for
 
 from .common import Runtime
 from .sources import CORRECTNESS_REWARDS, Source, config_sources, stage_sources
@@ -83,7 +84,7 @@ def eval_source(rt: Runtime, stage: StageConfig, src: Source, params: Any, mdef=
             max_new_tokens=ev.max_new_tokens or stage.rollout.max_new_tokens,
             stop_ids=rt.stop_ids(stage.rollout), stop_table=rt.stop_table(stage.rollout),
             correct_fn=registry.get(src.correctness),
-            format_fn=registry.get("format"), extract_fn=extract_answer, batch_size=ev.batch_size,
+            format_fn=format_fn_for(src.rewards), extract_fn=extract_answer, batch_size=ev.batch_size,
             greedy=ev.greedy, seed=rt.cfg.seed + 17, name=f"{stage.name}: held-out eval{label} ({src.name})",
             records=records, correct_name=src.correctness,
             rewards_fn=_other_rewards(src) if records is not None else None)

@@ -20,18 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from reasoning_rl import distributed as dist
 from reasoning_rl.config import StageConfig
 from reasoning_rl.data.batching import round_up
-from reasoning_rl import distributed as dist
 from reasoning_rl.evaluation import sample_texts
 from reasoning_rl.metrics import MetricsWriter, read_metrics
 from reasoning_rl.progress import Progress
 from reasoning_rl.rewards import registry
+from reasoning_rl.rewards.format import format_fn_for
 from reasoning_rl.rollout.sampler import SamplingParams
 
 from .common import Runtime, StageFailed, _stage_index
 from .sft import ExampleSource, run_sft
-from .sources import StageData, check_reward_errors
+from .sources import StageData, check_reward_errors, stage_sources
 
 log = logging.getLogger("reasoning_rl")
 
@@ -128,8 +129,9 @@ def collect(rt: Runtime, stage: StageConfig, params: Any, spec: SampleSpec, name
             correct = scored.correct
         finally:
             rewarder.close()
-    fmt = registry.get("format")
-    well_formed = [fmt(t, r) for t, r in zip(texts, expanded)]
+    fmts = {src.name: format_fn_for(src.rewards) for src in stage_sources(stage)}  # (each task's format options)
+    fmt = format_fn_for(stage.rewards)
+    well_formed = [fmts.get(r.get("task"), fmt)(t, r) for t, r in zip(texts, expanded)]
     kept, stats = filter_samples(rows, texts, correct, well_formed, spec.samples, spec)
     if dist.is_primary():
         sdir.mkdir(parents=True, exist_ok=True)
