@@ -61,3 +61,21 @@ def test_bad_tags_are_refused_before_the_run(kwargs, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         preflight("format", kwargs)
     assert preflight("format", {"think": list(THOUGHT), "answer": None}) is None
+
+
+def test_held_out_eval_is_given_the_stage_format_options(monkeypatch):
+    """``eval_source`` hands the held-out evaluation the format reward with the source's options."""
+    from types import SimpleNamespace
+
+    import reasoning_rl.stages.evaluate as E
+    from reasoning_rl.config import StageConfig
+
+    seen = {}
+    monkeypatch.setattr(E, "evaluate", lambda *a, **kw: seen.update(kw) or {})
+    example = SimpleNamespace(as_dict=lambda: {"prompt": "2+2?", "answer": "4"})
+    src = SimpleNamespace(name="t", correctness="accuracy", task=SimpleNamespace(held_out=lambda n: [example] * n),
+                          rewards=(RewardConfig("format", 0.1, {"think": list(THOUGHT), "answer": None}),))
+    rt = SimpleNamespace(ctx=None, mdef=None, tok=None, stop_ids=lambda r: (), stop_table=lambda r: None,
+                         cfg=SimpleNamespace(seed=0))
+    E.eval_source(rt, StageConfig(name="grpo", kind="grpo", steps=1), src, params=None)
+    assert seen["format_fn"]("<thought>w</thought> 4", {}) == 1.0
