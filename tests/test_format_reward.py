@@ -4,6 +4,7 @@ without answer tags that reasoning models write (the thinking block, then the an
 from __future__ import annotations
 
 import pytest
+
 from reasoning_rl.config import RewardConfig
 from reasoning_rl.rewards.format import format_fn_for, format_reward, format_score
 from reasoning_rl.rewards.registry import preflight
