@@ -168,3 +168,38 @@ def assert_sampler_equals_trainer_on_every_decode_path(mdef, params, tol: float 
         np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(base.tokens), err_msg=kw)
         gap = np.abs(lp - np.asarray(out.logprobs))[np.asarray(out.mask)].max()
         assert gap < tol, (kw, gap)
+
+
+def numpy_delta_rule(q, k, v, g, beta, s0, seg=None):
+    """The gated delta rule as the references write it, token by token in NumPy (float64): decay the state
+    (g [B, T, H]: each head's by one factor; [B, T, H, dk]: each key dimension's rows by its own, Kimi Delta
+    Attention's), write the delta of v against what the state recalls for k, read it with q; a new segment
+    (``seg`` [B, T]) starts from zero."""
+    q, k, v, g, beta, s = (np.asarray(a, np.float64) for a in (q, k, v, g, beta, s0))
+    out = np.zeros(v.shape)
+    for t in range(q.shape[1]):
+        if seg is not None and t:
+            s = s * (seg[:, t] == seg[:, t - 1])[:, None, None, None]
+        s = s * (np.exp(g[:, t])[..., None] if g.ndim == 4 else np.exp(g[:, t])[..., None, None])
+        delta = (v[:, t] - np.einsum("bhkv,bhk->bhv", s, k[:, t])) * beta[:, t][..., None]
+        s = s + k[:, t][..., :, None] * delta[..., None, :]
+        out[:, t] = np.einsum("bhkv,bhk->bhv", s, q[:, t])
+    return out, s
+
+
+def delta_rule_inputs(t: int, seed: int = 0, per_dim: bool = False):
+    """q, k (L2-normalised, q scaled), v, g, beta, s0 for the delta-rule tests: [2, t, 3 heads], dk 8, dv 5. g
+    per head in [-2, 0], or (``per_dim``) per key dimension from none to strong (down to -9 a token: a product
+    of per-token exponentials would overflow over a chunk)."""
+    import jax.numpy as jnp
+    from reasoning_rl.models.layers.gated_deltanet import l2norm
+
+    r = np.random.default_rng(seed)
+    b, h, dk, dv = 2, 3, 8, 5
+    q = l2norm(jnp.asarray(r.normal(size=(b, t, h, dk)), jnp.float32)) * dk**-0.5
+    k = l2norm(jnp.asarray(r.normal(size=(b, t, h, dk)), jnp.float32))
+    v = jnp.asarray(r.normal(size=(b, t, h, dv)), jnp.float32)
+    g = -jnp.asarray(r.uniform(0, 3, (b, t, h, dk)) ** 2 if per_dim else r.uniform(0, 2, (b, t, h)), jnp.float32)
+    beta = jnp.asarray(r.uniform(0, 1, (b, t, h)), jnp.float32)
+    s0 = jnp.asarray(r.normal(size=(b, h, dk, dv)), jnp.float32)
+    return q, k, v, g, beta, s0

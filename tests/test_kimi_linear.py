@@ -9,35 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, l2norm, recurrent_delta_rule
+from helpers import delta_rule_inputs
+from helpers import numpy_delta_rule as _numpy_rule
+from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, recurrent_delta_rule
 
-
-def _numpy_rule(q, k, v, g, beta, s0, seg=None):
-    """The rule as the reference writes it, token by token in NumPy (float64): each key dimension's rows of the
-    state decay by their own factor, then the delta write and the read; a new segment starts at zero."""
-    q, k, v, g, beta, s = (np.asarray(a, np.float64) for a in (q, k, v, g, beta, s0))
-    out = np.zeros(v.shape)
-    for t in range(q.shape[1]):
-        if seg is not None and t:
-            s = s * (seg[:, t] == seg[:, t - 1])[:, None, None, None]
-        s = s * np.exp(g[:, t])[..., None]
-        delta = (v[:, t] - np.einsum("bhkv,bhk->bhv", s, k[:, t])) * beta[:, t][..., None]
-        s = s + k[:, t][..., :, None] * delta[..., None, :]
-        out[:, t] = np.einsum("bhkv,bhk->bhv", s, q[:, t])
-    return out, s
-
-
-def _inputs(t: int, seed: int = 0):
-    r = np.random.default_rng(seed)
-    b, h, dk, dv = 2, 3, 8, 5
-    q = l2norm(jnp.asarray(r.normal(size=(b, t, h, dk)), jnp.float32)) * dk**-0.5
-    k = l2norm(jnp.asarray(r.normal(size=(b, t, h, dk)), jnp.float32))
-    v = jnp.asarray(r.normal(size=(b, t, h, dv)), jnp.float32)
-    # decays from none to strong, each key dimension its own (strong ones would overflow a product of exponentials)
-    g = -jnp.asarray(r.uniform(0, 3, (b, t, h, dk)) ** 2, jnp.float32)
-    beta = jnp.asarray(r.uniform(0, 1, (b, t, h)), jnp.float32)
-    s0 = jnp.asarray(r.normal(size=(b, h, dk, dv)), jnp.float32)
-    return q, k, v, g, beta, s0
+_inputs = functools.partial(delta_rule_inputs, per_dim=True)  # a decay per key dimension
 
 
 @pytest.mark.parametrize("t,chunk", [(1, 64), (37, 4), (130, 64)])
