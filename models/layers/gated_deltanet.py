@@ -1,4 +1,5 @@
-"""Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next): a recurrent state instead of a KV cache.
+"""Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next) and Kimi Delta Attention (Kimi Linear: the same rule with
+a decay per key dimension, ``KimiDeltaAttention``): a recurrent state instead of a KV cache.
 
 Each layer keeps, per row, a state ``S`` [H, d_k, d_v] updated token by token with the gated delta rule
 
