@@ -59,7 +59,7 @@ NOT_IN_TRANSFORMERS = frozenset({
     "FlexOlmoForSequenceClassification", "Lfm3ForSequenceClassification", "LagunaForSequenceClassification",
     "BeamForSequenceClassification", "LaraMiniForSequenceClassification", "KimiLinearForSequenceClassification",
     "GraniteMoeForSequenceClassification", "GraniteMoeSharedForSequenceClassification",
-    "ExaoneForSequenceClassification"})
+    "ExaoneForSequenceClassification", "CohereForSequenceClassification"})
 
 
 def _seq_cls_arch(causal: str) -> str:

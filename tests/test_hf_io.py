@@ -377,6 +377,10 @@ FAMILY_CONFIGS = {
         double_wide_mlp=True),
     # Command A: a centred norm feeding attention and MLP side by side, rotary sliding layers and a full one
     # without, biases on all four projections, logits scaled
+    # Command R / Aya: Command R7B's layers, every one full and rotating
+    "cohere": TransformerConfig(**{**BASE, "head_dim": 8}, family="cohere", norm_eps=1e-5, qkv_bias=True,
+                                out_bias=True, rope_interleave=True, norm_center=True, parallel_block=True,
+                                logits_multiplier=0.0625),
     "cohere2": TransformerConfig(**{**BASE, "n_layers": 4, "head_dim": 8}, family="cohere2", norm_eps=1e-5,
                                  qkv_bias=True, out_bias=True, rope_interleave=True, norm_center=True,
                                  parallel_block=True, logits_multiplier=0.0625, sliding_window=4,
@@ -1422,6 +1426,26 @@ def test_exaone_released_config_fields(tmp_path):
             "transformer.h.0.mlp.c_fc_0.weight", "transformer.h.0.ln_2.weight"} <= names
     (tmp_path / "config.json").write_text(json.dumps({**conf, "activation_function": "gelu"}))
     with pytest.raises(ConfigError, match="hidden_act"):
+        config_from_hf(tmp_path)
+
+
+def test_cohere_released_config_fields(tmp_path):
+    """Command R / Aya's config.json may leave out what its reference class fills in (tied embeddings, the
+    logit scale 0.0625, LayerNorm epsilon 1e-5); every layer rotates; Command R+'s per-head query/key LayerNorm
+    (``use_qk_norm``) is refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("cohere", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("tie_word_embeddings", "logit_scale", "layer_norm_eps", "use_qk_norm"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.CohereConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.tie_embeddings == ref.tie_word_embeddings is True and cfg.logits_multiplier == ref.logit_scale
+    assert cfg.norm_eps == ref.layer_norm_eps and cfg.nope_layers == () and cfg.sliding_window == 0
+    assert "layer_types" not in conf and conf["model_type"] == "cohere"
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "use_qk_norm": True}))
+    with pytest.raises(ConfigError, match="use_qk_norm"):
         config_from_hf(tmp_path)
 
 

@@ -143,6 +143,9 @@ CASES = {
     # tied embeddings
     "exaone": ("ExaoneConfig", {"rope_parameters": {**LLAMA3, "rope_theta": 1e6}}),
     "exaone_bias": ("ExaoneConfig", {"attention_bias": True, "tie_word_embeddings": True, "head_dim": 24}),
+    # Command R / Aya: Command R7B's parallel LayerNorm layers, every one full and rotating; then biases, untied
+    "cohere": ("CohereConfig", {"logit_scale": 0.25, "rope_theta": 5e4}),
+    "cohere_bias": ("CohereConfig", {"attention_bias": True, "tie_word_embeddings": False}),
     # AFM: Llama's layers with an ungated squared-ReLU MLP (up/down, no gate), YaRN (its released rope's kind);
     # then biases on all four projections, one key/value head, tied embeddings, head size hidden / heads
     "arcee": ("ArceeConfig", {**SMOL_IDS, "head_dim": 16, "rope_parameters": {**YARN, "rope_theta": 1e4}}),
@@ -852,7 +855,7 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
                                   "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini", "kimi_linear",
-                                  "granitemoe", "granitemoeshared", "exaone"])
+                                  "granitemoe", "granitemoeshared", "exaone", "cohere"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -928,7 +931,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
                                   "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope", "lara_mini",
                                   "lara_mini_plain", "kimi_linear", "kimi_linear_qlora", "granitemoe",
-                                  "granitemoeshared", "exaone"])
+                                  "granitemoeshared", "exaone", "cohere"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -973,7 +976,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "gemma4_unified", "gemma4_unified_shared", "cohere_compass", "cohere_compass_full",
                                   "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam",
                                   "beam_rope", "lara_mini", "lara_mini_plain", "kimi_linear", "kimi_linear_qlora",
-                                  "granitemoe", "granitemoeshared", "exaone", "exaone_bias"])
+                                  "granitemoe", "granitemoeshared", "exaone", "exaone_bias", "cohere",
+                                  "cohere_bias"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original
