@@ -234,11 +234,12 @@ FAMILY_CONFIGS = {
                                                    score="sigmoid", scaling=2.5, n_group=2, topk_group=1,
                                                    score_bias=True)),
     # Granite 3.x MoE: muP scalars, experts in every layer; then a shared MLP and attention biases
-    "granitemoe": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=6.0, residual_multiplier=0.3,
-                                    query_scale=0.2, logits_scaling=4.0,
+    "granitemoe": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=6.0,
+                                    residual_multiplier=0.3, query_scale=0.2, logits_scaling=4.0,
                                     moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, aux_loss_coef=0.01)),
-    "granitemoeshared": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=3.0, residual_multiplier=0.5,
-                                          query_scale=0.25, logits_scaling=2.0, qkv_bias=True, out_bias=True,
+    "granitemoeshared": TransformerConfig(**{**BASE, "ffn_dim": 16}, family="granitemoe", embed_multiplier=3.0,
+                                          residual_multiplier=0.5, query_scale=0.25, logits_scaling=2.0,
+                                          qkv_bias=True, out_bias=True,
                                           moe=MoEConfig(n_experts=4, top_k=2, ffn_dim=16, n_shared=1, shared_ffn=24)),
     # EXAONE 3.5 / Deep: Llama under GPT-2's tensor names, with attention biases
     "exaone": TransformerConfig(**BASE, family="exaone", qkv_bias=True, out_bias=True, rope_theta=5e5),
