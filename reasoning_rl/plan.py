@@ -116,7 +116,14 @@ def _activations(mc: TransformerConfig, ctx, rows: int, seq: int, targets: int,
     ffn = _tensor(ctx, "act_mlp", ffn)
     hd = mc.head_dim
     # one layer's intermediates: norms/residuals (~4 d), q/k/v/out, attention probabilities, gated MLP (3 ffn)
-    layer = b * seq * (4 * d + (2 * heads + 2 * kv) * hd + 3 * ffn) * it + b * heads * seq * seq * 4
+    scores = b * heads * seq * seq * 4
+    lin = mc.linear
+    if lin is not None and lin.kind == "kda":  # the chunked form's pairwise decays, [C, C, dk] per chunk and head
+        from reasoning_rl.models.layers.gated_deltanet import KDA_CHUNK
+
+        lh = _tensor(ctx, "act_heads", lin.k_heads)
+        scores = max(scores, 2 * b * lh * seq * min(KDA_CHUNK, seq) * lin.k_dim * 4)  # (and the product)
+    layer = b * seq * (4 * d + (2 * heads + 2 * kv) * hd + 3 * ffn) * it + scores
     if mc.remat == "full":
         saved = mc.n_layers * b * seq * d * it + layer  # layer inputs, plus one layer recomputed at a time
     elif mc.remat == "nested":

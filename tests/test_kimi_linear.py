@@ -123,3 +123,23 @@ def test_lora_adapts_delta_and_latent_attention():
     assert moved == want, sorted(want - moved)
     assert {("linear_layers", "attn", f"{n}_lora_b") for n in "qkvo"} <= want
     assert ("layers", "attn", "kv_b_lora_b") in want
+
+
+def test_plan_counts_the_chunked_forms_pairwise_decays():
+    """``reasoning-rl plan``'s activation estimate for Kimi Delta Attention layers includes their chunks'
+    per-dimension pairwise decays (at 512 tokens, 4 heads of 128: more than the 512 x 512 attention scores)."""
+    import dataclasses
+
+    from reasoning_rl.models.config import LinearAttnConfig
+    from reasoning_rl.plan import _activations
+    from reasoning_rl.sharding.mesh import context
+
+    mdef, _ = _model()
+    big = dataclasses.replace(mdef.cfg, linear=LinearAttnConfig(layers=(0, 2, 3), k_heads=4, v_heads=4, k_dim=128,
+                                                                v_dim=128, conv=4, kind="kda"))
+    gdn = dataclasses.replace(big, linear=dataclasses.replace(big.linear, kind="gated_deltanet"))
+    ctx = context(jax.make_mesh((1, 1, 1, 1), ("data", "fsdp", "expert", "tensor")))
+    saved_kda, _, _ = _activations(big, ctx, 2, 512, 256, 0)
+    saved_gdn, _, _ = _activations(gdn, ctx, 2, 512, 256, 0)
+    extra = 2 * 2 * 4 * 512 * 16 * 128 * 4 - 2 * 4 * 512 * 512 * 4  # (over the attention scores it replaces)
+    assert saved_kda - saved_gdn == extra * (big.n_layers if big.remat == "none" else 1)
