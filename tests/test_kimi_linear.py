@@ -131,8 +131,9 @@ def test_plan_counts_the_chunked_forms_pairwise_decays():
     import dataclasses
 
     from reasoning_rl.models.config import LinearAttnConfig
-    from reasoning_rl.plan import _activations
     from reasoning_rl.sharding.mesh import context
+
+    from reasoning_rl.plan import _activations
 
     mdef, _ = _model()
     big = dataclasses.replace(mdef.cfg, linear=LinearAttnConfig(layers=(0, 2, 3), k_heads=4, v_heads=4, k_dim=128,
