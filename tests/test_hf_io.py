@@ -151,6 +151,9 @@ FAMILY_CONFIGS = {
     # Jais-2: LayerNorms with biases, biases on every attention and MLP projection, squared ReLU
     "jais2": TransformerConfig(**BASE, family="jais2", activation="relu2", norm_center=True, norm_bias=True,
                                mlp_bias=True, qkv_bias=True, out_bias=True, norm_eps=1e-5),
+    # Nemotron-4 / Minitron: Jais-2's layers with LayerNorm1P (1 + w) and a quarter of each head rotating
+    "nemotron": TransformerConfig(**BASE, family="nemotron", activation="relu2", norm_center=True, norm_bias=True,
+                                  norm_offset=1.0, norm_eps=1e-5, rope_dim=6),
     # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
     "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
                                   final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
@@ -1448,6 +1451,29 @@ def test_cohere_released_config_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**conf, "use_qk_norm": True}))
     with pytest.raises(ConfigError, match="use_qk_norm"):
         config_from_hf(tmp_path)
+
+
+def test_nemotron_released_config_fields(tmp_path):
+    """Nemotron's config.json may leave out what its reference class fills in (half of each head rotating, the
+    epsilon 1e-5 under ``norm_eps``, no biases, the head size hidden / heads, the rope base); a partial rotary
+    factor at the top level (older files) or in ``rope_parameters`` reads the same."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("nemotron", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("partial_rotary_factor", "norm_eps", "attention_bias", "mlp_bias", "head_dim", "rope_theta",
+              "rope_scaling", "rope_parameters"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.NemotronConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.head_dim == ref.head_dim == 8 and cfg.rope_dim == ref.head_dim * ref.rope_parameters[
+        "partial_rotary_factor"] == 4
+    assert cfg.norm_eps == ref.norm_eps and not cfg.qkv_bias and not cfg.mlp_bias and cfg.norm_offset == 1.0
+    assert cfg.rope_theta == ref.rope_parameters["rope_theta"]
+    for where in ({"partial_rotary_factor": 0.25}, {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                                        "partial_rotary_factor": 0.25}}):
+        (tmp_path / "config.json").write_text(json.dumps({**conf, **where}))
+        assert config_from_hf(tmp_path).rope_dim == 2
 
 
 def test_kimi_linear_released_config_fields(tmp_path):

@@ -64,6 +64,7 @@ from . import (
     mistral4,
     mixtral,
     nanochat,
+    nemotron,
     nemotron_h,
     olmo2,
     olmo3,
@@ -100,7 +101,8 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       flex_olmo, hyperclovax, granite_swa, arcee, helium, nanochat,
                                                       mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
                                                       cohere_compass, lfm3, laguna, beam, lara_mini,
-                                                      kimi_linear, granitemoe, exaone, cohere)}
+                                                      kimi_linear, granitemoe, exaone, cohere,
+                                                      nemotron)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
