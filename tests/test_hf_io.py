@@ -152,8 +152,8 @@ FAMILY_CONFIGS = {
     "jais2": TransformerConfig(**BASE, family="jais2", activation="relu2", norm_center=True, norm_bias=True,
                                mlp_bias=True, qkv_bias=True, out_bias=True, norm_eps=1e-5),
     # Nemotron-4 / Minitron: Jais-2's layers with LayerNorm1P (1 + w) and a quarter of each head rotating
-    "nemotron": TransformerConfig(**BASE, family="nemotron", activation="relu2", norm_center=True, norm_bias=True,
-                                  norm_offset=1.0, norm_eps=1e-5, rope_dim=6),
+    "nemotron": TransformerConfig(**{**BASE, "head_dim": 16}, family="nemotron", activation="relu2",
+                                  norm_center=True, norm_bias=True, norm_offset=1.0, norm_eps=1e-5, rope_dim=4),
     # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
     "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
                                   final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
