@@ -255,6 +255,8 @@ class TransformerConfig:
     # nanochat: every RMSNorm without a weight (layers', q/k's and the final one), the embeddings normed by the final
     # norm before the first layer, and the rotary turning the other way (its rotate-half flips the other half's sign)
     norm_weight: bool = True
+    # OLMo (1): the attention's q, k and v projections clamped to [-clip_qkv, clip_qkv] (0: not clamped)
+    clip_qkv: float = 0.0
     embed_norm: bool = False
     rope_reverse: bool = False
     swiglu_alpha: float = 1.702  # activation "clamped_swiglu" (gpt-oss): (clip(u) + 1) * g * sigmoid(alpha g)

@@ -85,7 +85,7 @@ SWITCHES = ("mixer_only_layers", "moe.latent_dim", "mla.index_topk", "key_multip
             "moe.expert_scale", "norm_center", "parallel_block", "moe.shared_average",
             "moe.post_norm", "ple_dim", "kv_shared_layers", "double_wide_mlp", "norm_weight", "embed_norm",
             "rope_reverse", "moe.bias_on_logits", "norm_bias", "mlp_bias", "head_gate", "gate_act", "full_heads",
-            "full_rope_dim", "moe.router_softcap", "gate_bias", "depth_residual", "nope_query_scale")
+            "full_rope_dim", "moe.router_softcap", "gate_bias", "depth_residual", "nope_query_scale", "clip_qkv")
 
 
 def set_switches(cfg: TransformerConfig) -> dict[str, object]:

@@ -231,7 +231,7 @@ class Block(nnx.Module):
                                   qk_norm_after_rope=cfg.qk_norm_after_rope, gate=cfg.attn_gate,
                                   length_scale=cfg.query_length_scale, key_multiplier=cfg.key_multiplier,
                                   kv_reuse=shared, norm_weight=cfg.norm_weight, head_gate=cfg.head_gate,
-                                  gate_act=cfg.gate_act, gate_bias=cfg.gate_bias)
+                                  gate_act=cfg.gate_act, gate_bias=cfg.gate_bias, clip_qkv=cfg.clip_qkv)
         self.post_attn_norm = norm() if sandwich else None
         self.residual_multiplier = cfg.residual_multiplier
         self.depth_residual = cfg.depth_residual
@@ -533,6 +533,8 @@ class Transformer(nnx.Module):
         if cfg.nope_query_scale is not None and (cfg.mla is not None or not cfg.nope_layers):
             raise ValueError("nope_query_scale: scales the queries of layers without rotary (nope_layers) of GQA "
                              "attention")
+        if not cfg.clip_qkv >= 0.0:
+            raise ValueError(f"clip_qkv: {cfg.clip_qkv} is not a bound (0: none, else > 0)")
         if cfg.depth_residual and cfg.parallel_block:
             raise ValueError("depth_residual: one residual add per sub-layer (not parallel blocks)")
         if cfg.full_heads < 0 or full_heads % (cfg.full_kv_heads or cfg.n_kv_heads):

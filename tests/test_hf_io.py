@@ -154,6 +154,9 @@ FAMILY_CONFIGS = {
     # Nemotron-4 / Minitron: Jais-2's layers with LayerNorm1P (1 + w) and a quarter of each head rotating
     "nemotron": TransformerConfig(**{**BASE, "head_dim": 16}, family="nemotron", activation="relu2",
                                   norm_center=True, norm_bias=True, norm_offset=1.0, norm_eps=1e-5, rope_dim=4),
+    # OLMo (1): LayerNorms without scale or bias, q/k/v clamped
+    "olmo": TransformerConfig(**BASE, family="olmo", norm_center=True, norm_weight=False, norm_eps=1e-5,
+                              clip_qkv=0.05),
     # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
     "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
                                   final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
@@ -1476,6 +1479,23 @@ def test_nemotron_released_config_fields(tmp_path):
         assert config_from_hf(tmp_path).rope_dim == 2
 
 
+def test_olmo_released_config_fields(tmp_path):
+    """OLMo's config.json may leave out the clamp (none), biases (none), tied embeddings (no) and the rope base;
+    its norms have no tensors in the files and a fixed epsilon (1e-5)."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("olmo", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    assert conf["clip_qkv"] == 0.05 and not any("norm" in n for n in Checkpoint(tmp_path).names())
+    for k in ("clip_qkv", "attention_bias", "tie_word_embeddings", "rope_theta", "rope_scaling", "rope_parameters"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.OlmoConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.clip_qkv == 0.0 and ref.clip_qkv is None and not cfg.qkv_bias and not cfg.tie_embeddings
+    assert cfg.rope_theta == ref.rope_parameters["rope_theta"] and cfg.norm_eps == 1e-5
+    assert cfg.norm_center and not cfg.norm_weight
+
+
 def test_kimi_linear_released_config_fields(tmp_path):
     """Kimi Linear's released config.json names its linear layers in ``linear_attn_config`` (1-based
     ``full_attn_layers`` / ``kda_layers``, head size and count, convolution) and its dense layers by
@@ -1972,6 +1992,7 @@ def test_every_switch_is_written_by_some_format_and_named_rightly():
     ("granitemoe", {"moe": MoEConfig(n_experts=4, top_k=2, ffn_dim=16, norm_topk=False)},
      r"moe=MoEConfig\(.*\) cannot be written as a granitemoe checkpoint"),
     ("granitemoe", {"nope_layers": (0,)}, r"nope_layers=\(0,\) cannot be written as a granitemoe checkpoint"),
+    ("llama", {"clip_qkv": 8.0}, r"clip_qkv=8.0 cannot be written as a llama checkpoint"),
     ("mellum", {"qkv_bias": True}, r"qkv_bias=True cannot be written as a mellum checkpoint")])
 def test_switches_a_format_cannot_write_are_refused(tmp_path, name, over, match):
     """A hand-built config that sets a switch the family's format cannot express (its MLP activation, one of

@@ -320,7 +320,7 @@ class Attention(nnx.Module):
                  gate: bool = False, length_scale: tuple[float, int] | None = None, key_multiplier: float = 1.0,
                  v_dim: int = 0, value_scale: float = 1.0, k_eq_v: bool = False, v_norm: bool = False,
                  kv_reuse: bool = False, norm_weight: bool = True, head_gate: bool = False,
-                 gate_act: str = "sigmoid", gate_bias: bool = False):
+                 gate_act: str = "sigmoid", gate_bias: bool = False, clip_qkv: float = 0.0):
         """``qk_norm_whole``: q/k RMSNorm over all heads' projection at once (OLMo-2) instead of per head.
         ``sinks``: a learned per-head logit in every softmax (gpt-oss). ``out_bias``: o-projection bias.
         ``rope_dim``: rotate only the leading ``rope_dim`` dims of each head (0: all); ``rope_interleave``:
@@ -336,9 +336,10 @@ class Attention(nnx.Module):
         (Gemma 4 E2B/E4B's shared layers; it always runs with a cache, and writes nothing). ``norm_weight`` off:
         q/k norms without a weight (nanochat). ``head_gate``: each head's output scaled by one scalar,
         ``sigmoid(x W_head_gate)`` [H], before the o-projection (LFM3). ``gate_act``: both gates' function, sigmoid
-        or softplus (Laguna's); ``gate_bias``: a learned per-head bias added to the gate's logits (Beam). A
-        ``rope`` table of three (``__call__``) carries a per-token scale of the queries after their rotary (the
-        layers without rotary of ``TransformerConfig.nope_query_scale``). ``impl``: attention
+        or softplus (Laguna's); ``gate_bias``: a learned per-head bias added to the gate's logits (Beam).
+        ``clip_qkv``: the q, k and v projections (with their biases) clamped to [-clip_qkv, clip_qkv] (OLMo; 0:
+        none). A ``rope`` table of three (``__call__``) carries a per-token scale of the queries after their
+        rotary (the layers without rotary of ``TransformerConfig.nope_query_scale``). ``impl``: attention
         kernels (``kernels.IMPLS``; each call routed by ``kernels.route``). ``invariant``: batch-invariant
         arithmetic (``invariant``; no kernels)."""
         self.invariant = invariant
@@ -361,6 +362,7 @@ class Attention(nnx.Module):
         self.qk_norm_after_rope = qk_norm_after_rope
         self.length_scale = None if length_scale is None else (float(length_scale[0]), int(length_scale[1]))
         self.key_multiplier = float(key_multiplier)
+        self.clip_qkv = float(clip_qkv)
         # Kept as hashable static data (an array attribute would become NNX state).
         self.rope = (rope_dim or head_dim, float(rope_theta), freeze(rope_scaling))
         self.q = param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), d_model, param_dtype)
@@ -431,6 +433,8 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
+        if self.clip_qkv:
+            q, k, v = (jnp.clip(a, -self.clip_qkv, self.clip_qkv) for a in (q, k, v))
         k = times(k, self.key_multiplier)
         v = times(v, self.value_scale)
         if self.v_norm_eps is not None:  # (float32, as the reference's norms)
@@ -455,6 +459,8 @@ class Attention(nnx.Module):
         q = adapt(self, "q", x, _proj_in(x, self.q[...].astype(self.dtype), self.invariant))
         if self.q_bias is not None:
             q = q + self.q_bias[...].astype(self.dtype)
+        if self.clip_qkv:
+            q = jnp.clip(q, -self.clip_qkv, self.clip_qkv)
         if self.q_norm is not None:
             q = self.q_norm(q)
         q = self._length_scaled(apply_rope(q, table, interleave=self.rope_interleave), positions)
