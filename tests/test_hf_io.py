@@ -157,6 +157,9 @@ FAMILY_CONFIGS = {
     # OLMo (1): LayerNorms without scale or bias, q/k/v clamped
     "olmo": TransformerConfig(**BASE, family="olmo", norm_center=True, norm_weight=False, norm_eps=1e-5,
                               clip_qkv=0.05),
+    # StableLM 2: LayerNorms with biases, q/k/v biases, attention and MLP side by side, a quarter rotating
+    "stablelm": TransformerConfig(**{**BASE, "head_dim": 8}, family="stablelm", norm_center=True, norm_bias=True,
+                                  norm_eps=1e-5, qkv_bias=True, parallel_block=True, rope_dim=2),
     # nanochat: weightless norms, the embeddings normed first, q/k normed after a reversed rotary, squared ReLU
     "nanochat": TransformerConfig(**BASE, family="nanochat", qk_norm=True, qk_norm_after_rope=True, activation="relu2",
                                   final_softcap=15.0, norm_weight=False, embed_norm=True, rope_reverse=True),
@@ -1494,6 +1497,27 @@ def test_olmo_released_config_fields(tmp_path):
     assert cfg.clip_qkv == 0.0 and ref.clip_qkv is None and not cfg.qkv_bias and not cfg.tie_embeddings
     assert cfg.rope_theta == ref.rope_parameters["rope_theta"] and cfg.norm_eps == 1e-5
     assert cfg.norm_center and not cfg.norm_weight
+
+
+def test_stablelm_released_config_fields(tmp_path):
+    """StableLM's config.json may leave out what its reference class fills in (a quarter of each head rotating, no
+    biases, sequential residuals, epsilon 1e-5, untied); StableLM 2 12B's per-head query/key LayerNorms
+    (``qk_layernorm``) are refused by name."""
+    transformers = pytest.importorskip("transformers")
+    _save_random("stablelm", tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    for k in ("use_qkv_bias", "use_parallel_residual", "layer_norm_eps", "tie_word_embeddings", "qk_layernorm",
+              "partial_rotary_factor", "rope_parameters", "rope_theta", "rope_scaling"):
+        conf.pop(k, None)
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    ref = transformers.StableLmConfig(**{k: v for k, v in conf.items() if k != "architectures"})
+    cfg = config_from_hf(tmp_path)
+    assert cfg.rope_dim == 8 * ref.rope_parameters["partial_rotary_factor"] == 2
+    assert cfg.qkv_bias is ref.use_qkv_bias is False and cfg.parallel_block is ref.use_parallel_residual is False
+    assert cfg.norm_eps == ref.layer_norm_eps and cfg.tie_embeddings is ref.tie_word_embeddings is False
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "qk_layernorm": True}))
+    with pytest.raises(ConfigError, match="qk_layernorm"):
+        config_from_hf(tmp_path)
 
 
 def test_kimi_linear_released_config_fields(tmp_path):

@@ -155,6 +155,11 @@ CASES = {
     # then unclamped with biases
     "olmo": ("OlmoConfig", {**SMOL_IDS, "clip_qkv": 0.05}),
     "olmo_bias": ("OlmoConfig", {**SMOL_IDS, "attention_bias": True, "tie_word_embeddings": True}),
+    # StableLM 2: LayerNorms with biases, a quarter of each head rotating, q/k/v biases; then attention and MLP side
+    # by side on one norm, half rotating, tied
+    "stablelm": ("StableLmConfig", {"use_qkv_bias": True}),
+    "stablelm_parallel": ("StableLmConfig", {"use_parallel_residual": True, "partial_rotary_factor": 0.5,
+                                             "tie_word_embeddings": True}),
     # AFM: Llama's layers with an ungated squared-ReLU MLP (up/down, no gate), YaRN (its released rope's kind);
     # then biases on all four projections, one key/value head, tied embeddings, head size hidden / heads
     "arcee": ("ArceeConfig", {**SMOL_IDS, "head_dim": 16, "rope_parameters": {**YARN, "rope_theta": 1e4}}),
@@ -864,7 +869,8 @@ def test_save_roundtrip_loads_in_transformers(checkpoint, tmp_path, name):
                                   "nanochat", "mellum", "mellum_bias", "kolibri1", "jais2", "flint", "flint_bias",
                                   "granitemoe_swa", "gemma4_unified", "cohere_compass", "lfm3",
                                   "lfm3_plain", "laguna", "laguna_plain", "beam", "lara_mini", "kimi_linear",
-                                  "granitemoe", "granitemoeshared", "exaone", "cohere", "nemotron", "olmo"])
+                                  "granitemoe", "granitemoeshared", "exaone", "cohere", "nemotron", "olmo",
+                                  "stablelm"])
 def test_hand_built_config_saves_for_transformers(tmp_path, name):
     """A model made with ``create`` (e.g. the quickstart's, family qwen2 without biases) is servable: its
     generated config.json and weights load in transformers with the same logits. (Phi-3's hand-built config has
@@ -940,7 +946,7 @@ def test_sft_step_save_reload_identical(checkpoint, tmp_path, name):
                                   "flint_yarn", "granitemoe_swa_shared", "gemma4_unified_shared", "cohere_compass",
                                   "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam", "beam_rope", "lara_mini",
                                   "lara_mini_plain", "kimi_linear", "kimi_linear_qlora", "granitemoe",
-                                  "granitemoeshared", "exaone", "cohere", "nemotron", "olmo"])
+                                  "granitemoeshared", "exaone", "cohere", "nemotron", "olmo", "stablelm"])
 def test_greedy_generation_matches_transformers(checkpoint, name):
     sampler = pytest.importorskip("reasoning_rl.rollout.sampler")
     ref_model, path = checkpoint(name)
@@ -986,7 +992,8 @@ def test_greedy_generation_matches_transformers(checkpoint, name):
                                   "cohere_compass_two", "lfm3", "lfm3_plain", "laguna", "laguna_plain", "beam",
                                   "beam_rope", "lara_mini", "lara_mini_plain", "kimi_linear", "kimi_linear_qlora",
                                   "granitemoe", "granitemoeshared", "exaone", "exaone_bias", "cohere",
-                                  "cohere_bias", "nemotron", "nemotron_bias", "olmo", "olmo_bias"])
+                                  "cohere_bias", "nemotron", "nemotron_bias", "olmo", "olmo_bias", "stablelm",
+                                  "stablelm_parallel"])
 def test_new_families_logits_at_several_lengths(checkpoint, name):
     """7 tokens (inside every window) and 150 (past every sliding window, and long enough for the causal-block
     attention path); 20 tokens is ``test_logits_match_transformers``. Long-rope stays below its original

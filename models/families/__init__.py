@@ -84,6 +84,7 @@ from . import (
     seed_oss,
     smollm3,
     solar_open,
+    stablelm,
     youtu,
 )
 from .base import ConfigError, Tensor
@@ -103,7 +104,7 @@ FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, qwen2, qwen3, gemm
                                                       mellum, kolibri1, jais2, flint, granitemoe_swa, gemma4_unified,
                                                       cohere_compass, lfm3, laguna, beam, lara_mini,
                                                       kimi_linear, granitemoe, exaone, cohere,
-                                                      nemotron, olmo)}
+                                                      nemotron, olmo, stablelm)}
 FAMILIES["mistral"] = FAMILIES["ministral"] = llama
 FAMILIES["param2moe"] = sarvam_moe
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in FAMILIES.values() for t in m.MODEL_TYPES}
