@@ -371,6 +371,23 @@ def test_plan_sizes_qwen3_5_35b_a3b_with_its_recurrent_cache():
     assert p["per_device_bytes"]["kv_cache"] == keys_values + states
 
 
+def test_plan_sizes_kimi_linear_48b_with_its_delta_attention_states():
+    """Kimi-Linear-48B-A3B GRPO (configs/arch, its released config.json: layers named 1-based in
+    ``linear_attn_config``): 49.1B parameters; fits 80 GB devices on 16. The sampler's cache is, for the 7
+    latent-attention layers, each slot's latent (512) and rotary key (64), and for the 20 Kimi Delta Attention
+    layers a fixed float32 state [32, 128, 128] and 3 convolution inputs per row, counted exactly."""
+    from reasoning_rl import config as C
+    from reasoning_rl.plan import plan
+
+    p = plan(C.load(str(ROOT / "configs" / "arch" / "kimi_linear_48b_a3b_grpo.yaml")), 16, memory_gb=80)
+    assert 48.5e9 < p["model"]["params"] < 49.5e9 and p["model"]["experts"] == 256
+    assert p["model"]["family"] == "kimi_linear" and p["fits"]
+    rows, slots = 32 * 8 // 16, 256 + 4096  # rows over fsdp x expert; prompt + response slots
+    latents = 7 * rows * slots * (512 + 64) * 2  # layers, rows, slots, latent + rotary key, bf16
+    states = 20 * rows * (32 * 128 * 128 * 4 + 3 * 3 * 32 * 128 * 2)
+    assert p["per_device_bytes"]["kv_cache"] == latents + states
+
+
 def test_plan_sizes_falcon_h1r_7b_with_both_caches_in_every_layer():
     """Falcon-H1R-7B GRPO (configs/arch): 7.59B parameters; each of the 44 parallel layers keeps a KV cache and a
     Mamba-2 state per row, both counted exactly."""
