@@ -10,36 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import delta_rule_inputs
-from helpers import numpy_delta_rule as _numpy_rule
 from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, recurrent_delta_rule
 
 _inputs = functools.partial(delta_rule_inputs, per_dim=True)  # a decay per key dimension
 
 
-@pytest.mark.parametrize("t,chunk", [(1, 64), (37, 4), (130, 64)])
-def test_per_dimension_decay_in_both_forms(t, chunk):
-    """The recurrence (decode) and the chunked form (training, prefill) equal the NumPy recurrence, outputs and
-    final state, from a non-zero incoming state, with a decay per key dimension."""
-    args = _inputs(t)
-    ref_o, ref_s = _numpy_rule(*args)
-    for rule in (recurrent_delta_rule, jax.jit(functools.partial(chunked_delta_rule, chunk=chunk))):
-        o, s = rule(*args)
-        np.testing.assert_allclose(np.asarray(o), ref_o, atol=2e-5)
-        np.testing.assert_allclose(np.asarray(s), ref_s, atol=2e-5)
-
-
-def test_per_dimension_decay_restarts_at_segments():
-    q, k, v, g, beta, _ = _inputs(45, seed=1)
-    s0 = jnp.zeros((2, 3, 8, 5), jnp.float32)
-    seg = np.sort(np.random.default_rng(2).integers(1, 6, (2, 45)), axis=1)
-    ref_o, ref_s = _numpy_rule(q, k, v, g, beta, s0, seg)
-    for rule in (recurrent_delta_rule, *(jax.jit(functools.partial(chunked_delta_rule, chunk=c)) for c in (4, 16))):
-        o, s = rule(q, k, v, g, beta, s0, seg=jnp.asarray(seg))
-        np.testing.assert_allclose(np.asarray(o), ref_o, atol=2e-5)
-        np.testing.assert_allclose(np.asarray(s), ref_s, atol=2e-5)
-
-
 def test_one_decay_for_every_dimension_is_the_per_head_rule():
+    """(The per-dimension rule against the NumPy recurrence: ``tests/test_qwen3_5.py``, ``per_dim``.)"""
     q, k, v, g, beta, s0 = _inputs(37)
     g1 = g[..., 0]
     for rule in (recurrent_delta_rule, functools.partial(chunked_delta_rule, chunk=8)):

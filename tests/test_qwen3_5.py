@@ -19,14 +19,15 @@ from helpers import delta_rule_inputs
 from helpers import numpy_delta_rule as _numpy_rule
 from reasoning_rl.models.layers.gated_deltanet import chunked_delta_rule, recurrent_delta_rule
 
-_inputs = delta_rule_inputs
 
-
+@pytest.mark.parametrize("per_dim", [False, True], ids=["per_head", "per_dim"])
 @pytest.mark.parametrize("t,chunk", [(1, 64), (37, 4), (130, 64)])
-def test_delta_rule_forms_equal_the_reference_recurrence(t, chunk):
+def test_delta_rule_forms_equal_the_reference_recurrence(t, chunk, per_dim):
     """The recurrence (decode) and the chunked form (training, prefill; chunks of 4 cut 37 tokens unevenly) equal
-    the NumPy recurrence, outputs and final state, from a non-zero incoming state."""
-    args = _inputs(t)
+    the NumPy recurrence, outputs and final state, from a non-zero incoming state; with a decay per head (Gated
+    DeltaNet) and per key dimension (Kimi Delta Attention, strong decays a product of exponentials would
+    overflow)."""
+    args = delta_rule_inputs(t, per_dim=per_dim)
     ref_o, ref_s = _numpy_rule(*args)
     for rule in (recurrent_delta_rule, jax.jit(functools.partial(chunked_delta_rule, chunk=chunk))):
         o, s = rule(*args)
@@ -37,10 +38,11 @@ def test_delta_rule_forms_equal_the_reference_recurrence(t, chunk):
     np.testing.assert_array_equal(np.asarray(s3), np.asarray(s0))
 
 
-def test_segments_restart_the_state_in_both_forms():
+@pytest.mark.parametrize("per_dim", [False, True], ids=["per_head", "per_dim"])
+def test_segments_restart_the_state_in_both_forms(per_dim):
     """Packed rows: with sequence ids, a sequence starts from a zero state (the recurrence and the chunked form,
     chunks cutting through sequences)."""
-    q, k, v, g, beta, _ = _inputs(45, seed=1)
+    q, k, v, g, beta, _ = delta_rule_inputs(45, seed=1, per_dim=per_dim)
     s0 = jnp.zeros((2, 3, 8, 5), jnp.float32)
     seg = np.sort(np.random.default_rng(2).integers(1, 6, (2, 45)), axis=1)
     ref_o, ref_s = _numpy_rule(q, k, v, g, beta, s0, seg)
