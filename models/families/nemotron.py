@@ -16,7 +16,7 @@ NAME = "nemotron"
 MODEL_TYPES = (NAME,)
 ARCHITECTURE = "NemotronForCausalLM"
 ACTIVATIONS = jais2.ACTIVATIONS
-WRITES = ("norm_center", "norm_bias", "mlp_bias", "norm_offset")  # (hf_save.SWITCHES)
+WRITES = ("norm_center", "norm_bias", "mlp_bias")  # (hf_save.SWITCHES)
 
 # the reference config class's defaults (NemotronConfig) for what a config.json may leave out
 DEFAULTS = {"hidden_act": "relu2", "norm_eps": 1e-5, "attention_bias": False, "mlp_bias": False,
