@@ -34,14 +34,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json")
 
 
-def _json_or_empty(path: Path) -> dict:
-    try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
 def flatten(tree: dict, prefix: tuple = ()) -> dict[tuple[str, ...], Any]:
     """{path tuple: leaf} for a nested dict of params."""
     out = {}
@@ -250,9 +242,8 @@ def save_pretrained(model, out_dir, params: dict | None = None, *, dtype: str | 
     (out / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
     src = tokenizer_from or cfg.extra.get("hf_dir")
     if src and Path(src).resolve() != out.resolve():
-        tok_config = _json_or_empty(Path(src) / "tokenizer_config.json")
         # (+ Kimi K2's: its tiktoken rank file and the Python class holding its splitting pattern)
-        for f in TOKENIZER_FILES + tuple(tiktoken_bpe.source_files(src, tok_config)):
+        for f in TOKENIZER_FILES + tuple(tiktoken_bpe.source_files(src)):
             if (Path(src) / f).is_file():
                 (out / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(src) / f, out / f)

@@ -237,14 +237,16 @@ def _build(directory: Path, stamp: tuple, keys: str):
     return Tokenizer.from_str(json.dumps(tokenizer_json(ranks, pattern, added)))
 
 
-def source_files(directory: str | Path, config: dict) -> list[str]:
-    """Files a copy of the tokenizer needs besides the configs: the rank file and the class's Python file."""
+def source_files(directory: str | Path) -> list[str]:
+    """Files a copy of the tokenizer needs besides the configs: the rank file and the class's Python file (none
+    without a rank file; the rank file alone when the class cannot be found: loading the copy then says why)."""
     directory = Path(directory)
     if not (directory / FILE).is_file():
         return []
     try:
-        file, _ = tokenizer_class(directory, config)
-    except ModelDirError:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        file, _ = tokenizer_class(directory, config if isinstance(config, dict) else {})
+    except (OSError, ValueError, ModelDirError):
         return [FILE]
     return [FILE, str(file.relative_to(directory))]
 

@@ -18,6 +18,7 @@ A checkpoint tensor may hold several of our parameters side by side (``Tensor.pi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -272,7 +273,52 @@ def llama_like(cfg: TransformerConfig, segs: list[tuple[str, int, int, bool]], *
     return out
 
 
+class RenamedView:
+    """A checkpoint seen under the names a family's ``tensors`` use: each stored tensor as ``rename(stored)`` (a
+    name ``rename`` leaves alone reads as stored). A family whose released files (or transformers' save) name
+    tensors otherwise sets ``checkpoint_view`` to a subclass; what the loader asks of a checkpoint (names, shapes,
+    reads, and the file and label its errors name) goes through."""
+
+    def __init__(self, ckpt, rename: Callable[[str], str]):
+        self.ckpt = ckpt
+        self.to_stored: dict[str, str] = {rename(n): n for n in ckpt.names()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.to_stored
+
+    def names(self) -> list[str]:
+        return list(self.to_stored)
+
+    def info(self, name: str):
+        return self.ckpt.info(self.to_stored[name])
+
+    def get(self, name: str):
+        return self.ckpt.get(self.to_stored[name])
+
+    def file_of(self, name: str):
+        return self.ckpt.file_of(self.to_stored.get(name, name))
+
+    def label(self, name: str) -> str:
+        return self.ckpt.label(self.to_stored.get(name, name))
+
+    def problems(self) -> list[tuple[str, str]]:
+        return getattr(self.ckpt, "problems", list)()
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
 # ---------------------------------------------------------------------- config.json helpers
+
+
+def aliased(hf: dict, aliases: dict[str, str]) -> dict:
+    """``hf`` with each field another spelling names (``aliases``: that spelling -> ours) under our name; where
+    both are set, ours wins (a config class's ``attribute_map`` reads the same field either way)."""
+    out = {k: v for k, v in hf.items() if k not in aliases}
+    for alias, name in aliases.items():
+        if hf.get(alias) is not None and out.get(name) is None:
+            out[name] = hf[alias]
+    return out
 
 
 def with_defaults(hf: dict, defaults: dict, theta: float | None = None) -> dict:

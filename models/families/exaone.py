@@ -13,7 +13,7 @@ import re
 from ..config import TransformerConfig
 from ..transformer import segments
 from . import llama
-from .base import Tensor, llama_like, refuse, unsupported_cfg, with_defaults
+from .base import Tensor, aliased, llama_like, refuse, unsupported_cfg, with_defaults
 
 NAME = "exaone"
 MODEL_TYPES = (NAME,)
@@ -33,11 +33,7 @@ RENAMES = ((r"^model\.embed_tokens\.", "transformer.wte."), (r"^model\.norm\.", 
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = dict(hf)
-    for released, ours in ALIASES.items():
-        if hf.get(released) is not None and hf.get(ours) is None:
-            hf[ours] = hf[released]
-    hf = with_defaults(hf, DEFAULTS, theta=500_000.0)
+    hf = with_defaults(aliased(hf, ALIASES), DEFAULTS, theta=500_000.0)
     refuse(hf, "mlp_bias", lambda v: not v, "MLP biases")
     cfg = llama.from_hf({**hf, "model_type": llama.NAME})
     return dataclasses.replace(cfg, family=NAME)

@@ -25,7 +25,9 @@ from ..transformer import segments
 from . import deepseek_v3
 from .base import (
     ConfigError,
+    RenamedView,
     Tensor,
+    aliased,
     checked_layer_types,
     common_from_hf,
     common_to_hf,
@@ -59,10 +61,7 @@ KINDS = ("linear_attention", "full_attention")
 
 def _released(hf: dict) -> dict:
     """config.json with the released spellings: aliases renamed, ``linear_attn_config`` read out."""
-    out = dict(hf)
-    for alias, name in ALIASES.items():
-        if out.get(alias) is not None and out.get(name) is None:
-            out[name] = out[alias]
+    out = aliased(hf, ALIASES)
     lac = hf.get("linear_attn_config") or {}
     if not isinstance(lac, dict):
         raise ConfigError(f"config.json: linear_attn_config={lac!r} is not an object")
@@ -185,39 +184,11 @@ def tensors(cfg: TransformerConfig) -> list[Tensor]:
 _DENSE = re.compile(r"^(model\.layers\.\d+\.)block_sparse_moe\.((?:gate|up|down)_proj\.weight)$")
 
 
-class DenseMLPView:
+class DenseMLPView(RenamedView):
     """transformers' save of a dense layer's MLP (under ``block_sparse_moe``) seen under the released ``mlp``."""
 
     def __init__(self, ckpt, cfg: TransformerConfig):
-        self.ckpt = ckpt
-        self.to_stored = {}
-        for name in ckpt.names():
-            m = _DENSE.match(name)
-            self.to_stored[f"{m.group(1)}mlp.{m.group(2)}" if m else name] = name
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.to_stored
-
-    def names(self) -> list[str]:
-        return list(self.to_stored)
-
-    def info(self, name: str):
-        return self.ckpt.info(self.to_stored[name])
-
-    def get(self, name: str):
-        return self.ckpt.get(self.to_stored[name])
-
-    def file_of(self, name: str):
-        return self.ckpt.file_of(self.to_stored.get(name, name))
-
-    def label(self, name: str) -> str:
-        return self.ckpt.label(self.to_stored.get(name, name))
-
-    def problems(self) -> list[tuple[str, str]]:
-        return getattr(self.ckpt, "problems", list)()
-
-    def close(self) -> None:
-        self.ckpt.close()
+        super().__init__(ckpt, lambda name: _DENSE.sub(r"\1mlp.\2", name))
 
 
 checkpoint_view = DenseMLPView

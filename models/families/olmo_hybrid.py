@@ -17,6 +17,7 @@ from . import olmo2
 from .base import (
     ConfigError,
     Piece,
+    RenamedView,
     Tensor,
     common_from_hf,
     common_to_hf,
@@ -119,61 +120,55 @@ RENAMES = ((".attention_layer_norm.", ".input_layernorm."), (".feedforward_layer
 _CONV = re.compile(r"(.*\.linear_attn\.)([qkv])_conv1d\.weight$")
 
 
-class ReleasedView:
+def _renamed(name: str) -> str:
+    for a, b in RENAMES:
+        name = name.replace(a, b)
+    return name
+
+
+class ReleasedView(RenamedView):
     """A checkpoint in the released layout seen with transformers' names (``tensors``); one already in that layout
     reads unchanged. The three convolution tensors are concatenated in q, k, v order, as transformers does (the
     split it writes back need not fall on the q/k/v boundaries: only the concatenation is meaningful)."""
 
     def __init__(self, ckpt, cfg: TransformerConfig):
-        self.ckpt = ckpt
-        self.to_stored: dict[str, str] = {}
+        super().__init__(ckpt, _renamed)
         self.parts: dict[str, list[str]] = {}  # conv1d name -> its stored q, k, v tensors
         found: dict[str, dict[str, str]] = {}
         for name in ckpt.names():
             m = _CONV.match(name)
             if m:
                 found.setdefault(m.group(1) + "conv1d.weight", {})[m.group(2)] = name
-                continue
-            ours = name
-            for a, b in RENAMES:
-                ours = ours.replace(a, b)
-            self.to_stored[ours] = name
         for ours, parts in found.items():
-            if set(parts) == set("qkv"):
+            if set(parts) == set("qkv"):  # (an incomplete set stays named as stored, reported by the loader's check)
                 self.parts[ours] = [parts[c] for c in "qkv"]
-            else:  # an incomplete set: named as stored, reported missing or unexpected by the loader's check
-                self.to_stored.update({p: p for p in parts.values()})
+                for p in parts.values():
+                    del self.to_stored[_renamed(p)]
 
     def __contains__(self, name: str) -> bool:
-        return name in self.to_stored or name in self.parts
+        return name in self.parts or super().__contains__(name)
 
     def names(self) -> list[str]:
-        return list(self.to_stored) + list(self.parts)
+        return super().names() + list(self.parts)
 
     def info(self, name: str):
         if name in self.parts:
             infos = [self.ckpt.info(p) for p in self.parts[name]]
             return infos[0][0], (sum(s[0] for _, s in infos), *infos[0][1][1:])
-        return self.ckpt.info(self.to_stored[name])
+        return super().info(name)
 
     def get(self, name: str):
         if name in self.parts:
             return np.concatenate([np.asarray(self.ckpt.get(p)) for p in self.parts[name]], axis=0)
-        return self.ckpt.get(self.to_stored[name])
+        return super().get(name)
 
     def file_of(self, name: str):
-        return self.ckpt.file_of(self.parts[name][0] if name in self.parts else self.to_stored.get(name, name))
+        return self.ckpt.file_of(self.parts[name][0]) if name in self.parts else super().file_of(name)
 
     def label(self, name: str) -> str:
         if name in self.parts:
             return "+".join(self.ckpt.label(p) for p in self.parts[name])
-        return self.ckpt.label(self.to_stored.get(name, name))
-
-    def problems(self) -> list[tuple[str, str]]:
-        return getattr(self.ckpt, "problems", list)()
-
-    def close(self) -> None:
-        self.ckpt.close()
+        return super().label(name)
 
 
 checkpoint_view = ReleasedView  # (the hook models.hf.open_checkpoint looks for)

@@ -10,7 +10,7 @@ import dataclasses
 
 from ..config import TransformerConfig
 from . import deepseek_v3
-from .base import with_defaults
+from .base import aliased, with_defaults
 
 NAME = "sarvam_mla"
 MODEL_TYPES = ("sarvam_mla",)
@@ -24,7 +24,7 @@ DEFAULTS = {"n_routed_experts": 128, "n_shared_experts": 1, "num_experts_per_tok
 
 
 def from_hf(hf: dict) -> TransformerConfig:
-    hf = with_defaults({ALIASES.get(k, k): v for k, v in hf.items()}, DEFAULTS)
+    hf = with_defaults(aliased(hf, ALIASES), DEFAULTS)
     for key in ("rope_scaling", "rope_parameters"):
         rope = hf.get(key)
         if isinstance(rope, dict) and "deepseek_yarn" in (rope.get("type"), rope.get("rope_type")):

@@ -15,7 +15,7 @@ import dataclasses
 from ..config import TransformerConfig
 from ..transformer import segments
 from . import glm4_moe
-from .base import Piece, Tensor, expert_tensors, mlp_tensors, with_defaults
+from .base import Piece, Tensor, aliased, expert_tensors, mlp_tensors, with_defaults
 
 NAME = "sarvam_moe"
 MODEL_TYPES = ("sarvam_moe", "param2moe")
@@ -28,7 +28,7 @@ ALIASES = {"num_experts": "n_routed_experts", "num_shared_experts": "n_shared_ex
 
 def from_hf(hf: dict) -> TransformerConfig:
     kind = hf.get("model_type") if hf.get("model_type") in THETA else NAME
-    hf = {ALIASES.get(k, k): v for k, v in hf.items()}
+    hf = aliased(hf, ALIASES)
     hf = with_defaults(hf, {"partial_rotary_factor": 1.0, "first_k_dense_replace": 1}, THETA[kind])
     cfg = glm4_moe.from_hf(hf)
     return dataclasses.replace(cfg, family=kind)

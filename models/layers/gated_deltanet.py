@@ -197,9 +197,10 @@ class GatedDeltaNet(nnx.Module):
 
     def __init__(self, d_model: int, k_heads: int, v_heads: int, k_dim: int, v_dim: int, conv: int, *,
                  rngs: nnx.Rngs, norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32,
-                 out_scale: float = 1.0, beta_scale: float = 1.0):
+                 out_scale: float = 1.0, beta_scale: float = 1.0, head_gates: bool = True):
         """``beta_scale``: beta = sigmoid(x b) times it (2: OLMo Hybrid's ``allow_neg_eigval``, the update able to
-        flip a direction's sign)."""
+        flip a direction's sign). ``head_gates`` off: no per-head decay projection ``a`` / bias ``dt_bias`` or
+        output gate ``z`` (a subclass makes its own: ``KimiDeltaAttention``)."""
         self.beta_scale = float(beta_scale)
         if v_heads % k_heads:
             raise ValueError(f"linear attention: {v_heads} value heads are not a multiple of {k_heads} key heads")
@@ -209,13 +210,16 @@ class GatedDeltaNet(nnx.Module):
         self.q = param(rngs, (d_model, k_heads, k_dim), kd, d_model, param_dtype)
         self.k = param(rngs, (d_model, k_heads, k_dim), kd, d_model, param_dtype)
         self.v = param(rngs, (d_model, v_heads, v_dim), vd, d_model, param_dtype)
-        self.z = param(rngs, (d_model, v_heads, v_dim), vd, d_model, param_dtype)
+        if head_gates:
+            self.z = param(rngs, (d_model, v_heads, v_dim), vd, d_model, param_dtype)
         self.b = param(rngs, (d_model, v_heads), ("embed", "heads"), d_model, param_dtype)
-        self.a = param(rngs, (d_model, v_heads), ("embed", "heads"), d_model, param_dtype)
+        if head_gates:
+            self.a = param(rngs, (d_model, v_heads), ("embed", "heads"), d_model, param_dtype)
         self.conv_q = param(rngs, (conv, k_heads, k_dim), (None, "kv_heads", "head_dim"), conv, param_dtype)
         self.conv_k = param(rngs, (conv, k_heads, k_dim), (None, "kv_heads", "head_dim"), conv, param_dtype)
         self.conv_v = param(rngs, (conv, v_heads, v_dim), (None, "heads", "head_dim"), conv, param_dtype)
-        self.dt_bias = nnx.Param(jnp.ones((v_heads,), param_dtype), axes=("heads",))
+        if head_gates:
+            self.dt_bias = nnx.Param(jnp.ones((v_heads,), param_dtype), axes=("heads",))
         a_init = drawn(jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 1.0, 16.0))
         self.A_log = nnx.Param(jnp.log(a_init).astype(param_dtype), axes=("heads",))
         self.norm = nnx.Param(jnp.ones((v_dim,), param_dtype), axes=("norm",))
@@ -295,8 +299,7 @@ class KimiDeltaAttention(GatedDeltaNet):
     def __init__(self, d_model: int, heads: int, k_dim: int, v_dim: int, conv: int, *, rngs: nnx.Rngs,
                  norm_eps: float = 1e-6, param_dtype=jnp.float32, dtype=jnp.float32, out_scale: float = 1.0):
         super().__init__(d_model, heads, heads, k_dim, v_dim, conv, rngs=rngs, norm_eps=norm_eps,
-                         param_dtype=param_dtype, dtype=dtype, out_scale=out_scale)
-        del self.a, self.z
+                         param_dtype=param_dtype, dtype=dtype, out_scale=out_scale, head_gates=False)
         r = k_dim
         self.f_a = param(rngs, (d_model, r), ("embed", None), d_model, param_dtype)
         self.f_b = param(rngs, (r, heads, k_dim), (None, "heads", "head_dim"), r, param_dtype)
