@@ -2230,3 +2230,14 @@ def test_hybrid_recurrent_models_are_refused_saying_why(tmp_path, model_type, wh
                                           r".*qwen3_5, qwen3_5_moe, qwen3_5_moe_text, qwen3_5_text, .*qwen3_next, "
                                           r".*qwen3_vl_moe"):
         config_from_hf(tmp_path)
+
+
+def test_config_aliases_fill_our_fields_and_ours_win():
+    """``base.aliased``: a field spelled another way (a config class's ``attribute_map``) is read under our name;
+    where a file sets both, ours is the value (Kimi Linear, EXAONE, Sarvam read their configs so)."""
+    from reasoning_rl.models.families.base import aliased
+
+    a = {"num_local_experts": "num_experts"}
+    assert aliased({"num_local_experts": 8}, a) == {"num_experts": 8}
+    assert aliased({"num_local_experts": 8, "num_experts": 4}, a) == {"num_experts": 4}
+    assert aliased({"num_local_experts": None, "num_experts": 4}, a) == {"num_experts": 4}
